@@ -1,0 +1,155 @@
+"""The ``canary`` command line. The only place that maps errors to exit codes.
+
+Exit codes: 0 success; 1 unexpected canary error; 2 bad input (preset, option, setting);
+3 Kafka unreachable or misconfigured; 4 deployment state forbids the command; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from canary.errors import CanaryError
+from canary.settings import Settings, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    else:
+        print(human)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- kafka --------------------------------------------------------------------------------------------------
+def _local_broker(args: argparse.Namespace, settings: Settings) -> Any:
+    from canary.kafka.broker import LocalBroker
+
+    port = args.port if getattr(args, "port", None) else settings.local_port
+    data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else None
+    return LocalBroker(settings.home, port, data_dir=data_dir)
+
+
+def cmd_kafka_start(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.uses_external_kafka:
+        _log(f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} is set: using that cluster, starting nothing")
+        _emit(args, {"bootstrap": settings.bootstrap_servers, "started": False}, settings.effective_bootstrap)
+        return 0
+    broker = _local_broker(args, settings)
+    info = broker.start(log=_log)
+    _emit(args, {**asdict(info), "bootstrap": info.bootstrap, "started": True}, info.bootstrap)
+    return 0
+
+
+def cmd_kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
+    broker = _local_broker(args, settings)
+    stopped = broker.stop(log=_log)
+    _emit(args, {"stopped": stopped}, "stopped" if stopped else "no local broker was running")
+    return 0
+
+
+def cmd_kafka_status(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.kafka.probe import metadata_answers
+
+    if settings.uses_external_kafka:
+        bootstrap = settings.effective_bootstrap
+        up = metadata_answers(bootstrap)
+        _emit(
+            args,
+            {"running": up, "bootstrap": bootstrap, "external": True},
+            f"external Kafka at {bootstrap}: {'answering' if up else 'NOT answering'}",
+        )
+        return 0 if up else 3
+    status = _local_broker(args, settings).status()
+    human = (
+        f"local Kafka {status.version} at {status.bootstrap}: {status.detail}"
+        + (f" (pid {status.pid})" if status.pid else "")
+        + f"\ndata dir: {status.data_dir}"
+    )
+    _emit(args, {**asdict(status), "external": False}, human)
+    return 0 if status.running else 3
+
+
+def cmd_kafka_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.kafka.connect import require_kafka
+    from canary.kafka.topics import Topics, ensure_topics
+
+    bootstrap = require_kafka(settings)
+    reports = ensure_topics(bootstrap, Topics(settings.topic_prefix), strict=False)
+    payload = [{"topic": r.name, "action": r.action, "problems": list(r.problems)} for r in reports]
+    lines = [f"{r.action:9} {r.name}" + (": " + "; ".join(r.problems) if r.problems else "") for r in reports]
+    _emit(args, {"bootstrap": bootstrap, "topics": payload}, "\n".join(lines))
+    return 3 if any(r.action == "mismatch" for r in reports) else 0
+
+
+# -- parser -------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="canary",
+        description=(
+            "Canary deployments for search/retrieval configurations on Apache Kafka. "
+            "Kafka: KAFKA_BOOTSTRAP_SERVERS if set, otherwise the local broker ('canary kafka start')."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    kafka = sub.add_parser("kafka", help="run or inspect the local Kafka broker and the topics")
+    ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
+    start = ksub.add_parser(
+        "start",
+        help="start the local KRaft broker on 127.0.0.1 (downloads the jars with Maven on first run)",
+        description="Start (or reuse) the local single-node KRaft broker bound to 127.0.0.1.",
+    )
+    start.add_argument("--port", type=int, help="listener port (default 19092 or CANARY_KAFKA_PORT)")
+    start.add_argument("--data-dir", help="log/state directory (default ~/.cache/canary/broker-PORT)")
+    start.set_defaults(handler=cmd_kafka_start)
+    stop = ksub.add_parser("stop", help="stop the local broker cleanly; leaves no JVM behind")
+    stop.add_argument("--port", type=int)
+    stop.add_argument("--data-dir")
+    stop.set_defaults(handler=cmd_kafka_stop)
+    status = ksub.add_parser("status", help="is the broker up and answering metadata requests?")
+    status.add_argument("--port", type=int)
+    status.add_argument("--data-dir")
+    status.set_defaults(handler=cmd_kafka_status)
+    topics = ksub.add_parser(
+        "topics", help="create missing topics and verify existing ones (idempotent; reports mismatches)"
+    )
+    topics.set_defaults(handler=cmd_kafka_topics)
+    for p in (start, stop, status, topics):
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from canary.cli_commands import register
+
+    register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        settings = load_settings()
+        return handler(args, settings)
+    except CanaryError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": type(exc).__name__, "message": str(exc)}, indent=2))
+        print(f"canary: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("canary: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""The one exception tree of the canary package.
+
+Everything the package raises on purpose derives from :class:`CanaryError`; only the CLI maps these to
+exit codes, so library users can catch one base class.
+"""
+
+from __future__ import annotations
+
+
+class CanaryError(Exception):
+    """Base of every error canary raises deliberately."""
+
+    exit_code = 1
+
+
+class ConfigError(CanaryError):
+    """A preset or setting is invalid. Message names the file, field, value and reason."""
+
+    exit_code = 2
+
+
+class PresetNotFound(ConfigError):
+    """An unknown preset name was asked for."""
+
+
+class InvalidEvent(CanaryError):
+    """A message on a topic does not match its contract (poison message)."""
+
+
+class KafkaError(CanaryError):
+    """Kafka is unreachable or misbehaves."""
+
+    exit_code = 3
+
+
+class BrokerError(KafkaError):
+    """The local broker could not be provisioned, started or stopped."""
+
+
+class TopicMismatch(KafkaError):
+    """A topic exists with settings other than the ones declared."""
+
+
+class DeploymentError(CanaryError):
+    """A canary command is not valid in the current deployment state."""
+
+    exit_code = 4

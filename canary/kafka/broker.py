@@ -1,0 +1,465 @@
+"""A real, local Apache Kafka broker (KRaft, single combined node, loopback only).
+
+The broker jars are resolved from Maven Central with the machine's ``mvn`` into a cache outside the
+repository, so a fresh machine needs only Java 17 and Maven. Nothing here mocks Kafka: it runs the
+upstream ``kafka.Kafka`` main class.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from canary.errors import BrokerError
+
+# Newest Kafka 4.x at the time of pinning; the whole suite runs against it (see README "Kafka version").
+KAFKA_VERSION = "4.4.0"
+SCALA_VERSION = "2.13"
+LOG4J_VERSION = "2.24.3"
+SLF4J_VERSION = "2.0.17"
+
+_POM_TEMPLATE = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>canary.local</groupId>
+  <artifactId>kafka-broker-classpath</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_{scala}</artifactId>
+      <version>{kafka}</version>
+    </dependency>
+    <!-- Kafka 4 logs through slf4j 2; pin it so Maven's nearest-wins does not pick 1.7. -->
+    <dependency>
+      <groupId>org.slf4j</groupId>
+      <artifactId>slf4j-api</artifactId>
+      <version>{slf4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j2-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+_LOG4J2_PROPERTIES = """status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = WARN
+logger.apache.name = org.apache.kafka
+logger.apache.level = WARN
+"""
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerInfo:
+    """What ``broker.json`` records about a started broker."""
+
+    pid: int
+    port: int
+    controller_port: int
+    version: str
+    data_dir: str
+    log_file: str
+    started_at: float
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatus:
+    running: bool
+    bootstrap: str
+    pid: int | None
+    version: str
+    data_dir: str
+    detail: str
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_answers(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as dead so stop() does not wait forever.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return True
+    return state != "Z"
+
+
+def _is_our_broker(pid: int, data_dir: Path) -> bool:
+    """Never signal a recycled pid: the command line must name kafka.Kafka and our data dir."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return "kafka.Kafka" in cmdline and str(data_dir) in cmdline
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no broker log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class JarCache:
+    """Kafka broker classpath resolved by Maven into ``<home>/kafka-<version>/libs``."""
+
+    def __init__(self, home: Path, version: str = KAFKA_VERSION) -> None:
+        self.version = version
+        self.root = home / f"kafka-{version}"
+        self.libs = self.root / "libs"
+        self._marker = self.root / ".resolved"
+
+    @property
+    def ready(self) -> bool:
+        return self._marker.exists() and any(self.libs.glob(f"kafka_{SCALA_VERSION}-*.jar"))
+
+    def classpath(self) -> str:
+        return str(self.libs / "*")
+
+    def ensure(self, log: Log = _quiet) -> None:
+        if self.ready:
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError(
+                "Maven ('mvn') is not on PATH; it is needed once to download the Kafka broker jars "
+                f"(org.apache.kafka:kafka_{SCALA_VERSION}:{self.version}). Install Maven "
+                "(e.g. 'apt-get install maven') or set KAFKA_BOOTSTRAP_SERVERS to use an existing cluster."
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        log(f"resolving Kafka {self.version} broker jars with Maven into {self.libs} (first run only)…")
+        staging = Path(tempfile.mkdtemp(prefix="libs-", dir=self.root))
+        with tempfile.TemporaryDirectory(prefix="canary-pom-") as work:
+            pom = Path(work) / "pom.xml"
+            pom.write_text(
+                _POM_TEMPLATE.format(
+                    scala=SCALA_VERSION, kafka=self.version, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION
+                )
+            )
+            cmd = [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            output = (proc.stdout + proc.stderr).strip().splitlines()[-25:]
+            raise BrokerError(
+                f"Maven could not resolve org.apache.kafka:kafka_{SCALA_VERSION}:{self.version} "
+                f"(exit {proc.returncode}). Is Maven Central reachable? Last output:\n" + "\n".join(output)
+            )
+        # Swap in atomically so a concurrent or interrupted run never sees half a classpath.
+        if self.libs.exists():
+            shutil.rmtree(self.libs)
+        staging.rename(self.libs)
+        self._marker.write_text(json.dumps({"version": self.version, "resolved_at": time.time()}))
+        log(f"resolved {len(list(self.libs.glob('*.jar')))} jars")
+
+
+class LocalBroker:
+    """Start, stop and inspect one local KRaft broker owned by canary."""
+
+    def __init__(
+        self,
+        home: Path,
+        port: int,
+        data_dir: Path | None = None,
+        version: str = KAFKA_VERSION,
+        heap: str = "768m",
+    ) -> None:
+        self.home = home
+        self.port = port
+        self.data_dir = (data_dir or home / f"broker-{port}").resolve()
+        self.jars = JarCache(home, version)
+        self.heap = heap
+        self._info_file = self.data_dir / "broker.json"
+        self.log_file = self.data_dir / "broker.log"
+        # Held so the child is reaped by us (tests) rather than warned about by Popen.__del__.
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- inspection -------------------------------------------------------------------------------------
+    def info(self) -> BrokerInfo | None:
+        try:
+            return BrokerInfo(**json.loads(self._info_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def running_info(self) -> BrokerInfo | None:
+        info = self.info()
+        if info and _pid_alive(info.pid) and _is_our_broker(info.pid, self.data_dir):
+            return info
+        return None
+
+    def status(self) -> BrokerStatus:
+        info = self.running_info()
+        bootstrap = f"127.0.0.1:{self.port}"
+        if info is None:
+            return BrokerStatus(False, bootstrap, None, self.jars.version, str(self.data_dir), "not running")
+        answering = _port_answers(info.port)
+        detail = "running" if answering else "process alive but port not answering"
+        return BrokerStatus(answering, info.bootstrap, info.pid, info.version, str(self.data_dir), detail)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self, log: Log = _quiet, timeout: float = 90.0) -> BrokerInfo:
+        """Start the broker, or reuse it if ours is already running; return once it answers metadata."""
+        existing = self.running_info()
+        if existing is not None:
+            _wait_for_metadata(existing.bootstrap, timeout, self.log_file, existing.pid)
+            log(f"reusing running broker pid {existing.pid} at {existing.bootstrap}")
+            return existing
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError(
+                "'java' is not on PATH; the local Kafka broker needs Java 17+. Install a JDK "
+                "(e.g. 'apt-get install openjdk-17-jre-headless') or set KAFKA_BOOTSTRAP_SERVERS."
+            )
+        controller_port = self._pick_controller_port()
+        if not _port_is_free(self.port):
+            raise BrokerError(
+                f"port {self.port} on 127.0.0.1 is taken by another process (not a broker canary started). "
+                "Choose another with --port / CANARY_KAFKA_PORT, or point KAFKA_BOOTSTRAP_SERVERS at it "
+                "if it is a Kafka you want to use."
+            )
+        self.jars.ensure(log)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self._write_config(controller_port)
+        self._format_storage(java, props)
+        log_handle = self.log_file.open("ab")
+        cmd = [
+            java,
+            f"-Xms256m",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            f"-Dcanary.data.dir={self.data_dir}",
+            "-cp",
+            self.jars.classpath(),
+            "kafka.Kafka",
+            str(props),
+        ]
+        started = time.time()
+        # A new session keeps Ctrl-C in the CLI's terminal from killing the broker mid-write;
+        # `canary kafka stop` ends it deliberately.
+        proc = subprocess.Popen(
+            cmd, stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log_handle.close()
+        self._proc = proc
+        info = BrokerInfo(
+            pid=proc.pid,
+            port=self.port,
+            controller_port=controller_port,
+            version=self.jars.version,
+            data_dir=str(self.data_dir),
+            log_file=str(self.log_file),
+            started_at=started,
+        )
+        self._info_file.write_text(json.dumps(asdict(info), indent=2))
+        try:
+            _wait_for_metadata(info.bootstrap, timeout, self.log_file, proc.pid, popen=proc)
+        except BrokerError:
+            self._kill(proc.pid)
+            proc.wait(timeout=5)
+            self._proc = None
+            raise
+        log(f"Kafka {info.version} broker pid {proc.pid} ready at {info.bootstrap} in {time.time() - started:.1f}s")
+        return info
+
+    def stop(self, timeout: float = 30.0, log: Log = _quiet) -> bool:
+        """Stop our broker cleanly (SIGTERM, then SIGKILL after ``timeout``). Returns whether one ran."""
+        info = self.info()
+        if info is None or not _pid_alive(info.pid) or not _is_our_broker(info.pid, self.data_dir):
+            with contextlib.suppress(OSError):
+                self._info_file.unlink()
+            return False
+        os.kill(info.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pid_alive(info.pid):
+            _reap(info.pid)
+            time.sleep(0.1)
+        if _pid_alive(info.pid):
+            log(f"broker pid {info.pid} did not stop within {timeout:.0f}s; killing it")
+            self._kill(info.pid)
+        with contextlib.suppress(OSError):
+            self._info_file.unlink()
+        if self._proc is not None and self._proc.pid == info.pid:
+            self._proc.wait(timeout=5)
+            self._proc = None
+        log(f"stopped broker pid {info.pid}")
+        return True
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _pick_controller_port(self) -> int:
+        for candidate in (self.port + 1, self.port + 101, self.port + 1001):
+            if 0 < candidate < 65536 and _port_is_free(candidate):
+                return candidate
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    def _write_config(self, controller_port: int) -> Path:
+        logs = self.data_dir / "kraft-logs"
+        props = self.data_dir / "server.properties"
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(logs),
+            "num.partitions": "3",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "3",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # One node: a rebalance delay only slows every consumer group join in tests and demos.
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "log.retention.hours": "168",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+        }
+        props.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        (self.data_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
+        return props
+
+    def _format_storage(self, java: str, props: Path) -> None:
+        if (self.data_dir / "kraft-logs" / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cmd = [
+            java,
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp",
+            self.jars.classpath(),
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(props),
+            "--ignore-formatted",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise BrokerError(
+                f"formatting KRaft storage in {self.data_dir} failed (exit {proc.returncode}):\n"
+                + (proc.stdout + proc.stderr)[-3000:]
+            )
+
+    def _kill(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _pid_alive(pid):
+            _reap(pid)
+            time.sleep(0.05)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the broker is our child (tests start it in-process)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _wait_for_metadata(
+    bootstrap: str,
+    timeout: float,
+    log_file: Path,
+    pid: int,
+    popen: subprocess.Popen[bytes] | None = None,
+) -> None:
+    from canary.kafka.probe import metadata_answers
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        exited = popen.poll() if popen is not None else (None if _pid_alive(pid) else -1)
+        if exited is not None:
+            raise BrokerError(
+                f"the Kafka broker exited during start (code {exited}). Last lines of {log_file}:\n"
+                + _tail(log_file)
+            )
+        if metadata_answers(bootstrap, timeout=2.0):
+            return
+        time.sleep(0.25)
+    raise BrokerError(
+        f"the Kafka broker at {bootstrap} did not answer metadata requests within {timeout:.0f}s. "
+        f"Last lines of {log_file}:\n" + _tail(log_file)
+    )
+
+
+def main_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,147 @@
+"""Every topic canary uses, declared once with its partitions, cleanup policy and retention.
+
+``ensure_topics`` creates what is missing and verifies what exists: a topic that exists with other
+settings is reported (``TopicMismatch``), never silently accepted, because a wrong cleanup policy on the
+control topic would quietly delete the history that pointers and audits are rebuilt from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError
+
+from canary.errors import KafkaError, TopicMismatch
+
+DAY_MS = 24 * 60 * 60 * 1000
+FOREVER = -1
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    cleanup_policy: str
+    retention_ms: int
+    purpose: str
+    extra_config: tuple[tuple[str, str], ...] = ()
+
+    def config(self) -> dict[str, str]:
+        cfg = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        cfg.update(dict(self.extra_config))
+        return cfg
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names under an optional prefix (tests isolate themselves with one)."""
+
+    prefix: str = ""
+    search_requests: str = field(init=False)
+    search_results: str = field(init=False)
+    windows: str = field(init=False)
+    control: str = field(init=False)
+    state: str = field(init=False)
+    responses: str = field(init=False)
+    requests_dlq: str = field(init=False)
+    results_dlq: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = self.prefix
+        names = {
+            "search_requests": "search_requests",
+            "search_results": "search_results",
+            "windows": "canary_windows",
+            "control": "canary_control",
+            "state": "canary_state",
+            "responses": "search_responses",
+            "requests_dlq": "search_requests.dlq",
+            "results_dlq": "search_results.dlq",
+        }
+        for attr, base in names.items():
+            object.__setattr__(self, attr, f"{p}{base}")
+
+    def specs(self) -> list[TopicSpec]:
+        return [
+            TopicSpec(self.search_requests, 3, "delete", 7 * DAY_MS, "queries in, produced by services/load tools"),
+            TopicSpec(self.search_results, 3, "delete", 7 * DAY_MS, "one outcome per request, kept for replay"),
+            TopicSpec(self.windows, 3, "delete", 30 * DAY_MS, "finalized 5 s window results"),
+            # One partition: commands must be totally ordered for every router to converge on the same state.
+            # Kept forever: pointers and audits are rebuilt from it.
+            TopicSpec(self.control, 1, "delete", FOREVER, "control commands (start/rollback/promote …)"),
+            TopicSpec(self.state, 1, "compact", FOREVER, "latest applied state per router (compacted)"),
+            TopicSpec(self.responses, 3, "delete", DAY_MS, "optional replies to search requests"),
+            TopicSpec(self.requests_dlq, 1, "delete", 30 * DAY_MS, "malformed requests with the reason"),
+            TopicSpec(self.results_dlq, 1, "delete", 30 * DAY_MS, "malformed or late outcomes with the reason"),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicReport:
+    name: str
+    action: str  # "created" | "ok" | "mismatch"
+    problems: tuple[str, ...] = ()
+
+
+async def ensure_topics_async(bootstrap: str, specs: Iterable[TopicSpec]) -> list[TopicReport]:
+    specs = list(specs)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    try:
+        await admin.start()
+    except Exception as exc:
+        raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        reports: list[TopicReport] = []
+        if missing:
+            new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config()) for s in missing]
+            try:
+                await admin.create_topics(new, timeout_ms=15000)
+            except TopicAlreadyExistsError:
+                pass  # another process created it between list and create; verified below
+            reports += [TopicReport(s.name, "created") for s in missing]
+        present = [s for s in specs if s.name in existing]
+        if present:
+            reports += await _verify(admin, present)
+        return sorted(reports, key=lambda r: r.name)
+    finally:
+        await admin.close()
+
+
+async def _verify(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[TopicReport]:
+    described = await admin.describe_topics([s.name for s in specs])
+    partitions = {t["topic"]: len(t["partitions"]) for t in described}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
+    actual: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for resource in response.resources:
+            name = resource[3]
+            actual[name] = {entry[0]: entry[1] for entry in resource[4]}
+    reports = []
+    for spec in specs:
+        problems = []
+        if partitions.get(spec.name) != spec.partitions:
+            problems.append(f"partitions = {partitions.get(spec.name)}, expected {spec.partitions}")
+        for key, want in spec.config().items():
+            have = actual.get(spec.name, {}).get(key)
+            if have != want:
+                problems.append(f"{key} = {have}, expected {want}")
+        reports.append(TopicReport(spec.name, "mismatch" if problems else "ok", tuple(problems)))
+    return reports
+
+
+def ensure_topics(bootstrap: str, topics: Topics, strict: bool = True) -> list[TopicReport]:
+    reports = asyncio.run(ensure_topics_async(bootstrap, topics.specs()))
+    bad = [r for r in reports if r.action == "mismatch"]
+    if bad and strict:
+        lines = [f"  {r.name}: " + "; ".join(r.problems) for r in bad]
+        raise TopicMismatch(
+            "topics exist with settings other than declared (fix or delete them, canary will not "
+            "silently accept them):\n" + "\n".join(lines)
+        )
+    return reports

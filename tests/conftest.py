@@ -1,0 +1,67 @@
+"""Session-wide real Kafka for the tests.
+
+Same rule as everywhere: KAFKA_BOOTSTRAP_SERVERS set → that cluster, start nothing. Otherwise the local
+KRaft broker on a free port with a throwaway data dir (jars come from the shared Maven cache), or —
+when CANARY_TEST_KAFKA=testcontainers and a Docker engine answers — testcontainers' Kafka.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from canary.kafka.topics import Topics, ensure_topics
+from canary.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return load_settings().with_overrides(project_root=ROOT)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if base_settings.bootstrap_servers:
+        yield base_settings.bootstrap_servers
+        return
+    if os.environ.get("CANARY_TEST_KAFKA") == "testcontainers":
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    from canary.kafka.broker import LocalBroker, main_log
+
+    broker = LocalBroker(base_settings.home, _free_port(), data_dir=tmp_path_factory.mktemp("kafka"))
+    info = broker.start(log=main_log)
+    try:
+        yield info.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def settings(base_settings: Settings, kafka_bootstrap: str) -> Settings:
+    """Settings for one test: the session's cluster, and topics of its own."""
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    return base_settings.with_overrides(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
+
+
+@pytest.fixture
+def topics(settings: Settings) -> Topics:
+    names = Topics(settings.topic_prefix)
+    ensure_topics(settings.effective_bootstrap, names)
+    return names
