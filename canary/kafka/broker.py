@@ -192,9 +192,7 @@ class JarCache:
         with tempfile.TemporaryDirectory(prefix="canary-pom-") as work:
             pom = Path(work) / "pom.xml"
             pom.write_text(
-                _POM_TEMPLATE.format(
-                    scala=SCALA_VERSION, kafka=self.version, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION
-                )
+                _POM_TEMPLATE.format(scala=SCALA_VERSION, kafka=self.version, log4j=LOG4J_VERSION, slf4j=SLF4J_VERSION)
             )
             cmd = [
                 mvn,
@@ -293,7 +291,7 @@ class LocalBroker:
         log_handle = self.log_file.open("ab")
         cmd = [
             java,
-            f"-Xms256m",
+            "-Xms256m",
             f"-Xmx{self.heap}",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
@@ -449,8 +447,7 @@ def _wait_for_metadata(
         exited = popen.poll() if popen is not None else (None if _pid_alive(pid) else -1)
         if exited is not None:
             raise BrokerError(
-                f"the Kafka broker exited during start (code {exited}). Last lines of {log_file}:\n"
-                + _tail(log_file)
+                f"the Kafka broker exited during start (code {exited}). Last lines of {log_file}:\n" + _tail(log_file)
             )
         if metadata_answers(bootstrap, timeout=2.0):
             return

@@ -30,7 +30,5 @@ def ensure_local_or_external(settings: Settings, log: object = None) -> str:
         return require_kafka(settings)
     from canary.kafka.broker import LocalBroker
 
-    info = LocalBroker(settings.home, settings.local_port).start(
-        log=log if callable(log) else (lambda _m: None)
-    )
+    info = LocalBroker(settings.home, settings.local_port).start(log=log if callable(log) else (lambda _m: None))
     return info.bootstrap

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -17,10 +18,8 @@ async def _metadata(bootstrap: str, timeout: float) -> bool:
     except Exception:
         return False
     finally:
-        try:
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(admin.close(), timeout)
-        except Exception:
-            pass
 
 
 def _any_port_open(bootstrap: str, timeout: float) -> bool:

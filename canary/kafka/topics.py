@@ -8,6 +8,7 @@ control topic would quietly delete the history that pointers and audits are rebu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -100,10 +101,9 @@ async def ensure_topics_async(bootstrap: str, specs: Iterable[TopicSpec]) -> lis
         reports: list[TopicReport] = []
         if missing:
             new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config()) for s in missing]
-            try:
+            # Another process may create one between list and create; it is verified on the next run.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new, timeout_ms=15000)
-            except TopicAlreadyExistsError:
-                pass  # another process created it between list and create; verified below
             reports += [TopicReport(s.name, "created") for s in missing]
         present = [s for s in specs if s.name in existing]
         if present:

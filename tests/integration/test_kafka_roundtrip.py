@@ -82,7 +82,18 @@ def test_minimal_faust_agent_with_table(settings: Settings, topics: Topics, tmp_
         "PROBE_APP": f"probe-{settings.topic_prefix}",
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "faust", "-A", "faust_probe_app", "--datadir", str(tmp_path), "worker", "-l", "warn"],
+        [
+            sys.executable,
+            "-m",
+            "faust",
+            "-A",
+            "faust_probe_app",
+            "--datadir",
+            str(tmp_path),
+            "worker",
+            "-l",
+            "warn",
+        ],
         cwd=HERE,
         env=env,
         stdout=subprocess.PIPE,

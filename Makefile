@@ -1,0 +1,55 @@
+# canary — every target CI uses is here; `.ci/run` calls them unchanged.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install canary with its dev extra
+	@true
+
+test-deps: ## Install the system tools tests use (kcat; headless chromium) if missing (needs root + apt)
+	@bash scripts/install_test_deps.sh
+
+lint: install ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: install ## Apply ruff formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: install ## mypy --strict on the packages
+	$(BIN)/mypy
+
+test: install test-deps ## Run the whole test suite (starts a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set)
+	$(BIN)/pytest
+
+test-core: install ## Only the Kafka-free tests (fast)
+	$(BIN)/pytest tests/core tests/config
+
+ci: lint typecheck test ## What .ci/run executes
+
+kafka-start: install ## Start the local Kafka broker (127.0.0.1:19092) and create the topics
+	$(BIN)/canary kafka start
+	$(BIN)/canary kafka topics
+
+kafka-stop: install ## Stop the local Kafka broker
+	$(BIN)/canary kafka stop
+
+clean: ## Remove build and cache artefacts (not the jar cache in ~/.cache/canary)
+	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: help install test-deps lint fmt typecheck test test-core ci kafka-start kafka-stop clean
