@@ -1,0 +1,179 @@
+"""Window aggregation as a small algebra: ``initialize`` / ``agg`` / ``merge`` / ``result``.
+
+The state is an immutable value: ``agg`` returns a new state and never touches the old one, so a
+stream processor can keep the previous state until the new one is safely in its changelog. Every field
+is either an integer sum or the order-independent sketch, so any batch split and any merge order give
+the same state, and the same JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from canary.core.models import RuleVerdict, SearchOutcome, WindowKey, WindowResult
+from canary.core.sketch import QuantileSketch
+from canary.errors import InvalidEvent
+
+RECALL_SCALE = 1_000_000
+"""Recall is summed as integer micro-units: float sums depend on addition order, integer sums do not."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowAggregate:
+    """Everything a window needs to produce its :class:`WindowResult`; size bounded by the sketch."""
+
+    count: int = 0
+    error_count: int = 0
+    sketch: QuantileSketch = field(default_factory=QuantileSketch)
+    recall_sum_micros: int = 0
+    recall_samples: int = 0
+    slo_violations: int = 0
+    late_count: int = 0
+    max_source_offset: int = -1
+
+    def with_late(self, n: int = 1) -> WindowAggregate:
+        return replace(self, late_count=self.late_count + n)
+
+    def with_offset(self, offset: int) -> WindowAggregate:
+        return replace(self, max_source_offset=max(self.max_source_offset, offset))
+
+    @property
+    def recall_at_10(self) -> float | None:
+        if self.recall_samples == 0:
+            return None
+        return self.recall_sum_micros / self.recall_samples / RECALL_SCALE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "error_count": self.error_count,
+            "sketch": self.sketch.to_dict(),
+            "recall_sum_micros": self.recall_sum_micros,
+            "recall_samples": self.recall_samples,
+            "slo_violations": self.slo_violations,
+            "late_count": self.late_count,
+            "max_source_offset": self.max_source_offset,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WindowAggregate:
+        try:
+            ints = {
+                name: int(d[name])
+                for name in (
+                    "count",
+                    "error_count",
+                    "recall_sum_micros",
+                    "recall_samples",
+                    "slo_violations",
+                    "late_count",
+                    "max_source_offset",
+                )
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidEvent(f"WindowAggregate: malformed state ({exc!r}): {dict(d)!r:.200}") from None
+        return cls(sketch=QuantileSketch.from_dict(d["sketch"]), **ints)
+
+
+class WindowAggregator:
+    """Folds micro-batches of outcomes into :class:`WindowAggregate` values.
+
+    ``slo_violations`` counts requests, not rules: an outcome is one violation if it errored, was slower
+    than ``latency_threshold_ms``, or carried a recall label below ``recall_threshold``.
+    """
+
+    def __init__(
+        self,
+        latency_threshold_ms: float = 1200.0,
+        recall_threshold: float = 0.30,
+        relative_accuracy: float = 0.005,
+        max_bins: int = 2048,
+    ) -> None:
+        self.latency_threshold_ms = latency_threshold_ms
+        self.recall_threshold = recall_threshold
+        self.relative_accuracy = relative_accuracy
+        self.max_bins = max_bins
+
+    def initialize(self) -> WindowAggregate:
+        return WindowAggregate(sketch=QuantileSketch(self.relative_accuracy, self.max_bins))
+
+    def agg(
+        self,
+        state: WindowAggregate,
+        outcomes: Sequence[SearchOutcome],
+        max_offset: int | None = None,
+    ) -> WindowAggregate:
+        """Add one micro-batch. ``max_offset`` is the highest source offset in it, for redelivery checks."""
+        if not outcomes:
+            return state if max_offset is None else state.with_offset(max_offset)
+        latency = np.fromiter((o.latency_ms for o in outcomes), dtype=np.float64, count=len(outcomes))
+        errored = np.fromiter((o.error is not None for o in outcomes), dtype=bool, count=len(outcomes))
+        # NaN marks "no label"; NaN < threshold is False, so unlabeled outcomes never count as a breach.
+        recall = np.fromiter(
+            (np.nan if o.recall_at_10 is None else o.recall_at_10 for o in outcomes),
+            dtype=np.float64,
+            count=len(outcomes),
+        )
+        labeled = ~np.isnan(recall)
+        breached = errored | (latency > self.latency_threshold_ms) | (recall < self.recall_threshold)
+
+        sketch = state.sketch.copy()
+        sketch.add_many(latency)
+        recall_micros = np.rint(recall[labeled] * RECALL_SCALE).astype(np.int64)
+        return replace(
+            state,
+            count=state.count + len(outcomes),
+            error_count=state.error_count + int(errored.sum()),
+            sketch=sketch,
+            recall_sum_micros=state.recall_sum_micros + int(recall_micros.sum()),
+            recall_samples=state.recall_samples + int(labeled.sum()),
+            slo_violations=state.slo_violations + int(breached.sum()),
+            max_source_offset=state.max_source_offset
+            if max_offset is None
+            else max(state.max_source_offset, max_offset),
+        )
+
+    def merge(self, a: WindowAggregate, b: WindowAggregate) -> WindowAggregate:
+        sketch = a.sketch.copy()
+        sketch.merge(b.sketch)
+        return WindowAggregate(
+            count=a.count + b.count,
+            error_count=a.error_count + b.error_count,
+            sketch=sketch,
+            recall_sum_micros=a.recall_sum_micros + b.recall_sum_micros,
+            recall_samples=a.recall_samples + b.recall_samples,
+            slo_violations=a.slo_violations + b.slo_violations,
+            late_count=a.late_count + b.late_count,
+            max_source_offset=max(a.max_source_offset, b.max_source_offset),
+        )
+
+    def result(
+        self,
+        state: WindowAggregate,
+        key: WindowKey,
+        window_start_ms: int,
+        window_end_ms: int,
+        verdicts: Sequence[RuleVerdict] = (),
+        emitted_at_ms: int = 0,
+    ) -> WindowResult:
+        return WindowResult(
+            deployment_id=key.deployment_id,
+            config_name=key.config_name,
+            arm=key.arm,
+            window_start_ms=window_start_ms,
+            window_end_ms=window_end_ms,
+            duration_sec=(window_end_ms - window_start_ms) // 1000,
+            response_count=state.count,
+            error_count=state.error_count,
+            p95_ms=state.sketch.quantile(0.95),
+            recall_at_10=state.recall_at_10,
+            recall_samples=state.recall_samples,
+            slo_violations=state.slo_violations,
+            verdicts=tuple(verdicts),
+            late_count=state.late_count,
+            emitted_at_ms=emitted_at_ms,
+        )

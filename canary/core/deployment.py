@@ -1,0 +1,172 @@
+"""The deployment state machine, event-sourced from the control topic.
+
+Routers, the streams worker and the CLI all fold the same ordered control commands through
+:class:`ControlLedger`, so ``active`` / ``last_good`` pointers and deployment status are identical
+everywhere. Applying a command is idempotent by ``command_id`` (at-least-once delivery), and a command
+that makes no sense in the current state is rejected with a reason instead of corrupting the state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from canary.core.models import ControlCommand
+
+DeploymentStatus = Literal["running", "paused", "rolled_back", "promoted", "aborted"]
+LIVE_STATUSES: frozenset[str] = frozenset({"running", "paused"})
+DEFAULT_WEIGHT = 0.10
+
+
+def snapshot_hash(snapshot: dict[str, Any]) -> str:
+    """Content hash of a resolved preset snapshot: first 16 hex of sha256 over canonical JSON."""
+    canonical = json.dumps(snapshot, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRef:
+    """A resolved preset snapshot as carried in a start command."""
+
+    name: str
+    version: str
+    content_hash: str
+    snapshot: dict[str, Any]
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict[str, Any], content_hash: str | None = None) -> ConfigRef:
+        meta = snapshot.get("metadata", {})
+        return cls(
+            name=str(meta.get("name", "unknown")),
+            version=str(meta.get("version", "0.0.0")),
+            content_hash=content_hash or snapshot_hash(snapshot),
+            snapshot=snapshot,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    deployment_id: str
+    status: DeploymentStatus
+    candidate: ConfigRef
+    last_good: ConfigRef
+    weight: float
+    started_at_ms: int
+    start_command_id: str
+    ended_at_ms: int | None = None
+    end_command_id: str | None = None
+    reason: str | None = None
+    evidence: dict[str, Any] | None = None
+    issued_by: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE_STATUSES
+
+    @property
+    def candidate_weight(self) -> float:
+        """Share of traffic the candidate gets right now (0 unless running)."""
+        return self.weight if self.status == "running" else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    applied: bool
+    note: str
+    deployment: Deployment | None = None
+
+
+@dataclass
+class ControlLedger:
+    """Folds control commands into pointers and deployments."""
+
+    last_good: ConfigRef | None = None
+    deployments: dict[str, Deployment] = field(default_factory=dict)
+    current_id: str | None = None
+    applied_ids: set[str] = field(default_factory=set)
+    last_command_id: str | None = None
+
+    @property
+    def current(self) -> Deployment | None:
+        return self.deployments.get(self.current_id) if self.current_id else None
+
+    @property
+    def active(self) -> ConfigRef | None:
+        """The config serving the majority of traffic: last_good, or the candidate once promoted."""
+        return self.last_good
+
+    def apply(self, cmd: ControlCommand) -> Transition:
+        if cmd.command_id in self.applied_ids:
+            return Transition(False, f"duplicate command {cmd.command_id} ignored")
+        result = self._apply(cmd)
+        if result.applied:
+            self.applied_ids.add(cmd.command_id)
+            self.last_command_id = cmd.command_id
+        return result
+
+    def _apply(self, cmd: ControlCommand) -> Transition:
+        if cmd.type == "start":
+            return self._start(cmd)
+        dep = self.deployments.get(cmd.deployment_id)
+        if dep is None:
+            return Transition(False, f"{cmd.type}: unknown deployment {cmd.deployment_id}")
+        if not dep.live:
+            return Transition(False, f"{cmd.type}: deployment {dep.deployment_id} already {dep.status}", dep)
+        if cmd.type == "pause":
+            if dep.status == "paused":
+                return Transition(False, "pause: already paused", dep)
+            return self._update(replace(dep, status="paused"), "paused")
+        if cmd.type == "resume":
+            if dep.status == "running":
+                return Transition(False, "resume: already running", dep)
+            return self._update(replace(dep, status="running"), "resumed")
+        if cmd.type == "set_weight":
+            if cmd.weight is None:
+                return Transition(False, "set_weight: no weight given", dep)
+            return self._update(replace(dep, weight=cmd.weight), f"weight set to {cmd.weight:.2f}")
+        end_status: DeploymentStatus = {"rollback": "rolled_back", "promote": "promoted", "abort": "aborted"}[cmd.type]  # type: ignore[assignment]
+        ended = replace(
+            dep,
+            status=end_status,
+            ended_at_ms=cmd.issued_at_ms,
+            end_command_id=cmd.command_id,
+            reason=cmd.reason,
+            evidence=cmd.evidence,
+            issued_by=cmd.issued_by,
+        )
+        if end_status == "promoted":
+            self.last_good = dep.candidate
+        self.current_id = None
+        return self._update(ended, end_status)
+
+    def _start(self, cmd: ControlCommand) -> Transition:
+        live = self.current
+        if live is not None and live.live:
+            return Transition(False, f"start: deployment {live.deployment_id} is still {live.status}", live)
+        if cmd.deployment_id in self.deployments:
+            return Transition(False, f"start: deployment id {cmd.deployment_id} was used before")
+        if cmd.candidate_config is None:
+            return Transition(False, "start: command carries no candidate_config snapshot")
+        candidate = ConfigRef.from_snapshot(cmd.candidate_config, cmd.candidate_config_hash)
+        if cmd.last_good_config is not None:
+            self.last_good = ConfigRef.from_snapshot(cmd.last_good_config)
+        if self.last_good is None:
+            return Transition(False, "start: no last_good config known")
+        dep = Deployment(
+            deployment_id=cmd.deployment_id,
+            status="running",
+            candidate=candidate,
+            last_good=self.last_good,
+            weight=cmd.weight if cmd.weight is not None else DEFAULT_WEIGHT,
+            started_at_ms=cmd.issued_at_ms,
+            start_command_id=cmd.command_id,
+            issued_by=cmd.issued_by,
+        )
+        self.current_id = dep.deployment_id
+        return self._update(dep, "started")
+
+    def _update(self, dep: Deployment, note: str) -> Transition:
+        self.deployments[dep.deployment_id] = dep
+        return Transition(True, note, dep)

@@ -1,0 +1,176 @@
+"""A mergeable relative-error quantile sketch (DDSketch-style logarithmic buckets).
+
+Written here rather than taken from the ``ddsketch`` package because the window state needs three things
+at once: a micro-batch goes in as one vectorized numpy operation; the state serializes to small,
+deterministic JSON for a changelog topic; and the result depends only on the multiset of values, never
+on insertion order or batch split, so a replay is bit-identical to the live run.
+
+A positive value ``x`` goes to bucket ``ceil(log(x) / log(gamma))`` with ``gamma = (1 + a) / (1 - a)``;
+every value in bucket ``i`` is within relative error ``a`` of ``2 * gamma**i / (gamma + 1)``. Values
+<= 0 share one zero bucket (latencies are never negative; a 0 ms answer is still an answer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from canary.errors import InvalidEvent
+
+
+class QuantileSketch:
+    """Counts per logarithmic bucket; ``quantile`` is within ``relative_accuracy`` of the exact value."""
+
+    __slots__ = ("_bins", "_count", "_gamma", "_log_gamma", "_zero", "max_bins", "relative_accuracy")
+
+    def __init__(self, relative_accuracy: float = 0.005, max_bins: int = 2048) -> None:
+        if not 0.0 < relative_accuracy < 1.0:
+            raise ValueError(f"relative_accuracy must be in (0, 1), got {relative_accuracy!r}")
+        if max_bins < 2:
+            raise ValueError(f"max_bins must be >= 2, got {max_bins!r}")
+        self.relative_accuracy = relative_accuracy
+        self.max_bins = max_bins
+        self._gamma = (1.0 + relative_accuracy) / (1.0 - relative_accuracy)
+        self._log_gamma = math.log(self._gamma)
+        self._bins: dict[int, int] = {}
+        self._zero = 0
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def bin_count(self) -> int:
+        """Buckets in use, including the zero bucket; bounded by ``max_bins + 1``."""
+        return len(self._bins) + (1 if self._zero else 0)
+
+    def add(self, x: float) -> None:
+        # Through numpy as well: math.log and np.log may differ in the last bit, which could move a
+        # value that sits on a bucket edge and break add/add_many equivalence.
+        self.add_many([x])
+
+    def add_many(self, values: Sequence[float] | npt.NDArray[np.floating[Any]]) -> None:
+        arr = np.asarray(values, dtype=np.float64).ravel()
+        if arr.size == 0:
+            return
+        if not np.all(np.isfinite(arr)):
+            bad = arr[~np.isfinite(arr)][0]
+            raise InvalidEvent(f"QuantileSketch: values must be finite, got {bad!r}")
+        positive = arr[arr > 0.0]
+        self._zero += int(arr.size - positive.size)
+        self._count += int(arr.size)
+        if positive.size:
+            idx = np.ceil(np.log(positive) / self._log_gamma).astype(np.int64)
+            keys, counts = np.unique(idx, return_counts=True)
+            bins = self._bins
+            for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
+                bins[k] = bins.get(k, 0) + c
+            self._collapse()
+
+    def merge(self, other: QuantileSketch) -> None:
+        if other.relative_accuracy != self.relative_accuracy or other.max_bins != self.max_bins:
+            raise ValueError(
+                "cannot merge sketches with different parameters: "
+                f"({self.relative_accuracy}, {self.max_bins}) "
+                f"vs ({other.relative_accuracy}, {other.max_bins})"
+            )
+        for k, c in other._bins.items():
+            self._bins[k] = self._bins.get(k, 0) + c
+        self._zero += other._zero
+        self._count += other._count
+        self._collapse()
+
+    def _collapse(self) -> None:
+        # Fold every bucket below (top - max_bins + 1) into that floor bucket. The floor depends only on
+        # the top bucket, only rises, and clamping twice equals clamping once at the higher floor, so the
+        # final state is a function of the values seen: order and batch split cannot change it (a rule
+        # like "collapse when more than max_bins buckets are in use" would not have that property). Only
+        # the low tail loses accuracy, which a p95 never looks at.
+        if not self._bins:
+            return
+        floor = max(self._bins) - self.max_bins + 1
+        if min(self._bins) >= floor:
+            return
+        folded = sum(c for k, c in self._bins.items() if k < floor)
+        self._bins = {k: c for k, c in self._bins.items() if k >= floor}
+        self._bins[floor] = self._bins.get(floor, 0) + folded
+
+    def _value(self, index: int) -> float:
+        return 2.0 * self._gamma**index / (self._gamma + 1.0)
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (0 <= q <= 1), ``None`` when empty.
+
+        Same rank convention as ``numpy.percentile(method="linear")``: rank ``q * (n - 1)``, linearly
+        interpolated between the bucket values at the two neighbouring ranks. Interpolating (rather than
+        returning the bucket at the floor rank) keeps the relative-error bound even for tiny n, where
+        neighbouring order statistics can be far apart.
+        """
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {q!r}")
+        if self._count == 0:
+            return None
+        rank = q * (self._count - 1)
+        lo = math.floor(rank)
+        hi = min(lo + 1, self._count - 1)
+        frac = rank - lo
+        v_lo = self._value_at_rank(lo)
+        v_hi = v_lo if hi == lo else self._value_at_rank(hi)
+        return v_lo + (v_hi - v_lo) * frac
+
+    def _value_at_rank(self, rank: int) -> float:
+        seen = self._zero
+        if rank < seen:
+            return 0.0
+        for k in sorted(self._bins):
+            seen += self._bins[k]
+            if rank < seen:
+                return self._value(k)
+        raise AssertionError("rank beyond count")  # unreachable: rank < count
+
+    def copy(self) -> QuantileSketch:
+        out = QuantileSketch(self.relative_accuracy, self.max_bins)
+        out._bins = dict(self._bins)
+        out._zero = self._zero
+        out._count = self._count
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Sorted ``[index, count]`` pairs: small, and identical JSON for identical contents."""
+        return {
+            "relative_accuracy": self.relative_accuracy,
+            "max_bins": self.max_bins,
+            "zero": self._zero,
+            "bins": [[k, self._bins[k]] for k in sorted(self._bins)],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QuantileSketch:
+        try:
+            out = cls(float(d["relative_accuracy"]), int(d["max_bins"]))
+            zero = d["zero"]
+            pairs = d["bins"]
+            bins = {int(k): int(c) for k, c in pairs}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidEvent(f"QuantileSketch: malformed state ({exc!r}): {dict(d)!r:.200}") from None
+        if not isinstance(zero, int) or zero < 0 or any(c <= 0 for c in bins.values()):
+            raise InvalidEvent(f"QuantileSketch: counts must be positive integers: {dict(d)!r:.200}")
+        out._bins = bins
+        out._zero = zero
+        out._count = zero + sum(bins.values())
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QuantileSketch):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: equal contents must not imply a stable hash
+
+    def __repr__(self) -> str:
+        return f"QuantileSketch(count={self._count}, bins={self.bin_count}, a={self.relative_accuracy})"

@@ -1,0 +1,54 @@
+"""FAULT INJECTION — wraps a real backend to make a config misbehave on purpose.
+
+Used by tests, benchmarks and the demo the way Flagger's end-to-end tests use podinfo's delay endpoint:
+the router, Kafka, windows and SLO agent all run for real; only the backend's answer is made slow,
+failing or degraded for the configs named here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from router.backends.base import SearchBackend
+
+
+class InjectedFault(RuntimeError):
+    """The error a fault-injected search raises (appears as error='injected_fault' in outcomes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    added_latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    error_rate: float = 0.0
+    keep_fraction: float = 1.0  # <1 drops relevant results from the top of the ranking
+
+
+class FaultInjectingBackend:
+    """Applies a :class:`Fault` to searches whose preset name is in ``faults``; others pass through."""
+
+    def __init__(self, inner: SearchBackend, faults: Mapping[str, Fault], seed: int = 7) -> None:
+        self.inner = inner
+        self.faults = dict(faults)
+        self._rng = random.Random(seed)
+
+    async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]:
+        name = str(params.get("metadata", {}).get("name", ""))
+        fault = self.faults.get(name)
+        if fault is None:
+            return await self.inner.search(query, collection, params)
+        delay = fault.added_latency_ms + self._rng.uniform(-1, 1) * fault.latency_jitter_ms
+        if delay > 0:
+            await asyncio.sleep(delay / 1000.0)
+        if fault.error_rate and self._rng.random() < fault.error_rate:
+            raise InjectedFault(f"injected fault for {name}")
+        ranked = list(await self.inner.search(query, collection, params))
+        if fault.keep_fraction < 1.0:
+            keep = int(round(len(ranked) * fault.keep_fraction))
+            # Degrade by pushing the best results down: what a worse index or fusion would do.
+            ranked = ranked[len(ranked) - keep :] + ranked[: len(ranked) - keep]
+        return ranked

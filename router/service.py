@@ -1,0 +1,374 @@
+"""The router: splits traffic last_good / candidate, runs searches, publishes every outcome, obeys control.
+
+Every router instance reads the whole (single-partition) control topic itself, without a consumer group,
+and folds it through the shared :class:`ControlLedger`: all instances converge on the same state, and a
+rollback stops candidate traffic on each of them as soon as its control fetch returns (≈100 ms).
+Requests come from ``search_requests`` (consumer group, so instances share the load) or from the
+in-process :meth:`RouterService.execute_search`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from canary.core.deployment import ConfigRef, ControlLedger
+from canary.core.models import Arm, ControlCommand, RouterState, SearchOutcome, WindowKey
+from canary.errors import InvalidEvent
+from canary.kafka.topics import Topics
+from router.backends.base import SearchBackend
+from router.offsets import OffsetTracker
+from router.requests import SearchRequest, recall_at_10
+from router.split import assign_arm
+
+log = logging.getLogger("canary.router")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class RouterStats:
+    requests: int = 0
+    by_arm: dict[str, int] = field(default_factory=lambda: {"last_good": 0, "candidate": 0})
+    errors: int = 0
+    invalid_requests: int = 0
+    invalid_commands: int = 0
+    last_candidate_dispatch_ms: int | None = None
+    applied: list[tuple[str, str, int]] = field(default_factory=list)  # (command_id, type, applied_at_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigUsed:
+    name: str
+    version: str
+    content_hash: str
+    arm: Arm
+    deployment_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config_name": self.name,
+            "config_version": self.version,
+            "config_hash": self.content_hash,
+            "arm": self.arm,
+            "deployment_id": self.deployment_id,
+        }
+
+
+class RouterService:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        backend: SearchBackend,
+        initial_last_good: ConfigRef,
+        router_id: str | None = None,
+        group_id: str | None = None,
+        consume_requests: bool = True,
+        max_in_flight: int = 256,
+        search_timeout_ms: int = 10_000,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.backend = backend
+        self.router_id = router_id or f"router-{uuid.uuid4().hex[:8]}"
+        self.group_id = group_id or f"{topics.prefix}canary-router"
+        self.consume_requests = consume_requests
+        self.ledger = ControlLedger(last_good=initial_last_good)
+        self.stats = RouterStats()
+        self._seq = 0
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._timeout_s = search_timeout_ms / 1000.0
+        self._offsets = OffsetTracker()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._producer: AIOKafkaProducer | None = None
+        self._control: AIOKafkaConsumer | None = None
+        self._requests: AIOKafkaConsumer | None = None
+        self._caught_up = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+        )
+        await self._producer.start()
+        self._control = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50, group_id=None
+        )
+        await self._control.start()
+        control_tp = TopicPartition(self.topics.control, 0)
+        self._control.assign([control_tp])
+        await self._control.seek_to_beginning(control_tp)
+        end = (await self._control.end_offsets([control_tp]))[control_tp]
+        await self._catch_up(control_tp, end)
+        await self._publish_state(None)
+        self._loops.append(asyncio.create_task(self._control_loop(), name=f"{self.router_id}-control"))
+        if self.consume_requests:
+            self._requests = AIOKafkaConsumer(
+                self.topics.search_requests,
+                bootstrap_servers=self.bootstrap,
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=50,
+            )
+            await self._requests.start()
+            self._loops.append(asyncio.create_task(self._request_loop(), name=f"{self.router_id}-requests"))
+            self._loops.append(asyncio.create_task(self._commit_loop(), name=f"{self.router_id}-commit"))
+
+    async def stop(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._requests is not None:
+            await self._commit()
+            await self._requests.stop()
+        if self._control is not None:
+            await self._control.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def __aenter__(self) -> RouterService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    # -- control ----------------------------------------------------------------------------------------------
+    async def _catch_up(self, tp: TopicPartition, end: int) -> None:
+        assert self._control is not None
+        while await self._control.position(tp) < end:
+            batch = await self._control.getmany(tp, timeout_ms=500)
+            for record in batch.get(tp, []):
+                self._apply_control(record, publish=False)
+        self._caught_up.set()
+
+    async def _control_loop(self) -> None:
+        assert self._control is not None
+        while True:
+            batch = await self._control.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    transition_cmd = self._apply_control(record, publish=True)
+                    if transition_cmd is not None:
+                        await self._publish_state(transition_cmd)
+
+    def _apply_control(self, record: ConsumerRecord[bytes, bytes], publish: bool) -> str | None:
+        try:
+            cmd = ControlCommand.from_dict(json.loads(record.value or b"null"))
+        except (InvalidEvent, ValueError) as exc:
+            self.stats.invalid_commands += 1
+            log.warning("ignoring invalid control record at offset %s: %s", record.offset, exc)
+            return None
+        transition = self.ledger.apply(cmd)
+        if transition.applied:
+            self.stats.applied.append((cmd.command_id, cmd.type, now_ms()))
+            log.info("%s applied %s %s: %s", self.router_id, cmd.type, cmd.deployment_id, transition.note)
+            return cmd.command_id
+        log.debug("%s: %s", self.router_id, transition.note)
+        return None
+
+    def current_state(self, answers: str | None) -> RouterState:
+        dep = self.ledger.current or (
+            self.ledger.deployments.get(self.ledger.last_applied_deployment or "")
+            if hasattr(self.ledger, "last_applied_deployment")
+            else None
+        )
+        last = self.ledger.last_good
+        status = dep.status if dep is not None else "idle"
+        return RouterState(
+            router_id=self.router_id,
+            deployment_id=dep.deployment_id if dep else None,
+            status=status,
+            active_config=last.name if last else "",
+            last_good=last.name if last else "",
+            candidate_config=dep.candidate.name if dep else None,
+            weight=dep.candidate_weight if dep else 0.0,
+            answers_command_id=answers,
+            applied_at_ms=now_ms(),
+            seq=self._seq,
+        )
+
+    async def _publish_state(self, answers: str | None) -> None:
+        assert self._producer is not None
+        self._seq += 1
+        state = self.current_state(answers)
+        await self._producer.send_and_wait(
+            self.topics.state, json.dumps(state.to_dict()).encode(), key=self.router_id.encode()
+        )
+
+    # -- routing ------------------------------------------------------------------------------------------------
+    def route(self, request: SearchRequest) -> tuple[ConfigRef, ConfigUsed]:
+        """Pick the arm for a request from the state as it is right now."""
+        dep = self.ledger.current
+        last_good = self.ledger.last_good
+        assert last_good is not None
+        if dep is not None and dep.status == "running":
+            arm = assign_arm(request.routing_key, dep.deployment_id, dep.weight)
+            config = dep.candidate if arm == "candidate" else dep.last_good
+            deployment_id: str | None = dep.deployment_id
+        else:
+            arm, config, deployment_id = "last_good", last_good, dep.deployment_id if dep else None
+        return config, ConfigUsed(config.name, config.version, config.content_hash, arm, deployment_id)
+
+    async def execute_search(
+        self,
+        query: str,
+        collection_name: str,
+        user_id: str | None = None,
+        relevant_ids: list[str] | None = None,
+        request_id: str | None = None,
+    ) -> tuple[list[str], dict[str, Any]]:
+        """The spec's in-process API: route, search, publish the outcome, return (results, config_used)."""
+        request = SearchRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            query=query,
+            collection=collection_name,
+            user_id=user_id,
+            ts=now_ms(),
+            relevant_ids=tuple(relevant_ids) if relevant_ids is not None else None,
+        )
+        results, used = await self._handle(request)
+        return results, used.to_dict()
+
+    async def _handle(self, request: SearchRequest) -> tuple[list[str], ConfigUsed]:
+        config, used = self.route(request)
+        self.stats.requests += 1
+        self.stats.by_arm[used.arm] += 1
+        if used.arm == "candidate":
+            self.stats.last_candidate_dispatch_ms = now_ms()
+        started = time.perf_counter()
+        error: str | None = None
+        results: list[str] = []
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                results = list(await self.backend.search(request.query, request.collection, config.snapshot))
+        except TimeoutError:
+            error = "timeout"
+        except Exception as exc:
+            error = "injected_fault" if type(exc).__name__ == "InjectedFault" else "backend_error"
+            log.debug("search failed: %r", exc)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if error:
+            self.stats.errors += 1
+        outcome = SearchOutcome(
+            event_id=f"{self.router_id}:{request.request_id}",
+            request_id=request.request_id,
+            ts=now_ms(),
+            deployment_id=used.deployment_id,
+            config_name=used.name,
+            config_version=used.version,
+            config_hash=used.content_hash,
+            arm=used.arm,
+            latency_ms=round(latency_ms, 3),
+            recall_at_10=None if error else recall_at_10(results, request.relevant_ids),
+            result_count=len(results),
+            error=error,
+            router_id=self.router_id,
+        )
+        await self._publish_outcome(outcome)
+        return results, used
+
+    async def _publish_outcome(self, outcome: SearchOutcome) -> None:
+        assert self._producer is not None
+        key = outcome.window_key.as_str().encode()
+        await self._producer.send_and_wait(self.topics.search_results, json.dumps(outcome.to_dict()).encode(), key=key)
+
+    # -- Kafka request intake ------------------------------------------------------------------------------------
+    async def _request_loop(self) -> None:
+        assert self._requests is not None
+        await self._caught_up.wait()
+        while True:
+            batch = await self._requests.getmany(timeout_ms=200, max_records=500)
+            for tp, records in batch.items():
+                for record in records:
+                    await self._slots.acquire()
+                    self._offsets.started(tp.topic, tp.partition, record.offset)
+                    task = asyncio.create_task(self._process_record(record))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def _process_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            try:
+                request = SearchRequest.from_dict(json.loads(record.value or b"null"))
+            except (InvalidEvent, ValueError) as exc:
+                await self._reject(record, str(exc))
+                return
+            await self._handle(request)
+        except Exception:
+            log.exception("request at %s/%s failed unexpectedly", record.partition, record.offset)
+        finally:
+            self._offsets.finished(record.topic, record.partition, record.offset)
+            self._slots.release()
+
+    async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        """Poison request: dead-letter it with the reason and publish an error outcome (visible, not lost)."""
+        assert self._producer is not None
+        self.stats.invalid_requests += 1
+        raw = (record.value or b"").decode("utf-8", errors="replace")
+        dead = {
+            "reason": reason,
+            "source_topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "raw": raw[:10_000],
+            "router_id": self.router_id,
+            "rejected_at_ms": now_ms(),
+        }
+        await self._producer.send_and_wait(self.topics.requests_dlq, json.dumps(dead).encode())
+        request_id = f"invalid-{record.topic}-{record.partition}-{record.offset}"
+        _, used = self.route(SearchRequest(request_id=request_id, query="-", collection="-"))
+        outcome = SearchOutcome(
+            event_id=f"{self.router_id}:{request_id}",
+            request_id=request_id,
+            ts=now_ms(),
+            deployment_id=used.deployment_id,
+            config_name=used.name,
+            config_version=used.version,
+            config_hash=used.content_hash,
+            arm=used.arm,
+            latency_ms=0.0,
+            recall_at_10=None,
+            result_count=0,
+            error="invalid_request",
+            router_id=self.router_id,
+        )
+        await self._publish_outcome(outcome)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        if self._requests is None:
+            return
+        offsets = {TopicPartition(t, p): o for (t, p), o in self._offsets.committable().items()}
+        assigned = self._requests.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if offsets:
+            with contextlib.suppress(Exception):
+                await self._requests.commit(offsets)
+
+
+def outcome_key(outcome: Mapping[str, Any]) -> str:
+    return WindowKey(outcome.get("deployment_id"), str(outcome["config_name"]), str(outcome["arm"])).as_str()

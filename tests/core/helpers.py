@@ -1,0 +1,45 @@
+"""Builders for literal test inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from canary.core.models import Arm, SearchOutcome
+
+_seq = 0
+
+
+def outcome(
+    ts: int,
+    latency_ms: float = 100.0,
+    *,
+    arm: Arm = "candidate",
+    deployment_id: str | None = "dep-1",
+    config_name: str = "cand",
+    recall_at_10: float | None = 0.5,
+    error: str | None = None,
+    event_id: str | None = None,
+) -> SearchOutcome:
+    global _seq
+    _seq += 1
+    return SearchOutcome(
+        event_id=event_id or f"e{_seq}",
+        request_id=f"r{_seq}",
+        ts=ts,
+        deployment_id=deployment_id,
+        config_name=config_name,
+        config_version="1",
+        config_hash="abc",
+        arm=arm,
+        latency_ms=latency_ms,
+        recall_at_10=recall_at_10,
+        result_count=10,
+        error=error,
+        router_id="router-1",
+    )
+
+
+def outcome_dict(**overrides: Any) -> dict[str, Any]:
+    d = outcome(1_700_000_000_000, event_id="e-fixed").to_dict()
+    d.update(overrides)
+    return d

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from canary.core.aggregations import WindowAggregate, WindowAggregator
+from canary.core.models import SearchOutcome, WindowKey
+from canary.errors import InvalidEvent
+from tests.core.helpers import outcome
+
+KEY = WindowKey("dep-1", "cand", "candidate")
+
+
+def _outcomes() -> list[SearchOutcome]:
+    return [
+        outcome(1, 100.0, recall_at_10=0.5),
+        outcome(2, 1300.0, recall_at_10=0.9),  # slow
+        outcome(3, 50.0, recall_at_10=0.1),  # poor recall
+        outcome(4, 5000.0, recall_at_10=None, error="timeout"),  # error and slow: one violation
+        outcome(5, 1200.0, recall_at_10=0.30),  # exactly at both thresholds: fine
+        outcome(6, 80.0, recall_at_10=None),  # unlabeled, fine
+    ]
+
+
+def test_agg_counts() -> None:
+    agg = WindowAggregator()
+    s = agg.agg(agg.initialize(), _outcomes())
+    assert (s.count, s.error_count, s.recall_samples, s.slo_violations) == (6, 1, 4, 3)
+    assert s.recall_sum_micros == 1_800_000
+    assert s.recall_at_10 == pytest.approx(0.45)
+    assert s.max_source_offset == -1
+
+
+@pytest.mark.parametrize(
+    ("latency_threshold", "recall_threshold", "violations"),
+    [(1200.0, 0.30, 3), (100.0, 0.30, 4), (10_000.0, 0.0, 1), (1200.0, 0.95, 5)],
+)
+def test_slo_violations_follow_thresholds(latency_threshold: float, recall_threshold: float, violations: int) -> None:
+    agg = WindowAggregator(latency_threshold, recall_threshold)
+    assert agg.agg(agg.initialize(), _outcomes()).slo_violations == violations
+
+
+def test_result_fields() -> None:
+    agg = WindowAggregator()
+    s = agg.agg(agg.initialize(), _outcomes(), max_offset=41).with_late(2)
+    r = agg.result(s, KEY, 10_000, 15_000, (), 16_000)
+    assert r.window_id == "dep-1|cand|candidate@10000"
+    assert (r.response_count, r.error_count, r.recall_samples, r.slo_violations, r.late_count) == (
+        6,
+        1,
+        4,
+        3,
+        2,
+    )
+    assert r.duration_sec == 5
+    expected = np.percentile([o.latency_ms for o in _outcomes()], 95)
+    assert r.p95_ms == pytest.approx(expected, rel=0.01)
+    assert s.max_source_offset == 41
+
+
+def test_empty_result_has_no_metrics() -> None:
+    agg = WindowAggregator()
+    r = agg.result(agg.initialize(), KEY, 0, 5000, (), 6000)
+    assert (r.response_count, r.p95_ms, r.recall_at_10, r.recall_samples) == (0, None, None, 0)
+
+
+def test_agg_is_pure_and_split_independent() -> None:
+    agg = WindowAggregator()
+    rng = np.random.default_rng(7)
+    items = [
+        outcome(i, float(rng.lognormal(5, 1)), recall_at_10=float(rng.random()) if i % 3 else None) for i in range(300)
+    ]
+    whole = agg.agg(agg.initialize(), items)
+    start = agg.initialize()
+    s = start
+    for chunk in (items[200:], items[:7], items[7:200][::-1]):
+        s = agg.agg(s, chunk)
+    assert s == whole
+    assert start.count == 0 and start.sketch.count == 0
+    merged = agg.merge(agg.agg(agg.initialize(), items[:150]), agg.agg(agg.initialize(), items[150:]))
+    assert json.dumps(merged.to_dict()) == json.dumps(whole.to_dict())
+
+
+def test_state_round_trip_and_bounded_size() -> None:
+    agg = WindowAggregator()
+    small = agg.agg(agg.initialize(), [outcome(i, 100.0 + i % 50) for i in range(100)])
+    big = agg.agg(agg.initialize(), [outcome(i, 100.0 + i % 50) for i in range(20_000)])
+    assert WindowAggregate.from_dict(json.loads(json.dumps(big.to_dict()))) == big
+    assert len(json.dumps(big.to_dict())) < len(json.dumps(small.to_dict())) + 200
+
+
+def test_from_dict_rejects_malformed() -> None:
+    d = WindowAggregator().initialize().to_dict()
+    del d["count"]
+    with pytest.raises(InvalidEvent, match="WindowAggregate"):
+        WindowAggregate.from_dict(d)
