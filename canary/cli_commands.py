@@ -1,11 +1,127 @@
-"""Deployment-level commands (list, status, start, stop …) registered onto the main parser."""
+"""Service commands registered onto the main parser: the worker, the router."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+from pathlib import Path
 from typing import Any
+
+from canary.errors import ConfigError
+from canary.settings import Settings
+
+
+def _bootstrap_for_service(settings: Settings) -> str:
+    """Services follow the one rule: KAFKA_BOOTSTRAP_SERVERS, else the local broker (started if needed)."""
+    from canary.kafka.connect import ensure_local_or_external
+    from canary.kafka.topics import Topics, ensure_topics
+
+    bootstrap = ensure_local_or_external(settings, log=lambda m: logging.getLogger("canary").warning(m))
+    ensure_topics(bootstrap, Topics(settings.topic_prefix))
+    return bootstrap
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.kafka.topics import Topics
+    from streams.worker import run_worker
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bootstrap = _bootstrap_for_service(settings)
+    audit = Path(args.audit_log) if args.audit_log else settings.reports_dir / "audit.log"
+    data_dir = Path(args.data_dir) if args.data_dir else settings.home / "worker-data"
+    run_worker(
+        bootstrap,
+        Topics(settings.topic_prefix),
+        audit_log=audit,
+        data_dir=data_dir,
+        grace_ms=args.grace_ms,
+        window_ms=args.window_ms,
+    )
+    return 0
+
+
+def parse_fault(spec: str) -> tuple[str, Any]:
+    """``NAME:latency_ms=1500,jitter_ms=100,error_rate=0.1,keep=0.3`` → (preset name, Fault)."""
+    from router.backends.fault import Fault
+
+    name, _, params = spec.partition(":")
+    if not name:
+        raise ConfigError(f"--inject-fault {spec!r}: expected NAME:key=value,…")
+    fields = {"latency_ms": "added_latency_ms", "jitter_ms": "latency_jitter_ms", "error_rate": "error_rate"}
+    fields["keep"] = "keep_fraction"
+    values: dict[str, float] = {}
+    for part in filter(None, params.split(",")):
+        key, _, raw = part.partition("=")
+        if key not in fields:
+            raise ConfigError(f"--inject-fault {spec!r}: unknown key {key!r} (known: {', '.join(fields)})")
+        try:
+            values[fields[key]] = float(raw)
+        except ValueError:
+            raise ConfigError(f"--inject-fault {spec!r}: {key} = {raw!r} is not a number") from None
+    return name, Fault(**values)
+
+
+def default_backend() -> Any:
+    from router.backends.memory import KeywordBackend, numbered_corpus
+
+    return KeywordBackend(numbered_corpus())
+
+
+def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.config import PresetStore
+    from canary.core.deployment import ConfigRef
+    from canary.kafka.topics import Topics
+    from router.backends.base import load_backend
+    from router.backends.fault import FaultInjectingBackend
+    from router.main import serve
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    preset = PresetStore(settings.presets_dir).get(args.last_good)
+    backend = load_backend(args.backend) if args.backend else default_backend()
+    if args.inject_fault:
+        backend = FaultInjectingBackend(backend, dict(parse_fault(f) for f in args.inject_fault))
+        logging.getLogger("canary").warning("FAULT INJECTION active: %s", ", ".join(args.inject_fault))
+    bootstrap = _bootstrap_for_service(settings)
+    last_good = ConfigRef.from_snapshot(preset.to_dict(), preset.content_hash)
+    asyncio.run(serve(bootstrap, Topics(settings.topic_prefix), backend, last_good, router_id=args.router_id))
+    return 0
 
 
 def register(sub: Any) -> None:
-    """Add deployment subcommands; filled in as the router and streams land."""
-    _ = (sub, argparse)
+    worker = sub.add_parser(
+        "worker",
+        help="run the Faust streams worker: windows, SLO agent, audit agent",
+        description=(
+            "Aggregates search_results into tumbling windows per deployment/config/arm, judges candidate "
+            "windows against the preset's SLO, issues rollbacks on the control topic, and appends every "
+            "control/state event to the audit log. Stops cleanly on Ctrl-C / SIGTERM."
+        ),
+    )
+    worker.add_argument("--grace-ms", type=int, default=1000, help="event-time grace after a window ends (1000)")
+    worker.add_argument("--window-ms", type=int, default=5000, help="window (bucket) size in ms (5000)")
+    worker.add_argument("--audit-log", help="audit log path (default reports/canary/audit.log)")
+    worker.add_argument("--data-dir", help="Faust data dir (default ~/.cache/canary/worker-data)")
+    worker.set_defaults(handler=cmd_worker)
+
+    router = sub.add_parser(
+        "router",
+        help="run a router: consumes search_requests, splits traffic, publishes outcomes, obeys control",
+        description=(
+            "Consumes search_requests (consumer group shared by all routers), routes each request to "
+            "last_good or the candidate by a sticky hash of user_id, runs the search and publishes one "
+            "outcome per request to search_results. Every router reads the control topic itself."
+        ),
+    )
+    router.add_argument("--router-id", help="stable id of this router instance (default random)")
+    router.add_argument("--last-good", default="last_good", help="preset used before any canary ran")
+    router.add_argument("--backend", help="search backend import path 'package.module:factory'")
+    router.add_argument(
+        "--inject-fault",
+        action="append",
+        metavar="NAME:latency_ms=…,keep=…",
+        help="FAULT INJECTION for demos/tests: make preset NAME slow (latency_ms, jitter_ms), failing "
+        "(error_rate) or degraded (keep = fraction of good results kept in place)",
+    )
+    router.set_defaults(handler=cmd_router)
+    _ = argparse

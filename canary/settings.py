@@ -67,9 +67,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     try:
         port = int(port_text) if port_text else DEFAULT_LOCAL_PORT
     except ValueError:
-        raise ConfigError(
-            f"environment: CANARY_KAFKA_PORT = {port_text!r}: must be an integer port number"
-        ) from None
+        raise ConfigError(f"environment: CANARY_KAFKA_PORT = {port_text!r}: must be an integer port number") from None
     if not 0 < port < 65536:
         raise ConfigError(f"environment: CANARY_KAFKA_PORT = {port}: must be between 1 and 65535")
     home_text = env.get("CANARY_HOME", "").strip()

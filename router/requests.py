@@ -49,9 +49,7 @@ class SearchRequest:
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
             raise InvalidEvent(f"{where}.ts: expected epoch ms integer, got {ts!r:.100}")
         labels = data.get("relevant_ids")
-        if labels is not None and (
-            not isinstance(labels, list) or not all(isinstance(x, str | int) for x in labels)
-        ):
+        if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str | int) for x in labels)):
             raise InvalidEvent(f"{where}.relevant_ids: expected a list of ids, got {labels!r:.100}")
         return cls(
             request_id=str(data["request_id"]),

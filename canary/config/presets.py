@@ -1,0 +1,298 @@
+"""Config presets: the versioned search/retrieval settings that canary deploys, validated on load.
+
+A preset is immutable once loaded. ``Preset.to_dict()`` is the resolved snapshot (defaults filled in) that
+travels inside start commands, and ``content_hash`` fingerprints it, so every process can tell whether it
+runs exactly the configuration that was deployed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from canary.config.sections import (
+    BUILTIN_RULE_NAMES,
+    DEFAULT_CONSECUTIVE_BUCKETS,
+    DEFAULT_MIN_SAMPLES,
+    OPERATORS,
+    RATIO_METRICS,
+    RERANKER_TYPES,
+    RETRIEVER_TYPES,
+    SLO_METRICS,
+    DerivedParams,
+    MacroKnobs,
+    Metadata,
+    RerankerConfig,
+    RetrieverConfig,
+    SLOConfig,
+)
+from canary.config.validation import NO_VALUE, Collector, FieldError, Section
+from canary.config.yamlfile import read_yaml
+from canary.core.deployment import snapshot_hash
+from canary.core.slo import SLORule, rules_from_slo_section
+from canary.errors import ConfigError
+
+# The section types are part of this module's API; they live in sections.py only to keep files small.
+# SLORule is canary.core.slo's, re-exported: config and the SLO agent share one rule type.
+__all__ = [
+    "NAME_PATTERN",
+    "DerivedParams",
+    "MacroKnobs",
+    "Metadata",
+    "Preset",
+    "PresetValidationError",
+    "RerankerConfig",
+    "RetrieverConfig",
+    "SLOConfig",
+    "SLORule",
+    "load_preset",
+]
+
+# Lower-case, file- and Kafka-key-friendly; also keeps PresetStore.get() from walking outside its directory.
+NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_SEMVER: Final = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
+_IMPORT_PATH: Final = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
+
+
+class PresetValidationError(ConfigError):
+    """A preset file or snapshot is invalid. ``errors`` lists every problem found, one per line in str()."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+    def __reduce__(self) -> tuple[type[PresetValidationError], tuple[list[FieldError]]]:
+        return type(self), (self.errors,)  # keeps the exception picklable despite the custom __init__
+
+
+def _plain(value: object) -> Any:
+    """Dataclass tree -> JSON-ready dicts/lists (dataclasses.asdict would keep tuples)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """A validated preset. Build it with load_preset / from_dict / from_snapshot: the constructor itself
+    does not validate (the parser needs to build one from placeholders while collecting errors)."""
+
+    metadata: Metadata
+    macro_knobs: MacroKnobs
+    derived_params: DerivedParams
+    retriever: RetrieverConfig
+    reranker: RerankerConfig
+    slo: SLOConfig
+    backend: str | None = None  # import path of a search backend; None = the bundled one
+    source: str | None = field(default=None, compare=False)  # where it was loaded from; not content
+    _hash: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Computed once: the hash tags every routed request, so it must be cheap to read. The same function
+        # the routers apply to a start command's snapshot, so both sides agree on the hash.
+        object.__setattr__(self, "_hash", snapshot_hash(self.to_dict()))
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def version(self) -> str:
+        return self.metadata.version
+
+    @property
+    def content_hash(self) -> str:
+        """``canary.core.deployment.snapshot_hash(self.to_dict())``: first 16 hex of sha256 over canonical JSON."""
+        return self._hash
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved snapshot: every field with defaults applied, JSON types only."""
+        sections = ("metadata", "macro_knobs", "derived_params", "retriever", "reranker")
+        snapshot: dict[str, Any] = {name: _plain(getattr(self, name)) for name in sections}
+        snapshot["slo"] = self.slo.to_dict()  # the shape canary.core.slo.rules_from_slo_section reads
+        snapshot["backend"] = self.backend
+        return snapshot
+
+    @classmethod
+    def from_dict(cls, data: object, source: str | os.PathLike[str] | None = None) -> Preset:
+        """Validate parsed YAML. With a ``source`` path, metadata.name must equal the file's stem."""
+        if source is None:
+            return _parse(data, "<preset>", stem=None, source=None)
+        return _parse(data, str(source), stem=Path(source).stem, source=str(source))
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Mapping[str, Any]) -> Preset:
+        """Rebuild from :meth:`to_dict` output (e.g. received in a start command), validating it again."""
+        return _parse(snapshot, "<snapshot>", stem=None, source=None)
+
+
+def load_preset(path: str | os.PathLike[str]) -> Preset:
+    """Read and validate one preset file; raises PresetValidationError listing every problem."""
+    data, error = read_yaml(Path(path), str(path))
+    if error is not None:
+        raise PresetValidationError([error])
+    return Preset.from_dict(data, source=path)
+
+
+def _parse(data: object, label: str, *, stem: str | None, source: str | None) -> Preset:
+    out = Collector(label)
+    if data is None or data is NO_VALUE:
+        raise PresetValidationError([FieldError(label, "", NO_VALUE, "file is empty")])
+    if not isinstance(data, Mapping):
+        reason = "must be a mapping with metadata, macro_knobs, derived_params, retriever, reranker, slo"
+        raise PresetValidationError([FieldError(label, "", data, reason)])
+    root = Section(out, "", data)
+    preset = Preset(
+        metadata=_metadata(root.section("metadata"), stem),
+        macro_knobs=_macro_knobs(root.section("macro_knobs")),
+        derived_params=_derived_params(root.section("derived_params")),
+        retriever=_retriever(root.section("retriever")),
+        reranker=_reranker(root.section("reranker")),
+        slo=_slo(root.section("slo")),
+        backend=_backend(root),
+        source=source,
+    )
+    root.close()
+    _cross_checks(out, preset)
+    if out.errors:
+        raise PresetValidationError(out.errors)
+    return preset
+
+
+def _metadata(s: Section, stem: str | None) -> Metadata:
+    name_hint = "must be lower-case letters, digits, '_' or '-' (at most 64 characters)"
+    name = s.string("name", pattern=NAME_PATTERN, hint=name_hint)
+    if stem is not None and s.out.ok(s.field("name")) and name != stem:
+        s.out.add(s.field("name"), name, f"must match the file name '{stem}'")
+    meta = Metadata(
+        name=name,
+        description=s.string("description"),
+        version=s.string("version", pattern=_SEMVER, hint="must be a semantic version like 1.2.0"),
+        tags=s.strings("tags"),
+    )
+    s.close()
+    return meta
+
+
+def _macro_knobs(s: Section) -> MacroKnobs:
+    knobs = MacroKnobs(
+        latency_guard=s.number("latency_guard", low=0, high=1),
+        recall_bias=s.number("recall_bias", low=0, high=1),
+    )
+    s.close()
+    return knobs
+
+
+def _derived_params(s: Section) -> DerivedParams:
+    params = DerivedParams(
+        T=s.integer("T"),
+        Ncand_max=s.integer("Ncand_max"),
+        batch_size=s.integer("batch_size"),
+        ef=s.integer("ef"),
+        rerank_multiplier=s.integer("rerank_multiplier"),
+    )
+    s.close()
+    return params
+
+
+def _retriever(s: Section) -> RetrieverConfig:
+    retriever = RetrieverConfig(
+        type=s.string("type", choices=RETRIEVER_TYPES),
+        alpha=s.number("alpha", low=0, high=1),
+        vector_top_k=s.integer("vector_top_k"),
+        bm25_top_k=s.integer("bm25_top_k"),
+        top_k=s.integer("top_k"),
+    )
+    s.close()
+    return retriever
+
+
+def _reranker(s: Section) -> RerankerConfig:
+    kind = s.string("type", choices=RERANKER_TYPES)
+    # A cross-encoder is useless without a model; "none" needs no model, so it is optional there.
+    model = s.string("model", required=kind == "cross_encoder") or None
+    reranker = RerankerConfig(type=kind, model=model, top_k=s.integer("top_k"))
+    s.close()
+    return reranker
+
+
+def _slo(s: Section) -> SLOConfig:
+    errors_before = len(s.out.errors)
+    consecutive = s.integer("consecutive_buckets", default=DEFAULT_CONSECUTIVE_BUCKETS)
+    min_samples = s.integer("min_samples", minimum=0, default=DEFAULT_MIN_SAMPLES)
+    p95_ms = s.number("p95_ms", positive=True)
+    recall_at_10 = s.number("recall_at_10", low=0, high=1)
+    # Rules inherit the slo-level values; a broken one is reported already, so rules fall back to the default.
+    inherited_consecutive = consecutive if s.out.ok(s.field("consecutive_buckets")) else DEFAULT_CONSECUTIVE_BUCKETS
+    inherited_min_samples = min_samples if s.out.ok(s.field("min_samples")) else DEFAULT_MIN_SAMPLES
+    rules: list[SLORule] = []
+    names = set(BUILTIN_RULE_NAMES)
+    for section in s.sections("rules"):
+        rule = _rule(section, inherited_consecutive, inherited_min_samples)
+        if rule is None:
+            continue
+        if rule.name in names:
+            builtin = " and ".join(BUILTIN_RULE_NAMES)
+            s.out.add(section.field("name"), rule.name, f"duplicate rule name ({builtin} are built in)")
+        names.add(rule.name)
+        rules.append(rule)
+    s.close()
+    slo = SLOConfig(p95_ms, recall_at_10, consecutive, min_samples, tuple(rules))
+    if len(s.out.errors) == errors_before and s.out.ok(s.path):
+        # The SLO agent builds its rules with the core parser: a section it would reject must not load.
+        try:
+            rules_from_slo_section(slo.to_dict())
+        except ConfigError as exc:
+            s.out.add(s.path, slo.to_dict(), str(exc))
+    return slo
+
+
+def _rule(s: Section, consecutive: int, min_samples: int) -> SLORule | None:
+    """One extra rule; None if it is invalid (the errors are recorded; core SLORule takes no placeholders)."""
+    errors_before = len(s.out.errors)
+    name = s.string("name", pattern=NAME_PATTERN, hint="must be lower-case letters, digits, '_' or '-'")
+    metric = s.string("metric", choices=SLO_METRICS)
+    if metric in RATIO_METRICS:
+        threshold = s.number("threshold", low=0, high=1)
+    elif metric == "response_count":
+        threshold = s.number("threshold", low=0)
+    else:
+        threshold = s.number("threshold", positive=True)
+    operator = s.string("operator", choices=OPERATORS)
+    # Per-rule values fall back to the slo-level ones, so the snapshot shows what is really applied.
+    rule_consecutive = s.integer("consecutive_buckets", default=consecutive)
+    rule_min_samples = s.integer("min_samples", minimum=0, default=min_samples)
+    s.close()
+    if len(s.out.errors) > errors_before:
+        return None
+    try:
+        return SLORule(name, metric, operator, threshold, rule_consecutive, rule_min_samples)
+    except ConfigError as exc:  # only if the checks above fall behind canary.core.slo
+        s.out.add(s.path, NO_VALUE, str(exc))
+        return None
+
+
+def _backend(root: Section) -> str | None:
+    if root.take("backend") is None:  # explicit null means the bundled backend, like leaving it out
+        return None
+    path = root.string(
+        "backend", pattern=_IMPORT_PATH, required=False, hint="must be an import path like pkg.mod:Backend"
+    )
+    return path or None
+
+
+def _cross_checks(out: Collector, p: Preset) -> None:
+    """Relations between fields; skipped when a field involved is already reported as broken."""
+    top_k = p.retriever.top_k
+    for key in ("vector_top_k", "bm25_top_k"):
+        value = getattr(p.retriever, key)
+        if out.ok(f"retriever.{key}", "retriever.top_k") and value < top_k:
+            out.add(f"retriever.{key}", value, f"must be >= retriever.top_k ({top_k})")
+    if out.ok("reranker.top_k", "retriever.top_k") and p.reranker.top_k > top_k:
+        out.add("reranker.top_k", p.reranker.top_k, f"must not exceed retriever.top_k ({top_k})")

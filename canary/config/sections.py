@@ -1,0 +1,86 @@
+"""The typed sections of a preset. Plain immutable values: validation happens in presets._parse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from canary.core.slo import METRICS, SLORule, rules_from_slo_section
+
+RETRIEVER_TYPES: Final = ("hybrid", "dense", "bm25")
+RERANKER_TYPES: Final = ("cross_encoder", "none")
+# The SLO vocabulary is canary.core.slo's (the live SLO agent judges with it); config only mirrors it so
+# that a bad value is reported as a FieldError at load. tests/config checks that the two agree.
+OPERATORS: Final = ("le", "lt", "ge", "gt")  # the bucket passes if `metric <operator> threshold`
+# Metrics an SLO rule may watch; a closed set so a misspelt metric fails at load, not silently never fires.
+SLO_METRICS: Final[tuple[str, ...]] = METRICS
+RATIO_METRICS: Final = ("recall_at_10", "error_rate")  # thresholds must lie in [0, 1]
+DEFAULT_CONSECUTIVE_BUCKETS: Final = 2  # spec: roll back after 2 consecutive failing buckets
+DEFAULT_MIN_SAMPLES: Final = 20  # spec: "min_samples, default 20"; a sparser bucket is inconclusive
+# Rules derived from slo.p95_ms / slo.recall_at_10 by rules_from_slo_section: named after their metric.
+BUILTIN_RULE_NAMES: Final = ("p95_ms", "recall_at_10")
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    name: str
+    description: str
+    version: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MacroKnobs:
+    """Operator-facing dials in [0, 1]; derived_params are the concrete values they were turned into."""
+
+    latency_guard: float
+    recall_bias: float
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedParams:
+    T: int  # candidate count below which exact search is used instead of the HNSW index
+    Ncand_max: int  # hard cap on candidates gathered before reranking
+    batch_size: int  # reranker batch size
+    ef: int  # HNSW ef_search: graph breadth explored per query
+    rerank_multiplier: int  # candidates sent to the reranker = top_k * rerank_multiplier
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieverConfig:
+    type: str  # one of RETRIEVER_TYPES
+    alpha: float  # hybrid weight of the dense score; 1 - alpha goes to BM25
+    vector_top_k: int
+    bm25_top_k: int
+    top_k: int
+
+
+@dataclass(frozen=True, slots=True)
+class RerankerConfig:
+    type: str  # one of RERANKER_TYPES
+    model: str | None
+    top_k: int
+
+
+@dataclass(frozen=True, slots=True)
+class SLOConfig:
+    p95_ms: float
+    recall_at_10: float
+    consecutive_buckets: int = DEFAULT_CONSECUTIVE_BUCKETS
+    min_samples: int = DEFAULT_MIN_SAMPLES
+    rules: tuple[SLORule, ...] = ()  # extra rules (canary.core.slo.SLORule) on top of the two built-in ones
+
+    def to_dict(self) -> dict[str, Any]:
+        """The preset's ``slo`` section as written in snapshots; canary.core.slo.rules_from_slo_section reads it."""
+        return {
+            "p95_ms": self.p95_ms,
+            "recall_at_10": self.recall_at_10,
+            "consecutive_buckets": self.consecutive_buckets,
+            "min_samples": self.min_samples,
+            "rules": [r.to_dict() for r in self.rules],
+        }
+
+    def all_rules(self) -> list[SLORule]:
+        """What the SLO agent evaluates: exactly ``rules_from_slo_section(self.to_dict())``, i.e. the built-in
+        ``p95_ms`` / ``recall_at_10`` rules followed by the extra ``rules``."""
+        return rules_from_slo_section(self.to_dict())

@@ -1,0 +1,35 @@
+"""Run the streams app as a Faust worker process (``canary worker``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from faust import Worker
+
+from canary.kafka.topics import Topics
+from streams.app import CanaryStreams, StreamsConfig
+
+
+def run_worker(
+    bootstrap: str,
+    topics: Topics,
+    audit_log: Path,
+    data_dir: Path,
+    grace_ms: int = 1000,
+    window_ms: int = 5000,
+    loglevel: str = "warning",
+) -> None:
+    """Blocks until SIGINT/SIGTERM; Faust's Worker then stops agents, commits and closes cleanly."""
+    config = StreamsConfig(
+        bootstrap=bootstrap,
+        topics=topics,
+        audit_log=audit_log,
+        data_dir=data_dir,
+        grace_ms=grace_ms,
+        window_ms=window_ms,
+    )
+    streams = CanaryStreams(config)
+    worker = Worker(streams.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    logging.getLogger("canary").setLevel(logging.INFO)
+    worker.execute_from_commandline()
