@@ -25,7 +25,7 @@ class Fault:
     added_latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
     error_rate: float = 0.0
-    keep_fraction: float = 1.0  # <1 drops relevant results from the top of the ranking
+    keep_fraction: float = 1.0  # <1 drops that share of results, best first
 
 
 class FaultInjectingBackend:
@@ -48,7 +48,7 @@ class FaultInjectingBackend:
             raise InjectedFault(f"injected fault for {name}")
         ranked = list(await self.inner.search(query, collection, params))
         if fault.keep_fraction < 1.0:
-            keep = int(round(len(ranked) * fault.keep_fraction))
-            # Degrade by pushing the best results down: what a worse index or fusion would do.
-            ranked = ranked[len(ranked) - keep :] + ranked[: len(ranked) - keep]
+            keep = round(len(ranked) * fault.keep_fraction)
+            # Lose the best results, as a too-narrow index or a bad fusion weight would.
+            ranked = ranked[len(ranked) - keep :]
         return ranked

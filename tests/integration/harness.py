@@ -1,0 +1,224 @@
+"""Helpers for end-to-end tests: a real worker process, real routers, real Kafka, scripted load."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from canary.config import PresetStore
+from canary.core.deployment import ConfigRef
+from canary.core.models import ControlCommand
+from canary.kafka.topics import Topics
+from router.backends.fault import Fault, FaultInjectingBackend
+from router.backends.memory import KeywordBackend, numbered_corpus, relevant_for
+from router.service import RouterService, now_ms
+
+ROOT = Path(__file__).resolve().parents[2]
+PRESETS = PresetStore(ROOT / "configs" / "presets")
+
+
+def preset_ref(name: str) -> ConfigRef:
+    preset = PRESETS.get(name)
+    return ConfigRef.from_snapshot(preset.to_dict(), preset.content_hash)
+
+
+def start_command(
+    candidate: str, weight: float = 0.2, deployment_id: str | None = None, slo: dict[str, Any] | None = None
+) -> ControlCommand:
+    preset = PRESETS.get(candidate)
+    snapshot = preset.to_dict()
+    if slo is not None:
+        snapshot["slo"] = {**snapshot["slo"], **slo}
+    last_good = PRESETS.get("last_good")
+    return ControlCommand(
+        command_id=f"start-{uuid.uuid4().hex[:10]}",
+        type="start",
+        deployment_id=deployment_id or f"canary_{uuid.uuid4().hex[:8]}",
+        candidate_config=snapshot,
+        candidate_config_hash=preset.content_hash,
+        last_good_config=last_good.to_dict(),
+        weight=weight,
+        reason=None,
+        evidence=None,
+        issued_by="cli:test",
+        issued_at_ms=now_ms(),
+    )
+
+
+def end_command(deployment_id: str, kind: str = "abort") -> ControlCommand:
+    return ControlCommand(
+        command_id=f"{kind}-{uuid.uuid4().hex[:10]}",
+        type=kind,  # type: ignore[arg-type]
+        deployment_id=deployment_id,
+        candidate_config=None,
+        candidate_config_hash=None,
+        last_good_config=None,
+        weight=None,
+        reason="test cleanup",
+        evidence=None,
+        issued_by="cli:test",
+        issued_at_ms=now_ms(),
+    )
+
+
+async def send_command(bootstrap: str, topics: Topics, cmd: ControlCommand) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.control, json.dumps(cmd.to_dict()).encode(), key=cmd.deployment_id.encode())
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Every record currently in ``topic`` (all partitions), decoded as JSON, in (partition, offset) order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+                break
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                out += [json.loads(r.value) for r in records if r.value is not None]
+        return out
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class WorkerProcess:
+    """``canary worker`` as a real subprocess (so it can be SIGKILLed like in production)."""
+
+    bootstrap: str
+    topics: Topics
+    audit_log: Path
+    data_dir: Path
+    log_path: Path
+    grace_ms: int = 1000
+    window_ms: int = 5000
+    proc: subprocess.Popen[bytes] | None = None
+    _log_fh: Any = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "CANARY_TOPIC_PREFIX": self.topics.prefix,
+            "PYTHONUNBUFFERED": "1",
+        }
+        self._log_fh = self.log_path.open("ab")
+        cmd = [
+            sys.executable,
+            "-m",
+            "canary.cli",
+            "worker",
+            "--audit-log",
+            str(self.audit_log),
+            "--data-dir",
+            str(self.data_dir),
+            "--grace-ms",
+            str(self.grace_ms),
+            "--window-ms",
+            str(self.window_ms),
+        ]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log_fh, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        if self._log_fh:
+            self._log_fh.close()
+        return code
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@contextlib.contextmanager
+def running_worker(worker: WorkerProcess) -> Iterator[WorkerProcess]:
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def make_backend(faults: dict[str, Fault] | None = None) -> FaultInjectingBackend:
+    return FaultInjectingBackend(KeywordBackend(numbered_corpus()), faults or {})
+
+
+@dataclass
+class LoadGenerator:
+    """Steady labeled traffic through a router's in-process API."""
+
+    router: RouterService
+    qps: float = 50.0
+    users: int = 2000
+    queries: int = 200
+    seed: int = 1
+    sent: int = 0
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    async def run(self, seconds: float) -> None:
+        rng = random.Random(self.seed)
+        interval = 1.0 / self.qps
+        start = time.monotonic()
+        next_at = start
+        while time.monotonic() - start < seconds:
+            q = rng.randrange(self.queries)
+            task = asyncio.create_task(
+                self.router.execute_search(
+                    f"q{q}", "documents", user_id=f"user-{rng.randrange(self.users)}", relevant_ids=relevant_for(q)
+                )
+            )
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            self.sent += 1
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def drain(self) -> None:
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
