@@ -154,6 +154,12 @@ class WorkerProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
         self.proc = None
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
 
     def stop(self) -> int | None:
         if self.proc is None:
@@ -165,8 +171,7 @@ class WorkerProcess:
             self.proc.kill()
             code = self.proc.wait()
         self.proc = None
-        if self._log_fh:
-            self._log_fh.close()
+        self._close_log()
         return code
 
     def log_tail(self, n: int = 60) -> str:

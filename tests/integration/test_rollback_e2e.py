@@ -139,7 +139,9 @@ async def test_latency_breach_rolls_back_once_at_second_failing_window(pipeline:
     assert len(failing) >= 2
     assert evidence["triggering_window"] == failing[1]["window_id"]
     # Consecutive: no passing window between the two failing ones.
-    between = [w for w in windows if failing[0]["window_start_ms"] < w["window_start_ms"] < failing[1]["window_start_ms"]]
+    between = [
+        w for w in windows if failing[0]["window_start_ms"] < w["window_start_ms"] < failing[1]["window_start_ms"]
+    ]
     assert all(not any(v["outcome"] == "pass" for v in w["verdicts"]) for w in between)
 
     deadline = failing[1]["window_end_ms"] + GRACE_MS + 1500
@@ -157,8 +159,17 @@ async def test_latency_breach_rolls_back_once_at_second_failing_window(pipeline:
     rollback_line = next(e for e in audit if e["event_type"] == "canary_rollback")
     assert rollback_line["details"]["reason"] == rollback["reason"]
     for e in audit:
-        assert set(e) >= {"event_id", "event_type", "timestamp", "deployment_id", "user_id", "config_name",
-                          "details", "success", "error_message"}
+        assert set(e) >= {
+            "event_id",
+            "event_type",
+            "timestamp",
+            "deployment_id",
+            "user_id",
+            "config_name",
+            "details",
+            "success",
+            "error_message",
+        }
 
 
 async def test_healthy_noisy_candidate_is_not_rolled_back(pipeline: WorkerProcess) -> None:
@@ -184,7 +195,9 @@ async def test_recall_drop_rolls_back(pipeline: WorkerProcess) -> None:
 
 async def test_one_failing_window_then_passing_windows_does_not_roll_back(pipeline: WorkerProcess) -> None:
     backend = make_backend()
-    router = RouterService(pipeline.bootstrap, pipeline.topics, backend, preset_ref("last_good"), consume_requests=False)
+    router = RouterService(
+        pipeline.bootstrap, pipeline.topics, backend, preset_ref("last_good"), consume_requests=False
+    )
     await router.start()
     cmd = start_command("candidate_high_recall", weight=0.2)
     dep = cmd.deployment_id
