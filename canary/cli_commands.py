@@ -37,6 +37,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         data_dir=data_dir,
         grace_ms=args.grace_ms,
         window_ms=args.window_ms,
+        instance_id=args.instance_id,
     )
     return 0
 
@@ -102,6 +103,11 @@ def register(sub: Any) -> None:
     worker.add_argument("--window-ms", type=int, default=5000, help="window (bucket) size in ms (5000)")
     worker.add_argument("--audit-log", help="audit log path (default reports/canary/audit.log)")
     worker.add_argument("--data-dir", help="Faust data dir (default ~/.cache/canary/worker-data)")
+    worker.add_argument(
+        "--instance-id",
+        help="stable id for Kafka static membership: a restarted worker with the same id resumes its "
+        "partitions immediately instead of after the session timeout (10 s)",
+    )
     worker.set_defaults(handler=cmd_worker)
 
     router = sub.add_parser(

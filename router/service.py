@@ -79,6 +79,7 @@ class RouterService:
         consume_requests: bool = True,
         max_in_flight: int = 256,
         search_timeout_ms: int = 10_000,
+        heartbeat_seconds: float = 5.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -98,6 +99,7 @@ class RouterService:
         self._control: AIOKafkaConsumer | None = None
         self._requests: AIOKafkaConsumer | None = None
         self._caught_up = asyncio.Event()
+        self._heartbeat_s = heartbeat_seconds
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -116,6 +118,7 @@ class RouterService:
         await self._catch_up(control_tp, end)
         await self._publish_state(None)
         self._loops.append(asyncio.create_task(self._control_loop(), name=f"{self.router_id}-control"))
+        self._loops.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.router_id}-heartbeat"))
         if self.consume_requests:
             self._requests = AIOKafkaConsumer(
                 self.topics.search_requests,
@@ -186,12 +189,13 @@ class RouterService:
         log.debug("%s: %s", self.router_id, transition.note)
         return None
 
-    def current_state(self, answers: str | None) -> RouterState:
-        dep = self.ledger.current or (
-            self.ledger.deployments.get(self.ledger.last_applied_deployment or "")
-            if hasattr(self.ledger, "last_applied_deployment")
-            else None
-        )
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            await self._publish_state(self.ledger.last_command_id, heartbeat=True)
+
+    def current_state(self, answers: str | None, heartbeat: bool = False) -> RouterState:
+        dep = self.ledger.current or self.ledger.latest
         last = self.ledger.last_good
         status = dep.status if dep is not None else "idle"
         return RouterState(
@@ -205,12 +209,13 @@ class RouterService:
             answers_command_id=answers,
             applied_at_ms=now_ms(),
             seq=self._seq,
+            heartbeat=heartbeat,
         )
 
-    async def _publish_state(self, answers: str | None) -> None:
+    async def _publish_state(self, answers: str | None, heartbeat: bool = False) -> None:
         assert self._producer is not None
         self._seq += 1
-        state = self.current_state(answers)
+        state = self.current_state(answers, heartbeat)
         await self._producer.send_and_wait(
             self.topics.state, json.dumps(state.to_dict()).encode(), key=self.router_id.encode()
         )

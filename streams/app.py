@@ -56,6 +56,11 @@ class StreamsConfig:
     batch_max: int = 2000
     batch_within: float = 0.05
     partitions: int = 3
+    # A SIGKILLed worker keeps its partitions until the broker expires its session; 60 s (Faust's
+    # default) would delay a rollback by a minute after a crash. With a stable instance id (static
+    # membership) a restarted worker takes its partitions back at once.
+    session_timeout: float = 10.0
+    instance_id: str | None = None
 
 
 @dataclass
@@ -90,6 +95,9 @@ class CanaryStreams:
             stream_wait_empty=False,
             table_cleanup_interval=3600.0,
             consumer_auto_offset_reset="earliest",
+            broker_session_timeout=config.session_timeout,
+            broker_heartbeat_interval=1.0,
+            consumer_group_instance_id=config.instance_id,
         )
         app = self.app
         self.registry = DeploymentRegistry(config.bootstrap, topics.control)
@@ -295,10 +303,13 @@ class CanaryStreams:
             if event.value is None:
                 continue  # compaction tombstone
             try:
-                entry = state_event(RouterState.from_dict(json.loads(event.value)))
+                state = RouterState.from_dict(json.loads(event.value))
             except (CanaryError, ValueError, TypeError) as exc:
                 log.warning("audit: invalid state record at offset %s: %s", event.message.offset, exc)
                 continue
+            if state.heartbeat:
+                continue
+            entry = state_event(state)
             if self.audit.append(entry):
                 self.stats.audit_lines += 1
 

@@ -19,6 +19,7 @@ def run_worker(
     grace_ms: int = 1000,
     window_ms: int = 5000,
     loglevel: str = "warning",
+    instance_id: str | None = None,
 ) -> None:
     """Blocks until SIGINT/SIGTERM; Faust's Worker then stops agents, commits and closes cleanly."""
     config = StreamsConfig(
@@ -28,6 +29,7 @@ def run_worker(
         data_dir=data_dir,
         grace_ms=grace_ms,
         window_ms=window_ms,
+        instance_id=instance_id,
     )
     streams = CanaryStreams(config)
     worker = Worker(streams.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

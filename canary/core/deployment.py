@@ -93,6 +93,13 @@ class ControlLedger:
         return self.deployments.get(self.current_id) if self.current_id else None
 
     @property
+    def latest(self) -> Deployment | None:
+        """The most recently started deployment, live or ended."""
+        if not self.deployments:
+            return None
+        return max(self.deployments.values(), key=lambda d: d.started_at_ms)
+
+    @property
     def active(self) -> ConfigRef | None:
         """The config serving the majority of traffic: last_good, or the candidate once promoted."""
         return self.last_good

@@ -72,6 +72,13 @@ def parse_time(value: str | int) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
+def _flag(d: Mapping[str, Any], name: str) -> bool:
+    value = d.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidEvent(f"{name}: expected true/false, got {value!r:.100}")
+    return value
+
+
 class _Fields:
     """Typed, checked access to one incoming mapping; every failure names record, field and value."""
 
@@ -436,6 +443,9 @@ class RouterState:
     answers_command_id: str | None
     applied_at_ms: int
     seq: int
+    # Heartbeats repeat the current state so the CLI can tell live routers from dead ones;
+    # they acknowledge nothing new, so the audit log skips them.
+    heartbeat: bool = False
 
     def to_dict(self) -> JSONDict:
         return {
@@ -450,6 +460,7 @@ class RouterState:
             "applied_at": iso_ms(self.applied_at_ms),
             "applied_at_ms": self.applied_at_ms,
             "seq": self.seq,
+            "heartbeat": self.heartbeat,
         }
 
     @classmethod
@@ -466,4 +477,5 @@ class RouterState:
             answers_command_id=f.str_("answers_command_id", optional=True),
             applied_at_ms=f.time_ms("applied_at_ms", "applied_at"),
             seq=f.req_int("seq", minimum=0),
+            heartbeat=_flag(d, "heartbeat"),
         )

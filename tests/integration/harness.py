@@ -91,8 +91,9 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[di
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
+            # The client only tracks metadata of assigned topics; ask the cluster for everything.
+            cluster = await consumer._client.fetch_all_metadata()
+            parts = cluster.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -122,6 +123,7 @@ class WorkerProcess:
     log_path: Path
     grace_ms: int = 1000
     window_ms: int = 5000
+    instance_id: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     _log_fh: Any = None
 
@@ -147,6 +149,8 @@ class WorkerProcess:
             "--window-ms",
             str(self.window_ms),
         ]
+        if self.instance_id:
+            cmd += ["--instance-id", self.instance_id]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log_fh, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def kill(self) -> None:

@@ -1,0 +1,171 @@
+"""Shared plumbing for the benchmarks: a real Kafka (external or a throwaway local broker), unique
+topic prefixes, statistics and output (human summary or ``--json``).
+
+Benchmarks print figures; they are not tests and assert nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/xxx.py` as well as `python -m bench.xxx`
+    sys.path.insert(0, str(ROOT))
+
+from canary.settings import load_settings  # noqa: E402
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so ``--json`` keeps stdout machine-readable."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique_prefix(name: str) -> str:
+    return f"bench{name}{uuid.uuid4().hex[:6]}."
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of text")
+    return parser
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every ``finally`` (broker stop, worker stop) still runs."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaTarget:
+    bootstrap: str
+    external: bool
+    broker_start_s: float | None  # time to start the local broker (None when external)
+
+    def describe(self) -> str:
+        if self.external:
+            return f"external Kafka at {self.bootstrap} (KAFKA_BOOTSTRAP_SERVERS)"
+        return f"local KRaft broker at {self.bootstrap} (started for this run in {self.broker_start_s:.1f}s)"
+
+
+@contextlib.contextmanager
+def kafka() -> Iterator[KafkaTarget]:
+    """KAFKA_BOOTSTRAP_SERVERS if set, else a local broker on a free port with a temporary data dir,
+    stopped (and its data dir removed) on the way out, whatever happens."""
+    settings = load_settings()
+    if settings.bootstrap_servers:
+        yield KafkaTarget(settings.bootstrap_servers, True, None)
+        return
+    from canary.kafka.broker import LocalBroker
+
+    data_dir = Path(tempfile.mkdtemp(prefix="canary-bench-kafka-"))
+    broker = LocalBroker(settings.home, free_port(), data_dir=data_dir)
+    try:
+        started = time.perf_counter()
+        info = broker.start(log=log)
+        yield KafkaTarget(info.bootstrap, False, time.perf_counter() - started)
+    finally:
+        try:
+            broker.stop(log=log)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def delete_prefixed_topics(bootstrap: str, prefix: str) -> int:
+    """Remove every topic a run created (declared ones and Faust's internal ones) from an external cluster."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def run() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+        await admin.start()
+        try:
+            names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+            if names:
+                await admin.delete_topics(names, timeout_ms=15000)
+            return len(names)
+        finally:
+            await admin.close()
+
+    try:
+        return asyncio.run(run())
+    except Exception as exc:  # cleanup must never hide the figures
+        log(f"could not delete topics with prefix {prefix!r}: {exc}")
+        return 0
+
+
+# -- statistics ------------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100): a value that was actually observed."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def summary(values: Sequence[float]) -> dict[str, float | int]:
+    if not values:
+        return {"n": 0, "min": math.nan, "median": math.nan, "p95": math.nan, "max": math.nan}
+    return {
+        "n": len(values),
+        "min": float(min(values)),
+        "median": float(statistics.median(values)),
+        "p95": percentile(values, 95),
+        "max": float(max(values)),
+    }
+
+
+def rate(count: int | float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else math.nan
+
+
+def fmt_rate(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.0f}/s"
+
+
+def emit(result: dict[str, Any], text: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(text)
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform}

@@ -1,0 +1,237 @@
+"""Deployment commands of the spec's CLI: list, status, start, stop (and weight/pause/resume)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from canary.errors import CanaryError, KafkaError
+from canary.settings import Settings
+
+
+def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    else:
+        print(human)
+
+
+def _topics(settings: Settings) -> Any:
+    from canary.kafka.topics import Topics
+
+    return Topics(settings.topic_prefix)
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.config import PresetStore
+
+    entries = PresetStore(settings.presets_dir).list()
+    payload = [
+        {
+            "name": e.name,
+            "version": e.version,
+            "hash": e.content_hash,
+            "valid": e.valid,
+            "error": e.error,
+            "description": e.description,
+            "path": str(e.path),
+        }
+        for e in entries
+    ]
+    rows = [f"{'NAME':28} {'VERSION':9} {'HASH':17} VALID"]
+    for e in entries:
+        rows.append(f"{e.name:28} {e.version or '-':9} {e.content_hash or '-':17} {'yes' if e.valid else 'NO'}")
+        if e.error:
+            rows += [f"    {line}" for line in e.error.splitlines()]
+    _emit(args, {"presets_dir": str(settings.presets_dir), "presets": payload}, "\n".join(rows))
+    return 0 if all(e.valid for e in entries) else 2
+
+
+def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, Any]:
+    from canary.config import PresetStore
+    from canary.core.deployment import ConfigRef
+    from canary.kafka.connect import require_kafka
+    from canary.ops.view import cache_path, load_cache, read_view_async, save_cache
+
+    topics = _topics(settings)
+    cache = cache_path(settings.home, topics)
+    try:
+        bootstrap = require_kafka(settings)
+        view = asyncio.run(read_view_async(bootstrap, topics, with_windows=True))
+        save_cache(view, cache)
+    except KafkaError:
+        cached = load_cache(cache) if allow_cache else None
+        if cached is None:
+            raise
+        view = cached
+    default = PresetStore(settings.presets_dir).get("last_good")
+    fallback = ConfigRef.from_snapshot(default.to_dict(), default.content_hash)
+    dep = view.ledger.current or view.ledger.latest
+    last_good = view.last_good(fallback)
+    weight = dep.candidate_weight if dep is not None else 0.0
+    total = sum(w.response_count for w in view.windows if dep is not None and w.deployment_id == dep.deployment_id)
+    routers = [
+        {**s.to_dict(), "live": s in view.live_routers()}
+        for s in sorted(view.routers.values(), key=lambda s: s.router_id)
+    ]
+    return {
+        "source": view.source,
+        "read_at_ms": view.read_at_ms,
+        "deployment_id": dep.deployment_id if dep else None,
+        "status": dep.status if dep else "idle",
+        "active_config": last_good.name if last_good else None,
+        "last_good": last_good.name if last_good else None,
+        "last_good_hash": last_good.content_hash if last_good else None,
+        "candidate_config": dep.candidate.name if dep else None,
+        "candidate_hash": dep.candidate.content_hash if dep else None,
+        "traffic_split": {"active": round(1 - weight, 6), "candidate": weight},
+        "weight": dep.weight if dep else None,
+        "total_requests": total,
+        "start_time_ms": dep.started_at_ms if dep else None,
+        "end_time_ms": dep.ended_at_ms if dep else None,
+        "reason": dep.reason if dep else None,
+        "issued_by": dep.issued_by if dep else None,
+        "routers": routers,
+    }
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    payload = status_payload(settings)
+    lines = []
+    if payload["source"] == "cache":
+        lines.append("(Kafka unreachable — showing the last cached view)")
+    split = payload["traffic_split"]
+    lines += [
+        f"deployment:  {payload['deployment_id'] or '-'}",
+        f"status:      {payload['status']}",
+        f"active:      {payload['active_config']}   last_good: {payload['last_good']}",
+        f"candidate:   {payload['candidate_config'] or '-'}",
+        f"split:       active {split['active']:.0%} / candidate {split['candidate']:.0%}",
+        f"requests:    {payload['total_requests']}",
+    ]
+    if payload["reason"]:
+        lines.append(f"reason:      {payload['reason']}")
+    live = [r for r in payload["routers"] if r["live"]]
+    lines.append(f"routers:     {len(live)} live / {len(payload['routers'])} known")
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def _print_ack(args: argparse.Namespace, ack: Any, verb: str) -> int:
+    payload = ack.to_dict()
+    if ack.compensated:
+        human = (
+            f"{verb} {ack.command.deployment_id}: only {len(ack.acked_by)}/{len(ack.waited_for)} routers "
+            "acknowledged in time; the start was withdrawn with an abort (nothing left half-applied)"
+        )
+        _emit(args, {**payload, "ok": False}, human)
+        print(f"canary: error: {human}", file=sys.stderr)
+        return 4
+    missing = sorted(set(ack.waited_for) - set(ack.acked_by))
+    if missing:
+        human = f"{verb} {ack.command.deployment_id} issued, but not acknowledged by: {', '.join(missing)}"
+        _emit(args, {**payload, "ok": False}, human)
+        print(f"canary: error: {human} (timeout)", file=sys.stderr)
+        return 4
+    human = f"{verb} {ack.command.deployment_id}: acknowledged by {len(ack.acked_by)} router(s) in {ack.elapsed_ms} ms"
+    _emit(args, {**payload, "ok": True}, human)
+    return 0
+
+
+def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.config import PresetStore
+    from canary.kafka.connect import require_kafka
+    from canary.ops.commands import start_canary
+
+    store = PresetStore(settings.presets_dir)
+    candidate = store.get(args.name)
+    if candidate.name == "last_good":
+        raise CanaryError("'last_good' is the baseline; start a candidate preset instead")
+    if not 0 < args.weight <= 1:
+        from canary.errors import ConfigError
+
+        raise ConfigError(f"--weight {args.weight}: must be in (0, 1]")
+    bootstrap = require_kafka(settings)
+    ack = asyncio.run(
+        start_canary(
+            bootstrap,
+            _topics(settings),
+            candidate,
+            store.get("last_good"),
+            weight=args.weight,
+            timeout=args.timeout,
+            require_router=not args.no_router_check,
+        )
+    )
+    return _print_ack(args, ack, "started")
+
+
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.kafka.connect import require_kafka
+    from canary.ops.commands import stop_canary
+
+    bootstrap = require_kafka(settings)
+    ack = asyncio.run(stop_canary(bootstrap, _topics(settings), promote=args.promote, timeout=args.timeout))
+    return _print_ack(args, ack, "promoted" if args.promote else "rolled back")
+
+
+def cmd_weight(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.kafka.connect import require_kafka
+    from canary.ops.commands import simple_command
+
+    bootstrap = require_kafka(settings)
+    if args.action == "weight":
+        ack = asyncio.run(simple_command(bootstrap, _topics(settings), "set_weight", weight=args.value))
+    else:
+        ack = asyncio.run(simple_command(bootstrap, _topics(settings), args.action))
+    return _print_ack(args, ack, args.action)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("list", help="list presets with version, content hash and validity")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser(
+        "status",
+        help="current deployment, pointers, traffic split, routers",
+        description="Folds the control and state topics; falls back to the last cached view if Kafka is down.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser(
+        "start",
+        help="start a canary of preset NAME (snapshot goes into the start command)",
+        description=(
+            "Validates the preset, refuses if a canary is already running, issues 'start' on the control "
+            "topic and waits for every live router to acknowledge. If they do not within --timeout, the "
+            "start is withdrawn with an abort."
+        ),
+    )
+    p.add_argument("name", help="preset name (see 'canary list')")
+    p.add_argument("--weight", type=float, default=0.10, help="candidate traffic share (default 0.10)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for acknowledgements")
+    p.add_argument("--no-router-check", action="store_true", help="issue even when no router is live")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_start)
+
+    p = sub.add_parser("stop", help="end the running canary: --promote or --rollback")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--promote", action="store_true", help="candidate becomes last_good and active")
+    group.add_argument("--rollback", action="store_true", help="all traffic back to last_good")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for acknowledgements")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_stop)
+
+    for action, help_text in (("pause", "send no traffic to the candidate for now"), ("resume", "resume the canary")):
+        p = sub.add_parser(action, help=help_text)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(handler=cmd_weight, action=action)
+    p = sub.add_parser("weight", help="change the candidate's traffic share")
+    p.add_argument("value", type=float, help="new candidate share in (0, 1]")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_weight, action="weight")

@@ -1,0 +1,1 @@
+"""Operator-side tooling: the control view (pointers, deployments, routers) and command issuing."""

@@ -1,0 +1,291 @@
+"""A deterministic synthetic retrieval corpus with exhaustive relevance labels (the bundled backend's data).
+
+Everything is generated from one seed with numpy, so every process that asks for the same parameters gets
+bit-identical documents, queries and labels (built once per process: :func:`build_corpus` is cached).
+
+How it is generated
+-------------------
+* **Vocabulary** – ``vocab_size`` pronounceable pseudo-words. Word rank ``r`` has background probability
+  ∝ 1/(r + 2.7) (Zipf), so the first few hundred words behave like stop words.
+* **Topics** – ``n_topics`` topics, each owning ``topic_words`` words (drawn from the non-stop-word ranks,
+  topics overlap) with its own Zipf distribution, and a random unit *centre* in embedding space.
+* **Documents** – a primary and a secondary topic each; ``20 + Poisson(mean_doc_len - 20)`` tokens, each
+  drawn from the primary topic (55 %), the secondary topic (15 %) or the background Zipf (30 %).
+* **Text encoder** (:meth:`Corpus.embed`) – a bag-of-embeddings encoder: every word has a vector (sum of
+  the centres of the topics it belongs to plus a word-specific random direction); a text's embedding is the
+  IDF-weighted sum of its words' vectors, L2-normalised. Unknown words get a stable hash-seeded vector, so
+  any query text can be embedded.
+* **Document embeddings** – the encoder applied to the document's tokens plus a document-specific latent
+  direction (``doc_latent``: meaning the words alone do not carry), L2-normalised. Dense and keyword
+  similarity are therefore correlated but different, which is what makes hybrid fusion matter.
+* **Queries** – ``n_queries`` queries, each built from a random seed document: 2–5 distinct terms sampled
+  from that document by tf·idf, one of them sometimes replaced by another word of the document's topic
+  (vocabulary mismatch that only the dense side can bridge).
+
+What "relevant" means
+---------------------
+Labels are *exhaustive ground truth*, as in ANN benchmarks: for each query the ``label_k`` (10) documents
+with the highest exact hybrid relevance over the whole corpus::
+
+    rel(q, d) = ref_alpha * cos(e_q, e_d) + (1 - ref_alpha) * bm25(q, d) / max_d' bm25(q, d')
+
+with full-precision embeddings, exact Okapi BM25 (k1 = 1.2, b = 0.75, Lucene IDF) and ``ref_alpha`` = 0.7.
+A search configuration scores recall@10 = 1.0 only if it finds exactly these documents.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["DEFAULT_SPEC", "Corpus", "CorpusSpec", "build_corpus", "default_corpus"]
+
+F32 = npt.NDArray[np.float32]
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
+
+_CONSONANTS: Final = "bdfgklmnprstvz"
+_VOWELS: Final = "aeiou"
+_TOKEN: Final = re.compile(r"[a-z0-9]+")
+_P_PRIMARY: Final = 0.55
+_P_SECONDARY: Final = 0.15
+_STOP_RANKS: Final = 200  # topics never own the most frequent words
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusSpec:
+    """Generation parameters; equal specs give identical corpora (and share one cached build)."""
+
+    n_docs: int = 20_000
+    n_queries: int = 500
+    vocab_size: int = 20_000
+    n_topics: int = 64
+    topic_words: int = 300
+    dim: int = 64
+    mean_doc_len: int = 60
+    doc_latent: float = 0.35
+    ref_alpha: float = 0.7
+    label_k: int = 10
+    bm25_k1: float = 1.2
+    bm25_b: float = 0.75
+    seed: int = 20_240_601
+
+    def __post_init__(self) -> None:
+        if self.n_docs < self.label_k or self.n_queries < 1 or self.n_topics < 2 or self.dim < 2:
+            raise ValueError(f"CorpusSpec: degenerate sizes {self}")
+        if self.vocab_size < _STOP_RANKS + self.topic_words:
+            raise ValueError("CorpusSpec: vocab_size must exceed 200 + topic_words")
+        if not 0.0 <= self.ref_alpha <= 1.0:
+            raise ValueError("CorpusSpec: ref_alpha must be in [0, 1]")
+
+
+DEFAULT_SPEC: Final = CorpusSpec()
+
+
+def _zipf_cdf(n: int, s: float = 1.0, q: float = 2.7) -> npt.NDArray[np.float64]:
+    weights = 1.0 / (np.arange(n, dtype=np.float64) + q) ** s
+    cdf = np.cumsum(weights)
+    cdf /= cdf[-1]
+    return cdf
+
+
+def _unit_rows(x: npt.NDArray[np.floating]) -> F32:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (x / norms).astype(np.float32)
+
+
+def _pseudo_words(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` distinct pronounceable words; frequent ranks get the shorter (two-syllable) ones."""
+    syllables = [c + v for c in _CONSONANTS for v in _VOWELS]
+    s = len(syllables)
+    two = [syllables[i // s] + syllables[i % s] for i in rng.permutation(s * s)]
+    three_codes = rng.choice(s**3, size=max(0, n - len(two)), replace=False)
+    three = [syllables[c // (s * s)] + syllables[(c // s) % s] + syllables[c % s] for c in three_codes.tolist()]
+    return (two + three)[:n]
+
+
+class Corpus:
+    """The generated corpus: documents (inverted index + embeddings), labeled queries and the text encoder.
+
+    Arrays are read-only after the build; a Corpus is shared by every backend in the process.
+    """
+
+    def __init__(self, spec: CorpusSpec) -> None:
+        self.spec = spec
+        rng = np.random.default_rng(spec.seed)
+        n, v, k, dim = spec.n_docs, spec.vocab_size, spec.n_topics, spec.dim
+
+        # -- vocabulary and topics ------------------------------------------------------------------------
+        self.vocab: list[str] = _pseudo_words(rng, v)
+        self.word_index: dict[str, int] = {w: i for i, w in enumerate(self.vocab)}
+        topic_members = np.stack(
+            [rng.choice(np.arange(_STOP_RANKS, v), size=spec.topic_words, replace=False) for _ in range(k)]
+        ).astype(np.int64)
+        topic_members.sort(axis=1)  # lower rank = more frequent in the topic, too
+        centres = _unit_rows(rng.standard_normal((k, dim)))
+        word_vecs = 0.8 * _unit_rows(rng.standard_normal((v, dim))).astype(np.float64)
+        np.add.at(word_vecs, topic_members.ravel(), np.repeat(centres, spec.topic_words, axis=0))
+        self.topic_members = topic_members
+
+        # -- documents ------------------------------------------------------------------------------------
+        primary = rng.integers(0, k, size=n)
+        secondary = (primary + rng.integers(1, k, size=n)) % k
+        lengths = 20 + rng.poisson(max(1, spec.mean_doc_len - 20), size=n)
+        total = int(lengths.sum())
+        doc_of_token = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        source = rng.random(total)
+        topic_of_token = np.where(source < _P_PRIMARY, primary[doc_of_token], secondary[doc_of_token])
+        in_topic = source < _P_PRIMARY + _P_SECONDARY
+        topic_rank = np.searchsorted(_zipf_cdf(spec.topic_words), rng.random(total), side="right")
+        topic_rank = np.minimum(topic_rank, spec.topic_words - 1)
+        background = np.minimum(np.searchsorted(_zipf_cdf(v), rng.random(total), side="right"), v - 1)
+        words = np.where(in_topic, topic_members[topic_of_token, topic_rank], background)
+
+        # (doc, word) -> term frequency, sorted by doc then word
+        keys, tf = np.unique(doc_of_token * v + words, return_counts=True)
+        pair_doc, pair_word = keys // v, keys % v
+        self.doc_len = lengths.astype(np.float32)
+        df = np.bincount(pair_word, minlength=v)
+        self.idf: F32 = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        self._max_idf = float(np.log1p((n + 0.5) / 0.5))
+
+        # inverted index: postings sorted by word then doc, BM25 term weights precomputed
+        order = np.lexsort((pair_doc, pair_word))
+        self.post_docs: I32 = pair_doc[order].astype(np.int32)
+        tf_sorted = tf[order].astype(np.float32)
+        dl = self.doc_len[self.post_docs] / float(self.doc_len.mean())
+        k1, b = spec.bm25_k1, spec.bm25_b
+        self.post_weight: F32 = (
+            self.idf[pair_word[order]] * tf_sorted * (k1 + 1) / (tf_sorted + k1 * (1 - b + b * dl))
+        ).astype(np.float32)
+        self.post_start: I64 = np.concatenate(([0], np.cumsum(df))).astype(np.int64)
+
+        # -- embeddings -----------------------------------------------------------------------------------
+        self.word_vecs: F32 = word_vecs.astype(np.float32)
+        doc_sum = np.zeros((n, dim), dtype=np.float64)
+        pair_w = (tf * self.idf[pair_word]).astype(np.float32)
+        step = 200_000
+        for lo in range(0, len(keys), step):  # chunked: the (pairs x dim) product would be ~250 MB at once
+            hi = min(lo + step, len(keys))
+            contrib = self.word_vecs[pair_word[lo:hi]] * pair_w[lo:hi, None]
+            _segment_add(doc_sum, pair_doc[lo:hi], contrib)
+        doc_sum = _unit_rows(doc_sum).astype(np.float64)
+        latent = _unit_rows(rng.standard_normal((n, dim)))
+        self.doc_vectors: F32 = _unit_rows(doc_sum + spec.doc_latent * latent)
+        self.doc_ids: list[str] = [f"doc-{i:05d}" for i in range(n)]
+
+        # -- queries and exhaustive labels ----------------------------------------------------------------
+        doc_start = np.concatenate(([0], np.cumsum(np.bincount(pair_doc, minlength=n)))).astype(np.int64)
+        self.query_texts: list[str] = []
+        seeds = rng.choice(n, size=spec.n_queries, replace=spec.n_queries > n)
+        for d in seeds.tolist():
+            lo, hi = int(doc_start[d]), int(doc_start[d + 1])
+            terms, weight = pair_word[lo:hi], pair_w[lo:hi].astype(np.float64)
+            n_terms = min(len(terms), int(rng.integers(2, 6)))
+            chosen = rng.choice(terms, size=n_terms, replace=False, p=weight / weight.sum()).tolist()
+            if rng.random() < 0.3:  # vocabulary mismatch: a same-topic word the document does not contain
+                chosen[-1] = int(topic_members[primary[d], int(rng.integers(0, 60))])
+            self.query_texts.append(" ".join(self.vocab[w] for w in dict.fromkeys(chosen)))
+        labels = np.empty((spec.n_queries, spec.label_k), dtype=np.int32)
+        for i, text in enumerate(self.query_texts):
+            rel = self.relevance(text, spec.ref_alpha)
+            top = np.argpartition(-rel, spec.label_k)[: spec.label_k]
+            labels[i] = top[np.lexsort((top, -rel[top]))]
+        self.labels: I32 = labels
+        for arr in (self.idf, self.post_docs, self.post_weight, self.post_start, self.word_vecs, self.doc_vectors):
+            arr.flags.writeable = False
+
+    # -- sizes ----------------------------------------------------------------------------------------------
+    @property
+    def n_docs(self) -> int:
+        return self.spec.n_docs
+
+    @property
+    def n_queries(self) -> int:
+        return self.spec.n_queries
+
+    # -- labeled queries ------------------------------------------------------------------------------------
+    def query(self, i: int) -> tuple[str, tuple[str, ...]]:
+        """Query ``i``'s text and its relevant document ids (the exact top-``label_k``, best first)."""
+        return self.query_texts[i], tuple(self.doc_ids[d] for d in self.labels[i].tolist())
+
+    # -- text processing (shared by labels and the backend) --------------------------------------------------
+    def terms(self, text: str) -> tuple[list[int], list[float], list[str]]:
+        """Tokenise: (known term ids, their query-term frequencies, unknown tokens)."""
+        counts: dict[int, float] = {}
+        unknown: list[str] = []
+        for token in _TOKEN.findall(text.lower()):
+            idx = self.word_index.get(token)
+            if idx is None:
+                unknown.append(token)
+            else:
+                counts[idx] = counts.get(idx, 0.0) + 1.0
+        return list(counts), list(counts.values()), unknown
+
+    def embed(self, text: str) -> F32:
+        """The bag-of-embeddings text encoder: IDF-weighted sum of word vectors, L2-normalised."""
+        ids, qtf, unknown = self.terms(text)
+        vec = np.zeros(self.spec.dim, dtype=np.float64)
+        if ids:
+            idx = np.asarray(ids, dtype=np.int64)
+            vec += (self.word_vecs[idx] * (self.idf[idx] * np.asarray(qtf, dtype=np.float32))[:, None]).sum(axis=0)
+        for token in unknown:  # stable per word across processes (not Python's salted hash)
+            seed = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+            g = np.random.default_rng(seed).standard_normal(self.spec.dim)
+            vec += self._max_idf * 0.8 * g / np.linalg.norm(g)
+        norm = float(np.linalg.norm(vec))
+        return (vec / norm if norm > 0 else vec).astype(np.float32)
+
+    def bm25(self, text: str) -> F32:
+        """Exact BM25 of ``text`` against every document (term-at-a-time over the inverted index)."""
+        ids, qtf, _ = self.terms(text)
+        return self.bm25_terms(ids, qtf)
+
+    def bm25_terms(self, ids: list[int], qtf: list[float]) -> F32:
+        scores = np.zeros(self.n_docs, dtype=np.float32)
+        for t, f in zip(ids, qtf, strict=True):
+            lo, hi = int(self.post_start[t]), int(self.post_start[t + 1])
+            scores += np.bincount(self.post_docs[lo:hi], self.post_weight[lo:hi] * f, minlength=self.n_docs).astype(
+                np.float32
+            )
+        return scores
+
+    def relevance(self, text: str, alpha: float) -> F32:
+        """Exact hybrid relevance of every document (the label definition, at ``alpha``)."""
+        cos = self.doc_vectors @ self.embed(text)
+        bm = self.bm25(text)
+        top = float(bm.max()) if bm.size else 0.0
+        return (alpha * cos + (1.0 - alpha) * (bm / top if top > 0 else bm)).astype(np.float32)
+
+
+def _segment_add(out: npt.NDArray[np.float64], rows: I64, values: F32) -> None:
+    """out[rows] += values for rows sorted ascending (faster than np.add.at)."""
+    starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+    out[rows[starts]] += np.add.reduceat(values, starts, axis=0)
+
+
+@functools.lru_cache(maxsize=4)
+def _build(spec: CorpusSpec) -> Corpus:
+    return Corpus(spec)
+
+
+def build_corpus(spec: CorpusSpec | None = None, **overrides: int | float) -> Corpus:
+    """The corpus for ``spec`` (default :data:`DEFAULT_SPEC`) with field overrides; cached per process."""
+    base = spec or DEFAULT_SPEC
+    if overrides:
+        fields = {name: getattr(base, name) for name in CorpusSpec.__dataclass_fields__}
+        fields.update(overrides)
+        base = CorpusSpec(**fields)  # type: ignore[arg-type]
+    return _build(base)
+
+
+def default_corpus() -> Corpus:
+    """The bundled corpus: 20 000 documents, 500 labeled queries."""
+    return _build(DEFAULT_SPEC)
