@@ -190,7 +190,48 @@ def cmd_weight(args: argparse.Namespace, settings: Settings) -> int:
     return _print_ack(args, ack, args.action)
 
 
+def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.errors import ConfigError
+    from canary.kafka.connect import require_kafka
+    from canary.ops.load import produce_load
+
+    if args.qps <= 0 or args.duration <= 0 or args.users <= 0:
+        raise ConfigError(f"--qps {args.qps} --duration {args.duration} --users {args.users}: must all be > 0")
+    bootstrap = require_kafka(settings)
+
+    def progress(sent: int, elapsed: float) -> None:
+        if not args.json:
+            print(f"\r  sent {sent} in {elapsed:.0f}s ({sent / elapsed:.0f}/s)", end="", file=sys.stderr, flush=True)
+
+    report = asyncio.run(
+        produce_load(
+            bootstrap, _topics(settings), args.qps, args.duration, users=args.users, seed=args.seed, progress=progress
+        )
+    )
+    if not args.json:
+        print(file=sys.stderr)
+    human = (
+        f"sent {report.sent} labeled queries to {_topics(settings).search_requests} in {report.seconds:.1f}s "
+        f"({report.achieved_qps:.1f}/s, target {report.target_qps}/s, {report.users} users, "
+        f"max {report.max_behind_ms:.0f} ms behind schedule)"
+    )
+    _emit(args, report.to_dict(), human)
+    return 0
+
+
 def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "load",
+        help="produce labeled queries onto search_requests at a steady rate",
+        description="Queries and relevance labels come from the bundled generated corpus.",
+    )
+    p.add_argument("--qps", type=float, required=True, help="requests per second")
+    p.add_argument("--duration", type=float, required=True, help="seconds")
+    p.add_argument("--users", type=int, default=1000, help="distinct user ids (sticky split key)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_load)
+
     p = sub.add_parser("list", help="list presets with version, content hash and validity")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_list)

@@ -8,7 +8,6 @@ control topic would quietly delete the history that pointers and audits are rebu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -97,15 +96,17 @@ async def ensure_topics_async(bootstrap: str, specs: Iterable[TopicSpec]) -> lis
         raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
         existing = set(await admin.list_topics())
-        missing = [s for s in specs if s.name not in existing]
         reports: list[TopicReport] = []
-        if missing:
-            new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config()) for s in missing]
-            # Another process may create one between list and create; it is verified on the next run.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new, timeout_ms=15000)
-            reports += [TopicReport(s.name, "created") for s in missing]
         present = [s for s in specs if s.name in existing]
+        for spec in (s for s in specs if s.name not in existing):
+            try:
+                await admin.create_topics(
+                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config())], timeout_ms=15000
+                )
+                reports.append(TopicReport(spec.name, "created"))
+            except TopicAlreadyExistsError:
+                # Created by someone else since list_topics (metadata lags creation): verify it like any other.
+                present.append(spec)
         if present:
             reports += await _verify(admin, present)
         return sorted(reports, key=lambda r: r.name)

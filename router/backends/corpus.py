@@ -44,7 +44,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DEFAULT_SPEC", "Corpus", "CorpusSpec", "build_corpus", "default_corpus"]
+__all__ = ["DEFAULT_SPEC", "NORM_DEPTH", "Corpus", "CorpusSpec", "build_corpus", "default_corpus", "normalize_list"]
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
@@ -53,9 +53,12 @@ I64 = npt.NDArray[np.int64]
 _CONSONANTS: Final = "bdfgklmnprstvz"
 _VOWELS: Final = "aeiou"
 _TOKEN: Final = re.compile(r"[a-z0-9]+")
+NORM_DEPTH: Final = 100  # list depth of the min-max normalisation (see normalize_list)
 _P_PRIMARY: Final = 0.55
 _P_SECONDARY: Final = 0.15
-_STOP_RANKS: Final = 200  # topics never own the most frequent words
+_STOP_RANKS: Final = 200  # topics never own the most frequent concepts (they have one form each)
+_TOPIC_WEIGHT: Final = 1.0  # topic centre vs concept-specific direction in a concept vector
+_FORM_NOISE: Final = 0.25  # how far a synonym's vector strays from its concept's
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,9 @@ class CorpusSpec:
     topic_words: int = 300
     dim: int = 64
     mean_doc_len: int = 60
-    doc_latent: float = 0.35
+    doc_latent: float = 0.2
+    doc_spread: float = 1.0
+    kappa: float = 6.0
     ref_alpha: float = 0.7
     label_k: int = 10
     bm25_k1: float = 1.2
@@ -122,31 +127,58 @@ class Corpus:
         rng = np.random.default_rng(spec.seed)
         n, v, k, dim = spec.n_docs, spec.vocab_size, spec.n_topics, spec.dim
 
-        # -- vocabulary and topics ------------------------------------------------------------------------
+        # -- vocabulary: concepts with 1-3 synonymous surface forms, grouped into topics ---------------------
         self.vocab: list[str] = _pseudo_words(rng, v)
         self.word_index: dict[str, int] = {w: i for i, w in enumerate(self.vocab)}
+        forms = np.where(np.arange(v) < _STOP_RANKS, 1, rng.choice([1, 2, 3], size=v, p=[0.4, 0.35, 0.25]))
+        first_form = np.concatenate(([0], np.cumsum(forms)))
+        n_concepts = int(np.searchsorted(first_form, v, side="right")) - 1  # concepts whose forms all fit
+        forms, first_form = forms[:n_concepts], first_form[:n_concepts]
+        concept_of_word = np.repeat(np.arange(n_concepts), forms)
+        v_used = len(concept_of_word)
         topic_members = np.stack(
-            [rng.choice(np.arange(_STOP_RANKS, v), size=spec.topic_words, replace=False) for _ in range(k)]
+            [rng.choice(np.arange(_STOP_RANKS, n_concepts), size=spec.topic_words, replace=False) for _ in range(k)]
         ).astype(np.int64)
-        topic_members.sort(axis=1)  # lower rank = more frequent in the topic, too
-        centres = _unit_rows(rng.standard_normal((k, dim)))
-        word_vecs = 0.8 * _unit_rows(rng.standard_normal((v, dim))).astype(np.float64)
-        np.add.at(word_vecs, topic_members.ravel(), np.repeat(centres, spec.topic_words, axis=0))
+        topic_members.sort(axis=1)  # lower concept rank = more frequent in the topic, too
+        centres = _unit_rows(rng.standard_normal((k, dim))).astype(np.float64)
+        concept_vecs = _unit_rows(rng.standard_normal((n_concepts, dim))).astype(np.float64)
+        np.add.at(concept_vecs, topic_members.ravel(), _TOPIC_WEIGHT * np.repeat(centres, spec.topic_words, axis=0))
+        concept_vecs = _unit_rows(concept_vecs).astype(np.float64)
+        word_vecs = np.zeros((v, dim), dtype=np.float64)
+        word_vecs[:v_used] = concept_vecs[concept_of_word] + _FORM_NOISE * _unit_rows(
+            rng.standard_normal((v_used, dim))
+        )
         self.topic_members = topic_members
 
-        # -- documents ------------------------------------------------------------------------------------
+        # -- documents: a latent meaning z_d near the primary topic's centre; words are drawn around it --------
         primary = rng.integers(0, k, size=n)
         secondary = (primary + rng.integers(1, k, size=n)) % k
+        doc_z = _unit_rows(centres[primary] + spec.doc_spread * _unit_rows(rng.standard_normal((n, dim))))
         lengths = 20 + rng.poisson(max(1, spec.mean_doc_len - 20), size=n)
         total = int(lengths.sum())
         doc_of_token = np.repeat(np.arange(n, dtype=np.int64), lengths)
         source = rng.random(total)
-        topic_of_token = np.where(source < _P_PRIMARY, primary[doc_of_token], secondary[doc_of_token])
+        # primary-topic tokens: P(concept | doc) ∝ zipf(rank in topic) * exp(kappa * <u_concept, z_doc>)
+        s_words = spec.topic_words
+        log_prior = np.log(np.diff(np.concatenate(([0.0], _zipf_cdf(s_words)))))
+        cdf = np.empty((n, s_words), dtype=np.float64)
+        for t in range(k):
+            docs = np.flatnonzero(primary == t)
+            logits = log_prior + spec.kappa * (doc_z[docs] @ concept_vecs[topic_members[t]].T)
+            p = np.exp(logits - logits.max(axis=1, keepdims=True)).cumsum(axis=1)
+            cdf[docs] = p / p[:, -1:]
+        cdf += np.arange(n, dtype=np.float64)[:, None]  # rows stacked into one increasing array
+        is_primary = source < _P_PRIMARY
+        pdoc = doc_of_token[is_primary]
+        rank = np.searchsorted(cdf.ravel(), pdoc + rng.random(len(pdoc)), side="right") - pdoc * s_words
+        del cdf
+        topic_rank = np.minimum(np.searchsorted(_zipf_cdf(s_words), rng.random(total), side="right"), s_words - 1)
+        topic_rank[is_primary] = np.clip(rank, 0, s_words - 1)
+        topic_of_token = np.where(is_primary, primary[doc_of_token], secondary[doc_of_token])
         in_topic = source < _P_PRIMARY + _P_SECONDARY
-        topic_rank = np.searchsorted(_zipf_cdf(spec.topic_words), rng.random(total), side="right")
-        topic_rank = np.minimum(topic_rank, spec.topic_words - 1)
-        background = np.minimum(np.searchsorted(_zipf_cdf(v), rng.random(total), side="right"), v - 1)
-        words = np.where(in_topic, topic_members[topic_of_token, topic_rank], background)
+        background = np.minimum(np.searchsorted(_zipf_cdf(n_concepts), rng.random(total), side="right"), n_concepts - 1)
+        concepts = np.where(in_topic, topic_members[topic_of_token, topic_rank], background)
+        words = first_form[concepts] + (rng.random(total) * forms[concepts]).astype(np.int64)  # any synonym
 
         # (doc, word) -> term frequency, sorted by doc then word
         keys, tf = np.unique(doc_of_token * v + words, return_counts=True)
@@ -176,9 +208,7 @@ class Corpus:
             hi = min(lo + step, len(keys))
             contrib = self.word_vecs[pair_word[lo:hi]] * pair_w[lo:hi, None]
             _segment_add(doc_sum, pair_doc[lo:hi], contrib)
-        doc_sum = _unit_rows(doc_sum).astype(np.float64)
-        latent = _unit_rows(rng.standard_normal((n, dim)))
-        self.doc_vectors: F32 = _unit_rows(doc_sum + spec.doc_latent * latent)
+        self.doc_vectors: F32 = _unit_rows(_unit_rows(doc_sum) + spec.doc_latent * doc_z)
         self.doc_ids: list[str] = [f"doc-{i:05d}" for i in range(n)]
 
         # -- queries and exhaustive labels ----------------------------------------------------------------
@@ -189,10 +219,10 @@ class Corpus:
             lo, hi = int(doc_start[d]), int(doc_start[d + 1])
             terms, weight = pair_word[lo:hi], pair_w[lo:hi].astype(np.float64)
             n_terms = min(len(terms), int(rng.integers(2, 6)))
-            chosen = rng.choice(terms, size=n_terms, replace=False, p=weight / weight.sum()).tolist()
-            if rng.random() < 0.3:  # vocabulary mismatch: a same-topic word the document does not contain
-                chosen[-1] = int(topic_members[primary[d], int(rng.integers(0, 60))])
-            self.query_texts.append(" ".join(self.vocab[w] for w in dict.fromkeys(chosen)))
+            chosen = rng.choice(terms, size=n_terms, replace=False, p=weight / weight.sum())
+            c = concept_of_word[chosen]  # the user names each concept by any of its synonyms
+            picked = first_form[c] + (rng.random(len(c)) * forms[c]).astype(np.int64)
+            self.query_texts.append(" ".join(self.vocab[w] for w in dict.fromkeys(picked.tolist())))
         labels = np.empty((spec.n_queries, spec.label_k), dtype=np.int32)
         for i, text in enumerate(self.query_texts):
             rel = self.relevance(text, spec.ref_alpha)
@@ -249,20 +279,39 @@ class Corpus:
         return self.bm25_terms(ids, qtf)
 
     def bm25_terms(self, ids: list[int], qtf: list[float]) -> F32:
-        scores = np.zeros(self.n_docs, dtype=np.float32)
-        for t, f in zip(ids, qtf, strict=True):
-            lo, hi = int(self.post_start[t]), int(self.post_start[t + 1])
-            scores += np.bincount(self.post_docs[lo:hi], self.post_weight[lo:hi] * f, minlength=self.n_docs).astype(
-                np.float32
-            )
-        return scores
+        if not ids:
+            return np.zeros(self.n_docs, dtype=np.float32)
+        spans = [(int(self.post_start[t]), int(self.post_start[t + 1])) for t in ids]
+        docs = np.concatenate([self.post_docs[lo:hi] for lo, hi in spans])
+        weights = np.concatenate([self.post_weight[lo:hi] * f for (lo, hi), f in zip(spans, qtf, strict=True)])
+        return np.bincount(docs, weights, minlength=self.n_docs).astype(np.float32)
 
     def relevance(self, text: str, alpha: float) -> F32:
         """Exact hybrid relevance of every document (the label definition, at ``alpha``)."""
-        cos = self.doc_vectors @ self.embed(text)
+        cos = (self.doc_vectors @ self.embed(text)).astype(np.float32)
         bm = self.bm25(text)
-        top = float(bm.max()) if bm.size else 0.0
-        return (alpha * cos + (1.0 - alpha) * (bm / top if top > 0 else bm)).astype(np.float32)
+        return (
+            alpha * normalize_list(cos, _top_stats(cos)) + (1.0 - alpha) * normalize_list(bm, _top_stats(bm))
+        ).astype(np.float32)
+
+
+def _top_stats(scores: F32, depth: int = NORM_DEPTH) -> tuple[float, float]:
+    """(best, depth-th best) of an exhaustive score vector."""
+    d = min(depth, len(scores))
+    part = np.partition(scores, len(scores) - d)[len(scores) - d :]
+    return float(part.max()), float(part.min())
+
+
+def normalize_list(scores: F32, stats: tuple[float, float]) -> F32:
+    """List-wise min-max normalisation: (s - lo) / (hi - lo), clipped below at 0 (not above).
+
+    ``stats`` = (hi, lo): the best score of a ranked list and the score at depth :data:`NORM_DEPTH` (or the
+    list's last one if it is shorter). Labels, fusion and reranking all normalise this way.
+    """
+    hi, lo = stats
+    if hi <= lo:
+        return (scores >= hi).astype(np.float32) if hi > 0 else np.zeros_like(scores, dtype=np.float32)
+    return np.maximum((scores - lo) / (hi - lo), 0.0).astype(np.float32)
 
 
 def _segment_add(out: npt.NDArray[np.float64], rows: I64, values: F32) -> None:

@@ -1,0 +1,108 @@
+"""Steady labeled load onto ``search_requests`` (``canary load``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from canary.errors import KafkaError
+from canary.kafka.topics import Topics
+
+QuerySource = Callable[[int], tuple[str, tuple[str, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    sent: int
+    seconds: float
+    target_qps: float
+    users: int
+    labeled: int
+    max_behind_ms: float
+
+    @property
+    def achieved_qps(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "seconds": round(self.seconds, 3),
+            "target_qps": self.target_qps,
+            "achieved_qps": round(self.achieved_qps, 1),
+            "users": self.users,
+            "labeled": self.labeled,
+            "max_behind_ms": round(self.max_behind_ms, 1),
+        }
+
+
+def bundled_queries() -> tuple[QuerySource, int]:
+    from router.backends.corpus import default_corpus
+
+    corpus = default_corpus()
+    return corpus.query, corpus.n_queries
+
+
+async def produce_load(
+    bootstrap: str,
+    topics: Topics,
+    qps: float,
+    duration: float,
+    users: int = 1000,
+    seed: int = 42,
+    queries: tuple[QuerySource, int] | None = None,
+    progress: Callable[[int, float], None] | None = None,
+    collection: str = "documents",
+) -> LoadReport:
+    """Send ``qps`` requests per second for ``duration`` seconds on a fixed schedule (no coordinated
+    omission: a late tick is sent at once and counted in ``max_behind_ms``)."""
+    query_of, n_queries = queries or bundled_queries()
+    rng = random.Random(seed)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", enable_idempotence=True)
+    try:
+        await asyncio.wait_for(producer.start(), 10)
+    except Exception as exc:
+        raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    sent = labeled = 0
+    behind = 0.0
+    interval = 1.0 / qps
+    start = time.monotonic()
+    next_report = start + 1.0
+    try:
+        while True:
+            due = start + sent * interval
+            now = time.monotonic()
+            if due - start >= duration:
+                break
+            if due > now:
+                await asyncio.sleep(due - now)
+            else:
+                behind = max(behind, (now - due) * 1000)
+            q = rng.randrange(n_queries)
+            text, relevant = query_of(q)
+            user = f"user-{rng.randrange(users)}"
+            body = {
+                "request_id": f"load-{seed}-{sent}-{int(time.time() * 1000)}",
+                "query": text,
+                "collection": collection,
+                "user_id": user,
+                "ts": int(time.time() * 1000),
+                "relevant_ids": list(relevant) if relevant else None,
+            }
+            labeled += bool(relevant)
+            await producer.send(topics.search_requests, json.dumps(body).encode(), key=user.encode())
+            sent += 1
+            if progress is not None and time.monotonic() >= next_report:
+                progress(sent, time.monotonic() - start)
+                next_report += 1.0
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return LoadReport(sent, time.monotonic() - start, qps, users, labeled, behind)
