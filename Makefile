@@ -34,6 +34,9 @@ fmt: install ## Apply ruff formatting and safe fixes
 typecheck: install ## mypy --strict on the packages
 	$(BIN)/mypy
 
+demo: install ## THE MAIN JOB: run the demo (local Kafka unless KAFKA_BOOTSTRAP_SERVERS is set); writes reports/canary/
+	$(BIN)/canary demo
+
 test: install test-deps ## Run the whole test suite (starts a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set)
 	$(BIN)/pytest
 
@@ -52,4 +55,4 @@ kafka-stop: install ## Stop the local Kafka broker
 clean: ## Remove build and cache artefacts (not the jar cache in ~/.cache/canary)
 	rm -rf build *.egg-info .mypy_cache .ruff_cache .pytest_cache
 
-.PHONY: help install test-deps lint fmt typecheck test test-core ci kafka-start kafka-stop clean
+.PHONY: help install test-deps lint fmt typecheck demo test test-core ci kafka-start kafka-stop clean

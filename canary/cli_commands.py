@@ -89,7 +89,29 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.demo import DemoConfig, run_demo
+
+    output = Path(args.output) if args.output else settings.reports_dir
+    cfg = DemoConfig(qps=args.qps, weight=args.weight)
+    return run_demo(settings, output, cfg)
+
+
 def register(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="one-command demo: a bad candidate is rolled back automatically, a good one promoted",
+        description=(
+            "Uses KAFKA_BOOTSTRAP_SERVERS or starts the local broker, creates topics (fresh prefix), starts the "
+            "worker and a router, generates load, runs a failing and a healthy canary, writes the reports "
+            "(canary_result.json, metrics.json, audit.log, report.html) and stops everything it started."
+        ),
+    )
+    demo.add_argument("--output", help="report directory (default reports/canary)")
+    demo.add_argument("--qps", type=float, default=60.0, help="load in requests per second (60)")
+    demo.add_argument("--weight", type=float, default=0.10, help="candidate traffic share (0.10)")
+    demo.set_defaults(handler=cmd_demo)
+
     worker = sub.add_parser(
         "worker",
         help="run the Faust streams worker: windows, SLO agent, audit agent",

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 from canary.errors import CanaryError, KafkaError
@@ -219,7 +220,61 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: str) -> None:
+    from canary.ops.view import read_view_async
+    from canary.ops.watch import WatchState, format_window, tail_windows
+
+    topics = _topics(settings)
+    state = WatchState()
+    view = await read_view_async(bootstrap, topics)
+    last_status = 0.0
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    async for window in tail_windows(bootstrap, topics, from_beginning=args.from_beginning):
+        state.add(window)
+        if args.json:
+            print(json.dumps(window.to_dict()), flush=True)
+        else:
+            if time.monotonic() - last_status > 2:
+                view = await read_view_async(bootstrap, topics)
+                last_status = time.monotonic()
+            dep = view.ledger.current or view.ledger.latest
+            header = (
+                f"canary watch — {time.strftime('%H:%M:%S')}  deployment {dep.deployment_id if dep else '-'} "
+                f"[{dep.status if dep else 'idle'}]  candidate {dep.candidate.name if dep else '-'} "
+                f"weight {dep.candidate_weight if dep else 0:.0%}"
+            )
+            rows = [format_window(w, state.streak_text(w)) for _, w in sorted(state.latest.items())]
+            if args.plain:
+                print(format_window(window, state.streak_text(window)), flush=True)
+            else:
+                print("\x1b[2J\x1b[H" + header + "\n" + "\n".join(rows), flush=True)
+        if deadline is not None and time.monotonic() > deadline:
+            return
+
+
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.kafka.connect import require_kafka
+
+    bootstrap = require_kafka(settings)
+    try:
+        asyncio.run(asyncio.wait_for(_watch(args, settings, bootstrap), args.seconds + 5 if args.seconds else None))
+    except TimeoutError:
+        pass
+    return 0
+
+
 def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "watch",
+        help="live view: per arm p95, recall@10, counts, SLO verdicts and streak, weight, status",
+        description="Refreshes as windows are published. Ctrl-C to leave.",
+    )
+    p.add_argument("--from-beginning", action="store_true", help="replay the window topic from its start")
+    p.add_argument("--plain", action="store_true", help="one line per window instead of a refreshed screen")
+    p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="one JSON window per line")
+    p.set_defaults(handler=cmd_watch)
+
     p = sub.add_parser(
         "load",
         help="produce labeled queries onto search_requests at a steady rate",

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite uses, only when missing:
 #   kcat      — an independent Kafka client, to check our broker with software we did not write
+#   chromium  — headless browser, to check that report.html really renders its charts
 # Needs apt and root; on other systems install them with your package manager.
 set -euo pipefail
 missing=()
 command -v kcat >/dev/null 2>&1 || command -v kafkacat >/dev/null 2>&1 || missing+=(kcat)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

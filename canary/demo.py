@@ -1,0 +1,215 @@
+"""The one-command demo: a bad candidate is rolled back automatically, a good one is promoted.
+
+Uses KAFKA_BOOTSTRAP_SERVERS or starts the local broker; runs a real worker and a real router as
+subprocesses, produces labeled load onto search_requests, drives canaries through the control topic like
+an operator would, prints progress as windows arrive, writes the reports and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from canary.config import PresetStore
+from canary.errors import CanaryError, DeploymentError
+from canary.kafka.topics import Topics, ensure_topics
+from canary.settings import Settings
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@dataclass
+class DemoConfig:
+    qps: float = 60.0
+    weight: float = 0.10
+    bad_candidate: str = "candidate_slow"
+    good_candidate: str = "candidate_high_recall"
+    good_windows: int = 4  # passing candidate windows before promoting
+    timeout: float = 60.0  # per phase
+
+
+class Services:
+    """Worker and router subprocesses; always stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, settings: Settings, bootstrap: str, log_dir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "CANARY_TOPIC_PREFIX": settings.topic_prefix,
+            "CANARY_PROJECT_ROOT": str(settings.project_root),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen[bytes], Any]] = []
+
+    def start(self, name: str, *args: str) -> None:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "canary.cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.procs.append((name, proc, log))
+
+    def check_alive(self) -> None:
+        for name, proc, _ in self.procs:
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                raise CanaryError(f"the {name} exited with code {proc.returncode}:\n" + "\n".join(tail))
+
+    def stop(self) -> None:
+        for _, proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc, log in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        self.procs.clear()
+
+
+@contextlib.contextmanager
+def kafka_for_demo(settings: Settings) -> Iterator[str]:
+    if settings.uses_external_kafka:
+        from canary.kafka.connect import require_kafka
+
+        say(f"using Kafka at {settings.bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS)")
+        yield require_kafka(settings)
+        return
+    from canary.kafka.broker import LocalBroker
+
+    broker = LocalBroker(settings.home, settings.local_port)
+    already = broker.running_info() is not None
+    info = broker.start(log=say)
+    try:
+        yield info.bootstrap
+    finally:
+        if not already:
+            broker.stop(log=say)
+
+
+async def _wait_for_routers(bootstrap: str, topics: Topics, services: Services, timeout: float = 60) -> None:
+    from canary.ops.view import read_view_async
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        services.check_alive()
+        if (await read_view_async(bootstrap, topics)).live_routers():
+            return
+        await asyncio.sleep(0.5)
+    raise CanaryError("the router did not come up within 60 s (see its log)")
+
+
+async def _follow(
+    bootstrap: str, topics: Topics, deployment_id: str, services: Services, until: str, cfg: DemoConfig
+) -> dict[str, Any]:
+    """Print candidate/last_good windows of one deployment until it is rolled back (or passes enough)."""
+    from canary.ops.view import read_view_async
+    from canary.ops.watch import WatchState, format_window, tail_windows
+
+    state = WatchState()
+    passing = 0
+    deadline = time.monotonic() + cfg.timeout
+    windows = tail_windows(bootstrap, topics, from_beginning=True)
+    try:
+        while time.monotonic() < deadline:
+            services.check_alive()
+            try:
+                window = await asyncio.wait_for(anext(windows), timeout=1.0)
+            except TimeoutError:
+                window = None
+            if window is not None and window.deployment_id == deployment_id:
+                state.add(window)
+                say("  " + format_window(window, state.streak_text(window)))
+                if window.arm == "candidate" and window.verdicts and all(v.outcome == "pass" for v in window.verdicts):
+                    passing += 1
+            view = await read_view_async(bootstrap, topics)
+            dep = view.ledger.deployments.get(deployment_id)
+            if until == "rolled_back" and dep is not None and dep.status == "rolled_back":
+                return {"status": dep.status, "reason": dep.reason}
+            if until == "passing" and passing >= cfg.good_windows:
+                return {"status": "passing", "passing_windows": passing}
+    finally:
+        await windows.aclose()
+    raise CanaryError(f"deployment {deployment_id} did not reach '{until}' within {cfg.timeout:.0f}s")
+
+
+async def _run(settings: Settings, bootstrap: str, topics: Topics, services: Services, cfg: DemoConfig) -> None:
+    from canary.ops.commands import start_canary, stop_canary
+    from canary.ops.load import produce_load
+
+    store = PresetStore(settings.presets_dir)
+    await _wait_for_routers(bootstrap, topics, services)
+    say(f"router is live; sending {cfg.qps:.0f} labeled queries/s onto {topics.search_requests}")
+    load = asyncio.create_task(produce_load(bootstrap, topics, cfg.qps, duration=600))
+    try:
+        await asyncio.sleep(3)
+        # Phase 1: a candidate that breaks its latency SLO.
+        bad = store.get(cfg.bad_candidate)
+        ack = await start_canary(bootstrap, topics, bad, store.get("last_good"), cfg.weight)
+        if ack.compensated:
+            raise DeploymentError("the router did not acknowledge the start")
+        say(f"phase 1: canary {ack.command.deployment_id} of {bad.name} at {cfg.weight:.0%} — expecting a rollback")
+        result = await _follow(bootstrap, topics, ack.command.deployment_id, services, "rolled_back", cfg)
+        say(f"ROLLED BACK automatically: {result['reason']}")
+
+        # Phase 2: a healthy candidate, promoted after passing windows.
+        good = store.get(cfg.good_candidate)
+        ack = await start_canary(bootstrap, topics, good, store.get("last_good"), cfg.weight)
+        if ack.compensated:
+            raise DeploymentError("the router did not acknowledge the start")
+        say(f"phase 2: canary {ack.command.deployment_id} of {good.name} — promoting after {cfg.good_windows} passing windows")
+        await _follow(bootstrap, topics, ack.command.deployment_id, services, "passing", cfg)
+        promoted = await stop_canary(bootstrap, topics, promote=True)
+        say(f"PROMOTED {good.name}: it is now last_good and active ({len(promoted.acked_by)} router ack)")
+        await asyncio.sleep(2.5)  # let the audit agent write the last events
+    finally:
+        load.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await load
+
+
+def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None) -> int:
+    cfg = cfg or DemoConfig()
+    started = time.monotonic()
+    prefix = settings.topic_prefix or f"demo{int(time.time())}."
+    settings = settings.with_overrides(topic_prefix=prefix)
+    topics = Topics(prefix)
+    output.mkdir(parents=True, exist_ok=True)
+    audit = output / "audit.log"
+    if audit.exists():
+        audit.unlink()  # fresh topics, fresh audit trail
+    logs = settings.home / "demo-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    say(f"canary demo — topics prefixed '{prefix}', reports in {output}, service logs in {logs}")
+    with kafka_for_demo(settings) as bootstrap:
+        ensure_topics(bootstrap, topics)
+        services = Services(settings, bootstrap, logs)
+        try:
+            services.start("worker", "worker", "--audit-log", str(audit), "--data-dir", str(logs / "worker-data"))
+            services.start("router", "router", "--router-id", "demo-router")
+            asyncio.run(_run(settings, bootstrap, topics, services, cfg))
+            say("writing reports …")
+            from canary.reports.export import export_reports
+
+            written = export_reports(settings.with_overrides(bootstrap_servers=bootstrap), output, deployment_id=None)
+            for path in written:
+                say(f"  wrote {path}")
+        finally:
+            services.stop()
+            say("stopped the worker and the router")
+    say(f"demo finished in {time.monotonic() - started:.0f}s. Open {output / 'report.html'}")
+    say(f"inspect the topics: CANARY_TOPIC_PREFIX={prefix} canary status")
+    return 0

@@ -1,0 +1,1 @@
+"""Compatibility namespace: the spec imports ``from modules.canary import …``."""
