@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import base_parser, emit, free_port, log, machine, sigterm_as_exit, summary
+from bench.common import base_parser, emit, free_port, loadavg, log, machine, sigterm_as_exit, summary
 from canary.kafka.broker import KAFKA_VERSION, JarCache, LocalBroker
 from canary.settings import load_settings
 
@@ -130,7 +130,12 @@ def main() -> int:
         else:
             os.environ["MAVEN_OPTS"] = saved_maven_opts
 
-    lines = [f"Kafka {KAFKA_VERSION} local KRaft broker start (ready = answers a metadata request)"]
+    result["machine"]["loadavg_at_end"] = loadavg()
+    m = result["machine"]
+    lines = [
+        f"machine: {m['cpus']} CPUs, load average at start {m['loadavg_at_start']}, at end {m['loadavg_at_end']}",
+        f"Kafka {KAFKA_VERSION} local KRaft broker start (ready = answers a metadata request)",
+    ]
     if "cold" in result:
         c = result["cold"]
         lines += [

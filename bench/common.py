@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,6 +31,9 @@ if str(ROOT) not in sys.path:  # `python bench/xxx.py` as well as `python -m ben
     sys.path.insert(0, str(ROOT))
 
 from canary.settings import load_settings  # noqa: E402
+
+# aiokafka logs retried produce errors right after topic creation (leader not elected yet) at WARNING.
+logging.getLogger("aiokafka").setLevel(logging.ERROR)
 
 
 def log(message: str) -> None:
@@ -167,5 +171,27 @@ def emit(result: dict[str, Any], text: str, as_json: bool) -> None:
         print(text)
 
 
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform}
+    """Where the figures come from; the load average shows whether other work shared the CPUs."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": sys.platform,
+        "loadavg_at_start": loadavg(),
+    }
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

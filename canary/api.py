@@ -135,9 +135,7 @@ class CanaryExecutor:
             preset = PresetStore(self.settings.presets_dir).get("last_good")
             last_good = ConfigRef.from_snapshot(preset.to_dict(), preset.content_hash)
             self._loop = _Loop()
-            router = RouterService(
-                self._bootstrap(), self.topics, default_backend(), last_good, consume_requests=False
-            )
+            router = RouterService(self._bootstrap(), self.topics, default_backend(), last_good, consume_requests=False)
             self._loop.run(router.start())
             self._router = router
             atexit.register(self.close)

@@ -128,9 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (start, stop, status, topics):
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from canary import cli_commands, cli_ops
+    from canary import cli_commands, cli_ops, cli_reports
 
     cli_ops.register(sub)
+    cli_reports.register(sub)
     cli_commands.register(sub)
     return parser
 

@@ -170,7 +170,9 @@ async def _run(settings: Settings, bootstrap: str, topics: Topics, services: Ser
         ack = await start_canary(bootstrap, topics, good, store.get("last_good"), cfg.weight)
         if ack.compensated:
             raise DeploymentError("the router did not acknowledge the start")
-        say(f"phase 2: canary {ack.command.deployment_id} of {good.name} — promoting after {cfg.good_windows} passing windows")
+        say(
+            f"phase 2: canary {ack.command.deployment_id} of {good.name} — promoting after {cfg.good_windows} passing windows"
+        )
         await _follow(bootstrap, topics, ack.command.deployment_id, services, "passing", cfg)
         promoted = await stop_canary(bootstrap, topics, promote=True)
         say(f"PROMOTED {good.name}: it is now last_good and active ({len(promoted.acked_by)} router ack)")

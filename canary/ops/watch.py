@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -14,7 +14,9 @@ from canary.errors import CanaryError
 from canary.kafka.topics import Topics
 
 
-async def tail_windows(bootstrap: str, topics: Topics, from_beginning: bool = False) -> AsyncIterator[WindowResult]:
+async def tail_windows(
+    bootstrap: str, topics: Topics, from_beginning: bool = False
+) -> AsyncGenerator[WindowResult, None]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     try:

@@ -5,46 +5,62 @@ bit-identical documents, queries and labels (built once per process: :func:`buil
 
 How it is generated
 -------------------
-* **Vocabulary** – ``vocab_size`` pronounceable pseudo-words. Word rank ``r`` has background probability
-  ∝ 1/(r + 2.7) (Zipf), so the first few hundred words behave like stop words.
-* **Topics** – ``n_topics`` topics, each owning ``topic_words`` words (drawn from the non-stop-word ranks,
-  topics overlap) with its own Zipf distribution, and a random unit *centre* in embedding space.
-* **Documents** – a primary and a secondary topic each; ``20 + Poisson(mean_doc_len - 20)`` tokens, each
-  drawn from the primary topic (55 %), the secondary topic (15 %) or the background Zipf (30 %).
-* **Text encoder** (:meth:`Corpus.embed`) – a bag-of-embeddings encoder: every word has a vector (sum of
-  the centres of the topics it belongs to plus a word-specific random direction); a text's embedding is the
-  IDF-weighted sum of its words' vectors, L2-normalised. Unknown words get a stable hash-seeded vector, so
-  any query text can be embedded.
-* **Document embeddings** – the encoder applied to the document's tokens plus a document-specific latent
-  direction (``doc_latent``: meaning the words alone do not carry), L2-normalised. Dense and keyword
-  similarity are therefore correlated but different, which is what makes hybrid fusion matter.
-* **Queries** – ``n_queries`` queries, each built from a random seed document: 2–5 distinct terms sampled
-  from that document by tf·idf, one of them sometimes replaced by another word of the document's topic
-  (vocabulary mismatch that only the dense side can bridge).
+* **Vocabulary** – ``vocab_size`` pronounceable pseudo-words, grouped into *concepts* of 1–3 synonymous
+  surface forms. Concept rank ``r`` has background probability ∝ 1/(r + 2.7) (Zipf), so the first couple of
+  hundred concepts behave like stop words.
+* **Topics** – ``n_topics`` topics with a random unit *centre* each; a topic owns ``topic_words``
+  non-stop-word concepts (topics overlap) with its own Zipf prior. A concept's vector is
+  ``unit(centre(s) of its topics + a concept-specific direction)``; a surface form's vector adds a little
+  noise (``_FORM_NOISE``).
+* **Documents** – a primary and a secondary topic and a latent meaning ``z_d = unit(centre + doc_spread *
+  random direction)``; ``20 + Poisson(mean_doc_len - 20)`` tokens, drawn from the primary topic (55 %,
+  P(concept) ∝ Zipf prior · exp(kappa · <concept, z_d>), so a document's words cluster around its meaning),
+  the secondary topic (15 %, Zipf) or the background (30 %, Zipf). Each token uses a random synonym.
+* **Text encoder** (:meth:`Corpus.embed`) – bag of embeddings: the IDF-weighted sum of the text's word
+  vectors, L2-normalised. Unknown words get a stable hash-seeded vector, so any query text can be embedded.
+* **Document embeddings** – ``unit(unit(encoder(document tokens)) + doc_latent * z_d)``: the encoder plus a
+  little of the meaning the sampled words do not carry.
+* **Queries** – ``n_queries`` queries, each from a random seed document: 2–5 of its concepts sampled by
+  tf·idf, each written as a random synonym (vocabulary mismatch BM25 cannot bridge but the dense side can).
+
+Dense and keyword similarity are therefore correlated but different, which is what makes hybrid fusion
+(and its ``alpha``) matter.
 
 What "relevant" means
 ---------------------
 Labels are *exhaustive ground truth*, as in ANN benchmarks: for each query the ``label_k`` (10) documents
 with the highest exact hybrid relevance over the whole corpus::
 
-    rel(q, d) = ref_alpha * cos(e_q, e_d) + (1 - ref_alpha) * bm25(q, d) / max_d' bm25(q, d')
+    rel(q, d) = ref_alpha * N(cos(e_q, e_d)) + (1 - ref_alpha) * N(bm25(q, d))
 
-with full-precision embeddings, exact Okapi BM25 (k1 = 1.2, b = 0.75, Lucene IDF) and ``ref_alpha`` = 0.7.
-A search configuration scores recall@10 = 1.0 only if it finds exactly these documents.
+with full-precision embeddings, exact Okapi BM25 (k1 = 1.2, b = 0.75, Lucene IDF), ``ref_alpha`` = 0.7 and
+``N`` the list-wise min-max normalisation of :func:`normalize_list` (best score of the query → 1, the
+:data:`NORM_DEPTH` = 100th best → 0, clipped at 0) – the same fusion the backend applies, done exactly
+over every document. A configuration scores recall@10 = 1.0 only if it finds exactly these documents.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DEFAULT_SPEC", "NORM_DEPTH", "Corpus", "CorpusSpec", "build_corpus", "default_corpus", "normalize_list"]
+__all__ = [
+    "DEFAULT_SPEC",
+    "NORM_DEPTH",
+    "Corpus",
+    "CorpusSpec",
+    "build_corpus",
+    "default_corpus",
+    "depth_stats",
+    "normalize_list",
+]
 
 F32 = npt.NDArray[np.float32]
 I32 = npt.NDArray[np.int32]
@@ -103,7 +119,7 @@ def _zipf_cdf(n: int, s: float = 1.0, q: float = 2.7) -> npt.NDArray[np.float64]
 def _unit_rows(x: npt.NDArray[np.floating]) -> F32:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    return (x / norms).astype(np.float32)
+    return np.asarray(x / norms, dtype=np.float32)
 
 
 def _pseudo_words(rng: np.random.Generator, n: int) -> list[str]:
@@ -179,9 +195,11 @@ class Corpus:
         background = np.minimum(np.searchsorted(_zipf_cdf(n_concepts), rng.random(total), side="right"), n_concepts - 1)
         concepts = np.where(in_topic, topic_members[topic_of_token, topic_rank], background)
         words = first_form[concepts] + (rng.random(total) * forms[concepts]).astype(np.int64)  # any synonym
+        del source, topic_rank, topic_of_token, in_topic, background, concepts, is_primary, pdoc, rank
 
         # (doc, word) -> term frequency, sorted by doc then word
         keys, tf = np.unique(doc_of_token * v + words, return_counts=True)
+        del doc_of_token, words
         pair_doc, pair_word = keys // v, keys % v
         self.doc_len = lengths.astype(np.float32)
         df = np.bincount(pair_word, minlength=v)
@@ -203,8 +221,8 @@ class Corpus:
         self.word_vecs: F32 = word_vecs.astype(np.float32)
         doc_sum = np.zeros((n, dim), dtype=np.float64)
         pair_w = (tf * self.idf[pair_word]).astype(np.float32)
-        step = 200_000
-        for lo in range(0, len(keys), step):  # chunked: the (pairs x dim) product would be ~250 MB at once
+        step = 50_000
+        for lo in range(0, len(keys), step):  # chunked: the (pairs x dim) product would be ~200 MB at once
             hi = min(lo + step, len(keys))
             contrib = self.word_vecs[pair_word[lo:hi]] * pair_w[lo:hi, None]
             _segment_add(doc_sum, pair_doc[lo:hi], contrib)
@@ -291,12 +309,14 @@ class Corpus:
         cos = (self.doc_vectors @ self.embed(text)).astype(np.float32)
         bm = self.bm25(text)
         return (
-            alpha * normalize_list(cos, _top_stats(cos)) + (1.0 - alpha) * normalize_list(bm, _top_stats(bm))
+            alpha * normalize_list(cos, depth_stats(cos)) + (1.0 - alpha) * normalize_list(bm, depth_stats(bm))
         ).astype(np.float32)
 
 
-def _top_stats(scores: F32, depth: int = NORM_DEPTH) -> tuple[float, float]:
-    """(best, depth-th best) of an exhaustive score vector."""
+def depth_stats(scores: F32, depth: int = NORM_DEPTH) -> tuple[float, float]:
+    """(best, ``depth``-th best) of a set of scores (its smallest if there are fewer)."""
+    if len(scores) == 0:
+        return 0.0, 0.0
     d = min(depth, len(scores))
     part = np.partition(scores, len(scores) - d)[len(scores) - d :]
     return float(part.max()), float(part.min())
@@ -311,7 +331,7 @@ def normalize_list(scores: F32, stats: tuple[float, float]) -> F32:
     hi, lo = stats
     if hi <= lo:
         return (scores >= hi).astype(np.float32) if hi > 0 else np.zeros_like(scores, dtype=np.float32)
-    return np.maximum((scores - lo) / (hi - lo), 0.0).astype(np.float32)
+    return np.asarray(np.maximum((scores - lo) / (hi - lo), 0.0), dtype=np.float32)
 
 
 def _segment_add(out: npt.NDArray[np.float64], rows: I64, values: F32) -> None:
@@ -325,14 +345,9 @@ def _build(spec: CorpusSpec) -> Corpus:
     return Corpus(spec)
 
 
-def build_corpus(spec: CorpusSpec | None = None, **overrides: int | float) -> Corpus:
+def build_corpus(spec: CorpusSpec | None = None, **overrides: Any) -> Corpus:
     """The corpus for ``spec`` (default :data:`DEFAULT_SPEC`) with field overrides; cached per process."""
-    base = spec or DEFAULT_SPEC
-    if overrides:
-        fields = {name: getattr(base, name) for name in CorpusSpec.__dataclass_fields__}
-        fields.update(overrides)
-        base = CorpusSpec(**fields)  # type: ignore[arg-type]
-    return _build(base)
+    return _build(dataclasses.replace(spec or DEFAULT_SPEC, **overrides))
 
 
 def default_corpus() -> Corpus:

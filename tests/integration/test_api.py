@@ -44,8 +44,15 @@ def _spec_flow() -> dict[str, object]:
     status = canary_executor.get_current_status()
     stopped = canary_executor.stop_canary(promote=True)
     after = canary_executor.get_current_status()
-    return {"names": names, "started": started, "configs": configs, "status": status, "stopped": stopped,
-            "after": after, "pointers": config_manager.pointers()}
+    return {
+        "names": names,
+        "started": started,
+        "configs": configs,
+        "status": status,
+        "stopped": stopped,
+        "after": after,
+        "pointers": config_manager.pointers(),
+    }
 
 
 async def test_spec_python_api_round_trip(api_env: None) -> None:
@@ -57,7 +64,11 @@ async def test_spec_python_api_round_trip(api_env: None) -> None:
     assert status["status"] == "running" and status["deployment_id"] == out["started"]["deployment_id"]  # type: ignore[index]
     assert out["stopped"]["ok"] is True  # type: ignore[index]
     assert out["after"]["status"] == "promoted"  # type: ignore[index]
-    assert out["pointers"] == {"active": "candidate_high_recall", "last_good": "candidate_high_recall", "source": "kafka"}
+    assert out["pointers"] == {
+        "active": "candidate_high_recall",
+        "last_good": "candidate_high_recall",
+        "source": "kafka",
+    }
 
 
 def test_slo_monitor_spec_api() -> None:

@@ -1,0 +1,118 @@
+"""Every shipped preset through the bundled HybridBackend: p50/p95 latency, recall@10, SLO verdict.
+
+In-process, no Kafka: for each preset in configs/presets, ``--queries`` labeled queries of the generated
+corpus (router.backends.corpus) go one after another through ``HybridBackend.search`` with the preset's
+snapshot (``Preset.to_dict()``, as the router passes it). Latency is wall time around each awaited search
+(worker-thread retrieval + the modelled cross-encoder time); recall@10 is router.requests.recall_at_10
+against the corpus's exhaustive labels, averaged over the queries. The verdict applies the preset's own
+built-in SLO rules to the whole run (p95 <= slo.p95_ms and recall@10 >= slo.recall_at_10).
+
+Presets run concurrently (each one's queries strictly sequential) so the run takes as long as the slowest
+preset, not the sum; the CPU stages take ~1 ms, so they barely overlap. ``--serial`` runs one preset at a
+time instead.
+
+    .venv/bin/python -m bench.preset_table [--queries 300] [--presets DIR] [--serial] [--json]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python bench/preset_table.py` as well as `python -m bench.preset_table`
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import base_parser, emit, loadavg, log, machine, percentile  # noqa: E402
+from canary.config import Preset, PresetStore  # noqa: E402
+from router.backends.hybrid import HybridBackend  # noqa: E402
+from router.requests import recall_at_10  # noqa: E402
+
+
+async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> dict[str, Any]:
+    params = preset.to_dict()
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    recalls: list[float] = []
+    for i in range(queries):
+        text, relevant = backend.corpus.query(i % backend.corpus.n_queries)
+        start = loop.time()
+        ranked = await backend.search(text, "documents", params)
+        latencies.append((loop.time() - start) * 1000.0)
+        recall = recall_at_10(list(ranked), relevant)
+        if recall is not None:
+            recalls.append(recall)
+    p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+    recall = statistics.fmean(recalls) if recalls else float("nan")
+    slo = preset.slo
+    failures = []
+    if not p95 <= slo.p95_ms:
+        failures.append(f"p95 {p95:.0f} ms > {slo.p95_ms:g}")
+    if not recall >= slo.recall_at_10:
+        failures.append(f"recall@10 {recall:.3f} < {slo.recall_at_10:g}")
+    log(f"{preset.name}: p50 {p50:.1f} ms, p95 {p95:.1f} ms, recall@10 {recall:.3f}")
+    return {
+        "preset": preset.name,
+        "version": preset.version,
+        "hash": preset.content_hash,
+        "queries": queries,
+        "p50_ms": round(p50, 1),
+        "p95_ms": round(p95, 1),
+        "recall_at_10": round(recall, 3),
+        "slo": {"p95_ms": slo.p95_ms, "recall_at_10": slo.recall_at_10},
+        "slo_pass": not failures,
+        "failures": failures,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| preset | version | hash | p50 ms | p95 ms | recall@10 | SLO |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        verdict = "pass" if r["slo_pass"] else "FAIL (" + "; ".join(r["failures"]) + ")"
+        lines.append(
+            f"| {r['preset']} | {r['version']} | `{r['hash']}` | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
+            f"| {r['recall_at_10']:.3f} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+async def main_async(queries: int, presets_dir: Path, serial: bool) -> list[dict[str, Any]]:
+    store = PresetStore(presets_dir)
+    presets = [store.get(name) for name in store.names()]
+    started = time.perf_counter()
+    backend = HybridBackend()
+    corpus = backend.corpus
+    log(
+        f"corpus {corpus.n_docs} docs / {corpus.n_queries} labeled queries + IVF index "
+        f"({backend.index.nlist} cells, int8) ready in {time.perf_counter() - started:.1f} s"
+    )
+    if serial:
+        return [await run_preset(backend, p, queries) for p in presets]
+    return list(await asyncio.gather(*(run_preset(backend, p, queries) for p in presets)))
+
+
+def main() -> int:
+    parser = base_parser(__doc__.splitlines()[0] if __doc__ else "preset table")
+    parser.add_argument("--queries", type=int, default=300, help="labeled queries per preset (default 300)")
+    parser.add_argument("--presets", type=Path, default=ROOT / "configs" / "presets", help="preset directory")
+    parser.add_argument("--serial", action="store_true", help="one preset at a time (default: concurrently)")
+    args = parser.parse_args()
+    info = machine()
+    started = time.perf_counter()
+    rows = asyncio.run(main_async(args.queries, args.presets, args.serial))
+    info["loadavg_at_end"] = loadavg()
+    result = {"machine": info, "wall_s": round(time.perf_counter() - started, 1), "presets": rows}
+    text = f"{table(rows)}\n\n{args.queries} queries per preset, {result['wall_s']} s, machine {info}"
+    emit(result, text, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

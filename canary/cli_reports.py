@@ -1,0 +1,200 @@
+"""Reporting commands of the spec's CLI: metrics, export, audit. Registered with :func:`register`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from canary.errors import ConfigError
+from canary.settings import Settings
+
+
+def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    else:
+        print(human)
+
+
+def _audit_file(args: argparse.Namespace) -> Path | None:
+    return Path(args.audit_log) if getattr(args, "audit_log", None) else None
+
+
+# -- metrics ------------------------------------------------------------------------------------------------
+def _fmt(v: float | None, spec: str, unit: str = "") -> str:
+    return "-" if v is None else f"{v:{spec}}{unit}"
+
+
+def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.reports.export import read_topics
+    from canary.reports.metrics import MetricsCollector
+
+    if args.window is not None and args.window <= 0:
+        raise ConfigError(f"--window {args.window}: must be > 0 minutes")
+    data = read_topics(settings, windows=True)
+    collector = MetricsCollector(data.windows)
+    known = collector.config_names()
+    names = [args.config] if args.config else known
+    if args.config and args.config not in known:
+        seen = ", ".join(known) if known else "none yet (no windows on the topic)"
+        raise ConfigError(f"no windows for config {args.config!r}; configs seen: {seen}")
+    stats = [collector.get_summary_stats(n, args.window, deployment_id=args.deployment) for n in names]
+    scope = f"last {args.window:g} min" if args.window is not None else "all windows"
+    if args.config:
+        s = stats[0]
+        human = "\n".join(
+            [
+                f"config:          {s['config_name']}   ({scope})",
+                f"buckets:         {s['buckets']} ({s['failed_buckets']} failed an SLO rule)",
+                f"requests:        {s['total_requests']} ({s['total_errors']} errors)",
+                f"avg p95:         {_fmt(s['avg_p95_ms'], '.1f', ' ms')} (max {_fmt(s['max_p95_ms'], '.1f', ' ms')})",
+                f"avg recall@10:   {_fmt(s['avg_recall_at_10'], '.3f')}",
+                f"SLO violations:  {s['total_slo_violations']}",
+                f"deployments:     {', '.join(s['deployments']) or '-'}",
+            ]
+        )
+        _emit(args, s, human)
+        return 0
+    rows = [f"{'CONFIG':28} {'BUCKETS':>7} {'REQUESTS':>9} {'AVG P95 MS':>11} {'RECALL@10':>9} {'SLO VIOL':>8}"]
+    for s in stats:
+        rows.append(
+            f"{s['config_name']:28} {s['buckets']:>7} {s['total_requests']:>9} "
+            f"{_fmt(s['avg_p95_ms'], '.1f'):>11} {_fmt(s['avg_recall_at_10'], '.3f'):>9} {s['total_slo_violations']:>8}"
+        )
+    if not stats:
+        rows.append("(no windows on the topic yet)")
+    _emit(args, {"window_minutes": args.window, "configs": stats}, "\n".join(rows) + f"\n({scope})")
+    return 0
+
+
+# -- export -------------------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.reports.export import export_deployment
+    from canary.reports.files import canary_result
+
+    out_dir = Path(args.output) if args.output else settings.reports_dir
+    done = export_deployment(
+        settings, out_dir, args.deployment, audit_file=_audit_file(args), from_topics=args.from_topics
+    )
+    report, paths, source, events = done.report, done.paths, done.audit_source, done.audit_events
+    result = canary_result(report)
+    payload = {
+        "deployment_id": report.deployment_id,
+        "status": report.status,
+        "output_dir": str(out_dir),
+        "files": {k: str(p) for k, p in paths.items()},
+        "buckets": len(report.all_windows),
+        "audit_events": events,
+        "audit_source": source,
+        "invalid_windows": done.invalid_windows,
+        "result": result,
+    }
+    lines = [f"exported {report.deployment_id} ({report.status}) to {out_dir}:"]
+    lines += [
+        f"  {p.name:20} {desc}"
+        for p, desc in (
+            (
+                paths["canary_result"],
+                f"status, {result['total_requests']} requests, {result['duration_seconds']:.0f} s",
+            ),
+            (paths["metrics"], f"{len(report.all_windows)} buckets"),
+            (paths["audit"], f"{events} events (from {source})"),
+            (paths["report_html"], "open in a browser"),
+        )
+    ]
+    if result["rollback_reason"]:
+        lines.append(f"reason: {result['rollback_reason']}")
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+# -- audit --------------------------------------------------------------------------------------------------
+def _detail(event: dict[str, Any]) -> str:
+    d = event.get("details") or {}
+    if event.get("event_type") == "router_state":
+        return f"{d.get('status', '?')} active={d.get('active_config', '?')} weight={d.get('weight', '?')}"
+    parts = []
+    split = d.get("traffic_split")
+    if isinstance(split, dict):
+        parts.append(f"candidate {float(split.get('candidate', 0)):.0%}")
+    if d.get("reason"):
+        parts.append(str(d["reason"]))
+    return "; ".join(parts)
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.core.models import iso_ms
+    from canary.reports.export import load_audit
+    from canary.reports.files import event_time_ms
+
+    if args.hours <= 0:
+        raise ConfigError(f"--hours {args.hours}: must be > 0")
+    events, source, _ = load_audit(settings, audit_file=_audit_file(args), from_topics=args.from_topics)
+    now = int(time.time() * 1000)
+    since = now - int(args.hours * 3_600_000)
+    recent = sorted((e for e in events if event_time_ms(e) >= since), key=event_time_ms)
+    if args.deployment:
+        recent = [e for e in recent if e.get("deployment_id") == args.deployment]
+    rows = [f"{'TIME (UTC)':24} {'EVENT':18} {'DEPLOYMENT':20} {'BY':16} {'CONFIG':24} DETAIL"]
+    for e in recent:
+        cells = [e.get(k) or "-" for k in ("timestamp", "event_type", "deployment_id", "user_id", "config_name")]
+        ts, kind, dep, user, config = (str(c) for c in cells)
+        rows.append(f"{ts:24} {kind:18} {dep:20} {user:16} {config:24} {_detail(e)}")
+    rows.append(f"({len(recent)} event(s) in the last {args.hours:g} h, from {source})")
+    payload = {"source": source, "hours": args.hours, "since": iso_ms(since), "count": len(recent), "events": recent}
+    _emit(args, payload, "\n".join(rows))
+    return 0
+
+
+# -- registration -------------------------------------------------------------------------------------------
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "metrics",
+        help="summary stats (avg p95, avg recall@10, SLO violations) of a config's windows",
+        description=(
+            "Reads the finalized 5 s windows from the windows topic. avg_p95_ms is the mean of the buckets' "
+            "p95; avg_recall_at_10 the mean over labeled requests. Without --config: every config seen."
+        ),
+    )
+    p.add_argument("--config", metavar="NAME", help="preset name as it appears in the windows (config_name)")
+    p.add_argument("--window", type=float, metavar="MINUTES", help="only windows that ended in the last MINUTES")
+    p.add_argument("--deployment", metavar="ID", help="only windows of this deployment")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_metrics)
+
+    p = sub.add_parser(
+        "export",
+        help="write canary_result.json, metrics.json, audit.log and report.html for a deployment",
+        description=(
+            "Folds the control and windows topics for one deployment (default: the latest started) and writes "
+            "the spec's files plus a static HTML report into --output. audit.log: --audit-log if given, else an "
+            "audit.log already in --output (the worker's own log; left as is), else the worker's default "
+            "reports/canary/audit.log, else rebuilt from the control and state topics."
+        ),
+    )
+    p.add_argument("--output", metavar="DIR", help="output directory (default reports/canary)")
+    p.add_argument("--deployment", metavar="ID", help="deployment id (default: the latest started)")
+    p.add_argument("--audit-log", metavar="PATH", help="the worker's audit log (default reports/canary/audit.log)")
+    p.add_argument(
+        "--from-topics", action="store_true", help="rebuild audit.log from the topics even if the file exists"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser(
+        "audit",
+        help="audit events of the last H hours (control commands, router state changes)",
+        description=(
+            "From the worker's audit.log if present, else rebuilt from the control and state topics "
+            "(the state topic is compacted, so older router states may be missing there)."
+        ),
+    )
+    p.add_argument("--hours", type=float, default=24.0, metavar="H", help="look back H hours (default 24)")
+    p.add_argument("--deployment", metavar="ID", help="only events of this deployment")
+    p.add_argument("--audit-log", metavar="PATH", help="the worker's audit log (default reports/canary/audit.log)")
+    p.add_argument("--from-topics", action="store_true", help="rebuild from the topics even if the file exists")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_audit)

@@ -1,0 +1,176 @@
+"""Source records and the replay's outcome decoder (the hot path of a replay).
+
+A replay decodes every record of ``search_results`` in the span, so decoding dominates its cost. The
+decoder accepts and rejects exactly what :meth:`SearchOutcome.from_dict` accepts and rejects (poison
+records are skipped, as the live worker dead-letters them), but for well-formed records it skips the
+generic field-by-field validator and the frozen dataclass: it builds a :class:`ReplayOutcome` holding
+only what the window core reads (``ts``, ``window_key``, ``latency_ms``, ``error``, ``recall_at_10``)
+plus ``event_id`` for the report. Anything unusual (a missing field, an int where a float is expected,
+NaN, a wrong type) falls back to ``from_dict`` itself, so error messages and edge cases are the
+contract's own. ``tests/replay/test_decode.py`` checks both paths against each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, cast
+
+from canary.core.models import SearchOutcome, WindowKey
+from canary.errors import CanaryError, InvalidEvent
+
+
+class SourceRecord(NamedTuple):
+    """One record of ``search_results`` as read from Kafka (a plain 4-tuple works as well)."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int | None  # the Kafka record timestamp; None or negative: use the outcome's ts
+    value: bytes | None
+
+
+class _InternedKey(WindowKey):
+    """A WindowKey with its hash computed once. Instances are interned per decoder, so the finalizer's
+    dict lookups hit by identity and never rebuild or re-hash the (deployment, config, arm) tuple."""
+
+    __slots__ = ("_hash",)
+    _hash: int
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+class ReplayOutcome:
+    """The fields of a :class:`SearchOutcome` that windowing and aggregation read.
+
+    Duck-type compatible with ``SearchOutcome`` for :class:`~canary.core.windows.WindowFinalizer` and
+    :class:`~canary.core.aggregations.WindowAggregator` (they read ``ts``, ``window_key``,
+    ``latency_ms``, ``error`` and ``recall_at_10``); ``event_id`` and ``offset`` serve the report.
+    """
+
+    __slots__ = ("error", "event_id", "latency_ms", "offset", "recall_at_10", "ts", "window_key")
+
+    def __init__(
+        self,
+        event_id: str,
+        ts: int,
+        window_key: WindowKey,
+        latency_ms: float,
+        recall_at_10: float | None,
+        error: str | None,
+        offset: int = -1,
+    ) -> None:
+        self.event_id = event_id
+        self.ts = ts
+        self.window_key = window_key
+        self.latency_ms = latency_ms
+        self.recall_at_10 = recall_at_10
+        self.error = error
+        self.offset = offset
+
+    def __repr__(self) -> str:
+        return f"ReplayOutcome({self.event_id!r}, ts={self.ts}, key={self.window_key.as_str()!r})"
+
+
+def as_core_outcomes(outcomes: Sequence[ReplayOutcome]) -> Sequence[SearchOutcome]:
+    """The static view the core's signatures ask for (see :class:`ReplayOutcome`)."""
+    return cast("Sequence[SearchOutcome]", outcomes)
+
+
+_INF = math.inf
+DECODE_ERRORS = (CanaryError, ValueError, TypeError)
+"""What the live worker catches around decoding an outcome (and dead-letters as invalid)."""
+
+
+class OutcomeDecoder:
+    """Raw ``search_results`` value → :class:`ReplayOutcome`; raises like the live worker's decode.
+
+    ``strict=True`` always goes through ``SearchOutcome.from_dict`` (slower; the reference behaviour).
+    """
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self._keys: dict[tuple[str | None, str, str], _InternedKey] = {}
+
+    def key(self, deployment_id: str | None, config_name: str, arm: str) -> WindowKey:
+        t = (deployment_id, config_name, arm)
+        k = self._keys.get(t)
+        if k is None:
+            k = _InternedKey(deployment_id, config_name, arm)
+            object.__setattr__(k, "_hash", WindowKey.__hash__(k))
+            self._keys[t] = k
+        return k
+
+    def _from_outcome(self, o: SearchOutcome, offset: int) -> ReplayOutcome:
+        return ReplayOutcome(
+            o.event_id,
+            o.ts,
+            self.key(o.deployment_id, o.config_name, o.arm),
+            o.latency_ms,
+            o.recall_at_10,
+            o.error,
+            offset,
+        )
+
+    def decode(self, raw: bytes | None, offset: int = -1) -> ReplayOutcome:
+        """Decode one value; raises ``InvalidEvent`` / ``ValueError`` / ``TypeError`` (see DECODE_ERRORS)."""
+        if raw is None:
+            raise InvalidEvent("SearchOutcome: record has no value (tombstone)")
+        d = json.loads(raw)
+        if self.strict or type(d) is not dict:
+            return self._from_outcome(SearchOutcome.from_dict(d), offset)
+        try:
+            event_id = d["event_id"]
+            ts = d["ts"]
+            config_name = d["config_name"]
+            arm = d["arm"]
+            latency = d["latency_ms"]
+            request_id = d["request_id"]
+            config_version = d["config_version"]
+            config_hash = d["config_hash"]
+            result_count = d["result_count"]
+            router_id = d["router_id"]
+        except KeyError:
+            return self._from_outcome(SearchOutcome.from_dict(d), offset)
+        dep = d.get("deployment_id")
+        recall = d.get("recall_at_10")
+        error = d.get("error")
+        # Exactly the conditions from_dict checks, on exact JSON types; ints for the float fields (and
+        # anything else unusual) take the reference path so conversion and overflow behave the same.
+        if (
+            type(event_id) is str
+            and event_id
+            and type(ts) is int
+            and ts >= 0
+            and type(config_name) is str
+            and config_name
+            and (arm == "last_good" or arm == "candidate")
+            and type(latency) is float
+            and 0.0 <= latency < _INF
+            and (dep is None or (type(dep) is str and dep))
+            and (recall is None or (type(recall) is float and 0.0 <= recall <= 1.0))
+            and (error is None or type(error) is str)
+            and type(request_id) is str
+            and request_id
+            and type(config_version) is str
+            and type(config_hash) is str
+            and type(result_count) is int
+            and result_count >= 0
+            and type(router_id) is str
+            and router_id
+        ):
+            key = self._keys.get((dep, config_name, arm)) or self.key(dep, config_name, arm)
+            return ReplayOutcome(event_id, ts, key, latency, recall, error, offset)
+        return self._from_outcome(SearchOutcome.from_dict(d), offset)
+
+
+def control_payload(raw: bytes | None) -> Mapping[str, Any] | None:
+    """A control record's JSON, or None if it is not JSON (the ledger skips those too)."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

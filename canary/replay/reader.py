@@ -1,0 +1,259 @@
+"""The thin Kafka side of a replay: read a time span of the topics a replay needs.
+
+Offsets come from the records' timestamps (``offsets_for_times``): ``search_results`` (every
+partition) from a little before the span to a little after it (see :func:`read_bounds`), the control
+topic from the beginning to the end of that range (so every deployment and its rules are known), the
+windows topic from the first reported window on (the live figures to compare with) and the outcome
+dead-letter topic over the range (outcomes the live worker marked late). Values stay raw bytes for
+``search_results``; decoding is the recomputation's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from canary.core.models import ControlCommand, JSONDict, WindowResult
+from canary.errors import CanaryError, KafkaError
+from canary.kafka.topics import Topics
+from canary.replay.recompute import ReplaySettings, read_bounds, span_bounds
+from canary.replay.span import RecordTuple, SpanData
+
+
+def new_consumer(bootstrap: str) -> AIOKafkaConsumer:
+    """A group-less consumer tuned for bulk reads (big fetches, no CRC re-check on loopback data)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+        check_crcs=False,
+    )
+
+
+async def partitions(consumer: AIOKafkaConsumer, topic: str, required: bool = True) -> list[TopicPartition]:
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        # The client only tracks metadata of assigned topics; ask the cluster for everything.
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic) or set()
+    if not parts and required:
+        raise KafkaError(f"topic {topic} does not exist; run 'canary kafka topics'")
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+async def offset_ranges(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], from_ms: int | None, to_ms: int | None
+) -> dict[TopicPartition, tuple[int, int]]:
+    """Per partition ``[first offset with timestamp >= from_ms, first offset with timestamp >= to_ms)``;
+    ``None`` bounds mean the beginning / the current end."""
+    if not tps:
+        return {}
+    ends = await consumer.end_offsets(tps)
+    begins = await consumer.beginning_offsets(tps)
+
+    async def lookup(ts: int | None, default: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        if ts is None:
+            return dict(default)
+        found = await consumer.offsets_for_times({tp: max(0, ts) for tp in tps})
+        return {tp: (ends[tp] if found.get(tp) is None else found[tp].offset) for tp in tps}
+
+    starts = await lookup(from_ms, begins)
+    stops = await lookup(to_ms, ends)
+    return {tp: (starts[tp], max(starts[tp], stops[tp])) for tp in tps}
+
+
+async def read_ranges(
+    consumer: AIOKafkaConsumer,
+    ranges: dict[TopicPartition, tuple[int, int]],
+    sink: Callable[[Any], None],
+    timeout: float,
+) -> int:
+    """Feed every record in the offset ranges to ``sink`` in offset order per partition; returns the count."""
+    active = {tp: stop for tp, (start, stop) in ranges.items() if stop > start}
+    if not active:
+        return 0
+    consumer.assign(list(active))
+    for tp in active:
+        consumer.seek(tp, ranges[tp][0])
+    count = 0
+    deadline = time.monotonic() + timeout
+    while active:
+        if time.monotonic() > deadline:
+            left = {f"{tp.topic}[{tp.partition}]": stop for tp, stop in active.items()}
+            raise KafkaError(f"reading timed out after {timeout:.0f}s; still reading up to {left}")
+        batch = await consumer.getmany(*active, timeout_ms=500)
+        for tp, records in batch.items():
+            stop = active.get(tp)
+            if stop is None:
+                continue
+            if records and records[-1].offset < stop:
+                for r in records:
+                    sink(r)
+                count += len(records)
+            else:
+                for r in records:
+                    if r.offset >= stop:
+                        break
+                    sink(r)
+                    count += 1
+        for tp in list(active):
+            # Position, not the last record: transaction markers and compaction leave offset gaps.
+            if await consumer.position(tp) >= active[tp]:
+                del active[tp]
+                consumer.pause(tp)
+    return count
+
+
+async def read_outcome_records(
+    consumer: AIOKafkaConsumer, topic: str, from_ms: int | None, to_ms: int | None, timeout: float = 600.0
+) -> tuple[list[RecordTuple], dict[int, tuple[int, int]]]:
+    tps = await partitions(consumer, topic)
+    ranges = await offset_ranges(consumer, tps, from_ms, to_ms)
+    out: list[RecordTuple] = []
+    append = out.append
+
+    def sink(r: Any) -> None:
+        append((r.partition, r.offset, r.timestamp, r.value))
+
+    await read_ranges(consumer, ranges, sink, timeout)
+    return out, {tp.partition: r for tp, r in ranges.items()}
+
+
+async def read_span(
+    bootstrap: str,
+    topics: Topics,
+    from_ms: int,
+    to_ms: int,
+    settings: ReplaySettings | None = None,
+    *,
+    with_live: bool = True,
+    timeout: float = 600.0,
+) -> SpanData:
+    """Read everything a replay of ``[from_ms, to_ms)`` needs."""
+    settings = settings or ReplaySettings()
+    read_from, read_to = read_bounds(from_ms, to_ms, settings)
+    first_window, _ = span_bounds(from_ms, to_ms, settings)
+    consumer = new_consumer(bootstrap)
+    try:
+        await asyncio.wait_for(consumer.start(), 15)
+    except Exception as exc:
+        raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    seconds: dict[str, float] = {}
+    try:
+        started = time.perf_counter()
+        read_at = time.time_ns() // 1_000_000
+        records, result_offsets = await read_outcome_records(
+            consumer, topics.search_results, read_from, read_to, timeout
+        )
+        seconds["search_results"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        raw_commands: list[bytes | None] = []
+        control_tps = await partitions(consumer, topics.control)
+        control_ranges = await offset_ranges(consumer, control_tps, None, read_to)
+        await read_ranges(consumer, control_ranges, lambda r: raw_commands.append(r.value), timeout)
+        commands, invalid_commands = parse_commands(raw_commands)
+        seconds["control"] = time.perf_counter() - started
+
+        live_windows: list[WindowResult] = []
+        invalid_windows = 0
+        live_late: list[JSONDict] = []
+        if with_live:
+            started = time.perf_counter()
+            raw_windows: list[bytes | None] = []
+            win_tps = await partitions(consumer, topics.windows)
+            await read_ranges(
+                consumer,
+                await offset_ranges(consumer, win_tps, first_window, None),
+                lambda r: raw_windows.append(r.value),
+                timeout,
+            )
+            live_windows, invalid_windows = parse_windows(raw_windows)
+            seconds["windows"] = time.perf_counter() - started
+
+            started = time.perf_counter()
+            dlq_tps = await partitions(consumer, topics.results_dlq, required=False)
+            raw_dlq: list[bytes | None] = []
+            await read_ranges(
+                consumer,
+                await offset_ranges(consumer, dlq_tps, read_from, None),
+                lambda r: raw_dlq.append(r.value),
+                timeout,
+            )
+            live_late = parse_late_dead_letters(raw_dlq)
+            seconds["dead_letters"] = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+    return SpanData(
+        from_ms=from_ms,
+        to_ms=to_ms,
+        read_from_ms=read_from,
+        read_to_ms=read_to,
+        horizon_ms=min(read_to, read_at),
+        records=records,
+        commands=commands,
+        live_windows=live_windows,
+        live_late=live_late,
+        invalid_commands=invalid_commands,
+        invalid_windows=invalid_windows,
+        read_seconds=seconds,
+        offsets={
+            topics.search_results: result_offsets,
+            topics.control: {tp.partition: r for tp, r in control_ranges.items()},
+        },
+    )
+
+
+def parse_commands(raws: list[bytes | None]) -> tuple[list[ControlCommand], int]:
+    out: list[ControlCommand] = []
+    invalid = 0
+    for raw in raws:
+        try:
+            out.append(ControlCommand.from_dict(json.loads(raw or b"null")))
+        except (CanaryError, ValueError, TypeError):
+            invalid += 1
+    return out, invalid
+
+
+def parse_windows(raws: list[bytes | None]) -> tuple[list[WindowResult], int]:
+    out: list[WindowResult] = []
+    invalid = 0
+    for raw in raws:
+        try:
+            out.append(WindowResult.from_dict(json.loads(raw or b"null")))
+        except (CanaryError, ValueError, TypeError):
+            invalid += 1
+    return out, invalid
+
+
+def parse_late_dead_letters(raws: list[bytes | None]) -> list[JSONDict]:
+    """Outcomes the live windows agent dead-lettered as late, with when it did so."""
+    out: list[JSONDict] = []
+    for raw in raws:
+        try:
+            rec = json.loads(raw or b"null")
+            if not isinstance(rec, dict) or not str(rec.get("reason", "")).startswith("late"):
+                continue
+            outcome = json.loads(rec["raw"])
+            key = f"{outcome.get('deployment_id') or '-'}|{outcome.get('config_name')}|{outcome.get('arm')}"
+            out.append(
+                {
+                    "partition": rec.get("partition"),
+                    "event_id": outcome.get("event_id"),
+                    "ts": outcome.get("ts"),
+                    "key": key,
+                    "dead_lettered_at_ms": rec.get("dead_lettered_at_ms"),
+                }
+            )
+        except (ValueError, TypeError, KeyError):
+            continue
+    return out

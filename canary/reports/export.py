@@ -1,0 +1,130 @@
+"""Reading a deployment off the topics and exporting it: the only module of ``canary.reports`` that talks to
+Kafka. Everything it renders goes through the Kafka-free :mod:`model`, :mod:`files` and :mod:`html`.
+
+``audit.log`` source, first match wins: an explicit file; an ``audit.log`` already in the output directory
+(the worker's own log when it writes there, as the demo does — kept untouched); the worker's default
+``reports/canary/audit.log``; otherwise rebuilt from the control and state topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from canary.core.models import WindowResult
+from canary.errors import CanaryError, ConfigError, KafkaError
+from canary.reports.files import AUDIT_LOG, export_all, read_audit_file, rebuild_audit
+from canary.reports.model import DeploymentReport, build_report
+from canary.settings import Settings
+
+
+@dataclass
+class TopicData:
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    windows: list[WindowResult] = field(default_factory=list)
+    invalid_windows: int = 0
+
+
+async def read_topics_async(
+    bootstrap: str, prefix: str, *, control: bool = False, state: bool = False, windows: bool = False
+) -> TopicData:
+    from aiokafka import AIOKafkaConsumer
+
+    from canary.kafka.topics import Topics
+    from canary.ops.view import read_topic
+
+    topics = Topics(prefix)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        await asyncio.wait_for(consumer.start(), 10)
+    except Exception as exc:
+        raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    out = TopicData()
+    try:
+        if control:
+            out.commands = await read_topic(consumer, topics.control)
+        if state:
+            out.states = await read_topic(consumer, topics.state)
+        raw_windows = await read_topic(consumer, topics.windows) if windows else []
+    finally:
+        await consumer.stop()
+    for raw in raw_windows:
+        try:
+            out.windows.append(WindowResult.from_dict(raw))
+        except CanaryError:
+            out.invalid_windows += 1
+    return out
+
+
+def read_topics(settings: Settings, *, control: bool = False, state: bool = False, windows: bool = False) -> TopicData:
+    """Every record of the chosen topics, from the beginning (KafkaError if the cluster does not answer)."""
+    from canary.kafka.connect import require_kafka
+
+    bootstrap = require_kafka(settings)
+    return asyncio.run(
+        read_topics_async(bootstrap, settings.topic_prefix, control=control, state=state, windows=windows)
+    )
+
+
+def audit_source_file(settings: Settings, output: Path | None = None, audit_file: Path | None = None) -> Path | None:
+    for candidate in (audit_file, output / AUDIT_LOG if output else None, settings.reports_dir / AUDIT_LOG):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def load_audit(
+    settings: Settings,
+    *,
+    output: Path | None = None,
+    audit_file: Path | None = None,
+    from_topics: bool = False,
+    commands: list[dict[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], str, Path | None]:
+    """Audit events, a description of their source, and the source file (None when rebuilt from topics)."""
+    source = None if from_topics else audit_source_file(settings, output, audit_file)
+    if source is not None:
+        return read_audit_file(source), f"file:{source}", source
+    fresh = read_topics(settings, control=commands is None, state=True)
+    return rebuild_audit(commands if commands is not None else fresh.commands, fresh.states), "topics", None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    report: DeploymentReport
+    paths: dict[str, Path]
+    audit_events: int
+    audit_source: str
+    invalid_windows: int
+
+
+def export_deployment(
+    settings: Settings,
+    output: Path,
+    deployment_id: str | None = None,
+    *,
+    audit_file: Path | None = None,
+    from_topics: bool = False,
+) -> ExportResult:
+    """Write canary_result.json, metrics.json, audit.log and report.html of one deployment (default: the
+    latest started) into ``output``. DeploymentError if there is none, KafkaError if Kafka is down."""
+    data = read_topics(settings, control=True, windows=True)
+    now = int(time.time() * 1000)
+    report = build_report(commands=data.commands, windows=data.windows, deployment_id=deployment_id, now_ms=now)
+    events, source, source_path = load_audit(
+        settings, output=output, audit_file=audit_file, from_topics=from_topics, commands=data.commands
+    )
+    try:
+        paths = export_all(report, output, events, audit_source_file=source_path, now_ms=now)
+    except OSError as exc:
+        raise ConfigError(f"output directory {output}: cannot write the report files: {exc}") from exc
+    return ExportResult(report, paths, len(events), source, data.invalid_windows)
+
+
+def export_reports(settings: Settings, output: Path, deployment_id: str | None = None) -> list[Path]:
+    """The files written (see :func:`export_deployment`)."""
+    return list(export_deployment(settings, output, deployment_id).paths.values())

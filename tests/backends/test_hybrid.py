@@ -1,0 +1,167 @@
+"""The bundled hybrid backend over the generated corpus: real retrieval, no Kafka.
+
+Most tests use a small corpus (3 000 docs, built in well under a second); the preset-level recall checks
+use the default corpus, exactly as the router and bench/preset_table.py do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from canary.config import PresetStore
+from router.backends.base import SearchBackend, load_backend
+from router.backends.corpus import Corpus, CorpusSpec, build_corpus, default_corpus
+from router.backends.hybrid import HybridBackend, SearchPlan
+from router.requests import recall_at_10
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs" / "presets"
+SMALL: dict[str, Any] = {"n_docs": 3000, "n_queries": 60, "n_topics": 16}
+
+
+@pytest.fixture(scope="module")
+def small() -> Corpus:
+    return build_corpus(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def backend(small: Corpus) -> HybridBackend:
+    return HybridBackend(small, ms_per_pair=0.0, ms_per_batch=0.0)
+
+
+def preset(name: str) -> dict[str, Any]:
+    return PresetStore(PRESETS).get(name).to_dict()
+
+
+def mean_recall(b: HybridBackend, plan: SearchPlan, queries: int) -> float:
+    scores = []
+    for i in range(queries):
+        text, relevant = b.corpus.query(i)
+        scores.append(recall_at_10(b.retrieve(text, plan).ids, relevant))
+    return float(np.mean([s for s in scores if s is not None]))
+
+
+def exhaustive(n_docs: int) -> SearchPlan:
+    """Every document reaches every stage; reference alpha; exact rerank."""
+    return SearchPlan(
+        alpha=0.7,
+        vector_top_k=n_docs,
+        bm25_top_k=n_docs,
+        top_k=10,
+        ef=10**9,
+        ncand_max=n_docs,
+        rerank_multiplier=n_docs,
+        exact_below=0,
+        reranker_type="cross_encoder",
+        reranker_top_k=10,
+    )
+
+
+def test_protocol_conformance() -> None:
+    assert isinstance(HybridBackend(), SearchBackend)
+    assert isinstance(load_backend("router.backends.hybrid:HybridBackend"), HybridBackend)
+
+
+def test_corpus_is_deterministic(small: Corpus) -> None:
+    again = Corpus(CorpusSpec(**SMALL))  # a fresh build, bypassing the cache
+    assert again.query_texts == small.query_texts
+    assert np.array_equal(again.labels, small.labels)
+    assert np.array_equal(again.doc_vectors, small.doc_vectors)
+    text, relevant = small.query(0)
+    assert text and len(relevant) == 10 and len(set(relevant)) == 10
+    assert set(relevant) <= set(small.doc_ids)
+
+
+async def test_same_query_same_ids(backend: HybridBackend) -> None:
+    params = preset("last_good")
+    text, _ = backend.corpus.query(3)
+    first = await backend.search(text, "documents", params)
+    second = await backend.search(text, "documents", params)
+    assert list(first) == list(second)
+    assert len(first) == 20
+    # one generated corpus serves every collection name
+    assert list(await backend.search(text, "some-other-collection", params)) == list(first)
+
+
+async def test_unknown_words_and_empty_queries(backend: HybridBackend) -> None:
+    params = preset("last_good")
+    assert len(await backend.search("zzzunknown qqqword", "documents", params)) == 20  # dense side still answers
+    assert list(await backend.search("", "documents", params)) == []
+    assert list(await backend.search("  ?! ", "documents", params)) == []
+
+
+def test_exhaustive_search_reproduces_labels(backend: HybridBackend, small: Corpus) -> None:
+    plan = exhaustive(small.n_docs)
+    assert mean_recall(backend, dataclasses.replace(plan, exact_below=10**9), 40) == pytest.approx(1.0)
+    assert mean_recall(backend, plan, 40) >= 0.98  # via the int8 IVF index, every cell probed
+
+
+def test_larger_ef_does_not_lose_recall(backend: HybridBackend, small: Corpus) -> None:
+    base = SearchPlan.from_params(preset("last_good"))
+    recalls = [mean_recall(backend, dataclasses.replace(base, ef=ef), 60) for ef in (4, 16, 64, 256, 1024)]
+    assert all(b >= a for a, b in itertools.pairwise(recalls)), recalls
+    assert recalls[-1] > recalls[0]
+
+
+def test_shipped_presets_land_on_the_right_side_of_the_recall_slo() -> None:
+    b = HybridBackend(default_corpus())
+    recall = {
+        name: mean_recall(b, SearchPlan.from_params(preset(name)), 100)
+        for name in ("last_good", "candidate_high_recall", "candidate_low_recall")
+    }
+    assert recall["candidate_low_recall"] < 0.30, recall
+    assert recall["last_good"] >= 0.30, recall
+    assert recall["candidate_high_recall"] > recall["last_good"], recall
+
+
+async def test_cross_encoder_latency_model_scales_with_pairs(small: Corpus) -> None:
+    b = HybridBackend(small, ms_per_pair=1.0, ms_per_batch=0.0)
+    text, _ = small.query(0)
+
+    def params(multiplier: int, reranker: str = "cross_encoder") -> Mapping[str, Any]:
+        p = preset("last_good")
+        p["retriever"].update(top_k=10, vector_top_k=400, bm25_top_k=400)
+        p["derived_params"].update(rerank_multiplier=multiplier, Ncand_max=1000)
+        p["reranker"].update(type=reranker, top_k=10)
+        return p
+
+    loop = asyncio.get_running_loop()
+
+    async def elapsed(p: Mapping[str, Any]) -> float:
+        start = loop.time()
+        await b.search(text, "documents", p)
+        return loop.time() - start
+
+    none, few, many = await elapsed(params(30, "none")), await elapsed(params(1)), await elapsed(params(30))
+    assert none < many and few < many  # 0 vs 10 vs 300 modelled pairs
+    model = HybridBackend(small)  # default latency model: 1.5 ms per pair + 4 ms per batch call
+    assert model.cross_encoder_ms(0, 128) == 0.0
+    assert model.cross_encoder_ms(10, 128) < model.cross_encoder_ms(300, 128)
+    assert model.cross_encoder_ms(1000, 32) > model.cross_encoder_ms(1000, 256)  # more, smaller batches
+    assert b.retrieve(text, SearchPlan.from_params(params(30))).pairs == 300
+    assert b.retrieve(text, SearchPlan.from_params(params(30, "none"))).pairs == 0
+
+
+async def test_event_loop_stays_responsive(small: Corpus) -> None:
+    b = HybridBackend(small, ms_per_pair=0.0, ms_per_batch=0.0)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    params = preset("candidate_slow")
+    for i in range(10):
+        await b.search(small.query(i)[0], "documents", params)
+    task.cancel()
+    assert ticks > 10  # the loop ran other tasks while searches were in worker threads

@@ -1,0 +1,210 @@
+"""Synthetic recorded traffic for replay tests: outcome records, control commands, and a live-worker stand-in."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from canary.core.models import ControlCommand, SearchOutcome, WindowResult
+from canary.core.slo import SLOEvaluator
+from canary.core.windows import WindowFinalizer
+from canary.replay.recompute import RuleBook, fold_commands
+
+T0 = 1_700_000_000_000  # a window boundary (divisible by 5000)
+Record = tuple[int, int, int | None, bytes | None]
+
+SLOW_SLO = {"p95_ms": 1200, "recall_at_10": 0.30, "consecutive_buckets": 2, "min_samples": 20}
+
+
+def snapshot(name: str, slo: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": name, "version": "1.0.0"}, "slo": dict(slo or SLOW_SLO)}
+
+
+def start(
+    dep: str, candidate: str = "cand", *, at: int = T0 - 60_000, slo: dict[str, Any] | None = None
+) -> ControlCommand:
+    return ControlCommand(
+        command_id=f"start-{dep}",
+        type="start",
+        deployment_id=dep,
+        candidate_config=snapshot(candidate, slo),
+        candidate_config_hash=f"h-{candidate}",
+        last_good_config=snapshot("last_good"),
+        weight=0.2,
+        reason=None,
+        evidence=None,
+        issued_by="cli:test",
+        issued_at_ms=at,
+    )
+
+
+def end(
+    dep: str, kind: str = "abort", *, at: int, by: str = "cli:test", evidence: dict[str, Any] | None = None
+) -> ControlCommand:
+    return ControlCommand(
+        command_id=f"rollback-{dep}" if by == "slo-agent" else f"{kind}-{dep}",
+        type=kind,  # type: ignore[arg-type]
+        deployment_id=dep,
+        candidate_config=None,
+        candidate_config_hash=None,
+        last_good_config=None,
+        weight=0.0,
+        reason="test",
+        evidence=evidence,
+        issued_by=by,
+        issued_at_ms=at,
+    )
+
+
+@dataclass
+class Traffic:
+    """Builds records per partition with increasing offsets; Kafka timestamp = ts + publish delay."""
+
+    records: list[Record]
+    _offsets: dict[int, int]
+    _seq: int = 0
+
+    @classmethod
+    def new(cls) -> Traffic:
+        return cls([], {})
+
+    def add(
+        self,
+        partition: int,
+        ts: int,
+        *,
+        dep: str | None = "dep-1",
+        config: str = "cand",
+        arm: str = "candidate",
+        latency: float = 100.0,
+        recall: float | None = 0.8,
+        error: str | None = None,
+        delay: int = 3,
+        raw: bytes | None = None,
+    ) -> None:
+        self._seq += 1
+        offset = self._offsets.get(partition, 0)
+        self._offsets[partition] = offset + 1
+        if raw is None:
+            outcome = {
+                "event_id": f"router-1:r{self._seq}",
+                "request_id": f"r{self._seq}",
+                "ts": ts,
+                "deployment_id": dep,
+                "config_name": config,
+                "config_version": "1.0.0",
+                "config_hash": "abc",
+                "arm": arm,
+                "latency_ms": latency,
+                "recall_at_10": recall,
+                "result_count": 10,
+                "error": error,
+                "router_id": "router-1",
+            }
+            raw = json.dumps(outcome).encode()
+        self.records.append((partition, offset, ts + delay, raw))
+
+    def steady(
+        self,
+        partition: int,
+        start_ms: int,
+        end_ms: int,
+        every_ms: int,
+        *,
+        latency: float | Sequence[float] = 100.0,
+        **kw: Any,
+    ) -> None:
+        lat = [latency] if isinstance(latency, int | float) else list(latency)
+        for i, ts in enumerate(range(start_ms, end_ms, every_ms)):
+            self.add(partition, ts, latency=float(lat[i % len(lat)]), **kw)
+
+
+def live_worker(
+    records: Sequence[Record],
+    commands: Sequence[ControlCommand],
+    *,
+    processing_delay_ms: int = 40,
+    stalls: dict[int, int] | None = None,
+    batch_max: int = 2000,
+    batch_span_ms: int = 50,
+    tick_until_ms: int | None = None,
+) -> tuple[list[WindowResult], list[ControlCommand]]:
+    """A stand-in for the live worker (streams/app.py), driven by a simulated processing clock.
+
+    Per partition: outcomes decoded with ``SearchOutcome.from_dict``, batches cut like the agent,
+    ``now`` = Kafka timestamp + ``processing_delay_ms`` (+ ``stalls[offset]`` ms from that record on: the
+    worker was stalled). Ticks every 100 ms close windows between batches. The SLO agent issues its
+    rollback commands like ``_judge_window``.
+    """
+    book = RuleBook(fold_commands(commands))
+    stalls = stalls or {}
+    windows: list[WindowResult] = []
+    parts: dict[int, list[Record]] = {}
+    for r in records:
+        parts.setdefault(r[0], []).append(r)
+    for p, recs in sorted(parts.items()):
+        fin = WindowFinalizer(aggregator=book.aggregator_for, judge=book.judge)
+        shift = 0
+        batch: list[SearchOutcome] = []
+        offs: list[int] = []
+        first = now = 0
+        last_now = 0
+
+        def flush() -> None:
+            nonlocal last_now
+            n = max(now + processing_delay_ms + shift, last_now)
+            # the 100 ms tick between the previous batch and this one
+            t = last_now + 100
+            while last_now and t < n:
+                windows.extend(fin.due(t))
+                t += 100
+            last_now = n
+            fin.add(p, batch, n, offs)
+            windows.extend(fin.due(n))
+            batch.clear()
+            offs.clear()
+
+        for part, offset, kts, raw in recs:
+            del part
+            try:
+                o = SearchOutcome.from_dict(json.loads(raw or b"null"))
+            except (ValueError, TypeError, Exception):
+                continue
+            ts = kts if kts is not None else o.ts
+            if batch and (len(batch) >= batch_max or ts - first > batch_span_ms or offset in stalls):
+                flush()
+            shift += stalls.get(offset, 0)
+            if not batch:
+                first = now = ts
+            now = max(now, ts)
+            batch.append(o)
+            offs.append(offset)
+        if batch:
+            flush()
+        if tick_until_ms is not None:
+            t = last_now + 100
+            while t <= tick_until_ms:
+                windows.extend(fin.due(t))
+                t += 100
+    rollbacks: list[ControlCommand] = []
+    ledger = fold_commands(commands)
+    evaluators: dict[str, SLOEvaluator] = {}
+    for w in sorted(windows, key=lambda w: w.window_start_ms):
+        if w.arm != "candidate" or w.deployment_id is None:
+            continue
+        ev = evaluators.setdefault(w.deployment_id, SLOEvaluator())
+        ev.set_rules(w.deployment_id, book.rules(w.deployment_id))
+        d = ev.observe(w)
+        if d is not None and ledger.deployments[w.deployment_id].live:
+            rollbacks.append(
+                end(
+                    w.deployment_id,
+                    "rollback",
+                    at=w.window_end_ms + 1000,
+                    by="slo-agent",
+                    evidence={**d.evidence, "triggering_window": d.window_id},
+                )
+            )
+    return windows, rollbacks

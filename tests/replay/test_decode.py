@@ -1,0 +1,123 @@
+"""The replay's fast decoder accepts, rejects and converts exactly like SearchOutcome.from_dict."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from canary.core.models import SearchOutcome
+from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder
+
+BASE: dict[str, Any] = {
+    "event_id": "router-1:r1",
+    "request_id": "r1",
+    "ts": 1_700_000_000_123,
+    "deployment_id": "dep-1",
+    "config_name": "cand",
+    "config_version": "1.0.0",
+    "config_hash": "abc",
+    "arm": "candidate",
+    "latency_ms": 123.5,
+    "recall_at_10": 0.8,
+    "result_count": 10,
+    "error": None,
+    "router_id": "router-1",
+}
+
+_MISSING = object()
+
+
+def _raw(**changes: Any) -> bytes:
+    d = dict(BASE)
+    for k, v in changes.items():
+        if v is _MISSING:
+            d.pop(k)
+        else:
+            d[k] = v
+    return json.dumps(d, allow_nan=True).encode()
+
+
+VALID = [
+    pytest.param(_raw(), id="plain"),
+    pytest.param(_raw(deployment_id=None), id="no-deployment"),
+    pytest.param(_raw(deployment_id=_MISSING), id="deployment-missing"),
+    pytest.param(_raw(recall_at_10=None, error="timeout"), id="error"),
+    pytest.param(_raw(error=""), id="empty-error"),
+    pytest.param(_raw(recall_at_10=_MISSING, error=_MISSING), id="optional-missing"),
+    pytest.param(_raw(latency_ms=120), id="int-latency"),
+    pytest.param(_raw(recall_at_10=1), id="int-recall"),
+    pytest.param(_raw(recall_at_10=0.0, latency_ms=0.0), id="zeros"),
+    pytest.param(_raw(arm="last_good", config_version="", config_hash=""), id="empty-version"),
+    pytest.param(_raw(extra_field={"x": 1}), id="extra-field"),
+]
+
+INVALID = [
+    pytest.param(b"not json", id="not-json"),
+    pytest.param(b"[1, 2]", id="not-object"),
+    pytest.param(b"\xff\xfe", id="not-utf8"),
+    pytest.param(_raw(event_id=_MISSING), id="missing-event-id"),
+    pytest.param(_raw(event_id=""), id="empty-event-id"),
+    pytest.param(_raw(ts=-1), id="negative-ts"),
+    pytest.param(_raw(ts=True), id="bool-ts"),
+    pytest.param(_raw(ts=1.5), id="float-ts"),
+    pytest.param(_raw(deployment_id=""), id="empty-deployment"),
+    pytest.param(_raw(arm="canary"), id="bad-arm"),
+    pytest.param(_raw(arm=["candidate"]), id="list-arm"),
+    pytest.param(_raw(latency_ms=-1.0), id="negative-latency"),
+    pytest.param(_raw(latency_ms=math.nan), id="nan-latency"),
+    pytest.param(_raw(latency_ms=math.inf), id="inf-latency"),
+    pytest.param(_raw(latency_ms="12"), id="string-latency"),
+    pytest.param(_raw(latency_ms=False), id="bool-latency"),
+    pytest.param(_raw(recall_at_10=1.5), id="recall-above-1"),
+    pytest.param(_raw(recall_at_10=math.nan), id="nan-recall"),
+    pytest.param(_raw(result_count=-1), id="negative-count"),
+    pytest.param(_raw(error=3), id="int-error"),
+    pytest.param(_raw(router_id=""), id="empty-router"),
+    pytest.param(_raw(config_version=None), id="null-version"),
+]
+
+
+@pytest.mark.parametrize("raw", VALID)
+def test_fast_path_matches_from_dict(raw: bytes) -> None:
+    ref = SearchOutcome.from_dict(json.loads(raw))
+    for strict in (False, True):
+        got = OutcomeDecoder(strict=strict).decode(raw, offset=7)
+        assert (got.event_id, got.ts, got.latency_ms, got.recall_at_10, got.error, got.offset) == (
+            ref.event_id,
+            ref.ts,
+            ref.latency_ms,
+            ref.recall_at_10,
+            ref.error,
+            7,
+        )
+        assert type(got.latency_ms) is float
+        assert got.window_key == ref.window_key or got.window_key.as_str() == ref.window_key.as_str()
+        assert hash(got.window_key) == hash(ref.window_key)
+
+
+@pytest.mark.parametrize("raw", INVALID)
+def test_rejects_exactly_like_from_dict(raw: bytes) -> None:
+    with pytest.raises(DECODE_ERRORS) as expected:
+        SearchOutcome.from_dict(json.loads(raw))
+    with pytest.raises(DECODE_ERRORS) as got:
+        OutcomeDecoder().decode(raw)
+    assert type(got.value) is type(expected.value)
+    assert str(got.value) == str(expected.value)
+
+
+def test_tombstone_is_invalid() -> None:
+    with pytest.raises(DECODE_ERRORS):
+        OutcomeDecoder().decode(None)
+
+
+def test_keys_are_interned() -> None:
+    dec = OutcomeDecoder()
+    a = dec.decode(_raw())
+    b = dec.decode(_raw(event_id="router-1:r2", latency_ms=120))  # fast path and reference path
+    c = dec.decode(_raw(arm="last_good"))
+    assert a.window_key is b.window_key
+    assert a.window_key is not c.window_key
+    assert a.window_key.as_str() == "dep-1|cand|candidate"
