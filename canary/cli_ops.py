@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -256,10 +257,8 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     from canary.kafka.connect import require_kafka
 
     bootstrap = require_kafka(settings)
-    try:
+    with contextlib.suppress(TimeoutError):
         asyncio.run(asyncio.wait_for(_watch(args, settings, bootstrap), args.seconds + 5 if args.seconds else None))
-    except TimeoutError:
-        pass
     return 0
 
 

@@ -171,7 +171,8 @@ async def _run(settings: Settings, bootstrap: str, topics: Topics, services: Ser
         if ack.compensated:
             raise DeploymentError("the router did not acknowledge the start")
         say(
-            f"phase 2: canary {ack.command.deployment_id} of {good.name} — promoting after {cfg.good_windows} passing windows"
+            f"phase 2: canary {ack.command.deployment_id} of {good.name} — "
+            f"promoting after {cfg.good_windows} passing windows"
         )
         await _follow(bootstrap, topics, ack.command.deployment_id, services, "passing", cfg)
         promoted = await stop_canary(bootstrap, topics, promote=True)
