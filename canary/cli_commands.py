@@ -64,9 +64,10 @@ def parse_fault(spec: str) -> tuple[str, Any]:
 
 
 def default_backend() -> Any:
-    from router.backends.memory import KeywordBackend, numbered_corpus
+    """The bundled hybrid retriever (BM25 + int8 IVF ANN + alpha fusion + rerank) over the generated corpus."""
+    from router.backends.hybrid import HybridBackend
 
-    return KeywordBackend(numbered_corpus())
+    return HybridBackend()
 
 
 def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
