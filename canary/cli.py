@@ -128,10 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (start, stop, status, topics):
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from canary import cli_commands, cli_ops, cli_reports
+    from canary import cli_commands, cli_ops, cli_replay, cli_reports
 
     cli_ops.register(sub)
     cli_reports.register(sub)
+    cli_replay.register(sub)
     cli_commands.register(sub)
     return parser
 

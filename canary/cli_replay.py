@@ -61,8 +61,7 @@ def replay_payload(
         settings=replay_settings,
     )
     directory = output if output is not None else settings.project_root / "reports" / "replay"
-    json_path, html_path = write_report(report, directory)
-    report["report_files"] = {"json": str(json_path), "html": str(html_path)}
+    write_report(report, directory)  # adds report["report_files"]
     return report
 
 
@@ -85,7 +84,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         lines = list(report["summary"])
         files = report["report_files"]
         lines.append(f"post-mortem: {files['json']}")
-        lines.append(f"html:        {files['html']}")
+        lines.append(f"overview:    {files['html']}")
+        lines += [f"deployment:  {path}" for path in files["deployment_pages"].values()]
         print("\n".join(lines))
     return 0
 

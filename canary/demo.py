@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from canary.config import PresetStore
+from canary.core.models import WindowResult
 from canary.errors import CanaryError, DeploymentError
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings
@@ -122,12 +123,21 @@ async def _follow(
     state = WatchState()
     passing = 0
     deadline = time.monotonic() + cfg.timeout
-    windows = tail_windows(bootstrap, topics, from_beginning=True)
+    queue: asyncio.Queue[WindowResult] = asyncio.Queue()
+
+    async def pump() -> None:
+        # A separate task: cancelling a pending anext() would close the generator.
+        async for w in tail_windows(bootstrap, topics, from_beginning=True):
+            await queue.put(w)
+
+    pumping = asyncio.create_task(pump())
     try:
         while time.monotonic() < deadline:
             services.check_alive()
+            if pumping.done():
+                pumping.result()  # surfaces the consumer's error
             try:
-                window = await asyncio.wait_for(anext(windows), timeout=1.0)
+                window: WindowResult | None = await asyncio.wait_for(queue.get(), timeout=0.5)
             except TimeoutError:
                 window = None
             if window is not None and window.deployment_id == deployment_id:
@@ -142,7 +152,9 @@ async def _follow(
             if until == "passing" and passing >= cfg.good_windows:
                 return {"status": "passing", "passing_windows": passing}
     finally:
-        await windows.aclose()
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pumping
     raise CanaryError(f"deployment {deployment_id} did not reach '{until}' within {cfg.timeout:.0f}s")
 
 

@@ -24,7 +24,6 @@ from aiokafka.structs import ConsumerRecord
 
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import Arm, ControlCommand, RouterState, SearchOutcome, WindowKey
-from canary.errors import InvalidEvent
 from canary.kafka.topics import Topics
 from router.backends.base import SearchBackend
 from router.offsets import OffsetTracker
@@ -177,7 +176,7 @@ class RouterService:
     def _apply_control(self, record: ConsumerRecord[bytes, bytes], publish: bool) -> str | None:
         try:
             cmd = ControlCommand.from_dict(json.loads(record.value or b"null"))
-        except (InvalidEvent, ValueError) as exc:
+        except Exception as exc:  # poison: never stop the router
             self.stats.invalid_commands += 1
             log.warning("ignoring invalid control record at offset %s: %s", record.offset, exc)
             return None
@@ -315,7 +314,7 @@ class RouterService:
         try:
             try:
                 request = SearchRequest.from_dict(json.loads(record.value or b"null"))
-            except (InvalidEvent, ValueError) as exc:
+            except Exception as exc:  # poison: never stop the router
                 await self._reject(record, str(exc))
                 return
             await self._handle(request)

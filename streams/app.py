@@ -30,7 +30,6 @@ from faust.types import EventT, StreamT
 from canary.core.models import ControlCommand, RouterState, SearchOutcome, WindowKey, WindowResult
 from canary.core.slo import SLOEvaluator, judge_all
 from canary.core.windows import WindowFinalizer
-from canary.errors import CanaryError
 from canary.kafka.topics import Topics
 from streams.audit import AuditLog, control_event, state_event
 from streams.registry import DeploymentRegistry
@@ -173,7 +172,7 @@ class CanaryStreams:
             message = event.message
             try:
                 outcome = SearchOutcome.from_dict(json.loads(event.value))
-            except (CanaryError, ValueError, TypeError) as exc:
+            except Exception as exc:  # a poison message must never stop the agent
                 await self._dead_letter(message.partition, message.offset, event.value, f"invalid outcome: {exc}")
                 continue
             outs, offs = by_partition.setdefault(message.partition, ([], []))
@@ -245,7 +244,7 @@ class CanaryStreams:
         async for event in stream.events():
             try:
                 window = WindowResult.from_dict(json.loads(event.value))
-            except (CanaryError, ValueError, TypeError) as exc:
+            except Exception as exc:  # poison: log and skip, never stop the agent
                 log.warning("ignoring invalid window result: %s", exc)
                 continue
             await self._judge_window(window)
@@ -292,7 +291,7 @@ class CanaryStreams:
         async for event in stream.events():
             try:
                 entry = control_event(ControlCommand.from_dict(json.loads(event.value)))
-            except (CanaryError, ValueError, TypeError) as exc:
+            except Exception as exc:  # poison: log and skip, never stop the agent
                 log.warning("audit: invalid control record at offset %s: %s", event.message.offset, exc)
                 continue
             if self.audit.append(entry):
@@ -304,7 +303,7 @@ class CanaryStreams:
                 continue  # compaction tombstone
             try:
                 state = RouterState.from_dict(json.loads(event.value))
-            except (CanaryError, ValueError, TypeError) as exc:
+            except Exception as exc:  # poison: log and skip, never stop the agent
                 log.warning("audit: invalid state record at offset %s: %s", event.message.offset, exc)
                 continue
             if state.heartbeat:

@@ -62,7 +62,7 @@ class DeploymentRegistry:
     def apply_raw(self, raw: bytes | None) -> None:
         try:
             self.ledger.apply(ControlCommand.from_dict(json.loads(raw or b"null")))
-        except (CanaryError, ValueError) as exc:
+        except Exception as exc:  # poison: skip, never stop the registry
             self.invalid_commands += 1
             log.warning("ignoring invalid control record: %s", exc)
 

@@ -141,7 +141,10 @@ class _Fields:
             return None
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise self.fail(field, "expected a number", v)
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:
+            raise self.fail(field, "number out of range", v) from None
         if not math.isfinite(f):
             raise self.fail(field, "must be finite", v)
         if lo is not None and f < lo:

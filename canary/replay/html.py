@@ -10,13 +10,13 @@ Interim renderer: ``canary/reports/html.py`` (``render_report(DeploymentReport)`
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from canary.core.models import JSONDict, iso_ms
 
-W, H = 860, 250
-ML, MR, MT, MB = 64, 150, 28, 40
+W, H = 900, 250
+ML, MR, MT, MB = 64, 190, 28, 40
 COLORS = {"last_good": "#2f6fb5", "candidate": "#e07b00"}
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d1d1f;max-width:1180px}
@@ -158,7 +158,7 @@ def _start_of(window_id: str | None) -> int | None:
         return None
 
 
-def _section(report: JSONDict, dep: JSONDict | None, windows: list[JSONDict]) -> str:
+def _section(report: JSONDict, dep: JSONDict | None, windows: list[JSONDict], link: str | None = None) -> str:
     window_ms = int(report["settings"]["window_ms"])
     dep_id = dep["deployment_id"] if dep else None
     rules: list[JSONDict] = dep.get("rules", []) if dep else []
@@ -182,6 +182,8 @@ def _section(report: JSONDict, dep: JSONDict | None, windows: list[JSONDict]) ->
     out = []
     title = f"Deployment {dep_id}" if dep_id else "Traffic without a deployment"
     out.append(f"<h2>{_e(title)}</h2>")
+    if link:
+        out.append(f'<p><a href="{_e(link)}">deployment report page built from the replayed windows</a></p>')
     if dep:
         out.append(
             "<p>"
@@ -231,7 +233,9 @@ def _section(report: JSONDict, dep: JSONDict | None, windows: list[JSONDict]) ->
     return "".join(out)
 
 
-def render_replay_html(report: JSONDict) -> str:
+def render_replay_html(report: JSONDict, links: Mapping[str, str] | None = None) -> str:
+    """The overview page; ``links``: deployment id → relative URL of its deployment page."""
+    links = links or {}
     span = report["span"]
     title = f"Replay {span['from']} → {span['to']}"
     body: list[str] = [f"<h1>{_e(title)}</h1>"]
@@ -243,7 +247,7 @@ def render_replay_html(report: JSONDict) -> str:
     for dep in deployments:
         dep_windows = [w for w in windows if w.get("deployment_id") == dep["deployment_id"]]
         if dep_windows or dep.get("decision"):
-            body.append(_section(report, dep, dep_windows))
+            body.append(_section(report, dep, dep_windows, links.get(dep["deployment_id"])))
     rest = [w for w in windows if not w.get("deployment_id")]
     if rest:
         body.append(_section(report, None, rest))

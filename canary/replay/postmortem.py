@@ -248,6 +248,7 @@ def run_replay(
             {
                 **(_deployment_info(ledger.deployments[d]) if d in ledger.deployments else {"deployment_id": d}),
                 "rules": base.rules.get(d, []),
+                "commands": [c.to_dict() for c in data.commands if c.deployment_id == d],
                 "decision": next((x.to_dict() for x in decisions if x.deployment_id == d), None),
                 "decision_text": decision_text(next((x for x in decisions if x.deployment_id == d), None)),
             }

@@ -314,33 +314,35 @@ def recompute_partition(
         batch.clear()
         offsets.clear()
 
-    for rec in records:
-        offset = rec[1]
-        ts_ms = rec[2]
-        stats.records += 1
-        if stats.first_offset is None:
-            stats.first_offset = offset
-        stats.last_offset = offset
+    if records:
+        stats.records = len(records)
+        stats.first_offset = records[0][1]
+        stats.last_offset = records[-1][1]
+    first_ts: int | None = None
+    now = 0
+    for _, offset, ts_ms, raw in records:
         try:
-            outcome = decode(rec[3], offset)
+            outcome = decode(raw, offset)
         except DECODE_ERRORS as exc:
             stats.invalid += 1
             if invalid_samples is not None and len(invalid_samples) < MAX_SAMPLES:
                 invalid_samples.append({"partition": partition, "offset": offset, "reason": str(exc)[:300]})
             continue
         now = ts_ms if ts_ms is not None and ts_ms >= 0 else outcome.ts
-        if stats.first_timestamp_ms is None:
-            stats.first_timestamp_ms = now
-        stats.last_timestamp_ms = now
-        if batch and (len(batch) >= size or now - batch_first > span):
-            flush()
-        if not batch:
-            batch_first = now
-            batch_now = now
-        elif now > batch_now:
-            batch_now = now
+        if batch:
+            if len(batch) >= size or now - batch_first > span:
+                flush()
+                batch_first = batch_now = now
+            elif now > batch_now:
+                batch_now = now
+        else:
+            batch_first = batch_now = now
+            if first_ts is None:
+                first_ts = now
         batch.append(outcome)
         offsets.append(offset)
+    stats.first_timestamp_ms = first_ts
+    stats.last_timestamp_ms = now if first_ts is not None else None
     if batch:
         flush()
     stats.outcomes = stats.records - stats.invalid

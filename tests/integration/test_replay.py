@@ -178,6 +178,8 @@ def test_replay_reproduces_live_windows_and_rollback(
     assert stored["windows"] == report["windows"] and stored["decisions"] == report["decisions"]
     page = Path(files["html"]).read_text()
     assert page.startswith("<!doctype html>") and "<svg" in page and decision["triggering_window"] in page
+    dep_page = Path(files["deployment_pages"][rec.deployment_id]).read_text()
+    assert "chart-p95" in dep_page and "Replay decision: rollback at window" in dep_page
 
 
 def test_backtest_with_a_looser_rule_removes_the_rollback(recorded: Recorded, tmp_path: Path) -> None:

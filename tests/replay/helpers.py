@@ -145,49 +145,7 @@ def live_worker(
     for r in records:
         parts.setdefault(r[0], []).append(r)
     for p, recs in sorted(parts.items()):
-        fin = WindowFinalizer(aggregator=book.aggregator_for, judge=book.judge)
-        shift = 0
-        batch: list[SearchOutcome] = []
-        offs: list[int] = []
-        first = now = 0
-        last_now = 0
-
-        def flush() -> None:
-            nonlocal last_now
-            n = max(now + processing_delay_ms + shift, last_now)
-            # the 100 ms tick between the previous batch and this one
-            t = last_now + 100
-            while last_now and t < n:
-                windows.extend(fin.due(t))
-                t += 100
-            last_now = n
-            fin.add(p, batch, n, offs)
-            windows.extend(fin.due(n))
-            batch.clear()
-            offs.clear()
-
-        for part, offset, kts, raw in recs:
-            del part
-            try:
-                o = SearchOutcome.from_dict(json.loads(raw or b"null"))
-            except (ValueError, TypeError, Exception):
-                continue
-            ts = kts if kts is not None else o.ts
-            if batch and (len(batch) >= batch_max or ts - first > batch_span_ms or offset in stalls):
-                flush()
-            shift += stalls.get(offset, 0)
-            if not batch:
-                first = now = ts
-            now = max(now, ts)
-            batch.append(o)
-            offs.append(offset)
-        if batch:
-            flush()
-        if tick_until_ms is not None:
-            t = last_now + 100
-            while t <= tick_until_ms:
-                windows.extend(fin.due(t))
-                t += 100
+        windows += _live_partition(p, recs, book, processing_delay_ms, stalls, batch_max, batch_span_ms, tick_until_ms)
     rollbacks: list[ControlCommand] = []
     ledger = fold_commands(commands)
     evaluators: dict[str, SLOEvaluator] = {}
@@ -208,3 +166,56 @@ def live_worker(
                 )
             )
     return windows, rollbacks
+
+
+def _live_partition(
+    p: int,
+    recs: Sequence[Record],
+    book: RuleBook,
+    processing_delay_ms: int,
+    stalls: dict[int, int],
+    batch_max: int,
+    batch_span_ms: int,
+    tick_until_ms: int | None,
+) -> list[WindowResult]:
+    fin = WindowFinalizer(aggregator=book.aggregator_for, judge=book.judge)
+    windows: list[WindowResult] = []
+    shift = 0
+    batch: list[SearchOutcome] = []
+    offs: list[int] = []
+    first = now = last_now = 0
+
+    def flush(now: int, last_now: int) -> int:
+        n = max(now + processing_delay_ms + shift, last_now)
+        t = last_now + 100  # the 100 ms tick between the previous batch and this one
+        while last_now and t < n:
+            windows.extend(fin.due(t))
+            t += 100
+        fin.add(p, batch, n, offs)
+        windows.extend(fin.due(n))
+        batch.clear()
+        offs.clear()
+        return n
+
+    for _, offset, kts, raw in recs:
+        try:
+            o = SearchOutcome.from_dict(json.loads(raw or b"null"))
+        except Exception:
+            continue  # dead-lettered as invalid
+        ts = kts if kts is not None else o.ts
+        if batch and (len(batch) >= batch_max or ts - first > batch_span_ms or offset in stalls):
+            last_now = flush(now, last_now)
+        shift += stalls.get(offset, 0)
+        if not batch:
+            first = now = ts
+        now = max(now, ts)
+        batch.append(o)
+        offs.append(offset)
+    if batch:
+        last_now = flush(now, last_now)
+    if tick_until_ms is not None:
+        t = last_now + 100
+        while t <= tick_until_ms:
+            windows.extend(fin.due(t))
+            t += 100
+    return windows

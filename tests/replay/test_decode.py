@@ -121,3 +121,40 @@ def test_keys_are_interned() -> None:
     assert a.window_key is b.window_key
     assert a.window_key is not c.window_key
     assert a.window_key.as_str() == "dep-1|cand|candidate"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _raw(),
+        b'{"a": 1}  \n',
+        b'  {"a": 1}',
+        b'{"a": 1} {"b": 2}',
+        b'{"a": 1',
+        b'{"a": NaN, "b": -Infinity}',
+        b'{"a": "\\ud800"}',
+        b'{"a": "\xed\xa0\x80"}',
+        b'{"a": "\xff"}',
+        b"\xef\xbb\xbf" + _raw(),
+        '{"a": 1}'.encode("utf-16"),
+        '{"a": 1}'.encode("utf-16-le"),
+        '{"a": 1}'.encode("utf-32-le"),
+        b"",
+        b"{",
+        b"{}",
+        b"[]",
+        b"null",
+        '{"ünï": "cödé ✓"}'.encode(),
+    ],
+)
+def test_loads_fast_path_equals_json_loads(raw: bytes) -> None:
+    from canary.replay.decode import loads
+
+    try:
+        expected: object = json.loads(raw)
+    except Exception as exc:
+        with pytest.raises(type(exc)) as got:
+            loads(raw)
+        assert str(got.value) == str(exc)
+        return
+    assert repr(loads(raw)) == repr(expected)

@@ -94,7 +94,7 @@ def test_bad_rules_files_name_file_field_reason(tmp_path: Path, name: str, text:
 
 
 def test_missing_rules_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.yaml: rules file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: rules file not found"):
         load_rules_file(tmp_path / "nope.yaml")
 
 
