@@ -158,7 +158,9 @@ async def _follow(
     raise CanaryError(f"deployment {deployment_id} did not reach '{until}' within {cfg.timeout:.0f}s")
 
 
-async def _run(settings: Settings, bootstrap: str, topics: Topics, services: Services, cfg: DemoConfig) -> None:
+async def _run(
+    settings: Settings, bootstrap: str, topics: Topics, services: Services, cfg: DemoConfig
+) -> dict[str, str]:
     from canary.ops.commands import start_canary, stop_canary
     from canary.ops.load import produce_load
 
@@ -174,7 +176,8 @@ async def _run(settings: Settings, bootstrap: str, topics: Topics, services: Ser
         if ack.compensated:
             raise DeploymentError("the router did not acknowledge the start")
         say(f"phase 1: canary {ack.command.deployment_id} of {bad.name} at {cfg.weight:.0%} — expecting a rollback")
-        result = await _follow(bootstrap, topics, ack.command.deployment_id, services, "rolled_back", cfg)
+        rolled_back = ack.command.deployment_id
+        result = await _follow(bootstrap, topics, rolled_back, services, "rolled_back", cfg)
         say(f"ROLLED BACK automatically: {result['reason']}")
 
         # Phase 2: a healthy candidate, promoted after passing windows.
@@ -190,6 +193,7 @@ async def _run(settings: Settings, bootstrap: str, topics: Topics, services: Ser
         promoted = await stop_canary(bootstrap, topics, promote=True)
         say(f"PROMOTED {good.name}: it is now last_good and active ({len(promoted.acked_by)} router ack)")
         await asyncio.sleep(2.5)  # let the audit agent write the last events
+        return {"rolled_back": rolled_back, "promoted": ack.command.deployment_id}
     finally:
         load.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -215,16 +219,22 @@ def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None) ->
         try:
             services.start("worker", "worker", "--audit-log", str(audit), "--data-dir", str(logs / "worker-data"))
             services.start("router", "router", "--router-id", "demo-router")
-            asyncio.run(_run(settings, bootstrap, topics, services, cfg))
+            deployments = asyncio.run(_run(settings, bootstrap, topics, services, cfg))
             say("writing reports …")
             from canary.reports.export import export_reports
 
-            written = export_reports(settings.with_overrides(bootstrap_servers=bootstrap), output, deployment_id=None)
+            resolved = settings.with_overrides(bootstrap_servers=bootstrap)
+            # report.html tells the automatic rollback; the promotion gets its own report beside it.
+            written = export_reports(resolved, output, deployment_id=deployments["rolled_back"])
+            written += export_reports(resolved, output / "promoted", deployment_id=deployments["promoted"])
             for path in written:
                 say(f"  wrote {path}")
         finally:
             services.stop()
             say("stopped the worker and the router")
-    say(f"demo finished in {time.monotonic() - started:.0f}s. Open {output / 'report.html'}")
+    say(
+        f"demo finished in {time.monotonic() - started:.0f}s. Open {output / 'report.html'} "
+        f"(rollback) and {output / 'promoted' / 'report.html'} (promotion)"
+    )
     say(f"inspect the topics: CANARY_TOPIC_PREFIX={prefix} canary status")
     return 0
