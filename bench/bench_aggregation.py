@@ -308,12 +308,13 @@ async def run_worker_phase(
         code = worker.stop()
         if code not in (0, None):
             log(f"worker exited with code {code}; log tail:\n{worker.log_tail(30)}")
-    app_id = f"{topics.prefix}canary-streams"
-    curve = await changelog_progress(bootstrap, f"{app_id}-window-state-changelog")
+    # The windows stage checkpoints each partition's state (with the highest offset applied) to the
+    # compacted window-state topic at most every 500 ms: a progress curve at that resolution.
+    curve = await changelog_progress(bootstrap, topics.window_state)
     cpu_samples = watched.pop("cpu_samples")
     out: dict[str, Any] = {"spawn_ms": spawn_ms, **watched, "changelog_records": len(curve)}
     if not curve:
-        out["error"] = "no window-state changelog records found"
+        out["error"] = "no window-state checkpoint records found"
         return out
     first_ts, first_n = curve[0]
     full = next(((ts, c) for ts, c in curve if c >= n), curve[-1])

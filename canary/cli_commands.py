@@ -86,7 +86,9 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
         logging.getLogger("canary").warning("FAULT INJECTION active: %s", ", ".join(args.inject_fault))
     bootstrap = _bootstrap_for_service(settings)
     last_good = ConfigRef.from_snapshot(preset.to_dict(), preset.content_hash)
-    asyncio.run(serve(bootstrap, Topics(settings.topic_prefix), backend, last_good, router_id=args.router_id))
+    asyncio.run(
+        serve(bootstrap, Topics(settings.topic_prefix), backend, last_good, router_id=args.router_id, reply=args.reply)
+    )
     return 0
 
 
@@ -145,6 +147,7 @@ def register(sub: Any) -> None:
     router.add_argument("--router-id", help="stable id of this router instance (default random)")
     router.add_argument("--last-good", default="last_good", help="preset used before any canary ran")
     router.add_argument("--backend", help="search backend import path 'package.module:factory'")
+    router.add_argument("--reply", action="store_true", help="also publish results to search_responses")
     router.add_argument(
         "--inject-fault",
         action="append",

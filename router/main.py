@@ -21,12 +21,13 @@ async def serve(
     last_good: ConfigRef,
     router_id: str | None = None,
     report_every: float = 10.0,
+    reply: bool = False,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with RouterService(bootstrap, topics, backend, last_good, router_id=router_id) as router:
+    async with RouterService(bootstrap, topics, backend, last_good, router_id=router_id, reply=reply) as router:
         log.warning("router %s serving %s (last_good=%s)", router.router_id, topics.search_requests, last_good.name)
         while not stop.is_set():
             try:

@@ -79,6 +79,7 @@ class RouterService:
         max_in_flight: int = 256,
         search_timeout_ms: int = 10_000,
         heartbeat_seconds: float = 5.0,
+        reply: bool = False,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -99,6 +100,7 @@ class RouterService:
         self._requests: AIOKafkaConsumer | None = None
         self._caught_up = asyncio.Event()
         self._heartbeat_s = heartbeat_seconds
+        self.reply = reply
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -317,12 +319,19 @@ class RouterService:
             except Exception as exc:  # poison: never stop the router
                 await self._reject(record, str(exc))
                 return
-            await self._handle(request)
+            results, used = await self._handle(request)
+            if self.reply:
+                await self._reply(request, results, used)
         except Exception:
             log.exception("request at %s/%s failed unexpectedly", record.partition, record.offset)
         finally:
             self._offsets.finished(record.topic, record.partition, record.offset)
             self._slots.release()
+
+    async def _reply(self, request: SearchRequest, results: list[str], used: ConfigUsed) -> None:
+        assert self._producer is not None
+        body = {"request_id": request.request_id, "results": results, "config_used": used.to_dict()}
+        await self._producer.send(self.topics.responses, json.dumps(body).encode(), key=request.request_id.encode())
 
     async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         """Poison request: dead-letter it with the reason and publish an error outcome (visible, not lost)."""

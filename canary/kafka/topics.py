@@ -46,6 +46,7 @@ class Topics:
     windows: str = field(init=False)
     control: str = field(init=False)
     state: str = field(init=False)
+    window_state: str = field(init=False)
     responses: str = field(init=False)
     requests_dlq: str = field(init=False)
     results_dlq: str = field(init=False)
@@ -58,6 +59,7 @@ class Topics:
             "windows": "canary_windows",
             "control": "canary_control",
             "state": "canary_state",
+            "window_state": "canary_window_state",
             "responses": "search_responses",
             "requests_dlq": "search_requests.dlq",
             "results_dlq": "search_results.dlq",
@@ -74,6 +76,16 @@ class Topics:
             # Kept forever: pointers and audits are rebuilt from it.
             TopicSpec(self.control, 1, "delete", FOREVER, "control commands (start/rollback/promote …)"),
             TopicSpec(self.state, 1, "compact", FOREVER, "latest applied state per router (compacted)"),
+            # Checkpoints of the windows stage, one key per source partition; compacted quickly so a
+            # restarting worker reads little.
+            TopicSpec(
+                self.window_state,
+                1,
+                "compact",
+                FOREVER,
+                "windows stage checkpoints (compacted)",
+                (("segment.ms", "60000"), ("min.cleanable.dirty.ratio", "0.1")),
+            ),
             TopicSpec(self.responses, 3, "delete", DAY_MS, "optional replies to search requests"),
             TopicSpec(self.requests_dlq, 1, "delete", 30 * DAY_MS, "malformed requests with the reason"),
             TopicSpec(self.results_dlq, 1, "delete", 30 * DAY_MS, "malformed or late outcomes with the reason"),

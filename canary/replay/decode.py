@@ -31,17 +31,6 @@ class SourceRecord(NamedTuple):
     value: bytes | None
 
 
-class _InternedKey(WindowKey):
-    """A WindowKey with its hash computed once. Instances are interned per decoder, so the finalizer's
-    dict lookups hit by identity and never rebuild or re-hash the (deployment, config, arm) tuple."""
-
-    __slots__ = ("_hash",)
-    _hash: int
-
-    def __hash__(self) -> int:
-        return self._hash
-
-
 class ReplayOutcome:
     """The fields of a :class:`SearchOutcome` that windowing and aggregation read.
 
@@ -111,14 +100,16 @@ class OutcomeDecoder:
 
     def __init__(self, strict: bool = False) -> None:
         self.strict = strict
-        self._keys: dict[tuple[str | None, str, str], _InternedKey] = {}
+        self._keys: dict[tuple[str | None, str, str], WindowKey] = {}
 
     def key(self, deployment_id: str | None, config_name: str, arm: str) -> WindowKey:
         t = (deployment_id, config_name, arm)
         k = self._keys.get(t)
         if k is None:
-            k = _InternedKey(deployment_id, config_name, arm)
-            object.__setattr__(k, "_hash", WindowKey.__hash__(k))
+            # A plain WindowKey: a subclass would never compare equal to the WindowKey instances that
+            # restored finalizer state (WindowKey.parse) holds, because dataclass __eq__ requires the
+            # exact class — a restarted worker would then track every key twice.
+            k = WindowKey(deployment_id, config_name, arm)
             self._keys[t] = k
         return k
 

@@ -88,7 +88,7 @@ async def test_20k_requests_split_10_percent_sticky_one_outcome_each(settings: S
 
 async def test_poison_requests_are_dead_lettered_and_answered(settings: Settings, topics: Topics) -> None:
     bootstrap = settings.effective_bootstrap
-    router = RouterService(bootstrap, topics, make_backend(), preset_ref("last_good"))
+    router = RouterService(bootstrap, topics, make_backend(), preset_ref("last_good"), reply=True)
     await router.start()
     try:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
@@ -103,8 +103,12 @@ async def test_poison_requests_are_dead_lettered_and_answered(settings: Settings
         await producer.stop()
         outcomes = await _wait_outcomes(bootstrap, topics, 4, timeout=30)
         dead = await read_all(bootstrap, topics.requests_dlq)
+        await asyncio.sleep(0.5)
+        replies = await read_all(bootstrap, topics.responses)
     finally:
         await router.stop()
+    assert [r["request_id"] for r in replies] == ["ok1"]
+    assert replies[0]["config_used"]["arm"] == "last_good" and len(replies[0]["results"]) == 10
     assert len(outcomes) == 4
     assert sorted(o["error"] or "ok" for o in outcomes) == ["invalid_request"] * 3 + ["ok"]
     assert len(dead) == 3

@@ -158,3 +158,19 @@ def test_loads_fast_path_equals_json_loads(raw: bytes) -> None:
         assert str(got.value) == str(exc)
         return
     assert repr(loads(raw)) == repr(expected)
+
+
+def test_decoded_keys_equal_keys_restored_from_state() -> None:
+    """A restarted worker restores WindowKey.parse(...) keys; decoded keys must be the same dict key."""
+    from canary.core.models import WindowKey
+    from canary.replay.decode import OutcomeDecoder
+
+    raw = (
+        b'{"event_id":"r:1","request_id":"1","ts":5000,"deployment_id":"d","config_name":"c",'
+        b'"config_version":"1","config_hash":"h","arm":"candidate","latency_ms":1.5,"recall_at_10":null,'
+        b'"result_count":1,"error":null,"router_id":"r"}'
+    )
+    key = OutcomeDecoder().decode(raw).window_key
+    restored = WindowKey.parse(key.as_str())
+    assert key == restored and hash(key) == hash(restored)
+    assert {restored: 1}.get(key) == 1
