@@ -13,10 +13,11 @@ contract's own. ``tests/replay/test_decode.py`` checks both paths against each o
 from __future__ import annotations
 
 import json
-import json.scanner
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
+
+import orjson
 
 from canary.core.models import SearchOutcome, WindowKey
 from canary.errors import CanaryError, InvalidEvent
@@ -69,23 +70,19 @@ def as_core_outcomes(outcomes: Sequence[ReplayOutcome]) -> Sequence[SearchOutcom
 
 
 _INF = math.inf
-# json.loads(bytes) spends half its time in Python wrappers (encoding detection, whitespace regexes).
-# For the common shape — UTF-8 text starting with "{" and nothing after the object — the C scanner is
-# called directly with the same decoder settings; anything else goes through json.loads itself.
-_scan_once: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 def loads(raw: bytes) -> Any:
-    """``json.loads(raw)`` — same result, same exceptions — with a fast path for compact UTF-8 objects."""
-    if raw[:1] == b"{" and raw[1:2] != b"\x00":  # json.detect_encoding says UTF-8 for these
-        try:
-            text = raw.decode("utf-8", "surrogatepass")
-            value, end = _scan_once(text, 0)
-        except (StopIteration, ValueError):
-            return json.loads(raw)  # raises the exact error
-        if end == len(text):
-            return value
-    return json.loads(raw)
+    """``json.loads(raw)`` — same result, same exceptions — via orjson for the common case.
+
+    orjson rejects a few things json accepts (NaN/Infinity literals, integers beyond 64 bits, lone
+    surrogates); those, and every malformed input, go through ``json.loads`` itself so results and
+    error messages are the standard library's.
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 DECODE_ERRORS = (CanaryError, ValueError, TypeError)
