@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from canary.core.deployment import ConfigRef, ControlLedger
@@ -31,6 +32,9 @@ from router.requests import SearchRequest, recall_at_10
 from router.split import assign_arm
 
 log = logging.getLogger("canary.router")
+
+
+_default_partitioner = DefaultPartitioner()
 
 
 def now_ms() -> int:
@@ -93,6 +97,7 @@ class RouterService:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._timeout_s = search_timeout_ms / 1000.0
         self._offsets = OffsetTracker()
+        self._partitions: dict[bytes, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._producer: AIOKafkaProducer | None = None
@@ -105,7 +110,13 @@ class RouterService:
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            # Outcomes of one canary share two or three keys, so batches per partition fill fast; the
+            # 16 KB default made every send wait for a drain.
+            max_batch_size=1 << 20,
         )
         await self._producer.start()
         self._control = AIOKafkaConsumer(
@@ -141,6 +152,8 @@ class RouterService:
                 await loop
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._producer is not None:
+            await self._producer.flush()  # acks mark offsets done; then the last commit covers them
         if self._requests is not None:
             await self._commit()
             await self._requests.stop()
@@ -252,10 +265,12 @@ class RouterService:
             ts=now_ms(),
             relevant_ids=tuple(relevant_ids) if relevant_ids is not None else None,
         )
-        results, used = await self._handle(request)
+        results, used, _ = await self._handle(request)
         return results, used.to_dict()
 
-    async def _handle(self, request: SearchRequest) -> tuple[list[str], ConfigUsed]:
+    async def _handle(
+        self, request: SearchRequest, wait_ack: bool = True
+    ) -> tuple[list[str], ConfigUsed, asyncio.Future[Any]]:
         config, used = self.route(request)
         self.stats.requests += 1
         self.stats.by_arm[used.arm] += 1
@@ -290,13 +305,26 @@ class RouterService:
             error=error,
             router_id=self.router_id,
         )
-        await self._publish_outcome(outcome)
-        return results, used
+        ack = await self._publish_outcome(outcome, wait_ack)
+        return results, used, ack
 
-    async def _publish_outcome(self, outcome: SearchOutcome) -> None:
+    async def _publish_outcome(self, outcome: SearchOutcome, wait_ack: bool = True) -> asyncio.Future[Any]:
+        """Enqueue the outcome; with ``wait_ack`` also wait until the broker has it."""
         assert self._producer is not None
         key = outcome.window_key.as_str().encode()
-        await self._producer.send_and_wait(self.topics.search_results, json.dumps(outcome.to_dict()).encode(), key=key)
+        partition = self._partitions.get(key)
+        if partition is None:
+            # Same partition the default (murmur2) partitioner picks, computed once per window key
+            # instead of per outcome: it is pure Python and costs ~20 µs a call.
+            parts = sorted(await self._producer.partitions_for(self.topics.search_results))
+            partition = _default_partitioner(key, parts, parts)
+            self._partitions[key] = partition
+        ack: asyncio.Future[Any] = await self._producer.send(
+            self.topics.search_results, json.dumps(outcome.to_dict()).encode(), key=key, partition=partition
+        )
+        if wait_ack:
+            await ack
+        return ack
 
     # -- Kafka request intake ------------------------------------------------------------------------------------
     async def _request_loop(self) -> None:
@@ -313,20 +341,39 @@ class RouterService:
                     task.add_done_callback(self._tasks.discard)
 
     async def _process_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        ack: asyncio.Future[Any] | None = None
         try:
             try:
                 request = SearchRequest.from_dict(json.loads(record.value or b"null"))
             except Exception as exc:  # poison: never stop the router
                 await self._reject(record, str(exc))
                 return
-            results, used = await self._handle(request)
+            results, used, ack = await self._handle(request, wait_ack=False)
             if self.reply:
                 await self._reply(request, results, used)
         except Exception:
             log.exception("request at %s/%s failed unexpectedly", record.partition, record.offset)
         finally:
-            self._offsets.finished(record.topic, record.partition, record.offset)
-            self._slots.release()
+            if ack is None:
+                self._finish(record, None)
+            else:
+                # The slot frees and the offset becomes committable when the broker has the outcome,
+                # without keeping this task alive until then.
+                ack.add_done_callback(lambda fut: self._finish(record, fut))
+
+    def _finish(self, record: ConsumerRecord[bytes, bytes], ack: asyncio.Future[Any] | None) -> None:
+        self._slots.release()
+        if ack is not None and (ack.cancelled() or ack.exception() is not None):
+            # Not acknowledged: leave the offset in flight so it is never committed and a restarted
+            # router processes the request again (at-least-once; the outcome id dedups it).
+            log.error(
+                "outcome for offset %s/%s was not delivered: %r",
+                record.partition,
+                record.offset,
+                None if ack.cancelled() else ack.exception(),
+            )
+            return
+        self._offsets.finished(record.topic, record.partition, record.offset)
 
     async def _reply(self, request: SearchRequest, results: list[str], used: ConfigUsed) -> None:
         assert self._producer is not None
