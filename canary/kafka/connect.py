@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from canary.errors import KafkaError
 from canary.kafka.probe import metadata_answers
 from canary.settings import Settings
@@ -24,11 +26,10 @@ def require_kafka(settings: Settings, timeout: float = 5.0) -> str:
     )
 
 
-def ensure_local_or_external(settings: Settings, log: object = None) -> str:
-    """Used by long-running commands (demo, worker): start the local broker if no cluster is configured."""
+def ensure_local_or_external(settings: Settings, log: Callable[[str], None] = lambda _m: None) -> str:
+    """Used by long-running services (worker, router): start the local broker if no cluster is configured."""
     if settings.uses_external_kafka:
         return require_kafka(settings)
     from canary.kafka.broker import LocalBroker
 
-    info = LocalBroker(settings.home, settings.local_port).start(log=log if callable(log) else (lambda _m: None))
-    return info.bootstrap
+    return LocalBroker(settings.home, settings.local_port).start(log=log).bootstrap
