@@ -173,7 +173,7 @@ class WindowingStage:
                 else:
                     self._consumer.seek(self._tp(p), committed)
             self._consumer.resume(self._tp(p))
-        log.info("windows: acquired partitions %s (restored %s)", partitions, sorted(states))
+        log.warning("windows: acquired partitions %s (restored state for %s)", partitions, sorted(states))
 
     async def release(self, partitions: list[int]) -> None:
         await self.checkpoint(only=partitions, force=True)

@@ -1,0 +1,77 @@
+"""Two workers share the windows stage; one is SIGKILLed: its partitions move over with their state and
+every window still counts exactly the outcomes that fell into it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from canary.kafka.topics import Topics, ensure_topics
+from router.service import RouterService
+from tests.integration.harness import (
+    LoadGenerator,
+    WorkerProcess,
+    end_command,
+    make_backend,
+    preset_ref,
+    read_all,
+    send_command,
+    start_command,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_windows_survive_losing_one_of_two_workers(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topics = Topics(f"two{uuid.uuid4().hex[:6]}.")
+    await asyncio.to_thread(ensure_topics, kafka_bootstrap, topics)
+    workers = [
+        WorkerProcess(kafka_bootstrap, topics, tmp_path / f"audit{i}.log", tmp_path / f"d{i}", tmp_path / f"w{i}.log")
+        for i in range(2)
+    ]
+    for w in workers:
+        w.start()
+    router = RouterService(kafka_bootstrap, topics, make_backend(), preset_ref("last_good"), consume_requests=False)
+    await router.start()
+    try:
+        cmd = start_command("candidate_high_recall", weight=0.3)
+        await send_command(kafka_bootstrap, topics, cmd)
+        await asyncio.sleep(8)  # both workers joined and share the partitions
+        load = LoadGenerator(router, qps=60)
+        traffic = asyncio.create_task(load.run(24))
+        await asyncio.sleep(9)
+        workers[0].kill()  # its partitions move to the survivor after the session timeout
+        await traffic
+        await load.drain()
+        await send_command(kafka_bootstrap, topics, end_command(cmd.deployment_id))
+        last_ts = int(time.time() * 1000)
+        deadline = time.monotonic() + 45
+        windows: dict[str, dict[str, object]] = {}
+        while time.monotonic() < deadline:
+            for w in await read_all(kafka_bootstrap, topics.windows):
+                windows[str(w["window_id"])] = w
+            if windows and max(int(w["window_end_ms"]) for w in windows.values()) + 1000 > last_ts:  # type: ignore[call-overload]
+                break
+            await asyncio.sleep(1)
+    finally:
+        await router.stop()
+        for w in workers:
+            w.stop()
+    outcomes = await read_all(kafka_bootstrap, topics.search_results)
+    truth = Counter(
+        (f"{o['deployment_id'] or '-'}|{o['config_name']}|{o['arm']}", o["ts"] - o["ts"] % 5000) for o in outcomes
+    )
+    checked = 0
+    for w in windows.values():
+        key = (f"{w['deployment_id'] or '-'}|{w['config_name']}|{w['arm']}", w["window_start_ms"])
+        assert w["late_count"] == 0, w
+        assert w["response_count"] == truth.get(key, 0), (w["window_id"], w["response_count"], truth.get(key, 0))
+        checked += 1
+    counted = sum(int(w["response_count"]) for w in windows.values())  # type: ignore[call-overload]
+    assert counted == len(outcomes), (counted, len(outcomes))
+    assert checked >= 8
