@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from canary.config import PresetStore
 from canary.core.deployment import ConfigRef
 from canary.core.models import ControlCommand
 from canary.kafka.topics import Topics
+from canary.ops.view import read_topic
 from router.backends.fault import Fault, FaultInjectingBackend
 from router.backends.memory import KeywordBackend, numbered_corpus, relevant_for
 from router.service import RouterService, now_ms
@@ -89,25 +90,7 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[di
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            # The client only tracks metadata of assigned topics; ask the cluster for everything.
-            cluster = await consumer._client.fetch_all_metadata()
-            parts = cluster.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                break
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                out += [json.loads(r.value) for r in records if r.value is not None]
-        return out
+        return await read_topic(consumer, topic, timeout)
     finally:
         await consumer.stop()
 
