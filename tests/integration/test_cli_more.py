@@ -1,0 +1,135 @@
+"""The remaining CLI commands on the real broker: load, weight/pause/resume, watch, router (as a process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from canary.kafka.topics import Topics
+from canary.settings import Settings
+from router.service import RouterService
+from tests.integration.harness import ROOT, make_backend, preset_ref, read_all
+from tests.integration.test_cli_ops import _canary, _env, _json
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_load_produces_labeled_requests_and_rejects_bad_args(settings: Settings, topics: Topics) -> None:
+    env = _env(settings)
+    result = await _canary("load", "--qps", "50", "--duration", "2", "--users", "7", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    report = _json(result)
+    assert report["sent"] == 100 and report["labeled"] == 100 and report["users"] == 7
+    requests = await read_all(settings.effective_bootstrap, topics.search_requests)
+    assert len(requests) == 100
+    assert all(r["relevant_ids"] and r["user_id"].startswith("user-") for r in requests)
+    assert len({r["user_id"] for r in requests}) <= 7
+
+    bad = await _canary("load", "--qps", "0", "--duration", "2", env=env)
+    assert bad.returncode == 2 and "--qps 0" in bad.stderr
+
+
+async def test_weight_pause_resume_and_watch(settings: Settings, topics: Topics) -> None:
+    env = _env(settings)
+    nothing = await _canary("pause", "--json", env=env)
+    assert nothing.returncode == 4 and "nothing to pause" in nothing.stderr
+
+    router = RouterService(
+        settings.effective_bootstrap,
+        topics,
+        make_backend(),
+        preset_ref("last_good"),
+        consume_requests=False,
+        heartbeat_seconds=1.0,
+    )
+    await router.start()
+    try:
+        await asyncio.sleep(1.5)
+        assert (await _canary("start", "candidate_high_recall", env=env)).returncode == 0
+        weight = await _canary("weight", "0.25", "--json", env=env)
+        assert weight.returncode == 0 and _json(weight)["ok"], weight.stderr
+        assert router.ledger.current is not None and router.ledger.current.weight == 0.25
+        paused = await _canary("pause", "--json", env=env)
+        assert paused.returncode == 0, paused.stderr
+        assert router.ledger.current.status == "paused" and router.ledger.current.candidate_weight == 0.0
+        _, used = await router.execute_search("q1", "documents", user_id="anyone")
+        assert used["arm"] == "last_good"
+        resumed = await _canary("resume", "--json", env=env)
+        assert resumed.returncode == 0 and router.ledger.current.status == "running"
+        status = _json(await _canary("status", "--json", env=env))
+        assert status["traffic_split"] == {"active": 0.75, "candidate": 0.25}
+
+        # watch --json streams windows as they are published (here: one we publish ourselves).
+        watcher = asyncio.create_task(_canary("watch", "--json", "--seconds", "4", env=env))
+        await asyncio.sleep(2.0)
+        from aiokafka import AIOKafkaProducer
+
+        window = {
+            "deployment_id": status["deployment_id"],
+            "config_name": "candidate_high_recall",
+            "arm": "candidate",
+            "window_start_ms": 1_000_000,
+            "window_end_ms": 1_005_000,
+            "duration_sec": 5,
+            "response_count": 30,
+            "error_count": 0,
+            "p95_ms": 400.0,
+            "recall_at_10": 0.9,
+            "recall_samples": 30,
+            "slo_violations": 0,
+            "verdicts": [],
+            "late_count": 0,
+            "emitted_at_ms": 1_006_000,
+        }
+        producer = AIOKafkaProducer(bootstrap_servers=settings.effective_bootstrap)
+        await producer.start()
+        await producer.send_and_wait(topics.windows, json.dumps(window).encode(), key=b"k")
+        await producer.stop()
+        watched = await watcher
+        assert watched.returncode == 0, watched.stderr
+        lines = [json.loads(line) for line in watched.stdout.splitlines() if line.strip()]
+        assert [w["response_count"] for w in lines] == [30]
+    finally:
+        await router.stop()
+
+
+def test_router_command_serves_requests_and_stops_cleanly(settings: Settings, topics: Topics) -> None:
+    env = _env(settings)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "canary.cli", "router", "--router-id", "cli-router", "--reply"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        load = subprocess.run(
+            [sys.executable, "-m", "canary.cli", "load", "--qps", "20", "--duration", "1", "--json"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert load.returncode == 0, load.stderr
+        deadline = time.monotonic() + 60
+        outcomes: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and len(outcomes) < 20:
+            outcomes = asyncio.run(read_all(settings.effective_bootstrap, topics.search_results))
+            time.sleep(0.5)
+        assert len(outcomes) == 20
+        assert {o["router_id"] for o in outcomes} == {"cli-router"}
+        # The bundled hybrid retriever with labels from exhaustive search: last_good's recall is real.
+        assert 0.3 < sum(o["recall_at_10"] for o in outcomes) / 20 <= 1.0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output.decode(errors="replace")[-2000:]
+    assert b"router stopped cleanly" in output
