@@ -14,17 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from canary.cli_output import emit as _emit
 from canary.errors import CanaryError
 from canary.settings import Settings, load_settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-
-
-def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    else:
-        print(human)
 
 
 def _log(message: str) -> None:

@@ -10,15 +10,9 @@ import sys
 import time
 from typing import Any
 
+from canary.cli_output import emit as _emit
 from canary.errors import CanaryError, KafkaError
 from canary.settings import Settings
-
-
-def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    else:
-        print(human)
 
 
 def _topics(settings: Settings) -> Any:

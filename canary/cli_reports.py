@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
+from canary.cli_output import emit as _emit
 from canary.errors import ConfigError
 from canary.settings import Settings
-
-
-def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    else:
-        print(human)
 
 
 def _audit_file(args: argparse.Namespace) -> Path | None:
