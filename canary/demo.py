@@ -145,11 +145,13 @@ async def _follow(
                 say("  " + format_window(window, state.streak_text(window)))
                 if window.arm == "candidate" and window.verdicts and all(v.outcome == "pass" for v in window.verdicts):
                     passing += 1
-            view = await read_view_async(bootstrap, topics)
-            dep = view.ledger.deployments.get(deployment_id)
-            if until == "rolled_back" and dep is not None and dep.status == "rolled_back":
-                return {"status": dep.status, "reason": dep.reason}
-            if until == "passing" and passing >= cfg.good_windows:
+            if until == "rolled_back":
+                # Only the control topic can say "rolled back"; folding it is cheap but not free.
+                view = await read_view_async(bootstrap, topics)
+                dep = view.ledger.deployments.get(deployment_id)
+                if dep is not None and dep.status == "rolled_back":
+                    return {"status": dep.status, "reason": dep.reason}
+            elif passing >= cfg.good_windows:
                 return {"status": "passing", "passing_windows": passing}
     finally:
         pumping.cancel()

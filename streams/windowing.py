@@ -162,7 +162,7 @@ class WindowingStage:
                 continue  # revoked again meanwhile
             fin = self._new_finalizer(states.get(p))
             self.finalizers[p] = fin
-            applied = fin.to_dict()["offsets"].get(str(p))
+            applied = fin.applied_offset(p)
             if applied is not None:
                 # The checkpoint, not the group's committed offset, says what the state already holds.
                 self._consumer.seek(self._tp(p), int(applied) + 1)
@@ -193,25 +193,23 @@ class WindowingStage:
         # Emitted windows and dead letters must be on the broker before the state that says so.
         await self._producer.flush()
         futures = []
+        offsets: dict[TopicPartition, int] = {}
         for p in parts:
             fin = self.finalizers.get(p)
             if fin is None:
                 continue
             state = json.dumps(fin.to_dict()).encode()
             futures.append(await self._producer.send(self.topics.window_state, state, key=self._state_key(p)))
+            applied = fin.applied_offset(p)
+            if applied is not None:
+                offsets[self._tp(p)] = applied + 1
         await asyncio.gather(*futures)
         self._dirty.difference_update(parts)
         self.stats.checkpoints += 1
         self._last_checkpoint = time.monotonic()
-        if self._consumer is not None:
-            offsets = {
-                TopicPartition(self.topics.search_results, p): int(self.finalizers[p].to_dict()["offsets"][str(p)]) + 1
-                for p in parts
-                if p in self.finalizers and str(p) in self.finalizers[p].to_dict()["offsets"]
-            }
-            if offsets:
-                with contextlib.suppress(Exception):  # commits are for lag visibility; the state is the truth
-                    await self._consumer.commit(offsets)
+        if self._consumer is not None and offsets:
+            with contextlib.suppress(Exception):  # commits are for lag visibility; the state is the truth
+                await self._consumer.commit(offsets)
 
     # -- the loop ---------------------------------------------------------------------------------------
     async def run(self) -> None:

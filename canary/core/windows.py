@@ -109,6 +109,10 @@ class WindowFinalizer:
 
     # -- inspection -------------------------------------------------------------------------------
 
+    def applied_offset(self, partition: int) -> int | None:
+        """Highest source offset of ``partition`` already added (what a checkpoint covers)."""
+        return self._offsets.get(partition)
+
     @property
     def watermark(self) -> int | None:
         return None if self._high == _NEG else self._high

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
@@ -158,3 +159,15 @@ def ensure_topics(bootstrap: str, topics: Topics, strict: bool = True) -> list[T
             "silently accept them):\n" + "\n".join(lines)
         )
     return reports
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, required: bool = True) -> list[TopicPartition]:
+    """The partitions of ``topic``, also for a topic the consumer has not subscribed to or been assigned."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        # The client only tracks metadata of assigned topics; ask the cluster for everything.
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic) or set()
+    if not parts and required:
+        raise KafkaError(f"topic {topic} does not exist; run 'canary kafka topics'")
+    return [TopicPartition(topic, p) for p in sorted(parts)]

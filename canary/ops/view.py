@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from canary.core.deployment import ConfigRef, ControlLedger, Deployment
 from canary.core.models import ControlCommand, RouterState, WindowResult
 from canary.errors import CanaryError, KafkaError
-from canary.kafka.topics import Topics
+from canary.kafka.topics import Topics, topic_partitions
 
 LIVE_ROUTER_MS = 15_000  # three missed 5 s heartbeats
 
@@ -60,14 +60,7 @@ def fold(commands: Sequence[dict[str, Any]]) -> tuple[ControlLedger, int]:
 
 async def read_topic(consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0) -> list[dict[str, Any]]:
     """Every JSON record of ``topic`` from the beginning to the current end, partition by partition."""
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        # The client only tracks metadata of assigned topics; ask the cluster for everything.
-        cluster = await consumer._client.fetch_all_metadata()
-        parts = cluster.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    if not tps:
-        raise KafkaError(f"topic {topic} does not exist; run 'canary kafka topics'")
+    tps = await topic_partitions(consumer, topic)
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     ends = await consumer.end_offsets(tps)

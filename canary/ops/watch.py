@@ -6,12 +6,12 @@ import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from canary.core.models import WindowResult, iso_ms
 from canary.core.slo import StreakTracker
 from canary.errors import CanaryError
-from canary.kafka.topics import Topics
+from canary.kafka.topics import Topics, topic_partitions
 
 
 async def tail_windows(
@@ -20,9 +20,7 @@ async def tail_windows(
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     try:
-        cluster = await consumer._client.fetch_all_metadata()
-        parts = cluster.partitions_for_topic(topics.windows) or set()
-        tps = [TopicPartition(topics.windows, p) for p in sorted(parts)]
+        tps = await topic_partitions(consumer, topics.windows)
         consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.errors import CanaryError, KafkaError
-from canary.kafka.topics import Topics
+from canary.kafka.topics import Topics, topic_partitions
 from canary.replay.recompute import ReplaySettings, read_bounds, span_bounds
 from canary.replay.span import RecordTuple, SpanData
 
@@ -37,17 +37,6 @@ def new_consumer(bootstrap: str) -> AIOKafkaConsumer:
         fetch_max_bytes=64 * 1024 * 1024,
         check_crcs=False,
     )
-
-
-async def partitions(consumer: AIOKafkaConsumer, topic: str, required: bool = True) -> list[TopicPartition]:
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        # The client only tracks metadata of assigned topics; ask the cluster for everything.
-        cluster = await consumer._client.fetch_all_metadata()
-        parts = cluster.partitions_for_topic(topic) or set()
-    if not parts and required:
-        raise KafkaError(f"topic {topic} does not exist; run 'canary kafka topics'")
-    return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
 async def offset_ranges(
@@ -116,7 +105,7 @@ async def read_ranges(
 async def read_outcome_records(
     consumer: AIOKafkaConsumer, topic: str, from_ms: int | None, to_ms: int | None, timeout: float = 600.0
 ) -> tuple[list[RecordTuple], dict[int, tuple[int, int]]]:
-    tps = await partitions(consumer, topic)
+    tps = await topic_partitions(consumer, topic)
     ranges = await offset_ranges(consumer, tps, from_ms, to_ms)
     out: list[RecordTuple] = []
     append = out.append
@@ -158,7 +147,7 @@ async def read_span(
 
         started = time.perf_counter()
         raw_commands: list[bytes | None] = []
-        control_tps = await partitions(consumer, topics.control)
+        control_tps = await topic_partitions(consumer, topics.control)
         control_ranges = await offset_ranges(consumer, control_tps, None, read_to)
         await read_ranges(consumer, control_ranges, lambda r: raw_commands.append(r.value), timeout)
         commands, invalid_commands = parse_commands(raw_commands)
@@ -170,7 +159,7 @@ async def read_span(
         if with_live:
             started = time.perf_counter()
             raw_windows: list[bytes | None] = []
-            win_tps = await partitions(consumer, topics.windows)
+            win_tps = await topic_partitions(consumer, topics.windows)
             await read_ranges(
                 consumer,
                 await offset_ranges(consumer, win_tps, first_window, None),
@@ -181,7 +170,7 @@ async def read_span(
             seconds["windows"] = time.perf_counter() - started
 
             started = time.perf_counter()
-            dlq_tps = await partitions(consumer, topics.results_dlq, required=False)
+            dlq_tps = await topic_partitions(consumer, topics.results_dlq, required=False)
             raw_dlq: list[bytes | None] = []
             await read_ranges(
                 consumer,
