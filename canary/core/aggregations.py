@@ -14,12 +14,89 @@ from typing import Any
 
 import numpy as np
 
-from canary.core.models import RuleVerdict, SearchOutcome, WindowKey, WindowResult
+from canary.core.evidence import RECALL_BINS
+from canary.core.models import JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.core.sketch import QuantileSketch
 from canary.errors import InvalidEvent
 
 RECALL_SCALE = 1_000_000
 """Recall is summed as integer micro-units: float sums depend on addition order, integer sums do not."""
+
+DEFAULT_ERROR_LATENCY_MS = 10_000.0
+"""An errored request enters the latency sketch at least this slow: the router's default request timeout.
+An error therefore never makes a latency quantile look better than the successes alone."""
+
+
+def _threshold_key(threshold: float) -> str:
+    return format(float(threshold), "g")
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """The mergeable sufficient statistics a window carries to the judge (``WindowResult.stats``).
+
+    ``exceed`` counts requests slower than each absolute latency threshold of the deployment's rules (an
+    error counts as slower than any threshold); ``recall_hist`` counts labeled recall values in 1/1000
+    steps (an errored labeled request counts as recall 0). Sums and histograms only, so windows pool by
+    addition in any order.
+    """
+
+    count: int = 0
+    error_count: int = 0
+    sketch: QuantileSketch = field(default_factory=QuantileSketch)
+    exceed: tuple[tuple[str, int], ...] = ()
+    recall_hist: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def recall_samples(self) -> int:
+        return sum(c for _, c in self.recall_hist)
+
+    def exceedances(self, threshold: float) -> int | None:
+        key = _threshold_key(threshold)
+        return next((c for t, c in self.exceed if t == key), None)
+
+    def recall_histogram(self) -> dict[int, int]:
+        return dict(self.recall_hist)
+
+    def merge(self, other: WindowStats) -> WindowStats:
+        sketch = self.sketch.copy()
+        sketch.merge(other.sketch)
+        exceed = dict(self.exceed)
+        for t, c in other.exceed:
+            exceed[t] = exceed.get(t, 0) + c
+        hist = dict(self.recall_hist)
+        for b, c in other.recall_hist:
+            hist[b] = hist.get(b, 0) + c
+        return WindowStats(
+            count=self.count + other.count,
+            error_count=self.error_count + other.error_count,
+            sketch=sketch,
+            exceed=tuple(sorted(exceed.items(), key=lambda kv: float(kv[0]))),
+            recall_hist=tuple(sorted(hist.items())),
+        )
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "count": self.count,
+            "error_count": self.error_count,
+            "sketch": self.sketch.to_dict(),
+            "exceed": {t: c for t, c in self.exceed},
+            "recall_hist": [[b, c] for b, c in self.recall_hist],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WindowStats:
+        try:
+            exceed = tuple(sorted(((str(t), int(c)) for t, c in d["exceed"].items()), key=lambda kv: float(kv[0])))
+            hist = tuple(sorted((int(b), int(c)) for b, c in d["recall_hist"]))
+            out = cls(int(d["count"]), int(d["error_count"]), QuantileSketch.from_dict(d["sketch"]), exceed, hist)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidEvent(f"WindowStats: malformed ({exc!r}): {dict(d)!r:.200}") from None
+        if out.count < 0 or out.error_count < 0 or any(c < 0 for _, c in exceed) or any(c <= 0 for _, c in hist):
+            raise InvalidEvent(f"WindowStats: counts must be non-negative: {dict(d)!r:.200}")
+        if any(not 0 <= b <= RECALL_BINS for b, _ in hist):
+            raise InvalidEvent(f"WindowStats: recall bins must be in [0, {RECALL_BINS}]: {dict(d)!r:.200}")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +111,12 @@ class WindowAggregate:
     slo_violations: int = 0
     late_count: int = 0
     max_source_offset: int = -1
+    exceed: tuple[tuple[str, int], ...] = ()
+    recall_hist: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def stats(self) -> WindowStats:
+        return WindowStats(self.count, self.error_count, self.sketch, self.exceed, self.recall_hist)
 
     def with_late(self, n: int = 1) -> WindowAggregate:
         return replace(self, late_count=self.late_count + n)
@@ -57,6 +140,8 @@ class WindowAggregate:
             "slo_violations": self.slo_violations,
             "late_count": self.late_count,
             "max_source_offset": self.max_source_offset,
+            "exceed": {t: c for t, c in self.exceed},
+            "recall_hist": [[b, c] for b, c in self.recall_hist],
         }
 
     @classmethod
@@ -74,16 +159,27 @@ class WindowAggregate:
                     "max_source_offset",
                 )
             }
+            stats = WindowStats.from_dict(
+                {
+                    "count": ints["count"],
+                    "error_count": ints["error_count"],
+                    "sketch": d["sketch"],
+                    "exceed": d.get("exceed", {}),
+                    "recall_hist": d.get("recall_hist", []),
+                }
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidEvent(f"WindowAggregate: malformed state ({exc!r}): {dict(d)!r:.200}") from None
-        return cls(sketch=QuantileSketch.from_dict(d["sketch"]), **ints)
+        return cls(sketch=stats.sketch, exceed=stats.exceed, recall_hist=stats.recall_hist, **ints)
 
 
 class WindowAggregator:
     """Folds micro-batches of outcomes into :class:`WindowAggregate` values.
 
     ``slo_violations`` counts requests, not rules: an outcome is one violation if it errored, was slower
-    than ``latency_threshold_ms``, or carried a recall label below ``recall_threshold``.
+    than ``latency_threshold_ms``, or carried a recall label below ``recall_threshold``. Errors are never
+    flattering: an errored request enters the latency sketch at ``max(latency, error_latency_ms)`` and
+    counts as an exceedance of every threshold in ``exceed_thresholds_ms``.
     """
 
     def __init__(
@@ -92,11 +188,16 @@ class WindowAggregator:
         recall_threshold: float = 0.30,
         relative_accuracy: float = 0.005,
         max_bins: int = 2048,
+        exceed_thresholds_ms: Sequence[float] = (),
+        error_latency_ms: float = DEFAULT_ERROR_LATENCY_MS,
     ) -> None:
         self.latency_threshold_ms = latency_threshold_ms
         self.recall_threshold = recall_threshold
         self.relative_accuracy = relative_accuracy
         self.max_bins = max_bins
+        thresholds = {float(t) for t in exceed_thresholds_ms} | {float(latency_threshold_ms)}
+        self.exceed_thresholds_ms: tuple[float, ...] = tuple(sorted(thresholds))
+        self.error_latency_ms = float(error_latency_ms)
 
     def initialize(self) -> WindowAggregate:
         return WindowAggregate(sketch=QuantileSketch(self.relative_accuracy, self.max_bins))
@@ -119,11 +220,21 @@ class WindowAggregator:
             count=len(outcomes),
         )
         labeled = ~np.isnan(recall)
+        latency = np.where(errored, np.maximum(latency, self.error_latency_ms), latency)
         breached = errored | (latency > self.latency_threshold_ms) | (recall < self.recall_threshold)
 
         sketch = state.sketch.copy()
         sketch.add_many(latency)
         recall_micros = np.rint(recall[labeled] * RECALL_SCALE).astype(np.int64)
+        exceed = dict(state.exceed)
+        for t in self.exceed_thresholds_ms:
+            key = _threshold_key(t)
+            exceed[key] = exceed.get(key, 0) + int((errored | (latency > t)).sum())
+        hist = dict(state.recall_hist)
+        if labeled.any():
+            bins, counts = np.unique(np.rint(recall[labeled] * RECALL_BINS).astype(np.int64), return_counts=True)
+            for b, c in zip(bins.tolist(), counts.tolist(), strict=True):
+                hist[b] = hist.get(b, 0) + c
         return replace(
             state,
             count=state.count + len(outcomes),
@@ -135,15 +246,18 @@ class WindowAggregator:
             max_source_offset=state.max_source_offset
             if max_offset is None
             else max(state.max_source_offset, max_offset),
+            exceed=tuple(sorted(exceed.items(), key=lambda kv: float(kv[0]))),
+            recall_hist=tuple(sorted(hist.items())),
         )
 
     def merge(self, a: WindowAggregate, b: WindowAggregate) -> WindowAggregate:
-        sketch = a.sketch.copy()
-        sketch.merge(b.sketch)
+        stats = a.stats.merge(b.stats)
         return WindowAggregate(
-            count=a.count + b.count,
-            error_count=a.error_count + b.error_count,
-            sketch=sketch,
+            count=stats.count,
+            error_count=stats.error_count,
+            sketch=stats.sketch,
+            exceed=stats.exceed,
+            recall_hist=stats.recall_hist,
             recall_sum_micros=a.recall_sum_micros + b.recall_sum_micros,
             recall_samples=a.recall_samples + b.recall_samples,
             slo_violations=a.slo_violations + b.slo_violations,
@@ -176,4 +290,5 @@ class WindowAggregator:
             verdicts=tuple(verdicts),
             late_count=state.late_count,
             emitted_at_ms=emitted_at_ms,
+            stats=state.stats.to_dict(),
         )

@@ -278,6 +278,8 @@ class RuleVerdict:
     value: float | None
     outcome: Outcome
     reason: str
+    # The numbers the outcome was decided from: method, n, exceedances or mean, bound, confidence, e-value.
+    evidence: JSONDict | None = None
 
     def to_dict(self) -> JSONDict:
         return {
@@ -288,6 +290,7 @@ class RuleVerdict:
             "value": self.value,
             "outcome": self.outcome,
             "reason": self.reason,
+            "evidence": self.evidence,
         }
 
     @classmethod
@@ -301,6 +304,7 @@ class RuleVerdict:
             value=f.float_("value", optional=True),
             outcome=cast(Outcome, f.choice("outcome", OUTCOMES)),
             reason=f.req_str("reason", empty_ok=True),
+            evidence=f.dict_("evidence"),
         )
 
 
@@ -323,6 +327,9 @@ class WindowResult:
     verdicts: tuple[RuleVerdict, ...]
     late_count: int
     emitted_at_ms: int
+    # Mergeable sufficient statistics (latency sketch, exceedance counts, recall histogram) from which the
+    # judge pools evidence over windows; see canary.core.aggregations.WindowStats.
+    stats: JSONDict | None = None
 
     @property
     def key(self) -> WindowKey:
@@ -355,6 +362,7 @@ class WindowResult:
             "emitted_at": iso_ms(self.emitted_at_ms),
             "emitted_at_ms": self.emitted_at_ms,
             "window_id": self.window_id,
+            "stats": self.stats,
         }
 
     @classmethod
@@ -379,6 +387,7 @@ class WindowResult:
             verdicts=tuple(RuleVerdict.from_dict(v) for v in verdicts),
             late_count=f.int_("late_count", minimum=0, optional=True) or 0,
             emitted_at_ms=f.time_ms("emitted_at_ms", "emitted_at"),
+            stats=f.dict_("stats"),
         )
 
 

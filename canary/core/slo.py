@@ -1,17 +1,26 @@
-"""SLO rules, per-window verdicts and the rollback decision, in the style of Argo Rollouts analysis.
+"""SLO rules, the policy a deployment is judged with, and point-estimate judging.
 
-A rule judges one window as pass, fail, inconclusive (too little data to say) or error (data that
-should exist is missing or NaN). A rollback fires when one rule fails in ``consecutive_buckets``
-judged windows in a row for a deployment; it fires at most once per deployment.
+A rule is a statement about the candidate's traffic — ``p95_ms <= 1200``, ``recall_at_10 >= 0.30``,
+``error_rate <= 0.01`` — either absolute or relative to last_good measured in the same windows
+(``relative_to: last_good``). How a window is judged against it is ``method``:
+
+* ``sequential`` (default): anytime-valid evidence pooled over the deployment's windows
+  (:mod:`canary.core.evidence`, applied by :mod:`canary.core.judge`); a window fails only when the data
+  give significant evidence (``confidence``) that the rule is broken.
+* ``point``: the window's bare point estimate against the threshold, with a ``min_samples`` floor (the
+  original rule, kept for comparison and backtests).
+
+Rules and the deployment-level settings (``inconclusive_limit``) are resolved from a preset's ``slo``
+section in exactly one place, :func:`deployment_policy`, used by the live agents, replay and reports.
 """
 
 from __future__ import annotations
 
 import math
 import operator as op
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from canary.core.models import JSONDict, Outcome, RuleVerdict, WindowResult, iso_ms
 from canary.errors import ConfigError, InvalidEvent
@@ -19,8 +28,16 @@ from canary.errors import ConfigError, InvalidEvent
 VerdictOutcome = Outcome
 """The closed set ``pass | fail | inconclusive | error``."""
 
-Metric = Literal["p95_ms", "recall_at_10", "error_rate", "response_count"]
-METRICS: tuple[str, ...] = ("p95_ms", "recall_at_10", "error_rate", "response_count")
+METRICS: tuple[str, ...] = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "recall_at_10", "error_rate", "response_count")
+QUANTILE_METRICS: dict[str, float] = {"p50_ms": 0.50, "p90_ms": 0.90, "p95_ms": 0.95, "p99_ms": 0.99}
+METHODS: tuple[str, ...] = ("sequential", "point")
+BASELINES: tuple[str, ...] = ("last_good",)
+
+DEFAULT_CONFIDENCE = 0.99
+DEFAULT_ERROR_RATE = 0.01
+DEFAULT_INCONCLUSIVE_LIMIT = 12
+DEFAULT_MIN_SAMPLES = 20
+DEFAULT_CONSECUTIVE_BUCKETS = 2
 
 _OPS: dict[str, tuple[Callable[[float, float], bool], str, str]] = {
     # operator: (holds, symbol when it holds, symbol when it does not)
@@ -29,17 +46,46 @@ _OPS: dict[str, tuple[Callable[[float, float], bool], str, str]] = {
     "ge": (op.ge, ">=", "<"),
     "gt": (op.gt, ">", "<="),
 }
-_VALUE_FORMAT = {"p95_ms": ".1f", "recall_at_10": ".3f", "error_rate": ".4f", "response_count": "d"}
+_RULE_FIELDS = frozenset(
+    {
+        "name",
+        "metric",
+        "operator",
+        "threshold",
+        "consecutive_buckets",
+        "min_samples",
+        "confidence",
+        "method",
+        "relative_to",
+    }
+)
+
+
+def value_format(metric: str) -> str:
+    if metric in QUANTILE_METRICS:
+        return ".1f"
+    return {"recall_at_10": ".3f", "error_rate": ".4f", "response_count": "d"}[metric]
+
+
+def _number(v: object) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
 
 
 @dataclass(frozen=True, slots=True)
 class SLORule:
+    """One rule. For ``relative_to: last_good`` the threshold is a ratio for latency quantiles
+    (candidate p95 <= threshold x last_good p95) and an offset for rates and recall (candidate recall >=
+    last_good recall + threshold, e.g. -0.05)."""
+
     name: str
     metric: str
     operator: str
     threshold: float
-    consecutive_buckets: int = 2
-    min_samples: int = 20
+    consecutive_buckets: int = DEFAULT_CONSECUTIVE_BUCKETS
+    min_samples: int = DEFAULT_MIN_SAMPLES
+    confidence: float = DEFAULT_CONFIDENCE
+    method: str = "sequential"
+    relative_to: str | None = None
 
     def __post_init__(self) -> None:
         where = f"slo rule {self.name!r}"
@@ -49,16 +95,51 @@ class SLORule:
             raise ConfigError(f"{where}: metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.operator not in _OPS:
             raise ConfigError(f"{where}: operator must be one of {', '.join(_OPS)}, got {self.operator!r}")
-        if (
-            isinstance(self.threshold, bool)
-            or not isinstance(self.threshold, int | float)
-            or not math.isfinite(self.threshold)
-        ):
+        if not _number(self.threshold):
             raise ConfigError(f"{where}: threshold must be a finite number, got {self.threshold!r}")
         for name in ("consecutive_buckets", "min_samples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "consecutive_buckets" else 0):
                 raise ConfigError(f"{where}: {name} must be an integer >= 1 (min_samples >= 0), got {v!r}")
+        if not _number(self.confidence) or not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"{where}: confidence must be a number strictly between 0 and 1, got {self.confidence!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"{where}: method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.relative_to is not None:
+            if self.relative_to not in BASELINES:
+                raise ConfigError(
+                    f"{where}: relative_to must be one of {', '.join(BASELINES)}, got {self.relative_to!r}"
+                )
+            if self.metric == "response_count":
+                raise ConfigError(f"{where}: response_count cannot be judged relative to {self.relative_to}")
+            if self.metric in QUANTILE_METRICS and self.threshold <= 0:
+                raise ConfigError(
+                    f"{where}: a relative latency threshold is a ratio and must be > 0, got {self.threshold!r}"
+                )
+            if self.metric not in QUANTILE_METRICS and not -1.0 <= self.threshold <= 1.0:
+                raise ConfigError(
+                    f"{where}: a relative {self.metric} threshold is an offset in [-1, 1], got {self.threshold!r}"
+                )
+        elif self.metric in ("recall_at_10", "error_rate") and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"{where}: {self.metric} threshold must be in [0, 1], got {self.threshold!r}")
+        elif self.metric in QUANTILE_METRICS and self.threshold <= 0:
+            raise ConfigError(f"{where}: a latency threshold must be > 0 ms, got {self.threshold!r}")
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.confidence
+
+    @property
+    def relative(self) -> bool:
+        return self.relative_to is not None
+
+    def describe(self) -> str:
+        _, symbol, _ = _OPS[self.operator]
+        if self.relative_to is None:
+            return f"{self.metric} {symbol} {self.threshold:g}"
+        if self.metric in QUANTILE_METRICS:
+            return f"{self.metric} {symbol} {self.threshold:g} x {self.relative_to}"
+        return f"{self.metric} {symbol} {self.relative_to} {self.threshold:+g}"
 
     def to_dict(self) -> JSONDict:
         return {
@@ -68,13 +149,16 @@ class SLORule:
             "threshold": self.threshold,
             "consecutive_buckets": self.consecutive_buckets,
             "min_samples": self.min_samples,
+            "confidence": self.confidence,
+            "method": self.method,
+            "relative_to": self.relative_to,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "slo.rules") -> SLORule:
         if not isinstance(d, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {d!r}")
-        unknown = set(d) - {"name", "metric", "operator", "threshold", "consecutive_buckets", "min_samples"}
+        unknown = set(d) - _RULE_FIELDS
         if unknown:
             raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         for required in ("name", "metric", "operator", "threshold"):
@@ -86,8 +170,11 @@ class SLORule:
                 metric=d["metric"],
                 operator=d["operator"],
                 threshold=d["threshold"],
-                consecutive_buckets=d.get("consecutive_buckets", 2),
-                min_samples=d.get("min_samples", 20),
+                consecutive_buckets=d.get("consecutive_buckets", DEFAULT_CONSECUTIVE_BUCKETS),
+                min_samples=d.get("min_samples", DEFAULT_MIN_SAMPLES),
+                confidence=d.get("confidence", DEFAULT_CONFIDENCE),
+                method=d.get("method", "sequential"),
+                relative_to=d.get("relative_to"),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
@@ -97,29 +184,98 @@ def default_rules() -> list[SLORule]:
     return [
         SLORule("p95_ms", "p95_ms", "le", 1200, 2),
         SLORule("recall_at_10", "recall_at_10", "ge", 0.30, 2),
+        SLORule("error_rate", "error_rate", "le", DEFAULT_ERROR_RATE, 2),
     ]
 
 
-def rules_from_slo_section(slo: Mapping[str, Any]) -> list[SLORule]:
-    """Rules from a preset's ``slo`` section: shorthand thresholds plus optional explicit ``rules``.
+@dataclass(frozen=True, slots=True)
+class SLOPolicy:
+    """Everything a deployment is judged with: its rules and the low-traffic limit.
 
-    ``consecutive_buckets`` and ``min_samples`` at section level are defaults for every rule.
+    ``inconclusive_limit``: after this many candidate windows in a row that hold fewer than
+    ``min_samples`` outcomes and leave a rule inconclusive, the canary is paused for insufficient data
+    (0 disables). ``min_samples`` is the section-level floor.
+    """
+
+    rules: tuple[SLORule, ...]
+    inconclusive_limit: int = DEFAULT_INCONCLUSIVE_LIMIT
+    min_samples: int = DEFAULT_MIN_SAMPLES
+
+    @property
+    def has_relative(self) -> bool:
+        return any(r.relative for r in self.rules)
+
+    @property
+    def latency_thresholds(self) -> tuple[float, ...]:
+        return tuple(
+            sorted({float(r.threshold) for r in self.rules if r.metric in QUANTILE_METRICS and not r.relative})
+        )
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "rules": [r.to_dict() for r in self.rules],
+            "inconclusive_limit": self.inconclusive_limit,
+            "min_samples": self.min_samples,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SLOPolicy:
+        try:
+            return cls(
+                tuple(SLORule.from_dict(r) for r in d["rules"]),
+                int(d["inconclusive_limit"]),
+                int(d["min_samples"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidEvent(f"SLOPolicy: malformed ({exc!r})") from None
+
+
+def default_policy() -> SLOPolicy:
+    return SLOPolicy(tuple(default_rules()))
+
+
+SECTION_KEYS = frozenset(
+    {
+        "p95_ms",
+        "recall_at_10",
+        "error_rate",
+        "consecutive_buckets",
+        "min_samples",
+        "confidence",
+        "method",
+        "inconclusive_limit",
+        "rules",
+    }
+)
+
+
+def policy_from_slo_section(slo: Mapping[str, Any]) -> SLOPolicy:
+    """The policy of a preset's ``slo`` section: shorthand thresholds plus optional explicit ``rules``.
+
+    ``consecutive_buckets``, ``min_samples``, ``confidence`` and ``method`` at section level are defaults
+    for every rule. ``error_rate`` defaults to 0.01 (write ``error_rate: null`` to drop that rule).
     """
     if not isinstance(slo, Mapping):
         raise ConfigError(f"slo: expected a mapping, got {slo!r}")
-    known = {"p95_ms", "recall_at_10", "consecutive_buckets", "min_samples", "rules"}
-    unknown = set(slo) - known
+    unknown = set(slo) - SECTION_KEYS
     if unknown:
         raise ConfigError(f"slo: unknown field(s) {', '.join(sorted(unknown))}")
-    common = {k: slo[k] for k in ("consecutive_buckets", "min_samples") if k in slo}
-    for k, v in common.items():
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"slo.{k}: expected an integer, got {v!r}")
+    common = {k: slo[k] for k in ("consecutive_buckets", "min_samples", "confidence", "method") if k in slo}
+    for k in ("consecutive_buckets", "min_samples", "inconclusive_limit"):
+        v = slo.get(k, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"slo.{k}: expected a non-negative integer, got {v!r}")
+    if "confidence" in slo and (not _number(slo["confidence"]) or not 0 < slo["confidence"] < 1):
+        raise ConfigError(f"slo.confidence: must be a number strictly between 0 and 1, got {slo['confidence']!r}")
+    if "method" in slo and slo["method"] not in METHODS:
+        raise ConfigError(f"slo.method: must be one of {', '.join(METHODS)}, got {slo['method']!r}")
     rules: list[SLORule] = []
-    for metric, operator in (("p95_ms", "le"), ("recall_at_10", "ge")):
-        if metric in slo:
-            v = slo[metric]
-            if isinstance(v, bool) or not isinstance(v, int | float):
+    shorthand = {"error_rate": DEFAULT_ERROR_RATE} if any(k in slo for k in ("p95_ms", "recall_at_10")) else {}
+    shorthand = {**shorthand, **{k: slo[k] for k in ("p95_ms", "recall_at_10", "error_rate") if k in slo}}
+    for metric, operator in (("p95_ms", "le"), ("recall_at_10", "ge"), ("error_rate", "le")):
+        if metric in shorthand and shorthand[metric] is not None:
+            v = shorthand[metric]
+            if not _number(v):
                 raise ConfigError(f"slo.{metric}: expected a number, got {v!r}")
             rules.append(
                 SLORule.from_dict(
@@ -140,47 +296,107 @@ def rules_from_slo_section(slo: Mapping[str, Any]) -> list[SLORule]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"slo: duplicate rule name(s) {', '.join(dupes)}")
-    return rules
+    return SLOPolicy(
+        tuple(rules),
+        inconclusive_limit=slo.get("inconclusive_limit", DEFAULT_INCONCLUSIVE_LIMIT),
+        min_samples=slo.get("min_samples", DEFAULT_MIN_SAMPLES),
+    )
+
+
+def rules_from_slo_section(slo: Mapping[str, Any]) -> list[SLORule]:
+    return list(policy_from_slo_section(slo).rules)
+
+
+def deployment_policy(
+    snapshot: Mapping[str, Any] | None, *, on_error: Callable[[str], None] | None = None
+) -> SLOPolicy:
+    """THE rule resolution: a deployment's candidate snapshot → its policy; defaults when it has none.
+
+    Presets are validated before a start command is issued; an unreadable ``slo`` section here means a
+    hand-written command. It is judged with the defaults rather than not at all, and ``on_error`` hears why.
+    """
+    slo = None if snapshot is None else snapshot.get("slo")
+    if not isinstance(slo, Mapping):
+        return default_policy()
+    try:
+        return policy_from_slo_section(slo)
+    except ConfigError as exc:
+        if on_error is not None:
+            on_error(str(exc))
+        return default_policy()
+
+
+def aggregator_settings(policy: SLOPolicy) -> tuple[float, float, tuple[float, ...]]:
+    """(latency threshold for ``slo_violations``, recall threshold, every absolute latency threshold)."""
+    latency, recall = 1200.0, 0.30
+    for rule in policy.rules:
+        if rule.relative:
+            continue
+        if rule.metric == "p95_ms":
+            latency = rule.threshold
+        elif rule.metric == "recall_at_10":
+            recall = rule.threshold
+    return latency, recall, policy.latency_thresholds
 
 
 def _field(window: WindowResult | Mapping[str, Any], name: str) -> Any:
     return getattr(window, name) if isinstance(window, WindowResult) else window.get(name)
 
 
-def judge_window(rule: SLORule, window: WindowResult | Mapping[str, Any]) -> RuleVerdict:
-    """Judge one window (a WindowResult or a mapping with its metric fields) against one rule."""
+def window_point_value(metric: str, window: WindowResult | Mapping[str, Any]) -> float | None:
+    """The window's point estimate of ``metric`` (errors included as the aggregator counts them)."""
+    n = int(_field(window, "response_count") or 0)
+    if metric == "response_count":
+        return float(n)
+    if metric == "error_rate":
+        return None if n == 0 else int(_field(window, "error_count") or 0) / n
+    if metric == "recall_at_10":
+        v = _field(window, "recall_at_10")
+        return None if v is None else float(v)
+    if metric == "p95_ms":
+        v = _field(window, "p95_ms")
+        return None if v is None else float(v)
+    stats = _field(window, "stats")
+    if isinstance(stats, Mapping) and "sketch" in stats:
+        from canary.core.sketch import QuantileSketch
 
-    def verdict(outcome: Outcome, value: float | None, reason: str) -> RuleVerdict:
-        return RuleVerdict(rule.name, rule.metric, rule.operator, float(rule.threshold), value, outcome, reason)
+        return QuantileSketch.from_dict(stats["sketch"]).quantile(QUANTILE_METRICS[metric])
+    return None
+
+
+def judge_window(rule: SLORule, window: WindowResult | Mapping[str, Any], baseline: float | None = None) -> RuleVerdict:
+    """Point-estimate judging of one window (``method: point``): the window's value against the threshold,
+    ``inconclusive`` below ``min_samples``. For a relative rule, ``baseline`` is last_good's value in the
+    same window."""
+
+    def verdict(outcome: Outcome, value: float | None, reason: str, threshold: float) -> RuleVerdict:
+        evidence = {"method": "point", "n": samples, "threshold": threshold}
+        return RuleVerdict(
+            rule.name, rule.metric, rule.operator, float(rule.threshold), value, outcome, reason, evidence
+        )
 
     n = int(_field(window, "response_count") or 0)
-    if rule.metric == "response_count":
-        value: float | None = float(n)
-        samples = n
-    elif rule.metric == "recall_at_10":
-        samples = int(_field(window, "recall_samples") or 0)
+    samples = int(_field(window, "recall_samples") or 0) if rule.metric == "recall_at_10" else n
+    threshold = float(rule.threshold)
+    if rule.relative:
+        if baseline is None:
+            return verdict("inconclusive", None, f"no {rule.relative_to} value in this window", threshold)
+        threshold = baseline * rule.threshold if rule.metric in QUANTILE_METRICS else baseline + rule.threshold
+    if rule.metric != "response_count":
         if samples == 0:
-            return verdict("inconclusive", None, f"no labeled outcomes (n={n})")
+            what = "no labeled outcomes" if rule.metric == "recall_at_10" else "no responses"
+            return verdict("inconclusive", None, f"{what} (n={n})", threshold)
         if samples < rule.min_samples:
-            return verdict("inconclusive", None, f"too few samples: recall_samples={samples} < {rule.min_samples}")
-        value = _field(window, "recall_at_10")
-    else:
-        samples = n
-        if n == 0:
-            return verdict("inconclusive", None, "no responses (n=0)")
-        if n < rule.min_samples:
-            return verdict("inconclusive", None, f"too few samples: response_count={n} < {rule.min_samples}")
-        errors = int(_field(window, "error_count") or 0)
-        value = errors / n if rule.metric == "error_rate" else _field(window, "p95_ms")
-
-    if value is None or not isinstance(value, int | float) or math.isnan(value):
-        return verdict("error", None, f"{rule.metric} missing or NaN although n={samples}: {value!r}")
-    value = float(value)
+            return verdict("inconclusive", None, f"too few samples: n={samples} < {rule.min_samples}", threshold)
+    value = window_point_value(rule.metric, window)
+    if value is None or math.isnan(value):
+        return verdict("error", None, f"{rule.metric} missing or NaN although n={samples}: {value!r}", threshold)
     holds, ok_symbol, bad_symbol = _OPS[rule.operator]
-    shown = format(int(value), "d") if rule.metric == "response_count" else format(value, _VALUE_FORMAT[rule.metric])
-    passed = holds(value, rule.threshold)
-    text = f"{rule.metric}={shown} {ok_symbol if passed else bad_symbol} {rule.threshold:g} (n={samples})"
-    return verdict("pass" if passed else "fail", value, text)
+    fmt = value_format(rule.metric)
+    shown = format(int(value), "d") if fmt == "d" else format(value, fmt)
+    passed = holds(value, threshold)
+    text = f"{rule.metric}={shown} {ok_symbol if passed else bad_symbol} {threshold:g} (n={samples})"
+    return verdict("pass" if passed else "fail", value, text, threshold)
 
 
 def judge_all(rules: Iterable[SLORule], window: WindowResult | Mapping[str, Any]) -> tuple[RuleVerdict, ...]:
@@ -193,9 +409,14 @@ def rollback_command_id(deployment_id: str) -> str:
     return f"rollback-{deployment_id}"
 
 
+def pause_command_id(deployment_id: str, window_start_ms: int) -> str:
+    """Deterministic per low-traffic episode: the window that reached the limit names it."""
+    return f"pause-insufficient-{deployment_id}-{window_start_ms}"
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """A rollback the evaluator decided on, with the failing windows as evidence."""
+    """A command the judge decided on (``rollback`` or ``pause``), with the numbers behind it."""
 
     deployment_id: str
     rule: str
@@ -203,10 +424,12 @@ class Decision:
     evidence: JSONDict
     window_id: str
     command_id: str
+    type: str = "rollback"
 
     def to_dict(self) -> JSONDict:
         return {
             "deployment_id": self.deployment_id,
+            "type": self.type,
             "rule": self.rule,
             "reason": self.reason,
             "evidence": self.evidence,
@@ -214,166 +437,20 @@ class Decision:
             "command_id": self.command_id,
         }
 
-
-def _evidence_entry(window: WindowResult, verdict: RuleVerdict) -> JSONDict:
-    return {
-        "window_id": window.window_id,
-        "window_start": iso_ms(window.window_start_ms),
-        "window_end": iso_ms(window.window_end_ms),
-        "value": verdict.value,
-        "response_count": window.response_count,
-        "recall_samples": window.recall_samples,
-    }
-
-
-@dataclass(slots=True)
-class _DeploymentStreaks:
-    last_start_ms: int | None = None
-    fired: bool = False
-    # rule name -> evidence of the current failing streak (its length is the streak)
-    streaks: dict[str, list[JSONDict]] = field(default_factory=dict)
-
-
-class StreakTracker:
-    """Consecutive failing windows per (deployment, rule).
-
-    fail extends the streak, pass resets it; inconclusive and error do neither, because a window with
-    too little traffic (or broken data) says nothing about the candidate: it must neither excuse a
-    failing candidate nor push a healthy one over the edge. Windows at or before the last one judged for
-    a deployment are redeliveries and are ignored.
-    """
-
-    MAX_EVIDENCE = 64  # streaks normally end at consecutive_buckets; this only bounds memory
-
-    def __init__(self) -> None:
-        self._deployments: dict[str, _DeploymentStreaks] = {}
-
-    def _state(self, deployment_id: str) -> _DeploymentStreaks:
-        return self._deployments.setdefault(deployment_id, _DeploymentStreaks())
-
-    def update(self, window: WindowResult, verdicts: Sequence[RuleVerdict]) -> bool:
-        """Apply one window's verdicts; ``False`` if the window was a redelivery and was ignored."""
-        st = self._state(window.deployment_id or "-")
-        if st.last_start_ms is not None and window.window_start_ms <= st.last_start_ms:
-            return False
-        st.last_start_ms = window.window_start_ms
-        for v in verdicts:
-            if v.outcome == "fail":
-                streak = st.streaks.setdefault(v.rule, [])
-                streak.append(_evidence_entry(window, v))
-                del streak[: -self.MAX_EVIDENCE]
-            elif v.outcome == "pass":
-                st.streaks.pop(v.rule, None)
-        return True
-
-    def streak(self, deployment_id: str | None, rule: str) -> int:
-        st = self._deployments.get(deployment_id or "-")
-        return 0 if st is None else len(st.streaks.get(rule, []))
-
-    def evidence(self, deployment_id: str | None, rule: str) -> list[JSONDict]:
-        st = self._deployments.get(deployment_id or "-")
-        return [] if st is None else list(st.streaks.get(rule, []))
-
-    def fired(self, deployment_id: str | None) -> bool:
-        st = self._deployments.get(deployment_id or "-")
-        return st is not None and st.fired
-
-    def mark_fired(self, deployment_id: str | None) -> None:
-        self._state(deployment_id or "-").fired = True
-
-    def to_dict(self) -> JSONDict:
-        return {
-            dep: {"last_start_ms": st.last_start_ms, "fired": st.fired, "streaks": st.streaks}
-            for dep, st in sorted(self._deployments.items())
-        }
-
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StreakTracker:
-        out = cls()
+    def from_dict(cls, d: Mapping[str, Any]) -> Decision:
         try:
-            for dep, st in d.items():
-                out._deployments[dep] = _DeploymentStreaks(
-                    last_start_ms=None if st["last_start_ms"] is None else int(st["last_start_ms"]),
-                    fired=bool(st["fired"]),
-                    streaks={str(r): [dict(e) for e in ev] for r, ev in st["streaks"].items()},
-                )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidEvent(f"StreakTracker: malformed state ({exc!r})") from None
-        return out
-
-
-class SLOEvaluator:
-    """Consumes candidate windows in order and decides on a rollback at most once per deployment.
-
-    Uses the verdicts already on the window when present (the finalizer's judge), otherwise judges the
-    window itself with the deployment's rules.
-    """
-
-    def __init__(self, rules: Sequence[SLORule] | None = None) -> None:
-        self.rules: tuple[SLORule, ...] = tuple(default_rules() if rules is None else rules)
-        self._per_deployment: dict[str, tuple[SLORule, ...]] = {}
-        self.streaks = StreakTracker()
-
-    def set_rules(self, deployment_id: str, rules: Sequence[SLORule]) -> None:
-        """Rules for one deployment (its preset's slo section), overriding the defaults."""
-        self._per_deployment[deployment_id] = tuple(rules)
-
-    def rules_for(self, deployment_id: str | None) -> tuple[SLORule, ...]:
-        return self._per_deployment.get(deployment_id or "-", self.rules)
-
-    def judge(self, window: WindowResult) -> tuple[RuleVerdict, ...]:
-        """Verdicts for a window; only candidate windows are judged (the finalizer's ``judge`` hook)."""
-        if window.arm != "candidate":
-            return ()
-        return judge_all(self.rules_for(window.deployment_id), window)
-
-    def observe(self, window: WindowResult) -> Decision | None:
-        if window.arm != "candidate" or window.deployment_id is None:
-            return None
-        dep = window.deployment_id
-        rules = self.rules_for(dep)
-        verdicts = window.verdicts or judge_all(rules, window)
-        if not self.streaks.update(window, verdicts) or self.streaks.fired(dep):
-            return None
-        for rule in rules:
-            n = self.streaks.streak(dep, rule.name)
-            if n >= rule.consecutive_buckets:
-                self.streaks.mark_fired(dep)
-                evidence = {
-                    "rule": rule.name,
-                    "metric": rule.metric,
-                    "operator": rule.operator,
-                    "threshold": rule.threshold,
-                    "consecutive_buckets": rule.consecutive_buckets,
-                    "windows": self.streaks.evidence(dep, rule.name),
-                }
-                return Decision(
-                    deployment_id=dep,
-                    rule=rule.name,
-                    reason=f"SLO violation: {rule.name} failed for {n} consecutive buckets",
-                    evidence=evidence,
-                    window_id=window.window_id,
-                    command_id=rollback_command_id(dep),
-                )
-        return None
-
-    def to_dict(self) -> JSONDict:
-        return {
-            "rules": [r.to_dict() for r in self.rules],
-            "per_deployment": {d: [r.to_dict() for r in rs] for d, rs in sorted(self._per_deployment.items())},
-            "streaks": self.streaks.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SLOEvaluator:
-        try:
-            out = cls([SLORule.from_dict(r) for r in d["rules"]])
-            for dep, rs in d["per_deployment"].items():
-                out.set_rules(dep, [SLORule.from_dict(r) for r in rs])
-            out.streaks = StreakTracker.from_dict(d["streaks"])
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise InvalidEvent(f"SLOEvaluator: malformed state ({exc!r})") from None
-        return out
+            return cls(
+                str(d["deployment_id"]),
+                str(d["rule"]),
+                str(d["reason"]),
+                dict(d["evidence"]),
+                str(d["window_id"]),
+                str(d["command_id"]),
+                str(d.get("type", "rollback")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidEvent(f"Decision: malformed ({exc!r})") from None
 
 
 @dataclass(frozen=True, slots=True)

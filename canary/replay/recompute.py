@@ -25,12 +25,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from canary.core.aggregations import WindowAggregator
-from canary.core.deployment import ControlLedger, Deployment
-from canary.core.models import ControlCommand, JSONDict, RuleVerdict, WindowKey, WindowResult, iso_ms
-from canary.core.slo import SLOEvaluator, SLORule, default_rules, judge_all, rules_from_slo_section
+from canary.core.deployment import ControlLedger
+from canary.core.judge import Judgement as CoreJudgement
+from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
+from canary.core.slo import SLOPolicy, SLORule
 from canary.core.windows import WindowFinalizer, window_bounds
-from canary.errors import CanaryError
+from canary.pipeline.decisions import DecisionStep
+from canary.pipeline.policies import PolicyBook
 from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, SourceRecord, as_core_outcomes
 
 log = logging.getLogger("canary.replay")
@@ -74,61 +75,9 @@ class ReplaySettings:
         }
 
 
-# -- rules (the registry's logic, streams/registry.py) ---------------------------------------------------------
+# -- rules: one place, canary.pipeline.policies ------------------------------------------------------------
 
-
-def deployment_rules(dep: Deployment | None) -> list[SLORule]:
-    """The rules the live registry judges ``dep`` with: its candidate's ``slo`` section, else defaults.
-
-    Mirrors ``streams.registry.rules_for`` (kept in step by ``tests/replay/test_rules.py``).
-    """
-    if dep is None:
-        return default_rules()
-    slo = dep.candidate.snapshot.get("slo")
-    try:
-        return rules_from_slo_section(slo) if isinstance(slo, dict) else default_rules()
-    except CanaryError as exc:
-        log.error("deployment %s: invalid slo section (%s); using default rules", dep.deployment_id, exc)
-        return default_rules()
-
-
-def aggregator_for_rules(rules: Sequence[SLORule]) -> WindowAggregator:
-    """Per-request thresholds for ``slo_violations``, as ``DeploymentRegistry.aggregator_for`` sets them."""
-    latency, recall = 1200.0, 0.30
-    for rule in rules:
-        if rule.metric == "p95_ms":
-            latency = rule.threshold
-        elif rule.metric == "recall_at_10":
-            recall = rule.threshold
-    return WindowAggregator(latency_threshold_ms=latency, recall_threshold=recall)
-
-
-class RuleBook:
-    """Rules per deployment from the folded control topic, optionally overridden for a backtest."""
-
-    def __init__(self, ledger: ControlLedger, override: Sequence[SLORule] | None = None) -> None:
-        self.ledger = ledger
-        self.override = tuple(override) if override is not None else None
-        self._cache: dict[str | None, tuple[SLORule, ...]] = {}
-
-    def rules(self, deployment_id: str | None) -> tuple[SLORule, ...]:
-        cached = self._cache.get(deployment_id)
-        if cached is None:
-            if self.override is not None and deployment_id is not None:
-                cached = self.override
-            else:
-                dep = self.ledger.deployments.get(deployment_id) if deployment_id else None
-                cached = tuple(deployment_rules(dep))
-            self._cache[deployment_id] = cached
-        return cached
-
-    def aggregator_for(self, key: WindowKey) -> WindowAggregator:
-        return aggregator_for_rules(self.rules(key.deployment_id))
-
-    def judge(self, window: WindowResult) -> tuple[RuleVerdict, ...]:
-        if window.arm != "candidate" or window.deployment_id is None:
-            return ()
-        return judge_all(self.rules(window.deployment_id), window)
+RuleBook = PolicyBook  # the replay's name for it, kept for callers
 
 
 def fold_commands(commands: Iterable[ControlCommand]) -> ControlLedger:
@@ -179,6 +128,24 @@ class Judgement:
     outcomes: dict[str, str]
     streaks: dict[str, int]
     decided: bool
+    insufficient_windows: int = 0
+    evidence: dict[str, JSONDict | None] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, j: CoreJudgement) -> Judgement:
+        w = j.window
+        return cls(
+            window_id=w.window_id,
+            deployment_id=w.deployment_id or "-",
+            window_start_ms=w.window_start_ms,
+            outcomes={v.rule: v.outcome for v in w.verdicts},
+            streaks=dict(j.streaks),
+            decided=j.decision is not None,
+            insufficient_windows=j.insufficient_windows,
+            evidence={v.rule: v.evidence for v in w.verdicts},
+            reasons={v.rule: v.reason for v in w.verdicts},
+        )
 
     def to_dict(self) -> JSONDict:
         return {
@@ -187,7 +154,10 @@ class Judgement:
             "window_start": iso_ms(self.window_start_ms),
             "window_start_ms": self.window_start_ms,
             "outcomes": self.outcomes,
+            "reasons": self.reasons,
+            "evidence": self.evidence,
             "streaks": self.streaks,
+            "insufficient_windows": self.insufficient_windows,
             "decided": self.decided,
         }
 
@@ -206,11 +176,12 @@ class ReplayDecision:
     command_id: str
     issued: bool  # would the live agent have issued it (deployment known and still live then)?
     note: str
+    type: str = "rollback"
 
     def to_dict(self) -> JSONDict:
         return {
             "deployment_id": self.deployment_id,
-            "type": "rollback",
+            "type": self.type,
             "rule": self.rule,
             "reason": self.reason,
             "triggering_window": self.window_id,
@@ -358,7 +329,7 @@ def recompute(
     commands: Sequence[ControlCommand],
     *,
     settings: ReplaySettings | None = None,
-    rules_override: Sequence[SLORule] | None = None,
+    rules_override: Sequence[SLORule] | SLOPolicy | None = None,
     horizon_ms: int | None = None,
     judge_from_ms: int | None = None,
     judge_until_ms: int | None = None,
@@ -370,11 +341,12 @@ def recompute(
     across partitions. ``commands``: the control topic in order (at least everything up to the span's
     end). ``horizon_ms``: processing time reached after the input (the live tick closes windows up to
     it); default: each partition's last record time. Only candidate windows starting in
-    ``[judge_from_ms, judge_until_ms)`` reach the SLO evaluator (windows before the span are incomplete).
+    ``[judge_from_ms, judge_until_ms)`` reach the judge (windows before the span are incomplete).
+    Candidate windows in the result carry the judge's verdicts, as the live verdicts topic does.
     """
     settings = settings or ReplaySettings()
     ledger = fold_commands(commands)
-    book = RuleBook(ledger, rules_override)
+    book = PolicyBook(ledger, rules_override)
     decoder = OutcomeDecoder(strict=strict_decode)
     windows: list[WindowResult] = []
     partitions: dict[int, PartitionStats] = {}
@@ -386,7 +358,6 @@ def recompute(
             grace_ms=settings.grace_ms,
             idle_windows=settings.idle_windows,
             aggregator=book.aggregator_for,
-            judge=book.judge,
         )
         out, stats = recompute_partition(
             partition, recs, fin, decoder, settings, horizon_ms, invalid_samples, late_samples
@@ -394,89 +365,102 @@ def recompute(
         windows.extend(out)
         partitions[partition] = stats
 
-    judgements, decisions = evaluate(
-        windows, book, ledger, settings, judge_from_ms=judge_from_ms, judge_until_ms=judge_until_ms
+    judgements, decisions, judged = evaluate(
+        windows, book, commands, settings, judge_from_ms=judge_from_ms, judge_until_ms=judge_until_ms
     )
+    windows = [judged.get(w.window_id, w) for w in windows]
     deps = sorted({w.deployment_id for w in windows if w.deployment_id} | set(ledger.deployments))
     rules = {d: [r.to_dict() for r in book.rules(d)] for d in deps}
     return Recomputation(settings, windows, judgements, decisions, partitions, invalid_samples, late_samples, rules)
 
 
+def _arrival_order(w: WindowResult) -> tuple[int, int, int, str]:
+    # The order the SLO agent receives windows in: emission time, then slot; last_good's window of a slot
+    # before the candidate's (the judge waits for it anyway, so this only saves the wait).
+    return (w.window_start_ms, 0 if w.arm == "last_good" else 1, w.emitted_at_ms, w.key.as_str())
+
+
 def evaluate(
     windows: Sequence[WindowResult],
-    book: RuleBook,
-    ledger: ControlLedger,
+    book: PolicyBook,
+    commands: Sequence[ControlCommand] | ControlLedger,
     settings: ReplaySettings,
     *,
     judge_from_ms: int | None = None,
     judge_until_ms: int | None = None,
-) -> tuple[list[Judgement], list[ReplayDecision]]:
-    """The SLO agent over the candidate windows, per deployment in window order."""
-    per_dep: dict[str, list[WindowResult]] = {}
-    for w in windows:
-        if w.arm != "candidate" or w.deployment_id is None:
-            continue
-        if judge_from_ms is not None and w.window_start_ms < judge_from_ms:
-            continue
-        if judge_until_ms is not None and w.window_start_ms >= judge_until_ms:
-            continue
-        per_dep.setdefault(w.deployment_id, []).append(w)
+) -> tuple[list[Judgement], list[ReplayDecision], dict[str, WindowResult]]:
+    """The SLO agent (canary.pipeline.decisions.DecisionStep) over the windows, in arrival order.
+
+    Decisions are resolved against the control topic as it stood when the deciding window closed, so a
+    deployment ended by hand before that is reported as "not issued", as the live agent would have.
+    """
+    if isinstance(commands, ControlLedger):
+        history: list[ControlCommand] = []
+        final_ledger = commands
+    else:
+        history = list(commands)
+        final_ledger = fold_commands(history)
+    now_ledger = ControlLedger()
+    pending = sorted(history, key=lambda c: c.issued_at_ms)
+    cursor = 0
+
+    def ledger_at(at_ms: int) -> ControlLedger:
+        nonlocal cursor
+        while cursor < len(pending) and pending[cursor].issued_at_ms <= at_ms:
+            now_ledger.apply(pending[cursor])
+            cursor += 1
+        return now_ledger if history else final_ledger
+
+    clock = [0]
+    step = DecisionStep(book, lambda: ledger_at(clock[0]))
+    selected = [
+        w
+        for w in windows
+        if w.deployment_id is not None
+        and w.arm in ("candidate", "last_good")
+        and (judge_from_ms is None or w.window_start_ms >= judge_from_ms)
+        and (judge_until_ms is None or w.window_start_ms < judge_until_ms)
+    ]
     judgements: list[Judgement] = []
     decisions: list[ReplayDecision] = []
-    for dep_id in sorted(per_dep):
-        rules = book.rules(dep_id)
-        evaluator = SLOEvaluator()
-        evaluator.set_rules(dep_id, rules)
-        for w in sorted(per_dep[dep_id], key=lambda x: x.window_start_ms):
-            decision = evaluator.observe(w)
-            judgements.append(
-                Judgement(
-                    window_id=w.window_id,
-                    deployment_id=dep_id,
-                    window_start_ms=w.window_start_ms,
-                    outcomes={v.rule: v.outcome for v in w.verdicts},
-                    streaks={r.name: evaluator.streaks.streak(dep_id, r.name) for r in rules},
-                    decided=decision is not None,
-                )
-            )
-            if decision is None:
+    judged: dict[str, WindowResult] = {}
+    for w in sorted(selected, key=_arrival_order):
+        clock[0] = w.window_end_ms + settings.grace_ms
+        core, issues = step.observe(w, clock[0])
+        by_window = {i.decision.window_id: i for i in issues}
+        for j in core:
+            judgements.append(Judgement.of(j))
+            judged[j.window_id] = j.window
+            if j.decision is None:
                 continue
-            deployment = ledger.deployments.get(dep_id)
-            decided_at = w.window_end_ms + settings.grace_ms
-            issued, note = True, "issued: the deployment was live when the window closed"
-            if deployment is None:
-                issued, note = False, "not issued: no start command for this deployment in the control topic"
-            elif (
-                deployment.end_command_id is not None
-                and deployment.end_command_id != decision.command_id
-                and deployment.ended_at_ms is not None
-                and deployment.ended_at_ms <= decided_at
-            ):
-                issued = False
-                note = (
-                    f"not issued: the deployment was already {deployment.status} by {deployment.issued_by} "
-                    f"at {iso_ms(deployment.ended_at_ms)}"
-                )
-            evidence = {
-                **decision.evidence,
-                "config_name": deployment.candidate.name if deployment else w.config_name,
-                "triggering_window": decision.window_id,
-            }
+            issue = by_window[j.window_id]
+            d = j.decision
             decisions.append(
                 ReplayDecision(
-                    deployment_id=dep_id,
-                    rule=decision.rule,
-                    reason=decision.reason,
-                    window_id=decision.window_id,
-                    window_start_ms=w.window_start_ms,
-                    window_end_ms=w.window_end_ms,
-                    evidence=evidence,
-                    command_id=decision.command_id,
-                    issued=issued,
-                    note=note,
+                    deployment_id=d.deployment_id,
+                    rule=d.rule,
+                    reason=d.reason,
+                    window_id=d.window_id,
+                    window_start_ms=j.window.window_start_ms,
+                    window_end_ms=j.window.window_end_ms,
+                    evidence={
+                        **d.evidence,
+                        "config_name": (
+                            final_ledger.deployments[d.deployment_id].candidate.name
+                            if d.deployment_id in final_ledger.deployments
+                            else j.window.config_name
+                        ),
+                        "triggering_window": d.window_id,
+                    },
+                    command_id=d.command_id,
+                    issued=issue.issued,
+                    note=issue.note,
+                    type=d.type,
                 )
             )
-    return judgements, decisions
+    judgements.sort(key=lambda j: (j.deployment_id, j.window_start_ms))
+    decisions.sort(key=lambda d: (d.deployment_id, d.window_start_ms))
+    return judgements, decisions, judged
 
 
 def span_bounds(from_ms: int, to_ms: int, settings: ReplaySettings) -> tuple[int, int]:

@@ -1,0 +1,76 @@
+"""Which policy judges which deployment: resolved from the control topic in this one place.
+
+The live worker (``streams/registry.py``), replay, reports and the benchmarks all ask a :class:`PolicyBook`;
+it reads a deployment's candidate snapshot through :func:`canary.core.slo.deployment_policy`, or applies a
+backtest's override, and derives the windows stage's aggregator from the same policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from canary.core.aggregations import WindowAggregator
+from canary.core.deployment import ControlLedger
+from canary.core.models import WindowKey
+from canary.core.slo import SLOPolicy, SLORule, aggregator_settings, default_policy, deployment_policy
+
+log = logging.getLogger("canary.pipeline.policies")
+
+
+def aggregator_for_policy(policy: SLOPolicy) -> WindowAggregator:
+    latency, recall, thresholds = aggregator_settings(policy)
+    return WindowAggregator(latency_threshold_ms=latency, recall_threshold=recall, exceed_thresholds_ms=thresholds)
+
+
+class PolicyBook:
+    """Policies per deployment from a (live, growing) ledger, optionally overridden for a backtest.
+
+    A policy is fixed for a deployment once resolved: a deployment's preset cannot change after its start.
+    """
+
+    def __init__(
+        self,
+        ledger: Callable[[], ControlLedger] | ControlLedger,
+        override: Sequence[SLORule] | SLOPolicy | None = None,
+    ) -> None:
+        self._ledger = ledger if callable(ledger) else (lambda: ledger)
+        if override is None or isinstance(override, SLOPolicy):
+            self.override = override
+        else:
+            self.override = SLOPolicy(tuple(override))
+        self._cache: dict[str, SLOPolicy] = {}
+        self._aggregators: dict[str, WindowAggregator] = {}
+
+    def policy(self, deployment_id: str | None) -> SLOPolicy:
+        if deployment_id is None:
+            return default_policy()
+        cached = self._cache.get(deployment_id)
+        if cached is not None:
+            return cached
+        if self.override is not None:
+            policy = self.override
+        else:
+            dep = self._ledger().deployments.get(deployment_id)
+            if dep is None:
+                return default_policy()  # not cached: the start command may not be folded yet
+            policy = deployment_policy(
+                dep.candidate.snapshot,
+                on_error=lambda why: log.error(
+                    "deployment %s: invalid slo section (%s); default rules", deployment_id, why
+                ),
+            )
+        self._cache[deployment_id] = policy
+        return policy
+
+    def rules(self, deployment_id: str | None) -> tuple[SLORule, ...]:
+        return self.policy(deployment_id).rules
+
+    def aggregator_for(self, key: WindowKey) -> WindowAggregator:
+        dep = key.deployment_id or "-"
+        agg = self._aggregators.get(dep)
+        if agg is None:
+            agg = aggregator_for_policy(self.policy(key.deployment_id))
+            if key.deployment_id is None or key.deployment_id in self._cache:
+                self._aggregators[dep] = agg
+        return agg
