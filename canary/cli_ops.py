@@ -224,10 +224,10 @@ async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: str) -
     view = await read_view_async(bootstrap, topics)
     last_status = 0.0
     deadline = time.monotonic() + args.seconds if args.seconds else None
-    async for window in tail_windows(bootstrap, topics, from_beginning=args.from_beginning):
-        state.add(window)
+    async for item in tail_windows(bootstrap, topics, from_beginning=args.from_beginning):
+        window = state.add(item)
         if args.json:
-            print(json.dumps(window.to_dict()), flush=True)
+            print(json.dumps(item.to_dict()), flush=True)
         else:
             if time.monotonic() - last_status > 2:
                 view = await read_view_async(bootstrap, topics)

@@ -308,7 +308,9 @@ class RouterService:
             config_hash=used.content_hash,
             arm=used.arm,
             latency_ms=round(latency_ms, 3),
-            recall_at_10=None if error else recall_at_10(results, request.relevant_ids),
+            # A labeled request that errored found nothing relevant: recall 0, never "unknown" (an error
+            # must not make quality look better by dropping out of the mean).
+            recall_at_10=recall_at_10([] if error else results, request.relevant_ids),
             result_count=len(results),
             error=error,
             router_id=self.router_id,

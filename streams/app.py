@@ -21,9 +21,10 @@ from pathlib import Path
 import faust
 from faust.types import StreamT
 
-from canary.core.models import ControlCommand, RouterState, RuleVerdict, WindowResult
-from canary.core.slo import SLOEvaluator, judge_all
+from canary.core.judge import DeploymentJudge
+from canary.core.models import ControlCommand, RouterState, WindowResult
 from canary.kafka.topics import Topics
+from canary.pipeline.decisions import DecisionStep
 from streams.audit import AuditLog, control_event, state_event
 from streams.registry import DeploymentRegistry
 from streams.windowing import WindowingStage
@@ -56,6 +57,9 @@ class StreamsConfig:
 @dataclass
 class StreamsStats:
     rollbacks_issued: int = 0
+    pauses_issued: int = 0
+    decisions_not_issued: int = 0
+    judgements: int = 0
     audit_lines: int = 0
 
 
@@ -88,6 +92,8 @@ class CanaryStreams:
         self.registry = DeploymentRegistry(config.bootstrap, topics.control)
         self.audit = AuditLog(config.audit_log)
         self.windows_topic = self._raw_topic(topics.windows, config.partitions)
+        self.verdicts_topic = self._raw_topic(topics.verdicts, config.partitions)
+        self.decisions = DecisionStep(self.registry.policies, lambda: self.registry.ledger)
         self.control_topic = self._raw_topic(topics.control, 1)
         self.state_topic = self._raw_topic(topics.state, 1)
         self.slo_state = app.Table("slo-state", partitions=config.partitions, default=None)
@@ -96,7 +102,6 @@ class CanaryStreams:
             topics,
             self.registry,
             group_id=f"{topics.prefix}{config.app_id}-windows",
-            judge=self._judge,
             window_ms=config.window_ms,
             grace_ms=config.grace_ms,
             idle_windows=config.idle_windows,
@@ -128,11 +133,6 @@ class CanaryStreams:
             await self.app.crash(exc)
             raise
 
-    def _judge(self, window: WindowResult) -> tuple[RuleVerdict, ...]:
-        if window.arm != "candidate" or window.deployment_id is None:
-            return ()
-        return judge_all(self.registry.rules(window.deployment_id), window)
-
     # -- SLO -----------------------------------------------------------------------------------------------
     async def _slo_agent(self, stream: StreamT[bytes]) -> None:
         await self.registry.caught_up.wait()
@@ -145,41 +145,44 @@ class CanaryStreams:
             await self._judge_window(window)
 
     async def _judge_window(self, window: WindowResult) -> None:
+        """Every decision is the core's (canary.pipeline.decisions); this loop only moves records."""
         dep_id = window.deployment_id
-        if window.arm != "candidate" or dep_id is None:
+        if dep_id is None or window.arm not in ("candidate", "last_good"):
             return
         stored = self.slo_state.get(dep_id)
-        evaluator = SLOEvaluator.from_dict(stored) if isinstance(stored, dict) else SLOEvaluator()
-        evaluator.set_rules(dep_id, self.registry.rules(dep_id))
-        decision = evaluator.observe(window)
-        if decision is not None:
-            deployment = self.registry.deployment(dep_id)
-            if deployment is None or not deployment.live or decision.command_id in self.registry.ledger.applied_ids:
-                log.info("rollback for %s not issued: deployment no longer live", dep_id)
-            else:
-                evidence = {
-                    **decision.evidence,
-                    "config_name": deployment.candidate.name,
-                    "triggering_window": decision.window_id,
-                }
-                cmd = ControlCommand(
-                    command_id=decision.command_id,
-                    type="rollback",
-                    deployment_id=dep_id,
-                    candidate_config=None,
-                    candidate_config_hash=deployment.candidate.content_hash,
-                    last_good_config=None,
-                    weight=0.0,
-                    reason=decision.reason,
-                    evidence=evidence,
-                    issued_by="slo-agent",
-                    issued_at_ms=now_ms(),
-                )
+        judges = self.decisions.judge.deployments
+        if isinstance(stored, dict):
+            try:
+                judges[dep_id] = DeploymentJudge.from_dict(stored)
+            except Exception as exc:  # an unreadable state must not stop judging: start the pool afresh
+                log.error("deployment %s: unreadable judge state (%s); judging from this window on", dep_id, exc)
+                judges.pop(dep_id, None)
+        else:
+            judges.pop(dep_id, None)
+        now = now_ms()
+        judgements, issues = self.decisions.observe(window, now)
+        late_judgements, late_issues = self.decisions.tick(now, dep_id)
+        judgements += late_judgements
+        issues += late_issues
+        for issue in issues:
+            if issue.issued and issue.command is not None:
+                cmd = issue.command
                 fut = await self.control_topic.send(key=dep_id.encode(), value=json.dumps(cmd.to_dict()).encode())
                 await fut
-                self.stats.rollbacks_issued += 1
-                log.warning("ROLLBACK %s: %s", dep_id, decision.reason)
-        self.slo_state[dep_id] = evaluator.to_dict()
+                if cmd.type == "rollback":
+                    self.stats.rollbacks_issued += 1
+                else:
+                    self.stats.pauses_issued += 1
+                log.warning("%s %s: %s", cmd.type.upper(), dep_id, issue.decision.reason)
+            else:
+                self.stats.decisions_not_issued += 1
+                log.warning("%s for %s decided but %s", issue.decision.type, dep_id, issue.note)
+        for j in judgements:
+            await self.verdicts_topic.send(key=dep_id.encode(), value=json.dumps(j.to_dict()).encode())
+            self.stats.judgements += 1
+        judge = judges.get(dep_id)
+        if judge is not None:
+            self.slo_state[dep_id] = judge.to_dict()
 
     # -- audit ----------------------------------------------------------------------------------------------
     async def _audit_control_agent(self, stream: StreamT[bytes]) -> None:

@@ -15,23 +15,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from canary.core.aggregations import WindowAggregator
 from canary.core.deployment import ControlLedger, Deployment
 from canary.core.models import ControlCommand, WindowKey
-from canary.core.slo import SLORule, default_rules, rules_from_slo_section
-from canary.errors import CanaryError
+from canary.core.slo import SLOPolicy, SLORule
+from canary.pipeline.policies import PolicyBook
 
 log = logging.getLogger("canary.streams.registry")
-
-
-def rules_for(dep: Deployment | None) -> list[SLORule]:
-    if dep is None:
-        return default_rules()
-    slo = dep.candidate.snapshot.get("slo")
-    try:
-        return rules_from_slo_section(slo) if isinstance(slo, dict) else default_rules()
-    except CanaryError as exc:
-        # Presets are validated before a start command is issued; a bad snapshot here means someone
-        # wrote to the control topic by hand. Judge with the defaults rather than not at all.
-        log.error("deployment %s: invalid slo section (%s); using default rules", dep.deployment_id, exc)
-        return default_rules()
 
 
 class DeploymentRegistry:
@@ -41,23 +28,21 @@ class DeploymentRegistry:
         self.ledger = ControlLedger()
         self.caught_up = asyncio.Event()
         self.invalid_commands = 0
+        self.policies = PolicyBook(lambda: self.ledger)
         self._consumer: AIOKafkaConsumer | None = None
 
     def deployment(self, deployment_id: str | None) -> Deployment | None:
         return self.ledger.deployments.get(deployment_id) if deployment_id else None
 
-    def rules(self, deployment_id: str | None) -> list[SLORule]:
-        return rules_for(self.deployment(deployment_id))
+    def policy(self, deployment_id: str | None) -> SLOPolicy:
+        return self.policies.policy(deployment_id)
+
+    def rules(self, deployment_id: str | None) -> tuple[SLORule, ...]:
+        return self.policies.rules(deployment_id)
 
     def aggregator_for(self, key: WindowKey) -> WindowAggregator:
-        """Per-request thresholds for ``slo_violations`` come from the deployment's own SLO."""
-        latency, recall = 1200.0, 0.30
-        for rule in self.rules(key.deployment_id):
-            if rule.metric == "p95_ms":
-                latency = rule.threshold
-            elif rule.metric == "recall_at_10":
-                recall = rule.threshold
-        return WindowAggregator(latency_threshold_ms=latency, recall_threshold=recall)
+        """Per-request thresholds (``slo_violations``, exceedance counts) come from the deployment's policy."""
+        return self.policies.aggregator_for(key)
 
     def apply_raw(self, raw: bytes | None) -> None:
         try:

@@ -72,7 +72,7 @@ class WindowingStage:
         topics: Topics,
         registry: DeploymentRegistry,
         group_id: str,
-        judge: Callable[[WindowResult], tuple[RuleVerdict, ...]],
+        judge: Callable[[WindowResult], tuple[RuleVerdict, ...]] | None = None,
         window_ms: int = 5000,
         grace_ms: int = 1000,
         idle_windows: int = 12,

@@ -478,11 +478,16 @@ class SLOViolation:
 
 
 class SLOMonitor:
-    """The spec's programmatic API: a rule set that records every failing (window, rule)."""
+    """The spec's programmatic API: a rule set that records every failing (window, rule).
+
+    Candidate windows of a deployment are judged like the SLO agent judges them (pooled, anytime-valid
+    evidence per :mod:`canary.core.judge`); any other window by its point estimate.
+    """
 
     def __init__(self, rules: Iterable[SLORule] | None = None) -> None:
         self._rules: dict[str, SLORule] = {}
         self._violations: list[SLOViolation] = []
+        self._judge: Any = None
         for r in default_rules() if rules is None else rules:
             self.add_slo_rule(r)
 
@@ -494,12 +499,24 @@ class SLOMonitor:
         if rule.name in self._rules:
             raise ConfigError(f"slo rule {rule.name!r} already exists")
         self._rules[rule.name] = rule
+        self._judge = None  # pooled evidence was gathered for the old rule set
 
     def remove_slo_rule(self, name: str) -> None:
         if self._rules.pop(name, None) is None:
             raise ConfigError(f"slo rule {name!r} does not exist (have: {', '.join(self._rules) or 'none'})")
+        self._judge = None
 
     def evaluate(self, window: WindowResult) -> list[SLOViolation]:
+        if window.arm == "candidate" and window.deployment_id is not None:
+            from canary.core.judge import Judge
+
+            if self._judge is None:
+                policy = SLOPolicy(self.rules)
+                self._judge = Judge(lambda _dep: policy)
+            judged = [j.window for j in self._judge.observe(window, window.emitted_at_ms)]
+            verdicts = [v for w in judged for v in w.verdicts]
+        else:
+            verdicts = list(judge_all(self.rules, window))
         found = [
             SLOViolation(
                 rule_name=v.rule,
@@ -511,7 +528,7 @@ class SLOMonitor:
                 config_name=window.config_name,
                 deployment_id=window.deployment_id,
             )
-            for v in judge_all(self.rules, window)
+            for v in verdicts
             if v.outcome == "fail" and v.value is not None
         ]
         self._violations.extend(found)

@@ -45,6 +45,7 @@ class Topics:
     search_requests: str = field(init=False)
     search_results: str = field(init=False)
     windows: str = field(init=False)
+    verdicts: str = field(init=False)
     control: str = field(init=False)
     state: str = field(init=False)
     window_state: str = field(init=False)
@@ -58,6 +59,7 @@ class Topics:
             "search_requests": "search_requests",
             "search_results": "search_results",
             "windows": "canary_windows",
+            "verdicts": "canary_verdicts",
             "control": "canary_control",
             "state": "canary_state",
             "window_state": "canary_window_state",
@@ -73,6 +75,7 @@ class Topics:
             TopicSpec(self.search_requests, 3, "delete", 7 * DAY_MS, "queries in, produced by services/load tools"),
             TopicSpec(self.search_results, 3, "delete", 7 * DAY_MS, "one outcome per request, kept for replay"),
             TopicSpec(self.windows, 3, "delete", 30 * DAY_MS, "finalized 5 s window results"),
+            TopicSpec(self.verdicts, 3, "delete", 30 * DAY_MS, "judged candidate windows: verdicts with evidence"),
             # One partition: commands must be totally ordered for every router to converge on the same state.
             # Kept forever: pointers and audits are rebuilt from it.
             TopicSpec(self.control, 1, "delete", FOREVER, "control commands (start/rollback/promote …)"),

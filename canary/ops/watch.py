@@ -1,4 +1,8 @@
-"""Live view of windows as they are published: per arm p95, recall@10, counts, verdicts and streaks."""
+"""Live view of windows as they are judged: per arm p95, recall@10, counts, verdicts with evidence, streaks.
+
+last_good windows come from ``canary_windows``; candidate windows from ``canary_verdicts``, where the SLO
+agent publishes each one with its verdicts, streaks and any decision (canary.core.judge.Judgement).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,20 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 
-from canary.core.models import WindowResult, iso_ms
-from canary.core.slo import StreakTracker
+from canary.core.judge import Judgement, format_value
+from canary.core.models import RuleVerdict, WindowResult, iso_ms
 from canary.errors import CanaryError
 from canary.kafka.topics import Topics, topic_partitions
 
+WatchItem = WindowResult | Judgement
 
-async def tail_windows(
-    bootstrap: str, topics: Topics, from_beginning: bool = False
-) -> AsyncGenerator[WindowResult, None]:
+
+async def tail_windows(bootstrap: str, topics: Topics, from_beginning: bool = False) -> AsyncGenerator[WatchItem, None]:
+    """last_good windows and judged candidate windows, as they arrive."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     try:
-        tps = await topic_partitions(consumer, topics.windows)
+        tps = await topic_partitions(consumer, topics.windows) + await topic_partitions(consumer, topics.verdicts)
         consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)
@@ -28,41 +33,88 @@ async def tail_windows(
             await consumer.seek_to_end(*tps)
         while True:
             batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
+            for tp, records in batch.items():
                 for record in records:
                     try:
-                        yield WindowResult.from_dict(json.loads(record.value or b"null"))
+                        data = json.loads(record.value or b"null")
+                        if tp.topic == topics.verdicts:
+                            yield Judgement.from_dict(data)
+                            continue
+                        window = WindowResult.from_dict(data)
                     except (CanaryError, ValueError):
                         continue
+                    if window.arm != "candidate":  # the candidate's judged copy comes from the verdicts topic
+                        yield window
     finally:
         await consumer.stop()
 
 
 @dataclass
 class WatchState:
-    """Latest window per arm and the candidate's SLO streaks, folded from the window stream."""
+    """Latest window per arm and the candidate's streaks, folded from the stream."""
 
     latest: dict[tuple[str, str], WindowResult] = field(default_factory=dict)
-    streaks: StreakTracker = field(default_factory=StreakTracker)
+    streaks: dict[str, dict[str, int]] = field(default_factory=dict)
+    judgements: dict[str, Judgement] = field(default_factory=dict)
 
-    def add(self, window: WindowResult) -> None:
+    def add(self, item: WatchItem) -> WindowResult:
+        window = item.window if isinstance(item, Judgement) else item
         self.latest[(window.deployment_id or "-", window.arm)] = window
-        if window.arm == "candidate" and window.deployment_id:
-            self.streaks.update(window, window.verdicts)
+        if isinstance(item, Judgement):
+            self.streaks[window.deployment_id or "-"] = dict(item.streaks)
+            self.judgements[window.deployment_id or "-"] = item
+        return window
 
     def streak_text(self, window: WindowResult) -> str:
         if window.arm != "candidate" or not window.verdicts:
             return ""
-        parts = [f"{v.rule}:{self.streaks.streak(window.deployment_id, v.rule)}" for v in window.verdicts]
-        return "streak " + " ".join(parts)
+        streaks = self.streaks.get(window.deployment_id or "-", {})
+        parts = [f"{v.rule}:{streaks.get(v.rule, 0)}" for v in window.verdicts]
+        text = "streak " + " ".join(parts)
+        judgement = self.judgements.get(window.deployment_id or "-")
+        if judgement is not None and judgement.insufficient_windows:
+            text += f"  low-traffic {judgement.insufficient_windows}"
+        if judgement is not None and judgement.decision is not None:
+            text += f"  → {judgement.decision.type.upper()}: {judgement.decision.reason}"
+        return text
+
+
+def evidence_text(v: RuleVerdict) -> str:
+    """The numbers behind one verdict, short: ``k/n`` or the mean, the bound and the confidence."""
+    e = v.evidence or {}
+    if e.get("method") == "point":
+        return f"{v.rule} {v.outcome.upper()} (point, n={e.get('n')})"
+    n = e.get("n")
+    conf = e.get("confidence")
+    if "exceedances" in e or "errors" in e:
+        k = e.get("exceedances", e.get("errors"))
+        bound = e.get("rate_lower_bound", e.get("rate_upper_bound"))
+        limit = e.get("rate_threshold")
+        detail = f"{k}/{n}"
+        if bound is not None and limit is not None:
+            detail += f" bound {bound:.3f} vs {limit:.3f}"
+    elif "mean" in e and e.get("mean") is not None:
+        bound = e.get("mean_upper_bound", e.get("mean_lower_bound"))
+        detail = f"mean {e['mean']:.3f} n={n}"
+        if bound is not None:
+            detail += f" bound {bound:.3f} vs {e.get('mean_threshold', 0):.3f}"
+    else:
+        detail = f"n={n}"
+    return f"{v.rule} {v.outcome.upper()} ({detail}{f' @{conf:g}' if conf else ''})"
 
 
 def format_window(window: WindowResult, streak: str = "") -> str:
     p95 = f"{window.p95_ms:7.0f} ms" if window.p95_ms is not None else "      - ms"
     recall = f"{window.recall_at_10:.2f}" if window.recall_at_10 is not None else "  - "
-    verdicts = ", ".join(f"{v.rule} {v.outcome.upper()}" for v in window.verdicts) or "not judged"
+    if window.arm == "candidate":
+        verdicts = "; ".join(evidence_text(v) for v in window.verdicts) or "not judged"
+    else:
+        verdicts = "baseline"
     return (
         f"{iso_ms(window.window_start_ms)[11:19]}  {window.arm:9} {window.config_name:22} n={window.response_count:<4} "
         f"p95={p95} recall@10={recall} errors={window.error_count:<3} late={window.late_count:<2} "
         f"{verdicts}  {streak}"
     ).rstrip()
+
+
+__all__ = ["WatchItem", "WatchState", "evidence_text", "format_value", "format_window", "tail_windows"]

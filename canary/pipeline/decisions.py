@@ -85,8 +85,12 @@ class DecisionStep:
     def observe(self, window: WindowResult, arrival_ms: int) -> tuple[list[Judgement], list[Issue]]:
         return self._issues(self.judge.observe(window, arrival_ms), arrival_ms)
 
-    def tick(self, now_ms: int) -> tuple[list[Judgement], list[Issue]]:
-        return self._issues(self.judge.tick(now_ms), now_ms)
+    def tick(self, now_ms: int, deployment_id: str | None = None) -> tuple[list[Judgement], list[Issue]]:
+        """Release candidate windows that waited in vain for last_good's (all deployments, or one)."""
+        if deployment_id is None:
+            return self._issues(self.judge.tick(now_ms), now_ms)
+        judge = self.judge.deployments.get(deployment_id)
+        return self._issues([] if judge is None else judge.tick(now_ms), now_ms)
 
     def _issues(self, judgements: list[Judgement], at_ms: int) -> tuple[list[Judgement], list[Issue]]:
         issues = [resolve(j.decision, self.ledger(), at_ms) for j in judgements if j.decision is not None]

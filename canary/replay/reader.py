@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.errors import CanaryError, KafkaError
 from canary.kafka.topics import Topics, topic_partitions
@@ -166,7 +167,15 @@ async def read_span(
                 lambda r: raw_windows.append(r.value),
                 timeout,
             )
-            live_windows, invalid_windows = parse_windows(raw_windows)
+            raw_verdicts: list[bytes | None] = []
+            verdict_tps = await topic_partitions(consumer, topics.verdicts, required=False)
+            await read_ranges(
+                consumer,
+                await offset_ranges(consumer, verdict_tps, first_window, None),
+                lambda r: raw_verdicts.append(r.value),
+                timeout,
+            )
+            live_windows, invalid_windows = parse_windows(raw_windows, raw_verdicts)
             seconds["windows"] = time.perf_counter() - started
 
             started = time.perf_counter()
@@ -213,14 +222,28 @@ def parse_commands(raws: list[bytes | None]) -> tuple[list[ControlCommand], int]
     return out, invalid
 
 
-def parse_windows(raws: list[bytes | None]) -> tuple[list[WindowResult], int]:
+def parse_windows(
+    raws: list[bytes | None], raw_verdicts: list[bytes | None] | None = None
+) -> tuple[list[WindowResult], int]:
+    """Live windows; a candidate window the SLO agent judged (``canary_verdicts``) replaces its unjudged
+    copy from ``canary_windows``, so live windows carry verdicts as replayed ones do."""
     out: list[WindowResult] = []
     invalid = 0
-    for raw in raws:
+    judged: dict[str, WindowResult] = {}
+    for raw in raw_verdicts or []:
         try:
-            out.append(WindowResult.from_dict(json.loads(raw or b"null")))
+            window = Judgement.from_dict(json.loads(raw or b"null")).window
         except (CanaryError, ValueError, TypeError):
             invalid += 1
+            continue
+        judged.setdefault(window.window_id, window)
+    for raw in raws:
+        try:
+            window = WindowResult.from_dict(json.loads(raw or b"null"))
+        except (CanaryError, ValueError, TypeError):
+            invalid += 1
+            continue
+        out.append(judged.get(window.window_id, window))
     return out, invalid
 
 

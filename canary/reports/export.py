@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from canary.core.judge import Judgement
 from canary.core.models import WindowResult
 from canary.errors import CanaryError, ConfigError, KafkaError
 from canary.reports.files import AUDIT_LOG, export_all, read_audit_file, rebuild_audit
@@ -50,11 +51,22 @@ async def read_topics_async(
         if state:
             out.states = await read_topic(consumer, topics.state)
         raw_windows = await read_topic(consumer, topics.windows) if windows else []
+        raw_verdicts = await read_topic(consumer, topics.verdicts) if windows else []
     finally:
         await consumer.stop()
+    judged: dict[str, WindowResult] = {}
+    for raw in raw_verdicts:
+        try:
+            window = Judgement.from_dict(raw).window
+        except CanaryError:
+            out.invalid_windows += 1
+            continue
+        judged.setdefault(window.window_id, window)
     for raw in raw_windows:
         try:
-            out.windows.append(WindowResult.from_dict(raw))
+            window = WindowResult.from_dict(raw)
+            # A judged candidate window (verdicts with evidence) replaces its unjudged copy.
+            out.windows.append(judged.get(window.window_id, window))
         except CanaryError:
             out.invalid_windows += 1
     return out

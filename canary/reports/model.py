@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 
 from canary.core.deployment import ControlLedger, Deployment
 from canary.core.models import ControlCommand, WindowResult
-from canary.core.slo import SLORule, default_rules, rules_from_slo_section
+from canary.core.slo import SLORule, deployment_policy
 from canary.errors import CanaryError, DeploymentError
 
 ChangeKind = Literal["changed", "added", "removed"]
@@ -316,11 +316,10 @@ def build_report(
             )
         )
     notes: list[str] = []
-    try:
-        rules = tuple(rules_from_slo_section(dep.candidate.snapshot.get("slo", {})))
-    except CanaryError as exc:
-        rules = tuple(default_rules())
-        notes.append(f"candidate slo section unreadable ({exc}); default rules shown")
+    rules = deployment_policy(
+        dep.candidate.snapshot,
+        on_error=lambda why: notes.append(f"candidate slo section unreadable ({why}); default rules shown"),
+    ).rules
     lg, cand = split_arms(all_windows, dep.deployment_id)
     return DeploymentReport(
         deployment=dep,
