@@ -522,7 +522,18 @@ class DeploymentJudge:
         return Judgement(judged, streaks, self.insufficient_windows, decision, now_ms)
 
     def _rollback(self, window: WindowResult) -> Decision | None:
-        for rule in self.policy.rules:
+        due = [r for r in self.policy.rules if len(self.streaks.get(r.name, [])) >= r.consecutive_buckets]
+        if not due:
+            return None
+
+        def strength(rule: SLORule) -> float:
+            verdict = next((v for v in window.verdicts if v.rule == rule.name), None)
+            e = (verdict.evidence or {}) if verdict is not None else {}
+            return float(e.get("log_e_fail", 0.0) or 0.0) - float(e.get("log_e_needed", 0.0) or 0.0)
+
+        # Several rules may fail at once (an erroring candidate breaks latency, recall and errors): the
+        # reason names the one with the strongest evidence, the rule order breaking ties.
+        for rule in sorted(due, key=lambda r: -strength(r)):
             streak = self.streaks.get(rule.name, [])
             if len(streak) >= rule.consecutive_buckets:
                 self.rolled_back = True
