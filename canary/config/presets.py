@@ -7,6 +7,7 @@ runs exactly the configuration that was deployed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -18,10 +19,12 @@ from canary.config.sections import (
     BUILTIN_RULE_NAMES,
     DEFAULT_CONSECUTIVE_BUCKETS,
     DEFAULT_MIN_SAMPLES,
+    LATENCY_METRICS,
     OPERATORS,
     RATIO_METRICS,
     RERANKER_TYPES,
     RETRIEVER_TYPES,
+    SLO_METHODS,
     SLO_METRICS,
     DerivedParams,
     MacroKnobs,
@@ -33,7 +36,13 @@ from canary.config.sections import (
 from canary.config.validation import NO_VALUE, Collector, FieldError, Section
 from canary.config.yamlfile import read_yaml
 from canary.core.deployment import snapshot_hash
-from canary.core.slo import SLORule, rules_from_slo_section
+from canary.core.slo import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_ERROR_RATE,
+    DEFAULT_INCONCLUSIVE_LIMIT,
+    SLORule,
+    rules_from_slo_section,
+)
 from canary.errors import ConfigError
 
 # The section types are part of this module's API; they live in sections.py only to keep files small.
@@ -222,28 +231,68 @@ def _reranker(s: Section) -> RerankerConfig:
     return reranker
 
 
+def _optional_number(s: Section, key: str, default: float, *, low: float, high: float, open_ends: bool) -> float:
+    value = s.take(key)
+    if value is NO_VALUE:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        s.out.add(s.field(key), value, "expected a finite number")
+    elif open_ends and not low < value < high:
+        s.out.add(s.field(key), value, f"must be strictly between {low:g} and {high:g}")
+    elif not open_ends and not low <= value <= high:
+        s.out.add(s.field(key), value, f"must be between {low:g} and {high:g}")
+    else:
+        return float(value)
+    return default
+
+
+def _method(s: Section, default: str) -> str:
+    if s.take("method") is NO_VALUE:
+        return default
+    return s.string("method", choices=SLO_METHODS) or default
+
+
 def _slo(s: Section) -> SLOConfig:
     errors_before = len(s.out.errors)
     consecutive = s.integer("consecutive_buckets", default=DEFAULT_CONSECUTIVE_BUCKETS)
     min_samples = s.integer("min_samples", minimum=0, default=DEFAULT_MIN_SAMPLES)
     p95_ms = s.number("p95_ms", positive=True)
     recall_at_10 = s.number("recall_at_10", low=0, high=1)
+    raw_error_rate = s.take("error_rate")
+    error_rate: float | None = DEFAULT_ERROR_RATE
+    if raw_error_rate is None:
+        error_rate = None  # explicitly no built-in error-rate rule
+    elif raw_error_rate is not NO_VALUE:
+        error_rate = s.number("error_rate", low=0, high=1)
+    confidence = _optional_number(s, "confidence", DEFAULT_CONFIDENCE, low=0, high=1, open_ends=True)
+    method = _method(s, "sequential")
+    inconclusive_limit = s.integer("inconclusive_limit", minimum=0, default=DEFAULT_INCONCLUSIVE_LIMIT)
     # Rules inherit the slo-level values; a broken one is reported already, so rules fall back to the default.
     inherited_consecutive = consecutive if s.out.ok(s.field("consecutive_buckets")) else DEFAULT_CONSECUTIVE_BUCKETS
     inherited_min_samples = min_samples if s.out.ok(s.field("min_samples")) else DEFAULT_MIN_SAMPLES
     rules: list[SLORule] = []
     names = set(BUILTIN_RULE_NAMES)
     for section in s.sections("rules"):
-        rule = _rule(section, inherited_consecutive, inherited_min_samples)
+        rule = _rule(section, inherited_consecutive, inherited_min_samples, confidence, method)
         if rule is None:
             continue
         if rule.name in names:
-            builtin = " and ".join(BUILTIN_RULE_NAMES)
+            builtin = ", ".join(BUILTIN_RULE_NAMES)
             s.out.add(section.field("name"), rule.name, f"duplicate rule name ({builtin} are built in)")
         names.add(rule.name)
         rules.append(rule)
     s.close()
-    slo = SLOConfig(p95_ms, recall_at_10, consecutive, min_samples, tuple(rules))
+    slo = SLOConfig(
+        p95_ms,
+        recall_at_10,
+        consecutive,
+        min_samples,
+        tuple(rules),
+        error_rate,
+        confidence,
+        method,
+        inconclusive_limit,
+    )
     if len(s.out.errors) == errors_before and s.out.ok(s.path):
         # The SLO agent builds its rules with the core parser: a section it would reject must not load.
         try:
@@ -253,12 +302,19 @@ def _slo(s: Section) -> SLOConfig:
     return slo
 
 
-def _rule(s: Section, consecutive: int, min_samples: int) -> SLORule | None:
+def _rule(s: Section, consecutive: int, min_samples: int, confidence: float, method: str) -> SLORule | None:
     """One extra rule; None if it is invalid (the errors are recorded; core SLORule takes no placeholders)."""
     errors_before = len(s.out.errors)
     name = s.string("name", pattern=NAME_PATTERN, hint="must be lower-case letters, digits, '_' or '-'")
     metric = s.string("metric", choices=SLO_METRICS)
-    if metric in RATIO_METRICS:
+    relative_to: str | None = None
+    if s.take("relative_to") not in (NO_VALUE, None):  # null (as snapshots write it) means absolute
+        relative_to = s.string("relative_to", choices=("last_good",)) or None
+    if relative_to is not None and metric in LATENCY_METRICS:
+        threshold = s.number("threshold", positive=True)  # a ratio to last_good's quantile
+    elif relative_to is not None:
+        threshold = s.number("threshold", low=-1, high=1)  # an offset from last_good's value
+    elif metric in RATIO_METRICS:
         threshold = s.number("threshold", low=0, high=1)
     elif metric == "response_count":
         threshold = s.number("threshold", low=0)
@@ -268,11 +324,23 @@ def _rule(s: Section, consecutive: int, min_samples: int) -> SLORule | None:
     # Per-rule values fall back to the slo-level ones, so the snapshot shows what is really applied.
     rule_consecutive = s.integer("consecutive_buckets", default=consecutive)
     rule_min_samples = s.integer("min_samples", minimum=0, default=min_samples)
+    rule_confidence = _optional_number(s, "confidence", confidence, low=0, high=1, open_ends=True)
+    rule_method = _method(s, method)
     s.close()
     if len(s.out.errors) > errors_before:
         return None
     try:
-        return SLORule(name, metric, operator, threshold, rule_consecutive, rule_min_samples)
+        return SLORule(
+            name,
+            metric,
+            operator,
+            threshold,
+            rule_consecutive,
+            rule_min_samples,
+            rule_confidence,
+            rule_method,
+            relative_to,
+        )
     except ConfigError as exc:  # only if the checks above fall behind canary.core.slo
         s.out.add(s.path, NO_VALUE, str(exc))
         return None

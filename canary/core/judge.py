@@ -198,16 +198,15 @@ def _rate_verdict(
     def clip(q: float) -> float:
         return min(max(q, 1e-9), 1.0 - 1e-9)
 
+    lower, upper = rate_lower_bound(n, k_fail, alpha), rate_upper_bound(n, k_pass, alpha)
     if upper_rule:
         fail_e = log_e_above(n, k_fail, clip(q_fail)) if q_fail < 1.0 else -math.inf
         pass_e = log_e_below(n, k_pass, clip(q_pass)) if q_pass > 0.0 else -math.inf
-        bound = rate_lower_bound(n, k_fail, alpha)
-        bound_name = "rate_lower_bound"
+        bound, bound_name = lower, "rate_lower_bound"
     else:
         fail_e = log_e_below(n, k_fail, clip(q_fail)) if q_fail > 0.0 else -math.inf
         pass_e = log_e_above(n, k_pass, clip(q_pass)) if q_pass < 1.0 else -math.inf
-        bound = rate_upper_bound(n, k_fail, alpha)
-        bound_name = "rate_upper_bound"
+        bound, bound_name = upper, "rate_upper_bound"
     rate = k_fail / n if n else None
     evidence = {
         "method": "sequential",
@@ -215,7 +214,8 @@ def _rate_verdict(
         what: k_fail,
         "rate": rate,
         "rate_threshold": q_fail,
-        bound_name: bound,
+        "rate_lower_bound": lower,
+        "rate_upper_bound": upper,
         "confidence": rule.confidence,
         "log_e_fail": _finite(fail_e),
         "log_e_pass": _finite(pass_e),
@@ -248,19 +248,21 @@ def _mean_verdict(
     lower_rule = rule.operator in ("ge", "gt")
     threshold = math.log(1.0 / alpha)
     n = sum(hist.values())
+    lower, upper = mean_lower_bound(hist, alpha), mean_upper_bound(hist, alpha)
     if lower_rule:
         fail_e, pass_e = log_wealth_below(hist, m_fail), log_wealth_above(hist, m_pass)
-        bound, bound_name = mean_upper_bound(hist, alpha), "mean_upper_bound"
+        bound, bound_name = upper, "mean_upper_bound"
     else:
         fail_e, pass_e = log_wealth_above(hist, m_fail), log_wealth_below(hist, m_pass)
-        bound, bound_name = mean_lower_bound(hist, alpha), "mean_lower_bound"
+        bound, bound_name = lower, "mean_lower_bound"
     mean = histogram_mean(hist)
     evidence = {
         "method": "sequential",
         "n": n,
         "mean": mean,
         "mean_threshold": m_fail,
-        bound_name: bound,
+        "mean_lower_bound": lower,
+        "mean_upper_bound": upper,
         "confidence": rule.confidence,
         "log_e_fail": _finite(fail_e),
         "log_e_pass": _finite(pass_e),
@@ -501,9 +503,17 @@ class DeploymentJudge:
         for rule in self.policy.rules:
             if rule.method == "point":
                 verdicts.append(judge_window(rule, window, baseline_now.get(rule.metric)))
-            else:
-                v = sequential_verdict(rule, window, self.candidate, self.baseline if rule.relative else None)
-                verdicts.append(replace(v, evidence={**(v.evidence or {}), "windows": self.candidate_windows}))
+                continue
+            v = sequential_verdict(rule, window, self.candidate, self.baseline if rule.relative else None)
+            evidence = {**(v.evidence or {}), "windows": self.candidate_windows}
+            if window.response_count == 0 and rule.metric != "response_count":
+                # No new data: this bucket is not a failing (or passing) bucket, whatever the pool says.
+                v = replace(
+                    v,
+                    outcome="inconclusive",
+                    reason=f"no candidate outcomes in this window (pooled: {v.outcome}, {v.reason})",
+                )
+            verdicts.append(replace(v, evidence=evidence))
         judged = replace(window, verdicts=tuple(verdicts))
         n = window.response_count
         for rule, v in zip(self.policy.rules, verdicts, strict=True):

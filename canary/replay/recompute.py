@@ -435,6 +435,10 @@ def evaluate(
                 continue
             issue = by_window[j.window_id]
             d = j.decision
+            issued, note = issue.issued, issue.note
+            if not issued and d.command_id in now_ledger.applied_ids:
+                # The deterministic id is on the recorded control topic: the live agent decided the same.
+                issued, note = True, "issued: the live agent issued the same command"
             decisions.append(
                 ReplayDecision(
                     deployment_id=d.deployment_id,
@@ -453,8 +457,8 @@ def evaluate(
                         "triggering_window": d.window_id,
                     },
                     command_id=d.command_id,
-                    issued=issue.issued,
-                    note=issue.note,
+                    issued=issued,
+                    note=note,
                     type=d.type,
                 )
             )

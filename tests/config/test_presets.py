@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import json
 import pickle
@@ -24,7 +26,8 @@ from canary.config.sections import DEFAULT_CONSECUTIVE_BUCKETS, DEFAULT_MIN_SAMP
 from canary.core import slo as core_slo
 from canary.core.deployment import ConfigRef, snapshot_hash
 from canary.core.models import WindowResult
-from canary.core.slo import SLOEvaluator, SLORule, judge_window, rules_from_slo_section
+from canary.core.judge import DeploymentJudge
+from canary.core.slo import SLORule, judge_window, rules_from_slo_section
 from canary.errors import ConfigError, PresetNotFound
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +118,9 @@ def test_shipped_presets_load(name: str) -> None:
     assert preset.slo.all_rules() == [
         SLORule("p95_ms", "p95_ms", "le", 1200.0, consecutive_buckets=2, min_samples=20),
         SLORule("recall_at_10", "recall_at_10", "ge", 0.30, consecutive_buckets=2, min_samples=20),
+        SLORule("error_rate", "error_rate", "le", 0.01, consecutive_buckets=2, min_samples=20),
     ]
+    assert (preset.slo.confidence, preset.slo.method, preset.slo.inconclusive_limit) == (0.99, "sequential", 12)
     assert preset.metadata.description
 
 
@@ -135,8 +140,12 @@ def test_high_recall_matches_the_spec_example() -> None:
         "slo": {
             "p95_ms": 1200.0,
             "recall_at_10": 0.3,
+            "error_rate": 0.01,
             "consecutive_buckets": 2,
             "min_samples": 20,
+            "confidence": 0.99,
+            "method": "sequential",
+            "inconclusive_limit": 12,
             "rules": [],
         },
         "backend": None,
@@ -200,7 +209,29 @@ def test_snapshot_with_extra_rules_round_trips() -> None:
     assert judge_window(rule, window).outcome == "pass"
     assert judge_window(rule, {**window, "error_count": 5}).outcome == "fail"
     assert Preset.from_snapshot(preset.to_dict()) == preset
-    assert [r.name for r in preset.slo.all_rules()] == ["p95_ms", "recall_at_10", "errors"]
+    assert [r.name for r in preset.slo.all_rules()] == ["p95_ms", "recall_at_10", "error_rate", "errors"]
+
+
+def test_slo_options_and_relative_rules_load() -> None:
+    data = load_preset(PRESETS / "last_good.yaml").to_dict()
+    data["slo"].update({"confidence": 0.995, "method": "point", "inconclusive_limit": 0, "error_rate": None})
+    data["slo"]["rules"] = [
+        {"name": "p95_rel", "metric": "p95_ms", "operator": "le", "threshold": 1.2, "relative_to": "last_good"},
+        {
+            "name": "recall_rel",
+            "metric": "recall_at_10",
+            "operator": "ge",
+            "threshold": -0.05,
+            "relative_to": "last_good",
+            "method": "sequential",
+        },
+    ]
+    preset = Preset.from_snapshot(data)
+    policy = preset.slo.policy()
+    assert [r.name for r in policy.rules] == ["p95_ms", "recall_at_10", "p95_rel", "recall_rel"]
+    assert [r.method for r in policy.rules] == ["point", "point", "point", "sequential"]
+    assert {r.confidence for r in policy.rules} == {0.995} and policy.inconclusive_limit == 0
+    assert Preset.from_snapshot(json.loads(json.dumps(preset.to_dict()))) == preset
 
 
 def test_snapshot_is_validated_like_a_file() -> None:
@@ -211,7 +242,7 @@ def test_snapshot_is_validated_like_a_file() -> None:
         Preset.from_snapshot(data)
     assert [str(e) for e in info.value.errors] == [
         "<snapshot>: retriever.alpha = 2: must be between 0 and 1",
-        '<snapshot>: slo.rules[0].name = "p95_ms": duplicate rule name (p95_ms and recall_at_10 are built in)',
+        '<snapshot>: slo.rules[0].name = "p95_ms": duplicate rule name (p95_ms, recall_at_10, error_rate are built in)',
     ]
 
 
@@ -251,7 +282,7 @@ def test_slo_section_round_trips_through_the_core_parser(name: str) -> None:
     section = json.loads(json.dumps(preset.to_dict()))["slo"]
     rules = rules_from_slo_section(section)
     assert rules == preset.slo.all_rules()
-    assert [r.name for r in rules] == ["p95_ms", "recall_at_10"]
+    assert [r.name for r in rules] == ["p95_ms", "recall_at_10", "error_rate"]
     assert all((r.consecutive_buckets, r.min_samples) == (2, 20) for r in rules)
     rebuilt = Preset.from_snapshot(json.loads(json.dumps(preset.to_dict())))
     assert rebuilt.slo == preset.slo and rebuilt.slo.all_rules() == rules
@@ -270,6 +301,7 @@ def test_extra_rules_round_trip_through_the_core_parser() -> None:
     assert [(r.name, r.consecutive_buckets, r.min_samples) for r in preset.slo.all_rules()] == [
         ("p95_ms", 2, 0),
         ("recall_at_10", 2, 0),
+        ("error_rate", 2, 0),
         ("errors", 3, 0),
         ("traffic", 2, 0),
     ]
@@ -306,10 +338,14 @@ def _window(start_ms: int, p95_ms: float) -> WindowResult:
 
 
 def test_slo_agent_rollback_reason_names_the_metric() -> None:
-    evaluator = SLOEvaluator()
-    evaluator.set_rules("dep-1", load_preset(PRESETS / "candidate_slow.yaml").slo.all_rules())
-    assert evaluator.observe(_window(0, 1500.0)) is None
-    decision = evaluator.observe(_window(5000, 1600.0))
+    policy = load_preset(PRESETS / "candidate_slow.yaml").slo.policy()
+    judge = DeploymentJudge(
+        "dep-1", dataclasses.replace(policy, rules=tuple(dataclasses.replace(r, method="point") for r in policy.rules))
+    )
+    (first,) = judge.observe(_window(0, 1500.0), 6000)
+    assert first.decision is None
+    (second,) = judge.observe(_window(5000, 1600.0), 11000)
+    decision = second.decision
     assert decision is not None and decision.rule == "p95_ms"
     assert decision.reason == "SLO violation: p95_ms failed for 2 consecutive buckets"
 
@@ -395,8 +431,16 @@ _DELETE = object()
         ({"slo.min_samples": -1}, "slo.min_samples = -1: must be >= 0"),
         ({"slo.consecutive_buckets": 0}, "slo.consecutive_buckets = 0: must be a positive integer"),
         (
-            {"slo.rules": [{"name": "p99", "metric": "p99_ms", "operator": "le", "threshold": 3000}]},
-            'slo.rules[0].metric = "p99_ms": must be one of p95_ms, recall_at_10, error_rate, response_count',
+            {"slo.rules": [{"name": "p99", "metric": "p999_ms", "operator": "le", "threshold": 3000}]},
+            'slo.rules[0].metric = "p999_ms": must be one of p50_ms, p90_ms, p95_ms, p99_ms, recall_at_10, '
+            "error_rate, response_count",
+        ),
+        ({"slo.confidence": 1}, "slo.confidence = 1: must be strictly between 0 and 1"),
+        ({"slo.method": "vibes"}, 'slo.method = "vibes": must be one of sequential, point'),
+        ({"slo.error_rate": 2}, "slo.error_rate = 2: must be between 0 and 1"),
+        (
+            {"slo.rules": [{"name": "r", "metric": "p95_ms", "operator": "le", "threshold": 1, "relative_to": "prod"}]},
+            'slo.rules[0].relative_to = "prod": must be one of last_good',
         ),
         (
             {"slo.rules": [{"name": "n", "metric": "response_count", "operator": "ge", "threshold": -1}]},
@@ -405,7 +449,8 @@ _DELETE = object()
         (
             {"slo.rules": [{"name": "e", "metric": "error_rate", "operator": "le", "threshold": 0.1, "x": 1}]},
             "slo.rules[0].x = 1: unknown field "
-            "(allowed: consecutive_buckets, metric, min_samples, name, operator, threshold)",
+            "(allowed: confidence, consecutive_buckets, method, metric, min_samples, name, operator, relative_to, "
+            "threshold)",
         ),
         ({"derived_params.T": 2.5}, "derived_params.T = 2.5: expected an integer, got number"),
         ({"reranker.model": _DELETE}, "reranker.model: missing required field"),

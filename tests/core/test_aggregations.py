@@ -55,9 +55,22 @@ def test_result_fields() -> None:
         2,
     )
     assert r.duration_sec == 5
-    expected = np.percentile([o.latency_ms for o in _outcomes()], 95)
+    # An errored request counts at least as slow as the router's timeout (10 s): errors never flatter.
+    expected = np.percentile([max(o.latency_ms, 10_000.0) if o.error else o.latency_ms for o in _outcomes()], 95)
     assert r.p95_ms == pytest.approx(expected, rel=0.01)
     assert s.max_source_offset == 41
+
+
+def test_sufficient_statistics_for_the_judge() -> None:
+    agg = WindowAggregator(exceed_thresholds_ms=(1000.0, 2000.0))
+    s = agg.agg(agg.initialize(), _outcomes())
+    # slower than 1000: 1300, 5000 (an error: it exceeds every threshold anyway), 1200; than 1200: 1300 and
+    # the error; than 2000: only the error.
+    assert dict(s.exceed) == {"1000": 3, "1200": 2, "2000": 1}
+    assert dict(s.recall_hist) == {100: 1, 300: 1, 500: 1, 900: 1}
+    stats = agg.result(s, KEY, 0, 5000, (), 6000).stats
+    assert stats is not None and stats["exceed"] == {"1000": 3, "1200": 2, "2000": 1}
+    assert WindowAggregate.from_dict(json.loads(json.dumps(s.to_dict()))) == s
 
 
 def test_empty_result_has_no_metrics() -> None:

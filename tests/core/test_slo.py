@@ -6,21 +6,22 @@ from typing import Any
 
 import pytest
 
-from canary.core.models import RuleVerdict, WindowResult
+from canary.core.models import WindowResult
 from canary.core.slo import (
-    SLOEvaluator,
     SLOMonitor,
+    SLOPolicy,
     SLORule,
-    StreakTracker,
     default_rules,
+    deployment_policy,
     judge_window,
-    rollback_command_id,
+    policy_from_slo_section,
     rules_from_slo_section,
 )
-from canary.errors import ConfigError, InvalidEvent
+from canary.errors import ConfigError
 
-P95 = SLORule("p95_ms", "p95_ms", "le", 1200, 2)
-RECALL = SLORule("recall_at_10", "recall_at_10", "ge", 0.30, 2)
+P95 = SLORule("p95_ms", "p95_ms", "le", 1200, 2, method="point")
+RECALL = SLORule("recall_at_10", "recall_at_10", "ge", 0.30, 2, method="point")
+ERRORS = SLORule("error_rate", "error_rate", "le", 0.01, 2)
 
 
 def window(
@@ -67,7 +68,7 @@ def window(
         (SLORule("e", "error_rate", "le", 0.05), {"errors": 6}, "fail", "error_rate=0.1250 > 0.05 (n=48)"),
         (SLORule("e", "error_rate", "le", 0.05), {"errors": 0}, "pass", "error_rate=0.0000 <= 0.05 (n=48)"),
         (SLORule("c", "response_count", "ge", 50), {"n": 3}, "fail", "response_count=3 < 50 (n=3)"),
-        (P95, {"n": 19}, "inconclusive", "too few samples: response_count=19 < 20"),
+        (P95, {"n": 19}, "inconclusive", "too few samples: n=19 < 20"),
         (P95, {"n": 0, "p95": None}, "inconclusive", "no responses (n=0)"),
         (
             SLORule("p", "p95_ms", "le", 1200, min_samples=0),
@@ -76,7 +77,7 @@ def window(
             "no responses (n=0)",
         ),
         (RECALL, {"recall_n": 0, "recall": None}, "inconclusive", "no labeled outcomes (n=48)"),
-        (RECALL, {"recall_n": 5}, "inconclusive", "too few samples: recall_samples=5 < 20"),
+        (RECALL, {"recall_n": 5}, "inconclusive", "too few samples: n=5 < 20"),
         (P95, {"p95": None}, "error", "p95_ms missing or NaN although n=48: None"),
         (P95, {"p95": math.nan}, "error", "p95_ms missing or NaN although n=48: nan"),
         (RECALL, {"recall": None}, "error", "recall_at_10 missing or NaN although n=30: None"),
@@ -98,6 +99,14 @@ def test_judge_window_accepts_mapping() -> None:
     ("kwargs", "message"),
     [
         ({"metric": "p99"}, "metric must be one of"),
+        ({"confidence": 1.0}, "confidence must be a number strictly between 0 and 1, got 1.0"),
+        ({"confidence": 0}, "confidence must be a number strictly between 0 and 1"),
+        ({"method": "bayes"}, "method must be one of sequential, point, got 'bayes'"),
+        ({"relative_to": "prod"}, "relative_to must be one of last_good, got 'prod'"),
+        ({"relative_to": "last_good", "threshold": -1}, "a relative latency threshold is a ratio and must be > 0"),
+        ({"metric": "recall_at_10", "relative_to": "last_good", "threshold": 2}, "offset in \\[-1, 1\\]"),
+        ({"metric": "error_rate", "threshold": 1.5}, "error_rate threshold must be in \\[0, 1\\]"),
+        ({"metric": "response_count", "relative_to": "last_good"}, "response_count cannot be judged relative"),
         ({"operator": "eq"}, "operator must be one of le, lt, ge, gt, got 'eq'"),
         ({"threshold": "1200"}, "threshold must be a finite number"),
         ({"threshold": math.inf}, "threshold must be a finite number"),
@@ -113,7 +122,11 @@ def test_rule_validation(kwargs: dict[str, Any], message: str) -> None:
 
 
 def test_default_rules() -> None:
-    assert default_rules() == [P95, RECALL]
+    assert [(r.name, r.operator, r.threshold, r.method, r.confidence) for r in default_rules()] == [
+        ("p95_ms", "le", 1200, "sequential", 0.99),
+        ("recall_at_10", "ge", 0.30, "sequential", 0.99),
+        ("error_rate", "le", 0.01, "sequential", 0.99),
+    ]
 
 
 def test_rules_from_slo_section() -> None:
@@ -131,10 +144,39 @@ def test_rules_from_slo_section() -> None:
     assert rules == [
         SLORule("p95_ms", "p95_ms", "le", 900, 3, 10),
         SLORule("recall_at_10", "recall_at_10", "ge", 0.4, 3, 10),
+        SLORule("error_rate", "error_rate", "le", 0.01, 3, 10),  # the default error rule comes along
         SLORule("errors", "error_rate", "le", 0.02, 3, 50),
     ]
     assert rules_from_slo_section({}) == default_rules()
     assert rules_from_slo_section({"min_samples": 5})[0].min_samples == 5
+    assert [r.name for r in rules_from_slo_section({"p95_ms": 900, "error_rate": None})] == ["p95_ms"]
+
+
+def test_policy_from_slo_section() -> None:
+    policy = policy_from_slo_section(
+        {
+            "p95_ms": 1200,
+            "confidence": 0.995,
+            "method": "point",
+            "inconclusive_limit": 24,
+            "min_samples": 10,
+            "rules": [
+                {"name": "rel", "metric": "p95_ms", "operator": "le", "threshold": 1.2, "relative_to": "last_good"}
+            ],
+        }
+    )
+    assert (policy.inconclusive_limit, policy.min_samples, policy.has_relative) == (24, 10, True)
+    assert {r.confidence for r in policy.rules} == {0.995} and {r.method for r in policy.rules} == {"point"}
+    assert policy.latency_thresholds == (1200.0,)  # the relative rule's threshold is a ratio, not ms
+    assert SLOPolicy.from_dict(json.loads(json.dumps(policy.to_dict()))) == policy
+
+
+def test_deployment_policy_is_the_one_resolution() -> None:
+    assert deployment_policy(None).rules == tuple(default_rules())
+    assert deployment_policy({"slo": {"p95_ms": 800}}).rules[0].threshold == 800
+    why: list[str] = []
+    assert deployment_policy({"slo": {"p95_ms": "fast"}}, on_error=why.append).rules == tuple(default_rules())
+    assert why == ["slo.p95_ms: expected a number, got 'fast'"]
 
 
 @pytest.mark.parametrize(
@@ -142,7 +184,14 @@ def test_rules_from_slo_section() -> None:
     [
         ({"p95_ms": "fast"}, r"slo.p95_ms: expected a number, got 'fast'"),
         ({"p95": 1}, r"slo: unknown field\(s\) p95"),
-        ({"consecutive_buckets": 1.5}, r"slo.consecutive_buckets: expected an integer"),
+        ({"consecutive_buckets": 1.5}, r"slo.consecutive_buckets: expected a non-negative integer"),
+        ({"confidence": 1.2}, r"slo.confidence: must be a number strictly between 0 and 1, got 1.2"),
+        ({"method": "x"}, r"slo.method: must be one of sequential, point"),
+        ({"inconclusive_limit": -1}, r"slo.inconclusive_limit: expected a non-negative integer, got -1"),
+        (
+            {"rules": [{"name": "x", "metric": "ndcg", "operator": "le", "threshold": 1}]},
+            r"slo.rules\[0\]: slo rule 'x': metric must be one of",
+        ),
         ({"rules": {"a": 1}}, r"slo.rules: expected a list"),
         ({"rules": [{"name": "x", "metric": "p95_ms", "operator": "le"}]}, r"slo.rules\[0\].threshold: required"),
         (
@@ -165,142 +214,11 @@ def test_rules_from_slo_section_rejects(section: Any, message: str) -> None:
         rules_from_slo_section(section)
 
 
-FAIL = {"p95": 1500.0}
-PASS = {"p95": 800.0}
-QUIET = {"n": 3}
-BROKEN = {"p95": math.nan}
-
-
-@pytest.mark.parametrize(
-    ("sequence", "fires_at"),
-    [
-        ([FAIL, FAIL], 1),
-        ([FAIL, PASS, FAIL], None),
-        ([FAIL, QUIET, FAIL], 2),
-        ([FAIL, BROKEN, FAIL], 2),
-        ([FAIL, PASS, FAIL, FAIL], 3),
-        ([PASS, PASS, PASS], None),
-        ([FAIL], None),
-        ([QUIET, QUIET, QUIET], None),
-    ],
-)
-def test_streak_sequences(sequence: list[dict[str, Any]], fires_at: int | None) -> None:
-    ev = SLOEvaluator([P95])
-    decisions = [ev.observe(window(i * 5, **f)) for i, f in enumerate(sequence)]
-    fired = [i for i, d in enumerate(decisions) if d is not None]
-    assert fired == ([] if fires_at is None else [fires_at])
-
-
-def test_rollback_fires_exactly_once() -> None:
-    ev = SLOEvaluator()
-    decisions = [ev.observe(window(i * 5, p95=1500.0)) for i in range(5)]
-    assert [d is not None for d in decisions] == [False, True, False, False, False]
-
-
-def test_decision_content() -> None:
-    ev = SLOEvaluator()
-    ev.observe(window(0, p95=1530.2))
-    d = ev.observe(window(5, p95=1610.0))
-    assert d is not None
-    assert d.reason == "SLO violation: p95_ms failed for 2 consecutive buckets"
-    assert d.rule == "p95_ms"
-    assert d.deployment_id == "dep-1"
-    assert d.window_id == "dep-1|cand|candidate@5000"
-    assert d.command_id == rollback_command_id("dep-1") == "rollback-dep-1"
-    assert d.evidence == {
-        "rule": "p95_ms",
-        "metric": "p95_ms",
-        "operator": "le",
-        "threshold": 1200,
-        "consecutive_buckets": 2,
-        "windows": [
-            {
-                "window_id": "dep-1|cand|candidate@0",
-                "window_start": "1970-01-01T00:00:00.000Z",
-                "window_end": "1970-01-01T00:00:05.000Z",
-                "value": 1530.2,
-                "response_count": 48,
-                "recall_samples": 30,
-            },
-            {
-                "window_id": "dep-1|cand|candidate@5000",
-                "window_start": "1970-01-01T00:00:05.000Z",
-                "window_end": "1970-01-01T00:00:10.000Z",
-                "value": 1610.0,
-                "response_count": 48,
-                "recall_samples": 30,
-            },
-        ],
-    }
-    json.dumps(d.to_dict())
-
-
-def test_recall_rule_fires_and_uses_window_verdicts() -> None:
-    ev = SLOEvaluator()
-    # Verdicts already on the window (from the finalizer's judge) are used as they are.
-    fail = (RuleVerdict("recall_at_10", "recall_at_10", "ge", 0.3, 0.1, "fail", "recall_at_10=0.100 < 0.3 (n=30)"),)
-    w0 = window(0)
-    w1 = window(5)
-    assert ev.observe(WindowResult(**{**_fields(w0), "verdicts": fail})) is None
-    d = ev.observe(WindowResult(**{**_fields(w1), "verdicts": fail}))
-    assert d is not None and d.rule == "recall_at_10"
-
-
-def _fields(w: WindowResult) -> dict[str, Any]:
-    return {name: getattr(w, name) for name in WindowResult.__dataclass_fields__}
-
-
-def test_redelivered_and_older_windows_ignored() -> None:
-    ev = SLOEvaluator()
-    assert ev.observe(window(0, p95=1500.0)) is None
-    assert ev.observe(window(0, p95=1500.0)) is None  # redelivery of the same window
-    assert ev.streaks.streak("dep-1", "p95_ms") == 1
-    assert ev.observe(window(5, p95=800.0)) is None
-    assert ev.observe(window(0, p95=1500.0)) is None  # older than the last judged
-    assert ev.streaks.streak("dep-1", "p95_ms") == 0
-
-
-def test_non_candidate_and_no_deployment_ignored() -> None:
-    ev = SLOEvaluator()
-    for i in range(3):
-        assert ev.observe(window(i * 5, p95=1500.0, arm="last_good")) is None
-        assert ev.observe(window(i * 5, p95=1500.0, deployment_id=None)) is None
-    assert ev.judge(window(0, arm="last_good")) == ()
-
-
-def test_deployments_are_independent() -> None:
-    ev = SLOEvaluator()
-    ev.set_rules("dep-2", [SLORule("p95_ms", "p95_ms", "le", 2000, 2)])
-    for i in range(2):
-        assert ev.observe(window(i * 5, p95=1500.0, deployment_id="dep-2")) is None
-    assert ev.observe(window(0, p95=1500.0)) is None
-    assert ev.observe(window(5, p95=1500.0)) is not None
-
-
-def test_restored_state_continues() -> None:
-    ev = SLOEvaluator()
-    ev.set_rules("dep-2", [SLORule("p95_ms", "p95_ms", "le", 1000, 3)])
-    ev.observe(window(0, p95=1500.0))
-    restored = SLOEvaluator.from_dict(json.loads(json.dumps(ev.to_dict())))
-    assert restored.rules_for("dep-2") == (SLORule("p95_ms", "p95_ms", "le", 1000, 3),)
-    assert restored.observe(window(0, p95=1500.0)) is None  # redelivered across the restart
-    d = restored.observe(window(5, p95=1500.0))
-    assert d is not None and d.evidence["windows"][0]["window_id"] == "dep-1|cand|candidate@0"
-    again = SLOEvaluator.from_dict(json.loads(json.dumps(restored.to_dict())))
-    assert again.observe(window(10, p95=1500.0)) is None  # already fired before the restart
-
-
-def test_streak_tracker_from_dict_rejects_malformed() -> None:
-    with pytest.raises(InvalidEvent, match="StreakTracker"):
-        StreakTracker.from_dict({"dep-1": {"fired": True}})
-    with pytest.raises(InvalidEvent, match="SLOEvaluator"):
-        SLOEvaluator.from_dict({"rules": []})
-
-
 def test_slo_monitor_api() -> None:
-    m = SLOMonitor()
+    m = SLOMonitor([P95, RECALL])
     assert [r.name for r in m.rules] == ["p95_ms", "recall_at_10"]
-    m.add_slo_rule(SLORule("errors", "error_rate", "le", 0.05))
+    assert [r.name for r in SLOMonitor().rules] == ["p95_ms", "recall_at_10", "error_rate"]
+    m.add_slo_rule(SLORule("errors", "error_rate", "le", 0.05, method="point"))
     with pytest.raises(ConfigError, match="already exists"):
         m.add_slo_rule(SLORule("errors", "error_rate", "le", 0.05))
     found = m.evaluate(window(0, p95=1500.0, errors=10))

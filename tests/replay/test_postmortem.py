@@ -36,8 +36,11 @@ def _recording(
     if with_other:
         commands.append(start("dep-b", "fast", at=T0 + 3 * W))
     live, rollbacks = live_worker(t.records, list(commands), tick_until_ms=T0 + 8 * W)
-    # The live agent's rollback ends dep-a before dep-b starts.
+    # The live agent's rollback ends dep-a before dep-b starts (so dep-b's start is accepted, and its
+    # policy known, only with the rollback on the control topic first).
     commands.insert(1, rollbacks[0])
+    if with_other:
+        live, _ = live_worker(t.records, list(commands), tick_until_ms=T0 + 8 * W)
     return t.records, commands, live, rollbacks
 
 

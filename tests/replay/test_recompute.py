@@ -70,7 +70,7 @@ def test_decision_at_the_expected_window(
     pattern: list[list[float]], slo: dict[str, Any] | None, expected_window: int | None
 ) -> None:
     traffic = _canary(pattern)
-    commands = [start("dep-1", slo={"p95_ms": 1200, "recall_at_10": 0.3, **(slo or {})})]
+    commands = [start("dep-1", slo={"p95_ms": 1200, "recall_at_10": 0.3, "method": "point", **(slo or {})})]
     horizon = _horizon(traffic.records)
     rc = recompute(traffic.records, commands, horizon_ms=horizon)
     if expected_window is None:
@@ -200,12 +200,14 @@ def test_override_rules_apply_to_verdicts_and_violation_counts() -> None:
     traffic = _canary([SLOW, SLOW, SLOW])
     commands = [start("dep-1")]
     base = recompute(traffic.records, commands)
-    loose = recompute(traffic.records, commands, rules_override=[SLORule("p95_ms", "p95_ms", "le", 5000)])
+    loose = recompute(
+        traffic.records, commands, rules_override=[SLORule("p95_ms", "p95_ms", "le", 5000, method="point")]
+    )
     assert base.decisions and not loose.decisions
     cand = [w for w in loose.windows if w.arm == "candidate"]
     assert all(v.outcome == "pass" for w in cand for v in w.verdicts)
     assert all(w.slo_violations == 0 for w in cand)
-    assert loose.rules["dep-1"] == [SLORule("p95_ms", "p95_ms", "le", 5000).to_dict()]
+    assert loose.rules["dep-1"] == [SLORule("p95_ms", "p95_ms", "le", 5000, method="point").to_dict()]
 
 
 def test_decision_after_the_deployment_ended_is_not_issued() -> None:

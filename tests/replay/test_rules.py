@@ -10,9 +10,10 @@ from canary.core.deployment import ControlLedger
 from canary.core.models import WindowKey
 from canary.core.slo import SLORule
 from canary.errors import ConfigError
-from canary.replay.recompute import RuleBook, aggregator_for_rules, deployment_rules
+from canary.core.slo import SLOPolicy, deployment_policy
+from canary.pipeline.policies import PolicyBook, aggregator_for_policy
 from canary.replay.rules import load_rules_file
-from streams.registry import DeploymentRegistry, rules_for
+from streams.registry import DeploymentRegistry
 from tests.replay.helpers import start
 
 
@@ -22,13 +23,17 @@ from tests.replay.helpers import start
         pytest.param(
             "loose.yaml",
             "slo:\n  p95_ms: 5000\n",
-            [SLORule("p95_ms", "p95_ms", "le", 5000)],
+            [SLORule("p95_ms", "p95_ms", "le", 5000), SLORule("error_rate", "error_rate", "le", 0.01)],
             id="yaml-shorthand",
         ),
         pytest.param(
             "bare.yaml",
             "p95_ms: 900\nrecall_at_10: 0.5\nconsecutive_buckets: 3\nmin_samples: 10\n",
-            [SLORule("p95_ms", "p95_ms", "le", 900, 3, 10), SLORule("recall_at_10", "recall_at_10", "ge", 0.5, 3, 10)],
+            [
+                SLORule("p95_ms", "p95_ms", "le", 900, 3, 10),
+                SLORule("recall_at_10", "recall_at_10", "ge", 0.5, 3, 10),
+                SLORule("error_rate", "error_rate", "le", 0.01, 3, 10),
+            ],
             id="bare-section",
         ),
         pytest.param(
@@ -40,7 +45,7 @@ from tests.replay.helpers import start
         pytest.param(
             "preset.yaml",
             "metadata:\n  name: x\nretriever:\n  type: bm25\nslo:\n  recall_at_10: 0.4\n",
-            [SLORule("recall_at_10", "recall_at_10", "ge", 0.4)],
+            [SLORule("recall_at_10", "recall_at_10", "ge", 0.4), SLORule("error_rate", "error_rate", "le", 0.01)],
             id="whole-preset",
         ),
     ],
@@ -109,25 +114,28 @@ def test_missing_rules_file(tmp_path: Path) -> None:
     ],
 )
 def test_rules_and_thresholds_match_the_live_registry(slo: dict[str, object] | None) -> None:
+    """One resolution (canary.pipeline.policies.PolicyBook) for the live registry and for replay."""
     cmd = start("dep-1", slo=slo) if slo is not None else start("dep-1")
     registry = DeploymentRegistry("unused:9092", "control")
     ledger = ControlLedger()
     registry.ledger.apply(cmd)
     ledger.apply(cmd)
     dep = ledger.deployments["dep-1"]
-    assert deployment_rules(dep) == rules_for(dep) == registry.rules("dep-1")
-    assert deployment_rules(None) == rules_for(None)
+    assert isinstance(registry.policies, PolicyBook)
+    book = PolicyBook(ledger)
+    assert book.policy("dep-1") == registry.policy("dep-1") == deployment_policy(dep.candidate.snapshot)
     key = WindowKey("dep-1", "cand", "candidate")
     live_agg = registry.aggregator_for(key)
-    book = RuleBook(ledger)
     ours = book.aggregator_for(key)
-    assert (ours.latency_threshold_ms, ours.recall_threshold) == (
+    assert (ours.latency_threshold_ms, ours.recall_threshold, ours.exceed_thresholds_ms) == (
         live_agg.latency_threshold_ms,
         live_agg.recall_threshold,
+        live_agg.exceed_thresholds_ms,
     )
-    assert book.rules("dep-1") == tuple(registry.rules("dep-1"))
 
 
 def test_override_thresholds_drive_violation_counting() -> None:
-    agg = aggregator_for_rules([SLORule("p95_ms", "p95_ms", "le", 5000), SLORule("r", "recall_at_10", "ge", 0.9)])
+    policy = SLOPolicy((SLORule("p95_ms", "p95_ms", "le", 5000), SLORule("r", "recall_at_10", "ge", 0.9)))
+    agg = aggregator_for_policy(policy)
     assert (agg.latency_threshold_ms, agg.recall_threshold) == (5000, 0.9)
+    assert PolicyBook(ControlLedger(), policy.rules).policy("any") == policy

@@ -14,7 +14,8 @@ from typing import Any
 
 from canary.config import PresetStore
 from canary.core.models import ControlCommand, WindowResult
-from canary.core.slo import SLOEvaluator, judge_all, rules_from_slo_section
+from canary.core.judge import DeploymentJudge
+from canary.core.slo import SLOPolicy, rules_from_slo_section
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = PresetStore(ROOT / "configs" / "presets")
@@ -107,8 +108,9 @@ def build(t0: int = 1_700_000_000_000, deployment_id: str | None = None, candida
         )
     )
     sc.commands.append(command("set_weight", dep, t0 + 22_000, weight=0.2))
-    rules = rules_from_slo_section(preset.to_dict()["slo"])
-    evaluator = SLOEvaluator(rules)
+    # Literal per-window figures (no per-request data): judged by their point estimates.
+    rules = [dataclasses.replace(r, method="point") for r in rules_from_slo_section(preset.to_dict()["slo"])]
+    judge = DeploymentJudge(dep, SLOPolicy(tuple(rules), inconclusive_limit=0))
     decision = None
     for i, (p95, n) in enumerate(zip(CANDIDATE_P95, CANDIDATE_COUNTS, strict=True)):
         w = window(
@@ -121,9 +123,9 @@ def build(t0: int = 1_700_000_000_000, deployment_id: str | None = None, candida
             recall=0.46 - i * 0.004,
             violations=max(0, n // 5 if p95 > 1200 else 1),
         )
-        w = dataclasses.replace(w, verdicts=judge_all(rules, w))
-        sc.windows.append(w)
-        decision = decision or evaluator.observe(w)
+        (judged,) = judge.observe(w, w.window_end_ms + 1000)
+        sc.windows.append(judged.window)
+        decision = decision or judged.decision
     assert decision is not None, "the sample must roll back"
     failing_end = t0 + len(CANDIDATE_P95) * BUCKET_MS
     sc.commands.append(

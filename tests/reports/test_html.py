@@ -77,7 +77,7 @@ def test_thresholds_rollback_marker_and_evidence(rolled_back: DeploymentReport) 
 def test_verdict_strip_has_a_cell_per_rule_and_bucket(rolled_back: DeploymentReport) -> None:
     dom = _rendered(rolled_back)
     cells = select(dom, "svg.verdict-strip rect.verdict")
-    assert len(cells) == 2 * len(CANDIDATE_P95)
+    assert len(cells) == 3 * len(CANDIDATE_P95)  # p95_ms, recall_at_10, error_rate
     by_rule = {rule: [c for c in cells if c.attrs["data-rule"] == rule] for rule in ("p95_ms", "recall_at_10")}
     outcomes = [next(k for k in c.classes if k.startswith("verdict-")) for c in by_rule["p95_ms"]]
     assert outcomes == ["verdict-inconclusive"] + [

@@ -42,7 +42,7 @@ def test_report_fields_from_the_rollback() -> None:
     assert r.end_command.evidence is not None and len(r.end_command.evidence["windows"]) == 2
     assert r.end_ms == sc.rollback.issued_at_ms
     assert r.active_config == "last_good" and r.candidate_name == "candidate_slow"
-    assert [rule.metric for rule in r.rules] == ["p95_ms", "recall_at_10"]
+    assert [rule.metric for rule in r.rules] == ["p95_ms", "recall_at_10", "error_rate"]
     assert r.span_ms() == (T0, T0 + 11 * BUCKET_MS)
 
 
