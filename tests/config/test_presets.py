@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import copy
+import dataclasses
 import json
 import pickle
 import shutil
@@ -25,8 +24,8 @@ from canary.config import SLORule as ConfigSLORule
 from canary.config.sections import DEFAULT_CONSECUTIVE_BUCKETS, DEFAULT_MIN_SAMPLES, OPERATORS, SLO_METRICS
 from canary.core import slo as core_slo
 from canary.core.deployment import ConfigRef, snapshot_hash
-from canary.core.models import WindowResult
 from canary.core.judge import DeploymentJudge
+from canary.core.models import WindowResult
 from canary.core.slo import SLORule, judge_window, rules_from_slo_section
 from canary.errors import ConfigError, PresetNotFound
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from canary.core.models import ControlCommand, SearchOutcome, WindowResult
 from canary.core.judge import Judge
+from canary.core.models import ControlCommand, SearchOutcome, WindowResult
 from canary.core.windows import WindowFinalizer
 from canary.replay.recompute import RuleBook, fold_commands
 

@@ -8,9 +8,8 @@ import pytest
 
 from canary.core.deployment import ControlLedger
 from canary.core.models import WindowKey
-from canary.core.slo import SLORule
+from canary.core.slo import SLOPolicy, SLORule, deployment_policy
 from canary.errors import ConfigError
-from canary.core.slo import SLOPolicy, deployment_policy
 from canary.pipeline.policies import PolicyBook, aggregator_for_policy
 from canary.replay.rules import load_rules_file
 from streams.registry import DeploymentRegistry

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from canary.config import PresetStore
-from canary.core.models import ControlCommand, WindowResult
 from canary.core.judge import DeploymentJudge
+from canary.core.models import ControlCommand, WindowResult
 from canary.core.slo import SLOPolicy, rules_from_slo_section
 
 ROOT = Path(__file__).resolve().parents[2]
