@@ -124,11 +124,12 @@ class ControlLedger:
         if cmd.type == "pause":
             if dep.status == "paused":
                 return Transition(False, "pause: already paused", dep)
-            return self._update(replace(dep, status="paused"), "paused")
+            # The reason (e.g. the SLO agent's "insufficient data: …") is what `status` shows while paused.
+            return self._update(replace(dep, status="paused", reason=cmd.reason, evidence=cmd.evidence), "paused")
         if cmd.type == "resume":
             if dep.status == "running":
                 return Transition(False, "resume: already running", dep)
-            return self._update(replace(dep, status="running"), "resumed")
+            return self._update(replace(dep, status="running", reason=None, evidence=None), "resumed")
         if cmd.type == "set_weight":
             if cmd.weight is None:
                 return Transition(False, "set_weight: no weight given", dep)

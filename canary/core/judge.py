@@ -693,3 +693,27 @@ def format_value(metric: str, value: float | None) -> str:
         return "-"
     fmt = value_format(metric)
     return format(int(value), "d") if fmt == "d" else format(value, fmt)
+
+
+def evidence_text(v: RuleVerdict) -> str:
+    """The numbers behind one verdict, short: ``k/n`` or the mean, the bound and the confidence."""
+    e = v.evidence or {}
+    if e.get("method") == "point":
+        return f"{v.rule} {v.outcome.upper()} (point, n={e.get('n')})"
+    n = e.get("n")
+    conf = e.get("confidence")
+    if "exceedances" in e or "errors" in e:
+        k = e.get("exceedances", e.get("errors"))
+        bound = e.get("rate_lower_bound", e.get("rate_upper_bound"))
+        limit = e.get("rate_threshold")
+        detail = f"{k}/{n}"
+        if bound is not None and limit is not None:
+            detail += f" bound {bound:.3f} vs {limit:.3f}"
+    elif "mean" in e and e.get("mean") is not None:
+        bound = e.get("mean_upper_bound", e.get("mean_lower_bound"))
+        detail = f"mean {e['mean']:.3f} n={n}"
+        if bound is not None:
+            detail += f" bound {bound:.3f} vs {e.get('mean_threshold', 0):.3f}"
+    else:
+        detail = f"n={n}"
+    return f"{v.rule} {v.outcome.upper()} ({detail}{f' @{conf:g}' if conf else ''})"

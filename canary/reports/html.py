@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from canary.core.judge import evidence_text
 from canary.core.models import WindowResult, iso_ms, parse_time
 from canary.errors import CanaryError
 from canary.reports.metrics import summarize
@@ -428,6 +429,8 @@ def _verdict_strip(report: DeploymentReport, axis: TimeAxis) -> str:
             tip = f"{rule} {verdict.outcome} · bucket {_clock(w.window_start_ms)} · value {value}"
             if verdict.reason:
                 tip += f" · {verdict.reason}"
+            if verdict.evidence:
+                tip += f" · evidence: {evidence_text(verdict)}"
             parts.append(
                 f'<rect class="verdict verdict-{verdict.outcome}" data-rule="{_attr(rule)}" x="{_f(x0 + 0.75)}" '
                 f'y="{_f(y0)}" width="{_f(wide)}" height="{row_h}" rx="2" fill="{OUTCOME_COLORS[verdict.outcome]}">'

@@ -66,15 +66,16 @@ async def test_weight_pause_resume_and_watch(settings: Settings, topics: Topics)
         status = _json(await _canary("status", "--json", env=env))
         assert status["traffic_split"] == {"active": 0.75, "candidate": 0.25}
 
-        # watch --json streams windows as they are published (here: one we publish ourselves).
+        # watch --json streams last_good windows and judged candidate windows as they are published (here:
+        # one of each that we publish ourselves).
         watcher = asyncio.create_task(_canary("watch", "--json", "--seconds", "4", env=env))
         await asyncio.sleep(2.0)
         from aiokafka import AIOKafkaProducer
 
         window = {
             "deployment_id": status["deployment_id"],
-            "config_name": "candidate_high_recall",
-            "arm": "candidate",
+            "config_name": "last_good",
+            "arm": "last_good",
             "window_start_ms": 1_000_000,
             "window_end_ms": 1_005_000,
             "duration_sec": 5,
@@ -91,11 +92,19 @@ async def test_weight_pause_resume_and_watch(settings: Settings, topics: Topics)
         producer = AIOKafkaProducer(bootstrap_servers=settings.effective_bootstrap)
         await producer.start()
         await producer.send_and_wait(topics.windows, json.dumps(window).encode(), key=b"k")
+        judged = {**window, "config_name": "candidate_high_recall", "arm": "candidate", "response_count": 25}
+        # An unjudged candidate window is not shown: its judged copy comes from the verdicts topic.
+        await producer.send_and_wait(topics.windows, json.dumps(judged).encode(), key=b"k")
+        judgement = {"window": judged, "streaks": {"p95_ms": 0}, "insufficient_windows": 0, "decision": None}
+        await producer.send_and_wait(topics.verdicts, json.dumps(judgement).encode(), key=b"k")
         await producer.stop()
         watched = await watcher
         assert watched.returncode == 0, watched.stderr
         lines = [json.loads(line) for line in watched.stdout.splitlines() if line.strip()]
-        assert [w["response_count"] for w in lines] == [30]
+        counts = sorted(
+            line["window"]["response_count"] if "window" in line else line["response_count"] for line in lines
+        )
+        assert counts == [25, 30]
     finally:
         await router.stop()
 

@@ -1,0 +1,169 @@
+"""Issue #9's acceptance scenarios through the public pipeline: raw records in, decisions out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from canary.core.models import ControlCommand
+from canary.pipeline.run import Record, run_pipeline
+
+T0 = 1_700_000_000_000
+W = 5000
+T = 1200.0
+
+
+def start(slo: dict[str, Any] | None = None) -> ControlCommand:
+    snapshot = {"metadata": {"name": "cand", "version": "1.0.0"}, "slo": slo or {"p95_ms": T, "recall_at_10": 0.3}}
+    return ControlCommand(
+        "start-d1", "start", "d1", snapshot, None, {"metadata": {"name": "lg"}}, 0.1, None, None, "t", T0 - 1000
+    )
+
+
+class Traffic:
+    def __init__(self, seed: int = 1) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.records: list[Record] = []
+        self.offsets: dict[int, int] = {}
+
+    def window(
+        self,
+        index: int,
+        n: int,
+        *,
+        p95: float = 0.5 * T,
+        sigma: float = 0.25,
+        errors: float = 0.0,
+        error_latency: float = 3.0,
+        arm: str = "candidate",
+        partition: int = 0,
+        recall: float = 0.5,
+    ) -> None:
+        mu = np.log(p95) - 1.645 * sigma
+        for i in range(n):
+            ts = T0 + index * W + int((i + 0.5) * W / n)
+            failed = self.rng.random() < errors
+            latency = error_latency if failed else float(np.exp(self.rng.normal(mu, sigma)))
+            off = self.offsets.get(partition, 0)
+            self.offsets[partition] = off + 1
+            value = {
+                "event_id": f"r:{arm}:{off}",
+                "request_id": f"{arm}{off}",
+                "ts": ts,
+                "deployment_id": "d1",
+                "config_name": "cand" if arm == "candidate" else "lg",
+                "config_version": "1",
+                "config_hash": "h",
+                "arm": arm,
+                "latency_ms": latency,
+                "recall_at_10": 0.0 if failed else float(np.clip(self.rng.normal(recall, 0.15), 0, 1)),
+                "result_count": 0 if failed else 10,
+                "error": "backend_error" if failed else None,
+                "router_id": "r",
+            }
+            self.records.append(Record("search_results", partition, off, ts + 15, None, json.dumps(value).encode()))
+
+    def run(self, windows: int, slo: dict[str, Any] | None = None) -> Any:
+        return run_pipeline(self.records, commands=[start(slo)], horizon_ms=T0 + (windows + 2) * W)
+
+
+def rollbacks(result: Any) -> list[tuple[int, str]]:
+    return [((d.window_start_ms - T0) // W, d.reason) for d in result.decisions if d.type == "rollback"]
+
+
+def test_all_requests_fail_fast_rolls_back_at_the_second_window() -> None:
+    t = Traffic()
+    for i in range(6):
+        t.window(i, 30, errors=1.0)
+    assert rollbacks(t.run(6)) == [(1, "SLO violation: error_rate failed for 2 consecutive buckets")]
+
+
+def test_fast_errors_never_make_latency_look_better() -> None:
+    t = Traffic()
+    for i in range(6):
+        t.window(i, 30, p95=1.1 * T, errors=0.3)  # slow-ish successes plus 30 % fast errors
+    result = t.run(6)
+    assert rollbacks(result) and rollbacks(result)[0][0] <= 1
+    ok_only = Traffic()
+    for i in range(6):
+        ok_only.window(i, 21, p95=1.1 * T)
+    ok_windows = {w.window_start_ms: w for w in ok_only.run(6).windows if w.arm == "candidate"}
+    for w in (w for w in result.windows if w.arm == "candidate" and w.response_count):
+        assert w.p95_ms is not None and ok_windows[w.window_start_ms].p95_ms is not None
+        assert w.p95_ms >= ok_windows[w.window_start_ms].p95_ms
+
+
+def test_the_baselines_own_error_rate_is_no_rollback() -> None:
+    t = Traffic(seed=5)
+    for i in range(120):  # ten minutes
+        t.window(i, 30, errors=0.005)
+    result = t.run(120)
+    assert rollbacks(result) == []
+    assert all(
+        v.outcome != "fail"
+        for w in result.windows
+        if w.arm == "candidate"
+        for v in w.verdicts
+        if v.rule == "error_rate"
+    )
+
+
+def test_two_requests_per_second_broken_is_rolled_back_within_a_minute() -> None:
+    t = Traffic()
+    for i in range(14):
+        t.window(i, 10, p95=2.5 * T, sigma=0.05)  # every request slower than 2 x threshold
+    (first, *_) = rollbacks(t.run(14))
+    assert first[0] < 12
+
+
+def test_two_requests_per_second_healthy_is_paused_never_rolled_back() -> None:
+    t = Traffic()
+    for i in range(20):
+        t.window(i, 10)
+    result = t.run(20)
+    assert rollbacks(result) == []
+    pauses = [d for d in result.decisions if d.type == "pause"]
+    assert pauses and pauses[0].reason == "insufficient data: 12 windows, 10 samples per window"
+    assert (pauses[0].window_start_ms - T0) // W == 11
+
+
+def test_relative_rule_catches_a_candidate_60_percent_slower_inside_the_absolute_slo() -> None:
+    slo = {
+        "p95_ms": T,
+        "recall_at_10": 0.3,
+        "rules": [
+            {
+                "name": "p95_vs_last_good",
+                "metric": "p95_ms",
+                "operator": "le",
+                "threshold": 1.2,
+                "relative_to": "last_good",
+            }
+        ],
+    }
+    t = Traffic()
+    for i in range(12):
+        t.window(i, 270, p95=400.0, arm="last_good", partition=1)
+        t.window(i, 30, p95=640.0)  # 1.6 x last_good, far inside 1200 ms
+    result = t.run(12, slo)
+    assert (
+        rollbacks(result)
+        and rollbacks(result)[0][1] == "SLO violation: p95_vs_last_good failed for 2 consecutive buckets"
+    )
+    absolute = t.run(12, {"p95_ms": T, "recall_at_10": 0.3})
+    assert rollbacks(absolute) == []  # the absolute SLO alone would never catch it
+
+
+@pytest.mark.parametrize("method", ["sequential", "point"])
+def test_verdicts_carry_their_evidence(method: str) -> None:
+    t = Traffic()
+    for i in range(3):
+        t.window(i, 30, p95=1.5 * T)
+    result = t.run(3, {"p95_ms": T, "recall_at_10": 0.3, "method": method})
+    judged = [w for w in result.windows if w.arm == "candidate"]
+    e = judged[0].verdicts[0].evidence
+    assert e is not None and e["method"] == method and e["n"] == 30
+    assert {j.window_id for j in result.judgements} == {w.window_id for w in judged}
