@@ -393,6 +393,33 @@ def sequential_verdict(
     return done(_mean_verdict(rule, hist, m_fail, m_pass, alpha, extra))
 
 
+def window_figure(rule: SLORule, own: WindowStats, evidence: Mapping[str, Any]) -> tuple[str, float | None]:
+    """The window's own estimate of what the rule's test is about: (name, value) — the rate above the
+    tested latency, the error rate, or the recall mean; ``None`` without data."""
+    if rule.metric in QUANTILE_METRICS:
+        t = evidence.get("threshold_ms")
+        if own.count == 0 or t is None:
+            return "window_rate", None
+        k = own.exceedances(float(t)) if not rule.relative else None
+        if k is None:
+            k = _count_above(own.sketch, float(t), surely=rule.operator in ("le", "lt"))
+        return "window_rate", k / own.count
+    if rule.metric == "error_rate":
+        return "window_rate", (own.error_count / own.count) if own.count else None
+    return "window_mean", histogram_mean(own.recall_histogram())
+
+
+def window_breaks(rule: SLORule, value: float | None, evidence: Mapping[str, Any]) -> bool:
+    """Does this window, on its own, sit on the breaking side of the tested threshold?"""
+    if value is None:
+        return False
+    if rule.metric == "recall_at_10":
+        limit = evidence.get("mean_threshold")
+        return limit is not None and (value < limit if rule.operator in ("ge", "gt") else value > limit)
+    limit = evidence.get("rate_threshold")
+    return limit is not None and (value > limit if rule.operator in ("le", "lt") else value < limit)
+
+
 # -- one deployment -----------------------------------------------------------------------------------------
 
 
@@ -506,13 +533,27 @@ class DeploymentJudge:
                 continue
             v = sequential_verdict(rule, window, self.candidate, self.baseline if rule.relative else None)
             evidence = {**(v.evidence or {}), "windows": self.candidate_windows}
-            if window.response_count == 0 and rule.metric != "response_count":
+            if rule.metric == "response_count":
+                verdicts.append(replace(v, evidence=evidence))
+                continue
+            name, own = window_figure(rule, stats, evidence)
+            shown = f"{name}={'-' if own is None else format(own, '.4f')}"
+            evidence[name] = own
+            evidence["window_n"] = stats.count
+            if window.response_count == 0:
                 # No new data: this bucket is not a failing (or passing) bucket, whatever the pool says.
+                pooled = f"pooled: {v.outcome}, {v.reason}"
+                v = replace(v, outcome="inconclusive", reason=f"no candidate outcomes in this window ({pooled})")
+            elif v.outcome == "fail" and not window_breaks(rule, own, evidence):
+                # A failing *bucket* breaks the rule itself, backed by significant pooled evidence: a
+                # healthy bucket after a bad one is not a second failing bucket.
                 v = replace(
                     v,
                     outcome="inconclusive",
-                    reason=f"no candidate outcomes in this window (pooled: {v.outcome}, {v.reason})",
+                    reason=f"this window does not break it ({shown}); pooled: {v.reason}",
                 )
+            elif v.outcome == "pass" and window_breaks(rule, own, evidence):
+                v = replace(v, outcome="inconclusive", reason=f"this window breaks it ({shown}); pooled: {v.reason}")
             verdicts.append(replace(v, evidence=evidence))
         judged = replace(window, verdicts=tuple(verdicts))
         n = window.response_count

@@ -116,13 +116,21 @@ async def ensure_topics_async(bootstrap: str, specs: Iterable[TopicSpec]) -> lis
         present = [s for s in specs if s.name in existing]
         for spec in (s for s in specs if s.name not in existing):
             try:
-                await admin.create_topics(
+                response = await admin.create_topics(
                     [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config())], timeout_ms=15000
                 )
-                reports.append(TopicReport(spec.name, "created"))
             except TopicAlreadyExistsError:
+                present.append(spec)
+                continue
+            # aiokafka reports per-topic failures in the response instead of raising them.
+            code, message = next(((e[1], e[2] if len(e) > 2 else "") for e in response.topic_errors), (0, ""))
+            if code == TopicAlreadyExistsError.errno:
                 # Created by someone else since list_topics (metadata lags creation): verify it like any other.
                 present.append(spec)
+            elif code:
+                raise KafkaError(f"cannot create topic {spec.name}: error {code} {message or ''}".rstrip())
+            else:
+                reports.append(TopicReport(spec.name, "created"))
         if present:
             reports += await _verify(admin, present)
         return sorted(reports, key=lambda r: r.name)

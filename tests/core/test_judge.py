@@ -113,6 +113,16 @@ def test_one_bad_window_then_healthy_ones_is_no_rollback() -> None:
     assert decided(js) == []
 
 
+def test_a_failing_bucket_must_break_the_rule_itself() -> None:
+    # Every request slow in one window: the pooled evidence stays significant for many windows, but a
+    # healthy window is not a failing bucket, so the spec's "2 consecutive failing buckets" is not met.
+    js = run(P95_ONLY, [requests(30, slow=30), *[requests(30)] * 4])
+    assert outcomes_of(js, "p95_ms") == "Fiiii"
+    assert "this window does not break it (window_rate=0.0000)" in js[1].window.verdicts[0].reason
+    assert js[1].window.verdicts[0].evidence["log_e_fail"] > js[1].window.verdicts[0].evidence["log_e_needed"]
+    assert decided(js) == []
+
+
 def test_errors_are_never_flattering() -> None:
     policy = default_policy()
     # Every request fails fast (3 ms): latency, recall and the error rate all fail; the rollback names

@@ -95,6 +95,16 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[di
         await consumer.stop()
 
 
+async def read_judged(bootstrap: str, topics: Topics, deployment_id: str | None = None) -> list[dict[str, Any]]:
+    """Judged candidate windows (the SLO agent's ``canary_verdicts``), once per window, in window order."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for j in await read_all(bootstrap, topics.verdicts):
+        w = j.get("window") if isinstance(j, dict) else None
+        if isinstance(w, dict) and (deployment_id is None or w.get("deployment_id") == deployment_id):
+            by_id.setdefault(w["window_id"], w)
+    return sorted(by_id.values(), key=lambda w: w["window_start_ms"])
+
+
 @dataclass
 class WorkerProcess:
     """``canary worker`` as a real subprocess (so it can be SIGKILLed like in production)."""

@@ -20,6 +20,7 @@ from tests.integration.harness import (
     make_backend,
     preset_ref,
     read_all,
+    read_judged,
     send_command,
     start_command,
 )
@@ -58,10 +59,8 @@ async def test_worker_killed_after_first_failing_window_still_rolls_back_once(
         deadline = time.monotonic() + 40
         while first_fail is None and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            windows = await read_all(kafka_bootstrap, worker.topics.windows)
-            failing = [
-                w for w in windows if w["deployment_id"] == dep and any(v["outcome"] == "fail" for v in w["verdicts"])
-            ]
+            windows = await read_judged(kafka_bootstrap, worker.topics, dep)
+            failing = [w for w in windows if any(v["outcome"] == "fail" for v in w["verdicts"])]
             first_fail = failing[0] if failing else None
         assert first_fail is not None, worker.log_tail()
         worker.kill()

@@ -30,6 +30,7 @@ from tests.integration.harness import (
     make_backend,
     preset_ref,
     read_all,
+    read_judged,
     send_command,
     start_command,
 )
@@ -105,7 +106,10 @@ def recorded(
 
 
 def _live_windows(rec: Recorded) -> list[WindowResult]:
-    raw = asyncio.run(read_all(rec.settings.effective_bootstrap, Topics(rec.settings.topic_prefix).windows))
+    topics = Topics(rec.settings.topic_prefix)
+    raw = asyncio.run(read_all(rec.settings.effective_bootstrap, topics.windows))
+    judged = {w["window_id"]: w for w in asyncio.run(read_judged(rec.settings.effective_bootstrap, topics))}
+    raw = [judged.get(w.get("window_id"), w) for w in raw]
     first = rec.from_ms - rec.from_ms % WINDOW_MS
     out = {
         w.window_id: w

@@ -22,6 +22,7 @@ from tests.integration.harness import (
     make_backend,
     preset_ref,
     read_all,
+    read_judged,
     send_command,
     start_command,
 )
@@ -102,11 +103,7 @@ async def _run_canary(
 
 
 async def _candidate_windows(worker: WorkerProcess, dep: str) -> list[dict[str, Any]]:
-    windows = await read_all(worker.bootstrap, worker.topics.windows)
-    return sorted(
-        (w for w in windows if w["deployment_id"] == dep and w["arm"] == "candidate"),
-        key=lambda w: w["window_start_ms"],
-    )
+    return await read_judged(worker.bootstrap, worker.topics, dep)
 
 
 def _failed(window: dict[str, Any]) -> bool:
@@ -133,6 +130,7 @@ async def test_latency_breach_rolls_back_once_at_second_failing_window(pipeline:
     evidence = rollback["evidence"]
     assert evidence["rule"] == "p95_ms" and evidence["threshold"] == 1200
     assert len(evidence["windows"]) == 2 and all(w["value"] > 1200 for w in evidence["windows"])
+    assert all(w["outcome"] == "fail" and w["evidence"]["method"] == "sequential" for w in evidence["windows"])
 
     windows = await _candidate_windows(pipeline, dep)
     failing = [w for w in windows if _failed(w)]
@@ -178,10 +176,13 @@ async def test_healthy_noisy_candidate_is_not_rolled_back(pipeline: WorkerProces
     dep = result["deployment_id"]
     assert await _rollbacks(pipeline, dep) == []
     windows = await _candidate_windows(pipeline, dep)
-    judged = [w for w in windows if w["verdicts"] and all(v["outcome"] == "pass" for v in w["verdicts"])]
-    assert len(judged) >= 12, [(w["window_start"], [v["outcome"] for v in w["verdicts"]]) for w in windows]
-    assert all(w["p95_ms"] < 1200 for w in judged)
-    assert all(w["recall_at_10"] >= 0.30 for w in judged)
+    shown = [(w["window_start"], [v["outcome"] for v in w["verdicts"]]) for w in windows]
+    assert len(windows) >= 12, shown
+    assert not any(v["outcome"] == "fail" for w in windows for v in w["verdicts"]), shown
+    # Latency and recall are proven to hold within a few windows (the error rate, ~650 requests, later).
+    proven = [w for w in windows if all(v["outcome"] == "pass" for v in w["verdicts"] if v["rule"] != "error_rate")]
+    assert len(proven) >= 8, shown
+    assert all(w["recall_at_10"] >= 0.30 for w in proven)
 
 
 async def test_recall_drop_rolls_back(pipeline: WorkerProcess) -> None:
@@ -226,3 +227,55 @@ async def test_one_failing_window_then_passing_windows_does_not_roll_back(pipeli
     assert len(failing) == 1, outcomes
     assert windows[failing[0]]["window_start_ms"] == boundary
     assert any(all(o == "pass" for o in out) and out for out in outcomes[failing[0] + 1 :]), outcomes
+
+
+async def test_a_candidate_that_fails_every_request_fast_is_rolled_back(pipeline: WorkerProcess) -> None:
+    # Every request errors in a few ms: fast "answers" must not pass the latency rule, and the error rule
+    # (default error_rate <= 0.01) must fire.
+    broken = {"candidate_high_recall": Fault(error_rate=1.0)}
+    result = await _run_canary(pipeline, "candidate_high_recall", broken, 30)
+    rollbacks = await _rollbacks(pipeline, result["deployment_id"])
+    assert len(rollbacks) == 1, pipeline.log_tail()
+    assert rollbacks[0]["reason"] == "SLO violation: error_rate failed for 2 consecutive buckets"
+    windows = await _candidate_windows(pipeline, result["deployment_id"])
+    first_data = next(i for i, w in enumerate(windows) if w["response_count"] > 0)
+    # At the 2nd window with traffic (the first may be a partial window right after the start).
+    assert rollbacks[0]["evidence"]["triggering_window"] in {
+        w["window_id"] for w in windows[first_data : first_data + 3]
+    }
+    assert all(w["p95_ms"] >= 10_000 for w in windows if w["response_count"])  # errors count as the timeout
+
+
+async def test_a_starved_healthy_canary_is_paused_for_insufficient_data(pipeline: WorkerProcess) -> None:
+    backend = make_backend({})
+    router = RouterService(
+        pipeline.bootstrap, pipeline.topics, backend, preset_ref("last_good"), consume_requests=False
+    )
+    await router.start()
+    cmd = start_command("candidate_high_recall", weight=0.2)
+    dep = cmd.deployment_id
+    try:
+        await send_command(pipeline.bootstrap, pipeline.topics, cmd)
+        load = LoadGenerator(router, qps=10)  # 2 candidate requests/s: 10 per window, below min_samples 20
+        load_task = asyncio.create_task(load.run(90))
+        deadline = time.monotonic() + 90
+        while router.ledger.deployments.get(dep) is None or router.ledger.deployments[dep].status == "running":
+            assert time.monotonic() < deadline, pipeline.log_tail()
+            await asyncio.sleep(0.2)
+        load_task.cancel()
+        await asyncio.gather(load_task, return_exceptions=True)
+        await load.drain()
+        status = router.ledger.deployments[dep].status
+        if router.ledger.deployments[dep].live:
+            await send_command(pipeline.bootstrap, pipeline.topics, end_command(dep))
+    finally:
+        await router.stop()
+    assert status == "paused"
+    control = [c for c in await read_all(pipeline.bootstrap, pipeline.topics.control) if c["deployment_id"] == dep]
+    (pause,) = [c for c in control if c["type"] == "pause"]
+    assert pause["issued_by"] == "slo-agent" and pause["command_id"].startswith(f"pause-insufficient-{dep}-")
+    assert pause["reason"].startswith("insufficient data: 12 windows, ")
+    assert not [c for c in control if c["type"] == "rollback"]
+    await asyncio.sleep(2.5)  # the audit agent writes the pause
+    audit = [e for e in _audit_lines(pipeline.audit_log) if e["deployment_id"] == dep]
+    assert any(e["event_type"] == "canary_pause" and e["details"].get("reason") == pause["reason"] for e in audit)
