@@ -64,11 +64,11 @@ from bench.common import (
     sigterm_as_exit,
     unique_prefix,
 )
-from canary.core.aggregations import WindowAggregator
 from canary.core.models import SearchOutcome, WindowKey, WindowResult
-from canary.core.slo import default_rules, judge_all
+from canary.core.slo import default_policy
 from canary.core.windows import WindowFinalizer
 from canary.kafka.topics import Topics, ensure_topics
+from canary.pipeline.policies import aggregator_for_policy
 from tests.integration.harness import PRESETS, WorkerProcess, send_command, start_command
 
 TARGET_RATE = 30_000.0
@@ -369,15 +369,10 @@ def finalize_pass(parsed: Sequence[SearchOutcome], dep: str, batch: int) -> dict
     for o in parsed:
         p = part_of[o.window_key.as_str()]
         streams[p].append((len(streams[p]), o))
-    rules = default_rules()
-
-    def judge(w: WindowResult) -> Any:
-        return judge_all(rules, w) if w.arm == "candidate" and w.deployment_id else ()
-
-    finalizers = {
-        p: WindowFinalizer(WINDOW_MS, GRACE_MS, 12, aggregator=lambda _k: WindowAggregator(), judge=judge)
-        for p in parts
-    }
+    # The windows stage no longer judges (the SLO agent does, from the windows' statistics): the
+    # aggregator computes those statistics with the default policy's thresholds, as in production.
+    aggregator = aggregator_for_policy(default_policy())
+    finalizers = {p: WindowFinalizer(WINDOW_MS, GRACE_MS, 12, aggregator=lambda _k: aggregator) for p in parts}
     batches = []
     for p, items in streams.items():
         for i in range(0, len(items), batch):

@@ -149,7 +149,10 @@ async def run_canaries(args: Any, bootstrap: str, topics: Topics, tmp: Path) -> 
         out["worker_exit_code"] = code
         if code not in (0, None):
             log(f"worker exited with {code}; log tail:\n{worker.log_tail(30)}")
+    # Candidate windows as the SLO agent judged them (verdicts topic); last_good ones from the windows topic.
+    judged = [j["window"] for j in await read_all(bootstrap, topics.verdicts, timeout=30) if isinstance(j, dict)]
     out["windows"] = await read_all(bootstrap, topics.windows, timeout=30)
+    out["windows"] = [w for w in out["windows"] if w.get("arm") != "candidate"] + judged
     out["control"] = await read_all(bootstrap, topics.control, timeout=30)
     return out
 

@@ -183,11 +183,11 @@ def in_process(records: list[Record], commands: list[ControlCommand], strict_n: 
     batches = 0
     for p, recs in sorted(by_part.items()):
         pre.partition = p
-        fin = WindowFinalizer(aggregator=book.aggregator_for, judge=book.judge)
+        fin = WindowFinalizer(aggregator=book.aggregator_for)
         out, stats = recompute_partition(p, recs, fin, pre, settings)  # type: ignore[arg-type]
         windows += out
         batches += stats.batches
-    evaluate(windows, book, ledger, settings)
+    evaluate(windows, book, commands, settings)
     s = time.perf_counter() - started
     res["windows_only"] = {"seconds": s, "rate": rate(n, s), "batches": batches, "per_batch": n / max(1, batches)}
     log(f"windows+judge+SLO on decoded outcomes: {fmt_rate(rate(n, s))} ({n / max(1, batches):.0f} per batch)")
