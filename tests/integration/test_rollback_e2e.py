@@ -226,7 +226,11 @@ async def test_one_failing_window_then_passing_windows_does_not_roll_back(pipeli
     failing = [i for i, w in enumerate(windows) if _failed(w)]
     assert len(failing) == 1, outcomes
     assert windows[failing[0]]["window_start_ms"] == boundary
-    assert any(all(o == "pass" for o in out) and out for out in outcomes[failing[0] + 1 :]), outcomes
+    # The windows after it are healthy: none fails (the pooled latency evidence from the burst keeps p95
+    # from *passing* for a while, which is honest; recall keeps passing).
+    later = outcomes[failing[0] + 1 :]
+    assert later and all("fail" not in out for out in later), outcomes
+    assert any(out[1] == "pass" for out in later), outcomes
 
 
 async def test_a_candidate_that_fails_every_request_fast_is_rolled_back(pipeline: WorkerProcess) -> None:
