@@ -8,6 +8,7 @@ record, the field and the offending value: a poison message must be diagnosable 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,18 @@ ROUTER_STATUSES: tuple[RouterStatus, ...] = (
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""Deployment ids, config names and router ids: letters, digits, '_', '.', '-' (1-128, not starting with a
+separator). Window keys join names with '|' and window ids append '@': neither may appear in a name."""
+SAFE_NAME_HINT = "must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def check_name(kind: str, value: str) -> str:
+    """``value`` if it is a safe name, else :class:`InvalidEvent` naming the kind, the value and the rule."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise InvalidEvent(f"{kind} {value!r:.140}: {SAFE_NAME_HINT}")
+    return value
 
 
 def iso_ms(ts_ms: int) -> str:
@@ -106,6 +119,17 @@ class _Fields:
             raise self.fail(field, "expected a string", v)
         if not v and not empty_ok:
             raise self.fail(field, "must not be empty", v)
+        return v
+
+    def name(self, field: str, *, optional: bool = False) -> str | None:
+        v = self.str_(field, optional=optional)
+        if v is not None and not SAFE_NAME.fullmatch(v):
+            raise self.fail(field, SAFE_NAME_HINT, v)
+        return v
+
+    def req_name(self, field: str) -> str:
+        v = self.name(field)
+        assert v is not None
         return v
 
     def req_str(self, field: str, *, empty_ok: bool = False) -> str:
@@ -201,6 +225,9 @@ class WindowKey:
         if len(parts) != 3 or not all(parts):
             raise InvalidEvent(f"WindowKey: expected '<deployment>|<config>|<arm>', got {text!r}")
         dep, config, arm = parts
+        if dep != "-":
+            check_name("WindowKey deployment id", dep)
+        check_name("WindowKey config name", config)
         return cls(None if dep == "-" else dep, config, arm)
 
     def __str__(self) -> str:
@@ -254,8 +281,8 @@ class SearchOutcome:
             event_id=f.req_str("event_id"),
             request_id=f.req_str("request_id"),
             ts=f.req_int("ts", minimum=0),
-            deployment_id=f.str_("deployment_id", optional=True),
-            config_name=f.req_str("config_name"),
+            deployment_id=f.name("deployment_id", optional=True),
+            config_name=f.req_name("config_name"),
             config_version=f.req_str("config_version", empty_ok=True),
             config_hash=f.req_str("config_hash", empty_ok=True),
             arm=cast(Arm, f.choice("arm", ARMS)),
@@ -263,7 +290,47 @@ class SearchOutcome:
             recall_at_10=f.float_("recall_at_10", lo=0.0, hi=1.0, optional=True),
             result_count=f.req_int("result_count", minimum=0),
             error=f.str_("error", optional=True, empty_ok=True),
-            router_id=f.req_str("router_id"),
+            router_id=f.req_name("router_id"),
+        )
+
+
+WatermarkStatus = Literal["start", "running", "stop"]
+WATERMARK_STATUSES: tuple[WatermarkStatus, ...] = ("start", "running", "stop")
+
+
+@dataclass(frozen=True, slots=True)
+class RouterWatermark:
+    """A producer's promise on one ``search_results`` partition: every outcome it stamps with
+    ``ts <= watermark_ms`` (in its own clock) is already on this partition, before this record.
+
+    ``status`` ``start`` announces a producer, ``stop`` its clean exit (it leaves the live set at once);
+    ``running`` records repeat every ``interval`` (default 50 ms). ``kind`` tells it from an outcome.
+    """
+
+    router_id: str
+    watermark_ms: int
+    status: WatermarkStatus
+    seq: int
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "kind": "watermark",
+            "router_id": self.router_id,
+            "watermark_ms": self.watermark_ms,
+            "status": self.status,
+            "seq": self.seq,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RouterWatermark:
+        f = _Fields("RouterWatermark", d)
+        if f.data.get("kind") != "watermark":
+            raise f.fail("kind", "expected 'watermark'", f.data.get("kind"))
+        return cls(
+            router_id=f.req_name("router_id"),
+            watermark_ms=f.req_int("watermark_ms", minimum=0),
+            status=cast(WatermarkStatus, f.choice("status", WATERMARK_STATUSES)),
+            seq=f.req_int("seq", minimum=0),
         )
 
 
@@ -429,7 +496,7 @@ class ControlCommand:
         return cls(
             command_id=f.req_str("command_id"),
             type=cast(CommandType, f.choice("type", COMMAND_TYPES)),
-            deployment_id=f.req_str("deployment_id"),
+            deployment_id=f.req_name("deployment_id"),
             candidate_config=f.dict_("candidate_config"),
             candidate_config_hash=f.str_("candidate_config_hash", optional=True),
             last_good_config=f.dict_("last_good_config"),

@@ -1,32 +1,50 @@
-"""Tumbling event-time windows: time math, watermarks and exactly-once finalization.
+"""Tumbling event-time windows: time math, per-producer watermarks and exactly-once finalization.
 
-Nothing here reads a clock: every call takes ``now_ms``, so live agents pass wall time, replay passes
-whatever it wants, and tests are deterministic.
+Nothing here reads a clock: every call takes ``now_ms`` (processing time), so live agents pass wall time,
+replay passes the records' arrival times, and tests are deterministic.
 
-Lateness is decided per outcome against the watermark *as it stood when that outcome arrived*: the
-watermark before the batch, advanced by the outcomes of the same partition that precede it in the batch.
-Where an outcome is late, its count goes to the first window of its key that was still open at that
-moment. Both rules depend only on the arrival sequence, not on how it was cut into micro-batches or on
-when ``due`` was called, which is what makes replay reproduce the live windows exactly.
+**Watermarks.** Each producer (router) writes :class:`~canary.core.models.RouterWatermark` records into
+every ``search_results`` partition: "every outcome I stamped up to ``watermark_ms`` — in my own clock —
+is on this partition before this record". A partition's event-time watermark is the minimum over its
+*live* producers (seen within ``router_timeout_ms`` of processing time, not stopped). Event time stays
+each producer's own clock, so clock skew between routers costs only a delay, never data. Producers that
+never send a watermark (third-party ones) are covered by the old heuristic — their highest event time
+extrapolated by the processing time since they last delivered, minus ``grace_ms`` — and when no producer is
+live at all the same extrapolation still closes the last windows (a processing-time bound).
+
+**Bounded event time.** An outcome more than ``future_bound_ms`` ahead of its producer's watermark (or of
+processing time, for a producer that sent none) is refused as ``future_ts`` and moves nothing.
+
+**Late data is never excluded.** An outcome whose window was already emitted is aggregated into its key's
+next unemitted window (and counted in that window's ``late_count``): its latency, error and recall still
+count, one window later.
+
+**One outcome per request.** Outcomes are deduplicated by ``(deployment_id, request_id)`` for
+``dedup_retention_ms`` after their window: a request re-processed after a rebalance (another router, a
+new ``event_id``) counts once; the first outcome seen in partition order wins.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from canary.core.aggregations import WindowAggregate, WindowAggregator
-from canary.core.models import RuleVerdict, SearchOutcome, WindowKey, WindowResult
+from canary.core.models import RouterWatermark, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.errors import InvalidEvent
 
 Judge = Callable[[WindowResult], Sequence[RuleVerdict]]
 """Computes a finalized window's verdicts; the finalizer stores them in ``WindowResult.verdicts``."""
 AggregatorSource = WindowAggregator | Callable[[WindowKey], WindowAggregator]
+Item = SearchOutcome | RouterWatermark
 
 _NEG = -(2**62)  # "no watermark yet", small enough for any epoch-ms arithmetic to stay in int64
+
+DEFAULT_ROUTER_TIMEOUT_MS = 5000
+DEFAULT_FUTURE_BOUND_MS = 10_000
+DEFAULT_DEDUP_RETENTION_MS = 120_000
 
 
 def window_bounds(ts_ms: int, size_ms: int = 5000) -> tuple[int, int]:
@@ -34,38 +52,116 @@ def window_bounds(ts_ms: int, size_ms: int = 5000) -> tuple[int, int]:
     return start, start + size_ms
 
 
-class WatermarkTracker:
-    """Per source partition: the highest event time seen and when (processing time) it last delivered.
+def request_key(deployment_id: str | None, request_id: str) -> int:
+    """A request's identity within its deployment, as a 64-bit hash (bounded memory, small checkpoints)."""
+    digest = hashlib.blake2b(f"{deployment_id or '-'}|{request_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
-    A partition's watermark is its max event time extrapolated by the processing time since its last
-    delivery. While a backlog drains, deliveries are continuous and the watermark follows event time;
-    when traffic stops it follows the clock, so the last windows still close. The overall watermark is
-    the minimum over partitions, so one lagging partition holds everything back.
-    """
 
-    def __init__(self) -> None:
-        self._max_ts: dict[int, int] = {}
-        self._arrival: dict[int, int] = {}
+@dataclass(slots=True)
+class _ProducerMark:
+    watermark: int
+    seen_at: int  # processing time of its last watermark record
+    stopped: bool = False
 
-    @property
-    def partitions(self) -> tuple[int, ...]:
-        return tuple(sorted(self._max_ts))
 
-    def observe(self, partition: int, max_ts_in_batch: int, now_ms: int) -> None:
-        self._max_ts[partition] = max(self._max_ts.get(partition, max_ts_in_batch), max_ts_in_batch)
-        self._arrival[partition] = max(self._arrival.get(partition, now_ms), now_ms)
+@dataclass(slots=True)
+class PartitionClock:
+    """Event-time progress of one source partition (see the module docstring)."""
 
-    def forget(self, partition: int) -> None:
-        """Drop a revoked partition so it no longer holds the watermark back."""
-        self._max_ts.pop(partition, None)
-        self._arrival.pop(partition, None)
+    router_timeout_ms: int = DEFAULT_ROUTER_TIMEOUT_MS
+    future_bound_ms: int = DEFAULT_FUTURE_BOUND_MS
+    grace_ms: int = 1000
+    producers: dict[str, _ProducerMark] = field(default_factory=dict)
+    legacy_max_ts: int | None = None  # outcomes of producers that never sent a watermark
+    legacy_seen_at: int | None = None
+    max_ts: int | None = None  # every accepted outcome, for the processing-time bound
+    last_arrival: int | None = None
+    departed: int = 0  # producers that left the live set by timing out
 
-    def max_ts(self, partition: int) -> int | None:
-        return self._max_ts.get(partition)
+    def on_watermark(self, mark: RouterWatermark, now_ms: int) -> None:
+        prev = self.producers.get(mark.router_id)
+        if prev is not None and not prev.stopped and now_ms - prev.seen_at > self.router_timeout_ms:
+            self.departed += 1  # it had timed out and comes back
+        wm = mark.watermark_ms if prev is None else max(prev.watermark, mark.watermark_ms)
+        self.producers[mark.router_id] = _ProducerMark(wm, now_ms, mark.status == "stop")
 
-    def watermark(self, now_ms: int, *, exclude: int | None = None) -> int | None:
-        marks = [ts + max(0, now_ms - self._arrival[p]) for p, ts in self._max_ts.items() if p != exclude]
-        return min(marks) if marks else None
+    def accepts(self, router_id: str, ts: int, now_ms: int) -> bool:
+        """False when ``ts`` is beyond the event-time bound (``future_ts``)."""
+        p = self.producers.get(router_id)
+        limit = (p.watermark if p is not None else now_ms) + self.future_bound_ms
+        return ts <= limit
+
+    def on_outcome(self, router_id: str, ts: int, now_ms: int) -> None:
+        if router_id not in self.producers:
+            self.legacy_max_ts = ts if self.legacy_max_ts is None else max(self.legacy_max_ts, ts)
+            self.legacy_seen_at = now_ms if self.legacy_seen_at is None else max(self.legacy_seen_at, now_ms)
+        self.max_ts = ts if self.max_ts is None else max(self.max_ts, ts)
+        self.last_arrival = now_ms if self.last_arrival is None else max(self.last_arrival, now_ms)
+
+    def live_producers(self, now_ms: int) -> list[str]:
+        return sorted(
+            r for r, p in self.producers.items() if not p.stopped and now_ms - p.seen_at <= self.router_timeout_ms
+        )
+
+    def watermark(self, now_ms: int) -> int | None:
+        marks = [self.producers[r].watermark for r in self.live_producers(now_ms)]
+        legacy_live = self.legacy_seen_at is not None and now_ms - self.legacy_seen_at <= self.router_timeout_ms
+        if self.legacy_max_ts is not None and self.legacy_seen_at is not None and (legacy_live or not marks):
+            marks.append(self.legacy_max_ts + max(0, now_ms - self.legacy_seen_at) - self.grace_ms)
+        if marks:
+            return min(marks)
+        # Nobody live: the processing-time bound closes the last windows once traffic has stopped.
+        if self.max_ts is None or self.last_arrival is None:
+            return None
+        top = max([self.max_ts, *(p.watermark for p in self.producers.values())])
+        return top + max(0, now_ms - self.last_arrival) - self.grace_ms
+
+    def reseed(self, now_ms: int) -> None:
+        """After a restore: processing-time stamps restart now (extrapolating over the downtime would
+        declare the whole backlog late)."""
+        for p in self.producers.values():
+            p.seen_at = now_ms
+        if self.legacy_seen_at is not None:
+            self.legacy_seen_at = now_ms
+        if self.last_arrival is not None:
+            self.last_arrival = now_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "producers": {
+                r: {"watermark": p.watermark, "stopped": p.stopped} for r, p in sorted(self.producers.items())
+            },
+            "legacy_max_ts": self.legacy_max_ts,
+            "max_ts": self.max_ts,
+            "departed": self.departed,
+        }
+
+    @classmethod
+    def from_dict(
+        cls, d: Mapping[str, Any], now_ms: int, *, router_timeout_ms: int, future_bound_ms: int, grace_ms: int
+    ) -> PartitionClock:
+        clock = cls(router_timeout_ms, future_bound_ms, grace_ms)
+        clock.producers = {
+            str(r): _ProducerMark(int(p["watermark"]), now_ms, bool(p["stopped"])) for r, p in d["producers"].items()
+        }
+        clock.legacy_max_ts = None if d["legacy_max_ts"] is None else int(d["legacy_max_ts"])
+        clock.legacy_seen_at = None if clock.legacy_max_ts is None else now_ms
+        clock.max_ts = None if d["max_ts"] is None else int(d["max_ts"])
+        clock.last_arrival = None if clock.max_ts is None else now_ms
+        clock.departed = int(d.get("departed", 0))
+        return clock
+
+
+@dataclass
+class AddResult:
+    """What one ``add`` refused or moved, for dead-lettering and stats."""
+
+    late: list[SearchOutcome] = field(default_factory=list)  # aggregated into a later window
+    future: list[SearchOutcome] = field(default_factory=list)  # refused: beyond the event-time bound
+    duplicates: int = 0  # dropped: the request was already counted
+    redelivered: int = 0  # skipped: offsets already applied
+    watermarks: int = 0
 
 
 @dataclass(slots=True)
@@ -91,21 +187,34 @@ class WindowFinalizer:
         idle_windows: int = 12,
         aggregator: AggregatorSource | None = None,
         judge: Judge | None = None,
+        *,
+        router_timeout_ms: int = DEFAULT_ROUTER_TIMEOUT_MS,
+        future_bound_ms: int = DEFAULT_FUTURE_BOUND_MS,
+        dedup_retention_ms: int = DEFAULT_DEDUP_RETENTION_MS,
     ) -> None:
         if size_ms <= 0 or grace_ms < 0 or idle_windows < 1:
             raise ValueError(f"bad window settings: size_ms={size_ms} grace_ms={grace_ms} idle={idle_windows}")
+        if router_timeout_ms <= 0 or future_bound_ms <= 0 or dedup_retention_ms < 0:
+            raise ValueError(
+                f"bad watermark settings: router_timeout_ms={router_timeout_ms} "
+                f"future_bound_ms={future_bound_ms} dedup_retention_ms={dedup_retention_ms}"
+            )
         self.size_ms = size_ms
         self.grace_ms = grace_ms
         self.idle_windows = idle_windows
+        self.router_timeout_ms = router_timeout_ms
+        self.future_bound_ms = future_bound_ms
+        self.dedup_retention_ms = dedup_retention_ms
         self._aggregator_source: AggregatorSource = aggregator or WindowAggregator()
         self._aggregators: dict[WindowKey, WindowAggregator] = {}
         self.judge = judge
-        self.tracker = WatermarkTracker()
+        self.clocks: dict[int, PartitionClock] = {}
         self._high = _NEG  # monotonic: an emitted window can never be reopened
         self._series: dict[WindowKey, _Series] = {}
         self._emitted_end: dict[WindowKey, int] = {}
         self._open: dict[WindowKey, dict[int, WindowAggregate]] = {}
         self._offsets: dict[int, int] = {}
+        self._seen: dict[int, int] = {}  # request key -> window start it was counted in
 
     # -- inspection -------------------------------------------------------------------------------
 
@@ -125,6 +234,13 @@ class WindowFinalizer:
     def tracked_keys(self) -> tuple[WindowKey, ...]:
         return tuple(sorted(self._series, key=WindowKey.as_str))
 
+    @property
+    def remembered_requests(self) -> int:
+        return len(self._seen)
+
+    def live_producers(self, now_ms: int) -> list[str]:
+        return sorted({r for c in self.clocks.values() for r in c.live_producers(now_ms)})
+
     def aggregator_for(self, key: WindowKey) -> WindowAggregator:
         agg = self._aggregators.get(key)
         if agg is None:
@@ -132,6 +248,17 @@ class WindowFinalizer:
             agg = src if isinstance(src, WindowAggregator) else src(key)
             self._aggregators[key] = agg
         return agg
+
+    def clock(self, partition: int) -> PartitionClock:
+        c = self.clocks.get(partition)
+        if c is None:
+            c = PartitionClock(self.router_timeout_ms, self.future_bound_ms, self.grace_ms)
+            self.clocks[partition] = c
+        return c
+
+    def forget(self, partition: int) -> None:
+        """Drop a revoked partition so it no longer holds the watermark back."""
+        self.clocks.pop(partition, None)
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -147,121 +274,153 @@ class WindowFinalizer:
         elif start < series.next_start:
             series.next_start = start
 
-    def _advance(self, now_ms: int) -> int:
-        wm = self.tracker.watermark(now_ms)
-        if wm is not None and wm > self._high:
-            self._high = wm
+    def _watermark_now(self, now_ms: int) -> int:
+        marks = [m for m in (c.watermark(now_ms) for c in self.clocks.values()) if m is not None]
+        if marks and min(marks) > self._high:
+            self._high = min(marks)
         return self._high
 
     def add(
         self,
         partition: int,
-        outcomes: Sequence[SearchOutcome],
+        items: Sequence[Item],
         now_ms: int,
         offsets: Sequence[int] | None = None,
-    ) -> list[SearchOutcome]:
-        """Add one micro-batch from ``partition``; returns the outcomes that arrived too late.
+    ) -> AddResult:
+        """Add one micro-batch from ``partition``: outcomes and producer watermarks, in partition order.
 
-        With ``offsets`` (source offset per outcome), outcomes at or below the highest offset already
-        added from that partition are redeliveries and skipped. Late outcomes are not aggregated, but
-        counted in ``late_count`` of their key's next emitted window and returned for dead-lettering.
+        With ``offsets`` (source offset per item), items at or below the highest offset already added
+        from that partition are redeliveries and skipped.
         """
+        result = AddResult()
         if offsets is not None:
-            if len(offsets) != len(outcomes):
-                raise ValueError(f"{len(offsets)} offsets for {len(outcomes)} outcomes")
+            if len(offsets) != len(items):
+                raise ValueError(f"{len(offsets)} offsets for {len(items)} items")
             seen = self._offsets.get(partition, -1)
             fresh = [i for i, off in enumerate(offsets) if off > seen]
             if fresh:
                 self._offsets[partition] = max(seen, max(offsets))
-            outcomes = [outcomes[i] for i in fresh]
-            offsets = [offsets[i] for i in fresh]
-        if not outcomes:
-            return []
+            result.redelivered = len(items) - len(fresh)
+            items = [items[i] for i in fresh]
+        if not items:
+            return result
+        clock = self.clock(partition)
+        high = self._watermark_now(now_ms)
+        others = [m for p, c in self.clocks.items() if p != partition for m in [c.watermark(now_ms)] if m is not None]
+        floor = min(others) if others else None
 
-        high = self._advance(now_ms)
-        ts = np.fromiter((o.ts for o in outcomes), dtype=np.int64, count=len(outcomes))
-        prior = self.tracker.max_ts(partition)
-        running = np.maximum.accumulate(ts)
-        if prior is not None:
-            running = np.maximum(running, prior)
-        others = self.tracker.watermark(now_ms, exclude=partition)
-        marks = running if others is None else np.minimum(running, others)
-        marks = np.maximum(marks, high)
-        starts = ts - ts % self.size_ms
-        late_mask = starts + self.size_ms + self.grace_ms <= marks
+        def current_mark() -> int:
+            # The watermark as it stands at this point of the partition's sequence: lateness depends only
+            # on the records before an outcome, never on how they were cut into batches or when due() ran.
+            m = clock.watermark(now_ms)
+            if m is not None and floor is not None:
+                m = min(m, floor)
+            return high if m is None else max(m, high)
 
-        groups: dict[tuple[WindowKey, int], list[int]] = {}
-        late_slots: dict[tuple[WindowKey, int], int] = {}
-        late: list[SearchOutcome] = []
-        for i, o in enumerate(outcomes):
+        mark = current_mark()
+        live = set(clock.live_producers(now_ms))
+        groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = {}
+        late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = {}
+        size = self.size_ms
+        for item in items:
+            if isinstance(item, RouterWatermark):
+                clock.on_watermark(item, now_ms)
+                result.watermarks += 1
+                live = set(clock.live_producers(now_ms))
+                mark = current_mark()
+                continue
+            o = item
+            if not clock.accepts(o.router_id, o.ts, now_ms):
+                result.future.append(o)
+                continue
             key = o.window_key
-            start = int(starts[i])
-            if late_mask[i] or start < self._emitted_end.get(key, _NEG):
-                # The first window whose end + grace is still ahead of this outcome's watermark.
-                mark = int(marks[i])
-                slot = ((mark - self.grace_ms - self.size_ms) // self.size_ms + 1) * self.size_ms
-                slot = max(slot, self._emitted_end.get(key, _NEG))
-                late_slots[(key, slot)] = late_slots.get((key, slot), 0) + 1
-                late.append(o)
+            rk = request_key(key.deployment_id, o.request_id)
+            if rk in self._seen:
+                result.duplicates += 1
+                continue
+            start = o.ts - o.ts % size
+            emitted = self._emitted_end.get(key, _NEG)
+            if start < emitted or start + size <= mark:
+                # Its window is closed: it counts in the key's first window still open, never nowhere.
+                slot = max(mark - mark % size, emitted)
+                late_groups.setdefault((key, slot), []).append(o)
+                result.late.append(o)
+                self._seen[rk] = slot
             else:
-                groups.setdefault((key, start), []).append(i)
+                groups.setdefault((key, start), []).append(o)
+                self._seen[rk] = start
+            clock.on_outcome(o.router_id, o.ts, now_ms)
+            if o.router_id not in live:
+                mark = current_mark()  # a heuristic (non-watermarking) producer moves the mark itself
+        for (key, start), outcomes in groups.items():
+            self._aggregate(key, start, outcomes, offsets, late=False)
+        for (key, start), outcomes in late_groups.items():
+            self._aggregate(key, start, outcomes, offsets, late=True)
+        return result
 
-        for (key, start), idx in groups.items():
-            agg = self.aggregator_for(key)
-            self._track(key, start)
-            windows = self._open.setdefault(key, {})
-            state = windows.get(start) or agg.initialize()
-            top = None if offsets is None else max(offsets[i] for i in idx)
-            windows[start] = agg.agg(state, [outcomes[i] for i in idx], top)
-        for (key, slot), n in late_slots.items():
-            self._track(key, slot)
-            windows = self._open.setdefault(key, {})
-            windows[slot] = (windows.get(slot) or self.aggregator_for(key).initialize()).with_late(n)
-
-        self.tracker.observe(partition, int(ts.max()), now_ms)
-        self._advance(now_ms)
-        return late
+    def _aggregate(
+        self, key: WindowKey, start: int, outcomes: list[SearchOutcome], offsets: Sequence[int] | None, *, late: bool
+    ) -> None:
+        agg = self.aggregator_for(key)
+        self._track(key, start)
+        windows = self._open.setdefault(key, {})
+        state = windows.get(start) or agg.initialize()
+        state = agg.agg(state, outcomes)
+        windows[start] = state.with_late(len(outcomes)) if late else state
 
     # -- output -----------------------------------------------------------------------------------
 
     def due(self, now_ms: int) -> list[WindowResult]:
-        """Windows whose end + grace <= watermark, each exactly once, ordered by (start, key)."""
-        wm = self._advance(now_ms)
+        """Windows whose end <= watermark, each exactly once, ordered by (start, key)."""
+        return [r for r, _ in self.due_with_state(now_ms)]
+
+    def due_with_state(self, now_ms: int) -> list[tuple[WindowResult, WindowAggregate]]:
+        """As :meth:`due`, with each window's aggregate (what a partial window carries to the merge)."""
+        wm = self._watermark_now(now_ms)
         if wm == _NEG:
             return []
-        out: list[WindowResult] = []
+        out: list[tuple[WindowResult, WindowAggregate]] = []
         for key in self.tracked_keys:
-            out.extend(self._emit(key, wm - self.grace_ms, now_ms))
-        out.sort(key=lambda r: (r.window_start_ms, r.key.as_str()))
+            out.extend(self._emit(key, wm, now_ms))
+        out.sort(key=lambda r: (r[0].window_start_ms, r[0].key.as_str()))
+        self._prune(wm)
         return out
 
     def flush_all(self, now_ms: int) -> list[WindowResult]:
         """Close everything up to each key's last open window (end of replay input); trailing empties
         are not invented."""
-        out: list[WindowResult] = []
+        return [r for r, _ in self.flush_all_with_state(now_ms)]
+
+    def flush_all_with_state(self, now_ms: int) -> list[tuple[WindowResult, WindowAggregate]]:
+        out: list[tuple[WindowResult, WindowAggregate]] = []
         for key in self.tracked_keys:
             windows = self._open.get(key)
             if windows:
                 end = max(windows) + self.size_ms
                 out.extend(self._emit(key, end, now_ms))
-                self._high = max(self._high, end + self.grace_ms)
+                self._high = max(self._high, end)
             self._series.pop(key, None)
-        out.sort(key=lambda r: (r.window_start_ms, r.key.as_str()))
+        out.sort(key=lambda r: (r[0].window_start_ms, r[0].key.as_str()))
         return out
 
-    def _emit(self, key: WindowKey, until_end: int, now_ms: int) -> list[WindowResult]:
+    def _prune(self, watermark: int) -> None:
+        horizon = watermark - self.size_ms - self.dedup_retention_ms
+        if self._seen and min(self._seen.values()) < horizon:
+            self._seen = {k: s for k, s in self._seen.items() if s >= horizon}
+
+    def _emit(self, key: WindowKey, until_end: int, now_ms: int) -> list[tuple[WindowResult, WindowAggregate]]:
         """Emit ``key``'s windows ending at or before ``until_end``."""
         series = self._series[key]
         windows = self._open.get(key, {})
         agg = self.aggregator_for(key)
-        out: list[WindowResult] = []
+        out: list[tuple[WindowResult, WindowAggregate]] = []
         while series.next_start + self.size_ms <= until_end:
             start = series.next_start
             state = windows.pop(start, None) or agg.initialize()
             result = agg.result(state, key, start, start + self.size_ms, (), now_ms)
             if self.judge is not None:
                 result = replace(result, verdicts=tuple(self.judge(result)))
-            out.append(result)
+            out.append((result, state))
             self._emitted_end[key] = start + self.size_ms
             series.next_start = start + self.size_ms
             series.idle = series.idle + 1 if state.count == 0 else 0
@@ -278,9 +437,8 @@ class WindowFinalizer:
     # -- persistence ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything needed to resume without re-emitting or losing a window. Processing-time
-        arrival stamps are left out on purpose: after a restart they would extrapolate over the
-        downtime and declare the whole backlog late."""
+        """Everything needed to resume without re-emitting or losing a window. Processing-time stamps
+        are left out on purpose: after a restart they would extrapolate over the downtime."""
 
         def keyed(m: Mapping[WindowKey, Any]) -> dict[str, Any]:
             return {k.as_str(): m[k] for k in sorted(m, key=WindowKey.as_str)}
@@ -289,12 +447,16 @@ class WindowFinalizer:
             "size_ms": self.size_ms,
             "grace_ms": self.grace_ms,
             "idle_windows": self.idle_windows,
+            "router_timeout_ms": self.router_timeout_ms,
+            "future_bound_ms": self.future_bound_ms,
+            "dedup_retention_ms": self.dedup_retention_ms,
             "watermark": self.watermark,
-            "partition_max_ts": {str(p): self.tracker.max_ts(p) for p in self.tracker.partitions},
+            "clocks": {str(p): c.to_dict() for p, c in sorted(self.clocks.items())},
             "offsets": {str(p): self._offsets[p] for p in sorted(self._offsets)},
             "series": keyed({k: {"next_start": s.next_start, "idle": s.idle} for k, s in self._series.items()}),
             "emitted_end": keyed(self._emitted_end),
             "open": keyed({k: {str(s): w[s].to_dict() for s in sorted(w)} for k, w in self._open.items() if w}),
+            "seen": sorted([k, s] for k, s in self._seen.items()),
         }
 
     @classmethod
@@ -306,21 +468,39 @@ class WindowFinalizer:
         aggregator: AggregatorSource | None = None,
         judge: Judge | None = None,
     ) -> WindowFinalizer:
-        """Restore a finalizer. With ``now_ms`` the partitions' event-time marks are re-seeded as if
-        they had just delivered, so an idle pipeline still closes its windows after a restart."""
+        """Restore a finalizer. With ``now_ms`` the partitions' clocks restart at that processing time,
+        so an idle pipeline still closes its windows after a restart."""
         try:
-            out = cls(int(d["size_ms"]), int(d["grace_ms"]), int(d["idle_windows"]), aggregator, judge)
+            out = cls(
+                int(d["size_ms"]),
+                int(d["grace_ms"]),
+                int(d["idle_windows"]),
+                aggregator,
+                judge,
+                router_timeout_ms=int(d.get("router_timeout_ms", DEFAULT_ROUTER_TIMEOUT_MS)),
+                future_bound_ms=int(d.get("future_bound_ms", DEFAULT_FUTURE_BOUND_MS)),
+                dedup_retention_ms=int(d.get("dedup_retention_ms", DEFAULT_DEDUP_RETENTION_MS)),
+            )
             wm = d["watermark"]
             out._high = _NEG if wm is None else int(wm)
             if now_ms is not None:
-                for p, ts in d["partition_max_ts"].items():
-                    out.tracker.observe(int(p), int(ts), now_ms)
+                out.clocks = {
+                    int(p): PartitionClock.from_dict(
+                        c,
+                        now_ms,
+                        router_timeout_ms=out.router_timeout_ms,
+                        future_bound_ms=out.future_bound_ms,
+                        grace_ms=out.grace_ms,
+                    )
+                    for p, c in d["clocks"].items()
+                }
             out._offsets = {int(p): int(o) for p, o in d["offsets"].items()}
             for k, s in d["series"].items():
                 out._series[WindowKey.parse(k)] = _Series(int(s["next_start"]), int(s["idle"]))
             out._emitted_end = {WindowKey.parse(k): int(v) for k, v in d["emitted_end"].items()}
             for k, w in d["open"].items():
                 out._open[WindowKey.parse(k)] = {int(s): WindowAggregate.from_dict(a) for s, a in w.items()}
+            out._seen = {int(k): int(s) for k, s in d.get("seen", [])}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidEvent(f"WindowFinalizer: malformed state ({exc!r})") from None
         return out

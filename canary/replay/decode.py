@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 
-from canary.core.models import SearchOutcome, WindowKey
+from canary.core.models import SAFE_NAME, RouterWatermark, SearchOutcome, WindowKey, check_name
 from canary.errors import CanaryError, InvalidEvent
 
 
@@ -40,7 +40,17 @@ class ReplayOutcome:
     ``latency_ms``, ``error`` and ``recall_at_10``); ``event_id`` and ``offset`` serve the report.
     """
 
-    __slots__ = ("error", "event_id", "latency_ms", "offset", "recall_at_10", "ts", "window_key")
+    __slots__ = (
+        "error",
+        "event_id",
+        "latency_ms",
+        "offset",
+        "recall_at_10",
+        "request_id",
+        "router_id",
+        "ts",
+        "window_key",
+    )
 
     def __init__(
         self,
@@ -51,6 +61,8 @@ class ReplayOutcome:
         recall_at_10: float | None,
         error: str | None,
         offset: int = -1,
+        request_id: str = "",
+        router_id: str = "",
     ) -> None:
         self.event_id = event_id
         self.ts = ts
@@ -59,14 +71,19 @@ class ReplayOutcome:
         self.recall_at_10 = recall_at_10
         self.error = error
         self.offset = offset
+        self.request_id = request_id or event_id
+        self.router_id = router_id
 
     def __repr__(self) -> str:
         return f"ReplayOutcome({self.event_id!r}, ts={self.ts}, key={self.window_key.as_str()!r})"
 
 
-def as_core_outcomes(outcomes: Sequence[ReplayOutcome]) -> Sequence[SearchOutcome]:
+def as_core_outcomes(outcomes: Sequence[ReplayOutcome | RouterWatermark]) -> Sequence[SearchOutcome | RouterWatermark]:
     """The static view the core's signatures ask for (see :class:`ReplayOutcome`)."""
-    return cast("Sequence[SearchOutcome]", outcomes)
+    return cast("Sequence[SearchOutcome | RouterWatermark]", outcomes)
+
+
+Decoded = ReplayOutcome | RouterWatermark
 
 
 _INF = math.inf
@@ -103,6 +120,10 @@ class OutcomeDecoder:
         t = (deployment_id, config_name, arm)
         k = self._keys.get(t)
         if k is None:
+            # Validated once per key: a name outside the safe set is poison (it would break window ids).
+            if deployment_id is not None:
+                check_name("SearchOutcome deployment_id", deployment_id)
+            check_name("SearchOutcome config_name", config_name)
             # A plain WindowKey: a subclass would never compare equal to the WindowKey instances that
             # restored finalizer state (WindowKey.parse) holds, because dataclass __eq__ requires the
             # exact class — a restarted worker would then track every key twice.
@@ -119,13 +140,18 @@ class OutcomeDecoder:
             o.recall_at_10,
             o.error,
             offset,
+            o.request_id,
+            o.router_id,
         )
 
-    def decode(self, raw: bytes | None, offset: int = -1) -> ReplayOutcome:
-        """Decode one value; raises ``InvalidEvent`` / ``ValueError`` / ``TypeError`` (see DECODE_ERRORS)."""
+    def decode(self, raw: bytes | None, offset: int = -1) -> Decoded:
+        """Decode one value — an outcome or a producer's watermark record; raises ``InvalidEvent`` /
+        ``ValueError`` / ``TypeError`` (see DECODE_ERRORS)."""
         if raw is None:
             raise InvalidEvent("SearchOutcome: record has no value (tombstone)")
         d = json.loads(raw) if self.strict else loads(raw)
+        if type(d) is dict and "kind" in d:
+            return RouterWatermark.from_dict(d)
         if self.strict or type(d) is not dict:
             return self._from_outcome(SearchOutcome.from_dict(d), offset)
         try:
@@ -166,10 +192,10 @@ class OutcomeDecoder:
             and type(result_count) is int
             and result_count >= 0
             and type(router_id) is str
-            and router_id
+            and SAFE_NAME.fullmatch(router_id)
         ):
             key = self._keys.get((dep, config_name, arm)) or self.key(dep, config_name, arm)
-            return ReplayOutcome(event_id, ts, key, latency, recall, error, offset)
+            return ReplayOutcome(event_id, ts, key, latency, recall, error, offset, request_id, router_id)
         return self._from_outcome(SearchOutcome.from_dict(d), offset)
 
 

@@ -25,9 +25,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from canary.core.aggregations import WindowAggregate
 from canary.core.deployment import ControlLedger
 from canary.core.judge import Judgement as CoreJudgement
-from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
+from canary.core.merge import merge_all
+from canary.core.models import ControlCommand, JSONDict, RouterWatermark, WindowResult, iso_ms
 from canary.core.slo import SLOPolicy, SLORule
 from canary.core.windows import WindowFinalizer, window_bounds
 from canary.pipeline.decisions import DecisionStep
@@ -97,6 +99,9 @@ class PartitionStats:
     outcomes: int = 0
     invalid: int = 0
     late: int = 0
+    future: int = 0  # refused: beyond the event-time bound (dead-lettered live as future_ts)
+    duplicates: int = 0  # a request already counted (redelivery, takeover by another router)
+    watermarks: int = 0  # producer watermark records (not outcomes)
     batches: int = 0
     first_offset: int | None = None
     last_offset: int | None = None
@@ -110,6 +115,9 @@ class PartitionStats:
             "outcomes": self.outcomes,
             "invalid": self.invalid,
             "late": self.late,
+            "future": self.future,
+            "duplicates": self.duplicates,
+            "watermarks": self.watermarks,
             "batches": self.batches,
             "first_offset": self.first_offset,
             "last_offset": self.last_offset,
@@ -246,10 +254,29 @@ def recompute_partition(
     invalid_samples: list[JSONDict] | None = None,
     late_samples: list[JSONDict] | None = None,
 ) -> tuple[list[WindowResult], PartitionStats]:
-    """Drive one partition's finalizer over its records (offset order) like the live windows agent."""
+    """Drive one partition's finalizer over its records (offset order) like the live windows agent.
+
+    Returns the partition's *partial* windows (see :func:`recompute_partition_partials`) as results."""
+    partials, stats = recompute_partition_partials(
+        partition, records, finalizer, decoder, settings, horizon_ms, invalid_samples, late_samples
+    )
+    return [r for r, _ in partials], stats
+
+
+def recompute_partition_partials(
+    partition: int,
+    records: Sequence[SourceRecord | tuple[int, int, int | None, bytes | None]],
+    finalizer: WindowFinalizer,
+    decoder: OutcomeDecoder,
+    settings: ReplaySettings,
+    horizon_ms: int | None = None,
+    invalid_samples: list[JSONDict] | None = None,
+    late_samples: list[JSONDict] | None = None,
+) -> tuple[list[tuple[WindowResult, WindowAggregate]], PartitionStats]:
+    """One partition's partial windows with their aggregates, batched like the live windows stage."""
     stats = PartitionStats(partition)
-    out: list[WindowResult] = []
-    batch: list[ReplayOutcome] = []
+    out: list[tuple[WindowResult, WindowAggregate]] = []
+    batch: list[ReplayOutcome | RouterWatermark] = []
     offsets: list[int] = []
     batch_first = 0
     batch_now = 0
@@ -258,14 +285,23 @@ def recompute_partition(
     size = settings.batch_max
     decode = decoder.decode
     add = finalizer.add
-    due = finalizer.due
+    due = finalizer.due_with_state
 
     def flush() -> None:
         nonlocal last_now
         now = max(batch_now, last_now)  # processing time never runs backwards
         last_now = now
-        late = add(partition, as_core_outcomes(batch), now, offsets)
+        result = add(partition, as_core_outcomes(batch), now, offsets)
+        late = result.late
         stats.batches += 1
+        stats.future += len(result.future)
+        stats.duplicates += result.duplicates
+        stats.watermarks += result.watermarks
+        if result.future and invalid_samples is not None:
+            for o in result.future[: max(0, MAX_SAMPLES - len(invalid_samples))]:
+                invalid_samples.append(
+                    {"partition": partition, "offset": getattr(o, "offset", None), "reason": f"future_ts: ts={o.ts}"}
+                )
         if late:
             stats.late += len(late)
             if late_samples is not None:
@@ -299,7 +335,12 @@ def recompute_partition(
             if invalid_samples is not None and len(invalid_samples) < MAX_SAMPLES:
                 invalid_samples.append({"partition": partition, "offset": offset, "reason": str(exc)[:300]})
             continue
-        now = ts_ms if ts_ms is not None and ts_ms >= 0 else outcome.ts
+        if ts_ms is not None and ts_ms >= 0:
+            now = ts_ms
+        elif isinstance(outcome, ReplayOutcome):
+            now = outcome.ts
+        else:
+            now = max(now, outcome.watermark_ms)
         if batch:
             if len(batch) >= size or now - batch_first > span:
                 flush()
@@ -316,11 +357,11 @@ def recompute_partition(
     stats.last_timestamp_ms = now if first_ts is not None else None
     if batch:
         flush()
-    stats.outcomes = stats.records - stats.invalid
+    stats.outcomes = stats.records - stats.invalid - stats.watermarks
     end = horizon_ms if horizon_ms is not None else (last_now if stats.batches else None)
     if end is not None:
         out.extend(due(max(end, last_now)))  # the live tick: processing time kept running after the input
-        out.extend(finalizer.flush_all(max(end, last_now)))
+        out.extend(finalizer.flush_all_with_state(max(end, last_now)))
     return out, stats
 
 
@@ -348,7 +389,7 @@ def recompute(
     ledger = fold_commands(commands)
     book = PolicyBook(ledger, rules_override)
     decoder = OutcomeDecoder(strict=strict_decode)
-    windows: list[WindowResult] = []
+    partials: list[tuple[int, WindowResult, WindowAggregate]] = []
     partitions: dict[int, PartitionStats] = {}
     invalid_samples: list[JSONDict] = []
     late_samples: list[JSONDict] = []
@@ -359,11 +400,13 @@ def recompute(
             idle_windows=settings.idle_windows,
             aggregator=book.aggregator_for,
         )
-        out, stats = recompute_partition(
+        out, stats = recompute_partition_partials(
             partition, recs, fin, decoder, settings, horizon_ms, invalid_samples, late_samples
         )
-        windows.extend(out)
+        partials.extend((partition, r, a) for r, a in out)
         partitions[partition] = stats
+    # The live merge step: one window per key and slot from the partials of every partition.
+    windows = merge_all(partials)
 
     judgements, decisions, judged = evaluate(
         windows, book, commands, settings, judge_from_ms=judge_from_ms, judge_until_ms=judge_until_ms

@@ -1,0 +1,225 @@
+"""Partition-parallel windows: partial windows per source partition, merged into one window per key.
+
+Outcomes are spread over every ``search_results`` partition (keyed by request id), so each partition's
+finalizer sees only part of a (deployment, config, arm) window. It emits that part as a
+:class:`PartialWindow` — the mergeable aggregate, not a result — and, as its watermark advances, a
+:class:`Progress` mark: "partition p has emitted every partial for windows ending at or before t".
+
+:class:`WindowMerger` holds partials until every source partition's progress has passed a window's end,
+then merges them (sketches and sums merge exactly, in any order) into exactly one
+:class:`~canary.core.models.WindowResult` for the key. Per key, windows are emitted in order; a partial
+for a window already merged (a redelivery, a re-emission after a restart — always identical) is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from canary.core.aggregations import WindowAggregate, WindowAggregator
+from canary.core.models import JSONDict, WindowKey, WindowResult
+from canary.errors import InvalidEvent
+
+_NEG = -(2**62)
+_RESULT = WindowAggregator()  # result() reads only the state; thresholds do not matter here
+
+
+@dataclass(frozen=True, slots=True)
+class PartialWindow:
+    source_partition: int
+    key: WindowKey
+    window_start_ms: int
+    window_end_ms: int
+    aggregate: WindowAggregate
+
+    @property
+    def partial_id(self) -> str:
+        return f"{self.key.as_str()}@{self.window_start_ms}#{self.source_partition}"
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "kind": "partial",
+            "partial_id": self.partial_id,
+            "source_partition": self.source_partition,
+            "key": self.key.as_str(),
+            "deployment_id": self.key.deployment_id,
+            "window_start_ms": self.window_start_ms,
+            "window_end_ms": self.window_end_ms,
+            "aggregate": self.aggregate.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PartialWindow:
+        try:
+            return cls(
+                int(d["source_partition"]),
+                WindowKey.parse(str(d["key"])),
+                int(d["window_start_ms"]),
+                int(d["window_end_ms"]),
+                WindowAggregate.from_dict(d["aggregate"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidEvent(f"PartialWindow: malformed ({exc!r}): {dict(d)!r:.200}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    source_partition: int
+    closed_until_ms: int
+
+    def to_dict(self) -> JSONDict:
+        return {"kind": "progress", "source_partition": self.source_partition, "closed_until_ms": self.closed_until_ms}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Progress:
+        try:
+            return cls(int(d["source_partition"]), int(d["closed_until_ms"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidEvent(f"Progress: malformed ({exc!r}): {dict(d)!r:.200}") from None
+
+
+def parse_merge_record(d: Mapping[str, Any]) -> PartialWindow | Progress:
+    kind = d.get("kind") if isinstance(d, Mapping) else None
+    if kind == "partial":
+        return PartialWindow.from_dict(d)
+    if kind == "progress":
+        return Progress.from_dict(d)
+    raise InvalidEvent(f"merge record: expected kind 'partial' or 'progress', got {kind!r:.50}")
+
+
+def partial_of(result: WindowResult, aggregate: WindowAggregate, source_partition: int) -> PartialWindow:
+    return PartialWindow(source_partition, result.key, result.window_start_ms, result.window_end_ms, aggregate)
+
+
+@dataclass
+class _Pending:
+    end: int
+    parts: dict[int, WindowAggregate] = field(default_factory=dict)
+
+
+@dataclass
+class WindowMerger:
+    """Merges partial windows of ``sources`` source partitions (see the module docstring)."""
+
+    sources: int
+    pending: dict[WindowKey, dict[int, _Pending]] = field(default_factory=dict)
+    progress: dict[int, int] = field(default_factory=dict)
+    emitted_end: dict[WindowKey, int] = field(default_factory=dict)
+    dropped: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sources < 1:
+            raise ValueError(f"sources must be >= 1, got {self.sources}")
+
+    def _check(self, source: int, what: str) -> None:
+        if not 0 <= source < self.sources:
+            raise InvalidEvent(f"{what}: source partition {source} not in 0..{self.sources - 1}")
+
+    def add(self, record: PartialWindow | Progress) -> None:
+        if isinstance(record, Progress):
+            self._check(record.source_partition, "Progress")
+            prev = self.progress.get(record.source_partition, _NEG)
+            self.progress[record.source_partition] = max(prev, record.closed_until_ms)
+            return
+        p = record
+        self._check(p.source_partition, "PartialWindow")
+        if p.window_start_ms < self.emitted_end.get(p.key, _NEG):
+            self.dropped += 1  # that window is merged and out; a re-emission is identical
+            return
+        slot = self.pending.setdefault(p.key, {}).setdefault(p.window_start_ms, _Pending(p.window_end_ms))
+        slot.parts[p.source_partition] = p.aggregate
+
+    @property
+    def closed_until(self) -> int | None:
+        """The event time every source partition has passed (None until each has reported)."""
+        if len(self.progress) < self.sources:
+            return None
+        return min(self.progress.values())
+
+    @property
+    def pending_windows(self) -> int:
+        return sum(len(w) for w in self.pending.values())
+
+    def due(self, now_ms: int) -> list[WindowResult]:
+        """Merged windows whose end every source partition has passed, ordered by (start, key)."""
+        until = self.closed_until
+        if until is None:
+            return []
+        out: list[WindowResult] = []
+        for key in sorted(self.pending, key=WindowKey.as_str):
+            windows = self.pending[key]
+            for start in sorted(windows):
+                slot = windows[start]
+                if slot.end > until:
+                    break
+                merged: WindowAggregate | None = None
+                for source in sorted(slot.parts):
+                    merged = slot.parts[source] if merged is None else _RESULT.merge(merged, slot.parts[source])
+                assert merged is not None
+                out.append(_RESULT.result(merged, key, start, slot.end, (), now_ms))
+                self.emitted_end[key] = slot.end
+                del windows[start]
+            if not windows:
+                del self.pending[key]
+        out.sort(key=lambda r: (r.window_start_ms, r.key.as_str()))
+        return out
+
+    def to_dict(self) -> JSONDict:
+        def by_key(m: Mapping[WindowKey, Any]) -> list[WindowKey]:
+            return sorted(m, key=WindowKey.as_str)
+
+        return {
+            "sources": self.sources,
+            "progress": {str(p): t for p, t in sorted(self.progress.items())},
+            "emitted_end": {k.as_str(): self.emitted_end[k] for k in by_key(self.emitted_end)},
+            "pending": {
+                k.as_str(): {
+                    str(s): {"end": slot.end, "parts": {str(p): a.to_dict() for p, a in sorted(slot.parts.items())}}
+                    for s, slot in sorted(self.pending[k].items())
+                }
+                for k in by_key(self.pending)
+            },
+            "dropped": self.dropped,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WindowMerger:
+        try:
+            out = cls(int(d["sources"]))
+            out.progress = {int(p): int(t) for p, t in d["progress"].items()}
+            out.emitted_end = {WindowKey.parse(k): int(v) for k, v in d["emitted_end"].items()}
+            out.pending = {
+                WindowKey.parse(k): {
+                    int(s): _Pending(
+                        int(slot["end"]), {int(p): WindowAggregate.from_dict(a) for p, a in slot["parts"].items()}
+                    )
+                    for s, slot in w.items()
+                }
+                for k, w in d["pending"].items()
+            }
+            out.dropped = int(d.get("dropped", 0))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidEvent(f"WindowMerger: malformed state ({exc!r})") from None
+        return out
+
+
+def merge_all(partials: Iterable[tuple[int, WindowResult, WindowAggregate]]) -> list[WindowResult]:
+    """Every window of a finished input, each merged from all its partials — what the live merge step
+    emits once every partition has passed the window (replay's shortcut; same figures by construction).
+    ``emitted_at_ms`` is the latest of the partials'."""
+    slots: dict[tuple[WindowKey, int], tuple[int, int, dict[int, WindowAggregate]]] = {}
+    for source, result, aggregate in partials:
+        k = (result.key, result.window_start_ms)
+        end, emitted, parts = slots.get(k, (result.window_end_ms, result.emitted_at_ms, {}))
+        parts[source] = aggregate
+        slots[k] = (end, max(emitted, result.emitted_at_ms), parts)
+    out: list[WindowResult] = []
+    for (key, start), (end, emitted, parts) in slots.items():
+        merged: WindowAggregate | None = None
+        for source in sorted(parts):
+            merged = parts[source] if merged is None else _RESULT.merge(merged, parts[source])
+        assert merged is not None
+        out.append(_RESULT.result(merged, key, start, end, (), emitted))
+    out.sort(key=lambda r: (r.window_start_ms, r.key.as_str()))
+    return out
