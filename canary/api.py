@@ -84,6 +84,10 @@ class CanaryExecutor:
         self._loop: _Loop | None = None
         self._router: Any = None
         self._lock = threading.Lock()
+        from canary.security import ControlSecurity
+
+        # Commands are signed with the operator key; the in-process router verifies like any other.
+        self.security = ControlSecurity.operator(settings)
 
     def _bootstrap(self) -> str:
         return require_kafka(self.settings)
@@ -95,15 +99,24 @@ class CanaryExecutor:
         candidate = store.get(config_name)
         self._ensure_router()
         ack = asyncio.run(
-            start_canary(self._bootstrap(), self.topics, candidate, store.get("last_good"), weight, timeout)
+            start_canary(
+                self._bootstrap(),
+                self.topics,
+                candidate,
+                store.get("last_good"),
+                weight,
+                timeout,
+                security=self.security,
+            )
         )
-        return {**ack.to_dict(), "ok": not ack.compensated and set(ack.waited_for) <= set(ack.acked_by)}
+        ok = not ack.compensated and not ack.rejected and set(ack.waited_for) <= set(ack.acked_by)
+        return {**ack.to_dict(), "ok": ok}
 
     def stop_canary(self, promote: bool = False, timeout: float = 10.0) -> dict[str, Any]:
         from canary.ops.commands import stop_canary
 
-        ack = asyncio.run(stop_canary(self._bootstrap(), self.topics, promote, timeout))
-        return {**ack.to_dict(), "ok": set(ack.waited_for) <= set(ack.acked_by)}
+        ack = asyncio.run(stop_canary(self._bootstrap(), self.topics, promote, timeout, security=self.security))
+        return {**ack.to_dict(), "ok": not ack.rejected and set(ack.waited_for) <= set(ack.acked_by)}
 
     def get_current_status(self) -> dict[str, Any]:
         from canary.cli_ops import status_payload
@@ -135,7 +148,14 @@ class CanaryExecutor:
             preset = PresetStore(self.settings.presets_dir).get("last_good")
             last_good = ConfigRef.from_snapshot(preset.to_dict(), preset.content_hash)
             self._loop = _Loop()
-            router = RouterService(self._bootstrap(), self.topics, default_backend(), last_good, consume_requests=False)
+            router = RouterService(
+                self._bootstrap(),
+                self.topics,
+                default_backend(),
+                last_good,
+                consume_requests=False,
+                verifier=self.security.verifier(),
+            )
             self._loop.run(router.start())
             self._router = router
             atexit.register(self.close)

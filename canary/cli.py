@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -45,10 +46,32 @@ def cmd_kafka_start(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
+def _named(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "port", None) or getattr(args, "data_dir", None))
+
+
+def _resolve_broker(args: argparse.Namespace, settings: Settings) -> tuple[Any, list[Any]]:
+    """The broker a stop/status means, and the running brokers canary started here. Named (--port,
+    --data-dir) → that one. Otherwise the default port's if it runs, else the only other one running."""
+    from canary.kafka.broker import discover_brokers
+
     broker = _local_broker(args, settings)
+    if _named(args) or broker.running_info() is not None:
+        return broker, []
+    running = discover_brokers(settings.home)
+    return (running[0] if len(running) == 1 else broker), running
+
+
+def cmd_kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
+    broker, running = _resolve_broker(args, settings)
+    if len(running) > 1:
+        names = ", ".join(f"127.0.0.1:{b.port} ({b.data_dir})" for b in running)
+        from canary.errors import ConfigError
+
+        raise ConfigError(f"several local brokers started by canary are running: {names}; name one with --port")
     stopped = broker.stop(log=_log)
-    _emit(args, {"stopped": stopped}, "stopped" if stopped else "no local broker was running")
+    human = f"stopped the broker on 127.0.0.1:{broker.port}" if stopped else "no local broker was running"
+    _emit(args, {"stopped": stopped, **({"port": broker.port} if stopped else {})}, human)
     return 0
 
 
@@ -64,13 +87,19 @@ def cmd_kafka_status(args: argparse.Namespace, settings: Settings) -> int:
             f"external Kafka at {bootstrap}: {'answering' if up else 'NOT answering'}",
         )
         return 0 if up else 3
-    status = _local_broker(args, settings).status()
+    broker, running = _resolve_broker(args, settings)
+    status = broker.status()
     human = (
         f"local Kafka {status.version} at {status.bootstrap}: {status.detail}"
         + (f" (pid {status.pid})" if status.pid else "")
         + f"\ndata dir: {status.data_dir}"
     )
-    _emit(args, {**asdict(status), "external": False}, human)
+    others = [asdict(b.status()) for b in running if b.data_dir != broker.data_dir]
+    if others:
+        human += "\nother brokers canary started here: " + ", ".join(
+            f"{o['bootstrap']} (pid {o['pid']})" for o in others
+        )
+    _emit(args, {**asdict(status), "external": False, "others": others}, human)
     return 0 if status.running else 3
 
 
@@ -122,13 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (start, stop, status, topics):
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from canary import cli_commands, cli_ops, cli_replay, cli_reports
+    from canary import cli_commands, cli_keys, cli_ops, cli_replay, cli_reports
 
     cli_ops.register(sub)
     cli_reports.register(sub)
     cli_replay.register(sub)
     cli_commands.register(sub)
+    cli_keys.register(sub)
     return parser
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our stdout went away (``canary status --json | head -1``): end quietly, as a Unix
+    tool killed by SIGPIPE would (exit 141), without a traceback or a second error at interpreter exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,16 +178,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
-        settings = load_settings()
-        return handler(args, settings)
-    except CanaryError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps({"error": type(exc).__name__, "message": str(exc)}, indent=2))
-        print(f"canary: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("canary: interrupted", file=sys.stderr)
-        return 130
+        try:
+            settings = load_settings()
+            code = handler(args, settings)
+            sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
+            return code
+        except CanaryError as exc:
+            if getattr(args, "json", False):
+                print(json.dumps({"error": type(exc).__name__, "message": str(exc)}, indent=2))
+                sys.stdout.flush()
+            print(f"canary: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("canary: interrupted", file=sys.stderr)
+            return 130
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,21 @@ def _bootstrap_for_service(settings: Settings) -> str:
     return bootstrap
 
 
+def _security(args: argparse.Namespace, settings: Settings, role: str) -> Any:
+    from canary.security import ControlSecurity
+
+    if getattr(args, "insecure", False):
+        settings = settings.with_overrides(insecure_control=True)
+    return ControlSecurity.worker(settings) if role == "worker" else ControlSecurity.operator(settings)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from canary.kafka.topics import Topics
     from streams.worker import run_worker
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    security = _security(args, settings, "worker")
+    security.signer()  # fail before Kafka and Faust start if the worker key is missing (exit 2, says how)
     bootstrap = _bootstrap_for_service(settings)
     audit = Path(args.audit_log) if args.audit_log else settings.reports_dir / "audit.log"
     data_dir = Path(args.data_dir) if args.data_dir else settings.home / "worker-data"
@@ -38,6 +49,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         grace_ms=args.grace_ms,
         window_ms=args.window_ms,
         instance_id=args.instance_id,
+        security=security,
     )
     return 0
 
@@ -70,6 +82,16 @@ def default_backend() -> Any:
     return HybridBackend()
 
 
+def stable_router_id(instance: str) -> str:
+    """``router-<host>-<instance>``, squeezed into the safe name set (canary.core.models.SAFE_NAME)."""
+    import re
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9_.-]+", "-", socket.gethostname()).strip("-._") or "host"
+    inst = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(instance)) or "0"
+    return f"router-{host}-{inst}"[:128]
+
+
 def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     from canary.config import PresetStore
     from canary.core.deployment import ConfigRef
@@ -84,10 +106,19 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     if args.inject_fault:
         backend = FaultInjectingBackend(backend, dict(parse_fault(f) for f in args.inject_fault))
         logging.getLogger("canary").warning("FAULT INJECTION active: %s", ", ".join(args.inject_fault))
+    security = _security(args, settings, "operator")
     bootstrap = _bootstrap_for_service(settings)
     last_good = ConfigRef.from_snapshot(preset.to_dict(), preset.content_hash)
     asyncio.run(
-        serve(bootstrap, Topics(settings.topic_prefix), backend, last_good, router_id=args.router_id, reply=args.reply)
+        serve(
+            bootstrap,
+            Topics(settings.topic_prefix),
+            backend,
+            last_good,
+            router_id=args.router_id or stable_router_id(args.instance),
+            reply=args.reply,
+            verifier=security.verifier(),
+        )
     )
     return 0
 
@@ -98,6 +129,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     output = Path(args.output) if args.output else settings.reports_dir
     cfg = DemoConfig(qps=args.qps, weight=args.weight)
     return run_demo(settings, output, cfg)
+
+
+_INSECURE_HELP = (
+    "INSECURE: apply control commands without verifying their signatures (local experiments only; "
+    "same as CANARY_INSECURE_CONTROL=1; logged loudly)"
+)
 
 
 def register(sub: Any) -> None:
@@ -133,6 +170,7 @@ def register(sub: Any) -> None:
         help="stable id for Kafka static membership: a restarted worker with the same id resumes its "
         "partitions immediately instead of after the session timeout (10 s)",
     )
+    worker.add_argument("--insecure", action="store_true", help=_INSECURE_HELP)
     worker.set_defaults(handler=cmd_worker)
 
     router = sub.add_parser(
@@ -144,7 +182,17 @@ def register(sub: Any) -> None:
             "outcome per request to search_results. Every router reads the control topic itself."
         ),
     )
-    router.add_argument("--router-id", help="stable id of this router instance (default random)")
+    router.add_argument(
+        "--router-id",
+        help="id of this router (letters, digits, '_', '.', '-'); default router-<host>-<instance>, stable across "
+        "restarts so a restarted router keeps its identity in watermarks, state and dedup",
+    )
+    router.add_argument(
+        "--instance",
+        default=os.environ.get("CANARY_ROUTER_INSTANCE", "0"),
+        help="instance number for the default router id; give each router on one host its own "
+        "(default $CANARY_ROUTER_INSTANCE or 0)",
+    )
     router.add_argument("--last-good", default="last_good", help="preset used before any canary ran")
     router.add_argument("--backend", help="search backend import path 'package.module:factory'")
     router.add_argument("--reply", action="store_true", help="also publish results to search_responses")
@@ -155,5 +203,6 @@ def register(sub: Any) -> None:
         help="FAULT INJECTION for demos/tests: make preset NAME slow (latency_ms, jitter_ms), failing "
         "(error_rate) or degraded (keep = fraction of good results kept in place)",
     )
+    router.add_argument("--insecure", action="store_true", help=_INSECURE_HELP)
     router.set_defaults(handler=cmd_router)
     _ = argparse

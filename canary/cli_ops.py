@@ -21,6 +21,12 @@ def _topics(settings: Settings) -> Any:
     return Topics(settings.topic_prefix)
 
 
+def _security(settings: Settings) -> Any:
+    from canary.security import ControlSecurity
+
+    return ControlSecurity.operator(settings)
+
+
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from canary.config import PresetStore
 
@@ -54,12 +60,13 @@ def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, An
 
     topics = _topics(settings)
     cache = cache_path(settings.home, topics)
+    security = _security(settings)
     try:
         bootstrap = require_kafka(settings)
-        view = asyncio.run(read_view_async(bootstrap, topics, with_windows=True))
+        view = asyncio.run(read_view_async(bootstrap, topics, with_windows=True, verifier=security.verifier()))
         save_cache(view, cache)
     except KafkaError:
-        cached = load_cache(cache) if allow_cache else None
+        cached = load_cache(cache, security.verifier()) if allow_cache else None
         if cached is None:
             raise
         view = cached
@@ -91,6 +98,17 @@ def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, An
         "reason": dep.reason if dep else None,
         "issued_by": dep.issued_by if dep else None,
         "routers": routers,
+        # Control records not applied by verification (forged, unsigned, replayed, …), as the routers see it.
+        "rejected_commands": [
+            {
+                "index": index,
+                "command_id": v.command.command_id if v.command else None,
+                "type": v.command.type if v.command else None,
+                "reason": v.reason,
+                "detail": v.detail,
+            }
+            for index, v in view.rejected
+        ],
     }
 
 
@@ -112,12 +130,23 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         lines.append(f"reason:      {payload['reason']}")
     live = [r for r in payload["routers"] if r["live"]]
     lines.append(f"routers:     {len(live)} live / {len(payload['routers'])} known")
+    if payload["rejected_commands"]:
+        counts: dict[str, int] = {}
+        for r in payload["rejected_commands"]:
+            counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+        summary = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
+        lines.append(f"rejected:    {len(payload['rejected_commands'])} control record(s) not applied ({summary})")
     _emit(args, payload, "\n".join(lines))
     return 0
 
 
 def _print_ack(args: argparse.Namespace, ack: Any, verb: str) -> int:
     payload = ack.to_dict()
+    if ack.rejected:
+        human = f"{verb} {ack.command.deployment_id}: the command was REJECTED, nothing applied — {ack.rejected}"
+        _emit(args, {**payload, "ok": False}, human)
+        print(f"canary: error: {human}", file=sys.stderr)
+        return 4
     if ack.compensated:
         human = (
             f"{verb} {ack.command.deployment_id}: only {len(ack.acked_by)}/{len(ack.waited_for)} routers "
@@ -160,6 +189,7 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
             weight=args.weight,
             timeout=args.timeout,
             require_router=not args.no_router_check,
+            security=_security(settings),
         )
     )
     return _print_ack(args, ack, "started")
@@ -170,7 +200,10 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     from canary.ops.commands import stop_canary
 
     bootstrap = require_kafka(settings)
-    ack = asyncio.run(stop_canary(bootstrap, _topics(settings), promote=args.promote, timeout=args.timeout))
+    security = _security(settings)
+    ack = asyncio.run(
+        stop_canary(bootstrap, _topics(settings), promote=args.promote, timeout=args.timeout, security=security)
+    )
     return _print_ack(args, ack, "promoted" if args.promote else "rolled back")
 
 
@@ -179,10 +212,13 @@ def cmd_weight(args: argparse.Namespace, settings: Settings) -> int:
     from canary.ops.commands import simple_command
 
     bootstrap = require_kafka(settings)
+    security = _security(settings)
     if args.action == "weight":
-        ack = asyncio.run(simple_command(bootstrap, _topics(settings), "set_weight", weight=args.value))
+        ack = asyncio.run(
+            simple_command(bootstrap, _topics(settings), "set_weight", weight=args.value, security=security)
+        )
     else:
-        ack = asyncio.run(simple_command(bootstrap, _topics(settings), args.action))
+        ack = asyncio.run(simple_command(bootstrap, _topics(settings), args.action, security=security))
     return _print_ack(args, ack, args.action)
 
 
@@ -221,7 +257,8 @@ async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: str) -
 
     topics = _topics(settings)
     state = WatchState()
-    view = await read_view_async(bootstrap, topics)
+    security = _security(settings)
+    view = await read_view_async(bootstrap, topics, verifier=security.verifier())
     last_status = 0.0
     deadline = time.monotonic() + args.seconds if args.seconds else None
     async for item in tail_windows(bootstrap, topics, from_beginning=args.from_beginning):
@@ -230,7 +267,7 @@ async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: str) -
             print(json.dumps(item.to_dict()), flush=True)
         else:
             if time.monotonic() - last_status > 2:
-                view = await read_view_async(bootstrap, topics)
+                view = await read_view_async(bootstrap, topics, verifier=security.verifier())
                 last_status = time.monotonic()
             dep = view.ledger.current or view.ledger.latest
             header = (

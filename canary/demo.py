@@ -45,11 +45,16 @@ class Services:
     """Worker and router subprocesses; always stopped (SIGTERM, then SIGKILL) on exit."""
 
     def __init__(self, settings: Settings, bootstrap: str, log_dir: Path) -> None:
+        self.settings = settings
         self.env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "CANARY_TOPIC_PREFIX": settings.topic_prefix,
             "CANARY_PROJECT_ROOT": str(settings.project_root),
+            # The services verify with the demo's trusted keys; the worker signs with the demo's worker key.
+            "CANARY_TRUSTED_KEYS_DIR": str(settings.trusted_keys_dir),
+            "CANARY_OPERATOR_KEY": str(settings.operator_key_path),
+            "CANARY_WORKER_KEY": str(settings.worker_key_path),
             "PYTHONUNBUFFERED": "1",
         }
         self.log_dir = log_dir
@@ -102,6 +107,12 @@ def kafka_for_demo(settings: Settings) -> Iterator[str]:
             broker.stop(log=say)
 
 
+def _security(services: Services) -> Any:
+    from canary.security import ControlSecurity
+
+    return ControlSecurity.operator(services.settings)
+
+
 def healthy(window: WindowResult) -> bool:
     """Ready to promote: no rule fails and the latency and recall rules have *passed* (evidence that they
     hold). The error-rate rule is not waited for: proving a rate below 1 % at 99 % confidence takes about
@@ -112,13 +123,30 @@ def healthy(window: WindowResult) -> bool:
     return all(outcomes.get(m) == "pass" for m in ("p95_ms", "recall_at_10") if m in outcomes)
 
 
+def ensure_demo_keys(settings: Settings) -> None:
+    """The demo signs like everyone else: the operator and worker keys of these settings, created (and
+    trusted) if missing — what 'canary keys init' and 'canary keys init --role worker' do."""
+    from canary.security import Role, init_key
+
+    if settings.insecure_control:
+        say("INSECURE CONTROL MODE (CANARY_INSECURE_CONTROL): commands are not verified")
+    keys: tuple[tuple[Role, Path], ...] = (
+        ("operator", settings.operator_key_path),
+        ("worker", settings.worker_key_path),
+    )
+    for role, path in keys:
+        made = init_key(path, settings.trusted_keys_dir, role)
+        verb = "created" if made.created else "using"
+        say(f"{verb} {role} key {made.key_id} ({path}), trusted in {settings.trusted_keys_dir}")
+
+
 async def _wait_for_routers(bootstrap: str, topics: Topics, services: Services, timeout: float = 60) -> None:
     from canary.ops.view import read_view_async
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         services.check_alive()
-        if (await read_view_async(bootstrap, topics)).live_routers():
+        if (await read_view_async(bootstrap, topics, verifier=_security(services).verifier())).live_routers():
             return
         await asyncio.sleep(0.5)
     raise CanaryError("the router did not come up within 60 s (see its log)")
@@ -159,7 +187,7 @@ async def _follow(
                     passing += 1
             if until == "rolled_back":
                 # Only the control topic can say "rolled back"; folding it is cheap but not free.
-                view = await read_view_async(bootstrap, topics)
+                view = await read_view_async(bootstrap, topics, verifier=_security(services).verifier())
                 dep = view.ledger.deployments.get(deployment_id)
                 if dep is not None and dep.status == "rolled_back":
                     return {"status": dep.status, "reason": dep.reason}
@@ -179,6 +207,7 @@ async def _run(
     from canary.ops.load import produce_load
 
     store = PresetStore(settings.presets_dir)
+    security = _security(services)
     await _wait_for_routers(bootstrap, topics, services)
     say(f"router is live; sending {cfg.qps:.0f} labeled queries/s onto {topics.search_requests}")
     load = asyncio.create_task(produce_load(bootstrap, topics, cfg.qps, duration=600))
@@ -186,7 +215,7 @@ async def _run(
         await asyncio.sleep(3)
         # Phase 1: a candidate that breaks its latency SLO.
         bad = store.get(cfg.bad_candidate)
-        ack = await start_canary(bootstrap, topics, bad, store.get("last_good"), cfg.weight)
+        ack = await start_canary(bootstrap, topics, bad, store.get("last_good"), cfg.weight, security=security)
         if ack.compensated:
             raise DeploymentError("the router did not acknowledge the start")
         say(f"phase 1: canary {ack.command.deployment_id} of {bad.name} at {cfg.weight:.0%} — expecting a rollback")
@@ -196,7 +225,7 @@ async def _run(
 
         # Phase 2: a healthy candidate, promoted after passing windows.
         good = store.get(cfg.good_candidate)
-        ack = await start_canary(bootstrap, topics, good, store.get("last_good"), cfg.weight)
+        ack = await start_canary(bootstrap, topics, good, store.get("last_good"), cfg.weight, security=security)
         if ack.compensated:
             raise DeploymentError("the router did not acknowledge the start")
         say(
@@ -204,7 +233,7 @@ async def _run(
             f"promoting after {cfg.good_windows} passing windows"
         )
         await _follow(bootstrap, topics, ack.command.deployment_id, services, "passing", cfg)
-        promoted = await stop_canary(bootstrap, topics, promote=True)
+        promoted = await stop_canary(bootstrap, topics, promote=True, security=security)
         say(f"PROMOTED {good.name}: it is now last_good and active ({len(promoted.acked_by)} router ack)")
         await asyncio.sleep(2.5)  # let the audit agent write the last events
         return {"rolled_back": rolled_back, "promoted": ack.command.deployment_id}
@@ -227,6 +256,7 @@ def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None) ->
     logs = settings.home / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
     say(f"canary demo — topics prefixed '{prefix}', reports in {output}, service logs in {logs}")
+    ensure_demo_keys(settings)
     with kafka_for_demo(settings) as bootstrap:
         ensure_topics(bootstrap, topics)
         services = Services(settings, bootstrap, logs)

@@ -34,6 +34,27 @@ class Settings:
     home: Path = field(default_factory=_default_home)
     topic_prefix: str = ""
     project_root: Path = field(default_factory=lambda: Path.cwd())
+    # Control-command signing (docs/contracts.md, "Control command"). None = the default under ``home``.
+    trusted_keys: Path | None = None
+    operator_key: Path | None = None
+    worker_key: Path | None = None
+    insecure_control: bool = False  # apply unsigned commands: local experiments only, logged loudly
+    command_ttl_s: float = 300.0
+
+    @property
+    def trusted_keys_dir(self) -> Path:
+        """Public keys whose signatures this deployment of canary accepts (one ``<key_id>.json`` each)."""
+        return self.trusted_keys or self.home / "trusted-keys"
+
+    @property
+    def operator_key_path(self) -> Path:
+        """The private key the CLI, the API and the demo sign commands with."""
+        return self.operator_key or self.home / "keys" / "operator.key"
+
+    @property
+    def worker_key_path(self) -> Path:
+        """The private key the SLO agent signs its rollbacks and pauses with."""
+        return self.worker_key or self.home / "keys" / "worker.key"
 
     @property
     def uses_external_kafka(self) -> bool:
@@ -72,10 +93,36 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"environment: CANARY_KAFKA_PORT = {port}: must be between 1 and 65535")
     home_text = env.get("CANARY_HOME", "").strip()
     root_text = env.get("CANARY_PROJECT_ROOT", "").strip()
+    ttl_text = env.get("CANARY_COMMAND_TTL_S", "").strip()
+    try:
+        ttl = float(ttl_text) if ttl_text else 300.0
+    except ValueError:
+        raise ConfigError(f"environment: CANARY_COMMAND_TTL_S = {ttl_text!r}: must be a number of seconds") from None
+    if not 0 < ttl <= 86_400:
+        raise ConfigError(f"environment: CANARY_COMMAND_TTL_S = {ttl_text}: must be in (0, 86400]")
     return Settings(
         bootstrap_servers=bootstrap,
         local_port=port,
         home=Path(home_text) if home_text else _default_home(),
         topic_prefix=env.get("CANARY_TOPIC_PREFIX", "").strip(),
         project_root=Path(root_text) if root_text else Path.cwd(),
+        trusted_keys=_path(env, "CANARY_TRUSTED_KEYS_DIR"),
+        operator_key=_path(env, "CANARY_OPERATOR_KEY"),
+        worker_key=_path(env, "CANARY_WORKER_KEY"),
+        insecure_control=_bool(env, "CANARY_INSECURE_CONTROL"),
+        command_ttl_s=ttl,
     )
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    text = env.get(name, "").strip()
+    return Path(text).expanduser() if text else None
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    text = env.get(name, "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"environment: {name} = {text!r}: must be 1/true/yes or 0/false/no")

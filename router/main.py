@@ -8,6 +8,7 @@ import signal
 
 from canary.core.deployment import ConfigRef
 from canary.kafka.topics import Topics
+from canary.security import CommandVerifier
 from router.backends.base import SearchBackend
 from router.service import RouterService
 
@@ -22,12 +23,14 @@ async def serve(
     router_id: str | None = None,
     report_every: float = 10.0,
     reply: bool = False,
+    verifier: CommandVerifier | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with RouterService(bootstrap, topics, backend, last_good, router_id=router_id, reply=reply) as router:
+    service = RouterService(bootstrap, topics, backend, last_good, router_id=router_id, reply=reply, verifier=verifier)
+    async with service as router:
         log.warning("router %s serving %s (last_good=%s)", router.router_id, topics.search_requests, last_good.name)
         while not stop.is_set():
             try:

@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
 import uuid
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from canary.core.deployment import ConfigRef, ControlLedger
-from canary.core.models import Arm, ControlCommand, RouterState, SearchOutcome
+from canary.core.models import Arm, RouterState, RouterWatermark, SearchOutcome
 from canary.kafka.topics import Topics
+from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
 from router.backends.base import SearchBackend
 from router.offsets import OffsetTracker
 from router.requests import SearchRequest, recall_at_10
@@ -34,7 +37,10 @@ from router.split import assign_arm
 log = logging.getLogger("canary.router")
 
 
-_default_partitioner = DefaultPartitioner()
+def outcome_partition(request_id: str, partitions: int) -> int:
+    """The ``search_results`` partition of a request's outcome (a contract with every producer: the same
+    request always lands on the same partition, so a re-processed request is found and counted once)."""
+    return zlib.crc32(request_id.encode()) % partitions
 
 
 def _loads(raw: bytes) -> Any:
@@ -56,6 +62,9 @@ class RouterStats:
     errors: int = 0
     invalid_requests: int = 0
     invalid_commands: int = 0
+    watermarks: int = 0  # watermark rounds sent (one record per search_results partition each)
+    # Control records refused before the ledger saw them, by reason (canary.security.verify.REJECT_REASONS).
+    rejected_commands: dict[str, int] = field(default_factory=dict)
     last_candidate_dispatch_ms: int | None = None
     applied: list[tuple[str, str, int]] = field(default_factory=list)  # (command_id, type, applied_at_ms)
 
@@ -92,6 +101,9 @@ class RouterService:
         search_timeout_ms: int = 10_000,
         heartbeat_seconds: float = 5.0,
         reply: bool = False,
+        verifier: CommandVerifier | None = None,
+        clock: Callable[[], int] | None = None,
+        watermark_interval_ms: int = 50,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -105,7 +117,13 @@ class RouterService:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._timeout_s = search_timeout_ms / 1000.0
         self._offsets = OffsetTracker()
-        self._partitions: dict[bytes, int] = {}
+        # Event time of this router's outcomes and watermarks (a test hook may shift it: clock skew).
+        self._clock: Callable[[], int] = clock or now_ms
+        self._watermark_interval_s = watermark_interval_ms / 1000.0
+        self._watermark_seq = 0
+        self._unsent: dict[int, int] = {}  # outcomes stamped but not yet enqueued: token -> ts
+        self._tokens = itertools.count()
+        self._result_partitions = 1
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._producer: AIOKafkaProducer | None = None
@@ -114,9 +132,15 @@ class RouterService:
         self._caught_up = asyncio.Event()
         self._heartbeat_s = heartbeat_seconds
         self.reply = reply
+        # Every control record is verified before the ledger sees it (signature, trusted key, expiry, replay,
+        # snapshot hash and preset validity); None = the verifier the process settings describe.
+        self.verifier = verifier if verifier is not None else default_verifier()
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.verifier.insecure:
+            for _ in range(3):
+                log.warning("router %s: %s", self.router_id, INSECURE_WARNING)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
@@ -137,6 +161,9 @@ class RouterService:
         end = (await self._control.end_offsets([control_tp]))[control_tp]
         await self._catch_up(control_tp, end)
         await self._publish_state(None)
+        self._result_partitions = len(await self._producer.partitions_for(self.topics.search_results))
+        await self._send_watermarks("start")  # announces this producer to every windows-stage partition
+        self._loops.append(asyncio.create_task(self._watermark_loop(), name=f"{self.router_id}-watermarks"))
         self._loops.append(asyncio.create_task(self._control_loop(), name=f"{self.router_id}-control"))
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.router_id}-heartbeat"))
         if self.consume_requests:
@@ -162,6 +189,9 @@ class RouterService:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._producer is not None:
             await self._producer.flush()  # acks mark offsets done; then the last commit covers them
+            with contextlib.suppress(Exception):  # a clean exit leaves the windows stage's live set at once
+                await self._send_watermarks("stop")
+                await self._producer.flush()
         if self._requests is not None:
             await self._commit()
             await self._requests.stop()
@@ -197,12 +227,15 @@ class RouterService:
                         await self._publish_state(transition_cmd)
 
     def _apply_control(self, record: ConsumerRecord[bytes, bytes], publish: bool) -> str | None:
-        try:
-            cmd = ControlCommand.from_dict(json.loads(record.value or b"null"))
-        except Exception as exc:  # poison: never stop the router
-            self.stats.invalid_commands += 1
-            log.warning("ignoring invalid control record at offset %s: %s", record.offset, exc)
+        verdict = self.verifier.check(record.value, record.timestamp)
+        if not verdict.accepted or verdict.command is None:  # never applied; poison never stops the router
+            reason = verdict.reason or "malformed"
+            if reason == "malformed":
+                self.stats.invalid_commands += 1
+            self.stats.rejected_commands[reason] = self.stats.rejected_commands.get(reason, 0) + 1
+            log.warning("%s REJECTED control record at offset %s: %s", self.router_id, record.offset, verdict.message)
             return None
+        cmd = verdict.command
         transition = self.ledger.apply(cmd)
         if transition.applied:
             self.stats.applied.append((cmd.command_id, cmd.type, now_ms()))
@@ -301,7 +334,7 @@ class RouterService:
         outcome = SearchOutcome(
             event_id=f"{self.router_id}:{request.request_id}",
             request_id=request.request_id,
-            ts=now_ms(),
+            ts=self._clock(),
             deployment_id=used.deployment_id,
             config_name=used.name,
             config_version=used.version,
@@ -321,20 +354,46 @@ class RouterService:
     async def _publish_outcome(self, outcome: SearchOutcome, wait_ack: bool = True) -> asyncio.Future[Any]:
         """Enqueue the outcome; with ``wait_ack`` also wait until the broker has it."""
         assert self._producer is not None
-        key = outcome.window_key.as_str().encode()
-        partition = self._partitions.get(key)
-        if partition is None:
-            # Same partition the default (murmur2) partitioner picks, computed once per window key
-            # instead of per outcome: it is pure Python and costs ~20 µs a call.
-            parts = sorted(await self._producer.partitions_for(self.topics.search_results))
-            partition = _default_partitioner(key, parts, parts)
-            self._partitions[key] = partition
-        ack: asyncio.Future[Any] = await self._producer.send(
-            self.topics.search_results, orjson.dumps(outcome.to_dict()), key=key, partition=partition
-        )
+        key = outcome.request_id.encode()
+        # Spread over every partition by request: workers share the load, and a request re-processed by
+        # another router lands on the same partition, where the windows stage drops the duplicate.
+        partition = outcome_partition(outcome.request_id, self._result_partitions)
+        token = next(self._tokens)
+        self._unsent[token] = outcome.ts
+        try:
+            ack: asyncio.Future[Any] = await self._producer.send(
+                self.topics.search_results, orjson.dumps(outcome.to_dict()), key=key, partition=partition
+            )
+        finally:
+            del self._unsent[token]  # enqueued: a later watermark record is behind it on its partition
         if wait_ack:
             await ack
         return ack
+
+    # -- watermarks ---------------------------------------------------------------------------------------------
+    def watermark_now(self) -> int:
+        """Every outcome this router stamps up to the returned time is already enqueued (so it precedes a
+        watermark record sent now on its partition): the clock, held back by outcomes stamped but not yet
+        handed to the producer."""
+        now = self._clock()
+        return min(now, min(self._unsent.values(), default=now) - 1)
+
+    async def _send_watermarks(self, status: str) -> None:
+        assert self._producer is not None
+        self._watermark_seq += 1
+        mark = RouterWatermark(self.router_id, max(0, self.watermark_now()), status, self._watermark_seq)  # type: ignore[arg-type]
+        value = orjson.dumps(mark.to_dict())
+        for partition in range(self._result_partitions):
+            await self._producer.send(
+                self.topics.search_results, value, key=self.router_id.encode(), partition=partition
+            )
+        self.stats.watermarks += 1
+
+    async def _watermark_loop(self) -> None:
+        interval = self._watermark_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            await self._send_watermarks("running")
 
     # -- Kafka request intake ------------------------------------------------------------------------------------
     async def _request_loop(self) -> None:

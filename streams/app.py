@@ -5,7 +5,9 @@ use Faust's ``on_window_close`` (a 30 s wall-clock cleanup timer that loses call
 partition has a :class:`WindowFinalizer` driven by event time, with the processing-time fallback built
 into its watermark, checked after every fetch (≤ 100 ms).
 
-The windows stage (``streams/windowing.py``) runs inside this worker as a micro-batch consumer, because
+The windows stage (``streams/windowing.py``: outcomes → partial windows per source partition) and the merge
+step (``streams/merging.py``: partials → one window per key) run inside this worker as micro-batch
+consumers, because
 Faust's per-event delivery is an order of magnitude too slow for the outcome stream; the SLO and audit
 agents are Faust agents (``at_least_once``, concurrency 1) over low-rate topics.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +25,14 @@ import faust
 from faust.types import StreamT
 
 from canary.core.judge import DeploymentJudge
-from canary.core.models import ControlCommand, RouterState, WindowResult
+from canary.core.models import RouterState, WindowResult
 from canary.kafka.topics import Topics
 from canary.pipeline.decisions import DecisionStep
-from streams.audit import AuditLog, control_event, state_event
-from streams.registry import DeploymentRegistry
+from canary.security import ControlSecurity
+from canary.settings import load_settings
+from streams.audit import AuditLog, outcome_event, state_event
+from streams.merging import MergeStage
+from streams.registry import ControlOutcome, DeploymentRegistry
 from streams.windowing import WindowingStage
 
 log = logging.getLogger("canary.streams")
@@ -52,6 +58,9 @@ class StreamsConfig:
     # membership) a restarted worker takes its partitions back at once.
     session_timeout: float = 10.0
     instance_id: str | None = None
+    # Trusted keys for verifying the control topic and the worker key the SLO agent signs with;
+    # None = what the process settings say (ControlSecurity.worker(load_settings())).
+    security: ControlSecurity | None = None
 
 
 @dataclass
@@ -89,7 +98,12 @@ class CanaryStreams:
             consumer_group_instance_id=config.instance_id,
         )
         app = self.app
-        self.registry = DeploymentRegistry(config.bootstrap, topics.control)
+        self.security = config.security or ControlSecurity.worker(load_settings())
+        # ConfigError (exit 2) if the worker key is missing: a worker that could not sign would decide
+        # rollbacks the routers refuse.
+        self.signer = self.security.signer()
+        self.security.warn_if_insecure("worker")
+        self.registry = DeploymentRegistry(config.bootstrap, topics.control, verifier=self.security.verifier())
         self.audit = AuditLog(config.audit_log)
         self.windows_topic = self._raw_topic(topics.windows, config.partitions)
         self.verdicts_topic = self._raw_topic(topics.verdicts, config.partitions)
@@ -108,12 +122,20 @@ class CanaryStreams:
             session_timeout_ms=int(config.session_timeout * 1000),
             instance_id=f"{config.instance_id}-windows" if config.instance_id else None,
         )
+        self.merging = MergeStage(
+            config.bootstrap,
+            topics,
+            group_id=f"{topics.prefix}{config.app_id}-merge",
+            session_timeout_ms=int(config.session_timeout * 1000),
+            instance_id=f"{config.instance_id}-merge" if config.instance_id else None,
+        )
 
         app.agent(self.windows_topic, name="slo", concurrency=1)(self._slo_agent)
         app.agent(self.control_topic, name="audit-control", concurrency=1)(self._audit_control_agent)
         app.agent(self.state_topic, name="audit-state", concurrency=1)(self._audit_state_agent)
         app.task(self._run_registry)
         app.task(self._run_windowing)
+        app.task(self._run_merging)
 
     def _raw_topic(self, name: str, partitions: int) -> faust.TopicT:
         # Declared topics are created by `canary kafka topics`; Faust must not re-declare them differently.
@@ -125,11 +147,17 @@ class CanaryStreams:
 
     # -- windows -------------------------------------------------------------------------------------------
     async def _run_windowing(self) -> None:
+        await self._essential("windows stage", self.windowing.run)
+
+    async def _run_merging(self) -> None:
+        await self._essential("merge step", self.merging.run)
+
+    async def _essential(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
         try:
-            await self.windowing.run()
+            await run()
         except Exception as exc:
             # Without this stage the worker is useless: fail loudly instead of idling.
-            log.exception("windows stage failed")
+            log.exception("%s failed", what)
             await self.app.crash(exc)
             raise
 
@@ -167,7 +195,9 @@ class CanaryStreams:
         for issue in issues:
             if issue.issued and issue.command is not None:
                 cmd = issue.command
-                fut = await self.control_topic.send(key=dep_id.encode(), value=json.dumps(cmd.to_dict()).encode())
+                # Signed with the worker key; signing only adds fields (command_id stays the pipeline's).
+                payload = self.signer.sign_command(cmd) if self.signer is not None else cmd.to_dict()
+                fut = await self.control_topic.send(key=dep_id.encode(), value=json.dumps(payload).encode())
                 await fut
                 if cmd.type == "rollback":
                     self.stats.rollbacks_issued += 1
@@ -186,13 +216,19 @@ class CanaryStreams:
 
     # -- audit ----------------------------------------------------------------------------------------------
     async def _audit_control_agent(self, stream: StreamT[bytes]) -> None:
+        """Audits every control record with what the registry made of it (the routers fold the same way):
+        applied → success; rejected by verification or refused by the ledger → success false and why.
+        Poison records are audited too. The event is held (not acknowledged) until its line is on disk."""
         async for event in stream.events():
-            try:
-                entry = control_event(ControlCommand.from_dict(json.loads(event.value)))
-            except Exception as exc:  # poison: log and skip, never stop the agent
-                log.warning("audit: invalid control record at offset %s: %s", event.message.offset, exc)
-                continue
-            if self.audit.append(entry):
+            offset = event.message.offset
+            outcome = await self.registry.outcome_at(offset)
+            if outcome is None:  # no record there as the registry read it: verify this copy on its own
+                ts = event.message.timestamp
+                appended = int(ts * 1000) if ts is not None else None
+                verdict = self.security.verifier().check(event.value, appended, record=False)
+                outcome = ControlOutcome(offset, verdict, False, "not folded by the registry", appended)
+            entry = outcome_event(outcome, event.value)
+            if await self.audit.append_durably(entry):
                 self.stats.audit_lines += 1
 
     async def _audit_state_agent(self, stream: StreamT[bytes]) -> None:
@@ -207,5 +243,5 @@ class CanaryStreams:
             if state.heartbeat:
                 continue
             entry = state_event(state)
-            if self.audit.append(entry):
+            if await self.audit.append_durably(entry):
                 self.stats.audit_lines += 1

@@ -1,18 +1,39 @@
 """Audit sink: one JSON line per control or state event, in the spec's audit.log shape.
 
-Each line is written, flushed and fsynced before the agent acknowledges the event, and duplicates
-(redelivery after a crash) are dropped by ``event_id``, which is rebuilt from the file at start-up, so a
-crash and restart neither loses nor repeats a line.
+Honest: a control command is audited with ``success: false`` and an ``error_message`` when it was not
+applied — rejected by verification (unsigned, unknown key, bad signature, expired, replayed, hash
+mismatch, invalid preset; see ``canary.security.verify``) or refused by the deployment ledger (e.g. a start
+while another canary runs). The outcome comes from the worker's registry, which folds the control topic
+exactly as the routers do.
+
+Lossless: each line is written and fsynced before the agent acknowledges its event. A write that fails
+(disk full, read-only file system, I/O error) is undone (the file is truncated back to where the line
+started) and retried with backoff, for as long as it takes: :meth:`AuditLog.append_durably` returns only
+once the line is on disk, so the agent holds its offset, says loudly why it is stuck, and resumes when the
+disk recovers. A torn last line left by a crash (or a truncation that itself failed) is repaired when the
+log is opened or before the next write: completed with its newline if it is a whole event, cut off if not
+(its event was never acknowledged, so it is redelivered). Duplicates (redelivery after a crash) are dropped
+by ``event_id``, rebuilt from the file at start-up, so a crash and restart neither loses nor repeats a line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import json
+import logging
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from canary.core.models import ControlCommand, RouterState, iso_ms
+
+if TYPE_CHECKING:
+    from streams.registry import ControlOutcome
+
+log = logging.getLogger("canary.streams.audit")
 
 EVENT_TYPES = {
     "start": "canary_start",
@@ -23,11 +44,24 @@ EVENT_TYPES = {
     "resume": "canary_resume",
     "set_weight": "canary_set_weight",
 }
+INVALID_COMMAND = "canary_invalid_command"
 
 
-def control_event(cmd: ControlCommand) -> dict[str, Any]:
+def control_event(
+    cmd: ControlCommand,
+    *,
+    success: bool = True,
+    error_message: str | None = None,
+    verification: dict[str, Any] | None = None,
+    offset: int | None = None,
+    rejected: bool = False,
+) -> dict[str, Any]:
+    """The audit line of a control command. A command rejected by verification gets the event id
+    ``control:<command_id>@<offset>``, so a forged or replayed copy of a real command id is audited beside
+    the real one instead of being dropped as its duplicate."""
     snapshot = cmd.candidate_config or {}
-    config_name = snapshot.get("metadata", {}).get("name") or (cmd.evidence or {}).get("config_name")
+    config_name = snapshot.get("metadata", {}).get("name") if isinstance(snapshot.get("metadata"), dict) else None
+    config_name = config_name or (cmd.evidence or {}).get("config_name")
     details: dict[str, Any] = {
         "command_id": cmd.command_id,
         "command": cmd.type,
@@ -39,17 +73,55 @@ def control_event(cmd: ControlCommand) -> dict[str, Any]:
     }
     if cmd.weight is not None:
         details["traffic_split"] = {"active": round(1 - cmd.weight, 6), "candidate": cmd.weight}
+    if verification is not None:
+        details["verification"] = verification
+    if offset is not None:
+        details["offset"] = offset
+    event_id = f"control:{cmd.command_id}@{offset}" if rejected and offset is not None else f"control:{cmd.command_id}"
     return {
-        "event_id": f"control:{cmd.command_id}",
+        "event_id": event_id,
         "event_type": EVENT_TYPES[cmd.type],
         "timestamp": iso_ms(cmd.issued_at_ms),
         "deployment_id": cmd.deployment_id,
         "user_id": cmd.issued_by,
         "config_name": config_name,
         "details": details,
-        "success": True,
-        "error_message": None,
+        "success": success,
+        "error_message": error_message,
     }
+
+
+def invalid_control_event(
+    offset: int | None, raw: bytes | None, detail: str, appended_at_ms: int | None = None
+) -> dict[str, Any]:
+    """A control record that is not a command at all (poison): audited too, never applied."""
+    text = (raw or b"").decode("utf-8", errors="replace")
+    return {
+        "event_id": f"control:invalid@{offset}",
+        "event_type": INVALID_COMMAND,
+        "timestamp": iso_ms(appended_at_ms if appended_at_ms is not None else time.time_ns() // 1_000_000),
+        "deployment_id": None,
+        "user_id": None,
+        "config_name": None,
+        "details": {"offset": offset, "raw": text[:2000], "source": "control", "verification": {"reason": "malformed"}},
+        "success": False,
+        "error_message": f"rejected (malformed): {detail}",
+    }
+
+
+def outcome_event(outcome: ControlOutcome, raw: bytes | None) -> dict[str, Any]:
+    """The audit line of a control record as the worker's registry folded it."""
+    verdict = outcome.verdict
+    if verdict.command is None:
+        return invalid_control_event(outcome.offset, raw, verdict.detail, outcome.appended_at_ms)
+    return control_event(
+        verdict.command,
+        success=verdict.accepted and outcome.applied,
+        error_message=outcome.error_message,
+        verification=verdict.to_dict(),
+        offset=outcome.offset,
+        rejected=not verdict.accepted,
+    )
 
 
 def state_event(state: RouterState) -> dict[str, Any]:
@@ -66,47 +138,197 @@ def state_event(state: RouterState) -> dict[str, Any]:
     }
 
 
+def _describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+    return f"{name} {exc.strerror or exc}".strip()
+
+
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, retry_initial_s: float = 0.05, retry_max_s: float = 5.0, report_every_s: float = 30.0
+    ) -> None:
         self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._seen = self._load_ids()
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.report_every_s = report_every_s
+        self.invalid_lines = 0  # unparseable complete lines found at start-up (left as they are)
+        self.write_failures = 0  # failed attempts (each retried): a metric
+        self.stuck_since: float | None = None  # monotonic time of the first failure of the pending line
+        self.repairs: list[str] = []
+        self._seen: set[str] = set()
+        self._tail_clean = False
+        self._lock = asyncio.Lock()
+        self._load_ids()
+        try:
+            self._repair_tail()
+        except OSError as exc:  # e.g. a read-only file system: repaired before the next write instead
+            log.error(
+                "audit log %s: cannot repair its last line yet (%s); will retry before writing", path, _describe(exc)
+            )
 
-    def _load_ids(self) -> set[str]:
-        seen: set[str] = set()
-        if not self.path.exists():
-            return seen
-        with self.path.open("rb") as fh:
-            for line in fh:
-                try:
-                    seen.add(json.loads(line)["event_id"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line from a crash mid-write is rewritten on redelivery
-        return seen
+    # -- start-up ---------------------------------------------------------------------------------------------
+    def _load_ids(self) -> None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        *complete, _torn = data.split(b"\n")
+        for line in complete:
+            if not line.strip():
+                continue
+            try:
+                self._seen.add(json.loads(line)["event_id"])
+            except (ValueError, KeyError, TypeError):
+                self.invalid_lines += 1
+        if self.invalid_lines:
+            log.warning("audit log %s: %d unparseable line(s) kept as they are", self.path, self.invalid_lines)
 
+    def _repair_tail(self, fd: int | None = None) -> None:
+        """Make the file end with a newline: complete a whole last event, cut off a partial one."""
+        if self._tail_clean:
+            return
+        own = fd is None
+        if fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            except FileNotFoundError:
+                self._tail_clean = True
+                return
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+                self._tail_clean = True
+                return
+            start = size
+            while start > 0:  # find the last newline, reading backwards
+                chunk_start = max(0, start - 65536)
+                chunk = os.pread(fd, start - chunk_start, chunk_start)
+                i = chunk.rfind(b"\n")
+                if i >= 0:
+                    start = chunk_start + i + 1
+                    break
+                start = chunk_start
+            tail = os.pread(fd, size - start, start)
+            try:
+                event_id = json.loads(tail)["event_id"]
+            except (ValueError, KeyError, TypeError):
+                event_id = None
+            if isinstance(event_id, str):
+                os.write(fd, b"\n")
+                os.fsync(fd)
+                self._seen.add(event_id)
+                note = f"completed a last line without its newline ({event_id})"
+            else:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+                note = f"cut off a torn partial last line ({size - start} bytes; its event is redelivered)"
+            self.repairs.append(note)
+            log.warning("audit log %s: %s", self.path, note)
+            self._tail_clean = True
+        finally:
+            if own:
+                os.close(fd)
+
+    # -- writing ------------------------------------------------------------------------------------------------
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._seen
 
+    @staticmethod
+    def _line(event: dict[str, Any]) -> bytes:
+        return (json.dumps(event, ensure_ascii=False, sort_keys=False) + "\n").encode()
+
+    def _write_line(self, line: bytes) -> None:
+        """Append one line and fsync it, or leave the file as it was and raise the OSError."""
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self._repair_tail(fd)
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            except OSError:
+                try:  # undo a partial write so the file never keeps half a line
+                    os.ftruncate(fd, start)
+                    os.fsync(fd)
+                except OSError:
+                    self._tail_clean = False  # repaired before the next attempt
+                raise
+        finally:
+            os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):  # make the new directory entry durable too
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+
     def append(self, event: dict[str, Any]) -> bool:
-        """Durably append ``event`` unless its id was already written. Returns whether it was written."""
+        """One attempt: durably append ``event`` unless its id was already written (returns whether it was
+        written). An OSError leaves the file as it was and propagates."""
         event_id = event["event_id"]
         if event_id in self._seen:
             return False
-        line = (json.dumps(event, ensure_ascii=False, sort_keys=False) + "\n").encode()
-        with self.path.open("ab") as fh:
-            self._repair_torn_tail(fh)
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        self._write_line(self._line(event))
         self._seen.add(event_id)
         return True
 
-    def _repair_torn_tail(self, fh: Any) -> None:
-        """A crash mid-line leaves no trailing newline; start the next event on a fresh line."""
-        size = self.path.stat().st_size
-        if size == 0:
-            return
-        with self.path.open("rb") as reader:
-            reader.seek(size - 1)
-            if reader.read(1) != b"\n":
-                fh.write(b"\n")
+    async def append_durably(self, event: dict[str, Any]) -> bool:
+        """Like :meth:`append`, but retries a failing write with backoff until it succeeds — never skips.
+        The caller (an agent) holds its event meanwhile, so its offset is not committed."""
+        async with self._lock:
+            event_id = event["event_id"]
+            if event_id in self._seen:
+                return False
+            line = self._line(event)
+            delay = self.retry_initial_s
+            attempts = 0
+            first_failure: float | None = None
+            last_report = 0.0
+            while True:
+                try:
+                    await asyncio.to_thread(self._write_line, line)
+                except OSError as exc:
+                    attempts += 1
+                    self.write_failures += 1
+                    now = time.monotonic()
+                    if first_failure is None:
+                        first_failure = last_report = now
+                        self.stuck_since = now
+                        log.error(
+                            "AUDIT LOG STUCK: cannot write %s (%s). Holding event %s (not acknowledged) and "
+                            "retrying until the disk recovers; nothing is skipped",
+                            self.path,
+                            _describe(exc),
+                            event_id,
+                        )
+                    elif now - last_report >= self.report_every_s:
+                        last_report = now
+                        log.error(
+                            "AUDIT LOG STILL STUCK for %.0f s (%d attempts): %s: %s; holding event %s",
+                            now - first_failure,
+                            attempts,
+                            self.path,
+                            _describe(exc),
+                            event_id,
+                        )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.retry_max_s)
+                    continue
+                break
+            if first_failure is not None:
+                log.warning(
+                    "audit log %s writable again after %.1f s (%d failed attempts); wrote %s",
+                    self.path,
+                    time.monotonic() - first_failure,
+                    attempts,
+                    event_id,
+                )
+            self.stuck_since = None
+            self._seen.add(event_id)
+            return True

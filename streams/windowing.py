@@ -1,44 +1,40 @@
-"""The windows stage: search_results → 5 s windows → canary_windows, as a micro-batch consumer.
+"""The windows stage: search_results → partial 5 s windows per source partition → canary_window_partials.
 
 Faust delivers records one event at a time through its stream machinery; measured on our 2-core
 machines, a no-op Faust agent tops out near 5k records/s, an order of magnitude below what one worker
 must aggregate. This stage therefore runs *inside the Faust worker* (started and stopped with the app)
-but fetches with aiokafka's ``getmany`` and hands whole batches to the Kafka-free core
-(:class:`~canary.core.windows.WindowFinalizer`), the micro-batching the design asks for. The SLO and
-audit agents, which see a few records per second, stay ordinary Faust agents.
+but fetches with aiokafka's ``getmany`` and hands whole batches to the Kafka-free core: one
+:class:`~canary.core.windows.WindowFinalizer` per assigned ``search_results`` partition, fed outcomes and
+the routers' watermark records in partition order.
 
-Durability without Faust tables: each source partition's finalizer state — open windows, the emission
-cursor and the highest offset applied — is written to the compacted ``canary_window_state`` topic at
-most every ``checkpoint_ms``, *after* the windows it emitted are acknowledged by the broker. On
-assignment a worker restores that state and seeks just past the offset it records, so outcomes are
-neither lost nor counted twice across crashes and rebalances; a window emitted after the last
-checkpoint may be emitted again after a crash, and readers drop it by ``window_id``.
+Outcomes are spread over all partitions by request id, so a partition's windows are *partials*: each is
+published as a :class:`~canary.core.merge.PartialWindow` (key: deployment id), and whenever the
+partition's watermark passes a window boundary a :class:`~canary.core.merge.Progress` mark goes to every
+partition of the partials topic; the merge step (``streams/merging.py``) combines them into exactly one
+window per key. Outcomes beyond the event-time bound are dead-lettered as ``future_ts``; poison records
+as ``invalid outcome``; late outcomes count in their key's next window (never dropped).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 
-from canary.core.models import RuleVerdict, WindowResult
-from canary.core.windows import WindowFinalizer
-from canary.kafka.topics import Topics
-from canary.replay.decode import OutcomeDecoder, as_core_outcomes
+from canary.core.merge import Progress, partial_of
+from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_MS, WindowFinalizer
+from canary.kafka.topics import Topics, topic_partitions
+from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, as_core_outcomes
+from streams.checkpointed import CheckpointedStage, now_ms
 from streams.registry import DeploymentRegistry
 
 log = logging.getLogger("canary.streams.windows")
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+PROGRESS_EVERY_MS = 1000  # a progress mark at least this often, even when no window closed
 
 
 @dataclass
@@ -46,33 +42,25 @@ class WindowingStats:
     outcomes: int = 0
     invalid_outcomes: int = 0
     late_outcomes: int = 0
-    windows_emitted: int = 0
+    future_outcomes: int = 0
+    duplicate_outcomes: int = 0
+    watermark_records: int = 0
+    partials_emitted: int = 0
+    progress_marks: int = 0
     checkpoints: int = 0
     batches: int = 0
     by_partition: dict[int, int] = field(default_factory=dict)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, stage: WindowingStage) -> None:
-        self.stage = stage
+class WindowingStage(CheckpointedStage[WindowFinalizer]):
+    name = "windows"
 
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.stage.release([tp.partition for tp in revoked])
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        # Fetching may already run for these partitions: hold them until their state is restored
-        # by the main loop (restoring here, inside the rebalance, raced with the first fetches).
-        self.stage.hold([tp.partition for tp in assigned])
-
-
-class WindowingStage:
     def __init__(
         self,
         bootstrap: str,
         topics: Topics,
         registry: DeploymentRegistry,
         group_id: str,
-        judge: Callable[[WindowResult], tuple[RuleVerdict, ...]] | None = None,
         window_ms: int = 5000,
         grace_ms: int = 1000,
         idle_windows: int = 12,
@@ -80,221 +68,144 @@ class WindowingStage:
         max_records: int = 5000,
         session_timeout_ms: int = 10_000,
         instance_id: str | None = None,
+        router_timeout_ms: int = DEFAULT_ROUTER_TIMEOUT_MS,
+        future_bound_ms: int = DEFAULT_FUTURE_BOUND_MS,
     ) -> None:
-        self.bootstrap = bootstrap
-        self.topics = topics
+        super().__init__(
+            bootstrap,
+            topics,
+            topics.search_results,
+            group_id,
+            checkpoint_ms=checkpoint_ms,
+            max_records=max_records,
+            session_timeout_ms=session_timeout_ms,
+            instance_id=instance_id,
+        )
         self.registry = registry
-        self.group_id = group_id
-        self.judge = judge
         self.window_ms = window_ms
         self.grace_ms = grace_ms
         self.idle_windows = idle_windows
-        self.checkpoint_ms = checkpoint_ms
-        self.max_records = max_records
-        self.session_timeout_ms = session_timeout_ms
-        self.instance_id = instance_id
+        self.router_timeout_ms = router_timeout_ms
+        self.future_bound_ms = future_bound_ms
         self.stats = WindowingStats()
-        self.finalizers: dict[int, WindowFinalizer] = {}
-        self._dirty: set[int] = set()
-        self._pending: set[int] = set()
         self._decoder = OutcomeDecoder()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._last_checkpoint = 0.0
+        self._partials_partitions = 1
+        self._progress_sent: dict[int, tuple[int, float]] = {}  # partition -> (closed_until, monotonic s)
+
+    @property
+    def finalizers(self) -> dict[int, WindowFinalizer]:
+        return self.states
 
     # -- state ------------------------------------------------------------------------------------------
-    def _state_key(self, partition: int) -> bytes:
-        return f"{self.group_id}|{self.topics.search_results}|{partition}".encode()
-
-    def _new_finalizer(self, state: dict[str, Any] | None) -> WindowFinalizer:
-        if state is not None:
-            return WindowFinalizer.from_dict(
-                state, now_ms=now_ms(), aggregator=self.registry.aggregator_for, judge=self.judge
-            )
+    def new_state(self, partition: int, restored: dict[str, Any] | None) -> WindowFinalizer:
+        if restored is not None:
+            return WindowFinalizer.from_dict(restored, now_ms=now_ms(), aggregator=self.registry.aggregator_for)
         return WindowFinalizer(
             size_ms=self.window_ms,
             grace_ms=self.grace_ms,
             idle_windows=self.idle_windows,
             aggregator=self.registry.aggregator_for,
-            judge=self.judge,
+            router_timeout_ms=self.router_timeout_ms,
+            future_bound_ms=self.future_bound_ms,
         )
 
-    async def _load_states(self, partitions: list[int]) -> dict[int, dict[str, Any]]:
-        """Latest checkpoint per partition from the compacted state topic (read to its current end)."""
-        wanted = {self._state_key(p): p for p in partitions}
-        found: dict[int, dict[str, Any]] = {}
-        reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
-        await reader.start()
-        try:
-            tp = TopicPartition(self.topics.window_state, 0)
-            reader.assign([tp])
-            await reader.seek_to_beginning(tp)
-            end = (await reader.end_offsets([tp]))[tp]
-            while await reader.position(tp) < end:
-                batch = await reader.getmany(tp, timeout_ms=500, max_records=10_000)
-                for record in batch.get(tp, []):
-                    partition = wanted.get(record.key or b"")
-                    if partition is None:
-                        continue
-                    if record.value is None:
-                        found.pop(partition, None)
-                    else:
-                        found[partition] = json.loads(record.value)
-        finally:
-            await reader.stop()
-        return found
+    def state_to_dict(self, state: WindowFinalizer) -> dict[str, Any]:
+        return state.to_dict()
 
-    def _tp(self, partition: int) -> TopicPartition:
-        return TopicPartition(self.topics.search_results, partition)
+    def applied_offset(self, state: WindowFinalizer, partition: int) -> int | None:
+        return state.applied_offset(partition)
 
-    def hold(self, partitions: list[int]) -> None:
+    async def started(self) -> None:
         assert self._consumer is not None
-        self._pending.update(partitions)
-        self._consumer.pause(*(self._tp(p) for p in partitions))
+        self._partials_partitions = len(await topic_partitions(self._consumer, self.topics.window_partials))
 
-    async def acquire(self, partitions: list[int]) -> None:
-        assert self._consumer is not None
-        states = await self._load_states(partitions)
-        assigned = {tp.partition for tp in self._consumer.assignment()}
-        for p in partitions:
-            self._pending.discard(p)
-            if p not in assigned:
-                continue  # revoked again meanwhile
-            fin = self._new_finalizer(states.get(p))
-            self.finalizers[p] = fin
-            applied = fin.applied_offset(p)
-            if applied is not None:
-                # The checkpoint, not the group's committed offset, says what the state already holds.
-                self._consumer.seek(self._tp(p), int(applied) + 1)
-            else:
-                committed = await self._consumer.committed(self._tp(p))
-                if committed is None:
-                    await self._consumer.seek_to_beginning(self._tp(p))
-                else:
-                    self._consumer.seek(self._tp(p), committed)
-            self._consumer.resume(self._tp(p))
-        log.warning("windows: acquired partitions %s (restored state for %s)", partitions, sorted(states))
-
-    async def release(self, partitions: list[int]) -> None:
-        await self.checkpoint(only=partitions, force=True)
-        for p in partitions:
-            self.finalizers.pop(p, None)
-            self._dirty.discard(p)
-            self._pending.discard(p)
-
-    async def checkpoint(self, only: Iterable[int] | None = None, force: bool = False) -> None:
-        if self._producer is None:
-            return
-        if not force and (time.monotonic() - self._last_checkpoint) * 1000 < self.checkpoint_ms:
-            return
-        parts = sorted(set(only) & self._dirty if only is not None else self._dirty)
-        if not parts:
-            return
-        # Emitted windows and dead letters must be on the broker before the state that says so.
-        await self._producer.flush()
-        futures = []
-        offsets: dict[TopicPartition, int] = {}
-        for p in parts:
-            fin = self.finalizers.get(p)
-            if fin is None:
-                continue
-            state = json.dumps(fin.to_dict()).encode()
-            futures.append(await self._producer.send(self.topics.window_state, state, key=self._state_key(p)))
-            applied = fin.applied_offset(p)
-            if applied is not None:
-                offsets[self._tp(p)] = applied + 1
-        await asyncio.gather(*futures)
-        self._dirty.difference_update(parts)
-        self.stats.checkpoints += 1
-        self._last_checkpoint = time.monotonic()
-        if self._consumer is not None and offsets:
-            with contextlib.suppress(Exception):  # commits are for lag visibility; the state is the truth
-                await self._consumer.commit(offsets)
+    async def run(self) -> None:
+        await self.registry.caught_up.wait()  # policies (per-request thresholds) must be known first
+        await super().run()
 
     # -- the loop ---------------------------------------------------------------------------------------
-    async def run(self) -> None:
-        await self.registry.caught_up.wait()
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
-        )
-        await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            group_instance_id=self.instance_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-            max_poll_records=self.max_records,
-            session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=1000,
-        )
-        self._consumer.subscribe([self.topics.search_results], listener=_Rebalance(self))
-        await self._consumer.start()
-        try:
-            while True:
-                if self._pending:
-                    await self.acquire(sorted(self._pending))
-                batch = await self._consumer.getmany(timeout_ms=100, max_records=self.max_records)
-                await self.process(batch)
-                await self.emit_due()
-                await self.checkpoint()
-        finally:
-            with contextlib.suppress(Exception):
-                await self.checkpoint(force=True)
-            await self._consumer.stop()
-            await self._producer.stop()
-
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         now = now_ms()
         for tp, records in batch.items():
-            fin = self.finalizers.get(tp.partition)
+            fin = self.states.get(tp.partition)
             if fin is None:
-                # Not restored (or revoked) yet: fetch these again once it is, never drop them.
-                if records and self._consumer is not None and tp in self._consumer.assignment():
-                    self._consumer.seek(tp, records[0].offset)
+                self.refetch(tp, records)  # not restored (or revoked) yet: never drop them
                 continue
-            outcomes, offsets = [], []
+            items, offsets = [], []
             for record in records:
                 try:
-                    outcomes.append(self._decoder.decode(record.value, record.offset))
+                    items.append(self._decoder.decode(record.value, record.offset))
                     offsets.append(record.offset)
-                except Exception as exc:  # poison: dead-letter, never stop the stage
+                except DECODE_ERRORS as exc:  # poison: dead-letter, never stop the stage
                     await self._dead_letter(tp.partition, record.offset, record.value, f"invalid outcome: {exc}")
                     self.stats.invalid_outcomes += 1
-            if not outcomes:
+            if not items:
                 continue
-            late = fin.add(tp.partition, as_core_outcomes(outcomes), now, offsets)
-            self.stats.outcomes += len(outcomes)
+            result = fin.add(tp.partition, as_core_outcomes(items), now, offsets)
+            n = len(items) - result.watermarks
+            self.stats.outcomes += n
+            self.stats.watermark_records += result.watermarks
+            self.stats.late_outcomes += len(result.late)
+            self.stats.duplicate_outcomes += result.duplicates
             self.stats.batches += 1
-            self.stats.by_partition[tp.partition] = self.stats.by_partition.get(tp.partition, 0) + len(outcomes)
-            for outcome in late:
-                self.stats.late_outcomes += 1
+            self.stats.by_partition[tp.partition] = self.stats.by_partition.get(tp.partition, 0) + n
+            for outcome in result.future:
+                self.stats.future_outcomes += 1
+                offset = outcome.offset if isinstance(outcome, ReplayOutcome) else None
                 await self._dead_letter(
                     tp.partition,
-                    getattr(outcome, "offset", None),
+                    offset,
                     None,
-                    "late: window already finalized",
-                    extra={"event_id": outcome.event_id, "ts": outcome.ts, "window_key": outcome.window_key.as_str()},
+                    "future_ts: event time beyond the bound ahead of its producer's watermark",
+                    extra={"event_id": outcome.event_id, "ts": outcome.ts, "router_id": outcome.router_id},
                 )
-            self._dirty.add(tp.partition)
+            self.mark_dirty(tp.partition)
 
     async def emit_due(self) -> None:
-        assert self._producer is not None
         now = now_ms()
-        for partition, fin in list(self.finalizers.items()):
-            due = fin.due(now)
-            for window in due:
+        assert self._consumer is not None
+        for partition, fin in list(self.states.items()):
+            if fin.watermark is None and partition not in self._pending:
+                # A partition nobody writes to must not hold the merge back: once the consumer is at its
+                # end, its event time follows processing time.
+                tp = self.tp(partition)
+                end = self._consumer.highwater(tp)
+                if end is not None and await self._consumer.position(tp) >= end:
+                    fin.mark_idle(partition, now)
+            due = fin.due_with_state(now)
+            for window, aggregate in due:
+                partial = partial_of(window, aggregate, partition)
                 key = (window.deployment_id or "-").encode()
-                await self._producer.send(self.topics.windows, json.dumps(window.to_dict()).encode(), key=key)
-                self.stats.windows_emitted += 1
+                await self.producer.send(self.topics.window_partials, json.dumps(partial.to_dict()).encode(), key=key)
+                self.stats.partials_emitted += 1
             if due:
-                self._dirty.add(partition)
+                self.mark_dirty(partition)
+            await self._progress(partition, fin, force=bool(due))
+
+    async def _progress(self, partition: int, fin: WindowFinalizer, *, force: bool) -> None:
+        """Tell every merge partition how far this partition's windows are closed."""
+        closed = fin.watermark
+        if closed is None:
+            return
+        closed -= closed % self.window_ms  # windows end on boundaries: report the last one passed
+        sent, at = self._progress_sent.get(partition, (None, 0.0))
+        stale = time.monotonic() - at > PROGRESS_EVERY_MS / 1000
+        if closed == sent and not stale and not force:
+            return
+        body = json.dumps(Progress(partition, closed).to_dict()).encode()
+        for target in range(self._partials_partitions):
+            await self.producer.send(self.topics.window_partials, body, key=b"progress", partition=target)
+        self._progress_sent[partition] = (closed, time.monotonic())
+        self.stats.progress_marks += 1
+
+    async def release(self, partitions: list[int]) -> None:
+        await super().release(partitions)
+        for p in partitions:
+            self._progress_sent.pop(p, None)
 
     async def _dead_letter(
         self, partition: int, offset: int | None, raw: bytes | None, reason: str, extra: dict[str, Any] | None = None
     ) -> None:
-        assert self._producer is not None
         record: dict[str, Any] = {
             "reason": reason,
             "source_topic": self.topics.search_results,
@@ -304,5 +215,5 @@ class WindowingStage:
             "dead_lettered_at_ms": now_ms(),
             **(extra or {}),
         }
-        await self._producer.send(self.topics.results_dlq, json.dumps(record).encode())
+        await self.producer.send(self.topics.results_dlq, json.dumps(record).encode())
         log.warning("dead-lettered outcome (partition %s offset %s): %s", partition, offset, reason)

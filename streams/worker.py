@@ -8,6 +8,7 @@ from pathlib import Path
 from faust import Worker
 
 from canary.kafka.topics import Topics
+from canary.security import ControlSecurity
 from streams.app import CanaryStreams, StreamsConfig
 
 
@@ -20,6 +21,7 @@ def run_worker(
     window_ms: int = 5000,
     loglevel: str = "warning",
     instance_id: str | None = None,
+    security: ControlSecurity | None = None,
 ) -> None:
     """Blocks until SIGINT/SIGTERM; Faust's Worker then stops agents, commits and closes cleanly."""
     config = StreamsConfig(
@@ -30,6 +32,7 @@ def run_worker(
         grace_ms=grace_ms,
         window_ms=window_ms,
         instance_id=instance_id,
+        security=security,
     )
     streams = CanaryStreams(config)
     worker = Worker(streams.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

@@ -78,6 +78,7 @@ class PartitionClock:
     max_ts: int | None = None  # every accepted outcome, for the processing-time bound
     last_arrival: int | None = None
     departed: int = 0  # producers that left the live set by timing out
+    idle_since: int | None = None  # the consumer found this partition empty (caught up, nothing ever seen)
 
     def on_watermark(self, mark: RouterWatermark, now_ms: int) -> None:
         prev = self.producers.get(mark.router_id)
@@ -113,6 +114,10 @@ class PartitionClock:
             return min(marks)
         # Nobody live: the processing-time bound closes the last windows once traffic has stopped.
         if self.max_ts is None or self.last_arrival is None:
+            if self.idle_since is not None and not self.producers:
+                # An empty partition holds nothing back: its event time is processing time. A later
+                # outcome for a window this passed counts in the next window (it is never dropped).
+                return now_ms - self.grace_ms
             return None
         top = max([self.max_ts, *(p.watermark for p in self.producers.values())])
         return top + max(0, now_ms - self.last_arrival) - self.grace_ms
@@ -255,6 +260,12 @@ class WindowFinalizer:
             c = PartitionClock(self.router_timeout_ms, self.future_bound_ms, self.grace_ms)
             self.clocks[partition] = c
         return c
+
+    def mark_idle(self, partition: int, now_ms: int) -> None:
+        """The partition is empty (the consumer is at its end and it never delivered anything)."""
+        clock = self.clock(partition)
+        if clock.idle_since is None:
+            clock.idle_since = now_ms
 
     def forget(self, partition: int) -> None:
         """Drop a revoked partition so it no longer holds the watermark back."""

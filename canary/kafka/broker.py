@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -152,6 +152,50 @@ def _is_our_broker(pid: int, data_dir: Path) -> bool:
     return "kafka.Kafka" in cmdline and str(data_dir) in cmdline
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id the way Kafka's ``Uuid.randomUuid()`` makes one: 16 random bytes, URL-safe base64
+    without padding, drawn again if it is the zero or the metadata-topic id or begins with ``-`` (which a
+    command-line parser would take for an option)."""
+    while True:
+        raw = secrets.token_bytes(16)
+        text = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        if raw not in (bytes(16), bytes(15) + b"\x01") and not text.startswith("-"):
+            return text
+
+
+def registry_dir(home: Path) -> Path:
+    """Where each broker canary starts is registered (``<port>.json``), so stop/status can find it."""
+    return home / "brokers"
+
+
+def discover_brokers(home: Path) -> list[LocalBroker]:
+    """The running brokers this machine's canary started under ``home`` (registered, or in the default
+    ``home/broker-PORT`` directories); stale registrations are removed."""
+    found: dict[Path, LocalBroker] = {}
+    candidates: list[tuple[Path, int, Path | None]] = []
+    for entry in sorted(registry_dir(home).glob("*.json")):
+        try:
+            meta = json.loads(entry.read_text())
+            candidates.append((Path(meta["data_dir"]), int(meta["port"]), entry))
+        except (OSError, ValueError, KeyError, TypeError):
+            candidates.append((Path("/nonexistent"), 0, entry))
+    for info_file in sorted(home.glob("broker-*/broker.json")):
+        try:
+            meta = json.loads(info_file.read_text())
+            candidates.append((info_file.parent, int(meta["port"]), None))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    for data_dir, port, registration in candidates:
+        broker = LocalBroker(home, port, data_dir=data_dir) if port else None
+        if broker is None or broker.running_info() is None:
+            if registration is not None:
+                with contextlib.suppress(OSError):
+                    registration.unlink()
+            continue
+        found.setdefault(broker.data_dir, broker)
+    return sorted(found.values(), key=lambda b: b.port)
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -269,6 +313,7 @@ class LocalBroker:
         existing = self.running_info()
         if existing is not None:
             _wait_for_metadata(existing.bootstrap, timeout, self.log_file, existing.pid)
+            self._register(existing)
             log(f"reusing running broker pid {existing.pid} at {existing.bootstrap}")
             return existing
         java = shutil.which("java")
@@ -321,6 +366,7 @@ class LocalBroker:
             started_at=started,
         )
         self._info_file.write_text(json.dumps(asdict(info), indent=2))
+        self._register(info)
         try:
             _wait_for_metadata(info.bootstrap, timeout, self.log_file, proc.pid, popen=proc)
         except BrokerError:
@@ -337,6 +383,7 @@ class LocalBroker:
         if info is None or not _pid_alive(info.pid) or not _is_our_broker(info.pid, self.data_dir):
             with contextlib.suppress(OSError):
                 self._info_file.unlink()
+            self._unregister()
             return False
         os.kill(info.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -348,6 +395,7 @@ class LocalBroker:
             self._kill(info.pid)
         with contextlib.suppress(OSError):
             self._info_file.unlink()
+        self._unregister()
         if self._proc is not None and self._proc.pid == info.pid:
             self._proc.wait(timeout=5)
             self._proc = None
@@ -355,6 +403,25 @@ class LocalBroker:
         return True
 
     # -- internals --------------------------------------------------------------------------------------
+    @property
+    def _registration(self) -> Path:
+        return registry_dir(self.home) / f"{self.port}.json"
+
+    def _register(self, info: BrokerInfo) -> None:
+        with contextlib.suppress(OSError):
+            self._registration.parent.mkdir(parents=True, exist_ok=True)
+            payload = {"port": info.port, "pid": info.pid, "data_dir": info.data_dir}
+            self._registration.write_text(json.dumps(payload, indent=2))
+
+    def _unregister(self) -> None:
+        try:
+            meta = json.loads(self._registration.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(meta, dict) and Path(str(meta.get("data_dir"))).resolve() == self.data_dir:
+            with contextlib.suppress(OSError):
+                self._registration.unlink()
+
     def _pick_controller_port(self) -> int:
         for candidate in (self.port + 1, self.port + 101, self.port + 1001):
             if 0 < candidate < 65536 and _port_is_free(candidate):
@@ -396,7 +463,7 @@ class LocalBroker:
     def _format_storage(self, java: str, props: Path) -> None:
         if (self.data_dir / "kraft-logs" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         cmd = [
             java,
             "-Xmx256m",
@@ -405,8 +472,7 @@ class LocalBroker:
             self.jars.classpath(),
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            cluster_id,
+            f"--cluster-id={cluster_id}",  # one token: an id can never be mistaken for an option
             "-c",
             str(props),
             "--ignore-formatted",

@@ -45,6 +45,7 @@ class Topics:
     search_requests: str = field(init=False)
     search_results: str = field(init=False)
     windows: str = field(init=False)
+    window_partials: str = field(init=False)
     verdicts: str = field(init=False)
     control: str = field(init=False)
     state: str = field(init=False)
@@ -59,6 +60,7 @@ class Topics:
             "search_requests": "search_requests",
             "search_results": "search_results",
             "windows": "canary_windows",
+            "window_partials": "canary_window_partials",
             "verdicts": "canary_verdicts",
             "control": "canary_control",
             "state": "canary_state",
@@ -73,12 +75,25 @@ class Topics:
     def specs(self) -> list[TopicSpec]:
         return [
             TopicSpec(self.search_requests, 3, "delete", 7 * DAY_MS, "queries in, produced by services/load tools"),
-            TopicSpec(self.search_results, 3, "delete", 7 * DAY_MS, "one outcome per request, kept for replay"),
-            TopicSpec(self.windows, 3, "delete", 30 * DAY_MS, "finalized 5 s window results"),
+            # Six partitions: outcomes are spread by request id so that up to six workers share the windows
+            # stage; each worker's share merges into one window per key in the merge step.
+            TopicSpec(
+                self.search_results, 6, "delete", 7 * DAY_MS, "one outcome per request + router watermarks, for replay"
+            ),
+            TopicSpec(self.window_partials, 3, "delete", DAY_MS, "partial windows per source partition + progress"),
+            TopicSpec(self.windows, 3, "delete", 30 * DAY_MS, "finalized 5 s window results (merged)"),
             TopicSpec(self.verdicts, 3, "delete", 30 * DAY_MS, "judged candidate windows: verdicts with evidence"),
             # One partition: commands must be totally ordered for every router to converge on the same state.
-            # Kept forever: pointers and audits are rebuilt from it.
-            TopicSpec(self.control, 1, "delete", FOREVER, "control commands (start/rollback/promote …)"),
+            # Kept forever: pointers and audits are rebuilt from it. LogAppendTime: record timestamps are the
+            # broker's, so a signed command's expiry is judged by a clock no producer can set (docs/contracts.md).
+            TopicSpec(
+                self.control,
+                1,
+                "delete",
+                FOREVER,
+                "control commands (start/rollback/promote …), signed",
+                (("message.timestamp.type", "LogAppendTime"),),
+            ),
             TopicSpec(self.state, 1, "compact", FOREVER, "latest applied state per router (compacted)"),
             # Checkpoints of the windows stage, one key per source partition; compacted quickly so a
             # restarting worker reads little.

@@ -2,6 +2,9 @@
 
 A command is only "done" when every live router has published a state answering it. If none answers
 in time, a ``start`` is compensated by an ``abort`` so no half-started canary is left behind.
+
+Every command is signed with the operator key (``canary keys init``) before it is produced; a command the
+routers rejected (e.g. a key they do not trust) is reported with the reason instead of a bare timeout.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import logging
 import random
 import time
 import uuid
@@ -23,6 +27,9 @@ from canary.core.models import CommandType, ControlCommand, RouterState
 from canary.errors import DeploymentError, KafkaError
 from canary.kafka.topics import Topics
 from canary.ops.view import ControlView, read_view_async
+from canary.security import CommandSigner, ControlSecurity
+
+log = logging.getLogger("canary.ops")
 
 
 def now_ms() -> int:
@@ -48,6 +55,7 @@ class Ack:
     waited_for: list[str]
     elapsed_ms: int
     compensated: bool = False
+    rejected: str | None = None  # why the control topic's readers refused the command, if they did
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,17 +66,34 @@ class Ack:
             "waited_for": self.waited_for,
             "elapsed_ms": self.elapsed_ms,
             "compensated": self.compensated,
+            "rejected": self.rejected,
         }
 
 
-async def produce_command(bootstrap: str, topics: Topics, cmd: ControlCommand) -> None:
+def signed_payload(cmd: ControlCommand, signer: CommandSigner | None) -> dict[str, Any]:
+    return signer.sign_command(cmd) if signer is not None else cmd.to_dict()
+
+
+def precheck(security: ControlSecurity, payload: dict[str, Any]) -> str | None:
+    """What this machine's trusted keys say about ``payload`` before it is sent (a warning, or None)."""
+    verdict = security.verifier().check(payload, record=False)
+    if verdict.accepted:
+        return None
+    return f"this machine's own verification would reject the command: {verdict.message}"
+
+
+async def produce_command(
+    bootstrap: str, topics: Topics, cmd: ControlCommand, signer: CommandSigner | None = None
+) -> None:
+    """Produce ``cmd``, signed by ``signer`` (None: unsigned — only insecure readers accept it)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     try:
         await asyncio.wait_for(producer.start(), 10)
     except Exception as exc:
         raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
-        await producer.send_and_wait(topics.control, json.dumps(cmd.to_dict()).encode(), key=cmd.deployment_id.encode())
+        value = json.dumps(signed_payload(cmd, signer)).encode()
+        await producer.send_and_wait(topics.control, value, key=cmd.deployment_id.encode())
     finally:
         await producer.stop()
 
@@ -101,12 +126,23 @@ async def _wait_for_acks(
     return sorted(acked)
 
 
-async def issue(bootstrap: str, topics: Topics, cmd: ControlCommand, view: ControlView, timeout: float) -> Ack:
+async def issue(
+    bootstrap: str, topics: Topics, cmd: ControlCommand, view: ControlView, timeout: float, security: ControlSecurity
+) -> Ack:
     routers = sorted(s.router_id for s in view.live_routers())
+    signer = security.signer()
+    warning = precheck(security, signed_payload(cmd, signer))
+    if warning:
+        log.warning("%s", warning)
     started = time.monotonic()
-    await produce_command(bootstrap, topics, cmd)
+    await produce_command(bootstrap, topics, cmd, signer)
     acked = await _wait_for_acks(bootstrap, topics, cmd.command_id, routers, timeout) if routers else []
-    return Ack(cmd, acked, routers, int((time.monotonic() - started) * 1000))
+    rejected = None
+    if not set(routers) <= set(acked):
+        # Did the readers of the control topic refuse it? Fold it as they do and say why.
+        verdict = (await read_view_async(bootstrap, topics, verifier=security.verifier())).rejection(cmd.command_id)
+        rejected = verdict.message if verdict is not None else None
+    return Ack(cmd, acked, routers, int((time.monotonic() - started) * 1000), rejected=rejected)
 
 
 def _command(kind: CommandType, deployment_id: str, **fields: Any) -> ControlCommand:
@@ -137,8 +173,10 @@ async def start_canary(
     weight: float = 0.10,
     timeout: float = 10.0,
     require_router: bool = True,
+    *,
+    security: ControlSecurity,
 ) -> Ack:
-    view = await read_view_async(bootstrap, topics)
+    view = await read_view_async(bootstrap, topics, verifier=security.verifier())
     current = view.current
     if current is not None:
         raise DeploymentError(
@@ -161,32 +199,40 @@ async def start_canary(
         weight=weight,
         reason=f"start canary of {candidate.name} {candidate.version}",
     )
-    ack = await issue(bootstrap, topics, cmd, view, timeout)
+    ack = await issue(bootstrap, topics, cmd, view, timeout, security)
     if ack.waited_for and not set(ack.waited_for) <= set(ack.acked_by):
         # Nothing may stay half-applied: withdraw the start everywhere.
         abort = _command("abort", cmd.deployment_id, reason="start not acknowledged by every router in time")
-        await produce_command(bootstrap, topics, abort)
-        return Ack(cmd, ack.acked_by, ack.waited_for, ack.elapsed_ms, compensated=True)
+        await produce_command(bootstrap, topics, abort, security.signer())
+        return Ack(cmd, ack.acked_by, ack.waited_for, ack.elapsed_ms, compensated=True, rejected=ack.rejected)
     return ack
 
 
-async def stop_canary(bootstrap: str, topics: Topics, promote: bool, timeout: float = 10.0) -> Ack:
-    view = await read_view_async(bootstrap, topics)
+async def stop_canary(
+    bootstrap: str, topics: Topics, promote: bool, timeout: float = 10.0, *, security: ControlSecurity
+) -> Ack:
+    view = await read_view_async(bootstrap, topics, verifier=security.verifier())
     current = view.current
     if current is None:
         raise DeploymentError("no canary is running; nothing to stop ('canary status' shows the last one)")
     kind: CommandType = "promote" if promote else "rollback"
     reason = f"manual {kind} by {operator()}"
     cmd = _command(kind, current.deployment_id, reason=reason, weight=0.0)
-    return await issue(bootstrap, topics, cmd, view, timeout)
+    return await issue(bootstrap, topics, cmd, view, timeout, security)
 
 
 async def simple_command(
-    bootstrap: str, topics: Topics, kind: CommandType, weight: float | None = None, timeout: float = 10.0
+    bootstrap: str,
+    topics: Topics,
+    kind: CommandType,
+    weight: float | None = None,
+    timeout: float = 10.0,
+    *,
+    security: ControlSecurity,
 ) -> Ack:
-    view = await read_view_async(bootstrap, topics)
+    view = await read_view_async(bootstrap, topics, verifier=security.verifier())
     current = view.current
     if current is None:
         raise DeploymentError(f"no canary is running; nothing to {kind}")
     cmd = _command(kind, current.deployment_id, weight=weight, reason=f"{kind} by {operator()}")
-    return await issue(bootstrap, topics, cmd, view, timeout)
+    return await issue(bootstrap, topics, cmd, view, timeout, security)

@@ -1,8 +1,10 @@
 """The control view: pointers, deployments and routers, event-sourced from the control and state topics.
 
-The CLI folds the same control topic through the same :class:`ControlLedger` as the routers, so the
-``last_good`` / ``active`` pointers it shows are the ones the routers use. Each successful read is cached
-locally so ``status`` can still answer (marked ``source: cache``) when Kafka is down.
+The CLI folds the same control topic through the same :class:`ControlLedger` as the routers, after the
+same verification (``canary.security``: a forged, unsigned or replayed command is not applied here either,
+and is listed in ``rejected``), so the ``last_good`` / ``active`` pointers it shows are the ones the routers
+use. Each successful read is cached locally so ``status`` can still answer (marked ``source: cache``) when
+Kafka is down.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaConsumer
 
 from canary.core.deployment import ConfigRef, ControlLedger, Deployment
-from canary.core.models import ControlCommand, RouterState, WindowResult
+from canary.core.models import RouterState, WindowResult
 from canary.errors import CanaryError, KafkaError
 from canary.kafka.topics import Topics, topic_partitions
+from canary.security import CommandVerifier, Verdict, default_verifier
 
 LIVE_ROUTER_MS = 15_000  # three missed 5 s heartbeats
 
@@ -34,6 +37,13 @@ class ControlView:
     read_at_ms: int
     invalid_records: int = 0
     windows: list[WindowResult] = field(default_factory=list)
+    rejected: list[tuple[int | None, Verdict]] = field(default_factory=list)  # (record index, verdict): not applied
+    command_times: list[int | None] = field(default_factory=list)  # append time of each command record
+
+    def rejection(self, command_id: str) -> Verdict | None:
+        """Why the control command ``command_id`` was rejected, if it was (the last rejected copy)."""
+        found = [v for _, v in self.rejected if v.command is not None and v.command.command_id == command_id]
+        return found[-1] if found else None
 
     def live_routers(self, now_ms: int | None = None) -> list[RouterState]:
         now = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -47,24 +57,44 @@ class ControlView:
         return self.ledger.last_good or fallback
 
 
-def fold(commands: Sequence[dict[str, Any]]) -> tuple[ControlLedger, int]:
+def fold(
+    commands: Sequence[dict[str, Any]],
+    verifier: CommandVerifier | None = None,
+    times: Sequence[int | None] | None = None,
+) -> tuple[ControlLedger, int, list[tuple[int | None, Verdict]]]:
+    """Verify and fold control records (appended at ``times``, in topic order): the ledger, the number of
+    malformed records, and the rejected ones with their index in ``commands``."""
+    verifier = verifier if verifier is not None else default_verifier()
     ledger = ControlLedger()
     invalid = 0
-    for raw in commands:
-        try:
-            ledger.apply(ControlCommand.from_dict(raw))
-        except CanaryError:
+    rejected: list[tuple[int | None, Verdict]] = []
+    for i, raw in enumerate(commands):
+        at = times[i] if times is not None and i < len(times) else None
+        verdict = verifier.check(raw, at)
+        if verdict.accepted and verdict.command is not None:
+            ledger.apply(verdict.command)
+            continue
+        if verdict.reason == "malformed":
             invalid += 1
-    return ledger, invalid
+        rejected.append((i, verdict))
+    return ledger, invalid, rejected
 
 
 async def read_topic(consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0) -> list[dict[str, Any]]:
     """Every JSON record of ``topic`` from the beginning to the current end, partition by partition."""
+    return [value for value, _ in await read_topic_timed(consumer, topic, timeout)]
+
+
+async def read_topic_timed(
+    consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0
+) -> list[tuple[dict[str, Any], int | None]]:
+    """Like :func:`read_topic`, with each record's timestamp (the broker's append time on the control
+    topic, which verification judges expiry by)."""
     tps = await topic_partitions(consumer, topic)
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     ends = await consumer.end_offsets(tps)
-    out: list[dict[str, Any]] = []
+    out: list[tuple[dict[str, Any], int | None]] = []
     deadline = time.monotonic() + timeout
     while True:
         positions = [await consumer.position(tp) for tp in tps]
@@ -78,24 +108,29 @@ async def read_topic(consumer: AIOKafkaConsumer, topic: str, timeout: float = 15
                 if record.value is None:
                     continue
                 try:
-                    out.append(json.loads(record.value))
+                    out.append((json.loads(record.value), record.timestamp))
                 except ValueError:
-                    out.append({"_invalid": record.value.decode(errors="replace")[:200]})
+                    out.append(({"_invalid": record.value.decode(errors="replace")[:200]}, record.timestamp))
 
 
-async def read_view_async(bootstrap: str, topics: Topics, with_windows: bool = False) -> ControlView:
+async def read_view_async(
+    bootstrap: str, topics: Topics, with_windows: bool = False, verifier: CommandVerifier | None = None
+) -> ControlView:
+    """The view as of now. ``verifier``: a fresh one for this fold (None = the process settings')."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     try:
         await asyncio.wait_for(consumer.start(), 10)
     except Exception as exc:
         raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
-        commands = await read_topic(consumer, topics.control)
+        timed = await read_topic_timed(consumer, topics.control)
         states_raw = await read_topic(consumer, topics.state)
         windows_raw = await read_topic(consumer, topics.windows) if with_windows else []
     finally:
         await consumer.stop()
-    ledger, invalid = fold(commands)
+    commands = [value for value, _ in timed]
+    times = [ts for _, ts in timed]
+    ledger, invalid, rejected = fold(commands, verifier, times)
     routers: dict[str, RouterState] = {}
     for raw in states_raw:
         try:
@@ -110,7 +145,8 @@ async def read_view_async(bootstrap: str, topics: Topics, with_windows: bool = F
             windows.append(WindowResult.from_dict(raw))
         except CanaryError:
             invalid += 1
-    return ControlView(ledger, commands, routers, "kafka", int(time.time() * 1000), invalid, windows)
+    now = int(time.time() * 1000)
+    return ControlView(ledger, commands, routers, "kafka", now, invalid, windows, rejected, times)
 
 
 def cache_path(home: Path, topics: Topics) -> Path:
@@ -123,17 +159,21 @@ def save_cache(view: ControlView, path: Path) -> None:
     payload = {
         "read_at_ms": view.read_at_ms,
         "commands": view.commands,
+        "command_times": view.command_times,
         "routers": {k: v.to_dict() for k, v in view.routers.items()},
     }
     tmp.write_text(json.dumps(payload))
     tmp.replace(path)
 
 
-def load_cache(path: Path) -> ControlView | None:
+def load_cache(path: Path, verifier: CommandVerifier | None = None) -> ControlView | None:
     try:
         payload = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    ledger, invalid = fold(payload.get("commands", []))
+    commands = payload.get("commands", [])
+    times = payload.get("command_times") or [None] * len(commands)
+    ledger, invalid, rejected = fold(commands, verifier, times)
     routers = {k: RouterState.from_dict(v) for k, v in payload.get("routers", {}).items()}
-    return ControlView(ledger, payload.get("commands", []), routers, "cache", int(payload["read_at_ms"]), invalid)
+    read_at = int(payload["read_at_ms"])
+    return ControlView(ledger, commands, routers, "cache", read_at, invalid, rejected=rejected, command_times=times)

@@ -1,0 +1,291 @@
+"""A micro-batch consumer stage whose per-partition state is checkpointed to a compacted topic.
+
+Both heavy stages of the worker — the windows stage (``search_results`` → partial windows) and the merge
+step (partial windows → one window per key) — are this shape: aiokafka ``getmany`` batches handed to
+Kafka-free core objects, one state object per assigned source partition.
+
+Durability without Faust tables: each partition's state, including the highest source offset it has
+applied, is written to the compacted ``canary_window_state`` topic at most every ``checkpoint_ms``,
+*after* everything it emitted is acknowledged by the broker. On assignment the stage restores that state
+and seeks just past the offset it records, so input is neither lost nor applied twice across crashes and
+rebalances; output emitted after the last checkpoint may be emitted again after a crash, and readers drop
+it by id. An unreadable checkpoint never crash-loops the worker: the stage logs why, starts the partition
+afresh and re-reads ``recovery_lookback_ms`` of input (see :meth:`CheckpointedStage.recover_offset`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from canary.kafka.topics import Topics
+
+log = logging.getLogger("canary.streams.stage")
+
+State = TypeVar("State")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, stage: CheckpointedStage[Any]) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.stage.release([tp.partition for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        # Fetching may already run for these partitions: hold them until their state is restored by the
+        # main loop (restoring here, inside the rebalance, raced with the first fetches).
+        self.stage.hold([tp.partition for tp in assigned])
+
+
+class CheckpointedStage(Generic[State]):
+    """Subclasses provide the state per partition and what to do with a batch (see module docstring)."""
+
+    name = "stage"
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        source_topic: str,
+        group_id: str,
+        *,
+        checkpoint_ms: int = 500,
+        max_records: int = 5000,
+        session_timeout_ms: int = 10_000,
+        instance_id: str | None = None,
+        fetch_max_wait_ms: int = 50,
+        recovery_lookback_ms: int = 180_000,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.source_topic = source_topic
+        self.group_id = group_id
+        self.checkpoint_ms = checkpoint_ms
+        self.max_records = max_records
+        self.session_timeout_ms = session_timeout_ms
+        self.instance_id = instance_id
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.recovery_lookback_ms = recovery_lookback_ms
+        self.states: dict[int, State] = {}
+        self.checkpoints = 0
+        self.unreadable_checkpoints = 0
+        self._dirty: set[int] = set()
+        self._pending: set[int] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._last_checkpoint = 0.0
+
+    # -- what a subclass provides -------------------------------------------------------------------------
+    def new_state(self, partition: int, restored: dict[str, Any] | None) -> State:
+        raise NotImplementedError
+
+    def state_to_dict(self, state: State) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def applied_offset(self, state: State, partition: int) -> int | None:
+        raise NotImplementedError
+
+    async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        raise NotImplementedError
+
+    async def emit_due(self) -> None:
+        raise NotImplementedError
+
+    async def started(self) -> None:
+        """Hook once the producer and consumer run (e.g. to learn topic partitions)."""
+
+    # -- state ------------------------------------------------------------------------------------------
+    def _state_key(self, partition: int) -> bytes:
+        return f"{self.group_id}|{self.source_topic}|{partition}".encode()
+
+    async def _load_states(self, partitions: list[int]) -> dict[int, dict[str, Any]]:
+        """Latest checkpoint per partition from the compacted state topic (read to its current end)."""
+        wanted = {self._state_key(p): p for p in partitions}
+        found: dict[int, dict[str, Any]] = {}
+        reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+        await reader.start()
+        try:
+            tp = TopicPartition(self.topics.window_state, 0)
+            reader.assign([tp])
+            await reader.seek_to_beginning(tp)
+            end = (await reader.end_offsets([tp]))[tp]
+            while await reader.position(tp) < end:
+                batch = await reader.getmany(tp, timeout_ms=500, max_records=10_000)
+                for record in batch.get(tp, []):
+                    partition = wanted.get(record.key or b"")
+                    if partition is None:
+                        continue
+                    if record.value is None:
+                        found.pop(partition, None)
+                        continue
+                    try:
+                        found[partition] = json.loads(record.value)
+                    except ValueError:
+                        found[partition] = {"__unreadable__": record.value[:200].decode("utf-8", "replace")}
+        finally:
+            await reader.stop()
+        return found
+
+    def tp(self, partition: int) -> TopicPartition:
+        return TopicPartition(self.source_topic, partition)
+
+    def hold(self, partitions: list[int]) -> None:
+        assert self._consumer is not None
+        self._pending.update(partitions)
+        self._consumer.pause(*(self.tp(p) for p in partitions))
+
+    async def recover_offset(self, partition: int) -> int | None:
+        """Where to re-read from when a checkpoint is unreadable: ``recovery_lookback_ms`` before now.
+
+        Re-reading re-creates the open windows completely (nothing lost); windows emitted before are
+        emitted again with the same ids and dropped by every reader (nothing counted twice), and within the
+        re-read span a request is counted once (the windows stage deduplicates by request)."""
+        assert self._consumer is not None
+        found = await self._consumer.offsets_for_times({self.tp(partition): now_ms() - self.recovery_lookback_ms})
+        hit = found.get(self.tp(partition))
+        return None if hit is None else int(hit.offset)
+
+    async def acquire(self, partitions: list[int]) -> None:
+        assert self._consumer is not None
+        states = await self._load_states(partitions)
+        assigned = {tp.partition for tp in self._consumer.assignment()}
+        for p in partitions:
+            self._pending.discard(p)
+            if p not in assigned:
+                continue  # revoked again meanwhile
+            restored = states.get(p)
+            state: State | None = None
+            recovered = False
+            if restored is not None:
+                try:
+                    if "__unreadable__" in restored:
+                        raise ValueError(f"not JSON: {restored['__unreadable__']!r}")
+                    state = self.new_state(p, restored)
+                except Exception as exc:
+                    self.unreadable_checkpoints += 1
+                    recovered = True
+                    log.error(
+                        "%s: checkpoint of partition %s is unreadable (%s); starting it afresh and re-reading "
+                        "the last %.0f s of input (windows emitted before are emitted again and dropped by id)",
+                        self.name,
+                        p,
+                        exc,
+                        self.recovery_lookback_ms / 1000,
+                    )
+            if state is None:
+                state = self.new_state(p, None)
+            self.states[p] = state
+            applied = None if recovered else self.applied_offset(state, p)
+            if applied is not None:
+                # The checkpoint, not the group's committed offset, says what the state already holds.
+                self._consumer.seek(self.tp(p), int(applied) + 1)
+            elif recovered:
+                offset = await self.recover_offset(p)
+                if offset is None:
+                    await self._consumer.seek_to_beginning(self.tp(p))
+                else:
+                    self._consumer.seek(self.tp(p), offset)
+            else:
+                committed = await self._consumer.committed(self.tp(p))
+                if committed is None:
+                    await self._consumer.seek_to_beginning(self.tp(p))
+                else:
+                    self._consumer.seek(self.tp(p), committed)
+            self._dirty.add(p)
+            self._consumer.resume(self.tp(p))
+        log.warning("%s: acquired partitions %s (restored state for %s)", self.name, partitions, sorted(states))
+
+    async def release(self, partitions: list[int]) -> None:
+        await self.checkpoint(only=partitions, force=True)
+        for p in partitions:
+            self.states.pop(p, None)
+            self._dirty.discard(p)
+            self._pending.discard(p)
+
+    def mark_dirty(self, partition: int) -> None:
+        self._dirty.add(partition)
+
+    async def checkpoint(self, only: Iterable[int] | None = None, force: bool = False) -> None:
+        if self._producer is None:
+            return
+        if not force and (time.monotonic() - self._last_checkpoint) * 1000 < self.checkpoint_ms:
+            return
+        parts = sorted(set(only) & self._dirty if only is not None else self._dirty)
+        if not parts:
+            return
+        # Emitted output must be on the broker before the state that says so.
+        await self._producer.flush()
+        futures = []
+        offsets: dict[TopicPartition, int] = {}
+        for p in parts:
+            state = self.states.get(p)
+            if state is None:
+                continue
+            body = json.dumps(self.state_to_dict(state)).encode()
+            futures.append(await self._producer.send(self.topics.window_state, body, key=self._state_key(p)))
+            applied = self.applied_offset(state, p)
+            if applied is not None:
+                offsets[self.tp(p)] = applied + 1
+        await asyncio.gather(*futures)
+        self._dirty.difference_update(parts)
+        self.checkpoints += 1
+        self._last_checkpoint = time.monotonic()
+        if self._consumer is not None and offsets:
+            with contextlib.suppress(Exception):  # commits are for lag visibility; the state is the truth
+                await self._consumer.commit(offsets)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        assert self._producer is not None
+        return self._producer
+
+    async def run(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            group_instance_id=self.instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            max_poll_records=self.max_records,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=1000,
+        )
+        self._consumer.subscribe([self.source_topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        try:
+            await self.started()
+            while True:
+                if self._pending:
+                    await self.acquire(sorted(self._pending))
+                batch = await self._consumer.getmany(timeout_ms=self.fetch_max_wait_ms, max_records=self.max_records)
+                await self.process(batch)
+                await self.emit_due()
+                await self.checkpoint()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.checkpoint(force=True)
+            await self._consumer.stop()
+            await self._producer.stop()
+
+    def refetch(self, tp: TopicPartition, records: list[Any]) -> None:
+        """A batch for a partition whose state is not restored (or was revoked): fetch it again later."""
+        if records and self._consumer is not None and tp in self._consumer.assignment():
+            self._consumer.seek(tp, records[0].offset)

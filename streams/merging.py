@@ -1,0 +1,124 @@
+"""The merge step: canary_window_partials → exactly one window per (deployment, config, arm) → canary_windows.
+
+Partial windows are keyed by deployment id, so every partial of a deployment reaches the same partials
+partition and one :class:`~canary.core.merge.WindowMerger`; progress marks of every source partition reach
+every partials partition. A window is emitted once every source partition has passed its end. The merger's
+state (pending partials, progress, what it emitted) is checkpointed like the windows stage's, so restarts
+and rebalances neither lose a window nor emit a different one (a re-emission after a crash is identical and
+dropped by ``window_id`` downstream).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from canary.core.merge import WindowMerger, parse_merge_record
+from canary.errors import CanaryError
+from canary.kafka.topics import Topics, topic_partitions
+from streams.checkpointed import CheckpointedStage, now_ms
+
+log = logging.getLogger("canary.streams.merge")
+
+
+@dataclass
+class MergeStats:
+    partials: int = 0
+    progress_marks: int = 0
+    invalid_records: int = 0
+    windows_emitted: int = 0
+    dropped_partials: int = 0
+
+
+@dataclass
+class _MergeState:
+    merger: WindowMerger
+    applied: int | None = None  # highest partials offset applied
+
+
+class MergeStage(CheckpointedStage[_MergeState]):
+    name = "merge"
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        group_id: str,
+        checkpoint_ms: int = 500,
+        session_timeout_ms: int = 10_000,
+        instance_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            bootstrap,
+            topics,
+            topics.window_partials,
+            group_id,
+            checkpoint_ms=checkpoint_ms,
+            session_timeout_ms=session_timeout_ms,
+            instance_id=instance_id,
+        )
+        self.stats = MergeStats()
+        self.sources = 0
+
+    async def started(self) -> None:
+        assert self._consumer is not None
+        self.sources = len(await topic_partitions(self._consumer, self.topics.search_results))
+
+    def new_state(self, partition: int, restored: dict[str, Any] | None) -> _MergeState:
+        if restored is not None:
+            merger = WindowMerger.from_dict(restored["merger"])
+            if merger.sources != self.sources:
+                raise CanaryError(
+                    f"checkpoint merges {merger.sources} source partitions, {self.topics.search_results} has "
+                    f"{self.sources}"
+                )
+            applied = restored.get("applied")
+            return _MergeState(merger, None if applied is None else int(applied))
+        return _MergeState(WindowMerger(self.sources))
+
+    def state_to_dict(self, state: _MergeState) -> dict[str, Any]:
+        return {"merger": state.merger.to_dict(), "applied": state.applied}
+
+    def applied_offset(self, state: _MergeState, partition: int) -> int | None:
+        return state.applied
+
+    async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in batch.items():
+            state = self.states.get(tp.partition)
+            if state is None:
+                self.refetch(tp, records)
+                continue
+            for record in records:
+                if state.applied is not None and record.offset <= state.applied:
+                    continue  # redelivered
+                state.applied = record.offset
+                try:
+                    item = parse_merge_record(json.loads(record.value or b"null"))
+                    before = state.merger.dropped
+                    state.merger.add(item)
+                except (CanaryError, ValueError, TypeError) as exc:  # poison: log, count, go on
+                    self.stats.invalid_records += 1
+                    log.warning("merge: invalid record at %s/%s: %s", tp.partition, record.offset, exc)
+                    continue
+                if state.merger.dropped > before:
+                    self.stats.dropped_partials += 1
+                elif type(item).__name__ == "Progress":
+                    self.stats.progress_marks += 1
+                else:
+                    self.stats.partials += 1
+            self.mark_dirty(tp.partition)
+
+    async def emit_due(self) -> None:
+        now = now_ms()
+        for partition, state in list(self.states.items()):
+            due = state.merger.due(now)
+            for window in due:
+                key = (window.deployment_id or "-").encode()
+                await self.producer.send(self.topics.windows, json.dumps(window.to_dict()).encode(), key=key)
+                self.stats.windows_emitted += 1
+            if due:
+                self.mark_dirty(partition)
