@@ -71,7 +71,7 @@ def cmd_kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"several local brokers started by canary are running: {names}; name one with --port")
     stopped = broker.stop(log=_log)
     human = f"stopped the broker on 127.0.0.1:{broker.port}" if stopped else "no local broker was running"
-    _emit(args, {"stopped": stopped, **({"port": broker.port} if stopped else {})}, human)
+    _emit(args, {"stopped": stopped}, human)
     return 0
 
 

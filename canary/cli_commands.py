@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from canary.cli_output import safe_name
 from canary.errors import ConfigError
 from canary.settings import Settings
 
@@ -184,6 +185,7 @@ def register(sub: Any) -> None:
     )
     router.add_argument(
         "--router-id",
+        type=safe_name("router id"),
         help="id of this router (letters, digits, '_', '.', '-'); default router-<host>-<instance>, stable across "
         "restarts so a restarted router keeps its identity in watermarks, state and dedup",
     )

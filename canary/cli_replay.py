@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from canary.cli_output import safe_name
 from canary.errors import ConfigError, InvalidEvent
 from canary.settings import Settings
 
@@ -218,7 +219,12 @@ def register(sub: Any) -> None:
         "--input", metavar="FILE", help="replay a kcat -C -J style JSON-lines dump instead of Kafka (no broker)"
     )
     source.add_argument("--dump", metavar="FILE", help="write the span's records from Kafka as such a dump, then exit")
-    p.add_argument("--deployment", metavar="ID", help="only this deployment's windows and decision")
+    p.add_argument(
+        "--deployment",
+        metavar="ID",
+        type=safe_name("deployment id"),
+        help="only this deployment's windows and decision",
+    )
     p.add_argument(
         "--rules",
         metavar="FILE",

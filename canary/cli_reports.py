@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from canary.cli_output import emit as _emit
+from canary.cli_output import safe_name
 from canary.errors import ConfigError
 from canary.settings import Settings
 
@@ -154,7 +155,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", metavar="NAME", help="preset name as it appears in the windows (config_name)")
     p.add_argument("--window", type=float, metavar="MINUTES", help="only windows that ended in the last MINUTES")
-    p.add_argument("--deployment", metavar="ID", help="only windows of this deployment")
+    p.add_argument(
+        "--deployment", metavar="ID", type=safe_name("deployment id"), help="only windows of this deployment"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_metrics)
 
@@ -169,7 +172,12 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("--output", metavar="DIR", help="output directory (default reports/canary)")
-    p.add_argument("--deployment", metavar="ID", help="deployment id (default: the latest started)")
+    p.add_argument(
+        "--deployment",
+        metavar="ID",
+        type=safe_name("deployment id"),
+        help="deployment id (default: the latest started)",
+    )
     p.add_argument("--audit-log", metavar="PATH", help="the worker's audit log (default reports/canary/audit.log)")
     p.add_argument(
         "--from-topics", action="store_true", help="rebuild audit.log from the topics even if the file exists"
@@ -186,7 +194,7 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("--hours", type=float, default=24.0, metavar="H", help="look back H hours (default 24)")
-    p.add_argument("--deployment", metavar="ID", help="only events of this deployment")
+    p.add_argument("--deployment", metavar="ID", type=safe_name("deployment id"), help="only events of this deployment")
     p.add_argument("--audit-log", metavar="PATH", help="the worker's audit log (default reports/canary/audit.log)")
     p.add_argument("--from-topics", action="store_true", help="rebuild from the topics even if the file exists")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -197,3 +197,22 @@ def test_router_state_round_trip_and_validation() -> None:
     assert RouterState.from_dict(d) == s
     with pytest.raises(InvalidEvent, match=r"RouterState.status: must be one of"):
         RouterState.from_dict({**d, "status": "dancing"})
+
+
+@pytest.mark.parametrize("bad", ["dep|x", "a@b", "", "-lead", "x" * 129, "sp ace", "new\nline"])
+def test_names_outside_the_safe_set_are_poison(bad: str) -> None:
+    from canary.core.models import WindowKey, check_name
+
+    with pytest.raises(InvalidEvent, match="letters, digits"):
+        check_name("deployment id", bad)
+    with pytest.raises(InvalidEvent):
+        SearchOutcome.from_dict(outcome_dict(deployment_id=bad))
+    with pytest.raises(InvalidEvent):
+        WindowKey.parse(f"{bad or 'x|y'}|cand|candidate")
+
+
+def test_safe_names_pass() -> None:
+    from canary.core.models import check_name
+
+    for ok in ("canary_1764627000_0042", "dep-1", "router-host.example-0", "A1"):
+        assert check_name("name", ok) == ok
