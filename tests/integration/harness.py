@@ -24,6 +24,8 @@ from canary.core.deployment import ConfigRef
 from canary.core.models import ControlCommand
 from canary.kafka.topics import Topics
 from canary.ops.view import read_topic
+from canary.security import CommandSigner, ControlSecurity
+from canary.settings import load_settings
 from router.backends.fault import Fault, FaultInjectingBackend
 from router.backends.memory import KeywordBackend, numbered_corpus, relevant_for
 from router.service import RouterService, now_ms
@@ -76,13 +78,31 @@ def end_command(deployment_id: str, kind: str = "abort") -> ControlCommand:
     )
 
 
-async def send_command(bootstrap: str, topics: Topics, cmd: ControlCommand) -> None:
+def operator_signer() -> CommandSigner:
+    """The test session's operator key (tests/conftest.py ``control_keys``)."""
+    signer = ControlSecurity.operator(load_settings()).signer()
+    assert signer is not None
+    return signer
+
+
+def signed(cmd: ControlCommand) -> dict[str, Any]:
+    return operator_signer().sign_command(cmd)
+
+
+async def send_raw(bootstrap: str, topics: Topics, payload: dict[str, Any] | bytes, key: str = "forged") -> None:
+    """Produce ``payload`` onto the control topic exactly as given (forgeries, replays, poison)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        await producer.send_and_wait(topics.control, json.dumps(cmd.to_dict()).encode(), key=cmd.deployment_id.encode())
+        value = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        await producer.send_and_wait(topics.control, value, key=key.encode())
     finally:
         await producer.stop()
+
+
+async def send_command(bootstrap: str, topics: Topics, cmd: ControlCommand) -> None:
+    """Produce ``cmd`` signed with the session's operator key, as the CLI would."""
+    await send_raw(bootstrap, topics, signed(cmd), key=cmd.deployment_id)
 
 
 async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -93,6 +113,11 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[di
         return await read_topic(consumer, topic, timeout)
     finally:
         await consumer.stop()
+
+
+async def read_outcomes(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The outcomes in ``search_results`` — without the routers' watermark records."""
+    return [r for r in await read_all(bootstrap, topic, timeout) if isinstance(r, dict) and "kind" not in r]
 
 
 async def read_judged(bootstrap: str, topics: Topics, deployment_id: str | None = None) -> list[dict[str, Any]]:

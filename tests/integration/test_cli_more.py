@@ -15,7 +15,7 @@ import pytest
 from canary.kafka.topics import Topics
 from canary.settings import Settings
 from router.service import RouterService
-from tests.integration.harness import ROOT, make_backend, preset_ref, read_all
+from tests.integration.harness import ROOT, make_backend, preset_ref, read_all, read_outcomes
 from tests.integration.test_cli_ops import _canary, _env, _json
 
 pytestmark = pytest.mark.kafka
@@ -131,7 +131,7 @@ def test_router_command_serves_requests_and_stops_cleanly(settings: Settings, to
         deadline = time.monotonic() + 60
         outcomes: list[dict[str, Any]] = []
         while time.monotonic() < deadline and len(outcomes) < 20:
-            outcomes = asyncio.run(read_all(settings.effective_bootstrap, topics.search_results))
+            outcomes = asyncio.run(read_outcomes(settings.effective_bootstrap, topics.search_results))
             time.sleep(0.5)
         assert len(outcomes) == 20
         assert {o["router_id"] for o in outcomes} == {"cli-router"}

@@ -146,7 +146,9 @@ async def test_skewed_router_clocks_lose_nothing_and_replay_agrees(
     assert len(rollbacks) == 1
 
     settings = load_settings().with_overrides(bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix)
-    report = replay_payload(settings, started - 5000, ended, deployment_id=dep, output=tmp_path / "replay")
+    report = await asyncio.to_thread(
+        replay_payload, settings, started - 5000, ended, deployment_id=dep, output=tmp_path / "replay"
+    )
     assert report["differences"] == [], report["summary"]
 
 
@@ -248,7 +250,7 @@ async def test_outcomes_produced_again_count_once(fleet: Any, kafka_bootstrap: s
     assert len(outcomes) - distinct >= len(first)  # the copies are there, and counted once
 
 
-def _router_process(settings: Settings, router_id: str, log: Path) -> subprocess.Popen[bytes]:
+def _router_process(settings: Settings, router_id: str, log: Any) -> subprocess.Popen[bytes]:
     import os
 
     env = {
@@ -261,7 +263,7 @@ def _router_process(settings: Settings, router_id: str, log: Path) -> subprocess
         [sys.executable, "-m", "canary.cli", "router", "--router-id", router_id],
         cwd=ROOT,
         env=env,
-        stdout=log.open("wb"),
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
 
@@ -281,7 +283,8 @@ def _load_process(bootstrap: str, prefix: str) -> subprocess.Popen[bytes]:
 async def test_a_router_stopped_mid_window_loses_nothing(fleet: Any, kafka_bootstrap: str, tmp_path: Path) -> None:
     topics, _worker = fleet
     settings = load_settings().with_overrides(bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix)
-    procs = [_router_process(settings, f"proc-router-{i}", tmp_path / f"r{i}.log") for i in range(2)]
+    logs = [(tmp_path / f"r{i}.log").open("wb") for i in range(2)]
+    procs = [_router_process(settings, f"proc-router-{i}", logs[i]) for i in range(2)]
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -302,6 +305,8 @@ async def test_a_router_stopped_mid_window_loses_nothing(fleet: Any, kafka_boots
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(30)
+        for f in logs:
+            f.close()
     windows = await _windows_until(kafka_bootstrap, topics, now_ms())
     outcomes = _outcomes(await read_all(kafka_bootstrap, topics.search_results))
     assert len(outcomes) >= 600

@@ -21,6 +21,7 @@ from tests.integration.harness import (
     make_backend,
     preset_ref,
     read_all,
+    read_outcomes,
     send_command,
     start_command,
 )
@@ -52,7 +53,7 @@ async def _wait_outcomes(bootstrap: str, topics: Topics, n: int, timeout: float 
     deadline = time.monotonic() + timeout
     outcomes: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        outcomes = await read_all(bootstrap, topics.search_results)
+        outcomes = await read_outcomes(bootstrap, topics.search_results)
         if len(outcomes) >= n:
             break
         await asyncio.sleep(1)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from canary.kafka.topics import Topics, ensure_topics
+from router.backends.fault import Fault
 from router.service import RouterService
 from tests.integration.harness import (
     LoadGenerator,
@@ -20,6 +21,7 @@ from tests.integration.harness import (
     make_backend,
     preset_ref,
     read_all,
+    read_outcomes,
     send_command,
     start_command,
 )
@@ -43,9 +45,12 @@ async def test_windows_survive_losing_one_of_two_workers(kafka_bootstrap: str, t
         await send_command(kafka_bootstrap, topics, cmd)
         await asyncio.sleep(8)  # both workers joined and share the partitions
         load = LoadGenerator(router, qps=60)
-        traffic = asyncio.create_task(load.run(24))
+        traffic = asyncio.create_task(load.run(30))
         await asyncio.sleep(9)
+        shares = [_acquired(w) for w in workers]
         workers[0].kill()  # its partitions move to the survivor after the session timeout
+        # The candidate breaks after the crash: the survivor alone must roll it back, exactly once.
+        router.backend.faults = {"candidate_high_recall": Fault(added_latency_ms=1500)}  # type: ignore[attr-defined]
         await traffic
         await load.drain()
         await send_command(kafka_bootstrap, topics, end_command(cmd.deployment_id))
@@ -62,7 +67,7 @@ async def test_windows_survive_losing_one_of_two_workers(kafka_bootstrap: str, t
         await router.stop()
         for w in workers:
             w.stop()
-    outcomes = await read_all(kafka_bootstrap, topics.search_results)
+    outcomes = await read_outcomes(kafka_bootstrap, topics.search_results)
     truth = Counter(
         (f"{o['deployment_id'] or '-'}|{o['config_name']}|{o['arm']}", o["ts"] - o["ts"] % 5000) for o in outcomes
     )
@@ -75,3 +80,17 @@ async def test_windows_survive_losing_one_of_two_workers(kafka_bootstrap: str, t
     counted = sum(int(w["response_count"]) for w in windows.values())  # type: ignore[call-overload]
     assert counted == len(outcomes), (counted, len(outcomes))
     assert checked >= 8
+    # Six search_results partitions, two workers: each held a share of the windows stage before the crash.
+    assert all(shares) and shares[0].isdisjoint(shares[1]) and shares[0] | shares[1] == set(range(6)), shares
+    rollbacks = [c for c in await read_all(kafka_bootstrap, topics.control) if c["type"] == "rollback"]
+    assert len(rollbacks) == 1, workers[1].log_tail()
+
+
+def _acquired(worker: WorkerProcess) -> set[int]:
+    """The search_results partitions the worker's windows stage holds now (from its log)."""
+    held: set[int] = set()
+    for line in worker.log_tail(400).splitlines():
+        if "windows: acquired partitions" in line:
+            listed = line.split("acquired partitions [", 1)[1].split("]", 1)[0]
+            held = {int(p) for p in listed.split(",") if p.strip()}
+    return held
