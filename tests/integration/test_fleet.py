@@ -209,7 +209,7 @@ async def test_an_outcome_stamped_an_hour_ahead_is_dead_lettered_and_windows_go_
     assert len([w for w in judged if w["response_count"]]) >= 2  # later windows still close and are judged
 
 
-async def test_outcomes_produced_again_count_once(fleet: Any, kafka_bootstrap: str) -> None:
+async def test_outcomes_produced_again_count_once(fleet: Any, kafka_bootstrap: str, tmp_path: Path) -> None:
     topics, _worker = fleet
     router = RouterService(kafka_bootstrap, topics, make_backend(), preset_ref("last_good"), consume_requests=False)
     await router.start()
@@ -248,6 +248,11 @@ async def test_outcomes_produced_again_count_once(fleet: Any, kafka_bootstrap: s
     outcomes = _outcomes(await read_all(kafka_bootstrap, topics.search_results))
     distinct = _assert_exact(windows, outcomes, dep)
     assert len(outcomes) - distinct >= len(first)  # the copies are there, and counted once
+    settings = load_settings().with_overrides(bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix)
+    begin = min(int(w["window_start_ms"]) for w in windows.values() if w["deployment_id"] == dep)
+    end = max(int(w["window_end_ms"]) for w in windows.values() if w["deployment_id"] == dep)
+    report = await asyncio.to_thread(replay_payload, settings, begin, end, deployment_id=dep, output=tmp_path / "r")
+    assert report["differences"] == [], report["summary"]
 
 
 def _router_process(settings: Settings, router_id: str, log: Any) -> subprocess.Popen[bytes]:
@@ -268,11 +273,11 @@ def _router_process(settings: Settings, router_id: str, log: Any) -> subprocess.
     )
 
 
-def _load_process(bootstrap: str, prefix: str) -> subprocess.Popen[bytes]:
+def _load_process(bootstrap: str, prefix: str, seconds: int = 14) -> subprocess.Popen[bytes]:
     import os
 
     return subprocess.Popen(
-        [sys.executable, "-m", "canary.cli", "load", "--qps", "60", "--duration", "14"],
+        [sys.executable, "-m", "canary.cli", "load", "--qps", "60", "--duration", str(seconds)],
         cwd=ROOT,
         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CANARY_TOPIC_PREFIX": prefix},
         stdout=subprocess.DEVNULL,
@@ -322,3 +327,40 @@ async def test_a_router_stopped_mid_window_loses_nothing(fleet: Any, kafka_boots
     )
     assert counted == truth
     assert all(int(w["late_count"]) == 0 for w in windows.values())
+
+
+async def test_a_router_killed_mid_canary_counts_each_request_once(
+    fleet: Any, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A SIGKILLed router's unacknowledged requests are re-processed by the router that takes over its
+    request partitions (new event ids, same request ids): each request still counts once."""
+    topics, _worker = fleet
+    settings = load_settings().with_overrides(bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix)
+    logs = [(tmp_path / f"k{i}.log").open("wb") for i in range(2)]
+    procs = [_router_process(settings, f"kill-router-{i}", logs[i]) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = await read_all(kafka_bootstrap, topics.state)
+            if {s["router_id"] for s in states} >= {"kill-router-0", "kill-router-1"}:
+                break
+            await asyncio.sleep(0.5)
+        load = _load_process(kafka_bootstrap, topics.prefix, seconds=24)
+        await asyncio.sleep(6)
+        procs[0].kill()  # no clean stop: its in-flight and uncommitted requests are redelivered
+        await asyncio.to_thread(load.wait, 90)
+        await asyncio.sleep(15)  # the survivor takes over after the session timeout and drains the backlog
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(30)
+        for f in logs:
+            f.close()
+    windows = await _windows_until(kafka_bootstrap, topics, now_ms(), timeout=60)
+    outcomes = _outcomes(await read_all(kafka_bootstrap, topics.search_results))
+    requests = {r["request_id"] for r in await read_all(kafka_bootstrap, topics.search_requests)}
+    counted = sum(int(w["response_count"]) for w in windows.values())
+    assert {o["request_id"] for o in outcomes} == requests  # every request answered
+    assert counted == len(requests), (counted, len(requests), len(outcomes))
