@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from canary.core.aggregations import WindowAggregator
-from canary.core.models import RuleVerdict, SearchOutcome, WindowKey, WindowResult
-from canary.core.models import RouterWatermark
+from canary.core.models import RouterWatermark, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.core.windows import PartitionClock, WindowFinalizer, window_bounds
 from canary.errors import InvalidEvent
 from tests.core.helpers import outcome
