@@ -63,6 +63,8 @@ class RouterStats:
     invalid_requests: int = 0
     invalid_commands: int = 0
     watermarks: int = 0  # watermark rounds sent (one record per search_results partition each)
+    failsafe_requests: int = 0  # sent to last_good because the control view was stale
+    control_check_failures: int = 0
     # Control records refused before the ledger saw them, by reason (canary.security.verify.REJECT_REASONS).
     rejected_commands: dict[str, int] = field(default_factory=dict)
     last_candidate_dispatch_ms: int | None = None
@@ -104,6 +106,7 @@ class RouterService:
         verifier: CommandVerifier | None = None,
         clock: Callable[[], int] | None = None,
         watermark_interval_ms: int = 50,
+        control_stale_after_s: float = 5.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -117,6 +120,9 @@ class RouterService:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._timeout_s = search_timeout_ms / 1000.0
         self._offsets = OffsetTracker()
+        self.control_stale_after_s = control_stale_after_s
+        self._control_fresh_at = time.monotonic()
+        self._failsafe_logged = False
         # Event time of this router's outcomes and watermarks (a test hook may shift it: clock skew).
         self._clock: Callable[[], int] = clock or now_ms
         self._watermark_interval_s = watermark_interval_ms / 1000.0
@@ -218,6 +224,8 @@ class RouterService:
 
     async def _control_loop(self) -> None:
         assert self._control is not None
+        tp = TopicPartition(self.topics.control, 0)
+        checked = 0.0
         while True:
             batch = await self._control.getmany(timeout_ms=200)
             for records in batch.values():
@@ -225,6 +233,46 @@ class RouterService:
                     transition_cmd = self._apply_control(record, publish=True)
                     if transition_cmd is not None:
                         await self._publish_state(transition_cmd)
+            if time.monotonic() - checked >= 1.0:
+                checked = time.monotonic()
+                await self._check_control_fresh(tp)
+
+    async def _check_control_fresh(self, tp: TopicPartition) -> None:
+        """The view of the control topic is fresh when the broker confirms we have read to its end. A fetch
+        that fails (broker down, Read ACL revoked) only shows as no confirmation: after
+        ``control_stale_after_s`` the router sends nothing to the candidate (fail safe to last_good)."""
+        assert self._control is not None
+        try:
+            end = (await asyncio.wait_for(self._control.end_offsets([tp]), 2.0))[tp]
+            if await self._control.position(tp) >= end:
+                if self.control_stale:
+                    log.warning("%s: control topic view is fresh again; candidate traffic resumes", self.router_id)
+                self._control_fresh_at = time.monotonic()
+        except Exception as exc:
+            self.stats.control_check_failures += 1
+            if self.stats.control_check_failures in (1, 10, 100) or self.stats.control_check_failures % 1000 == 0:
+                log.warning(
+                    "%s: cannot confirm the control topic's end (%s: %s)", self.router_id, type(exc).__name__, exc
+                )
+        stale = self.control_stale
+        if stale and not self._failsafe_logged:
+            log.error(
+                "%s: FAIL-SAFE — no confirmed control-topic read for %.0f s; all traffic goes to last_good",
+                self.router_id,
+                self.control_stale_after_s,
+            )
+        self._failsafe_logged = stale
+
+    def failure(self) -> BaseException | None:
+        """The error of an essential loop that died (the process should exit non-zero with it)."""
+        for loop in self._loops:
+            if loop.done() and not loop.cancelled() and loop.exception() is not None:
+                return loop.exception()
+        return None
+
+    @property
+    def control_stale(self) -> bool:
+        return time.monotonic() - self._control_fresh_at > self.control_stale_after_s
 
     def _apply_control(self, record: ConsumerRecord[bytes, bytes], publish: bool) -> str | None:
         verdict = self.verifier.check(record.value, record.timestamp)
@@ -281,10 +329,16 @@ class RouterService:
         dep = self.ledger.current
         last_good = self.ledger.last_good
         assert last_good is not None
-        if dep is not None and dep.status == "running":
+        arm: Arm
+        deployment_id: str | None
+        if dep is not None and dep.status == "running" and self.control_stale:
+            # Fail safe: a view of the control topic older than the bound may miss a rollback.
+            self.stats.failsafe_requests += 1
+            arm, config, deployment_id = "last_good", dep.last_good, dep.deployment_id
+        elif dep is not None and dep.status == "running":
             arm = assign_arm(request.routing_key, dep.deployment_id, dep.weight)
             config = dep.candidate if arm == "candidate" else dep.last_good
-            deployment_id: str | None = dep.deployment_id
+            deployment_id = dep.deployment_id
         else:
             arm, config, deployment_id = "last_good", last_good, dep.deployment_id if dep else None
         return config, ConfigUsed(config.name, config.version, config.content_hash, arm, deployment_id)

@@ -1,0 +1,49 @@
+"""Fail-safe routing and supervision, without Kafka: a router whose control view is stale sends nothing to
+the candidate; a dead essential loop is reported so the process can exit non-zero."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from canary.core.models import ControlCommand
+from canary.kafka.topics import Topics
+from router.requests import SearchRequest
+from router.service import RouterService
+from tests.integration.harness import make_backend, preset_ref, start_command
+
+
+def _router() -> RouterService:
+    router = RouterService("unused:9092", Topics("t."), make_backend(), preset_ref("last_good"), consume_requests=False)
+    cmd: ControlCommand = start_command("candidate_high_recall", weight=1.0)
+    assert router.ledger.apply(cmd).applied
+    return router
+
+
+def _arm(router: RouterService, user: str) -> str:
+    _, used = router.route(SearchRequest(f"r-{user}", "q", "documents", user, 0, None))
+    return used.arm
+
+
+def test_a_stale_control_view_sends_everything_to_last_good() -> None:
+    router = _router()
+    assert {_arm(router, f"u{i}") for i in range(20)} == {"candidate"}  # weight 1.0, fresh view
+    router._control_fresh_at = time.monotonic() - router.control_stale_after_s - 0.1
+    assert router.control_stale
+    assert {_arm(router, f"u{i}") for i in range(20)} == {"last_good"}
+    assert router.stats.failsafe_requests == 20
+    router._control_fresh_at = time.monotonic()
+    assert _arm(router, "u0") == "candidate"
+
+
+async def test_a_dead_essential_loop_is_reported() -> None:
+    router = _router()
+
+    async def dies() -> None:
+        raise RuntimeError("OutOfOrderSequenceNumber")
+
+    task = asyncio.create_task(dies())
+    router._loops.append(task)
+    await asyncio.gather(task, return_exceptions=True)
+    failed = router.failure()
+    assert isinstance(failed, RuntimeError) and "OutOfOrder" in str(failed)
