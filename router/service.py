@@ -166,6 +166,7 @@ class RouterService:
         await self._control.seek_to_beginning(control_tp)
         end = (await self._control.end_offsets([control_tp]))[control_tp]
         await self._catch_up(control_tp, end)
+        self._control_fresh_at = time.monotonic()  # read to the end just now
         await self._publish_state(None)
         self._result_partitions = len(await self._producer.partitions_for(self.topics.search_results))
         await self._send_watermarks("start")  # announces this producer to every windows-stage partition
