@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     base_parser,
+    control_keys,
     delete_prefixed_topics,
     emit,
     kafka,
@@ -233,7 +234,13 @@ def main() -> int:
         },
     }
     started = time.monotonic()
-    with sigterm_as_exit(), kafka() as target, tempfile.TemporaryDirectory(prefix="canary-bench-det-") as tmp:
+    with (
+        sigterm_as_exit(),
+        kafka() as target,
+        tempfile.TemporaryDirectory(prefix="canary-bench-det-") as tmp,
+        control_keys(Path(tmp) / "keys") as keys_from,
+    ):
+        result["control_keys"] = keys_from
         topics = Topics(unique_prefix("det"))
         result["kafka"] = target.describe()
         result["topic_prefix"] = topics.prefix

@@ -49,6 +49,7 @@ import math
 import os
 import pstats
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -63,6 +64,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from bench.common import (
     base_parser,
+    control_keys,
     delete_prefixed_topics,
     emit,
     fmt_rate,
@@ -948,8 +950,13 @@ def main() -> int:
     )
     parser.add_argument("--keep-topics", action="store_true", help="external Kafka: keep the run's topics")
     args = parser.parse_args()
-    with sigterm_as_exit():
+    with (
+        sigterm_as_exit(),
+        tempfile.TemporaryDirectory(prefix="canary-bench-router-") as tmp,
+        control_keys(Path(tmp)) as keys_from,
+    ):
         result = run(args)
+        result["control_keys"] = keys_from
     emit(result, render(result), args.json)
     return 0
 

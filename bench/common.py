@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,33 @@ def process_cpu_s(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+@contextmanager
+def control_keys(tmp: Path) -> Iterator[str]:
+    """Control commands must be signed (and the worker needs its key): use the keys the environment names,
+    or make a throwaway operator + worker key pair in ``tmp`` for this run (never the developer's home)."""
+    names = ("CANARY_TRUSTED_KEYS_DIR", "CANARY_OPERATOR_KEY", "CANARY_WORKER_KEY")
+    if all(os.environ.get(n) for n in names):
+        yield "from the environment"
+        return
+    from canary.security import init_key
+
+    paths = {
+        "CANARY_TRUSTED_KEYS_DIR": tmp / "trusted",
+        "CANARY_OPERATOR_KEY": tmp / "keys" / "operator.key",
+        "CANARY_WORKER_KEY": tmp / "keys" / "worker.key",
+    }
+    init_key(paths["CANARY_OPERATOR_KEY"], paths["CANARY_TRUSTED_KEYS_DIR"], "operator", "operator:bench")
+    init_key(paths["CANARY_WORKER_KEY"], paths["CANARY_TRUSTED_KEYS_DIR"], "worker", "worker:bench")
+    saved = {n: os.environ.get(n) for n in (*names, "CANARY_INSECURE_CONTROL")}
+    os.environ.update({n: str(p) for n, p in paths.items()})
+    os.environ.pop("CANARY_INSECURE_CONTROL", None)
+    try:
+        yield "throwaway keys for this run"
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v

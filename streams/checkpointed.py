@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from canary.kafka.topics import Topics
+from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
 
 log = logging.getLogger("canary.streams.stage")
 
@@ -114,7 +114,13 @@ class CheckpointedStage(Generic[State]):
         """Latest checkpoint per partition from the compacted state topic (read to its current end)."""
         wanted = {self._state_key(p): p for p in partitions}
         found: dict[int, dict[str, Any]] = {}
-        reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=CHECKPOINT_MAX_BYTES,
+            fetch_max_bytes=CHECKPOINT_MAX_BYTES * 2,
+        )
         await reader.start()
         try:
             tp = TopicPartition(self.topics.window_state, 0)
@@ -254,9 +260,12 @@ class CheckpointedStage(Generic[State]):
 
     async def run(self) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_request_size=CHECKPOINT_MAX_BYTES,
         )
-        await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
@@ -269,8 +278,9 @@ class CheckpointedStage(Generic[State]):
             heartbeat_interval_ms=1000,
         )
         self._consumer.subscribe([self.source_topic], listener=_Rebalance(self))
-        await self._consumer.start()
         try:
+            await self._producer.start()
+            await self._consumer.start()
             await self.started()
             while True:
                 if self._pending:

@@ -26,10 +26,13 @@ new ``event_id``) counts once; the first outcome seen in partition order wins.
 
 from __future__ import annotations
 
+import base64
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from canary.core.aggregations import WindowAggregate, WindowAggregator
 from canary.core.models import RouterWatermark, RuleVerdict, SearchOutcome, WindowKey, WindowResult
@@ -44,7 +47,9 @@ _NEG = -(2**62)  # "no watermark yet", small enough for any epoch-ms arithmetic 
 
 DEFAULT_ROUTER_TIMEOUT_MS = 5000
 DEFAULT_FUTURE_BOUND_MS = 10_000
-DEFAULT_DEDUP_RETENTION_MS = 120_000
+DEFAULT_DEDUP_RETENTION_MS = 60_000
+"""How long after its window a request is remembered: covers a router takeover (session timeout 10 s) and
+its redelivered backlog with room to spare, while keeping checkpoints small."""
 
 
 def window_bounds(ts_ms: int, size_ms: int = 5000) -> tuple[int, int]:
@@ -490,7 +495,12 @@ class WindowFinalizer:
             "series": keyed({k: {"next_start": s.next_start, "idle": s.idle} for k, s in self._series.items()}),
             "emitted_end": keyed(self._emitted_end),
             "open": keyed({k: {str(s): w[s].to_dict() for s in sorted(w)} for k, w in self._open.items() if w}),
-            "seen": sorted([k, s] for k, s in self._seen.items()),
+            # Packed per window start (8 bytes a request, base64): compact and fast to write every 500 ms.
+            "seen": {
+                str(start): base64.b64encode(np.asarray(keys, dtype="<u8").tobytes()).decode("ascii")
+                for start, keys in sorted(self._seen_by_start.items())
+                if keys
+            },
         }
 
     @classmethod
@@ -534,8 +544,14 @@ class WindowFinalizer:
             out._emitted_end = {WindowKey.parse(k): int(v) for k, v in d["emitted_end"].items()}
             for k, w in d["open"].items():
                 out._open[WindowKey.parse(k)] = {int(s): WindowAggregate.from_dict(a) for s, a in w.items()}
-            for k, s in d.get("seen", []):
-                out._remember(int(k), int(s))
+            seen = d.get("seen", {})
+            if isinstance(seen, list):  # an older checkpoint: [key, start] pairs
+                for k, start in seen:
+                    out._remember(int(k), int(start))
+            else:
+                for start, packed in seen.items():
+                    for k in np.frombuffer(base64.b64decode(packed), dtype="<u8").tolist():
+                        out._remember(int(k), int(start))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidEvent(f"WindowFinalizer: malformed state ({exc!r})") from None
         return out

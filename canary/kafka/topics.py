@@ -19,6 +19,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from canary.errors import KafkaError, TopicMismatch
 
 DAY_MS = 24 * 60 * 60 * 1000
+CHECKPOINT_MAX_BYTES = 16 * 1024 * 1024
 FOREVER = -1
 
 
@@ -103,7 +104,12 @@ class Topics:
                 "compact",
                 FOREVER,
                 "windows stage checkpoints (compacted)",
-                (("segment.ms", "60000"), ("min.cleanable.dirty.ratio", "0.1")),
+                # A checkpoint holds a partition's open windows and remembered requests: allow 16 MiB.
+                (
+                    ("segment.ms", "60000"),
+                    ("min.cleanable.dirty.ratio", "0.1"),
+                    ("max.message.bytes", str(CHECKPOINT_MAX_BYTES)),
+                ),
             ),
             TopicSpec(self.responses, 3, "delete", DAY_MS, "optional replies to search requests"),
             TopicSpec(self.requests_dlq, 1, "delete", 30 * DAY_MS, "malformed requests with the reason"),
