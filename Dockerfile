@@ -24,6 +24,8 @@ WORKDIR /app
 COPY configs ./configs
 
 RUN mkdir -p /app/reports/canary && chown -R canary:canary /app/reports
+# Mount points of the compose volumes for signing keys: a fresh named volume takes this ownership.
+RUN mkdir -p /keys/trusted /keys/worker && chown -R canary:canary /keys && chmod 700 /keys/worker
 
 # Worker data dir (Faust) and anything else canary caches live under CANARY_HOME, owned by the user.
 ENV CANARY_PROJECT_ROOT=/app \

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from canary.kafka.topics import Topics, ensure_topics
+from canary.security import init_key
 from canary.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +28,28 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def control_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Signing keys of the test session, never the developer's: an operator key and a worker key in a
+    temporary directory, both trusted. Set in the environment for the whole session, so in-process routers,
+    the CLI and worker subprocesses sign and verify with them."""
+    root = tmp_path_factory.mktemp("control-keys")
+    paths = {
+        "CANARY_TRUSTED_KEYS_DIR": root / "trusted",
+        "CANARY_OPERATOR_KEY": root / "keys" / "operator.key",
+        "CANARY_WORKER_KEY": root / "keys" / "worker.key",
+    }
+    init_key(paths["CANARY_OPERATOR_KEY"], paths["CANARY_TRUSTED_KEYS_DIR"], "operator", "operator:tests")
+    init_key(paths["CANARY_WORKER_KEY"], paths["CANARY_TRUSTED_KEYS_DIR"], "worker", "worker:tests")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, path in paths.items():
+            mp.setenv(name, str(path))
+        mp.delenv("CANARY_INSECURE_CONTROL", raising=False)
+        yield paths
+
+
 @pytest.fixture(scope="session")
-def base_settings() -> Settings:
+def base_settings(control_keys: dict[str, Path]) -> Settings:
     return load_settings().with_overrides(project_root=ROOT)
 
 

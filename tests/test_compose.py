@@ -100,3 +100,16 @@ def test_image_finds_the_presets() -> None:
     assert "WORKDIR /app" in dockerfile
     assert "COPY configs ./configs" in dockerfile
     assert (ROOT / "configs" / "presets" / "last_good.yaml").is_file()
+
+
+def test_services_verify_and_the_worker_signs(services: dict[str, dict[str, Any]]) -> None:
+    """Signed control commands: one trusted-keys volume for all; the worker key only where it is used."""
+    args = _parse(services["keys"]["command"])
+    assert (args.command, args.keys_command, args.role) == ("keys", "init", "worker")
+    for name in ("keys", "worker", "router"):
+        settings = load_settings(_environment(services[name]))
+        mounts = {str(v).split(":")[1] for v in services[name].get("volumes", [])}
+        assert str(settings.trusted_keys_dir) in mounts, name
+        assert (str(settings.worker_key_path.parent) in mounts) == (name != "router"), name
+        if name != "keys":
+            assert services[name]["depends_on"]["keys"]["condition"] == "service_completed_successfully"
