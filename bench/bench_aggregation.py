@@ -85,8 +85,8 @@ from bench.common import (
 from canary.core.merge import Progress, WindowMerger, merge_all, parse_merge_record, partial_of
 from canary.core.models import RouterWatermark, SearchOutcome, WindowKey, WindowResult
 from canary.core.slo import default_policy
-from canary.core.windows import WindowFinalizer
-from canary.kafka.topics import Topics, ensure_topics
+from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS, WindowFinalizer
+from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
 from canary.pipeline.policies import aggregator_for_policy
 from canary.replay.decode import OutcomeDecoder, ReplayOutcome, as_core_outcomes
 from router.service import outcome_partition
@@ -851,12 +851,12 @@ def core_bench(outcomes: Sequence[SearchOutcome], partitions: int, every: int, s
     }
 
 
-CHECKPOINT_LIMIT = 1_048_576  # aiokafka's default max_request_size, which CheckpointedStage's producer keeps
-DEDUP_HORIZON_S = 125.0  # a request is remembered for dedup 120 s after its 5 s window
+CHECKPOINT_LIMIT = CHECKPOINT_MAX_BYTES  # the stage producer's max_request_size and the topic's max.message.bytes
+DEDUP_HORIZON_S = (DEFAULT_DEDUP_RETENTION_MS + WINDOW_MS) / 1000  # remembered this long after its window
 
 
 def checkpoint_estimate(sample: Sequence[SearchOutcome], per_partition: int, span_s: float) -> dict[str, Any]:
-    """A windows-stage checkpoint carries every request id its partition remembers for dedup (120 s after
+    """A windows-stage checkpoint carries every request id its partition remembers for dedup (60 s after
     the request's window), besides state that stays bounded (open windows, clocks, series). Measured on a
     sample in one finalizer: bytes per dedup entry and the rest; projected for ``per_partition`` outcomes
     over ``span_s`` of event time."""
@@ -866,7 +866,8 @@ def checkpoint_estimate(sample: Sequence[SearchOutcome], per_partition: int, spa
     state = fin.to_dict()
     seen_bytes = len(json.dumps(state["seen"]))
     rest = len(json.dumps(state)) - seen_bytes
-    per_entry = seen_bytes / max(1, len(state["seen"]))
+    # "seen" is packed per window start; count the requests it holds, not its keys.
+    per_entry = seen_bytes / max(1, fin.remembered_requests)
     remembered = per_partition * (min(1.0, DEDUP_HORIZON_S / span_s) if span_s > 0 else 1.0)
     projected = rest + per_entry * remembered
     return {

@@ -30,6 +30,7 @@ changes no verdict against per-record arrivals (event time + 20 ms) and only mak
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -452,10 +453,15 @@ def k_needed(n: int, q: float, alpha: float) -> int | None:
     return lo
 
 
-def rule_rollback_curve(per_window: int, rates: Sequence[float], q: float, alpha: float) -> list[float]:
-    """P(one rate rule has rolled back by window i), exactly, for that rule alone: the pooled count is a
-    sum of Binomial(per_window, rate_i); the window fails when the shipped e-value of the pooled count
-    reaches 1/alpha, any other window resets the streak, CONSECUTIVE failures roll back."""
+def rule_rollback_curve(
+    per_window: int, rates: Sequence[float], q: float, alpha: float, *, own_window: bool = True
+) -> list[float]:
+    """P(one rate rule has rolled back by window i), exactly, for that rule alone.
+
+    The pooled count is a sum of Binomial(per_window, rate_i). A window fails when the shipped e-value of
+    the pooled count reaches 1/alpha and (``own_window``, as ``judge.window_breaks`` requires) the
+    window's own rate is above ``q``; any other window resets the streak; CONSECUTIVE failures roll back.
+    """
     windows = len(rates)
     kmax = per_window * windows
     dist = np.zeros((CONSECUTIVE, kmax + 1))
@@ -468,14 +474,18 @@ def rule_rollback_curve(per_window: int, rates: Sequence[float], q: float, alpha
         cut = kmax + 1 if need is None else need
         new = np.zeros_like(dist)
         for s in range(CONSECUTIVE):
-            conv = np.convolve(dist[s], pmf)[: kmax + 1]
-            fail = conv.copy()
-            fail[:cut] = 0.0
-            new[0] += conv - fail
-            if s + 1 >= CONSECUTIVE:
-                done += float(fail.sum())
-            else:
-                new[s + 1] += fail
+            for j in np.nonzero(pmf > 1e-300)[0]:
+                j = int(j)
+                moved = np.zeros(kmax + 1)
+                moved[j:] = dist[s, : kmax + 1 - j] * pmf[j]
+                breaks = j > q * per_window if own_window else True
+                fail = moved.copy()
+                fail[: cut if breaks else kmax + 1] = 0.0
+                new[0] += moved - fail
+                if s + 1 >= CONSECUTIVE:
+                    done += float(fail.sum())
+                else:
+                    new[s + 1] += fail
         dist = new
         curve.append(done)
     return curve
@@ -503,6 +513,7 @@ def power_rows(scs: Sequence[Scenario]) -> list[dict[str, Any]]:
             checks.append(("error_rate", ERROR_T, [t.error_rate for t in phases], (bad or sc.healthy).error_rate))
         for rule, q, rates, p in checks:
             curve = rule_rollback_curve(sc.per_window, rates, q, alpha)
+            pooled = rule_rollback_curve(sc.per_window, rates, q, alpha, own_window=False)
             n1 = sc.per_window
             k1, k2 = k_needed(n1, q, alpha), k_needed(2 * n1, q, alpha)
             b = sc.breach_start if bad is not None else 0
@@ -519,12 +530,17 @@ def power_rows(scs: Sequence[Scenario]) -> list[dict[str, Any]]:
             }
             if bad is None:
                 row["rollback_by_end"] = curve[-1]
+                row["pooled_only_rollback_by_end"] = pooled[-1]
                 row["windows"] = sc.windows
             else:
                 row["p_fail_window1"] = float(stats.binom.sf(k1 - 1, n1, p)) if k1 is not None and b == 0 else None
                 row["rollback_by_2nd"] = curve[b + 1] - (curve[b - 1] if b > 0 else 0.0)
                 row["rollback_within_60s"] = curve[min(b + within_w, sc.windows) - 1] - (curve[b - 1] if b > 0 else 0.0)
                 row["rollback_by_end"] = curve[-1]
+                row["pooled_only_rollback_by_2nd"] = pooled[b + 1] - (pooled[b - 1] if b > 0 else 0.0)
+                row["pooled_only_rollback_within_60s"] = pooled[min(b + within_w, sc.windows) - 1] - (
+                    pooled[b - 1] if b > 0 else 0.0
+                )
                 kn = np_test_k(n1, q, alpha)
                 row["fixed_n_test_k"] = kn
                 row["fixed_n_test_power_window1"] = float(stats.binom.sf(kn - 1, n1, p))
@@ -674,7 +690,8 @@ def power_text(power: Sequence[dict[str, Any]], rows: dict[tuple[str, str], dict
         lines.append(
             f"{head} needs {need} (1st window), {need2} pooled (2nd); {w1}"
             f"P(rollback by 2nd) = {p['rollback_by_2nd']:.3f}, within 60 s = {p['rollback_within_60s']:.3f}"
-            f" [MC, all rules: {pct(mc.get('by_2nd'))}, {pct(mc.get('within_60s'))}];"
+            f" [MC, all rules: {pct(mc.get('by_2nd'))}, {pct(mc.get('within_60s'))}; pooled e alone:"
+            f" {p['pooled_only_rollback_by_2nd']:.3f}, {p['pooled_only_rollback_within_60s']:.3f}];"
             f" fixed-n 1-window test at 1 %: k >= {p['fixed_n_test_k']}, power {p['fixed_n_test_power_window1']:.3f}"
         )
     return "\n".join(lines)
@@ -720,8 +737,9 @@ def text_report(result: dict[str, Any]) -> str:
     out.append(table(sens_rows, sens_cols))
     out += [
         "",
-        "Power of the sequential rate rules (exact, each rule alone, shipped log_e_above; 'k' = exceedances or"
-        " errors needed for e >= 1/0.01, i.e. log e >= 4.61):",
+        "Power of the sequential rate rules, exact, each rule alone: a window fails when the shipped log_e_above of"
+        " the pooled count reaches log(1/0.01) = 4.61 ('k' = exceedances or errors needed) and the window's own"
+        " rate is above the rule's (judge.window_breaks); 'pooled e alone' drops the second condition:",
         power_text(result["power"], by),
         "",
         "point (min_samples 20) at 3 samples/window: every rule is 'inconclusive' (n=3 < 20) and the point streak"
@@ -734,7 +752,8 @@ def text_report(result: dict[str, Any]) -> str:
         f" {sum(r['not_issued'] for r in rows)}",
         f"wall {result['wall_s']:.0f} s with {result['workers']} worker processes ({result['task_cpu_s']:.0f} s in"
         f" runs); load average {result['machine']['loadavg_at_start']} -> {result['machine']['loadavg_at_end']};"
-        f" code {result['code']}",
+        f" code {result['code']} (canary/ sha256 {result['canary_sources_sha256']}"
+        + (", CHANGED on disk during the run)" if result["canary_sources_changed_during_run"] else ")"),
         "s per run (all judges of a scenario): "
         + ", ".join(f"{k} {v:.2f}" for k, v in result["cpu_s_per_run"].items()),
     ]
@@ -753,6 +772,15 @@ def code_version() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head}{' + uncommitted changes in canary/' if dirty else ''}"
+
+
+def source_digest() -> str:
+    """What the workers judge with: the canary package as it was on disk (they fork after importing it)."""
+    root = Path(__file__).resolve().parents[1] / "canary"
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -775,6 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy_from_slo_section(slo_section(judge))  # the sections are valid as written
     started = time.perf_counter()
     info = machine()
+    code_at_start, sources_at_start = code_version(), source_digest()
     _SCENARIOS[:] = all_scs
     selected = [i for i, s in enumerate(all_scs) if not only or s.key in only]
 
@@ -839,7 +868,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "power": power,
         "checks": checks,
         "machine": info,
-        "code": code_version(),
+        "code": code_at_start,
+        "canary_sources_sha256": sources_at_start,
+        "canary_sources_changed_during_run": source_digest() != sources_at_start,
         "cpu_count": os.cpu_count(),
         "task_cpu_s": task_cpu,
         "cpu_s_per_run": cpu_per_run,

@@ -321,7 +321,7 @@ def render(r: dict[str, Any]) -> str:
         lines.append(
             f"  run {x['run']}: rule {x.get('rule')}, triggering window = last evidence: {x.get('evidence_consistent')}"
         )
-    lines.append("  per run (ms after T0: aggregation / SLO / router / total; failing windows; start→rollback s):")
+    lines.append("  per run (ms after T0: window close / SLO / router / total; failing windows; start→rollback s):")
     for x in r["runs"]:
         if "parts_ms" not in x:
             continue
