@@ -155,6 +155,17 @@ def _print_ack(args: argparse.Namespace, ack: Any, verb: str) -> int:
         _emit(args, {**payload, "ok": False}, human)
         print(f"canary: error: {human}", file=sys.stderr)
         return 4
+    accepted = getattr(args, "allow_unacked", False) or getattr(args, "no_router_check", False)
+    if not ack.waited_for and not accepted:
+        # Nobody obeyed it: a quiet "ok" here once hid that no router was left to stop the candidate.
+        human = (
+            f"{verb} {ack.command.deployment_id} is on the control topic, but no live router acknowledged it "
+            "(none published a heartbeat in the last 15 s); routers apply it when they start. "
+            "Pass --allow-unacked to accept that."
+        )
+        _emit(args, {**payload, "ok": False}, human)
+        print(f"canary: error: {human}", file=sys.stderr)
+        return 4
     missing = sorted(set(ack.waited_for) - set(ack.acked_by))
     if missing:
         human = f"{verb} {ack.command.deployment_id} issued, but not acknowledged by: {', '.join(missing)}"
@@ -350,14 +361,29 @@ def register(sub: Any) -> None:
     group.add_argument("--promote", action="store_true", help="candidate becomes last_good and active")
     group.add_argument("--rollback", action="store_true", help="all traffic back to last_good")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for acknowledgements")
+    p.add_argument(
+        "--allow-unacked",
+        action="store_true",
+        help="exit 0 even when no live router acknowledged the command (it stays on the control topic)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_stop)
 
     for action, help_text in (("pause", "send no traffic to the candidate for now"), ("resume", "resume the canary")):
         p = sub.add_parser(action, help=help_text)
+        p.add_argument(
+            "--allow-unacked",
+            action="store_true",
+            help="exit 0 even when no live router acknowledged the command (it stays on the control topic)",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(handler=cmd_weight, action=action)
     p = sub.add_parser("weight", help="change the candidate's traffic share")
     p.add_argument("value", type=float, help="new candidate share in (0, 1]")
+    p.add_argument(
+        "--allow-unacked",
+        action="store_true",
+        help="exit 0 even when no live router acknowledged the command (it stays on the control topic)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_weight, action="weight")

@@ -137,3 +137,17 @@ async def test_kafka_unreachable_names_address_and_status_falls_back_to_cache(se
     assert _json(cached)["source"] == "cache"
     start = await _canary("start", "candidate_high_recall", env=down)
     assert start.returncode == 3 and "127.0.0.1:1" in start.stderr
+
+
+async def test_commands_no_router_acknowledged_fail_unless_accepted(settings: Settings, topics: Any) -> None:
+    env = _env(settings)
+    started = await _canary("start", "candidate_high_recall", "--no-router-check", "--json", env=env)
+    assert started.returncode == 0, started.stderr  # the operator said so with --no-router-check
+    paused = await _canary("pause", "--json", env=env)
+    assert paused.returncode == 4
+    assert "no live router acknowledged it" in paused.stderr and "--allow-unacked" in paused.stderr
+    assert _json(paused)["ok"] is False
+    resumed = await _canary("resume", "--allow-unacked", "--json", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    stopped = await _canary("stop", "--rollback", "--allow-unacked", env=env)
+    assert stopped.returncode == 0, stopped.stderr
