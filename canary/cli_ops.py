@@ -254,11 +254,18 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     if not args.json:
         print(file=sys.stderr)
     human = (
-        f"sent {report.sent} labeled queries to {_topics(settings).search_requests} in {report.seconds:.1f}s "
-        f"({report.achieved_qps:.1f}/s, target {report.target_qps}/s, {report.users} users, "
-        f"max {report.max_behind_ms:.0f} ms behind schedule)"
+        f"sent {report.sent} labeled queries to {_topics(settings).search_requests} in {report.seconds:.1f}s, "
+        f"{report.acked} acknowledged by the broker ({report.achieved_qps:.1f}/s, target {report.target_qps}/s, "
+        f"{report.users} users, max {report.max_behind_ms:.0f} ms behind schedule)"
     )
     _emit(args, report.to_dict(), human)
+    if report.failed or report.acked < report.sent:
+        print(
+            f"canary: error: only {report.acked} of {report.sent} requests reached the broker "
+            f"({report.failed} failed to deliver)",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 

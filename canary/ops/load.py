@@ -20,12 +20,14 @@ QuerySource = Callable[[int], tuple[str, tuple[str, ...]]]
 
 @dataclass(frozen=True, slots=True)
 class LoadReport:
-    sent: int
+    sent: int  # enqueued in the producer
     seconds: float
     target_qps: float
     users: int
     labeled: int
     max_behind_ms: float
+    acked: int = 0  # acknowledged by the broker (acks=all): what really reached the topic
+    failed: int = 0  # delivery failed (broker down longer than the producer's delivery timeout)
 
     @property
     def achieved_qps(self) -> float:
@@ -34,6 +36,8 @@ class LoadReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "sent": self.sent,
+            "acked": self.acked,
+            "failed": self.failed,
             "seconds": round(self.seconds, 3),
             "target_qps": self.target_qps,
             "achieved_qps": round(self.achieved_qps, 1),
@@ -71,6 +75,11 @@ async def produce_load(
     except Exception as exc:
         raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     sent = labeled = 0
+    delivered = {"acked": 0, "failed": 0}
+
+    def count(fut: asyncio.Future[Any]) -> None:
+        delivered["failed" if fut.cancelled() or fut.exception() is not None else "acked"] += 1
+
     behind = 0.0
     interval = 1.0 / qps
     start = time.monotonic()
@@ -97,7 +106,8 @@ async def produce_load(
                 "relevant_ids": list(relevant) if relevant else None,
             }
             labeled += bool(relevant)
-            await producer.send(topics.search_requests, json.dumps(body).encode(), key=user.encode())
+            ack = await producer.send(topics.search_requests, json.dumps(body).encode(), key=user.encode())
+            ack.add_done_callback(count)
             sent += 1
             if progress is not None and time.monotonic() >= next_report:
                 progress(sent, time.monotonic() - start)
@@ -105,4 +115,6 @@ async def produce_load(
         await producer.flush()
     finally:
         await producer.stop()
-    return LoadReport(sent, time.monotonic() - start, qps, users, labeled, behind)
+    return LoadReport(
+        sent, time.monotonic() - start, qps, users, labeled, behind, delivered["acked"], delivered["failed"]
+    )

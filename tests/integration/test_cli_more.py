@@ -27,6 +27,7 @@ async def test_load_produces_labeled_requests_and_rejects_bad_args(settings: Set
     assert result.returncode == 0, result.stderr
     report = _json(result)
     assert report["sent"] == 100 and report["labeled"] == 100 and report["users"] == 7
+    assert report["acked"] == 100 and report["failed"] == 0  # counted from the broker's acks
     requests = await read_all(settings.effective_bootstrap, topics.search_requests)
     assert len(requests) == 100
     assert all(r["relevant_ids"] and r["user_id"].startswith("user-") for r in requests)
