@@ -790,6 +790,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=BASE_SEED, help=f"base seed (default {BASE_SEED})")
     parser.add_argument("--workers", type=int, default=MAX_WORKERS, help="worker processes (at most 2)")
     parser.add_argument("--save", type=Path, default=None, help="also write the JSON document to this file")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="append each finished run to this JSONL file and take over the runs already in it (same seeds, same"
+        " canary/ sources), so an interrupted run resumes",
+    )
     parser.add_argument("--only", default="", help="comma-separated scenario keys (default: all)")
     args = parser.parse_args(argv)
     runs = args.runs if args.runs is not None else (QUICK_RUNS if args.quick else DEFAULT_RUNS)
@@ -811,25 +818,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = self_check([all_scs[i] for i in selected], args.seed)
     log(f"self-check: {checks}")
 
-    cost = {i: all_scs[i].windows * (1 + len(all_scs[i].judges)) for i in selected}
-    tasks = [(i, run, args.seed) for i in sorted(selected, key=lambda i: -cost[i]) for run in range(runs)]
     results: dict[tuple[int, str], list[tuple[int, dict[str, Any]]]] = {}
     task_cpu = 0.0
     cpu_by_scenario: dict[int, float] = {}
-    log(f"{len(tasks)} runs ({len(selected)} scenarios x {runs}), {workers} worker processes")
+
+    def take(index: int, run: int, out: dict[str, dict[str, Any]], spent: float) -> None:
+        nonlocal task_cpu
+        task_cpu += spent
+        cpu_by_scenario[index] = cpu_by_scenario.get(index, 0.0) + spent
+        for judge, r in out.items():
+            results.setdefault((index, judge), []).append((run, r))
+
+    stamp = {"base_seed": args.seed, "canary_sources_sha256": sources_at_start}
+    resumed = set()
+    if args.checkpoint is not None and args.checkpoint.exists():
+        for line in args.checkpoint.read_text().splitlines():
+            try:
+                c = json.loads(line)
+                index, run = int(c["index"]), int(c["run"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+            if (
+                all(c.get(k) == v for k, v in stamp.items())
+                and index in selected
+                and c.get("scenario") == all_scs[index].key
+                and run < runs
+                and (index, run) not in resumed
+            ):
+                resumed.add((index, run))
+                take(index, run, c["results"], float(c["spent_s"]))
+        log(f"checkpoint {args.checkpoint}: {len(resumed)} runs taken over (same seeds and canary/ sources)")
+    cost = {i: all_scs[i].windows * (1 + len(all_scs[i].judges)) for i in selected}
+    tasks = [
+        (i, run, args.seed)
+        for i in sorted(selected, key=lambda i: -cost[i])
+        for run in range(runs)
+        if (i, run) not in resumed
+    ]
+    log(f"{len(tasks)} runs to do ({len(selected)} scenarios x {runs}), {workers} worker processes")
     ctx = mp.get_context("fork")
-    last = time.perf_counter()
-    with ctx.Pool(workers) as pool:
-        for done, (index, run, out, spent) in enumerate(pool.imap_unordered(_task, tasks, chunksize=4), start=1):
-            task_cpu += spent
-            cpu_by_scenario[index] = cpu_by_scenario.get(index, 0.0) + spent
-            for judge, r in out.items():
-                results.setdefault((index, judge), []).append((run, r))
-            now = time.perf_counter()
-            if now - last >= 20 or done == len(tasks):
-                last = now
-                el = now - started
-                log(f"{done}/{len(tasks)} runs, {el:.0f} s elapsed, ~{el / done * (len(tasks) - done):.0f} s to go")
+    last = loop_start = time.perf_counter()
+    sink = None if args.checkpoint is None else args.checkpoint.open("a")
+    try:
+        with ctx.Pool(workers) as pool:
+            for done, (index, run, out, spent) in enumerate(pool.imap_unordered(_task, tasks, chunksize=4), start=1):
+                take(index, run, out, spent)
+                if sink is not None:
+                    line = {**stamp, "scenario": all_scs[index].key, "index": index, "run": run}
+                    sink.write(json.dumps({**line, "spent_s": spent, "results": out}) + "\n")
+                    sink.flush()
+                now = time.perf_counter()
+                if now - last >= 20 or done == len(tasks):
+                    last = now
+                    el = now - loop_start
+                    log(f"{done}/{len(tasks)} runs, {el:.0f} s, ~{el / done * (len(tasks) - done):.0f} s to go")
+    finally:
+        if sink is not None:
+            sink.close()
     rows = []
     for i in selected:
         sc = all_scs[i]
@@ -873,6 +918,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "canary_sources_changed_during_run": source_digest() != sources_at_start,
         "cpu_count": os.cpu_count(),
         "task_cpu_s": task_cpu,
+        "resumed_runs": len(resumed),
         "cpu_s_per_run": cpu_per_run,
         "wall_s": time.perf_counter() - started,
     }
