@@ -6,8 +6,9 @@ each rule's failing streak, the low-traffic counter, and whether a rollback was 
 
 Verdicts (``method: sequential``, the default), per rule and window, from the pooled data:
 
-* ``fail``: the anytime-valid evidence that the rule is broken reached ``1/(1 - confidence)``;
-* ``pass``: the evidence that it holds reached the same level;
+* ``fail``: the anytime-valid evidence that the rule is broken reached ``1/(1 - confidence)`` **and** this
+  window on its own breaks the rule (a healthy window after a bad burst is not a failing bucket);
+* ``pass``: the evidence that it holds reached the same level, and this window does not break it;
 * ``inconclusive``: neither yet (or no data the rule can use); ``error``: data that should exist is absent.
 
 Because the evidence is an e-process over the whole deployment, the chance that a candidate which meets
