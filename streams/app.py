@@ -24,7 +24,6 @@ from pathlib import Path
 import faust
 from faust.types import StreamT
 
-from canary.core.judge import DeploymentJudge
 from canary.core.models import RouterState, WindowResult
 from canary.kafka.topics import Topics
 from canary.pipeline.decisions import DecisionStep
@@ -178,15 +177,10 @@ class CanaryStreams:
         if dep_id is None or window.arm not in ("candidate", "last_good"):
             return
         stored = self.slo_state.get(dep_id)
-        judges = self.decisions.judge.deployments
-        if isinstance(stored, dict):
-            try:
-                judges[dep_id] = DeploymentJudge.from_dict(stored)
-            except Exception as exc:  # an unreadable state must not stop judging: start the pool afresh
-                log.error("deployment %s: unreadable judge state (%s); judging from this window on", dep_id, exc)
-                judges.pop(dep_id, None)
-        else:
-            judges.pop(dep_id, None)
+        try:
+            self.decisions.restore(dep_id, stored if isinstance(stored, dict) else None)
+        except Exception as exc:  # an unreadable state must not stop judging: start the pool afresh
+            log.error("deployment %s: unreadable judge state (%s); judging from this window on", dep_id, exc)
         now = now_ms()
         judgements, issues = self.decisions.observe(window, now)
         late_judgements, late_issues = self.decisions.tick(now, dep_id)
@@ -210,9 +204,9 @@ class CanaryStreams:
         for j in judgements:
             await self.verdicts_topic.send(key=dep_id.encode(), value=json.dumps(j.to_dict()).encode())
             self.stats.judgements += 1
-        judge = judges.get(dep_id)
-        if judge is not None:
-            self.slo_state[dep_id] = judge.to_dict()
+        state = self.decisions.state(dep_id)
+        if state is not None:
+            self.slo_state[dep_id] = state
 
     # -- audit ----------------------------------------------------------------------------------------------
     async def _audit_control_agent(self, stream: StreamT[bytes]) -> None:

@@ -32,7 +32,7 @@ brute-force integration and simulation in ``tests/core/test_evidence.py``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from scipy import special
@@ -78,16 +78,22 @@ def rate_lower_bound(n: int, k: int, alpha: float) -> float:
     threshold = math.log(1.0 / alpha)
     if n == 0 or log_e_above(n, k, 1e-12) < threshold:
         return 0.0
-    lo, hi = 1e-12, 1.0 - 1e-12
+    hi = 1.0 - 1e-12
     if log_e_above(n, k, hi) >= threshold:
         return hi
+    return _crossing(lambda q: log_e_above(n, k, q) >= threshold, 1e-12, hi, rejected_below=True)
+
+
+def _crossing(rejects: Callable[[float], bool], lo: float, hi: float, *, rejected_below: bool) -> float:
+    """Bisect for where a monotone test stops (``rejected_below``) or starts rejecting; returns the last
+    value on the rejected side of the crossing's near end, as every bound here reports it."""
     for _ in range(_BISECT_STEPS):
         mid = (lo + hi) / 2.0
-        if log_e_above(n, k, mid) >= threshold:
+        if rejects(mid) == rejected_below:
             lo = mid
         else:
             hi = mid
-    return lo
+    return lo if rejected_below else hi
 
 
 def rate_upper_bound(n: int, k: int, alpha: float) -> float:
@@ -157,15 +163,8 @@ def mean_upper_bound(hist: Mapping[int, int], alpha: float) -> float:
     threshold = math.log(1.0 / alpha)
     if not hist:
         return 1.0
-    lo, hi = 0.0, 1.0
     # log_wealth_below(m) grows with m: the bound is where it crosses the threshold.
-    for _ in range(_BISECT_STEPS):
-        mid = (lo + hi) / 2.0
-        if log_wealth_below(hist, mid) >= threshold:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _crossing(lambda m: log_wealth_below(hist, m) >= threshold, 0.0, 1.0, rejected_below=False)
 
 
 def mean_lower_bound(hist: Mapping[int, int], alpha: float) -> float:
@@ -173,14 +172,7 @@ def mean_lower_bound(hist: Mapping[int, int], alpha: float) -> float:
     threshold = math.log(1.0 / alpha)
     if not hist:
         return 0.0
-    lo, hi = 0.0, 1.0
-    for _ in range(_BISECT_STEPS):
-        mid = (lo + hi) / 2.0
-        if log_wealth_above(hist, mid) >= threshold:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return _crossing(lambda m: log_wealth_above(hist, m) >= threshold, 0.0, 1.0, rejected_below=True)
 
 
 def histogram_mean(hist: Mapping[int, int]) -> float | None:

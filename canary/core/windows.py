@@ -382,14 +382,12 @@ class WindowFinalizer:
             else:
                 clock.on_outcome(o.router_id, o.ts, now_ms)
         for (key, start), outcomes in groups.items():
-            self._aggregate(key, start, outcomes, offsets, late=False)
+            self._aggregate(key, start, outcomes, late=False)
         for (key, start), outcomes in late_groups.items():
-            self._aggregate(key, start, outcomes, offsets, late=True)
+            self._aggregate(key, start, outcomes, late=True)
         return result
 
-    def _aggregate(
-        self, key: WindowKey, start: int, outcomes: list[SearchOutcome], offsets: Sequence[int] | None, *, late: bool
-    ) -> None:
+    def _aggregate(self, key: WindowKey, start: int, outcomes: list[SearchOutcome], *, late: bool) -> None:
         agg = self.aggregator_for(key)
         self._track(key, start)
         windows = self._open.setdefault(key, {})

@@ -96,7 +96,13 @@ class DecisionStep:
         issues = [resolve(j.decision, self.ledger(), at_ms) for j in judgements if j.decision is not None]
         return judgements, issues
 
-    def restore(self, state: JSONDict) -> DeploymentJudge:
-        judge = DeploymentJudge.from_dict(state)
-        self.judge.deployments[judge.deployment_id] = judge
-        return judge
+    def restore(self, deployment_id: str, state: JSONDict | None) -> None:
+        """Make ``state`` (a checkpoint, e.g. the SLO agent's table entry) the deployment's judge; ``None``
+        starts it afresh. Raises InvalidEvent for an unreadable state (the judge then starts afresh too)."""
+        self.judge.deployments.pop(deployment_id, None)
+        if state is not None:
+            self.judge.deployments[deployment_id] = DeploymentJudge.from_dict(state)
+
+    def state(self, deployment_id: str) -> JSONDict | None:
+        judge = self.judge.deployments.get(deployment_id)
+        return None if judge is None else judge.to_dict()
