@@ -71,7 +71,7 @@ class ConfigManager:
 
     def pointers(self) -> dict[str, Any]:
         """``active`` and ``last_good`` as every router sees them (from the control topic)."""
-        from canary.cli_ops import status_payload
+        from canary.cli.ops import status_payload
 
         status = status_payload(self.settings)
         return {"active": status["active_config"], "last_good": status["last_good"], "source": status["source"]}
@@ -119,7 +119,7 @@ class CanaryExecutor:
         return {**ack.to_dict(), "ok": not ack.rejected and set(ack.waited_for) <= set(ack.acked_by)}
 
     def get_current_status(self) -> dict[str, Any]:
-        from canary.cli_ops import status_payload
+        from canary.cli.ops import status_payload
 
         return status_payload(self.settings)
 
@@ -142,7 +142,7 @@ class CanaryExecutor:
         with self._lock:
             if self._router is not None:
                 return self._router
-            from canary.cli_commands import default_backend
+            from canary.cli.commands import default_backend
             from router.service import RouterService
 
             preset = PresetStore(self.settings.presets_dir).get("last_good")

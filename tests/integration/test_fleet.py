@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from canary.cli_replay import replay_payload
+from canary.cli.replay import replay_payload
 from canary.core.models import SearchOutcome
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings, load_settings

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from canary.cli_replay import register, replay_payload
+from canary.cli.replay import register, replay_payload
 from canary.core.models import WindowResult, iso_ms
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from canary.cli_replay import register, replay_payload
+from canary.cli.replay import register, replay_payload
 from canary.kafka.topics import Topics
 from canary.settings import Settings
 from tests.integration.harness import WorkerProcess, read_all

@@ -36,32 +36,8 @@ pytestmark = pytest.mark.kafka
 
 
 # -- running the CLI ----------------------------------------------------------------------------------------
-def _reports_registered() -> bool:
-    import argparse
-
-    from canary.cli import build_parser
-
-    subs = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    return any("export" in a.choices for a in subs)
-
-
-# Until canary/cli.py calls cli_reports.register(sub), run the real main() with it hooked in.
-_SHIM = (
-    "import sys\n"
-    "from canary import cli, cli_ops, cli_reports\n"
-    "_orig = cli_ops.register\n"
-    "cli_ops.register = lambda sub: (_orig(sub), cli_reports.register(sub))\n"
-    "sys.exit(cli.main(sys.argv[1:]))\n"
-)
-
-
 def _argv(*args: str) -> list[str]:
-    if _REGISTERED:
-        return [sys.executable, "-m", "canary.cli", *args]
-    return [sys.executable, "-c", _SHIM, *args]
-
-
-_REGISTERED = _reports_registered()
+    return [sys.executable, "-m", "canary.cli", *args]
 
 
 def _env(settings: Settings, project: Path, **extra: str) -> dict[str, str]:

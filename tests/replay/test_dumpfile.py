@@ -311,7 +311,7 @@ def test_invalid_outcomes_carry_their_line(tmp_path: Path) -> None:
     records, live = _live()
     poison = Record("search_results", 0, 10_000, T0 + 3 * W + 7, None, b'{"event_id": "x"}')
     path = _write(tmp_path / "d.jsonl", [*records, poison, *live])
-    from canary.cli_replay import replay_payload
+    from canary.cli.replay import replay_payload
 
     report = replay_payload(NO_KAFKA, None, None, input_file=path, output=tmp_path / "out")
     [sample] = report["input"]["invalid_samples"]
@@ -411,7 +411,7 @@ def test_bad_input_is_a_clear_error(
 
 def test_empty_dump_with_a_span_is_an_empty_result(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n")
-    from canary.cli_replay import replay_payload
+    from canary.cli.replay import replay_payload
 
     report = replay_payload(NO_KAFKA, T0, T0 + W, input_file=tmp_path / "empty.jsonl", output=tmp_path / "out")
     assert report["empty"] and report["windows"] == [] and report["differences"] == []

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from canary.cli_replay import register
+from canary.cli.replay import register
 from canary.core.models import ControlCommand, WindowResult
 from canary.core.slo import SLORule
 from canary.errors import ConfigError

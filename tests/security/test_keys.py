@@ -173,7 +173,7 @@ def test_cli_keys_init_and_list(
 def test_insecure_mode_says_so_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import argparse
 
-    from canary.cli_commands import _security
+    from canary.cli.commands import _security
 
     settings = Settings(home=tmp_path)
     secure = _security(argparse.Namespace(insecure=False), settings, "worker")

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from canary.cli_output import emit as _emit
+from canary.cli.output import emit as _emit
 from canary.errors import CanaryError, KafkaError
 from canary.settings import Settings
 

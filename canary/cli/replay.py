@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from canary.cli_output import safe_name
+from canary.cli.output import safe_name
 from canary.errors import ConfigError, InvalidEvent
 from canary.settings import Settings
 

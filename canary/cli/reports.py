@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from canary.cli_output import emit as _emit
-from canary.cli_output import safe_name
+from canary.cli.output import emit as _emit
+from canary.cli.output import safe_name
 from canary.errors import ConfigError
 from canary.settings import Settings
 

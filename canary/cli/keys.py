@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from canary.cli_output import emit
+from canary.cli.output import emit
 from canary.errors import ConfigError
 from canary.settings import Settings
 

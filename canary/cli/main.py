@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from canary.cli_output import emit as _emit
+from canary.cli.output import emit as _emit
 from canary.errors import CanaryError
 from canary.settings import Settings, load_settings
 
@@ -151,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (start, stop, status, topics):
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    from canary import cli_commands, cli_keys, cli_ops, cli_replay, cli_reports
+    from canary.cli import commands as cli_commands
+    from canary.cli import keys as cli_keys
+    from canary.cli import ops as cli_ops
+    from canary.cli import replay as cli_replay
+    from canary.cli import reports as cli_reports
 
     cli_ops.register(sub)
     cli_reports.register(sub)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from canary.cli_output import safe_name
+from canary.cli.output import safe_name
 from canary.errors import ConfigError
 from canary.settings import Settings
 

@@ -1,0 +1,3 @@
+from canary.cli.main import main
+
+raise SystemExit(main())
