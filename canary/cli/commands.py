@@ -149,7 +149,7 @@ def register(sub: Any) -> None:
         ),
     )
     demo.add_argument("--output", help="report directory (default reports/canary)")
-    demo.add_argument("--qps", type=float, default=60.0, help="load in requests per second (60)")
+    demo.add_argument("--qps", type=float, default=120.0, help="load in requests per second (120)")
     demo.add_argument("--weight", type=float, default=0.10, help="candidate traffic share (0.10)")
     demo.set_defaults(handler=cmd_demo)
 
