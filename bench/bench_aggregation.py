@@ -82,6 +82,7 @@ from bench.common import (
     sigterm_as_exit,
     unique_prefix,
 )
+from canary.core.jsonio import dumps, loads
 from canary.core.merge import Progress, WindowMerger, merge_all, parse_merge_record, partial_of
 from canary.core.models import RouterWatermark, SearchOutcome, WindowKey, WindowResult
 from canary.core.slo import default_policy
@@ -775,23 +776,23 @@ def finalize_pass(
             t1 = time.perf_counter()
             out: list[bytes] = []
             for window, aggregate in fin.due_with_state(now):
-                out.append(json.dumps(partial_of(window, aggregate, p).to_dict()).encode())
+                out.append(dumps(partial_of(window, aggregate, p).to_dict()))
                 all_partials.append((p, window, aggregate))
             partials += len(out)
             wm = fin.watermark
             if wm is not None:
                 closed = wm - wm % WINDOW_MS
                 if out or closed_sent.get(p) != closed:
-                    out.append(json.dumps(Progress(p, closed).to_dict()).encode())
+                    out.append(dumps(Progress(p, closed).to_dict()))
                     closed_sent[p] = closed
                     marks += 1
             t2 = time.perf_counter()
-            size = len(json.dumps(fin.to_dict()))
+            size = len(dumps(fin.to_dict()))
             t3 = time.perf_counter()
             if size > snap_max[0]:
                 snap_max = (size, fin.remembered_requests)
             for raw in out:
-                merger.add(parse_merge_record(json.loads(raw)))
+                merger.add(parse_merge_record(loads(raw)))
             merged.extend(merger.due(now))
             t4 = time.perf_counter()
             add_s += t1 - t0

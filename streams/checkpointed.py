@@ -5,7 +5,9 @@ step (partial windows → one window per key) — are this shape: aiokafka ``get
 Kafka-free core objects, one state object per assigned source partition.
 
 Durability without Faust tables: each partition's state, including the highest source offset it has
-applied, is written to the compacted ``canary_window_state`` topic at most every ``checkpoint_ms``,
+applied, is written to the compacted ``canary_window_state`` topic at most every ``checkpoint_ms`` (and
+never more often than keeps encoding them under ``1/CHECKPOINT_COST_FACTOR`` of the stage's time: a
+backlog with a large dedup memory would otherwise spend its time re-writing state),
 *after* everything it emitted is acknowledged by the broker. On assignment the stage restores that state
 and seeks just past the offset it records, so input is neither lost nor applied twice across crashes and
 rebalances; output emitted after the last checkpoint may be emitted again after a crash, and readers drop
@@ -25,7 +27,10 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
+from canary.core.jsonio import dumps
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
+
+CHECKPOINT_COST_FACTOR = 20  # checkpoints take at most ~5 % of the stage's time
 
 log = logging.getLogger("canary.streams.stage")
 
@@ -86,6 +91,7 @@ class CheckpointedStage(Generic[State]):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._last_checkpoint = 0.0
+        self._checkpoint_cost_s = 0.0  # time the last checkpoint spent encoding and sending state
 
     # -- what a subclass provides -------------------------------------------------------------------------
     def new_state(self, partition: int, restored: dict[str, Any] | None) -> State:
@@ -226,7 +232,8 @@ class CheckpointedStage(Generic[State]):
     async def checkpoint(self, only: Iterable[int] | None = None, force: bool = False) -> None:
         if self._producer is None:
             return
-        if not force and (time.monotonic() - self._last_checkpoint) * 1000 < self.checkpoint_ms:
+        interval_s = max(self.checkpoint_ms / 1000, CHECKPOINT_COST_FACTOR * self._checkpoint_cost_s)
+        if not force and time.monotonic() - self._last_checkpoint < interval_s:
             return
         parts = sorted(set(only) & self._dirty if only is not None else self._dirty)
         if not parts:
@@ -235,15 +242,17 @@ class CheckpointedStage(Generic[State]):
         await self._producer.flush()
         futures = []
         offsets: dict[TopicPartition, int] = {}
+        encoding_started = time.perf_counter()
         for p in parts:
             state = self.states.get(p)
             if state is None:
                 continue
-            body = json.dumps(self.state_to_dict(state)).encode()
+            body = dumps(self.state_to_dict(state))
             futures.append(await self._producer.send(self.topics.window_state, body, key=self._state_key(p)))
             applied = self.applied_offset(state, p)
             if applied is not None:
                 offsets[self.tp(p)] = applied + 1
+        self._checkpoint_cost_s = time.perf_counter() - encoding_started
         await asyncio.gather(*futures)
         self._dirty.difference_update(parts)
         self.checkpoints += 1

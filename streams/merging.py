@@ -10,13 +10,13 @@ dropped by ``window_id`` downstream).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import TopicPartition
 
+from canary.core.jsonio import dumps, loads
 from canary.core.merge import WindowMerger, parse_merge_record
 from canary.errors import CanaryError
 from canary.kafka.topics import Topics, topic_partitions
@@ -97,7 +97,7 @@ class MergeStage(CheckpointedStage[_MergeState]):
                     continue  # redelivered
                 state.applied = record.offset
                 try:
-                    item = parse_merge_record(json.loads(record.value or b"null"))
+                    item = parse_merge_record(loads(record.value or b"null"))
                     before = state.merger.dropped
                     state.merger.add(item)
                 except (CanaryError, ValueError, TypeError) as exc:  # poison: log, count, go on
@@ -118,7 +118,7 @@ class MergeStage(CheckpointedStage[_MergeState]):
             due = state.merger.due(now)
             for window in due:
                 key = (window.deployment_id or "-").encode()
-                await self.producer.send(self.topics.windows, json.dumps(window.to_dict()).encode(), key=key)
+                await self.producer.send(self.topics.windows, dumps(window.to_dict()), key=key)
                 self.stats.windows_emitted += 1
             if due:
                 self.mark_dirty(partition)

@@ -25,6 +25,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from canary.core.jsonio import dumps
 from canary.core.merge import Progress, partial_of
 from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_MS, WindowFinalizer
 from canary.kafka.topics import Topics, topic_partitions
@@ -176,7 +177,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             for window, aggregate in due:
                 partial = partial_of(window, aggregate, partition)
                 key = (window.deployment_id or "-").encode()
-                await self.producer.send(self.topics.window_partials, json.dumps(partial.to_dict()).encode(), key=key)
+                await self.producer.send(self.topics.window_partials, dumps(partial.to_dict()), key=key)
                 self.stats.partials_emitted += 1
             if due:
                 self.mark_dirty(partition)
@@ -192,7 +193,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
         stale = time.monotonic() - at > PROGRESS_EVERY_MS / 1000
         if closed == sent and not stale and not force:
             return
-        body = json.dumps(Progress(partition, closed).to_dict()).encode()
+        body = dumps(Progress(partition, closed).to_dict())
         for target in range(self._partials_partitions):
             await self.producer.send(self.topics.window_partials, body, key=b"progress", partition=target)
         self._progress_sent[partition] = (closed, time.monotonic())

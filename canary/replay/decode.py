@@ -17,8 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
-import orjson
-
+from canary.core.jsonio import loads
 from canary.core.models import SAFE_NAME, RouterWatermark, SearchOutcome, WindowKey, check_name
 from canary.errors import CanaryError, InvalidEvent
 
@@ -87,19 +86,6 @@ Decoded = ReplayOutcome | RouterWatermark
 
 
 _INF = math.inf
-
-
-def loads(raw: bytes) -> Any:
-    """``json.loads(raw)`` — same result, same exceptions — via orjson for the common case.
-
-    orjson rejects a few things json accepts (NaN/Infinity literals, integers beyond 64 bits, lone
-    surrogates); those, and every malformed input, go through ``json.loads`` itself so results and
-    error messages are the standard library's.
-    """
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)
 
 
 DECODE_ERRORS = (CanaryError, ValueError, TypeError)

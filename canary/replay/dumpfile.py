@@ -42,12 +42,12 @@ from typing import Any, cast
 
 import orjson
 
+from canary.core.jsonio import loads
 from canary.core.models import JSONDict, iso_ms
 from canary.core.windows import window_bounds
 from canary.errors import ConfigError, KafkaError
 from canary.kafka.topics import Topics
 from canary.pipeline.run import Record, parse_control
-from canary.replay.decode import loads
 from canary.replay.recompute import ReplaySettings, read_bounds, span_bounds
 from canary.replay.span import SpanData
 

@@ -148,7 +148,7 @@ def test_keys_are_interned() -> None:
     ],
 )
 def test_loads_fast_path_equals_json_loads(raw: bytes) -> None:
-    from canary.replay.decode import loads
+    from canary.core.jsonio import loads
 
     try:
         expected: object = json.loads(raw)
