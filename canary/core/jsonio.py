@@ -7,10 +7,9 @@ rejects (NaN/Infinity literals, lone surrogates) and for every malformed input, 
 messages stay the standard library's — with one difference, kept for speed: orjson reads an integer
 beyond 64 bits as a float (``json`` as an int). No field of any contract holds such a number, and every
 integer field is type-checked, so such a record is refused either way, with another message. ``dumps``
-falls back to ``json.dumps`` for
-what orjson cannot encode (integers beyond 64 bits, non-``str`` keys, unknown types) and raises
-``ValueError`` for NaN and infinities, which neither should write (orjson would write ``null``, ``json``
-a literal that is not JSON).
+falls back to ``json.dumps`` for what orjson cannot encode (integers beyond 64 bits, non-``str`` keys,
+unknown types) and raises ``ValueError`` for NaN and infinities, which neither should write (orjson
+would write ``null``, ``json`` a literal that is not JSON).
 """
 
 from __future__ import annotations
