@@ -66,6 +66,7 @@ class StreamsConfig:
 class StreamsStats:
     rollbacks_issued: int = 0
     pauses_issued: int = 0
+    rollout_commands_issued: int = 0  # set_weight / promote / gate and expiry pauses of rollout plans
     decisions_not_issued: int = 0
     judgements: int = 0
     audit_lines: int = 0
@@ -195,6 +196,8 @@ class CanaryStreams:
                 await fut
                 if cmd.type == "rollback":
                     self.stats.rollbacks_issued += 1
+                elif issue.decision.rule == "rollout":
+                    self.stats.rollout_commands_issued += 1
                 else:
                     self.stats.pauses_issued += 1
                 log.warning("%s %s: %s", cmd.type.upper(), dep_id, issue.decision.reason)

@@ -36,6 +36,14 @@ from canary.config.sections import (
 from canary.config.validation import NO_VALUE, Collector, FieldError, Section
 from canary.config.yamlfile import read_yaml
 from canary.core.deployment import snapshot_hash
+from canary.core.rollout import (
+    DEFAULT_MIN_TOTAL_DURATION_S,
+    DEFAULT_MIN_WINDOWS,
+    GATES,
+    RolloutPlan,
+    RolloutStep,
+    plan_problems,
+)
 from canary.core.slo import (
     DEFAULT_CONFIDENCE,
     DEFAULT_ERROR_RATE,
@@ -99,6 +107,7 @@ class Preset:
     reranker: RerankerConfig
     slo: SLOConfig
     backend: str | None = None  # import path of a search backend; None = the bundled one
+    rollout: RolloutPlan | None = None  # progressive delivery (canary.core.rollout); None = one fixed weight
     source: str | None = field(default=None, compare=False)  # where it was loaded from; not content
     _hash: str = field(init=False, repr=False, compare=False)
 
@@ -126,6 +135,8 @@ class Preset:
         snapshot: dict[str, Any] = {name: _plain(getattr(self, name)) for name in sections}
         snapshot["slo"] = self.slo.to_dict()  # the shape canary.core.slo.rules_from_slo_section reads
         snapshot["backend"] = self.backend
+        if self.rollout is not None:  # absent, not null, without a plan: older presets keep their hashes
+            snapshot["rollout"] = self.rollout.to_dict()
         return snapshot
 
     @classmethod
@@ -165,6 +176,7 @@ def _parse(data: object, label: str, *, stem: str | None, source: str | None) ->
         reranker=_reranker(root.section("reranker")),
         slo=_slo(root.section("slo")),
         backend=_backend(root),
+        rollout=_rollout(root),
         source=source,
     )
     root.close()
@@ -353,6 +365,46 @@ def _backend(root: Section) -> str | None:
         "backend", pattern=_IMPORT_PATH, required=False, hint="must be an import path like pkg.mod:Backend"
     )
     return path or None
+
+
+def _rollout(root: Section) -> RolloutPlan | None:
+    raw = root.take("rollout")
+    if raw is NO_VALUE or raw is None:
+        return None
+    s = root.section("rollout")
+    errors_before = len(s.out.errors)
+    steps: list[RolloutStep] = []
+    for step in s.sections("steps"):
+        weight = step.number("weight", low=0, high=1)
+        min_windows = step.integer("min_windows", minimum=0, default=DEFAULT_MIN_WINDOWS)
+        min_duration = _optional_number(step, "min_duration_s", 0.0, low=0, high=math.inf, open_ends=False)
+        gate = step.string("gate", choices=GATES, required=False) or "auto"
+        step.close()
+        steps.append(RolloutStep(weight, min_windows, min_duration, gate))  # type: ignore[arg-type]
+    if s.take("steps") is NO_VALUE:
+        s.out.add(s.field("steps"), NO_VALUE, "missing required field (a list of {weight, min_windows, ...})")
+    min_total = _optional_number(
+        s, "min_total_duration_s", DEFAULT_MIN_TOTAL_DURATION_S, low=0, high=math.inf, open_ends=False
+    )
+    raw_max = s.take("max_duration_s")
+    max_duration = None
+    if raw_max not in (NO_VALUE, None):
+        max_duration = _optional_number(s, "max_duration_s", 0.0, low=0, high=math.inf, open_ends=False)
+    auto_promote = s.take("auto_promote")
+    if auto_promote is NO_VALUE:
+        auto_promote = True
+    elif not isinstance(auto_promote, bool):
+        s.out.add(s.field("auto_promote"), auto_promote, "expected true or false")
+        auto_promote = True
+    s.close()
+    if len(s.out.errors) > errors_before:
+        return None
+    problems = plan_problems(tuple(steps), min_total, max_duration)
+    for path, value, reason in problems:
+        s.out.add(s.field(path), value, reason)
+    if problems:
+        return None
+    return RolloutPlan(tuple(steps), min_total, max_duration, auto_promote)
 
 
 def _cross_checks(out: Collector, p: Preset) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from canary.core.models import ControlCommand
+from canary.core.rollout import follows_plan, is_rollout_command_id, plan_of_snapshot
+from canary.errors import CanaryError
 
 DeploymentStatus = Literal["running", "paused", "rolled_back", "promoted", "aborted"]
 LIVE_STATUSES: frozenset[str] = frozenset({"running", "paused"})
@@ -60,6 +62,7 @@ class Deployment:
     reason: str | None = None
     evidence: dict[str, Any] | None = None
     issued_by: str | None = None
+    weight_set_at_ms: int | None = None  # issue time of the command that set the weight (start or set_weight)
 
     @property
     def live(self) -> bool:
@@ -121,6 +124,15 @@ class ControlLedger:
             return Transition(False, f"{cmd.type}: unknown deployment {cmd.deployment_id}")
         if not dep.live:
             return Transition(False, f"{cmd.type}: deployment {dep.deployment_id} already {dep.status}", dep)
+        if is_rollout_command_id(cmd.command_id):
+            # The progress agent may only walk the plan the operator signed with the start command.
+            try:
+                plan = plan_of_snapshot(dep.candidate.snapshot)
+            except CanaryError as exc:
+                return Transition(False, f"{cmd.type}: the candidate's rollout plan is unreadable ({exc})", dep)
+            why = follows_plan(plan, cmd.type, cmd.command_id, dep.deployment_id, cmd.weight, dep.weight)
+            if why is not None:
+                return Transition(False, f"{cmd.type}: refused, not the deployment's rollout plan: {why}", dep)
         if cmd.type == "pause":
             if dep.status == "paused":
                 return Transition(False, "pause: already paused", dep)
@@ -133,7 +145,9 @@ class ControlLedger:
         if cmd.type == "set_weight":
             if cmd.weight is None:
                 return Transition(False, "set_weight: no weight given", dep)
-            return self._update(replace(dep, weight=cmd.weight), f"weight set to {cmd.weight:.2f}")
+            return self._update(
+                replace(dep, weight=cmd.weight, weight_set_at_ms=cmd.issued_at_ms), f"weight set to {cmd.weight:.2f}"
+            )
         end_status: DeploymentStatus = {"rollback": "rolled_back", "promote": "promoted", "abort": "aborted"}[cmd.type]  # type: ignore[assignment]
         ended = replace(
             dep,
@@ -171,6 +185,7 @@ class ControlLedger:
             started_at_ms=cmd.issued_at_ms,
             start_command_id=cmd.command_id,
             issued_by=cmd.issued_by,
+            weight_set_at_ms=cmd.issued_at_ms,
         )
         self.current_id = dep.deployment_id
         return self._update(dep, "started")

@@ -1,7 +1,9 @@
 """From judged windows to control commands: the SLO agent's decision step, Kafka-free.
 
-:class:`DecisionStep` feeds windows to the :class:`~canary.core.judge.Judge` and turns each decision into
-the control command the live agent publishes — or into the reason it is not issued (the deployment already
+:class:`DecisionStep` feeds windows to the :class:`~canary.core.judge.Judge`, walks each deployment's
+rollout plan (:class:`~canary.core.rollout.RolloutTracker`, when the candidate has one) on the judged
+candidate windows that triggered no rollback, and turns each decision into the control command the live
+agent publishes — or into the reason it is not issued (the deployment already
 ended, or the command is already on the control topic). A decision that is not issued is never silent:
 it comes back as an :class:`Issue` with ``issued=False`` and the reason, for the agent to log and audit.
 """
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 from canary.core.deployment import ControlLedger
 from canary.core.judge import DeploymentJudge, Judge, Judgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult
+from canary.core.rollout import DeploymentView, RolloutTracker, is_rollout_command_id, plan_of_snapshot
 from canary.core.slo import Decision
+from canary.errors import CanaryError
 from canary.pipeline.policies import PolicyBook
 
 SLO_AGENT = "slo-agent"
@@ -38,6 +42,17 @@ class Issue:
         }
 
 
+# Decision type → the command it becomes (rollout gates and expiry are pauses).
+COMMAND_OF: dict[str, str] = {
+    "rollback": "rollback",
+    "pause": "pause",
+    "gate": "pause",
+    "expire": "pause",
+    "advance": "set_weight",
+    "promote": "promote",
+}
+
+
 def decision_command(decision: Decision, ledger: ControlLedger, issued_at_ms: int) -> ControlCommand:
     dep = ledger.deployments.get(decision.deployment_id)
     evidence = {
@@ -45,14 +60,18 @@ def decision_command(decision: Decision, ledger: ControlLedger, issued_at_ms: in
         "config_name": dep.candidate.name if dep else None,
         "triggering_window": decision.window_id,
     }
+    command_type = COMMAND_OF[decision.type]
+    weight = 0.0 if command_type == "rollback" else None
+    if command_type == "set_weight":
+        weight = float(decision.evidence["weight"])
     return ControlCommand(
         command_id=decision.command_id,
-        type="rollback" if decision.type == "rollback" else "pause",
+        type=command_type,  # type: ignore[arg-type]
         deployment_id=decision.deployment_id,
         candidate_config=None,
         candidate_config_hash=dep.candidate.content_hash if dep else None,
         last_good_config=None,
-        weight=0.0 if decision.type == "rollback" else None,
+        weight=weight,
         reason=decision.reason,
         evidence=evidence,
         issued_by=SLO_AGENT,
@@ -69,7 +88,7 @@ def resolve(decision: Decision, ledger: ControlLedger, at_ms: int) -> Issue:
         return Issue(decision, None, False, "not issued: no start command for this deployment in the control topic")
     if not dep.live or (dep.ended_at_ms is not None and dep.ended_at_ms <= at_ms):
         return Issue(decision, None, False, f"not issued: the deployment was already {dep.status} by {dep.issued_by}")
-    if decision.type == "pause" and dep.status == "paused":
+    if COMMAND_OF.get(decision.type) == "pause" and dep.status == "paused":
         return Issue(decision, None, False, "not issued: the deployment is already paused")
     return Issue(decision, decision_command(decision, ledger, at_ms), True, f"issued: {decision.type}")
 
@@ -81,6 +100,9 @@ class DecisionStep:
         self.policies = policies
         self.ledger = ledger
         self.judge = Judge(policies.policy, baseline_wait_ms=baseline_wait_ms)
+        self.rollouts: dict[str, RolloutTracker] = {}
+        # Issued but maybe not folded into the ledger yet: the next window must not issue them again.
+        self._issued: dict[str, None] = {}
 
     def observe(self, window: WindowResult, arrival_ms: int) -> tuple[list[Judgement], list[Issue]]:
         return self._issues(self.judge.observe(window, arrival_ms), arrival_ms)
@@ -93,16 +115,81 @@ class DecisionStep:
         return self._issues([] if judge is None else judge.tick(now_ms), now_ms)
 
     def _issues(self, judgements: list[Judgement], at_ms: int) -> tuple[list[Judgement], list[Issue]]:
-        issues = [resolve(j.decision, self.ledger(), at_ms) for j in judgements if j.decision is not None]
+        ledger = self.ledger()
+        issues = []
+        for j in judgements:
+            decision = j.decision if j.decision is not None else self._rollout(j, ledger)
+            if decision is None:
+                continue
+            if decision.command_id in self._issued:
+                issues.append(Issue(decision, None, False, f"not issued: {decision.command_id} was issued already"))
+                continue
+            issue = resolve(decision, ledger, at_ms)
+            if issue.issued:
+                self._issued[decision.command_id] = None
+                while len(self._issued) > 1024:  # bounded; the ledger remembers them for good
+                    del self._issued[next(iter(self._issued))]
+            issues.append(issue)
         return judgements, issues
 
+    def _rollout(self, j: Judgement, ledger: ControlLedger) -> Decision | None:
+        """The plan's next command after a judged candidate window, if the deployment has a plan."""
+        dep = ledger.deployments.get(j.deployment_id)
+        if dep is None or not dep.live or j.window.arm != "candidate":
+            return None
+        tracker = self.rollouts.get(dep.deployment_id)
+        if tracker is None:
+            try:
+                plan = plan_of_snapshot(dep.candidate.snapshot)
+            except CanaryError:
+                return None  # a start with an unreadable plan was refused by the verifier already
+            if plan is None:
+                return None
+            tracker = self.rollouts[dep.deployment_id] = RolloutTracker(plan)
+        view = DeploymentView(
+            dep.deployment_id,
+            dep.status,
+            dep.weight,
+            dep.started_at_ms,
+            dep.weight_set_at_ms if dep.weight_set_at_ms is not None else dep.started_at_ms,
+            frozenset(i for i in ledger.applied_ids if is_rollout_command_id(i)),
+        )
+        w = j.window
+        failing = any(v.outcome == "fail" for v in w.verdicts)
+        starved = w.response_count < self.policies.policy(dep.deployment_id).min_samples
+        step = tracker.observe(view, w.window_start_ms, w.window_end_ms, failing, starved)
+        if step.command_id is None:
+            return None
+        evidence: JSONDict = {
+            "rollout_step": step.step,
+            "steps": len(tracker.plan.steps),
+            "weight": step.weight,
+            "counted_windows": tracker.counted,
+        }
+        return Decision(dep.deployment_id, "rollout", step.reason, evidence, w.window_id, step.command_id, step.action)
+
     def restore(self, deployment_id: str, state: JSONDict | None) -> None:
-        """Make ``state`` (a checkpoint, e.g. the SLO agent's table entry) the deployment's judge; ``None``
-        starts it afresh. Raises InvalidEvent for an unreadable state (the judge then starts afresh too)."""
+        """Make ``state`` (a checkpoint, e.g. the SLO agent's table entry) the deployment's judge and rollout
+        progress; ``None`` starts both afresh. Raises InvalidEvent for an unreadable state (both then start
+        afresh too: the plan's step is the ledger's weight, so only the current step's count is lost)."""
         self.judge.deployments.pop(deployment_id, None)
-        if state is not None:
-            self.judge.deployments[deployment_id] = DeploymentJudge.from_dict(state)
+        self.rollouts.pop(deployment_id, None)
+        if state is None:
+            return
+        judge_state = state.get("judge", state) if "rollout" in state else state  # older: the judge's alone
+        self.judge.deployments[deployment_id] = DeploymentJudge.from_dict(judge_state)
+        rollout = state.get("rollout")
+        if isinstance(rollout, dict):
+            dep = self.ledger().deployments.get(deployment_id)
+            plan = plan_of_snapshot(dep.candidate.snapshot) if dep is not None else None
+            if plan is not None:
+                self.rollouts[deployment_id] = RolloutTracker.from_dict(plan, rollout)
 
     def state(self, deployment_id: str) -> JSONDict | None:
         judge = self.judge.deployments.get(deployment_id)
-        return None if judge is None else judge.to_dict()
+        if judge is None:
+            return None
+        tracker = self.rollouts.get(deployment_id)
+        if tracker is None:
+            return judge.to_dict()
+        return {"judge": judge.to_dict(), "rollout": tracker.to_dict()}

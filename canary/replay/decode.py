@@ -101,6 +101,7 @@ class OutcomeDecoder:
     def __init__(self, strict: bool = False) -> None:
         self.strict = strict
         self._keys: dict[tuple[str | None, str, str], WindowKey] = {}
+        self._router_ids: set[str] = set()  # router ids already matched against SAFE_NAME (a handful)
 
     def key(self, deployment_id: str | None, config_name: str, arm: str) -> WindowKey:
         t = (deployment_id, config_name, arm)
@@ -116,6 +117,13 @@ class OutcomeDecoder:
             k = WindowKey(deployment_id, config_name, arm)
             self._keys[t] = k
         return k
+
+    def _safe_router_id(self, router_id: str) -> bool:
+        if SAFE_NAME.fullmatch(router_id) is None:
+            return False
+        if len(self._router_ids) < 10_000:  # bounded: a flood of made-up ids must not grow memory
+            self._router_ids.add(router_id)
+        return True
 
     def _from_outcome(self, o: SearchOutcome, offset: int) -> ReplayOutcome:
         return ReplayOutcome(
@@ -178,7 +186,7 @@ class OutcomeDecoder:
             and type(result_count) is int
             and result_count >= 0
             and type(router_id) is str
-            and SAFE_NAME.fullmatch(router_id)
+            and (router_id in self._router_ids or self._safe_router_id(router_id))
         ):
             key = self._keys.get((dep, config_name, arm)) or self.key(dep, config_name, arm)
             return ReplayOutcome(event_id, ts, key, latency, recall, error, offset, request_id, router_id)

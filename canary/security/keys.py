@@ -35,10 +35,16 @@ from canary.errors import ConfigError
 
 Role = Literal["operator", "worker"]
 ROLES: tuple[Role, ...] = ("operator", "worker")
-# What each role may sign. The SLO agent (worker key) only ever issues rollbacks and low-traffic pauses.
+# What each role may sign. The worker's agents issue rollbacks and pauses, and walk a rollout plan — the
+# latter only under rollout command ids (ROLE_ID_PREFIXES), which the ledger holds to the deployment's
+# operator-signed plan: a stolen worker key can stop a canary, never ship a config or skip a step.
 ROLE_COMMANDS: dict[Role, frozenset[str]] = {
     "operator": frozenset({"start", "rollback", "promote", "pause", "resume", "set_weight", "abort"}),
-    "worker": frozenset({"rollback", "pause"}),
+    "worker": frozenset({"rollback", "pause", "set_weight", "promote"}),
+}
+ROLE_ID_PREFIXES: dict[tuple[Role, str], str] = {
+    ("worker", "set_weight"): "rollout-",
+    ("worker", "promote"): "rollout-",
 }
 
 
@@ -127,8 +133,11 @@ class TrustedKey:
     created_at_ms: int | None = None
     path: Path | None = field(default=None, compare=False)
 
-    def permits(self, command_type: str) -> bool:
-        return command_type in ROLE_COMMANDS[self.role]
+    def permits(self, command_type: str, command_id: str = "") -> bool:
+        if command_type not in ROLE_COMMANDS[self.role]:
+            return False
+        prefix = ROLE_ID_PREFIXES.get((self.role, command_type))
+        return prefix is None or command_id.startswith(prefix)
 
     def to_dict(self) -> dict[str, Any]:
         return {

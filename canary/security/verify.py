@@ -8,7 +8,8 @@ in this order (the first that fails is the reason; docs/contracts.md has the tab
 ``unsigned``           no signature fields (and insecure mode is off)
 ``bad_signature``      signature fields malformed, or the signature does not verify with the named key
 ``unknown_key``        ``key_id`` is not in the trusted keys directory
-``key_not_permitted``  the key's role may not sign this command type (worker keys: rollback, pause only)
+``key_not_permitted``  the key's role may not sign this command (worker keys: rollback, pause, and set_weight /
+                       promote only under ``rollout-`` ids, which the ledger holds to the plan)
 ``expired``            appended after ``expires_at_ms``; or issued more than 60 s after it was appended;
                        or valid for longer than a day
 ``replayed``           a command with this ``command_id`` was already accepted earlier in the topic
@@ -175,10 +176,11 @@ class CommandVerifier:
                 return _reject(
                     "bad_signature", f"signature does not verify with key {key_id} ({key.name})", cmd, key_id, signer
                 )
-            if not key.permits(cmd.type):
+            if not key.permits(cmd.type, cmd.command_id):
                 return _reject(
                     "key_not_permitted",
-                    f"key {key_id} ({key.name}) has role {key.role}, which may not sign {cmd.type}",
+                    f"key {key_id} ({key.name}) has role {key.role}, which may not sign {cmd.type}"
+                    + (" (worker keys: only rollout-… commands that follow the plan)" if key.role == "worker" else ""),
                     cmd,
                     key_id,
                     signer,

@@ -32,7 +32,7 @@ from canary.errors import ConfigError, PresetNotFound
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = ROOT / "configs" / "presets"
 BAD = ROOT / "tests" / "fixtures" / "bad_presets"
-SHIPPED = ("last_good", "candidate_high_recall", "candidate_slow", "candidate_low_recall")
+SHIPPED = ("last_good", "candidate_high_recall", "candidate_slow", "candidate_low_recall", "candidate_progressive")
 
 # fixture stem -> (field, reason substring): each fixture must produce exactly this one error.
 SINGLE_ERRORS = {
@@ -381,7 +381,8 @@ def test_unknown_preset_lists_known_names(name: str) -> None:
         PresetStore(PRESETS).get(name)
     message = str(info.value)
     assert f"unknown preset '{name}'" in message
-    assert "known presets: candidate_high_recall, candidate_low_recall, candidate_slow, last_good" in message
+    known = "candidate_high_recall, candidate_low_recall, candidate_progressive, candidate_slow, last_good"
+    assert f"known presets: {known}" in message
 
 
 def test_missing_directory_is_empty(tmp_path: Path) -> None:
@@ -419,7 +420,7 @@ _DELETE = object()
         (
             {"extras": {"a": 1}},
             'extras = {"a": 1}: unknown field '
-            "(allowed: backend, derived_params, macro_knobs, metadata, reranker, retriever, slo)",
+            "(allowed: backend, derived_params, macro_knobs, metadata, reranker, retriever, rollout, slo)",
         ),
         ({"metadata.version": 1.1}, "metadata.version = 1.1: expected a string, got number (quote it)"),
         ({"retriever.type": "sparse"}, 'retriever.type = "sparse": must be one of hybrid, dense, bm25'),
@@ -470,3 +471,44 @@ def test_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing here\n")
     assert [str(e) for e in _errors(path)] == [f"{path}: file is empty"]
+
+
+# -- rollout plans (issue #12) --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("rollout", "expected"),
+    [
+        (
+            {"steps": [{"weight": 0.5}, {"weight": 0.25}]},
+            "rollout.steps[1].weight = 0.25: must be above the previous step's 0.5",
+        ),
+        ({"steps": [{"weight": 1.5}]}, "rollout.steps[0].weight = 1.5: must be between 0 and 1"),
+        ({"steps": [{"weight": 0.1, "gate": "maybe"}]}, 'rollout.steps[0].gate = "maybe": must be one of auto, manual'),
+        ({"steps": [{"weight": 0.1, "min_window": 2}]}, "rollout.steps[0].min_window = 2: unknown field (did you mean"),
+        ({"min_total_duration_s": 10}, "rollout.steps: missing required field"),
+        (
+            {"steps": [{"weight": 0.1}], "min_total_duration_s": 60, "max_duration_s": 30},
+            "rollout.max_duration_s = 30.0: must be above min_total_duration_s (60), or null for no limit",
+        ),
+        ({"steps": [{"weight": 0.1}], "auto_promote": "yes"}, 'rollout.auto_promote = "yes": expected true or false'),
+    ],
+)
+def test_bad_rollout_plans_name_file_field_value_and_reason(
+    tmp_path: Path, rollout: dict[str, object], expected: str
+) -> None:
+    data = yaml.safe_load((PRESETS / "candidate_high_recall.yaml").read_text())
+    data["metadata"]["name"] = "case"
+    data["rollout"] = rollout
+    path = tmp_path / "case.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(PresetValidationError) as info:
+        load_preset(path)
+    assert f"{path}: {expected}" in str(info.value), str(info.value)
+
+
+def test_the_shipped_progressive_preset_walks_10_25_50_100_and_keeps_older_hashes() -> None:
+    progressive = load_preset(PRESETS / "candidate_progressive.yaml")
+    assert progressive.rollout is not None and progressive.rollout.weights == (0.1, 0.25, 0.5, 1.0)
+    assert progressive.rollout.auto_promote
+    assert Preset.from_snapshot(progressive.to_dict()) == progressive
+    # No plan, no key: presets written before rollout plans keep their content hashes.
+    assert "rollout" not in load_preset(PRESETS / "candidate_high_recall.yaml").to_dict()

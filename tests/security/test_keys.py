@@ -100,6 +100,9 @@ def test_role_permissions() -> None:
     operator = TrustedKey.from_public(pub, "o", "operator")
     assert worker.permits("rollback") and worker.permits("pause")
     assert not any(worker.permits(t) for t in ("start", "promote", "resume", "set_weight", "abort"))
+    # A rollout plan's steps, only under rollout ids (the ledger then holds them to the plan).
+    assert worker.permits("set_weight", "rollout-dep-1-step-1") and worker.permits("promote", "rollout-dep-1-promote")
+    assert not worker.permits("start", "rollout-dep-1-step-1") and not worker.permits("resume", "rollout-x")
     assert all(operator.permits(t) for t in ("start", "rollback", "promote", "pause", "resume", "set_weight", "abort"))
 
 
