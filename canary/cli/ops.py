@@ -92,6 +92,7 @@ def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, An
         "candidate_hash": dep.candidate.content_hash if dep else None,
         "traffic_split": {"active": round(1 - weight, 6), "candidate": weight},
         "weight": dep.weight if dep else None,
+        "rollout": rollout_status(dep),
         "total_requests": total,
         "start_time_ms": dep.started_at_ms if dep else None,
         "end_time_ms": dep.ended_at_ms if dep else None,
@@ -126,6 +127,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         f"split:       active {split['active']:.0%} / candidate {split['candidate']:.0%}",
         f"requests:    {payload['total_requests']}",
     ]
+    if payload["rollout"]:
+        lines.append(f"rollout:     {rollout_text(payload['rollout'])}")
     if payload["reason"]:
         lines.append(f"reason:      {payload['reason']}")
     live = [r for r in payload["routers"] if r["live"]]
@@ -177,6 +180,41 @@ def _print_ack(args: argparse.Namespace, ack: Any, verb: str) -> int:
     return 0
 
 
+def rollout_text(rollout: dict[str, Any]) -> str:
+    """``step 2 of 4: 10% → [25%] → 50% → 100%, then auto-promote (≥ 30 s)``."""
+    current = rollout["current_step"]
+    marks = [
+        f"[{s['weight']:.0%}]"
+        if i + 1 == current
+        else f"{s['weight']:.0%}" + (" (manual gate)" if s["gate"] == "manual" else "")
+        for i, s in enumerate(rollout["steps"])
+    ]
+    where = f"step {current} of {rollout['of_steps']}" if current else "off the plan's weights"
+    end = f"auto-promote (≥ {rollout['min_total_duration_s']:g} s)" if rollout["auto_promote"] else "manual promotion"
+    return f"{where}: {' → '.join(marks)}, then {end}"
+
+
+def rollout_status(dep: Any) -> dict[str, Any] | None:
+    """The candidate's plan and where the deployment stands on it (the step is the ledger's weight)."""
+    from canary.core.rollout import plan_of_snapshot
+
+    if dep is None:
+        return None
+    try:
+        plan = plan_of_snapshot(dep.candidate.snapshot)
+    except CanaryError:
+        return None
+    if plan is None:
+        return None
+    step = plan.step_of_weight(dep.weight)
+    return {
+        **plan.to_dict(),
+        "current_step": None if step is None else step + 1,  # 1-based, as `status` prints it
+        "of_steps": len(plan.steps),
+        "weight_set_at_ms": dep.weight_set_at_ms,
+    }
+
+
 def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     from canary.config import PresetStore
     from canary.kafka.connect import require_kafka
@@ -186,10 +224,22 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     candidate = store.get(args.name)
     if candidate.name == "last_good":
         raise CanaryError("'last_good' is the baseline; start a candidate preset instead")
-    if not 0 < args.weight <= 1:
-        from canary.errors import ConfigError
+    from canary.errors import ConfigError
 
-        raise ConfigError(f"--weight {args.weight}: must be in (0, 1]")
+    weight = args.weight
+    plan = candidate.rollout
+    if plan is not None:
+        # The plan decides the weights; a contradicting --weight would start it off its first step.
+        if weight is not None and abs(weight - plan.weights[0]) > 1e-9:
+            raise ConfigError(
+                f"--weight {weight}: preset {candidate.name} has a rollout plan starting at {plan.weights[0]:g} "
+                f"({' → '.join(f'{w:g}' for w in plan.weights)}); leave --weight out or edit rollout.steps"
+            )
+        weight = plan.weights[0]
+    elif weight is None:
+        weight = 0.10
+    if not 0 < weight <= 1:
+        raise ConfigError(f"--weight {weight}: must be in (0, 1]")
     bootstrap = require_kafka(settings)
     ack = asyncio.run(
         start_canary(
@@ -197,7 +247,7 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
             _topics(settings),
             candidate,
             store.get("last_good"),
-            weight=args.weight,
+            weight=weight,
             timeout=args.timeout,
             require_router=not args.no_router_check,
             security=_security(settings),
@@ -292,6 +342,7 @@ async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: str) -
                 f"canary watch — {time.strftime('%H:%M:%S')}  deployment {dep.deployment_id if dep else '-'} "
                 f"[{dep.status if dep else 'idle'}]  candidate {dep.candidate.name if dep else '-'} "
                 f"weight {dep.candidate_weight if dep else 0:.0%}"
+                + (f"  rollout {rollout_text(r)}" if (r := rollout_status(dep)) else "")
             )
             rows = [format_window(w, state.streak_text(w)) for _, w in sorted(state.latest.items())]
             if args.plain:
@@ -357,7 +408,12 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("name", help="preset name (see 'canary list')")
-    p.add_argument("--weight", type=float, default=0.10, help="candidate traffic share (default 0.10)")
+    p.add_argument(
+        "--weight",
+        type=float,
+        default=None,
+        help="candidate traffic share (default 0.10; a preset with a rollout plan starts at its first step)",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for acknowledgements")
     p.add_argument("--no-router-check", action="store_true", help="issue even when no router is live")
     p.add_argument("--json", action="store_true", help="machine-readable output")
