@@ -334,6 +334,15 @@ async def test_browser_sees_failing_windows_and_rollback_banner_live(dash_env: D
             print("\n".join(latency))
             print(f"rollback appended → banner in DOM {banner_ms} ms, painted {painted_ms} ms")
             assert banner_ms <= BANNER_BUDGET_MS, (banner_ms, env.dashboard.log_tail())
+
+            # The replay form, driven through the page: a backtest of the same span with a laxer p95 rule.
+            await page.click("#replay-fill")
+            assert await page.input_value("#replay-form input[name=deployment_id]") == dep
+            await page.fill("#replay-form textarea[name=rules]", "slo: {p95_ms: 5000, consecutive_buckets: 2}")
+            await page.click("#replay-form button[type=submit]")
+            await page.wait_for_selector("#replay-result:not([hidden])", timeout=15_000)
+            srcdoc = await page.get_attribute("#replay-result", "srcdoc") or ""
+            assert "Replay" in srcdoc and dep in srcdoc, (await page.inner_text("#replay-status"))[:500]
     finally:
         if load_task is not None and not load_task.done():
             load_task.cancel()
