@@ -32,7 +32,7 @@ def test_a_short_token_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "dashboard.token"
     path.write_text("secret\n")
     os.chmod(path, 0o600)
-    with pytest.raises(ConfigError, match="at least 24 characters.*delete the file"):
+    with pytest.raises(ConfigError, match=r"at least 24 characters.*delete the file"):
         load_or_create_token(path)
 
 
