@@ -165,7 +165,7 @@ class Dashboard:
                 await tail_topics(self.bootstrap, self.topics, self.state, self.on_change)
             except asyncio.CancelledError:
                 raise
-            except (KafkaError, Exception) as exc:  # keep serving the last view; say it is stale
+            except Exception as exc:  # Kafka gone, a topic deleted…: keep serving the last view, marked stale
                 self.feed_error = f"{type(exc).__name__}: {exc}"
                 log.warning("dashboard: topic feed failed (%s); retrying in %.0f s", self.feed_error, delay)
                 self.hub.publish("panels", {"panels": {}, "meta": self._meta()})

@@ -46,7 +46,14 @@ from tests.integration.harness import (
 
 pytestmark = pytest.mark.kafka
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("chromium is not installed: run 'bash scripts/install_test_deps.sh' (CI does this first)")
+    return path
+
+
 ARTIFACTS = ROOT / "reports" / "test-artifacts"
 BANNER_BUDGET_MS = 2000  # the bound: banner within 2 s of the rollback reaching the control topic
 
@@ -213,7 +220,7 @@ async def _browser() -> AsyncIterator[Any]:
 
     async with async_playwright() as pw:
         args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium refuses to sandbox as root
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        browser = await pw.chromium.launch(executable_path=_chromium(), headless=True, args=args)
         try:
             yield browser
         finally:
