@@ -290,6 +290,8 @@ async def test_browser_sees_failing_windows_and_rollback_banner_live(dash_env: D
                 " first_event: window.canaryDashboard.firstEventAtMs - window.canaryDashboard.pageStartMs}; })()"
             )
             load_id = await page.evaluate("window.canaryDashboard.loadId")
+            # Read-only until the operator enters the token: no action button is usable.
+            assert await page.locator("#action-buttons button:enabled").count() == 0
 
             cmd = start_command("candidate_slow", weight=0.2)
             dep = cmd.deployment_id
