@@ -57,6 +57,11 @@ class Settings:
         return self.worker_key or self.home / "keys" / "worker.key"
 
     @property
+    def dashboard_token_path(self) -> Path:
+        """The operator token of ``canary dashboard`` (created with mode 0600 on its first start)."""
+        return self.home / "dashboard.token"
+
+    @property
     def uses_external_kafka(self) -> bool:
         return self.bootstrap_servers is not None
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite uses, only when missing:
 #   kcat      — an independent Kafka client, to check our broker with software we did not write
-#   chromium  — headless browser, to check that report.html really renders its charts
+#   chromium  — headless browser, to check that report.html really renders its charts, and to drive the
+#               live dashboard (tests/integration/test_dashboard.py, through Playwright's Python package
+#               with executable_path=/usr/bin/chromium: no browser download, no chromium-driver needed)
 # Needs apt and root; on other systems install them with your package manager.
 set -euo pipefail
 missing=()

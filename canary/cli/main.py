@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     from canary.cli import commands as cli_commands
+    from canary.cli import dashboard as cli_dashboard
     from canary.cli import keys as cli_keys
     from canary.cli import ops as cli_ops
     from canary.cli import replay as cli_replay
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_replay.register(sub)
     cli_commands.register(sub)
     cli_keys.register(sub)
+    cli_dashboard.register(sub)
     return parser
 
 

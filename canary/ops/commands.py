@@ -145,7 +145,7 @@ async def issue(
     return Ack(cmd, acked, routers, int((time.monotonic() - started) * 1000), rejected=rejected)
 
 
-def _command(kind: CommandType, deployment_id: str, **fields: Any) -> ControlCommand:
+def _command(kind: CommandType, deployment_id: str, issued_by: str | None = None, **fields: Any) -> ControlCommand:
     base: dict[str, Any] = {
         "candidate_config": None,
         "candidate_config_hash": None,
@@ -159,7 +159,7 @@ def _command(kind: CommandType, deployment_id: str, **fields: Any) -> ControlCom
         command_id=f"{kind}-{uuid.uuid4().hex[:12]}",
         type=kind,
         deployment_id=deployment_id,
-        issued_by=operator(),
+        issued_by=issued_by or operator(),
         issued_at_ms=now_ms(),
         **base,
     )
@@ -208,16 +208,35 @@ async def start_canary(
     return ack
 
 
-async def stop_canary(
-    bootstrap: str, topics: Topics, promote: bool, timeout: float = 10.0, *, security: ControlSecurity
-) -> Ack:
-    view = await read_view_async(bootstrap, topics, verifier=security.verifier())
+def _running(view: ControlView, kind: str, expected: str | None) -> str:
+    """The running deployment's id; DeploymentError if none runs or it is not the ``expected`` one (an
+    operator acting on what a screen showed must not hit a deployment started since)."""
     current = view.current
     if current is None:
-        raise DeploymentError("no canary is running; nothing to stop ('canary status' shows the last one)")
+        raise DeploymentError(f"no canary is running; nothing to {kind} ('canary status' shows the last one)")
+    if expected is not None and current.deployment_id != expected:
+        raise DeploymentError(f"{expected} is not the running canary (running: {current.deployment_id}); not sent")
+    return current.deployment_id
+
+
+async def stop_canary(
+    bootstrap: str,
+    topics: Topics,
+    promote: bool,
+    timeout: float = 10.0,
+    *,
+    security: ControlSecurity,
+    issued_by: str | None = None,
+    deployment_id: str | None = None,
+    reason: str | None = None,
+) -> Ack:
+    """Promote or roll back the running canary. ``issued_by`` defaults to ``cli:<user>``; with
+    ``deployment_id`` the command is sent only if that deployment is the running one."""
+    view = await read_view_async(bootstrap, topics, verifier=security.verifier())
     kind: CommandType = "promote" if promote else "rollback"
-    reason = f"manual {kind} by {operator()}"
-    cmd = _command(kind, current.deployment_id, reason=reason, weight=0.0)
+    target = _running(view, "stop", deployment_id)
+    who = issued_by or operator()
+    cmd = _command(kind, target, issued_by=who, reason=reason or f"manual {kind} by {who}", weight=0.0)
     return await issue(bootstrap, topics, cmd, view, timeout, security)
 
 
@@ -229,10 +248,14 @@ async def simple_command(
     timeout: float = 10.0,
     *,
     security: ControlSecurity,
+    issued_by: str | None = None,
+    deployment_id: str | None = None,
+    reason: str | None = None,
 ) -> Ack:
+    """pause / resume / set_weight on the running canary (``issued_by``, ``deployment_id``: as in
+    :func:`stop_canary`)."""
     view = await read_view_async(bootstrap, topics, verifier=security.verifier())
-    current = view.current
-    if current is None:
-        raise DeploymentError(f"no canary is running; nothing to {kind}")
-    cmd = _command(kind, current.deployment_id, weight=weight, reason=f"{kind} by {operator()}")
+    target = _running(view, kind, deployment_id)
+    who = issued_by or operator()
+    cmd = _command(kind, target, issued_by=who, weight=weight, reason=reason or f"{kind} by {who}")
     return await issue(bootstrap, topics, cmd, view, timeout, security)

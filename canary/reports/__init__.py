@@ -2,7 +2,8 @@
 
 - :mod:`canary.reports.model` — :class:`DeploymentReport` and :func:`build_report`
 - :mod:`canary.reports.files` — ``canary_result.json``, ``metrics.json``, ``audit.log`` in the spec's shapes
-- :mod:`canary.reports.html` — :func:`render_report`: one static offline HTML page with SVG charts
+- :mod:`canary.reports.html` — :func:`render_report`: one static offline HTML page with SVG charts;
+  :func:`render_sections`: its fragments, which the live dashboard reuses
 - :mod:`canary.reports.metrics` — the spec's :class:`MetricsCollector`
 - :mod:`canary.reports.export` — the one module that reads Kafka: ``export_reports(settings, output)``
 """
@@ -14,7 +15,7 @@ from canary.reports.files import (
     read_audit_file,
     rebuild_audit,
 )
-from canary.reports.html import render_report
+from canary.reports.html import render_report, render_sections
 from canary.reports.metrics import MetricsCollector, summarize
 from canary.reports.model import (
     CommandEntry,
@@ -42,6 +43,7 @@ __all__ = [
     "read_audit_file",
     "rebuild_audit",
     "render_report",
+    "render_sections",
     "select_deployment",
     "summarize",
 ]

@@ -1,9 +1,12 @@
 """One static, offline HTML page per deployment: inline CSS, inline SVG charts drawn here, no scripts.
 
+The page is assembled from :func:`render_sections` — the same fragments the live dashboard
+(``canary.dashboard``) pushes to the browser — so the report and the dashboard share one chart renderer.
+
 Every chart shares one time axis (same width and margins), so a bucket, the verdict strip cell below
 it and the rollback marker line up vertically. Stable hooks for tests and tooling:
 
-- ``svg.chart-p95``, ``svg.chart-recall``, ``svg.chart-traffic``, ``svg.verdict-strip``
+- ``svg.chart-p95``, ``svg.chart-recall``, ``svg.chart-errors``, ``svg.chart-traffic``, ``svg.verdict-strip``
 - ``path.series-candidate`` / ``path.series-last_good`` with ``data-points`` = number of plotted buckets
   (one ``M``/``L`` vertex per bucket with a value), and ``circle.point`` per bucket
 - ``line.threshold`` (``data-value``), ``rect.violation-zone``, ``rect.evidence-band``
@@ -683,6 +686,16 @@ def _charts(report: DeploymentReport) -> str:
         default_hi=1.0,
         fixed_hi=1.0,
     )
+    errors = _metric_chart(
+        report,
+        axis,
+        cls="chart-errors",
+        metric="error_rate",
+        value=lambda w: w.error_count / w.response_count if w.response_count else None,
+        fmt=fmt_pct,
+        tick_fmt=fmt_pct,
+        default_hi=0.02,
+    )
     outcome_legend = [(f'<i class="sw box" style="background:{c}"></i>', o) for o, c in OUTCOME_COLORS.items()]
     bucket_s = report.all_windows[0].duration_sec if report.all_windows else 5
     return (
@@ -699,6 +712,13 @@ def _charts(report: DeploymentReport) -> str:
             _legend([*arms, *threshold, *marker]),
             recall + note,
             "panel-recall",
+        )
+        + _panel(
+            "Error rate",
+            "errored responses per bucket (timeouts and backend errors)",
+            _legend([*arms, *threshold, *marker]),
+            errors + note,
+            "panel-errors",
         )
         + _panel(
             "Candidate traffic share",
@@ -819,36 +839,53 @@ def _buckets_table(report: DeploymentReport) -> str:
     )
 
 
-def render_report(report: DeploymentReport) -> str:
-    """The whole page as one string: no external resources, no JavaScript."""
-    title = f"Canary {report.deployment_id} — {report.status}"
-    notes = "".join(f'<p class="sub">{escape(n)}</p>' for n in report.notes)
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>"
-        + _header(report)
-        + _banner(report)
-        + _cards(report)
-        + _charts(report)
-        + '<div class="grid2">'
-        + _panel(
+def render_sections(report: DeploymentReport) -> dict[str, str]:
+    """The page's parts as HTML fragments, keyed by name: ``header``, ``banner``, ``cards``, ``charts``,
+    ``commands``, ``diff``, ``buckets``. The report page joins them; the dashboard swaps them in live."""
+    return {
+        "header": _header(report),
+        "banner": _banner(report),
+        "cards": _cards(report),
+        "charts": _charts(report),
+        "commands": _panel(
             "Control commands",
             "everything issued for this deployment, in order",
             "",
             _commands_table(report),
             "panel-commands",
-        )
-        + _panel(
+        ),
+        "diff": _panel(
             "Preset diff",
             f"{len(report.diff)} changed keys, last_good → candidate",
             "",
             _diff_table(report),
             "panel-diff",
-        )
+        ),
+        "buckets": _panel(
+            "Buckets", "every finalized window of both arms", "", _buckets_table(report), "panel-buckets"
+        ),
+    }
+
+
+def render_report(report: DeploymentReport) -> str:
+    """The whole page as one string: no external resources, no JavaScript."""
+    title = f"Canary {report.deployment_id} — {report.status}"
+    notes = "".join(f'<p class="sub">{escape(n)}</p>' for n in report.notes)
+    parts = render_sections(report)
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>"
+        + parts["header"]
+        + parts["banner"]
+        + parts["cards"]
+        + parts["charts"]
+        + '<div class="grid2">'
+        + parts["commands"]
+        + parts["diff"]
         + "</div>"
-        + _panel("Buckets", "every finalized window of both arms", "", _buckets_table(report), "panel-buckets")
+        + parts["buckets"]
         + notes
         + f"<footer>generated {_utc(report.generated_at_ms)} from {escape(report.source)} · canary</footer>"
         + "</main></body></html>\n"

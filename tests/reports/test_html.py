@@ -122,6 +122,19 @@ def test_page_is_self_contained_and_escapes_text(rolled_back: DeploymentReport) 
     assert "@import" not in html and "url(" not in html
 
 
+def test_error_rate_chart_plots_errors_per_bucket_against_the_rule(rolled_back: DeploymentReport) -> None:
+    errored = [dataclasses.replace(w, error_count=-(-w.response_count // 10)) for w in rolled_back.candidate_windows]
+    dom = _rendered(dataclasses.replace(rolled_back, candidate_windows=tuple(errored)))
+    (threshold,) = select(dom, "svg.chart-errors line.threshold")
+    assert float(threshold.attrs["data-value"]) == 0.01  # the default error_rate rule
+    (path,) = select(dom, "svg.chart-errors path.series-candidate")
+    ys = [y for _, y in path_vertices(path.attrs["d"])]
+    with_traffic = sum(1 for w in errored if w.response_count)
+    assert len(ys) == with_traffic and all(y < float(threshold.attrs["y1"]) for y in ys)  # ≥ 10 % errors > 1 %
+    (lg_path,) = select(dom, "svg.chart-errors path.series-last_good")
+    assert all(y > float(threshold.attrs["y1"]) for _, y in path_vertices(lg_path.attrs["d"]))  # 0 % errors
+
+
 def test_running_deployment_without_windows_still_renders() -> None:
     sc = build(T0, "canary_1")
     report = build_report(commands=sc.command_dicts[:1], windows=[], now_ms=T0 + 30_000)
@@ -129,7 +142,7 @@ def test_running_deployment_without_windows_still_renders() -> None:
     assert select(dom, "div.status")[0].all_text() == "Running"
     assert not select(dom, "path.series-candidate") and not select(dom, "g.end-marker")
     assert len(select(dom, "text.no-data")) >= 3
-    assert len(select(dom, "line.threshold")) == 2  # the SLO is known before any data
+    assert len(select(dom, "line.threshold")) == 3  # p95, recall, error rate: the SLO is known before any data
 
 
 def test_empty_bucket_breaks_the_line() -> None:
