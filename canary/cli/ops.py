@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from canary.cli.output import emit as _emit
+from canary.core.rollout import plan_status, plan_text
 from canary.errors import CanaryError, KafkaError
 from canary.settings import Settings
 
@@ -92,7 +93,7 @@ def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, An
         "candidate_hash": dep.candidate.content_hash if dep else None,
         "traffic_split": {"active": round(1 - weight, 6), "candidate": weight},
         "weight": dep.weight if dep else None,
-        "rollout": rollout_status(dep),
+        "rollout": plan_status(dep.candidate.snapshot, dep.weight, dep.weight_set_at_ms) if dep else None,
         "total_requests": total,
         "start_time_ms": dep.started_at_ms if dep else None,
         "end_time_ms": dep.ended_at_ms if dep else None,
@@ -128,7 +129,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         f"requests:    {payload['total_requests']}",
     ]
     if payload["rollout"]:
-        lines.append(f"rollout:     {rollout_text(payload['rollout'])}")
+        lines.append(f"rollout:     {plan_text(payload['rollout'])}")
     if payload["reason"]:
         lines.append(f"reason:      {payload['reason']}")
     live = [r for r in payload["routers"] if r["live"]]
@@ -178,41 +179,6 @@ def _print_ack(args: argparse.Namespace, ack: Any, verb: str) -> int:
     human = f"{verb} {ack.command.deployment_id}: acknowledged by {len(ack.acked_by)} router(s) in {ack.elapsed_ms} ms"
     _emit(args, {**payload, "ok": True}, human)
     return 0
-
-
-def rollout_text(rollout: dict[str, Any]) -> str:
-    """``step 2 of 4: 10% → [25%] → 50% → 100%, then auto-promote (≥ 30 s)``."""
-    current = rollout["current_step"]
-    marks = [
-        f"[{s['weight']:.0%}]"
-        if i + 1 == current
-        else f"{s['weight']:.0%}" + (" (manual gate)" if s["gate"] == "manual" else "")
-        for i, s in enumerate(rollout["steps"])
-    ]
-    where = f"step {current} of {rollout['of_steps']}" if current else "off the plan's weights"
-    end = f"auto-promote (≥ {rollout['min_total_duration_s']:g} s)" if rollout["auto_promote"] else "manual promotion"
-    return f"{where}: {' → '.join(marks)}, then {end}"
-
-
-def rollout_status(dep: Any) -> dict[str, Any] | None:
-    """The candidate's plan and where the deployment stands on it (the step is the ledger's weight)."""
-    from canary.core.rollout import plan_of_snapshot
-
-    if dep is None:
-        return None
-    try:
-        plan = plan_of_snapshot(dep.candidate.snapshot)
-    except CanaryError:
-        return None
-    if plan is None:
-        return None
-    step = plan.step_of_weight(dep.weight)
-    return {
-        **plan.to_dict(),
-        "current_step": None if step is None else step + 1,  # 1-based, as `status` prints it
-        "of_steps": len(plan.steps),
-        "weight_set_at_ms": dep.weight_set_at_ms,
-    }
 
 
 def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
@@ -338,11 +304,11 @@ async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: str) -
                 view = await read_view_async(bootstrap, topics, verifier=security.verifier())
                 last_status = time.monotonic()
             dep = view.ledger.current or view.ledger.latest
+            plan = plan_status(dep.candidate.snapshot, dep.weight) if dep else None
             header = (
                 f"canary watch — {time.strftime('%H:%M:%S')}  deployment {dep.deployment_id if dep else '-'} "
                 f"[{dep.status if dep else 'idle'}]  candidate {dep.candidate.name if dep else '-'} "
-                f"weight {dep.candidate_weight if dep else 0:.0%}"
-                + (f"  rollout {rollout_text(r)}" if (r := rollout_status(dep)) else "")
+                f"weight {dep.candidate_weight if dep else 0:.0%}" + (f"  rollout {plan_text(plan)}" if plan else "")
             )
             rows = [format_window(w, state.streak_text(w)) for _, w in sorted(state.latest.items())]
             if args.plain:

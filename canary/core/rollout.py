@@ -176,6 +176,38 @@ def plan_of_snapshot(snapshot: Mapping[str, Any]) -> RolloutPlan | None:
     return RolloutPlan.from_dict(section)
 
 
+def plan_status(
+    snapshot: Mapping[str, Any], weight: float, weight_set_at_ms: int | None = None
+) -> dict[str, Any] | None:
+    """A candidate's plan and where the deployment stands on it (the step is the weight in force), for
+    ``status``, ``watch``, the dashboard and the reports; None without a (readable) plan."""
+    try:
+        plan = plan_of_snapshot(snapshot)
+    except (InvalidEvent, ConfigError):
+        return None
+    if plan is None:
+        return None
+    step = plan.step_of_weight(weight)
+    return {
+        **plan.to_dict(),
+        "current_step": None if step is None else step + 1,  # 1-based, as people count steps
+        "of_steps": len(plan.steps),
+        "weight_set_at_ms": weight_set_at_ms,
+    }
+
+
+def plan_text(status: Mapping[str, Any]) -> str:
+    """``step 2 of 4: 10% → [25%] → 50% → 100%, then auto-promote (≥ 30 s)``."""
+    current = status["current_step"]
+    marks = []
+    for i, step in enumerate(status["steps"]):
+        text = f"{step['weight']:.0%}" + (" (manual gate)" if step["gate"] == "manual" else "")
+        marks.append(f"[{text}]" if i + 1 == current else text)
+    where = f"step {current} of {status['of_steps']}" if current else "off the plan's weights"
+    end = f"auto-promote (≥ {status['min_total_duration_s']:g} s)" if status["auto_promote"] else "manual promotion"
+    return f"{where}: {' → '.join(marks)}, then {end}"
+
+
 @dataclass(frozen=True, slots=True)
 class RolloutDecision:
     """What the tracker decided on one judged window, with the numbers behind it."""

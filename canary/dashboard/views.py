@@ -15,6 +15,7 @@ from typing import Any
 from canary.core.deployment import Deployment
 from canary.core.judge import evidence_text
 from canary.core.models import iso_ms, parse_time
+from canary.core.rollout import plan_status, plan_text
 from canary.dashboard.feed import ControlRecord, DashboardState, now_ms
 from canary.errors import CanaryError
 from canary.reports.html import fmt_ms, fmt_pct, render_sections
@@ -166,7 +167,7 @@ def _evidence_window(w: dict[str, Any], metric: str) -> str:
 
 
 def plan_panel(dep: Deployment | None) -> str:
-    """Rollout plans (staged weights) are not part of the control contract yet: show the weight in force."""
+    """The weight in force and, for a candidate with a rollout plan, its steps with the current one marked."""
     if dep is None:
         body = '<p class="empty">no deployment</p>'
     else:
@@ -174,8 +175,20 @@ def plan_panel(dep: Deployment | None) -> str:
             f'<div class="plan-weight"><span class="label">current candidate weight</span> '
             f'<b class="weight-value">{escape(fmt_pct(dep.candidate_weight))}</b>'
             f' <span class="sub">(configured {escape(fmt_pct(dep.weight))}, {escape(dep.status)})</span></div>'
-            '<p class="plan-none empty">no rollout plan: this deployment runs at one fixed weight</p>'
         )
+        status = plan_status(dep.candidate.snapshot, dep.weight, dep.weight_set_at_ms)
+        if status is None:
+            body += '<p class="plan-none empty">no rollout plan: this deployment runs at one fixed weight</p>'
+        else:
+            steps = "".join(
+                f'<li class="plan-step{" current" if i + 1 == status["current_step"] else ""}">'
+                f"{escape(fmt_pct(step['weight']))} · {step['min_windows']} windows"
+                + (f" · ≥ {step['min_duration_s']:g} s" if step["min_duration_s"] else "")
+                + (" · manual gate" if step["gate"] == "manual" else "")
+                + "</li>"
+                for i, step in enumerate(status["steps"])
+            )
+            body += f'<p class="plan-text">{escape(plan_text(status))}</p><ol class="plan-steps">{steps}</ol>'
     return _card("Rollout plan", body, "panel-plan")
 
 
