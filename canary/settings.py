@@ -7,6 +7,7 @@ variable read deep inside a call stack, and tests can build settings explicitly.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from canary.errors import ConfigError
 
 DEFAULT_LOCAL_PORT = 19092
+ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 def _default_home() -> Path:
@@ -40,26 +42,58 @@ class Settings:
     worker_key: Path | None = None
     insecure_control: bool = False  # apply unsigned commands: local experiments only, logged loudly
     command_ttl_s: float = 300.0
+    # test / staging / production on one cluster (canary.config.environments): None = no namespace.
+    environment: str | None = None
+
+    @property
+    def env_home(self) -> Path:
+        """Where this environment's keys and caches live (``home`` itself without an environment)."""
+        return self.home / "envs" / self.environment if self.environment else self.home
 
     @property
     def trusted_keys_dir(self) -> Path:
         """Public keys whose signatures this deployment of canary accepts (one ``<key_id>.json`` each)."""
-        return self.trusted_keys or self.home / "trusted-keys"
+        return self.trusted_keys or self.env_home / "trusted-keys"
 
     @property
     def operator_key_path(self) -> Path:
         """The private key the CLI, the API and the demo sign commands with."""
-        return self.operator_key or self.home / "keys" / "operator.key"
+        return self.operator_key or self.env_home / "keys" / "operator.key"
 
     @property
     def worker_key_path(self) -> Path:
         """The private key the SLO agent signs its rollbacks and pauses with."""
-        return self.worker_key or self.home / "keys" / "worker.key"
+        return self.worker_key or self.env_home / "keys" / "worker.key"
+
+    @property
+    def environments_dir(self) -> Path:
+        return self.project_root / "configs" / "environments"
+
+    def sibling(self, name: str) -> Settings:
+        """The settings of environment ``name`` beside this one (same cluster, same base prefix)."""
+        base = self
+        if self.environment is not None:
+            prefix = self.topic_prefix.removesuffix(f"{self.environment}.")
+            base = replace(self, environment=None, topic_prefix=prefix)
+        return base.in_environment(name)
+
+    def in_environment(self, name: str | None) -> Settings:
+        """These settings inside environment ``name``: its topic namespace (``<prefix><name>.``), keys,
+        caches, audit and reports. The name is checked here; its file by canary.config.environments."""
+        if name is None or name == self.environment:
+            return self
+        if self.environment is not None:
+            raise ConfigError(f"environment: already in '{self.environment}'; cannot also select '{name}'")
+        if not ENV_NAME.fullmatch(name):
+            raise ConfigError(
+                f"environment: {name!r}: must be lower-case letters, digits, '_' or '-', starting with a letter"
+            )
+        return replace(self, environment=name, topic_prefix=f"{self.topic_prefix}{name}.")
 
     @property
     def dashboard_token_path(self) -> Path:
         """The operator token of ``canary dashboard`` (created with mode 0600 on its first start)."""
-        return self.home / "dashboard.token"
+        return self.env_home / "dashboard.token"
 
     @property
     def uses_external_kafka(self) -> bool:
@@ -75,7 +109,8 @@ class Settings:
 
     @property
     def reports_dir(self) -> Path:
-        return self.project_root / "reports" / "canary"
+        base = self.project_root / "reports" / "canary"
+        return base / self.environment if self.environment else base
 
     @property
     def local_broker_dir(self) -> Path:
@@ -116,7 +151,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         worker_key=_path(env, "CANARY_WORKER_KEY"),
         insecure_control=_bool(env, "CANARY_INSECURE_CONTROL"),
         command_ttl_s=ttl,
-    )
+    ).in_environment(env.get("CANARY_ENV", "").strip() or None)
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:

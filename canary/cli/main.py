@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Kafka: KAFKA_BOOTSTRAP_SERVERS if set, otherwise the local broker ('canary kafka start')."
         ),
     )
+    parser.add_argument(
+        "--env",
+        metavar="NAME",
+        help="environment (configs/environments/NAME.yaml; or CANARY_ENV): its own topics, keys, audit and "
+        "reports on the same cluster, with its SLO / weight / plan overrides",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     kafka = sub.add_parser("kafka", help="run or inspect the local Kafka broker and the topics")
@@ -185,7 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         try:
-            settings = load_settings()
+            settings = load_settings().in_environment(args.env)
+            if settings.environment is not None:  # an unknown or broken environment fails every command early
+                from canary.config.environments import load_environment
+
+                load_environment(settings.environments_dir, settings.environment)
             code = handler(args, settings)
             sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
             return code

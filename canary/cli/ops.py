@@ -190,6 +190,12 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     candidate = store.get(args.name)
     if candidate.name == "last_good":
         raise CanaryError("'last_good' is the baseline; start a candidate preset instead")
+    env = None
+    if settings.environment is not None:
+        from canary.config.environments import apply_environment, load_environment
+
+        env = load_environment(settings.environments_dir, settings.environment)
+        candidate = apply_environment(candidate, env)
     from canary.errors import ConfigError
 
     weight = args.weight
@@ -203,10 +209,19 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
             )
         weight = plan.weights[0]
     elif weight is None:
-        weight = 0.10
+        weight = env.weight if env is not None and env.weight is not None else 0.10
     if not 0 < weight <= 1:
         raise ConfigError(f"--weight {weight}: must be in (0, 1]")
     bootstrap = require_kafka(settings)
+    if env is not None and env.requires_passed_in is not None:
+        from canary.ops.commands import require_passed_in
+
+        assert candidate.environment is not None
+        asyncio.run(
+            require_passed_in(
+                bootstrap, settings.sibling(env.requires_passed_in), args.name, candidate.environment.preset_hash
+            )
+        )
     ack = asyncio.run(
         start_canary(
             bootstrap,

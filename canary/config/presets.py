@@ -108,6 +108,9 @@ class Preset:
     slo: SLOConfig
     backend: str | None = None  # import path of a search backend; None = the bundled one
     rollout: RolloutPlan | None = None  # progressive delivery (canary.core.rollout); None = one fixed weight
+    # Set by canary.config.environments.apply_environment on the candidate a start carries: which
+    # environment's overrides it has and the hash of the preset file before them.
+    environment: EnvironmentStamp | None = None
     source: str | None = field(default=None, compare=False)  # where it was loaded from; not content
     _hash: str = field(init=False, repr=False, compare=False)
 
@@ -137,6 +140,8 @@ class Preset:
         snapshot["backend"] = self.backend
         if self.rollout is not None:  # absent, not null, without a plan: older presets keep their hashes
             snapshot["rollout"] = self.rollout.to_dict()
+        if self.environment is not None:
+            snapshot["environment"] = {"name": self.environment.name, "preset_hash": self.environment.preset_hash}
         return snapshot
 
     @classmethod
@@ -177,6 +182,7 @@ def _parse(data: object, label: str, *, stem: str | None, source: str | None) ->
         slo=_slo(root.section("slo")),
         backend=_backend(root),
         rollout=_rollout(root),
+        environment=_environment_stamp(root),
         source=source,
     )
     root.close()
@@ -365,6 +371,24 @@ def _backend(root: Section) -> str | None:
         "backend", pattern=_IMPORT_PATH, required=False, hint="must be an import path like pkg.mod:Backend"
     )
     return path or None
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentStamp:
+    name: str
+    preset_hash: str
+
+
+def _environment_stamp(root: Section) -> EnvironmentStamp | None:
+    if root.take("environment") in (NO_VALUE, None):
+        return None
+    s = root.section("environment")
+    stamp = EnvironmentStamp(
+        s.string("name", pattern=re.compile(r"[a-z][a-z0-9_-]{0,31}"), hint="an environment name"),
+        s.string("preset_hash", pattern=re.compile(r"[0-9a-f]{16}"), hint="16 hex digits"),
+    )
+    s.close()
+    return stamp
 
 
 def _rollout(root: Section) -> RolloutPlan | None:

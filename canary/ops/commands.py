@@ -28,6 +28,7 @@ from canary.errors import DeploymentError, KafkaError
 from canary.kafka.topics import Topics
 from canary.ops.view import ControlView, read_view_async
 from canary.security import CommandSigner, ControlSecurity
+from canary.settings import Settings
 
 log = logging.getLogger("canary.ops")
 
@@ -162,6 +163,23 @@ def _command(kind: CommandType, deployment_id: str, issued_by: str | None = None
         issued_by=issued_by or operator(),
         issued_at_ms=now_ms(),
         **base,
+    )
+
+
+async def require_passed_in(bootstrap: str, earlier: Settings, preset_name: str, preset_hash: str) -> ConfigRef:
+    """A promotion pipeline's gate: the same preset hash must have been promoted in the earlier environment
+    (read from that environment's own control topic and verified with its own trusted keys)."""
+    topics = Topics(earlier.topic_prefix)
+    view = await read_view_async(bootstrap, topics, verifier=ControlSecurity.operator(earlier).verifier())
+    for dep in sorted(view.ledger.deployments.values(), key=lambda d: d.started_at_ms, reverse=True):
+        stamp = dep.candidate.snapshot.get("environment")
+        stamped = stamp.get("preset_hash") if isinstance(stamp, dict) else dep.candidate.content_hash
+        if stamped == preset_hash and dep.status == "promoted":
+            return dep.candidate
+    raise DeploymentError(
+        f"preset {preset_name} (hash {preset_hash}) has not passed a canary in environment "
+        f"'{earlier.environment}': no promoted deployment of it on {topics.control}; run it there first "
+        f"(canary --env {earlier.environment} start {preset_name})"
     )
 
 
