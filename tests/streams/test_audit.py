@@ -4,6 +4,7 @@ line is repaired on restart; and its lines say honestly what became of each cont
 from __future__ import annotations
 
 import asyncio
+import time
 import contextlib
 import errno
 import json
@@ -90,7 +91,9 @@ async def test_enospc_is_retried_until_written_and_the_event_is_held_meanwhile(
     faults.write_failures = 10**9  # the disk is full until we say otherwise
     with caplog.at_level(logging.WARNING, logger="canary.streams.audit"):
         pending = asyncio.create_task(audit.append_durably(event(2)))
-        await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 10  # a busy machine may take a while to run the first write threads
+        while audit.write_failures < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         assert not pending.done(), "the event must be held while its line cannot be written"
         assert audit.stuck_since is not None and audit.write_failures >= 3
         assert [e["event_id"] for e in lines(log_path)] == ["control:c1"]  # nothing half-written
