@@ -4,7 +4,6 @@ line is repaired on restart; and its lines say honestly what became of each cont
 from __future__ import annotations
 
 import asyncio
-import time
 import contextlib
 import errno
 import json
@@ -12,6 +11,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
