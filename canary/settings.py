@@ -44,6 +44,8 @@ class Settings:
     command_ttl_s: float = 300.0
     # test / staging / production on one cluster (canary.config.environments): None = no namespace.
     environment: str | None = None
+    # HMAC secrets of alert webhooks: every CANARY_ALERT_* variable (an environment file names which).
+    alert_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def env_home(self) -> Path:
@@ -151,6 +153,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         worker_key=_path(env, "CANARY_WORKER_KEY"),
         insecure_control=_bool(env, "CANARY_INSECURE_CONTROL"),
         command_ttl_s=ttl,
+        alert_secrets={k: v for k, v in env.items() if k.startswith("CANARY_ALERT_") and v},
     ).in_environment(env.get("CANARY_ENV", "").strip() or None)
 
 

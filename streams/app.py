@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
 from faust.types import StreamT
 
+from canary.alerts import AlertDispatcher, alert_event
+from canary.config.environments import AlertTarget
 from canary.core.models import RouterState, WindowResult
 from canary.kafka.topics import Topics
 from canary.pipeline.decisions import DecisionStep
@@ -60,6 +62,10 @@ class StreamsConfig:
     # Trusted keys for verifying the control topic and the worker key the SLO agent signs with;
     # None = what the process settings say (ControlSecurity.worker(load_settings())).
     security: ControlSecurity | None = None
+    # Webhooks of the worker's environment (canary.alerts); none without an environment or alerts.
+    environment: str | None = None
+    alerts: tuple[AlertTarget, ...] = ()
+    alert_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -70,6 +76,7 @@ class StreamsStats:
     decisions_not_issued: int = 0
     judgements: int = 0
     audit_lines: int = 0
+    alerts_submitted: int = 0
 
 
 class CanaryStreams:
@@ -108,6 +115,11 @@ class CanaryStreams:
         self.windows_topic = self._raw_topic(topics.windows, config.partitions)
         self.verdicts_topic = self._raw_topic(topics.verdicts, config.partitions)
         self.decisions = DecisionStep(self.registry.policies, lambda: self.registry.ledger)
+        self.alerts = (
+            AlertDispatcher(config.alerts, config.alert_secrets, audit=self.audit.append_durably)
+            if config.alerts
+            else None
+        )
         self.control_topic = self._raw_topic(topics.control, 1)
         self.state_topic = self._raw_topic(topics.state, 1)
         self.slo_state = app.Table("slo-state", partitions=config.partitions, default=None)
@@ -136,6 +148,8 @@ class CanaryStreams:
         app.task(self._run_registry)
         app.task(self._run_windowing)
         app.task(self._run_merging)
+        if self.alerts is not None:
+            app.task(self._run_alerts)
 
     def _raw_topic(self, name: str, partitions: int) -> faust.TopicT:
         # Declared topics are created by `canary kafka topics`; Faust must not re-declare them differently.
@@ -148,6 +162,13 @@ class CanaryStreams:
     # -- windows -------------------------------------------------------------------------------------------
     async def _run_windowing(self) -> None:
         await self._essential("windows stage", self.windowing.run)
+
+    async def _run_alerts(self) -> None:
+        assert self.alerts is not None
+        try:
+            await self.alerts.run()
+        except Exception:  # alerts are not essential: decisions go on, loudly
+            log.exception("alert dispatcher failed; no more alerts from this worker")
 
     async def _run_merging(self) -> None:
         await self._essential("merge step", self.merging.run)
@@ -227,6 +248,13 @@ class CanaryStreams:
             entry = outcome_event(outcome, event.value)
             if await self.audit.append_durably(entry):
                 self.stats.audit_lines += 1
+            cmd = outcome.verdict.command
+            if self.alerts is not None and cmd is not None and outcome.verdict.accepted and outcome.applied:
+                dep = self.registry.ledger.deployments.get(cmd.deployment_id)
+                alert = alert_event(cmd, self.config.environment, dep.candidate.name if dep else None)
+                if alert is not None:
+                    self.alerts.submit(alert)  # never blocks: delivery runs off this path
+                    self.stats.alerts_submitted += 1
 
     async def _audit_state_agent(self, stream: StreamT[bytes]) -> None:
         async for event in stream.events():

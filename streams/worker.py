@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from faust import Worker
 
+from canary.config.environments import AlertTarget
 from canary.kafka.topics import Topics
 from canary.security import ControlSecurity
 from streams.app import CanaryStreams, StreamsConfig
@@ -22,6 +24,9 @@ def run_worker(
     loglevel: str = "warning",
     instance_id: str | None = None,
     security: ControlSecurity | None = None,
+    environment: str | None = None,
+    alerts: tuple[AlertTarget, ...] = (),
+    alert_secrets: Mapping[str, str] | None = None,
 ) -> None:
     """Blocks until SIGINT/SIGTERM; Faust's Worker then stops agents, commits and closes cleanly."""
     config = StreamsConfig(
@@ -33,6 +38,9 @@ def run_worker(
         window_ms=window_ms,
         instance_id=instance_id,
         security=security,
+        environment=environment,
+        alerts=alerts,
+        alert_secrets=dict(alert_secrets or {}),
     )
     streams = CanaryStreams(config)
     worker = Worker(streams.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

@@ -41,7 +41,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     security.signer()  # fail before Kafka and Faust start if the worker key is missing (exit 2, says how)
     bootstrap = _bootstrap_for_service(settings)
     audit = Path(args.audit_log) if args.audit_log else settings.reports_dir / "audit.log"
-    data_dir = Path(args.data_dir) if args.data_dir else settings.home / "worker-data"
+    data_dir = Path(args.data_dir) if args.data_dir else settings.env_home / "worker-data"
+    alerts: tuple[Any, ...] = ()
+    if settings.environment is not None:
+        from canary.config.environments import load_environment
+
+        alerts = load_environment(settings.environments_dir, settings.environment).alerts
+        for target in alerts:
+            if target.secret_env and target.secret_env not in settings.alert_secrets:
+                logging.getLogger("canary.alerts").warning(
+                    "alert webhook %s: %s is not set; its alerts go out unsigned", target.url, target.secret_env
+                )
     run_worker(
         bootstrap,
         Topics(settings.topic_prefix),
@@ -51,6 +61,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         window_ms=args.window_ms,
         instance_id=args.instance_id,
         security=security,
+        environment=settings.environment,
+        alerts=alerts,
+        alert_secrets=settings.alert_secrets,
     )
     return 0
 

@@ -212,6 +212,12 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
         weight = env.weight if env is not None and env.weight is not None else 0.10
     if not 0 < weight <= 1:
         raise ConfigError(f"--weight {weight}: must be in (0, 1]")
+    if env is not None and env.alerts:
+        from canary.alerts import check_reachable
+
+        problems = asyncio.run(check_reachable(env.alerts))
+        if problems:
+            raise ConfigError(f"{env.source}: " + "; ".join(problems) + " — fix the file or start the receiver")
     bootstrap = require_kafka(settings)
     if env is not None and env.requires_passed_in is not None:
         from canary.ops.commands import require_passed_in

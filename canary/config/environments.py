@@ -64,7 +64,7 @@ class Environment:
     source: str | None = None
 
 
-_ENV_VAR: Final = re.compile(r"[A-Z_][A-Z0-9_]*")
+_ENV_VAR: Final = re.compile(r"CANARY_ALERT_[A-Z0-9_]+")  # read at the settings boundary (Settings.alert_secrets)
 ALERT_EVENTS: Final = ("start", "step", "pause", "inconclusive", "rollback", "promote", "resume", "abort")
 ALERT_FORMATS: Final = ("slack", "json")
 

@@ -142,6 +142,7 @@ class WorkerProcess:
     grace_ms: int = 1000
     window_ms: int = 5000
     instance_id: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. CANARY_ENV, CANARY_PROJECT_ROOT
     proc: subprocess.Popen[bytes] | None = None
     _log_fh: Any = None
 
@@ -151,6 +152,7 @@ class WorkerProcess:
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "CANARY_TOPIC_PREFIX": self.topics.prefix,
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
         self._log_fh = self.log_path.open("ab")
         cmd = [
