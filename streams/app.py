@@ -25,6 +25,7 @@ import faust
 from faust.types import StreamT
 
 from canary.core.models import RouterState, WindowResult
+from canary.kafka.clients import Cluster, faust_broker_url, faust_credentials
 from canary.kafka.topics import Topics
 from canary.pipeline.decisions import DecisionStep
 from canary.security import ControlSecurity
@@ -43,7 +44,7 @@ def now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class StreamsConfig:
-    bootstrap: str
+    bootstrap: Cluster  # with its SASL/SSL settings: every client of the worker, Faust's too, uses them
     topics: Topics
     audit_log: Path
     data_dir: Path
@@ -60,6 +61,8 @@ class StreamsConfig:
     # Trusted keys for verifying the control topic and the worker key the SLO agent signs with;
     # None = what the process settings say (ControlSecurity.worker(load_settings())).
     security: ControlSecurity | None = None
+    # Of the topics Faust creates itself (the table changelog, the assignor's leader topic).
+    replication_factor: int = 1
 
 
 @dataclass
@@ -80,11 +83,12 @@ class CanaryStreams:
         topics = config.topics
         self.app = faust.App(
             f"{topics.prefix}{config.app_id}",
-            broker=f"kafka://{config.bootstrap}",
+            broker=faust_broker_url(config.bootstrap),
+            broker_credentials=faust_credentials(config.bootstrap),
             store="memory://",
             processing_guarantee="at_least_once",
             topic_partitions=config.partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=config.replication_factor,
             web_enabled=False,
             datadir=str(config.data_dir),
             broker_commit_interval=1.0,

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from faust import Worker
 
+from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.security import ControlSecurity
 from streams.app import CanaryStreams, StreamsConfig
 
 
 def run_worker(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     audit_log: Path,
     data_dir: Path,
@@ -22,6 +23,7 @@ def run_worker(
     loglevel: str = "warning",
     instance_id: str | None = None,
     security: ControlSecurity | None = None,
+    replication_factor: int = 1,
 ) -> None:
     """Blocks until SIGINT/SIGTERM; Faust's Worker then stops agents, commits and closes cleanly."""
     config = StreamsConfig(
@@ -33,6 +35,7 @@ def run_worker(
         window_ms=window_ms,
         instance_id=instance_id,
         security=security,
+        replication_factor=replication_factor,
     )
     streams = CanaryStreams(config)
     worker = Worker(streams.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

@@ -25,6 +25,7 @@ from canary.config import Preset
 from canary.core.deployment import ConfigRef
 from canary.core.models import CommandType, ControlCommand, RouterState
 from canary.errors import DeploymentError, KafkaError
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics
 from canary.ops.view import ControlView, read_view_async
 from canary.security import CommandSigner, ControlSecurity
@@ -83,10 +84,10 @@ def precheck(security: ControlSecurity, payload: dict[str, Any]) -> str | None:
 
 
 async def produce_command(
-    bootstrap: str, topics: Topics, cmd: ControlCommand, signer: CommandSigner | None = None
+    bootstrap: Cluster, topics: Topics, cmd: ControlCommand, signer: CommandSigner | None = None
 ) -> None:
     """Produce ``cmd``, signed by ``signer`` (None: unsigned — only insecure readers accept it)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all", enable_idempotence=True)
     try:
         await asyncio.wait_for(producer.start(), 10)
     except Exception as exc:
@@ -99,9 +100,9 @@ async def produce_command(
 
 
 async def _wait_for_acks(
-    bootstrap: str, topics: Topics, command_id: str, routers: list[str], timeout: float
+    bootstrap: Cluster, topics: Topics, command_id: str, routers: list[str], timeout: float
 ) -> list[str]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=100)
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     acked: set[str] = set()
     try:
@@ -127,7 +128,12 @@ async def _wait_for_acks(
 
 
 async def issue(
-    bootstrap: str, topics: Topics, cmd: ControlCommand, view: ControlView, timeout: float, security: ControlSecurity
+    bootstrap: Cluster,
+    topics: Topics,
+    cmd: ControlCommand,
+    view: ControlView,
+    timeout: float,
+    security: ControlSecurity,
 ) -> Ack:
     routers = sorted(s.router_id for s in view.live_routers())
     signer = security.signer()
@@ -166,7 +172,7 @@ def _command(kind: CommandType, deployment_id: str, **fields: Any) -> ControlCom
 
 
 async def start_canary(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     candidate: Preset,
     default_last_good: Preset,
@@ -209,7 +215,7 @@ async def start_canary(
 
 
 async def stop_canary(
-    bootstrap: str, topics: Topics, promote: bool, timeout: float = 10.0, *, security: ControlSecurity
+    bootstrap: Cluster, topics: Topics, promote: bool, timeout: float = 10.0, *, security: ControlSecurity
 ) -> Ack:
     view = await read_view_async(bootstrap, topics, verifier=security.verifier())
     current = view.current
@@ -222,7 +228,7 @@ async def stop_canary(
 
 
 async def simple_command(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     kind: CommandType,
     weight: float | None = None,

@@ -45,6 +45,7 @@ import orjson
 from canary.core.models import JSONDict, iso_ms
 from canary.core.windows import window_bounds
 from canary.errors import ConfigError, KafkaError
+from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.pipeline.run import Record, parse_control
 from canary.replay.decode import loads
@@ -623,7 +624,7 @@ def _in_window_span(value: bytes | None, first_ms: int, until_ms: int) -> bool:
 
 
 async def write_dump(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     from_ms: int,
     to_ms: int,
