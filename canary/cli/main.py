@@ -101,15 +101,18 @@ def cmd_kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_kafka_status(args: argparse.Namespace, settings: Settings) -> int:
-    from canary.kafka.probe import metadata_answers
+    from canary.kafka.probe import metadata_problem
 
     if settings.uses_external_kafka:
+        from canary.kafka.clients import connection_for
+
         bootstrap = settings.effective_bootstrap
-        up = metadata_answers(bootstrap)
+        problem = metadata_problem(connection_for(settings))  # with the configured SASL/SSL settings
+        up = problem is None
         _emit(
             args,
-            {"running": up, "bootstrap": bootstrap, "external": True},
-            f"external Kafka at {bootstrap}: {'answering' if up else 'NOT answering'}",
+            {"running": up, "bootstrap": bootstrap, "external": True, "problem": problem},
+            f"external Kafka at {bootstrap}: {'answering' if up else f'NOT answering ({problem})'}",
         )
         return 0 if up else 3
     broker, running = _resolve_broker(args, settings)

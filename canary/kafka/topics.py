@@ -9,6 +9,7 @@ cluster services only verify (``create=False``): creating topics is the admin's 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -169,7 +170,8 @@ async def ensure_topics_async(
                 # Created by someone else since list_topics (metadata lags creation): verify it like any other.
                 present.append(spec)
             elif code:
-                raise KafkaError(f"cannot create topic {spec.name}: error {code} {message or ''}".rstrip())
+                hint = " (creating topics is the admin principal's step)" if code == 29 else ""
+                raise KafkaError(f"cannot create topic {spec.name}: error {code} {message or ''}".rstrip() + hint)
             else:
                 reports.append(TopicReport(spec.name, "created"))
         if present:
@@ -263,10 +265,15 @@ def cluster_replication_factor(bootstrap: Cluster, configured: int | None) -> in
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, required: bool = True) -> list[TopicPartition]:
     """The partitions of ``topic``, also for a topic the consumer has not subscribed to or been assigned."""
     parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        # The client only tracks metadata of assigned topics; ask the cluster for everything.
+    deadline = time.monotonic() + (3.0 if required else 0.0)
+    while not parts:
+        # The client only tracks metadata of assigned topics; ask the cluster for everything. A topic
+        # created a moment ago may not be in the answering broker's metadata yet: ask again briefly.
         cluster = await consumer._client.fetch_all_metadata()
         parts = cluster.partitions_for_topic(topic) or set()
+        if parts or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.2)
     if not parts and required:
         raise KafkaError(f"topic {topic} does not exist; run 'canary kafka topics'")
     return [TopicPartition(topic, p) for p in sorted(parts)]

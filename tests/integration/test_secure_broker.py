@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from canary.errors import KafkaError
 from canary.kafka.acls import AclAdmin, AclBinding
 from canary.kafka.broker import SECURE_PRINCIPALS, LocalBroker
 from canary.kafka.clients import KafkaConnection, client_kwargs
+from canary.kafka.connect import require_kafka
 from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.commands import produce_command
 from canary.ops.view import read_view_async
@@ -115,6 +117,11 @@ async def test_only_principals_with_write_may_produce_on_the_control_topic(secur
 
     with pytest.raises(TopicAuthorizationFailedError):
         await produce("router")
+    # A wrong password is named as such, not as "Kafka is down".
+    wrong = replace(secure_broker.security("router"), sasl_password="not-the-password")
+    settings = Settings(bootstrap_servers=f"127.0.0.1:{secure_broker.port}", kafka_security=wrong)
+    with pytest.raises(KafkaError, match="refused or failed our client with SASL_PLAINTEXT SCRAM-SHA-512 as router"):
+        await asyncio.to_thread(require_kafka, settings)
     # The operator (and the SLO agent's worker principal) may: a signed command lands on the topic.
     cmd = start_command("candidate_high_recall", weight=0.1)
     await produce_command(secure_broker.connection("operator"), topics, cmd, operator_signer())
