@@ -128,7 +128,11 @@ async def _send(admin: AIOKafkaAdminClient, request: Any) -> Any:
 
 def _check(code: int, message: str | None, what: str) -> None:
     if code:
-        hint = " (is this the admin principal? ACLs need a super user or Alter on the cluster)" if code == 31 else ""
+        hints = {
+            31: " (is this the admin principal? ACLs need a super user or Alter on the cluster)",
+            54: " (this cluster has no authorizer: start the local one with 'canary kafka start --secure')",
+        }
+        hint = hints.get(code, "")
         raise KafkaError(f"{what}: Kafka error {code} {message or ''}".rstrip() + hint)
 
 

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -366,7 +367,7 @@ class LocalBroker:
             lines = [
                 f"# canary client settings of {principal!r} on the secure local broker 127.0.0.1:{self.port}",
                 f"# load into a shell with:  set -a; . {self.env_file(principal)}; set +a",
-                *(f"{k}={v}" for k, v in self.client_env(principal).items()),
+                *(f"{k}={shlex.quote(v)}" for k, v in self.client_env(principal).items()),
             ]
             _write_private(self.env_file(principal), "\n".join(lines) + "\n")
 
