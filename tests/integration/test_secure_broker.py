@@ -255,3 +255,63 @@ def test_secure_broker_files_stay_out_of_the_environment(secure_broker: LocalBro
     assert "CANARY_KAFKA_SASL_PASSWORD_FILE=" in text
     assert secure_broker.password("router") not in text
     assert Path(os.path.expanduser(text.split("CANARY_KAFKA_SASL_PASSWORD_FILE=")[1].strip())).is_file()
+
+
+async def test_services_on_a_secured_cluster_verify_and_never_create(secure_broker: LocalBroker) -> None:
+    from canary.cli.commands import _bootstrap_for_service
+
+    as_router = Settings(
+        bootstrap_servers=f"127.0.0.1:{secure_broker.port}",
+        kafka_security=secure_broker.security("router"),
+        topic_prefix=f"s{uuid.uuid4().hex[:8]}.",
+    )
+    assert not as_router.services_create_topics
+    with pytest.raises(KafkaError, match=r"topics missing on .*canary kafka topics"):
+        await asyncio.to_thread(_bootstrap_for_service, as_router, "router")
+    topics = await asyncio.to_thread(provision, secure_broker)
+    conn = await asyncio.to_thread(
+        _bootstrap_for_service, as_router.with_overrides(topic_prefix=topics.prefix), "router"
+    )
+    assert conn.security.sasl_username == "router"
+
+
+async def test_the_faust_worker_runs_as_its_own_principal(secure_broker: LocalBroker, tmp_path: Path) -> None:
+    """The worker (Faust app, windows and merge stages, registry) authenticates as `worker` and lives within
+    its ACLs: it creates its own internal topics, joins its groups and audits a control command."""
+    topics = await asyncio.to_thread(provision, secure_broker)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CANARY_KAFKA_")}
+    env |= {**secure_broker.client_env("worker"), "CANARY_TOPIC_PREFIX": topics.prefix, "PYTHONUNBUFFERED": "1"}
+    audit, log_path = tmp_path / "audit.log", tmp_path / "worker.log"
+    with log_path.open("wb") as log_file:
+        worker = await asyncio.create_subprocess_exec(
+            *CLI,
+            "worker",
+            "--audit-log",
+            str(audit),
+            "--data-dir",
+            str(tmp_path / "data"),
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            cmd = start_command("candidate_high_recall", weight=0.1)
+            await produce_command(secure_broker.connection("operator"), topics, cmd, operator_signer())
+
+            def audit_of_start() -> dict[str, Any] | None:
+                assert worker.returncode is None, log_path.read_text(errors="replace")[-3000:]
+                for line in audit.read_text().splitlines() if audit.exists() else []:
+                    entry: dict[str, Any] = json.loads(line)
+                    if entry["details"].get("command_id") == cmd.command_id:
+                        return entry
+                return None
+
+            await _until(lambda: audit_of_start() is not None, 60, "the worker's audit of the start command")
+            entry = audit_of_start()
+            assert entry is not None and entry["event_type"] == "canary_start" and entry["success"] is True
+        finally:
+            if worker.returncode is None:
+                worker.terminate()
+            code = await asyncio.wait_for(worker.wait(), 30)
+    assert code == 0, log_path.read_text(errors="replace")[-3000:]
+    assert "Authorization" not in log_path.read_text(errors="replace")
