@@ -87,6 +87,7 @@ from canary.core.merge import Progress, WindowMerger, merge_all, parse_merge_rec
 from canary.core.models import RouterWatermark, SearchOutcome, WindowKey, WindowResult
 from canary.core.slo import default_policy
 from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS, WindowFinalizer
+from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
 from canary.pipeline.policies import aggregator_for_policy
 from canary.replay.decode import OutcomeDecoder, ReplayOutcome, as_core_outcomes
@@ -235,7 +236,7 @@ def check_windows(windows: Sequence[WindowResult], truth: Counter[tuple[str, int
 async def produce(bootstrap: str, topic: str, backlog: Backlog) -> dict[str, Any]:
     """Returns the rate, outcomes per partition and the offsets of the watermark records per partition."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=10, max_batch_size=512 * 1024, max_request_size=4 << 20
+        **client_kwargs(bootstrap), acks=1, linger_ms=10, max_batch_size=512 * 1024, max_request_size=4 << 20
     )
     await producer.start()
     by_partition: Counter[int] = Counter()
@@ -280,7 +281,7 @@ def outcomes_in(wm_offsets: Sequence[int], records_applied: int) -> int:
 
 
 async def raw_consume(bootstrap: str, topic: str, partitions: int) -> dict[str, Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -376,7 +377,7 @@ async def watch_windows(
     workers: Sequence[WorkerProcess],
 ) -> tuple[dict[str, Any], dict[str, WindowResult], Samples]:
     """Follow the windows topic until the merged windows of our keys account for every outcome."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     samples = Samples([[] for _ in workers])
     windows: dict[str, WindowResult] = {}
@@ -436,7 +437,7 @@ async def watch_windows(
 
 async def checkpoint_events(bootstrap: str, topics: Topics) -> list[tuple[int, int, int]]:
     """(timestamp ms, source partition, records applied) per windows-stage checkpoint, in time order."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     marker = f"|{topics.search_results}|".encode()
     events: list[tuple[int, int, int]] = []

@@ -52,6 +52,7 @@ from bench.common import (
 )
 from canary.core.models import ControlCommand, SearchOutcome
 from canary.core.windows import WindowFinalizer
+from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from canary.replay.decode import OutcomeDecoder, ReplayOutcome
 from canary.replay.postmortem import run_replay
@@ -229,7 +230,7 @@ def in_process(records: list[Record], commands: list[ControlCommand], strict_n: 
 
 
 async def produce(bootstrap: str, topics: Topics, records: list[Record], command: ControlCommand) -> dict[str, Any]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, max_batch_size=1 << 20, max_request_size=8 << 20)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks=1, max_batch_size=1 << 20, max_request_size=8 << 20)
     await producer.start()
     try:
         await producer.send_and_wait(topics.control, json.dumps(command.to_dict()).encode(), key=b"bench")

@@ -78,6 +78,7 @@ from bench.common import (
     unique_prefix,
 )
 from canary.core.models import SearchOutcome
+from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from router.requests import SearchRequest, recall_at_10
 from router.service import RouterService, now_ms
@@ -121,7 +122,7 @@ async def produce_requests(bootstrap: str, topic: str, n: int) -> dict[str, Any]
     """N valid requests keyed by user id (as a service would), produced as fast as aiokafka allows."""
     run = uuid.uuid4().hex[:8]
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=10, max_batch_size=512 * 1024, max_request_size=4 << 20
+        **client_kwargs(bootstrap), acks=1, linger_ms=10, max_batch_size=512 * 1024, max_request_size=4 << 20
     )
     await producer.start()
     size = 0
@@ -191,7 +192,7 @@ async def throughput_pass(
     router_cls: type[RouterService] = RouterService,
 ) -> dict[str, Any]:
     cpus = os.cpu_count() or 1
-    watcher = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    watcher = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     await watcher.start()
     tps = [TopicPartition(topics.search_results, p) for p in range(3)]
 

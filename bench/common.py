@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/xxx.py` as well as `python -m bench.xxx`
     sys.path.insert(0, str(ROOT))
 
+from canary.kafka.clients import Cluster, client_kwargs, connection_for  # noqa: E402
 from canary.settings import load_settings  # noqa: E402
 
 # aiokafka logs retried produce errors right after topic creation (leader not elected yet) at WARNING.
@@ -78,7 +79,7 @@ def sigterm_as_exit() -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class KafkaTarget:
-    bootstrap: str
+    bootstrap: Cluster  # with the SASL/SSL settings of the environment, for an external cluster
     external: bool
     broker_start_s: float | None  # time to start the local broker (None when external)
 
@@ -94,7 +95,7 @@ def kafka() -> Iterator[KafkaTarget]:
     stopped (and its data dir removed) on the way out, whatever happens."""
     settings = load_settings()
     if settings.bootstrap_servers:
-        yield KafkaTarget(settings.bootstrap_servers, True, None)
+        yield KafkaTarget(connection_for(settings), True, None)
         return
     from canary.kafka.broker import LocalBroker
 
@@ -111,12 +112,12 @@ def kafka() -> Iterator[KafkaTarget]:
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def delete_prefixed_topics(bootstrap: str, prefix: str) -> int:
+def delete_prefixed_topics(bootstrap: Cluster, prefix: str) -> int:
     """Remove every topic a run created (declared ones and Faust's internal ones) from an external cluster."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     async def run() -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+        admin = AIOKafkaAdminClient(**client_kwargs(bootstrap), request_timeout_ms=15000)
         await admin.start()
         try:
             names = [t for t in await admin.list_topics() if t.startswith(prefix)]

@@ -19,6 +19,7 @@ from canary.config import Preset, PresetEntry, PresetStore
 from canary.core.deployment import ConfigRef
 from canary.core.models import WindowResult
 from canary.core.slo import SLOMonitor, SLORule, SLOViolation, default_rules
+from canary.kafka.clients import KafkaConnection
 from canary.kafka.connect import require_kafka
 from canary.kafka.topics import Topics
 from canary.settings import Settings, load_settings
@@ -89,7 +90,7 @@ class CanaryExecutor:
         # Commands are signed with the operator key; the in-process router verifies like any other.
         self.security = ControlSecurity.operator(settings)
 
-    def _bootstrap(self) -> str:
+    def _bootstrap(self) -> KafkaConnection:
         return require_kafka(self.settings)
 
     def start_canary(self, config_name: str, weight: float = 0.10, timeout: float = 10.0) -> dict[str, Any]:

@@ -3,6 +3,10 @@
 Uses KAFKA_BOOTSTRAP_SERVERS or starts the local broker; runs a real worker and a real router as
 subprocesses, produces labeled load onto search_requests, drives canaries through the control topic like
 an operator would, prints progress as windows arrive, writes the reports and stops everything it started.
+
+``secure=True`` (``canary demo --secure``) runs it all on the secure local broker (SASL/SCRAM + ACLs): the
+admin principal creates the topics and applies the least-privilege ACLs, the worker and the router run as
+their own principals (and only verify their topics), and the demo itself acts as the operator.
 """
 
 from __future__ import annotations
@@ -22,9 +26,24 @@ from typing import Any
 from canary.config import PresetStore
 from canary.core.judge import Judgement
 from canary.core.models import WindowResult
-from canary.errors import CanaryError, DeploymentError
+from canary.errors import CanaryError, ConfigError, DeploymentError
+from canary.kafka.clients import KafkaConnection, connection_for
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings
+
+# Settings a service must not inherit from the demo's shell when the demo gives it its own principal.
+_SECURITY_ENV = (
+    "CANARY_KAFKA_SECURITY_PROTOCOL",
+    "CANARY_KAFKA_SASL_MECHANISM",
+    "CANARY_KAFKA_SASL_USERNAME",
+    "CANARY_KAFKA_SASL_PASSWORD",
+    "CANARY_KAFKA_SASL_PASSWORD_FILE",
+    "CANARY_KAFKA_SSL_CAFILE",
+    "CANARY_KAFKA_SSL_CERTFILE",
+    "CANARY_KAFKA_SSL_KEYFILE",
+    "CANARY_KAFKA_SSL_KEY_PASSWORD",
+    "CANARY_KAFKA_SSL_KEY_PASSWORD_FILE",
+)
 
 
 def say(message: str) -> None:
@@ -46,11 +65,12 @@ class DemoConfig:
 class Services:
     """Worker and router subprocesses; always stopped (SIGTERM, then SIGKILL) on exit."""
 
-    def __init__(self, settings: Settings, bootstrap: str, log_dir: Path) -> None:
+    def __init__(self, settings: Settings, kafka: DemoKafka, log_dir: Path) -> None:
         self.settings = settings
+        self.kafka = kafka
         self.env = {
             **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.operator.bootstrap,
             "CANARY_TOPIC_PREFIX": settings.topic_prefix,
             "CANARY_PROJECT_ROOT": str(settings.project_root),
             # The services verify with the demo's trusted keys; the worker signs with the demo's worker key.
@@ -64,8 +84,11 @@ class Services:
 
     def start(self, name: str, *args: str) -> None:
         log = (self.log_dir / f"{name}.log").open("wb")
+        env = self.env
+        if name in self.kafka.service_env:  # its own principal: nothing of the demo's credentials
+            env = {k: v for k, v in env.items() if k not in _SECURITY_ENV} | self.kafka.service_env[name]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "canary.cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "canary.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         self.procs.append((name, proc, log))
 
@@ -89,21 +112,44 @@ class Services:
         self.procs.clear()
 
 
+@dataclass(frozen=True)
+class DemoKafka:
+    """The demo's clusters: the operator's connection (the demo's own clients), the admin's (topics, ACLs)
+    and the environment of each service that runs as its own principal (secure demo only)."""
+
+    operator: KafkaConnection
+    admin: KafkaConnection
+    service_env: dict[str, dict[str, str]]
+    secure: bool = False
+
+
 @contextlib.contextmanager
-def kafka_for_demo(settings: Settings) -> Iterator[str]:
+def kafka_for_demo(settings: Settings, secure: bool = False) -> Iterator[DemoKafka]:
     if settings.uses_external_kafka:
+        if secure:
+            raise ConfigError(
+                "--secure runs the demo on the secure local broker; unset KAFKA_BOOTSTRAP_SERVERS (an external "
+                "secured cluster is used with CANARY_KAFKA_* settings, without --secure)"
+            )
         from canary.kafka.connect import require_kafka
 
         say(f"using Kafka at {settings.bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS)")
-        yield require_kafka(settings)
+        conn = require_kafka(settings)
+        yield DemoKafka(conn, conn, {})
         return
     from canary.kafka.broker import LocalBroker
 
-    broker = LocalBroker(settings.home, settings.local_port)
+    broker = LocalBroker(settings.home, settings.local_port, secure=secure)
     already = broker.running_info() is not None
     info = broker.start(log=say)
     try:
-        yield info.bootstrap
+        if secure:
+            say(f"secure broker: SASL_PLAINTEXT SCRAM-SHA-512 + ACLs; principals' settings in {broker.principals_dir}")
+            services = {"worker": broker.client_env("worker"), "router": broker.client_env("router")}
+            yield DemoKafka(broker.connection("operator"), broker.connection("admin"), services, secure=True)
+        else:
+            conn = connection_for(settings, info.bootstrap)
+            yield DemoKafka(conn, conn, {})
     finally:
         if not already:
             broker.stop(log=say)
@@ -142,7 +188,9 @@ def ensure_demo_keys(settings: Settings) -> None:
         say(f"{verb} {role} key {made.key_id} ({path}), trusted in {settings.trusted_keys_dir}")
 
 
-async def _wait_for_routers(bootstrap: str, topics: Topics, services: Services, timeout: float = 60) -> None:
+async def _wait_for_routers(
+    bootstrap: KafkaConnection, topics: Topics, services: Services, timeout: float = 60
+) -> None:
     from canary.ops.view import read_view_async
 
     deadline = time.monotonic() + timeout
@@ -174,7 +222,7 @@ async def _audited(audit: Path, event_type: str, deployment_id: str, timeout: fl
 
 
 async def _follow(
-    bootstrap: str, topics: Topics, deployment_id: str, services: Services, until: str, cfg: DemoConfig
+    bootstrap: KafkaConnection, topics: Topics, deployment_id: str, services: Services, until: str, cfg: DemoConfig
 ) -> dict[str, Any]:
     """Print candidate/last_good windows of one deployment until it is rolled back (or passes enough)."""
     from canary.ops.view import read_view_async
@@ -222,7 +270,12 @@ async def _follow(
 
 
 async def _run(
-    settings: Settings, bootstrap: str, topics: Topics, services: Services, cfg: DemoConfig, audit: Path
+    settings: Settings,
+    bootstrap: KafkaConnection,
+    topics: Topics,
+    services: Services,
+    cfg: DemoConfig,
+    audit: Path,
 ) -> dict[str, str]:
     from canary.ops.commands import start_canary, stop_canary
     from canary.ops.load import produce_load
@@ -264,7 +317,7 @@ async def _run(
             await load
 
 
-def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None) -> int:
+def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None, secure: bool = False) -> int:
     cfg = cfg or DemoConfig()
     started = time.monotonic()
     prefix = settings.topic_prefix or f"demo{int(time.time())}."
@@ -278,9 +331,15 @@ def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None) ->
     logs.mkdir(parents=True, exist_ok=True)
     say(f"canary demo — topics prefixed '{prefix}', reports in {output}, service logs in {logs}")
     ensure_demo_keys(settings)
-    with kafka_for_demo(settings) as bootstrap:
-        ensure_topics(bootstrap, topics)
-        services = Services(settings, bootstrap, logs)
+    with kafka_for_demo(settings, secure) as kafka:
+        bootstrap = kafka.operator
+        ensure_topics(kafka.admin, topics, replication_factor=settings.replication_factor)
+        if kafka.secure:
+            from canary.kafka.acls import apply_acls
+
+            granted = apply_acls(kafka.admin, topics)
+            say(f"applied {len(granted.applied)} least-privilege ACLs (operator, router, worker) as admin")
+        services = Services(settings, kafka, logs)
         try:
             services.start("worker", "worker", "--audit-log", str(audit), "--data-dir", str(logs / "worker-data"))
             services.start("router", "router", "--router-id", "demo-router")
@@ -288,7 +347,7 @@ def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None) ->
             say("writing reports …")
             from canary.reports.export import export_reports
 
-            resolved = settings.with_overrides(bootstrap_servers=bootstrap)
+            resolved = settings.with_overrides(bootstrap_servers=bootstrap.bootstrap, kafka_security=bootstrap.security)
             # report.html tells the automatic rollback; the promotion gets its own report beside it.
             written = export_reports(resolved, output, deployment_id=deployments["rolled_back"])
             written += export_reports(resolved, output / "promoted", deployment_id=deployments["promoted"])

@@ -17,6 +17,105 @@ from canary.errors import ConfigError
 DEFAULT_LOCAL_PORT = 19092
 ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How every Kafka client of this process authenticates and encrypts (README, "Kafka security").
+
+    Validated on construction, so a client can never be built from a half-configured security setup; the
+    messages name the environment variables, which are the documented names of these settings.
+    """
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"CANARY_KAFKA_SECURITY_PROTOCOL = {self.protocol!r}: must be one of {', '.join(SECURITY_PROTOCOLS)}"
+            )
+        sasl_given = [
+            name
+            for name, value in (
+                ("CANARY_KAFKA_SASL_MECHANISM", self.sasl_mechanism),
+                ("CANARY_KAFKA_SASL_USERNAME", self.sasl_username),
+                ("CANARY_KAFKA_SASL_PASSWORD", self.sasl_password),
+            )
+            if value is not None
+        ]
+        ssl_given = [
+            name
+            for name, value in (
+                ("CANARY_KAFKA_SSL_CAFILE", self.ssl_cafile),
+                ("CANARY_KAFKA_SSL_CERTFILE", self.ssl_certfile),
+                ("CANARY_KAFKA_SSL_KEYFILE", self.ssl_keyfile),
+                ("CANARY_KAFKA_SSL_KEY_PASSWORD", self.ssl_key_password),
+            )
+            if value is not None
+        ]
+        if sasl_given and not self.uses_sasl:
+            raise ConfigError(
+                f"{', '.join(sasl_given)} set but CANARY_KAFKA_SECURITY_PROTOCOL = {self.protocol}: SASL settings "
+                "would be ignored; set the protocol to SASL_PLAINTEXT or SASL_SSL (or unset them)"
+            )
+        if ssl_given and not self.uses_ssl:
+            raise ConfigError(
+                f"{', '.join(ssl_given)} set but CANARY_KAFKA_SECURITY_PROTOCOL = {self.protocol}: SSL settings "
+                "would be ignored; set the protocol to SSL or SASL_SSL (or unset them)"
+            )
+        if self.uses_sasl:
+            if self.sasl_mechanism is None:
+                raise ConfigError(
+                    f"CANARY_KAFKA_SASL_MECHANISM is required with CANARY_KAFKA_SECURITY_PROTOCOL = {self.protocol} "
+                    f"(one of {', '.join(SASL_MECHANISMS)})"
+                )
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                known = ", ".join(SASL_MECHANISMS)
+                raise ConfigError(f"CANARY_KAFKA_SASL_MECHANISM = {self.sasl_mechanism!r}: must be one of {known}")
+            if not self.sasl_username:
+                raise ConfigError(f"CANARY_KAFKA_SASL_USERNAME is required with SASL ({self.sasl_mechanism})")
+            if not self.sasl_password:
+                raise ConfigError(
+                    f"a SASL password is required for user {self.sasl_username!r}: set CANARY_KAFKA_SASL_PASSWORD_FILE "
+                    "(a file holding it) or CANARY_KAFKA_SASL_PASSWORD"
+                )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ConfigError("CANARY_KAFKA_SSL_KEYFILE set without CANARY_KAFKA_SSL_CERTFILE (the client certificate)")
+        for name, path in (
+            ("CANARY_KAFKA_SSL_CAFILE", self.ssl_cafile),
+            ("CANARY_KAFKA_SSL_CERTFILE", self.ssl_certfile),
+            ("CANARY_KAFKA_SSL_KEYFILE", self.ssl_keyfile),
+        ):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{name} = {str(path)!r}: no such file")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def authenticated(self) -> bool:
+        """Anything but PLAINTEXT: the cluster knows who we are, so it may enforce ACLs."""
+        return self.protocol != "PLAINTEXT"
+
+    def describe(self) -> str:
+        if self.uses_sasl:
+            return f"{self.protocol} {self.sasl_mechanism} as {self.sasl_username}"
+        return self.protocol
+
 
 def _default_home() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -47,10 +146,24 @@ class Settings:
     # HMAC secrets of alert webhooks: every CANARY_ALERT_* variable (an environment file names which).
     alert_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
+    # How every Kafka client authenticates (SASL / SSL); PLAINTEXT by default.
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    # Replication factor of the topics canary creates; None = min(3, brokers in the cluster).
+    replication_factor: int | None = None
+    # Whether services (router, worker, demo) create missing topics at start; None = only on an
+    # unauthenticated (PLAINTEXT) cluster. On a secured cluster `canary kafka topics` is the admin step.
+    create_topics: bool | None = None
+
     @property
     def env_home(self) -> Path:
         """Where this environment's keys and caches live (``home`` itself without an environment)."""
         return self.home / "envs" / self.environment if self.environment else self.home
+
+    @property
+    def services_create_topics(self) -> bool:
+        if self.create_topics is not None:
+            return self.create_topics
+        return not self.kafka_security.authenticated
 
     @property
     def trusted_keys_dir(self) -> Path:
@@ -154,7 +267,67 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         insecure_control=_bool(env, "CANARY_INSECURE_CONTROL"),
         command_ttl_s=ttl,
         alert_secrets={k: v for k, v in env.items() if k.startswith("CANARY_ALERT_") and v},
+        kafka_security=_kafka_security(env),
+        replication_factor=_replication_factor(env),
+        create_topics=_bool(env, "CANARY_KAFKA_CREATE_TOPICS") if _given(env, "CANARY_KAFKA_CREATE_TOPICS") else None,
     ).in_environment(env.get("CANARY_ENV", "").strip() or None)
+
+
+def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
+    protocol = env.get("CANARY_KAFKA_SECURITY_PROTOCOL", "").strip().upper() or "PLAINTEXT"
+    mechanism = env.get("CANARY_KAFKA_SASL_MECHANISM", "").strip().upper() or None
+    try:
+        return _security_from(env, protocol, mechanism)
+    except ConfigError as exc:
+        raise ConfigError(f"environment: {exc}") from None
+
+
+def _security_from(env: Mapping[str, str], protocol: str, mechanism: str | None) -> KafkaSecurity:
+    return KafkaSecurity(
+        protocol=protocol,
+        sasl_mechanism=mechanism,
+        sasl_username=env.get("CANARY_KAFKA_SASL_USERNAME", "").strip() or None,
+        sasl_password=_secret(env, "CANARY_KAFKA_SASL_PASSWORD"),
+        ssl_cafile=_path(env, "CANARY_KAFKA_SSL_CAFILE"),
+        ssl_certfile=_path(env, "CANARY_KAFKA_SSL_CERTFILE"),
+        ssl_keyfile=_path(env, "CANARY_KAFKA_SSL_KEYFILE"),
+        ssl_key_password=_secret(env, "CANARY_KAFKA_SSL_KEY_PASSWORD"),
+    )
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """A secret from ``NAME`` or from the file ``NAME_FILE`` names (not both: which one would win?)."""
+    direct = env.get(name, "")
+    file_name = f"{name}_FILE"
+    path = _path(env, file_name)
+    if direct and path is not None:
+        raise ConfigError(f"environment: both {name} and {file_name} are set; set only one")
+    if path is None:
+        return direct or None
+    try:
+        text = path.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"environment: {file_name} = {str(path)!r}: cannot read it ({exc.strerror or exc})") from None
+    if not text:
+        raise ConfigError(f"environment: {file_name} = {str(path)!r}: the file is empty")
+    return text
+
+
+def _replication_factor(env: Mapping[str, str]) -> int | None:
+    text = env.get("CANARY_KAFKA_REPLICATION_FACTOR", "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"environment: CANARY_KAFKA_REPLICATION_FACTOR = {text!r}: must be an integer") from None
+    if not 1 <= value <= 32:
+        raise ConfigError(f"environment: CANARY_KAFKA_REPLICATION_FACTOR = {value}: must be between 1 and 32")
+    return value
+
+
+def _given(env: Mapping[str, str], name: str) -> bool:
+    return bool(env.get(name, "").strip())
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:

@@ -9,6 +9,7 @@ import time
 
 from canary.core.deployment import ConfigRef
 from canary.errors import CanaryError
+from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.security import CommandVerifier
 from router.backends.base import SearchBackend
@@ -22,7 +23,7 @@ class RouterFailed(CanaryError):
 
 
 async def serve(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     backend: SearchBackend,
     last_good: ConfigRef,

@@ -23,10 +23,12 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.structs import ConsumerRecord
 
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import Arm, RouterState, RouterWatermark, SearchOutcome
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics
 from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
 from router.backends.base import SearchBackend
@@ -92,7 +94,7 @@ class ConfigUsed:
 class RouterService:
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Cluster,
         topics: Topics,
         backend: SearchBackend,
         initial_last_good: ConfigRef,
@@ -123,6 +125,7 @@ class RouterService:
         self.control_stale_after_s = control_stale_after_s
         self._control_fresh_at = time.monotonic()
         self._failsafe_logged = False
+        self._control_problem: str | None = None  # the last error reading the control topic
         # Event time of this router's outcomes and watermarks (a test hook may shift it: clock skew).
         self._clock: Callable[[], int] = clock or now_ms
         self._watermark_interval_s = watermark_interval_ms / 1000.0
@@ -148,7 +151,7 @@ class RouterService:
             for _ in range(3):
                 log.warning("router %s: %s", self.router_id, INSECURE_WARNING)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.bootstrap),
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
@@ -158,7 +161,7 @@ class RouterService:
         )
         await self._producer.start()
         self._control = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50, group_id=None
+            **client_kwargs(self.bootstrap), enable_auto_commit=False, fetch_max_wait_ms=50, group_id=None
         )
         await self._control.start()
         control_tp = TopicPartition(self.topics.control, 0)
@@ -176,7 +179,7 @@ class RouterService:
         if self.consume_requests:
             self._requests = AIOKafkaConsumer(
                 self.topics.search_requests,
-                bootstrap_servers=self.bootstrap,
+                **client_kwargs(self.bootstrap),
                 group_id=self.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -228,7 +231,14 @@ class RouterService:
         tp = TopicPartition(self.topics.control, 0)
         checked = 0.0
         while True:
-            batch = await self._control.getmany(timeout_ms=200)
+            try:
+                batch = await self._control.getmany(timeout_ms=200)
+            except AIOKafkaError as exc:
+                # Not fatal: an ACL can be restored, a broker can come back. Until this router has read the
+                # control topic to its end again it fails safe (see _check_control_fresh).
+                batch = {}
+                self._note_control_problem(exc)
+                await asyncio.sleep(0.5)
             for records in batch.values():
                 for record in records:
                     transition_cmd = self._apply_control(record, publish=True)
@@ -249,20 +259,39 @@ class RouterService:
                 if self.control_stale:
                     log.warning("%s: control topic view is fresh again; candidate traffic resumes", self.router_id)
                 self._control_fresh_at = time.monotonic()
+                self._control_problem = None
         except Exception as exc:
-            self.stats.control_check_failures += 1
-            if self.stats.control_check_failures in (1, 10, 100) or self.stats.control_check_failures % 1000 == 0:
-                log.warning(
-                    "%s: cannot confirm the control topic's end (%s: %s)", self.router_id, type(exc).__name__, exc
-                )
+            self._note_control_problem(exc)
         stale = self.control_stale
         if stale and not self._failsafe_logged:
             log.error(
-                "%s: FAIL-SAFE — no confirmed control-topic read for %.0f s; all traffic goes to last_good",
+                "%s: FAIL-SAFE — no confirmed control-topic read for %.0f s (%s); all traffic goes to last_good",
                 self.router_id,
                 self.control_stale_after_s,
+                self._control_problem or "no progress",
             )
+        if stale != self._failsafe_logged:
+            # Entering or leaving fail-safe is news for operators (canary status): say it on the state topic.
+            with contextlib.suppress(Exception):
+                await self._publish_state(self.ledger.last_command_id, heartbeat=True)
         self._failsafe_logged = stale
+
+    def _note_control_problem(self, exc: BaseException) -> None:
+        self.stats.control_check_failures += 1
+        self._control_problem = f"{type(exc).__name__}: {exc}"
+        if self.stats.control_check_failures in (1, 10, 100) or self.stats.control_check_failures % 1000 == 0:
+            log.warning("%s: cannot read or confirm the control topic (%s)", self.router_id, self._control_problem)
+
+    @property
+    def failsafe_reason(self) -> str | None:
+        """Why candidate traffic is held back right now, or None (view fresh, or no canary running)."""
+        dep = self.ledger.current
+        if dep is None or dep.status != "running" or not self.control_stale:
+            return None
+        return (
+            f"control topic view unconfirmed for over {self.control_stale_after_s:.0f} s"
+            f" ({self._control_problem or 'no progress'}); all traffic to last_good"
+        )
 
     def failure(self) -> BaseException | None:
         """The error of an essential loop that died (the process should exit non-zero with it)."""
@@ -314,6 +343,7 @@ class RouterService:
             applied_at_ms=now_ms(),
             seq=self._seq,
             heartbeat=heartbeat,
+            failsafe=self.failsafe_reason,
         )
 
     async def _publish_state(self, answers: str | None, heartbeat: bool = False) -> None:

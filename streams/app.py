@@ -27,6 +27,7 @@ from faust.types import StreamT
 from canary.alerts import AlertDispatcher, alert_event
 from canary.config.environments import AlertTarget
 from canary.core.models import RouterState, WindowResult
+from canary.kafka.clients import Cluster, faust_broker_url, faust_credentials
 from canary.kafka.topics import Topics
 from canary.pipeline.decisions import DecisionStep
 from canary.security import ControlSecurity
@@ -45,7 +46,7 @@ def now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class StreamsConfig:
-    bootstrap: str
+    bootstrap: Cluster  # with its SASL/SSL settings: every client of the worker, Faust's too, uses them
     topics: Topics
     audit_log: Path
     data_dir: Path
@@ -66,6 +67,8 @@ class StreamsConfig:
     environment: str | None = None
     alerts: tuple[AlertTarget, ...] = ()
     alert_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Of the topics Faust creates itself (the table changelog, the assignor's leader topic).
+    replication_factor: int = 1
 
 
 @dataclass
@@ -88,11 +91,12 @@ class CanaryStreams:
         topics = config.topics
         self.app = faust.App(
             f"{topics.prefix}{config.app_id}",
-            broker=f"kafka://{config.bootstrap}",
+            broker=faust_broker_url(config.bootstrap),
+            broker_credentials=faust_credentials(config.bootstrap),
             store="memory://",
             processing_guarantee="at_least_once",
             topic_partitions=config.partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=config.replication_factor,
             web_enabled=False,
             datadir=str(config.data_dir),
             broker_commit_interval=1.0,

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from canary.core.jsonio import dumps
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
 
 CHECKPOINT_COST_FACTOR = 20  # checkpoints take at most ~5 % of the stage's time
@@ -61,7 +62,7 @@ class CheckpointedStage(Generic[State]):
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Cluster,
         topics: Topics,
         source_topic: str,
         group_id: str,
@@ -121,7 +122,7 @@ class CheckpointedStage(Generic[State]):
         wanted = {self._state_key(p): p for p in partitions}
         found: dict[int, dict[str, Any]] = {}
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.bootstrap),
             group_id=None,
             enable_auto_commit=False,
             max_partition_fetch_bytes=CHECKPOINT_MAX_BYTES,
@@ -269,14 +270,14 @@ class CheckpointedStage(Generic[State]):
 
     async def run(self) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.bootstrap),
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
             max_request_size=CHECKPOINT_MAX_BYTES,
         )
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.bootstrap),
             group_id=self.group_id,
             group_instance_id=self.instance_id,
             enable_auto_commit=False,

@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 from canary.core.jsonio import dumps, loads
 from canary.core.merge import WindowMerger, parse_merge_record
 from canary.errors import CanaryError
+from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
 from streams.checkpointed import CheckpointedStage, now_ms
 
@@ -45,7 +46,7 @@ class MergeStage(CheckpointedStage[_MergeState]):
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Cluster,
         topics: Topics,
         group_id: str,
         checkpoint_ms: int = 500,

@@ -19,6 +19,7 @@ from canary.core.aggregations import WindowAggregator
 from canary.core.deployment import ControlLedger, Deployment
 from canary.core.models import WindowKey
 from canary.core.slo import SLOPolicy, SLORule
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.pipeline.policies import PolicyBook
 from canary.security import CommandVerifier, Verdict, default_verifier
 
@@ -44,7 +45,7 @@ class ControlOutcome:
 
 
 class DeploymentRegistry:
-    def __init__(self, bootstrap: str, control_topic: str, verifier: CommandVerifier | None = None) -> None:
+    def __init__(self, bootstrap: Cluster, control_topic: str, verifier: CommandVerifier | None = None) -> None:
         self.bootstrap = bootstrap
         self.control_topic = control_topic
         self.ledger = ControlLedger()
@@ -102,7 +103,7 @@ class DeploymentRegistry:
         return self.outcomes.get(offset)
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, fetch_max_wait_ms=50)
+        consumer = AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None, fetch_max_wait_ms=50)
         self._consumer = consumer
         await consumer.start()
         try:

@@ -28,6 +28,7 @@ from aiokafka import TopicPartition
 from canary.core.jsonio import dumps
 from canary.core.merge import Progress, partial_of
 from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_MS, WindowFinalizer
+from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
 from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, as_core_outcomes
 from streams.checkpointed import CheckpointedStage, now_ms
@@ -58,7 +59,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Cluster,
         topics: Topics,
         registry: DeploymentRegistry,
         group_id: str,

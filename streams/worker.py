@@ -9,13 +9,14 @@ from pathlib import Path
 from faust import Worker
 
 from canary.config.environments import AlertTarget
+from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.security import ControlSecurity
 from streams.app import CanaryStreams, StreamsConfig
 
 
 def run_worker(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     audit_log: Path,
     data_dir: Path,
@@ -27,6 +28,7 @@ def run_worker(
     environment: str | None = None,
     alerts: tuple[AlertTarget, ...] = (),
     alert_secrets: Mapping[str, str] | None = None,
+    replication_factor: int = 1,
 ) -> None:
     """Blocks until SIGINT/SIGTERM; Faust's Worker then stops agents, commits and closes cleanly."""
     config = StreamsConfig(
@@ -41,6 +43,7 @@ def run_worker(
         environment=environment,
         alerts=alerts,
         alert_secrets=dict(alert_secrets or {}),
+        replication_factor=replication_factor,
     )
     streams = CanaryStreams(config)
     worker = Worker(streams.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

@@ -7,21 +7,36 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from canary.cli.output import safe_name
 from canary.errors import ConfigError
+from canary.kafka.clients import KafkaConnection
 from canary.settings import Settings
 
+if TYPE_CHECKING:
+    from canary.kafka.acls import Role
 
-def _bootstrap_for_service(settings: Settings) -> str:
-    """Services follow the one rule: KAFKA_BOOTSTRAP_SERVERS, else the local broker (started if needed)."""
+
+def _bootstrap_for_service(settings: Settings, role: Role) -> KafkaConnection:
+    """Services follow the one rule: KAFKA_BOOTSTRAP_SERVERS, else the local broker (started if needed).
+
+    The topics the service uses are verified; they are created only where ``settings.services_create_topics``
+    (by default an unauthenticated cluster): on a secured one that is the admin's 'canary kafka topics'."""
+    from canary.kafka.acls import topics_of
     from canary.kafka.connect import ensure_local_or_external
     from canary.kafka.topics import Topics, ensure_topics
 
-    bootstrap = ensure_local_or_external(settings, log=lambda m: logging.getLogger("canary").warning(m))
-    ensure_topics(bootstrap, Topics(settings.topic_prefix))
-    return bootstrap
+    log = logging.getLogger("canary")
+    conn = ensure_local_or_external(settings, log=log.warning)
+    topics = Topics(settings.topic_prefix)
+    if settings.services_create_topics:
+        ensure_topics(conn, topics, create=True, replication_factor=settings.replication_factor)
+    else:
+        wanted = set(topics_of(topics, role))
+        ensure_topics(conn, [s for s in topics.specs() if s.name in wanted], create=False)
+        log.warning("%s: verified its %d topics on %s (services do not create topics here)", role, len(wanted), conn)
+    return conn
 
 
 def _security(args: argparse.Namespace, settings: Settings, role: str) -> Any:
@@ -39,7 +54,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     security = _security(args, settings, "worker")
     security.signer()  # fail before Kafka and Faust start if the worker key is missing (exit 2, says how)
-    bootstrap = _bootstrap_for_service(settings)
+    bootstrap = _bootstrap_for_service(settings, "worker")
+    from canary.kafka.topics import cluster_replication_factor
+
     audit = Path(args.audit_log) if args.audit_log else settings.reports_dir / "audit.log"
     data_dir = Path(args.data_dir) if args.data_dir else settings.env_home / "worker-data"
     alerts: tuple[Any, ...] = ()
@@ -64,6 +81,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         environment=settings.environment,
         alerts=alerts,
         alert_secrets=settings.alert_secrets,
+        replication_factor=cluster_replication_factor(bootstrap, settings.replication_factor),
     )
     return 0
 
@@ -121,7 +139,7 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
         backend = FaultInjectingBackend(backend, dict(parse_fault(f) for f in args.inject_fault))
         logging.getLogger("canary").warning("FAULT INJECTION active: %s", ", ".join(args.inject_fault))
     security = _security(args, settings, "operator")
-    bootstrap = _bootstrap_for_service(settings)
+    bootstrap = _bootstrap_for_service(settings, "router")
     last_good = ConfigRef.from_snapshot(preset.to_dict(), preset.content_hash)
     asyncio.run(
         serve(
@@ -142,7 +160,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     output = Path(args.output) if args.output else settings.reports_dir
     cfg = DemoConfig(qps=args.qps, weight=args.weight)
-    return run_demo(settings, output, cfg)
+    if args.port:
+        settings = settings.with_overrides(local_port=args.port)
+    return run_demo(settings, output, cfg, secure=args.secure)
 
 
 _INSECURE_HELP = (
@@ -164,6 +184,13 @@ def register(sub: Any) -> None:
     demo.add_argument("--output", help="report directory (default reports/canary)")
     demo.add_argument("--qps", type=float, default=120.0, help="load in requests per second (120)")
     demo.add_argument("--weight", type=float, default=0.10, help="candidate traffic share (0.10)")
+    demo.add_argument(
+        "--secure",
+        action="store_true",
+        help="run on the secure local broker (SASL/SCRAM + least-privilege ACLs; started like "
+        "'canary kafka start --secure' if not running): each service runs as its own principal",
+    )
+    demo.add_argument("--port", type=int, help="local broker port (default 19092 or CANARY_KAFKA_PORT)")
     demo.set_defaults(handler=cmd_demo)
 
     worker = sub.add_parser(

@@ -14,6 +14,7 @@ from typing import Any
 
 from canary.cli.output import emit as _emit
 from canary.errors import ConfigError
+from canary.kafka.clients import Cluster
 from canary.settings import Settings
 
 log = logging.getLogger("canary.dashboard")
@@ -28,7 +29,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-async def _serve(args: argparse.Namespace, settings: Settings, bootstrap: str) -> None:
+async def _serve(args: argparse.Namespace, settings: Settings, bootstrap: Cluster) -> None:
     from canary.dashboard.app import Dashboard, serving
     from canary.dashboard.auth import load_or_create_token
     from canary.kafka.topics import Topics

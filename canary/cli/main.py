@@ -13,11 +13,14 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from canary.cli.output import emit as _emit
 from canary.errors import CanaryError
 from canary.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from canary.kafka.acls import Role
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -32,7 +35,7 @@ def _local_broker(args: argparse.Namespace, settings: Settings) -> Any:
 
     port = args.port if getattr(args, "port", None) else settings.local_port
     data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else None
-    return LocalBroker(settings.home, port, data_dir=data_dir)
+    return LocalBroker(settings.home, port, data_dir=data_dir, secure=bool(getattr(args, "secure", False)))
 
 
 def cmd_kafka_start(args: argparse.Namespace, settings: Settings) -> int:
@@ -42,7 +45,29 @@ def cmd_kafka_start(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     broker = _local_broker(args, settings)
     info = broker.start(log=_log)
-    _emit(args, {**asdict(info), "bootstrap": info.bootstrap, "started": True}, info.bootstrap)
+    payload: dict[str, Any] = {**asdict(info), "bootstrap": info.bootstrap, "started": True}
+    human = info.bootstrap
+    if broker.secure:
+        from canary.kafka.broker import SECURE_MECHANISM, SECURE_PRINCIPALS
+
+        payload["principals"] = {
+            p: {"env_file": str(broker.env_file(p)), "settings": broker.client_env(p)} for p in SECURE_PRINCIPALS
+        }
+        admin_env = broker.env_file("admin")
+        human = "\n".join(
+            [
+                f"secure broker at {info.bootstrap}: SASL_PLAINTEXT {SECURE_MECHANISM}, StandardAuthorizer "
+                "(no ACL = no access)",
+                "principals (passwords generated, files 0600):",
+                *(f"  {p:9} {broker.env_file(p)}" for p in SECURE_PRINCIPALS),
+                "next, as admin:",
+                f"  set -a; . {admin_env}; set +a",
+                "  canary kafka topics && canary kafka acls",
+                "then run each service with its own principal's env file (router.env, worker.env; operator.env "
+                "for the CLI)",
+            ]
+        )
+    _emit(args, payload, human)
     return 0
 
 
@@ -76,15 +101,18 @@ def cmd_kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_kafka_status(args: argparse.Namespace, settings: Settings) -> int:
-    from canary.kafka.probe import metadata_answers
+    from canary.kafka.probe import metadata_problem
 
     if settings.uses_external_kafka:
+        from canary.kafka.clients import connection_for
+
         bootstrap = settings.effective_bootstrap
-        up = metadata_answers(bootstrap)
+        problem = metadata_problem(connection_for(settings))  # with the configured SASL/SSL settings
+        up = problem is None
         _emit(
             args,
-            {"running": up, "bootstrap": bootstrap, "external": True},
-            f"external Kafka at {bootstrap}: {'answering' if up else 'NOT answering'}",
+            {"running": up, "bootstrap": bootstrap, "external": True, "problem": problem},
+            f"external Kafka at {bootstrap}: {'answering' if up else f'NOT answering ({problem})'}",
         )
         return 0 if up else 3
     broker, running = _resolve_broker(args, settings)
@@ -107,12 +135,44 @@ def cmd_kafka_topics(args: argparse.Namespace, settings: Settings) -> int:
     from canary.kafka.connect import require_kafka
     from canary.kafka.topics import Topics, ensure_topics
 
-    bootstrap = require_kafka(settings)
-    reports = ensure_topics(bootstrap, Topics(settings.topic_prefix), strict=False)
+    conn = require_kafka(settings)
+    replication = args.replication_factor or settings.replication_factor
+    reports = ensure_topics(conn, Topics(settings.topic_prefix), strict=False, replication_factor=replication)
     payload = [{"topic": r.name, "action": r.action, "problems": list(r.problems)} for r in reports]
     lines = [f"{r.action:9} {r.name}" + (": " + "; ".join(r.problems) if r.problems else "") for r in reports]
-    _emit(args, {"bootstrap": bootstrap, "topics": payload}, "\n".join(lines))
+    _emit(args, {"bootstrap": conn.bootstrap, "topics": payload}, "\n".join(lines))
     return 3 if any(r.action == "mismatch" for r in reports) else 0
+
+
+def cmd_kafka_acls(args: argparse.Namespace, settings: Settings) -> int:
+    from canary.kafka.acls import DEFAULT_PRINCIPALS, acl_plan, apply_acls
+    from canary.kafka.connect import require_kafka
+    from canary.kafka.topics import Topics
+
+    principals: dict[Role, str] = {
+        "operator": args.operator_principal or DEFAULT_PRINCIPALS["operator"],
+        "router": args.router_principal or DEFAULT_PRINCIPALS["router"],
+        "worker": args.worker_principal or DEFAULT_PRINCIPALS["worker"],
+    }
+    topics = Topics(settings.topic_prefix)
+    if args.dry_run:
+        plan = acl_plan(topics, principals)
+        _emit(args, {"plan": [b.to_dict() for b in plan]}, "\n".join(b.describe() for b in plan))
+        return 0
+    conn = require_kafka(settings)
+    if not conn.security.authenticated:
+        _log(
+            f"note: this client is unauthenticated (PLAINTEXT) on {conn.bootstrap}; a cluster without an "
+            "authorizer accepts the ACLs but enforces none. Use the admin principal's settings."
+        )
+    report = apply_acls(conn, topics, principals, prune=args.prune)
+    lines = [f"applied  {b.describe()}" for b in report.applied]
+    verb = "removed" if report.pruned else "EXTRA  "
+    lines += [f"{verb}  {b.describe()}" for b in report.extra]
+    if report.extra and not report.pruned:
+        lines.append(f"{len(report.extra)} binding(s) beyond the least-privilege set; --prune removes them")
+    _emit(args, {"bootstrap": conn.bootstrap, **report.to_dict()}, "\n".join(lines))
+    return 0
 
 
 # -- parser -------------------------------------------------------------------------------------------------
@@ -141,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--port", type=int, help="listener port (default 19092 or CANARY_KAFKA_PORT)")
     start.add_argument("--data-dir", help="log/state directory (default ~/.cache/canary/broker-PORT)")
+    start.add_argument(
+        "--secure",
+        action="store_true",
+        help="SASL_PLAINTEXT SCRAM-SHA-512 listener + StandardAuthorizer (no ACL = no access); creates the "
+        "principals admin (super user), operator, router and worker with generated passwords and writes a "
+        "client env file for each (0600) into the data dir's principals/",
+    )
     start.set_defaults(handler=cmd_kafka_start)
     stop = ksub.add_parser("stop", help="stop the local broker cleanly; leaves no JVM behind")
     stop.add_argument("--port", type=int)
@@ -151,10 +218,33 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--data-dir")
     status.set_defaults(handler=cmd_kafka_status)
     topics = ksub.add_parser(
-        "topics", help="create missing topics and verify existing ones (idempotent; reports mismatches)"
+        "topics",
+        help="create missing topics and verify existing ones (idempotent; reports mismatches)",
+        description="The admin step: on a secured cluster services only verify their topics at start.",
+    )
+    topics.add_argument(
+        "--replication-factor",
+        type=int,
+        help="copies of each new topic (default CANARY_KAFKA_REPLICATION_FACTOR, else min(3, brokers))",
     )
     topics.set_defaults(handler=cmd_kafka_topics)
-    for p in (start, stop, status, topics):
+    acls = ksub.add_parser(
+        "acls",
+        help="apply the least-privilege ACLs for operator, router and worker (run as the admin principal)",
+        description=(
+            "Grants exactly what each role needs on the topics under CANARY_TOPIC_PREFIX (docs/contracts.md, "
+            "'Kafka ACLs'): only operators and the worker write the control topic; routers read requests and "
+            "control and write outcomes and state; workers write windows. Idempotent. Bindings the principals "
+            "hold beyond that set on this prefix are reported (--prune removes them)."
+        ),
+    )
+    acls.add_argument("--operator-principal", help="default User:operator")
+    acls.add_argument("--router-principal", help="default User:router")
+    acls.add_argument("--worker-principal", help="default User:worker")
+    acls.add_argument("--prune", action="store_true", help="remove the principals' bindings beyond the set")
+    acls.add_argument("--dry-run", action="store_true", help="print the set without contacting Kafka")
+    acls.set_defaults(handler=cmd_kafka_acls)
+    for p in (start, stop, status, topics, acls):
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     from canary.cli import commands as cli_commands

@@ -13,6 +13,7 @@ from typing import Any
 from canary.cli.output import emit as _emit
 from canary.core.rollout import plan_status, plan_text
 from canary.errors import CanaryError, KafkaError
+from canary.kafka.clients import KafkaConnection
 from canary.settings import Settings
 
 
@@ -306,7 +307,7 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: str) -> None:
+async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: KafkaConnection) -> None:
     from canary.ops.view import read_view_async
     from canary.ops.watch import WatchState, format_window, tail_windows
 

@@ -525,6 +525,9 @@ class RouterState:
     # Heartbeats repeat the current state so the CLI can tell live routers from dead ones;
     # they acknowledge nothing new, so the audit log skips them.
     heartbeat: bool = False
+    # Why this router sends nothing to the candidate although a canary runs (its control view is
+    # unconfirmed: broker down, Read ACL revoked …); None while the view is fresh.
+    failsafe: str | None = None
 
     def to_dict(self) -> JSONDict:
         return {
@@ -540,6 +543,7 @@ class RouterState:
             "applied_at_ms": self.applied_at_ms,
             "seq": self.seq,
             "heartbeat": self.heartbeat,
+            "failsafe": self.failsafe,
         }
 
     @classmethod
@@ -557,4 +561,5 @@ class RouterState:
             applied_at_ms=f.time_ms("applied_at_ms", "applied_at"),
             seq=f.req_int("seq", minimum=0),
             heartbeat=_flag(d, "heartbeat"),
+            failsafe=f.str_("failsafe", optional=True),
         )

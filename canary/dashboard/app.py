@@ -36,6 +36,7 @@ from canary.dashboard.feed import AuditTail, Changes, DashboardState, now_ms, ta
 from canary.dashboard.page import render_page
 from canary.dashboard.views import deployment_panels, history_panel, meta, render_panels, routers_panel, timeline_panel
 from canary.errors import CanaryError, ConfigError, DeploymentError, InvalidEvent, KafkaError
+from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.reports.html import CSS as REPORT_CSS
 from canary.reports.html import render_report
@@ -103,7 +104,7 @@ class Dashboard:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Cluster,
         topics: Topics,
         security: ControlSecurity,
         token: OperatorToken,

@@ -30,6 +30,7 @@ from canary.core.deployment import ControlLedger, Deployment
 from canary.core.judge import Judgement
 from canary.core.models import RouterState, WindowResult
 from canary.errors import CanaryError, KafkaError
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, topic_partitions
 from canary.security import CommandVerifier, Verdict
 
@@ -192,11 +193,11 @@ class DashboardState:
 Listener = Callable[[Changes], Awaitable[None]]
 
 
-async def tail_topics(bootstrap: str, topics: Topics, state: DashboardState, on_change: Listener) -> None:
+async def tail_topics(bootstrap: Cluster, topics: Topics, state: DashboardState, on_change: Listener) -> None:
     """Fold the four topics into ``state`` forever, calling ``on_change`` after every batch that changed
     something (once caught up with the history; the first call after that carries the whole history)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+        **client_kwargs(bootstrap), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
     )
     try:
         await asyncio.wait_for(consumer.start(), 10)

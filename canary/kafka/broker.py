@@ -3,6 +3,14 @@
 The broker jars are resolved from Maven Central with the machine's ``mvn`` into a cache outside the
 repository, so a fresh machine needs only Java 17 and Maven. Nothing here mocks Kafka: it runs the
 upstream ``kafka.Kafka`` main class.
+
+``secure=True`` (``canary kafka start --secure``) starts it with a SASL_PLAINTEXT SCRAM-SHA-512 client
+listener and the KRaft ``StandardAuthorizer`` (no ACL = no access). The principals ``admin`` (super user),
+``operator``, ``router`` and ``worker`` get SCRAM credentials when the storage is formatted
+(``kafka-storage format --add-scram``, KRaft since Kafka 3.5); their generated passwords and a client env
+file each are kept 0600 in ``<data dir>/principals``. The controller listener authenticates the broker
+itself with SASL PLAIN (SCRAM credentials live in the metadata log the controller serves, so they cannot
+guard it), so no unauthenticated connection gets anywhere, not even on the controller port.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -22,8 +31,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from canary.errors import BrokerError
+from canary.settings import KafkaSecurity
+
+if TYPE_CHECKING:
+    from canary.kafka.clients import KafkaConnection
 
 # Newest Kafka 4.x at the time of pinning; the whole suite runs against it (see README "Kafka version").
 KAFKA_VERSION = "4.4.0"
@@ -78,6 +92,11 @@ logger.apache.level = WARN
 
 Log = Callable[[str], None]
 
+# The secure broker's client mechanism and principals (``canary kafka start --secure``).
+SECURE_MECHANISM = "SCRAM-SHA-512"
+SECURE_PRINCIPALS = ("admin", "operator", "router", "worker")
+_BROKER_PRINCIPAL = "broker"  # the broker itself: inter-broker (SCRAM) and to its controller (PLAIN)
+
 
 def _quiet(_: str) -> None:
     return None
@@ -94,6 +113,7 @@ class BrokerInfo:
     data_dir: str
     log_file: str
     started_at: float
+    secure: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -108,6 +128,7 @@ class BrokerStatus:
     version: str
     data_dir: str
     detail: str
+    secure: bool = False
 
 
 def _port_is_free(port: int) -> bool:
@@ -274,9 +295,11 @@ class LocalBroker:
         data_dir: Path | None = None,
         version: str = KAFKA_VERSION,
         heap: str = "768m",
+        secure: bool = False,
     ) -> None:
         self.home = home
         self.port = port
+        self.secure = secure
         self.data_dir = (data_dir or home / f"broker-{port}").resolve()
         self.jars = JarCache(home, version)
         self.heap = heap
@@ -284,6 +307,69 @@ class LocalBroker:
         self.log_file = self.data_dir / "broker.log"
         # Held so the child is reaped by us (tests) rather than warned about by Popen.__del__.
         self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- credentials of a secure broker --------------------------------------------------------------------
+    @property
+    def principals_dir(self) -> Path:
+        """Generated passwords (``<name>.password``) and client env files (``<name>.env``), all 0600."""
+        return self.data_dir / "principals"
+
+    def password(self, principal: str) -> str:
+        path = self.principals_dir / f"{principal}.password"
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise BrokerError(
+                f"no password for principal {principal!r} in {path} ({exc.strerror}); is this a broker "
+                "started with 'canary kafka start --secure'?"
+            ) from None
+
+    def security(self, principal: str = "admin") -> KafkaSecurity:
+        """The client settings of ``principal`` (PLAINTEXT for an insecure broker)."""
+        if not self.secure:
+            return KafkaSecurity()
+        return KafkaSecurity(
+            protocol="SASL_PLAINTEXT",
+            sasl_mechanism=SECURE_MECHANISM,
+            sasl_username=principal,
+            sasl_password=self.password(principal),
+        )
+
+    def connection(self, principal: str = "admin") -> KafkaConnection:
+        from canary.kafka.clients import KafkaConnection
+
+        return KafkaConnection(f"127.0.0.1:{self.port}", self.security(principal))
+
+    def env_file(self, principal: str) -> Path:
+        """``set -a; . <file>; set +a`` gives a shell the canary settings of ``principal``."""
+        return self.principals_dir / f"{principal}.env"
+
+    def _ensure_passwords(self) -> None:
+        self.principals_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.principals_dir, 0o700)
+        for principal in (*SECURE_PRINCIPALS, _BROKER_PRINCIPAL):
+            path = self.principals_dir / f"{principal}.password"
+            if not path.exists():
+                _write_private(path, secrets.token_urlsafe(24) + "\n")
+
+    def client_env(self, principal: str) -> dict[str, str]:
+        """The canary settings (environment variables) a process needs to connect as ``principal``."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.port}",
+            "CANARY_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "CANARY_KAFKA_SASL_MECHANISM": SECURE_MECHANISM,
+            "CANARY_KAFKA_SASL_USERNAME": principal,
+            "CANARY_KAFKA_SASL_PASSWORD_FILE": str(self.principals_dir / f"{principal}.password"),
+        }
+
+    def _write_env_files(self) -> None:
+        for principal in SECURE_PRINCIPALS:
+            lines = [
+                f"# canary client settings of {principal!r} on the secure local broker 127.0.0.1:{self.port}",
+                f"# load into a shell with:  set -a; . {self.env_file(principal)}; set +a",
+                *(f"{k}={shlex.quote(v)}" for k, v in self.client_env(principal).items()),
+            ]
+            _write_private(self.env_file(principal), "\n".join(lines) + "\n")
 
     # -- inspection -------------------------------------------------------------------------------------
     def info(self) -> BrokerInfo | None:
@@ -305,14 +391,24 @@ class LocalBroker:
             return BrokerStatus(False, bootstrap, None, self.jars.version, str(self.data_dir), "not running")
         answering = _port_answers(info.port)
         detail = "running" if answering else "process alive but port not answering"
-        return BrokerStatus(answering, info.bootstrap, info.pid, info.version, str(self.data_dir), detail)
+        if info.secure:
+            detail += f" (secure: SASL_PLAINTEXT {SECURE_MECHANISM} + ACLs; client settings in {self.principals_dir})"
+        return BrokerStatus(
+            answering, info.bootstrap, info.pid, info.version, str(self.data_dir), detail, secure=info.secure
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self, log: Log = _quiet, timeout: float = 90.0) -> BrokerInfo:
         """Start the broker, or reuse it if ours is already running; return once it answers metadata."""
         existing = self.running_info()
         if existing is not None:
-            _wait_for_metadata(existing.bootstrap, timeout, self.log_file, existing.pid)
+            if existing.secure != self.secure:
+                mode = "secure (SASL + ACLs)" if existing.secure else "insecure (PLAINTEXT)"
+                raise BrokerError(
+                    f"the broker on 127.0.0.1:{self.port} (pid {existing.pid}) is running {mode}; stop it first "
+                    f"('canary kafka stop --port {self.port}') or use another --port"
+                )
+            _wait_for_metadata(self.connection(), timeout, self.log_file, existing.pid)
             self._register(existing)
             log(f"reusing running broker pid {existing.pid} at {existing.bootstrap}")
             return existing
@@ -331,6 +427,10 @@ class LocalBroker:
             )
         self.jars.ensure(log)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._check_storage_mode()
+        if self.secure:
+            self._ensure_passwords()
+            self._write_env_files()
         props = self._write_config(controller_port)
         self._format_storage(java, props)
         log_handle = self.log_file.open("ab")
@@ -364,11 +464,12 @@ class LocalBroker:
             data_dir=str(self.data_dir),
             log_file=str(self.log_file),
             started_at=started,
+            secure=self.secure,
         )
         self._info_file.write_text(json.dumps(asdict(info), indent=2))
         self._register(info)
         try:
-            _wait_for_metadata(info.bootstrap, timeout, self.log_file, proc.pid, popen=proc)
+            _wait_for_metadata(self.connection(), timeout, self.log_file, proc.pid, popen=proc)
         except BrokerError:
             self._kill(proc.pid)
             proc.wait(timeout=5)
@@ -430,6 +531,47 @@ class LocalBroker:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
 
+    def _check_storage_mode(self) -> None:
+        """A data dir keeps the mode it was formatted in: SCRAM credentials exist only if formatted secure."""
+        if not (self.data_dir / "kraft-logs" / "meta.properties").exists():
+            return
+        formatted_secure = self.principals_dir.exists()
+        if formatted_secure != self.secure:
+            was = "with" if formatted_secure else "without"
+            raise BrokerError(
+                f"{self.data_dir} was formatted {was} SASL credentials; start it "
+                + ("with" if formatted_secure else "without")
+                + " --secure, or use another --port / --data-dir (or delete that directory)"
+            )
+
+    def _security_config(self, controller_port: int) -> dict[str, str]:
+        broker_password = self.password(_BROKER_PRINCIPAL)
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        mechanism = SECURE_MECHANISM.lower()
+        return {
+            "listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": SECURE_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SECURE_MECHANISM,
+            f"listener.name.sasl_plaintext.{mechanism}.sasl.jaas.config": (
+                f'{scram} required username="{_BROKER_PRINCIPAL}" password="{broker_password}";'
+            ),
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": (
+                f'{plain} required username="{_BROKER_PRINCIPAL}" password="{broker_password}" '
+                f'user_{_BROKER_PRINCIPAL}="{broker_password}";'
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:admin;User:{_BROKER_PRINCIPAL}",
+            "allow.everyone.if.no.acl.found": "false",
+            # Topics are the admin's to create ('canary kafka topics'), never a side effect of a fetch.
+            "auto.create.topics.enable": "false",
+        }
+
     def _write_config(self, controller_port: int) -> Path:
         logs = self.data_dir / "kraft-logs"
         props = self.data_dir / "server.properties"
@@ -456,7 +598,10 @@ class LocalBroker:
             "log.retention.hours": "168",
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
-        props.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        if self.secure:
+            settings.update(self._security_config(controller_port))
+        # 0600: a secure broker's file holds its own password.
+        _write_private(props, "".join(f"{k}={v}\n" for k, v in settings.items()))
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
         return props
 
@@ -477,6 +622,10 @@ class LocalBroker:
             str(props),
             "--ignore-formatted",
         ]
+        if self.secure:
+            # SCRAM credentials go into the bootstrap metadata, so ACL'd principals exist from the first start.
+            for principal in (*SECURE_PRINCIPALS, _BROKER_PRINCIPAL):
+                cmd += ["--add-scram", f"{SECURE_MECHANISM}=[name={principal},password={self.password(principal)}]"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise BrokerError(
@@ -493,6 +642,14 @@ class LocalBroker:
             time.sleep(0.05)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only (created 0600, never briefly wider)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
 def _reap(pid: int) -> None:
     """Collect the exit status if the broker is our child (tests start it in-process)."""
     with contextlib.suppress(ChildProcessError, OSError):
@@ -500,7 +657,7 @@ def _reap(pid: int) -> None:
 
 
 def _wait_for_metadata(
-    bootstrap: str,
+    bootstrap: str | KafkaConnection,
     timeout: float,
     log_file: Path,
     pid: int,

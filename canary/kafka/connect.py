@@ -1,35 +1,52 @@
-"""Resolve the Kafka cluster for a command: one rule everywhere."""
+"""Resolve the Kafka cluster for a command: one rule everywhere.
+
+The connection returned carries the SASL/SSL settings (canary.kafka.clients); every client built from it
+authenticates the same way.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from canary.errors import KafkaError
-from canary.kafka.probe import metadata_answers
+from canary.kafka.clients import KafkaConnection, connection_for
+from canary.kafka.probe import metadata_problem
 from canary.settings import Settings
 
 
-def require_kafka(settings: Settings, timeout: float = 5.0) -> str:
-    """Return the bootstrap address if it answers, else a KafkaError that says how to fix it."""
-    bootstrap = settings.effective_bootstrap
-    if metadata_answers(bootstrap, timeout=timeout):
-        return bootstrap
+def require_kafka(settings: Settings, timeout: float = 5.0) -> KafkaConnection:
+    """The connection if the cluster answers, else a KafkaError that says how to fix it."""
+    conn = connection_for(settings)
+    problem = metadata_problem(conn, timeout=timeout)
+    if problem is None:
+        return conn
+    bootstrap = conn.bootstrap
+    how = f" with {conn.security.describe()}" if conn.security.authenticated else ""
+    if problem != "nothing listens there" and "no answer" not in problem:
+        raise KafkaError(
+            f"Kafka at {bootstrap} refused or failed our client{how}: {problem}. Check "
+            "CANARY_KAFKA_SECURITY_PROTOCOL / CANARY_KAFKA_SASL_* / CANARY_KAFKA_SSL_* against the cluster's listener."
+        )
     if settings.uses_external_kafka:
         raise KafkaError(
-            f"Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS) does not answer metadata requests. "
+            f"Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS) does not answer metadata requests{how} ({problem}). "
             "Check the address, or unset KAFKA_BOOTSTRAP_SERVERS to use the local broker."
         )
+    port = f" --port {settings.local_port}" if settings.local_port != 19092 else ""
+    secure = " --secure" if settings.kafka_security.authenticated else ""
     raise KafkaError(
-        f"no Kafka answers at {bootstrap}. Start the local broker with 'canary kafka start"
-        + (f" --port {settings.local_port}" if settings.local_port != 19092 else "")
-        + "', or set KAFKA_BOOTSTRAP_SERVERS to an existing cluster."
+        f"no Kafka answers at {bootstrap}{how} ({problem}). Start the local broker with "
+        f"'canary kafka start{secure}{port}', or set KAFKA_BOOTSTRAP_SERVERS to an existing cluster."
     )
 
 
-def ensure_local_or_external(settings: Settings, log: Callable[[str], None] = lambda _m: None) -> str:
-    """Used by long-running services (worker, router): start the local broker if no cluster is configured."""
-    if settings.uses_external_kafka:
+def ensure_local_or_external(settings: Settings, log: Callable[[str], None] = lambda _m: None) -> KafkaConnection:
+    """Used by long-running services (worker, router): start the local broker if no cluster is configured.
+
+    With authentication configured nothing is started: a secured broker is the admin's to start
+    ('canary kafka start --secure'), and an insecure one would only refuse our credentials."""
+    if settings.uses_external_kafka or settings.kafka_security.authenticated:
         return require_kafka(settings)
     from canary.kafka.broker import LocalBroker
 
-    return LocalBroker(settings.home, settings.local_port).start(log=log).bootstrap
+    return connection_for(settings, LocalBroker(settings.home, settings.local_port).start(log=log).bootstrap)

@@ -2,12 +2,14 @@
 
 ``ensure_topics`` creates what is missing and verifies what exists: a topic that exists with other
 settings is reported (``TopicMismatch``), never silently accepted, because a wrong cleanup policy on the
-control topic would quietly delete the history that pointers and audits are rebuilt from.
+control topic would quietly delete the history that pointers and audits are rebuilt from. On a secured
+cluster services only verify (``create=False``): creating topics is the admin's step, ``canary kafka topics``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -17,6 +19,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from canary.errors import KafkaError, TopicMismatch
+from canary.kafka.clients import Cluster, client_kwargs
 
 DAY_MS = 24 * 60 * 60 * 1000
 CHECKPOINT_MAX_BYTES = 16 * 1024 * 1024
@@ -120,25 +123,43 @@ class Topics:
 @dataclass(frozen=True, slots=True)
 class TopicReport:
     name: str
-    action: str  # "created" | "ok" | "mismatch"
+    action: str  # "created" | "ok" | "mismatch" | "missing"
     problems: tuple[str, ...] = ()
 
 
-async def ensure_topics_async(bootstrap: str, specs: Iterable[TopicSpec]) -> list[TopicReport]:
+def default_replication_factor(brokers: int) -> int:
+    """Three copies where the cluster has three brokers or more, otherwise one per broker (1 locally)."""
+    return max(1, min(3, brokers))
+
+
+async def ensure_topics_async(
+    bootstrap: Cluster,
+    specs: Iterable[TopicSpec],
+    *,
+    create: bool = True,
+    replication_factor: int | None = None,
+) -> list[TopicReport]:
+    """Create what is missing (``create``; else report it ``missing``) and verify what exists. A
+    ``replication_factor`` given is also verified; None = :func:`default_replication_factor`."""
     specs = list(specs)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**client_kwargs(bootstrap), request_timeout_ms=15000)
     try:
         await admin.start()
     except Exception as exc:
         raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
+        cluster = await admin.describe_cluster()
         existing = set(await admin.list_topics())
+        replicas = replication_factor or default_replication_factor(len(cluster["brokers"]))
         reports: list[TopicReport] = []
         present = [s for s in specs if s.name in existing]
         for spec in (s for s in specs if s.name not in existing):
+            if not create:
+                reports.append(TopicReport(spec.name, "missing", ("does not exist (or is not visible to us)",)))
+                continue
             try:
                 response = await admin.create_topics(
-                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=spec.config())], timeout_ms=15000
+                    [NewTopic(spec.name, spec.partitions, replicas, topic_configs=spec.config())], timeout_ms=15000
                 )
             except TopicAlreadyExistsError:
                 present.append(spec)
@@ -149,30 +170,45 @@ async def ensure_topics_async(bootstrap: str, specs: Iterable[TopicSpec]) -> lis
                 # Created by someone else since list_topics (metadata lags creation): verify it like any other.
                 present.append(spec)
             elif code:
-                raise KafkaError(f"cannot create topic {spec.name}: error {code} {message or ''}".rstrip())
+                hint = " (creating topics is the admin principal's step)" if code == 29 else ""
+                raise KafkaError(f"cannot create topic {spec.name}: error {code} {message or ''}".rstrip() + hint)
             else:
                 reports.append(TopicReport(spec.name, "created"))
         if present:
-            reports += await _verify(admin, present)
+            reports += await _verify(admin, present, replication_factor)
         return sorted(reports, key=lambda r: r.name)
     finally:
         await admin.close()
 
 
-async def _verify(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[TopicReport]:
-    described = await admin.describe_topics([s.name for s in specs])
+async def _verify(
+    admin: AIOKafkaAdminClient, specs: list[TopicSpec], replication_factor: int | None
+) -> list[TopicReport]:
+    names = [s.name for s in specs]
+    described = await admin.describe_topics(names)
+    for _ in range(50):
+        # A topic created a moment ago may have no partition leaders yet (metadata lags creation).
+        if all(t["partitions"] and not t["error_code"] for t in described):
+            break
+        await asyncio.sleep(0.1)
+        described = await admin.describe_topics(names)
     partitions = {t["topic"]: len(t["partitions"]) for t in described}
+    copies = {t["topic"]: min((len(p["replicas"]) for p in t["partitions"]), default=0) for t in described}
     resources = [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
     actual: dict[str, dict[str, str]] = {}
     for response in await admin.describe_configs(resources):
         for resource in response.resources:
-            name = resource[3]
+            code, message, name = resource[0], resource[1], resource[3]
+            if code:
+                raise KafkaError(f"cannot describe the configuration of topic {name}: error {code} {message or ''}")
             actual[name] = {entry[0]: entry[1] for entry in resource[4]}
     reports = []
     for spec in specs:
         problems = []
         if partitions.get(spec.name) != spec.partitions:
             problems.append(f"partitions = {partitions.get(spec.name)}, expected {spec.partitions}")
+        if replication_factor is not None and copies.get(spec.name) != replication_factor:
+            problems.append(f"replication factor = {copies.get(spec.name)}, expected {replication_factor}")
         for key, want in spec.config().items():
             have = actual.get(spec.name, {}).get(key)
             if have != want:
@@ -181,8 +217,23 @@ async def _verify(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[To
     return reports
 
 
-def ensure_topics(bootstrap: str, topics: Topics, strict: bool = True) -> list[TopicReport]:
-    reports = asyncio.run(ensure_topics_async(bootstrap, topics.specs()))
+def ensure_topics(
+    bootstrap: Cluster,
+    topics: Topics | Iterable[TopicSpec],
+    strict: bool = True,
+    *,
+    create: bool = True,
+    replication_factor: int | None = None,
+) -> list[TopicReport]:
+    """Create (``create``) or only verify the topics; with ``strict`` a mismatch or a missing topic raises."""
+    specs = topics.specs() if isinstance(topics, Topics) else list(topics)
+    reports = asyncio.run(ensure_topics_async(bootstrap, specs, create=create, replication_factor=replication_factor))
+    missing = [r.name for r in reports if r.action == "missing"]
+    if missing and strict:
+        raise KafkaError(
+            f"topics missing on {bootstrap}: {', '.join(missing)}. Services only verify topics on a secured "
+            "cluster: an admin creates them with 'canary kafka topics' (and grants access with 'canary kafka acls')."
+        )
     bad = [r for r in reports if r.action == "mismatch"]
     if bad and strict:
         lines = [f"  {r.name}: " + "; ".join(r.problems) for r in bad]
@@ -193,13 +244,36 @@ def ensure_topics(bootstrap: str, topics: Topics, strict: bool = True) -> list[T
     return reports
 
 
+def cluster_replication_factor(bootstrap: Cluster, configured: int | None) -> int:
+    """The replication factor topics get on this cluster: ``configured``, else min(3, brokers)."""
+    if configured is not None:
+        return configured
+
+    async def brokers() -> int:
+        admin = AIOKafkaAdminClient(**client_kwargs(bootstrap), request_timeout_ms=15000)
+        try:
+            await admin.start()
+            return len((await admin.describe_cluster())["brokers"])
+        except Exception as exc:
+            raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        finally:
+            await admin.close()
+
+    return default_replication_factor(asyncio.run(brokers()))
+
+
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, required: bool = True) -> list[TopicPartition]:
     """The partitions of ``topic``, also for a topic the consumer has not subscribed to or been assigned."""
     parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        # The client only tracks metadata of assigned topics; ask the cluster for everything.
+    deadline = time.monotonic() + (3.0 if required else 0.0)
+    while not parts:
+        # The client only tracks metadata of assigned topics; ask the cluster for everything. A topic
+        # created a moment ago may not be in the answering broker's metadata yet: ask again briefly.
         cluster = await consumer._client.fetch_all_metadata()
         parts = cluster.partitions_for_topic(topic) or set()
+        if parts or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.2)
     if not parts and required:
         raise KafkaError(f"topic {topic} does not exist; run 'canary kafka topics'")
     return [TopicPartition(topic, p) for p in sorted(parts)]

@@ -25,6 +25,7 @@ from canary.config import Preset
 from canary.core.deployment import ConfigRef
 from canary.core.models import CommandType, ControlCommand, RouterState
 from canary.errors import DeploymentError, KafkaError
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics
 from canary.ops.view import ControlView, read_view_async
 from canary.security import CommandSigner, ControlSecurity
@@ -84,10 +85,10 @@ def precheck(security: ControlSecurity, payload: dict[str, Any]) -> str | None:
 
 
 async def produce_command(
-    bootstrap: str, topics: Topics, cmd: ControlCommand, signer: CommandSigner | None = None
+    bootstrap: Cluster, topics: Topics, cmd: ControlCommand, signer: CommandSigner | None = None
 ) -> None:
     """Produce ``cmd``, signed by ``signer`` (None: unsigned — only insecure readers accept it)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all", enable_idempotence=True)
     try:
         await asyncio.wait_for(producer.start(), 10)
     except Exception as exc:
@@ -100,9 +101,9 @@ async def produce_command(
 
 
 async def _wait_for_acks(
-    bootstrap: str, topics: Topics, command_id: str, routers: list[str], timeout: float
+    bootstrap: Cluster, topics: Topics, command_id: str, routers: list[str], timeout: float
 ) -> list[str]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=100)
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     acked: set[str] = set()
     try:
@@ -128,7 +129,12 @@ async def _wait_for_acks(
 
 
 async def issue(
-    bootstrap: str, topics: Topics, cmd: ControlCommand, view: ControlView, timeout: float, security: ControlSecurity
+    bootstrap: Cluster,
+    topics: Topics,
+    cmd: ControlCommand,
+    view: ControlView,
+    timeout: float,
+    security: ControlSecurity,
 ) -> Ack:
     routers = sorted(s.router_id for s in view.live_routers())
     signer = security.signer()
@@ -166,7 +172,7 @@ def _command(kind: CommandType, deployment_id: str, issued_by: str | None = None
     )
 
 
-async def require_passed_in(bootstrap: str, earlier: Settings, preset_name: str, preset_hash: str) -> ConfigRef:
+async def require_passed_in(bootstrap: Cluster, earlier: Settings, preset_name: str, preset_hash: str) -> ConfigRef:
     """A promotion pipeline's gate: the same preset hash must have been promoted in the earlier environment
     (read from that environment's own control topic and verified with its own trusted keys)."""
     topics = Topics(earlier.topic_prefix)
@@ -184,7 +190,7 @@ async def require_passed_in(bootstrap: str, earlier: Settings, preset_name: str,
 
 
 async def start_canary(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     candidate: Preset,
     default_last_good: Preset,
@@ -238,7 +244,7 @@ def _running(view: ControlView, kind: str, expected: str | None) -> str:
 
 
 async def stop_canary(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     promote: bool,
     timeout: float = 10.0,
@@ -259,7 +265,7 @@ async def stop_canary(
 
 
 async def simple_command(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     kind: CommandType,
     weight: float | None = None,

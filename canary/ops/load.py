@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from canary.errors import KafkaError
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics
 
 QuerySource = Callable[[int], tuple[str, tuple[str, ...]]]
@@ -55,7 +56,7 @@ def bundled_queries() -> tuple[QuerySource, int]:
 
 
 async def produce_load(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     qps: float,
     duration: float,
@@ -69,7 +70,7 @@ async def produce_load(
     omission: a late tick is sent at once and counted in ``max_behind_ms``)."""
     query_of, n_queries = queries or bundled_queries()
     rng = random.Random(seed)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), linger_ms=5, acks="all", enable_idempotence=True)
     try:
         await asyncio.wait_for(producer.start(), 10)
     except Exception as exc:

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from canary.core.deployment import ConfigRef, ControlLedger, Deployment
 from canary.core.models import RouterState, WindowResult
 from canary.errors import CanaryError, KafkaError
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, topic_partitions
 from canary.security import CommandVerifier, Verdict, default_verifier
 
@@ -114,10 +115,10 @@ async def read_topic_timed(
 
 
 async def read_view_async(
-    bootstrap: str, topics: Topics, with_windows: bool = False, verifier: CommandVerifier | None = None
+    bootstrap: Cluster, topics: Topics, with_windows: bool = False, verifier: CommandVerifier | None = None
 ) -> ControlView:
     """The view as of now. ``verifier``: a fresh one for this fold (None = the process settings')."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     try:
         await asyncio.wait_for(consumer.start(), 10)
     except Exception as exc:

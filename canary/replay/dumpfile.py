@@ -46,6 +46,7 @@ from canary.core.jsonio import loads
 from canary.core.models import JSONDict, iso_ms
 from canary.core.windows import window_bounds
 from canary.errors import ConfigError, KafkaError
+from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.pipeline.run import Record, parse_control
 from canary.replay.recompute import ReplaySettings, read_bounds, span_bounds
@@ -623,7 +624,7 @@ def _in_window_span(value: bytes | None, first_ms: int, until_ms: int) -> bool:
 
 
 async def write_dump(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     from_ms: int,
     to_ms: int,

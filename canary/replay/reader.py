@@ -21,15 +21,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.errors import CanaryError, KafkaError
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, topic_partitions
 from canary.replay.recompute import ReplaySettings, read_bounds, span_bounds
 from canary.replay.span import RecordTuple, SpanData
 
 
-def new_consumer(bootstrap: str) -> AIOKafkaConsumer:
+def new_consumer(bootstrap: Cluster) -> AIOKafkaConsumer:
     """A group-less consumer tuned for bulk reads (big fetches, no CRC re-check on loopback data)."""
     return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(bootstrap),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -119,7 +120,7 @@ async def read_outcome_records(
 
 
 async def read_span(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     from_ms: int,
     to_ms: int,

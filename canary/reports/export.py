@@ -17,6 +17,7 @@ from typing import Any
 from canary.core.judge import Judgement
 from canary.core.models import WindowResult
 from canary.errors import CanaryError, ConfigError, KafkaError
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.reports.files import AUDIT_LOG, export_all, read_audit_file, rebuild_audit
 from canary.reports.model import DeploymentReport, build_report
 from canary.settings import Settings
@@ -31,7 +32,7 @@ class TopicData:
 
 
 async def read_topics_async(
-    bootstrap: str, prefix: str, *, control: bool = False, state: bool = False, windows: bool = False
+    bootstrap: Cluster, prefix: str, *, control: bool = False, state: bool = False, windows: bool = False
 ) -> TopicData:
     from aiokafka import AIOKafkaConsumer
 
@@ -39,7 +40,7 @@ async def read_topics_async(
     from canary.ops.view import read_topic
 
     topics = Topics(prefix)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     try:
         await asyncio.wait_for(consumer.start(), 10)
     except Exception as exc:
