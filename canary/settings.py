@@ -143,6 +143,8 @@ class Settings:
     command_ttl_s: float = 300.0
     # test / staging / production on one cluster (canary.config.environments): None = no namespace.
     environment: str | None = None
+    # Several candidates may run at once (A/B/n) while last_good keeps at least this share of traffic.
+    min_last_good_share: float = 0.5
     # HMAC secrets of alert webhooks: every CANARY_ALERT_* variable (an environment file names which).
     alert_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -267,6 +269,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         insecure_control=_bool(env, "CANARY_INSECURE_CONTROL"),
         command_ttl_s=ttl,
         alert_secrets={k: v for k, v in env.items() if k.startswith("CANARY_ALERT_") and v},
+        min_last_good_share=_share(env, "CANARY_MIN_LAST_GOOD_SHARE", 0.5),
         kafka_security=_kafka_security(env),
         replication_factor=_replication_factor(env),
         create_topics=_bool(env, "CANARY_KAFKA_CREATE_TOPICS") if _given(env, "CANARY_KAFKA_CREATE_TOPICS") else None,
@@ -328,6 +331,19 @@ def _replication_factor(env: Mapping[str, str]) -> int | None:
 
 def _given(env: Mapping[str, str], name: str) -> bool:
     return bool(env.get(name, "").strip())
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"environment: {name} = {text!r}: must be a number in [0, 1)") from None
+    if not 0 <= value < 1:
+        raise ConfigError(f"environment: {name} = {text}: must be in [0, 1)")
+    return value
 
 
 def _path(env: Mapping[str, str], name: str) -> Path | None:

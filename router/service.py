@@ -28,13 +28,13 @@ from aiokafka.structs import ConsumerRecord
 
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import Arm, RouterState, RouterWatermark, SearchOutcome
+from canary.core.split import baseline_of, candidate_of
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics
 from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
 from router.backends.base import SearchBackend
 from router.offsets import OffsetTracker
 from router.requests import SearchRequest, recall_at_10
-from router.split import assign_arm
 
 log = logging.getLogger("canary.router")
 
@@ -285,8 +285,7 @@ class RouterService:
     @property
     def failsafe_reason(self) -> str | None:
         """Why candidate traffic is held back right now, or None (view fresh, or no canary running)."""
-        dep = self.ledger.current
-        if dep is None or dep.status != "running" or not self.control_stale:
+        if not any(d.status == "running" for d in self.ledger.live) or not self.control_stale:
             return None
         return (
             f"control topic view unconfirmed for over {self.control_stale_after_s:.0f} s"
@@ -356,23 +355,33 @@ class RouterService:
 
     # -- routing ------------------------------------------------------------------------------------------------
     def route(self, request: SearchRequest) -> tuple[ConfigRef, ConfigUsed]:
-        """Pick the arm for a request from the state as it is right now."""
-        dep = self.ledger.current
+        """Pick the arm for a request from the state as it is right now (one or several candidates)."""
         last_good = self.ledger.last_good
         assert last_good is not None
-        arm: Arm
-        deployment_id: str | None
-        if dep is not None and dep.status == "running" and self.control_stale:
+        live = self.ledger.live
+        if not live:
+            latest = self.ledger.latest
+            deployment_id = latest.deployment_id if latest else None
+            return last_good, ConfigUsed(
+                last_good.name, last_good.version, last_good.content_hash, "last_good", deployment_id
+            )
+        running = [d for d in live if d.status == "running"]
+        chosen = None
+        if running and self.control_stale:
             # Fail safe: a view of the control topic older than the bound may miss a rollback.
             self.stats.failsafe_requests += 1
-            arm, config, deployment_id = "last_good", dep.last_good, dep.deployment_id
-        elif dep is not None and dep.status == "running":
-            arm = assign_arm(request.routing_key, dep.deployment_id, dep.weight)
-            config = dep.candidate if arm == "candidate" else dep.last_good
-            deployment_id = dep.deployment_id
+        elif running:
+            chosen = candidate_of(request.routing_key, [d.arc for d in running])
+        if chosen is not None:
+            dep = self.ledger.deployments[chosen]
+            config, arm = dep.candidate, "candidate"
         else:
-            arm, config, deployment_id = "last_good", last_good, dep.deployment_id if dep else None
-        return config, ConfigUsed(config.name, config.version, config.content_hash, arm, deployment_id)
+            # last_good, counted as the baseline of exactly one live deployment
+            baseline = baseline_of(request.routing_key, [d.deployment_id for d in live])
+            dep = self.ledger.deployments[baseline] if baseline else live[-1]
+            config, arm = dep.last_good, "last_good"
+        used = ConfigUsed(config.name, config.version, config.content_hash, arm, dep.deployment_id)  # type: ignore[arg-type]
+        return config, used
 
     async def execute_search(
         self,

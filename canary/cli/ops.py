@@ -92,9 +92,27 @@ def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, An
         "last_good_hash": last_good.content_hash if last_good else None,
         "candidate_config": dep.candidate.name if dep else None,
         "candidate_hash": dep.candidate.content_hash if dep else None,
-        "traffic_split": {"active": round(1 - weight, 6), "candidate": weight},
+        "traffic_split": {
+            "active": round(1 - sum(d.candidate_weight for d in view.ledger.live), 6),
+            "candidate": weight,
+        },
         "weight": dep.weight if dep else None,
         "rollout": plan_status(dep.candidate.snapshot, dep.weight, dep.weight_set_at_ms) if dep else None,
+        # Every running or paused candidate (A/B/n); the fields above describe the most recent one.
+        "deployments": [
+            {
+                "deployment_id": d.deployment_id,
+                "status": d.status,
+                "candidate_config": d.candidate.name,
+                "candidate_hash": d.candidate.content_hash,
+                "weight": d.weight,
+                "candidate_share": d.candidate_weight,
+                "users_arc": [round(d.arc.start, 6), round(d.arc.weight, 6)],
+                "start_time_ms": d.started_at_ms,
+                "requests": sum(w.response_count for w in view.windows if w.deployment_id == d.deployment_id),
+            }
+            for d in view.ledger.live
+        ],
         "total_requests": total,
         "start_time_ms": dep.started_at_ms if dep else None,
         "end_time_ms": dep.ended_at_ms if dep else None,
@@ -131,6 +149,13 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     ]
     if payload["rollout"]:
         lines.append(f"rollout:     {plan_text(payload['rollout'])}")
+    if len(payload["deployments"]) > 1:
+        lines.append(f"running:     {len(payload['deployments'])} candidates side by side (each on its own users)")
+        lines += [
+            f"  {d['deployment_id']}  {d['candidate_config']}  {d['status']}  weight {d['weight']:.0%}"
+            f"  requests {d['requests']}"
+            for d in payload["deployments"]
+        ]
     if payload["reason"]:
         lines.append(f"reason:      {payload['reason']}")
     live = [r for r in payload["routers"] if r["live"]]
@@ -239,6 +264,7 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
             timeout=args.timeout,
             require_router=not args.no_router_check,
             security=_security(settings),
+            min_last_good_share=settings.min_last_good_share,
         )
     )
     return _print_ack(args, ack, "started")
@@ -251,7 +277,14 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     bootstrap = require_kafka(settings)
     security = _security(settings)
     ack = asyncio.run(
-        stop_canary(bootstrap, _topics(settings), promote=args.promote, timeout=args.timeout, security=security)
+        stop_canary(
+            bootstrap,
+            _topics(settings),
+            promote=args.promote,
+            timeout=args.timeout,
+            security=security,
+            deployment_id=args.deployment,
+        )
     )
     return _print_ack(args, ack, "promoted" if args.promote else "rolled back")
 
@@ -264,10 +297,19 @@ def cmd_weight(args: argparse.Namespace, settings: Settings) -> int:
     security = _security(settings)
     if args.action == "weight":
         ack = asyncio.run(
-            simple_command(bootstrap, _topics(settings), "set_weight", weight=args.value, security=security)
+            simple_command(
+                bootstrap,
+                _topics(settings),
+                "set_weight",
+                weight=args.value,
+                security=security,
+                deployment_id=args.deployment,
+            )
         )
     else:
-        ack = asyncio.run(simple_command(bootstrap, _topics(settings), args.action, security=security))
+        ack = asyncio.run(
+            simple_command(bootstrap, _topics(settings), args.action, security=security, deployment_id=args.deployment)
+        )
     return _print_ack(args, ack, args.action)
 
 
@@ -417,6 +459,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="exit 0 even when no live router acknowledged the command (it stays on the control topic)",
     )
+    p.add_argument(
+        "--deployment",
+        metavar="ID",
+        help="which running canary (required when several run at once; see 'canary status')",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_stop)
 
@@ -427,6 +474,11 @@ def register(sub: Any) -> None:
             action="store_true",
             help="exit 0 even when no live router acknowledged the command (it stays on the control topic)",
         )
+        p.add_argument(
+            "--deployment",
+            metavar="ID",
+            help="which running canary (required when several run at once; see 'canary status')",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(handler=cmd_weight, action=action)
     p = sub.add_parser("weight", help="change the candidate's traffic share")
@@ -435,6 +487,11 @@ def register(sub: Any) -> None:
         "--allow-unacked",
         action="store_true",
         help="exit 0 even when no live router acknowledged the command (it stays on the control topic)",
+    )
+    p.add_argument(
+        "--deployment",
+        metavar="ID",
+        help="which running canary (required when several run at once; see 'canary status')",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_weight, action="weight")

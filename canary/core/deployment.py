@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from canary.core.models import ControlCommand
 from canary.core.rollout import follows_plan, is_rollout_command_id, plan_of_snapshot
+from canary.core.split import Arc, place, preferred_start
 from canary.errors import CanaryError
 
 DeploymentStatus = Literal["running", "paused", "rolled_back", "promoted", "aborted"]
@@ -63,6 +64,12 @@ class Deployment:
     evidence: dict[str, Any] | None = None
     issued_by: str | None = None
     weight_set_at_ms: int | None = None  # issue time of the command that set the weight (start or set_weight)
+    slot_start: float | None = None  # where this deployment's arc of users starts (canary.core.split)
+
+    @property
+    def arc(self) -> Arc:
+        start = self.slot_start if self.slot_start is not None else preferred_start(self.deployment_id)
+        return Arc(self.deployment_id, start, self.weight)
 
     @property
     def live(self) -> bool:
@@ -90,10 +97,23 @@ class ControlLedger:
     current_id: str | None = None
     applied_ids: set[str] = field(default_factory=set)
     last_command_id: str | None = None
+    _live: list[Deployment] | None = field(default=None, repr=False, compare=False)
 
     @property
     def current(self) -> Deployment | None:
+        """The most recently started live deployment (one of ``live`` when several run at once)."""
         return self.deployments.get(self.current_id) if self.current_id else None
+
+    @property
+    def live(self) -> list[Deployment]:
+        """Every running or paused deployment, oldest first (A/B/n: several candidates at once). Cached
+        between changes: routers read it for every request, and ``deployments`` holds the whole history."""
+        if self._live is None:
+            self._live = sorted((d for d in self.deployments.values() if d.live), key=lambda d: d.started_at_ms)
+        return self._live
+
+    def _arcs_except(self, deployment_id: str) -> list[Arc]:
+        return [d.arc for d in self.live if d.deployment_id != deployment_id]
 
     @property
     def latest(self) -> Deployment | None:
@@ -145,6 +165,16 @@ class ControlLedger:
         if cmd.type == "set_weight":
             if cmd.weight is None:
                 return Transition(False, "set_weight: no weight given", dep)
+            grown = replace(dep, weight=cmd.weight).arc
+            clash = [a.deployment_id for a in self._arcs_except(dep.deployment_id) if grown.overlaps(a)]
+            if clash:
+                others = sum(a.weight for a in self._arcs_except(dep.deployment_id))
+                return Transition(
+                    False,
+                    f"set_weight: {cmd.weight:g} would overlap the users of {', '.join(clash)} "
+                    f"(other candidates hold {others:g} of traffic)",
+                    dep,
+                )
             return self._update(
                 replace(dep, weight=cmd.weight, weight_set_at_ms=cmd.issued_at_ms), f"weight set to {cmd.weight:.2f}"
             )
@@ -158,38 +188,76 @@ class ControlLedger:
             evidence=cmd.evidence,
             issued_by=cmd.issued_by,
         )
+        result = self._update(ended, end_status)
         if end_status == "promoted":
             self.last_good = dep.candidate
-        self.current_id = None
-        return self._update(ended, end_status)
+            # The others were judged against the old last_good: their comparison no longer holds.
+            for other in self.live:
+                reason = (
+                    f"aborted: {dep.candidate.name} ({dep.deployment_id}) was promoted to last_good, the baseline "
+                    "this canary was judged against"
+                )
+                self._update(
+                    replace(
+                        other,
+                        status="aborted",
+                        ended_at_ms=cmd.issued_at_ms,
+                        end_command_id=cmd.command_id,
+                        reason=reason,
+                        issued_by=cmd.issued_by,
+                    ),
+                    "aborted",
+                )
+        live = self.live
+        self.current_id = live[-1].deployment_id if live else None
+        return result
 
     def _start(self, cmd: ControlCommand) -> Transition:
-        live = self.current
-        if live is not None and live.live:
-            return Transition(False, f"start: deployment {live.deployment_id} is still {live.status}", live)
+        live = self.live
         if cmd.deployment_id in self.deployments:
             return Transition(False, f"start: deployment id {cmd.deployment_id} was used before")
         if cmd.candidate_config is None:
             return Transition(False, "start: command carries no candidate_config snapshot")
         candidate = ConfigRef.from_snapshot(cmd.candidate_config, cmd.candidate_config_hash)
-        if cmd.last_good_config is not None:
+        if live and cmd.last_good_config is not None:
+            baseline = ConfigRef.from_snapshot(cmd.last_good_config)
+            if self.last_good is not None and baseline.content_hash != self.last_good.content_hash:
+                return Transition(
+                    False,
+                    f"start: its last_good {baseline.name} ({baseline.content_hash}) is not the baseline of the "
+                    f"running canaries ({self.last_good.name}, {self.last_good.content_hash})",
+                    live[-1],
+                )
+        elif cmd.last_good_config is not None:
             self.last_good = ConfigRef.from_snapshot(cmd.last_good_config)
         if self.last_good is None:
             return Transition(False, "start: no last_good config known")
+        weight = cmd.weight if cmd.weight is not None else DEFAULT_WEIGHT
+        slot = place(cmd.deployment_id, weight, [d.arc for d in live])
+        if slot is None:
+            held = sum(d.weight for d in live)
+            return Transition(
+                False,
+                f"start: weight {weight:g} does not fit beside the running canaries "
+                f"({', '.join(d.deployment_id for d in live)} hold {held:g} of traffic)",
+                live[-1],
+            )
         dep = Deployment(
             deployment_id=cmd.deployment_id,
             status="running",
             candidate=candidate,
             last_good=self.last_good,
-            weight=cmd.weight if cmd.weight is not None else DEFAULT_WEIGHT,
+            weight=weight,
             started_at_ms=cmd.issued_at_ms,
             start_command_id=cmd.command_id,
             issued_by=cmd.issued_by,
             weight_set_at_ms=cmd.issued_at_ms,
+            slot_start=slot,
         )
         self.current_id = dep.deployment_id
         return self._update(dep, "started")
 
     def _update(self, dep: Deployment, note: str) -> Transition:
         self.deployments[dep.deployment_id] = dep
+        self._live = None
         return Transition(True, note, dep)

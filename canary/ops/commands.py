@@ -172,6 +172,36 @@ def _command(kind: CommandType, deployment_id: str, issued_by: str | None = None
     )
 
 
+DEFAULT_MIN_LAST_GOOD_SHARE = 0.5
+
+
+def check_side_by_side(live: list[Any], candidate: Preset, weight: float, min_last_good_share: float) -> None:
+    """May ``candidate`` start at ``weight`` beside the running canaries (A/B/n)? DeploymentError if not.
+
+    Several candidates may run at once, each on its own users, as long as last_good keeps at least
+    ``min_last_good_share`` of traffic. A rollout plan walks up to its last step, so a candidate with a plan
+    runs alone: it neither starts beside others nor lets others start beside it."""
+    if not live:
+        return
+    names = ", ".join(f"{d.deployment_id} ({d.candidate.name}, {d.weight:g})" for d in live)
+    if candidate.rollout is not None:
+        raise DeploymentError(
+            f"{candidate.name} has a rollout plan, which runs alone; running now: {names}. Stop those first"
+        )
+    planned = [d for d in live if d.candidate.snapshot.get("rollout")]
+    if planned:
+        raise DeploymentError(
+            f"{planned[0].deployment_id} ({planned[0].candidate.name}) follows a rollout plan, which runs alone; "
+            "wait for it to end or stop it"
+        )
+    left = 1.0 - sum(d.weight for d in live) - weight
+    if left < min_last_good_share - 1e-9:
+        raise DeploymentError(
+            f"starting {candidate.name} at {weight:g} beside {names} would leave last_good {max(left, 0):.2f} of "
+            f"traffic, under the minimum {min_last_good_share:g} (CANARY_MIN_LAST_GOOD_SHARE)"
+        )
+
+
 async def require_passed_in(bootstrap: Cluster, earlier: Settings, preset_name: str, preset_hash: str) -> ConfigRef:
     """A promotion pipeline's gate: the same preset hash must have been promoted in the earlier environment
     (read from that environment's own control topic and verified with its own trusted keys)."""
@@ -199,14 +229,10 @@ async def start_canary(
     require_router: bool = True,
     *,
     security: ControlSecurity,
+    min_last_good_share: float = DEFAULT_MIN_LAST_GOOD_SHARE,
 ) -> Ack:
     view = await read_view_async(bootstrap, topics, verifier=security.verifier())
-    current = view.current
-    if current is not None:
-        raise DeploymentError(
-            f"another canary is already {current.status}: {current.deployment_id} "
-            f"(candidate {current.candidate.name}); stop it first with 'canary stop --promote' or '--rollback'"
-        )
+    check_side_by_side(view.ledger.live, candidate, weight, min_last_good_share)
     if require_router and not view.live_routers():
         raise DeploymentError(
             "no live router (none published a heartbeat in the last 15 s); start one with 'canary router'"
@@ -235,12 +261,19 @@ async def start_canary(
 def _running(view: ControlView, kind: str, expected: str | None) -> str:
     """The running deployment's id; DeploymentError if none runs or it is not the ``expected`` one (an
     operator acting on what a screen showed must not hit a deployment started since)."""
-    current = view.current
-    if current is None:
+    live = view.ledger.live
+    if not live:
         raise DeploymentError(f"no canary is running; nothing to {kind} ('canary status' shows the last one)")
-    if expected is not None and current.deployment_id != expected:
-        raise DeploymentError(f"{expected} is not the running canary (running: {current.deployment_id}); not sent")
-    return current.deployment_id
+    ids = [d.deployment_id for d in live]
+    if expected is not None:
+        if expected not in ids:
+            raise DeploymentError(f"{expected} is not a running canary (running: {', '.join(ids)}); not sent")
+        return expected
+    if len(live) > 1:
+        raise DeploymentError(
+            f"{len(live)} canaries are running ({', '.join(ids)}); say which to {kind} with --deployment ID"
+        )
+    return ids[0]
 
 
 async def stop_canary(

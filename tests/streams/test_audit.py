@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -288,11 +289,12 @@ def test_a_refused_command_and_a_replay_are_audited_as_failures() -> None:
     registry = _registry()
     first = _record(OPERATOR.sign_command(start()))
     assert outcome_event(registry.apply_raw(first, 0, T0 + 10), first)["success"] is True
-    # A second start while the first runs: signed and valid, but the ledger refuses it.
-    other = _record(OPERATOR.sign_command(start(command_id="start-2", deployment_id="dep-2")))
+    # A second start that does not fit beside the first: signed and valid, but the ledger refuses it.
+    too_big = replace(start(command_id="start-2", deployment_id="dep-2"), weight=0.95)
+    other = _record(OPERATOR.sign_command(too_big))
     refused = outcome_event(registry.apply_raw(other, 1, T0 + 20), other)
     assert refused["event_id"] == "control:start-2" and refused["success"] is False
-    assert refused["error_message"].startswith("refused: start: deployment dep-1 is still running")
+    assert refused["error_message"].startswith("refused: start: weight 0.95 does not fit beside the running canaries")
     # The first start published again: rejected as a replay, audited beside the original (distinct id).
     replay = outcome_event(registry.apply_raw(first, 2, T0 + 30), first)
     assert replay["event_id"] == "control:start-1@2" and replay["success"] is False
