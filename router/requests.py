@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,24 @@ class SearchRequest:
             ts=ts,
             relevant_ids=tuple(str(x) for x in labels) if labels is not None else None,
         )
+
+
+def ndcg_at_10(ranked_ids: list[str], relevant_ids: tuple[str, ...] | None) -> float | None:
+    """Binary-relevance nDCG@10: DCG of the top 10 over the ideal DCG; None without labels."""
+    if not relevant_ids:
+        return None
+    relevant = set(relevant_ids)
+    dcg = sum(1.0 / math.log2(i + 2) for i, doc in enumerate(ranked_ids[:10]) if doc in relevant)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(10, len(relevant))))
+    return dcg / ideal
+
+
+def mrr_at_10(ranked_ids: list[str], relevant_ids: tuple[str, ...] | None) -> float | None:
+    """1 / rank of the first relevant result in the top 10 (0 if none); None without labels."""
+    if not relevant_ids:
+        return None
+    relevant = set(relevant_ids)
+    return next((1.0 / (i + 1) for i, doc in enumerate(ranked_ids[:10]) if doc in relevant), 0.0)
 
 
 def recall_at_10(ranked_ids: list[str], relevant_ids: tuple[str, ...] | None) -> float | None:

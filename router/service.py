@@ -34,7 +34,7 @@ from canary.kafka.topics import Topics
 from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
 from router.backends.base import SearchBackend
 from router.offsets import OffsetTracker
-from router.requests import SearchRequest, recall_at_10
+from router.requests import SearchRequest, mrr_at_10, ndcg_at_10, recall_at_10
 
 log = logging.getLogger("canary.router")
 
@@ -425,6 +425,11 @@ class RouterService:
         latency_ms = (time.perf_counter() - started) * 1000.0
         if error:
             self.stats.errors += 1
+        ranked = [] if error else results
+        metrics = dict(getattr(results, "metrics", None) or {}) if not error else {}
+        if request.relevant_ids:  # quality beyond recall, for presets' custom metrics (an error scores 0)
+            metrics["ndcg_at_10"] = round(ndcg_at_10(ranked, request.relevant_ids) or 0.0, 6)
+            metrics["mrr_at_10"] = round(mrr_at_10(ranked, request.relevant_ids) or 0.0, 6)
         outcome = SearchOutcome(
             event_id=f"{self.router_id}:{request.request_id}",
             request_id=request.request_id,
@@ -441,6 +446,7 @@ class RouterService:
             result_count=len(results),
             error=error,
             router_id=self.router_id,
+            metrics=metrics or None,
         )
         ack = await self._publish_outcome(outcome, wait_ack)
         return results, used, ack

@@ -57,7 +57,7 @@ async def _serve(args: argparse.Namespace, settings: Settings, bootstrap: Cluste
             "url": url,
             "host": args.host,
             "port": port,
-            "bootstrap": bootstrap,
+            "bootstrap": str(bootstrap),
             "topic_prefix": settings.topic_prefix,
             "token_file": str(token.path),
             "token_created": token.created,

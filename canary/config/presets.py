@@ -35,6 +35,8 @@ from canary.config.sections import (
 )
 from canary.config.validation import NO_VALUE, Collector, FieldError, Section
 from canary.config.yamlfile import read_yaml
+from canary.core.custom import AGGREGATIONS as CUSTOM_AGGREGATIONS
+from canary.core.custom import CustomMetric
 from canary.core.deployment import snapshot_hash
 from canary.core.rollout import (
     DEFAULT_MIN_TOTAL_DURATION_S,
@@ -288,10 +290,11 @@ def _slo(s: Section) -> SLOConfig:
     # Rules inherit the slo-level values; a broken one is reported already, so rules fall back to the default.
     inherited_consecutive = consecutive if s.out.ok(s.field("consecutive_buckets")) else DEFAULT_CONSECUTIVE_BUCKETS
     inherited_min_samples = min_samples if s.out.ok(s.field("min_samples")) else DEFAULT_MIN_SAMPLES
+    declared = _custom_metrics(s)
     rules: list[SLORule] = []
     names = set(BUILTIN_RULE_NAMES)
     for section in s.sections("rules"):
-        rule = _rule(section, inherited_consecutive, inherited_min_samples, confidence, method)
+        rule = _rule(section, inherited_consecutive, inherited_min_samples, confidence, method, declared)
         if rule is None:
             continue
         if rule.name in names:
@@ -310,6 +313,7 @@ def _slo(s: Section) -> SLOConfig:
         confidence,
         method,
         inconclusive_limit,
+        tuple(declared.values()),
     )
     if len(s.out.errors) == errors_before and s.out.ok(s.path):
         # The SLO agent builds its rules with the core parser: a section it would reject must not load.
@@ -320,11 +324,79 @@ def _slo(s: Section) -> SLOConfig:
     return slo
 
 
-def _rule(s: Section, consecutive: int, min_samples: int, confidence: float, method: str) -> SLORule | None:
+def _custom_metrics(s: Section) -> dict[str, CustomMetric]:
+    """``slo.metrics``: custom metrics the outcomes carry (``SearchOutcome.metrics``), with their aggregation."""
+    declared: dict[str, CustomMetric] = {}
+    for m in s.sections("metrics"):
+        errors_before = len(m.out.errors)
+        name = m.string("name", pattern=NAME_PATTERN, hint="must be lower-case letters, digits, '_' or '-'")
+        aggregation = m.string("aggregation", choices=CUSTOM_AGGREGATIONS, required=False) or "mean"
+        low = _optional_number(m, "low", 0.0, low=-math.inf, high=math.inf, open_ends=True)
+        high = _optional_number(m, "high", 1.0, low=-math.inf, high=math.inf, open_ends=True)
+        description = m.string("description", required=False)
+        m.close()
+        if name in SLO_METRICS or name in declared:
+            m.out.add(m.field("name"), name, "is a built-in metric or declared twice")
+        elif len(m.out.errors) == errors_before:
+            try:
+                declared[name] = CustomMetric(name, aggregation, low, high, description)
+            except ConfigError as exc:
+                m.out.add(m.path, NO_VALUE, str(exc))
+    return declared
+
+
+def _rule(
+    s: Section,
+    consecutive: int,
+    min_samples: int,
+    confidence: float,
+    method: str,
+    declared: Mapping[str, CustomMetric] | None = None,
+) -> SLORule | None:
     """One extra rule; None if it is invalid (the errors are recorded; core SLORule takes no placeholders)."""
     errors_before = len(s.out.errors)
+    declared = declared or {}
     name = s.string("name", pattern=NAME_PATTERN, hint="must be lower-case letters, digits, '_' or '-'")
-    metric = s.string("metric", choices=SLO_METRICS)
+    raw_metric = s.take("metric")
+    if isinstance(raw_metric, str) and raw_metric not in SLO_METRICS and raw_metric not in declared:
+        known = ", ".join(sorted(declared)) or "none"
+        s.out.add(
+            s.field("metric"),
+            raw_metric,
+            f"is neither built in ({', '.join(SLO_METRICS)}) nor declared under slo.metrics (declared: {known})",
+        )
+        metric = ""  # reported; the other fields are still checked
+    else:
+        metric = s.string("metric", choices=(*SLO_METRICS, *declared))
+    if metric in declared:
+        threshold = s.number("threshold")
+        operator = s.string("operator", choices=OPERATORS)
+        custom_relative = None
+        if s.take("relative_to") not in (NO_VALUE, None):
+            custom_relative = s.string("relative_to", choices=("last_good",)) or None
+        rule_consecutive = s.integer("consecutive_buckets", default=consecutive)
+        rule_min_samples = s.integer("min_samples", minimum=0, default=min_samples)
+        rule_confidence = _optional_number(s, "confidence", confidence, low=0, high=1, open_ends=True)
+        rule_method = _method(s, method)
+        s.close()
+        if len(s.out.errors) > errors_before:
+            return None
+        try:
+            return SLORule(
+                name,
+                metric,
+                operator,
+                threshold,
+                rule_consecutive,
+                rule_min_samples,
+                rule_confidence,
+                rule_method,
+                custom_relative,
+                declared[metric],
+            )
+        except ConfigError as exc:
+            s.out.add(s.path, NO_VALUE, str(exc))
+            return None
     relative_to: str | None = None
     if s.take("relative_to") not in (NO_VALUE, None):  # null (as snapshots write it) means absolute
         relative_to = s.string("relative_to", choices=("last_good",)) or None

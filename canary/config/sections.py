@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+from canary.core.custom import CustomMetric
 from canary.core.slo import (
     DEFAULT_CONFIDENCE,
     DEFAULT_ERROR_RATE,
@@ -87,6 +88,7 @@ class SLOConfig:
     confidence: float = DEFAULT_CONFIDENCE
     method: str = "sequential"
     inconclusive_limit: int = DEFAULT_INCONCLUSIVE_LIMIT
+    metrics: tuple[CustomMetric, ...] = ()  # custom metrics the rules may name (canary.core.custom)
 
     def to_dict(self) -> dict[str, Any]:
         """The preset's ``slo`` section as written in snapshots; canary.core.slo.policy_from_slo_section reads it."""
@@ -100,6 +102,8 @@ class SLOConfig:
             "method": self.method,
             "inconclusive_limit": self.inconclusive_limit,
             "rules": [r.to_dict() for r in self.rules],
+            # Absent without custom metrics, so presets written before them keep their content hashes.
+            **({"metrics": [m.to_dict() for m in self.metrics]} if self.metrics else {}),
         }
 
     def all_rules(self) -> list[SLORule]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from canary.core.custom import CustomAggregation, CustomStats, custom_from_dict, custom_to_dict, merge_custom
 from canary.core.evidence import RECALL_BINS
 from canary.core.models import JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.core.sketch import QuantileSketch
@@ -46,6 +47,10 @@ class WindowStats:
     sketch: QuantileSketch = field(default_factory=QuantileSketch)
     exceed: tuple[tuple[str, int], ...] = ()
     recall_hist: tuple[tuple[int, int], ...] = ()
+    custom: tuple[tuple[str, CustomStats], ...] = ()  # declared custom metrics (canary.core.custom)
+
+    def custom_stats(self, name: str) -> CustomStats | None:
+        return next((c for n, c in self.custom if n == name), None)
 
     @property
     def recall_samples(self) -> int:
@@ -73,23 +78,34 @@ class WindowStats:
             sketch=sketch,
             exceed=tuple(sorted(exceed.items(), key=lambda kv: float(kv[0]))),
             recall_hist=tuple(sorted(hist.items())),
+            custom=merge_custom(self.custom, other.custom),
         )
 
     def to_dict(self) -> JSONDict:
-        return {
+        out: JSONDict = {
             "count": self.count,
             "error_count": self.error_count,
             "sketch": self.sketch.to_dict(),
             "exceed": {t: c for t, c in self.exceed},
             "recall_hist": [[b, c] for b, c in self.recall_hist],
         }
+        if self.custom:  # absent without custom metrics: windows of older presets keep their exact JSON
+            out["custom"] = custom_to_dict(self.custom)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WindowStats:
         try:
             exceed = tuple(sorted(((str(t), int(c)) for t, c in d["exceed"].items()), key=lambda kv: float(kv[0])))
             hist = tuple(sorted((int(b), int(c)) for b, c in d["recall_hist"]))
-            out = cls(int(d["count"]), int(d["error_count"]), QuantileSketch.from_dict(d["sketch"]), exceed, hist)
+            out = cls(
+                int(d["count"]),
+                int(d["error_count"]),
+                QuantileSketch.from_dict(d["sketch"]),
+                exceed,
+                hist,
+                custom_from_dict(d.get("custom")),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidEvent(f"WindowStats: malformed ({exc!r}): {dict(d)!r:.200}") from None
         if out.count < 0 or out.error_count < 0 or any(c < 0 for _, c in exceed) or any(c <= 0 for _, c in hist):
@@ -113,10 +129,11 @@ class WindowAggregate:
     max_source_offset: int = -1
     exceed: tuple[tuple[str, int], ...] = ()
     recall_hist: tuple[tuple[int, int], ...] = ()
+    custom: tuple[tuple[str, CustomStats], ...] = ()
 
     @property
     def stats(self) -> WindowStats:
-        return WindowStats(self.count, self.error_count, self.sketch, self.exceed, self.recall_hist)
+        return WindowStats(self.count, self.error_count, self.sketch, self.exceed, self.recall_hist, self.custom)
 
     def with_late(self, n: int = 1) -> WindowAggregate:
         return replace(self, late_count=self.late_count + n)
@@ -142,6 +159,7 @@ class WindowAggregate:
             "max_source_offset": self.max_source_offset,
             "exceed": {t: c for t, c in self.exceed},
             "recall_hist": [[b, c] for b, c in self.recall_hist],
+            **({"custom": custom_to_dict(self.custom)} if self.custom else {}),
         }
 
     @classmethod
@@ -166,11 +184,12 @@ class WindowAggregate:
                     "sketch": d["sketch"],
                     "exceed": d.get("exceed", {}),
                     "recall_hist": d.get("recall_hist", []),
+                    "custom": d.get("custom"),
                 }
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidEvent(f"WindowAggregate: malformed state ({exc!r}): {dict(d)!r:.200}") from None
-        return cls(sketch=stats.sketch, exceed=stats.exceed, recall_hist=stats.recall_hist, **ints)
+        return cls(sketch=stats.sketch, exceed=stats.exceed, recall_hist=stats.recall_hist, custom=stats.custom, **ints)
 
 
 class WindowAggregator:
@@ -190,6 +209,7 @@ class WindowAggregator:
         max_bins: int = 2048,
         exceed_thresholds_ms: Sequence[float] = (),
         error_latency_ms: float = DEFAULT_ERROR_LATENCY_MS,
+        custom: CustomAggregation | None = None,
     ) -> None:
         self.latency_threshold_ms = latency_threshold_ms
         self.recall_threshold = recall_threshold
@@ -198,6 +218,7 @@ class WindowAggregator:
         thresholds = {float(t) for t in exceed_thresholds_ms} | {float(latency_threshold_ms)}
         self.exceed_thresholds_ms: tuple[float, ...] = tuple(sorted(thresholds))
         self.error_latency_ms = float(error_latency_ms)
+        self.custom = custom or CustomAggregation()
 
     def initialize(self) -> WindowAggregate:
         return WindowAggregate(sketch=QuantileSketch(self.relative_accuracy, self.max_bins))
@@ -248,6 +269,7 @@ class WindowAggregator:
             else max(state.max_source_offset, max_offset),
             exceed=tuple(sorted(exceed.items(), key=lambda kv: float(kv[0]))),
             recall_hist=tuple(sorted(hist.items())),
+            custom=merge_custom(state.custom, self.custom.agg(outcomes)) if self.custom.metrics else state.custom,
         )
 
     def merge(self, a: WindowAggregate, b: WindowAggregate) -> WindowAggregate:
@@ -258,6 +280,7 @@ class WindowAggregator:
             sketch=stats.sketch,
             exceed=stats.exceed,
             recall_hist=stats.recall_hist,
+            custom=stats.custom,
             recall_sum_micros=a.recall_sum_micros + b.recall_sum_micros,
             recall_samples=a.recall_samples + b.recall_samples,
             slo_violations=a.slo_violations + b.slo_violations,

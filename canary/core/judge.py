@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from canary.core.aggregations import WindowStats
+from canary.core.custom import CustomMetric
 from canary.core.evidence import (
     histogram_mean,
     log_e_above,
@@ -288,7 +289,7 @@ def sequential_verdict(
     rule: SLORule, window: WindowResult, pooled: WindowStats, baseline: WindowStats | None
 ) -> RuleVerdict:
     """One rule judged on the deployment's pooled candidate data (``pooled`` includes ``window``)."""
-    value = window_point_value(rule.metric, window)
+    value = window_point_value(rule.metric, window, rule.custom)
     windows_extra: JSONDict = {}
 
     def done(e: _Evidence) -> RuleVerdict:
@@ -305,6 +306,8 @@ def sequential_verdict(
     if rule.metric == "response_count":
         return judge_window(rule, window)  # a count, not an estimate: nothing to be uncertain about
     alpha = rule.alpha / 2.0 if rule.relative else rule.alpha
+    if rule.custom is not None:
+        return _custom_verdict(rule, rule.custom, pooled, baseline, alpha, done, inconclusive)
     if rule.relative and (baseline is None or baseline.count == 0):
         return inconclusive(f"{rule.relative_to} has no data yet: a relative rule cannot be judged")
     if rule.metric in QUANTILE_METRICS:
@@ -394,9 +397,72 @@ def sequential_verdict(
     return done(_mean_verdict(rule, hist, m_fail, m_pass, alpha, extra))
 
 
+def _custom_verdict(
+    rule: SLORule,
+    metric: CustomMetric,
+    pooled: WindowStats,
+    baseline: WindowStats | None,
+    alpha: float,
+    done: Callable[[_Evidence], RuleVerdict],
+    inconclusive: Callable[..., RuleVerdict],
+) -> RuleVerdict:
+    """A rule on a declared custom metric, with the built-in machinery of its kind: a bounded mean (as
+    recall), a Bernoulli rate (as errors), or a quantile's exceedance rate (as latency)."""
+    own = pooled.custom_stats(metric.name)
+    if own is None or own.n == 0:
+        return inconclusive(f"no outcome carries {metric.name} yet (n={pooled.count})")
+    base = baseline.custom_stats(metric.name) if baseline is not None else None
+    if rule.relative and (base is None or base.n == 0):
+        return inconclusive(f"{rule.relative_to} has no {metric.name} yet: a relative rule cannot be judged")
+    extra: JSONDict = {"custom_metric": metric.name, "aggregation": metric.aggregation}
+    if metric.aggregation == "rate":
+        if not rule.relative:
+            q = float(rule.threshold)
+            return done(_rate_verdict(rule, own.n, own.hits, own.hits, q, q, alpha, "hits", extra))
+        assert base is not None
+        b_lo, b_hi = rate_lower_bound(base.n, base.hits, alpha), rate_upper_bound(base.n, base.hits, alpha)
+        upper_rule = rule.operator in ("le", "lt")
+        q_fail = (b_hi if upper_rule else b_lo) + rule.threshold
+        q_pass = (b_lo if upper_rule else b_hi) + rule.threshold
+        extra.update(baseline_rate=base.hits / base.n, baseline_n=base.n, baseline_bounds=[b_lo, b_hi])
+        return done(_rate_verdict(rule, own.n, own.hits, own.hits, q_fail, q_pass, alpha, "hits", extra))
+    if metric.quantile is not None:
+        k = own.exceedances(rule.threshold)
+        if k is None:
+            return inconclusive(f"{metric.name}: no exact counts above {rule.threshold:g} in these windows")
+        q = 1.0 - metric.quantile
+        extra["threshold_value"] = rule.threshold
+        return done(_rate_verdict(rule, own.n, k, k, q, q, alpha, "exceedances", extra))
+    hist = dict(own.hist)
+    span = metric.high - metric.low
+    extra["scale"] = [metric.low, metric.high]  # mean evidence is on the value normalised to [0, 1]
+    if not rule.relative:
+        m = metric.normalise(float(rule.threshold))
+        return done(_mean_verdict(rule, hist, m, m, alpha, extra))
+    assert base is not None
+    base_hist = dict(base.hist)
+    b_lo, b_hi = mean_lower_bound(base_hist, alpha), mean_upper_bound(base_hist, alpha)
+    lower_rule = rule.operator in ("ge", "gt")
+    offset = rule.threshold / span
+    m_fail = (b_lo if lower_rule else b_hi) + offset
+    m_pass = (b_hi if lower_rule else b_lo) + offset
+    extra.update(baseline_mean=histogram_mean(base_hist), baseline_n=base.n, baseline_bounds=[b_lo, b_hi])
+    return done(_mean_verdict(rule, hist, m_fail, m_pass, alpha, extra))
+
+
 def window_figure(rule: SLORule, own: WindowStats, evidence: Mapping[str, Any]) -> tuple[str, float | None]:
     """The window's own estimate of what the rule's test is about: (name, value) — the rate above the
     tested latency, the error rate, or the recall mean; ``None`` without data."""
+    if rule.custom is not None:
+        stats = own.custom_stats(rule.metric)
+        if stats is None or stats.n == 0:
+            return ("window_mean" if rule.custom.aggregation == "mean" else "window_rate"), None
+        if rule.custom.aggregation == "mean":
+            return "window_mean", histogram_mean(dict(stats.hist))
+        if rule.custom.aggregation == "rate":
+            return "window_rate", stats.hits / stats.n
+        k = stats.exceedances(rule.threshold)
+        return "window_rate", None if k is None else k / stats.n
     if rule.metric in QUANTILE_METRICS:
         t = evidence.get("threshold_ms")
         if own.count == 0 or t is None:
@@ -414,7 +480,7 @@ def window_breaks(rule: SLORule, value: float | None, evidence: Mapping[str, Any
     """Does this window, on its own, sit on the breaking side of the tested threshold?"""
     if value is None:
         return False
-    if rule.metric == "recall_at_10":
+    if rule.metric == "recall_at_10" or (rule.custom is not None and rule.custom.aggregation == "mean"):
         limit = evidence.get("mean_threshold")
         return limit is not None and (value < limit if rule.operator in ("ge", "gt") else value > limit)
     limit = evidence.get("rate_threshold")
@@ -488,7 +554,9 @@ class DeploymentJudge:
         if start in self.pending_baseline:
             return
         self.pending_baseline[start] = window_stats(window)
-        self.baseline_values[start] = {r.metric: window_point_value(r.metric, window) for r in self.policy.rules}
+        self.baseline_values[start] = {
+            r.metric: window_point_value(r.metric, window, r.custom) for r in self.policy.rules
+        }
         while len(self.pending_baseline) > MAX_PENDING:
             self._pool_baseline_until(min(self.pending_baseline))
 

@@ -251,6 +251,9 @@ class SearchOutcome:
     result_count: int
     error: str | None
     router_id: str
+    # Extra numbers per request (ndcg@10, mrr@10, a backend's cost …): presets declare aggregations and
+    # rules on them (canary.core.custom). None: none measured.
+    metrics: Mapping[str, float] | None = None
 
     @property
     def window_key(self) -> WindowKey:
@@ -271,6 +274,7 @@ class SearchOutcome:
             "result_count": self.result_count,
             "error": self.error,
             "router_id": self.router_id,
+            **({"metrics": dict(self.metrics)} if self.metrics else {}),
         }
 
     @classmethod
@@ -291,7 +295,29 @@ class SearchOutcome:
             result_count=f.req_int("result_count", minimum=0),
             error=f.str_("error", optional=True, empty_ok=True),
             router_id=f.req_name("router_id"),
+            metrics=outcome_metrics(f),
         )
+
+
+MAX_OUTCOME_METRICS = 32  # a record may carry at most this many extra numbers (bounded state per window)
+
+
+def outcome_metrics(f: _Fields) -> dict[str, float] | None:
+    raw = f.data.get("metrics")
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise f.fail("metrics", "expected an object of name → number", raw)
+    if len(raw) > MAX_OUTCOME_METRICS:
+        raise f.fail("metrics", f"at most {MAX_OUTCOME_METRICS} metrics", len(raw))
+    out: dict[str, float] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+            raise f.fail("metrics", "metric names must be letters, digits, '_', '.' or '-'", name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise f.fail(f"metrics.{name}", "expected a finite number", value)
+        out[name] = float(value)
+    return out
 
 
 WatermarkStatus = Literal["start", "running", "stop"]

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from canary.core.custom import MAX_CUSTOM_METRICS, CustomMetric, CustomStats
 from canary.core.models import JSONDict, Outcome, RuleVerdict, WindowResult, iso_ms
 from canary.errors import ConfigError, InvalidEvent
 
@@ -86,11 +87,16 @@ class SLORule:
     confidence: float = DEFAULT_CONFIDENCE
     method: str = "sequential"
     relative_to: str | None = None
+    # A rule on a declared custom metric (slo.metrics) carries its declaration; None: a built-in metric.
+    custom: CustomMetric | None = None
 
     def __post_init__(self) -> None:
         where = f"slo rule {self.name!r}"
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"slo rule: name must be a non-empty string, got {self.name!r}")
+        if self.custom is not None:
+            self._check_custom(where, self.custom)
+            return
         if self.metric not in METRICS:
             raise ConfigError(f"{where}: metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.operator not in _OPS:
@@ -125,6 +131,36 @@ class SLORule:
         elif self.metric in QUANTILE_METRICS and self.threshold <= 0:
             raise ConfigError(f"{where}: a latency threshold must be > 0 ms, got {self.threshold!r}")
 
+    def _check_custom(self, where: str, custom: CustomMetric) -> None:
+        if self.metric != custom.name or self.metric in METRICS:
+            raise ConfigError(f"{where}: metric {self.metric!r} does not name its custom metric {custom.name!r}")
+        if self.operator not in _OPS:
+            raise ConfigError(f"{where}: operator must be one of {', '.join(_OPS)}, got {self.operator!r}")
+        if not _number(self.threshold):
+            raise ConfigError(f"{where}: threshold must be a finite number, got {self.threshold!r}")
+        if not _number(self.confidence) or not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"{where}: confidence must be a number strictly between 0 and 1, got {self.confidence!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"{where}: method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if custom.quantile is not None and (self.operator not in ("le", "lt") or self.relative_to is not None):
+            raise ConfigError(
+                f"{where}: a rule on the quantile metric {custom.name} ({custom.aggregation}) must be an absolute "
+                "upper bound (operator le or lt, no relative_to)"
+            )
+        span = 1.0 if custom.aggregation == "rate" else custom.high - custom.low
+        if self.relative_to is not None:
+            if self.relative_to not in BASELINES:
+                raise ConfigError(f"{where}: relative_to must be one of {', '.join(BASELINES)}")
+            if not -span <= self.threshold <= span:
+                raise ConfigError(f"{where}: a relative {custom.name} threshold is an offset in [-{span:g}, {span:g}]")
+        elif custom.aggregation == "rate" and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"{where}: a rate threshold must be in [0, 1], got {self.threshold!r}")
+        elif custom.aggregation == "mean" and not custom.low <= self.threshold <= custom.high:
+            raise ConfigError(
+                f"{where}: threshold {self.threshold:g} is outside {custom.name}'s range "
+                f"[{custom.low:g}, {custom.high:g}]"
+            )
+
     @property
     def alpha(self) -> float:
         return 1.0 - self.confidence
@@ -155,7 +191,9 @@ class SLORule:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, where: str = "slo.rules") -> SLORule:
+    def from_dict(
+        cls, d: Mapping[str, Any], *, where: str = "slo.rules", custom: Mapping[str, CustomMetric] | None = None
+    ) -> SLORule:
         if not isinstance(d, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {d!r}")
         unknown = set(d) - _RULE_FIELDS
@@ -175,9 +213,22 @@ class SLORule:
                 confidence=d.get("confidence", DEFAULT_CONFIDENCE),
                 method=d.get("method", "sequential"),
                 relative_to=d.get("relative_to"),
+                custom=_custom_for(d["metric"], custom, where),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+
+
+def _custom_for(metric: object, custom: Mapping[str, CustomMetric] | None, where: str) -> CustomMetric | None:
+    if metric in METRICS:
+        return None
+    if custom and isinstance(metric, str) and metric in custom:
+        return custom[metric]
+    declared = ", ".join(sorted(custom or ())) or "none"
+    raise ConfigError(
+        f"{where}.metric: {metric!r} is neither built in ({', '.join(METRICS)}) nor declared under slo.metrics "
+        f"(declared: {declared})"
+    )
 
 
 def default_rules() -> list[SLORule]:
@@ -200,6 +251,7 @@ class SLOPolicy:
     rules: tuple[SLORule, ...]
     inconclusive_limit: int = DEFAULT_INCONCLUSIVE_LIMIT
     min_samples: int = DEFAULT_MIN_SAMPLES
+    custom_metrics: tuple[CustomMetric, ...] = ()
 
     @property
     def has_relative(self) -> bool:
@@ -216,15 +268,19 @@ class SLOPolicy:
             "rules": [r.to_dict() for r in self.rules],
             "inconclusive_limit": self.inconclusive_limit,
             "min_samples": self.min_samples,
+            **({"metrics": [m.to_dict() for m in self.custom_metrics]} if self.custom_metrics else {}),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SLOPolicy:
         try:
+            metrics = tuple(CustomMetric.from_dict(m) for m in d.get("metrics", []))
+            declared = {m.name: m for m in metrics}
             return cls(
-                tuple(SLORule.from_dict(r) for r in d["rules"]),
+                tuple(SLORule.from_dict(r, custom=declared) for r in d["rules"]),
                 int(d["inconclusive_limit"]),
                 int(d["min_samples"]),
+                metrics,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidEvent(f"SLOPolicy: malformed ({exc!r})") from None
@@ -245,6 +301,7 @@ SECTION_KEYS = frozenset(
         "method",
         "inconclusive_limit",
         "rules",
+        "metrics",
     }
 )
 
@@ -269,6 +326,7 @@ def policy_from_slo_section(slo: Mapping[str, Any]) -> SLOPolicy:
         raise ConfigError(f"slo.confidence: must be a number strictly between 0 and 1, got {slo['confidence']!r}")
     if "method" in slo and slo["method"] not in METHODS:
         raise ConfigError(f"slo.method: must be one of {', '.join(METHODS)}, got {slo['method']!r}")
+    declared = custom_metrics_of(slo)
     rules: list[SLORule] = []
     shorthand = {"error_rate": DEFAULT_ERROR_RATE} if any(k in slo for k in ("p95_ms", "recall_at_10")) else {}
     shorthand = {**shorthand, **{k: slo[k] for k in ("p95_ms", "recall_at_10", "error_rate") if k in slo}}
@@ -288,7 +346,7 @@ def policy_from_slo_section(slo: Mapping[str, Any]) -> SLOPolicy:
         raise ConfigError(f"slo.rules: expected a list, got {extra!r}")
     for i, r in enumerate(extra):
         merged = {**common, **r} if isinstance(r, Mapping) else r
-        rules.append(SLORule.from_dict(merged, where=f"slo.rules[{i}]"))
+        rules.append(SLORule.from_dict(merged, where=f"slo.rules[{i}]", custom=declared))
     if not rules:
         # A canary without rules could never roll back; an slo section naming no rule means the defaults.
         rules = [SLORule.from_dict({**r.to_dict(), **common}, where="slo") for r in default_rules()]
@@ -300,7 +358,24 @@ def policy_from_slo_section(slo: Mapping[str, Any]) -> SLOPolicy:
         tuple(rules),
         inconclusive_limit=slo.get("inconclusive_limit", DEFAULT_INCONCLUSIVE_LIMIT),
         min_samples=slo.get("min_samples", DEFAULT_MIN_SAMPLES),
+        custom_metrics=tuple(declared.values()),
     )
+
+
+def custom_metrics_of(slo: Mapping[str, Any]) -> dict[str, CustomMetric]:
+    """``slo.metrics``: the declared custom metrics by name (ConfigError naming the entry if one is bad)."""
+    raw = slo.get("metrics", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"slo.metrics: expected a list, got {raw!r}")
+    if len(raw) > MAX_CUSTOM_METRICS:
+        raise ConfigError(f"slo.metrics: at most {MAX_CUSTOM_METRICS} custom metrics, got {len(raw)}")
+    declared: dict[str, CustomMetric] = {}
+    for i, entry in enumerate(raw):
+        metric = CustomMetric.from_dict(entry, where=f"slo.metrics[{i}]")
+        if metric.name in METRICS or metric.name in declared:
+            raise ConfigError(f"slo.metrics[{i}].name: {metric.name!r} is built in or declared twice")
+        declared[metric.name] = metric
+    return declared
 
 
 def rules_from_slo_section(slo: Mapping[str, Any]) -> list[SLORule]:
@@ -343,8 +418,14 @@ def _field(window: WindowResult | Mapping[str, Any], name: str) -> Any:
     return getattr(window, name) if isinstance(window, WindowResult) else window.get(name)
 
 
-def window_point_value(metric: str, window: WindowResult | Mapping[str, Any]) -> float | None:
-    """The window's point estimate of ``metric`` (errors included as the aggregator counts them)."""
+def window_point_value(
+    metric: str, window: WindowResult | Mapping[str, Any], custom: CustomMetric | None = None
+) -> float | None:
+    """The window's point estimate of ``metric`` (errors included as the aggregator counts them); for a
+    declared custom metric, its aggregation over the requests that carry it."""
+    if custom is not None:
+        stats = custom_window_stats(window, custom.name)
+        return None if stats is None else stats.value(custom)
     n = int(_field(window, "response_count") or 0)
     if metric == "response_count":
         return float(n)
@@ -364,6 +445,14 @@ def window_point_value(metric: str, window: WindowResult | Mapping[str, Any]) ->
     return None
 
 
+def custom_window_stats(window: WindowResult | Mapping[str, Any], name: str) -> CustomStats | None:
+    stats = _field(window, "stats")
+    custom = stats.get("custom") if isinstance(stats, Mapping) else None
+    if not isinstance(custom, Mapping) or name not in custom:
+        return None
+    return CustomStats.from_dict(custom[name])
+
+
 def judge_window(rule: SLORule, window: WindowResult | Mapping[str, Any], baseline: float | None = None) -> RuleVerdict:
     """Point-estimate judging of one window (``method: point``): the window's value against the threshold,
     ``inconclusive`` below ``min_samples``. For a relative rule, ``baseline`` is last_good's value in the
@@ -377,18 +466,22 @@ def judge_window(rule: SLORule, window: WindowResult | Mapping[str, Any], baseli
 
     n = int(_field(window, "response_count") or 0)
     samples = int(_field(window, "recall_samples") or 0) if rule.metric == "recall_at_10" else n
+    if rule.custom is not None:
+        own = custom_window_stats(window, rule.metric)
+        samples = own.n if own is not None else 0
     threshold = float(rule.threshold)
     if rule.relative:
         if baseline is None:
             return verdict("inconclusive", None, f"no {rule.relative_to} value in this window", threshold)
-        threshold = baseline * rule.threshold if rule.metric in QUANTILE_METRICS else baseline + rule.threshold
+        ratio = rule.metric in QUANTILE_METRICS
+        threshold = baseline * rule.threshold if ratio else baseline + rule.threshold
     if rule.metric != "response_count":
         if samples == 0:
             what = "no labeled outcomes" if rule.metric == "recall_at_10" else "no responses"
             return verdict("inconclusive", None, f"{what} (n={n})", threshold)
         if samples < rule.min_samples:
             return verdict("inconclusive", None, f"too few samples: n={samples} < {rule.min_samples}", threshold)
-    value = window_point_value(rule.metric, window)
+    value = window_point_value(rule.metric, window, rule.custom)
     if value is None or math.isnan(value):
         return verdict("error", None, f"{rule.metric} missing or NaN although n={samples}: {value!r}", threshold)
     holds, ok_symbol, bad_symbol = _OPS[rule.operator]

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from canary.core.aggregations import WindowAggregator
+from canary.core.custom import CustomAggregation
 from canary.core.deployment import ControlLedger
 from canary.core.models import WindowKey
 from canary.core.slo import SLOPolicy, SLORule, aggregator_settings, default_policy, deployment_policy
@@ -20,7 +21,18 @@ log = logging.getLogger("canary.pipeline.policies")
 
 def aggregator_for_policy(policy: SLOPolicy) -> WindowAggregator:
     latency, recall, thresholds = aggregator_settings(policy)
-    return WindowAggregator(latency_threshold_ms=latency, recall_threshold=recall, exceed_thresholds_ms=thresholds)
+    custom = None
+    if policy.custom_metrics:
+        quantile_thresholds: dict[str, set[float]] = {}
+        for rule in policy.rules:
+            if rule.custom is not None and rule.custom.quantile is not None:
+                quantile_thresholds.setdefault(rule.metric, set()).add(float(rule.threshold))
+        custom = CustomAggregation(
+            policy.custom_metrics, {name: tuple(sorted(ts)) for name, ts in quantile_thresholds.items()}
+        )
+    return WindowAggregator(
+        latency_threshold_ms=latency, recall_threshold=recall, exceed_thresholds_ms=thresholds, custom=custom
+    )
 
 
 class PolicyBook:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 from canary.core.jsonio import loads
-from canary.core.models import SAFE_NAME, RouterWatermark, SearchOutcome, WindowKey, check_name
+from canary.core.models import MAX_OUTCOME_METRICS, SAFE_NAME, RouterWatermark, SearchOutcome, WindowKey, check_name
 from canary.errors import CanaryError, InvalidEvent
 
 
@@ -43,6 +43,7 @@ class ReplayOutcome:
         "error",
         "event_id",
         "latency_ms",
+        "metrics",
         "offset",
         "recall_at_10",
         "request_id",
@@ -62,6 +63,7 @@ class ReplayOutcome:
         offset: int = -1,
         request_id: str = "",
         router_id: str = "",
+        metrics: Mapping[str, float] | None = None,
     ) -> None:
         self.event_id = event_id
         self.ts = ts
@@ -72,6 +74,7 @@ class ReplayOutcome:
         self.offset = offset
         self.request_id = request_id or event_id
         self.router_id = router_id
+        self.metrics = metrics
 
     def __repr__(self) -> str:
         return f"ReplayOutcome({self.event_id!r}, ts={self.ts}, key={self.window_key.as_str()!r})"
@@ -102,6 +105,7 @@ class OutcomeDecoder:
         self.strict = strict
         self._keys: dict[tuple[str | None, str, str], WindowKey] = {}
         self._router_ids: set[str] = set()  # router ids already matched against SAFE_NAME (a handful)
+        self._metric_names: set[str] = set()  # custom metric names already matched against SAFE_NAME
 
     def key(self, deployment_id: str | None, config_name: str, arm: str) -> WindowKey:
         t = (deployment_id, config_name, arm)
@@ -117,6 +121,20 @@ class OutcomeDecoder:
             k = WindowKey(deployment_id, config_name, arm)
             self._keys[t] = k
         return k
+
+    def _plain_metrics(self, metrics: Any) -> bool:
+        """What SearchOutcome.from_dict accepts, on exact JSON types (anything else: the reference path)."""
+        if type(metrics) is not dict or len(metrics) > MAX_OUTCOME_METRICS:
+            return False
+        for name, value in metrics.items():
+            if type(value) is not float or not -_INF < value < _INF:
+                return False
+            if name not in self._metric_names:
+                if type(name) is not str or SAFE_NAME.fullmatch(name) is None:
+                    return False
+                if len(self._metric_names) < 10_000:
+                    self._metric_names.add(name)
+        return True
 
     def _safe_router_id(self, router_id: str) -> bool:
         if SAFE_NAME.fullmatch(router_id) is None:
@@ -136,6 +154,7 @@ class OutcomeDecoder:
             offset,
             o.request_id,
             o.router_id,
+            o.metrics,
         )
 
     def decode(self, raw: bytes | None, offset: int = -1) -> Decoded:
@@ -164,6 +183,9 @@ class OutcomeDecoder:
         dep = d.get("deployment_id")
         recall = d.get("recall_at_10")
         error = d.get("error")
+        metrics = d.get("metrics")
+        if metrics is not None and not self._plain_metrics(metrics):
+            return self._from_outcome(SearchOutcome.from_dict(d), offset)
         # Exactly the conditions from_dict checks, on exact JSON types; ints for the float fields (and
         # anything else unusual) take the reference path so conversion and overflow behave the same.
         if (
@@ -189,7 +211,7 @@ class OutcomeDecoder:
             and (router_id in self._router_ids or self._safe_router_id(router_id))
         ):
             key = self._keys.get((dep, config_name, arm)) or self.key(dep, config_name, arm)
-            return ReplayOutcome(event_id, ts, key, latency, recall, error, offset, request_id, router_id)
+            return ReplayOutcome(event_id, ts, key, latency, recall, error, offset, request_id, router_id, metrics)
         return self._from_outcome(SearchOutcome.from_dict(d), offset)
 
 

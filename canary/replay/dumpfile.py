@@ -725,7 +725,7 @@ async def write_dump(
             tmp.unlink(missing_ok=True)
     return {
         "file": str(path),
-        "bootstrap": bootstrap,
+        "bootstrap": str(bootstrap),
         "span": {"from": iso_ms(from_ms), "to": iso_ms(to_ms), "from_ms": from_ms, "to_ms": to_ms},
         "read_from_ms": read_from,
         "read_to_ms": read_to,

@@ -11,9 +11,19 @@ from canary.errors import ConfigError
 
 @runtime_checkable
 class SearchBackend(Protocol):
-    """Runs one search with a preset's parameters and returns ranked document ids."""
+    """Runs one search with a preset's parameters and returns ranked document ids — or a
+    :class:`RankedResults` (a list of ids with ``metrics``: extra numbers the engine measured, e.g. its cost),
+    which the router puts on the outcome for presets' custom metrics."""
 
     async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]: ...
+
+
+class RankedResults(list[str]):
+    """Ranked ids plus the engine's own per-request numbers (``{"cost_units": 12.0}``)."""
+
+    def __init__(self, ids: Sequence[str], metrics: Mapping[str, float] | None = None) -> None:
+        super().__init__(ids)
+        self.metrics: dict[str, float] = dict(metrics or {})
 
 
 def load_backend(import_path: str) -> SearchBackend:

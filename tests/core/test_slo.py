@@ -190,7 +190,7 @@ def test_deployment_policy_is_the_one_resolution() -> None:
         ({"inconclusive_limit": -1}, r"slo.inconclusive_limit: expected a non-negative integer, got -1"),
         (
             {"rules": [{"name": "x", "metric": "ndcg", "operator": "le", "threshold": 1}]},
-            r"slo.rules\[0\]: slo rule 'x': metric must be one of",
+            r"slo.rules\[0\].metric: 'ndcg' is neither built in .* nor declared under slo.metrics \(declared: none\)",
         ),
         ({"rules": {"a": 1}}, r"slo.rules: expected a list"),
         ({"rules": [{"name": "x", "metric": "p95_ms", "operator": "le"}]}, r"slo.rules\[0\].threshold: required"),

@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from canary.config import PresetStore
-from canary.core.deployment import ConfigRef
+from canary.core.deployment import ConfigRef, snapshot_hash
 from canary.core.models import ControlCommand
 from canary.kafka.topics import Topics
 from canary.ops.view import read_topic
@@ -52,7 +52,8 @@ def start_command(
         type="start",
         deployment_id=deployment_id or f"canary_{uuid.uuid4().hex[:8]}",
         candidate_config=snapshot,
-        candidate_config_hash=preset.content_hash,
+        # What a real start carries: the hash of the snapshot as sent (overrides included).
+        candidate_config_hash=snapshot_hash(snapshot),
         last_good_config=last_good.to_dict(),
         weight=weight,
         reason=None,

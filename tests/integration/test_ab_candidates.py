@@ -56,7 +56,7 @@ async def test_a_failing_and_a_healthy_candidate_side_by_side(worker: WorkerProc
         while len(router.ledger.live) < 2:
             await asyncio.sleep(0.05)
         load = LoadGenerator(router, qps=80)
-        task = asyncio.create_task(load.run(45))
+        task = asyncio.create_task(load.run(75))
         rolled_back_for = 0.0
         while not task.done():
             await asyncio.sleep(0.25)
@@ -67,7 +67,12 @@ async def test_a_failing_and_a_healthy_candidate_side_by_side(worker: WorkerProc
                     served[user].add(used.deployment_id)
             if router.ledger.deployments[slow.deployment_id].status == "rolled_back":
                 rolled_back_for += 0.25
-                if rolled_back_for >= 6:  # the healthy one must go on well after the rollback
+                # The healthy one must go on well after the rollback: until 4 of its windows are judged.
+                if (
+                    rolled_back_for >= 6
+                    and rolled_back_for % 2 == 0
+                    and len(await read_judged(worker.bootstrap, worker.topics, good.deployment_id)) >= 4
+                ):
                     task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await load.drain()

@@ -89,9 +89,11 @@ async def test_start_status_stop_cycle_with_router_acks(settings: Settings, topi
         assert ack["ok"] and ack["acked_by"] == [router.router_id]
         assert router.ledger.current is not None and router.ledger.current.candidate.name == "candidate_high_recall"
 
-        again = await _canary("start", "candidate_slow", "--json", env=env)
+        # A second candidate beside it is allowed (A/B/n) only while last_good keeps its minimum share.
+        again = await _canary("start", "candidate_slow", "--weight", "0.45", "--json", env=env)
         assert again.returncode == 4
-        assert "already running" in again.stderr and _json(again)["error"] == "DeploymentError"
+        assert "would leave last_good 0.45 of traffic, under the minimum 0.5" in again.stderr
+        assert _json(again)["error"] == "DeploymentError"
 
         status = _json(await _canary("status", "--json", env=env))
         assert status["status"] == "running"

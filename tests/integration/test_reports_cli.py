@@ -357,7 +357,7 @@ async def test_report_renders_in_headless_chromium(settings: Settings, deploymen
     match = re.search(r'data-measure="([^"]*)"', dumped.stdout)
     assert match, dumped.stdout[:2000]
     measured = json.loads(unescape(match.group(1)))
-    assert set(measured) == {"chart-p95", "chart-recall", "chart-traffic", "verdict-strip"}
+    assert set(measured) == {"chart-p95", "chart-recall", "chart-errors", "chart-traffic", "verdict-strip"}
     p95 = measured["chart-p95"]
     assert p95["rect"][2] > 0.8 * (width - 100)  # the chart spans the page
     assert p95["series"]["candidate"]["length"] > 400 and p95["series"]["candidate"]["height"] > 50

@@ -60,15 +60,18 @@ async def _run_canary(
     seconds: float,
     stop_on_rollback: bool = True,
     change_at_failures: tuple[int, dict[str, Fault]] | None = None,
+    slo: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     backend = make_backend(faults)
     router = RouterService(worker.bootstrap, worker.topics, backend, preset_ref("last_good"), consume_requests=False)
     await router.start()
-    cmd = start_command(candidate, weight=0.2)
+    cmd = start_command(candidate, weight=0.2, slo=slo)
     dep = cmd.deployment_id
     try:
         await send_command(worker.bootstrap, worker.topics, cmd)
+        deadline = time.monotonic() + 20
         while router.ledger.current is None or router.ledger.current.deployment_id != dep:
+            assert time.monotonic() < deadline, f"start {dep} not applied (refused?): {router.stats.rejected_commands}"
             await asyncio.sleep(0.05)
         load = LoadGenerator(router, qps=50)
         load_task = asyncio.create_task(load.run(seconds))
@@ -283,3 +286,29 @@ async def test_a_starved_healthy_canary_is_paused_for_insufficient_data(pipeline
     await asyncio.sleep(2.5)  # the audit agent writes the pause
     audit = [e for e in _audit_lines(pipeline.audit_log) if e["deployment_id"] == dep]
     assert any(e["event_type"] == "canary_pause" and e["details"].get("reason") == pause["reason"] for e in audit)
+
+
+async def test_a_custom_metric_rule_rolls_back_a_candidate_that_degrades_it(pipeline: WorkerProcess) -> None:
+    """Issue #12: a preset declares ndcg@10 (which the router measures on labeled requests) and a rule on its
+    mean; the candidate loses its best results, and that rule — not recall, whose floor is 0 here — rolls
+    it back, judged with the same evidence machinery as the built-in rules."""
+    slo = {
+        "recall_at_10": 0.0,
+        "metrics": [{"name": "ndcg_at_10", "aggregation": "mean", "description": "binary-relevance nDCG@10"}],
+        "rules": [{"name": "ndcg", "metric": "ndcg_at_10", "operator": "ge", "threshold": 0.8}],
+    }
+    faults = {"candidate_high_recall": Fault(keep_fraction=0.4)}
+    result = await _run_canary(pipeline, "candidate_high_recall", faults, 40, slo=slo)
+    dep = result["deployment_id"]
+    rollbacks = await _rollbacks(pipeline, dep)
+    assert len(rollbacks) == 1, pipeline.log_tail()
+    evidence = rollbacks[0]["evidence"]
+    assert rollbacks[0]["reason"] == "SLO violation: ndcg failed for 2 consecutive buckets"
+    assert evidence["metric"] == "ndcg_at_10" and evidence["threshold"] == 0.8
+    windows = await _candidate_windows(pipeline, dep)
+    failing = [w for w in windows if _failed(w)]
+    verdict = next(v for v in failing[-1]["verdicts"] if v["rule"] == "ndcg")
+    assert verdict["outcome"] == "fail" and verdict["evidence"]["custom_metric"] == "ndcg_at_10"
+    assert 0.4 < verdict["value"] < 0.7  # the window's mean nDCG@10 with the best 60 % of results lost
+    assert failing[-1]["stats"]["custom"]["ndcg_at_10"]["n"] > 0
+    assert all(v["outcome"] != "fail" for v in failing[-1]["verdicts"] if v["rule"] == "recall_at_10")

@@ -1,0 +1,214 @@
+"""Custom metrics: extra numbers per request (``SearchOutcome.metrics``) with declared aggregations.
+
+A preset declares them under ``slo.metrics`` (``{name, aggregation, low, high}``) and may put rules on them
+in ``slo.rules`` like on the built-in metrics, judged with the same evidence machinery:
+
+* ``mean``  — a bounded mean: values are clipped to ``[low, high]`` (default ``[0, 1]``: ndcg@10, mrr@10)
+  and kept as a 1/1000-step histogram of the normalised value, the betting martingale of recall@10;
+* ``rate``  — the share of requests whose value is above 0 (a Bernoulli rate, as the error rate);
+* ``p50`` / ``p90`` / ``p95`` / ``p99`` — a quantile: a sketch for the value shown, and exact counts above
+  each rule threshold for the evidence (distribution-free, as the latency quantiles; upper bounds only).
+
+Only requests that carry the metric count for it (``n``); a window's stats hold one :class:`CustomStats`
+per declared metric, a plain sum that pools and merges by addition like every other window statistic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+
+from canary.core.evidence import RECALL_BINS
+from canary.core.sketch import QuantileSketch
+from canary.errors import ConfigError, InvalidEvent
+
+AGGREGATIONS: Final = ("mean", "rate", "p50", "p90", "p95", "p99")
+QUANTILE_LEVELS: Final = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
+MAX_CUSTOM_METRICS: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class CustomMetric:
+    name: str
+    aggregation: str = "mean"
+    low: float = 0.0
+    high: float = 1.0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"slo.metrics {self.name!r}"
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(
+                f"{where}: aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"
+            )
+        for bound in (self.low, self.high):
+            if isinstance(bound, bool) or not isinstance(bound, int | float) or not math.isfinite(bound):
+                raise ConfigError(f"{where}: low and high must be finite numbers, got {bound!r}")
+        if not self.low < self.high:
+            raise ConfigError(f"{where}: low ({self.low:g}) must be below high ({self.high:g})")
+
+    @property
+    def quantile(self) -> float | None:
+        return QUANTILE_LEVELS.get(self.aggregation)
+
+    def normalise(self, value: float) -> float:
+        return min(max((value - self.low) / (self.high - self.low), 0.0), 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "aggregation": self.aggregation,
+            "low": self.low,
+            "high": self.high,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "slo.metrics") -> CustomMetric:
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {d!r}")
+        unknown = set(d) - {"name", "aggregation", "low", "high", "description"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        if "name" not in d:
+            raise ConfigError(f"{where}.name: required field is missing")
+        try:
+            return cls(
+                str(d["name"]),
+                str(d.get("aggregation", "mean")),
+                float(d.get("low", 0.0)),
+                float(d.get("high", 1.0)),
+                str(d.get("description", "")),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomStats:
+    """Sufficient statistics of one custom metric in one window (sums only: pools by addition)."""
+
+    n: int = 0
+    hist: tuple[tuple[int, int], ...] = ()  # mean: normalised value in 1/1000 steps → count
+    hits: int = 0  # rate: requests with a value above 0
+    exceed: tuple[tuple[str, int], ...] = ()  # quantiles: requests above each rule threshold
+    sketch: QuantileSketch | None = None  # quantiles: the value shown
+
+    def merge(self, other: CustomStats) -> CustomStats:
+        hist = dict(self.hist)
+        for b, c in other.hist:
+            hist[b] = hist.get(b, 0) + c
+        exceed = dict(self.exceed)
+        for t, c in other.exceed:
+            exceed[t] = exceed.get(t, 0) + c
+        sketch = self.sketch.copy() if self.sketch is not None else None
+        if other.sketch is not None:
+            if sketch is None:
+                sketch = other.sketch.copy()
+            else:
+                sketch.merge(other.sketch)
+        return CustomStats(
+            self.n + other.n,
+            tuple(sorted(hist.items())),
+            self.hits + other.hits,
+            tuple(sorted(exceed.items(), key=lambda kv: float(kv[0]))),
+            sketch,
+        )
+
+    def exceedances(self, threshold: float) -> int | None:
+        key = format(float(threshold), "g")
+        return next((c for t, c in self.exceed if t == key), None)
+
+    def value(self, metric: CustomMetric) -> float | None:
+        """The window's point value, in the metric's own units."""
+        if self.n == 0:
+            return None
+        if metric.aggregation == "rate":
+            return self.hits / self.n
+        if metric.quantile is not None:
+            return None if self.sketch is None else self.sketch.quantile(metric.quantile)
+        total = sum(b * c for b, c in self.hist)
+        return metric.low + (total / self.n / RECALL_BINS) * (metric.high - metric.low)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.n}
+        if self.hist:
+            out["hist"] = [[b, c] for b, c in self.hist]
+        if self.hits:
+            out["hits"] = self.hits
+        if self.exceed:
+            out["exceed"] = dict(self.exceed)
+        if self.sketch is not None:
+            out["sketch"] = self.sketch.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CustomStats:
+        try:
+            return cls(
+                int(d["n"]),
+                tuple(sorted((int(b), int(c)) for b, c in d.get("hist", []))),
+                int(d.get("hits", 0)),
+                tuple(sorted(((str(t), int(c)) for t, c in d.get("exceed", {}).items()), key=lambda kv: float(kv[0]))),
+                QuantileSketch.from_dict(d["sketch"]) if "sketch" in d else None,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidEvent(f"CustomStats: malformed ({exc!r})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomAggregation:
+    """How a window aggregator folds the declared metrics: which, and the quantile rule thresholds."""
+
+    metrics: tuple[CustomMetric, ...] = ()
+    thresholds: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def agg(self, outcomes: Sequence[Any]) -> dict[str, CustomStats]:
+        out: dict[str, CustomStats] = {}
+        for metric in self.metrics:
+            values = [m[metric.name] for o in outcomes if (m := getattr(o, "metrics", None)) and metric.name in m]
+            if not values:
+                continue
+            arr = np.asarray(values, dtype=np.float64)
+            if metric.aggregation == "rate":
+                out[metric.name] = CustomStats(len(values), hits=int((arr > 0).sum()))
+            elif metric.quantile is not None:
+                sketch = QuantileSketch()
+                sketch.add_many(np.maximum(arr, 0.0))  # the sketch holds non-negative values
+                exceed = tuple(
+                    (format(float(t), "g"), int((arr > t).sum())) for t in self.thresholds.get(metric.name, ())
+                )
+                out[metric.name] = CustomStats(len(values), exceed=exceed, sketch=sketch)
+            else:
+                norm = np.clip((arr - metric.low) / (metric.high - metric.low), 0.0, 1.0)
+                bins, counts = np.unique(np.rint(norm * RECALL_BINS).astype(np.int64), return_counts=True)
+                hist = tuple(zip(bins.tolist(), counts.tolist(), strict=True))
+                out[metric.name] = CustomStats(len(values), hist=hist)
+        return out
+
+
+def merge_custom(
+    a: tuple[tuple[str, CustomStats], ...], b: Mapping[str, CustomStats] | tuple[tuple[str, CustomStats], ...]
+) -> tuple[tuple[str, CustomStats], ...]:
+    merged = dict(a)
+    for name, stats in b.items() if isinstance(b, Mapping) else b:
+        merged[name] = merged[name].merge(stats) if name in merged else stats
+    return tuple(sorted(merged.items()))
+
+
+def custom_to_dict(custom: tuple[tuple[str, CustomStats], ...]) -> dict[str, Any]:
+    return {name: stats.to_dict() for name, stats in custom}
+
+
+def custom_from_dict(d: Any) -> tuple[tuple[str, CustomStats], ...]:
+    if not d:
+        return ()
+    if not isinstance(d, Mapping):
+        raise InvalidEvent(f"custom metric stats: expected an object, got {type(d).__name__}")
+    return tuple(sorted((str(k), CustomStats.from_dict(v)) for k, v in d.items()))
