@@ -40,6 +40,8 @@ class Settings:
     worker_key: Path | None = None
     insecure_control: bool = False  # apply unsigned commands: local experiments only, logged loudly
     command_ttl_s: float = 300.0
+    # Services' log lines: "text" or "json" (one object per line; --log-format overrides it).
+    log_format: str = "text"
 
     @property
     def trusted_keys_dir(self) -> Path:
@@ -100,6 +102,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"environment: CANARY_COMMAND_TTL_S = {ttl_text!r}: must be a number of seconds") from None
     if not 0 < ttl <= 86_400:
         raise ConfigError(f"environment: CANARY_COMMAND_TTL_S = {ttl_text}: must be in (0, 86400]")
+    log_format = env.get("CANARY_LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"environment: CANARY_LOG_FORMAT = {log_format!r}: must be text or json")
     return Settings(
         bootstrap_servers=bootstrap,
         local_port=port,
@@ -111,6 +116,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         worker_key=_path(env, "CANARY_WORKER_KEY"),
         insecure_control=_bool(env, "CANARY_INSECURE_CONTROL"),
         command_ttl_s=ttl,
+        log_format=log_format,
     )
 
 
