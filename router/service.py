@@ -154,6 +154,8 @@ class RouterService:
         self.metrics.bind(
             control_lag=lambda: time.monotonic() - self._control_fresh_at,
             failsafe=lambda: float(self.control_stale),
+            # A slot is held from intake until the outcome is acknowledged; asyncio.Semaphore keeps its free
+            # count in _value (no public accessor), which is exactly "in flight" from the other side.
             in_flight=lambda: float(max_in_flight - self._slots._value),
         )
         self.started = False

@@ -79,7 +79,9 @@ class Service:
         }
         cmd = [sys.executable, "-m", "canary.cli", self.kind, "--log-format", "json", "--metrics-port", str(self.port)]
         if self.kind == "router":
-            cmd += ["--router-id", self.name]
+            # The in-memory keyword backend: these tests are about Kafka faults, and four routers building
+            # the hybrid index at once would only slow every start on two cores.
+            cmd += ["--router-id", self.name, "--backend", "tests.integration.harness:make_backend"]
         cmd += self.extra
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -36,8 +36,8 @@ from aiokafka import AIOKafkaProducer
 from canary.kafka.broker import LocalBroker
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings
-from tests.integration.harness import ROOT, read_all
-from tests.integration.services import Service, free_port, parse_json_lines, probe
+from tests.integration.harness import ROOT, read_all, send_raw, start_command
+from tests.integration.services import Service, free_port, metric, parse_json_lines, probe, scrape
 
 pytestmark = pytest.mark.kafka
 
@@ -224,17 +224,32 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
         for s in f.services:
             s.start()
     sigterm: list[tuple[str, int, float]] = []
+    began = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - began, 1)
+
     not_ready_during: dict[str, int] = {}
+    Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+    before: dict[str, Samples] = {}
+    during: dict[str, Samples] = {}
+    after: dict[str, Samples] = {}
     try:
         for f in fleets:
             for s in f.services:
                 await _wait(s.ready, 90, f"{s.name} ready\n{s.tail()}")
+        phase("ready")
         deps = {}
-        for f in fleets:
-            started = await asyncio.to_thread(f.cli, "start", "candidate_high_recall", "--weight", "0.3", "--json")
+        starts = await asyncio.gather(
+            *(asyncio.to_thread(f.cli, "start", "candidate_high_recall", "--weight", "0.3", "--json") for f in fleets)
+        )
+        for f, started in zip(fleets, starts, strict=True):
             assert started.returncode == 0, started.stderr
             deps[f.name] = json.loads(started.stdout)["deployment_id"]
             f.start_load(seconds=STOPPED_S + 10)
+            # A forged (unsigned) start: refused everywhere, counted by reason.
+            await send_raw(f.bootstrap, f.topics, start_command("candidate_slow", weight=1.0).to_dict())
 
         async def flowing(f: Fleet) -> bool:
             requests, outcomes = await _answered(f)
@@ -243,12 +258,15 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
         deadline = time.monotonic() + 60
         while not all([await flowing(f) for f in fleets]) and time.monotonic() < deadline:
             await asyncio.sleep(1)  # canary under load before the outage
+        before = {s.name: scrape(s.port) for f in fleets for s in f.services}
+        phase("outage")
         info_a = brokers[0].info()
         assert info_a is not None
         outage_start = time.time()
         os.kill(info_a.pid, signal.SIGSTOP)
-        await asyncio.to_thread(brokers[1].stop)
         t0 = time.monotonic()
+        # A clean broker stop takes seconds (controlled shutdown); the outage runs from its beginning.
+        b_stopping = asyncio.ensure_future(asyncio.to_thread(brokers[1].stop))
 
         async def until(offset: float) -> None:
             """Orchestrate both fleets until ``offset`` seconds into the outage."""
@@ -261,6 +279,7 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
         for f in fleets:
             for s in f.services:
                 not_ready_during[s.name] = probe(s.port, "/readyz")[0]
+                during[s.name] = scrape(s.port)
         await until(30)  # SIGTERM with the broker down
         for s in (b.routers[1], b.worker):
             b.held.add(s.name)
@@ -270,9 +289,11 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
         os.kill(info_a.pid, signal.SIGCONT)
         a_outage_end = time.time()
         await until(STOPPED_S)
+        assert await b_stopping
         b_outage_end = time.time()
         await asyncio.to_thread(brokers[1].start)  # same port, same data dir
         b.held.clear()
+        phase("b_restarted")
 
         # Back: every request gets its outcome; restart what exited meanwhile.
         async def converged(f: Fleet) -> bool:
@@ -288,6 +309,7 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
                 f.orchestrate()
             pending = [f for f in pending if not await converged(f)]
             await asyncio.sleep(1)
+        phase("converged")
         for f in fleets:
             requests, outcomes = await _answered(f)
             assert requests == outcomes, (
@@ -308,12 +330,15 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
                     return s.ready()
 
                 await _wait(ready_again, 60, f"{s.name} ready again\n{s.tail()}")
+        phase("ready_again")
+        after = {s.name: scrape(s.port) for f in fleets for s in f.services}
         # Afterwards a rollback is acknowledged by every router.
         for f in fleets:
             done = await asyncio.to_thread(f.cli, "stop", "--rollback", "--timeout", "20", "--json")
             assert done.returncode == 0, (done.stdout, done.stderr)
             ack = json.loads(done.stdout)
             assert set(ack["acked_by"]) >= {r.name for r in f.routers}, ack
+        phase("rolled_back")
     finally:
         final = {}
         for f in fleets:
@@ -332,8 +357,50 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
     for name, code, took in sigterm:
         assert took <= SIGTERM_BOUND_S, (name, code, took)
         assert code in (0, 75), (name, code)
-    # Readiness was off during the outage.
+    # Readiness was off during the outage, and the metrics said why.
     assert all(status == 503 for status in not_ready_during.values()), not_ready_during
+    for f in fleets:
+        for r in f.routers:
+            if r.name in during:
+                assert metric(during[r.name], "canary_router_failsafe") == 1, r.name
+                assert metric(during[r.name], "canary_router_control_lag_seconds") > 5, r.name
+    # /metrics moved: requests and acknowledged outcomes by arm, windows, verdicts; commands by type and
+    # reason (a restarted process re-reads the control topic, so those hold across restarts too).
+    moved = []
+    for f in fleets:
+        for s in f.services:
+            prior, now = before[s.name], after[s.name]
+            prefix = f"canary_{s.kind}"
+            assert metric(now, f"{prefix}_commands_applied_total", type="start") == 1, s.name
+            assert metric(now, f"{prefix}_commands_rejected_total", reason="unsigned") == 1, s.name
+            if s.starts > 1:
+                continue  # its counters started again from 0 (and it may have had nothing left to do)
+            moved.append(s.kind)
+            if s.kind == "router":
+                for arm in ("last_good", "candidate"):
+                    assert metric(now, "canary_router_requests_total", arm=arm) > metric(
+                        prior, "canary_router_requests_total", arm=arm
+                    ), (s.name, arm)
+                ok = sum(
+                    metric(now, "canary_router_outcomes_total", arm=a, result="ok") for a in ("last_good", "candidate")
+                )
+                assert ok > sum(
+                    metric(prior, "canary_router_outcomes_total", arm=a, result="ok")
+                    for a in ("last_good", "candidate")
+                ), s.name
+            else:
+                for name in ("outcomes_total", "windows_emitted_total", "judgements_total"):
+                    assert metric(now, f"canary_worker_{name}") > metric(prior, f"canary_worker_{name}"), (s.name, name)
+                assert metric(now, "canary_worker_window_emit_lag_seconds_count") == metric(
+                    now, "canary_worker_windows_emitted_total"
+                )
+                assert (
+                    sum(
+                        metric(now, "canary_worker_verdicts_total", outcome=o) for o in ("pass", "fail", "inconclusive")
+                    )
+                    > 0
+                )
+                assert metric(now, "canary_worker_audit_lines_total", source="control") >= 2  # start, forgery
     # Whatever exited on its own did so non-zero and said why as its last (JSON) log line.
     for f in fleets:
         for name, code, last in f.unexpected_exits:
@@ -341,14 +408,22 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
             entry = json.loads(last)
             assert entry["level"] in ("ERROR", "CRITICAL"), (name, last)
     assert all(code == 0 for code in final.values()), final
+    assert moved.count("router") >= 2 and moved.count("worker") >= 1, moved
     # Every log line parses; reconnect noise during the outages is bounded.
     windows = {"a": (outage_start, a_outage_end), "b": (outage_start, b_outage_end)}
     for f in fleets:
         start, end = windows[f.name]
         for s in f.services:
             entries = parse_json_lines(s.log_lines(), s.name)
-            during = [e for e in entries if start <= _ts(e) <= end]
+            in_outage = [e for e in entries if start <= _ts(e) <= end]
             if s.kind == "router":
-                assert len(during) < LOG_LINES_BOUND, (s.name, len(during), [e["message"] for e in during[:40]])
+                assert len(in_outage) < LOG_LINES_BOUND, (
+                    s.name,
+                    len(in_outage),
+                    [e["message"] for e in in_outage[:40]],
+                )
+            if s.starts == 1:  # once the process knows the deployment, every later line names it
+                first = next(i for i, e in enumerate(entries) if e["deployment_id"] is not None)
+                assert {e["deployment_id"] for e in entries[first:]} == {deps[f.name]}, s.name
     _report = {f.name: f.unexpected_exits for f in fleets}
-    print(json.dumps({"unexpected_exits": _report, "sigterm": sigterm}, indent=1))
+    print(json.dumps({"phases": phases, "unexpected_exits": _report, "sigterm": sigterm}, indent=1))
