@@ -445,7 +445,7 @@ async def timed_handle(router: RouterService, requests: Sequence[SearchRequest],
         for i in range(start, min(n, start + chunk)):
             req = requests[i % len(requests)]
             t0 = clock()
-            _, _, ack = await router._handle(req, wait_ack=False)
+            _, _, ack, _ = await router._handle(req, wait_ack=False)
             t1 = clock()
             out.append(t1 - t0)
             acks.append(ack)

@@ -167,6 +167,9 @@ class Settings:
             return self.create_topics
         return not self.kafka_security.authenticated
 
+    # Services' log lines: "text" or "json" (one object per line; --log-format overrides it).
+    log_format: str = "text"
+
     @property
     def trusted_keys_dir(self) -> Path:
         """Public keys whose signatures this deployment of canary accepts (one ``<key_id>.json`` each)."""
@@ -257,6 +260,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"environment: CANARY_COMMAND_TTL_S = {ttl_text!r}: must be a number of seconds") from None
     if not 0 < ttl <= 86_400:
         raise ConfigError(f"environment: CANARY_COMMAND_TTL_S = {ttl_text}: must be in (0, 86400]")
+    log_format = env.get("CANARY_LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"environment: CANARY_LOG_FORMAT = {log_format!r}: must be text or json")
     return Settings(
         bootstrap_servers=bootstrap,
         local_port=port,
@@ -268,6 +274,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         worker_key=_path(env, "CANARY_WORKER_KEY"),
         insecure_control=_bool(env, "CANARY_INSECURE_CONTROL"),
         command_ttl_s=ttl,
+        log_format=log_format,
         alert_secrets={k: v for k, v in env.items() if k.startswith("CANARY_ALERT_") and v},
         min_last_good_share=_share(env, "CANARY_MIN_LAST_GOOD_SHARE", 0.5),
         kafka_security=_kafka_security(env),

@@ -11,6 +11,9 @@ from canary.core.deployment import ConfigRef
 from canary.errors import CanaryError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
+from canary.observability.logs import set_deployment_provider
+from canary.observability.server import MetricsEndpoint, MetricsServer
+from canary.runtime import StopDeadline
 from canary.security import CommandVerifier
 from router.backends.base import SearchBackend
 from router.service import RouterService
@@ -31,12 +34,38 @@ async def serve(
     report_every: float = 10.0,
     reply: bool = False,
     verifier: CommandVerifier | None = None,
+    metrics: MetricsEndpoint | None = None,
 ) -> None:
     stop = asyncio.Event()
+    service = RouterService(bootstrap, topics, backend, last_good, router_id=router_id, reply=reply, verifier=verifier)
+    deadline = StopDeadline(f"router {service.router_id}")
+
+    def on_signal() -> None:
+        deadline.arm()  # a stop with the broker down must still end promptly
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    service = RouterService(bootstrap, topics, backend, last_good, router_id=router_id, reply=reply, verifier=verifier)
+        loop.add_signal_handler(sig, on_signal)
+
+    def deployment() -> str | None:
+        dep = service.ledger.current or service.ledger.latest
+        return dep.deployment_id if dep is not None else None
+
+    set_deployment_provider(deployment)
+    # Up before the service connects, so /readyz answers "not ready" while it starts.
+    server = MetricsServer(metrics or MetricsEndpoint(), service.metrics.registry, service.readiness)
+    await server.start()
+    try:
+        await _serve(service, stop, report_every, deadline)
+    finally:
+        await server.stop()
+        deadline.disarm()
+
+
+async def _serve(service: RouterService, stop: asyncio.Event, report_every: float, deadline: StopDeadline) -> None:
+    topics, last_good = service.topics, service.ledger.last_good
+    assert last_good is not None
     async with service as router:
         log.warning("router %s serving %s (last_good=%s)", router.router_id, topics.search_requests, last_good.name)
         last_report = time.monotonic()
@@ -48,8 +77,9 @@ async def serve(
                 if failed is not None:
                     # Supervised: a half-alive router (no control loop, no watermarks) is worse than none;
                     # exit non-zero with the cause so the orchestrator restarts it.
-                    log.critical("router %s: an essential loop died: %r; exiting", router.router_id, failed)
-                    raise RouterFailed(f"router {router.router_id}: essential loop died: {failed!r}") from failed
+                    log.critical("router %s failed: %r; exiting", router.router_id, failed)
+                    deadline.arm()  # the stop on the way out is bounded too
+                    raise RouterFailed(f"router {router.router_id} failed: {failed!r}") from failed
                 if time.monotonic() - last_report < report_every:
                     continue
                 last_report = time.monotonic()

@@ -30,13 +30,21 @@ from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import Arm, RouterState, RouterWatermark, SearchOutcome
 from canary.core.split import baseline_of, candidate_of
 from canary.kafka.clients import Cluster, client_kwargs
+from canary.kafka.health import is_fatal_producer_error, producer_failure
 from canary.kafka.topics import Topics
+from canary.observability.metrics import RouterMetrics
 from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
 from router.backends.base import SearchBackend
 from router.offsets import OffsetTracker
 from router.requests import SearchRequest, mrr_at_10, ndcg_at_10, recall_at_10
 
 log = logging.getLogger("canary.router")
+# Delivery failures come in bursts (every pending record fails at once after an outage): this logger is
+# rate-limited per message kind like aiokafka's (canary.observability.logs.RATE_LIMITED_LOGGERS).
+delivery_log = logging.getLogger("canary.router.delivery")
+
+STOP_STEP_S = 2.0  # each step of a stop that waits for the broker gives up after this long
+REDELIVERY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
 def outcome_partition(request_id: str, partitions: int) -> int:
@@ -109,6 +117,7 @@ class RouterService:
         clock: Callable[[], int] | None = None,
         watermark_interval_ms: int = 50,
         control_stale_after_s: float = 5.0,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -144,6 +153,18 @@ class RouterService:
         # Every control record is verified before the ledger sees it (signature, trusted key, expiry, replay,
         # snapshot hash and preset validity); None = the verifier the process settings describe.
         self.verifier = verifier if verifier is not None else default_verifier()
+        self.metrics = metrics or RouterMetrics(self.router_id)
+        self.metrics.bind(
+            control_lag=lambda: time.monotonic() - self._control_fresh_at,
+            failsafe=lambda: float(self.control_stale),
+            # A slot is held from intake until the outcome is acknowledged; asyncio.Semaphore keeps its free
+            # count in _value (no public accessor), which is exactly "in flight" from the other side.
+            in_flight=lambda: float(max_in_flight - self._slots._value),
+        )
+        self.started = False
+        self._state_pending: str | None = None  # a transition whose state record failed: republished
+        self._redeliveries: set[asyncio.Task[None]] = set()
+        self._producer_fatal: BaseException | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -188,27 +209,50 @@ class RouterService:
             await self._requests.start()
             self._loops.append(asyncio.create_task(self._request_loop(), name=f"{self.router_id}-requests"))
             self._loops.append(asyncio.create_task(self._commit_loop(), name=f"{self.router_id}-commit"))
+        self.started = True
+
+    async def _bounded(self, what: str, step: Any) -> bool:
+        """One step of a stop, given up after STOP_STEP_S (the broker may be down): True if it finished."""
+        try:
+            await asyncio.wait_for(step, STOP_STEP_S)
+            return True
+        except asyncio.CancelledError:
+            # aiokafka's consumer.stop() re-raises the CancelledError of the fetch task it cancels; only a
+            # cancellation of this task itself must go on up.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.warning("%s: stop: %s was cancelled inside the client; going on", self.router_id, what)
+        except TimeoutError:
+            log.warning("%s: stop: %s did not finish within %.0f s; going on", self.router_id, what, STOP_STEP_S)
+        except Exception as exc:
+            log.warning("%s: stop: %s failed (%s: %s); going on", self.router_id, what, type(exc).__name__, exc)
+        return False
 
     async def stop(self) -> None:
-        for loop in self._loops:
-            loop.cancel()
-        for loop in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        """Stop cleanly when the broker answers, promptly when it does not: every step that waits for the
+        broker is bounded. What is not acknowledged by then is not committed, so it is consumed again."""
+        for task in [*self._loops, *self._redeliveries]:
+            task.cancel()
+        for task in [*self._loops, *self._redeliveries]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._producer is not None:
-            await self._producer.flush()  # acks mark offsets done; then the last commit covers them
-            with contextlib.suppress(Exception):  # a clean exit leaves the windows stage's live set at once
-                await self._send_watermarks("stop")
-                await self._producer.flush()
+            _, pending = await asyncio.wait(set(self._tasks), timeout=STOP_STEP_S)
+            for task in pending:
+                task.cancel()
+        # Acks mark offsets done; then the last commit covers them.
+        if self._producer is not None and await self._bounded("flushing outcomes", self._producer.flush()):
+            # A clean exit leaves the windows stage's live set at once.
+            await self._bounded("the stop watermark", self._send_watermarks("stop"))
+            await self._bounded("flushing the stop watermark", self._producer.flush())
         if self._requests is not None:
-            await self._commit()
-            await self._requests.stop()
+            await self._bounded("committing offsets", self._commit())
+            await self._bounded("leaving the consumer group", self._requests.stop())
         if self._control is not None:
-            await self._control.stop()
+            await self._bounded("closing the control reader", self._control.stop())
         if self._producer is not None:
-            await self._producer.stop()
+            await self._bounded("closing the producer", self._producer.stop())
 
     async def __aenter__(self) -> RouterService:
         await self.start()
@@ -243,7 +287,7 @@ class RouterService:
                 for record in records:
                     transition_cmd = self._apply_control(record, publish=True)
                     if transition_cmd is not None:
-                        await self._publish_state(transition_cmd)
+                        await self._publish_transition(transition_cmd)
             if time.monotonic() - checked >= 1.0:
                 checked = time.monotonic()
                 await self._check_control_fresh(tp)
@@ -297,7 +341,35 @@ class RouterService:
         for loop in self._loops:
             if loop.done() and not loop.cancelled() and loop.exception() is not None:
                 return loop.exception()
+        if self._producer_fatal is not None:
+            exc = self._producer_fatal
+            return RuntimeError(
+                f"the producer cannot deliver any more ({type(exc).__name__}, e.g. after a broker restart lost its "
+                "sequence state); a restarted router starts a new producer and consumes the unanswered requests again"
+            )
+        if self._producer is not None and self.started:
+            dead = producer_failure(self._producer)
+            if dead is not None:
+                return RuntimeError(f"the producer died ({type(dead).__name__}: {dead}); nothing more is delivered")
         return None
+
+    def readiness(self) -> dict[str, tuple[bool, str]]:
+        """/readyz: started (connected, control topic read), request partitions assigned, control view fresh,
+        producer alive and delivering."""
+        checks: dict[str, tuple[bool, str]] = {
+            "started": (self.started, "connected and caught up" if self.started else "starting")
+        }
+        if self.consume_requests:
+            assigned = sorted(tp.partition for tp in self._requests.assignment()) if self._requests else []
+            checks["assigned"] = (bool(assigned), f"{self.topics.search_requests} partitions {assigned}")
+        lag = time.monotonic() - self._control_fresh_at
+        checks["control_fresh"] = (self.started and not self.control_stale, f"control view confirmed {lag:.1f} s ago")
+        failed = self.failure()
+        checks["producer"] = (
+            failed is None and not self._redeliveries,
+            f"failed: {failed!r}" if failed else f"{len(self._redeliveries)} outcome(s) awaiting redelivery",
+        )
+        return checks
 
     @property
     def control_stale(self) -> bool:
@@ -310,21 +382,47 @@ class RouterService:
             if reason == "malformed":
                 self.stats.invalid_commands += 1
             self.stats.rejected_commands[reason] = self.stats.rejected_commands.get(reason, 0) + 1
+            self.metrics.commands_rejected.labels(reason).inc()
             log.warning("%s REJECTED control record at offset %s: %s", self.router_id, record.offset, verdict.message)
             return None
         cmd = verdict.command
         transition = self.ledger.apply(cmd)
         if transition.applied:
             self.stats.applied.append((cmd.command_id, cmd.type, now_ms()))
+            self.metrics.commands_applied.labels(cmd.type).inc()
             log.info("%s applied %s %s: %s", self.router_id, cmd.type, cmd.deployment_id, transition.note)
             return cmd.command_id
         log.debug("%s: %s", self.router_id, transition.note)
         return None
 
+    async def _publish_transition(self, answers: str) -> None:
+        """The state answering a command. If the broker does not take it, it is published again by the
+        heartbeat loop (never skipped: operators wait for it and the audit records it)."""
+        try:
+            await self._publish_state(answers)
+            self._state_pending = None
+        except Exception as exc:
+            self._state_pending = answers
+            self._delivery_failed("state", exc)
+            delivery_log.error(
+                "%s: state answering %s not delivered (%s: %s); publishing it again",
+                self.router_id,
+                answers,
+                type(exc).__name__,
+                exc,
+            )
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
-            await self._publish_state(self.ledger.last_command_id, heartbeat=True)
+            if self._state_pending is not None:
+                await self._publish_transition(self._state_pending)
+                continue
+            try:
+                await self._publish_state(self.ledger.last_command_id, heartbeat=True)
+            except Exception as exc:  # the broker is down or electing: the next beat tries again
+                self._delivery_failed("state", exc)
+                delivery_log.error("%s: heartbeat not delivered (%s: %s)", self.router_id, type(exc).__name__, exc)
 
     def current_state(self, answers: str | None, heartbeat: bool = False) -> RouterState:
         dep = self.ledger.current or self.ledger.latest
@@ -370,6 +468,7 @@ class RouterService:
         if running and self.control_stale:
             # Fail safe: a view of the control topic older than the bound may miss a rollback.
             self.stats.failsafe_requests += 1
+            self.metrics.failsafe_requests.inc()
         elif running:
             chosen = candidate_of(request.routing_key, [d.arc for d in running])
         if chosen is not None:
@@ -400,15 +499,17 @@ class RouterService:
             ts=now_ms(),
             relevant_ids=tuple(relevant_ids) if relevant_ids is not None else None,
         )
-        results, used, _ = await self._handle(request)
+        results, used, _, outcome = await self._handle(request)
+        self._count_delivered(outcome)
         return results, used.to_dict()
 
     async def _handle(
         self, request: SearchRequest, wait_ack: bool = True
-    ) -> tuple[list[str], ConfigUsed, asyncio.Future[Any]]:
+    ) -> tuple[list[str], ConfigUsed, asyncio.Future[Any], SearchOutcome]:
         config, used = self.route(request)
         self.stats.requests += 1
         self.stats.by_arm[used.arm] += 1
+        self.metrics.requests.labels(used.arm).inc()
         if used.arm == "candidate":
             self.stats.last_candidate_dispatch_ms = now_ms()
         started = time.perf_counter()
@@ -448,8 +549,24 @@ class RouterService:
             router_id=self.router_id,
             metrics=metrics or None,
         )
-        ack = await self._publish_outcome(outcome, wait_ack)
-        return results, used, ack
+        try:
+            ack = await self._publish_outcome(outcome, wait_ack)
+        except Exception as exc:
+            if wait_ack:
+                raise
+            # Not even queued (the producer gave up waiting for room): handled like a failed delivery, so
+            # the request is never marked done without its outcome.
+            ack = asyncio.get_running_loop().create_future()
+            ack.set_exception(exc)
+        return results, used, ack, outcome
+
+    def _delivery_failed(self, kind: str, exc: BaseException | None) -> None:
+        self.metrics.publish_errors.labels(kind).inc()
+        if is_fatal_producer_error(exc) and self._producer_fatal is None:
+            self._producer_fatal = exc  # the supervisor (router.main) exits on it within a second
+
+    def _count_delivered(self, outcome: SearchOutcome) -> None:
+        self.metrics.outcomes.labels(outcome.arm, outcome.error or "ok").inc()
 
     async def _publish_outcome(self, outcome: SearchOutcome, wait_ack: bool = True) -> asyncio.Future[Any]:
         """Enqueue the outcome; with ``wait_ack`` also wait until the broker has it."""
@@ -484,16 +601,28 @@ class RouterService:
         mark = RouterWatermark(self.router_id, max(0, self.watermark_now()), status, self._watermark_seq)  # type: ignore[arg-type]
         value = orjson.dumps(mark.to_dict())
         for partition in range(self._result_partitions):
-            await self._producer.send(
+            ack = await self._producer.send(
                 self.topics.search_results, value, key=self.router_id.encode(), partition=partition
             )
+            ack.add_done_callback(self._watermark_delivered)
         self.stats.watermarks += 1
+
+    def _watermark_delivered(self, ack: asyncio.Future[Any]) -> None:
+        # A lost watermark is harmless (the next one, 50 ms later, says more); count it, never leave the
+        # future's exception unretrieved (asyncio would log each one).
+        if not ack.cancelled() and ack.exception() is not None:
+            self._delivery_failed("watermark", ack.exception())
+            delivery_log.warning("%s: watermark not delivered: %r", self.router_id, ack.exception())
 
     async def _watermark_loop(self) -> None:
         interval = self._watermark_interval_s
         while True:
             await asyncio.sleep(interval)
-            await self._send_watermarks("running")
+            try:
+                await self._send_watermarks("running")
+            except Exception as exc:  # the producer could not even queue it (broker down for long)
+                self.metrics.publish_errors.labels("watermark").inc()
+                delivery_log.warning("%s: watermark not queued (%s: %s)", self.router_id, type(exc).__name__, exc)
 
     # -- Kafka request intake ------------------------------------------------------------------------------------
     async def _request_loop(self) -> None:
@@ -517,37 +646,84 @@ class RouterService:
             except Exception as exc:  # poison: never stop the router
                 await self._reject(record, str(exc))
                 return
-            results, used, ack = await self._handle(request, wait_ack=False)
+            results, used, ack, outcome = await self._handle(request, wait_ack=False)
             if self.reply:
                 await self._reply(request, results, used)
         except Exception:
             log.exception("request at %s/%s failed unexpectedly", record.partition, record.offset)
         finally:
             if ack is None:
-                self._finish(record, None)
+                self._finish(record, None, None)
             else:
                 # The slot frees and the offset becomes committable when the broker has the outcome,
                 # without keeping this task alive until then.
-                ack.add_done_callback(lambda fut: self._finish(record, fut))
+                ack.add_done_callback(lambda fut: self._finish(record, fut, outcome))
 
-    def _finish(self, record: ConsumerRecord[bytes, bytes], ack: asyncio.Future[Any] | None) -> None:
-        self._slots.release()
-        if ack is not None and (ack.cancelled() or ack.exception() is not None):
-            # Not acknowledged: leave the offset in flight so it is never committed and a restarted
-            # router processes the request again (at-least-once; the outcome id dedups it).
-            log.error(
-                "outcome for offset %s/%s was not delivered: %r",
+    def _finish(
+        self, record: ConsumerRecord[bytes, bytes], ack: asyncio.Future[Any] | None, outcome: SearchOutcome | None
+    ) -> None:
+        if ack is not None and outcome is not None and (ack.cancelled() or ack.exception() is not None):
+            # Not acknowledged (broker down past the request timeout, leader election after a restart):
+            # the offset stays in flight, so it is never committed, and the same outcome is sent again
+            # until the broker has it. The slot stays taken meanwhile: intake slows down instead of
+            # piling up. If the producer itself died, the supervisor exits and a restarted router
+            # consumes the request again (at-least-once; the windows stage counts a request once).
+            self._delivery_failed("outcome", None if ack.cancelled() else ack.exception())
+            delivery_log.error(
+                "%s: outcome for offset %s/%s not delivered (%r); sending it again",
+                self.router_id,
                 record.partition,
                 record.offset,
                 None if ack.cancelled() else ack.exception(),
             )
+            task = asyncio.create_task(self._redeliver(record, outcome))
+            self._redeliveries.add(task)
+            task.add_done_callback(self._redeliveries.discard)
             return
+        self._slots.release()
+        if outcome is not None:
+            self._count_delivered(outcome)
         self._offsets.finished(record.topic, record.partition, record.offset)
+
+    async def _redeliver(self, record: ConsumerRecord[bytes, bytes], outcome: SearchOutcome) -> None:
+        attempt = 0
+        while True:
+            await asyncio.sleep(REDELIVERY_BACKOFF_S[min(attempt, len(REDELIVERY_BACKOFF_S) - 1)])
+            attempt += 1
+            if self.failure() is not None:
+                return  # the process exits; the request is consumed again after the restart
+            try:
+                await self._publish_outcome(outcome, wait_ack=True)
+            except Exception as exc:
+                self._delivery_failed("outcome", exc)
+                delivery_log.error(
+                    "%s: outcome for offset %s/%s still not delivered after %d attempt(s) (%s: %s)",
+                    self.router_id,
+                    record.partition,
+                    record.offset,
+                    attempt,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            self.metrics.redelivered_outcomes.inc()
+            self._slots.release()
+            self._count_delivered(outcome)
+            self._offsets.finished(record.topic, record.partition, record.offset)
+            return
 
     async def _reply(self, request: SearchRequest, results: list[str], used: ConfigUsed) -> None:
         assert self._producer is not None
         body = {"request_id": request.request_id, "results": results, "config_used": used.to_dict()}
-        await self._producer.send(self.topics.responses, json.dumps(body).encode(), key=request.request_id.encode())
+        ack = await self._producer.send(
+            self.topics.responses, json.dumps(body).encode(), key=request.request_id.encode()
+        )
+        ack.add_done_callback(self._reply_delivered)
+
+    def _reply_delivered(self, ack: asyncio.Future[Any]) -> None:
+        if not ack.cancelled() and ack.exception() is not None:
+            self._delivery_failed("reply", ack.exception())
+            delivery_log.warning("%s: search response not delivered: %r", self.router_id, ack.exception())
 
     async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         """Poison request: dead-letter it with the reason and publish an error outcome (visible, not lost)."""
@@ -563,7 +739,12 @@ class RouterService:
             "router_id": self.router_id,
             "rejected_at_ms": now_ms(),
         }
-        await self._producer.send_and_wait(self.topics.requests_dlq, json.dumps(dead).encode())
+        try:
+            await self._producer.send_and_wait(self.topics.requests_dlq, json.dumps(dead).encode())
+        except Exception:
+            self.metrics.publish_errors.labels("dlq").inc()
+            raise
+        self.metrics.dlq.labels("invalid_request").inc()
         request_id = f"invalid-{record.topic}-{record.partition}-{record.offset}"
         _, used = self.route(SearchRequest(request_id=request_id, query="-", collection="-"))
         outcome = SearchOutcome(
@@ -582,6 +763,7 @@ class RouterService:
             router_id=self.router_id,
         )
         await self._publish_outcome(outcome)
+        self._count_delivered(outcome)
 
     async def _commit_loop(self) -> None:
         while True:

@@ -14,6 +14,7 @@ agents are Faust agents (``at_least_once``, concurrency 1) over low-rate topics.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -28,7 +29,11 @@ from canary.alerts import AlertDispatcher, alert_event
 from canary.config.environments import AlertTarget
 from canary.core.models import RouterState, WindowResult
 from canary.kafka.clients import Cluster, faust_broker_url, faust_credentials
+from canary.kafka.health import producer_failure
 from canary.kafka.topics import Topics
+from canary.observability.logs import deployment_context, set_deployment_provider
+from canary.observability.metrics import WorkerMetrics
+from canary.observability.server import MetricsEndpoint, MetricsServer
 from canary.pipeline.decisions import DecisionStep
 from canary.security import ControlSecurity
 from canary.settings import load_settings
@@ -69,6 +74,8 @@ class StreamsConfig:
     alert_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Of the topics Faust creates itself (the table changelog, the assignor's leader topic).
     replication_factor: int = 1
+    # /metrics, /healthz, /readyz (port 0: none).
+    metrics: MetricsEndpoint = field(default_factory=MetricsEndpoint)
 
 
 @dataclass
@@ -88,6 +95,7 @@ class CanaryStreams:
     def __init__(self, config: StreamsConfig) -> None:
         self.config = config
         self.stats = StreamsStats()
+        self.metrics = WorkerMetrics()
         topics = config.topics
         self.app = faust.App(
             f"{topics.prefix}{config.app_id}",
@@ -114,8 +122,10 @@ class CanaryStreams:
         # rollbacks the routers refuse.
         self.signer = self.security.signer()
         self.security.warn_if_insecure("worker")
-        self.registry = DeploymentRegistry(config.bootstrap, topics.control, verifier=self.security.verifier())
-        self.audit = AuditLog(config.audit_log)
+        self.registry = DeploymentRegistry(
+            config.bootstrap, topics.control, verifier=self.security.verifier(), metrics=self.metrics
+        )
+        self.audit = AuditLog(config.audit_log, on_write_failure=self.metrics.audit_write_failures.inc)
         self.windows_topic = self._raw_topic(topics.windows, config.partitions)
         self.verdicts_topic = self._raw_topic(topics.verdicts, config.partitions)
         self.decisions = DecisionStep(self.registry.policies, lambda: self.registry.ledger)
@@ -137,6 +147,7 @@ class CanaryStreams:
             idle_windows=config.idle_windows,
             session_timeout_ms=int(config.session_timeout * 1000),
             instance_id=f"{config.instance_id}-windows" if config.instance_id else None,
+            metrics=self.metrics,
         )
         self.merging = MergeStage(
             config.bootstrap,
@@ -144,7 +155,15 @@ class CanaryStreams:
             group_id=f"{topics.prefix}{config.app_id}-merge",
             session_timeout_ms=int(config.session_timeout * 1000),
             instance_id=f"{config.instance_id}-merge" if config.instance_id else None,
+            metrics=self.metrics,
         )
+        stuck = self.audit
+        self.metrics.audit_stuck.set_function(
+            lambda: 0.0 if stuck.stuck_since is None else time.monotonic() - stuck.stuck_since
+        )
+        self.metrics.control_lag.set_function(self.registry.control_lag)
+        set_deployment_provider(self._current_deployment)
+        self.metrics_server = MetricsServer(config.metrics, self.metrics.registry, self.readiness)
 
         app.agent(self.windows_topic, name="slo", concurrency=1)(self._slo_agent)
         app.agent(self.control_topic, name="audit-control", concurrency=1)(self._audit_control_agent)
@@ -154,10 +173,40 @@ class CanaryStreams:
         app.task(self._run_merging)
         if self.alerts is not None:
             app.task(self._run_alerts)
+        if config.metrics.enabled:
+            app.task(self._run_metrics_server)
 
     def _raw_topic(self, name: str, partitions: int) -> faust.TopicT:
         # Declared topics are created by `canary kafka topics`; Faust must not re-declare them differently.
         return self.app.topic(name, partitions=partitions, key_serializer="raw", value_serializer="raw")
+
+    # -- observability -------------------------------------------------------------------------------------
+    def _current_deployment(self) -> str | None:
+        dep = self.registry.ledger.current or self.registry.ledger.latest
+        return dep.deployment_id if dep is not None else None
+
+    def readiness(self) -> dict[str, tuple[bool, str]]:
+        """/readyz: control topic read to its end recently, both stages assigned, their producers alive."""
+        lag = self.registry.control_lag()
+        checks = {
+            "control_fresh": (
+                self.registry.caught_up.is_set() and lag <= self.registry.stale_after_s,
+                f"control view confirmed {lag:.1f} s ago",
+            )
+        }
+        for stage in (self.windowing, self.merging):
+            parts = sorted(stage.states)
+            checks[f"{stage.name}_assigned"] = (bool(parts), f"partitions {parts}")
+            dead = producer_failure(stage._producer) if stage._producer is not None else None
+            checks[f"{stage.name}_producer"] = (dead is None, "alive" if dead is None else repr(dead))
+        return checks
+
+    async def _run_metrics_server(self) -> None:
+        await self.metrics_server.start()
+        try:
+            await asyncio.Event().wait()  # served until the app stops this task
+        finally:
+            await self.metrics_server.stop()
 
     # -- deployments -----------------------------------------------------------------------------------------
     async def _run_registry(self) -> None:
@@ -202,6 +251,10 @@ class CanaryStreams:
         dep_id = window.deployment_id
         if dep_id is None or window.arm not in ("candidate", "last_good"):
             return
+        with deployment_context(dep_id):
+            await self._judge_window_of(dep_id, window)
+
+    async def _judge_window_of(self, dep_id: str, window: WindowResult) -> None:
         stored = self.slo_state.get(dep_id)
         try:
             self.decisions.restore(dep_id, stored if isinstance(stored, dict) else None)
@@ -225,13 +278,18 @@ class CanaryStreams:
                     self.stats.rollout_commands_issued += 1
                 else:
                     self.stats.pauses_issued += 1
+                self.metrics.decisions.labels(cmd.type, "true").inc()
                 log.warning("%s %s: %s", cmd.type.upper(), dep_id, issue.decision.reason)
             else:
                 self.stats.decisions_not_issued += 1
+                self.metrics.decisions.labels(issue.decision.type, "false").inc()
                 log.warning("%s for %s decided but %s", issue.decision.type, dep_id, issue.note)
         for j in judgements:
             await self.verdicts_topic.send(key=dep_id.encode(), value=json.dumps(j.to_dict()).encode())
             self.stats.judgements += 1
+            self.metrics.judgements.inc()
+            for verdict in j.window.verdicts:
+                self.metrics.verdicts.labels(verdict.outcome).inc()
         state = self.decisions.state(dep_id)
         if state is not None:
             self.slo_state[dep_id] = state
@@ -250,8 +308,10 @@ class CanaryStreams:
                 verdict = self.security.verifier().check(event.value, appended, record=False)
                 outcome = ControlOutcome(offset, verdict, False, "not folded by the registry", appended)
             entry = outcome_event(outcome, event.value)
-            if await self.audit.append_durably(entry):
-                self.stats.audit_lines += 1
+            with deployment_context(entry.get("deployment_id")):
+                if await self.audit.append_durably(entry):
+                    self.stats.audit_lines += 1
+                    self.metrics.audit_lines.labels("control").inc()
             cmd = outcome.verdict.command
             if self.alerts is not None and cmd is not None and outcome.verdict.accepted and outcome.applied:
                 dep = self.registry.ledger.deployments.get(cmd.deployment_id)
@@ -272,5 +332,7 @@ class CanaryStreams:
             if state.heartbeat:
                 continue
             entry = state_event(state)
-            if await self.audit.append_durably(entry):
-                self.stats.audit_lines += 1
+            with deployment_context(state.deployment_id):
+                if await self.audit.append_durably(entry):
+                    self.stats.audit_lines += 1
+                    self.metrics.audit_lines.labels("state").inc()

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,7 +146,13 @@ def _describe(exc: OSError) -> str:
 
 class AuditLog:
     def __init__(
-        self, path: Path, *, retry_initial_s: float = 0.05, retry_max_s: float = 5.0, report_every_s: float = 30.0
+        self,
+        path: Path,
+        *,
+        retry_initial_s: float = 0.05,
+        retry_max_s: float = 5.0,
+        report_every_s: float = 30.0,
+        on_write_failure: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +161,7 @@ class AuditLog:
         self.report_every_s = report_every_s
         self.invalid_lines = 0  # unparseable complete lines found at start-up (left as they are)
         self.write_failures = 0  # failed attempts (each retried): a metric
+        self.on_write_failure = on_write_failure
         self.stuck_since: float | None = None  # monotonic time of the first failure of the pending line
         self.repairs: list[str] = []
         self._seen: set[str] = set()
@@ -296,6 +304,8 @@ class AuditLog:
                 except OSError as exc:
                     attempts += 1
                     self.write_failures += 1
+                    if self.on_write_failure is not None:
+                        self.on_write_failure()
                     now = time.monotonic()
                     if first_failure is None:
                         first_failure = last_report = now

@@ -28,7 +28,9 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from canary.core.jsonio import dumps
+from canary.errors import KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
+from canary.kafka.health import producer_failure
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
 
 CHECKPOINT_COST_FACTOR = 20  # checkpoints take at most ~5 % of the stage's time
@@ -36,6 +38,7 @@ CHECKPOINT_COST_FACTOR = 20  # checkpoints take at most ~5 % of the stage's time
 log = logging.getLogger("canary.streams.stage")
 
 State = TypeVar("State")
+STOP_STEP_S = 2.0
 
 
 def now_ms() -> int:
@@ -93,6 +96,7 @@ class CheckpointedStage(Generic[State]):
         self._producer: AIOKafkaProducer | None = None
         self._last_checkpoint = 0.0
         self._checkpoint_cost_s = 0.0  # time the last checkpoint spent encoding and sending state
+        self._emitted: list[asyncio.Future[Any]] = []  # deliveries since the last checkpoint
 
     # -- what a subclass provides -------------------------------------------------------------------------
     def new_state(self, partition: int, restored: dict[str, Any] | None) -> State:
@@ -241,6 +245,7 @@ class CheckpointedStage(Generic[State]):
             return
         # Emitted output must be on the broker before the state that says so.
         await self._producer.flush()
+        self._raise_undelivered()
         futures = []
         offsets: dict[TopicPartition, int] = {}
         encoding_started = time.perf_counter()
@@ -268,6 +273,22 @@ class CheckpointedStage(Generic[State]):
         assert self._producer is not None
         return self._producer
 
+    async def emit(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+        """Send output; its delivery is checked before the next checkpoint claims the input behind it."""
+        self._emitted.append(await self.producer.send(topic, value, key=key, partition=partition))
+
+    def _raise_undelivered(self) -> None:
+        """A checkpoint over output the broker refused would lose it for good (after a broker restart the
+        idempotent producer may fail a partition with OutOfOrderSequenceNumber). Fail the stage instead:
+        the worker exits non-zero, and its successor resumes from the last good checkpoint and emits again
+        (readers drop the repeats by id)."""
+        emitted = self._emitted
+        self._emitted = [fut for fut in emitted if not fut.done()]
+        for fut in emitted:
+            if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                exc = fut.exception()
+                raise KafkaError(f"{self.name}: output not delivered ({type(exc).__name__}: {exc})") from exc
+
     async def run(self) -> None:
         self._producer = AIOKafkaProducer(
             **client_kwargs(self.bootstrap),
@@ -293,6 +314,9 @@ class CheckpointedStage(Generic[State]):
             await self._consumer.start()
             await self.started()
             while True:
+                dead = producer_failure(self._producer)
+                if dead is not None:  # its sends would queue forever: stop the worker instead
+                    raise KafkaError(f"{self.name}: the producer died ({type(dead).__name__}: {dead})") from dead
                 if self._pending:
                     await self.acquire(sorted(self._pending))
                 batch = await self._consumer.getmany(timeout_ms=self.fetch_max_wait_ms, max_records=self.max_records)
@@ -300,10 +324,11 @@ class CheckpointedStage(Generic[State]):
                 await self.emit_due()
                 await self.checkpoint()
         finally:
-            with contextlib.suppress(Exception):
-                await self.checkpoint(force=True)
-            await self._consumer.stop()
-            await self._producer.stop()
+            # Each step waits for the broker; with it down, a stop must still end (canary.runtime). A
+            # checkpoint not written only means re-reading a little input after the restart.
+            for step in (self.checkpoint(force=True), self._consumer.stop(), self._producer.stop()):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(step, STOP_STEP_S)
 
     def refetch(self, tp: TopicPartition, records: list[Any]) -> None:
         """A batch for a partition whose state is not restored (or was revoked): fetch it again later."""

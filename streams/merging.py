@@ -21,6 +21,7 @@ from canary.core.merge import WindowMerger, parse_merge_record
 from canary.errors import CanaryError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
+from canary.observability.metrics import WorkerMetrics
 from streams.checkpointed import CheckpointedStage, now_ms
 
 log = logging.getLogger("canary.streams.merge")
@@ -52,6 +53,7 @@ class MergeStage(CheckpointedStage[_MergeState]):
         checkpoint_ms: int = 500,
         session_timeout_ms: int = 10_000,
         instance_id: str | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         super().__init__(
             bootstrap,
@@ -63,6 +65,7 @@ class MergeStage(CheckpointedStage[_MergeState]):
             instance_id=instance_id,
         )
         self.stats = MergeStats()
+        self.metrics = metrics or WorkerMetrics()
         self.sources = 0
 
     async def started(self) -> None:
@@ -119,7 +122,9 @@ class MergeStage(CheckpointedStage[_MergeState]):
             due = state.merger.due(now)
             for window in due:
                 key = (window.deployment_id or "-").encode()
-                await self.producer.send(self.topics.windows, dumps(window.to_dict()), key=key)
+                await self.emit(self.topics.windows, dumps(window.to_dict()), key=key)
                 self.stats.windows_emitted += 1
+                self.metrics.windows_emitted.inc()
+                self.metrics.window_lag.observe(max(0.0, (now - window.window_end_ms) / 1000))
             if due:
                 self.mark_dirty(partition)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -20,6 +21,7 @@ from canary.core.deployment import ControlLedger, Deployment
 from canary.core.models import WindowKey
 from canary.core.slo import SLOPolicy, SLORule
 from canary.kafka.clients import Cluster, client_kwargs
+from canary.observability.metrics import WorkerMetrics
 from canary.pipeline.policies import PolicyBook
 from canary.security import CommandVerifier, Verdict, default_verifier
 
@@ -45,7 +47,14 @@ class ControlOutcome:
 
 
 class DeploymentRegistry:
-    def __init__(self, bootstrap: Cluster, control_topic: str, verifier: CommandVerifier | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: Cluster,
+        control_topic: str,
+        verifier: CommandVerifier | None = None,
+        metrics: WorkerMetrics | None = None,
+        stale_after_s: float = 5.0,
+    ) -> None:
         self.bootstrap = bootstrap
         self.control_topic = control_topic
         self.ledger = ControlLedger()
@@ -57,6 +66,10 @@ class DeploymentRegistry:
         self.next_offset = 0  # every control offset below this one has been folded
         self._progress = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
+        self.metrics = metrics or WorkerMetrics()
+        self.stale_after_s = stale_after_s
+        self._fresh_at = time.monotonic()
+        self._check_failures = 0
 
     def deployment(self, deployment_id: str | None) -> Deployment | None:
         return self.ledger.deployments.get(deployment_id) if deployment_id else None
@@ -79,11 +92,14 @@ class DeploymentRegistry:
         if not verdict.accepted or verdict.command is None:
             if verdict.reason == "malformed":
                 self.invalid_commands += 1
+            self.metrics.commands_rejected.labels(verdict.reason or "malformed").inc()
             log.warning("REJECTED control record at offset %s: %s", offset, verdict.message)
             outcome = ControlOutcome(offset, verdict, False, verdict.message, timestamp_ms)
         else:
             transition = self.ledger.apply(verdict.command)
             outcome = ControlOutcome(offset, verdict, transition.applied, transition.note, timestamp_ms)
+            counter = self.metrics.commands_applied if transition.applied else self.metrics.commands_refused
+            counter.labels(verdict.command.type).inc()
         if offset is not None:
             self.outcomes[offset] = outcome
             self._advance(offset + 1)
@@ -102,6 +118,22 @@ class DeploymentRegistry:
             await self._progress.wait()
         return self.outcomes.get(offset)
 
+    def control_lag(self) -> float:
+        """Seconds since the broker last confirmed this registry had read the control topic to its end."""
+        return time.monotonic() - self._fresh_at
+
+    async def _check_fresh(self, tp: TopicPartition) -> None:
+        assert self._consumer is not None
+        try:
+            end = (await asyncio.wait_for(self._consumer.end_offsets([tp]), 2.0))[tp]
+        except Exception as exc:  # broker down: the lag grows, /readyz says so
+            self._check_failures += 1
+            if self._check_failures in (1, 10, 100) or self._check_failures % 1000 == 0:
+                log.warning("cannot confirm the control topic's end (%s: %s)", type(exc).__name__, exc)
+            return
+        if await self._consumer.position(tp) >= end:
+            self._fresh_at = time.monotonic()
+
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None, fetch_max_wait_ms=50)
         self._consumer = consumer
@@ -111,6 +143,7 @@ class DeploymentRegistry:
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
             end = (await consumer.end_offsets([tp]))[tp]
+            checked = 0.0
             while True:
                 batch = await consumer.getmany(timeout_ms=200)
                 for records in batch.values():
@@ -120,5 +153,9 @@ class DeploymentRegistry:
                 self._advance(position)  # also past offsets that hold no record (transaction markers)
                 if not self.caught_up.is_set() and position >= end:
                     self.caught_up.set()
+                    self._fresh_at = time.monotonic()
+                if time.monotonic() - checked >= 1.0:
+                    checked = time.monotonic()
+                    await self._check_fresh(tp)
         finally:
             await consumer.stop()

@@ -30,6 +30,7 @@ from canary.core.merge import Progress, partial_of
 from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_MS, WindowFinalizer
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
+from canary.observability.metrics import WorkerMetrics
 from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, as_core_outcomes
 from streams.checkpointed import CheckpointedStage, now_ms
 from streams.registry import DeploymentRegistry
@@ -72,6 +73,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
         instance_id: str | None = None,
         router_timeout_ms: int = DEFAULT_ROUTER_TIMEOUT_MS,
         future_bound_ms: int = DEFAULT_FUTURE_BOUND_MS,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         super().__init__(
             bootstrap,
@@ -90,6 +92,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
         self.router_timeout_ms = router_timeout_ms
         self.future_bound_ms = future_bound_ms
         self.stats = WindowingStats()
+        self.metrics = metrics or WorkerMetrics()
         self._decoder = OutcomeDecoder()
         self._partials_partitions = 1
         self._progress_sent: dict[int, tuple[int, float]] = {}  # partition -> (closed_until, monotonic s)
@@ -141,6 +144,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
                 except DECODE_ERRORS as exc:  # poison: dead-letter, never stop the stage
                     await self._dead_letter(tp.partition, record.offset, record.value, f"invalid outcome: {exc}")
                     self.stats.invalid_outcomes += 1
+                    self.metrics.dlq.labels("invalid_outcome").inc()
             if not items:
                 continue
             result = fin.add(tp.partition, as_core_outcomes(items), now, offsets)
@@ -150,9 +154,13 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             self.stats.late_outcomes += len(result.late)
             self.stats.duplicate_outcomes += result.duplicates
             self.stats.batches += 1
+            self.metrics.outcomes.inc(n)
+            self.metrics.late_outcomes.inc(len(result.late))
+            self.metrics.duplicate_outcomes.inc(result.duplicates)
             self.stats.by_partition[tp.partition] = self.stats.by_partition.get(tp.partition, 0) + n
             for outcome in result.future:
                 self.stats.future_outcomes += 1
+                self.metrics.dlq.labels("future_ts").inc()
                 offset = outcome.offset if isinstance(outcome, ReplayOutcome) else None
                 await self._dead_letter(
                     tp.partition,
@@ -178,8 +186,9 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             for window, aggregate in due:
                 partial = partial_of(window, aggregate, partition)
                 key = (window.deployment_id or "-").encode()
-                await self.producer.send(self.topics.window_partials, dumps(partial.to_dict()), key=key)
+                await self.emit(self.topics.window_partials, dumps(partial.to_dict()), key=key)
                 self.stats.partials_emitted += 1
+                self.metrics.partials_emitted.inc()
             if due:
                 self.mark_dirty(partition)
             await self._progress(partition, fin, force=bool(due))
@@ -196,7 +205,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             return
         body = dumps(Progress(partition, closed).to_dict())
         for target in range(self._partials_partitions):
-            await self.producer.send(self.topics.window_partials, body, key=b"progress", partition=target)
+            await self.emit(self.topics.window_partials, body, key=b"progress", partition=target)
         self._progress_sent[partition] = (closed, time.monotonic())
         self.stats.progress_marks += 1
 
@@ -217,5 +226,5 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             "dead_lettered_at_ms": now_ms(),
             **(extra or {}),
         }
-        await self.producer.send(self.topics.results_dlq, json.dumps(record).encode())
+        await self.emit(self.topics.results_dlq, json.dumps(record).encode())
         log.warning("dead-lettered outcome (partition %s offset %s): %s", partition, offset, reason)

@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from faust import Worker
 
 from canary.config.environments import AlertTarget
+from canary.errors import CanaryError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
+from canary.observability.logs import LogFormat, logging_config
+from canary.observability.server import MetricsEndpoint
+from canary.runtime import StopDeadline
 from canary.security import ControlSecurity
 from streams.app import CanaryStreams, StreamsConfig
+
+
+class WorkerFailed(CanaryError):
+    """The worker stopped because an essential part of it crashed; the process exits non-zero."""
+
+
+class CanaryWorker(Worker):
+    """Faust's worker, with a bounded stop: Faust's own stop waits for the broker (commits, leaving the
+    group, flushing), which with the broker down took over a minute (canary.runtime)."""
+
+    stop_deadline = StopDeadline("worker")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Faust's terminal spinner writes cursor escapes to stdout and hooks a DEBUG handler on the root
+        # logger: neither belongs in a service's logs (and the escapes break one-JSON-object-per-line).
+        self.spinner = None
+
+    def _on_sigint(self) -> None:
+        self.stop_deadline.arm()
+        super()._on_sigint()
+
+    def _on_sigterm(self) -> None:
+        self.stop_deadline.arm()
+        super()._on_sigterm()
 
 
 def run_worker(
@@ -29,8 +58,11 @@ def run_worker(
     alerts: tuple[AlertTarget, ...] = (),
     alert_secrets: Mapping[str, str] | None = None,
     replication_factor: int = 1,
+    metrics: MetricsEndpoint | None = None,
+    log_format: LogFormat = "text",
 ) -> None:
-    """Blocks until SIGINT/SIGTERM; Faust's Worker then stops agents, commits and closes cleanly."""
+    """Blocks until SIGINT/SIGTERM; Faust's Worker then stops agents, commits and closes cleanly. Raises
+    :class:`WorkerFailed` if the app crashed (an essential stage died) instead of exiting 0."""
     config = StreamsConfig(
         bootstrap=bootstrap,
         topics=topics,
@@ -44,8 +76,21 @@ def run_worker(
         alerts=alerts,
         alert_secrets=dict(alert_secrets or {}),
         replication_factor=replication_factor,
+        metrics=metrics or MetricsEndpoint(),
     )
     streams = CanaryStreams(config)
-    worker = Worker(streams.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    logging.getLogger("canary").setLevel(logging.INFO)
-    worker.execute_from_commandline()
+    worker = CanaryWorker(
+        streams.app,
+        loglevel=loglevel,
+        quiet=True,
+        redirect_stdouts=False,
+        # Faust (mode) would install its own colour handler on stdout; this is the router's configuration.
+        logging_config=logging_config(log_format, loglevel.upper()),
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        crashed: Any = streams.app.crash_reason or worker.crash_reason
+        if crashed is not None:
+            raise WorkerFailed(f"worker crashed: {crashed!r}") from crashed
+        raise

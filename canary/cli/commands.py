@@ -47,11 +47,28 @@ def _security(args: argparse.Namespace, settings: Settings, role: str) -> Any:
     return ControlSecurity.worker(settings) if role == "worker" else ControlSecurity.operator(settings)
 
 
+def _log_format(args: argparse.Namespace, settings: Settings) -> Any:
+    from canary.observability.logs import parse_log_format
+
+    if args.log_format:
+        return parse_log_format(args.log_format, "--log-format")
+    return parse_log_format(settings.log_format, "CANARY_LOG_FORMAT")
+
+
+def _metrics_endpoint(args: argparse.Namespace) -> Any:
+    from canary.observability.server import MetricsEndpoint
+
+    return MetricsEndpoint(host=args.metrics_host, port=args.metrics_port)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from canary.kafka.topics import Topics
+    from canary.observability.logs import configure_logging
     from streams.worker import run_worker
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_format = _log_format(args, settings)
+    metrics = _metrics_endpoint(args)
+    configure_logging(log_format)  # until Faust takes over with the same configuration
     security = _security(args, settings, "worker")
     security.signer()  # fail before Kafka and Faust start if the worker key is missing (exit 2, says how)
     bootstrap = _bootstrap_for_service(settings, "worker")
@@ -82,6 +99,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         alerts=alerts,
         alert_secrets=settings.alert_secrets,
         replication_factor=cluster_replication_factor(bootstrap, settings.replication_factor),
+        metrics=metrics,
+        log_format=log_format,
     )
     return 0
 
@@ -128,11 +147,13 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     from canary.config import PresetStore
     from canary.core.deployment import ConfigRef
     from canary.kafka.topics import Topics
+    from canary.observability.logs import configure_logging
     from router.backends.base import load_backend
     from router.backends.fault import FaultInjectingBackend
     from router.main import serve
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(_log_format(args, settings))
+    metrics = _metrics_endpoint(args)
     preset = PresetStore(settings.presets_dir).get(args.last_good)
     backend = load_backend(args.backend) if args.backend else default_backend()
     if args.inject_fault:
@@ -150,6 +171,7 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
             router_id=args.router_id or stable_router_id(args.instance),
             reply=args.reply,
             verifier=security.verifier(),
+            metrics=metrics,
         )
     )
     return 0
@@ -169,6 +191,27 @@ _INSECURE_HELP = (
     "INSECURE: apply control commands without verifying their signatures (local experiments only; "
     "same as CANARY_INSECURE_CONTROL=1; logged loudly)"
 )
+
+
+def _service_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus /metrics, /healthz (live) and /readyz (ready: connected, assigned, control "
+        "view fresh) on this port (default 0 = off)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics server binds to (default 127.0.0.1: the endpoints are unauthenticated)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text or one JSON object per line with ts, level, logger, message, deployment_id "
+        "(default $CANARY_LOG_FORMAT or text)",
+    )
 
 
 def register(sub: Any) -> None:
@@ -212,6 +255,7 @@ def register(sub: Any) -> None:
         "partitions immediately instead of after the session timeout (10 s)",
     )
     worker.add_argument("--insecure", action="store_true", help=_INSECURE_HELP)
+    _service_options(worker)
     worker.set_defaults(handler=cmd_worker)
 
     router = sub.add_parser(
@@ -246,5 +290,6 @@ def register(sub: Any) -> None:
         "(error_rate) or degraded (keep = fraction of good results kept in place)",
     )
     router.add_argument("--insecure", action="store_true", help=_INSECURE_HELP)
+    _service_options(router)
     router.set_defaults(handler=cmd_router)
     _ = argparse

@@ -275,10 +275,19 @@ def _quiet_broken_pipe() -> int:
     return 141
 
 
+def _logs_json(args: argparse.Namespace, settings: Settings | None) -> bool:
+    if not hasattr(args, "log_format"):
+        return False  # not a service command
+    if args.log_format:
+        return bool(args.log_format == "json")
+    return settings is not None and settings.log_format == "json"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    settings: Settings | None = None
     try:
         try:
             settings = load_settings().in_environment(args.env)
@@ -293,7 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, "json", False):
                 print(json.dumps({"error": type(exc).__name__, "message": str(exc)}, indent=2))
                 sys.stdout.flush()
-            print(f"canary: error: {exc}", file=sys.stderr)
+            if _logs_json(args, settings):  # a service logging JSON keeps every stderr line parseable
+                from canary.observability.logs import emit_error_line
+
+                emit_error_line(f"canary: error: {exc}")
+            else:
+                print(f"canary: error: {exc}", file=sys.stderr)
             return exc.exit_code
         except KeyboardInterrupt:
             print("canary: interrupted", file=sys.stderr)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from canary.core.deployment import snapshot_hash
 from canary.kafka.topics import Topics
-from canary.security import CommandSigner, ControlSecurity
+from canary.security import REJECT_REASONS, CommandSigner, ControlSecurity
 from canary.settings import Settings, load_settings
 from router.requests import SearchRequest
 from router.service import RouterService, now_ms
@@ -133,6 +133,13 @@ async def test_forged_commands_are_never_applied_and_are_audited(
         for _, reason in forged.values():
             expected_counts[reason] = expected_counts.get(reason, 0) + 1
         assert router.stats.rejected_commands == expected_counts
+        # …and on /metrics (the registry its endpoint serves): each reason, nothing else, 0 forgeries applied.
+        registry = router.metrics.registry
+        for reason in REJECT_REASONS:
+            value = registry.get_sample_value("canary_router_commands_rejected_total", {"reason": reason})
+            assert value == expected_counts.get(reason, 0), reason
+        assert registry.get_sample_value("canary_router_commands_applied_total", {"type": "start"}) == 1
+        assert registry.get_sample_value("canary_router_requests_total", {"arm": "candidate"}) == candidate_before
         counts = router.verifier.counts()
         assert counts["accepted"] == 2 and all(counts[r] == n for r, n in expected_counts.items())
 
