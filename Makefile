@@ -38,7 +38,7 @@ demo: install ## THE MAIN JOB: run the demo (local Kafka unless KAFKA_BOOTSTRAP_
 	$(BIN)/canary demo
 
 test: install test-deps ## Run the whole test suite (starts a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 test-core: install ## Only the Kafka-free tests (fast)
 	$(BIN)/pytest tests/core tests/config

@@ -17,8 +17,10 @@ def producer_failure(producer: Any) -> BaseException | None:
     task = getattr(sender, "sender_task", None)
     if task is None or not task.done() or task.cancelled():
         return None
+    # Only an error ends it for good; aiokafka's own close() cancels it (swallowed inside, so the task ends
+    # "cleanly"), which must not read as a dead producer — seen in a router whose ACLs changed mid-run.
     exc: BaseException | None = task.exception()
-    return exc if exc is not None else RuntimeError("the producer's sender task stopped")
+    return exc
 
 
 # Errors after which an idempotent aiokafka producer never delivers to that partition again: unlike the

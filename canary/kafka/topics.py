@@ -265,7 +265,7 @@ def cluster_replication_factor(bootstrap: Cluster, configured: int | None) -> in
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, required: bool = True) -> list[TopicPartition]:
     """The partitions of ``topic``, also for a topic the consumer has not subscribed to or been assigned."""
     parts = consumer.partitions_for_topic(topic)
-    deadline = time.monotonic() + (3.0 if required else 0.0)
+    deadline = time.monotonic() + (10.0 if required else 0.0)  # a loaded cluster may take seconds
     while not parts:
         # The client only tracks metadata of assigned topics; ask the cluster for everything. A topic
         # created a moment ago may not be in the answering broker's metadata yet: ask again briefly.

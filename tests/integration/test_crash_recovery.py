@@ -7,8 +7,10 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from canary.kafka.topics import Topics, ensure_topics
 from router.backends.fault import Fault
@@ -20,12 +22,30 @@ from tests.integration.harness import (
     make_backend,
     preset_ref,
     read_all,
-    read_judged,
     send_command,
     start_command,
 )
 
 pytestmark = pytest.mark.kafka
+
+
+async def _first_failing_window(bootstrap: str, topic: str, dep: str, timeout: float) -> dict[str, Any] | None:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for record in records:
+                    window = json.loads(record.value).get("window") or {}
+                    if window.get("deployment_id") == dep and any(
+                        v["outcome"] == "fail" for v in window.get("verdicts", [])
+                    ):
+                        return dict(window)
+        return None
+    finally:
+        await consumer.stop()
 
 
 def _worker(bootstrap: str, tmp_path: Path) -> WorkerProcess:
@@ -55,13 +75,9 @@ async def test_worker_killed_after_first_failing_window_still_rolls_back_once(
         await send_command(kafka_bootstrap, worker.topics, cmd)
         load = LoadGenerator(router, qps=50)
         load_task = asyncio.create_task(load.run(60))
-        first_fail = None
-        deadline = time.monotonic() + 40
-        while first_fail is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            windows = await read_judged(kafka_bootstrap, worker.topics, dep)
-            failing = [w for w in windows if any(v["outcome"] == "fail" for v in w["verdicts"])]
-            first_fail = failing[0] if failing else None
+        # Tail the verdicts (re-reading the topic each time is too slow on a busy machine: the second
+        # failing window, 5 s later, would come before the kill).
+        first_fail = await _first_failing_window(kafka_bootstrap, worker.topics.verdicts, dep, 40)
         assert first_fail is not None, worker.log_tail()
         worker.kill()
         assert not any(c["type"] == "rollback" for c in await read_all(kafka_bootstrap, worker.topics.control))
