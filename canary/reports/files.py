@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from canary.core.models import ControlCommand, RouterState, WindowResult, iso_ms, parse_time
+from canary.core.rollout import plan_status
 from canary.errors import CanaryError
 from canary.reports.metrics import summarize
 from canary.reports.model import DeploymentReport
@@ -40,6 +41,8 @@ def canary_result(report: DeploymentReport) -> dict[str, Any]:
     end = dep.ended_at_ms
     duration_end = end if end is not None else report.generated_at_ms
     lg, cand = _arm_summary(report, "last_good"), _arm_summary(report, "candidate")
+    plan = plan_status(dep.candidate.snapshot, dep.weight, dep.weight_set_at_ms)
+    extra = {"rollout": plan} if plan is not None else {}  # the spec's shape, plus the plan when there is one
     return {
         "deployment_id": dep.deployment_id,
         "start_time": iso_ms(dep.started_at_ms),
@@ -52,6 +55,7 @@ def canary_result(report: DeploymentReport) -> dict[str, Any]:
         "rollback_reason": dep.reason if dep.status in ("rolled_back", "aborted") else None,
         "total_requests": lg["total_requests"] + cand["total_requests"],
         "duration_seconds": round(max(0, duration_end - dep.started_at_ms) / 1000, 3),
+        **extra,
     }
 
 

@@ -187,3 +187,15 @@ def test_audit_source_order(tmp_path: Path) -> None:
     explicit = tmp_path / "explicit.log"
     explicit.write_text("")
     assert audit_source_file(settings, out, explicit) == explicit
+
+
+def test_canary_result_of_a_rollout_carries_the_plan_and_the_step_it_reached() -> None:
+    sc = build(T0, "canary_2", candidate="candidate_progressive")
+    report = build_report(commands=sc.command_dicts, windows=sc.windows, now_ms=T0 + 600_000)
+    result = canary_result(report)
+    assert set(result) == SPEC_RESULT_KEYS | {"rollout"}
+    rollout = result["rollout"]
+    assert [s["weight"] for s in rollout["steps"]] == [0.1, 0.25, 0.5, 1.0]
+    # The scenario's operator set_weight 0.2 is off the plan's weights: no current step.
+    assert rollout["current_step"] is None and rollout["of_steps"] == 4
+    assert "rollout" not in canary_result(build_report(commands=build(T0, "c3").command_dicts, windows=[], now_ms=T0))
