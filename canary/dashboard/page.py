@@ -73,7 +73,7 @@ def render_page(panels: dict[str, str], meta: dict[str, Any], title: str) -> str
         f"{slot('moment')}"
         '<main class="dash">'
         '<div class="col-main">'
-        f"{slot('deployment')}{slot('charts')}"
+        f"{slot('running')}{slot('deployment')}{slot('charts')}"
         "</div>"
         '<aside class="col-side">'
         f"{slot('plan')}{slot('verdicts')}{ACTIONS_HTML}{slot('routers')}"

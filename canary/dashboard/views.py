@@ -23,6 +23,7 @@ from canary.reports.model import build_report
 
 LIVE_ROUTER_MS = 15_000  # as canary status: three missed 5 s heartbeats
 PANEL_IDS = (
+    "running",
     "deployment",
     "moment",
     "plan",
@@ -90,6 +91,7 @@ def deployment_panels(state: DashboardState, now: int | None = None) -> dict[str
     if dep is None:
         empty = '<section class="card panel"><p class="empty">no canary has been started yet</p></section>'
         return {
+            "running": "",
             "deployment": empty,
             "moment": "",
             "plan": plan_panel(None),
@@ -110,6 +112,7 @@ def deployment_panels(state: DashboardState, now: int | None = None) -> dict[str
         return {"deployment": broken + f"{escape(str(exc))}</p></section>"}
     sections = render_sections(report)
     return {
+        "running": running_panel(state, dep),
         "deployment": sections["header"] + sections["banner"] + sections["cards"],
         "moment": moment_panel(state, dep),
         "plan": plan_panel(dep),
@@ -117,6 +120,36 @@ def deployment_panels(state: DashboardState, now: int | None = None) -> dict[str
         "charts": sections["charts"],
         "commands": sections["commands"],
     }
+
+
+def running_panel(state: DashboardState, shown: Deployment) -> str:
+    """Every running candidate (A/B/n: several side by side, each on its own users); the panels below are
+    about the most recent one, and each row links to its own live report."""
+    live = state.ledger.live
+    if len(live) <= 1:
+        return ""
+    rows = []
+    for dep in live:
+        windows = [w for w in state.deployment_windows(dep.deployment_id) if w.arm == "candidate"]
+        latest = max(windows, key=lambda w: w.window_start_ms) if windows else None
+        outcomes = ", ".join(f"{v.rule} {v.outcome}" for v in latest.verdicts) if latest else "no window yet"
+        p95 = fmt_ms(latest.p95_ms) if latest and latest.p95_ms is not None else "–"
+        recall = f"{latest.recall_at_10:.2f}" if latest and latest.recall_at_10 is not None else "–"
+        mark = ' class="shown"' if dep.deployment_id == shown.deployment_id else ""
+        rows.append(
+            f'<tr{mark}><td class="mono"><a href="/deployments/{escape(dep.deployment_id)}/report">'
+            f"{escape(dep.deployment_id)}</a></td><td>{escape(dep.candidate.name)}</td>"
+            f"<td>{escape(dep.status)}</td><td>{escape(fmt_pct(dep.candidate_weight))}</td>"
+            f"<td>{escape(p95)}</td><td>{escape(recall)}</td><td>{escape(outcomes)}</td></tr>"
+        )
+    table = (
+        "<table><thead><tr><th>deployment</th><th>candidate</th><th>status</th><th>share</th>"
+        "<th>p95</th><th>recall@10</th><th>latest verdicts</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+    subtitle = f"{len(live)} candidates side by side, each on its own users; below: {shown.deployment_id}"
+    return _card("Running canaries", table, "panel-running", subtitle)
 
 
 def moment_panel(state: DashboardState, dep: Deployment) -> str:

@@ -111,3 +111,27 @@ def test_audit_tail_waits_for_a_torn_line_and_survives_truncation(tmp_path: Path
     assert [e["event_id"] for e in tail.read_new()] == ["b", "c"]
     path.write_bytes(b'{"event_id": "d"}\n')  # replaced by a shorter file
     assert [e["event_id"] for e in tail.read_new()] == ["d"]
+
+
+def test_two_candidates_side_by_side_are_both_on_the_page() -> None:
+    state = _state()
+    a, b = (
+        build(T0, "canary_a", candidate="candidate_slow"),
+        build(T0 + 10, "canary_b", candidate="candidate_high_recall"),
+    )
+    starts = [next(c for c in sc.commands if c.type == "start") for sc in (a, b)]
+    for offset, cmd in enumerate(starts):
+        _append(state, _signed(cmd), offset, cmd.issued_at_ms + 20)
+    assert [d.deployment_id for d in state.ledger.live] == ["canary_a", "canary_b"]
+    for w in a.windows[:2] + b.windows[:2]:
+        state.add_window(w, Changes(), judged_at_ms=w.emitted_at_ms + 5)
+    panel = render_panels(state, now=T0 + 60_000)["running"]
+    doc = parse(panel)
+    rows = select(doc, "tr")
+    assert len(rows) == 3  # header + one per running candidate
+    assert "canary_a" in panel and "canary_b" in panel and "/deployments/canary_a/report" in panel
+    assert "2 candidates side by side" in panel
+    # One candidate alone: no extra panel.
+    alone = _state()
+    _append(alone, _signed(starts[0]), 0, starts[0].issued_at_ms + 20)
+    assert render_panels(alone, now=T0 + 60_000)["running"] == ""
