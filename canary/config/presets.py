@@ -368,39 +368,12 @@ def _rule(
         metric = ""  # reported; the other fields are still checked
     else:
         metric = s.string("metric", choices=(*SLO_METRICS, *declared))
-    if metric in declared:
-        threshold = s.number("threshold")
-        operator = s.string("operator", choices=OPERATORS)
-        custom_relative = None
-        if s.take("relative_to") not in (NO_VALUE, None):
-            custom_relative = s.string("relative_to", choices=("last_good",)) or None
-        rule_consecutive = s.integer("consecutive_buckets", default=consecutive)
-        rule_min_samples = s.integer("min_samples", minimum=0, default=min_samples)
-        rule_confidence = _optional_number(s, "confidence", confidence, low=0, high=1, open_ends=True)
-        rule_method = _method(s, method)
-        s.close()
-        if len(s.out.errors) > errors_before:
-            return None
-        try:
-            return SLORule(
-                name,
-                metric,
-                operator,
-                threshold,
-                rule_consecutive,
-                rule_min_samples,
-                rule_confidence,
-                rule_method,
-                custom_relative,
-                declared[metric],
-            )
-        except ConfigError as exc:
-            s.out.add(s.path, NO_VALUE, str(exc))
-            return None
     relative_to: str | None = None
     if s.take("relative_to") not in (NO_VALUE, None):  # null (as snapshots write it) means absolute
         relative_to = s.string("relative_to", choices=("last_good",)) or None
-    if relative_to is not None and metric in LATENCY_METRICS:
+    if metric in declared:
+        threshold = s.number("threshold")  # its range is the declared metric's: SLORule checks it
+    elif relative_to is not None and metric in LATENCY_METRICS:
         threshold = s.number("threshold", positive=True)  # a ratio to last_good's quantile
     elif relative_to is not None:
         threshold = s.number("threshold", low=-1, high=1)  # an offset from last_good's value
@@ -430,8 +403,9 @@ def _rule(
             rule_confidence,
             rule_method,
             relative_to,
+            declared.get(metric),
         )
-    except ConfigError as exc:  # only if the checks above fall behind canary.core.slo
+    except ConfigError as exc:  # a custom metric's range, or the checks above falling behind canary.core.slo
         s.out.add(s.path, NO_VALUE, str(exc))
         return None
 

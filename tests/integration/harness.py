@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from canary.config import PresetStore
 from canary.core.deployment import ConfigRef, snapshot_hash
 from canary.core.models import ControlCommand
-from canary.kafka.topics import Topics
+from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.view import read_topic
 from canary.security import CommandSigner, ControlSecurity
 from canary.settings import load_settings
@@ -213,6 +213,17 @@ def running_worker(worker: WorkerProcess) -> Iterator[WorkerProcess]:
         yield worker
     finally:
         worker.stop()
+
+
+@contextlib.contextmanager
+def fresh_worker(bootstrap: str, prefix: str, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A worker on topics of its own (``<prefix><random>.``), its log tail printed when it stops."""
+    topics = Topics(f"{prefix}{uuid.uuid4().hex[:6]}.")
+    ensure_topics(bootstrap, topics)
+    worker = WorkerProcess(bootstrap, topics, tmp_path / "audit.log", tmp_path / "data", tmp_path / "worker.log")
+    with running_worker(worker):
+        yield worker
+    print(worker.log_tail(30))
 
 
 def make_backend(faults: dict[str, Fault] | None = None) -> FaultInjectingBackend:

@@ -4,14 +4,12 @@ one goes on, and no user is ever served by both."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings
 from router.backends.fault import Fault
 from router.requests import SearchRequest
@@ -19,6 +17,7 @@ from router.service import RouterService
 from tests.integration.harness import (
     LoadGenerator,
     WorkerProcess,
+    fresh_worker,
     make_backend,
     preset_ref,
     read_all,
@@ -32,15 +31,8 @@ pytestmark = pytest.mark.kafka
 
 @pytest.fixture
 def worker(base_settings: Settings, kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerProcess]:
-    topics = Topics(f"ab{uuid.uuid4().hex[:6]}.")
-    ensure_topics(kafka_bootstrap, topics)
-    proc = WorkerProcess(kafka_bootstrap, topics, tmp_path / "audit.log", tmp_path / "data", tmp_path / "worker.log")
-    proc.start()
-    try:
+    with fresh_worker(kafka_bootstrap, "ab", tmp_path) as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(proc.log_tail(30))
 
 
 async def test_a_failing_and_a_healthy_candidate_side_by_side(worker: WorkerProcess) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,13 @@ from typing import Any
 import pytest
 
 from canary.core.rollout import promote_command_id, step_command_id
-from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings
 from router.backends.fault import Fault
 from router.service import RouterService
 from tests.integration.harness import (
     LoadGenerator,
     WorkerProcess,
+    fresh_worker,
     make_backend,
     preset_ref,
     read_all,
@@ -33,15 +32,8 @@ CANDIDATE = "candidate_progressive"  # steps 0.10 → 0.25 → 0.50 → 1.00, 2 
 
 @pytest.fixture
 def worker(base_settings: Settings, kafka_bootstrap: str, tmp_path: Path) -> Iterator[WorkerProcess]:
-    topics = Topics(f"roll{uuid.uuid4().hex[:6]}.")
-    ensure_topics(kafka_bootstrap, topics)
-    proc = WorkerProcess(kafka_bootstrap, topics, tmp_path / "audit.log", tmp_path / "data", tmp_path / "worker.log")
-    proc.start()
-    try:
+    with fresh_worker(kafka_bootstrap, "roll", tmp_path) as proc:
         yield proc
-    finally:
-        proc.stop()
-        print(proc.log_tail(30))
 
 
 async def _commands(worker: WorkerProcess, dep: str) -> list[dict[str, Any]]:
