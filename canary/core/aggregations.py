@@ -232,14 +232,12 @@ class WindowAggregator:
         """Add one micro-batch. ``max_offset`` is the highest source offset in it, for redelivery checks."""
         if not outcomes:
             return state if max_offset is None else state.with_offset(max_offset)
-        latency = np.fromiter((o.latency_ms for o in outcomes), dtype=np.float64, count=len(outcomes))
-        errored = np.fromiter((o.error is not None for o in outcomes), dtype=bool, count=len(outcomes))
-        # NaN marks "no label"; NaN < threshold is False, so unlabeled outcomes never count as a breach.
-        recall = np.fromiter(
-            (np.nan if o.recall_at_10 is None else o.recall_at_10 for o in outcomes),
-            dtype=np.float64,
-            count=len(outcomes),
-        )
+        # List comprehensions into numpy: several times cheaper per outcome than generator expressions.
+        latency = np.array([o.latency_ms for o in outcomes], dtype=np.float64)
+        errored = np.array([o.error is not None for o in outcomes], dtype=bool)
+        # NaN marks "no label" (numpy turns None into NaN for a float array); NaN < threshold is False,
+        # so unlabeled outcomes never count as a breach.
+        recall = np.array([o.recall_at_10 for o in outcomes], dtype=np.float64)
         labeled = ~np.isnan(recall)
         latency = np.where(errored, np.maximum(latency, self.error_latency_ms), latency)
         breached = errored | (latency > self.latency_threshold_ms) | (recall < self.recall_threshold)

@@ -192,6 +192,9 @@ class WindowFinalizer:
     come from the optional ``judge``, called once per emitted window.
     """
 
+    columnar_min = 32
+    """Segments of at least this many outcomes take the columnar path (tests set it to compare paths)."""
+
     def __init__(
         self,
         size_ms: int = 5000,
@@ -316,11 +319,14 @@ class WindowFinalizer:
             if len(offsets) != len(items):
                 raise ValueError(f"{len(offsets)} offsets for {len(items)} items")
             seen = self._offsets.get(partition, -1)
-            fresh = [i for i, off in enumerate(offsets) if off > seen]
-            if fresh:
-                self._offsets[partition] = max(seen, max(offsets))
-            result.redelivered = len(items) - len(fresh)
-            items = [items[i] for i in fresh]
+            if offsets and min(offsets) > seen:  # the usual case: nothing redelivered
+                self._offsets[partition] = max(offsets)
+            else:
+                fresh = [i for i, off in enumerate(offsets) if off > seen]
+                if fresh:
+                    self._offsets[partition] = max(seen, max(offsets))
+                result.redelivered = len(items) - len(fresh)
+                items = [items[i] for i in fresh]
         if not items:
             return result
         clock = self.clock(partition)
@@ -340,15 +346,191 @@ class WindowFinalizer:
         live = set(clock.live_producers(now_ms))
         groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = {}
         late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = {}
-        size = self.size_ms
+        segment: list[SearchOutcome] = []
         for item in items:
             if isinstance(item, RouterWatermark):
+                if segment:
+                    mark = self._add_segment(
+                        clock, segment, now_ms, mark, floor, live, current_mark, result, groups, late_groups
+                    )
+                    segment = []
                 clock.on_watermark(item, now_ms)
                 result.watermarks += 1
                 live = set(clock.live_producers(now_ms))
                 mark = current_mark()
-                continue
-            o = item
+            else:
+                segment.append(item)
+        if segment:
+            self._add_segment(clock, segment, now_ms, mark, floor, live, current_mark, result, groups, late_groups)
+        for (key, start), outcomes in groups.items():
+            self._aggregate(key, start, outcomes, late=False)
+        for (key, start), outcomes in late_groups.items():
+            self._aggregate(key, start, outcomes, late=True)
+        return result
+
+    def _add_segment(
+        self,
+        clock: PartitionClock,
+        outcomes: list[SearchOutcome],
+        now_ms: int,
+        mark: int,
+        floor: int | None,
+        live: set[str],
+        current_mark: Callable[[], int],
+        result: AddResult,
+        groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
+        late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
+    ) -> int:
+        """Outcomes between two watermark records of ``clock``'s partition; returns the mark after them.
+
+        The two common shapes take a columnar path (numpy over the segment, a few dict operations per
+        outcome for dedup) that applies the rules of :meth:`_add_one_by_one` in bulk: every producer in
+        the segment is live (the mark cannot move inside it), or the partition has no watermarking
+        producer at all (the mark is a running maximum of event time). Anything else goes one by one.
+        """
+        if len(outcomes) >= self.columnar_min:
+            routers = {o.router_id for o in outcomes}
+            if routers <= live:
+                return self._add_columnar(
+                    clock, outcomes, routers, now_ms, mark, floor, False, result, groups, late_groups
+                )
+            if not clock.producers:
+                return self._add_columnar(
+                    clock, outcomes, routers, now_ms, mark, floor, True, result, groups, late_groups
+                )
+        return self._add_one_by_one(
+            clock, outcomes, now_ms, mark, floor, live, current_mark, result, groups, late_groups
+        )
+
+    def _add_columnar(
+        self,
+        clock: PartitionClock,
+        outcomes: list[SearchOutcome],
+        routers: set[str],
+        now_ms: int,
+        mark: int,
+        floor: int | None,
+        legacy: bool,
+        result: AddResult,
+        groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
+        late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
+    ) -> int:
+        """``legacy``: no producer on the partition sends watermarks, so the mark follows each accepted
+        outcome's event time minus grace, capped by the other partitions' ``floor`` (otherwise it is fixed)."""
+        n = len(outcomes)
+        size = self.size_ms
+        ts = np.fromiter([o.ts for o in outcomes], dtype=np.int64, count=n)
+        producers = clock.producers
+        bound = self.future_bound_ms
+        limits = {r: (p.watermark if (p := producers.get(r)) is not None else now_ms) + bound for r in routers}
+        if len(limits) == 1:
+            accepted = ts <= next(iter(limits.values()))
+        else:
+            accepted = ts <= np.fromiter([limits[o.router_id] for o in outcomes], dtype=np.int64, count=n)
+        # Window keys by object identity within the segment: the decoder hands out one object per key, and
+        # equal keys under two identities merely aggregate into the same window in two steps.
+        key_objects = [o.window_key for o in outcomes]
+        identities = list(map(id, key_objects))
+        key_codes = {i: c for c, i in enumerate(dict.fromkeys(identities))}
+        keys: list[WindowKey] = list({id(k): k for k in key_objects}.values())
+        codes = [0] * n if len(keys) == 1 else list(map(key_codes.__getitem__, identities))
+        # Dedup before windowing: whether an outcome repeats a request depends only on what came before it.
+        candidates: list[int] = list(range(n)) if accepted.all() else np.flatnonzero(accepted).tolist()
+        if len(candidates) < n:
+            result.future.extend(outcomes[i] for i in np.flatnonzero(~accepted).tolist())
+        crc32, adler32 = zlib.crc32, zlib.adler32
+        if len(keys) == 1:
+            prefix = f"{keys[0].deployment_id or '-'}|"
+            encoded = [(prefix + outcomes[i].request_id).encode() for i in candidates]
+        else:
+            prefixes = [f"{k.deployment_id or '-'}|" for k in keys]
+            encoded = [(prefixes[codes[i]] + outcomes[i].request_id).encode() for i in candidates]
+        candidate_keys = [(crc32(b) << 32) | adler32(b) for b in encoded]
+        seen = self._seen
+        if seen.keys().isdisjoint(candidate_keys) and len(set(candidate_keys)) == len(candidate_keys):
+            kept, request_keys = candidates, candidate_keys  # the common case: nothing repeats
+        else:
+            fresh: set[int] = set()
+            kept, request_keys = [], []
+            for i, rk in zip(candidates, candidate_keys, strict=True):
+                if rk in seen or rk in fresh:
+                    result.duplicates += 1
+                    continue
+                fresh.add(rk)
+                kept.append(i)
+                request_keys.append(rk)
+        if not kept:
+            return mark
+        idx = np.asarray(kept, dtype=np.int64)
+        kts = ts[idx]
+        if legacy:
+            # The mark before each outcome: the running maximum of the accepted event times before it
+            # (an earlier maximum was already inside the mark the segment started with).
+            prior = np.maximum.accumulate(kts) - self.grace_ms
+            moved = np.concatenate(([mark], prior[:-1]))
+            if floor is not None:
+                moved = np.minimum(moved, floor)
+            marks = np.maximum(moved, mark)
+        else:
+            marks = np.full(idx.size, mark, dtype=np.int64)
+        starts = kts - kts % size
+        kcodes = np.asarray(codes, dtype=np.int64)[idx]
+        emitted = np.asarray([self._emitted_end.get(k, _NEG) for k in keys], dtype=np.int64)[kcodes]
+        late = (starts < emitted) | (starts + size <= marks)
+        slots = np.where(late, np.maximum(marks - marks % size, emitted), starts)
+        # One group per (slot, key, late): a handful per segment.
+        base = int(slots.min())
+        combined = (((slots - base) // size) * len(keys) + kcodes) * 2 + late
+        uniq, inverse = np.unique(combined, return_inverse=True)
+        if len(uniq) == 1:
+            members: list[list[int]] = [list(range(len(kept)))]
+        else:
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
+            members = [m.tolist() for m in np.split(order, bounds)]
+        seen_by_start = self._seen_by_start
+        for g, positions in zip(uniq.tolist(), members, strict=True):
+            is_late = bool(g & 1)
+            slot = base + (g >> 1) // len(keys) * size
+            key = keys[(g >> 1) % len(keys)]
+            if len(positions) == len(kept):
+                chosen, rks = [outcomes[i] for i in kept], request_keys
+            else:
+                chosen = [outcomes[kept[j]] for j in positions]
+                rks = [request_keys[j] for j in positions]
+            (late_groups if is_late else groups).setdefault((key, slot), []).extend(chosen)
+            seen.update(dict.fromkeys(rks, slot))
+            bucket = seen_by_start.get(slot)
+            if bucket is None:
+                seen_by_start[slot] = list(rks)
+            else:
+                bucket.extend(rks)
+        if late.any():
+            result.late.extend(outcomes[kept[j]] for j in np.flatnonzero(late).tolist())
+        top = int(kts.max())
+        if not legacy:
+            clock.max_ts = top if clock.max_ts is None else max(clock.max_ts, top)
+            clock.last_arrival = now_ms if clock.last_arrival is None else max(clock.last_arrival, now_ms)
+            return mark
+        clock.on_outcome(next(iter(routers)), top, now_ms)  # none is a producer: only the maxima matter
+        moved_last = top - self.grace_ms if floor is None else min(top - self.grace_ms, floor)
+        return max(mark, moved_last)
+
+    def _add_one_by_one(
+        self,
+        clock: PartitionClock,
+        outcomes: list[SearchOutcome],
+        now_ms: int,
+        mark: int,
+        floor: int | None,
+        live: set[str],
+        current_mark: Callable[[], int],
+        result: AddResult,
+        groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
+        late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
+    ) -> int:
+        size = self.size_ms
+        for o in outcomes:
             if not clock.accepts(o.router_id, o.ts, now_ms):
                 result.future.append(o)
                 continue
@@ -381,11 +563,7 @@ class WindowFinalizer:
                         mark = m
             else:
                 clock.on_outcome(o.router_id, o.ts, now_ms)
-        for (key, start), outcomes in groups.items():
-            self._aggregate(key, start, outcomes, late=False)
-        for (key, start), outcomes in late_groups.items():
-            self._aggregate(key, start, outcomes, late=True)
-        return result
+        return mark
 
     def _aggregate(self, key: WindowKey, start: int, outcomes: list[SearchOutcome], *, late: bool) -> None:
         agg = self.aggregator_for(key)

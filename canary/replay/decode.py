@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Annotated, Any, Literal, NamedTuple, cast
+
+import msgspec
 
 from canary.core.jsonio import loads
 from canary.core.models import MAX_OUTCOME_METRICS, SAFE_NAME, RouterWatermark, SearchOutcome, WindowKey, check_name
@@ -31,53 +33,45 @@ class SourceRecord(NamedTuple):
     value: bytes | None
 
 
-class ReplayOutcome:
-    """The fields of a :class:`SearchOutcome` that windowing and aggregation read.
+_NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # beyond 64 bits the reference parser sees a float
+_NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
+_Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+class ReplayOutcome(msgspec.Struct, gc=False):
+    """An outcome as the window core reads it, decoded straight from the record's JSON.
 
     Duck-type compatible with ``SearchOutcome`` for :class:`~canary.core.windows.WindowFinalizer` and
     :class:`~canary.core.aggregations.WindowAggregator` (they read ``ts``, ``window_key``,
-    ``latency_ms``, ``error`` and ``recall_at_10``); ``event_id`` and ``offset`` serve the report.
+    ``latency_ms``, ``error``, ``recall_at_10``, ``request_id`` and ``router_id``); ``event_id`` and
+    ``offset`` serve the report. The decoder always sets ``window_key`` and ``offset`` itself, whatever
+    a record says. ``kind`` only tells a producer's watermark record from an outcome.
     """
 
-    __slots__ = (
-        "error",
-        "event_id",
-        "latency_ms",
-        "metrics",
-        "offset",
-        "recall_at_10",
-        "request_id",
-        "router_id",
-        "ts",
-        "window_key",
-    )
-
-    def __init__(
-        self,
-        event_id: str,
-        ts: int,
-        window_key: WindowKey,
-        latency_ms: float,
-        recall_at_10: float | None,
-        error: str | None,
-        offset: int = -1,
-        request_id: str = "",
-        router_id: str = "",
-        metrics: Mapping[str, float] | None = None,
-    ) -> None:
-        self.event_id = event_id
-        self.ts = ts
-        self.window_key = window_key
-        self.latency_ms = latency_ms
-        self.recall_at_10 = recall_at_10
-        self.error = error
-        self.offset = offset
-        self.request_id = request_id or event_id
-        self.router_id = router_id
-        self.metrics = metrics
+    # The constraints only make the struct stricter than SearchOutcome.from_dict: whatever they refuse
+    # is decoded again by the reference path, which accepts or rejects it with the contract's message.
+    event_id: _NonEmpty
+    request_id: _NonEmpty
+    ts: _Count
+    config_name: _NonEmpty
+    config_version: str
+    config_hash: str
+    arm: Literal["last_good", "candidate"]
+    latency_ms: _NonNegative
+    result_count: _Count
+    router_id: str
+    deployment_id: _NonEmpty | None = None
+    recall_at_10: _Fraction | None = None
+    error: str | None = None
+    metrics: dict[str, float] | None = None
+    kind: Any = msgspec.UNSET
+    window_key: Any = None
+    offset: int = -1
 
     def __repr__(self) -> str:
-        return f"ReplayOutcome({self.event_id!r}, ts={self.ts}, key={self.window_key.as_str()!r})"
+        key = self.window_key.as_str() if isinstance(self.window_key, WindowKey) else None
+        return f"ReplayOutcome({self.event_id!r}, ts={self.ts}, key={key!r})"
 
 
 def as_core_outcomes(outcomes: Sequence[ReplayOutcome | RouterWatermark]) -> Sequence[SearchOutcome | RouterWatermark]:
@@ -89,6 +83,7 @@ Decoded = ReplayOutcome | RouterWatermark
 
 
 _INF = math.inf
+_decode_outcome = msgspec.json.Decoder(ReplayOutcome).decode
 
 
 DECODE_ERRORS = (CanaryError, ValueError, TypeError)
@@ -145,74 +140,55 @@ class OutcomeDecoder:
 
     def _from_outcome(self, o: SearchOutcome, offset: int) -> ReplayOutcome:
         return ReplayOutcome(
-            o.event_id,
-            o.ts,
-            self.key(o.deployment_id, o.config_name, o.arm),
-            o.latency_ms,
-            o.recall_at_10,
-            o.error,
-            offset,
-            o.request_id,
-            o.router_id,
-            o.metrics,
+            event_id=o.event_id,
+            request_id=o.request_id,
+            ts=o.ts,
+            config_name=o.config_name,
+            config_version=o.config_version,
+            config_hash=o.config_hash,
+            arm=o.arm,
+            latency_ms=o.latency_ms,
+            result_count=o.result_count,
+            router_id=o.router_id,
+            deployment_id=o.deployment_id,
+            recall_at_10=o.recall_at_10,
+            error=o.error,
+            metrics=None if o.metrics is None else dict(o.metrics),
+            window_key=self.key(o.deployment_id, o.config_name, o.arm),
+            offset=offset,
         )
+
+    def _reference(self, raw: bytes, offset: int) -> Decoded:
+        """The contract's own decoding: what anything unusual falls back to."""
+        d = json.loads(raw) if self.strict else loads(raw)
+        if type(d) is dict and "kind" in d:
+            return RouterWatermark.from_dict(d)
+        return self._from_outcome(SearchOutcome.from_dict(d), offset)
 
     def decode(self, raw: bytes | None, offset: int = -1) -> Decoded:
         """Decode one value — an outcome or a producer's watermark record; raises ``InvalidEvent`` /
         ``ValueError`` / ``TypeError`` (see DECODE_ERRORS)."""
         if raw is None:
             raise InvalidEvent("SearchOutcome: record has no value (tombstone)")
-        d = json.loads(raw) if self.strict else loads(raw)
-        if type(d) is dict and "kind" in d:
-            return RouterWatermark.from_dict(d)
-        if self.strict or type(d) is not dict:
-            return self._from_outcome(SearchOutcome.from_dict(d), offset)
+        if self.strict:
+            return self._reference(raw, offset)
         try:
-            event_id = d["event_id"]
-            ts = d["ts"]
-            config_name = d["config_name"]
-            arm = d["arm"]
-            latency = d["latency_ms"]
-            request_id = d["request_id"]
-            config_version = d["config_version"]
-            config_hash = d["config_hash"]
-            result_count = d["result_count"]
-            router_id = d["router_id"]
-        except KeyError:
-            return self._from_outcome(SearchOutcome.from_dict(d), offset)
-        dep = d.get("deployment_id")
-        recall = d.get("recall_at_10")
-        error = d.get("error")
-        metrics = d.get("metrics")
-        if metrics is not None and not self._plain_metrics(metrics):
-            return self._from_outcome(SearchOutcome.from_dict(d), offset)
-        # Exactly the conditions from_dict checks, on exact JSON types; ints for the float fields (and
-        # anything else unusual) take the reference path so conversion and overflow behave the same.
+            o = _decode_outcome(raw)
+        except (msgspec.DecodeError, ValueError):  # not an outcome of exact JSON types: the reference says why
+            return self._reference(raw, offset)
+        metrics = o.metrics
+        # The rest of what from_dict checks (the struct's types and constraints did the others); JSON has
+        # no infinity, and a number too large for a float already failed in the struct.
         if (
-            type(event_id) is str
-            and event_id
-            and type(ts) is int
-            and ts >= 0
-            and type(config_name) is str
-            and config_name
-            and (arm == "last_good" or arm == "candidate")
-            and type(latency) is float
-            and 0.0 <= latency < _INF
-            and (dep is None or (type(dep) is str and dep))
-            and (recall is None or (type(recall) is float and 0.0 <= recall <= 1.0))
-            and (error is None or type(error) is str)
-            and type(request_id) is str
-            and request_id
-            and type(config_version) is str
-            and type(config_hash) is str
-            and type(result_count) is int
-            and result_count >= 0
-            and type(router_id) is str
-            and (router_id in self._router_ids or self._safe_router_id(router_id))
+            o.kind is msgspec.UNSET
+            and (o.router_id in self._router_ids or self._safe_router_id(o.router_id))
+            and (metrics is None or self._plain_metrics(metrics))
         ):
-            key = self._keys.get((dep, config_name, arm)) or self.key(dep, config_name, arm)
-            return ReplayOutcome(event_id, ts, key, latency, recall, error, offset, request_id, router_id, metrics)
-        return self._from_outcome(SearchOutcome.from_dict(d), offset)
+            dep, config_name, arm = o.deployment_id, o.config_name, o.arm
+            o.window_key = self._keys.get((dep, config_name, arm)) or self.key(dep, config_name, arm)
+            o.offset = offset
+            return o
+        return self._reference(raw, offset)
 
 
 def control_payload(raw: bytes | None) -> Mapping[str, Any] | None:

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from canary.core.aggregations import WindowAggregate
 from canary.core.deployment import ControlLedger
 from canary.core.judge import Judgement as CoreJudgement
@@ -38,6 +40,7 @@ from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, S
 
 log = logging.getLogger("canary.replay")
 
+_CHUNK = 16_384  # records decoded before they are cut into micro-batches (bounds memory)
 MAX_SAMPLES = 50  # invalid / late records listed individually in the result (all are counted)
 
 
@@ -276,10 +279,6 @@ def recompute_partition_partials(
     """One partition's partial windows with their aggregates, batched like the live windows stage."""
     stats = PartitionStats(partition)
     out: list[tuple[WindowResult, WindowAggregate]] = []
-    batch: list[ReplayOutcome | RouterWatermark] = []
-    offsets: list[int] = []
-    batch_first = 0
-    batch_now = 0
     last_now = -(2**62)
     span = settings.batch_span_ms
     size = settings.batch_max
@@ -287,7 +286,7 @@ def recompute_partition_partials(
     add = finalizer.add
     due = finalizer.due_with_state
 
-    def flush() -> None:
+    def flush(batch: list[ReplayOutcome | RouterWatermark], offsets: list[int], batch_now: int) -> None:
         nonlocal last_now
         now = max(batch_now, last_now)  # processing time never runs backwards
         last_now = now
@@ -318,45 +317,54 @@ def recompute_partition_partials(
                         }
                     )
         out.extend(due(now))
-        batch.clear()
-        offsets.clear()
 
     if records:
         stats.records = len(records)
         stats.first_offset = records[0][1]
         stats.last_offset = records[-1][1]
-    first_ts: int | None = None
+    # Decoded a chunk at a time, then cut into the live agent's micro-batches: a batch starts at a record
+    # and takes the following ones while they are within ``span`` of its first record's time (at most
+    # ``size``). The last, unfinished batch of a chunk carries over into the next.
+    items: list[ReplayOutcome | RouterWatermark] = []
+    offsets: list[int] = []
+    nows: list[int] = []
     now = 0
-    for _, offset, ts_ms, raw in records:
-        try:
-            outcome = decode(raw, offset)
-        except DECODE_ERRORS as exc:
-            stats.invalid += 1
-            if invalid_samples is not None and len(invalid_samples) < MAX_SAMPLES:
-                invalid_samples.append({"partition": partition, "offset": offset, "reason": str(exc)[:300]})
-            continue
-        if ts_ms is not None and ts_ms >= 0:
-            now = ts_ms
-        elif isinstance(outcome, ReplayOutcome):
-            now = outcome.ts
-        else:
-            now = max(now, outcome.watermark_ms)
-        if batch:
-            if len(batch) >= size or now - batch_first > span:
-                flush()
-                batch_first = batch_now = now
-            elif now > batch_now:
-                batch_now = now
-        else:
-            batch_first = batch_now = now
-            if first_ts is None:
-                first_ts = now
-        batch.append(outcome)
-        offsets.append(offset)
+    first_ts: int | None = None
+    for chunk_start in range(0, len(records), _CHUNK):
+        for _, offset, ts_ms, raw in records[chunk_start : chunk_start + _CHUNK]:
+            try:
+                item = decode(raw, offset)
+            except DECODE_ERRORS as exc:
+                stats.invalid += 1
+                if invalid_samples is not None and len(invalid_samples) < MAX_SAMPLES:
+                    invalid_samples.append({"partition": partition, "offset": offset, "reason": str(exc)[:300]})
+                continue
+            # The record's Kafka time; without one, the outcome's own time (a watermark never goes back).
+            if ts_ms is not None and ts_ms >= 0:
+                now = ts_ms
+            elif isinstance(item, ReplayOutcome):
+                now = item.ts
+            else:
+                now = max(now, item.watermark_ms)
+            items.append(item)
+            offsets.append(offset)
+            nows.append(now)
+        if first_ts is None and nows:
+            first_ts = nows[0]
+        final = chunk_start + _CHUNK >= len(records)
+        times = np.asarray(nows, dtype=np.int64)
+        i, n = 0, len(items)
+        while i < n:
+            stop = min(i + size, n)
+            over = np.flatnonzero(times[i + 1 : stop] - times[i] > span)
+            j = i + 1 + int(over[0]) if over.size else stop
+            if j == n and not final and j - i < size:
+                break  # may go on in the next chunk
+            flush(items[i:j], offsets[i:j], int(times[i:j].max()))
+            i = j
+        del items[:i], offsets[:i], nows[:i]
     stats.first_timestamp_ms = first_ts
     stats.last_timestamp_ms = now if first_ts is not None else None
-    if batch:
-        flush()
     stats.outcomes = stats.records - stats.invalid - stats.watermarks
     end = horizon_ms if horizon_ms is not None else (last_now if stats.batches else None)
     if end is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from canary.core.jsonio import loads
 from canary.core.models import SearchOutcome
 from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder
 
@@ -52,6 +53,12 @@ VALID = [
     pytest.param(_raw(recall_at_10=0.0, latency_ms=0.0), id="zeros"),
     pytest.param(_raw(arm="last_good", config_version="", config_hash=""), id="empty-version"),
     pytest.param(_raw(extra_field={"x": 1}), id="extra-field"),
+    pytest.param(_raw(latency_ms=123456789012345678901234567890), id="huge-int-latency"),
+    pytest.param(_raw(ts=2**63 + 5), id="ts-beyond-int64"),
+    pytest.param(_raw(metrics={"ndcg_at_10": 1, "cost": 2.5}), id="int-metric"),
+    pytest.param(_raw(offset="hostile", window_key={"deployment_id": "other"}), id="internal-names"),
+    pytest.param(_raw()[:-1] + b', "latency_ms": 99.0}', id="duplicate-key-last-wins"),
+    pytest.param(_raw(error="\ud800"), id="lone-surrogate"),
 ]
 
 INVALID = [
@@ -77,6 +84,9 @@ INVALID = [
     pytest.param(_raw(error=3), id="int-error"),
     pytest.param(_raw(router_id=""), id="empty-router"),
     pytest.param(_raw(config_version=None), id="null-version"),
+    pytest.param(_raw(metrics={"cost": True}), id="bool-metric"),
+    pytest.param(_raw(metrics={"bad|name": 1.0}), id="unsafe-metric-name"),
+    pytest.param(_raw(router_id="a|b"), id="unsafe-router"),
 ]
 
 
@@ -94,6 +104,9 @@ def test_fast_path_matches_from_dict(raw: bytes) -> None:
             7,
         )
         assert type(got.latency_ms) is float
+        for name in ("request_id", "config_version", "config_hash", "result_count", "router_id", "deployment_id"):
+            assert getattr(got, name) == getattr(ref, name), name
+        assert got.metrics == (None if ref.metrics is None else dict(ref.metrics))
         assert got.window_key == ref.window_key or got.window_key.as_str() == ref.window_key.as_str()
         assert hash(got.window_key) == hash(ref.window_key)
 
@@ -102,6 +115,23 @@ def test_fast_path_matches_from_dict(raw: bytes) -> None:
 def test_rejects_exactly_like_from_dict(raw: bytes) -> None:
     with pytest.raises(DECODE_ERRORS) as expected:
         SearchOutcome.from_dict(json.loads(raw))
+    with pytest.raises(DECODE_ERRORS) as got:
+        OutcomeDecoder().decode(raw)
+    assert type(got.value) is type(expected.value)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(_raw(ts=99999999999999999999999), id="ts-beyond-uint64"),
+    ],
+)
+def test_parser_edges_follow_the_parser_the_worker_uses(raw: bytes) -> None:
+    """Where JSON parsers disagree (an integer beyond 64 bits), the fast path follows
+    canary.core.jsonio.loads, the parser of the worker's reference path: both are poison there."""
+    with pytest.raises(DECODE_ERRORS) as expected:
+        SearchOutcome.from_dict(loads(raw))
     with pytest.raises(DECODE_ERRORS) as got:
         OutcomeDecoder().decode(raw)
     assert type(got.value) is type(expected.value)
