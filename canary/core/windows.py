@@ -438,14 +438,20 @@ class WindowFinalizer:
         candidates: list[int] = list(range(n)) if accepted.all() else np.flatnonzero(accepted).tolist()
         if len(candidates) < n:
             result.future.extend(outcomes[i] for i in np.flatnonzero(~accepted).tolist())
+        # request_key() without building each string: both checksums continue from the deployment prefix's.
         crc32, adler32 = zlib.crc32, zlib.adler32
+        prefixes = [f"{k.deployment_id or '-'}|".encode() for k in keys]
         if len(keys) == 1:
-            prefix = f"{keys[0].deployment_id or '-'}|"
-            encoded = [(prefix + outcomes[i].request_id).encode() for i in candidates]
+            crc0, adler0 = crc32(prefixes[0]), adler32(prefixes[0])
+            encoded = [outcomes[i].request_id.encode() for i in candidates]
+            candidate_keys = [(crc32(b, crc0) << 32) | adler32(b, adler0) for b in encoded]
         else:
-            prefixes = [f"{k.deployment_id or '-'}|" for k in keys]
-            encoded = [(prefixes[codes[i]] + outcomes[i].request_id).encode() for i in candidates]
-        candidate_keys = [(crc32(b) << 32) | adler32(b) for b in encoded]
+            seeds = [(crc32(p), adler32(p)) for p in prefixes]
+            candidate_keys = []
+            for i in candidates:
+                b = outcomes[i].request_id.encode()
+                crc0, adler0 = seeds[codes[i]]
+                candidate_keys.append((crc32(b, crc0) << 32) | adler32(b, adler0))
         seen = self._seen
         if seen.keys().isdisjoint(candidate_keys) and len(set(candidate_keys)) == len(candidate_keys):
             kept, request_keys = candidates, candidate_keys  # the common case: nothing repeats
