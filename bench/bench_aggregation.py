@@ -748,7 +748,7 @@ def finalize_pass(
     decoded: dict[int, list[ReplayOutcome | RouterWatermark]], inp: CoreInput, batch: int
 ) -> dict[str, Any]:
     """One WindowFinalizer per partition fed outcomes + watermark records in partition order, micro-batch by
-    micro-batch (partitions round-robin), as the windows stage does: add, then due_with_state → partial
+    micro-batch (partitions round-robin), as the windows stage does: add, then due_closed → partial
     windows + a progress mark (JSON-encoded like the stage's records), the state snapshot it checkpoints,
     and the merge step's WindowMerger (parse + add + due) on those records as they come."""
     partitions = len(decoded)
@@ -761,7 +761,7 @@ def finalize_pass(
     snap_max = (0, 0)  # (largest state snapshot in bytes, requests it remembered for dedup)
     batches = partials = marks = late = future = dups = 0
     merged: list[WindowResult] = []
-    all_partials: list[tuple[int, WindowResult, Any]] = []
+    all_partials: list[tuple[int, Any, Any]] = []
     while any(cursors[p] < len(decoded[p]) for p in decoded):
         for p, items in decoded.items():
             i = cursors[p]
@@ -776,9 +776,9 @@ def finalize_pass(
             res = fin.add(p, as_core_outcomes(chunk), now, range(i, i + len(chunk)))
             t1 = time.process_time()
             out: list[bytes] = []
-            for window, aggregate in fin.due_with_state(now):
-                out.append(dumps(partial_of(window, aggregate, p).to_dict()))
-                all_partials.append((p, window, aggregate))
+            for window in fin.due_closed(now):
+                out.append(dumps(partial_of(window, window.aggregate, p).to_dict()))
+                all_partials.append((p, window, window.aggregate))
             partials += len(out)
             wm = fin.watermark
             if wm is not None:
@@ -1167,7 +1167,7 @@ def render(r: dict[str, Any]) -> str:
     rows = [
         ("OutcomeDecoder.decode", "decode_us"),
         ("WindowFinalizer.add", "add_us"),
-        ("due_with_state + partials + progress", "emit_us"),
+        ("due_closed + partials + progress", "emit_us"),
         ("WindowMerger parse + add + due", "merge_us"),
         ("state snapshot per batch (to_dict+JSON)", "state_snapshot_us"),
         ("sum", "total_us"),

@@ -182,9 +182,9 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
                 end = self._consumer.highwater(tp)
                 if end is not None and await self._consumer.position(tp) >= end:
                     fin.mark_idle(partition, now)
-            due = fin.due_with_state(now)
-            for window, aggregate in due:
-                partial = partial_of(window, aggregate, partition)
+            due = fin.due_closed(now)
+            for window in due:
+                partial = partial_of(window, window.aggregate, partition)
                 key = (window.deployment_id or "-").encode()
                 await self.emit(self.topics.window_partials, dumps(partial.to_dict()), key=key)
                 self.stats.partials_emitted += 1

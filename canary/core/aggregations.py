@@ -250,10 +250,18 @@ class WindowAggregator:
             key = _threshold_key(t)
             exceed[key] = exceed.get(key, 0) + int((errored | (latency > t)).sum())
         hist = dict(state.recall_hist)
+        new_bins = False
         if labeled.any():
-            bins, counts = np.unique(np.rint(recall[labeled] * RECALL_BINS).astype(np.int64), return_counts=True)
-            for b, c in zip(bins.tolist(), counts.tolist(), strict=True):
-                hist[b] = hist.get(b, 0) + c
+            counts = np.bincount(np.rint(recall[labeled] * RECALL_BINS).astype(np.int64), minlength=RECALL_BINS + 1)
+            present = np.flatnonzero(counts)
+            for b, c in zip(present.tolist(), counts[present].tolist(), strict=True):
+                if b in hist:
+                    hist[b] += c
+                else:
+                    hist[b] = c
+                    new_bins = True
+        # The dict keeps the sorted order of the state it came from; only new bins need a sort.
+        recall_hist = tuple(sorted(hist.items())) if new_bins else tuple(hist.items())
         return replace(
             state,
             count=state.count + len(outcomes),
@@ -266,7 +274,7 @@ class WindowAggregator:
             if max_offset is None
             else max(state.max_source_offset, max_offset),
             exceed=tuple(sorted(exceed.items(), key=lambda kv: float(kv[0]))),
-            recall_hist=tuple(sorted(hist.items())),
+            recall_hist=recall_hist,
             custom=merge_custom(state.custom, self.custom.agg(outcomes)) if self.custom.metrics else state.custom,
         )
 

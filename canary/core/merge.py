@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from canary.core.aggregations import WindowAggregate, WindowAggregator
 from canary.core.models import JSONDict, WindowKey, WindowResult
@@ -88,7 +88,20 @@ def parse_merge_record(d: Mapping[str, Any]) -> PartialWindow | Progress:
     raise InvalidEvent(f"merge record: expected kind 'partial' or 'progress', got {kind!r:.50}")
 
 
-def partial_of(result: WindowResult, aggregate: WindowAggregate, source_partition: int) -> PartialWindow:
+class WindowSlot(Protocol):
+    """What a partial needs of a closed window: a WindowResult or the finalizer's ClosedWindow."""
+
+    @property
+    def key(self) -> WindowKey: ...
+    @property
+    def window_start_ms(self) -> int: ...
+    @property
+    def window_end_ms(self) -> int: ...
+    @property
+    def emitted_at_ms(self) -> int: ...
+
+
+def partial_of(result: WindowSlot, aggregate: WindowAggregate, source_partition: int) -> PartialWindow:
     return PartialWindow(source_partition, result.key, result.window_start_ms, result.window_end_ms, aggregate)
 
 
@@ -204,7 +217,7 @@ class WindowMerger:
         return out
 
 
-def merge_all(partials: Iterable[tuple[int, WindowResult, WindowAggregate]]) -> list[WindowResult]:
+def merge_all(partials: Iterable[tuple[int, WindowSlot, WindowAggregate]]) -> list[WindowResult]:
     """Every window of a finished input, each merged from all its partials — what the live merge step
     emits once every partition has passed the window (replay's shortcut; same figures by construction).
     ``emitted_at_ms`` is the latest of the partials'."""

@@ -66,9 +66,13 @@ class QuantileSketch:
         self._count += int(arr.size)
         if positive.size:
             idx = np.ceil(np.log(positive) / self._log_gamma).astype(np.int64)
-            keys, counts = np.unique(idx, return_counts=True)
+            low = int(idx.min())
+            # Counting by offset from the lowest index: indices span a few hundred at most (the value
+            # range's log), so bincount beats sorting, above all on small micro-batches.
+            counts = np.bincount(idx - low)
+            present = np.flatnonzero(counts)
             bins = self._bins
-            for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
+            for k, c in zip((present + low).tolist(), counts[present].tolist(), strict=True):
                 bins[k] = bins.get(k, 0) + c
             self._collapse()
 

@@ -176,6 +176,26 @@ class AddResult:
     watermarks: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A window the finalizer closed: its slot and aggregate (``result`` only when a judge ran)."""
+
+    key: WindowKey
+    window_start_ms: int
+    window_end_ms: int
+    emitted_at_ms: int
+    aggregate: WindowAggregate
+    result: WindowResult | None = None
+
+    @property
+    def deployment_id(self) -> str | None:
+        return self.key.deployment_id
+
+
+def _closed_order(c: ClosedWindow) -> tuple[int, str]:
+    return c.window_start_ms, c.key.as_str()
+
+
 @dataclass(slots=True)
 class _Series:
     """Emission cursor of one tracked key."""
@@ -192,7 +212,7 @@ class WindowFinalizer:
     come from the optional ``judge``, called once per emitted window.
     """
 
-    columnar_min = 32
+    columnar_min = 64
     """Segments of at least this many outcomes take the columnar path (tests set it to compare paths)."""
 
     def __init__(
@@ -586,14 +606,18 @@ class WindowFinalizer:
         return [r for r, _ in self.due_with_state(now_ms)]
 
     def due_with_state(self, now_ms: int) -> list[tuple[WindowResult, WindowAggregate]]:
-        """As :meth:`due`, with each window's aggregate (what a partial window carries to the merge)."""
+        """As :meth:`due`, with each window's aggregate."""
+        return [(self.result_of(c), c.aggregate) for c in self.due_closed(now_ms)]
+
+    def due_closed(self, now_ms: int) -> list[ClosedWindow]:
+        """As :meth:`due`, without building results (what a partial window carries to the merge)."""
         wm = self._watermark_now(now_ms)
         if wm == _NEG:
             return []
-        out: list[tuple[WindowResult, WindowAggregate]] = []
+        out: list[ClosedWindow] = []
         for key in self.tracked_keys:
             out.extend(self._emit(key, wm, now_ms))
-        out.sort(key=lambda r: (r[0].window_start_ms, r[0].key.as_str()))
+        out.sort(key=_closed_order)
         self._prune(wm)
         return out
 
@@ -603,7 +627,10 @@ class WindowFinalizer:
         return [r for r, _ in self.flush_all_with_state(now_ms)]
 
     def flush_all_with_state(self, now_ms: int) -> list[tuple[WindowResult, WindowAggregate]]:
-        out: list[tuple[WindowResult, WindowAggregate]] = []
+        return [(self.result_of(c), c.aggregate) for c in self.flush_all_closed(now_ms)]
+
+    def flush_all_closed(self, now_ms: int) -> list[ClosedWindow]:
+        out: list[ClosedWindow] = []
         for key in self.tracked_keys:
             windows = self._open.get(key)
             if windows:
@@ -611,8 +638,17 @@ class WindowFinalizer:
                 out.extend(self._emit(key, end, now_ms))
                 self._high = max(self._high, end)
             self._series.pop(key, None)
-        out.sort(key=lambda r: (r[0].window_start_ms, r[0].key.as_str()))
+        out.sort(key=_closed_order)
         return out
+
+    def result_of(self, closed: ClosedWindow) -> WindowResult:
+        """The window's result (judged, with a judge): built when asked, since building it renders the
+        whole sketch and histogram, which a partial window never needs."""
+        if closed.result is not None:
+            return closed.result
+        return self.aggregator_for(closed.key).result(
+            closed.aggregate, closed.key, closed.window_start_ms, closed.window_end_ms, (), closed.emitted_at_ms
+        )
 
     def _remember(self, request: int, start: int) -> None:
         self._seen[request] = start
@@ -629,19 +665,20 @@ class WindowFinalizer:
                 if self._seen.get(request) == start:
                     del self._seen[request]
 
-    def _emit(self, key: WindowKey, until_end: int, now_ms: int) -> list[tuple[WindowResult, WindowAggregate]]:
+    def _emit(self, key: WindowKey, until_end: int, now_ms: int) -> list[ClosedWindow]:
         """Emit ``key``'s windows ending at or before ``until_end``."""
         series = self._series[key]
         windows = self._open.get(key, {})
         agg = self.aggregator_for(key)
-        out: list[tuple[WindowResult, WindowAggregate]] = []
+        out: list[ClosedWindow] = []
         while series.next_start + self.size_ms <= until_end:
             start = series.next_start
             state = windows.pop(start, None) or agg.initialize()
-            result = agg.result(state, key, start, start + self.size_ms, (), now_ms)
-            if self.judge is not None:
+            result = None
+            if self.judge is not None:  # judged as emitted, key by key (a judge may keep history)
+                result = agg.result(state, key, start, start + self.size_ms, (), now_ms)
                 result = replace(result, verdicts=tuple(self.judge(result)))
-            out.append((result, state))
+            out.append(ClosedWindow(key, start, start + self.size_ms, now_ms, state, result))
             self._emitted_end[key] = start + self.size_ms
             series.next_start = start + self.size_ms
             series.idle = series.idle + 1 if state.count == 0 else 0

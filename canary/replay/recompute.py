@@ -33,7 +33,7 @@ from canary.core.judge import Judgement as CoreJudgement
 from canary.core.merge import merge_all
 from canary.core.models import ControlCommand, JSONDict, RouterWatermark, WindowResult, iso_ms
 from canary.core.slo import SLOPolicy, SLORule
-from canary.core.windows import WindowFinalizer, window_bounds
+from canary.core.windows import ClosedWindow, WindowFinalizer, window_bounds
 from canary.pipeline.decisions import DecisionStep
 from canary.pipeline.policies import PolicyBook
 from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, SourceRecord, as_core_outcomes
@@ -263,7 +263,7 @@ def recompute_partition(
     partials, stats = recompute_partition_partials(
         partition, records, finalizer, decoder, settings, horizon_ms, invalid_samples, late_samples
     )
-    return [r for r, _ in partials], stats
+    return [finalizer.result_of(c) for c in partials], stats
 
 
 def recompute_partition_partials(
@@ -275,16 +275,16 @@ def recompute_partition_partials(
     horizon_ms: int | None = None,
     invalid_samples: list[JSONDict] | None = None,
     late_samples: list[JSONDict] | None = None,
-) -> tuple[list[tuple[WindowResult, WindowAggregate]], PartitionStats]:
+) -> tuple[list[ClosedWindow], PartitionStats]:
     """One partition's partial windows with their aggregates, batched like the live windows stage."""
     stats = PartitionStats(partition)
-    out: list[tuple[WindowResult, WindowAggregate]] = []
+    out: list[ClosedWindow] = []
     last_now = -(2**62)
     span = settings.batch_span_ms
     size = settings.batch_max
     decode = decoder.decode
     add = finalizer.add
-    due = finalizer.due_with_state
+    due = finalizer.due_closed
 
     def flush(batch: list[ReplayOutcome | RouterWatermark], offsets: list[int], batch_now: int) -> None:
         nonlocal last_now
@@ -369,7 +369,7 @@ def recompute_partition_partials(
     end = horizon_ms if horizon_ms is not None else (last_now if stats.batches else None)
     if end is not None:
         out.extend(due(max(end, last_now)))  # the live tick: processing time kept running after the input
-        out.extend(finalizer.flush_all_with_state(max(end, last_now)))
+        out.extend(finalizer.flush_all_closed(max(end, last_now)))
     return out, stats
 
 
@@ -397,7 +397,7 @@ def recompute(
     ledger = fold_commands(commands)
     book = PolicyBook(ledger, rules_override)
     decoder = OutcomeDecoder(strict=strict_decode)
-    partials: list[tuple[int, WindowResult, WindowAggregate]] = []
+    partials: list[tuple[int, ClosedWindow, WindowAggregate]] = []
     partitions: dict[int, PartitionStats] = {}
     invalid_samples: list[JSONDict] = []
     late_samples: list[JSONDict] = []
@@ -411,7 +411,7 @@ def recompute(
         out, stats = recompute_partition_partials(
             partition, recs, fin, decoder, settings, horizon_ms, invalid_samples, late_samples
         )
-        partials.extend((partition, r, a) for r, a in out)
+        partials.extend((partition, c, c.aggregate) for c in out)
         partitions[partition] = stats
     # The live merge step: one window per key and slot from the partials of every partition.
     windows = merge_all(partials)
