@@ -58,7 +58,7 @@ __all__ = ["HybridBackend", "IvfIndex", "Retrieval", "SearchPlan"]
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
-DEFAULT_RERANK_MAX_TOKENS: Final = 16  # WordPiece tokens per document the rerank model reads (see reranker.py)
+DEFAULT_RERANK_MAX_TOKENS: Final = 8  # WordPiece tokens per document the rerank model reads (see reranker.py)
 DEFAULT_EF_PER_CELL: Final = 8
 DOCS_PER_CELL: Final = 80
 
