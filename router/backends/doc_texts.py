@@ -38,13 +38,16 @@ def _forward_index(corpus: Corpus) -> _Forward:
     return _Forward(word_of_posting[order], start)
 
 
-def document_text(corpus: Corpus, doc: int) -> str:
-    """The text of document index ``doc`` (see the module docstring)."""
+def document_text(corpus: Corpus, doc: int, max_words: int = MAX_WORDS) -> str:
+    """The text of document index ``doc`` (see the module docstring), at most ``max_words`` words.
+
+    Every word is at least one WordPiece token, so a reader cutting at ``n`` tokens loses nothing when
+    given ``max_words=n``."""
     fwd = _forward_index(corpus)
     lo, hi = int(fwd.start[doc]), int(fwd.start[doc + 1])
-    return " ".join(corpus.vocab[w] for w in fwd.words[lo : min(hi, lo + MAX_WORDS)].tolist())
+    return " ".join(corpus.vocab[w] for w in fwd.words[lo : min(hi, lo + max_words)].tolist())
 
 
-def document_texts(corpus: Corpus, docs: npt.NDArray[np.int64]) -> list[str]:
+def document_texts(corpus: Corpus, docs: npt.NDArray[np.int64], max_words: int = MAX_WORDS) -> list[str]:
     """:func:`document_text` of each document index in ``docs``, in order."""
-    return [document_text(corpus, d) for d in docs.tolist()]
+    return [document_text(corpus, d, max_words) for d in docs.tolist()]

@@ -50,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router.backends.corpus import Corpus, default_corpus, depth_stats, normalize_list
-from router.backends.doc_texts import document_texts
+from router.backends.doc_texts import MAX_WORDS, document_texts
 from router.backends.reranker import score_pairs
 
 __all__ = ["HybridBackend", "IvfIndex", "Retrieval", "SearchPlan"]
@@ -219,7 +219,8 @@ class HybridBackend:
     # -- pieces (synchronous, for tests and benchmarks) ------------------------------------------------------
     def rerank_scores(self, query: str, pool: Sequence[int], plan: SearchPlan) -> F32:
         """The rerank model's scores for ``pool`` (see the module docstring: computed, not used to rank)."""
-        texts = document_texts(self.corpus, np.asarray(pool, dtype=np.int64))
+        cap = min(plan.rerank_max_tokens, MAX_WORDS)  # a word is >= 1 token: the cut loses nothing
+        texts = document_texts(self.corpus, np.asarray(pool, dtype=np.int64), max_words=cap)
         return score_pairs(query, texts, batch_size=plan.batch_size, max_tokens=plan.rerank_max_tokens)
 
     def nprobe(self, ef: int) -> int:

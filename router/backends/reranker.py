@@ -182,8 +182,8 @@ class MiniLM:
         (``[CLS]`` and ``[SEP]`` included, as transformers truncates) and right-padded with 0."""
         limit = max(2, min(max_tokens, self.max_positions))
         rows = []
-        for enc in self.tokenizer.encode_batch(list(texts)):
-            ids = enc.ids
+        for text in texts:  # one by one: encode_batch would start a rayon pool next to the BLAS thread
+            ids = self.tokenizer.encode(text).ids
             rows.append(ids if len(ids) <= limit else [*ids[: limit - 1], self.sep_id])
         longest = max((len(r) for r in rows), default=0)
         ids_arr = np.zeros((len(rows), longest), dtype=np.int64)

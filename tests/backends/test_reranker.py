@@ -128,3 +128,13 @@ def test_document_texts_are_deterministic_salient_words_of_the_document() -> Non
         assert all(c.bm25(w)[d] > 0 for w in words[:3])  # every word occurs in that document
         weights = [float(c.bm25_terms([i], [1.0])[d]) for i in ids]
         assert weights == sorted(weights, reverse=True)  # most salient first
+
+
+@pytest.mark.parametrize("max_tokens", [2, 4, 8, 16, 32])
+def test_cutting_a_document_text_to_max_tokens_words_loses_no_token(max_tokens: int) -> None:
+    c = build_corpus(n_docs=500, n_queries=5, n_topics=4)
+    m = load_model()
+    docs = np.arange(30, dtype=np.int64)
+    full, _ = m.tokenize(document_texts(c, docs), max_tokens)
+    cut, _ = m.tokenize(document_texts(c, docs, max_words=max_tokens), max_tokens)
+    np.testing.assert_array_equal(full, cut)
