@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from canary.config import Preset, PresetStore, PresetValidationError
 from canary.errors import ConfigError
 from router.backends import reranker
 from router.backends.corpus import build_corpus
 from router.backends.doc_texts import MAX_WORDS, document_text, document_texts
+from router.backends.hybrid import DEFAULT_RERANK_MAX_TOKENS, SearchPlan
 from router.backends.reranker import load_model, model_dir, score_pairs
 
 REFERENCE_SENTENCES = ("The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium.")
@@ -138,3 +141,25 @@ def test_cutting_a_document_text_to_max_tokens_words_loses_no_token(max_tokens: 
     full, _ = m.tokenize(document_texts(c, docs), max_tokens)
     cut, _ = m.tokenize(document_texts(c, docs, max_words=max_tokens), max_tokens)
     np.testing.assert_array_equal(full, cut)
+
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs" / "presets"
+
+
+def test_preset_reranker_max_tokens_is_optional_and_reaches_the_plan() -> None:
+    shipped = PresetStore(PRESETS).get("last_good")
+    snapshot = shipped.to_dict()
+    assert "max_tokens" not in snapshot["reranker"]  # absent, not null: the shipped hashes stay as they were
+    assert SearchPlan.from_params(snapshot).rerank_max_tokens == DEFAULT_RERANK_MAX_TOKENS
+    snapshot["reranker"]["max_tokens"] = 16
+    with_knob = Preset.from_snapshot(snapshot)
+    assert with_knob.reranker.max_tokens == 16 and with_knob.content_hash != shipped.content_hash
+    assert SearchPlan.from_params(with_knob.to_dict()).rerank_max_tokens == 16
+
+
+@pytest.mark.parametrize(("value", "reason"), [(1, ">= 2"), (513, "<= 512"), ("8", "integer"), (True, "integer")])
+def test_preset_reranker_max_tokens_is_validated(value: object, reason: str) -> None:
+    snapshot = PresetStore(PRESETS).get("last_good").to_dict()
+    snapshot["reranker"]["max_tokens"] = value
+    with pytest.raises(PresetValidationError, match=reason):
+        Preset.from_snapshot(snapshot)
