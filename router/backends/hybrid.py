@@ -51,7 +51,7 @@ import numpy.typing as npt
 
 from router.backends.corpus import Corpus, default_corpus, depth_stats, normalize_list
 from router.backends.doc_texts import MAX_WORDS, document_texts
-from router.backends.reranker import score_pairs
+from router.backends.reranker import load_model, score_pairs
 
 __all__ = ["HybridBackend", "IvfIndex", "Retrieval", "SearchPlan"]
 
@@ -206,6 +206,8 @@ class HybridBackend:
         self.index = _index_for(self.corpus, nlist or max(1, self.corpus.n_docs // DOCS_PER_CELL))
         self.ef_per_cell = max(1, ef_per_cell)
         self.rerank_model = rerank_model
+        if rerank_model:
+            load_model()  # once per process (~1 s): not on the first request, and a missing model fails here
 
     # -- protocol -------------------------------------------------------------------------------------------
     async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]:
