@@ -180,7 +180,7 @@ class Retrieval:
     """The CPU side of one search: final ranking plus what was spent on it."""
 
     ids: list[str]
-    pairs: int  # candidates the cross-encoder scores (0 without a reranker)
+    pairs: int  # candidates the rerank model scores (0 without a reranker)
     vectors_scanned: int
     candidates: int  # fused candidates after the Ncand_max cap
     pool: tuple[int, ...] = ()  # document indices the rerank model scores (len == pairs)
