@@ -163,3 +163,19 @@ def test_preset_reranker_max_tokens_is_validated(value: object, reason: str) -> 
     snapshot["reranker"]["max_tokens"] = value
     with pytest.raises(PresetValidationError, match=reason):
         Preset.from_snapshot(snapshot)
+
+
+@pytest.mark.parametrize(("raw", "threads"), [(None, 1), ("1", 1), ("2", 2), ("0", 0), (" 3 ", 3)])
+def test_blas_threads_setting(monkeypatch: pytest.MonkeyPatch, raw: str | None, threads: int) -> None:
+    if raw is None:
+        monkeypatch.delenv(reranker.BLAS_THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(reranker.BLAS_THREADS_ENV, raw)
+    assert reranker.blas_threads() == threads
+
+
+@pytest.mark.parametrize("raw", ["two", "-1", "1.5", ""])
+def test_blas_threads_setting_rejects_nonsense(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv(reranker.BLAS_THREADS_ENV, raw)
+    with pytest.raises(ConfigError, match=reranker.BLAS_THREADS_ENV):
+        reranker.blas_threads()
