@@ -23,7 +23,8 @@ candidate document's text **on every call**, in batches of ``batch_size``, trunc
 WordPiece tokens (``[CLS]``/``[SEP]`` included). There is no per-document embedding cache. A cross-encoder
 of the same size (ms-marco-MiniLM-L-6-v2 has the same 6 × 384 architecture) would run the same layers over
 ``query + document`` tokens per pair; this stage runs them over the document tokens per pair plus one
-query encoding per call, so it costs about as much as a cross-encoder with a short query.
+query encoding per call. So it costs less than that cross-encoder would: the corpus's queries are ~10
+tokens, which a cross-encoder reads again in every pair (at ``max_tokens`` 8 that is about twice the work).
 
 Cost: ≈ 21 MFLOP per token (≈ 11 M non-embedding weights × 2), plus attention, i.e. ≈ 0.7 GFLOP for a
 32-token document. It is real CPU work: it grows with the number of pairs, with ``max_tokens`` and with the
