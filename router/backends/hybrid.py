@@ -49,6 +49,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from canary.errors import ConfigError
 from router.backends.corpus import Corpus, default_corpus, depth_stats, normalize_list
 from router.backends.doc_texts import MAX_WORDS, document_texts
 from router.backends.reranker import load_model, score_pairs
@@ -59,6 +60,11 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 DEFAULT_RERANK_MAX_TOKENS: Final = 8  # WordPiece tokens per document the rerank model reads (see reranker.py)
+RERANK_RUNTIMES: Final = ("model", "modeled", "off")
+# The "modeled" runtime's cost per pair and per batch call: the real model's measured CPU cost on a 2-core
+# box at 8 tokens (bench/bench_reranker.py: 2.9 ms per pair at batch 128; last_good's 40 pairs 123 ms).
+MODELED_MS_PER_PAIR: Final = 3.0
+MODELED_MS_PER_BATCH: Final = 2.0
 DEFAULT_EF_PER_CELL: Final = 8
 DOCS_PER_CELL: Final = 80
 
@@ -189,8 +195,11 @@ class Retrieval:
 class HybridBackend:
     """Hybrid BM25 + IVF-int8 dense retrieval with alpha fusion and exact rerank over a generated corpus.
 
-    ``corpus`` defaults to :func:`~router.backends.corpus.default_corpus`. ``rerank_model=False`` skips
-    the rerank model (same ranking, no model time: for tests of the retrieval logic). ``nlist`` defaults to
+    ``corpus`` defaults to :func:`~router.backends.corpus.default_corpus`. ``rerank`` picks what the
+    rerank stage spends: ``model`` runs the real model (the default); ``modeled`` waits what the model
+    would cost on an idle 2-core box (:data:`MODELED_MS_PER_PAIR`), for demos and test fleets whose
+    machine cannot afford the real compute at their request rate; ``off`` skips it (tests of the
+    retrieval logic). The ranking is the same in all three. ``nlist`` defaults to
     one cell per ~80 documents; ``ef_per_cell`` maps ``ef`` to probed cells.
     """
 
@@ -200,13 +209,15 @@ class HybridBackend:
         *,
         nlist: int | None = None,
         ef_per_cell: int = DEFAULT_EF_PER_CELL,
-        rerank_model: bool = True,
+        rerank: str = "model",
     ) -> None:
+        if rerank not in RERANK_RUNTIMES:
+            raise ConfigError(f"rerank = {rerank!r}: must be one of {', '.join(RERANK_RUNTIMES)}")
         self.corpus = corpus if corpus is not None else default_corpus()
         self.index = _index_for(self.corpus, nlist or max(1, self.corpus.n_docs // DOCS_PER_CELL))
         self.ef_per_cell = max(1, ef_per_cell)
-        self.rerank_model = rerank_model
-        if rerank_model:
+        self.rerank = rerank
+        if rerank == "model":
             load_model()  # once per process (~1 s): not on the first request, and a missing model fails here
 
     # -- protocol -------------------------------------------------------------------------------------------
@@ -214,11 +225,21 @@ class HybridBackend:
         """Ranked doc ids for ``query``; ``collection`` is ignored (one generated corpus serves them all)."""
         plan = SearchPlan.from_params(params)
         result = await asyncio.to_thread(self.retrieve, query, plan)
-        if plan.reranks and result.pool and self.rerank_model:
-            await asyncio.to_thread(self.rerank_scores, query, result.pool, plan)
+        if plan.reranks and result.pool:
+            if self.rerank == "model":
+                await asyncio.to_thread(self.rerank_scores, query, result.pool, plan)
+            elif self.rerank == "modeled":
+                await asyncio.sleep(self.modeled_rerank_ms(len(result.pool), plan.batch_size) / 1000.0)
         return result.ids
 
     # -- pieces (synchronous, for tests and benchmarks) ------------------------------------------------------
+    @staticmethod
+    def modeled_rerank_ms(pairs: int, batch_size: int) -> float:
+        """What the ``modeled`` runtime waits for ``pairs`` pairs."""
+        if pairs <= 0:
+            return 0.0
+        return pairs * MODELED_MS_PER_PAIR + math.ceil(pairs / max(1, batch_size)) * MODELED_MS_PER_BATCH
+
     def rerank_scores(self, query: str, pool: Sequence[int], plan: SearchPlan) -> F32:
         """The rerank model's scores for ``pool`` (see the module docstring: computed, not used to rank)."""
         cap = min(plan.rerank_max_tokens, MAX_WORDS)  # a word is >= 1 token: the cut loses nothing

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from canary.config import PresetStore
+from canary.errors import ConfigError
 from router.backends.base import SearchBackend, load_backend
 from router.backends.corpus import Corpus, CorpusSpec, build_corpus, default_corpus
 from router.backends.hybrid import HybridBackend, SearchPlan
@@ -34,7 +35,7 @@ def small() -> Corpus:
 
 @pytest.fixture(scope="module")
 def backend(small: Corpus) -> HybridBackend:
-    return HybridBackend(small, rerank_model=False)
+    return HybridBackend(small, rerank="off")
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -149,11 +150,36 @@ async def test_rerank_stage_runs_the_model_on_the_pool(small: Corpus) -> None:
     assert b.retrieve(text, SearchPlan.from_params(params(8, "none"))).pool == ()
     # the model's scores do not change the ranking: same ids with and without it
     assert list(await b.search(text, "documents", params(8))) == result.ids
-    assert HybridBackend(small, rerank_model=False).retrieve(text, plan).ids == result.ids
+    assert HybridBackend(small, rerank="off").retrieve(text, plan).ids == result.ids
+
+
+@pytest.mark.parametrize(
+    ("pairs", "batch_size", "expected_ms"),
+    [(0, 32, 0.0), (1, 32, 5.0), (40, 128, 122.0), (250, 256, 752.0), (1000, 128, 3016.0)],
+)
+def test_modeled_runtime_waits_the_measured_cost(pairs: int, batch_size: int, expected_ms: float) -> None:
+    assert HybridBackend.modeled_rerank_ms(pairs, batch_size) == pytest.approx(expected_ms)
+
+
+async def test_modeled_runtime_waits_and_ranks_the_same(small: Corpus) -> None:
+    modeled = HybridBackend(small, rerank="modeled")
+    text, _ = small.query(1)
+    p = preset("last_good")
+    started = time.monotonic()
+    ids = await modeled.search(text, "documents", p)
+    waited_ms = (time.monotonic() - started) * 1000
+    pool = modeled.retrieve(text, SearchPlan.from_params(p)).pairs
+    assert waited_ms >= HybridBackend.modeled_rerank_ms(pool, SearchPlan.from_params(p).batch_size)
+    assert list(ids) == HybridBackend(small, rerank="off").retrieve(text, SearchPlan.from_params(p)).ids
+
+
+def test_unknown_rerank_runtime_is_refused(small: Corpus) -> None:
+    with pytest.raises(ConfigError, match="rerank = 'gpu'"):
+        HybridBackend(small, rerank="gpu")
 
 
 async def test_event_loop_stays_responsive(small: Corpus) -> None:
-    b = HybridBackend(small, rerank_model=False)
+    b = HybridBackend(small, rerank="off")
     ticks = 0
 
     async def ticker() -> None:
