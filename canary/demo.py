@@ -56,6 +56,9 @@ class DemoConfig:
     # (0 exceedances, see healthy()) arrive in ~11 s instead of ~25 s at 60/s.
     qps: float = 120.0
     weight: float = 0.10
+    # The real rerank model costs ~120 ms of CPU per last_good request (bench/bench_reranker.py): 120/s of
+    # it needs ~15 cores. The demo's router waits that cost instead unless told otherwise.
+    rerank: str = "modeled"
     bad_candidate: str = "candidate_slow"
     good_candidate: str = "candidate_high_recall"
     good_windows: int = 2  # consecutive passing candidate windows before promoting (as 2 failing roll back)
@@ -342,7 +345,7 @@ def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None, se
         services = Services(settings, kafka, logs)
         try:
             services.start("worker", "worker", "--audit-log", str(audit), "--data-dir", str(logs / "worker-data"))
-            services.start("router", "router", "--router-id", "demo-router")
+            services.start("router", "router", "--router-id", "demo-router", "--rerank", cfg.rerank)
             deployments = asyncio.run(_run(settings, bootstrap, topics, services, cfg, audit))
             say("writing reports …")
             from canary.reports.export import export_reports

@@ -145,6 +145,8 @@ class Settings:
     environment: str | None = None
     # Several candidates may run at once (A/B/n) while last_good keeps at least this share of traffic.
     min_last_good_share: float = 0.5
+    # The bundled backend's rerank stage (router.backends.hybrid.RERANK_RUNTIMES): the real model by default.
+    rerank: str = "model"
     # HMAC secrets of alert webhooks: every CANARY_ALERT_* variable (an environment file names which).
     alert_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -277,6 +279,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=log_format,
         alert_secrets={k: v for k, v in env.items() if k.startswith("CANARY_ALERT_") and v},
         min_last_good_share=_share(env, "CANARY_MIN_LAST_GOOD_SHARE", 0.5),
+        rerank=_choice(env, "CANARY_RERANK", ("model", "modeled", "off"), "model"),
         kafka_security=_kafka_security(env),
         replication_factor=_replication_factor(env),
         create_topics=_bool(env, "CANARY_KAFKA_CREATE_TOPICS") if _given(env, "CANARY_KAFKA_CREATE_TOPICS") else None,
@@ -338,6 +341,15 @@ def _replication_factor(env: Mapping[str, str]) -> int | None:
 
 def _given(env: Mapping[str, str], name: str) -> bool:
     return bool(env.get(name, "").strip())
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text not in allowed:
+        raise ConfigError(f"environment: {name} = {text!r}: must be one of {', '.join(allowed)}")
+    return text
 
 
 def _share(env: Mapping[str, str], name: str, default: float) -> float:

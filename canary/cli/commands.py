@@ -126,11 +126,11 @@ def parse_fault(spec: str) -> tuple[str, Any]:
     return name, Fault(**values)
 
 
-def default_backend() -> Any:
-    """The bundled hybrid retriever (BM25 + int8 IVF ANN + alpha fusion + rerank) over the generated corpus."""
+def default_backend(rerank: str = "model") -> Any:
+    """The bundled hybrid retriever (BM25 + ANN + alpha fusion + rerank) over the generated corpus."""
     from router.backends.hybrid import HybridBackend
 
-    return HybridBackend()
+    return HybridBackend(rerank=rerank)
 
 
 def stable_router_id(instance: str) -> str:
@@ -155,7 +155,7 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(_log_format(args, settings))
     metrics = _metrics_endpoint(args)
     preset = PresetStore(settings.presets_dir).get(args.last_good)
-    backend = load_backend(args.backend) if args.backend else default_backend()
+    backend = load_backend(args.backend) if args.backend else default_backend(args.rerank or settings.rerank)
     if args.inject_fault:
         backend = FaultInjectingBackend(backend, dict(parse_fault(f) for f in args.inject_fault))
         logging.getLogger("canary").warning("FAULT INJECTION active: %s", ", ".join(args.inject_fault))
@@ -181,7 +181,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from canary.demo import DemoConfig, run_demo
 
     output = Path(args.output) if args.output else settings.reports_dir
-    cfg = DemoConfig(qps=args.qps, weight=args.weight)
+    cfg = DemoConfig(qps=args.qps, weight=args.weight, rerank=args.rerank)
     if args.port:
         settings = settings.with_overrides(local_port=args.port)
     return run_demo(settings, output, cfg, secure=args.secure)
@@ -227,6 +227,13 @@ def register(sub: Any) -> None:
     demo.add_argument("--output", help="report directory (default reports/canary)")
     demo.add_argument("--qps", type=float, default=120.0, help="load in requests per second (120)")
     demo.add_argument("--weight", type=float, default=0.10, help="candidate traffic share (0.10)")
+    demo.add_argument(
+        "--rerank",
+        choices=("model", "modeled"),
+        default="modeled",
+        help="the router's rerank stage (default modeled: the real model at 120 queries/s needs ~15 cores; "
+        "with model, lower --qps to what the machine can serve)",
+    )
     demo.add_argument(
         "--secure",
         action="store_true",
@@ -281,6 +288,12 @@ def register(sub: Any) -> None:
     )
     router.add_argument("--last-good", default="last_good", help="preset used before any canary ran")
     router.add_argument("--backend", help="search backend import path 'package.module:factory'")
+    router.add_argument(
+        "--rerank",
+        choices=("model", "modeled", "off"),
+        help="the bundled backend's rerank stage: model = the real all-MiniLM-L6-v2 forward pass; modeled = "
+        "wait what it would cost (a box too small for the request rate); off (default $CANARY_RERANK or model)",
+    )
     router.add_argument("--reply", action="store_true", help="also publish results to search_responses")
     router.add_argument(
         "--inject-fault",

@@ -75,6 +75,7 @@ __all__ = [
 NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _SEMVER: Final = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
 _IMPORT_PATH: Final = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
+MAX_RERANK_TOKENS: Final = 512  # max_position_embeddings of the rerank model (router/backends/reranker.py)
 
 
 class PresetValidationError(ConfigError):
@@ -138,6 +139,8 @@ class Preset:
         """The resolved snapshot: every field with defaults applied, JSON types only."""
         sections = ("metadata", "macro_knobs", "derived_params", "retriever", "reranker")
         snapshot: dict[str, Any] = {name: _plain(getattr(self, name)) for name in sections}
+        if snapshot["reranker"]["max_tokens"] is None:  # absent, not null: older presets keep their hashes
+            del snapshot["reranker"]["max_tokens"]
         snapshot["slo"] = self.slo.to_dict()  # the shape canary.core.slo.rules_from_slo_section reads
         snapshot["backend"] = self.backend
         if self.rollout is not None:  # absent, not null, without a plan: older presets keep their hashes
@@ -246,7 +249,10 @@ def _reranker(s: Section) -> RerankerConfig:
     kind = s.string("type", choices=RERANKER_TYPES)
     # A cross-encoder is useless without a model; "none" needs no model, so it is optional there.
     model = s.string("model", required=kind == "cross_encoder") or None
-    reranker = RerankerConfig(type=kind, model=model, top_k=s.integer("top_k"))
+    max_tokens = None if s.take("max_tokens") is NO_VALUE else s.integer("max_tokens", minimum=2)
+    if max_tokens is not None and max_tokens > MAX_RERANK_TOKENS:
+        s.out.add(s.field("max_tokens"), max_tokens, f"must be <= {MAX_RERANK_TOKENS} (the model's positions)")
+    reranker = RerankerConfig(type=kind, model=model, top_k=s.integer("top_k"), max_tokens=max_tokens)
     s.close()
     return reranker
 

@@ -75,6 +75,9 @@ class RerankerConfig:
     type: str  # one of RERANKER_TYPES
     model: str | None
     top_k: int
+    # WordPiece tokens per document the rerank model reads (router/backends/reranker.py); None = the
+    # backend's default. Omitted from snapshots when None, so presets without it keep their hashes.
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

