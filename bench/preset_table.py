@@ -90,8 +90,9 @@ async def main_async(queries: int, presets_dir: Path, serial: bool) -> list[dict
     backend = HybridBackend()
     corpus = backend.corpus
     log(
-        f"corpus {corpus.n_docs} docs / {corpus.n_queries} labeled queries + IVF index "
-        f"({backend.index.nlist} cells, int8) ready in {time.perf_counter() - started:.1f} s"
+        f"corpus {corpus.n_docs} docs / {corpus.n_queries} labeled queries + faiss HNSW (M {backend.index.m}, "
+        f"efConstruction {backend.index.ef_construction}) + bm25s indexes "
+        f"ready in {time.perf_counter() - started:.1f} s"
     )
     if serial:
         return [await run_preset(backend, p, queries) for p in presets]

@@ -35,26 +35,30 @@ process (corpus and index are cached).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import bm25s
+import faiss
 import numpy as np
 import numpy.typing as npt
 
 from router.backends.corpus import Corpus, default_corpus, depth_stats, normalize_list
 
-__all__ = ["HybridBackend", "IvfIndex", "Retrieval", "SearchPlan"]
+__all__ = ["Bm25Index", "HnswIndex", "HybridBackend", "Retrieval", "SearchPlan"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 DEFAULT_MS_PER_PAIR: Final = 1.5  # ms-marco-MiniLM-L-6-v2 on a few CPU cores, ~670 pairs/s
 DEFAULT_MS_PER_BATCH: Final = 4.0  # fixed cost of one model call (tokenisation, dispatch)
-DEFAULT_EF_PER_CELL: Final = 8
-DOCS_PER_CELL: Final = 80
+DEFAULT_HNSW_M: Final = 32  # graph degree (faiss's default M); level 0 keeps 2 * M neighbours
+DEFAULT_EF_CONSTRUCTION: Final = 100  # build-time breadth: ~1.4 s single-threaded for the 20 000-doc corpus
 
 
 def _top(scores: F32, ids: I64, k: int) -> tuple[I64, F32]:
@@ -68,53 +72,88 @@ def _top(scores: F32, ids: I64, k: int) -> tuple[I64, F32]:
     return ids[order], scores[order]
 
 
-class IvfIndex:
-    """Inverted-file ANN index over int8-quantised unit vectors (inner product = cosine)."""
+class HnswIndex:
+    """faiss ``IndexHNSWFlat`` over the corpus's unit vectors (inner product = cosine, full precision).
 
-    def __init__(self, vectors: F32, nlist: int, seed: int = 0, iterations: int = 10) -> None:
+    Built single-threaded, so the graph – and every search result – is the same in every process (faiss
+    draws node levels from a fixed-seed generator; a multi-threaded ``add`` may link nodes in another order).
+    ``ef`` is faiss's per-call ``efSearch``; faiss explores ``max(ef, k)`` candidates, so ``ef`` below the
+    requested ``k`` has no further effect.
+    """
+
+    def __init__(self, vectors: F32, m: int = DEFAULT_HNSW_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION) -> None:
         n, dim = vectors.shape
-        nlist = max(1, min(nlist, n))
-        rng = np.random.default_rng(seed)
-        sample = vectors[np.sort(rng.choice(n, size=min(n, max(40 * nlist, 10_000)), replace=False))]
-        centroids = sample[np.sort(rng.choice(len(sample), size=nlist, replace=False))].copy()
-        for _ in range(iterations):  # spherical k-means (Lloyd), empty cells re-seeded from the sample
-            assign = np.argmax(sample @ centroids.T, axis=1)
-            sums = np.zeros_like(centroids)
-            np.add.at(sums, assign, sample)
-            counts = np.bincount(assign, minlength=nlist)
-            empty = np.flatnonzero(counts == 0)
-            sums[empty] = sample[rng.choice(len(sample), size=len(empty), replace=False)]
-            centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        self.centroids: F32 = centroids.astype(np.float32)
-        assign = np.argmax(vectors @ self.centroids.T, axis=1)
-        self.order: I64 = np.argsort(assign, kind="stable").astype(np.int64)  # row -> doc index
-        self.cell_start: I64 = np.concatenate(([0], np.cumsum(np.bincount(assign, minlength=nlist)))).astype(np.int64)
-        self.scale: F32 = (np.abs(vectors).max(axis=0) / 127.0).astype(np.float32)  # symmetric, per dimension
-        self.scale[self.scale == 0] = 1.0
-        self.codes: npt.NDArray[np.int8] = np.round(vectors[self.order] / self.scale).astype(np.int8)
-        self.nlist = nlist
-        self.dim = dim
+        self.m, self.ef_construction, self.dim, self.ntotal = m, ef_construction, dim, n
+        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        with _single_threaded():
+            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        self.index = index
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.codes.nbytes + self.centroids.nbytes + self.order.nbytes)
+    def search(self, query: F32, ef: int, k: int) -> tuple[I64, F32, int]:
+        """The ``k`` approximate nearest neighbours, best first: (doc indices, cosines, distance computations)."""
+        k = max(0, min(k, self.ntotal))
+        if k == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), 0
+        # faiss's bundled stubs cover only part of the SWIG module: SearchParametersHNSW and cvar exist at runtime
+        params = faiss.SearchParametersHNSW(efSearch=max(1, min(ef, self.ntotal)))  # type: ignore[attr-defined]
+        with _STATS_LOCK:
+            stats = faiss.cvar.hnsw_stats  # type: ignore[attr-defined]
+            stats.reset()
+            scores, ids = self.index.search(query.reshape(1, -1).astype(np.float32, copy=False), k, params=params)
+            ndis = int(stats.ndis)
+        found = ids[0] >= 0  # faiss pads with -1 when the graph walk reached fewer than k vectors
+        doc_ids, cos = ids[0][found].astype(np.int64), scores[0][found].astype(np.float32)
+        order = np.lexsort((doc_ids, -cos))  # same tie-break as _top
+        return doc_ids[order], cos[order], ndis
 
-    def search(self, query: F32, nprobe: int, k: int) -> tuple[I64, F32, tuple[float, float], int]:
-        """Scan the ``nprobe`` closest cells: (doc indices, approximate cosines, normalisation stats of all
-        scanned scores (see :func:`depth_stats`), vectors scanned)."""
-        nprobe = max(1, min(nprobe, self.nlist))
-        cell_scores = self.centroids @ query
-        cells = np.lexsort((np.arange(self.nlist), -cell_scores))[:nprobe]
-        starts, ends = self.cell_start[cells], self.cell_start[cells + 1]
-        rows = np.concatenate([np.arange(s, e) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)])
-        approx = (self.codes[rows].astype(np.float32) @ (query * self.scale)).astype(np.float32)
-        ids, scores = _top(approx, self.order[rows], k)
-        return ids, scores, depth_stats(approx), len(rows)
+
+_OMP_LOCK: Final = threading.Lock()
+_STATS_LOCK: Final = threading.Lock()  # faiss's HNSW search statistics are one process-global counter
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    with _OMP_LOCK:
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(threads)
+
+
+class Bm25Index:
+    """bm25s (eager sparse BM25) over the corpus's own tokens, with the corpus's k1 and b.
+
+    bm25s's ``lucene`` variant is Okapi BM25 with Lucene's IDF, ``idf · tf / (tf + k1 · (1 - b + b · dl /
+    avgdl))``: the corpus's exact BM25 divided by the constant ``k1 + 1`` (Lucene dropped that factor). Fusion
+    min-max normalises every list, so the constant cancels and fused scores equal the labels' definition.
+    """
+
+    def __init__(self, corpus: Corpus) -> None:
+        self.k1, self.b = corpus.spec.bm25_k1, corpus.spec.bm25_b
+        self.n_docs = corpus.n_docs
+        self.engine = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
+        vocab = {w: i for i, w in enumerate(corpus.vocab)}  # bm25s columns = the corpus's term ids
+        self.engine.index((corpus.doc_term_ids(), vocab), create_empty_token=False, show_progress=False)
+
+    def scores(self, term_ids: Sequence[int], qtf: Sequence[float]) -> F32:
+        """BM25 of every document; a query term repeated ``n`` times counts ``n`` times, as in the corpus."""
+        if not term_ids:
+            return np.zeros(self.n_docs, dtype=np.float32)
+        repeated = [t for t, f in zip(term_ids, qtf, strict=True) for _ in range(max(1, round(f)))]
+        return np.asarray(self.engine.get_scores_from_ids(repeated), dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=4)
-def _index_for(corpus: Corpus, nlist: int) -> IvfIndex:
-    return IvfIndex(corpus.doc_vectors, nlist, seed=corpus.spec.seed + 1)
+def _dense_index_for(corpus: Corpus, m: int, ef_construction: int) -> HnswIndex:
+    return HnswIndex(corpus.doc_vectors, m, ef_construction)
+
+
+@functools.lru_cache(maxsize=4)
+def _bm25_index_for(corpus: Corpus) -> Bm25Index:
+    return Bm25Index(corpus)
 
 
 def _section(params: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -178,25 +217,27 @@ class Retrieval:
 
 
 class HybridBackend:
-    """Hybrid BM25 + IVF-int8 dense retrieval with alpha fusion and exact rerank over a generated corpus.
+    """Hybrid BM25 (bm25s) + HNSW (faiss) dense retrieval with alpha fusion and exact rerank over a generated
+    corpus.
 
     ``corpus`` defaults to :func:`~router.backends.corpus.default_corpus`. ``ms_per_pair`` /
-    ``ms_per_batch`` parametrise the cross-encoder *latency model* (no model runs). ``nlist`` defaults to
-    one cell per ~80 documents; ``ef_per_cell`` maps ``ef`` to probed cells.
+    ``ms_per_batch`` parametrise the cross-encoder *latency model* (no model runs). ``hnsw_m`` and
+    ``ef_construction`` are the HNSW graph's build parameters; the indexes are built once per process for
+    each (corpus, parameters) and shared.
     """
 
     def __init__(
         self,
         corpus: Corpus | None = None,
         *,
-        nlist: int | None = None,
-        ef_per_cell: int = DEFAULT_EF_PER_CELL,
+        hnsw_m: int = DEFAULT_HNSW_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         ms_per_pair: float = DEFAULT_MS_PER_PAIR,
         ms_per_batch: float = DEFAULT_MS_PER_BATCH,
     ) -> None:
         self.corpus = corpus if corpus is not None else default_corpus()
-        self.index = _index_for(self.corpus, nlist or max(1, self.corpus.n_docs // DOCS_PER_CELL))
-        self.ef_per_cell = max(1, ef_per_cell)
+        self.index = _dense_index_for(self.corpus, hnsw_m, ef_construction)
+        self.bm25_index = _bm25_index_for(self.corpus)
         self.ms_per_pair = ms_per_pair
         self.ms_per_batch = ms_per_batch
 
@@ -216,9 +257,6 @@ class HybridBackend:
             return 0.0
         return pairs * self.ms_per_pair + math.ceil(pairs / max(1, batch_size)) * self.ms_per_batch
 
-    def nprobe(self, ef: int) -> int:
-        return max(1, min(self.index.nlist, math.ceil(ef / self.ef_per_cell)))
-
     def retrieve(self, query: str, plan: SearchPlan) -> Retrieval:
         c = self.corpus
         use_dense = plan.retriever_type != "bm25"
@@ -230,9 +268,9 @@ class HybridBackend:
         qvec = c.embed(query)
         all_ids = np.arange(c.n_docs, dtype=np.int64)
 
-        # Each retriever normalises by the best and the NORM_DEPTH-th best score it *saw* (all matched
-        # documents for BM25, all scanned vectors for the index), however few hits it then keeps.
-        bm_all = c.bm25_terms(term_ids, qtf) if use_bm25 else np.zeros(c.n_docs, dtype=np.float32)
+        # Each retriever normalises by its best and its NORM_DEPTH-th best score: BM25 over every matched
+        # document (the engine scores them all), the exact scan over every vector, HNSW over the k it returned.
+        bm_all = self.bm25_index.scores(term_ids, qtf) if use_bm25 else np.zeros(c.n_docs, dtype=np.float32)
         no_stats = (0.0, 0.0)
         if use_bm25:
             matched = np.flatnonzero(bm_all > 0).astype(np.int64)
@@ -249,7 +287,8 @@ class HybridBackend:
             dn_ids, dn_scores = _top(cos, all_ids, plan.vector_top_k)
             dn_stats, scanned = depth_stats(cos), c.n_docs
         else:
-            dn_ids, dn_scores, dn_stats, scanned = self.index.search(qvec, self.nprobe(plan.ef), plan.vector_top_k)
+            dn_ids, dn_scores, scanned = self.index.search(qvec, plan.ef, plan.vector_top_k)
+            dn_stats = depth_stats(dn_scores)
 
         # fusion of normalised scores; a document missing from a list scores 0 there
         fused = np.zeros(c.n_docs, dtype=np.float32)
