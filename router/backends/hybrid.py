@@ -48,7 +48,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from router.backends.corpus import Corpus, default_corpus, depth_stats, normalize_list
+from router.backends.corpus import NORM_DEPTH, Corpus, default_corpus, depth_stats, normalize_list
 
 __all__ = ["Bm25Index", "HnswIndex", "HybridBackend", "Retrieval", "SearchPlan"]
 
@@ -77,8 +77,9 @@ class HnswIndex:
 
     Built single-threaded, so the graph – and every search result – is the same in every process (faiss
     draws node levels from a fixed-seed generator; a multi-threaded ``add`` may link nodes in another order).
-    ``ef`` is faiss's per-call ``efSearch``; faiss explores ``max(ef, k)`` candidates, so ``ef`` below the
-    requested ``k`` has no further effect.
+    ``ef`` is faiss's per-call ``efSearch``, the size of the candidate queue of the walk on the bottom layer:
+    it alone sets how far the search explores (and so its cost). ``k`` does not: faiss keeps the best ``k``
+    of every vector whose distance the walk computed, so ``k`` may exceed ``ef``.
     """
 
     def __init__(self, vectors: F32, m: int = DEFAULT_HNSW_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION) -> None:
@@ -124,19 +125,23 @@ def _single_threaded() -> Iterator[None]:
 
 
 class Bm25Index:
-    """bm25s (eager sparse BM25) over the corpus's own tokens, with the corpus's k1 and b.
+    """bm25s (eager sparse BM25) over pre-tokenised documents: bags of term ids into ``vocab``.
 
-    bm25s's ``lucene`` variant is Okapi BM25 with Lucene's IDF, ``idf · tf / (tf + k1 · (1 - b + b · dl /
-    avgdl))``: the corpus's exact BM25 divided by the constant ``k1 + 1`` (Lucene dropped that factor). Fusion
-    min-max normalises every list, so the constant cancels and fused scores equal the labels' definition.
+    bm25s's ``lucene`` variant is Okapi BM25 with Lucene's IDF, ``ln(1 + (N - df + 0.5) / (df + 0.5)) · tf /
+    (tf + k1 · (1 - b + b · dl / avgdl))`` – the corpus's exact BM25 (:meth:`Corpus.bm25`) divided by the
+    constant ``k1 + 1``, which Lucene dropped. Fusion min-max normalises every list, so the constant cancels and
+    fused scores follow the labels' definition. :meth:`from_corpus` uses the corpus's tokens, k1 and b.
     """
 
-    def __init__(self, corpus: Corpus) -> None:
-        self.k1, self.b = corpus.spec.bm25_k1, corpus.spec.bm25_b
-        self.n_docs = corpus.n_docs
-        self.engine = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-        vocab = {w: i for i, w in enumerate(corpus.vocab)}  # bm25s columns = the corpus's term ids
-        self.engine.index((corpus.doc_term_ids(), vocab), create_empty_token=False, show_progress=False)
+    def __init__(self, doc_terms: Sequence[Sequence[int]], vocab: Sequence[str], k1: float, b: float) -> None:
+        self.k1, self.b, self.n_docs = k1, b, len(doc_terms)
+        self.engine = bm25s.BM25(k1=k1, b=b, method="lucene")
+        ids = {w: i for i, w in enumerate(vocab)}  # bm25s's columns are exactly our term ids
+        self.engine.index(([list(d) for d in doc_terms], ids), create_empty_token=False, show_progress=False)
+
+    @classmethod
+    def from_corpus(cls, corpus: Corpus) -> Bm25Index:
+        return cls(corpus.doc_term_ids(), corpus.vocab, corpus.spec.bm25_k1, corpus.spec.bm25_b)
 
     def scores(self, term_ids: Sequence[int], qtf: Sequence[float]) -> F32:
         """BM25 of every document; a query term repeated ``n`` times counts ``n`` times, as in the corpus."""
@@ -153,7 +158,7 @@ def _dense_index_for(corpus: Corpus, m: int, ef_construction: int) -> HnswIndex:
 
 @functools.lru_cache(maxsize=4)
 def _bm25_index_for(corpus: Corpus) -> Bm25Index:
-    return Bm25Index(corpus)
+    return Bm25Index.from_corpus(corpus)
 
 
 def _section(params: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -268,8 +273,8 @@ class HybridBackend:
         qvec = c.embed(query)
         all_ids = np.arange(c.n_docs, dtype=np.int64)
 
-        # Each retriever normalises by its best and its NORM_DEPTH-th best score: BM25 over every matched
-        # document (the engine scores them all), the exact scan over every vector, HNSW over the k it returned.
+        # Each retriever normalises by the best and the NORM_DEPTH-th best score it *saw* (every matched document
+        # for BM25, every vector for the exact scan, the vectors the HNSW walk reached), however few it keeps.
         bm_all = self.bm25_index.scores(term_ids, qtf) if use_bm25 else np.zeros(c.n_docs, dtype=np.float32)
         no_stats = (0.0, 0.0)
         if use_bm25:
@@ -287,8 +292,10 @@ class HybridBackend:
             dn_ids, dn_scores = _top(cos, all_ids, plan.vector_top_k)
             dn_stats, scanned = depth_stats(cos), c.n_docs
         else:
-            dn_ids, dn_scores, scanned = self.index.search(qvec, plan.ef, plan.vector_top_k)
+            # k >= NORM_DEPTH costs nothing extra (the walk is ef's): normalise over the 100 best it saw
+            dn_ids, dn_scores, scanned = self.index.search(qvec, plan.ef, max(plan.vector_top_k, NORM_DEPTH))
             dn_stats = depth_stats(dn_scores)
+            dn_ids, dn_scores = dn_ids[: plan.vector_top_k], dn_scores[: plan.vector_top_k]
 
         # fusion of normalised scores; a document missing from a list scores 0 there
         fused = np.zeros(c.n_docs, dtype=np.float32)
