@@ -8,7 +8,7 @@ against the corpus's exhaustive labels, averaged over the queries. The verdict a
 built-in SLO rules to the whole run (p95 <= slo.p95_ms and recall@10 >= slo.recall_at_10).
 
 Presets run concurrently (each one's queries strictly sequential) so the run takes as long as the slowest
-preset, not the sum; the CPU stages take ~1 ms, so they barely overlap. ``--serial`` runs one preset at a
+preset, not the sum; the CPU stages take a few ms, so they barely overlap. ``--serial`` runs one preset at a
 time instead.
 
     .venv/bin/python -m bench.preset_table [--queries 300] [--presets DIR] [--serial] [--json]
