@@ -222,7 +222,7 @@ class Retrieval:
 
     ids: list[str]
     pairs: int  # candidates the cross-encoder scores (0 without a reranker)
-    vectors_scanned: int
+    vectors_scanned: int  # exact scan: every vector; HNSW: the distances faiss computed on the walk
     candidates: int  # fused candidates after the Ncand_max cap
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faiss
@@ -177,3 +178,14 @@ def test_knob_defaults_match_last_good() -> None:
     plan = SearchPlan()
     assert (plan.ef, plan.exact_below, plan.ncand_max) == (64, 700, 1000)
     assert math.isclose(plan.alpha, 0.5)
+
+
+def test_concurrent_searches_match_sequential_ones(backend: HybridBackend, small: Corpus) -> None:
+    """Presets share one index: per-call efSearch (no shared ef state) keeps concurrent searches independent."""
+    plans = [dataclasses.replace(DENSE, ef=ef, vector_top_k=k) for ef, k in ((4, 10), (32, 50), (256, 100))]
+    jobs = [(small.query_texts[i % small.n_queries], plans[i % 3]) for i in range(90)]
+    sequential = [backend.retrieve(text, plan) for text, plan in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(lambda job: backend.retrieve(*job), jobs))
+    assert [r.ids for r in concurrent] == [r.ids for r in sequential]
+    assert [r.vectors_scanned for r in concurrent] == [r.vectors_scanned for r in sequential]
