@@ -160,3 +160,14 @@ def test_backend_with_and_without_cache_gives_the_same_ids(small: Corpus, tmp_pa
     assert not first.index.loaded_from_cache
     for text in small.query_texts[:20]:
         assert first.retrieve(text, plan).ids == uncached.retrieve(text, plan).ids
+
+
+def test_a_concurrent_store_that_lost_the_race_is_discarded(small: Corpus, tmp_path: Path) -> None:
+    cache = IndexCache(tmp_path)
+    index = HnswIndex(small.doc_vectors[:300], cache=cache)
+    path = entry(tmp_path, "hnsw")
+    before = (path / "hnsw.faiss").read_bytes()
+    # another process built the same entry and renames it into place after ours: no error, ours stays
+    cache._store(path, index.index, lambda i, d: (d / "hnsw.faiss").write_bytes(b"other"))
+    assert (path / "hnsw.faiss").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
