@@ -92,6 +92,7 @@ async def main_async(queries: int, presets_dir: Path, serial: bool) -> list[dict
     log(
         f"corpus {corpus.n_docs} docs / {corpus.n_queries} labeled queries + faiss HNSW (M {backend.index.m}, "
         f"efConstruction {backend.index.ef_construction}) + bm25s indexes "
+        f"({'loaded from the index cache' if backend.index.loaded_from_cache else 'built'}) "
         f"ready in {time.perf_counter() - started:.1f} s"
     )
     if serial:
