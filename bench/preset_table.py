@@ -8,7 +8,7 @@ against the corpus's exhaustive labels, averaged over the queries. The verdict a
 built-in SLO rules to the whole run (p95 <= slo.p95_ms and recall@10 >= slo.recall_at_10).
 
 Presets run concurrently (each one's queries strictly sequential) so the run takes as long as the slowest
-preset, not the sum; the CPU stages take ~1 ms, so they barely overlap. ``--serial`` runs one preset at a
+preset, not the sum; the CPU stages take a few ms, so they barely overlap. ``--serial`` runs one preset at a
 time instead.
 
     .venv/bin/python -m bench.preset_table [--queries 300] [--presets DIR] [--serial] [--json]
@@ -90,8 +90,10 @@ async def main_async(queries: int, presets_dir: Path, serial: bool) -> list[dict
     backend = HybridBackend()
     corpus = backend.corpus
     log(
-        f"corpus {corpus.n_docs} docs / {corpus.n_queries} labeled queries + IVF index "
-        f"({backend.index.nlist} cells, int8) ready in {time.perf_counter() - started:.1f} s"
+        f"corpus {corpus.n_docs} docs / {corpus.n_queries} labeled queries + faiss HNSW (M {backend.index.m}, "
+        f"efConstruction {backend.index.ef_construction}) + bm25s indexes "
+        f"({'loaded from the index cache' if backend.index.loaded_from_cache else 'built'}) "
+        f"ready in {time.perf_counter() - started:.1f} s"
     )
     if serial:
         return [await run_preset(backend, p, queries) for p in presets]

@@ -127,7 +127,7 @@ def parse_fault(spec: str) -> tuple[str, Any]:
 
 
 def default_backend(rerank: str = "model") -> Any:
-    """The bundled hybrid retriever (BM25 + ANN + alpha fusion + rerank) over the generated corpus."""
+    """The bundled hybrid retriever (bm25s BM25 + faiss HNSW + alpha fusion + rerank) over the generated corpus."""
     from router.backends.hybrid import HybridBackend
 
     return HybridBackend(rerank=rerank)

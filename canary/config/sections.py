@@ -54,7 +54,7 @@ class MacroKnobs:
 
 @dataclass(frozen=True, slots=True)
 class DerivedParams:
-    T: int  # candidate count below which exact search is used instead of the HNSW index
+    T: int  # collection size (vectors) below which an exact scan is used instead of the HNSW index
     Ncand_max: int  # hard cap on candidates gathered before reranking
     batch_size: int  # reranker batch size
     ef: int  # HNSW ef_search: graph breadth explored per query

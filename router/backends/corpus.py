@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -209,6 +210,7 @@ class Corpus:
         # inverted index: postings sorted by word then doc, BM25 term weights precomputed
         order = np.lexsort((pair_doc, pair_word))
         self.post_docs: I32 = pair_doc[order].astype(np.int32)
+        self.post_tf: I32 = tf[order].astype(np.int32)  # term frequency of each posting
         tf_sorted = tf[order].astype(np.float32)
         dl = self.doc_len[self.post_docs] / float(self.doc_len.mean())
         k1, b = spec.bm25_k1, spec.bm25_b
@@ -247,7 +249,8 @@ class Corpus:
             top = np.argpartition(-rel, spec.label_k)[: spec.label_k]
             labels[i] = top[np.lexsort((top, -rel[top]))]
         self.labels: I32 = labels
-        for arr in (self.idf, self.post_docs, self.post_weight, self.post_start, self.word_vecs, self.doc_vectors):
+        arrays = (self.idf, self.post_docs, self.post_tf, self.post_weight, self.post_start, self.word_vecs)
+        for arr in (*arrays, self.doc_vectors):
             arr.flags.writeable = False
 
     # -- sizes ----------------------------------------------------------------------------------------------
@@ -258,6 +261,17 @@ class Corpus:
     @property
     def n_queries(self) -> int:
         return self.spec.n_queries
+
+    def doc_term_ids(self) -> list[list[int]]:
+        """Every document as a bag of term ids (each term repeated ``tf`` times, in term-id order): the token
+        lists a BM25 engine indexes. Document ``d``'s list has ``doc_len[d]`` entries."""
+        words = np.repeat(np.arange(len(self.vocab), dtype=np.int64), np.diff(self.post_start))
+        order = np.lexsort((words, self.post_docs))  # by doc, then term
+        docs, terms, tf = self.post_docs[order], words[order], self.post_tf[order]
+        tokens = np.repeat(terms, tf)
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(np.repeat(docs, tf), minlength=self.n_docs))))
+        flat = tokens.tolist()
+        return [flat[lo:hi] for lo, hi in itertools.pairwise(bounds.tolist())]
 
     # -- labeled queries ------------------------------------------------------------------------------------
     def query(self, i: int) -> tuple[str, tuple[str, ...]]:

@@ -1,24 +1,28 @@
-"""The bundled default backend: a real hybrid retriever (BM25 + IVF dense ANN + fusion + rerank).
+"""The bundled default backend: a real hybrid retriever (bm25s BM25 + faiss HNSW + fusion + rerank).
 
 It searches the deterministic generated corpus of :mod:`router.backends.corpus` (every ``collection``
 name maps to that one corpus) and honours a preset snapshot's knobs, so they move latency and recall:
 
-1. **BM25** – term-at-a-time over the corpus's inverted index (exact Okapi BM25); keeps
-   ``retriever.bm25_top_k`` hits.
-2. **Dense ANN** – an IVF index (spherical k-means cells, built deterministically when the backend is
-   created) over **int8-quantised** vectors. ``derived_params.ef`` is the breadth knob, as ``ef_search`` is
-   for HNSW: ``ceil(ef / ef_per_cell)`` cells (default 8 per cell, ≈ 80 vectors each) closest to the query
-   are scanned; keeps ``retriever.vector_top_k`` hits by approximate (quantised) cosine. When the collection
-   has fewer than ``derived_params.T`` vectors the index is bypassed for an exact full-precision scan.
+1. **BM25** – `bm25s <https://github.com/xhluca/bm25s>`_ (eager sparse scores, ``method="lucene"``) over
+   the corpus's own tokens with the corpus's ``k1`` = 1.2 and ``b`` = 0.75: exact BM25 of every document,
+   equal to the corpus's Okapi BM25 (which the labels use) divided by the constant ``k1 + 1`` (see
+   :class:`Bm25Index`). Keeps ``retriever.bm25_top_k`` hits.
+2. **Dense ANN** – a `faiss <https://github.com/facebookresearch/faiss>`_ ``IndexHNSWFlat`` (M 32,
+   efConstruction 100, inner product on the unit vectors = cosine, full precision), built single-threaded
+   once per process so the graph is identical everywhere. ``derived_params.ef`` is faiss's ``efSearch``,
+   passed per call (concurrent presets do not share state): the breadth of the walk, hence its cost and
+   recall. Keeps ``retriever.vector_top_k`` hits (fewer if a narrow walk reaches fewer vectors). When the
+   collection has fewer than ``derived_params.T`` vectors the graph is bypassed for an exact scan of every
+   vector.
 3. **Fusion** – each retriever's scores are min-max normalised between the best and the
    :data:`~router.backends.corpus.NORM_DEPTH`-th (100th) best score *it saw* (every matched document for
-   BM25, every scanned vector for the index – however few hits it keeps), clipped at 0; a document
-   missing from a list scores 0 there. Then ``alpha * dense + (1 - alpha) * bm25`` with
-   ``retriever.alpha``; the best ``derived_params.Ncand_max`` candidates are kept. This is the same
-   normalisation the corpus's relevance labels use.
+   BM25, every vector for the exact scan, the vectors the HNSW walk computed a distance for – however few
+   hits it keeps), clipped at 0; a document missing from a list scores 0 there. Then
+   ``alpha * dense + (1 - alpha) * bm25`` with ``retriever.alpha``; the best ``derived_params.Ncand_max``
+   candidates are kept. This is the same normalisation the corpus's relevance labels use.
 4. **Rerank** (``reranker.type == "cross_encoder"``) – the best ``top_k * rerank_multiplier`` fused
-   candidates are rescored *exactly* (full-precision cosine instead of int8, exact BM25), normalised and
-   fused the same way with the preset's alpha. The final ranking is the best
+   candidates are rescored *exactly* (cosine and BM25 of every pool document, also where one list missed
+   it), normalised and fused the same way with the preset's alpha. The final ranking is the best
    ``min(retriever.top_k, reranker.top_k)`` of those. With ``reranker.type == "none"`` the fused order is
    returned (``retriever.top_k`` ids) and no rerank happens.
 
@@ -32,29 +36,40 @@ cache, as a cross-encoder would have to. That compute *is* the stage's latency (
 meaning for an English model, so the model's scores do **not** change the ranking: the final ranking is the
 exact rescoring above. ``retriever.type`` ``dense`` / ``bm25`` run a single stage.
 
-CPU work runs in a worker thread (``asyncio.to_thread``; numpy releases the GIL), so the router's event
-loop stays responsive. With the default corpus (20 000 docs) construction takes a few seconds, once per
-process (corpus and index are cached).
+CPU work runs in a worker thread (``asyncio.to_thread``; numpy and faiss release the GIL), so the router's
+event loop stays responsive. With the default corpus (20 000 docs) construction takes 5–9 s once per process:
+the corpus 3–6 s (regenerated every time), the indexes ~2–3 s to build (HNSW graph ~1.4 s, BM25 ~1.3 s) or
+~0.3 s to load from the on-disk cache of :mod:`router.backends.index_cache` (verified before use; any bad
+entry is rebuilt).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
+import bm25s
+import faiss
 import numpy as np
 import numpy.typing as npt
 
 from canary.errors import ConfigError
-from router.backends.corpus import Corpus, default_corpus, depth_stats, normalize_list
+from router.backends.corpus import NORM_DEPTH, Corpus, default_corpus, depth_stats, normalize_list
 from router.backends.doc_texts import MAX_WORDS, document_texts
+from router.backends.index_cache import IndexCache, cache_key, default_cache_dir
 from router.backends.reranker import load_model, score_pairs
 
-__all__ = ["HybridBackend", "IvfIndex", "Retrieval", "SearchPlan"]
+logging.getLogger("bm25s").setLevel(logging.NOTSET)  # bm25s forces DEBUG on import; let the app's level rule
+
+__all__ = ["Bm25Index", "HnswIndex", "HybridBackend", "Retrieval", "SearchPlan"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -65,8 +80,8 @@ RERANK_RUNTIMES: Final = ("model", "modeled", "off")
 # box at 8 tokens (bench/bench_reranker.py: 2.9 ms per pair at batch 128; last_good's 40 pairs 123 ms).
 MODELED_MS_PER_PAIR: Final = 3.0
 MODELED_MS_PER_BATCH: Final = 2.0
-DEFAULT_EF_PER_CELL: Final = 8
-DOCS_PER_CELL: Final = 80
+DEFAULT_HNSW_M: Final = 32  # graph degree (faiss's default M); level 0 keeps 2 * M neighbours
+DEFAULT_EF_CONSTRUCTION: Final = 100  # build-time breadth: ~1.4 s single-threaded for the 20 000-doc corpus
 
 
 def _top(scores: F32, ids: I64, k: int) -> tuple[I64, F32]:
@@ -80,53 +95,165 @@ def _top(scores: F32, ids: I64, k: int) -> tuple[I64, F32]:
     return ids[order], scores[order]
 
 
-class IvfIndex:
-    """Inverted-file ANN index over int8-quantised unit vectors (inner product = cosine)."""
+class HnswIndex:
+    """faiss ``IndexHNSWFlat`` over the corpus's unit vectors (inner product = cosine, full precision).
 
-    def __init__(self, vectors: F32, nlist: int, seed: int = 0, iterations: int = 10) -> None:
+    Built single-threaded, so the graph – and every search result – is the same in every process (faiss
+    draws node levels from a fixed-seed generator; a multi-threaded ``add`` may link nodes in another order).
+    ``ef`` is faiss's per-call ``efSearch``, the size of the candidate queue of the walk on the bottom layer:
+    it alone sets how far the search explores (and so its cost). ``k`` does not: faiss keeps the best ``k``
+    of every vector whose distance the walk computed, so ``k`` may exceed ``ef``.
+    """
+
+    def __init__(
+        self,
+        vectors: F32,
+        m: int = DEFAULT_HNSW_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+        *,
+        cache: IndexCache | None = None,
+    ) -> None:
         n, dim = vectors.shape
-        nlist = max(1, min(nlist, n))
-        rng = np.random.default_rng(seed)
-        sample = vectors[np.sort(rng.choice(n, size=min(n, max(40 * nlist, 10_000)), replace=False))]
-        centroids = sample[np.sort(rng.choice(len(sample), size=nlist, replace=False))].copy()
-        for _ in range(iterations):  # spherical k-means (Lloyd), empty cells re-seeded from the sample
-            assign = np.argmax(sample @ centroids.T, axis=1)
-            sums = np.zeros_like(centroids)
-            np.add.at(sums, assign, sample)
-            counts = np.bincount(assign, minlength=nlist)
-            empty = np.flatnonzero(counts == 0)
-            sums[empty] = sample[rng.choice(len(sample), size=len(empty), replace=False)]
-            centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        self.centroids: F32 = centroids.astype(np.float32)
-        assign = np.argmax(vectors @ self.centroids.T, axis=1)
-        self.order: I64 = np.argsort(assign, kind="stable").astype(np.int64)  # row -> doc index
-        self.cell_start: I64 = np.concatenate(([0], np.cumsum(np.bincount(assign, minlength=nlist)))).astype(np.int64)
-        self.scale: F32 = (np.abs(vectors).max(axis=0) / 127.0).astype(np.float32)  # symmetric, per dimension
-        self.scale[self.scale == 0] = 1.0
-        self.codes: npt.NDArray[np.int8] = np.round(vectors[self.order] / self.scale).astype(np.int8)
-        self.nlist = nlist
-        self.dim = dim
+        self.m, self.ef_construction, self.dim, self.ntotal = m, ef_construction, dim, n
+        self.loaded_from_cache = False
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if cache is None:
+            self.index = self._build(vectors)
+            return
+        params = {"engine": "faiss.IndexHNSWFlat", "faiss": faiss.__version__, "metric": "inner_product"}
+        key = cache_key("hnsw", {**params, "m": m, "ef_construction": ef_construction, "threads": 1}, [vectors])
+        self.index = cache.get_or_build(
+            "hnsw",
+            key,
+            lambda path: self._load(path / "hnsw.faiss", vectors),
+            lambda: self._build(vectors),
+            lambda index, directory: faiss.write_index(index, str(directory / "hnsw.faiss")),
+        )
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.codes.nbytes + self.centroids.nbytes + self.order.nbytes)
+    def _build(self, vectors: F32) -> faiss.IndexHNSWFlat:
+        index = faiss.IndexHNSWFlat(self.dim, self.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.ef_construction
+        with _single_threaded():
+            index.add(vectors)
+        return index
 
-    def search(self, query: F32, nprobe: int, k: int) -> tuple[I64, F32, tuple[float, float], int]:
-        """Scan the ``nprobe`` closest cells: (doc indices, approximate cosines, normalisation stats of all
-        scanned scores (see :func:`depth_stats`), vectors scanned)."""
-        nprobe = max(1, min(nprobe, self.nlist))
-        cell_scores = self.centroids @ query
-        cells = np.lexsort((np.arange(self.nlist), -cell_scores))[:nprobe]
-        starts, ends = self.cell_start[cells], self.cell_start[cells + 1]
-        rows = np.concatenate([np.arange(s, e) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)])
-        approx = (self.codes[rows].astype(np.float32) @ (query * self.scale)).astype(np.float32)
-        ids, scores = _top(approx, self.order[rows], k)
-        return ids, scores, depth_stats(approx), len(rows)
+    def _load(self, path: Path, vectors: F32) -> faiss.IndexHNSWFlat:
+        """faiss's reader on a file whose sha256 the cache verified; then checked against ``vectors``."""
+        index = faiss.read_index(str(path))
+        if not isinstance(index, faiss.IndexHNSWFlat):
+            raise TypeError(f"cached index is a {type(index).__name__}")
+        hnsw: Any = index.hnsw  # faiss's stubs lack most HNSW members (neighbors, offsets, nb_neighbors)
+        shape = (index.ntotal, index.d, index.metric_type, hnsw.efConstruction, hnsw.nb_neighbors(0))
+        if shape != (self.ntotal, self.dim, faiss.METRIC_INNER_PRODUCT, self.ef_construction, 2 * self.m):
+            raise ValueError(f"cached index shape {shape}")
+        links, offsets = faiss.vector_to_array(hnsw.neighbors), faiss.vector_to_array(hnsw.offsets)
+        if len(offsets) != self.ntotal + 1 or int(offsets[-1]) != len(links) or len(links) == 0:
+            raise ValueError("cached graph: inconsistent offsets")
+        if int(links.min()) < -1 or int(links.max()) >= self.ntotal or not 0 <= hnsw.entry_point < self.ntotal:
+            raise ValueError("cached graph: links out of range")
+        if not np.array_equal(index.reconstruct_n(0, self.ntotal), vectors):
+            raise ValueError("cached index holds other vectors")
+        self.loaded_from_cache = True
+        return index
+
+    def search(self, query: F32, ef: int, k: int) -> tuple[I64, F32, int]:
+        """The ``k`` approximate nearest neighbours, best first: (doc indices, cosines, distance computations)."""
+        k = max(0, min(k, self.ntotal))
+        if k == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), 0
+        # faiss's bundled stubs cover only part of the SWIG module: SearchParametersHNSW and cvar exist at runtime
+        params = faiss.SearchParametersHNSW(efSearch=max(1, min(ef, self.ntotal)))  # type: ignore[attr-defined]
+        with _STATS_LOCK:
+            stats = faiss.cvar.hnsw_stats  # type: ignore[attr-defined]
+            stats.reset()
+            scores, ids = self.index.search(query.reshape(1, -1).astype(np.float32, copy=False), k, params=params)
+            ndis = int(stats.ndis)
+        found = ids[0] >= 0  # faiss pads with -1 when the graph walk reached fewer than k vectors
+        doc_ids, cos = ids[0][found].astype(np.int64), scores[0][found].astype(np.float32)
+        order = np.lexsort((doc_ids, -cos))  # same tie-break as _top
+        return doc_ids[order], cos[order], ndis
+
+
+_OMP_LOCK: Final = threading.Lock()
+_STATS_LOCK: Final = threading.Lock()  # faiss's HNSW search statistics are one process-global counter
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    with _OMP_LOCK:
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(threads)
+
+
+class Bm25Index:
+    """bm25s (eager sparse BM25) over pre-tokenised documents: bags of term ids into ``vocab``.
+
+    bm25s's ``lucene`` variant is Okapi BM25 with Lucene's IDF, ``ln(1 + (N - df + 0.5) / (df + 0.5)) · tf /
+    (tf + k1 · (1 - b + b · dl / avgdl))`` – the corpus's exact BM25 (:meth:`Corpus.bm25`) divided by the
+    constant ``k1 + 1``, which Lucene dropped. Fusion min-max normalises every list, so the constant cancels and
+    fused scores follow the labels' definition. :meth:`from_corpus` uses the corpus's tokens, k1 and b.
+    """
+
+    def __init__(self, doc_terms: Sequence[Sequence[int]], vocab: Sequence[str], k1: float, b: float) -> None:
+        self.k1, self.b, self.n_docs = k1, b, len(doc_terms)
+        self.loaded_from_cache = False
+        self.engine = bm25s.BM25(k1=k1, b=b, method="lucene")
+        ids = {w: i for i, w in enumerate(vocab)}  # bm25s's columns are exactly our term ids
+        self.engine.index(([list(d) for d in doc_terms], ids), create_empty_token=False, show_progress=False)
+
+    @classmethod
+    def from_corpus(cls, corpus: Corpus, *, cache: IndexCache | None = None) -> Bm25Index:
+        """The corpus's tokens, k1 and b; with ``cache``, a verified cached score matrix when there is one."""
+        k1, b = corpus.spec.bm25_k1, corpus.spec.bm25_b
+
+        def build() -> Bm25Index:
+            return cls(corpus.doc_term_ids(), corpus.vocab, k1, b)
+
+        if cache is None:
+            return build()
+        vocab = np.frombuffer("\n".join(corpus.vocab).encode(), dtype=np.uint8)
+        params = {"engine": "bm25s", "bm25s": bm25s.__version__, "method": "lucene", "k1": k1, "b": b}
+        key = cache_key("bm25", params, [corpus.post_docs, corpus.post_tf, corpus.post_start, vocab])
+
+        def load(path: Path) -> Bm25Index:
+            engine = bm25s.BM25.load(str(path), show_progress=False)
+            index = cls.__new__(cls)
+            index.k1, index.b, index.n_docs, index.engine = k1, b, corpus.n_docs, engine
+            index.loaded_from_cache = True
+            if (engine.k1, engine.b, engine.method, engine.scores.get("num_docs")) != (k1, b, "lucene", corpus.n_docs):
+                raise ValueError("cached BM25 index has other parameters")
+            for text in corpus.query_texts[:3]:  # probe: the engine must still score as the corpus does
+                ids, qtf, _ = corpus.terms(text)
+                if not np.allclose(index.scores(ids, qtf) * (k1 + 1), corpus.bm25_terms(ids, qtf), 1e-5, 1e-5):
+                    raise ValueError("cached BM25 index scores differ from the corpus's BM25")
+            return index
+
+        def save(index: Bm25Index, directory: Path) -> None:
+            index.engine.save(str(directory), show_progress=False)
+
+        return cache.get_or_build("bm25", key, load, build, save)
+
+    def scores(self, term_ids: Sequence[int], qtf: Sequence[float]) -> F32:
+        """BM25 of every document; a query term repeated ``n`` times counts ``n`` times, as in the corpus."""
+        if not term_ids:
+            return np.zeros(self.n_docs, dtype=np.float32)
+        repeated = [t for t, f in zip(term_ids, qtf, strict=True) for _ in range(max(1, round(f)))]
+        return np.asarray(self.engine.get_scores_from_ids(repeated), dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=4)
-def _index_for(corpus: Corpus, nlist: int) -> IvfIndex:
-    return IvfIndex(corpus.doc_vectors, nlist, seed=corpus.spec.seed + 1)
+def _dense_index_for(corpus: Corpus, m: int, ef_construction: int, cache_dir: Path | None) -> HnswIndex:
+    cache = IndexCache(cache_dir) if cache_dir is not None else None
+    return HnswIndex(corpus.doc_vectors, m, ef_construction, cache=cache)
+
+
+@functools.lru_cache(maxsize=4)
+def _bm25_index_for(corpus: Corpus, cache_dir: Path | None) -> Bm25Index:
+    return Bm25Index.from_corpus(corpus, cache=IndexCache(cache_dir) if cache_dir is not None else None)
 
 
 def _section(params: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -187,35 +314,41 @@ class Retrieval:
 
     ids: list[str]
     pairs: int  # candidates the rerank model scores (0 without a reranker)
-    vectors_scanned: int
+    vectors_scanned: int  # exact scan: every vector; HNSW: the distances faiss computed on the walk
     candidates: int  # fused candidates after the Ncand_max cap
     pool: tuple[int, ...] = ()  # document indices the rerank model scores (len == pairs)
 
 
 class HybridBackend:
-    """Hybrid BM25 + IVF-int8 dense retrieval with alpha fusion and exact rerank over a generated corpus.
+    """Hybrid BM25 (bm25s) + HNSW (faiss) dense retrieval with alpha fusion and a real rerank model over a
+    generated corpus.
 
     ``corpus`` defaults to :func:`~router.backends.corpus.default_corpus`. ``rerank`` picks what the
     rerank stage spends: ``model`` runs the real model (the default); ``modeled`` waits what the model
     would cost on an idle 2-core box (:data:`MODELED_MS_PER_PAIR`), for demos and test fleets whose
     machine cannot afford the real compute at their request rate; ``off`` skips it (tests of the
-    retrieval logic). The ranking is the same in all three. ``nlist`` defaults to
-    one cell per ~80 documents; ``ef_per_cell`` maps ``ef`` to probed cells.
+    retrieval logic). The ranking is the same in all three. ``hnsw_m`` and ``ef_construction`` are the
+    HNSW graph's build parameters; the indexes are built once per process for each (corpus, parameters)
+    and shared. ``index_cache``: ``True`` (default) keeps built indexes on disk under
+    :func:`~router.backends.index_cache.default_cache_dir` and loads verified copies from there, a directory
+    uses that one instead, ``False`` always builds.
     """
 
     def __init__(
         self,
         corpus: Corpus | None = None,
         *,
-        nlist: int | None = None,
-        ef_per_cell: int = DEFAULT_EF_PER_CELL,
+        hnsw_m: int = DEFAULT_HNSW_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         rerank: str = "model",
+        index_cache: Path | bool = True,
     ) -> None:
         if rerank not in RERANK_RUNTIMES:
             raise ConfigError(f"rerank = {rerank!r}: must be one of {', '.join(RERANK_RUNTIMES)}")
         self.corpus = corpus if corpus is not None else default_corpus()
-        self.index = _index_for(self.corpus, nlist or max(1, self.corpus.n_docs // DOCS_PER_CELL))
-        self.ef_per_cell = max(1, ef_per_cell)
+        cache_dir = default_cache_dir() if index_cache is True else index_cache or None
+        self.index = _dense_index_for(self.corpus, hnsw_m, ef_construction, cache_dir)
+        self.bm25_index = _bm25_index_for(self.corpus, cache_dir)
         self.rerank = rerank
         if rerank == "model":
             load_model()  # once per process (~1 s): not on the first request, and a missing model fails here
@@ -246,9 +379,6 @@ class HybridBackend:
         texts = document_texts(self.corpus, np.asarray(pool, dtype=np.int64), max_words=cap)
         return score_pairs(query, texts, batch_size=plan.batch_size, max_tokens=plan.rerank_max_tokens)
 
-    def nprobe(self, ef: int) -> int:
-        return max(1, min(self.index.nlist, math.ceil(ef / self.ef_per_cell)))
-
     def retrieve(self, query: str, plan: SearchPlan) -> Retrieval:
         c = self.corpus
         use_dense = plan.retriever_type != "bm25"
@@ -260,9 +390,9 @@ class HybridBackend:
         qvec = c.embed(query)
         all_ids = np.arange(c.n_docs, dtype=np.int64)
 
-        # Each retriever normalises by the best and the NORM_DEPTH-th best score it *saw* (all matched
-        # documents for BM25, all scanned vectors for the index), however few hits it then keeps.
-        bm_all = c.bm25_terms(term_ids, qtf) if use_bm25 else np.zeros(c.n_docs, dtype=np.float32)
+        # Each retriever normalises by the best and the NORM_DEPTH-th best score it *saw* (every matched document
+        # for BM25, every vector for the exact scan, the vectors the HNSW walk reached), however few it keeps.
+        bm_all = self.bm25_index.scores(term_ids, qtf) if use_bm25 else np.zeros(c.n_docs, dtype=np.float32)
         no_stats = (0.0, 0.0)
         if use_bm25:
             matched = np.flatnonzero(bm_all > 0).astype(np.int64)
@@ -279,7 +409,10 @@ class HybridBackend:
             dn_ids, dn_scores = _top(cos, all_ids, plan.vector_top_k)
             dn_stats, scanned = depth_stats(cos), c.n_docs
         else:
-            dn_ids, dn_scores, dn_stats, scanned = self.index.search(qvec, self.nprobe(plan.ef), plan.vector_top_k)
+            # k >= NORM_DEPTH costs nothing extra (the walk is ef's): normalise over the 100 best it saw
+            dn_ids, dn_scores, scanned = self.index.search(qvec, plan.ef, max(plan.vector_top_k, NORM_DEPTH))
+            dn_stats = depth_stats(dn_scores)
+            dn_ids, dn_scores = dn_ids[: plan.vector_top_k], dn_scores[: plan.vector_top_k]
 
         # fusion of normalised scores; a document missing from a list scores 0 there
         fused = np.zeros(c.n_docs, dtype=np.float32)

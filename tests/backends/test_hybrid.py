@@ -102,7 +102,7 @@ async def test_unknown_words_and_empty_queries(backend: HybridBackend) -> None:
 def test_exhaustive_search_reproduces_labels(backend: HybridBackend, small: Corpus) -> None:
     plan = exhaustive(small.n_docs)
     assert mean_recall(backend, dataclasses.replace(plan, exact_below=10**9), 40) == pytest.approx(1.0)
-    assert mean_recall(backend, plan, 40) >= 0.98  # via the int8 IVF index, every cell probed
+    assert mean_recall(backend, plan, 40) >= 0.98  # via the HNSW graph, ef = every vector
 
 
 def test_larger_ef_does_not_lose_recall(backend: HybridBackend, small: Corpus) -> None:
