@@ -2,16 +2,18 @@
 
 In-process, no Kafka: for each preset in configs/presets, ``--queries`` labeled queries of the generated
 corpus (router.backends.corpus) go one after another through ``HybridBackend.search`` with the preset's
-snapshot (``Preset.to_dict()``, as the router passes it). Latency is wall time around each awaited search
-(worker-thread retrieval + the modelled cross-encoder time); recall@10 is router.requests.recall_at_10
+snapshot (``Preset.to_dict()``, as the router passes it), with the rerank runtime ``--rerank`` (default
+``model``: the real all-MiniLM-L6-v2 forward pass). Latency is wall time around each awaited search; CPU
+is the process time each search spent (every thread: retrieval and the model run in worker threads), which
+is only the preset's own with ``--serial``; recall@10 is router.requests.recall_at_10
 against the corpus's exhaustive labels, averaged over the queries. The verdict applies the preset's own
 built-in SLO rules to the whole run (p95 <= slo.p95_ms and recall@10 >= slo.recall_at_10).
 
-Presets run concurrently (each one's queries strictly sequential) so the run takes as long as the slowest
-preset, not the sum; the CPU stages take a few ms, so they barely overlap. ``--serial`` runs one preset at a
-time instead.
+``--serial`` (what the docs' table uses) runs one preset at a time, each query after the previous one: with
+the real model the presets' CPU would otherwise compete on the machine's cores. Without it presets run
+concurrently (each one's queries strictly sequential), which suits ``--rerank modeled``.
 
-    .venv/bin/python -m bench.preset_table [--queries 300] [--presets DIR] [--serial] [--json]
+    .venv/bin/python -m bench.preset_table [--queries 300] [--presets DIR] [--serial] [--rerank R] [--json]
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> di
     params = preset.to_dict()
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
+    cpu: list[float] = []
     recalls: list[float] = []
     for i in range(queries):
         text, relevant = backend.corpus.query(i % backend.corpus.n_queries)
-        start = loop.time()
+        start, cpu_start = loop.time(), time.process_time()
         ranked = await backend.search(text, "documents", params)
         latencies.append((loop.time() - start) * 1000.0)
+        cpu.append((time.process_time() - cpu_start) * 1000.0)
         recall = recall_at_10(list(ranked), relevant)
         if recall is not None:
             recalls.append(recall)
@@ -54,7 +58,8 @@ async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> di
         failures.append(f"p95 {p95:.0f} ms > {slo.p95_ms:g}")
     if not recall >= slo.recall_at_10:
         failures.append(f"recall@10 {recall:.3f} < {slo.recall_at_10:g}")
-    log(f"{preset.name}: p50 {p50:.1f} ms, p95 {p95:.1f} ms, recall@10 {recall:.3f}")
+    cpu_ms = statistics.fmean(cpu)
+    log(f"{preset.name}: p50 {p50:.1f} ms, p95 {p95:.1f} ms, CPU {cpu_ms:.1f} ms/request, recall@10 {recall:.3f}")
     return {
         "preset": preset.name,
         "version": preset.version,
@@ -62,6 +67,7 @@ async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> di
         "queries": queries,
         "p50_ms": round(p50, 1),
         "p95_ms": round(p95, 1),
+        "cpu_ms_per_request": round(cpu_ms, 1),
         "recall_at_10": round(recall, 3),
         "slo": {"p95_ms": slo.p95_ms, "recall_at_10": slo.recall_at_10},
         "slo_pass": not failures,
@@ -71,23 +77,23 @@ async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> di
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| preset | version | hash | p50 ms | p95 ms | recall@10 | SLO |",
-        "| --- | --- | --- | ---: | ---: | ---: | --- |",
+        "| preset | version | hash | p50 ms | p95 ms | CPU ms/request | recall@10 | SLO |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         verdict = "pass" if r["slo_pass"] else "FAIL (" + "; ".join(r["failures"]) + ")"
         lines.append(
             f"| {r['preset']} | {r['version']} | `{r['hash']}` | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
-            f"| {r['recall_at_10']:.3f} | {verdict} |"
+            f"| {r['cpu_ms_per_request']:.1f} | {r['recall_at_10']:.3f} | {verdict} |"
         )
     return "\n".join(lines)
 
 
-async def main_async(queries: int, presets_dir: Path, serial: bool) -> list[dict[str, Any]]:
+async def main_async(queries: int, presets_dir: Path, serial: bool, rerank: str) -> list[dict[str, Any]]:
     store = PresetStore(presets_dir)
     presets = [store.get(name) for name in store.names()]
     started = time.perf_counter()
-    backend = HybridBackend()
+    backend = HybridBackend(rerank=rerank)
     corpus = backend.corpus
     log(
         f"corpus {corpus.n_docs} docs / {corpus.n_queries} labeled queries + faiss HNSW (M {backend.index.m}, "
@@ -105,13 +111,20 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=300, help="labeled queries per preset (default 300)")
     parser.add_argument("--presets", type=Path, default=ROOT / "configs" / "presets", help="preset directory")
     parser.add_argument("--serial", action="store_true", help="one preset at a time (default: concurrently)")
+    parser.add_argument(
+        "--rerank", choices=("model", "modeled", "off"), default="model", help="rerank runtime (default model)"
+    )
     args = parser.parse_args()
     info = machine()
     started = time.perf_counter()
-    rows = asyncio.run(main_async(args.queries, args.presets, args.serial))
+    rows = asyncio.run(main_async(args.queries, args.presets, args.serial, args.rerank))
     info["loadavg_at_end"] = loadavg()
     result = {"machine": info, "wall_s": round(time.perf_counter() - started, 1), "presets": rows}
-    text = f"{table(rows)}\n\n{args.queries} queries per preset, {result['wall_s']} s, machine {info}"
+    mode = "serial" if args.serial else "concurrent"
+    text = (
+        f"{table(rows)}\n\n{args.queries} queries per preset, rerank {args.rerank}, {mode}, "
+        f"{result['wall_s']} s, machine {info}"
+    )
     emit(result, text, args.json)
     return 0
 
