@@ -11,6 +11,7 @@ dead-letter topic over the range (outcomes the live worker marked late). Values 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -133,25 +134,32 @@ async def read_span(
     settings = settings or ReplaySettings()
     read_from, read_to = read_bounds(from_ms, to_ms, settings)
     first_window, _ = span_bounds(from_ms, to_ms, settings)
-    consumer = new_consumer(bootstrap)
+    # Two consumers: the small topics' reads (each mostly a broker round trip) overlap the bulk read.
+    bulk, side = new_consumer(bootstrap), new_consumer(bootstrap)
     try:
-        await asyncio.wait_for(consumer.start(), 15)
+        await asyncio.wait_for(asyncio.gather(bulk.start(), side.start()), 15)
     except Exception as exc:
+        for c in (bulk, side):
+            with contextlib.suppress(Exception):
+                await c.stop()
         raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     seconds: dict[str, float] = {}
-    try:
-        started = time.perf_counter()
-        read_at = time.time_ns() // 1_000_000
-        records, result_offsets = await read_outcome_records(
-            consumer, topics.search_results, read_from, read_to, timeout
-        )
-        seconds["search_results"] = time.perf_counter() - started
+    read_at = time.time_ns() // 1_000_000
 
+    async def outcomes() -> tuple[list[RecordTuple], dict[int, tuple[int, int]]]:
+        started = time.perf_counter()
+        out = await read_outcome_records(bulk, topics.search_results, read_from, read_to, timeout)
+        seconds["search_results"] = time.perf_counter() - started
+        return out
+
+    async def the_rest() -> tuple[
+        list[ControlCommand], int, dict[TopicPartition, tuple[int, int]], list[WindowResult], int, list[JSONDict]
+    ]:
         started = time.perf_counter()
         raw_commands: list[bytes | None] = []
-        control_tps = await topic_partitions(consumer, topics.control)
-        control_ranges = await offset_ranges(consumer, control_tps, None, read_to)
-        await read_ranges(consumer, control_ranges, lambda r: raw_commands.append(r.value), timeout)
+        control_tps = await topic_partitions(side, topics.control)
+        control_ranges = await offset_ranges(side, control_tps, None, read_to)
+        await read_ranges(side, control_ranges, lambda r: raw_commands.append(r.value), timeout)
         commands, invalid_commands = parse_commands(raw_commands)
         seconds["control"] = time.perf_counter() - started
 
@@ -161,18 +169,18 @@ async def read_span(
         if with_live:
             started = time.perf_counter()
             raw_windows: list[bytes | None] = []
-            win_tps = await topic_partitions(consumer, topics.windows)
+            win_tps = await topic_partitions(side, topics.windows)
             await read_ranges(
-                consumer,
-                await offset_ranges(consumer, win_tps, first_window, None),
+                side,
+                await offset_ranges(side, win_tps, first_window, None),
                 lambda r: raw_windows.append(r.value),
                 timeout,
             )
             raw_verdicts: list[bytes | None] = []
-            verdict_tps = await topic_partitions(consumer, topics.verdicts, required=False)
+            verdict_tps = await topic_partitions(side, topics.verdicts, required=False)
             await read_ranges(
-                consumer,
-                await offset_ranges(consumer, verdict_tps, first_window, None),
+                side,
+                await offset_ranges(side, verdict_tps, first_window, None),
                 lambda r: raw_verdicts.append(r.value),
                 timeout,
             )
@@ -180,18 +188,25 @@ async def read_span(
             seconds["windows"] = time.perf_counter() - started
 
             started = time.perf_counter()
-            dlq_tps = await topic_partitions(consumer, topics.results_dlq, required=False)
+            dlq_tps = await topic_partitions(side, topics.results_dlq, required=False)
             raw_dlq: list[bytes | None] = []
             await read_ranges(
-                consumer,
-                await offset_ranges(consumer, dlq_tps, read_from, None),
+                side,
+                await offset_ranges(side, dlq_tps, read_from, None),
                 lambda r: raw_dlq.append(r.value),
                 timeout,
             )
             live_late = parse_late_dead_letters(raw_dlq)
             seconds["dead_letters"] = time.perf_counter() - started
+        return commands, invalid_commands, control_ranges, live_windows, invalid_windows, live_late
+
+    try:
+        (records, result_offsets), rest = await asyncio.gather(outcomes(), the_rest())
+        commands, invalid_commands, control_ranges, live_windows, invalid_windows, live_late = rest
     finally:
-        await consumer.stop()
+        for c in (bulk, side):
+            with contextlib.suppress(Exception):
+                await c.stop()
     return SpanData(
         from_ms=from_ms,
         to_ms=to_ms,

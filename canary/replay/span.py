@@ -19,10 +19,12 @@ class SpanData:
     read_from_ms: int
     read_to_ms: int
     horizon_ms: int
-    records: list[RecordTuple]
-    commands: list[ControlCommand]
-    live_windows: list[WindowResult]
-    live_late: list[JSONDict] = field(default_factory=list)
+    # Out of repr: asyncio.run formats the main task (and so its result) when it restores the SIGINT
+    # handler, and a repr of every record of a large span took longer than reading it.
+    records: list[RecordTuple] = field(repr=False)
+    commands: list[ControlCommand] = field(repr=False)
+    live_windows: list[WindowResult] = field(repr=False)
+    live_late: list[JSONDict] = field(default_factory=list, repr=False)
     invalid_commands: int = 0
     invalid_windows: int = 0
     read_seconds: dict[str, float] = field(default_factory=dict)
