@@ -4,9 +4,9 @@ A replay decodes every record of ``search_results`` in the span, so decoding dom
 decoder accepts and rejects exactly what :meth:`SearchOutcome.from_dict` accepts and rejects (poison
 records are skipped, as the live worker dead-letters them), but for well-formed records it skips the
 generic field-by-field validator and the frozen dataclass: it builds a :class:`ReplayOutcome` holding
-only what the window core reads (``ts``, ``window_key``, ``latency_ms``, ``error``, ``recall_at_10``)
-plus ``event_id`` for the report. Anything unusual (a missing field, an int where a float is expected,
-NaN, a wrong type) falls back to ``from_dict`` itself, so error messages and edge cases are the
+only what the window core reads (``ts``, ``window_key``, ``latency_ms``, ``error``, ``recall_at_10``,
+``recall_source``) plus ``event_id`` for the report. Anything unusual (a missing field, an int where a
+float is expected, NaN, a wrong type) falls back to ``from_dict`` itself, so error messages and edge cases are the
 contract's own. ``tests/replay/test_decode.py`` checks both paths against each other.
 """
 
@@ -46,6 +46,7 @@ class ReplayOutcome:
         "metrics",
         "offset",
         "recall_at_10",
+        "recall_source",
         "request_id",
         "router_id",
         "ts",
@@ -64,6 +65,7 @@ class ReplayOutcome:
         request_id: str = "",
         router_id: str = "",
         metrics: Mapping[str, float] | None = None,
+        recall_source: str | None = None,
     ) -> None:
         self.event_id = event_id
         self.ts = ts
@@ -75,6 +77,7 @@ class ReplayOutcome:
         self.request_id = request_id or event_id
         self.router_id = router_id
         self.metrics = metrics
+        self.recall_source = recall_source if recall_source is not None or recall_at_10 is None else "labels"
 
     def __repr__(self) -> str:
         return f"ReplayOutcome({self.event_id!r}, ts={self.ts}, key={self.window_key.as_str()!r})"
@@ -155,6 +158,7 @@ class OutcomeDecoder:
             o.request_id,
             o.router_id,
             o.metrics,
+            o.recall_source,
         )
 
     def decode(self, raw: bytes | None, offset: int = -1) -> Decoded:
@@ -184,6 +188,7 @@ class OutcomeDecoder:
         recall = d.get("recall_at_10")
         error = d.get("error")
         metrics = d.get("metrics")
+        source = d.get("recall_source")
         if metrics is not None and not self._plain_metrics(metrics):
             return self._from_outcome(SearchOutcome.from_dict(d), offset)
         # Exactly the conditions from_dict checks, on exact JSON types; ints for the float fields (and
@@ -200,6 +205,7 @@ class OutcomeDecoder:
             and 0.0 <= latency < _INF
             and (dep is None or (type(dep) is str and dep))
             and (recall is None or (type(recall) is float and 0.0 <= recall <= 1.0))
+            and (source is None or ((source == "exact_sample" or source == "labels") and recall is not None))
             and (error is None or type(error) is str)
             and type(request_id) is str
             and request_id
@@ -211,7 +217,9 @@ class OutcomeDecoder:
             and (router_id in self._router_ids or self._safe_router_id(router_id))
         ):
             key = self._keys.get((dep, config_name, arm)) or self.key(dep, config_name, arm)
-            return ReplayOutcome(event_id, ts, key, latency, recall, error, offset, request_id, router_id, metrics)
+            return ReplayOutcome(
+                event_id, ts, key, latency, recall, error, offset, request_id, router_id, metrics, source
+            )
         return self._from_outcome(SearchOutcome.from_dict(d), offset)
 
 
