@@ -145,6 +145,9 @@ class Settings:
     environment: str | None = None
     # Several candidates may run at once (A/B/n) while last_good keeps at least this share of traffic.
     min_last_good_share: float = 0.5
+    # Share of unlabeled requests per arm the router searches again exactly, for recall@10 without labels
+    # (CANARY_RECALL_SAMPLE_RATE; router.service.DEFAULT_RECALL_SAMPLE_RATE; 0 turns it off).
+    recall_sample_rate: float = 0.10
     # HMAC secrets of alert webhooks: every CANARY_ALERT_* variable (an environment file names which).
     alert_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -277,6 +280,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_format=log_format,
         alert_secrets={k: v for k, v in env.items() if k.startswith("CANARY_ALERT_") and v},
         min_last_good_share=_share(env, "CANARY_MIN_LAST_GOOD_SHARE", 0.5),
+        recall_sample_rate=_fraction(env, "CANARY_RECALL_SAMPLE_RATE", 0.10),
         kafka_security=_kafka_security(env),
         replication_factor=_replication_factor(env),
         create_topics=_bool(env, "CANARY_KAFKA_CREATE_TOPICS") if _given(env, "CANARY_KAFKA_CREATE_TOPICS") else None,
@@ -350,6 +354,19 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"environment: {name} = {text!r}: must be a number in [0, 1)") from None
     if not 0 <= value < 1:
         raise ConfigError(f"environment: {name} = {text}: must be in [0, 1)")
+    return value
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"environment: {name} = {text!r}: must be a number in [0, 1]") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"environment: {name} = {text}: must be in [0, 1]")
     return value
 
 

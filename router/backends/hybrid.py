@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router.backends.corpus import Corpus, default_corpus, depth_stats, normalize_list
+from router.backends.exact import exact_top_k
 
 __all__ = ["HybridBackend", "IvfIndex", "Retrieval", "SearchPlan"]
 
@@ -208,6 +209,10 @@ class HybridBackend:
         if plan.reranks and result.pairs:
             await asyncio.sleep(self.cross_encoder_ms(result.pairs, plan.batch_size) / 1000.0)
         return result.ids
+
+    async def exact_search(self, query: str, collection: str, k: int) -> Sequence[str]:
+        """Brute-force top-``k`` (:mod:`router.backends.exact`): the truth sampled recall is measured against."""
+        return await asyncio.to_thread(exact_top_k, self.corpus, query, k)
 
     # -- pieces (synchronous, for tests and benchmarks) ------------------------------------------------------
     def cross_encoder_ms(self, pairs: int, batch_size: int) -> float:
