@@ -610,10 +610,14 @@ class RouterService:
         started = time.perf_counter()
         error: str | None = None
         results: list[str] = []
+        engine_metrics: Any = None
         backend = self.backend_for(config)
         try:
             async with asyncio.timeout(self._timeout_s):
-                results = list(await backend.search(request.query, request.collection, config.snapshot))
+                answer = await backend.search(request.query, request.collection, config.snapshot)
+                results = list(answer)
+                # a RankedResults' own numbers (list() drops the attribute, so read it before)
+                engine_metrics = getattr(answer, "metrics", None)
         except TimeoutError:
             error = "timeout"
         except BackendError as exc:  # a backend's own error code (router.backends.base.BACKEND_ERROR_CODES)
@@ -626,7 +630,7 @@ class RouterService:
         if error:
             self.stats.errors += 1
         ranked = [] if error else results
-        metrics = dict(getattr(results, "metrics", None) or {}) if not error else {}
+        metrics = dict(engine_metrics or {}) if not error else {}
         if request.relevant_ids:  # quality beyond recall, for presets' custom metrics (an error scores 0)
             metrics["ndcg_at_10"] = round(ndcg_at_10(ranked, request.relevant_ids) or 0.0, 6)
             metrics["mrr_at_10"] = round(mrr_at_10(ranked, request.relevant_ids) or 0.0, 6)
