@@ -8,6 +8,7 @@ the same state, and the same JSON.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +20,8 @@ from canary.core.evidence import RECALL_BINS
 from canary.core.models import RECALL_SOURCES, JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.core.sketch import QuantileSketch
 from canary.errors import InvalidEvent
+
+_SOURCE = operator.attrgetter("recall_source")
 
 RECALL_SCALE = 1_000_000
 """Recall is summed as integer micro-units: float sums depend on addition order, integer sums do not."""
@@ -304,7 +307,7 @@ class WindowAggregator:
                 hist[b] = hist.get(b, 0) + c
             n_labeled = int(labeled.sum())
             # Only labels and exact samples exist; an outcome without a source field reads as labels.
-            sampled = [o.recall_source for o in outcomes].count("exact_sample")
+            sampled = list(map(_SOURCE, outcomes)).count("exact_sample")
             batch = (("exact_sample", sampled), ("labels", n_labeled - sampled))
             sources = merge_counts(sources, tuple((k, c) for k, c in batch if c))
         return replace(
