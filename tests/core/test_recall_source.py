@@ -176,3 +176,10 @@ def test_a_window_without_samples_is_no_news_for_the_recall_rule() -> None:
     assert v.outcome == "inconclusive" and v.reason.startswith("no recall_at_10 values in this window")
     latency = next(v for v in j.window.verdicts if v.rule == "p95_ms")
     assert latency.outcome != "inconclusive" or "no candidate outcomes" not in latency.reason
+
+
+def test_watch_says_when_recall_comes_from_exact_samples() -> None:
+    from canary.ops.watch import format_window
+
+    assert "recall@10=0.10 (exact 4/4)" in format_window(_window(0, [0.1] * 4))
+    assert "recall@10=  - " in format_window(_window(1, []))
