@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from canary.kafka.topics import Topics
+from canary.ops.load import produce_load
 from canary.settings import Settings
 from router.backends.fault import Fault, FaultInjectingBackend
-from router.backends.memory import KeywordBackend, numbered_corpus
-from router.service import DEFAULT_RECALL_SAMPLE_RATE, RouterService
+from router.backends.memory import KeywordBackend, numbered_corpus, relevant_for
+from router.service import DEFAULT_RECALL_SAMPLE_RATE, RouterService, sampled_for_exact
 from tests.integration.harness import (
     LoadGenerator,
     WorkerProcess,
@@ -119,6 +120,39 @@ async def test_a_slow_or_failing_exact_search_is_dropped_and_counted(settings: S
         assert outcome["recall_at_10"] is None and outcome["recall_source"] is None and outcome["error"] is None
         results[name] = router.stats.exact_samples
     assert results == {"timeout": {"timeout": 1}, "error": {"error": 1}}
+
+
+async def test_unlabeled_load_through_kafka_intake_gets_sampled_recall_once_per_request(
+    settings: Settings, topics: Topics
+) -> None:
+    """What `canary load --unlabeled` sends (produce_load(labeled=False)), consumed by a router from
+    search_requests: one outcome per request, the stable sample of them with exact recall, offsets committed
+    only after the sampled outcomes are acknowledged (a second router finds nothing left to consume)."""
+    bootstrap = settings.effective_bootstrap
+    queries = (lambda i: (f"q{i}", tuple(relevant_for(i))), 200)
+    router = RouterService(bootstrap, topics, make_backend(), preset_ref("last_good"), recall_sample_rate=0.1)
+    await router.start()
+    try:
+        report = await produce_load(bootstrap, topics, qps=150, duration=3, queries=queries, labeled=False)
+        outcomes = await _outcomes_for(settings, router, report.sent)
+        await asyncio.sleep(1.5)  # one commit period
+    finally:
+        await router.stop()
+    assert report.labeled == 0 and len(outcomes) == report.sent > 300
+    assert len({o["request_id"] for o in outcomes}) == report.sent
+    sampled = {o["request_id"] for o in outcomes if o["recall_source"] == "exact_sample"}
+    assert sampled == {o["request_id"] for o in outcomes if sampled_for_exact(o["request_id"], 0.1)}
+    assert 0.05 < len(sampled) / report.sent < 0.15
+    assert all(o["recall_at_10"] == 1.0 for o in outcomes if o["request_id"] in sampled)
+    assert all(o["recall_at_10"] is None for o in outcomes if o["request_id"] not in sampled)
+    assert router.stats.exact_samples == {"measured": len(sampled)}
+    again = RouterService(bootstrap, topics, make_backend(), preset_ref("last_good"))
+    await again.start()
+    try:
+        await asyncio.sleep(3)
+    finally:
+        await again.stop()
+    assert again.stats.requests == 0  # every offset was committed, the sampled ones included
 
 
 # -- rollback on sampled recall, against the same rollback with labels --------------------------------------
