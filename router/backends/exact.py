@@ -14,16 +14,32 @@ whatever the engine's approximate stages become.
 
 from __future__ import annotations
 
-from typing import Final
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Callable
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from router.backends.corpus import Corpus
 
-__all__ = ["EXACT_K", "exact_dense_top_k", "exact_top_k"]
+__all__ = ["EXACT_K", "exact_dense_top_k", "exact_top_k", "run_exact"]
 
 EXACT_K: Final = 10
+T = TypeVar("T")
+
+
+@functools.cache
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="canary-exact")
+
+
+async def run_exact(fn: Callable[..., T], *args: object) -> T:
+    """Run an exact search in its own single worker thread: sampled exact searches queue there and never
+    take a thread of the default executor the served searches run in (the hot path)."""
+    return await asyncio.get_running_loop().run_in_executor(_pool(), functools.partial(fn, *args))
 
 
 def _best(scores: npt.NDArray[np.float32], k: int) -> list[int]:

@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router.backends.corpus import Corpus, default_corpus, depth_stats, normalize_list
-from router.backends.exact import exact_top_k
+from router.backends.exact import exact_top_k, run_exact
 
 __all__ = ["HybridBackend", "IvfIndex", "Retrieval", "SearchPlan"]
 
@@ -212,7 +212,7 @@ class HybridBackend:
 
     async def exact_search(self, query: str, collection: str, k: int) -> Sequence[str]:
         """Brute-force top-``k`` (:mod:`router.backends.exact`): the truth sampled recall is measured against."""
-        return await asyncio.to_thread(exact_top_k, self.corpus, query, k)
+        return await run_exact(exact_top_k, self.corpus, query, k)
 
     # -- pieces (synchronous, for tests and benchmarks) ------------------------------------------------------
     def cross_encoder_ms(self, pairs: int, batch_size: int) -> float:
