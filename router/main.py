@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Mapping
 
 from canary.core.deployment import ConfigRef
 from canary.errors import CanaryError
@@ -35,7 +36,7 @@ async def serve(
     reply: bool = False,
     verifier: CommandVerifier | None = None,
     metrics: MetricsEndpoint | None = None,
-    recall_sample_rate: float = DEFAULT_RECALL_SAMPLE_RATE,
+    recall_sample_rate: float | Mapping[str, float] = DEFAULT_RECALL_SAMPLE_RATE,
 ) -> None:
     stop = asyncio.Event()
     service = RouterService(

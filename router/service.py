@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.structs import ConsumerRecord
 
 from canary.core.deployment import ConfigRef, ControlLedger
-from canary.core.models import Arm, RouterState, RouterWatermark, SearchOutcome
+from canary.core.models import ARMS, Arm, RouterState, RouterWatermark, SearchOutcome
 from canary.core.split import baseline_of, candidate_of
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.health import is_fatal_producer_error, producer_failure
@@ -156,12 +156,19 @@ class RouterService:
         watermark_interval_ms: int = 50,
         control_stale_after_s: float = 5.0,
         metrics: RouterMetrics | None = None,
-        recall_sample_rate: float = DEFAULT_RECALL_SAMPLE_RATE,
+        recall_sample_rate: float | Mapping[str, float] = DEFAULT_RECALL_SAMPLE_RATE,
         max_exact_in_flight: int = DEFAULT_MAX_EXACT_IN_FLIGHT,
         exact_timeout_ms: int = DEFAULT_EXACT_TIMEOUT_MS,
     ) -> None:
-        if not 0.0 <= recall_sample_rate <= 1.0:
-            raise ValueError(f"recall_sample_rate = {recall_sample_rate!r}: must be between 0 and 1")
+        # One share for both arms, or one per arm ({"candidate": 0.2, "last_good": 0.05}; a missing arm: the default).
+        rates: dict[str, float] = (
+            {arm: float(recall_sample_rate.get(arm, DEFAULT_RECALL_SAMPLE_RATE)) for arm in ARMS}
+            if isinstance(recall_sample_rate, Mapping)
+            else dict.fromkeys(ARMS, float(recall_sample_rate))
+        )
+        for arm, rate in rates.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"recall_sample_rate[{arm}] = {rate!r}: must be between 0 and 1")
         self.bootstrap = bootstrap
         self.topics = topics
         self.backend = backend  # the operator's: serves every preset whose backend is bundled (or unset)
@@ -176,7 +183,7 @@ class RouterService:
         self._timeout_s = search_timeout_ms / 1000.0
         # Recall without labels: this share of unlabeled requests (per arm) is searched again exactly, off
         # the hot path, at most max_exact_in_flight at a time (more are dropped and counted, never queued).
-        self.recall_sample_rate = recall_sample_rate
+        self.recall_sample_rates: dict[str, float] = rates
         self._exact_max = max(0, max_exact_in_flight)
         self._exact_in_flight = 0
         self._exact_timeout_s = exact_timeout_ms / 1000.0
@@ -579,7 +586,7 @@ class RouterService:
     def _exact_for(self, backend: SearchBackend, request: SearchRequest, arm: str) -> ExactSearchBackend | None:
         """The backend's exact search if this (unlabeled, answered) request is in the sample and a slot is
         free; a sampled request finding no slot is dropped and counted (serving never waits for it)."""
-        if not sampled_for_exact(request.request_id, self.recall_sample_rate):
+        if not sampled_for_exact(request.request_id, self.recall_sample_rates[arm]):
             return None
         exact = exact_searcher(backend)
         if exact is None:

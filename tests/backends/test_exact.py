@@ -87,3 +87,36 @@ def test_the_sample_is_a_stable_fraction_of_request_ids() -> None:
     assert picked == [i for i in ids if sampled_for_exact(i, 0.05)]  # the same requests every time
     assert set(picked) <= {i for i in ids if sampled_for_exact(i, 0.2)}  # a larger rate keeps them
     assert not any(sampled_for_exact(i, 0.0) for i in ids) and all(sampled_for_exact(i, 1.0) for i in ids)
+
+
+def test_the_sample_rate_is_set_once_or_per_arm_at_the_settings_boundary() -> None:
+    from canary.errors import ConfigError
+    from canary.settings import load_settings
+
+    assert load_settings({}).recall_sample_rates == {"last_good": 0.10, "candidate": 0.10}
+    both = load_settings({"CANARY_RECALL_SAMPLE_RATE": "0.02"})
+    assert both.recall_sample_rates == {"last_good": 0.02, "candidate": 0.02}
+    per_arm = load_settings({"CANARY_RECALL_SAMPLE_RATE": "0.02", "CANARY_RECALL_SAMPLE_RATE_CANDIDATE": "0.25"})
+    assert per_arm.recall_sample_rates == {"last_good": 0.02, "candidate": 0.25}
+    for bad in ("1.5", "-0.1", "lots"):
+        with pytest.raises(ConfigError, match=f"CANARY_RECALL_SAMPLE_RATE_LAST_GOOD = '?{bad}'?: must be"):
+            load_settings({"CANARY_RECALL_SAMPLE_RATE_LAST_GOOD": bad})
+
+
+def test_the_router_samples_each_arm_at_its_own_rate() -> None:
+    from canary.kafka.topics import Topics
+    from router.requests import SearchRequest
+    from router.service import RouterService
+    from tests.integration.harness import make_backend, preset_ref
+
+    backend = make_backend()
+    router = RouterService(
+        "127.0.0.1:1", Topics("x."), backend, preset_ref("last_good"), recall_sample_rate={"candidate": 1.0}
+    )
+    assert router.recall_sample_rates == {"last_good": 0.10, "candidate": 1.0}
+    request = SearchRequest("r-not-in-a-10-percent-sample", "q1", "documents")
+    assert not sampled_for_exact(request.request_id, 0.10)
+    assert router._exact_for(backend, request, "candidate") is not None
+    assert router._exact_for(backend, request, "last_good") is None
+    with pytest.raises(ValueError, match=r"recall_sample_rate\[last_good\] = 2.0"):
+        RouterService("127.0.0.1:1", Topics("x."), backend, preset_ref("last_good"), recall_sample_rate=2.0)
