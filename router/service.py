@@ -688,7 +688,8 @@ class RouterService:
         try:
             try:
                 async with asyncio.timeout(self._exact_timeout_s):
-                    truth = [str(x) for x in await exact.exact_search(request.query, request.collection, EXACT_K)]
+                    answer = await exact.exact_search(request.query, request.collection, EXACT_K)
+                    truth = [str(x) for x in itertools.islice(answer, EXACT_K)]  # bounded, whatever it returned
                 result = "measured" if truth else "empty"
             except TimeoutError:
                 result = "timeout"
@@ -700,7 +701,7 @@ class RouterService:
             self._count_exact(arm, result)
             outcome = delivery.outcome
             if truth:
-                recall = recall_at_10(results, tuple(truth[:EXACT_K]))
+                recall = recall_at_10(results, tuple(truth))
                 outcome = replace(outcome, recall_at_10=recall, recall_source="exact_sample")
             delivery.outcome = replace(outcome, ts=self._clock())
             inner = await self._publish_outcome(delivery.outcome, wait_ack=False)
