@@ -78,6 +78,25 @@ def _settle(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None:
         outer.set_result(inner.result())
 
 
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]], limit_s: float, owner: str) -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again any that went on: Python 3.11's
+    ``asyncio.wait_for`` loses a cancellation that arrives as its inner call completes (the control loop's
+    freshness check uses it), and awaiting such a task would hang the stop forever. Bounded by ``limit_s``."""
+    pending = {t for t in tasks if not t.done()}
+    deadline = time.monotonic() + limit_s
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.warning("%s: stop: %d task(s) ignored cancellation; going on", owner, len(pending))
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(0.2, left))
+    for task in tasks:  # retrieve their errors, so asyncio does not log them as never retrieved
+        if task.done() and not task.cancelled():
+            task.exception()
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -290,11 +309,7 @@ class RouterService:
     async def stop(self) -> None:
         """Stop cleanly when the broker answers, promptly when it does not: every step that waits for the
         broker is bounded. What is not acknowledged by then is not committed, so it is consumed again."""
-        for task in [*self._loops, *self._redeliveries]:
-            task.cancel()
-        for task in [*self._loops, *self._redeliveries]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait([*self._loops, *self._redeliveries], STOP_STEP_S, self.router_id)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=STOP_STEP_S)
             for task in pending:
