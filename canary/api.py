@@ -156,6 +156,7 @@ class CanaryExecutor:
                 last_good,
                 consume_requests=False,
                 verifier=self.security.verifier(),
+                recall_sample_rate=self.settings.recall_sample_rates,
             )
             self._loop.run(router.start())
             self._router = router

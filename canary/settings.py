@@ -14,6 +14,8 @@ from pathlib import Path
 
 from canary.errors import ConfigError
 
+_ARMS = ("last_good", "candidate")  # canary.core.models.ARMS (settings import nothing of the core)
+
 DEFAULT_LOCAL_PORT = 19092
 ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
@@ -147,6 +149,17 @@ class Settings:
     min_last_good_share: float = 0.5
     # The bundled backend's rerank stage (router.backends.hybrid.RERANK_RUNTIMES): the real model by default.
     rerank: str = "model"
+    # Share of unlabeled requests per arm the router searches again exactly, for recall@10 without labels
+    # (CANARY_RECALL_SAMPLE_RATE; router.service.DEFAULT_RECALL_SAMPLE_RATE; 0 turns it off), and per-arm
+    # overrides (CANARY_RECALL_SAMPLE_RATE_CANDIDATE / _LAST_GOOD).
+    recall_sample_rate: float = 0.10
+    recall_sample_rate_by_arm: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def recall_sample_rates(self) -> dict[str, float]:
+        """The exact-search sample rate of each arm."""
+        return {arm: self.recall_sample_rate_by_arm.get(arm, self.recall_sample_rate) for arm in _ARMS}
+
     # HMAC secrets of alert webhooks: every CANARY_ALERT_* variable (an environment file names which).
     alert_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -280,6 +293,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         alert_secrets={k: v for k, v in env.items() if k.startswith("CANARY_ALERT_") and v},
         min_last_good_share=_share(env, "CANARY_MIN_LAST_GOOD_SHARE", 0.5),
         rerank=_choice(env, "CANARY_RERANK", ("model", "modeled", "off"), "model"),
+        recall_sample_rate=_fraction(env, "CANARY_RECALL_SAMPLE_RATE", 0.10),
+        recall_sample_rate_by_arm={
+            arm: _fraction(env, f"CANARY_RECALL_SAMPLE_RATE_{arm.upper()}", 0.0)
+            for arm in _ARMS
+            if env.get(f"CANARY_RECALL_SAMPLE_RATE_{arm.upper()}", "").strip()
+        },
         kafka_security=_kafka_security(env),
         replication_factor=_replication_factor(env),
         create_topics=_bool(env, "CANARY_KAFKA_CREATE_TOPICS") if _given(env, "CANARY_KAFKA_CREATE_TOPICS") else None,
@@ -362,6 +381,19 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"environment: {name} = {text!r}: must be a number in [0, 1)") from None
     if not 0 <= value < 1:
         raise ConfigError(f"environment: {name} = {text}: must be in [0, 1)")
+    return value
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"environment: {name} = {text!r}: must be a number in [0, 1]") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"environment: {name} = {text}: must be in [0, 1]")
     return value
 
 

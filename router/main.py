@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Mapping
 
 from canary.core.deployment import ConfigRef
 from canary.errors import CanaryError
@@ -16,7 +17,7 @@ from canary.observability.server import MetricsEndpoint, MetricsServer
 from canary.runtime import StopDeadline
 from canary.security import CommandVerifier
 from router.backends.base import SearchBackend
-from router.service import RouterService
+from router.service import DEFAULT_RECALL_SAMPLE_RATE, RouterService
 
 log = logging.getLogger("canary.router")
 
@@ -35,9 +36,19 @@ async def serve(
     reply: bool = False,
     verifier: CommandVerifier | None = None,
     metrics: MetricsEndpoint | None = None,
+    recall_sample_rate: float | Mapping[str, float] = DEFAULT_RECALL_SAMPLE_RATE,
 ) -> None:
     stop = asyncio.Event()
-    service = RouterService(bootstrap, topics, backend, last_good, router_id=router_id, reply=reply, verifier=verifier)
+    service = RouterService(
+        bootstrap,
+        topics,
+        backend,
+        last_good,
+        router_id=router_id,
+        reply=reply,
+        verifier=verifier,
+        recall_sample_rate=recall_sample_rate,
+    )
     deadline = StopDeadline(f"router {service.router_id}")
 
     def on_signal() -> None:

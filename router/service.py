@@ -17,9 +17,9 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -27,14 +27,15 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.structs import ConsumerRecord
 
 from canary.core.deployment import ConfigRef, ControlLedger
-from canary.core.models import Arm, RouterState, RouterWatermark, SearchOutcome
+from canary.core.models import ARMS, Arm, RouterState, RouterWatermark, SearchOutcome
 from canary.core.split import baseline_of, candidate_of
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.health import is_fatal_producer_error, producer_failure
 from canary.kafka.topics import Topics
 from canary.observability.metrics import RouterMetrics
 from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
-from router.backends.base import SearchBackend
+from router.backends.base import BackendError, ExactSearchBackend, SearchBackend, exact_searcher
+from router.backends.registry import BackendRegistry
 from router.offsets import OffsetTracker
 from router.requests import SearchRequest, mrr_at_10, ndcg_at_10, recall_at_10
 
@@ -43,6 +44,10 @@ log = logging.getLogger("canary.router")
 # rate-limited per message kind like aiokafka's (canary.observability.logs.RATE_LIMITED_LOGGERS).
 delivery_log = logging.getLogger("canary.router.delivery")
 
+DEFAULT_RECALL_SAMPLE_RATE: Final = 0.10  # docs/contracts.md, "Recall without labels": why 10 %
+DEFAULT_MAX_EXACT_IN_FLIGHT: Final = 4
+DEFAULT_EXACT_TIMEOUT_MS: Final = 2000
+EXACT_K: Final = 10
 STOP_STEP_S = 2.0  # each step of a stop that waits for the broker gives up after this long
 REDELIVERY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -59,6 +64,37 @@ def _loads(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return json.loads(raw)
+
+
+def _settle(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None:
+    """Complete ``outer`` as ``inner`` completed."""
+    if outer.done():
+        return
+    if inner.cancelled():
+        outer.cancel()
+    elif inner.exception() is not None:
+        outer.set_exception(inner.exception())  # type: ignore[arg-type]
+    else:
+        outer.set_result(inner.result())
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]], limit_s: float, owner: str) -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again any that went on: Python 3.11's
+    ``asyncio.wait_for`` loses a cancellation that arrives as its inner call completes (the control loop's
+    freshness check uses it), and awaiting such a task would hang the stop forever. Bounded by ``limit_s``."""
+    pending = {t for t in tasks if not t.done()}
+    deadline = time.monotonic() + limit_s
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.warning("%s: stop: %d task(s) ignored cancellation; going on", owner, len(pending))
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(0.2, left))
+    for task in tasks:  # retrieve their errors, so asyncio does not log them as never retrieved
+        if task.done() and not task.cancelled():
+            task.exception()
 
 
 def now_ms() -> int:
@@ -78,7 +114,28 @@ class RouterStats:
     # Control records refused before the ledger saw them, by reason (canary.security.verify.REJECT_REASONS).
     rejected_commands: dict[str, int] = field(default_factory=dict)
     last_candidate_dispatch_ms: int | None = None
+    # Unlabeled requests sampled for an exact search, by result: measured, or dropped (busy, timeout, error,
+    # empty) — a dropped sample's outcome goes out without recall, never later than the exact timeout.
+    exact_samples: dict[str, int] = field(default_factory=dict)
     applied: list[tuple[str, str, int]] = field(default_factory=list)  # (command_id, type, applied_at_ms)
+
+
+def sampled_for_exact(request_id: str, rate: float) -> bool:
+    """Whether a request is in the exact-search sample: a stable hash of its id, so a re-processed request
+    is sampled (or not) again, independently of the arm it is routed to."""
+    if rate <= 0.0:
+        return False
+    return zlib.crc32(b"exact:" + request_id.encode()) % 1_000_000 < rate * 1_000_000
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    """An outcome on its way to the broker. For a request sampled for exact search ``outcome`` becomes final
+    (with the sampled recall) only when that search is done or given up; ``ack`` completes once the broker
+    has the final one."""
+
+    outcome: SearchOutcome
+    ack: asyncio.Future[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +175,23 @@ class RouterService:
         watermark_interval_ms: int = 50,
         control_stale_after_s: float = 5.0,
         metrics: RouterMetrics | None = None,
+        recall_sample_rate: float | Mapping[str, float] = DEFAULT_RECALL_SAMPLE_RATE,
+        max_exact_in_flight: int = DEFAULT_MAX_EXACT_IN_FLIGHT,
+        exact_timeout_ms: int = DEFAULT_EXACT_TIMEOUT_MS,
     ) -> None:
+        # One share for both arms, or one per arm ({"candidate": 0.2, "last_good": 0.05}; a missing arm: the default).
+        rates: dict[str, float] = (
+            {arm: float(recall_sample_rate.get(arm, DEFAULT_RECALL_SAMPLE_RATE)) for arm in ARMS}
+            if isinstance(recall_sample_rate, Mapping)
+            else dict.fromkeys(ARMS, float(recall_sample_rate))
+        )
+        for arm, rate in rates.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"recall_sample_rate[{arm}] = {rate!r}: must be between 0 and 1")
         self.bootstrap = bootstrap
         self.topics = topics
-        self.backend = backend
+        self.backend = backend  # the operator's: serves every preset whose backend is bundled (or unset)
+        self.backends = BackendRegistry(backend)  # a preset's allow-listed backend section -> its backend
         self.router_id = router_id or f"router-{uuid.uuid4().hex[:8]}"
         self.group_id = group_id or f"{topics.prefix}canary-router"
         self.consume_requests = consume_requests
@@ -130,6 +200,13 @@ class RouterService:
         self._seq = 0
         self._slots = asyncio.Semaphore(max_in_flight)
         self._timeout_s = search_timeout_ms / 1000.0
+        # Recall without labels: this share of unlabeled requests (per arm) is searched again exactly, off
+        # the hot path, at most max_exact_in_flight at a time (more are dropped and counted, never queued).
+        self.recall_sample_rates: dict[str, float] = rates
+        self._exact_max = max(0, max_exact_in_flight)
+        self._exact_in_flight = 0
+        self._exact_timeout_s = exact_timeout_ms / 1000.0
+        self._exact_tasks: set[asyncio.Task[None]] = set()
         self._offsets = OffsetTracker()
         self.control_stale_after_s = control_stale_after_s
         self._control_fresh_at = time.monotonic()
@@ -232,15 +309,15 @@ class RouterService:
     async def stop(self) -> None:
         """Stop cleanly when the broker answers, promptly when it does not: every step that waits for the
         broker is bounded. What is not acknowledged by then is not committed, so it is consumed again."""
-        for task in [*self._loops, *self._redeliveries]:
-            task.cancel()
-        for task in [*self._loops, *self._redeliveries]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait([*self._loops, *self._redeliveries], STOP_STEP_S, self.router_id)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=STOP_STEP_S)
             for task in pending:
                 task.cancel()
+        if self._exact_tasks:  # sampled outcomes still waiting for their exact search (bounded by its timeout)
+            _, pending = await asyncio.wait(set(self._exact_tasks), timeout=STOP_STEP_S)
+            for task in pending:
+                task.cancel()  # not delivered, so not committed: consumed again after a restart
         # Acks mark offsets done; then the last commit covers them.
         if self._producer is not None and await self._bounded("flushing outcomes", self._producer.flush()):
             # A clean exit leaves the windows stage's live set at once.
@@ -253,6 +330,7 @@ class RouterService:
             await self._bounded("closing the control reader", self._control.stop())
         if self._producer is not None:
             await self._bounded("closing the producer", self._producer.stop())
+        await self._bounded("closing the HTTP backends", self.backends.close())
 
     async def __aenter__(self) -> RouterService:
         await self.start()
@@ -499,13 +577,52 @@ class RouterService:
             ts=now_ms(),
             relevant_ids=tuple(relevant_ids) if relevant_ids is not None else None,
         )
-        results, used, _, outcome = await self._handle(request)
-        self._count_delivered(outcome)
+        results, used, ack, delivery = await self._handle(request)
+        if ack.done():
+            self._count_delivered(delivery.outcome)
+        else:  # sampled for exact search: the answer does not wait for it, the outcome follows
+            ack.add_done_callback(lambda fut: self._sampled_delivered(fut, delivery))
         return results, used.to_dict()
+
+    def _sampled_delivered(self, ack: asyncio.Future[Any], delivery: Delivery) -> None:
+        if ack.cancelled():
+            return
+        if ack.exception() is not None:
+            self._delivery_failed("outcome", ack.exception())
+            delivery_log.error("%s: sampled outcome not delivered: %r", self.router_id, ack.exception())
+            return
+        self._count_delivered(delivery.outcome)
+
+    def backend_for(self, config: ConfigRef) -> SearchBackend:
+        """The backend that serves ``config``: its preset's allow-listed ``backend`` section, else this
+        router's own (router.backends.registry)."""
+        return self.backends.for_config(config)
+
+    def _exact_for(self, backend: SearchBackend, request: SearchRequest, arm: str) -> ExactSearchBackend | None:
+        """The backend's exact search if this (unlabeled, answered) request is in the sample and a slot is
+        free; a sampled request finding no slot is dropped and counted (serving never waits for it)."""
+        if not sampled_for_exact(request.request_id, self.recall_sample_rates[arm]):
+            return None
+        exact = exact_searcher(backend)
+        if exact is None:
+            return None
+        if self._exact_in_flight >= self._exact_max:
+            self._count_exact(arm, "busy")
+            return None
+        self._exact_in_flight += 1
+        return exact
+
+    def _count_exact(self, arm: str, result: str) -> None:
+        self.stats.exact_samples[result] = self.stats.exact_samples.get(result, 0) + 1
+        self.metrics.exact_samples.labels(arm, result).inc()
 
     async def _handle(
         self, request: SearchRequest, wait_ack: bool = True
-    ) -> tuple[list[str], ConfigUsed, asyncio.Future[Any], SearchOutcome]:
+    ) -> tuple[list[str], ConfigUsed, asyncio.Future[Any], Delivery]:
+        """Route and serve one request, then publish its outcome: at once, or — when it is sampled for exact
+        search — from a background task once the exact top-10 is known (the answer never waits for that,
+        and its latency is the served search's alone). The returned ack completes when the broker has the
+        final outcome (``delivery.outcome``)."""
         config, used = self.route(request)
         self.stats.requests += 1
         self.stats.by_arm[used.arm] += 1
@@ -515,11 +632,19 @@ class RouterService:
         started = time.perf_counter()
         error: str | None = None
         results: list[str] = []
+        engine_metrics: Any = None
+        backend = self.backend_for(config)
         try:
             async with asyncio.timeout(self._timeout_s):
-                results = list(await self.backend.search(request.query, request.collection, config.snapshot))
+                answer = await backend.search(request.query, request.collection, config.snapshot)
+                results = list(answer)
+                # a RankedResults' own numbers (list() drops the attribute, so read it before)
+                engine_metrics = getattr(answer, "metrics", None)
         except TimeoutError:
             error = "timeout"
+        except BackendError as exc:  # a backend's own error code (router.backends.base.BACKEND_ERROR_CODES)
+            error = exc.error_code
+            log.debug("search failed: %r", exc)
         except Exception as exc:
             error = "injected_fault" if type(exc).__name__ == "InjectedFault" else "backend_error"
             log.debug("search failed: %r", exc)
@@ -527,7 +652,7 @@ class RouterService:
         if error:
             self.stats.errors += 1
         ranked = [] if error else results
-        metrics = dict(getattr(results, "metrics", None) or {}) if not error else {}
+        metrics = dict(engine_metrics or {}) if not error else {}
         if request.relevant_ids:  # quality beyond recall, for presets' custom metrics (an error scores 0)
             metrics["ndcg_at_10"] = round(ndcg_at_10(ranked, request.relevant_ids) or 0.0, 6)
             metrics["mrr_at_10"] = round(mrr_at_10(ranked, request.relevant_ids) or 0.0, 6)
@@ -549,6 +674,13 @@ class RouterService:
             router_id=self.router_id,
             metrics=metrics or None,
         )
+        exact = None if request.relevant_ids or error else self._exact_for(backend, request, used.arm)
+        if exact is not None:
+            delivery = Delivery(outcome, asyncio.get_running_loop().create_future())
+            task = asyncio.create_task(self._publish_sampled(exact, request, results, delivery))
+            self._exact_tasks.add(task)
+            task.add_done_callback(self._exact_tasks.discard)
+            return results, used, delivery.ack, delivery
         try:
             ack = await self._publish_outcome(outcome, wait_ack)
         except Exception as exc:
@@ -558,7 +690,41 @@ class RouterService:
             # the request is never marked done without its outcome.
             ack = asyncio.get_running_loop().create_future()
             ack.set_exception(exc)
-        return results, used, ack, outcome
+        return results, used, ack, Delivery(outcome, ack)
+
+    async def _publish_sampled(
+        self, exact: ExactSearchBackend, request: SearchRequest, results: list[str], delivery: Delivery
+    ) -> None:
+        """Exact top-10 for a sampled request (bounded by the exact timeout), then its outcome: recall@10 of
+        the served results against it, ``recall_source: exact_sample``. Given up, the outcome goes out
+        without recall. Its ``ts`` is stamped now, so it never holds a watermark back."""
+        arm = delivery.outcome.arm
+        truth: list[str] = []
+        try:
+            try:
+                async with asyncio.timeout(self._exact_timeout_s):
+                    answer = await exact.exact_search(request.query, request.collection, EXACT_K)
+                    truth = [str(x) for x in itertools.islice(answer, EXACT_K)]  # bounded, whatever it returned
+                result = "measured" if truth else "empty"
+            except TimeoutError:
+                result = "timeout"
+            except Exception as exc:
+                result = "error"
+                log.debug("exact search failed: %r", exc)
+            finally:
+                self._exact_in_flight -= 1
+            self._count_exact(arm, result)
+            outcome = delivery.outcome
+            if truth:
+                recall = recall_at_10(results, tuple(truth))
+                outcome = replace(outcome, recall_at_10=recall, recall_source="exact_sample")
+            delivery.outcome = replace(outcome, ts=self._clock())
+            inner = await self._publish_outcome(delivery.outcome, wait_ack=False)
+        except Exception as exc:  # not even queued: handled like a failed delivery
+            if not delivery.ack.done():
+                delivery.ack.set_exception(exc)
+            return
+        inner.add_done_callback(lambda fut: _settle(delivery.ack, fut))
 
     def _delivery_failed(self, kind: str, exc: BaseException | None) -> None:
         self.metrics.publish_errors.labels(kind).inc()
@@ -646,7 +812,7 @@ class RouterService:
             except Exception as exc:  # poison: never stop the router
                 await self._reject(record, str(exc))
                 return
-            results, used, ack, outcome = await self._handle(request, wait_ack=False)
+            results, used, ack, delivery = await self._handle(request, wait_ack=False)
             if self.reply:
                 await self._reply(request, results, used)
         except Exception:
@@ -657,7 +823,7 @@ class RouterService:
             else:
                 # The slot frees and the offset becomes committable when the broker has the outcome,
                 # without keeping this task alive until then.
-                ack.add_done_callback(lambda fut: self._finish(record, fut, outcome))
+                ack.add_done_callback(lambda fut: self._finish(record, fut, delivery.outcome))
 
     def _finish(
         self, record: ConsumerRecord[bytes, bytes], ack: asyncio.Future[Any] | None, outcome: SearchOutcome | None

@@ -172,6 +172,7 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
             reply=args.reply,
             verifier=security.verifier(),
             metrics=metrics,
+            recall_sample_rate=settings.recall_sample_rates,
         )
     )
     return 0

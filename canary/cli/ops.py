@@ -328,13 +328,21 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
 
     report = asyncio.run(
         produce_load(
-            bootstrap, _topics(settings), args.qps, args.duration, users=args.users, seed=args.seed, progress=progress
+            bootstrap,
+            _topics(settings),
+            args.qps,
+            args.duration,
+            users=args.users,
+            seed=args.seed,
+            progress=progress,
+            labeled=not args.unlabeled,
         )
     )
     if not args.json:
         print(file=sys.stderr)
     human = (
-        f"sent {report.sent} labeled queries to {_topics(settings).search_requests} in {report.seconds:.1f}s, "
+        f"sent {report.sent} {'unlabeled' if args.unlabeled else 'labeled'} queries to "
+        f"{_topics(settings).search_requests} in {report.seconds:.1f}s, "
         f"{report.acked} acknowledged by the broker ({report.achieved_qps:.1f}/s, target {report.target_qps}/s, "
         f"{report.users} users, max {report.max_behind_ms:.0f} ms behind schedule)"
     )
@@ -406,13 +414,16 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "load",
-        help="produce labeled queries onto search_requests at a steady rate",
-        description="Queries and relevance labels come from the bundled generated corpus.",
+        help="produce labeled (or --unlabeled) queries onto search_requests at a steady rate",
+        description="Queries and relevance labels come from the bundled generated corpus. With --unlabeled the "
+        "requests carry no relevant_ids: recall@10 then comes from the routers' sampled exact searches "
+        "(CANARY_RECALL_SAMPLE_RATE).",
     )
     p.add_argument("--qps", type=float, required=True, help="requests per second")
     p.add_argument("--duration", type=float, required=True, help="seconds")
     p.add_argument("--users", type=int, default=1000, help="distinct user ids (sticky split key)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--unlabeled", action="store_true", help="send the queries without relevance labels")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_load)
 

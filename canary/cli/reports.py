@@ -150,7 +150,8 @@ def register(sub: Any) -> None:
         help="summary stats (avg p95, avg recall@10, SLO violations) of a config's windows",
         description=(
             "Reads the finalized 5 s windows from the windows topic. avg_p95_ms is the mean of the buckets' "
-            "p95; avg_recall_at_10 the mean over labeled requests. Without --config: every config seen."
+            "p95; avg_recall_at_10 the mean over requests with a recall (labels or sampled exact search). "
+            "Without --config: every config seen."
         ),
     )
     p.add_argument("--config", metavar="NAME", help="preset name as it appears in the windows (config_name)")

@@ -1,5 +1,6 @@
 """Config presets: loading, validation, snapshots and the preset directory."""
 
+from canary.config.backend import HttpBackendSpec
 from canary.config.knobs import derive_params
 from canary.config.presets import (
     DerivedParams,
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_PRESET_DIR",
     "DerivedParams",
     "FieldError",
+    "HttpBackendSpec",
     "MacroKnobs",
     "Metadata",
     "Preset",

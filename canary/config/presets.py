@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from canary.config.backend import HttpBackendSpec, parse_backend
 from canary.config.sections import (
     BUILTIN_RULE_NAMES,
     DEFAULT_CONSECUTIVE_BUCKETS,
@@ -74,7 +75,6 @@ __all__ = [
 # Lower-case, file- and Kafka-key-friendly; also keeps PresetStore.get() from walking outside its directory.
 NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _SEMVER: Final = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
-_IMPORT_PATH: Final = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
 MAX_RERANK_TOKENS: Final = 512  # max_position_embeddings of the rerank model (router/backends/reranker.py)
 
 
@@ -109,7 +109,9 @@ class Preset:
     retriever: RetrieverConfig
     reranker: RerankerConfig
     slo: SLOConfig
-    backend: str | None = None  # import path of a search backend; None = the bundled one
+    # Which engine serves it, from an allow-list of types (canary.config.backend); None = the router's own
+    # (bundled) backend. Never an import path: a preset does not choose code to run.
+    backend: HttpBackendSpec | None = None
     rollout: RolloutPlan | None = None  # progressive delivery (canary.core.rollout); None = one fixed weight
     # Set by canary.config.environments.apply_environment on the candidate a start carries: which
     # environment's overrides it has and the hash of the preset file before them.
@@ -142,7 +144,7 @@ class Preset:
         if snapshot["reranker"]["max_tokens"] is None:  # absent, not null: older presets keep their hashes
             del snapshot["reranker"]["max_tokens"]
         snapshot["slo"] = self.slo.to_dict()  # the shape canary.core.slo.rules_from_slo_section reads
-        snapshot["backend"] = self.backend
+        snapshot["backend"] = self.backend.to_dict() if self.backend is not None else None
         if self.rollout is not None:  # absent, not null, without a plan: older presets keep their hashes
             snapshot["rollout"] = self.rollout.to_dict()
         if self.environment is not None:
@@ -185,7 +187,7 @@ def _parse(data: object, label: str, *, stem: str | None, source: str | None) ->
         retriever=_retriever(root.section("retriever")),
         reranker=_reranker(root.section("reranker")),
         slo=_slo(root.section("slo")),
-        backend=_backend(root),
+        backend=parse_backend(root),
         rollout=_rollout(root),
         environment=_environment_stamp(root),
         source=source,
@@ -414,15 +416,6 @@ def _rule(
     except ConfigError as exc:  # a custom metric's range, or the checks above falling behind canary.core.slo
         s.out.add(s.path, NO_VALUE, str(exc))
         return None
-
-
-def _backend(root: Section) -> str | None:
-    if root.take("backend") is None:  # explicit null means the bundled backend, like leaving it out
-        return None
-    path = root.string(
-        "backend", pattern=_IMPORT_PATH, required=False, hint="must be an import path like pkg.mod:Backend"
-    )
-    return path or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ the same state, and the same JSON.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,9 +17,11 @@ import numpy as np
 
 from canary.core.custom import CustomAggregation, CustomStats, custom_from_dict, custom_to_dict, merge_custom
 from canary.core.evidence import RECALL_BINS
-from canary.core.models import JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
+from canary.core.models import RECALL_SOURCES, JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.core.sketch import QuantileSketch
 from canary.errors import InvalidEvent
+
+_SOURCE = operator.attrgetter("recall_source")
 
 RECALL_SCALE = 1_000_000
 """Recall is summed as integer micro-units: float sums depend on addition order, integer sums do not."""
@@ -38,8 +41,9 @@ class WindowStats:
 
     ``exceed`` counts requests slower than each absolute latency threshold of the deployment's rules (an
     error counts as slower than any threshold); ``recall_hist`` counts labeled recall values in 1/1000
-    steps (an errored labeled request counts as recall 0). Sums and histograms only, so windows pool by
-    addition in any order.
+    steps (an errored labeled request counts as recall 0); ``recall_sources`` says how many of those
+    values came from each source (``labels``, ``exact_sample``: docs/contracts.md). Sums and histograms
+    only, so windows pool by addition in any order.
     """
 
     count: int = 0
@@ -48,6 +52,7 @@ class WindowStats:
     exceed: tuple[tuple[str, int], ...] = ()
     recall_hist: tuple[tuple[int, int], ...] = ()
     custom: tuple[tuple[str, CustomStats], ...] = ()  # declared custom metrics (canary.core.custom)
+    recall_sources: tuple[tuple[str, int], ...] = ()  # recall values per source, sorted by source
 
     def custom_stats(self, name: str) -> CustomStats | None:
         return next((c for n, c in self.custom if n == name), None)
@@ -79,6 +84,7 @@ class WindowStats:
             exceed=tuple(sorted(exceed.items(), key=lambda kv: float(kv[0]))),
             recall_hist=tuple(sorted(hist.items())),
             custom=merge_custom(self.custom, other.custom),
+            recall_sources=merge_counts(self.recall_sources, other.recall_sources),
         )
 
     def to_dict(self) -> JSONDict:
@@ -91,6 +97,8 @@ class WindowStats:
         }
         if self.custom:  # absent without custom metrics: windows of older presets keep their exact JSON
             out["custom"] = custom_to_dict(self.custom)
+        if self.recall_sources:  # absent without any recall value
+            out["recall_source"] = dict(self.recall_sources)
         return out
 
     @classmethod
@@ -105,6 +113,7 @@ class WindowStats:
                 exceed,
                 hist,
                 custom_from_dict(d.get("custom")),
+                recall_sources_from_dict(d.get("recall_source")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidEvent(f"WindowStats: malformed ({exc!r}): {dict(d)!r:.200}") from None
@@ -112,7 +121,34 @@ class WindowStats:
             raise InvalidEvent(f"WindowStats: counts must be non-negative: {dict(d)!r:.200}")
         if any(not 0 <= b <= RECALL_BINS for b, _ in hist):
             raise InvalidEvent(f"WindowStats: recall bins must be in [0, {RECALL_BINS}]: {dict(d)!r:.200}")
+        if out.recall_sources and sum(c for _, c in out.recall_sources) != out.recall_samples:
+            raise InvalidEvent(f"WindowStats: recall_source counts must add up to the recall samples: {dict(d)!r:.200}")
         return out
+
+
+def merge_counts(a: tuple[tuple[str, int], ...], b: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    if not b:
+        return a
+    out = dict(a)
+    for k, c in b:
+        out[k] = out.get(k, 0) + c
+    return tuple(sorted(out.items()))
+
+
+def recall_sources_from_dict(raw: object) -> tuple[tuple[str, int], ...]:
+    """``stats.recall_source`` (``{"labels": 12, "exact_sample": 3}``), validated; absent = none."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise InvalidEvent(f"WindowStats.recall_source: expected an object of source -> count, got {raw!r:.200}")
+    out: list[tuple[str, int]] = []
+    for source, count in raw.items():
+        if source not in RECALL_SOURCES:
+            raise InvalidEvent(f"WindowStats.recall_source: unknown source {source!r:.50} (known: {RECALL_SOURCES})")
+        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+            raise InvalidEvent(f"WindowStats.recall_source.{source}: expected a positive count, got {count!r:.50}")
+        out.append((source, count))
+    return tuple(sorted(out))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +166,13 @@ class WindowAggregate:
     exceed: tuple[tuple[str, int], ...] = ()
     recall_hist: tuple[tuple[int, int], ...] = ()
     custom: tuple[tuple[str, CustomStats], ...] = ()
+    recall_sources: tuple[tuple[str, int], ...] = ()
 
     @property
     def stats(self) -> WindowStats:
-        return WindowStats(self.count, self.error_count, self.sketch, self.exceed, self.recall_hist, self.custom)
+        return WindowStats(
+            self.count, self.error_count, self.sketch, self.exceed, self.recall_hist, self.custom, self.recall_sources
+        )
 
     def with_late(self, n: int = 1) -> WindowAggregate:
         return replace(self, late_count=self.late_count + n)
@@ -160,6 +199,7 @@ class WindowAggregate:
             "exceed": {t: c for t, c in self.exceed},
             "recall_hist": [[b, c] for b, c in self.recall_hist],
             **({"custom": custom_to_dict(self.custom)} if self.custom else {}),
+            **({"recall_source": dict(self.recall_sources)} if self.recall_sources else {}),
         }
 
     @classmethod
@@ -185,11 +225,19 @@ class WindowAggregate:
                     "exceed": d.get("exceed", {}),
                     "recall_hist": d.get("recall_hist", []),
                     "custom": d.get("custom"),
+                    "recall_source": d.get("recall_source"),
                 }
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidEvent(f"WindowAggregate: malformed state ({exc!r}): {dict(d)!r:.200}") from None
-        return cls(sketch=stats.sketch, exceed=stats.exceed, recall_hist=stats.recall_hist, custom=stats.custom, **ints)
+        return cls(
+            sketch=stats.sketch,
+            exceed=stats.exceed,
+            recall_hist=stats.recall_hist,
+            custom=stats.custom,
+            recall_sources=stats.recall_sources,
+            **ints,
+        )
 
 
 class WindowAggregator:
@@ -251,6 +299,7 @@ class WindowAggregator:
             exceed[key] = exceed.get(key, 0) + int((errored | (latency > t)).sum())
         hist = dict(state.recall_hist)
         new_bins = False
+        sources = state.recall_sources
         if labeled.any():
             counts = np.bincount(np.rint(recall[labeled] * RECALL_BINS).astype(np.int64), minlength=RECALL_BINS + 1)
             present = np.flatnonzero(counts)
@@ -260,6 +309,11 @@ class WindowAggregator:
                 else:
                     hist[b] = c
                     new_bins = True
+            n_labeled = int(labeled.sum())
+            # Only labels and exact samples exist; an outcome without a source field reads as labels.
+            sampled = list(map(_SOURCE, outcomes)).count("exact_sample")
+            batch = (("exact_sample", sampled), ("labels", n_labeled - sampled))
+            sources = merge_counts(sources, tuple((k, c) for k, c in batch if c))
         # The dict keeps the sorted order of the state it came from; only new bins need a sort.
         recall_hist = tuple(sorted(hist.items())) if new_bins else tuple(hist.items())
         return replace(
@@ -276,6 +330,7 @@ class WindowAggregator:
             exceed=tuple(sorted(exceed.items(), key=lambda kv: float(kv[0]))),
             recall_hist=recall_hist,
             custom=merge_custom(state.custom, self.custom.agg(outcomes)) if self.custom.metrics else state.custom,
+            recall_sources=sources,
         )
 
     def merge(self, a: WindowAggregate, b: WindowAggregate) -> WindowAggregate:
@@ -287,6 +342,7 @@ class WindowAggregator:
             exceed=stats.exceed,
             recall_hist=stats.recall_hist,
             custom=stats.custom,
+            recall_sources=stats.recall_sources,
             recall_sum_micros=a.recall_sum_micros + b.recall_sum_micros,
             recall_samples=a.recall_samples + b.recall_samples,
             slo_violations=a.slo_violations + b.slo_violations,

@@ -374,17 +374,18 @@ def sequential_verdict(
                 rule, pooled.count, pooled.error_count, pooled.error_count, q_fail, q_pass, alpha, "errors", extra
             )
         )
-    # recall_at_10
+    # recall_at_10: labeled requests and sampled exact searches alike (evidence says how many of each)
     hist = pooled.recall_histogram()
     if not hist:
-        return inconclusive(f"no labeled outcomes yet (n={pooled.count})")
+        return inconclusive(f"no recall samples yet (labels or exact samples; n={pooled.count})")
+    sources: JSONDict = {"recall_source": dict(pooled.recall_sources)} if pooled.recall_sources else {}
     if not rule.relative:
         m = float(rule.threshold)
-        return done(_mean_verdict(rule, hist, m, m, alpha, {}))
+        return done(_mean_verdict(rule, hist, m, m, alpha, sources))
     assert baseline is not None
     base_hist = baseline.recall_histogram()
     if not base_hist:
-        return inconclusive(f"{rule.relative_to} has no labeled outcomes yet: a relative rule cannot be judged")
+        return inconclusive(f"{rule.relative_to} has no recall samples yet: a relative rule cannot be judged")
     b_lo, b_hi = mean_lower_bound(base_hist, alpha), mean_upper_bound(base_hist, alpha)
     lower_rule = rule.operator in ("ge", "gt")
     m_fail = (b_lo if lower_rule else b_hi) + rule.threshold
@@ -393,6 +394,7 @@ def sequential_verdict(
         "baseline_mean": histogram_mean(base_hist),
         "baseline_n": sum(base_hist.values()),
         "baseline_bounds": [b_lo, b_hi],
+        **sources,
     }
     return done(_mean_verdict(rule, hist, m_fail, m_pass, alpha, extra))
 
@@ -476,6 +478,17 @@ def window_figure(rule: SLORule, own: WindowStats, evidence: Mapping[str, Any]) 
     return "window_mean", histogram_mean(own.recall_histogram())
 
 
+def rule_window_n(rule: SLORule, own: WindowStats) -> int:
+    """How many of the window's outcomes carry what ``rule`` judges: its recall values for recall (labels and
+    exact samples; with sampled recall most windows have none), its custom metric's values, else all."""
+    if rule.custom is not None:
+        stats = own.custom_stats(rule.metric)
+        return 0 if stats is None else stats.n
+    if rule.metric == "recall_at_10":
+        return own.recall_samples
+    return own.count
+
+
 def window_breaks(rule: SLORule, value: float | None, evidence: Mapping[str, Any]) -> bool:
     """Does this window, on its own, sit on the breaking side of the tested threshold?"""
     if value is None:
@@ -498,6 +511,7 @@ def _evidence_entry(window: WindowResult, verdict: RuleVerdict) -> JSONDict:
         "value": verdict.value,
         "response_count": window.response_count,
         "recall_samples": window.recall_samples,
+        "recall_source": (window.stats or {}).get("recall_source"),
         "outcome": verdict.outcome,
         "reason": verdict.reason,
         "evidence": verdict.evidence,
@@ -596,6 +610,7 @@ class DeploymentJudge:
         self.candidate_windows += 1
         baseline_now = self.baseline_values.get(start, {})
         verdicts: list[RuleVerdict] = []
+        quiet: set[str] = set()  # rules without a value in this window (see rule_window_n)
         for rule in self.policy.rules:
             if rule.method == "point":
                 verdicts.append(judge_window(rule, window, baseline_now.get(rule.metric)))
@@ -613,6 +628,12 @@ class DeploymentJudge:
                 # No new data: this bucket is not a failing (or passing) bucket, whatever the pool says.
                 pooled = f"pooled: {v.outcome}, {v.reason}"
                 v = replace(v, outcome="inconclusive", reason=f"no candidate outcomes in this window ({pooled})")
+            elif rule_window_n(rule, stats) == 0:
+                # Outcomes, but none carries this rule's metric (sampled recall: most windows have no sample):
+                # no new data for the rule either, and no reason to break a running streak.
+                pooled = f"pooled: {v.outcome}, {v.reason}"
+                v = replace(v, outcome="inconclusive", reason=f"no {rule.metric} values in this window ({pooled})")
+                quiet.add(rule.name)
             elif v.outcome == "fail" and not window_breaks(rule, own, evidence):
                 # A failing *bucket* breaks the rule itself, backed by significant pooled evidence: a
                 # healthy bucket after a bad one is not a second failing bucket.
@@ -631,6 +652,8 @@ class DeploymentJudge:
                 streak = self.streaks.setdefault(rule.name, [])
                 streak.append(_evidence_entry(judged, v))
                 del streak[:-MAX_EVIDENCE]
+            elif rule.name in quiet:
+                continue  # nothing new for this rule: its streak neither grows nor breaks
             elif v.outcome == "pass" or (v.outcome == "inconclusive" and n > 0 and rule.method != "point"):
                 self.streaks.pop(rule.name, None)
         decision = self._rollback(judged) if not self.rolled_back else None

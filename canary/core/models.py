@@ -42,6 +42,11 @@ ROUTER_STATUSES: tuple[RouterStatus, ...] = (
     "aborted",
 )
 
+RecallSource = Literal["labels", "exact_sample"]
+RECALL_SOURCES: tuple[RecallSource, ...] = ("labels", "exact_sample")
+"""Where an outcome's ``recall_at_10`` came from: the request's own labels, or the router's sampled exact
+(brute-force) top-10 for an unlabeled request (docs/contracts.md, "Recall without labels")."""
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -254,6 +259,19 @@ class SearchOutcome:
     # Extra numbers per request (ndcg@10, mrr@10, a backend's cost …): presets declare aggregations and
     # rules on them (canary.core.custom). None: none measured.
     metrics: Mapping[str, float] | None = None
+    # "labels" | "exact_sample" whenever recall_at_10 is set, None when it is not. Records of routers from
+    # before the field carry recall only from labels: a missing source with a recall reads as "labels".
+    recall_source: RecallSource | None = None
+
+    def __post_init__(self) -> None:
+        if self.recall_source is None:
+            if self.recall_at_10 is not None:  # built without a source: labels, as before the field existed
+                object.__setattr__(self, "recall_source", "labels")
+        elif self.recall_at_10 is None or self.recall_source not in RECALL_SOURCES:
+            raise InvalidEvent(
+                f"SearchOutcome(event_id={self.event_id!r}).recall_source: {self.recall_source!r} does not go with"
+                f" recall_at_10 = {self.recall_at_10!r} (one of {', '.join(RECALL_SOURCES)}, only with a recall)"
+            )
 
     @property
     def window_key(self) -> WindowKey:
@@ -271,6 +289,7 @@ class SearchOutcome:
             "arm": self.arm,
             "latency_ms": self.latency_ms,
             "recall_at_10": self.recall_at_10,
+            "recall_source": self.recall_source,
             "result_count": self.result_count,
             "error": self.error,
             "router_id": self.router_id,
@@ -281,6 +300,7 @@ class SearchOutcome:
     def from_dict(cls, d: Mapping[str, Any]) -> SearchOutcome:
         event_id = d.get("event_id") if isinstance(d, Mapping) else None
         f = _Fields(f"SearchOutcome(event_id={event_id!r})", d)
+        recall = f.float_("recall_at_10", lo=0.0, hi=1.0, optional=True)
         return cls(
             event_id=f.req_str("event_id"),
             request_id=f.req_str("request_id"),
@@ -291,12 +311,25 @@ class SearchOutcome:
             config_hash=f.req_str("config_hash", empty_ok=True),
             arm=cast(Arm, f.choice("arm", ARMS)),
             latency_ms=f.req_float("latency_ms", lo=0.0),
-            recall_at_10=f.float_("recall_at_10", lo=0.0, hi=1.0, optional=True),
+            recall_at_10=recall,
             result_count=f.req_int("result_count", minimum=0),
             error=f.str_("error", optional=True, empty_ok=True),
             router_id=f.req_name("router_id"),
             metrics=outcome_metrics(f),
+            recall_source=recall_source_of(f, recall),
         )
+
+
+def recall_source_of(f: _Fields, recall: float | None) -> RecallSource | None:
+    """The outcome's validated ``recall_source`` (missing + a recall = "labels", an older router's record)."""
+    raw = f.data.get("recall_source")
+    if raw is None:
+        return None if recall is None else "labels"
+    if raw not in RECALL_SOURCES:
+        raise f.fail("recall_source", f"must be one of {', '.join(RECALL_SOURCES)} or null", raw)
+    if recall is None:
+        raise f.fail("recall_source", "given without a recall_at_10", raw)
+    return cast(RecallSource, raw)
 
 
 MAX_OUTCOME_METRICS = 32  # a record may carry at most this many extra numbers (bounded state per window)

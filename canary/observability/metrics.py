@@ -64,6 +64,13 @@ class RouterMetrics:
         self.dlq = Counter(
             "canary_router_dlq_records", "Records this router dead-lettered, by reason", ["reason"], registry=r
         )
+        self.exact_samples = Counter(
+            "canary_router_exact_samples",
+            "Unlabeled requests sampled for an exact search, by arm and result (measured; busy, timeout, error or"
+            " empty: dropped, the outcome goes out without recall)",
+            ["arm", "result"],
+            registry=r,
+        )
         self.control_lag = Gauge(
             "canary_router_control_lag_seconds",
             "Seconds since the router last confirmed it had read the control topic to its end",

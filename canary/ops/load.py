@@ -1,4 +1,5 @@
-"""Steady labeled load onto ``search_requests`` (``canary load``)."""
+"""Steady load onto ``search_requests`` (``canary load``): labeled, or ``--unlabeled`` (no relevant_ids, so
+recall can only come from the router's sampled exact searches)."""
 
 from __future__ import annotations
 
@@ -65,9 +66,11 @@ async def produce_load(
     queries: tuple[QuerySource, int] | None = None,
     progress: Callable[[int, float], None] | None = None,
     collection: str = "documents",
+    labeled: bool = True,
 ) -> LoadReport:
     """Send ``qps`` requests per second for ``duration`` seconds on a fixed schedule (no coordinated
-    omission: a late tick is sent at once and counted in ``max_behind_ms``)."""
+    omission: a late tick is sent at once and counted in ``max_behind_ms``). ``labeled=False`` sends the same
+    queries without their relevance labels."""
     query_of, n_queries = queries or bundled_queries()
     rng = random.Random(seed)
     producer = AIOKafkaProducer(**client_kwargs(bootstrap), linger_ms=5, acks="all", enable_idempotence=True)
@@ -75,7 +78,7 @@ async def produce_load(
         await asyncio.wait_for(producer.start(), 10)
     except Exception as exc:
         raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
-    sent = labeled = 0
+    sent = n_labeled = 0
     delivered = {"acked": 0, "failed": 0}
 
     def count(fut: asyncio.Future[Any]) -> None:
@@ -97,6 +100,8 @@ async def produce_load(
                 behind = max(behind, (now - due) * 1000)
             q = rng.randrange(n_queries)
             text, relevant = query_of(q)
+            if not labeled:
+                relevant = ()
             user = f"user-{rng.randrange(users)}"
             body = {
                 "request_id": f"load-{seed}-{sent}-{int(time.time() * 1000)}",
@@ -106,7 +111,7 @@ async def produce_load(
                 "ts": int(time.time() * 1000),
                 "relevant_ids": list(relevant) if relevant else None,
             }
-            labeled += bool(relevant)
+            n_labeled += bool(relevant)
             ack = await producer.send(topics.search_requests, json.dumps(body).encode(), key=user.encode())
             ack.add_done_callback(count)
             sent += 1
@@ -117,5 +122,5 @@ async def produce_load(
     finally:
         await producer.stop()
     return LoadReport(
-        sent, time.monotonic() - start, qps, users, labeled, behind, delivered["acked"], delivered["failed"]
+        sent, time.monotonic() - start, qps, users, n_labeled, behind, delivered["acked"], delivered["failed"]
     )

@@ -85,6 +85,9 @@ class WatchState:
 def format_window(window: WindowResult, streak: str = "") -> str:
     p95 = f"{window.p95_ms:7.0f} ms" if window.p95_ms is not None else "      - ms"
     recall = f"{window.recall_at_10:.2f}" if window.recall_at_10 is not None else "  - "
+    sources = (window.stats or {}).get("recall_source")
+    if isinstance(sources, dict) and sources.get("exact_sample"):  # say when recall comes from exact samples
+        recall += f" (exact {sources['exact_sample']}/{window.recall_samples})"
     if window.arm == "candidate":
         verdicts = "; ".join(evidence_text(v) for v in window.verdicts) or "not judged"
     else:

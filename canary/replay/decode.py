@@ -4,9 +4,9 @@ A replay decodes every record of ``search_results`` in the span, so decoding dom
 decoder accepts and rejects exactly what :meth:`SearchOutcome.from_dict` accepts and rejects (poison
 records are skipped, as the live worker dead-letters them), but for well-formed records it skips the
 generic field-by-field validator and the frozen dataclass: it builds a :class:`ReplayOutcome` holding
-only what the window core reads (``ts``, ``window_key``, ``latency_ms``, ``error``, ``recall_at_10``)
-plus ``event_id`` for the report. Anything unusual (a missing field, an int where a float is expected,
-NaN, a wrong type) falls back to ``from_dict`` itself, so error messages and edge cases are the
+only what the window core reads (``ts``, ``window_key``, ``latency_ms``, ``error``, ``recall_at_10``,
+``recall_source``) plus ``event_id`` for the report. Anything unusual (a missing field, an int where a
+float is expected, NaN, a wrong type) falls back to ``from_dict`` itself, so error messages and edge cases are the
 contract's own. ``tests/replay/test_decode.py`` checks both paths against each other.
 """
 
@@ -44,7 +44,7 @@ class ReplayOutcome(msgspec.Struct, gc=False):
 
     Duck-type compatible with ``SearchOutcome`` for :class:`~canary.core.windows.WindowFinalizer` and
     :class:`~canary.core.aggregations.WindowAggregator` (they read ``ts``, ``window_key``,
-    ``latency_ms``, ``error``, ``recall_at_10``, ``request_id`` and ``router_id``); ``event_id`` and
+    ``latency_ms``, ``error``, ``recall_at_10``, ``recall_source``, ``request_id`` and ``router_id``); ``event_id`` and
     ``offset`` serve the report. The decoder always sets ``window_key`` and ``offset`` itself, whatever
     a record says. ``kind`` only tells a producer's watermark record from an outcome.
     """
@@ -65,6 +65,7 @@ class ReplayOutcome(msgspec.Struct, gc=False):
     recall_at_10: _Fraction | None = None
     error: str | None = None
     metrics: dict[str, float] | None = None
+    recall_source: Literal["labels", "exact_sample"] | None = None
     kind: Any = msgspec.UNSET
     window_key: Any = None
     offset: int = -1
@@ -154,6 +155,7 @@ class OutcomeDecoder:
             recall_at_10=o.recall_at_10,
             error=o.error,
             metrics=None if o.metrics is None else dict(o.metrics),
+            recall_source=o.recall_source,
             window_key=self.key(o.deployment_id, o.config_name, o.arm),
             offset=offset,
         )
@@ -183,10 +185,13 @@ class OutcomeDecoder:
             o.kind is msgspec.UNSET
             and (o.router_id in self._router_ids or self._safe_router_id(o.router_id))
             and (metrics is None or self._plain_metrics(metrics))
+            and (o.recall_source is None or o.recall_at_10 is not None)
         ):
             dep, config_name, arm = o.deployment_id, o.config_name, o.arm
             o.window_key = self._keys.get((dep, config_name, arm)) or self.key(dep, config_name, arm)
             o.offset = offset
+            if o.recall_source is None and o.recall_at_10 is not None:
+                o.recall_source = "labels"  # an older router's record: recall only ever came from labels
             return o
         return self._reference(raw, offset)
 

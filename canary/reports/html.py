@@ -708,7 +708,7 @@ def _charts(report: DeploymentReport) -> str:
         )
         + _panel(
             "recall@10",
-            "mean over labeled requests per bucket",
+            "mean over requests with a recall (labels, or a sampled exact search) per bucket",
             _legend([*arms, *threshold, *marker]),
             recall + note,
             "panel-recall",

@@ -1,4 +1,8 @@
-"""The search backend protocol: plug your own engine in by import path (``package.module:factory``)."""
+"""The search backend protocol: plug your own engine in by import path (``package.module:factory``).
+
+That import path is the *operator's* choice (``canary router --backend``, or a factory passed to the API),
+never a preset's or a control command's: a preset names a backend from an allow-list of types instead
+(:mod:`router.backends.registry`)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,45 @@ class SearchBackend(Protocol):
     which the router puts on the outcome for presets' custom metrics."""
 
     async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]: ...
+
+
+@runtime_checkable
+class ExactSearchBackend(SearchBackend, Protocol):
+    """A backend that can also answer a query *exactly* (brute force over everything it indexes), so the
+    router can measure recall@10 on a sample of unlabeled requests (docs/contracts.md, "Recall without
+    labels"). Optional: a backend without ``exact_search`` simply gets no sampled recall.
+
+    The exact answer must not depend on the preset being judged (it takes no params): both arms are
+    measured against the same truth. It runs off the hot path, at most a few at a time."""
+
+    async def exact_search(self, query: str, collection: str, k: int) -> Sequence[str]: ...
+
+
+def exact_searcher(backend: object) -> ExactSearchBackend | None:
+    """``backend`` if it offers ``exact_search`` (a wrapper may offer it only when what it wraps does)."""
+    if getattr(backend, "exact_search", None) is None:
+        return None
+    return backend if isinstance(backend, ExactSearchBackend) else None
+
+
+BACKEND_ERROR_CODES: tuple[str, ...] = (
+    "backend_error",
+    "backend_http_4xx",
+    "backend_http_5xx",
+    "backend_bad_response",
+    "backend_unavailable",
+    "backend_config",
+)
+"""The ``error`` codes a backend may give an outcome (docs/contracts.md); ``timeout`` is the router's own."""
+
+
+class BackendError(Exception):
+    """A failed search the router reports with ``error_code`` (one of :data:`BACKEND_ERROR_CODES`) instead
+    of the generic ``backend_error``."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code if error_code in BACKEND_ERROR_CODES else "backend_error"
 
 
 class RankedResults(list[str]):

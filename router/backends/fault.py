@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.backends.base import SearchBackend
+from router.backends.base import SearchBackend, exact_searcher
 
 
 class InjectedFault(RuntimeError):
@@ -35,6 +35,13 @@ class FaultInjectingBackend:
         self.inner = inner
         self.faults = dict(faults)
         self._rng = random.Random(seed)
+
+    @property
+    def exact_search(self) -> Callable[[str, str, int], Awaitable[Sequence[str]]] | None:
+        """The wrapped backend's exact search, unfaulted (the truth does not degrade with the candidate), or
+        None when it has none."""
+        inner = exact_searcher(self.inner)
+        return inner.exact_search if inner is not None else None
 
     async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]:
         name = str(params.get("metadata", {}).get("name", ""))

@@ -64,6 +64,7 @@ import numpy.typing as npt
 from canary.errors import ConfigError
 from router.backends.corpus import NORM_DEPTH, Corpus, default_corpus, depth_stats, normalize_list
 from router.backends.doc_texts import MAX_WORDS, document_texts
+from router.backends.exact import exact_top_k, run_exact
 from router.backends.index_cache import IndexCache, cache_key, default_cache_dir
 from router.backends.reranker import load_model, score_pairs
 
@@ -364,6 +365,10 @@ class HybridBackend:
             elif self.rerank == "modeled":
                 await asyncio.sleep(self.modeled_rerank_ms(len(result.pool), plan.batch_size) / 1000.0)
         return result.ids
+
+    async def exact_search(self, query: str, collection: str, k: int) -> Sequence[str]:
+        """Brute-force top-``k`` (:mod:`router.backends.exact`): the truth sampled recall is measured against."""
+        return await run_exact(exact_top_k, self.corpus, query, k)
 
     # -- pieces (synchronous, for tests and benchmarks) ------------------------------------------------------
     @staticmethod

@@ -20,13 +20,18 @@ class KeywordBackend:
                 self._postings[term].append(doc_id)
 
     async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]:
-        top_k = int(params.get("retriever", {}).get("top_k", 10))
+        return self._ranked(query)[: int(params.get("retriever", {}).get("top_k", 10))]
+
+    async def exact_search(self, query: str, collection: str, k: int) -> Sequence[str]:
+        """The same term-overlap ranking, exhaustively (it is exact already): the truth for sampled recall."""
+        return self._ranked(query)[:k]
+
+    def _ranked(self, query: str) -> list[str]:
         scores: dict[str, int] = defaultdict(int)
         for term in query.lower().split():
             for doc_id in self._postings.get(term, ()):
                 scores[doc_id] += 1
-        ranked = sorted(scores, key=lambda d: (-scores[d], d))
-        return ranked[:top_k]
+        return sorted(scores, key=lambda d: (-scores[d], d))
 
 
 def numbered_corpus(queries: int = 200, relevant_per_query: int = 10, noise: int = 500) -> dict[str, str]:

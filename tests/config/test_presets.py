@@ -245,12 +245,14 @@ def test_snapshot_is_validated_like_a_file() -> None:
     ]
 
 
-def test_backend_import_path() -> None:
+def test_a_backend_import_path_is_refused() -> None:
+    """A preset (and the start command carrying it) never chooses code to run: see test_backend_section.py."""
     data = load_preset(PRESETS / "last_good.yaml").to_dict()
     data["backend"] = "my_pkg.search:Backend"
-    assert Preset.from_snapshot(data).backend == "my_pkg.search:Backend"
+    with pytest.raises(PresetValidationError, match=r'backend = "my_pkg.search:Backend": is an import path: a preset'):
+        Preset.from_snapshot(data)
     data["backend"] = "not a path"
-    with pytest.raises(PresetValidationError, match=r"backend = \"not a path\": must be an import path"):
+    with pytest.raises(PresetValidationError, match=r'backend = "not a path": must be a mapping with a type'):
         Preset.from_snapshot(data)
 
 

@@ -162,7 +162,7 @@ def test_recall_rule(recall: float, expected: str) -> None:
 def test_unlabeled_traffic_leaves_recall_inconclusive_not_failing() -> None:
     js = run(default_policy(), [requests(30, recall=None)] * 3)
     assert outcomes_of(js, "recall_at_10") == "iii"
-    assert "no labeled outcomes" in js[0].window.verdicts[1].reason
+    assert "no recall samples yet" in js[0].window.verdicts[1].reason
 
 
 def test_low_traffic_healthy_is_paused_broken_is_rolled_back() -> None:

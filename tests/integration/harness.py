@@ -232,13 +232,15 @@ def make_backend(faults: dict[str, Fault] | None = None) -> FaultInjectingBacken
 
 @dataclass
 class LoadGenerator:
-    """Steady labeled traffic through a router's in-process API."""
+    """Steady traffic through a router's in-process API: labeled, or without labels (``labeled=False``:
+    recall then comes only from the router's sampled exact searches)."""
 
     router: RouterService
     qps: float = 50.0
     users: int = 2000
     queries: int = 200
     seed: int = 1
+    labeled: bool = True
     sent: int = 0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -251,7 +253,10 @@ class LoadGenerator:
             q = rng.randrange(self.queries)
             task = asyncio.create_task(
                 self.router.execute_search(
-                    f"q{q}", "documents", user_id=f"user-{rng.randrange(self.users)}", relevant_ids=relevant_for(q)
+                    f"q{q}",
+                    "documents",
+                    user_id=f"user-{rng.randrange(self.users)}",
+                    relevant_ids=relevant_for(q) if self.labeled else None,
                 )
             )
             self.tasks.add(task)

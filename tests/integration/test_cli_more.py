@@ -37,6 +37,14 @@ async def test_load_produces_labeled_requests_and_rejects_bad_args(settings: Set
     assert bad.returncode == 2 and "--qps 0" in bad.stderr
 
 
+async def test_load_unlabeled_sends_the_queries_without_labels(settings: Settings, topics: Topics) -> None:
+    result = await _canary("load", "--qps", "50", "--duration", "1", "--unlabeled", env=_env(settings))
+    assert result.returncode == 0, result.stderr
+    assert "sent 50 unlabeled queries" in result.stdout
+    requests = await read_all(settings.effective_bootstrap, topics.search_requests)
+    assert len(requests) == 50 and all(r["relevant_ids"] is None and r["query"] for r in requests)
+
+
 async def test_weight_pause_resume_and_watch(settings: Settings, topics: Topics) -> None:
     env = _env(settings)
     nothing = await _canary("pause", "--json", env=env)

@@ -47,3 +47,31 @@ async def test_a_dead_essential_loop_is_reported() -> None:
     await asyncio.gather(task, return_exceptions=True)
     failed = router.failure()
     assert isinstance(failed, RuntimeError) and "OutOfOrder" in str(failed)
+
+
+def test_a_stop_does_not_hang_on_a_loop_that_swallowed_its_cancellation() -> None:
+    """Python 3.11's asyncio.wait_for returns the inner result when a cancellation arrives as the inner call
+    completes: a loop around it goes on. The stop cancels again instead of awaiting it forever."""
+    from router.service import cancel_and_wait
+
+    async def stubborn(swallow: int) -> None:
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if swallow == 0:
+                    raise
+                swallow -= 1  # what a lost cancellation looks like from the loop's side
+
+    async def failing() -> None:
+        raise RuntimeError("a loop that died earlier")
+
+    async def run() -> tuple[float, list[bool]]:
+        tasks = [asyncio.create_task(stubborn(3)), asyncio.create_task(stubborn(0)), asyncio.create_task(failing())]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await cancel_and_wait(tasks, 2.0, "router-test")
+        return time.monotonic() - started, [t.done() for t in tasks]
+
+    took, done = asyncio.run(run())
+    assert done == [True, True, True] and took < 1.5
