@@ -45,7 +45,7 @@ log = logging.getLogger("canary.router")
 delivery_log = logging.getLogger("canary.router.delivery")
 
 DEFAULT_RECALL_SAMPLE_RATE: Final = 0.10  # docs/contracts.md, "Recall without labels": why 10 %
-DEFAULT_MAX_EXACT_IN_FLIGHT: Final = 4
+DEFAULT_MAX_EXACT_IN_FLIGHT: Final = 16  # a burst beyond this drops samples (counted), never queues them
 DEFAULT_EXACT_TIMEOUT_MS: Final = 2000
 EXACT_K: Final = 10
 STOP_STEP_S = 2.0  # each step of a stop that waits for the broker gives up after this long

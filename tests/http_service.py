@@ -26,6 +26,7 @@ class SearchService:
     requests: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    force_status: int | None = None  # answer every search with this status (an outage)
     _runner: web.AppRunner | None = None
     _engine: KeywordBackend = field(default_factory=lambda: KeywordBackend(numbered_corpus()))
 
@@ -70,6 +71,8 @@ class SearchService:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             body = await self._read(request)
+            if self.force_status is not None:
+                return web.Response(status=self.force_status, text="forced")
             query = str(body.get("query", ""))
             words = query.split()
             head = words[0] if words else ""

@@ -221,16 +221,24 @@ def _section(report: JSONDict, dep: JSONDict | None, windows: list[JSONDict], li
         rows.append(
             f"<tr{cls}><td class=l>{_e(w['window_start'][11:23])}</td><td class=l>{_e(w['arm'])}</td>"
             f"<td>{w['response_count']}</td><td>{w['error_count']}</td><td>{_e(_fmt(w.get('p95_ms')))}</td>"
-            f"<td>{_e(_fmt(w.get('recall_at_10'), 3))}</td><td>{w['recall_samples']}</td>"
+            f"<td>{_e(_fmt(w.get('recall_at_10'), 3))}</td><td>{_recall_n(w)}</td>"
             f"<td>{w['slo_violations']}</td><td>{w['late_count']}</td><td class=l>{verdicts}</td>"
             f"<td class=l>{streaks}</td></tr>"
         )
     out.append(
         "<h3>Windows</h3><table><tr><th class=l>start (UTC)</th><th class=l>arm</th><th>n</th><th>errors</th>"
-        "<th>p95 ms</th><th>recall@10</th><th>labeled</th><th>violations</th><th>late</th>"
+        "<th>p95 ms</th><th>recall@10</th><th>recall n</th><th>violations</th><th>late</th>"
         "<th class=l>verdicts</th><th class=l>streaks after</th></tr>" + "".join(rows) + "</table>"
     )
     return "".join(out)
+
+
+def _recall_n(window: JSONDict) -> str:
+    """How many recall values a window has, and how many of them came from sampled exact searches."""
+    n = int(window.get("recall_samples") or 0)
+    sources = (window.get("stats") or {}).get("recall_source")
+    exact = sources.get("exact_sample", 0) if isinstance(sources, dict) else 0
+    return f"{n} ({exact} exact)" if exact else str(n)
 
 
 def render_replay_html(report: JSONDict, links: Mapping[str, str] | None = None) -> str:

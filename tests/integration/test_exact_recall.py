@@ -141,11 +141,15 @@ async def test_unlabeled_load_through_kafka_intake_gets_sampled_recall_once_per_
     assert report.labeled == 0 and len(outcomes) == report.sent > 300
     assert len({o["request_id"] for o in outcomes}) == report.sent
     sampled = {o["request_id"] for o in outcomes if o["recall_source"] == "exact_sample"}
-    assert sampled == {o["request_id"] for o in outcomes if sampled_for_exact(o["request_id"], 0.1)}
-    assert 0.05 < len(sampled) / report.sent < 0.15
+    in_sample = {o["request_id"] for o in outcomes if sampled_for_exact(o["request_id"], 0.1)}
+    # A burst (the backlog consumed at the group join) can find all 16 exact slots taken: those samples are
+    # dropped, counted as busy, and go out without recall — never queued, never blocking the intake.
+    busy = router.stats.exact_samples.get("busy", 0)
+    assert sampled <= in_sample and len(in_sample - sampled) == busy < len(in_sample) // 2
+    assert router.stats.exact_samples == {"measured": len(sampled), **({"busy": busy} if busy else {})}
+    assert 0.05 < len(in_sample) / report.sent < 0.15
     assert all(o["recall_at_10"] == 1.0 for o in outcomes if o["request_id"] in sampled)
     assert all(o["recall_at_10"] is None for o in outcomes if o["request_id"] not in sampled)
-    assert router.stats.exact_samples == {"measured": len(sampled)}
     again = RouterService(bootstrap, topics, make_backend(), preset_ref("last_good"))
     await again.start()
     try:

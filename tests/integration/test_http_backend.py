@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,9 +24,14 @@ from router.service import RouterService, now_ms
 from tests.http_service import SearchService
 from tests.integration.harness import (
     PRESETS,
+    LoadGenerator,
+    WorkerProcess,
     end_command,
+    fresh_worker,
     make_backend,
     preset_ref,
+    read_all,
+    read_judged,
     read_outcomes,
     send_command,
 )
@@ -156,3 +162,47 @@ async def test_a_start_command_naming_an_import_path_is_never_applied(settings: 
         await router.stop()
     assert router.stats.rejected_commands == {"invalid_preset": 1}
     assert router.ledger.current is None and not router.ledger.deployments
+
+
+@pytest.fixture
+def worker(kafka_bootstrap: str, tmp_path: Any) -> Iterator[WorkerProcess]:
+    with fresh_worker(kafka_bootstrap, "httprb", tmp_path) as w:
+        yield w
+
+
+async def test_a_candidate_whose_http_service_fails_is_rolled_back_on_errors(worker: WorkerProcess) -> None:
+    """The whole pipeline: the candidate's service answers 503 to everything; the outcomes say
+    backend_http_5xx, the windows count them as errors and the SLO agent rolls the candidate back."""
+    bootstrap, topics = worker.bootstrap, worker.topics
+    async with SearchService(force_status=503) as service:
+        router = RouterService(bootstrap, topics, make_backend(), preset_ref("last_good"), consume_requests=False)
+        await router.start()
+        cmd = start_with(http_snapshot("candidate_high_recall", service), weight=0.2)
+        dep = cmd.deployment_id
+        try:
+            await send_command(bootstrap, topics, cmd)
+            while router.ledger.current is None:
+                await asyncio.sleep(0.05)
+            load = LoadGenerator(router, qps=50)
+            task = asyncio.create_task(load.run(40))
+            started, after = time.monotonic(), None
+            while not task.done():
+                await asyncio.sleep(0.1)
+                if router.ledger.deployments[dep].status == "rolled_back":
+                    after = time.monotonic() - started
+                    break
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await load.drain()
+            await asyncio.sleep(2.5)
+        finally:
+            await router.stop()
+    print(f"candidate on a failing HTTP service rolled back after {after} s")
+    rollbacks = [c for c in await read_all(bootstrap, topics.control) if c["type"] == "rollback"]
+    assert (
+        len(rollbacks) == 1 and rollbacks[0]["reason"] == "SLO violation: error_rate failed for 2 consecutive buckets"
+    )
+    outcomes = [o for o in await read_outcomes(bootstrap, topics.search_results) if o["arm"] == "candidate"]
+    assert outcomes and {o["error"] for o in outcomes} == {"backend_http_5xx"}
+    windows = [w for w in await read_judged(bootstrap, topics, dep) if w["response_count"]]
+    assert windows and all(w["error_count"] == w["response_count"] for w in windows)
