@@ -69,11 +69,12 @@ async def _serve(args: argparse.Namespace, settings: Settings, bootstrap: Cluste
         else:
             human += f"operator token: in {token.path}\n"
         human += "read-only for everyone else; actions need 'Authorization: Bearer <token>'"
+        if token.created and args.json:
+            # --json output is for scripts and may be logged: the token itself goes to the terminal only,
+            # before the document, so whoever has read the document has been shown the token.
+            print(f"operator token (shown once; also in {token.path}): {token.value}", file=sys.stderr, flush=True)
         _emit(args, payload, human)
         sys.stdout.flush()
-        if token.created and args.json:
-            # --json output is for scripts and may be logged: the token itself goes to the terminal only.
-            print(f"operator token (shown once; also in {token.path}): {token.value}", file=sys.stderr, flush=True)
         await stop.wait()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
