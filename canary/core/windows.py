@@ -176,6 +176,22 @@ class AddResult:
     watermarks: int = 0
 
 
+@dataclass(slots=True)
+class _Batch:
+    """What one ``add`` call works with: the partition's clock, processing time, the other partitions'
+    watermark floor, the mark function, the live producers (they change at watermark records) and the
+    outcomes it groups per (key, window) for aggregation."""
+
+    clock: PartitionClock
+    now_ms: int
+    floor: int | None
+    current_mark: Callable[[], int]
+    result: AddResult
+    live: set[str]
+    groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = field(default_factory=dict)
+    late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class ClosedWindow:
     """A window the finalizer closed: its slot and aggregate (``result`` only when a judge ran)."""
@@ -362,44 +378,33 @@ class WindowFinalizer:
                 m = min(m, floor)
             return high if m is None else max(m, high)
 
+        batch = _Batch(clock, now_ms, floor, current_mark, result, set(clock.live_producers(now_ms)))
         mark = current_mark()
-        live = set(clock.live_producers(now_ms))
-        groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = {}
-        late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = {}
         segment: list[SearchOutcome] = []
         for item in items:
             if isinstance(item, RouterWatermark):
                 if segment:
-                    mark = self._add_segment(
-                        clock, segment, now_ms, mark, floor, live, current_mark, result, groups, late_groups
-                    )
+                    mark = self._add_segment(batch, segment, mark)
                     segment = []
                 clock.on_watermark(item, now_ms)
                 result.watermarks += 1
-                live = set(clock.live_producers(now_ms))
+                batch.live = set(clock.live_producers(now_ms))
                 mark = current_mark()
             else:
                 segment.append(item)
         if segment:
-            self._add_segment(clock, segment, now_ms, mark, floor, live, current_mark, result, groups, late_groups)
-        for (key, start), outcomes in groups.items():
+            self._add_segment(batch, segment, mark)
+        for (key, start), outcomes in batch.groups.items():
             self._aggregate(key, start, outcomes, late=False)
-        for (key, start), outcomes in late_groups.items():
+        for (key, start), outcomes in batch.late_groups.items():
             self._aggregate(key, start, outcomes, late=True)
         return result
 
     def _add_segment(
         self,
-        clock: PartitionClock,
+        batch: _Batch,
         outcomes: list[SearchOutcome],
-        now_ms: int,
         mark: int,
-        floor: int | None,
-        live: set[str],
-        current_mark: Callable[[], int],
-        result: AddResult,
-        groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
-        late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
     ) -> int:
         """Outcomes between two watermark records of ``clock``'s partition; returns the mark after them.
 
@@ -410,33 +415,25 @@ class WindowFinalizer:
         """
         if len(outcomes) >= self.columnar_min:
             routers = {o.router_id for o in outcomes}
-            if routers <= live:
-                return self._add_columnar(
-                    clock, outcomes, routers, now_ms, mark, floor, False, result, groups, late_groups
-                )
-            if not clock.producers:
-                return self._add_columnar(
-                    clock, outcomes, routers, now_ms, mark, floor, True, result, groups, late_groups
-                )
-        return self._add_one_by_one(
-            clock, outcomes, now_ms, mark, floor, live, current_mark, result, groups, late_groups
-        )
+            if routers <= batch.live:
+                return self._add_columnar(batch, outcomes, routers, mark, legacy=False)
+            if not batch.clock.producers:
+                return self._add_columnar(batch, outcomes, routers, mark, legacy=True)
+        return self._add_one_by_one(batch, outcomes, mark)
 
     def _add_columnar(
         self,
-        clock: PartitionClock,
+        batch: _Batch,
         outcomes: list[SearchOutcome],
         routers: set[str],
-        now_ms: int,
         mark: int,
-        floor: int | None,
+        *,
         legacy: bool,
-        result: AddResult,
-        groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
-        late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
     ) -> int:
         """``legacy``: no producer on the partition sends watermarks, so the mark follows each accepted
         outcome's event time minus grace, capped by the other partitions' ``floor`` (otherwise it is fixed)."""
+        clock, now_ms, floor, result = batch.clock, batch.now_ms, batch.floor, batch.result
+        groups, late_groups = batch.groups, batch.late_groups
         n = len(outcomes)
         size = self.size_ms
         ts = np.fromiter([o.ts for o in outcomes], dtype=np.int64, count=n)
@@ -544,17 +541,12 @@ class WindowFinalizer:
 
     def _add_one_by_one(
         self,
-        clock: PartitionClock,
+        batch: _Batch,
         outcomes: list[SearchOutcome],
-        now_ms: int,
         mark: int,
-        floor: int | None,
-        live: set[str],
-        current_mark: Callable[[], int],
-        result: AddResult,
-        groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
-        late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]],
     ) -> int:
+        clock, now_ms, floor, result = batch.clock, batch.now_ms, batch.floor, batch.result
+        live, current_mark = batch.live, batch.current_mark
         size = self.size_ms
         for o in outcomes:
             if not clock.accepts(o.router_id, o.ts, now_ms):
@@ -570,11 +562,11 @@ class WindowFinalizer:
             if start < emitted or start + size <= mark:
                 # Its window is closed: it counts in the key's first window still open, never nowhere.
                 slot = max(mark - mark % size, emitted)
-                late_groups.setdefault((key, slot), []).append(o)
+                batch.late_groups.setdefault((key, slot), []).append(o)
                 result.late.append(o)
                 self._remember(rk, slot)
             else:
-                groups.setdefault((key, start), []).append(o)
+                batch.groups.setdefault((key, start), []).append(o)
                 self._remember(rk, start)
             if o.router_id not in live and (clock.max_ts is None or o.ts > clock.max_ts):
                 clock.on_outcome(o.router_id, o.ts, now_ms)
