@@ -372,28 +372,26 @@ def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default
 
 
 def _share(env: Mapping[str, str], name: str, default: float) -> float:
-    text = env.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"environment: {name} = {text!r}: must be a number in [0, 1)") from None
-    if not 0 <= value < 1:
-        raise ConfigError(f"environment: {name} = {text}: must be in [0, 1)")
-    return value
+    """A number in [0, 1)."""
+    return _unit_interval(env, name, default, include_one=False)
 
 
 def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number in [0, 1]."""
+    return _unit_interval(env, name, default, include_one=True)
+
+
+def _unit_interval(env: Mapping[str, str], name: str, default: float, *, include_one: bool) -> float:
     text = env.get(name, "").strip()
     if not text:
         return default
+    interval = "[0, 1]" if include_one else "[0, 1)"
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"environment: {name} = {text!r}: must be a number in [0, 1]") from None
-    if not 0 <= value <= 1:
-        raise ConfigError(f"environment: {name} = {text}: must be in [0, 1]")
+        raise ConfigError(f"environment: {name} = {text!r}: must be a number in {interval}") from None
+    if not (0 <= value <= 1 if include_one else 0 <= value < 1):
+        raise ConfigError(f"environment: {name} = {text}: must be in {interval}")
     return value
 
 

@@ -59,10 +59,19 @@ def window_bounds(ts_ms: int, size_ms: int = 5000) -> tuple[int, int]:
 
 def request_key(deployment_id: str | None, request_id: str) -> int:
     """A request's identity within its deployment as a 64-bit number: bounded memory and small checkpoints.
-    Two independent 32-bit checksums (C speed; the hot path runs this per outcome) make an accidental
-    collision among the ~10^5 requests remembered at once about 10^-9 likely."""
-    b = f"{deployment_id or '-'}|{request_id}".encode()
-    return (zlib.crc32(b) << 32) | zlib.adler32(b)
+    Two independent 32-bit checksums of ``<deployment or ->|<request id>`` (C speed; the hot path runs this
+    per outcome) make an accidental collision among the ~10^5 requests remembered at once about 10^-9 likely."""
+    return request_keys_of(deployment_id, (request_id,))[0]
+
+
+def request_keys_of(deployment_id: str | None, request_ids: Sequence[str]) -> list[int]:
+    """:func:`request_key` of many requests of one deployment: both checksums continue from the prefix's,
+    so no per-request string is built."""
+    crc32, adler32 = zlib.crc32, zlib.adler32
+    prefix = f"{deployment_id or '-'}|".encode()
+    crc0, adler0 = crc32(prefix), adler32(prefix)
+    encoded = [r.encode() for r in request_ids]
+    return [(crc32(b, crc0) << 32) | adler32(b, adler0) for b in encoded]
 
 
 @dataclass(slots=True)
@@ -455,20 +464,17 @@ class WindowFinalizer:
         candidates: list[int] = list(range(n)) if accepted.all() else np.flatnonzero(accepted).tolist()
         if len(candidates) < n:
             result.future.extend(outcomes[i] for i in np.flatnonzero(~accepted).tolist())
-        # request_key() without building each string: both checksums continue from the deployment prefix's.
-        crc32, adler32 = zlib.crc32, zlib.adler32
-        prefixes = [f"{k.deployment_id or '-'}|".encode() for k in keys]
         if len(keys) == 1:
-            crc0, adler0 = crc32(prefixes[0]), adler32(prefixes[0])
-            encoded = [outcomes[i].request_id.encode() for i in candidates]
-            candidate_keys = [(crc32(b, crc0) << 32) | adler32(b, adler0) for b in encoded]
+            candidate_keys = request_keys_of(keys[0].deployment_id, [outcomes[i].request_id for i in candidates])
         else:
-            seeds = [(crc32(p), adler32(p)) for p in prefixes]
-            candidate_keys = []
+            by_deployment: dict[str | None, list[int]] = {}
             for i in candidates:
-                b = outcomes[i].request_id.encode()
-                crc0, adler0 = seeds[codes[i]]
-                candidate_keys.append((crc32(b, crc0) << 32) | adler32(b, adler0))
+                by_deployment.setdefault(keys[codes[i]].deployment_id, []).append(i)
+            found: dict[int, int] = {}
+            for dep, positions in by_deployment.items():
+                ids = [outcomes[i].request_id for i in positions]
+                found.update(zip(positions, request_keys_of(dep, ids), strict=True))
+            candidate_keys = [found[i] for i in candidates]
         seen = self._seen
         if seen.keys().isdisjoint(candidate_keys) and len(set(candidate_keys)) == len(candidate_keys):
             kept, request_keys = candidates, candidate_keys  # the common case: nothing repeats

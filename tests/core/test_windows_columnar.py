@@ -8,12 +8,13 @@ report the same late / future / duplicate outcomes and emit the same windows.
 from __future__ import annotations
 
 import random
+import zlib
 from typing import Any
 
 import pytest
 
 from canary.core.models import RouterWatermark, SearchOutcome
-from canary.core.windows import WindowFinalizer
+from canary.core.windows import WindowFinalizer, request_key, request_keys_of
 
 BASE = 1_700_000_000_000
 KEYS = [("dep-a", "cand", "candidate"), ("dep-a", "base", "last_good"), (None, "base", "last_good")]
@@ -107,3 +108,15 @@ def test_streams_exercise_every_rule() -> None:
             totals["duplicates"] += res.duplicates
             fin.due(now)
     assert all(v > 0 for v in totals.values()), totals
+
+
+@pytest.mark.parametrize(
+    ("deployment_id", "request_id"),
+    [("dep-a", "q1"), (None, "q1"), ("dep-a", ""), ("d", "ünïcode-ʀequest")],
+)
+def test_request_keys_are_the_checksums_of_the_whole_identity(deployment_id: str | None, request_id: str) -> None:
+    """Checkpoints hold these numbers: the prefix-continued checksums must equal those of the whole string."""
+    whole = f"{deployment_id or '-'}|{request_id}".encode()
+    expected = (zlib.crc32(whole) << 32) | zlib.adler32(whole)
+    assert request_key(deployment_id, request_id) == expected
+    assert request_keys_of(deployment_id, [request_id, request_id]) == [expected, expected]
