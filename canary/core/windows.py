@@ -184,6 +184,14 @@ class AddResult:
     redelivered: int = 0  # skipped: offsets already applied
     watermarks: int = 0
 
+    def merge(self, other: AddResult) -> None:
+        """Add ``other``'s counts and lists to these (results of several ``add`` calls as one)."""
+        self.late.extend(other.late)
+        self.future.extend(other.future)
+        self.duplicates += other.duplicates
+        self.redelivered += other.redelivered
+        self.watermarks += other.watermarks
+
 
 @dataclass(slots=True)
 class _Batch:
