@@ -31,7 +31,7 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[object
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
-MAX_YAML_BYTES = 1 << 20  # a preset, environment or rules file is a few kB
+MAX_YAML_BYTES = 256 << 10  # a preset, environment or rules file is a few kB; PyYAML parses ~2 MB/s
 MAX_YAML_DEPTH = 32
 
 
@@ -76,6 +76,8 @@ def parse_yaml_text(text: str, label: str) -> tuple[object, FieldError | None]:
         return NO_VALUE, FieldError(label, "", NO_VALUE, f"invalid YAML: {exc}")
     except RecursionError:  # PyYAML's scanner also recurses on flow collections: bounded here anyway
         return NO_VALUE, FieldError(label, "", NO_VALUE, "invalid YAML: nested too deep")
+    except (ValueError, OverflowError) as exc:  # a scalar its constructor cannot build (an int of 5000 digits)
+        return NO_VALUE, FieldError(label, "", NO_VALUE, f"invalid YAML value: {str(exc)[:200]}")
 
 
 def read_yaml(path: Path, label: str) -> tuple[object, FieldError | None]:

@@ -36,7 +36,7 @@ import numpy as np
 
 from canary.core.aggregations import WindowAggregate, WindowAggregator
 from canary.core.models import RouterWatermark, RuleVerdict, SearchOutcome, WindowKey, WindowResult
-from canary.errors import InvalidEvent
+from canary.errors import SHAPE_ERRORS, InvalidEvent
 
 Judge = Callable[[WindowResult], Sequence[RuleVerdict]]
 """Computes a finalized window's verdicts; the finalizer stores them in ``WindowResult.verdicts``."""
@@ -777,6 +777,6 @@ class WindowFinalizer:
                 for start, packed in seen.items():
                     for k in np.frombuffer(base64.b64decode(packed), dtype="<u8").tolist():
                         out._remember(int(k), int(start))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"WindowFinalizer: malformed state ({exc!r})") from None
         return out
