@@ -9,6 +9,7 @@ record (``None`` is a null value).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable, Mapping
@@ -17,8 +18,9 @@ from typing import Any
 from canary.core.merge import Progress, partial_of
 from canary.core.models import ControlCommand, SearchOutcome
 from canary.core.windows import WindowFinalizer
-from canary.pipeline.run import Record, run_pipeline
+from canary.pipeline.run import PipelineResult, Record, run_pipeline
 from canary.replay.decode import OutcomeDecoder, as_core_outcomes
+from canary.replay.recompute import ReplayDecision
 
 T0 = 1_800_000_000_000
 W = 5000
@@ -184,14 +186,29 @@ def _outcome(i: int, arm: str = "candidate", latency: float = 2000.0) -> dict[st
     ).to_dict()
 
 
-def samples() -> dict[str, list[dict[str, Any]]]:
-    """Valid records of every kind, produced by the real pipeline where one produces them."""
-    records = [
+def _records() -> list[Record]:
+    return [
         Record("search_results", 0, i, T0 + i * 100 + 10, None, json.dumps(_outcome(i, arm)).encode())
         for i in range(200)
         for arm in ("candidate", "last_good")
     ]
-    result = run_pipeline(records, commands=[_start()], horizon_ms=T0 + 6 * W)
+
+
+@functools.cache
+def _pipeline() -> PipelineResult:
+    """Slow candidate traffic through the public pipeline: windows, judgements and a rollback."""
+    return run_pipeline(_records(), commands=[_start()], horizon_ms=T0 + 6 * W)
+
+
+def sample_decisions() -> list[ReplayDecision]:
+    """The rollbacks the slow sample traffic earns, with their evidence (what a rollback command carries)."""
+    return [d for d in _pipeline().decisions if d.type == "rollback"]
+
+
+def samples() -> dict[str, list[dict[str, Any]]]:
+    """Valid records of every kind, produced by the real pipeline where one produces them."""
+    records = _records()
+    result = _pipeline()
     windows = [w.to_dict() for w in result.recomputation.windows]
     judgements = [j.to_dict() for j in result.recomputation.judgements]
     fin = WindowFinalizer(size_ms=W, grace_ms=1000)
