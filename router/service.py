@@ -953,16 +953,19 @@ class RouterService:
         dead_ack = await self._producer.send(self.topics.requests_dlq, orjson.dumps(dead))
         self.metrics.dlq.labels(reason).inc()
         request_id = f"invalid-{record.topic}-{record.partition}-{record.offset}"
-        _, used = self.route(SearchRequest(request_id=request_id, query="-", collection="-"))
+        last_good = self.ledger.last_good
+        assert last_good is not None
+        # Answered, so requests and outcomes still match one to one, but outside every canary: a poison
+        # request says nothing about a config, and a flood of them must not decide a deployment.
         outcome = SearchOutcome(
             event_id=f"{self.router_id}:{request_id}",
             request_id=request_id,
-            ts=now_ms(),
-            deployment_id=used.deployment_id,
-            config_name=used.name,
-            config_version=used.version,
-            config_hash=used.content_hash,
-            arm=used.arm,
+            ts=self._clock(),
+            deployment_id=None,
+            config_name=last_good.name,
+            config_version=last_good.version,
+            config_hash=last_good.content_hash,
+            arm="last_good",
             latency_ms=0.0,
             recall_at_10=None,
             result_count=0,

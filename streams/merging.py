@@ -112,6 +112,9 @@ class MergeStage(CheckpointedStage[_MergeState]):
                 before = state.merger.dropped
                 try:
                     state.merger.add(item)
+                except CanaryError as exc:  # the merger's refusal (e.g. a source partition that does not exist)
+                    await self._dead_letter(record, "invalid", str(exc))
+                    continue
                 except Exception as exc:  # a partial the merger cannot take: quarantined, never fatal
                     log.exception("merge: record at %s/%s quarantined", tp.partition, record.offset)
                     await self._dead_letter(record, "quarantined", f"the merger raised {type(exc).__name__}: {exc}")

@@ -16,7 +16,8 @@ recurses in Python and never holds more than ``max_bytes`` of input:
 
 Depth is bounded before anything parses: a value can never nest deeper than it has opening brackets, so
 counting ``[`` and ``{`` bytes (a C-speed scan) settles every ordinary record; only a record with more
-brackets than its depth limit — rare: strings may hold brackets — gets the exact, string-aware scan. The
+brackets than its depth limit — rare: strings may hold brackets — gets the exact, string-aware scan
+(:func:`depth_of`, vectorized). The
 parsers behind it (orjson, then the standard library's ``json`` for what orjson refuses, e.g. the ``NaN``
 literals Python writes) therefore never meet a nesting that could exhaust the interpreter's recursion
 limit; a 6 kB ``[[[…]]]`` used to stop every router with ``RecursionError``.
@@ -29,12 +30,12 @@ one dead-letter record format every consumer writes (docs/contracts.md, "Dead le
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import numpy as np
 import orjson
 
 from canary.errors import InvalidEvent
@@ -84,6 +85,9 @@ class Limits:
     kind: str
     max_bytes: int
     max_depth: int
+    # Arrays and objects in all (outside strings); None: no bound beyond the size. Parsing builds one
+    # Python object per container, so a 300 kB "[[],[],…]" costs a parser ~100k allocations: refused first.
+    max_containers: int | None = None
     # Lone surrogate escapes are refused unless the format uses them on purpose (a topic dump writes a
     # value that was not UTF-8 as \udcXX escapes, to restore it byte for byte).
     lone_surrogates: bool = False
@@ -93,55 +97,60 @@ class Limits:
 # room to spare; the broker's own limit (1 MB by default) bounds every topic anyway. Depths: the contract's
 # deepest legitimate nesting, plus margin — a start command carries two preset snapshots (command → snapshot
 # → section → list → item), a rollback the judge's evidence per window.
-CONTROL: Final = Limits("control command", 1 << 20, 32)
-REQUEST: Final = Limits("search request", 256 << 10, 8)
-OUTCOME: Final = Limits("search outcome", 64 << 10, 8)
-PARTIAL: Final = Limits("partial window", 8 << 20, 16)
-WINDOW: Final = Limits("window result", 8 << 20, 16)
-JUDGEMENT: Final = Limits("judgement", 8 << 20, 32)
-ROUTER_STATE: Final = Limits("router state", 64 << 10, 8)
+CONTROL: Final = Limits("control command", 1 << 20, 32, 10_000)
+REQUEST: Final = Limits("search request", 256 << 10, 8, 64)
+OUTCOME: Final = Limits("search outcome", 64 << 10, 8, 16)
+# Windows and partials hold sketches: 2,049 latency bins at most, 1,001 recall bins, and a sketch per custom
+# percentile metric (16 at most): ~36,000 arrays in the largest legitimate one.
+PARTIAL: Final = Limits("partial window", 8 << 20, 16, 100_000)
+WINDOW: Final = Limits("window result", 8 << 20, 16, 100_000)
+JUDGEMENT: Final = Limits("judgement", 8 << 20, 32, 100_000)
+ROUTER_STATE: Final = Limits("router state", 64 << 10, 8, 16)
 CHECKPOINT: Final = Limits("stage checkpoint", 64 << 20, 16)
-DEAD_LETTER: Final = Limits("dead letter", 1 << 20, 8)
-AUDIT_LINE: Final = Limits("audit line", 4 << 20, 32)
-HTTP_BODY: Final = Limits("HTTP body", 64 << 10, 16)
-RECORD: Final = Limits("record", 8 << 20, 32)  # any canary topic's record, when the reader takes several kinds
+DEAD_LETTER: Final = Limits("dead letter", 1 << 20, 8, 1_000)
+AUDIT_LINE: Final = Limits("audit line", 4 << 20, 32, 100_000)
+HTTP_BODY: Final = Limits("HTTP body", 64 << 10, 16, 1_000)
+RECORD: Final = Limits("record", 8 << 20, 32, 100_000)  # any canary topic's record, for readers of several kinds
 FILE: Final = Limits("JSON file", 64 << 20, 64)
 
-# Quotes, backslashes and brackets: all the exact depth scan needs to look at.
-_SPECIAL = re.compile(rb'["\\\[\]{}]')
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
-_OPENERS = frozenset(b"[{")
-_CLOSERS = frozenset(b"]}")
+_OPEN_ARRAY, _OPEN_OBJECT, _CLOSE_ARRAY, _CLOSE_OBJECT = (ord(c) for c in "[{]}")
 
 
-def depth_of(raw: bytes, stop_above: int | None = None) -> int:
-    """The deepest nesting of arrays and objects in ``raw``, brackets inside strings ignored; exact for JSON,
-    an upper bound good enough to refuse anything else. Linear in the number of quotes, backslashes and
-    brackets (no backtracking on hostile escapes), and it stops as soon as the depth passes ``stop_above``."""
-    deepest = depth = 0
-    in_string = False
-    escaped_at = -1  # the position a backslash inside a string escapes
-    for match in _SPECIAL.finditer(raw):
-        pos = match.start()
-        if pos == escaped_at:
-            continue
-        char = raw[pos]
-        if in_string:
-            if char == _BACKSLASH:
-                escaped_at = pos + 1
-            elif char == _QUOTE:
-                in_string = False
-        elif char == _QUOTE:
-            in_string = True
-        elif char in _OPENERS:
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if stop_above is not None and deepest > stop_above:
-                    return deepest
-        elif char in _CLOSERS:
-            depth -= 1
-    return deepest
+def depth_of(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``raw``, brackets inside strings ignored (see
+    :func:`structure_of`)."""
+    return structure_of(raw)[0]
+
+
+def structure_of(raw: bytes) -> tuple[int, int]:
+    """(deepest nesting, number of arrays and objects) of ``raw``, brackets inside strings ignored.
+
+    Exact for JSON. For anything else it is at least the depth any JSON parser reaches before it fails,
+    which is what the bound protects: a parser reads a valid prefix and stops at the first error, and within
+    a valid prefix a quote ends a string exactly when an even number of backslashes precedes it (outside
+    strings JSON has no backslash at all), so the string regions — and the depth — are the parser's own.
+    Vectorized (numpy): linear, with no Python loop per byte, whatever the input holds.
+    """
+    a = np.frombuffer(raw, dtype=np.uint8)
+    if a.size == 0:
+        return 0, 0
+    quotes = a == _QUOTE
+    backslashes = a == _BACKSLASH
+    if backslashes.any():
+        index = np.arange(a.size)
+        # For every position, how many backslashes run up to it (0 where there is none).
+        run = index - np.maximum.accumulate(np.where(backslashes, -1, index))
+        escaped = np.zeros(a.size, dtype=bool)
+        escaped[1:] = (run[:-1] % 2) == 1
+        quotes &= ~escaped
+    outside = (np.cumsum(quotes) % 2) == 0  # an odd count of quotes so far: inside a string
+    opens = ((a == _OPEN_ARRAY) | (a == _OPEN_OBJECT)) & outside
+    containers = int(np.count_nonzero(opens))
+    if not containers:
+        return 0, 0
+    closes = ((a == _CLOSE_ARRAY) | (a == _CLOSE_OBJECT)) & outside
+    return int(np.cumsum(opens.astype(np.int64) - closes.astype(np.int64)).max(initial=0)), containers
 
 
 def check_bounds(raw: bytes, limits: Limits) -> None:
@@ -149,10 +158,14 @@ def check_bounds(raw: bytes, limits: Limits) -> None:
     ordinary records (a length and two byte counts)."""
     if len(raw) > limits.max_bytes:
         raise Rejected("too_large", f"{limits.kind} of {len(raw)} bytes, more than {limits.max_bytes}")
-    if raw.count(b"[") + raw.count(b"{") > limits.max_depth:
-        depth = depth_of(raw, stop_above=limits.max_depth)
+    openers = raw.count(b"[") + raw.count(b"{")  # an upper bound of both depth and containers
+    if openers > limits.max_depth or (limits.max_containers is not None and openers > limits.max_containers):
+        depth, containers = structure_of(raw)
         if depth > limits.max_depth:
-            raise Rejected("too_deep", f"{limits.kind} nested more than {limits.max_depth}")
+            raise Rejected("too_deep", f"{limits.kind} nested {depth} deep, more than {limits.max_depth}")
+        if limits.max_containers is not None and containers > limits.max_containers:
+            detail = f"{limits.kind} of {containers} arrays/objects, more than {limits.max_containers}"
+            raise Rejected("too_large", detail)
 
 
 def _lone_surrogate(value: Any) -> bool:

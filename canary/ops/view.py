@@ -107,12 +107,21 @@ async def read_records(
 
 
 async def read_topic(
-    consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0, limits: wire.Limits = wire.RECORD
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    timeout: float = 15.0,
+    limits: wire.Limits = wire.RECORD,
+    *,
+    tombstones: bool = False,
 ) -> list[Any]:
     """Every record of ``topic`` from the beginning to the current end, partition by partition, as JSON
-    (:func:`as_json`: a record that is not bounded JSON becomes an ``_invalid`` marker); tombstones skipped."""
+    (:func:`~canary.core.wire.as_json`: a record that is not bounded JSON becomes an ``_invalid`` marker).
+    Null values are skipped as deletes (compacted topics); with ``tombstones`` they are markers too (on a
+    topic without compaction a null value is poison, and its reader counts it)."""
     return [
-        wire.as_json(value, limits) for value, _ in await read_records(consumer, topic, timeout) if value is not None
+        wire.as_json(value, limits)
+        for value, _ in await read_records(consumer, topic, timeout)
+        if value is not None or tombstones
     ]
 
 
@@ -128,7 +137,9 @@ async def read_view_async(
     try:
         timed = await read_records(consumer, topics.control)
         states_raw = await read_topic(consumer, topics.state, limits=wire.ROUTER_STATE)
-        windows_raw = await read_topic(consumer, topics.windows, limits=wire.WINDOW) if with_windows else []
+        windows_raw = (
+            await read_topic(consumer, topics.windows, limits=wire.WINDOW, tombstones=True) if with_windows else []
+        )
     finally:
         await consumer.stop()
     raws = [value for value, _ in timed]

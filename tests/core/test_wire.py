@@ -48,7 +48,8 @@ def test_depth_scan_is_linear_on_hostile_escapes() -> None:
     # '"' followed by '\"' pairs: a backtracking regex would take quadratic time here.
     raw = b'"' + b'\\"' * 400_000
     assert wire.depth_of(raw) == 0
-    assert wire.depth_of(b"[" * 10_000, stop_above=32) == 33  # stops as soon as it knows
+    assert wire.depth_of(b"[" * 10_000) == 10_000
+    assert wire.depth_of(b'["\\\\", [["\\"[[["]]]') == 3  # an escaped backslash ends its run; \" does not close
 
 
 def test_dead_letters_are_bounded_and_typed() -> None:
@@ -60,9 +61,11 @@ def test_dead_letters_are_bounded_and_typed() -> None:
     assert set(wire.DEAD_LETTER_REASONS) >= {*wire.REJECT_CODES, "future_ts", "quarantined"}
 
 
-def _size_and_depth(value: Any) -> tuple[int, int]:
-    raw = json.dumps(value).encode()
-    return len(raw), wire.depth_of(raw)
+def test_wide_records_are_refused_before_parsing() -> None:
+    with pytest.raises(wire.Rejected) as info:
+        wire.decode(b"[" + b"[]," * 100_000 + b"[]]", wire.WINDOW)
+    assert info.value.code == "too_large" and "arrays/objects" in info.value.detail
+    assert wire.structure_of(b'{"a": "[[[[", "b": [[], {}]}') == (3, 4)
 
 
 def _start(preset: str) -> dict[str, Any]:
@@ -121,7 +124,26 @@ def _legitimate() -> dict[str, tuple[wire.Limits, list[Any]]]:
 def test_legitimate_records_fit_their_limits_with_room(kind: str) -> None:
     limits, values = _legitimate()[kind]
     for value in values:
-        size, depth = _size_and_depth(value)
-        assert wire.decode_object(json.dumps(value).encode(), limits) == json.loads(json.dumps(value))
-        assert size * 4 <= limits.max_bytes, (kind, size)
+        raw = json.dumps(value).encode()
+        depth, containers = wire.structure_of(raw)
+        assert wire.decode_object(raw, limits) == json.loads(raw)
+        assert len(raw) * 4 <= limits.max_bytes, (kind, len(raw))
         assert depth * 2 <= limits.max_depth, (kind, depth)
+        assert limits.max_containers is None or containers * 4 <= limits.max_containers, (kind, containers)
+
+
+def test_the_largest_legitimate_window_fits() -> None:
+    """Every latency bin of the sketch and every recall bin in use, plus 16 custom percentile sketches."""
+    sketch = {"relative_accuracy": 0.005, "max_bins": 2048, "zero": 0, "bins": [[i, 1] for i in range(2049)]}
+    stats = {
+        "count": 10**6,
+        "error_count": 0,
+        "sketch": sketch,
+        "exceed": {"1200": 1},
+        "recall_hist": [[i, 1] for i in range(1001)],
+        "custom": {f"m{i}": {"kind": "p99", "sketch": sketch} for i in range(16)},
+    }
+    window = {**hostile.samples()["window"][0], "stats": stats}
+    _, containers = wire.structure_of(json.dumps(window).encode())
+    assert containers * 2 <= wire.WINDOW.max_containers  # type: ignore[operator]
+    wire.decode_object(json.dumps(window).encode(), wire.WINDOW)

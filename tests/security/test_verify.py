@@ -48,7 +48,7 @@ CASES: list[tuple[str, Callable[[], Payload], int, str | None, str]] = [
     ("not an object", lambda: b"[1, 2]", T0, "not_object", "expected a JSON object"),
     ("null record", lambda: b"null", T0, "not_object", "expected a JSON object"),
     ("no value", lambda: None, T0, "no_value", "has no value"),
-    ("nested 3000 deep", lambda: b"[" * 3000 + b"]" * 3000, T0, "too_deep", "nested more than 32"),
+    ("nested 3000 deep", lambda: b"[" * 3000 + b"]" * 3000, T0, "too_deep", "nested 3000 deep, more than 32"),
     (
         "nested inside a command",
         lambda: {**start().to_dict(), "evidence": {"x": [[[[[[[[1]]]]]]]]}},
