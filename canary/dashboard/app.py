@@ -241,6 +241,7 @@ class Dashboard:
             commands=self.state.accepted_commands(),
             windows=self.state.deployment_windows(deployment_id),
             deployment_id=deployment_id,
+            outages=self.state.outages,
         )
         return web.Response(
             text=render_report(report), content_type="text/html", headers={"Content-Security-Policy": REPORT_CSP}
