@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
+import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,8 @@ from canary.alerts.targets import resolve_checked
 from canary.config.addresses import AddressPolicy, TargetRefused, classify
 from canary.config.environments import ALERT_EVENTS, AlertTarget, EnvironmentError_, load_environment
 from canary.core.models import ControlCommand
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -322,3 +328,39 @@ async def test_the_start_check_refuses_a_name_resolving_to_a_private_address(rec
     assert "loopback address" in problems[0]
     allowed = AlertTarget(f"http://localhost:{port}/hook", "json", ALERT_EVENTS, policy=AddressPolicy(True))
     assert await check_reachable([allowed]) == []
+
+
+# -- `canary start` -----------------------------------------------------------------------------------------
+
+
+def _start_in(tmp_path: Path, env_text: str) -> subprocess.CompletedProcess[str]:
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "configs", project / "configs")
+    (project / "configs" / "environments" / "qa.yaml").write_text(env_text)
+    env = {
+        **os.environ,
+        "CANARY_PROJECT_ROOT": str(project),
+        # Nothing listens there: a start that got past the webhook check would fail on Kafka (exit 3).
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "canary.cli", "--env", "qa", "start", "candidate_high_recall"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_canary_start_refuses_a_webhook_on_a_non_public_address(tmp_path: Path) -> None:
+    literal = _start_in(tmp_path / "a", "alerts:\n  - url: http://169.254.169.254/latest/meta-data\n")
+    assert literal.returncode == 2, literal.stderr
+    assert 'alerts[0].url = "http://169.254.169.254/…": 169.254.169.254 is a link-local address' in literal.stderr
+    port = free_port()  # nothing listens there
+    named = _start_in(tmp_path / "b", f"alerts:\n  - url: http://localhost:{port}/hook/secret\n")
+    assert named.returncode == 2, named.stderr
+    assert f"alerts[0].url http://localhost:{port}/…: refused (localhost resolves to " in named.stderr
+    assert "loopback address" in named.stderr and "secret" not in named.stderr
+    allowed = _start_in(tmp_path / "c", f"alerts_allow_private: true\nalerts:\n  - url: http://localhost:{port}/hook\n")
+    assert allowed.returncode == 2 and "unreachable" in allowed.stderr  # allowed, checked, nothing listens
