@@ -35,7 +35,7 @@ def test_a_run_of_failed_probes_becomes_an_outage_with_its_start_end_and_drain()
     changes = _probes(log, [(True, 0), (False, 1000), (False, 2000), (False, 3000), (False, 4000), (True, 16_000)])
     assert changes == [None, None, None, None, "began", "ended"]
     (outage,) = log.outages
-    assert outage == BrokerOutage(1000, 16_005, 16_005 + 15_005)  # drain: as long again as the outage
+    assert outage == BrokerOutage(1000, 16_005, 16_005 + 2 * 15_005)  # drain: twice the outage
     assert outage.duration_s == 15.0 and log.current is None and log.last == outage
 
 
@@ -44,7 +44,7 @@ def test_a_short_gap_is_not_an_outage_and_the_drain_is_at_least_the_minimum() ->
     assert _probes(log, [(False, 0), (False, 1000), (True, 2000)]) == [None, None, None]
     assert log.outages == [] and log.last is None
     _probes(log, [(False, 10_000), (False, 13_500), (True, 14_000)])
-    assert log.outages == [BrokerOutage(10_000, 14_005, 24_005)]
+    assert log.outages == [BrokerOutage(10_000, 14_005, 24_005)]  # 2 × 4 s < 10 s
 
 
 def test_an_ongoing_outage_is_current_and_meets_every_later_window() -> None:

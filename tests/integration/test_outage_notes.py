@@ -7,8 +7,7 @@ on the same port and data dir (≈ 15 s without a broker: a controlled shutdown,
 * the worker logged the outage twice (began, ended), never once per probe;
 * every judgement of a candidate window overlapping the outage says ``phase: outage``, every one in the
   assumed drain after it ``phase: drain``, with the outage's times (as this test measured them, within
-  the probe's resolution) and the window's own p95; judgements before the outage and after the drain
-  carry no note;
+  the probe's resolution) and the window's own p95; judgements before the outage carry no note;
 * the report built from the topics draws the outage on its charts and lists its buckets with both arms'
   p95; ``canary_result.json`` carries it.
 
@@ -138,8 +137,9 @@ async def test_judgements_and_report_show_a_broker_outage(broker: LocalBroker, t
         await asyncio.to_thread(broker.start)  # same port, same data dir; returns once it answers
         back_at = time.time()
 
-        # Judged well past the drain: the outage and as long again after it (at least 10 s), plus a window.
-        wanted = (back_at + max(back_at - stopped_at, 10.0) + 6) * 1000
+        # A few windows into the drain (twice the outage after it): where the shock shows (what lies past the
+        # drain is the unit tests' business, tests/core/test_outages.py).
+        wanted = (back_at + 12) * 1000
         deadline = time.monotonic() + 90
         while True:
             _keep_running(services, exits)
@@ -160,7 +160,7 @@ async def test_judgements_and_report_show_a_broker_outage(broker: LocalBroker, t
         # The probe's resolution is a second (and a stop takes a moment to refuse connections).
         assert stopped_at * 1000 - 1500 <= outage.start_ms <= stopped_at * 1000 + 4000, (stopped_at, outage)
         assert back_at * 1000 - 2500 <= outage.end_ms <= back_at * 1000 + 3000, (back_at, outage)
-        assert outage.drain_until_ms == outage.end_ms + max(outage.end_ms - outage.start_ms, 10_000)
+        assert outage.drain_until_ms == outage.end_ms + max(2 * (outage.end_ms - outage.start_ms), 10_000)
         for j, note in noted:
             w = j.window
             phase = outage.phase(w.window_start_ms, w.window_end_ms)
