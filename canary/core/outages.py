@@ -21,7 +21,7 @@ The drain is not measured: its length is the routers' request backlog, which the
 ACLs give it no access to the routers' consumer group). The note therefore covers the outage and
 ``drain_factor`` (2) times as long after it, at least ``min_drain_ms``: a backlog of D seconds of traffic
 takes D·r/(C − r) to serve at capacity C, so a factor of 2 assumes the fleet has 50 % headroom
-(C ≥ 1.5 r). Measured (``bench/bench_outage.py``, 120 req/s on 2 shared cores): a 24 s outage drained
+(C ≥ 1.5 r). Measured (``bench/bench_outage_notes.py``, 120 req/s on 2 shared cores): a 24 s outage drained
 in about 30 s — a factor of 1 would have missed a window. Over-marking costs nothing (the note changes no
 decision, and it shows both arms' latency); ``drain_until_ms`` in every note says what was assumed.
 

@@ -12,7 +12,7 @@ Printed: the outage as this script timed it and as the worker noted it; per cand
 (`outage` / `drain` / none); any decision and whether its evidence carries the note; the worker's log
 lines during the outage; the report's outage panel (rows, as `canary export` would draw them).
 
-    .venv/bin/python -m bench.bench_outage [--qps 120] [--down-s 13] [--json]      # ~2.5 min
+    .venv/bin/python -m bench.bench_outage_notes [--qps 120] [--down-s 13] [--json]      # ~2.5 min
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ async def run(args: Any, tmp: Path) -> dict[str, Any]:
         await asyncio.to_thread(broker.stop, log=log)
         raise
     bootstrap = f"127.0.0.1:{broker.port}"
-    topics = Topics(unique_prefix("outage"))
+    topics = Topics(unique_prefix("outagenotes"))
     router: subprocess.Popen[bytes] | None = None
     worker = WorkerProcess(bootstrap, topics, tmp / "audit.log", tmp / "worker-data", tmp / "worker.log")
     stop = asyncio.Event()
@@ -255,7 +255,7 @@ def main() -> int:
     parser.add_argument("--down-s", type=float, default=13.0, help="seconds between stop and start (+ ~9 s start)")
     parser.add_argument("--after-s", type=float, default=50.0)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="canary-bench-outage-"))
+    tmp = Path(tempfile.mkdtemp(prefix="canary-bench-outage-notes-"))
     try:
         with sigterm_as_exit(), control_keys(tmp):
             result = asyncio.run(run(args, tmp))
