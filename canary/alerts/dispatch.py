@@ -34,7 +34,7 @@ from canary.alerts.payloads import (
     slack_payload,
 )
 from canary.alerts.targets import CheckingResolver, resolve_checked
-from canary.config.addresses import TargetRefused, parse_address
+from canary.config.addresses import Refusal, TargetRefused, Unresolved, parse_address
 from canary.config.addresses import redacted_url as redacted
 from canary.core.models import iso_ms
 
@@ -61,7 +61,7 @@ class DeliveryAttempt:
     success: bool
     final: bool  # no further attempt follows
     at_ms: int
-    refused: str | None = None  # the target's address is not allowed (canary.config.addresses.Refusal)
+    refused: Refusal | Unresolved | None = None  # why the target's address is not allowed
 
     def audit_event(self) -> dict[str, Any]:
         return {
@@ -154,7 +154,7 @@ class AlertDispatcher:
         async with self._slots:
             delay = self.backoff_initial_s
             for attempt in range(1, self.max_attempts + 1):
-                refused = None
+                refused: Refusal | Unresolved | None = None
                 try:
                     status, error = await self._post(session, event, target)
                 except TargetRefused as exc:
