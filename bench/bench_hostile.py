@@ -117,63 +117,62 @@ def rejected(port: int, prefix: str) -> dict[str, int]:
     return dict(out)
 
 
-async def run(args: Any) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="canary-bench-hostile-"))
-    with control_keys(tmp), kafka() as target:
-        bootstrap = str(target.bootstrap)
-        prefix = unique_prefix("hostile")
-        topics = Topics(prefix)
-        ensure_topics(bootstrap, topics)
-        audit = tmp / "audit.log"
-        worker = Service(
-            "worker",
-            "bench-worker",
-            bootstrap,
-            prefix,
-            tmp / "worker.log",
-            extra=["--audit-log", str(audit), "--data-dir", str(tmp / "faust")],
-        )
-        routers = [Service("router", f"bench-router-{i}", bootstrap, prefix, tmp / f"router-{i}.log") for i in range(2)]
-        services = [worker, *routers]
-        log(f"building {args.records} hostile control records")
-        values = control_corpus(args.records, args.seed)
-        size_mb = sum(len(v) for v in values if v is not None) / 1e6
-        try:
-            for s in services:
-                s.start()
-            deadline = time.monotonic() + 120
-            while not all(s.ready() for s in services):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("\n".join(s.tail() for s in services))
-                await asyncio.sleep(0.5)
-            log(f"fleet ready; settling {args.settle_s:.0f} s")
-            await asyncio.sleep(args.settle_s)
-            pids = {s.name: s.proc.pid for s in services if s.proc is not None}
-            before = {name: rss_mb(pid) for name, pid in pids.items()}
-            cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
-            log(f"producing {len(values)} records ({size_mb:.1f} MB) to {topics.control}")
-            started = time.monotonic()
-            offsets = await produce(bootstrap, topics.control, values)
-            produced_s = time.monotonic() - started
-            wanted = set(offsets)
-            while not wanted <= audited_offsets(audit):
-                if time.monotonic() - started > args.timeout_s:
-                    raise TimeoutError(f"only {len(wanted & audited_offsets(audit))} of {len(wanted)} audited")
-                await asyncio.sleep(0.5)
-            audit_s = time.monotonic() - started
-            at_audit = {name: rss_mb(pid) for name, pid in pids.items()}
-            log(f"all audited after {audit_s:.1f} s; settling {args.settle_s:.0f} s")
-            await asyncio.sleep(args.settle_s)
-            after = {name: rss_mb(pid) for name, pid in pids.items()}
-            cpu = {name: round((process_cpu_s(pid) or 0.0) - (cpu0[name] or 0.0), 2) for name, pid in pids.items()}
-            alive = {s.name: s.running for s in services}
-            refused = {
-                s.name: rejected(s.port, "canary_worker" if s.kind == "worker" else "canary_router") for s in services
-            }
-        finally:
-            for s in services:
-                if s.running:
-                    s.terminate()
+async def run(args: Any, tmp: Path, target: Any) -> dict[str, Any]:
+    # The broker and the keys are set up by main(), outside the event loop.
+    bootstrap = str(target.bootstrap)
+    prefix = unique_prefix("hostile")
+    topics = Topics(prefix)
+    await asyncio.to_thread(ensure_topics, bootstrap, topics)
+    audit = tmp / "audit.log"
+    worker = Service(
+        "worker",
+        "bench-worker",
+        bootstrap,
+        prefix,
+        tmp / "worker.log",
+        extra=["--audit-log", str(audit), "--data-dir", str(tmp / "faust")],
+    )
+    routers = [Service("router", f"bench-router-{i}", bootstrap, prefix, tmp / f"router-{i}.log") for i in range(2)]
+    services = [worker, *routers]
+    log(f"building {args.records} hostile control records")
+    values = control_corpus(args.records, args.seed)
+    size_mb = sum(len(v) for v in values if v is not None) / 1e6
+    try:
+        for s in services:
+            s.start()
+        deadline = time.monotonic() + 120
+        while not all(s.ready() for s in services):
+            if time.monotonic() > deadline:
+                raise TimeoutError("\n".join(s.tail() for s in services))
+            await asyncio.sleep(0.5)
+        log(f"fleet ready; settling {args.settle_s:.0f} s")
+        await asyncio.sleep(args.settle_s)
+        pids = {s.name: s.proc.pid for s in services if s.proc is not None}
+        before = {name: rss_mb(pid) for name, pid in pids.items()}
+        cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
+        log(f"producing {len(values)} records ({size_mb:.1f} MB) to {topics.control}")
+        started = time.monotonic()
+        offsets = await produce(bootstrap, topics.control, values)
+        produced_s = time.monotonic() - started
+        wanted = set(offsets)
+        while not wanted <= audited_offsets(audit):
+            if time.monotonic() - started > args.timeout_s:
+                raise TimeoutError(f"only {len(wanted & audited_offsets(audit))} of {len(wanted)} audited")
+            await asyncio.sleep(0.5)
+        audit_s = time.monotonic() - started
+        at_audit = {name: rss_mb(pid) for name, pid in pids.items()}
+        log(f"all audited after {audit_s:.1f} s; settling {args.settle_s:.0f} s")
+        await asyncio.sleep(args.settle_s)
+        after = {name: rss_mb(pid) for name, pid in pids.items()}
+        cpu = {name: round((process_cpu_s(pid) or 0.0) - (cpu0[name] or 0.0), 2) for name, pid in pids.items()}
+        alive = {s.name: s.running for s in services}
+        refused = {
+            s.name: rejected(s.port, "canary_worker" if s.kind == "worker" else "canary_router") for s in services
+        }
+    finally:
+        for s in services:
+            if s.running:
+                s.terminate()
     return {
         "machine": machine(),
         "kafka": target.describe(),
@@ -196,8 +195,9 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=19)
     args = parser.parse_args()
-    with sigterm_as_exit():
-        result = asyncio.run(run(args))
+    tmp = Path(tempfile.mkdtemp(prefix="canary-bench-hostile-"))
+    with sigterm_as_exit(), control_keys(tmp), kafka() as target:
+        result = asyncio.run(run(args, tmp, target))
     lines = [
         f"{result['records']} hostile control records ({result['megabytes']} MB) produced in {result['produced_s']} s; "
         f"every one audited success:false after {result['audit_s']} s ({result['audit_rate_per_s']}/s)",

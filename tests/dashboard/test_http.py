@@ -152,7 +152,7 @@ async def test_a_bad_body_is_a_4xx_with_the_reason(
         ("api/actions/pause", {"deployment_id": "d", "reason": ["x"]}, "reason: expected a string"),
         ("api/replay", {"from": [1], "to": 2}, "from: required"),
         ("api/replay", {"from": 1, "to": 2, "rules": {"a": 1}}, "rules: expected YAML text"),
-        ("api/replay", {"from": 1, "to": 2, "rules": "[" * 3000 + "]" * 3000}, "rules: invalid YAML (line 1, column 33): nested deeper than 32 levels"),
+        ("api/replay", {"from": 1, "to": 2, "rules": "[" * 3000 + "]" * 3000}, "nested deeper than 32 levels"),
         ("api/replay", {"from": 1, "to": 2, "rules": "a: [1"}, "rules: invalid YAML"),
         ("api/replay", {"from": 1, "to": 2, "deployment_id": 7}, "deployment_id: expected a string"),
     ],
