@@ -155,7 +155,7 @@ class CanaryExecutor:
                 default_backend(),
                 last_good,
                 consume_requests=False,
-                verifier=self.security.verifier(),
+                verifier=self.security.verifier(self.topics.control),
                 recall_sample_rate=self.settings.recall_sample_rates,
             )
             self._loop.run(router.start())

@@ -229,7 +229,7 @@ class RouterService:
         self.reply = reply
         # Every control record is verified before the ledger sees it (signature, trusted key, expiry, replay,
         # snapshot hash and preset validity); None = the verifier the process settings describe.
-        self.verifier = verifier if verifier is not None else default_verifier()
+        self.verifier = verifier if verifier is not None else default_verifier(topics.control)
         self.metrics = metrics or RouterMetrics(self.router_id)
         self.metrics.bind(
             control_lag=lambda: time.monotonic() - self._control_fresh_at,
@@ -464,7 +464,7 @@ class RouterService:
             log.warning("%s REJECTED control record at offset %s: %s", self.router_id, record.offset, verdict.message)
             return None
         cmd = verdict.command
-        transition = self.ledger.apply(cmd)
+        transition = self.ledger.apply(cmd, record.timestamp)
         if transition.applied:
             self.stats.applied.append((cmd.command_id, cmd.type, now_ms()))
             self.metrics.commands_applied.labels(cmd.type).inc()

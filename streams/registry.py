@@ -61,7 +61,7 @@ class DeploymentRegistry:
         self.caught_up = asyncio.Event()
         self.invalid_commands = 0
         self.policies = PolicyBook(lambda: self.ledger)
-        self.verifier = verifier if verifier is not None else default_verifier()
+        self.verifier = verifier if verifier is not None else default_verifier(control_topic)
         self.outcomes: dict[int, ControlOutcome] = {}
         self.next_offset = 0  # every control offset below this one has been folded
         self._progress = asyncio.Event()
@@ -96,7 +96,7 @@ class DeploymentRegistry:
             log.warning("REJECTED control record at offset %s: %s", offset, verdict.message)
             outcome = ControlOutcome(offset, verdict, False, verdict.message, timestamp_ms)
         else:
-            transition = self.ledger.apply(verdict.command)
+            transition = self.ledger.apply(verdict.command, timestamp_ms)
             outcome = ControlOutcome(offset, verdict, transition.applied, transition.note, timestamp_ms)
             counter = self.metrics.commands_applied if transition.applied else self.metrics.commands_refused
             counter.labels(verdict.command.type).inc()

@@ -123,7 +123,7 @@ class DashboardState:
         verdict = self.verifier.check(raw if isinstance(raw, dict) else value, appended_at_ms)
         applied, note = False, verdict.message
         if verdict.accepted and verdict.command is not None:
-            transition = self.ledger.apply(verdict.command)
+            transition = self.ledger.apply(verdict.command, appended_at_ms)
             applied, note = transition.applied, transition.note
             changes.deployments.add(verdict.command.deployment_id)
         record = ControlRecord(offset, appended_at_ms, raw if isinstance(raw, dict) else {}, verdict, applied, note)

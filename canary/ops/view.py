@@ -60,12 +60,11 @@ class ControlView:
 
 def fold(
     commands: Sequence[dict[str, Any]],
-    verifier: CommandVerifier | None = None,
+    verifier: CommandVerifier,
     times: Sequence[int | None] | None = None,
 ) -> tuple[ControlLedger, int, list[tuple[int | None, Verdict]]]:
     """Verify and fold control records (appended at ``times``, in topic order): the ledger, the number of
     malformed records, and the rejected ones with their index in ``commands``."""
-    verifier = verifier if verifier is not None else default_verifier()
     ledger = ControlLedger()
     invalid = 0
     rejected: list[tuple[int | None, Verdict]] = []
@@ -73,7 +72,7 @@ def fold(
         at = times[i] if times is not None and i < len(times) else None
         verdict = verifier.check(raw, at)
         if verdict.accepted and verdict.command is not None:
-            ledger.apply(verdict.command)
+            ledger.apply(verdict.command, at)
             continue
         if verdict.reason == "malformed":
             invalid += 1
@@ -131,7 +130,7 @@ async def read_view_async(
         await consumer.stop()
     commands = [value for value, _ in timed]
     times = [ts for _, ts in timed]
-    ledger, invalid, rejected = fold(commands, verifier, times)
+    ledger, invalid, rejected = fold(commands, verifier or default_verifier(topics.control), times)
     routers: dict[str, RouterState] = {}
     for raw in states_raw:
         try:
@@ -167,7 +166,7 @@ def save_cache(view: ControlView, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_cache(path: Path, verifier: CommandVerifier | None = None) -> ControlView | None:
+def load_cache(path: Path, verifier: CommandVerifier) -> ControlView | None:
     try:
         payload = json.loads(path.read_text())
     except (OSError, ValueError):
