@@ -328,10 +328,11 @@ class RolloutTracker:
         )
 
     def cited(self) -> list[int]:
-        """The starts of the counted windows a step or promotion cites to the ledger: the current step's
-        last ``min_windows``, oldest first."""
+        """The starts of the counted windows a step or promotion cites to the ledger: the step's oldest
+        ``min_windows`` kept. The oldest, so a command the ledger refused because its newest window seemed
+        to end after the append (router clocks ahead of the broker's) cites older ones when issued again."""
         need = self.plan.steps[self.step].min_windows
-        return sorted(self.counted_windows[-need:]) if need else []
+        return sorted(self.counted_windows)[:need] if need else []
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "counted": self.counted, "counted_windows": list(self.counted_windows)}
@@ -410,9 +411,10 @@ def plan_refusal(
         if command_id != step_command_id(did, step):
             return PlanRefusal("off_plan", f"command id {command_id} does not name step {step} of deployment {did}")
         if current is None or step != current + 1:
-            at = "off the plan's weights" if current is None else f"at step {current} (weight {dep.weight:g})"
+            at = "off the plan's weights" if current is None else f"at step {current + 1} of {len(plan.steps)}"
             return PlanRefusal(
-                "skips_step", f"step {step} (weight {weight:g}) is not the next step: the deployment is {at}"
+                "skips_step",
+                f"weight {weight:g} is not the next step's: the deployment is {at} (weight {dep.weight:g})",
             )
     elif command_type == "promote":
         if command_id != promote_command_id(did):
@@ -462,14 +464,17 @@ def _windows_refusal(
         return None
     cited = evidence.get("windows") if evidence is not None else None
     window_ms = evidence.get("window_ms") if evidence is not None else None
-    if not isinstance(cited, list) or not all(isinstance(w, str) for w in cited) or len(cited) > MAX_CITED_WINDOWS:
-        return PlanRefusal(
-            "window_malformed", f"evidence.windows must list at most {MAX_CITED_WINDOWS} window ids (strings)"
-        )
-    if isinstance(window_ms, bool) or not isinstance(window_ms, int) or not MIN_WINDOW_MS <= window_ms <= MAX_WINDOW_MS:
+    if not isinstance(cited, list) or len(cited) > MAX_CITED_WINDOWS or not all(isinstance(w, str) for w in cited):
         return PlanRefusal(
             "window_malformed",
-            f"evidence.window_ms = {window_ms!r:.40}: must be an integer in [{MIN_WINDOW_MS}, {MAX_WINDOW_MS}]",
+            f"evidence.windows: expected a list of at most {MAX_CITED_WINDOWS} window ids (strings), got "
+            + (f"a list of {len(cited)}" if isinstance(cited, list) else type(cited).__name__),
+        )
+    if isinstance(window_ms, bool) or not isinstance(window_ms, int) or not MIN_WINDOW_MS <= window_ms <= MAX_WINDOW_MS:
+        shown = window_ms if isinstance(window_ms, int) and abs(window_ms) < 10**15 else type(window_ms).__name__
+        return PlanRefusal(
+            "window_malformed",
+            f"evidence.window_ms = {shown}: must be an integer in [{MIN_WINDOW_MS}, {MAX_WINDOW_MS}]",
         )
     series = WindowKey(dep.deployment_id, candidate_name, "candidate").as_str()
     starts: set[int] = set()
@@ -496,6 +501,6 @@ def _windows_refusal(
         starts.add(start)
     if len(starts) < min_windows:
         return PlanRefusal(
-            "too_few_windows", f"step {step + 1} needs {min_windows} windows, the command cites {len(starts)}"
+            "too_few_windows", f"step {step + 1} needs {min_windows} window(s), the command cites {len(starts)}"
         )
     return None
