@@ -132,6 +132,11 @@ def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, An
             }
             for index, v in view.rejected
         ],
+        # Verified commands the ledger refused (e.g. a rollout step before the plan allows it, audited too).
+        "refused_commands": [
+            {"index": index, "command_id": cmd.command_id, "type": cmd.type, "note": note}
+            for index, cmd, note in view.refused
+        ],
     }
 
 
@@ -168,6 +173,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             counts[r["reason"]] = counts.get(r["reason"], 0) + 1
         summary = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
         lines.append(f"rejected:    {len(payload['rejected_commands'])} control record(s) not applied ({summary})")
+    if payload["refused_commands"]:
+        last = payload["refused_commands"][-1]
+        lines.append(
+            f"refused:     {len(payload['refused_commands'])} verified command(s) the ledger refused "
+            f"(last: {last['command_id']}: {last['note']})"
+        )
     _emit(args, payload, "\n".join(lines))
     return 0
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaConsumer
 
 from canary.core.deployment import ConfigRef, ControlLedger, Deployment
-from canary.core.models import RouterState, WindowResult
+from canary.core.models import ControlCommand, RouterState, WindowResult
 from canary.errors import CanaryError, KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, topic_partitions
@@ -40,6 +40,8 @@ class ControlView:
     windows: list[WindowResult] = field(default_factory=list)
     rejected: list[tuple[int | None, Verdict]] = field(default_factory=list)  # (record index, verdict): not applied
     command_times: list[int | None] = field(default_factory=list)  # append time of each command record
+    # Verified but refused by the ledger (index, command, why): e.g. a rollout step before the plan allows it.
+    refused: list[tuple[int, ControlCommand, str]] = field(default_factory=list)
 
     def rejection(self, command_id: str) -> Verdict | None:
         """Why the control command ``command_id`` was rejected, if it was (the last rejected copy)."""
@@ -58,26 +60,33 @@ class ControlView:
         return self.ledger.last_good or fallback
 
 
+@dataclass
+class Folded:
+    ledger: ControlLedger
+    invalid: int  # malformed records
+    rejected: list[tuple[int | None, Verdict]]  # by verification, with their index in the records
+    refused: list[tuple[int, ControlCommand, str]]  # by the ledger (not counting copies of applied commands)
+
+
 def fold(
     commands: Sequence[dict[str, Any]],
     verifier: CommandVerifier,
     times: Sequence[int | None] | None = None,
-) -> tuple[ControlLedger, int, list[tuple[int | None, Verdict]]]:
-    """Verify and fold control records (appended at ``times``, in topic order): the ledger, the number of
-    malformed records, and the rejected ones with their index in ``commands``."""
-    ledger = ControlLedger()
-    invalid = 0
-    rejected: list[tuple[int | None, Verdict]] = []
+) -> Folded:
+    """Verify and fold control records (appended at ``times``, in topic order)."""
+    out = Folded(ControlLedger(), 0, [], [])
     for i, raw in enumerate(commands):
         at = times[i] if times is not None and i < len(times) else None
         verdict = verifier.check(raw, at)
         if verdict.accepted and verdict.command is not None:
-            ledger.apply(verdict.command, at)
+            transition = out.ledger.apply(verdict.command, at)
+            if not transition.applied and verdict.command.command_id not in out.ledger.applied_ids:
+                out.refused.append((i, verdict.command, transition.note))
             continue
         if verdict.reason == "malformed":
-            invalid += 1
-        rejected.append((i, verdict))
-    return ledger, invalid, rejected
+            out.invalid += 1
+        out.rejected.append((i, verdict))
+    return out
 
 
 async def read_topic(consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0) -> list[dict[str, Any]]:
@@ -130,7 +139,8 @@ async def read_view_async(
         await consumer.stop()
     commands = [value for value, _ in timed]
     times = [ts for _, ts in timed]
-    ledger, invalid, rejected = fold(commands, verifier or default_verifier(topics.control), times)
+    folded = fold(commands, verifier or default_verifier(topics.control), times)
+    invalid = folded.invalid
     routers: dict[str, RouterState] = {}
     for raw in states_raw:
         try:
@@ -146,7 +156,9 @@ async def read_view_async(
         except CanaryError:
             invalid += 1
     now = int(time.time() * 1000)
-    return ControlView(ledger, commands, routers, "kafka", now, invalid, windows, rejected, times)
+    return ControlView(
+        folded.ledger, commands, routers, "kafka", now, invalid, windows, folded.rejected, times, folded.refused
+    )
 
 
 def cache_path(home: Path, topics: Topics) -> Path:
@@ -173,7 +185,17 @@ def load_cache(path: Path, verifier: CommandVerifier) -> ControlView | None:
         return None
     commands = payload.get("commands", [])
     times = payload.get("command_times") or [None] * len(commands)
-    ledger, invalid, rejected = fold(commands, verifier, times)
+    folded = fold(commands, verifier, times)
     routers = {k: RouterState.from_dict(v) for k, v in payload.get("routers", {}).items()}
     read_at = int(payload["read_at_ms"])
-    return ControlView(ledger, commands, routers, "cache", read_at, invalid, rejected=rejected, command_times=times)
+    return ControlView(
+        folded.ledger,
+        commands,
+        routers,
+        "cache",
+        read_at,
+        folded.invalid,
+        rejected=folded.rejected,
+        command_times=times,
+        refused=folded.refused,
+    )

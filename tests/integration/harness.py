@@ -79,15 +79,22 @@ def end_command(deployment_id: str, kind: str = "abort") -> ControlCommand:
     )
 
 
-def operator_signer() -> CommandSigner:
-    """The test session's operator key (tests/conftest.py ``control_keys``)."""
-    signer = ControlSecurity.operator(load_settings()).signer()
+def operator_signer(topics: Topics) -> CommandSigner:
+    """The test session's operator key (tests/conftest.py ``control_keys``), signing for ``topics.control``."""
+    signer = ControlSecurity.operator(load_settings()).signer(topics.control)
     assert signer is not None
     return signer
 
 
-def signed(cmd: ControlCommand) -> dict[str, Any]:
-    return operator_signer().sign_command(cmd)
+def worker_signer(topics: Topics) -> CommandSigner:
+    """The test session's worker key (the SLO agent's), signing for ``topics.control``."""
+    signer = ControlSecurity.worker(load_settings()).signer(topics.control)
+    assert signer is not None
+    return signer
+
+
+def signed(cmd: ControlCommand, topics: Topics) -> dict[str, Any]:
+    return operator_signer(topics).sign_command(cmd)
 
 
 async def send_raw(bootstrap: str, topics: Topics, payload: dict[str, Any] | bytes, key: str = "forged") -> None:
@@ -103,7 +110,7 @@ async def send_raw(bootstrap: str, topics: Topics, payload: dict[str, Any] | byt
 
 async def send_command(bootstrap: str, topics: Topics, cmd: ControlCommand) -> None:
     """Produce ``cmd`` signed with the session's operator key, as the CLI would."""
-    await send_raw(bootstrap, topics, signed(cmd), key=cmd.deployment_id)
+    await send_raw(bootstrap, topics, signed(cmd, topics), key=cmd.deployment_id)
 
 
 async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from canary.core.deployment import snapshot_hash
 from canary.kafka.topics import Topics
-from canary.security import REJECT_REASONS, CommandSigner, ControlSecurity
-from canary.settings import Settings, load_settings
+from canary.security import REJECT_REASONS, CommandSigner
+from canary.settings import Settings
 from router.requests import SearchRequest
 from router.service import RouterService, now_ms
 from tests.integration.harness import (
@@ -39,6 +39,7 @@ from tests.integration.harness import (
     send_raw,
     signed,
     start_command,
+    worker_signer,
 )
 from tests.integration.test_cli_ops import _canary, _env, _json
 
@@ -53,12 +54,11 @@ def _forged_start(**changes: Any) -> dict[str, Any]:
     return body
 
 
-def _forgeries(replayed_start: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+def _forgeries(replayed_start: dict[str, Any], topics: Topics) -> dict[str, tuple[dict[str, Any], str]]:
     """command label → (record as produced, the reason it must be rejected for)."""
-    operator = operator_signer()
-    worker = ControlSecurity.worker(load_settings()).signer()
-    assert worker is not None
-    stranger = CommandSigner(Ed25519PrivateKey.generate())
+    operator = operator_signer(topics)
+    worker = worker_signer(topics)
+    stranger = CommandSigner(Ed25519PrivateKey.generate(), scope=operator.scope)
 
     tampered = _forged_start()
     tampered["candidate_config"]["retriever"]["alpha"] = 0.05  # still a valid preset; hash left as it was
@@ -102,7 +102,7 @@ async def test_forged_commands_are_never_applied_and_are_audited(
     try:
         # A real, signed canary that ran and ended: its start is the "old command id" replayed below.
         real = start_command("candidate_high_recall", weight=0.2)
-        real_payload = signed(real)
+        real_payload = signed(real, topics)
         await send_raw(kafka_bootstrap, topics, real_payload, key=real.deployment_id)
         await send_command(kafka_bootstrap, topics, end_command(real.deployment_id, "abort"))
         deadline = time.monotonic() + 15
@@ -115,7 +115,7 @@ async def test_forged_commands_are_never_applied_and_are_audited(
         traffic = asyncio.create_task(load.run(8))
         await asyncio.sleep(0.5)
         candidate_before = router.stats.by_arm["candidate"]
-        forged = _forgeries(real_payload)
+        forged = _forgeries(real_payload, topics)
         for record, _ in forged.values():
             await send_raw(kafka_bootstrap, topics, record, key=str(record.get("deployment_id")))
             await asyncio.sleep(0.3)  # each forgery gets some traffic routed after it
