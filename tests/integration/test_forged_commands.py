@@ -3,8 +3,8 @@ one is audited with ``success: false`` and its reason, and counted.
 
 Forgeries (issue #11): unsigned (``issued_by: mallory``, weight 1.0); signed with an untrusted key; a
 valid signature over a tampered snapshot (hash kept); a snapshot tampered after signing; a replay of an old
-command id; a snapshot that is not a valid preset (hash recomputed to match); plus an expired command and
-a start signed with the SLO agent's worker key. A real RouterService (live, and a second one started
+command id; a snapshot that is not a valid preset (hash recomputed to match); plus an expired command,
+a start signed with the SLO agent's worker key, and one signed for another environment (issue #19). A real RouterService (live, and a second one started
 afterwards, which re-verifies the history), a real ``canary worker`` process (registry + audit agent), and
 ``canary status``.
 """
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from canary.core.deployment import snapshot_hash
 from canary.kafka.topics import Topics
-from canary.security import REJECT_REASONS, CommandSigner
+from canary.security import REJECT_REASONS, CommandSigner, Scope
 from canary.settings import Settings
 from router.requests import SearchRequest
 from router.service import RouterService, now_ms
@@ -80,6 +80,10 @@ def _forgeries(replayed_start: dict[str, Any], topics: Topics) -> dict[str, tupl
         "not a valid preset": (operator.sign(not_a_preset), "invalid_preset"),
         "expired": (operator.sign(_forged_start(issued_at_ms=old)), "expired"),
         "worker key signs a start": (worker.sign(_forged_start()), "key_not_permitted"),
+        "signed for another environment": (
+            operator.for_scope(Scope("prod", f"{topics.prefix}prod.canary_control")).sign(_forged_start()),
+            "wrong_scope",
+        ),
     }
 
 
