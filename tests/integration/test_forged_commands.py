@@ -3,10 +3,10 @@ one is audited with ``success: false`` and its reason, and counted.
 
 Forgeries (issue #11): unsigned (``issued_by: mallory``, weight 1.0); signed with an untrusted key; a
 valid signature over a tampered snapshot (hash kept); a snapshot tampered after signing; a replay of an old
-command id; a snapshot that is not a valid preset (hash recomputed to match); plus an expired command,
-a start signed with the SLO agent's worker key, and one signed for another environment (issue #19). A real RouterService (live, and a second one started
-afterwards, which re-verifies the history), a real ``canary worker`` process (registry + audit agent), and
-``canary status``.
+command id; a snapshot that is not a valid preset (hash recomputed to match); plus an expired command, a
+start signed with the SLO agent's worker key, and one signed for another environment (issue #19). A real
+RouterService (live, and a second one started afterwards, which re-verifies the history), a real ``canary
+worker`` process (registry + audit agent), and ``canary status``.
 """
 
 from __future__ import annotations
