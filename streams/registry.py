@@ -38,6 +38,7 @@ class ControlOutcome:
     applied: bool
     note: str
     appended_at_ms: int | None = None
+    duplicate: bool = False  # a copy of a command the ledger had applied already (redelivery)
 
     @property
     def error_message(self) -> str | None:
@@ -96,8 +97,9 @@ class DeploymentRegistry:
             log.warning("REJECTED control record at offset %s: %s", offset, verdict.message)
             outcome = ControlOutcome(offset, verdict, False, verdict.message, timestamp_ms)
         else:
+            duplicate = verdict.command.command_id in self.ledger.applied_ids
             transition = self.ledger.apply(verdict.command, timestamp_ms)
-            outcome = ControlOutcome(offset, verdict, transition.applied, transition.note, timestamp_ms)
+            outcome = ControlOutcome(offset, verdict, transition.applied, transition.note, timestamp_ms, duplicate)
             counter = self.metrics.commands_applied if transition.applied else self.metrics.commands_refused
             counter.labels(verdict.command.type).inc()
         if offset is not None:
