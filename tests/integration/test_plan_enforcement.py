@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from canary.core.models import ControlCommand
+from canary.core.models import CommandType, ControlCommand
 from canary.core.rollout import candidate_window_id, promote_command_id, step_command_id
 from canary.kafka.topics import Topics
 from canary.security import Scope
@@ -43,14 +43,12 @@ CANDIDATE = "candidate_progressive"
 W = 5000
 
 
-def _rollout(dep: str, command_id: str, kind: str, weight: float | None, evidence: Any) -> ControlCommand:
-    return ControlCommand(command_id, kind, dep, None, None, None, weight, "forged", evidence, "slo-agent", now_ms())  # type: ignore[arg-type]
+def _rollout(dep: str, command_id: str, kind: CommandType, weight: float | None, evidence: Any) -> ControlCommand:
+    return ControlCommand(command_id, kind, dep, None, None, None, weight, "forged", evidence, "slo-agent", now_ms())
 
 
-def _operator(dep: str, kind: str, weight: float | None = None, n: int = 0) -> ControlCommand:
-    return ControlCommand(
-        f"{kind}-op-{n}-{dep}", kind, dep, None, None, None, weight, "operator", None, "cli:t", now_ms()
-    )  # type: ignore[arg-type]
+def _operator(dep: str, kind: CommandType, weight: float | None = None, n: int = 0) -> ControlCommand:
+    return ControlCommand(f"{kind}-op-{n}-{dep}", kind, dep, None, None, None, weight, "op", None, "cli:t", now_ms())
 
 
 def _fabricated(dep: str, began_ms: int, *, before: bool = False) -> dict[str, Any]:
