@@ -232,6 +232,7 @@ class Dashboard:
             raise web.HTTPNotFound(text=f"no deployment {deployment_id!r} on the control topic")
         report = build_report(
             commands=self.state.accepted_commands(),
+            command_times=self.state.accepted_command_times(),
             windows=self.state.deployment_windows(deployment_id),
             deployment_id=deployment_id,
         )

@@ -180,6 +180,10 @@ class DashboardState:
         """The raw commands verification accepted, in topic order (what the report may fold)."""
         return [r.raw for r in self.control if r.verdict.accepted]
 
+    def accepted_command_times(self) -> list[int | None]:
+        """Their append times, in the same order."""
+        return [r.appended_at_ms for r in self.control if r.verdict.accepted]
+
     def deployment_windows(self, deployment_id: str) -> list[WindowResult]:
         return list(self.windows.get(deployment_id, {}).values())
 

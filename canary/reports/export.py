@@ -26,6 +26,7 @@ from canary.settings import Settings
 @dataclass
 class TopicData:
     commands: list[dict[str, Any]] = field(default_factory=list)
+    command_times: list[int | None] = field(default_factory=list)  # each control record's append time
     states: list[dict[str, Any]] = field(default_factory=list)
     windows: list[WindowResult] = field(default_factory=list)
     invalid_windows: int = 0
@@ -37,7 +38,7 @@ async def read_topics_async(
     from aiokafka import AIOKafkaConsumer
 
     from canary.kafka.topics import Topics
-    from canary.ops.view import read_topic
+    from canary.ops.view import read_topic, read_topic_timed
 
     topics = Topics(prefix)
     consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
@@ -48,7 +49,8 @@ async def read_topics_async(
     out = TopicData()
     try:
         if control:
-            out.commands = await read_topic(consumer, topics.control)
+            timed = await read_topic_timed(consumer, topics.control)
+            out.commands, out.command_times = [c for c, _ in timed], [t for _, t in timed]
         if state:
             out.states = await read_topic(consumer, topics.state)
         raw_windows = await read_topic(consumer, topics.windows) if windows else []
@@ -127,7 +129,13 @@ def export_deployment(
     latest started) into ``output``. DeploymentError if there is none, KafkaError if Kafka is down."""
     data = read_topics(settings, control=True, windows=True)
     now = int(time.time() * 1000)
-    report = build_report(commands=data.commands, windows=data.windows, deployment_id=deployment_id, now_ms=now)
+    report = build_report(
+        commands=data.commands,
+        command_times=data.command_times,
+        windows=data.windows,
+        deployment_id=deployment_id,
+        now_ms=now,
+    )
     events, source, source_path = load_audit(
         settings, output=output, audit_file=audit_file, from_topics=from_topics, commands=data.commands
     )

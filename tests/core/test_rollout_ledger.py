@@ -292,3 +292,19 @@ def test_replace_keeps_the_ledger_view_consistent() -> None:
     dep = ledger.deployments["dep"]
     view = replace(dep, began_at_ms=None).rollout_view(ledger.applied_ids)
     assert view.started_at_ms == dep.started_at_ms and view.step_started_at_ms == dep.weight_set_at_ms
+
+
+def test_reports_and_replays_fold_with_the_append_times_too() -> None:
+    """A step issued "at" 12 s (the signer's clock) but appended at 11 s is refused by every reader that
+    has the record timestamps: the report's fold and the replay's."""
+    from canary.replay.recompute import fold_commands
+    from canary.reports.model import build_report
+
+    start = command("start-1", "start", 0.1, snapshot=SNAPSHOT)
+    forged = step(1, 0.5, cites(T0, T0 + W), issued_at_ms=T0 + 12 * S)
+    times = [T0, T0 + 11 * S]
+    ledger = fold_commands([start, forged], times)
+    assert ledger.deployments["dep"].weight == 0.1 and ledger.refusals == {step_command_id("dep", 1): 1}
+    report = build_report(commands=[start.to_dict(), forged.to_dict()], command_times=times, deployment_id="dep")
+    entry = next(c for c in report.commands if c.command_id == step_command_id("dep", 1))
+    assert not entry.applied and "(step_too_short: " in entry.note
