@@ -50,6 +50,7 @@ from bench.common import (
     sigterm_as_exit,
     unique_prefix,
 )
+from canary.core import wire
 from canary.core.deployment import ControlLedger
 from canary.core.models import CommandType, ControlCommand
 from canary.core.rollout import (
@@ -62,7 +63,7 @@ from canary.core.rollout import (
     step_command_id,
 )
 from canary.kafka.topics import Topics, ensure_topics
-from canary.ops.view import read_topic_timed
+from canary.ops.view import read_records
 from canary.security import Scope
 from router.service import RouterService
 from tests.integration.harness import (
@@ -181,7 +182,7 @@ async def run(args: Any, bootstrap: str, topics: Topics, tmp: Path) -> dict[str,
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        out["control"] = await read_topic_timed(consumer, topics.control, timeout=60)
+        out["control"] = await read_records(consumer, topics.control, timeout=60)
     finally:
         await consumer.stop()
     await asyncio.sleep(3)  # the worker's audit agent has written every line before it stopped
@@ -198,8 +199,10 @@ def classify(raw: dict[str, Any], topics: Topics) -> dict[str, Any]:
     verifier = ControlSecurity.operator(load_settings()).verifier(topics.control)
     ledger = ControlLedger()
     rows: list[dict[str, Any]] = []
-    for value, at in raw["control"]:
-        verdict = verifier.check(value, at)
+    for record, at in raw["control"]:
+        verdict = verifier.check(record, at)
+        value = wire.as_json(record, wire.CONTROL)
+        value = value if isinstance(value, dict) else {}
         row: dict[str, Any] = {"by": value.get("issued_by"), "command_id": value.get("command_id"), "at": at}
         if not verdict.accepted or verdict.command is None:
             row.update(outcome="rejected", reason=verdict.reason)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -52,7 +53,9 @@ class ConfigRef:
 
     @classmethod
     def from_snapshot(cls, snapshot: dict[str, Any], content_hash: str | None = None) -> ConfigRef:
-        meta = snapshot.get("metadata", {})
+        meta = snapshot.get("metadata") if isinstance(snapshot, Mapping) else None
+        if not isinstance(meta, Mapping):
+            meta = {}
         return cls(
             name=str(meta.get("name", "unknown")),
             version=str(meta.get("version", "0.0.0")),
@@ -160,10 +163,17 @@ class ControlLedger:
 
     def apply(self, cmd: ControlCommand, appended_at_ms: int | None = None) -> Transition:
         """Fold ``cmd``, appended to the control topic at ``appended_at_ms`` (its record timestamp; every
-        reader of the topic passes it — without it the command's own ``issued_at_ms`` stands in)."""
+        reader of the topic passes it — without it the command's own ``issued_at_ms`` stands in): applied,
+        or refused with the reason. Total: a command whose content the fold cannot take (a hostile snapshot
+        in an unverified fold) is refused, never an exception."""
         if cmd.command_id in self.applied_ids:
             return Transition(False, f"duplicate command {cmd.command_id} ignored")
-        result = self._apply(cmd, cmd.issued_at_ms if appended_at_ms is None else appended_at_ms)
+        try:
+            result = self._apply(cmd, cmd.issued_at_ms if appended_at_ms is None else appended_at_ms)
+        except Exception as exc:
+            return Transition(
+                False, f"{cmd.type}: not applied, its content cannot be folded ({type(exc).__name__}: {exc})"[:500]
+            )
         if result.applied:
             self.applied_ids.add(cmd.command_id)
             self.last_command_id = cmd.command_id

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from canary.core import wire
 from canary.core.judge import Judgement
 from canary.core.models import WindowResult
 from canary.errors import CanaryError, ConfigError, KafkaError
@@ -38,7 +39,7 @@ async def read_topics_async(
     from aiokafka import AIOKafkaConsumer
 
     from canary.kafka.topics import Topics
-    from canary.ops.view import read_topic, read_topic_timed
+    from canary.ops.view import read_records, read_topic
 
     topics = Topics(prefix)
     consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
@@ -49,12 +50,15 @@ async def read_topics_async(
     out = TopicData()
     try:
         if control:
-            timed = await read_topic_timed(consumer, topics.control)
-            out.commands, out.command_times = [c for c, _ in timed], [t for _, t in timed]
+            timed = [(v, t) for v, t in await read_records(consumer, topics.control) if v is not None]
+            out.commands = [wire.as_json(v, wire.CONTROL) for v, _ in timed]
+            out.command_times = [t for _, t in timed]
         if state:
             out.states = await read_topic(consumer, topics.state)
-        raw_windows = await read_topic(consumer, topics.windows) if windows else []
-        raw_verdicts = await read_topic(consumer, topics.verdicts) if windows else []
+        raw_windows = await read_topic(consumer, topics.windows, limits=wire.WINDOW, tombstones=True) if windows else []
+        raw_verdicts = (
+            await read_topic(consumer, topics.verdicts, limits=wire.JUDGEMENT, tombstones=True) if windows else []
+        )
     finally:
         await consumer.stop()
     judged: dict[str, WindowResult] = {}
