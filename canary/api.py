@@ -13,7 +13,7 @@ import asyncio
 import atexit
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from canary.config import Preset, PresetEntry, PresetStore
 from canary.core.deployment import ConfigRef
@@ -23,6 +23,9 @@ from canary.kafka.clients import KafkaConnection
 from canary.kafka.connect import require_kafka
 from canary.kafka.topics import Topics
 from canary.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from canary.ops.view import ControlView
 
 T = TypeVar("T")
 
@@ -155,7 +158,7 @@ class CanaryExecutor:
                 default_backend(),
                 last_good,
                 consume_requests=False,
-                verifier=self.security.verifier(),
+                verifier=self.security.verifier(self.topics.control),
                 recall_sample_rate=self.settings.recall_sample_rates,
             )
             self._loop.run(router.start())
@@ -181,9 +184,8 @@ class KafkaSLOMonitor(SLOMonitor):
         self._seen: set[str] = set()
 
     def refresh(self) -> int:
-        from canary.ops.view import read_view_async
 
-        view = asyncio.run(read_view_async(require_kafka(self.settings), Topics(self.settings.topic_prefix), True))
+        view = asyncio.run(_read_view(self.settings))
         fresh = [w for w in view.windows if w.arm == "candidate" and w.window_id not in self._seen]
         for window in fresh:
             self._seen.add(window.window_id)
@@ -195,10 +197,18 @@ class KafkaSLOMonitor(SLOMonitor):
         return super().get_violations(config_name=config_name, deployment_id=deployment_id)
 
 
-def _windows(settings: Settings) -> list[WindowResult]:
+async def _read_view(settings: Settings) -> ControlView:
+    """The control view with its windows, verified with these settings' keys and scope."""
     from canary.ops.view import read_view_async
+    from canary.security import ControlSecurity
 
-    view = asyncio.run(read_view_async(require_kafka(settings), Topics(settings.topic_prefix), True))
+    topics = Topics(settings.topic_prefix)
+    verifier = ControlSecurity.operator(settings).verifier(topics.control)
+    return await read_view_async(require_kafka(settings), topics, True, verifier)
+
+
+def _windows(settings: Settings) -> list[WindowResult]:
+    view = asyncio.run(_read_view(settings))
     return view.windows
 
 

@@ -199,7 +199,9 @@ async def _wait_for_routers(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         services.check_alive()
-        if (await read_view_async(bootstrap, topics, verifier=_security(services).verifier())).live_routers():
+        if (
+            await read_view_async(bootstrap, topics, verifier=_security(services).verifier(topics.control))
+        ).live_routers():
             return
         await asyncio.sleep(0.5)
     raise CanaryError("the router did not come up within 60 s (see its log)")
@@ -259,7 +261,7 @@ async def _follow(
                     passing = passing + 1 if healthy(window) else 0
             if until == "rolled_back":
                 # Only the control topic can say "rolled back"; folding it is cheap but not free.
-                view = await read_view_async(bootstrap, topics, verifier=_security(services).verifier())
+                view = await read_view_async(bootstrap, topics, verifier=_security(services).verifier(topics.control))
                 dep = view.ledger.deployments.get(deployment_id)
                 if dep is not None and dep.status == "rolled_back":
                     return {"status": dep.status, "reason": dep.reason}

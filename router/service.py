@@ -248,7 +248,7 @@ class RouterService:
         self.reply = reply
         # Every control record is verified before the ledger sees it (signature, trusted key, expiry, replay,
         # snapshot hash and preset validity); None = the verifier the process settings describe.
-        self.verifier = verifier if verifier is not None else default_verifier()
+        self.verifier = verifier if verifier is not None else default_verifier(topics.control)
         self.metrics = metrics or RouterMetrics(self.router_id)
         self.metrics.bind(
             control_lag=lambda: time.monotonic() - self._control_fresh_at,
@@ -486,7 +486,7 @@ class RouterService:
             return None
         cmd = verdict.command
         try:
-            transition = self.ledger.apply(cmd)
+            transition = self.ledger.apply(cmd, record.timestamp)
         except Exception as exc:  # a verified command the fold cannot take: refused, never fatal
             log.error(
                 "%s: control record at offset %s not applied: ledger raised %r", self.router_id, record.offset, exc

@@ -129,10 +129,10 @@ class CanaryStreams:
         self.security = config.security or ControlSecurity.worker(load_settings())
         # ConfigError (exit 2) if the worker key is missing: a worker that could not sign would decide
         # rollbacks the routers refuse.
-        self.signer = self.security.signer()
+        self.signer = self.security.signer(topics.control)
         self.security.warn_if_insecure("worker")
         self.registry = DeploymentRegistry(
-            config.bootstrap, topics.control, verifier=self.security.verifier(), metrics=self.metrics
+            config.bootstrap, topics.control, verifier=self.security.verifier(topics.control), metrics=self.metrics
         )
         self.audit = AuditLog(config.audit_log, on_write_failure=self.metrics.audit_write_failures.inc)
         self.windows_topic = self._raw_topic(topics.windows, config.partitions)
@@ -370,7 +370,7 @@ class CanaryStreams:
             if outcome is None:  # no record there as the registry read it: verify this copy on its own
                 ts = event.message.timestamp
                 appended = int(ts * 1000) if ts is not None else None
-                verdict = self.security.verifier().check(event.value, appended, record=False)
+                verdict = self.security.verifier(self.registry.control_topic).check(event.value, appended, record=False)
                 outcome = ControlOutcome(offset, verdict, False, "not folded by the registry", appended)
             try:
                 entry = outcome_event(outcome, event.value)

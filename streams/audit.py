@@ -58,9 +58,10 @@ def control_event(
     offset: int | None = None,
     rejected: bool = False,
 ) -> dict[str, Any]:
-    """The audit line of a control command. A command rejected by verification gets the event id
-    ``control:<command_id>@<offset>``, so a forged or replayed copy of a real command id is audited beside
-    the real one instead of being dropped as its duplicate."""
+    """The audit line of a control command. A command rejected by verification or refused by the ledger gets
+    the event id ``control:<command_id>@<offset>``, so a forged or replayed copy of a real command id is
+    audited beside the real one instead of being dropped as its duplicate — and a rollout step refused as
+    premature and applied when issued again has both lines."""
     snapshot = cmd.candidate_config or {}
     config_name = snapshot.get("metadata", {}).get("name") if isinstance(snapshot.get("metadata"), dict) else None
     config_name = config_name or (cmd.evidence or {}).get("config_name")
@@ -125,7 +126,7 @@ def outcome_event(outcome: ControlOutcome, raw: bytes | None) -> dict[str, Any]:
         error_message=outcome.error_message,
         verification=verdict.to_dict(),
         offset=outcome.offset,
-        rejected=not verdict.accepted,
+        rejected=not verdict.accepted or not (outcome.applied or outcome.duplicate),
     )
 
 

@@ -40,6 +40,7 @@ class ControlOutcome:
     applied: bool
     note: str
     appended_at_ms: int | None = None
+    duplicate: bool = False  # a copy of a command the ledger had applied already (redelivery)
 
     @property
     def error_message(self) -> str | None:
@@ -63,7 +64,7 @@ class DeploymentRegistry:
         self.caught_up = asyncio.Event()
         self.invalid_commands = 0
         self.policies = PolicyBook(lambda: self.ledger)
-        self.verifier = verifier if verifier is not None else default_verifier()
+        self.verifier = verifier if verifier is not None else default_verifier(control_topic)
         self.outcomes: dict[int, ControlOutcome] = {}
         self.next_offset = 0  # every control offset below this one has been folded
         self._progress = asyncio.Event()
@@ -98,9 +99,10 @@ class DeploymentRegistry:
             rejected_log.warning("REJECTED control record at offset %s: %s", offset, verdict.message)
             outcome = ControlOutcome(offset, verdict, False, verdict.message, timestamp_ms)
         else:
+            duplicate = verdict.command.command_id in self.ledger.applied_ids
             try:
-                transition = self.ledger.apply(verdict.command)
-                outcome = ControlOutcome(offset, verdict, transition.applied, transition.note, timestamp_ms)
+                transition = self.ledger.apply(verdict.command, timestamp_ms)
+                outcome = ControlOutcome(offset, verdict, transition.applied, transition.note, timestamp_ms, duplicate)
             except Exception as exc:  # a verified command the fold cannot take: refused and audited, not fatal
                 log.error("control record at offset %s not applied: the ledger raised %r", offset, exc)
                 outcome = ControlOutcome(offset, verdict, False, f"not applied: {type(exc).__name__}", timestamp_ms)

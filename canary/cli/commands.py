@@ -70,7 +70,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     metrics = _metrics_endpoint(args)
     configure_logging(log_format)  # until Faust takes over with the same configuration
     security = _security(args, settings, "worker")
-    security.signer()  # fail before Kafka and Faust start if the worker key is missing (exit 2, says how)
+    security.signer(
+        Topics(settings.topic_prefix).control
+    )  # fail before Kafka and Faust start if the worker key is missing (exit 2, says how)
     bootstrap = _bootstrap_for_service(settings, "worker")
     from canary.kafka.topics import cluster_replication_factor
 
@@ -170,7 +172,7 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
             last_good,
             router_id=args.router_id or stable_router_id(args.instance),
             reply=args.reply,
-            verifier=security.verifier(),
+            verifier=security.verifier(Topics(settings.topic_prefix).control),
             metrics=metrics,
             recall_sample_rate=settings.recall_sample_rates,
         )

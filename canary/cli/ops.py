@@ -65,10 +65,12 @@ def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, An
     security = _security(settings)
     try:
         bootstrap = require_kafka(settings)
-        view = asyncio.run(read_view_async(bootstrap, topics, with_windows=True, verifier=security.verifier()))
+        view = asyncio.run(
+            read_view_async(bootstrap, topics, with_windows=True, verifier=security.verifier(topics.control))
+        )
         save_cache(view, cache)
     except KafkaError:
-        cached = load_cache(cache, security.verifier()) if allow_cache else None
+        cached = load_cache(cache, security.verifier(topics.control)) if allow_cache else None
         if cached is None:
             raise
         view = cached
@@ -130,6 +132,11 @@ def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, An
             }
             for index, v in view.rejected
         ],
+        # Verified commands the ledger refused (e.g. a rollout step before the plan allows it, audited too).
+        "refused_commands": [
+            {"index": index, "command_id": cmd.command_id, "type": cmd.type, "note": note}
+            for index, cmd, note in view.refused
+        ],
     }
 
 
@@ -166,6 +173,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             counts[r["reason"]] = counts.get(r["reason"], 0) + 1
         summary = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
         lines.append(f"rejected:    {len(payload['rejected_commands'])} control record(s) not applied ({summary})")
+    if payload["refused_commands"]:
+        last = payload["refused_commands"][-1]
+        lines.append(
+            f"refused:     {len(payload['refused_commands'])} verified command(s) the ledger refused "
+            f"(last: {last['command_id']}: {last['note']})"
+        )
     _emit(args, payload, "\n".join(lines))
     return 0
 
@@ -364,7 +377,7 @@ async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: KafkaC
     topics = _topics(settings)
     state = WatchState()
     security = _security(settings)
-    view = await read_view_async(bootstrap, topics, verifier=security.verifier())
+    view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
     last_status = 0.0
     deadline = time.monotonic() + args.seconds if args.seconds else None
     async for item in tail_windows(bootstrap, topics, from_beginning=args.from_beginning):
@@ -373,7 +386,7 @@ async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: KafkaC
             print(json.dumps(item.to_dict()), flush=True)
         else:
             if time.monotonic() - last_status > 2:
-                view = await read_view_async(bootstrap, topics, verifier=security.verifier())
+                view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
                 last_status = time.monotonic()
             dep = view.ledger.current or view.ledger.latest
             plan = plan_status(dep.candidate.snapshot, dep.weight) if dep else None

@@ -4,6 +4,11 @@ Routers, the streams worker and the CLI all fold the same ordered control comman
 :class:`ControlLedger`, so ``active`` / ``last_good`` pointers and deployment status are identical
 everywhere. Applying a command is idempotent by ``command_id`` (at-least-once delivery), and a command
 that makes no sense in the current state is rejected with a reason instead of corrupting the state.
+
+Time is the broker's: readers pass each command's record timestamp (the control topic's LogAppendTime) to
+:meth:`ControlLedger.apply`. A command takes effect, as the ledger sees it, at the later of its
+``issued_at_ms`` (which its signer chose) and that append time; rollout commands are held to the plan by
+the append time alone (:func:`canary.core.rollout.plan_refusal`), so a signer cannot move them earlier.
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from canary.core.models import ControlCommand
-from canary.core.rollout import follows_plan, is_rollout_command_id, plan_of_snapshot
+from canary.core.rollout import (
+    DeploymentView,
+    is_rollout_command_id,
+    plan_of_snapshot,
+    plan_refusal,
+    promote_command_id,
+    step_command_id,
+)
 from canary.core.split import Arc, place, preferred_start
 from canary.errors import CanaryError
 
@@ -66,8 +78,11 @@ class Deployment:
     reason: str | None = None
     evidence: dict[str, Any] | None = None
     issued_by: str | None = None
-    weight_set_at_ms: int | None = None  # issue time of the command that set the weight (start or set_weight)
+    # When the command that set the weight (start or set_weight) took effect as the ledger sees it: the
+    # later of its issue and append times. A rollout step began then; the worker counts windows from it.
+    weight_set_at_ms: int | None = None
     slot_start: float | None = None  # where this deployment's arc of users starts (canary.core.split)
+    began_at_ms: int | None = None  # the same instant for the start (min_total_duration_s counts from it)
 
     @property
     def arc(self) -> Arc:
@@ -82,6 +97,19 @@ class Deployment:
     def candidate_weight(self) -> float:
         """Share of traffic the candidate gets right now (0 unless running)."""
         return self.weight if self.status == "running" else 0.0
+
+    def rollout_view(self, applied_ids: frozenset[str] | set[str]) -> DeploymentView:
+        """What the rollout tracker counts from and the ledger checks against: one view, so they agree."""
+        began = self.began_at_ms if self.began_at_ms is not None else self.started_at_ms
+        gates = f"rollout-{self.deployment_id}-gate-"
+        return DeploymentView(
+            self.deployment_id,
+            self.status,
+            self.weight,
+            began,
+            self.weight_set_at_ms if self.weight_set_at_ms is not None else began,
+            frozenset(i for i in applied_ids if i.startswith(gates)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +128,9 @@ class ControlLedger:
     current_id: str | None = None
     applied_ids: set[str] = field(default_factory=set)
     last_command_id: str | None = None
+    # How often each step / promotion id of a plan was refused (premature, off the plan): the worker issues
+    # a refused id again, under the same id, once its tracker finds the step still done.
+    refusals: dict[str, int] = field(default_factory=dict)
     _live: list[Deployment] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -130,13 +161,15 @@ class ControlLedger:
         """The config serving the majority of traffic: last_good, or the candidate once promoted."""
         return self.last_good
 
-    def apply(self, cmd: ControlCommand) -> Transition:
-        """Fold one command: applied, or refused with the reason. Total: a command whose content the fold
-        cannot take (a hostile snapshot in an unverified fold) is refused, never an exception."""
+    def apply(self, cmd: ControlCommand, appended_at_ms: int | None = None) -> Transition:
+        """Fold ``cmd``, appended to the control topic at ``appended_at_ms`` (its record timestamp; every
+        reader of the topic passes it — without it the command's own ``issued_at_ms`` stands in): applied,
+        or refused with the reason. Total: a command whose content the fold cannot take (a hostile snapshot
+        in an unverified fold) is refused, never an exception."""
         if cmd.command_id in self.applied_ids:
             return Transition(False, f"duplicate command {cmd.command_id} ignored")
         try:
-            result = self._apply(cmd)
+            result = self._apply(cmd, cmd.issued_at_ms if appended_at_ms is None else appended_at_ms)
         except Exception as exc:
             return Transition(
                 False, f"{cmd.type}: not applied, its content cannot be folded ({type(exc).__name__}: {exc})"[:500]
@@ -146,23 +179,19 @@ class ControlLedger:
             self.last_command_id = cmd.command_id
         return result
 
-    def _apply(self, cmd: ControlCommand) -> Transition:
+    def _apply(self, cmd: ControlCommand, appended_at_ms: int) -> Transition:
+        effective_ms = max(cmd.issued_at_ms, appended_at_ms)
         if cmd.type == "start":
-            return self._start(cmd)
+            return self._start(cmd, effective_ms)
         dep = self.deployments.get(cmd.deployment_id)
         if dep is None:
             return Transition(False, f"{cmd.type}: unknown deployment {cmd.deployment_id}")
         if not dep.live:
             return Transition(False, f"{cmd.type}: deployment {dep.deployment_id} already {dep.status}", dep)
         if is_rollout_command_id(cmd.command_id):
-            # The progress agent may only walk the plan the operator signed with the start command.
-            try:
-                plan = plan_of_snapshot(dep.candidate.snapshot)
-            except CanaryError as exc:
-                return Transition(False, f"{cmd.type}: the candidate's rollout plan is unreadable ({exc})", dep)
-            why = follows_plan(plan, cmd.type, cmd.command_id, dep.deployment_id, cmd.weight, dep.weight)
-            if why is not None:
-                return Transition(False, f"{cmd.type}: refused, not the deployment's rollout plan: {why}", dep)
+            refused = self._off_plan(dep, cmd, appended_at_ms)
+            if refused is not None:
+                return refused
         if cmd.type == "pause":
             if dep.status == "paused":
                 return Transition(False, "pause: already paused", dep)
@@ -186,7 +215,7 @@ class ControlLedger:
                     dep,
                 )
             return self._update(
-                replace(dep, weight=cmd.weight, weight_set_at_ms=cmd.issued_at_ms), f"weight set to {cmd.weight:.2f}"
+                replace(dep, weight=cmd.weight, weight_set_at_ms=effective_ms), f"weight set to {cmd.weight:.2f}"
             )
         end_status: DeploymentStatus = {"rollback": "rolled_back", "promote": "promoted", "abort": "aborted"}[cmd.type]  # type: ignore[assignment]
         ended = replace(
@@ -222,7 +251,33 @@ class ControlLedger:
         self.current_id = live[-1].deployment_id if live else None
         return result
 
-    def _start(self, cmd: ControlCommand) -> Transition:
+    def _off_plan(self, dep: Deployment, cmd: ControlCommand, appended_at_ms: int) -> Transition | None:
+        """The refusal of a rollout command that does not follow the plan the operator signed with the start
+        (None: it does)."""
+        try:
+            plan = plan_of_snapshot(dep.candidate.snapshot)
+        except CanaryError as exc:
+            return Transition(False, f"{cmd.type}: the candidate's rollout plan is unreadable ({exc})", dep)
+        why = plan_refusal(
+            plan,
+            cmd.type,
+            cmd.command_id,
+            cmd.weight,
+            cmd.evidence,
+            dep.rollout_view(self.applied_ids),
+            dep.candidate.name,
+            appended_at_ms,
+        )
+        if why is None:
+            return None
+        if plan is not None and cmd.command_id in {
+            *(step_command_id(dep.deployment_id, i) for i in range(1, len(plan.steps))),
+            promote_command_id(dep.deployment_id),
+        }:  # only the plan's own ids: bounded, however many forgeries arrive
+            self.refusals[cmd.command_id] = self.refusals.get(cmd.command_id, 0) + 1
+        return Transition(False, f"{cmd.type}: refused, not the deployment's rollout plan ({why})", dep)
+
+    def _start(self, cmd: ControlCommand, effective_ms: int) -> Transition:
         live = self.live
         if cmd.deployment_id in self.deployments:
             return Transition(False, f"start: deployment id {cmd.deployment_id} was used before")
@@ -261,8 +316,9 @@ class ControlLedger:
             started_at_ms=cmd.issued_at_ms,
             start_command_id=cmd.command_id,
             issued_by=cmd.issued_by,
-            weight_set_at_ms=cmd.issued_at_ms,
+            weight_set_at_ms=effective_ms,
             slot_start=slot,
+            began_at_ms=effective_ms,
         )
         self.current_id = dep.deployment_id
         return self._update(dep, "started")

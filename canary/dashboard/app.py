@@ -123,7 +123,7 @@ class Dashboard:
         self.token = token
         self.audit = AuditTail(audit_log) if audit_log is not None else None
         self.ack_timeout = ack_timeout
-        self.state = DashboardState(security.verifier())
+        self.state = DashboardState(security.verifier(topics.control))
         self.hub = Hub()
         self.panels: dict[str, str] = render_panels(self.state)
         self.feed_error: str | None = None
@@ -181,7 +181,7 @@ class Dashboard:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 # A fresh fold: the retry re-reads the history from the beginning.
-                self.state = DashboardState(self.security.verifier(), audit=self.state.audit)
+                self.state = DashboardState(self.security.verifier(self.topics.control), audit=self.state.audit)
             else:  # pragma: no cover - tail_topics only returns by raising
                 return
 
@@ -240,6 +240,7 @@ class Dashboard:
             raise web.HTTPNotFound(text=f"no deployment {deployment_id!r} on the control topic")
         report = build_report(
             commands=self.state.accepted_commands(),
+            command_times=self.state.accepted_command_times(),
             windows=self.state.deployment_windows(deployment_id),
             deployment_id=deployment_id,
             outages=self.state.outages,

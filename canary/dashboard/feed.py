@@ -122,7 +122,7 @@ class DashboardState:
         verdict = self.verifier.check(value, appended_at_ms)
         applied, note = False, verdict.message
         if verdict.accepted and verdict.command is not None:
-            transition = self.ledger.apply(verdict.command)
+            transition = self.ledger.apply(verdict.command, appended_at_ms)
             applied, note = transition.applied, transition.note
             changes.deployments.add(verdict.command.deployment_id)
         record = ControlRecord(offset, appended_at_ms, raw if isinstance(raw, dict) else {}, verdict, applied, note)
@@ -181,6 +181,10 @@ class DashboardState:
     def accepted_commands(self) -> list[dict[str, Any]]:
         """The raw commands verification accepted, in topic order (what the report may fold)."""
         return [r.raw for r in self.control if r.verdict.accepted]
+
+    def accepted_command_times(self) -> list[int | None]:
+        """Their append times, in the same order."""
+        return [r.appended_at_ms for r in self.control if r.verdict.accepted]
 
     def deployment_windows(self, deployment_id: str) -> list[WindowResult]:
         return list(self.windows.get(deployment_id, {}).values())

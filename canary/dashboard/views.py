@@ -103,6 +103,7 @@ def deployment_panels(state: DashboardState, now: int | None = None) -> dict[str
     try:
         report = build_report(
             commands=state.accepted_commands(),
+            command_times=state.accepted_command_times(),
             windows=state.deployment_windows(dep.deployment_id),
             deployment_id=dep.deployment_id,
             now_ms=now,

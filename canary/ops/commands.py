@@ -77,9 +77,9 @@ def signed_payload(cmd: ControlCommand, signer: CommandSigner | None) -> dict[st
     return signer.sign_command(cmd) if signer is not None else cmd.to_dict()
 
 
-def precheck(security: ControlSecurity, payload: dict[str, Any]) -> str | None:
+def precheck(security: ControlSecurity, topics: Topics, payload: dict[str, Any]) -> str | None:
     """What this machine's trusted keys say about ``payload`` before it is sent (a warning, or None)."""
-    verdict = security.verifier().check(payload, record=False)
+    verdict = security.verifier(topics.control).check(payload, record=False)
     if verdict.accepted:
         return None
     return f"this machine's own verification would reject the command: {verdict.message}"
@@ -88,7 +88,8 @@ def precheck(security: ControlSecurity, payload: dict[str, Any]) -> str | None:
 async def produce_command(
     bootstrap: Cluster, topics: Topics, cmd: ControlCommand, signer: CommandSigner | None = None
 ) -> None:
-    """Produce ``cmd``, signed by ``signer`` (None: unsigned — only insecure readers accept it)."""
+    """Produce ``cmd``, signed by ``signer`` (None: unsigned — only insecure readers accept it), which must be
+    bound to ``topics.control`` (``ControlSecurity.signer(topics.control)``): readers refuse another scope."""
     producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all", enable_idempotence=True)
     try:
         await asyncio.wait_for(producer.start(), 10)
@@ -138,8 +139,8 @@ async def issue(
     security: ControlSecurity,
 ) -> Ack:
     routers = sorted(s.router_id for s in view.live_routers())
-    signer = security.signer()
-    warning = precheck(security, signed_payload(cmd, signer))
+    signer = security.signer(topics.control)
+    warning = precheck(security, topics, signed_payload(cmd, signer))
     if warning:
         log.warning("%s", warning)
     started = time.monotonic()
@@ -148,7 +149,9 @@ async def issue(
     rejected = None
     if not set(routers) <= set(acked):
         # Did the readers of the control topic refuse it? Fold it as they do and say why.
-        verdict = (await read_view_async(bootstrap, topics, verifier=security.verifier())).rejection(cmd.command_id)
+        verdict = (await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))).rejection(
+            cmd.command_id
+        )
         rejected = verdict.message if verdict is not None else None
     return Ack(cmd, acked, routers, int((time.monotonic() - started) * 1000), rejected=rejected)
 
@@ -207,7 +210,8 @@ async def require_passed_in(bootstrap: Cluster, earlier: Settings, preset_name: 
     """A promotion pipeline's gate: the same preset hash must have been promoted in the earlier environment
     (read from that environment's own control topic and verified with its own trusted keys)."""
     topics = Topics(earlier.topic_prefix)
-    view = await read_view_async(bootstrap, topics, verifier=ControlSecurity.operator(earlier).verifier())
+    # Staging's own keys and scope: its commands were signed for its topic.
+    view = await read_view_async(bootstrap, topics, verifier=ControlSecurity.operator(earlier).verifier(topics.control))
     for dep in sorted(view.ledger.deployments.values(), key=lambda d: d.started_at_ms, reverse=True):
         stamp = dep.candidate.snapshot.get("environment")
         stamped = stamp.get("preset_hash") if isinstance(stamp, dict) else dep.candidate.content_hash
@@ -232,7 +236,7 @@ async def start_canary(
     security: ControlSecurity,
     min_last_good_share: float = DEFAULT_MIN_LAST_GOOD_SHARE,
 ) -> Ack:
-    view = await read_view_async(bootstrap, topics, verifier=security.verifier())
+    view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
     check_side_by_side(view.ledger.live, candidate, weight, min_last_good_share)
     if require_router and not view.live_routers():
         raise DeploymentError(
@@ -254,7 +258,7 @@ async def start_canary(
     if ack.waited_for and not set(ack.waited_for) <= set(ack.acked_by):
         # Nothing may stay half-applied: withdraw the start everywhere.
         abort = _command("abort", cmd.deployment_id, reason="start not acknowledged by every router in time")
-        await produce_command(bootstrap, topics, abort, security.signer())
+        await produce_command(bootstrap, topics, abort, security.signer(topics.control))
         return Ack(cmd, ack.acked_by, ack.waited_for, ack.elapsed_ms, compensated=True, rejected=ack.rejected)
     return ack
 
@@ -290,7 +294,7 @@ async def stop_canary(
 ) -> Ack:
     """Promote or roll back the running canary. ``issued_by`` defaults to ``cli:<user>``; with
     ``deployment_id`` the command is sent only if that deployment is the running one."""
-    view = await read_view_async(bootstrap, topics, verifier=security.verifier())
+    view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
     kind: CommandType = "promote" if promote else "rollback"
     target = _running(view, "stop", deployment_id)
     who = issued_by or operator()
@@ -312,7 +316,7 @@ async def simple_command(
 ) -> Ack:
     """pause / resume / set_weight on the running canary (``issued_by``, ``deployment_id``: as in
     :func:`stop_canary`)."""
-    view = await read_view_async(bootstrap, topics, verifier=security.verifier())
+    view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
     target = _running(view, kind, deployment_id)
     who = issued_by or operator()
     cmd = _command(kind, target, issued_by=who, weight=weight, reason=reason or f"{kind} by {who}")

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer
 
 from canary.core import wire
 from canary.core.deployment import ConfigRef, ControlLedger, Deployment
-from canary.core.models import RouterState, WindowResult
+from canary.core.models import ControlCommand, RouterState, WindowResult
 from canary.errors import CanaryError, KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, topic_partitions
@@ -41,6 +41,8 @@ class ControlView:
     windows: list[WindowResult] = field(default_factory=list)
     rejected: list[tuple[int | None, Verdict]] = field(default_factory=list)  # (record index, verdict): not applied
     command_times: list[int | None] = field(default_factory=list)  # append time of each command record
+    # Verified but refused by the ledger (index, command, why): e.g. a rollout step before the plan allows it.
+    refused: list[tuple[int, ControlCommand, str]] = field(default_factory=list)
 
     def rejection(self, command_id: str) -> Verdict | None:
         """Why the control command ``command_id`` was rejected, if it was (the last rejected copy)."""
@@ -59,28 +61,34 @@ class ControlView:
         return self.ledger.last_good or fallback
 
 
+@dataclass
+class Folded:
+    ledger: ControlLedger
+    invalid: int  # records that are not commands at all
+    rejected: list[tuple[int | None, Verdict]]  # by verification, with their index in the records
+    refused: list[tuple[int, ControlCommand, str]]  # by the ledger (not counting copies of applied commands)
+
+
 def fold(
     commands: Sequence[bytes | Mapping[str, Any] | None],
-    verifier: CommandVerifier | None = None,
+    verifier: CommandVerifier,
     times: Sequence[int | None] | None = None,
-) -> tuple[ControlLedger, int, list[tuple[int | None, Verdict]]]:
+) -> Folded:
     """Verify and fold control records — raw record values or already decoded objects — appended at
-    ``times``, in topic order: the ledger, the number of records that are not commands at all, and the
-    rejected ones with their index in ``commands``. Total: no record can make it raise."""
-    verifier = verifier if verifier is not None else default_verifier()
-    ledger = ControlLedger()
-    invalid = 0
-    rejected: list[tuple[int | None, Verdict]] = []
+    ``times``, in topic order. Total: no record can make it raise."""
+    out = Folded(ControlLedger(), 0, [], [])
     for i, raw in enumerate(commands):
         at = times[i] if times is not None and i < len(times) else None
         verdict = verifier.check(raw, at)
         if verdict.accepted and verdict.command is not None:
-            ledger.apply(verdict.command)
+            transition = out.ledger.apply(verdict.command, at)
+            if not transition.applied and verdict.command.command_id not in out.ledger.applied_ids:
+                out.refused.append((i, verdict.command, transition.note))
             continue
         if verdict.poison:
-            invalid += 1
-        rejected.append((i, verdict))
-    return ledger, invalid, rejected
+            out.invalid += 1
+        out.rejected.append((i, verdict))
+    return out
 
 
 async def read_records(
@@ -144,7 +152,8 @@ async def read_view_async(
         await consumer.stop()
     raws = [value for value, _ in timed]
     times = [ts for _, ts in timed]
-    ledger, invalid, rejected = fold(raws, verifier, times)
+    folded = fold(raws, verifier or default_verifier(topics.control), times)
+    invalid = folded.invalid
     commands = [wire.as_json(value, wire.CONTROL) for value in raws]
     routers: dict[str, RouterState] = {}
     for raw in states_raw:
@@ -161,7 +170,9 @@ async def read_view_async(
         except CanaryError:
             invalid += 1
     now = int(time.time() * 1000)
-    return ControlView(ledger, commands, routers, "kafka", now, invalid, windows, rejected, times)
+    return ControlView(
+        folded.ledger, commands, routers, "kafka", now, invalid, windows, folded.rejected, times, folded.refused
+    )
 
 
 def cache_path(home: Path, topics: Topics) -> Path:
@@ -181,7 +192,7 @@ def save_cache(view: ControlView, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_cache(path: Path, verifier: CommandVerifier | None = None) -> ControlView | None:
+def load_cache(path: Path, verifier: CommandVerifier) -> ControlView | None:
     """The last view read from Kafka, from its cache file; None when there is none or it is unusable (a
     cache is a convenience: whatever the file holds, it never stops a command)."""
     try:
@@ -190,7 +201,8 @@ def load_cache(path: Path, verifier: CommandVerifier | None = None) -> ControlVi
         times = payload.get("command_times") or [None] * len(commands)
         if not isinstance(commands, list) or not isinstance(times, list):
             return None
-        ledger, invalid, rejected = fold(commands, verifier, times)
+        folded = fold(commands, verifier, times)
+        invalid = folded.invalid
         routers: dict[str, RouterState] = {}
         for value in (payload.get("routers") or {}).values():
             try:
@@ -202,4 +214,14 @@ def load_cache(path: Path, verifier: CommandVerifier | None = None) -> ControlVi
         read_at = int(payload["read_at_ms"])
     except (OSError, wire.Rejected, KeyError, TypeError, ValueError, AttributeError):
         return None
-    return ControlView(ledger, commands, routers, "cache", read_at, invalid, rejected=rejected, command_times=times)
+    return ControlView(
+        folded.ledger,
+        commands,
+        routers,
+        "cache",
+        read_at,
+        invalid,
+        rejected=folded.rejected,
+        command_times=times,
+        refused=folded.refused,
+    )

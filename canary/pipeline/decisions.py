@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from canary.core.deployment import ControlLedger
 from canary.core.judge import DeploymentJudge, Judge, Judgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult
-from canary.core.rollout import DeploymentView, RolloutTracker, is_rollout_command_id, plan_of_snapshot
+from canary.core.rollout import RolloutTracker, candidate_window_id, plan_of_snapshot
 from canary.core.slo import Decision
 from canary.errors import CanaryError
 from canary.pipeline.policies import PolicyBook
@@ -101,8 +101,9 @@ class DecisionStep:
         self.ledger = ledger
         self.judge = Judge(policies.policy, baseline_wait_ms=baseline_wait_ms)
         self.rollouts: dict[str, RolloutTracker] = {}
-        # Issued but maybe not folded into the ledger yet: the next window must not issue them again.
-        self._issued: dict[str, None] = {}
+        # Issued but maybe not folded into the ledger yet: the next window must not issue them again — unless
+        # the ledger refused the copy issued (a step it found premature): id → the ledger's refusals then.
+        self._issued: dict[str, int] = {}
 
     def observe(self, window: WindowResult, arrival_ms: int) -> tuple[list[Judgement], list[Issue]]:
         return self._issues(self.judge.observe(window, arrival_ms), arrival_ms)
@@ -121,12 +122,14 @@ class DecisionStep:
             decision = j.decision if j.decision is not None else self._rollout(j, ledger)
             if decision is None:
                 continue
-            if decision.command_id in self._issued:
+            refusals = ledger.refusals.get(decision.command_id, 0)
+            if decision.command_id in self._issued and refusals <= self._issued[decision.command_id]:
                 issues.append(Issue(decision, None, False, f"not issued: {decision.command_id} was issued already"))
                 continue
             issue = resolve(decision, ledger, at_ms)
             if issue.issued:
-                self._issued[decision.command_id] = None
+                self._issued.pop(decision.command_id, None)
+                self._issued[decision.command_id] = refusals
                 while len(self._issued) > 1024:  # bounded; the ledger remembers them for good
                     del self._issued[next(iter(self._issued))]
             issues.append(issue)
@@ -146,14 +149,7 @@ class DecisionStep:
             if plan is None:
                 return None
             tracker = self.rollouts[dep.deployment_id] = RolloutTracker(plan)
-        view = DeploymentView(
-            dep.deployment_id,
-            dep.status,
-            dep.weight,
-            dep.started_at_ms,
-            dep.weight_set_at_ms if dep.weight_set_at_ms is not None else dep.started_at_ms,
-            frozenset(i for i in ledger.applied_ids if is_rollout_command_id(i)),
-        )
+        view = dep.rollout_view(ledger.applied_ids)  # the instants the ledger will check the command against
         w = j.window
         failing = any(v.outcome == "fail" for v in w.verdicts)
         starved = w.response_count < self.policies.policy(dep.deployment_id).min_samples
@@ -166,6 +162,10 @@ class DecisionStep:
             "weight": step.weight,
             "counted_windows": tracker.counted,
         }
+        if step.action in ("advance", "promote"):
+            # The ledger holds the command to the plan by these: distinct windows inside the step.
+            evidence["windows"] = [candidate_window_id(dep.deployment_id, w.config_name, s) for s in tracker.cited()]
+            evidence["window_ms"] = w.window_end_ms - w.window_start_ms
         return Decision(dep.deployment_id, "rollout", step.reason, evidence, w.window_id, step.command_id, step.action)
 
     def restore(self, deployment_id: str, state: JSONDict | None) -> None:

@@ -61,14 +61,22 @@ class PipelineResult:
 
 def parse_control(records: Iterable[Record]) -> tuple[list[ControlCommand], list[JSONDict]]:
     """Control records in offset order → commands; a malformed one is reported (partition, offset, why)."""
+    commands, _, invalid = parse_control_timed(records)
+    return commands, invalid
+
+
+def parse_control_timed(records: Iterable[Record]) -> tuple[list[ControlCommand], list[int | None], list[JSONDict]]:
+    """Like :func:`parse_control`, with each command's append time (its record timestamp)."""
     commands: list[ControlCommand] = []
+    times: list[int | None] = []
     invalid: list[JSONDict] = []
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         try:
             commands.append(ControlCommand.from_dict(wire.decode_object(r.value, wire.CONTROL)))
+            times.append(r.arrival_ms)
         except (CanaryError, ValueError, TypeError) as exc:  # wire.Rejected is a CanaryError
             invalid.append({"topic": r.topic, "partition": r.partition, "offset": r.offset, "reason": str(exc)[:300]})
-    return commands, invalid
+    return commands, times, invalid
 
 
 def run_pipeline(
@@ -97,11 +105,12 @@ def run_pipeline(
             control.append(r)
         else:
             other[r.topic] = other.get(r.topic, 0) + 1
-    parsed, invalid = parse_control(control)
+    parsed, times, invalid = parse_control_timed(control)
     history = list(commands) if commands is not None else parsed
     rc = recompute(
         outcomes,
         history,
+        command_times=None if commands is not None else times,
         settings=settings,
         rules_override=rules_override,
         horizon_ms=horizon_ms,

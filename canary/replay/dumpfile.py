@@ -48,7 +48,7 @@ from canary.core.windows import window_bounds
 from canary.errors import ConfigError, KafkaError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
-from canary.pipeline.run import Record, parse_control
+from canary.pipeline.run import Record, parse_control_timed
 from canary.replay.recompute import ReplaySettings, read_bounds, span_bounds
 from canary.replay.span import SpanData
 
@@ -501,7 +501,7 @@ def load_span(
     from canary.replay.reader import parse_late_dead_letters, parse_windows
 
     control = sel["control"]
-    commands, invalid = parse_control(r.record for r in control)
+    commands, command_times, invalid = parse_control_timed(r.record for r in control)
     line_of = {(r.record.partition, r.record.offset): r.line for r in control}
     invalid_commands = [{"line": line_of.get((i["partition"], i["offset"])), **i} for i in invalid]
     live_windows, invalid_windows = parse_windows(
@@ -519,6 +519,7 @@ def load_span(
         horizon_ms=horizon,
         records=[(r.record.partition, r.record.offset, r.record.arrival_ms, r.record.value) for r in sel["results"]],
         commands=commands,
+        command_times=command_times,
         live_windows=live_windows,
         live_late=live_late,
         invalid_commands=len(invalid),

@@ -53,7 +53,13 @@ def deployment_pages(report: JSONDict) -> dict[str, str]:
         if not dep.get("commands"):
             continue
         try:
-            page = build_report(deployment_id=dep_id, commands=dep["commands"], windows=windows, source="replay")
+            page = build_report(
+                deployment_id=dep_id,
+                commands=dep["commands"],
+                command_times=dep.get("command_times"),
+                windows=windows,
+                source="replay",
+            )
         except CanaryError:
             continue
         span = report["span"]

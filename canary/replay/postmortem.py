@@ -57,6 +57,11 @@ def _deployment_info(dep: Deployment) -> JSONDict:
     }
 
 
+def _times(data: SpanData) -> list[int | None]:
+    """Each command's append time (None throughout when the span did not keep them)."""
+    return data.command_times if len(data.command_times) == len(data.commands) else [None] * len(data.commands)
+
+
 def _windows_in(rc: Recomputation, first_ms: int, until_ms: int, deployment_id: str | None) -> list[WindowResult]:
     return sorted(
         (w for w in rc.windows if in_span(w, first_ms, until_ms, deployment_id)),
@@ -83,13 +88,14 @@ def run_replay(
     base = recompute(
         data.records,
         data.commands,
+        command_times=data.command_times,
         settings=settings,
         horizon_ms=data.horizon_ms,
         judge_from_ms=first_ms,
         judge_until_ms=until_ms,
     )
     recompute_s = time.perf_counter() - started
-    ledger = fold_commands(data.commands)
+    ledger = fold_commands(data.commands, data.command_times)
     windows = _windows_in(base, first_ms, until_ms, deployment_id)
     decisions = _decisions_in(base, deployment_id)
     judgements = [
@@ -177,6 +183,7 @@ def run_replay(
         alt = recompute(
             data.records,
             data.commands,
+            command_times=data.command_times,
             settings=settings,
             rules_override=rules_override,
             horizon_ms=data.horizon_ms,
@@ -249,6 +256,7 @@ def run_replay(
                 **(_deployment_info(ledger.deployments[d]) if d in ledger.deployments else {"deployment_id": d}),
                 "rules": base.rules.get(d, []),
                 "commands": [c.to_dict() for c in data.commands if c.deployment_id == d],
+                "command_times": [t for c, t in zip(data.commands, _times(data), strict=True) if c.deployment_id == d],
                 "decision": next((x.to_dict() for x in decisions if x.deployment_id == d), None),
                 "decision_text": decision_text(next((x for x in decisions if x.deployment_id == d), None)),
             }

@@ -153,14 +153,26 @@ async def read_span(
         return out
 
     async def the_rest() -> tuple[
-        list[ControlCommand], int, dict[TopicPartition, tuple[int, int]], list[WindowResult], int, list[JSONDict]
+        list[ControlCommand],
+        list[int | None],
+        int,
+        dict[TopicPartition, tuple[int, int]],
+        list[WindowResult],
+        int,
+        list[JSONDict],
     ]:
         started = time.perf_counter()
         raw_commands: list[bytes | None] = []
+        raw_times: list[int | None] = []
         control_tps = await topic_partitions(side, topics.control)
         control_ranges = await offset_ranges(side, control_tps, None, read_to)
-        await read_ranges(side, control_ranges, lambda r: raw_commands.append(r.value), timeout)
-        commands, invalid_commands = parse_commands(raw_commands)
+
+        def control_record(r: Any) -> None:
+            raw_commands.append(r.value)
+            raw_times.append(r.timestamp)
+
+        await read_ranges(side, control_ranges, control_record, timeout)
+        commands, command_times, invalid_commands = parse_commands_timed(raw_commands, raw_times)
         seconds["control"] = time.perf_counter() - started
 
         live_windows: list[WindowResult] = []
@@ -198,11 +210,11 @@ async def read_span(
             )
             live_late = parse_late_dead_letters(raw_dlq)
             seconds["dead_letters"] = time.perf_counter() - started
-        return commands, invalid_commands, control_ranges, live_windows, invalid_windows, live_late
+        return commands, command_times, invalid_commands, control_ranges, live_windows, invalid_windows, live_late
 
     try:
         (records, result_offsets), rest = await asyncio.gather(outcomes(), the_rest())
-        commands, invalid_commands, control_ranges, live_windows, invalid_windows, live_late = rest
+        commands, command_times, invalid_commands, control_ranges, live_windows, invalid_windows, live_late = rest
     finally:
         for c in (bulk, side):
             with contextlib.suppress(Exception):
@@ -215,6 +227,7 @@ async def read_span(
         horizon_ms=min(read_to, read_at),
         records=records,
         commands=commands,
+        command_times=command_times,
         live_windows=live_windows,
         live_late=live_late,
         invalid_commands=invalid_commands,
@@ -228,14 +241,24 @@ async def read_span(
 
 
 def parse_commands(raws: list[bytes | None]) -> tuple[list[ControlCommand], int]:
+    commands, _, invalid = parse_commands_timed(raws, [None] * len(raws))
+    return commands, invalid
+
+
+def parse_commands_timed(
+    raws: list[bytes | None], times: list[int | None]
+) -> tuple[list[ControlCommand], list[int | None], int]:
+    """The commands among control records appended at ``times``, with their append times; how many were not."""
     out: list[ControlCommand] = []
+    out_times: list[int | None] = []
     invalid = 0
-    for raw in raws:
+    for raw, at in zip(raws, times, strict=True):
         try:
             out.append(ControlCommand.from_dict(wire.decode_object(raw, wire.CONTROL)))
+            out_times.append(at)
         except (CanaryError, ValueError, TypeError):
             invalid += 1
-    return out, invalid
+    return out, out_times, invalid
 
 
 def parse_windows(

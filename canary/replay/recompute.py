@@ -85,10 +85,12 @@ class ReplaySettings:
 RuleBook = PolicyBook  # the replay's name for it, kept for callers
 
 
-def fold_commands(commands: Iterable[ControlCommand]) -> ControlLedger:
+def fold_commands(commands: Iterable[ControlCommand], times: Sequence[int | None] | None = None) -> ControlLedger:
+    """The ledger of ``commands`` in topic order, each appended at ``times[i]`` (its record timestamp, which
+    the ledger holds rollout commands to; None where unknown)."""
     ledger = ControlLedger()
-    for cmd in commands:
-        ledger.apply(cmd)
+    for i, cmd in enumerate(commands):
+        ledger.apply(cmd, times[i] if times is not None and i < len(times) else None)
     return ledger
 
 
@@ -383,18 +385,20 @@ def recompute(
     judge_from_ms: int | None = None,
     judge_until_ms: int | None = None,
     strict_decode: bool = False,
+    command_times: Sequence[int | None] | None = None,
 ) -> Recomputation:
     """Recompute windows, verdicts and decisions.
 
     ``records``: ``(partition, offset, kafka_timestamp_ms, raw_value)`` of ``search_results``, any order
     across partitions. ``commands``: the control topic in order (at least everything up to the span's
-    end). ``horizon_ms``: processing time reached after the input (the live tick closes windows up to
+    end), appended at ``command_times`` (their record timestamps; the ledger holds rollout commands to
+    them). ``horizon_ms``: processing time reached after the input (the live tick closes windows up to
     it); default: each partition's last record time. Only candidate windows starting in
     ``[judge_from_ms, judge_until_ms)`` reach the judge (windows before the span are incomplete).
     Candidate windows in the result carry the judge's verdicts, as the live verdicts topic does.
     """
     settings = settings or ReplaySettings()
-    ledger = fold_commands(commands)
+    ledger = fold_commands(commands, command_times)
     book = PolicyBook(ledger, rules_override)
     decoder = OutcomeDecoder(strict=strict_decode)
     partials: list[tuple[int, ClosedWindow, WindowAggregate]] = []
@@ -417,7 +421,13 @@ def recompute(
     windows = merge_all(partials)
 
     judgements, decisions, judged = evaluate(
-        windows, book, commands, settings, judge_from_ms=judge_from_ms, judge_until_ms=judge_until_ms
+        windows,
+        book,
+        commands,
+        settings,
+        judge_from_ms=judge_from_ms,
+        judge_until_ms=judge_until_ms,
+        command_times=command_times,
     )
     windows = [judged.get(w.window_id, w) for w in windows]
     deps = sorted({w.deployment_id for w in windows if w.deployment_id} | set(ledger.deployments))
@@ -439,6 +449,7 @@ def evaluate(
     *,
     judge_from_ms: int | None = None,
     judge_until_ms: int | None = None,
+    command_times: Sequence[int | None] | None = None,
 ) -> tuple[list[Judgement], list[ReplayDecision], dict[str, WindowResult]]:
     """The SLO agent (canary.pipeline.decisions.DecisionStep) over the windows, in arrival order.
 
@@ -450,15 +461,23 @@ def evaluate(
         final_ledger = commands
     else:
         history = list(commands)
-        final_ledger = fold_commands(history)
+        final_ledger = fold_commands(history, command_times)
     now_ledger = ControlLedger()
-    pending = sorted(history, key=lambda c: c.issued_at_ms)
+    # (when it took effect, appended at): the append time where the records had one, else the issue time.
+    timed = [
+        (c, command_times[i] if command_times is not None and i < len(command_times) else None)
+        for i, c in enumerate(history)
+    ]
+    pending = sorted(timed, key=lambda ct: ct[1] if ct[1] is not None else ct[0].issued_at_ms)
     cursor = 0
 
     def ledger_at(at_ms: int) -> ControlLedger:
         nonlocal cursor
-        while cursor < len(pending) and pending[cursor].issued_at_ms <= at_ms:
-            now_ledger.apply(pending[cursor])
+        while cursor < len(pending):
+            cmd, appended = pending[cursor]
+            if (appended if appended is not None else cmd.issued_at_ms) > at_ms:
+                break
+            now_ledger.apply(cmd, appended)
             cursor += 1
         return now_ledger if history else final_ledger
 

@@ -29,6 +29,7 @@ class SpanData:
     invalid_windows: int = 0
     read_seconds: dict[str, float] = field(default_factory=dict)
     offsets: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    command_times: list[int | None] = field(default_factory=list, repr=False)  # each command's append time
 
     def to_dict(self) -> JSONDict:
         return {

@@ -28,6 +28,7 @@ from canary.settings import Settings
 @dataclass
 class TopicData:
     commands: list[dict[str, Any]] = field(default_factory=list)
+    command_times: list[int | None] = field(default_factory=list)  # each control record's append time
     states: list[dict[str, Any]] = field(default_factory=list)
     windows: list[WindowResult] = field(default_factory=list)
     invalid_windows: int = 0
@@ -40,7 +41,7 @@ async def read_topics_async(
     from aiokafka import AIOKafkaConsumer
 
     from canary.kafka.topics import Topics
-    from canary.ops.view import read_topic
+    from canary.ops.view import read_records, read_topic
 
     topics = Topics(prefix)
     consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
@@ -51,7 +52,9 @@ async def read_topics_async(
     out = TopicData()
     try:
         if control:
-            out.commands = await read_topic(consumer, topics.control)
+            timed = [(v, t) for v, t in await read_records(consumer, topics.control) if v is not None]
+            out.commands = [wire.as_json(v, wire.CONTROL) for v, _ in timed]
+            out.command_times = [t for _, t in timed]
         if state:
             out.states = await read_topic(consumer, topics.state)
         raw_windows = await read_topic(consumer, topics.windows, limits=wire.WINDOW, tombstones=True) if windows else []
@@ -136,7 +139,12 @@ def export_deployment(
     data = read_topics(settings, control=True, windows=True)
     now = int(time.time() * 1000)
     report = build_report(
-        commands=data.commands, windows=data.windows, deployment_id=deployment_id, now_ms=now, outages=data.outages
+        commands=data.commands,
+        command_times=data.command_times,
+        windows=data.windows,
+        deployment_id=deployment_id,
+        now_ms=now,
+        outages=data.outages,
     )
     events, source, source_path = load_audit(
         settings, output=output, audit_file=audit_file, from_topics=from_topics, commands=data.commands

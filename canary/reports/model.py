@@ -310,25 +310,29 @@ def build_report(
     windows: Iterable[WindowResult] | None = None,
     now_ms: int | None = None,
     source: str = "kafka",
+    command_times: Sequence[int | None] | None = None,
     outages: Iterable[BrokerOutage] = (),
 ) -> DeploymentReport:
     """Report of one deployment (default: the latest started).
 
     ``view`` is a :class:`canary.ops.view.ControlView` (or anything with ``commands`` and ``windows``);
-    ``commands`` / ``windows`` override its parts, so a replay can pass recomputed windows. ``outages``:
-    the broker outages noted on judgements (:func:`outages_of_judgements`); those that touch none of this
-    deployment's windows are left out.
+    ``commands`` / ``windows`` override its parts, so a replay can pass recomputed windows.
+    ``command_times``: each command record's append time, which the ledger holds rollout commands to (the
+    view's own when its commands are used). ``outages``: the broker outages noted on judgements
+    (:func:`outages_of_judgements`); those that touch none of this deployment's windows are left out.
     """
     raw_commands = list(commands if commands is not None else (view.commands if view is not None else []))
+    if commands is None and command_times is None and view is not None:
+        command_times = getattr(view, "command_times", None)
     all_windows = list(windows if windows is not None else (view.windows if view is not None else []))
     ledger = ControlLedger()
     applied: list[tuple[ControlCommand, bool, str]] = []
-    for raw in raw_commands:
+    for i, raw in enumerate(raw_commands):
         try:
             cmd = ControlCommand.from_dict(raw)
         except CanaryError:
             continue
-        t = ledger.apply(cmd)
+        t = ledger.apply(cmd, command_times[i] if command_times is not None and i < len(command_times) else None)
         applied.append((cmd, t.applied, t.note))
     dep = select_deployment(ledger, deployment_id)
     seen: set[str] = set()

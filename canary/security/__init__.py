@@ -5,6 +5,7 @@ See docs/contracts.md ("Control command" and "Verification") for the wire format
 
 from canary.security.context import INSECURE_WARNING, ControlSecurity, default_verifier
 from canary.security.keys import ROLES, KeyInit, KeyRing, Role, TrustedKey, init_key, load_private_key
+from canary.security.scope import Scope
 from canary.security.signing import SIGNATURE_FIELDS, CommandSigner, canonical_bytes
 from canary.security.verify import REJECT_REASONS, CommandVerifier, RejectReason, Verdict
 
@@ -20,6 +21,7 @@ __all__ = [
     "KeyRing",
     "RejectReason",
     "Role",
+    "Scope",
     "TrustedKey",
     "Verdict",
     "canonical_bytes",

@@ -4,6 +4,9 @@ The CLI, the API and the demo sign with the operator key; the worker's SLO agent
 Everything that folds the control topic verifies against the same trusted keys directory. Insecure mode
 (``CANARY_INSECURE_CONTROL=1`` or ``--insecure`` on worker/router) accepts unsigned commands — local
 experiments only — and every process running that way says so loudly.
+
+Signers and verifiers are bound to the control topic they write or read and to the process's environment
+(:class:`~canary.security.scope.Scope`): a command signed for one environment is refused in every other.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from canary.errors import ConfigError
 from canary.security.keys import KeyRing, Role
+from canary.security.scope import Scope
 from canary.security.signing import CommandSigner
 from canary.security.verify import CommandVerifier
 from canary.settings import Settings, load_settings
@@ -34,11 +38,13 @@ class ControlSecurity:
     role: Role
     insecure: bool = False
     ttl_ms: int = 300_000
+    environment: str | None = None  # the process's environment (CANARY_ENV / --env), signed into every command
 
     @classmethod
     def for_role(cls, settings: Settings, role: Role) -> ControlSecurity:
         key = settings.operator_key_path if role == "operator" else settings.worker_key_path
-        return cls(settings.trusted_keys_dir, key, role, settings.insecure_control, int(settings.command_ttl_s * 1000))
+        ttl_ms = int(settings.command_ttl_s * 1000)
+        return cls(settings.trusted_keys_dir, key, role, settings.insecure_control, ttl_ms, settings.environment)
 
     @classmethod
     def operator(cls, settings: Settings) -> ControlSecurity:
@@ -48,18 +54,22 @@ class ControlSecurity:
     def worker(cls, settings: Settings) -> ControlSecurity:
         return cls.for_role(settings, "worker")
 
-    def verifier(self) -> CommandVerifier:
-        """A fresh verifier (each reader of the control topic needs its own: it remembers accepted ids)."""
-        return CommandVerifier(KeyRing(self.trusted_dir), insecure=self.insecure)
+    def scope(self, control_topic: str) -> Scope:
+        return Scope(self.environment, control_topic)
 
-    def signer(self) -> CommandSigner | None:
-        """The signer of this process's key. Without the key file: ConfigError saying how to create it —
-        or, in insecure mode only, None (commands go out unsigned)."""
+    def verifier(self, control_topic: str) -> CommandVerifier:
+        """A fresh verifier for the records of ``control_topic`` (each reader of the control topic needs its
+        own: it remembers accepted ids)."""
+        return CommandVerifier(KeyRing(self.trusted_dir), insecure=self.insecure, scope=self.scope(control_topic))
+
+    def signer(self, control_topic: str) -> CommandSigner | None:
+        """The signer of this process's key, for commands produced to ``control_topic``. Without the key file:
+        ConfigError saying how to create it — or, in insecure mode only, None (commands go out unsigned)."""
         if self.insecure and not self.key_path.exists():
             log.warning("insecure mode: no %s key at %s, commands are sent unsigned", self.role, self.key_path)
             return None
         try:
-            return CommandSigner.from_file(self.key_path, self.ttl_ms)
+            return CommandSigner.from_file(self.key_path, self.ttl_ms, self.scope(control_topic))
         except ConfigError as exc:
             flag = " --role worker" if self.role == "worker" else ""
             raise ConfigError(
@@ -73,7 +83,7 @@ class ControlSecurity:
                 log.warning("%s: %s", who, INSECURE_WARNING)
 
 
-def default_verifier() -> CommandVerifier:
-    """The verifier the process's settings describe (``canary.settings.load_settings``), for components
-    constructed without an explicit one (routers, the worker's registry, the CLI's view)."""
-    return ControlSecurity.operator(load_settings()).verifier()
+def default_verifier(control_topic: str) -> CommandVerifier:
+    """The verifier the process's settings describe (``canary.settings.load_settings``) for ``control_topic``,
+    for components constructed without an explicit one (routers, the worker's registry, the CLI's view)."""
+    return ControlSecurity.operator(load_settings()).verifier(control_topic)

@@ -1,10 +1,11 @@
 """Signing a control command: Ed25519 over its canonical bytes.
 
-A signed command is the command's JSON object plus three fields (docs/contracts.md, "Control command"):
+A signed command is the command's JSON object plus four fields (docs/contracts.md, "Signature"):
 ``key_id`` (which trusted key signed it), ``expires_at_ms`` (it is refused when appended to the control
-topic after that), and ``signature`` (standard base64 of the 64-byte Ed25519 signature). The signed bytes
-are the whole object **without** ``signature`` — so ``key_id``, ``expires_at_ms`` and ``issued_at_ms`` are
-signed too — written as JSON with sorted keys, compact separators and UTF-8 (no ASCII escaping), after one
+topic after that), ``scope`` (the environment and control topic it is for, :mod:`canary.security.scope`)
+and ``signature`` (standard base64 of the 64-byte Ed25519 signature). The signed bytes are the whole object
+**without** ``signature`` — so ``key_id``, ``expires_at_ms``, ``scope`` and ``issued_at_ms`` are signed
+too — written as JSON with sorted keys, compact separators and UTF-8 (no ASCII escaping), after one
 JSON round trip (tuples become lists, non-string keys strings), exactly as a reader re-serializes the
 object it parsed. Any field changed, added or removed after signing breaks the signature.
 
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from canary.core.models import ControlCommand
 from canary.security.keys import key_id_for, load_private_key, now_ms
+from canary.security.scope import SCOPE, Scope
 
 SIGNATURE = "signature"
 KEY_ID = "key_id"
@@ -84,31 +86,46 @@ def verify_signature(message: Mapping[str, Any], public: Ed25519PublicKey, signa
 
 
 class CommandSigner:
-    """Signs command payloads with one private key (an operator's or the SLO agent's worker key)."""
+    """Signs command payloads with one private key (an operator's or the SLO agent's worker key), for the
+    control topic of ``scope`` (the topic it writes to; None only in Kafka-free tests: every reader bound to
+    a scope refuses an unscoped command)."""
 
-    def __init__(self, private_key: Ed25519PrivateKey, ttl_ms: int = DEFAULT_TTL_MS, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        private_key: Ed25519PrivateKey,
+        ttl_ms: int = DEFAULT_TTL_MS,
+        path: Path | None = None,
+        scope: Scope | None = None,
+    ) -> None:
         if ttl_ms <= 0:
             raise ValueError(f"ttl_ms must be > 0, got {ttl_ms}")
         self._key = private_key
         self.ttl_ms = ttl_ms
         self.key_id = key_id_for(private_key.public_key())
         self.path = path
+        self.scope = scope
 
     @classmethod
-    def from_file(cls, path: Path, ttl_ms: int = DEFAULT_TTL_MS) -> CommandSigner:
-        return cls(load_private_key(path), ttl_ms, path)
+    def from_file(cls, path: Path, ttl_ms: int = DEFAULT_TTL_MS, scope: Scope | None = None) -> CommandSigner:
+        return cls(load_private_key(path), ttl_ms, path, scope)
+
+    def for_scope(self, scope: Scope) -> CommandSigner:
+        """The same key signing for another control topic (e.g. a promotion pipeline's other environment)."""
+        return CommandSigner(self._key, self.ttl_ms, self.path, scope)
 
     @property
     def public_key(self) -> Ed25519PublicKey:
         return self._key.public_key()
 
     def sign(self, message: Mapping[str, Any], now: int | None = None) -> dict[str, Any]:
-        """``message`` plus ``key_id``, ``expires_at_ms`` (issued_at_ms + ttl) and ``signature``."""
-        out = {k: v for k, v in _plain(message).items() if k not in SIGNATURE_FIELDS}
+        """``message`` plus ``key_id``, ``expires_at_ms`` (issued_at_ms + ttl), ``scope`` and ``signature``."""
+        out = {k: v for k, v in _plain(message).items() if k not in SIGNATURE_FIELDS and k != SCOPE}
         issued = out.get("issued_at_ms")
         base = issued if isinstance(issued, int) and not isinstance(issued, bool) else (now or now_ms())
         out[KEY_ID] = self.key_id
         out[EXPIRES_AT_MS] = base + self.ttl_ms
+        if self.scope is not None:
+            out[SCOPE] = self.scope.to_dict()
         out[SIGNATURE] = base64.b64encode(self._key.sign(canonical_bytes(out))).decode()
         return out
 

@@ -10,11 +10,14 @@ in this order (the first that fails is the reason; docs/contracts.md has the tab
 ``unsigned``           no signature fields (and insecure mode is off)
 ``bad_signature``      signature fields malformed, or the signature does not verify with the named key
 ``unknown_key``        ``key_id`` is not in the trusted keys directory
+``wrong_scope``        signed for another environment / control topic than this reader's, or for none
 ``key_not_permitted``  the key's role may not sign this command (worker keys: rollback, pause, and set_weight /
                        promote only under ``rollout-`` ids, which the ledger holds to the plan)
 ``expired``            appended after ``expires_at_ms``; or issued more than 60 s after it was appended;
                        or valid for longer than a day
-``replayed``           a command with this ``command_id`` was already accepted earlier in the topic
+``replayed``           a command with this ``command_id`` was already accepted earlier in the topic (not for
+                       ``rollout-`` ids: the SLO agent issues a step the ledger refused as premature again,
+                       under its id; the ledger applies each id once)
 ``invalid_preset``     a start's candidate or last_good snapshot fails preset validation
 ``hash_mismatch``      a start's ``candidate_config_hash`` is not the recomputed hash of its snapshot
 
@@ -40,8 +43,10 @@ from canary.config import Preset, PresetValidationError
 from canary.core import wire
 from canary.core.deployment import snapshot_hash
 from canary.core.models import ControlCommand
+from canary.core.rollout import is_rollout_command_id
 from canary.errors import CanaryError
 from canary.security.keys import KeyRing, now_ms
+from canary.security.scope import SCOPE, Scope, describe_claimed
 from canary.security.signing import is_signed, signature_fields, verify_signature
 
 RejectReason = Literal[
@@ -55,6 +60,7 @@ RejectReason = Literal[
     "unsigned",
     "bad_signature",
     "unknown_key",
+    "wrong_scope",
     "key_not_permitted",
     "expired",
     "replayed",
@@ -73,6 +79,7 @@ REJECT_REASONS: tuple[RejectReason, ...] = (
     "unsigned",
     "bad_signature",
     "unknown_key",
+    "wrong_scope",
     "key_not_permitted",
     "expired",
     "replayed",
@@ -148,10 +155,14 @@ def _snapshot_problem(label: str, snapshot: dict[str, Any]) -> str | None:
 
 
 class CommandVerifier:
-    """Accepts or rejects control records, in topic order; counts both (for logs and metrics)."""
+    """Accepts or rejects control records, in topic order; counts both (for logs and metrics). Bound to the
+    ``scope`` of the control topic it reads (None, unbound, only in Kafka-free tests)."""
 
-    def __init__(self, keys: KeyRing, *, insecure: bool = False, max_skew_ms: int = MAX_SKEW_MS) -> None:
+    def __init__(
+        self, keys: KeyRing, *, insecure: bool = False, max_skew_ms: int = MAX_SKEW_MS, scope: Scope | None = None
+    ) -> None:
         self.keys = keys
+        self.scope = scope
         self.insecure = insecure
         self.max_skew_ms = max_skew_ms
         self.accepted = 0
@@ -210,6 +221,10 @@ class CommandVerifier:
                 return _reject(
                     "bad_signature", f"signature does not verify with key {key_id} ({key.name})", cmd, key_id, signer
                 )
+            if self.scope is not None and message.get(SCOPE) != self.scope.to_dict():
+                claimed = message.get(SCOPE)
+                detail = f"signed for {describe_claimed(claimed)}" if claimed is not None else "signed without a scope"
+                return _reject("wrong_scope", f"{detail}; this reader is {self.scope.describe()}", cmd, key_id, signer)
             if not key.permits(cmd.type, cmd.command_id):
                 return _reject(
                     "key_not_permitted",
@@ -222,7 +237,7 @@ class CommandVerifier:
             problem = self._time_problem(cmd.issued_at_ms, fields.expires_at_ms, at_ms)
             if problem is not None:
                 return _reject("expired", problem, cmd, key_id, signer)
-        if cmd.command_id in self._accepted_ids:
+        if cmd.command_id in self._accepted_ids and not is_rollout_command_id(cmd.command_id):
             return _reject(
                 "replayed",
                 f"command id {cmd.command_id} was already accepted earlier on the topic",

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
-from canary.core.deployment import ControlLedger
-from canary.core.models import ControlCommand
 from canary.core.rollout import (
     DeploymentView,
     RolloutPlan,
@@ -163,60 +159,4 @@ def test_bad_plans_name_the_field(
         RolloutPlan(steps, min_total, max_s)
 
 
-# -- the ledger holds rollout commands to the plan ------------------------------------------------------------
-SNAPSHOT = {"metadata": {"name": "cand", "version": "1.0.0"}, "rollout": TWO.to_dict()}
-
-
-def command(
-    command_id: str, type_: str, weight: float | None = None, snapshot: dict[str, object] | None = None
-) -> ControlCommand:
-    return ControlCommand(
-        command_id=command_id,
-        type=type_,  # type: ignore[arg-type]
-        deployment_id="dep",
-        candidate_config=snapshot,
-        candidate_config_hash=None,
-        last_good_config={"metadata": {"name": "lg", "version": "1.0.0"}} if snapshot else None,
-        weight=weight,
-        reason=None,
-        evidence=None,
-        issued_by="t",
-        issued_at_ms=T0,
-    )
-
-
-def started(snapshot: dict[str, object]) -> ControlLedger:
-    ledger = ControlLedger()
-    assert ledger.apply(command("start-1", "start", 0.1, snapshot)).applied
-    return ledger
-
-
-@pytest.mark.parametrize(
-    ("cmd", "refusal"),
-    [
-        (command(step_command_id("dep", 1), "set_weight", 0.9), "weight 0.9 is not a later step"),
-        (command(step_command_id("dep", 2), "set_weight", 0.5), "does not name step 1"),
-        (command(promote_command_id("dep"), "promote"), "not at the plan's last step"),
-    ],
-)
-def test_the_ledger_refuses_rollout_commands_off_the_plan(cmd: ControlCommand, refusal: str) -> None:
-    ledger = started(SNAPSHOT)
-    t = ledger.apply(cmd)
-    assert not t.applied and refusal in t.note
-    assert ledger.current is not None and ledger.current.weight == 0.1
-
-
-def test_the_ledger_applies_the_plan_and_records_when_the_weight_changed() -> None:
-    ledger = started(SNAPSHOT)
-    step = command(step_command_id("dep", 1), "set_weight", 0.5)
-    assert ledger.apply(replace(step, issued_at_ms=T0 + 12_000)).applied
-    dep = ledger.current
-    assert dep is not None and dep.weight == 0.5 and dep.weight_set_at_ms == T0 + 12_000
-    assert ledger.apply(command(promote_command_id("dep"), "promote")).applied
-    assert ledger.deployments["dep"].status == "promoted"
-
-
-def test_a_candidate_without_a_plan_takes_no_rollout_command() -> None:
-    ledger = started({"metadata": {"name": "cand", "version": "1.0.0"}})
-    t = ledger.apply(command(step_command_id("dep", 1), "set_weight", 0.5))
-    assert not t.applied and "no rollout plan" in t.note
+# The ledger's side (rollout commands held to the plan): tests/core/test_rollout_ledger.py

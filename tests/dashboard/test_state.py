@@ -20,12 +20,15 @@ from tests.reports.sample import build, command
 T0 = 1_700_000_000_000
 
 
+CONTROL = Topics("dash.").control
+
+
 def _state() -> DashboardState:
-    return DashboardState(ControlSecurity.operator(load_settings()).verifier())
+    return DashboardState(ControlSecurity.operator(load_settings()).verifier(CONTROL))
 
 
 def _signed(cmd: ControlCommand) -> bytes:
-    signer = ControlSecurity.operator(load_settings()).signer()
+    signer = ControlSecurity.operator(load_settings()).signer(CONTROL)
     assert signer is not None
     return json.dumps(signer.sign_command(cmd)).encode()
 

@@ -24,7 +24,7 @@ from canary.core.deployment import ConfigRef, snapshot_hash
 from canary.core.models import ControlCommand
 from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.view import read_topic
-from canary.security import CommandSigner, ControlSecurity
+from canary.security import CommandSigner, ControlSecurity, Role
 from canary.settings import load_settings
 from router.backends.fault import Fault, FaultInjectingBackend
 from router.backends.memory import KeywordBackend, numbered_corpus, relevant_for
@@ -79,15 +79,27 @@ def end_command(deployment_id: str, kind: str = "abort") -> ControlCommand:
     )
 
 
-def operator_signer() -> CommandSigner:
-    """The test session's operator key (tests/conftest.py ``control_keys``)."""
-    signer = ControlSecurity.operator(load_settings()).signer()
+def security(role: Role = "operator", environment: str | None = None) -> ControlSecurity:
+    """The test session's keys (tests/conftest.py ``control_keys``) in ``environment`` (CANARY_ENV)."""
+    return ControlSecurity.for_role(load_settings().in_environment(environment), role)
+
+
+def operator_signer(topics: Topics, environment: str | None = None) -> CommandSigner:
+    """The test session's operator key, signing for ``topics.control`` in ``environment``."""
+    signer = security("operator", environment).signer(topics.control)
     assert signer is not None
     return signer
 
 
-def signed(cmd: ControlCommand) -> dict[str, Any]:
-    return operator_signer().sign_command(cmd)
+def worker_signer(topics: Topics) -> CommandSigner:
+    """The test session's worker key (the SLO agent's), signing for ``topics.control``."""
+    signer = ControlSecurity.worker(load_settings()).signer(topics.control)
+    assert signer is not None
+    return signer
+
+
+def signed(cmd: ControlCommand, topics: Topics, environment: str | None = None) -> dict[str, Any]:
+    return operator_signer(topics, environment).sign_command(cmd)
 
 
 async def send_raw(bootstrap: str, topics: Topics, payload: dict[str, Any] | bytes, key: str = "forged") -> None:
@@ -101,9 +113,9 @@ async def send_raw(bootstrap: str, topics: Topics, payload: dict[str, Any] | byt
         await producer.stop()
 
 
-async def send_command(bootstrap: str, topics: Topics, cmd: ControlCommand) -> None:
-    """Produce ``cmd`` signed with the session's operator key, as the CLI would."""
-    await send_raw(bootstrap, topics, signed(cmd), key=cmd.deployment_id)
+async def send_command(bootstrap: str, topics: Topics, cmd: ControlCommand, environment: str | None = None) -> None:
+    """Produce ``cmd`` signed with the session's operator key, as the CLI (of ``environment``) would."""
+    await send_raw(bootstrap, topics, signed(cmd, topics, environment), key=cmd.deployment_id)
 
 
 async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from tests.integration.harness import (
     make_backend,
     preset_ref,
     read_all,
+    security,
     send_command,
     start_command,
 )
@@ -109,12 +110,16 @@ def alerting_worker(
 
 async def _failing_canary(bootstrap: str, topics: Topics) -> dict[str, Any]:
     backend = make_backend({"candidate_slow": Fault(added_latency_ms=1500)})
-    router = RouterService(bootstrap, topics, backend, preset_ref("last_good"), consume_requests=False)
+    # Every process of the environment verifies and signs for it (the worker runs with CANARY_ENV=alerting).
+    verifier = security(environment="alerting").verifier(topics.control)
+    router = RouterService(
+        bootstrap, topics, backend, preset_ref("last_good"), consume_requests=False, verifier=verifier
+    )
     await router.start()
     cmd = start_command("candidate_slow", weight=0.3)
     dep = cmd.deployment_id
     try:
-        await send_command(bootstrap, topics, cmd)
+        await send_command(bootstrap, topics, cmd, environment="alerting")
         load = LoadGenerator(router, qps=60)
         task = asyncio.create_task(load.run(60))
         while not task.done():

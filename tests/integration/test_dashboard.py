@@ -207,7 +207,7 @@ async def test_actions_need_the_operator_token_and_are_signed(dash_env: DashEnv)
         assert sent["deployment_id"] == dep and sent["reason"] == "dashboard test"
         assert sent["issued_by"].startswith("dashboard:")
         assert {"key_id", "signature", "expires_at_ms"} <= set(sent)
-        verifier = ControlSecurity.operator(load_settings()).verifier()
+        verifier = ControlSecurity.operator(load_settings()).verifier(env.topics.control)
         verdicts = [verifier.check(c) for c in control]
         assert verdicts[-1].accepted and verdicts[-1].signer == "operator:tests", verdicts[-1].message
         await _wait_shown(session, env, dep, "rolled_back")

@@ -3,10 +3,10 @@ one is audited with ``success: false`` and its reason, and counted.
 
 Forgeries (issue #11): unsigned (``issued_by: mallory``, weight 1.0); signed with an untrusted key; a
 valid signature over a tampered snapshot (hash kept); a snapshot tampered after signing; a replay of an old
-command id; a snapshot that is not a valid preset (hash recomputed to match); plus an expired command and
-a start signed with the SLO agent's worker key. A real RouterService (live, and a second one started
-afterwards, which re-verifies the history), a real ``canary worker`` process (registry + audit agent), and
-``canary status``.
+command id; a snapshot that is not a valid preset (hash recomputed to match); plus an expired command, a
+start signed with the SLO agent's worker key, and one signed for another environment (issue #19). A real
+RouterService (live, and a second one started afterwards, which re-verifies the history), a real ``canary
+worker`` process (registry + audit agent), and ``canary status``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from canary.core.deployment import snapshot_hash
 from canary.kafka.topics import Topics
-from canary.security import REJECT_REASONS, CommandSigner, ControlSecurity
-from canary.settings import Settings, load_settings
+from canary.security import REJECT_REASONS, CommandSigner, Scope
+from canary.settings import Settings
 from router.requests import SearchRequest
 from router.service import RouterService, now_ms
 from tests.integration.harness import (
@@ -39,6 +39,7 @@ from tests.integration.harness import (
     send_raw,
     signed,
     start_command,
+    worker_signer,
 )
 from tests.integration.test_cli_ops import _canary, _env, _json
 
@@ -53,12 +54,11 @@ def _forged_start(**changes: Any) -> dict[str, Any]:
     return body
 
 
-def _forgeries(replayed_start: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+def _forgeries(replayed_start: dict[str, Any], topics: Topics) -> dict[str, tuple[dict[str, Any], str]]:
     """command label → (record as produced, the reason it must be rejected for)."""
-    operator = operator_signer()
-    worker = ControlSecurity.worker(load_settings()).signer()
-    assert worker is not None
-    stranger = CommandSigner(Ed25519PrivateKey.generate())
+    operator = operator_signer(topics)
+    worker = worker_signer(topics)
+    stranger = CommandSigner(Ed25519PrivateKey.generate(), scope=operator.scope)
 
     tampered = _forged_start()
     tampered["candidate_config"]["retriever"]["alpha"] = 0.05  # still a valid preset; hash left as it was
@@ -80,6 +80,10 @@ def _forgeries(replayed_start: dict[str, Any]) -> dict[str, tuple[dict[str, Any]
         "not a valid preset": (operator.sign(not_a_preset), "invalid_preset"),
         "expired": (operator.sign(_forged_start(issued_at_ms=old)), "expired"),
         "worker key signs a start": (worker.sign(_forged_start()), "key_not_permitted"),
+        "signed for another environment": (
+            operator.for_scope(Scope("prod", f"{topics.prefix}prod.canary_control")).sign(_forged_start()),
+            "wrong_scope",
+        ),
     }
 
 
@@ -102,7 +106,7 @@ async def test_forged_commands_are_never_applied_and_are_audited(
     try:
         # A real, signed canary that ran and ended: its start is the "old command id" replayed below.
         real = start_command("candidate_high_recall", weight=0.2)
-        real_payload = signed(real)
+        real_payload = signed(real, topics)
         await send_raw(kafka_bootstrap, topics, real_payload, key=real.deployment_id)
         await send_command(kafka_bootstrap, topics, end_command(real.deployment_id, "abort"))
         deadline = time.monotonic() + 15
@@ -115,7 +119,7 @@ async def test_forged_commands_are_never_applied_and_are_audited(
         traffic = asyncio.create_task(load.run(8))
         await asyncio.sleep(0.5)
         candidate_before = router.stats.by_arm["candidate"]
-        forged = _forgeries(real_payload)
+        forged = _forgeries(real_payload, topics)
         for record, _ in forged.values():
             await send_raw(kafka_bootstrap, topics, record, key=str(record.get("deployment_id")))
             await asyncio.sleep(0.3)  # each forgery gets some traffic routed after it

@@ -82,9 +82,9 @@ async def _publish(bootstrap: str, topics: Topics, sc: Scenario) -> None:
     try:
         key = sc.deployment_id.encode()
         for cmd in sc.commands:
-            await producer.send_and_wait(topics.control, json.dumps(signed(cmd)).encode(), key=key)
+            await producer.send_and_wait(topics.control, json.dumps(signed(cmd, topics)).encode(), key=key)
         # the SLO agent's rollback redelivered: same command id, must count once everywhere
-        await producer.send_and_wait(topics.control, json.dumps(signed(sc.rollback)).encode(), key=key)
+        await producer.send_and_wait(topics.control, json.dumps(signed(sc.rollback, topics)).encode(), key=key)
         for state in (_router_state(sc, 1, sc.t0 + 40), _router_state(sc, 2, sc.t0 + 5040, heartbeat=True)):
             await producer.send_and_wait(topics.state, json.dumps(state.to_dict()).encode(), key=b"router-a")
         for w in sc.windows:

@@ -100,6 +100,11 @@ async def test_a_healthy_candidate_walks_every_step_once_and_is_promoted_across_
     assert [c["weight"] for c in steps] == [0.25, 0.5, 1.0]
     assert all(c["issued_by"] == "slo-agent" and c["signature"] for c in steps)
     assert "passed 2 windows" in steps[0]["reason"]
+    # Each cites the judged windows it counted, which the ledger checked against the step's timing.
+    for c in [*steps, next(c for c in commands if c["type"] == "promote")]:
+        windows = c["evidence"]["windows"]
+        assert len(windows) == 2 and c["evidence"]["window_ms"] == 5000, c["evidence"]
+        assert all(w.startswith(f"{dep}|{CANDIDATE}|candidate@") for w in windows)
     assert not any(c["type"] == "rollback" for c in commands)
     promote = next(c for c in commands if c["type"] == "promote")
     assert promote["issued_at_ms"] - commands[0]["issued_at_ms"] >= 30_000  # min_total_duration_s

@@ -124,7 +124,7 @@ async def test_only_principals_with_write_may_produce_on_the_control_topic(secur
         await asyncio.to_thread(require_kafka, settings)
     # The operator (and the SLO agent's worker principal) may: a signed command lands on the topic.
     cmd = start_command("candidate_high_recall", weight=0.1)
-    await produce_command(secure_broker.connection("operator"), topics, cmd, operator_signer())
+    await produce_command(secure_broker.connection("operator"), topics, cmd, operator_signer(topics))
     view = await read_view_async(secure_broker.connection("operator"), topics)
     assert view.ledger.deployments[cmd.deployment_id].status == "running"
     # Services on a secured cluster only verify: a router principal can check its topics but not create any.
@@ -191,7 +191,7 @@ async def test_a_router_without_read_on_control_fails_safe_and_catches_up(
         feed = asyncio.create_task(_feed_requests(operator, topics, stop_feed))
         try:
             start = start_command("candidate_high_recall", weight=0.5)
-            await produce_command(operator, topics, start, operator_signer())
+            await produce_command(operator, topics, start, operator_signer(topics))
             await _until(lambda: router.stats.by_arm["candidate"] > 20, 20, "candidate traffic")
 
             async with AclAdmin(secure_broker.connection("admin")) as admin:
@@ -206,7 +206,7 @@ async def test_a_router_without_read_on_control_fails_safe_and_catches_up(
             assert router.stats.last_candidate_dispatch_ms - revoked_ms <= (router.control_stale_after_s + 2) * 1000
             # While revoked the operator changes the canary; the router cannot see it yet.
             reweigh = _set_weight(start.deployment_id, 0.9)
-            await produce_command(operator, topics, reweigh, operator_signer())
+            await produce_command(operator, topics, reweigh, operator_signer(topics))
             await asyncio.sleep(3)
             assert router.stats.by_arm["candidate"] == held, "a candidate request was sent while fail-safe"
             assert router.stats.by_arm["last_good"] > last_good_then + 100, "request intake stopped"
@@ -296,7 +296,7 @@ async def test_the_faust_worker_runs_as_its_own_principal(secure_broker: LocalBr
         )
         try:
             cmd = start_command("candidate_high_recall", weight=0.1)
-            await produce_command(secure_broker.connection("operator"), topics, cmd, operator_signer())
+            await produce_command(secure_broker.connection("operator"), topics, cmd, operator_signer(topics))
 
             def audit_of_start() -> dict[str, Any] | None:
                 assert worker.returncode is None, log_path.read_text(errors="replace")[-3000:]

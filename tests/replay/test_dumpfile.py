@@ -100,7 +100,7 @@ def _write(path: Path, records: list[Record], extra: list[str] | None = None) ->
 
 def _kafka_span(records: list[Record], from_ms: int, to_ms: int, horizon_ms: int) -> SpanData:
     """What read_span would read from Kafka holding exactly these records (the reference)."""
-    from canary.pipeline.run import parse_control
+    from canary.pipeline.run import parse_control_timed
     from canary.replay.reader import parse_windows
 
     settings = ReplaySettings()
@@ -112,11 +112,11 @@ def _kafka_span(records: list[Record], from_ms: int, to_ms: int, horizon_ms: int
         for r in records
         if base[r.topic] == "search_results" and read_from <= (r.arrival_ms or 0) < read_to
     ]
-    commands, _ = parse_control(r for r in records if base[r.topic] == "canary_control")
+    commands, times, _ = parse_control_timed(r for r in records if base[r.topic] == "canary_control")
     windows = [r.value for r in records if base[r.topic] == "canary_windows" and (r.arrival_ms or 0) >= first]
     verdicts = [r.value for r in records if base[r.topic] == "canary_verdicts" and (r.arrival_ms or 0) >= first]
     live, _ = parse_windows(windows, verdicts)
-    return SpanData(from_ms, to_ms, read_from, read_to, horizon_ms, outcomes, commands, live)
+    return SpanData(from_ms, to_ms, read_from, read_to, horizon_ms, outcomes, commands, live, command_times=times)
 
 
 COMPARED = ("windows", "judgements", "decisions", "differences", "deployments", "empty", "span")

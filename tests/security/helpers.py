@@ -10,23 +10,25 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from canary.config import PresetStore
 from canary.core.deployment import snapshot_hash
 from canary.core.models import ControlCommand
-from canary.security import CommandSigner, CommandVerifier, KeyRing, TrustedKey
+from canary.security import CommandSigner, CommandVerifier, KeyRing, Scope, TrustedKey
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = PresetStore(ROOT / "configs" / "presets")
 T0 = 1_800_000_000_000
 
-OPERATOR = CommandSigner(Ed25519PrivateKey.generate())
-WORKER = CommandSigner(Ed25519PrivateKey.generate())
-STRANGER = CommandSigner(Ed25519PrivateKey.generate())
+# The readers under test are staging's; the signers sign for it unless a test says otherwise.
+SCOPE = Scope("staging", "canary.staging.canary_control")
+OPERATOR = CommandSigner(Ed25519PrivateKey.generate(), scope=SCOPE)
+WORKER = CommandSigner(Ed25519PrivateKey.generate(), scope=SCOPE)
+STRANGER = CommandSigner(Ed25519PrivateKey.generate(), scope=SCOPE)
 TRUSTED = (
     TrustedKey.from_public(OPERATOR.public_key, "operator:alice", "operator"),
     TrustedKey.from_public(WORKER.public_key, "worker:w1", "worker"),
 )
 
 
-def verifier(insecure: bool = False) -> CommandVerifier:
-    return CommandVerifier(KeyRing(keys=TRUSTED), insecure=insecure)
+def verifier(insecure: bool = False, scope: Scope | None = SCOPE) -> CommandVerifier:
+    return CommandVerifier(KeyRing(keys=TRUSTED), insecure=insecure, scope=scope)
 
 
 def start(

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from canary.errors import ConfigError
-from canary.security import CommandSigner, ControlSecurity, KeyRing, TrustedKey, init_key, load_private_key
+from canary.security import CommandSigner, ControlSecurity, KeyRing, Scope, TrustedKey, init_key, load_private_key
 from canary.security.keys import key_id_for, read_trusted_dir, write_private_key, write_trusted
 from canary.settings import Settings, load_settings
 
@@ -136,12 +136,16 @@ def test_settings_locate_keys_under_home_and_read_overrides(tmp_path: Path) -> N
 def test_control_security_requires_the_key_unless_insecure(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     with pytest.raises(ConfigError, match=r"canary keys init --role worker"):
-        ControlSecurity.worker(settings).signer()
-    assert ControlSecurity.worker(settings.with_overrides(insecure_control=True)).signer() is None
+        ControlSecurity.worker(settings).signer("canary_control")
+    assert ControlSecurity.worker(settings.with_overrides(insecure_control=True)).signer("canary_control") is None
     init_key(settings.worker_key_path, settings.trusted_keys_dir, "worker")
-    signer = ControlSecurity.worker(settings).signer()
+    signer = ControlSecurity.worker(settings).signer("canary_control")
     assert isinstance(signer, CommandSigner) and signer.ttl_ms == 300_000
-    assert len(ControlSecurity.worker(settings).verifier().keys) == 1
+    assert signer.scope == Scope(None, "canary_control")
+    staging = settings.in_environment("staging")
+    verifier = ControlSecurity.worker(staging).verifier("staging.canary_control")
+    assert len(verifier.keys) == 0  # staging's own trusted keys directory
+    assert verifier.scope == Scope("staging", "staging.canary_control")
 
 
 def test_cli_keys_init_and_list(
@@ -181,7 +185,7 @@ def test_insecure_mode_says_so_loudly(tmp_path: Path, caplog: pytest.LogCaptureF
     settings = Settings(home=tmp_path)
     secure = _security(argparse.Namespace(insecure=False), settings, "worker")
     insecure = _security(argparse.Namespace(insecure=True), settings, "worker")
-    assert not secure.insecure and insecure.insecure and insecure.verifier().insecure
+    assert not secure.insecure and insecure.insecure and insecure.verifier("canary_control").insecure
     with caplog.at_level("WARNING", logger="canary.security"):
         secure.warn_if_insecure("worker")
         assert not caplog.records

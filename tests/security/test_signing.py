@@ -30,8 +30,10 @@ def test_canonical_bytes_do_not_depend_on_key_order_or_python_types() -> None:
 def test_sign_adds_the_signature_fields_and_changes_nothing_else() -> None:
     cmd = rollback()
     signed = OPERATOR.sign_command(cmd)
-    assert {k: v for k, v in signed.items() if k not in SIGNATURE_FIELDS} == json.loads(json.dumps(cmd.to_dict()))
+    added = (*SIGNATURE_FIELDS, "scope")
+    assert {k: v for k, v in signed.items() if k not in added} == json.loads(json.dumps(cmd.to_dict()))
     assert signed["key_id"] == OPERATOR.key_id and len(OPERATOR.key_id) == 16
+    assert signed["scope"] == {"environment": "staging", "control_topic": "canary.staging.canary_control"}
     assert signed["expires_at_ms"] == cmd.issued_at_ms + OPERATOR.ttl_ms
     fields = signature_fields(signed)
     assert verify_signature(signed, OPERATOR.public_key, fields.signature)

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from canary.security import REJECT_REASONS, CommandSigner
-from tests.security.helpers import OPERATOR, STRANGER, T0, WORKER, rollback, start, verifier, with_hash
+from canary.core.models import ControlCommand
+from canary.core.rollout import step_command_id
+from canary.security import REJECT_REASONS, CommandSigner, Scope
+from tests.security.helpers import OPERATOR, SCOPE, STRANGER, T0, WORKER, rollback, start, verifier, with_hash
 
 Payload = bytes | dict[str, Any] | list[Any] | Mapping[str, Any] | None
 
@@ -18,6 +20,12 @@ Payload = bytes | dict[str, Any] | list[Any] | Mapping[str, Any] | None
 def _tampered_weight() -> dict[str, Any]:
     signed = OPERATOR.sign_command(start())
     signed["weight"] = 1.0
+    return signed
+
+
+def _scope_swapped_after_signing() -> dict[str, Any]:
+    signed = OPERATOR.for_scope(Scope("prod", "canary.prod.canary_control")).sign_command(start())
+    signed["scope"] = SCOPE.to_dict()
     return signed
 
 
@@ -74,12 +82,42 @@ CASES: list[tuple[str, Callable[[], Payload], int, str | None, str]] = [
         "does not verify",
     ),
     ("signature fields partial", lambda: {**start().to_dict(), "key_id": "abc"}, T0, "bad_signature", "expires_at_ms"),
+    (
+        "signed for another environment",
+        lambda: OPERATOR.for_scope(Scope("prod", "canary.prod.canary_control")).sign_command(start()),
+        T0,
+        "wrong_scope",
+        "signed for environment 'prod', topic canary.prod.canary_control; this reader is environment 'staging', "
+        "topic canary.staging.canary_control",
+    ),
+    (
+        "signed for another prefix",
+        lambda: OPERATOR.for_scope(Scope("staging", "other.staging.canary_control")).sign_command(start()),
+        T0,
+        "wrong_scope",
+        "topic other.staging.canary_control",
+    ),
+    (
+        "signed without a scope",
+        lambda: CommandSigner(OPERATOR._key).sign_command(start()),
+        T0,
+        "wrong_scope",
+        "signed without a scope",
+    ),
+    (
+        "a worker rollback for another environment",
+        lambda: WORKER.for_scope(Scope("prod", "canary.prod.canary_control")).sign_command(rollback()),
+        T0 + 30_050,
+        "wrong_scope",
+        "environment 'prod'",
+    ),
+    ("scope swapped after signing", _scope_swapped_after_signing, T0, "bad_signature", "does not verify"),
     ("worker key signs a start", lambda: WORKER.sign_command(start()), T0, "key_not_permitted", "role worker"),
     ("expired", lambda: OPERATOR.sign_command(start()), T0 + 300_001, "expired", "after it expired"),
     ("issued in the future", lambda: OPERATOR.sign_command(start()), T0 - 61_000, "expired", "clock skew"),
     (
         "valid for too long",
-        lambda: CommandSigner(OPERATOR._key, ttl_ms=2 * 86_400_000).sign_command(start()),
+        lambda: CommandSigner(OPERATOR._key, ttl_ms=2 * 86_400_000, scope=SCOPE).sign_command(start()),
         T0,
         "expired",
         "longer than",
@@ -158,6 +196,26 @@ def test_replayed_command_id_is_rejected_after_it_was_accepted() -> None:
     same_id = OPERATOR.sign_command(start(deployment_id="dep-2"))  # a different command reusing the id
     assert v.check(same_id, T0 + 30).reason == "replayed"
     assert v.counts()["replayed"] == 2 and v.counts()["accepted"] == 1
+
+
+def test_a_rollout_id_may_come_again_after_the_ledger_refused_it() -> None:
+    """The SLO agent issues a step the ledger refused as premature again, under its deterministic id (the
+    ledger applies an id at most once); every other id is still a replay."""
+    step = ControlCommand(
+        step_command_id("dep-1", 1), "set_weight", "dep-1", None, None, None, 0.25, None, None, "slo-agent", T0
+    )
+    v = verifier()
+    assert v.check(WORKER.sign_command(step), T0 + 10).accepted
+    again = WORKER.sign_command(ControlCommand.from_dict({**step.to_dict(), "issued_at_ms": T0 + 5000}))
+    assert v.check(again, T0 + 5010).accepted
+    assert v.check(WORKER.sign_command(rollback()), T0 + 30_010).accepted
+    assert v.check(WORKER.sign_command(rollback()), T0 + 30_020).reason == "replayed"
+
+
+def test_an_unbound_or_insecure_verifier_checks_no_scope() -> None:
+    unscoped = CommandSigner(OPERATOR._key).sign_command(start())
+    assert verifier(scope=None).check(unscoped, T0).accepted  # Kafka-free tests only
+    assert verifier(insecure=True).check(start().to_dict(), T0).accepted
 
 
 def test_a_rejected_forgery_does_not_block_the_real_command_id() -> None:

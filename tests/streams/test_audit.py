@@ -21,11 +21,13 @@ from typing import Any
 import pytest
 
 from canary.core.deployment import ConfigRef, ControlLedger
+from canary.core.models import ControlCommand
+from canary.core.rollout import candidate_window_id, step_command_id
 from canary.security import CommandVerifier
 from streams import audit as audit_module
 from streams.audit import AuditLog, outcome_event
 from streams.registry import DeploymentRegistry
-from tests.security.helpers import OPERATOR, PRESETS, T0, TRUSTED, rollback, start
+from tests.security.helpers import OPERATOR, PRESETS, T0, TRUSTED, WORKER, rollback, start
 
 
 def event(i: int, pad: int = 0) -> dict[str, Any]:
@@ -293,7 +295,7 @@ def test_a_refused_command_and_a_replay_are_audited_as_failures() -> None:
     too_big = replace(start(command_id="start-2", deployment_id="dep-2"), weight=0.95)
     other = _record(OPERATOR.sign_command(too_big))
     refused = outcome_event(registry.apply_raw(other, 1, T0 + 20), other)
-    assert refused["event_id"] == "control:start-2" and refused["success"] is False
+    assert refused["event_id"] == "control:start-2@1" and refused["success"] is False
     assert refused["error_message"].startswith("refused: start: weight 0.95 does not fit beside the running canaries")
     # The first start published again: rejected as a replay, audited beside the original (distinct id).
     replay = outcome_event(registry.apply_raw(first, 2, T0 + 30), first)
@@ -304,6 +306,31 @@ def test_a_refused_command_and_a_replay_are_audited_as_failures() -> None:
     assert outcome_event(registry.apply_raw(forged, 3, T0 + 30_010), forged)["success"] is False
     assert registry.ledger.current is not None and registry.ledger.current.status == "running"
     assert registry.verifier.counts() == {**registry.verifier.counts(), "accepted": 2, "replayed": 1, "unsigned": 1}
+
+
+def test_a_premature_step_and_its_later_application_are_both_audited() -> None:
+    registry = _registry()
+    first = _record(OPERATOR.sign_command(start("candidate_progressive")))
+    assert outcome_event(registry.apply_raw(first, 0, T0), first)["success"] is True
+
+    def step_at(issued_at_ms: int) -> bytes:
+        windows = [candidate_window_id("dep-1", "candidate_progressive", T0 + k * 5000) for k in (0, 1)]
+        cmd = ControlCommand(
+            step_command_id("dep-1", 1), "set_weight", "dep-1", None, None, None, 0.25, "rollout",
+            {"windows": windows, "window_ms": 5000}, "slo-agent", issued_at_ms,
+        )  # fmt: skip
+        return _record(WORKER.sign_command(cmd))
+
+    early = step_at(T0 + 8000)  # its second window ends at T0 + 10 s: not yet, by the broker's clock
+    refused = outcome_event(registry.apply_raw(early, 1, T0 + 8000), early)
+    assert refused["event_id"] == "control:rollout-dep-1-step-1@1" and refused["success"] is False
+    assert "(window_after_command: " in refused["error_message"]
+    again = step_at(T0 + 11_000)  # the SLO agent issues it again on its next window
+    applied = outcome_event(registry.apply_raw(again, 2, T0 + 11_000), again)
+    assert applied["event_id"] == "control:rollout-dep-1-step-1" and applied["success"] is True
+    copy = outcome_event(registry.apply_raw(again, 3, T0 + 11_050), again)  # a redelivered copy: deduplicated
+    assert copy["event_id"] == "control:rollout-dep-1-step-1" and copy["success"] is False
+    assert registry.ledger.current is not None and registry.ledger.current.weight == 0.25
 
 
 async def test_outcome_at_waits_for_the_registry_to_reach_the_offset() -> None:
