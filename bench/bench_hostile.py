@@ -93,7 +93,7 @@ def audited_offsets(path: Path) -> set[int]:
         text = path.read_text()
     except OSError:
         return out
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): raw text in a line may hold U+2028 and the like
         try:
             event = json.loads(line)
         except ValueError:

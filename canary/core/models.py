@@ -62,6 +62,11 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+MAX_EPOCH_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the last instant ISO 8601 (and Python's datetime) can write. Every epoch-ms field
+is checked against it (and 0) at the edge, so no hostile timestamp reaches a formatter that cannot take it."""
+
+
 def iso_ms(ts_ms: int) -> str:
     """Epoch milliseconds → ``2024-01-02T03:04:05.678Z``."""
     # Integer timedelta arithmetic: fromtimestamp(ts / 1000) can round the milliseconds off by one.
@@ -142,7 +147,9 @@ class _Fields:
         assert v is not None
         return v
 
-    def int_(self, field: str, *, minimum: int | None = None, optional: bool = False) -> int | None:
+    def int_(
+        self, field: str, *, minimum: int | None = None, maximum: int | None = None, optional: bool = False
+    ) -> int | None:
         v = self._get(field, optional)
         if v is None and optional:
             return None
@@ -150,12 +157,18 @@ class _Fields:
             raise self.fail(field, "expected an integer", v)
         if minimum is not None and v < minimum:
             raise self.fail(field, f"must be >= {minimum}", v)
+        if maximum is not None and v > maximum:
+            raise self.fail(field, f"must be <= {maximum}", v)
         return v
 
-    def req_int(self, field: str, *, minimum: int | None = None) -> int:
-        v = self.int_(field, minimum=minimum)
+    def req_int(self, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        v = self.int_(field, minimum=minimum, maximum=maximum)
         assert v is not None
         return v
+
+    def epoch_ms(self, field: str) -> int:
+        """A required epoch-milliseconds field, within [0, MAX_EPOCH_MS]."""
+        return self.req_int(field, minimum=0, maximum=MAX_EPOCH_MS)
 
     def float_(
         self,
@@ -204,12 +217,15 @@ class _Fields:
     def time_ms(self, ms_field: str, iso_field: str) -> int:
         """Prefer the exact ``*_ms`` field; fall back to the ISO one for hand-written input."""
         if ms_field in self.data:
-            return self.req_int(ms_field)
+            return self.epoch_ms(ms_field)
         if iso_field in self.data:
             try:
-                return parse_time(self.data[iso_field])
-            except InvalidEvent:
+                value = parse_time(self.data[iso_field])
+            except (InvalidEvent, ValueError, OverflowError):
                 raise self.fail(iso_field, "expected ISO 8601 or epoch ms", self.data[iso_field]) from None
+            if not 0 <= value <= MAX_EPOCH_MS:
+                raise self.fail(iso_field, "must be between 1970 and 9999", self.data[iso_field])
+            return value
         raise InvalidEvent(f"{self.record}.{ms_field}: required field is missing")
 
 
@@ -304,7 +320,7 @@ class SearchOutcome:
         return cls(
             event_id=f.req_str("event_id"),
             request_id=f.req_str("request_id"),
-            ts=f.req_int("ts", minimum=0),
+            ts=f.epoch_ms("ts"),
             deployment_id=f.name("deployment_id", optional=True),
             config_name=f.req_name("config_name"),
             config_version=f.req_str("config_version", empty_ok=True),
@@ -387,7 +403,7 @@ class RouterWatermark:
             raise f.fail("kind", "expected 'watermark'", f.data.get("kind"))
         return cls(
             router_id=f.req_name("router_id"),
-            watermark_ms=f.req_int("watermark_ms", minimum=0),
+            watermark_ms=f.epoch_ms("watermark_ms"),
             status=cast(WatermarkStatus, f.choice("status", WATERMARK_STATUSES)),
             seq=f.req_int("seq", minimum=0),
         )

@@ -19,7 +19,15 @@ from typing import Annotated, Any, Literal, NamedTuple, cast
 import msgspec
 
 from canary.core import wire
-from canary.core.models import MAX_OUTCOME_METRICS, SAFE_NAME, RouterWatermark, SearchOutcome, WindowKey, check_name
+from canary.core.models import (
+    MAX_EPOCH_MS,
+    MAX_OUTCOME_METRICS,
+    SAFE_NAME,
+    RouterWatermark,
+    SearchOutcome,
+    WindowKey,
+    check_name,
+)
 from canary.errors import CanaryError
 
 
@@ -34,6 +42,7 @@ class SourceRecord(NamedTuple):
 
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 _Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # beyond 64 bits the reference parser sees a float
+_EpochMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_EPOCH_MS)]
 _NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
 _Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
@@ -52,7 +61,7 @@ class ReplayOutcome(msgspec.Struct, gc=False):
     # is decoded again by the reference path, which accepts or rejects it with the contract's message.
     event_id: _NonEmpty
     request_id: _NonEmpty
-    ts: _Count
+    ts: _EpochMs
     config_name: _NonEmpty
     config_version: str
     config_hash: str

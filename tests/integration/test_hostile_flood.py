@@ -265,7 +265,10 @@ async def _audited(fleet: Fleet, offsets: set[int]) -> dict[int, dict[str, Any]]
 
     async def lines() -> dict[int, dict[str, Any]] | None:
         got: dict[int, dict[str, Any]] = {}
-        for raw in fleet.audit.read_text().splitlines():
+        # split("\n"), not splitlines(): the raw text of a hostile record may hold U+2028 and the like.
+        for raw in fleet.audit.read_text().split("\n"):
+            if not raw.strip():
+                continue
             line = json.loads(raw)
             offset = line.get("details", {}).get("offset")
             if offset in offsets:
