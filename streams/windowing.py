@@ -214,6 +214,10 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
         for p in partitions:
             self._progress_sent.pop(p, None)
 
+    def rewound(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self._progress_sent.pop(p, None)
+
     async def _dead_letter(
         self, partition: int, offset: int | None, raw: bytes | None, reason: str, extra: dict[str, Any] | None = None
     ) -> None:
