@@ -135,20 +135,6 @@ def _ack(done: subprocess.CompletedProcess[str], took: float) -> dict[str, Any]:
     }
 
 
-async def _requests_on_topic(bootstrap: str, topic: str) -> int:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        from aiokafka import TopicPartition
-
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return sum((await consumer.end_offsets(tps)).values()) if tps else 0
-    finally:
-        await consumer.stop()
-
-
 def run_stop(args: Any, broker: LocalBroker, tmp: Path) -> dict[str, Any]:
     bootstrap = f"127.0.0.1:{broker.port}"
     prefix = unique_prefix("outage")
@@ -248,20 +234,24 @@ def run_hang(args: Any, broker: LocalBroker, tmp: Path) -> dict[str, Any]:
     ensure_topics(bootstrap, Topics(prefix))
     duration = args.hang_s + 20
     load = start_load(bootstrap, prefix, args.qps, duration, tmp / "load-hang.json")
-    info = broker.info()
-    assert info is not None
-    deadline = time.monotonic() + 60
-    while asyncio.run(_requests_on_topic(bootstrap, f"{prefix}search_requests")) < args.qps * 3:
-        if time.monotonic() > deadline or load.poll() is not None:
-            break
-        time.sleep(1)  # the load is under way before the broker hangs
-    log(f"SIGSTOP the broker for {args.hang_s:.0f} s")
-    os.kill(info.pid, signal.SIGSTOP)
     try:
-        time.sleep(args.hang_s)
+        info = broker.info()
+        assert info is not None
+        deadline = time.monotonic() + 60
+        while len(asyncio.run(read_all(bootstrap, f"{prefix}search_requests", timeout=5))) < args.qps * 3:
+            if time.monotonic() > deadline or load.poll() is not None:
+                break
+            time.sleep(1)  # the load is under way before the broker hangs
+        log(f"SIGSTOP the broker for {args.hang_s:.0f} s")
+        os.kill(info.pid, signal.SIGSTOP)
+        try:
+            time.sleep(args.hang_s)
+        finally:
+            os.kill(info.pid, signal.SIGCONT)
+        out = finish_load(load, tmp / "load-hang.json", timeout=duration + 120)
     finally:
-        os.kill(info.pid, signal.SIGCONT)
-    out = finish_load(load, tmp / "load-hang.json", timeout=duration + 120)
+        if load.poll() is None:
+            load.kill()
     return {"hang_s": args.hang_s, "qps": args.qps, "load": out}
 
 
