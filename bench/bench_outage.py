@@ -135,6 +135,17 @@ def _ack(done: subprocess.CompletedProcess[str], took: float) -> dict[str, Any]:
     }
 
 
+def wait_for_load(load: subprocess.Popen[str], bootstrap: str, topic: str, qps: float) -> None:
+    """Until ``canary load`` is under way (its start-up takes seconds on a busy machine)."""
+    deadline = time.monotonic() + 90
+    while len(asyncio.run(read_all(bootstrap, topic, timeout=5))) < qps * 2:
+        if load.poll() is not None:
+            raise SystemExit(f"canary load ended before the outage: {load.stderr.read() if load.stderr else ''}")
+        if time.monotonic() > deadline:
+            raise SystemExit("canary load sent nothing in 90 s")
+        time.sleep(1)
+
+
 def run_stop(args: Any, broker: LocalBroker, tmp: Path) -> dict[str, Any]:
     bootstrap = f"127.0.0.1:{broker.port}"
     prefix = unique_prefix("outage")
@@ -166,6 +177,7 @@ def run_stop(args: Any, broker: LocalBroker, tmp: Path) -> dict[str, Any]:
         log("canary started; load on")
         load_seconds = args.warmup_s + args.outage_s + 20
         load = start_load(bootstrap, prefix, args.qps, load_seconds, tmp / "load-stop.json")
+        wait_for_load(load, bootstrap, topics.search_requests, args.qps)
         time.sleep(args.warmup_s)
         cpu_before = {s.name: process_cpu_s(s.proc.pid) if s.proc else None for s in services}
         log(f"stopping the broker for {args.outage_s:.0f} s")
@@ -237,11 +249,7 @@ def run_hang(args: Any, broker: LocalBroker, tmp: Path) -> dict[str, Any]:
     try:
         info = broker.info()
         assert info is not None
-        deadline = time.monotonic() + 60
-        while len(asyncio.run(read_all(bootstrap, f"{prefix}search_requests", timeout=5))) < args.qps * 3:
-            if time.monotonic() > deadline or load.poll() is not None:
-                break
-            time.sleep(1)  # the load is under way before the broker hangs
+        wait_for_load(load, bootstrap, f"{prefix}search_requests", args.qps)
         log(f"SIGSTOP the broker for {args.hang_s:.0f} s")
         os.kill(info.pid, signal.SIGSTOP)
         try:

@@ -329,7 +329,7 @@ class CheckpointedStage(Generic[State]):
             cause = self._producer.cause
             raise Undelivered(
                 f"{self.name}: a delivery failed ({type(cause).__name__}: {cause}); the producer was replaced"
-            )
+            ) from cause
 
     async def emit(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
         """Send output; its delivery is checked before the next checkpoint claims the input behind it."""
@@ -425,6 +425,7 @@ class CheckpointedStage(Generic[State]):
                     if self._rewind_cause is not None:
                         cause, self._rewind_cause = self._rewind_cause, None
                         raise Undelivered(f"{self.name}: {cause!r}") from cause
+                    self._check_generation()  # a replacement since the last rewind: rewind before anything else
                     if self._pending:
                         await self.acquire(sorted(self._pending))
                     batch = await self._consumer.getmany(
