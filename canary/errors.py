@@ -49,3 +49,8 @@ class DeploymentError(CanaryError):
     """A canary command is not valid in the current deployment state."""
 
     exit_code = 4
+
+
+SHAPE_ERRORS: tuple[type[Exception], ...] = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError)
+"""What building a model from parsed but hostile JSON can raise (a list where an object belongs, an infinity
+where an integer belongs …): every ``from_dict`` turns these into :class:`InvalidEvent`."""

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.structs import ConsumerRecord
 
+from canary.core import wire
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import ARMS, Arm, RouterState, RouterWatermark, SearchOutcome
 from canary.core.split import baseline_of, candidate_of
@@ -44,6 +45,9 @@ log = logging.getLogger("canary.router")
 # Delivery failures come in bursts (every pending record fails at once after an outage): this logger is
 # rate-limited per message kind like aiokafka's (canary.observability.logs.RATE_LIMITED_LOGGERS).
 delivery_log = logging.getLogger("canary.router.delivery")
+# A flood of rejected control records (anyone with Write on the topic can append them) must not flood the
+# log: rate-limited like the delivery logger.
+control_log = logging.getLogger("canary.router.control")
 
 DEFAULT_RECALL_SAMPLE_RATE: Final = 0.10  # docs/contracts.md, "Recall without labels": why 10 %
 DEFAULT_MAX_EXACT_IN_FLIGHT: Final = 16  # a burst beyond this drops samples (counted), never queues them
@@ -59,12 +63,27 @@ def outcome_partition(request_id: str, partitions: int) -> int:
     return zlib.crc32(request_id.encode()) % partitions
 
 
-def _loads(raw: bytes) -> Any:
-    """orjson for speed; the standard library for what orjson rejects (NaN, huge ints) and for its errors."""
+def decode_request(raw: bytes | None) -> SearchRequest:
+    """A ``search_requests`` value as a request; :class:`~canary.core.wire.Rejected` with its code for
+    anything else (no value, too large or deep, not JSON, not an object, fields breaking the contract)."""
+    data = wire.decode_object(raw, wire.REQUEST)
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)
+        return SearchRequest.from_dict(data)
+    except Exception as exc:
+        raise wire.rejection_of(exc) from None
+
+
+async def _both(
+    dead_ack: asyncio.Future[Any], outcome_ack: asyncio.Future[Any], on_dead_failure: Callable[[BaseException], None]
+) -> Any:
+    """A poison request is done when its error outcome is delivered. Its dead letter is best effort after
+    one send: a dead letter lost with the broker is logged and counted, while the outcome (what the windows
+    count) is redelivered until the broker has it."""
+    try:
+        await dead_ack
+    except Exception as exc:
+        on_dead_failure(exc)
+    return await outcome_ack
 
 
 def _settle(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None:
@@ -463,17 +482,25 @@ class RouterService:
         return time.monotonic() - self._control_fresh_at > self.control_stale_after_s
 
     def _apply_control(self, record: ConsumerRecord[bytes, bytes], publish: bool) -> str | None:
-        verdict = self.verifier.check(record.value, record.timestamp)
+        verdict = self.verifier.check(record.value, record.timestamp)  # total: never raises
         if not verdict.accepted or verdict.command is None:  # never applied; poison never stops the router
             reason = verdict.reason or "malformed"
-            if reason == "malformed":
+            if verdict.poison:
                 self.stats.invalid_commands += 1
             self.stats.rejected_commands[reason] = self.stats.rejected_commands.get(reason, 0) + 1
             self.metrics.commands_rejected.labels(reason).inc()
-            log.warning("%s REJECTED control record at offset %s: %s", self.router_id, record.offset, verdict.message)
+            control_log.warning(
+                "%s REJECTED control record at offset %s: %s", self.router_id, record.offset, verdict.message
+            )
             return None
         cmd = verdict.command
-        transition = self.ledger.apply(cmd)
+        try:
+            transition = self.ledger.apply(cmd)
+        except Exception as exc:  # a verified command the fold cannot take: refused, never fatal
+            log.error(
+                "%s: control record at offset %s not applied: ledger raised %r", self.router_id, record.offset, exc
+            )
+            return None
         if transition.applied:
             self.stats.applied.append((cmd.command_id, cmd.type, now_ms()))
             self.metrics.commands_applied.labels(cmd.type).inc()
@@ -812,26 +839,42 @@ class RouterService:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
 
-    async def _process_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _process_record(self, record: ConsumerRecord[bytes, bytes], attempt: int = 0) -> None:
         ack: asyncio.Future[Any] | None = None
+        delivery: Delivery | None = None
         try:
             try:
-                request = SearchRequest.from_dict(_loads(record.value or b"null"))
-            except Exception as exc:  # poison: never stop the router
-                await self._reject(record, str(exc))
+                request = decode_request(record.value)
+            except wire.Rejected as exc:  # poison: dead-lettered with its code, never stops the router
+                ack, delivery = await self._reject(record, exc.code, exc.detail)
                 return
-            results, used, ack, delivery = await self._handle(request, wait_ack=False)
+            try:
+                results, used, ack, delivery = await self._handle(request, wait_ack=False)
+            except Exception as exc:  # quarantined: dead-lettered with the error, the loop goes on
+                log.exception("request at %s/%s failed unexpectedly", record.partition, record.offset)
+                ack, delivery = await self._reject(record, "quarantined", f"{type(exc).__name__}: {exc}")
+                return
             if self.reply:
                 await self._reply(request, results, used)
         except Exception:
-            log.exception("request at %s/%s failed unexpectedly", record.partition, record.offset)
+            log.exception("request at %s/%s: its outcome could not be queued", record.partition, record.offset)
         finally:
-            if ack is None:
-                self._finish(record, None, None)
+            if ack is None or delivery is None:
+                # Nothing queued (the producer gave up waiting for room): the request keeps its slot and its
+                # offset stays uncommitted; it is processed again after a backoff — never done unanswered.
+                task = asyncio.create_task(self._process_again(record, attempt + 1))
+                self._redeliveries.add(task)
+                task.add_done_callback(self._redeliveries.discard)
             else:
-                # The slot frees and the offset becomes committable when the broker has the outcome,
-                # without keeping this task alive until then.
-                ack.add_done_callback(lambda fut: self._finish(record, fut, delivery.outcome))
+                # The slot frees and the offset becomes committable when the broker has the outcome (and,
+                # for poison, its dead letter), without keeping this task alive until then.
+                done = delivery
+                ack.add_done_callback(lambda fut: self._finish(record, fut, done.outcome))
+
+    async def _process_again(self, record: ConsumerRecord[bytes, bytes], attempt: int) -> None:
+        await asyncio.sleep(REDELIVERY_BACKOFF_S[min(attempt - 1, len(REDELIVERY_BACKOFF_S) - 1)])
+        if self.failure() is None:  # else the process exits; the request is consumed again after the restart
+            await self._process_record(record, attempt)
 
     def _finish(
         self, record: ConsumerRecord[bytes, bytes], ack: asyncio.Future[Any] | None, outcome: SearchOutcome | None
@@ -900,45 +943,51 @@ class RouterService:
             self._delivery_failed("reply", ack.exception())
             delivery_log.warning("%s: search response not delivered: %r", self.router_id, ack.exception())
 
-    async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        """Poison request: dead-letter it with the reason and publish an error outcome (visible, not lost)."""
+    async def _reject(
+        self, record: ConsumerRecord[bytes, bytes], reason: wire.DeadLetterReason, detail: str
+    ) -> tuple[asyncio.Future[Any], Delivery]:
+        """Poison request: dead-letter it with the reason and publish an error outcome (visible, not lost).
+        Returns the outcome's ack, which completes only once the dead letter is on the broker too."""
         assert self._producer is not None
         self.stats.invalid_requests += 1
-        raw = (record.value or b"").decode("utf-8", errors="replace")
-        dead = {
-            "reason": reason,
-            "source_topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "raw": raw[:10_000],
-            "router_id": self.router_id,
-            "rejected_at_ms": now_ms(),
-        }
-        try:
-            await self._producer.send_and_wait(self.topics.requests_dlq, json.dumps(dead).encode())
-        except Exception:
-            self.metrics.publish_errors.labels("dlq").inc()
-            raise
-        self.metrics.dlq.labels("invalid_request").inc()
+        dead = wire.dead_letter(
+            reason,
+            detail,
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            raw=record.value,
+            extra={"router_id": self.router_id},
+        )
+        dead_ack = await self._producer.send(self.topics.requests_dlq, orjson.dumps(dead))
+        self.metrics.dlq.labels(reason).inc()
         request_id = f"invalid-{record.topic}-{record.partition}-{record.offset}"
-        _, used = self.route(SearchRequest(request_id=request_id, query="-", collection="-"))
+        last_good = self.ledger.last_good
+        assert last_good is not None
+        # Answered, so requests and outcomes still match one to one, but outside every canary: a poison
+        # request says nothing about a config, and a flood of them must not decide a deployment.
         outcome = SearchOutcome(
             event_id=f"{self.router_id}:{request_id}",
             request_id=request_id,
-            ts=now_ms(),
-            deployment_id=used.deployment_id,
-            config_name=used.name,
-            config_version=used.version,
-            config_hash=used.content_hash,
-            arm=used.arm,
+            ts=self._clock(),
+            deployment_id=None,
+            config_name=last_good.name,
+            config_version=last_good.version,
+            config_hash=last_good.content_hash,
+            arm="last_good",
             latency_ms=0.0,
             recall_at_10=None,
             result_count=0,
             error="invalid_request",
             router_id=self.router_id,
         )
-        await self._publish_outcome(outcome)
-        self._count_delivered(outcome)
+        outcome_ack = await self._publish_outcome(outcome, wait_ack=False)
+        both: asyncio.Future[Any] = asyncio.ensure_future(_both(dead_ack, outcome_ack, self._dead_letter_failed))
+        return both, Delivery(outcome, both)
+
+    def _dead_letter_failed(self, exc: BaseException) -> None:
+        self.metrics.publish_errors.labels("dlq").inc()
+        delivery_log.error("%s: dead letter not delivered (%s: %s)", self.router_id, type(exc).__name__, exc)
 
     async def _commit_loop(self) -> None:
         while True:

@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import faust
-from faust.types import StreamT
+import orjson
+from aiokafka.errors import KafkaError as AIOKafkaError
+from faust.types import EventT, StreamT
 
 from canary.alerts import AlertDispatcher, alert_event
 from canary.config.environments import AlertTarget
+from canary.core import wire
 from canary.core.models import RouterState, WindowResult
 from canary.kafka.clients import Cluster, faust_broker_url, faust_credentials
 from canary.kafka.topics import Topics
@@ -36,13 +39,14 @@ from canary.observability.server import MetricsEndpoint, MetricsServer
 from canary.pipeline.decisions import DecisionStep
 from canary.security import ControlSecurity
 from canary.settings import load_settings
-from streams.audit import AuditLog, outcome_event, state_event
+from streams.audit import AuditLog, invalid_control_event, outcome_event, state_event
 from streams.merging import MergeStage
 from streams.registry import ControlOutcome, DeploymentRegistry
 from streams.windowing import WindowingStage
 
 log = logging.getLogger("canary.streams")
 COMMAND_RETRY_S = (0.5, 1.0, 2.0, 5.0)
+rejected_log = logging.getLogger("canary.streams.rejected.agents")  # rate-limited
 
 
 def now_ms() -> int:
@@ -136,6 +140,7 @@ class CanaryStreams:
         )
         self.control_topic = self._raw_topic(topics.control, 1)
         self.state_topic = self._raw_topic(topics.state, 1)
+        self.dead_letters_topic = self._raw_topic(topics.results_dlq, 1)
         self.slo_state = app.Table("slo-state", partitions=config.partitions, default=None)
         self.windowing = WindowingStage(
             config.bootstrap,
@@ -240,11 +245,32 @@ class CanaryStreams:
         await self.registry.caught_up.wait()
         async for event in stream.events():
             try:
-                window = WindowResult.from_dict(json.loads(event.value))
-            except Exception as exc:  # poison: log and skip, never stop the agent
-                log.warning("ignoring invalid window result: %s", exc)
+                window = WindowResult.from_dict(wire.decode_object(event.value, wire.WINDOW))
+            except Exception as exc:  # poison: dead-lettered with its code, never stops the agent
+                rejected = wire.rejection_of(exc)
+                await self._dead_letter(self.config.topics.windows, event, rejected.code, rejected.detail)
                 continue
-            await self._judge_window(window)
+            try:
+                await self._judge_window(window)
+            except AIOKafkaError:
+                raise  # a delivery problem, not the record's: the event is not acknowledged, so it comes again
+            except Exception as exc:  # the judge could not take this window: set aside with the error, go on
+                log.exception("SLO agent: window %s quarantined", window.window_id)
+                detail = f"judging raised {type(exc).__name__}: {exc}"
+                await self._dead_letter(self.config.topics.windows, event, "quarantined", detail)
+
+    async def _dead_letter(self, topic: str, event: EventT[bytes], reason: wire.DeadLetterReason, detail: str) -> None:
+        """A record of a topic the worker reads (windows, router states) that it cannot use: to the worker's
+        dead-letter topic with the reason, counted; the agent goes on."""
+        message = event.message
+        dead = wire.dead_letter(
+            reason, detail, source_topic=topic, partition=message.partition, offset=message.offset, raw=event.value
+        )
+        await self.dead_letters_topic.send(value=orjson.dumps(dead))
+        self.metrics.dlq.labels(reason).inc()
+        rejected_log.warning(
+            "dead-lettered %s record at %s/%s: %s: %s", topic, message.partition, message.offset, reason, detail
+        )
 
     async def _judge_window(self, window: WindowResult) -> None:
         """Every decision is the core's (canary.pipeline.decisions); this loop only moves records."""
@@ -331,7 +357,13 @@ class CanaryStreams:
                 appended = int(ts * 1000) if ts is not None else None
                 verdict = self.security.verifier().check(event.value, appended, record=False)
                 outcome = ControlOutcome(offset, verdict, False, "not folded by the registry", appended)
-            entry = outcome_event(outcome, event.value)
+            try:
+                entry = outcome_event(outcome, event.value)
+            except Exception as exc:  # never: but a line that cannot be built must not stop the audit
+                log.exception("audit: control record at offset %s: its audit line could not be built", offset)
+                entry = invalid_control_event(
+                    offset, event.value, f"unauditable ({type(exc).__name__})", "unverifiable", outcome.appended_at_ms
+                )
             with deployment_context(entry.get("deployment_id")):
                 if await self.audit.append_durably(entry):
                     self.stats.audit_lines += 1
@@ -349,9 +381,10 @@ class CanaryStreams:
             if event.value is None:
                 continue  # compaction tombstone
             try:
-                state = RouterState.from_dict(json.loads(event.value))
-            except Exception as exc:  # poison: log and skip, never stop the agent
-                log.warning("audit: invalid state record at offset %s: %s", event.message.offset, exc)
+                state = RouterState.from_dict(wire.decode_object(event.value, wire.ROUTER_STATE))
+            except Exception as exc:  # poison: dead-lettered with its code, never stops the agent
+                rejected = wire.rejection_of(exc)
+                await self._dead_letter(self.config.topics.state, event, rejected.code, rejected.detail)
                 continue
             if state.heartbeat:
                 continue

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from canary.core import wire
 from canary.core.models import ControlCommand, RouterState, iso_ms
 
 if TYPE_CHECKING:
@@ -93,10 +94,11 @@ def control_event(
 
 
 def invalid_control_event(
-    offset: int | None, raw: bytes | None, detail: str, appended_at_ms: int | None = None
+    offset: int | None, raw: bytes | None, detail: str, reason: str = "malformed", appended_at_ms: int | None = None
 ) -> dict[str, Any]:
-    """A control record that is not a command at all (poison): audited too, never applied."""
-    text = (raw or b"").decode("utf-8", errors="replace")
+    """A control record that is not a command at all (poison): audited too, never applied, with the
+    verifier's reason (``malformed``, ``too_deep``, ``not_json`` …)."""
+    text = wire.raw_text(raw, 2000) or ""
     return {
         "event_id": f"control:invalid@{offset}",
         "event_type": INVALID_COMMAND,
@@ -104,9 +106,9 @@ def invalid_control_event(
         "deployment_id": None,
         "user_id": None,
         "config_name": None,
-        "details": {"offset": offset, "raw": text[:2000], "source": "control", "verification": {"reason": "malformed"}},
+        "details": {"offset": offset, "raw": text, "source": "control", "verification": {"reason": reason}},
         "success": False,
-        "error_message": f"rejected (malformed): {detail}",
+        "error_message": f"rejected ({reason}): {detail}",
     }
 
 
@@ -114,7 +116,9 @@ def outcome_event(outcome: ControlOutcome, raw: bytes | None) -> dict[str, Any]:
     """The audit line of a control record as the worker's registry folded it."""
     verdict = outcome.verdict
     if verdict.command is None:
-        return invalid_control_event(outcome.offset, raw, verdict.detail, outcome.appended_at_ms)
+        return invalid_control_event(
+            outcome.offset, raw, verdict.detail, verdict.reason or "malformed", outcome.appended_at_ms
+        )
     return control_event(
         verdict.command,
         success=verdict.accepted and outcome.applied,
@@ -186,8 +190,8 @@ class AuditLog:
             if not line.strip():
                 continue
             try:
-                self._seen.add(json.loads(line)["event_id"])
-            except (ValueError, KeyError, TypeError):
+                self._seen.add(str(wire.decode_object(line, wire.AUDIT_LINE)["event_id"]))
+            except (wire.Rejected, KeyError):
                 self.invalid_lines += 1
         if self.invalid_lines:
             log.warning("audit log %s: %d unparseable line(s) kept as they are", self.path, self.invalid_lines)
@@ -219,8 +223,8 @@ class AuditLog:
                 start = chunk_start
             tail = os.pread(fd, size - start, start)
             try:
-                event_id = json.loads(tail)["event_id"]
-            except (ValueError, KeyError, TypeError):
+                event_id = wire.decode_object(tail, wire.AUDIT_LINE)["event_id"]
+            except (wire.Rejected, KeyError):
                 event_id = None
             if isinstance(event_id, str):
                 os.write(fd, b"\n")

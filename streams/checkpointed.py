@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -35,6 +34,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
 
+from canary.core import wire
 from canary.core.jsonio import dumps
 from canary.errors import KafkaError, ProducerFailed
 from canary.kafka.backoff import calm
@@ -176,9 +176,9 @@ class CheckpointedStage(Generic[State]):
                         found.pop(partition, None)
                         continue
                     try:
-                        found[partition] = json.loads(record.value)
-                    except ValueError:
-                        found[partition] = {"__unreadable__": record.value[:200].decode("utf-8", "replace")}
+                        found[partition] = wire.decode_object(record.value, wire.CHECKPOINT)
+                    except wire.Rejected as exc:  # started afresh by acquire(), with the reason logged
+                        found[partition] = {"__unreadable__": f"{exc.code}: {exc.detail[:200]}"}
         finally:
             await reader.stop()
         return found
@@ -217,7 +217,7 @@ class CheckpointedStage(Generic[State]):
             if restored is not None:
                 try:
                     if "__unreadable__" in restored:
-                        raise ValueError(f"not JSON: {restored['__unreadable__']!r}")
+                        raise ValueError(f"not a readable checkpoint: {restored['__unreadable__']}")
                     state = self.new_state(p, restored)
                 except Exception as exc:
                     self.unreadable_checkpoints += 1

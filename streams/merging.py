@@ -14,10 +14,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiokafka import TopicPartition
 
-from canary.core.jsonio import dumps, loads
-from canary.core.merge import WindowMerger, parse_merge_record
+from canary.core import wire
+from canary.core.jsonio import dumps
+from canary.core.merge import Progress, WindowMerger, parse_merge_record
 from canary.errors import CanaryError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
@@ -25,6 +27,7 @@ from canary.observability.metrics import WorkerMetrics
 from streams.checkpointed import CheckpointedStage, now_ms
 
 log = logging.getLogger("canary.streams.merge")
+rejected_log = logging.getLogger("canary.streams.rejected.partials")  # rate-limited
 
 
 @dataclass
@@ -101,20 +104,44 @@ class MergeStage(CheckpointedStage[_MergeState]):
                     continue  # redelivered
                 state.applied = record.offset
                 try:
-                    item = parse_merge_record(loads(record.value or b"null"))
-                    before = state.merger.dropped
+                    item = parse_merge_record(wire.decode_object(record.value, wire.PARTIAL))
+                except Exception as exc:  # poison: dead-lettered with its code, the loop goes on
+                    rejected = wire.rejection_of(exc)
+                    await self._dead_letter(record, rejected.code, rejected.detail)
+                    continue
+                before = state.merger.dropped
+                try:
                     state.merger.add(item)
-                except (CanaryError, ValueError, TypeError) as exc:  # poison: log, count, go on
-                    self.stats.invalid_records += 1
-                    log.warning("merge: invalid record at %s/%s: %s", tp.partition, record.offset, exc)
+                except CanaryError as exc:  # the merger's refusal (e.g. a source partition that does not exist)
+                    await self._dead_letter(record, "invalid", str(exc))
+                    continue
+                except Exception as exc:  # a partial the merger cannot take: quarantined, never fatal
+                    log.exception("merge: record at %s/%s quarantined", tp.partition, record.offset)
+                    await self._dead_letter(record, "quarantined", f"the merger raised {type(exc).__name__}: {exc}")
                     continue
                 if state.merger.dropped > before:
                     self.stats.dropped_partials += 1
-                elif type(item).__name__ == "Progress":
+                elif isinstance(item, Progress):
                     self.stats.progress_marks += 1
                 else:
                     self.stats.partials += 1
             self.mark_dirty(tp.partition)
+
+    async def _dead_letter(self, record: Any, reason: wire.DeadLetterReason, detail: str) -> None:
+        self.stats.invalid_records += 1
+        dead = wire.dead_letter(
+            reason,
+            detail,
+            source_topic=self.topics.window_partials,
+            partition=record.partition,
+            offset=record.offset,
+            raw=record.value,
+        )
+        await self.emit(self.topics.results_dlq, orjson.dumps(dead))
+        self.metrics.dlq.labels(reason).inc()
+        rejected_log.warning(
+            "merge: dead-lettered record at %s/%s: %s: %s", record.partition, record.offset, reason, detail
+        )
 
     async def emit_due(self) -> None:
         now = now_ms()

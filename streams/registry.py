@@ -27,6 +27,8 @@ from canary.pipeline.policies import PolicyBook
 from canary.security import CommandVerifier, Verdict, default_verifier
 
 log = logging.getLogger("canary.streams.registry")
+rejected_log = logging.getLogger("canary.streams.rejected.control")  # rate-limited (a flood is one line per 5 s)
+OUTCOMES_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,22 +91,35 @@ class DeploymentRegistry:
         self, raw: bytes | None, offset: int | None = None, timestamp_ms: int | None = None
     ) -> ControlOutcome:
         """Verify and fold one control record (appended at ``timestamp_ms``); never raises on its content."""
-        verdict = self.verifier.check(raw, timestamp_ms)
+        verdict = self.verifier.check(raw, timestamp_ms)  # total: never raises
         if not verdict.accepted or verdict.command is None:
-            if verdict.reason == "malformed":
+            if verdict.poison:
                 self.invalid_commands += 1
             self.metrics.commands_rejected.labels(verdict.reason or "malformed").inc()
-            log.warning("REJECTED control record at offset %s: %s", offset, verdict.message)
+            rejected_log.warning("REJECTED control record at offset %s: %s", offset, verdict.message)
             outcome = ControlOutcome(offset, verdict, False, verdict.message, timestamp_ms)
         else:
-            transition = self.ledger.apply(verdict.command)
-            outcome = ControlOutcome(offset, verdict, transition.applied, transition.note, timestamp_ms)
-            counter = self.metrics.commands_applied if transition.applied else self.metrics.commands_refused
+            try:
+                transition = self.ledger.apply(verdict.command)
+                outcome = ControlOutcome(offset, verdict, transition.applied, transition.note, timestamp_ms)
+            except Exception as exc:  # a verified command the fold cannot take: refused and audited, not fatal
+                log.error("control record at offset %s not applied: the ledger raised %r", offset, exc)
+                outcome = ControlOutcome(offset, verdict, False, f"not applied: {type(exc).__name__}", timestamp_ms)
+            counter = self.metrics.commands_applied if outcome.applied else self.metrics.commands_refused
             counter.labels(verdict.command.type).inc()
         if offset is not None:
-            self.outcomes[offset] = outcome
+            self._remember(offset, outcome)
             self._advance(offset + 1)
         return outcome
+
+    def _remember(self, offset: int, outcome: ControlOutcome) -> None:
+        """Kept for the audit agent, which asks for each offset once (:meth:`outcome_at`); bounded, because
+        only the worker that holds the control partition in the Faust group audits, and a flood of junk
+        records must not grow every other worker's memory. An offset asked for after it was evicted is
+        verified on its own by the audit agent (same verdict, same reason)."""
+        self.outcomes[offset] = outcome
+        while len(self.outcomes) > OUTCOMES_KEPT:
+            del self.outcomes[next(iter(self.outcomes))]
 
     def _advance(self, position: int) -> None:
         if position > self.next_offset:
@@ -114,7 +129,7 @@ class DeploymentRegistry:
 
     async def outcome_at(self, offset: int) -> ControlOutcome | None:
         """The outcome of the control record at ``offset``, once the fold has passed it (None for an
-        offset that holds no record)."""
+        offset that holds no record, or one no longer kept)."""
         while self.next_offset <= offset:
             await self._progress.wait()
         return self.outcomes.get(offset)
@@ -149,7 +164,11 @@ class DeploymentRegistry:
                 batch = await consumer.getmany(timeout_ms=200)
                 for records in batch.values():
                     for record in records:
-                        self.apply_raw(record.value, record.offset, record.timestamp)
+                        try:
+                            self.apply_raw(record.value, record.offset, record.timestamp)
+                        except Exception as exc:  # apply_raw never raises; if it ever did, go on past it
+                            log.exception("control record at offset %s quarantined: %r", record.offset, exc)
+                            self._advance(record.offset + 1)
                 position = await consumer.position(tp)
                 self._advance(position)  # also past offsets that hold no record (transaction markers)
                 if not self.caught_up.is_set() and position >= end:

@@ -17,25 +17,27 @@ as ``invalid outcome``; late outcomes count in their key's next window (never dr
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiokafka import TopicPartition
 
+from canary.core import wire
 from canary.core.jsonio import dumps
 from canary.core.merge import Progress, partial_of
-from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_MS, WindowFinalizer
+from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_MS, AddResult, WindowFinalizer
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
-from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, as_core_outcomes
+from canary.replay.decode import Decoded, OutcomeDecoder, ReplayOutcome, as_core_outcomes
 from streams.checkpointed import CheckpointedStage, now_ms
 from streams.registry import DeploymentRegistry
 
 log = logging.getLogger("canary.streams.windows")
+rejected_log = logging.getLogger("canary.streams.rejected.outcomes")  # rate-limited: a flood is one line per 5 s
 
 PROGRESS_EVERY_MS = 1000  # a progress mark at least this often, even when no window closed
 
@@ -141,13 +143,22 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
                 try:
                     items.append(self._decoder.decode(record.value, record.offset))
                     offsets.append(record.offset)
-                except DECODE_ERRORS as exc:  # poison: dead-letter, never stop the stage
-                    await self._dead_letter(tp.partition, record.offset, record.value, f"invalid outcome: {exc}")
+                except Exception as exc:  # poison (the decoder raises only Rejected): dead-lettered, never fatal
+                    rejected = wire.rejection_of(exc)
+                    await self._dead_letter(tp.partition, record.offset, record.value, rejected.code, rejected.detail)
                     self.stats.invalid_outcomes += 1
-                    self.metrics.dlq.labels("invalid_outcome").inc()
             if not items:
                 continue
-            result = fin.add(tp.partition, as_core_outcomes(items), now, offsets)
+            try:
+                result = fin.add(tp.partition, as_core_outcomes(items), now, offsets)
+            except Exception:
+                # The core never raises on decoded outcomes; if it ever does, find the record that makes it
+                # raise instead of crash-looping on the batch: one by one, the culprit quarantined. Outcomes
+                # the failed batch already took are dropped as repeats (the finalizer dedups by request).
+                log.exception(
+                    "windows: partition %s: a batch of %d outcomes failed; one by one", tp.partition, len(items)
+                )
+                result = await self._add_one_by_one(fin, tp.partition, items, offsets, records, now)
             n = len(items) - result.watermarks
             self.stats.outcomes += n
             self.stats.watermark_records += result.watermarks
@@ -160,16 +171,36 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             self.stats.by_partition[tp.partition] = self.stats.by_partition.get(tp.partition, 0) + n
             for outcome in result.future:
                 self.stats.future_outcomes += 1
-                self.metrics.dlq.labels("future_ts").inc()
                 offset = outcome.offset if isinstance(outcome, ReplayOutcome) else None
                 await self._dead_letter(
                     tp.partition,
                     offset,
                     None,
-                    "future_ts: event time beyond the bound ahead of its producer's watermark",
+                    "future_ts",
+                    "event time beyond the bound ahead of its producer's watermark",
                     extra={"event_id": outcome.event_id, "ts": outcome.ts, "router_id": outcome.router_id},
                 )
             self.mark_dirty(tp.partition)
+
+    async def _add_one_by_one(
+        self,
+        fin: WindowFinalizer,
+        partition: int,
+        items: list[Decoded],
+        offsets: list[int],
+        records: list[Any],
+        now: int,
+    ) -> AddResult:
+        raw_of = {record.offset: record.value for record in records}
+        total = AddResult()
+        for item, offset in zip(items, offsets, strict=True):
+            try:
+                total.merge(fin.add(partition, as_core_outcomes([item]), now, [offset]))
+            except Exception as exc:
+                log.exception("windows: outcome at %s/%s quarantined", partition, offset)
+                detail = f"the window core raised {type(exc).__name__}: {exc}"
+                await self._dead_letter(partition, offset, raw_of.get(offset), "quarantined", detail)
+        return total
 
     async def emit_due(self) -> None:
         now = now_ms()
@@ -219,16 +250,25 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             self._progress_sent.pop(p, None)
 
     async def _dead_letter(
-        self, partition: int, offset: int | None, raw: bytes | None, reason: str, extra: dict[str, Any] | None = None
+        self,
+        partition: int,
+        offset: int | None,
+        raw: bytes | None,
+        reason: wire.DeadLetterReason,
+        detail: str,
+        extra: dict[str, Any] | None = None,
     ) -> None:
-        record: dict[str, Any] = {
-            "reason": reason,
-            "source_topic": self.topics.search_results,
-            "partition": partition,
-            "offset": offset,
-            "raw": (raw or b"").decode("utf-8", errors="replace")[:10_000] if raw is not None else None,
-            "dead_lettered_at_ms": now_ms(),
-            **(extra or {}),
-        }
-        await self.emit(self.topics.results_dlq, json.dumps(record).encode())
-        log.warning("dead-lettered outcome (partition %s offset %s): %s", partition, offset, reason)
+        record = wire.dead_letter(
+            reason,
+            detail,
+            source_topic=self.topics.search_results,
+            partition=partition,
+            offset=offset,
+            raw=raw,
+            extra=extra,
+        )
+        await self.emit(self.topics.results_dlq, orjson.dumps(record))
+        self.metrics.dlq.labels(reason).inc()
+        rejected_log.warning(
+            "dead-lettered outcome (partition %s offset %s): %s: %s", partition, offset, reason, detail
+        )

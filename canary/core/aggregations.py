@@ -19,7 +19,7 @@ from canary.core.custom import CustomAggregation, CustomStats, custom_from_dict,
 from canary.core.evidence import RECALL_BINS
 from canary.core.models import RECALL_SOURCES, JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.core.sketch import QuantileSketch
-from canary.errors import InvalidEvent
+from canary.errors import SHAPE_ERRORS, InvalidEvent
 
 _SOURCE = operator.attrgetter("recall_source")
 
@@ -115,7 +115,7 @@ class WindowStats:
                 custom_from_dict(d.get("custom")),
                 recall_sources_from_dict(d.get("recall_source")),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"WindowStats: malformed ({exc!r}): {dict(d)!r:.200}") from None
         if out.count < 0 or out.error_count < 0 or any(c < 0 for _, c in exceed) or any(c <= 0 for _, c in hist):
             raise InvalidEvent(f"WindowStats: counts must be non-negative: {dict(d)!r:.200}")
@@ -228,7 +228,7 @@ class WindowAggregate:
                     "recall_source": d.get("recall_source"),
                 }
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"WindowAggregate: malformed state ({exc!r}): {dict(d)!r:.200}") from None
         return cls(
             sketch=stats.sketch,

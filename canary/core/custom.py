@@ -24,7 +24,7 @@ import numpy as np
 
 from canary.core.evidence import RECALL_BINS
 from canary.core.sketch import QuantileSketch
-from canary.errors import ConfigError, InvalidEvent
+from canary.errors import SHAPE_ERRORS, ConfigError, InvalidEvent
 
 AGGREGATIONS: Final = ("mean", "rate", "p50", "p90", "p95", "p99")
 QUANTILE_LEVELS: Final = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
@@ -84,7 +84,7 @@ class CustomMetric:
                 float(d.get("high", 1.0)),
                 str(d.get("description", "")),
             )
-        except (TypeError, ValueError) as exc:
+        except SHAPE_ERRORS as exc:
             raise ConfigError(f"{where}: {exc}") from None
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
@@ -158,7 +158,7 @@ class CustomStats:
                 tuple(sorted(((str(t), int(c)) for t, c in d.get("exceed", {}).items()), key=lambda kv: float(kv[0]))),
                 QuantileSketch.from_dict(d["sketch"]) if "sketch" in d else None,
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"CustomStats: malformed ({exc!r})") from None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -40,7 +41,9 @@ class ConfigRef:
 
     @classmethod
     def from_snapshot(cls, snapshot: dict[str, Any], content_hash: str | None = None) -> ConfigRef:
-        meta = snapshot.get("metadata", {})
+        meta = snapshot.get("metadata") if isinstance(snapshot, Mapping) else None
+        if not isinstance(meta, Mapping):
+            meta = {}
         return cls(
             name=str(meta.get("name", "unknown")),
             version=str(meta.get("version", "0.0.0")),
@@ -128,9 +131,16 @@ class ControlLedger:
         return self.last_good
 
     def apply(self, cmd: ControlCommand) -> Transition:
+        """Fold one command: applied, or refused with the reason. Total: a command whose content the fold
+        cannot take (a hostile snapshot in an unverified fold) is refused, never an exception."""
         if cmd.command_id in self.applied_ids:
             return Transition(False, f"duplicate command {cmd.command_id} ignored")
-        result = self._apply(cmd)
+        try:
+            result = self._apply(cmd)
+        except Exception as exc:
+            return Transition(
+                False, f"{cmd.type}: not applied, its content cannot be folded ({type(exc).__name__}: {exc})"[:500]
+            )
         if result.applied:
             self.applied_ids.add(cmd.command_id)
             self.last_command_id = cmd.command_id

@@ -66,7 +66,7 @@ from canary.core.slo import (
     value_format,
     window_point_value,
 )
-from canary.errors import InvalidEvent
+from canary.errors import SHAPE_ERRORS, InvalidEvent
 
 MAX_PENDING = 720  # last_good windows held for pairing (one hour of 5 s windows); older ones are pooled
 MAX_EVIDENCE = 64  # evidence entries kept per streak; streaks normally end at consecutive_buckets
@@ -117,7 +117,7 @@ class Judgement:
                 decision=None if decision is None else Decision.from_dict(decision),
                 judged_at_ms=int(d.get("judged_at_ms", 0)),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"Judgement: malformed ({exc!r})") from None
 
 
@@ -788,7 +788,7 @@ class DeploymentJudge:
                 pauses=int(d["pauses"]),
                 baseline_wait_ms=int(d.get("baseline_wait_ms", 2000)),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"DeploymentJudge: malformed state ({exc!r})") from None
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from canary.core.aggregations import WindowAggregate, WindowAggregator
 from canary.core.models import JSONDict, WindowKey, WindowResult
-from canary.errors import InvalidEvent
+from canary.errors import SHAPE_ERRORS, InvalidEvent
 
 _NEG = -(2**62)
 _RESULT = WindowAggregator()  # result() reads only the state; thresholds do not matter here
@@ -59,7 +59,7 @@ class PartialWindow:
                 int(d["window_end_ms"]),
                 WindowAggregate.from_dict(d["aggregate"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"PartialWindow: malformed ({exc!r}): {dict(d)!r:.200}") from None
 
 
@@ -75,7 +75,7 @@ class Progress:
     def from_dict(cls, d: Mapping[str, Any]) -> Progress:
         try:
             return cls(int(d["source_partition"]), int(d["closed_until_ms"]))
-        except (KeyError, TypeError, ValueError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"Progress: malformed ({exc!r}): {dict(d)!r:.200}") from None
 
 
@@ -212,7 +212,7 @@ class WindowMerger:
                 for k, w in d["pending"].items()
             }
             out.dropped = int(d.get("dropped", 0))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"WindowMerger: malformed state ({exc!r})") from None
         return out
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from canary.errors import ConfigError, InvalidEvent
+from canary.errors import SHAPE_ERRORS, ConfigError, InvalidEvent
 
 ROLLOUT_ID_PREFIX: Final = "rollout-"
 GATES: Final = ("auto", "manual")
@@ -131,7 +131,7 @@ class RolloutPlan:
                 None if max_duration is None else float(max_duration),
                 bool(d.get("auto_promote", True)),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"RolloutPlan: malformed ({exc!r})") from None
 
 
@@ -311,7 +311,7 @@ class RolloutTracker:
             if not 0 <= step < len(plan.steps):
                 raise ValueError(f"step {step} outside the plan's {len(plan.steps)} steps")
             return cls(plan, step, int(d["counted"]), [int(w) for w in d.get("counted_windows", [])])
-        except (KeyError, TypeError, ValueError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"RolloutTracker: malformed state ({exc!r})") from None
 
 

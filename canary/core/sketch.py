@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from canary.errors import InvalidEvent
+from canary.errors import SHAPE_ERRORS, InvalidEvent
 
 
 class QuantileSketch:
@@ -160,7 +160,7 @@ class QuantileSketch:
             zero = d["zero"]
             pairs = d["bins"]
             bins = {int(k): int(c) for k, c in pairs}
-        except (KeyError, TypeError, ValueError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"QuantileSketch: malformed state ({exc!r}): {dict(d)!r:.200}") from None
         if not isinstance(zero, int) or zero < 0 or any(c <= 0 for c in bins.values()):
             raise InvalidEvent(f"QuantileSketch: counts must be positive integers: {dict(d)!r:.200}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from canary.core.custom import MAX_CUSTOM_METRICS, CustomMetric, CustomStats
 from canary.core.models import JSONDict, Outcome, RuleVerdict, WindowResult, iso_ms
-from canary.errors import ConfigError, InvalidEvent
+from canary.errors import SHAPE_ERRORS, ConfigError, InvalidEvent
 
 VerdictOutcome = Outcome
 """The closed set ``pass | fail | inconclusive | error``."""
@@ -282,7 +282,7 @@ class SLOPolicy:
                 int(d["min_samples"]),
                 metrics,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"SLOPolicy: malformed ({exc!r})") from None
 
 
@@ -542,7 +542,7 @@ class Decision:
                 str(d["command_id"]),
                 str(d.get("type", "rollback")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"Decision: malformed ({exc!r})") from None
 
 

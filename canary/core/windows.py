@@ -36,7 +36,7 @@ import numpy as np
 
 from canary.core.aggregations import WindowAggregate, WindowAggregator
 from canary.core.models import RouterWatermark, RuleVerdict, SearchOutcome, WindowKey, WindowResult
-from canary.errors import InvalidEvent
+from canary.errors import SHAPE_ERRORS, InvalidEvent
 
 Judge = Callable[[WindowResult], Sequence[RuleVerdict]]
 """Computes a finalized window's verdicts; the finalizer stores them in ``WindowResult.verdicts``."""
@@ -183,6 +183,14 @@ class AddResult:
     duplicates: int = 0  # dropped: the request was already counted
     redelivered: int = 0  # skipped: offsets already applied
     watermarks: int = 0
+
+    def merge(self, other: AddResult) -> None:
+        """Add ``other``'s counts and lists to these (results of several ``add`` calls as one)."""
+        self.late.extend(other.late)
+        self.future.extend(other.future)
+        self.duplicates += other.duplicates
+        self.redelivered += other.redelivered
+        self.watermarks += other.watermarks
 
 
 @dataclass(slots=True)
@@ -769,6 +777,6 @@ class WindowFinalizer:
                 for start, packed in seen.items():
                     for k in np.frombuffer(base64.b64decode(packed), dtype="<u8").tolist():
                         out._remember(int(k), int(start))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"WindowFinalizer: malformed state ({exc!r})") from None
         return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -26,10 +25,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from canary.core import wire
 from canary.core.deployment import ControlLedger, Deployment
 from canary.core.judge import Judgement
 from canary.core.models import RouterState, WindowResult
-from canary.errors import CanaryError, KafkaError
+from canary.errors import KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, topic_partitions
 from canary.security import CommandVerifier, Verdict
@@ -116,11 +116,8 @@ class DashboardState:
 
     # -- folding ----------------------------------------------------------------------------------------
     def add_control(self, value: bytes | None, offset: int, appended_at_ms: int | None, changes: Changes) -> None:
-        try:
-            raw = json.loads(value or b"null")
-        except ValueError:
-            raw = {"_invalid": (value or b"").decode(errors="replace")[:200]}
-        verdict = self.verifier.check(raw if isinstance(raw, dict) else value, appended_at_ms)
+        raw = wire.as_json(value, wire.CONTROL)  # for display; the verifier decodes the record itself
+        verdict = self.verifier.check(value, appended_at_ms)
         applied, note = False, verdict.message
         if verdict.accepted and verdict.command is not None:
             transition = self.ledger.apply(verdict.command)
@@ -239,16 +236,15 @@ def _fold(state: DashboardState, topics: Topics, topic: str, record: Any, change
             return
         if record.value is None:
             return
-        data = json.loads(record.value)
         if topic == topics.verdicts:
-            state.add_judgement(Judgement.from_dict(data), changes)
+            state.add_judgement(Judgement.from_dict(wire.decode_object(record.value, wire.JUDGEMENT)), changes)
         elif topic == topics.windows:
-            window = WindowResult.from_dict(data)
+            window = WindowResult.from_dict(wire.decode_object(record.value, wire.WINDOW))
             if window.arm != "candidate":  # the candidate's judged copy comes from the verdicts topic
                 state.add_window(window, changes)
         elif topic == topics.state:
-            state.add_router_state(RouterState.from_dict(data), changes)
-    except (CanaryError, ValueError, TypeError) as exc:
+            state.add_router_state(RouterState.from_dict(wire.decode_object(record.value, wire.ROUTER_STATE)), changes)
+    except Exception as exc:  # poison (decoding or a contract), or a fold that choked on it: counted, skipped
         state.poison += 1
         log.debug("dashboard: skipped a poison record on %s@%s: %s", topic, record.offset, exc)
 
@@ -285,8 +281,8 @@ class AuditTail:
             if not line.strip():
                 continue
             try:
-                event = json.loads(line)
-            except ValueError:
+                event = wire.decode(line, wire.AUDIT_LINE)
+            except wire.Rejected:
                 continue
             if isinstance(event, dict):
                 out.append(event)

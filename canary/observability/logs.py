@@ -30,7 +30,15 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(deployment_suffix)s: %(messag
 
 # aiokafka logs every failed connection attempt of every client (about 1 MB/s per router with the broker
 # down); these loggers' lines are rate-limited per message kind.
-RATE_LIMITED_LOGGERS = ("aiokafka", "kafka", "canary.router.delivery")
+RATE_LIMITED_LOGGERS = (
+    "aiokafka",
+    "kafka",
+    "canary.router.delivery",
+    # Rejected records: anyone who may write a topic can append thousands (each is counted, audited or
+    # dead-lettered; the log only needs to say it is happening).
+    "canary.router.control",
+    "canary.streams.rejected",
+)
 RATE_LIMIT_INTERVAL_S = 5.0
 
 _deployment: contextvars.ContextVar[str | None] = contextvars.ContextVar("canary_deployment_id", default=None)

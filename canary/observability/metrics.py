@@ -13,6 +13,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from canary.core.models import OUTCOMES
+from canary.core.wire import DEAD_LETTER_REASONS
 from canary.security import REJECT_REASONS
 
 ARMS = ("last_good", "candidate")
@@ -98,7 +99,8 @@ class RouterMetrics:
             self.commands_applied.labels(cmd)
         for reason in REJECT_REASONS:
             self.commands_rejected.labels(reason)
-        self.dlq.labels("invalid_request")
+        for dlq_reason in DEAD_LETTER_REASONS:
+            self.dlq.labels(dlq_reason)
 
     def bind(
         self,
@@ -166,7 +168,7 @@ class WorkerMetrics:
         )
         self.dlq = Counter(
             "canary_worker_dlq_records",
-            "Outcomes dead-lettered by the windows stage, by reason",
+            "Records the worker dead-lettered (outcomes, partials, windows, router states), by reason",
             ["reason"],
             registry=r,
         )
@@ -195,7 +197,7 @@ class WorkerMetrics:
             self.commands_applied.labels(cmd)
         for reason in REJECT_REASONS:
             self.commands_rejected.labels(reason)
-        for dlq_reason in ("invalid_outcome", "future_ts"):
+        for dlq_reason in DEAD_LETTER_REASONS:
             self.dlq.labels(dlq_reason)
         for source in ("control", "state"):
             self.audit_lines.labels(source)

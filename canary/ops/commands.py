@@ -22,9 +22,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from canary.config import Preset
+from canary.core import wire
 from canary.core.deployment import ConfigRef
 from canary.core.models import CommandType, ControlCommand, RouterState
-from canary.errors import DeploymentError, KafkaError
+from canary.errors import CanaryError, DeploymentError, KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics
 from canary.ops.view import ControlView, read_view_async
@@ -118,8 +119,8 @@ async def _wait_for_acks(
                     if record.value is None:
                         continue
                     try:
-                        state = RouterState.from_dict(json.loads(record.value))
-                    except Exception:
+                        state = RouterState.from_dict(wire.decode_object(record.value, wire.ROUTER_STATE))
+                    except CanaryError:  # another writer's junk on the state topic: not an acknowledgement
                         continue
                     if state.answers_command_id == command_id:
                         acked.add(state.router_id)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer
 
+from canary.core import wire
 from canary.core.deployment import ConfigRef, ControlLedger, Deployment
 from canary.core.models import RouterState, WindowResult
 from canary.errors import CanaryError, KafkaError
@@ -59,12 +60,13 @@ class ControlView:
 
 
 def fold(
-    commands: Sequence[dict[str, Any]],
+    commands: Sequence[bytes | Mapping[str, Any] | None],
     verifier: CommandVerifier | None = None,
     times: Sequence[int | None] | None = None,
 ) -> tuple[ControlLedger, int, list[tuple[int | None, Verdict]]]:
-    """Verify and fold control records (appended at ``times``, in topic order): the ledger, the number of
-    malformed records, and the rejected ones with their index in ``commands``."""
+    """Verify and fold control records — raw record values or already decoded objects — appended at
+    ``times``, in topic order: the ledger, the number of records that are not commands at all, and the
+    rejected ones with their index in ``commands``. Total: no record can make it raise."""
     verifier = verifier if verifier is not None else default_verifier()
     ledger = ControlLedger()
     invalid = 0
@@ -75,27 +77,23 @@ def fold(
         if verdict.accepted and verdict.command is not None:
             ledger.apply(verdict.command)
             continue
-        if verdict.reason == "malformed":
+        if verdict.poison:
             invalid += 1
         rejected.append((i, verdict))
     return ledger, invalid, rejected
 
 
-async def read_topic(consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0) -> list[dict[str, Any]]:
-    """Every JSON record of ``topic`` from the beginning to the current end, partition by partition."""
-    return [value for value, _ in await read_topic_timed(consumer, topic, timeout)]
-
-
-async def read_topic_timed(
+async def read_records(
     consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0
-) -> list[tuple[dict[str, Any], int | None]]:
-    """Like :func:`read_topic`, with each record's timestamp (the broker's append time on the control
-    topic, which verification judges expiry by)."""
+) -> list[tuple[bytes | None, int | None]]:
+    """Every record value of ``topic`` (tombstones included, as None) from the beginning to the current end,
+    partition by partition, with its timestamp (the broker's append time on the control topic, which
+    verification judges expiry by). Nothing is decoded here."""
     tps = await topic_partitions(consumer, topic)
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     ends = await consumer.end_offsets(tps)
-    out: list[tuple[dict[str, Any], int | None]] = []
+    out: list[tuple[bytes | None, int | None]] = []
     deadline = time.monotonic() + timeout
     while True:
         positions = [await consumer.position(tp) for tp in tps]
@@ -105,13 +103,26 @@ async def read_topic_timed(
             raise KafkaError(f"reading {topic} timed out after {timeout:.0f}s")
         batch = await consumer.getmany(timeout_ms=300)
         for records in batch.values():
-            for record in records:
-                if record.value is None:
-                    continue
-                try:
-                    out.append((json.loads(record.value), record.timestamp))
-                except ValueError:
-                    out.append(({"_invalid": record.value.decode(errors="replace")[:200]}, record.timestamp))
+            out.extend((record.value, record.timestamp) for record in records)
+
+
+async def read_topic(
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    timeout: float = 15.0,
+    limits: wire.Limits = wire.RECORD,
+    *,
+    tombstones: bool = False,
+) -> list[Any]:
+    """Every record of ``topic`` from the beginning to the current end, partition by partition, as JSON
+    (:func:`~canary.core.wire.as_json`: a record that is not bounded JSON becomes an ``_invalid`` marker).
+    Null values are skipped as deletes (compacted topics); with ``tombstones`` they are markers too (on a
+    topic without compaction a null value is poison, and its reader counts it)."""
+    return [
+        wire.as_json(value, limits)
+        for value, _ in await read_records(consumer, topic, timeout)
+        if value is not None or tombstones
+    ]
 
 
 async def read_view_async(
@@ -124,14 +135,17 @@ async def read_view_async(
     except Exception as exc:
         raise KafkaError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
-        timed = await read_topic_timed(consumer, topics.control)
-        states_raw = await read_topic(consumer, topics.state)
-        windows_raw = await read_topic(consumer, topics.windows) if with_windows else []
+        timed = await read_records(consumer, topics.control)
+        states_raw = await read_topic(consumer, topics.state, limits=wire.ROUTER_STATE)
+        windows_raw = (
+            await read_topic(consumer, topics.windows, limits=wire.WINDOW, tombstones=True) if with_windows else []
+        )
     finally:
         await consumer.stop()
-    commands = [value for value, _ in timed]
+    raws = [value for value, _ in timed]
     times = [ts for _, ts in timed]
-    ledger, invalid, rejected = fold(commands, verifier, times)
+    ledger, invalid, rejected = fold(raws, verifier, times)
+    commands = [wire.as_json(value, wire.CONTROL) for value in raws]
     routers: dict[str, RouterState] = {}
     for raw in states_raw:
         try:
@@ -168,13 +182,24 @@ def save_cache(view: ControlView, path: Path) -> None:
 
 
 def load_cache(path: Path, verifier: CommandVerifier | None = None) -> ControlView | None:
+    """The last view read from Kafka, from its cache file; None when there is none or it is unusable (a
+    cache is a convenience: whatever the file holds, it never stops a command)."""
     try:
-        payload = json.loads(path.read_text())
-    except (OSError, ValueError):
+        payload = wire.decode_object(path.read_bytes(), wire.FILE)
+        commands = payload.get("commands", [])
+        times = payload.get("command_times") or [None] * len(commands)
+        if not isinstance(commands, list) or not isinstance(times, list):
+            return None
+        ledger, invalid, rejected = fold(commands, verifier, times)
+        routers: dict[str, RouterState] = {}
+        for value in (payload.get("routers") or {}).values():
+            try:
+                state = RouterState.from_dict(value)
+            except CanaryError:
+                invalid += 1
+                continue
+            routers[state.router_id] = state
+        read_at = int(payload["read_at_ms"])
+    except (OSError, wire.Rejected, KeyError, TypeError, ValueError, AttributeError):
         return None
-    commands = payload.get("commands", [])
-    times = payload.get("command_times") or [None] * len(commands)
-    ledger, invalid, rejected = fold(commands, verifier, times)
-    routers = {k: RouterState.from_dict(v) for k, v in payload.get("routers", {}).items()}
-    read_at = int(payload["read_at_ms"])
     return ControlView(ledger, commands, routers, "cache", read_at, invalid, rejected=rejected, command_times=times)

@@ -6,12 +6,12 @@ agent publishes each one with its verdicts, streaks and any decision (canary.cor
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 
+from canary.core import wire
 from canary.core.judge import Judgement, evidence_text, format_value
 from canary.core.models import WindowResult, iso_ms
 from canary.errors import CanaryError
@@ -39,12 +39,14 @@ async def tail_windows(
             for tp, records in batch.items():
                 for record in records:
                     try:
-                        data = json.loads(record.value or b"null")
                         if tp.topic == topics.verdicts:
-                            yield Judgement.from_dict(data)
-                            continue
-                        window = WindowResult.from_dict(data)
-                    except (CanaryError, ValueError):
+                            judgement = Judgement.from_dict(wire.decode_object(record.value, wire.JUDGEMENT))
+                        else:
+                            window = WindowResult.from_dict(wire.decode_object(record.value, wire.WINDOW))
+                    except (CanaryError, ValueError, TypeError, KeyError, AttributeError):
+                        continue  # poison (wire.Rejected is a CanaryError): watching goes on
+                    if tp.topic == topics.verdicts:
+                        yield judgement
                         continue
                     if window.arm != "candidate":  # the candidate's judged copy comes from the verdicts topic
                         yield window

@@ -15,10 +15,10 @@ replay of a dump file, the reports, the decision benchmark and the tests all cal
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from canary.core import wire
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
 from canary.errors import CanaryError
@@ -65,8 +65,8 @@ def parse_control(records: Iterable[Record]) -> tuple[list[ControlCommand], list
     invalid: list[JSONDict] = []
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         try:
-            commands.append(ControlCommand.from_dict(json.loads(r.value or b"null")))
-        except (CanaryError, ValueError, TypeError) as exc:
+            commands.append(ControlCommand.from_dict(wire.decode_object(r.value, wire.CONTROL)))
+        except (CanaryError, ValueError, TypeError) as exc:  # wire.Rejected is a CanaryError
             invalid.append({"topic": r.topic, "partition": r.partition, "offset": r.offset, "reason": str(exc)[:300]})
     return commands, invalid
 

@@ -12,16 +12,15 @@ contract's own. ``tests/replay/test_decode.py`` checks both paths against each o
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, NamedTuple, cast
 
 import msgspec
 
-from canary.core.jsonio import loads
+from canary.core import wire
 from canary.core.models import MAX_OUTCOME_METRICS, SAFE_NAME, RouterWatermark, SearchOutcome, WindowKey, check_name
-from canary.errors import CanaryError, InvalidEvent
+from canary.errors import CanaryError
 
 
 class SourceRecord(NamedTuple):
@@ -88,7 +87,8 @@ _decode_outcome = msgspec.json.Decoder(ReplayOutcome).decode
 
 
 DECODE_ERRORS = (CanaryError, ValueError, TypeError)
-"""What the live worker catches around decoding an outcome (and dead-letters as invalid)."""
+"""What a caller may catch around :meth:`OutcomeDecoder.decode`, which raises only
+:class:`~canary.core.wire.Rejected` (a CanaryError); kept for callers that catch the wider set."""
 
 
 class OutcomeDecoder:
@@ -162,21 +162,27 @@ class OutcomeDecoder:
 
     def _reference(self, raw: bytes, offset: int) -> Decoded:
         """The contract's own decoding: what anything unusual falls back to."""
-        d = json.loads(raw) if self.strict else loads(raw)
-        if type(d) is dict and "kind" in d:
-            return RouterWatermark.from_dict(d)
-        return self._from_outcome(SearchOutcome.from_dict(d), offset)
+        d = wire.decode_object(raw, wire.OUTCOME)
+        try:
+            if "kind" in d:
+                return RouterWatermark.from_dict(d)
+            return self._from_outcome(SearchOutcome.from_dict(d), offset)
+        except Exception as exc:  # the contract's refusal, or anything a hostile value made a check raise
+            raise wire.rejection_of(exc) from None
 
     def decode(self, raw: bytes | None, offset: int = -1) -> Decoded:
-        """Decode one value — an outcome or a producer's watermark record; raises ``InvalidEvent`` /
-        ``ValueError`` / ``TypeError`` (see DECODE_ERRORS)."""
+        """Decode one value — an outcome or a producer's watermark record. Raises only
+        :class:`~canary.core.wire.Rejected`, with its code (``no_value``, ``too_large``, ``too_deep``,
+        ``not_json``, ``not_object``, ``invalid`` …), whatever the bytes are."""
         if raw is None:
-            raise InvalidEvent("SearchOutcome: record has no value (tombstone)")
+            raise wire.Rejected("no_value", "search_results record has no value (a tombstone)")
+        # Bounded before any parser sees it: msgspec and json both recurse per nesting level.
+        wire.check_bounds(raw, wire.OUTCOME)
         if self.strict:
             return self._reference(raw, offset)
         try:
             o = _decode_outcome(raw)
-        except (msgspec.DecodeError, ValueError):  # not an outcome of exact JSON types: the reference says why
+        except Exception:  # not an outcome of exact JSON types: the reference decides, and says why
             return self._reference(raw, offset)
         metrics = o.metrics
         # The rest of what from_dict checks (the struct's types and constraints did the others); JSON has
@@ -188,7 +194,13 @@ class OutcomeDecoder:
             and (o.recall_source is None or o.recall_at_10 is not None)
         ):
             dep, config_name, arm = o.deployment_id, o.config_name, o.arm
-            o.window_key = self._keys.get((dep, config_name, arm)) or self.key(dep, config_name, arm)
+            key = self._keys.get((dep, config_name, arm))
+            if key is None:
+                try:
+                    key = self.key(dep, config_name, arm)
+                except Exception as exc:  # a name outside the safe set: the contract's refusal
+                    raise wire.rejection_of(exc) from None
+            o.window_key = key
             o.offset = offset
             if o.recall_source is None and o.recall_at_10 is not None:
                 o.recall_source = "labels"  # an older router's record: recall only ever came from labels
@@ -197,11 +209,8 @@ class OutcomeDecoder:
 
 
 def control_payload(raw: bytes | None) -> Mapping[str, Any] | None:
-    """A control record's JSON, or None if it is not JSON (the ledger skips those too)."""
-    if raw is None:
-        return None
+    """A control record's JSON object, or None if it is not one (the ledger skips those too)."""
     try:
-        value = json.loads(raw)
-    except ValueError:
+        return wire.decode_object(raw, wire.CONTROL)
+    except wire.Rejected:
         return None
-    return value if isinstance(value, dict) else None

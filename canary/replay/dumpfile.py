@@ -42,7 +42,7 @@ from typing import Any, cast
 
 import orjson
 
-from canary.core.jsonio import loads
+from canary.core import wire
 from canary.core.models import JSONDict, iso_ms
 from canary.core.windows import window_bounds
 from canary.errors import ConfigError, KafkaError
@@ -171,14 +171,19 @@ def _bytes(obj: dict[str, Any], name: str) -> bytes | None:
 
 
 REQUIRED = ("topic", "partition", "offset", "key", "payload")
+# A flat envelope; its payload (a string) may be a whole checkpoint, and holds \udcXX escapes for bytes that
+# were not UTF-8.
+DUMP_LINE = wire.Limits("dump line", 64 << 20, 8, lone_surrogates=True)
 
 
 def parse_line(raw: bytes, line: int) -> DumpRecord:
     """One dump line → :class:`DumpRecord`; raises :class:`LineError` with the reason."""
     try:
-        obj = loads(raw)
-    except ValueError as exc:  # json / orjson decode errors and invalid UTF-8 alike
-        raise LineError("not_json", f"not JSON ({str(exc)[:120]})") from None
+        obj = wire.decode(raw, DUMP_LINE)
+    except wire.Rejected as exc:  # bounded: a hostile line is refused with its code, never a crash
+        if exc.code in ("too_large", "too_deep"):
+            raise LineError(exc.code, exc.detail[:200]) from None
+        raise LineError("not_json", f"not JSON ({exc.detail[:120]})") from None
     if type(obj) is not dict:
         raise LineError("not_object", f"expected a JSON object, got {_json_type(obj)}")
     missing = [f for f in REQUIRED if f not in obj]

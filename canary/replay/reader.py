@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from canary.core import wire
 from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.errors import CanaryError, KafkaError
@@ -232,7 +232,7 @@ def parse_commands(raws: list[bytes | None]) -> tuple[list[ControlCommand], int]
     invalid = 0
     for raw in raws:
         try:
-            out.append(ControlCommand.from_dict(json.loads(raw or b"null")))
+            out.append(ControlCommand.from_dict(wire.decode_object(raw, wire.CONTROL)))
         except (CanaryError, ValueError, TypeError):
             invalid += 1
     return out, invalid
@@ -248,15 +248,15 @@ def parse_windows(
     judged: dict[str, WindowResult] = {}
     for raw in raw_verdicts or []:
         try:
-            window = Judgement.from_dict(json.loads(raw or b"null")).window
-        except (CanaryError, ValueError, TypeError):
+            window = Judgement.from_dict(wire.decode_object(raw, wire.JUDGEMENT)).window
+        except (CanaryError, ValueError, TypeError, KeyError, AttributeError):
             invalid += 1
             continue
         judged.setdefault(window.window_id, window)
     for raw in raws:
         try:
-            window = WindowResult.from_dict(json.loads(raw or b"null"))
-        except (CanaryError, ValueError, TypeError):
+            window = WindowResult.from_dict(wire.decode_object(raw, wire.WINDOW))
+        except (CanaryError, ValueError, TypeError, KeyError, AttributeError):
             invalid += 1
             continue
         out.append(judged.get(window.window_id, window))
@@ -268,10 +268,10 @@ def parse_late_dead_letters(raws: list[bytes | None]) -> list[JSONDict]:
     out: list[JSONDict] = []
     for raw in raws:
         try:
-            rec = json.loads(raw or b"null")
-            if not isinstance(rec, dict) or not str(rec.get("reason", "")).startswith("late"):
+            rec = wire.decode_object(raw, wire.DEAD_LETTER)
+            if not str(rec.get("reason", "")).startswith("late"):
                 continue
-            outcome = json.loads(rec["raw"])
+            outcome = wire.decode_object(rec["raw"], wire.OUTCOME)
             key = f"{outcome.get('deployment_id') or '-'}|{outcome.get('config_name')}|{outcome.get('arm')}"
             out.append(
                 {
@@ -282,6 +282,6 @@ def parse_late_dead_letters(raws: list[bytes | None]) -> list[JSONDict]:
                     "dead_lettered_at_ms": rec.get("dead_lettered_at_ms"),
                 }
             )
-        except (ValueError, TypeError, KeyError):
+        except (CanaryError, ValueError, TypeError, KeyError, AttributeError):
             continue
     return out

@@ -7,11 +7,11 @@ ignored), or the bare section (``p95_ms``, ``recall_at_10``, ``consecutive_bucke
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from canary.config.yamlfile import read_yaml
+from canary.core import wire
 from canary.core.slo import SLORule, rules_from_slo_section
 from canary.errors import ConfigError
 
@@ -54,9 +54,9 @@ def load_rules_file(path: Path) -> list[SLORule]:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{label}: cannot read rules file: {exc}") from None
         try:
-            data: object = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{label}: invalid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+            data: object = wire.decode(text, wire.FILE)
+        except wire.Rejected as exc:
+            raise ConfigError(f"{label}: invalid JSON rules file ({exc.code}): {exc.detail}") from None
     else:
         data, error = read_yaml(path, label)
         if error is not None:

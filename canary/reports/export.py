@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from canary.core import wire
 from canary.core.judge import Judgement
 from canary.core.models import WindowResult
 from canary.errors import CanaryError, ConfigError, KafkaError
@@ -51,8 +52,10 @@ async def read_topics_async(
             out.commands = await read_topic(consumer, topics.control)
         if state:
             out.states = await read_topic(consumer, topics.state)
-        raw_windows = await read_topic(consumer, topics.windows) if windows else []
-        raw_verdicts = await read_topic(consumer, topics.verdicts) if windows else []
+        raw_windows = await read_topic(consumer, topics.windows, limits=wire.WINDOW, tombstones=True) if windows else []
+        raw_verdicts = (
+            await read_topic(consumer, topics.verdicts, limits=wire.JUDGEMENT, tombstones=True) if windows else []
+        )
     finally:
         await consumer.stop()
     judged: dict[str, WindowResult] = {}

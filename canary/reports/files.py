@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from canary.core import wire
 from canary.core.models import ControlCommand, RouterState, WindowResult, iso_ms, parse_time
 from canary.core.rollout import plan_status
 from canary.errors import CanaryError
@@ -99,8 +100,8 @@ def read_audit_file(path: Path) -> list[dict[str, Any]]:
             if not line.endswith(b"\n"):
                 break
             try:
-                event = json.loads(line)
-            except ValueError:
+                event = wire.decode(line, wire.AUDIT_LINE)
+            except wire.Rejected:
                 continue
             if not isinstance(event, dict) or not isinstance(event.get("event_id"), str):
                 continue

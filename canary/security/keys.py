@@ -31,7 +31,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from canary.errors import ConfigError
+from canary.core import wire
+from canary.errors import CanaryError, ConfigError
 
 Role = Literal["operator", "worker"]
 ROLES: tuple[Role, ...] = ("operator", "worker")
@@ -190,6 +191,9 @@ def write_trusted(trusted_dir: Path, key: TrustedKey) -> Path:
     return path
 
 
+_KEY_FILE = wire.Limits("trusted key file", 64 << 10, 4)
+
+
 def read_trusted_dir(trusted_dir: Path) -> tuple[dict[str, TrustedKey], list[str]]:
     """Every valid trusted key in the directory, and one problem line per file that is not."""
     keys: dict[str, TrustedKey] = {}
@@ -200,8 +204,8 @@ def read_trusted_dir(trusted_dir: Path) -> tuple[dict[str, TrustedKey], list[str
         return keys, [f"{trusted_dir}: {exc}"]
     for path in paths:
         try:
-            key = TrustedKey.from_dict(json.loads(path.read_text()), path)
-        except (OSError, ValueError) as exc:
+            key = TrustedKey.from_dict(wire.decode_object(path.read_bytes(), _KEY_FILE), path)
+        except (OSError, ValueError, CanaryError) as exc:  # wire.Rejected is a CanaryError
             problems.append(f"{path}: ignored: {exc}")
             continue
         keys[key.key_id] = key

@@ -4,7 +4,9 @@ Every reader that folds the control topic (routers, the worker's registry — an
 agent —, the CLI's view) runs its records through one :class:`CommandVerifier`, in topic order. The checks,
 in this order (the first that fails is the reason; docs/contracts.md has the table):
 
-``malformed``          not JSON, or not a ControlCommand (the record is poison)
+``no_value`` … ``not_object``  the bytes are not a bounded JSON object (:mod:`canary.core.wire`'s codes:
+                       ``no_value``, ``too_large``, ``too_deep``, ``not_utf8``, ``not_json``, ``not_object``)
+``malformed``          a JSON object, but not a ControlCommand (the record is poison)
 ``unsigned``           no signature fields (and insecure mode is off)
 ``bad_signature``      signature fields malformed, or the signature does not verify with the named key
 ``unknown_key``        ``key_id`` is not in the trusted keys directory
@@ -21,17 +23,21 @@ Time is the record's timestamp — the broker's append time, as the control topi
 the history reaches the same verdicts as one that read the records live, and a captured command
 re-published after its expiry is refused. The verifier is stateful only through ``replayed`` (the ids it
 accepted), which is why records must be checked once each, in topic order.
+
+:meth:`CommandVerifier.check` is total: whatever the record holds, it returns a verdict — a check that
+raises on a hostile value (it never should) yields ``unverifiable`` with the error, never an exception
+into a reader's loop.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from canary.config import Preset, PresetValidationError
+from canary.core import wire
 from canary.core.deployment import snapshot_hash
 from canary.core.models import ControlCommand
 from canary.errors import CanaryError
@@ -39,6 +45,12 @@ from canary.security.keys import KeyRing, now_ms
 from canary.security.signing import is_signed, signature_fields, verify_signature
 
 RejectReason = Literal[
+    "no_value",
+    "too_large",
+    "too_deep",
+    "not_utf8",
+    "not_json",
+    "not_object",
     "malformed",
     "unsigned",
     "bad_signature",
@@ -48,8 +60,15 @@ RejectReason = Literal[
     "replayed",
     "invalid_preset",
     "hash_mismatch",
+    "unverifiable",
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = (
+    "no_value",
+    "too_large",
+    "too_deep",
+    "not_utf8",
+    "not_json",
+    "not_object",
     "malformed",
     "unsigned",
     "bad_signature",
@@ -59,7 +78,12 @@ REJECT_REASONS: tuple[RejectReason, ...] = (
     "replayed",
     "invalid_preset",
     "hash_mismatch",
+    "unverifiable",
 )
+POISON_REASONS: frozenset[str] = frozenset(
+    {"no_value", "too_large", "too_deep", "not_utf8", "not_json", "not_object", "malformed", "unverifiable"}
+)
+"""Reasons that say the record is not a command at all (as opposed to a command refused)."""
 MAX_SKEW_MS = 60_000
 MAX_VALIDITY_MS = 24 * 60 * 60 * 1000
 
@@ -74,6 +98,11 @@ class Verdict:
     command: ControlCommand | None
     key_id: str | None = None
     signer: str | None = None  # the trusted key's name
+
+    @property
+    def poison(self) -> bool:
+        """Rejected because the record is not a command at all (unreadable or malformed)."""
+        return not self.accepted and self.reason in POISON_REASONS
 
     @property
     def message(self) -> str:
@@ -99,15 +128,13 @@ def _reject(
     return Verdict(False, reason, detail, cmd, key_id, signer)
 
 
-def _decode(raw: bytes | str | Mapping[str, Any] | None) -> dict[str, Any]:
+def _decode(raw: object) -> dict[str, Any]:
+    """The record as a JSON object, bounded (canary.core.wire): raises wire.Rejected with its code."""
     if isinstance(raw, Mapping):
         return dict(raw)
-    if raw is None:
-        raise ValueError("empty record (null value)")
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
-    return value
+    if raw is None or isinstance(raw, bytes | bytearray | memoryview | str):
+        return wire.decode_object(raw, wire.CONTROL)
+    raise wire.Rejected("not_object", f"expected a control record, got a {type(raw).__name__}")
 
 
 def _snapshot_problem(label: str, snapshot: dict[str, Any]) -> str | None:
@@ -135,8 +162,12 @@ class CommandVerifier:
         self, raw: bytes | str | Mapping[str, Any] | None, appended_at_ms: int | None = None, *, record: bool = True
     ) -> Verdict:
         """Verify one record appended at ``appended_at_ms`` (the record timestamp; now if unknown). With
-        ``record`` (the default) the verdict is counted and an accepted id is remembered for ``replayed``."""
-        verdict = self._check(raw, now_ms() if appended_at_ms is None else appended_at_ms)
+        ``record`` (the default) the verdict is counted and an accepted id is remembered for ``replayed``.
+        Never raises, whatever ``raw`` holds."""
+        try:
+            verdict = self._check(raw, now_ms() if appended_at_ms is None else appended_at_ms)
+        except Exception as exc:  # a check that raised on a hostile value: refuse the record, never crash
+            verdict = _reject("unverifiable", f"verification raised {type(exc).__name__}: {exc}"[:500], None)
         if record:
             if verdict.accepted:
                 self.accepted += 1
@@ -154,8 +185,11 @@ class CommandVerifier:
     def _check(self, raw: bytes | str | Mapping[str, Any] | None, at_ms: int) -> Verdict:
         try:
             message = _decode(raw)
+        except wire.Rejected as exc:
+            return _reject(exc.code if exc.code != "invalid" else "malformed", exc.detail[:500], None)
+        try:
             cmd = ControlCommand.from_dict(message)
-        except (ValueError, CanaryError) as exc:
+        except (ValueError, TypeError, CanaryError) as exc:
             return _reject("malformed", str(exc)[:500], None)
         key_id: str | None = None
         signer: str | None = None

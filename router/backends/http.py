@@ -18,7 +18,6 @@ router's event loop, closed when the router stops. Every answer is hostile until
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -26,6 +25,7 @@ from typing import Any, Final
 import aiohttp
 
 from canary.config.backend import HttpBackendSpec
+from canary.core import wire
 from canary.core.models import MAX_OUTCOME_METRICS, SAFE_NAME
 from router.backends.base import BackendError, RankedResults
 
@@ -34,6 +34,7 @@ __all__ = ["MAX_BODY_BYTES", "HttpBackend", "parse_response", "request_params"]
 MAX_BODY_BYTES: Final = 1 << 20
 MAX_ID_LENGTH: Final = 256
 _SECTIONS: Final = ("derived_params", "retriever", "reranker")
+_ANSWER: Final = wire.Limits("search service answer", MAX_BODY_BYTES, 8)
 
 
 def _bad(reason: str) -> BackendError:
@@ -43,11 +44,9 @@ def _bad(reason: str) -> BackendError:
 def parse_response(body: bytes, max_results: int) -> RankedResults:
     """``{"ids": [...], "metrics": {...}?}`` → ranked ids (the first ``max_results``) and metrics."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _bad(f"not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise _bad(f"expected a JSON object, got {type(data).__name__}")
+        data = wire.decode_object(body, _ANSWER)
+    except wire.Rejected as exc:  # bounded: a hostile service cannot stop the router either
+        raise BackendError("backend_bad_response", f"{exc.code}: {exc.detail}") from None
     ids = data.get("ids")
     if not isinstance(ids, list):
         raise _bad(f"'ids' must be a list, got {ids!r:.100}")

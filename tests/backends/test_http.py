@@ -141,7 +141,10 @@ def test_exact_search_only_with_an_exact_url() -> None:
         (b'{"ids": [], "metrics": {"cost": "1"}}', "metrics.cost must be a finite number"),
         (b'{"ids": [], "metrics": {"cost": NaN}}', "metrics.cost must be a finite number"),
         (b'{"ids": [], "metrics": [1]}', "'metrics' must be an object"),
-        (b"\xff\xfe", "not JSON"),
+        (b"\xff\xfe", "not_utf8"),
+        (b"not json", "not_json"),
+        (b"[" * 3000 + b"]" * 3000, "too_deep"),
+        (b'{"ids": [], "x": "' + b"y" * (1 << 20) + b'"}', "too_large"),
     ],
 )
 def test_hostile_answers_are_refused(body: bytes, reason: str) -> None:

@@ -86,10 +86,10 @@ def test_forged_and_poison_control_records_are_shown_not_applied() -> None:
     assert [(r.verdict.reason, r.applied) for r in state.control] == [
         (None, True),
         ("unsigned", False),
-        ("malformed", False),
+        ("not_json", False),
     ]
     timeline = render_panels(state, now=T0 + 2000)["timeline"]
-    assert "unsigned" in timeline and "malformed" in timeline
+    assert "unsigned" in timeline and "not_json" in timeline
 
 
 def test_poison_on_the_data_topics_is_counted_and_skipped() -> None:

@@ -27,8 +27,9 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from canary.core.wire import as_json
 from canary.kafka.topics import Topics, ensure_topics
-from canary.ops.view import read_topic_timed
+from canary.ops.view import read_records
 from canary.security import ControlSecurity
 from canary.settings import Settings, load_settings
 from router.backends.fault import Fault
@@ -231,8 +232,9 @@ async def _control_record(bootstrap: str, topics: Topics, command_id: str) -> tu
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        for value, ts in await read_topic_timed(consumer, topics.control):
-            if value.get("command_id") == command_id and ts is not None:
+        for raw, ts in await read_records(consumer, topics.control):
+            value = as_json(raw)
+            if isinstance(value, dict) and value.get("command_id") == command_id and ts is not None:
                 return value, ts
     finally:
         await consumer.stop()

@@ -101,11 +101,13 @@ async def test_poison_requests_are_dead_lettered_and_answered(settings: Settings
             b"not json",
             b'{"query": "q1"}',
             b"[1,2]",
+            b"[" * 3000 + b"]" * 3000,
+            None,
             b'{"request_id": "ok1", "query": "q1", "collection": "c"}',
         ):
-            await producer.send_and_wait(topics.search_requests, raw)
+            await producer.send_and_wait(topics.search_requests, raw, key=b"a-tombstone" if raw is None else None)
         await producer.stop()
-        outcomes = await _wait_outcomes(bootstrap, topics, 4, timeout=30)
+        outcomes = await _wait_outcomes(bootstrap, topics, 6, timeout=30)
         dead = await read_all(bootstrap, topics.requests_dlq)
         await asyncio.sleep(0.5)
         replies = await read_all(bootstrap, topics.responses)
@@ -113,11 +115,12 @@ async def test_poison_requests_are_dead_lettered_and_answered(settings: Settings
         await router.stop()
     assert [r["request_id"] for r in replies] == ["ok1"]
     assert replies[0]["config_used"]["arm"] == "last_good" and len(replies[0]["results"]) == 10
-    assert len(outcomes) == 4
-    assert sorted(o["error"] or "ok" for o in outcomes) == ["invalid_request"] * 3 + ["ok"]
-    assert len(dead) == 3
-    assert any("request_id: required" in d["reason"] for d in dead)
-    assert all({"reason", "raw", "partition", "offset"} <= set(d) for d in dead)
+    assert len(outcomes) == 6
+    assert sorted(o["error"] or "ok" for o in outcomes) == ["invalid_request"] * 5 + ["ok"]
+    # Every poison request is dead-lettered with its code.
+    assert sorted(d["reason"] for d in dead) == sorted(["not_json", "invalid", "not_object", "too_deep", "no_value"])
+    assert any("request_id: required" in d["detail"] for d in dead)
+    assert all({"reason", "detail", "raw", "raw_bytes", "partition", "offset", "router_id"} <= set(d) for d in dead)
 
 
 async def test_rollback_reaches_two_routers_within_a_second(settings: Settings, topics: Topics) -> None:

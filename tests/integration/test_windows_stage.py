@@ -68,4 +68,4 @@ async def test_backlog_is_aggregated_completely_and_once(kafka_bootstrap: str, t
     assert sum(int(w["response_count"]) for w in by_id.values()) == 3000  # type: ignore[call-overload]
     assert {w["window_start_ms"] for w in by_id.values()} == {base, base + 5000, base + 10000}
     dead = await read_all(kafka_bootstrap, topics.results_dlq)
-    assert len(dead) == 1 and dead[0]["reason"].startswith("invalid outcome")
+    assert len(dead) == 1 and dead[0]["reason"] == "not_json" and dead[0]["source_topic"] == topics.search_results

@@ -10,6 +10,7 @@ import pytest
 
 from canary.core.jsonio import loads
 from canary.core.models import SearchOutcome
+from canary.core.wire import Rejected
 from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder
 
 BASE: dict[str, Any] = {
@@ -58,13 +59,21 @@ VALID = [
     pytest.param(_raw(metrics={"ndcg_at_10": 1, "cost": 2.5}), id="int-metric"),
     pytest.param(_raw(offset="hostile", window_key={"deployment_id": "other"}), id="internal-names"),
     pytest.param(_raw()[:-1] + b', "latency_ms": 99.0}', id="duplicate-key-last-wins"),
-    pytest.param(_raw(error="\ud800"), id="lone-surrogate"),
+]
+
+UNREADABLE = [
+    pytest.param(b"not json", "not_json", id="not-json"),
+    pytest.param(b"[1, 2]", "not_object", id="not-object"),
+    pytest.param(b"\xff\xfe", "not_utf8", id="not-utf8"),
+    pytest.param(_raw(error="\ud800"), "not_utf8", id="lone-surrogate"),
+    pytest.param(b"[" * 3000 + b"]" * 3000, "too_deep", id="nested-3000"),
+    pytest.param(_raw(error=[[[[[[[[["x"]]]]]]]]]), "too_deep", id="nested-field"),
+    pytest.param(_raw(kind=[[[[[[[[[[1]]]]]]]]]]), "too_deep", id="nested-kind"),
+    pytest.param(_raw(error="x" * 70_000), "too_large", id="huge-string"),
+    pytest.param(None, "no_value", id="tombstone"),
 ]
 
 INVALID = [
-    pytest.param(b"not json", id="not-json"),
-    pytest.param(b"[1, 2]", id="not-object"),
-    pytest.param(b"\xff\xfe", id="not-utf8"),
     pytest.param(_raw(event_id=_MISSING), id="missing-event-id"),
     pytest.param(_raw(event_id=""), id="empty-event-id"),
     pytest.param(_raw(ts=-1), id="negative-ts"),
@@ -115,10 +124,19 @@ def test_fast_path_matches_from_dict(raw: bytes) -> None:
 def test_rejects_exactly_like_from_dict(raw: bytes) -> None:
     with pytest.raises(DECODE_ERRORS) as expected:
         SearchOutcome.from_dict(json.loads(raw))
-    with pytest.raises(DECODE_ERRORS) as got:
-        OutcomeDecoder().decode(raw)
-    assert type(got.value) is type(expected.value)
-    assert str(got.value) == str(expected.value)
+    for strict in (False, True):
+        with pytest.raises(Rejected) as got:
+            OutcomeDecoder(strict=strict).decode(raw)
+        assert got.value.code == "invalid"
+        assert got.value.detail == str(expected.value)
+
+
+@pytest.mark.parametrize(("raw", "code"), UNREADABLE)
+def test_unreadable_records_are_rejected_with_their_code(raw: bytes | None, code: str) -> None:
+    for strict in (False, True):
+        with pytest.raises(Rejected) as got:
+            OutcomeDecoder(strict=strict).decode(raw)
+        assert got.value.code == code, got.value
 
 
 @pytest.mark.parametrize(
@@ -132,10 +150,9 @@ def test_parser_edges_follow_the_parser_the_worker_uses(raw: bytes) -> None:
     canary.core.jsonio.loads, the parser of the worker's reference path: both are poison there."""
     with pytest.raises(DECODE_ERRORS) as expected:
         SearchOutcome.from_dict(loads(raw))
-    with pytest.raises(DECODE_ERRORS) as got:
+    with pytest.raises(Rejected) as got:
         OutcomeDecoder().decode(raw)
-    assert type(got.value) is type(expected.value)
-    assert str(got.value) == str(expected.value)
+    assert got.value.code == "invalid" and got.value.detail == str(expected.value)
 
 
 def test_tombstone_is_invalid() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from canary.security import REJECT_REASONS, CommandSigner
 from tests.security.helpers import OPERATOR, STRANGER, T0, WORKER, rollback, start, verifier, with_hash
 
-Payload = bytes | dict[str, Any]
+Payload = bytes | dict[str, Any] | list[Any] | Mapping[str, Any] | None
 
 
 def _tampered_weight() -> dict[str, Any]:
@@ -27,13 +27,40 @@ def _tampered_snapshot_after_signing() -> dict[str, Any]:
     return signed
 
 
+class _Exploding(Mapping[str, Any]):
+    """A decoded record that raises wherever it is touched: verification must still return a verdict."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("boom")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("boom")
+
+    def __len__(self) -> int:
+        raise RuntimeError("boom")
+
+
 CASES: list[tuple[str, Callable[[], Payload], int, str | None, str]] = [
     # (case, record, appended at, expected reason, expected detail fragment)
     ("signed start", lambda: OPERATOR.sign_command(start()), T0 + 50, None, "signed by operator:alice"),
     ("worker rollback", lambda: WORKER.sign_command(rollback()), T0 + 30_050, None, "signed by worker:w1"),
-    ("not json", lambda: b"{not json", T0, "malformed", ""),
-    ("not an object", lambda: b"[1, 2]", T0, "malformed", "expected a JSON object"),
-    ("null record", lambda: b"null", T0, "malformed", "expected a JSON object"),
+    ("not json", lambda: b"{not json", T0, "not_json", ""),
+    ("not an object", lambda: b"[1, 2]", T0, "not_object", "expected a JSON object"),
+    ("null record", lambda: b"null", T0, "not_object", "expected a JSON object"),
+    ("no value", lambda: None, T0, "no_value", "has no value"),
+    ("nested 3000 deep", lambda: b"[" * 3000 + b"]" * 3000, T0, "too_deep", "nested 3000 deep, more than 32"),
+    (
+        "nested inside a command",
+        lambda: {**start().to_dict(), "evidence": {"x": [[[[[[[[1]]]]]]]]}},
+        T0,
+        "unsigned",
+        "",
+    ),
+    ("too large", lambda: b'{"a": "' + b"x" * (2 << 20) + b'"}', T0, "too_large", "more than 1048576"),
+    ("not utf-8", lambda: b'{"a": "\xff"}', T0, "not_utf8", "not UTF-8"),
+    ("lone surrogate", lambda: b'{"a": "\\ud800"}', T0, "not_utf8", "lone surrogate"),
+    ("a list object", lambda: [1], T0, "not_object", "list"),
+    ("a record whose checks raise", lambda: _Exploding(), T0, "unverifiable", "RuntimeError"),
     ("not a command", lambda: {"command_id": "x", "type": "start"}, T0, "malformed", "deployment_id"),
     ("unsigned", lambda: start().to_dict(), T0, "unsigned", "carries no signature"),
     ("untrusted key", lambda: STRANGER.sign_command(start()), T0, "unknown_key", f"key {STRANGER.key_id}"),

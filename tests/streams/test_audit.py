@@ -271,7 +271,7 @@ Build = Callable[[], dict[str, Any] | bytes]
     [
         (lambda: OPERATOR.sign_command(start()), "control:start-1", True, None),
         (lambda: start().to_dict(), "control:start-1@0", False, "rejected (unsigned)"),
-        (lambda: b"garbage", "control:invalid@0", False, "rejected (malformed)"),
+        (lambda: b"garbage", "control:invalid@0", False, "rejected (not_json)"),
     ],
 )
 def test_outcome_events_are_honest(build: Build, event_id: str, success: bool, error: str | None) -> None:
@@ -315,4 +315,4 @@ async def test_outcome_at_waits_for_the_registry_to_reach_the_offset() -> None:
     assert not waiter.done()
     registry.apply_raw(b"junk", 1, T0)
     outcome = await asyncio.wait_for(waiter, 1)
-    assert outcome is not None and outcome.verdict.reason == "malformed"
+    assert outcome is not None and outcome.verdict.reason == "not_json"
