@@ -263,6 +263,10 @@ class HealingProducer:
                 return
         finally:
             self._replacing = None
+            if self._producer is None and self._failure is None and not self._stopped:
+                # Ended by something else than a stop (a bug, a cancellation): never leave senders waiting
+                # on a producer that will not come.
+                self._failure = ProducerFailed(f"{self.name}: the replacement of the producer ended without one")
             self._ready.set()  # wakes the waiting senders: a new producer, a failure or a stop
 
     async def stop(self) -> None:
