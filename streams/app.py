@@ -18,8 +18,9 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import faust
@@ -30,7 +31,9 @@ from faust.types import EventT, StreamT
 from canary.alerts import AlertDispatcher, alert_event
 from canary.config.environments import AlertTarget
 from canary.core import wire
+from canary.core.judge import Judgement
 from canary.core.models import RouterState, WindowResult
+from canary.core.outages import CONTEXT_KEY, OutageLog
 from canary.kafka.clients import Cluster, faust_broker_url, faust_credentials
 from canary.kafka.topics import Topics
 from canary.observability.logs import deployment_context, set_deployment_provider
@@ -40,6 +43,7 @@ from canary.pipeline.decisions import DecisionStep
 from canary.security import ControlSecurity
 from canary.settings import load_settings
 from streams.audit import AuditLog, invalid_control_event, outcome_event, state_event
+from streams.brokerwatch import BrokerWatch
 from streams.merging import MergeStage
 from streams.registry import ControlOutcome, DeploymentRegistry
 from streams.windowing import WindowingStage
@@ -89,6 +93,7 @@ class StreamsStats:
     rollout_commands_issued: int = 0  # set_weight / promote / gate and expiry pauses of rollout plans
     decisions_not_issued: int = 0
     judgements: int = 0
+    judgements_noted: int = 0  # judgements carrying a broker_outage note
     audit_lines: int = 0
     alerts_submitted: int = 0
 
@@ -138,6 +143,11 @@ class CanaryStreams:
             if config.alerts
             else None
         )
+        # Broker outages this worker lives through, noted on the judgements of the windows they touch.
+        self.outages = OutageLog()
+        self.brokerwatch = BrokerWatch(config.bootstrap, topics.control, self.outages)
+        # last_good's p95 per (deployment, window start), for the outage notes of candidate judgements.
+        self._last_good_p95: OrderedDict[tuple[str, int], float | None] = OrderedDict()
         self.control_topic = self._raw_topic(topics.control, 1)
         self.state_topic = self._raw_topic(topics.state, 1)
         self.dead_letters_topic = self._raw_topic(topics.results_dlq, 1)
@@ -178,6 +188,7 @@ class CanaryStreams:
         app.task(self._run_merging)
         if self.alerts is not None:
             app.task(self._run_alerts)
+        app.task(self._run_brokerwatch)
         if config.metrics.enabled:
             app.task(self._run_metrics_server)
 
@@ -227,6 +238,12 @@ class CanaryStreams:
             await self.alerts.run()
         except Exception:  # alerts are not essential: decisions go on, loudly
             log.exception("alert dispatcher failed; no more alerts from this worker")
+
+    async def _run_brokerwatch(self) -> None:
+        try:
+            await self.brokerwatch.run()
+        except Exception:  # the notes are informational: judging goes on without them, loudly
+            log.exception("broker watch failed; judgements carry no broker outage notes from now on")
 
     async def _run_merging(self) -> None:
         await self._essential("merge step", self.merging.run)
@@ -287,13 +304,21 @@ class CanaryStreams:
         except Exception as exc:  # an unreadable state must not stop judging: start the pool afresh
             log.error("deployment %s: unreadable judge state (%s); judging from this window on", dep_id, exc)
         now = now_ms()
+        if window.arm == "last_good":
+            self._last_good_p95[(dep_id, window.window_start_ms)] = window.p95_ms
+            while len(self._last_good_p95) > 256:
+                self._last_good_p95.popitem(last=False)
         judgements, issues = self.decisions.observe(window, now)
         late_judgements, late_issues = self.decisions.tick(now, dep_id)
-        judgements += late_judgements
+        judgements = [self._noted(j) for j in judgements + late_judgements]
         issues += late_issues
+        notes = {j.window_id: j.context for j in judgements if j.context is not None}
         for issue in issues:
             if issue.issued and issue.command is not None:
                 cmd = issue.command
+                note = notes.get(issue.decision.window_id)
+                if note is not None:  # the decision's own evidence says the outage was there too
+                    cmd = replace(cmd, evidence={**(cmd.evidence or {}), "context": note})
                 # Signed with the worker key; signing only adds fields (command_id stays the pipeline's).
                 payload = self.signer.sign_command(cmd) if self.signer is not None else cmd.to_dict()
                 await self._send_command(dep_id, cmd.command_id, json.dumps(payload).encode())
@@ -343,6 +368,20 @@ class CanaryStreams:
                         exc,
                     )
                 await asyncio.sleep(COMMAND_RETRY_S[min(attempt - 1, len(COMMAND_RETRY_S) - 1)])
+
+    def _noted(self, j: Judgement) -> Judgement:
+        """``j`` with a broker_outage note when its window overlaps an outage this worker saw (or the drain)."""
+        w = j.window
+        note = self.outages.note(
+            w.window_start_ms,
+            w.window_end_ms,
+            w.p95_ms,
+            self._last_good_p95.get((w.deployment_id or "-", w.window_start_ms)),
+        )
+        if note is None:
+            return j
+        self.stats.judgements_noted += 1
+        return replace(j, context={**(j.context or {}), CONTEXT_KEY: note.to_dict()})
 
     # -- audit ----------------------------------------------------------------------------------------------
     async def _audit_control_agent(self, stream: StreamT[bytes]) -> None:

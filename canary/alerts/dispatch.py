@@ -5,6 +5,10 @@ aiohttp, retrying 5xx, 429, timeouts and connection errors with exponential back
 or dead receiver therefore costs the pipeline nothing: rollbacks are issued by the SLO agent, which never
 waits on an alert. If the queue is full (a receiver down for very long), the oldest alert is dropped —
 audited as such, never silently.
+
+Each target has its own HTTP session whose resolver admits only the addresses its environment allows
+(canary.alerts.targets): a refused address is a final failure, audited with the reason, never retried.
+Redirects are not followed (a receiver's redirect must not lead the worker to an address nobody checked).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -29,8 +33,13 @@ from canary.alerts.payloads import (
     sign,
     slack_payload,
 )
-from canary.config.environments import AlertTarget
+from canary.alerts.targets import CheckingResolver, resolve_checked
+from canary.config.addresses import Refusal, TargetRefused, Unresolved, parse_address
+from canary.config.addresses import redacted_url as redacted
 from canary.core.models import iso_ms
+
+if TYPE_CHECKING:  # at run time too would be a cycle: canary.config.environments reads canary.config.addresses
+    from canary.config.environments import AlertTarget
 
 log = logging.getLogger("canary.alerts")
 
@@ -39,14 +48,6 @@ AuditSink = Callable[[dict[str, Any]], Coroutine[Any, Any, bool]]
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def redacted(url: str) -> str:
-    """Webhook URLs carry secrets in their path (Slack) or query: logs and audit show the host only."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}" + ("/…" if parts.path not in ("", "/") or parts.query else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class DeliveryAttempt:
     success: bool
     final: bool  # no further attempt follows
     at_ms: int
+    refused: Refusal | Unresolved | None = None  # why the target's address is not allowed
 
     def audit_event(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,7 @@ class DeliveryAttempt:
                 "attempt": self.attempt,
                 "status": self.status,
                 "final": self.final,
+                "refused": self.refused,
             },
             "success": self.success,
             "error_message": self.error,
@@ -123,13 +126,20 @@ class AlertDispatcher:
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with contextlib.AsyncExitStack() as stack:
+            sessions = []
+            for target in self.targets:
+                # No DNS cache: every delivery resolves and checks afresh (a cached answer could outlive a
+                # change of what the name points to, in either direction).
+                connector = aiohttp.TCPConnector(resolver=CheckingResolver(target.policy), use_dns_cache=False)
+                session = aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False)
+                sessions.append(await stack.enter_async_context(session))
             try:
                 while True:
                     event = await self._queue.get()
                     for index, target in enumerate(self.targets):
                         if event.kind in target.events:
-                            task = asyncio.create_task(self._deliver(session, event, index, target))
+                            task = asyncio.create_task(self._deliver(sessions[index], event, index, target))
                             self._tasks.add(task)
                             task.add_done_callback(self._tasks.discard)
             finally:
@@ -144,12 +154,18 @@ class AlertDispatcher:
         async with self._slots:
             delay = self.backoff_initial_s
             for attempt in range(1, self.max_attempts + 1):
-                status, error = await self._post(session, event, target)
+                refused: Refusal | Unresolved | None = None
+                try:
+                    status, error = await self._post(session, event, target)
+                except TargetRefused as exc:
+                    status, error, refused = None, f"refused: {exc}", exc.refusal
                 ok = status is not None and 200 <= status < 300
-                retryable = not ok and (status is None or status >= 500 or status == 429)
+                retryable = not ok and refused is None and (status is None or status >= 500 or status == 429)
                 final = ok or not retryable or attempt == self.max_attempts
                 self._record(
-                    DeliveryAttempt(event, index, redacted(target.url), attempt, status, error, ok, final, now_ms())
+                    DeliveryAttempt(
+                        event, index, redacted(target.url), attempt, status, error, ok, final, now_ms(), refused
+                    )
                 )
                 if final:
                     if ok:
@@ -174,9 +190,18 @@ class AlertDispatcher:
             if secret:
                 headers[TIMESTAMP_HEADER] = str(sent)
                 headers[SIGNATURE_HEADER] = sign(secret, sent, body)
+        parts = urlsplit(target.url)
+        host = parts.hostname or ""
+        if parse_address(host) is not None:
+            # aiohttp connects to a literal address without asking the resolver: check it here.
+            await resolve_checked(host, parts.port or 0, target.policy)
         try:
             async with session.post(
-                target.url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=target.timeout_s)
+                target.url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=target.timeout_s),
+                allow_redirects=False,
             ) as response:
                 await response.read()
                 if response.status >= 300:
@@ -196,18 +221,33 @@ class AlertDispatcher:
 
 
 async def check_reachable(targets: Sequence[AlertTarget], timeout_s: float = 3.0) -> list[str]:
-    """Problems with the environment's webhooks, checked before a start (a TCP connect to each)."""
+    """Problems with the environment's webhooks, checked before a start: every address the host resolves to
+    must be allowed, and a TCP connection to one of those checked addresses must open."""
     problems = []
     for i, target in enumerate(targets):
         parts = urlsplit(target.url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-        except (OSError, TimeoutError) as exc:
-            problems.append(f"alerts[{i}].url {redacted(target.url)}: unreachable ({exc or type(exc).__name__})")
+            found = await asyncio.wait_for(resolve_checked(host, port, target.policy), timeout_s)
+        except TargetRefused as exc:
+            problems.append(f"alerts[{i}].url {redacted(target.url)}: refused ({exc})")
             continue
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        except TimeoutError:
+            problems.append(f"alerts[{i}].url {redacted(target.url)}: {host} did not resolve within {timeout_s:g} s")
+            continue
+        failure: BaseException | None = None
+        for _, _, address, _ in found:  # only addresses that were checked, never the name again
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout_s)
+            except (OSError, TimeoutError) as exc:
+                failure = exc
+                continue
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            break
+        else:
+            why = (str(failure) or type(failure).__name__) if failure is not None else "no address"
+            problems.append(f"alerts[{i}].url {redacted(target.url)}: unreachable ({why})")
     return problems

@@ -45,12 +45,9 @@ async def _serve(args: argparse.Namespace, settings: Settings, bootstrap: Cluste
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with serving(dashboard, args.host, args.port) as runner:
-        port = args.port
-        for address in runner.addresses:  # the real port when --port 0 picked a free one
-            if isinstance(address, tuple) and len(address) >= 2:
-                port = int(address[1])
-                break
+    async with serving(dashboard, args.host, args.port, args.allowed_host or ()):
+        assert dashboard.hosts is not None
+        port = dashboard.hosts.port  # the real port when --port 0 picked a free one
         host = f"[{args.host}]" if ":" in args.host else args.host
         url = f"http://{host}:{port}/"
         payload: dict[str, Any] = {
@@ -86,6 +83,9 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 <= args.port < 65536:
         raise ConfigError(f"--port {args.port}: must be between 0 and 65535")
+    from canary.dashboard.hosts import AllowedHosts
+
+    AllowedHosts.of(args.host, args.port, args.allowed_host or ())  # a malformed --allowed-host fails here
     if not _is_loopback(args.host):
         log.warning(
             "dashboard: listening on %s, reachable from other machines (plain HTTP: the operator token "
@@ -118,6 +118,13 @@ def register(sub: Any) -> None:
         "--host",
         default="127.0.0.1",
         help="bind address (default 127.0.0.1, this machine only; anything else is reachable from the network)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME[:PORT]",
+        help="another Host the page may be reached by (e.g. a TLS proxy's name; repeatable). Requests naming any "
+        "other host than the bind address (and localhost on a loopback bind) get 421: DNS rebinding",
     )
     p.add_argument("--token-file", help="operator token file (default ~/.cache/canary/dashboard.token)")
     p.add_argument("--audit-log", help="the worker's audit log to follow (default reports/canary/audit.log)")

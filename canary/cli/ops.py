@@ -384,9 +384,11 @@ async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: KafkaC
                 f"[{dep.status if dep else 'idle'}]  candidate {dep.candidate.name if dep else '-'} "
                 f"weight {dep.candidate_weight if dep else 0:.0%}" + (f"  rollout {plan_text(plan)}" if plan else "")
             )
-            rows = [format_window(w, state.streak_text(w)) for _, w in sorted(state.latest.items())]
+            rows = [
+                format_window(w, state.streak_text(w)) + state.outage_text(w) for _, w in sorted(state.latest.items())
+            ]
             if args.plain:
-                print(format_window(window, state.streak_text(window)), flush=True)
+                print(format_window(window, state.streak_text(window)) + state.outage_text(window), flush=True)
             else:
                 print("\x1b[2J\x1b[H" + header + "\n" + "\n".join(rows), flush=True)
         if deadline is not None and time.monotonic() > deadline:

@@ -11,7 +11,8 @@ and reports under ``reports/canary/NAME``), and this module reads the file:
     slo: {p95_ms: 1000}          # merged over every candidate's slo section
     rollout: {...}               # replaces every candidate's plan (null: no plan here)
     requires_passed_in: staging  # a preset may start here only after the same preset hash was promoted there
-    alerts: [...]                # webhooks (canary.alerts)
+    alerts: [...]                # webhooks (canary.alerts): public addresses only unless allowed below
+    alerts_allow_private: false  # true: webhooks may reach any address (loopback, private …: test set-ups)
 
 :func:`apply_environment` produces the candidate a start command carries: the preset with the overrides
 applied, validated again as a whole preset, and stamped with the environment and the preset's own hash
@@ -21,14 +22,17 @@ knows which file it came from.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
+from canary.config.addresses import AddressPolicy, IPNetwork, describe, parse_address, redacted_url
 from canary.config.presets import Preset, PresetValidationError
-from canary.config.validation import NO_VALUE, Collector, FieldError, Section, show
+from canary.config.validation import NO_VALUE, Collector, FieldError, Section, kind, show
 from canary.config.yamlfile import read_yaml
 from canary.errors import ConfigError
 from canary.settings import ENV_NAME
@@ -49,6 +53,8 @@ class AlertTarget:
     events: tuple[str, ...]
     secret_env: str | None = None  # environment variable holding the HMAC secret (json format)
     timeout_s: float = 5.0
+    # Which non-public addresses it may reach (canary.config.addresses); public ones only by default.
+    policy: AddressPolicy = field(default_factory=AddressPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,7 @@ class Environment:
     requires_passed_in: str | None = None
     alerts: tuple[AlertTarget, ...] = ()
     source: str | None = None
+    alerts_allow_private: bool = False
 
 
 _ENV_VAR: Final = re.compile(r"CANARY_ALERT_[A-Z0-9_]+")  # read at the settings boundary (Settings.alert_secrets)
@@ -115,9 +122,19 @@ def _parse(root: Section, name: str, source: str) -> Environment:
     requires = None
     if root.take("requires_passed_in") not in (NO_VALUE, None):
         requires = root.string("requires_passed_in", pattern=ENV_NAME, hint=ENV_NAME_HINT) or None
-    alerts = tuple(_alert(s) for s in root.sections("alerts"))
+    allow_private = _boolean(root, "alerts_allow_private")
+    alerts = tuple(_alert(s, allow_private) for s in root.sections("alerts"))
     return Environment(
-        name, description, weight, slo, rollout, replaces, requires, tuple(a for a in alerts if a), source
+        name,
+        description,
+        weight,
+        slo,
+        rollout,
+        replaces,
+        requires,
+        tuple(a for a in alerts if a),
+        source,
+        allow_private,
     )
 
 
@@ -131,9 +148,35 @@ def _mapping(s: Section, key: str) -> Mapping[str, Any] | None:
     return dict(value)
 
 
-def _alert(s: Section) -> AlertTarget | None:
+def _boolean(s: Section, key: str) -> bool:
+    value = s.take(key)
+    if value is NO_VALUE or value is None:
+        return False
+    if not isinstance(value, bool):
+        s.out.add(s.field(key), value, f"expected true or false, got {kind(value)}")
+        return False
+    return value
+
+
+def _networks(s: Section, key: str) -> tuple[IPNetwork, ...]:
+    out: list[IPNetwork] = []
+    for i, text in enumerate(s.strings(key)):
+        try:
+            out.append(ipaddress.ip_network(text.strip(), strict=True))
+        except ValueError as exc:
+            hint = ""
+            if "host bits set" in str(exc):
+                hint = f" (did you mean {ipaddress.ip_network(text.strip(), strict=False)}?)"
+            s.out.add(f"{s.field(key)}[{i}]", text, f"expected a network like 10.0.3.0/24 or fd00::/64: {exc}{hint}")
+    return tuple(out)
+
+
+def _alert(s: Section, allow_private: bool) -> AlertTarget | None:
     errors = len(s.out.errors)
     url = s.string("url", pattern=re.compile(r"https?://[^\s]+"), hint="must be an http:// or https:// URL")
+    policy = AddressPolicy(allow_private, _networks(s, "allow_networks"))
+    if url:
+        _check_url(s, url, policy)
     fmt = s.string("format", choices=ALERT_FORMATS, required=False) or "json"
     events = s.strings("events") or ALERT_EVENTS
     for i, event in enumerate(events):
@@ -150,7 +193,33 @@ def _alert(s: Section) -> AlertTarget | None:
     s.close()
     if len(s.out.errors) > errors:
         return None
-    return AlertTarget(url, fmt, tuple(events), secret_env, timeout)
+    return AlertTarget(url, fmt, tuple(events), secret_env, timeout, policy)
+
+
+def _check_url(s: Section, url: str, policy: AddressPolicy) -> None:
+    """A literal address is refused here, at load; a hostname is resolved and checked at `canary start` and
+    at every delivery (canary.alerts.targets) — never here: loading a file does no network I/O."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        s.out.add(s.field("url"), redacted_url(url), f"invalid port: {exc}")
+        return
+    host = parts.hostname
+    if not host:
+        s.out.add(s.field("url"), redacted_url(url), "names no host")
+        return
+    address = parse_address(host)
+    if address is None:
+        return
+    why = policy.refusal(address)
+    if why is not None:
+        s.out.add(
+            s.field("url"),
+            redacted_url(url),
+            f"{host} is {describe(why)}, not allowed as a webhook target unless allowed explicitly "
+            f"(alerts_allow_private: true, or {s.field('allow_networks')}: [{address}/{address.max_prefixlen}])",
+        )
 
 
 def apply_environment(preset: Preset, env: Environment) -> Preset:

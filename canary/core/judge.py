@@ -82,6 +82,10 @@ class Judgement:
     insufficient_windows: int
     decision: Decision | None = None
     judged_at_ms: int = 0
+    # What the judge did not see but a reader should: ``broker_outage`` when the window overlaps a broker
+    # outage the worker lived through or the backlog drain after it (canary.core.outages). Informational:
+    # no verdict or decision depends on it. None when there is nothing to say.
+    context: JSONDict | None = None
 
     @property
     def deployment_id(self) -> str:
@@ -102,6 +106,7 @@ class Judgement:
             "insufficient_windows": self.insufficient_windows,
             "decision": None if self.decision is None else self.decision.to_dict(),
             "judged_at_ms": self.judged_at_ms,
+            "context": self.context,
         }
 
     @classmethod
@@ -116,6 +121,8 @@ class Judgement:
                 insufficient_windows=int(d.get("insufficient_windows", 0)),
                 decision=None if decision is None else Decision.from_dict(decision),
                 judged_at_ms=int(d.get("judged_at_ms", 0)),
+                # Absent in records from before the field; anything but an object is not a context.
+                context=dict(context) if isinstance(context := d.get("context"), Mapping) else None,
             )
         except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"Judgement: malformed ({exc!r})") from None

@@ -9,7 +9,9 @@ Routes
   POST /api/replay                replay / backtest a span (read-only; one at a time)
   GET  /assets/report.css, /static/*   every asset is served here: the page works offline
 
-Nothing is loaded from another origin, and the Content-Security-Policy says so.
+Nothing is loaded from another origin, and the Content-Security-Policy says so. Every request must name
+the dashboard's own address in its ``Host`` header (``canary.dashboard.hosts``: DNS rebinding), else 421;
+request bodies are bounded (``MAX_BODY_BYTES``) and a bad one is answered 4xx with the reason, never 500.
 """
 
 from __future__ import annotations
@@ -20,19 +22,21 @@ import getpass
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from canary.config.yamlfile import parse_yaml_text
+from canary.core import wire
 from canary.core.models import parse_time
 from canary.dashboard.auth import OperatorToken, bearer
 from canary.dashboard.feed import AuditTail, Changes, DashboardState, now_ms, tail_topics
+from canary.dashboard.hosts import AllowedHosts
 from canary.dashboard.page import render_page
 from canary.dashboard.views import deployment_panels, history_panel, meta, render_panels, routers_panel, timeline_panel
 from canary.errors import CanaryError, ConfigError, DeploymentError, InvalidEvent, KafkaError
@@ -48,6 +52,8 @@ log = logging.getLogger("canary.dashboard")
 STATIC_DIR = Path(__file__).parent / "static"
 ACTIONS = ("pause", "resume", "weight", "promote", "rollback")
 MAX_REPLAY_SPAN_MS = 6 * 3600 * 1000
+# The largest body an action or a replay needs (a replay's rules YAML is the big one) with room to spare.
+MAX_BODY_BYTES = 64 * 1024
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
     "style-src 'self' 'unsafe-inline'; frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -124,6 +130,8 @@ class Dashboard:
         self._replay_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.started_ms = now_ms()
+        # Which Host headers are answered; set by serving() from the bind address. None answers none.
+        self.hosts: AllowedHosts | None = None
 
     # -- live state -------------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -234,6 +242,7 @@ class Dashboard:
             commands=self.state.accepted_commands(),
             windows=self.state.deployment_windows(deployment_id),
             deployment_id=deployment_id,
+            outages=self.state.outages,
         )
         return web.Response(
             text=render_report(report), content_type="text/html", headers={"Content-Security-Policy": REPORT_CSP}
@@ -392,14 +401,20 @@ def _json_error(
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, or a 4xx naming what is wrong with it (never a 500)."""
     if request.content_type != "application/json":
         raise _json_error(web.HTTPUnsupportedMediaType, "send the body as application/json")
     try:
-        body = await request.json()
-    except ValueError as exc:
-        raise _json_error(web.HTTPBadRequest, f"body: invalid JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise _json_error(web.HTTPBadRequest, "body: expected a JSON object")
+        raw = await request.read()  # bounded by the application's client_max_size
+    except web.HTTPRequestEntityTooLarge:
+        message = f"body: larger than {MAX_BODY_BYTES} bytes (an action needs a few hundred)"
+        raise web.HTTPRequestEntityTooLarge(
+            MAX_BODY_BYTES, text=json.dumps({"error": message}), content_type="application/json"
+        ) from None
+    try:
+        body = wire.decode_object(raw, wire.HTTP_BODY)
+    except wire.Rejected as exc:  # bounded: size, depth and type, with the reason
+        raise _json_error(web.HTTPBadRequest, f"body: {exc.code}: {exc.detail}") from None
     return body
 
 
@@ -426,11 +441,32 @@ def _rules_field(body: dict[str, Any]) -> Any:
         raise ConfigError("rules: expected YAML text")
     from canary.replay.rules import parse_rules
 
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"rules: invalid YAML: {exc}") from None
+    data, error = parse_yaml_text(text, "rules")  # bounded: size, depth, no aliases
+    if error is not None:
+        raise ConfigError(str(error))
     return parse_rules(data, "rules")
+
+
+def _host_check(dashboard: Dashboard) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def host_check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if dashboard.hosts is None or not dashboard.hosts.allows(host):
+            expected = f"{dashboard.hosts.bind}:{dashboard.hosts.port}" if dashboard.hosts else "its address"
+            raise web.HTTPMisdirectedRequest(
+                text=json.dumps(
+                    {
+                        "error": f"Host {host!r} is not this dashboard's address (reach it as {expected}, or "
+                        "allow the name with --allowed-host): refused against DNS rebinding"
+                    }
+                ),
+                content_type="application/json",
+            )
+        return await handler(request)
+
+    return host_check
 
 
 @web.middleware
@@ -445,7 +481,7 @@ async def _security_headers(
 
 
 def create_app(dashboard: Dashboard) -> web.Application:
-    app = web.Application(middlewares=[_security_headers])
+    app = web.Application(middlewares=[_host_check(dashboard), _security_headers], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/", dashboard.index)
     app.router.add_get("/events", dashboard.events)
     app.router.add_get("/api/state", dashboard.api_state)
@@ -461,8 +497,12 @@ def create_app(dashboard: Dashboard) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def serving(dashboard: Dashboard, host: str, port: int) -> AsyncIterator[web.AppRunner]:
-    """The app listening on ``host:port`` until the block ends; then a clean shutdown."""
+async def serving(
+    dashboard: Dashboard, host: str, port: int, allowed_hosts: Iterable[str] = ()
+) -> AsyncIterator[web.AppRunner]:
+    """The app listening on ``host:port`` until the block ends; then a clean shutdown. Requests must name
+    ``host`` (and the port) in their Host header, or one of ``allowed_hosts`` (canary.dashboard.hosts)."""
+    dashboard.hosts = AllowedHosts.of(host, port, allowed_hosts)
     runner = web.AppRunner(create_app(dashboard), shutdown_timeout=2.0, access_log=None)
     await runner.setup()
     try:
@@ -471,6 +511,10 @@ async def serving(dashboard: Dashboard, host: str, port: int) -> AsyncIterator[w
             await site.start()
         except OSError as exc:
             raise ConfigError(f"dashboard: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        for address in runner.addresses:  # the real port when port 0 picked a free one
+            if isinstance(address, tuple) and len(address) >= 2:
+                dashboard.hosts.port = int(address[1])
+                break
         yield runner
     finally:
         await runner.cleanup()

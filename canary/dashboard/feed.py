@@ -29,6 +29,7 @@ from canary.core import wire
 from canary.core.deployment import ControlLedger, Deployment
 from canary.core.judge import Judgement
 from canary.core.models import RouterState, WindowResult
+from canary.core.outages import KEPT, BrokerOutage, OutageNote, merge_outages
 from canary.errors import KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, topic_partitions
@@ -109,6 +110,7 @@ class DashboardState:
     control: list[ControlRecord] = field(default_factory=list)
     windows: dict[str, dict[str, WindowResult]] = field(default_factory=dict)  # deployment → window id → window
     judgements: dict[str, Judgement] = field(default_factory=dict)  # deployment → latest judgement
+    outages: tuple[BrokerOutage, ...] = ()  # noted on judgements (canary.core.outages), merged
     routers: dict[str, RouterState] = field(default_factory=dict)
     audit: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=AUDIT_LINES_KEPT))
     poison: int = 0
@@ -159,6 +161,9 @@ class DashboardState:
         latest = self.judgements.get(dep)
         if latest is None or judgement.window.window_start_ms >= latest.window.window_start_ms:
             self.judgements[dep] = judgement
+        note = OutageNote.from_context(judgement.context)
+        if note is not None:
+            self.outages = merge_outages([*self.outages, note.outage])[-KEPT:]
         self.add_window(judgement.window, changes, judgement.judged_at_ms or None)
 
     def add_router_state(self, state: RouterState, changes: Changes) -> None:

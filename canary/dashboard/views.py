@@ -15,6 +15,7 @@ from typing import Any
 from canary.core.deployment import Deployment
 from canary.core.judge import evidence_text
 from canary.core.models import iso_ms, parse_time
+from canary.core.outages import OutageNote
 from canary.core.rollout import plan_status, plan_text
 from canary.dashboard.feed import ControlRecord, DashboardState, now_ms
 from canary.errors import CanaryError
@@ -106,6 +107,7 @@ def deployment_panels(state: DashboardState, now: int | None = None) -> dict[str
             deployment_id=dep.deployment_id,
             now_ms=now,
             source="live",
+            outages=state.outages,
         )
     except CanaryError as exc:  # the ledger and the report fold the same commands; this is a bug guard
         broken = f'<section class="card panel"><p class="bad">cannot render {escape(dep.deployment_id)}: '
@@ -117,7 +119,7 @@ def deployment_panels(state: DashboardState, now: int | None = None) -> dict[str
         "moment": moment_panel(state, dep),
         "plan": plan_panel(dep),
         "verdicts": verdicts_panel(state, dep),
-        "charts": sections["charts"],
+        "charts": sections["charts"] + sections["outages"],
         "commands": sections["commands"],
     }
 
@@ -248,9 +250,11 @@ def verdicts_panel(state: DashboardState, dep: Deployment) -> str:
             f"{escape(judgement.decision.reason)}</p>"
         )
     low = f" · low-traffic windows {judgement.insufficient_windows}" if judgement.insufficient_windows else ""
+    note = OutageNote.from_context(judgement.context)
+    outage = f'<p class="outage-note">Judged {escape(note.text())}</p>' if note is not None else ""
     body = (
         f'<p class="sub">bucket {_clock(w.window_start_ms)}–{_clock(w.window_end_ms)} UTC · n={w.response_count}'
-        f" · errors {w.error_count}{low}</p>"
+        f" · errors {w.error_count}{low}</p>{outage}"
         f'<ul class="verdicts">{"".join(rows)}</ul>{decision}'
     )
     return _card("Latest verdicts", body, "panel-verdicts")

@@ -7,18 +7,26 @@ agent publishes each one with its verdicts, streaks and any decision (canary.cor
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
 from canary.core import wire
 from canary.core.judge import Judgement, evidence_text, format_value
 from canary.core.models import WindowResult, iso_ms
+from canary.core.outages import OutageNote
 from canary.errors import CanaryError
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, topic_partitions
 
 WatchItem = WindowResult | Judgement
+KEPT_NOTES = 256
+
+
+def del_oldest(d: dict[Any, Any], keep: int) -> None:
+    while len(d) > keep:
+        del d[next(iter(d))]
 
 
 async def tail_windows(
@@ -61,14 +69,36 @@ class WatchState:
     latest: dict[tuple[str, str], WindowResult] = field(default_factory=dict)
     streaks: dict[str, dict[str, int]] = field(default_factory=dict)
     judgements: dict[str, Judgement] = field(default_factory=dict)
+    # Broker outage notes by candidate window id, and last_good's p95 by (deployment, window start): the
+    # note may have been written before last_good's window of the slot reached the worker.
+    notes: dict[str, OutageNote] = field(default_factory=dict)
+    last_good_p95: dict[tuple[str, int], float | None] = field(default_factory=dict)
 
     def add(self, item: WatchItem) -> WindowResult:
         window = item.window if isinstance(item, Judgement) else item
-        self.latest[(window.deployment_id or "-", window.arm)] = window
+        dep = window.deployment_id or "-"
+        self.latest[(dep, window.arm)] = window
         if isinstance(item, Judgement):
-            self.streaks[window.deployment_id or "-"] = dict(item.streaks)
-            self.judgements[window.deployment_id or "-"] = item
+            self.streaks[dep] = dict(item.streaks)
+            self.judgements[dep] = item
+            note = OutageNote.from_context(item.context)
+            if note is not None:
+                self.notes[window.window_id] = note
+                del_oldest(self.notes, KEPT_NOTES)
+        elif window.arm == "last_good":
+            self.last_good_p95[(dep, window.window_start_ms)] = window.p95_ms
+            del_oldest(self.last_good_p95, KEPT_NOTES)
         return window
+
+    def outage_text(self, window: WindowResult) -> str:
+        """For a candidate window judged during a broker outage or its drain: the outage and both arms' p95."""
+        note = self.notes.get(window.window_id)
+        if note is None:
+            return ""
+        if note.last_good_p95_ms is None:
+            seen = self.last_good_p95.get((window.deployment_id or "-", window.window_start_ms))
+            note = replace(note, last_good_p95_ms=seen)
+        return f"  ⚠ {note.text()}"
 
     def streak_text(self, window: WindowResult) -> str:
         if window.arm != "candidate" or not window.verdicts:

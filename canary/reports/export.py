@@ -17,10 +17,11 @@ from typing import Any
 from canary.core import wire
 from canary.core.judge import Judgement
 from canary.core.models import WindowResult
+from canary.core.outages import BrokerOutage
 from canary.errors import CanaryError, ConfigError, KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.reports.files import AUDIT_LOG, export_all, read_audit_file, rebuild_audit
-from canary.reports.model import DeploymentReport, build_report
+from canary.reports.model import DeploymentReport, build_report, outages_of_judgements
 from canary.settings import Settings
 
 
@@ -30,6 +31,7 @@ class TopicData:
     states: list[dict[str, Any]] = field(default_factory=list)
     windows: list[WindowResult] = field(default_factory=list)
     invalid_windows: int = 0
+    outages: tuple[BrokerOutage, ...] = ()  # noted on the judgements (canary.core.outages)
 
 
 async def read_topics_async(
@@ -59,13 +61,16 @@ async def read_topics_async(
     finally:
         await consumer.stop()
     judged: dict[str, WindowResult] = {}
+    judgements = []
     for raw in raw_verdicts:
         try:
-            window = Judgement.from_dict(raw).window
+            judgement = Judgement.from_dict(raw)
         except CanaryError:
             out.invalid_windows += 1
             continue
-        judged.setdefault(window.window_id, window)
+        judgements.append(judgement)
+        judged.setdefault(judgement.window.window_id, judgement.window)
+    out.outages = outages_of_judgements(judgements)
     for raw in raw_windows:
         try:
             window = WindowResult.from_dict(raw)
@@ -130,7 +135,9 @@ def export_deployment(
     latest started) into ``output``. DeploymentError if there is none, KafkaError if Kafka is down."""
     data = read_topics(settings, control=True, windows=True)
     now = int(time.time() * 1000)
-    report = build_report(commands=data.commands, windows=data.windows, deployment_id=deployment_id, now_ms=now)
+    report = build_report(
+        commands=data.commands, windows=data.windows, deployment_id=deployment_id, now_ms=now, outages=data.outages
+    )
     events, source, source_path = load_audit(
         settings, output=output, audit_file=audit_file, from_topics=from_topics, commands=data.commands
     )

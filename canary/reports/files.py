@@ -43,7 +43,27 @@ def canary_result(report: DeploymentReport) -> dict[str, Any]:
     duration_end = end if end is not None else report.generated_at_ms
     lg, cand = _arm_summary(report, "last_good"), _arm_summary(report, "candidate")
     plan = plan_status(dep.candidate.snapshot, dep.weight, dep.weight_set_at_ms)
-    extra = {"rollout": plan} if plan is not None else {}  # the spec's shape, plus the plan when there is one
+    # The spec's shape, plus the plan and the broker outages (with both arms' p95 per bucket) when there are.
+    extra: dict[str, Any] = {"rollout": plan} if plan is not None else {}
+    if report.outages:
+        extra["broker_outages"] = [
+            {
+                **o.to_dict(),
+                "buckets": [
+                    {
+                        "window_start": iso_ms(slot.start_ms),
+                        "phase": slot.phase,
+                        "candidate_p95_ms": slot.candidate.p95_ms if slot.candidate else None,
+                        "last_good_p95_ms": slot.last_good.p95_ms if slot.last_good else None,
+                        "candidate_verdicts": {v.rule: v.outcome for v in slot.candidate.verdicts}
+                        if slot.candidate
+                        else {},
+                    }
+                    for slot in report.outage_slots(o)
+                ],
+            }
+            for o in report.outages
+        ]
     return {
         "deployment_id": dep.deployment_id,
         "start_time": iso_ms(dep.started_at_ms),

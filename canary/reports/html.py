@@ -12,6 +12,9 @@ it and the rollback marker line up vertically. Stable hooks for tests and toolin
 - ``line.threshold`` (``data-value``), ``rect.violation-zone``, ``rect.evidence-band``
 - ``g.end-marker`` plus ``g.rollback-marker`` / ``g.promote-marker`` / ``g.abort-marker`` at the end command
 - ``rect.verdict.verdict-pass|fail|inconclusive|error`` in the strip, ``table.preset-diff tr.diff-row``
+- ``rect.outage-band`` / ``rect.drain-band`` (``data-start-ms``, ``data-end-ms``) on every metric chart when
+  a broker outage was noted; ``section.panel-outages`` with ``table.outage-slots tr.outage-slot``
+  (``data-phase``) — both arms' measured values in each bucket of the outage and its drain
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 from canary.core.judge import evidence_text
 from canary.core.models import WindowResult, iso_ms, parse_time
+from canary.core.outages import OutageNote
 from canary.errors import CanaryError
 from canary.reports.metrics import summarize
 from canary.reports.model import CommandEntry, DeploymentReport, DiffEntry
@@ -293,6 +297,29 @@ def _evidence_bands(report: DeploymentReport, metric: str, axis: TimeAxis, y: YA
     return out
 
 
+OUTAGE_COLOR = "#475569"
+
+
+def _outage_bands(report: DeploymentReport, axis: TimeAxis, y: YAxis) -> list[str]:
+    """Grey bands where the worker could not reach the broker, lighter ones over the assumed drain."""
+    out = []
+    for o in report.outages:
+        end = o.end_ms if o.end_ms is not None else axis.end_ms
+        spans = [("outage-band", o.start_ms, end, 0.16, "broker unreachable")]
+        if o.end_ms is not None and o.drain_until_ms is not None:
+            spans.append(("drain-band", o.end_ms, o.drain_until_ms, 0.07, "backlog drain after the outage (assumed)"))
+        for cls, s, e, opacity, what in spans:
+            x0, x1 = max(axis.x(s), LEFT), min(axis.x(e), WIDTH - RIGHT)
+            if x1 <= x0:
+                continue
+            out.append(
+                f'<rect class="{cls}" data-start-ms="{s}" data-end-ms="{e}" x="{_f(x0)}" y="{_f(y.top)}" '
+                f'width="{_f(x1 - x0)}" height="{_f(y.bottom - y.top)}" fill="{OUTAGE_COLOR}" '
+                f'fill-opacity="{opacity}"><title>{escape(what)}: {_utc(s)} – {_utc(e)}</title></rect>'
+            )
+    return out
+
+
 def _svg_open(cls: str, height: int, label: str) -> str:
     return (
         f'<svg class="chart {cls}" id="{cls}" viewBox="0 0 {WIDTH} {height}" width="100%" '
@@ -330,6 +357,7 @@ def _metric_chart(
     else:
         y = YAxis.fit(top, bottom, values, max(default_hi, rule.threshold if rule else 0.0))
     parts = [_svg_open(cls, height, f"{metric} per bucket"), *_y_axis(y, tick_fmt), *_x_axis(axis, top, bottom)]
+    parts += _outage_bands(report, axis, y)
     parts += _evidence_bands(report, metric, axis, y)
     if rule is not None:
         op = {"le": "≤", "lt": "<", "ge": "≥", "gt": ">"}.get(rule.operator, rule.operator)
@@ -665,6 +693,9 @@ def _charts(report: DeploymentReport) -> str:
         swatch = f'<i class="sw" style="background:{END_COLORS[end_cmd.type]};width:3px;height:12px"></i>'
         marker = [(swatch, end_cmd.type)]
     note = f'<div class="axis-note">time since {_utc(start)} (m:ss)</div>'
+    if report.outages:
+        swatch = f'<i class="sw box" style="background:{OUTAGE_COLOR};opacity:.35"></i>'
+        marker = [*marker, (swatch, "broker outage")]
     p95 = _metric_chart(
         report,
         axis,
@@ -765,6 +796,9 @@ def _evidence_list(c: CommandEntry) -> str:
             f"<li>bucket {escape(when)} · value <b>{escape(shown)}</b> · "
             f"{escape(fmt_value(w.get('response_count')))} responses</li>"
         )
+    note = OutageNote.from_context(ev.get("context"))
+    if note is not None:
+        items.append(f'<li class="outage-note">decided on a bucket {escape(note.text())}</li>')
     return f'<ul class="evidence">{head}{"".join(items)}</ul>'
 
 
@@ -839,14 +873,59 @@ def _buckets_table(report: DeploymentReport) -> str:
     )
 
 
+def _outages_panel(report: DeploymentReport) -> str:
+    """Each broker outage with both arms' measured values in every bucket it (or its drain) touched."""
+    if not report.outages:
+        return ""
+    blocks = []
+    for o in report.outages:
+        ended = f"to {_utc(o.end_ms)} ({o.duration_s:g} s)" if o.end_ms is not None else "(still unreachable)"
+        drain = f"; backlog drain assumed until {_utc(o.drain_until_ms)}" if o.drain_until_ms is not None else ""
+        rows = []
+        for slot in report.outage_slots(o):
+            c, lg = slot.candidate, slot.last_good
+            verdicts = (
+                " ".join(f'<span class="v-{v.outcome}">{escape(v.rule)}:{v.outcome}</span>' for v in c.verdicts)
+                if c is not None
+                else ""
+            )
+            rows.append(
+                f'<tr class="outage-slot" data-phase="{slot.phase}" data-start-ms="{slot.start_ms}">'
+                f'<td class="mono">{_clock(slot.start_ms)}</td><td>{escape(slot.phase)}</td>'
+                f'<td class="num cand-p95">{fmt_ms(c.p95_ms if c else None)}</td>'
+                f'<td class="num lg-p95">{fmt_ms(lg.p95_ms if lg else None)}</td>'
+                f'<td class="num">{c.response_count if c else 0} / {lg.response_count if lg else 0}</td>'
+                f"<td>{verdicts}</td></tr>"
+            )
+        body = "".join(rows) or '<tr><td colspan="6" class="empty">no buckets of this deployment</td></tr>'
+        end_attr = "" if o.end_ms is None else str(o.end_ms)
+        blocks.append(
+            f'<div class="outage" data-start-ms="{o.start_ms}" data-end-ms="{end_attr}">'
+            f"<p><b>Broker unreachable from {_utc(o.start_ms)} {escape(ended)}</b>{escape(drain)}.</p>"
+            '<table class="outage-slots"><thead><tr><th>bucket (UTC)</th><th>phase</th><th>candidate p95</th>'
+            "<th>last_good p95</th><th>responses (cand / lg)</th><th>verdicts</th></tr></thead>"
+            f"<tbody>{body}</tbody></table></div>"
+        )
+    return _panel(
+        "Broker outages",
+        "seen by the worker; the verdicts of these buckets are the judge's as usual (nothing is discounted) — "
+        "both arms' latency is shown so a shock both arms share can be told from the candidate's own",
+        "",
+        "".join(blocks),
+        "panel-outages",
+    )
+
+
 def render_sections(report: DeploymentReport) -> dict[str, str]:
     """The page's parts as HTML fragments, keyed by name: ``header``, ``banner``, ``cards``, ``charts``,
-    ``commands``, ``diff``, ``buckets``. The report page joins them; the dashboard swaps them in live."""
+    ``outages`` (empty without one), ``commands``, ``diff``, ``buckets``. The report page joins them; the
+    dashboard swaps them in live."""
     return {
         "header": _header(report),
         "banner": _banner(report),
         "cards": _cards(report),
         "charts": _charts(report),
+        "outages": _outages_panel(report),
         "commands": _panel(
             "Control commands",
             "everything issued for this deployment, in order",
@@ -881,6 +960,7 @@ def render_report(report: DeploymentReport) -> str:
         + parts["banner"]
         + parts["cards"]
         + parts["charts"]
+        + parts["outages"]
         + '<div class="grid2">'
         + parts["commands"]
         + parts["diff"]

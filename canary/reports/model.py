@@ -15,7 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from canary.core.deployment import ControlLedger, Deployment
+from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, WindowResult
+from canary.core.outages import BrokerOutage, OutageNote, OutagePhase, merge_outages
 from canary.core.slo import SLORule, deployment_policy
 from canary.errors import CanaryError, DeploymentError
 
@@ -94,6 +96,8 @@ class DeploymentReport:
     generated_at_ms: int
     source: str = "kafka"  # where the windows came from: "kafka", "replay", ...
     notes: tuple[str, ...] = field(default=())
+    # Broker outages the worker noted on this deployment's judgements (canary.core.outages), oldest first.
+    outages: tuple[BrokerOutage, ...] = field(default=())
 
     @property
     def deployment_id(self) -> str:
@@ -149,6 +153,23 @@ class DeploymentReport:
         lg, cand = split_arms(windows, self.deployment_id)
         return replace(self, last_good_windows=lg, candidate_windows=cand, source=source or self.source)
 
+    def outage_slots(self, outage: BrokerOutage) -> list[OutageSlot]:
+        """Every bucket slot that overlaps ``outage`` or its drain, with both arms' windows of the slot."""
+        by_slot: dict[int, dict[str, WindowResult]] = {}
+        for w in self.all_windows:
+            if outage.phase(w.window_start_ms, w.window_end_ms) is not None:
+                by_slot.setdefault(w.window_start_ms, {})[w.arm] = w
+        slots = []
+        for start in sorted(by_slot):
+            arms = by_slot[start]
+            any_window = next(iter(arms.values()))
+            phase = outage.phase(start, any_window.window_end_ms)
+            assert phase is not None
+            slots.append(
+                OutageSlot(start, any_window.window_end_ms, phase, arms.get("candidate"), arms.get("last_good"))
+            )
+        return slots
+
     def span_ms(self) -> tuple[int, int]:
         """Time range the report covers: the deployment and every window of it."""
         start = self.deployment.started_at_ms
@@ -158,6 +179,17 @@ class DeploymentReport:
             start = min(start, ws[0].window_start_ms)
             end = max(end, max(w.window_end_ms for w in ws))
         return start, max(end, start + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class OutageSlot:
+    """One bucket slot during a broker outage or its drain, with what each arm measured in it."""
+
+    start_ms: int
+    end_ms: int
+    phase: OutagePhase
+    candidate: WindowResult | None
+    last_good: WindowResult | None
 
 
 def _window_order(w: WindowResult) -> tuple[int, str]:
@@ -278,11 +310,14 @@ def build_report(
     windows: Iterable[WindowResult] | None = None,
     now_ms: int | None = None,
     source: str = "kafka",
+    outages: Iterable[BrokerOutage] = (),
 ) -> DeploymentReport:
     """Report of one deployment (default: the latest started).
 
     ``view`` is a :class:`canary.ops.view.ControlView` (or anything with ``commands`` and ``windows``);
-    ``commands`` / ``windows`` override its parts, so a replay can pass recomputed windows.
+    ``commands`` / ``windows`` override its parts, so a replay can pass recomputed windows. ``outages``:
+    the broker outages noted on judgements (:func:`outages_of_judgements`); those that touch none of this
+    deployment's windows are left out.
     """
     raw_commands = list(commands if commands is not None else (view.commands if view is not None else []))
     all_windows = list(windows if windows is not None else (view.windows if view is not None else []))
@@ -321,6 +356,9 @@ def build_report(
         on_error=lambda why: notes.append(f"candidate slo section unreadable ({why}); default rules shown"),
     ).rules
     lg, cand = split_arms(all_windows, dep.deployment_id)
+    touched = tuple(
+        o for o in merge_outages(outages) if any(o.phase(w.window_start_ms, w.window_end_ms) for w in lg + cand)
+    )
     return DeploymentReport(
         deployment=dep,
         last_good_windows=lg,
@@ -332,4 +370,15 @@ def build_report(
         generated_at_ms=now_ms if now_ms is not None else int(time.time() * 1000),
         source=source,
         notes=tuple(notes),
+        outages=touched,
     )
+
+
+def outages_of_judgements(judgements: Iterable[Judgement]) -> tuple[BrokerOutage, ...]:
+    """The outages the judgements' notes name (``Judgement.context.broker_outage``), merged."""
+    found = []
+    for j in judgements:
+        note = OutageNote.from_context(j.context)
+        if note is not None:
+            found.append(note.outage)
+    return merge_outages(found)

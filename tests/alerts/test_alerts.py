@@ -14,10 +14,13 @@ from aiohttp import web
 from canary.alerts import AlertDispatcher, alert_event, check_reachable, verify
 from canary.alerts.dispatch import redacted
 from canary.alerts.payloads import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from canary.config.addresses import AddressPolicy
 from canary.config.environments import ALERT_EVENTS, AlertTarget
 from canary.core.models import ControlCommand
 
 SECRET = "s3cret"
+# The receivers of these tests listen on 127.0.0.1: loopback targets must be allowed explicitly.
+LOCAL = AddressPolicy(allow_private=True)
 
 
 def command(
@@ -112,7 +115,7 @@ async def test_a_json_alert_is_signed_retried_after_5xx_and_every_attempt_audite
         audited.append(event)
         return True
 
-    target = AlertTarget(url, "json", ALERT_EVENTS, "CANARY_ALERT_SECRET")
+    target = AlertTarget(url, "json", ALERT_EVENTS, "CANARY_ALERT_SECRET", policy=LOCAL)
     dispatcher = AlertDispatcher([target], {"CANARY_ALERT_SECRET": SECRET}, audit, backoff_initial_s=0.01)
     runner = asyncio.create_task(dispatcher.run())
     try:
@@ -139,7 +142,7 @@ async def test_a_json_alert_is_signed_retried_after_5xx_and_every_attempt_audite
 async def test_a_slack_alert_is_plain_text_json_and_a_4xx_is_not_retried(receiver: tuple[Receiver, str]) -> None:
     rec, url = receiver
     rec.fail_first, rec.status = 1, 400
-    dispatcher = AlertDispatcher([AlertTarget(url, "slack", ("promote",))], {}, backoff_initial_s=0.01)
+    dispatcher = AlertDispatcher([AlertTarget(url, "slack", ("promote",), policy=LOCAL)], {}, backoff_initial_s=0.01)
     runner = asyncio.create_task(dispatcher.run())
     try:
         dispatcher.submit(alert_event(command("start", weight=0.1), None, "cand"))  # type: ignore[arg-type]  # not subscribed
@@ -155,7 +158,10 @@ async def test_a_slack_alert_is_plain_text_json_and_a_4xx_is_not_retried(receive
 async def test_a_dead_receiver_never_blocks_submit_and_is_reported_at_start() -> None:
     url = f"http://127.0.0.1:{free_port()}/hook"
     dispatcher = AlertDispatcher(
-        [AlertTarget(url, "json", ALERT_EVENTS, timeout_s=0.2)], {}, backoff_initial_s=0.01, max_attempts=2
+        [AlertTarget(url, "json", ALERT_EVENTS, timeout_s=0.2, policy=LOCAL)],
+        {},
+        backoff_initial_s=0.01,
+        max_attempts=2,
     )
     runner = asyncio.create_task(dispatcher.run())
     try:
@@ -167,7 +173,7 @@ async def test_a_dead_receiver_never_blocks_submit_and_is_reported_at_start() ->
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
-    problems = await check_reachable([AlertTarget(url, "json", ALERT_EVENTS)], timeout_s=1)
+    problems = await check_reachable([AlertTarget(url, "json", ALERT_EVENTS, policy=LOCAL)], timeout_s=1)
     assert (
         len(problems) == 1
         and problems[0].startswith("alerts[0].url http://127.0.0.1:")

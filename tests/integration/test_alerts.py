@@ -77,6 +77,7 @@ def alerting_worker(
     shutil.copytree(ROOT / "configs", project / "configs")
     (project / "configs" / "environments" / "alerting.yaml").write_text(
         "description: alerts test\n"
+        "alerts_allow_private: true  # the receiver listens on 127.0.0.1\n"
         "alerts:\n"
         f"  - url: http://127.0.0.1:{port}/alerts\n"
         "    format: json\n"

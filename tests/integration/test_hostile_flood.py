@@ -27,18 +27,20 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from canary.core import wire
 from canary.core.judge import Judgement
 from canary.core.merge import WindowMerger, parse_merge_record
-from canary.core.models import RouterState, WindowResult
+from canary.core.models import RouterState, WindowResult, parse_time
 from canary.kafka.topics import Topics, ensure_topics
+from canary.ops.view import read_records
 from canary.replay.decode import OutcomeDecoder
 from router.requests import SearchRequest
 from router.service import decode_request
@@ -168,164 +170,259 @@ async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> Any
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-async def test_a_flood_of_hostile_records_on_every_topic_changes_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
-    prefix = f"h{uuid.uuid4().hex[:6]}."
-    topics = Topics(prefix)
-    await asyncio.to_thread(ensure_topics, kafka_bootstrap, topics)
-    audit = tmp_path / "audit.log"
-    worker_args = ["--audit-log", str(audit), "--data-dir", str(tmp_path / "faust"), "--instance-id", "flood-worker"]
-    worker = Service("worker", "flood-worker", kafka_bootstrap, prefix, tmp_path / "worker.log", extra=worker_args)
+@dataclass
+class Fleet:
+    """A worker and two routers (real processes) on topics of their own, shared by this module's tests."""
+
+    bootstrap: str
+    topics: Topics
+    audit: Path
+    worker: Service
+    routers: list[Service]
+
+    @property
+    def services(self) -> list[Service]:
+        return [self.worker, *self.routers]
+
+    def assert_running(self) -> None:
+        for s in self.services:
+            assert s.running, f"{s.name} exited: {s.tail()}"
+            assert probe(s.port, "/healthz")[0] == 200
+
+
+@pytest.fixture(scope="module")
+def fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    topics = Topics(f"h{uuid.uuid4().hex[:6]}.")
+    ensure_topics(kafka_bootstrap, topics)
+    audit = tmp / "audit.log"
+    worker_args = ["--audit-log", str(audit), "--data-dir", str(tmp / "faust"), "--instance-id", "hostile-worker"]
+    worker = Service("worker", "hostile-worker", kafka_bootstrap, topics.prefix, tmp / "worker.log", extra=worker_args)
     routers = [
         Service(
             "router",
-            f"flood-router-{i}",
+            f"hostile-router-{i}",
             kafka_bootstrap,
-            prefix,
-            tmp_path / f"router-{i}.log",
+            topics.prefix,
+            tmp / f"router-{i}.log",
             extra=["--inject-fault", "candidate_slow:latency_ms=1500"],
         )
         for i in range(2)
     ]
-    records = corpus(random.Random(SEED))
-    services = [worker, *routers]
-    sent: list[str] = []
+    f = Fleet(kafka_bootstrap, topics, audit, worker, routers)
     try:
-        for s in services:
+        for s in f.services:
             s.start()
-        for s in services:
-            await _until(lambda s=s: asyncio.to_thread(s.ready), 90, f"{s.name} ready\n{s.tail()}")
-        load = asyncio.create_task(_load(kafka_bootstrap, topics, 45, 40, sent))
-        await asyncio.sleep(2)
-        cmd = start_command("candidate_slow", weight=0.3)
-        dep = cmd.deployment_id
-        await send_command(kafka_bootstrap, topics, cmd)
-        flood_started = time.monotonic()
-        where = await _flood(kafka_bootstrap, topics, records)
-        flood_s = time.monotonic() - flood_started
-
-        async def rollbacks() -> list[dict[str, Any]]:
-            control = await read_all(kafka_bootstrap, topics.control)
-            return [
-                c
-                for c in control
-                if isinstance(c, dict) and c.get("deployment_id") == dep and c.get("type") == "rollback"
-            ]
-
-        [rollback] = await _until(rollbacks, 90, "the rollback")
-        rolled_back_s = time.monotonic() - flood_started
-        for w in await read_judged(kafka_bootstrap, topics, dep):
-            verdicts = {v["rule"]: v["outcome"] for v in w["verdicts"]}
-            print(
-                f"window +{(w['window_start_ms'] - cmd.issued_at_ms) / 1000:5.1f} s: n={w['response_count']} "
-                f"p95={w['p95_ms']} emitted {(w['emitted_at_ms'] - w['window_end_ms']) / 1000:.1f} s after its end "
-                f"{verdicts}"
-            )
-        print(f"rollback {rolled_back_s:.1f} s after the start (flood produced in {flood_s:.1f} s)")
-        await load
-        # Every process is still there, and answers.
-        for s in services:
-            assert s.running, f"{s.name} exited: {s.tail()}"
-            assert probe(s.port, "/healthz")[0] == 200
-
-        # The decision a clean run makes.
-        assert rollback["issued_by"] == "slo-agent" and rollback["evidence"]["rule"] == "p95_ms"
-        assert rollback["reason"] == "SLO violation: p95_ms failed for 2 consecutive buckets"
-        assert len(rollback["evidence"]["windows"]) == 2
-        assert all(w["outcome"] == "fail" for w in rollback["evidence"]["windows"])
-
-        # Requests == outcomes (hostile requests answered as invalid_request, the load as searched).
-        async def answered() -> bool:
-            records = await read_all(kafka_bootstrap, topics.search_results, 30)
-            ids = Counter(
-                o["request_id"] for o in records if isinstance(o, dict) and isinstance(o.get("request_id"), str)
-            )
-            return all(ids[r] >= 1 for r in sent) and sum(1 for r in ids if str(r).startswith("invalid-")) >= PER_TOPIC
-
-        await _until(answered, 60, "every request answered")
-
-        # Every hostile record accounted for.
-        # The DLQ topics hold our hostile records too (written there on purpose): only objects are dead letters.
-        dead_requests = [d for d in await read_all(kafka_bootstrap, topics.requests_dlq, 30) if isinstance(d, dict)]
-        dead = [d for d in await read_all(kafka_bootstrap, topics.results_dlq, 30) if isinstance(d, dict)]
-
-        def dead_letters(records: list[dict[str, Any]], topic: str) -> dict[tuple[Any, Any], str]:
-            """(partition, offset) → reason of the dead letters canary wrote for ``topic``."""
-            return {
-                (d.get("partition"), d.get("offset")): d["reason"]
-                for d in records
-                if d.get("source_topic") == topic and isinstance(d.get("reason"), str)
-            }
-
-        for attr, records_of in (
-            ("search_requests", dead_requests),
-            ("search_results", dead),
-            ("window_partials", dead),
-            ("windows", dead),
-            ("state", dead),
-        ):
-            got = dead_letters(records_of, getattr(topics, attr))
-            missing = set(where[attr]) - set(got)
-            assert not missing, f"{attr}: {len(missing)} of {len(where[attr])} hostile records not dead-lettered"
-            reasons = Counter(got[w] for w in where[attr])
-            assert set(reasons) <= set(wire.DEAD_LETTER_REASONS), reasons
-            print(f"{attr}: {len(where[attr])} dead-lettered {dict(reasons)}")
-
-        async def audited() -> bool:
-            lines = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
-            offsets = {
-                line["details"].get("offset")
-                for line in lines
-                if line.get("success") is False and isinstance(line.get("details"), dict)
-            }
-            return {o for _, o in where["control"]} <= offsets
-
-        await _until(audited, 60, "every hostile control record audited")
-        reasons = Counter(
-            line["details"]["verification"]["reason"]
-            for line in map(json.loads, audit.read_text().splitlines())
-            if line.get("event_type") == "canary_invalid_command"
-        )
-        assert reasons["too_deep"] > 0 and reasons["not_json"] > 0, reasons
-
-        from canary.reports.export import read_topics_async
-
-        data = await read_topics_async(kafka_bootstrap, prefix, control=True, state=True, windows=True)
-        assert data.invalid_windows == PER_TOPIC * 2  # hostile windows and verdicts, each counted once
-
-        # The CLI over topics full of junk.
-        status = await asyncio.to_thread(_cli, kafka_bootstrap, prefix, "status", "--json")
-        assert status.returncode == 0, status.stderr
-        view = json.loads(status.stdout)
-        assert view["deployments"] == [] or all(d["status"] != "running" for d in view["deployments"])
-        span = (str(cmd.issued_at_ms - 30_000), str(int(time.time() * 1000)))
-        replay = await asyncio.to_thread(
-            _cli, kafka_bootstrap, prefix, "replay", "--from", span[0], "--to", span[1], "--deployment", dep, "--json"
-        )
-        assert replay.returncode == 0, replay.stderr
-
-        # Checkpoints: junk under the stages' own keys is refused at the next restore.
-        worker.kill()
-        keys = [
-            f"{prefix}canary-streams-{stage}|{topic}|{p}".encode()
-            for stage, topic, parts in (("windows", topics.search_results, 6), ("merge", topics.window_partials, 3))
-            for p in range(parts)
-        ]
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-        await producer.start()
-        try:
-            for key in keys:
-                await producer.send_and_wait(topics.window_state, b"[" * 5000 + b"]" * 5000, key=key)
-        finally:
-            await producer.stop()
-        worker.start()
-        await _until(lambda: asyncio.to_thread(worker.ready), 90, f"the worker ready again\n{worker.tail()}")
-        unreadable = [line for line in worker.log_lines() if "is unreadable" in line and "too_deep" in line]
-        assert len(unreadable) >= len(keys), worker.tail()
-        for s in services:
-            assert s.running, f"{s.name} exited: {s.tail()}"
-        print(f"flood of {PER_TOPIC} records x {len(records)} topics produced in {flood_s:.1f} s")
+        deadline = time.monotonic() + 90
+        while not all(s.ready() for s in f.services):
+            assert time.monotonic() < deadline, "\n".join(s.tail() for s in f.services)
+            time.sleep(0.5)
+        yield f
     finally:
-        for s in services:
+        for s in f.services:
             if s.running:
                 code, _ = s.terminate()
                 assert code == 0, f"{s.name} exited {code}: {s.tail()}"
+
+
+async def _rollback(fleet: Fleet, dep: str, timeout: float) -> tuple[dict[str, Any], int]:
+    """The deployment's rollback and its append time (the broker's clock)."""
+
+    async def find() -> tuple[dict[str, Any], int] | None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=fleet.bootstrap, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            for raw, ts in await read_records(consumer, fleet.topics.control):
+                value = wire.as_json(raw, wire.CONTROL)
+                if isinstance(value, dict) and value.get("deployment_id") == dep and value.get("type") == "rollback":
+                    assert ts is not None
+                    return value, ts
+        finally:
+            await consumer.stop()
+        return None
+
+    found = await _until(find, timeout, f"the rollback of {dep}")
+    assert isinstance(found, tuple)
+    return found
+
+
+def _decided_after_s(rollback: dict[str, Any], appended_ms: int) -> float:
+    """Seconds from the end of the second failing window to the rollback on the control topic."""
+    ends = [parse_time(w["window_end"]) for w in rollback["evidence"]["windows"]]
+    return (appended_ms - max(ends)) / 1000
+
+
+def _assert_the_clean_decision(rollback: dict[str, Any]) -> None:
+    """What a run without hostile records decides (tests/integration/test_rollback_e2e.py)."""
+    assert rollback["issued_by"] == "slo-agent" and rollback["evidence"]["rule"] == "p95_ms"
+    assert rollback["reason"] == "SLO violation: p95_ms failed for 2 consecutive buckets"
+    assert len(rollback["evidence"]["windows"]) == 2
+    assert all(w["outcome"] == "fail" for w in rollback["evidence"]["windows"])
+
+
+async def _audited(fleet: Fleet, offsets: set[int]) -> dict[int, dict[str, Any]]:
+    """The audit lines of the control records at ``offsets``, once they are all written."""
+
+    async def lines() -> dict[int, dict[str, Any]] | None:
+        got: dict[int, dict[str, Any]] = {}
+        for raw in fleet.audit.read_text().splitlines():
+            line = json.loads(raw)
+            offset = line.get("details", {}).get("offset")
+            if offset in offsets:
+                got[offset] = line
+        return got if set(got) == offsets else None
+
+    found = await _until(lines, 60, f"audit lines of control offsets {sorted(offsets)[:5]}…")
+    assert isinstance(found, dict)
+    return found
+
+
+NESTED = b"[" * 3000 + b"]" * 3000
+
+
+async def test_a_deeply_nested_record_stops_nothing_and_the_rollback_is_on_time(fleet: Fleet) -> None:
+    """The reported 6 kB record: on the control topic it stopped both routers, the worker and the CLI for good;
+    on search_results the worker crash-looped."""
+    sent: list[str] = []
+    load = asyncio.create_task(_load(fleet.bootstrap, fleet.topics, 30, 40, sent))
+    await asyncio.sleep(2)
+    cmd = start_command("candidate_slow", weight=0.3)
+    await send_command(fleet.bootstrap, fleet.topics, cmd)
+    where = await _flood(fleet.bootstrap, fleet.topics, {"control": [NESTED], "search_results": [NESTED]})
+    rollback, appended = await _rollback(fleet, cmd.deployment_id, 60)
+    load.cancel()
+    await asyncio.gather(load, return_exceptions=True)
+    fleet.assert_running()
+    _assert_the_clean_decision(rollback)
+    decided = _decided_after_s(rollback, appended)
+    print(f"nested record: rollback {decided:.2f} s after its second failing window ended")
+    assert decided < 3.0, "the SLO agent decides within ~0.1 s on a quiet machine (bench_detection)"
+    [(_, control_offset)] = where["control"]
+    line = (await _audited(fleet, {control_offset}))[control_offset]
+    assert line["success"] is False and line["details"]["verification"]["reason"] == "too_deep"
+    [(partition, offset)] = where["search_results"]
+    dead = [d for d in await read_all(fleet.bootstrap, fleet.topics.results_dlq, 30) if isinstance(d, dict)]
+    assert [d["reason"] for d in dead if (d.get("partition"), d.get("offset")) == (partition, offset)] == ["too_deep"]
+    status = await asyncio.to_thread(_cli, fleet.bootstrap, fleet.topics.prefix, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    stop = await asyncio.to_thread(_cli, fleet.bootstrap, fleet.topics.prefix, "stop", "--rollback", "--json")
+    assert stop.returncode in (0, 4), stop.stderr  # 4: nothing running any more (the SLO agent rolled it back)
+
+
+async def test_a_flood_of_hostile_records_on_every_topic_changes_nothing(fleet: Fleet) -> None:
+    kafka_bootstrap, topics, worker = fleet.bootstrap, fleet.topics, fleet.worker
+    prefix = topics.prefix
+    records = corpus(random.Random(SEED))
+    sent: list[str] = []
+    load = asyncio.create_task(_load(kafka_bootstrap, topics, 120, 40, sent))  # until the rollback, below
+    await asyncio.sleep(2)
+    cmd = start_command("candidate_slow", weight=0.3)
+    dep = cmd.deployment_id
+    await send_command(kafka_bootstrap, topics, cmd)
+    flood_started = time.monotonic()
+    where = await _flood(kafka_bootstrap, topics, records)
+    flood_s = time.monotonic() - flood_started
+    rollback, appended = await _rollback(fleet, dep, 90)
+    rolled_back_s = time.monotonic() - flood_started
+    for w in await read_judged(kafka_bootstrap, topics, dep):
+        verdicts = {v["rule"]: v["outcome"] for v in w["verdicts"]}
+        print(
+            f"window +{(w['window_start_ms'] - cmd.issued_at_ms) / 1000:5.1f} s: n={w['response_count']} "
+            f"p95={w['p95_ms']} emitted {(w['emitted_at_ms'] - w['window_end_ms']) / 1000:.1f} s after its end "
+            f"{verdicts}"
+        )
+    print(
+        f"flood of {PER_TOPIC} records x {len(records)} topics produced in {flood_s:.1f} s; rollback "
+        f"{rolled_back_s:.1f} s after the start, {_decided_after_s(rollback, appended):.2f} s after its second "
+        "failing window ended"
+    )
+    load.cancel()
+    await asyncio.gather(load, return_exceptions=True)
+    fleet.assert_running()
+    _assert_the_clean_decision(rollback)
+
+    # Requests == outcomes (hostile requests answered as invalid_request, the load as searched).
+    async def answered() -> bool:
+        records = await read_all(kafka_bootstrap, topics.search_results, 30)
+        ids = Counter(o["request_id"] for o in records if isinstance(o, dict) and isinstance(o.get("request_id"), str))
+        invalid = sum(1 for r in ids if r.startswith("invalid-"))
+        return all(ids[r] >= 1 for r in sent) and invalid >= PER_TOPIC
+
+    await _until(answered, 60, "every request answered")
+
+    # Every hostile record accounted for. The DLQ topics hold hostile records too (written there on purpose):
+    # only objects naming the source topic and a string reason are canary's dead letters.
+    def dead_letters(records: list[Any], topic: str) -> dict[tuple[Any, Any], str]:
+        """(partition, offset) → reason of the dead letters canary wrote for ``topic``."""
+        return {
+            (d.get("partition"), d.get("offset")): d["reason"]
+            for d in records
+            if isinstance(d, dict) and d.get("source_topic") == topic and isinstance(d.get("reason"), str)
+        }
+
+    dead_lettered = {
+        "search_requests": topics.requests_dlq,
+        **dict.fromkeys(("search_results", "window_partials", "windows", "state"), topics.results_dlq),
+    }
+    accounting_started = time.monotonic()
+
+    async def all_dead_lettered() -> dict[str, dict[tuple[Any, Any], str]] | None:
+        dlqs = {t: await read_all(kafka_bootstrap, t, 30) for t in set(dead_lettered.values())}
+        got = {attr: dead_letters(dlqs[dlq], getattr(topics, attr)) for attr, dlq in dead_lettered.items()}
+        return got if all(set(where[attr]) <= set(got[attr]) for attr in got) else None
+
+    try:
+        got = await _until(all_dead_lettered, 60, "every hostile record dead-lettered")
+    except AssertionError:
+        got = await all_dead_lettered() or {}
+        raise AssertionError({attr: len(set(where[attr]) - set(got.get(attr, {}))) for attr in dead_lettered}) from None
+    print(f"dead letters complete {time.monotonic() - accounting_started:.1f} s after the rollback was seen")
+    for attr, by_place in got.items():
+        reasons = Counter(by_place[w] for w in where[attr])
+        assert set(reasons) <= set(wire.DEAD_LETTER_REASONS), reasons
+        print(f"{attr}: {len(where[attr])} dead-lettered {dict(reasons)}")
+
+    lines = await _audited(fleet, {o for _, o in where["control"]})
+    assert all(line["success"] is False for line in lines.values())
+    reasons = Counter(line["details"]["verification"]["reason"] for line in lines.values())
+    print(f"control: {len(lines)} audited success: false {dict(reasons)}")
+    assert reasons["too_deep"] > 0 and reasons["not_json"] > 0, reasons
+
+    from canary.reports.export import read_topics_async
+
+    data = await read_topics_async(kafka_bootstrap, prefix, control=True, state=True, windows=True)
+    assert data.invalid_windows == PER_TOPIC * 2  # hostile windows and verdicts, each counted once
+
+    # The CLI over topics full of junk.
+    status = await asyncio.to_thread(_cli, kafka_bootstrap, prefix, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    view = json.loads(status.stdout)
+    assert all(d["status"] != "running" for d in view["deployments"])
+    span = (str(cmd.issued_at_ms - 30_000), str(int(time.time() * 1000)))
+    replay = await asyncio.to_thread(
+        _cli, kafka_bootstrap, prefix, "replay", "--from", span[0], "--to", span[1], "--deployment", dep, "--json"
+    )
+    assert replay.returncode == 0, replay.stderr
+
+    # Checkpoints: junk under the stages' own keys is refused at the next restore.
+    worker.kill()
+    keys = [
+        f"{prefix}canary-streams-{stage}|{topic}|{p}".encode()
+        for stage, topic, parts in (("windows", topics.search_results, 6), ("merge", topics.window_partials, 3))
+        for p in range(parts)
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key in keys:
+            await producer.send_and_wait(topics.window_state, NESTED, key=key)
+    finally:
+        await producer.stop()
+    worker.start()
+
+    async def refused_and_ready() -> bool:
+        unreadable = [line for line in worker.log_lines() if "is unreadable" in line and "too_deep" in line]
+        return len(unreadable) >= len(keys) and await asyncio.to_thread(worker.ready)
+
+    await _until(refused_and_ready, 90, f"every junk checkpoint refused, the worker ready again\n{worker.tail()}")
+    fleet.assert_running()
