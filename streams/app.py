@@ -410,7 +410,11 @@ class CanaryStreams:
             cmd = outcome.verdict.command
             if self.alerts is not None and cmd is not None and outcome.verdict.accepted and outcome.applied:
                 dep = self.registry.ledger.deployments.get(cmd.deployment_id)
-                alert = alert_event(cmd, self.config.environment, dep.candidate.name if dep else None)
+                try:
+                    alert = alert_event(cmd, self.config.environment, dep.candidate.name if dep else None)
+                except Exception:  # an alert is a courtesy: a command it cannot describe still goes on
+                    log.exception("alert for control offset %s could not be built", offset)
+                    alert = None
                 if alert is not None:
                     self.alerts.submit(alert)  # never blocks: delivery runs off this path
                     self.stats.alerts_submitted += 1
