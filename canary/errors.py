@@ -33,6 +33,10 @@ class KafkaError(CanaryError):
     exit_code = 3
 
 
+class ProducerFailed(KafkaError):
+    """No producer can deliver any more and a new one cannot be started (not an outage: the broker refuses)."""
+
+
 class BrokerError(KafkaError):
     """The local broker could not be provisioned, started or stopped."""
 

@@ -30,8 +30,9 @@ from canary.core import wire
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import ARMS, Arm, RouterState, RouterWatermark, SearchOutcome
 from canary.core.split import baseline_of, candidate_of
+from canary.kafka.backoff import calm
 from canary.kafka.clients import Cluster, client_kwargs
-from canary.kafka.health import is_fatal_producer_error, producer_failure
+from canary.kafka.producer import HealingProducer
 from canary.kafka.topics import Topics
 from canary.observability.metrics import RouterMetrics
 from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
@@ -240,7 +241,7 @@ class RouterService:
         self._result_partitions = 1
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: HealingProducer | None = None
         self._control: AIOKafkaConsumer | None = None
         self._requests: AIOKafkaConsumer | None = None
         self._caught_up = asyncio.Event()
@@ -260,25 +261,32 @@ class RouterService:
         self.started = False
         self._state_pending: str | None = None  # a transition whose state record failed: republished
         self._redeliveries: set[asyncio.Task[None]] = set()
-        self._producer_fatal: BaseException | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> None:
         if self.verifier.insecure:
             for _ in range(3):
                 log.warning("router %s: %s", self.router_id, INSECURE_WARNING)
-        self._producer = AIOKafkaProducer(
-            **client_kwargs(self.bootstrap),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=2,
-            # Outcomes of one canary share two or three keys, so batches per partition fill fast; the
-            # 16 KB default made every send wait for a drain.
-            max_batch_size=1 << 20,
+        # Replaced in-process when a delivery fails (after a broker restart the old one's sequence numbers
+        # are refused for good); what it did not deliver fails back to _finish and is sent again.
+        self._producer = HealingProducer(
+            lambda: AIOKafkaProducer(
+                **client_kwargs(self.bootstrap),
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=2,
+                # Outcomes of one canary share two or three keys, so batches per partition fill fast; the
+                # 16 KB default made every send wait for a drain.
+                max_batch_size=1 << 20,
+            ),
+            f"{self.router_id} producer",
+            on_replaced=lambda _cause: self.metrics.producer_replacements.inc(),
         )
         await self._producer.start()
-        self._control = AIOKafkaConsumer(
-            **client_kwargs(self.bootstrap), enable_auto_commit=False, fetch_max_wait_ms=50, group_id=None
+        self._control = calm(
+            AIOKafkaConsumer(
+                **client_kwargs(self.bootstrap), enable_auto_commit=False, fetch_max_wait_ms=50, group_id=None
+            )
         )
         await self._control.start()
         control_tp = TopicPartition(self.topics.control, 0)
@@ -294,13 +302,15 @@ class RouterService:
         self._loops.append(asyncio.create_task(self._control_loop(), name=f"{self.router_id}-control"))
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.router_id}-heartbeat"))
         if self.consume_requests:
-            self._requests = AIOKafkaConsumer(
-                self.topics.search_requests,
-                **client_kwargs(self.bootstrap),
-                group_id=self.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=50,
+            self._requests = calm(
+                AIOKafkaConsumer(
+                    self.topics.search_requests,
+                    **client_kwargs(self.bootstrap),
+                    group_id=self.group_id,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    fetch_max_wait_ms=50,
+                )
             )
             await self._requests.start()
             self._loops.append(asyncio.create_task(self._request_loop(), name=f"{self.router_id}-requests"))
@@ -438,16 +448,10 @@ class RouterService:
         for loop in self._loops:
             if loop.done() and not loop.cancelled() and loop.exception() is not None:
                 return loop.exception()
-        if self._producer_fatal is not None:
-            exc = self._producer_fatal
-            return RuntimeError(
-                f"the producer cannot deliver any more ({type(exc).__name__}, e.g. after a broker restart lost its "
-                "sequence state); a restarted router starts a new producer and consumes the unanswered requests again"
-            )
-        if self._producer is not None and self.started:
-            dead = producer_failure(self._producer)
-            if dead is not None:
-                return RuntimeError(f"the producer died ({type(dead).__name__}: {dead}); nothing more is delivered")
+        if self._producer is not None:
+            # Only what a new producer cannot fix (the broker refuses one); a restarted router consumes the
+            # unanswered requests again.
+            return self._producer.failure()
         return None
 
     def readiness(self) -> dict[str, tuple[bool, str]]:
@@ -462,9 +466,14 @@ class RouterService:
         lag = time.monotonic() - self._control_fresh_at
         checks["control_fresh"] = (self.started and not self.control_stale, f"control view confirmed {lag:.1f} s ago")
         failed = self.failure()
+        replacing = self._producer is not None and self._producer.replacing
         checks["producer"] = (
-            failed is None and not self._redeliveries,
-            f"failed: {failed!r}" if failed else f"{len(self._redeliveries)} outcome(s) awaiting redelivery",
+            failed is None and not replacing and not self._redeliveries,
+            f"failed: {failed!r}"
+            if failed
+            else "being replaced after a failed delivery"
+            if replacing
+            else f"{len(self._redeliveries)} outcome(s) awaiting redelivery",
         )
         return checks
 
@@ -754,9 +763,8 @@ class RouterService:
         inner.add_done_callback(lambda fut: _settle(delivery.ack, fut))
 
     def _delivery_failed(self, kind: str, exc: BaseException | None) -> None:
+        # The producer replaces itself after a failed delivery (canary.kafka.producer); the caller sends again.
         self.metrics.publish_errors.labels(kind).inc()
-        if is_fatal_producer_error(exc) and self._producer_fatal is None:
-            self._producer_fatal = exc  # the supervisor (router.main) exits on it within a second
 
     def _count_delivered(self, outcome: SearchOutcome) -> None:
         self.metrics.outcomes.labels(outcome.arm, outcome.error or "ok").inc()
@@ -875,8 +883,9 @@ class RouterService:
             # Not acknowledged (broker down past the request timeout, leader election after a restart):
             # the offset stays in flight, so it is never committed, and the same outcome is sent again
             # until the broker has it. The slot stays taken meanwhile: intake slows down instead of
-            # piling up. If the producer itself died, the supervisor exits and a restarted router
-            # consumes the request again (at-least-once; the windows stage counts a request once).
+            # piling up. The failed delivery also made the producer replace itself (its sequence for
+            # that partition is lost): the resend goes out on the new one, and the windows stage counts a
+            # request once however often its outcome arrives.
             self._delivery_failed("outcome", None if ack.cancelled() else ack.exception())
             delivery_log.error(
                 "%s: outcome for offset %s/%s not delivered (%r); sending it again",

@@ -35,7 +35,6 @@ from canary.core.judge import Judgement
 from canary.core.models import RouterState, WindowResult
 from canary.core.outages import CONTEXT_KEY, OutageLog
 from canary.kafka.clients import Cluster, faust_broker_url, faust_credentials
-from canary.kafka.health import producer_failure
 from canary.kafka.topics import Topics
 from canary.observability.logs import deployment_context, set_deployment_provider
 from canary.observability.metrics import WorkerMetrics
@@ -50,6 +49,7 @@ from streams.registry import ControlOutcome, DeploymentRegistry
 from streams.windowing import WindowingStage
 
 log = logging.getLogger("canary.streams")
+COMMAND_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 rejected_log = logging.getLogger("canary.streams.rejected.agents")  # rate-limited
 
 
@@ -213,8 +213,8 @@ class CanaryStreams:
         for stage in (self.windowing, self.merging):
             parts = sorted(stage.states)
             checks[f"{stage.name}_assigned"] = (bool(parts), f"partitions {parts}")
-            dead = producer_failure(stage._producer) if stage._producer is not None else None
-            checks[f"{stage.name}_producer"] = (dead is None, "alive" if dead is None else repr(dead))
+            problem = stage.producer_problem()
+            checks[f"{stage.name}_producer"] = (problem is None, problem or "alive")
         return checks
 
     async def _run_metrics_server(self) -> None:
@@ -321,8 +321,7 @@ class CanaryStreams:
                     cmd = replace(cmd, evidence={**(cmd.evidence or {}), "context": note})
                 # Signed with the worker key; signing only adds fields (command_id stays the pipeline's).
                 payload = self.signer.sign_command(cmd) if self.signer is not None else cmd.to_dict()
-                fut = await self.control_topic.send(key=dep_id.encode(), value=json.dumps(payload).encode())
-                await fut
+                await self._send_command(dep_id, cmd.command_id, json.dumps(payload).encode())
                 if cmd.type == "rollback":
                     self.stats.rollbacks_issued += 1
                 elif issue.decision.rule == "rollout":
@@ -344,6 +343,31 @@ class CanaryStreams:
         state = self.decisions.state(dep_id)
         if state is not None:
             self.slo_state[dep_id] = state
+
+    async def _send_command(self, dep_id: str, command_id: str, value: bytes) -> None:
+        """Until the broker has it: a decided rollback must go out however long the broker is away (raising
+        would crash the agent, and Faust restarts it past the window that decided). Faust's producer is not
+        idempotent (no transactions), so it never meets OutOfOrderSequenceNumber; a repeat after an ack that
+        was lost is the same command id, which every reader applies once."""
+        attempt = 0
+        while True:
+            try:
+                fut = await self.control_topic.send(key=dep_id.encode(), value=value)
+                await fut
+                if attempt:
+                    log.warning("command %s on the control topic after %d failed attempt(s)", command_id, attempt)
+                return
+            except Exception as exc:
+                attempt += 1
+                if attempt & (attempt - 1) == 0:  # 1, 2, 4, 8, …: bounded logs
+                    log.error(
+                        "command %s not delivered (attempt %d: %s: %s); sending it again",
+                        command_id,
+                        attempt,
+                        type(exc).__name__,
+                        exc,
+                    )
+                await asyncio.sleep(COMMAND_RETRY_S[min(attempt - 1, len(COMMAND_RETRY_S) - 1)])
 
     def _noted(self, j: Judgement) -> Judgement:
         """``j`` with a broker_outage note when its window overlaps an outage this worker saw (or the drain)."""

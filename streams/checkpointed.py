@@ -13,6 +13,13 @@ and seeks just past the offset it records, so input is neither lost nor applied 
 rebalances; output emitted after the last checkpoint may be emitted again after a crash, and readers drop
 it by id. An unreadable checkpoint never crash-loops the worker: the stage logs why, starts the partition
 afresh and re-reads ``recovery_lookback_ms`` of input (see :meth:`CheckpointedStage.recover_offset`).
+
+Output the broker did not take (a broker restart: batches expired while it was away, and the idempotent
+producer's sequence for those partitions is lost) is recovered in-process the same way a restarted worker
+would: the producer replaces itself (canary.kafka.producer), and the stage *rewinds* — drops every
+partition's state, restores it from its last checkpoint and re-reads the input after it, emitting again
+what followed (:meth:`CheckpointedStage.rewind`). Nothing is emitted on the new producer before the rewind:
+a progress mark sent after a lost partial would let the merge step close a window without it.
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError as AIOKafkaError
 
 from canary.core import wire
 from canary.core.jsonio import dumps
-from canary.errors import KafkaError
+from canary.errors import KafkaError, ProducerFailed
+from canary.kafka.backoff import calm
 from canary.kafka.clients import Cluster, client_kwargs
-from canary.kafka.health import producer_failure
+from canary.kafka.producer import HealingProducer, ProducerReplaced, broker_away
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
 
 CHECKPOINT_COST_FACTOR = 20  # checkpoints take at most ~5 % of the stage's time
@@ -39,6 +48,18 @@ log = logging.getLogger("canary.streams.stage")
 
 State = TypeVar("State")
 STOP_STEP_S = 2.0
+REWIND_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between rewinds in a row (the broker may still be away)
+# Rewinds in a row that failed for a reason other than the broker being away before the stage gives up
+# (a refusal that outlives this many attempts is configuration, not an outage).
+GIVE_UP_AFTER = 8
+
+
+class Undelivered(KafkaError):
+    """Output of the stage the broker did not take: the stage rewinds to its last checkpoint."""
+
+
+# What a rewind recovers from: output not delivered, and the broker being away or restarting under a call.
+RECOVERABLE = (Undelivered, ProducerReplaced, AIOKafkaError, TimeoutError, OSError)
 
 
 def now_ms() -> int:
@@ -93,7 +114,12 @@ class CheckpointedStage(Generic[State]):
         self._dirty: set[int] = set()
         self._pending: set[int] = set()
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: HealingProducer | None = None
+        self._generation = 0  # the producer generation this stage's output since its last rewind went to
+        self._rewind_cause: BaseException | None = None  # set where a rewind cannot run at once (rebalance)
+        self.rewinds = 0
+        self._rewinds_in_a_row = 0
+        self._refusals_in_a_row = 0
         self._last_checkpoint = 0.0
         self._checkpoint_cost_s = 0.0  # time the last checkpoint spent encoding and sending state
         self._emitted: list[asyncio.Future[Any]] = []  # deliveries since the last checkpoint
@@ -125,12 +151,14 @@ class CheckpointedStage(Generic[State]):
         """Latest checkpoint per partition from the compacted state topic (read to its current end)."""
         wanted = {self._state_key(p): p for p in partitions}
         found: dict[int, dict[str, Any]] = {}
-        reader = AIOKafkaConsumer(
-            **client_kwargs(self.bootstrap),
-            group_id=None,
-            enable_auto_commit=False,
-            max_partition_fetch_bytes=CHECKPOINT_MAX_BYTES,
-            fetch_max_bytes=CHECKPOINT_MAX_BYTES * 2,
+        reader = calm(
+            AIOKafkaConsumer(
+                **client_kwargs(self.bootstrap),
+                group_id=None,
+                enable_auto_commit=False,
+                max_partition_fetch_bytes=CHECKPOINT_MAX_BYTES,
+                fetch_max_bytes=CHECKPOINT_MAX_BYTES * 2,
+            )
         )
         await reader.start()
         try:
@@ -161,7 +189,8 @@ class CheckpointedStage(Generic[State]):
     def hold(self, partitions: list[int]) -> None:
         assert self._consumer is not None
         self._pending.update(partitions)
-        self._consumer.pause(*(self.tp(p) for p in partitions))
+        assigned = self._consumer.assignment()
+        self._consumer.pause(*(tp for tp in map(self.tp, partitions) if tp in assigned))
 
     async def recover_offset(self, partition: int) -> int | None:
         """Where to re-read from when a checkpoint is unreadable: ``recovery_lookback_ms`` before now.
@@ -225,11 +254,18 @@ class CheckpointedStage(Generic[State]):
         log.warning("%s: acquired partitions %s (restored state for %s)", self.name, partitions, sorted(states))
 
     async def release(self, partitions: list[int]) -> None:
-        await self.checkpoint(only=partitions, force=True)
-        for p in partitions:
-            self.states.pop(p, None)
-            self._dirty.discard(p)
-            self._pending.discard(p)
+        try:
+            await self.checkpoint(only=partitions, force=True)
+        except RECOVERABLE as exc:
+            # Not checkpointed: their next owner resumes from the last good checkpoint and emits again. The
+            # partitions kept may have lost output too: the main loop rewinds them (not here, mid-rebalance).
+            self._rewind_cause = exc
+            log.warning("%s: partitions %s released without a final checkpoint (%r)", self.name, partitions, exc)
+        finally:
+            for p in partitions:
+                self.states.pop(p, None)
+                self._dirty.discard(p)
+                self._pending.discard(p)
 
     def mark_dirty(self, partition: int) -> None:
         self._dirty.add(partition)
@@ -246,6 +282,7 @@ class CheckpointedStage(Generic[State]):
         # Emitted output must be on the broker before the state that says so.
         await self._producer.flush()
         self._raise_undelivered()
+        self._check_generation()
         futures = []
         offsets: dict[TopicPartition, int] = {}
         encoding_started = time.perf_counter()
@@ -262,6 +299,7 @@ class CheckpointedStage(Generic[State]):
         await asyncio.gather(*futures)
         self._dirty.difference_update(parts)
         self.checkpoints += 1
+        self._rewinds_in_a_row = self._refusals_in_a_row = 0  # on the broker: whatever happened is behind us
         self._last_checkpoint = time.monotonic()
         if self._consumer is not None and offsets:
             with contextlib.suppress(Exception):  # commits are for lag visibility; the state is the truth
@@ -269,44 +307,113 @@ class CheckpointedStage(Generic[State]):
 
     # -- the loop ---------------------------------------------------------------------------------------
     @property
-    def producer(self) -> AIOKafkaProducer:
+    def producer(self) -> HealingProducer:
         assert self._producer is not None
         return self._producer
 
+    def producer_problem(self) -> str | None:
+        """For readiness: why output cannot go out right now (None: it can)."""
+        if self._producer is None:
+            return "not started"
+        failed = self._producer.failure()
+        if failed is not None:
+            return repr(failed)
+        if self._producer.replacing:
+            return "producer being replaced after a failed delivery"
+        return None
+
+    def _check_generation(self) -> None:
+        """The producer replaced itself after a failed delivery since this stage's last rewind: what went
+        out on the old one may have a hole, so nothing more goes out before the stage rewinds."""
+        if self._producer is not None and self._producer.generation != self._generation:
+            cause = self._producer.cause
+            raise Undelivered(
+                f"{self.name}: a delivery failed ({type(cause).__name__}: {cause}); the producer was replaced"
+            ) from cause
+
     async def emit(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
         """Send output; its delivery is checked before the next checkpoint claims the input behind it."""
+        self._check_generation()
         self._emitted.append(await self.producer.send(topic, value, key=key, partition=partition))
 
     def _raise_undelivered(self) -> None:
         """A checkpoint over output the broker refused would lose it for good (after a broker restart the
-        idempotent producer may fail a partition with OutOfOrderSequenceNumber). Fail the stage instead:
-        the worker exits non-zero, and its successor resumes from the last good checkpoint and emits again
-        (readers drop the repeats by id)."""
+        idempotent producer may fail a partition with OutOfOrderSequenceNumber): the stage rewinds instead,
+        from the last good checkpoint, and emits again (readers drop the repeats by id)."""
         emitted = self._emitted
         self._emitted = [fut for fut in emitted if not fut.done()]
         for fut in emitted:
             if fut.done() and not fut.cancelled() and fut.exception() is not None:
                 exc = fut.exception()
-                raise KafkaError(f"{self.name}: output not delivered ({type(exc).__name__}: {exc})") from exc
+                raise Undelivered(f"{self.name}: output not delivered ({type(exc).__name__}: {exc})") from exc
+
+    def rewound(self, partitions: list[int]) -> None:
+        """Hook: forget what the subclass keeps per partition beside its state (it is restored anew)."""
+
+    async def rewind(self, cause: BaseException) -> None:
+        """What a restarted worker would do, in-process: drop every partition's state and output not yet
+        checkpointed, then restore each partition from its last checkpoint and re-read the input after it
+        (:meth:`acquire`, on the next turn of the loop). Paced: the broker may still be away."""
+        self.rewinds += 1
+        self._rewinds_in_a_row += 1
+        root = cause.__cause__ if isinstance(cause, Undelivered) and cause.__cause__ is not None else cause
+        self._refusals_in_a_row = (
+            0 if broker_away(root) or isinstance(root, ProducerReplaced) else (self._refusals_in_a_row + 1)
+        )
+        if self._refusals_in_a_row >= GIVE_UP_AFTER:
+            raise KafkaError(
+                f"{self.name}: {self._refusals_in_a_row} rewinds in a row failed ({type(root).__name__}: {root}); "
+                "not an outage — giving up"
+            ) from cause
+        parts = sorted(set(self.states) | self._pending)
+        n = self._rewinds_in_a_row
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, …: bounded logs however long the broker is away
+            log.warning(
+                "%s: rewinding partitions %s to their last checkpoint (%s: %s; rewind %d in a row); what "
+                "followed it is read and emitted again",
+                self.name,
+                parts,
+                type(cause).__name__,
+                cause,
+                n,
+            )
+        self._emitted = []
+        for p in parts:
+            self.states.pop(p, None)
+            self._dirty.discard(p)
+        self.rewound(parts)
+        if parts:
+            self.hold(parts)
+        await asyncio.sleep(REWIND_BACKOFF_S[min(n - 1, len(REWIND_BACKOFF_S) - 1)])
+        if self._producer is not None:
+            # Output from here on goes to the current (or the coming) producer; waits out a replacement.
+            with contextlib.suppress(Exception):
+                await self._producer.flush()
+            self._generation = self._producer.generation
 
     async def run(self) -> None:
-        self._producer = AIOKafkaProducer(
-            **client_kwargs(self.bootstrap),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=2,
-            max_request_size=CHECKPOINT_MAX_BYTES,
+        self._producer = HealingProducer(
+            lambda: AIOKafkaProducer(
+                **client_kwargs(self.bootstrap),
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=2,
+                max_request_size=CHECKPOINT_MAX_BYTES,
+            ),
+            f"{self.name} stage producer",
         )
-        self._consumer = AIOKafkaConsumer(
-            **client_kwargs(self.bootstrap),
-            group_id=self.group_id,
-            group_instance_id=self.instance_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.fetch_max_wait_ms,
-            max_poll_records=self.max_records,
-            session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=1000,
+        self._consumer = calm(
+            AIOKafkaConsumer(
+                **client_kwargs(self.bootstrap),
+                group_id=self.group_id,
+                group_instance_id=self.instance_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=self.fetch_max_wait_ms,
+                max_poll_records=self.max_records,
+                session_timeout_ms=self.session_timeout_ms,
+                heartbeat_interval_ms=1000,
+            )
         )
         self._consumer.subscribe([self.source_topic], listener=_Rebalance(self))
         try:
@@ -314,15 +421,23 @@ class CheckpointedStage(Generic[State]):
             await self._consumer.start()
             await self.started()
             while True:
-                dead = producer_failure(self._producer)
-                if dead is not None:  # its sends would queue forever: stop the worker instead
-                    raise KafkaError(f"{self.name}: the producer died ({type(dead).__name__}: {dead})") from dead
-                if self._pending:
-                    await self.acquire(sorted(self._pending))
-                batch = await self._consumer.getmany(timeout_ms=self.fetch_max_wait_ms, max_records=self.max_records)
-                await self.process(batch)
-                await self.emit_due()
-                await self.checkpoint()
+                try:
+                    if self._rewind_cause is not None:
+                        cause, self._rewind_cause = self._rewind_cause, None
+                        raise Undelivered(f"{self.name}: {cause!r}") from cause
+                    self._check_generation()  # a replacement since the last rewind: rewind before anything else
+                    if self._pending:
+                        await self.acquire(sorted(self._pending))
+                    batch = await self._consumer.getmany(
+                        timeout_ms=self.fetch_max_wait_ms, max_records=self.max_records
+                    )
+                    await self.process(batch)
+                    await self.emit_due()
+                    await self.checkpoint()
+                except ProducerFailed:
+                    raise  # no producer can be started: the worker exits and says why
+                except RECOVERABLE as exc:
+                    await self.rewind(exc)
         finally:
             # Each step waits for the broker; with it down, a stop must still end (canary.runtime). A
             # checkpoint not written only means re-reading a little input after the restart.

@@ -20,6 +20,7 @@ from canary.core.aggregations import WindowAggregator
 from canary.core.deployment import ControlLedger, Deployment
 from canary.core.models import WindowKey
 from canary.core.slo import SLOPolicy, SLORule
+from canary.kafka.backoff import calm
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.observability.metrics import WorkerMetrics
 from canary.pipeline.policies import PolicyBook
@@ -152,7 +153,7 @@ class DeploymentRegistry:
             self._fresh_at = time.monotonic()
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None, fetch_max_wait_ms=50)
+        consumer = calm(AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None, fetch_max_wait_ms=50))
         self._consumer = consumer
         await consumer.start()
         try:

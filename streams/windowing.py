@@ -245,6 +245,10 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
         for p in partitions:
             self._progress_sent.pop(p, None)
 
+    def rewound(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self._progress_sent.pop(p, None)
+
     async def _dead_letter(
         self,
         partition: int,

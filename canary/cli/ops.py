@@ -360,10 +360,12 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
         f"{report.users} users, max {report.max_behind_ms:.0f} ms behind schedule)"
     )
     _emit(args, report.to_dict(), human)
-    if report.failed or report.acked < report.sent:
+    if report.undelivered:
+        # Exit 3 (Kafka misbehaved), with what did not get through; the run itself went to its end.
         print(
-            f"canary: error: only {report.acked} of {report.sent} requests reached the broker "
-            f"({report.failed} failed to deliver)",
+            f"canary: error: only {report.acked} of {report.sent + report.not_queued} requests reached the "
+            f"broker ({report.failed} failed to deliver, {report.not_queued} not taken by the producer while "
+            f"the broker did not answer, {report.unconfirmed} unconfirmed at the end)",
             file=sys.stderr,
         )
         return 3

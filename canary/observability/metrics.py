@@ -53,6 +53,11 @@ class RouterMetrics:
             "Outcomes sent again after a failed delivery",
             registry=r,
         )
+        self.producer_replacements = Counter(
+            "canary_router_producer_replacements",
+            "Producers replaced in-process after a failed delivery (e.g. OutOfOrderSequenceNumber after a restart)",
+            registry=r,
+        )
         self.commands_applied = Counter(
             "canary_router_commands_applied", "Control commands applied, by type", ["type"], registry=r
         )

@@ -1,16 +1,19 @@
-"""Issue #11, item 6 on real brokers: faults end in a clear state, never a quiet one.
+"""Issues #11 (item 6) and #19 (item 5) on real brokers: an outage is ridden through in-process.
 
 Two dedicated brokers (the session broker is not disturbed), each with its own fleet — a worker and two
 routers as real processes — mid-canary under load, at the same time:
 
 * broker A is SIGSTOPped for 40 s (connections stay open, nothing answers), then continued;
 * broker B is stopped for 60 s, then restarted on the same port with the same data dir; 30 s into that
-  outage a router and the worker get SIGTERM and must exit within 10 s.
+  outage a router and the worker get SIGTERM and must exit within 10 s (an operator stops them; they are
+  started again once B is back).
 
-Every process either recovers or exits non-zero with its cause in its last log line (an orchestrator —
-this test — restarts what exited); requests produced == distinct outcomes once the services are back;
-readiness flips off during the outage and back on after it; reconnect errors stay bounded in the logs;
-and ``canary stop --rollback`` is then acknowledged by every router.
+60 s is longer than the producers' request timeout (40 s): batches expire while B is away, so after its
+restart the idempotent producers meet ``OutOfOrderSequenceNumber`` / ``LeaderNotAvailable`` — the case a
+router used to exit on. Nothing restarts a process here: every process must still be running at the end
+(no exit but the two SIGTERMs); requests produced == distinct outcomes once B is back; readiness flips
+off during the outage and back on after it; reconnect errors stay bounded in the logs; and ``canary stop
+--rollback`` is then acknowledged by every router.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ pytestmark = pytest.mark.kafka
 SIGSTOP_S = 40.0
 STOPPED_S = 60.0
 SIGTERM_BOUND_S = 10.0
-LOG_LINES_BOUND = 200  # per router, during an outage
+LOG_LINES_BOUND = 200  # per process, during an outage
 
 
 def _ts(entry: dict[str, Any]) -> float:
@@ -59,9 +62,8 @@ class Fleet:
     tmp: Path
     worker: Service = field(init=False)
     routers: list[Service] = field(init=False)
-    held: set[str] = field(default_factory=set)  # deliberately stopped: not restarted until released
+    held: set[str] = field(default_factory=set)  # deliberately stopped by the test
     unexpected_exits: list[tuple[str, int, str]] = field(default_factory=list)  # (name, code, last log line)
-    last_restart: dict[str, float] = field(default_factory=dict)
     load: asyncio.Task[None] | None = None
     produced: dict[str, int] = field(default_factory=lambda: {"sent": 0, "acked": 0, "failed": 0})
 
@@ -89,19 +91,15 @@ class Fleet:
     def services(self) -> list[Service]:
         return [self.worker, *self.routers]
 
-    def orchestrate(self) -> None:
-        """What an orchestrator does: note why a process ended, start it again (with a short back-off)."""
+    def watch(self) -> None:
+        """Note any process that ended on its own (nothing restarts it: there is no supervisor)."""
         for s in self.services:
-            if s.name in self.held or s.running:
+            if s.name in self.held or s.running or s.proc is None:
                 continue
-            if s.proc is not None:
-                code = s.poll()
-                assert code is not None
-                lines = s.log_lines()
-                self.unexpected_exits.append((s.name, code, lines[-1] if lines else ""))
-            if time.monotonic() - self.last_restart.get(s.name, 0.0) >= 3.0:
-                self.last_restart[s.name] = time.monotonic()
-                s.start()
+            code = s.poll()
+            assert code is not None
+            lines = s.log_lines()
+            self.unexpected_exits.append((s.name, code, lines[-1] if lines else ""))
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {
@@ -269,10 +267,10 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
         b_stopping = asyncio.ensure_future(asyncio.to_thread(brokers[1].stop))
 
         async def until(offset: float) -> None:
-            """Orchestrate both fleets until ``offset`` seconds into the outage."""
+            """Watch both fleets until ``offset`` seconds into the outage."""
             while time.monotonic() - t0 < offset:
                 for f in fleets:
-                    f.orchestrate()
+                    f.watch()
                 await asyncio.sleep(min(1.0, max(0.0, offset - (time.monotonic() - t0))))
 
         await until(20)
@@ -292,10 +290,13 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
         assert await b_stopping
         b_outage_end = time.time()
         await asyncio.to_thread(brokers[1].start)  # same port, same data dir
+        for s in b.services:
+            if s.name in b.held:
+                s.start()  # the operator starts again what it stopped
         b.held.clear()
         phase("b_restarted")
 
-        # Back: every request gets its outcome; restart what exited meanwhile.
+        # Back: every request gets its outcome, from the processes that rode the outage through.
         async def converged(f: Fleet) -> bool:
             if f.load is not None and not f.load.done():
                 return False
@@ -306,7 +307,7 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
         pending = list(fleets)
         while pending and time.monotonic() < deadline:
             for f in fleets:
-                f.orchestrate()
+                f.watch()
             pending = [f for f in pending if not await converged(f)]
             await asyncio.sleep(1)
         phase("converged")
@@ -326,7 +327,7 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
             for s in f.services:
 
                 def ready_again(f: Fleet = f, s: Service = s) -> bool:
-                    f.orchestrate()
+                    f.watch()
                     return s.ready()
 
                 await _wait(ready_again, 60, f"{s.name} ready again\n{s.tail()}")
@@ -403,12 +404,8 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
                     > 0
                 )
                 assert metric(now, "canary_worker_audit_lines_total", source="control") >= 2  # start, forgery
-    # Whatever exited on its own did so non-zero and said why as its last (JSON) log line.
-    for f in fleets:
-        for name, code, last in f.unexpected_exits:
-            assert code != 0, (name, code, last)
-            entry = json.loads(last)
-            assert entry["level"] in ("ERROR", "CRITICAL"), (name, last)
+    # Nothing exited on its own: the outage was ridden through in-process, without a supervisor.
+    assert {f.name: f.unexpected_exits for f in fleets} == {"a": [], "b": []}
     assert all(code == 0 for code in final.values()), final
     assert moved.count("router") >= 2 and moved.count("worker") >= 1, moved
     # Every log line parses; reconnect noise during the outages is bounded.
@@ -418,12 +415,7 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
         for s in f.services:
             entries = parse_json_lines(s.log_lines(), s.name)
             in_outage = [e for e in entries if start <= _ts(e) <= end]
-            if s.kind == "router":
-                assert len(in_outage) < LOG_LINES_BOUND, (
-                    s.name,
-                    len(in_outage),
-                    [e["message"] for e in in_outage[:40]],
-                )
+            assert len(in_outage) < LOG_LINES_BOUND, (s.name, len(in_outage), [e["message"] for e in in_outage[:40]])
             if s.starts == 1:  # once the process knows the deployment, every later line names it
                 first = next(i for i, e in enumerate(entries) if e["deployment_id"] is not None)
                 assert {e["deployment_id"] for e in entries[first:]} == {deps[f.name]}, s.name
