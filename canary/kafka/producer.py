@@ -10,7 +10,7 @@ client is a new producer id, i.e. a new producer: :class:`HealingProducer` start
 of the current one fails (whatever the error: after any failed numbered batch the partition is stuck),
 waiting while the broker is away, and sends go to it from then on. Records the old producer could not
 deliver fail (their futures never hang), so callers send them again — exactly what they do for any failed
-delivery; readers already drop repeats by id. See docs/adr/0001-heal-producers-in-process.md.
+delivery; readers already drop repeats by id. See docs/adr/0002-heal-producers-in-process.md.
 
 Only what a new producer cannot fix ends it (:meth:`HealingProducer.failure`): a broker that keeps refusing
 to register a producer for a reason other than being away (authorization, a misconfigured listener).
