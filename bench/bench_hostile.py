@@ -44,6 +44,7 @@ from bench.common import (
     sigterm_as_exit,
     unique_prefix,
 )
+from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from tests import hostile
 from tests.integration.services import Service, scrape
@@ -78,7 +79,7 @@ def control_corpus(n: int, seed: int) -> list[bytes | None]:
 async def produce(bootstrap: str, topic: str, values: list[bytes | None]) -> list[int]:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2 << 20, linger_ms=5)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all", max_request_size=2 << 20, linger_ms=5)
     await producer.start()
     try:
         futures = [await producer.send(topic, v, key=b"hostile") for v in values]

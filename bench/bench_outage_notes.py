@@ -35,6 +35,7 @@ from canary.core.judge import Judgement
 from canary.core.models import WindowResult, iso_ms
 from canary.core.outages import OutageNote
 from canary.kafka.broker import LocalBroker
+from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.load import bundled_queries
 from canary.reports.export import read_topics_async
@@ -49,7 +50,7 @@ async def produce(bootstrap: str, topics: Topics, qps: float, stop: asyncio.Even
     from aiokafka import AIOKafkaProducer
 
     query_of, n_queries = bundled_queries()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", request_timeout_ms=150_000)
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), linger_ms=5, acks="all", request_timeout_ms=150_000)
     await producer.start()
 
     def count(fut: asyncio.Future[Any]) -> None:

@@ -62,6 +62,7 @@ from canary.core.rollout import (
     promote_command_id,
     step_command_id,
 )
+from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.view import read_records
 from canary.security import Scope
@@ -179,7 +180,7 @@ async def run(args: Any, bootstrap: str, topics: Topics, tmp: Path) -> dict[str,
     out["sent"] = {k: sent.count(k) for k in sorted(set(sent))}
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         out["control"] = await read_records(consumer, topics.control, timeout=60)
