@@ -45,7 +45,7 @@ from canary.settings import load_settings
 from streams.audit import AuditLog, invalid_control_event, outcome_event, state_event
 from streams.brokerwatch import BrokerWatch
 from streams.merging import MergeStage
-from streams.registry import ControlOutcome, DeploymentRegistry
+from streams.registry import DeploymentRegistry
 from streams.windowing import WindowingStage
 
 log = logging.getLogger("canary.streams")
@@ -391,11 +391,10 @@ class CanaryStreams:
         async for event in stream.events():
             offset = event.message.offset
             outcome = await self.registry.outcome_at(offset)
-            if outcome is None:  # no record there as the registry read it: verify this copy on its own
+            if outcome is None:  # not kept (or not there as the registry read it): verified again
                 ts = event.message.timestamp
                 appended = int(ts * 1000) if ts is not None else None
-                verdict = self.security.verifier(self.registry.control_topic).check(event.value, appended, record=False)
-                outcome = ControlOutcome(offset, verdict, False, "not folded by the registry", appended)
+                outcome = self.registry.recheck(offset, event.value, appended)
             try:
                 entry = outcome_event(outcome, event.value)
             except Exception as exc:  # never: but a line that cannot be built must not stop the audit

@@ -10,15 +10,17 @@ audits exactly these outcomes (:meth:`DeploymentRegistry.outcome_at`).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from canary.core.aggregations import WindowAggregator
 from canary.core.deployment import ControlLedger, Deployment
-from canary.core.models import WindowKey
+from canary.core.models import ControlCommand, WindowKey
 from canary.core.slo import SLOPolicy, SLORule
 from canary.kafka.backoff import calm
 from canary.kafka.clients import Cluster, client_kwargs
@@ -48,6 +50,34 @@ class ControlOutcome:
         if not self.verdict.accepted:
             return self.verdict.message
         return None if self.applied else f"refused: {self.note}"
+
+
+SLIM_TEXT = 500  # characters of a rejected command's free-text fields kept for its audit line
+SLIM_JSON = 4096  # bytes of a rejected command's evidence kept; larger: only its size
+
+
+def _bounded(value: Any) -> Any:
+    try:
+        size = len(json.dumps(value))
+    except (TypeError, ValueError):
+        return {"_omitted": "not JSON-serializable"}
+    return value if size <= SLIM_JSON else {"_omitted_bytes": size}
+
+
+def slim_command(cmd: ControlCommand) -> ControlCommand:
+    """A rejected command as its audit line needs it, bounded: the snapshots' metadata only, free text and
+    evidence capped. A rejected record is hostile by definition; its full content stays on the topic."""
+    meta = cmd.candidate_config.get("metadata") if isinstance(cmd.candidate_config, dict) else None
+    return replace(
+        cmd,
+        command_id=cmd.command_id[:SLIM_TEXT],
+        candidate_config=None if cmd.candidate_config is None else {"metadata": _bounded(meta)},
+        candidate_config_hash=None if cmd.candidate_config_hash is None else cmd.candidate_config_hash[:SLIM_TEXT],
+        last_good_config=None,
+        reason=None if cmd.reason is None else cmd.reason[:SLIM_TEXT],
+        evidence=None if cmd.evidence is None else _bounded(cmd.evidence),
+        issued_by=cmd.issued_by[:SLIM_TEXT],
+    )
 
 
 class DeploymentRegistry:
@@ -115,13 +145,27 @@ class DeploymentRegistry:
         return outcome
 
     def _remember(self, offset: int, outcome: ControlOutcome) -> None:
-        """Kept for the audit agent, which asks for each offset once (:meth:`outcome_at`); bounded, because
-        only the worker that holds the control partition in the Faust group audits, and a flood of junk
-        records must not grow every other worker's memory. An offset asked for after it was evicted is
-        verified on its own by the audit agent (same verdict, same reason)."""
+        """Kept for the audit agent, which takes each offset once (:meth:`outcome_at`). Bounded in count, and a
+        rejected command is kept slim (:func:`slim_command`): only the worker that holds the control partition
+        in the Faust group audits, and a flood of junk records — up to 1 MB each — must not grow any worker's
+        memory (10,000 of them once grew the worker by 100 MB, for good). An offset asked for after it was
+        evicted is verified again (:meth:`recheck`)."""
+        verdict = outcome.verdict
+        if not verdict.accepted and verdict.command is not None:
+            outcome = replace(outcome, verdict=replace(verdict, command=slim_command(verdict.command)))
         self.outcomes[offset] = outcome
         while len(self.outcomes) > OUTCOMES_KEPT:
             del self.outcomes[next(iter(self.outcomes))]
+
+    def recheck(self, offset: int, raw: bytes | None, appended_at_ms: int | None) -> ControlOutcome:
+        """The outcome of a record the registry no longer keeps (the audit agent fell more than
+        OUTCOMES_KEPT records behind): verified again on its own, and applied when the ledger holds its id."""
+        verdict = self.verifier.check(raw, appended_at_ms, record=False)
+        if verdict.accepted and verdict.command is not None and verdict.command.command_id in self.ledger.applied_ids:
+            return ControlOutcome(offset, verdict, True, "applied (outcome re-verified for the audit)", appended_at_ms)
+        if not verdict.accepted and verdict.command is not None:
+            verdict = replace(verdict, command=slim_command(verdict.command))
+        return ControlOutcome(offset, verdict, False, "not folded by the registry", appended_at_ms)
 
     def _advance(self, position: int) -> None:
         if position > self.next_offset:
@@ -131,10 +175,10 @@ class DeploymentRegistry:
 
     async def outcome_at(self, offset: int) -> ControlOutcome | None:
         """The outcome of the control record at ``offset``, once the fold has passed it (None for an
-        offset that holds no record, or one no longer kept)."""
+        offset that holds no record, or one no longer kept). Handed out once: its memory goes with it."""
         while self.next_offset <= offset:
             await self._progress.wait()
-        return self.outcomes.get(offset)
+        return self.outcomes.pop(offset, None)
 
     def control_lag(self) -> float:
         """Seconds since the broker last confirmed this registry had read the control topic to its end."""

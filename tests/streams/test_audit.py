@@ -343,3 +343,21 @@ async def test_outcome_at_waits_for_the_registry_to_reach_the_offset() -> None:
     registry.apply_raw(b"junk", 1, T0)
     outcome = await asyncio.wait_for(waiter, 1)
     assert outcome is not None and outcome.verdict.reason == "not_json"
+
+
+def test_rejected_commands_are_kept_slim_and_handed_out_once() -> None:
+    """10,000 junk control records of up to 1 MB once grew the worker by 100 MB for good: what the registry
+    keeps of a rejected command for its audit line is bounded, and the audit agent takes it away."""
+    registry = _registry()
+    huge = {**start().to_dict(), "reason": "x" * 500_000, "evidence": {"blob": "y" * 500_000}}
+    outcome = registry.apply_raw(json.dumps(huge).encode(), 0, T0)  # unsigned: rejected
+    assert outcome.verdict.reason == "unsigned"
+    kept = registry.outcomes[0].verdict.command
+    assert kept is not None and len(json.dumps(kept.to_dict())) < 10_000
+    assert kept.command_id == "start-1" and kept.candidate_config == {"metadata": start().candidate_config["metadata"]}  # type: ignore[index]
+    line = outcome_event(registry.outcomes[0], json.dumps(huge).encode())
+    assert len(json.dumps(line)) < 20_000 and line["success"] is False
+    assert asyncio.run(registry.outcome_at(0)) is not None
+    assert 0 not in registry.outcomes
+    rechecked = registry.recheck(0, json.dumps(huge).encode(), T0)
+    assert rechecked.verdict.reason == "unsigned" and not rechecked.applied
