@@ -6,8 +6,9 @@ backend), idle (no canary). After they are ready and have settled, --records hos
 nulls, garbage, truncations — only ones the verifier refuses, each at most 1 MB) are produced to the
 control topic. Reported:
 
-  rss           resident memory (VmRSS) of each process: before, when the worker has audited every record,
-                and --settle-s later (does it stay up?)
+  rss           resident memory (VmRSS) of each process: before, and per round (--rounds floods in a row)
+                when the worker has audited every record and --settle-s later: a high-water mark stays
+                level from round to round, a leak grows with each
   audit         seconds until the worker's audit log holds a `success: false` line for every record, and
                 its rate
   rejected      what each process's /metrics says it refused, by reason (routers and worker verify alike)
@@ -151,20 +152,30 @@ async def run(args: Any, tmp: Path, target: Any) -> dict[str, Any]:
         pids = {s.name: s.proc.pid for s in services if s.proc is not None}
         before = {name: rss_mb(pid) for name, pid in pids.items()}
         cpu0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
-        log(f"producing {len(values)} records ({size_mb:.1f} MB) to {topics.control}")
-        started = time.monotonic()
-        offsets = await produce(bootstrap, topics.control, values)
-        produced_s = time.monotonic() - started
-        wanted = set(offsets)
-        while not wanted <= audited_offsets(audit):
-            if time.monotonic() - started > args.timeout_s:
-                raise TimeoutError(f"only {len(wanted & audited_offsets(audit))} of {len(wanted)} audited")
-            await asyncio.sleep(0.5)
-        audit_s = time.monotonic() - started
-        at_audit = {name: rss_mb(pid) for name, pid in pids.items()}
-        log(f"all audited after {audit_s:.1f} s; settling {args.settle_s:.0f} s")
-        await asyncio.sleep(args.settle_s)
-        after = {name: rss_mb(pid) for name, pid in pids.items()}
+        rounds: list[dict[str, Any]] = []
+        wanted: set[int] = set()
+        for n in range(args.rounds):
+            log(f"round {n + 1}: producing {len(values)} records ({size_mb:.1f} MB) to {topics.control}")
+            started = time.monotonic()
+            wanted |= set(await produce(bootstrap, topics.control, values))
+            produced_s = time.monotonic() - started
+            while not wanted <= audited_offsets(audit):
+                if time.monotonic() - started > args.timeout_s:
+                    raise TimeoutError(f"only {len(wanted & audited_offsets(audit))} of {len(wanted)} audited")
+                await asyncio.sleep(0.5)
+            audit_s = time.monotonic() - started
+            at_audit = {name: rss_mb(pid) for name, pid in pids.items()}
+            log(f"round {n + 1}: all audited after {audit_s:.1f} s; settling {args.settle_s:.0f} s")
+            await asyncio.sleep(args.settle_s)
+            after = {name: rss_mb(pid) for name, pid in pids.items()}
+            rounds.append(
+                {
+                    "produced_s": round(produced_s, 1),
+                    "audit_s": round(audit_s, 1),
+                    "audit_rate_per_s": round(len(values) / audit_s),
+                    "rss_mb": {name: {"audited": at_audit[name], "settled": after[name]} for name in pids},
+                }
+            )
         cpu = {name: round((process_cpu_s(pid) or 0.0) - (cpu0[name] or 0.0), 2) for name, pid in pids.items()}
         alive = {s.name: s.running for s in services}
         refused = {
@@ -179,10 +190,8 @@ async def run(args: Any, tmp: Path, target: Any) -> dict[str, Any]:
         "kafka": target.describe(),
         "records": len(values),
         "megabytes": round(size_mb, 1),
-        "produced_s": round(produced_s, 1),
-        "audit_s": round(audit_s, 1),
-        "audit_rate_per_s": round(len(values) / audit_s),
-        "rss_mb": {name: {"before": before[name], "audited": at_audit[name], "settled": after[name]} for name in pids},
+        "rss_mb_before": before,
+        "rounds": rounds,
         "cpu_s": cpu,
         "rejected": refused,
         "alive": alive,
@@ -193,19 +202,25 @@ def main() -> None:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--settle-s", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=2, help="floods in a row (a leak grows each round)")
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=19)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="canary-bench-hostile-"))
     with sigterm_as_exit(), control_keys(tmp), kafka() as target:
         result = asyncio.run(run(args, tmp, target))
-    lines = [
-        f"{result['records']} hostile control records ({result['megabytes']} MB) produced in {result['produced_s']} s; "
-        f"every one audited success:false after {result['audit_s']} s ({result['audit_rate_per_s']}/s)",
-        "RSS MB (before → all audited → settled):",
-    ]
-    for name, rss in result["rss_mb"].items():
-        lines.append(f"  {name:14s} {rss['before']:.0f} → {rss['audited']:.0f} → {rss['settled']:.0f}")
+    lines = [f"{result['records']} hostile control records ({result['megabytes']} MB) per round"]
+    for n, r in enumerate(result["rounds"], 1):
+        lines.append(
+            f"round {n}: produced in {r['produced_s']} s; every one audited success:false after {r['audit_s']} s "
+            f"({r['audit_rate_per_s']}/s)"
+        )
+    lines.append("RSS MB (before → each round: all audited / settled):")
+    for name, before in result["rss_mb_before"].items():
+        marks = " → ".join(
+            f"{r['rss_mb'][name]['audited']:.0f} / {r['rss_mb'][name]['settled']:.0f}" for r in result["rounds"]
+        )
+        lines.append(f"  {name:14s} {before:.0f} → {marks}")
     lines.append(f"CPU s during the flood: {result['cpu_s']}")
     for name, reasons in result["rejected"].items():
         lines.append(f"  {name} refused: {sum(reasons.values())} {reasons}")

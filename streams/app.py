@@ -49,6 +49,7 @@ from streams.registry import DeploymentRegistry
 from streams.windowing import WindowingStage
 
 log = logging.getLogger("canary.streams")
+STREAM_BUFFER_EVENTS = 256
 COMMAND_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 rejected_log = logging.getLogger("canary.streams.rejected.agents")  # rate-limited
 
@@ -119,6 +120,10 @@ class CanaryStreams:
             broker_commit_interval=1.0,
             producer_linger=0.0,
             stream_wait_empty=False,
+            # Events an agent's stream holds ahead of the agent. Faust's 4096 is for high-rate streams; these
+            # agents read low-rate topics, and a topic anyone may write can fill the buffer with 1 MB records
+            # (a junk flood on the control topic held ~80 MB here). Measured by bench/bench_hostile.py.
+            stream_buffer_maxsize=STREAM_BUFFER_EVENTS,
             table_cleanup_interval=3600.0,
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=config.session_timeout,
