@@ -1065,7 +1065,7 @@ class RouterService:
         if stall is None:
             if self._group.proven:
                 self._renewals = 0
-        elif stall.kind in RENEWABLE and stall.lasted(time.monotonic()) >= self.renew_after_s:
+        elif stall.kind in RENEWABLE and stall.lasted(self._group.clock()) >= self.renew_after_s:
             await self._renew_request_consumer(stall)
 
     async def _renew_request_consumer(self, stall: Stall) -> None:
