@@ -8,18 +8,20 @@ broker started here), topics under a unique prefix, every part a real process:
   2. ``canary start candidate_high_recall --weight 0.2``: a canary is running while everything happens.
   3. ``canary load --qps Q --duration D``; after ``--kill-after`` s both routers are SIGKILLed (no clean
      stop: in-flight requests are neither answered nor committed), and restarted ``--down`` s later.
-  4. Every 0.5 s: the router group's committed offset and the end offset of each ``search_requests``
-     partition. A partition is *served again* when its committed offset moves past where it stood at the
-     restart (or it has nothing left to serve). A partition *stalls* when it has lag and its committed
-     offset does not move for ``--stall-s`` s while the routers are up.
-  5. After the load ends, until every partition's lag is 0 (or ``--watch`` s): requests on
-     ``search_requests`` vs distinct request ids with an outcome on ``search_results``.
+  4. Every request (its partition, its produce time) and every outcome are tailed as they reach the broker.
+     A partition is *served again* when the first outcome stamped after the kill arrives for one of its
+     requests. It *stalls* when it has unanswered requests and no outcome arrives for it for ``--stall-s``
+     s (the zombie router of issue #19: a partition kept, never read).
+  5. After the load ends, until every request is answered (or ``--watch`` s): requests on
+     ``search_requests`` vs distinct request ids with an outcome on ``search_results`` (read in full).
 
-Printed: seconds from the restart until every partition is served again (and per partition), the longest
-stall after that, requests / answered / unanswered, outcomes per request (≥ 1: re-processing after the
-crash is expected, the windows stage counts a request once), each router's /readyz at the end and its exit.
+Printed: seconds from the restart until every partition is served again (and per partition), the stalls
+after that, requests / answered / unanswered, outcomes per request (≥ 1: re-processing after the crash is
+expected, the windows stage counts a request once), each router's /readyz ``consuming`` check and what
+``canary status`` says about the routers at the end, and their exit codes.
 
-    .venv/bin/python -m bench.bench_router_crash [--qps 60] [--duration 60] [--kill-after 15] [--down 3] [--json]
+    .venv/bin/python -m bench.bench_router_crash [--qps 60] [--duration 60] [--kill-after 15] [--down 3]
+        [--rerank modeled] [--backend package.module:factory] [--json]
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.common import (
     ROOT,
@@ -54,6 +55,7 @@ from bench.common import (
     kafka,
     log,
     machine,
+    now_ms,
     sigterm_as_exit,
     unique_prefix,
 )
@@ -115,17 +117,68 @@ class Proc:
             return 0, {}
 
 
-async def group_progress(
-    admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, group: str, tps: list[TopicPartition]
-) -> dict[int, tuple[int, int]]:
-    """partition -> (committed offset, end offset)."""
-    committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-    ends = await consumer.end_offsets(tps)
-    out = {}
-    for tp in tps:
-        meta = committed.get(tp)
-        out[tp.partition] = (meta.offset if meta is not None and meta.offset >= 0 else 0, ends[tp])
-    return out
+class Tail:
+    """Every request (its partition, produce time) and every outcome (arrival) as they reach the broker."""
+
+    def __init__(self, bootstrap: Cluster, topics: Topics) -> None:
+        self.consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
+        self.topics = topics
+        self.partition_of: dict[str, int] = {}
+        self.unanswered: dict[int, dict[str, int]] = {p: {} for p in range(3)}  # partition -> id -> produced ms
+        self.answered: set[str] = set()
+        self.early: list[tuple[str, int, float]] = []  # outcomes read before their request
+        self.last_outcome: dict[int, float] = {}  # partition -> monotonic arrival of its latest outcome
+        self.first_after: dict[int, float] = {}  # partition -> first outcome stamped after ``since_ms``
+        self.since_ms: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        tps = [TopicPartition(self.topics.search_requests, p) for p in range(3)]
+        tps += [TopicPartition(self.topics.search_results, p) for p in range(6)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_beginning(*tps)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=200)
+            now = time.monotonic()
+            for tp, records in batch.items():
+                for record in records:
+                    try:
+                        value = json.loads(record.value or b"null")
+                    except ValueError:
+                        continue
+                    if not isinstance(value, dict) or not isinstance(value.get("request_id"), str):
+                        continue
+                    if tp.topic == self.topics.search_requests:
+                        self.partition_of[value["request_id"]] = tp.partition
+                        if value["request_id"] not in self.answered:
+                            self.unanswered[tp.partition][value["request_id"]] = record.timestamp
+                    elif "kind" not in value:
+                        self._outcome(value["request_id"], int(value.get("ts") or 0), now)
+            if self.early:
+                early, self.early = self.early, []
+                for rid, ts, arrived in early:
+                    self._outcome(rid, ts, arrived)
+
+    def _outcome(self, rid: str, ts: int, arrived: float) -> None:
+        partition = self.partition_of.get(rid)
+        if partition is None:
+            self.early.append((rid, ts, arrived))
+            return
+        self.answered.add(rid)
+        self.unanswered[partition].pop(rid, None)
+        self.last_outcome[partition] = arrived
+        if self.since_ms is not None and ts > self.since_ms and partition not in self.first_after:
+            self.first_after[partition] = arrived
 
 
 async def read_all(bootstrap: Cluster, topic: str) -> list[dict[str, Any]]:
@@ -168,13 +221,10 @@ async def run(args: Any, bootstrap: Cluster, tmp: Path) -> dict[str, Any]:
                 port,
             )
         )
-    group = f"{prefix}canary-router"
     result: dict[str, Any] = {"prefix": prefix, "logs": str(tmp)}
-    admin = AIOKafkaAdminClient(**client_kwargs(bootstrap))
-    probe = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
-    await admin.start()
-    await probe.start()
-    load: subprocess.Popen[bytes] | None = None
+    load = Proc("load", [*py, "load", "--qps", str(args.qps), "--duration", str(args.duration)], env, tmp / "load.log")
+    tail = Tail(bootstrap, topics)
+    await tail.start()
     try:
         worker.start()
         for r in routers:
@@ -195,17 +245,11 @@ async def run(args: Any, bootstrap: Cluster, tmp: Path) -> dict[str, Any]:
         )
         if started.returncode != 0:
             raise SystemExit(f"canary start failed: {started.stdout.decode()} {started.stderr.decode()}")
-        tps = [TopicPartition(topics.search_requests, p) for p in range(3)]
-        load = subprocess.Popen(
-            [*py, "load", "--qps", str(args.qps), "--duration", str(args.duration)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=(tmp / "load.log").open("ab"),
-        )
+        load.start()
         load_started = time.monotonic()
         log(f"load: {args.qps} requests/s for {args.duration} s; both routers SIGKILLed after {args.kill_after} s")
         await asyncio.sleep(args.kill_after)
+        tail.since_ms = now_ms()
         for r in routers:
             r.kill()
         log(f"both routers SIGKILLed; restarting them in {args.down} s")
@@ -213,51 +257,51 @@ async def run(args: Any, bootstrap: Cluster, tmp: Path) -> dict[str, Any]:
         for r in routers:
             r.start()
         restarted = time.monotonic()
-        at_restart = await group_progress(admin, probe, group, tps)
-        served_at: dict[int, float] = {}
-        last_move: dict[int, float] = dict.fromkeys(at_restart, restarted)
-        last_committed = {p: c for p, (c, _) in at_restart.items()}
-        longest_stall = dict.fromkeys(at_restart, 0.0)
-        stall_log: list[dict[str, Any]] = []
+        # A partition stalls when it has unanswered requests and no outcome arrived for it for --stall-s.
+        stalls: list[dict[str, Any]] = []
+        open_stall: dict[int, dict[str, Any]] = {}
+        reported: set[int] = set()
+        ready_at: dict[str, float] = {}  # router -> seconds from the restart until its /readyz said 200
         load_done_at: float | None = None
-        watch_deadline = None
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
-            progress = await group_progress(admin, probe, group, tps)
-            for p, (committed, end) in progress.items():
-                if p not in served_at and (committed > at_restart[p][0] or committed >= end):
-                    served_at[p] = now - restarted
-                    log(f"partition {p} served again {served_at[p]:.1f} s after the restart")
-                if committed != last_committed[p] or committed >= end:
-                    last_move[p] = now
-                    last_committed[p] = committed
-                elif p in served_at:
-                    stalled = now - last_move[p]
-                    if stalled > longest_stall[p]:
-                        longest_stall[p] = stalled
-                    if stalled >= args.stall_s and not any(s["partition"] == p and s["open"] for s in stall_log):
-                        stall_log.append({"partition": p, "since_s": last_move[p] - restarted, "open": True})
-                        log(f"partition {p} STALLED: lag {end - committed}, no commit for {stalled:.0f} s")
-                for s in stall_log:
-                    if s["partition"] == p and s["open"] and last_move[p] == now:
-                        s["open"] = False
-                        s["lasted_s"] = round(now - restarted - s["since_s"], 1)
-                        log(f"partition {p} moves again after {s['lasted_s']} s")
+            for r in routers:
+                if r.name not in ready_at and await asyncio.to_thread(lambda r=r: r.readyz()[0]) == 200:
+                    ready_at[r.name] = now - restarted
+                    log(
+                        f"{r.name} ready {ready_at[r.name]:.1f} s after the restart (connected, control read, assigned)"
+                    )
+            for p in range(3):
+                if p in tail.first_after and p not in reported:
+                    reported.add(p)
+                    log(f"partition {p} served again {tail.first_after[p] - restarted:.1f} s after the restart")
+                if p not in tail.first_after:
+                    continue
+                quiet = now - max(tail.last_outcome.get(p, 0.0), tail.first_after[p])
+                if tail.unanswered[p] and quiet >= args.stall_s and p not in open_stall:
+                    open_stall[p] = {"partition": p, "since_s": round(now - quiet - restarted, 1)}
+                    log(f"partition {p} STALLED: {len(tail.unanswered[p])} unanswered, no outcome for {quiet:.0f} s")
+                elif p in open_stall and quiet < args.stall_s:
+                    stall = open_stall.pop(p)
+                    stall["lasted_s"] = round(now - restarted - stall["since_s"], 1)
+                    stalls.append(stall)
+                    log(f"partition {p} answered again after {stall['lasted_s']} s")
             for r in routers:
                 if r.proc is not None and not r.alive():
                     log(f"{r.name} exited with {r.exits[-1]}")
-            if load_done_at is None and load.poll() is not None:
+            if load_done_at is None and not load.alive():
                 load_done_at = now
-                watch_deadline = now + args.watch
-                log(f"load finished ({now - load_started:.0f} s); waiting for the backlog (≤ {args.watch} s)")
+                log(f"load finished ({now - load_started:.0f} s); waiting for the backlog (≤ {args.watch:.0f} s)")
             if load_done_at is not None:
-                assert watch_deadline is not None
-                if all(c >= e for c, e in progress.values()) or now > watch_deadline:
+                backlog = sum(len(u) for u in tail.unanswered.values())
+                if backlog == 0 or now > load_done_at + args.watch:
                     break
-        final = await group_progress(admin, probe, group, tps)
+        stalls += [{**s, "lasted_s": None} for s in open_stall.values()]  # still open at the end
         readiness = {r.name: r.readyz() for r in routers}
-        await asyncio.sleep(2)  # the last acknowledged outcomes are on the topic before their commit
+        status = await asyncio.to_thread(
+            subprocess.run, [*py, "status", "--json"], cwd=ROOT, env=env, capture_output=True, timeout=60
+        )
         requests = [r.get("request_id") for r in await read_all(bootstrap, topics.search_requests)]
         outcomes = [
             o for o in await read_all(bootstrap, topics.search_results) if isinstance(o, dict) and "kind" not in o
@@ -265,56 +309,64 @@ async def run(args: Any, bootstrap: Cluster, tmp: Path) -> dict[str, Any]:
         per_request = Counter(o.get("request_id") for o in outcomes)
         distinct = set(requests)
         unanswered = sorted(r for r in distinct if r not in per_request)
+        served = {p: at - restarted for p, at in sorted(tail.first_after.items())}
+        try:
+            status_routers = [
+                {k: r.get(k) for k in ("router_id", "live", "request_partitions", "requests_stalled")}
+                for r in json.loads(status.stdout)["routers"]
+            ]
+        except (ValueError, KeyError):
+            status_routers = [{"error": status.stderr.decode(errors="replace")[-300:]}]
         result.update(
             {
                 "qps": args.qps,
                 "duration_s": args.duration,
                 "kill_after_s": args.kill_after,
                 "down_s": args.down,
-                "served_again_s": {str(p): round(s, 1) for p, s in sorted(served_at.items())},
-                "all_served_again_s": round(max(served_at.values()), 1) if len(served_at) == len(tps) else None,
-                "longest_stall_s": {str(p): round(s, 1) for p, s in sorted(longest_stall.items())},
-                "stalls": stall_log,
-                "final_lag": {str(p): e - c for p, (c, e) in sorted(final.items())},
+                "served_again_s": {str(p): round(s, 1) for p, s in served.items()},
+                "all_served_again_s": round(max(served.values()), 1) if len(served) == 3 else None,
+                "router_ready_s": {n: round(t, 1) for n, t in sorted(ready_at.items())},
+                "stalls": stalls,
                 "requests": len(requests),
                 "distinct_requests": len(distinct),
                 "answered": len(distinct) - len(unanswered),
                 "unanswered": len(unanswered),
                 "outcomes": len(outcomes),
                 "outcomes_per_request": dict(sorted(Counter(per_request.values()).items())),
-                "readyz_at_end": {n: {"status": s, "body": b} for n, (s, b) in readiness.items()},
+                "readyz_at_end": {
+                    n: {"status": s, "consuming": b.get("checks", {}).get("consuming")}
+                    for n, (s, b) in readiness.items()
+                },
+                "status_routers": status_routers,
                 "routers_alive_at_end": {r.name: r.alive() for r in routers},
             }
         )
     finally:
-        if load is not None and load.poll() is None:
-            load.kill()
-            load.wait()
+        load.kill()
         for r in routers:
             code = r.stop()
             result.setdefault("router_exit_codes", {})[r.name] = [*r.exits] if code is None else r.exits
         result["worker_exit"] = worker.stop()
-        await probe.stop()
-        await admin.close()
+        await tail.stop()
     return result
 
 
 def text(result: dict[str, Any]) -> str:
     lines = [
-        f"scenario: {result['qps']} requests/s for {result['duration_s']} s; both routers SIGKILLed at "
-        f"{result['kill_after_s']} s, restarted {result['down_s']} s later",
+        f"scenario: {result['qps']:.0f} requests/s for {result['duration_s']} s; both routers SIGKILLed at "
+        f"{result['kill_after_s']:.0f} s, restarted {result['down_s']:.0f} s later",
         f"every search_requests partition served again after: {result['all_served_again_s']} s "
-        f"(per partition: {result['served_again_s']})",
-        f"longest stall after being served (lag > 0, no commit): {result['longest_stall_s']} s",
-        f"stalls ≥ threshold: {result['stalls'] or 'none'}",
-        f"final lag per partition: {result['final_lag']}",
+        f"(per partition: {result['served_again_s']}); each router ready after {result['router_ready_s']} s "
+        "(process start, backend, control catch-up, group join)",
+        f"stalls (a partition with requests waiting and no outcome for --stall-s): {result['stalls'] or 'none'}",
         f"requests: {result['requests']} ({result['distinct_requests']} distinct); answered: {result['answered']}; "
         f"UNANSWERED: {result['unanswered']}",
         f"outcomes: {result['outcomes']} (outcomes per request → requests: {result['outcomes_per_request']})",
         f"routers alive at the end: {result['routers_alive_at_end']}; exits: {result.get('router_exit_codes')}",
     ]
     for name, ready in result["readyz_at_end"].items():
-        lines.append(f"{name} /readyz at the end: {ready['status']} {json.dumps(ready['body'])}")
+        lines.append(f"{name} /readyz at the end: {ready['status']}, consuming: {ready['consuming']}")
+    lines.append(f"canary status: {result['status_routers']}")
     lines.append(f"logs: {result['logs']}")
     return "\n".join(lines)
 
@@ -335,7 +387,9 @@ def main() -> None:
         default="modeled",
         help="the bundled backend's rerank stage (default modeled: the real model needs ~15 cores at 120/s)",
     )
-    parser.add_argument("--stall-s", type=float, default=10.0, help="no commit with lag for this long = a stall")
+    parser.add_argument(
+        "--stall-s", type=float, default=10.0, help="requests waiting and no outcome for this long = a stall"
+    )
     args = parser.parse_args()
     with sigterm_as_exit(), kafka() as target:
         tmp = Path(tempfile.mkdtemp(prefix="canary-bench-crash-"))
