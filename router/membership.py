@@ -193,7 +193,22 @@ class RequestGroup:
             waited = now - self.rebalancing_since
             if waited < self.stall_after_s:
                 return None
-            return Stall("joining", f"joining the consumer group for {waited:.0f} s", self.rebalancing_since)
+            what = f"joining the consumer group for {waited:.0f} s"
+            if not slots_free:
+                # aiokafka does not rejoin for a consumer that is not polled (max_poll_interval_ms): the
+                # slots are the cause, and a fresh member would not be polled either.
+                return Stall("busy", f"{what}: every in-flight slot is held, so nothing polls", self.rebalancing_since)
+            if self.consumer is not None:
+                try:
+                    async with asyncio.timeout(PROBE_TIMEOUT_S):
+                        await self.consumer.topics()
+                except Exception as exc:  # nobody can join a group the broker does not serve: wait for it
+                    return Stall(
+                        "broker",
+                        f"{what}: the broker does not answer ({type(exc).__name__}: {exc})",
+                        self.rebalancing_since,
+                    )
+            return Stall("joining", what, self.rebalancing_since)
         quiet = sorted(
             (tp for tp in self.owned if now - self._taken_at.get(tp, now) >= self.stall_after_s),
             key=lambda tp: tp.partition,
