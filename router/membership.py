@@ -1,7 +1,7 @@
 """A router's membership in the ``search_requests`` consumer group: commits that never restart a rebalance,
 rebalances that lose nothing, and a true answer to "is this router taking requests?".
 
-Why commits wait for the rebalance (docs/adr/0001-request-group-membership.md): a commit sent while this
+Why commits wait for the rebalance (docs/adr/0003-request-group-membership.md): a commit sent while this
 member's own JoinGroup is pending reaches the coordinator after that join completes, still carrying the old
 generation: ``ILLEGAL_GENERATION``, and aiokafka 0.14 rejoins. When that member leads the group its rejoin
 starts the next rebalance, the other routers take up to a heartbeat interval to follow, the next commit

@@ -1069,7 +1069,7 @@ class RouterService:
             await self._renew_request_consumer(stall)
 
     async def _renew_request_consumer(self, stall: Stall) -> None:
-        """Leave the group and join again as a fresh member (docs/adr/0001-request-group-membership.md).
+        """Leave the group and join again as a fresh member (docs/adr/0003-request-group-membership.md).
         Requests in flight finish and are acknowledged; what was not committed is read again."""
         if self._renewals >= self.max_renewals:
             raise RequestIntakeFailed(

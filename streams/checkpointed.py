@@ -77,7 +77,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.stage.release([tp.partition for tp in revoked])
         # No commit from now until the assignment: one that reached the coordinator behind our own JoinGroup
         # would carry the old generation, fail, and make aiokafka rejoin — for ever, when this member leads
-        # the group (docs/adr/0001-request-group-membership.md). One still in flight is answered first.
+        # the group (docs/adr/0003-request-group-membership.md). One still in flight is answered first.
         self.stage.rebalancing_since = time.monotonic()
         async with self.stage.commit_lock:
             pass
