@@ -564,7 +564,7 @@ class RouterService:
             request_partitions=tuple(sorted(tp.partition for tp in self._group.owned))
             if self.consume_requests
             else None,
-            requests_stalled=self._group.stall.reason if self._group.stall is not None else None,
+            requests_stalled=self._group.stall.reason[:500] if self._group.stall is not None else None,
         )
 
     async def _publish_state(self, answers: str | None, heartbeat: bool = False) -> None:
