@@ -459,8 +459,8 @@ class RouterService:
         return None
 
     def readiness(self) -> dict[str, tuple[bool, str]]:
-        """/readyz: started (connected, control topic read), request partitions assigned, control view fresh,
-        producer alive and delivering."""
+        """/readyz: started (connected, control topic read), request partitions assigned and their requests
+        taken, control view fresh, producer alive and delivering."""
         checks: dict[str, tuple[bool, str]] = {
             "started": (self.started, "connected and caught up" if self.started else "starting")
         }
