@@ -249,9 +249,9 @@ async def run(args: Any, bootstrap: Cluster, tmp: Path) -> dict[str, Any]:
         load_started = time.monotonic()
         log(f"load: {args.qps} requests/s for {args.duration} s; both routers SIGKILLed after {args.kill_after} s")
         await asyncio.sleep(args.kill_after)
-        tail.since_ms = now_ms()
         for r in routers:
-            r.kill()
+            r.kill()  # returns once the process is gone
+        tail.since_ms = now_ms()  # any outcome stamped later comes from a restarted router
         log(f"both routers SIGKILLed; restarting them in {args.down} s")
         await asyncio.sleep(args.down)
         for r in routers:
