@@ -27,7 +27,11 @@ class OffsetTracker:
         part.next_offset = max(part.next_offset or 0, offset + 1)
 
     def finished(self, topic: str, partition: int, offset: int) -> None:
-        self._parts[(topic, partition)].in_flight.discard(offset)
+        """The outcome of ``offset`` is on the broker. A partition forgotten meanwhile (revoked in a
+        rebalance) is left alone: its new owner resumes from the committed offset."""
+        part = self._parts.get((topic, partition))
+        if part is not None:
+            part.in_flight.discard(offset)
 
     def committable(self) -> dict[tuple[str, int], int]:
         out = {}

@@ -38,6 +38,7 @@ from canary.observability.metrics import RouterMetrics
 from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
 from router.backends.base import BackendError, ExactSearchBackend, SearchBackend, exact_searcher
 from router.backends.registry import BackendRegistry
+from router.membership import RENEWABLE, RequestGroup, RequestIntakeFailed, Stall
 from router.offsets import OffsetTracker
 from router.requests import SearchRequest, mrr_at_10, ndcg_at_10, recall_at_10
 
@@ -55,6 +56,9 @@ DEFAULT_EXACT_TIMEOUT_MS: Final = 2000
 EXACT_K: Final = 10
 STOP_STEP_S = 2.0  # each step of a stop that waits for the broker gives up after this long
 REDELIVERY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+COMMIT_INTERVAL_S: Final = 1.0
+INTAKE_CHECK_INTERVAL_S: Final = 2.0
+RENEW_JOIN_TIMEOUT_S: Final = 60.0  # a fresh member that gets no assignment by then counts as a failed renewal
 
 
 def outcome_partition(request_id: str, partitions: int) -> int:
@@ -228,6 +232,14 @@ class RouterService:
         self._exact_timeout_s = exact_timeout_ms / 1000.0
         self._exact_tasks: set[asyncio.Task[None]] = set()
         self._offsets = OffsetTracker()
+        # The request consumer's membership (router/membership.py): commit gate, rebalance epochs, stalls. A
+        # consumer stalled (joining, or records waiting while slots are free) for renew_after_s is replaced
+        # by a fresh group member; after max_renewals in a row that did not help the router exits.
+        self._group = RequestGroup(self._offsets)
+        self.renew_after_s = 30.0
+        self.max_renewals = 3
+        self._renewals = 0
+        self._stall_reported = False
         self.control_stale_after_s = control_stale_after_s
         self._control_fresh_at = time.monotonic()
         self._failsafe_logged = False
@@ -258,6 +270,7 @@ class RouterService:
             # count in _value (no public accessor), which is exactly "in flight" from the other side.
             in_flight=lambda: float(max_in_flight - self._slots._value),
         )
+        self.metrics.intake_stalled.set_function(lambda: float(self._group.stall is not None))
         self.started = False
         self._state_pending: str | None = None  # a transition whose state record failed: republished
         self._redeliveries: set[asyncio.Task[None]] = set()
@@ -302,17 +315,8 @@ class RouterService:
         self._loops.append(asyncio.create_task(self._control_loop(), name=f"{self.router_id}-control"))
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.router_id}-heartbeat"))
         if self.consume_requests:
-            self._requests = calm(
-                AIOKafkaConsumer(
-                    self.topics.search_requests,
-                    **client_kwargs(self.bootstrap),
-                    group_id=self.group_id,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    fetch_max_wait_ms=50,
-                )
-            )
-            await self._requests.start()
+            self._requests = self._new_request_consumer()
+            await self._requests.start()  # returns once the group assigned partitions
             self._loops.append(asyncio.create_task(self._request_loop(), name=f"{self.router_id}-requests"))
             self._loops.append(asyncio.create_task(self._commit_loop(), name=f"{self.router_id}-commit"))
         self.started = True
@@ -455,14 +459,16 @@ class RouterService:
         return None
 
     def readiness(self) -> dict[str, tuple[bool, str]]:
-        """/readyz: started (connected, control topic read), request partitions assigned, control view fresh,
-        producer alive and delivering."""
+        """/readyz: started (connected, control topic read), request partitions assigned and their requests
+        taken, control view fresh, producer alive and delivering."""
         checks: dict[str, tuple[bool, str]] = {
             "started": (self.started, "connected and caught up" if self.started else "starting")
         }
         if self.consume_requests:
-            assigned = sorted(tp.partition for tp in self._requests.assignment()) if self._requests else []
+            assigned = sorted(tp.partition for tp in self._group.owned)
             checks["assigned"] = (bool(assigned), f"{self.topics.search_requests} partitions {assigned}")
+            stall = self._group.stall
+            checks["consuming"] = (stall is None, "taking requests" if stall is None else stall.reason)
         lag = time.monotonic() - self._control_fresh_at
         checks["control_fresh"] = (self.started and not self.control_stale, f"control view confirmed {lag:.1f} s ago")
         failed = self.failure()
@@ -555,6 +561,10 @@ class RouterService:
             seq=self._seq,
             heartbeat=heartbeat,
             failsafe=self.failsafe_reason,
+            request_partitions=tuple(sorted(tp.partition for tp in self._group.owned))
+            if self.consume_requests
+            else None,
+            requests_stalled=self._group.stall.reason[:500] if self._group.stall is not None else None,
         )
 
     async def _publish_state(self, answers: str | None, heartbeat: bool = False) -> None:
@@ -826,18 +836,55 @@ class RouterService:
                 delivery_log.warning("%s: watermark not queued (%s: %s)", self.router_id, type(exc).__name__, exc)
 
     # -- Kafka request intake ------------------------------------------------------------------------------------
+    def _new_request_consumer(self) -> AIOKafkaConsumer:
+        consumer: AIOKafkaConsumer = calm(
+            AIOKafkaConsumer(
+                **client_kwargs(self.bootstrap),
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=50,
+            )
+        )
+        consumer.subscribe([self.topics.search_requests], listener=self._group.listener())
+        self._group.renewed(consumer)
+        return consumer
+
     async def _request_loop(self) -> None:
         assert self._requests is not None
+        consumer = self._requests
         await self._caught_up.wait()
+        errors = 0
         while True:
-            batch = await self._requests.getmany(timeout_ms=200, max_records=500)
+            try:
+                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+            except AIOKafkaError as exc:
+                # A group error aiokafka hands to its user; its coordinator goes on once it has been read.
+                # If it never recovers, the intake check sees the stall and renews the consumer.
+                errors += 1
+                if errors in (1, 10) or errors % 100 == 0:
+                    log.warning(
+                        "%s: reading %s failed (%d×): %r", self.router_id, self.topics.search_requests, errors, exc
+                    )
+                await asyncio.sleep(1.0)
+                continue
+            epoch = self._group.epoch
             for tp, records in batch.items():
                 for record in records:
                     await self._slots.acquire()
+                    if self._group.epoch != epoch:
+                        # A rebalance began while this batch waited for slots: its partitions may be another
+                        # router's by now, and aiokafka reads the rest again from the committed offset.
+                        self._slots.release()
+                        break
                     self._offsets.started(tp.topic, tp.partition, record.offset)
+                    self._group.taken(tp, record.offset)
                     task = asyncio.create_task(self._process_record(record))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                else:
+                    continue
+                break
 
     async def _process_record(self, record: ConsumerRecord[bytes, bytes], attempt: int = 0) -> None:
         ack: asyncio.Future[Any] | None = None
@@ -990,16 +1037,65 @@ class RouterService:
         delivery_log.error("%s: dead letter not delivered (%s: %s)", self.router_id, type(exc).__name__, exc)
 
     async def _commit_loop(self) -> None:
+        checked = time.monotonic()
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(COMMIT_INTERVAL_S)
             await self._commit()
+            if time.monotonic() - checked >= INTAKE_CHECK_INTERVAL_S:
+                checked = time.monotonic()
+                await self._check_intake()
 
     async def _commit(self) -> None:
-        if self._requests is None:
-            return
-        offsets = {TopicPartition(t, p): o for (t, p), o in self._offsets.committable().items()}
-        assigned = self._requests.assignment()
-        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
-        if offsets:
-            with contextlib.suppress(Exception):
-                await self._requests.commit(offsets)
+        """Acknowledged prefixes of the owned partitions; never during a rebalance (router/membership.py)."""
+        if self._requests is not None:
+            await self._group.commit()
+
+    async def _check_intake(self) -> None:
+        """Is the request consumer taking requests? Say so when that changes (state topic, log), and replace
+        a consumer stalled by its own fault for ``renew_after_s``; exit when that does not help."""
+        stall = await self._group.check(slots_free=not self._slots.locked())
+        if (stall is not None) != self._stall_reported:
+            if stall is not None:
+                log.warning("%s: NOT taking requests: %s", self.router_id, stall.reason)
+            else:
+                log.warning("%s: taking requests again", self.router_id)
+            self._stall_reported = stall is not None
+            with contextlib.suppress(Exception):  # news for operators (canary status); heartbeats repeat it
+                await self._publish_state(self.ledger.last_command_id, heartbeat=True)
+        if stall is None:
+            if self._group.proven:
+                self._renewals = 0
+        elif stall.kind in RENEWABLE and stall.lasted(self._group.clock()) >= self.renew_after_s:
+            await self._renew_request_consumer(stall)
+
+    async def _renew_request_consumer(self, stall: Stall) -> None:
+        """Leave the group and join again as a fresh member (docs/adr/0003-request-group-membership.md).
+        Requests in flight finish and are acknowledged; what was not committed is read again."""
+        if self._renewals >= self.max_renewals:
+            raise RequestIntakeFailed(
+                f"router {self.router_id}: its {self.topics.search_requests} consumer still takes no requests "
+                f"after {self._renewals} fresh group member(s) ({stall.reason}); exiting so that a restarted "
+                "router and the other routers take its partitions over"
+            )
+        self._renewals += 1
+        self.metrics.request_consumer_renewals.inc()
+        log.error(
+            "%s: the request consumer is stalled (%s); leaving the group and joining as a fresh member (%d/%d)",
+            self.router_id,
+            stall.reason,
+            self._renewals,
+            self.max_renewals,
+        )
+        intake = [t for t in self._loops if t.get_name() == f"{self.router_id}-requests"]
+        await cancel_and_wait(intake, STOP_STEP_S, self.router_id)
+        for task in intake:
+            self._loops.remove(task)
+        if self._requests is not None:
+            await self._bounded("leaving the consumer group", self._requests.stop())
+        self._requests = self._new_request_consumer()
+        try:
+            async with asyncio.timeout(RENEW_JOIN_TIMEOUT_S):
+                await self._requests.start()
+        except Exception as exc:  # the next check finds it still joining and renews again (or gives up)
+            log.error("%s: the fresh request consumer did not join (%r)", self.router_id, exc)
+        self._loops.append(asyncio.create_task(self._request_loop(), name=f"{self.router_id}-requests"))

@@ -207,7 +207,8 @@ class CanaryStreams:
         return dep.deployment_id if dep is not None else None
 
     def readiness(self) -> dict[str, tuple[bool, str]]:
-        """/readyz: control topic read to its end recently, both stages assigned, their producers alive."""
+        """/readyz: control topic read to its end recently, both stages assigned and polling, their producers
+        alive."""
         lag = self.registry.control_lag()
         checks = {
             "control_fresh": (
@@ -218,6 +219,7 @@ class CanaryStreams:
         for stage in (self.windowing, self.merging):
             parts = sorted(stage.states)
             checks[f"{stage.name}_assigned"] = (bool(parts), f"partitions {parts}")
+            checks[f"{stage.name}_consuming"] = stage.consuming()
             problem = stage.producer_problem()
             checks[f"{stage.name}_producer"] = (problem is None, problem or "alive")
         return checks

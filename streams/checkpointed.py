@@ -43,6 +43,9 @@ from canary.kafka.producer import HealingProducer, ProducerReplaced, broker_away
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
 
 CHECKPOINT_COST_FACTOR = 20  # checkpoints take at most ~5 % of the stage's time
+# A loop that has not come back from getmany for this long is not consuming (a rebalance waiting for a killed
+# peer's 10 s session, or restoring state, is the slow normal case).
+STALL_AFTER_S = 30.0
 
 log = logging.getLogger("canary.streams.stage")
 
@@ -72,8 +75,15 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         await self.stage.release([tp.partition for tp in revoked])
+        # No commit from now until the assignment: one that reached the coordinator behind our own JoinGroup
+        # would carry the old generation, fail, and make aiokafka rejoin — for ever, when this member leads
+        # the group (docs/adr/0003-request-group-membership.md). One still in flight is answered first.
+        self.stage.rebalancing_since = time.monotonic()
+        async with self.stage.commit_lock:
+            pass
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.stage.rebalancing_since = None
         # Fetching may already run for these partitions: hold them until their state is restored by the
         # main loop (restoring here, inside the rebalance, raced with the first fetches).
         self.stage.hold([tp.partition for tp in assigned])
@@ -123,6 +133,9 @@ class CheckpointedStage(Generic[State]):
         self._last_checkpoint = 0.0
         self._checkpoint_cost_s = 0.0  # time the last checkpoint spent encoding and sending state
         self._emitted: list[asyncio.Future[Any]] = []  # deliveries since the last checkpoint
+        self.commit_lock = asyncio.Lock()
+        self.rebalancing_since: float | None = None  # between partitions revoked and assigned: no commit
+        self.polled_at = time.monotonic()  # the main loop's last return from getmany
 
     # -- what a subclass provides -------------------------------------------------------------------------
     def new_state(self, partition: int, restored: dict[str, Any] | None) -> State:
@@ -302,8 +315,22 @@ class CheckpointedStage(Generic[State]):
         self._rewinds_in_a_row = self._refusals_in_a_row = 0  # on the broker: whatever happened is behind us
         self._last_checkpoint = time.monotonic()
         if self._consumer is not None and offsets:
-            with contextlib.suppress(Exception):  # commits are for lag visibility; the state is the truth
-                await self._consumer.commit(offsets)
+            async with self.commit_lock:
+                if self.rebalancing_since is None:
+                    with contextlib.suppress(Exception):  # commits are for lag visibility; the state is the truth
+                        await self._consumer.commit(offsets)
+
+    def consuming(self) -> tuple[bool, str]:
+        """Readiness: does the main loop come back from the broker with records (or none) as it should?"""
+        quiet = time.monotonic() - self.polled_at
+        if quiet < STALL_AFTER_S:
+            return True, f"polled {quiet:.1f} s ago"
+        if self.rebalancing_since is not None:
+            return (
+                False,
+                f"no poll for {quiet:.0f} s, rebalancing for {time.monotonic() - self.rebalancing_since:.0f} s",
+            )
+        return False, f"no poll for {quiet:.0f} s"
 
     # -- the loop ---------------------------------------------------------------------------------------
     @property
@@ -431,6 +458,7 @@ class CheckpointedStage(Generic[State]):
                     batch = await self._consumer.getmany(
                         timeout_ms=self.fetch_max_wait_ms, max_records=self.max_records
                     )
+                    self.polled_at = time.monotonic()
                     await self.process(batch)
                     await self.emit_due()
                     await self.checkpoint()

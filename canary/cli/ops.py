@@ -167,6 +167,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         lines.append(f"reason:      {payload['reason']}")
     live = [r for r in payload["routers"] if r["live"]]
     lines.append(f"routers:     {len(live)} live / {len(payload['routers'])} known")
+    # Live (it heartbeats and obeys control) is not serving: say which routers hold request partitions
+    # they do not read.
+    lines += [
+        f"  {r['router_id']} NOT taking requests: {r['requests_stalled']}" for r in live if r.get("requests_stalled")
+    ]
     if payload["rejected_commands"]:
         counts: dict[str, int] = {}
         for r in payload["rejected_commands"]:

@@ -170,6 +170,17 @@ class _Fields:
         """A required epoch-milliseconds field, within [0, MAX_EPOCH_MS]."""
         return self.req_int(field, minimum=0, maximum=MAX_EPOCH_MS)
 
+    def int_list(self, field: str, *, minimum: int | None = None, max_len: int = 10_000) -> tuple[int, ...] | None:
+        """An optional list of integers (absent or null: None)."""
+        v = self._get(field, True)
+        if v is None:
+            return None
+        if not isinstance(v, list) or len(v) > max_len:
+            raise self.fail(field, f"expected a list of at most {max_len} integers", v)
+        if not all(not isinstance(x, bool) and isinstance(x, int) and (minimum is None or x >= minimum) for x in v):
+            raise self.fail(field, "expected integers" + (f" >= {minimum}" if minimum is not None else ""), v)
+        return tuple(v)
+
     def float_(
         self,
         field: str,
@@ -603,6 +614,10 @@ class RouterState:
     # Why this router sends nothing to the candidate although a canary runs (its control view is
     # unconfirmed: broker down, Read ACL revoked …); None while the view is fresh.
     failsafe: str | None = None
+    # The search_requests partitions it holds (None: it takes no requests from Kafka, or an older router),
+    # and why it takes none of the requests waiting there (None while it does).
+    request_partitions: tuple[int, ...] | None = None
+    requests_stalled: str | None = None
 
     def to_dict(self) -> JSONDict:
         return {
@@ -619,6 +634,8 @@ class RouterState:
             "seq": self.seq,
             "heartbeat": self.heartbeat,
             "failsafe": self.failsafe,
+            "request_partitions": list(self.request_partitions) if self.request_partitions is not None else None,
+            "requests_stalled": self.requests_stalled,
         }
 
     @classmethod
@@ -637,4 +654,6 @@ class RouterState:
             seq=f.req_int("seq", minimum=0),
             heartbeat=_flag(d, "heartbeat"),
             failsafe=f.str_("failsafe", optional=True),
+            request_partitions=f.int_list("request_partitions", minimum=0),
+            requests_stalled=f.str_("requests_stalled", optional=True),
         )

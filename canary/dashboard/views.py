@@ -14,7 +14,7 @@ from typing import Any
 
 from canary.core.deployment import Deployment
 from canary.core.judge import evidence_text
-from canary.core.models import iso_ms, parse_time
+from canary.core.models import RouterState, iso_ms, parse_time
 from canary.core.outages import OutageNote
 from canary.core.rollout import plan_status, plan_text
 from canary.dashboard.feed import ControlRecord, DashboardState, now_ms
@@ -261,6 +261,15 @@ def verdicts_panel(state: DashboardState, dep: Deployment) -> str:
     return _card("Latest verdicts", body, "panel-verdicts")
 
 
+def _intake(s: RouterState) -> str:
+    """Which request partitions a router holds, and whether it takes the requests waiting there."""
+    if s.requests_stalled:
+        return f'<br><span class="v-fail">NOT taking requests: {escape(s.requests_stalled)}</span>'
+    if s.request_partitions is not None:
+        return f", partitions {escape(','.join(map(str, s.request_partitions)) or 'none')}"
+    return ""
+
+
 def routers_panel(state: DashboardState, now: int | None = None) -> str:
     now = now if now is not None else now_ms()
     dep = state.shown
@@ -276,7 +285,8 @@ def routers_panel(state: DashboardState, now: int | None = None) -> str:
         rows.append(
             f'<tr class="router {"live" if live else "gone"}" data-router-id="{escape(s.router_id)}">'
             f'<td class="mono">{escape(s.router_id)}<div class="sub">{"live" if live else "silent"}, '
-            f'{escape(_ago(s.applied_at_ms, now))}</div></td><td>{escape(s.status)}<div class="sub">'
+            f"{escape(_ago(s.applied_at_ms, now))}{_intake(s) if live else ''}</div></td>"
+            f'<td>{escape(s.status)}<div class="sub">'
             f'{escape(fmt_pct(s.weight))}</div></td><td class="{sync.replace(" ", "-")}">{sync}</td></tr>'
         )
     body = (

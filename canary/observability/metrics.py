@@ -90,6 +90,16 @@ class RouterMetrics:
             "Requests taken from Kafka whose outcome is not acknowledged yet",
             registry=r,
         )
+        self.intake_stalled = Gauge(
+            "canary_router_request_intake_stalled",
+            "1 while the router holds search_requests partitions with requests waiting and takes none",
+            registry=r,
+        )
+        self.request_consumer_renewals = Counter(
+            "canary_router_request_consumer_renewals",
+            "Times a stalled search_requests consumer was replaced by a fresh group member",
+            registry=r,
+        )
         for arm in ARMS:
             self.requests.labels(arm)
             self.outcomes.labels(arm, "ok")

@@ -199,6 +199,26 @@ def test_router_state_round_trip_and_validation() -> None:
         RouterState.from_dict({**d, "status": "dancing"})
 
 
+def test_router_state_says_which_request_partitions_it_holds_and_whether_it_takes_their_requests() -> None:
+    s = RouterState(
+        "router-1", None, "idle", "baseline", "baseline", None, 0.0, None, 5, 0,
+        request_partitions=(0, 2),
+        requests_stalled="partitions [2] hold 40 request(s) and none was taken for 12 s, although slots are free",
+    )  # fmt: skip
+    d = json.loads(json.dumps(s.to_dict()))
+    assert d["request_partitions"] == [0, 2]
+    assert RouterState.from_dict(d) == s
+    # A state from a router older than these fields reads as "not known" / "not stalled".
+    old = {k: v for k, v in d.items() if k not in ("request_partitions", "requests_stalled")}
+    assert RouterState.from_dict(old).request_partitions is None
+    assert RouterState.from_dict(old).requests_stalled is None
+    for bad in ([-1], ["0"], [True], 3, [0] * 10_001):
+        with pytest.raises(InvalidEvent, match=r"RouterState.request_partitions: expected"):
+            RouterState.from_dict({**d, "request_partitions": bad})
+    with pytest.raises(InvalidEvent, match=r"RouterState.requests_stalled: expected a string"):
+        RouterState.from_dict({**d, "requests_stalled": 1})
+
+
 @pytest.mark.parametrize("bad", ["dep|x", "a@b", "", "-lead", "x" * 129, "sp ace", "new\nline"])
 def test_names_outside_the_safe_set_are_poison(bad: str) -> None:
     from canary.core.models import WindowKey, check_name
