@@ -49,13 +49,13 @@ def replay_payload(
     from canary.replay.output import write_report
     from canary.replay.postmortem import run_replay, summary_lines
     from canary.replay.recompute import ReplaySettings
-    from canary.replay.rules import load_rules_file
+    from canary.replay.rules import load_policy_file
 
     if input_file is None and (from_ms is None or to_ms is None):
         raise ConfigError("--from and --to are required (unless --input FILE)")
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
         raise ConfigError(f"--to must be after --from (got from={from_ms} to={to_ms})")
-    rules = load_rules_file(rules_file) if rules_file is not None else None
+    rules = load_policy_file(rules_file) if rules_file is not None else None
     try:
         replay_settings = ReplaySettings(window_ms=window_ms, grace_ms=grace_ms)
     except ValueError as exc:
