@@ -295,3 +295,69 @@ def test_control_records_that_commands_replace_are_warned_about(caplog: pytest.L
     # The control records alone: used, no warning.
     assert run_pipeline(records + control[:1], horizon_ms=T0 + 6 * W).warnings == []
     assert run_pipeline(records, commands=[plain_start()], horizon_ms=T0 + 6 * W).warnings == []
+
+
+RULES_FILE = """\
+slo:
+  p95_ms: 1200
+  min_samples: {min_samples}
+  inconclusive_limit: 4
+  metrics:
+    - {{name: timeouts, aggregation: rate}}
+  rules:
+    - {{name: timeouts, metric: timeouts, operator: le, threshold: 0.05}}
+"""
+
+
+def metric_traffic(windows: int, per_window: int, timeout_share: float) -> list[Record]:
+    """Healthy latency; a share of requests carries the custom metric ``timeouts`` = 1 (the rest 0)."""
+    rng = np.random.default_rng(5)
+    records = []
+    for i in range(windows):
+        for j in range(per_window):
+            ts = T0 + i * W + int((j + 0.5) * W / per_window)
+            off = len(records)
+            value = json.loads(outcome("candidate", off, ts, float(np.exp(rng.normal(np.log(300.0), 0.3))), 0.6))
+            value["metrics"] = {"timeouts": 1.0 if rng.random() < timeout_share else 0.0}
+            records.append(Record("search_results", 0, off, ts + 20, None, json.dumps(value).encode()))
+    return records
+
+
+@pytest.mark.parametrize("min_samples", [20, 5])
+def test_a_rules_file_backtest_keeps_the_low_traffic_policy(tmp_path: Path, min_samples: int) -> None:
+    from canary.core.slo import SLOPolicy
+    from canary.replay.rules import load_policy_file
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES_FILE.format(min_samples=min_samples))
+    policy = load_policy_file(path)
+    records = metric_traffic(20, 10, 0.0)  # 10 requests a window
+    result = run_pipeline(records, commands=[plain_start()], horizon_ms=T0 + 22 * W, rules_override=policy)
+    pauses = [window_of(d.window_start_ms) for d in result.issued if d.type == "pause"]
+    if min_samples == 20:
+        assert pauses == [3]  # the file's inconclusive_limit: 4 starved windows, not the default 12
+        rules_only = run_pipeline(
+            records, commands=[plain_start()], horizon_ms=T0 + 22 * W, rules_override=SLOPolicy(policy.rules)
+        )
+        assert [window_of(d.window_start_ms) for d in rules_only.issued if d.type == "pause"] == [11]
+    else:
+        assert pauses == []  # the file's min_samples: 10 requests a window are enough to judge
+    assert result.recomputation.policies["d1"]["inconclusive_limit"] == 4
+
+
+def test_a_rules_file_backtest_judges_its_declared_custom_metric(tmp_path: Path) -> None:
+    from canary.replay.rules import load_policy_file
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES_FILE.format(min_samples=20))
+    records = metric_traffic(12, 30, 0.4)  # 40 % of requests time out, against a 5 % rule
+    result = run_pipeline(
+        records, commands=[plain_start()], horizon_ms=T0 + 14 * W, rules_override=load_policy_file(path)
+    )
+    [rollback] = [d for d in result.issued if d.type == "rollback"]
+    assert rollback.rule == "timeouts" and window_of(rollback.window_start_ms) == 1
+    verdict = next(v for w in result.windows if w.arm == "candidate" for v in w.verdicts if v.rule == "timeouts")
+    assert verdict.evidence is not None and verdict.evidence["custom_metric"] == "timeouts"
+    # The preset the deployment started with has no such metric: its own policy never judges it.
+    own = run_pipeline(records, commands=[plain_start()], horizon_ms=T0 + 14 * W)
+    assert not any(v.rule == "timeouts" for w in own.windows for v in w.verdicts)
