@@ -267,9 +267,10 @@ class DetectorReading:
     needed: float
     segments: int
 
-    @property
-    def alarms(self) -> bool:
-        return self.log_e >= self.needed and self.log_e_robust >= self.needed
+    def alarms(self, own_carries: bool) -> bool:
+        """Significant — also without the decisive earlier window, unless this window's own data carry
+        evidence of their own (``own_carries``, see OWN_SHARE)."""
+        return self.log_e >= self.needed and (self.log_e_robust >= self.needed or own_carries)
 
     def to_dict(self) -> JSONDict:
         return {
@@ -319,6 +320,11 @@ DETECTOR_WINDOWS = 24  # change points considered: the last two minutes of 5 s w
 # judge's power for a breach present from the start (its threshold is ln(1/alpha)); the detector's threshold
 # is ln(N/alpha) with N the horizon in windows, so giving it a fifth costs it ln 5 = 1.6 nats on ~12.
 POOLED_SHARE = 0.8
+# A bucket may lean on a decisive earlier window (one whose own data prove the rule broken) only if its own
+# log e-value reaches this share of the pooled threshold: with 30 requests at 0.99, 6 of them above T. A
+# healthy window (3 % above T) has that with probability 3e-4 — the chance, per spike, that the window after
+# it becomes a second failing bucket; a window of a breach that puts 20 % above T has it with probability 0.58.
+OWN_SHARE = 0.5
 # A shock both arms share: last_good significantly worse than in its own windows just before (the candidate's
 # failure in that window is then not proven its own). Latency quantiles this many times slower, the error
 # rate this much higher, recall this much lower. A broker outage's backlog drain made last_good 5x slower.
@@ -604,8 +610,12 @@ class DeploymentJudge:
                 "inconclusive", f"no {rule.metric} values in this window (pooled: {pooled.outcome}, {pooled.reason})"
             ), None
         breaks = test.breaks(own)
-        pooled_alarm = pooled.log_e_fail >= test.log_needed and robust_e >= test.log_needed
-        if breaks and (pooled_alarm or reading.alarms):
+        # Leaning on a decisive earlier window is allowed when this window's own data carry a share of the
+        # evidence a window alone would need: a second bucket of a real breach usually does, the healthy
+        # window after a spike almost never (OWN_SHARE).
+        own_carries = own_e >= OWN_SHARE * test.log_needed
+        pooled_alarm = pooled.log_e_fail >= test.log_needed and (robust_e >= test.log_needed or own_carries)
+        if breaks and (pooled_alarm or reading.alarms(own_carries)):
             path = "pooled" if pooled_alarm else "detector"
             evidence["path"] = path
             reason = (
