@@ -1,23 +1,30 @@
-"""The SLO judge: candidate windows in, verdicts with evidence and decisions (rollback, pause) out.
+"""The SLO judge: candidate windows in, verdicts with evidence and decisions (rollback, pause, resume) out.
 
 One :class:`DeploymentJudge` per deployment holds everything the SLO agent needs to decide, as plain
-data it can checkpoint: the candidate's and last_good's pooled statistics since the deployment started,
-each rule's failing streak, the low-traffic counter, and whether a rollback was already decided.
+data it can checkpoint: the candidate's pooled statistics since its regime began (the start, or the current
+rollout step), its last windows for the change detector, each rule's failing streak, the low-traffic
+counter, last_good's recent windows (relative rules, shared shocks), and whether a rollback was decided.
 
-Verdicts (``method: sequential``, the default), per rule and window, from the pooled data:
+Verdicts (``method: sequential``, the default), per rule and window, from evidence computed by one
+:class:`~canary.core.ruletest.RuleTest` per rule (docs/contracts.md, "SLO judgement", has the table):
 
-* ``fail``: the anytime-valid evidence that the rule is broken reached ``1/(1 - confidence)`` **and** this
-  window on its own breaks the rule (a healthy window after a bad burst is not a failing bucket);
-* ``pass``: the evidence that it holds reached the same level, and this window does not break it;
+* ``fail``: the window's own data break the rule, and either the **pooled** evidence of the regime reaches
+  ln(1/alpha_pooled) or the **change detector** (a Shiryaev–Roberts e-detector over the last 24 windows)
+  reaches ln(N/alpha_detector) — each also without the strongest other window when that one is decisive on
+  its own, unless this window's own evidence carries half of a window's threshold (a spike makes no second
+  failing bucket);
+* ``shared``: it would fail, but last_good is significantly worse in the same window than in its own windows
+  before: a shock both arms share, answered by a pause and a resume once last_good recovers;
+* ``pass``: the pooled evidence that it holds reached its threshold, and this window does not break it;
 * ``inconclusive``: neither yet (or no data the rule can use); ``error``: data that should exist is absent.
 
-Because the evidence is an e-process over the whole deployment, the chance that a candidate which meets
-the rule is *ever* judged failing is at most ``1 - confidence`` however long the canary runs and however
-often it is looked at. Counters and their reset rules:
+Guarantee: while the candidate meets a rule in every window, the chance it is ever judged failing on it
+within the horizon (``slo.horizon_s``) is at most 1 - confidence (Ville's inequality for each regime's
+pooled e-process; E[M_t] <= t for the detector). Counters and their reset rules:
 
 * a rule's streak: ``fail`` extends it; ``pass`` or ``inconclusive`` in a window with candidate data
-  resets it; a window with no candidate outcome (paused, idle) and ``error`` leave it as it is. A streak
-  of ``consecutive_buckets`` rolls back (the spec's trigger), once per deployment;
+  resets it; a window with no candidate outcome (paused, idle), no value of the rule's metric, ``shared`` and
+  ``error`` leave it as it is. A streak of ``consecutive_buckets`` rolls back (the spec's trigger), once;
 * the low-traffic counter: a window with ``0 < n < min_samples`` in which no rule fails and some rule is
   inconclusive extends it, a window with ``n >= min_samples`` (or where every rule is decided) resets it;
   at ``inconclusive_limit`` the canary is paused, "insufficient data: 12 windows, 3 samples per window".
@@ -27,9 +34,10 @@ inconclusive windows, as it always did).
 
 Relative rules compare with last_good measured in the same windows. Its uncertainty is accounted for
 conservatively: a failure needs evidence against the most lenient threshold last_good's confidence bound
-allows, a pass against the strictest (confidence split equally between the two arms). A candidate window
-of a deployment with relative rules is judged once last_good's window of the same slot is in (or after
-``baseline_wait_ms``), so the outcome does not depend on which arm's window arrived first.
+allows, a pass against the strictest (confidence split equally between the two arms). A candidate window is
+judged once last_good's window of the same slot is in (or after ``baseline_wait_ms``) — for relative rules
+always, for absolute ones while last_good is publishing — so the outcome does not depend on which arm's
+window arrived first.
 """
 
 from __future__ import annotations
