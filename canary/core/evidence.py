@@ -176,12 +176,12 @@ def _mixture(xs: np.ndarray, counts: np.ndarray, gain: np.ndarray, max_bet: floa
     logs = terms.sum(axis=1)
     # Seven numbers: Python's max and sum of them are several times cheaper than numpy's calls, and equal
     # (no NaN can arise; a sum of seven is one left-to-right loop either way). The mean, as np.mean takes it.
-    top = max(logs.tolist())
+    top = float(max(logs.tolist()))
     if top == NEG_INF:
         return NEG_INF
     logs -= top
     np.exp(logs, out=logs)
-    return top + math.log(sum(logs.tolist()) / logs.size)
+    return top + math.log(float(sum(logs.tolist())) / logs.size)
 
 
 def mean_upper_bound(hist: Mapping[int, int], alpha: float) -> float:
