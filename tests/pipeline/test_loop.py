@@ -361,3 +361,23 @@ def test_a_rules_file_backtest_judges_its_declared_custom_metric(tmp_path: Path)
     # The preset the deployment started with has no such metric: its own policy never judges it.
     own = run_pipeline(records, commands=[plain_start()], horizon_ms=T0 + 14 * W)
     assert not any(v.rule == "timeouts" for w in own.windows for v in w.verdicts)
+
+
+def test_a_shared_shock_pause_and_its_recovery_go_round_the_loop() -> None:
+    """Generic over decision types: the judge's shock pause and recovery resume (issue #20, item 3) are
+    published, folded, and the resume finds the deployment paused by the shock — only with feedback."""
+    from tests.pipeline.test_run import Traffic, start
+
+    t = Traffic(seed=3)
+    for i in range(14):
+        shock = 2.5 if i in (4, 5) else 1.0  # the backend slows down for both arms for two windows
+        t.window(i, 270, p95=0.3 * T * shock, arm="last_good", partition=1)
+        t.window(i, 30, p95=0.6 * T * shock)
+    looped = run_pipeline(t.records, commands=[start()], horizon_ms=T0 + 16 * W)
+    assert [
+        (window_of(d.window_start_ms), d.type, d.command.type if d.command else None, d.applied) for d in looped.issued
+    ] == [(4, "shock", "pause", True), (7, "recover", "resume", True)]
+    assert looped.issued[1].command_id.startswith("resume-shared-d1-")
+    observed = run_pipeline(t.records, commands=[start()], horizon_ms=T0 + 16 * W, apply_decisions=False)
+    [recover] = [d for d in observed.decisions if d.type == "recover"]
+    assert not recover.issued and "not paused by a shared shock" in recover.note
