@@ -320,7 +320,9 @@ def one_judge(sc: Scenario, judge: str, seed: int, records: Sequence[Record]) ->
             break
     assert res is not None
     rollbacks = [d for d in res.decisions if d.type == "rollback"]
-    pauses = [d for d in res.decisions if d.type == "pause"]
+    # Issued pauses: the pipeline applies its own decisions (a pause holds), so the judge's later low-traffic
+    # decisions on the generated traffic are "not issued: already paused", as live.
+    pauses = [d for d in res.decisions if d.type == "pause" and d.issued]
     rb = rollbacks[0] if rollbacks else None
     return {
         "rollback_window": None if rb is None else window_index(rb.window_start_ms),
@@ -709,8 +711,9 @@ def text_report(result: dict[str, Any]) -> str:
         " 0.50; errors recall 0.0; breach rows start breaching at window 1 (the extra row after 5 min)",
         "delay = breach windows until the triggering window (incl.) / seconds until the rollback can be issued"
         " (window end + 1 s grace); '<= 60 s' = within 11 windows; censored runs count as never",
-        "the pipeline does not act on its own pauses: traffic goes on after one (as if resumed at once), so"
-        " 'paused' = runs paused for insufficient data before any rollback (live, such a canary stays paused)",
+        "the pipeline applies its own decisions (a pause holds, is issued once), but the generated traffic goes"
+        " on after one; 'paused' = runs paused for insufficient data before any rollback (live, such a canary"
+        " stays paused and gets no traffic)",
         "",
         table(main, MAIN_COLUMNS),
         "",

@@ -109,30 +109,43 @@ def count_above(sketch: QuantileSketch, threshold: float, *, surely: bool) -> in
 
 def quantile_bound(sketch: QuantileSketch, level: float, alpha: float, *, upper: bool) -> float | None:
     """Anytime-valid bound of a quantile from a sketch: the smallest bucket edge x with rate(> x) surely
-    <= 1 - level (upper bound), or the largest x with rate(> x) surely >= 1 - level (lower bound)."""
+    <= 1 - level (upper bound), or the largest x with rate(> x) surely >= 1 - level (lower bound).
+
+    "Surely" is the rate bound's own test, asked directly: ``rate_upper_bound(n, k) <= q`` exactly when the
+    evidence that the rate is below ``q`` reached ``1/alpha`` (``rate_lower_bound(n, k) >= q`` when the
+    evidence that it is above ``q`` did), both bounds being where that e-value crosses ``1/alpha``. The count
+    above an edge falls as the edge rises and the evidence is monotone in the count, so the edges where the
+    test holds are a suffix (upper) or a prefix (lower) of the sorted edges: a binary search finds the bound
+    with ~log2(buckets) e-values instead of a bisected bound per bucket (~70-140 ms a window before)."""
     n = sketch.count
     if n == 0:
         return None
     tail = 1.0 - level
     d = sketch.to_dict()
     gamma = (1.0 + sketch.relative_accuracy) / (1.0 - sketch.relative_accuracy)
-    edges = [(gamma**index, count) for index, count in d["bins"]]
-    above = n
-    candidates: list[tuple[float, int]] = [(0.0, n - d["zero"])]
-    for edge, count in edges:
-        above -= count
-        candidates.append((edge, above))  # values above this bucket's upper edge
+    edges = [0.0]
+    above = [n - d["zero"]]  # values above each edge: above 0, then above each bucket's upper edge
+    for index, count in d["bins"]:
+        edges.append(gamma**index)
+        above.append(above[-1] - count)
+    needed = math.log(1.0 / alpha)
     if upper:
-        for edge, k in candidates:
-            if rate_upper_bound(n, k, alpha) <= tail:
-                return edge
-        return None
-    best = None
-    for edge, k in candidates:
-        # The lower edge of the bucket: values above the previous edge were counted in ``k`` + this bucket.
-        if rate_lower_bound(n, k, alpha) >= tail:
-            best = edge
-    return best
+        lo, hi = 0, len(edges)  # the first edge where the test holds (a suffix); len(edges): none
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if log_e_below(n, above[mid], tail) >= needed:
+                hi = mid
+            else:
+                lo = mid + 1
+        return edges[lo] if lo < len(edges) else None
+    lo, hi = 0, len(edges)  # the first edge where it no longer holds (it holds on a prefix)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if log_e_above(n, above[mid], tail) >= needed:
+            lo = mid + 1
+        else:
+            hi = mid
+    return edges[lo - 1] if lo > 0 else None
 
 
 def _clip(q: float) -> float:
