@@ -48,7 +48,8 @@ BET_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 window than a grid ending at 0.7 (measured), and 0.025 — a bet for effects too small to matter within a
 canary — is not worth its share of the mixture."""
 
-_BISECT_STEPS = 26  # bounds to 1.5e-8 of their range (a relative rule's thresholds come from them: far inside its tolerance)
+# Bounds to 1.5e-8 of their range (a relative rule's thresholds come from them: far inside its tolerance).
+_BISECT_STEPS = 26
 
 
 def _safe_log(x: float) -> float:
