@@ -178,22 +178,26 @@ class RuleTest:
 
     # -- building one ----------------------------------------------------------------------------------------
     @classmethod
-    def prepare(cls, rule: SLORule, baseline: WindowStats | None, alpha: float) -> RuleTest:
-        """The test of ``rule`` at level ``alpha``; ``baseline`` is last_good's pool for a relative rule."""
+    def prepare(
+        cls, rule: SLORule, baseline: WindowStats | None, alpha: float, *, baseline_alpha: float | None = None
+    ) -> RuleTest:
+        """The test of ``rule`` at level ``alpha``; ``baseline`` is last_good's pool for a relative rule, bounded at
+        level ``baseline_alpha`` (default ``alpha``)."""
+        b_alpha = alpha if baseline_alpha is None else baseline_alpha
         upper = rule.operator in ("le", "lt")
         if rule.relative and (baseline is None or baseline.count == 0):
             return cls(rule, alpha, "none", upper, reason=f"{rule.relative_to} has no data yet")
         if rule.custom is not None:
-            return cls._custom(rule, baseline, alpha, upper)
+            return cls._custom(rule, baseline, alpha, upper, b_alpha)
         if rule.metric in QUANTILE_METRICS:
-            return cls._quantile(rule, baseline, alpha, upper)
+            return cls._quantile(rule, baseline, alpha, upper, b_alpha)
         if rule.metric == "error_rate":
             if not rule.relative:
                 q = float(rule.threshold)
                 return cls(rule, alpha, "rate", upper, q, q, what="errors")
             assert baseline is not None
-            lo = rate_lower_bound(baseline.count, baseline.error_count, alpha)
-            hi = rate_upper_bound(baseline.count, baseline.error_count, alpha)
+            lo = rate_lower_bound(baseline.count, baseline.error_count, b_alpha)
+            hi = rate_upper_bound(baseline.count, baseline.error_count, b_alpha)
             extra = {
                 "baseline_rate": baseline.error_count / baseline.count,
                 "baseline_n": baseline.count,
@@ -218,7 +222,7 @@ class RuleTest:
         base_hist = baseline.recall_histogram()
         if not base_hist:
             return cls(rule, alpha, "none", upper, reason=f"{rule.relative_to} has no recall samples yet")
-        lo, hi = mean_lower_bound(base_hist, alpha), mean_upper_bound(base_hist, alpha)
+        lo, hi = mean_lower_bound(base_hist, b_alpha), mean_upper_bound(base_hist, b_alpha)
         extra = {
             "baseline_mean": histogram_mean(base_hist),
             "baseline_n": sum(base_hist.values()),
@@ -228,15 +232,17 @@ class RuleTest:
         return cls(rule, alpha, "mean", upper, fail_at + rule.threshold, pass_at + rule.threshold, extra=extra)
 
     @classmethod
-    def _quantile(cls, rule: SLORule, baseline: WindowStats | None, alpha: float, upper: bool) -> RuleTest:
+    def _quantile(
+        cls, rule: SLORule, baseline: WindowStats | None, alpha: float, upper: bool, b_alpha: float
+    ) -> RuleTest:
         level = QUANTILE_METRICS[rule.metric]
         q = 1.0 - level
         if not rule.relative:
             t = float(rule.threshold)
             return cls(rule, alpha, "rate", upper, q, q, t, t, "exceedances", {"threshold_ms": t})
         assert baseline is not None
-        hi = quantile_bound(baseline.sketch, level, alpha, upper=True)
-        lo = quantile_bound(baseline.sketch, level, alpha, upper=False)
+        hi = quantile_bound(baseline.sketch, level, b_alpha, upper=True)
+        lo = quantile_bound(baseline.sketch, level, b_alpha, upper=False)
         # Failing needs evidence against the most lenient threshold the baseline allows; passing, the strictest.
         t_fail, t_pass = (hi, lo) if upper else (lo, hi)
         extra: JSONDict = {
@@ -271,7 +277,9 @@ class RuleTest:
         )
 
     @classmethod
-    def _custom(cls, rule: SLORule, baseline: WindowStats | None, alpha: float, upper: bool) -> RuleTest:
+    def _custom(
+        cls, rule: SLORule, baseline: WindowStats | None, alpha: float, upper: bool, b_alpha: float
+    ) -> RuleTest:
         metric = rule.custom
         assert metric is not None
         extra: JSONDict = {"custom_metric": metric.name, "aggregation": metric.aggregation}
@@ -283,7 +291,7 @@ class RuleTest:
                 q = float(rule.threshold)
                 return cls(rule, alpha, "rate", upper, q, q, what="hits", extra=extra)
             assert base is not None
-            lo, hi = rate_lower_bound(base.n, base.hits, alpha), rate_upper_bound(base.n, base.hits, alpha)
+            lo, hi = rate_lower_bound(base.n, base.hits, b_alpha), rate_upper_bound(base.n, base.hits, b_alpha)
             extra.update(baseline_rate=base.hits / base.n, baseline_n=base.n, baseline_bounds=[lo, hi])
             fail_at, pass_at = (hi, lo) if upper else (lo, hi)
             return cls(
@@ -301,7 +309,7 @@ class RuleTest:
             return cls(rule, alpha, "mean", upper, m, m, extra=extra)
         assert base is not None
         base_hist = dict(base.hist)
-        lo, hi = mean_lower_bound(base_hist, alpha), mean_upper_bound(base_hist, alpha)
+        lo, hi = mean_lower_bound(base_hist, b_alpha), mean_upper_bound(base_hist, b_alpha)
         extra.update(baseline_mean=histogram_mean(base_hist), baseline_n=base.n, baseline_bounds=[lo, hi])
         offset = rule.threshold / span
         fail_at, pass_at = (hi, lo) if upper else (lo, hi)
