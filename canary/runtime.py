@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import threading
+from collections.abc import Iterable
+from types import FrameType
 
 log = logging.getLogger("canary.runtime")
 
@@ -35,6 +38,21 @@ class StopDeadline:
         self._timer = threading.Timer(self.seconds, self._expire)
         self._timer.daemon = True
         self._timer.start()
+
+    def arm_on(self, signals: Iterable[signal.Signals]) -> None:
+        """Arm the moment one of ``signals`` arrives, not when the event loop gets round to it: a loop busy
+        on a backlog or a reconnect took seconds to dispatch SIGTERM, eating into the bound. Call after the
+        loop's own ``add_signal_handler``: its wakeup-fd dispatch goes on, since CPython writes the wakeup
+        fd for any signal with a Python-level handler; this one only chains in front of it."""
+        for sig in signals:
+            before = signal.getsignal(sig)
+
+            def handler(signum: int, frame: FrameType | None, before: object = before) -> None:
+                self.arm()
+                if callable(before):
+                    before(signum, frame)
+
+            signal.signal(sig, handler)
 
     def disarm(self) -> None:
         if self._timer is not None:

@@ -58,6 +58,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    deadline.arm_on((signal.SIGINT, signal.SIGTERM))
 
     def deployment() -> str | None:
         dep = service.ledger.current or service.ledger.latest

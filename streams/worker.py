@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ class CanaryWorker(Worker):
         # Faust's terminal spinner writes cursor escapes to stdout and hooks a DEBUG handler on the root
         # logger: neither belongs in a service's logs (and the escapes break one-JSON-object-per-line).
         self.spinner = None
+
+    def install_signal_handlers(self) -> None:
+        super().install_signal_handlers()
+        self.stop_deadline.arm_on((signal.SIGINT, signal.SIGTERM))
 
     def _on_sigint(self) -> None:
         self.stop_deadline.arm()
