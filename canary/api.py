@@ -226,8 +226,7 @@ class KafkaSLOMonitor(SLOMonitor):
         self._seen: set[str] = set()
 
     def refresh(self) -> int:
-
-        view = asyncio.run(_read_view(self.settings))
+        view = _read_view(self.settings)
         fresh = [w for w in view.windows if w.arm == "candidate" and w.window_id not in self._seen]
         for window in fresh:
             self._seen.add(window.window_id)
@@ -239,19 +238,20 @@ class KafkaSLOMonitor(SLOMonitor):
         return super().get_violations(config_name=config_name, deployment_id=deployment_id)
 
 
-async def _read_view(settings: Settings) -> ControlView:
-    """The control view with its windows, verified with these settings' keys and scope."""
+def _read_view(settings: Settings) -> ControlView:
+    """The control view with its windows, verified with these settings' keys and scope. (``require_kafka``
+    runs its own event loop, so it is called before this one starts.)"""
     from canary.ops.view import read_view_async
     from canary.security import ControlSecurity
 
     topics = Topics(settings.topic_prefix)
     verifier = ControlSecurity.operator(settings).verifier(topics.control)
-    return await read_view_async(require_kafka(settings), topics, True, verifier)
+    bootstrap = require_kafka(settings)
+    return asyncio.run(read_view_async(bootstrap, topics, True, verifier))
 
 
 def _windows(settings: Settings) -> list[WindowResult]:
-    view = asyncio.run(_read_view(settings))
-    return view.windows
+    return _read_view(settings).windows
 
 
 _singletons: dict[str, Any] = {}
