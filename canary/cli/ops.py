@@ -162,7 +162,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         f"status:      {payload['status']}",
         f"active:      {payload['active_config']}   last_good: {payload['last_good']}",
         f"candidate:   {payload['candidate_config'] or '-'}",
-        f"split:       active {split['active']:.0%} / candidate {split['candidate']:.0%}",
+        f"split:       active {split['active']:.0%} / candidate {split['candidate']:.0%}"
+        + (
+            f" (all {len(payload['deployments'])} candidates: {1 - split['active']:.0%})"
+            if len(payload["deployments"]) > 1
+            else ""
+        ),
         f"requests:    {payload['total_requests']}",
     ]
     if payload["rollout"]:
