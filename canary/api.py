@@ -115,7 +115,7 @@ class CanaryExecutor:
         withdrawn with an abort) or the routers rejected it (``rejected`` says why)."""
         from canary.ops.commands import prepare_start, start_prepared
 
-        request = asyncio.run(prepare_start(self.settings, config_name, weight))
+        request = asyncio.run(prepare_start(self.settings, config_name, weight, via="api"))
         self._ensure_router()
         ack = asyncio.run(
             start_prepared(

@@ -47,6 +47,8 @@ HOW: Final[dict[Via, dict[str, str]]] = {
         "end": "canary stop --promote | --rollback",
         "end_one": "canary stop --deployment {id} --promote | --rollback",
         "end_each": "canary stop --deployment ID --promote | --rollback, for each",
+        "weight": "--weight {w}",
+        "no_weight": "leave --weight out",
     },
     "api": {
         "parallel": "start_canary(..., parallel=True)",
@@ -54,6 +56,8 @@ HOW: Final[dict[Via, dict[str, str]]] = {
         "end": "stop_canary(promote=True | False)",
         "end_one": "stop_canary(deployment_id={id!r}, promote=True | False)",
         "end_each": "stop_canary(deployment_id=ID, promote=True | False) for each",
+        "weight": "weight={w!r}",
+        "no_weight": "leave weight out",
     },
 }
 
@@ -327,7 +331,7 @@ class StartRequest:
     environment: Environment | None
 
 
-async def prepare_start(settings: Settings, name: str, weight: float | None = None) -> StartRequest:
+async def prepare_start(settings: Settings, name: str, weight: float | None = None, via: Via = "cli") -> StartRequest:
     """The candidate ``name`` as it would start here, with its weight: the one path of ``canary start`` and
     the Python API, so both apply the environment's overrides and checks alike. ConfigError (exit 2) names
     what is wrong: an unknown or invalid preset, ``last_good`` itself, a weight the plan contradicts or out
@@ -349,14 +353,15 @@ async def prepare_start(settings: Settings, name: str, weight: float | None = No
         # The plan decides the weights; a contradicting weight would start it off its first step.
         if weight is not None and abs(weight - plan.weights[0]) > 1e-9:
             raise ConfigError(
-                f"--weight {weight}: preset {candidate.name} has a rollout plan starting at {plan.weights[0]:g} "
-                f"({' → '.join(f'{w:g}' for w in plan.weights)}); leave --weight out or edit rollout.steps"
+                f"{HOW[via]['weight'].format(w=weight)}: preset {candidate.name} has a rollout plan starting at "
+                f"{plan.weights[0]:g} ({' → '.join(f'{w:g}' for w in plan.weights)}); {HOW[via]['no_weight']} or "
+                "edit rollout.steps"
             )
         weight = plan.weights[0]
     elif weight is None:
         weight = env.weight if env is not None and env.weight is not None else 0.10
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 1:
-        raise ConfigError(f"--weight {weight!r}: must be a number in (0, 1]")
+        raise ConfigError(f"{HOW[via]['weight'].format(w=weight)}: must be a number in (0, 1]")
     if env is not None and env.alerts:
         from canary.alerts import check_reachable
 

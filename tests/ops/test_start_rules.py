@@ -11,8 +11,9 @@ import pytest
 from canary.config import Preset, PresetStore
 from canary.core.deployment import ControlLedger
 from canary.core.models import ControlCommand
-from canary.errors import DeploymentError
-from canary.ops.commands import check_side_by_side
+from canary.errors import ConfigError, DeploymentError
+from canary.ops.commands import check_side_by_side, prepare_start
+from canary.settings import load_settings
 
 PRESETS = PresetStore(Path(__file__).resolve().parents[2] / "configs" / "presets")
 
@@ -105,3 +106,24 @@ def test_several_running_each_is_named_and_the_older_rules_still_hold() -> None:
     with pytest.raises(DeploymentError, match="has a rollout plan, which runs alone"):
         _check(ledger, PRESETS.get("candidate_progressive"), parallel=True)
     _check(ledger, PRESETS.get("candidate_low_recall"), 0.1, parallel=True)
+
+
+async def test_prepare_start_refuses_bad_input_in_the_askers_terms() -> None:
+    """The one start path of the CLI and the API, before Kafka is contacted (exit 2 / ConfigError)."""
+    settings = load_settings().with_overrides(project_root=PRESETS.directory.parents[1], environment=None)
+    with pytest.raises(ConfigError, match="'last_good' is the baseline; start a candidate preset instead"):
+        await prepare_start(settings, "last_good")
+    with pytest.raises(ConfigError) as cli:
+        await prepare_start(settings, "candidate_progressive", 0.5)
+    assert str(cli.value).startswith("--weight 0.5: preset candidate_progressive has a rollout plan starting at 0.1")
+    assert "leave --weight out or edit rollout.steps" in str(cli.value)
+    with pytest.raises(ConfigError) as api:
+        await prepare_start(settings, "candidate_progressive", 0.5, via="api")
+    assert str(api.value).startswith("weight=0.5: preset candidate_progressive") and "leave weight out" in str(
+        api.value
+    )
+    with pytest.raises(ConfigError, match=r"^weight=1\.5: must be a number in \(0, 1\]$"):
+        await prepare_start(settings, "candidate_slow", 1.5, via="api")
+    request = await prepare_start(settings, "candidate_progressive")
+    assert (request.candidate.name, request.weight, request.environment) == ("candidate_progressive", 0.1, None)
+    assert (await prepare_start(settings, "candidate_slow")).weight == 0.1
