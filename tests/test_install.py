@@ -80,6 +80,13 @@ def test_an_editable_install_builds_a_plain_pth_without_the_finder_warning(tmp_p
     build artefacts in the repository). With the flat layout declared (package-dir), it writes a .pth with
     the project root instead of an import-hook finder, and says nothing about "folders … with the same name
     as your package"."""
+    import setuptools
+
+    found = tuple(int(part) for part in setuptools.__version__.split(".")[:2])
+    assert found >= (70, 1), (
+        f"setuptools {setuptools.__version__} builds no wheel without the `wheel` package; the dev extra asks "
+        "for >= 70.1: run `make install`"
+    )
     project = tmp_path / "project"
     project.mkdir()
     for name in ("pyproject.toml", "README.md"):
