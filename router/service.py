@@ -36,7 +36,13 @@ from canary.kafka.producer import HealingProducer
 from canary.kafka.topics import Topics
 from canary.observability.metrics import RouterMetrics
 from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
-from router.backends.base import BackendError, ExactSearchBackend, SearchBackend, exact_searcher
+from router.backends.base import (
+    BackendError,
+    ExactSearchBackend,
+    SearchBackend,
+    exact_searcher,
+    require_collection,
+)
 from router.backends.registry import BackendRegistry
 from router.membership import RENEWABLE, RequestGroup, RequestIntakeFailed, Stall
 from router.offsets import OffsetTracker
@@ -614,7 +620,9 @@ class RouterService:
         relevant_ids: list[str] | None = None,
         request_id: str | None = None,
     ) -> tuple[list[str], dict[str, Any]]:
-        """The spec's in-process API: route, search, publish the outcome, return (results, config_used)."""
+        """The spec's in-process API: route, search, publish the outcome, return (results, config_used).
+        ConfigError, before anything is counted or published, if the backend serving the request's config
+        says ``collection_name`` is not one of its collections."""
         request = SearchRequest(
             request_id=request_id or uuid.uuid4().hex,
             query=query,
@@ -623,7 +631,7 @@ class RouterService:
             ts=now_ms(),
             relevant_ids=tuple(relevant_ids) if relevant_ids is not None else None,
         )
-        results, used, ack, delivery = await self._handle(request)
+        results, used, ack, delivery = await self._handle(request, check_collection=True)
         if ack.done():
             self._count_delivered(delivery.outcome)
         else:  # sampled for exact search: the answer does not wait for it, the outcome follows
@@ -663,13 +671,17 @@ class RouterService:
         self.metrics.exact_samples.labels(arm, result).inc()
 
     async def _handle(
-        self, request: SearchRequest, wait_ack: bool = True
+        self, request: SearchRequest, wait_ack: bool = True, check_collection: bool = False
     ) -> tuple[list[str], ConfigUsed, asyncio.Future[Any], Delivery]:
         """Route and serve one request, then publish its outcome: at once, or — when it is sampled for exact
         search — from a background task once the exact top-10 is known (the answer never waits for that,
         and its latency is the served search's alone). The returned ack completes when the broker has the
-        final outcome (``delivery.outcome``)."""
+        final outcome (``delivery.outcome``). ``check_collection`` (the in-process API): refuse a collection
+        the serving backend says it does not have, before counting the request."""
         config, used = self.route(request)
+        backend = self.backend_for(config)
+        if check_collection:
+            require_collection(backend, request.collection, config.name)
         self.stats.requests += 1
         self.stats.by_arm[used.arm] += 1
         self.metrics.requests.labels(used.arm).inc()
@@ -679,7 +691,6 @@ class RouterService:
         error: str | None = None
         results: list[str] = []
         engine_metrics: Any = None
-        backend = self.backend_for(config)
         try:
             async with asyncio.timeout(self._timeout_s):
                 answer = await backend.search(request.query, request.collection, config.snapshot)

@@ -1,12 +1,7 @@
 #!/usr/bin/env python3
-"""The spec's entry point: identical to the `canary` command."""
+"""The spec's entry point: identical to the `canary` command (says how to install when run outside the venv)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from canary.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(__file__))

@@ -1,12 +1,9 @@
 #!/usr/bin/env python3
-"""The spec's demo entry point: identical to `canary demo`."""
+"""The spec's demo entry point: identical to `canary demo` (says how to install when run outside the venv)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from canary.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    raise SystemExit(main(["demo", *sys.argv[1:]]))
+    raise SystemExit(run(__file__, ["demo", *sys.argv[1:]]))

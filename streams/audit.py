@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from canary.core import wire
-from canary.core.models import ControlCommand, RouterState, iso_ms
+from canary.core.models import COMMAND_ACTIONS, ControlCommand, RouterState, iso_ms
 
 if TYPE_CHECKING:
     from streams.registry import ControlOutcome
@@ -66,6 +66,7 @@ def control_event(
     config_name = snapshot.get("metadata", {}).get("name") if isinstance(snapshot.get("metadata"), dict) else None
     config_name = config_name or (cmd.evidence or {}).get("config_name")
     details: dict[str, Any] = {
+        "action": COMMAND_ACTIONS[cmd.type],
         "command_id": cmd.command_id,
         "command": cmd.type,
         "candidate_config": config_name,
@@ -107,7 +108,13 @@ def invalid_control_event(
         "deployment_id": None,
         "user_id": None,
         "config_name": None,
-        "details": {"offset": offset, "raw": text, "source": "control", "verification": {"reason": reason}},
+        "details": {
+            "action": "reject_invalid_command",
+            "offset": offset,
+            "raw": text,
+            "source": "control",
+            "verification": {"reason": reason},
+        },
         "success": False,
         "error_message": f"rejected ({reason}): {detail}",
     }
@@ -138,7 +145,7 @@ def state_event(state: RouterState) -> dict[str, Any]:
         "deployment_id": state.deployment_id,
         "user_id": state.router_id,
         "config_name": state.candidate_config,
-        "details": {**state.to_dict(), "source": "state"},
+        "details": {"action": "apply_router_state", **state.to_dict(), "source": "state"},
         "success": True,
         "error_message": None,
     }

@@ -72,6 +72,7 @@ class DeliveryAttempt:
             "user_id": "alerts",
             "config_name": None,
             "details": {
+                "action": "deliver_alert",
                 "alert": self.event.event_id,
                 "kind": self.event.kind,
                 "target": self.target,

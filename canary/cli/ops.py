@@ -12,7 +12,7 @@ from typing import Any
 
 from canary.cli.output import emit as _emit
 from canary.core.rollout import plan_status, plan_text
-from canary.errors import CanaryError, KafkaError
+from canary.errors import KafkaError
 from canary.kafka.clients import KafkaConnection
 from canary.settings import Settings
 
@@ -54,7 +54,9 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(e.valid for e in entries) else 2
 
 
-def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, Any]:
+def status_payload(settings: Settings, allow_cache: bool = True, deployment_id: str | None = None) -> dict[str, Any]:
+    """The status ``canary status`` prints: the deployment ``deployment_id`` (default: the most recently
+    started live one, else the latest), the pointers, the split, every live candidate and the routers."""
     from canary.config import PresetStore
     from canary.core.deployment import ConfigRef
     from canary.kafka.connect import require_kafka
@@ -76,7 +78,16 @@ def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, An
         view = cached
     default = PresetStore(settings.presets_dir).get("last_good")
     fallback = ConfigRef.from_snapshot(default.to_dict(), default.content_hash)
-    dep = view.ledger.current or view.ledger.latest
+    if deployment_id is not None:
+        dep = view.ledger.deployments.get(deployment_id)
+        if dep is None:
+            from canary.errors import DeploymentError
+
+            recent = sorted(view.ledger.deployments.values(), key=lambda d: d.started_at_ms)[-5:]
+            known = ", ".join(f"{d.deployment_id} ({d.status})" for d in recent) or "none yet"
+            raise DeploymentError(f"no deployment {deployment_id!r} on the control topic (latest: {known})")
+    else:
+        dep = view.ledger.current or view.ledger.latest
     last_good = view.last_good(fallback)
     weight = dep.candidate_weight if dep is not None else 0.0
     total = sum(w.response_count for w in view.windows if dep is not None and w.deployment_id == dep.deployment_id)
@@ -141,7 +152,7 @@ def status_payload(settings: Settings, allow_cache: bool = True) -> dict[str, An
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    payload = status_payload(settings)
+    payload = status_payload(settings, deployment_id=args.deployment)
     lines = []
     if payload["source"] == "cache":
         lines.append("(Kafka unreachable — showing the last cached view)")
@@ -151,7 +162,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         f"status:      {payload['status']}",
         f"active:      {payload['active_config']}   last_good: {payload['last_good']}",
         f"candidate:   {payload['candidate_config'] or '-'}",
-        f"split:       active {split['active']:.0%} / candidate {split['candidate']:.0%}",
+        f"split:       active {split['active']:.0%} / candidate {split['candidate']:.0%}"
+        + (
+            f" (all {len(payload['deployments'])} candidates: {1 - split['active']:.0%})"
+            if len(payload["deployments"]) > 1
+            else ""
+        ),
         f"requests:    {payload['total_requests']}",
     ]
     if payload["rollout"]:
@@ -226,63 +242,21 @@ def _print_ack(args: argparse.Namespace, ack: Any, verb: str) -> int:
 
 
 def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
-    from canary.config import PresetStore
     from canary.kafka.connect import require_kafka
-    from canary.ops.commands import start_canary
+    from canary.ops.commands import prepare_start, start_prepared
 
-    store = PresetStore(settings.presets_dir)
-    candidate = store.get(args.name)
-    if candidate.name == "last_good":
-        raise CanaryError("'last_good' is the baseline; start a candidate preset instead")
-    env = None
-    if settings.environment is not None:
-        from canary.config.environments import apply_environment, load_environment
-
-        env = load_environment(settings.environments_dir, settings.environment)
-        candidate = apply_environment(candidate, env)
-    from canary.errors import ConfigError
-
-    weight = args.weight
-    plan = candidate.rollout
-    if plan is not None:
-        # The plan decides the weights; a contradicting --weight would start it off its first step.
-        if weight is not None and abs(weight - plan.weights[0]) > 1e-9:
-            raise ConfigError(
-                f"--weight {weight}: preset {candidate.name} has a rollout plan starting at {plan.weights[0]:g} "
-                f"({' → '.join(f'{w:g}' for w in plan.weights)}); leave --weight out or edit rollout.steps"
-            )
-        weight = plan.weights[0]
-    elif weight is None:
-        weight = env.weight if env is not None and env.weight is not None else 0.10
-    if not 0 < weight <= 1:
-        raise ConfigError(f"--weight {weight}: must be in (0, 1]")
-    if env is not None and env.alerts:
-        from canary.alerts import check_reachable
-
-        problems = asyncio.run(check_reachable(env.alerts))
-        if problems:
-            raise ConfigError(f"{env.source}: " + "; ".join(problems) + " — fix the file or start the receiver")
+    # Input first (exit 2), then Kafka (exit 3), then the deployment state (exit 4).
+    request = asyncio.run(prepare_start(settings, args.name, args.weight))
     bootstrap = require_kafka(settings)
-    if env is not None and env.requires_passed_in is not None:
-        from canary.ops.commands import require_passed_in
-
-        assert candidate.environment is not None
-        asyncio.run(
-            require_passed_in(
-                bootstrap, settings.sibling(env.requires_passed_in), args.name, candidate.environment.preset_hash
-            )
-        )
     ack = asyncio.run(
-        start_canary(
+        start_prepared(
+            settings,
             bootstrap,
-            _topics(settings),
-            candidate,
-            store.get("last_good"),
-            weight=weight,
+            request,
             timeout=args.timeout,
-            require_router=not args.no_router_check,
             security=_security(settings),
-            min_last_good_share=settings.min_last_good_share,
+            require_router=not args.no_router_check,
+            parallel=args.parallel,
         )
     )
     return _print_ack(args, ack, "started")
@@ -458,6 +432,11 @@ def register(sub: Any) -> None:
         help="current deployment, pointers, traffic split, routers",
         description="Folds the control and state topics; falls back to the last cached view if Kafka is down.",
     )
+    p.add_argument(
+        "--deployment",
+        metavar="ID",
+        help="describe this deployment (default: the most recently started running one, else the latest)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_status)
 
@@ -465,12 +444,19 @@ def register(sub: Any) -> None:
         "start",
         help="start a canary of preset NAME (snapshot goes into the start command)",
         description=(
-            "Validates the preset, refuses if a canary is already running, issues 'start' on the control "
-            "topic and waits for every live router to acknowledge. If they do not within --timeout, the "
-            "start is withdrawn with an abort."
+            "Validates the preset, refuses if a canary is already running (unless --parallel asks for several "
+            "candidates at once; the same preset never runs twice), issues 'start' on the control topic and "
+            "waits for every live router to acknowledge. If they do not within --timeout, the start is "
+            "withdrawn with an abort."
         ),
     )
     p.add_argument("name", help="preset name (see 'canary list')")
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run this candidate beside the running one(s), each on its own users (A/B/n); a different preset "
+        "only, and last_good keeps at least CANARY_MIN_LAST_GOOD_SHARE of traffic",
+    )
     p.add_argument(
         "--weight",
         type=float,

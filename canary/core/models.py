@@ -34,6 +34,29 @@ COMMAND_TYPES: tuple[CommandType, ...] = (
     "set_weight",
     "abort",
 )
+# ``details.action`` of an audit line (the spec's audit.log shows ``"action": "start_canary_deployment"``):
+# what the event is an attempt to do; ``success`` and ``error_message`` say how it ended, ``user_id`` who.
+AuditAction = Literal[
+    "start_canary_deployment",
+    "rollback_canary_deployment",
+    "promote_canary_deployment",
+    "pause_canary_deployment",
+    "resume_canary_deployment",
+    "set_canary_weight",
+    "abort_canary_deployment",
+    "reject_invalid_command",
+    "apply_router_state",
+    "deliver_alert",
+]
+COMMAND_ACTIONS: dict[CommandType, AuditAction] = {
+    "start": "start_canary_deployment",
+    "rollback": "rollback_canary_deployment",
+    "promote": "promote_canary_deployment",
+    "pause": "pause_canary_deployment",
+    "resume": "resume_canary_deployment",
+    "set_weight": "set_canary_weight",
+    "abort": "abort_canary_deployment",
+}
 RouterStatus = Literal["idle", "running", "paused", "rolled_back", "promoted", "aborted"]
 ROUTER_STATUSES: tuple[RouterStatus, ...] = (
     "idle",

@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -25,14 +25,41 @@ from canary.config import Preset
 from canary.core import wire
 from canary.core.deployment import ConfigRef
 from canary.core.models import CommandType, ControlCommand, RouterState
-from canary.errors import CanaryError, DeploymentError, KafkaError
+from canary.errors import CanaryError, ConfigError, DeploymentError, KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics
 from canary.ops.view import ControlView, read_view_async
 from canary.security import CommandSigner, ControlSecurity
 from canary.settings import Settings
 
+if TYPE_CHECKING:
+    from canary.config.environments import Environment
+
 log = logging.getLogger("canary.ops")
+
+Via = Literal["cli", "api"]
+"""Who asks: refusals say how to proceed in the asker's own terms (a flag, or a keyword argument)."""
+
+HOW: Final[dict[Via, dict[str, str]]] = {
+    "cli": {
+        "parallel": "--parallel",
+        "pick": "--deployment ID",
+        "end": "canary stop --promote | --rollback",
+        "end_one": "canary stop --deployment {id} --promote | --rollback",
+        "end_each": "canary stop --deployment ID --promote | --rollback, for each",
+        "weight": "--weight {w}",
+        "no_weight": "leave --weight out",
+    },
+    "api": {
+        "parallel": "start_canary(..., parallel=True)",
+        "pick": "deployment_id=ID",
+        "end": "stop_canary(promote=True | False)",
+        "end_one": "stop_canary(deployment_id={id!r}, promote=True | False)",
+        "end_each": "stop_canary(deployment_id=ID, promote=True | False) for each",
+        "weight": "weight={w!r}",
+        "no_weight": "leave weight out",
+    },
+}
 
 
 def now_ms() -> int:
@@ -179,15 +206,42 @@ def _command(kind: CommandType, deployment_id: str, issued_by: str | None = None
 DEFAULT_MIN_LAST_GOOD_SHARE = 0.5
 
 
-def check_side_by_side(live: list[Any], candidate: Preset, weight: float, min_last_good_share: float) -> None:
-    """May ``candidate`` start at ``weight`` beside the running canaries (A/B/n)? DeploymentError if not.
+def check_side_by_side(
+    live: list[Any],
+    candidate: Preset,
+    weight: float,
+    min_last_good_share: float,
+    *,
+    parallel: bool = False,
+    via: Via = "cli",
+) -> None:
+    """May ``candidate`` start at ``weight`` beside the running canaries? DeploymentError if not.
 
-    Several candidates may run at once, each on its own users, as long as last_good keeps at least
+    One canary at a time unless the operator asks for several (``parallel``: A/B/n) — a second start that
+    merely forgot the first one is refused, as the spec's troubleshooting expects. A preset runs at most once
+    at a time, even with ``parallel``: a second copy would only split the same experiment's users and its
+    evidence. Several candidates may run at once, each on its own users, as long as last_good keeps at least
     ``min_last_good_share`` of traffic. A rollout plan walks up to its last step, so a candidate with a plan
     runs alone: it neither starts beside others nor lets others start beside it."""
     if not live:
         return
-    names = ", ".join(f"{d.deployment_id} ({d.candidate.name}, {d.weight:g})" for d in live)
+    how = HOW[via]
+    names = ", ".join(f"{d.deployment_id} ({d.candidate.name}, weight {d.weight:g}, {d.status})" for d in live)
+    same = next((d for d in live if d.candidate.name == candidate.name), None)
+    if same is not None:
+        raise DeploymentError(
+            f"{candidate.name} is already running as {same.deployment_id} (weight {same.weight:g}, {same.status}); "
+            "a preset runs at most once at a time (a second copy would only split the same experiment's users "
+            f"and its evidence). End it first: {how['end_one'].format(id=same.deployment_id)}"
+        )
+    if not parallel:
+        raise DeploymentError(
+            f"{'a canary is' if len(live) == 1 else f'{len(live)} canaries are'} already running: {names}. "
+            f"Starting {candidate.name} would run another one beside {'it' if len(live) == 1 else 'them'}. "
+            f"End {'it' if len(live) == 1 else 'them'} first "
+            f"({how['end'] if len(live) == 1 else how['end_each']}), "
+            f"or ask for several candidates at once with {how['parallel']}"
+        )
     if candidate.rollout is not None:
         raise DeploymentError(
             f"{candidate.name} has a rollout plan, which runs alone; running now: {names}. Stop those first"
@@ -235,9 +289,13 @@ async def start_canary(
     *,
     security: ControlSecurity,
     min_last_good_share: float = DEFAULT_MIN_LAST_GOOD_SHARE,
+    parallel: bool = False,
+    via: Via = "cli",
 ) -> Ack:
+    """Start a canary of ``candidate``: refused while another runs unless ``parallel`` (see
+    :func:`check_side_by_side`); withdrawn with an abort if the live routers do not acknowledge in time."""
     view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
-    check_side_by_side(view.ledger.live, candidate, weight, min_last_good_share)
+    check_side_by_side(view.ledger.live, candidate, weight, min_last_good_share, parallel=parallel, via=via)
     if require_router and not view.live_routers():
         raise DeploymentError(
             "no live router (none published a heartbeat in the last 15 s); start one with 'canary router'"
@@ -263,7 +321,92 @@ async def start_canary(
     return ack
 
 
-def _running(view: ControlView, kind: str, expected: str | None) -> str:
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    """What a start sends, resolved from the preset store and the environment before Kafka is contacted."""
+
+    candidate: Preset  # the environment's overrides applied
+    last_good: Preset  # the preset store's last_good (the baseline when no deployment ever ran)
+    weight: float
+    environment: Environment | None
+
+
+async def prepare_start(settings: Settings, name: str, weight: float | None = None, via: Via = "cli") -> StartRequest:
+    """The candidate ``name`` as it would start here, with its weight: the one path of ``canary start`` and
+    the Python API, so both apply the environment's overrides and checks alike. ConfigError (exit 2) names
+    what is wrong: an unknown or invalid preset, ``last_good`` itself, a weight the plan contradicts or out
+    of (0, 1], an alert target the environment cannot reach."""
+    from canary.config import PresetStore
+
+    store = PresetStore(settings.presets_dir)
+    candidate = store.get(name)
+    if candidate.name == "last_good":
+        raise ConfigError("'last_good' is the baseline; start a candidate preset instead (see 'canary list')")
+    env = None
+    if settings.environment is not None:
+        from canary.config.environments import apply_environment, load_environment
+
+        env = load_environment(settings.environments_dir, settings.environment)
+        candidate = apply_environment(candidate, env)
+    plan = candidate.rollout
+    if plan is not None:
+        # The plan decides the weights; a contradicting weight would start it off its first step.
+        if weight is not None and abs(weight - plan.weights[0]) > 1e-9:
+            raise ConfigError(
+                f"{HOW[via]['weight'].format(w=weight)}: preset {candidate.name} has a rollout plan starting at "
+                f"{plan.weights[0]:g} ({' → '.join(f'{w:g}' for w in plan.weights)}); {HOW[via]['no_weight']} or "
+                "edit rollout.steps"
+            )
+        weight = plan.weights[0]
+    elif weight is None:
+        weight = env.weight if env is not None and env.weight is not None else 0.10
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 1:
+        raise ConfigError(f"{HOW[via]['weight'].format(w=weight)}: must be a number in (0, 1]")
+    if env is not None and env.alerts:
+        from canary.alerts import check_reachable
+
+        problems = await check_reachable(env.alerts)
+        if problems:
+            raise ConfigError(f"{env.source}: " + "; ".join(problems) + " — fix the file or start the receiver")
+    return StartRequest(candidate, store.get("last_good"), float(weight), env)
+
+
+async def start_prepared(
+    settings: Settings,
+    bootstrap: Cluster,
+    request: StartRequest,
+    timeout: float = 10.0,
+    *,
+    security: ControlSecurity,
+    require_router: bool = True,
+    parallel: bool = False,
+    via: Via = "cli",
+) -> Ack:
+    """Issue a start prepared by :func:`prepare_start`: the environment's promotion gate first (the same
+    preset hash promoted in the earlier environment), then :func:`start_canary`."""
+    env = request.environment
+    if env is not None and env.requires_passed_in is not None:
+        stamp = request.candidate.environment
+        assert stamp is not None  # apply_environment stamped it
+        await require_passed_in(
+            bootstrap, settings.sibling(env.requires_passed_in), request.candidate.name, stamp.preset_hash
+        )
+    return await start_canary(
+        bootstrap,
+        Topics(settings.topic_prefix),
+        request.candidate,
+        request.last_good,
+        weight=request.weight,
+        timeout=timeout,
+        require_router=require_router,
+        security=security,
+        min_last_good_share=settings.min_last_good_share,
+        parallel=parallel,
+        via=via,
+    )
+
+
+def _running(view: ControlView, kind: str, expected: str | None, via: Via = "cli") -> str:
     """The running deployment's id; DeploymentError if none runs or it is not the ``expected`` one (an
     operator acting on what a screen showed must not hit a deployment started since)."""
     live = view.ledger.live
@@ -276,7 +419,7 @@ def _running(view: ControlView, kind: str, expected: str | None) -> str:
         return expected
     if len(live) > 1:
         raise DeploymentError(
-            f"{len(live)} canaries are running ({', '.join(ids)}); say which to {kind} with --deployment ID"
+            f"{len(live)} canaries are running ({', '.join(ids)}); say which to {kind} with {HOW[via]['pick']}"
         )
     return ids[0]
 
@@ -291,12 +434,14 @@ async def stop_canary(
     issued_by: str | None = None,
     deployment_id: str | None = None,
     reason: str | None = None,
+    via: Via = "cli",
 ) -> Ack:
     """Promote or roll back the running canary. ``issued_by`` defaults to ``cli:<user>``; with
-    ``deployment_id`` the command is sent only if that deployment is the running one."""
+    ``deployment_id`` the command is sent only if that deployment is a running one (without it, only if
+    exactly one runs)."""
     view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
     kind: CommandType = "promote" if promote else "rollback"
-    target = _running(view, "stop", deployment_id)
+    target = _running(view, "stop", deployment_id, via)
     who = issued_by or operator()
     cmd = _command(kind, target, issued_by=who, reason=reason or f"manual {kind} by {who}", weight=0.0)
     return await issue(bootstrap, topics, cmd, view, timeout, security)
@@ -313,11 +458,12 @@ async def simple_command(
     issued_by: str | None = None,
     deployment_id: str | None = None,
     reason: str | None = None,
+    via: Via = "cli",
 ) -> Ack:
     """pause / resume / set_weight on the running canary (``issued_by``, ``deployment_id``: as in
     :func:`stop_canary`)."""
     view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
-    target = _running(view, kind, deployment_id)
+    target = _running(view, kind, deployment_id, via)
     who = issued_by or operator()
     cmd = _command(kind, target, issued_by=who, weight=weight, reason=reason or f"{kind} by {who}")
     return await issue(bootstrap, topics, cmd, view, timeout, security)

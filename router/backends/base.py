@@ -17,7 +17,10 @@ from canary.errors import ConfigError
 class SearchBackend(Protocol):
     """Runs one search with a preset's parameters and returns ranked document ids — or a
     :class:`RankedResults` (a list of ids with ``metrics``: extra numbers the engine measured, e.g. its cost),
-    which the router puts on the outcome for presets' custom metrics."""
+    which the router puts on the outcome for presets' custom metrics.
+
+    A backend may also declare ``collections`` (the names it serves, see :func:`known_collections`): the
+    in-process API then refuses any other name instead of searching something else."""
 
     async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]: ...
 
@@ -32,6 +35,23 @@ class ExactSearchBackend(SearchBackend, Protocol):
     measured against the same truth. It runs off the hot path, at most a few at a time."""
 
     async def exact_search(self, query: str, collection: str, k: int) -> Sequence[str]: ...
+
+
+def known_collections(backend: object) -> frozenset[str] | None:
+    """The collections ``backend`` serves — its optional ``collections`` attribute — or None when it does not
+    say (every name is passed on: an HTTP service, for one, answers for its own collections)."""
+    names = getattr(backend, "collections", None)
+    return None if names is None else frozenset(str(n) for n in names)
+
+
+def require_collection(backend: object, collection: str, config_name: str) -> None:
+    """ConfigError naming the collection and the known ones if ``backend`` says it does not serve it."""
+    known = known_collections(backend)
+    if known is not None and collection not in known:
+        raise ConfigError(
+            f"collection_name {collection!r}: not a collection of the search backend serving {config_name} "
+            f"({type(backend).__name__} serves: {', '.join(sorted(known)) or 'none'})"
+        )
 
 
 def exact_searcher(backend: object) -> ExactSearchBackend | None:

@@ -71,6 +71,8 @@ _CONSONANTS: Final = "bdfgklmnprstvz"
 _VOWELS: Final = "aeiou"
 _TOKEN: Final = re.compile(r"[a-z0-9]+")
 NORM_DEPTH: Final = 100  # list depth of the min-max normalisation (see normalize_list)
+# The name the generated corpus is served under: the spec's example collection, and what `canary load` sends.
+COLLECTION: Final = "documents"
 _P_PRIMARY: Final = 0.55
 _P_SECONDARY: Final = 0.15
 _STOP_RANKS: Final = 200  # topics never own the most frequent concepts (they have one form each)

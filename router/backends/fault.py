@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.backends.base import SearchBackend, exact_searcher
+from router.backends.base import SearchBackend, exact_searcher, known_collections
 
 
 class InjectedFault(RuntimeError):
@@ -42,6 +42,11 @@ class FaultInjectingBackend:
         None when it has none."""
         inner = exact_searcher(self.inner)
         return inner.exact_search if inner is not None else None
+
+    @property
+    def collections(self) -> frozenset[str] | None:
+        """The wrapped backend's collections (None when it does not say)."""
+        return known_collections(self.inner)
 
     async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]:
         name = str(params.get("metadata", {}).get("name", ""))

@@ -1,7 +1,8 @@
 """The bundled default backend: a real hybrid retriever (bm25s BM25 + faiss HNSW + fusion + rerank).
 
-It searches the deterministic generated corpus of :mod:`router.backends.corpus` (every ``collection``
-name maps to that one corpus) and honours a preset snapshot's knobs, so they move latency and recall:
+It searches the deterministic generated corpus of :mod:`router.backends.corpus`, served as the one
+collection ``documents`` (:data:`~router.backends.corpus.COLLECTION`; the in-process API refuses other names,
+see ``collections``), and honours a preset snapshot's knobs, so they move latency and recall:
 
 1. **BM25** – `bm25s <https://github.com/xhluca/bm25s>`_ (eager sparse scores, ``method="lucene"``) over
    the corpus's own tokens with the corpus's ``k1`` = 1.2 and ``b`` = 0.75: exact BM25 of every document,
@@ -62,7 +63,14 @@ import numpy as np
 import numpy.typing as npt
 
 from canary.errors import ConfigError
-from router.backends.corpus import NORM_DEPTH, Corpus, default_corpus, depth_stats, normalize_list
+from router.backends.corpus import (
+    COLLECTION,
+    NORM_DEPTH,
+    Corpus,
+    default_corpus,
+    depth_stats,
+    normalize_list,
+)
 from router.backends.doc_texts import MAX_WORDS, document_texts
 from router.backends.exact import exact_top_k, run_exact
 from router.backends.index_cache import IndexCache, cache_key, default_cache_dir
@@ -355,8 +363,15 @@ class HybridBackend:
             load_model()  # once per process (~1 s): not on the first request, and a missing model fails here
 
     # -- protocol -------------------------------------------------------------------------------------------
+    @property
+    def collections(self) -> frozenset[str]:
+        """The one collection this backend serves: the generated corpus."""
+        return frozenset({COLLECTION})
+
     async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]:
-        """Ranked doc ids for ``query``; ``collection`` is ignored (one generated corpus serves them all)."""
+        """Ranked doc ids for ``query`` in the corpus. ``collection`` is not checked here: a request from the
+        topic naming another collection is still answered from the corpus (an error outcome would count
+        against the arms being judged); the in-process API refuses unknown names (``collections``)."""
         plan = SearchPlan.from_params(params)
         result = await asyncio.to_thread(self.retrieve, query, plan)
         if plan.reranks and result.pool:

@@ -8,12 +8,15 @@ protocol, not a mock of the router.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
 class KeywordBackend:
-    def __init__(self, documents: Mapping[str, str]) -> None:
+    """``collections``: the names it serves (None: any name, one set of documents for all)."""
+
+    def __init__(self, documents: Mapping[str, str], collections: Iterable[str] | None = None) -> None:
+        self.collections = frozenset(collections) if collections is not None else None
         self._postings: dict[str, list[str]] = defaultdict(list)
         for doc_id, text in documents.items():
             for term in set(text.lower().split()):

@@ -137,6 +137,7 @@ async def test_a_json_alert_is_signed_retried_after_5xx_and_every_attempt_audite
         (True, 3, 200),
     ]
     assert all(a["details"]["url"] == redacted(url) and "abc" not in a["details"]["url"] for a in audited)
+    assert all(a["details"]["action"] == "deliver_alert" for a in audited)  # the spec's details.action
 
 
 async def test_a_slack_alert_is_plain_text_json_and_a_4xx_is_not_retried(receiver: tuple[Receiver, str]) -> None:

@@ -348,6 +348,8 @@ def test_slo_agent_rollback_reason_names_the_metric() -> None:
     (second,) = judge.observe(_window(5000, 1600.0), 11000)
     decision = second.decision
     assert decision is not None and decision.rule == "p95_ms"
+    # The spec's example reads "SLO violation: p95_latency failed …": the same rule under the spec's name
+    # (docs/contracts.md, "Counters and reset rules", documents the mapping).
     assert decision.reason == "SLO violation: p95_ms failed for 2 consecutive buckets"
 
 

@@ -89,11 +89,26 @@ async def test_start_status_stop_cycle_with_router_acks(settings: Settings, topi
         assert ack["ok"] and ack["acked_by"] == [router.router_id]
         assert router.ledger.current is not None and router.ledger.current.candidate.name == "candidate_high_recall"
 
-        # A second candidate beside it is allowed (A/B/n) only while last_good keeps its minimum share.
-        again = await _canary("start", "candidate_slow", "--weight", "0.45", "--json", env=env)
-        assert again.returncode == 4
-        assert "would leave last_good 0.45 of traffic, under the minimum 0.5" in again.stderr
-        assert _json(again)["error"] == "DeploymentError"
+        # One canary at a time: a second start is refused, naming the running one and how to proceed …
+        dep = ack["deployment_id"]
+        again = await _canary("start", "candidate_slow", "--json", env=env)
+        assert again.returncode == 4 and _json(again)["error"] == "DeploymentError"
+        assert f"canary: error: a canary is already running: {dep} (candidate_high_recall, weight 0.1, running)" in (
+            again.stderr
+        )
+        assert "End it first (canary stop --promote | --rollback), or ask for" in again.stderr
+        assert "--parallel" in again.stderr
+        # … the same preset never twice, even when several are asked for …
+        twice = await _canary("start", "candidate_high_recall", "--parallel", env=env)
+        assert twice.returncode == 4
+        assert f"candidate_high_recall is already running as {dep} (weight 0.1, running)" in twice.stderr
+        assert f"End it first: canary stop --deployment {dep} --promote | --rollback" in twice.stderr
+        # … and with --parallel a second candidate is allowed (A/B/n) only while last_good keeps its minimum share.
+        crowded = await _canary("start", "candidate_slow", "--weight", "0.45", "--parallel", "--json", env=env)
+        assert crowded.returncode == 4
+        assert "would leave last_good 0.45 of traffic, under the minimum 0.5" in crowded.stderr
+        assert _json(crowded)["error"] == "DeploymentError"
+        assert [d.deployment_id for d in router.ledger.live] == [dep]  # none of them reached the topic
 
         status = _json(await _canary("status", "--json", env=env))
         assert status["status"] == "running"
@@ -108,6 +123,12 @@ async def test_start_status_stop_cycle_with_router_acks(settings: Settings, topi
         assert status["status"] == "promoted"
         assert status["last_good"] == "candidate_high_recall" and status["active_config"] == "candidate_high_recall"
         assert router.ledger.last_good is not None and router.ledger.last_good.name == "candidate_high_recall"
+        one = await _canary("status", "--deployment", dep, "--json", env=env)
+        assert one.returncode == 0 and _json(one)["deployment_id"] == dep and _json(one)["status"] == "promoted"
+        unknown = await _canary("status", "--deployment", "nope", env=env)
+        assert unknown.returncode == 4 and f"no deployment 'nope' on the control topic (latest: {dep} (promoted))" in (
+            unknown.stderr
+        )
 
         nothing = await _canary("stop", "--rollback", env=env)
         assert nothing.returncode == 4 and "nothing to stop" in nothing.stderr
@@ -119,6 +140,9 @@ async def test_unknown_preset_lists_known_ones(settings: Settings) -> None:
     result = await _canary("start", "no_such_preset", env=_env(settings))
     assert result.returncode == 2
     assert "no_such_preset" in result.stderr and "candidate_high_recall" in result.stderr
+    baseline = await _canary("start", "last_good", "--json", env=_env(settings))
+    assert baseline.returncode == 2 and _json(baseline)["error"] == "ConfigError"
+    assert "'last_good' is the baseline; start a candidate preset instead" in baseline.stderr
 
 
 async def test_invalid_preset_cannot_start(settings: Settings, tmp_path: Path) -> None:

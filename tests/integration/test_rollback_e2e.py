@@ -159,6 +159,10 @@ async def test_latency_breach_rolls_back_once_at_second_failing_window(pipeline:
     assert "canary_start" in types and "canary_rollback" in types
     rollback_line = next(e for e in audit if e["event_type"] == "canary_rollback")
     assert rollback_line["details"]["reason"] == rollback["reason"]
+    # The spec's details.action, written by the real worker: what was attempted, whoever decided it.
+    assert (rollback_line["details"]["action"], rollback_line["user_id"]) == ("rollback_canary_deployment", "slo-agent")
+    start_line = next(e for e in audit if e["event_type"] == "canary_start")
+    assert start_line["details"]["action"] == "start_canary_deployment"
     for e in audit:
         assert set(e) >= {
             "event_id",

@@ -16,12 +16,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from canary.core.deployment import ConfigRef, ControlLedger
-from canary.core.models import ControlCommand
+from canary.core.models import COMMAND_ACTIONS, COMMAND_TYPES, AuditAction, ControlCommand, RouterState
 from canary.core.rollout import candidate_window_id, step_command_id
 from canary.security import CommandVerifier
 from streams import audit as audit_module
@@ -285,6 +285,67 @@ def test_outcome_events_are_honest(build: Build, event_id: str, success: bool, e
     assert entry["success"] is success
     assert (entry["error_message"] or "").startswith(error or "")
     assert entry["details"].get("verification", {}).get("reason") == (None if success else error.split("(")[1][:-1])  # type: ignore[union-attr]
+
+
+# The spec's audit.log example (canary-seed.md, "审计日志"), verbatim: every field it shows, ours too.
+SPEC_EXAMPLE = {
+    "event_id": "audit_1234567890_1234",
+    "event_type": "canary_start",
+    "timestamp": "2024-01-01T12:00:00Z",
+    "deployment_id": "canary_1234567890_1234",
+    "user_id": "admin",
+    "config_name": "candidate_high_recall",
+    "details": {
+        "candidate_config": "candidate_high_recall",
+        "traffic_split": {"active": 0.9, "candidate": 0.1},
+        "action": "start_canary_deployment",
+    },
+    "success": True,
+    "error_message": None,
+}
+
+
+def test_audit_lines_have_the_spec_fields_and_details_action() -> None:
+    registry = _registry()
+    started = _record(OPERATOR.sign_command(start()))
+    line = outcome_event(registry.apply_raw(started, 0, T0 + 10), started)
+    assert set(line) == set(SPEC_EXAMPLE)
+    assert set(line["details"]) >= set(SPEC_EXAMPLE["details"])
+    assert {k: line["details"][k] for k in SPEC_EXAMPLE["details"]} == SPEC_EXAMPLE["details"]
+    assert (line["event_type"], line["config_name"], line["success"]) == ("canary_start", "candidate_high_recall", True)
+    # Automatic or not, a rollback is the same action; user_id says who decided it.
+    rolled = _record(WORKER.sign_command(rollback()))
+    line = outcome_event(registry.apply_raw(rolled, 1, T0 + 30_010), rolled)
+    assert (line["details"]["action"], line["user_id"], line["success"]) == (
+        "rollback_canary_deployment",
+        "slo-agent",
+        True,
+    )
+    # Refused or rejected, a line still says what was attempted.
+    again = _record(start(command_id="start-2", deployment_id="dep-2").to_dict())
+    line = outcome_event(registry.apply_raw(again, 2, T0 + 30_020), again)
+    assert (line["details"]["action"], line["success"]) == ("start_canary_deployment", False)
+    junk = outcome_event(registry.apply_raw(b"[[[", 3, T0 + 30_030), b"[[[")
+    assert (junk["event_type"], junk["details"]["action"]) == ("canary_invalid_command", "reject_invalid_command")
+    state = RouterState(
+        router_id="router-1",
+        deployment_id="dep-1",
+        status="running",
+        active_config="last_good",
+        last_good="last_good",
+        candidate_config="candidate_high_recall",
+        weight=0.1,
+        answers_command_id="start-1",
+        applied_at_ms=T0 + 20,
+        seq=1,
+    )
+    assert audit_module.state_event(state)["details"]["action"] == "apply_router_state"
+
+
+def test_every_command_type_has_its_audit_action() -> None:
+    assert set(COMMAND_ACTIONS) == set(COMMAND_TYPES)
+    assert set(COMMAND_ACTIONS.values()) <= set(get_args(AuditAction))
+    assert len(set(COMMAND_ACTIONS.values())) == len(COMMAND_TYPES)
 
 
 def test_a_refused_command_and_a_replay_are_audited_as_failures() -> None:
