@@ -29,6 +29,9 @@ def summarize(windows: Iterable[WindowResult]) -> dict[str, Any]:
         "total_errors": sum(w.error_count for w in ws),
         "total_slo_violations": sum(w.slo_violations for w in ws),
         "buckets": len(ws),
+        # Buckets the SLO judge judged (candidate buckets; last_good's are never judged), and of those the
+        # ones in which a rule failed. slo_violations above counts *requests*, these count *buckets*.
+        "judged_buckets": sum(1 for w in ws if w.verdicts),
         "failed_buckets": sum(1 for w in ws if any(v.outcome == "fail" for v in w.verdicts)),
     }
 
