@@ -47,18 +47,19 @@ def _arm_summary(report: DeploymentReport, arm: str) -> dict[str, Any]:
     return {"config_name": name, "arm": arm, "judged": arm == "candidate", **stats}
 
 
-def result_notes(report: DeploymentReport, lg: Mapping[str, Any], cand: Mapping[str, Any]) -> list[str]:
+def result_notes(report: DeploymentReport) -> list[str]:
     """What a reader of canary_result.json needs to read its counts right."""
     notes = [
         "total_slo_violations counts requests that broke an SLO threshold; failed_buckets counts judged candidate "
         "buckets in which a rule failed (the decision rests on those). last_good is not judged: its "
         "failed_buckets is null"
     ]
-    late = cand["buckets_after_end"] + lg["buckets_after_end"]
+    late = [w for w in report.candidate_windows if report.after_end(w)]
     if late:
         notes.append(
-            f"{late} bucket(s) after {report.end_verb} hold requests sent before it that finished after it (in "
-            "flight); they count in the requests, not in judged_buckets or failed_buckets"
+            f"{len(late)} candidate bucket(s) after {report.end_verb} hold {sum(w.response_count for w in late)} "
+            "requests sent before it that finished after it (in flight): they count in total_requests, not in "
+            "judged_buckets or failed_buckets (buckets_after_end counts them, and last_good's of the same slots)"
         )
     return notes
 
@@ -105,7 +106,7 @@ def canary_result(report: DeploymentReport) -> dict[str, Any]:
         "duration_seconds": round(max(0, duration_end - dep.started_at_ms) / 1000, 3),
         **extra,
         "ended_by": _ended_by(report),
-        "notes": result_notes(report, lg, cand),
+        "notes": result_notes(report),
     }
 
 

@@ -578,7 +578,8 @@ background:#e2e8f0;color:#334155}
 .pill.pause,.pill.set_weight,.pill.resume{background:#fef3c7;color:#92400e}
 .rejected{opacity:.55}
 .evidence{margin:6px 0 0;padding:0;list-style:none;font-size:12px;color:#475569}
-.evidence li{padding:2px 0}
+.evidence li{padding:2px 0;overflow-wrap:anywhere}
+.grid2>*{min-width:0}
 .diff-old{color:#1e40af}.diff-new{color:#9a3412;font-weight:600}
 .delta{font-size:11.5px;color:var(--muted);margin-left:6px}
 tr.diff-added td:first-child::after{content:" new";color:var(--good);font-size:11px}
