@@ -477,8 +477,7 @@ def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None, se
                 (deployments["promoted"], output / "promoted"),
             ):
                 done = export_deployment(resolved, out, deployment_id, audit_file=audit)
-                for path in done.paths.values():
-                    say(f"  wrote {path}")
+                say(f"  {deployment_id}: {', '.join(p.name for p in done.paths.values())} in {_short(out)}")
         finally:
             services.stop()
             say("stopped the worker and the router")

@@ -36,9 +36,9 @@ LEGEND: Final = (
 
 
 def wrap(text: str, indent: str = "", width: int = WIDTH - STAMP) -> list[str]:
-    """``text`` in lines of at most ``width`` columns (continuations indented two more); a single word
-    longer than a line (a long path) is kept whole rather than cut."""
-    return textwrap.wrap(
+    """``text`` in lines of at most ``width`` columns (continuations indented two more). A word longer than a
+    line (a long absolute path) is folded after a '/' — the only place it is cut."""
+    lines = textwrap.wrap(
         text,
         width=width,
         initial_indent=indent,
@@ -46,6 +46,16 @@ def wrap(text: str, indent: str = "", width: int = WIDTH - STAMP) -> list[str]:
         break_long_words=False,
         break_on_hyphens=False,
     ) or [indent]
+    out: list[str] = []
+    for line in lines:
+        while len(line) > width:
+            cut = line.rfind("/", len(indent) + 4, width)  # keep the '/' on this line
+            if cut < 0:
+                break  # nothing to fold at: the word stays whole
+            out.append(line[: cut + 1])
+            line = indent + "  " + line[cut + 1 :]
+        out.append(line)
+    return out
 
 
 def _pct(x: Any) -> str:
