@@ -235,7 +235,12 @@ def register(sub: Any) -> None:
         "the demo did not write is refused)",
     )
     demo.add_argument("--qps", type=float, default=120.0, help="load in requests per second (120)")
-    demo.add_argument("--weight", type=float, default=0.10, help="candidate traffic share (0.10)")
+    demo.add_argument(
+        "--weight",
+        type=float,
+        default=0.10,
+        help="the failing candidate's traffic share (0.10; the healthy one follows its rollout plan's steps)",
+    )
     demo.add_argument(
         "--rerank",
         choices=("model", "modeled"),
