@@ -41,7 +41,7 @@ fmt: install ## Apply ruff formatting and safe fixes
 typecheck: install ## mypy --strict on the packages
 	$(BIN)/mypy
 
-demo: install ## THE MAIN JOB: run the demo (local Kafka unless KAFKA_BOOTSTRAP_SERVERS is set); writes reports/canary/
+demo: install ## THE MAIN JOB: run the demo (local Kafka unless KAFKA_BOOTSTRAP_SERVERS is set); writes reports/canary/demo/
 	$(BIN)/canary demo
 
 test: install test-deps ## Run the whole test suite (starts a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set)

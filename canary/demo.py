@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from canary.config import PresetStore
-from canary.core.judge import Judgement
-from canary.core.models import WindowResult
+from canary.config import Preset, PresetStore
+from canary.core.models import ControlCommand
 from canary.errors import CanaryError, ConfigError, DeploymentError
 from canary.kafka.clients import KafkaConnection, connection_for
 from canary.kafka.topics import Topics, ensure_topics
-from canary.settings import Settings
+from canary.settings import DEFAULT_LOCAL_PORT, Settings
 
 # Settings a service must not inherit from the demo's shell when the demo gives it its own principal.
 _SECURITY_ENV = (
@@ -47,22 +46,30 @@ _SECURITY_ENV = (
 
 
 def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+    """Console lines, each stamped, wrapped to fit 100 columns (canary.ops.story.WIDTH) with the stamp."""
+    from canary.ops.story import STAMP, WIDTH, wrap
+
+    stamp = time.strftime("%H:%M:%S")
+    for line in message.splitlines() or [""]:
+        indent = line[: len(line) - len(line.lstrip())]
+        for part in wrap(line.lstrip(), indent) if len(line) > WIDTH - STAMP else [line]:
+            print(f"[{stamp}] {part}", flush=True)
 
 
 @dataclass
 class DemoConfig:
     # 120/s gives the 10 % candidate ~12 requests/s: the ~130 fast requests that *prove* p95 ≤ T at 99 %
-    # (0 exceedances, see healthy()) arrive in ~11 s instead of ~25 s at 60/s.
+    # (0 exceedances) arrive in ~11 s instead of ~25 s at 60/s.
     qps: float = 120.0
-    weight: float = 0.10
+    weight: float = 0.10  # the bad candidate's share (the good one follows its rollout plan's steps)
     # The real rerank model costs ~120 ms of CPU per last_good request (bench/bench_reranker.py): 120/s of
     # it needs ~15 cores. The demo's router waits that cost instead unless told otherwise.
     rerank: str = "modeled"
     bad_candidate: str = "candidate_slow"
-    good_candidate: str = "candidate_high_recall"
-    good_windows: int = 2  # consecutive passing candidate windows before promoting (as 2 failing roll back)
-    timeout: float = 60.0  # per phase
+    # candidate_high_recall with a rollout plan: the SLO agent walks it 10 → 25 → 50 → 100 % and promotes it
+    # itself, so the promotion is the system's decision (by slo-agent), not the demo's.
+    good_candidate: str = "candidate_progressive"
+    timeout: float = 60.0  # per phase (a rollout plan's phase gets what its steps need on top)
 
 
 class Services:
@@ -124,6 +131,7 @@ class DemoKafka:
     admin: KafkaConnection
     service_env: dict[str, dict[str, str]]
     secure: bool = False
+    started_here: bool = False  # the local broker the demo started (and stops when it is done)
 
 
 @contextlib.contextmanager
@@ -149,10 +157,16 @@ def kafka_for_demo(settings: Settings, secure: bool = False) -> Iterator[DemoKaf
         if secure:
             say(f"secure broker: SASL_PLAINTEXT SCRAM-SHA-512 + ACLs; principals' settings in {broker.principals_dir}")
             services = {"worker": broker.client_env("worker"), "router": broker.client_env("router")}
-            yield DemoKafka(broker.connection("operator"), broker.connection("admin"), services, secure=True)
+            yield DemoKafka(
+                broker.connection("operator"),
+                broker.connection("admin"),
+                services,
+                secure=True,
+                started_here=not already,
+            )
         else:
             conn = connection_for(settings, info.bootstrap)
-            yield DemoKafka(conn, conn, {})
+            yield DemoKafka(conn, conn, {}, started_here=not already)
     finally:
         if not already:
             broker.stop(log=say)
@@ -162,16 +176,6 @@ def _security(services: Services) -> Any:
     from canary.security import ControlSecurity
 
     return ControlSecurity.operator(services.settings)
-
-
-def healthy(window: WindowResult) -> bool:
-    """Ready to promote: no rule fails and the latency and recall rules have *passed* (evidence that they
-    hold). The error-rate rule is not waited for: proving a rate below 1 % at 99 % confidence takes about
-    650 error-free requests (ln(100) / 0.01), two minutes of demo traffic; it still guards every window."""
-    outcomes = {v.metric: v.outcome for v in window.verdicts}
-    if not outcomes or "fail" in outcomes.values():
-        return False
-    return all(outcomes.get(m) == "pass" for m in ("p95_ms", "recall_at_10") if m in outcomes)
 
 
 def ensure_demo_keys(settings: Settings) -> None:
@@ -227,15 +231,21 @@ async def _audited(audit: Path, event_type: str, deployment_id: str, timeout: fl
 
 
 async def _follow(
-    bootstrap: KafkaConnection, topics: Topics, deployment_id: str, services: Services, until: str, cfg: DemoConfig
-) -> dict[str, Any]:
-    """Print candidate/last_good windows of one deployment until it is rolled back (or passes enough)."""
+    bootstrap: KafkaConnection,
+    topics: Topics,
+    deployment_id: str,
+    services: Services,
+    consecutive: dict[str, int],
+    timeout: float,
+) -> ControlCommand:
+    """Tell the deployment's story (canary.ops.story) until the command that ended it has been told; returns
+    that command (rollback, promote or abort)."""
+    from canary.ops.story import Story, applied_commands
     from canary.ops.view import read_view_async
-    from canary.ops.watch import WatchItem, WatchState, format_window, tail_windows
+    from canary.ops.watch import WatchItem, tail_windows
 
-    state = WatchState()
-    passing = 0
-    deadline = time.monotonic() + cfg.timeout
+    story = Story(deployment_id, consecutive)
+    deadline = time.monotonic() + timeout
     queue: asyncio.Queue[WatchItem] = asyncio.Queue()
 
     async def pump() -> None:
@@ -249,29 +259,70 @@ async def _follow(
             services.check_alive()
             if pumping.done():
                 pumping.result()  # surfaces the consumer's error
+            # The control topic first: an agent's command read now is held until its window is told below.
+            # Only the control topic says what was applied; folding it is cheap but not free. A fresh verifier
+            # per fold: one remembers the command ids it saw, and would refuse them the second time as replays.
+            view = await read_view_async(bootstrap, topics, verifier=_security(services).verifier(topics.control))
+            for line in story.commands(applied_commands(view.commands, view.ledger.applied_ids)):
+                say(line)
             try:
                 item: WatchItem | None = await asyncio.wait_for(queue.get(), timeout=0.5)
             except TimeoutError:
                 item = None
-            window = None if item is None else (item.window if isinstance(item, Judgement) else item)
-            if item is not None and window is not None and window.deployment_id == deployment_id:
-                state.add(item)
-                say("  " + format_window(window, state.streak_text(window)))
-                if window.arm == "candidate":
-                    passing = passing + 1 if healthy(window) else 0
-            if until == "rolled_back":
-                # Only the control topic can say "rolled back"; folding it is cheap but not free.
-                view = await read_view_async(bootstrap, topics, verifier=_security(services).verifier(topics.control))
-                dep = view.ledger.deployments.get(deployment_id)
-                if dep is not None and dep.status == "rolled_back":
-                    return {"status": dep.status, "reason": dep.reason}
-            elif passing >= cfg.good_windows:
-                return {"status": "passing", "passing_windows": passing}
+            while item is not None and story.ended is None:
+                for line in story.window(item):
+                    say(line)
+                item = queue.get_nowait() if not queue.empty() else None
+            if story.ended is not None:
+                return story.ended
     finally:
         pumping.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await pumping
-    raise CanaryError(f"deployment {deployment_id} did not reach '{until}' within {cfg.timeout:.0f}s")
+    raise CanaryError(f"deployment {deployment_id} did not end within {timeout:.0f}s")
+
+
+def _consecutive(preset: Preset) -> dict[str, int]:
+    """Each rule's failing buckets in a row that roll back (the story shows a streak as ``FAIL 1/2``)."""
+    from canary.core.slo import deployment_policy
+
+    return {r.name: r.consecutive_buckets for r in deployment_policy(preset.to_dict()).rules}
+
+
+async def _phase(
+    bootstrap: KafkaConnection,
+    topics: Topics,
+    services: Services,
+    candidate: Preset,
+    last_good: Preset,
+    weight: float,
+    timeout: float,
+) -> tuple[str, ControlCommand]:
+    """Start a canary of ``candidate`` and tell its story until it ends; its id and the ending command."""
+    from canary.ops.commands import start_canary
+
+    ack = await start_canary(bootstrap, topics, candidate, last_good, weight, security=_security(services))
+    if ack.compensated:
+        raise DeploymentError("the router did not acknowledge the start")
+    deployment_id = ack.command.deployment_id
+    plan = candidate.rollout
+    how = (
+        f"rollout plan {' → '.join(f'{s.weight:.0%}' for s in plan.steps)}, then the SLO agent promotes it"
+        if plan is not None
+        else f"{weight:.0%} of traffic"
+    )
+    say(f"canary {deployment_id} of {candidate.name} {candidate.version}: {how}")
+    ended = await _follow(bootstrap, topics, deployment_id, services, _consecutive(candidate), timeout)
+    return deployment_id, ended
+
+
+def _plan_timeout(preset: Preset, base: float) -> float:
+    """What a rollout plan needs at least (every step's windows and durations, the total), plus margin."""
+    plan = preset.rollout
+    if plan is None:
+        return base
+    steps = sum((s.min_windows + 2) * 5.0 + s.min_duration_s for s in plan.steps)
+    return base + max(steps, plan.min_total_duration_s)
 
 
 async def _run(
@@ -282,44 +333,110 @@ async def _run(
     cfg: DemoConfig,
     audit: Path,
 ) -> dict[str, str]:
-    from canary.ops.commands import start_canary, stop_canary
     from canary.ops.load import produce_load
+    from canary.ops.story import LEGEND
 
     store = PresetStore(settings.presets_dir)
-    security = _security(services)
     await _wait_for_routers(bootstrap, topics, services)
     say(f"router is live; sending {cfg.qps:.0f} labeled queries/s onto {topics.search_requests}")
-    load = asyncio.create_task(produce_load(bootstrap, topics, cfg.qps, duration=600))
+    say(LEGEND)
+    load = asyncio.create_task(produce_load(bootstrap, topics, cfg.qps, duration=900))
     try:
         await asyncio.sleep(1.5)  # a first last_good window before the candidate starts
-        # Phase 1: a candidate that breaks its latency SLO.
-        bad = store.get(cfg.bad_candidate)
-        ack = await start_canary(bootstrap, topics, bad, store.get("last_good"), cfg.weight, security=security)
-        if ack.compensated:
-            raise DeploymentError("the router did not acknowledge the start")
-        say(f"phase 1: canary {ack.command.deployment_id} of {bad.name} at {cfg.weight:.0%} — expecting a rollback")
-        rolled_back = ack.command.deployment_id
-        result = await _follow(bootstrap, topics, rolled_back, services, "rolled_back", cfg)
-        say(f"ROLLED BACK automatically: {result['reason']}")
-
-        # Phase 2: a healthy candidate, promoted after passing windows.
-        good = store.get(cfg.good_candidate)
-        ack = await start_canary(bootstrap, topics, good, store.get("last_good"), cfg.weight, security=security)
-        if ack.compensated:
-            raise DeploymentError("the router did not acknowledge the start")
-        say(
-            f"phase 2: canary {ack.command.deployment_id} of {good.name} — "
-            f"promoting after {cfg.good_windows} passing windows"
+        bad, good = store.get(cfg.bad_candidate), store.get(cfg.good_candidate)
+        say(f"phase 1: a candidate that breaks its latency SLO ({bad.name}) — expecting an automatic rollback")
+        rolled_back, ended = await _phase(
+            bootstrap, topics, services, bad, store.get("last_good"), cfg.weight, cfg.timeout
         )
-        await _follow(bootstrap, topics, ack.command.deployment_id, services, "passing", cfg)
-        promoted = await stop_canary(bootstrap, topics, promote=True, security=security)
-        say(f"PROMOTED {good.name}: it is now last_good and active ({len(promoted.acked_by)} router ack)")
-        await _audited(audit, "canary_promote", ack.command.deployment_id)
-        return {"rolled_back": rolled_back, "promoted": ack.command.deployment_id}
+        if ended.type != "rollback":
+            raise DeploymentError(f"{rolled_back} ended by {ended.type} ({ended.reason}), not by a rollback")
+        await _audited(audit, "canary_rollback", rolled_back)
+
+        say(f"phase 2: a healthy candidate ({good.name}) — expecting an automatic promotion")
+        first = good.rollout.steps[0].weight if good.rollout is not None else cfg.weight
+        promoted, ended = await _phase(
+            bootstrap, topics, services, good, store.get("last_good"), first, _plan_timeout(good, cfg.timeout)
+        )
+        if ended.type != "promote":
+            raise DeploymentError(f"{promoted} ended by {ended.type} ({ended.reason}), not by a promotion")
+        say(f"{good.name} is now last_good and active")
+        await _audited(audit, "canary_promote", promoted)
+        return {"rolled_back": rolled_back, "promoted": promoted}
     finally:
         load.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await load
+
+
+DEMO_MARKER = ".canary-demo"  # in a directory the demo writes: it may replace what an earlier demo wrote there
+_REPORT_FILES = ("canary_result.json", "metrics.json", "audit.log", "report.html")
+
+
+def claim_output(output: Path) -> None:
+    """The demo writes only into a directory of its own: a new one, one without report files, or one an
+    earlier demo marked. A directory holding report files it did not write (the live ``reports/canary``
+    with a worker's audit.log, an export) is refused before anything starts (ConfigError, exit 2)."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output}: not a directory")
+    if not (output / DEMO_MARKER).is_file():
+        found = [
+            str(path.relative_to(output))
+            for d in (output, output / "promoted")
+            for path in (d / name for name in _REPORT_FILES)
+            if path.exists()
+        ]
+        if found:
+            raise ConfigError(
+                f"--output {output}: holds {', '.join(found)}, which the demo did not write (a worker's live "
+                "audit.log, an export?); the demo writes only into a directory of its own — leave --output "
+                "out (reports/canary/demo) or name a new directory"
+            )
+    output.mkdir(parents=True, exist_ok=True)
+    (output / DEMO_MARKER).write_text(
+        "Written by 'canary demo': the next demo run replaces the reports and the audit.log here.\n", encoding="utf-8"
+    )
+
+
+def cli_command() -> str:
+    """How to run the CLI as this demo was run: the venv's ``canary`` script beside this interpreter (a path
+    relative to the working directory when inside it), else ``<python> -m canary.cli``."""
+    bin_dir = Path(sys.executable).parent
+    script = bin_dir / "canary"
+    if script.is_file() and os.access(script, os.X_OK):
+        return _short(script)
+    return f"{_short(Path(sys.executable))} -m canary.cli"
+
+
+def _short(path: Path) -> str:
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def closing_hint(
+    settings: Settings, output: Path, audit: Path, broker_stopped: bool, secure: bool = False
+) -> list[str]:
+    """What to look at after the demo, each line true once everything it started has stopped: the reports
+    and the audit log are files; the topics need the broker back (local broker) first."""
+    cli = cli_command()
+    lines = [
+        f"rollback report:  {_short(output / 'report.html')}",
+        f"promotion report: {_short(output / 'promoted' / 'report.html')}",
+        f"the demo's audit: {cli} audit --audit-log {_short(audit)}",
+    ]
+    env = f"CANARY_TOPIC_PREFIX={settings.topic_prefix}"
+    port = "" if settings.local_port == DEFAULT_LOCAL_PORT else f" --port {settings.local_port}"
+    if settings.local_port != DEFAULT_LOCAL_PORT and not settings.uses_external_kafka:
+        env += f" CANARY_KAFKA_PORT={settings.local_port}"
+    if secure:
+        lines.append("its topics: on the secure local broker, as the operator principal (see its principals/)")
+    elif broker_stopped:
+        lines.append(f"its topics: {cli} kafka start{port}, then {env} {cli} status")
+    else:
+        lines.append(f"its topics: {env} {cli} status")
+    return lines
 
 
 def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None, secure: bool = False) -> int:
@@ -328,10 +445,10 @@ def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None, se
     prefix = settings.topic_prefix or f"demo{int(time.time())}."
     settings = settings.with_overrides(topic_prefix=prefix)
     topics = Topics(prefix)
-    output.mkdir(parents=True, exist_ok=True)
-    audit = output / "audit.log"
+    claim_output(output)
+    audit = output / "audit.log"  # the demo's own audit log, beside its reports (never reports/canary/audit.log)
     if audit.exists():
-        audit.unlink()  # fresh topics, fresh audit trail
+        audit.unlink()  # an earlier demo's (claim_output checked): fresh topics, fresh audit trail
     logs = settings.home / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
     say(f"canary demo — topics prefixed '{prefix}', reports in {output}, service logs in {logs}")
@@ -350,20 +467,22 @@ def run_demo(settings: Settings, output: Path, cfg: DemoConfig | None = None, se
             services.start("router", "router", "--router-id", "demo-router", "--rerank", cfg.rerank)
             deployments = asyncio.run(_run(settings, bootstrap, topics, services, cfg, audit))
             say("writing reports …")
-            from canary.reports.export import export_reports
+            from canary.reports.export import export_deployment
 
             resolved = settings.with_overrides(bootstrap_servers=bootstrap.bootstrap, kafka_security=bootstrap.security)
-            # report.html tells the automatic rollback; the promotion gets its own report beside it.
-            written = export_reports(resolved, output, deployment_id=deployments["rolled_back"])
-            written += export_reports(resolved, output / "promoted", deployment_id=deployments["promoted"])
-            for path in written:
-                say(f"  wrote {path}")
+            # report.html tells the automatic rollback; the promotion gets its own report beside it. Both take
+            # the demo's own audit log, never a file of the live reports directory.
+            for deployment_id, out in (
+                (deployments["rolled_back"], output),
+                (deployments["promoted"], output / "promoted"),
+            ):
+                done = export_deployment(resolved, out, deployment_id, audit_file=audit)
+                say(f"  {deployment_id}: {', '.join(p.name for p in done.paths.values())} in {_short(out)}")
         finally:
             services.stop()
             say("stopped the worker and the router")
-    say(
-        f"demo finished in {time.monotonic() - started:.0f}s. Open {output / 'report.html'} "
-        f"(rollback) and {output / 'promoted' / 'report.html'} (promotion)"
-    )
-    say(f"inspect the topics: CANARY_TOPIC_PREFIX={prefix} canary status")
+        broker_stopped = kafka.started_here
+    say(f"demo finished in {time.monotonic() - started:.0f}s; everything it started is stopped. To look again:")
+    for line in closing_hint(settings, output, audit, broker_stopped, secure):
+        say("  " + line)
     return 0

@@ -6,6 +6,7 @@ variable read deep inside a call stack, and tests can build settings explicitly.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -18,6 +19,17 @@ _ARMS = ("last_good", "candidate")  # canary.core.models.ARMS (settings import n
 
 DEFAULT_LOCAL_PORT = 19092
 ENV_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_DIR_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def prefix_dir_name(prefix: str) -> str:
+    """A topic prefix as one directory name: itself without its trailing dots when that is a plain name,
+    else ``prefix-<hash>`` (a prefix is the operator's free text: no '/', '..' or hidden name gets through)."""
+    name = prefix.rstrip(".")
+    if _DIR_SAFE.fullmatch(name) and name != "demo":  # reports/canary/demo is the demo's own directory
+        return name
+    return "prefix-" + hashlib.sha256(prefix.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -244,8 +256,28 @@ class Settings:
 
     @property
     def reports_dir(self) -> Path:
+        """This topic namespace's reports and the worker's default audit.log: ``reports/canary/`` without a
+        prefix, ``reports/canary/<prefix>/`` with one (its trailing '.' dropped), then ``<environment>/``.
+        A namespace's readers (``canary audit``, ``export``, the dashboard) and its worker meet here, and
+        never read or write another prefix's file (the demo's, a test's)."""
         base = self.project_root / "reports" / "canary"
+        prefix = self.base_prefix
+        if prefix:
+            base = base / prefix_dir_name(prefix)
         return base / self.environment if self.environment else base
+
+    @property
+    def base_prefix(self) -> str:
+        """The topic prefix without the environment's own part (``<base><environment>.``)."""
+        if self.environment is not None:
+            return self.topic_prefix.removesuffix(f"{self.environment}.")
+        return self.topic_prefix
+
+    @property
+    def demo_reports_dir(self) -> Path:
+        """Where ``canary demo`` writes by default: its own directory, beside (never over) the live reports."""
+        base = self.project_root / "reports" / "canary"
+        return (base / self.environment if self.environment else base) / "demo"
 
     @property
     def local_broker_dir(self) -> Path:

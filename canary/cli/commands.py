@@ -183,7 +183,7 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from canary.demo import DemoConfig, run_demo
 
-    output = Path(args.output) if args.output else settings.reports_dir
+    output = Path(args.output) if args.output else settings.demo_reports_dir
     cfg = DemoConfig(qps=args.qps, weight=args.weight, rerank=args.rerank)
     if args.port:
         settings = settings.with_overrides(local_port=args.port)
@@ -223,13 +223,24 @@ def register(sub: Any) -> None:
         help="one-command demo: a bad candidate is rolled back automatically, a good one promoted",
         description=(
             "Uses KAFKA_BOOTSTRAP_SERVERS or starts the local broker, creates topics (fresh prefix), starts the "
-            "worker and a router, generates load, runs a failing and a healthy canary, writes the reports "
-            "(canary_result.json, metrics.json, audit.log, report.html) and stops everything it started."
+            "worker and a router, generates load, runs a failing canary (rolled back by the SLO agent) and a "
+            "healthy one (walked up its rollout plan and promoted by the SLO agent), writes the reports "
+            "(canary_result.json, metrics.json, audit.log, report.html) into a directory of its own and stops "
+            "everything it started. It never touches reports/canary/audit.log or the live reports."
         ),
     )
-    demo.add_argument("--output", help="report directory (default reports/canary)")
+    demo.add_argument(
+        "--output",
+        help="the demo's own report directory (default reports/canary/demo; a directory holding report files "
+        "the demo did not write is refused)",
+    )
     demo.add_argument("--qps", type=float, default=120.0, help="load in requests per second (120)")
-    demo.add_argument("--weight", type=float, default=0.10, help="candidate traffic share (0.10)")
+    demo.add_argument(
+        "--weight",
+        type=float,
+        default=0.10,
+        help="the failing candidate's traffic share (0.10; the healthy one follows its rollout plan's steps)",
+    )
     demo.add_argument(
         "--rerank",
         choices=("model", "modeled"),

@@ -22,45 +22,98 @@ def _fmt(v: float | None, spec: str, unit: str = "") -> str:
     return "-" if v is None else f"{v:{spec}}{unit}"
 
 
+def _ends(commands: list[dict[str, Any]], times: list[int | None]) -> dict[str, int]:
+    """When each ended deployment ended, as the ledger folds the control topic."""
+    from canary.core.deployment import ControlLedger
+    from canary.core.models import ControlCommand
+    from canary.errors import CanaryError
+
+    ledger = ControlLedger()
+    for i, raw in enumerate(commands):
+        try:
+            ledger.apply(ControlCommand.from_dict(raw), times[i] if i < len(times) else None)
+        except CanaryError:
+            continue
+    return {d.deployment_id: d.ended_at_ms for d in ledger.deployments.values() if d.ended_at_ms is not None}
+
+
+def _failed(s: dict[str, Any]) -> str:
+    if s["failed_buckets"] is None:
+        return "-"  # last_good is not judged
+    return f"{s['failed_buckets']}/{s['judged_buckets']}"
+
+
 def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
     from canary.reports.export import read_topics
     from canary.reports.metrics import MetricsCollector
 
     if args.window is not None and args.window <= 0:
         raise ConfigError(f"--window {args.window}: must be > 0 minutes")
-    data = read_topics(settings, windows=True)
+    if args.pooled and not args.config:
+        raise ConfigError("--pooled: needs --config NAME (without it every config is listed, each pooled)")
+    data = read_topics(settings, control=bool(args.config), windows=True)
     collector = MetricsCollector(data.windows)
     known = collector.config_names()
-    names = [args.config] if args.config else known
     if args.config and args.config not in known:
         seen = ", ".join(known) if known else "none yet (no windows on the topic)"
         raise ConfigError(f"no windows for config {args.config!r}; configs seen: {seen}")
-    stats = [collector.get_summary_stats(n, args.window, deployment_id=args.deployment) for n in names]
     scope = f"last {args.window:g} min" if args.window is not None else "all windows"
-    if args.config:
-        s = stats[0]
+    if args.config and args.pooled:
+        s = collector.get_summary_stats(args.config, args.window, deployment_id=args.deployment)
+        s["scope"] = "pooled"
         human = "\n".join(
             [
-                f"config:          {s['config_name']}   ({scope})",
+                f"config:          {s['config_name']}   ({scope}; every deployment and arm pooled)",
                 f"buckets:         {s['buckets']} ({s['failed_buckets']} failed an SLO rule)",
                 f"requests:        {s['total_requests']} ({s['total_errors']} errors)",
                 f"avg p95:         {_fmt(s['avg_p95_ms'], '.1f', ' ms')} (max {_fmt(s['max_p95_ms'], '.1f', ' ms')})",
                 f"avg recall@10:   {_fmt(s['avg_recall_at_10'], '.3f')}",
-                f"SLO violations:  {s['total_slo_violations']}",
+                f"SLO violations:  {s['total_slo_violations']} requests",
                 f"deployments:     {', '.join(s['deployments']) or '-'}",
             ]
         )
         _emit(args, s, human)
         return 0
-    rows = [f"{'CONFIG':28} {'BUCKETS':>7} {'REQUESTS':>9} {'AVG P95 MS':>11} {'RECALL@10':>9} {'SLO VIOL':>8}"]
+    if args.config:
+        rows = collector.per_deployment(
+            args.config, args.window, deployment_id=args.deployment, ends=_ends(data.commands, data.command_times)
+        )
+        lines = [
+            f"config {args.config} ({scope}), per deployment and arm, oldest first; --pooled for one figure over all",
+            f"{'DEPLOYMENT':26} {'ARM':9} {'BUCKETS':>7} {'FAILED':>7} {'REQUESTS':>8} {'AVG P95 MS':>10} "
+            f"{'RECALL@10':>9} {'SLO VIOL':>8}",
+        ]
+        for s in rows:
+            lines.append(
+                f"{s['deployment_id']:26} {s['arm']:9} {s['buckets']:>7} {_failed(s):>7} {s['total_requests']:>8} "
+                f"{_fmt(s['avg_p95_ms'], '.1f'):>10} {_fmt(s['avg_recall_at_10'], '.3f'):>9} "
+                f"{s['total_slo_violations']:>8}"
+            )
+        if not rows:
+            lines.append("(no windows in this scope)")
+        lines.append(
+            "FAILED: judged candidate buckets that failed a rule, until the deployment ended (last_good is not "
+            "judged: -); SLO VIOL: requests that broke a threshold"
+        )
+        payload = {
+            "config_name": args.config,
+            "window_minutes": args.window,
+            "scope": "deployment",
+            "deployments": rows,
+        }
+        _emit(args, payload, "\n".join(lines))
+        return 0
+    stats = [collector.get_summary_stats(n, args.window) for n in known]
+    table = [f"{'CONFIG':28} {'BUCKETS':>7} {'REQUESTS':>9} {'AVG P95 MS':>11} {'RECALL@10':>9} {'SLO VIOL':>8}"]
     for s in stats:
-        rows.append(
+        table.append(
             f"{s['config_name']:28} {s['buckets']:>7} {s['total_requests']:>9} "
             f"{_fmt(s['avg_p95_ms'], '.1f'):>11} {_fmt(s['avg_recall_at_10'], '.3f'):>9} {s['total_slo_violations']:>8}"
         )
     if not stats:
-        rows.append("(no windows on the topic yet)")
-    _emit(args, {"window_minutes": args.window, "configs": stats}, "\n".join(rows) + f"\n({scope})")
+        table.append("(no windows on the topic yet)")
+    footer = f"\n({scope}; each config over all its deployments and arms: --config NAME shows them one by one)"
+    _emit(args, {"window_minutes": args.window, "configs": stats}, "\n".join(table) + footer)
     return 0
 
 
@@ -151,13 +204,20 @@ def register(sub: Any) -> None:
         description=(
             "Reads the finalized 5 s windows from the windows topic. avg_p95_ms is the mean of the buckets' "
             "p95; avg_recall_at_10 the mean over requests with a recall (labels or sampled exact search). "
-            "Without --config: every config seen."
+            "With --config: one row per deployment and arm the config served in (failed buckets counted until "
+            "the deployment ended), --pooled for one figure over all of them. Without --config: every config "
+            "seen, each pooled."
         ),
     )
     p.add_argument("--config", metavar="NAME", help="preset name as it appears in the windows (config_name)")
     p.add_argument("--window", type=float, metavar="MINUTES", help="only windows that ended in the last MINUTES")
     p.add_argument(
         "--deployment", metavar="ID", type=safe_name("deployment id"), help="only windows of this deployment"
+    )
+    p.add_argument(
+        "--pooled",
+        action="store_true",
+        help="with --config: one summary over every deployment and both arms (the spec's get_summary_stats)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_metrics)

@@ -18,6 +18,7 @@ from canary.core import wire
 from canary.core.models import ControlCommand, RouterState, WindowResult, iso_ms, parse_time
 from canary.core.rollout import plan_status
 from canary.errors import CanaryError
+from canary.pipeline.decisions import SLO_AGENT
 from canary.reports.metrics import summarize
 from canary.reports.model import DeploymentReport
 
@@ -31,9 +32,36 @@ ARM_SUMMARY_KEYS = ("avg_p95_ms", "avg_recall_at_10", "total_requests", "total_s
 
 
 def _arm_summary(report: DeploymentReport, arm: str) -> dict[str, Any]:
-    stats = summarize(report.windows(arm))
+    """One arm's figures: every request it served (in-flight ones that finished after the end included), and
+    the buckets judged up to the end. last_good is never judged: its ``failed_buckets`` is null, not 0."""
+    windows = report.windows(arm)
+    stats = summarize(windows)
+    if arm == "candidate":
+        stats["judged_buckets"] = len(report.judged_windows)
+        stats["failed_buckets"] = len(report.failed_windows)
+    else:
+        stats["judged_buckets"] = 0
+        stats["failed_buckets"] = None
+    stats["buckets_after_end"] = sum(1 for w in windows if report.after_end(w))
     name = report.candidate_name if arm == "candidate" else report.last_good_name
-    return {"config_name": name, "arm": arm, **stats}
+    return {"config_name": name, "arm": arm, "judged": arm == "candidate", **stats}
+
+
+def result_notes(report: DeploymentReport) -> list[str]:
+    """What a reader of canary_result.json needs to read its counts right."""
+    notes = [
+        "total_slo_violations counts requests that broke an SLO threshold; failed_buckets counts judged candidate "
+        "buckets in which a rule failed (the decision rests on those). last_good is not judged: its "
+        "failed_buckets is null"
+    ]
+    late = [w for w in report.candidate_windows if report.after_end(w)]
+    if late:
+        notes.append(
+            f"{len(late)} candidate bucket(s) after {report.end_verb} hold {sum(w.response_count for w in late)} "
+            "requests sent before it that finished after it (in flight): they count in total_requests, not in "
+            "judged_buckets or failed_buckets (buckets_after_end counts them, and last_good's of the same slots)"
+        )
+    return notes
 
 
 def canary_result(report: DeploymentReport) -> dict[str, Any]:
@@ -77,11 +105,30 @@ def canary_result(report: DeploymentReport) -> dict[str, Any]:
         "total_requests": lg["total_requests"] + cand["total_requests"],
         "duration_seconds": round(max(0, duration_end - dep.started_at_ms) / 1000, 3),
         **extra,
+        "ended_by": _ended_by(report),
+        "notes": result_notes(report),
     }
 
 
-def bucket_entry(w: WindowResult) -> dict[str, Any]:
-    """One bucket of ``metrics.json``: the spec's fields first, then arm, deployment, window end, verdicts."""
+def _ended_by(report: DeploymentReport) -> dict[str, Any] | None:
+    """Who ended the deployment and how: ``automatic`` for the SLO agent's own decisions (a rollback, a
+    rollout plan's promotion), ``operator`` for a person's or a script's command."""
+    end = report.end_command
+    if end is None:
+        return None
+    return {
+        "command": end.type,
+        "command_id": end.command_id,
+        "issued_by": end.issued_by,
+        "automatic": end.issued_by == SLO_AGENT,
+        "reason": end.reason,
+    }
+
+
+def bucket_entry(w: WindowResult, end_ms: int | None = None) -> dict[str, Any]:
+    """One bucket of ``metrics.json``: the spec's fields first, then arm, deployment, window end, verdicts, and
+    ``after_end``: the bucket was still open when the deployment ended (its requests were in flight then; it
+    is not one of the judged buckets the decision rests on)."""
     d = w.to_dict()
     return {
         "timestamp": d["timestamp"],
@@ -95,18 +142,22 @@ def bucket_entry(w: WindowResult) -> dict[str, Any]:
         "deployment_id": w.deployment_id,
         "window_end": d["window_end"],
         "verdicts": d["verdicts"],
+        "after_end": end_ms is not None and w.window_end_ms > end_ms,
     }
 
 
-def metrics_export(windows: Sequence[WindowResult], now_ms: int | None = None) -> dict[str, Any]:
-    """``metrics.json`` in the spec's shape, buckets in time order (last_good before candidate)."""
+def metrics_export(
+    windows: Sequence[WindowResult], now_ms: int | None = None, end_ms: int | None = None
+) -> dict[str, Any]:
+    """``metrics.json`` in the spec's shape, buckets in time order (last_good before candidate); ``end_ms``:
+    when the deployment ended, which marks the buckets still open then (``after_end``)."""
     ordered = sorted(windows, key=lambda w: (w.window_start_ms, w.arm != "last_good", w.config_name))
     durations = Counter(w.duration_sec for w in ordered)
     return {
         "export_timestamp": iso_ms(now_ms if now_ms is not None else int(time.time() * 1000)),
         "bucket_duration_sec": durations.most_common(1)[0][0] if durations else 5,
         "total_buckets": len(ordered),
-        "buckets": [bucket_entry(w) for w in ordered],
+        "buckets": [bucket_entry(w, end_ms) for w in ordered],
     }
 
 
@@ -193,7 +244,7 @@ def write_canary_result(report: DeploymentReport, out_dir: Path) -> Path:
 
 
 def write_metrics(report: DeploymentReport, out_dir: Path, now_ms: int | None = None) -> Path:
-    return write_json(out_dir / METRICS, metrics_export(report.all_windows, now_ms=now_ms))
+    return write_json(out_dir / METRICS, metrics_export(report.all_windows, now_ms=now_ms, end_ms=report.end_ms))
 
 
 def write_audit(events: Sequence[Mapping[str, Any]], out_dir: Path, source_file: Path | None = None) -> Path:

@@ -29,6 +29,7 @@ from canary.core.judge import evidence_text
 from canary.core.models import WindowResult, iso_ms, parse_time
 from canary.core.outages import OutageNote
 from canary.errors import CanaryError
+from canary.pipeline.decisions import SLO_AGENT
 from canary.reports.metrics import summarize
 from canary.reports.model import CommandEntry, DeploymentReport, DiffEntry
 
@@ -43,6 +44,7 @@ OUTCOME_COLORS = {
     "shared": "#f59e0b",  # a shock both arms share: not the candidate's fault, not healthy either
 }
 THRESHOLD_COLOR = "#dc2626"
+AFTER_END_COLOR = "#94a3b8"  # buckets after the deployment ended: in-flight requests, not part of the decision
 STATUS_STYLE = {
     "running": ("#dbeafe", "#1d4ed8", "Running"),
     "paused": ("#fef3c7", "#b45309", "Paused"),
@@ -207,8 +209,11 @@ def _series(
     y: YAxis,
     describe: Callable[[WindowResult, float], str],
     failed: Callable[[WindowResult], bool],
+    late: Callable[[WindowResult], str | None] = lambda _w: None,
 ) -> list[str]:
-    """A line through every bucket with a value (a gap where a bucket has none) and a dot per bucket."""
+    """A line through every bucket with a value (a gap where a bucket has none) and a dot per bucket. A bucket
+    ``late`` explains (the candidate's requests in flight at the deployment's end) is a hollow grey dot
+    off the line, with that explanation: it is no part of the decision."""
     color = ARM_COLORS[arm]
     d: list[str] = []
     dots: list[str] = []
@@ -217,6 +222,15 @@ def _series(
     for w in windows:
         v = value(w)
         if v is None:
+            pen_down = False
+            continue
+        why_late = late(w)
+        if why_late is not None:
+            dots.append(
+                f'<circle class="point point-after-end" data-arm="{arm}" cx="{_f(axis.x(_mid(w)))}" '
+                f'cy="{_f(y.y(v))}" r="3.4" fill="#fff" stroke="{AFTER_END_COLOR}" stroke-width="1.6" '
+                f'stroke-dasharray="2 1.5"><title>{escape(describe(w, v))} · {escape(why_late)}</title></circle>'
+            )
             pen_down = False
             continue
         x, yy = axis.x(_mid(w)), y.y(v)
@@ -231,7 +245,7 @@ def _series(
             f'stroke-width="{2.2 if bad else 1}"><title>{escape(describe(w, v))}</title></circle>'
         )
     if not count:
-        return []
+        return [f'<g class="series-group series-group-{arm}">', *dots, "</g>"] if dots else []
     return [
         f'<g class="series-group series-group-{arm}">',
         f'<path class="series series-{arm}" data-arm="{arm}" data-points="{count}" d="{" ".join(d)}" '
@@ -262,14 +276,15 @@ def _end_marker(report: DeploymentReport, axis: TimeAxis, top: float, bottom: fl
     x = axis.x(end.issued_at_ms)
     color = END_COLORS[end.type]
     verb = {"rollback": "rolled back", "promote": "promoted", "abort": "aborted"}[end.type]
-    title = f"{verb} at {_utc(end.issued_at_ms)} by {end.issued_by}" + (f": {end.reason}" if end.reason else "")
+    title = f"{verb} at {_utc(end.issued_at_ms)}, {_attribution(end)}" + (f": {end.reason}" if end.reason else "")
     out = [
         f'<g class="end-marker {END_MARKER[end.type]}" data-at-ms="{end.issued_at_ms}"><title>{escape(title)}</title>',
         f'<line x1="{_f(x)}" y1="{_f(top - 4)}" x2="{_f(x)}" y2="{_f(bottom)}" stroke="{color}" stroke-width="2"/>',
         f'<path d="M{_f(x - 6)},{_f(top - 10)} L{_f(x + 6)},{_f(top - 10)} L{_f(x)},{_f(top - 2)} Z" fill="{color}"/>',
     ]
     if with_label:
-        text = verb + (f" — {end.reason}" if end.reason else "")
+        how = "automatically" if end.issued_by == SLO_AGENT else f"by {end.issued_by}"
+        text = f"{verb} {how}" + (f" — {end.reason}" if end.reason else "")
         if len(text) > 90:
             text = text[:87] + "…"
         width = 7.0 * len(text) + 16
@@ -378,12 +393,23 @@ def _metric_chart(
             )
 
         failed = _verdict_failed(metric) if arm == "candidate" else (lambda _w: False)
-        parts += _series(arm, report.windows(arm), value, axis, y, describe, failed)
+        late = (lambda w: _late_text(report, w)) if arm == "candidate" else (lambda _w: None)
+        parts += _series(arm, report.windows(arm), value, axis, y, describe, failed, late)
     if not values:
         parts.append(_no_data((top + bottom) / 2, "no buckets with data"))
     parts += _end_marker(report, axis, top, bottom, with_label=(cls == "chart-p95"))
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _late_text(report: DeploymentReport, w: WindowResult) -> str | None:
+    """Why a candidate bucket after the end is shown apart, or None for one before it."""
+    if not report.after_end(w):
+        return None
+    return (
+        f"after {report.end_verb}: {w.response_count} request(s) sent before it that finished after it "
+        "(in flight); not one of the judged buckets"
+    )
 
 
 def _traffic_chart(report: DeploymentReport, axis: TimeAxis) -> str:
@@ -392,6 +418,8 @@ def _traffic_chart(report: DeploymentReport, axis: TimeAxis) -> str:
     lg = {w.window_start_ms: w for w in report.last_good_windows}
     observed: list[tuple[WindowResult, float, int]] = []
     for w in report.candidate_windows:
+        if report.after_end(w):
+            continue  # after the end the candidate gets no new requests: a share of in-flight ones says nothing
         total = w.response_count + (lg[w.window_start_ms].response_count if w.window_start_ms in lg else 0)
         if total:
             observed.append((w, w.response_count / total, total))
@@ -464,14 +492,19 @@ def _verdict_strip(report: DeploymentReport, axis: TimeAxis) -> str:
             wide = max(1.0, x1 - x0 - 1.5)
             value = "–" if verdict.value is None else f"{verdict.value:g}"
             tip = f"{rule} {verdict.outcome} · bucket {_clock(w.window_start_ms)} · value {value}"
+            late = _late_text(report, w)
+            if late is not None:
+                tip = f"{late} · {tip}"
             if verdict.reason:
                 tip += f" · {verdict.reason}"
             if verdict.evidence:
                 tip += f" · evidence: {evidence_text(verdict)}"
+            after = " verdict-after-end" if late is not None else ""
+            faded = ' fill-opacity="0.28"' if late is not None else ""
             parts.append(
-                f'<rect class="verdict verdict-{verdict.outcome}" data-rule="{_attr(rule)}" x="{_f(x0 + 0.75)}" '
-                f'y="{_f(y0)}" width="{_f(wide)}" height="{row_h}" rx="2" fill="{OUTCOME_COLORS[verdict.outcome]}">'
-                f"<title>{escape(tip)}</title></rect>"
+                f'<rect class="verdict verdict-{verdict.outcome}{after}" data-rule="{_attr(rule)}" '
+                f'x="{_f(x0 + 0.75)}" y="{_f(y0)}" width="{_f(wide)}" height="{row_h}" rx="2" '
+                f'fill="{OUTCOME_COLORS[verdict.outcome]}"{faded}><title>{escape(tip)}</title></rect>'
             )
     if not report.candidate_windows:
         parts.append(_no_data(top + row_h / 2 + 4, "no candidate buckets"))
@@ -545,7 +578,8 @@ background:#e2e8f0;color:#334155}
 .pill.pause,.pill.set_weight,.pill.resume{background:#fef3c7;color:#92400e}
 .rejected{opacity:.55}
 .evidence{margin:6px 0 0;padding:0;list-style:none;font-size:12px;color:#475569}
-.evidence li{padding:2px 0}
+.evidence li{padding:2px 0;overflow-wrap:anywhere}
+.grid2>*{min-width:0}
 .diff-old{color:#1e40af}.diff-new{color:#9a3412;font-weight:600}
 .delta{font-size:11.5px;color:var(--muted);margin-left:6px}
 tr.diff-added td:first-child::after{content:" new";color:var(--good);font-size:11px}
@@ -553,6 +587,7 @@ tr.diff-removed td:first-child::after{content:" removed";color:var(--bad);font-s
 details summary{cursor:pointer;font-weight:600}
 .v-pass{color:#15803d}.v-fail{color:#b91c1c;font-weight:700}.v-inconclusive{color:#64748b}.v-error{color:#7e22ce}
 .v-shared{color:#b45309;font-weight:700}
+.after-end{color:#64748b;font-style:italic}tr.bucket-after-end td{color:#64748b}
 footer{color:var(--muted);font-size:12px;margin-top:20px;text-align:center}
 .empty{color:var(--muted);font-style:italic}
 @media (max-width:900px){.cards{grid-template-columns:repeat(2,1fr)}.grid2{grid-template-columns:1fr}}
@@ -623,12 +658,18 @@ def _banner(report: DeploymentReport) -> str:
         colors = ("#eff6ff", "#bfdbfe", "#1e40af")
         title = f"Running: {share} of traffic goes to {dep.candidate.name}."
     reason = f'<span class="reason">{escape(dep.reason)}</span>' if dep.reason else ""
-    by = f'<span class="by">— {escape(end.issued_by)}, {_utc(end.issued_at_ms)}</span>' if end is not None else ""
+    by = f'<span class="by">— {escape(_attribution(end))}, {_utc(end.issued_at_ms)}</span>' if end is not None else ""
     bg, border, fg = colors
     return (
         f'<div class="banner banner-{_attr(dep.status)}" style="background:{bg};border-color:{border};color:{fg}">'
         f"<b>{escape(title)}</b>{reason}{by}</div>"
     )
+
+
+def _attribution(c: CommandEntry) -> str:
+    """Who decided: the SLO agent's own decisions (a rollback, a rollout plan's steps and promotion) read
+    as automatic; anyone else's command as theirs."""
+    return f"automatic, by {c.issued_by}" if c.issued_by == SLO_AGENT else f"by {c.issued_by}"
 
 
 def _kpi(label: str, value: str, compare: str = "", cls: str = "") -> str:
@@ -647,7 +688,12 @@ def _cards(report: DeploymentReport) -> str:
         return "bad" if "fail" in outcomes else "good" if "pass" in outcomes else ""
 
     total = cand["total_requests"] + lg["total_requests"]
-    judged_buckets = sum(1 for w in report.candidate_windows if w.verdicts)
+    judged_buckets, failed_buckets = len(report.judged_windows), len(report.failed_windows)
+    late = sum(1 for w in report.candidate_windows if report.after_end(w))
+    judged_note = f"judged until {report.end_verb}" if report.end_ms is not None else "judged so far"
+    failed_note = f"{judged_note} · {cand['total_slo_violations']:,} requests broke the SLO"
+    if late:
+        failed_note += f" · {late} in-flight bucket(s) after {report.end_verb.removeprefix('the ')} not counted"
     return (
         '<section class="cards">'
         + _kpi(
@@ -669,9 +715,9 @@ def _cards(report: DeploymentReport) -> str:
         )
         + _kpi(
             "Failed candidate buckets",
-            f"{cand['failed_buckets']} / {judged_buckets}",
-            f"{cand['total_slo_violations']:,} requests broke the SLO",
-            "bad" if cand["failed_buckets"] else "good" if judged_buckets else "",
+            f"{failed_buckets} / {judged_buckets}",
+            failed_note,
+            "bad" if failed_buckets else "good" if judged_buckets else "",
         )
         + _kpi(
             "Traffic split",
@@ -736,38 +782,57 @@ def _charts(report: DeploymentReport) -> str:
     )
     outcome_legend = [(f'<i class="sw box" style="background:{c}"></i>', o) for o, c in OUTCOME_COLORS.items()]
     bucket_s = report.all_windows[0].duration_sec if report.all_windows else 5
+    late = any(report.after_end(w) for w in report.candidate_windows)
+    if late:
+        swatch = f'<i class="sw box" style="background:#fff;border:1.5px dashed {AFTER_END_COLOR}"></i>'
+        marker = [*marker, (swatch, f"after {report.end_verb.removeprefix('the ')}: in flight")]
+    until = f" until {report.end_verb}" if late else ""
+    in_flight = (
+        f" · dashed grey dots: requests in flight at {report.end_verb}, finishing after it (not judged)" if late else ""
+    )
+
+    def shaded(metric: str) -> str:
+        """Only a chart that shows the evidence of the end (the rollback's failing buckets) says so."""
+        end = report.end_command
+        ev = end.evidence if end is not None else None
+        if not ev or ev.get("metric") != metric or not ev.get("windows"):
+            return ""
+        return f" · shaded: the buckets the {end.type if end is not None else 'end'} rests on"
+
     return (
         _panel(
             "p95 latency",
-            f"ms per {bucket_s} s bucket · ringed dots failed the rule · shaded: the rollback's evidence",
+            f"ms per {bucket_s} s bucket · ringed dots failed the rule{shaded('p95_ms')}{in_flight}",
             _legend([*arms, *threshold, *marker]),
             p95 + note,
             "panel-p95",
         )
         + _panel(
             "recall@10",
-            "mean over requests with a recall (labels, or a sampled exact search) per bucket",
+            "mean over requests with a recall (labels, or a sampled exact search) per bucket" + shaded("recall_at_10"),
             _legend([*arms, *threshold, *marker]),
             recall + note,
             "panel-recall",
         )
         + _panel(
             "Error rate",
-            "errored responses per bucket (timeouts and backend errors)",
+            "errored responses per bucket (timeouts and backend errors)" + shaded("error_rate"),
             _legend([*arms, *threshold, *marker]),
             errors + note,
             "panel-errors",
         )
         + _panel(
             "Candidate traffic share",
-            "line: configured share (start, weight changes, pause/resume, end) · dots: observed share per bucket",
+            "line: configured share (start, weight changes, pause/resume, end) · dots: observed share per bucket"
+            + until,
             _legend([(_arm_swatch("candidate"), "configured"), ("○", "observed"), *marker]),
             _traffic_chart(report, axis) + note,
             "panel-traffic",
         )
         + _panel(
             "SLO verdicts",
-            "candidate buckets judged per rule · inconclusive: too few samples, neither counts nor resets the streak",
+            "candidate buckets judged per rule · inconclusive: too few samples, neither counts nor resets the streak"
+            + (f" · faded: after {report.end_verb} (in-flight requests, not counted)" if late else ""),
             _legend(outcome_legend),
             _verdict_strip(report, axis),
             "panel-verdicts",
@@ -869,8 +934,14 @@ def _buckets_table(report: DeploymentReport) -> str:
     rows = []
     for w in report.all_windows:
         verdicts = " ".join(f'<span class="v-{v.outcome}">{escape(v.rule)}:{v.outcome}</span>' for v in w.verdicts)
+        after = report.after_end(w)
+        if after:  # what follows the end: say so where the verdicts would be read
+            verdicts = (
+                f'<span class="after-end">after {escape(report.end_verb)} (in flight, not counted)</span> ' + verdicts
+            )
         rows.append(
-            f'<tr class="bucket bucket-{_attr(w.arm)}"><td class="mono">{_clock(w.window_start_ms)}</td>'
+            f'<tr class="bucket bucket-{_attr(w.arm)}{" bucket-after-end" if after else ""}">'
+            f'<td class="mono">{_clock(w.window_start_ms)}</td>'
             f'<td><span class="tag {_attr(w.arm)}">{escape(w.arm)}</span></td>'
             f'<td class="num">{fmt_ms(w.p95_ms)}</td><td class="num">{fmt_recall(w.recall_at_10)}</td>'
             f'<td class="num">{w.response_count}</td><td class="num">{w.error_count}</td>'

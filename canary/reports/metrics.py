@@ -8,7 +8,7 @@ all labeled requests. Missing data is ``None`` rather than 0, so "no data" never
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from canary.core.models import WindowResult
@@ -29,6 +29,9 @@ def summarize(windows: Iterable[WindowResult]) -> dict[str, Any]:
         "total_errors": sum(w.error_count for w in ws),
         "total_slo_violations": sum(w.slo_violations for w in ws),
         "buckets": len(ws),
+        # Buckets the SLO judge judged (candidate buckets; last_good's are never judged), and of those the
+        # ones in which a rule failed. slo_violations above counts *requests*, these count *buckets*.
+        "judged_buckets": sum(1 for w in ws if w.verdicts),
         "failed_buckets": sum(1 for w in ws if any(v.outcome == "fail" for v in w.verdicts)),
     }
 
@@ -89,3 +92,40 @@ class MetricsCollector:
             deployments=sorted({w.deployment_id or "-" for w in ws}),
         )
         return stats
+
+    def per_deployment(
+        self,
+        config_name: str,
+        window_minutes: float | None = None,
+        *,
+        deployment_id: str | None = None,
+        ends: Mapping[str, int] | None = None,
+        now_ms: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """``config_name``'s figures per deployment and arm it served in (oldest deployment first; ``"-"`` for
+        windows of no deployment), each as :meth:`get_summary_stats` shapes them plus ``deployment_id`` and
+        ``arm``. ``ends``: each ended deployment's end (the ledger's ``ended_at_ms``): its judged and failed
+        buckets are counted until then, and ``buckets_after_end`` says how many came after (in flight)."""
+        groups: dict[tuple[str, str], list[WindowResult]] = {}
+        for w in self.select(config_name, window_minutes, deployment_id=deployment_id, now_ms=now_ms):
+            groups.setdefault((w.deployment_id or "-", w.arm), []).append(w)
+        out = []
+        for (dep, arm), ws in sorted(groups.items(), key=lambda kv: (kv[1][0].window_start_ms, kv[0][1])):
+            end = (ends or {}).get(dep)
+            before = [w for w in ws if end is None or w.window_end_ms <= end]
+            stats = summarize(ws)
+            judged = summarize(before)
+            stats.update(
+                config_name=config_name,
+                deployment_id=dep,
+                arm=arm,
+                window_minutes=window_minutes,
+                judged_buckets=judged["judged_buckets"] if arm == "candidate" else 0,
+                # last_good is never judged: no failed-bucket figure at all rather than a reassuring 0
+                failed_buckets=judged["failed_buckets"] if arm == "candidate" else None,
+                buckets_after_end=len(ws) - len(before),
+                first_bucket=ws[0].to_dict()["timestamp"],
+                last_bucket=ws[-1].to_dict()["timestamp"],
+            )
+            out.append(stats)
+        return out

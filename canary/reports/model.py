@@ -150,8 +150,36 @@ class DeploymentReport:
 
     def with_windows(self, windows: Iterable[WindowResult], source: str | None = None) -> DeploymentReport:
         """The same report with other windows (e.g. recomputed by a replay)."""
-        lg, cand = split_arms(windows, self.deployment_id)
+        lg, cand = split_arms(windows, self.deployment_id, self.end_ms)
         return replace(self, last_good_windows=lg, candidate_windows=cand, source=source or self.source)
+
+    # -- before and after the end ---------------------------------------------------------------------------
+    def after_end(self, w: WindowResult) -> bool:
+        """Still open when the deployment ended (rolled back, promoted, aborted): not part of the decision.
+        What such a bucket holds are requests sent before the end that finished after it (in flight)."""
+        return self.end_ms is not None and w.window_end_ms > self.end_ms
+
+    @property
+    def judged_windows(self) -> tuple[WindowResult, ...]:
+        """The candidate buckets the judge had judged when the deployment ended (a rollback came after the
+        last of them): the only ones the failed-bucket count counts."""
+        return tuple(w for w in self.candidate_windows if w.verdicts and not self.after_end(w))
+
+    @property
+    def failed_windows(self) -> tuple[WindowResult, ...]:
+        return tuple(w for w in self.judged_windows if any(v.outcome == "fail" for v in w.verdicts))
+
+    @property
+    def late_windows(self) -> tuple[WindowResult, ...]:
+        """Buckets after the end that still hold requests (in flight at the end), both arms, in time order."""
+        return tuple(w for w in self.all_windows if self.after_end(w))
+
+    @property
+    def end_verb(self) -> str:
+        """The end in words: "the rollback", "the promotion", "the abort" (or "the end")."""
+        return {"rolled_back": "the rollback", "promoted": "the promotion", "aborted": "the abort"}.get(
+            self.status, "the end"
+        )
 
     def outage_slots(self, outage: BrokerOutage) -> list[OutageSlot]:
         """Every bucket slot that overlaps ``outage`` or its drain, with both arms' windows of the slot."""
@@ -171,7 +199,9 @@ class DeploymentReport:
         return slots
 
     def span_ms(self) -> tuple[int, int]:
-        """Time range the report covers: the deployment and every window of it."""
+        """Time range the report covers: the deployment and every window of it. An ended deployment's axis
+        ends with its end or its last bucket holding data, whichever is later (empty buckets after the end
+        are not kept, see :func:`split_arms`); a running one's at the report's time."""
         start = self.deployment.started_at_ms
         end = self.end_ms if self.end_ms is not None else self.generated_at_ms
         ws = self.all_windows
@@ -197,9 +227,16 @@ def _window_order(w: WindowResult) -> tuple[int, str]:
 
 
 def split_arms(
-    windows: Iterable[WindowResult], deployment_id: str
+    windows: Iterable[WindowResult], deployment_id: str, end_ms: int | None = None
 ) -> tuple[tuple[WindowResult, ...], tuple[WindowResult, ...]]:
-    """The deployment's windows per arm, deduplicated by window id (the last emitted wins), in time order."""
+    """The deployment's windows per arm, deduplicated by window id (the last emitted wins), in time order.
+
+    With ``end_ms`` (the deployment ended), of the buckets still open at the end only those holding the
+    candidate's requests in flight at the end (sent before it, finished after it) are kept — with
+    last_good's buckets of the same slots and of the slot the end fell in; the report shows them as such
+    (:meth:`DeploymentReport.after_end`). The rest is left out: the routers go on closing the deployment's
+    windows for a while, empty for the candidate (and last_good's go on as long as no other deployment
+    starts), so a report's axis and counts end where the deployment's data end."""
     by_id: dict[str, WindowResult] = {}
     for w in windows:
         if w.deployment_id != deployment_id:
@@ -208,6 +245,16 @@ def split_arms(
         if prev is None or w.emitted_at_ms >= prev.emitted_at_ms:
             by_id[w.window_id] = w
     ordered = sorted(by_id.values(), key=_window_order)
+    if end_ms is not None:
+        in_flight = {
+            w.window_start_ms for w in ordered if w.arm == "candidate" and w.window_end_ms > end_ms and w.response_count
+        }
+        ordered = [
+            w
+            for w in ordered
+            if w.window_end_ms <= end_ms
+            or (w.response_count > 0 and (w.window_start_ms in in_flight or w.window_start_ms < end_ms))
+        ]
     return (
         tuple(w for w in ordered if w.arm == "last_good"),
         tuple(w for w in ordered if w.arm == "candidate"),
@@ -359,7 +406,7 @@ def build_report(
         dep.candidate.snapshot,
         on_error=lambda why: notes.append(f"candidate slo section unreadable ({why}); default rules shown"),
     ).rules
-    lg, cand = split_arms(all_windows, dep.deployment_id)
+    lg, cand = split_arms(all_windows, dep.deployment_id, dep.ended_at_ms)
     touched = tuple(
         o for o in merge_outages(outages) if any(o.phase(w.window_start_ms, w.window_end_ms) for w in lg + cand)
     )

@@ -29,7 +29,8 @@ def test_an_environment_namespaces_topics_keys_caches_audit_and_reports(tmp_path
     assert Topics(prod.topic_prefix).windows == "t1.prod.canary_windows"
     assert prod.trusted_keys_dir == tmp_path / "envs" / "prod" / "trusted-keys"
     assert prod.operator_key_path == tmp_path / "envs" / "prod" / "keys" / "operator.key"
-    assert prod.reports_dir == tmp_path / "reports" / "canary" / "prod" != staging.reports_dir
+    # Under the base prefix's own directory: another prefix's prod shares nothing with this one.
+    assert prod.reports_dir == tmp_path / "reports" / "canary" / "t1" / "prod" != staging.reports_dir
     assert prod.dashboard_token_path != staging.dashboard_token_path
     assert prod.sibling("staging") == staging
     assert load_settings({"CANARY_ENV": "prod", "CANARY_TOPIC_PREFIX": "t1."}).topic_prefix == "t1.prod."

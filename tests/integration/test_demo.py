@@ -1,11 +1,15 @@
-"""The main job: `canary demo` rolls a bad candidate back, promotes a good one, writes the reports."""
+"""The main job: `canary demo` rolls a bad candidate back and the SLO agent promotes a good one (its rollout
+plan), the console tells every judged window before the decision it led to, the reports go to the demo's
+own directory — and a live reports/canary/audit.log is left exactly as it was."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,34 +19,110 @@ from tests.integration.harness import ROOT
 
 pytestmark = pytest.mark.kafka
 
+STAMP = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
+
+
+def _story(stdout: str) -> str:
+    """The console as one text: stamps dropped, wrapped lines joined again."""
+    text = " ".join(STAMP.sub("", line).strip() for line in stdout.splitlines())
+    return text.replace("/ ", "/")  # a long path folded after a '/' is one path again
+
 
 def test_demo_end_to_end(kafka_bootstrap: str, base_settings: Settings, tmp_path: Path) -> None:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "CANARY_HOME": str(tmp_path / "home")}
+    # A project whose live reports directory holds a worker's audit trail of a real deployment.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "configs").symlink_to(ROOT / "configs")
+    live = project / "reports" / "canary" / "audit.log"
+    live.parent.mkdir(parents=True)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    trail = "".join(
+        json.dumps({"event_id": f"control:live-{i}", "event_type": "canary_start", "timestamp": now}) + "\n"
+        for i in range(3)
+    ).encode()
+    live.write_bytes(trail)
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "CANARY_HOME": str(tmp_path / "home"),
+        "CANARY_PROJECT_ROOT": str(project),
+    }
     env.pop("CANARY_TOPIC_PREFIX", None)
-    result = subprocess.run(
-        [sys.executable, "scripts/demo_canary.py", "--output", str(tmp_path / "out")],
+
+    # Pointed at the live directory, the demo refuses before starting anything.
+    refused = subprocess.run(
+        [sys.executable, "scripts/demo_canary.py", "--output", str(live.parent)],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "holds audit.log, which the demo did not write" in refused.stderr
+    assert live.read_bytes() == trail
+
+    result = subprocess.run(
+        [sys.executable, "scripts/demo_canary.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = result.stdout
-    assert "ROLLED BACK automatically: SLO violation: p95_ms failed for 2 consecutive buckets" in out
-    assert "PROMOTED candidate_high_recall" in out
+    out = project / "reports" / "canary" / "demo"
+    assert live.read_bytes() == trail, "the demo touched the live audit.log"
 
-    rolled = json.loads((tmp_path / "out" / "canary_result.json").read_text())
+    # The console: lines of at most 100 columns; the second failing bucket, the decision and its reason
+    # before "ROLLED BACK"; the plan's steps and the agent's promotion; a hint that works afterwards.
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 100 for line in lines), [line for line in lines if len(line) > 100]
+    story = _story(result.stdout)
+    reason = "SLO violation: p95_ms failed for 2 consecutive buckets"
+    assert (
+        story.index("p95_ms FAIL 1/2")
+        < story.index("p95_ms FAIL 2/2")
+        < story.index(f"→ the SLO agent decides ROLLBACK: {reason}")
+        < story.index(f"ROLLED BACK automatically by the SLO agent: {reason}")
+    )
+    assert "FAIL 3/2" not in story  # the in-flight bucket after the rollback is not part of the story
+    assert story.index("WEIGHT → 25% by slo-agent: rollout: step 1 of 4") < story.index("WEIGHT → 100% by slo-agent")
+    assert "PROMOTED automatically by the SLO agent: rollout: step 4 of 4" in story
+    prefix = re.search(r"topics prefixed '([^']+)'", story)
+    assert prefix is not None
+    # The CLI named as this interpreter's (the venv's script), not a `canary` assumed to be on PATH.
+    script = Path(sys.executable).parent / "canary"
+    cli = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else str(script)
+    if not script.is_file():
+        cli = f"{sys.executable} -m canary.cli"
+    assert f"the demo's audit: {cli} audit --audit-log {out / 'audit.log'}" in story
+    assert f"its topics: CANARY_TOPIC_PREFIX={prefix.group(1)} " in story  # the suite's broker keeps running
+
+    rolled = json.loads((out / "canary_result.json").read_text())
     assert rolled["status"] == "rolled_back" and rolled["candidate_config"] == "candidate_slow"
-    assert rolled["rollback_reason"] == "SLO violation: p95_ms failed for 2 consecutive buckets"
-    promoted = json.loads((tmp_path / "out" / "promoted" / "canary_result.json").read_text())
-    assert promoted["status"] == "promoted"
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert rolled["rollback_reason"] == reason and rolled["ended_by"]["automatic"] is True
+    cand = rolled["metrics_summary"]["candidate_config"]
+    assert cand["failed_buckets"] == 2 and cand["judged_buckets"] >= 2
+    assert rolled["metrics_summary"]["active_config"]["failed_buckets"] is None  # last_good is not judged
+    promoted = json.loads((out / "promoted" / "canary_result.json").read_text())
+    assert promoted["status"] == "promoted" and promoted["candidate_config"] == "candidate_progressive"
+    assert promoted["ended_by"]["issued_by"] == "slo-agent"
+    assert promoted["ended_by"]["command_id"] == f"rollout-{promoted['deployment_id']}-promote"
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["bucket_duration_sec"] == 5 and metrics["total_buckets"] == len(metrics["buckets"]) > 0
-    audit = [json.loads(line) for line in (tmp_path / "out" / "audit.log").read_text().splitlines()]
+    audit = [json.loads(line) for line in (out / "audit.log").read_text().splitlines()]
     types = {e["event_type"] for e in audit}
-    assert {"canary_start", "canary_rollback", "canary_promote", "router_state"} <= types
-    assert "<svg" in (tmp_path / "out" / "report.html").read_text()
+    assert {"canary_start", "canary_rollback", "canary_set_weight", "canary_promote", "router_state"} <= types
+    assert "<svg" in (out / "report.html").read_text() and "<svg" in (out / "promoted" / "report.html").read_text()
+
+    # `canary audit` of the default prefix reads its own log: the live trail, none of the demo's events.
+    audit_cli = subprocess.run(
+        [sys.executable, "-m", "canary.cli", "audit", "--hours", "1", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert audit_cli.returncode == 0, audit_cli.stderr
+    listed = json.loads(audit_cli.stdout)
+    assert [e["event_id"] for e in listed["events"]] == [f"control:live-{i}" for i in range(3)]
+
     # Everything the demo started is gone: no worker or router left behind.
     leftovers = subprocess.run(["pgrep", "-af", "canary.cli"], capture_output=True, text=True)
     assert str(tmp_path) not in leftovers.stdout

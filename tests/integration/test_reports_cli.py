@@ -137,8 +137,13 @@ async def test_export_writes_the_spec_files(settings: Settings, deployment: Scen
 
 async def test_export_copies_the_workers_audit_log(settings: Settings, deployment: Scenario, tmp_path: Path) -> None:
     project = tmp_path / "project"
-    live = project / "reports" / "canary" / "audit.log"
+    # The worker of this prefix writes reports/canary/<prefix>/audit.log by default; the file of the default
+    # prefix beside it is another namespace's and must not be read.
+    live = Settings(project_root=project, topic_prefix=settings.topic_prefix).reports_dir / "audit.log"
+    assert live.parent == project / "reports" / "canary" / settings.topic_prefix.rstrip(".")
     live.parent.mkdir(parents=True)
+    other = project / "reports" / "canary" / "audit.log"
+    other.write_text(json.dumps({"event_id": "control:other", "event_type": "canary_start"}) + "\n")
     line = {"event_id": "control:x", "event_type": "canary_start", "timestamp": "2024-01-01T00:00:00.000Z"}
     live.write_text(json.dumps(line) + "\n" + '{"event_id": "torn')
     out = tmp_path / "out"
@@ -155,17 +160,37 @@ async def test_export_copies_the_workers_audit_log(settings: Settings, deploymen
 
 async def test_metrics_summary_of_a_config(settings: Settings, deployment: Scenario, tmp_path: Path) -> None:
     env = _env(settings, tmp_path)
-    result = await _canary("metrics", "--config", "candidate_slow", "--json", env=env)
+    # Per deployment and arm by default: the failed buckets counted until the rollback; last_good not judged.
+    per = _json(await _canary("metrics", "--config", "candidate_slow", "--json", env=env))
+    assert per["scope"] == "deployment" and len(per["deployments"]) == 1
+    (row,) = per["deployments"]
+    assert (row["deployment_id"], row["arm"]) == (deployment.deployment_id, "candidate")
+    assert row["buckets"] == row["judged_buckets"] == len(CANDIDATE_P95)
+    assert row["failed_buckets"] == sum(1 for v in CANDIDATE_P95 if v > 1200) and row["buckets_after_end"] == 0
+    lg = _json(await _canary("metrics", "--config", "last_good", "--json", env=env))["deployments"]
+    assert [(r["arm"], r["failed_buckets"], r["judged_buckets"]) for r in lg] == [("last_good", None, 0)]
+    assert lg[0]["buckets"] == len(LAST_GOOD_COUNTS) and lg[0]["buckets_after_end"] == 1  # open at the rollback
+    table = await _canary("metrics", "--config", "candidate_slow", env=env)
+    assert table.returncode == 0, table.stderr
+    assert re.search(
+        rf"{deployment.deployment_id} +candidate +{len(CANDIDATE_P95)} +3/{len(CANDIDATE_P95)} ", table.stdout
+    )
+    assert "--pooled" in table.stdout
+
+    result = await _canary("metrics", "--config", "candidate_slow", "--pooled", "--json", env=env)
     assert result.returncode == 0, result.stderr
     stats = _json(result)
-    assert stats["buckets"] == len(CANDIDATE_P95)
+    assert stats["scope"] == "pooled" and stats["buckets"] == len(CANDIDATE_P95)
     assert stats["total_requests"] == sum(CANDIDATE_COUNTS)
     assert stats["avg_p95_ms"] == pytest.approx(sum(CANDIDATE_P95) / len(CANDIDATE_P95), abs=0.01)
     assert stats["total_slo_violations"] > 0 and 0.4 < stats["avg_recall_at_10"] < 0.47
     assert stats["deployments"] == [deployment.deployment_id]
 
     recent = _json(await _canary("metrics", "--config", "candidate_slow", "--window", "0.5", "--json", env=env))
-    assert recent["buckets"] == 0  # the sample's windows ended more than 30 s ago
+    assert recent["deployments"] == []  # the sample's windows ended more than 30 s ago
+    pooled = ("metrics", "--config", "candidate_slow", "--pooled", "--window", "0.5", "--json")
+    assert _json(await _canary(*pooled, env=env))["buckets"] == 0
+    assert (await _canary("metrics", "--pooled", env=env)).returncode == 2  # --pooled needs --config
 
     every = await _canary("metrics", env=env)
     assert every.returncode == 0 and "candidate_slow" in every.stdout and "last_good" in every.stdout
@@ -177,6 +202,12 @@ async def test_metrics_summary_of_a_config(settings: Settings, deployment: Scena
 
 async def test_audit_of_the_last_hours(settings: Settings, deployment: Scenario, tmp_path: Path) -> None:
     env = _env(settings, tmp_path)
+    # Another prefix's audit log (the default prefix's, as a worker without CANARY_TOPIC_PREFIX writes it, or
+    # an older demo's): this prefix's reader must not mix it in.
+    other = tmp_path / "reports" / "canary" / "audit.log"
+    other.parent.mkdir(parents=True)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    other.write_text(json.dumps({"event_id": "control:x", "event_type": "canary_start", "timestamp": now}) + "\n")
     result = await _canary("audit", "--hours", "1", "--json", env=env)
     assert result.returncode == 0, result.stderr
     payload = _json(result)

@@ -142,3 +142,68 @@ def build(t0: int = 1_700_000_000_000, deployment_id: str | None = None, candida
     for i, (p95, n) in enumerate(zip(LAST_GOOD_P95, LAST_GOOD_COUNTS, strict=True)):
         sc.windows.append(window(dep, "last_good", "last_good", t0 + i * BUCKET_MS, p95=p95, count=n, recall=0.38))
     return sc
+
+
+def build_with_aftermath(t0: int = 1_700_000_000_000, deployment_id: str | None = None) -> Scenario:
+    """:func:`build`, then what the topics hold after the rollback, as live: the bucket open at the rollback
+    with the candidate's requests that were in flight (judged again by the judge, which goes on judging),
+    three more empty candidate buckets, and last_good's buckets going on (no other deployment started)."""
+    sc = build(t0, deployment_id)
+    dep, n = sc.deployment_id, len(CANDIDATE_P95)
+    assert sc.rollback.issued_at_ms < t0 + (n + 1) * BUCKET_MS  # the rollback falls in slot n
+    rules = [
+        dataclasses.replace(r, method="point")
+        for r in rules_from_slo_section(PRESETS.get(sc.candidate).to_dict()["slo"])
+    ]
+    judge = DeploymentJudge(dep, SLOPolicy(tuple(rules), inconclusive_limit=0))
+    for w in sc.windows:
+        if w.arm == "candidate":
+            judge.observe(dataclasses.replace(w, verdicts=()), w.window_end_ms + 1000)
+    for i, count in enumerate([35, 0, 0, 0]):
+        start = t0 + (n + i) * BUCKET_MS
+        w = window(dep, sc.candidate, "candidate", start, p95=1700.0, count=count, recall=0.4, violations=count)
+        (judged,) = judge.observe(w, w.window_end_ms + 1000)
+        sc.windows.append(judged.window)
+        if i:
+            sc.windows.append(window(dep, "last_good", "last_good", start, p95=430.0, count=240, recall=0.38))
+    return sc
+
+
+def build_promotion(t0: int = 1_700_000_000_000, deployment_id: str | None = None) -> Scenario:
+    """A rollout plan walked to its end by the real SLO agent's loop (canary.pipeline.loop): candidate_progressive
+    started by an operator, stepped 10 → 25 → 50 → 100 % and promoted by slo-agent (``rollout-<dep>-promote``),
+    every command as the loop issued it; then one empty candidate bucket after the promotion."""
+    from canary.pipeline.loop import fold_commands, run_loop
+    from canary.pipeline.policies import PolicyBook
+
+    dep = deployment_id or f"canary_{uuid.uuid4().hex[:8]}"
+    name = "candidate_progressive"
+    preset, last_good = PRESETS.get(name), PRESETS.get("last_good")
+    start = command(
+        "start",
+        dep,
+        t0 + 1_200,
+        weight=0.1,
+        candidate_config=preset.to_dict(),
+        candidate_config_hash=preset.content_hash,
+        last_good_config=last_good.to_dict(),
+    )
+    # Traffic follows the plan's weights (set at 16, 31 and 46 s by the loop below): 600 requests a bucket.
+    weights = [0.1] * 3 + [0.25] * 3 + [0.5] * 3 + [1.0] * 4
+    windows = []
+    for i, weight in enumerate(weights):
+        s = t0 + i * BUCKET_MS
+        cand = round(600 * weight)
+        windows.append(window(dep, name, "candidate", s, p95=780.0 + 5 * (i % 3), count=cand, recall=0.9))
+        if cand < 600:
+            windows.append(window(dep, "last_good", "last_good", s, p95=420.0, count=600 - cand, recall=0.7))
+    ledger = fold_commands([start])
+    loop = run_loop(windows, PolicyBook(lambda: ledger), [start])
+    issued = [d.command for d in loop.decisions if d.command is not None and d.applied]
+    assert [c.type for c in issued] == ["set_weight", "set_weight", "set_weight", "promote"], loop.decisions
+    sc = Scenario(dep, t0, candidate=name)
+    sc.commands = [start, *issued]
+    sc.windows = [loop.judged.get(w.window_id, w) for w in windows]
+    after = t0 + len(weights) * BUCKET_MS
+    sc.windows.append(window(dep, name, "candidate", after, p95=None, count=0))
+    return sc

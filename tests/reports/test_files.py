@@ -34,6 +34,8 @@ SPEC_RESULT_KEYS = {
     "total_requests",
     "duration_seconds",
 }
+# Beside the spec's keys: who ended the deployment (automatic or not), and how to read the counts.
+EXTRA_RESULT_KEYS = {"ended_by", "notes"}
 SPEC_BUCKET_KEYS = {
     "timestamp",
     "duration_sec",
@@ -60,7 +62,7 @@ def test_canary_result_has_the_spec_shape() -> None:
     sc = build(T0, "canary_1")
     report = build_report(commands=sc.command_dicts, windows=sc.windows, now_ms=T0 + 600_000)
     result = canary_result(report)
-    assert set(result) == SPEC_RESULT_KEYS
+    assert set(result) == SPEC_RESULT_KEYS | EXTRA_RESULT_KEYS
     assert result["deployment_id"] == "canary_1"
     assert result["start_time"] == iso_ms(T0) and result["end_time"] == iso_ms(sc.rollback.issued_at_ms)
     assert result["status"] == "rolled_back"
@@ -101,7 +103,7 @@ def test_metrics_json_has_the_spec_shape_in_time_order() -> None:
     assert out["export_timestamp"] == iso_ms(T0 + 600_000)
     assert out["bucket_duration_sec"] == 5 and out["total_buckets"] == 21 == len(out["buckets"])
     for b in out["buckets"]:
-        assert set(b) == SPEC_BUCKET_KEYS | {"arm", "deployment_id", "window_end", "verdicts"}
+        assert set(b) == SPEC_BUCKET_KEYS | {"arm", "deployment_id", "window_end", "verdicts", "after_end"}
     first, second = out["buckets"][:2]
     assert (first["arm"], second["arm"]) == ("last_good", "candidate") and first["timestamp"] == iso_ms(T0)
     assert [b["timestamp"] for b in out["buckets"]] == sorted(b["timestamp"] for b in out["buckets"])
@@ -193,7 +195,7 @@ def test_canary_result_of_a_rollout_carries_the_plan_and_the_step_it_reached() -
     sc = build(T0, "canary_2", candidate="candidate_progressive")
     report = build_report(commands=sc.command_dicts, windows=sc.windows, now_ms=T0 + 600_000)
     result = canary_result(report)
-    assert set(result) == SPEC_RESULT_KEYS | {"rollout"}
+    assert set(result) == SPEC_RESULT_KEYS | EXTRA_RESULT_KEYS | {"rollout"}
     rollout = result["rollout"]
     assert [s["weight"] for s in rollout["steps"]] == [0.1, 0.25, 0.5, 1.0]
     # The scenario's operator set_weight 0.2 is off the plan's weights: no current step.

@@ -65,3 +65,20 @@ def test_get_summary_stats_by_config_and_time_window() -> None:
 def test_redelivered_windows_count_once() -> None:
     w = _w(0, 900.0, 25)
     assert MetricsCollector([w, w]).get_summary_stats("cand")["total_requests"] == 25
+
+
+def test_per_deployment_splits_deployments_and_arms_and_counts_failed_buckets_until_the_end() -> None:
+    from tests.reports.sample import build_with_aftermath
+
+    a, b = build_with_aftermath(T0, "dep-a"), build_with_aftermath(T0 + 600_000, "dep-b")
+    collector = MetricsCollector(a.windows + b.windows)
+    ends = {"dep-a": a.rollback.issued_at_ms, "dep-b": b.rollback.issued_at_ms}
+    rows = collector.per_deployment("candidate_slow", ends=ends, now_ms=T0 + 900_000)
+    assert [(r["deployment_id"], r["arm"]) for r in rows] == [("dep-a", "candidate"), ("dep-b", "candidate")]
+    # Each deployment's own figures: 3 of 10 judged buckets failed until its rollback; the in-flight bucket
+    # after it (judged failing by the judge) and the empty ones are not judged buckets of the decision.
+    assert [(r["failed_buckets"], r["judged_buckets"], r["buckets_after_end"]) for r in rows] == [(3, 10, 4)] * 2
+    (lg,) = collector.per_deployment("last_good", deployment_id="dep-b", ends=ends)
+    assert (lg["arm"], lg["failed_buckets"], lg["judged_buckets"]) == ("last_good", None, 0)
+    # Pooled (the spec's API) still pools both deployments.
+    assert collector.get_summary_stats("candidate_slow")["deployments"] == ["dep-a", "dep-b"]

@@ -158,3 +158,64 @@ def test_preset_diff_of_the_shipped_presets() -> None:
     assert diff["metadata.name"].candidate == "candidate_slow"
     assert "reranker.model" not in diff and "slo.p95_ms" not in diff  # unchanged keys are left out
     assert all(d.change == "changed" for d in r.diff)
+
+
+# -- after the end: counts stop at the decision ------------------------------------------------------------
+def test_counts_after_a_rollback_stop_at_the_decision() -> None:
+    from tests.reports.sample import CANDIDATE_P95, build_with_aftermath
+
+    sc = build_with_aftermath(T0, "dep-a")
+    r = build_report(commands=sc.command_dicts, windows=sc.windows, now_ms=T0 + 900_000)
+    assert r.end_ms is not None and T0 + 50_000 < r.end_ms < T0 + 55_000
+    # Judged until the rollback: the ten buckets before it, three of them failing (the rollback came after
+    # the last two). The bucket open at the rollback holds the candidate's in-flight requests: it is shown
+    # (with last_good's bucket of the same slot), judged "fail" by the judge, and counted nowhere.
+    assert len(r.judged_windows) == len(CANDIDATE_P95) and len(r.failed_windows) == 3
+    (late_cand,) = [w for w in r.late_windows if w.arm == "candidate"]
+    assert late_cand.response_count == 35 and any(v.outcome == "fail" for v in late_cand.verdicts)
+    assert [w.window_start_ms - T0 for w in r.late_windows] == [50_000, 50_000]
+    # The empty candidate buckets after it, and last_good's buckets going on, are left out: the axis ends
+    # with the last bucket holding the deployment's data.
+    assert len(r.candidate_windows) == len(CANDIDATE_P95) + 1 and len(r.last_good_windows) == 11
+    assert r.span_ms() == (T0, T0 + 55_000)
+
+
+def test_result_counts_after_a_rollback_and_last_good_not_judged() -> None:
+    from canary.reports.files import canary_result, metrics_export
+    from tests.reports.sample import CANDIDATE_P95, build_with_aftermath
+
+    sc = build_with_aftermath(T0, "dep-a")
+    r = build_report(commands=sc.command_dicts, windows=sc.windows, now_ms=T0 + 900_000)
+    result = canary_result(r)
+    cand, lg = result["metrics_summary"]["candidate_config"], result["metrics_summary"]["active_config"]
+    assert (cand["judged_buckets"], cand["failed_buckets"], cand["buckets_after_end"]) == (len(CANDIDATE_P95), 3, 1)
+    assert cand["buckets"] == len(CANDIDATE_P95) + 1 and cand["judged"] is True
+    # last_good is never judged: no failed-bucket figure (not a reassuring 0) beside its violating requests.
+    assert (lg["judged"], lg["judged_buckets"], lg["failed_buckets"]) == (False, 0, None)
+    assert lg["total_slo_violations"] == 0 and cand["total_slo_violations"] > 0
+    assert result["ended_by"] == {
+        "command": "rollback",
+        "command_id": sc.rollback.command_id,
+        "issued_by": "slo-agent",
+        "automatic": True,
+        "reason": "SLO violation: p95_ms failed for 2 consecutive buckets",
+    }
+    notes = " ".join(result["notes"])
+    assert "last_good is not judged" in notes and "1 candidate bucket(s) after the rollback hold 35 requests" in notes
+    buckets = metrics_export(r.all_windows, end_ms=r.end_ms)["buckets"]
+    assert [(b["arm"], b["after_end"]) for b in buckets if b["after_end"]] == [("last_good", True), ("candidate", True)]
+
+
+def test_a_plan_promotion_is_the_agents_and_its_empty_bucket_after_it_is_left_out() -> None:
+    from canary.reports.files import canary_result
+    from tests.reports.sample import build_promotion
+
+    sc = build_promotion(T0, "dep-p")
+    r = build_report(commands=sc.command_dicts, windows=sc.windows, now_ms=T0 + 900_000)
+    assert r.status == "promoted" and r.end_command is not None
+    assert (r.end_command.command_id, r.end_command.issued_by) == ("rollout-dep-p-promote", "slo-agent")
+    assert r.end_command.reason is not None and r.end_command.reason.startswith("rollout: step 4 of 4")
+    assert [c.issued_by for c in r.commands] == ["cli:alice", "slo-agent", "slo-agent", "slo-agent", "slo-agent"]
+    assert len(r.judged_windows) == 13 and not r.failed_windows and not r.late_windows
+    assert r.span_ms() == (T0, r.end_ms)
+    assert canary_result(r)["ended_by"]["automatic"] is True
