@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -75,6 +75,7 @@ from bench.common import base_parser, emit, loadavg, log, machine  # noqa: E402
 from canary.core.deployment import ControlLedger  # noqa: E402
 from canary.core.models import ControlCommand, SearchOutcome  # noqa: E402
 from canary.core.slo import DEFAULT_CONFIDENCE, policy_from_slo_section  # noqa: E402
+from canary.pipeline.decisions import COMMAND_OF, SLO_AGENT  # noqa: E402
 from canary.pipeline.run import PipelineResult, Record, run_pipeline  # noqa: E402
 from canary.replay.recompute import ReplaySettings  # noqa: E402
 
@@ -233,13 +234,15 @@ class Spikes:
 
 @dataclass(frozen=True, slots=True)
 class Shocks:
-    """Window-level load shocks both arms share: a shock starts with probability ``rate`` at a window when
-    neither it nor the one before is in a shock, lasts 1..``max_len`` windows (uniform), and multiplies
-    every latency of both arms by ``factor``."""
+    """Window-level load shocks both arms share, each 1..``max_len`` windows long (uniform), multiplying every
+    latency of both arms by ``factor``: with ``once``, one shock starting at a window drawn uniformly from
+    ``once``; otherwise a shock starts with probability ``rate`` at each window when neither it nor the one
+    before is in a shock."""
 
     rate: float
     factor: float
     max_len: int
+    once: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,12 +432,22 @@ def scenarios() -> list[Scenario]:
         ),
         _row("rare-x3", "healthy, 1 window in 40 x3", None, 360, FALSE_1, spikes=Spikes(1 / 40, 3.0), **real),
         _row(
+            "shock-once",
+            "healthy, 1 shared shock x2.5, 10 min",
+            None,
+            120,
+            FALSE_1,
+            shocks=Shocks(1.0, 2.5, 3, once=(12, 96)),
+            last_good=last_good,
+            **real,
+        ),
+        _row(
             "shock",
-            "healthy, shared shocks x2.5, 1-3 w",
+            "healthy, shared shocks x2.5 ~1/5 min",
             None,
             360,
             FALSE_1,
-            shocks=Shocks(1 / 40, 2.5, 3),
+            shocks=Shocks(1 / 60, 2.5, 3),
             last_good=last_good,
             **real,
         ),
@@ -551,6 +564,9 @@ def _window_multipliers(sc: Scenario, fx: np.random.Generator) -> tuple[np.ndarr
     if sc.shocks is not None:
         draws = fx.random(n)
         lengths = fx.integers(1, sc.shocks.max_len + 1, n)
+        if sc.shocks.once is not None:
+            at = int(fx.integers(*sc.shocks.once))
+            draws = np.where(np.arange(n) == at, 0.0, 1.0)
         w = 0
         while w < n:
             if (w == 0 or not shared[w - 1]) and draws[w] < sc.shocks.rate:
@@ -622,13 +638,51 @@ def _arrivals(ts: Sequence[int], batched: bool) -> list[int]:
     return [t + 20 for t in ts]
 
 
-def generate_run(sc: Scenario, seed: int, *, batched_arrival: bool = True) -> Generated:
+Timeline = tuple[tuple[int, float], ...]  # (from ms, the candidate's share of traffic: 0 while paused)
+
+
+def _weight_at(timeline: Timeline | None, ts: np.ndarray) -> np.ndarray | None:
+    """The candidate's share in force at each event time (None: no timeline, the start's share throughout)."""
+    if timeline is None:
+        return None
+    starts = np.asarray([t for t, _ in timeline], dtype=np.int64)
+    weights = np.asarray([w for _, w in timeline])
+    at = np.searchsorted(starts, ts, side="right") - 1
+    return np.where(at >= 0, weights[np.maximum(at, 0)], 0.0)
+
+
+def _records(
+    dep: str,
+    ts: list[int],
+    lat: list[float],
+    rec: list[int],
+    err: list[bool],
+    is_lg: list[bool] | None,
+    batched_arrival: bool,
+) -> list[Record]:
+    arrival = _arrivals(ts, batched_arrival)
+    out: list[Record] = []
+    append = out.append
+    for off in range(len(ts)):
+        fmt = _LG_VALUE if is_lg is not None and is_lg[off] else _VALUE
+        value = fmt % (dep, off, dep, off, ts[off], dep, lat[off], _RECALL_TEXT[rec[off]], _ERROR_TEXT[err[off]])
+        append(Record("search_results", 0, off, arrival[off], None, value.encode()))
+    return out
+
+
+def generate_run(
+    sc: Scenario, seed: int, *, batched_arrival: bool = True, timeline: Timeline | None = None
+) -> Generated:
     """The run's outcomes as raw ``search_results`` records, offsets in event-time order.
 
-    The candidate's draws come first from ``default_rng(seed)`` in the same order as before issue #20, so
-    the older rows' traffic is unchanged; everything issue #20 adds draws from ``default_rng([seed, 20])``."""
+    ``timeline``: when the candidate takes traffic, as the routers follow the control topic. While its share is
+    0 (paused) its requests go to last_good (rows with a last_good arm) or are not in the records at all; every
+    request's draws are fixed by the seed whatever the timeline, so two timelines that agree up to a moment give
+    the same records up to that moment. The candidate's draws come first from ``default_rng(seed)`` in the same
+    order as before issue #20, so the older rows' traffic is unchanged; everything issue #20 adds draws from
+    ``default_rng([seed, 20])``."""
     if sc.plan is not None:
-        raise ValueError(f"{sc.key}: a plan row's traffic follows its decisions (generate_plan)")
+        raise ValueError(f"{sc.key}: a plan row's traffic follows its weights (generate_plan)")
     rng = np.random.default_rng(seed)
     dep = deployment_id(seed)
     n = sc.per_window
@@ -657,48 +711,56 @@ def generate_run(sc: Scenario, seed: int, *, batched_arrival: bool = True) -> Ge
         cand_factor, lg_factor, failing, shared = _window_multipliers(sc, fx)
         latency_a = latency_a * np.repeat(cand_factor, n)
     cand_ts = _spread(n, sc.windows)
+    weight = _weight_at(timeline, cand_ts)
+    running = None if weight is None or bool((weight > 0).all()) else weight > 0
     if sc.last_good is None:
-        ts = cand_ts.tolist()
-        arrival = _arrivals(ts, batched_arrival)
-        latency, recall, errored_l = latency_a.tolist(), recall_a.tolist(), errored.tolist()
-        out: list[Record] = []
-        append = out.append
-        for off in range(total):
-            value = _VALUE % (
-                dep,
-                off,
-                dep,
-                off,
-                ts[off],
-                dep,
-                latency[off],
-                _RECALL_TEXT[recall[off]],
-                _ERROR_TEXT[errored_l[off]],
-            )
-            append(Record("search_results", 0, off, arrival[off], None, value.encode()))
-        return Generated(out, [w * n for w in range(sc.windows + 1)], failing, shared)
-    # last_good in the same partition, interleaved by event time (the candidate's outcome first on a tie).
+        keep = np.arange(total) if running is None else np.flatnonzero(running)
+        ts_k = cand_ts[keep]
+        out = _records(
+            dep,
+            ts_k.tolist(),
+            latency_a[keep].tolist(),
+            recall_a[keep].tolist(),
+            errored[keep].tolist(),
+            None,
+            batched_arrival,
+        )
+        cuts = np.searchsorted(ts_k, T0 + np.arange(sc.windows + 1) * WINDOW_MS).tolist()
+        return Generated(out, cuts, failing, shared)
+    # last_good in the same partition, interleaved by event time (the candidate's outcome first on a tie); the
+    # candidate's requests while it is paused are last_good's, drawn from last_good's traffic.
     lgp = sc.last_good
     m = lgp.per_window
     lg_lat = _latency(lgp.traffic, fx, m * sc.windows)
+    alt_lat = _latency(lgp.traffic, fx, total)
     if lg_factor is not None:
         lg_lat = lg_lat * np.repeat(lg_factor, m)
+        alt_lat = alt_lat * np.repeat(lg_factor, n)
     lg_err = fx.random(m * sc.windows) < lgp.traffic.error_rate
     lg_rec = np.where(lg_err, 0, fx.binomial(10, lgp.traffic.recall, m * sc.windows))
+    alt_err = fx.random(total) < lgp.traffic.error_rate
+    alt_rec = np.where(alt_err, 0, fx.binomial(10, lgp.traffic.recall, total))
+    if running is not None:
+        paused = ~running
+        latency_a = np.where(paused, alt_lat, latency_a)
+        recall_a = np.where(paused, alt_rec, recall_a)
+        errored = np.where(paused, alt_err, errored)
     all_ts = np.concatenate([cand_ts, _spread(m, sc.windows)])
     order = np.argsort(all_ts, kind="stable")
-    is_lg = (order >= total).tolist()
-    ts = all_ts[order].tolist()
-    lat = np.concatenate([latency_a, lg_lat])[order].tolist()
-    rec = np.concatenate([recall_a, lg_rec])[order].tolist()
-    err = np.concatenate([errored, lg_err])[order].tolist()
-    arrival = _arrivals(ts, batched_arrival)
-    out = []
-    for off in range(len(ts)):
-        fmt = _LG_VALUE if is_lg[off] else _VALUE
-        value = fmt % (dep, off, dep, off, ts[off], dep, lat[off], _RECALL_TEXT[rec[off]], _ERROR_TEXT[err[off]])
-        out.append(Record("search_results", 0, off, arrival[off], None, value.encode()))
-    cuts = np.searchsorted(np.asarray(ts), T0 + np.arange(sc.windows + 1) * WINDOW_MS).tolist()
+    lg_arm = np.concatenate(
+        [np.zeros(total, dtype=bool) if running is None else ~running, np.ones(m * sc.windows, bool)]
+    )
+    ts_all = all_ts[order]
+    out = _records(
+        dep,
+        ts_all.tolist(),
+        np.concatenate([latency_a, lg_lat])[order].tolist(),
+        np.concatenate([recall_a, lg_rec])[order].tolist(),
+        np.concatenate([errored, lg_err])[order].tolist(),
+        lg_arm[order].tolist(),
+        batched_arrival,
+    )
+    cuts = np.searchsorted(ts_all, T0 + np.arange(sc.windows + 1) * WINDOW_MS).tolist()
     return Generated(out, cuts, failing, shared)
 
 
@@ -706,40 +768,29 @@ def generate(sc: Scenario, seed: int, *, batched_arrival: bool = True) -> list[R
     return generate_run(sc, seed, batched_arrival=batched_arrival).records
 
 
-Timeline = tuple[tuple[int, float], ...]  # (from ms, the candidate's share of traffic)
-
-
 def generate_plan(sc: Scenario, seed: int, timeline: Timeline, *, batched_arrival: bool = True) -> Generated:
-    """The plan row's outcomes given the weights in force over time: every request is drawn once (its split
-    hash, latency noise and recall are fixed by the seed), so two timelines that agree up to a moment give the
-    same records up to that moment."""
+    """The plan row's outcomes given the weights in force over time: each request goes to the candidate when
+    its split hash is below the weight (the router's split); its hash, latency noise and recall are fixed by the
+    seed, so two timelines that agree up to a moment give the same records up to that moment."""
     plan = sc.plan
     assert plan is not None and sc.breach is not None and sc.breach.p95_factor is not None
     assert sc.healthy.p95_factor is not None
     rng = np.random.default_rng(seed)
-    dep = deployment_id(seed)
     n = plan.per_window
     total = n * sc.windows
-    ts_a = _spread(n, sc.windows)
+    ts = _spread(n, sc.windows)
     bucket = rng.random(total)
     z = rng.standard_normal(total)
     recall = rng.binomial(10, sc.healthy.recall, total).tolist()
-    starts = np.asarray([t for t, _ in timeline], dtype=np.int64)
-    weights = np.asarray([w for _, w in timeline])
-    at = np.searchsorted(starts, ts_a, side="right") - 1
-    weight = np.where(at >= 0, weights[np.maximum(at, 0)], 0.0)
+    weight = _weight_at(timeline, ts)
+    assert weight is not None
     cand = bucket < weight
     broken = cand & (weight >= plan.breach_from - 1e-9)
     factor = np.where(broken, sc.breach.p95_factor, sc.healthy.p95_factor)
     latency = np.exp(np.log(factor * P95_T) - Z95 * sc.healthy.sigma + sc.healthy.sigma * z).tolist()
-    ts = ts_a.tolist()
-    arrival = _arrivals(ts, batched_arrival)
-    is_cand = cand.tolist()
-    out = []
-    for off in range(total):
-        fmt = _VALUE if is_cand[off] else _LG_VALUE
-        value = fmt % (dep, off, dep, off, ts[off], dep, latency[off], _RECALL_TEXT[recall[off]], "null")
-        out.append(Record("search_results", 0, off, arrival[off], None, value.encode()))
+    out = _records(
+        deployment_id(seed), ts.tolist(), latency, recall, [False] * total, (~cand).tolist(), batched_arrival
+    )
     return Generated(out, [w * n for w in range(sc.windows + 1)])
 
 
@@ -760,14 +811,14 @@ def horizon(windows: int) -> int:
 
 
 def pipeline(sc: Scenario, judge: str, seed: int, gen: Generated | Sequence[Record], windows: int) -> PipelineResult:
-    """The shipped pipeline over the first ``windows`` windows of the run. Its own decisions are not fed
-    back (the traffic is fixed: a pause does not stop it), as before the pipeline could apply them."""
+    """The pipeline over the first ``windows`` windows of the run, feeding its own issued commands back into
+    its ledger as live (``apply_decisions``) where the pipeline can."""
     if not isinstance(gen, Generated):
         gen = Generated(list(gen), [w * sc.per_window for w in range(sc.windows + 1)])
-    extra = {APPLY_PARAM: False} if HAS_APPLY else {}
+    extra = {APPLY_PARAM: True} if HAS_APPLY else {}
     return run_pipeline(
         gen.records[: gen.cuts[windows]],
-        commands=[start_command(seed, judge)],
+        commands=[start_command(seed, judge, sc.plan)],
         horizon_ms=horizon(windows),
         **extra,
     )
@@ -823,82 +874,106 @@ def outcome_of(res: PipelineResult, used: int, breach_ms: int | None, truth: dic
     }
 
 
-def judge_run(sc: Scenario, judge: str, seed: int, gen: Generated) -> dict[str, Any]:
-    """One judge on one run. A rollback ends a canary, so a run that rolls back within a prefix is final:
-    point judges (cheap to fail early on healthy traffic) try 24 windows first, then 96, then all."""
-    stages: tuple[int, ...] = (sc.windows,)
-    if JUDGES[judge].get("method") == "point":
-        stages = tuple(s for s in (24, 96) if 2 * s < sc.windows) + stages
-    res: PipelineResult | None = None
-    used = 0
-    for used in stages:
-        res = pipeline(sc, judge, seed, gen, used)
-        if any(d.type == "rollback" for d in res.decisions):
-            break
-    assert res is not None
-    breach_ms = T0 + sc.breach_start * WINDOW_MS if sc.breach is not None else None
-    return outcome_of(res, used, breach_ms, gen.truth())
+# -- traffic that follows the decisions, as live routers do ----------------------------------------------
+
+MAX_PASSES = 12
+ENDED = ("rolled_back", "promoted", "aborted")
 
 
-# -- the plan row: traffic that follows the pipeline's own decisions ----------------------------------------
+def command_of(d: Any) -> ControlCommand:
+    """The command the live agent publishes for an issued decision: the pipeline's own where it gives one (issue
+    #20 on); for an older pipeline, the one its decision step makes of that decision type."""
+    cmd = getattr(d, "command", None)
+    if isinstance(cmd, ControlCommand):
+        return cmd
+    kind = COMMAND_OF[d.type]
+    weight = 0.0 if kind == "rollback" else float(d.evidence["weight"]) if kind == "set_weight" else None
+    evidence = dict(d.evidence)
+    return ControlCommand(
+        d.command_id,
+        kind,
+        d.deployment_id,
+        None,
+        None,
+        None,
+        weight,
+        d.reason,
+        evidence,
+        SLO_AGENT,
+        decision_time_ms(d),
+    )  # type: ignore[arg-type]
 
-PLAN_MAX_ITERATIONS = 12
 
-
-def timeline_of(res: PipelineResult, start: ControlCommand) -> tuple[Timeline, list[dict[str, Any]]]:
-    """The candidate's share of traffic over time, as the routers would apply the pipeline's issued commands:
-    folded through the ledger (the engine), each appended when issued, so a step the ledger refuses does
-    not change the weight."""
+def timeline_of(res: PipelineResult, start: ControlCommand) -> tuple[Timeline, bool]:
+    """The candidate's share of traffic over time as the routers follow the control topic: the start and the
+    pipeline's issued commands, each folded by the ledger (the engine) when issued — a command the ledger
+    refuses changes nothing — until the deployment ends (what follows an end does not matter here)."""
     ledger = ControlLedger()
     ledger.apply(start, None)
     dep = start.deployment_id
     events: list[tuple[int, float]] = [(start.issued_at_ms, ledger.deployments[dep].candidate_weight)]
-    applied = []
-    issued = [(decision_time_ms(d), i, d) for i, d in enumerate(res.decisions) if d.issued]
-    for t, _, d in sorted(issued, key=lambda x: (x[0], x[1])):
-        cmd = getattr(d, "command", None)
-        if not isinstance(cmd, ControlCommand):
-            raise RuntimeError(f"decision {d.command_id} carries no command: the plan row cannot follow it")
-        ledger.apply(cmd, t)
-        w = ledger.deployments[dep].candidate_weight
-        applied.append({"t_ms": t, "type": d.type, "command": cmd.type, "weight": w})
-        if w != events[-1][1]:
-            events.append((t, w))
-    return tuple(events), applied
+    issued = sorted(((decision_time_ms(d), i, d) for i, d in enumerate(res.decisions) if d.issued))
+    for t, _, d in issued:
+        ledger.apply(command_of(d), t)
+        state = ledger.deployments[dep]
+        if state.status in ENDED:
+            return tuple(events), True
+        if state.candidate_weight != events[-1][1]:
+            events.append((t, state.candidate_weight))
+    return tuple(events), False
 
 
-def plan_run(sc: Scenario, judge: str, seed: int) -> dict[str, Any]:
-    """Generate traffic for a guessed weight timeline, run the pipeline with its decisions applied, and
-    regenerate with the timeline its issued commands give, until the two agree (a fixed point: traffic up to
-    the first disagreement is the same, so each pass settles at least one more step)."""
-    plan = sc.plan
-    assert plan is not None
-    start = start_command(seed, judge, plan)
-    timeline: Timeline = ((start.issued_at_ms, plan.steps[0]),)
-    res: PipelineResult | None = None
-    gen: Generated | None = None
-    converged = False
-    iterations = 0
-    while iterations < PLAN_MAX_ITERATIONS:
-        iterations += 1
-        gen = generate_plan(sc, seed, timeline)
-        res = run_pipeline(gen.records, commands=[start], horizon_ms=horizon(sc.windows), **{APPLY_PARAM: True})
+@dataclass
+class Followed:
+    res: PipelineResult
+    gen: Generated
+    timeline: Timeline
+    passes: int
+    settled: bool
+
+
+def follow(sc: Scenario, judge: str, seed: int, windows: int, make: Callable[[Timeline], Generated]) -> Followed:
+    """Traffic and decisions that agree: generate the traffic for a guessed timeline (the start's share
+    throughout), run the pipeline, and regenerate with the timeline its issued decisions give until the two
+    agree. Decisions depend only on earlier traffic, and traffic up to the first disagreement is the same, so
+    every pass settles at least one more pause, resume or step; a run whose decisions change nothing takes one."""
+    start = start_command(seed, judge, sc.plan)
+    timeline: Timeline = ((start.issued_at_ms, start.weight or 0.0),)
+    passes = 0
+    while True:
+        passes += 1
+        gen = make(timeline)
+        res = pipeline(sc, judge, seed, gen, windows)
         realized, _ = timeline_of(res, start)
-        if realized == timeline:
-            converged = True
-            break
+        if realized == timeline or passes >= MAX_PASSES:
+            return Followed(res, gen, timeline, passes, realized == timeline)
         timeline = realized
-    assert res is not None and gen is not None
-    step_ms = next((t for t, w in timeline if w >= plan.breach_from - 1e-9), None)
-    out = outcome_of(res, sc.windows, step_ms, {"failing_windows": 0})
-    out.update(
-        {
-            "iterations": iterations,
-            "converged": converged,
-            "timeline": [[t, w] for t, w in timeline],
-            "reached_breach_step": step_ms is not None,
-        }
-    )
+
+
+def judge_run(sc: Scenario, judge: str, seed: int, make: Callable[[Timeline], Generated]) -> dict[str, Any]:
+    """One judge on one run. A rollback ends a canary, so a run that rolls back within a prefix is final:
+    point judges on healthy rows (cheap to fail early) try 24 windows first, then 96, then all; breach rows
+    first try 24 windows past the breach when that is at most half the row."""
+    stages: tuple[int, ...] = (sc.windows,)
+    if JUDGES[judge].get("method") == "point" and sc.breach is None:
+        stages = tuple(s for s in (24, 96) if 2 * s < sc.windows) + stages
+    elif sc.breach is not None and 2 * (sc.breach_start + 24) <= sc.windows:
+        stages = (sc.breach_start + 24, *stages)  # most breaches are rolled back by then
+    f: Followed | None = None
+    used = 0
+    for used in stages:
+        f = follow(sc, judge, seed, used, make)
+        if any(d.type == "rollback" and d.issued for d in f.res.decisions):
+            break
+    assert f is not None
+    if sc.plan is not None:
+        breach_ms = next((t for t, w in f.timeline if w >= sc.plan.breach_from - 1e-9), None)
+    else:
+        breach_ms = T0 + sc.breach_start * WINDOW_MS if sc.breach is not None else None
+    out = outcome_of(f.res, used, breach_ms, f.gen.truth())
+    out.update({"passes": f.passes, "settled": f.settled})
+    if sc.plan is not None:
+        out.update({"timeline": [[t, w] for t, w in f.timeline], "reached_breach_step": breach_ms is not None})
     return out
 
 
@@ -910,11 +985,18 @@ def _task(args: tuple[int, int, int]) -> tuple[int, int, dict[str, dict[str, Any
     sc = _SCENARIOS[index]
     seed = base + index * 100_000 + run
     t = time.perf_counter()
-    if sc.plan is not None:
-        out = {judge: plan_run(sc, judge, seed) for judge in sc.judges}
-    else:
-        gen = generate_run(sc, seed)
-        out = {judge: judge_run(sc, judge, seed, gen) for judge in sc.judges}
+    made: dict[Timeline, Generated] = {}  # the judges' first passes share the traffic
+
+    def make(timeline: Timeline) -> Generated:
+        if timeline not in made:
+            if len(made) > 4:
+                made.clear()
+            made[timeline] = (
+                generate_plan(sc, seed, timeline) if sc.plan is not None else generate_run(sc, seed, timeline=timeline)
+            )
+        return made[timeline]
+
+    out = {judge: judge_run(sc, judge, seed, make) for judge in sc.judges}
     return index, run, out, time.perf_counter() - t
 
 
@@ -938,8 +1020,11 @@ def run_fingerprint(sc: Scenario) -> str:
         decision_time_ms,
         outcome_of,
         judge_run,
+        command_of,
         timeline_of,
-        plan_run,
+        follow,
+        _weight_at,
+        _records,
         Generated,
     ):
         h.update(inspect.getsource(obj).encode())
@@ -1036,6 +1121,8 @@ def summarize(sc: Scenario, judge: str, results: list[dict[str, Any]]) -> dict[s
         "not_issued": sum(r["not_issued"] for r in results),
         "failing_windows_per_run": sum(r.get("failing_windows", 0) for r in results) / runs,
         "runs_with_own_failing_pair": sum(1 for r in results if r.get("own_failing_pair")) / runs,
+        "passes_per_run": sum(r.get("passes", 1) for r in results) / runs,
+        "unsettled_runs": sum(1 for r in results if not r.get("settled", True)),
     }
     if shocks["shocks"]:
         out["shocks_2w"] = {
@@ -1046,8 +1133,6 @@ def summarize(sc: Scenario, judge: str, results: list[dict[str, Any]]) -> dict[s
     if sc.plan is not None:
         out["plan"] = {
             "reached_breach_step": sum(1 for r in results if r.get("reached_breach_step")) / runs,
-            "converged": sum(1 for r in results if r.get("converged")) / runs,
-            "iterations_max": max((r.get("iterations", 0) for r in results), default=0),
         }
     if sc.breach is None:
         out["false_rollback_rate"] = false_rb / runs
@@ -1403,12 +1488,14 @@ def source_digest(root: Path | None = None) -> str:
 
 
 def code_version() -> str:
+    """The commit of the canary package this process imported (its checkout's, wherever that is)."""
+    where = canary_dir().parent
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "canary"], cwd=ROOT, capture_output=True, text=True, check=True
+            ["git", "status", "--porcelain", "--", "canary"], cwd=where, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -1620,7 +1707,7 @@ def truth_text(r: dict[str, Any]) -> str:
         parts.append(f"{s['count']} shocks >= 2 w: answered {pct(s['answered'])}, by rollback {pct(s['rolled_back'])}")
     if "plan" in r:
         p = r["plan"]
-        parts.append(f"reached 50 % {pct(p['reached_breach_step'])}, converged {pct(p['converged'])}")
+        parts.append(f"reached 50 % {pct(p['reached_breach_step'])}")
     return "; ".join(parts) or "-"
 
 
@@ -1814,7 +1901,9 @@ def text_report(result: dict[str, Any]) -> str:
         f"/{result['checks']['arrival_batching_compared']} compared runs; prefix runs agreed in"
         f" {result['checks']['prefix_identical']}/{result['checks']['prefix_compared']};"
         f" late outcomes {sum(r['late_outcomes'] for r in rows)}; decisions not issued"
-        f" {sum(r['not_issued'] for r in rows)}",
+        f" {sum(r['not_issued'] for r in rows)}; traffic and decisions agreed after"
+        f" {max((r['passes_per_run'] for r in rows), default=1):.2f} passes per run at most (row mean), runs that did"
+        f" not settle in {MAX_PASSES}: {sum(r['unsettled_runs'] for r in rows)}",
         f"wall {result['wall_s']:.0f} s with {result['workers']} worker processes (this column"
         f" {result['column_wall_s']:.0f} s wall, {result['task_cpu_s']:.0f} s in runs"
         + (
