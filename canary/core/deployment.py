@@ -28,6 +28,7 @@ from canary.core.rollout import (
     promote_command_id,
     step_command_id,
 )
+from canary.core.slo import SHOCK_RESUME_PREFIX, is_shock_pause
 from canary.core.split import Arc, place, preferred_start
 from canary.errors import CanaryError
 
@@ -83,6 +84,7 @@ class Deployment:
     weight_set_at_ms: int | None = None
     slot_start: float | None = None  # where this deployment's arc of users starts (canary.core.split)
     began_at_ms: int | None = None  # the same instant for the start (min_total_duration_s counts from it)
+    paused_by: str | None = None  # the command that paused it (None while running)
 
     @property
     def arc(self) -> Arc:
@@ -196,11 +198,20 @@ class ControlLedger:
             if dep.status == "paused":
                 return Transition(False, "pause: already paused", dep)
             # The reason (e.g. the SLO agent's "insufficient data: …") is what `status` shows while paused.
-            return self._update(replace(dep, status="paused", reason=cmd.reason, evidence=cmd.evidence), "paused")
+            paused = replace(dep, status="paused", reason=cmd.reason, evidence=cmd.evidence, paused_by=cmd.command_id)
+            return self._update(paused, "paused")
         if cmd.type == "resume":
             if dep.status == "running":
                 return Transition(False, "resume: already running", dep)
-            return self._update(replace(dep, status="running", reason=None, evidence=None), "resumed")
+            if cmd.command_id.startswith(SHOCK_RESUME_PREFIX) and not is_shock_pause(dep.paused_by, dep.deployment_id):
+                # The SLO agent lifts only its own shared-shock pause (a worker key may sign nothing else).
+                return Transition(
+                    False,
+                    f"resume: {cmd.command_id} lifts a shared-shock pause; the deployment is paused by {dep.paused_by}",
+                    dep,
+                )
+            resumed = replace(dep, status="running", reason=None, evidence=None, paused_by=None)
+            return self._update(resumed, "resumed")
         if cmd.type == "set_weight":
             if cmd.weight is None:
                 return Transition(False, "set_weight: no weight given", dep)

@@ -1,23 +1,30 @@
-"""The SLO judge: candidate windows in, verdicts with evidence and decisions (rollback, pause) out.
+"""The SLO judge: candidate windows in, verdicts with evidence and decisions (rollback, pause, resume) out.
 
 One :class:`DeploymentJudge` per deployment holds everything the SLO agent needs to decide, as plain
-data it can checkpoint: the candidate's and last_good's pooled statistics since the deployment started,
-each rule's failing streak, the low-traffic counter, and whether a rollback was already decided.
+data it can checkpoint: the candidate's pooled statistics since its regime began (the start, or the current
+rollout step), its last windows for the change detector, each rule's failing streak, the low-traffic
+counter, last_good's recent windows (relative rules, shared shocks), and whether a rollback was decided.
 
-Verdicts (``method: sequential``, the default), per rule and window, from the pooled data:
+Verdicts (``method: sequential``, the default), per rule and window, from evidence computed by one
+:class:`~canary.core.ruletest.RuleTest` per rule (docs/contracts.md, "SLO judgement", has the table):
 
-* ``fail``: the anytime-valid evidence that the rule is broken reached ``1/(1 - confidence)`` **and** this
-  window on its own breaks the rule (a healthy window after a bad burst is not a failing bucket);
-* ``pass``: the evidence that it holds reached the same level, and this window does not break it;
+* ``fail``: the window's own data break the rule, and either the **pooled** evidence of the regime reaches
+  ln(1/alpha_pooled) or the **change detector** (a Shiryaev–Roberts e-detector over the last 24 windows)
+  reaches ln(N/alpha_detector) — each also without the strongest other window when that one is decisive on
+  its own, unless this window's own evidence carries half of a window's threshold (a spike makes no second
+  failing bucket);
+* ``shared``: it would fail, but last_good is significantly worse in the same window than in its own windows
+  before: a shock both arms share, answered by a pause and a resume once last_good recovers;
+* ``pass``: the pooled evidence that it holds reached its threshold, and this window does not break it;
 * ``inconclusive``: neither yet (or no data the rule can use); ``error``: data that should exist is absent.
 
-Because the evidence is an e-process over the whole deployment, the chance that a candidate which meets
-the rule is *ever* judged failing is at most ``1 - confidence`` however long the canary runs and however
-often it is looked at. Counters and their reset rules:
+Guarantee: while the candidate meets a rule in every window, the chance it is ever judged failing on it
+within the horizon (``slo.horizon_s``) is at most 1 - confidence (Ville's inequality for each regime's
+pooled e-process; E[M_t] <= t for the detector). Counters and their reset rules:
 
 * a rule's streak: ``fail`` extends it; ``pass`` or ``inconclusive`` in a window with candidate data
-  resets it; a window with no candidate outcome (paused, idle) and ``error`` leave it as it is. A streak
-  of ``consecutive_buckets`` rolls back (the spec's trigger), once per deployment;
+  resets it; a window with no candidate outcome (paused, idle), no value of the rule's metric, ``shared`` and
+  ``error`` leave it as it is. A streak of ``consecutive_buckets`` rolls back (the spec's trigger), once;
 * the low-traffic counter: a window with ``0 < n < min_samples`` in which no rule fails and some rule is
   inconclusive extends it, a window with ``n >= min_samples`` (or where every rule is decided) resets it;
   at ``inconclusive_limit`` the canary is paused, "insufficient data: 12 windows, 3 samples per window".
@@ -27,9 +34,10 @@ inconclusive windows, as it always did).
 
 Relative rules compare with last_good measured in the same windows. Its uncertainty is accounted for
 conservatively: a failure needs evidence against the most lenient threshold last_good's confidence bound
-allows, a pass against the strictest (confidence split equally between the two arms). A candidate window
-of a deployment with relative rules is judged once last_good's window of the same slot is in (or after
-``baseline_wait_ms``), so the outcome does not depend on which arm's window arrived first.
+allows, a pass against the strictest (confidence split equally between the two arms). A candidate window is
+judged once last_good's window of the same slot is in (or after ``baseline_wait_ms``) — for relative rules
+always, for absolute ones while last_good is publishing — so the outcome does not depend on which arm's
+window arrived first.
 """
 
 from __future__ import annotations
@@ -40,20 +48,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from canary.core.aggregations import WindowStats
-from canary.core.custom import CustomMetric
 from canary.core.evidence import (
+    NEG_INF,
     histogram_mean,
-    log_e_above,
-    log_e_below,
-    log_wealth_above,
-    log_wealth_below,
     mean_lower_bound,
     mean_upper_bound,
     rate_lower_bound,
     rate_upper_bound,
 )
 from canary.core.models import JSONDict, Outcome, RuleVerdict, WindowResult, iso_ms
-from canary.core.sketch import QuantileSketch
+from canary.core.ruletest import RateSample, RuleTest, Sample
 from canary.core.slo import (
     _OPS,
     QUANTILE_METRICS,
@@ -63,6 +67,8 @@ from canary.core.slo import (
     judge_window,
     pause_command_id,
     rollback_command_id,
+    shock_pause_command_id,
+    shock_resume_command_id,
     value_format,
     window_point_value,
 )
@@ -135,354 +141,103 @@ def window_stats(window: WindowResult) -> WindowStats:
     return WindowStats(count=window.response_count, error_count=window.error_count)
 
 
-# -- the evidence per rule ----------------------------------------------------------------------------------
-
-
-def _count_above(sketch: QuantileSketch, threshold: float, *, surely: bool) -> int:
-    """Values above ``threshold`` from the sketch: ``surely`` counts only buckets wholly above it (a lower
-    bound of the true count), otherwise every bucket reaching above it (an upper bound)."""
-    d = sketch.to_dict()
-    gamma = (1.0 + sketch.relative_accuracy) / (1.0 - sketch.relative_accuracy)
-    total = 0
-    for index, count in d["bins"]:
-        upper = gamma**index
-        lower = upper / gamma
-        if (lower >= threshold) if surely else (upper > threshold):
-            total += count
-    if not surely and threshold < 0:
-        total += d["zero"]
-    return total
-
-
-def _quantile_bound(sketch: QuantileSketch, level: float, alpha: float, *, upper: bool) -> float | None:
-    """Anytime-valid bound of a quantile from a sketch: the smallest bucket edge x with rate(> x) surely
-    <= 1 - level (upper bound), or the largest x with rate(> x) surely >= 1 - level (lower bound)."""
-    n = sketch.count
-    if n == 0:
-        return None
-    tail = 1.0 - level
-    d = sketch.to_dict()
-    gamma = (1.0 + sketch.relative_accuracy) / (1.0 - sketch.relative_accuracy)
-    edges = [(gamma**index, count) for index, count in d["bins"]]
-    above = n
-    candidates: list[tuple[float, int]] = [(0.0, n - d["zero"])]
-    for edge, count in edges:
-        above -= count
-        candidates.append((edge, above))  # values above this bucket's upper edge
-    if upper:
-        for edge, k in candidates:
-            if rate_upper_bound(n, k, alpha) <= tail:
-                return edge
-        return None
-    best = None
-    for edge, k in candidates:
-        # The lower edge of the bucket: values above the previous edge were counted in ``k`` + this bucket.
-        if rate_lower_bound(n, k, alpha) >= tail:
-            best = edge
-    return best
-
-
-@dataclass(frozen=True, slots=True)
-class _Evidence:
-    outcome: Outcome
-    reason: str
-    evidence: JSONDict
-
-
-def _rate_verdict(
-    rule: SLORule,
-    n: int,
-    k_fail: int,
-    k_pass: int,
-    q_fail: float,
-    q_pass: float,
-    alpha: float,
-    what: str,
-    extra: JSONDict,
-) -> _Evidence:
-    """A Bernoulli rate against its bound. Upper-bounded rules (le/lt) hold iff rate <= q."""
-    upper_rule = rule.operator in ("le", "lt")
-    threshold = math.log(1.0 / alpha)
-
-    def clip(q: float) -> float:
-        return min(max(q, 1e-9), 1.0 - 1e-9)
-
-    lower, upper = rate_lower_bound(n, k_fail, alpha), rate_upper_bound(n, k_pass, alpha)
-    if upper_rule:
-        fail_e = log_e_above(n, k_fail, clip(q_fail)) if q_fail < 1.0 else -math.inf
-        pass_e = log_e_below(n, k_pass, clip(q_pass)) if q_pass > 0.0 else -math.inf
-        bound, bound_name = lower, "rate_lower_bound"
-    else:
-        fail_e = log_e_below(n, k_fail, clip(q_fail)) if q_fail > 0.0 else -math.inf
-        pass_e = log_e_above(n, k_pass, clip(q_pass)) if q_pass < 1.0 else -math.inf
-        bound, bound_name = upper, "rate_upper_bound"
-    rate = k_fail / n if n else None
-    evidence = {
-        "method": "sequential",
-        "n": n,
-        what: k_fail,
-        "rate": rate,
-        "rate_threshold": q_fail,
-        "rate_lower_bound": lower,
-        "rate_upper_bound": upper,
-        "confidence": rule.confidence,
-        "log_e_fail": _finite(fail_e),
-        "log_e_pass": _finite(pass_e),
-        "log_e_needed": threshold,
-        **extra,
-    }
-    symbol = _OPS[rule.operator][1]
-    shown = f"{what}={k_fail}/{n}"
-    if fail_e >= threshold:
-        return _Evidence(
-            "fail",
-            f"{shown}: {bound_name.split('_')[1]} bound {bound:.4f} beyond {q_fail:.4f} at {rule.confidence:g}",
-            evidence,
-        )
-    if pass_e >= threshold:
-        return _Evidence("pass", f"{shown}: rate {symbol} {q_pass:.4f} at {rule.confidence:g}", evidence)
-    return _Evidence(
-        "inconclusive", f"{shown}: not significant yet (log e {_finite(fail_e):.2f} of {threshold:.2f})", evidence
-    )
+# -- the pooled verdict of one rule ---------------------------------------------------------------------------
 
 
 def _finite(x: float) -> float:
     return x if math.isfinite(x) else (-1e9 if x < 0 else 1e9)
 
 
-def _mean_verdict(
-    rule: SLORule, hist: dict[int, int], m_fail: float, m_pass: float, alpha: float, extra: JSONDict
-) -> _Evidence:
-    """A bounded mean (recall) against its bound. Lower-bounded rules (ge/gt) hold iff mean >= m."""
-    lower_rule = rule.operator in ("ge", "gt")
-    threshold = math.log(1.0 / alpha)
-    n = sum(hist.values())
-    lower, upper = mean_lower_bound(hist, alpha), mean_upper_bound(hist, alpha)
-    if lower_rule:
-        fail_e, pass_e = log_wealth_below(hist, m_fail), log_wealth_above(hist, m_pass)
-        bound, bound_name = upper, "mean_upper_bound"
+@dataclass(frozen=True, slots=True)
+class _Pooled:
+    """One rule's evidence on a pool: the outcome the pool alone supports, why, and the numbers."""
+
+    outcome: Outcome
+    reason: str
+    evidence: JSONDict
+    log_e_fail: float
+
+
+def pooled_evidence(test: RuleTest, pooled: WindowStats) -> _Pooled:
+    """What ``pooled`` (the candidate's data since its regime began) says about ``test``'s rule: ``fail`` /
+    ``pass`` when the log e-value reaches ln(1/alpha), with the confidence bound that agrees with it."""
+    rule = test.rule
+    sample = test.sample(pooled)
+    threshold = test.log_needed
+    base: JSONDict = {"method": "sequential", "confidence": rule.confidence, **test.extra}
+    if sample is None:
+        if test.kind == "none":
+            why = f"{test.reason}: a relative rule cannot be judged"
+        elif test.kind == "mean":
+            if rule.custom is not None:
+                why = f"no outcome carries {rule.custom.name} yet (n={pooled.count})"
+            else:
+                why = f"no recall samples yet (labels or exact samples; n={pooled.count})"
+        elif rule.custom is not None:
+            why = f"no outcome carries {rule.custom.name} yet (n={pooled.count})"
+        else:
+            why = "no responses yet"
+        return _Pooled("inconclusive", why, {**base, "n": pooled.count}, NEG_INF)
+    fail_e, pass_e = test.log_e_fail(sample), test.log_e_pass(sample)
+    if isinstance(sample, RateSample):
+        n, k = sample.n, sample.k_fail
+        lower, upper = rate_lower_bound(n, k, test.alpha), rate_upper_bound(n, sample.k_pass, test.alpha)
+        bound, bound_name = (lower, "rate_lower_bound") if test.upper else (upper, "rate_upper_bound")
+        evidence = {
+            **base,
+            "n": n,
+            test.what: k,
+            "rate": k / n if n else None,
+            "rate_threshold": test.fail_at,
+            "rate_lower_bound": lower,
+            "rate_upper_bound": upper,
+        }
+        shown = f"{test.what}={k}/{n}"
+        fail_text = f"{shown}: {bound_name.split('_')[1]} bound {bound:.4f} beyond {test.fail_at:.4f}"
+        symbol = _OPS[rule.operator][1]
+        pass_text = f"{shown}: rate {symbol} {test.pass_at:.4f}"
     else:
-        fail_e, pass_e = log_wealth_above(hist, m_fail), log_wealth_below(hist, m_pass)
-        bound, bound_name = lower, "mean_lower_bound"
-    mean = histogram_mean(hist)
-    evidence = {
-        "method": "sequential",
-        "n": n,
-        "mean": mean,
-        "mean_threshold": m_fail,
-        "mean_lower_bound": lower,
-        "mean_upper_bound": upper,
-        "confidence": rule.confidence,
-        "log_e_fail": _finite(fail_e),
-        "log_e_pass": _finite(pass_e),
-        "log_e_needed": threshold,
-        **extra,
-    }
-    shown = f"mean={mean:.3f} (n={n})"
-    if fail_e >= threshold:
-        return _Evidence(
-            "fail",
-            f"{shown}: {bound_name.split('_')[1]} bound {bound:.3f} beyond {m_fail:.3f} at {rule.confidence:g}",
-            evidence,
+        hist = dict(sample.hist)
+        mean = histogram_mean(hist)
+        lower, upper = mean_lower_bound(hist, test.alpha), mean_upper_bound(hist, test.alpha)
+        bound, bound_name = (lower, "mean_lower_bound") if test.upper else (upper, "mean_upper_bound")
+        sources: JSONDict = (
+            {"recall_source": dict(pooled.recall_sources)} if pooled.recall_sources and rule.custom is None else {}
         )
+        evidence = {
+            **base,
+            "n": sample.n,
+            "mean": mean,
+            "mean_threshold": test.fail_at,
+            "mean_lower_bound": lower,
+            "mean_upper_bound": upper,
+            **sources,
+        }
+        shown = f"mean={mean:.3f} (n={sample.n})"
+        fail_text = f"{shown}: {bound_name.split('_')[1]} bound {bound:.3f} beyond {test.fail_at:.3f}"
+        pass_text = f"{shown}: holds against {test.pass_at:.3f}"
+    evidence.update(log_e_fail=_finite(fail_e), log_e_pass=_finite(pass_e), log_e_needed=threshold)
+    if fail_e >= threshold:
+        return _Pooled("fail", f"{fail_text} at {rule.confidence:g}", evidence, fail_e)
     if pass_e >= threshold:
-        return _Evidence("pass", f"{shown}: holds against {m_pass:.3f} at {rule.confidence:g}", evidence)
-    return _Evidence(
-        "inconclusive", f"{shown}: not significant yet (log e {_finite(fail_e):.2f} of {threshold:.2f})", evidence
-    )
+        return _Pooled("pass", f"{pass_text} at {rule.confidence:g}", evidence, fail_e)
+    reason = f"{shown}: not significant yet (log e {_finite(fail_e):.2f} of {threshold:.2f})"
+    return _Pooled("inconclusive", reason, evidence, fail_e)
 
 
 def sequential_verdict(
     rule: SLORule, window: WindowResult, pooled: WindowStats, baseline: WindowStats | None
 ) -> RuleVerdict:
-    """One rule judged on the deployment's pooled candidate data (``pooled`` includes ``window``)."""
+    """One rule judged on ``pooled`` alone, at the rule's own confidence: the pooled evidence without the
+    judge's per-bucket and change-detection conditions (``SLOMonitor`` and tests use it)."""
     value = window_point_value(rule.metric, window, rule.custom)
-    windows_extra: JSONDict = {}
-
-    def done(e: _Evidence) -> RuleVerdict:
-        return RuleVerdict(
-            rule.name, rule.metric, rule.operator, float(rule.threshold), value, e.outcome, e.reason, e.evidence
-        )
-
-    def inconclusive(reason: str, **extra: Any) -> RuleVerdict:
-        evidence = {"method": "sequential", "n": pooled.count, "confidence": rule.confidence, **extra}
-        return RuleVerdict(
-            rule.name, rule.metric, rule.operator, float(rule.threshold), value, "inconclusive", reason, evidence
-        )
-
     if rule.metric == "response_count":
         return judge_window(rule, window)  # a count, not an estimate: nothing to be uncertain about
     alpha = rule.alpha / 2.0 if rule.relative else rule.alpha
-    if rule.custom is not None:
-        return _custom_verdict(rule, rule.custom, pooled, baseline, alpha, done, inconclusive)
-    if rule.relative and (baseline is None or baseline.count == 0):
-        return inconclusive(f"{rule.relative_to} has no data yet: a relative rule cannot be judged")
-    if rule.metric in QUANTILE_METRICS:
-        level = QUANTILE_METRICS[rule.metric]
-        if pooled.count == 0:
-            return inconclusive("no responses yet")
-        if not rule.relative:
-            k = pooled.exceedances(rule.threshold)
-            if k is None:  # a window from before exact counts: the sketch's lower bound
-                k = _count_above(pooled.sketch, rule.threshold, surely=True)
-            extra = {"threshold_ms": rule.threshold, **windows_extra}
-            return done(_rate_verdict(rule, pooled.count, k, k, 1.0 - level, 1.0 - level, alpha, "exceedances", extra))
-        assert baseline is not None
-        upper_rule = rule.operator in ("le", "lt")
-        hi = _quantile_bound(baseline.sketch, level, alpha, upper=True)
-        lo = _quantile_bound(baseline.sketch, level, alpha, upper=False)
-        # Failing needs evidence against the most lenient threshold the baseline allows; passing, the strictest.
-        t_fail = (hi if upper_rule else lo) if (hi if upper_rule else lo) is not None else None
-        t_pass = (lo if upper_rule else hi) if (lo if upper_rule else hi) is not None else None
-        base_q = baseline.sketch.quantile(level)
-        extra = {"baseline_quantile_ms": base_q, "baseline_n": baseline.count, "baseline_bounds_ms": [lo, hi]}
-        if t_fail is None and t_pass is None:
-            return inconclusive(f"{rule.relative_to} quantile not yet bounded (n={baseline.count})", **extra)
-        n = pooled.count
-        k_fail = _count_above(pooled.sketch, rule.threshold * t_fail, surely=upper_rule) if t_fail is not None else 0
-        k_pass = (
-            _count_above(pooled.sketch, rule.threshold * t_pass, surely=not upper_rule) if t_pass is not None else 0
-        )
-        q = 1.0 - level
-        extra["threshold_ms"] = None if t_fail is None else rule.threshold * t_fail
-        e = _rate_verdict(
-            rule,
-            n,
-            k_fail,
-            k_pass,
-            q if t_fail is not None else (1.0 if upper_rule else 0.0),
-            q if t_pass is not None else (0.0 if upper_rule else 1.0),
-            alpha,
-            "exceedances",
-            extra,
-        )
-        return done(e)
-    if rule.metric == "error_rate":
-        if pooled.count == 0:
-            return inconclusive("no responses yet")
-        if not rule.relative:
-            q = float(rule.threshold)
-            return done(
-                _rate_verdict(rule, pooled.count, pooled.error_count, pooled.error_count, q, q, alpha, "errors", {})
-            )
-        assert baseline is not None
-        b_lo = rate_lower_bound(baseline.count, baseline.error_count, alpha)
-        b_hi = rate_upper_bound(baseline.count, baseline.error_count, alpha)
-        upper_rule = rule.operator in ("le", "lt")
-        q_fail = (b_hi if upper_rule else b_lo) + rule.threshold
-        q_pass = (b_lo if upper_rule else b_hi) + rule.threshold
-        extra = {
-            "baseline_rate": baseline.error_count / baseline.count,
-            "baseline_n": baseline.count,
-            "baseline_bounds": [b_lo, b_hi],
-        }
-        return done(
-            _rate_verdict(
-                rule, pooled.count, pooled.error_count, pooled.error_count, q_fail, q_pass, alpha, "errors", extra
-            )
-        )
-    # recall_at_10: labeled requests and sampled exact searches alike (evidence says how many of each)
-    hist = pooled.recall_histogram()
-    if not hist:
-        return inconclusive(f"no recall samples yet (labels or exact samples; n={pooled.count})")
-    sources: JSONDict = {"recall_source": dict(pooled.recall_sources)} if pooled.recall_sources else {}
-    if not rule.relative:
-        m = float(rule.threshold)
-        return done(_mean_verdict(rule, hist, m, m, alpha, sources))
-    assert baseline is not None
-    base_hist = baseline.recall_histogram()
-    if not base_hist:
-        return inconclusive(f"{rule.relative_to} has no recall samples yet: a relative rule cannot be judged")
-    b_lo, b_hi = mean_lower_bound(base_hist, alpha), mean_upper_bound(base_hist, alpha)
-    lower_rule = rule.operator in ("ge", "gt")
-    m_fail = (b_lo if lower_rule else b_hi) + rule.threshold
-    m_pass = (b_hi if lower_rule else b_lo) + rule.threshold
-    extra = {
-        "baseline_mean": histogram_mean(base_hist),
-        "baseline_n": sum(base_hist.values()),
-        "baseline_bounds": [b_lo, b_hi],
-        **sources,
-    }
-    return done(_mean_verdict(rule, hist, m_fail, m_pass, alpha, extra))
-
-
-def _custom_verdict(
-    rule: SLORule,
-    metric: CustomMetric,
-    pooled: WindowStats,
-    baseline: WindowStats | None,
-    alpha: float,
-    done: Callable[[_Evidence], RuleVerdict],
-    inconclusive: Callable[..., RuleVerdict],
-) -> RuleVerdict:
-    """A rule on a declared custom metric, with the built-in machinery of its kind: a bounded mean (as
-    recall), a Bernoulli rate (as errors), or a quantile's exceedance rate (as latency)."""
-    own = pooled.custom_stats(metric.name)
-    if own is None or own.n == 0:
-        return inconclusive(f"no outcome carries {metric.name} yet (n={pooled.count})")
-    base = baseline.custom_stats(metric.name) if baseline is not None else None
-    if rule.relative and (base is None or base.n == 0):
-        return inconclusive(f"{rule.relative_to} has no {metric.name} yet: a relative rule cannot be judged")
-    extra: JSONDict = {"custom_metric": metric.name, "aggregation": metric.aggregation}
-    if metric.aggregation == "rate":
-        if not rule.relative:
-            q = float(rule.threshold)
-            return done(_rate_verdict(rule, own.n, own.hits, own.hits, q, q, alpha, "hits", extra))
-        assert base is not None
-        b_lo, b_hi = rate_lower_bound(base.n, base.hits, alpha), rate_upper_bound(base.n, base.hits, alpha)
-        upper_rule = rule.operator in ("le", "lt")
-        q_fail = (b_hi if upper_rule else b_lo) + rule.threshold
-        q_pass = (b_lo if upper_rule else b_hi) + rule.threshold
-        extra.update(baseline_rate=base.hits / base.n, baseline_n=base.n, baseline_bounds=[b_lo, b_hi])
-        return done(_rate_verdict(rule, own.n, own.hits, own.hits, q_fail, q_pass, alpha, "hits", extra))
-    if metric.quantile is not None:
-        k = own.exceedances(rule.threshold)
-        if k is None:
-            return inconclusive(f"{metric.name}: no exact counts above {rule.threshold:g} in these windows")
-        q = 1.0 - metric.quantile
-        extra["threshold_value"] = rule.threshold
-        return done(_rate_verdict(rule, own.n, k, k, q, q, alpha, "exceedances", extra))
-    hist = dict(own.hist)
-    span = metric.high - metric.low
-    extra["scale"] = [metric.low, metric.high]  # mean evidence is on the value normalised to [0, 1]
-    if not rule.relative:
-        m = metric.normalise(float(rule.threshold))
-        return done(_mean_verdict(rule, hist, m, m, alpha, extra))
-    assert base is not None
-    base_hist = dict(base.hist)
-    b_lo, b_hi = mean_lower_bound(base_hist, alpha), mean_upper_bound(base_hist, alpha)
-    lower_rule = rule.operator in ("ge", "gt")
-    offset = rule.threshold / span
-    m_fail = (b_lo if lower_rule else b_hi) + offset
-    m_pass = (b_hi if lower_rule else b_lo) + offset
-    extra.update(baseline_mean=histogram_mean(base_hist), baseline_n=base.n, baseline_bounds=[b_lo, b_hi])
-    return done(_mean_verdict(rule, hist, m_fail, m_pass, alpha, extra))
-
-
-def window_figure(rule: SLORule, own: WindowStats, evidence: Mapping[str, Any]) -> tuple[str, float | None]:
-    """The window's own estimate of what the rule's test is about: (name, value) — the rate above the
-    tested latency, the error rate, or the recall mean; ``None`` without data."""
-    if rule.custom is not None:
-        stats = own.custom_stats(rule.metric)
-        if stats is None or stats.n == 0:
-            return ("window_mean" if rule.custom.aggregation == "mean" else "window_rate"), None
-        if rule.custom.aggregation == "mean":
-            return "window_mean", histogram_mean(dict(stats.hist))
-        if rule.custom.aggregation == "rate":
-            return "window_rate", stats.hits / stats.n
-        k = stats.exceedances(rule.threshold)
-        return "window_rate", None if k is None else k / stats.n
-    if rule.metric in QUANTILE_METRICS:
-        t = evidence.get("threshold_ms")
-        if own.count == 0 or t is None:
-            return "window_rate", None
-        k = own.exceedances(float(t)) if not rule.relative else None
-        if k is None:
-            k = _count_above(own.sketch, float(t), surely=rule.operator in ("le", "lt"))
-        return "window_rate", k / own.count
-    if rule.metric == "error_rate":
-        return "window_rate", (own.error_count / own.count) if own.count else None
-    return "window_mean", histogram_mean(own.recall_histogram())
+    p = pooled_evidence(RuleTest.prepare(rule, baseline if rule.relative else None, alpha), pooled)
+    return RuleVerdict(
+        rule.name, rule.metric, rule.operator, float(rule.threshold), value, p.outcome, p.reason, p.evidence
+    )
 
 
 def rule_window_n(rule: SLORule, own: WindowStats) -> int:
@@ -496,18 +251,97 @@ def rule_window_n(rule: SLORule, own: WindowStats) -> int:
     return own.count
 
 
-def window_breaks(rule: SLORule, value: float | None, evidence: Mapping[str, Any]) -> bool:
-    """Does this window, on its own, sit on the breaking side of the tested threshold?"""
-    if value is None:
-        return False
-    if rule.metric == "recall_at_10" or (rule.custom is not None and rule.custom.aggregation == "mean"):
-        limit = evidence.get("mean_threshold")
-        return limit is not None and (value < limit if rule.operator in ("ge", "gt") else value > limit)
-    limit = evidence.get("rate_threshold")
-    return limit is not None and (value > limit if rule.operator in ("le", "lt") else value < limit)
+# -- the change detector ----------------------------------------------------------------------------------------
+
+
+def _logsumexp(values: list[float]) -> float:
+    finite = [v for v in values if v > NEG_INF]
+    if not finite:
+        return NEG_INF
+    top = max(finite)
+    if not math.isfinite(top):
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in finite))
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorReading:
+    """The e-detector over the last windows: ``log_e`` = ln of the sum over change points k of the e-value of
+    the data since k (an e-Shiryaev-Roberts statistic over segment e-values); ``log_e_robust`` the same
+    with, in every segment, the strongest window other than the current one left out."""
+
+    log_e: float
+    log_e_robust: float
+    needed: float
+    segments: int
+
+    def alarms(self, own_carries: bool) -> bool:
+        """Significant — also without the decisive earlier window, unless this window's own data carry
+        evidence of their own (``own_carries``, see OWN_SHARE)."""
+        return self.log_e >= self.needed and (self.log_e_robust >= self.needed or own_carries)
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "log_e": _finite(self.log_e),
+            "log_e_without_strongest": _finite(self.log_e_robust),
+            "log_e_needed": self.needed,
+            "segments": self.segments,
+        }
+
+
+def detect(test: RuleTest, windows: list[WindowStats], needed: float, decisive: float) -> DetectorReading:
+    """The detector's reading after the last of ``windows`` (oldest first; the last is the one being judged).
+
+    Segment e-values are mixture e-values of the pooled data since each change point (one Beta/betting
+    mixture per segment, so a segment pays the mixture's price once, not once per window). The robust
+    reading leaves out of each segment its strongest earlier window when that window is decisive on its own
+    (its log e reaches ``decisive``): a spike that proves itself broken must not make later buckets fail."""
+    samples = [test.sample(w) for w in windows]
+    if samples[-1] is None:
+        return DetectorReading(NEG_INF, NEG_INF, needed, 0)
+    own = [test.log_e_fail(s) if i < len(samples) - 1 else NEG_INF for i, s in enumerate(samples)]
+    total: Sample | None = None
+    strongest: int | None = None  # index of the strongest window in the segment, the current one aside
+    log_es: list[float] = []
+    robust: list[float] = []
+    last = len(samples) - 1
+    for i in range(last, -1, -1):
+        s = samples[i]
+        if s is not None:
+            total = s if total is None else total + s  # type: ignore[operator]
+            if i != last and (strongest is None or own[i] > own[strongest]):
+                strongest = i
+        if total is None:
+            continue
+        log_es.append(test.log_e_fail(total))
+        if strongest is None or own[strongest] < decisive:
+            robust.append(log_es[-1])
+        else:
+            robust.append(test.log_e_fail(total - samples[strongest]))  # type: ignore[operator]
+    return DetectorReading(_logsumexp(log_es), _logsumexp(robust), needed, len(log_es))
 
 
 # -- one deployment -----------------------------------------------------------------------------------------
+
+DETECTOR_WINDOWS = 24  # change points considered: the last two minutes of 5 s windows
+# The share of a rule's level the pooled test gets; the detector has the rest. The pooled test carries the
+# judge's power for a breach present from the start (its threshold is ln(1/alpha)); the detector's threshold
+# is ln(N/alpha) with N the horizon in windows, so giving it a fifth costs it ln 5 = 1.6 nats on ~12.
+POOLED_SHARE = 0.8
+# A bucket may lean on a decisive earlier window (one whose own data prove the rule broken) only if its own
+# log e-value reaches this share of the pooled threshold: with 30 requests at 0.99, 6 of them above T. A
+# healthy window (3 % above T) has that with probability 3e-4 — the chance, per spike, that the window after
+# it becomes a second failing bucket; a window of a breach that puts 20 % above T has it with probability 0.58.
+OWN_SHARE = 0.5
+# A shock both arms share: last_good significantly worse than in its own windows just before (the candidate's
+# failure in that window is then not proven its own). Latency quantiles this many times slower, the error
+# rate this much higher, recall this much lower. A broker outage's backlog drain made last_good 5x slower.
+SHOCK_RATIO = 1.5
+SHOCK_ERROR_OFFSET = 0.01
+SHOCK_RECALL_OFFSET = -0.05
+RECURRENCE_WINDOWS = 12  # a shared shock that returns this soon after the candidate resumed is blamed on it
+RECOVERY_WINDOWS = 2  # last_good healthy this many windows in a row: a shared shock is over
+BASELINE_RECENT = 3  # last_good windows seen in the last slots: wait for the same slot's before judging
 
 
 def _evidence_entry(window: WindowResult, verdict: RuleVerdict) -> JSONDict:
@@ -526,12 +360,28 @@ def _evidence_entry(window: WindowResult, verdict: RuleVerdict) -> JSONDict:
 
 
 @dataclass
+class _Strongest:
+    """The window of the current regime with the most evidence, on its own, that a rule is broken."""
+
+    log_e: float
+    start: int
+    stats: WindowStats
+
+    def to_dict(self) -> JSONDict:
+        return {"log_e": _finite(self.log_e), "start": self.start, "stats": self.stats.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _Strongest:
+        return cls(float(d["log_e"]), int(d["start"]), WindowStats.from_dict(d["stats"]))
+
+
+@dataclass
 class DeploymentJudge:
     """The SLO agent's state and logic for one deployment (checkpointed with ``to_dict``)."""
 
     deployment_id: str
     policy: SLOPolicy
-    candidate: WindowStats = field(default_factory=WindowStats)
+    candidate: WindowStats = field(default_factory=WindowStats)  # pooled since the current regime began
     baseline: WindowStats = field(default_factory=WindowStats)
     candidate_windows: int = 0
     last_judged_start: int | None = None
@@ -545,6 +395,14 @@ class DeploymentJudge:
     rolled_back: bool = False
     pauses: int = 0
     baseline_wait_ms: int = 2000
+    # The regime the pooled evidence belongs to (a rollout step is a new one), its start and number.
+    regime_start_ms: int | None = None
+    regime_index: int = 0
+    next_regime_ms: int | None = None  # a step that began: the regime changes at the first window after it
+    recent: list[tuple[int, WindowStats]] = field(default_factory=list)  # the detector's windows, oldest first
+    strongest: dict[str, _Strongest] = field(default_factory=dict)
+    last_good_recent: dict[int, WindowStats] = field(default_factory=dict)  # last_good's windows by start
+    shock: JSONDict | None = None  # a shock shared with last_good: its rule, state and windows
 
     # -- input ------------------------------------------------------------------------------------------------
     def observe(self, window: WindowResult, arrival_ms: int) -> list[Judgement]:
@@ -566,15 +424,25 @@ class DeploymentJudge:
         """Judge candidate windows that waited ``baseline_wait_ms`` for last_good's window in vain."""
         return self._release(now_ms, force=True)
 
+    def begin_regime(self, start_ms: int) -> None:
+        """A rollout step began at ``start_ms`` (the ledger's instant): windows starting at or after it are a
+        new regime, whose pooled evidence starts from nothing."""
+        if (self.regime_start_ms is None or start_ms > self.regime_start_ms) and (
+            self.next_regime_ms is None or start_ms > self.next_regime_ms
+        ):
+            self.next_regime_ms = start_ms
+
     def _take_baseline(self, window: WindowResult) -> None:
         start = window.window_start_ms
-        if not self.policy.has_relative:
-            return
         if self.last_baseline_start is not None and start <= self.last_baseline_start:
             return
-        if start in self.pending_baseline:
+        stats = window_stats(window)
+        self.last_good_recent[start] = stats
+        while len(self.last_good_recent) > DETECTOR_WINDOWS:
+            del self.last_good_recent[min(self.last_good_recent)]
+        if not self.policy.has_relative or start in self.pending_baseline:
             return
-        self.pending_baseline[start] = window_stats(window)
+        self.pending_baseline[start] = stats
         self.baseline_values[start] = {
             r.metric: window_point_value(r.metric, window, r.custom) for r in self.policy.rules
         }
@@ -588,18 +456,23 @@ class DeploymentJudge:
         for s in [k for k in self.baseline_values if k < start]:
             del self.baseline_values[s]
 
-    def _baseline_ready(self, start: int) -> bool:
-        if not self.policy.has_relative:
-            return True
-        newest = max(self.pending_baseline, default=self.last_baseline_start)
-        return newest is not None and newest >= start
+    def _baseline_ready(self, start: int, window_ms: int) -> bool:
+        if self.policy.has_relative:
+            newest = max(self.pending_baseline, default=self.last_baseline_start)
+            return newest is not None and newest >= start
+        # Absolute rules: the same slot's last_good window tells a shared shock from the candidate's own
+        # failure. Waited for only while last_good is publishing (at 100 % weight it never comes).
+        seen = [s for s in self.last_good_recent if s >= start - BASELINE_RECENT * window_ms]
+        return not seen or max(seen) >= start
 
     def _release(self, now_ms: int, *, force: bool) -> list[Judgement]:
         out: list[Judgement] = []
         while self.waiting:
             window, arrived = self.waiting[0]
+            size = max(1, window.window_end_ms - window.window_start_ms)
             if not (
-                self._baseline_ready(window.window_start_ms) or (force and now_ms - arrived >= self.baseline_wait_ms)
+                self._baseline_ready(window.window_start_ms, size)
+                or (force and now_ms - arrived >= self.baseline_wait_ms)
             ):
                 break
             self.waiting.pop(0)
@@ -607,51 +480,58 @@ class DeploymentJudge:
         return out
 
     # -- judging ----------------------------------------------------------------------------------------------
+    def _alphas(self, rule: SLORule) -> tuple[float, float]:
+        """(pooled, detector) levels of one rule: its 1 - confidence split between the two paths (see
+        POOLED_SHARE), the pooled share split again over the regimes (each regime's pool is its own test),
+        and both halved for a relative rule (the baseline's bound takes the other half)."""
+        alpha = rule.alpha / (2.0 if rule.relative else 1.0)
+        return alpha * POOLED_SHARE / max(1, self.policy.regimes), alpha * (1.0 - POOLED_SHARE)
+
+    def _detector_needed(self, alpha: float, window_ms: int) -> float:
+        horizon = max(1, math.ceil(self.policy.horizon_s * 1000 / max(1, window_ms)))
+        return math.log(horizon / alpha)
+
+    def _enter_regime(self, start: int) -> None:
+        if self.next_regime_ms is None or start < self.next_regime_ms:
+            return
+        self.regime_start_ms = self.next_regime_ms
+        self.next_regime_ms = None
+        self.regime_index += 1
+        self.candidate = WindowStats()
+        self.strongest = {}
+
     def _judge(self, window: WindowResult, now_ms: int) -> Judgement:
         start = window.window_start_ms
+        window_ms = max(1, window.window_end_ms - window.window_start_ms)
         self.last_judged_start = start
+        self._enter_regime(start)
         stats = window_stats(window)
+        last_good_now = self.last_good_recent.get(start)
         if self.policy.has_relative:
             self._pool_baseline_until(start)
         self.candidate = self.candidate.merge(stats)
         self.candidate_windows += 1
+        self.recent.append((start, stats))
+        del self.recent[:-DETECTOR_WINDOWS]
+        detector_windows = [w for _, w in self.recent]
         baseline_now = self.baseline_values.get(start, {})
         verdicts: list[RuleVerdict] = []
         quiet: set[str] = set()  # rules without a value in this window (see rule_window_n)
+        shared: list[tuple[SLORule, RuleVerdict, WindowStats | None]] = []
         for rule in self.policy.rules:
             if rule.method == "point":
                 verdicts.append(judge_window(rule, window, baseline_now.get(rule.metric)))
                 continue
-            v = sequential_verdict(rule, window, self.candidate, self.baseline if rule.relative else None)
-            evidence = {**(v.evidence or {}), "windows": self.candidate_windows}
             if rule.metric == "response_count":
-                verdicts.append(replace(v, evidence=evidence))
+                v = judge_window(rule, window)
+                verdicts.append(replace(v, evidence={**(v.evidence or {}), "windows": self.candidate_windows}))
                 continue
-            name, own = window_figure(rule, stats, evidence)
-            shown = f"{name}={'-' if own is None else format(own, '.4f')}"
-            evidence[name] = own
-            evidence["window_n"] = stats.count
-            if window.response_count == 0:
-                # No new data: this bucket is not a failing (or passing) bucket, whatever the pool says.
-                pooled = f"pooled: {v.outcome}, {v.reason}"
-                v = replace(v, outcome="inconclusive", reason=f"no candidate outcomes in this window ({pooled})")
-            elif rule_window_n(rule, stats) == 0:
-                # Outcomes, but none carries this rule's metric (sampled recall: most windows have no sample):
-                # no new data for the rule either, and no reason to break a running streak.
-                pooled = f"pooled: {v.outcome}, {v.reason}"
-                v = replace(v, outcome="inconclusive", reason=f"no {rule.metric} values in this window ({pooled})")
+            v, reference = self._judge_rule(rule, window, stats, detector_windows, last_good_now, window_ms)
+            if v.outcome == "shared":
+                shared.append((rule, v, reference))
+            if rule_window_n(rule, stats) == 0 and window.response_count > 0:
                 quiet.add(rule.name)
-            elif v.outcome == "fail" and not window_breaks(rule, own, evidence):
-                # A failing *bucket* breaks the rule itself, backed by significant pooled evidence: a
-                # healthy bucket after a bad one is not a second failing bucket.
-                v = replace(
-                    v,
-                    outcome="inconclusive",
-                    reason=f"this window does not break it ({shown}); pooled: {v.reason}",
-                )
-            elif v.outcome == "pass" and window_breaks(rule, own, evidence):
-                v = replace(v, outcome="inconclusive", reason=f"this window breaks it ({shown}); pooled: {v.reason}")
-            verdicts.append(replace(v, evidence=evidence))
+            verdicts.append(v)
         judged = replace(window, verdicts=tuple(verdicts))
         n = window.response_count
         for rule, v in zip(self.policy.rules, verdicts, strict=True):
@@ -659,17 +539,157 @@ class DeploymentJudge:
                 streak = self.streaks.setdefault(rule.name, [])
                 streak.append(_evidence_entry(judged, v))
                 del streak[:-MAX_EVIDENCE]
-            elif rule.name in quiet:
-                continue  # nothing new for this rule: its streak neither grows nor breaks
+            elif rule.name in quiet or v.outcome == "shared":
+                continue  # nothing new about the candidate's own fault: its streak neither grows nor breaks
             elif v.outcome == "pass" or (v.outcome == "inconclusive" and n > 0 and rule.method != "point"):
                 self.streaks.pop(rule.name, None)
         decision = self._rollback(judged) if not self.rolled_back else None
+        if decision is None and not self.rolled_back:
+            decision = self._shock(judged, shared, last_good_now)
         if decision is None:
             decision = self._low_traffic(judged, verdicts)
         else:
             self.insufficient_windows = self.insufficient_samples = 0
         streaks = {r.name: len(self.streaks.get(r.name, [])) for r in self.policy.rules}
         return Judgement(judged, streaks, self.insufficient_windows, decision, now_ms)
+
+    def _judge_rule(
+        self,
+        rule: SLORule,
+        window: WindowResult,
+        stats: WindowStats,
+        detector_windows: list[WindowStats],
+        last_good_now: WindowStats | None,
+        window_ms: int,
+    ) -> tuple[RuleVerdict, WindowStats | None]:
+        """One sequential rule on one window: the bucket fails when it breaks the rule on its own data and the
+        pooled evidence of its regime, or the change detector, is significant — both also without the
+        strongest other window (no earlier spike makes this bucket fail)."""
+        value = window_point_value(rule.metric, window, rule.custom)
+        alpha_pool, alpha_detect = self._alphas(rule)
+        baseline = self.baseline if rule.relative else None
+        test = RuleTest.prepare(rule, baseline, alpha_pool)
+        pooled = pooled_evidence(test, self.candidate)
+        own = test.sample(stats)
+        own_e = test.log_e_fail(own)
+        figure = test.estimate(own)
+        figure_name = "window_mean" if test.kind == "mean" else "window_rate"
+        evidence: JSONDict = {
+            **pooled.evidence,
+            "windows": self.candidate_windows,
+            "regime": self.regime_index,
+            "regime_start_ms": self.regime_start_ms,
+            figure_name: figure,
+            "window_n": stats.count,
+            "window_log_e_fail": _finite(own_e),
+        }
+        # A decisive window (its own data prove the rule broken) must not make other buckets fail: the pooled
+        # evidence has to hold without it too. Windows that are not decisive on their own pool as they are.
+        strongest = self.strongest.get(rule.name)
+        robust_e = pooled.log_e_fail
+        if strongest is not None and strongest.start != window.window_start_ms and strongest.log_e >= test.log_needed:
+            without = test.sample(self.candidate)
+            other = test.sample(strongest.stats)
+            if without is not None and other is not None:
+                robust_e = test.log_e_fail(without - other)  # type: ignore[operator]
+        evidence["log_e_fail_without_strongest"] = _finite(robust_e)
+        if own is not None and (strongest is None or own_e > strongest.log_e):
+            self.strongest[rule.name] = _Strongest(own_e, window.window_start_ms, stats)
+        detector_test = test if alpha_detect == alpha_pool else RuleTest.prepare(rule, baseline, alpha_detect)
+        reading = detect(
+            detector_test, detector_windows, self._detector_needed(alpha_detect, window_ms), test.log_needed
+        )
+        evidence["detector"] = reading.to_dict()
+
+        def verdict(outcome: Outcome, reason: str) -> RuleVerdict:
+            return RuleVerdict(
+                rule.name, rule.metric, rule.operator, float(rule.threshold), value, outcome, reason, evidence
+            )
+
+        shown = f"{figure_name}={'-' if figure is None else format(figure, '.4f')}"
+        if window.response_count == 0:
+            return verdict(
+                "inconclusive", f"no candidate outcomes in this window (pooled: {pooled.outcome}, {pooled.reason})"
+            ), None
+        if own is None:
+            if test.kind == "none":
+                return verdict("inconclusive", pooled.reason), None
+            return verdict(
+                "inconclusive", f"no {rule.metric} values in this window (pooled: {pooled.outcome}, {pooled.reason})"
+            ), None
+        breaks = test.breaks(own)
+        # Leaning on a decisive earlier window is allowed when this window's own data carry a share of the
+        # evidence a window alone would need: a second bucket of a real breach usually does, the healthy
+        # window after a spike almost never (OWN_SHARE).
+        own_carries = own_e >= OWN_SHARE * test.log_needed
+        pooled_alarm = pooled.log_e_fail >= test.log_needed and (robust_e >= test.log_needed or own_carries)
+        if breaks and (pooled_alarm or reading.alarms(own_carries)):
+            path = "pooled" if pooled_alarm else "detector"
+            evidence["path"] = path
+            reason = (
+                pooled.reason
+                if pooled_alarm
+                else f"{shown}: changed in a recent window (detector log e {reading.log_e:.2f} of {reading.needed:.2f})"
+            )
+            shock = self._last_good_shock(rule, window.window_start_ms, alpha_pool)
+            if shock is not None:
+                info, reference = shock
+                evidence["last_good_shock"] = info
+                return (
+                    verdict(
+                        "shared",
+                        f"{shown} breaks it, but last_good is hit too in this window ({info['text']}): "
+                        "a shock both arms share, not proven the candidate's fault",
+                    ),
+                    reference,
+                )
+            return verdict("fail", reason), None
+        if breaks:
+            if pooled.log_e_fail >= test.log_needed:
+                why = f"pooled evidence rests on one earlier window (without it log e {_finite(robust_e):.2f})"
+                return verdict(
+                    "inconclusive", f"this window breaks it ({shown}) but {why}; pooled: {pooled.reason}"
+                ), None
+            return verdict(
+                "inconclusive", f"this window breaks it ({shown}); not significant yet: {pooled.reason}"
+            ), None
+        if pooled.outcome == "pass":
+            return verdict("pass", pooled.reason), None
+        if pooled.outcome == "fail":
+            return verdict("inconclusive", f"this window does not break it ({shown}); pooled: {pooled.reason}"), None
+        return verdict("inconclusive", pooled.reason), None
+
+    def _last_good_shock(self, rule: SLORule, start: int, alpha: float) -> tuple[JSONDict, WindowStats] | None:
+        """Is last_good, in the window starting at ``start``, significantly worse on ``rule``'s metric than in
+        its own windows before (a shock both arms share)? The figures if so, else None.
+
+        Tested like a relative rule of last_good against its own recent past (up to DETECTOR_WINDOWS windows
+        before this one, at least two): latency quantiles ``SHOCK_RATIO`` times slower, error rate
+        ``SHOCK_ERROR_OFFSET`` higher, recall ``SHOCK_RECALL_OFFSET`` lower, each with anytime-valid evidence at
+        the pooled path's level. Relative rules need no such test (they compare the arms in the same window),
+        and custom metrics have none (their scales are the preset's)."""
+        if rule.relative or rule.custom is not None:
+            return None
+        now = self.last_good_recent.get(start)
+        if now is None:
+            return None
+        if self.shock is not None and self.shock.get("reference"):
+            # After a shock, last_good is compared with what it was before the first one (its recent windows
+            # hold the shock itself).
+            before_count = -1
+            reference = WindowStats.from_dict(self.shock["reference"])
+        else:
+            before = [s for t, s in sorted(self.last_good_recent.items()) if t < start]
+            if len(before) < 2:
+                return None
+            before_count = len(before)
+            reference = before[0]
+            for s in before[1:]:
+                reference = reference.merge(s)
+        shocked, info = _shock_test(rule, now, reference, alpha)
+        if not shocked:
+            return None
+        return {**info, "reference_windows": before_count}, reference
 
     def _rollback(self, window: WindowResult) -> Decision | None:
         due = [r for r in self.policy.rules if len(self.streaks.get(r.name, [])) >= r.consecutive_buckets]
@@ -709,6 +729,92 @@ class DeploymentJudge:
                 )
         return None
 
+    # -- shocks shared with last_good -------------------------------------------------------------------------
+    def _shock(
+        self,
+        window: WindowResult,
+        shared: list[tuple[SLORule, RuleVerdict, WindowStats | None]],
+        last_good_now: WindowStats | None,
+    ) -> Decision | None:
+        """A shock both arms share stops candidate traffic (pause) until last_good recovers (resume); one
+        that returns soon after the candidate resumed is blamed on the candidate (rollback)."""
+        start = window.window_start_ms
+        shock = self.shock
+        if shared:
+            rules = [r.name for r, _, _ in shared]
+            entries = [_evidence_entry(window, v) for _, v, _ in shared]
+            if shock is not None and shock.get("state") == "paused":
+                return None  # already stopped: candidate windows now are empty, this one was in flight
+            if (
+                shock is not None
+                and shock.get("state") == "resumed"
+                and start - int(shock["resumed_at"]) <= RECURRENCE_WINDOWS * _window_ms(window)
+            ):
+                self.rolled_back = True
+                self.shock = {**shock, "state": "blamed", "returned_at": start}
+                return Decision(
+                    deployment_id=self.deployment_id,
+                    rule=",".join(rules),
+                    reason=(
+                        f"shared shock returned {(start - int(shock['resumed_at'])) // 1000} s after the candidate "
+                        f"resumed ({', '.join(rules)} broken on both arms again): the candidate is taken to cause it"
+                    ),
+                    evidence={"rules": rules, "windows": entries, "first_shock": shock},
+                    window_id=window.window_id,
+                    command_id=rollback_command_id(self.deployment_id),
+                    type="rollback",
+                )
+            episode = (int(shock.get("episode", 0)) if shock is not None else 0) + 1
+            # What last_good was before the shock: its recovery is judged against it.
+            reference = next((ref for _, _, ref in shared if ref is not None), WindowStats())
+            self.shock = {
+                "state": "paused",
+                "rules": rules,
+                "since": start,
+                "episode": episode,
+                "healthy": 0,
+                "reference": reference.to_dict(),
+            }
+            return Decision(
+                deployment_id=self.deployment_id,
+                rule=",".join(rules),
+                reason=(
+                    f"shared shock: last_good breaks {', '.join(rules)} too in the same window; the candidate is not "
+                    "proven at fault — candidate traffic stops until last_good recovers"
+                ),
+                evidence={"rules": rules, "windows": entries, "episode": episode},
+                window_id=window.window_id,
+                command_id=shock_pause_command_id(self.deployment_id, start),
+                type="shock",
+            )
+        if shock is None or shock.get("state") != "paused":
+            return None
+        # Paused by a shared shock: decide from what last_good does next.
+        if last_good_now is None:
+            return None
+        reference = WindowStats.from_dict(shock["reference"])
+        shocked_rules = [r for r in self.policy.rules if r.name in shock.get("rules", [])]
+        # Healthy: back within the margin of what it was before the shock (no evidence needed to end it).
+        healthy = all(
+            not _shock_test(r, last_good_now, reference, self._alphas(r)[0])[1]["worse"] for r in shocked_rules
+        )
+        shock["healthy"] = int(shock.get("healthy", 0)) + 1 if healthy else 0
+        if shock["healthy"] < RECOVERY_WINDOWS:
+            return None
+        self.shock = {**shock, "state": "resumed", "resumed_at": start}
+        return Decision(
+            deployment_id=self.deployment_id,
+            rule=",".join(shock.get("rules", [])),
+            reason=(
+                f"last_good healthy again for {RECOVERY_WINDOWS} windows: the shared shock was the platform's; "
+                "candidate traffic resumes"
+            ),
+            evidence={"rules": shock.get("rules", []), "since": shock.get("since"), "episode": shock.get("episode")},
+            window_id=window.window_id,
+            command_id=shock_resume_command_id(self.deployment_id, start),
+            type="recover",
+        )
+
     def _low_traffic(self, window: WindowResult, verdicts: list[RuleVerdict]) -> Decision | None:
         n = window.response_count
         limit = self.policy.inconclusive_limit
@@ -716,7 +822,7 @@ class DeploymentJudge:
             return None
         starved = (
             n < self.policy.min_samples
-            and not any(v.outcome == "fail" for v in verdicts)
+            and not any(v.outcome in ("fail", "shared") for v in verdicts)
             and any(v.outcome == "inconclusive" for v in verdicts)
         )
         if not starved:
@@ -772,10 +878,20 @@ class DeploymentJudge:
             "rolled_back": self.rolled_back,
             "pauses": self.pauses,
             "baseline_wait_ms": self.baseline_wait_ms,
+            "regime_start_ms": self.regime_start_ms,
+            "regime_index": self.regime_index,
+            "next_regime_ms": self.next_regime_ms,
+            "recent": [[s, w.to_dict()] for s, w in self.recent],
+            "strongest": {k: v.to_dict() for k, v in sorted(self.strongest.items())},
+            "last_good_recent": {str(k): v.to_dict() for k, v in sorted(self.last_good_recent.items())},
+            "shock": self.shock,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DeploymentJudge:
+        def opt_int(v: Any) -> int | None:
+            return None if v is None else int(v)
+
         try:
             return cls(
                 deployment_id=str(d["deployment_id"]),
@@ -783,8 +899,8 @@ class DeploymentJudge:
                 candidate=WindowStats.from_dict(d["candidate"]),
                 baseline=WindowStats.from_dict(d["baseline"]),
                 candidate_windows=int(d["candidate_windows"]),
-                last_judged_start=None if d["last_judged_start"] is None else int(d["last_judged_start"]),
-                last_baseline_start=None if d["last_baseline_start"] is None else int(d["last_baseline_start"]),
+                last_judged_start=opt_int(d["last_judged_start"]),
+                last_baseline_start=opt_int(d["last_baseline_start"]),
                 pending_baseline={int(k): WindowStats.from_dict(v) for k, v in d["pending_baseline"].items()},
                 baseline_values={int(k): dict(v) for k, v in d["baseline_values"].items()},
                 waiting=[(WindowResult.from_dict(w), int(a)) for w, a in d["waiting"]],
@@ -794,9 +910,67 @@ class DeploymentJudge:
                 rolled_back=bool(d["rolled_back"]),
                 pauses=int(d["pauses"]),
                 baseline_wait_ms=int(d.get("baseline_wait_ms", 2000)),
+                # Absent in checkpoints from before the change detector: judging resumes from an empty history.
+                regime_start_ms=opt_int(d.get("regime_start_ms")),
+                regime_index=int(d.get("regime_index", 0)),
+                next_regime_ms=opt_int(d.get("next_regime_ms")),
+                recent=[(int(s), WindowStats.from_dict(w)) for s, w in d.get("recent", [])],
+                strongest={str(k): _Strongest.from_dict(v) for k, v in d.get("strongest", {}).items()},
+                last_good_recent={int(k): WindowStats.from_dict(v) for k, v in d.get("last_good_recent", {}).items()},
+                shock=dict(shock) if isinstance(shock := d.get("shock"), Mapping) else None,
             )
         except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"DeploymentJudge: malformed state ({exc!r})") from None
+
+
+def _shock_test(rule: SLORule, now: WindowStats, reference: WindowStats, alpha: float) -> tuple[bool, JSONDict]:
+    """Is last_good's window ``now`` significantly worse on ``rule``'s metric than ``reference`` (its own
+    earlier windows)? (shocked, the figures). The figures' ``worse`` says whether the window's own value
+    is past the margin at all (a recovered last_good is not)."""
+    if rule.metric in QUANTILE_METRICS:
+        margin = SHOCK_RATIO
+    elif rule.metric == "error_rate":
+        margin = SHOCK_ERROR_OFFSET
+    else:
+        margin = SHOCK_RECALL_OFFSET
+    self_relative = SLORule(f"{rule.name}:last_good_shock", rule.metric, rule.operator, margin, relative_to="last_good")
+    test = RuleTest.prepare(self_relative, reference, alpha)
+    sample = test.sample(now)
+    log_e = test.log_e_fail(sample)
+    worse = test.breaks(sample)
+    before_value = window_point_value(rule.metric, {"stats": reference.to_dict(), **_summary(reference)})
+    now_value = window_point_value(rule.metric, {"stats": now.to_dict(), **_summary(now)})
+    fmt = value_format(rule.metric)
+    text = (
+        f"last_good {rule.metric} {format(before_value or 0, fmt)} → {format(now_value or 0, fmt)}"
+        f" (n={now.count}, log e {_finite(log_e):.1f})"
+    )
+    info: JSONDict = {
+        "metric": rule.metric,
+        "before": before_value,
+        "now": now_value,
+        "n": now.count,
+        "log_e": _finite(log_e),
+        "log_e_needed": test.log_needed,
+        "worse": worse,
+        "text": text,
+    }
+    return sample is not None and worse and log_e >= test.log_needed, info
+
+
+def _summary(stats: WindowStats) -> JSONDict:
+    """The window fields ``window_point_value`` reads, from statistics alone (p95 and recall from them)."""
+    hist = stats.recall_histogram()
+    return {
+        "response_count": stats.count,
+        "error_count": stats.error_count,
+        "p95_ms": stats.sketch.quantile(0.95) if stats.count else None,
+        "recall_at_10": histogram_mean(hist) if hist else None,
+    }
+
+
+def _window_ms(window: WindowResult) -> int:
+    return max(1, window.window_end_ms - window.window_start_ms)
 
 
 class Judge:

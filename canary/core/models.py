@@ -20,8 +20,10 @@ JSONDict = dict[str, Any]
 
 Arm = Literal["last_good", "candidate"]
 ARMS: tuple[Arm, ...] = ("last_good", "candidate")
-Outcome = Literal["pass", "fail", "inconclusive", "error"]
-OUTCOMES: tuple[Outcome, ...] = ("pass", "fail", "inconclusive", "error")
+# ``shared``: the candidate breaks the rule in a window where last_good breaks it too (a shock both arms
+# share: not proven the candidate's fault; canary.core.judge).
+Outcome = Literal["pass", "fail", "inconclusive", "error", "shared"]
+OUTCOMES: tuple[Outcome, ...] = ("pass", "fail", "inconclusive", "error", "shared")
 CommandType = Literal["start", "rollback", "promote", "pause", "resume", "set_weight", "abort"]
 COMMAND_TYPES: tuple[CommandType, ...] = (
     "start",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import operator as op
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from canary.core.custom import MAX_CUSTOM_METRICS, CustomMetric, CustomStats
@@ -39,6 +39,9 @@ DEFAULT_ERROR_RATE = 0.01
 DEFAULT_INCONCLUSIVE_LIMIT = 12
 DEFAULT_MIN_SAMPLES = 20
 DEFAULT_CONSECUTIVE_BUCKETS = 2
+DEFAULT_HORIZON_S = 1800.0
+"""How long a canary is judged for, by default: the change detector's false-alarm guarantee holds over this
+span (30 minutes; the spec's advice is at least 10). A rollout plan's ``max_duration_s`` replaces it."""
 
 _OPS: dict[str, tuple[Callable[[float, float], bool], str, str]] = {
     # operator: (holds, symbol when it holds, symbol when it does not)
@@ -245,13 +248,17 @@ class SLOPolicy:
 
     ``inconclusive_limit``: after this many candidate windows in a row that hold fewer than
     ``min_samples`` outcomes and leave a rule inconclusive, the canary is paused for insufficient data
-    (0 disables). ``min_samples`` is the section-level floor.
+    (0 disables). ``min_samples`` is the section-level floor. ``horizon_s``: the span the change detector's
+    false-alarm guarantee is stated over (canary.core.judge); ``regimes``: how many regimes the pooled
+    evidence restarts in (a rollout plan's steps: each step is judged on its own data).
     """
 
     rules: tuple[SLORule, ...]
     inconclusive_limit: int = DEFAULT_INCONCLUSIVE_LIMIT
     min_samples: int = DEFAULT_MIN_SAMPLES
     custom_metrics: tuple[CustomMetric, ...] = ()
+    horizon_s: float = DEFAULT_HORIZON_S
+    regimes: int = 1
 
     @property
     def has_relative(self) -> bool:
@@ -269,6 +276,8 @@ class SLOPolicy:
             "inconclusive_limit": self.inconclusive_limit,
             "min_samples": self.min_samples,
             **({"metrics": [m.to_dict() for m in self.custom_metrics]} if self.custom_metrics else {}),
+            "horizon_s": self.horizon_s,
+            "regimes": self.regimes,
         }
 
     @classmethod
@@ -281,6 +290,9 @@ class SLOPolicy:
                 int(d["inconclusive_limit"]),
                 int(d["min_samples"]),
                 metrics,
+                # Checkpoints from before the change detector: its defaults.
+                float(d.get("horizon_s", DEFAULT_HORIZON_S)),
+                int(d.get("regimes", 1)),
             )
         except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"SLOPolicy: malformed ({exc!r})") from None
@@ -302,6 +314,7 @@ SECTION_KEYS = frozenset(
         "inconclusive_limit",
         "rules",
         "metrics",
+        "horizon_s",
     }
 )
 
@@ -354,11 +367,15 @@ def policy_from_slo_section(slo: Mapping[str, Any]) -> SLOPolicy:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"slo: duplicate rule name(s) {', '.join(dupes)}")
+    horizon = slo.get("horizon_s", DEFAULT_HORIZON_S)
+    if not _number(horizon) or not 60 <= horizon <= 7 * 86_400:
+        raise ConfigError(f"slo.horizon_s: expected seconds between 60 and 604800 (a week), got {horizon!r}")
     return SLOPolicy(
         tuple(rules),
         inconclusive_limit=slo.get("inconclusive_limit", DEFAULT_INCONCLUSIVE_LIMIT),
         min_samples=slo.get("min_samples", DEFAULT_MIN_SAMPLES),
         custom_metrics=tuple(declared.values()),
+        horizon_s=float(horizon),
     )
 
 
@@ -391,14 +408,29 @@ def deployment_policy(
     hand-written command. It is judged with the defaults rather than not at all, and ``on_error`` hears why.
     """
     slo = None if snapshot is None else snapshot.get("slo")
-    if not isinstance(slo, Mapping):
-        return default_policy()
-    try:
-        return policy_from_slo_section(slo)
-    except ConfigError as exc:
-        if on_error is not None:
-            on_error(str(exc))
-        return default_policy()
+    policy = default_policy()
+    if isinstance(slo, Mapping):
+        try:
+            policy = policy_from_slo_section(slo)
+        except ConfigError as exc:
+            if on_error is not None:
+                on_error(str(exc))
+    return with_plan(policy, snapshot, explicit_horizon=isinstance(slo, Mapping) and "horizon_s" in slo)
+
+
+def with_plan(policy: SLOPolicy, snapshot: Mapping[str, Any] | None, *, explicit_horizon: bool = False) -> SLOPolicy:
+    """The policy as the candidate's rollout plan shapes it: one regime per step, and — unless the slo
+    section says otherwise — the plan's ``max_duration_s`` as the horizon."""
+    section = snapshot.get("rollout") if isinstance(snapshot, Mapping) else None
+    if not isinstance(section, Mapping):
+        return policy
+    steps = section.get("steps")
+    regimes = len(steps) if isinstance(steps, list) and steps else 1
+    horizon = policy.horizon_s
+    limit = section.get("max_duration_s")
+    if not explicit_horizon and isinstance(limit, int | float) and _number(limit) and 60 <= limit <= 7 * 86_400:
+        horizon = float(limit)
+    return replace(policy, regimes=regimes, horizon_s=horizon)
 
 
 def aggregator_settings(policy: SLOPolicy) -> tuple[float, float, tuple[float, ...]]:
@@ -505,6 +537,26 @@ def rollback_command_id(deployment_id: str) -> str:
 def pause_command_id(deployment_id: str, window_start_ms: int) -> str:
     """Deterministic per low-traffic episode: the window that reached the limit names it."""
     return f"pause-insufficient-{deployment_id}-{window_start_ms}"
+
+
+SHOCK_PAUSE_PREFIX = "pause-shared-"
+SHOCK_RESUME_PREFIX = "resume-shared-"
+
+
+def shock_pause_command_id(deployment_id: str, window_start_ms: int) -> str:
+    """Deterministic per shared shock: the window where both arms broke the rule names it."""
+    return f"{SHOCK_PAUSE_PREFIX}{deployment_id}-{window_start_ms}"
+
+
+def is_shock_pause(command_id: str | None, deployment_id: str) -> bool:
+    """Whether ``command_id`` is the SLO agent's pause of ``deployment_id`` for a shared shock."""
+    return command_id is not None and command_id.startswith(f"{SHOCK_PAUSE_PREFIX}{deployment_id}-")
+
+
+def shock_resume_command_id(deployment_id: str, window_start_ms: int) -> str:
+    """The SLO agent's resume after last_good recovered; a worker key may sign only this resume, and the
+    ledger applies it only to a deployment paused by a shared-shock pause."""
+    return f"{SHOCK_RESUME_PREFIX}{deployment_id}-{window_start_ms}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from canary.core.deployment import ControlLedger
 from canary.core.judge import DeploymentJudge, Judge, Judgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.core.rollout import RolloutTracker, candidate_window_id, plan_of_snapshot
-from canary.core.slo import Decision
+from canary.core.slo import Decision, is_shock_pause
 from canary.errors import CanaryError
 from canary.pipeline.policies import PolicyBook
 
@@ -42,12 +42,15 @@ class Issue:
         }
 
 
-# Decision type → the command it becomes (rollout gates and expiry are pauses).
+# Decision type → the command it becomes (rollout gates and expiry, and a shock shared with last_good, are
+# pauses; last_good's recovery from such a shock is a resume).
 COMMAND_OF: dict[str, str] = {
     "rollback": "rollback",
     "pause": "pause",
     "gate": "pause",
     "expire": "pause",
+    "shock": "pause",
+    "recover": "resume",
     "advance": "set_weight",
     "promote": "promote",
 }
@@ -90,6 +93,9 @@ def resolve(decision: Decision, ledger: ControlLedger, at_ms: int) -> Issue:
         return Issue(decision, None, False, f"not issued: the deployment was already {dep.status} by {dep.issued_by}")
     if COMMAND_OF.get(decision.type) == "pause" and dep.status == "paused":
         return Issue(decision, None, False, "not issued: the deployment is already paused")
+    if decision.type == "recover" and (dep.status != "paused" or not is_shock_pause(dep.paused_by, dep.deployment_id)):
+        # Only the shock's own pause is lifted: an operator's pause, or a low-traffic one, stays.
+        return Issue(decision, None, False, f"not issued: the deployment is {dep.status}, not paused by a shared shock")
     return Issue(decision, decision_command(decision, ledger, at_ms), True, f"issued: {decision.type}")
 
 
@@ -106,7 +112,17 @@ class DecisionStep:
         self._issued: dict[str, int] = {}
 
     def observe(self, window: WindowResult, arrival_ms: int) -> tuple[list[Judgement], list[Issue]]:
+        self._regime(window.deployment_id)
         return self._issues(self.judge.observe(window, arrival_ms), arrival_ms)
+
+    def _regime(self, deployment_id: str | None) -> None:
+        """A rollout step is a new regime for the judge's pooled evidence: it begins when the ledger says the
+        step's weight was set. Only a plan's steps (their number splits the pooled test's level); a weight an
+        operator sets by hand does not restart the pool."""
+        dep = self.ledger().deployments.get(deployment_id) if deployment_id else None
+        if dep is None or dep.weight_set_at_ms is None or "rollout" not in dep.candidate.snapshot:
+            return
+        self.judge.judge_for(dep.deployment_id).begin_regime(dep.weight_set_at_ms)
 
     def tick(self, now_ms: int, deployment_id: str | None = None) -> tuple[list[Judgement], list[Issue]]:
         """Release candidate windows that waited in vain for last_good's (all deployments, or one)."""
@@ -151,7 +167,8 @@ class DecisionStep:
             tracker = self.rollouts[dep.deployment_id] = RolloutTracker(plan)
         view = dep.rollout_view(ledger.applied_ids)  # the instants the ledger will check the command against
         w = j.window
-        failing = any(v.outcome == "fail" for v in w.verdicts)
+        # A shock shared with last_good is no step's success: it resets the count like a failure.
+        failing = any(v.outcome in ("fail", "shared") for v in w.verdicts)
         starved = w.response_count < self.policies.policy(dep.deployment_id).min_samples
         step = tracker.observe(view, w.window_start_ms, w.window_end_ms, failing, starved)
         if step.command_id is None:

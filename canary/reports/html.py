@@ -35,7 +35,13 @@ from canary.reports.model import CommandEntry, DeploymentReport, DiffEntry
 # -- palette -----------------------------------------------------------------------------------------------
 ARM_COLORS = {"last_good": "#2563eb", "candidate": "#ea580c"}
 ARM_LABELS = {"last_good": "last_good", "candidate": "candidate"}
-OUTCOME_COLORS = {"pass": "#22c55e", "fail": "#ef4444", "inconclusive": "#cbd5e1", "error": "#a855f7"}
+OUTCOME_COLORS = {
+    "pass": "#22c55e",
+    "fail": "#ef4444",
+    "inconclusive": "#cbd5e1",
+    "error": "#a855f7",
+    "shared": "#f59e0b",  # a shock both arms share: not the candidate's fault, not healthy either
+}
 THRESHOLD_COLOR = "#dc2626"
 STATUS_STYLE = {
     "running": ("#dbeafe", "#1d4ed8", "Running"),
@@ -546,6 +552,7 @@ tr.diff-added td:first-child::after{content:" new";color:var(--good);font-size:1
 tr.diff-removed td:first-child::after{content:" removed";color:var(--bad);font-size:11px}
 details summary{cursor:pointer;font-weight:600}
 .v-pass{color:#15803d}.v-fail{color:#b91c1c;font-weight:700}.v-inconclusive{color:#64748b}.v-error{color:#7e22ce}
+.v-shared{color:#b45309;font-weight:700}
 footer{color:var(--muted);font-size:12px;margin-top:20px;text-align:center}
 .empty{color:var(--muted);font-style:italic}
 @media (max-width:900px){.cards{grid-template-columns:repeat(2,1fr)}.grid2{grid-template-columns:1fr}}

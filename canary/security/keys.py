@@ -41,11 +41,14 @@ ROLES: tuple[Role, ...] = ("operator", "worker")
 # operator-signed plan: a stolen worker key can stop a canary, never ship a config or skip a step.
 ROLE_COMMANDS: dict[Role, frozenset[str]] = {
     "operator": frozenset({"start", "rollback", "promote", "pause", "resume", "set_weight", "abort"}),
-    "worker": frozenset({"rollback", "pause", "set_weight", "promote"}),
+    "worker": frozenset({"rollback", "pause", "set_weight", "promote", "resume"}),
 }
 ROLE_ID_PREFIXES: dict[tuple[Role, str], str] = {
     ("worker", "set_weight"): "rollout-",
     ("worker", "promote"): "rollout-",
+    # After a shock shared with last_good is over (canary.core.judge): the ledger applies it only to a
+    # deployment the SLO agent itself paused for that shock.
+    ("worker", "resume"): "resume-shared-",
 }
 
 

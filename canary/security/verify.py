@@ -229,7 +229,11 @@ class CommandVerifier:
                 return _reject(
                     "key_not_permitted",
                     f"key {key_id} ({key.name}) has role {key.role}, which may not sign {cmd.type}"
-                    + (" (worker keys: only rollout-… commands that follow the plan)" if key.role == "worker" else ""),
+                    + (
+                        " (worker keys: rollback, pause, rollout-… steps of the plan, resume-shared-…)"
+                        if key.role == "worker"
+                        else ""
+                    ),
                     cmd,
                     key_id,
                     signer,

@@ -167,3 +167,83 @@ def test_verdicts_carry_their_evidence(method: str) -> None:
     e = judged[0].verdicts[0].evidence
     assert e is not None and e["method"] == method and e["n"] == 30
     assert {j.window_id for j in result.judgements} == {w.window_id for w in judged}
+
+
+# -- real traffic: regressions that start late, one bad window, shocks both arms share (issue #20) ----------------
+
+
+def decisions_of(result: Any) -> list[tuple[int, str]]:
+    return [((d.window_start_ms - T0) // W, d.type) for d in result.decisions]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_regression_after_five_healthy_minutes_is_caught_within_four_windows(seed: int) -> None:
+    t = Traffic(seed=seed)
+    for i in range(60):
+        t.window(i, 30, p95=0.9 * T)
+    for i in range(60, 70):
+        t.window(i, 30, p95=1.5 * T)
+    found = rollbacks(t.run(70))
+    assert found and found[0][0] <= 60 + 3, found  # the since-start pool alone needed ~20 windows
+    assert "p95_ms" in found[0][1]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_recall_falling_after_a_healthy_start_is_caught_by_the_detector(seed: int) -> None:
+    t = Traffic(seed=seed)
+    for i in range(3):
+        t.window(i, 30, recall=0.70)
+    for i in range(3, 24):
+        t.window(i, 30, recall=0.25)
+    result = t.run(24)
+    found = rollbacks(result)
+    # The since-start pool alone needed ~40 windows (206 s median). The detector needs ln(360 windows / 0.002)
+    # = 12.1 nats; a valid bet against "mean >= 0.30" on values in [0, 1] is at most 1/(1 - 0.30) per unit, so
+    # at 30 values a window (sd 0.15, mean 0.25) no e-value gains more than ~1.4 nats a window: >= 9 windows.
+    assert found and found[0][0] <= 3 + 16, found
+    assert "recall_at_10" in found[0][1]
+    failing = [w for w in result.windows if w.arm == "candidate" and w.window_start_ms <= T0 + found[0][0] * W]
+    paths = {
+        v.evidence.get("path") for w in failing for v in w.verdicts if v.rule == "recall_at_10" and v.outcome == "fail"
+    }
+    assert paths == {"detector"}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_one_window_three_times_slower_is_not_carried_into_the_next(seed: int) -> None:
+    """A GC pause: every latency ×3 in one window, healthy around it — one truly failing bucket, never two."""
+    t = Traffic(seed=seed)
+    for i in range(12):
+        t.window(i, 30, p95=(2.7 if i == 2 else 0.9) * T)
+    result = t.run(12)
+    assert rollbacks(result) == []
+    spike = next(w for w in result.windows if w.arm == "candidate" and w.window_start_ms == T0 + 2 * W)
+    assert [v.outcome for v in spike.verdicts if v.rule == "p95_ms"] == ["fail"]
+    after = [w for w in result.windows if w.arm == "candidate" and w.window_start_ms > T0 + 2 * W]
+    assert all(v.outcome != "fail" for w in after for v in w.verdicts if v.rule == "p95_ms")
+
+
+def test_a_shock_both_arms_share_pauses_the_candidate_and_resumes_it_when_last_good_recovers() -> None:
+    t = Traffic(seed=3)
+    for i in range(14):
+        shock = 2.5 if i in (4, 5) else 1.0
+        t.window(i, 270, p95=0.3 * T * shock, arm="last_good", partition=1)
+        t.window(i, 30, p95=0.6 * T * shock)
+    result = t.run(14)
+    assert rollbacks(result) == []
+    assert decisions_of(result)[:2] == [(4, "shock"), (7, "recover")], decisions_of(result)
+    shocked = next(w for w in result.windows if w.arm == "candidate" and w.window_start_ms == T0 + 4 * W)
+    [p95] = [v for v in shocked.verdicts if v.rule == "p95_ms"]
+    assert p95.outcome == "shared" and "last_good is hit too" in p95.reason and "last_good p95_ms" in p95.reason
+    [shock] = [d for d in result.decisions if d.type == "shock"]
+    assert shock.command_id == f"pause-shared-d1-{T0 + 4 * W}"
+
+
+def test_a_shared_shock_that_returns_when_the_candidate_resumes_is_blamed_on_it() -> None:
+    t = Traffic(seed=4)
+    for i in range(16):
+        shock = 2.5 if i in (4, 5, 8, 9) else 1.0
+        t.window(i, 270, p95=0.3 * T * shock, arm="last_good", partition=1)
+        t.window(i, 30, p95=0.6 * T * shock)
+    types = decisions_of(t.run(16))
+    assert types[:3] == [(4, "shock"), (7, "recover"), (8, "rollback")], types

@@ -114,7 +114,9 @@ def test_backtest_shows_the_changed_decision() -> None:
     assert not unchanged["changed"]
     assert report["differences"] == []  # live comparison still uses the live rules
 
-    strict = [SLORule("p95_ms", "p95_ms", "le", 50, consecutive_buckets=1)]
+    # last_good (100 ms) meets 120 ms, so breaking it is the candidate's own doing (were last_good slower
+    # too, the judge would call it a shock both arms share, not the candidate's failure).
+    strict = [SLORule("p95_ms", "p95_ms", "le", 120, consecutive_buckets=1)]
     report = run_replay(_span(records, commands, live), rules_override=strict, rules_label="strict.yaml")
     change = next(c for c in report["backtest"]["changes"] if c["deployment_id"] == "dep-a")
     assert change["changed"] and f"@{T0}" in change["backtest"]  # now the very first window rolls back
