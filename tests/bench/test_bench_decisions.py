@@ -141,13 +141,14 @@ def test_plan_row_walks_with_applied_decisions_or_says_what_it_needs() -> None:
     sc = SCENARIOS["plan-50"]
     if not bd.HAS_APPLY:
         col = bd.Column("x", "x", "x", {}, 0.0, {}, 0.0, 0, False, "")
-        (row, _) = bd.column_rows(bd.scenarios(), [INDEX["plan-50"]], col)
+        (row,) = bd.column_rows(bd.scenarios(), [INDEX["plan-50"]], col)
         assert row["skipped"] == "needs apply_decisions in run_pipeline"
         return
-    out = bd.plan_run(sc, "sequential", seed_of("plan-50"))
+    seed = seed_of("plan-50")
+    out = bd.judge_run(sc, "sequential", seed, lambda timeline: bd.generate_plan(sc, seed, timeline))
     weights = [w for _, w in out["timeline"]]
-    assert out["converged"] and weights[:3] == [0.10, 0.25, 0.50]
-    assert out["reached_breach_step"]
+    assert out["settled"] and weights[:3] == [0.10, 0.25, 0.50]
+    assert out["reached_breach_step"] and out["rollback_s"] is not None and out["rollback_s"] > 0
 
 
 @pytest.fixture()
