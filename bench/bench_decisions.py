@@ -1136,7 +1136,11 @@ def summarize(sc: Scenario, judge: str, results: list[dict[str, Any]]) -> dict[s
         "failing_windows_per_run": sum(r.get("failing_windows", 0) for r in results) / runs,
         "runs_with_own_failing_pair": sum(1 for r in results if r.get("own_failing_pair")) / runs,
         "rollbacks_right_after_failing": sum(
-            1 for r in results if r["rollback_window"] is not None and (r.get("rollback_after_failing") or 99) <= 2
+            1
+            for r in results
+            if r["rollback_window"] is not None
+            and 0 <= (r.get("rollback_after_failing") or 0) <= 2
+            and r.get("rollback_after_failing") is not None
         ),
         "passes_per_run": sum(r.get("passes", 1) for r in results) / runs,
         "unsettled_runs": sum(1 for r in results if not r.get("settled", True)),
@@ -1721,7 +1725,7 @@ def truth_text(r: dict[str, Any]) -> str:
     if r.get("failing_windows_per_run"):
         parts.append(f"{r['failing_windows_per_run']:.1f} failing w/run")
     if r.get("rollbacks_right_after_failing") and r.get("failing_windows_per_run"):
-        parts.append(f"{r['rollbacks_right_after_failing']} rollbacks 1-2 w after a failing window")
+        parts.append(f"{r['rollbacks_right_after_failing']} rollbacks 0-2 w after a failing window")
     if r.get("runs_with_own_failing_pair"):
         parts.append(f"own failing pair in {pct(r['runs_with_own_failing_pair'])}")
     if "shocks_2w" in r:
