@@ -873,6 +873,7 @@ def outcome_of(res: PipelineResult, used: int, breach_ms: int | None, truth: dic
         "decisions": dict(Counter(d.type for d in res.decisions if d.issued)),
         "verdicts": dict(verdicts),
         "not_issued": sum(1 for d in res.decisions if not d.issued),
+        "not_issued_types": dict(Counter(d.type for d in res.decisions if not d.issued)),
         "late": res.recomputation.late,
         "windows_fed": used,
         "judged": sum(1 for j in res.judgements if window_index(j.window_start_ms) < used),
@@ -1059,12 +1060,12 @@ def decision_s(delay_windows: float) -> float:
     return delay_windows * WINDOW_MS / 1000 + GRACE_MS / 1000
 
 
-def _decision_summary(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def _decision_summary(results: Sequence[dict[str, Any]], key: str = "decisions") -> dict[str, dict[str, float]]:
     runs = len(results)
     per_run: Counter[str] = Counter()
     with_any: Counter[str] = Counter()
     for r in results:
-        for k, v in r["decisions"].items():
+        for k, v in r.get(key, {}).items():
             per_run[k] += v
             with_any[k] += v > 0
     return {k: {"runs_with": with_any[k] / runs, "per_run": per_run[k] / runs} for k in sorted(per_run)}
@@ -1130,6 +1131,7 @@ def summarize(sc: Scenario, judge: str, results: list[dict[str, Any]]) -> dict[s
         "first_pause_window_median": (float(np.median(first_pause)) + 1) if first_pause else None,
         "pauses_per_run": pauses_total / runs,
         "decisions": _decision_summary(results),
+        "not_issued_decisions": _decision_summary(results, "not_issued_types"),
         "verdicts_per_run": {k: v / runs for k, v in sorted(verdicts.items())},
         "late_outcomes": sum(r["late"] for r in results),
         "not_issued": sum(r["not_issued"] for r in results),
@@ -1537,8 +1539,8 @@ def baseline_column(
     base: int,
     workers: int,
     checkpoint: Path | None,
-    current: Column,
-) -> Column:
+    current_sources: str,
+) -> Column | None:
     """The same rows with ``rev``'s canary package: a detached throwaway worktree, imported by a subprocess
     running this bench (nothing of the old code is copied into the repository); removed afterwards."""
     try:
@@ -1555,9 +1557,9 @@ def baseline_column(
         (code / "canary").symlink_to(tree / "canary", target_is_directory=True)
         sources = source_digest(tree / "canary")
         label = f"{full[:7]}"
-        if sources == current.sources:
+        if sources == current_sources:
             log(f"baseline {label}: canary/ is identical to this checkout's; its runs are this column's")
-            return replace(current, label=label, code=full, note="same canary/ sources as the current column")
+            return None
         out = tmp / "column.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child-out", str(out), "--runs", str(runs)]
         cmd += ["--seed", str(base), "--workers", str(workers), "--only", ",".join(keys)]
@@ -1665,15 +1667,17 @@ def paused_text(row: dict[str, Any]) -> str:
 
 
 def decisions_text(row: dict[str, Any]) -> str:
-    """Issued decisions other than rollback: share of runs with one (per run when more than one)."""
+    """Issued decisions other than rollback: share of runs with one (per run when more than one); then those
+    the pipeline reached but would not issue (a resume of a pause its ledger never saw, say)."""
     parts = []
-    for k, v in row["decisions"].items():
-        if k == "rollback":
-            continue
-        text = f"{k} {pct(v['runs_with'])}"
-        if v["per_run"] > 1.05 * v["runs_with"]:
-            text += f" ({v['per_run']:.1f}/run)"
-        parts.append(text)
+    for key, tag in (("decisions", ""), ("not_issued_decisions", " NOT issued")):
+        for k, v in row.get(key, {}).items():
+            if k == "rollback" and not tag:
+                continue
+            text = f"{k}{tag} {pct(v['runs_with'])}"
+            if v["per_run"] > 1.05 * v["runs_with"]:
+                text += f" ({v['per_run']:.1f}/run)"
+            parts.append(text)
     return ", ".join(parts) or "-"
 
 
@@ -1841,7 +1845,7 @@ def comparison_text(cur: list[dict[str, Any]], base: list[dict[str, Any]], cur_l
         o = old.get((r["scenario"], r["judge"]))
         rows.append({"r": r, "o": o})
     cols: list[tuple[str, Any]] = [
-        ("scenario", lambda x: x["r"]["label"]),
+        ("scenario", lambda x: x["r"]["label"] + (" [sigma 0.25]" if x["r"]["table"] == "sensitivity" else "")),
         ("target", lambda x: x["r"].get("target", {}).get("text", "-")),
         (f"now ({cur_label})", lambda x: headline(x["r"])),
         (f"today ({base_label})", lambda x: headline(x["o"]) if x["o"] else "-"),
@@ -2001,6 +2005,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(all_scs[i].plan is not None for i in selected) and not HAS_APPLY:
         log(f"the plan row needs {APPLY_PARAM} in run_pipeline: skipped")
 
+    # The baseline first: if a long run is cut short, today's column is the one to have (and a checkpoint
+    # keeps both columns' runs for the next try).
+    col: Column | None = None
+    if args.baseline_rev != "none":
+        col = baseline_column(
+            args.baseline_rev,
+            [all_scs[i].key for i in selected],
+            runs,
+            args.seed,
+            workers,
+            args.checkpoint,
+            sources_at_start,
+        )
+    column_started = time.perf_counter()
     results, task_cpu, cpu_by_scenario, resumed = run_column(
         all_scs, selected, runs, args.seed, workers, args.checkpoint, sources_at_start
     )
@@ -2011,7 +2029,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results=results,
         task_cpu=task_cpu,
         cpu_by_scenario=cpu_by_scenario,
-        wall_s=time.perf_counter() - started,
+        wall_s=time.perf_counter() - column_started,
         resumed=resumed,
         has_apply=HAS_APPLY,
         canary_file=str(canary_dir()),
@@ -2019,15 +2037,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = column_rows(all_scs, selected, current)
     baseline = None
     if args.baseline_rev != "none":
-        col = baseline_column(
-            args.baseline_rev,
-            [all_scs[i].key for i in selected],
-            runs,
-            args.seed,
-            workers,
-            args.checkpoint,
-            current,
-        )
+        if col is None:
+            rev = _git("rev-parse", "--verify", f"{args.baseline_rev}^{{commit}}")
+            col = replace(current, label=rev[:7], code=rev, note="same canary/ sources as the current column")
         baseline = {
             "label": col.label,
             "code": col.code,

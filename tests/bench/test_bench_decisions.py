@@ -173,9 +173,13 @@ def test_a_baseline_worker_judges_with_the_other_canary_package(other_canary: Pa
 
 def test_baseline_column_runs_in_a_throwaway_worktree_and_removes_it() -> None:
     head = bd._git("rev-parse", "HEAD")
-    current = bd.Column("now", "now", "not-the-same-sources", {}, 0.0, {}, 0.0, 0, bd.HAS_APPLY, "")
-    col = bd.baseline_column("HEAD", ["clear-err"], 1, bd.BASE_SEED, 1, None, current)
-    assert col.code == head and col.canary_file.startswith("/") and "bench-decisions-baseline-" in col.canary_file
+    col = bd.baseline_column("HEAD", ["clear-err"], 1, bd.BASE_SEED, 1, None, "not-the-same-sources")
+    assert (
+        col is not None
+        and col.code == head
+        and col.canary_file.startswith("/")
+        and "bench-decisions-baseline-" in col.canary_file
+    )
     (row,) = [r for r in bd.column_rows(bd.scenarios(), [INDEX["clear-err"]], col) if r["judge"] == "sequential"]
     assert row["runs"] == 1 and row["rollback_rate"] == 1.0
     assert "bench-decisions-baseline-" not in bd._git("worktree", "list")
