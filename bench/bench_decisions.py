@@ -1102,7 +1102,9 @@ def summarize(sc: Scenario, judge: str, results: list[dict[str, Any]]) -> dict[s
         if sc.breach is None:
             if w is not None:
                 false_rb += 1
-                false_at.append(r["rollback_ms"] - T0 if r.get("rollback_ms") is not None else decision_s(w + 1))
+                false_at.append(
+                    (r["rollback_ms"] - T0) / 1000 if r.get("rollback_ms") is not None else decision_s(w + 1)
+                )
             continue
         s = r.get("rollback_s")
         if sc.plan is not None and r.get("breach_ms") is None:
@@ -1160,7 +1162,7 @@ def summarize(sc: Scenario, judge: str, results: list[dict[str, Any]]) -> dict[s
     if sc.breach is None:
         out["false_rollback_rate"] = false_rb / runs
         out["rollback_rate"] = false_rb / runs
-        out["false_rollback_s_median"] = float(np.median(false_at)) / 1000 if false_at else None
+        out["false_rollback_s_median"] = float(np.median(false_at)) if false_at else None
     else:
         detected = [d for d in delays_s if math.isfinite(d)]
         out.update(
