@@ -49,13 +49,13 @@ def replay_payload(
     from canary.replay.output import write_report
     from canary.replay.postmortem import run_replay, summary_lines
     from canary.replay.recompute import ReplaySettings
-    from canary.replay.rules import load_rules_file
+    from canary.replay.rules import load_policy_file
 
     if input_file is None and (from_ms is None or to_ms is None):
         raise ConfigError("--from and --to are required (unless --input FILE)")
     if from_ms is not None and to_ms is not None and to_ms <= from_ms:
         raise ConfigError(f"--to must be after --from (got from={from_ms} to={to_ms})")
-    rules = load_rules_file(rules_file) if rules_file is not None else None
+    rules = load_policy_file(rules_file) if rules_file is not None else None
     try:
         replay_settings = ReplaySettings(window_ms=window_ms, grace_ms=grace_ms)
     except ValueError as exc:
@@ -176,11 +176,13 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Reads search_results (all partitions) for the span and the control topic up to its end, recomputes\n"
-            "every 5 s window, verdict and rollback decision with the live worker's code, compares them with the\n"
-            "live windows (canary_windows, judged copies from canary_verdicts) and rollbacks, and writes a\n"
-            "post-mortem (JSON + HTML). With --rules, also replays with those rules instead of each deployment's\n"
-            "own and shows which decisions would change. Exit 0 also when the span has no traffic or replay and\n"
-            "live differ (see 'differences').\n"
+            "every 5 s window, verdict and decision with the live worker's code — the SLO agent's whole loop:\n"
+            "rollbacks, low-traffic pauses, rollout steps, gates, promotion, each command fed back into the\n"
+            "control topic's ledger as live (the live agent's own recorded commands are set aside and compared),\n"
+            "compares them with the live windows (canary_windows, judged copies from canary_verdicts) and the\n"
+            "live agent's commands, and writes a post-mortem (JSON + HTML). With --rules, also replays with that\n"
+            "policy instead of each deployment's own and shows which decisions would change. Exit 0 also when\n"
+            "the span has no traffic or replay and live differ (see 'differences').\n"
             "\n"
             "Offline, without a broker:\n"
             "  --input FILE  replays a topic dump in the JSON-lines envelope 'kcat -C -J' writes (one object per\n"
@@ -228,7 +230,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--rules",
         metavar="FILE",
-        help="backtest: YAML/JSON with an 'slo' section (a preset's format) for every deployment",
+        help="backtest: YAML/JSON with an 'slo' section, exactly a preset's (rules, consecutive_buckets, "
+        "min_samples, confidence, method, inconclusive_limit, metrics), for every deployment",
     )
     p.add_argument("--output", metavar="DIR", help="post-mortem directory (default reports/replay/)")
     p.add_argument("--window-ms", type=int, default=5000, help="window size the worker ran with (5000)")

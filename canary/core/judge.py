@@ -480,12 +480,13 @@ class DeploymentJudge:
         return out
 
     # -- judging ----------------------------------------------------------------------------------------------
-    def _alphas(self, rule: SLORule) -> tuple[float, float]:
-        """(pooled, detector) levels of one rule: its 1 - confidence split between the two paths (see
-        POOLED_SHARE), the pooled share split again over the regimes (each regime's pool is its own test),
-        and both halved for a relative rule (the baseline's bound takes the other half)."""
+    def _alphas(self, rule: SLORule) -> tuple[float, float, float]:
+        """(pooled, detector, baseline) levels of one rule. Its 1 - confidence, for a relative rule, goes half to
+        last_good's bounds (one bound, shared by both paths) and half to the tests; the tests' part is split
+        between the two paths (see POOLED_SHARE), the pooled share again over the regimes (each regime's pool
+        is its own test). The failure chances add up to at most 1 - confidence."""
         alpha = rule.alpha / (2.0 if rule.relative else 1.0)
-        return alpha * POOLED_SHARE / max(1, self.policy.regimes), alpha * (1.0 - POOLED_SHARE)
+        return alpha * POOLED_SHARE / max(1, self.policy.regimes), alpha * (1.0 - POOLED_SHARE), alpha
 
     def _detector_needed(self, alpha: float, window_ms: int) -> float:
         horizon = max(1, math.ceil(self.policy.horizon_s * 1000 / max(1, window_ms)))
@@ -566,9 +567,9 @@ class DeploymentJudge:
         pooled evidence of its regime, or the change detector, is significant — both also without the
         strongest other window (no earlier spike makes this bucket fail)."""
         value = window_point_value(rule.metric, window, rule.custom)
-        alpha_pool, alpha_detect = self._alphas(rule)
+        alpha_pool, alpha_detect, alpha_base = self._alphas(rule)
         baseline = self.baseline if rule.relative else None
-        test = RuleTest.prepare(rule, baseline, alpha_pool)
+        test = RuleTest.prepare(rule, baseline, alpha_pool, baseline_alpha=alpha_base)
         pooled = pooled_evidence(test, self.candidate)
         own = test.sample(stats)
         own_e = test.log_e_fail(own)
@@ -595,7 +596,7 @@ class DeploymentJudge:
         evidence["log_e_fail_without_strongest"] = _finite(robust_e)
         if own is not None and (strongest is None or own_e > strongest.log_e):
             self.strongest[rule.name] = _Strongest(own_e, window.window_start_ms, stats)
-        detector_test = test if alpha_detect == alpha_pool else RuleTest.prepare(rule, baseline, alpha_detect)
+        detector_test = replace(test, alpha=alpha_detect)  # the same thresholds, its own level
         reading = detect(
             detector_test, detector_windows, self._detector_needed(alpha_detect, window_ms), test.log_needed
         )

@@ -109,30 +109,43 @@ def count_above(sketch: QuantileSketch, threshold: float, *, surely: bool) -> in
 
 def quantile_bound(sketch: QuantileSketch, level: float, alpha: float, *, upper: bool) -> float | None:
     """Anytime-valid bound of a quantile from a sketch: the smallest bucket edge x with rate(> x) surely
-    <= 1 - level (upper bound), or the largest x with rate(> x) surely >= 1 - level (lower bound)."""
+    <= 1 - level (upper bound), or the largest x with rate(> x) surely >= 1 - level (lower bound).
+
+    "Surely" is the rate bound's own test, asked directly: ``rate_upper_bound(n, k) <= q`` exactly when the
+    evidence that the rate is below ``q`` reached ``1/alpha`` (``rate_lower_bound(n, k) >= q`` when the
+    evidence that it is above ``q`` did), both bounds being where that e-value crosses ``1/alpha``. The count
+    above an edge falls as the edge rises and the evidence is monotone in the count, so the edges where the
+    test holds are a suffix (upper) or a prefix (lower) of the sorted edges: a binary search finds the bound
+    with ~log2(buckets) e-values instead of a bisected bound per bucket (~70-140 ms a window before)."""
     n = sketch.count
     if n == 0:
         return None
     tail = 1.0 - level
     d = sketch.to_dict()
     gamma = (1.0 + sketch.relative_accuracy) / (1.0 - sketch.relative_accuracy)
-    edges = [(gamma**index, count) for index, count in d["bins"]]
-    above = n
-    candidates: list[tuple[float, int]] = [(0.0, n - d["zero"])]
-    for edge, count in edges:
-        above -= count
-        candidates.append((edge, above))  # values above this bucket's upper edge
+    edges = [0.0]
+    above = [n - d["zero"]]  # values above each edge: above 0, then above each bucket's upper edge
+    for index, count in d["bins"]:
+        edges.append(gamma**index)
+        above.append(above[-1] - count)
+    needed = math.log(1.0 / alpha)
     if upper:
-        for edge, k in candidates:
-            if rate_upper_bound(n, k, alpha) <= tail:
-                return edge
-        return None
-    best = None
-    for edge, k in candidates:
-        # The lower edge of the bucket: values above the previous edge were counted in ``k`` + this bucket.
-        if rate_lower_bound(n, k, alpha) >= tail:
-            best = edge
-    return best
+        lo, hi = 0, len(edges)  # the first edge where the test holds (a suffix); len(edges): none
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if log_e_below(n, above[mid], tail) >= needed:
+                hi = mid
+            else:
+                lo = mid + 1
+        return edges[lo] if lo < len(edges) else None
+    lo, hi = 0, len(edges)  # the first edge where it no longer holds (it holds on a prefix)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if log_e_above(n, above[mid], tail) >= needed:
+            lo = mid + 1
+        else:
+            hi = mid
+    return edges[lo - 1] if lo > 0 else None
 
 
 def _clip(q: float) -> float:
@@ -165,22 +178,26 @@ class RuleTest:
 
     # -- building one ----------------------------------------------------------------------------------------
     @classmethod
-    def prepare(cls, rule: SLORule, baseline: WindowStats | None, alpha: float) -> RuleTest:
-        """The test of ``rule`` at level ``alpha``; ``baseline`` is last_good's pool for a relative rule."""
+    def prepare(
+        cls, rule: SLORule, baseline: WindowStats | None, alpha: float, *, baseline_alpha: float | None = None
+    ) -> RuleTest:
+        """The test of ``rule`` at level ``alpha``; ``baseline`` is last_good's pool for a relative rule, bounded at
+        level ``baseline_alpha`` (default ``alpha``)."""
+        b_alpha = alpha if baseline_alpha is None else baseline_alpha
         upper = rule.operator in ("le", "lt")
         if rule.relative and (baseline is None or baseline.count == 0):
             return cls(rule, alpha, "none", upper, reason=f"{rule.relative_to} has no data yet")
         if rule.custom is not None:
-            return cls._custom(rule, baseline, alpha, upper)
+            return cls._custom(rule, baseline, alpha, upper, b_alpha)
         if rule.metric in QUANTILE_METRICS:
-            return cls._quantile(rule, baseline, alpha, upper)
+            return cls._quantile(rule, baseline, alpha, upper, b_alpha)
         if rule.metric == "error_rate":
             if not rule.relative:
                 q = float(rule.threshold)
                 return cls(rule, alpha, "rate", upper, q, q, what="errors")
             assert baseline is not None
-            lo = rate_lower_bound(baseline.count, baseline.error_count, alpha)
-            hi = rate_upper_bound(baseline.count, baseline.error_count, alpha)
+            lo = rate_lower_bound(baseline.count, baseline.error_count, b_alpha)
+            hi = rate_upper_bound(baseline.count, baseline.error_count, b_alpha)
             extra = {
                 "baseline_rate": baseline.error_count / baseline.count,
                 "baseline_n": baseline.count,
@@ -205,7 +222,7 @@ class RuleTest:
         base_hist = baseline.recall_histogram()
         if not base_hist:
             return cls(rule, alpha, "none", upper, reason=f"{rule.relative_to} has no recall samples yet")
-        lo, hi = mean_lower_bound(base_hist, alpha), mean_upper_bound(base_hist, alpha)
+        lo, hi = mean_lower_bound(base_hist, b_alpha), mean_upper_bound(base_hist, b_alpha)
         extra = {
             "baseline_mean": histogram_mean(base_hist),
             "baseline_n": sum(base_hist.values()),
@@ -215,15 +232,17 @@ class RuleTest:
         return cls(rule, alpha, "mean", upper, fail_at + rule.threshold, pass_at + rule.threshold, extra=extra)
 
     @classmethod
-    def _quantile(cls, rule: SLORule, baseline: WindowStats | None, alpha: float, upper: bool) -> RuleTest:
+    def _quantile(
+        cls, rule: SLORule, baseline: WindowStats | None, alpha: float, upper: bool, b_alpha: float
+    ) -> RuleTest:
         level = QUANTILE_METRICS[rule.metric]
         q = 1.0 - level
         if not rule.relative:
             t = float(rule.threshold)
             return cls(rule, alpha, "rate", upper, q, q, t, t, "exceedances", {"threshold_ms": t})
         assert baseline is not None
-        hi = quantile_bound(baseline.sketch, level, alpha, upper=True)
-        lo = quantile_bound(baseline.sketch, level, alpha, upper=False)
+        hi = quantile_bound(baseline.sketch, level, b_alpha, upper=True)
+        lo = quantile_bound(baseline.sketch, level, b_alpha, upper=False)
         # Failing needs evidence against the most lenient threshold the baseline allows; passing, the strictest.
         t_fail, t_pass = (hi, lo) if upper else (lo, hi)
         extra: JSONDict = {
@@ -258,7 +277,9 @@ class RuleTest:
         )
 
     @classmethod
-    def _custom(cls, rule: SLORule, baseline: WindowStats | None, alpha: float, upper: bool) -> RuleTest:
+    def _custom(
+        cls, rule: SLORule, baseline: WindowStats | None, alpha: float, upper: bool, b_alpha: float
+    ) -> RuleTest:
         metric = rule.custom
         assert metric is not None
         extra: JSONDict = {"custom_metric": metric.name, "aggregation": metric.aggregation}
@@ -270,7 +291,7 @@ class RuleTest:
                 q = float(rule.threshold)
                 return cls(rule, alpha, "rate", upper, q, q, what="hits", extra=extra)
             assert base is not None
-            lo, hi = rate_lower_bound(base.n, base.hits, alpha), rate_upper_bound(base.n, base.hits, alpha)
+            lo, hi = rate_lower_bound(base.n, base.hits, b_alpha), rate_upper_bound(base.n, base.hits, b_alpha)
             extra.update(baseline_rate=base.hits / base.n, baseline_n=base.n, baseline_bounds=[lo, hi])
             fail_at, pass_at = (hi, lo) if upper else (lo, hi)
             return cls(
@@ -288,7 +309,7 @@ class RuleTest:
             return cls(rule, alpha, "mean", upper, m, m, extra=extra)
         assert base is not None
         base_hist = dict(base.hist)
-        lo, hi = mean_lower_bound(base_hist, alpha), mean_upper_bound(base_hist, alpha)
+        lo, hi = mean_lower_bound(base_hist, b_alpha), mean_upper_bound(base_hist, b_alpha)
         extra.update(baseline_mean=histogram_mean(base_hist), baseline_n=base.n, baseline_bounds=[lo, hi])
         offset = rule.threshold / span
         fail_at, pass_at = (hi, lo) if upper else (lo, hi)

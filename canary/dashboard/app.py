@@ -440,12 +440,12 @@ def _rules_field(body: dict[str, Any]) -> Any:
         return None
     if not isinstance(text, str):
         raise ConfigError("rules: expected YAML text")
-    from canary.replay.rules import parse_rules
+    from canary.replay.rules import parse_policy
 
     data, error = parse_yaml_text(text, "rules")  # bounded: size, depth, no aliases
     if error is not None:
         raise ConfigError(str(error))
-    return parse_rules(data, "rules")
+    return parse_policy(data, "rules")
 
 
 def _host_check(dashboard: Dashboard) -> Callable[..., Awaitable[web.StreamResponse]]:

@@ -50,7 +50,10 @@ class PolicyBook:
         if override is None or isinstance(override, SLOPolicy):
             self.override = override
         else:
-            self.override = SLOPolicy(tuple(override))
+            # Bare rules: the metrics their custom rules declare are part of the policy (the windows stage
+            # aggregates only declared metrics); the low-traffic settings are the defaults.
+            declared = {r.custom.name: r.custom for r in override if r.custom is not None}
+            self.override = SLOPolicy(tuple(override), custom_metrics=tuple(declared.values()))
         self._cache: dict[str, SLOPolicy] = {}
         self._aggregators: dict[str, WindowAggregator] = {}
 

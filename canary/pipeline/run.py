@@ -8,6 +8,12 @@ judge's verdicts with their evidence (:class:`~canary.pipeline.decisions.Decisio
 logic), and each decision with whether the live agent would have issued it. Policies come from the
 control topic through :class:`~canary.pipeline.policies.PolicyBook`, or from an override for a backtest.
 
+Decisions are the SLO agent's whole loop (:mod:`canary.pipeline.loop`): the judge's rollbacks and pauses
+and the rollout plan's steps, gates, promotion and expiry, each with the exact command the agent
+publishes (unsigned) and the time it issues it. With ``apply_decisions`` (the default) the loop feeds its
+own commands back into the control topic's ledger as the live registry does, so a plan walks its steps
+and a pause holds; the traffic itself is given by the records (a ``set_weight`` does not re-route them).
+
 No clock is read: arrival times are the records' own, and ``horizon_ms`` says how far processing time ran
 after the last record (the live tick keeps closing windows while traffic is quiet). Replay from Kafka,
 replay of a dump file, the reports, the decision benchmark and the tests all call this function.
@@ -15,14 +21,21 @@ replay of a dump file, the reports, the decision benchmark and the tests all cal
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from canary.core import wire
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
 from canary.errors import CanaryError
-from canary.replay.recompute import Judgement, Recomputation, ReplayDecision, ReplaySettings, recompute
+from canary.pipeline.loop import Judgement, PipelineDecision
+from canary.replay.recompute import Recomputation, ReplaySettings, recompute
+
+log = logging.getLogger("canary.pipeline")
+
+WarningCode = Literal["control_records_ignored"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +50,18 @@ class Record:
     value: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class PipelineWarning:
+    """Something in the input the pipeline did not use, said rather than dropped."""
+
+    code: WarningCode
+    message: str
+    count: int
+
+    def to_dict(self) -> JSONDict:
+        return {"code": self.code, "message": self.message, "count": self.count}
+
+
 @dataclass
 class PipelineResult:
     """The recomputation plus what the input held besides outcomes."""
@@ -45,6 +70,7 @@ class PipelineResult:
     commands: list[ControlCommand]
     invalid_commands: list[JSONDict] = field(default_factory=list)
     other_records: dict[str, int] = field(default_factory=dict)
+    warnings: list[PipelineWarning] = field(default_factory=list)
 
     @property
     def windows(self) -> list[WindowResult]:
@@ -55,8 +81,14 @@ class PipelineResult:
         return self.recomputation.judgements
 
     @property
-    def decisions(self) -> list[ReplayDecision]:
+    def decisions(self) -> list[PipelineDecision]:
+        """Every decision of the SLO agent's loop, issued or not (``issued``, ``note``), in window order."""
         return self.recomputation.decisions
+
+    @property
+    def issued(self) -> list[PipelineDecision]:
+        """The decisions the live agent publishes, with their commands, in issue order."""
+        return sorted((d for d in self.decisions if d.issued), key=lambda d: (d.issued_at_ms or 0, d.deployment_id))
 
 
 def parse_control(records: Iterable[Record]) -> tuple[list[ControlCommand], list[JSONDict]]:
@@ -90,10 +122,16 @@ def run_pipeline(
     horizon_ms: int | None = None,
     judge_from_ms: int | None = None,
     judge_until_ms: int | None = None,
+    apply_decisions: bool = True,
 ) -> PipelineResult:
     """Windows, verdicts and decisions from raw records (see the module docstring).
 
-    ``commands``: already-parsed control commands, instead of control records in ``records``.
+    ``commands``: already-parsed control commands, instead of control records in ``records``; control
+    records in ``records`` are then not used, and the result says so (a ``control_records_ignored``
+    warning, also logged). ``rules_override``: judge every deployment with this policy (a preset's whole
+    ``slo`` section, :func:`canary.core.slo.policy_from_slo_section`) instead of its own.
+    ``apply_decisions``: feed the loop's issued commands back into its ledger (default, as live); False:
+    resolve decisions against the recorded control topic alone.
     """
     outcomes: list[tuple[int, int, int | None, bytes | None]] = []
     control: list[Record] = []
@@ -107,6 +145,18 @@ def run_pipeline(
             other[r.topic] = other.get(r.topic, 0) + 1
     parsed, times, invalid = parse_control_timed(control)
     history = list(commands) if commands is not None else parsed
+    warnings: list[PipelineWarning] = []
+    if commands is not None and control:
+        # Refusing would break a backtest that replaces a dump's control topic on purpose; dropping them
+        # without a word hid that the input's own commands (a resume, a weight) played no part.
+        warning = PipelineWarning(
+            "control_records_ignored",
+            f"{len(control)} {control_topic} record(s) in the input were not used: commands= was given and "
+            f"replaces them ({len(parsed)} valid command(s), {len(invalid)} malformed among them)",
+            len(control),
+        )
+        warnings.append(warning)
+        log.warning("run_pipeline: %s", warning.message)
     rc = recompute(
         outcomes,
         history,
@@ -116,5 +166,6 @@ def run_pipeline(
         horizon_ms=horizon_ms,
         judge_from_ms=judge_from_ms,
         judge_until_ms=judge_until_ms,
+        apply_decisions=apply_decisions,
     )
-    return PipelineResult(rc, history, invalid, other)
+    return PipelineResult(rc, history, invalid, other, warnings)

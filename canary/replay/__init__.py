@@ -17,7 +17,7 @@ from canary.replay.recompute import (
     recompute,
     span_bounds,
 )
-from canary.replay.rules import load_rules_file, parse_rules
+from canary.replay.rules import load_policy_file, parse_policy
 from canary.replay.span import SpanData
 
 __all__ = [
@@ -33,8 +33,8 @@ __all__ = [
     "backtest_changes",
     "compare_decisions",
     "compare_windows",
-    "load_rules_file",
-    "parse_rules",
+    "load_policy_file",
+    "parse_policy",
     "read_bounds",
     "recompute",
     "run_replay",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
+from canary.pipeline.decisions import SLO_AGENT
 from canary.replay.recompute import ReplayDecision
 
 COMPARED_FIELDS = (
@@ -52,7 +53,7 @@ class Difference:
 
 @dataclass(frozen=True, slots=True)
 class LiveDecision:
-    """A rollback the live SLO agent issued (from the control topic)."""
+    """A command the live SLO agent issued (from the control topic): a rollback, or any other of its kinds."""
 
     deployment_id: str
     rule: str | None
@@ -60,6 +61,7 @@ class LiveDecision:
     window_id: str | None
     command_id: str
     issued_at_ms: int
+    type: str = "rollback"  # the command's type (rollback, pause, set_weight, promote)
 
     @classmethod
     def from_command(cls, cmd: ControlCommand) -> LiveDecision:
@@ -73,12 +75,13 @@ class LiveDecision:
             window_id=window if isinstance(window, str) else None,
             command_id=cmd.command_id,
             issued_at_ms=cmd.issued_at_ms,
+            type=cmd.type,
         )
 
     def to_dict(self) -> JSONDict:
         return {
             "deployment_id": self.deployment_id,
-            "type": "rollback",
+            "type": self.type,
             "rule": self.rule,
             "reason": self.reason,
             "triggering_window": self.window_id,
@@ -92,12 +95,24 @@ def live_decisions(commands: Iterable[ControlCommand], deployment_id: str | None
     """Rollbacks issued by the SLO agent, first one per deployment (readers drop repeats by id)."""
     out: dict[str, LiveDecision] = {}
     for cmd in commands:
-        if cmd.type != "rollback" or cmd.issued_by != "slo-agent":
+        if cmd.type != "rollback" or cmd.issued_by != SLO_AGENT:
             continue
         if deployment_id is not None and cmd.deployment_id != deployment_id:
             continue
         out.setdefault(cmd.deployment_id, LiveDecision.from_command(cmd))
     return [out[d] for d in sorted(out)]
+
+
+def live_agent_commands(commands: Iterable[ControlCommand], deployment_id: str | None = None) -> list[LiveDecision]:
+    """Every other command the SLO agent issued (pauses, rollout steps, gates, promotions), once per id."""
+    out: dict[str, LiveDecision] = {}
+    for cmd in commands:
+        if cmd.type == "rollback" or cmd.issued_by != SLO_AGENT:
+            continue
+        if deployment_id is not None and cmd.deployment_id != deployment_id:
+            continue
+        out.setdefault(cmd.command_id, LiveDecision.from_command(cmd))
+    return sorted(out.values(), key=lambda d: (d.deployment_id, d.issued_at_ms, d.command_id))
 
 
 def dedupe_live_windows(windows: Iterable[WindowResult]) -> tuple[list[WindowResult], list[Difference]]:
@@ -235,13 +250,30 @@ def _why_field(
     return "same outcomes but different figures: the live aggregator used other thresholds (registry rules)"
 
 
+def first_rollbacks(decisions: Iterable[ReplayDecision], *, issued_only: bool = False) -> dict[str, ReplayDecision]:
+    """Each deployment's rollback decision: the first issued one, else the first decided (not issued)."""
+    out: dict[str, ReplayDecision] = {}
+    for d in decisions:
+        if d.type != "rollback" or (issued_only and not d.issued):
+            continue
+        seen = out.get(d.deployment_id)
+        if seen is None or (d.issued and not seen.issued):
+            out[d.deployment_id] = d
+    return out
+
+
 def compare_decisions(
-    replay: Sequence[ReplayDecision], live: Sequence[LiveDecision], deployments: Iterable[str]
+    replay: Sequence[ReplayDecision],
+    live: Sequence[LiveDecision],
+    deployments: Iterable[str],
+    live_other: Sequence[LiveDecision] = (),
 ) -> list[Difference]:
+    """Rollbacks per deployment, then every other command of the SLO agent by id (``live_other``)."""
     diffs: list[Difference] = []
-    r_by = {d.deployment_id: d for d in replay if d.issued}
+    r_by = first_rollbacks(replay, issued_only=True)
     l_by = {d.deployment_id: d for d in live}
-    for dep in sorted(set(deployments) | set(r_by) | set(l_by)):
+    deployments = set(deployments)
+    for dep in sorted(deployments | set(r_by) | set(l_by)):
         r, lv = r_by.get(dep), l_by.get(dep)
         if r is None and lv is None:
             continue
@@ -281,6 +313,37 @@ def compare_decisions(
                     "the rollback happens at another window or for another rule; see the window differences",
                 )
             )
+    mine = {d.command_id: d for d in replay if d.issued and d.type != "rollback" and d.deployment_id in deployments}
+    theirs = {d.command_id: d for d in live_other if d.deployment_id in deployments}
+    for command_id in sorted(set(mine) | set(theirs)):
+        r, lv = mine.get(command_id), theirs.get(command_id)
+        if r is not None and lv is not None:
+            if r.window_id != lv.window_id:
+                diffs.append(
+                    Difference(
+                        "decision",
+                        command_id,
+                        "triggering_window",
+                        lv.window_id,
+                        r.window_id,
+                        "the SLO agent issued this command on another window; see the window differences",
+                    )
+                )
+            continue
+        diffs.append(
+            Difference(
+                "decision",
+                command_id,
+                "command",
+                None if lv is None else f"{lv.type} at {lv.window_id}",
+                None if r is None else f"{r.command.type if r.command else r.type} at {r.window_id}",
+                "the live agent issued this command and the replay did not: its windows (or the span) differ, or "
+                "an operator's command the replay folds changed the course"
+                if r is None
+                else "the replay issues a command the live agent did not (worker down, or the span holds windows "
+                "the live agent never judged); see the window differences",
+            )
+        )
     return diffs
 
 
@@ -318,6 +381,19 @@ def decision_text(d: ReplayDecision | None) -> str:
     return f"rollback at window {d.window_id} ({d.rule}, window start {iso_ms(d.window_start_ms)})"
 
 
+def issued_text(decisions: Sequence[ReplayDecision]) -> list[str]:
+    """One line per issued command: ``set_weight 0.25 (rollout-D-step-1) on <window>, applied``."""
+    lines = []
+    for d in decisions:
+        cmd = d.command
+        what = d.type if cmd is None else cmd.type + (f" {cmd.weight:g}" if cmd.type == "set_weight" else "")
+        line = f"{what} ({d.command_id}) on {d.window_id}"
+        if d.applied is not None:
+            line += ", applied" if d.applied else f", refused by the ledger: {d.ledger_note}"
+        lines.append(line)
+    return lines
+
+
 def backtest_changes(
     baseline: Sequence[ReplayDecision],
     backtest: Sequence[ReplayDecision],
@@ -326,9 +402,9 @@ def backtest_changes(
     deployments: Iterable[str],
     rules_label: str,
 ) -> list[DecisionChange]:
-    """Per deployment: the decision with its own rules vs with the backtest rules."""
-    b_by = {d.deployment_id: d for d in baseline}
-    t_by = {d.deployment_id: d for d in backtest}
+    """Per deployment: the rollback with its own rules vs with the backtest rules."""
+    b_by = first_rollbacks(baseline)
+    t_by = first_rollbacks(backtest)
     t_windows = {w.window_id: w for w in backtest_windows}
     out: list[DecisionChange] = []
     for dep in sorted(set(deployments) | set(b_by) | set(t_by)):

@@ -169,13 +169,18 @@ def _section(report: JSONDict, dep: JSONDict | None, windows: list[JSONDict], li
     decision = dep.get("decision") if dep else None
     if decision:
         markers.append((f"replay rollback ({decision['rule']})", int(decision["window_start_ms"]), "#b3261e"))
+    for issued in dep.get("issued", []) if dep else []:
+        cmd = issued.get("command") or {}
+        if cmd.get("type") not in (None, "rollback"):
+            what = cmd["type"] + (f" {cmd.get('weight'):g}" if cmd["type"] == "set_weight" else "")
+            markers.append((f"replay {what}", int(issued["window_start_ms"]), "#1d4ed8"))
     for lv in live.get("decisions", []):
         start = _start_of(lv.get("triggering_window"))
         if lv["deployment_id"] == dep_id and start is not None:
             markers.append((f"live rollback ({lv.get('rule')})", start, "#6b21a8"))
     if bt:
         for d in bt["decisions"]:
-            if d["deployment_id"] == dep_id:
+            if d["deployment_id"] == dep_id and d["type"] == "rollback":
                 markers.append((f"backtest rollback ({d['rule']})", int(d["window_start_ms"]), "#0b7a75"))
     starts = [int(w["window_start_ms"]) for w in windows]
     x_range = (min(starts), max(starts) + window_ms) if starts else (0, window_ms)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from canary.core.deployment import Deployment
-from canary.core.models import JSONDict, WindowResult, iso_ms
-from canary.core.slo import SLORule
+from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
+from canary.core.slo import SLOPolicy, SLORule
 from canary.replay.compare import (
     Difference,
     backtest_changes,
@@ -22,6 +22,9 @@ from canary.replay.compare import (
     compare_windows,
     decision_text,
     dedupe_live_windows,
+    first_rollbacks,
+    issued_text,
+    live_agent_commands,
     live_decisions,
 )
 from canary.replay.recompute import (
@@ -73,16 +76,30 @@ def _decisions_in(rc: Recomputation, deployment_id: str | None) -> list[ReplayDe
     return [d for d in rc.decisions if deployment_id is None or d.deployment_id == deployment_id]
 
 
+def _issued_in(cmd: ControlCommand, appended_ms: int | None, first_ms: int, last_ms: int) -> bool:
+    """A recorded command the replayed agent could have issued: it took effect while the span was judged."""
+    at = appended_ms if appended_ms is not None else cmd.issued_at_ms
+    return first_ms <= at <= last_ms
+
+
 def run_replay(
     data: SpanData,
     *,
     deployment_id: str | None = None,
-    rules_override: Sequence[SLORule] | None = None,
+    rules_override: SLOPolicy | Sequence[SLORule] | None = None,
     rules_label: str | None = None,
     settings: ReplaySettings | None = None,
     compare_live: bool = True,
+    apply_decisions: bool = True,
 ) -> JSONDict:
+    """``apply_decisions``: the SLO agent's loop feeds its own commands back, as live (the default; "what
+    would the live agent have done"); False: its decisions against the recorded control topic alone."""
     settings = settings or ReplaySettings()
+    override = (
+        rules_override
+        if rules_override is None or isinstance(rules_override, SLOPolicy)
+        else SLOPolicy(tuple(rules_override))
+    )
     first_ms, until_ms = span_bounds(data.from_ms, data.to_ms, settings)
     started = time.perf_counter()
     base = recompute(
@@ -93,11 +110,13 @@ def run_replay(
         horizon_ms=data.horizon_ms,
         judge_from_ms=first_ms,
         judge_until_ms=until_ms,
+        apply_decisions=apply_decisions,
     )
     recompute_s = time.perf_counter() - started
     ledger = fold_commands(data.commands, data.command_times)
     windows = _windows_in(base, first_ms, until_ms, deployment_id)
     decisions = _decisions_in(base, deployment_id)
+    rollbacks = first_rollbacks(decisions)
     judgements = [
         j
         for j in base.judgements
@@ -114,6 +133,12 @@ def run_replay(
         }
     )
     notes: list[str] = []
+    if base.set_aside:
+        shown = ", ".join(base.set_aside[:5]) + (f" … ({len(base.set_aside)})" if len(base.set_aside) > 5 else "")
+        notes.append(
+            f"the SLO agent's own recorded commands from the span on ({shown}) were set aside: the replay issues "
+            "its own decisions and feeds them back as the live registry does, and compares them with these"
+        )
     outcomes_in_span = sum(w.response_count for w in windows)
     empty = outcomes_in_span == 0
     if base.outcomes == 0:
@@ -152,7 +177,13 @@ def run_replay(
         differences += dup_diffs
         differences += compare_windows(windows, live_all, live_late_by_key=live_late_by_key)
         live_dec = [d for d in live_decisions(data.commands, deployment_id) if d.deployment_id in set(dep_ids)]
-        differences += compare_decisions(decisions, live_dec, dep_ids)
+        last_issue = until_ms + settings.window_ms + settings.grace_ms
+        live_other = live_agent_commands(
+            # Issued on a window of the span: by the end of its last window + the grace (+ a window of slack).
+            (c for c, t in zip(data.commands, _times(data), strict=True) if _issued_in(c, t, first_ms, last_issue)),
+            deployment_id,
+        )
+        differences += compare_decisions(decisions, live_dec, dep_ids, live_other)
         identical = len({w.window_id for w in live_all} & {w.window_id for w in windows}) - len(
             {d.subject for d in differences if d.kind == "window_field"}
         )
@@ -161,6 +192,7 @@ def run_replay(
             "windows_identical": identical,
             "windows_replayed": len(windows),
             "decisions": [d.to_dict() for d in live_dec],
+            "commands": [d.to_dict() for d in live_other],
             "late_dead_letters": sum(live_late_by_key.values()),
         }
         if live_all == [] and windows:
@@ -178,17 +210,18 @@ def run_replay(
 
     # -- backtest ----------------------------------------------------------------------------------------------
     backtest: JSONDict | None = None
-    if rules_override is not None:
+    if override is not None:
         started = time.perf_counter()
         alt = recompute(
             data.records,
             data.commands,
             command_times=data.command_times,
             settings=settings,
-            rules_override=rules_override,
+            rules_override=override,
             horizon_ms=data.horizon_ms,
             judge_from_ms=first_ms,
             judge_until_ms=until_ms,
+            apply_decisions=apply_decisions,
         )
         recompute_s += time.perf_counter() - started
         alt_windows = _windows_in(alt, first_ms, until_ms, deployment_id)
@@ -196,15 +229,16 @@ def run_replay(
         label = rules_label or "override"
         changes = backtest_changes(decisions, alt_decisions, windows, alt_windows, dep_ids, label)
         for dep_id in dep_ids:
-            live_roll = next((d for d in decisions if d.deployment_id == dep_id and d.issued), None)
-            if live_roll is not None and not any(d.deployment_id == dep_id for d in alt_decisions):
+            live_roll = rollbacks.get(dep_id)
+            if live_roll is not None and live_roll.issued and dep_id not in first_rollbacks(alt_decisions):
                 notes.append(
                     f"backtest {dep_id}: after the rollback at {live_roll.window_id} the candidate got no more "
                     "traffic, so the backtest cannot tell whether the looser rules would have failed later"
                 )
         backtest = {
             "rules_file": rules_label,
-            "rules": [r.to_dict() for r in rules_override],
+            "rules": [r.to_dict() for r in override.rules],
+            "policy": override.to_dict(),  # the whole policy: rules, inconclusive_limit, min_samples, metrics
             "decisions": [d.to_dict() for d in alt_decisions],
             "changes": [c.to_dict() for c in changes],
             "windows": [
@@ -239,6 +273,7 @@ def run_replay(
         "deployment_filter": deployment_id,
         "rules_file": rules_label,
         "settings": settings.to_dict(),
+        "apply_decisions": apply_decisions,
         "empty": empty,
         "input": {
             **data.to_dict(),
@@ -255,10 +290,14 @@ def run_replay(
             {
                 **(_deployment_info(ledger.deployments[d]) if d in ledger.deployments else {"deployment_id": d}),
                 "rules": base.rules.get(d, []),
+                "policy": base.policies.get(d),
                 "commands": [c.to_dict() for c in data.commands if c.deployment_id == d],
                 "command_times": [t for c, t in zip(data.commands, _times(data), strict=True) if c.deployment_id == d],
-                "decision": next((x.to_dict() for x in decisions if x.deployment_id == d), None),
-                "decision_text": decision_text(next((x for x in decisions if x.deployment_id == d), None)),
+                "decision": rollbacks[d].to_dict() if d in rollbacks else None,
+                "decision_text": decision_text(rollbacks.get(d)),
+                # Every command the replayed agent issues for it, in order (rollout steps, pauses, …).
+                "issued": [x.to_dict() for x in decisions if x.deployment_id == d and x.issued],
+                "issued_text": issued_text([x for x in decisions if x.deployment_id == d and x.issued]),
             }
             for d in dep_ids
         ],
@@ -295,6 +334,9 @@ def summary_lines(report: JSONDict) -> list[str]:
         decision: dict[str, Any] | None = dep.get("decision")
         if decision is not None and not decision["issued"]:
             text += f" [{decision['note']}]"
+        others = [line for line in dep.get("issued_text", []) if not line.startswith("rollback")]
+        if others:
+            text += f"; also issued: {'; '.join(others)}"
         if live is not None:
             lv = live_by_dep.get(d)
             text += "; live: " + (f"rollback at {lv['triggering_window']} ({lv['rule']})" if lv else "no rollback")

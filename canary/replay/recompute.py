@@ -1,4 +1,4 @@
-"""Kafka-free recomputation of windows, verdicts and rollback decisions from recorded records.
+"""Kafka-free recomputation of windows, verdicts and decisions from recorded records.
 
 The same core objects as the live worker (``streams/app.py``) do the work:
 
@@ -14,8 +14,10 @@ The same core objects as the live worker (``streams/app.py``) do the work:
 * the finalizer's judge and per-key aggregator thresholds come from each deployment's ``slo`` section as
   folded from the control topic by :class:`~canary.core.deployment.ControlLedger` (the registry's
   rules), or from ``rules_override`` for a backtest;
-* candidate windows go, per deployment and in order, through an :class:`~canary.core.slo.SLOEvaluator`
-  — the SLO agent's decision logic — which yields at most one rollback per deployment.
+* the merged windows go, in the order the SLO agent receives them, through the agent's whole decision
+  loop (:func:`canary.pipeline.loop.run_loop`): verdicts, every decision (rollback, pause, rollout steps,
+  gates, promotion, expiry) with the command it publishes and when, fed back into the control topic's
+  ledger as the live registry folds it.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from canary.core.aggregations import WindowAggregate
-from canary.core.deployment import ControlLedger
-from canary.core.judge import Judgement as CoreJudgement
 from canary.core.merge import merge_all
-from canary.core.models import ControlCommand, JSONDict, RouterWatermark, WindowResult, iso_ms
+from canary.core.models import ControlCommand, JSONDict, RouterWatermark, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
 from canary.core.windows import ClosedWindow, WindowFinalizer, window_bounds
-from canary.pipeline.decisions import DecisionStep
+from canary.pipeline.loop import Judgement as Judgement
+from canary.pipeline.loop import PipelineDecision, run_loop
+from canary.pipeline.loop import fold_commands as fold_commands
 from canary.pipeline.policies import PolicyBook
 from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, SourceRecord, as_core_outcomes
 
@@ -83,15 +85,7 @@ class ReplaySettings:
 # -- rules: one place, canary.pipeline.policies ------------------------------------------------------------
 
 RuleBook = PolicyBook  # the replay's name for it, kept for callers
-
-
-def fold_commands(commands: Iterable[ControlCommand], times: Sequence[int | None] | None = None) -> ControlLedger:
-    """The ledger of ``commands`` in topic order, each appended at ``times[i]`` (its record timestamp, which
-    the ledger holds rollout commands to; None where unknown)."""
-    ledger = ControlLedger()
-    for i, cmd in enumerate(commands):
-        ledger.apply(cmd, times[i] if times is not None and i < len(times) else None)
-    return ledger
+ReplayDecision = PipelineDecision  # the replay's name for the loop's decision, kept for callers
 
 
 # -- results ---------------------------------------------------------------------------------------------------
@@ -131,83 +125,6 @@ class PartitionStats:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Judgement:
-    """One candidate window as the SLO agent saw it: verdicts and each rule's streak afterwards."""
-
-    window_id: str
-    deployment_id: str
-    window_start_ms: int
-    outcomes: dict[str, str]
-    streaks: dict[str, int]
-    decided: bool
-    insufficient_windows: int = 0
-    evidence: dict[str, JSONDict | None] = field(default_factory=dict)
-    reasons: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, j: CoreJudgement) -> Judgement:
-        w = j.window
-        return cls(
-            window_id=w.window_id,
-            deployment_id=w.deployment_id or "-",
-            window_start_ms=w.window_start_ms,
-            outcomes={v.rule: v.outcome for v in w.verdicts},
-            streaks=dict(j.streaks),
-            decided=j.decision is not None,
-            insufficient_windows=j.insufficient_windows,
-            evidence={v.rule: v.evidence for v in w.verdicts},
-            reasons={v.rule: v.reason for v in w.verdicts},
-        )
-
-    def to_dict(self) -> JSONDict:
-        return {
-            "window_id": self.window_id,
-            "deployment_id": self.deployment_id,
-            "window_start": iso_ms(self.window_start_ms),
-            "window_start_ms": self.window_start_ms,
-            "outcomes": self.outcomes,
-            "reasons": self.reasons,
-            "evidence": self.evidence,
-            "streaks": self.streaks,
-            "insufficient_windows": self.insufficient_windows,
-            "decided": self.decided,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayDecision:
-    """A rollback the SLO agent's logic reaches on the replayed windows."""
-
-    deployment_id: str
-    rule: str
-    reason: str
-    window_id: str  # the triggering window
-    window_start_ms: int
-    window_end_ms: int
-    evidence: JSONDict
-    command_id: str
-    issued: bool  # would the live agent have issued it (deployment known and still live then)?
-    note: str
-    type: str = "rollback"
-
-    def to_dict(self) -> JSONDict:
-        return {
-            "deployment_id": self.deployment_id,
-            "type": self.type,
-            "rule": self.rule,
-            "reason": self.reason,
-            "triggering_window": self.window_id,
-            "window_start": iso_ms(self.window_start_ms),
-            "window_start_ms": self.window_start_ms,
-            "window_end_ms": self.window_end_ms,
-            "evidence": self.evidence,
-            "command_id": self.command_id,
-            "issued": self.issued,
-            "note": self.note,
-        }
-
-
 @dataclass
 class Recomputation:
     """Everything a replay derives from the records (unfiltered windows; see :func:`in_span`)."""
@@ -220,6 +137,10 @@ class Recomputation:
     invalid_samples: list[JSONDict] = field(default_factory=list)
     late_samples: list[JSONDict] = field(default_factory=list)
     rules: dict[str, list[JSONDict]] = field(default_factory=dict)
+    policies: dict[str, JSONDict] = field(default_factory=dict)  # each deployment's whole SLO policy
+    # Recorded SLO-agent command ids the loop issued its own decisions in place of (apply_decisions).
+    set_aside: list[str] = field(default_factory=list)
+    apply_decisions: bool = True
 
     @property
     def outcomes(self) -> int:
@@ -386,6 +307,7 @@ def recompute(
     judge_until_ms: int | None = None,
     strict_decode: bool = False,
     command_times: Sequence[int | None] | None = None,
+    apply_decisions: bool = True,
 ) -> Recomputation:
     """Recompute windows, verdicts and decisions.
 
@@ -396,6 +318,8 @@ def recompute(
     it); default: each partition's last record time. Only candidate windows starting in
     ``[judge_from_ms, judge_until_ms)`` reach the judge (windows before the span are incomplete).
     Candidate windows in the result carry the judge's verdicts, as the live verdicts topic does.
+    ``apply_decisions``: the SLO agent's loop feeds its own commands back into the control topic's ledger
+    (:mod:`canary.pipeline.loop`); False: decisions against the recorded control topic alone.
     """
     settings = settings or ReplaySettings()
     ledger = fold_commands(commands, command_times)
@@ -420,121 +344,58 @@ def recompute(
     # The live merge step: one window per key and slot from the partials of every partition.
     windows = merge_all(partials)
 
-    judgements, decisions, judged = evaluate(
+    loop = run_loop(
         windows,
         book,
         commands,
-        settings,
+        command_times=command_times,
+        grace_ms=settings.grace_ms,
         judge_from_ms=judge_from_ms,
         judge_until_ms=judge_until_ms,
-        command_times=command_times,
+        apply_decisions=apply_decisions,
     )
-    windows = [judged.get(w.window_id, w) for w in windows]
+    windows = [loop.judged.get(w.window_id, w) for w in windows]
     deps = sorted({w.deployment_id for w in windows if w.deployment_id} | set(ledger.deployments))
     rules = {d: [r.to_dict() for r in book.rules(d)] for d in deps}
-    return Recomputation(settings, windows, judgements, decisions, partitions, invalid_samples, late_samples, rules)
-
-
-def _arrival_order(w: WindowResult) -> tuple[int, int, int, str]:
-    # The order the SLO agent receives windows in: emission time, then slot; last_good's window of a slot
-    # before the candidate's (the judge waits for it anyway, so this only saves the wait).
-    return (w.window_start_ms, 0 if w.arm == "last_good" else 1, w.emitted_at_ms, w.key.as_str())
+    policies = {d: book.policy(d).to_dict() for d in deps}
+    return Recomputation(
+        settings,
+        windows,
+        loop.judgements,
+        loop.decisions,
+        partitions,
+        invalid_samples,
+        late_samples,
+        rules,
+        policies,
+        loop.set_aside,
+        apply_decisions,
+    )
 
 
 def evaluate(
     windows: Sequence[WindowResult],
     book: PolicyBook,
-    commands: Sequence[ControlCommand] | ControlLedger,
+    commands: Sequence[ControlCommand],
     settings: ReplaySettings,
     *,
     judge_from_ms: int | None = None,
     judge_until_ms: int | None = None,
     command_times: Sequence[int | None] | None = None,
+    apply_decisions: bool = True,
 ) -> tuple[list[Judgement], list[ReplayDecision], dict[str, WindowResult]]:
-    """The SLO agent (canary.pipeline.decisions.DecisionStep) over the windows, in arrival order.
-
-    Decisions are resolved against the control topic as it stood when the deciding window closed, so a
-    deployment ended by hand before that is reported as "not issued", as the live agent would have.
-    """
-    if isinstance(commands, ControlLedger):
-        history: list[ControlCommand] = []
-        final_ledger = commands
-    else:
-        history = list(commands)
-        final_ledger = fold_commands(history, command_times)
-    now_ledger = ControlLedger()
-    # (when it took effect, appended at): the append time where the records had one, else the issue time.
-    timed = [
-        (c, command_times[i] if command_times is not None and i < len(command_times) else None)
-        for i, c in enumerate(history)
-    ]
-    pending = sorted(timed, key=lambda ct: ct[1] if ct[1] is not None else ct[0].issued_at_ms)
-    cursor = 0
-
-    def ledger_at(at_ms: int) -> ControlLedger:
-        nonlocal cursor
-        while cursor < len(pending):
-            cmd, appended = pending[cursor]
-            if (appended if appended is not None else cmd.issued_at_ms) > at_ms:
-                break
-            now_ledger.apply(cmd, appended)
-            cursor += 1
-        return now_ledger if history else final_ledger
-
-    clock = [0]
-    step = DecisionStep(book, lambda: ledger_at(clock[0]))
-    selected = [
-        w
-        for w in windows
-        if w.deployment_id is not None
-        and w.arm in ("candidate", "last_good")
-        and (judge_from_ms is None or w.window_start_ms >= judge_from_ms)
-        and (judge_until_ms is None or w.window_start_ms < judge_until_ms)
-    ]
-    judgements: list[Judgement] = []
-    decisions: list[ReplayDecision] = []
-    judged: dict[str, WindowResult] = {}
-    for w in sorted(selected, key=_arrival_order):
-        clock[0] = w.window_end_ms + settings.grace_ms
-        core, issues = step.observe(w, clock[0])
-        by_window = {i.decision.window_id: i for i in issues}
-        for j in core:
-            judgements.append(Judgement.of(j))
-            judged[j.window_id] = j.window
-            if j.decision is None:
-                continue
-            issue = by_window[j.window_id]
-            d = j.decision
-            issued, note = issue.issued, issue.note
-            if not issued and d.command_id in now_ledger.applied_ids:
-                # The deterministic id is on the recorded control topic: the live agent decided the same.
-                issued, note = True, "issued: the live agent issued the same command"
-            decisions.append(
-                ReplayDecision(
-                    deployment_id=d.deployment_id,
-                    rule=d.rule,
-                    reason=d.reason,
-                    window_id=d.window_id,
-                    window_start_ms=j.window.window_start_ms,
-                    window_end_ms=j.window.window_end_ms,
-                    evidence={
-                        **d.evidence,
-                        "config_name": (
-                            final_ledger.deployments[d.deployment_id].candidate.name
-                            if d.deployment_id in final_ledger.deployments
-                            else j.window.config_name
-                        ),
-                        "triggering_window": d.window_id,
-                    },
-                    command_id=d.command_id,
-                    issued=issued,
-                    note=note,
-                    type=d.type,
-                )
-            )
-    judgements.sort(key=lambda j: (j.deployment_id, j.window_start_ms))
-    decisions.sort(key=lambda d: (d.deployment_id, d.window_start_ms))
-    return judgements, decisions, judged
+    """The SLO agent's loop over the windows: :func:`canary.pipeline.loop.run_loop` (the pipeline owns it)."""
+    loop = run_loop(
+        windows,
+        book,
+        commands,
+        command_times=command_times,
+        grace_ms=settings.grace_ms,
+        judge_from_ms=judge_from_ms,
+        judge_until_ms=judge_until_ms,
+        apply_decisions=apply_decisions,
+    )
+    return loop.judgements, loop.decisions, loop.judged
 
 
 def span_bounds(from_ms: int, to_ms: int, settings: ReplaySettings) -> tuple[int, int]:

@@ -789,7 +789,12 @@ def _evidence_list(c: CommandEntry) -> str:
             "consecutive failing buckets:</li>"
         )
     items = []
-    for w in windows[:12]:
+    for w in windows[:12] if isinstance(windows, list) else []:  # evidence is the issuer's: any shape
+        if isinstance(w, str):  # a rollout step cites the windows it counted by id
+            items.append(f"<li>counted window {escape(w)}</li>")
+            continue
+        if not isinstance(w, dict):
+            continue
         try:
             when = _clock(parse_time(w["window_start"])) + "–" + _clock(parse_time(w["window_end"]))
         except (KeyError, TypeError, CanaryError):

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from canary.cli.replay import replay_payload
 from canary.core.rollout import promote_command_id, step_command_id
 from canary.settings import Settings
 from router.backends.fault import Fault
@@ -111,7 +112,10 @@ async def test_a_healthy_candidate_walks_every_step_once_and_is_promoted_across_
     assert router.ledger.last_good is not None and router.ledger.last_good.name == CANDIDATE
 
 
-async def test_a_candidate_that_breaks_at_50_percent_is_rolled_back_from_there(worker: WorkerProcess) -> None:
+async def test_a_candidate_that_breaks_at_50_percent_is_rolled_back_from_there(
+    worker: WorkerProcess, base_settings: Settings, tmp_path: Path
+) -> None:
+    began_ms = time.time_ns() // 1_000_000
     dep, router, path = await _walk(worker, break_at_weight=0.5)
     final = router.ledger.deployments[dep]
     assert final.status == "rolled_back", (path, worker.log_tail())
@@ -121,3 +125,19 @@ async def test_a_candidate_that_breaks_at_50_percent_is_rolled_back_from_there(w
     assert step_command_id(dep, 3) not in ids and promote_command_id(dep) not in ids
     rollback = next(c for c in commands if c["type"] == "rollback")
     assert rollback["reason"] == "SLO violation: p95_ms failed for 2 consecutive buckets"
+
+    # The replay's decision loop is the live one: from the recorded outcomes and operator commands alone (the
+    # live agent's own commands set aside), it issues the same steps and the rollback on the same windows.
+    ended_ms = time.time_ns() // 1_000_000
+    await asyncio.sleep((ended_ms // 5000 * 5000 + 5000 + 1000 + 1500 - time.time_ns() // 1_000_000) / 1000)
+    settings = base_settings.with_overrides(bootstrap_servers=worker.bootstrap, topic_prefix=worker.topics.prefix)
+    report = await asyncio.to_thread(
+        replay_payload, settings, began_ms, ended_ms, deployment_id=dep, output=tmp_path / "replay"
+    )
+    [replayed] = report["deployments"]
+    live_agent = [c for c in commands if c["issued_by"] == "slo-agent"]
+    assert [(d["command_id"], d["triggering_window"]) for d in replayed["issued"]] == [
+        (c["command_id"], c["evidence"]["triggering_window"]) for c in live_agent
+    ], "\n".join(report["summary"])
+    assert all(d["applied"] for d in replayed["issued"])
+    assert [d for d in report["differences"] if d["kind"] == "decision"] == [], report["summary"]

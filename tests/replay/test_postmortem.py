@@ -179,3 +179,43 @@ def test_cli_options() -> None:
     args = _parse(["replay", "--from", "1", "--to", "2", "--deployment", "d", "--rules", "r.yaml", "--json"])
     assert (args.from_time, args.to_time, args.deployment, args.rules, args.json) == ("1", "2", "d", "r.yaml", True)
     assert args.output is None and args.window_ms == 5000 and args.grace_ms == 1000
+
+
+def test_replay_issues_its_own_commands_in_place_of_the_live_agents() -> None:
+    """The replayed agent's loop feeds its own commands back; the live agent's recorded ones are set aside
+    for the comparison (and said so), and each deployment lists every command the replay issues."""
+    records, commands, live, rollbacks = _recording()
+    report = run_replay(_span(records, commands, live))
+    assert report["apply_decisions"] is True and report["differences"] == []
+    assert any("set aside" in n and "rollback-dep-a" in n for n in report["notes"])
+    dep_a = next(d for d in report["deployments"] if d["deployment_id"] == "dep-a")
+    [issued] = dep_a["issued"]
+    assert issued["command"]["type"] == "rollback" and issued["command"]["command_id"] == "rollback-dep-a"
+    assert issued["applied"] is True and issued["issued_at_ms"] == rollbacks[0].issued_at_ms
+    assert dep_a["policy"]["inconclusive_limit"] == 12
+    observed = run_replay(_span(records, commands, live), apply_decisions=False)
+    assert observed["differences"] == [] and not any("set aside" in n for n in observed["notes"])
+
+
+def test_backtest_with_a_whole_policy() -> None:
+    from canary.core.slo import policy_from_slo_section
+
+    records, commands, live, _ = _recording()
+    policy = policy_from_slo_section({"p95_ms": 5000, "inconclusive_limit": 3, "min_samples": 5})
+    report = run_replay(_span(records, commands, live), rules_override=policy, rules_label="policy.yaml")
+    bt = report["backtest"]
+    assert bt["policy"]["inconclusive_limit"] == 3 and bt["policy"]["min_samples"] == 5
+    assert [r["name"] for r in bt["rules"]] == ["p95_ms", "error_rate"]
+
+
+def test_an_agent_command_the_replay_does_not_issue_is_a_difference() -> None:
+    records, commands, live, _ = _recording()
+    pause = ControlCommand(
+        "pause-insufficient-dep-a-1700000000000", "pause", "dep-a", None, None, None, None, "insufficient data",
+        {"triggering_window": f"dep-a|slow|candidate@{T0}"}, "slo-agent", T0 + W + 1000,
+    )  # fmt: skip
+    report = run_replay(_span(records, [*commands[:1], pause, *commands[1:]], live), deployment_id="dep-a")
+    [diff] = report["differences"]
+    assert (diff["kind"], diff["subject"], diff["field"]) == ("decision", pause.command_id, "command")
+    assert diff["live"] == f"pause at dep-a|slow|candidate@{T0}" and diff["replay"] is None
+    assert report["live"]["commands"][0]["command_id"] == pause.command_id

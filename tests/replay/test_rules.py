@@ -1,4 +1,5 @@
-"""``--rules FILE`` parsing, and the replay's rules staying in step with the live registry."""
+"""``--rules FILE`` parsing (a preset's whole ``slo`` section), and the replay's rules staying in step with the
+live registry."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from canary.core.custom import CustomMetric
 from canary.core.deployment import ControlLedger
 from canary.core.models import WindowKey
-from canary.core.slo import SLOPolicy, SLORule, deployment_policy
+from canary.core.slo import SLOPolicy, SLORule, deployment_policy, policy_from_slo_section
 from canary.errors import ConfigError
 from canary.pipeline.policies import PolicyBook, aggregator_for_policy
-from canary.replay.rules import load_rules_file
+from canary.replay.rules import load_policy_file
 from streams.registry import DeploymentRegistry
 from tests.replay.helpers import start
 
@@ -52,7 +54,7 @@ from tests.replay.helpers import start
 def test_good_rules_files(tmp_path: Path, name: str, text: str, expected: list[SLORule]) -> None:
     path = tmp_path / name
     path.write_text(text)
-    assert load_rules_file(path) == expected
+    assert list(load_policy_file(path).rules) == expected
 
 
 @pytest.mark.parametrize(
@@ -92,14 +94,14 @@ def test_bad_rules_files_name_file_field_reason(tmp_path: Path, name: str, text:
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
-        load_rules_file(path)
+        load_policy_file(path)
     for fragment in fragments:
         assert fragment in str(err.value)
 
 
 def test_missing_rules_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.yaml: rules file not found"):
-        load_rules_file(tmp_path / "nope.yaml")
+        load_policy_file(tmp_path / "nope.yaml")
 
 
 @pytest.mark.parametrize(
@@ -138,3 +140,44 @@ def test_override_thresholds_drive_violation_counting() -> None:
     agg = aggregator_for_policy(policy)
     assert (agg.latency_threshold_ms, agg.recall_threshold) == (5000, 0.9)
     assert PolicyBook(ControlLedger(), policy.rules).policy("any") == policy
+
+
+def test_a_rules_file_keeps_the_whole_policy(tmp_path: Path) -> None:
+    """inconclusive_limit, the section's min_samples and declared custom metrics are the policy too: a backtest
+    dropped them when a rules file was read as rules alone."""
+    section = {
+        "p95_ms": 900,
+        "min_samples": 5,
+        "inconclusive_limit": 4,
+        "metrics": [{"name": "timeouts", "aggregation": "rate"}],
+        "rules": [{"name": "timeouts", "metric": "timeouts", "operator": "le", "threshold": 0.05}],
+    }
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "slo:\n  p95_ms: 900\n  min_samples: 5\n  inconclusive_limit: 4\n"
+        "  metrics:\n    - {name: timeouts, aggregation: rate}\n"
+        "  rules:\n    - {name: timeouts, metric: timeouts, operator: le, threshold: 0.05}\n"
+    )
+    policy = load_policy_file(path)
+    assert policy == policy_from_slo_section(section)  # the parser the SLO agent applies to a snapshot
+    assert (policy.inconclusive_limit, policy.min_samples) == (4, 5)
+    assert policy.custom_metrics == (CustomMetric("timeouts", "rate"),)
+    assert [r.name for r in policy.rules] == ["p95_ms", "error_rate", "timeouts"]
+    assert all(r.min_samples == 5 for r in policy.rules)
+    # The bare section (no 'slo:' key) takes the same keys.
+    bare = tmp_path / "bare.json"
+    bare.write_text(
+        '{"inconclusive_limit": 0, "metrics": [{"name": "timeouts", "aggregation": "rate"}], "rules": '
+        '[{"name": "t", "metric": "timeouts", "operator": "le", "threshold": 0.1}]}'
+    )
+    assert load_policy_file(bare).inconclusive_limit == 0
+
+
+def test_a_rules_list_override_still_aggregates_its_custom_metrics() -> None:
+    """An override given as bare rules (the old API) carries its rules' declared metrics into the policy, so
+    the windows stage aggregates them."""
+    declared = CustomMetric("timeouts", "rate")
+    rule = SLORule("t", "timeouts", "le", 0.05, custom=declared)
+    policy = PolicyBook(ControlLedger(), [rule]).policy("any")
+    assert policy.custom_metrics == (declared,)
+    assert aggregator_for_policy(policy).custom is not None

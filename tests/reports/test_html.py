@@ -165,3 +165,23 @@ def test_other_endings_get_their_own_marker(kind: str, marker: str, status: str)
     dom = _rendered(build_report(commands=[*sc.command_dicts[:2], end.to_dict()], windows=sc.windows))
     assert select(dom, f"svg.chart-p95 g.{marker}") and not select(dom, "g.rollback-marker")
     assert select(dom, "div.status")[0].all_text() == status
+
+
+@pytest.mark.parametrize(
+    "windows",
+    [
+        ["dep|cand|candidate@1700000000000", "dep|cand|candidate@1700000005000"],  # a rollout step's citation
+        7,  # anything: the evidence is the issuer's
+        [None, 3, {"window_id": "w"}],
+    ],
+)
+def test_a_commands_cited_windows_of_any_shape_render(windows: object) -> None:
+    """A rollout step cites its counted windows by id (strings), not as the rollback's window objects: the
+    report of a progressive canary (and a replay's deployment page) crashed on them."""
+    sc = build(T0, "canary_1")
+    cmds = [*sc.command_dicts]
+    cmds[1] = {**cmds[1], "evidence": {"rollout_step": 0, "windows": windows, "window_ms": 5000}}
+    page = render_report(build_report(commands=cmds, windows=sc.windows, now_ms=T0 + 600_000))
+    assert page.startswith("<!DOCTYPE html>")
+    if isinstance(windows, list) and isinstance(windows[0], str):
+        assert "counted window dep|cand|candidate@1700000000000" in page
