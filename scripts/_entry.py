@@ -22,7 +22,8 @@ def _command(*words):
 def _how_to_install(script, args):
     venv = os.path.join(ROOT, ".venv")
     venv_python = os.path.join(venv, "bin", "python")
-    if os.path.realpath(sys.prefix) == os.path.realpath(venv):
+    same_python = os.path.exists(venv_python) and os.path.samefile(venv_python, sys.executable)
+    if os.path.realpath(sys.prefix) == os.path.realpath(venv) or same_python:
         return "The install in " + venv + " is incomplete; complete it:\n  " + _command("cd", ROOT) + " && make install"
     if os.path.exists(venv_python):
         return (
