@@ -1,0 +1,32 @@
+"""The control plane's one reader: every process that reads the control topic goes through here.
+
+Read to the end (:mod:`.reading`), check freshness with a throttled log (:mod:`.freshness`), verify then
+fold into the ledger with one typed outcome per record (:mod:`.fold`, :mod:`.outcome`), and the audit line
+of each outcome (:mod:`.audit`). Routers, the worker's registry and audit agent, the CLI's view and the
+dashboard use it live; export, reports, replay and the audit rebuild use it offline, verifying with the
+trusted keys as the services do (:mod:`.security`; ``CANARY_INSECURE_CONTROL`` / ``--insecure`` for unsigned
+lab topics). docs/contracts.md ("Who reads the control topic") has the list.
+"""
+
+from canary.control.fold import ControlFold, ControlHistory, RawControl, fold_records
+from canary.control.freshness import Freshness, throttled
+from canary.control.outcome import ControlOutcome, slim_command, slimmed
+from canary.control.reading import catch_up, read_records, read_topic
+from canary.control.security import resolve, verifier_for
+
+__all__ = [
+    "ControlFold",
+    "ControlHistory",
+    "ControlOutcome",
+    "Freshness",
+    "RawControl",
+    "catch_up",
+    "fold_records",
+    "read_records",
+    "read_topic",
+    "resolve",
+    "slim_command",
+    "slimmed",
+    "throttled",
+    "verifier_for",
+]
