@@ -51,6 +51,7 @@ from canary.kafka.topics import Topics
 from canary.pipeline.run import Record, parse_control_timed
 from canary.replay.recompute import ReplaySettings, read_bounds, span_bounds
 from canary.replay.span import SpanData
+from canary.security import CommandVerifier
 
 MAX_LISTED = 20  # malformed lines / invalid commands listed individually (all are counted)
 
@@ -455,8 +456,12 @@ def load_span(
     settings: ReplaySettings | None = None,
     *,
     topic_prefix: str = "",
+    verifier: CommandVerifier | None = None,
 ) -> DumpSpan:
     """A dump → the :class:`SpanData` a replay of ``[from_ms, to_ms)`` from Kafka would read.
+
+    The dump's control records are verified as the live readers verify the topic (``verifier``; None: the
+    process settings' for the dump's control topic): a rejected command is listed with the invalid ones.
 
     Missing bounds default to the span the dump covers (:func:`default_span`). Raises ConfigError when the
     file cannot be read, or no span is given and the dump has nothing to derive one from.
@@ -501,7 +506,7 @@ def load_span(
     from canary.replay.reader import parse_late_dead_letters, parse_windows
 
     control = sel["control"]
-    commands, command_times, invalid = parse_control_timed(r.record for r in control)
+    commands, command_times, invalid = parse_control_timed((r.record for r in control), verifier)
     line_of = {(r.record.partition, r.record.offset): r.line for r in control}
     invalid_commands = [{"line": line_of.get((i["partition"], i["offset"])), **i} for i in invalid]
     live_windows, invalid_windows = parse_windows(
