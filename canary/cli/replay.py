@@ -41,11 +41,16 @@ def replay_payload(
     window_ms: int = 5000,
     grace_ms: int = 1000,
     input_file: Path | str | None = None,
+    insecure: bool = False,
 ) -> dict[str, Any]:
     """Read, replay, write the post-mortem; the report dict with ``report_files``. Used by the CLI and tests.
 
     With ``input_file`` (a kcat-style dump, see :mod:`canary.replay.dumpfile`) the span is read from the
-    file and Kafka is not contacted; ``from_ms`` / ``to_ms`` then default to the span the dump covers."""
+    file and Kafka is not contacted; ``from_ms`` / ``to_ms`` then default to the span the dump covers.
+    Control commands are verified with the settings' trusted keys, as the routers verify them; ``insecure``
+    (``--insecure``, or ``settings.insecure_control``) reads an unsigned lab topic or dump."""
+    from canary.control import verifier_for
+    from canary.kafka.topics import Topics
     from canary.replay.output import write_report
     from canary.replay.postmortem import run_replay, summary_lines
     from canary.replay.recompute import ReplaySettings
@@ -60,20 +65,24 @@ def replay_payload(
         replay_settings = ReplaySettings(window_ms=window_ms, grace_ms=grace_ms)
     except ValueError as exc:
         raise ConfigError(f"--window-ms/--grace-ms: {exc}") from None
+    verifier = verifier_for(Topics(settings.topic_prefix).control, settings, insecure=insecure)
     dump: DumpSpan | None = None
     if input_file is not None:
         from canary.replay.dumpfile import load_span
 
-        dump = load_span(input_file, from_ms, to_ms, replay_settings, topic_prefix=settings.topic_prefix)
+        dump = load_span(
+            input_file, from_ms, to_ms, replay_settings, topic_prefix=settings.topic_prefix, verifier=verifier
+        )
         data = dump.data
     else:
         from canary.kafka.connect import require_kafka
-        from canary.kafka.topics import Topics
         from canary.replay.reader import read_span
 
         assert from_ms is not None and to_ms is not None
         bootstrap = require_kafka(settings)
-        data = asyncio.run(read_span(bootstrap, Topics(settings.topic_prefix), from_ms, to_ms, replay_settings))
+        data = asyncio.run(
+            read_span(bootstrap, Topics(settings.topic_prefix), from_ms, to_ms, replay_settings, verifier=verifier)
+        )
     report = run_replay(
         data,
         deployment_id=deployment_id,
@@ -156,6 +165,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         window_ms=args.window_ms,
         grace_ms=args.grace_ms,
         input_file=args.input,
+        insecure=args.insecure,
     )
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True, default=str))
@@ -170,6 +180,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: Any) -> None:
+    from canary.cli.reports import INSECURE_HELP
+
     p = sub.add_parser(
         "replay",
         help="recompute windows and SLO decisions for a time span from Kafka or a topic dump (post-mortem, backtest)",
@@ -236,5 +248,6 @@ def register(sub: Any) -> None:
     p.add_argument("--output", metavar="DIR", help="post-mortem directory (default reports/replay/)")
     p.add_argument("--window-ms", type=int, default=5000, help="window size the worker ran with (5000)")
     p.add_argument("--grace-ms", type=int, default=1000, help="grace the worker ran with (1000)")
+    p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     p.add_argument("--json", action="store_true", help="print the whole result (incl. 'differences') as JSON")
     p.set_defaults(handler=cmd_replay)

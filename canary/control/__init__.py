@@ -11,7 +11,7 @@ lab topics). docs/contracts.md ("Who reads the control topic") has the list.
 from canary.control.fold import ControlFold, ControlHistory, RawControl, fold_records
 from canary.control.freshness import Freshness, throttled
 from canary.control.outcome import ControlOutcome, slim_command, slimmed
-from canary.control.reading import catch_up, read_records, read_topic
+from canary.control.reading import LogRecord, catch_up, read_log, read_records, read_topic
 from canary.control.security import resolve, verifier_for
 
 __all__ = [
@@ -19,9 +19,11 @@ __all__ = [
     "ControlHistory",
     "ControlOutcome",
     "Freshness",
+    "LogRecord",
     "RawControl",
     "catch_up",
     "fold_records",
+    "read_log",
     "read_records",
     "read_topic",
     "resolve",

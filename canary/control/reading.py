@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -18,17 +18,29 @@ from canary.errors import KafkaError
 from canary.kafka.topics import topic_partitions
 
 
+class LogRecord(NamedTuple):
+    value: bytes | None
+    timestamp: int | None  # the broker's append time on the control topic, which verification judges expiry by
+    partition: int
+    offset: int
+
+
 async def read_records(
     consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0
 ) -> list[tuple[bytes | None, int | None]]:
     """Every record value of ``topic`` (tombstones included, as None) from the beginning to the current end,
-    partition by partition, with its timestamp (the broker's append time on the control topic, which
-    verification judges expiry by). Nothing is decoded here."""
+    partition by partition, with its timestamp. Nothing is decoded here."""
+    return [(r.value, r.timestamp) for r in await read_log(consumer, topic, timeout)]
+
+
+async def read_log(consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0) -> list[LogRecord]:
+    """Like :func:`read_records`, with each record's partition and offset (the audit names a rejected
+    control record by its offset)."""
     tps = await topic_partitions(consumer, topic)
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     ends = await consumer.end_offsets(tps)
-    out: list[tuple[bytes | None, int | None]] = []
+    out: list[LogRecord] = []
     deadline = time.monotonic() + timeout
     while True:
         positions = [await consumer.position(tp) for tp in tps]
@@ -38,7 +50,7 @@ async def read_records(
             raise KafkaError(f"reading {topic} timed out after {timeout:.0f}s")
         batch = await consumer.getmany(timeout_ms=300)
         for records in batch.values():
-            out.extend((record.value, record.timestamp) for record in records)
+            out.extend(LogRecord(r.value, r.timestamp, r.partition, r.offset) for r in records)
 
 
 async def read_topic(
