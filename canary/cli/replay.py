@@ -17,6 +17,7 @@ from canary.settings import Settings
 
 if TYPE_CHECKING:
     from canary.replay.dumpfile import DumpSpan
+    from canary.security import CommandVerifier
 
 
 def _time_arg(value: str | None, option: str) -> int | None:
@@ -65,14 +66,17 @@ def replay_payload(
         replay_settings = ReplaySettings(window_ms=window_ms, grace_ms=grace_ms)
     except ValueError as exc:
         raise ConfigError(f"--window-ms/--grace-ms: {exc}") from None
-    verifier = verifier_for(Topics(settings.topic_prefix).control, settings, insecure=insecure)
+
+    def verifier(control_topic: str) -> CommandVerifier:
+        return verifier_for(control_topic, settings, insecure=insecure)
+
     dump: DumpSpan | None = None
     if input_file is not None:
         from canary.replay.dumpfile import load_span
 
         dump = load_span(
             input_file, from_ms, to_ms, replay_settings, topic_prefix=settings.topic_prefix, verifier=verifier
-        )
+        )  # bound to the dump's control topic, which the dump names
         data = dump.data
     else:
         from canary.kafka.connect import require_kafka
@@ -81,7 +85,14 @@ def replay_payload(
         assert from_ms is not None and to_ms is not None
         bootstrap = require_kafka(settings)
         data = asyncio.run(
-            read_span(bootstrap, Topics(settings.topic_prefix), from_ms, to_ms, replay_settings, verifier=verifier)
+            read_span(
+                bootstrap,
+                Topics(settings.topic_prefix),
+                from_ms,
+                to_ms,
+                replay_settings,
+                verifier=verifier(Topics(settings.topic_prefix).control),
+            )
         )
     report = run_replay(
         data,

@@ -35,7 +35,7 @@ import os
 import sys
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -456,12 +456,14 @@ def load_span(
     settings: ReplaySettings | None = None,
     *,
     topic_prefix: str = "",
-    verifier: CommandVerifier | None = None,
+    verifier: CommandVerifier | Callable[[str], CommandVerifier] | None = None,
 ) -> DumpSpan:
     """A dump → the :class:`SpanData` a replay of ``[from_ms, to_ms)`` from Kafka would read.
 
-    The dump's control records are verified as the live readers verify the topic (``verifier``; None: the
-    process settings' for the dump's control topic): a rejected command is listed with the invalid ones.
+    The dump's control records are verified as the live readers verify the topic (``verifier``, or one made
+    for the dump's control topic by a callable given its name — a signature is bound to the topic it was
+    made for, and the dump says which; None: the process settings'): a rejected command is listed with the
+    invalid ones, never applied.
 
     Missing bounds default to the span the dump covers (:func:`default_span`). Raises ConfigError when the
     file cannot be read, or no span is given and the dump has nothing to derive one from.
@@ -506,7 +508,12 @@ def load_span(
     from canary.replay.reader import parse_late_dead_letters, parse_windows
 
     control = sel["control"]
-    commands, command_times, invalid = parse_control_timed((r.record for r in control), verifier)
+    check = (
+        verifier
+        if verifier is None or isinstance(verifier, CommandVerifier)
+        else verifier(topics.prefix + _BASE.control)
+    )
+    commands, command_times, invalid = parse_control_timed((r.record for r in control), check)
     line_of = {(r.record.partition, r.record.offset): r.line for r in control}
     invalid_commands = [{"line": line_of.get((i["partition"], i["offset"])), **i} for i in invalid]
     live_windows, invalid_windows = parse_windows(

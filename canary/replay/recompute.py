@@ -316,9 +316,9 @@ def recompute(
     up to the span's end; what :mod:`canary.control` accepted — the readers that call this verify first:
     :func:`canary.pipeline.run.parse_control_timed`, :func:`canary.replay.reader.read_span`,
     :func:`canary.replay.dumpfile.load_span`), appended at ``command_times`` (their record timestamps; the
-    ledger holds rollout commands to them). ``horizon_ms``: processing time reached after the input (the live tick closes windows up to
-    it); default: each partition's last record time. Only candidate windows starting in
-    ``[judge_from_ms, judge_until_ms)`` reach the judge (windows before the span are incomplete).
+    ledger holds rollout commands to them). ``horizon_ms``: processing time reached after the input (the
+    live tick closes windows up to it); default: each partition's last record time. Only candidate windows
+    starting in ``[judge_from_ms, judge_until_ms)`` reach the judge (windows before the span are incomplete).
     Candidate windows in the result carry the judge's verdicts, as the live verdicts topic does.
     ``apply_decisions``: the SLO agent's loop feeds its own commands back into the control topic's ledger
     (:mod:`canary.pipeline.loop`); False: decisions against the recorded control topic alone.
