@@ -8,21 +8,23 @@ are read with the one insecure switch there is: ``CANARY_INSECURE_CONTROL=1`` or
 
 from __future__ import annotations
 
+import logging
+
 from canary.security import CommandVerifier, ControlSecurity, default_verifier
-from canary.settings import Settings
+from canary.settings import Settings, load_settings
+
+log = logging.getLogger("canary.control")
 
 
 def verifier_for(control_topic: str, settings: Settings | None = None, *, insecure: bool = False) -> CommandVerifier:
-    """A fresh verifier for a reader of ``control_topic``: the operator's view of the trusted keys, as
-    ``canary status`` builds it (None: the process settings). ``insecure``: accept unsigned commands (the
-    CLI's ``--insecure``; ``settings.insecure_control`` says the same)."""
-    if settings is None:
-        verifier = default_verifier(control_topic)
-        if insecure:
-            verifier.insecure = True
-        return verifier
+    """A fresh verifier for a reader of ``control_topic``, as ``canary status`` builds it: the operator's
+    view of the trusted keys (``settings``; None: the process settings). ``insecure`` — the CLI's
+    ``--insecure``, or ``settings.insecure_control`` — accepts unsigned commands, and says so."""
+    settings = settings if settings is not None else load_settings()
     if insecure:
         settings = settings.with_overrides(insecure_control=True)
+    if settings.insecure_control:
+        log.warning("reading %s WITHOUT verifying signatures (insecure: an unsigned lab topic)", control_topic)
     return ControlSecurity.operator(settings).verifier(control_topic)
 
 
