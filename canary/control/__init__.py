@@ -10,16 +10,18 @@ lab topics). docs/contracts.md ("Who reads the control topic") has the list.
 
 from canary.control.fold import ControlFold, ControlHistory, RawControl, fold_records
 from canary.control.freshness import Freshness, throttled
-from canary.control.outcome import ControlOutcome, slim_command, slimmed
+from canary.control.outcome import OUTCOME_STATUSES, ControlOutcome, OutcomeStatus, slim_command, slimmed
 from canary.control.reading import LogRecord, catch_up, read_log, read_records, read_topic
 from canary.control.security import resolve, verifier_for
 
 __all__ = [
+    "OUTCOME_STATUSES",
     "ControlFold",
     "ControlHistory",
     "ControlOutcome",
     "Freshness",
     "LogRecord",
+    "OutcomeStatus",
     "RawControl",
     "catch_up",
     "fold_records",

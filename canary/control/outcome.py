@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from canary.core.models import ControlCommand
 from canary.security import Verdict
+
+OutcomeStatus = Literal["applied", "duplicate", "refused", "rejected"]
+OUTCOME_STATUSES: tuple[OutcomeStatus, ...] = ("applied", "duplicate", "refused", "rejected")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,16 @@ class ControlOutcome:
     def refused(self) -> bool:
         """Verified, but the ledger did not take it (and it is not a copy of one it took)."""
         return self.verdict.accepted and not self.applied and not self.duplicate
+
+    @property
+    def status(self) -> OutcomeStatus:
+        """``applied``; ``duplicate`` (a copy of a command the ledger applied already); ``refused`` by the
+        ledger (``note`` says why); ``rejected`` by verification (``verdict.reason``, a closed set)."""
+        if not self.verdict.accepted:
+            return "rejected"
+        if self.applied:
+            return "applied"
+        return "duplicate" if self.duplicate else "refused"
 
 
 SLIM_TEXT = 500  # characters of a rejected command's free-text fields kept for its audit line

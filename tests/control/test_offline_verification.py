@@ -100,7 +100,17 @@ def test_the_rebuilt_audit_is_line_for_line_what_the_worker_writes() -> None:
     times = [T0 + 10, T0 + 20, T0 + 30, T0 + 40, T0 + 50, T0 + 60, T0 + 30_010]
     registry = DeploymentRegistry("unused:9092", CONTROL, verifier=verifier())
     live = [outcome_event(registry.apply_raw(v, i, t), v) for i, (v, t) in enumerate(zip(values, times, strict=True))]
-    rebuilt = audit_events(fold_records(values, verifier(), times, list(range(len(values)))), values)
+    history = fold_records(values, verifier(), times, list(range(len(values))))
+    assert [o.status for o in history.outcomes] == [
+        "applied",
+        "refused",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
+        "applied",
+    ]
+    rebuilt = audit_events(history, values)
     assert rebuilt == live
     assert [e["success"] for e in rebuilt] == [True, False, False, False, False, False, True]
     reasons = [(e["details"].get("verification") or {}).get("reason") for e in rebuilt]
