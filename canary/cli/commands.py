@@ -19,16 +19,18 @@ if TYPE_CHECKING:
 
 
 def _bootstrap_for_service(settings: Settings, role: Role) -> KafkaConnection:
-    """Services follow the one rule: KAFKA_BOOTSTRAP_SERVERS, else the local broker (started if needed).
+    """Services follow the one rule: KAFKA_BOOTSTRAP_SERVERS, else the local broker — which a service never
+    starts (a JVM is a side effect a service must not have, and it would outlive the service): it says how
+    to start one ('canary kafka start') instead.
 
     The topics the service uses are verified; they are created only where ``settings.services_create_topics``
     (by default an unauthenticated cluster): on a secured one that is the admin's 'canary kafka topics'."""
     from canary.kafka.acls import topics_of
-    from canary.kafka.connect import ensure_local_or_external
+    from canary.kafka.connect import require_kafka
     from canary.kafka.topics import Topics, ensure_topics
 
     log = logging.getLogger("canary")
-    conn = ensure_local_or_external(settings, log=log.warning)
+    conn = require_kafka(settings)
     topics = Topics(settings.topic_prefix)
     if settings.services_create_topics:
         ensure_topics(conn, topics, create=True, replication_factor=settings.replication_factor)
