@@ -34,7 +34,7 @@ from canary.config.sections import (
     RetrieverConfig,
     SLOConfig,
 )
-from canary.config.validation import NO_VALUE, Collector, FieldError, Section
+from canary.core.validation import NO_VALUE, Collector, FieldError, Section
 from canary.config.yamlfile import read_yaml
 from canary.core.custom import AGGREGATIONS as CUSTOM_AGGREGATIONS
 from canary.core.custom import CustomMetric
