@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from canary.config import Preset, PresetEntry, PresetStore
 from canary.core.deployment import ConfigRef
 from canary.core.models import WindowResult
-from canary.core.slo import SLOMonitor, SLORule, SLOViolation, default_rules
+from canary.core.monitor import SLOMonitor, SLOViolation
+from canary.core.policy import SLORule, default_rules
 from canary.errors import ConfigError
 from canary.kafka.clients import KafkaConnection
 from canary.kafka.connect import require_kafka

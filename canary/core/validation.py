@@ -100,6 +100,10 @@ class Section:
     def field(self, key: str) -> str:
         return _join(self.path, key)
 
+    def has(self, key: str) -> bool:
+        """Whether ``key`` is written (even as null); does not count as reading it."""
+        return key in self._raw
+
     def take(self, key: str) -> object:
         self._seen.add(key)
         return self._raw.get(key, NO_VALUE)
