@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from canary.config import Preset, PresetEntry, PresetStore
@@ -219,10 +219,11 @@ class CanaryExecutor:
 
 
 class KafkaSLOMonitor(SLOMonitor):
-    """The spec's SLO monitor; ``get_violations`` first evaluates windows published since the last call."""
+    """The spec's SLO monitor; ``get_violations`` first evaluates windows published since the last call.
+    ``rules``: rule objects or a preset's ``slo`` section (read by the one slo grammar); the defaults if None."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(default_rules())
+    def __init__(self, settings: Settings, rules: Iterable[SLORule] | Mapping[str, Any] | None = None) -> None:
+        super().__init__(default_rules() if rules is None else rules)
         self.settings = settings
         self._seen: set[str] = set()
 
