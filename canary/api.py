@@ -6,8 +6,8 @@ for router acknowledgements; ``execute_search`` runs an in-process router (stick
 backend, one outcome per request on ``search_results``) on a background event loop. Kafka is found by the
 one rule: ``KAFKA_BOOTSTRAP_SERVERS``, else the local broker.
 
-It refuses what the CLI refuses, with the same exception classes (:mod:`canary.errors`; the CLI's exit code
-is ``exc.exit_code``): a second start while a canary runs unless ``parallel=True``, ``stop_canary()`` while
+It refuses what the CLI refuses, with the same exception classes (:mod:`canary.errors`; the CLI maps
+them to its exit codes): a second start while a canary runs unless ``parallel=True``, ``stop_canary()`` while
 several run (say which with ``deployment_id=``), an unknown preset, collection or config.
 """
 

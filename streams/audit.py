@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from canary.backoff import Backoff
 from canary.core import wire
 from canary.core.models import COMMAND_ACTIONS, ControlCommand, RouterState, iso_ms
 
@@ -306,7 +307,7 @@ class AuditLog:
             if event_id in self._seen:
                 return False
             line = self._line(event)
-            delay = self.retry_initial_s
+            pace = Backoff(self.retry_initial_s, self.retry_max_s)
             attempts = 0
             first_failure: float | None = None
             last_report = 0.0
@@ -339,8 +340,7 @@ class AuditLog:
                             _describe(exc),
                             event_id,
                         )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.retry_max_s)
+                    await pace.wait()
                     continue
                 break
             if first_failure is not None:
