@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from canary.config import Preset, PresetEntry, PresetStore
 from canary.core.deployment import ConfigRef
 from canary.core.models import WindowResult
-from canary.core.slo import SLOMonitor, SLORule, SLOViolation, default_rules
+from canary.core.monitor import SLOMonitor, SLOViolation
+from canary.core.policy import SLORule, default_rules
 from canary.errors import ConfigError
 from canary.kafka.clients import KafkaConnection
 from canary.kafka.connect import require_kafka
@@ -218,10 +219,11 @@ class CanaryExecutor:
 
 
 class KafkaSLOMonitor(SLOMonitor):
-    """The spec's SLO monitor; ``get_violations`` first evaluates windows published since the last call."""
+    """The spec's SLO monitor; ``get_violations`` first evaluates windows published since the last call.
+    ``rules``: rule objects or a preset's ``slo`` section (read by the one slo grammar); the defaults if None."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(default_rules())
+    def __init__(self, settings: Settings, rules: Iterable[SLORule] | Mapping[str, Any] | None = None) -> None:
+        super().__init__(default_rules() if rules is None else rules)
         self.settings = settings
         self._seen: set[str] = set()
 

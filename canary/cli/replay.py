@@ -46,10 +46,10 @@ def replay_payload(
 
     With ``input_file`` (a kcat-style dump, see :mod:`canary.replay.dumpfile`) the span is read from the
     file and Kafka is not contacted; ``from_ms`` / ``to_ms`` then default to the span the dump covers."""
+    from canary.config.rules import load_policy_file
     from canary.replay.output import write_report
     from canary.replay.postmortem import run_replay, summary_lines
     from canary.replay.recompute import ReplaySettings
-    from canary.replay.rules import load_policy_file
 
     if input_file is None and (from_ms is None or to_ms is None):
         raise ConfigError("--from and --to are required (unless --input FILE)")

@@ -440,7 +440,7 @@ def _rules_field(body: dict[str, Any]) -> Any:
         return None
     if not isinstance(text, str):
         raise ConfigError("rules: expected YAML text")
-    from canary.replay.rules import parse_policy
+    from canary.config.rules import parse_policy
 
     data, error = parse_yaml_text(text, "rules")  # bounded: size, depth, no aliases
     if error is not None:

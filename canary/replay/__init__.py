@@ -2,7 +2,8 @@
 
 Kafka-free: :mod:`~canary.replay.decode` (records → outcomes), :mod:`~canary.replay.recompute`
 (windows, verdicts, decisions with the live core), :mod:`~canary.replay.compare` (vs live, backtest
-changes), :mod:`~canary.replay.postmortem` (the report), :mod:`~canary.replay.rules` (``--rules``).
+changes), :mod:`~canary.replay.postmortem` (the report); ``--rules`` files are read by
+:mod:`canary.config.rules`.
 Kafka: :mod:`~canary.replay.reader` only.
 """
 
@@ -17,7 +18,6 @@ from canary.replay.recompute import (
     recompute,
     span_bounds,
 )
-from canary.replay.rules import load_policy_file, parse_policy
 from canary.replay.span import SpanData
 
 __all__ = [
@@ -33,8 +33,6 @@ __all__ = [
     "backtest_changes",
     "compare_decisions",
     "compare_windows",
-    "load_policy_file",
-    "parse_policy",
     "read_bounds",
     "recompute",
     "run_replay",

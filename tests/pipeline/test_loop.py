@@ -325,8 +325,8 @@ def metric_traffic(windows: int, per_window: int, timeout_share: float) -> list[
 
 @pytest.mark.parametrize("min_samples", [20, 5])
 def test_a_rules_file_backtest_keeps_the_low_traffic_policy(tmp_path: Path, min_samples: int) -> None:
+    from canary.config.rules import load_policy_file
     from canary.core.slo import SLOPolicy
-    from canary.replay.rules import load_policy_file
 
     path = tmp_path / "rules.yaml"
     path.write_text(RULES_FILE.format(min_samples=min_samples))
@@ -346,7 +346,7 @@ def test_a_rules_file_backtest_keeps_the_low_traffic_policy(tmp_path: Path, min_
 
 
 def test_a_rules_file_backtest_judges_its_declared_custom_metric(tmp_path: Path) -> None:
-    from canary.replay.rules import load_policy_file
+    from canary.config.rules import load_policy_file
 
     path = tmp_path / "rules.yaml"
     path.write_text(RULES_FILE.format(min_samples=20))
