@@ -36,4 +36,3 @@ def require_kafka(settings: Settings, timeout: float = 5.0) -> KafkaConnection:
         f"no Kafka answers at {bootstrap}{how} ({problem}). Start the local broker with "
         f"'canary kafka start{secure}{port}', or set KAFKA_BOOTSTRAP_SERVERS to an existing cluster."
     )
-
