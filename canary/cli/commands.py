@@ -130,13 +130,6 @@ def parse_fault(spec: str) -> tuple[str, Any]:
     return name, Fault(**values)
 
 
-def default_backend(rerank: str = "model") -> Any:
-    """The bundled hybrid retriever (bm25s BM25 + faiss HNSW + alpha fusion + rerank) over the generated corpus."""
-    from router.backends.hybrid import HybridBackend
-
-    return HybridBackend(rerank=rerank)
-
-
 def stable_router_id(instance: str) -> str:
     """``router-<host>-<instance>``, squeezed into the safe name set (canary.core.models.SAFE_NAME)."""
     import re
@@ -154,12 +147,13 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     from canary.observability.logs import configure_logging
     from router.backends.base import load_backend
     from router.backends.fault import FaultInjectingBackend
+    from router.backends.hybrid import HybridBackend
     from router.main import serve
 
     configure_logging(_log_format(args, settings))
     metrics = _metrics_endpoint(args)
     preset = PresetStore(settings.presets_dir).get(args.last_good)
-    backend = load_backend(args.backend) if args.backend else default_backend(args.rerank or settings.rerank)
+    backend = load_backend(args.backend) if args.backend else HybridBackend(rerank=args.rerank or settings.rerank)
     if args.inject_fault:
         backend = FaultInjectingBackend(backend, dict(parse_fault(f) for f in args.inject_fault))
         logging.getLogger("canary").warning("FAULT INJECTION active: %s", ", ".join(args.inject_fault))
