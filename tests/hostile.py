@@ -18,9 +18,9 @@ from typing import Any
 from canary.core.merge import Progress, partial_of
 from canary.core.models import ControlCommand, SearchOutcome
 from canary.core.windows import WindowFinalizer
+from canary.pipeline.decode import OutcomeDecoder, as_core_outcomes
+from canary.pipeline.recompute import ReplayDecision
 from canary.pipeline.run import PipelineResult, Record, run_pipeline
-from canary.replay.decode import OutcomeDecoder, as_core_outcomes
-from canary.replay.recompute import ReplayDecision
 
 T0 = 1_800_000_000_000
 W = 5000

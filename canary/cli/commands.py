@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from canary.cli.output import safe_name
 from canary.errors import ConfigError
 from canary.kafka.clients import KafkaConnection
+from canary.pipeline.settings import DEFAULTS
 from canary.settings import Settings
 
 if TYPE_CHECKING:
@@ -262,8 +263,15 @@ def register(sub: Any) -> None:
             "control/state event to the audit log. Stops cleanly on Ctrl-C / SIGTERM."
         ),
     )
-    worker.add_argument("--grace-ms", type=int, default=1000, help="event-time grace after a window ends (1000)")
-    worker.add_argument("--window-ms", type=int, default=5000, help="window (bucket) size in ms (5000)")
+    worker.add_argument(
+        "--grace-ms",
+        type=int,
+        default=DEFAULTS.grace_ms,
+        help=f"event-time grace after a window ends ({DEFAULTS.grace_ms})",
+    )
+    worker.add_argument(
+        "--window-ms", type=int, default=DEFAULTS.window_ms, help=f"window (bucket) size in ms ({DEFAULTS.window_ms})"
+    )
     worker.add_argument("--audit-log", help="audit log path (default reports/canary/audit.log)")
     worker.add_argument("--data-dir", help="Faust data dir (default ~/.cache/canary/worker-data)")
     worker.add_argument(

@@ -14,7 +14,7 @@ from typing import Any
 
 from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
 from canary.pipeline.decisions import SLO_AGENT
-from canary.replay.recompute import ReplayDecision
+from canary.pipeline.recompute import ReplayDecision
 
 COMPARED_FIELDS = (
     "response_count",

@@ -10,7 +10,7 @@ from typing import Any
 from canary.core.judge import Judge
 from canary.core.models import ControlCommand, SearchOutcome, WindowResult
 from canary.core.windows import WindowFinalizer
-from canary.replay.recompute import RuleBook, fold_commands
+from canary.pipeline.recompute import RuleBook, fold_commands
 
 T0 = 1_700_000_000_000  # a window boundary (divisible by 5000)
 Record = tuple[int, int, int | None, bytes | None]
