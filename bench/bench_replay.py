@@ -55,7 +55,9 @@ from canary.core.windows import WindowFinalizer
 from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from canary.pipeline.decode import OutcomeDecoder, ReplayOutcome
-from canary.pipeline.recompute import RuleBook, evaluate, fold_commands, recompute, recompute_partition
+from canary.pipeline.loop import fold_commands
+from canary.pipeline.policies import PolicyBook
+from canary.pipeline.recompute import evaluate, recompute, recompute_partition
 from canary.pipeline.settings import PipelineSettings
 from canary.replay.postmortem import run_replay
 from canary.replay.reader import new_consumer, read_outcome_records, read_span
@@ -175,7 +177,7 @@ def in_process(records: list[Record], commands: list[ControlCommand], strict_n: 
 
     # windows + judge + SLO on decoded outcomes, batched exactly like recompute()
     ledger = fold_commands(commands)
-    book = RuleBook(ledger)
+    book = PolicyBook(ledger)
     pre = Predecoded(decoded)
     by_part: dict[int, list[Record]] = {}
     for r in records:

@@ -35,9 +35,7 @@ from canary.core.models import ControlCommand, JSONDict, RouterWatermark, Window
 from canary.core.slo import SLOPolicy, SLORule
 from canary.core.windows import ClosedWindow, WindowFinalizer, window_bounds
 from canary.pipeline.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, SourceRecord, as_core_outcomes
-from canary.pipeline.loop import Judgement as Judgement
-from canary.pipeline.loop import PipelineDecision, run_loop
-from canary.pipeline.loop import fold_commands as fold_commands
+from canary.pipeline.loop import Judgement, PipelineDecision, fold_commands, run_loop
 from canary.pipeline.policies import PolicyBook
 from canary.pipeline.settings import PipelineSettings
 
@@ -45,12 +43,6 @@ log = logging.getLogger("canary.pipeline")
 
 _CHUNK = 16_384  # records decoded before they are cut into micro-batches (bounds memory)
 MAX_SAMPLES = 50  # invalid / late records listed individually in the result (all are counted)
-
-
-# -- rules: one place, canary.pipeline.policies ------------------------------------------------------------
-
-RuleBook = PolicyBook  # the replay's name for it, kept for callers
-ReplayDecision = PipelineDecision  # the replay's name for the loop's decision, kept for callers
 
 
 # -- results ---------------------------------------------------------------------------------------------------
@@ -97,7 +89,7 @@ class Recomputation:
     settings: PipelineSettings
     windows: list[WindowResult]
     judgements: list[Judgement]
-    decisions: list[ReplayDecision]
+    decisions: list[PipelineDecision]
     partitions: dict[int, PartitionStats]
     invalid_samples: list[JSONDict] = field(default_factory=list)
     late_samples: list[JSONDict] = field(default_factory=list)
@@ -348,7 +340,7 @@ def evaluate(
     judge_until_ms: int | None = None,
     command_times: Sequence[int | None] | None = None,
     apply_decisions: bool = True,
-) -> tuple[list[Judgement], list[ReplayDecision], dict[str, WindowResult]]:
+) -> tuple[list[Judgement], list[PipelineDecision], dict[str, WindowResult]]:
     """The SLO agent's loop over the windows: :func:`canary.pipeline.loop.run_loop` (the pipeline owns it)."""
     loop = run_loop(
         windows,

@@ -15,7 +15,8 @@ from typing import Any
 from canary.core.deployment import Deployment
 from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
 from canary.core.slo import SLOPolicy, SLORule
-from canary.pipeline.recompute import Recomputation, ReplayDecision, fold_commands, in_span, recompute, span_bounds
+from canary.pipeline.loop import PipelineDecision, fold_commands
+from canary.pipeline.recompute import Recomputation, in_span, recompute, span_bounds
 from canary.pipeline.settings import PipelineSettings
 from canary.replay.compare import (
     Difference,
@@ -65,7 +66,7 @@ def _windows_in(rc: Recomputation, first_ms: int, until_ms: int, deployment_id: 
     )
 
 
-def _decisions_in(rc: Recomputation, deployment_id: str | None) -> list[ReplayDecision]:
+def _decisions_in(rc: Recomputation, deployment_id: str | None) -> list[PipelineDecision]:
     return [d for d in rc.decisions if deployment_id is None or d.deployment_id == deployment_id]
 
 
