@@ -30,9 +30,10 @@ install: $(STAMP) ## Create .venv and install canary with its dev extra
 test-deps: ## Install the system tools tests use (kcat; headless chromium) if missing (needs root + apt)
 	@bash scripts/install_test_deps.sh
 
-lint: install ## ruff lint + format check
+lint: install ## ruff lint + format check + the import layers (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 fmt: install ## Apply ruff formatting and safe fixes
 	$(BIN)/ruff format .
@@ -47,8 +48,8 @@ demo: install ## THE MAIN JOB: run the demo (local Kafka unless KAFKA_BOOTSTRAP_
 test: install test-deps ## Run the whole test suite (starts a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set)
 	$(BIN)/pytest -n 2 --dist loadfile
 
-test-core: install ## Only the Kafka-free tests (fast)
-	$(BIN)/pytest tests/core tests/config
+test-core: install ## Only the tests that need no broker (~2 min on 2 cores)
+	$(BIN)/pytest -n 2 -m "not kafka"
 
 ci: lint typecheck test ## What .ci/run executes
 

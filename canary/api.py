@@ -6,8 +6,8 @@ for router acknowledgements; ``execute_search`` runs an in-process router (stick
 backend, one outcome per request on ``search_results``) on a background event loop. Kafka is found by the
 one rule: ``KAFKA_BOOTSTRAP_SERVERS``, else the local broker.
 
-It refuses what the CLI refuses, with the same exception classes (:mod:`canary.errors`; the CLI's exit code
-is ``exc.exit_code``): a second start while a canary runs unless ``parallel=True``, ``stop_canary()`` while
+It refuses what the CLI refuses, with the same exception classes (:mod:`canary.errors`; the CLI maps
+them to its exit codes): a second start while a canary runs unless ``parallel=True``, ``stop_canary()`` while
 several run (say which with ``deployment_id=``), an unknown preset, collection or config.
 """
 
@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from canary.config import Preset, PresetEntry, PresetStore
 from canary.core.deployment import ConfigRef
 from canary.core.models import WindowResult
-from canary.core.slo import SLOMonitor, SLORule, SLOViolation, default_rules
+from canary.core.monitor import SLOMonitor, SLOViolation
+from canary.core.policy import SLORule, default_rules
 from canary.errors import ConfigError
 from canary.kafka.clients import KafkaConnection
 from canary.kafka.connect import require_kafka
@@ -82,7 +83,7 @@ class ConfigManager:
 
     def pointers(self) -> dict[str, Any]:
         """``active`` and ``last_good`` as every router sees them (from the control topic)."""
-        from canary.cli.ops import status_payload
+        from canary.ops.status import status_payload
 
         status = status_payload(self.settings)
         return {"active": status["active_config"], "last_good": status["last_good"], "source": status["source"]}
@@ -161,7 +162,7 @@ class CanaryExecutor:
         """What ``canary status --json`` shows: deployment ``deployment_id`` (default: the most recently
         started running one, else the latest), the pointers, the split and every running candidate under
         ``deployments``. DeploymentError for an id that never started."""
-        from canary.cli.ops import status_payload
+        from canary.ops.status import status_payload
 
         return status_payload(self.settings, deployment_id=deployment_id)
 
@@ -188,7 +189,7 @@ class CanaryExecutor:
         with self._lock:
             if self._router is not None:
                 return self._router
-            from canary.cli.commands import default_backend
+            from router.backends.hybrid import HybridBackend
             from router.service import RouterService
 
             preset = PresetStore(self.settings.presets_dir).get("last_good")
@@ -197,7 +198,7 @@ class CanaryExecutor:
             router = RouterService(
                 self._bootstrap(),
                 self.topics,
-                default_backend(),
+                HybridBackend(rerank="model"),
                 last_good,
                 consume_requests=False,
                 verifier=self.security.verifier(self.topics.control),
@@ -218,10 +219,11 @@ class CanaryExecutor:
 
 
 class KafkaSLOMonitor(SLOMonitor):
-    """The spec's SLO monitor; ``get_violations`` first evaluates windows published since the last call."""
+    """The spec's SLO monitor; ``get_violations`` first evaluates windows published since the last call.
+    ``rules``: rule objects or a preset's ``slo`` section (read by the one slo grammar); the defaults if None."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(default_rules())
+    def __init__(self, settings: Settings, rules: Iterable[SLORule] | Mapping[str, Any] | None = None) -> None:
+        super().__init__(default_rules() if rules is None else rules)
         self.settings = settings
         self._seen: set[str] = set()
 

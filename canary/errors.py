@@ -10,13 +10,9 @@ from __future__ import annotations
 class CanaryError(Exception):
     """Base of every error canary raises deliberately."""
 
-    exit_code = 1
-
 
 class ConfigError(CanaryError):
     """A preset or setting is invalid. Message names the file, field, value and reason."""
-
-    exit_code = 2
 
 
 class PresetNotFound(ConfigError):
@@ -29,8 +25,6 @@ class InvalidEvent(CanaryError):
 
 class KafkaError(CanaryError):
     """Kafka is unreachable or misbehaves."""
-
-    exit_code = 3
 
 
 class ProducerFailed(KafkaError):
@@ -47,8 +41,6 @@ class TopicMismatch(KafkaError):
 
 class DeploymentError(CanaryError):
     """A canary command is not valid in the current deployment state."""
-
-    exit_code = 4
 
 
 SHAPE_ERRORS: tuple[type[Exception], ...] = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError)

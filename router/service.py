@@ -698,7 +698,7 @@ class RouterService:
             error = exc.error_code
             log.debug("search failed: %r", exc)
         except Exception as exc:
-            error = "injected_fault" if type(exc).__name__ == "InjectedFault" else "backend_error"
+            error = "backend_error"
             log.debug("search failed: %r", exc)
         latency_ms = (time.perf_counter() - started) * 1000.0
         if error:

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from canary.backoff import Backoff
+
 # The control lines are made where the control topic is folded (canary.control), so the export's rebuilt audit
 # writes the same line for the same record; re-exported for the agents.
 from canary.control.audit import EVENT_TYPES as EVENT_TYPES
@@ -211,7 +213,7 @@ class AuditLog:
             if event_id in self._seen:
                 return False
             line = self._line(event)
-            delay = self.retry_initial_s
+            pace = Backoff(self.retry_initial_s, self.retry_max_s)
             attempts = 0
             first_failure: float | None = None
             last_report = 0.0
@@ -244,8 +246,7 @@ class AuditLog:
                             _describe(exc),
                             event_id,
                         )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.retry_max_s)
+                    await pace.wait()
                     continue
                 break
             if first_failure is not None:

@@ -34,6 +34,7 @@ from canary.alerts.payloads import (
     slack_payload,
 )
 from canary.alerts.targets import CheckingResolver, resolve_checked
+from canary.backoff import Backoff
 from canary.config.addresses import Refusal, TargetRefused, Unresolved, parse_address
 from canary.config.addresses import redacted_url as redacted
 from canary.core.models import iso_ms
@@ -153,7 +154,7 @@ class AlertDispatcher:
         self, session: aiohttp.ClientSession, event: AlertEvent, index: int, target: AlertTarget
     ) -> None:
         async with self._slots:
-            delay = self.backoff_initial_s
+            pace = Backoff(self.backoff_initial_s, self.backoff_max_s)
             for attempt in range(1, self.max_attempts + 1):
                 refused: Refusal | Unresolved | None = None
                 try:
@@ -175,8 +176,7 @@ class AlertDispatcher:
                         self.failed += 1
                         log.error("alert %s to %s failed for good: %s", event.event_id, redacted(target.url), error)
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max_s)
+                await pace.wait()
 
     async def _post(
         self, session: aiohttp.ClientSession, event: AlertEvent, target: AlertTarget

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from canary.cli.output import safe_name
 from canary.errors import ConfigError
 from canary.kafka.clients import KafkaConnection
+from canary.pipeline.settings import DEFAULTS
 from canary.settings import Settings
 
 if TYPE_CHECKING:
@@ -19,16 +20,18 @@ if TYPE_CHECKING:
 
 
 def _bootstrap_for_service(settings: Settings, role: Role) -> KafkaConnection:
-    """Services follow the one rule: KAFKA_BOOTSTRAP_SERVERS, else the local broker (started if needed).
+    """Services follow the one rule: KAFKA_BOOTSTRAP_SERVERS, else the local broker — which a service never
+    starts (a JVM is a side effect a service must not have, and it would outlive the service): it says how
+    to start one ('canary kafka start') instead.
 
     The topics the service uses are verified; they are created only where ``settings.services_create_topics``
     (by default an unauthenticated cluster): on a secured one that is the admin's 'canary kafka topics'."""
     from canary.kafka.acls import topics_of
-    from canary.kafka.connect import ensure_local_or_external
+    from canary.kafka.connect import require_kafka
     from canary.kafka.topics import Topics, ensure_topics
 
     log = logging.getLogger("canary")
-    conn = ensure_local_or_external(settings, log=log.warning)
+    conn = require_kafka(settings)
     topics = Topics(settings.topic_prefix)
     if settings.services_create_topics:
         ensure_topics(conn, topics, create=True, replication_factor=settings.replication_factor)
@@ -128,13 +131,6 @@ def parse_fault(spec: str) -> tuple[str, Any]:
     return name, Fault(**values)
 
 
-def default_backend(rerank: str = "model") -> Any:
-    """The bundled hybrid retriever (bm25s BM25 + faiss HNSW + alpha fusion + rerank) over the generated corpus."""
-    from router.backends.hybrid import HybridBackend
-
-    return HybridBackend(rerank=rerank)
-
-
 def stable_router_id(instance: str) -> str:
     """``router-<host>-<instance>``, squeezed into the safe name set (canary.core.models.SAFE_NAME)."""
     import re
@@ -152,12 +148,13 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     from canary.observability.logs import configure_logging
     from router.backends.base import load_backend
     from router.backends.fault import FaultInjectingBackend
+    from router.backends.hybrid import HybridBackend
     from router.main import serve
 
     configure_logging(_log_format(args, settings))
     metrics = _metrics_endpoint(args)
     preset = PresetStore(settings.presets_dir).get(args.last_good)
-    backend = load_backend(args.backend) if args.backend else default_backend(args.rerank or settings.rerank)
+    backend = load_backend(args.backend) if args.backend else HybridBackend(rerank=args.rerank or settings.rerank)
     if args.inject_fault:
         backend = FaultInjectingBackend(backend, dict(parse_fault(f) for f in args.inject_fault))
         logging.getLogger("canary").warning("FAULT INJECTION active: %s", ", ".join(args.inject_fault))
@@ -266,8 +263,15 @@ def register(sub: Any) -> None:
             "control/state event to the audit log. Stops cleanly on Ctrl-C / SIGTERM."
         ),
     )
-    worker.add_argument("--grace-ms", type=int, default=1000, help="event-time grace after a window ends (1000)")
-    worker.add_argument("--window-ms", type=int, default=5000, help="window (bucket) size in ms (5000)")
+    worker.add_argument(
+        "--grace-ms",
+        type=int,
+        default=DEFAULTS.grace_ms,
+        help=f"event-time grace after a window ends ({DEFAULTS.grace_ms})",
+    )
+    worker.add_argument(
+        "--window-ms", type=int, default=DEFAULTS.window_ms, help=f"window (bucket) size in ms ({DEFAULTS.window_ms})"
+    )
     worker.add_argument("--audit-log", help="audit log path (default reports/canary/audit.log)")
     worker.add_argument("--data-dir", help="Faust data dir (default ~/.cache/canary/worker-data)")
     worker.add_argument(

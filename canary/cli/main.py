@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from canary.cli.output import emit as _emit
-from canary.errors import CanaryError
+from canary.errors import CanaryError, ConfigError, DeploymentError, KafkaError
 from canary.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -283,6 +283,19 @@ def _logs_json(args: argparse.Namespace, settings: Settings | None) -> bool:
     return settings is not None and settings.log_format == "json"
 
 
+# The library raises; only the CLI turns errors into exit codes (most specific class first).
+EXIT_CODES: tuple[tuple[type[CanaryError], int], ...] = (
+    (ConfigError, 2),  # invalid input or setup: a preset, a setting, an argument
+    (KafkaError, 3),  # Kafka unreachable or misbehaving
+    (DeploymentError, 4),  # not valid in the deployment's current state
+    (CanaryError, 1),
+)
+
+
+def exit_code(exc: CanaryError) -> int:
+    return next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -308,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 emit_error_line(f"canary: error: {exc}")
             else:
                 print(f"canary: error: {exc}", file=sys.stderr)
-            return exc.exit_code
+            return exit_code(exc)
         except KeyboardInterrupt:
             print("canary: interrupted", file=sys.stderr)
             return 130

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from canary.cli.output import safe_name
 from canary.errors import ConfigError, InvalidEvent
+from canary.pipeline.settings import DEFAULTS
 from canary.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ def replay_payload(
     deployment_id: str | None = None,
     rules_file: Path | None = None,
     output: Path | None = None,
-    window_ms: int = 5000,
-    grace_ms: int = 1000,
+    window_ms: int = DEFAULTS.window_ms,
+    grace_ms: int = DEFAULTS.grace_ms,
     input_file: Path | str | None = None,
     insecure: bool = False,
 ) -> dict[str, Any]:
@@ -50,12 +51,12 @@ def replay_payload(
     file and Kafka is not contacted; ``from_ms`` / ``to_ms`` then default to the span the dump covers.
     Control commands are verified with the settings' trusted keys, as the routers verify them; ``insecure``
     (``--insecure``, or ``settings.insecure_control``) reads an unsigned lab topic or dump."""
+    from canary.config.rules import load_policy_file
     from canary.control import verifier_for
     from canary.kafka.topics import Topics
+    from canary.pipeline.settings import PipelineSettings
     from canary.replay.output import write_report
     from canary.replay.postmortem import run_replay, summary_lines
-    from canary.replay.recompute import ReplaySettings
-    from canary.replay.rules import load_policy_file
 
     if input_file is None and (from_ms is None or to_ms is None):
         raise ConfigError("--from and --to are required (unless --input FILE)")
@@ -63,7 +64,7 @@ def replay_payload(
         raise ConfigError(f"--to must be after --from (got from={from_ms} to={to_ms})")
     rules = load_policy_file(rules_file) if rules_file is not None else None
     try:
-        replay_settings = ReplaySettings(window_ms=window_ms, grace_ms=grace_ms)
+        replay_settings = PipelineSettings(window_ms=window_ms, grace_ms=grace_ms)
     except ValueError as exc:
         raise ConfigError(f"--window-ms/--grace-ms: {exc}") from None
 
@@ -121,21 +122,21 @@ def dump_payload(
     to_ms: int | None,
     path: Path,
     *,
-    window_ms: int = 5000,
-    grace_ms: int = 1000,
+    window_ms: int = DEFAULTS.window_ms,
+    grace_ms: int = DEFAULTS.grace_ms,
 ) -> dict[str, Any]:
     """``--dump``: write what a replay of the span reads from Kafka as a kcat-style JSON-lines file."""
     from canary.kafka.connect import require_kafka
     from canary.kafka.topics import Topics
+    from canary.pipeline.settings import PipelineSettings
     from canary.replay.dumpfile import write_dump
-    from canary.replay.recompute import ReplaySettings
 
     if from_ms is None or to_ms is None:
         raise ConfigError("--dump needs --from and --to (the span to dump)")
     if to_ms <= from_ms:
         raise ConfigError(f"--to must be after --from (got from={from_ms} to={to_ms})")
     try:
-        replay_settings = ReplaySettings(window_ms=window_ms, grace_ms=grace_ms)
+        replay_settings = PipelineSettings(window_ms=window_ms, grace_ms=grace_ms)
     except ValueError as exc:
         raise ConfigError(f"--window-ms/--grace-ms: {exc}") from None
     bootstrap = require_kafka(settings)
@@ -257,8 +258,15 @@ def register(sub: Any) -> None:
         "min_samples, confidence, method, inconclusive_limit, metrics), for every deployment",
     )
     p.add_argument("--output", metavar="DIR", help="post-mortem directory (default reports/replay/)")
-    p.add_argument("--window-ms", type=int, default=5000, help="window size the worker ran with (5000)")
-    p.add_argument("--grace-ms", type=int, default=1000, help="grace the worker ran with (1000)")
+    p.add_argument(
+        "--window-ms",
+        type=int,
+        default=DEFAULTS.window_ms,
+        help=f"window size the worker ran with ({DEFAULTS.window_ms})",
+    )
+    p.add_argument(
+        "--grace-ms", type=int, default=DEFAULTS.grace_ms, help=f"grace the worker ran with ({DEFAULTS.grace_ms})"
+    )
     p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     p.add_argument("--json", action="store_true", help="print the whole result (incl. 'differences') as JSON")
     p.set_defaults(handler=cmd_replay)

@@ -15,7 +15,7 @@ from canary.config.presets import (
     load_preset,
 )
 from canary.config.store import DEFAULT_PRESET_DIR, PresetEntry, PresetStore
-from canary.config.validation import FieldError
+from canary.core.validation import FieldError
 
 __all__ = [
     "DEFAULT_PRESET_DIR",

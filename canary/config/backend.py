@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from canary.config.validation import NO_VALUE, Section
+from canary.core.validation import NO_VALUE, Section
 from canary.errors import ConfigError
 
 __all__ = ["BACKEND_TYPES", "PARAMS_MODES", "HttpBackendSpec", "parse_backend"]

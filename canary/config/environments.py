@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 
 from canary.config.addresses import AddressPolicy, IPNetwork, describe, parse_address, redacted_url
 from canary.config.presets import Preset, PresetValidationError
-from canary.config.validation import NO_VALUE, Collector, FieldError, Section, kind, show
 from canary.config.yamlfile import read_yaml
+from canary.core.validation import NO_VALUE, Collector, FieldError, Section, kind, show
 from canary.errors import ConfigError
 from canary.settings import ENV_NAME
 

@@ -17,16 +17,8 @@ from typing import Any, Final
 
 from canary.config.backend import HttpBackendSpec, parse_backend
 from canary.config.sections import (
-    BUILTIN_RULE_NAMES,
-    DEFAULT_CONSECUTIVE_BUCKETS,
-    DEFAULT_MIN_SAMPLES,
-    LATENCY_METRICS,
-    OPERATORS,
-    RATIO_METRICS,
     RERANKER_TYPES,
     RETRIEVER_TYPES,
-    SLO_METHODS,
-    SLO_METRICS,
     DerivedParams,
     MacroKnobs,
     Metadata,
@@ -34,11 +26,9 @@ from canary.config.sections import (
     RetrieverConfig,
     SLOConfig,
 )
-from canary.config.validation import NO_VALUE, Collector, FieldError, Section
 from canary.config.yamlfile import read_yaml
-from canary.core.custom import AGGREGATIONS as CUSTOM_AGGREGATIONS
-from canary.core.custom import CustomMetric
 from canary.core.deployment import snapshot_hash
+from canary.core.policy import SLORule, read_section
 from canary.core.rollout import (
     DEFAULT_MIN_TOTAL_DURATION_S,
     DEFAULT_MIN_WINDOWS,
@@ -47,17 +37,11 @@ from canary.core.rollout import (
     RolloutStep,
     plan_problems,
 )
-from canary.core.slo import (
-    DEFAULT_CONFIDENCE,
-    DEFAULT_ERROR_RATE,
-    DEFAULT_INCONCLUSIVE_LIMIT,
-    SLORule,
-    rules_from_slo_section,
-)
+from canary.core.validation import NO_VALUE, Collector, FieldError, Section
 from canary.errors import ConfigError
 
 # The section types are part of this module's API; they live in sections.py only to keep files small.
-# SLORule is canary.core.slo's, re-exported: config and the SLO agent share one rule type.
+# SLORule is canary.core.policy's, re-exported: config and the SLO agent share one rule type.
 __all__ = [
     "NAME_PATTERN",
     "DerivedParams",
@@ -143,7 +127,7 @@ class Preset:
         snapshot: dict[str, Any] = {name: _plain(getattr(self, name)) for name in sections}
         if snapshot["reranker"]["max_tokens"] is None:  # absent, not null: older presets keep their hashes
             del snapshot["reranker"]["max_tokens"]
-        snapshot["slo"] = self.slo.to_dict()  # the shape canary.core.slo.rules_from_slo_section reads
+        snapshot["slo"] = self.slo.to_dict()  # the shape canary.core.policy.parse_section reads
         snapshot["backend"] = self.backend.to_dict() if self.backend is not None else None
         if self.rollout is not None:  # absent, not null, without a plan: older presets keep their hashes
             snapshot["rollout"] = self.rollout.to_dict()
@@ -274,148 +258,9 @@ def _optional_number(s: Section, key: str, default: float, *, low: float, high: 
     return default
 
 
-def _method(s: Section, default: str) -> str:
-    if s.take("method") is NO_VALUE:
-        return default
-    return s.string("method", choices=SLO_METHODS) or default
-
-
 def _slo(s: Section) -> SLOConfig:
-    errors_before = len(s.out.errors)
-    consecutive = s.integer("consecutive_buckets", default=DEFAULT_CONSECUTIVE_BUCKETS)
-    min_samples = s.integer("min_samples", minimum=0, default=DEFAULT_MIN_SAMPLES)
-    p95_ms = s.number("p95_ms", positive=True)
-    recall_at_10 = s.number("recall_at_10", low=0, high=1)
-    raw_error_rate = s.take("error_rate")
-    error_rate: float | None = DEFAULT_ERROR_RATE
-    if raw_error_rate is None:
-        error_rate = None  # explicitly no built-in error-rate rule
-    elif raw_error_rate is not NO_VALUE:
-        error_rate = s.number("error_rate", low=0, high=1)
-    confidence = _optional_number(s, "confidence", DEFAULT_CONFIDENCE, low=0, high=1, open_ends=True)
-    method = _method(s, "sequential")
-    inconclusive_limit = s.integer("inconclusive_limit", minimum=0, default=DEFAULT_INCONCLUSIVE_LIMIT)
-    # Rules inherit the slo-level values; a broken one is reported already, so rules fall back to the default.
-    inherited_consecutive = consecutive if s.out.ok(s.field("consecutive_buckets")) else DEFAULT_CONSECUTIVE_BUCKETS
-    inherited_min_samples = min_samples if s.out.ok(s.field("min_samples")) else DEFAULT_MIN_SAMPLES
-    declared = _custom_metrics(s)
-    rules: list[SLORule] = []
-    names = set(BUILTIN_RULE_NAMES)
-    for section in s.sections("rules"):
-        rule = _rule(section, inherited_consecutive, inherited_min_samples, confidence, method, declared)
-        if rule is None:
-            continue
-        if rule.name in names:
-            builtin = ", ".join(BUILTIN_RULE_NAMES)
-            s.out.add(section.field("name"), rule.name, f"duplicate rule name ({builtin} are built in)")
-        names.add(rule.name)
-        rules.append(rule)
-    s.close()
-    slo = SLOConfig(
-        p95_ms,
-        recall_at_10,
-        consecutive,
-        min_samples,
-        tuple(rules),
-        error_rate,
-        confidence,
-        method,
-        inconclusive_limit,
-        tuple(declared.values()),
-    )
-    if len(s.out.errors) == errors_before and s.out.ok(s.path):
-        # The SLO agent builds its rules with the core parser: a section it would reject must not load.
-        try:
-            rules_from_slo_section(slo.to_dict())
-        except ConfigError as exc:
-            s.out.add(s.path, slo.to_dict(), str(exc))
-    return slo
-
-
-def _custom_metrics(s: Section) -> dict[str, CustomMetric]:
-    """``slo.metrics``: custom metrics the outcomes carry (``SearchOutcome.metrics``), with their aggregation."""
-    declared: dict[str, CustomMetric] = {}
-    for m in s.sections("metrics"):
-        errors_before = len(m.out.errors)
-        name = m.string("name", pattern=NAME_PATTERN, hint="must be lower-case letters, digits, '_' or '-'")
-        aggregation = m.string("aggregation", choices=CUSTOM_AGGREGATIONS, required=False) or "mean"
-        low = _optional_number(m, "low", 0.0, low=-math.inf, high=math.inf, open_ends=True)
-        high = _optional_number(m, "high", 1.0, low=-math.inf, high=math.inf, open_ends=True)
-        description = m.string("description", required=False)
-        m.close()
-        if name in SLO_METRICS or name in declared:
-            m.out.add(m.field("name"), name, "is a built-in metric or declared twice")
-        elif len(m.out.errors) == errors_before:
-            try:
-                declared[name] = CustomMetric(name, aggregation, low, high, description)
-            except ConfigError as exc:
-                m.out.add(m.path, NO_VALUE, str(exc))
-    return declared
-
-
-def _rule(
-    s: Section,
-    consecutive: int,
-    min_samples: int,
-    confidence: float,
-    method: str,
-    declared: Mapping[str, CustomMetric] | None = None,
-) -> SLORule | None:
-    """One extra rule; None if it is invalid (the errors are recorded; core SLORule takes no placeholders)."""
-    errors_before = len(s.out.errors)
-    declared = declared or {}
-    name = s.string("name", pattern=NAME_PATTERN, hint="must be lower-case letters, digits, '_' or '-'")
-    raw_metric = s.take("metric")
-    if isinstance(raw_metric, str) and raw_metric not in SLO_METRICS and raw_metric not in declared:
-        known = ", ".join(sorted(declared)) or "none"
-        s.out.add(
-            s.field("metric"),
-            raw_metric,
-            f"is neither built in ({', '.join(SLO_METRICS)}) nor declared under slo.metrics (declared: {known})",
-        )
-        metric = ""  # reported; the other fields are still checked
-    else:
-        metric = s.string("metric", choices=(*SLO_METRICS, *declared))
-    relative_to: str | None = None
-    if s.take("relative_to") not in (NO_VALUE, None):  # null (as snapshots write it) means absolute
-        relative_to = s.string("relative_to", choices=("last_good",)) or None
-    if metric in declared:
-        threshold = s.number("threshold")  # its range is the declared metric's: SLORule checks it
-    elif relative_to is not None and metric in LATENCY_METRICS:
-        threshold = s.number("threshold", positive=True)  # a ratio to last_good's quantile
-    elif relative_to is not None:
-        threshold = s.number("threshold", low=-1, high=1)  # an offset from last_good's value
-    elif metric in RATIO_METRICS:
-        threshold = s.number("threshold", low=0, high=1)
-    elif metric == "response_count":
-        threshold = s.number("threshold", low=0)
-    else:
-        threshold = s.number("threshold", positive=True)
-    operator = s.string("operator", choices=OPERATORS)
-    # Per-rule values fall back to the slo-level ones, so the snapshot shows what is really applied.
-    rule_consecutive = s.integer("consecutive_buckets", default=consecutive)
-    rule_min_samples = s.integer("min_samples", minimum=0, default=min_samples)
-    rule_confidence = _optional_number(s, "confidence", confidence, low=0, high=1, open_ends=True)
-    rule_method = _method(s, method)
-    s.close()
-    if len(s.out.errors) > errors_before:
-        return None
-    try:
-        return SLORule(
-            name,
-            metric,
-            operator,
-            threshold,
-            rule_consecutive,
-            rule_min_samples,
-            rule_confidence,
-            rule_method,
-            relative_to,
-            declared.get(metric),
-        )
-    except ConfigError as exc:  # a custom metric's range, or the checks above falling behind canary.core.slo
-        s.out.add(s.path, NO_VALUE, str(exc))
-        return None
+    # The one grammar of an slo section (canary.core.policy); a preset must also state p95_ms and recall_at_10.
+    return read_section(s, preset=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from canary.config.validation import NO_VALUE, FieldError
+from canary.core.validation import NO_VALUE, FieldError
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -18,6 +18,7 @@ import numpy as np
 from canary.core.custom import CustomAggregation, CustomStats, custom_from_dict, custom_to_dict, merge_custom
 from canary.core.evidence import RECALL_BINS
 from canary.core.models import RECALL_SOURCES, JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
+from canary.core.policy import DEFAULT_P95_MS, DEFAULT_RECALL_AT_10
 from canary.core.sketch import QuantileSketch
 from canary.errors import SHAPE_ERRORS, InvalidEvent
 
@@ -251,8 +252,8 @@ class WindowAggregator:
 
     def __init__(
         self,
-        latency_threshold_ms: float = 1200.0,
-        recall_threshold: float = 0.30,
+        latency_threshold_ms: float = DEFAULT_P95_MS,
+        recall_threshold: float = DEFAULT_RECALL_AT_10,
         relative_accuracy: float = 0.005,
         max_bins: int = 2048,
         exceed_thresholds_ms: Sequence[float] = (),

@@ -67,28 +67,6 @@ class CustomMetric:
             "description": self.description,
         }
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "slo.metrics") -> CustomMetric:
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {d!r}")
-        unknown = set(d) - {"name", "aggregation", "low", "high", "description"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-        if "name" not in d:
-            raise ConfigError(f"{where}.name: required field is missing")
-        try:
-            return cls(
-                str(d["name"]),
-                str(d.get("aggregation", "mean")),
-                float(d.get("low", 0.0)),
-                float(d.get("high", 1.0)),
-                str(d.get("description", "")),
-            )
-        except SHAPE_ERRORS as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-
 
 @dataclass(frozen=True, slots=True)
 class CustomStats:

@@ -339,8 +339,19 @@ OWN_SHARE = 0.5
 SHOCK_RATIO = 1.5
 SHOCK_ERROR_OFFSET = 0.01
 SHOCK_RECALL_OFFSET = -0.05
-RECURRENCE_WINDOWS = 12  # a shared shock that returns this soon after the candidate resumed is blamed on it
 RECOVERY_WINDOWS = 2  # last_good healthy this many windows in a row: a shared shock is over
+# Does the candidate cause the shocks (its queries loading a backend both arms share)? Each resume is a trial:
+# does a shared shock start again within RECURRENCE_WINDOWS windows? Assumption: the platform's own shocks
+# start at most once per SHOCK_BASE_WINDOWS windows (one per 5 min), independently of the candidate — so a
+# quick return has probability at most p0 = 1 - (1 - 1/60)^3 = 0.049 per trial. A candidate that causes them
+# brings them back at once (alternative RECURRENCE_P1). The product of the trials' likelihood ratios (18.3
+# for a quick return, 0.105 for none) is an e-process under that null (each factor has mean <= 1 for any
+# onset rate <= 1/60), so by Ville the candidate is blamed with probability <= 1 - confidence: two quick
+# returns in a row are needed, a quiet resume between them nearly cancels one.
+RECURRENCE_WINDOWS = 3
+SHOCK_BASE_WINDOWS = 60
+RECURRENCE_P1 = 0.9
+RECURRENCE_P0 = 1.0 - (1.0 - 1.0 / SHOCK_BASE_WINDOWS) ** RECURRENCE_WINDOWS
 BASELINE_RECENT = 3  # last_good windows seen in the last slots: wait for the same slot's before judging
 
 
@@ -737,34 +748,48 @@ class DeploymentJudge:
         shared: list[tuple[SLORule, RuleVerdict, WindowStats | None]],
         last_good_now: WindowStats | None,
     ) -> Decision | None:
-        """A shock both arms share stops candidate traffic (pause) until last_good recovers (resume); one
-        that returns soon after the candidate resumed is blamed on the candidate (rollback)."""
+        """A shock both arms share stops candidate traffic (pause) until last_good recovers (resume). Whether
+        shocks come back as soon as the candidate resumes is scored per resume (see RECURRENCE_WINDOWS);
+        when that evidence is significant the candidate is rolled back, otherwise every shock is a pause."""
         start = window.window_start_ms
         shock = self.shock
+        quick = (
+            shock is not None
+            and shock.get("state") == "resumed"
+            and "trial" not in shock
+            and start - int(shock["resumed_at"]) <= RECURRENCE_WINDOWS * _window_ms(window)
+        )
+        if shock is not None and shock.get("state") == "resumed" and "trial" not in shock and not quick:
+            # A resume the shock did not follow quickly: a trial against the candidate causing them.
+            shock["trial"] = "quiet"
+            shock["log_e"] = float(shock.get("log_e", 0.0)) + math.log((1.0 - RECURRENCE_P1) / (1.0 - RECURRENCE_P0))
         if shared:
             rules = [r.name for r, _, _ in shared]
             entries = [_evidence_entry(window, v) for _, v, _ in shared]
             if shock is not None and shock.get("state") == "paused":
                 return None  # already stopped: candidate windows now are empty, this one was in flight
-            if (
-                shock is not None
-                and shock.get("state") == "resumed"
-                and start - int(shock["resumed_at"]) <= RECURRENCE_WINDOWS * _window_ms(window)
-            ):
-                self.rolled_back = True
-                self.shock = {**shock, "state": "blamed", "returned_at": start}
-                return Decision(
-                    deployment_id=self.deployment_id,
-                    rule=",".join(rules),
-                    reason=(
-                        f"shared shock returned {(start - int(shock['resumed_at'])) // 1000} s after the candidate "
-                        f"resumed ({', '.join(rules)} broken on both arms again): the candidate is taken to cause it"
-                    ),
-                    evidence={"rules": rules, "windows": entries, "first_shock": shock},
-                    window_id=window.window_id,
-                    command_id=rollback_command_id(self.deployment_id),
-                    type="rollback",
-                )
+            log_e = float(shock.get("log_e", 0.0)) if shock is not None else 0.0
+            if quick:
+                assert shock is not None
+                log_e += math.log(RECURRENCE_P1 / RECURRENCE_P0)
+                needed = max(math.log(1.0 / (1.0 - r.confidence)) for r, _, _ in shared)
+                if log_e >= needed:
+                    self.rolled_back = True
+                    self.shock = {**shock, "state": "blamed", "returned_at": start, "log_e": log_e}
+                    return Decision(
+                        deployment_id=self.deployment_id,
+                        rule=",".join(rules),
+                        reason=(
+                            f"shared shock returned {(start - int(shock['resumed_at'])) // 1000} s after the "
+                            f"candidate resumed ({', '.join(rules)} broken on both arms again), as after earlier "
+                            f"resumes: evidence e = {math.exp(log_e):.0f} >= {math.exp(needed):.0f} that the "
+                            "candidate causes the shocks"
+                        ),
+                        evidence={"rules": rules, "windows": entries, "first_shock": shock, "log_e": log_e},
+                        window_id=window.window_id,
+                        command_id=rollback_command_id(self.deployment_id),
+                        type="rollback",
+                    )
             episode = (int(shock.get("episode", 0)) if shock is not None else 0) + 1
             # What last_good was before the shock: its recovery is judged against it.
             reference = next((ref for _, _, ref in shared if ref is not None), WindowStats())
@@ -775,6 +800,7 @@ class DeploymentJudge:
                 "episode": episode,
                 "healthy": 0,
                 "reference": reference.to_dict(),
+                "log_e": log_e,
             }
             return Decision(
                 deployment_id=self.deployment_id,

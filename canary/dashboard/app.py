@@ -367,10 +367,10 @@ class Dashboard:
         if self._replay_lock.locked():
             raise _json_error(web.HTTPTooManyRequests, "a replay is already running; try again when it is done")
         async with self._replay_lock:
+            from canary.pipeline.settings import PipelineSettings
             from canary.replay.html import render_replay_html
             from canary.replay.postmortem import run_replay
             from canary.replay.reader import read_span
-            from canary.replay.recompute import ReplaySettings
 
             started = time.perf_counter()
             try:
@@ -379,7 +379,7 @@ class Dashboard:
                     self.topics,
                     from_ms,
                     to_ms,
-                    ReplaySettings(),
+                    PipelineSettings(),
                     verifier=self.security.verifier(self.topics.control),  # as the live fold verifies
                 )
                 report = await asyncio.to_thread(
@@ -447,7 +447,7 @@ def _rules_field(body: dict[str, Any]) -> Any:
         return None
     if not isinstance(text, str):
         raise ConfigError("rules: expected YAML text")
-    from canary.replay.rules import parse_policy
+    from canary.config.rules import parse_policy
 
     data, error = parse_yaml_text(text, "rules")  # bounded: size, depth, no aliases
     if error is not None:

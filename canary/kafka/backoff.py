@@ -11,9 +11,10 @@ client: a failed refresh returns only after the back-off, and a successful one r
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+
+from canary.backoff import Backoff
 
 RECONNECT_BACKOFF_S: Final = 0.1  # the Java client's reconnect.backoff.ms default
 RECONNECT_BACKOFF_MAX_S: Final = 1.0  # its reconnect.backoff.max.ms default
@@ -37,16 +38,14 @@ def calm(owner: Any, base_s: float = RECONNECT_BACKOFF_S, max_s: float = RECONNE
     refresh: Callable[..., Awaitable[bool]] | None = getattr(client, "_metadata_update", None)
     if refresh is None or getattr(refresh, "__canary_calm__", False):
         return owner
-    failures = 0
+    pace = Backoff(base_s, max_s)
 
     async def refresh_with_backoff(*args: Any, **kwargs: Any) -> bool:
-        nonlocal failures
         updated = await refresh(*args, **kwargs)
         if updated:
-            failures = 0
+            pace.reset()
         else:
-            failures += 1
-            await asyncio.sleep(min(max_s, base_s * 2 ** min(failures - 1, 16)))
+            await pace.wait()
         return updated
 
     refresh_with_backoff.__canary_calm__ = True  # type: ignore[attr-defined]

@@ -6,8 +6,6 @@ authenticates the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from canary.errors import KafkaError
 from canary.kafka.clients import KafkaConnection, connection_for
 from canary.kafka.probe import metadata_problem
@@ -38,15 +36,3 @@ def require_kafka(settings: Settings, timeout: float = 5.0) -> KafkaConnection:
         f"no Kafka answers at {bootstrap}{how} ({problem}). Start the local broker with "
         f"'canary kafka start{secure}{port}', or set KAFKA_BOOTSTRAP_SERVERS to an existing cluster."
     )
-
-
-def ensure_local_or_external(settings: Settings, log: Callable[[str], None] = lambda _m: None) -> KafkaConnection:
-    """Used by long-running services (worker, router): start the local broker if no cluster is configured.
-
-    With authentication configured nothing is started: a secured broker is the admin's to start
-    ('canary kafka start --secure'), and an insecure one would only refuse our credentials."""
-    if settings.uses_external_kafka or settings.kafka_security.authenticated:
-        return require_kafka(settings)
-    from canary.kafka.broker import LocalBroker
-
-    return connection_for(settings, LocalBroker(settings.home, settings.local_port).start(log=log).bootstrap)

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 
+from canary.backoff import Backoff
 from canary.errors import ProducerFailed
 from canary.kafka.backoff import calm
 from canary.kafka.health import producer_failure
@@ -35,7 +36,7 @@ from canary.kafka.health import producer_failure
 log = logging.getLogger("canary.kafka.producer")
 
 # Between a replacement and the next, and between attempts to start one while the broker is away.
-REPLACE_BACKOFF_S: Final = (0.5, 1.0, 2.0, 5.0)
+REPLACE_BACKOFF_S: Final = (0.5, 5.0)  # base, cap
 START_TIMEOUT_S: Final = 15.0
 # How long a retired producer may go on delivering what it holds (to healthy partitions) before the rest
 # is failed back to its callers.
@@ -100,7 +101,7 @@ class HealingProducer:
         self._retiring: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
         self._stopped = False
-        self._unproven = 0  # replacements in a row without a delivery in between (paces a churn)
+        self._churn = Backoff(*REPLACE_BACKOFF_S)  # replacements in a row without a delivery between them
         self.cause: BaseException | None = None  # what made the last replacement necessary
 
     def _new(self) -> AIOKafkaProducer:
@@ -181,7 +182,7 @@ class HealingProducer:
         exc = ack.exception()
         if exc is None:
             if generation == self.generation:
-                self._unproven = 0
+                self._churn.reset()
             return
         if not isinstance(exc, ProducerReplaced):
             self.replace(generation, exc)
@@ -216,11 +217,10 @@ class HealingProducer:
             type(cause).__name__,
             cause,
         )
-        pace = REPLACE_BACKOFF_S[min(self._unproven, len(REPLACE_BACKOFF_S) - 1)]
-        self._unproven += 1
+        starting = Backoff(*REPLACE_BACKOFF_S)
         attempt = refused = 0
         try:
-            await asyncio.sleep(pace)
+            await self._churn.wait()
             while True:
                 attempt += 1
                 fresh = self._new()
@@ -245,7 +245,7 @@ class HealingProducer:
                             type(exc).__name__,
                             exc,
                         )
-                    await asyncio.sleep(REPLACE_BACKOFF_S[min(attempt - 1, len(REPLACE_BACKOFF_S) - 1)])
+                    await starting.wait()
                     continue
                 if self._stopped:
                     await _close(fresh)

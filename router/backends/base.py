@@ -68,6 +68,7 @@ BACKEND_ERROR_CODES: tuple[str, ...] = (
     "backend_bad_response",
     "backend_unavailable",
     "backend_config",
+    "injected_fault",
 )
 """The ``error`` codes a backend may give an outcome (docs/contracts.md); ``timeout`` is the router's own."""
 

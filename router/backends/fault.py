@@ -13,11 +13,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.backends.base import SearchBackend, exact_searcher, known_collections
+from router.backends.base import BackendError, SearchBackend, exact_searcher, known_collections
 
 
-class InjectedFault(RuntimeError):
+class InjectedFault(BackendError):
     """The error a fault-injected search raises (appears as error='injected_fault' in outcomes)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("injected_fault", message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,7 +182,9 @@ def test_baseline_column_runs_in_a_throwaway_worktree_and_removes_it() -> None:
     )
     (row,) = [r for r in bd.column_rows(bd.scenarios(), [INDEX["clear-err"]], col) if r["judge"] == "sequential"]
     assert row["runs"] == 1 and row["rollback_rate"] == 1.0
-    assert "bench-decisions-baseline-" not in bd._git("worktree", "list")
+    # This column's worktree is gone (another bench running on the machine may hold one of its own).
+    tree = col.canary_file.split("/tree/")[0] + "/tree"
+    assert tree not in bd._git("worktree", "list") and not Path(tree).exists()
 
 
 def test_relative_targets_use_the_reference_row_of_the_same_column() -> None:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from canary.core.models import WindowResult
+from canary.core.monitor import SLOMonitor
 from canary.core.slo import (
-    SLOMonitor,
     SLOPolicy,
     SLORule,
     default_rules,
@@ -176,36 +176,39 @@ def test_deployment_policy_is_the_one_resolution() -> None:
     assert deployment_policy({"slo": {"p95_ms": 800}}).rules[0].threshold == 800
     why: list[str] = []
     assert deployment_policy({"slo": {"p95_ms": "fast"}}, on_error=why.append).rules == tuple(default_rules())
-    assert why == ["slo.p95_ms: expected a number, got 'fast'"]
+    assert why == ['<snapshot>: slo.p95_ms = "fast": expected a number, got string']
 
 
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"p95_ms": "fast"}, r"slo.p95_ms: expected a number, got 'fast'"),
-        ({"p95": 1}, r"slo: unknown field\(s\) p95"),
-        ({"consecutive_buckets": 1.5}, r"slo.consecutive_buckets: expected a non-negative integer"),
-        ({"confidence": 1.2}, r"slo.confidence: must be a number strictly between 0 and 1, got 1.2"),
-        ({"method": "x"}, r"slo.method: must be one of sequential, point"),
-        ({"inconclusive_limit": -1}, r"slo.inconclusive_limit: expected a non-negative integer, got -1"),
+        ({"p95_ms": "fast"}, r'slo.p95_ms = "fast": expected a number, got string'),
+        ({"p95": 1}, r"slo.p95 = 1: unknown field \(did you mean 'p95_ms'\?\)"),
+        ({"consecutive_buckets": 1.5}, r"slo.consecutive_buckets = 1.5: expected an integer, got number"),
+        ({"confidence": 1.2}, r"slo.confidence = 1.2: must be strictly between 0 and 1"),
+        ({"method": "x"}, r'slo.method = "x": must be one of sequential, point'),
+        ({"inconclusive_limit": -1}, r"slo.inconclusive_limit = -1: must be >= 0"),
         (
             {"rules": [{"name": "x", "metric": "ndcg", "operator": "le", "threshold": 1}]},
-            r"slo.rules\[0\].metric: 'ndcg' is neither built in .* nor declared under slo.metrics \(declared: none\)",
+            r'slo.rules\[0\].metric = "ndcg": is neither built in .* nor declared under slo.metrics \(declared: none\)',
         ),
-        ({"rules": {"a": 1}}, r"slo.rules: expected a list"),
-        ({"rules": [{"name": "x", "metric": "p95_ms", "operator": "le"}]}, r"slo.rules\[0\].threshold: required"),
+        ({"rules": {"a": 1}}, r"slo.rules = {\"a\": 1}: expected a list"),
+        (
+            {"rules": [{"name": "x", "metric": "p95_ms", "operator": "le"}]},
+            r"slo.rules\[0\].threshold: missing required field",
+        ),
         (
             {"rules": [{"name": "x", "metric": "p95_ms", "operator": "le", "threshold": 1, "bad": 1}]},
-            r"slo.rules\[0\]: unknown field\(s\) bad",
+            r"slo.rules\[0\].bad = 1: unknown field \(allowed: confidence, consecutive_buckets, method, metric,",
         ),
         (
             {"p95_ms": 1, "rules": [{"name": "p95_ms", "metric": "p95_ms", "operator": "le", "threshold": 2}]},
             "duplicate rule name",
         ),
-        ([1], "slo: expected a mapping"),
+        ([1], r"slo = \[1\]: must be a mapping, got list"),
         (
             {"rules": [{"name": "x", "metric": "p95_ms", "operator": "eq", "threshold": 1}]},
-            r"slo.rules\[0\]: slo rule 'x': operator must be one of le, lt, ge, gt, got 'eq'",
+            r'slo.rules\[0\].operator = "eq": must be one of le, lt, ge, gt',
         ),
     ],
 )

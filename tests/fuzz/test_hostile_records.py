@@ -28,8 +28,8 @@ from canary.errors import CanaryError
 from canary.kafka.topics import Topics
 from canary.ops.view import fold
 from canary.pipeline.decisions import DecisionStep
+from canary.pipeline.decode import OutcomeDecoder
 from canary.pipeline.policies import PolicyBook
-from canary.replay.decode import OutcomeDecoder
 from canary.replay.dumpfile import LineError, parse_line
 from canary.reports.files import read_audit_file
 from canary.security.verify import REJECT_REASONS, Verdict

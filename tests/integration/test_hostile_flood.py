@@ -41,7 +41,7 @@ from canary.core.merge import WindowMerger, parse_merge_record
 from canary.core.models import RouterState, WindowResult, parse_time
 from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.view import read_records
-from canary.replay.decode import OutcomeDecoder
+from canary.pipeline.decode import OutcomeDecoder
 from router.requests import SearchRequest
 from router.service import decode_request
 from tests import hostile

@@ -19,7 +19,7 @@ import pytest
 from canary.config.presets import load_preset
 from canary.core.models import ControlCommand
 from canary.pipeline.run import PipelineResult, Record, run_pipeline
-from canary.replay.recompute import ReplaySettings
+from canary.pipeline.settings import PipelineSettings
 
 T0 = 1_700_000_000_000
 W = 5000
@@ -195,7 +195,7 @@ def test_a_step_the_ledger_refuses_is_shown_and_issued_again() -> None:
         records,
         commands=[start],
         horizon_ms=T0 + 14 * W,
-        settings=ReplaySettings(window_ms=2500),
+        settings=PipelineSettings(window_ms=2500),
     )
     attempts = [d for d in result.issued if d.command_id == "rollout-d1-step-1"]
     assert len(attempts) >= 2
@@ -325,8 +325,8 @@ def metric_traffic(windows: int, per_window: int, timeout_share: float) -> list[
 
 @pytest.mark.parametrize("min_samples", [20, 5])
 def test_a_rules_file_backtest_keeps_the_low_traffic_policy(tmp_path: Path, min_samples: int) -> None:
+    from canary.config.rules import load_policy_file
     from canary.core.slo import SLOPolicy
-    from canary.replay.rules import load_policy_file
 
     path = tmp_path / "rules.yaml"
     path.write_text(RULES_FILE.format(min_samples=min_samples))
@@ -346,7 +346,7 @@ def test_a_rules_file_backtest_keeps_the_low_traffic_policy(tmp_path: Path, min_
 
 
 def test_a_rules_file_backtest_judges_its_declared_custom_metric(tmp_path: Path) -> None:
-    from canary.replay.rules import load_policy_file
+    from canary.config.rules import load_policy_file
 
     path = tmp_path / "rules.yaml"
     path.write_text(RULES_FILE.format(min_samples=20))

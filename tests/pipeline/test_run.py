@@ -239,11 +239,35 @@ def test_a_shock_both_arms_share_pauses_the_candidate_and_resumes_it_when_last_g
     assert shock.command_id == f"pause-shared-d1-{T0 + 4 * W}"
 
 
-def test_a_shared_shock_that_returns_when_the_candidate_resumes_is_blamed_on_it() -> None:
+@pytest.mark.parametrize(
+    ("shocks", "expected"),
+    [
+        # One quick return: evidence 18 < 100 — paused again, not blamed.
+        ((4, 5, 8, 9), [(4, "shock"), (7, "recover"), (8, "shock"), (11, "recover")]),
+        # Two quick returns in a row: 18.3 x 18.3 = 335 >= 100 — the candidate is taken to cause them.
+        ((4, 5, 8, 9, 12, 13), [(4, "shock"), (7, "recover"), (8, "shock"), (11, "recover"), (12, "rollback")]),
+        # A quiet resume between them (no shock within 3 windows): x 0.105, so the next quick return is paused.
+        (
+            (4, 5, 8, 9, 17, 18, 21),
+            [
+                (4, "shock"),
+                (7, "recover"),
+                (8, "shock"),
+                (11, "recover"),
+                (17, "shock"),
+                (20, "recover"),
+                (21, "shock"),
+                (23, "recover"),
+            ],
+        ),
+    ],
+)
+def test_shocks_that_return_as_the_candidate_resumes_are_blamed_on_it_only_with_evidence(
+    shocks: tuple[int, ...], expected: list[tuple[int, str]]
+) -> None:
     t = Traffic(seed=4)
-    for i in range(16):
-        shock = 2.5 if i in (4, 5, 8, 9) else 1.0
+    for i in range(24):
+        shock = 2.5 if i in shocks else 1.0
         t.window(i, 270, p95=0.3 * T * shock, arm="last_good", partition=1)
         t.window(i, 30, p95=0.6 * T * shock)
-    types = decisions_of(t.run(16))
-    assert types[:3] == [(4, "shock"), (7, "recover"), (8, "rollback")], types
+    assert decisions_of(t.run(24)) == expected

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from canary.cli.main import exit_code
 from canary.cli.replay import register
 from canary.core.models import ControlCommand, WindowResult
 from canary.core.slo import SLORule
@@ -172,7 +173,7 @@ def test_cli_rejects_bad_input_before_touching_kafka(argv: list[str], fragment: 
     settings = Settings(bootstrap_servers="127.0.0.1:1")  # nothing listens there
     with pytest.raises(ConfigError) as err:
         args.handler(args, settings)
-    assert fragment in str(err.value) and err.value.exit_code == 2
+    assert fragment in str(err.value) and exit_code(err.value) == 2
 
 
 def test_cli_options() -> None:

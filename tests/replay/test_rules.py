@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from canary.config.rules import load_policy_file
 from canary.core.custom import CustomMetric
 from canary.core.deployment import ControlLedger
 from canary.core.models import WindowKey
 from canary.core.slo import SLOPolicy, SLORule, deployment_policy, policy_from_slo_section
 from canary.errors import ConfigError
 from canary.pipeline.policies import PolicyBook, aggregator_for_policy
-from canary.replay.rules import load_policy_file
 from streams.registry import DeploymentRegistry
 from tests.replay.helpers import start
 

@@ -1,13 +1,12 @@
-"""``--rules FILE`` for backtests: a preset's ``slo`` section in YAML or JSON — the whole policy.
+"""Rules files: a preset's ``slo`` section in its own YAML or JSON file — the whole policy.
 
-Accepted shapes: a mapping with a top-level ``slo:`` key (a whole preset file works too; other keys are
-ignored), or the bare section. The section is read by the very parser the SLO agent applies to a
-deployment's snapshot (:func:`canary.core.slo.policy_from_slo_section`), so every key a preset's ``slo``
-may hold means the same here — the rules (``p95_ms``, ``recall_at_10``, ``error_rate``, ``rules``), their
-defaults (``consecutive_buckets``, ``min_samples``, ``confidence``, ``method``), the low-traffic limit
-(``inconclusive_limit``, with the section's ``min_samples``) and the declared custom metrics
-(``metrics``) — and a backtest judges with all of it. Every problem is a :class:`ConfigError` naming the
-file, the field and the reason.
+``canary replay --rules FILE``, the dashboard's replay form and ``run_pipeline(rules_override=)`` judge a
+backtest with one. Accepted shapes: a mapping with a top-level ``slo:`` key (a whole preset file works too;
+its other keys are ignored), or the bare section. The section is read by the one grammar every ``slo``
+section goes through (:func:`canary.core.policy.parse_section`), so every key means what it means in a
+preset — the rules, their defaults, ``inconclusive_limit`` with the section's ``min_samples``, the custom
+``metrics`` and ``horizon_s`` — and a backtest judges with all of it. Every problem is a
+:class:`ConfigError` naming the file, the field, the value and why.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from canary.config.yamlfile import read_yaml
 from canary.core import wire
-from canary.core.slo import SECTION_KEYS, SLOPolicy, policy_from_slo_section
+from canary.core.policy import SECTION_KEYS, SLOPolicy, parse_section
 from canary.errors import ConfigError
 
 
@@ -27,8 +26,6 @@ def parse_policy(data: object, label: str) -> SLOPolicy:
         raise ConfigError(f"{label}: (top level): expected a mapping with an 'slo' section, got {type(data).__name__}")
     if "slo" in data:
         section = data["slo"]
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{label}: slo: expected a mapping, got {section!r:.100}")
     elif data and set(data) <= SECTION_KEYS:
         section = data
     else:
@@ -37,13 +34,7 @@ def parse_policy(data: object, label: str) -> SLOPolicy:
             f"{label}: (top level): no 'slo' section (found {keys}); expected e.g. "
             "'slo: {p95_ms: 5000, recall_at_10: 0.3, consecutive_buckets: 2}'"
         )
-    try:
-        return policy_from_slo_section(section)
-    except ConfigError as exc:
-        text = str(exc)
-        if not text.startswith("slo"):
-            text = f"slo: {text}"
-        raise ConfigError(f"{label}: {text}") from None
+    return parse_section(section, label).policy()
 
 
 def load_policy_file(path: Path) -> SLOPolicy:

@@ -1,4 +1,5 @@
-"""Field-by-field reading of untrusted YAML data that collects every problem instead of stopping at the first.
+"""Field-by-field reading of untrusted data (presets, environments, an slo section anywhere) that collects every
+problem instead of stopping at the first.
 
 Readers return a typed placeholder (0, "", ...) for a bad field so parsing can continue and report all
 problems of a file at once; the caller must raise if :attr:`Collector.errors` is non-empty, so placeholders
@@ -98,6 +99,10 @@ class Section:
 
     def field(self, key: str) -> str:
         return _join(self.path, key)
+
+    def has(self, key: str) -> bool:
+        """Whether ``key`` is written (even as null); does not count as reading it."""
+        return key in self._raw
 
     def take(self, key: str) -> object:
         self._seen.add(key)
