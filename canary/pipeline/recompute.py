@@ -271,7 +271,7 @@ def recompute(
     ``records``: ``(partition, offset, kafka_timestamp_ms, raw_value)`` of ``search_results``, any order
     across partitions. ``commands``: the control topic's *verified* commands in order (at least everything
     up to the span's end; what :mod:`canary.control` accepted — the readers that call this verify first:
-    :func:`canary.pipeline.run.parse_control_timed`, :func:`canary.replay.reader.read_span`,
+    :func:`canary.control.records.verify_control_records`, :func:`canary.replay.reader.read_span`,
     :func:`canary.replay.dumpfile.load_span`), appended at ``command_times`` (their record timestamps; the
     ledger holds rollout commands to them). ``horizon_ms``: processing time reached after the input (the
     live tick closes windows up to it); default: each partition's last record time. Only candidate windows

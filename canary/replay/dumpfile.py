@@ -42,6 +42,7 @@ from typing import Any, cast
 
 import orjson
 
+from canary.control.records import verify_control_records
 from canary.core import wire
 from canary.core.models import JSONDict, iso_ms
 from canary.core.windows import window_bounds
@@ -49,10 +50,10 @@ from canary.errors import ConfigError, KafkaError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.pipeline.recompute import read_bounds, span_bounds
-from canary.pipeline.run import Record, parse_control_timed
+from canary.pipeline.run import Record
 from canary.pipeline.settings import PipelineSettings
 from canary.replay.span import SpanData
-from canary.security import CommandVerifier
+from canary.security import CommandVerifier, default_verifier
 
 MAX_LISTED = 20  # malformed lines / invalid commands listed individually (all are counted)
 
@@ -509,12 +510,9 @@ def load_span(
     from canary.replay.reader import parse_late_dead_letters, parse_windows
 
     control = sel["control"]
-    check = (
-        verifier
-        if verifier is None or isinstance(verifier, CommandVerifier)
-        else verifier(topics.prefix + _BASE.control)
-    )
-    commands, command_times, invalid = parse_control_timed((r.record for r in control), check)
+    control_topic = topics.prefix + _BASE.control
+    check = verifier if isinstance(verifier, CommandVerifier) else (verifier or default_verifier)(control_topic)
+    commands, command_times, invalid = verify_control_records((r.record for r in control), check)
     line_of = {(r.record.partition, r.record.offset): r.line for r in control}
     invalid_commands = [{"line": line_of.get((i["partition"], i["offset"])), **i} for i in invalid]
     live_windows, invalid_windows = parse_windows(

@@ -16,9 +16,10 @@ import pytest
 
 from canary.control import fold_records
 from canary.control.audit import audit_events
+from canary.control.records import VerifyControl, verify_control_records
 from canary.core.models import ControlCommand
-from canary.errors import DeploymentError
-from canary.pipeline.run import Record, parse_control_timed, run_pipeline
+from canary.errors import ConfigError, DeploymentError
+from canary.pipeline.run import Record, run_pipeline
 from canary.replay.dumpfile import envelope, load_span
 from canary.reports.files import rebuild_audit
 from canary.reports.model import build_report
@@ -128,20 +129,25 @@ def _records(values: list[bytes], times: list[int]) -> list[Record]:
 
 def test_replay_does_not_apply_them() -> None:
     records = _records(UNSIGNED, UNSIGNED_TIMES)
-    commands, times, invalid = parse_control_timed(records, verifier())
+    commands, times, invalid = verify_control_records(records, verifier())
     assert commands == [] and times == []
     assert [i["reason"].split(":")[0] for i in invalid] == ["rejected (unsigned)", "rejected (unsigned)"]
-    result = run_pipeline(records, control_topic=CONTROL, horizon_ms=T0 + 120_000, verifier=verifier())
+    trusted = VerifyControl(lambda _topic: verifier())  # a fresh verifier per run, bound to the test's keys
+    result = run_pipeline(records, control_topic=CONTROL, horizon_ms=T0 + 120_000, verify_control=trusted)
     assert result.commands == [] and len(result.invalid_commands) == 2
     assert result.decisions == []
     # Verified commands are applied; the insecure switch applies unsigned ones.
     signed = _records([_signed(start()), _signed(promote())], UNSIGNED_TIMES)
-    assert [c.type for c in run_pipeline(signed, control_topic=CONTROL, verifier=verifier()).commands] == [
+    assert [c.type for c in run_pipeline(signed, control_topic=CONTROL, verify_control=trusted).commands] == [
         "start",
         "promote",
     ]
-    insecure = run_pipeline(records, control_topic=CONTROL, verifier=verifier(insecure=True))
+    insecure = run_pipeline(records, control_topic=CONTROL, verify_control=VerifyControl.insecure())
     assert [c.type for c in insecure.commands] == ["start", "promote"]
+    # The pipeline cannot verify (it sits below the verifier): control records without a way to verify
+    # them are refused, never applied as they are.
+    with pytest.raises(ConfigError, match="no verify_control="):
+        run_pipeline(records, control_topic=CONTROL)
 
 
 def test_a_dump_replay_does_not_apply_them(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from canary.cli import main
 from canary.config import Preset, load_preset
+from canary.control.records import VerifyControl
 from canary.core.deployment import snapshot_hash
 from canary.core.judge import Judgement as CoreJudgement
 from canary.core.models import ControlCommand
@@ -135,7 +136,6 @@ def _write(path: Path, records: list[Record], extra: list[str] | None = None) ->
 
 def _kafka_span(records: list[Record], from_ms: int, to_ms: int, horizon_ms: int) -> SpanData:
     """What read_span would read from Kafka holding exactly these records (the reference)."""
-    from canary.pipeline.run import parse_control_timed
     from canary.replay.reader import parse_windows
 
     settings = PipelineSettings()
@@ -147,7 +147,7 @@ def _kafka_span(records: list[Record], from_ms: int, to_ms: int, horizon_ms: int
         for r in records
         if base[r.topic] == "search_results" and read_from <= (r.arrival_ms or 0) < read_to
     ]
-    commands, times, _ = parse_control_timed(r for r in records if base[r.topic] == "canary_control")
+    commands, times, _ = VerifyControl()(r for r in records if base[r.topic] == "canary_control")
     windows = [r.value for r in records if base[r.topic] == "canary_windows" and (r.arrival_ms or 0) >= first]
     verdicts = [r.value for r in records if base[r.topic] == "canary_verdicts" and (r.arrival_ms or 0) >= first]
     live, _ = parse_windows(windows, verdicts)
@@ -247,9 +247,13 @@ def test_dump_replay_equals_the_pipeline_and_a_replay_from_kafka(tmp_path: Path)
 
     # The same as the Kafka-free pipeline on the same records ...
     first, until = span_bounds(span.data.from_ms, span.data.to_ms, PipelineSettings())
-    pipe = run_pipeline(
-        records, horizon_ms=span.data.horizon_ms, judge_from_ms=first, judge_until_ms=until
-    )  # control records in the input
+    pipe = run_pipeline(  # control records in the input, verified as a replay verifies them
+        records,
+        horizon_ms=span.data.horizon_ms,
+        judge_from_ms=first,
+        judge_until_ms=until,
+        verify_control=VerifyControl(),
+    )
     expected = sorted(
         (w.to_dict() for w in pipe.windows if first <= w.window_start_ms < until),
         key=lambda w: (w["window_start_ms"], w["window_id"]),
