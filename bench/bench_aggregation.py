@@ -91,8 +91,8 @@ from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
 from canary.pipeline.decode import OutcomeDecoder, ReplayOutcome, as_core_outcomes
 from canary.pipeline.policies import aggregator_for_policy
+from devtools.harness import PRESETS, WorkerProcess, send_command, start_command
 from router.service import outcome_partition
-from tests.integration.harness import PRESETS, WorkerProcess, send_command, start_command
 
 TARGET_RATIO = 0.8  # issue #10: one worker on 6 partitions ≥ 0.8 × raw consume+decode
 TARGET_RATE = 30_000.0  # the earlier single-worker target, still printed

@@ -178,7 +178,7 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from canary.demo import DemoConfig, run_demo
+    from devtools.demo import DemoConfig, run_demo
 
     output = Path(args.output) if args.output else settings.demo_reports_dir
     cfg = DemoConfig(qps=args.qps, weight=args.weight, rerank=args.rerank)
