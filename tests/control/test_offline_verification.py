@@ -23,9 +23,9 @@ from canary.pipeline.run import Record, run_pipeline
 from canary.replay.dumpfile import envelope, load_span
 from canary.reports.files import rebuild_audit
 from canary.reports.model import build_report
+from devtools.signing import OPERATOR, SCOPE, STRANGER, T0, WORKER, rollback, start, verifier
 from streams.audit import outcome_event
 from streams.registry import DeploymentRegistry
-from tests.security.helpers import OPERATOR, SCOPE, STRANGER, T0, WORKER, rollback, start, verifier
 
 CONTROL = SCOPE.control_topic
 
