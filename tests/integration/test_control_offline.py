@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaProducer
 from canary.core.models import ControlCommand
 from canary.kafka.topics import Topics
 from canary.settings import Settings
+from devtools.harness import ROOT, signed
 from devtools.signing import start
-from tests.integration.harness import ROOT, signed
 
 pytestmark = pytest.mark.kafka
 
