@@ -59,6 +59,12 @@ class ControlView:
     # Verified but refused by the ledger (index, command, why): e.g. a rollout step before the plan allows it.
     refused: list[tuple[int, ControlCommand, str]] = field(default_factory=list)
 
+    def accepted_commands(self) -> list[Any]:
+        """The records verification accepted, in topic order (what a story or a report may show as commands:
+        a forged copy of a real command id is not among them)."""
+        rejected = {i for i, _ in self.rejected}
+        return [c for i, c in enumerate(self.commands) if i not in rejected]
+
     def rejection(self, command_id: str) -> Verdict | None:
         """Why the control command ``command_id`` was rejected, if it was (the last rejected copy)."""
         found = [v for _, v in self.rejected if v.command is not None and v.command.command_id == command_id]

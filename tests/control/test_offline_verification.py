@@ -9,6 +9,7 @@ verifier) is the one switch for unsigned lab topics.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,15 @@ def test_a_dump_replay_does_not_apply_them(tmp_path: Path) -> None:
     assert all(r.startswith("rejected (unsigned)") for r in reasons), reasons
     lab = load_span(path, T0, T0 + 65_000, topic_prefix="canary.staging.", verifier=verifier(insecure=True))
     assert [c.type for c in lab.data.commands] == ["start", "promote"]
+
+
+def test_the_view_shows_only_accepted_commands() -> None:
+    """A forged copy of a real command id, appended before the real one, is not what a story shows."""
+    from canary.ops.view import ControlView, fold
+
+    forged = replace(rollback(), reason="forged: looks like the agent's")
+    values = [_signed(start()), _signed(forged, STRANGER), _signed(rollback(), WORKER)]
+    folded = fold(values, verifier(), [T0 + 10, T0 + 20, T0 + 30_010])
+    view = ControlView(folded.ledger, [json.loads(v) for v in values], {}, "kafka", 0, rejected=folded.rejected)
+    assert [c["reason"] for c in view.accepted_commands()] == [None, rollback().reason]
+    assert view.ledger.current is None and "rollback-dep-1" in view.ledger.applied_ids
