@@ -5,7 +5,9 @@ fold into the ledger with one typed outcome per record (:mod:`.fold`, :mod:`.out
 of each outcome (:mod:`.audit`). Routers, the worker's registry and audit agent, the CLI's view and the
 dashboard use it live; export, reports, replay and the audit rebuild use it offline, verifying with the
 trusted keys as the services do (:mod:`.security`; ``CANARY_INSECURE_CONTROL`` / ``--insecure`` for unsigned
-lab topics). docs/contracts.md ("Who reads the control topic") has the list.
+lab topics). :mod:`.records` verifies the control records handed to the decision pipeline
+(``run_pipeline(..., verify_control=VerifyControl())``); import it from there — it brings in the pipeline,
+which a router does not need. docs/contracts.md ("Verification") has who reads the topic and how.
 """
 
 from canary.control.fold import ControlFold, ControlHistory, RawControl, fold_records
