@@ -27,7 +27,7 @@ from markupsafe import Markup
 from canary.render import css, macros, render
 from canary.render.format import fmt_ms, fmt_pct
 from canary.reports import view
-from canary.reports.charts import ARM_COLORS, THRESHOLD_COLOR
+from canary.reports.charts import ARM_COLORS, LEFT, RIGHT, THRESHOLD_COLOR, WIDTH
 from canary.reports.model import DeploymentReport
 
 CSS = str(css("report/report.css"))
@@ -56,4 +56,4 @@ def render_report(report: DeploymentReport) -> str:
     return render("report/page.html.j2", report=report, parts=parts, css=css("report/report.css")) + "\n"
 
 
-__all__ = ["ARM_COLORS", "CSS", "THRESHOLD_COLOR", "fmt_ms", "fmt_pct", "render_report", "render_sections"]
+__all__ = ["ARM_COLORS", "CSS", "LEFT", "RIGHT", "THRESHOLD_COLOR", "WIDTH", "fmt_ms", "fmt_pct", "render_report", "render_sections"]
