@@ -39,6 +39,7 @@ def environment() -> jinja2.Environment:
         value=fmt.fmt_value,
         utc=fmt.utc,
         clock=fmt.clock,
+        clock_ms=fmt.clock_ms,
     )
     return env
 

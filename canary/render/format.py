@@ -58,3 +58,8 @@ def duration(ms: int) -> str:
     if s < 3600:
         return f"{int(s // 60)} min {int(s % 60):02d} s"
     return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def clock_ms(ms: int | None) -> str:
+    """Time of day to the millisecond (``06:00:05.123``), ``–`` for none."""
+    return "–" if ms is None else iso_ms(ms)[11:23]
