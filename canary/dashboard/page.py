@@ -15,12 +15,15 @@ from canary.render import render
 
 def render_page(panels: dict[str, str], meta: dict[str, Any], title: str) -> str:
     """``panels``: the fragments the panel templates rendered (already escaped), by slot id."""
-    return render(
-        "dashboard/page.html.j2",
-        panels={k: Markup(v) for k, v in panels.items()},
-        meta_json=Markup(_json_for_html(meta)),
-        title=title,
-    ) + "\n"
+    return (
+        render(
+            "dashboard/page.html.j2",
+            panels={k: Markup(v) for k, v in panels.items()},
+            meta_json=Markup(_json_for_html(meta)),
+            title=title,
+        )
+        + "\n"
+    )
 
 
 def _json_for_html(value: Any) -> str:

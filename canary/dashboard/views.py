@@ -2,10 +2,10 @@
 
 The deployment's charts, header, banner, cards and command table are the report's own
 (:func:`canary.reports.html.render_sections`): the browser receives the same SVG the static report contains,
-so there is one chart renderer. The panels below are view data drawn by the shared Jinja2 templates
-(``canary/render/templates/dashboard/panels.html.j2``). This module only adds what a live view has and a finished report has not:
+so there is one chart renderer. This module only adds what a live view has and a finished report has not:
 the moment banner, the latest verdicts with their evidence and streaks, the rollout plan, the routers,
-the whole command timeline, the audit feed and the list of past deployments.
+the whole command timeline, the audit feed and the list of past deployments — as view data, drawn by the
+shared Jinja2 templates (``canary/render/templates/dashboard/panels.html.j2``).
 """
 
 from __future__ import annotations
@@ -229,7 +229,9 @@ def routers_panel(state: DashboardState, now: int | None = None) -> str:
         in_sync = dep is None or (s.deployment_id == dep.deployment_id and s.status == dep.status)
         if dep is not None and not dep.live and s.deployment_id == dep.deployment_id:
             in_sync = s.status == dep.status
-        rows.append({"s": s, "live": live, "ago": _ago(s.applied_at_ms, now), "sync": "in sync" if in_sync else "behind"})
+        rows.append(
+            {"s": s, "live": live, "ago": _ago(s.applied_at_ms, now), "sync": "in sync" if in_sync else "behind"}
+        )
     return str(_panels().routers(rows))
 
 

@@ -56,4 +56,15 @@ def render_report(report: DeploymentReport) -> str:
     return render("report/page.html.j2", report=report, parts=parts, css=css("report/report.css")) + "\n"
 
 
-__all__ = ["ARM_COLORS", "CSS", "LEFT", "RIGHT", "THRESHOLD_COLOR", "WIDTH", "fmt_ms", "fmt_pct", "render_report", "render_sections"]
+__all__ = [
+    "ARM_COLORS",
+    "CSS",
+    "LEFT",
+    "RIGHT",
+    "THRESHOLD_COLOR",
+    "WIDTH",
+    "fmt_ms",
+    "fmt_pct",
+    "render_report",
+    "render_sections",
+]
