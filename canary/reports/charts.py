@@ -102,23 +102,47 @@ def _series(
         x, yy = axis.x(_mid(w)), y.y(v)
         if why_late is not None:
             dots.append(
-                Dot(x, yy, 3.4, cls="point point-after-end", fill="#fff", stroke=AFTER_END_COLOR, width=1.6,
-                    dash="2 1.5", title=f"{describe(w, v)} · {why_late}", data=(("arm", arm),))
-            )  # fmt: skip
+                Dot(
+                    x,
+                    yy,
+                    3.4,
+                    cls="point point-after-end",
+                    fill="#fff",
+                    stroke=AFTER_END_COLOR,
+                    width=1.6,
+                    dash="2 1.5",
+                    title=f"{describe(w, v)} · {why_late}",
+                    data=(("arm", arm),),
+                )
+            )
             vertices.append(None)
             continue
         vertices.append((x, yy))
         bad = failed(w)
         dots.append(
-            Dot(x, yy, 4.5 if bad else 3.2, cls=f"point point-{arm}" + (" point-fail" if bad else ""),
-                fill="#fff" if bad else color, stroke=THRESHOLD_COLOR if bad else color, width=2.2 if bad else 1,
-                title=describe(w, v))
-        )  # fmt: skip
+            Dot(
+                x,
+                yy,
+                4.5 if bad else 3.2,
+                cls=f"point point-{arm}" + (" point-fail" if bad else ""),
+                fill="#fff" if bad else color,
+                stroke=THRESHOLD_COLOR if bad else color,
+                width=2.2 if bad else 1,
+                title=describe(w, v),
+            )
+        )
     d, count = polyline(vertices)
     if not count:
         return [Group(dots, cls=f"series-group series-group-{arm}")] if dots else []
-    line = Path(d, cls=f"series series-{arm}", stroke=color, width=2.4 if arm == "candidate" else 1.8,
-                round_joins=True, round_caps=True, data=(("arm", arm), ("points", str(count))))  # fmt: skip
+    line = Path(
+        d,
+        cls=f"series series-{arm}",
+        stroke=color,
+        width=2.4 if arm == "candidate" else 1.8,
+        round_joins=True,
+        round_caps=True,
+        data=(("arm", arm), ("points", str(count))),
+    )
     return [Group([line, *dots], cls=f"series-group series-group-{arm}")]
 
 
@@ -126,13 +150,35 @@ def _threshold(y: YAxis, value: float, label: str, zone_above: bool) -> list[Sha
     yy = y.y(value)
     zone_y, zone_h = (y.top, yy - y.top) if zone_above else (yy, y.bottom - yy)
     return [
-        Rect(LEFT, zone_y, WIDTH - LEFT - RIGHT, max(0.0, zone_h), cls="violation-zone", fill=THRESHOLD_COLOR,
-             opacity=0.06),
-        Line(LEFT, yy, WIDTH - RIGHT, yy, cls="threshold", stroke=THRESHOLD_COLOR, width=1.6, dash="7 5",
-             data=(("value", f"{value:g}"),)),
-        Label(LEFT + 6, yy - 6 if zone_above else yy + 15, label, cls="threshold-label", anchor="start",
-              fill=THRESHOLD_COLOR),
-    ]  # fmt: skip
+        Rect(
+            LEFT,
+            zone_y,
+            WIDTH - LEFT - RIGHT,
+            max(0.0, zone_h),
+            cls="violation-zone",
+            fill=THRESHOLD_COLOR,
+            opacity=0.06,
+        ),
+        Line(
+            LEFT,
+            yy,
+            WIDTH - RIGHT,
+            yy,
+            cls="threshold",
+            stroke=THRESHOLD_COLOR,
+            width=1.6,
+            dash="7 5",
+            data=(("value", f"{value:g}"),),
+        ),
+        Label(
+            LEFT + 6,
+            yy - 6 if zone_above else yy + 15,
+            label,
+            cls="threshold-label",
+            anchor="start",
+            fill=THRESHOLD_COLOR,
+        ),
+    ]
 
 
 def _end_marker(report: DeploymentReport, axis: TimeAxis, top: float, bottom: float, with_label: bool) -> list[Shape]:
@@ -174,9 +220,17 @@ def _evidence_bands(report: DeploymentReport, metric: str, axis: TimeAxis, y: YA
         except (KeyError, TypeError, CanaryError):
             continue
         out.append(
-            Rect(axis.x(s), y.top, axis.x(e) - axis.x(s), y.bottom - y.top, cls="evidence-band",
-                 fill=THRESHOLD_COLOR, opacity=0.10, title=f"evidence window {item.get('window_id', '')}")
-        )  # fmt: skip
+            Rect(
+                axis.x(s),
+                y.top,
+                axis.x(e) - axis.x(s),
+                y.bottom - y.top,
+                cls="evidence-band",
+                fill=THRESHOLD_COLOR,
+                opacity=0.10,
+                title=f"evidence window {item.get('window_id', '')}",
+            )
+        )
     return out
 
 
@@ -193,9 +247,18 @@ def _outage_bands(report: DeploymentReport, axis: TimeAxis, y: YAxis) -> list[Sh
             if x1 <= x0:
                 continue
             out.append(
-                Rect(x0, y.top, x1 - x0, y.bottom - y.top, cls=cls, fill=OUTAGE_COLOR, opacity=opacity,
-                     title=f"{what}: {utc(s)} – {utc(e)}", data=(("start-ms", str(s)), ("end-ms", str(e))))
-            )  # fmt: skip
+                Rect(
+                    x0,
+                    y.top,
+                    x1 - x0,
+                    y.bottom - y.top,
+                    cls=cls,
+                    fill=OUTAGE_COLOR,
+                    opacity=opacity,
+                    title=f"{what}: {utc(s)} – {utc(e)}",
+                    data=(("start-ms", str(s)), ("end-ms", str(e))),
+                )
+            )
     return out
 
 
@@ -290,19 +353,33 @@ def traffic_chart(report: DeploymentReport, axis: TimeAxis) -> Chart:
         line = " ".join(d)
         shapes += [
             Path(f"{line} L{end_x:.1f},{y.y(0):.1f} Z", cls="weight-area", fill=color, opacity=0.12, stroke="none"),
-            Path(line, cls="series series-weight", stroke=color, width=2.2, round_joins=True,
-                 data=(("points", str(len(pts))),)),
-        ]  # fmt: skip
+            Path(
+                line,
+                cls="series series-weight",
+                stroke=color,
+                width=2.2,
+                round_joins=True,
+                data=(("points", str(len(pts))),),
+            ),
+        ]
         for p in pts:
             dot = Dot(axis.x(p.at_ms), y.y(p.weight), 3.5, fill=color)
             title = f"{p.cause}: {fmt_pct(p.weight)} at {utc(p.at_ms)}"
             shapes.append(Group([dot], cls="weight-change", title=title, data=(("cause", p.cause),)))
     for w, share, total in observed:
         shapes.append(
-            Dot(axis.x(_mid(w)), y.y(share), 2.6, cls="point point-observed", fill="#fff", stroke=color, width=1.4,
+            Dot(
+                axis.x(_mid(w)),
+                y.y(share),
+                2.6,
+                cls="point point-observed",
+                fill="#fff",
+                stroke=color,
+                width=1.4,
                 title=f"observed candidate share {fmt_pct(share)} of {total} responses in bucket "
-                f"{clock(w.window_start_ms)}")
-        )  # fmt: skip
+                f"{clock(w.window_start_ms)}",
+            )
+        )
     if not report.weight_timeline and not observed:
         shapes.append(_no_data((top + bottom) / 2, "no traffic data"))
     shapes += _end_marker(report, axis, top, bottom, with_label=False)
@@ -337,11 +414,19 @@ def verdict_strip(report: DeploymentReport, axis: TimeAxis) -> Chart:
             if verdict.evidence:
                 tip += f" · evidence: {evidence_text(verdict)}"
             shapes.append(
-                Rect(x0 + 0.75, y0, max(1.0, x1 - x0 - 1.5), row_h, rx=2,
-                     cls=f"verdict verdict-{verdict.outcome}" + (" verdict-after-end" if late is not None else ""),
-                     fill=OUTCOME_COLORS[verdict.outcome], opacity=0.28 if late is not None else None, title=tip,
-                     data=(("rule", rule),))
-            )  # fmt: skip
+                Rect(
+                    x0 + 0.75,
+                    y0,
+                    max(1.0, x1 - x0 - 1.5),
+                    row_h,
+                    rx=2,
+                    cls=f"verdict verdict-{verdict.outcome}" + (" verdict-after-end" if late is not None else ""),
+                    fill=OUTCOME_COLORS[verdict.outcome],
+                    opacity=0.28 if late is not None else None,
+                    title=tip,
+                    data=(("rule", rule),),
+                )
+            )
     if not report.candidate_windows:
         shapes.append(_no_data(top + row_h / 2 + 4, "no candidate buckets"))
     shapes += _end_marker(report, axis, top + 4, bottom, with_label=False)
