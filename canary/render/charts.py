@@ -100,9 +100,25 @@ def polyline(points: Iterable[tuple[float, float] | None]) -> tuple[str, int]:
 
 
 # -- shapes ------------------------------------------------------------------------------------------------
+# Each shape knows its SVG element and attributes as (name, value) pairs — data the template escapes and writes.
+Attrs = tuple[tuple[str, str], ...]
+
+
+def num(v: float) -> str:
+    """Coordinates: integers as they are, everything else to a tenth of a pixel (enough at 1000 px wide)."""
+    return str(v) if isinstance(v, int) else f"{v:.1f}"
+
+
+def _attrs(*pairs: tuple[str, object], data: Data = ()) -> Attrs:
+    out = [(k, str(v)) for k, v in pairs[:1] if v is not None]  # the class first, as people read it
+    out += [(f"data-{k}", v) for k, v in data]
+    out += [(k, str(v)) for k, v in pairs[1:] if v is not None]
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Line:
-    kind: ClassVar[str] = "line"
+    tag: ClassVar[str] = "line"
     x1: float
     y1: float
     x2: float
@@ -114,10 +130,24 @@ class Line:
     title: str | None = None
     data: Data = ()
 
+    @property
+    def attrs(self) -> Attrs:
+        return _attrs(
+            ("class", self.cls),
+            ("x1", num(self.x1)),
+            ("y1", num(self.y1)),
+            ("x2", num(self.x2)),
+            ("y2", num(self.y2)),
+            ("stroke", self.stroke),
+            ("stroke-width", self.width),
+            ("stroke-dasharray", self.dash),
+            data=self.data,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Rect:
-    kind: ClassVar[str] = "rect"
+    tag: ClassVar[str] = "rect"
     x: float
     y: float
     width: float
@@ -129,10 +159,24 @@ class Rect:
     title: str | None = None
     data: Data = ()
 
+    @property
+    def attrs(self) -> Attrs:
+        return _attrs(
+            ("class", self.cls),
+            ("x", num(self.x)),
+            ("y", num(self.y)),
+            ("width", num(self.width)),
+            ("height", num(self.height)),
+            ("rx", self.rx),
+            ("fill", self.fill),
+            ("fill-opacity", self.opacity),
+            data=self.data,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Path:
-    kind: ClassVar[str] = "path"
+    tag: ClassVar[str] = "path"
     d: str
     cls: str | None = None
     fill: str = "none"
@@ -142,11 +186,26 @@ class Path:
     round_joins: bool = False
     round_caps: bool = False
     data: Data = ()
+    title: ClassVar[None] = None
+
+    @property
+    def attrs(self) -> Attrs:
+        return _attrs(
+            ("class", self.cls),
+            ("d", self.d),
+            ("fill", self.fill),
+            ("fill-opacity", self.opacity),
+            ("stroke", self.stroke),
+            ("stroke-width", self.width),
+            ("stroke-linejoin", "round" if self.round_joins else None),
+            ("stroke-linecap", "round" if self.round_caps else None),
+            data=self.data,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Dot:
-    kind: ClassVar[str] = "dot"
+    tag: ClassVar[str] = "circle"
     cx: float
     cy: float
     r: float
@@ -158,10 +217,24 @@ class Dot:
     title: str | None = None
     data: Data = ()
 
+    @property
+    def attrs(self) -> Attrs:
+        return _attrs(
+            ("class", self.cls),
+            ("cx", num(self.cx)),
+            ("cy", num(self.cy)),
+            ("r", self.r),
+            ("fill", self.fill),
+            ("stroke", self.stroke),
+            ("stroke-width", self.width),
+            ("stroke-dasharray", self.dash),
+            data=self.data,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Label:
-    kind: ClassVar[str] = "text"
+    tag: ClassVar[str] = "text"
     x: float
     y: float
     text: str
@@ -170,15 +243,32 @@ class Label:
     fill: str | None = None
     size: float | None = None
     bold: bool = False
+    title: ClassVar[None] = None
+
+    @property
+    def attrs(self) -> Attrs:
+        return _attrs(
+            ("class", self.cls),
+            ("x", num(self.x)),
+            ("y", num(self.y)),
+            ("text-anchor", self.anchor),
+            ("fill", self.fill),
+            ("font-size", self.size),
+            ("font-weight", "600" if self.bold else None),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    kind: ClassVar[str] = "group"
+    tag: ClassVar[str] = "g"
     items: Sequence[Shape]
     cls: str | None = None
     title: str | None = None
     data: Data = ()
+
+    @property
+    def attrs(self) -> Attrs:
+        return _attrs(("class", self.cls), data=self.data)
 
 
 Shape = Line | Rect | Path | Dot | Label | Group

@@ -16,11 +16,6 @@ from markupsafe import Markup
 from canary.render import format as fmt
 
 
-def _num(value: float) -> str:
-    """Coordinates: integers as they are, everything else to a tenth of a pixel (enough at 1000 px wide)."""
-    return str(value) if isinstance(value, int) else f"{value:.1f}"
-
-
 @cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -32,7 +27,6 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=False,
     )
     env.filters.update(
-        num=_num,
         ms=fmt.fmt_ms,
         pct=fmt.fmt_pct,
         recall=fmt.fmt_recall,
