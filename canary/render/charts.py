@@ -102,6 +102,7 @@ def polyline(points: Iterable[tuple[float, float] | None]) -> tuple[str, int]:
 # -- shapes ------------------------------------------------------------------------------------------------
 # Each shape knows its SVG element and attributes as (name, value) pairs — data the template escapes and writes.
 Attrs = tuple[tuple[str, str], ...]
+Tag = Literal["line", "rect", "path", "circle", "text", "g"]
 
 
 def num(v: float) -> str:
@@ -118,7 +119,7 @@ def _attrs(*pairs: tuple[str, object], data: Data = ()) -> Attrs:
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    tag: ClassVar[str] = "line"
+    tag: ClassVar[Tag] = "line"
     x1: float
     y1: float
     x2: float
@@ -147,7 +148,7 @@ class Line:
 
 @dataclass(frozen=True, slots=True)
 class Rect:
-    tag: ClassVar[str] = "rect"
+    tag: ClassVar[Tag] = "rect"
     x: float
     y: float
     width: float
@@ -176,7 +177,7 @@ class Rect:
 
 @dataclass(frozen=True, slots=True)
 class Path:
-    tag: ClassVar[str] = "path"
+    tag: ClassVar[Tag] = "path"
     d: str
     cls: str | None = None
     fill: str = "none"
@@ -205,7 +206,7 @@ class Path:
 
 @dataclass(frozen=True, slots=True)
 class Dot:
-    tag: ClassVar[str] = "circle"
+    tag: ClassVar[Tag] = "circle"
     cx: float
     cy: float
     r: float
@@ -234,7 +235,7 @@ class Dot:
 
 @dataclass(frozen=True, slots=True)
 class Label:
-    tag: ClassVar[str] = "text"
+    tag: ClassVar[Tag] = "text"
     x: float
     y: float
     text: str
@@ -260,7 +261,7 @@ class Label:
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    tag: ClassVar[str] = "g"
+    tag: ClassVar[Tag] = "g"
     items: Sequence[Shape]
     cls: str | None = None
     title: str | None = None
