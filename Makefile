@@ -30,9 +30,10 @@ install: $(STAMP) ## Create .venv and install canary with its dev extra
 test-deps: ## Install the system tools tests use (kcat; headless chromium) if missing (needs root + apt)
 	@bash scripts/install_test_deps.sh
 
-lint: install ## ruff lint + format check
+lint: install ## ruff lint + format check + the import layers (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 fmt: install ## Apply ruff formatting and safe fixes
 	$(BIN)/ruff format .

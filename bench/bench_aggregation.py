@@ -12,7 +12,7 @@ Steps (all on a real broker, topics under a unique prefix per worker phase):
      signed `start` command for the deployment goes onto the control topic first, so the worker
      thresholds the windows exactly as in production.
   b. raw baseline: a plain aiokafka consumer (no group, default fetch settings) reads all P partitions
-     from the beginning and decodes each value with canary.replay.decode.OutcomeDecoder (the worker's
+     from the beginning and decodes each value with canary.pipeline.decode.OutcomeDecoder (the worker's
      decoder); outcomes and watermark records are counted apart.
   c. ONE `canary worker` subprocess started AFTER producing, so it faces the whole backlog. Progress comes
      from the windows stage's checkpoints on the compacted window-state topic (highest source offset
@@ -89,10 +89,10 @@ from canary.core.slo import default_policy
 from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS, WindowFinalizer
 from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
+from canary.pipeline.decode import OutcomeDecoder, ReplayOutcome, as_core_outcomes
 from canary.pipeline.policies import aggregator_for_policy
-from canary.replay.decode import OutcomeDecoder, ReplayOutcome, as_core_outcomes
+from devtools.harness import PRESETS, WorkerProcess, send_command, start_command
 from router.service import outcome_partition
-from tests.integration.harness import PRESETS, WorkerProcess, send_command, start_command
 
 TARGET_RATIO = 0.8  # issue #10: one worker on 6 partitions ≥ 0.8 × raw consume+decode
 TARGET_RATE = 30_000.0  # the earlier single-worker target, still printed

@@ -27,8 +27,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import base_parser, emit, free_port, loadavg, log, machine, sigterm_as_exit, summary
-from canary.kafka.broker import KAFKA_VERSION, JarCache, LocalBroker
 from canary.settings import load_settings
+from devtools.broker import KAFKA_VERSION, JarCache, LocalBroker
 
 
 def _dir_mb(path: Path) -> float:

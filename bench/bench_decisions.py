@@ -76,14 +76,18 @@ from canary.core.deployment import ControlLedger  # noqa: E402
 from canary.core.models import ControlCommand, SearchOutcome  # noqa: E402
 from canary.core.slo import DEFAULT_CONFIDENCE, policy_from_slo_section  # noqa: E402
 from canary.pipeline.decisions import COMMAND_OF, SLO_AGENT  # noqa: E402
+
+try:  # the baseline column imports an older canary package, which kept these settings under replay
+    from canary.pipeline.settings import PipelineSettings
+except ImportError:  # pragma: no cover - only under --baseline-rev
+    from canary.replay.recompute import ReplaySettings as PipelineSettings  # type: ignore[no-redef]
 from canary.pipeline.run import PipelineResult, Record, run_pipeline  # noqa: E402
-from canary.replay.recompute import ReplaySettings  # noqa: E402
 
 # -- the setting ------------------------------------------------------------------------------------------
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
-WINDOW_MS = ReplaySettings().window_ms
-GRACE_MS = ReplaySettings().grace_ms
+WINDOW_MS = PipelineSettings().window_ms
+GRACE_MS = PipelineSettings().grace_ms
 P95_T = 1200.0
 RECALL_T = 0.30
 ERROR_T = 0.01

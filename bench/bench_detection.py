@@ -50,9 +50,7 @@ from bench.common import (
     unique_prefix,
 )
 from canary.kafka.topics import Topics, ensure_topics
-from router.backends.fault import Fault
-from router.service import RouterService
-from tests.integration.harness import (
+from devtools.harness import (
     LoadGenerator,
     WorkerProcess,
     make_backend,
@@ -61,6 +59,8 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault
+from router.service import RouterService
 
 CANDIDATE = "candidate_slow"
 PARTS = ("window_close", "slo_agent", "router")

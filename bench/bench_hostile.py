@@ -2,7 +2,7 @@
 
 Setup (real broker, unique topic prefix): ONE `canary worker` and TWO `canary router` processes (keyword
 backend), idle (no canary). After they are ready and have settled, --records hostile control records
-(tests/hostile.py: deep nesting, huge strings, non-objects, NaN, wrong types, bad UTF-8, lone surrogates,
+(devtools/hostile.py: deep nesting, huge strings, non-objects, NaN, wrong types, bad UTF-8, lone surrogates,
 nulls, garbage, truncations — only ones the verifier refuses, each at most 1 MB) are produced to the
 control topic. Reported:
 
@@ -47,9 +47,9 @@ from bench.common import (
 )
 from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
-from tests import hostile
-from tests.integration.services import Service, scrape
-from tests.security.helpers import verifier
+from devtools import hostile
+from devtools.services import Service, scrape
+from devtools.signing import verifier
 
 BROKER_MAX = 1_000_000
 

@@ -46,11 +46,11 @@ from bench.common import (
     sigterm_as_exit,
     unique_prefix,
 )
-from canary.kafka.broker import LocalBroker
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import load_settings
-from tests.integration.harness import ROOT, read_all
-from tests.integration.services import Service
+from devtools.broker import LocalBroker
+from devtools.harness import ROOT, read_all
+from devtools.services import Service
 
 
 def _ts(line: str) -> float | None:

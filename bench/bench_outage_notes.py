@@ -34,14 +34,14 @@ from bench.common import base_parser, control_keys, emit, free_port, log, machin
 from canary.core.judge import Judgement
 from canary.core.models import WindowResult, iso_ms
 from canary.core.outages import OutageNote
-from canary.kafka.broker import LocalBroker
 from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.load import bundled_queries
 from canary.reports.export import read_topics_async
 from canary.reports.model import build_report
 from canary.settings import load_settings
-from tests.integration.harness import ROOT, WorkerProcess, read_all, send_command, start_command
+from devtools.broker import LocalBroker
+from devtools.harness import ROOT, WorkerProcess, read_all, send_command, start_command
 
 
 async def produce(bootstrap: str, topics: Topics, qps: float, stop: asyncio.Event, counts: dict[str, int]) -> None:

@@ -66,8 +66,7 @@ from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.view import read_records
 from canary.security import Scope
-from router.service import RouterService
-from tests.integration.harness import (
+from devtools.harness import (
     LoadGenerator,
     WorkerProcess,
     make_backend,
@@ -78,6 +77,7 @@ from tests.integration.harness import (
     start_command,
     worker_signer,
 )
+from router.service import RouterService
 
 CANDIDATE = "candidate_progressive"
 STEP_FIELDS = ("command_id", "by", "step", "in_step_s", "due_in_s", "since_start_s", "early")

@@ -8,7 +8,7 @@ event time + 3 ms, ~0.5 % errors, the candidate 25 % slower.
   1. in-process, no Kafka (``-n``, default 1M):
        decode       OutcomeDecoder (replay's fast path) vs json.loads + SearchOutcome.from_dict (reference)
        windows      WindowFinalizer add/due/flush + judge + SLO evaluation on already decoded outcomes
-       recompute    canary.replay.recompute end to end on raw records (what `canary replay` runs), and the
+       recompute    canary.pipeline.recompute end to end on raw records (what `canary replay` runs), and the
                     same with strict decoding (reference objects) on a subset
   2. Kafka (``--kafka-n``, default 300k; KAFKA_BOOTSTRAP_SERVERS or a local broker started here): produce
      to a fresh topic prefix (explicit partitions and timestamps), then
@@ -54,10 +54,13 @@ from canary.core.models import ControlCommand, SearchOutcome
 from canary.core.windows import WindowFinalizer
 from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
-from canary.replay.decode import OutcomeDecoder, ReplayOutcome
+from canary.pipeline.decode import OutcomeDecoder, ReplayOutcome
+from canary.pipeline.loop import fold_commands
+from canary.pipeline.policies import PolicyBook
+from canary.pipeline.recompute import evaluate, recompute, recompute_partition
+from canary.pipeline.settings import PipelineSettings
 from canary.replay.postmortem import run_replay
 from canary.replay.reader import new_consumer, read_outcome_records, read_span
-from canary.replay.recompute import ReplaySettings, RuleBook, evaluate, fold_commands, recompute, recompute_partition
 
 TARGET_RECOMPUTE = 500_000.0
 TARGET_READ = 100_000.0
@@ -148,7 +151,7 @@ class Predecoded:
 
 def in_process(records: list[Record], commands: list[ControlCommand], strict_n: int, profile: bool) -> dict[str, Any]:
     n = len(records)
-    settings = ReplaySettings()
+    settings = PipelineSettings()
     res: dict[str, Any] = {"n": n}
 
     dec = OutcomeDecoder()
@@ -174,7 +177,7 @@ def in_process(records: list[Record], commands: list[ControlCommand], strict_n: 
 
     # windows + judge + SLO on decoded outcomes, batched exactly like recompute()
     ledger = fold_commands(commands)
-    book = RuleBook(ledger)
+    book = PolicyBook(ledger)
     pre = Predecoded(decoded)
     by_part: dict[int, list[Record]] = {}
     for r in records:

@@ -80,9 +80,9 @@ from bench.common import (
 from canary.core.models import SearchOutcome
 from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
+from devtools.harness import preset_ref, send_command, start_command
 from router.requests import SearchRequest, recall_at_10
 from router.service import RouterService, now_ms
-from tests.integration.harness import preset_ref, send_command, start_command
 
 TARGET_RATE = 20_000.0
 TARGET_P99_US = 50.0

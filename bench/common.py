@@ -97,7 +97,7 @@ def kafka() -> Iterator[KafkaTarget]:
     if settings.bootstrap_servers:
         yield KafkaTarget(connection_for(settings), True, None)
         return
-    from canary.kafka.broker import LocalBroker
+    from devtools.broker import LocalBroker
 
     data_dir = Path(tempfile.mkdtemp(prefix="canary-bench-kafka-"))
     broker = LocalBroker(settings.home, free_port(), data_dir=data_dir)

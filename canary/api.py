@@ -83,7 +83,7 @@ class ConfigManager:
 
     def pointers(self) -> dict[str, Any]:
         """``active`` and ``last_good`` as every router sees them (from the control topic)."""
-        from canary.cli.ops import status_payload
+        from canary.ops.status import status_payload
 
         status = status_payload(self.settings)
         return {"active": status["active_config"], "last_good": status["last_good"], "source": status["source"]}
@@ -162,7 +162,7 @@ class CanaryExecutor:
         """What ``canary status --json`` shows: deployment ``deployment_id`` (default: the most recently
         started running one, else the latest), the pointers, the split and every running candidate under
         ``deployments``. DeploymentError for an id that never started."""
-        from canary.cli.ops import status_payload
+        from canary.ops.status import status_payload
 
         return status_payload(self.settings, deployment_id=deployment_id)
 
@@ -189,7 +189,7 @@ class CanaryExecutor:
         with self._lock:
             if self._router is not None:
                 return self._router
-            from canary.cli.commands import default_backend
+            from router.backends.hybrid import HybridBackend
             from router.service import RouterService
 
             preset = PresetStore(self.settings.presets_dir).get("last_good")
@@ -198,7 +198,7 @@ class CanaryExecutor:
             router = RouterService(
                 self._bootstrap(),
                 self.topics,
-                default_backend(),
+                HybridBackend(rerank="model"),
                 last_good,
                 consume_requests=False,
                 verifier=self.security.verifier(self.topics.control),

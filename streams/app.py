@@ -40,6 +40,7 @@ from canary.observability.logs import deployment_context, set_deployment_provide
 from canary.observability.metrics import WorkerMetrics
 from canary.observability.server import MetricsEndpoint, MetricsServer
 from canary.pipeline.decisions import DecisionStep
+from canary.pipeline.settings import DEFAULTS
 from canary.security import ControlSecurity
 from canary.settings import load_settings
 from streams.audit import AuditLog, invalid_control_event, outcome_event, state_event
@@ -65,9 +66,9 @@ class StreamsConfig:
     audit_log: Path
     data_dir: Path
     app_id: str = "canary-streams"
-    window_ms: int = 5000
-    grace_ms: int = 1000
-    idle_windows: int = 12
+    window_ms: int = DEFAULTS.window_ms
+    grace_ms: int = DEFAULTS.grace_ms
+    idle_windows: int = DEFAULTS.idle_windows
     partitions: int = 3
     # A SIGKILLed worker keeps its partitions until the broker expires its session; 60 s (Faust's
     # default) would delay a rollback by a minute after a crash. With a stable instance id (static

@@ -41,6 +41,7 @@ from canary.kafka.backoff import calm
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.producer import HealingProducer, ProducerReplaced, broker_away
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
+from canary.pipeline.settings import DEFAULTS
 
 CHECKPOINT_COST_FACTOR = 20  # checkpoints take at most ~5 % of the stage's time
 # A loop that has not come back from getmany for this long is not consuming (a rebalance waiting for a killed
@@ -102,10 +103,10 @@ class CheckpointedStage(Generic[State]):
         group_id: str,
         *,
         checkpoint_ms: int = 500,
-        max_records: int = 5000,
+        max_records: int = DEFAULTS.batch_max,
         session_timeout_ms: int = 10_000,
         instance_id: str | None = None,
-        fetch_max_wait_ms: int = 50,
+        fetch_max_wait_ms: int = DEFAULTS.batch_span_ms,
         recovery_lookback_ms: int = 180_000,
     ) -> None:
         self.bootstrap = bootstrap

@@ -32,7 +32,8 @@ from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
-from canary.replay.decode import Decoded, OutcomeDecoder, ReplayOutcome, as_core_outcomes
+from canary.pipeline.decode import Decoded, OutcomeDecoder, ReplayOutcome, as_core_outcomes
+from canary.pipeline.settings import DEFAULTS
 from streams.checkpointed import CheckpointedStage, now_ms
 from streams.registry import DeploymentRegistry
 
@@ -66,11 +67,11 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
         topics: Topics,
         registry: DeploymentRegistry,
         group_id: str,
-        window_ms: int = 5000,
-        grace_ms: int = 1000,
-        idle_windows: int = 12,
+        window_ms: int = DEFAULTS.window_ms,
+        grace_ms: int = DEFAULTS.grace_ms,
+        idle_windows: int = DEFAULTS.idle_windows,
         checkpoint_ms: int = 500,
-        max_records: int = 5000,
+        max_records: int = DEFAULTS.batch_max,
         session_timeout_ms: int = 10_000,
         instance_id: str | None = None,
         router_timeout_ms: int = DEFAULT_ROUTER_TIMEOUT_MS,

@@ -15,6 +15,7 @@ from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.observability.logs import LogFormat, logging_config
 from canary.observability.server import MetricsEndpoint
+from canary.pipeline.settings import DEFAULTS
 from canary.runtime import StopDeadline
 from canary.security import ControlSecurity
 from streams.app import CanaryStreams, StreamsConfig
@@ -54,8 +55,8 @@ def run_worker(
     topics: Topics,
     audit_log: Path,
     data_dir: Path,
-    grace_ms: int = 1000,
-    window_ms: int = 5000,
+    grace_ms: int = DEFAULTS.grace_ms,
+    window_ms: int = DEFAULTS.window_ms,
     loglevel: str = "warning",
     instance_id: str | None = None,
     security: ControlSecurity | None = None,

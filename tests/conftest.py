@@ -69,7 +69,7 @@ def kafka_bootstrap(base_settings: Settings, tmp_path_factory: pytest.TempPathFa
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from canary.kafka.broker import LocalBroker, main_log
+    from devtools.broker import LocalBroker, main_log
 
     broker = LocalBroker(base_settings.home, _free_port(), data_dir=tmp_path_factory.mktemp("kafka"))
     info = broker.start(log=main_log)

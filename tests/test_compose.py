@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from canary.cli import build_parser
-from canary.kafka.broker import KAFKA_VERSION
 from canary.settings import load_settings
+from devtools.broker import KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from canary.demo import DEMO_MARKER, claim_output, cli_command, closing_hint
 from canary.errors import ConfigError
 from canary.settings import Settings, prefix_dir_name
+from devtools.demo import DEMO_MARKER, claim_output, cli_command, closing_hint
 
 
 def test_each_prefix_has_its_own_reports_directory(tmp_path: Path) -> None:

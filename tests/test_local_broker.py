@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from canary import cli
-from canary.kafka import broker as broker_module
-from canary.kafka.broker import BrokerInfo, LocalBroker, discover_brokers, new_cluster_id, registry_dir
+from devtools import broker as broker_module
+from devtools.broker import BrokerInfo, LocalBroker, discover_brokers, new_cluster_id, registry_dir
 
 
 def test_cluster_ids_are_kafka_style_and_never_look_like_an_option() -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from canary.cli.output import safe_name
 from canary.errors import ConfigError
 from canary.kafka.clients import KafkaConnection
+from canary.pipeline.settings import DEFAULTS
 from canary.settings import Settings
 
 if TYPE_CHECKING:
@@ -130,13 +131,6 @@ def parse_fault(spec: str) -> tuple[str, Any]:
     return name, Fault(**values)
 
 
-def default_backend(rerank: str = "model") -> Any:
-    """The bundled hybrid retriever (bm25s BM25 + faiss HNSW + alpha fusion + rerank) over the generated corpus."""
-    from router.backends.hybrid import HybridBackend
-
-    return HybridBackend(rerank=rerank)
-
-
 def stable_router_id(instance: str) -> str:
     """``router-<host>-<instance>``, squeezed into the safe name set (canary.core.models.SAFE_NAME)."""
     import re
@@ -154,12 +148,13 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     from canary.observability.logs import configure_logging
     from router.backends.base import load_backend
     from router.backends.fault import FaultInjectingBackend
+    from router.backends.hybrid import HybridBackend
     from router.main import serve
 
     configure_logging(_log_format(args, settings))
     metrics = _metrics_endpoint(args)
     preset = PresetStore(settings.presets_dir).get(args.last_good)
-    backend = load_backend(args.backend) if args.backend else default_backend(args.rerank or settings.rerank)
+    backend = load_backend(args.backend) if args.backend else HybridBackend(rerank=args.rerank or settings.rerank)
     if args.inject_fault:
         backend = FaultInjectingBackend(backend, dict(parse_fault(f) for f in args.inject_fault))
         logging.getLogger("canary").warning("FAULT INJECTION active: %s", ", ".join(args.inject_fault))
@@ -183,7 +178,7 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from canary.demo import DemoConfig, run_demo
+    from devtools.demo import DemoConfig, run_demo
 
     output = Path(args.output) if args.output else settings.demo_reports_dir
     cfg = DemoConfig(qps=args.qps, weight=args.weight, rerank=args.rerank)
@@ -268,8 +263,15 @@ def register(sub: Any) -> None:
             "control/state event to the audit log. Stops cleanly on Ctrl-C / SIGTERM."
         ),
     )
-    worker.add_argument("--grace-ms", type=int, default=1000, help="event-time grace after a window ends (1000)")
-    worker.add_argument("--window-ms", type=int, default=5000, help="window (bucket) size in ms (5000)")
+    worker.add_argument(
+        "--grace-ms",
+        type=int,
+        default=DEFAULTS.grace_ms,
+        help=f"event-time grace after a window ends ({DEFAULTS.grace_ms})",
+    )
+    worker.add_argument(
+        "--window-ms", type=int, default=DEFAULTS.window_ms, help=f"window (bucket) size in ms ({DEFAULTS.window_ms})"
+    )
     worker.add_argument("--audit-log", help="audit log path (default reports/canary/audit.log)")
     worker.add_argument("--data-dir", help="Faust data dir (default ~/.cache/canary/worker-data)")
     worker.add_argument(

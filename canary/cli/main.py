@@ -31,7 +31,7 @@ def _log(message: str) -> None:
 
 # -- kafka --------------------------------------------------------------------------------------------------
 def _local_broker(args: argparse.Namespace, settings: Settings) -> Any:
-    from canary.kafka.broker import LocalBroker
+    from devtools.broker import LocalBroker
 
     port = args.port if getattr(args, "port", None) else settings.local_port
     data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else None
@@ -48,7 +48,7 @@ def cmd_kafka_start(args: argparse.Namespace, settings: Settings) -> int:
     payload: dict[str, Any] = {**asdict(info), "bootstrap": info.bootstrap, "started": True}
     human = info.bootstrap
     if broker.secure:
-        from canary.kafka.broker import SECURE_MECHANISM, SECURE_PRINCIPALS
+        from devtools.broker import SECURE_MECHANISM, SECURE_PRINCIPALS
 
         payload["principals"] = {
             p: {"env_file": str(broker.env_file(p)), "settings": broker.client_env(p)} for p in SECURE_PRINCIPALS
@@ -78,7 +78,7 @@ def _named(args: argparse.Namespace) -> bool:
 def _resolve_broker(args: argparse.Namespace, settings: Settings) -> tuple[Any, list[Any]]:
     """The broker a stop/status means, and the running brokers canary started here. Named (--port,
     --data-dir) → that one. Otherwise the default port's if it runs, else the only other one running."""
-    from canary.kafka.broker import discover_brokers
+    from devtools.broker import discover_brokers
 
     broker = _local_broker(args, settings)
     if _named(args) or broker.running_info() is not None:

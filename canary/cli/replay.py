@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from canary.cli.output import safe_name
 from canary.errors import ConfigError, InvalidEvent
+from canary.pipeline.settings import DEFAULTS
 from canary.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ def replay_payload(
     deployment_id: str | None = None,
     rules_file: Path | None = None,
     output: Path | None = None,
-    window_ms: int = 5000,
-    grace_ms: int = 1000,
+    window_ms: int = DEFAULTS.window_ms,
+    grace_ms: int = DEFAULTS.grace_ms,
     input_file: Path | str | None = None,
 ) -> dict[str, Any]:
     """Read, replay, write the post-mortem; the report dict with ``report_files``. Used by the CLI and tests.
@@ -47,9 +48,9 @@ def replay_payload(
     With ``input_file`` (a kcat-style dump, see :mod:`canary.replay.dumpfile`) the span is read from the
     file and Kafka is not contacted; ``from_ms`` / ``to_ms`` then default to the span the dump covers."""
     from canary.config.rules import load_policy_file
+    from canary.pipeline.settings import PipelineSettings
     from canary.replay.output import write_report
     from canary.replay.postmortem import run_replay, summary_lines
-    from canary.replay.recompute import ReplaySettings
 
     if input_file is None and (from_ms is None or to_ms is None):
         raise ConfigError("--from and --to are required (unless --input FILE)")
@@ -57,7 +58,7 @@ def replay_payload(
         raise ConfigError(f"--to must be after --from (got from={from_ms} to={to_ms})")
     rules = load_policy_file(rules_file) if rules_file is not None else None
     try:
-        replay_settings = ReplaySettings(window_ms=window_ms, grace_ms=grace_ms)
+        replay_settings = PipelineSettings(window_ms=window_ms, grace_ms=grace_ms)
     except ValueError as exc:
         raise ConfigError(f"--window-ms/--grace-ms: {exc}") from None
     dump: DumpSpan | None = None
@@ -101,21 +102,21 @@ def dump_payload(
     to_ms: int | None,
     path: Path,
     *,
-    window_ms: int = 5000,
-    grace_ms: int = 1000,
+    window_ms: int = DEFAULTS.window_ms,
+    grace_ms: int = DEFAULTS.grace_ms,
 ) -> dict[str, Any]:
     """``--dump``: write what a replay of the span reads from Kafka as a kcat-style JSON-lines file."""
     from canary.kafka.connect import require_kafka
     from canary.kafka.topics import Topics
+    from canary.pipeline.settings import PipelineSettings
     from canary.replay.dumpfile import write_dump
-    from canary.replay.recompute import ReplaySettings
 
     if from_ms is None or to_ms is None:
         raise ConfigError("--dump needs --from and --to (the span to dump)")
     if to_ms <= from_ms:
         raise ConfigError(f"--to must be after --from (got from={from_ms} to={to_ms})")
     try:
-        replay_settings = ReplaySettings(window_ms=window_ms, grace_ms=grace_ms)
+        replay_settings = PipelineSettings(window_ms=window_ms, grace_ms=grace_ms)
     except ValueError as exc:
         raise ConfigError(f"--window-ms/--grace-ms: {exc}") from None
     bootstrap = require_kafka(settings)
@@ -234,7 +235,14 @@ def register(sub: Any) -> None:
         "min_samples, confidence, method, inconclusive_limit, metrics), for every deployment",
     )
     p.add_argument("--output", metavar="DIR", help="post-mortem directory (default reports/replay/)")
-    p.add_argument("--window-ms", type=int, default=5000, help="window size the worker ran with (5000)")
-    p.add_argument("--grace-ms", type=int, default=1000, help="grace the worker ran with (1000)")
+    p.add_argument(
+        "--window-ms",
+        type=int,
+        default=DEFAULTS.window_ms,
+        help=f"window size the worker ran with ({DEFAULTS.window_ms})",
+    )
+    p.add_argument(
+        "--grace-ms", type=int, default=DEFAULTS.grace_ms, help=f"grace the worker ran with ({DEFAULTS.grace_ms})"
+    )
     p.add_argument("--json", action="store_true", help="print the whole result (incl. 'differences') as JSON")
     p.set_defaults(handler=cmd_replay)

@@ -45,6 +45,9 @@ Item = SearchOutcome | RouterWatermark
 
 _NEG = -(2**62)  # "no watermark yet", small enough for any epoch-ms arithmetic to stay in int64
 
+WINDOW_MS = 5000  # the spec's 5-second buckets
+GRACE_MS = 1000  # event-time grace after a window ends before it closes
+IDLE_WINDOWS = 12  # empty windows in a row that end a key's series
 DEFAULT_ROUTER_TIMEOUT_MS = 5000
 DEFAULT_FUTURE_BOUND_MS = 10_000
 DEFAULT_DEDUP_RETENTION_MS = 60_000
@@ -52,7 +55,7 @@ DEFAULT_DEDUP_RETENTION_MS = 60_000
 its redelivered backlog with room to spare, while keeping checkpoints small."""
 
 
-def window_bounds(ts_ms: int, size_ms: int = 5000) -> tuple[int, int]:
+def window_bounds(ts_ms: int, size_ms: int = WINDOW_MS) -> tuple[int, int]:
     start = ts_ms - ts_ms % size_ms
     return start, start + size_ms
 
@@ -87,7 +90,7 @@ class PartitionClock:
 
     router_timeout_ms: int = DEFAULT_ROUTER_TIMEOUT_MS
     future_bound_ms: int = DEFAULT_FUTURE_BOUND_MS
-    grace_ms: int = 1000
+    grace_ms: int = GRACE_MS
     producers: dict[str, _ProducerMark] = field(default_factory=dict)
     legacy_max_ts: int | None = None  # outcomes of producers that never sent a watermark
     legacy_seen_at: int | None = None
@@ -250,9 +253,9 @@ class WindowFinalizer:
 
     def __init__(
         self,
-        size_ms: int = 5000,
-        grace_ms: int = 1000,
-        idle_windows: int = 12,
+        size_ms: int = WINDOW_MS,
+        grace_ms: int = GRACE_MS,
+        idle_windows: int = IDLE_WINDOWS,
         aggregator: AggregatorSource | None = None,
         judge: Judge | None = None,
         *,

@@ -367,14 +367,14 @@ class Dashboard:
         if self._replay_lock.locked():
             raise _json_error(web.HTTPTooManyRequests, "a replay is already running; try again when it is done")
         async with self._replay_lock:
+            from canary.pipeline.settings import PipelineSettings
             from canary.replay.html import render_replay_html
             from canary.replay.postmortem import run_replay
             from canary.replay.reader import read_span
-            from canary.replay.recompute import ReplaySettings
 
             started = time.perf_counter()
             try:
-                data = await read_span(self.bootstrap, self.topics, from_ms, to_ms, ReplaySettings())
+                data = await read_span(self.bootstrap, self.topics, from_ms, to_ms, PipelineSettings())
                 report = await asyncio.to_thread(
                     run_replay,
                     data,

@@ -39,8 +39,9 @@ from canary.core.judge import Judgement as CoreJudgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
 from canary.pipeline.decisions import SLO_AGENT, DecisionStep, Issue
 from canary.pipeline.policies import PolicyBook
+from canary.pipeline.settings import DEFAULTS
 
-GRACE_MS = 1000  # the windows stage's default grace: a window reaches the agent this long after its end
+GRACE_MS = DEFAULTS.grace_ms  # a window reaches the agent this long after its end
 
 
 def fold_commands(commands: Iterable[ControlCommand], times: Sequence[int | None] | None = None) -> ControlLedger:

@@ -31,7 +31,8 @@ from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
 from canary.errors import CanaryError
 from canary.pipeline.loop import Judgement, PipelineDecision
-from canary.replay.recompute import Recomputation, ReplaySettings, recompute
+from canary.pipeline.recompute import Recomputation, recompute
+from canary.pipeline.settings import PipelineSettings
 
 log = logging.getLogger("canary.pipeline")
 
@@ -117,7 +118,7 @@ def run_pipeline(
     results_topic: str = "search_results",
     control_topic: str = "canary_control",
     commands: Sequence[ControlCommand] | None = None,
-    settings: ReplaySettings | None = None,
+    settings: PipelineSettings | None = None,
     rules_override: Sequence[SLORule] | SLOPolicy | None = None,
     horizon_ms: int | None = None,
     judge_from_ms: int | None = None,

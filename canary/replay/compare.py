@@ -14,7 +14,7 @@ from typing import Any
 
 from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
 from canary.pipeline.decisions import SLO_AGENT
-from canary.replay.recompute import ReplayDecision
+from canary.pipeline.loop import PipelineDecision
 
 COMPARED_FIELDS = (
     "response_count",
@@ -250,9 +250,9 @@ def _why_field(
     return "same outcomes but different figures: the live aggregator used other thresholds (registry rules)"
 
 
-def first_rollbacks(decisions: Iterable[ReplayDecision], *, issued_only: bool = False) -> dict[str, ReplayDecision]:
+def first_rollbacks(decisions: Iterable[PipelineDecision], *, issued_only: bool = False) -> dict[str, PipelineDecision]:
     """Each deployment's rollback decision: the first issued one, else the first decided (not issued)."""
-    out: dict[str, ReplayDecision] = {}
+    out: dict[str, PipelineDecision] = {}
     for d in decisions:
         if d.type != "rollback" or (issued_only and not d.issued):
             continue
@@ -263,7 +263,7 @@ def first_rollbacks(decisions: Iterable[ReplayDecision], *, issued_only: bool = 
 
 
 def compare_decisions(
-    replay: Sequence[ReplayDecision],
+    replay: Sequence[PipelineDecision],
     live: Sequence[LiveDecision],
     deployments: Iterable[str],
     live_other: Sequence[LiveDecision] = (),
@@ -351,7 +351,7 @@ def _live_text(d: LiveDecision) -> str:
     return f"rollback at {d.window_id} ({d.rule})"
 
 
-def _replay_text(d: ReplayDecision) -> str:
+def _replay_text(d: PipelineDecision) -> str:
     return f"rollback at {d.window_id} ({d.rule})"
 
 
@@ -375,13 +375,13 @@ class DecisionChange:
         }
 
 
-def decision_text(d: ReplayDecision | None) -> str:
+def decision_text(d: PipelineDecision | None) -> str:
     if d is None:
         return "no rollback"
     return f"rollback at window {d.window_id} ({d.rule}, window start {iso_ms(d.window_start_ms)})"
 
 
-def issued_text(decisions: Sequence[ReplayDecision]) -> list[str]:
+def issued_text(decisions: Sequence[PipelineDecision]) -> list[str]:
     """One line per issued command: ``set_weight 0.25 (rollout-D-step-1) on <window>, applied``."""
     lines = []
     for d in decisions:
@@ -395,8 +395,8 @@ def issued_text(decisions: Sequence[ReplayDecision]) -> list[str]:
 
 
 def backtest_changes(
-    baseline: Sequence[ReplayDecision],
-    backtest: Sequence[ReplayDecision],
+    baseline: Sequence[PipelineDecision],
+    backtest: Sequence[PipelineDecision],
     baseline_windows: Sequence[WindowResult],
     backtest_windows: Sequence[WindowResult],
     deployments: Iterable[str],

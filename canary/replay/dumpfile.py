@@ -48,8 +48,9 @@ from canary.core.windows import window_bounds
 from canary.errors import ConfigError, KafkaError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
+from canary.pipeline.recompute import read_bounds, span_bounds
 from canary.pipeline.run import Record, parse_control_timed
-from canary.replay.recompute import ReplaySettings, read_bounds, span_bounds
+from canary.pipeline.settings import PipelineSettings
 from canary.replay.span import SpanData
 
 MAX_LISTED = 20  # malformed lines / invalid commands listed individually (all are counted)
@@ -406,7 +407,7 @@ class DumpSpan:
 
 
 def default_span(
-    topics: DumpTopics, settings: ReplaySettings, event_ts: dict[int, int]
+    topics: DumpTopics, settings: PipelineSettings, event_ts: dict[int, int]
 ) -> tuple[int | None, int | None, JSONDict, list[str]]:
     """The span a dump covers: the windows of its outcome records, narrowed to the windows the live results
     in it cover (a dump written by ``--dump`` has warm-up records on both sides of its span, and exactly the
@@ -452,7 +453,7 @@ def load_span(
     source: str | Path | DumpFile,
     from_ms: int | None = None,
     to_ms: int | None = None,
-    settings: ReplaySettings | None = None,
+    settings: PipelineSettings | None = None,
     *,
     topic_prefix: str = "",
 ) -> DumpSpan:
@@ -461,7 +462,7 @@ def load_span(
     Missing bounds default to the span the dump covers (:func:`default_span`). Raises ConfigError when the
     file cannot be read, or no span is given and the dump has nothing to derive one from.
     """
-    settings = settings or ReplaySettings()
+    settings = settings or PipelineSettings()
     dump = source if isinstance(source, DumpFile) else read_dump(source)
     started = time.perf_counter()
     topics = resolve_topics(dump, topic_prefix)
@@ -635,7 +636,7 @@ async def write_dump(
     from_ms: int,
     to_ms: int,
     path: Path,
-    settings: ReplaySettings | None = None,
+    settings: PipelineSettings | None = None,
     *,
     timeout: float = 600.0,
 ) -> JSONDict:
@@ -649,7 +650,7 @@ async def write_dump(
     from canary.kafka.topics import topic_partitions
     from canary.replay.reader import new_consumer, offset_ranges, read_ranges
 
-    settings = settings or ReplaySettings()
+    settings = settings or PipelineSettings()
     read_from, read_to = read_bounds(from_ms, to_ms, settings)
     first_window, until = span_bounds(from_ms, to_ms, settings)
     plan: list[tuple[str, bool, int | None, int | None, bool]] = [

@@ -15,6 +15,9 @@ from typing import Any
 from canary.core.deployment import Deployment
 from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
 from canary.core.slo import SLOPolicy, SLORule
+from canary.pipeline.loop import PipelineDecision, fold_commands
+from canary.pipeline.recompute import Recomputation, in_span, recompute, span_bounds
+from canary.pipeline.settings import PipelineSettings
 from canary.replay.compare import (
     Difference,
     backtest_changes,
@@ -26,15 +29,6 @@ from canary.replay.compare import (
     issued_text,
     live_agent_commands,
     live_decisions,
-)
-from canary.replay.recompute import (
-    Recomputation,
-    ReplayDecision,
-    ReplaySettings,
-    fold_commands,
-    in_span,
-    recompute,
-    span_bounds,
 )
 from canary.replay.span import SpanData
 
@@ -72,7 +66,7 @@ def _windows_in(rc: Recomputation, first_ms: int, until_ms: int, deployment_id: 
     )
 
 
-def _decisions_in(rc: Recomputation, deployment_id: str | None) -> list[ReplayDecision]:
+def _decisions_in(rc: Recomputation, deployment_id: str | None) -> list[PipelineDecision]:
     return [d for d in rc.decisions if deployment_id is None or d.deployment_id == deployment_id]
 
 
@@ -88,13 +82,13 @@ def run_replay(
     deployment_id: str | None = None,
     rules_override: SLOPolicy | Sequence[SLORule] | None = None,
     rules_label: str | None = None,
-    settings: ReplaySettings | None = None,
+    settings: PipelineSettings | None = None,
     compare_live: bool = True,
     apply_decisions: bool = True,
 ) -> JSONDict:
     """``apply_decisions``: the SLO agent's loop feeds its own commands back, as live (the default; "what
     would the live agent have done"); False: its decisions against the recorded control topic alone."""
-    settings = settings or ReplaySettings()
+    settings = settings or PipelineSettings()
     override = (
         rules_override
         if rules_override is None or isinstance(rules_override, SLOPolicy)

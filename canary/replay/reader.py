@@ -24,7 +24,8 @@ from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.errors import CanaryError, KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, topic_partitions
-from canary.replay.recompute import ReplaySettings, read_bounds, span_bounds
+from canary.pipeline.recompute import read_bounds, span_bounds
+from canary.pipeline.settings import PipelineSettings
 from canary.replay.span import RecordTuple, SpanData
 
 
@@ -125,13 +126,13 @@ async def read_span(
     topics: Topics,
     from_ms: int,
     to_ms: int,
-    settings: ReplaySettings | None = None,
+    settings: PipelineSettings | None = None,
     *,
     with_live: bool = True,
     timeout: float = 600.0,
 ) -> SpanData:
     """Read everything a replay of ``[from_ms, to_ms)`` needs."""
-    settings = settings or ReplaySettings()
+    settings = settings or PipelineSettings()
     read_from, read_to = read_bounds(from_ms, to_ms, settings)
     first_window, _ = span_bounds(from_ms, to_ms, settings)
     # Two consumers: the small topics' reads (each mostly a broker round trip) overlap the bulk read.

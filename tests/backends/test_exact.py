@@ -105,9 +105,9 @@ def test_the_sample_rate_is_set_once_or_per_arm_at_the_settings_boundary() -> No
 
 def test_the_router_samples_each_arm_at_its_own_rate() -> None:
     from canary.kafka.topics import Topics
+    from devtools.harness import make_backend, preset_ref
     from router.requests import SearchRequest
     from router.service import RouterService
-    from tests.integration.harness import make_backend, preset_ref
 
     backend = make_backend()
     router = RouterService(

@@ -7,7 +7,7 @@ from canary.core.models import ControlCommand
 from canary.core.slo import shock_pause_command_id, shock_resume_command_id
 from canary.security import KeyRing, TrustedKey
 from canary.security.verify import CommandVerifier
-from tests.security.helpers import OPERATOR, T0, WORKER, start
+from devtools.signing import OPERATOR, T0, WORKER, start
 
 
 def _cmd(kind: str, command_id: str, at: int) -> ControlCommand:

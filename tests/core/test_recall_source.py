@@ -13,8 +13,8 @@ from canary.core.judge import DeploymentJudge
 from canary.core.models import SearchOutcome, WindowKey, WindowResult
 from canary.core.slo import default_policy
 from canary.errors import InvalidEvent
+from canary.pipeline.decode import OutcomeDecoder
 from canary.pipeline.policies import aggregator_for_policy
-from canary.replay.decode import OutcomeDecoder
 from tests.core.helpers import outcome, outcome_dict
 
 

@@ -297,7 +297,7 @@ def test_replace_keeps_the_ledger_view_consistent() -> None:
 def test_reports_and_replays_fold_with_the_append_times_too() -> None:
     """A step issued "at" 12 s (the signer's clock) but appended at 11 s is refused by every reader that
     has the record timestamps: the report's fold and the replay's."""
-    from canary.replay.recompute import fold_commands
+    from canary.pipeline.loop import fold_commands
     from canary.reports.model import build_report
 
     start = command("start-1", "start", 0.1, snapshot=SNAPSHOT)

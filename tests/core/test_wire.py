@@ -12,8 +12,8 @@ from canary.config import PresetStore
 from canary.core import wire
 from canary.core.deployment import snapshot_hash
 from canary.core.models import ControlCommand
-from tests import hostile
-from tests.security.helpers import OPERATOR, ROOT
+from devtools import hostile
+from devtools.signing import OPERATOR, ROOT
 
 PRESETS = PresetStore(ROOT / "configs" / "presets")
 

@@ -1,6 +1,6 @@
 """Property tests: no record of any topic, no HTTP body and no file line can make a decoder, the verifier,
 the ledger fold, the registry, the CLI view, the dashboard, the judge or the audit raise anything but its
-typed rejection (issue #19). Hostile values come from tests/hostile.py; hypothesis drives its seeded
+typed rejection (issue #19). Hostile values come from devtools/hostile.py; hypothesis drives its seeded
 ``random``, so every run explores the same examples unless ``CANARY_FUZZ_EXAMPLES`` asks for more (then
 it also explores afresh)."""
 
@@ -28,18 +28,18 @@ from canary.errors import CanaryError
 from canary.kafka.topics import Topics
 from canary.ops.view import fold
 from canary.pipeline.decisions import DecisionStep
+from canary.pipeline.decode import OutcomeDecoder
 from canary.pipeline.policies import PolicyBook
-from canary.replay.decode import OutcomeDecoder
 from canary.replay.dumpfile import LineError, parse_line
 from canary.reports.files import read_audit_file
 from canary.security.verify import REJECT_REASONS, Verdict
+from devtools import hostile
+from devtools.signing import OPERATOR, T0, rollback, start, verifier
 from router.backends.base import BackendError
 from router.backends.http import parse_response
 from router.service import decode_request
 from streams.audit import outcome_event
 from streams.registry import ControlOutcome, DeploymentRegistry
-from tests import hostile
-from tests.security.helpers import OPERATOR, T0, rollback, start, verifier
 
 EXPLORE = int(os.environ.get("CANARY_FUZZ_EXAMPLES", "0"))
 

@@ -11,10 +11,7 @@ from pathlib import Path
 import pytest
 
 from canary.settings import Settings
-from router.backends.fault import Fault
-from router.requests import SearchRequest
-from router.service import RouterService
-from tests.integration.harness import (
+from devtools.harness import (
     LoadGenerator,
     WorkerProcess,
     fresh_worker,
@@ -25,6 +22,9 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault
+from router.requests import SearchRequest
+from router.service import RouterService
 
 pytestmark = pytest.mark.kafka
 

@@ -21,9 +21,7 @@ from canary.alerts.payloads import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from canary.core.models import parse_time
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings
-from router.backends.fault import Fault
-from router.service import RouterService
-from tests.integration.harness import (
+from devtools.harness import (
     ROOT,
     LoadGenerator,
     WorkerProcess,
@@ -34,6 +32,8 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault
+from router.service import RouterService
 
 pytestmark = pytest.mark.kafka
 SECRET = "alert-secret-for-tests"

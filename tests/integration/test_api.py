@@ -18,7 +18,7 @@ from canary import api
 from canary.errors import ConfigError, DeploymentError
 from canary.kafka.topics import Topics
 from canary.settings import Settings
-from tests.integration.harness import ROOT
+from devtools.harness import ROOT
 
 pytestmark = pytest.mark.kafka
 

@@ -36,11 +36,11 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from canary.kafka.broker import LocalBroker
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings
-from tests.integration.harness import ROOT, read_all, send_raw, start_command
-from tests.integration.services import Service, free_port, metric, parse_json_lines, probe, scrape
+from devtools.broker import LocalBroker
+from devtools.harness import ROOT, read_all, send_raw, start_command
+from devtools.services import Service, free_port, metric, parse_json_lines, probe, scrape
 
 pytestmark = pytest.mark.kafka
 

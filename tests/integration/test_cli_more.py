@@ -14,8 +14,8 @@ import pytest
 
 from canary.kafka.topics import Topics
 from canary.settings import Settings
+from devtools.harness import ROOT, make_backend, preset_ref, read_all, read_outcomes
 from router.service import RouterService
-from tests.integration.harness import ROOT, make_backend, preset_ref, read_all, read_outcomes
 from tests.integration.test_cli_ops import _canary, _env, _json
 
 pytestmark = pytest.mark.kafka

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from canary.settings import Settings
+from devtools.harness import ROOT, make_backend, preset_ref
 from router.service import RouterService
-from tests.integration.harness import ROOT, make_backend, preset_ref
 
 pytestmark = pytest.mark.kafka
 

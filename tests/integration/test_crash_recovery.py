@@ -13,9 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from canary.kafka.topics import Topics, ensure_topics
-from router.backends.fault import Fault
-from router.service import RouterService
-from tests.integration.harness import (
+from devtools.harness import (
     LoadGenerator,
     WorkerProcess,
     end_command,
@@ -25,6 +23,8 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault
+from router.service import RouterService
 
 pytestmark = pytest.mark.kafka
 

@@ -32,9 +32,7 @@ from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.view import read_records
 from canary.security import ControlSecurity
 from canary.settings import Settings, load_settings
-from router.backends.fault import Fault
-from router.service import RouterService
-from tests.integration.harness import (
+from devtools.harness import (
     ROOT,
     LoadGenerator,
     WorkerProcess,
@@ -44,6 +42,8 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault
+from router.service import RouterService
 
 pytestmark = pytest.mark.kafka
 

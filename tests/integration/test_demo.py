@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from canary.settings import Settings
-from tests.integration.harness import ROOT
+from devtools.harness import ROOT
 
 pytestmark = pytest.mark.kafka
 

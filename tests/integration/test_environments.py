@@ -8,7 +8,7 @@ import pytest
 
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings
-from tests.integration.harness import read_all
+from devtools.harness import read_all
 from tests.integration.test_cli_ops import _canary, _env, _json
 
 pytestmark = pytest.mark.kafka

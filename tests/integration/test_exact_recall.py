@@ -14,10 +14,7 @@ import pytest
 from canary.kafka.topics import Topics
 from canary.ops.load import produce_load
 from canary.settings import Settings
-from router.backends.fault import Fault, FaultInjectingBackend
-from router.backends.memory import KeywordBackend, numbered_corpus, relevant_for
-from router.service import DEFAULT_RECALL_SAMPLE_RATE, RouterService, sampled_for_exact
-from tests.integration.harness import (
+from devtools.harness import (
     LoadGenerator,
     WorkerProcess,
     end_command,
@@ -30,6 +27,9 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault, FaultInjectingBackend
+from router.backends.memory import KeywordBackend, numbered_corpus, relevant_for
+from router.service import DEFAULT_RECALL_SAMPLE_RATE, RouterService, sampled_for_exact
 
 pytestmark = pytest.mark.kafka
 

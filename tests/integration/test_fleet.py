@@ -25,9 +25,7 @@ from canary.cli.replay import replay_payload
 from canary.core.models import SearchOutcome
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings, load_settings
-from router.backends.fault import Fault
-from router.service import RouterService, now_ms, outcome_partition
-from tests.integration.harness import (
+from devtools.harness import (
     ROOT,
     LoadGenerator,
     WorkerProcess,
@@ -39,6 +37,8 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault
+from router.service import RouterService, now_ms, outcome_partition
 
 pytestmark = pytest.mark.kafka
 

@@ -25,9 +25,7 @@ from canary.core.deployment import snapshot_hash
 from canary.kafka.topics import Topics
 from canary.security import REJECT_REASONS, CommandSigner, Scope
 from canary.settings import Settings
-from router.requests import SearchRequest
-from router.service import RouterService, now_ms
-from tests.integration.harness import (
+from devtools.harness import (
     LoadGenerator,
     WorkerProcess,
     end_command,
@@ -41,6 +39,8 @@ from tests.integration.harness import (
     start_command,
     worker_signer,
 )
+from router.requests import SearchRequest
+from router.service import RouterService, now_ms
 from tests.integration.test_cli_ops import _canary, _env, _json
 
 pytestmark = pytest.mark.kafka

@@ -16,8 +16,8 @@ import pytest
 
 from canary.kafka.topics import Topics
 from canary.settings import Settings
+from devtools.harness import make_backend, preset_ref, read_all
 from router.service import RouterService, now_ms
-from tests.integration.harness import make_backend, preset_ref, read_all
 from tests.integration.traffic import Traffic
 
 pytestmark = pytest.mark.kafka

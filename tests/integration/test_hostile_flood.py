@@ -1,7 +1,7 @@
 """Issue #19 on the real broker: a flood of hostile records on every topic while a canary runs.
 
 A worker and two routers run as real processes; a slow candidate is started under load. Right after the
-start, 1,000 hostile records (tests/hostile.py: deep nesting, huge strings, non-objects, NaN, wrong types,
+start, 1,000 hostile records (devtools/hostile.py: deep nesting, huge strings, non-objects, NaN, wrong types,
 bad UTF-8, lone surrogates, nulls, garbage, truncations — only ones the topic's reader must refuse) go to
 every topic. Then:
 
@@ -41,13 +41,13 @@ from canary.core.merge import WindowMerger, parse_merge_record
 from canary.core.models import RouterState, WindowResult, parse_time
 from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.view import read_records
-from canary.replay.decode import OutcomeDecoder
+from canary.pipeline.decode import OutcomeDecoder
+from devtools import hostile
+from devtools.harness import ROOT, read_all, read_judged, send_command, start_command
+from devtools.services import Service, probe
+from devtools.signing import verifier
 from router.requests import SearchRequest
 from router.service import decode_request
-from tests import hostile
-from tests.integration.harness import ROOT, read_all, read_judged, send_command, start_command
-from tests.integration.services import Service, probe
-from tests.security.helpers import verifier
 
 pytestmark = pytest.mark.kafka
 

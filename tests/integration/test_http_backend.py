@@ -19,10 +19,7 @@ from canary.core.deployment import ConfigRef, snapshot_hash
 from canary.core.models import ControlCommand
 from canary.kafka.topics import Topics
 from canary.settings import Settings
-from router.backends.memory import relevant_for
-from router.service import RouterService, now_ms
-from tests.http_service import SearchService
-from tests.integration.harness import (
+from devtools.harness import (
     PRESETS,
     LoadGenerator,
     WorkerProcess,
@@ -35,6 +32,9 @@ from tests.integration.harness import (
     read_outcomes,
     send_command,
 )
+from router.backends.memory import relevant_for
+from router.service import RouterService, now_ms
+from tests.http_service import SearchService
 
 pytestmark = pytest.mark.kafka
 

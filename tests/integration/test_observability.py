@@ -18,8 +18,8 @@ import pytest
 
 from canary.kafka.topics import Topics
 from canary.settings import Settings
-from tests.integration.harness import ROOT, read_all
-from tests.integration.services import Service, metric, parse_json_lines, scrape
+from devtools.harness import ROOT, read_all
+from devtools.services import Service, metric, parse_json_lines, scrape
 
 pytestmark = pytest.mark.kafka
 

@@ -30,15 +30,15 @@ from aiokafka import AIOKafkaProducer
 
 from canary.core.judge import Judgement
 from canary.core.outages import OutageNote
-from canary.kafka.broker import LocalBroker
 from canary.kafka.topics import Topics, ensure_topics
 from canary.reports.export import read_topics_async
 from canary.reports.files import canary_result
 from canary.reports.html import render_report
 from canary.reports.model import build_report
 from canary.settings import Settings
-from tests.integration.harness import read_all, send_command, start_command
-from tests.integration.services import Service, free_port
+from devtools.broker import LocalBroker
+from devtools.harness import read_all, send_command, start_command
+from devtools.services import Service, free_port
 from tests.reports.dom import parse, select
 
 pytestmark = pytest.mark.kafka

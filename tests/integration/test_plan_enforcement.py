@@ -25,8 +25,7 @@ from canary.core.rollout import candidate_window_id, promote_command_id, step_co
 from canary.kafka.topics import Topics
 from canary.security import Scope
 from canary.settings import Settings
-from router.service import RouterService, now_ms
-from tests.integration.harness import (
+from devtools.harness import (
     WorkerProcess,
     make_backend,
     operator_signer,
@@ -36,6 +35,7 @@ from tests.integration.harness import (
     start_command,
     worker_signer,
 )
+from router.service import RouterService, now_ms
 from tests.integration.test_cli_ops import _canary, _env, _json
 
 pytestmark = pytest.mark.kafka

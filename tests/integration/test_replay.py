@@ -22,9 +22,7 @@ from canary.cli.replay import register, replay_payload
 from canary.core.models import WindowResult, iso_ms
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings
-from router.backends.fault import Fault
-from router.service import RouterService
-from tests.integration.harness import (
+from devtools.harness import (
     LoadGenerator,
     WorkerProcess,
     make_backend,
@@ -34,6 +32,8 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault
+from router.service import RouterService
 
 pytestmark = pytest.mark.kafka
 GRACE_MS = 1000

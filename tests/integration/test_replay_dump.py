@@ -20,7 +20,7 @@ import pytest
 from canary.cli.replay import register, replay_payload
 from canary.kafka.topics import Topics
 from canary.settings import Settings
-from tests.integration.harness import WorkerProcess, read_all
+from devtools.harness import WorkerProcess, read_all
 from tests.integration.test_replay import GRACE_MS, _record_rollback
 
 pytestmark = pytest.mark.kafka

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 from canary.core.models import RouterState
 from canary.kafka.topics import Topics
 from canary.settings import Settings
-from tests.integration.harness import ROOT, signed
+from devtools.harness import ROOT, signed
 from tests.reports.dom import parse, path_vertices, select
 from tests.reports.sample import CANDIDATE_COUNTS, CANDIDATE_P95, LAST_GOOD_COUNTS, Scenario, build
 

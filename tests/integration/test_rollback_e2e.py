@@ -13,9 +13,7 @@ import pytest
 
 from canary.kafka.topics import Topics, ensure_topics
 from canary.settings import Settings
-from router.backends.fault import Fault
-from router.service import RouterService
-from tests.integration.harness import (
+from devtools.harness import (
     LoadGenerator,
     WorkerProcess,
     end_command,
@@ -26,6 +24,8 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault
+from router.service import RouterService
 
 pytestmark = pytest.mark.kafka
 GRACE_MS = 1000

@@ -14,9 +14,7 @@ import pytest
 from canary.cli.replay import replay_payload
 from canary.core.rollout import promote_command_id, step_command_id
 from canary.settings import Settings
-from router.backends.fault import Fault
-from router.service import RouterService
-from tests.integration.harness import (
+from devtools.harness import (
     LoadGenerator,
     WorkerProcess,
     fresh_worker,
@@ -26,6 +24,8 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault
+from router.service import RouterService
 
 pytestmark = pytest.mark.kafka
 CANDIDATE = "candidate_progressive"  # steps 0.10 → 0.25 → 0.50 → 1.00, 2 windows each, promote after ≥ 30 s

@@ -17,9 +17,9 @@ import pytest
 
 from canary.kafka.topics import Topics
 from canary.settings import Settings
+from devtools.harness import send_command, start_command
+from devtools.services import Service, probe
 from router.service import now_ms
-from tests.integration.harness import send_command, start_command
-from tests.integration.services import Service, probe
 from tests.integration.test_observability import cli
 from tests.integration.traffic import Traffic
 

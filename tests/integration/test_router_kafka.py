@@ -13,10 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from canary.kafka.topics import Topics
 from canary.settings import Settings
-from router.backends.fault import Fault
-from router.backends.memory import relevant_for
-from router.service import RouterService, now_ms
-from tests.integration.harness import (
+from devtools.harness import (
     end_command,
     make_backend,
     preset_ref,
@@ -25,6 +22,9 @@ from tests.integration.harness import (
     send_command,
     start_command,
 )
+from router.backends.fault import Fault
+from router.backends.memory import relevant_for
+from router.service import RouterService, now_ms
 
 pytestmark = pytest.mark.kafka
 

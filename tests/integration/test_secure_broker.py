@@ -33,16 +33,16 @@ from canary.cli.main import main
 from canary.core.models import ControlCommand
 from canary.errors import KafkaError
 from canary.kafka.acls import AclAdmin, AclBinding
-from canary.kafka.broker import SECURE_PRINCIPALS, LocalBroker
 from canary.kafka.clients import KafkaConnection, client_kwargs
 from canary.kafka.connect import require_kafka
 from canary.kafka.topics import Topics, ensure_topics
 from canary.ops.commands import produce_command
 from canary.ops.view import read_view_async
 from canary.settings import Settings
+from devtools.broker import SECURE_PRINCIPALS, LocalBroker
+from devtools.harness import make_backend, operator_signer, preset_ref, start_command
 from router.backends.memory import relevant_for
 from router.service import RouterService, now_ms
-from tests.integration.harness import make_backend, operator_signer, preset_ref, start_command
 
 pytestmark = pytest.mark.kafka
 CLI = (sys.executable, "-m", "canary.cli")

@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 
 from canary.kafka.topics import Topics, ensure_topics
+from devtools.harness import LoadGenerator, make_backend, preset_ref, read_all, send_command, start_command
 from router.service import RouterService
 from streams.checkpointed import CheckpointedStage
 from streams.merging import MergeStage
 from streams.registry import DeploymentRegistry
 from streams.windowing import WindowingStage
-from tests.integration.harness import LoadGenerator, make_backend, preset_ref, read_all, send_command, start_command
 
 pytestmark = pytest.mark.kafka
 

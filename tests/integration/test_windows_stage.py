@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from canary.core.models import SearchOutcome
 from canary.kafka.topics import Topics, ensure_topics
-from tests.integration.harness import WorkerProcess, read_all
+from devtools.harness import WorkerProcess, read_all
 
 pytestmark = pytest.mark.kafka
 

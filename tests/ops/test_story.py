@@ -1,4 +1,4 @@
-"""The demo's console story (canary.ops.story), Kafka-free: every judged window before the decision it led
+"""The demo's console story (devtools.story), Kafka-free: every judged window before the decision it led
 to, whatever order the two topics deliver them in; every decision with its reason; lines that fit 100
 columns with their time stamp; the judge's shared shocks, pauses and recoveries, and a plan's steps."""
 
@@ -9,7 +9,7 @@ import dataclasses
 from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, RuleVerdict, WindowResult
 from canary.core.slo import Decision
-from canary.ops.story import HOLD_S, LEGEND, STAMP, WIDTH, Story, applied_commands, wrap
+from devtools.story import HOLD_S, LEGEND, STAMP, WIDTH, Story, applied_commands, wrap
 from tests.reports.sample import BUCKET_MS, command, window
 
 T0 = 1_700_000_000_000

@@ -19,7 +19,7 @@ import pytest
 from canary.config.presets import load_preset
 from canary.core.models import ControlCommand
 from canary.pipeline.run import PipelineResult, Record, run_pipeline
-from canary.replay.recompute import ReplaySettings
+from canary.pipeline.settings import PipelineSettings
 
 T0 = 1_700_000_000_000
 W = 5000
@@ -195,7 +195,7 @@ def test_a_step_the_ledger_refuses_is_shown_and_issued_again() -> None:
         records,
         commands=[start],
         horizon_ms=T0 + 14 * W,
-        settings=ReplaySettings(window_ms=2500),
+        settings=PipelineSettings(window_ms=2500),
     )
     attempts = [d for d in result.issued if d.command_id == "rollout-d1-step-1"]
     assert len(attempts) >= 2

@@ -10,7 +10,8 @@ from typing import Any
 from canary.core.judge import Judge
 from canary.core.models import ControlCommand, SearchOutcome, WindowResult
 from canary.core.windows import WindowFinalizer
-from canary.replay.recompute import RuleBook, fold_commands
+from canary.pipeline.loop import fold_commands
+from canary.pipeline.policies import PolicyBook
 
 T0 = 1_700_000_000_000  # a window boundary (divisible by 5000)
 Record = tuple[int, int, int | None, bytes | None]
@@ -141,7 +142,7 @@ def live_worker(
     worker was stalled). Ticks every 100 ms close windows between batches. The SLO agent issues its
     rollback commands like ``_judge_window``.
     """
-    book = RuleBook(fold_commands(commands))
+    book = PolicyBook(fold_commands(commands))
     stalls = stalls or {}
     windows: list[WindowResult] = []
     parts: dict[int, list[Record]] = {}
@@ -178,7 +179,7 @@ def live_worker(
 def _live_partition(
     p: int,
     recs: Sequence[Record],
-    book: RuleBook,
+    book: PolicyBook,
     processing_delay_ms: int,
     stalls: dict[int, int],
     batch_max: int,

@@ -11,7 +11,7 @@ import pytest
 from canary.core.jsonio import loads
 from canary.core.models import SearchOutcome
 from canary.core.wire import Rejected
-from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder
+from canary.pipeline.decode import DECODE_ERRORS, OutcomeDecoder
 
 BASE: dict[str, Any] = {
     "event_id": "router-1:r1",
@@ -211,7 +211,7 @@ def test_loads_fast_path_equals_json_loads(raw: bytes) -> None:
 def test_decoded_keys_equal_keys_restored_from_state() -> None:
     """A restarted worker restores WindowKey.parse(...) keys; decoded keys must be the same dict key."""
     from canary.core.models import WindowKey
-    from canary.replay.decode import OutcomeDecoder
+    from canary.pipeline.decode import OutcomeDecoder
 
     raw = (
         b'{"event_id":"r:1","request_id":"1","ts":5000,"deployment_id":"d","config_name":"c",'

@@ -21,10 +21,11 @@ from canary.core.judge import Judgement as CoreJudgement
 from canary.core.models import ControlCommand
 from canary.errors import ConfigError
 from canary.kafka.topics import Topics
+from canary.pipeline.recompute import read_bounds, span_bounds
 from canary.pipeline.run import Record, run_pipeline
+from canary.pipeline.settings import PipelineSettings
 from canary.replay.dumpfile import envelope, load_span, parse_lines, read_dump, split_topic
 from canary.replay.postmortem import run_replay
-from canary.replay.recompute import ReplaySettings, read_bounds, span_bounds
 from canary.replay.span import SpanData
 from canary.settings import Settings
 from tests.replay.helpers import T0, Traffic, start
@@ -103,7 +104,7 @@ def _kafka_span(records: list[Record], from_ms: int, to_ms: int, horizon_ms: int
     from canary.pipeline.run import parse_control_timed
     from canary.replay.reader import parse_windows
 
-    settings = ReplaySettings()
+    settings = PipelineSettings()
     read_from, read_to = read_bounds(from_ms, to_ms, settings)
     first, _ = span_bounds(from_ms, to_ms, settings)
     base = {r.topic: split_topic(r.topic)[1] for r in records}  # type: ignore[index]
@@ -211,7 +212,7 @@ def test_dump_replay_equals_the_pipeline_and_a_replay_from_kafka(tmp_path: Path)
     assert decision["triggering_window"] == f"dep-a|slow|candidate@{T0 + 2 * W}"
 
     # The same as the Kafka-free pipeline on the same records ...
-    first, until = span_bounds(span.data.from_ms, span.data.to_ms, ReplaySettings())
+    first, until = span_bounds(span.data.from_ms, span.data.to_ms, PipelineSettings())
     pipe = run_pipeline(
         records, horizon_ms=span.data.horizon_ms, judge_from_ms=first, judge_until_ms=until
     )  # control records in the input

@@ -10,8 +10,9 @@ import pytest
 
 from canary.core.models import WindowResult
 from canary.core.slo import SLORule
+from canary.pipeline.recompute import recompute
+from canary.pipeline.settings import PipelineSettings
 from canary.replay.compare import compare_windows
-from canary.replay.recompute import ReplaySettings, recompute
 from tests.replay.helpers import T0, Record, Traffic, end, live_worker, start
 
 W = 5000
@@ -106,7 +107,7 @@ def test_windows_do_not_depend_on_batch_cut_without_late_data(batch_max: int, sp
     traffic = _canary([FAST, SLOW, SLOW, FAST], every_ms=37)
     ref = recompute(traffic.records, [start("dep-1")])
     got = recompute(
-        traffic.records, [start("dep-1")], settings=ReplaySettings(batch_max=batch_max, batch_span_ms=span_ms)
+        traffic.records, [start("dep-1")], settings=PipelineSettings(batch_max=batch_max, batch_span_ms=span_ms)
     )
     assert list(map(_key, got.windows)) == list(map(_key, ref.windows))
     assert [d.window_id for d in got.decisions] == [d.window_id for d in ref.decisions]
@@ -280,9 +281,9 @@ def test_decoding_chunk_size_changes_nothing(chunk: int, monkeypatch: pytest.Mon
     records = list(t.records)
     records.insert(700, (0, 900_000, T0 + 7000, b"{not json"))
     records.insert(1200, (1, 900_001, None, records[1199][3]))  # no Kafka time: the outcome's own
-    ref = recompute(records, [start("dep-1")], settings=ReplaySettings(batch_max=100, batch_span_ms=50))
-    monkeypatch.setattr(importlib.import_module("canary.replay.recompute"), "_CHUNK", chunk)
-    got = recompute(records, [start("dep-1")], settings=ReplaySettings(batch_max=100, batch_span_ms=50))
+    ref = recompute(records, [start("dep-1")], settings=PipelineSettings(batch_max=100, batch_span_ms=50))
+    monkeypatch.setattr(importlib.import_module("canary.pipeline.recompute"), "_CHUNK", chunk)
+    got = recompute(records, [start("dep-1")], settings=PipelineSettings(batch_max=100, batch_span_ms=50))
     assert list(map(_key, got.windows)) == list(map(_key, ref.windows))
     assert (got.late, got.invalid) == (ref.late, ref.invalid) and ref.late > 0 and ref.invalid == 1
     assert [p.batches for p in got.partitions.values()] == [p.batches for p in ref.partitions.values()]

@@ -8,9 +8,9 @@ import time
 
 from canary.core.models import ControlCommand
 from canary.kafka.topics import Topics
+from devtools.harness import make_backend, preset_ref, start_command
 from router.requests import SearchRequest
 from router.service import RouterService
-from tests.integration.harness import make_backend, preset_ref, start_command
 
 
 def _router() -> RouterService:

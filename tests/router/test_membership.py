@@ -8,10 +8,10 @@ import pytest
 from aiokafka import TopicPartition
 
 from canary.kafka.topics import Topics
+from devtools.harness import make_backend, preset_ref
 from router.membership import RequestGroup, RequestIntakeFailed
 from router.offsets import OffsetTracker
 from router.service import RouterService
-from tests.integration.harness import make_backend, preset_ref
 
 P0 = TopicPartition("t.search_requests", 0)
 P1 = TopicPartition("t.search_requests", 1)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from canary.pipeline.decisions import decision_command
 from canary.security import CommandSigner, canonical_bytes
 from canary.security.signing import SIGNATURE_FIELDS, signature_fields, verify_signature
-from tests.security.helpers import OPERATOR, STRANGER, T0, rollback, start
+from devtools.signing import OPERATOR, STRANGER, T0, rollback, start
 
 
 def test_canonical_bytes_are_sorted_compact_utf8_without_the_signature() -> None:

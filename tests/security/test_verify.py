@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from canary.core.models import ControlCommand
 from canary.core.rollout import step_command_id
 from canary.security import REJECT_REASONS, CommandSigner, Scope
-from tests.security.helpers import OPERATOR, SCOPE, STRANGER, T0, WORKER, rollback, start, verifier, with_hash
+from devtools.signing import OPERATOR, SCOPE, STRANGER, T0, WORKER, rollback, start, verifier, with_hash
 
 Payload = bytes | dict[str, Any] | list[Any] | Mapping[str, Any] | None
 

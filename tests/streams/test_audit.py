@@ -24,10 +24,10 @@ from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import COMMAND_ACTIONS, COMMAND_TYPES, AuditAction, ControlCommand, RouterState
 from canary.core.rollout import candidate_window_id, step_command_id
 from canary.security import CommandVerifier
+from devtools.signing import OPERATOR, PRESETS, T0, TRUSTED, WORKER, rollback, start
 from streams import audit as audit_module
 from streams.audit import AuditLog, outcome_event
 from streams.registry import DeploymentRegistry
-from tests.security.helpers import OPERATOR, PRESETS, T0, TRUSTED, WORKER, rollback, start
 
 
 def event(i: int, pad: int = 0) -> dict[str, Any]:

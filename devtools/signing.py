@@ -12,7 +12,7 @@ from canary.core.deployment import snapshot_hash
 from canary.core.models import ControlCommand
 from canary.security import CommandSigner, CommandVerifier, KeyRing, Scope, TrustedKey
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PRESETS = PresetStore(ROOT / "configs" / "presets")
 T0 = 1_800_000_000_000
 

@@ -30,7 +30,7 @@ from router.backends.fault import Fault, FaultInjectingBackend
 from router.backends.memory import KeywordBackend, numbered_corpus, relevant_for
 from router.service import RouterService, now_ms
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PRESETS = PresetStore(ROOT / "configs" / "presets")
 
 

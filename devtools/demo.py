@@ -46,8 +46,8 @@ _SECURITY_ENV = (
 
 
 def say(message: str) -> None:
-    """Console lines, each stamped, wrapped to fit 100 columns (canary.ops.story.WIDTH) with the stamp."""
-    from canary.ops.story import STAMP, WIDTH, wrap
+    """Console lines, each stamped, wrapped to fit 100 columns (devtools.story.WIDTH) with the stamp."""
+    from devtools.story import STAMP, WIDTH, wrap
 
     stamp = time.strftime("%H:%M:%S")
     for line in message.splitlines() or [""]:
@@ -148,7 +148,7 @@ def kafka_for_demo(settings: Settings, secure: bool = False) -> Iterator[DemoKaf
         conn = require_kafka(settings)
         yield DemoKafka(conn, conn, {})
         return
-    from canary.kafka.broker import LocalBroker
+    from devtools.broker import LocalBroker
 
     broker = LocalBroker(settings.home, settings.local_port, secure=secure)
     already = broker.running_info() is not None
@@ -238,11 +238,11 @@ async def _follow(
     consecutive: dict[str, int],
     timeout: float,
 ) -> ControlCommand:
-    """Tell the deployment's story (canary.ops.story) until the command that ended it has been told; returns
+    """Tell the deployment's story (devtools.story) until the command that ended it has been told; returns
     that command (rollback, promote or abort)."""
-    from canary.ops.story import Story, applied_commands
     from canary.ops.view import read_view_async
     from canary.ops.watch import WatchItem, tail_windows
+    from devtools.story import Story, applied_commands
 
     story = Story(deployment_id, consecutive)
     deadline = time.monotonic() + timeout
@@ -334,7 +334,7 @@ async def _run(
     audit: Path,
 ) -> dict[str, str]:
     from canary.ops.load import produce_load
-    from canary.ops.story import LEGEND
+    from devtools.story import LEGEND
 
     store = PresetStore(settings.presets_dir)
     await _wait_for_routers(bootstrap, topics, services)

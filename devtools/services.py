@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.harness import ROOT
+from devtools.harness import ROOT
 
 
 def free_port() -> int:
@@ -81,7 +81,7 @@ class Service:
         if self.kind == "router":
             # The in-memory keyword backend: these tests are about Kafka faults, and four routers building
             # the hybrid index at once would only slow every start on two cores.
-            cmd += ["--router-id", self.name, "--backend", "tests.integration.harness:make_backend"]
+            cmd += ["--router-id", self.name, "--backend", "devtools.harness:make_backend"]
         cmd += self.extra
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

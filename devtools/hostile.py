@@ -18,9 +18,9 @@ from typing import Any
 from canary.core.merge import Progress, partial_of
 from canary.core.models import ControlCommand, SearchOutcome
 from canary.core.windows import WindowFinalizer
+from canary.pipeline.decode import OutcomeDecoder, as_core_outcomes
+from canary.pipeline.loop import PipelineDecision
 from canary.pipeline.run import PipelineResult, Record, run_pipeline
-from canary.replay.decode import OutcomeDecoder, as_core_outcomes
-from canary.replay.recompute import ReplayDecision
 
 T0 = 1_800_000_000_000
 W = 5000
@@ -200,7 +200,7 @@ def _pipeline() -> PipelineResult:
     return run_pipeline(_records(), commands=[_start()], horizon_ms=T0 + 6 * W)
 
 
-def sample_decisions() -> list[ReplayDecision]:
+def sample_decisions() -> list[PipelineDecision]:
     """The rollbacks the slow sample traffic earns, with their evidence (what a rollback command carries)."""
     return [d for d in _pipeline().decisions if d.type == "rollback"]
 

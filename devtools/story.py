@@ -6,7 +6,7 @@ The SLO agent publishes a judged window (``canary_verdicts``) and the command it
 (``canary_control``) at the same moment, on two topics: a follower may read the command first. The story
 holds an agent's command back until the window that triggered it (``evidence.triggering_window``) has
 been told, so "ROLLED BACK … failed for 2 consecutive buckets" never comes before the second failing
-bucket. Kafka-free: the demo feeds it what it reads (:mod:`canary.demo`).
+bucket. Kafka-free: the demo feeds it what it reads (:mod:`devtools.demo`).
 """
 
 from __future__ import annotations

@@ -34,58 +34,15 @@ from canary.core.merge import merge_all
 from canary.core.models import ControlCommand, JSONDict, RouterWatermark, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
 from canary.core.windows import ClosedWindow, WindowFinalizer, window_bounds
-from canary.pipeline.loop import Judgement as Judgement
-from canary.pipeline.loop import PipelineDecision, run_loop
-from canary.pipeline.loop import fold_commands as fold_commands
+from canary.pipeline.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, SourceRecord, as_core_outcomes
+from canary.pipeline.loop import Judgement, PipelineDecision, fold_commands, run_loop
 from canary.pipeline.policies import PolicyBook
-from canary.replay.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, SourceRecord, as_core_outcomes
+from canary.pipeline.settings import PipelineSettings
 
-log = logging.getLogger("canary.replay")
+log = logging.getLogger("canary.pipeline")
 
 _CHUNK = 16_384  # records decoded before they are cut into micro-batches (bounds memory)
 MAX_SAMPLES = 50  # invalid / late records listed individually in the result (all are counted)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplaySettings:
-    """The live worker's window and batching settings (``StreamsConfig`` defaults)."""
-
-    window_ms: int = 5000
-    grace_ms: int = 1000
-    idle_windows: int = 12
-    batch_max: int = 2000  # StreamsConfig.batch_max
-    batch_span_ms: int = 50  # StreamsConfig.batch_within, in Kafka time
-
-    def __post_init__(self) -> None:
-        if self.window_ms <= 0 or self.grace_ms < 0 or self.idle_windows < 1:
-            raise ValueError(f"bad window settings: {self}")
-        if self.batch_max < 1 or self.batch_span_ms < 0:
-            raise ValueError(f"bad batch settings: {self}")
-
-    @property
-    def lookback_ms(self) -> int:
-        """Read this much before the first reported window so its watermark state is warm."""
-        return self.window_ms + self.grace_ms
-
-    @property
-    def lookahead_ms(self) -> int:
-        """Read this much after the last reported window so late-published outcomes are seen."""
-        return self.window_ms + self.grace_ms
-
-    def to_dict(self) -> JSONDict:
-        return {
-            "window_ms": self.window_ms,
-            "grace_ms": self.grace_ms,
-            "idle_windows": self.idle_windows,
-            "batch_max": self.batch_max,
-            "batch_span_ms": self.batch_span_ms,
-        }
-
-
-# -- rules: one place, canary.pipeline.policies ------------------------------------------------------------
-
-RuleBook = PolicyBook  # the replay's name for it, kept for callers
-ReplayDecision = PipelineDecision  # the replay's name for the loop's decision, kept for callers
 
 
 # -- results ---------------------------------------------------------------------------------------------------
@@ -129,10 +86,10 @@ class PartitionStats:
 class Recomputation:
     """Everything a replay derives from the records (unfiltered windows; see :func:`in_span`)."""
 
-    settings: ReplaySettings
+    settings: PipelineSettings
     windows: list[WindowResult]
     judgements: list[Judgement]
-    decisions: list[ReplayDecision]
+    decisions: list[PipelineDecision]
     partitions: dict[int, PartitionStats]
     invalid_samples: list[JSONDict] = field(default_factory=list)
     late_samples: list[JSONDict] = field(default_factory=list)
@@ -175,7 +132,7 @@ def recompute_partition(
     records: Sequence[SourceRecord | tuple[int, int, int | None, bytes | None]],
     finalizer: WindowFinalizer,
     decoder: OutcomeDecoder,
-    settings: ReplaySettings,
+    settings: PipelineSettings,
     horizon_ms: int | None = None,
     invalid_samples: list[JSONDict] | None = None,
     late_samples: list[JSONDict] | None = None,
@@ -194,7 +151,7 @@ def recompute_partition_partials(
     records: Sequence[SourceRecord | tuple[int, int, int | None, bytes | None]],
     finalizer: WindowFinalizer,
     decoder: OutcomeDecoder,
-    settings: ReplaySettings,
+    settings: PipelineSettings,
     horizon_ms: int | None = None,
     invalid_samples: list[JSONDict] | None = None,
     late_samples: list[JSONDict] | None = None,
@@ -300,7 +257,7 @@ def recompute(
     records: Iterable[SourceRecord | tuple[int, int, int | None, bytes | None]],
     commands: Sequence[ControlCommand],
     *,
-    settings: ReplaySettings | None = None,
+    settings: PipelineSettings | None = None,
     rules_override: Sequence[SLORule] | SLOPolicy | None = None,
     horizon_ms: int | None = None,
     judge_from_ms: int | None = None,
@@ -321,7 +278,7 @@ def recompute(
     ``apply_decisions``: the SLO agent's loop feeds its own commands back into the control topic's ledger
     (:mod:`canary.pipeline.loop`); False: decisions against the recorded control topic alone.
     """
-    settings = settings or ReplaySettings()
+    settings = settings or PipelineSettings()
     ledger = fold_commands(commands, command_times)
     book = PolicyBook(ledger, rules_override)
     decoder = OutcomeDecoder(strict=strict_decode)
@@ -377,13 +334,13 @@ def evaluate(
     windows: Sequence[WindowResult],
     book: PolicyBook,
     commands: Sequence[ControlCommand],
-    settings: ReplaySettings,
+    settings: PipelineSettings,
     *,
     judge_from_ms: int | None = None,
     judge_until_ms: int | None = None,
     command_times: Sequence[int | None] | None = None,
     apply_decisions: bool = True,
-) -> tuple[list[Judgement], list[ReplayDecision], dict[str, WindowResult]]:
+) -> tuple[list[Judgement], list[PipelineDecision], dict[str, WindowResult]]:
     """The SLO agent's loop over the windows: :func:`canary.pipeline.loop.run_loop` (the pipeline owns it)."""
     loop = run_loop(
         windows,
@@ -398,12 +355,12 @@ def evaluate(
     return loop.judgements, loop.decisions, loop.judged
 
 
-def span_bounds(from_ms: int, to_ms: int, settings: ReplaySettings) -> tuple[int, int]:
+def span_bounds(from_ms: int, to_ms: int, settings: PipelineSettings) -> tuple[int, int]:
     """Reported windows: those starting in ``[window start of from_ms, to_ms)``."""
     return window_bounds(from_ms, settings.window_ms)[0], to_ms
 
 
-def read_bounds(from_ms: int, to_ms: int, settings: ReplaySettings) -> tuple[int, int]:
+def read_bounds(from_ms: int, to_ms: int, settings: PipelineSettings) -> tuple[int, int]:
     """Kafka-time range of ``search_results`` to read for a span: warm-up before, late arrivals after."""
     first, last = span_bounds(from_ms, to_ms, settings)
     end = window_bounds(max(last - 1, first), settings.window_ms)[1]

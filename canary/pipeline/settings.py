@@ -1,0 +1,49 @@
+"""The decision pipeline's window and batching settings: one object, read by the live stages (defaults)
+and by replay (how it cuts recorded input), so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from canary.core.models import JSONDict
+from canary.core.windows import GRACE_MS, IDLE_WINDOWS, WINDOW_MS
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """Window and batching settings: the live worker's stages take their defaults from here, and replay cuts
+    recorded input into the batches they would have seen."""
+
+    window_ms: int = WINDOW_MS
+    grace_ms: int = GRACE_MS
+    idle_windows: int = IDLE_WINDOWS
+    batch_max: int = 5000  # records per fetch of the live stages (max_records)
+    batch_span_ms: int = 50  # how long a live fetch waits for more (fetch_max_wait_ms), in Kafka time
+
+    def __post_init__(self) -> None:
+        if self.window_ms <= 0 or self.grace_ms < 0 or self.idle_windows < 1:
+            raise ValueError(f"bad window settings: {self}")
+        if self.batch_max < 1 or self.batch_span_ms < 0:
+            raise ValueError(f"bad batch settings: {self}")
+
+    @property
+    def lookback_ms(self) -> int:
+        """Read this much before the first reported window so its watermark state is warm."""
+        return self.window_ms + self.grace_ms
+
+    @property
+    def lookahead_ms(self) -> int:
+        """Read this much after the last reported window so late-published outcomes are seen."""
+        return self.window_ms + self.grace_ms
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "window_ms": self.window_ms,
+            "grace_ms": self.grace_ms,
+            "idle_windows": self.idle_windows,
+            "batch_max": self.batch_max,
+            "batch_span_ms": self.batch_span_ms,
+        }
+
+
+DEFAULTS = PipelineSettings()
