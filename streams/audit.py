@@ -30,32 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from canary.backoff import Backoff
-
-# The control lines are made where the control topic is folded (canary.control), so the export's rebuilt audit
-# writes the same line for the same record; re-exported for the agents.
-from canary.control.audit import EVENT_TYPES as EVENT_TYPES
-from canary.control.audit import INVALID_COMMAND as INVALID_COMMAND
-from canary.control.audit import control_event as control_event
-from canary.control.audit import invalid_control_event as invalid_control_event
-from canary.control.audit import outcome_event as outcome_event
 from canary.core import wire
-from canary.core.models import RouterState, iso_ms
 
 log = logging.getLogger("canary.streams.audit")
-
-
-def state_event(state: RouterState) -> dict[str, Any]:
-    return {
-        "event_id": f"state:{state.router_id}:{state.seq}:{state.applied_at_ms}",
-        "event_type": "router_state",
-        "timestamp": iso_ms(state.applied_at_ms),
-        "deployment_id": state.deployment_id,
-        "user_id": state.router_id,
-        "config_name": state.candidate_config,
-        "details": {"action": "apply_router_state", **state.to_dict(), "source": "state"},
-        "success": True,
-        "error_message": None,
-    }
 
 
 def _describe(exc: OSError) -> str:

@@ -15,7 +15,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from canary.control import ControlFold, ControlOutcome, Freshness, slim_command, slimmed
+from canary.control import ControlFold, ControlOutcome, Freshness, slimmed
 from canary.core.aggregations import WindowAggregator
 from canary.core.deployment import ControlLedger, Deployment
 from canary.core.models import WindowKey
@@ -29,12 +29,7 @@ from canary.security import CommandVerifier, default_verifier
 log = logging.getLogger("canary.streams.registry")
 rejected_log = logging.getLogger("canary.streams.rejected.control")  # rate-limited (a flood is one line per 5 s)
 OUTCOMES_KEPT = 10_000
-__all__ = [
-    "OUTCOMES_KEPT",
-    "ControlOutcome",
-    "DeploymentRegistry",
-    "slim_command",
-]  # the outcome moved to canary.control
+__all__ = ["OUTCOMES_KEPT", "DeploymentRegistry"]
 
 
 class DeploymentRegistry:

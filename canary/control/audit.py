@@ -17,7 +17,7 @@ from typing import Any
 from canary.control.fold import ControlHistory
 from canary.control.outcome import ControlOutcome, slimmed
 from canary.core import wire
-from canary.core.models import COMMAND_ACTIONS, ControlCommand, iso_ms
+from canary.core.models import COMMAND_ACTIONS, ControlCommand, RouterState, iso_ms
 
 EVENT_TYPES = {
     "start": "canary_start",
@@ -127,3 +127,18 @@ def audit_events(history: ControlHistory, values: Sequence[bytes | None] | None 
         outcome_event(slimmed(o), values[i] if values is not None and i < len(values) else None)
         for i, o in enumerate(history.outcomes)
     ]
+
+
+def state_event(state: RouterState) -> dict[str, Any]:
+    """The audit line of a router state (``canary_state``): the same for the live agent and a rebuilt audit."""
+    return {
+        "event_id": f"state:{state.router_id}:{state.seq}:{state.applied_at_ms}",
+        "event_type": "router_state",
+        "timestamp": iso_ms(state.applied_at_ms),
+        "deployment_id": state.deployment_id,
+        "user_id": state.router_id,
+        "config_name": state.candidate_config,
+        "details": {"action": "apply_router_state", **state.to_dict(), "source": "state"},
+        "success": True,
+        "error_message": None,
+    }

@@ -28,7 +28,6 @@ from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics
 from canary.security import CommandVerifier, Verdict
 
-# read_records / read_topic live in canary.control (the one "read a topic to its end"); still importable here.
 __all__ = [
     "LIVE_ROUTER_MS",
     "ControlView",
@@ -36,8 +35,6 @@ __all__ = [
     "cache_path",
     "fold",
     "load_cache",
-    "read_records",
-    "read_topic",
     "read_view_async",
     "save_cache",
 ]

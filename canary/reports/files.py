@@ -200,7 +200,7 @@ def rebuild_audit(
     duplicates are dropped by event id. The state topic is compacted, so older router states may be gone;
     control events are complete. Ordered by time.
     """
-    from streams.audit import state_event
+    from canary.control.audit import state_event
 
     events: dict[str, dict[str, Any]] = {}
     if isinstance(commands, ControlHistory):

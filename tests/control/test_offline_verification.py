@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from canary.control import fold_records
-from canary.control.audit import audit_events
+from canary.control.audit import audit_events, outcome_event
 from canary.control.records import VerifyControl, verify_control_records
 from canary.core.models import ControlCommand
 from canary.errors import ConfigError, DeploymentError
@@ -25,7 +25,6 @@ from canary.replay.dumpfile import envelope, load_span
 from canary.reports.files import rebuild_audit
 from canary.reports.model import build_report
 from devtools.signing import OPERATOR, SCOPE, STRANGER, T0, WORKER, rollback, start, verifier
-from streams.audit import outcome_event
 from streams.registry import DeploymentRegistry
 
 CONTROL = SCOPE.control_topic

@@ -20,13 +20,14 @@ from typing import Any, get_args
 
 import pytest
 
+from canary.control.audit import outcome_event
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import COMMAND_ACTIONS, COMMAND_TYPES, AuditAction, ControlCommand, RouterState
 from canary.core.rollout import candidate_window_id, step_command_id
 from canary.security import CommandVerifier
 from devtools.signing import OPERATOR, PRESETS, T0, TRUSTED, WORKER, rollback, start
 from streams import audit as audit_module
-from streams.audit import AuditLog, outcome_event
+from streams.audit import AuditLog
 from streams.registry import DeploymentRegistry
 
 
