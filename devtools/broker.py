@@ -19,6 +19,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import secrets
 import shlex
 import shutil
@@ -102,6 +103,13 @@ def _quiet(_: str) -> None:
     return None
 
 
+CONTROLLER_PORT_ATTEMPTS = 3
+
+
+class _ControllerPortTaken(BrokerError):
+    """Another process bound the controller port between our check and the JVM's bind."""
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerInfo:
     """What ``broker.json`` records about a started broker."""
@@ -129,6 +137,30 @@ class BrokerStatus:
     data_dir: str
     detail: str
     secure: bool = False
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; the IANA range elsewhere)."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def listen_port(low: int = 20000) -> int:
+    """A free port to listen on, below the kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken by any outgoing connection on
+    the machine in the seconds before a JVM binds it: seen in CI as "Socket server failed to bind … Address
+    already in use" while many Kafka clients connected. Ports below the range are only taken by listeners."""
+    top = _ephemeral_range()[0]
+    rng = random.SystemRandom()
+    for _ in range(200):
+        candidate = rng.randrange(low, max(low + 1, top))
+        if _port_is_free(candidate):
+            return candidate
+    raise BrokerError(f"no free port between {low} and {top} to listen on")
 
 
 def _port_is_free(port: int) -> bool:
@@ -418,7 +450,6 @@ class LocalBroker:
                 "'java' is not on PATH; the local Kafka broker needs Java 17+. Install a JDK "
                 "(e.g. 'apt-get install openjdk-17-jre-headless') or set KAFKA_BOOTSTRAP_SERVERS."
             )
-        controller_port = self._pick_controller_port()
         if not _port_is_free(self.port):
             raise BrokerError(
                 f"port {self.port} on 127.0.0.1 is taken by another process (not a broker canary started). "
@@ -431,6 +462,17 @@ class LocalBroker:
         if self.secure:
             self._ensure_passwords()
             self._write_env_files()
+        for attempt in range(1, CONTROLLER_PORT_ATTEMPTS + 1):
+            controller_port = self._pick_controller_port()
+            try:
+                return self._launch(java, controller_port, log, timeout)
+            except _ControllerPortTaken:
+                if attempt == CONTROLLER_PORT_ATTEMPTS:
+                    raise
+                log(f"controller port {controller_port} was taken while the broker started; trying another")
+        raise AssertionError("unreachable")
+
+    def _launch(self, java: str, controller_port: int, log: Log, timeout: float) -> BrokerInfo:
         props = self._write_config(controller_port)
         self._format_storage(java, props)
         log_handle = self.log_file.open("ab")
@@ -470,10 +512,15 @@ class LocalBroker:
         self._register(info)
         try:
             _wait_for_metadata(self.connection(), timeout, self.log_file, proc.pid, popen=proc)
-        except BrokerError:
+        except BrokerError as exc:
             self._kill(proc.pid)
             proc.wait(timeout=5)
             self._proc = None
+            with contextlib.suppress(OSError):
+                self._info_file.unlink()
+            self._unregister()
+            if f"failed to bind to 127.0.0.1:{controller_port}: Address already in use" in str(exc):
+                raise _ControllerPortTaken(str(exc)) from exc
             raise
         log(f"Kafka {info.version} broker pid {proc.pid} ready at {info.bootstrap} in {time.time() - started:.1f}s")
         return info
@@ -523,13 +570,12 @@ class LocalBroker:
             with contextlib.suppress(OSError):
                 self._registration.unlink()
 
-    def _pick_controller_port(self) -> int:
+    def _pick_controller_port(self, avoid: int | None = None) -> int:
+        lo = _ephemeral_range()[0]
         for candidate in (self.port + 1, self.port + 101, self.port + 1001):
-            if 0 < candidate < 65536 and _port_is_free(candidate):
+            if 0 < candidate < lo and candidate != avoid and _port_is_free(candidate):
                 return candidate
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+        return listen_port()
 
     def _check_storage_mode(self) -> None:
         """A data dir keeps the mode it was formatted in: SCRAM credentials exist only if formatted secure."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.broker import listen_port
 from devtools.harness import ROOT
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Below the ephemeral range: an outgoing connection cannot take it before the listener binds it."""
+    return listen_port()
 
 
 def scrape(port: int, timeout: float = 2.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -8,7 +8,6 @@ when CANARY_TEST_KAFKA=testcontainers and a Docker engine answers — testcontai
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from canary.kafka.topics import Topics, ensure_topics
+from devtools.broker import listen_port
 
 # Routers the suite spawns (`canary router`) serve tens of requests per second on a 2-core machine shared
 # with a broker and workers: the real rerank model would need ~15 cores for that (bench/bench_reranker.py).
@@ -28,9 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Below the ephemeral range: an outgoing connection cannot take it before the listener binds it."""
+    return listen_port()
 
 
 @pytest.fixture(scope="session", autouse=True)

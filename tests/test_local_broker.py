@@ -169,3 +169,35 @@ def test_head_of_a_json_listing_is_quiet() -> None:
         cwd=root,
     )
     assert done.returncode == 0 and done.stdout == "{\n" and "Traceback" not in done.stderr
+
+
+def test_listen_ports_stay_below_the_ephemeral_range() -> None:
+    low, _ = broker_module._ephemeral_range()
+    ports = {broker_module.listen_port() for _ in range(50)}
+    assert all(20000 <= p < low for p in ports) and len(ports) > 1
+
+
+@pytest.mark.kafka
+def test_a_controller_port_taken_while_the_broker_starts_is_replaced(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import socket
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", broker_module.listen_port()))
+    squatter.listen()
+    taken = int(squatter.getsockname()[1])
+    picks = iter([taken])  # the first pick is "free" when checked, taken when the JVM binds it
+    real_pick = LocalBroker._pick_controller_port
+    monkeypatch.setattr(
+        LocalBroker, "_pick_controller_port", lambda self, avoid=None: next(picks, None) or real_pick(self)
+    )
+    lines: list[str] = []
+    broker = LocalBroker(tmp_path / "home", broker_module.listen_port(), data_dir=tmp_path / "kafka")
+    try:
+        info = broker.start(log=lines.append)
+        assert info.controller_port != taken
+        assert any(f"controller port {taken} was taken" in line for line in lines), lines
+    finally:
+        broker.stop()
+        squatter.close()
