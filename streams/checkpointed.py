@@ -27,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
@@ -55,6 +57,14 @@ REWIND_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between rewinds in a row (the broker 
 # Rewinds in a row that failed for a reason other than the broker being away before the stage gives up
 # (a refusal that outlives this many attempts is configuration, not an outage).
 GIVE_UP_AFTER = 8
+
+
+# Test-only fault injection (tests/integration/test_stage_failures.py), read at ONE boundary: with this variable
+# naming a file, a stage whose name the file holds SIGKILLs its own process at its next checkpoint that follows
+# window output — after the broker acknowledged that output, before the state saying so is written: the
+# crash the protocol must survive (output repeated after the restart, dropped by id). The test writes the
+# file when it wants the crash; without the variable nothing is read.
+FAULT_KILL_FILE = os.environ.get("CANARY_FAULT_KILL_FILE") or None
 
 
 class Undelivered(KafkaError):
@@ -133,6 +143,7 @@ class CheckpointedStage(Generic[State]):
         self._last_checkpoint = 0.0
         self._checkpoint_cost_s = 0.0  # time the last checkpoint spent encoding and sending state
         self._emitted: list[asyncio.Future[Any]] = []  # deliveries since the last checkpoint
+        self.windows_since_checkpoint = 0  # window output (not marks or dead letters) since the last checkpoint
         self.commit_lock = asyncio.Lock()
         self.rebalancing_since: float | None = None  # between partitions revoked and assigned: no commit
         self.polled_at = time.monotonic()  # the main loop's last return from getmany
@@ -296,6 +307,8 @@ class CheckpointedStage(Generic[State]):
         await self._producer.flush()
         self._raise_undelivered()
         self._check_generation()
+        if FAULT_KILL_FILE is not None and self.windows_since_checkpoint:
+            self._fault_kill(FAULT_KILL_FILE)
         futures = []
         offsets: dict[TopicPartition, int] = {}
         encoding_started = time.perf_counter()
@@ -312,6 +325,7 @@ class CheckpointedStage(Generic[State]):
         await asyncio.gather(*futures)
         self._dirty.difference_update(parts)
         self.checkpoints += 1
+        self.windows_since_checkpoint = 0
         self._rewinds_in_a_row = self._refusals_in_a_row = 0  # on the broker: whatever happened is behind us
         self._last_checkpoint = time.monotonic()
         if self._consumer is not None and offsets:
@@ -319,6 +333,16 @@ class CheckpointedStage(Generic[State]):
                 if self.rebalancing_since is None:
                     with contextlib.suppress(Exception):  # commits are for lag visibility; the state is the truth
                         await self._consumer.commit(offsets)
+
+    def _fault_kill(self, path: str) -> None:
+        try:
+            with open(path) as armed_for:
+                armed = armed_for.read().strip() == self.name
+        except OSError:
+            return
+        if armed:
+            log.error("%s: fault injection: SIGKILL after output was acknowledged, before its checkpoint", self.name)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def consuming(self) -> tuple[bool, str]:
         """Readiness: does the main loop come back from the broker with records (or none) as it should?"""
@@ -405,6 +429,7 @@ class CheckpointedStage(Generic[State]):
                 n,
             )
         self._emitted = []
+        self.windows_since_checkpoint = 0
         for p in parts:
             self.states.pop(p, None)
             self._dirty.discard(p)
