@@ -1,0 +1,359 @@
+"""Issue #22 item 3: the windows stage as it is (flush, then checkpoint state + offset to the compacted state
+topic, downstream dedup) against a PROTOTYPE of it on Kafka transactions (output + state + source offsets in
+one transaction per checkpoint interval, read back ``read_committed``), on the same backlog and broker.
+
+Steps (real broker; each phase on topics of its own, the same synthetic backlog as bench_aggregation):
+
+  a. produce N outcomes + the routers' watermark records onto <prefix>search_results (6 partitions);
+  b. run the windows stage in-process (the deployment registry beside it) until every partition's applied
+     offset reaches the end of the backlog: wall time, outcomes/s, and the time each checkpoint (custom:
+     flush + state records acknowledged + offset commit) or transaction commit (prototype: state records +
+     send_offsets_to_transaction + commit_transaction, then begin the next) took;
+  c. read the partial windows back (read_committed for the prototype) and check that, per (key, slot), they
+     count exactly the outcomes of the backlog, and how many partial records carry an id seen before.
+
+    .venv/bin/python -m bench.bench_txn_stage [--outcomes 100000] [--json]
+
+The prototype (``TxnWindowingStage`` below) uses ONE transactional id per stage instance: aiokafka 0.14's
+``send_offsets_to_transaction(offsets, group_id)`` sends no consumer-group generation (KIP-447), so fencing a
+zombie that lost its partitions in a rebalance needs one transactional id — one producer — per source
+partition; the figures below bound the commit cost per producer (see docs/adr/0004-*.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from bench.bench_aggregation import (
+    WINDOW_MS,
+    build_backlog,
+    declared_partitions,
+    prepare,
+    synth_outcomes,
+)
+from bench.common import base_parser, control_keys, emit, kafka, log, machine, now_ms, sigterm_as_exit, unique_prefix
+from canary.core import wire
+from canary.core.jsonio import dumps, loads
+from canary.kafka.backoff import calm
+from canary.kafka.clients import client_kwargs
+from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
+from streams.registry import DeploymentRegistry
+from streams.windowing import WindowingStage
+
+
+class _TxnProducer:
+    """The few HealingProducer calls the stage makes, on one transactional aiokafka producer."""
+
+    generation = 0
+    replacing = False
+    replacements = 0
+    cause: BaseException | None = None
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> Any:
+        return await self.producer.send(topic, value, key=key, partition=partition)
+
+    async def flush(self) -> None:
+        await self.producer.flush()
+
+    def failure(self) -> BaseException | None:
+        return None
+
+
+class TxnWindowingStage(WindowingStage):
+    """PROTOTYPE: a checkpoint is a transaction commit — the output since the last one, the state records and
+    the source offsets become visible (read_committed) together, or not at all."""
+
+    name = "windows"
+
+    def __init__(self, *args: Any, transactional_id: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.transactional_id = transactional_id
+        self.commit_s: list[float] = []
+        self.txn: AIOKafkaProducer | None = None
+
+    async def checkpoint(self, only: Iterable[int] | None = None, force: bool = False) -> None:
+        if self.txn is None:
+            return
+        if not force and time.monotonic() - self._last_checkpoint < self.checkpoint_ms / 1000:
+            return
+        parts = sorted(set(only) & self._dirty if only is not None else self._dirty)
+        if not parts:
+            return
+        started = time.perf_counter()
+        offsets: dict[TopicPartition, int] = {}
+        for p in parts:
+            state = self.states.get(p)
+            if state is None:
+                continue
+            await self.txn.send(self.topics.window_state, dumps(self.state_to_dict(state)), key=self._state_key(p))
+            applied = self.applied_offset(state, p)
+            if applied is not None:
+                offsets[self.tp(p)] = applied + 1
+        if offsets:
+            await self.txn.send_offsets_to_transaction(offsets, self.group_id)
+        await self.txn.commit_transaction()
+        await self.txn.begin_transaction()
+        self.commit_s.append(time.perf_counter() - started)
+        self._dirty.difference_update(parts)
+        self.checkpoints += 1
+        self._last_checkpoint = time.monotonic()
+
+    async def _load_states(self, partitions: list[int]) -> dict[int, dict[str, Any]]:
+        # Only committed state counts: an aborted transaction's state never existed.
+        wanted = {self._state_key(p): p for p in partitions}
+        found: dict[int, dict[str, Any]] = {}
+        reader = calm(
+            AIOKafkaConsumer(
+                **client_kwargs(self.bootstrap),
+                group_id=None,
+                isolation_level="read_committed",
+                max_partition_fetch_bytes=CHECKPOINT_MAX_BYTES,
+            )
+        )
+        await reader.start()
+        try:
+            tp = TopicPartition(self.topics.window_state, 0)
+            reader.assign([tp])
+            await reader.seek_to_beginning(tp)
+            end = (await reader.end_offsets([tp]))[tp]  # the last stable offset under read_committed
+            while await reader.position(tp) < end:
+                for record in (await reader.getmany(tp, timeout_ms=500)).get(tp, []):
+                    p = wanted.get(record.key or b"")
+                    if p is not None and record.value is not None:
+                        found[p] = wire.decode_object(record.value, wire.CHECKPOINT)
+        finally:
+            await reader.stop()
+        return found
+
+    async def run(self) -> None:
+        await self.registry.caught_up.wait()
+        self.txn = AIOKafkaProducer(
+            **client_kwargs(self.bootstrap),
+            transactional_id=self.transactional_id,
+            linger_ms=2,
+            max_request_size=CHECKPOINT_MAX_BYTES,
+        )
+        self._producer = _TxnProducer(self.txn)  # type: ignore[assignment]
+        self._consumer = calm(
+            AIOKafkaConsumer(
+                **client_kwargs(self.bootstrap),
+                group_id=self.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                isolation_level="read_committed",
+                fetch_max_wait_ms=self.fetch_max_wait_ms,
+                max_poll_records=self.max_records,
+            )
+        )
+        from streams.checkpointed import _Rebalance
+
+        self._consumer.subscribe([self.source_topic], listener=_Rebalance(self))
+        await self.txn.start()  # InitProducerId: fences an older producer with this id, aborts its transaction
+        await self._consumer.start()
+        await self.started()
+        await self.txn.begin_transaction()
+        try:
+            while True:
+                if self._pending:
+                    await self.acquire(sorted(self._pending))
+                batch = await self._consumer.getmany(timeout_ms=self.fetch_max_wait_ms, max_records=self.max_records)
+                await self.process(batch)
+                await self.emit_due()
+                await self.checkpoint()
+        finally:
+            for step in (self._consumer.stop(), self.txn.stop()):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(step, 5)
+
+
+def _applied_all(stage: WindowingStage, ends: dict[int, int]) -> bool:
+    return all(
+        p in stage.states and (stage.applied_offset(stage.states[p], p) or -1) >= end - 1 for p, end in ends.items()
+    )
+
+
+async def _ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def _partials(bootstrap: str, topic: str, committed: bool) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        **client_kwargs(bootstrap),
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        idle = 0
+        while idle < 4:
+            batch = await consumer.getmany(timeout_ms=300)
+            idle = 0 if batch else idle + 1
+            for records in batch.values():
+                out.extend(loads(r.value) for r in records if r.key != b"progress")
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def phase(bootstrap: str, topics: Topics, txn: bool, partitions: int, timeout_s: float) -> dict[str, Any]:
+    registry = DeploymentRegistry(bootstrap, topics.control)
+    group = f"{topics.prefix}windows"
+    stage: WindowingStage
+    if txn:
+        stage = TxnWindowingStage(bootstrap, topics, registry, group_id=group, transactional_id=f"{group}-0")
+    else:
+        stage = WindowingStage(bootstrap, topics, registry, group_id=group)
+    ends = await _ends(bootstrap, topics.search_results, partitions)
+    ckpt_s: list[float] = []
+    if not txn:
+        original = stage.checkpoint
+
+        async def timed(only: Iterable[int] | None = None, force: bool = False) -> None:
+            before, started = stage.checkpoints, time.perf_counter()
+            await original(only, force)
+            if stage.checkpoints > before:
+                ckpt_s.append(time.perf_counter() - started)
+
+        stage.checkpoint = timed  # type: ignore[method-assign]
+    tasks = [asyncio.create_task(registry.run()), asyncio.create_task(stage.run())]
+    started = time.perf_counter()
+    first: float | None = None
+    try:
+        while time.perf_counter() - started < timeout_s:
+            if first is None and stage.states and not stage._pending:
+                first = time.perf_counter()
+            if _applied_all(stage, ends):
+                break
+            for t in tasks:
+                if t.done():
+                    t.result()
+            await asyncio.sleep(0.05)
+        done = time.perf_counter()
+        complete = _applied_all(stage, ends)
+        await asyncio.sleep(2 * stage.checkpoint_ms / 1000 + 0.5)  # the last checkpoint / commit goes out
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+    seconds = done - (first or started)
+    times = stage.commit_s if isinstance(stage, TxnWindowingStage) else ckpt_s
+    partials = await _partials(bootstrap, topics.window_partials, committed=txn)
+    ids = Counter(p["partial_id"] for p in partials)
+    return {
+        "mode": "transactions" if txn else "custom",
+        "complete": complete,
+        "outcomes": stage.stats.outcomes,
+        "seconds": round(seconds, 3),
+        "rate": round(stage.stats.outcomes / seconds) if seconds > 0 else None,
+        "checkpoints": len(times),
+        "checkpoint_ms_median": round(statistics.median(times) * 1000, 2) if times else None,
+        "checkpoint_ms_p95": round(sorted(times)[int(0.95 * (len(times) - 1))] * 1000, 2) if times else None,
+        "checkpoint_ms_total": round(sum(times) * 1000),
+        "partials": len(partials),
+        "repeated_partials": sum(n - 1 for n in ids.values()),
+        "_partials": partials,
+    }
+
+
+def _check(partials: list[dict[str, Any]], truth: Counter[tuple[str, int]]) -> dict[str, Any]:
+    """Σ over source partitions of the partials' response_count per (key, slot) = the backlog's outcomes."""
+    seen: dict[str, dict[str, Any]] = {}
+    for p in partials:
+        seen[p["partial_id"]] = p  # a repeat is identical: keep one
+    counted: Counter[tuple[str, int]] = Counter()
+    for p in seen.values():
+        counted[(p["key"], int(p["window_start_ms"]))] += int(p["aggregate"]["count"])
+    wrong = [k for k in set(truth) | set(counted) if truth.get(k, 0) != counted.get(k, 0)]
+    return {"counted": sum(counted.values()), "expected": sum(truth.values()), "wrong_slots": len(wrong)}
+
+
+def run(args: Any) -> dict[str, Any]:
+    dep = f"canary_bench{uuid.uuid4().hex[:6]}"
+    span_ms = int(args.span_s * 1000)
+    result: dict[str, Any] = {"benchmark": "txn_stage", "machine": machine(), "n": args.n}
+    with kafka() as target, tempfile.TemporaryDirectory(prefix="canary-bench-txn-") as tmp:
+        result["kafka"] = target.describe()
+        # The harness's send_command takes a bare PLAINTEXT address (as bench_aggregation's prepare does).
+        bootstrap = str(target.bootstrap)
+        base = now_ms() - span_ms - 2 * WINDOW_MS
+        base -= base % WINDOW_MS
+        outcomes = synth_outcomes(args.n, dep, base, span_ms)
+        truth = Counter((f"{o.window_key.as_str()}", o.ts - o.ts % WINDOW_MS) for o in outcomes)
+        with control_keys(Path(tmp) / "keys"):
+            for txn in [False, True] * args.rounds:
+                topics = Topics(unique_prefix("txn" if txn else "cus"))
+                partitions = declared_partitions(topics, topics.search_results)
+                backlog = build_backlog(outcomes, partitions, 500, base + span_ms)
+                log(
+                    f"{'transactions' if txn else 'custom'}: producing {args.n:,} outcomes onto {topics.search_results}"
+                )
+                asyncio.run(prepare(bootstrap, topics, dep, backlog))
+                r = asyncio.run(phase(bootstrap, topics, txn, partitions, args.timeout_s))
+                r["check"] = _check(r.pop("_partials"), truth)
+                log(f"    {r}")
+                result.setdefault("phases", []).append(r)
+    return result
+
+
+def render(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        f"windows stage over {r['n']:,} outcomes, 6 partitions; {m.get('cpus')} cpus, load {m.get('loadavg_at_start')}"
+    ]
+    lines.append(
+        f"{'mode':<13} {'rate/s':>8} {'s':>6} {'ckpts':>6} {'ckpt ms p50':>11} {'p95':>7} {'total ms':>9} "
+        f"{'partials':>8} {'repeats':>7} {'exact':>6}"
+    )
+    for p in r["phases"]:
+        c = p["check"]
+        lines.append(
+            f"{p['mode']:<13} {p['rate'] or 0:>8,} {p['seconds']:>6.2f} {p['checkpoints']:>6} "
+            f"{p['checkpoint_ms_median'] or 0:>11.2f} {p['checkpoint_ms_p95'] or 0:>7.2f} {p['checkpoint_ms_total']:>9} "
+            f"{p['partials']:>8} {p['repeated_partials']:>7} {str(c['wrong_slots'] == 0 and c['counted'] == c['expected']):>6}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = base_parser(__doc__ or "")
+    parser.add_argument("-n", "--outcomes", dest="n", type=int, default=100_000)
+    parser.add_argument("--span-s", type=float, default=60.0)
+    parser.add_argument("--rounds", type=int, default=2, help="custom/transactions alternations (default 2)")
+    parser.add_argument("--timeout-s", type=float, default=180.0)
+    args = parser.parse_args()
+    with sigterm_as_exit():
+        result = run(args)
+    emit(result, render(result), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
