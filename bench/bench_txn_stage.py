@@ -37,8 +37,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError as AIOKafkaError
 
 from bench.bench_aggregation import (
+    CANDIDATE,
     WINDOW_MS,
     build_backlog,
     declared_partitions,
@@ -50,9 +52,13 @@ from canary.core import wire
 from canary.core.jsonio import dumps, loads
 from canary.kafka.backoff import calm
 from canary.kafka.clients import client_kwargs
-from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
+from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
 from streams.registry import DeploymentRegistry
 from streams.windowing import WindowingStage
+from tests.integration.harness import send_command, start_command
+
+
+STEP_TIMEOUT_S = 15.0
 
 
 class _TxnProducer:
@@ -142,15 +148,61 @@ class TxnWindowingStage(WindowingStage):
             await reader.stop()
         return found
 
-    async def run(self) -> None:
-        await self.registry.caught_up.wait()
+    def _new_txn(self) -> AIOKafkaProducer:
         self.txn = AIOKafkaProducer(
             **client_kwargs(self.bootstrap),
             transactional_id=self.transactional_id,
             linger_ms=2,
             max_request_size=CHECKPOINT_MAX_BYTES,
+            request_timeout_ms=10_000,
         )
         self._producer = _TxnProducer(self.txn)  # type: ignore[assignment]
+        return self.txn
+
+    async def _recover(self, exc: BaseException) -> None:
+        """The whole recovery on transactions: drop the open transaction (a new producer with the same
+        transactional id aborts it on the broker: InitProducerId), restore the committed state, seek to the
+        committed offsets. Nothing of the aborted transaction was visible, so nothing is emitted twice."""
+        self.recoveries.append((time.monotonic(), type(exc).__name__, str(exc)[:160]))
+        log(f"    txn stage: {type(exc).__name__}: {str(exc)[:160]} -> new producer, restore committed state")
+        old = self.txn
+        if old is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(old.stop(), 5)
+        for p in list(self.states):
+            self.states.pop(p, None)
+            self._dirty.discard(p)
+        assert self._consumer is not None
+        self.hold(sorted(tp.partition for tp in self._consumer.assignment()))
+        delay = 0.5
+        while True:
+            try:
+                txn = self._new_txn()
+                await txn.start()
+                await txn.begin_transaction()
+                self.recovered_at.append(time.monotonic())
+                return
+            except Exception as again:  # the broker is still away
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(txn.stop(), 5)
+                log(f"    txn stage: producer not started ({type(again).__name__}); again in {delay:.1f} s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _turn(self) -> None:
+        assert self._consumer is not None
+        if self._pending:
+            await self.acquire(sorted(self._pending))
+        batch = await self._consumer.getmany(timeout_ms=self.fetch_max_wait_ms, max_records=self.max_records)
+        await self.process(batch)
+        await self.emit_due()
+        await self.checkpoint()
+
+    async def run(self) -> None:
+        await self.registry.caught_up.wait()
+        self.recoveries: list[tuple[float, str, str]] = []
+        self.recovered_at: list[float] = []
+        txn = self._new_txn()
         self._consumer = calm(
             AIOKafkaConsumer(
                 **client_kwargs(self.bootstrap),
@@ -165,20 +217,23 @@ class TxnWindowingStage(WindowingStage):
         from streams.checkpointed import _Rebalance
 
         self._consumer.subscribe([self.source_topic], listener=_Rebalance(self))
-        await self.txn.start()  # InitProducerId: fences an older producer with this id, aborts its transaction
+        await txn.start()  # InitProducerId: fences an older producer with this id, aborts its transaction
         await self._consumer.start()
         await self.started()
-        await self.txn.begin_transaction()
+        await txn.begin_transaction()
         try:
             while True:
-                if self._pending:
-                    await self.acquire(sorted(self._pending))
-                batch = await self._consumer.getmany(timeout_ms=self.fetch_max_wait_ms, max_records=self.max_records)
-                await self.process(batch)
-                await self.emit_due()
-                await self.checkpoint()
+                try:
+                    if self._rewind_cause is not None:  # a commit on revocation failed
+                        cause, self._rewind_cause = self._rewind_cause, None
+                        raise cause
+                    # aiokafka's sender task dies on ProducerFenced and then every send and commit waits for
+                    # ever (docs/adr/0002): a turn that does not end is a failure like any other.
+                    await asyncio.wait_for(self._turn(), STEP_TIMEOUT_S)
+                except (AIOKafkaError, TimeoutError, OSError) as exc:
+                    await self._recover(exc)
         finally:
-            for step in (self._consumer.stop(), self.txn.stop()):
+            for step in (self._consumer.stop(), self.txn.stop() if self.txn else asyncio.sleep(0)):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(step, 5)
 
@@ -308,6 +363,11 @@ def run(args: Any) -> dict[str, Any]:
         outcomes = synth_outcomes(args.n, dep, base, span_ms)
         truth = Counter((f"{o.window_key.as_str()}", o.ts - o.ts % WINDOW_MS) for o in outcomes)
         with control_keys(Path(tmp) / "keys"):
+            if args.faults:
+                topics = Topics(unique_prefix("txnf"))
+                result["faults"] = f = asyncio.run(faults_phase(bootstrap, topics, dep, args))
+                log(f"    {f}")
+                return result
             for txn in [False, True] * args.rounds:
                 topics = Topics(unique_prefix("txn" if txn else "cus"))
                 partitions = declared_partitions(topics, topics.search_results)
@@ -323,7 +383,110 @@ def run(args: Any) -> dict[str, Any]:
     return result
 
 
+async def _live_traffic(bootstrap: str, topic: str, backlog: Any, span_s: float) -> int:
+    """Sends the backlog paced over ``span_s`` (its outcomes are stamped for now); a slice the broker did not
+    take is sent again (the windows stage drops repeated request ids), however long the broker is away."""
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all", request_timeout_ms=5000)
+    await producer.start()
+    slices = max(1, int(span_s * 10))
+    per = -(-len(backlog.records) // slices)
+    resent = 0
+    started = time.monotonic()
+    try:
+        for i in range(slices):
+            await asyncio.sleep(max(0.0, started + i * span_s / slices - time.monotonic()))
+            chunk = backlog.records[i * per : (i + 1) * per]
+            while True:
+                try:
+                    futs = [await producer.send(topic, v, key=k, partition=p) for p, k, v, _ in chunk]
+                    await asyncio.gather(*futs)
+                    break
+                except Exception:
+                    resent += 1
+                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait_for(producer.stop(), 5)
+                    producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all", request_timeout_ms=5000)
+                    with contextlib.suppress(Exception):
+                        await producer.start()
+    finally:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(producer.stop(), 5)
+    return resent
+
+
+def _kafka_cli(*argv: str) -> None:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "canary.cli", "kafka", *argv], check=True, capture_output=True)
+
+
+async def faults_phase(bootstrap: str, topics: Topics, dep: str, args: Any) -> dict[str, Any]:
+    """Live traffic through the transactional prototype; a fencing producer at 1/3 of the span, a broker
+    restart at 2/3 (only with --restart-port/--restart-data-dir: a broker this script may stop)."""
+    span_s = args.span_s
+    base = now_ms() + 1000
+    outcomes = synth_outcomes(args.n, dep, base, int(span_s * 1000))
+    truth = Counter((o.window_key.as_str(), o.ts - o.ts % WINDOW_MS) for o in outcomes)
+    partitions = declared_partitions(topics, topics.search_results)
+    backlog = build_backlog(outcomes, partitions, 200, base + int(span_s * 1000))
+    await asyncio.to_thread(ensure_topics, bootstrap, topics)
+    await send_command(bootstrap, topics, start_command(CANDIDATE, weight=0.2, deployment_id=dep))
+    registry = DeploymentRegistry(bootstrap, topics.control)
+    group = f"{topics.prefix}windows"
+    tid = f"{group}-0"
+    stage = TxnWindowingStage(bootstrap, topics, registry, group_id=group, transactional_id=tid)
+    tasks = [asyncio.create_task(registry.run()), asyncio.create_task(stage.run())]
+    events: list[str] = []
+    t0 = time.monotonic()
+    traffic = asyncio.create_task(_live_traffic(bootstrap, topics.search_results, backlog, span_s))
+    try:
+        await asyncio.sleep(span_s / 3)
+        fencer = AIOKafkaProducer(**client_kwargs(bootstrap), transactional_id=tid)
+        await fencer.start()  # InitProducerId with the stage's id: the stage's producer is fenced
+        events.append(f"{time.monotonic() - t0:.1f}s fencing producer started")
+        await fencer.stop()
+        if args.restart_port:
+            await asyncio.sleep(span_s / 3)
+            events.append(f"{time.monotonic() - t0:.1f}s broker stop")
+            await asyncio.to_thread(
+                _kafka_cli, "stop", "--port", str(args.restart_port), "--data-dir", args.restart_data_dir
+            )
+            await asyncio.sleep(3)
+            await asyncio.to_thread(
+                _kafka_cli, "start", "--port", str(args.restart_port), "--data-dir", args.restart_data_dir
+            )
+            events.append(f"{time.monotonic() - t0:.1f}s broker back")
+        resent = await traffic
+        await asyncio.sleep(WINDOW_MS / 1000 + 6)  # the last windows close on the final watermark
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+    partials = await _partials(bootstrap, topics.window_partials, committed=True)
+    ids = Counter(p["partial_id"] for p in partials)
+    return {
+        "events": events,
+        "recoveries": [
+            {"at_s": round(at - t0, 1), "error": name, "detail": detail} for at, name, detail in stage.recoveries
+        ],
+        "recovered_at_s": [round(at - t0, 1) for at in stage.recovered_at],
+        "traffic_slices_resent": resent,
+        "outcomes_applied": stage.stats.outcomes,
+        "duplicate_outcomes_dropped": stage.stats.duplicate_outcomes,
+        "partials": len(partials),
+        "repeated_partials": sum(n - 1 for n in ids.values()),
+        "check": _check(partials, truth),
+    }
+
+
 def render(r: dict[str, Any]) -> str:
+    if "faults" in r:
+        import json
+
+        return json.dumps(r["faults"], indent=2)
     m = r["machine"]
     lines = [
         f"windows stage over {r['n']:,} outcomes, 6 partitions; {m.get('cpus')} cpus, load {m.get('loadavg_at_start')}"
@@ -337,7 +500,7 @@ def render(r: dict[str, Any]) -> str:
         lines.append(
             f"{p['mode']:<13} {p['rate'] or 0:>8,} {p['seconds']:>6.2f} {p['checkpoints']:>6} "
             f"{p['checkpoint_ms_median'] or 0:>11.2f} {p['checkpoint_ms_p95'] or 0:>7.2f} {p['checkpoint_ms_total']:>9} "
-            f"{p['partials']:>8} {p['repeated_partials']:>7} {str(c['wrong_slots'] == 0 and c['counted'] == c['expected']):>6}"
+            f"{p['partials']:>8} {p['repeated_partials']:>7} {c['wrong_slots'] == 0 and c['counted'] == c['expected']!s:>6}"
         )
     return "\n".join(lines)
 
@@ -348,6 +511,9 @@ def main() -> int:
     parser.add_argument("--span-s", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=2, help="custom/transactions alternations (default 2)")
     parser.add_argument("--timeout-s", type=float, default=180.0)
+    parser.add_argument("--faults", action="store_true", help="live traffic + a fencing producer (+ a restart)")
+    parser.add_argument("--restart-port", type=int, default=None, help="--faults: restart the broker on this port")
+    parser.add_argument("--restart-data-dir", default=None, help="--faults: … with this data dir")
     args = parser.parse_args()
     with sigterm_as_exit():
         result = run(args)
