@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
@@ -398,8 +399,12 @@ async def _live_traffic(bootstrap: str, topic: str, backlog: Any, span_s: float)
             chunk = backlog.records[i * per : (i + 1) * per]
             while True:
                 try:
-                    futs = [await producer.send(topic, v, key=k, partition=p) for p, k, v, _ in chunk]
-                    await asyncio.gather(*futs)
+
+                    async def deliver(producer: AIOKafkaProducer = producer) -> None:
+                        futs = [await producer.send(topic, v, key=k, partition=p) for p, k, v, _ in chunk]
+                        await asyncio.gather(*futs)
+
+                    await asyncio.wait_for(deliver(), 10)  # a plain producer may hang after a restart too
                     break
                 except Exception:
                     resent += 1
@@ -408,7 +413,7 @@ async def _live_traffic(bootstrap: str, topic: str, backlog: Any, span_s: float)
                         await asyncio.wait_for(producer.stop(), 5)
                     producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all", request_timeout_ms=5000)
                     with contextlib.suppress(Exception):
-                        await producer.start()
+                        await asyncio.wait_for(producer.start(), 10)
     finally:
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(producer.stop(), 5)
@@ -418,7 +423,15 @@ async def _live_traffic(bootstrap: str, topic: str, backlog: Any, span_s: float)
 def _kafka_cli(*argv: str) -> None:
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "canary.cli", "kafka", *argv], check=True, capture_output=True)
+    # Not captured: the broker `kafka start` leaves running would hold a captured pipe open for ever.
+    subprocess.run(
+        [sys.executable, "-m", "canary.cli", "kafka", *argv],
+        check=True,
+        # `kafka start` uses the cluster KAFKA_BOOTSTRAP_SERVERS names instead of starting one.
+        env={k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 async def faults_phase(bootstrap: str, topics: Topics, dep: str, args: Any) -> dict[str, Any]:
@@ -439,13 +452,23 @@ async def faults_phase(bootstrap: str, topics: Topics, dep: str, args: Any) -> d
     tasks = [asyncio.create_task(registry.run()), asyncio.create_task(stage.run())]
     events: list[str] = []
     t0 = time.monotonic()
+    if args.stacks_after_s:
+
+        async def stacks() -> None:
+            await asyncio.sleep(args.stacks_after_s)
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=6, file=sys.stderr)
+                print("----", file=sys.stderr)
+
+        tasks.append(asyncio.create_task(stacks()))
     traffic = asyncio.create_task(_live_traffic(bootstrap, topics.search_results, backlog, span_s))
     try:
         await asyncio.sleep(span_s / 3)
-        fencer = AIOKafkaProducer(**client_kwargs(bootstrap), transactional_id=tid)
-        await fencer.start()  # InitProducerId with the stage's id: the stage's producer is fenced
-        events.append(f"{time.monotonic() - t0:.1f}s fencing producer started")
-        await fencer.stop()
+        if not args.no_fence:
+            fencer = AIOKafkaProducer(**client_kwargs(bootstrap), transactional_id=tid)
+            await fencer.start()  # InitProducerId with the stage's id: the stage's producer is fenced
+            events.append(f"{time.monotonic() - t0:.1f}s fencing producer started")
+            await fencer.stop()
         if args.restart_port:
             await asyncio.sleep(span_s / 3)
             events.append(f"{time.monotonic() - t0:.1f}s broker stop")
@@ -512,6 +535,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="custom/transactions alternations (default 2)")
     parser.add_argument("--timeout-s", type=float, default=180.0)
     parser.add_argument("--faults", action="store_true", help="live traffic + a fencing producer (+ a restart)")
+    parser.add_argument("--no-fence", action="store_true", help="--faults: no fencing producer")
+    parser.add_argument("--stacks-after-s", type=float, default=None, help="print every task's stack then")
     parser.add_argument("--restart-port", type=int, default=None, help="--faults: restart the broker on this port")
     parser.add_argument("--restart-data-dir", default=None, help="--faults: … with this data dir")
     args = parser.parse_args()
