@@ -58,7 +58,6 @@ from streams.registry import DeploymentRegistry
 from streams.windowing import WindowingStage
 from tests.integration.harness import send_command, start_command
 
-
 STEP_TIMEOUT_S = 15.0
 
 
@@ -400,7 +399,7 @@ async def _live_traffic(bootstrap: str, topic: str, backlog: Any, span_s: float)
             while True:
                 try:
 
-                    async def deliver(producer: AIOKafkaProducer = producer) -> None:
+                    async def deliver(producer: AIOKafkaProducer = producer, chunk: list[Any] = chunk) -> None:
                         futs = [await producer.send(topic, v, key=k, partition=p) for p, k, v, _ in chunk]
                         await asyncio.gather(*futs)
 
@@ -520,10 +519,11 @@ def render(r: dict[str, Any]) -> str:
     )
     for p in r["phases"]:
         c = p["check"]
+        exact = c["wrong_slots"] == 0 and c["counted"] == c["expected"]
         lines.append(
             f"{p['mode']:<13} {p['rate'] or 0:>8,} {p['seconds']:>6.2f} {p['checkpoints']:>6} "
-            f"{p['checkpoint_ms_median'] or 0:>11.2f} {p['checkpoint_ms_p95'] or 0:>7.2f} {p['checkpoint_ms_total']:>9} "
-            f"{p['partials']:>8} {p['repeated_partials']:>7} {c['wrong_slots'] == 0 and c['counted'] == c['expected']!s:>6}"
+            f"{p['checkpoint_ms_median'] or 0:>11.2f} {p['checkpoint_ms_p95'] or 0:>7.2f} "
+            f"{p['checkpoint_ms_total']:>9} {p['partials']:>8} {p['repeated_partials']:>7} {exact!s:>6}"
         )
     return "\n".join(lines)
 
