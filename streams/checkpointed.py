@@ -35,6 +35,7 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from canary.core import wire
 from canary.core.jsonio import dumps
@@ -42,7 +43,7 @@ from canary.errors import KafkaError, ProducerFailed
 from canary.kafka.backoff import calm
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.producer import HealingProducer, ProducerReplaced, broker_away
-from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
+from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, topic_partitions
 
 CHECKPOINT_COST_FACTOR = 20  # checkpoints take at most ~5 % of the stage's time
 # A loop that has not come back from getmany for this long is not consuming (a rebalance waiting for a killed
@@ -129,6 +130,8 @@ class CheckpointedStage(Generic[State]):
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.recovery_lookback_ms = recovery_lookback_ms
         self.states: dict[int, State] = {}
+        self._state_partitions = 1  # of the state topic, learnt at the start
+        self.state_partitions_read = 0  # by the last restore
         self.checkpoints = 0
         self.unreadable_checkpoints = 0
         self._dirty: set[int] = set()
@@ -171,8 +174,14 @@ class CheckpointedStage(Generic[State]):
     def _state_key(self, partition: int) -> bytes:
         return f"{self.group_id}|{self.source_topic}|{partition}".encode()
 
+    def _state_partition(self, key: bytes) -> int:
+        """Where the state record of ``key`` lives: the partition Kafka's default partitioner gives the key
+        (aiokafka's and Java's alike), so any keyed write of it, ours or not, lands where restores look."""
+        return int(DefaultPartitioner()(key, list(range(self._state_partitions)), []))
+
     async def _load_states(self, partitions: list[int]) -> dict[int, dict[str, Any]]:
-        """Latest checkpoint per partition from the compacted state topic (read to its current end)."""
+        """Latest checkpoint per partition from the compacted state topic: only the state partitions that
+        hold these keys are read (each to its current end), not every stage's checkpoints."""
         wanted = {self._state_key(p): p for p in partitions}
         found: dict[int, dict[str, Any]] = {}
         reader = calm(
@@ -186,23 +195,25 @@ class CheckpointedStage(Generic[State]):
         )
         await reader.start()
         try:
-            tp = TopicPartition(self.topics.window_state, 0)
-            reader.assign([tp])
-            await reader.seek_to_beginning(tp)
-            end = (await reader.end_offsets([tp]))[tp]
-            while await reader.position(tp) < end:
-                batch = await reader.getmany(tp, timeout_ms=500, max_records=10_000)
-                for record in batch.get(tp, []):
-                    partition = wanted.get(record.key or b"")
-                    if partition is None:
-                        continue
-                    if record.value is None:
-                        found.pop(partition, None)
-                        continue
-                    try:
-                        found[partition] = wire.decode_object(record.value, wire.CHECKPOINT)
-                    except wire.Rejected as exc:  # started afresh by acquire(), with the reason logged
-                        found[partition] = {"__unreadable__": f"{exc.code}: {exc.detail[:200]}"}
+            tps = sorted({TopicPartition(self.topics.window_state, self._state_partition(k)) for k in wanted})
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)
+            self.state_partitions_read = len(tps)
+            for tp in tps:
+                while await reader.position(tp) < ends[tp]:
+                    batch = await reader.getmany(tp, timeout_ms=500, max_records=10_000)
+                    for record in batch.get(tp, []):
+                        partition = wanted.get(record.key or b"")
+                        if partition is None:
+                            continue
+                        if record.value is None:
+                            found.pop(partition, None)
+                            continue
+                        try:
+                            found[partition] = wire.decode_object(record.value, wire.CHECKPOINT)
+                        except wire.Rejected as exc:  # started afresh by acquire(), with the reason logged
+                            found[partition] = {"__unreadable__": f"{exc.code}: {exc.detail[:200]}"}
         finally:
             await reader.stop()
         return found
@@ -317,7 +328,10 @@ class CheckpointedStage(Generic[State]):
             if state is None:
                 continue
             body = dumps(self.state_to_dict(state))
-            futures.append(await self._producer.send(self.topics.window_state, body, key=self._state_key(p)))
+            key = self._state_key(p)
+            futures.append(
+                await self._producer.send(self.topics.window_state, body, key=key, partition=self._state_partition(key))
+            )
             applied = self.applied_offset(state, p)
             if applied is not None:
                 offsets[self.tp(p)] = applied + 1
@@ -471,6 +485,7 @@ class CheckpointedStage(Generic[State]):
         try:
             await self._producer.start()
             await self._consumer.start()
+            self._state_partitions = len(await topic_partitions(self._consumer, self.topics.window_state))
             await self.started()
             while True:
                 try:
