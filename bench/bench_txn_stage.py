@@ -53,7 +53,7 @@ from canary.core import wire
 from canary.core.jsonio import dumps, loads
 from canary.kafka.backoff import calm
 from canary.kafka.clients import client_kwargs
-from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
+from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics, topic_partitions
 from streams.registry import DeploymentRegistry
 from streams.windowing import WindowingStage
 from tests.integration.harness import send_command, start_command
@@ -93,6 +93,7 @@ class TxnWindowingStage(WindowingStage):
         self.transactional_id = transactional_id
         self.commit_s: list[float] = []
         self.txn: AIOKafkaProducer | None = None
+        self.sent_in_txn = False
 
     async def checkpoint(self, only: Iterable[int] | None = None, force: bool = False) -> None:
         if self.txn is None:
@@ -100,26 +101,34 @@ class TxnWindowingStage(WindowingStage):
         if not force and time.monotonic() - self._last_checkpoint < self.checkpoint_ms / 1000:
             return
         parts = sorted(set(only) & self._dirty if only is not None else self._dirty)
-        if not parts:
-            return
+        if not parts and not self.sent_in_txn:
+            return  # an empty transaction: nothing to commit
         started = time.perf_counter()
         offsets: dict[TopicPartition, int] = {}
         for p in parts:
             state = self.states.get(p)
             if state is None:
                 continue
-            await self.txn.send(self.topics.window_state, dumps(self.state_to_dict(state)), key=self._state_key(p))
+            key = self._state_key(p)
+            body = dumps(self.state_to_dict(state))
+            await self.txn.send(self.topics.window_state, body, key=key, partition=self._state_partition(key))
             applied = self.applied_offset(state, p)
             if applied is not None:
                 offsets[self.tp(p)] = applied + 1
         if offsets:
             await self.txn.send_offsets_to_transaction(offsets, self.group_id)
         await self.txn.commit_transaction()
+        self.sent_in_txn = False
         await self.txn.begin_transaction()
         self.commit_s.append(time.perf_counter() - started)
         self._dirty.difference_update(parts)
         self.checkpoints += 1
         self._last_checkpoint = time.monotonic()
+
+    async def emit(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+        # Output of a partition whose state did not change (a progress mark) must be committed too.
+        self.sent_in_txn = True
+        await super().emit(topic, value, key=key, partition=partition)
 
     async def _load_states(self, partitions: list[int]) -> dict[int, dict[str, Any]]:
         # Only committed state counts: an aborted transaction's state never existed.
@@ -135,15 +144,16 @@ class TxnWindowingStage(WindowingStage):
         )
         await reader.start()
         try:
-            tp = TopicPartition(self.topics.window_state, 0)
-            reader.assign([tp])
-            await reader.seek_to_beginning(tp)
-            end = (await reader.end_offsets([tp]))[tp]  # the last stable offset under read_committed
-            while await reader.position(tp) < end:
-                for record in (await reader.getmany(tp, timeout_ms=500)).get(tp, []):
-                    p = wanted.get(record.key or b"")
-                    if p is not None and record.value is not None:
-                        found[p] = wire.decode_object(record.value, wire.CHECKPOINT)
+            tps = sorted({TopicPartition(self.topics.window_state, self._state_partition(k)) for k in wanted})
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)  # the last stable offsets under read_committed
+            for tp in tps:
+                while await reader.position(tp) < ends[tp]:
+                    for record in (await reader.getmany(tp, timeout_ms=500)).get(tp, []):
+                        p = wanted.get(record.key or b"")
+                        if p is not None and record.value is not None:
+                            found[p] = wire.decode_object(record.value, wire.CHECKPOINT)
         finally:
             await reader.stop()
         return found
@@ -219,6 +229,7 @@ class TxnWindowingStage(WindowingStage):
         self._consumer.subscribe([self.source_topic], listener=_Rebalance(self))
         await txn.start()  # InitProducerId: fences an older producer with this id, aborts its transaction
         await self._consumer.start()
+        self._state_partitions = len(await topic_partitions(self._consumer, self.topics.window_state))
         await self.started()
         await txn.begin_transaction()
         try:
@@ -363,6 +374,13 @@ def run(args: Any) -> dict[str, Any]:
         outcomes = synth_outcomes(args.n, dep, base, span_ms)
         truth = Counter((f"{o.window_key.as_str()}", o.ts - o.ts % WINDOW_MS) for o in outcomes)
         with control_keys(Path(tmp) / "keys"):
+            if args.latency:
+                for txn in [False, True] * args.rounds:
+                    topics = Topics(unique_prefix("latt" if txn else "latc"))
+                    r = asyncio.run(latency_phase(bootstrap, topics, dep, txn, args))
+                    log(f"    {r}")
+                    result.setdefault("latency", []).append(r)
+                return result
             if args.faults:
                 topics = Topics(unique_prefix("txnf"))
                 result["faults"] = f = asyncio.run(faults_phase(bootstrap, topics, dep, args))
@@ -431,6 +449,67 @@ def _kafka_cli(*argv: str) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+async def latency_phase(bootstrap: str, topics: Topics, dep: str, txn: bool, args: Any) -> dict[str, Any]:
+    """Live traffic through one stage; a reader tails the partials topic (read_committed for transactions)
+    and takes, per record, the time it arrives minus the time the stage created it (CreateTime)."""
+    span_s = args.span_s
+    base = now_ms() + 1000
+    outcomes = synth_outcomes(args.n, dep, base, int(span_s * 1000))
+    partitions = declared_partitions(topics, topics.search_results)
+    backlog = build_backlog(outcomes, partitions, 200, base + int(span_s * 1000))
+    await asyncio.to_thread(ensure_topics, bootstrap, topics)
+    await send_command(bootstrap, topics, start_command(CANDIDATE, weight=0.2, deployment_id=dep))
+    registry = DeploymentRegistry(bootstrap, topics.control)
+    group = f"{topics.prefix}windows"
+    stage: WindowingStage
+    if txn:
+        stage = TxnWindowingStage(bootstrap, topics, registry, group_id=group, transactional_id=f"{group}-0")
+    else:
+        stage = WindowingStage(bootstrap, topics, registry, group_id=group)
+    delays: dict[str, list[float]] = {"partial": [], "progress": []}
+    reader = AIOKafkaConsumer(
+        topics.window_partials,
+        **client_kwargs(bootstrap),
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if txn else "read_uncommitted",
+        fetch_max_wait_ms=10,
+    )
+    await reader.start()
+
+    async def tail() -> None:
+        while True:
+            for records in (await reader.getmany(timeout_ms=50)).values():
+                arrived = time.time() * 1000
+                for r in records:
+                    delays["progress" if r.key == b"progress" else "partial"].append(arrived - r.timestamp)
+
+    tasks = [asyncio.create_task(registry.run()), asyncio.create_task(stage.run()), asyncio.create_task(tail())]
+    try:
+        await _live_traffic(bootstrap, topics.search_results, backlog, span_s)
+        await asyncio.sleep(WINDOW_MS / 1000 + 3)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        await reader.stop()
+
+    def summary(xs: list[float]) -> dict[str, Any]:
+        xs = sorted(xs)
+        if not xs:
+            return {"n": 0}
+        return {
+            "n": len(xs),
+            "p50_ms": round(xs[len(xs) // 2], 1),
+            "p95_ms": round(xs[int(0.95 * (len(xs) - 1))], 1),
+            "max_ms": round(xs[-1], 1),
+        }
+
+    return {"mode": "transactions" if txn else "custom", **{k: summary(v) for k, v in delays.items()}}
 
 
 async def faults_phase(bootstrap: str, topics: Topics, dep: str, args: Any) -> dict[str, Any]:
@@ -505,6 +584,13 @@ async def faults_phase(bootstrap: str, topics: Topics, dep: str, args: Any) -> d
 
 
 def render(r: dict[str, Any]) -> str:
+    if "latency" in r:
+        rows = [
+            f"visibility delay of the stage's output (reader receive − record CreateTime), {r['n']:,} outcomes live"
+        ]
+        for p in r["latency"]:
+            rows.append(f"{p['mode']:<13} partials {p['partial']}  progress marks {p['progress']}")
+        return "\n".join(rows)
     if "faults" in r:
         import json
 
@@ -534,6 +620,7 @@ def main() -> int:
     parser.add_argument("--span-s", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=2, help="custom/transactions alternations (default 2)")
     parser.add_argument("--timeout-s", type=float, default=180.0)
+    parser.add_argument("--latency", action="store_true", help="live traffic: output visibility delay per mode")
     parser.add_argument("--faults", action="store_true", help="live traffic + a fencing producer (+ a restart)")
     parser.add_argument("--no-fence", action="store_true", help="--faults: no fencing producer")
     parser.add_argument("--stacks-after-s", type=float, default=None, help="print every task's stack then")
