@@ -88,7 +88,7 @@ from canary.core.models import RouterWatermark, SearchOutcome, WindowKey, Window
 from canary.core.slo import default_policy
 from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS, WindowFinalizer
 from canary.kafka.clients import client_kwargs
-from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
+from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics, topic_partitions
 from canary.pipeline.decode import OutcomeDecoder, ReplayOutcome, as_core_outcomes
 from canary.pipeline.policies import aggregator_for_policy
 from devtools.harness import PRESETS, WorkerProcess, send_command, start_command
@@ -442,18 +442,19 @@ async def checkpoint_events(bootstrap: str, topics: Topics) -> list[tuple[int, i
     marker = f"|{topics.search_results}|".encode()
     events: list[tuple[int, int, int]] = []
     try:
-        tp = TopicPartition(topics.window_state, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
+        tps = await topic_partitions(consumer, topics.window_state)  # checkpoints are spread by key
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
         deadline = time.monotonic() + 30
-        while await consumer.position(tp) < end and time.monotonic() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=300)
-            for r in batch.get(tp, []):
-                if r.value is None or marker not in (r.key or b""):
-                    continue  # the merge step checkpoints to the same topic
-                for p, off in json.loads(r.value).get("offsets", {}).items():
-                    events.append((r.timestamp, int(p), int(off) + 1))
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp] and time.monotonic() < deadline:
+                batch = await consumer.getmany(tp, timeout_ms=300)
+                for r in batch.get(tp, []):
+                    if r.value is None or marker not in (r.key or b""):
+                        continue  # the merge step checkpoints to the same topic
+                    for p, off in json.loads(r.value).get("offsets", {}).items():
+                        events.append((r.timestamp, int(p), int(off) + 1))
     finally:
         await consumer.stop()
     events.sort()

@@ -27,12 +27,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from canary.core import wire
 from canary.core.jsonio import dumps
@@ -40,7 +43,7 @@ from canary.errors import KafkaError, ProducerFailed
 from canary.kafka.backoff import calm
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.producer import HealingProducer, ProducerReplaced, broker_away
-from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics
+from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, topic_partitions
 from canary.pipeline.settings import DEFAULTS
 
 CHECKPOINT_COST_FACTOR = 20  # checkpoints take at most ~5 % of the stage's time
@@ -56,6 +59,14 @@ REWIND_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # between rewinds in a row (the broker 
 # Rewinds in a row that failed for a reason other than the broker being away before the stage gives up
 # (a refusal that outlives this many attempts is configuration, not an outage).
 GIVE_UP_AFTER = 8
+
+
+# Test-only fault injection (tests/integration/test_stage_failures.py), read at ONE boundary: with this variable
+# naming a file, a stage whose name the file holds SIGKILLs its own process at its next checkpoint that follows
+# window output — after the broker acknowledged that output, before the state saying so is written: the
+# crash the protocol must survive (output repeated after the restart, dropped by id). The test writes the
+# file when it wants the crash; without the variable nothing is read.
+FAULT_KILL_FILE = os.environ.get("CANARY_FAULT_KILL_FILE") or None
 
 
 class Undelivered(KafkaError):
@@ -120,6 +131,8 @@ class CheckpointedStage(Generic[State]):
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.recovery_lookback_ms = recovery_lookback_ms
         self.states: dict[int, State] = {}
+        self._state_partitions = 1  # of the state topic, learnt at the start
+        self.state_partitions_read = 0  # by the last restore
         self.checkpoints = 0
         self.unreadable_checkpoints = 0
         self._dirty: set[int] = set()
@@ -134,6 +147,7 @@ class CheckpointedStage(Generic[State]):
         self._last_checkpoint = 0.0
         self._checkpoint_cost_s = 0.0  # time the last checkpoint spent encoding and sending state
         self._emitted: list[asyncio.Future[Any]] = []  # deliveries since the last checkpoint
+        self.windows_since_checkpoint = 0  # window output (not marks or dead letters) since the last checkpoint
         self.commit_lock = asyncio.Lock()
         self.rebalancing_since: float | None = None  # between partitions revoked and assigned: no commit
         self.polled_at = time.monotonic()  # the main loop's last return from getmany
@@ -161,8 +175,14 @@ class CheckpointedStage(Generic[State]):
     def _state_key(self, partition: int) -> bytes:
         return f"{self.group_id}|{self.source_topic}|{partition}".encode()
 
+    def _state_partition(self, key: bytes) -> int:
+        """Where the state record of ``key`` lives: the partition Kafka's default partitioner gives the key
+        (aiokafka's and Java's alike), so any keyed write of it, ours or not, lands where restores look."""
+        return int(DefaultPartitioner()(key, list(range(self._state_partitions)), []))
+
     async def _load_states(self, partitions: list[int]) -> dict[int, dict[str, Any]]:
-        """Latest checkpoint per partition from the compacted state topic (read to its current end)."""
+        """Latest checkpoint per partition from the compacted state topic: only the state partitions that
+        hold these keys are read (each to its current end), not every stage's checkpoints."""
         wanted = {self._state_key(p): p for p in partitions}
         found: dict[int, dict[str, Any]] = {}
         reader = calm(
@@ -176,23 +196,25 @@ class CheckpointedStage(Generic[State]):
         )
         await reader.start()
         try:
-            tp = TopicPartition(self.topics.window_state, 0)
-            reader.assign([tp])
-            await reader.seek_to_beginning(tp)
-            end = (await reader.end_offsets([tp]))[tp]
-            while await reader.position(tp) < end:
-                batch = await reader.getmany(tp, timeout_ms=500, max_records=10_000)
-                for record in batch.get(tp, []):
-                    partition = wanted.get(record.key or b"")
-                    if partition is None:
-                        continue
-                    if record.value is None:
-                        found.pop(partition, None)
-                        continue
-                    try:
-                        found[partition] = wire.decode_object(record.value, wire.CHECKPOINT)
-                    except wire.Rejected as exc:  # started afresh by acquire(), with the reason logged
-                        found[partition] = {"__unreadable__": f"{exc.code}: {exc.detail[:200]}"}
+            tps = sorted({TopicPartition(self.topics.window_state, self._state_partition(k)) for k in wanted})
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)
+            self.state_partitions_read = len(tps)
+            for tp in tps:
+                while await reader.position(tp) < ends[tp]:
+                    batch = await reader.getmany(tp, timeout_ms=500, max_records=10_000)
+                    for record in batch.get(tp, []):
+                        partition = wanted.get(record.key or b"")
+                        if partition is None:
+                            continue
+                        if record.value is None:
+                            found.pop(partition, None)
+                            continue
+                        try:
+                            found[partition] = wire.decode_object(record.value, wire.CHECKPOINT)
+                        except wire.Rejected as exc:  # started afresh by acquire(), with the reason logged
+                            found[partition] = {"__unreadable__": f"{exc.code}: {exc.detail[:200]}"}
         finally:
             await reader.stop()
         return found
@@ -297,6 +319,8 @@ class CheckpointedStage(Generic[State]):
         await self._producer.flush()
         self._raise_undelivered()
         self._check_generation()
+        if FAULT_KILL_FILE is not None and self.windows_since_checkpoint:
+            self._fault_kill(FAULT_KILL_FILE)
         futures = []
         offsets: dict[TopicPartition, int] = {}
         encoding_started = time.perf_counter()
@@ -305,7 +329,10 @@ class CheckpointedStage(Generic[State]):
             if state is None:
                 continue
             body = dumps(self.state_to_dict(state))
-            futures.append(await self._producer.send(self.topics.window_state, body, key=self._state_key(p)))
+            key = self._state_key(p)
+            futures.append(
+                await self._producer.send(self.topics.window_state, body, key=key, partition=self._state_partition(key))
+            )
             applied = self.applied_offset(state, p)
             if applied is not None:
                 offsets[self.tp(p)] = applied + 1
@@ -313,6 +340,7 @@ class CheckpointedStage(Generic[State]):
         await asyncio.gather(*futures)
         self._dirty.difference_update(parts)
         self.checkpoints += 1
+        self.windows_since_checkpoint = 0
         self._rewinds_in_a_row = self._refusals_in_a_row = 0  # on the broker: whatever happened is behind us
         self._last_checkpoint = time.monotonic()
         if self._consumer is not None and offsets:
@@ -320,6 +348,16 @@ class CheckpointedStage(Generic[State]):
                 if self.rebalancing_since is None:
                     with contextlib.suppress(Exception):  # commits are for lag visibility; the state is the truth
                         await self._consumer.commit(offsets)
+
+    def _fault_kill(self, path: str) -> None:
+        try:
+            with open(path) as armed_for:
+                armed = armed_for.read().strip() == self.name
+        except OSError:
+            return
+        if armed:
+            log.error("%s: fault injection: SIGKILL after output was acknowledged, before its checkpoint", self.name)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def consuming(self) -> tuple[bool, str]:
         """Readiness: does the main loop come back from the broker with records (or none) as it should?"""
@@ -406,6 +444,7 @@ class CheckpointedStage(Generic[State]):
                 n,
             )
         self._emitted = []
+        self.windows_since_checkpoint = 0
         for p in parts:
             self.states.pop(p, None)
             self._dirty.discard(p)
@@ -447,6 +486,7 @@ class CheckpointedStage(Generic[State]):
         try:
             await self._producer.start()
             await self._consumer.start()
+            self._state_partitions = len(await topic_partitions(self._consumer, self.topics.window_state))
             await self.started()
             while True:
                 try:

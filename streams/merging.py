@@ -151,6 +151,7 @@ class MergeStage(CheckpointedStage[_MergeState]):
                 key = (window.deployment_id or "-").encode()
                 await self.emit(self.topics.windows, dumps(window.to_dict()), key=key)
                 self.stats.windows_emitted += 1
+                self.windows_since_checkpoint += 1
                 self.metrics.windows_emitted.inc()
                 self.metrics.window_lag.observe(max(0.0, (now - window.window_end_ms) / 1000))
             if due:

@@ -220,6 +220,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
                 key = (window.deployment_id or "-").encode()
                 await self.emit(self.topics.window_partials, dumps(partial.to_dict()), key=key)
                 self.stats.partials_emitted += 1
+                self.windows_since_checkpoint += 1
                 self.metrics.partials_emitted.inc()
             if due:
                 self.mark_dirty(partition)

@@ -99,11 +99,12 @@ class Topics:
                 (("message.timestamp.type", "LogAppendTime"),),
             ),
             TopicSpec(self.state, 1, "compact", FOREVER, "latest applied state per router (compacted)"),
-            # Checkpoints of the windows stage, one key per source partition; compacted quickly so a
+            # Checkpoints of the windows stage and the merge step, one key per (stage, source partition),
+            # placed by key: a restore reads only the partitions holding its keys; compacted quickly so a
             # restarting worker reads little.
             TopicSpec(
                 self.window_state,
-                1,
+                6,
                 "compact",
                 FOREVER,
                 "windows stage checkpoints (compacted)",
