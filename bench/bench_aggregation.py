@@ -176,8 +176,8 @@ class Backlog:
 
 
 def build_backlog(outcomes: Sequence[SearchOutcome], partitions: int, every: int, end_ms: int) -> Backlog:
-    """Outcomes in ts order, keyed and partitioned like RouterService._publish_outcome, and watermark ticks
-    like RouterService._send_watermarks: `start` first, `running` every ``every`` outcomes per partition
+    """Outcomes in ts order, keyed and partitioned like router.outcomes.OutcomePublisher.publish, and watermark
+    ticks like its send_watermarks: `start` first, `running` every ``every`` outcomes per partition
     (or WATERMARK_MAX_GAP_MS of event time), `running` at ``end_ms`` last. A tick's watermark is just below
     the next outcome's ts: every outcome stamped earlier is already on its partition."""
     records: list[tuple[int, bytes, bytes, bool]] = []

@@ -1,0 +1,328 @@
+"""Routing a request and searching: pick the arm from the control ledger (fail safe to last_good when the
+control view is stale), run the search on the backend serving that config, build its outcome and hand it
+to the outcome publisher — at once, or after an exact search for the share of unlabeled requests sampled
+to measure recall without labels (docs/contracts.md, "Recall without labels")."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from canary.core.deployment import ConfigRef, ControlLedger
+from canary.core.models import ARMS, Arm, SearchOutcome
+from canary.core.split import baseline_of, candidate_of
+from canary.observability.metrics import RouterMetrics
+from router.backends.base import (
+    BackendError,
+    ExactSearchBackend,
+    SearchBackend,
+    exact_searcher,
+    require_collection,
+)
+from router.backends.registry import BackendRegistry
+from router.outcomes import Delivery, OutcomePublisher, delivery_log
+from router.requests import SearchRequest, mrr_at_10, ndcg_at_10, recall_at_10
+from router.runtime import now_ms
+from router.stats import RouterStats
+
+log = logging.getLogger("canary.router")
+
+DEFAULT_RECALL_SAMPLE_RATE: Final = 0.10  # docs/contracts.md, "Recall without labels": why 10 %
+DEFAULT_MAX_EXACT_IN_FLIGHT: Final = 16  # a burst beyond this drops samples (counted), never queues them
+DEFAULT_EXACT_TIMEOUT_MS: Final = 2000
+EXACT_K: Final = 10
+
+
+def recall_sample_rates(recall_sample_rate: float | Mapping[str, float]) -> dict[str, float]:
+    """One share for both arms, or one per arm ({"candidate": 0.2, "last_good": 0.05}; a missing arm: the
+    default); ValueError for a share outside [0, 1]."""
+    rates: dict[str, float] = (
+        {arm: float(recall_sample_rate.get(arm, DEFAULT_RECALL_SAMPLE_RATE)) for arm in ARMS}
+        if isinstance(recall_sample_rate, Mapping)
+        else dict.fromkeys(ARMS, float(recall_sample_rate))
+    )
+    for arm, rate in rates.items():
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"recall_sample_rate[{arm}] = {rate!r}: must be between 0 and 1")
+    return rates
+
+
+def sampled_for_exact(request_id: str, rate: float) -> bool:
+    """Whether a request is in the exact-search sample: a stable hash of its id, so a re-processed request
+    is sampled (or not) again, independently of the arm it is routed to."""
+    if rate <= 0.0:
+        return False
+    return zlib.crc32(b"exact:" + request_id.encode()) % 1_000_000 < rate * 1_000_000
+
+
+def _settle(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None:
+    """Complete ``outer`` as ``inner`` completed."""
+    if outer.done():
+        return
+    if inner.cancelled():
+        outer.cancel()
+    elif inner.exception() is not None:
+        outer.set_exception(inner.exception())  # type: ignore[arg-type]
+    else:
+        outer.set_result(inner.result())
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigUsed:
+    name: str
+    version: str
+    content_hash: str
+    arm: Arm
+    deployment_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config_name": self.name,
+            "config_version": self.version,
+            "config_hash": self.content_hash,
+            "arm": self.arm,
+            "deployment_id": self.deployment_id,
+        }
+
+
+class Searcher:
+    """Routes and serves requests from the ledger's state as it is right now. ``stale`` says whether the
+    router's view of the control topic is too old to send anything to a candidate."""
+
+    def __init__(
+        self,
+        router_id: str,
+        ledger: ControlLedger,
+        backends: BackendRegistry,
+        outcomes: OutcomePublisher,
+        stale: Callable[[], bool],
+        stats: RouterStats,
+        metrics: RouterMetrics,
+        search_timeout_ms: int,
+        recall_sample_rates: dict[str, float],
+        max_exact_in_flight: int,
+        exact_timeout_ms: int,
+    ) -> None:
+        self.router_id = router_id
+        self.ledger = ledger
+        self.backends = backends
+        self.outcomes = outcomes
+        self._stale = stale
+        self.stats = stats
+        self.metrics = metrics
+        self._timeout_s = search_timeout_ms / 1000.0
+        # Recall without labels: this share of unlabeled requests (per arm) is searched again exactly, off
+        # the hot path, at most max_exact_in_flight at a time (more are dropped and counted, never queued).
+        self.recall_sample_rates = recall_sample_rates
+        self._exact_max = max(0, max_exact_in_flight)
+        self._exact_in_flight = 0
+        self._exact_timeout_s = exact_timeout_ms / 1000.0
+        self.exact_tasks: set[asyncio.Task[None]] = set()
+
+    def route(self, request: SearchRequest) -> tuple[ConfigRef, ConfigUsed]:
+        """Pick the arm for a request from the state as it is right now (one or several candidates)."""
+        last_good = self.ledger.last_good
+        assert last_good is not None
+        live = self.ledger.live
+        if not live:
+            latest = self.ledger.latest
+            deployment_id = latest.deployment_id if latest else None
+            return last_good, ConfigUsed(
+                last_good.name, last_good.version, last_good.content_hash, "last_good", deployment_id
+            )
+        running = [d for d in live if d.status == "running"]
+        chosen = None
+        if running and self._stale():
+            # Fail safe: a view of the control topic older than the bound may miss a rollback.
+            self.stats.failsafe_requests += 1
+            self.metrics.failsafe_requests.inc()
+        elif running:
+            chosen = candidate_of(request.routing_key, [d.arc for d in running])
+        if chosen is not None:
+            dep = self.ledger.deployments[chosen]
+            config, arm = dep.candidate, "candidate"
+        else:
+            # last_good, counted as the baseline of exactly one live deployment
+            baseline = baseline_of(request.routing_key, [d.deployment_id for d in live])
+            dep = self.ledger.deployments[baseline] if baseline else live[-1]
+            config, arm = dep.last_good, "last_good"
+        used = ConfigUsed(config.name, config.version, config.content_hash, arm, dep.deployment_id)  # type: ignore[arg-type]
+        return config, used
+
+    async def execute_search(
+        self,
+        query: str,
+        collection_name: str,
+        user_id: str | None = None,
+        relevant_ids: list[str] | None = None,
+        request_id: str | None = None,
+    ) -> tuple[list[str], dict[str, Any]]:
+        """The spec's in-process API: route, search, publish the outcome, return (results, config_used).
+        ConfigError, before anything is counted or published, if the backend serving the request's config
+        says ``collection_name`` is not one of its collections."""
+        request = SearchRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            query=query,
+            collection=collection_name,
+            user_id=user_id,
+            ts=now_ms(),
+            relevant_ids=tuple(relevant_ids) if relevant_ids is not None else None,
+        )
+        results, used, ack, delivery = await self.handle(request, check_collection=True)
+        if ack.done():
+            self.outcomes.count_delivered(delivery.outcome)
+        else:  # sampled for exact search: the answer does not wait for it, the outcome follows
+            ack.add_done_callback(lambda fut: self._sampled_delivered(fut, delivery))
+        return results, used.to_dict()
+
+    def _sampled_delivered(self, ack: asyncio.Future[Any], delivery: Delivery) -> None:
+        if ack.cancelled():
+            return
+        if ack.exception() is not None:
+            self.outcomes.delivery_failed("outcome", ack.exception())
+            delivery_log.error("%s: sampled outcome not delivered: %r", self.router_id, ack.exception())
+            return
+        self.outcomes.count_delivered(delivery.outcome)
+
+    def backend_for(self, config: ConfigRef) -> SearchBackend:
+        """The backend that serves ``config``: its preset's allow-listed ``backend`` section, else this
+        router's own (router.backends.registry)."""
+        return self.backends.for_config(config)
+
+    def exact_for(self, backend: SearchBackend, request: SearchRequest, arm: str) -> ExactSearchBackend | None:
+        """The backend's exact search if this (unlabeled, answered) request is in the sample and a slot is
+        free; a sampled request finding no slot is dropped and counted (serving never waits for it)."""
+        if not sampled_for_exact(request.request_id, self.recall_sample_rates[arm]):
+            return None
+        exact = exact_searcher(backend)
+        if exact is None:
+            return None
+        if self._exact_in_flight >= self._exact_max:
+            self._count_exact(arm, "busy")
+            return None
+        self._exact_in_flight += 1
+        return exact
+
+    def _count_exact(self, arm: str, result: str) -> None:
+        self.stats.exact_samples[result] = self.stats.exact_samples.get(result, 0) + 1
+        self.metrics.exact_samples.labels(arm, result).inc()
+
+    async def handle(
+        self, request: SearchRequest, wait_ack: bool = True, check_collection: bool = False
+    ) -> tuple[list[str], ConfigUsed, asyncio.Future[Any], Delivery]:
+        """Route and serve one request, then publish its outcome: at once, or — when it is sampled for exact
+        search — from a background task once the exact top-10 is known (the answer never waits for that,
+        and its latency is the served search's alone). The returned ack completes when the broker has the
+        final outcome (``delivery.outcome``). ``check_collection`` (the in-process API): refuse a collection
+        the serving backend says it does not have, before counting the request."""
+        config, used = self.route(request)
+        backend = self.backend_for(config)
+        if check_collection:
+            require_collection(backend, request.collection, config.name)
+        self.stats.requests += 1
+        self.stats.by_arm[used.arm] += 1
+        self.metrics.requests.labels(used.arm).inc()
+        if used.arm == "candidate":
+            self.stats.last_candidate_dispatch_ms = now_ms()
+        started = time.perf_counter()
+        error: str | None = None
+        results: list[str] = []
+        engine_metrics: Any = None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                answer = await backend.search(request.query, request.collection, config.snapshot)
+                results = list(answer)
+                # a RankedResults' own numbers (list() drops the attribute, so read it before)
+                engine_metrics = getattr(answer, "metrics", None)
+        except TimeoutError:
+            error = "timeout"
+        except BackendError as exc:  # a backend's own error code (router.backends.base.BACKEND_ERROR_CODES)
+            error = exc.error_code
+            log.debug("search failed: %r", exc)
+        except Exception as exc:
+            error = "backend_error"
+            log.debug("search failed: %r", exc)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if error:
+            self.stats.errors += 1
+        ranked = [] if error else results
+        metrics = dict(engine_metrics or {}) if not error else {}
+        if request.relevant_ids:  # quality beyond recall, for presets' custom metrics (an error scores 0)
+            metrics["ndcg_at_10"] = round(ndcg_at_10(ranked, request.relevant_ids) or 0.0, 6)
+            metrics["mrr_at_10"] = round(mrr_at_10(ranked, request.relevant_ids) or 0.0, 6)
+        outcome = SearchOutcome(
+            event_id=f"{self.router_id}:{request.request_id}",
+            request_id=request.request_id,
+            ts=self.outcomes.clock(),
+            deployment_id=used.deployment_id,
+            config_name=used.name,
+            config_version=used.version,
+            config_hash=used.content_hash,
+            arm=used.arm,
+            latency_ms=round(latency_ms, 3),
+            # A labeled request that errored found nothing relevant: recall 0, never "unknown" (an error
+            # must not make quality look better by dropping out of the mean).
+            recall_at_10=recall_at_10([] if error else results, request.relevant_ids),
+            result_count=len(results),
+            error=error,
+            router_id=self.router_id,
+            metrics=metrics or None,
+        )
+        exact = None if request.relevant_ids or error else self.exact_for(backend, request, used.arm)
+        if exact is not None:
+            delivery = Delivery(outcome, asyncio.get_running_loop().create_future())
+            task = asyncio.create_task(self._publish_sampled(exact, request, results, delivery))
+            self.exact_tasks.add(task)
+            task.add_done_callback(self.exact_tasks.discard)
+            return results, used, delivery.ack, delivery
+        try:
+            ack = await self.outcomes.publish(outcome, wait_ack)
+        except Exception as exc:
+            if wait_ack:
+                raise
+            # Not even queued (the producer gave up waiting for room): handled like a failed delivery, so
+            # the request is never marked done without its outcome.
+            ack = asyncio.get_running_loop().create_future()
+            ack.set_exception(exc)
+        return results, used, ack, Delivery(outcome, ack)
+
+    async def _publish_sampled(
+        self, exact: ExactSearchBackend, request: SearchRequest, results: list[str], delivery: Delivery
+    ) -> None:
+        """Exact top-10 for a sampled request (bounded by the exact timeout), then its outcome: recall@10 of
+        the served results against it, ``recall_source: exact_sample``. Given up, the outcome goes out
+        without recall. Its ``ts`` is stamped now, so it never holds a watermark back."""
+        arm = delivery.outcome.arm
+        truth: list[str] = []
+        try:
+            try:
+                async with asyncio.timeout(self._exact_timeout_s):
+                    answer = await exact.exact_search(request.query, request.collection, EXACT_K)
+                    truth = [str(x) for x in itertools.islice(answer, EXACT_K)]  # bounded, whatever it returned
+                result = "measured" if truth else "empty"
+            except TimeoutError:
+                result = "timeout"
+            except Exception as exc:
+                result = "error"
+                log.debug("exact search failed: %r", exc)
+            finally:
+                self._exact_in_flight -= 1
+            self._count_exact(arm, result)
+            outcome = delivery.outcome
+            if truth:
+                recall = recall_at_10(results, tuple(truth))
+                outcome = replace(outcome, recall_at_10=recall, recall_source="exact_sample")
+            delivery.outcome = replace(outcome, ts=self.outcomes.clock())
+            inner = await self.outcomes.publish(delivery.outcome, wait_ack=False)
+        except Exception as exc:  # not even queued: handled like a failed delivery
+            if not delivery.ack.done():
+                delivery.ack.set_exception(exc)
+            return
+        inner.add_done_callback(lambda fut: _settle(delivery.ack, fut))
