@@ -32,7 +32,7 @@ from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
-from canary.pipeline.decode import Decoded, OutcomeDecoder, ReplayOutcome, as_core_outcomes
+from canary.pipeline.decode import Decoded, OutcomeDecoder, as_core_outcomes
 from canary.pipeline.settings import DEFAULTS
 from streams.checkpointed import CheckpointedStage, now_ms
 from streams.registry import DeploymentRegistry
@@ -172,7 +172,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             self.stats.by_partition[tp.partition] = self.stats.by_partition.get(tp.partition, 0) + n
             for outcome in result.future:
                 self.stats.future_outcomes += 1
-                offset = outcome.offset if isinstance(outcome, ReplayOutcome) else None
+                offset = outcome.offset  # set by the decoder
                 await self._dead_letter(
                     tp.partition,
                     offset,

@@ -29,9 +29,10 @@ from __future__ import annotations
 import base64
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec.structs
 import numpy as np
 
 from canary.core.aggregations import WindowAggregate, WindowAggregator
@@ -686,7 +687,7 @@ class WindowFinalizer:
             result = None
             if self.judge is not None:  # judged as emitted, key by key (a judge may keep history)
                 result = agg.result(state, key, start, start + self.size_ms, (), now_ms)
-                result = replace(result, verdicts=tuple(self.judge(result)))
+                result = msgspec.structs.replace(result, verdicts=tuple(self.judge(result)))
             out.append(ClosedWindow(key, start, start + self.size_ms, now_ms, state, result))
             self._emitted_end[key] = start + self.size_ms
             series.next_start = start + self.size_ms

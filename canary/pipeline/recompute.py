@@ -31,10 +31,10 @@ import numpy as np
 
 from canary.core.aggregations import WindowAggregate
 from canary.core.merge import merge_all
-from canary.core.models import ControlCommand, JSONDict, RouterWatermark, WindowResult
+from canary.core.models import ControlCommand, JSONDict, RouterWatermark, SearchOutcome, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
 from canary.core.windows import ClosedWindow, WindowFinalizer, window_bounds
-from canary.pipeline.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, SourceRecord, as_core_outcomes
+from canary.pipeline.decode import DECODE_ERRORS, OutcomeDecoder, SourceRecord, as_core_outcomes
 from canary.pipeline.loop import Judgement, PipelineDecision, fold_commands, run_loop
 from canary.pipeline.policies import PolicyBook
 from canary.pipeline.settings import PipelineSettings
@@ -166,7 +166,7 @@ def recompute_partition_partials(
     add = finalizer.add
     due = finalizer.due_closed
 
-    def flush(batch: list[ReplayOutcome | RouterWatermark], offsets: list[int], batch_now: int) -> None:
+    def flush(batch: list[SearchOutcome | RouterWatermark], offsets: list[int], batch_now: int) -> None:
         nonlocal last_now
         now = max(batch_now, last_now)  # processing time never runs backwards
         last_now = now
@@ -185,7 +185,7 @@ def recompute_partition_partials(
             stats.late += len(late)
             if late_samples is not None:
                 for o in late[: max(0, MAX_SAMPLES - len(late_samples))]:
-                    ro = o if isinstance(o, ReplayOutcome) else None
+                    ro = o if isinstance(o, SearchOutcome) else None
                     late_samples.append(
                         {
                             "partition": partition,
@@ -205,7 +205,7 @@ def recompute_partition_partials(
     # Decoded a chunk at a time, then cut into the live agent's micro-batches: a batch starts at a record
     # and takes the following ones while they are within ``span`` of its first record's time (at most
     # ``size``). The last, unfinished batch of a chunk carries over into the next.
-    items: list[ReplayOutcome | RouterWatermark] = []
+    items: list[SearchOutcome | RouterWatermark] = []
     offsets: list[int] = []
     nows: list[int] = []
     now = 0
@@ -222,7 +222,7 @@ def recompute_partition_partials(
             # The record's Kafka time; without one, the outcome's own time (a watermark never goes back).
             if ts_ms is not None and ts_ms >= 0:
                 now = ts_ms
-            elif isinstance(item, ReplayOutcome):
+            elif isinstance(item, SearchOutcome):
                 now = item.ts
             else:
                 now = max(now, item.watermark_ms)
