@@ -18,9 +18,10 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec.structs
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
@@ -774,8 +775,8 @@ class RouterService:
             outcome = delivery.outcome
             if truth:
                 recall = recall_at_10(results, tuple(truth))
-                outcome = replace(outcome, recall_at_10=recall, recall_source="exact_sample")
-            delivery.outcome = replace(outcome, ts=self._clock())
+                outcome = msgspec.structs.replace(outcome, recall_at_10=recall, recall_source="exact_sample")
+            delivery.outcome = msgspec.structs.replace(outcome, ts=self._clock())
             inner = await self._publish_outcome(delivery.outcome, wait_ack=False)
         except Exception as exc:  # not even queued: handled like a failed delivery
             if not delivery.ack.done():

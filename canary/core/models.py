@@ -10,10 +10,10 @@ offending value: a poison message must be diagnosable from the log line alone.
 from __future__ import annotations
 
 import functools
-import types
-import typing
 import math
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -240,11 +240,29 @@ def _invalid(record: str, data: Mapping[str, Any], exc: msgspec.ValidationError,
     return InvalidEvent(f"{record}.{field}: {reason}, got {value!r:.200}")
 
 
-def _convert(cls: type[_M], record: str, data: object, literals: Any) -> _M:
+def _nullable(cls: type[msgspec.Struct]) -> tuple[str, ...]:
+    """The fields of ``cls`` that may be null: a record may leave them out (an older or terser producer)."""
+    out = []
+    for f in msgspec.structs.fields(cls):
+        options = typing.get_args(f.type) if typing.get_origin(f.type) in (Union, types.UnionType) else (f.type,)
+        if type(None) in options and f.required:
+            out.append(f.encode_name)
+    return tuple(out)
+
+
+def _convert(cls: type[_M], record: str, data: object, literals: Any, *finite: str) -> _M:
+    """``data`` as ``cls``, or :class:`InvalidEvent` naming ``record``, the field and the value. ``finite``:
+    float fields whose bounds (if any) let an infinity through (a parsed NaN/Infinity literal)."""
     if not isinstance(data, Mapping):
         raise InvalidEvent(f"{record}: expected a JSON object, got {type(data).__name__}: {data!r:.200}")
+    nullable = _NULLABLE[cls]
+    if not all(name in data for name in nullable):
+        data = {**dict.fromkeys(nullable), **data}
     try:
-        return msgspec.convert(data, cls)
+        message = msgspec.convert(data, cls)
+        for name in finite:
+            _finite(record, name, getattr(message, name))
+        return message
     except msgspec.ValidationError as exc:
         raise _invalid(record, data, exc, literals) from None
 
@@ -342,8 +360,6 @@ class SearchOutcome(msgspec.Struct, frozen=True, dict=True):
             _safe(record, "router_id", router_id)
             _safe(record, "config_name", config_name)
             _safe(record, "deployment_id", deployment_id)
-        if not math.isfinite(self.latency_ms):
-            _finite(f"SearchOutcome(event_id={self.event_id!r})", "latency_ms", self.latency_ms)
         if self.metrics is not None:
             record = f"SearchOutcome(event_id={self.event_id!r})"
             for name, value in self.metrics.items():
@@ -367,7 +383,7 @@ class SearchOutcome(msgspec.Struct, frozen=True, dict=True):
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchOutcome:
         event_id = d.get("event_id") if isinstance(d, Mapping) else None
-        return _convert(cls, f"SearchOutcome(event_id={event_id!r:.200})", d, _LITERALS[cls])
+        return _convert(cls, f"SearchOutcome(event_id={event_id!r:.200})", d, _LITERALS[cls], "latency_ms")
 
 
 WatermarkStatus = Literal["start", "running", "stop"]
@@ -415,17 +431,13 @@ class RuleVerdict(msgspec.Struct, frozen=True):
     # The numbers the outcome was decided from: method, n, exceedances or mean, bound, confidence, e-value.
     evidence: JSONDict | None = None
 
-    def __post_init__(self) -> None:
-        _finite("RuleVerdict", "threshold", self.threshold)
-        _finite("RuleVerdict", "value", self.value)
-
     def to_dict(self) -> JSONDict:
         d: JSONDict = msgspec.to_builtins(self)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RuleVerdict:
-        return _convert(cls, "RuleVerdict", d, _LITERALS[cls])
+        return _convert(cls, "RuleVerdict", d, _LITERALS[cls], "threshold", "value")
 
 
 class WindowResult(msgspec.Struct, frozen=True):
@@ -454,9 +466,6 @@ class WindowResult(msgspec.Struct, frozen=True):
     # Mergeable sufficient statistics (latency sketch, exceedance counts, recall histogram) from which the
     # judge pools evidence over windows; see canary.core.aggregations.WindowStats.
     stats: JSONDict | None = None
-
-    def __post_init__(self) -> None:
-        _finite("WindowResult", "p95_ms", self.p95_ms)
 
     @property
     def key(self) -> WindowKey:
@@ -496,7 +505,7 @@ class WindowResult(msgspec.Struct, frozen=True):
             data = {"late_count": 0, **data, "verdicts": tuple(RuleVerdict.from_dict(v) for v in verdicts)}
             if data["late_count"] is None:
                 data["late_count"] = 0
-        return _convert(cls, "WindowResult", data, _LITERALS[cls])
+        return _convert(cls, "WindowResult", data, _LITERALS[cls], "p95_ms")
 
 
 class ControlCommand(msgspec.Struct, frozen=True):
@@ -579,3 +588,4 @@ WIRE_MESSAGES: tuple[type[msgspec.Struct], ...] = (
 """The messages declared here, in the order docs/contracts.md lists their schemas."""
 
 _LITERALS = {cls: _literals(cls) for cls in WIRE_MESSAGES}
+_NULLABLE = {cls: _nullable(cls) for cls in WIRE_MESSAGES}

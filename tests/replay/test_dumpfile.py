@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec.structs
 import pytest
 
 from canary.cli import main
@@ -85,7 +86,7 @@ def _live(prefix: str = "") -> tuple[list[Record], list[Record]]:
     judged = {j.window_id: j for j in result.judgements}
     for w in sorted(result.windows, key=lambda w: (w.window_start_ms, w.arm)):
         at = w.window_end_ms + 1000 + 20
-        publish(topics.windows, 0, at, replace(w, verdicts=()).to_dict())  # canary_windows: unjudged
+        publish(topics.windows, 0, at, msgspec.structs.replace(w, verdicts=()).to_dict())  # canary_windows: unjudged
         if w.window_id in judged:
             j = judged[w.window_id]
             core = CoreJudgement(window=w, streaks=j.streaks, insufficient_windows=j.insufficient_windows)
