@@ -14,7 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from msgspec.structs import replace
 from pathlib import Path
 from typing import Any, get_args
 
