@@ -14,11 +14,11 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from msgspec.structs import replace
 from pathlib import Path
 from typing import Any, get_args
 
 import pytest
+from msgspec.structs import replace
 
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import COMMAND_ACTIONS, COMMAND_TYPES, AuditAction, ControlCommand, RouterState
