@@ -50,6 +50,7 @@ from bench.common import (
     sigterm_as_exit,
     unique_prefix,
 )
+from canary.control import read_records
 from canary.core import wire
 from canary.core.deployment import ControlLedger
 from canary.core.models import CommandType, ControlCommand
@@ -64,7 +65,6 @@ from canary.core.rollout import (
 )
 from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
-from canary.ops.view import read_records
 from canary.security import Scope
 from devtools.harness import (
     LoadGenerator,

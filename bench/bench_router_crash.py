@@ -59,9 +59,9 @@ from bench.common import (
     sigterm_as_exit,
     unique_prefix,
 )
+from canary.control import read_topic
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
-from canary.ops.view import read_topic
 
 
 @dataclass

@@ -263,7 +263,7 @@ async def _follow(
             # Only the control topic says what was applied; folding it is cheap but not free. A fresh verifier
             # per fold: one remembers the command ids it saw, and would refuse them the second time as replays.
             view = await read_view_async(bootstrap, topics, verifier=_security(services).verifier(topics.control))
-            for line in story.commands(applied_commands(view.commands, view.ledger.applied_ids)):
+            for line in story.commands(applied_commands(view.accepted_commands(), view.ledger.applied_ids)):
                 say(line)
             try:
                 item: WatchItem | None = await asyncio.wait_for(queue.get(), timeout=0.5)

@@ -20,10 +20,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from canary.config import PresetStore
+from canary.control import read_topic
 from canary.core.deployment import ConfigRef, snapshot_hash
 from canary.core.models import ControlCommand
 from canary.kafka.topics import Topics, ensure_topics
-from canary.ops.view import read_topic
 from canary.security import CommandSigner, ControlSecurity, Role
 from canary.settings import load_settings
 from router.backends.fault import Fault, FaultInjectingBackend

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.structs import ConsumerRecord
 
+from canary.control import ControlFold, Freshness, catch_up
 from canary.core import wire
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import ARMS, Arm, RouterState, RouterWatermark, SearchOutcome
@@ -247,10 +248,11 @@ class RouterService:
         self.max_renewals = 3
         self._renewals = 0
         self._stall_reported = False
-        self.control_stale_after_s = control_stale_after_s
-        self._control_fresh_at = time.monotonic()
+        self._freshness = Freshness(
+            control_stale_after_s,
+            lambda problem: log.warning("%s: cannot read or confirm the control topic (%s)", self.router_id, problem),
+        )
         self._failsafe_logged = False
-        self._control_problem: str | None = None  # the last error reading the control topic
         # Event time of this router's outcomes and watermarks (a test hook may shift it: clock skew).
         self._clock: Callable[[], int] = clock or now_ms
         self._watermark_interval_s = watermark_interval_ms / 1000.0
@@ -269,9 +271,12 @@ class RouterService:
         # Every control record is verified before the ledger sees it (signature, trusted key, expiry, replay,
         # snapshot hash and preset validity); None = the verifier the process settings describe.
         self.verifier = verifier if verifier is not None else default_verifier(topics.control)
+        self._fold = ControlFold(
+            self.verifier, self.ledger, who=self.router_id, rejected_log=control_log, error_log=log
+        )
         self.metrics = metrics or RouterMetrics(self.router_id)
         self.metrics.bind(
-            control_lag=lambda: time.monotonic() - self._control_fresh_at,
+            control_lag=self._freshness.lag,
             failsafe=lambda: float(self.control_stale),
             # A slot is held from intake until the outcome is acknowledged; asyncio.Semaphore keeps its free
             # count in _value (no public accessor), which is exactly "in flight" from the other side.
@@ -313,8 +318,9 @@ class RouterService:
         self._control.assign([control_tp])
         await self._control.seek_to_beginning(control_tp)
         end = (await self._control.end_offsets([control_tp]))[control_tp]
-        await self._catch_up(control_tp, end)
-        self._control_fresh_at = time.monotonic()  # read to the end just now
+        await catch_up(self._control, control_tp, end, lambda record: self._apply_control(record, publish=False))
+        self._caught_up.set()
+        self._freshness.confirmed()  # read to the end just now
         await self._publish_state(None)
         self._result_partitions = len(await self._producer.partitions_for(self.topics.search_results))
         await self._send_watermarks("start")  # announces this producer to every windows-stage partition
@@ -380,13 +386,17 @@ class RouterService:
         await self.stop()
 
     # -- control ----------------------------------------------------------------------------------------------
-    async def _catch_up(self, tp: TopicPartition, end: int) -> None:
-        assert self._control is not None
-        while await self._control.position(tp) < end:
-            batch = await self._control.getmany(tp, timeout_ms=500)
-            for record in batch.get(tp, []):
-                self._apply_control(record, publish=False)
-        self._caught_up.set()
+    @property
+    def control_stale_after_s(self) -> float:
+        return self._freshness.stale_after_s
+
+    @property
+    def _control_fresh_at(self) -> float:
+        return self._freshness.fresh_at
+
+    @_control_fresh_at.setter
+    def _control_fresh_at(self, monotonic_s: float) -> None:  # a test hook: make the view stale or fresh
+        self._freshness.fresh_at = monotonic_s
 
     async def _control_loop(self) -> None:
         assert self._control is not None
@@ -415,22 +425,18 @@ class RouterService:
         that fails (broker down, Read ACL revoked) only shows as no confirmation: after
         ``control_stale_after_s`` the router sends nothing to the candidate (fail safe to last_good)."""
         assert self._control is not None
-        try:
-            end = (await asyncio.wait_for(self._control.end_offsets([tp]), 2.0))[tp]
-            if await self._control.position(tp) >= end:
-                if self.control_stale:
-                    log.warning("%s: control topic view is fresh again; candidate traffic resumes", self.router_id)
-                self._control_fresh_at = time.monotonic()
-                self._control_problem = None
-        except Exception as exc:
-            self._note_control_problem(exc)
+        was_stale = self.control_stale
+        failures = self._freshness.failures
+        if await self._freshness.check(self._control, tp) and was_stale:
+            log.warning("%s: control topic view is fresh again; candidate traffic resumes", self.router_id)
+        self.stats.control_check_failures += self._freshness.failures - failures
         stale = self.control_stale
         if stale and not self._failsafe_logged:
             log.error(
                 "%s: FAIL-SAFE — no confirmed control-topic read for %.0f s (%s); all traffic goes to last_good",
                 self.router_id,
                 self.control_stale_after_s,
-                self._control_problem or "no progress",
+                self._freshness.problem or "no progress",
             )
         if stale != self._failsafe_logged:
             # Entering or leaving fail-safe is news for operators (canary status): say it on the state topic.
@@ -440,9 +446,7 @@ class RouterService:
 
     def _note_control_problem(self, exc: BaseException) -> None:
         self.stats.control_check_failures += 1
-        self._control_problem = f"{type(exc).__name__}: {exc}"
-        if self.stats.control_check_failures in (1, 10, 100) or self.stats.control_check_failures % 1000 == 0:
-            log.warning("%s: cannot read or confirm the control topic (%s)", self.router_id, self._control_problem)
+        self._freshness.note_problem(exc)
 
     @property
     def failsafe_reason(self) -> str | None:
@@ -451,7 +455,7 @@ class RouterService:
             return None
         return (
             f"control topic view unconfirmed for over {self.control_stale_after_s:.0f} s"
-            f" ({self._control_problem or 'no progress'}); all traffic to last_good"
+            f" ({self._freshness.problem or 'no progress'}); all traffic to last_good"
         )
 
     def failure(self) -> BaseException | None:
@@ -476,7 +480,7 @@ class RouterService:
             checks["assigned"] = (bool(assigned), f"{self.topics.search_requests} partitions {assigned}")
             stall = self._group.stall
             checks["consuming"] = (stall is None, "taking requests" if stall is None else stall.reason)
-        lag = time.monotonic() - self._control_fresh_at
+        lag = self._freshness.lag()
         checks["control_fresh"] = (self.started and not self.control_stale, f"control view confirmed {lag:.1f} s ago")
         failed = self.failure()
         replacing = self._producer is not None and self._producer.replacing
@@ -492,34 +496,25 @@ class RouterService:
 
     @property
     def control_stale(self) -> bool:
-        return time.monotonic() - self._control_fresh_at > self.control_stale_after_s
+        return self._freshness.stale
 
     def _apply_control(self, record: ConsumerRecord[bytes, bytes], publish: bool) -> str | None:
-        verdict = self.verifier.check(record.value, record.timestamp)  # total: never raises
+        outcome = self._fold.apply(record.value, record.offset, record.timestamp)  # total: never raises
+        verdict = outcome.verdict
         if not verdict.accepted or verdict.command is None:  # never applied; poison never stops the router
             reason = verdict.reason or "malformed"
             if verdict.poison:
                 self.stats.invalid_commands += 1
             self.stats.rejected_commands[reason] = self.stats.rejected_commands.get(reason, 0) + 1
             self.metrics.commands_rejected.labels(reason).inc()
-            control_log.warning(
-                "%s REJECTED control record at offset %s: %s", self.router_id, record.offset, verdict.message
-            )
             return None
         cmd = verdict.command
-        try:
-            transition = self.ledger.apply(cmd, record.timestamp)
-        except Exception as exc:  # a verified command the fold cannot take: refused, never fatal
-            log.error(
-                "%s: control record at offset %s not applied: ledger raised %r", self.router_id, record.offset, exc
-            )
-            return None
-        if transition.applied:
+        if outcome.applied:
             self.stats.applied.append((cmd.command_id, cmd.type, now_ms()))
             self.metrics.commands_applied.labels(cmd.type).inc()
-            log.info("%s applied %s %s: %s", self.router_id, cmd.type, cmd.deployment_id, transition.note)
+            log.info("%s applied %s %s: %s", self.router_id, cmd.type, cmd.deployment_id, outcome.note)
             return cmd.command_id
-        log.debug("%s: %s", self.router_id, transition.note)
+        log.debug("%s: %s", self.router_id, outcome.note)
         return None
 
     async def _publish_transition(self, answers: str) -> None:

@@ -31,6 +31,7 @@ from faust.types import EventT, StreamT
 
 from canary.alerts import AlertDispatcher, alert_event
 from canary.config.environments import AlertTarget
+from canary.control.audit import invalid_control_event, outcome_event, state_event
 from canary.core import wire
 from canary.core.judge import Judgement
 from canary.core.models import RouterState, WindowResult
@@ -44,7 +45,7 @@ from canary.pipeline.decisions import DecisionStep
 from canary.pipeline.settings import DEFAULTS
 from canary.security import ControlSecurity
 from canary.settings import load_settings
-from streams.audit import AuditLog, invalid_control_event, outcome_event, state_event
+from streams.audit import AuditLog
 from streams.brokerwatch import BrokerWatch
 from streams.merging import MergeStage
 from streams.registry import DeploymentRegistry

@@ -2,83 +2,34 @@
 
 Read without a consumer group from offset 0, so every worker knows every deployment and, after a restart,
 knows which rollbacks were already issued before it judges a single window (exactly-once rollback).
-Every record is verified first (``canary.security``); what became of each offset — accepted and applied,
-accepted and refused by the ledger, or rejected with a reason — is kept for the audit agent, which
-audits exactly these outcomes (:meth:`DeploymentRegistry.outcome_at`).
+Every record is verified, then folded, by :class:`canary.control.ControlFold`; what became of each offset —
+accepted and applied, accepted and refused by the ledger, or rejected with a reason — is kept for the audit
+agent, which audits exactly these outcomes (:meth:`DeploymentRegistry.outcome_at`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import dataclass, replace
-from typing import Any
 
-import msgspec.structs
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from canary.control import ControlFold, ControlOutcome, Freshness, slimmed
 from canary.core.aggregations import WindowAggregator
 from canary.core.deployment import ControlLedger, Deployment
-from canary.core.models import ControlCommand, WindowKey
+from canary.core.models import WindowKey
 from canary.core.slo import SLOPolicy, SLORule
 from canary.kafka.backoff import calm
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.observability.metrics import WorkerMetrics
 from canary.pipeline.policies import PolicyBook
-from canary.security import CommandVerifier, Verdict, default_verifier
+from canary.security import CommandVerifier, default_verifier
 
 log = logging.getLogger("canary.streams.registry")
 rejected_log = logging.getLogger("canary.streams.rejected.control")  # rate-limited (a flood is one line per 5 s)
 OUTCOMES_KEPT = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class ControlOutcome:
-    """What the worker made of one control record: the verification verdict and, if accepted, whether the
-    ledger applied it (a refused command — e.g. a start while another canary runs — carries the note)."""
-
-    offset: int | None
-    verdict: Verdict
-    applied: bool
-    note: str
-    appended_at_ms: int | None = None
-    duplicate: bool = False  # a copy of a command the ledger had applied already (redelivery)
-
-    @property
-    def error_message(self) -> str | None:
-        if not self.verdict.accepted:
-            return self.verdict.message
-        return None if self.applied else f"refused: {self.note}"
-
-
-SLIM_TEXT = 500  # characters of a rejected command's free-text fields kept for its audit line
-SLIM_JSON = 4096  # bytes of a rejected command's evidence kept; larger: only its size
-
-
-def _bounded(value: Any) -> Any:
-    try:
-        size = len(json.dumps(value))
-    except (TypeError, ValueError):
-        return {"_omitted": "not JSON-serializable"}
-    return value if size <= SLIM_JSON else {"_omitted_bytes": size}
-
-
-def slim_command(cmd: ControlCommand) -> ControlCommand:
-    """A rejected command as its audit line needs it, bounded: the snapshots' metadata only, free text and
-    evidence capped. A rejected record is hostile by definition; its full content stays on the topic."""
-    meta = cmd.candidate_config.get("metadata") if isinstance(cmd.candidate_config, dict) else None
-    return msgspec.structs.replace(
-        cmd,
-        command_id=cmd.command_id[:SLIM_TEXT],
-        candidate_config=None if cmd.candidate_config is None else {"metadata": _bounded(meta)},
-        candidate_config_hash=None if cmd.candidate_config_hash is None else cmd.candidate_config_hash[:SLIM_TEXT],
-        last_good_config=None,
-        reason=None if cmd.reason is None else cmd.reason[:SLIM_TEXT],
-        evidence=None if cmd.evidence is None else _bounded(cmd.evidence),
-        issued_by=cmd.issued_by[:SLIM_TEXT],
-    )
+__all__ = ["OUTCOMES_KEPT", "DeploymentRegistry"]
 
 
 class DeploymentRegistry:
@@ -92,19 +43,34 @@ class DeploymentRegistry:
     ) -> None:
         self.bootstrap = bootstrap
         self.control_topic = control_topic
-        self.ledger = ControlLedger()
-        self.caught_up = asyncio.Event()
-        self.invalid_commands = 0
-        self.policies = PolicyBook(lambda: self.ledger)
         self.verifier = verifier if verifier is not None else default_verifier(control_topic)
+        self.fold = ControlFold(self.verifier, rejected_log=rejected_log, error_log=log)
+        self.caught_up = asyncio.Event()
+        self.policies = PolicyBook(lambda: self.ledger)
         self.outcomes: dict[int, ControlOutcome] = {}
         self.next_offset = 0  # every control offset below this one has been folded
         self._progress = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self.metrics = metrics or WorkerMetrics()
-        self.stale_after_s = stale_after_s
-        self._fresh_at = time.monotonic()
-        self._check_failures = 0
+        self.freshness = Freshness(
+            stale_after_s, lambda problem: log.warning("cannot confirm the control topic's end (%s)", problem)
+        )
+
+    @property
+    def ledger(self) -> ControlLedger:
+        return self.fold.ledger
+
+    @ledger.setter
+    def ledger(self, ledger: ControlLedger) -> None:
+        self.fold.ledger = ledger
+
+    @property
+    def invalid_commands(self) -> int:
+        return self.fold.invalid
+
+    @property
+    def stale_after_s(self) -> float:
+        return self.freshness.stale_after_s
 
     def deployment(self, deployment_id: str | None) -> Deployment | None:
         return self.ledger.deployments.get(deployment_id) if deployment_id else None
@@ -123,21 +89,11 @@ class DeploymentRegistry:
         self, raw: bytes | None, offset: int | None = None, timestamp_ms: int | None = None
     ) -> ControlOutcome:
         """Verify and fold one control record (appended at ``timestamp_ms``); never raises on its content."""
-        verdict = self.verifier.check(raw, timestamp_ms)  # total: never raises
-        if not verdict.accepted or verdict.command is None:
-            if verdict.poison:
-                self.invalid_commands += 1
+        outcome = self.fold.apply(raw, offset, timestamp_ms)
+        verdict = outcome.verdict
+        if verdict.command is None or not verdict.accepted:
             self.metrics.commands_rejected.labels(verdict.reason or "malformed").inc()
-            rejected_log.warning("REJECTED control record at offset %s: %s", offset, verdict.message)
-            outcome = ControlOutcome(offset, verdict, False, verdict.message, timestamp_ms)
         else:
-            duplicate = verdict.command.command_id in self.ledger.applied_ids
-            try:
-                transition = self.ledger.apply(verdict.command, timestamp_ms)
-                outcome = ControlOutcome(offset, verdict, transition.applied, transition.note, timestamp_ms, duplicate)
-            except Exception as exc:  # a verified command the fold cannot take: refused and audited, not fatal
-                log.error("control record at offset %s not applied: the ledger raised %r", offset, exc)
-                outcome = ControlOutcome(offset, verdict, False, f"not applied: {type(exc).__name__}", timestamp_ms)
             counter = self.metrics.commands_applied if outcome.applied else self.metrics.commands_refused
             counter.labels(verdict.command.type).inc()
         if offset is not None:
@@ -151,10 +107,7 @@ class DeploymentRegistry:
         in the Faust group audits, and a flood of junk records — up to 1 MB each — must not grow any worker's
         memory (10,000 of them once grew the worker by 100 MB, for good). An offset asked for after it was
         evicted is verified again (:meth:`recheck`)."""
-        verdict = outcome.verdict
-        if not verdict.accepted and verdict.command is not None:
-            outcome = replace(outcome, verdict=replace(verdict, command=slim_command(verdict.command)))
-        self.outcomes[offset] = outcome
+        self.outcomes[offset] = slimmed(outcome)
         while len(self.outcomes) > OUTCOMES_KEPT:
             del self.outcomes[next(iter(self.outcomes))]
 
@@ -164,9 +117,7 @@ class DeploymentRegistry:
         verdict = self.verifier.check(raw, appended_at_ms, record=False)
         if verdict.accepted and verdict.command is not None and verdict.command.command_id in self.ledger.applied_ids:
             return ControlOutcome(offset, verdict, True, "applied (outcome re-verified for the audit)", appended_at_ms)
-        if not verdict.accepted and verdict.command is not None:
-            verdict = replace(verdict, command=slim_command(verdict.command))
-        return ControlOutcome(offset, verdict, False, "not folded by the registry", appended_at_ms)
+        return slimmed(ControlOutcome(offset, verdict, False, "not folded by the registry", appended_at_ms))
 
     def _advance(self, position: int) -> None:
         if position > self.next_offset:
@@ -183,19 +134,7 @@ class DeploymentRegistry:
 
     def control_lag(self) -> float:
         """Seconds since the broker last confirmed this registry had read the control topic to its end."""
-        return time.monotonic() - self._fresh_at
-
-    async def _check_fresh(self, tp: TopicPartition) -> None:
-        assert self._consumer is not None
-        try:
-            end = (await asyncio.wait_for(self._consumer.end_offsets([tp]), 2.0))[tp]
-        except Exception as exc:  # broker down: the lag grows, /readyz says so
-            self._check_failures += 1
-            if self._check_failures in (1, 10, 100) or self._check_failures % 1000 == 0:
-                log.warning("cannot confirm the control topic's end (%s: %s)", type(exc).__name__, exc)
-            return
-        if await self._consumer.position(tp) >= end:
-            self._fresh_at = time.monotonic()
+        return self.freshness.lag()
 
     async def run(self) -> None:
         consumer = calm(AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None, fetch_max_wait_ms=50))
@@ -220,9 +159,9 @@ class DeploymentRegistry:
                 self._advance(position)  # also past offsets that hold no record (transaction markers)
                 if not self.caught_up.is_set() and position >= end:
                     self.caught_up.set()
-                    self._fresh_at = time.monotonic()
+                    self.freshness.confirmed()
                 if time.monotonic() - checked >= 1.0:
                     checked = time.monotonic()
-                    await self._check_fresh(tp)
+                    await self.freshness.check(consumer, tp)
         finally:
             await consumer.stop()

@@ -18,6 +18,7 @@ from canary.settings import Settings
 
 if TYPE_CHECKING:
     from canary.replay.dumpfile import DumpSpan
+    from canary.security import CommandVerifier
 
 
 def _time_arg(value: str | None, option: str) -> int | None:
@@ -42,12 +43,17 @@ def replay_payload(
     window_ms: int = DEFAULTS.window_ms,
     grace_ms: int = DEFAULTS.grace_ms,
     input_file: Path | str | None = None,
+    insecure: bool = False,
 ) -> dict[str, Any]:
     """Read, replay, write the post-mortem; the report dict with ``report_files``. Used by the CLI and tests.
 
     With ``input_file`` (a kcat-style dump, see :mod:`canary.replay.dumpfile`) the span is read from the
-    file and Kafka is not contacted; ``from_ms`` / ``to_ms`` then default to the span the dump covers."""
+    file and Kafka is not contacted; ``from_ms`` / ``to_ms`` then default to the span the dump covers.
+    Control commands are verified with the settings' trusted keys, as the routers verify them; ``insecure``
+    (``--insecure``, or ``settings.insecure_control``) reads an unsigned lab topic or dump."""
     from canary.config.rules import load_policy_file
+    from canary.control import verifier_for
+    from canary.kafka.topics import Topics
     from canary.pipeline.settings import PipelineSettings
     from canary.replay.output import write_report
     from canary.replay.postmortem import run_replay, summary_lines
@@ -61,20 +67,34 @@ def replay_payload(
         replay_settings = PipelineSettings(window_ms=window_ms, grace_ms=grace_ms)
     except ValueError as exc:
         raise ConfigError(f"--window-ms/--grace-ms: {exc}") from None
+
+    def verifier(control_topic: str) -> CommandVerifier:
+        return verifier_for(control_topic, settings, insecure=insecure)
+
     dump: DumpSpan | None = None
     if input_file is not None:
         from canary.replay.dumpfile import load_span
 
-        dump = load_span(input_file, from_ms, to_ms, replay_settings, topic_prefix=settings.topic_prefix)
+        dump = load_span(
+            input_file, from_ms, to_ms, replay_settings, topic_prefix=settings.topic_prefix, verifier=verifier
+        )  # bound to the dump's control topic, which the dump names
         data = dump.data
     else:
         from canary.kafka.connect import require_kafka
-        from canary.kafka.topics import Topics
         from canary.replay.reader import read_span
 
         assert from_ms is not None and to_ms is not None
         bootstrap = require_kafka(settings)
-        data = asyncio.run(read_span(bootstrap, Topics(settings.topic_prefix), from_ms, to_ms, replay_settings))
+        data = asyncio.run(
+            read_span(
+                bootstrap,
+                Topics(settings.topic_prefix),
+                from_ms,
+                to_ms,
+                replay_settings,
+                verifier=verifier(Topics(settings.topic_prefix).control),
+            )
+        )
     report = run_replay(
         data,
         deployment_id=deployment_id,
@@ -157,6 +177,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         window_ms=args.window_ms,
         grace_ms=args.grace_ms,
         input_file=args.input,
+        insecure=args.insecure,
     )
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True, default=str))
@@ -171,6 +192,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: Any) -> None:
+    from canary.cli.reports import INSECURE_HELP
+
     p = sub.add_parser(
         "replay",
         help="recompute windows and SLO decisions for a time span from Kafka or a topic dump (post-mortem, backtest)",
@@ -244,5 +267,6 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--grace-ms", type=int, default=DEFAULTS.grace_ms, help=f"grace the worker ran with ({DEFAULTS.grace_ms})"
     )
+    p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     p.add_argument("--json", action="store_true", help="print the whole result (incl. 'differences') as JSON")
     p.set_defaults(handler=cmd_replay)

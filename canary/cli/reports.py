@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from canary.cli.output import emit as _emit
 from canary.cli.output import safe_name
 from canary.errors import ConfigError
 from canary.settings import Settings
+
+if TYPE_CHECKING:
+    from canary.control import ControlHistory
+
+INSECURE_HELP = (
+    "INSECURE: read control commands without verifying their signatures (an unsigned lab topic; same as "
+    "CANARY_INSECURE_CONTROL=1). Without it, a command the routers would reject is not applied here either"
+)
 
 
 def _audit_file(args: argparse.Namespace) -> Path | None:
@@ -22,19 +30,17 @@ def _fmt(v: float | None, spec: str, unit: str = "") -> str:
     return "-" if v is None else f"{v:{spec}}{unit}"
 
 
-def _ends(commands: list[dict[str, Any]], times: list[int | None]) -> dict[str, int]:
-    """When each ended deployment ended, as the ledger folds the control topic."""
-    from canary.core.deployment import ControlLedger
-    from canary.core.models import ControlCommand
-    from canary.errors import CanaryError
+def _ends(control: ControlHistory | None) -> dict[str, int]:
+    """When each ended deployment ended, as the ledger folds the (verified) control topic."""
+    if control is None:
+        return {}
+    deployments = control.ledger.deployments.values()
+    return {d.deployment_id: d.ended_at_ms for d in deployments if d.ended_at_ms is not None}
 
-    ledger = ControlLedger()
-    for i, raw in enumerate(commands):
-        try:
-            ledger.apply(ControlCommand.from_dict(raw), times[i] if i < len(times) else None)
-        except CanaryError:
-            continue
-    return {d.deployment_id: d.ended_at_ms for d in ledger.deployments.values() if d.ended_at_ms is not None}
+
+def _insecure(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``--insecure``: read an unsigned lab topic (the control commands are not verified)."""
+    return settings.with_overrides(insecure_control=True) if getattr(args, "insecure", False) else settings
 
 
 def _failed(s: dict[str, Any]) -> str:
@@ -51,7 +57,7 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--window {args.window}: must be > 0 minutes")
     if args.pooled and not args.config:
         raise ConfigError("--pooled: needs --config NAME (without it every config is listed, each pooled)")
-    data = read_topics(settings, control=bool(args.config), windows=True)
+    data = read_topics(_insecure(args, settings), control=bool(args.config), windows=True)
     collector = MetricsCollector(data.windows)
     known = collector.config_names()
     if args.config and args.config not in known:
@@ -76,7 +82,7 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.config:
         rows = collector.per_deployment(
-            args.config, args.window, deployment_id=args.deployment, ends=_ends(data.commands, data.command_times)
+            args.config, args.window, deployment_id=args.deployment, ends=_ends(data.control)
         )
         lines = [
             f"config {args.config} ({scope}), per deployment and arm, oldest first; --pooled for one figure over all",
@@ -124,7 +130,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
     out_dir = Path(args.output) if args.output else settings.reports_dir
     done = export_deployment(
-        settings, out_dir, args.deployment, audit_file=_audit_file(args), from_topics=args.from_topics
+        _insecure(args, settings), out_dir, args.deployment, audit_file=_audit_file(args), from_topics=args.from_topics
     )
     report, paths, source, events = done.report, done.paths, done.audit_source, done.audit_events
     result = canary_result(report)
@@ -179,7 +185,9 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.hours <= 0:
         raise ConfigError(f"--hours {args.hours}: must be > 0")
-    events, source, _ = load_audit(settings, audit_file=_audit_file(args), from_topics=args.from_topics)
+    events, source, _ = load_audit(
+        _insecure(args, settings), audit_file=_audit_file(args), from_topics=args.from_topics
+    )
     now = int(time.time() * 1000)
     since = now - int(args.hours * 3_600_000)
     recent = sorted((e for e in events if event_time_ms(e) >= since), key=event_time_ms)
@@ -219,6 +227,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="with --config: one summary over every deployment and both arms (the spec's get_summary_stats)",
     )
+    p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_metrics)
 
@@ -243,6 +252,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--from-topics", action="store_true", help="rebuild audit.log from the topics even if the file exists"
     )
+    p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_export)
 
@@ -258,5 +268,6 @@ def register(sub: Any) -> None:
     p.add_argument("--deployment", metavar="ID", type=safe_name("deployment id"), help="only events of this deployment")
     p.add_argument("--audit-log", metavar="PATH", help="the worker's audit log (default reports/canary/audit.log)")
     p.add_argument("--from-topics", action="store_true", help="rebuild from the topics even if the file exists")
+    p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_audit)

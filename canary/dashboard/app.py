@@ -374,7 +374,14 @@ class Dashboard:
 
             started = time.perf_counter()
             try:
-                data = await read_span(self.bootstrap, self.topics, from_ms, to_ms, PipelineSettings())
+                data = await read_span(
+                    self.bootstrap,
+                    self.topics,
+                    from_ms,
+                    to_ms,
+                    PipelineSettings(),
+                    verifier=self.security.verifier(self.topics.control),  # as the live fold verifies
+                )
                 report = await asyncio.to_thread(
                     run_replay,
                     data,

@@ -1,8 +1,8 @@
 """The dashboard's live state, folded from the topics it tails, and the tailing loop itself.
 
 One consumer (no group: it reads everything, commits nothing) follows four topics from their beginning:
-``canary_control`` (verified in topic order by a :class:`~canary.security.CommandVerifier`, then folded by a
-:class:`~canary.core.deployment.ControlLedger`, exactly as the routers and ``canary status`` do), ``canary_state``
+``canary_control`` (verified in topic order, then folded into a ledger, by :class:`canary.control.ControlFold`,
+exactly as the routers and ``canary status`` do), ``canary_state``
 (router states and heartbeats), ``canary_windows`` (last_good windows) and ``canary_verdicts`` (judged candidate
 windows, as ``canary watch`` reads them). Reading from the beginning gives past deployments too; the
 retention of those topics (30 days for windows, forever for control) bounds it.
@@ -25,6 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from canary.control import ControlFold
 from canary.core import wire
 from canary.core.deployment import ControlLedger, Deployment
 from canary.core.judge import Judgement
@@ -115,17 +116,21 @@ class DashboardState:
     audit: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=AUDIT_LINES_KEPT))
     poison: int = 0
     caught_up: bool = False
+    _fold: ControlFold = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._fold = ControlFold(self.verifier, self.ledger)
 
     # -- folding ----------------------------------------------------------------------------------------
     def add_control(self, value: bytes | None, offset: int, appended_at_ms: int | None, changes: Changes) -> None:
         raw = wire.as_json(value, wire.CONTROL)  # for display; the verifier decodes the record itself
-        verdict = self.verifier.check(value, appended_at_ms)
-        applied, note = False, verdict.message
+        outcome = self._fold.apply(value, offset, appended_at_ms)
+        verdict, applied = outcome.verdict, outcome.applied
         if verdict.accepted and verdict.command is not None:
-            transition = self.ledger.apply(verdict.command, appended_at_ms)
-            applied, note = transition.applied, transition.note
             changes.deployments.add(verdict.command.deployment_id)
-        record = ControlRecord(offset, appended_at_ms, raw if isinstance(raw, dict) else {}, verdict, applied, note)
+        record = ControlRecord(
+            offset, appended_at_ms, raw if isinstance(raw, dict) else {}, verdict, applied, outcome.note
+        )
         self.control.append(record)
         changes.control = True
         if applied and verdict.command is not None and verdict.command.type in END_COMMANDS:

@@ -1,7 +1,7 @@
 """The control view: pointers, deployments and routers, event-sourced from the control and state topics.
 
 The CLI folds the same control topic through the same :class:`ControlLedger` as the routers, after the
-same verification (``canary.security``: a forged, unsigned or replayed command is not applied here either,
+same verification (:mod:`canary.control`: a forged, unsigned or replayed command is not applied here either,
 and is listed in ``rejected``), so the ``last_good`` / ``active`` pointers it shows are the ones the routers
 use. Each successful read is cached locally so ``status`` can still answer (marked ``source: cache``) when
 Kafka is down.
@@ -19,13 +19,25 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer
 
+from canary.control import fold_records, read_records, read_topic, resolve
 from canary.core import wire
 from canary.core.deployment import ConfigRef, ControlLedger, Deployment
 from canary.core.models import ControlCommand, RouterState, WindowResult
 from canary.errors import CanaryError, KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
-from canary.kafka.topics import Topics, topic_partitions
-from canary.security import CommandVerifier, Verdict, default_verifier
+from canary.kafka.topics import Topics
+from canary.security import CommandVerifier, Verdict
+
+__all__ = [
+    "LIVE_ROUTER_MS",
+    "ControlView",
+    "Folded",
+    "cache_path",
+    "fold",
+    "load_cache",
+    "read_view_async",
+    "save_cache",
+]
 
 LIVE_ROUTER_MS = 15_000  # three missed 5 s heartbeats
 
@@ -43,6 +55,12 @@ class ControlView:
     command_times: list[int | None] = field(default_factory=list)  # append time of each command record
     # Verified but refused by the ledger (index, command, why): e.g. a rollout step before the plan allows it.
     refused: list[tuple[int, ControlCommand, str]] = field(default_factory=list)
+
+    def accepted_commands(self) -> list[Any]:
+        """The records verification accepted, in topic order (what a story or a report may show as commands:
+        a forged copy of a real command id is not among them)."""
+        rejected = {i for i, _ in self.rejected}
+        return [c for i, c in enumerate(self.commands) if i not in rejected]
 
     def rejection(self, command_id: str) -> Verdict | None:
         """Why the control command ``command_id`` was rejected, if it was (the last rejected copy)."""
@@ -75,62 +93,14 @@ def fold(
     times: Sequence[int | None] | None = None,
 ) -> Folded:
     """Verify and fold control records — raw record values or already decoded objects — appended at
-    ``times``, in topic order. Total: no record can make it raise."""
-    out = Folded(ControlLedger(), 0, [], [])
-    for i, raw in enumerate(commands):
-        at = times[i] if times is not None and i < len(times) else None
-        verdict = verifier.check(raw, at)
-        if verdict.accepted and verdict.command is not None:
-            transition = out.ledger.apply(verdict.command, at)
-            if not transition.applied and verdict.command.command_id not in out.ledger.applied_ids:
-                out.refused.append((i, verdict.command, transition.note))
-            continue
-        if verdict.poison:
-            out.invalid += 1
-        out.rejected.append((i, verdict))
-    return out
-
-
-async def read_records(
-    consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0
-) -> list[tuple[bytes | None, int | None]]:
-    """Every record value of ``topic`` (tombstones included, as None) from the beginning to the current end,
-    partition by partition, with its timestamp (the broker's append time on the control topic, which
-    verification judges expiry by). Nothing is decoded here."""
-    tps = await topic_partitions(consumer, topic)
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
-    ends = await consumer.end_offsets(tps)
-    out: list[tuple[bytes | None, int | None]] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        positions = [await consumer.position(tp) for tp in tps]
-        if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-            return out
-        if time.monotonic() > deadline:
-            raise KafkaError(f"reading {topic} timed out after {timeout:.0f}s")
-        batch = await consumer.getmany(timeout_ms=300)
-        for records in batch.values():
-            out.extend((record.value, record.timestamp) for record in records)
-
-
-async def read_topic(
-    consumer: AIOKafkaConsumer,
-    topic: str,
-    timeout: float = 15.0,
-    limits: wire.Limits = wire.RECORD,
-    *,
-    tombstones: bool = False,
-) -> list[Any]:
-    """Every record of ``topic`` from the beginning to the current end, partition by partition, as JSON
-    (:func:`~canary.core.wire.as_json`: a record that is not bounded JSON becomes an ``_invalid`` marker).
-    Null values are skipped as deletes (compacted topics); with ``tombstones`` they are markers too (on a
-    topic without compaction a null value is poison, and its reader counts it)."""
-    return [
-        wire.as_json(value, limits)
-        for value, _ in await read_records(consumer, topic, timeout)
-        if value is not None or tombstones
-    ]
+    ``times``, in topic order (:func:`canary.control.fold_records`). Total: no record can make it raise."""
+    history = fold_records(commands, verifier, times)
+    return Folded(
+        history.ledger,
+        history.invalid,
+        [(i, o.verdict) for i, o in history.rejected],
+        [(i, o.verdict.command, o.note) for i, o in history.refused if o.verdict.command is not None],
+    )
 
 
 async def read_view_async(
@@ -152,7 +122,7 @@ async def read_view_async(
         await consumer.stop()
     raws = [value for value, _ in timed]
     times = [ts for _, ts in timed]
-    folded = fold(raws, verifier or default_verifier(topics.control), times)
+    folded = fold(raws, resolve(verifier, topics.control), times)
     invalid = folded.invalid
     commands = [wire.as_json(value, wire.CONTROL) for value in raws]
     routers: dict[str, RouterState] = {}

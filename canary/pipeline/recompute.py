@@ -269,11 +269,13 @@ def recompute(
     """Recompute windows, verdicts and decisions.
 
     ``records``: ``(partition, offset, kafka_timestamp_ms, raw_value)`` of ``search_results``, any order
-    across partitions. ``commands``: the control topic in order (at least everything up to the span's
-    end), appended at ``command_times`` (their record timestamps; the ledger holds rollout commands to
-    them). ``horizon_ms``: processing time reached after the input (the live tick closes windows up to
-    it); default: each partition's last record time. Only candidate windows starting in
-    ``[judge_from_ms, judge_until_ms)`` reach the judge (windows before the span are incomplete).
+    across partitions. ``commands``: the control topic's *verified* commands in order (at least everything
+    up to the span's end; what :mod:`canary.control` accepted — the readers that call this verify first:
+    :func:`canary.control.records.verify_control_records`, :func:`canary.replay.reader.read_span`,
+    :func:`canary.replay.dumpfile.load_span`), appended at ``command_times`` (their record timestamps; the
+    ledger holds rollout commands to them). ``horizon_ms``: processing time reached after the input (the
+    live tick closes windows up to it); default: each partition's last record time. Only candidate windows
+    starting in ``[judge_from_ms, judge_until_ms)`` reach the judge (windows before the span are incomplete).
     Candidate windows in the result carry the judge's verdicts, as the live verdicts topic does.
     ``apply_decisions``: the SLO agent's loop feeds its own commands back into the control topic's ledger
     (:mod:`canary.pipeline.loop`); False: decisions against the recorded control topic alone.

@@ -7,6 +7,9 @@ worker derives from them: the 5 s windows of every partition (the windows stage'
 judge's verdicts with their evidence (:class:`~canary.pipeline.decisions.DecisionStep`, the SLO agent's
 logic), and each decision with whether the live agent would have issued it. Policies come from the
 control topic through :class:`~canary.pipeline.policies.PolicyBook`, or from an override for a backtest.
+Control records are verified first, in topic order, exactly as the live readers verify them — by the
+``verify_control`` the caller gives (:class:`canary.control.VerifyControl`; this layer sits below the
+verifier): an unsigned or forged command is not applied here either.
 
 Decisions are the SLO agent's whole loop (:mod:`canary.pipeline.loop`): the judge's rollbacks and pauses
 and the rollout plan's steps, gates, promotion and expiry, each with the exact command the agent
@@ -22,14 +25,14 @@ replay of a dump file, the reports, the decision benchmark and the tests all cal
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from canary.core import wire
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
-from canary.errors import CanaryError
+from canary.errors import CanaryError, ConfigError
 from canary.pipeline.loop import Judgement, PipelineDecision
 from canary.pipeline.recompute import Recomputation, recompute
 from canary.pipeline.settings import PipelineSettings
@@ -37,6 +40,9 @@ from canary.pipeline.settings import PipelineSettings
 log = logging.getLogger("canary.pipeline")
 
 WarningCode = Literal["control_records_ignored"]
+# Verified control records: the accepted commands, their append times, one {topic, partition, offset, reason}
+# per record that was not applied (canary.control.VerifyControl makes it).
+ControlParse = tuple[list[ControlCommand], list[int | None], list[JSONDict]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,24 +98,16 @@ class PipelineResult:
         return sorted((d for d in self.decisions if d.issued), key=lambda d: (d.issued_at_ms or 0, d.deployment_id))
 
 
-def parse_control(records: Iterable[Record]) -> tuple[list[ControlCommand], list[JSONDict]]:
-    """Control records in offset order → commands; a malformed one is reported (partition, offset, why)."""
-    commands, _, invalid = parse_control_timed(records)
-    return commands, invalid
-
-
-def parse_control_timed(records: Iterable[Record]) -> tuple[list[ControlCommand], list[int | None], list[JSONDict]]:
-    """Like :func:`parse_control`, with each command's append time (its record timestamp)."""
-    commands: list[ControlCommand] = []
-    times: list[int | None] = []
-    invalid: list[JSONDict] = []
-    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+def _well_formed(records: Sequence[Record]) -> int:
+    """How many of these control records are commands by their shape (not verified: they are not used)."""
+    count = 0
+    for r in records:
         try:
-            commands.append(ControlCommand.from_dict(wire.decode_object(r.value, wire.CONTROL)))
-            times.append(r.arrival_ms)
-        except (CanaryError, ValueError, TypeError) as exc:  # wire.Rejected is a CanaryError
-            invalid.append({"topic": r.topic, "partition": r.partition, "offset": r.offset, "reason": str(exc)[:300]})
-    return commands, times, invalid
+            ControlCommand.from_dict(wire.decode_object(r.value, wire.CONTROL))
+            count += 1
+        except (CanaryError, ValueError, TypeError):  # wire.Rejected is a CanaryError
+            continue
+    return count
 
 
 def run_pipeline(
@@ -124,6 +122,7 @@ def run_pipeline(
     judge_from_ms: int | None = None,
     judge_until_ms: int | None = None,
     apply_decisions: bool = True,
+    verify_control: Callable[[Sequence[Record]], ControlParse] | None = None,
 ) -> PipelineResult:
     """Windows, verdicts and decisions from raw records (see the module docstring).
 
@@ -132,7 +131,11 @@ def run_pipeline(
     warning, also logged). ``rules_override``: judge every deployment with this policy (a preset's whole
     ``slo`` section, :func:`canary.core.slo.policy_from_slo_section`) instead of its own.
     ``apply_decisions``: feed the loop's issued commands back into its ledger (default, as live); False:
-    resolve decisions against the recorded control topic alone.
+    resolve decisions against the recorded control topic alone. ``verify_control``: how the control records
+    in ``records`` are verified before anything applies them — :class:`canary.control.VerifyControl`, as the
+    live readers verify them (``VerifyControl.insecure()`` for an unsigned lab topic); without it, control
+    records in the input are refused (ConfigError): this layer cannot verify, and must not apply what it has
+    not verified. ``commands`` are taken as verified already.
     """
     outcomes: list[tuple[int, int, int | None, bytes | None]] = []
     control: list[Record] = []
@@ -144,7 +147,17 @@ def run_pipeline(
             control.append(r)
         else:
             other[r.topic] = other.get(r.topic, 0) + 1
-    parsed, times, invalid = parse_control_timed(control)
+    parsed: list[ControlCommand] = []
+    times: list[int | None] = []
+    invalid: list[JSONDict] = []
+    if commands is None and control:
+        if verify_control is None:
+            raise ConfigError(
+                f"run_pipeline: {len(control)} {control_topic} record(s) in the input, and no verify_control= to "
+                "verify them with (canary.control.VerifyControl(); .insecure() for an unsigned lab topic): "
+                "control records are applied only once verified"
+            )
+        parsed, times, invalid = verify_control(control)
     history = list(commands) if commands is not None else parsed
     warnings: list[PipelineWarning] = []
     if commands is not None and control:
@@ -153,7 +166,8 @@ def run_pipeline(
         warning = PipelineWarning(
             "control_records_ignored",
             f"{len(control)} {control_topic} record(s) in the input were not used: commands= was given and "
-            f"replaces them ({len(parsed)} valid command(s), {len(invalid)} malformed among them)",
+            f"replaces them ({_well_formed(control)} valid command(s), "
+            f"{len(control) - _well_formed(control)} malformed among them)",
             len(control),
         )
         warnings.append(warning)

@@ -35,13 +35,14 @@ import os
 import sys
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
 
+from canary.control.records import verify_control_records
 from canary.core import wire
 from canary.core.models import JSONDict, iso_ms
 from canary.core.windows import window_bounds
@@ -49,9 +50,10 @@ from canary.errors import ConfigError, KafkaError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.pipeline.recompute import read_bounds, span_bounds
-from canary.pipeline.run import Record, parse_control_timed
+from canary.pipeline.run import Record
 from canary.pipeline.settings import PipelineSettings
 from canary.replay.span import SpanData
+from canary.security import CommandVerifier, default_verifier
 
 MAX_LISTED = 20  # malformed lines / invalid commands listed individually (all are counted)
 
@@ -456,8 +458,14 @@ def load_span(
     settings: PipelineSettings | None = None,
     *,
     topic_prefix: str = "",
+    verifier: CommandVerifier | Callable[[str], CommandVerifier] | None = None,
 ) -> DumpSpan:
     """A dump → the :class:`SpanData` a replay of ``[from_ms, to_ms)`` from Kafka would read.
+
+    The dump's control records are verified as the live readers verify the topic (``verifier``, or one made
+    for the dump's control topic by a callable given its name — a signature is bound to the topic it was
+    made for, and the dump says which; None: the process settings'): a rejected command is listed with the
+    invalid ones, never applied.
 
     Missing bounds default to the span the dump covers (:func:`default_span`). Raises ConfigError when the
     file cannot be read, or no span is given and the dump has nothing to derive one from.
@@ -502,7 +510,9 @@ def load_span(
     from canary.replay.reader import parse_late_dead_letters, parse_windows
 
     control = sel["control"]
-    commands, command_times, invalid = parse_control_timed(r.record for r in control)
+    control_topic = topics.prefix + _BASE.control
+    check = verifier if isinstance(verifier, CommandVerifier) else (verifier or default_verifier)(control_topic)
+    commands, command_times, invalid = verify_control_records((r.record for r in control), check)
     line_of = {(r.record.partition, r.record.offset): r.line for r in control}
     invalid_commands = [{"line": line_of.get((i["partition"], i["offset"])), **i} for i in invalid]
     live_windows, invalid_windows = parse_windows(

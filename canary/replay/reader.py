@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from canary.control import fold_records, resolve
 from canary.core import wire
 from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult
@@ -27,6 +28,7 @@ from canary.kafka.topics import Topics, topic_partitions
 from canary.pipeline.recompute import read_bounds, span_bounds
 from canary.pipeline.settings import PipelineSettings
 from canary.replay.span import RecordTuple, SpanData
+from canary.security import CommandVerifier
 
 
 def new_consumer(bootstrap: Cluster) -> AIOKafkaConsumer:
@@ -130,8 +132,12 @@ async def read_span(
     *,
     with_live: bool = True,
     timeout: float = 600.0,
+    verifier: CommandVerifier | None = None,
 ) -> SpanData:
-    """Read everything a replay of ``[from_ms, to_ms)`` needs."""
+    """Read everything a replay of ``[from_ms, to_ms)`` needs. The control topic is read from its beginning
+    and verified as the live readers verify it (``verifier``; None: the process settings' for
+    ``topics.control``): a rejected command is counted in ``invalid_commands``, never applied."""
+    verifier = resolve(verifier, topics.control)
     settings = settings or PipelineSettings()
     read_from, read_to = read_bounds(from_ms, to_ms, settings)
     first_window, _ = span_bounds(from_ms, to_ms, settings)
@@ -173,7 +179,7 @@ async def read_span(
             raw_times.append(r.timestamp)
 
         await read_ranges(side, control_ranges, control_record, timeout)
-        commands, command_times, invalid_commands = parse_commands_timed(raw_commands, raw_times)
+        commands, command_times, invalid_commands = parse_commands_timed(raw_commands, raw_times, verifier)
         seconds["control"] = time.perf_counter() - started
 
         live_windows: list[WindowResult] = []
@@ -241,25 +247,20 @@ async def read_span(
     )
 
 
-def parse_commands(raws: list[bytes | None]) -> tuple[list[ControlCommand], int]:
-    commands, _, invalid = parse_commands_timed(raws, [None] * len(raws))
+def parse_commands(raws: list[bytes | None], verifier: CommandVerifier) -> tuple[list[ControlCommand], int]:
+    commands, _, invalid = parse_commands_timed(raws, [None] * len(raws), verifier)
     return commands, invalid
 
 
 def parse_commands_timed(
-    raws: list[bytes | None], times: list[int | None]
+    raws: list[bytes | None], times: list[int | None], verifier: CommandVerifier
 ) -> tuple[list[ControlCommand], list[int | None], int]:
-    """The commands among control records appended at ``times``, with their append times; how many were not."""
-    out: list[ControlCommand] = []
-    out_times: list[int | None] = []
-    invalid = 0
-    for raw, at in zip(raws, times, strict=True):
-        try:
-            out.append(ControlCommand.from_dict(wire.decode_object(raw, wire.CONTROL)))
-            out_times.append(at)
-        except (CanaryError, ValueError, TypeError):
-            invalid += 1
-    return out, out_times, invalid
+    """The commands among control records appended at ``times`` that ``verifier`` accepts, in topic order
+    (:func:`canary.control.fold_records`), with their append times; how many were not (malformed or
+    rejected)."""
+    history = fold_records(raws, verifier, times)
+    commands, accepted_times = history.accepted_commands()
+    return commands, accepted_times, len(history.outcomes) - len(commands)
 
 
 def parse_windows(

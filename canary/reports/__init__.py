@@ -3,7 +3,9 @@
 - :mod:`canary.reports.model` — :class:`DeploymentReport` and :func:`build_report`
 - :mod:`canary.reports.files` — ``canary_result.json``, ``metrics.json``, ``audit.log`` in the spec's shapes
 - :mod:`canary.reports.html` — :func:`render_report`: one static offline HTML page with SVG charts;
-  :func:`render_sections`: its fragments, which the live dashboard reuses
+  :func:`render_sections`: its fragments, which the live dashboard reuses. Split by job: view data
+  (:mod:`canary.reports.view`), chart geometry (:mod:`canary.reports.charts`), templates and the chart kit
+  (:mod:`canary.render`)
 - :mod:`canary.reports.metrics` — the spec's :class:`MetricsCollector`
 - :mod:`canary.reports.export` — the one module that reads Kafka: ``export_reports(settings, output)``
 """

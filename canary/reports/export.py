@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from canary.control import ControlHistory, fold_records, read_log, read_topic, resolve, verifier_for
 from canary.core import wire
 from canary.core.judge import Judgement
 from canary.core.models import WindowResult
@@ -22,13 +23,19 @@ from canary.errors import CanaryError, ConfigError, KafkaError
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.reports.files import AUDIT_LOG, export_all, read_audit_file, rebuild_audit
 from canary.reports.model import DeploymentReport, build_report, outages_of_judgements
+from canary.security import CommandVerifier
 from canary.settings import Settings
 
 
 @dataclass
 class TopicData:
+    # The control topic, verified as routers and workers verify it (canary.control): ``commands`` are the
+    # records verification accepted (raw objects, in topic order), ``command_times`` their append times;
+    # ``control`` what became of every record, ``control_values`` the records themselves.
     commands: list[dict[str, Any]] = field(default_factory=list)
-    command_times: list[int | None] = field(default_factory=list)  # each control record's append time
+    command_times: list[int | None] = field(default_factory=list)
+    control: ControlHistory | None = None
+    control_values: list[bytes | None] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
     windows: list[WindowResult] = field(default_factory=list)
     invalid_windows: int = 0
@@ -36,12 +43,19 @@ class TopicData:
 
 
 async def read_topics_async(
-    bootstrap: Cluster, prefix: str, *, control: bool = False, state: bool = False, windows: bool = False
+    bootstrap: Cluster,
+    prefix: str,
+    *,
+    control: bool = False,
+    state: bool = False,
+    windows: bool = False,
+    verifier: CommandVerifier | None = None,
 ) -> TopicData:
+    """``verifier``: for the control topic (None: the process settings' — trusted keys, secure unless
+    ``CANARY_INSECURE_CONTROL``)."""
     from aiokafka import AIOKafkaConsumer
 
     from canary.kafka.topics import Topics
-    from canary.ops.view import read_records, read_topic
 
     topics = Topics(prefix)
     consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
@@ -52,9 +66,17 @@ async def read_topics_async(
     out = TopicData()
     try:
         if control:
-            timed = [(v, t) for v, t in await read_records(consumer, topics.control) if v is not None]
-            out.commands = [wire.as_json(v, wire.CONTROL) for v, _ in timed]
-            out.command_times = [t for _, t in timed]
+            log = await read_log(consumer, topics.control)
+            out.control_values = [r.value for r in log]
+            out.control = fold_records(
+                out.control_values,
+                resolve(verifier, topics.control),
+                [r.timestamp for r in log],
+                [r.offset for r in log],
+            )
+            accepted = [i for i, o in enumerate(out.control.outcomes) if o.verdict.accepted]
+            out.commands = [wire.as_json(log[i].value, wire.CONTROL) for i in accepted]
+            out.command_times = [log[i].timestamp for i in accepted]
         if state:
             out.states = await read_topic(consumer, topics.state)
         raw_windows = await read_topic(consumer, topics.windows, limits=wire.WINDOW, tombstones=True) if windows else []
@@ -85,12 +107,18 @@ async def read_topics_async(
 
 
 def read_topics(settings: Settings, *, control: bool = False, state: bool = False, windows: bool = False) -> TopicData:
-    """Every record of the chosen topics, from the beginning (KafkaError if the cluster does not answer)."""
+    """Every record of the chosen topics, from the beginning (KafkaError if the cluster does not answer).
+    The control topic is verified with the settings' trusted keys, as the services verify it
+    (``settings.insecure_control``: the CLI's ``--insecure``, for unsigned lab topics)."""
     from canary.kafka.connect import require_kafka
+    from canary.kafka.topics import Topics
 
     bootstrap = require_kafka(settings)
+    verifier = verifier_for(Topics(settings.topic_prefix).control, settings) if control else None
     return asyncio.run(
-        read_topics_async(bootstrap, settings.topic_prefix, control=control, state=state, windows=windows)
+        read_topics_async(
+            bootstrap, settings.topic_prefix, control=control, state=state, windows=windows, verifier=verifier
+        )
     )
 
 
@@ -107,14 +135,19 @@ def load_audit(
     output: Path | None = None,
     audit_file: Path | None = None,
     from_topics: bool = False,
-    commands: list[dict[str, Any]] | None = None,
+    control: TopicData | None = None,
 ) -> tuple[list[dict[str, Any]], str, Path | None]:
-    """Audit events, a description of their source, and the source file (None when rebuilt from topics)."""
+    """Audit events, a description of their source, and the source file (None when rebuilt from topics).
+    Rebuilt, each control record gets the line the worker's audit agent writes for it — ``success: false``
+    with the reason for one verification rejected or the ledger refused. ``control``: the control topic
+    already read (and verified) by the caller."""
     source = None if from_topics else audit_source_file(settings, output, audit_file)
     if source is not None:
         return read_audit_file(source), f"file:{source}", source
-    fresh = read_topics(settings, control=commands is None, state=True)
-    return rebuild_audit(commands if commands is not None else fresh.commands, fresh.states), "topics", None
+    fresh = read_topics(settings, control=control is None or control.control is None, state=True)
+    folded = control if control is not None and control.control is not None else fresh
+    assert folded.control is not None
+    return rebuild_audit(folded.control, fresh.states, folded.control_values), "topics", None
 
 
 @dataclass(frozen=True)
@@ -136,7 +169,7 @@ def export_deployment(
 ) -> ExportResult:
     """Write canary_result.json, metrics.json, audit.log and report.html of one deployment (default: the
     latest started) into ``output``. DeploymentError if there is none, KafkaError if Kafka is down."""
-    data = read_topics(settings, control=True, windows=True)
+    data = read_topics(settings, control=True, windows=True)  # the control topic verified: only its accepted commands
     now = int(time.time() * 1000)
     report = build_report(
         commands=data.commands,
@@ -147,7 +180,7 @@ def export_deployment(
         outages=data.outages,
     )
     events, source, source_path = load_audit(
-        settings, output=output, audit_file=audit_file, from_topics=from_topics, commands=data.commands
+        settings, output=output, audit_file=audit_file, from_topics=from_topics, control=data
     )
     try:
         paths = export_all(report, output, events, audit_source_file=source_path, now_ms=now)

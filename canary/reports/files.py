@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from canary.control import ControlHistory
+from canary.control.audit import audit_events, control_event
 from canary.core import wire
 from canary.core.models import ControlCommand, RouterState, WindowResult, iso_ms, parse_time
 from canary.core.rollout import plan_status
@@ -184,24 +186,34 @@ def read_audit_file(path: Path) -> list[dict[str, Any]]:
 
 
 def rebuild_audit(
-    commands: Iterable[Mapping[str, Any]], states: Iterable[Mapping[str, Any]] = ()
+    commands: Iterable[Mapping[str, Any]] | ControlHistory,
+    states: Iterable[Mapping[str, Any]] = (),
+    values: Sequence[bytes | None] | None = None,
 ) -> list[dict[str, Any]]:
     """The audit events the worker would have written for these control and state records.
 
-    Same functions and rules as the worker's audit agents (``streams.audit``): invalid records and router
-    heartbeats are skipped, duplicates are dropped by event id. The state topic is compacted, so older
-    router states may be gone; control events are complete. Ordered by time.
+    ``commands``: the control topic folded by :func:`canary.control.fold_records` (verified with the trusted
+    keys, as ``canary export`` does) — each record gets exactly the line the worker's audit agent writes
+    for it (:func:`canary.control.audit.audit_events`: ``success: false`` with the verifier's or the
+    ledger's reason for one not applied; ``values``: the raw records, quoted in a poison record's line); or
+    plain commands a reader verified already, each audited as applied. Router heartbeats are skipped,
+    duplicates are dropped by event id. The state topic is compacted, so older router states may be gone;
+    control events are complete. Ordered by time.
     """
-    from streams.audit import control_event, state_event
+    from canary.control.audit import state_event
 
     events: dict[str, dict[str, Any]] = {}
-    for raw in commands:
-        try:
-            cmd = ControlCommand.from_dict(raw)
-        except CanaryError:
-            continue
-        ev = control_event(cmd)
-        events.setdefault(ev["event_id"], ev)
+    if isinstance(commands, ControlHistory):
+        for ev in audit_events(commands, values):
+            events.setdefault(ev["event_id"], ev)
+    else:
+        for raw in commands:
+            try:
+                cmd = ControlCommand.from_dict(raw)
+            except CanaryError:
+                continue
+            ev = control_event(cmd)
+            events.setdefault(ev["event_id"], ev)
     for raw in states:
         try:
             state = RouterState.from_dict(raw)

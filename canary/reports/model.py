@@ -14,12 +14,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from canary.control import fold_records
 from canary.core.deployment import ControlLedger, Deployment
 from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, WindowResult
 from canary.core.outages import BrokerOutage, OutageNote, OutagePhase, merge_outages
 from canary.core.slo import SLORule, deployment_policy
 from canary.errors import CanaryError, DeploymentError
+from canary.security import CommandVerifier
 
 ChangeKind = Literal["changed", "added", "removed"]
 
@@ -359,6 +361,7 @@ def build_report(
     source: str = "kafka",
     command_times: Sequence[int | None] | None = None,
     outages: Iterable[BrokerOutage] = (),
+    verifier: CommandVerifier | None = None,
 ) -> DeploymentReport:
     """Report of one deployment (default: the latest started).
 
@@ -367,19 +370,35 @@ def build_report(
     ``command_times``: each command record's append time, which the ledger holds rollout commands to (the
     view's own when its commands are used). ``outages``: the broker outages noted on judgements
     (:func:`outages_of_judgements`); those that touch none of this deployment's windows are left out.
+
+    Only verified commands are folded. ``verifier``: ``commands`` are control records as read from the topic,
+    verified here in topic order (:func:`canary.control.fold_records`); without it they are commands a
+    reader verified already (the dashboard's, a replay's). A view's records are taken as its own fold judged
+    them: the ones it rejected are left out.
     """
     raw_commands = list(commands if commands is not None else (view.commands if view is not None else []))
     if commands is None and command_times is None and view is not None:
         command_times = getattr(view, "command_times", None)
+    times = list(command_times) if command_times is not None else []
+    timed = [(raw, times[i] if i < len(times) else None) for i, raw in enumerate(raw_commands)]
+    if commands is None and view is not None:
+        rejected = {i for i, _ in getattr(view, "rejected", ())}
+        timed = [pair for i, pair in enumerate(timed) if i not in rejected]
+    verified: list[tuple[ControlCommand, int | None]] = []
+    if verifier is not None:
+        history = fold_records([raw for raw, _ in timed], verifier, [t for _, t in timed])
+        verified = [(o.verdict.command, o.appended_at_ms) for o in history.accepted if o.verdict.command is not None]
+    else:
+        for raw, at in timed:
+            try:
+                verified.append((ControlCommand.from_dict(raw), at))
+            except CanaryError:
+                continue
     all_windows = list(windows if windows is not None else (view.windows if view is not None else []))
     ledger = ControlLedger()
     applied: list[tuple[ControlCommand, bool, str]] = []
-    for i, raw in enumerate(raw_commands):
-        try:
-            cmd = ControlCommand.from_dict(raw)
-        except CanaryError:
-            continue
-        t = ledger.apply(cmd, command_times[i] if command_times is not None and i < len(command_times) else None)
+    for cmd, at in verified:
+        t = ledger.apply(cmd, at)
         applied.append((cmd, t.applied, t.note))
     dep = select_deployment(ledger, deployment_id)
     seen: set[str] = set()

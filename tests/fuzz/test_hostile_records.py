@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from canary.config.yamlfile import parse_yaml_text
+from canary.control import ControlOutcome
+from canary.control.audit import outcome_event
 from canary.core import wire
 from canary.core.deployment import ControlLedger, snapshot_hash
 from canary.core.judge import Judgement
@@ -38,8 +40,7 @@ from devtools.signing import OPERATOR, T0, rollback, start, verifier
 from router.backends.base import BackendError
 from router.backends.http import parse_response
 from router.service import decode_request
-from streams.audit import outcome_event
-from streams.registry import ControlOutcome, DeploymentRegistry
+from streams.registry import DeploymentRegistry
 
 EXPLORE = int(os.environ.get("CANARY_FUZZ_EXAMPLES", "0"))
 

@@ -27,9 +27,9 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from canary.control import read_records
 from canary.core.wire import as_json
 from canary.kafka.topics import Topics, ensure_topics
-from canary.ops.view import read_records
 from canary.security import ControlSecurity
 from canary.settings import Settings, load_settings
 from devtools.harness import (

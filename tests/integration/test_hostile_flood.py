@@ -35,12 +35,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from canary.control import read_records
 from canary.core import wire
 from canary.core.judge import Judgement
 from canary.core.merge import WindowMerger, parse_merge_record
 from canary.core.models import RouterState, WindowResult, parse_time
 from canary.kafka.topics import Topics, ensure_topics
-from canary.ops.view import read_records
 from canary.pipeline.decode import OutcomeDecoder
 from devtools import hostile
 from devtools.harness import ROOT, read_all, read_judged, send_command, start_command

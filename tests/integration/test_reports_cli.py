@@ -123,8 +123,12 @@ async def test_export_writes_the_spec_files(settings: Settings, deployment: Scen
     assert {b["config_name"] for b in metrics["buckets"]} == {"candidate_slow", "last_good"}
 
     audit = [json.loads(line) for line in (out / "audit.log").read_text().splitlines()]
-    assert [e["event_type"] for e in audit] == ["canary_start", "router_state", "canary_set_weight", "canary_rollback"]
-    assert audit[-1]["event_id"] == f"control:rollback-{deployment.deployment_id}"
+    # The redelivered rollback copy is audited as the worker's audit agent audits it — not applied, success:
+    # false (replayed): the rebuilt audit.log is line for line the live one (issue #22).
+    types = ["canary_start", "router_state", "canary_set_weight", "canary_rollback", "canary_rollback"]
+    assert [e["event_type"] for e in audit] == types
+    assert audit[-2]["event_id"] == f"control:rollback-{deployment.deployment_id}" and audit[-2]["success"] is True
+    assert audit[-1]["success"] is False and audit[-1]["details"]["verification"]["reason"] == "replayed"
 
     dom = parse((out / "report.html").read_text())
     (path,) = select(dom, "svg.chart-p95 path.series-candidate")
@@ -211,17 +215,18 @@ async def test_audit_of_the_last_hours(settings: Settings, deployment: Scenario,
     result = await _canary("audit", "--hours", "1", "--json", env=env)
     assert result.returncode == 0, result.stderr
     payload = _json(result)
-    assert payload["source"] == "topics" and payload["count"] == 4
+    assert payload["source"] == "topics" and payload["count"] == 5  # the redelivered rollback: success false
     assert [e["event_type"] for e in payload["events"]] == [
         "canary_start",
         "router_state",
         "canary_set_weight",
         "canary_rollback",
+        "canary_rollback",
     ]
     table = await _canary("audit", "--hours", "1", env=env)
     assert table.returncode == 0
     assert "canary_rollback" in table.stdout and "SLO violation: p95_ms failed" in table.stdout
-    assert "4 event(s) in the last 1 h" in table.stdout
+    assert "5 event(s) in the last 1 h" in table.stdout
     bad = await _canary("audit", "--hours", "0", env=env)
     assert bad.returncode == 2
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from canary.config.presets import load_preset
+from canary.control.records import VerifyControl
 from canary.core.models import ControlCommand
 from canary.pipeline.run import PipelineResult, Record, run_pipeline
 from canary.pipeline.settings import PipelineSettings
@@ -293,7 +294,8 @@ def test_control_records_that_commands_replace_are_warned_about(caplog: pytest.L
     assert "1 valid command(s), 1 malformed" in warning.message
     assert any("control_records_ignored" in r.getMessage() or "were not used" in r.getMessage() for r in caplog.records)
     # The control records alone: used, no warning.
-    assert run_pipeline(records + control[:1], horizon_ms=T0 + 6 * W).warnings == []
+    lab = VerifyControl.insecure()  # an unsigned lab topic: verified without signature checks
+    assert run_pipeline(records + control[:1], horizon_ms=T0 + 6 * W, verify_control=lab).warnings == []
     assert run_pipeline(records, commands=[plain_start()], horizon_ms=T0 + 6 * W).warnings == []
 
 

@@ -1,7 +1,8 @@
 """Offline replay of a kcat-style topic dump (``canary replay --input``), without Kafka.
 
 The recorded traffic is synthetic: a candidate that turns slow (rolled back by the SLO logic), a
-last_good arm, the control topic; the "live" results are what the Kafka-free pipeline itself derives,
+last_good arm, the control topic (signed with the session's keys, as live: replay verifies it as the routers
+do); the "live" results are what the Kafka-free pipeline itself derives,
 published as the worker does (unjudged windows on canary_windows, judged copies on canary_verdicts,
 the rollback on canary_control).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ import msgspec.structs
 import pytest
 
 from canary.cli import main
+from canary.config import Preset, load_preset
+from canary.control.records import VerifyControl
+from canary.core.deployment import snapshot_hash
 from canary.core.judge import Judgement as CoreJudgement
 from canary.core.models import ControlCommand
 from canary.errors import ConfigError
@@ -28,9 +33,11 @@ from canary.pipeline.settings import PipelineSettings
 from canary.replay.dumpfile import envelope, load_span, parse_lines, read_dump, split_topic
 from canary.replay.postmortem import run_replay
 from canary.replay.span import SpanData
+from canary.security import CommandSigner, Scope
 from canary.settings import Settings
 from tests.replay.helpers import T0, Traffic, start
 
+ROOT = Path(__file__).resolve().parents[2]
 W = 5000
 SLO = {"p95_ms": 1200, "recall_at_10": 0.30, "consecutive_buckets": 2, "min_samples": 20}
 SLOW = [1500.0] * 19 + [100.0]
@@ -50,11 +57,39 @@ def _traffic() -> list[Record]:
     return [Record("search_results", p, o, ts, b"dep-a", raw) for p, o, ts, raw in t.records]
 
 
+def _verifiable(cmd: ControlCommand) -> ControlCommand:
+    """A start whose snapshots are real presets (the helpers' are stubs) under the helpers' names, with the
+    candidate's content hash: what verification accepts (a replay verifies its control records)."""
+
+    def real(preset: str, name: str, slo: dict[str, Any] | None) -> dict[str, Any]:
+        snap = load_preset(ROOT / "configs" / "presets" / f"{preset}.yaml").to_dict()
+        snap["metadata"]["name"] = name
+        if slo is not None:
+            snap["slo"] = Preset.from_snapshot({**snap, "slo": slo}).slo.to_dict()
+        return snap
+
+    assert cmd.candidate_config is not None and cmd.last_good_config is not None
+    candidate = real("candidate_slow", cmd.candidate_config["metadata"]["name"], cmd.candidate_config["slo"])
+    return replace(
+        cmd,
+        candidate_config=candidate,
+        candidate_config_hash=snapshot_hash(candidate),
+        last_good_config=real("last_good", cmd.last_good_config["metadata"]["name"], None),
+    )
+
+
+def _signed(cmd: ControlCommand, control_topic: str) -> bytes:
+    """``cmd`` as the live control topic holds it: signed for that topic by the operator (the start) or the
+    SLO agent's worker key (its rollback), the session's trusted keys (tests/conftest.py)."""
+    key = os.environ["CANARY_WORKER_KEY" if cmd.issued_by == "slo-agent" else "CANARY_OPERATOR_KEY"]
+    return CommandSigner.from_file(Path(key), scope=Scope(None, control_topic)).encode(cmd)
+
+
 def _live(prefix: str = "") -> tuple[list[Record], list[Record]]:
     """(search_results + canary_control records, the live results the worker would have published)."""
     topics = Topics(prefix)
     outcomes = _traffic()
-    begin = start("dep-a", "slow", at=T0 - 100, slo=SLO)  # the default (sequential) judge
+    begin = _verifiable(start("dep-a", "slow", at=T0 - 100, slo=SLO))  # the default (sequential) judge
     result = run_pipeline(outcomes, commands=[begin], horizon_ms=T0 + 6 * W)
     [decision] = result.decisions
     rollback = ControlCommand(
@@ -71,7 +106,7 @@ def _live(prefix: str = "") -> tuple[list[Record], list[Record]]:
         issued_at_ms=decision.window_end_ms + 1000,
     )
     control = [
-        Record(topics.control, 0, i, c.issued_at_ms, b"dep-a", json.dumps(c.to_dict()).encode())
+        Record(topics.control, 0, i, c.issued_at_ms, b"dep-a", _signed(c, topics.control))
         for i, c in enumerate([begin, rollback])
     ]
     outcomes = [replace(r, topic=topics.search_results) for r in outcomes]
@@ -102,7 +137,6 @@ def _write(path: Path, records: list[Record], extra: list[str] | None = None) ->
 
 def _kafka_span(records: list[Record], from_ms: int, to_ms: int, horizon_ms: int) -> SpanData:
     """What read_span would read from Kafka holding exactly these records (the reference)."""
-    from canary.pipeline.run import parse_control_timed
     from canary.replay.reader import parse_windows
 
     settings = PipelineSettings()
@@ -114,7 +148,7 @@ def _kafka_span(records: list[Record], from_ms: int, to_ms: int, horizon_ms: int
         for r in records
         if base[r.topic] == "search_results" and read_from <= (r.arrival_ms or 0) < read_to
     ]
-    commands, times, _ = parse_control_timed(r for r in records if base[r.topic] == "canary_control")
+    commands, times, _ = VerifyControl()(r for r in records if base[r.topic] == "canary_control")
     windows = [r.value for r in records if base[r.topic] == "canary_windows" and (r.arrival_ms or 0) >= first]
     verdicts = [r.value for r in records if base[r.topic] == "canary_verdicts" and (r.arrival_ms or 0) >= first]
     live, _ = parse_windows(windows, verdicts)
@@ -214,9 +248,13 @@ def test_dump_replay_equals_the_pipeline_and_a_replay_from_kafka(tmp_path: Path)
 
     # The same as the Kafka-free pipeline on the same records ...
     first, until = span_bounds(span.data.from_ms, span.data.to_ms, PipelineSettings())
-    pipe = run_pipeline(
-        records, horizon_ms=span.data.horizon_ms, judge_from_ms=first, judge_until_ms=until
-    )  # control records in the input
+    pipe = run_pipeline(  # control records in the input, verified as a replay verifies them
+        records,
+        horizon_ms=span.data.horizon_ms,
+        judge_from_ms=first,
+        judge_until_ms=until,
+        verify_control=VerifyControl(),
+    )
     expected = sorted(
         (w.to_dict() for w in pipe.windows if first <= w.window_start_ms < until),
         key=lambda w: (w["window_start_ms"], w["window_id"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from canary.control.audit import control_event
 from canary.core.models import RouterState, iso_ms
 from canary.reports.files import (
     audit_lines,
@@ -16,7 +17,6 @@ from canary.reports.files import (
     write_audit,
 )
 from canary.reports.model import build_report
-from streams.audit import control_event
 from tests.reports.sample import CANDIDATE_COUNTS, LAST_GOOD_COUNTS, build
 
 T0 = 1_700_000_000_000

@@ -20,13 +20,14 @@ from typing import Any, get_args
 import pytest
 from msgspec.structs import replace
 
+from canary.control.audit import outcome_event, state_event
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import COMMAND_ACTIONS, COMMAND_TYPES, AuditAction, ControlCommand, RouterState
 from canary.core.rollout import candidate_window_id, step_command_id
 from canary.security import CommandVerifier
 from devtools.signing import OPERATOR, PRESETS, T0, TRUSTED, WORKER, rollback, start
 from streams import audit as audit_module
-from streams.audit import AuditLog, outcome_event
+from streams.audit import AuditLog
 from streams.registry import DeploymentRegistry
 
 
@@ -339,7 +340,7 @@ def test_audit_lines_have_the_spec_fields_and_details_action() -> None:
         applied_at_ms=T0 + 20,
         seq=1,
     )
-    assert audit_module.state_event(state)["details"]["action"] == "apply_router_state"
+    assert state_event(state)["details"]["action"] == "apply_router_state"
 
 
 def test_every_command_type_has_its_audit_action() -> None:
