@@ -297,7 +297,7 @@ async def raw_consume(bootstrap: str, topic: str, partitions: int) -> dict[str, 
             batch = await consumer.getmany(timeout_ms=1000)
             for recs in batch.values():
                 for record in recs:
-                    if isinstance(decoder.decode(record.value, record.offset), RouterWatermark):
+                    if isinstance(decoder.decode(record.value), RouterWatermark):
                         marks += 1
                     else:
                         outcomes += 1
@@ -740,7 +740,7 @@ def decode_pass(inp: CoreInput, strict: bool) -> tuple[dict[int, list[SearchOutc
     out: dict[int, list[SearchOutcome | RouterWatermark]] = {}
     t = time.process_time()
     for p, values in inp.streams.items():
-        out[p] = [decoder.decode(v, off) for off, v in enumerate(values)]
+        out[p] = [decoder.decode(v) for v in values]
     return out, time.process_time() - t
 
 

@@ -9,7 +9,6 @@ offending value: a poison message must be diagnosable from the log line alone.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import types
@@ -17,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import msgspec
 from msgspec import Meta
@@ -311,11 +310,29 @@ class WindowKey:
         return self.as_str()
 
 
-class SearchOutcome(msgspec.Struct, frozen=True, dict=True):
+_KEYS: dict[tuple[str | None, str, str], WindowKey] = {}
+_KEYS_KEPT = 10_000  # hostile (but valid) names must not grow the cache without bound
+
+
+def window_key_of(deployment_id: str | None, config_name: str, arm: str) -> WindowKey:
+    """The one shared :class:`WindowKey` object for these names (the window core groups by identity)."""
+    t = (deployment_id, config_name, arm)
+    key = _KEYS.get(t)
+    if key is None:
+        key = WindowKey(deployment_id, config_name, arm)
+        if len(_KEYS) >= _KEYS_KEPT:
+            _KEYS.clear()  # a fresh object for an old key only costs the core a second grouping step
+        _KEYS[t] = key
+    return key
+
+
+# gc=False: an outcome holds strings, numbers and a flat dict of floats, so it can be in no reference cycle;
+# untracked, the decode of millions of them costs no collector passes (the replay's hot path).
+class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
     """One answered (or failed) search request, as published by the router.
 
-    The decoder (canary.pipeline.decode) stores the interned :attr:`window_key` and the record's
-    :attr:`offset` in the instance dict; neither is on the wire.
+    Its :attr:`window_key` is derived (one shared object per key), not on the wire; where it came from on
+    the topic (the offset) travels beside it, in the batch's offsets list.
     """
 
     event_id: NonEmpty
@@ -337,8 +354,6 @@ class SearchOutcome(msgspec.Struct, frozen=True, dict=True):
     # "labels" | "exact_sample" whenever recall_at_10 is set, None when it is not. Records of routers from
     # before the field carry recall only from labels: a missing source with a recall reads as "labels".
     recall_source: RecallSource | None = None
-
-    offset: ClassVar[int] = -1  # the record's offset, where the decoder read one (instance dict)
 
     def __post_init__(self) -> None:
         if self.recall_source is None:
@@ -370,9 +385,9 @@ class SearchOutcome(msgspec.Struct, frozen=True, dict=True):
                 if not math.isfinite(value):
                     raise InvalidEvent(f"{record}.metrics.{name}: expected a finite number, got {value!r}")
 
-    @functools.cached_property
+    @property
     def window_key(self) -> WindowKey:
-        return WindowKey(self.deployment_id, self.config_name, self.arm)
+        return window_key_of(self.deployment_id, self.config_name, self.arm)
 
     def to_dict(self) -> JSONDict:
         d: JSONDict = msgspec.to_builtins(self)

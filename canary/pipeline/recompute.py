@@ -176,20 +176,22 @@ def recompute_partition_partials(
         stats.future += len(result.future)
         stats.duplicates += result.duplicates
         stats.watermarks += result.watermarks
+        sampled = (result.future and invalid_samples is not None) or (late and late_samples is not None)
+        # An outcome does not carry its offset: the batch's offsets list does (by identity, only when sampled).
+        offset_of = {id(o): off for o, off in zip(batch, offsets, strict=True)} if sampled else {}
         if result.future and invalid_samples is not None:
             for o in result.future[: max(0, MAX_SAMPLES - len(invalid_samples))]:
                 invalid_samples.append(
-                    {"partition": partition, "offset": getattr(o, "offset", None), "reason": f"future_ts: ts={o.ts}"}
+                    {"partition": partition, "offset": offset_of.get(id(o)), "reason": f"future_ts: ts={o.ts}"}
                 )
         if late:
             stats.late += len(late)
             if late_samples is not None:
                 for o in late[: max(0, MAX_SAMPLES - len(late_samples))]:
-                    ro = o if isinstance(o, SearchOutcome) else None
                     late_samples.append(
                         {
                             "partition": partition,
-                            "offset": ro.offset if ro else None,
+                            "offset": offset_of.get(id(o)),
                             "event_id": o.event_id,
                             "ts": o.ts,
                             "window_key": o.window_key.as_str(),
@@ -213,7 +215,7 @@ def recompute_partition_partials(
     for chunk_start in range(0, len(records), _CHUNK):
         for _, offset, ts_ms, raw in records[chunk_start : chunk_start + _CHUNK]:
             try:
-                item = decode(raw, offset)
+                item = decode(raw)
             except DECODE_ERRORS as exc:
                 stats.invalid += 1
                 if invalid_samples is not None and len(invalid_samples) < MAX_SAMPLES:

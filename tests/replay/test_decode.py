@@ -104,14 +104,13 @@ INVALID = [
 def test_fast_path_matches_from_dict(raw: bytes) -> None:
     ref = SearchOutcome.from_dict(json.loads(raw))
     for strict in (False, True):
-        got = OutcomeDecoder(strict=strict).decode(raw, offset=7)
-        assert (got.event_id, got.ts, got.latency_ms, got.recall_at_10, got.error, got.offset) == (
+        got = OutcomeDecoder(strict=strict).decode(raw)
+        assert (got.event_id, got.ts, got.latency_ms, got.recall_at_10, got.error) == (
             ref.event_id,
             ref.ts,
             ref.latency_ms,
             ref.recall_at_10,
             ref.error,
-            7,
         )
         assert type(got.latency_ms) is float
         for name in ("request_id", "config_version", "config_hash", "result_count", "router_id", "deployment_id"):
