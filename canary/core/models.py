@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar, Union
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from canary.errors import InvalidEvent
 
@@ -326,6 +326,9 @@ def window_key_of(deployment_id: str | None, config_name: str, arm: str) -> Wind
     return key
 
 
+_NO_KIND = "never on an outcome: a record with a kind is a producer's watermark record"
+
+
 # gc=False: an outcome holds strings, numbers and a flat dict of floats, so it can be in no reference cycle;
 # untracked, the decode of millions of them costs no collector passes (the replay's hot path).
 class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
@@ -354,6 +357,11 @@ class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
     # "labels" | "exact_sample" whenever recall_at_10 is set, None when it is not. Records of routers from
     # before the field carry recall only from labels: a missing source with a recall reads as "labels".
     recall_source: RecallSource | None = None
+    # Never on an outcome: ``kind`` tells a producer's watermark record from one. Declared (always UNSET,
+    # never encoded) so that decoding a record that carries it fails, and the decoder hands that record to
+    # the path that reads it as a watermark record, exactly as the reference does (an escaped "\u006bind"
+    # included), without scanning the bytes of every outcome for it.
+    kind: Annotated[UnsetType, Meta(extra_json_schema={"not": {}, "description": _NO_KIND})] = UNSET
 
     def __post_init__(self) -> None:
         if self.recall_source is None:
@@ -398,6 +406,8 @@ class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchOutcome:
         event_id = d.get("event_id") if isinstance(d, Mapping) else None
+        if isinstance(d, Mapping) and "kind" in d:  # as before: an unknown field to an outcome's reader
+            d = {k: v for k, v in d.items() if k != "kind"}
         return _convert(cls, f"SearchOutcome(event_id={event_id!r:.200})", d, _LITERALS[cls], "latency_ms")
 
 

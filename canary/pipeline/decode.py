@@ -78,13 +78,11 @@ class OutcomeDecoder:
         wire.check_bounds(raw, wire.OUTCOME)
         if self.strict:
             return self._reference(raw)
-        # A watermark record is told from an outcome by its ``kind`` (which an outcome ignores as unknown):
-        # those, and anything the struct refuses, take the reference path, which says why.
-        if b'"kind"' in raw:
-            return self._reference(raw)
         try:
             return _decode_outcome(raw)
-        except Exception:  # not an outcome of exact JSON types: the reference decides, and says why
+        except Exception:
+            # A watermark record (its ``kind`` fails the struct, see SearchOutcome.kind), or not an outcome
+            # of exact JSON types: the reference decides, and says why.
             return self._reference(raw)
 
 
