@@ -395,7 +395,9 @@ class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def window_key(self) -> WindowKey:
-        return window_key_of(self.deployment_id, self.config_name, self.arm)
+        # Inlined cache hit (the window core asks once per outcome); a miss builds and caches the key.
+        key = _KEYS.get((self.deployment_id, self.config_name, self.arm))
+        return window_key_of(self.deployment_id, self.config_name, self.arm) if key is None else key
 
     def to_dict(self) -> JSONDict:
         d: JSONDict = msgspec.to_builtins(self)
