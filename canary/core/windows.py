@@ -535,12 +535,24 @@ class WindowFinalizer:
             slot = base + (g >> 1) // len(keys) * size
             key = keys[(g >> 1) % len(keys)]
             if len(positions) == len(kept):
-                chosen, rks = [outcomes[i] for i in kept], request_keys
+                chosen = [outcomes[i] for i in kept]
             else:
                 chosen = [outcomes[kept[j]] for j in positions]
-                rks = [request_keys[j] for j in positions]
             (late_groups if is_late else groups).setdefault((key, slot), []).extend(chosen)
-            seen.update(dict.fromkeys(rks, slot))
+        # Remembered per window start in arrival order, as one by one: the checkpoint does not depend on the
+        # path a batch took, nor on how its window keys grouped (one shared object per key, or one each).
+        slot_of = slots.tolist()
+        seen.update(zip(request_keys, slot_of, strict=True))
+        if int(slots.max()) == base:  # the common case: one window start
+            by_slot = {base: request_keys}
+        else:
+            by_slot = {}
+            for rk, slot in zip(request_keys, slot_of, strict=True):
+                if (bucket := by_slot.get(slot)) is None:
+                    by_slot[slot] = [rk]
+                else:
+                    bucket.append(rk)
+        for slot, rks in by_slot.items():
             bucket = seen_by_start.get(slot)
             if bucket is None:
                 seen_by_start[slot] = list(rks)
