@@ -70,7 +70,7 @@ def _verifiable(cmd: ControlCommand) -> ControlCommand:
 
     assert cmd.candidate_config is not None and cmd.last_good_config is not None
     candidate = real("candidate_slow", cmd.candidate_config["metadata"]["name"], cmd.candidate_config["slo"])
-    return replace(
+    return msgspec.structs.replace(
         cmd,
         candidate_config=candidate,
         candidate_config_hash=snapshot_hash(candidate),
