@@ -221,3 +221,22 @@ def test_decoded_keys_equal_keys_restored_from_state() -> None:
     restored = WindowKey.parse(key.as_str())
     assert key == restored and hash(key) == hash(restored)
     assert {restored: 1}.get(key) == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(_raw(kind="watermark"), id="kind"),
+        pytest.param(_raw()[:-1] + b', "\\u006bind": "watermark"}', id="escaped-kind"),
+        pytest.param(_raw(kind=None), id="null-kind"),
+    ],
+)
+def test_an_outcome_with_a_kind_is_read_as_a_watermark_record_on_both_paths(raw: bytes) -> None:
+    """``kind`` tells a watermark record from an outcome, however its key is spelled: the fast path refuses
+    such a record as an outcome and decides exactly as the reference path does."""
+    outcomes: list[str] = []
+    for strict in (False, True):
+        with pytest.raises(Rejected) as got:
+            OutcomeDecoder(strict=strict).decode(raw)
+        outcomes.append(f"{got.value.code}: {got.value.detail}")
+    assert outcomes[0] == outcomes[1] and "RouterWatermark" in outcomes[0]
