@@ -89,7 +89,7 @@ from canary.core.slo import default_policy
 from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS, WindowFinalizer
 from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics, topic_partitions
-from canary.pipeline.decode import OutcomeDecoder, ReplayOutcome, as_core_outcomes
+from canary.pipeline.decode import OutcomeDecoder, as_core_outcomes
 from canary.pipeline.policies import aggregator_for_policy
 from devtools.harness import PRESETS, WorkerProcess, send_command, start_command
 from router.service import outcome_partition
@@ -297,7 +297,7 @@ async def raw_consume(bootstrap: str, topic: str, partitions: int) -> dict[str, 
             batch = await consumer.getmany(timeout_ms=1000)
             for recs in batch.values():
                 for record in recs:
-                    if isinstance(decoder.decode(record.value, record.offset), RouterWatermark):
+                    if isinstance(decoder.decode(record.value), RouterWatermark):
                         marks += 1
                     else:
                         outcomes += 1
@@ -736,17 +736,17 @@ def core_input(outcomes: Sequence[SearchOutcome], partitions: int, every: int) -
     return CoreInput(streams, backlog.outcomes, backlog.watermarks, window_truth(outcomes))
 
 
-def decode_pass(inp: CoreInput, strict: bool) -> tuple[dict[int, list[ReplayOutcome | RouterWatermark]], float]:
+def decode_pass(inp: CoreInput, strict: bool) -> tuple[dict[int, list[SearchOutcome | RouterWatermark]], float]:
     decoder = OutcomeDecoder(strict=strict)
-    out: dict[int, list[ReplayOutcome | RouterWatermark]] = {}
+    out: dict[int, list[SearchOutcome | RouterWatermark]] = {}
     t = time.process_time()
     for p, values in inp.streams.items():
-        out[p] = [decoder.decode(v, off) for off, v in enumerate(values)]
+        out[p] = [decoder.decode(v) for v in values]
     return out, time.process_time() - t
 
 
 def finalize_pass(
-    decoded: dict[int, list[ReplayOutcome | RouterWatermark]], inp: CoreInput, batch: int
+    decoded: dict[int, list[SearchOutcome | RouterWatermark]], inp: CoreInput, batch: int
 ) -> dict[str, Any]:
     """One WindowFinalizer per partition fed outcomes + watermark records in partition order, micro-batch by
     micro-batch (partitions round-robin), as the windows stage does: add, then due_closed → partial

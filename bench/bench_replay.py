@@ -54,7 +54,7 @@ from canary.core.models import ControlCommand, SearchOutcome
 from canary.core.windows import WindowFinalizer
 from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
-from canary.pipeline.decode import OutcomeDecoder, ReplayOutcome
+from canary.pipeline.decode import OutcomeDecoder
 from canary.pipeline.loop import fold_commands
 from canary.pipeline.policies import PolicyBook
 from canary.pipeline.recompute import evaluate, recompute, recompute_partition
@@ -141,11 +141,11 @@ def synth(n: int, per_s: float, base_ms: int, seed: int = 7) -> tuple[list[Recor
 class Predecoded:
     """A decoder stand-in returning outcomes decoded beforehand (to time windowing alone)."""
 
-    def __init__(self, table: dict[tuple[int, int], ReplayOutcome]) -> None:
+    def __init__(self, table: dict[tuple[int, int], SearchOutcome]) -> None:
         self.table = table
         self.partition = 0
 
-    def decode(self, raw: bytes | None, offset: int = -1) -> ReplayOutcome:
+    def decode(self, raw: bytes | None, offset: int = -1) -> SearchOutcome:
         return self.table[(self.partition, offset)]
 
 

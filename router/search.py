@@ -12,8 +12,10 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final
+
+import msgspec.structs
 
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import ARMS, Arm, SearchOutcome
@@ -318,8 +320,8 @@ class Searcher:
             outcome = delivery.outcome
             if truth:
                 recall = recall_at_10(results, tuple(truth))
-                outcome = replace(outcome, recall_at_10=recall, recall_source="exact_sample")
-            delivery.outcome = replace(outcome, ts=self.outcomes.clock())
+                outcome = msgspec.structs.replace(outcome, recall_at_10=recall, recall_source="exact_sample")
+            delivery.outcome = msgspec.structs.replace(outcome, ts=self.outcomes.clock())
             inner = await self.outcomes.publish(delivery.outcome, wait_ack=False)
         except Exception as exc:  # not even queued: handled like a failed delivery
             if not delivery.ack.done():

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import faust
+import msgspec.structs
 import orjson
 from aiokafka.errors import KafkaError as AIOKafkaError
 from faust.types import EventT, StreamT
@@ -327,7 +328,7 @@ class CanaryStreams:
                 cmd = issue.command
                 note = notes.get(issue.decision.window_id)
                 if note is not None:  # the decision's own evidence says the outage was there too
-                    cmd = replace(cmd, evidence={**(cmd.evidence or {}), "context": note})
+                    cmd = msgspec.structs.replace(cmd, evidence={**(cmd.evidence or {}), "context": note})
                 # Signed with the worker key; signing only adds fields (command_id stays the pipeline's).
                 payload = self.signer.sign_command(cmd) if self.signer is not None else cmd.to_dict()
                 await self._send_command(dep_id, cmd.command_id, json.dumps(payload).encode())

@@ -32,7 +32,7 @@ from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
-from canary.pipeline.decode import Decoded, OutcomeDecoder, ReplayOutcome, as_core_outcomes
+from canary.pipeline.decode import Decoded, OutcomeDecoder, as_core_outcomes
 from canary.pipeline.settings import DEFAULTS
 from streams.checkpointed import CheckpointedStage, now_ms
 from streams.registry import DeploymentRegistry
@@ -142,7 +142,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             items, offsets = [], []
             for record in records:
                 try:
-                    items.append(self._decoder.decode(record.value, record.offset))
+                    items.append(self._decoder.decode(record.value))
                     offsets.append(record.offset)
                 except Exception as exc:  # poison (the decoder raises only Rejected): dead-lettered, never fatal
                     rejected = wire.rejection_of(exc)
@@ -170,9 +170,10 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             self.metrics.late_outcomes.inc(len(result.late))
             self.metrics.duplicate_outcomes.inc(result.duplicates)
             self.stats.by_partition[tp.partition] = self.stats.by_partition.get(tp.partition, 0) + n
+            offset_of = {id(o): off for o, off in zip(items, offsets, strict=True)} if result.future else {}
             for outcome in result.future:
                 self.stats.future_outcomes += 1
-                offset = outcome.offset if isinstance(outcome, ReplayOutcome) else None
+                offset = offset_of.get(id(outcome))
                 await self._dead_letter(
                     tp.partition,
                     offset,

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import msgspec.structs
+
 from canary.core.models import ControlCommand
 from canary.security import Verdict
 
@@ -68,7 +70,7 @@ def slim_command(cmd: ControlCommand) -> ControlCommand:
     """A rejected command as its audit line needs it, bounded: the snapshots' metadata only, free text and
     evidence capped. A rejected record is hostile by definition; its full content stays on the topic."""
     meta = cmd.candidate_config.get("metadata") if isinstance(cmd.candidate_config, dict) else None
-    return replace(
+    return msgspec.structs.replace(
         cmd,
         command_id=cmd.command_id[:SLIM_TEXT],
         candidate_config=None if cmd.candidate_config is None else {"metadata": _bounded(meta)},

@@ -47,6 +47,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec.structs
+
 from canary.core.aggregations import WindowStats
 from canary.core.evidence import (
     NEG_INF,
@@ -536,7 +538,9 @@ class DeploymentJudge:
                 continue
             if rule.metric == "response_count":
                 v = judge_window(rule, window)
-                verdicts.append(replace(v, evidence={**(v.evidence or {}), "windows": self.candidate_windows}))
+                verdicts.append(
+                    msgspec.structs.replace(v, evidence={**(v.evidence or {}), "windows": self.candidate_windows})
+                )
                 continue
             v, reference = self._judge_rule(rule, window, stats, detector_windows, last_good_now, window_ms)
             if v.outcome == "shared":
@@ -544,7 +548,7 @@ class DeploymentJudge:
             if rule_window_n(rule, stats) == 0 and window.response_count > 0:
                 quiet.add(rule.name)
             verdicts.append(v)
-        judged = replace(window, verdicts=tuple(verdicts))
+        judged = msgspec.structs.replace(window, verdicts=tuple(verdicts))
         n = window.response_count
         for rule, v in zip(self.policy.rules, verdicts, strict=True):
             if v.outcome == "fail":

@@ -1,18 +1,25 @@
 """Event contracts shared by the router, the stream processor, replay and reports.
 
-Every record is a frozen dataclass with ``to_dict`` (JSON-ready) and ``from_dict``. ``from_dict`` is the
-gate for data read off a topic, so it checks every field and raises :class:`InvalidEvent` naming the
-record, the field and the offending value: a poison message must be diagnosable from the log line alone.
+Every message is declared once, as a frozen ``msgspec.Struct`` whose annotations are the contract (the JSON
+Schema in docs/contracts.md is generated from them: ``python -m canary.core.schemas``). ``to_dict`` (JSON-ready)
+and ``from_dict`` are thin wrappers over ``msgspec.to_builtins`` / ``msgspec.convert``. ``from_dict`` is the
+gate for data read off a topic, so it raises :class:`InvalidEvent` naming the record, the field and the
+offending value: a poison message must be diagnosable from the log line alone.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
 
 from canary.errors import InvalidEvent
 
@@ -87,6 +94,8 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
+MAX_OUTCOME_METRICS = 32  # a record may carry at most this many extra numbers (bounded state per window)
+
 MAX_EPOCH_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z: the last instant ISO 8601 (and Python's datetime) can write. Every epoch-ms field
 is checked against it (and 0) at the edge, so no hostile timestamp reaches a formatter that cannot take it."""
@@ -120,149 +129,159 @@ def parse_time(value: str | int) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
-def _flag(d: Mapping[str, Any], name: str) -> bool:
-    value = d.get(name, False)
-    if not isinstance(value, bool):
-        raise InvalidEvent(f"{name}: expected true/false, got {value!r:.100}")
-    return value
+# -- the one gate from a parsed mapping to a message ----------------------------------------------------------
+#
+# Each message below is a frozen msgspec.Struct: its annotations (types, Literal sets, Meta bounds) are the
+# contract, checked by msgspec.convert (from_dict) and by msgspec.json decoding (canary.pipeline.decode), and
+# the JSON Schema in docs/contracts.md is generated from them (canary.core.schemas). What an annotation
+# cannot say (a safe name, a finite number, a pair of fields) is checked in __post_init__, which both paths
+# run. Readers ignore unknown fields (a newer producer may add some): no message forbids them.
+
+SAFE_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+# A safe name, as the schema states it. The pattern is checked in __post_init__ (through a small cache of
+# names already seen) rather than by msgspec, whose per-value regex would double the hot decode's cost.
+Name = Annotated[str, Meta(min_length=1, max_length=128, extra_json_schema={"pattern": SAFE_NAME_PATTERN})]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]  # beyond 64 bits the JSON parsers disagree (float or int)
+EpochMs = Annotated[int, Meta(ge=0, le=MAX_EPOCH_MS, description="epoch milliseconds, 1970 to 9999")]
+NonNegative = Annotated[float, Meta(ge=0.0)]
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+_M = TypeVar("_M", bound=msgspec.Struct)
+_SAFE_SEEN: set[str] = set()  # names already matched against SAFE_NAME (bounded: hostile ids must not grow it)
 
 
-class _Fields:
-    """Typed, checked access to one incoming mapping; every failure names record, field and value."""
+def _safe(record: str, field: str, value: str | None) -> None:
+    if value is None or value in _SAFE_SEEN:
+        return
+    if SAFE_NAME.fullmatch(value) is None:
+        raise InvalidEvent(f"{record}.{field}: {SAFE_NAME_HINT}, got {value!r:.200}")
+    if len(_SAFE_SEEN) < 10_000:
+        _SAFE_SEEN.add(value)
 
-    def __init__(self, record: str, data: object) -> None:
-        if not isinstance(data, Mapping):
-            raise InvalidEvent(f"{record}: expected a JSON object, got {type(data).__name__}: {data!r:.200}")
-        self.record = record
-        self.data: Mapping[str, Any] = data
 
-    def fail(self, field: str, reason: str, value: object) -> InvalidEvent:
-        return InvalidEvent(f"{self.record}.{field}: {reason}, got {value!r:.200}")
+def _finite(record: str, field: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise InvalidEvent(f"{record}.{field}: must be finite, got {value!r}")
 
-    def _get(self, field: str, optional: bool) -> Any:
-        if field not in self.data:
-            if optional:
-                return None
-            raise InvalidEvent(f"{self.record}.{field}: required field is missing")
-        return self.data[field]
 
-    def str_(self, field: str, *, optional: bool = False, empty_ok: bool = False) -> str | None:
-        v = self._get(field, optional)
-        if v is None and optional:
-            return None
-        if not isinstance(v, str):
-            raise self.fail(field, "expected a string", v)
-        if not v and not empty_ok:
-            raise self.fail(field, "must not be empty", v)
-        return v
+_TYPE_WORDS = {
+    "int": "expected an integer",
+    "float": "expected a number",
+    "str": "expected a string",
+    "bool": "expected true/false",
+    "object": "expected an object",
+    "array": "expected a list",
+}
+_EXPECTED = re.compile(r"Expected `(?P<type>[a-z]+)(?: \| null)?`(?P<rest>.*)")
+_BOUND = re.compile(r" (?P<op>>=|<=) (?P<num>\S+)$")
+_LENGTH = re.compile(r" of length (?P<op>>=|<=) (?P<num>\d+)$")
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
-    def name(self, field: str, *, optional: bool = False) -> str | None:
-        v = self.str_(field, optional=optional)
-        if v is not None and not SAFE_NAME.fullmatch(v):
-            raise self.fail(field, SAFE_NAME_HINT, v)
-        return v
 
-    def req_name(self, field: str) -> str:
-        v = self.name(field)
-        assert v is not None
-        return v
+def _literals(cls: type[msgspec.Struct]) -> dict[str, tuple[tuple[Any, ...], bool]]:
+    """Per field of ``cls`` with a closed set: its values, and whether null is allowed too."""
+    out: dict[str, tuple[tuple[Any, ...], bool]] = {}
+    for f in msgspec.structs.fields(cls):
+        options = typing.get_args(f.type) if typing.get_origin(f.type) in (Union, types.UnionType) else (f.type,)
+        values = [v for o in options if typing.get_origin(o) is Literal for v in typing.get_args(o)]
+        if values:  # in the order the Literal declares them (inspect sorts them)
+            out[f.encode_name] = (tuple(values), type(None) in options)
+    return out
 
-    def req_str(self, field: str, *, empty_ok: bool = False) -> str:
-        v = self.str_(field, empty_ok=empty_ok)
-        assert v is not None
-        return v
 
-    def int_(
-        self, field: str, *, minimum: int | None = None, maximum: int | None = None, optional: bool = False
-    ) -> int | None:
-        v = self._get(field, optional)
-        if v is None and optional:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.fail(field, "expected an integer", v)
-        if minimum is not None and v < minimum:
-            raise self.fail(field, f"must be >= {minimum}", v)
-        if maximum is not None and v > maximum:
-            raise self.fail(field, f"must be <= {maximum}", v)
-        return v
+def _reason(message: str, field: str, literals: dict[str, tuple[tuple[Any, ...], bool]]) -> str:
+    """msgspec's refusal in the words the contract uses (docs/contracts.md, "Poison messages")."""
+    if field in literals and (message.startswith("Invalid enum value") or ", got `" in message):
+        values, nullable = literals[field]
+        return f"must be one of {', '.join(map(str, values))}" + (" or null" if nullable else "")
+    m = _EXPECTED.match(message)
+    if m is None:
+        return message[:1].lower() + message[1:]
+    kind, rest = m["type"], m["rest"]
+    if rest.startswith(", got"):
+        return _TYPE_WORDS.get(kind, f"expected {kind}") + (" or null" if kind == "object" else "")
+    if (n := _LENGTH.search(rest)) is not None:
+        if kind == "str" and n["op"] == ">=" and n["num"] == "1":
+            return "must not be empty"
+        least = "at most" if n["op"] == "<=" else "at least"
+        return f"expected {least} {n['num']} {'characters' if kind == 'str' else 'items'}"
+    if (b := _BOUND.search(rest)) is not None:
+        num = b["num"]
+        return f"must be {b['op']} {float(num):g}" if kind == "float" else f"must be {b['op']} {num}"
+    return message[:1].lower() + message[1:]
 
-    def req_int(self, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-        v = self.int_(field, minimum=minimum, maximum=maximum)
-        assert v is not None
-        return v
 
-    def epoch_ms(self, field: str) -> int:
-        """A required epoch-milliseconds field, within [0, MAX_EPOCH_MS]."""
-        return self.req_int(field, minimum=0, maximum=MAX_EPOCH_MS)
+def _invalid(record: str, data: Mapping[str, Any], exc: msgspec.ValidationError, literals: Any) -> InvalidEvent:
+    """A msgspec refusal as :class:`InvalidEvent` naming the message, the top-level field and its value."""
+    message = str(exc)
+    missing = re.match(r"Object missing required field `([^`]+)`(?: - at `\$(.*)`)?$", message)
+    if missing is not None:
+        where = f"{missing[2]}.{missing[1]}".lstrip(".") if missing[2] else missing[1]
+        return InvalidEvent(f"{record}.{where}: required field is missing")
+    path_m = _PATH.search(message)
+    if path_m is None:
+        return InvalidEvent(f"{record}: {message}")
+    steps = [(name, int(idx) if idx else None) for name, idx in _STEP.findall(path_m["path"])]
+    message = message[: path_m.start()]
+    if not steps or not steps[0][0]:
+        return InvalidEvent(f"{record}: {message}")
+    field = steps[0][0]
+    value = data.get(field)
+    reason = _reason(message, field, literals)
+    if isinstance(value, float) and not math.isfinite(value):
+        reason = "must be finite"
+    elif len(steps) > 1:  # an item inside a list or an object: say which, keep the top field's name
+        inner = "".join(f"[{i}]" if i is not None else f".{n}" for n, i in steps[1:])
+        reason = f"expected every item valid: {inner}: {reason}"
+    return InvalidEvent(f"{record}.{field}: {reason}, got {value!r:.200}")
 
-    def int_list(self, field: str, *, minimum: int | None = None, max_len: int = 10_000) -> tuple[int, ...] | None:
-        """An optional list of integers (absent or null: None)."""
-        v = self._get(field, True)
-        if v is None:
-            return None
-        if not isinstance(v, list) or len(v) > max_len:
-            raise self.fail(field, f"expected a list of at most {max_len} integers", v)
-        if not all(not isinstance(x, bool) and isinstance(x, int) and (minimum is None or x >= minimum) for x in v):
-            raise self.fail(field, "expected integers" + (f" >= {minimum}" if minimum is not None else ""), v)
-        return tuple(v)
 
-    def float_(
-        self,
-        field: str,
-        *,
-        lo: float | None = None,
-        hi: float | None = None,
-        optional: bool = False,
-    ) -> float | None:
-        v = self._get(field, optional)
-        if v is None and optional:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.fail(field, "expected a number", v)
+def _nullable(cls: type[msgspec.Struct]) -> tuple[str, ...]:
+    """The fields of ``cls`` that may be null: a record may leave them out (an older or terser producer)."""
+    out = []
+    for f in msgspec.structs.fields(cls):
+        options = typing.get_args(f.type) if typing.get_origin(f.type) in (Union, types.UnionType) else (f.type,)
+        if type(None) in options and f.required:
+            out.append(f.encode_name)
+    return tuple(out)
+
+
+def _convert(cls: type[_M], record: str, data: object, literals: Any, *finite: str) -> _M:
+    """``data`` as ``cls``, or :class:`InvalidEvent` naming ``record``, the field and the value. ``finite``:
+    float fields whose bounds (if any) let an infinity through (a parsed NaN/Infinity literal)."""
+    if not isinstance(data, Mapping):
+        raise InvalidEvent(f"{record}: expected a JSON object, got {type(data).__name__}: {data!r:.200}")
+    nullable = _NULLABLE[cls]
+    if not all(name in data for name in nullable):
+        data = {**dict.fromkeys(nullable), **data}
+    try:
+        message = msgspec.convert(data, cls)
+        for name in finite:
+            _finite(record, name, getattr(message, name))
+        return message
+    except msgspec.ValidationError as exc:
+        raise _invalid(record, data, exc, literals) from None
+
+
+def _with_iso_times(record: str, data: object, *pairs: tuple[str, str]) -> object:
+    """``data`` with each missing ``*_ms`` field filled from its ISO twin (hand-written input)."""
+    if not isinstance(data, Mapping) or all(ms in data or iso not in data for ms, iso in pairs):
+        return data
+    out = dict(data)
+    for ms, iso in pairs:
+        if ms in out or iso not in out:
+            continue
         try:
-            f = float(v)
-        except OverflowError:
-            raise self.fail(field, "number out of range", v) from None
-        if not math.isfinite(f):
-            raise self.fail(field, "must be finite", v)
-        if lo is not None and f < lo:
-            raise self.fail(field, f"must be >= {lo:g}", v)
-        if hi is not None and f > hi:
-            raise self.fail(field, f"must be <= {hi:g}", v)
-        return f
-
-    def req_float(self, field: str, *, lo: float | None = None, hi: float | None = None) -> float:
-        v = self.float_(field, lo=lo, hi=hi)
-        assert v is not None
-        return v
-
-    def choice(self, field: str, allowed: tuple[str, ...]) -> str:
-        v = self._get(field, False)
-        if v not in allowed:
-            raise self.fail(field, f"must be one of {', '.join(allowed)}", v)
-        return cast(str, v)
-
-    def dict_(self, field: str) -> JSONDict | None:
-        v = self._get(field, True)
-        if v is None:
-            return None
-        if not isinstance(v, Mapping):
-            raise self.fail(field, "expected an object or null", v)
-        return dict(v)
-
-    def time_ms(self, ms_field: str, iso_field: str) -> int:
-        """Prefer the exact ``*_ms`` field; fall back to the ISO one for hand-written input."""
-        if ms_field in self.data:
-            return self.epoch_ms(ms_field)
-        if iso_field in self.data:
-            try:
-                value = parse_time(self.data[iso_field])
-            except (InvalidEvent, ValueError, OverflowError):
-                raise self.fail(iso_field, "expected ISO 8601 or epoch ms", self.data[iso_field]) from None
-            if not 0 <= value <= MAX_EPOCH_MS:
-                raise self.fail(iso_field, "must be between 1970 and 9999", self.data[iso_field])
-            return value
-        raise InvalidEvent(f"{self.record}.{ms_field}: required field is missing")
+            value = parse_time(out[iso])
+        except (InvalidEvent, ValueError, OverflowError):
+            raise InvalidEvent(f"{record}.{iso}: expected ISO 8601 or epoch ms, got {out[iso]!r:.200}") from None
+        if not 0 <= value <= MAX_EPOCH_MS:
+            raise InvalidEvent(f"{record}.{iso}: must be between 1970 and 9999, got {out[iso]!r:.200}")
+        out[ms] = value
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,126 +310,114 @@ class WindowKey:
         return self.as_str()
 
 
-@dataclass(frozen=True, slots=True)
-class SearchOutcome:
-    """One answered (or failed) search request, as published by the router."""
+_KEYS: dict[tuple[str | None, str, str], WindowKey] = {}
+_KEYS_KEPT = 10_000  # hostile (but valid) names must not grow the cache without bound
 
-    event_id: str
-    request_id: str
-    ts: int
-    deployment_id: str | None
-    config_name: str
+
+def window_key_of(deployment_id: str | None, config_name: str, arm: str) -> WindowKey:
+    """The one shared :class:`WindowKey` object for these names (the window core groups by identity)."""
+    t = (deployment_id, config_name, arm)
+    key = _KEYS.get(t)
+    if key is None:
+        key = WindowKey(deployment_id, config_name, arm)
+        if len(_KEYS) >= _KEYS_KEPT:
+            _KEYS.clear()  # a fresh object for an old key only costs the core a second grouping step
+        _KEYS[t] = key
+    return key
+
+
+_NO_KIND = "never on an outcome: a record with a kind is a producer's watermark record"
+
+
+# gc=False: an outcome holds strings, numbers and a flat dict of floats, so it can be in no reference cycle;
+# untracked, the decode of millions of them costs no collector passes (the replay's hot path).
+class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
+    """One answered (or failed) search request, as published by the router.
+
+    Its :attr:`window_key` is derived (one shared object per key), not on the wire; where it came from on
+    the topic (the offset) travels beside it, in the batch's offsets list.
+    """
+
+    event_id: NonEmpty
+    request_id: NonEmpty
+    ts: EpochMs
+    deployment_id: Name | None
+    config_name: Name
     config_version: str
     config_hash: str
     arm: Arm
-    latency_ms: float
-    recall_at_10: float | None
-    result_count: int
+    latency_ms: NonNegative
+    recall_at_10: Fraction | None
+    result_count: Count
     error: str | None
-    router_id: str
+    router_id: Name
     # Extra numbers per request (ndcg@10, mrr@10, a backend's cost …): presets declare aggregations and
-    # rules on them (canary.core.custom). None: none measured.
-    metrics: Mapping[str, float] | None = None
+    # rules on them (canary.core.custom). None: none measured. Names are safe names, values finite.
+    metrics: Annotated[Mapping[str, float], Meta(max_length=MAX_OUTCOME_METRICS)] | None = None
     # "labels" | "exact_sample" whenever recall_at_10 is set, None when it is not. Records of routers from
     # before the field carry recall only from labels: a missing source with a recall reads as "labels".
     recall_source: RecallSource | None = None
+    # Never on an outcome: ``kind`` tells a producer's watermark record from one. Declared (always UNSET,
+    # never encoded) so that decoding a record that carries it fails, and the decoder hands that record to
+    # the path that reads it as a watermark record, exactly as the reference does (an escaped "\u006bind"
+    # included), without scanning the bytes of every outcome for it.
+    kind: Annotated[UnsetType, Meta(extra_json_schema={"not": {}, "description": _NO_KIND})] = UNSET
 
     def __post_init__(self) -> None:
         if self.recall_source is None:
             if self.recall_at_10 is not None:  # built without a source: labels, as before the field existed
-                object.__setattr__(self, "recall_source", "labels")
-        elif self.recall_at_10 is None or self.recall_source not in RECALL_SOURCES:
+                msgspec.structs.force_setattr(self, "recall_source", "labels")
+        elif self.recall_at_10 is None:
             raise InvalidEvent(
-                f"SearchOutcome(event_id={self.event_id!r}).recall_source: {self.recall_source!r} does not go with"
-                f" recall_at_10 = {self.recall_at_10!r} (one of {', '.join(RECALL_SOURCES)}, only with a recall)"
+                f"SearchOutcome(event_id={self.event_id!r}).recall_source: given without a recall_at_10"
+                f" (one of {', '.join(RECALL_SOURCES)}, only with a recall), got {self.recall_source!r}"
             )
+        router_id, config_name, deployment_id = self.router_id, self.config_name, self.deployment_id
+        seen = _SAFE_SEEN
+        if (
+            router_id not in seen
+            or config_name not in seen
+            or (deployment_id is not None and deployment_id not in seen)
+        ):
+            record = f"SearchOutcome(event_id={self.event_id!r})"
+            _safe(record, "router_id", router_id)
+            _safe(record, "config_name", config_name)
+            _safe(record, "deployment_id", deployment_id)
+        if self.metrics is not None:
+            record = f"SearchOutcome(event_id={self.event_id!r})"
+            for name, value in self.metrics.items():
+                if name not in seen and SAFE_NAME.fullmatch(name) is None:
+                    raise InvalidEvent(
+                        f"{record}.metrics: metric names must be letters, digits, '_', '.' or '-', got {name!r:.200}"
+                    )
+                if not math.isfinite(value):
+                    raise InvalidEvent(f"{record}.metrics.{name}: expected a finite number, got {value!r}")
 
     @property
     def window_key(self) -> WindowKey:
-        return WindowKey(self.deployment_id, self.config_name, self.arm)
+        # Inlined cache hit (the window core asks once per outcome); a miss builds and caches the key.
+        key = _KEYS.get((self.deployment_id, self.config_name, self.arm))
+        return window_key_of(self.deployment_id, self.config_name, self.arm) if key is None else key
 
     def to_dict(self) -> JSONDict:
-        return {
-            "event_id": self.event_id,
-            "request_id": self.request_id,
-            "ts": self.ts,
-            "deployment_id": self.deployment_id,
-            "config_name": self.config_name,
-            "config_version": self.config_version,
-            "config_hash": self.config_hash,
-            "arm": self.arm,
-            "latency_ms": self.latency_ms,
-            "recall_at_10": self.recall_at_10,
-            "recall_source": self.recall_source,
-            "result_count": self.result_count,
-            "error": self.error,
-            "router_id": self.router_id,
-            **({"metrics": dict(self.metrics)} if self.metrics else {}),
-        }
+        d: JSONDict = msgspec.to_builtins(self)
+        if not self.metrics:
+            d.pop("metrics", None)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchOutcome:
         event_id = d.get("event_id") if isinstance(d, Mapping) else None
-        f = _Fields(f"SearchOutcome(event_id={event_id!r})", d)
-        recall = f.float_("recall_at_10", lo=0.0, hi=1.0, optional=True)
-        return cls(
-            event_id=f.req_str("event_id"),
-            request_id=f.req_str("request_id"),
-            ts=f.epoch_ms("ts"),
-            deployment_id=f.name("deployment_id", optional=True),
-            config_name=f.req_name("config_name"),
-            config_version=f.req_str("config_version", empty_ok=True),
-            config_hash=f.req_str("config_hash", empty_ok=True),
-            arm=cast(Arm, f.choice("arm", ARMS)),
-            latency_ms=f.req_float("latency_ms", lo=0.0),
-            recall_at_10=recall,
-            result_count=f.req_int("result_count", minimum=0),
-            error=f.str_("error", optional=True, empty_ok=True),
-            router_id=f.req_name("router_id"),
-            metrics=outcome_metrics(f),
-            recall_source=recall_source_of(f, recall),
-        )
-
-
-def recall_source_of(f: _Fields, recall: float | None) -> RecallSource | None:
-    """The outcome's validated ``recall_source`` (missing + a recall = "labels", an older router's record)."""
-    raw = f.data.get("recall_source")
-    if raw is None:
-        return None if recall is None else "labels"
-    if raw not in RECALL_SOURCES:
-        raise f.fail("recall_source", f"must be one of {', '.join(RECALL_SOURCES)} or null", raw)
-    if recall is None:
-        raise f.fail("recall_source", "given without a recall_at_10", raw)
-    return cast(RecallSource, raw)
-
-
-MAX_OUTCOME_METRICS = 32  # a record may carry at most this many extra numbers (bounded state per window)
-
-
-def outcome_metrics(f: _Fields) -> dict[str, float] | None:
-    raw = f.data.get("metrics")
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        raise f.fail("metrics", "expected an object of name → number", raw)
-    if len(raw) > MAX_OUTCOME_METRICS:
-        raise f.fail("metrics", f"at most {MAX_OUTCOME_METRICS} metrics", len(raw))
-    out: dict[str, float] = {}
-    for name, value in raw.items():
-        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-            raise f.fail("metrics", "metric names must be letters, digits, '_', '.' or '-'", name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise f.fail(f"metrics.{name}", "expected a finite number", value)
-        out[name] = float(value)
-    return out
+        if isinstance(d, Mapping) and "kind" in d:  # as before: an unknown field to an outcome's reader
+            d = {k: v for k, v in d.items() if k != "kind"}
+        return _convert(cls, f"SearchOutcome(event_id={event_id!r:.200})", d, _LITERALS[cls], "latency_ms")
 
 
 WatermarkStatus = Literal["start", "running", "stop"]
 WATERMARK_STATUSES: tuple[WatermarkStatus, ...] = ("start", "running", "stop")
 
 
-@dataclass(frozen=True, slots=True)
-class RouterWatermark:
+class RouterWatermark(msgspec.Struct, frozen=True):
     """A producer's promise on one ``search_results`` partition: every outcome it stamps with
     ``ts <= watermark_ms`` (in its own clock) is already on this partition, before this record.
 
@@ -418,40 +425,32 @@ class RouterWatermark:
     ``running`` records repeat every ``interval`` (default 50 ms). ``kind`` tells it from an outcome.
     """
 
-    router_id: str
-    watermark_ms: int
+    router_id: Name
+    watermark_ms: EpochMs
     status: WatermarkStatus
-    seq: int
+    seq: Count
+    kind: Literal["watermark"] = "watermark"
+
+    def __post_init__(self) -> None:
+        _safe("RouterWatermark", "router_id", self.router_id)
 
     def to_dict(self) -> JSONDict:
-        return {
-            "kind": "watermark",
-            "router_id": self.router_id,
-            "watermark_ms": self.watermark_ms,
-            "status": self.status,
-            "seq": self.seq,
-        }
+        d: JSONDict = msgspec.to_builtins(self)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RouterWatermark:
-        f = _Fields("RouterWatermark", d)
-        if f.data.get("kind") != "watermark":
-            raise f.fail("kind", "expected 'watermark'", f.data.get("kind"))
-        return cls(
-            router_id=f.req_name("router_id"),
-            watermark_ms=f.epoch_ms("watermark_ms"),
-            status=cast(WatermarkStatus, f.choice("status", WATERMARK_STATUSES)),
-            seq=f.req_int("seq", minimum=0),
-        )
+        if isinstance(d, Mapping) and d.get("kind") != "watermark":
+            raise InvalidEvent(f"RouterWatermark.kind: expected 'watermark', got {d.get('kind')!r:.200}")
+        return _convert(cls, "RouterWatermark", d, _LITERALS[cls])
 
 
-@dataclass(frozen=True, slots=True)
-class RuleVerdict:
+class RuleVerdict(msgspec.Struct, frozen=True):
     """One SLO rule judged against one window."""
 
-    rule: str
-    metric: str
-    operator: str
+    rule: NonEmpty
+    metric: NonEmpty
+    operator: NonEmpty
     threshold: float
     value: float | None
     outcome: Outcome
@@ -460,51 +459,37 @@ class RuleVerdict:
     evidence: JSONDict | None = None
 
     def to_dict(self) -> JSONDict:
-        return {
-            "rule": self.rule,
-            "metric": self.metric,
-            "operator": self.operator,
-            "threshold": self.threshold,
-            "value": self.value,
-            "outcome": self.outcome,
-            "reason": self.reason,
-            "evidence": self.evidence,
-        }
+        d: JSONDict = msgspec.to_builtins(self)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RuleVerdict:
-        f = _Fields("RuleVerdict", d)
-        return cls(
-            rule=f.req_str("rule"),
-            metric=f.req_str("metric"),
-            operator=f.req_str("operator"),
-            threshold=f.req_float("threshold"),
-            value=f.float_("value", optional=True),
-            outcome=cast(Outcome, f.choice("outcome", OUTCOMES)),
-            reason=f.req_str("reason", empty_ok=True),
-            evidence=f.dict_("evidence"),
-        )
+        return _convert(cls, "RuleVerdict", d, _LITERALS[cls], "threshold", "value")
 
 
-@dataclass(frozen=True, slots=True)
-class WindowResult:
-    """A finalized tumbling window for one :class:`WindowKey` (the spec's "bucket")."""
+class WindowResult(msgspec.Struct, frozen=True):
+    """A finalized tumbling window for one :class:`WindowKey` (the spec's "bucket").
 
-    deployment_id: str | None
-    config_name: str
-    arm: str
-    window_start_ms: int
-    window_end_ms: int
-    duration_sec: int
-    response_count: int
-    error_count: int
-    p95_ms: float | None
-    recall_at_10: float | None
-    recall_samples: int
-    slo_violations: int
+    ``to_dict`` adds what readers want without arithmetic: ``timestamp`` = ``window_start``,
+    ``window_end`` and ``emitted_at`` (ISO 8601 of the ``*_ms`` fields) and ``window_id``; ``from_dict``
+    takes the ISO fields where a hand-written record lacks the ``*_ms`` ones.
+    """
+
+    deployment_id: NonEmpty | None
+    config_name: NonEmpty
+    arm: NonEmpty
+    window_start_ms: EpochMs
+    window_end_ms: EpochMs
+    duration_sec: Count
+    response_count: Count
+    error_count: Count
+    p95_ms: NonNegative | None
+    recall_at_10: Fraction | None
+    recall_samples: Count
+    slo_violations: Count
     verdicts: tuple[RuleVerdict, ...]
-    late_count: int
-    emitted_at_ms: int
+    late_count: Count
+    emitted_at_ms: EpochMs
     # Mergeable sufficient statistics (latency sketch, exceedance counts, recall histogram) from which the
     # judge pools evidence over windows; see canary.core.aggregations.WindowStats.
     stats: JSONDict | None = None
@@ -518,167 +503,116 @@ class WindowResult:
         return f"{self.key.as_str()}@{self.window_start_ms}"
 
     def to_dict(self) -> JSONDict:
+        d: JSONDict = msgspec.to_builtins(self)
         start = iso_ms(self.window_start_ms)
-        return {
-            "deployment_id": self.deployment_id,
-            "config_name": self.config_name,
-            "arm": self.arm,
-            "timestamp": start,
-            "window_start": start,
-            "window_end": iso_ms(self.window_end_ms),
-            "window_start_ms": self.window_start_ms,
-            "window_end_ms": self.window_end_ms,
-            "duration_sec": self.duration_sec,
-            "response_count": self.response_count,
-            "error_count": self.error_count,
-            "p95_ms": self.p95_ms,
-            "recall_at_10": self.recall_at_10,
-            "recall_samples": self.recall_samples,
-            "slo_violations": self.slo_violations,
-            "verdicts": [v.to_dict() for v in self.verdicts],
-            "late_count": self.late_count,
-            "emitted_at": iso_ms(self.emitted_at_ms),
-            "emitted_at_ms": self.emitted_at_ms,
-            "window_id": self.window_id,
-            "stats": self.stats,
-        }
+        d.update(
+            timestamp=start,
+            window_start=start,
+            window_end=iso_ms(self.window_end_ms),
+            emitted_at=iso_ms(self.emitted_at_ms),
+            window_id=self.window_id,
+            verdicts=list(d["verdicts"]),
+        )
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WindowResult:
-        f = _Fields("WindowResult", d)
-        verdicts = f.data.get("verdicts", [])
-        if not isinstance(verdicts, list):
-            raise f.fail("verdicts", "expected a list", verdicts)
-        return cls(
-            deployment_id=f.str_("deployment_id", optional=True),
-            config_name=f.req_str("config_name"),
-            arm=f.req_str("arm"),
-            window_start_ms=f.time_ms("window_start_ms", "window_start"),
-            window_end_ms=f.time_ms("window_end_ms", "window_end"),
-            duration_sec=f.req_int("duration_sec", minimum=0),
-            response_count=f.req_int("response_count", minimum=0),
-            error_count=f.req_int("error_count", minimum=0),
-            p95_ms=f.float_("p95_ms", lo=0.0, optional=True),
-            recall_at_10=f.float_("recall_at_10", lo=0.0, hi=1.0, optional=True),
-            recall_samples=f.req_int("recall_samples", minimum=0),
-            slo_violations=f.req_int("slo_violations", minimum=0),
-            verdicts=tuple(RuleVerdict.from_dict(v) for v in verdicts),
-            late_count=f.int_("late_count", minimum=0, optional=True) or 0,
-            emitted_at_ms=f.time_ms("emitted_at_ms", "emitted_at"),
-            stats=f.dict_("stats"),
+        data = _with_iso_times(
+            "WindowResult",
+            d,
+            ("window_start_ms", "window_start"),
+            ("window_end_ms", "window_end"),
+            ("emitted_at_ms", "emitted_at"),
         )
+        if isinstance(data, Mapping):
+            verdicts = data.get("verdicts", [])
+            if not isinstance(verdicts, list | tuple):
+                raise InvalidEvent(f"WindowResult.verdicts: expected a list, got {verdicts!r:.200}")
+            # Each verdict through its own gate, so a refusal names RuleVerdict and its field.
+            data = {"late_count": 0, **data, "verdicts": tuple(RuleVerdict.from_dict(v) for v in verdicts)}
+            if data["late_count"] is None:
+                data["late_count"] = 0
+        return _convert(cls, "WindowResult", data, _LITERALS[cls], "p95_ms")
 
 
-@dataclass(frozen=True, slots=True)
-class ControlCommand:
-    """An instruction to the routers (start, rollback, promote, ...)."""
+class ControlCommand(msgspec.Struct, frozen=True):
+    """An instruction to the routers (start, rollback, promote, ...). ``to_dict`` adds ``issued_at`` (ISO
+    8601 of ``issued_at_ms``), which ``from_dict`` takes where ``issued_at_ms`` is missing."""
 
-    command_id: str
+    command_id: NonEmpty
     type: CommandType
-    deployment_id: str
+    deployment_id: Name
     candidate_config: JSONDict | None
-    candidate_config_hash: str | None
+    candidate_config_hash: NonEmpty | None
     last_good_config: JSONDict | None
-    weight: float | None
+    weight: Fraction | None
     reason: str | None
     evidence: JSONDict | None
-    issued_by: str
-    issued_at_ms: int
+    issued_by: NonEmpty
+    issued_at_ms: EpochMs
+
+    def __post_init__(self) -> None:
+        _safe("ControlCommand", "deployment_id", self.deployment_id)
 
     def to_dict(self) -> JSONDict:
-        return {
-            "command_id": self.command_id,
-            "type": self.type,
-            "deployment_id": self.deployment_id,
-            "candidate_config": self.candidate_config,
-            "candidate_config_hash": self.candidate_config_hash,
-            "last_good_config": self.last_good_config,
-            "weight": self.weight,
-            "reason": self.reason,
-            "evidence": self.evidence,
-            "issued_by": self.issued_by,
-            "issued_at": iso_ms(self.issued_at_ms),
-            "issued_at_ms": self.issued_at_ms,
-        }
+        d: JSONDict = msgspec.to_builtins(self)
+        d["issued_at"] = iso_ms(self.issued_at_ms)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ControlCommand:
-        f = _Fields("ControlCommand", d)
-        return cls(
-            command_id=f.req_str("command_id"),
-            type=cast(CommandType, f.choice("type", COMMAND_TYPES)),
-            deployment_id=f.req_name("deployment_id"),
-            candidate_config=f.dict_("candidate_config"),
-            candidate_config_hash=f.str_("candidate_config_hash", optional=True),
-            last_good_config=f.dict_("last_good_config"),
-            weight=f.float_("weight", lo=0.0, hi=1.0, optional=True),
-            reason=f.str_("reason", optional=True, empty_ok=True),
-            evidence=f.dict_("evidence"),
-            issued_by=f.req_str("issued_by"),
-            issued_at_ms=f.time_ms("issued_at_ms", "issued_at"),
-        )
+        data = _with_iso_times("ControlCommand", d, ("issued_at_ms", "issued_at"))
+        return _convert(cls, "ControlCommand", data, _LITERALS[cls])
 
 
-@dataclass(frozen=True, slots=True)
-class RouterState:
-    """What a router reports after applying (or at startup before) a command."""
+class RouterState(msgspec.Struct, frozen=True):
+    """What a router reports after applying (or at startup before) a command. ``to_dict`` adds
+    ``applied_at`` (ISO 8601 of ``applied_at_ms``), which ``from_dict`` takes where ``applied_at_ms`` is
+    missing."""
 
-    router_id: str
-    deployment_id: str | None
+    router_id: NonEmpty
+    deployment_id: NonEmpty | None
     status: RouterStatus
-    active_config: str
-    last_good: str
-    candidate_config: str | None
-    weight: float
-    answers_command_id: str | None
-    applied_at_ms: int
-    seq: int
+    active_config: NonEmpty
+    last_good: NonEmpty
+    candidate_config: NonEmpty | None
+    weight: Fraction
+    answers_command_id: NonEmpty | None
+    applied_at_ms: EpochMs
+    seq: Count
     # Heartbeats repeat the current state so the CLI can tell live routers from dead ones;
     # they acknowledge nothing new, so the audit log skips them.
     heartbeat: bool = False
     # Why this router sends nothing to the candidate although a canary runs (its control view is
     # unconfirmed: broker down, Read ACL revoked …); None while the view is fresh.
-    failsafe: str | None = None
+    failsafe: NonEmpty | None = None
     # The search_requests partitions it holds (None: it takes no requests from Kafka, or an older router),
     # and why it takes none of the requests waiting there (None while it does).
-    request_partitions: tuple[int, ...] | None = None
-    requests_stalled: str | None = None
+    request_partitions: Annotated[tuple[Count, ...], Meta(max_length=10_000)] | None = None
+    requests_stalled: NonEmpty | None = None
 
     def to_dict(self) -> JSONDict:
-        return {
-            "router_id": self.router_id,
-            "deployment_id": self.deployment_id,
-            "status": self.status,
-            "active_config": self.active_config,
-            "last_good": self.last_good,
-            "candidate_config": self.candidate_config,
-            "weight": self.weight,
-            "answers_command_id": self.answers_command_id,
-            "applied_at": iso_ms(self.applied_at_ms),
-            "applied_at_ms": self.applied_at_ms,
-            "seq": self.seq,
-            "heartbeat": self.heartbeat,
-            "failsafe": self.failsafe,
-            "request_partitions": list(self.request_partitions) if self.request_partitions is not None else None,
-            "requests_stalled": self.requests_stalled,
-        }
+        d: JSONDict = msgspec.to_builtins(self)
+        d["applied_at"] = iso_ms(self.applied_at_ms)
+        if self.request_partitions is not None:
+            d["request_partitions"] = list(self.request_partitions)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RouterState:
-        f = _Fields("RouterState", d)
-        return cls(
-            router_id=f.req_str("router_id"),
-            deployment_id=f.str_("deployment_id", optional=True),
-            status=cast(RouterStatus, f.choice("status", ROUTER_STATUSES)),
-            active_config=f.req_str("active_config"),
-            last_good=f.req_str("last_good"),
-            candidate_config=f.str_("candidate_config", optional=True),
-            weight=f.req_float("weight", lo=0.0, hi=1.0),
-            answers_command_id=f.str_("answers_command_id", optional=True),
-            applied_at_ms=f.time_ms("applied_at_ms", "applied_at"),
-            seq=f.req_int("seq", minimum=0),
-            heartbeat=_flag(d, "heartbeat"),
-            failsafe=f.str_("failsafe", optional=True),
-            request_partitions=f.int_list("request_partitions", minimum=0),
-            requests_stalled=f.str_("requests_stalled", optional=True),
-        )
+        data = _with_iso_times("RouterState", d, ("applied_at_ms", "applied_at"))
+        return _convert(cls, "RouterState", data, _LITERALS[cls])
+
+
+WIRE_MESSAGES: tuple[type[msgspec.Struct], ...] = (
+    SearchOutcome,
+    RouterWatermark,
+    RuleVerdict,
+    WindowResult,
+    ControlCommand,
+    RouterState,
+)
+"""The messages declared here, in the order docs/contracts.md lists their schemas."""
+
+_LITERALS = {cls: _literals(cls) for cls in WIRE_MESSAGES}
+_NULLABLE = {cls: _nullable(cls) for cls in WIRE_MESSAGES}

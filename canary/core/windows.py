@@ -29,9 +29,10 @@ from __future__ import annotations
 import base64
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec.structs
 import numpy as np
 
 from canary.core.aggregations import WindowAggregate, WindowAggregator
@@ -534,12 +535,24 @@ class WindowFinalizer:
             slot = base + (g >> 1) // len(keys) * size
             key = keys[(g >> 1) % len(keys)]
             if len(positions) == len(kept):
-                chosen, rks = [outcomes[i] for i in kept], request_keys
+                chosen = [outcomes[i] for i in kept]
             else:
                 chosen = [outcomes[kept[j]] for j in positions]
-                rks = [request_keys[j] for j in positions]
             (late_groups if is_late else groups).setdefault((key, slot), []).extend(chosen)
-            seen.update(dict.fromkeys(rks, slot))
+        # Remembered per window start in arrival order, as one by one: the checkpoint does not depend on the
+        # path a batch took, nor on how its window keys grouped (one shared object per key, or one each).
+        slot_of = slots.tolist()
+        seen.update(zip(request_keys, slot_of, strict=True))
+        if int(slots.max()) == base:  # the common case: one window start
+            by_slot = {base: request_keys}
+        else:
+            by_slot = {}
+            for rk, slot in zip(request_keys, slot_of, strict=True):
+                if (bucket := by_slot.get(slot)) is None:
+                    by_slot[slot] = [rk]
+                else:
+                    bucket.append(rk)
+        for slot, rks in by_slot.items():
             bucket = seen_by_start.get(slot)
             if bucket is None:
                 seen_by_start[slot] = list(rks)
@@ -686,7 +699,7 @@ class WindowFinalizer:
             result = None
             if self.judge is not None:  # judged as emitted, key by key (a judge may keep history)
                 result = agg.result(state, key, start, start + self.size_ms, (), now_ms)
-                result = replace(result, verdicts=tuple(self.judge(result)))
+                result = msgspec.structs.replace(result, verdicts=tuple(self.judge(result)))
             out.append(ClosedWindow(key, start, start + self.size_ms, now_ms, state, result))
             self._emitted_end[key] = start + self.size_ms
             series.next_start = start + self.size_ms

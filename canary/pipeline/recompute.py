@@ -31,10 +31,10 @@ import numpy as np
 
 from canary.core.aggregations import WindowAggregate
 from canary.core.merge import merge_all
-from canary.core.models import ControlCommand, JSONDict, RouterWatermark, WindowResult
+from canary.core.models import ControlCommand, JSONDict, RouterWatermark, SearchOutcome, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
 from canary.core.windows import ClosedWindow, WindowFinalizer, window_bounds
-from canary.pipeline.decode import DECODE_ERRORS, OutcomeDecoder, ReplayOutcome, SourceRecord, as_core_outcomes
+from canary.pipeline.decode import DECODE_ERRORS, OutcomeDecoder, SourceRecord, as_core_outcomes
 from canary.pipeline.loop import Judgement, PipelineDecision, fold_commands, run_loop
 from canary.pipeline.policies import PolicyBook
 from canary.pipeline.settings import PipelineSettings
@@ -166,7 +166,7 @@ def recompute_partition_partials(
     add = finalizer.add
     due = finalizer.due_closed
 
-    def flush(batch: list[ReplayOutcome | RouterWatermark], offsets: list[int], batch_now: int) -> None:
+    def flush(batch: list[SearchOutcome | RouterWatermark], offsets: list[int], batch_now: int) -> None:
         nonlocal last_now
         now = max(batch_now, last_now)  # processing time never runs backwards
         last_now = now
@@ -176,20 +176,22 @@ def recompute_partition_partials(
         stats.future += len(result.future)
         stats.duplicates += result.duplicates
         stats.watermarks += result.watermarks
+        sampled = (result.future and invalid_samples is not None) or (late and late_samples is not None)
+        # An outcome does not carry its offset: the batch's offsets list does (by identity, only when sampled).
+        offset_of = {id(o): off for o, off in zip(batch, offsets, strict=True)} if sampled else {}
         if result.future and invalid_samples is not None:
             for o in result.future[: max(0, MAX_SAMPLES - len(invalid_samples))]:
                 invalid_samples.append(
-                    {"partition": partition, "offset": getattr(o, "offset", None), "reason": f"future_ts: ts={o.ts}"}
+                    {"partition": partition, "offset": offset_of.get(id(o)), "reason": f"future_ts: ts={o.ts}"}
                 )
         if late:
             stats.late += len(late)
             if late_samples is not None:
                 for o in late[: max(0, MAX_SAMPLES - len(late_samples))]:
-                    ro = o if isinstance(o, ReplayOutcome) else None
                     late_samples.append(
                         {
                             "partition": partition,
-                            "offset": ro.offset if ro else None,
+                            "offset": offset_of.get(id(o)),
                             "event_id": o.event_id,
                             "ts": o.ts,
                             "window_key": o.window_key.as_str(),
@@ -205,7 +207,7 @@ def recompute_partition_partials(
     # Decoded a chunk at a time, then cut into the live agent's micro-batches: a batch starts at a record
     # and takes the following ones while they are within ``span`` of its first record's time (at most
     # ``size``). The last, unfinished batch of a chunk carries over into the next.
-    items: list[ReplayOutcome | RouterWatermark] = []
+    items: list[SearchOutcome | RouterWatermark] = []
     offsets: list[int] = []
     nows: list[int] = []
     now = 0
@@ -213,7 +215,7 @@ def recompute_partition_partials(
     for chunk_start in range(0, len(records), _CHUNK):
         for _, offset, ts_ms, raw in records[chunk_start : chunk_start + _CHUNK]:
             try:
-                item = decode(raw, offset)
+                item = decode(raw)
             except DECODE_ERRORS as exc:
                 stats.invalid += 1
                 if invalid_samples is not None and len(invalid_samples) < MAX_SAMPLES:
@@ -222,7 +224,7 @@ def recompute_partition_partials(
             # The record's Kafka time; without one, the outcome's own time (a watermark never goes back).
             if ts_ms is not None and ts_ms >= 0:
                 now = ts_ms
-            elif isinstance(item, ReplayOutcome):
+            elif isinstance(item, SearchOutcome):
                 now = item.ts
             else:
                 now = max(now, item.watermark_ms)

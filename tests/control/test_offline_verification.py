@@ -9,11 +9,11 @@ verifier) is the one switch for unsigned lab topics.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from canary.control import fold_records
 from canary.control.audit import audit_events, outcome_event

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import msgspec.structs
 import pytest
 
 from canary.core.judge import Judgement
@@ -172,7 +173,7 @@ def test_a_rollback_decided_during_an_outage_says_so_in_its_evidence() -> None:
     outage = BrokerOutage(T0 + 40_000, T0 + 45_000, T0 + 55_000)
     note = OutageNote(outage, "drain", 1650.0, 425.0)
     commands = [
-        dataclasses.replace(c, evidence={**(c.evidence or {}), "context": {CONTEXT_KEY: note.to_dict()}})
+        msgspec.structs.replace(c, evidence={**(c.evidence or {}), "context": {CONTEXT_KEY: note.to_dict()}})
         if c.type == "rollback"
         else c
         for c in sc.commands

@@ -3,9 +3,9 @@ source in window stats, and the judge on sparse sampled recall."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
+import msgspec.structs
 import pytest
 
 from canary.core.aggregations import WindowAggregator, WindowStats
@@ -20,7 +20,7 @@ from tests.core.helpers import outcome, outcome_dict
 
 def sampled(ts: int, recall: float | None, **kw: object) -> SearchOutcome:
     o = outcome(ts, recall_at_10=recall, **kw)  # type: ignore[arg-type]
-    return dataclasses.replace(o, recall_source="exact_sample" if recall is not None else None)
+    return msgspec.structs.replace(o, recall_source="exact_sample" if recall is not None else None)
 
 
 # -- the outcome contract -------------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ def test_a_hostile_recall_source_is_refused_naming_field_and_value(overrides: di
 
 def test_the_constructor_refuses_a_source_without_recall() -> None:
     with pytest.raises(InvalidEvent, match="recall_source"):
-        dataclasses.replace(outcome(1, recall_at_10=None), recall_source="exact_sample")
+        msgspec.structs.replace(outcome(1, recall_at_10=None), recall_source="exact_sample")
 
 
 @pytest.mark.parametrize(

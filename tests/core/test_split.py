@@ -100,7 +100,7 @@ def test_starts_that_do_not_fit_and_a_foreign_baseline_are_refused() -> None:
     other = cmd("start", "c", 0.1)
     foreign = ControlCommand(
         **{
-            **{f: getattr(other, f) for f in other.__dataclass_fields__},
+            **{f: getattr(other, f) for f in other.__struct_fields__},
             "last_good_config": {"metadata": {"name": "other", "version": "2.0.0"}},
         }
     )

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec.structs
 import pytest
 
 from canary.core.aggregations import WindowAggregator
@@ -362,7 +362,7 @@ def test_rejects_bad_settings_and_offsets() -> None:
 
 def _o(ts: int, *, router: str = "a", request: str | None = None, latency: float = 100.0) -> SearchOutcome:
     o = outcome(ts, latency)
-    return dataclasses.replace(o, router_id=router, request_id=request or o.request_id)
+    return msgspec.structs.replace(o, router_id=router, request_id=request or o.request_id)
 
 
 def test_router_watermarks_close_windows_and_skew_costs_no_data() -> None:

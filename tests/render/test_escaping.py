@@ -4,8 +4,9 @@ escapes it (autoescape) in element text and in attribute values alike."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
+
+import msgspec.structs
 
 from canary.core.models import RouterState
 from canary.dashboard.feed import Changes
@@ -33,8 +34,8 @@ def _hostile_scenario(*, name: bool = True) -> Any:
     snapshot = dict(start.candidate_config or {})
     if name:
         snapshot["metadata"] = {**snapshot.get("metadata", {}), "name": HOSTILE, "description": HOSTILE}
-    sc.commands[0] = dataclasses.replace(start, candidate_config=snapshot, issued_by=HOSTILE)
-    sc.commands[-1] = dataclasses.replace(sc.commands[-1], reason=HOSTILE)
+    sc.commands[0] = msgspec.structs.replace(start, candidate_config=snapshot, issued_by=HOSTILE)
+    sc.commands[-1] = msgspec.structs.replace(sc.commands[-1], reason=HOSTILE)
     return sc
 
 
@@ -89,7 +90,7 @@ def test_dashboard_escapes_hostile_commands_routers_audit_and_title() -> None:
     sc = _hostile_scenario(name=False)
     state = _state()
     refused = _hostile_scenario().commands[0]  # verified, then refused: its reason quotes the hostile name
-    _append(state, _signed(dataclasses.replace(refused, deployment_id="canary_r")), 0, T0)
+    _append(state, _signed(msgspec.structs.replace(refused, deployment_id="canary_r")), 0, T0)
     for offset, cmd in enumerate(sc.commands, start=1):
         if cmd.type == "rollback":
             for w in sc.windows:

@@ -104,14 +104,13 @@ INVALID = [
 def test_fast_path_matches_from_dict(raw: bytes) -> None:
     ref = SearchOutcome.from_dict(json.loads(raw))
     for strict in (False, True):
-        got = OutcomeDecoder(strict=strict).decode(raw, offset=7)
-        assert (got.event_id, got.ts, got.latency_ms, got.recall_at_10, got.error, got.offset) == (
+        got = OutcomeDecoder(strict=strict).decode(raw)
+        assert (got.event_id, got.ts, got.latency_ms, got.recall_at_10, got.error) == (
             ref.event_id,
             ref.ts,
             ref.latency_ms,
             ref.recall_at_10,
             ref.error,
-            7,
         )
         assert type(got.latency_ms) is float
         for name in ("request_id", "config_version", "config_hash", "result_count", "router_id", "deployment_id"):
@@ -222,3 +221,22 @@ def test_decoded_keys_equal_keys_restored_from_state() -> None:
     restored = WindowKey.parse(key.as_str())
     assert key == restored and hash(key) == hash(restored)
     assert {restored: 1}.get(key) == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(_raw(kind="watermark"), id="kind"),
+        pytest.param(_raw()[:-1] + b', "\\u006bind": "watermark"}', id="escaped-kind"),
+        pytest.param(_raw(kind=None), id="null-kind"),
+    ],
+)
+def test_an_outcome_with_a_kind_is_read_as_a_watermark_record_on_both_paths(raw: bytes) -> None:
+    """``kind`` tells a watermark record from an outcome, however its key is spelled: the fast path refuses
+    such a record as an outcome and decides exactly as the reference path does."""
+    outcomes: list[str] = []
+    for strict in (False, True):
+        with pytest.raises(Rejected) as got:
+            OutcomeDecoder(strict=strict).decode(raw)
+        outcomes.append(f"{got.value.code}: {got.value.detail}")
+    assert outcomes[0] == outcomes[1] and "RouterWatermark" in outcomes[0]

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgspec.structs
 import pytest
 
 from canary.cli import main
@@ -69,7 +70,7 @@ def _verifiable(cmd: ControlCommand) -> ControlCommand:
 
     assert cmd.candidate_config is not None and cmd.last_good_config is not None
     candidate = real("candidate_slow", cmd.candidate_config["metadata"]["name"], cmd.candidate_config["slo"])
-    return replace(
+    return msgspec.structs.replace(
         cmd,
         candidate_config=candidate,
         candidate_config_hash=snapshot_hash(candidate),
@@ -120,7 +121,7 @@ def _live(prefix: str = "") -> tuple[list[Record], list[Record]]:
     judged = {j.window_id: j for j in result.judgements}
     for w in sorted(result.windows, key=lambda w: (w.window_start_ms, w.arm)):
         at = w.window_end_ms + 1000 + 20
-        publish(topics.windows, 0, at, replace(w, verdicts=()).to_dict())  # canary_windows: unjudged
+        publish(topics.windows, 0, at, msgspec.structs.replace(w, verdicts=()).to_dict())  # canary_windows: unjudged
         if w.window_id in judged:
             j = judged[w.window_id]
             core = CoreJudgement(window=w, streaks=j.streaks, insufficient_windows=j.insufficient_windows)

@@ -287,3 +287,19 @@ def test_decoding_chunk_size_changes_nothing(chunk: int, monkeypatch: pytest.Mon
     assert list(map(_key, got.windows)) == list(map(_key, ref.windows))
     assert (got.late, got.invalid) == (ref.late, ref.invalid) and ref.late > 0 and ref.invalid == 1
     assert [p.batches for p in got.partitions.values()] == [p.batches for p in ref.partitions.values()]
+
+
+def test_late_and_future_samples_name_their_records_offsets() -> None:
+    """An outcome does not carry its offset; the samples take it from the batch's offsets, by record."""
+    t = Traffic.new()
+    t.steady(0, T0, T0 + 5000, 100)
+    t.add(0, T0 + 4950, delay=4000)  # published 4 s after its event time: late
+    late_offset = t.records[-1][1]
+    t.steady(0, T0 + 5100, T0 + 9000, 100)
+    t.add(0, T0 + 9000 + 3_600_000, delay=-3_600_000)  # stamped an hour ahead of its Kafka time: future
+    future_offset = t.records[-1][1]
+    t.steady(0, T0 + 9100, T0 + 15_000, 100)
+    rc = recompute(t.records, [start("dep-1")], horizon_ms=_horizon(t.records))
+    assert rc.late == 1 and [s["offset"] for s in rc.late_samples] == [late_offset]
+    future = [s for s in rc.invalid_samples if s["reason"].startswith("future_ts")]
+    assert [s["offset"] for s in future] == [future_offset]

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec.structs
+
 from canary.config import PresetStore
 from canary.core.judge import DeploymentJudge
 from canary.core.models import ControlCommand, WindowResult
@@ -158,7 +160,7 @@ def build_with_aftermath(t0: int = 1_700_000_000_000, deployment_id: str | None 
     judge = DeploymentJudge(dep, SLOPolicy(tuple(rules), inconclusive_limit=0))
     for w in sc.windows:
         if w.arm == "candidate":
-            judge.observe(dataclasses.replace(w, verdicts=()), w.window_end_ms + 1000)
+            judge.observe(msgspec.structs.replace(w, verdicts=()), w.window_end_ms + 1000)
     for i, count in enumerate([35, 0, 0, 0]):
         start = t0 + (n + i) * BUCKET_MS
         w = window(dep, sc.candidate, "candidate", start, p95=1700.0, count=count, recall=0.4, violations=count)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import msgspec.structs
 import pytest
 
 from canary.reports.html import render_report
@@ -123,7 +124,9 @@ def test_page_is_self_contained_and_escapes_text(rolled_back: DeploymentReport) 
 
 
 def test_error_rate_chart_plots_errors_per_bucket_against_the_rule(rolled_back: DeploymentReport) -> None:
-    errored = [dataclasses.replace(w, error_count=-(-w.response_count // 10)) for w in rolled_back.candidate_windows]
+    errored = [
+        msgspec.structs.replace(w, error_count=-(-w.response_count // 10)) for w in rolled_back.candidate_windows
+    ]
     dom = _rendered(dataclasses.replace(rolled_back, candidate_windows=tuple(errored)))
     (threshold,) = select(dom, "svg.chart-errors line.threshold")
     assert float(threshold.attrs["data-value"]) == 0.01  # the default error_rate rule

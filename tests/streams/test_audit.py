@@ -14,11 +14,11 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
 import pytest
+from msgspec.structs import replace
 
 from canary.control.audit import outcome_event, state_event
 from canary.core.deployment import ConfigRef, ControlLedger
