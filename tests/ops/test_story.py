@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec.structs
+
 from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, RuleVerdict, WindowResult
 from canary.core.slo import Decision
@@ -35,7 +37,7 @@ def _judged(
     slot: int, verdicts: list[RuleVerdict], streak: int = 0, decision: Decision | None = None, count: int = 50
 ) -> Judgement:
     w = window(DEP, "candidate_slow", "candidate", T0 + slot * BUCKET_MS, p95=3100.0, count=count, recall=1.0)
-    w = dataclasses.replace(w, verdicts=tuple(verdicts))
+    w = msgspec.structs.replace(w, verdicts=tuple(verdicts))
     return Judgement(w, {"p95_ms": streak, "recall_at_10": 0, "error_rate": 0}, 0, decision)
 
 
