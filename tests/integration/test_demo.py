@@ -28,6 +28,11 @@ def _story(stdout: str) -> str:
     return text.replace("/ ", "/")  # a long path folded after a '/' is one path again
 
 
+# The healthy candidate's p95 (~780 ms) is judged against 1200 ms in wall time: with a second full stack
+# (broker, worker, router) busy on the other xdist worker, CPU starvation slowed every search of the router
+# past the SLO (last_good's p95 too: 230 → 1124 ms) and the healthy candidate was rightly judged failing.
+# The demo is the main job on a machine of its own, so its test runs alone (make test runs `solo` after).
+@pytest.mark.solo
 def test_demo_end_to_end(kafka_bootstrap: str, base_settings: Settings, tmp_path: Path) -> None:
     # A project whose live reports directory holds a worker's audit trail of a real deployment.
     project = tmp_path / "project"
