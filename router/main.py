@@ -51,13 +51,10 @@ async def serve(
     )
     deadline = StopDeadline(f"router {service.router_id}")
 
-    def on_signal() -> None:
-        deadline.arm()  # a stop with the broker down must still end promptly
-        stop.set()
-
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, stop.set)
+    # A stop with the broker down must still end promptly: armed by the signal itself, before the loop runs.
     deadline.arm_on((signal.SIGINT, signal.SIGTERM))
 
     def deployment() -> str | None:

@@ -311,9 +311,7 @@ class RouterService:
         relevant_ids: list[str] | None = None,
         request_id: str | None = None,
     ) -> tuple[list[str], dict[str, Any]]:
-        """The spec's in-process API: route, search, publish the outcome, return (results, config_used).
-        ConfigError, before anything is counted or published, if the backend serving the request's config
-        says ``collection_name`` is not one of its collections."""
+        """The spec's in-process API (router.search.Searcher.execute_search)."""
         return await self.searcher.execute_search(query, collection_name, user_id, relevant_ids, request_id)
 
     def backend_for(self, config: ConfigRef) -> SearchBackend:

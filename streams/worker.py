@@ -39,15 +39,8 @@ class CanaryWorker(Worker):
 
     def install_signal_handlers(self) -> None:
         super().install_signal_handlers()
+        # Armed by the signal itself, not when Faust's loop dispatches it (canary.runtime).
         self.stop_deadline.arm_on((signal.SIGINT, signal.SIGTERM))
-
-    def _on_sigint(self) -> None:
-        self.stop_deadline.arm()
-        super()._on_sigint()
-
-    def _on_sigterm(self) -> None:
-        self.stop_deadline.arm()
-        super()._on_sigterm()
 
 
 def run_worker(

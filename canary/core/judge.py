@@ -757,16 +757,15 @@ class DeploymentJudge:
         when that evidence is significant the candidate is rolled back, otherwise every shock is a pause."""
         start = window.window_start_ms
         shock = self.shock
-        quick = (
-            shock is not None
-            and shock.get("state") == "resumed"
-            and "trial" not in shock
-            and start - int(shock["resumed_at"]) <= RECURRENCE_WINDOWS * _window_ms(window)
-        )
-        if shock is not None and shock.get("state") == "resumed" and "trial" not in shock and not quick:
+        # A resume not yet scored as a trial: a shock within RECURRENCE_WINDOWS is a quick return, none is quiet.
+        pending = shock if shock is not None and shock.get("state") == "resumed" and "trial" not in shock else None
+        quick = pending is not None and start - int(pending["resumed_at"]) <= RECURRENCE_WINDOWS * _window_ms(window)
+        if pending is not None and not quick:
             # A resume the shock did not follow quickly: a trial against the candidate causing them.
-            shock["trial"] = "quiet"
-            shock["log_e"] = float(shock.get("log_e", 0.0)) + math.log((1.0 - RECURRENCE_P1) / (1.0 - RECURRENCE_P0))
+            pending["trial"] = "quiet"
+            pending["log_e"] = float(pending.get("log_e", 0.0)) + math.log(
+                (1.0 - RECURRENCE_P1) / (1.0 - RECURRENCE_P0)
+            )
         if shared:
             rules = [r.name for r, _, _ in shared]
             entries = [_evidence_entry(window, v) for _, v, _ in shared]
