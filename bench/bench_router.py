@@ -78,7 +78,7 @@ from bench.common import (
     unique_prefix,
 )
 from canary.core.models import SearchOutcome
-from canary.kafka.clients import client_kwargs
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from devtools.harness import preset_ref, send_command, start_command
 from router.requests import SearchRequest, recall_at_10
@@ -118,7 +118,7 @@ def make_request(i: int, run: str) -> SearchRequest:
     )
 
 
-async def produce_requests(bootstrap: str, topic: str, n: int) -> dict[str, Any]:
+async def produce_requests(bootstrap: Cluster, topic: str, n: int) -> dict[str, Any]:
     """N valid requests keyed by user id (as a service would), produced as fast as aiokafka allows."""
     run = uuid.uuid4().hex[:8]
     producer = AIOKafkaProducer(
@@ -144,7 +144,7 @@ async def produce_requests(bootstrap: str, topic: str, n: int) -> dict[str, Any]
     return {"n": n, "seconds": elapsed, "rate": rate(n, elapsed), "avg_value_bytes": round(size / max(n, 1), 1)}
 
 
-def prepare_topics(bootstrap: str, name: str, n: int) -> tuple[Topics, str, dict[str, Any]]:
+def prepare_topics(bootstrap: Cluster, name: str, n: int) -> tuple[Topics, str, dict[str, Any]]:
     """Fresh topics, a running canary on the control topic, N requests on search_requests."""
     topics = Topics(unique_prefix(name))
     ensure_topics(bootstrap, topics)
@@ -183,7 +183,7 @@ def busy_cpus(before: tuple[int, int] | None, after: tuple[int, int] | None, cpu
 
 
 async def throughput_pass(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     deployment_id: str,
     n: int,
@@ -471,7 +471,7 @@ async def timed_send_and_wait(
     return out, time.perf_counter() - started
 
 
-async def overhead_pass(bootstrap: str, topics: Topics, deployment_id: str, args: Any) -> dict[str, Any]:
+async def overhead_pass(bootstrap: Cluster, topics: Topics, deployment_id: str, args: Any) -> dict[str, Any]:
     router = RouterService(
         bootstrap,
         topics,
@@ -605,7 +605,7 @@ def calls(profiler: cProfile.Profile, path_suffix: str, func: str) -> int:
     return max(found, default=0)
 
 
-def profile_throughput(bootstrap: str, n: int, timeout_s: float) -> dict[str, Any]:
+def profile_throughput(bootstrap: Cluster, n: int, timeout_s: float) -> dict[str, Any]:
     topics, dep, _ = prepare_topics(bootstrap, "routerprof", n)
     profiler = cProfile.Profile()
     res = asyncio.run(throughput_pass(bootstrap, topics, dep, n, timeout_s, profiler))
@@ -656,7 +656,7 @@ class NoAckWaitRouter(RouterService):
         await self._producer.send(self.topics.search_results, json.dumps(outcome.to_dict()).encode(), key=key)
 
 
-def what_if(bootstrap: str, n: int, timeout_s: float) -> list[dict[str, Any]]:
+def what_if(bootstrap: Cluster, n: int, timeout_s: float) -> list[dict[str, Any]]:
     """Throughput passes with the router's producer / publish patched, cumulatively, on fresh topics each."""
     import router.service as service_module
 
