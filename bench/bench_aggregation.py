@@ -32,7 +32,8 @@ Steps (all on a real broker, topics under a unique prefix per worker phase):
      also over the part of the run in which every worker held windows partitions (the first to join takes
      all six until the next one's join moves some over).
   f. checkpoint size: a windows-stage checkpoint holds every request id remembered for dedup; projected
-     for this run's busiest partition against the 1 MiB a record may have (warned up front).
+     for this run's busiest partition against the 16 MiB a checkpoint record may have (CHECKPOINT_MAX_BYTES;
+     warned up front).
   e. in-process, no Kafka: OutcomeDecoder.decode, WindowFinalizer.add, due + partial windows + progress
      (JSON as the stage emits them), the per-batch state snapshot, and WindowMerger (parse + add + due)
      over P partitions, in micro-batches of 2000 and of --core-small-batch.
@@ -1037,7 +1038,7 @@ def _checkpoint_line(c: dict[str, Any], core: dict[str, Any], partitions: int) -
     if c["limit_rate_per_partition"]:
         line += (
             f"; a steady {c['limit_rate_per_partition'] * partitions:,.0f} outcomes/s over {partitions} "
-            "partitions reaches that limit"
+            f"partitions reaches the {c['limit_bytes'] // 1024:,} KiB a checkpoint record may have"
         )
     return line
 
