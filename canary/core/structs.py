@@ -34,6 +34,7 @@ _TYPE_WORDS = {
     "array": "expected a list",
 }
 _EXPECTED = re.compile(r"Expected `(?P<type>[a-z]+)(?: \| null)?`(?P<rest>.*)")
+_EXPECTED_ANY = re.compile(r"Expected `(?P<types>[a-z]+(?: \| [a-z]+)+)`, got")
 _BOUND = re.compile(r" (?P<op>>=|<=|>|<) (?P<num>\S+)$")
 _LENGTH = re.compile(r" of length (?P<op>>=|<=) (?P<num>\d+)$")
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -80,6 +81,10 @@ def reason(message: str, field: str, literals: Literals) -> str:
         return f"must be one of {', '.join(map(str, values))}" + (" or null" if nullable else "")
     m = _EXPECTED.match(message)
     if m is None:
+        if (u := _EXPECTED_ANY.match(message)) is not None:  # a union: "expected a string or an integer"
+            kinds = u["types"].split(" | ")
+            words = [_TYPE_WORDS.get(k, f"expected {k}").removeprefix("expected ") for k in kinds if k != "null"]
+            return "expected " + " or ".join(words) + (" or null" if "null" in kinds else "")
         return message[:1].lower() + message[1:]
     kind, rest = m["type"], m["rest"]
     if rest.startswith(", got"):
