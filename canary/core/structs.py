@@ -37,8 +37,9 @@ _EXPECTED = re.compile(r"Expected `(?P<type>[a-z]+)(?: \| null)?`(?P<rest>.*)")
 _EXPECTED_ANY = re.compile(r"Expected `(?P<types>[a-z]+(?: \| [a-z]+)+)`, got")
 _BOUND = re.compile(r" (?P<op>>=|<=|>|<) (?P<num>\S+)$")
 _LENGTH = re.compile(r" of length (?P<op>>=|<=) (?P<num>\d+)$")
-_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_PATH = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")  # [...]: a value of an object (msgspec names no key)
+_PATTERN = re.compile(r"Expected `str` matching regex (?P<regex>'.*')$")
 _MISSING = re.compile(r"Object missing required field `([^`]+)`(?: - at `\$(.*)`)?$")
 
 Literals = dict[str, tuple[tuple[Any, ...], bool]]
@@ -79,6 +80,8 @@ def reason(message: str, field: str, literals: Literals) -> str:
     if field in literals and (message.startswith("Invalid enum value") or ", got `" in message):
         values, nullable = literals[field]
         return f"must be one of {', '.join(map(str, values))}" + (" or null" if nullable else "")
+    if (p := _PATTERN.match(message)) is not None:
+        return f"must match {p['regex']}"
     m = _EXPECTED.match(message)
     if m is None:
         if (u := _EXPECTED_ANY.match(message)) is not None:  # a union: "expected a string or an integer"
@@ -111,7 +114,9 @@ def invalid(record: str, data: Mapping[str, Any], exc: msgspec.ValidationError, 
     path_m = _PATH.search(message)
     if path_m is None:
         return InvalidEvent(f"{record}: {message}")
-    steps = [(name, int(idx) if idx else None) for name, idx in _STEP.findall(path_m["path"])]
+    steps: list[tuple[str, int | str | None]] = [
+        (name, int(idx) if idx.isdigit() else idx or None) for name, idx in _STEP.findall(path_m["path"])
+    ]
     message = message[: path_m.start()]
     if not steps or not steps[0][0]:
         return InvalidEvent(f"{record}: {message}")
@@ -123,6 +128,10 @@ def invalid(record: str, data: Mapping[str, Any], exc: msgspec.ValidationError, 
     elif len(steps) > 1:  # an item inside a list or an object: say which, keep the top field's name
         inner = "".join(f"[{i}]" if i is not None else f".{n}" for n, i in steps[1:])
         why = f"expected every item valid: {inner}: {why}"
+    if path_m["key"]:  # a key of the object at that path (JSON keys are text: its pattern, say)
+        why = why.replace("expected every item valid: ", "expected every key valid: ", 1)
+        if len(steps) == 1:
+            why = f"expected every key valid: {why}"
     return InvalidEvent(f"{record}.{field}: {why}, got {value!r:.200}")
 
 
