@@ -33,7 +33,7 @@ _TYPE_WORDS = {
     "object": "expected an object",
     "array": "expected a list",
 }
-_EXPECTED = re.compile(r"Expected `(?P<type>[a-z]+)(?: \| null)?`(?P<rest>.*)")
+_EXPECTED = re.compile(r"Expected `(?P<type>[a-z]+)(?P<null> \| null)?`(?P<rest>.*)")
 _EXPECTED_ANY = re.compile(r"Expected `(?P<types>[a-z]+(?: \| [a-z]+)+)`, got")
 _BOUND = re.compile(r" (?P<op>>=|<=|>|<) (?P<num>\S+)$")
 _LENGTH = re.compile(r" of length (?P<op>>=|<=) (?P<num>\d+)$")
@@ -75,6 +75,31 @@ def _facts(cls: type[msgspec.Struct]) -> tuple[Literals, tuple[str, ...]]:
     return facts
 
 
+def _unwrap(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _type_at(cls: type[msgspec.Struct], steps: list[tuple[str, int | str | None]]) -> Any:
+    """The annotation at a msgspec error path inside ``cls`` (None where it cannot be followed)."""
+    current: Any = cls
+    for name, _ in steps:
+        options = [_unwrap(o) for o in _options(_unwrap(current)) if o is not type(None)]
+        if name:
+            structs_ = [o for o in options if isinstance(o, type) and issubclass(o, msgspec.Struct)]
+            fields = {f.encode_name: f.type for c in structs_ for f in msgspec.structs.fields(c)}
+            if name not in fields:
+                return None
+            current = fields[name]
+        else:  # an item of a list/tuple, or a value of a mapping
+            args = [a for o in options for a in typing.get_args(o) if a is not Ellipsis]
+            if not args:
+                return None
+            current = args[-1]
+    return _unwrap(current)
+
+
 def reason(message: str, field: str, literals: Literals) -> str:
     """msgspec's refusal in the words the contract uses (docs/contracts.md, "Poison messages")."""
     if field in literals and (message.startswith("Invalid enum value") or ", got `" in message):
@@ -91,7 +116,7 @@ def reason(message: str, field: str, literals: Literals) -> str:
         return message[:1].lower() + message[1:]
     kind, rest = m["type"], m["rest"]
     if rest.startswith(", got"):
-        return _TYPE_WORDS.get(kind, f"expected {kind}") + (" or null" if kind == "object" else "")
+        return _TYPE_WORDS.get(kind, f"expected {kind}") + (" or null" if kind == "object" and m["null"] else "")
     if (n := _LENGTH.search(rest)) is not None:
         if kind == "str" and n["op"] == ">=" and n["num"] == "1":
             return "must not be empty"
@@ -103,7 +128,13 @@ def reason(message: str, field: str, literals: Literals) -> str:
     return message[:1].lower() + message[1:]
 
 
-def invalid(record: str, data: Mapping[str, Any], exc: msgspec.ValidationError, literals: Literals) -> InvalidEvent:
+def invalid(
+    record: str,
+    data: Mapping[str, Any],
+    exc: msgspec.ValidationError,
+    literals: Literals,
+    cls: type[msgspec.Struct] | None = None,
+) -> InvalidEvent:
     """A msgspec refusal as :class:`InvalidEvent` naming the record, the top-level field and its value (and,
     for a refusal inside a list or object, which item)."""
     message = str(exc)
@@ -127,6 +158,11 @@ def invalid(record: str, data: Mapping[str, Any], exc: msgspec.ValidationError, 
         why = "must be finite"
     elif len(steps) > 1:  # an item inside a list or an object: say which, keep the top field's name
         inner = "".join(f"[{i}]" if i is not None else f".{n}" for n, i in steps[1:])
+        if message.startswith("Invalid enum value") and cls is not None:
+            nested = _type_at(cls, steps)
+            values = [v for o in _options(nested) if typing.get_origin(o) is Literal for v in typing.get_args(o)]
+            if values:
+                why = f"must be one of {', '.join(map(str, values))}"
         why = f"expected every item valid: {inner}: {why}"
     if path_m["key"]:  # a key of the object at that path (JSON keys are text: its pattern, say)
         why = why.replace("expected every item valid: ", "expected every key valid: ", 1)
@@ -165,7 +201,7 @@ def convert(
     try:
         message = msgspec.convert(data, cls)
     except msgspec.ValidationError as exc:
-        raise invalid(record, data, exc, literals) from None
+        raise invalid(record, data, exc, literals, cls) from None
     for name in finite_fields:
         finite(record, name, getattr(message, name))
     return message
