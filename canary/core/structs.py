@@ -40,6 +40,7 @@ _LENGTH = re.compile(r" of length (?P<op>>=|<=) (?P<num>\d+)$")
 _PATH = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")  # [...]: a value of an object (msgspec names no key)
 _PATTERN = re.compile(r"Expected `str` matching regex (?P<regex>'.*')$")
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`(?: - at `\$(.*)`)?$")
 _MISSING = re.compile(r"Object missing required field `([^`]+)`(?: - at `\$(.*)`)?$")
 
 Literals = dict[str, tuple[tuple[Any, ...], bool]]
@@ -142,6 +143,10 @@ def invalid(
     if missing is not None:
         where = f"{missing[2]}.{missing[1]}".lstrip(".") if missing[2] else missing[1]
         return InvalidEvent(f"{record}.{where}: required field is missing")
+    unknown = _UNKNOWN.match(message)
+    if unknown is not None:  # only where the declaration forbids them (readers ignore unknown fields)
+        where = f"{unknown[2]}.{unknown[1]}".lstrip(".") if unknown[2] else unknown[1]
+        return InvalidEvent(f"{record}.{where}: not a field of this record")
     path_m = _PATH.search(message)
     if path_m is None:
         return InvalidEvent(f"{record}: {message}")

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from canary.config.backend import HttpBackendSpec
 from canary.core.rollout import RolloutPlan, RolloutStep, RolloutTracker
 from canary.core.slo import Decision
 from canary.errors import ConfigError, InvalidEvent
@@ -120,3 +121,39 @@ def test_each_bad_decision_field_is_refused_naming_it(change: dict[str, Any], me
 def test_a_decision_missing_a_required_field_is_named(missing: str) -> None:
     with pytest.raises(InvalidEvent, match=rf"Decision\.{missing}: required field is missing"):
         Decision.from_dict({k: v for k, v in DECISION.items() if k != missing})
+
+
+BACKEND: dict[str, Any] = {
+    "type": "http",
+    "url": "http://127.0.0.1:9000/search",
+    "timeout_ms": 300,
+    "params": "query",
+    "max_connections": 8,
+    "max_results": 50,
+    "exact_url": None,
+}
+
+
+def test_an_http_backend_section_reads_back_to_the_same_json() -> None:
+    spec = HttpBackendSpec.from_dict(BACKEND)
+    assert spec == HttpBackendSpec("http://127.0.0.1:9000/search", 300, "query", 8, 50)
+    assert spec.to_dict() == BACKEND and list(spec.to_dict()) == list(BACKEND)
+    assert HttpBackendSpec.from_dict({"type": "http", "url": "http://h/"}).timeout_ms == 1000
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"type": "bundled"}, "backend.type: must be http, got 'bundled'"),
+        ({"url": 5}, "backend.url: expected a string, got 5"),
+        ({"url": "gopher://x"}, "backend.url = 'gopher://x': must be an http"),
+        ({"timeout_ms": True}, "backend.timeout_ms: expected an integer, got True"),
+        ({"timeout_ms": 0}, "backend.timeout_ms = 0: must be an integer between 1 and 60000"),
+        ({"params": "form"}, "backend.params: must be one of body, query, got 'form'"),
+        ({"import": "os:system"}, "backend.import: not a field of this record"),
+    ],
+)
+def test_each_bad_backend_field_is_refused_naming_it(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        HttpBackendSpec.from_dict({**BACKEND, **change})
+    assert message in str(caught.value)
