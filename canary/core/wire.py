@@ -22,8 +22,10 @@ parsers behind it (orjson, then the standard library's ``json`` for what orjson 
 literals Python writes) therefore never meet a nesting that could exhaust the interpreter's recursion
 limit; a 6 kB ``[[[…]]]`` used to stop every router with ``RecursionError``.
 
-Field validation stays in the models (``canary.core.models``, ``router.requests``): they raise
-:class:`~canary.errors.InvalidEvent`, which consumers report as ``invalid``. :func:`dead_letter` builds the
+Field validation stays with the records, each declared once as a ``msgspec.Struct`` (``canary.core.models``,
+``router.requests``, ``canary.core.judge`` …) and built through one gate, :func:`canary.core.structs.convert`:
+it raises :class:`~canary.errors.InvalidEvent` naming the field, which consumers report as ``invalid``
+(:func:`decode_as` does both steps and raises :class:`Rejected` for either). :func:`dead_letter` builds the
 one dead-letter record format every consumer writes (docs/contracts.md, "Dead letters").
 """
 
@@ -33,11 +35,13 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
+import msgspec
 import numpy as np
 import orjson
 
+from canary.core import structs
 from canary.errors import InvalidEvent
 
 RejectCode = Literal["no_value", "too_large", "too_deep", "not_utf8", "not_json", "not_object", "invalid"]
@@ -220,6 +224,21 @@ def decode_object(raw: bytes | bytearray | memoryview | str | None, limits: Limi
     if not isinstance(value, dict):
         raise Rejected("not_object", f"{limits.kind}: expected a JSON object, got {_json_type(value)}")
     return value
+
+
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def decode_as(raw: bytes | bytearray | memoryview | str | None, limits: Limits, cls: type[_S]) -> _S:
+    """:func:`decode_object`, then the record declared by ``cls`` (:func:`canary.core.structs.convert`):
+    every refusal a :class:`Rejected` — ``invalid`` when a field breaks the declaration, naming it."""
+    data = decode_object(raw, limits)
+    try:
+        return structs.convert(cls, data)
+    except Rejected:
+        raise
+    except InvalidEvent as exc:
+        raise Rejected("invalid", str(exc)[:1000]) from None
 
 
 def _json_type(value: Any) -> str:
