@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -213,6 +213,11 @@ def shock_resume_command_id(deployment_id: str, window_start_ms: int) -> str:
     return f"{SHOCK_RESUME_PREFIX}{deployment_id}-{window_start_ms}"
 
 
+# What a decision is: the judge's (rollback, pause for too little data, a shock shared with last_good and the
+# resume after it) and a rollout plan's steps (canary.core.rollout's actions other than "hold").
+DecisionType = Literal["rollback", "pause", "shock", "recover", "advance", "gate", "promote", "expire"]
+
+
 class Decision(msgspec.Struct, frozen=True):
     """A command the judge (or a rollout plan) decided on — ``rollback``, ``pause``, ``resume``, a plan's
     ``advance`` … — with the numbers behind it; a judgement's ``decision`` on ``canary_verdicts``."""
@@ -223,7 +228,7 @@ class Decision(msgspec.Struct, frozen=True):
     evidence: JSONDict
     window_id: str
     command_id: str
-    type: str = "rollback"
+    type: DecisionType = "rollback"
 
     def to_dict(self) -> JSONDict:
         d: JSONDict = {"deployment_id": self.deployment_id, "type": self.type}  # the fields' order on the wire

@@ -25,7 +25,7 @@ limit; a 6 kB ``[[[…]]]`` used to stop every router with ``RecursionError``.
 Field validation stays with the records, each declared once as a ``msgspec.Struct`` (``canary.core.models``,
 ``router.requests``, ``canary.core.judge`` …) and built through one gate, :func:`canary.core.structs.convert`:
 it raises :class:`~canary.errors.InvalidEvent` naming the field, which consumers report as ``invalid``
-(:func:`decode_as` does both steps and raises :class:`Rejected` for either). :func:`dead_letter` builds the
+(:func:`rejection_of`). :func:`dead_letter` builds the
 one dead-letter record format every consumer writes (docs/contracts.md, "Dead letters").
 """
 
@@ -35,13 +35,11 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
-import msgspec
 import numpy as np
 import orjson
 
-from canary.core import structs
 from canary.errors import InvalidEvent
 
 RejectCode = Literal["no_value", "too_large", "too_deep", "not_utf8", "not_json", "not_object", "invalid"]
@@ -224,21 +222,6 @@ def decode_object(raw: bytes | bytearray | memoryview | str | None, limits: Limi
     if not isinstance(value, dict):
         raise Rejected("not_object", f"{limits.kind}: expected a JSON object, got {_json_type(value)}")
     return value
-
-
-_S = TypeVar("_S", bound=msgspec.Struct)
-
-
-def decode_as(raw: bytes | bytearray | memoryview | str | None, limits: Limits, cls: type[_S]) -> _S:
-    """:func:`decode_object`, then the record declared by ``cls`` (:func:`canary.core.structs.convert`):
-    every refusal a :class:`Rejected` — ``invalid`` when a field breaks the declaration, naming it."""
-    data = decode_object(raw, limits)
-    try:
-        return structs.convert(cls, data)
-    except Rejected:
-        raise
-    except InvalidEvent as exc:
-        raise Rejected("invalid", str(exc)[:1000]) from None
 
 
 def _json_type(value: Any) -> str:

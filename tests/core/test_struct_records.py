@@ -108,7 +108,14 @@ def test_a_decision_reads_back_to_the_same_json_in_the_same_order() -> None:
         ({"evidence": None}, "Decision.evidence: expected an object, got None"),
         ({"evidence": [1]}, "Decision.evidence: expected an object, got [1]"),
         ({"command_id": 7}, "Decision.command_id: expected a string, got 7"),
-        ({"type": None}, "Decision.type: expected a string, got None"),
+        (
+            {"type": None},
+            "Decision.type: must be one of rollback, pause, shock, recover, advance, gate, promote, expire, got None",
+        ),
+        (
+            {"type": "hold"},
+            "Decision.type: must be one of rollback, pause, shock, recover, advance, gate, promote, expire, got 'hold'",
+        ),
     ],
 )
 def test_each_bad_decision_field_is_refused_naming_it(change: dict[str, Any], message: str) -> None:
