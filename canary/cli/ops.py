@@ -264,7 +264,12 @@ async def _watch(args: argparse.Namespace, settings: Settings, bootstrap: KafkaC
     view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
     last_status = 0.0
     deadline = time.monotonic() + args.seconds if args.seconds else None
-    async for item in tail_windows(bootstrap, topics, from_beginning=args.from_beginning):
+    where = "their beginning" if args.from_beginning else "what is published from now on"
+
+    def ready(names: list[str]) -> None:
+        print(f"watching {' and '.join(names)}: {where}", file=sys.stderr, flush=True)
+
+    async for item in tail_windows(bootstrap, topics, from_beginning=args.from_beginning, on_ready=ready):
         window = state.add(item)
         if args.json:
             print(json.dumps(item.to_dict()), flush=True)

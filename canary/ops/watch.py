@@ -6,7 +6,7 @@ agent publishes each one with its verdicts, streaks and any decision (canary.cor
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,9 +30,13 @@ def del_oldest(d: dict[Any, Any], keep: int) -> None:
 
 
 async def tail_windows(
-    bootstrap: Cluster, topics: Topics, from_beginning: bool = False
+    bootstrap: Cluster,
+    topics: Topics,
+    from_beginning: bool = False,
+    on_ready: Callable[[list[str]], None] | None = None,
 ) -> AsyncGenerator[WatchItem, None]:
-    """last_good windows and judged candidate windows, as they arrive."""
+    """last_good windows and judged candidate windows, as they arrive. ``on_ready`` is called with the
+    topics once the reader is positioned: what is published after that call is seen."""
     consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     try:
@@ -42,6 +46,10 @@ async def tail_windows(
             await consumer.seek_to_beginning(*tps)
         else:
             await consumer.seek_to_end(*tps)
+            for tp in tps:  # the end as of now, not at the first fetch: a window published meanwhile is shown
+                await consumer.position(tp)
+        if on_ready is not None:
+            on_ready([topics.windows, topics.verdicts])
         while True:
             batch = await consumer.getmany(timeout_ms=500)
             for tp, records in batch.items():

@@ -76,9 +76,19 @@ async def test_weight_pause_resume_and_watch(settings: Settings, topics: Topics)
         assert status["traffic_split"] == {"active": 0.75, "candidate": 0.25}
 
         # watch --json streams last_good windows and judged candidate windows as they are published (here:
-        # one of each that we publish ourselves).
-        watcher = asyncio.create_task(_canary("watch", "--json", "--seconds", "4", env=env))
-        await asyncio.sleep(2.0)
+        # one of each that we publish ourselves, once it says it is watching: on a loaded machine the
+        # process can take seconds to get there, and what came before is not "from now on").
+        watcher = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "canary.cli", "watch", "--json", "--seconds", "4"),
+            env=env,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert watcher.stderr is not None
+        ready = await asyncio.wait_for(watcher.stderr.readline(), 60)
+        assert ready.startswith(b"watching ") and b"from now on" in ready, ready
         from aiokafka import AIOKafkaProducer
 
         window = {
@@ -107,9 +117,9 @@ async def test_weight_pause_resume_and_watch(settings: Settings, topics: Topics)
         judgement = {"window": judged, "streaks": {"p95_ms": 0}, "insufficient_windows": 0, "decision": None}
         await producer.send_and_wait(topics.verdicts, json.dumps(judgement).encode(), key=b"k")
         await producer.stop()
-        watched = await watcher
-        assert watched.returncode == 0, watched.stderr
-        lines = [json.loads(line) for line in watched.stdout.splitlines() if line.strip()]
+        out, err = await asyncio.wait_for(watcher.communicate(), 60)
+        assert watcher.returncode == 0, err
+        lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
         counts = sorted(
             line["window"]["response_count"] if "window" in line else line["response_count"] for line in lines
         )
