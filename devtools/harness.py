@@ -23,6 +23,7 @@ from canary.config import PresetStore
 from canary.control import read_topic
 from canary.core.deployment import ConfigRef, snapshot_hash
 from canary.core.models import ControlCommand
+from canary.kafka.clients import consumer_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from canary.security import CommandSigner, ControlSecurity, Role
 from canary.settings import load_settings
@@ -120,7 +121,7 @@ async def send_command(bootstrap: str, topics: Topics, cmd: ControlCommand, envi
 
 async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """Every record currently in ``topic`` (all partitions), decoded as JSON, in (partition, offset) order."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**consumer_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         return await read_topic(consumer, topic, timeout)

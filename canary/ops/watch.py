@@ -17,7 +17,7 @@ from canary.core.judge import Judgement, evidence_text, format_value
 from canary.core.models import WindowResult, iso_ms
 from canary.core.outages import OutageNote
 from canary.errors import CanaryError
-from canary.kafka.clients import Cluster, client_kwargs
+from canary.kafka.clients import Cluster, consumer_kwargs
 from canary.kafka.topics import Topics, topic_partitions
 
 WatchItem = WindowResult | Judgement
@@ -33,7 +33,7 @@ async def tail_windows(
     bootstrap: Cluster, topics: Topics, from_beginning: bool = False
 ) -> AsyncGenerator[WatchItem, None]:
     """last_good windows and judged candidate windows, as they arrive."""
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, fetch_max_wait_ms=100)
+    consumer = AIOKafkaConsumer(**consumer_kwargs(bootstrap), group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topics.windows) + await topic_partitions(consumer, topics.verdicts)

@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from streams.checkpointed import CheckpointedStage
 
 from canary.kafka.topics import Topics, ensure_topics
 from devtools.harness import LoadGenerator, make_backend, preset_ref, read_all, send_command, start_command
 from router.service import RouterService
-from streams.checkpointed import CheckpointedStage
 from streams.merging import MergeStage
 from streams.registry import DeploymentRegistry
 from streams.windowing import WindowingStage
