@@ -90,6 +90,7 @@ class _Outbox:
 
     records: list[tuple[str, bytes, bytes | None, int | None]] = field(default_factory=list)
     windows: int = 0  # window output among them (not marks or dead letters)
+    urgent: bool = False  # output a downstream decision waits for: committed at once, not at the interval
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -149,8 +150,9 @@ class TransactionalStage(Generic[State]):
         self.unreadable_checkpoints = 0
         self.last_failure: str | None = None  # the last transaction or acquisition that failed, and why
         self._refusals_in_a_row = 0
-        self._last_checkpoint = 0.0
-        self._checkpoint_cost_s = 0.0  # time the last checkpoint spent encoding state
+        self._last_checkpoint = 0.0  # the last commit of every partition with something to commit
+        self._last_commit = 0.0  # the last commit of any
+        self._checkpoint_cost_s = 0.0  # time the last commit spent encoding state
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()  # one of: a checkpoint, an acquisition, a release (rebalance callbacks)
         self.rebalancing_since: float | None = None  # between partitions revoked and assigned
@@ -186,11 +188,14 @@ class TransactionalStage(Generic[State]):
         partition: int | None = None,
         *,
         window: bool = False,
+        urgent: bool = False,
     ) -> None:
-        """Output caused by source partition ``source``: it goes out in that partition's next transaction."""
+        """Output caused by source partition ``source``: it goes out in that partition's next transaction —
+        at the end of this turn if ``urgent`` or ``window`` (a reader waits for it), else at the interval."""
         box = self._outbox.setdefault(source, _Outbox())
         box.records.append((topic, value, key, partition))
         box.windows += window
+        box.urgent = box.urgent or urgent or window
 
     def mark_dirty(self, partition: int) -> None:
         self._dirty.add(partition)
@@ -431,12 +436,23 @@ class TransactionalStage(Generic[State]):
 
     # -- transactions -----------------------------------------------------------------------------------
     async def checkpoint(self, force: bool = False) -> None:
-        interval_s = max(self.checkpoint_ms / 1000, CHECKPOINT_COST_FACTOR * self._checkpoint_cost_s)
-        if not force and time.monotonic() - self._last_checkpoint < interval_s:
+        # Under read_committed a reader sees output at its commit: windows and progress marks (the merge step
+        # and the SLO agent wait for them) are committed at the end of the turn that made them; input and
+        # state alone every checkpoint_ms. Either way never so often that encoding state takes more than
+        # 1/CHECKPOINT_COST_FACTOR of the stage's time (a backlog with a large dedup memory).
+        now = time.monotonic()
+        if not force and now - self._last_commit < CHECKPOINT_COST_FACTOR * self._checkpoint_cost_s:
             return
+        if force or now - self._last_checkpoint >= self.checkpoint_ms / 1000:
+            parts = list(self._producers)
+            self._last_checkpoint = now
+        else:
+            parts = [p for p, box in self._outbox.items() if box.urgent and p in self._producers]
+            if not parts:
+                return
         async with self._lock:
-            await self._commit_all(list(self._producers), recover=True)
-        self._last_checkpoint = time.monotonic()
+            await self._commit_all(parts, recover=True)
+        self._last_commit = time.monotonic()
 
     async def _commit_all(self, partitions: list[int], *, recover: bool) -> None:
         parts = [p for p in partitions if p in self.states and (p in self._dirty or p in self._outbox)]

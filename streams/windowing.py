@@ -229,9 +229,11 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         stale = time.monotonic() - at > PROGRESS_EVERY_MS / 1000
         if closed == sent and not stale and not force:
             return
+        moved = closed != sent or force
         body = dumps(Progress(partition, closed).to_dict())
         for target in range(self._partials_partitions):
-            self.emit(partition, self.topics.window_partials, body, key=b"progress", partition=target)
+            # A mark that moves the boundary lets the merge step close a window: at once. A repeat (stale) can wait.
+            self.emit(partition, self.topics.window_partials, body, key=b"progress", partition=target, urgent=moved)
         self._progress_sent[partition] = (closed, time.monotonic())
         self.stats.progress_marks += 1
 
