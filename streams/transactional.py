@@ -68,6 +68,7 @@ RETRY_BACKOFF_S: Final = (0.5, 5.0)  # base, cap: between attempts to acquire a 
 # (a refusal that outlives this many attempts is configuration — e.g. no ACL for the transactional id).
 GIVE_UP_AFTER: Final = 8
 COMMIT_HEADER: Final = "canary-commit"
+MAX_REJECTED: Final = 100  # state records written over a committed one, dead-lettered per restore
 
 log = logging.getLogger("canary.streams.stage")
 
@@ -91,6 +92,28 @@ class _Outbox:
     records: list[tuple[str, bytes, bytes | None, int | None]] = field(default_factory=list)
     windows: int = 0  # window output among them (not marks or dead letters)
     urgent: bool = False  # output a downstream decision waits for: committed at once, not at the interval
+
+
+@dataclass
+class StateScan:
+    """What a restore keeps of one key's committed state records, read in order: the last one committed with
+    the partition's offset (its token) and what was written over it — not every older version."""
+
+    token: str
+    match: Any = None
+    written_over: list[Any] = field(default_factory=list)  # after the match (or the last record, if none)
+    more_written_over: int = 0  # beyond MAX_REJECTED: counted, not dead-lettered one by one
+
+    def add(self, record: Any) -> None:
+        if self.token and _token(record) == self.token:
+            self.match, self.written_over, self.more_written_over = record, [], 0
+        elif self.match is None:
+            self.written_over = [] if record.value is None else [record]  # only the last one
+        elif record.value is not None:
+            if len(self.written_over) < MAX_REJECTED:
+                self.written_over.append(record)
+            else:
+                self.more_written_over += 1
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -215,11 +238,12 @@ class TransactionalStage(Generic[State]):
         (aiokafka's and Java's alike), so any keyed write of it, ours or not, lands where restores look."""
         return int(DefaultPartitioner()(key, list(range(self._state_partitions)), []))
 
-    async def _load_records(self, partitions: list[int]) -> dict[int, list[Any]]:
-        """Every committed state record of these partitions' keys still on the state topic, in order: only the
-        state partitions holding these keys are read (each to its last stable offset)."""
-        wanted = {self._state_key(p): p for p in partitions}
-        found: dict[int, list[Any]] = {p: [] for p in partitions}
+    async def _load_records(self, tokens: dict[int, str]) -> dict[int, StateScan]:
+        """The committed state records of these partitions' keys, scanned for the one committed with each
+        partition's offset (``tokens``): only the state partitions holding these keys are read (each to its
+        last stable offset)."""
+        wanted = {self._state_key(p): p for p in tokens}
+        found = {p: StateScan(token) for p, token in tokens.items()}
         reader = calm(
             AIOKafkaConsumer(
                 **consumer_kwargs(self.bootstrap),
@@ -242,21 +266,16 @@ class TransactionalStage(Generic[State]):
                     for record in batch.get(tp, []):
                         p = wanted.get(record.key or b"")
                         if p is not None:
-                            found[p].append(record)
+                            found[p].add(record)
         finally:
             await reader.stop()
         return found
 
-    def _restore(
-        self, p: int, token: str, records: list[Any]
-    ) -> tuple[State | None, list[tuple[Any, wire.DeadLetterReason, str]]]:
-        """The state committed with token ``token`` among ``records`` (None: not there or unreadable), and the
-        records to dead-letter with why: everything written over it, and it if it cannot be read."""
-        at = next((i for i in range(len(records) - 1, -1, -1) if token and _token(records[i]) == token), None)
+    def _restore(self, p: int, scan: StateScan) -> tuple[State | None, list[tuple[Any, wire.DeadLetterReason, str]]]:
+        """The state committed with the partition's offset (None: not there or unreadable), and the records to
+        dead-letter with why: what was written over it, and it if it cannot be read."""
         rejected: list[tuple[Any, wire.DeadLetterReason, str]] = []
-        for record in records[(at + 1) if at is not None else 0 :]:
-            if record.value is None:
-                continue  # a tombstone: nothing to keep
+        for record in scan.written_over:
             code: wire.DeadLetterReason = "invalid"
             why = "not the state committed with the partition's offset"
             try:
@@ -264,14 +283,20 @@ class TransactionalStage(Generic[State]):
             except wire.Rejected as exc:
                 code, why = exc.code, f"{_why(exc)}; {why}"
             rejected.append((record, code, why))
-        if at is None:
+        if scan.more_written_over:
+            log.error(
+                "%s: %d more state records of partition %s were written over its committed one",
+                self.name,
+                scan.more_written_over,
+                p,
+            )
+        if scan.match is None:
             return None, rejected
-        committed = records[at]
         try:
-            state = self.new_state(p, wire.decode_object(committed.value, wire.CHECKPOINT))
+            state = self.new_state(p, wire.decode_object(scan.match.value, wire.CHECKPOINT))
         except Exception as exc:  # a bug (an encoding this code cannot read): the partition starts afresh
             code = exc.code if isinstance(exc, wire.Rejected) else "invalid"
-            return None, [*rejected, (committed, code, _why(exc))]
+            return None, [*rejected, (scan.match, code, _why(exc))]
         return state, rejected
 
     # -- partitions -------------------------------------------------------------------------------------
@@ -316,7 +341,8 @@ class TransactionalStage(Generic[State]):
             tps = [self.tp(p) for p in ready]
             # The coordinator's answer with its metadata (the commit token): aiokafka's committed() drops it.
             committed = await asyncio.wait_for(consumer._coordinator.fetch_committed_offsets(tps), STEP_TIMEOUT_S)
-            records = await asyncio.wait_for(self._load_records(sorted(ready)), STEP_TIMEOUT_S * 2)
+            tokens = {p: str(getattr(committed.get(self.tp(p)), "metadata", "") or "") for p in ready}
+            scans = await asyncio.wait_for(self._load_records(tokens), STEP_TIMEOUT_S * 2)
         except Exception as exc:
             for p, producer in ready.items():
                 await _close(producer)
@@ -335,7 +361,7 @@ class TransactionalStage(Generic[State]):
             offset = None if meta is None or meta.offset < 0 else int(meta.offset)
             state: State | None = None
             if offset is not None:
-                state, rejected = self._restore(p, meta.metadata if meta is not None else "", records[p])
+                state, rejected = self._restore(p, scans[p])
                 for record, code, why in rejected:
                     self._reject_state(p, record, code, why, restored=state is not None, offset=offset)
                 if state is None and not rejected:
