@@ -4,7 +4,7 @@ a raw aiokafka consume + decode of the same partitions in the same run.
 Steps (all on a real broker, topics under a unique prefix per worker phase):
 
   a. produce N synthetic, valid SearchOutcome records onto <prefix>search_results the way routers do
-     since issue #10: key = request id, partition = router.service.outcome_partition(request_id, P)
+     since issue #10: key = request id, partition = router.outcomes.outcome_partition(request_id, P)
      (crc32 mod P; P = the declared partitions of search_results, 6), one router ("bench-router") whose
      RouterWatermark records go to every partition: `start` before the first outcome, `running` every
      --watermark-every outcomes per partition (at most 1 s of event time apart, like a router's 50 ms
@@ -32,7 +32,8 @@ Steps (all on a real broker, topics under a unique prefix per worker phase):
      also over the part of the run in which every worker held windows partitions (the first to join takes
      all six until the next one's join moves some over).
   f. checkpoint size: a windows-stage checkpoint holds every request id remembered for dedup; projected
-     for this run's busiest partition against the 1 MiB a record may have (warned up front).
+     for this run's busiest partition against the 16 MiB a checkpoint record may have (CHECKPOINT_MAX_BYTES;
+     warned up front).
   e. in-process, no Kafka: OutcomeDecoder.decode, WindowFinalizer.add, due + partial windows + progress
      (JSON as the stage emits them), the per-batch state snapshot, and WindowMerger (parse + add + due)
      over P partitions, in micro-batches of 2000 and of --core-small-batch.
@@ -88,12 +89,12 @@ from canary.core.merge import Progress, WindowMerger, merge_all, parse_merge_rec
 from canary.core.models import RouterWatermark, SearchOutcome, WindowKey, WindowResult
 from canary.core.slo import default_policy
 from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS, WindowFinalizer
-from canary.kafka.clients import client_kwargs
+from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
 from canary.pipeline.decode import OutcomeDecoder, as_core_outcomes
 from canary.pipeline.policies import aggregator_for_policy
 from devtools.harness import PRESETS, WorkerProcess, send_command, start_command
-from router.service import outcome_partition
+from router.outcomes import outcome_partition
 
 TARGET_RATIO = 0.8  # issue #10: one worker on 6 partitions ≥ 0.8 × raw consume+decode
 TARGET_RATE = 30_000.0  # the earlier single-worker target, still printed
@@ -234,7 +235,7 @@ def check_windows(windows: Sequence[WindowResult], truth: Counter[tuple[str, int
 # -- (a) produce -------------------------------------------------------------------------------------------
 
 
-async def produce(bootstrap: str, topic: str, backlog: Backlog) -> dict[str, Any]:
+async def produce(bootstrap: Cluster, topic: str, backlog: Backlog) -> dict[str, Any]:
     """Returns the rate, outcomes per partition and the offsets of the watermark records per partition."""
     producer = AIOKafkaProducer(
         **client_kwargs(bootstrap), acks=1, linger_ms=10, max_batch_size=512 * 1024, max_request_size=4 << 20
@@ -281,7 +282,7 @@ def outcomes_in(wm_offsets: Sequence[int], records_applied: int) -> int:
 # -- (b) raw consumer --------------------------------------------------------------------------------------
 
 
-async def raw_consume(bootstrap: str, topic: str, partitions: int) -> dict[str, Any]:
+async def raw_consume(bootstrap: Cluster, topic: str, partitions: int) -> dict[str, Any]:
     consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -369,7 +370,7 @@ def machine_cores_busy(samples: Sequence[tuple[int, int, int]], t0: int, t1: int
 
 
 async def watch_windows(
-    bootstrap: str,
+    bootstrap: Cluster,
     topic: str,
     partitions: int,
     keys: set[str],
@@ -442,7 +443,7 @@ class CommitWatch:
     (docs/adr/0004-*.md), at most every 500 ms; the committed offset of a partition is the number of its
     records the committed state holds."""
 
-    def __init__(self, bootstrap: str, group: str, topic: str, every_s: float = 0.1) -> None:
+    def __init__(self, bootstrap: Cluster, group: str, topic: str, every_s: float = 0.1) -> None:
         self.bootstrap, self.group, self.topic, self.every_s = bootstrap, group, topic, every_s
         self.events: list[tuple[int, int, int]] = []
         self._last: dict[int, int] = {}
@@ -523,7 +524,7 @@ def holder_at(seq: Sequence[tuple[int, int]], t: int) -> int | None:
 
 
 async def run_workers_phase(
-    bootstrap: str,
+    bootstrap: Cluster,
     topics: Topics,
     count: int,
     n: int,
@@ -902,7 +903,7 @@ def checkpoint_estimate(sample: Sequence[SearchOutcome], per_partition: int, spa
 # -- main --------------------------------------------------------------------------------------------------
 
 
-async def prepare(bootstrap: str, topics: Topics, dep: str, backlog: Backlog) -> dict[str, Any]:
+async def prepare(bootstrap: Cluster, topics: Topics, dep: str, backlog: Backlog) -> dict[str, Any]:
     await asyncio.to_thread(ensure_topics, bootstrap, topics)
     await send_command(bootstrap, topics, start_command(CANDIDATE, weight=0.2, deployment_id=dep))
     return await produce(bootstrap, topics.search_results, backlog)
@@ -1050,7 +1051,7 @@ def _checkpoint_line(c: dict[str, Any], core: dict[str, Any], partitions: int) -
     if c["limit_rate_per_partition"]:
         line += (
             f"; a steady {c['limit_rate_per_partition'] * partitions:,.0f} outcomes/s over {partitions} "
-            "partitions reaches that limit"
+            f"partitions reaches the {c['limit_bytes'] // 1024:,} KiB a checkpoint record may have"
         )
     return line
 

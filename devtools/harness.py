@@ -23,7 +23,7 @@ from canary.config import PresetStore
 from canary.control import read_topic
 from canary.core.deployment import ConfigRef, snapshot_hash
 from canary.core.models import ControlCommand
-from canary.kafka.clients import consumer_kwargs
+from canary.kafka.clients import Cluster, as_connection, client_kwargs, consumer_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from canary.security import CommandSigner, ControlSecurity, Role
 from canary.settings import load_settings
@@ -103,9 +103,9 @@ def signed(cmd: ControlCommand, topics: Topics, environment: str | None = None) 
     return operator_signer(topics, environment).sign_command(cmd)
 
 
-async def send_raw(bootstrap: str, topics: Topics, payload: dict[str, Any] | bytes, key: str = "forged") -> None:
+async def send_raw(bootstrap: Cluster, topics: Topics, payload: dict[str, Any] | bytes, key: str = "forged") -> None:
     """Produce ``payload`` onto the control topic exactly as given (forgeries, replays, poison)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all")
     await producer.start()
     try:
         value = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -114,12 +114,12 @@ async def send_raw(bootstrap: str, topics: Topics, payload: dict[str, Any] | byt
         await producer.stop()
 
 
-async def send_command(bootstrap: str, topics: Topics, cmd: ControlCommand, environment: str | None = None) -> None:
+async def send_command(bootstrap: Cluster, topics: Topics, cmd: ControlCommand, environment: str | None = None) -> None:
     """Produce ``cmd`` signed with the session's operator key, as the CLI (of ``environment``) would."""
     await send_raw(bootstrap, topics, signed(cmd, topics, environment), key=cmd.deployment_id)
 
 
-async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+async def read_all(bootstrap: Cluster, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """Every record currently in ``topic`` (all partitions), decoded as JSON, in (partition, offset) order."""
     consumer = AIOKafkaConsumer(**consumer_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
@@ -129,12 +129,12 @@ async def read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[di
         await consumer.stop()
 
 
-async def read_outcomes(bootstrap: str, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+async def read_outcomes(bootstrap: Cluster, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The outcomes in ``search_results`` — without the routers' watermark records."""
     return [r for r in await read_all(bootstrap, topic, timeout) if isinstance(r, dict) and "kind" not in r]
 
 
-async def read_judged(bootstrap: str, topics: Topics, deployment_id: str | None = None) -> list[dict[str, Any]]:
+async def read_judged(bootstrap: Cluster, topics: Topics, deployment_id: str | None = None) -> list[dict[str, Any]]:
     """Judged candidate windows (the SLO agent's ``canary_verdicts``), once per window, in window order."""
     by_id: dict[str, dict[str, Any]] = {}
     for j in await read_all(bootstrap, topics.verdicts):
@@ -148,7 +148,9 @@ async def read_judged(bootstrap: str, topics: Topics, deployment_id: str | None 
 class WorkerProcess:
     """``canary worker`` as a real subprocess (so it can be SIGKILLed like in production)."""
 
-    bootstrap: str
+    # An external cluster's connection (the benches) or a bare address (the tests' PLAINTEXT broker); the
+    # subprocess gets the address, and SASL/SSL settings from the same environment that described them.
+    bootstrap: Cluster
     topics: Topics
     audit_log: Path
     data_dir: Path
@@ -163,7 +165,7 @@ class WorkerProcess:
     def start(self) -> None:
         env = {
             **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "KAFKA_BOOTSTRAP_SERVERS": as_connection(self.bootstrap).bootstrap,
             "CANARY_TOPIC_PREFIX": self.topics.prefix,
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,

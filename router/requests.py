@@ -1,65 +1,65 @@
-"""The search request contract on ``search_requests`` (JSON)."""
+"""The search request contract on ``search_requests`` (JSON), declared once as a Struct."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from canary.errors import InvalidEvent
+import msgspec
+from msgspec import Meta
+
+from canary.core import structs
+
+NonEmpty = Annotated[str, Meta(min_length=1)]
+MAX_LABELS = 10_000  # relevance labels per request (REQUEST's bounds keep the record to 256 KiB anyway)
 
 
-@dataclass(frozen=True, slots=True)
-class SearchRequest:
-    request_id: str
-    query: str
-    collection: str
+class SearchRequest(msgspec.Struct, frozen=True):
+    """One search request (docs/contracts.md, "Search request")."""
+
+    request_id: NonEmpty
+    query: NonEmpty
+    collection: NonEmpty
     user_id: str | None = None
-    ts: int | None = None
-    relevant_ids: tuple[str, ...] | None = None
+    ts: int | None = None  # epoch ms as the producer stamped it (not read by the router)
+    relevant_ids: Annotated[tuple[str, ...], Meta(max_length=MAX_LABELS)] | None = None
 
     @property
     def routing_key(self) -> str:
         return self.user_id or self.request_id
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "query": self.query,
-            "collection": self.collection,
-            "user_id": self.user_id,
-            "ts": self.ts,
-            "relevant_ids": list(self.relevant_ids) if self.relevant_ids is not None else None,
-        }
+        d: dict[str, Any] = msgspec.to_builtins(self)
+        if self.relevant_ids is not None:  # to_builtins keeps a tuple a tuple; the JSON value is a list
+            d["relevant_ids"] = list(self.relevant_ids)
+        return d
 
     @classmethod
     def from_dict(cls, data: object) -> SearchRequest:
-        if not isinstance(data, Mapping):
-            raise InvalidEvent(f"SearchRequest: expected a JSON object, got {type(data).__name__}")
-        request_id = data.get("request_id")
-        where = f"SearchRequest(request_id={request_id!r})"
-        for name in ("request_id", "query", "collection"):
-            value = data.get(name)
-            if not isinstance(value, str) or not value:
-                raise InvalidEvent(f"{where}.{name}: required non-empty string, got {value!r:.100}")
-        user_id = data.get("user_id")
-        if user_id is not None and not isinstance(user_id, str | int):
-            raise InvalidEvent(f"{where}.user_id: expected string, got {user_id!r:.100}")
-        ts = data.get("ts")
-        if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
-            raise InvalidEvent(f"{where}.ts: expected epoch ms integer, got {ts!r:.100}")
-        labels = data.get("relevant_ids")
-        if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str | int) for x in labels)):
-            raise InvalidEvent(f"{where}.relevant_ids: expected a list of ids, got {labels!r:.100}")
-        return cls(
-            request_id=str(data["request_id"]),
-            query=str(data["query"]),
-            collection=str(data["collection"]),
-            user_id=str(user_id) if user_id is not None else None,
-            ts=ts,
-            relevant_ids=tuple(str(x) for x in labels) if labels is not None else None,
-        )
+        """``data`` (a decoded ``search_requests`` value) as a request; InvalidEvent naming the field. Ids a
+        producer wrote as numbers (``user_id``, ``relevant_ids``) are taken as their decimal text."""
+        request_id = data.get("request_id") if isinstance(data, Mapping) else None
+        if isinstance(data, Mapping):
+            data = _ids_as_text(data)
+        return structs.convert(cls, data, f"SearchRequest(request_id={request_id!r:.100})")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _ids_as_text(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    user_id, labels = data.get("user_id"), data.get("relevant_ids")
+    numeric_labels = isinstance(labels, list) and any(map(_number, labels))
+    if not (_number(user_id) or numeric_labels):
+        return data
+    out = dict(data)
+    if _number(user_id):
+        out["user_id"] = str(user_id)
+    if numeric_labels:
+        out["relevant_ids"] = [str(x) if _number(x) else x for x in out["relevant_ids"]]
+    return out
 
 
 def ndcg_at_10(ranked_ids: list[str], relevant_ids: tuple[str, ...] | None) -> float | None:

@@ -21,21 +21,18 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from canary.core.deployment import ConfigRef, ControlLedger
-from canary.core.models import RouterState
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.producer import HealingProducer
 from canary.kafka.topics import Topics
 from canary.observability.metrics import RouterMetrics
 from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
-from router.backends.base import ExactSearchBackend, SearchBackend
+from router.backends.base import SearchBackend
 from router.backends.registry import BackendRegistry
 from router.control import ControlView
 from router.intake import RequestIntake, decode_request
-from router.membership import RequestGroup
-from router.offsets import OffsetTracker
 from router.outcomes import Delivery, OutcomePublisher, outcome_partition
 from router.requests import SearchRequest
 from router.runtime import STOP_STEP_S, bounded, cancel_and_wait, now_ms
@@ -164,7 +161,7 @@ class RouterService:
         )
         self.metrics.bind(
             control_lag=self.control.freshness.lag,
-            failsafe=lambda: float(self.control_stale),
+            failsafe=lambda: float(self.control.stale),
             in_flight=self.intake.in_flight,
         )
         self.metrics.intake_stalled.set_function(lambda: float(self.intake.group.stall is not None))
@@ -268,7 +265,7 @@ class RouterService:
             stall = self.intake.group.stall
             checks["consuming"] = (stall is None, "taking requests" if stall is None else stall.reason)
         lag = self.control.freshness.lag()
-        checks["control_fresh"] = (self.started and not self.control_stale, f"control view confirmed {lag:.1f} s ago")
+        checks["control_fresh"] = (self.started and not self.control.stale, f"control view confirmed {lag:.1f} s ago")
         failed = self.failure()
         replacing = self._producer is not None and self._producer.replacing
         redeliveries = self.intake.redeliveries
@@ -282,23 +279,7 @@ class RouterService:
         )
         return checks
 
-    # -- what the parts answer, under the names callers and tests use ---------------------------------------
-    @property
-    def control_stale(self) -> bool:
-        return self.control.stale
-
-    @property
-    def control_stale_after_s(self) -> float:
-        return self.control.freshness.stale_after_s
-
-    @property
-    def failsafe_reason(self) -> str | None:
-        """Why candidate traffic is held back right now, or None (view fresh, or no canary running)."""
-        return self.control.failsafe_reason
-
-    def current_state(self, answers: str | None, heartbeat: bool = False) -> RouterState:
-        return self.control.current_state(answers, heartbeat)
-
+    # -- the public API; everything else is asked of the part that owns it (control, searcher, intake) -----
     def route(self, request: SearchRequest) -> tuple[ConfigRef, ConfigUsed]:
         """Pick the arm for a request from the state as it is right now (one or several candidates)."""
         return self.searcher.route(request)
@@ -313,84 +294,3 @@ class RouterService:
     ) -> tuple[list[str], dict[str, Any]]:
         """The spec's in-process API (router.search.Searcher.execute_search)."""
         return await self.searcher.execute_search(query, collection_name, user_id, relevant_ids, request_id)
-
-    def backend_for(self, config: ConfigRef) -> SearchBackend:
-        """The backend that serves ``config`` (router.backends.registry)."""
-        return self.searcher.backend_for(config)
-
-    @property
-    def recall_sample_rates(self) -> dict[str, float]:
-        return self.searcher.recall_sample_rates
-
-    def watermark_now(self) -> int:
-        """The event time up to which every outcome of this router is enqueued (router/outcomes.py)."""
-        return self.outcomes.watermark_now()
-
-    @property
-    def reply(self) -> bool:
-        """Whether requests from Kafka are also answered on the responses topic."""
-        return self.intake.reply
-
-    @reply.setter
-    def reply(self, value: bool) -> None:
-        self.intake.reply = value
-
-    @property
-    def renew_after_s(self) -> float:
-        return self.intake.renew_after_s
-
-    @renew_after_s.setter
-    def renew_after_s(self, seconds: float) -> None:
-        self.intake.renew_after_s = seconds
-
-    @property
-    def max_renewals(self) -> int:
-        return self.intake.max_renewals
-
-    @max_renewals.setter
-    def max_renewals(self, count: int) -> None:
-        self.intake.max_renewals = count
-
-    # -- test hooks (tests and benches reach into these; kept so they need not change) ----------------------
-    @property
-    def _control_fresh_at(self) -> float:
-        return self.control.freshness.fresh_at
-
-    @_control_fresh_at.setter
-    def _control_fresh_at(self, monotonic_s: float) -> None:  # make the view stale or fresh
-        self.control.freshness.fresh_at = monotonic_s
-
-    @property
-    def _group(self) -> RequestGroup:
-        return self.intake.group
-
-    @_group.setter
-    def _group(self, group: RequestGroup) -> None:
-        self.intake.group = group
-
-    @property
-    def _offsets(self) -> OffsetTracker:
-        return self.intake.offsets
-
-    @property
-    def _renewals(self) -> int:
-        return self.intake.renewals
-
-    @_renewals.setter
-    def _renewals(self, count: int) -> None:
-        self.intake.renewals = count
-
-    @property
-    def _requests(self) -> AIOKafkaConsumer | None:  # None before start
-        return self.intake.consumer
-
-    async def _check_intake(self) -> None:
-        await self.intake.check()
-
-    def _exact_for(self, backend: SearchBackend, request: SearchRequest, arm: str) -> ExactSearchBackend | None:
-        return self.searcher.exact_for(backend, request, arm)
-
-    async def _handle(
-        self, request: SearchRequest, wait_ack: bool = True, check_collection: bool = False
-    ) -> tuple[list[str], ConfigUsed, asyncio.Future[Any], Delivery]:
-        return await self.searcher.handle(request, wait_ack, check_collection)

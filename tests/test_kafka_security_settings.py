@@ -211,11 +211,11 @@ def _uses(call: ast.Call, helper: str, keyword: str | None) -> bool:
 
 
 def test_every_kafka_client_is_built_from_client_kwargs() -> None:
-    """No client may be forgotten: each one in the product and the benchmarks takes its connection settings
-    (address, SASL, SSL) from canary.kafka.clients."""
+    """No client may be forgotten: each one in the product, the benchmarks and the dev tooling they call
+    (devtools/) takes its connection settings (address, SASL, SSL) from canary.kafka.clients."""
     offenders = []
     checked = 0
-    for package in ("canary", "router", "streams", "bench"):
+    for package in ("canary", "router", "streams", "bench", "devtools"):
         for path in sorted((ROOT / package).rglob("*.py")):
             for name, call in _client_calls(ast.parse(path.read_text())):
                 checked += 1

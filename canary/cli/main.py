@@ -76,14 +76,18 @@ def _named(args: argparse.Namespace) -> bool:
 
 
 def _resolve_broker(args: argparse.Namespace, settings: Settings) -> tuple[Any, list[Any]]:
-    """The broker a stop/status means, and the running brokers canary started here. Named (--port,
-    --data-dir) → that one. Otherwise the default port's if it runs, else the only other one running."""
+    """The broker a stop/status means, and the running brokers canary started here. Named by --data-dir →
+    that one; by --port alone → the one registered on that port (started with any --data-dir). Otherwise
+    the default port's if it runs, else the only other one running."""
     from devtools.broker import discover_brokers
 
     broker = _local_broker(args, settings)
-    if _named(args) or broker.running_info() is not None:
+    if broker.running_info() is not None or getattr(args, "data_dir", None):
         return broker, []
     running = discover_brokers(settings.home)
+    if _named(args):
+        # --port alone: the broker registered on that port, wherever its --data-dir was at start
+        return next((b for b in running if b.port == broker.port), broker), []
     return (running[0] if len(running) == 1 else broker), running
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+import msgspec
+
+from canary.core import structs
 from canary.core.validation import NO_VALUE, Section
-from canary.errors import ConfigError
+from canary.errors import ConfigError, InvalidEvent
 
 __all__ = ["BACKEND_TYPES", "PARAMS_MODES", "HttpBackendSpec", "parse_backend"]
 
@@ -62,8 +64,7 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class HttpBackendSpec:
+class HttpBackendSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``backend: {type: http, url, timeout_ms, params, max_connections, max_results, exact_url}``.
 
     ``params`` says how the arm's parameters are sent: ``body`` – ``POST url`` with a JSON body ``{"query",
@@ -79,6 +80,7 @@ class HttpBackendSpec:
     max_connections: int = 64
     max_results: int = 100
     exact_url: str | None = None
+    type: Literal["http"] = "http"
 
     def __post_init__(self) -> None:
         for name, value in (("url", self.url), ("exact_url", self.exact_url)):
@@ -96,35 +98,23 @@ class HttpBackendSpec:
         if self.params not in PARAMS_MODES:
             raise ConfigError(f"backend.params = {self.params!r}: must be one of {', '.join(PARAMS_MODES)}")
 
-    @property
-    def type(self) -> str:
-        return "http"
-
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": "http",
-            "url": self.url,
-            "timeout_ms": self.timeout_ms,
-            "params": self.params,
-            "max_connections": self.max_connections,
-            "max_results": self.max_results,
-            "exact_url": self.exact_url,
-        }
+        d: dict[str, Any] = {"type": self.type}  # first, as snapshots have always written it
+        d.update(msgspec.to_builtins(self))
+        return d
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> HttpBackendSpec:
-        """From a snapshot's ``backend`` (already validated by the preset parser; checked again here)."""
-        extra = set(raw) - {"type", "url", "timeout_ms", "params", "max_connections", "max_results", "exact_url"}
-        if raw.get("type") != "http" or extra:
-            raise ConfigError(f"backend = {dict(raw)!r:.200}: not an http backend section")
-        return cls(
-            url=raw.get("url"),  # type: ignore[arg-type]  # __post_init__ checks every field
-            timeout_ms=raw.get("timeout_ms", 1000),
-            params=raw.get("params", "body"),
-            max_connections=raw.get("max_connections", 64),
-            max_results=raw.get("max_results", 100),
-            exact_url=raw.get("exact_url"),
-        )
+        """From a snapshot's ``backend`` (already validated by the preset parser; checked again here).
+        ConfigError naming the field (what a backend section is refused with, wherever it comes from)."""
+        try:
+            if not isinstance(raw, Mapping) or raw.get("type") != "http":  # written, not defaulted
+                raise InvalidEvent(
+                    f"backend.type: must be http, got {raw.get('type') if isinstance(raw, Mapping) else raw!r:.100}"
+                )
+            return structs.convert(cls, raw, "backend")
+        except InvalidEvent as exc:
+            raise ConfigError(f"backend = {raw!r:.200}: not an http backend section ({exc})") from None
 
 
 def _bounded_int(s: Section, key: str, default: int, bounds: tuple[int, int]) -> int:

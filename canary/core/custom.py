@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
 import numpy as np
 
 from canary.core.evidence import RECALL_BINS
@@ -59,13 +60,8 @@ class CustomMetric:
         return min(max((value - self.low) / (self.high - self.low), 0.0), 1.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "aggregation": self.aggregation,
-            "low": self.low,
-            "high": self.high,
-            "description": self.description,
-        }
+        d: dict[str, Any] = msgspec.to_builtins(self)
+        return d
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,10 +45,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
-import msgspec.structs
+import msgspec
+from msgspec import Meta
 
+from canary.core import structs
 from canary.core.aggregations import WindowStats
 from canary.core.evidence import (
     NEG_INF,
@@ -58,7 +60,7 @@ from canary.core.evidence import (
     rate_lower_bound,
     rate_upper_bound,
 )
-from canary.core.models import JSONDict, Outcome, RuleVerdict, WindowResult, iso_ms
+from canary.core.models import Count, JSONDict, Outcome, RuleVerdict, WindowResult, iso_ms
 from canary.core.ruletest import RateSample, RuleTest, Sample
 from canary.core.slo import (
     _OPS,
@@ -380,12 +382,55 @@ class _Strongest:
     start: int
     stats: WindowStats
 
-    def to_dict(self) -> JSONDict:
-        return {"log_e": _finite(self.log_e), "start": self.start, "stats": self.stats.to_dict()}
+    def state(self) -> StrongestState:
+        return StrongestState(_finite(self.log_e), self.start, self.stats.to_dict())
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> _Strongest:
-        return cls(float(d["log_e"]), int(d["start"]), WindowStats.from_dict(d["stats"]))
+
+# -- the checkpoint ---------------------------------------------------------------------------------------------
+#
+# What the SLO agent persists per deployment (its table entry; canary.pipeline.decisions.DecisionStep.state)
+# and restores after a restart or rebalance, declared once. Window statistics and the policy stay JSON
+# objects here: their encodings belong to canary.core.aggregations (WindowStats) and the slo grammar
+# (SLOPolicy.from_dict), which read them after this declaration has checked the rest. A checkpoint written
+# before the change detector (no regime_*, recent, strongest, last_good_recent) restores with those empty.
+
+StartKey = Annotated[str, Meta(pattern=r"^-?[0-9]{1,19}$", description="a window start, epoch ms, as text")]
+StatsState = JSONDict  # WindowStats.to_dict()
+
+
+class StrongestState(msgspec.Struct, frozen=True):
+    log_e: float
+    start: int
+    stats: StatsState
+
+
+class JudgeState(msgspec.Struct, frozen=True, kw_only=True):
+    """A :class:`DeploymentJudge` as its checkpoint carries it (``to_dict`` / ``from_dict``)."""
+
+    deployment_id: Annotated[str, Meta(min_length=1)]
+    policy: JSONDict  # SLOPolicy.to_dict()
+    candidate: StatsState
+    baseline: StatsState
+    candidate_windows: Count
+    last_judged_start: int | None
+    last_baseline_start: int | None
+    pending_baseline: dict[StartKey, StatsState]
+    baseline_values: dict[StartKey, dict[str, float | None]]
+    waiting: list[tuple[JSONDict, int]]  # (WindowResult.to_dict(), arrival ms)
+    streaks: dict[str, list[JSONDict]]
+    insufficient_windows: Count
+    insufficient_samples: Count
+    rolled_back: bool
+    pauses: Count
+    baseline_wait_ms: Count = 2000
+    regime_start_ms: int | None = None
+    regime_index: Count = 0
+    next_regime_ms: int | None = None
+    recent: list[tuple[int, StatsState]] = []
+    strongest: dict[str, StrongestState] = {}
+    last_good_recent: dict[StartKey, StatsState] = {}
+    # Free-form (the shock's rule, state and windows); anything but an object reads as no shock, as before.
+    shock: Any = None
 
 
 @dataclass
@@ -890,67 +935,79 @@ class DeploymentJudge:
         return len(self.streaks.get(rule, []))
 
     # -- persistence ------------------------------------------------------------------------------------------
+    def state(self) -> JudgeState:
+        return JudgeState(
+            deployment_id=self.deployment_id,
+            policy=self.policy.to_dict(),
+            candidate=self.candidate.to_dict(),
+            baseline=self.baseline.to_dict(),
+            candidate_windows=self.candidate_windows,
+            last_judged_start=self.last_judged_start,
+            last_baseline_start=self.last_baseline_start,
+            pending_baseline={str(k): v.to_dict() for k, v in sorted(self.pending_baseline.items())},
+            baseline_values={str(k): v for k, v in sorted(self.baseline_values.items())},
+            waiting=[(w.to_dict(), a) for w, a in self.waiting],
+            streaks=self.streaks,
+            insufficient_windows=self.insufficient_windows,
+            insufficient_samples=self.insufficient_samples,
+            rolled_back=self.rolled_back,
+            pauses=self.pauses,
+            baseline_wait_ms=self.baseline_wait_ms,
+            regime_start_ms=self.regime_start_ms,
+            regime_index=self.regime_index,
+            next_regime_ms=self.next_regime_ms,
+            recent=[(s, w.to_dict()) for s, w in self.recent],
+            strongest={k: v.state() for k, v in sorted(self.strongest.items())},
+            last_good_recent={str(k): v.to_dict() for k, v in sorted(self.last_good_recent.items())},
+            shock=self.shock,
+        )
+
     def to_dict(self) -> JSONDict:
-        return {
-            "deployment_id": self.deployment_id,
-            "policy": self.policy.to_dict(),
-            "candidate": self.candidate.to_dict(),
-            "baseline": self.baseline.to_dict(),
-            "candidate_windows": self.candidate_windows,
-            "last_judged_start": self.last_judged_start,
-            "last_baseline_start": self.last_baseline_start,
-            "pending_baseline": {str(k): v.to_dict() for k, v in sorted(self.pending_baseline.items())},
-            "baseline_values": {str(k): v for k, v in sorted(self.baseline_values.items())},
-            "waiting": [[w.to_dict(), a] for w, a in self.waiting],
-            "streaks": self.streaks,
-            "insufficient_windows": self.insufficient_windows,
-            "insufficient_samples": self.insufficient_samples,
-            "rolled_back": self.rolled_back,
-            "pauses": self.pauses,
-            "baseline_wait_ms": self.baseline_wait_ms,
-            "regime_start_ms": self.regime_start_ms,
-            "regime_index": self.regime_index,
-            "next_regime_ms": self.next_regime_ms,
-            "recent": [[s, w.to_dict()] for s, w in self.recent],
-            "strongest": {k: v.to_dict() for k, v in sorted(self.strongest.items())},
-            "last_good_recent": {str(k): v.to_dict() for k, v in sorted(self.last_good_recent.items())},
-            "shock": self.shock,
-        }
+        d: JSONDict = msgspec.to_builtins(self.state())
+        d["waiting"] = [list(pair) for pair in d["waiting"]]  # to_builtins keeps tuples; the JSON has lists
+        d["recent"] = [list(pair) for pair in d["recent"]]
+        return d
+
+    @classmethod
+    def from_state(cls, st: JudgeState) -> DeploymentJudge:
+        """The judge a checkpoint describes; InvalidEvent if a nested record (policy, window, statistics)
+        is malformed."""
+        stats = WindowStats.from_dict
+        return cls(
+            deployment_id=st.deployment_id,
+            policy=SLOPolicy.from_dict(st.policy),
+            candidate=stats(st.candidate),
+            baseline=stats(st.baseline),
+            candidate_windows=st.candidate_windows,
+            last_judged_start=st.last_judged_start,
+            last_baseline_start=st.last_baseline_start,
+            pending_baseline={int(k): stats(v) for k, v in st.pending_baseline.items()},
+            baseline_values={int(k): dict(v) for k, v in st.baseline_values.items()},
+            waiting=[(WindowResult.from_dict(w), a) for w, a in st.waiting],
+            streaks={k: list(v) for k, v in st.streaks.items()},
+            insufficient_windows=st.insufficient_windows,
+            insufficient_samples=st.insufficient_samples,
+            rolled_back=st.rolled_back,
+            pauses=st.pauses,
+            baseline_wait_ms=st.baseline_wait_ms,
+            regime_start_ms=st.regime_start_ms,
+            regime_index=st.regime_index,
+            next_regime_ms=st.next_regime_ms,
+            recent=[(s, stats(w)) for s, w in st.recent],
+            strongest={k: _Strongest(v.log_e, v.start, stats(v.stats)) for k, v in st.strongest.items()},
+            last_good_recent={int(k): stats(v) for k, v in st.last_good_recent.items()},
+            shock=dict(st.shock) if isinstance(st.shock, Mapping) else None,
+        )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DeploymentJudge:
-        def opt_int(v: Any) -> int | None:
-            return None if v is None else int(v)
-
+        """A checkpoint as :meth:`to_dict` writes it (today's or an older one); InvalidEvent naming the
+        field otherwise."""
+        state = structs.convert(JudgeState, d, "DeploymentJudge")
         try:
-            return cls(
-                deployment_id=str(d["deployment_id"]),
-                policy=SLOPolicy.from_dict(d["policy"]),
-                candidate=WindowStats.from_dict(d["candidate"]),
-                baseline=WindowStats.from_dict(d["baseline"]),
-                candidate_windows=int(d["candidate_windows"]),
-                last_judged_start=opt_int(d["last_judged_start"]),
-                last_baseline_start=opt_int(d["last_baseline_start"]),
-                pending_baseline={int(k): WindowStats.from_dict(v) for k, v in d["pending_baseline"].items()},
-                baseline_values={int(k): dict(v) for k, v in d["baseline_values"].items()},
-                waiting=[(WindowResult.from_dict(w), int(a)) for w, a in d["waiting"]],
-                streaks={str(k): [dict(e) for e in v] for k, v in d["streaks"].items()},
-                insufficient_windows=int(d["insufficient_windows"]),
-                insufficient_samples=int(d["insufficient_samples"]),
-                rolled_back=bool(d["rolled_back"]),
-                pauses=int(d["pauses"]),
-                baseline_wait_ms=int(d.get("baseline_wait_ms", 2000)),
-                # Absent in checkpoints from before the change detector: judging resumes from an empty history.
-                regime_start_ms=opt_int(d.get("regime_start_ms")),
-                regime_index=int(d.get("regime_index", 0)),
-                next_regime_ms=opt_int(d.get("next_regime_ms")),
-                recent=[(int(s), WindowStats.from_dict(w)) for s, w in d.get("recent", [])],
-                strongest={str(k): _Strongest.from_dict(v) for k, v in d.get("strongest", {}).items()},
-                last_good_recent={int(k): WindowStats.from_dict(v) for k, v in d.get("last_good_recent", {}).items()},
-                shock=dict(shock) if isinstance(shock := d.get("shock"), Mapping) else None,
-            )
-        except SHAPE_ERRORS as exc:
-            raise InvalidEvent(f"DeploymentJudge: malformed state ({exc!r})") from None
+            return cls.from_state(state)
+        except InvalidEvent as exc:  # a nested record: say whose checkpoint it was in
+            raise InvalidEvent(f"DeploymentJudge(deployment_id={state.deployment_id!r:.200}): {exc}") from None
 
 
 def _shock_test(rule: SLORule, now: WindowStats, reference: WindowStats, alpha: float) -> tuple[bool, JSONDict]:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import math
 import re
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from canary.core import structs
 from canary.errors import InvalidEvent
 
 JSONDict = dict[str, Any]
@@ -161,109 +160,10 @@ def _safe(record: str, field: str, value: str | None) -> None:
         _SAFE_SEEN.add(value)
 
 
-def _finite(record: str, field: str, value: float | None) -> None:
-    if value is not None and not math.isfinite(value):
-        raise InvalidEvent(f"{record}.{field}: must be finite, got {value!r}")
-
-
-_TYPE_WORDS = {
-    "int": "expected an integer",
-    "float": "expected a number",
-    "str": "expected a string",
-    "bool": "expected true/false",
-    "object": "expected an object",
-    "array": "expected a list",
-}
-_EXPECTED = re.compile(r"Expected `(?P<type>[a-z]+)(?: \| null)?`(?P<rest>.*)")
-_BOUND = re.compile(r" (?P<op>>=|<=) (?P<num>\S+)$")
-_LENGTH = re.compile(r" of length (?P<op>>=|<=) (?P<num>\d+)$")
-_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-
-
-def _literals(cls: type[msgspec.Struct]) -> dict[str, tuple[tuple[Any, ...], bool]]:
-    """Per field of ``cls`` with a closed set: its values, and whether null is allowed too."""
-    out: dict[str, tuple[tuple[Any, ...], bool]] = {}
-    for f in msgspec.structs.fields(cls):
-        options = typing.get_args(f.type) if typing.get_origin(f.type) in (Union, types.UnionType) else (f.type,)
-        values = [v for o in options if typing.get_origin(o) is Literal for v in typing.get_args(o)]
-        if values:  # in the order the Literal declares them (inspect sorts them)
-            out[f.encode_name] = (tuple(values), type(None) in options)
-    return out
-
-
-def _reason(message: str, field: str, literals: dict[str, tuple[tuple[Any, ...], bool]]) -> str:
-    """msgspec's refusal in the words the contract uses (docs/contracts.md, "Poison messages")."""
-    if field in literals and (message.startswith("Invalid enum value") or ", got `" in message):
-        values, nullable = literals[field]
-        return f"must be one of {', '.join(map(str, values))}" + (" or null" if nullable else "")
-    m = _EXPECTED.match(message)
-    if m is None:
-        return message[:1].lower() + message[1:]
-    kind, rest = m["type"], m["rest"]
-    if rest.startswith(", got"):
-        return _TYPE_WORDS.get(kind, f"expected {kind}") + (" or null" if kind == "object" else "")
-    if (n := _LENGTH.search(rest)) is not None:
-        if kind == "str" and n["op"] == ">=" and n["num"] == "1":
-            return "must not be empty"
-        least = "at most" if n["op"] == "<=" else "at least"
-        return f"expected {least} {n['num']} {'characters' if kind == 'str' else 'items'}"
-    if (b := _BOUND.search(rest)) is not None:
-        num = b["num"]
-        return f"must be {b['op']} {float(num):g}" if kind == "float" else f"must be {b['op']} {num}"
-    return message[:1].lower() + message[1:]
-
-
-def _invalid(record: str, data: Mapping[str, Any], exc: msgspec.ValidationError, literals: Any) -> InvalidEvent:
-    """A msgspec refusal as :class:`InvalidEvent` naming the message, the top-level field and its value."""
-    message = str(exc)
-    missing = re.match(r"Object missing required field `([^`]+)`(?: - at `\$(.*)`)?$", message)
-    if missing is not None:
-        where = f"{missing[2]}.{missing[1]}".lstrip(".") if missing[2] else missing[1]
-        return InvalidEvent(f"{record}.{where}: required field is missing")
-    path_m = _PATH.search(message)
-    if path_m is None:
-        return InvalidEvent(f"{record}: {message}")
-    steps = [(name, int(idx) if idx else None) for name, idx in _STEP.findall(path_m["path"])]
-    message = message[: path_m.start()]
-    if not steps or not steps[0][0]:
-        return InvalidEvent(f"{record}: {message}")
-    field = steps[0][0]
-    value = data.get(field)
-    reason = _reason(message, field, literals)
-    if isinstance(value, float) and not math.isfinite(value):
-        reason = "must be finite"
-    elif len(steps) > 1:  # an item inside a list or an object: say which, keep the top field's name
-        inner = "".join(f"[{i}]" if i is not None else f".{n}" for n, i in steps[1:])
-        reason = f"expected every item valid: {inner}: {reason}"
-    return InvalidEvent(f"{record}.{field}: {reason}, got {value!r:.200}")
-
-
-def _nullable(cls: type[msgspec.Struct]) -> tuple[str, ...]:
-    """The fields of ``cls`` that may be null: a record may leave them out (an older or terser producer)."""
-    out = []
-    for f in msgspec.structs.fields(cls):
-        options = typing.get_args(f.type) if typing.get_origin(f.type) in (Union, types.UnionType) else (f.type,)
-        if type(None) in options and f.required:
-            out.append(f.encode_name)
-    return tuple(out)
-
-
-def _convert(cls: type[_M], record: str, data: object, literals: Any, *finite: str) -> _M:
-    """``data`` as ``cls``, or :class:`InvalidEvent` naming ``record``, the field and the value. ``finite``:
-    float fields whose bounds (if any) let an infinity through (a parsed NaN/Infinity literal)."""
-    if not isinstance(data, Mapping):
-        raise InvalidEvent(f"{record}: expected a JSON object, got {type(data).__name__}: {data!r:.200}")
-    nullable = _NULLABLE[cls]
-    if not all(name in data for name in nullable):
-        data = {**dict.fromkeys(nullable), **data}
-    try:
-        message = msgspec.convert(data, cls)
-        for name in finite:
-            _finite(record, name, getattr(message, name))
-        return message
-    except msgspec.ValidationError as exc:
-        raise _invalid(record, data, exc, literals) from None
+def _convert(cls: type[_M], record: str, data: object, *finite: str) -> _M:
+    """``data`` as ``cls`` through the one gate (:func:`canary.core.structs.convert`); a nullable field may be
+    left out (an older or terser producer)."""
+    return structs.convert(cls, data, record, finite_fields=finite, fill_nullable=True)
 
 
 def _with_iso_times(record: str, data: object, *pairs: tuple[str, str]) -> object:
@@ -410,7 +310,7 @@ class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
         event_id = d.get("event_id") if isinstance(d, Mapping) else None
         if isinstance(d, Mapping) and "kind" in d:  # as before: an unknown field to an outcome's reader
             d = {k: v for k, v in d.items() if k != "kind"}
-        return _convert(cls, f"SearchOutcome(event_id={event_id!r:.200})", d, _LITERALS[cls], "latency_ms")
+        return _convert(cls, f"SearchOutcome(event_id={event_id!r:.200})", d, "latency_ms")
 
 
 WatermarkStatus = Literal["start", "running", "stop"]
@@ -442,7 +342,7 @@ class RouterWatermark(msgspec.Struct, frozen=True):
     def from_dict(cls, d: Mapping[str, Any]) -> RouterWatermark:
         if isinstance(d, Mapping) and d.get("kind") != "watermark":
             raise InvalidEvent(f"RouterWatermark.kind: expected 'watermark', got {d.get('kind')!r:.200}")
-        return _convert(cls, "RouterWatermark", d, _LITERALS[cls])
+        return _convert(cls, "RouterWatermark", d)
 
 
 class RuleVerdict(msgspec.Struct, frozen=True):
@@ -464,7 +364,7 @@ class RuleVerdict(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RuleVerdict:
-        return _convert(cls, "RuleVerdict", d, _LITERALS[cls], "threshold", "value")
+        return _convert(cls, "RuleVerdict", d, "threshold", "value")
 
 
 class WindowResult(msgspec.Struct, frozen=True):
@@ -532,7 +432,7 @@ class WindowResult(msgspec.Struct, frozen=True):
             data = {"late_count": 0, **data, "verdicts": tuple(RuleVerdict.from_dict(v) for v in verdicts)}
             if data["late_count"] is None:
                 data["late_count"] = 0
-        return _convert(cls, "WindowResult", data, _LITERALS[cls], "p95_ms")
+        return _convert(cls, "WindowResult", data, "p95_ms")
 
 
 class ControlCommand(msgspec.Struct, frozen=True):
@@ -562,7 +462,7 @@ class ControlCommand(msgspec.Struct, frozen=True):
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ControlCommand:
         data = _with_iso_times("ControlCommand", d, ("issued_at_ms", "issued_at"))
-        return _convert(cls, "ControlCommand", data, _LITERALS[cls])
+        return _convert(cls, "ControlCommand", data)
 
 
 class RouterState(msgspec.Struct, frozen=True):
@@ -601,7 +501,7 @@ class RouterState(msgspec.Struct, frozen=True):
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RouterState:
         data = _with_iso_times("RouterState", d, ("applied_at_ms", "applied_at"))
-        return _convert(cls, "RouterState", data, _LITERALS[cls])
+        return _convert(cls, "RouterState", data)
 
 
 WIRE_MESSAGES: tuple[type[msgspec.Struct], ...] = (
@@ -613,6 +513,3 @@ WIRE_MESSAGES: tuple[type[msgspec.Struct], ...] = (
     RouterState,
 )
 """The messages declared here, in the order docs/contracts.md lists their schemas."""
-
-_LITERALS = {cls: _literals(cls) for cls in WIRE_MESSAGES}
-_NULLABLE = {cls: _nullable(cls) for cls in WIRE_MESSAGES}

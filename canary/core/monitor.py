@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgspec
+
 from canary.core.judge import Judge
 from canary.core.models import JSONDict, WindowResult, iso_ms
 from canary.core.policy import SLORule, default_policy, default_rules, policy_from_slo_section
@@ -29,16 +31,8 @@ class SLOViolation:
     deployment_id: str | None
 
     def to_dict(self) -> JSONDict:
-        return {
-            "rule_name": self.rule_name,
-            "metric": self.metric,
-            "metric_value": self.metric_value,
-            "threshold": self.threshold,
-            "operator": self.operator,
-            "window_start": self.window_start,
-            "config_name": self.config_name,
-            "deployment_id": self.deployment_id,
-        }
+        d: JSONDict = msgspec.to_builtins(self)
+        return d
 
 
 class SLOMonitor:

@@ -36,10 +36,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
+import msgspec
+from msgspec import Meta
+
+from canary.core import structs
 from canary.core.models import WindowKey
-from canary.errors import SHAPE_ERRORS, ConfigError, InvalidEvent
+from canary.errors import ConfigError, InvalidEvent
 
 ROLLOUT_ID_PREFIX: Final = "rollout-"
 GATES: Final = ("auto", "manual")
@@ -84,25 +88,21 @@ def is_rollout_command_id(command_id: str) -> bool:
     return command_id.startswith(ROLLOUT_ID_PREFIX)
 
 
-@dataclass(frozen=True, slots=True)
-class RolloutStep:
+class RolloutStep(msgspec.Struct, frozen=True):
     weight: float
     min_windows: int = DEFAULT_MIN_WINDOWS
     min_duration_s: float = 0.0
     gate: Gate = "auto"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "weight": self.weight,
-            "min_windows": self.min_windows,
-            "min_duration_s": self.min_duration_s,
-            "gate": self.gate,
-        }
+        d: dict[str, Any] = msgspec.to_builtins(self)
+        return d
 
 
-@dataclass(frozen=True, slots=True)
-class RolloutPlan:
-    """Validated on construction: weights strictly increase within (0, 1], durations are consistent."""
+class RolloutPlan(msgspec.Struct, frozen=True):
+    """A snapshot's ``rollout`` section, declared once (the preset parser reports every problem of a file
+    with :func:`plan_problems`; a snapshot read back goes through :meth:`from_dict`). Validated on
+    construction and on decoding: weights strictly increase within (0, 1], durations are consistent."""
 
     steps: tuple[RolloutStep, ...]
     min_total_duration_s: float = DEFAULT_MIN_TOTAL_DURATION_S
@@ -125,35 +125,15 @@ class RolloutPlan:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "steps": [s.to_dict() for s in self.steps],
-            "min_total_duration_s": self.min_total_duration_s,
-            "max_duration_s": self.max_duration_s,
-            "auto_promote": self.auto_promote,
-        }
+        d: dict[str, Any] = msgspec.to_builtins(self)
+        d["steps"] = list(d["steps"])  # to_builtins keeps a tuple a tuple; the JSON value is a list
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RolloutPlan:
-        """From a snapshot's ``rollout`` section (already validated when the preset loaded; checked again)."""
-        try:
-            steps = tuple(
-                RolloutStep(
-                    float(s["weight"]),
-                    int(s.get("min_windows", DEFAULT_MIN_WINDOWS)),
-                    float(s.get("min_duration_s", 0.0)),
-                    s.get("gate", "auto"),
-                )
-                for s in d["steps"]
-            )
-            max_duration = d.get("max_duration_s")
-            return cls(
-                steps,
-                float(d.get("min_total_duration_s", DEFAULT_MIN_TOTAL_DURATION_S)),
-                None if max_duration is None else float(max_duration),
-                bool(d.get("auto_promote", True)),
-            )
-        except SHAPE_ERRORS as exc:
-            raise InvalidEvent(f"RolloutPlan: malformed ({exc!r})") from None
+        """From a snapshot's ``rollout`` section (validated when the preset loaded; checked again here):
+        InvalidEvent naming a field of the wrong type, ConfigError naming one out of the plan's rules."""
+        return structs.convert(cls, d, "RolloutPlan")
 
 
 def plan_problems(
@@ -335,17 +315,24 @@ class RolloutTracker:
         return sorted(self.counted_windows)[:need] if need else []
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "counted": self.counted, "counted_windows": list(self.counted_windows)}
+        d: dict[str, Any] = msgspec.to_builtins(RolloutProgress(self.step, self.counted, list(self.counted_windows)))
+        return d
 
     @classmethod
     def from_dict(cls, plan: RolloutPlan, d: Mapping[str, Any]) -> RolloutTracker:
-        try:
-            step = int(d["step"])
-            if not 0 <= step < len(plan.steps):
-                raise ValueError(f"step {step} outside the plan's {len(plan.steps)} steps")
-            return cls(plan, step, int(d["counted"]), [int(w) for w in d.get("counted_windows", [])])
-        except SHAPE_ERRORS as exc:
-            raise InvalidEvent(f"RolloutTracker: malformed state ({exc!r})") from None
+        """The tracker of ``plan`` at the progress a checkpoint holds; InvalidEvent naming the field."""
+        progress = structs.convert(RolloutProgress, d, "RolloutTracker")
+        if progress.step >= len(plan.steps):
+            raise InvalidEvent(f"RolloutTracker.step: outside the plan's {len(plan.steps)} steps, got {progress.step}")
+        return cls(plan, progress.step, progress.counted, list(progress.counted_windows))
+
+
+class RolloutProgress(msgspec.Struct, frozen=True):
+    """A :class:`RolloutTracker`'s checkpoint (next to the judge's, in the SLO agent's table entry)."""
+
+    step: Annotated[int, Meta(ge=0)]
+    counted: Annotated[int, Meta(ge=0)]
+    counted_windows: list[int] = []  # absent in checkpoints from before the field
 
 
 def candidate_window_id(deployment_id: str, config_name: str, window_start_ms: int) -> str:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
+
+from canary.core import structs
 from canary.core.custom import CustomMetric, CustomStats
 from canary.core.models import JSONDict, Outcome, RuleVerdict, WindowResult
 from canary.core.policy import (
@@ -47,7 +49,6 @@ from canary.core.policy import (
     rules_from_slo_section,
     with_plan,
 )
-from canary.errors import SHAPE_ERRORS, InvalidEvent
 
 __all__ = [
     "BASELINES",
@@ -212,9 +213,14 @@ def shock_resume_command_id(deployment_id: str, window_start_ms: int) -> str:
     return f"{SHOCK_RESUME_PREFIX}{deployment_id}-{window_start_ms}"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """A command the judge decided on (``rollback`` or ``pause``), with the numbers behind it."""
+# What a decision is: the judge's (rollback, pause for too little data, a shock shared with last_good and the
+# resume after it) and a rollout plan's steps (canary.core.rollout's actions other than "hold").
+DecisionType = Literal["rollback", "pause", "shock", "recover", "advance", "gate", "promote", "expire"]
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """A command the judge (or a rollout plan) decided on — ``rollback``, ``pause``, ``resume``, a plan's
+    ``advance`` … — with the numbers behind it; a judgement's ``decision`` on ``canary_verdicts``."""
 
     deployment_id: str
     rule: str
@@ -222,30 +228,13 @@ class Decision:
     evidence: JSONDict
     window_id: str
     command_id: str
-    type: str = "rollback"
+    type: DecisionType = "rollback"
 
     def to_dict(self) -> JSONDict:
-        return {
-            "deployment_id": self.deployment_id,
-            "type": self.type,
-            "rule": self.rule,
-            "reason": self.reason,
-            "evidence": self.evidence,
-            "window_id": self.window_id,
-            "command_id": self.command_id,
-        }
+        d: JSONDict = {"deployment_id": self.deployment_id, "type": self.type}  # the fields' order on the wire
+        d.update(msgspec.to_builtins(self))
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Decision:
-        try:
-            return cls(
-                str(d["deployment_id"]),
-                str(d["rule"]),
-                str(d["reason"]),
-                dict(d["evidence"]),
-                str(d["window_id"]),
-                str(d["command_id"]),
-                str(d.get("type", "rollback")),
-            )
-        except SHAPE_ERRORS as exc:
-            raise InvalidEvent(f"Decision: malformed ({exc!r})") from None
+        return structs.convert(cls, d, "Decision")

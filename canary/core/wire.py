@@ -22,8 +22,10 @@ parsers behind it (orjson, then the standard library's ``json`` for what orjson 
 literals Python writes) therefore never meet a nesting that could exhaust the interpreter's recursion
 limit; a 6 kB ``[[[…]]]`` used to stop every router with ``RecursionError``.
 
-Field validation stays in the models (``canary.core.models``, ``router.requests``): they raise
-:class:`~canary.errors.InvalidEvent`, which consumers report as ``invalid``. :func:`dead_letter` builds the
+Field validation stays with the records, each declared once as a ``msgspec.Struct`` (``canary.core.models``,
+``router.requests``, ``canary.core.judge`` …) and built through one gate, :func:`canary.core.structs.convert`:
+it raises :class:`~canary.errors.InvalidEvent` naming the field, which consumers report as ``invalid``
+(:func:`rejection_of`). :func:`dead_letter` builds the
 one dead-letter record format every consumer writes (docs/contracts.md, "Dead letters").
 """
 

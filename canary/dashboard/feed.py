@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from canary.control import ControlFold
@@ -76,16 +77,8 @@ class WindowArrival:
     failed: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "window_id": self.window_id,
-            "deployment_id": self.deployment_id,
-            "arm": self.arm,
-            "window_end_ms": self.window_end_ms,
-            "emitted_at_ms": self.emitted_at_ms,
-            "judged_at_ms": self.judged_at_ms,
-            "received_at_ms": self.received_at_ms,
-            "failed": self.failed,
-        }
+        d: dict[str, Any] = msgspec.to_builtins(self)
+        return d
 
 
 @dataclass

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from canary.core.deployment import ControlLedger
 from canary.core.judge import DeploymentJudge, Judge, Judgement
-from canary.core.models import ControlCommand, JSONDict, WindowResult
+from canary.core.models import CommandType, ControlCommand, JSONDict, WindowResult
 from canary.core.rollout import RolloutTracker, candidate_window_id, plan_of_snapshot
-from canary.core.slo import Decision, is_shock_pause
+from canary.core.slo import Decision, DecisionType, is_shock_pause
 from canary.errors import CanaryError
 from canary.pipeline.policies import PolicyBook
 
@@ -44,7 +44,7 @@ class Issue:
 
 # Decision type → the command it becomes (rollout gates and expiry, and a shock shared with last_good, are
 # pauses; last_good's recovery from such a shock is a resume).
-COMMAND_OF: dict[str, str] = {
+COMMAND_OF: dict[DecisionType, CommandType] = {
     "rollback": "rollback",
     "pause": "pause",
     "gate": "pause",
@@ -69,7 +69,7 @@ def decision_command(decision: Decision, ledger: ControlLedger, issued_at_ms: in
         weight = float(decision.evidence["weight"])
     return ControlCommand(
         command_id=decision.command_id,
-        type=command_type,  # type: ignore[arg-type]
+        type=command_type,
         deployment_id=decision.deployment_id,
         candidate_config=None,
         candidate_config_hash=dep.candidate.content_hash if dep else None,
@@ -171,7 +171,8 @@ class DecisionStep:
         failing = any(v.outcome in ("fail", "shared") for v in w.verdicts)
         starved = w.response_count < self.policies.policy(dep.deployment_id).min_samples
         step = tracker.observe(view, w.window_start_ms, w.window_end_ms, failing, starved)
-        if step.command_id is None:
+        action = step.action
+        if step.command_id is None or action == "hold":  # a hold publishes nothing
             return None
         evidence: JSONDict = {
             "rollout_step": step.step,
@@ -183,7 +184,7 @@ class DecisionStep:
             # The ledger holds the command to the plan by these: distinct windows inside the step.
             evidence["windows"] = [candidate_window_id(dep.deployment_id, w.config_name, s) for s in tracker.cited()]
             evidence["window_ms"] = w.window_end_ms - w.window_start_ms
-        return Decision(dep.deployment_id, "rollout", step.reason, evidence, w.window_id, step.command_id, step.action)
+        return Decision(dep.deployment_id, "rollout", step.reason, evidence, w.window_id, step.command_id, action)
 
     def restore(self, deployment_id: str, state: JSONDict | None) -> None:
         """Make ``state`` (a checkpoint, e.g. the SLO agent's table entry) the deployment's judge and rollout

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import msgspec
+
 from canary.core import wire
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
@@ -66,7 +68,8 @@ class PipelineWarning:
     count: int
 
     def to_dict(self) -> JSONDict:
-        return {"code": self.code, "message": self.message, "count": self.count}
+        d: JSONDict = msgspec.to_builtins(self)
+        return d
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
 from canary.core.models import JSONDict
 from canary.core.windows import GRACE_MS, IDLE_WINDOWS, WINDOW_MS
 
@@ -37,13 +39,8 @@ class PipelineSettings:
         return self.window_ms + self.grace_ms
 
     def to_dict(self) -> JSONDict:
-        return {
-            "window_ms": self.window_ms,
-            "grace_ms": self.grace_ms,
-            "idle_windows": self.idle_windows,
-            "batch_max": self.batch_max,
-            "batch_span_ms": self.batch_span_ms,
-        }
+        d: JSONDict = msgspec.to_builtins(self)
+        return d
 
 
 DEFAULTS = PipelineSettings()

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
 from canary.pipeline.decisions import SLO_AGENT
 from canary.pipeline.loop import PipelineDecision
@@ -366,14 +368,8 @@ class DecisionChange:
     windows_with_changed_verdicts: int
 
     def to_dict(self) -> JSONDict:
-        return {
-            "deployment_id": self.deployment_id,
-            "baseline": self.baseline,
-            "backtest": self.backtest,
-            "changed": self.changed,
-            "summary": self.summary,
-            "windows_with_changed_verdicts": self.windows_with_changed_verdicts,
-        }
+        d: JSONDict = msgspec.to_builtins(self)
+        return d
 
 
 def decision_text(d: PipelineDecision | None) -> str:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+import msgspec
+
 from canary.control import fold_records
 from canary.core.deployment import ControlLedger, Deployment
 from canary.core.judge import Judgement
@@ -51,17 +53,8 @@ class CommandEntry:
     note: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "command_id": self.command_id,
-            "type": self.type,
-            "issued_at_ms": self.issued_at_ms,
-            "issued_by": self.issued_by,
-            "reason": self.reason,
-            "evidence": self.evidence,
-            "weight": self.weight,
-            "applied": self.applied,
-            "note": self.note,
-        }
+        d: dict[str, Any] = msgspec.to_builtins(self)
+        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +76,8 @@ class DiffEntry:
     change: ChangeKind
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "last_good": self.last_good, "candidate": self.candidate, "change": self.change}
+        d: dict[str, Any] = msgspec.to_builtins(self)
+        return d
 
 
 @dataclass(frozen=True, slots=True)

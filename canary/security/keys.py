@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import msgspec
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -262,14 +263,8 @@ class KeyInit:
     created: bool  # False: an existing key file was reused (and trusted again)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "key_id": self.key_id,
-            "role": self.role,
-            "name": self.name,
-            "key_path": str(self.key_path),
-            "trusted_path": str(self.trusted_path),
-            "created": self.created,
-        }
+        d: dict[str, Any] = msgspec.to_builtins(self, enc_hook=str)  # the paths as text
+        return d
 
 
 def init_key(

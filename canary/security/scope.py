@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 SCOPE = "scope"
 
 
@@ -22,7 +24,8 @@ class Scope:
     control_topic: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"environment": self.environment, "control_topic": self.control_topic}
+        d: dict[str, Any] = msgspec.to_builtins(self)
+        return d
 
     def describe(self) -> str:
         env = f"environment '{self.environment}'" if self.environment else "no environment"

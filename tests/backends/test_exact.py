@@ -113,10 +113,10 @@ def test_the_router_samples_each_arm_at_its_own_rate() -> None:
     router = RouterService(
         "127.0.0.1:1", Topics("x."), backend, preset_ref("last_good"), recall_sample_rate={"candidate": 1.0}
     )
-    assert router.recall_sample_rates == {"last_good": 0.10, "candidate": 1.0}
+    assert router.searcher.recall_sample_rates == {"last_good": 0.10, "candidate": 1.0}
     request = SearchRequest("r-not-in-a-10-percent-sample", "q1", "documents")
     assert not sampled_for_exact(request.request_id, 0.10)
-    assert router._exact_for(backend, request, "candidate") is not None
-    assert router._exact_for(backend, request, "last_good") is None
+    assert router.searcher.exact_for(backend, request, "candidate") is not None
+    assert router.searcher.exact_for(backend, request, "last_good") is None
     with pytest.raises(ValueError, match=r"recall_sample_rate\[last_good\] = 2.0"):
         RouterService("127.0.0.1:1", Topics("x."), backend, preset_ref("last_good"), recall_sample_rate=2.0)

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.kafka
 
 
 def _generation(router: RouterService) -> int:
-    assert router._requests is not None
-    return int(router._requests._coordinator.generation)
+    assert router.intake.consumer is not None
+    return int(router.intake.consumer._coordinator.generation)
 
 
 async def test_a_leader_rejoin_ends_in_one_rebalance_and_every_partition_is_served(
@@ -40,15 +40,17 @@ async def test_a_leader_rejoin_ends_in_one_rebalance_and_every_partition_is_serv
         await router.start()
     try:
         async with Traffic(bootstrap, topics) as traffic:
-            while {tp.partition for r in routers for tp in r._group.owned} != {0, 1, 2}:
+            while {tp.partition for r in routers for tp in r.intake.group.owned} != {0, 1, 2}:
                 await asyncio.sleep(0.2)
             await asyncio.sleep(3)
             # The trigger aiokafka pulls by itself after a failed commit or heartbeat (fault injection: its
             # coordinator has no public API for it), on the member that leads the group: the one that
             # computed the assignment.
-            leader = next(r for r in routers if r._requests and r._requests._coordinator._group_subscription)
-            assert leader._requests is not None
-            leader._requests._coordinator.request_rejoin()
+            leader = next(
+                r for r in routers if r.intake.consumer and r.intake.consumer._coordinator._group_subscription
+            )
+            assert leader.intake.consumer is not None
+            leader.intake.consumer._coordinator.request_rejoin()
             rejoined_at = time.monotonic()
             await asyncio.sleep(8)
             settled = {r.router_id: _generation(r) for r in routers}
@@ -62,7 +64,7 @@ async def test_a_leader_rejoin_ends_in_one_rebalance_and_every_partition_is_serv
             generations = {r.router_id: _generation(r) for r in routers}
             traffic.stop_sending()
             assert await traffic.drained(15), f"{len(set(traffic.sent) - set(traffic.answered))} unanswered"
-            failed_commits = [r._group.commits_failed for r in routers]
+            failed_commits = [r.intake.group.commits_failed for r in routers]
     finally:
         for router in routers:
             await router.stop()
@@ -77,25 +79,25 @@ async def test_a_consumer_that_takes_nothing_is_reported_and_replaced_by_a_fresh
 ) -> None:
     bootstrap = settings.effective_bootstrap
     router = RouterService(bootstrap, topics, make_backend(), preset_ref("last_good"), heartbeat_seconds=1.0)
-    router._group.stall_after_s = 2.0
-    router.renew_after_s = 6.0
+    router.intake.group.stall_after_s = 2.0
+    router.intake.renew_after_s = 6.0
     await router.start()
     try:
         async with Traffic(bootstrap, topics, qps=30) as traffic:
             await asyncio.sleep(2)
             assert router.readiness()["consuming"] == (True, "taking requests")
-            stalled_consumer = router._requests
+            stalled_consumer = router.intake.consumer
             assert stalled_consumer is not None
             stalled_consumer.pause(*stalled_consumer.assignment())  # fetches nothing any more
             paused_at = now_ms()
             reported: tuple[bool, str] | None = None
             deadline = time.monotonic() + 20
-            while router._requests is stalled_consumer and time.monotonic() < deadline:
+            while router.intake.consumer is stalled_consumer and time.monotonic() < deadline:
                 ok, detail = router.readiness()["consuming"]
                 if not ok:
                     reported = (ok, detail)
                 await asyncio.sleep(0.2)
-            assert router._requests is not stalled_consumer, "the stalled consumer was not replaced"
+            assert router.intake.consumer is not stalled_consumer, "the stalled consumer was not replaced"
             assert reported is not None and "none was taken" in reported[1] and "slots are free" in reported[1]
             traffic.stop_sending()
             assert await traffic.drained(30), f"{len(set(traffic.sent) - set(traffic.answered))} unanswered"

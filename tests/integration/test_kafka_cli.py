@@ -63,6 +63,9 @@ def test_start_topics_kcat_stop(cli_env: dict[str, str], tmp_path: Path) -> None
 
         status = _canary("kafka", "status", "--data-dir", str(data_dir), "--json", env=env)
         assert status.returncode == 0 and json.loads(status.stdout)["running"] is True
+        # named by its port alone, the broker is found wherever its --data-dir was at start (the registry)
+        by_port = _canary("kafka", "status", "--port", str(port), "--json", env=cli_env)
+        assert by_port.returncode == 0 and json.loads(by_port.stdout)["running"] is True
 
         topics = _canary("kafka", "topics", "--json", env=env)
         assert topics.returncode == 0, topics.stderr
@@ -78,7 +81,7 @@ def test_start_topics_kcat_stop(cli_env: dict[str, str], tmp_path: Path) -> None
         for name in ("search_requests", "search_results", "canary_control", "canary_state", "canary_windows"):
             assert f'topic "{name}"' in listing.stdout
     finally:
-        stopped = _canary("kafka", "stop", "--data-dir", str(data_dir), "--json", env=env)
+        stopped = _canary("kafka", "stop", "--port", str(port), "--json", env=cli_env)
     assert stopped.returncode == 0, stopped.stderr
     assert json.loads(stopped.stdout) == {"stopped": True}
     assert _our_java_pids(data_dir) == []

@@ -198,19 +198,22 @@ async def test_a_router_without_read_on_control_fails_safe_and_catches_up(
                 assert await admin.delete([read_control]) == 1
             revoked_ms = now_ms()
             # Within the bound (5 s without a confirmed read, checked every second) it fails safe.
-            await _until(lambda: router.control_stale, router.control_stale_after_s + 5, "fail-safe")
+            await _until(lambda: router.control.stale, router.control.freshness.stale_after_s + 5, "fail-safe")
             await asyncio.sleep(0.3)  # requests in flight when it turned stale finish on their arm
             held = router.stats.by_arm["candidate"]
             last_good_then = router.stats.by_arm["last_good"]
             assert router.stats.last_candidate_dispatch_ms is not None
-            assert router.stats.last_candidate_dispatch_ms - revoked_ms <= (router.control_stale_after_s + 2) * 1000
+            assert (
+                router.stats.last_candidate_dispatch_ms - revoked_ms
+                <= (router.control.freshness.stale_after_s + 2) * 1000
+            )
             # While revoked the operator changes the canary; the router cannot see it yet.
             reweigh = _set_weight(start.deployment_id, 0.9)
             await produce_command(operator, topics, reweigh, operator_signer(topics))
             await asyncio.sleep(3)
             assert router.stats.by_arm["candidate"] == held, "a candidate request was sent while fail-safe"
             assert router.stats.by_arm["last_good"] > last_good_then + 100, "request intake stopped"
-            reason = router.failsafe_reason
+            reason = router.control.failsafe_reason
             assert reason is not None and "TopicAuthorizationFailed" in reason
             assert any("FAIL-SAFE" in r.getMessage() and "TopicAuthorization" in r.getMessage() for r in caplog.records)
             states = (await read_view_async(operator, topics)).routers
@@ -221,12 +224,12 @@ async def test_a_router_without_read_on_control_fails_safe_and_catches_up(
                 await admin.create([read_control])
             # It catches up and serves what the control topic says: the new weight, candidate traffic again.
             await _until(
-                lambda: not router.control_stale and router.ledger.current.weight == 0.9,  # type: ignore[union-attr]
+                lambda: not router.control.stale and router.ledger.current.weight == 0.9,  # type: ignore[union-attr]
                 15,
                 "catch-up after the ACL is restored",
             )
             await _until(lambda: router.stats.by_arm["candidate"] > held + 20, 10, "candidate traffic again")
-            assert router.failsafe_reason is None
+            assert router.control.failsafe_reason is None
         finally:
             stop_feed.set()
             await feed

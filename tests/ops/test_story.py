@@ -125,7 +125,7 @@ def test_shared_shock_pause_and_recovery_are_told_with_their_reasons() -> None:
     )
     shock = Decision(DEP, "p95_ms", "shared shock: last_good breaks p95_ms too", {}, "w", f"shock-{DEP}", "shock")
     judged = _judged(4, [_verdict("p95_ms", "shared", {"path": "detector"}, shared_reason)], decision=shock)
-    shock = dataclasses.replace(shock, window_id=judged.window_id)
+    shock = msgspec.structs.replace(shock, window_id=judged.window_id)
     judged = dataclasses.replace(judged, decision=shock)
     lines = story.window(judged)
     _fits(lines)
@@ -145,7 +145,7 @@ def test_shared_shock_pause_and_recovery_are_told_with_their_reasons() -> None:
     recover = Decision(DEP, "p95_ms", "last_good healthy again for 2 windows", {}, "x", f"resume-{DEP}", "recover")
     healthy = _judged(7, [_verdict("p95_ms", "inconclusive")], count=0, decision=recover)
     lines = story.window(
-        dataclasses.replace(healthy, decision=dataclasses.replace(recover, window_id=healthy.window_id))
+        dataclasses.replace(healthy, decision=msgspec.structs.replace(recover, window_id=healthy.window_id))
     )
     assert any("decides RECOVER: last_good healthy again" in x for x in lines)
     assert story.ended is None

@@ -28,11 +28,11 @@ def _arm(router: RouterService, user: str) -> str:
 def test_a_stale_control_view_sends_everything_to_last_good() -> None:
     router = _router()
     assert {_arm(router, f"u{i}") for i in range(20)} == {"candidate"}  # weight 1.0, fresh view
-    router._control_fresh_at = time.monotonic() - router.control_stale_after_s - 0.1
-    assert router.control_stale
+    router.control.freshness.fresh_at = time.monotonic() - router.control.freshness.stale_after_s - 0.1
+    assert router.control.stale
     assert {_arm(router, f"u{i}") for i in range(20)} == {"last_good"}
     assert router.stats.failsafe_requests == 20
-    router._control_fresh_at = time.monotonic()
+    router.control.freshness.fresh_at = time.monotonic()
     assert _arm(router, "u0") == "candidate"
 
 

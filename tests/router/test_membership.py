@@ -75,16 +75,16 @@ async def test_a_join_that_does_not_complete_is_a_stall() -> None:
 async def test_readiness_says_whether_the_router_takes_requests() -> None:
     router = RouterService("unused:9092", Topics("t."), make_backend(), preset_ref("last_good"))
     clock = Clock()
-    router._group = RequestGroup(router._offsets, stall_after_s=10, clock=clock)
-    router._group.assigned([P0])
+    router.intake.group = RequestGroup(router.intake.offsets, stall_after_s=10, clock=clock)
+    router.intake.group.assigned([P0])
     assert router.readiness()["consuming"] == (True, "taking requests")
     assert router.readiness()["assigned"] == (True, "t.search_requests partitions [0]")
-    await router._group.revoked([P0])
+    await router.intake.group.revoked([P0])
     clock.now += 15
-    await router._group.check(slots_free=True)
+    await router.intake.group.check(slots_free=True)
     ok, detail = router.readiness()["consuming"]
     assert not ok and detail == "joining the consumer group for 15 s"
-    state = router.current_state(None, heartbeat=True)
+    state = router.control.current_state(None, heartbeat=True)
     assert state.requests_stalled == "joining the consumer group for 15 s"
     assert state.request_partitions == ()
 
@@ -92,8 +92,8 @@ async def test_readiness_says_whether_the_router_takes_requests() -> None:
 async def test_a_router_whose_fresh_members_do_not_help_exits_with_the_reason() -> None:
     router = RouterService("unused:9092", Topics("t."), make_backend(), preset_ref("last_good"))
     clock = Clock()
-    router._group = RequestGroup(router._offsets, stall_after_s=10, clock=clock)
-    router._renewals = router.max_renewals  # three fresh members already joined and stalled again
-    clock.now += router.renew_after_s  # joining since the start, for renew_after_s
+    router.intake.group = RequestGroup(router.intake.offsets, stall_after_s=10, clock=clock)
+    router.intake.renewals = router.intake.max_renewals  # three fresh members already joined and stalled again
+    clock.now += router.intake.renew_after_s  # joining since the start, for renew_after_s
     with pytest.raises(RequestIntakeFailed, match=r"still takes no requests after 3 fresh group member\(s\)"):
-        await router._check_intake()
+        await router.intake.check()

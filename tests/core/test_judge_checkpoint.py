@@ -1,0 +1,97 @@
+"""The judge's checkpoint, declared once (``JudgeState``): a checkpoint written by the code before the
+declaration (a literal sample captured from ``DeploymentJudge.to_dict`` at da5b9c6) restores and judges on,
+older ones still restore, and each kind of bad field is refused naming it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary.core.judge import DeploymentJudge
+from canary.errors import InvalidEvent
+from tests.core.test_judge import make_window, requests
+
+SAMPLE: dict[str, Any] = json.loads(
+    (Path(__file__).parents[1] / "fixtures" / "judge_checkpoint_da5b9c6.json").read_text()
+)
+
+
+def test_a_checkpoint_written_before_the_declaration_restores_to_the_same_json() -> None:
+    judge = DeploymentJudge.from_dict(copy.deepcopy(SAMPLE))
+    assert json.loads(json.dumps(judge.to_dict())) == SAMPLE
+    assert list(judge.to_dict()) == list(SAMPLE)  # same fields, same order
+    assert (judge.deployment_id, judge.candidate_windows, judge.rolled_back) == ("dep-1", 4, True)
+    assert sorted(judge.pending_baseline) == [20_000] and judge.last_good_recent[0].count == 4
+    assert [w.window_start_ms for w, _ in judge.waiting] == [25_000]
+    assert judge.strongest["lat_rel"].start == 15_000 and judge.regime_index == 1
+
+
+def test_the_restored_judge_judges_on_like_the_one_that_wrote_it() -> None:
+    judge = DeploymentJudge.from_dict(copy.deepcopy(SAMPLE))
+    policy = judge.policy
+    # The waiting candidate window (start 25000) is released by last_good's window of its slot.
+    (judged,) = judge.observe(make_window(5, requests(4, slow=1, recall=None), arm="last_good", policy=policy), 31_000)
+    assert judged.window.window_start_ms == 25_000
+    assert judged.decision is None  # rolled back before the checkpoint: never twice
+    assert judge.candidate_windows == 5
+
+
+def test_a_checkpoint_from_before_the_change_detector_restores_with_an_empty_history() -> None:
+    older = {
+        k: v
+        for k, v in SAMPLE.items()
+        if k
+        not in (
+            "baseline_wait_ms",
+            "regime_start_ms",
+            "regime_index",
+            "next_regime_ms",
+            "recent",
+            "strongest",
+            "last_good_recent",
+        )
+    }
+    judge = DeploymentJudge.from_dict(older)
+    assert (judge.baseline_wait_ms, judge.regime_index, judge.recent, judge.strongest) == (2000, 0, [], {})
+    assert judge.regime_start_ms is None and judge.last_good_recent == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"deployment_id": ""}, "DeploymentJudge.deployment_id: must not be empty"),
+        ({"candidate_windows": -1}, "DeploymentJudge.candidate_windows: must be >= 0, got -1"),
+        ({"candidate_windows": "4"}, "DeploymentJudge.candidate_windows: expected an integer, got '4'"),
+        ({"rolled_back": "yes"}, "DeploymentJudge.rolled_back: expected true/false, got 'yes'"),
+        ({"last_judged_start": 1.5}, "DeploymentJudge.last_judged_start: expected an integer"),
+        ({"pending_baseline": {"soon": {}}}, "DeploymentJudge.pending_baseline: expected every key valid: must match"),
+        ({"waiting": [[{}, "x"]]}, "DeploymentJudge.waiting: expected every item valid: [0][1]: expected an integer"),
+        ({"streaks": {"p95_ms": 3}}, "DeploymentJudge.streaks: expected every item valid: [...]: expected a list"),
+        (
+            {"strongest": {"lat_rel": {"log_e": 1.0}}},
+            "DeploymentJudge.strongest[...].start: required field is missing",
+        ),
+        ({"policy": {"rules": "all"}}, "DeploymentJudge(deployment_id='dep-1'): SLOPolicy: malformed"),
+        ({"candidate": {"count": 1}}, "DeploymentJudge(deployment_id='dep-1'): WindowStats: malformed"),
+        ({"waiting": [[{"arm": "candidate"}, 1]]}, "DeploymentJudge(deployment_id='dep-1'): WindowResult."),
+    ],
+)
+def test_each_bad_field_is_refused_naming_it(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        DeploymentJudge.from_dict({**copy.deepcopy(SAMPLE), **change})
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("missing", ["deployment_id", "policy", "candidate", "waiting", "streaks", "rolled_back"])
+def test_a_missing_required_field_is_named(missing: str) -> None:
+    with pytest.raises(InvalidEvent, match=rf"DeploymentJudge\.{missing}: required field is missing"):
+        DeploymentJudge.from_dict({k: v for k, v in SAMPLE.items() if k != missing})
+
+
+def test_a_shock_that_is_not_an_object_reads_as_none_as_before() -> None:
+    assert DeploymentJudge.from_dict({**SAMPLE, "shock": [1]}).shock is None
+    assert DeploymentJudge.from_dict({**SAMPLE, "shock": {"rule": "p95_ms"}}).shock == {"rule": "p95_ms"}
