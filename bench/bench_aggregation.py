@@ -788,7 +788,7 @@ def finalize_pass(
             fin = fins[p]
             now = now_ms()
             t0 = time.process_time()
-            res = fin.add(p, as_core_outcomes(chunk), now, range(i, i + len(chunk)))
+            res = fin.add(p, as_core_outcomes(chunk), now)
             t1 = time.process_time()
             out: list[bytes] = []
             for window in fin.due_closed(now):
