@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
@@ -177,7 +179,10 @@ class TransactionalStage(Generic[State]):
         self._last_commit = 0.0  # the last commit of any
         self._checkpoint_cost_s = 0.0  # time the last commit spent encoding state
         self._consumer: AIOKafkaConsumer | None = None
-        self._lock = asyncio.Lock()  # one of: a checkpoint, an acquisition, a release (rebalance callbacks)
+        self._lock = asyncio.Lock()  # one of: starting commits, an acquisition, a recovery, a release
+        self._inflight: dict[int, asyncio.Task[None]] = {}  # per partition: its open transaction
+        self._broken: dict[int, tuple[AIOKafkaProducer, BaseException]] = {}  # failed, not recovered yet
+        self.commit_seconds: deque[float] = deque(maxlen=1000)  # of the last transactions committed
         self.rebalancing_since: float | None = None  # between partitions revoked and assigned
         self.polled_at = time.monotonic()  # the main loop's last return from getmany
 
@@ -432,8 +437,7 @@ class TransactionalStage(Generic[State]):
     async def release(self, partitions: list[int]) -> None:
         """Revoked: commit what they hold (their next owner resumes from it), close their producers."""
         async with self._lock:
-            mine = [p for p in partitions if p in self._producers]
-            await self._commit_all(mine, recover=False)
+            await self._drain([p for p in partitions if p in self._producers])
             for producer in self._drop(partitions):
                 await _close(producer)
             self._pending.difference_update(partitions)
@@ -462,10 +466,12 @@ class TransactionalStage(Generic[State]):
 
     # -- transactions -----------------------------------------------------------------------------------
     async def checkpoint(self, force: bool = False) -> None:
+        """Start the transactions that are due; they run beside the loop (one per partition at a time)."""
         # Under read_committed a reader sees output at its commit: windows and progress marks (the merge step
         # and the SLO agent wait for them) are committed at the end of the turn that made them; input and
         # state alone every checkpoint_ms. Either way never so often that encoding state takes more than
         # 1/CHECKPOINT_COST_FACTOR of the stage's time (a backlog with a large dedup memory).
+        await self._settle()
         now = time.monotonic()
         if not force and now - self._last_commit < CHECKPOINT_COST_FACTOR * self._checkpoint_cost_s:
             return
@@ -473,39 +479,79 @@ class TransactionalStage(Generic[State]):
             parts = list(self._producers)
             self._last_checkpoint = now
         else:
-            parts = [p for p, box in self._outbox.items() if box.urgent and p in self._producers]
-            if not parts:
-                return
+            parts = [p for p, box in self._outbox.items() if box.urgent]
         async with self._lock:
-            await self._commit_all(parts, recover=True)
-        self._last_commit = time.monotonic()
+            if self._start_commits(parts):
+                self._last_commit = time.monotonic()
 
-    async def _commit_all(self, partitions: list[int], *, recover: bool) -> None:
-        parts = [p for p in partitions if p in self.states and (p in self._dirty or p in self._outbox)]
+    def _start_commits(self, partitions: Iterable[int]) -> list[asyncio.Task[None]]:
+        """Snapshot each partition's output, state and offset and commit them in a transaction of its own, off
+        the loop: what the loop does meanwhile goes into the next one. A partition whose last transaction is
+        still open waits for the next turn (a producer has one transaction at a time)."""
+        parts = [
+            p
+            for p in partitions
+            # A partition whose last transaction failed commits nothing more: the output of that transaction is
+            # gone, and a later one would claim its input. It goes back to its committed state instead.
+            if p in self._producers
+            and p not in self._inflight
+            and p not in self._broken
+            and (p in self._dirty or p in self._outbox)
+        ]
         if not parts:
-            return
+            return []
         encoding_started = time.perf_counter()
         bodies = {p: dumps(self.state_to_dict(self.states[p])) for p in parts}
         self._checkpoint_cost_s = time.perf_counter() - encoding_started
-        done = await asyncio.gather(
-            *(asyncio.wait_for(self._commit(p, bodies[p]), STEP_TIMEOUT_S) for p in parts), return_exceptions=True
-        )
-        for p, result in zip(parts, done, strict=True):
-            if isinstance(result, BaseException):
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
-                if recover:
-                    await self._recover(p, result)
-                else:  # revoked: its next owner resumes from the last commit
-                    log.warning("%s: partition %s released without a final commit (%r)", self.name, p, result)
-            else:
-                self.checkpoints += 1
-                self._refusals_in_a_row = 0
+        started = []
+        for p in parts:
+            producer = self._producers[p]
+            box = self._outbox.pop(p, _Outbox())
+            self._dirty.discard(p)
+            task = asyncio.create_task(
+                asyncio.wait_for(self._commit(p, producer, box, bodies[p], self._next[p]), STEP_TIMEOUT_S),
+                name=f"{self.name}-commit-{p}",
+            )
+            self._inflight[p] = task
+            task.add_done_callback(functools.partial(self._committed, p, producer, time.perf_counter()))
+            started.append(task)
+        return started
 
-    async def _commit(self, p: int, state: bytes) -> None:
-        producer = self._producers[p]
-        box = self._outbox.pop(p, _Outbox())
-        self._dirty.discard(p)
+    def _committed(self, p: int, producer: AIOKafkaProducer, started: float, task: asyncio.Task[None]) -> None:
+        if self._inflight.get(p) is task:
+            del self._inflight[p]
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self.commit_seconds.append(time.perf_counter() - started)
+            self.checkpoints += 1
+            self._refusals_in_a_row = 0
+        else:  # recovered by the loop (_settle), unless the partition went meanwhile
+            self._broken[p] = (producer, exc)
+
+    async def _settle(self) -> None:
+        """Recover every partition whose transaction failed since the last turn."""
+        async with self._lock:
+            for p, (producer, exc) in list(self._broken.items()):
+                del self._broken[p]
+                if self._producers.get(p) is producer:
+                    await self._recover(p, exc)
+
+    async def _drain(self, partitions: list[int]) -> None:
+        """Wait for the open transactions of these partitions (each bounded), then commit what they hold."""
+        still_open = [self._inflight[p] for p in partitions if p in self._inflight]
+        if still_open:
+            await asyncio.wait(still_open)
+        last = self._start_commits(partitions)
+        if last:
+            await asyncio.wait(last)
+        for p in partitions:
+            failed = self._broken.pop(p, None)
+            if failed is not None:  # its next owner resumes from the last commit
+                log.warning("%s: partition %s released without a final commit (%r)", self.name, p, failed[1])
+
+    async def _commit(self, p: int, producer: AIOKafkaProducer, box: _Outbox, state: bytes, offset: int) -> None:
         token = uuid.uuid4().hex[:16]
         await producer.begin_transaction()
         for topic, value, key, partition in box.records:
@@ -518,7 +564,7 @@ class TransactionalStage(Generic[State]):
             partition=self._state_partition(key),
             headers=[(COMMIT_HEADER, token.encode())],
         )
-        await producer.send_offsets_to_transaction({self.tp(p): (self._next[p], token)}, self.group_id)
+        await producer.send_offsets_to_transaction({self.tp(p): (offset, token)}, self.group_id)
         if FAULT_KILL_FILE is not None and box.windows:
             await producer.flush()  # on the broker, not yet committed
             self._fault_kill(FAULT_KILL_FILE)
@@ -620,7 +666,7 @@ class TransactionalStage(Generic[State]):
 
     async def _final_commit(self) -> None:
         async with self._lock:
-            await self._commit_all(list(self._producers), recover=False)
+            await self._drain(list(self._producers))
 
 
 def _token(record: Any) -> str | None:
