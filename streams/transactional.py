@@ -5,11 +5,13 @@ step (partial windows → one window per key) — are this shape: aiokafka ``get
 Kafka-free core objects, one state object per assigned source partition.
 
 Each source partition has its own transactional producer (transactional id ``<group>-<topic>-<partition>``,
-created on assignment, closed on revocation). Every ``checkpoint_ms`` each partition with new input, a
-changed state or output waiting commits ONE transaction holding that partition's output, its state record
-(compacted ``canary_window_state``, key ``<group>|<topic>|<partition>``) and its source offset
-(``send_offsets_to_transaction``). Readers of the output, the stage's own source consumer and the state
-restore read ``read_committed``: output, state and offset become visible together, or never.
+created on assignment, closed on revocation). A partition commits ONE transaction at a time, holding its
+output, its state record (compacted ``canary_window_state``, key ``<group>|<topic>|<partition>``) and its
+source offset (``send_offsets_to_transaction``): at the end of the loop turn that made window output or a
+boundary-moving progress mark (readers wait for those), otherwise every ``checkpoint_ms``. Transactions run
+in tasks beside the loop, on a snapshot of the partition; what the loop does meanwhile goes into the next.
+Readers of the output, the stage's own source consumer and the state restore read ``read_committed``:
+output, state and offset become visible together, or never.
 
 Why one producer per source partition: aiokafka 0.14 has no KIP-447 (``send_offsets_to_transaction``
 carries no group generation), so only the transactional id can fence a *zombie* that lost the partition in
