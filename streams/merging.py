@@ -3,9 +3,9 @@
 Partial windows are keyed by deployment id, so every partial of a deployment reaches the same partials
 partition and one :class:`~canary.core.merge.WindowMerger`; progress marks of every source partition reach
 every partials partition. A window is emitted once every source partition has passed its end. The merger's
-state (pending partials, progress, what it emitted) is committed in the same Kafka transaction as the windows
-it emitted and the partials offset (streams/transactional.py, like the windows stage), and the partials are
-read ``read_committed``: restarts and rebalances neither lose a window nor emit one twice.
+state (pending partials, progress, what it emitted) is checkpointed like the windows stage's, so restarts
+and rebalances neither lose a window nor emit a different one (a re-emission after a crash is identical and
+dropped by ``window_id`` downstream).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from canary.errors import CanaryError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
-from streams.transactional import TransactionalStage, now_ms
+from streams.checkpointed import CheckpointedStage, now_ms
 
 log = logging.getLogger("canary.streams.merge")
 rejected_log = logging.getLogger("canary.streams.rejected.partials")  # rate-limited
@@ -39,7 +39,13 @@ class MergeStats:
     dropped_partials: int = 0
 
 
-class MergeStage(TransactionalStage[WindowMerger]):
+@dataclass
+class _MergeState:
+    merger: WindowMerger
+    applied: int | None = None  # highest partials offset applied
+
+
+class MergeStage(CheckpointedStage[_MergeState]):
     name = "merge"
 
     def __init__(
@@ -69,7 +75,7 @@ class MergeStage(TransactionalStage[WindowMerger]):
         assert self._consumer is not None
         self.sources = len(await topic_partitions(self._consumer, self.topics.search_results))
 
-    def new_state(self, partition: int, restored: dict[str, Any] | None) -> WindowMerger:
+    def new_state(self, partition: int, restored: dict[str, Any] | None) -> _MergeState:
         if restored is not None:
             merger = WindowMerger.from_dict(restored["merger"])
             if merger.sources != self.sources:
@@ -77,40 +83,51 @@ class MergeStage(TransactionalStage[WindowMerger]):
                     f"checkpoint merges {merger.sources} source partitions, {self.topics.search_results} has "
                     f"{self.sources}"
                 )
-            return merger
-        return WindowMerger(self.sources)
+            applied = restored.get("applied")
+            return _MergeState(merger, None if applied is None else int(applied))
+        return _MergeState(WindowMerger(self.sources))
 
-    def state_to_dict(self, state: WindowMerger) -> dict[str, Any]:
-        return {"merger": state.to_dict()}
+    def state_to_dict(self, state: _MergeState) -> dict[str, Any]:
+        return {"merger": state.merger.to_dict(), "applied": state.applied}
+
+    def applied_offset(self, state: _MergeState, partition: int) -> int | None:
+        return state.applied
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in batch.items():
-            merger = self.states[tp.partition]
+            state = self.states.get(tp.partition)
+            if state is None:
+                self.refetch(tp, records)
+                continue
             for record in records:
+                if state.applied is not None and record.offset <= state.applied:
+                    continue  # redelivered
+                state.applied = record.offset
                 try:
                     item = parse_merge_record(wire.decode_object(record.value, wire.PARTIAL))
                 except Exception as exc:  # poison: dead-lettered with its code, the loop goes on
                     rejected = wire.rejection_of(exc)
-                    self._dead_letter(record, rejected.code, rejected.detail)
+                    await self._dead_letter(record, rejected.code, rejected.detail)
                     continue
-                before = merger.dropped
+                before = state.merger.dropped
                 try:
-                    merger.add(item)
+                    state.merger.add(item)
                 except CanaryError as exc:  # the merger's refusal (e.g. a source partition that does not exist)
-                    self._dead_letter(record, "invalid", str(exc))
+                    await self._dead_letter(record, "invalid", str(exc))
                     continue
                 except Exception as exc:  # a partial the merger cannot take: quarantined, never fatal
                     log.exception("merge: record at %s/%s quarantined", tp.partition, record.offset)
-                    self._dead_letter(record, "quarantined", f"the merger raised {type(exc).__name__}: {exc}")
+                    await self._dead_letter(record, "quarantined", f"the merger raised {type(exc).__name__}: {exc}")
                     continue
-                if merger.dropped > before:
+                if state.merger.dropped > before:
                     self.stats.dropped_partials += 1
                 elif isinstance(item, Progress):
                     self.stats.progress_marks += 1
                 else:
                     self.stats.partials += 1
+            self.mark_dirty(tp.partition)
 
-    def _dead_letter(self, record: Any, reason: wire.DeadLetterReason, detail: str) -> None:
+    async def _dead_letter(self, record: Any, reason: wire.DeadLetterReason, detail: str) -> None:
         self.stats.invalid_records += 1
         dead = wire.dead_letter(
             reason,
@@ -120,7 +137,7 @@ class MergeStage(TransactionalStage[WindowMerger]):
             offset=record.offset,
             raw=record.value,
         )
-        self.emit(record.partition, self.topics.results_dlq, orjson.dumps(dead))
+        await self.emit(self.topics.results_dlq, orjson.dumps(dead))
         self.metrics.dlq.labels(reason).inc()
         rejected_log.warning(
             "merge: dead-lettered record at %s/%s: %s: %s", record.partition, record.offset, reason, detail
@@ -128,12 +145,13 @@ class MergeStage(TransactionalStage[WindowMerger]):
 
     async def emit_due(self) -> None:
         now = now_ms()
-        for partition, merger in list(self.states.items()):
-            due = merger.due(now)
+        for partition, state in list(self.states.items()):
+            due = state.merger.due(now)
             for window in due:
                 key = (window.deployment_id or "-").encode()
-                self.emit(partition, self.topics.windows, dumps(window.to_dict()), key=key, window=True)
+                await self.emit(self.topics.windows, dumps(window.to_dict()), key=key)
                 self.stats.windows_emitted += 1
+                self.windows_since_checkpoint += 1
                 self.metrics.windows_emitted.inc()
                 self.metrics.window_lag.observe(max(0.0, (now - window.window_end_ms) / 1000))
             if due:
