@@ -734,15 +734,19 @@ class DeploymentJudge:
         now = self.last_good_recent.get(start)
         if now is None:
             return None
-        if self.shock is not None and self.shock.get("reference"):
+        before = [s for t, s in sorted(self.last_good_recent.items()) if t < start]
+        kept = WindowStats.from_dict(self.shock["reference"]) if self.shock and self.shock.get("reference") else None
+        if kept is not None and kept.count > 0:
             # After a shock, last_good is compared with what it was before the first one (its recent windows
             # hold the shock itself).
             before_count = -1
-            reference = WindowStats.from_dict(self.shock["reference"])
+            reference = kept
+        elif kept is not None or len(before) < 2:
+            # No history to compare with (a shock as the deployment starts, or after one that began so): the
+            # issue's own criterion needs none — last_good breaks the same absolute rule, with evidence.
+            shocked, info = _absolute_shock_test(rule, now, alpha)
+            return ({**info, "reference_windows": 0}, WindowStats()) if shocked else None
         else:
-            before = [s for t, s in sorted(self.last_good_recent.items()) if t < start]
-            if len(before) < 2:
-                return None
             before_count = len(before)
             reference = before[0]
             for s in before[1:]:
@@ -870,9 +874,7 @@ class DeploymentJudge:
         reference = WindowStats.from_dict(shock["reference"])
         shocked_rules = [r for r in self.policy.rules if r.name in shock.get("rules", [])]
         # Healthy: back within the margin of what it was before the shock (no evidence needed to end it).
-        healthy = all(
-            not _shock_test(r, last_good_now, reference, self._alphas(r)[0])[1]["worse"] for r in shocked_rules
-        )
+        healthy = all(not _still_worse(r, last_good_now, reference, self._alphas(r)[0]) for r in shocked_rules)
         shock["healthy"] = int(shock.get("healthy", 0)) + 1 if healthy else 0
         if shock["healthy"] < RECOVERY_WINDOWS:
             return None
@@ -1043,6 +1045,40 @@ def _shock_test(rule: SLORule, now: WindowStats, reference: WindowStats, alpha: 
         "text": text,
     }
     return sample is not None and worse and log_e >= test.log_needed, info
+
+
+def _absolute_shock_test(rule: SLORule, now: WindowStats, alpha: float) -> tuple[bool, JSONDict]:
+    """Does last_good's window ``now`` break ``rule`` itself, with evidence? (shocked, the figures, shaped like
+    :func:`_shock_test`'s). The shared-shock criterion when last_good has no earlier windows to compare with."""
+    test = RuleTest.prepare(rule, None, alpha)
+    sample = test.sample(now)
+    log_e = test.log_e_fail(sample)
+    worse = test.breaks(sample)
+    now_value = window_point_value(rule.metric, {"stats": now.to_dict(), **_summary(now)})
+    fmt = value_format(rule.metric)
+    text = (
+        f"last_good {rule.metric} {format(now_value or 0, fmt)} breaks {rule.name} itself, with no earlier window "
+        f"to compare (n={now.count}, log e {_finite(log_e):.1f})"
+    )
+    info: JSONDict = {
+        "metric": rule.metric,
+        "before": None,
+        "now": now_value,
+        "n": now.count,
+        "log_e": _finite(log_e),
+        "log_e_needed": test.log_needed,
+        "worse": worse,
+        "text": text,
+    }
+    return sample is not None and worse and log_e >= test.log_needed, info
+
+
+def _still_worse(rule: SLORule, now: WindowStats, reference: WindowStats, alpha: float) -> bool:
+    """Is last_good still past the shock's margin: against its pre-shock figures, or — when the shock came
+    before it had any — against the rule itself."""
+    if reference.count == 0:
+        return bool(_absolute_shock_test(rule, now, alpha)[1]["worse"])
+    return bool(_shock_test(rule, now, reference, alpha)[1]["worse"])
 
 
 def _summary(stats: WindowStats) -> JSONDict:

@@ -240,6 +240,33 @@ def test_a_shock_both_arms_share_pauses_the_candidate_and_resumes_it_when_last_g
 
 
 @pytest.mark.parametrize(
+    ("last_good_p95", "expected"),
+    [
+        # last_good breaks the candidate's absolute rule too, in the very windows the deployment starts with:
+        # no earlier last_good window to compare with, and none needed — a shared shock, paused, resumed.
+        (1.25, [(0, "shock"), (3, "recover")]),
+        # last_good slower but inside the rule: nothing shared, the candidate's own 2 failing buckets roll it back.
+        (0.9, [(1, "rollback")]),
+    ],
+)
+def test_a_shock_as_the_deployment_starts_is_judged_by_the_rule_itself(
+    last_good_p95: float, expected: list[tuple[int, str]]
+) -> None:
+    t = Traffic(seed=5)
+    for i in range(10):
+        shocked = i in (0, 1)
+        t.window(i, 270, p95=(last_good_p95 if shocked else 0.3) * T, arm="last_good", partition=1)
+        t.window(i, 30, p95=(1.5 if shocked else 0.6) * T)
+    result = t.run(10)
+    assert decisions_of(result)[: len(expected)] == expected, decisions_of(result)
+    if expected[0][1] == "shock":
+        assert rollbacks(result) == []
+        first = next(w for w in result.windows if w.arm == "candidate" and w.window_start_ms == T0)
+        [p95] = [v for v in first.verdicts if v.rule == "p95_ms"]
+        assert p95.outcome == "shared" and "with no earlier window to compare" in p95.reason, p95.reason
+
+
+@pytest.mark.parametrize(
     ("shocks", "expected"),
     [
         # One quick return: evidence 18 < 100 — paused again, not blamed.
