@@ -744,7 +744,7 @@ class DeploymentJudge:
         elif kept is not None or len(before) < 2:
             # No history to compare with (a shock as the deployment starts, or after one that began so): the
             # issue's own criterion needs none — last_good breaks the same absolute rule, with evidence.
-            shocked, info = _absolute_shock_test(rule, now, alpha)
+            shocked, info = _shock_test(rule, now, None, alpha)
             return ({**info, "reference_windows": 0}, WindowStats()) if shocked else None
         else:
             before_count = len(before)
@@ -874,7 +874,9 @@ class DeploymentJudge:
         reference = WindowStats.from_dict(shock["reference"])
         shocked_rules = [r for r in self.policy.rules if r.name in shock.get("rules", [])]
         # Healthy: back within the margin of what it was before the shock (no evidence needed to end it).
-        healthy = all(not _still_worse(r, last_good_now, reference, self._alphas(r)[0]) for r in shocked_rules)
+        healthy = all(
+            not _shock_test(r, last_good_now, reference, self._alphas(r)[0])[1]["worse"] for r in shocked_rules
+        )
         shock["healthy"] = int(shock.get("healthy", 0)) + 1 if healthy else 0
         if shock["healthy"] < RECOVERY_WINDOWS:
             return None
@@ -1012,28 +1014,33 @@ class DeploymentJudge:
             raise InvalidEvent(f"DeploymentJudge(deployment_id={state.deployment_id!r:.200}): {exc}") from None
 
 
-def _shock_test(rule: SLORule, now: WindowStats, reference: WindowStats, alpha: float) -> tuple[bool, JSONDict]:
+def _shock_test(rule: SLORule, now: WindowStats, reference: WindowStats | None, alpha: float) -> tuple[bool, JSONDict]:
     """Is last_good's window ``now`` significantly worse on ``rule``'s metric than ``reference`` (its own
-    earlier windows)? (shocked, the figures). The figures' ``worse`` says whether the window's own value
-    is past the margin at all (a recovered last_good is not)."""
-    if rule.metric in QUANTILE_METRICS:
-        margin = SHOCK_RATIO
-    elif rule.metric == "error_rate":
-        margin = SHOCK_ERROR_OFFSET
+    earlier windows)? With no reference (none, or empty: a shock as the deployment starts), does it break
+    ``rule`` itself? (shocked, the figures). The figures' ``worse`` says whether the window's own value is past
+    the margin at all (a recovered last_good is not)."""
+    now_value = window_point_value(rule.metric, {"stats": now.to_dict(), **_summary(now)})
+    fmt = value_format(rule.metric)
+    if reference is None or reference.count == 0:
+        test = RuleTest.prepare(rule, None, alpha)
+        before_value = None
+        shown = f"{format(now_value or 0, fmt)} breaks {rule.name} itself, with no earlier window to compare"
     else:
-        margin = SHOCK_RECALL_OFFSET
-    self_relative = SLORule(f"{rule.name}:last_good_shock", rule.metric, rule.operator, margin, relative_to="last_good")
-    test = RuleTest.prepare(self_relative, reference, alpha)
+        if rule.metric in QUANTILE_METRICS:
+            margin = SHOCK_RATIO
+        elif rule.metric == "error_rate":
+            margin = SHOCK_ERROR_OFFSET
+        else:
+            margin = SHOCK_RECALL_OFFSET
+        self_relative = SLORule(
+            f"{rule.name}:last_good_shock", rule.metric, rule.operator, margin, relative_to="last_good"
+        )
+        test = RuleTest.prepare(self_relative, reference, alpha)
+        before_value = window_point_value(rule.metric, {"stats": reference.to_dict(), **_summary(reference)})
+        shown = f"{format(before_value or 0, fmt)} → {format(now_value or 0, fmt)}"
     sample = test.sample(now)
     log_e = test.log_e_fail(sample)
     worse = test.breaks(sample)
-    before_value = window_point_value(rule.metric, {"stats": reference.to_dict(), **_summary(reference)})
-    now_value = window_point_value(rule.metric, {"stats": now.to_dict(), **_summary(now)})
-    fmt = value_format(rule.metric)
-    text = (
-        f"last_good {rule.metric} {format(before_value or 0, fmt)} → {format(now_value or 0, fmt)}"
-        f" (n={now.count}, log e {_finite(log_e):.1f})"
-    )
     info: JSONDict = {
         "metric": rule.metric,
         "before": before_value,
@@ -1042,43 +1049,9 @@ def _shock_test(rule: SLORule, now: WindowStats, reference: WindowStats, alpha: 
         "log_e": _finite(log_e),
         "log_e_needed": test.log_needed,
         "worse": worse,
-        "text": text,
+        "text": f"last_good {rule.metric} {shown} (n={now.count}, log e {_finite(log_e):.1f})",
     }
     return sample is not None and worse and log_e >= test.log_needed, info
-
-
-def _absolute_shock_test(rule: SLORule, now: WindowStats, alpha: float) -> tuple[bool, JSONDict]:
-    """Does last_good's window ``now`` break ``rule`` itself, with evidence? (shocked, the figures, shaped like
-    :func:`_shock_test`'s). The shared-shock criterion when last_good has no earlier windows to compare with."""
-    test = RuleTest.prepare(rule, None, alpha)
-    sample = test.sample(now)
-    log_e = test.log_e_fail(sample)
-    worse = test.breaks(sample)
-    now_value = window_point_value(rule.metric, {"stats": now.to_dict(), **_summary(now)})
-    fmt = value_format(rule.metric)
-    text = (
-        f"last_good {rule.metric} {format(now_value or 0, fmt)} breaks {rule.name} itself, with no earlier window "
-        f"to compare (n={now.count}, log e {_finite(log_e):.1f})"
-    )
-    info: JSONDict = {
-        "metric": rule.metric,
-        "before": None,
-        "now": now_value,
-        "n": now.count,
-        "log_e": _finite(log_e),
-        "log_e_needed": test.log_needed,
-        "worse": worse,
-        "text": text,
-    }
-    return sample is not None and worse and log_e >= test.log_needed, info
-
-
-def _still_worse(rule: SLORule, now: WindowStats, reference: WindowStats, alpha: float) -> bool:
-    """Is last_good still past the shock's margin: against its pre-shock figures, or — when the shock came
-    before it had any — against the rule itself."""
-    if reference.count == 0:
-        return bool(_absolute_shock_test(rule, now, alpha)[1]["worse"])
-    return bool(_shock_test(rule, now, reference, alpha)[1]["worse"])
 
 
 def _summary(stats: WindowStats) -> JSONDict:
