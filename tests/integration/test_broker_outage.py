@@ -283,6 +283,8 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
             b.held.add(s.name)
             code, took = await asyncio.to_thread(s.terminate)
             sigterm.append((s.name, code, took))
+            if took > SIGTERM_BOUND_S:
+                print(f"{s.name} took {took:.1f} s to exit:\n{s.tail(12)}")
         await until(SIGSTOP_S)
         os.kill(info_a.pid, signal.SIGCONT)
         a_outage_end = time.time()
