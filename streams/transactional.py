@@ -20,8 +20,11 @@ a rebalance but still commits: the new owner's producer (same id) fences it on `
 Restore: the committed group offset is the resume point. The state record restored is the one committed
 together with that offset: each commit stamps its state record (header ``canary-commit``) and the offset's
 metadata with the same token, so a record written over it by anyone else (a bug, an attack, a stray
-producer) is recognised, dead-lettered with the reason, and the committed one under it restored. If the
-committed record is gone or unreadable the partition starts afresh from the committed offset, loudly.
+producer) is recognised, dead-lettered with the reason, and the committed one under it restored. A committed
+record a read_committed reader cannot see yet — behind a transaction still open on the same state partition, e.g.
+a killed worker's — is waited for (the partition is tried again) until the coordinator must have ended that
+transaction. If the committed record is gone or unreadable the partition starts afresh from the committed
+offset, loudly.
 
 Any failure of a partition's transaction (the broker away, ``ProducerFenced``, a timeout: every step is
 bounded, aiokafka's sender can die on a fence and leave calls waiting for ever) is recovered in-process
@@ -67,6 +70,12 @@ STALL_AFTER_S = 30.0
 STEP_TIMEOUT_S: Final = 15.0
 REQUEST_TIMEOUT_MS: Final = 10_000
 STOP_STEP_S: Final = 2.0
+# The coordinator aborts a transaction left open this long — a killed worker's, whose id nobody starts again
+# (a partition of the other stage, not reassigned yet). Every transaction is committed within STEP_TIMEOUT_S.
+TRANSACTION_TIMEOUT_MS: Final = 30_000
+# A committed state record is invisible to a read_committed reader while a transaction that began before it on
+# the same state partition is still open: a restore waits this long for it before it concludes the record is gone.
+VISIBLE_WITHIN_S: Final = TRANSACTION_TIMEOUT_MS / 1000 + STEP_TIMEOUT_S
 RETRY_BACKOFF_S: Final = (0.5, 5.0)  # base, cap: between attempts to acquire a partition again
 # Acquisitions in a row that failed for a reason other than the broker being away before the stage gives up
 # (a refusal that outlives this many attempts is configuration — e.g. no ACL for the transactional id).
@@ -170,6 +179,7 @@ class TransactionalStage(Generic[State]):
         self._pending: set[int] = set()  # assigned, not acquired yet (or again, after a failure)
         self._retry_at: dict[int, float] = {}
         self._attempts: dict[int, int] = {}  # failed acquisitions in a row per partition
+        self._hidden_since: dict[int, float] = {}  # committed state not visible yet (behind an open transaction)
         self._state_partitions = 1  # of the state topic, learnt at the start
         self.state_partitions_read = 0  # by the last restore
         self.checkpoints = 0  # transactions committed
@@ -321,6 +331,7 @@ class TransactionalStage(Generic[State]):
                 linger_ms=2,
                 max_request_size=CHECKPOINT_MAX_BYTES,
                 request_timeout_ms=REQUEST_TIMEOUT_MS,
+                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
             )
         )
         try:
@@ -356,16 +367,21 @@ class TransactionalStage(Generic[State]):
                 self._failed(p, exc, "its committed state could not be read")
             return
         assigned = {tp.partition for tp in consumer.assignment()}
+        acquired: list[int] = []
         for p, producer in ready.items():
-            self._pending.discard(p)
             if p not in assigned:  # revoked meanwhile
+                self._pending.discard(p)
+                self._hidden_since.pop(p, None)
+                await _close(producer)
+                continue
+            meta = committed.get(self.tp(p))
+            offset = None if meta is None or meta.offset < 0 else int(meta.offset)
+            if offset is not None and self._hidden(p, scans[p]):
                 await _close(producer)
                 continue
             self._producers[p] = producer
             self._attempts.pop(p, None)
             self._retry_at.pop(p, None)
-            meta = committed.get(self.tp(p))
-            offset = None if meta is None or meta.offset < 0 else int(meta.offset)
             state: State | None = None
             if offset is not None:
                 state, rejected = self._restore(p, scans[p])
@@ -380,8 +396,37 @@ class TransactionalStage(Generic[State]):
                 consumer.seek(self.tp(p), offset)
             self._next[p] = await consumer.position(self.tp(p))
             self._dirty.add(p)
+            self._pending.discard(p)
             consumer.resume(self.tp(p))
-        log.warning("%s: acquired partitions %s", self.name, sorted(ready))
+            acquired.append(p)
+        if acquired:
+            log.warning("%s: acquired partitions %s; holding %s", self.name, acquired, sorted(self._producers))
+
+    def _hidden(self, p: int, scan: StateScan) -> bool:
+        """The state committed with ``p``'s offset is not visible yet: a transaction that began before it on the
+        same state partition is still open (a killed worker's, until its id is started again or the coordinator
+        times it out), so read_committed stops short of it. Starting afresh would drop the open windows' input
+        before the offset; the partition is tried again instead, for up to VISIBLE_WITHIN_S."""
+        if not scan.token or scan.match is not None:
+            self._hidden_since.pop(p, None)
+            return False
+        now = time.monotonic()
+        since = self._hidden_since.setdefault(p, now)
+        if now - since >= VISIBLE_WITHIN_S:
+            log.error(
+                "%s: partition %s: the state committed with its offset has not become visible in %.0f s",
+                self.name,
+                p,
+                now - since,
+            )
+            self._hidden_since.pop(p, None)
+            return False
+        if since == now:
+            log.warning(
+                "%s: partition %s: its committed state is behind an open transaction; waiting for it", self.name, p
+            )
+        self._retry_at[p] = now + RETRY_BACKOFF_S[0]
+        return True
 
     def _reject_state(
         self, p: int, record: Any, code: wire.DeadLetterReason, why: str, *, restored: bool, offset: int
@@ -446,6 +491,7 @@ class TransactionalStage(Generic[State]):
             for p in partitions:
                 self._retry_at.pop(p, None)
                 self._attempts.pop(p, None)
+                self._hidden_since.pop(p, None)
 
     async def _recover(self, p: int, exc: BaseException) -> None:
         """The partition's transaction failed: abort it (the next producer with the id does), go back to the
