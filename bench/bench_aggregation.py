@@ -15,8 +15,8 @@ Steps (all on a real broker, topics under a unique prefix per worker phase):
      from the beginning and decodes each value with canary.pipeline.decode.OutcomeDecoder (the worker's
      decoder); outcomes and watermark records are counted apart.
   c. ONE `canary worker` subprocess started AFTER producing, so it faces the whole backlog. Progress comes
-     from the windows stage's checkpoints on the compacted window-state topic (highest source offset
-     applied per partition, at most every 500 ms; watermark records are subtracted from the offsets):
+     from the windows stage's committed source offsets (polled every 100 ms while the workers run; the stage
+     commits them in its Kafka transactions, at most every 500 ms; watermark records are subtracted):
         startup      spawn → first checkpoint with an applied offset (not in the rate)
         aggregation  first checkpoint → all applied (the earlier of the checkpoint covering the last offset
                      and the merged window completing Σ = N: both follow the last record); rate = outcomes
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import json
 import math
 import random
@@ -89,7 +90,7 @@ from canary.core.models import RouterWatermark, SearchOutcome, WindowKey, Window
 from canary.core.slo import default_policy
 from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS, WindowFinalizer
 from canary.kafka.clients import Cluster, client_kwargs
-from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics, topic_partitions
+from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
 from canary.pipeline.decode import OutcomeDecoder, as_core_outcomes
 from canary.pipeline.policies import aggregator_for_policy
 from devtools.harness import PRESETS, WorkerProcess, send_command, start_command
@@ -436,30 +437,36 @@ async def watch_windows(
         await consumer.stop()
 
 
-async def checkpoint_events(bootstrap: Cluster, topics: Topics) -> list[tuple[int, int, int]]:
-    """(timestamp ms, source partition, records applied) per windows-stage checkpoint, in time order."""
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    marker = f"|{topics.search_results}|".encode()
-    events: list[tuple[int, int, int]] = []
-    try:
-        tps = await topic_partitions(consumer, topics.window_state)  # checkpoints are spread by key
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + 30
-        for tp in tps:
-            while await consumer.position(tp) < ends[tp] and time.monotonic() < deadline:
-                batch = await consumer.getmany(tp, timeout_ms=300)
-                for r in batch.get(tp, []):
-                    if r.value is None or marker not in (r.key or b""):
-                        continue  # the merge step checkpoints to the same topic
-                    for p, off in json.loads(r.value).get("offsets", {}).items():
-                        events.append((r.timestamp, int(p), int(off) + 1))
-    finally:
-        await consumer.stop()
-    events.sort()
-    return events
+class CommitWatch:
+    """(wall ms, source partition, records applied) per change of the windows stage's committed offsets, polled
+    every ``every_s`` while the workers run. The stage commits its source offsets in its Kafka transactions
+    (docs/adr/0004-*.md), at most every 500 ms; the committed offset of a partition is the number of its
+    records the committed state holds."""
+
+    def __init__(self, bootstrap: Cluster, group: str, topic: str, every_s: float = 0.1) -> None:
+        self.bootstrap, self.group, self.topic, self.every_s = bootstrap, group, topic, every_s
+        self.events: list[tuple[int, int, int]] = []
+        self._last: dict[int, int] = {}
+
+    async def run(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(**client_kwargs(self.bootstrap))
+        await admin.start()
+        try:
+            while True:
+                try:
+                    offsets = await admin.list_consumer_group_offsets(self.group)
+                except Exception:  # the group's coordinator not known yet
+                    offsets = {}
+                at = now_ms()
+                for tp, meta in offsets.items():
+                    if tp.topic == self.topic and meta.offset >= 0 and self._last.get(tp.partition) != meta.offset:
+                        self._last[tp.partition] = meta.offset
+                        self.events.append((at, tp.partition, meta.offset))
+                await asyncio.sleep(self.every_s)
+        finally:
+            await admin.close()
 
 
 # `canary worker` logs "2026-11-27 10:00:00,123 WARNING canary.streams.stage: windows: acquired partitions [..]"
@@ -541,6 +548,9 @@ async def run_workers_phase(
         )
         for i in range(count)
     ]
+    # StreamsConfig.app_id's default: the windows stage's group is <prefix>canary-streams-windows.
+    commits = CommitWatch(bootstrap, f"{topics.prefix}canary-streams-windows", topics.search_results)
+    watching = asyncio.create_task(commits.run())
     spawn_ms = now_ms()
     for w in workers:
         w.start()
@@ -549,6 +559,9 @@ async def run_workers_phase(
             bootstrap, topics.windows, declared_partitions(topics, topics.windows), keys, n, timeout_s, workers
         )
     finally:
+        watching.cancel()
+        with contextlib.suppress(BaseException):
+            await watching
         # Stopped together: one by one, the last would take over every partition on the way out.
         codes = await asyncio.gather(*(asyncio.to_thread(w.stop) for w in workers))
         for i, (w, code) in enumerate(zip(workers, codes, strict=True)):
@@ -557,10 +570,10 @@ async def run_workers_phase(
     out: dict[str, Any] = {"workers": count, "spawn_ms": spawn_ms, **watched}
     out["sum_check"] = check_windows(list(windows.values()), truth)
 
-    events = await checkpoint_events(bootstrap, topics)
+    events = sorted(commits.events)
     out["checkpoints"] = len(events)
     if not events:
-        out.setdefault("error", "no windows-stage checkpoint records found")
+        out.setdefault("error", "no committed offsets of the windows stage seen")
         return out
     # Outcomes applied over time (watermark records taken out of the offsets).
     # One checkpoint writes a record per partition within a few ms: such a burst is one point of the curve.
@@ -775,7 +788,7 @@ def finalize_pass(
             fin = fins[p]
             now = now_ms()
             t0 = time.process_time()
-            res = fin.add(p, as_core_outcomes(chunk), now, range(i, i + len(chunk)))
+            res = fin.add(p, as_core_outcomes(chunk), now)
             t1 = time.process_time()
             out: list[bytes] = []
             for window in fin.due_closed(now):

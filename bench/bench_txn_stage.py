@@ -1,23 +1,19 @@
-"""Issue #22 item 3: the windows stage as it is (flush, then checkpoint state + offset to the compacted state
-topic, downstream dedup) against a PROTOTYPE of it on Kafka transactions (output + state + source offsets in
-one transaction per checkpoint interval, read back ``read_committed``), on the same backlog and broker.
+"""Issue #22 item 3: the windows stage on Kafka transactions (streams/transactional.py), as shipped, on the same
+backlog as bench_aggregation (docs/adr/0004-*.md has the figures, and those of the custom protocol it replaced).
 
-Steps (real broker; each phase on topics of its own, the same synthetic backlog as bench_aggregation):
+Steps (real broker; each round on topics of its own):
 
   a. produce N outcomes + the routers' watermark records onto <prefix>search_results (6 partitions);
-  b. run the windows stage in-process (the deployment registry beside it) until every partition's applied
-     offset reaches the end of the backlog: wall time, outcomes/s, and the time each checkpoint (custom:
-     flush + state records acknowledged + offset commit) or transaction commit (prototype: state records +
-     send_offsets_to_transaction + commit_transaction, then begin the next) took;
-  c. read the partial windows back (read_committed for the prototype) and check that, per (key, slot), they
-     count exactly the outcomes of the backlog, and how many partial records carry an id seen before.
+  b. run the windows stage in-process (the deployment registry beside it) until every partition has applied
+     the backlog: wall time, outcomes/s, and the time each round of commits (per partition: output + state
+     record + send_offsets_to_transaction + commit_transaction, run concurrently) took;
+  c. read the partial windows back read_committed and check that, per (key, slot), they count exactly the
+     outcomes of the backlog, and how many partial records carry an id seen before (must be 0).
 
-    .venv/bin/python -m bench.bench_txn_stage [--outcomes 100000] [--json]
-
-The prototype (``TxnWindowingStage`` below) uses ONE transactional id per stage instance: aiokafka 0.14's
-``send_offsets_to_transaction(offsets, group_id)`` sends no consumer-group generation (KIP-447), so fencing a
-zombie that lost its partitions in a rebalance needs one transactional id — one producer — per source
-partition; the figures below bound the commit cost per producer (see docs/adr/0004-*.md).
+    .venv/bin/python -m bench.bench_txn_stage [-n 100000] [--rounds 2] [--json]
+    .venv/bin/python -m bench.bench_txn_stage -n 40000 --span-s 20 --latency      # output visibility delay
+    .venv/bin/python -m bench.bench_txn_stage -n 60000 --span-s 30 --faults \
+        [--restart-port P --restart-data-dir D]      # every partition's producer fenced at 1/3 (+ a restart)
 """
 
 from __future__ import annotations
@@ -31,14 +27,12 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError as AIOKafkaError
 
 from bench.bench_aggregation import (
     CANDIDATE,
@@ -49,210 +43,16 @@ from bench.bench_aggregation import (
     synth_outcomes,
 )
 from bench.common import base_parser, control_keys, emit, kafka, log, machine, now_ms, sigterm_as_exit, unique_prefix
-from canary.core import wire
-from canary.core.jsonio import dumps, loads
-from canary.kafka.backoff import calm
+from canary.core.jsonio import loads
 from canary.kafka.clients import client_kwargs
-from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics, topic_partitions
+from canary.kafka.topics import Topics, ensure_topics
 from devtools.harness import send_command, start_command
 from streams.registry import DeploymentRegistry
 from streams.windowing import WindowingStage
 
-STEP_TIMEOUT_S = 15.0
-
-
-class _TxnProducer:
-    """The few HealingProducer calls the stage makes, on one transactional aiokafka producer."""
-
-    generation = 0
-    replacing = False
-    replacements = 0
-    cause: BaseException | None = None
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self.producer = producer
-
-    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> Any:
-        return await self.producer.send(topic, value, key=key, partition=partition)
-
-    async def flush(self) -> None:
-        await self.producer.flush()
-
-    def failure(self) -> BaseException | None:
-        return None
-
-
-class TxnWindowingStage(WindowingStage):
-    """PROTOTYPE: a checkpoint is a transaction commit — the output since the last one, the state records and
-    the source offsets become visible (read_committed) together, or not at all."""
-
-    name = "windows"
-
-    def __init__(self, *args: Any, transactional_id: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.transactional_id = transactional_id
-        self.commit_s: list[float] = []
-        self.txn: AIOKafkaProducer | None = None
-        self.sent_in_txn = False
-
-    async def checkpoint(self, only: Iterable[int] | None = None, force: bool = False) -> None:
-        if self.txn is None:
-            return
-        if not force and time.monotonic() - self._last_checkpoint < self.checkpoint_ms / 1000:
-            return
-        parts = sorted(set(only) & self._dirty if only is not None else self._dirty)
-        if not parts and not self.sent_in_txn:
-            return  # an empty transaction: nothing to commit
-        started = time.perf_counter()
-        offsets: dict[TopicPartition, int] = {}
-        for p in parts:
-            state = self.states.get(p)
-            if state is None:
-                continue
-            key = self._state_key(p)
-            body = dumps(self.state_to_dict(state))
-            await self.txn.send(self.topics.window_state, body, key=key, partition=self._state_partition(key))
-            applied = self.applied_offset(state, p)
-            if applied is not None:
-                offsets[self.tp(p)] = applied + 1
-        if offsets:
-            await self.txn.send_offsets_to_transaction(offsets, self.group_id)
-        await self.txn.commit_transaction()
-        self.sent_in_txn = False
-        await self.txn.begin_transaction()
-        self.commit_s.append(time.perf_counter() - started)
-        self._dirty.difference_update(parts)
-        self.checkpoints += 1
-        self._last_checkpoint = time.monotonic()
-
-    async def emit(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
-        # Output of a partition whose state did not change (a progress mark) must be committed too.
-        self.sent_in_txn = True
-        await super().emit(topic, value, key=key, partition=partition)
-
-    async def _load_states(self, partitions: list[int]) -> dict[int, dict[str, Any]]:
-        # Only committed state counts: an aborted transaction's state never existed.
-        wanted = {self._state_key(p): p for p in partitions}
-        found: dict[int, dict[str, Any]] = {}
-        reader = calm(
-            AIOKafkaConsumer(
-                **client_kwargs(self.bootstrap),
-                group_id=None,
-                isolation_level="read_committed",
-                max_partition_fetch_bytes=CHECKPOINT_MAX_BYTES,
-            )
-        )
-        await reader.start()
-        try:
-            tps = sorted({TopicPartition(self.topics.window_state, self._state_partition(k)) for k in wanted})
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            ends = await reader.end_offsets(tps)  # the last stable offsets under read_committed
-            for tp in tps:
-                while await reader.position(tp) < ends[tp]:
-                    for record in (await reader.getmany(tp, timeout_ms=500)).get(tp, []):
-                        p = wanted.get(record.key or b"")
-                        if p is not None and record.value is not None:
-                            found[p] = wire.decode_object(record.value, wire.CHECKPOINT)
-        finally:
-            await reader.stop()
-        return found
-
-    def _new_txn(self) -> AIOKafkaProducer:
-        self.txn = AIOKafkaProducer(
-            **client_kwargs(self.bootstrap),
-            transactional_id=self.transactional_id,
-            linger_ms=2,
-            max_request_size=CHECKPOINT_MAX_BYTES,
-            request_timeout_ms=10_000,
-        )
-        self._producer = _TxnProducer(self.txn)  # type: ignore[assignment]
-        return self.txn
-
-    async def _recover(self, exc: BaseException) -> None:
-        """The whole recovery on transactions: drop the open transaction (a new producer with the same
-        transactional id aborts it on the broker: InitProducerId), restore the committed state, seek to the
-        committed offsets. Nothing of the aborted transaction was visible, so nothing is emitted twice."""
-        self.recoveries.append((time.monotonic(), type(exc).__name__, str(exc)[:160]))
-        log(f"    txn stage: {type(exc).__name__}: {str(exc)[:160]} -> new producer, restore committed state")
-        old = self.txn
-        if old is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(old.stop(), 5)
-        for p in list(self.states):
-            self.states.pop(p, None)
-            self._dirty.discard(p)
-        assert self._consumer is not None
-        self.hold(sorted(tp.partition for tp in self._consumer.assignment()))
-        delay = 0.5
-        while True:
-            try:
-                txn = self._new_txn()
-                await txn.start()
-                await txn.begin_transaction()
-                self.recovered_at.append(time.monotonic())
-                return
-            except Exception as again:  # the broker is still away
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(txn.stop(), 5)
-                log(f"    txn stage: producer not started ({type(again).__name__}); again in {delay:.1f} s")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _turn(self) -> None:
-        assert self._consumer is not None
-        if self._pending:
-            await self.acquire(sorted(self._pending))
-        batch = await self._consumer.getmany(timeout_ms=self.fetch_max_wait_ms, max_records=self.max_records)
-        await self.process(batch)
-        await self.emit_due()
-        await self.checkpoint()
-
-    async def run(self) -> None:
-        await self.registry.caught_up.wait()
-        self.recoveries: list[tuple[float, str, str]] = []
-        self.recovered_at: list[float] = []
-        txn = self._new_txn()
-        self._consumer = calm(
-            AIOKafkaConsumer(
-                **client_kwargs(self.bootstrap),
-                group_id=self.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                isolation_level="read_committed",
-                fetch_max_wait_ms=self.fetch_max_wait_ms,
-                max_poll_records=self.max_records,
-            )
-        )
-        from streams.checkpointed import _Rebalance
-
-        self._consumer.subscribe([self.source_topic], listener=_Rebalance(self))
-        await txn.start()  # InitProducerId: fences an older producer with this id, aborts its transaction
-        await self._consumer.start()
-        self._state_partitions = len(await topic_partitions(self._consumer, self.topics.window_state))
-        await self.started()
-        await txn.begin_transaction()
-        try:
-            while True:
-                try:
-                    if self._rewind_cause is not None:  # a commit on revocation failed
-                        cause, self._rewind_cause = self._rewind_cause, None
-                        raise cause
-                    # aiokafka's sender task dies on ProducerFenced and then every send and commit waits for
-                    # ever (docs/adr/0002): a turn that does not end is a failure like any other.
-                    await asyncio.wait_for(self._turn(), STEP_TIMEOUT_S)
-                except (AIOKafkaError, TimeoutError, OSError) as exc:
-                    await self._recover(exc)
-        finally:
-            for step in (self._consumer.stop(), self.txn.stop() if self.txn else asyncio.sleep(0)):
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(step, 5)
-
 
 def _applied_all(stage: WindowingStage, ends: dict[int, int]) -> bool:
-    return all(
-        p in stage.states and (stage.applied_offset(stage.states[p], p) or -1) >= end - 1 for p, end in ends.items()
-    )
+    return all(p in stage.states and stage._next.get(p, -1) >= end for p, end in ends.items())
 
 
 async def _ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
@@ -290,23 +90,8 @@ async def _partials(bootstrap: str, topic: str, committed: bool) -> list[dict[st
 async def phase(bootstrap: str, topics: Topics, txn: bool, partitions: int, timeout_s: float) -> dict[str, Any]:
     registry = DeploymentRegistry(bootstrap, topics.control)
     group = f"{topics.prefix}windows"
-    stage: WindowingStage
-    if txn:
-        stage = TxnWindowingStage(bootstrap, topics, registry, group_id=group, transactional_id=f"{group}-0")
-    else:
-        stage = WindowingStage(bootstrap, topics, registry, group_id=group)
+    stage = WindowingStage(bootstrap, topics, registry, group_id=group)
     ends = await _ends(bootstrap, topics.search_results, partitions)
-    ckpt_s: list[float] = []
-    if not txn:
-        original = stage.checkpoint
-
-        async def timed(only: Iterable[int] | None = None, force: bool = False) -> None:
-            before, started = stage.checkpoints, time.perf_counter()
-            await original(only, force)
-            if stage.checkpoints > before:
-                ckpt_s.append(time.perf_counter() - started)
-
-        stage.checkpoint = timed  # type: ignore[method-assign]
     tasks = [asyncio.create_task(registry.run()), asyncio.create_task(stage.run())]
     started = time.perf_counter()
     first: float | None = None
@@ -330,7 +115,7 @@ async def phase(bootstrap: str, topics: Topics, txn: bool, partitions: int, time
             with contextlib.suppress(BaseException):
                 await t
     seconds = done - (first or started)
-    times = stage.commit_s if isinstance(stage, TxnWindowingStage) else ckpt_s
+    times = list(stage.commit_seconds)  # each partition's transactions, run beside the loop
     partials = await _partials(bootstrap, topics.window_partials, committed=txn)
     ids = Counter(p["partial_id"] for p in partials)
     return {
@@ -358,7 +143,15 @@ def _check(partials: list[dict[str, Any]], truth: Counter[tuple[str, int]]) -> d
     for p in seen.values():
         counted[(p["key"], int(p["window_start_ms"]))] += int(p["aggregate"]["count"])
     wrong = [k for k in set(truth) | set(counted) if truth.get(k, 0) != counted.get(k, 0)]
-    return {"counted": sum(counted.values()), "expected": sum(truth.values()), "wrong_slots": len(wrong)}
+    # An outcome that arrives after its window closed (on the processing-time fallback, e.g. while the broker
+    # was away) counts in its key's next window, as late: a wrong slot by design, not a loss.
+    late = sum(int(p["aggregate"].get("late_count", 0)) for p in seen.values())
+    return {
+        "counted": sum(counted.values()),
+        "expected": sum(truth.values()),
+        "wrong_slots": len(wrong),
+        "late": late,
+    }
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -375,8 +168,8 @@ def run(args: Any) -> dict[str, Any]:
         truth = Counter((f"{o.window_key.as_str()}", o.ts - o.ts % WINDOW_MS) for o in outcomes)
         with control_keys(Path(tmp) / "keys"):
             if args.latency:
-                for txn in [False, True] * args.rounds:
-                    topics = Topics(unique_prefix("latt" if txn else "latc"))
+                for txn in [True] * args.rounds:
+                    topics = Topics(unique_prefix("latt"))
                     r = asyncio.run(latency_phase(bootstrap, topics, dep, txn, args))
                     log(f"    {r}")
                     result.setdefault("latency", []).append(r)
@@ -386,8 +179,8 @@ def run(args: Any) -> dict[str, Any]:
                 result["faults"] = f = asyncio.run(faults_phase(bootstrap, topics, dep, args))
                 log(f"    {f}")
                 return result
-            for txn in [False, True] * args.rounds:
-                topics = Topics(unique_prefix("txn" if txn else "cus"))
+            for txn in [True] * args.rounds:
+                topics = Topics(unique_prefix("txn"))
                 partitions = declared_partitions(topics, topics.search_results)
                 backlog = build_backlog(outcomes, partitions, 500, base + span_ms)
                 log(
@@ -463,11 +256,7 @@ async def latency_phase(bootstrap: str, topics: Topics, dep: str, txn: bool, arg
     await send_command(bootstrap, topics, start_command(CANDIDATE, weight=0.2, deployment_id=dep))
     registry = DeploymentRegistry(bootstrap, topics.control)
     group = f"{topics.prefix}windows"
-    stage: WindowingStage
-    if txn:
-        stage = TxnWindowingStage(bootstrap, topics, registry, group_id=group, transactional_id=f"{group}-0")
-    else:
-        stage = WindowingStage(bootstrap, topics, registry, group_id=group)
+    stage = WindowingStage(bootstrap, topics, registry, group_id=group)
     delays: dict[str, list[float]] = {"partial": [], "progress": []}
     reader = AIOKafkaConsumer(
         topics.window_partials,
@@ -525,8 +314,7 @@ async def faults_phase(bootstrap: str, topics: Topics, dep: str, args: Any) -> d
     await send_command(bootstrap, topics, start_command(CANDIDATE, weight=0.2, deployment_id=dep))
     registry = DeploymentRegistry(bootstrap, topics.control)
     group = f"{topics.prefix}windows"
-    tid = f"{group}-0"
-    stage = TxnWindowingStage(bootstrap, topics, registry, group_id=group, transactional_id=tid)
+    stage = WindowingStage(bootstrap, topics, registry, group_id=group)
     tasks = [asyncio.create_task(registry.run()), asyncio.create_task(stage.run())]
     events: list[str] = []
     t0 = time.monotonic()
@@ -543,10 +331,11 @@ async def faults_phase(bootstrap: str, topics: Topics, dep: str, args: Any) -> d
     try:
         await asyncio.sleep(span_s / 3)
         if not args.no_fence:
-            fencer = AIOKafkaProducer(**client_kwargs(bootstrap), transactional_id=tid)
-            await fencer.start()  # InitProducerId with the stage's id: the stage's producer is fenced
-            events.append(f"{time.monotonic() - t0:.1f}s fencing producer started")
-            await fencer.stop()
+            for p in sorted(stage.states):
+                fencer = AIOKafkaProducer(**client_kwargs(bootstrap), transactional_id=stage.transactional_id(p))
+                await fencer.start()  # InitProducerId with the partition's id: the stage's producer is fenced
+                await fencer.stop()
+            events.append(f"{time.monotonic() - t0:.1f}s every partition's producer fenced")
         if args.restart_port:
             await asyncio.sleep(span_s / 3)
             events.append(f"{time.monotonic() - t0:.1f}s broker stop")
@@ -570,10 +359,8 @@ async def faults_phase(bootstrap: str, topics: Topics, dep: str, args: Any) -> d
     ids = Counter(p["partial_id"] for p in partials)
     return {
         "events": events,
-        "recoveries": [
-            {"at_s": round(at - t0, 1), "error": name, "detail": detail} for at, name, detail in stage.recoveries
-        ],
-        "recovered_at_s": [round(at - t0, 1) for at in stage.recovered_at],
+        "transactions_aborted": stage.rewinds,
+        "last_failure": stage.last_failure,
         "traffic_slices_resent": resent,
         "outcomes_applied": stage.stats.outcomes,
         "duplicate_outcomes_dropped": stage.stats.duplicate_outcomes,
@@ -618,7 +405,7 @@ def main() -> int:
     parser = base_parser(__doc__ or "")
     parser.add_argument("-n", "--outcomes", dest="n", type=int, default=100_000)
     parser.add_argument("--span-s", type=float, default=60.0)
-    parser.add_argument("--rounds", type=int, default=2, help="custom/transactions alternations (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, each on fresh topics (default 2)")
     parser.add_argument("--timeout-s", type=float, default=180.0)
     parser.add_argument("--latency", action="store_true", help="live traffic: output visibility delay per mode")
     parser.add_argument("--faults", action="store_true", help="live traffic + a fencing producer (+ a restart)")

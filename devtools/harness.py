@@ -23,7 +23,7 @@ from canary.config import PresetStore
 from canary.control import read_topic
 from canary.core.deployment import ConfigRef, snapshot_hash
 from canary.core.models import ControlCommand
-from canary.kafka.clients import Cluster, as_connection, client_kwargs
+from canary.kafka.clients import Cluster, as_connection, client_kwargs, consumer_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from canary.security import CommandSigner, ControlSecurity, Role
 from canary.settings import load_settings
@@ -121,7 +121,7 @@ async def send_command(bootstrap: Cluster, topics: Topics, cmd: ControlCommand, 
 
 async def read_all(bootstrap: Cluster, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """Every record currently in ``topic`` (all partitions), decoded as JSON, in (partition, offset) order."""
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**consumer_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         return await read_topic(consumer, topic, timeout)

@@ -213,7 +213,7 @@ def samples() -> dict[str, list[dict[str, Any]]]:
     judgements = [j.to_dict() for j in result.recomputation.judgements]
     fin = WindowFinalizer(size_ms=W, grace_ms=1000)
     decoder = OutcomeDecoder()
-    fin.add(0, as_core_outcomes([decoder.decode(r.value) for r in records[:100]]), T0, list(range(100)))
+    fin.add(0, as_core_outcomes([decoder.decode(r.value) for r in records[:100]]), T0)
     closed = fin.due_closed(T0 + 60_000)
     partials = [partial_of(c, c.aggregate, 0).to_dict() for c in closed] + [Progress(0, T0 + W).to_dict()]
     return {

@@ -22,11 +22,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import faust
 import msgspec.structs
 import orjson
 from aiokafka.errors import KafkaError as AIOKafkaError
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT, StreamT
 
 from canary.alerts import AlertDispatcher, alert_event
@@ -59,6 +61,27 @@ rejected_log = logging.getLogger("canary.streams.rejected.agents")  # rate-limit
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust reads read_committed only with its own exactly-once processing; its agents here read
+        # canary_windows, which the merge step writes in transactions (docs/adr/0004-*.md). Set before start().
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+
+class _ReadCommittedConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return _ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _ReadCommittedTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport whose agents' consumer reads ``read_committed`` (what
+    canary.kafka.clients.consumer_kwargs gives every other consumer of canary)."""
+
+    Consumer = _ReadCommittedConsumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +157,8 @@ class CanaryStreams:
             consumer_group_instance_id=config.instance_id,
         )
         app = self.app
+        # Before anything asks the app for its transport (declaring a topic does).
+        app.transport = _ReadCommittedTransport(app.conf.broker_consumer, app)
         self.security = config.security or ControlSecurity.worker(load_settings())
         # ConfigError (exit 2) if the worker key is missing: a worker that could not sign would decide
         # rollbacks the routers refuse.

@@ -3,9 +3,9 @@
 Partial windows are keyed by deployment id, so every partial of a deployment reaches the same partials
 partition and one :class:`~canary.core.merge.WindowMerger`; progress marks of every source partition reach
 every partials partition. A window is emitted once every source partition has passed its end. The merger's
-state (pending partials, progress, what it emitted) is checkpointed like the windows stage's, so restarts
-and rebalances neither lose a window nor emit a different one (a re-emission after a crash is identical and
-dropped by ``window_id`` downstream).
+state (pending partials, progress, what it emitted) is committed in the same Kafka transaction as the windows
+it emitted and the partials offset (streams/transactional.py, like the windows stage), and the partials are
+read ``read_committed``: restarts and rebalances neither lose a window nor emit one twice.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from canary.errors import CanaryError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
-from streams.checkpointed import CheckpointedStage, now_ms
+from streams.transactional import TransactionalStage, now_ms
 
 log = logging.getLogger("canary.streams.merge")
 rejected_log = logging.getLogger("canary.streams.rejected.partials")  # rate-limited
@@ -39,13 +39,7 @@ class MergeStats:
     dropped_partials: int = 0
 
 
-@dataclass
-class _MergeState:
-    merger: WindowMerger
-    applied: int | None = None  # highest partials offset applied
-
-
-class MergeStage(CheckpointedStage[_MergeState]):
+class MergeStage(TransactionalStage[WindowMerger]):
     name = "merge"
 
     def __init__(
@@ -75,7 +69,7 @@ class MergeStage(CheckpointedStage[_MergeState]):
         assert self._consumer is not None
         self.sources = len(await topic_partitions(self._consumer, self.topics.search_results))
 
-    def new_state(self, partition: int, restored: dict[str, Any] | None) -> _MergeState:
+    def new_state(self, partition: int, restored: dict[str, Any] | None) -> WindowMerger:
         if restored is not None:
             merger = WindowMerger.from_dict(restored["merger"])
             if merger.sources != self.sources:
@@ -83,51 +77,40 @@ class MergeStage(CheckpointedStage[_MergeState]):
                     f"checkpoint merges {merger.sources} source partitions, {self.topics.search_results} has "
                     f"{self.sources}"
                 )
-            applied = restored.get("applied")
-            return _MergeState(merger, None if applied is None else int(applied))
-        return _MergeState(WindowMerger(self.sources))
+            return merger
+        return WindowMerger(self.sources)
 
-    def state_to_dict(self, state: _MergeState) -> dict[str, Any]:
-        return {"merger": state.merger.to_dict(), "applied": state.applied}
-
-    def applied_offset(self, state: _MergeState, partition: int) -> int | None:
-        return state.applied
+    def state_to_dict(self, state: WindowMerger) -> dict[str, Any]:
+        return {"merger": state.to_dict()}
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in batch.items():
-            state = self.states.get(tp.partition)
-            if state is None:
-                self.refetch(tp, records)
-                continue
+            merger = self.states[tp.partition]
             for record in records:
-                if state.applied is not None and record.offset <= state.applied:
-                    continue  # redelivered
-                state.applied = record.offset
                 try:
                     item = parse_merge_record(wire.decode_object(record.value, wire.PARTIAL))
                 except Exception as exc:  # poison: dead-lettered with its code, the loop goes on
                     rejected = wire.rejection_of(exc)
-                    await self._dead_letter(record, rejected.code, rejected.detail)
+                    self._dead_letter(record, rejected.code, rejected.detail)
                     continue
-                before = state.merger.dropped
+                before = merger.dropped
                 try:
-                    state.merger.add(item)
+                    merger.add(item)
                 except CanaryError as exc:  # the merger's refusal (e.g. a source partition that does not exist)
-                    await self._dead_letter(record, "invalid", str(exc))
+                    self._dead_letter(record, "invalid", str(exc))
                     continue
                 except Exception as exc:  # a partial the merger cannot take: quarantined, never fatal
                     log.exception("merge: record at %s/%s quarantined", tp.partition, record.offset)
-                    await self._dead_letter(record, "quarantined", f"the merger raised {type(exc).__name__}: {exc}")
+                    self._dead_letter(record, "quarantined", f"the merger raised {type(exc).__name__}: {exc}")
                     continue
-                if state.merger.dropped > before:
+                if merger.dropped > before:
                     self.stats.dropped_partials += 1
                 elif isinstance(item, Progress):
                     self.stats.progress_marks += 1
                 else:
                     self.stats.partials += 1
-            self.mark_dirty(tp.partition)
 
-    async def _dead_letter(self, record: Any, reason: wire.DeadLetterReason, detail: str) -> None:
+    def _dead_letter(self, record: Any, reason: wire.DeadLetterReason, detail: str) -> None:
         self.stats.invalid_records += 1
         dead = wire.dead_letter(
             reason,
@@ -137,7 +120,7 @@ class MergeStage(CheckpointedStage[_MergeState]):
             offset=record.offset,
             raw=record.value,
         )
-        await self.emit(self.topics.results_dlq, orjson.dumps(dead))
+        self.emit(record.partition, self.topics.results_dlq, orjson.dumps(dead))
         self.metrics.dlq.labels(reason).inc()
         rejected_log.warning(
             "merge: dead-lettered record at %s/%s: %s: %s", record.partition, record.offset, reason, detail
@@ -145,13 +128,12 @@ class MergeStage(CheckpointedStage[_MergeState]):
 
     async def emit_due(self) -> None:
         now = now_ms()
-        for partition, state in list(self.states.items()):
-            due = state.merger.due(now)
+        for partition, merger in list(self.states.items()):
+            due = merger.due(now)
             for window in due:
                 key = (window.deployment_id or "-").encode()
-                await self.emit(self.topics.windows, dumps(window.to_dict()), key=key)
+                self.emit(partition, self.topics.windows, dumps(window.to_dict()), key=key, window=True)
                 self.stats.windows_emitted += 1
-                self.windows_since_checkpoint += 1
                 self.metrics.windows_emitted.inc()
                 self.metrics.window_lag.observe(max(0.0, (now - window.window_end_ms) / 1000))
             if due:

@@ -34,8 +34,8 @@ from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
 from canary.pipeline.decode import Decoded, OutcomeDecoder, as_core_outcomes
 from canary.pipeline.settings import DEFAULTS
-from streams.checkpointed import CheckpointedStage, now_ms
 from streams.registry import DeploymentRegistry
+from streams.transactional import TransactionalStage, now_ms
 
 log = logging.getLogger("canary.streams.windows")
 rejected_log = logging.getLogger("canary.streams.rejected.outcomes")  # rate-limited: a flood is one line per 5 s
@@ -58,7 +58,7 @@ class WindowingStats:
     by_partition: dict[int, int] = field(default_factory=dict)
 
 
-class WindowingStage(CheckpointedStage[WindowFinalizer]):
+class WindowingStage(TransactionalStage[WindowFinalizer]):
     name = "windows"
 
     def __init__(
@@ -120,9 +120,6 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
     def state_to_dict(self, state: WindowFinalizer) -> dict[str, Any]:
         return state.to_dict()
 
-    def applied_offset(self, state: WindowFinalizer, partition: int) -> int | None:
-        return state.applied_offset(partition)
-
     async def started(self) -> None:
         assert self._consumer is not None
         self._partials_partitions = len(await topic_partitions(self._consumer, self.topics.window_partials))
@@ -135,10 +132,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         now = now_ms()
         for tp, records in batch.items():
-            fin = self.states.get(tp.partition)
-            if fin is None:
-                self.refetch(tp, records)  # not restored (or revoked) yet: never drop them
-                continue
+            fin = self.states[tp.partition]
             items, offsets = [], []
             for record in records:
                 try:
@@ -146,12 +140,12 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
                     offsets.append(record.offset)
                 except Exception as exc:  # poison (the decoder raises only Rejected): dead-lettered, never fatal
                     rejected = wire.rejection_of(exc)
-                    await self._dead_letter(tp.partition, record.offset, record.value, rejected.code, rejected.detail)
+                    self._dead_letter(tp.partition, record.offset, record.value, rejected.code, rejected.detail)
                     self.stats.invalid_outcomes += 1
             if not items:
                 continue
             try:
-                result = fin.add(tp.partition, as_core_outcomes(items), now, offsets)
+                result = fin.add(tp.partition, as_core_outcomes(items), now)
             except Exception:
                 # The core never raises on decoded outcomes; if it ever does, find the record that makes it
                 # raise instead of crash-looping on the batch: one by one, the culprit quarantined. Outcomes
@@ -159,7 +153,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
                 log.exception(
                     "windows: partition %s: a batch of %d outcomes failed; one by one", tp.partition, len(items)
                 )
-                result = await self._add_one_by_one(fin, tp.partition, items, offsets, records, now)
+                result = self._add_one_by_one(fin, tp.partition, items, offsets, records, now)
             n = len(items) - result.watermarks
             self.stats.outcomes += n
             self.stats.watermark_records += result.watermarks
@@ -174,7 +168,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             for outcome in result.future:
                 self.stats.future_outcomes += 1
                 offset = offset_of.get(id(outcome))
-                await self._dead_letter(
+                self._dead_letter(
                     tp.partition,
                     offset,
                     None,
@@ -182,9 +176,8 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
                     "event time beyond the bound ahead of its producer's watermark",
                     extra={"event_id": outcome.event_id, "ts": outcome.ts, "router_id": outcome.router_id},
                 )
-            self.mark_dirty(tp.partition)
 
-    async def _add_one_by_one(
+    def _add_one_by_one(
         self,
         fin: WindowFinalizer,
         partition: int,
@@ -197,11 +190,11 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
         total = AddResult()
         for item, offset in zip(items, offsets, strict=True):
             try:
-                total.merge(fin.add(partition, as_core_outcomes([item]), now, [offset]))
+                total.merge(fin.add(partition, as_core_outcomes([item]), now))
             except Exception as exc:
                 log.exception("windows: outcome at %s/%s quarantined", partition, offset)
                 detail = f"the window core raised {type(exc).__name__}: {exc}"
-                await self._dead_letter(partition, offset, raw_of.get(offset), "quarantined", detail)
+                self._dead_letter(partition, offset, raw_of.get(offset), "quarantined", detail)
         return total
 
     async def emit_due(self) -> None:
@@ -212,22 +205,21 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
                 # A partition nobody writes to must not hold the merge back: once the consumer is at its
                 # end, its event time follows processing time.
                 tp = self.tp(partition)
-                end = self._consumer.highwater(tp)
+                end = self._consumer.last_stable_offset(tp)
                 if end is not None and await self._consumer.position(tp) >= end:
                     fin.mark_idle(partition, now)
             due = fin.due_closed(now)
             for window in due:
                 partial = partial_of(window, window.aggregate, partition)
                 key = (window.deployment_id or "-").encode()
-                await self.emit(self.topics.window_partials, dumps(partial.to_dict()), key=key)
+                self.emit(partition, self.topics.window_partials, dumps(partial.to_dict()), key=key, window=True)
                 self.stats.partials_emitted += 1
-                self.windows_since_checkpoint += 1
                 self.metrics.partials_emitted.inc()
             if due:
                 self.mark_dirty(partition)
-            await self._progress(partition, fin, force=bool(due))
+            self._progress(partition, fin, force=bool(due))
 
-    async def _progress(self, partition: int, fin: WindowFinalizer, *, force: bool) -> None:
+    def _progress(self, partition: int, fin: WindowFinalizer, *, force: bool) -> None:
         """Tell every merge partition how far this partition's windows are closed."""
         closed = fin.watermark
         if closed is None:
@@ -237,22 +229,19 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
         stale = time.monotonic() - at > PROGRESS_EVERY_MS / 1000
         if closed == sent and not stale and not force:
             return
+        moved = closed != sent or force
         body = dumps(Progress(partition, closed).to_dict())
         for target in range(self._partials_partitions):
-            await self.emit(self.topics.window_partials, body, key=b"progress", partition=target)
+            # A mark that moves the boundary lets the merge step close a window: at once. A repeat (stale) can wait.
+            self.emit(partition, self.topics.window_partials, body, key=b"progress", partition=target, urgent=moved)
         self._progress_sent[partition] = (closed, time.monotonic())
         self.stats.progress_marks += 1
 
-    async def release(self, partitions: list[int]) -> None:
-        await super().release(partitions)
+    def forget(self, partitions: list[int]) -> None:
         for p in partitions:
             self._progress_sent.pop(p, None)
 
-    def rewound(self, partitions: list[int]) -> None:
-        for p in partitions:
-            self._progress_sent.pop(p, None)
-
-    async def _dead_letter(
+    def _dead_letter(
         self,
         partition: int,
         offset: int | None,
@@ -270,7 +259,7 @@ class WindowingStage(CheckpointedStage[WindowFinalizer]):
             raw=raw,
             extra=extra,
         )
-        await self.emit(self.topics.results_dlq, orjson.dumps(record))
+        self.emit(partition, self.topics.results_dlq, orjson.dumps(record))
         self.metrics.dlq.labels(reason).inc()
         rejected_log.warning(
             "dead-lettered outcome (partition %s offset %s): %s: %s", partition, offset, reason, detail

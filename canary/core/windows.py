@@ -185,7 +185,6 @@ class AddResult:
     late: list[SearchOutcome] = field(default_factory=list)  # aggregated into a later window
     future: list[SearchOutcome] = field(default_factory=list)  # refused: beyond the event-time bound
     duplicates: int = 0  # dropped: the request was already counted
-    redelivered: int = 0  # skipped: offsets already applied
     watermarks: int = 0
 
     def merge(self, other: AddResult) -> None:
@@ -193,7 +192,6 @@ class AddResult:
         self.late.extend(other.late)
         self.future.extend(other.future)
         self.duplicates += other.duplicates
-        self.redelivered += other.redelivered
         self.watermarks += other.watermarks
 
 
@@ -285,15 +283,10 @@ class WindowFinalizer:
         self._series: dict[WindowKey, _Series] = {}
         self._emitted_end: dict[WindowKey, int] = {}
         self._open: dict[WindowKey, dict[int, WindowAggregate]] = {}
-        self._offsets: dict[int, int] = {}
         self._seen: dict[int, int] = {}  # request key -> window start it was counted in
         self._seen_by_start: dict[int, list[int]] = {}  # window start -> request keys (for pruning)
 
     # -- inspection -------------------------------------------------------------------------------
-
-    def applied_offset(self, partition: int) -> int | None:
-        """Highest source offset of ``partition`` already added (what a checkpoint covers)."""
-        return self._offsets.get(partition)
 
     @property
     def watermark(self) -> int | None:
@@ -364,26 +357,9 @@ class WindowFinalizer:
         partition: int,
         items: Sequence[Item],
         now_ms: int,
-        offsets: Sequence[int] | None = None,
     ) -> AddResult:
-        """Add one micro-batch from ``partition``: outcomes and producer watermarks, in partition order.
-
-        With ``offsets`` (source offset per item), items at or below the highest offset already added
-        from that partition are redeliveries and skipped.
-        """
+        """Add one micro-batch from ``partition``: outcomes and producer watermarks, in partition order."""
         result = AddResult()
-        if offsets is not None:
-            if len(offsets) != len(items):
-                raise ValueError(f"{len(offsets)} offsets for {len(items)} items")
-            seen = self._offsets.get(partition, -1)
-            if offsets and min(offsets) > seen:  # the usual case: nothing redelivered
-                self._offsets[partition] = max(offsets)
-            else:
-                fresh = [i for i, off in enumerate(offsets) if off > seen]
-                if fresh:
-                    self._offsets[partition] = max(seen, max(offsets))
-                result.redelivered = len(items) - len(fresh)
-                items = [items[i] for i in fresh]
         if not items:
             return result
         clock = self.clock(partition)
@@ -732,7 +708,6 @@ class WindowFinalizer:
             "dedup_retention_ms": self.dedup_retention_ms,
             "watermark": self.watermark,
             "clocks": {str(p): c.to_dict() for p, c in sorted(self.clocks.items())},
-            "offsets": {str(p): self._offsets[p] for p in sorted(self._offsets)},
             "series": keyed({k: {"next_start": s.next_start, "idle": s.idle} for k, s in self._series.items()}),
             "emitted_end": keyed(self._emitted_end),
             "open": keyed({k: {str(s): w[s].to_dict() for s in sorted(w)} for k, w in self._open.items() if w}),
@@ -779,7 +754,6 @@ class WindowFinalizer:
                     )
                     for p, c in d["clocks"].items()
                 }
-            out._offsets = {int(p): int(o) for p, o in d["offsets"].items()}
             for k, s in d["series"].items():
                 out._series[WindowKey.parse(k)] = _Series(int(s["next_start"]), int(s["idle"]))
             out._emitted_end = {WindowKey.parse(k): int(v) for k, v in d["emitted_end"].items()}

@@ -33,7 +33,7 @@ from canary.core.judge import Judgement
 from canary.core.models import RouterState, WindowResult
 from canary.core.outages import KEPT, BrokerOutage, OutageNote, merge_outages
 from canary.errors import KafkaError
-from canary.kafka.clients import Cluster, client_kwargs
+from canary.kafka.clients import Cluster, consumer_kwargs
 from canary.kafka.topics import Topics, topic_partitions
 from canary.security import CommandVerifier, Verdict
 
@@ -201,7 +201,7 @@ async def tail_topics(bootstrap: Cluster, topics: Topics, state: DashboardState,
     """Fold the four topics into ``state`` forever, calling ``on_change`` after every batch that changed
     something (once caught up with the history; the first call after that carries the whole history)."""
     consumer = AIOKafkaConsumer(
-        **client_kwargs(bootstrap), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+        **consumer_kwargs(bootstrap), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
     )
     try:
         await asyncio.wait_for(consumer.start(), 10)

@@ -91,3 +91,12 @@ def faust_credentials(cluster: Cluster) -> CredentialsT | None:
             ssl_context=ssl_context(security) if security.uses_ssl else None,
         )
     return SSLCredentials(ssl_context(security))
+
+
+def consumer_kwargs(cluster: Cluster) -> dict[str, Any]:
+    """:func:`client_kwargs` for a consumer: every consumer of canary reads ``read_committed``.
+
+    The windows stage and the merge step write in Kafka transactions (docs/adr/0004-*.md): what an aborted
+    transaction wrote stays in the log, and only ``read_committed`` hides it. Set here, once, so no reader of
+    their topics can forget it; on topics nobody writes transactionally it changes nothing."""
+    return {**client_kwargs(cluster), "isolation_level": "read_committed"}

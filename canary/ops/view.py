@@ -24,7 +24,7 @@ from canary.core import wire
 from canary.core.deployment import ConfigRef, ControlLedger, Deployment
 from canary.core.models import ControlCommand, RouterState, WindowResult
 from canary.errors import CanaryError, KafkaError
-from canary.kafka.clients import Cluster, client_kwargs
+from canary.kafka.clients import Cluster, consumer_kwargs
 from canary.kafka.topics import Topics
 from canary.security import CommandVerifier, Verdict
 
@@ -107,7 +107,7 @@ async def read_view_async(
     bootstrap: Cluster, topics: Topics, with_windows: bool = False, verifier: CommandVerifier | None = None
 ) -> ControlView:
     """The view as of now. ``verifier``: a fresh one for this fold (None = the process settings')."""
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**consumer_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     try:
         await asyncio.wait_for(consumer.start(), 10)
     except Exception as exc:

@@ -17,7 +17,7 @@ from canary.core.judge import Judgement, evidence_text, format_value
 from canary.core.models import WindowResult, iso_ms
 from canary.core.outages import OutageNote
 from canary.errors import CanaryError
-from canary.kafka.clients import Cluster, client_kwargs
+from canary.kafka.clients import Cluster, consumer_kwargs
 from canary.kafka.topics import Topics, topic_partitions
 
 WatchItem = WindowResult | Judgement
@@ -37,7 +37,7 @@ async def tail_windows(
 ) -> AsyncGenerator[WatchItem, None]:
     """last_good windows and judged candidate windows, as they arrive. ``on_ready`` is called with the
     topics once the reader is positioned: what is published after that call is seen."""
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, fetch_max_wait_ms=100)
+    consumer = AIOKafkaConsumer(**consumer_kwargs(bootstrap), group_id=None, fetch_max_wait_ms=100)
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topics.windows) + await topic_partitions(consumer, topics.verdicts)

@@ -5,7 +5,7 @@ The same core objects as the live worker (``streams/app.py``) do the work:
 * per source partition one :class:`~canary.core.windows.WindowFinalizer` with the worker's window
   settings, fed the partition's outcomes **in offset order, in micro-batches** (at most ``batch_max``
   records spanning at most ``batch_span_ms`` of Kafka time, as the live agent's
-  ``take_events(batch_max, within=...)`` cuts them), with the source offsets (redelivery dedupe) and
+  ``take_events(batch_max, within=...)`` cuts them), with the source offsets (for dead-letter samples) and
   ``now_ms`` = the newest Kafka timestamp in the batch: a record's Kafka timestamp is the closest
   recorded stand-in for the moment the live worker received it, so the processing-time extrapolation of
   the watermark — and with it every lateness decision — behaves as it did live;
@@ -170,7 +170,7 @@ def recompute_partition_partials(
         nonlocal last_now
         now = max(batch_now, last_now)  # processing time never runs backwards
         last_now = now
-        result = add(partition, as_core_outcomes(batch), now, offsets)
+        result = add(partition, as_core_outcomes(batch), now)
         late = result.late
         stats.batches += 1
         stats.future += len(result.future)

@@ -118,7 +118,8 @@ def live_agent_commands(commands: Iterable[ControlCommand], deployment_id: str |
 
 
 def dedupe_live_windows(windows: Iterable[WindowResult]) -> tuple[list[WindowResult], list[Difference]]:
-    """Live windows by id (first emission wins); a re-emission with other figures is reported."""
+    """Live windows by id (first wins). The merge step writes each window once (Kafka transactions, read
+    read_committed), so a second copy is someone else's write: with other figures it is reported."""
     first: dict[str, WindowResult] = {}
     diffs: list[Difference] = []
     for w in windows:

@@ -23,7 +23,7 @@ from canary.core import wire
 from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.errors import CanaryError, KafkaError
-from canary.kafka.clients import Cluster, client_kwargs
+from canary.kafka.clients import Cluster, consumer_kwargs
 from canary.kafka.topics import Topics, topic_partitions
 from canary.pipeline.recompute import read_bounds, span_bounds
 from canary.pipeline.settings import PipelineSettings
@@ -34,7 +34,7 @@ from canary.security import CommandVerifier
 def new_consumer(bootstrap: Cluster) -> AIOKafkaConsumer:
     """A group-less consumer tuned for bulk reads (big fetches, no CRC re-check on loopback data)."""
     return AIOKafkaConsumer(
-        **client_kwargs(bootstrap),
+        **consumer_kwargs(bootstrap),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

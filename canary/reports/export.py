@@ -20,7 +20,7 @@ from canary.core.judge import Judgement
 from canary.core.models import WindowResult
 from canary.core.outages import BrokerOutage
 from canary.errors import CanaryError, ConfigError, KafkaError
-from canary.kafka.clients import Cluster, client_kwargs
+from canary.kafka.clients import Cluster, consumer_kwargs
 from canary.reports.files import AUDIT_LOG, export_all, read_audit_file, rebuild_audit
 from canary.reports.model import DeploymentReport, build_report, outages_of_judgements
 from canary.security import CommandVerifier
@@ -58,7 +58,7 @@ async def read_topics_async(
     from canary.kafka.topics import Topics
 
     topics = Topics(prefix)
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**consumer_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     try:
         await asyncio.wait_for(consumer.start(), 10)
     except Exception as exc:

@@ -325,17 +325,6 @@ def _results_no_flush(
     return emitted, late
 
 
-def test_redelivered_offsets_are_skipped_after_restore() -> None:
-    fin = WindowFinalizer()
-    batch = [outcome(1000), outcome(2000), outcome(3000)]
-    fin.add(0, batch, 3000, offsets=[10, 11, 12])
-    restored = WindowFinalizer.from_dict(json.loads(json.dumps(fin.to_dict())), now_ms=3000)
-    restored.add(0, [*batch, outcome(4000)], 4000, offsets=[10, 11, 12, 13])
-    (w,) = restored.due(6000)
-    assert w.response_count == 4
-    assert fin.due(6000)[0].response_count == 3
-
-
 def test_restore_without_traffic_still_closes_windows() -> None:
     fin = WindowFinalizer()
     fin.add(0, [outcome(1000)], 1000)
@@ -351,11 +340,9 @@ def test_from_dict_rejects_malformed() -> None:
         WindowFinalizer.from_dict({"size_ms": 5000})
 
 
-def test_rejects_bad_settings_and_offsets() -> None:
+def test_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="window settings"):
         WindowFinalizer(size_ms=0)
-    with pytest.raises(ValueError, match="offsets"):
-        WindowFinalizer().add(0, [outcome(1)], 1, offsets=[1, 2])
     with pytest.raises(ValueError, match="watermark settings"):
         WindowFinalizer(router_timeout_ms=0)
 

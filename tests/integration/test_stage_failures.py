@@ -3,18 +3,19 @@
 Each test runs a deployment whose candidate is slow (it must be rolled back after two failing windows) under
 steady load and breaks the worker in between the two failing windows:
 
-- SIGKILL between produce and checkpoint, in the windows stage and in the merge step. The kill is placed
-  exactly by the stage itself (``CANARY_FAULT_KILL_FILE``, streams/checkpointed.py): once the test writes the
-  stage's name into that file, the stage kills its own process at its next checkpoint that follows window
-  output — the output acknowledged by the broker, the state that says so not written. Timing a SIGKILL from
-  outside could not tell which side of the checkpoint it hit.
-- an unreadable state record: every checkpoint of both stages is overwritten with junk while the worker is
-  stopped; the restarted worker starts each partition afresh and re-reads ``recovery_lookback_ms``.
+- SIGKILL between produce and commit, in the windows stage and in the merge step. The kill is placed exactly
+  by the stage itself (``CANARY_FAULT_KILL_FILE``, streams/transactional.py): once the test writes the stage's
+  name into that file, the stage kills its own process in its next transaction that holds window output —
+  the output acknowledged by the broker, the transaction not committed. Timing a SIGKILL from outside could
+  not tell which side of the commit it hit.
+- an unreadable state record: junk is written over every state record of both stages while the worker is
+  stopped; the restarted worker dead-letters it and restores the state committed with each partition's
+  offset under it (docs/adr/0004-*.md).
 - a rebalance mid-window: a second worker joins the group while windows are open, and leaves again.
 
 Then: every merged window counts exactly the outcomes whose time falls into it (none late), a window seen
-twice on ``canary_windows`` is the same window (readers drop it by id), and the deployment is rolled back
-exactly once.
+twice on ``canary_windows`` is the same window (with transactions none is: the count is printed), and the
+deployment is rolled back exactly once.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ async def test_sigkill_between_output_and_checkpoint(kafka_bootstrap: str, tmp_p
         code = worker.stop()
     assert code == 0, worker.log_tail()
     await run.check(windows)
-    print(f"{stage}: {run.repeats} window record(s) emitted again after the kill, dropped by id")
+    print(f"{stage}: {run.repeats} window record(s) emitted again after the kill")
 
 
 async def test_unreadable_checkpoints_are_recovered_by_lookback(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -199,7 +200,7 @@ async def test_unreadable_checkpoints_are_recovered_by_lookback(kafka_bootstrap:
     try:
         await run.start(30)
         await run.first_failing_window()
-        assert worker.stop() == 0, worker.log_tail()  # its last checkpoints are written on the way out
+        assert worker.stop() == 0, worker.log_tail()  # its last transactions are committed on the way out
         keys = [
             f"{topics.prefix}{APP_ID}-{stage}|{source}|{p}".encode()
             for stage, source, partitions in (
@@ -231,7 +232,7 @@ async def test_unreadable_checkpoints_are_recovered_by_lookback(kafka_bootstrap:
     assert "windows: checkpoint of partition" in log and "merge: checkpoint of partition" in log, worker.log_tail()
     assert "is unreadable" in log
     await run.check(windows)
-    print(f"unreadable: {run.repeats} window record(s) emitted again after the lookback, dropped by id")
+    print(f"unreadable: {run.repeats} window record(s) emitted again after the restore")
 
 
 async def test_rebalance_mid_window(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -260,7 +261,7 @@ async def test_rebalance_mid_window(kafka_bootstrap: str, tmp_path: Path) -> Non
         second.stop()
     assert code == 0, first.log_tail()
     await run.check(windows)
-    print(f"rebalance: {run.repeats} window record(s) emitted again, dropped by id")
+    print(f"rebalance: {run.repeats} window record(s) emitted again")
 
 
 async def _records(bootstrap: str, topic: str) -> list[Any]:

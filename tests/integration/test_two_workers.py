@@ -74,10 +74,11 @@ async def test_windows_survive_losing_one_of_two_workers(kafka_bootstrap: str, t
         (f"{o['deployment_id'] or '-'}|{o['config_name']}|{o['arm']}", o["ts"] - o["ts"] % 5000) for o in outcomes
     )
     checked = 0
+    logs = "\n".join(f"--- worker {i}\n{w.log_tail(60)}" for i, w in enumerate(workers))
     for w in windows.values():
         key = (f"{w['deployment_id'] or '-'}|{w['config_name']}|{w['arm']}", w["window_start_ms"])
         assert w["late_count"] == 0, w
-        assert w["response_count"] == truth.get(key, 0), (w["window_id"], w["response_count"], truth.get(key, 0))
+        assert w["response_count"] == truth.get(key, 0), (w["window_id"], w["response_count"], truth.get(key, 0), logs)
         checked += 1
     counted = sum(int(w["response_count"]) for w in windows.values())  # type: ignore[call-overload]
     assert counted == len(outcomes), (counted, len(outcomes))
@@ -93,6 +94,6 @@ def _acquired(worker: WorkerProcess) -> set[int]:
     held: set[int] = set()
     for line in worker.log_tail(400).splitlines():
         if "windows: acquired partitions" in line:
-            listed = line.split("acquired partitions [", 1)[1].split("]", 1)[0]
+            listed = line.split("holding [", 1)[1].split("]", 1)[0]
             held = {int(p) for p in listed.split(",") if p.strip()}
     return held

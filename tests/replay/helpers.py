@@ -190,7 +190,6 @@ def _live_partition(
     windows: list[WindowResult] = []
     shift = 0
     batch: list[SearchOutcome] = []
-    offs: list[int] = []
     first = now = last_now = 0
 
     def flush(now: int, last_now: int) -> int:
@@ -199,10 +198,9 @@ def _live_partition(
         while last_now and t < n:
             windows.extend(fin.due(t))
             t += 100
-        fin.add(p, batch, n, offs)
+        fin.add(p, batch, n)
         windows.extend(fin.due(n))
         batch.clear()
-        offs.clear()
         return n
 
     for _, offset, kts, raw in recs:
@@ -218,7 +216,6 @@ def _live_partition(
             first = now = ts
         now = max(now, ts)
         batch.append(o)
-        offs.append(offset)
     if batch:
         last_now = flush(now, last_now)
     if tick_until_ms is not None:
