@@ -10,9 +10,8 @@ Verdicts (``method: sequential``, the default), per rule and window, from eviden
 
 * ``fail``: the window's own data break the rule, and either the **pooled** evidence of the regime reaches
   ln(1/alpha_pooled) or the **change detector** (a Shiryaev–Roberts e-detector over the last 24 windows)
-  reaches ln(N/alpha_detector) — each also without the strongest other window when that one is decisive on
-  its own, unless this window's own evidence carries half of a window's threshold (a spike makes no second
-  failing bucket);
+  reaches ln(N/alpha_detector) — each also without every other window that is decisive on its own, unless
+  this window's own evidence carries half of a window's threshold (spikes make no second failing bucket);
 * ``shared``: it would fail, but last_good is significantly worse in the same window than in its own windows
   before: a shock both arms share, answered by a pause and a resume once last_good recovers;
 * ``pass``: the pooled evidence that it holds reached its threshold, and this window does not break it;
@@ -272,7 +271,7 @@ def _logsumexp(values: list[float]) -> float:
 class DetectorReading:
     """The e-detector over the last windows: ``log_e`` = ln of the sum over change points k of the e-value of
     the data since k (an e-Shiryaev-Roberts statistic over segment e-values); ``log_e_robust`` the same
-    with, in every segment, the strongest window other than the current one left out."""
+    with, in every segment, every decisive window other than the current one left out."""
 
     log_e: float
     log_e_robust: float
@@ -280,14 +279,14 @@ class DetectorReading:
     segments: int
 
     def alarms(self, own_carries: bool) -> bool:
-        """Significant — also without the decisive earlier window, unless this window's own data carry
+        """Significant — also without the decisive earlier windows, unless this window's own data carry
         evidence of their own (``own_carries``, see OWN_SHARE)."""
         return self.log_e >= self.needed and (self.log_e_robust >= self.needed or own_carries)
 
     def to_dict(self) -> JSONDict:
         return {
             "log_e": _finite(self.log_e),
-            "log_e_without_strongest": _finite(self.log_e_robust),
+            "log_e_without_decisive": _finite(self.log_e_robust),
             "log_e_needed": self.needed,
             "segments": self.segments,
         }
@@ -298,14 +297,16 @@ def detect(test: RuleTest, windows: list[WindowStats], needed: float, decisive: 
 
     Segment e-values are mixture e-values of the pooled data since each change point (one Beta/betting
     mixture per segment, so a segment pays the mixture's price once, not once per window). The robust
-    reading leaves out of each segment its strongest earlier window when that window is decisive on its own
-    (its log e reaches ``decisive``): a spike that proves itself broken must not make later buckets fail."""
+    reading leaves out of each segment every earlier window that is decisive on its own (its log e reaches
+    ``decisive``): a spike that proves itself broken must not make later buckets fail — nor two spikes in one
+    segment (leaving out only the strongest kept the other, and the healthy window after it failed)."""
     samples = [test.sample(w) for w in windows]
     if samples[-1] is None:
         return DetectorReading(NEG_INF, NEG_INF, needed, 0)
     own = [test.log_e_fail(s) if i < len(samples) - 1 else NEG_INF for i, s in enumerate(samples)]
     total: Sample | None = None
-    strongest: int | None = None  # index of the strongest window in the segment, the current one aside
+    kept: Sample | None = None  # the segment without its decisive windows (the current one always kept)
+    skipped = False
     log_es: list[float] = []
     robust: list[float] = []
     last = len(samples) - 1
@@ -313,15 +314,14 @@ def detect(test: RuleTest, windows: list[WindowStats], needed: float, decisive: 
         s = samples[i]
         if s is not None:
             total = s if total is None else total + s  # type: ignore[operator]
-            if i != last and (strongest is None or own[i] > own[strongest]):
-                strongest = i
+            if i == last or own[i] < decisive:
+                kept = s if kept is None else kept + s  # type: ignore[operator]
+            else:
+                skipped = True
         if total is None:
             continue
         log_es.append(test.log_e_fail(total))
-        if strongest is None or own[strongest] < decisive:
-            robust.append(log_es[-1])
-        else:
-            robust.append(test.log_e_fail(total - samples[strongest]))  # type: ignore[operator]
+        robust.append(test.log_e_fail(kept) if skipped and kept is not None else log_es[-1])
     return DetectorReading(_logsumexp(log_es), _logsumexp(robust), needed, len(log_es))
 
 
@@ -375,15 +375,15 @@ def _evidence_entry(window: WindowResult, verdict: RuleVerdict) -> JSONDict:
 
 
 @dataclass
-class _Strongest:
-    """The window of the current regime with the most evidence, on its own, that a rule is broken."""
+class _Decisive:
+    """The windows of the current regime whose own data prove a rule broken (each decisive on its own), pooled:
+    the evidence a later bucket may not lean on (unless its own data carry a share, OWN_SHARE)."""
 
-    log_e: float
-    start: int
     stats: WindowStats
+    starts: list[int]
 
-    def state(self) -> StrongestState:
-        return StrongestState(_finite(self.log_e), self.start, self.stats.to_dict())
+    def state(self) -> DecisiveState:
+        return DecisiveState(self.stats.to_dict(), list(self.starts))
 
 
 # -- the checkpoint ---------------------------------------------------------------------------------------------
@@ -392,16 +392,25 @@ class _Strongest:
 # and restores after a restart or rebalance, declared once. Window statistics and the policy stay JSON
 # objects here: their encodings belong to canary.core.aggregations (WindowStats) and the slo grammar
 # (SLOPolicy.from_dict), which read them after this declaration has checked the rest. A checkpoint written
-# before the change detector (no regime_*, recent, strongest, last_good_recent) restores with those empty.
+# before the change detector (no regime_*, recent, decisive, last_good_recent) restores with those empty. One
+# written before ``decisive`` carries ``strongest`` (the one window of the regime with the most evidence): it
+# restores as that window alone, decisive — a later bucket may not lean on it, which can only slow a decision.
 
 StartKey = Annotated[str, Meta(pattern=r"^-?[0-9]{1,19}$", description="a window start, epoch ms, as text")]
 StatsState = JSONDict  # WindowStats.to_dict()
 
 
 class StrongestState(msgspec.Struct, frozen=True):
+    """Read from checkpoints written before :class:`DecisiveState`; never written."""
+
     log_e: float
     start: int
     stats: StatsState
+
+
+class DecisiveState(msgspec.Struct, frozen=True):
+    stats: StatsState
+    starts: list[int]
 
 
 class JudgeState(msgspec.Struct, frozen=True, kw_only=True):
@@ -427,7 +436,8 @@ class JudgeState(msgspec.Struct, frozen=True, kw_only=True):
     regime_index: Count = 0
     next_regime_ms: int | None = None
     recent: list[tuple[int, StatsState]] = []
-    strongest: dict[str, StrongestState] = {}
+    decisive: dict[str, DecisiveState] = {}
+    strongest: dict[str, StrongestState] | None = None  # older checkpoints only
     last_good_recent: dict[StartKey, StatsState] = {}
     # Free-form (the shock's rule, state and windows); anything but an object reads as no shock, as before.
     shock: Any = None
@@ -458,7 +468,7 @@ class DeploymentJudge:
     regime_index: int = 0
     next_regime_ms: int | None = None  # a step that began: the regime changes at the first window after it
     recent: list[tuple[int, WindowStats]] = field(default_factory=list)  # the detector's windows, oldest first
-    strongest: dict[str, _Strongest] = field(default_factory=dict)
+    decisive: dict[str, _Decisive] = field(default_factory=dict)
     last_good_recent: dict[int, WindowStats] = field(default_factory=dict)  # last_good's windows by start
     shock: JSONDict | None = None  # a shock shared with last_good: its rule, state and windows
 
@@ -557,7 +567,7 @@ class DeploymentJudge:
         self.next_regime_ms = None
         self.regime_index += 1
         self.candidate = WindowStats()
-        self.strongest = {}
+        self.decisive = {}
 
     def _judge(self, window: WindowResult, now_ms: int) -> Judgement:
         start = window.window_start_ms
@@ -624,8 +634,8 @@ class DeploymentJudge:
         window_ms: int,
     ) -> tuple[RuleVerdict, WindowStats | None]:
         """One sequential rule on one window: the bucket fails when it breaks the rule on its own data and the
-        pooled evidence of its regime, or the change detector, is significant — both also without the
-        strongest other window (no earlier spike makes this bucket fail)."""
+        pooled evidence of its regime, or the change detector, is significant — both also without every other
+        decisive window (no earlier spike makes this bucket fail)."""
         value = window_point_value(rule.metric, window, rule.custom)
         alpha_pool, alpha_detect, alpha_base = self._alphas(rule)
         baseline = self.baseline if rule.relative else None
@@ -644,18 +654,22 @@ class DeploymentJudge:
             "window_n": stats.count,
             "window_log_e_fail": _finite(own_e),
         }
-        # A decisive window (its own data prove the rule broken) must not make other buckets fail: the pooled
-        # evidence has to hold without it too. Windows that are not decisive on their own pool as they are.
-        strongest = self.strongest.get(rule.name)
+        # Decisive windows (their own data prove the rule broken) must not make other buckets fail: the pooled
+        # evidence has to hold without them too. Windows that are not decisive on their own pool as they are.
+        decisive = self.decisive.get(rule.name)
         robust_e = pooled.log_e_fail
-        if strongest is not None and strongest.start != window.window_start_ms and strongest.log_e >= test.log_needed:
-            without = test.sample(self.candidate)
-            other = test.sample(strongest.stats)
-            if without is not None and other is not None:
-                robust_e = test.log_e_fail(without - other)  # type: ignore[operator]
-        evidence["log_e_fail_without_strongest"] = _finite(robust_e)
-        if own is not None and (strongest is None or own_e > strongest.log_e):
-            self.strongest[rule.name] = _Strongest(own_e, window.window_start_ms, stats)
+        if decisive is not None:
+            everything = test.sample(self.candidate)
+            spikes = test.sample(decisive.stats)
+            if everything is not None and spikes is not None:
+                robust_e = test.log_e_fail(everything - spikes)  # type: ignore[operator]
+        evidence["log_e_fail_without_decisive"] = _finite(robust_e)
+        if own is not None and own_e >= test.log_needed:
+            if decisive is None:
+                self.decisive[rule.name] = _Decisive(stats, [window.window_start_ms])
+            elif window.window_start_ms not in decisive.starts:
+                decisive.stats = decisive.stats.merge(stats)
+                decisive.starts = [*decisive.starts, window.window_start_ms][-MAX_EVIDENCE:]
         detector_test = replace(test, alpha=alpha_detect)  # the same thresholds, its own level
         reading = detect(
             detector_test, detector_windows, self._detector_needed(alpha_detect, window_ms), test.log_needed
@@ -707,7 +721,7 @@ class DeploymentJudge:
             return verdict("fail", reason), None
         if breaks:
             if pooled.log_e_fail >= test.log_needed:
-                why = f"pooled evidence rests on one earlier window (without it log e {_finite(robust_e):.2f})"
+                why = f"pooled evidence rests on earlier decisive windows (without them log e {_finite(robust_e):.2f})"
                 return verdict(
                     "inconclusive", f"this window breaks it ({shown}) but {why}; pooled: {pooled.reason}"
                 ), None
@@ -961,7 +975,7 @@ class DeploymentJudge:
             regime_index=self.regime_index,
             next_regime_ms=self.next_regime_ms,
             recent=[(s, w.to_dict()) for s, w in self.recent],
-            strongest={k: v.state() for k, v in sorted(self.strongest.items())},
+            decisive={k: v.state() for k, v in sorted(self.decisive.items())},
             last_good_recent={str(k): v.to_dict() for k, v in sorted(self.last_good_recent.items())},
             shock=self.shock,
         )
@@ -970,6 +984,7 @@ class DeploymentJudge:
         d: JSONDict = msgspec.to_builtins(self.state())
         d["waiting"] = [list(pair) for pair in d["waiting"]]  # to_builtins keeps tuples; the JSON has lists
         d["recent"] = [list(pair) for pair in d["recent"]]
+        del d["strongest"]  # read from older checkpoints, never written
         return d
 
     @classmethod
@@ -977,7 +992,7 @@ class DeploymentJudge:
         """The judge a checkpoint describes; InvalidEvent if a nested record (policy, window, statistics)
         is malformed."""
         stats = WindowStats.from_dict
-        return cls(
+        judge = cls(
             deployment_id=st.deployment_id,
             policy=SLOPolicy.from_dict(st.policy),
             candidate=stats(st.candidate),
@@ -998,10 +1013,15 @@ class DeploymentJudge:
             regime_index=st.regime_index,
             next_regime_ms=st.next_regime_ms,
             recent=[(s, stats(w)) for s, w in st.recent],
-            strongest={k: _Strongest(v.log_e, v.start, stats(v.stats)) for k, v in st.strongest.items()},
+            decisive={k: _Decisive(stats(v.stats), list(v.starts)) for k, v in st.decisive.items()},
             last_good_recent={int(k): stats(v) for k, v in st.last_good_recent.items()},
             shock=dict(st.shock) if isinstance(st.shock, Mapping) else None,
         )
+        for name, old in (st.strongest or {}).items():  # a checkpoint from before ``decisive``
+            rule = next((r for r in judge.policy.rules if r.name == name), None)
+            if rule is not None and name not in judge.decisive and old.log_e >= math.log(1.0 / judge._alphas(rule)[0]):
+                judge.decisive[name] = _Decisive(stats(old.stats), [old.start])
+        return judge
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DeploymentJudge:

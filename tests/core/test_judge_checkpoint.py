@@ -20,14 +20,33 @@ SAMPLE: dict[str, Any] = json.loads(
 )
 
 
+def _today(older: dict[str, Any], decisive: dict[str, Any]) -> dict[str, Any]:
+    """``older`` as today's code writes it: ``decisive`` where ``strongest`` was."""
+    return {("decisive" if k == "strongest" else k): (decisive if k == "strongest" else v) for k, v in older.items()}
+
+
 def test_a_checkpoint_written_before_the_declaration_restores_to_the_same_json() -> None:
     judge = DeploymentJudge.from_dict(copy.deepcopy(SAMPLE))
-    assert json.loads(json.dumps(judge.to_dict())) == SAMPLE
-    assert list(judge.to_dict()) == list(SAMPLE)  # same fields, same order
+    # p95_ms's strongest window was decisive (log e 7.65 of 4.83): a later bucket may not lean on it; lat_rel's
+    # (log e -1e9) was not.
+    today = _today(SAMPLE, {"p95_ms": {"stats": SAMPLE["strongest"]["p95_ms"]["stats"], "starts": [15_000]}})
+    assert json.loads(json.dumps(judge.to_dict())) == today
+    assert list(judge.to_dict()) == list(today)  # same fields, same order
     assert (judge.deployment_id, judge.candidate_windows, judge.rolled_back) == ("dep-1", 4, True)
     assert sorted(judge.pending_baseline) == [20_000] and judge.last_good_recent[0].count == 4
     assert [w.window_start_ms for w, _ in judge.waiting] == [25_000]
-    assert judge.strongest["lat_rel"].start == 15_000 and judge.regime_index == 1
+    assert list(judge.decisive) == ["p95_ms"] and judge.regime_index == 1
+    again = DeploymentJudge.from_dict(judge.to_dict())
+    assert again.to_dict() == judge.to_dict()
+
+
+def test_a_decisive_strongest_window_of_an_older_checkpoint_stays_left_out() -> None:
+    older = copy.deepcopy(SAMPLE)
+    older["strongest"]["lat_rel"]["log_e"] = 30.0  # its own data alone proved the rule broken
+    judge = DeploymentJudge.from_dict(older)
+    assert judge.decisive["lat_rel"].starts == [15_000]
+    assert judge.decisive["lat_rel"].stats.to_dict() == older["strongest"]["lat_rel"]["stats"]
+    assert DeploymentJudge.from_dict(judge.to_dict()).to_dict() == judge.to_dict()
 
 
 def test_the_restored_judge_judges_on_like_the_one_that_wrote_it() -> None:
@@ -56,7 +75,7 @@ def test_a_checkpoint_from_before_the_change_detector_restores_with_an_empty_his
         )
     }
     judge = DeploymentJudge.from_dict(older)
-    assert (judge.baseline_wait_ms, judge.regime_index, judge.recent, judge.strongest) == (2000, 0, [], {})
+    assert (judge.baseline_wait_ms, judge.regime_index, judge.recent, judge.decisive) == (2000, 0, [], {})
     assert judge.regime_start_ms is None and judge.last_good_recent == {}
 
 
@@ -75,6 +94,7 @@ def test_a_checkpoint_from_before_the_change_detector_restores_with_an_empty_his
             {"strongest": {"lat_rel": {"log_e": 1.0}}},
             "DeploymentJudge.strongest[...].start: required field is missing",
         ),
+        ({"decisive": {"lat_rel": {"starts": []}}}, "DeploymentJudge.decisive[...].stats: required field is missing"),
         ({"policy": {"rules": "all"}}, "DeploymentJudge(deployment_id='dep-1'): SLOPolicy: malformed"),
         ({"candidate": {"count": 1}}, "DeploymentJudge(deployment_id='dep-1'): WindowStats: malformed"),
         ({"waiting": [[{"arm": "candidate"}, 1]]}, "DeploymentJudge(deployment_id='dep-1'): WindowResult."),
