@@ -177,6 +177,10 @@ def test_the_acl_matrix_is_least_privilege() -> None:
         "DESCRIBE_CONFIGS",
     }
     assert {b.resource_name for b in plan if b.pattern == "PREFIXED"} == {"p.canary-streams", "p.canary-streams-"}
+    # The stages' transactional producers: their ids, and nothing else a transaction could write under.
+    assert [(b.principal, b.resource_name, b.operation) for b in plan if b.resource_type == "TRANSACTIONAL_ID"] == [
+        ("User:worker", "p.canary-streams", "WRITE")
+    ]
     assert set(topics_of(topics, "router")) == {
         topics.search_requests,
         topics.search_results,

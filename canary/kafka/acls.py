@@ -118,6 +118,9 @@ def acl_plan(topics: Topics, principals: Mapping[Role, str] = DEFAULT_PRINCIPALS
     plan.append(AclBinding(worker, "GROUP", "PREFIXED", f"{prefix}{WORKER_APP}", "READ"))
     for operation in ("CREATE", "READ", "WRITE", "DESCRIBE_CONFIGS"):
         plan.append(AclBinding(worker, "TOPIC", "PREFIXED", f"{prefix}{WORKER_APP}-", operation))
+    # The windows stage and merge step commit through one transactional producer per source partition, id
+    # "<group>-<source topic>-<partition>" (docs/adr/0004): Write on those ids (it implies Describe).
+    plan.append(AclBinding(worker, "TRANSACTIONAL_ID", "PREFIXED", f"{prefix}{WORKER_APP}", "WRITE"))
     return sorted(set(plan))
 
 
