@@ -334,6 +334,17 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
 
                 await _wait(ready_again, 60, f"{s.name} ready again\n{s.tail()}")
         phase("ready_again")
+        # Every outcome is in; the windows of the last slots close a window and its grace later, and reach the
+        # SLO agent at the merge step's next commit: a worker that rode the outage through judges them.
+        for f in fleets:
+            if f.worker.starts == 1:
+
+                def judged_again(f: Fleet = f) -> bool:
+                    name = "canary_worker_judgements_total"
+                    return metric(scrape(f.worker.port), name) > metric(before[f.worker.name], name)
+
+                await _wait(judged_again, 60, f"{f.worker.name} judging again\n{f.worker.tail()}")
+        phase("judged_again")
         after = {s.name: scrape(s.port) for f in fleets for s in f.services}
         # Afterwards a rollback is acknowledged by every router.
         for f in fleets:
