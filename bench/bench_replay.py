@@ -139,14 +139,14 @@ def synth(n: int, per_s: float, base_ms: int, seed: int = 7) -> tuple[list[Recor
 
 
 class Predecoded:
-    """A decoder stand-in returning outcomes decoded beforehand (to time windowing alone)."""
+    """A decoder stand-in returning outcomes decoded beforehand (to time windowing alone), by the identity of
+    the record's value: the pipeline hands it the very bytes objects of ``records`` (which keep them alive)."""
 
-    def __init__(self, table: dict[tuple[int, int], SearchOutcome]) -> None:
+    def __init__(self, table: dict[int, SearchOutcome]) -> None:
         self.table = table
-        self.partition = 0
 
-    def decode(self, raw: bytes | None, offset: int = -1) -> SearchOutcome:
-        return self.table[(self.partition, offset)]
+    def decode(self, raw: bytes | None) -> SearchOutcome:
+        return self.table[id(raw)]
 
 
 def in_process(records: list[Record], commands: list[ControlCommand], strict_n: int, profile: bool) -> dict[str, Any]:
@@ -156,7 +156,7 @@ def in_process(records: list[Record], commands: list[ControlCommand], strict_n: 
 
     dec = OutcomeDecoder()
     started = time.perf_counter()
-    decoded = {(p, o): dec.decode(raw, o) for p, o, _, raw in records}
+    decoded = {id(raw): dec.decode(raw) for _, _, _, raw in records}
     s = time.perf_counter() - started
     res["decode_fast"] = {"seconds": s, "rate": rate(n, s)}
     log(f"decode (replay fast path): {fmt_rate(rate(n, s))}")
@@ -186,7 +186,6 @@ def in_process(records: list[Record], commands: list[ControlCommand], strict_n: 
     windows = []
     batches = 0
     for p, recs in sorted(by_part.items()):
-        pre.partition = p
         fin = WindowFinalizer(aggregator=book.aggregator_for)
         out, stats = recompute_partition(p, recs, fin, pre, settings)  # type: ignore[arg-type]
         windows += out
