@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,6 +225,52 @@ def test_the_judge_takes_any_parsed_window(raws: list[bytes | None]) -> None:
             continue
         step.observe(window, T0 + 10**6)
         step.tick(T0 + 10**7)
+
+
+def _judge_checkpoints() -> list[dict[str, Any]]:
+    """Checkpoints the SLO agent writes: one captured at da5b9c6 (an older shape it still reads) and today's,
+    of a judge that has judged the sample windows (decisive windows, streaks, last_good's recent windows)."""
+    ledger = ControlLedger()
+    ledger.apply(ControlCommand.from_dict(SAMPLES["control"][0]))
+    step = DecisionStep(PolicyBook(ledger), lambda: ledger)
+    for w in SAMPLES["window"]:
+        step.observe(WindowResult.from_dict(w), T0 + 10**6)
+    step.tick(T0 + 10**7)
+    today = [state for dep in list(step.judge.deployments) if (state := step.state(dep)) is not None]
+    older = json.loads((Path(__file__).parents[1] / "fixtures" / "judge_checkpoint_da5b9c6.json").read_text())
+    return [older, *today]
+
+
+JUDGE_CHECKPOINTS = _judge_checkpoints()
+
+
+@FUZZ
+@given(
+    st.builds(
+        lambda rng, sample: hostile.hostile(rng, sample),
+        st.randoms(use_true_random=False),
+        st.sampled_from(JUDGE_CHECKPOINTS),
+    )
+)
+def test_a_judge_checkpoint_restores_and_judges_on_or_is_refused(raw: bytes | None) -> None:
+    """The SLO agent's table entry is read back after a restart or rebalance: whatever it holds, the restore
+    refuses it with InvalidEvent (the deployment's judge then starts afresh) or yields a judge that judges on
+    and checkpoints to what it restores from."""
+    ledger = ControlLedger()
+    ledger.apply(ControlCommand.from_dict(SAMPLES["control"][0]))
+    step = DecisionStep(PolicyBook(ledger), lambda: ledger)
+    try:
+        step.restore("d1", wire.decode_object(raw, wire.CHECKPOINT))
+    except CanaryError:
+        return
+    for dep in list(step.judge.deployments):
+        written = step.state(dep)
+        again = DecisionStep(PolicyBook(ledger), lambda: ledger)
+        again.restore(dep, written)
+        assert again.state(dep) == written
+    for w in SAMPLES["window"]:
+        step.observe(WindowResult.from_dict(w), T0 + 2 * 10**6)
+    step.tick(T0 + 10**8)
 
 
 # -- the control plane -------------------------------------------------------------------------------------------
