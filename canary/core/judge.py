@@ -739,7 +739,7 @@ class DeploymentJudge:
         its own windows before (a shock both arms share)? The figures if so, else None.
 
         Tested like a relative rule of last_good against its own recent past (up to DETECTOR_WINDOWS windows
-        before this one, at least two): latency quantiles ``SHOCK_RATIO`` times slower, error rate
+        before this one but for the rule's last ``consecutive_buckets``, at least two): latency quantiles ``SHOCK_RATIO`` times slower, error rate
         ``SHOCK_ERROR_OFFSET`` higher, recall ``SHOCK_RECALL_OFFSET`` lower, each with anytime-valid evidence at
         the pooled path's level. Relative rules need no such test (they compare the arms in the same window),
         and custom metrics have none (their scales are the preset's)."""
@@ -748,7 +748,10 @@ class DeploymentJudge:
         now = self.last_good_recent.get(start)
         if now is None:
             return None
-        before = [s for t, s in sorted(self.last_good_recent.items()) if t < start]
+        # Not the last windows right before this one: a shock may have begun there while the candidate rode it
+        # through (not failing, so nothing was paused), and last_good compared with a past holding the shock
+        # no longer looks worse — the candidate's next shocked windows became its own failing buckets.
+        before = [s for t, s in sorted(self.last_good_recent.items()) if t < start][: -rule.consecutive_buckets]
         kept = WindowStats.from_dict(self.shock["reference"]) if self.shock and self.shock.get("reference") else None
         if kept is not None and kept.count > 0:
             # After a shock, last_good is compared with what it was before the first one (its recent windows

@@ -294,6 +294,26 @@ def test_a_shock_as_the_deployment_starts_is_judged_by_the_rule_itself(
         assert p95.outcome == "shared" and "with no earlier window to compare" in p95.reason, p95.reason
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_shock_whose_first_window_the_candidate_rides_through_is_still_shared(seed: int) -> None:
+    """A shock whose first window hits the candidate only mildly (its verdict there is not a failure, so
+    nothing is paused) and then both arms fully. Judged against ALL of last_good's earlier windows — the
+    first shocked one among them — last_good no longer looked worse than "before", the candidate's two
+    shocked windows were its own failures, and it was rolled back (bench_decisions' shock row: 2 of 408
+    runs, at windows 4 and 10, with no pause). The reference leaves out the last windows before this one."""
+    t = Traffic(seed=seed)
+    for i in range(12):
+        lg_factor = 2.5 if i in (4, 5, 6) else 1.0
+        cand_factor = 1.15 if i == 4 else 2.5 if i in (5, 6) else 1.0
+        t.window(i, 270, p95=0.35 * T * lg_factor, arm="last_good", partition=1)
+        t.window(i, 30, p95=0.6 * T * cand_factor)
+    result = t.run(12)
+    assert rollbacks(result) == [], decisions_of(result)
+    assert ("shock" in [d for _, d in decisions_of(result)]) or all(
+        v.outcome != "fail" for w in result.windows if w.arm == "candidate" for v in w.verdicts
+    ), decisions_of(result)
+
+
 @pytest.mark.parametrize(
     ("shocks", "expected"),
     [
