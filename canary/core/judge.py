@@ -741,8 +741,9 @@ class DeploymentJudge:
         Tested like a relative rule of last_good against its own recent past (up to DETECTOR_WINDOWS windows
         before this one but for the rule's last ``consecutive_buckets``, at least two): latency quantiles
         ``SHOCK_RATIO`` times slower, error rate ``SHOCK_ERROR_OFFSET`` higher, recall ``SHOCK_RECALL_OFFSET``
-        lower, each with anytime-valid evidence at the pooled path's level. Relative rules need no such test (they compare the arms in the same window),
-        and custom metrics have none (their scales are the preset's)."""
+        lower, each with anytime-valid evidence at the pooled path's level. Relative rules need no such test
+        (they compare the arms in the same window), and custom metrics have none (their scales are the
+        preset's)."""
         if rule.relative or rule.custom is not None:
             return None
         now = self.last_good_recent.get(start)
