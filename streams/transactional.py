@@ -57,7 +57,7 @@ from canary.core.jsonio import dumps
 from canary.errors import KafkaError
 from canary.kafka.backoff import calm
 from canary.kafka.clients import Cluster, client_kwargs, consumer_kwargs
-from canary.kafka.producer import broker_away
+from canary.kafka.producer import STOP_STEP_S, broker_away, close_producer
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, topic_partitions
 from canary.pipeline.settings import DEFAULTS
 
@@ -69,7 +69,6 @@ STALL_AFTER_S = 30.0
 # which sends and commits wait for ever (docs/adr/0004). request_timeout_ms (10 s) ends the normal failures first.
 STEP_TIMEOUT_S: Final = 15.0
 REQUEST_TIMEOUT_MS: Final = 10_000
-STOP_STEP_S: Final = 2.0
 # The coordinator aborts a transaction left open this long — a killed worker's, whose id nobody starts again
 # (a partition of the other stage, not reassigned yet). Every transaction is committed within STEP_TIMEOUT_S.
 TRANSACTION_TIMEOUT_MS: Final = 30_000
@@ -338,7 +337,7 @@ class TransactionalStage(Generic[State]):
             # InitProducerId: fences any earlier producer with this id and aborts its open transaction.
             await asyncio.wait_for(producer.start(), STEP_TIMEOUT_S)
         except BaseException:
-            await _close(producer)
+            await close_producer(producer)
             raise
         return producer
 
@@ -363,7 +362,7 @@ class TransactionalStage(Generic[State]):
             scans = await asyncio.wait_for(self._load_records(tokens), STEP_TIMEOUT_S * 2)
         except Exception as exc:
             for p, producer in ready.items():
-                await _close(producer)
+                await close_producer(producer)
                 self._failed(p, exc, "its committed state could not be read")
             return
         assigned = {tp.partition for tp in consumer.assignment()}
@@ -372,12 +371,12 @@ class TransactionalStage(Generic[State]):
             if p not in assigned:  # revoked meanwhile
                 self._pending.discard(p)
                 self._hidden_since.pop(p, None)
-                await _close(producer)
+                await close_producer(producer)
                 continue
             meta = committed.get(self.tp(p))
             offset = None if meta is None or meta.offset < 0 else int(meta.offset)
             if offset is not None and self._hidden(p, scans[p]):
-                await _close(producer)
+                await close_producer(producer)
                 continue
             self._producers[p] = producer
             self._attempts.pop(p, None)
@@ -486,7 +485,7 @@ class TransactionalStage(Generic[State]):
         async with self._lock:
             await self._drain([p for p in partitions if p in self._producers])
             for producer in self._drop(partitions):
-                await _close(producer)
+                await close_producer(producer)
             self._pending.difference_update(partitions)
             for p in partitions:
                 self._retry_at.pop(p, None)
@@ -507,7 +506,7 @@ class TransactionalStage(Generic[State]):
             exc,
         )
         for producer in self._drop([p]):
-            await _close(producer)
+            await close_producer(producer)
         if self._consumer is not None and self.tp(p) in self._consumer.assignment():
             self.hold([p])
             self._retry_at[p] = time.monotonic() + RETRY_BACKOFF_S[0]
@@ -710,7 +709,7 @@ class TransactionalStage(Generic[State]):
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._consumer.stop(), STOP_STEP_S)
             for producer in self._drop(list(self._producers)):
-                await _close(producer)
+                await close_producer(producer)
 
     async def _final_commit(self) -> None:
         async with self._lock:
@@ -728,13 +727,3 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, wire.Rejected):
         return f"{exc.code}: {exc.detail[:200]}"
     return f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
-async def _close(producer: AIOKafkaProducer) -> None:
-    """Stop a producer whatever state it (and the broker) is in, bounded: a fenced one may never answer."""
-    with contextlib.suppress(BaseException):
-        await asyncio.wait_for(producer.stop(), STOP_STEP_S)
-    client = getattr(producer, "client", None)
-    if client is not None:  # stop() gave up before it closed the connections
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(client.close(), STOP_STEP_S)

@@ -305,23 +305,25 @@ def detect(test: RuleTest, windows: list[WindowStats], needed: float, decisive: 
         return DetectorReading(NEG_INF, NEG_INF, needed, 0)
     own = [test.log_e_fail(s) if i < len(samples) - 1 else NEG_INF for i, s in enumerate(samples)]
     total: Sample | None = None
-    kept: Sample | None = None  # the segment without its decisive windows (the current one always kept)
-    skipped = False
+    # The segment without its decisive windows; None while none was left out (it is then ``total``). The
+    # current window is never left out and comes first, so ``total`` holds it by the first one left out.
+    kept: Sample | None = None
     log_es: list[float] = []
     robust: list[float] = []
     last = len(samples) - 1
     for i in range(last, -1, -1):
         s = samples[i]
         if s is not None:
+            if i != last and own[i] >= decisive:
+                if kept is None:
+                    kept = total
+            elif kept is not None:
+                kept = kept + s  # type: ignore[operator]
             total = s if total is None else total + s  # type: ignore[operator]
-            if i == last or own[i] < decisive:
-                kept = s if kept is None else kept + s  # type: ignore[operator]
-            else:
-                skipped = True
         if total is None:
             continue
         log_es.append(test.log_e_fail(total))
-        robust.append(test.log_e_fail(kept) if skipped and kept is not None else log_es[-1])
+        robust.append(log_es[-1] if kept is None else test.log_e_fail(kept))
     return DetectorReading(_logsumexp(log_es), _logsumexp(robust), needed, len(log_es))
 
 

@@ -70,8 +70,9 @@ def _abandon(producer: AIOKafkaProducer, why: BaseException) -> None:
             accumulator.fail_all(why)
 
 
-async def _close(producer: AIOKafkaProducer) -> None:
-    """Stop a producer whatever state it (and the broker) is in, bounded."""
+async def close_producer(producer: AIOKafkaProducer) -> None:
+    """Stop a producer whatever state it (and the broker) is in, bounded: a fenced or orphaned one may never
+    answer (the healing producer's retired ones, the transactional stages' per-partition ones)."""
     with contextlib.suppress(Exception):
         await asyncio.wait_for(producer.stop(), STOP_STEP_S)
     client = getattr(producer, "client", None)
@@ -112,7 +113,7 @@ class HealingProducer:
         try:
             await producer.start()
         except BaseException:
-            await _close(producer)
+            await close_producer(producer)
             raise
         self._producer = producer
         self._ready.set()
@@ -206,7 +207,7 @@ class HealingProducer:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(old.flush(), RETIRE_FLUSH_S)
         _abandon(old, ProducerReplaced(f"{self.name}: producer replaced after {type(cause).__name__}: {cause}"))
-        await _close(old)
+        await close_producer(old)
 
     async def _replace(self, cause: BaseException) -> None:
         began = time.monotonic()
@@ -227,7 +228,7 @@ class HealingProducer:
                 try:
                     await asyncio.wait_for(fresh.start(), START_TIMEOUT_S)
                 except Exception as exc:
-                    await _close(fresh)
+                    await close_producer(fresh)
                     refused = 0 if broker_away(exc) else refused + 1
                     if refused >= GIVE_UP_AFTER:
                         self._failure = ProducerFailed(
@@ -248,7 +249,7 @@ class HealingProducer:
                     await starting.wait()
                     continue
                 if self._stopped:
-                    await _close(fresh)
+                    await close_producer(fresh)
                     return
                 self._producer = fresh
                 self.replacements += 1
@@ -281,7 +282,7 @@ class HealingProducer:
         self._ready.set()
         producer, self._producer = self._producer, None
         if producer is not None:
-            await _close(producer)
+            await close_producer(producer)
 
 
 # Errors of ``send`` itself that mean this producer will not take records any more.
