@@ -83,6 +83,14 @@ except ImportError:  # pragma: no cover - only under --baseline-rev
     from canary.replay.recompute import ReplaySettings as PipelineSettings  # type: ignore[no-redef]
 from canary.pipeline.run import PipelineResult, Record, run_pipeline  # noqa: E402
 
+try:  # the router's user groups; an older canary package (the baseline column) ignores the field
+    from canary.core.split import USER_GROUPS, user_group
+except ImportError:  # pragma: no cover - only under --baseline-rev
+    USER_GROUPS = 16
+
+    def user_group(routing_key: str) -> int:
+        return int.from_bytes(hashlib.blake2b(f"canary-group\x00{routing_key}".encode(), digest_size=8).digest()) % 16
+
 # -- the setting ------------------------------------------------------------------------------------------
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
@@ -510,6 +518,7 @@ _VALUE = (
     '"config_version":"1.0.0","config_hash":"bench","arm":"candidate","latency_ms":%r,"recall_at_10":%s,'
     '"result_count":10,"error":%s,"router_id":"bench"}'
 )
+_GROUP_TEXT = [',"user_group":%d}' % g for g in range(USER_GROUPS)]
 _LG_VALUE = (
     '{"event_id":"%s:%d","request_id":"%s-q%d","ts":%d,"deployment_id":"%s","config_name":"last_good",'
     '"config_version":"1.0.0","config_hash":"bench-lg","arm":"last_good","latency_ms":%r,"recall_at_10":%s,'
@@ -596,8 +605,8 @@ def _window_multipliers(sc: Scenario, fx: np.random.Generator) -> tuple[np.ndarr
     return cand, lg, failing, shared
 
 
-def _user_latency(sc: Scenario, fx: np.random.Generator, size: int) -> np.ndarray:
-    """Sticky users' latencies in request order (see :class:`Users`)."""
+def _user_latency(sc: Scenario, fx: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sticky users' latencies in request order (see :class:`Users`), and each request's user."""
     u = sc.users
     assert u is not None and sc.healthy.p95_factor is not None
     activity = np.exp(fx.standard_normal(u.population))
@@ -620,7 +629,17 @@ def _user_latency(sc: Scenario, fx: np.random.Generator, size: int) -> np.ndarra
             i += length
             if i >= size:
                 break
-    return np.exp(mu + user_log[who] + within * fx.standard_normal(size))
+    return np.exp(mu + user_log[who] + within * fx.standard_normal(size)), who
+
+
+def _groups(size: int, rng: np.random.Generator, who: np.ndarray | None = None) -> np.ndarray:
+    """Each request's ``user_group``, as the router sets it: the group of its user when users are modelled
+    (``who``), else of the request itself (no user id: the router hashes the request id), drawn uniformly."""
+    if who is None:
+        return rng.integers(0, USER_GROUPS, size)
+    users = int(who.max()) + 1 if who.size else 0
+    table = np.array([user_group(f"bench-user-{u}") for u in range(users)], dtype=np.int64)
+    return table[who]
 
 
 def _latency(t: Traffic, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -666,6 +685,7 @@ def _records(
     err: list[bool],
     is_lg: list[bool] | None,
     batched_arrival: bool,
+    groups: list[int],
 ) -> list[Record]:
     arrival = _arrivals(ts, batched_arrival)
     out: list[Record] = []
@@ -673,7 +693,7 @@ def _records(
     for off in range(len(ts)):
         fmt = _LG_VALUE if is_lg is not None and is_lg[off] else _VALUE
         value = fmt % (dep, off, dep, off, ts[off], dep, lat[off], _RECALL_TEXT[rec[off]], _ERROR_TEXT[err[off]])
-        append(Record("search_results", 0, off, arrival[off], None, value.encode()))
+        append(Record("search_results", 0, off, arrival[off], None, (value[:-1] + _GROUP_TEXT[groups[off]]).encode()))
     return out
 
 
@@ -712,14 +732,17 @@ def generate_run(
     failing = [sc.breach is not None and w >= sc.breach_start for w in range(sc.windows)]
     shared = [False] * sc.windows
     lg_factor = None
+    who = None
     if sc.effects:
         if sc.users is not None:
-            latency_a = _user_latency(sc, fx, total)
+            latency_a, who = _user_latency(sc, fx, total)
         cand_factor, lg_factor, failing, shared = _window_multipliers(sc, fx)
         latency_a = latency_a * np.repeat(cand_factor, n)
     cand_ts = _spread(n, sc.windows)
     weight = _weight_at(timeline, cand_ts)
     running = None if weight is None or bool((weight > 0).all()) else weight > 0
+    gx = np.random.default_rng([seed, 21])  # user groups: after every older draw, so none of them moves
+    cand_groups = _groups(total, gx, who)
     if sc.last_good is None:
         keep = np.arange(total) if running is None else np.flatnonzero(running)
         ts_k = cand_ts[keep]
@@ -731,6 +754,7 @@ def generate_run(
             errored[keep].tolist(),
             None,
             batched_arrival,
+            cand_groups[keep].tolist(),
         )
         cuts = np.searchsorted(ts_k, T0 + np.arange(sc.windows + 1) * WINDOW_MS).tolist()
         return Generated(out, cuts, failing, shared)
@@ -766,6 +790,7 @@ def generate_run(
         np.concatenate([errored, lg_err])[order].tolist(),
         lg_arm[order].tolist(),
         batched_arrival,
+        np.concatenate([cand_groups, _groups(m * sc.windows, gx)])[order].tolist(),
     )
     cuts = np.searchsorted(ts_all, T0 + np.arange(sc.windows + 1) * WINDOW_MS).tolist()
     return Generated(out, cuts, failing, shared)
@@ -795,8 +820,9 @@ def generate_plan(sc: Scenario, seed: int, timeline: Timeline, *, batched_arriva
     broken = cand & (weight >= plan.breach_from - 1e-9)
     factor = np.where(broken, sc.breach.p95_factor, sc.healthy.p95_factor)
     latency = np.exp(np.log(factor * P95_T) - Z95 * sc.healthy.sigma + sc.healthy.sigma * z).tolist()
+    groups = _groups(total, np.random.default_rng([seed, 21])).tolist()
     out = _records(
-        deployment_id(seed), ts.tolist(), latency, recall, [False] * total, (~cand).tolist(), batched_arrival
+        deployment_id(seed), ts.tolist(), latency, recall, [False] * total, (~cand).tolist(), batched_arrival, groups
     )
     return Generated(out, [w * n for w in range(sc.windows + 1)])
 
@@ -1028,6 +1054,8 @@ def run_fingerprint(sc: Scenario) -> str:
         _bimodal_scale,
         _window_multipliers,
         _user_latency,
+        _groups,
+        _records,
         _latency,
         _spread,
         _arrivals,

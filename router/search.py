@@ -19,7 +19,7 @@ import msgspec.structs
 
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import ARMS, Arm, SearchOutcome
-from canary.core.split import baseline_of, candidate_of
+from canary.core.split import baseline_of, candidate_of, user_group
 from canary.observability.metrics import RouterMetrics
 from router.backends.base import (
     BackendError,
@@ -276,6 +276,7 @@ class Searcher:
             error=error,
             router_id=self.router_id,
             metrics=metrics or None,
+            user_group=user_group(request.routing_key),
         )
         exact = None if request.relevant_ids or error else self.exact_for(backend, request, used.arm)
         if exact is not None:

@@ -20,6 +20,7 @@ from canary.core.evidence import RECALL_BINS
 from canary.core.models import RECALL_SOURCES, JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.core.policy import DEFAULT_P95_MS, DEFAULT_RECALL_AT_10
 from canary.core.sketch import QuantileSketch
+from canary.core.split import USER_GROUPS
 from canary.errors import SHAPE_ERRORS, InvalidEvent
 
 _SOURCE = operator.attrgetter("recall_source")
@@ -34,6 +35,101 @@ An error therefore never makes a latency quantile look better than the successes
 
 def _threshold_key(threshold: float) -> str:
     return format(float(threshold), "g")
+
+
+Row = tuple[int, ...]
+_ZERO: Row = (0,) * USER_GROUPS
+
+
+def _add(a: Row, b: Row) -> Row:
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCounts:
+    """A window's counts per user group (``SearchOutcome.user_group``): requests, errors, exceedances of each
+    threshold, labeled recall values and their sum in micro-units. The judge reads from them how much one user's
+    requests cluster within a window (canary.core.evidence.group_spread); pooled, they only add up.
+    Outcomes without a group (a router from before the field) are not in them."""
+
+    n: Row = _ZERO
+    errors: Row = _ZERO
+    exceed: tuple[tuple[str, Row], ...] = ()
+    recall_n: Row = _ZERO
+    recall_micros: Row = _ZERO
+
+    def __bool__(self) -> bool:
+        return any(self.n)
+
+    def exceedances(self, threshold: float) -> Row | None:
+        key = _threshold_key(threshold)
+        return next((row for t, row in self.exceed if t == key), None)
+
+    def merge(self, other: GroupCounts) -> GroupCounts:
+        if not other:
+            return self
+        if not self:
+            return other
+        exceed = dict(self.exceed)
+        for t, row in other.exceed:
+            exceed[t] = _add(exceed.get(t, _ZERO), row)
+        return GroupCounts(
+            _add(self.n, other.n),
+            _add(self.errors, other.errors),
+            tuple(sorted(exceed.items(), key=lambda kv: float(kv[0]))),
+            _add(self.recall_n, other.recall_n),
+            _add(self.recall_micros, other.recall_micros),
+        )
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "n": list(self.n),
+            "errors": list(self.errors),
+            "exceed": {t: list(row) for t, row in self.exceed},
+            "recall_n": list(self.recall_n),
+            "recall_micros": list(self.recall_micros),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: object) -> GroupCounts:
+        """``stats.groups``, validated (absent = none): every row has USER_GROUPS non-negative integers, and no
+        group has more errors, exceedances or recall values than requests."""
+        if raw is None:
+            return cls()
+        where = "WindowStats.groups"
+        if not isinstance(raw, Mapping):
+            raise InvalidEvent(f"{where}: expected an object, got {raw!r:.200}")
+
+        def row(name: str, value: object) -> Row:
+            if not isinstance(value, list) or len(value) != USER_GROUPS:
+                raise InvalidEvent(f"{where}.{name}: expected a list of {USER_GROUPS} counts, got {value!r:.200}")
+            if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in value):
+                raise InvalidEvent(f"{where}.{name}: expected non-negative integers, got {value!r:.200}")
+            return tuple(value)
+
+        exceed_raw = raw.get("exceed", {})
+        if not isinstance(exceed_raw, Mapping):
+            raise InvalidEvent(f"{where}.exceed: expected an object of threshold -> counts, got {exceed_raw!r:.200}")
+        exceed: list[tuple[str, Row]] = []
+        for t, value in exceed_raw.items():
+            try:
+                key = _threshold_key(float(t))
+            except (TypeError, ValueError):
+                raise InvalidEvent(f"{where}.exceed: thresholds are numbers, got {t!r:.50}") from None
+            exceed.append((key, row(f"exceed.{key}", value)))
+        out = cls(
+            row("n", raw.get("n")),
+            row("errors", raw.get("errors")),
+            tuple(sorted(exceed, key=lambda kv: float(kv[0]))),
+            row("recall_n", raw.get("recall_n")),
+            row("recall_micros", raw.get("recall_micros")),
+        )
+        bounded = [out.errors, out.recall_n, *(r for _, r in out.exceed)]
+        if any(c > n for r in bounded for c, n in zip(r, out.n, strict=True)) or any(
+            m > n * RECALL_SCALE for m, n in zip(out.recall_micros, out.recall_n, strict=True)
+        ):
+            raise InvalidEvent(f"{where}: a group has more errors, exceedances or recall than requests: {raw!r:.200}")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +150,7 @@ class WindowStats:
     recall_hist: tuple[tuple[int, int], ...] = ()
     custom: tuple[tuple[str, CustomStats], ...] = ()  # declared custom metrics (canary.core.custom)
     recall_sources: tuple[tuple[str, int], ...] = ()  # recall values per source, sorted by source
+    groups: GroupCounts = field(default_factory=GroupCounts)  # the same counts per user group
 
     def custom_stats(self, name: str) -> CustomStats | None:
         return next((c for n, c in self.custom if n == name), None)
@@ -86,6 +183,7 @@ class WindowStats:
             recall_hist=tuple(sorted(hist.items())),
             custom=merge_custom(self.custom, other.custom),
             recall_sources=merge_counts(self.recall_sources, other.recall_sources),
+            groups=self.groups.merge(other.groups),
         )
 
     def to_dict(self) -> JSONDict:
@@ -100,6 +198,8 @@ class WindowStats:
             out["custom"] = custom_to_dict(self.custom)
         if self.recall_sources:  # absent without any recall value
             out["recall_source"] = dict(self.recall_sources)
+        if self.groups:  # absent without an outcome that carries its user group
+            out["groups"] = self.groups.to_dict()
         return out
 
     @classmethod
@@ -115,6 +215,7 @@ class WindowStats:
                 hist,
                 custom_from_dict(d.get("custom")),
                 recall_sources_from_dict(d.get("recall_source")),
+                GroupCounts.from_dict(d.get("groups")),
             )
         except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"WindowStats: malformed ({exc!r}): {dict(d)!r:.200}") from None
@@ -124,6 +225,8 @@ class WindowStats:
             raise InvalidEvent(f"WindowStats: recall bins must be in [0, {RECALL_BINS}]: {dict(d)!r:.200}")
         if out.recall_sources and sum(c for _, c in out.recall_sources) != out.recall_samples:
             raise InvalidEvent(f"WindowStats: recall_source counts must add up to the recall samples: {dict(d)!r:.200}")
+        if out.groups and sum(out.groups.n) > out.count:
+            raise InvalidEvent(f"WindowStats: the user groups hold more requests than the window: {dict(d)!r:.200}")
         return out
 
 
@@ -168,11 +271,19 @@ class WindowAggregate:
     recall_hist: tuple[tuple[int, int], ...] = ()
     custom: tuple[tuple[str, CustomStats], ...] = ()
     recall_sources: tuple[tuple[str, int], ...] = ()
+    groups: GroupCounts = field(default_factory=GroupCounts)
 
     @property
     def stats(self) -> WindowStats:
         return WindowStats(
-            self.count, self.error_count, self.sketch, self.exceed, self.recall_hist, self.custom, self.recall_sources
+            self.count,
+            self.error_count,
+            self.sketch,
+            self.exceed,
+            self.recall_hist,
+            self.custom,
+            self.recall_sources,
+            self.groups,
         )
 
     def with_late(self, n: int = 1) -> WindowAggregate:
@@ -201,6 +312,7 @@ class WindowAggregate:
             "recall_hist": [[b, c] for b, c in self.recall_hist],
             **({"custom": custom_to_dict(self.custom)} if self.custom else {}),
             **({"recall_source": dict(self.recall_sources)} if self.recall_sources else {}),
+            **({"groups": self.groups.to_dict()} if self.groups else {}),
         }
 
     @classmethod
@@ -227,6 +339,7 @@ class WindowAggregate:
                     "recall_hist": d.get("recall_hist", []),
                     "custom": d.get("custom"),
                     "recall_source": d.get("recall_source"),
+                    "groups": d.get("groups"),
                 }
             )
         except SHAPE_ERRORS as exc:
@@ -237,6 +350,7 @@ class WindowAggregate:
             recall_hist=stats.recall_hist,
             custom=stats.custom,
             recall_sources=stats.recall_sources,
+            groups=stats.groups,
             **ints,
         )
 
@@ -317,6 +431,7 @@ class WindowAggregator:
             sources = merge_counts(sources, tuple((k, c) for k, c in batch if c))
         # The dict keeps the sorted order of the state it came from; only new bins need a sort.
         recall_hist = tuple(sorted(hist.items())) if new_bins else tuple(hist.items())
+        groups = self._groups(state.groups, outcomes, latency, errored, recall, labeled)
         return replace(
             state,
             count=state.count + len(outcomes),
@@ -332,7 +447,38 @@ class WindowAggregator:
             recall_hist=recall_hist,
             custom=merge_custom(state.custom, self.custom.agg(outcomes)) if self.custom.metrics else state.custom,
             recall_sources=sources,
+            groups=groups,
         )
+
+    def _groups(
+        self,
+        groups: GroupCounts,
+        outcomes: Sequence[SearchOutcome],
+        latency: np.ndarray,
+        errored: np.ndarray,
+        recall: np.ndarray,
+        labeled: np.ndarray,
+    ) -> GroupCounts:
+        raw = [o.user_group for o in outcomes]
+        if raw.count(None) == len(raw):
+            return groups
+        g = np.array([-1 if x is None else x for x in raw], dtype=np.int64)
+        has = g >= 0
+        if not has.all():
+            g, latency, errored, recall, labeled = g[has], latency[has], errored[has], recall[has], labeled[has]
+
+        def count(mask: np.ndarray | None = None) -> Row:
+            return tuple(np.bincount(g if mask is None else g[mask], minlength=USER_GROUPS).tolist())
+
+        micros = np.rint(recall[labeled] * RECALL_SCALE).astype(np.int64)
+        batch = GroupCounts(
+            count(),
+            count(errored),
+            tuple((_threshold_key(t), count(errored | (latency > t))) for t in self.exceed_thresholds_ms),
+            count(labeled),
+            tuple(np.bincount(g[labeled], weights=micros, minlength=USER_GROUPS).astype(np.int64).tolist()),
+        )
+        return groups.merge(batch)
 
     def merge(self, a: WindowAggregate, b: WindowAggregate) -> WindowAggregate:
         stats = a.stats.merge(b.stats)
@@ -344,6 +490,7 @@ class WindowAggregator:
             recall_hist=stats.recall_hist,
             custom=stats.custom,
             recall_sources=stats.recall_sources,
+            groups=stats.groups,
             recall_sum_micros=a.recall_sum_micros + b.recall_sum_micros,
             recall_samples=a.recall_samples + b.recall_samples,
             slo_violations=a.slo_violations + b.slo_violations,

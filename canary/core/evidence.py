@@ -32,7 +32,7 @@ brute-force integration and simulation in ``tests/core/test_evidence.py``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import special
@@ -56,7 +56,7 @@ def _safe_log(x: float) -> float:
     return math.log(x) if x > 0.0 else NEG_INF
 
 
-def log_e_above(n: int, k: int, q: float) -> float:
+def log_e_above(n: float, k: float, q: float) -> float:
     """Log evidence that a Bernoulli rate exceeds ``q`` after ``k`` successes in ``n`` trials.
 
     ``E = integral_q^1 L(p)/L(q) dp / (1 - q)`` with ``L(p) = p^k (1-p)^(n-k)``.
@@ -71,7 +71,7 @@ def log_e_above(n: int, k: int, q: float) -> float:
     return float(special.betaln(a, b)) + _safe_log(tail) - math.log1p(-q) - k * math.log(q) - (n - k) * math.log1p(-q)
 
 
-def log_e_below(n: int, k: int, q: float) -> float:
+def log_e_below(n: float, k: float, q: float) -> float:
     """Log evidence that a Bernoulli rate is below ``q``: the mirror image of :func:`log_e_above`."""
     _check_counts(n, k)
     return log_e_above(n, n - k, 1.0 - q)
@@ -105,7 +105,7 @@ def rate_upper_bound(n: int, k: int, alpha: float) -> float:
     return 1.0 - rate_lower_bound(n, n - k, alpha)
 
 
-def _check_counts(n: int, k: int) -> None:
+def _check_counts(n: float, k: float) -> None:
     if n < 0 or k < 0 or k > n:
         raise ValueError(f"need 0 <= k <= n, got n={n} k={k}")
 
@@ -117,7 +117,7 @@ def recall_bin(value: float) -> int:
     return round(value * RECALL_BINS)
 
 
-def _histogram_arrays(hist: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _histogram_arrays(hist: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
     if not hist:
         return np.zeros(0), np.zeros(0)
     keys = np.fromiter(hist.keys(), dtype=np.float64, count=len(hist)) / RECALL_BINS
@@ -125,7 +125,7 @@ def _histogram_arrays(hist: Mapping[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return keys, counts
 
 
-def log_wealth_below(hist: Mapping[int, int], m: float) -> float:
+def log_wealth_below(hist: Mapping[int, float], m: float) -> float:
     """Log evidence that the mean of the pooled values is below ``m`` (null: mean >= m).
 
     Bets ``1 + lam (m - X)``; the largest safe bet is ``1 / (1 - m)`` (at ``X = 1`` the factor stays >= 0).
@@ -135,7 +135,7 @@ def log_wealth_below(hist: Mapping[int, int], m: float) -> float:
         return _wealth_below(xs, counts, m)
 
 
-def log_wealth_above(hist: Mapping[int, int], m: float) -> float:
+def log_wealth_above(hist: Mapping[int, float], m: float) -> float:
     """Log evidence that the mean of the pooled values is above ``m`` (null: mean <= m)."""
     xs, counts = _histogram_arrays(hist)
     with np.errstate(divide="ignore"):
@@ -211,3 +211,61 @@ def histogram_mean(hist: Mapping[int, int]) -> float | None:
     if n == 0:
         return None
     return sum(k * c for k, c in hist.items()) / n / RECALL_BINS
+
+
+# -- requests that cluster by user ----------------------------------------------------------------------------
+#
+# Every e-value above treats a window's requests as independent given the window's true rate. Sticky users
+# break that: one user's requests share the user's latency and land on one arm, so a window's count varies
+# more than a binomial one — by the design effect ``phi`` — and the e-values overstate the evidence about
+# that much. Outcomes carry their user's group (canary.core.split.user_group), and a window's sums per group
+# show the clustering *within* the window: a slow user's requests fall into one group, while anything the whole
+# window shares (a busy minute, a platform shock, a breach) moves every group alike and cancels out. The spread
+# of the group sums around the window's mean, against the spread independent requests would give, estimates
+# ``phi`` (a cluster-robust variance over a model-based one); pooled as a ratio of sums over windows it weights
+# each window by how much it can say. The evidence is then computed at the effective sample size
+# ``n / phi`` (canary.core.ruletest.RuleTest.dispersion): under a normal approximation of the window count, a
+# likelihood ratio tempered by ``1 / phi`` has expectation 1 when the variance is ``phi`` times the binomial,
+# so the mixtures stay e-values. That is an approximation, not an exact guarantee; bench_decisions measures it.
+
+DISPERSION_PRIOR = 1.0
+"""Pseudo-spread added to both sums, so the estimate starts at 1: about what one window of 30 requests can show
+(a window at 5 % slow requests expects 1.3), so the first windows cannot swing the evidence either way."""
+
+
+def group_spread(n: Sequence[int], sums: Sequence[float], variance: float) -> tuple[float, float]:
+    """One window's observed and expected spread of its per-group sums: ``sum_g (s_g - n_g m)^2`` around the
+    window's mean ``m``, and ``variance * (N - sum_g n_g^2 / N)`` — what independent values of that sample
+    variance (``N - 1`` denominator) spread by, given the window's total. ``(0, 0)`` when the window cannot
+    show clustering (fewer than two groups, or every value alike)."""
+    pairs = [(ng, sg) for ng, sg in zip(n, sums, strict=True) if ng > 0]
+    big_n = sum(ng for ng, _ in pairs)
+    if len(pairs) < 2 or not variance > 0.0:
+        return 0.0, 0.0
+    mean = sum(sg for _, sg in pairs) / big_n
+    observed = sum((sg - ng * mean) ** 2 for ng, sg in pairs)
+    return observed, variance * (big_n - sum(ng * ng for ng, _ in pairs) / big_n)
+
+
+def rate_spread(n: Sequence[int], k: Sequence[int]) -> tuple[float, float]:
+    """:func:`group_spread` of hits: given the window's ``K`` hits, independent requests spread them
+    hypergeometrically, and the expected spread is then exactly the one returned, for any ``K``."""
+    big_n, big_k = sum(n), sum(k)
+    if big_n < 2:
+        return 0.0, 0.0
+    return group_spread(n, k, big_k * (big_n - big_k) / (big_n * (big_n - 1.0)))
+
+
+def histogram_variance(hist: Mapping[int, int]) -> float:
+    """The sample variance (``n - 1``) of values in a recall histogram; 0 with fewer than two."""
+    xs, counts = _histogram_arrays(hist)
+    total = float(counts.sum())
+    if total < 2:
+        return 0.0
+    mean = float(xs @ counts) / total
+    return float(((xs - mean) ** 2) @ counts) / (total - 1.0)
+
+
+def dispersion(observed: float, expected: float) -> float:
+    """The design effect estimated from pooled spreads: never below 1 (independent requests)."""
+    return max(1.0, (observed + DISPERSION_PRIOR) / (expected + DISPERSION_PRIOR))

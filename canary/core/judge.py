@@ -53,6 +53,7 @@ from canary.core import structs
 from canary.core.aggregations import WindowStats
 from canary.core.evidence import (
     NEG_INF,
+    dispersion,
     histogram_mean,
     mean_lower_bound,
     mean_upper_bound,
@@ -60,7 +61,7 @@ from canary.core.evidence import (
     rate_upper_bound,
 )
 from canary.core.models import Count, JSONDict, Outcome, RuleVerdict, WindowResult, iso_ms
-from canary.core.ruletest import RateSample, RuleTest, Sample
+from canary.core.ruletest import RateSample, RuleTest, Sample, clustering_spread
 from canary.core.slo import (
     _OPS,
     QUANTILE_METRICS,
@@ -415,6 +416,9 @@ class DecisiveState(msgspec.Struct, frozen=True):
     starts: list[int]
 
 
+Sum = Annotated[float, Meta(ge=0.0, le=1e300)]  # finite and non-negative (NaN is refused too)
+
+
 class JudgeState(msgspec.Struct, frozen=True, kw_only=True):
     """A :class:`DeploymentJudge` as its checkpoint carries it (``to_dict`` / ``from_dict``)."""
 
@@ -441,6 +445,8 @@ class JudgeState(msgspec.Struct, frozen=True, kw_only=True):
     decisive: dict[str, DecisiveState] = {}
     strongest: dict[str, StrongestState] | None = None  # older checkpoints only
     last_good_recent: dict[StartKey, StatsState] = {}
+    # Per rule: the observed and expected spread across user groups, summed over both arms' windows.
+    clustering: dict[str, tuple[Sum, Sum]] = {}
     # Free-form (the shock's rule, state and windows); anything but an object reads as no shock, as before.
     shock: Any = None
 
@@ -473,6 +479,9 @@ class DeploymentJudge:
     decisive: dict[str, _Decisive] = field(default_factory=dict)
     last_good_recent: dict[int, WindowStats] = field(default_factory=dict)  # last_good's windows by start
     shock: JSONDict | None = None  # a shock shared with last_good: its rule, state and windows
+    # Per rule, the observed and expected spread across user groups, summed over every window of both arms since
+    # the start: how much one user's requests cluster within a window (canary.core.evidence.group_spread).
+    clustering: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     # -- input ------------------------------------------------------------------------------------------------
     def observe(self, window: WindowResult, arrival_ms: int) -> list[Judgement]:
@@ -507,6 +516,7 @@ class DeploymentJudge:
         if self.last_baseline_start is not None and start <= self.last_baseline_start:
             return
         stats = window_stats(window)
+        self._cluster(stats)
         self.last_good_recent[start] = stats
         while len(self.last_good_recent) > DETECTOR_WINDOWS:
             del self.last_good_recent[min(self.last_good_recent)]
@@ -580,6 +590,7 @@ class DeploymentJudge:
         last_good_now = self.last_good_recent.get(start)
         if self.policy.has_relative:
             self._pool_baseline_until(start)
+        self._cluster(stats)
         self.candidate = self.candidate.merge(stats)
         self.candidate_windows += 1
         self.recent.append((start, stats))
@@ -626,6 +637,20 @@ class DeploymentJudge:
         streaks = {r.name: len(self.streaks.get(r.name, [])) for r in self.policy.rules}
         return Judgement(judged, streaks, self.insufficient_windows, decision, now_ms)
 
+    def _cluster(self, stats: WindowStats) -> None:
+        """Add one window (either arm: they share the users' habits) to every sequential rule's clustering sums."""
+        for rule in self.policy.rules:
+            if rule.method == "point" or rule.metric == "response_count":
+                continue
+            observed, expected = clustering_spread(rule, stats)
+            if expected > 0:
+                old_observed, old_expected = self.clustering.get(rule.name, (0.0, 0.0))
+                self.clustering[rule.name] = (old_observed + observed, old_expected + expected)
+
+    def dispersion(self, rule: SLORule) -> float:
+        """The rule's design effect so far (1: requests as good as independent)."""
+        return dispersion(*self.clustering.get(rule.name, (0.0, 0.0)))
+
     def _judge_rule(
         self,
         rule: SLORule,
@@ -641,7 +666,8 @@ class DeploymentJudge:
         value = window_point_value(rule.metric, window, rule.custom)
         alpha_pool, alpha_detect, alpha_base = self._alphas(rule)
         baseline = self.baseline if rule.relative else None
-        test = RuleTest.prepare(rule, baseline, alpha_pool, baseline_alpha=alpha_base)
+        phi = self.dispersion(rule)
+        test = replace(RuleTest.prepare(rule, baseline, alpha_pool, baseline_alpha=alpha_base), dispersion=phi)
         pooled = pooled_evidence(test, self.candidate)
         own = test.sample(stats)
         own_e = test.log_e_fail(own)
@@ -655,6 +681,7 @@ class DeploymentJudge:
             figure_name: figure,
             "window_n": stats.count,
             "window_log_e_fail": _finite(own_e),
+            "dispersion": phi,
         }
         # Decisive windows (their own data prove the rule broken) must not make other buckets fail: the pooled
         # evidence has to hold without them too. Windows that are not decisive on their own pool as they are.
@@ -983,6 +1010,7 @@ class DeploymentJudge:
             recent=[(s, w.to_dict()) for s, w in self.recent],
             decisive={k: v.state() for k, v in sorted(self.decisive.items())},
             last_good_recent={str(k): v.to_dict() for k, v in sorted(self.last_good_recent.items())},
+            clustering=dict(sorted(self.clustering.items())),
             shock=self.shock,
         )
 
@@ -1021,6 +1049,7 @@ class DeploymentJudge:
             recent=[(s, stats(w)) for s, w in st.recent],
             decisive={k: _Decisive(stats(v.stats), list(v.starts)) for k, v in st.decisive.items()},
             last_good_recent={int(k): stats(v) for k, v in st.last_good_recent.items()},
+            clustering={k: (float(x2), float(df)) for k, (x2, df) in st.clustering.items()},
             shock=dict(st.shock) if isinstance(st.shock, Mapping) else None,
         )
         for name, old in (st.strongest or {}).items():  # a checkpoint from before ``decisive``

@@ -20,6 +20,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from canary.core import structs
+from canary.core.split import USER_GROUPS
 from canary.errors import InvalidEvent
 
 JSONDict = dict[str, Any]
@@ -257,6 +258,9 @@ class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
     # "labels" | "exact_sample" whenever recall_at_10 is set, None when it is not. Records of routers from
     # before the field carry recall only from labels: a missing source with a recall reads as "labels".
     recall_source: RecallSource | None = None
+    # The user's group (canary.core.split.user_group of the request's routing key): the judge estimates from it
+    # how much requests cluster by user within a window. None: a router from before the field.
+    user_group: Annotated[int, Meta(ge=0, lt=USER_GROUPS)] | None = None
     # Never on an outcome: ``kind`` tells a producer's watermark record from one. Declared (always UNSET,
     # never encoded) so that decoding a record that carries it fails, and the decoder hands that record to
     # the path that reads it as a watermark record, exactly as the reference does (an escaped "\u006bind"

@@ -25,15 +25,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from canary.core.aggregations import WindowStats
+from canary.core.aggregations import RECALL_SCALE, WindowStats
 from canary.core.evidence import (
     histogram_mean,
+    group_spread,
+    histogram_variance,
     log_e_above,
     log_e_below,
     log_wealth_above,
     log_wealth_below,
     mean_lower_bound,
     mean_upper_bound,
+    rate_spread,
     rate_lower_bound,
     rate_upper_bound,
 )
@@ -148,6 +151,31 @@ def quantile_bound(sketch: QuantileSketch, level: float, alpha: float, *, upper:
     return edges[lo - 1] if lo > 0 else None
 
 
+def clustering_spread(rule: SLORule, stats: WindowStats) -> tuple[float, float]:
+    """One window's observed and expected spread across user groups of ``rule``'s statistic
+    (canary.core.evidence.group_spread); ``(0, 0)`` when the window cannot show clustering: no user groups, or a
+    custom metric (not counted per group)."""
+    groups = stats.groups
+    if not groups or rule.custom is not None:
+        return 0.0, 0.0
+    if rule.metric == "error_rate":
+        return rate_spread(groups.n, groups.errors)
+    if rule.metric not in QUANTILE_METRICS:  # recall@10: the groups' sums, from micro-units to [0, 1]
+        sums = [m / RECALL_SCALE for m in groups.recall_micros]
+        return group_spread(groups.recall_n, sums, histogram_variance(stats.recall_histogram()))
+    if not groups.exceed:
+        return 0.0, 0.0
+    # The rule's own threshold when it is counted; for a relative rule (its threshold moves with last_good) the
+    # counted one whose share of slow requests is nearest the quantile's tail — how users cluster hardly depends
+    # on exactly where the latency line is drawn.
+    if rule.relative:
+        tail, total = 1.0 - QUANTILE_METRICS[rule.metric], max(1, sum(groups.n))
+        _, row = min(groups.exceed, key=lambda kv: abs(sum(kv[1]) / total - tail))
+    else:
+        _, row = min(groups.exceed, key=lambda kv: abs(float(kv[0]) - float(rule.threshold)))
+    return rate_spread(groups.n, row)
+
+
 def _clip(q: float) -> float:
     return min(max(q, 1e-9), 1.0 - 1e-9)
 
@@ -171,6 +199,9 @@ class RuleTest:
     what: str = ""  # "exceedances" | "errors" | "hits" for rates
     extra: JSONDict = field(default_factory=dict)  # the baseline's figures, for the verdict's evidence
     reason: str = ""
+    # How much one user's requests cluster (canary.core.evidence: the design effect): the evidence is that of
+    # n / dispersion independent requests. 1: independent.
+    dispersion: float = 1.0
 
     @property
     def log_needed(self) -> float:
@@ -354,6 +385,15 @@ class RuleTest:
         )
         return RateSample(stats.count, k_fail, k_pass)
 
+    # -- clustering: the evidence of n / dispersion independent requests ---------------------------------------
+    def _effective(self, n: float, k: float) -> tuple[float, float]:
+        d = self.dispersion
+        return (n, k) if d == 1.0 else (n / d, k / d)
+
+    def _hist(self, s: MeanSample) -> Mapping[int, float]:
+        d = self.dispersion
+        return dict(s.hist) if d == 1.0 else {b: c / d for b, c in s.hist.items()}
+
     # -- sample → evidence ----------------------------------------------------------------------------------
     def log_e_fail(self, s: Sample | None) -> float:
         """Log evidence that the rule is broken in these data (``-inf`` when they cannot say)."""
@@ -362,12 +402,13 @@ class RuleTest:
         if s.n <= 0:
             return 0.0
         if isinstance(s, RateSample):
+            n, k = self._effective(s.n, s.k_fail)
             if self.upper:
-                return log_e_above(s.n, s.k_fail, _clip(self.fail_at)) if self.fail_at < 1.0 else NEG_INF
-            return log_e_below(s.n, s.k_fail, _clip(self.fail_at)) if self.fail_at > 0.0 else NEG_INF
+                return log_e_above(n, k, _clip(self.fail_at)) if self.fail_at < 1.0 else NEG_INF
+            return log_e_below(n, k, _clip(self.fail_at)) if self.fail_at > 0.0 else NEG_INF
         if self.upper:
-            return log_wealth_above(dict(s.hist), self.fail_at)
-        return log_wealth_below(dict(s.hist), self.fail_at)
+            return log_wealth_above(self._hist(s), self.fail_at)
+        return log_wealth_below(self._hist(s), self.fail_at)
 
     def log_e_pass(self, s: Sample | None) -> float:
         """Log evidence that the rule holds in these data."""
@@ -376,12 +417,13 @@ class RuleTest:
         if s.n <= 0:
             return 0.0
         if isinstance(s, RateSample):
+            n, k = self._effective(s.n, s.k_pass)
             if self.upper:
-                return log_e_below(s.n, s.k_pass, _clip(self.pass_at)) if self.pass_at > 0.0 else NEG_INF
-            return log_e_above(s.n, s.k_pass, _clip(self.pass_at)) if self.pass_at < 1.0 else NEG_INF
+                return log_e_below(n, k, _clip(self.pass_at)) if self.pass_at > 0.0 else NEG_INF
+            return log_e_above(n, k, _clip(self.pass_at)) if self.pass_at < 1.0 else NEG_INF
         if self.upper:
-            return log_wealth_below(dict(s.hist), self.pass_at)
-        return log_wealth_above(dict(s.hist), self.pass_at)
+            return log_wealth_below(self._hist(s), self.pass_at)
+        return log_wealth_above(self._hist(s), self.pass_at)
 
     def estimate(self, s: Sample | None) -> float | None:
         """The data's own rate or mean (what is compared with the tested threshold)."""

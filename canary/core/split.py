@@ -34,6 +34,18 @@ def position(routing_key: str) -> float:
     return bucket(routing_key, "canary-split")
 
 
+USER_GROUPS = 16
+"""Outcomes carry ``user_group`` (docs/contracts.md): the judge counts a window's requests per group to see how
+much one user's requests cluster (canary.core.evidence.group_spread). Sixteen: a window of 30 requests from a few
+sessions still puts most sessions in groups of their own, and a group's counts stay small integers."""
+
+
+def user_group(routing_key: str) -> int:
+    """The routing key's group in ``[0, USER_GROUPS)``: independent of its split position (another salt), so
+    every arm's users spread over all groups."""
+    return int(bucket(routing_key, "canary-group") * USER_GROUPS)
+
+
 @dataclass(frozen=True, slots=True)
 class Arc:
     deployment_id: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -59,13 +60,20 @@ def outcomes(gen: bd.Generated, arm: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(lat), np.asarray(win)
 
 
+USER_GROUP = re.compile(rb',"user_group":\d+}$')
+
+
 @pytest.mark.parametrize("key", sorted(GOLDEN))
 def test_older_rows_traffic_is_unchanged(key: str) -> None:
+    """Byte for byte, but for the ``user_group`` every record carries since the routers set it (drawn from a
+    generator of its own, so it moves nothing else)."""
     h = hashlib.sha256()
     for run in (0, 7):
         for r in bd.generate(SCENARIOS[key], seed_of(key, run)):
             assert r.value is not None and r.arrival_ms is not None
-            h.update(b"%d|%d|%d|" % (r.partition, r.offset, r.arrival_ms) + r.value + b"\n")
+            value, found = USER_GROUP.subn(b"}", r.value)
+            assert found == 1
+            h.update(b"%d|%d|%d|" % (r.partition, r.offset, r.arrival_ms) + value + b"\n")
     assert h.hexdigest()[:16] == GOLDEN[key]
 
 

@@ -21,8 +21,14 @@ SAMPLE: dict[str, Any] = json.loads(
 
 
 def _today(older: dict[str, Any], decisive: dict[str, Any]) -> dict[str, Any]:
-    """``older`` as today's code writes it: ``decisive`` where ``strongest`` was."""
-    return {("decisive" if k == "strongest" else k): (decisive if k == "strongest" else v) for k, v in older.items()}
+    """``older`` as today's code writes it: ``decisive`` where ``strongest`` was, and no clustering measured yet
+    (the sample's windows carry no user groups) right before ``shock``."""
+    out: dict[str, Any] = {}
+    for k, v in older.items():
+        if k == "shock":
+            out["clustering"] = {}
+        out["decisive" if k == "strongest" else k] = decisive if k == "strongest" else v
+    return out
 
 
 def test_a_checkpoint_written_before_the_declaration_restores_to_the_same_json() -> None:
