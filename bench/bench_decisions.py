@@ -518,7 +518,7 @@ _VALUE = (
     '"config_version":"1.0.0","config_hash":"bench","arm":"candidate","latency_ms":%r,"recall_at_10":%s,'
     '"result_count":10,"error":%s,"router_id":"bench"}'
 )
-_GROUP_TEXT = [',"user_group":%d}' % g for g in range(USER_GROUPS)]
+_GROUP_TEXT = [f',"user_group":{g}}}' for g in range(USER_GROUPS)]
 _LG_VALUE = (
     '{"event_id":"%s:%d","request_id":"%s-q%d","ts":%d,"deployment_id":"%s","config_name":"last_good",'
     '"config_version":"1.0.0","config_hash":"bench-lg","arm":"last_good","latency_ms":%r,"recall_at_10":%s,'

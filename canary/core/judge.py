@@ -19,7 +19,10 @@ Verdicts (``method: sequential``, the default), per rule and window, from eviden
 
 Guarantee: while the candidate meets a rule in every window, the chance it is ever judged failing on it
 within the horizon (``slo.horizon_s``) is at most 1 - confidence (Ville's inequality for each regime's
-pooled e-process; E[M_t] <= t for the detector). Counters and their reset rules:
+pooled e-process; E[M_t] <= t for the detector), for requests independent given their window. Requests that
+cluster by user (sticky users) are weighed as fewer independent ones: every evidence of a rule is that of
+n / dispersion requests, the dispersion measured from how the outcomes' user groups spread within the windows of
+both arms (canary.core.evidence; an approximation, measured by bench_decisions). Counters and their reset rules:
 
 * a rule's streak: ``fail`` extends it; ``pass`` or ``inconclusive`` in a window with candidate data
   resets it; a window with no candidate outcome (paused, idle), no value of the rule's metric, ``shared`` and

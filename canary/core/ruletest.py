@@ -27,8 +27,8 @@ from typing import Literal
 
 from canary.core.aggregations import RECALL_SCALE, WindowStats
 from canary.core.evidence import (
-    histogram_mean,
     group_spread,
+    histogram_mean,
     histogram_variance,
     log_e_above,
     log_e_below,
@@ -36,8 +36,8 @@ from canary.core.evidence import (
     log_wealth_below,
     mean_lower_bound,
     mean_upper_bound,
-    rate_spread,
     rate_lower_bound,
+    rate_spread,
     rate_upper_bound,
 )
 from canary.core.models import JSONDict

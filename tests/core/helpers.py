@@ -19,6 +19,7 @@ def outcome(
     recall_at_10: float | None = 0.5,
     error: str | None = None,
     event_id: str | None = None,
+    user_group: int | None = None,
 ) -> SearchOutcome:
     global _seq
     _seq += 1
@@ -35,6 +36,7 @@ def outcome(
         recall_at_10=recall_at_10,
         result_count=10,
         error=error,
+        user_group=user_group,
         router_id="router-1",
     )
 

@@ -109,3 +109,57 @@ def test_from_dict_rejects_malformed() -> None:
     del d["count"]
     with pytest.raises(InvalidEvent, match="WindowAggregate"):
         WindowAggregate.from_dict(d)
+
+
+def test_user_groups_are_counted_per_group_and_pool_by_addition() -> None:
+    agg = WindowAggregator(exceed_thresholds_ms=[500.0])
+    rng = np.random.default_rng(11)
+    items = [
+        outcome(
+            i,
+            float(rng.lognormal(6.5, 0.8)),
+            recall_at_10=round(float(rng.random()), 3) if i % 4 else None,
+            error="timeout" if i % 17 == 0 else None,
+            user_group=int(rng.integers(0, 16)) if i % 9 else None,  # every 9th from a router before the field
+        )
+        for i in range(400)
+    ]
+    whole = agg.agg(agg.initialize(), items)
+    groups = whole.stats.groups
+    with_group = [o for o in items if o.user_group is not None]
+    for g in range(16):
+        mine = [o for o in with_group if o.user_group == g]
+        assert groups.n[g] == len(mine)
+        assert groups.errors[g] == sum(o.error is not None for o in mine)
+        slow = groups.exceedances(1200.0)
+        assert slow is not None and slow[g] == sum(o.error is not None or o.latency_ms > 1200.0 for o in mine)
+        assert groups.recall_n[g] == sum(o.recall_at_10 is not None for o in mine)
+        assert groups.recall_micros[g] == sum(round(o.recall_at_10 * 1e6) for o in mine if o.recall_at_10 is not None)
+    assert sum(groups.n) == len(with_group) < whole.count
+    split = agg.merge(agg.agg(agg.initialize(), items[:123]), agg.agg(agg.initialize(), items[123:]))
+    assert json.dumps(split.to_dict()) == json.dumps(whole.to_dict())
+    assert WindowAggregate.from_dict(json.loads(json.dumps(whole.to_dict()))) == whole
+    none = agg.agg(agg.initialize(), [outcome(i) for i in range(5)])
+    assert "groups" not in none.to_dict() and "groups" not in none.stats.to_dict()  # older windows' exact JSON
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda g: g.update(n=[1] * 15), "groups.n: expected a list of 16"),
+        (lambda g: g.update(errors=[-1] + [0] * 15), "groups.errors: expected non-negative"),
+        (lambda g: g.update(n=[True] + [0] * 15), "groups.n: expected non-negative"),
+        (lambda g: g["exceed"].update({"abc": [0] * 16}), "thresholds are numbers"),
+        (lambda g: g.update(errors=[5] + [0] * 15), "more errors"),
+        (lambda g: g.update(n=[10**6] * 16), "more requests than the window"),
+        (lambda g: g.update(recall_micros=[3 * 10**6] * 16), "more errors, exceedances or recall"),
+        (lambda g: g.clear() or g.update(n="x"), "groups.n"),
+    ],
+)
+def test_hostile_user_group_counts_are_refused_naming_the_field(change: object, says: str) -> None:
+    agg = WindowAggregator()
+    state = agg.agg(agg.initialize(), [outcome(i, 100.0, user_group=i % 16) for i in range(32)])
+    d = json.loads(json.dumps(state.to_dict()))
+    change(d["groups"])  # type: ignore[operator]
+    with pytest.raises(InvalidEvent, match=says):
+        WindowAggregate.from_dict(d)

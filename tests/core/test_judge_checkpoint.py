@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from canary.core.evidence import dispersion
 from canary.core.judge import DeploymentJudge
 from canary.errors import InvalidEvent
 from tests.core.test_judge import make_window, requests
@@ -104,6 +105,9 @@ def test_a_checkpoint_from_before_the_change_detector_restores_with_an_empty_his
         ({"policy": {"rules": "all"}}, "DeploymentJudge(deployment_id='dep-1'): SLOPolicy: malformed"),
         ({"candidate": {"count": 1}}, "DeploymentJudge(deployment_id='dep-1'): WindowStats: malformed"),
         ({"waiting": [[{"arm": "candidate"}, 1]]}, "DeploymentJudge(deployment_id='dep-1'): WindowResult."),
+        ({"clustering": {"p95_ms": [-1.0, 2.0]}}, "DeploymentJudge.clustering: expected every item valid"),
+        ({"clustering": {"p95_ms": [1.0]}}, "DeploymentJudge.clustering: expected every item valid"),
+        ({"clustering": {"p95_ms": [1e301, 2.0]}}, "DeploymentJudge.clustering: expected every item valid"),
     ],
 )
 def test_each_bad_field_is_refused_naming_it(change: dict[str, Any], message: str) -> None:
@@ -116,6 +120,13 @@ def test_each_bad_field_is_refused_naming_it(change: dict[str, Any], message: st
 def test_a_missing_required_field_is_named(missing: str) -> None:
     with pytest.raises(InvalidEvent, match=rf"DeploymentJudge\.{missing}: required field is missing"):
         DeploymentJudge.from_dict({k: v for k, v in SAMPLE.items() if k != missing})
+
+
+def test_the_clustering_measured_so_far_survives_a_checkpoint() -> None:
+    judge = DeploymentJudge.from_dict({**copy.deepcopy(SAMPLE), "clustering": {"p95_ms": [12.5, 5.0]}})
+    rule = next(r for r in judge.policy.rules if r.name == "p95_ms")
+    assert judge.dispersion(rule) == dispersion(12.5, 5.0) > 2.0
+    assert DeploymentJudge.from_dict(judge.to_dict()).clustering == {"p95_ms": (12.5, 5.0)}
 
 
 def test_a_shock_that_is_not_an_object_reads_as_none_as_before() -> None:

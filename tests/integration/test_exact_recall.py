@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from canary.core.split import user_group
 from canary.kafka.topics import Topics
 from canary.ops.load import produce_load
 from canary.settings import Settings
@@ -84,7 +85,9 @@ async def test_sampled_exact_search_stays_off_the_hot_path(settings: Settings, t
         # dropped (busy) and go out without recall at once
         await asyncio.gather(*(router.execute_search("q8", "documents", request_id=f"b{i}") for i in range(3)))
         # labels win: a (deliberately wrong) label gives recall 0 where the exact truth would give 1
-        labeled = await router.execute_search("q9", "documents", relevant_ids=["not-a-doc"], request_id="lab")
+        labeled = await router.execute_search(
+            "q9", "documents", user_id="user-7", relevant_ids=["not-a-doc"], request_id="lab"
+        )
         outcomes = {o["request_id"]: o for o in await _outcomes_for(settings, router, 5)}
     finally:
         await router.stop()
@@ -96,6 +99,9 @@ async def test_sampled_exact_search_stays_off_the_hot_path(settings: Settings, t
     assert sources == ["None", "None", "exact_sample"], sources
     assert outcomes["lab"]["recall_source"] == "labels" and outcomes["lab"]["recall_at_10"] == 0.0
     assert labeled[0][:1] == ["q9-0"]
+    # every outcome carries its user's group: the user id's when given, else the request id's (the split's key)
+    assert outcomes["lab"]["user_group"] == user_group("user-7")
+    assert [outcomes[k]["user_group"] for k in ("one", "b0")] == [user_group("one"), user_group("b0")]
     assert router.stats.exact_samples == {"measured": 2, "busy": 2}
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from canary.core.models import ControlCommand
+from canary.core.split import user_group
 from canary.pipeline.run import Record, run_pipeline
 
 T0 = 1_700_000_000_000
@@ -65,6 +66,35 @@ class Traffic:
                 "router_id": "r",
             }
             self.records.append(Record("search_results", partition, off, ts + 15, None, json.dumps(value).encode()))
+
+    def sessions(self, index: int, users: list[tuple[int, float]], per_user: int, *, groups: bool = True) -> None:
+        """One candidate window of sticky users: ``per_user`` requests from each (user, latency factor), in
+        sessions, every latency the user's factor times lognormal noise (sd 0.25) around a median of 0.3 T; the
+        records carry the users' groups as routers set them (``groups``; without: a router from before)."""
+        for u, (user, factor) in enumerate(users):
+            for j in range(per_user):
+                i = u * per_user + j
+                ts = T0 + index * W + int((i + 0.5) * W / (len(users) * per_user))
+                off = self.offsets.get(0, 0)
+                self.offsets[0] = off + 1
+                value: dict[str, Any] = {
+                    "event_id": f"r:candidate:{off}",
+                    "request_id": f"candidate{off}",
+                    "ts": ts,
+                    "deployment_id": "d1",
+                    "config_name": "cand",
+                    "config_version": "1",
+                    "config_hash": "h",
+                    "arm": "candidate",
+                    "latency_ms": float(0.3 * T * factor * np.exp(0.25 * self.rng.standard_normal())),
+                    "recall_at_10": 0.5,
+                    "result_count": 10,
+                    "error": None,
+                    "router_id": "r",
+                }
+                if groups:
+                    value["user_group"] = user_group(f"user-{user}")
+                self.records.append(Record("search_results", 0, off, ts + 15, None, json.dumps(value).encode()))
 
     def run(self, windows: int, slo: dict[str, Any] | None = None) -> Any:
         return run_pipeline(self.records, commands=[start(slo)], horizon_ms=T0 + (windows + 2) * W)
@@ -346,3 +376,41 @@ def test_shocks_that_return_as_the_candidate_resumes_are_blamed_on_it_only_with_
         t.window(i, 270, p95=0.3 * T * shock, arm="last_good", partition=1)
         t.window(i, 30, p95=0.6 * T * shock)
     assert decisions_of(t.run(24)) == expected
+
+
+def sticky_canary(seed: int, *, groups: bool) -> Any:
+    """Healthy sticky users: each window's 30 requests come from 3 users, 10 each, drawn from 300 whose latency
+    factors are lognormal (sd 0.6) — about 3 % of requests are slower than T (p95 0.85 T), but they come in
+    clumps of one user's requests, so a window's count varies several times more than independent requests'."""
+    rng = np.random.default_rng([seed, 7])
+    factors = np.exp(0.6 * rng.standard_normal(300))
+    t = Traffic(seed=seed)
+    for i in range(120):
+        chosen = rng.choice(300, size=3, replace=False)
+        t.sessions(i, [(int(u), float(factors[u])) for u in chosen], 10, groups=groups)
+    return t.run(120, {"p95_ms": T})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sticky_users_clustering_their_slow_requests_are_no_rollback(seed: int) -> None:
+    """The same outcomes with and without their user groups: with them, the judge sees that one user's requests
+    move together (dispersion above 1 in every verdict's evidence after a minute, 5-9 at the median), weighs each
+    window as the fewer independent requests it is worth, and never rolls back; without them (a router from before
+    the field) it treats the clumps as independent requests, as it did before."""
+    result = sticky_canary(seed, groups=True)
+    assert rollbacks(result) == []
+    late = [
+        v.evidence["dispersion"]
+        for w in result.windows
+        if w.arm == "candidate" and w.window_start_ms >= T0 + 12 * W
+        for v in w.verdicts
+        if v.rule == "p95_ms" and v.evidence
+    ]
+    assert len(late) >= 108 and min(late) > 1.0 and float(np.median(late)) > 3.0
+
+
+def test_without_user_groups_the_same_sticky_traffic_is_judged_as_independent_requests() -> None:
+    rolled = [bool(rollbacks(sticky_canary(seed, groups=False))) for seed in range(4)]
+    assert any(rolled), "the scenario no longer shows the problem the correction is for"
+    result = sticky_canary(0, groups=False)
+    assert {v.evidence["dispersion"] for w in result.windows for v in w.verdicts if v.evidence} == {1.0}
