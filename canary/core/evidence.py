@@ -231,9 +231,13 @@ def histogram_mean(hist: Mapping[int, int]) -> float | None:
 # at phi 2-4 (tests/core/test_evidence.py; the plain e-value's is 1.6-3.5 % at alpha 1 %). Ville's inequality
 # therefore no longer applies as such; bench_decisions measures what the judge does with clustered users.
 
-DISPERSION_PRIOR = 1.0
-"""Pseudo-spread added to both sums, so the estimate starts at 1: about what one window of 30 requests can show
-(a window at 5 % slow requests expects 1.3), so the first windows cannot swing the evidence either way."""
+DISPERSION_PRIOR_WINDOWS = 10.0
+"""The estimate is shrunk towards 1 as if this many windows had shown no clustering: one window of 30
+independent requests gives a ratio with a standard deviation of about 0.4, and a breach judged as fewer
+requests than it has is a breach caught later. Measured (bench_decisions, clear p95 1.5 T, 100 runs): an
+unshrunk estimate (a single pseudo-window of spread) cost the median breach a window (16 → 21 s) and 20 → 17 %
+by the 2nd window; shrinking over 5 windows, 18 %; over 10, 20 % and 16 s as without the correction — while
+the sticky-users row stayed at 0 % false rollbacks (100 runs) with each."""
 
 
 def group_spread(n: Sequence[int], sums: Sequence[float], variance: float) -> tuple[float, float]:
@@ -269,6 +273,9 @@ def histogram_variance(hist: Mapping[int, int]) -> float:
     return float(((xs - mean) ** 2) @ counts) / (total - 1.0)
 
 
-def dispersion(observed: float, expected: float) -> float:
-    """The design effect estimated from pooled spreads: never below 1 (independent requests)."""
-    return max(1.0, (observed + DISPERSION_PRIOR) / (expected + DISPERSION_PRIOR))
+def dispersion(observed: float, expected: float, windows: float) -> float:
+    """The design effect estimated from the spreads pooled over ``windows`` windows, shrunk towards 1 by
+    :data:`DISPERSION_PRIOR_WINDOWS`; never below 1 (independent requests)."""
+    if windows <= 0 or expected <= 0:
+        return 1.0
+    return max(1.0, 1.0 + (observed / expected - 1.0) * windows / (windows + DISPERSION_PRIOR_WINDOWS))

@@ -448,8 +448,8 @@ class JudgeState(msgspec.Struct, frozen=True, kw_only=True):
     decisive: dict[str, DecisiveState] = {}
     strongest: dict[str, StrongestState] | None = None  # older checkpoints only
     last_good_recent: dict[StartKey, StatsState] = {}
-    # Per rule: the observed and expected spread across user groups, summed over both arms' windows.
-    clustering: dict[str, tuple[Sum, Sum]] = {}
+    # Per rule: the observed and expected spread across user groups, summed over both arms' windows, and how many.
+    clustering: dict[str, tuple[Sum, Sum, Sum]] = {}
     # Free-form (the shock's rule, state and windows); anything but an object reads as no shock, as before.
     shock: Any = None
 
@@ -482,9 +482,9 @@ class DeploymentJudge:
     decisive: dict[str, _Decisive] = field(default_factory=dict)
     last_good_recent: dict[int, WindowStats] = field(default_factory=dict)  # last_good's windows by start
     shock: JSONDict | None = None  # a shock shared with last_good: its rule, state and windows
-    # Per rule, the observed and expected spread across user groups, summed over every window of both arms since
-    # the start: how much one user's requests cluster within a window (canary.core.evidence.group_spread).
-    clustering: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Per rule, the observed and expected spread across user groups summed over every window of both arms since the
+    # start, and the number of those windows: how much one user's requests cluster (canary.core.evidence).
+    clustering: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     # -- input ------------------------------------------------------------------------------------------------
     def observe(self, window: WindowResult, arrival_ms: int) -> list[Judgement]:
@@ -647,12 +647,12 @@ class DeploymentJudge:
                 continue
             observed, expected = clustering_spread(rule, stats)
             if expected > 0:
-                old_observed, old_expected = self.clustering.get(rule.name, (0.0, 0.0))
-                self.clustering[rule.name] = (old_observed + observed, old_expected + expected)
+                old_observed, old_expected, windows = self.clustering.get(rule.name, (0.0, 0.0, 0.0))
+                self.clustering[rule.name] = (old_observed + observed, old_expected + expected, windows + 1.0)
 
     def dispersion(self, rule: SLORule) -> float:
         """The rule's design effect so far (1: requests as good as independent)."""
-        return dispersion(*self.clustering.get(rule.name, (0.0, 0.0)))
+        return dispersion(*self.clustering.get(rule.name, (0.0, 0.0, 0.0)))
 
     def _judge_rule(
         self,
@@ -1052,7 +1052,7 @@ class DeploymentJudge:
             recent=[(s, stats(w)) for s, w in st.recent],
             decisive={k: _Decisive(stats(v.stats), list(v.starts)) for k, v in st.decisive.items()},
             last_good_recent={int(k): stats(v) for k, v in st.last_good_recent.items()},
-            clustering={k: (float(x2), float(df)) for k, (x2, df) in st.clustering.items()},
+            clustering={k: (float(o), float(e), float(w)) for k, (o, e, w) in st.clustering.items()},
             shock=dict(st.shock) if isinstance(st.shock, Mapping) else None,
         )
         for name, old in (st.strongest or {}).items():  # a checkpoint from before ``decisive``

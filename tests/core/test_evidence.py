@@ -178,7 +178,7 @@ def test_pooled_spread_estimates_the_variance_inflation_of_a_windows_count(sd: f
     p = totals.mean() / big_n
     design_effect = totals.var() / (big_n * p * (1 - p))
     assert observed / expected == pytest.approx(design_effect, rel=0.12)
-    assert dispersion(observed, expected) == pytest.approx(max(1.0, observed / expected), rel=0.01)
+    assert dispersion(observed, expected, 6000) == pytest.approx(max(1.0, observed / expected), rel=0.01)
     if sd == 0.0:
         assert design_effect == pytest.approx(1.0, abs=0.06)
     else:
@@ -200,8 +200,10 @@ def test_a_mean_spreads_by_its_variance_and_the_prior_starts_at_one() -> None:
         o, e = group_spread(n, sums, histogram_variance(hist))
         observed, expected = observed + o, expected + e
     assert observed / expected == pytest.approx(1.0, abs=0.05)
-    assert dispersion(0.0, 0.0) == 1.0 and dispersion(0.0, 50.0) == 1.0  # never below independence
-    assert dispersion(4.0, 1.0) == pytest.approx(2.5)  # one window's worth of prior pulls a first estimate in
+    assert dispersion(0.0, 0.0, 0) == 1.0 and dispersion(0.0, 50.0, 20) == 1.0  # never below independence
+    # a first window's ratio of 4 is taken as 1 + 3 / 11: ten prior windows without clustering pull it in
+    assert dispersion(4.0, 1.0, 1) == pytest.approx(1.0 + 3.0 / 11.0)
+    assert dispersion(400.0, 100.0, 990) == pytest.approx(1.0 + 3.0 * 0.99)
 
 
 @pytest.mark.parametrize("phi", [2.0, 2.6, 4.0])

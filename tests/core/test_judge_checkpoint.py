@@ -105,9 +105,9 @@ def test_a_checkpoint_from_before_the_change_detector_restores_with_an_empty_his
         ({"policy": {"rules": "all"}}, "DeploymentJudge(deployment_id='dep-1'): SLOPolicy: malformed"),
         ({"candidate": {"count": 1}}, "DeploymentJudge(deployment_id='dep-1'): WindowStats: malformed"),
         ({"waiting": [[{"arm": "candidate"}, 1]]}, "DeploymentJudge(deployment_id='dep-1'): WindowResult."),
-        ({"clustering": {"p95_ms": [-1.0, 2.0]}}, "DeploymentJudge.clustering: expected every item valid"),
-        ({"clustering": {"p95_ms": [1.0]}}, "DeploymentJudge.clustering: expected every item valid"),
-        ({"clustering": {"p95_ms": [1e301, 2.0]}}, "DeploymentJudge.clustering: expected every item valid"),
+        ({"clustering": {"p95_ms": [-1.0, 2.0, 1.0]}}, "DeploymentJudge.clustering: expected every item valid"),
+        ({"clustering": {"p95_ms": [1.0, 2.0]}}, "DeploymentJudge.clustering: expected every item valid"),
+        ({"clustering": {"p95_ms": [1e301, 2.0, 1.0]}}, "DeploymentJudge.clustering: expected every item valid"),
     ],
 )
 def test_each_bad_field_is_refused_naming_it(change: dict[str, Any], message: str) -> None:
@@ -123,10 +123,10 @@ def test_a_missing_required_field_is_named(missing: str) -> None:
 
 
 def test_the_clustering_measured_so_far_survives_a_checkpoint() -> None:
-    judge = DeploymentJudge.from_dict({**copy.deepcopy(SAMPLE), "clustering": {"p95_ms": [12.5, 5.0]}})
+    judge = DeploymentJudge.from_dict({**copy.deepcopy(SAMPLE), "clustering": {"p95_ms": [125.0, 50.0, 40.0]}})
     rule = next(r for r in judge.policy.rules if r.name == "p95_ms")
-    assert judge.dispersion(rule) == dispersion(12.5, 5.0) > 2.0
-    assert DeploymentJudge.from_dict(judge.to_dict()).clustering == {"p95_ms": (12.5, 5.0)}
+    assert judge.dispersion(rule) == dispersion(125.0, 50.0, 40.0) > 2.0
+    assert DeploymentJudge.from_dict(judge.to_dict()).clustering == {"p95_ms": (125.0, 50.0, 40.0)}
 
 
 def test_a_shock_that_is_not_an_object_reads_as_none_as_before() -> None:
