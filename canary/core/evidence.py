@@ -77,7 +77,7 @@ def log_e_below(n: float, k: float, q: float) -> float:
     return log_e_above(n, n - k, 1.0 - q)
 
 
-def rate_lower_bound(n: int, k: int, alpha: float) -> float:
+def rate_lower_bound(n: float, k: float, alpha: float) -> float:
     """Anytime-valid lower confidence bound of a Bernoulli rate (level ``1 - alpha``)."""
     threshold = math.log(1.0 / alpha)
     if n == 0 or log_e_above(n, k, 1e-12) < threshold:
@@ -100,7 +100,7 @@ def _crossing(rejects: Callable[[float], bool], lo: float, hi: float, *, rejecte
     return lo if rejected_below else hi
 
 
-def rate_upper_bound(n: int, k: int, alpha: float) -> float:
+def rate_upper_bound(n: float, k: float, alpha: float) -> float:
     """Anytime-valid upper confidence bound of a Bernoulli rate (level ``1 - alpha``)."""
     return 1.0 - rate_lower_bound(n, n - k, alpha)
 
@@ -185,7 +185,7 @@ def _mixture(xs: np.ndarray, counts: np.ndarray, gain: np.ndarray, max_bet: floa
     return top + math.log(float(sum(logs.tolist())) / logs.size)
 
 
-def mean_upper_bound(hist: Mapping[int, int], alpha: float) -> float:
+def mean_upper_bound(hist: Mapping[int, float], alpha: float) -> float:
     """Anytime-valid upper confidence bound of the mean (the smallest ``m`` not yet rejected as too high)."""
     threshold = math.log(1.0 / alpha)
     if not hist:
@@ -196,7 +196,7 @@ def mean_upper_bound(hist: Mapping[int, int], alpha: float) -> float:
         return _crossing(lambda m: _wealth_below(xs, counts, m) >= threshold, 0.0, 1.0, rejected_below=False)
 
 
-def mean_lower_bound(hist: Mapping[int, int], alpha: float) -> float:
+def mean_lower_bound(hist: Mapping[int, float], alpha: float) -> float:
     """Anytime-valid lower confidence bound of the mean."""
     threshold = math.log(1.0 / alpha)
     if not hist:

@@ -59,10 +59,6 @@ from canary.core.evidence import (
     NEG_INF,
     dispersion,
     histogram_mean,
-    mean_lower_bound,
-    mean_upper_bound,
-    rate_lower_bound,
-    rate_upper_bound,
 )
 from canary.core.models import Count, JSONDict, Outcome, RuleVerdict, WindowResult, iso_ms
 from canary.core.ruletest import RateSample, RuleTest, Sample, clustering_spread
@@ -189,7 +185,7 @@ def pooled_evidence(test: RuleTest, pooled: WindowStats) -> _Pooled:
     fail_e, pass_e = test.log_e_fail(sample), test.log_e_pass(sample)
     if isinstance(sample, RateSample):
         n, k = sample.n, sample.k_fail
-        lower, upper = rate_lower_bound(n, k, test.alpha), rate_upper_bound(n, sample.k_pass, test.alpha)
+        lower, upper = test.bounds(sample)
         bound, bound_name = (lower, "rate_lower_bound") if test.upper else (upper, "rate_upper_bound")
         evidence = {
             **base,
@@ -205,9 +201,8 @@ def pooled_evidence(test: RuleTest, pooled: WindowStats) -> _Pooled:
         symbol = _OPS[rule.operator][1]
         pass_text = f"{shown}: rate {symbol} {test.pass_at:.4f}"
     else:
-        hist = dict(sample.hist)
-        mean = histogram_mean(hist)
-        lower, upper = mean_lower_bound(hist, test.alpha), mean_upper_bound(hist, test.alpha)
+        mean = histogram_mean(dict(sample.hist))
+        lower, upper = test.bounds(sample)
         bound, bound_name = (lower, "mean_lower_bound") if test.upper else (upper, "mean_upper_bound")
         sources: JSONDict = (
             {"recall_source": dict(pooled.recall_sources)} if pooled.recall_sources and rule.custom is None else {}

@@ -394,6 +394,17 @@ class RuleTest:
         d = self.dispersion
         return dict(s.hist) if d == 1.0 else {b: c / d for b, c in s.hist.items()}
 
+    def bounds(self, s: Sample) -> tuple[float, float]:
+        """The sample's (lower, upper) confidence bounds at this test's level — of the rate (the lower from the hits
+        counted for failing, the upper from those for passing) or of the mean — at the same effective sample size
+        as its evidence, so a bound and its test agree."""
+        if isinstance(s, RateSample):
+            n, k_fail = self._effective(s.n, s.k_fail)
+            _, k_pass = self._effective(s.n, s.k_pass)
+            return rate_lower_bound(n, k_fail, self.alpha), rate_upper_bound(n, k_pass, self.alpha)
+        hist = self._hist(s)
+        return mean_lower_bound(hist, self.alpha), mean_upper_bound(hist, self.alpha)
+
     # -- sample → evidence ----------------------------------------------------------------------------------
     def log_e_fail(self, s: Sample | None) -> float:
         """Log evidence that the rule is broken in these data (``-inf`` when they cannot say)."""

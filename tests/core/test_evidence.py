@@ -228,3 +228,23 @@ def test_evidence_at_the_effective_sample_size_keeps_its_level_under_over_disper
         assert tempered <= alpha
         if phi >= 2.6 and alpha <= 0.01:  # the judge's levels
             assert plain > alpha
+
+
+@pytest.mark.parametrize("phi", [1.0, 2.5])
+def test_a_bound_and_its_test_agree_at_the_effective_sample_size(phi: float) -> None:
+    from dataclasses import replace
+
+    from canary.core.ruletest import MeanSample, RateSample, RuleTest
+    from canary.core.slo import policy_from_slo_section
+
+    policy = policy_from_slo_section({"p95_ms": 1200, "recall_at_10": 0.3})
+    rules = {r.metric: r for r in policy.rules}
+    p95, recall = (replace(RuleTest.prepare(rules[m], None, 0.008), dispersion=phi) for m in ("p95_ms", "recall_at_10"))
+    for n, k in [(30, 6), (60, 9), (120, 14), (300, 25), (90, 30)]:
+        s = RateSample(n, k, k)
+        lower, _ = p95.bounds(s)
+        assert (p95.log_e_fail(s) >= p95.log_needed) == (lower > p95.fail_at), (n, k)
+    for n, mean in [(30, 0.2), (90, 0.25), (300, 0.28), (60, 0.35)]:
+        s = MeanSample({recall_bin(mean - 0.1): n // 2, recall_bin(mean + 0.1): n - n // 2})
+        _, upper = recall.bounds(s)
+        assert (recall.log_e_fail(s) >= recall.log_needed) == (upper < recall.fail_at), (n, mean)
