@@ -88,6 +88,7 @@ from canary.core.jsonio import dumps, loads
 from canary.core.merge import Progress, WindowMerger, merge_all, parse_merge_record, partial_of
 from canary.core.models import RouterWatermark, SearchOutcome, WindowKey, WindowResult
 from canary.core.slo import default_policy
+from canary.core.split import user_group
 from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS, WindowFinalizer
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
@@ -160,6 +161,7 @@ def synth_outcomes(n: int, dep: str, base_ms: int, span_ms: int, seed: int = 7) 
                 result_count=0 if error else 10,
                 error=error,
                 router_id=ROUTER_ID,
+                user_group=user_group(f"{run}-{i}"),  # as a router sets it for a request without a user id
             )
         )
     return out

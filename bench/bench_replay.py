@@ -51,6 +51,7 @@ from bench.common import (
     unique_prefix,
 )
 from canary.core.models import ControlCommand, SearchOutcome
+from canary.core.split import user_group
 from canary.core.windows import WindowFinalizer
 from canary.kafka.clients import client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
@@ -106,7 +107,8 @@ def synth(n: int, per_s: float, base_ms: int, seed: int = 7) -> tuple[list[Recor
     template = (
         '{"event_id": "bench-router:%s-%d", "request_id": "%s-%d", "ts": %d, "deployment_id": %s, '
         '"config_name": "%s", "config_version": "1.0.0", "config_hash": "benchhash", "arm": "%s", '
-        '"latency_ms": %.3f, "recall_at_10": %s, "result_count": %d, "error": %s, "router_id": "bench-router"}'
+        '"latency_ms": %.3f, "recall_at_10": %s, "result_count": %d, "error": %s, "router_id": "bench-router", '
+        '"user_group": %d}'
     )
     choices = rng.choices(range(3), weights=[0.16, 0.64, 0.20], k=n)
     log_mu = math.log(120)
@@ -129,6 +131,7 @@ def synth(n: int, per_s: float, base_ms: int, seed: int = 7) -> tuple[list[Recor
             "null" if error else f"{rng.uniform(0.5, 0.95):.3f}",
             0 if error else 10,
             '"backend_error"' if error else "null",
+            user_group(f"{run}-{i}"),  # as a router sets it for a request without a user id
         )
         out.append((part, offsets[part], ts + 3, raw.encode()))
         offsets[part] += 1
