@@ -11,10 +11,10 @@ Two tools, both e-processes (non-negative supermartingales under the null), so b
 chance that one *ever* reaches ``1/alpha`` while the null holds is at most ``alpha`` — however often it is
 looked at, and however long the canary runs:
 
-* **Bernoulli means** (exceedances, errors): a conjugate mixture of likelihood ratios, the prior uniform
-  over the alternative side of the threshold. ``log_e_above(n, k, q)`` is the evidence that the rate
-  exceeds ``q``; for any true rate ``<= q`` each likelihood ratio has expectation ``<= 1``, so the
-  composite null is covered. Closed form through the regularized incomplete beta function.
+* **Bernoulli means** (exceedances, errors): a mixture of likelihood ratios against alternatives on the
+  breaking side of the threshold (``ODDS_SHIFTS``: odds 1.3 × to 400 × the threshold's). ``log_e_above(n, k,
+  q)`` is the evidence that the rate exceeds ``q``; for any true rate ``<= q`` each likelihood ratio has
+  expectation ``<= 1``, so the composite null is covered. Nine closed-form terms.
 * **Bounded means** (recall): betting. Wealth ``prod(1 + lam * (m - X_i))`` over a fixed grid of ``lam``,
   averaged (a mixture of test martingales is one). With a fixed ``lam`` the product depends only on the
   multiset of values, so a histogram of the pooled values is a sufficient statistic: windows merge by
@@ -24,9 +24,8 @@ Confidence bounds invert the tests (the bound is where the e-value crosses ``1/a
 test always agree. This is plain math on counts; no clock, no Kafka.
 
 Why not the ``confseq`` package: it ships as a C++ source build (Boost) whose betting and beta-binomial
-boundaries are two-sided or need per-observation updates; the two closed forms here are a few lines over
-``scipy.special`` (which does the numerically hard part), take pooled counts, and are tested against
-brute-force integration and simulation in ``tests/core/test_evidence.py``.
+boundaries are two-sided or need per-observation updates; the two forms here are a few lines, take pooled
+counts, and are tested against their definitions and by simulation in ``tests/core/test_evidence.py``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy import special
 
 NEG_INF = float("-inf")
 
@@ -56,19 +54,37 @@ def _safe_log(x: float) -> float:
     return math.log(x) if x > 0.0 else NEG_INF
 
 
+ODDS_SHIFTS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+"""The alternatives :func:`log_e_above` mixes, as shifts of the threshold's log-odds: odds 1.3 × to 400 × the
+threshold's (at q = 0.05: rates 0.063 … 0.95), equally weighted. Denser at small shifts because a modest breach
+needs every nat: against the uniform prior over (q, 1) used before, a p95 1.25 T breach (rate 0.115 against
+0.05) gains ~1.3 nats over 11 windows — within 60 s 76 → 87 % (bench_decisions, 100 runs) — and a clear one
+loses nothing it needs."""
+_SHIFT_WEIGHT = math.log(len(ODDS_SHIFTS))
+
+
 def log_e_above(n: float, k: float, q: float) -> float:
     """Log evidence that a Bernoulli rate exceeds ``q`` after ``k`` successes in ``n`` trials.
 
-    ``E = integral_q^1 L(p)/L(q) dp / (1 - q)`` with ``L(p) = p^k (1-p)^(n-k)``.
+    ``E = mean_j L(p_j)/L(q)`` with ``L(p) = p^k (1-p)^(n-k)`` and ``logit p_j = logit q + ODDS_SHIFTS[j]``.
+    Each ratio has expectation <= 1 under any rate <= q (it is increasing in the true rate, and 1 at q), so the
+    mean is an e-value for the composite null, and a product over time is a test martingale.
     """
     _check_counts(n, k)
     if not 0.0 < q < 1.0:
         raise ValueError(f"rate threshold must be in (0, 1), got {q!r}")
     if n == 0:
         return 0.0
-    a, b = k + 1.0, n - k + 1.0
-    tail = float(special.betaincc(a, b, q))
-    return float(special.betaln(a, b)) + _safe_log(tail) - math.log1p(-q) - k * math.log(q) - (n - k) * math.log1p(-q)
+    base = math.log(q) - math.log1p(-q)
+    log_q, log_not_q = math.log(q), math.log1p(-q)
+    terms = []
+    for shift in ODDS_SHIFTS:
+        z = base + shift  # log p - log(1 - p) for p = sigmoid(z), computed stably
+        log_p = -math.log1p(math.exp(-z)) if z > 0 else z - math.log1p(math.exp(z))
+        log_not_p = log_p - z
+        terms.append(k * (log_p - log_q) + (n - k) * (log_not_p - log_not_q))
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms)) - _SHIFT_WEIGHT
 
 
 def log_e_below(n: float, k: float, q: float) -> float:

@@ -90,8 +90,8 @@ ROLLBACK_P95 = "SLO violation: p95_ms failed for 2 consecutive buckets"
         ([requests(30, slow=7)] * 3, "iFF", [(2, "rollback", ROLLBACK_P95)]),
         # 1 of 30 (3.3 %, inside the 5 % a p95 allows): never fails; proving it holds takes 63 windows.
         ([requests(30, slow=1)] * 8, "iiiiiiii", []),
-        # Every request fast: passes after ~126 requests (ln 100 / -ln 0.95, plus the mixture's cost).
-        ([requests(30)] * 6, "iiiiPP", []),
+        # Every request fast: passes after 108 requests (ln 100 / -ln 0.95 = 90, plus the mixture's cost).
+        ([requests(30)] * 6, "iiiPPP", []),
         # A quiet window (no requests) neither extends nor resets the streak.
         ([requests(30, slow=10), [], requests(30, slow=10)], "FiF", [(2, "rollback", ROLLBACK_P95)]),
         # 3 requests, all slower than T: three samples already give significant evidence.
