@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -56,7 +57,7 @@ def test_the_evidence_falls_as_the_threshold_rises() -> None:
     for n in (3, 30, 300):
         for k in range(0, n + 1, max(1, n // 15)):
             values = [log_e_above(n, k, q) for q in np.linspace(1e-4, 1 - 1e-4, 300)]
-            assert all(b <= a + 1e-9 for a, b in zip(values, values[1:])), (n, k)
+            assert all(b <= a + 1e-9 for a, b in itertools.pairwise(values)), (n, k)
 
 
 def test_mirror_and_edge_cases() -> None:
