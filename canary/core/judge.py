@@ -296,7 +296,7 @@ class DetectorReading:
 def detect(test: RuleTest, windows: list[WindowStats], needed: float, decisive: float) -> DetectorReading:
     """The detector's reading after the last of ``windows`` (oldest first; the last is the one being judged).
 
-    Segment e-values are mixture e-values of the pooled data since each change point (one Beta/betting
+    Segment e-values are mixture e-values of the pooled data since each change point (one likelihood-ratio/betting
     mixture per segment, so a segment pays the mixture's price once, not once per window). The robust
     reading leaves out of each segment every earlier window that is decisive on its own (its log e reaches
     ``decisive``): a spike that proves itself broken must not make later buckets fail — nor two spikes in one
