@@ -244,8 +244,9 @@ def histogram_mean(hist: Mapping[int, int]) -> float | None:
 # likelihood ratio tempered by ``1 / phi`` has expectation 1 when the variance is ``phi`` times the binomial.
 # That is an approximation, not an exact guarantee: a beta-binomial count's far tail is heavier than the normal
 # one, so the tempered mixture's *mean* exceeds 1 there, while its chance of reaching 1/alpha stays below alpha
-# at phi 2-4 (tests/core/test_evidence.py; the plain e-value's is 1.6-3.5 % at alpha 1 %). Ville's inequality
-# therefore no longer applies as such; bench_decisions measures what the judge does with clustered users.
+# at phi 2-4 (tests/core/test_evidence.py; the plain e-value's is 1.6-3.5 % at alpha 1 % for phi 2.6-4).
+# Ville's inequality therefore no longer applies as such; bench_decisions measures what the judge does with
+# clustered users.
 
 DISPERSION_PRIOR_WINDOWS = 10.0
 """The estimate is shrunk towards 1 as if this many windows had shown no clustering: one window of 30
