@@ -409,9 +409,10 @@ class WindowAggregator:
         sketch.add_many(latency)
         recall_micros = np.rint(recall[labeled] * RECALL_SCALE).astype(np.int64)
         exceed = dict(state.exceed)
-        for t in self.exceed_thresholds_ms:
+        slow = [errored | (latency > t) for t in self.exceed_thresholds_ms]  # per threshold, shared with the groups
+        for t, above in zip(self.exceed_thresholds_ms, slow, strict=True):
             key = _threshold_key(t)
-            exceed[key] = exceed.get(key, 0) + int((errored | (latency > t)).sum())
+            exceed[key] = exceed.get(key, 0) + int(above.sum())
         hist = dict(state.recall_hist)
         new_bins = False
         sources = state.recall_sources
@@ -431,7 +432,7 @@ class WindowAggregator:
             sources = merge_counts(sources, tuple((k, c) for k, c in batch if c))
         # The dict keeps the sorted order of the state it came from; only new bins need a sort.
         recall_hist = tuple(sorted(hist.items())) if new_bins else tuple(hist.items())
-        groups = self._groups(state.groups, outcomes, latency, errored, recall, labeled)
+        groups = self._groups(state.groups, outcomes, errored, slow, labeled, recall_micros)
         return replace(
             state,
             count=state.count + len(outcomes),
@@ -454,27 +455,31 @@ class WindowAggregator:
         self,
         groups: GroupCounts,
         outcomes: Sequence[SearchOutcome],
-        latency: np.ndarray,
         errored: np.ndarray,
-        recall: np.ndarray,
+        slow: list[np.ndarray],
         labeled: np.ndarray,
+        recall_micros: np.ndarray,
     ) -> GroupCounts:
+        """``groups`` plus this batch's counts per user group, from the masks ``agg`` already computed (``slow``: one
+        per exceedance threshold; ``recall_micros``: the labeled values, in order)."""
         raw = [o.user_group for o in outcomes]
         if raw.count(None) == len(raw):
             return groups
         g = np.array([-1 if x is None else x for x in raw], dtype=np.int64)
         has = g >= 0
+        micros = recall_micros
         if not has.all():
-            g, latency, errored, recall, labeled = g[has], latency[has], errored[has], recall[has], labeled[has]
+            micros = recall_micros[has[labeled]]
+            g, errored, labeled = g[has], errored[has], labeled[has]
+            slow = [above[has] for above in slow]
 
         def count(mask: np.ndarray | None = None) -> Row:
             return tuple(np.bincount(g if mask is None else g[mask], minlength=USER_GROUPS).tolist())
 
-        micros = np.rint(recall[labeled] * RECALL_SCALE).astype(np.int64)
         batch = GroupCounts(
             count(),
             count(errored),
-            tuple((_threshold_key(t), count(errored | (latency > t))) for t in self.exceed_thresholds_ms),
+            tuple((_threshold_key(t), count(above)) for t, above in zip(self.exceed_thresholds_ms, slow, strict=True)),
             count(labeled),
             tuple(np.bincount(g[labeled], weights=micros, minlength=USER_GROUPS).astype(np.int64).tolist()),
         )
