@@ -183,6 +183,7 @@ def _outcome(i: int, arm: str = "candidate", latency: float = 2000.0) -> dict[st
         error=None,
         router_id="router-1",
         metrics={"ndcg_at_10": 0.4},
+        user_group=i % 16,  # so the sample windows, partials and checkpoints carry per-group counts too
     ).to_dict()
 
 
