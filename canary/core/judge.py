@@ -30,8 +30,9 @@ both arms (canary.core.evidence; an approximation, measured by bench_decisions).
   resets it; a window with no candidate outcome (paused, idle), no value of the rule's metric, ``shared`` and
   ``error`` leave it as it is. An ``inconclusive`` window that breaks the rule on its own data with a share of
   the evidence (``carries_share``) is held: if the next window with data fails, the streak starts with it
-  (the evidence that makes that one fail covers both). A streak of ``consecutive_buckets`` rolls back (the
-  spec's trigger), once;
+  (the evidence that makes that one fail covers both); a ``shared`` window drops it, and its own data are left
+  out of the evidence later buckets lean on. A streak of ``consecutive_buckets`` rolls back (the spec's
+  trigger), once;
 * the low-traffic counter: a window with ``0 < n < min_samples`` in which no rule fails and some rule is
   inconclusive extends it, a window with ``n >= min_samples`` (or where every rule is decided) resets it;
   at ``inconclusive_limit`` the canary is paused, "insufficient data: 12 windows, 3 samples per window".
@@ -394,9 +395,12 @@ class _Decisive:
 
     stats: WindowStats
     starts: list[int]
+    # Of those, the windows whose verdict was ``shared`` (a shock both arms share): left out of the pool like the
+    # decisive ones, and out of the detector's segments altogether (they are no evidence of the candidate's fault).
+    shared: list[int] = field(default_factory=list)
 
     def state(self) -> DecisiveState:
-        return DecisiveState(self.stats.to_dict(), list(self.starts))
+        return DecisiveState(self.stats.to_dict(), list(self.starts), list(self.shared))
 
 
 # -- the checkpoint ---------------------------------------------------------------------------------------------
@@ -424,6 +428,7 @@ class StrongestState(msgspec.Struct, frozen=True):
 class DecisiveState(msgspec.Struct, frozen=True):
     stats: StatsState
     starts: list[int]
+    shared: list[int] = []  # absent from checkpoints written before it
 
 
 Sum = Annotated[float, Meta(ge=0.0, le=1e300)]  # finite and non-negative (NaN is refused too)
@@ -610,7 +615,7 @@ class DeploymentJudge:
         self.candidate_windows += 1
         self.recent.append((start, stats))
         del self.recent[:-DETECTOR_WINDOWS]
-        detector_windows = [w for _, w in self.recent]
+        detector_windows = list(self.recent)
         baseline_now = self.baseline_values.get(start, {})
         verdicts: list[RuleVerdict] = []
         quiet: set[str] = set()  # rules without a value in this window (see rule_window_n)
@@ -642,7 +647,12 @@ class DeploymentJudge:
                 streak.append(_evidence_entry(judged, v))
                 del streak[:-MAX_EVIDENCE]
             elif rule.name in quiet or v.outcome == "shared":
-                continue  # nothing new about the candidate's own fault: its streak neither grows nor breaks
+                # Nothing new about the candidate's own fault: its streak neither grows nor breaks. A held window
+                # right before a shared shock is more likely the shock's onset than the candidate's own failure.
+                if v.outcome == "shared":
+                    self.held.pop(rule.name, None)
+                    self._leave_out_shared(rule.name, stats, start)
+                continue
             elif v.outcome == "pass" or (v.outcome == "inconclusive" and n > 0 and rule.method != "point"):
                 self.streaks.pop(rule.name, None)
                 if v.outcome == "inconclusive" and (v.evidence or {}).get("carries_share") is True:
@@ -669,6 +679,21 @@ class DeploymentJudge:
                 old_observed, old_expected, windows = self.clustering.get(rule.name, (0.0, 0.0, 0.0))
                 self.clustering[rule.name] = (old_observed + observed, old_expected + expected, windows + 1.0)
 
+    def _leave_out_shared(self, rule: str, stats: WindowStats, start: int) -> None:
+        """A window judged ``shared`` for ``rule``: its data are the platform's shock, not evidence against the
+        candidate — later buckets may not lean on them (pool) nor find them in the detector's segments. Without
+        this, the healthy windows after a shock broke the rule on their point estimates and failed on the detector's
+        shock-filled segments, two in a row (bench_decisions' shock row: 6 of 500 healthy canaries rolled back)."""
+        decisive = self.decisive.get(rule)
+        if decisive is None:
+            self.decisive[rule] = _Decisive(stats, [start], [start])
+        elif start not in decisive.starts:
+            decisive.stats = decisive.stats.merge(stats)
+            decisive.starts = [*decisive.starts, start][-MAX_EVIDENCE:]
+            decisive.shared = [*decisive.shared, start][-MAX_EVIDENCE:]
+        elif start not in decisive.shared:
+            decisive.shared = [*decisive.shared, start][-MAX_EVIDENCE:]
+
     def dispersion(self, rule: SLORule) -> float:
         """The rule's design effect so far (1: requests as good as independent)."""
         return dispersion(*self.clustering.get(rule.name, (0.0, 0.0, 0.0)))
@@ -678,7 +703,7 @@ class DeploymentJudge:
         rule: SLORule,
         window: WindowResult,
         stats: WindowStats,
-        detector_windows: list[WindowStats],
+        detector_windows: list[tuple[int, WindowStats]],
         last_good_now: WindowStats | None,
         window_ms: int,
     ) -> tuple[RuleVerdict, WindowStats | None]:
@@ -728,7 +753,9 @@ class DeploymentJudge:
         # were left out too, and a late breach waited a window longer for one that carried its share (median
         # 31 -> 26 s; rare x3 windows, ~40 nats each, are left out either way).
         needed_detect = self._detector_needed(alpha_detect, window_ms)
-        reading = detect(detector_test, detector_windows, needed_detect, needed_detect)
+        shared = set(decisive.shared) if decisive is not None else set()
+        mine = [w for s, w in detector_windows if s not in shared]  # a shared shock is no evidence of the candidate's
+        reading = detect(detector_test, mine, needed_detect, needed_detect)
         evidence["detector"] = reading.to_dict()
 
         def verdict(outcome: Outcome, reason: str) -> RuleVerdict:
@@ -1082,7 +1109,7 @@ class DeploymentJudge:
             regime_index=st.regime_index,
             next_regime_ms=st.next_regime_ms,
             recent=[(s, stats(w)) for s, w in st.recent],
-            decisive={k: _Decisive(stats(v.stats), list(v.starts)) for k, v in st.decisive.items()},
+            decisive={k: _Decisive(stats(v.stats), list(v.starts), list(v.shared)) for k, v in st.decisive.items()},
             last_good_recent={int(k): stats(v) for k, v in st.last_good_recent.items()},
             clustering={k: (float(o), float(e), float(w)) for k, (o, e, w) in st.clustering.items()},
             held={k: dict(v) for k, v in st.held.items()},

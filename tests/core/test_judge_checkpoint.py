@@ -37,7 +37,9 @@ def test_a_checkpoint_written_before_the_declaration_restores_to_the_same_json()
     judge = DeploymentJudge.from_dict(copy.deepcopy(SAMPLE))
     # p95_ms's strongest window was decisive (log e 7.65 of 4.83): a later bucket may not lean on it; lat_rel's
     # (log e -1e9) was not.
-    today = _today(SAMPLE, {"p95_ms": {"stats": SAMPLE["strongest"]["p95_ms"]["stats"], "starts": [15_000]}})
+    today = _today(
+        SAMPLE, {"p95_ms": {"stats": SAMPLE["strongest"]["p95_ms"]["stats"], "starts": [15_000], "shared": []}}
+    )
     assert json.loads(json.dumps(judge.to_dict())) == today
     assert list(judge.to_dict()) == list(today)  # same fields, same order
     assert (judge.deployment_id, judge.candidate_windows, judge.rolled_back) == ("dep-1", 4, True)
