@@ -1961,9 +1961,7 @@ def text_report(result: dict[str, Any]) -> str:
         " the second condition), computed with the imported canary.core.evidence.log_e_above; a judge with"
         " change detection is not modelled here, its figure is the Monte Carlo's. The fixed-n one-window test"
         " and the two-window ceiling bound any judge that fails each bucket only on that bucket's own data at"
-        " 1 %; the shipped judge also counts a bucket whose own data carry half the pooled threshold when the next"
-        " one fails (docs/contracts.md, 'Counters and reset rules'): what bounds it is the evidence's first"
-        " passage, bench/bench_power.py:",
+        " 1 %; bench/bench_power.py gives the evidence's exact first passage at the judge's thresholds:",
         power_text(result["power"], by),
         "",
         "point (min_samples 20) at 3 samples/window: every rule is 'inconclusive' (n=3 < 20) and the point streak"

@@ -28,11 +28,8 @@ both arms (canary.core.evidence; an approximation, measured by bench_decisions).
 
 * a rule's streak: ``fail`` extends it; ``pass`` or ``inconclusive`` in a window with candidate data
   resets it; a window with no candidate outcome (paused, idle), no value of the rule's metric, ``shared`` and
-  ``error`` leave it as it is. An ``inconclusive`` window that breaks the rule on its own data with a share of
-  the evidence (``carries_share``) is held: if the next window with data fails, the streak starts with it
-  (the evidence that makes that one fail covers both); a ``shared`` window drops it, and its own data are left
-  out of the evidence later buckets lean on. A streak of ``consecutive_buckets`` rolls back (the spec's
-  trigger), once;
+  ``error`` leave it as it is; a ``shared`` window's own data are left out of the evidence later buckets lean
+  on. A streak of ``consecutive_buckets`` rolls back (the spec's trigger), once;
 * the low-traffic counter: a window with ``0 < n < min_samples`` in which no rule fails and some rule is
   inconclusive extends it, a window with ``n >= min_samples`` (or where every rule is decided) resets it;
   at ``inconclusive_limit`` the canary is paused, "insufficient data: 12 windows, 3 samples per window".
@@ -363,13 +360,6 @@ RECURRENCE_WINDOWS = 3
 SHOCK_BASE_WINDOWS = 60
 RECURRENCE_P1 = 0.9
 RECURRENCE_P0 = 1.0 - (1.0 - 1.0 / SHOCK_BASE_WINDOWS) ** RECURRENCE_WINDOWS
-# A bucket that breaks the rule on its own data with a share of the evidence (OWN_SHARE) but is not significant
-# yet counts as the first failing bucket of a streak when the next bucket with data fails: the evidence that
-# makes that one fail covers both (the regime's pool or the detector's recent windows hold them), so the
-# streak stands on its own evidence, and a healthy window carries such a share with probability 3e-4 (so a
-# spike after it makes a second failing bucket about that often). Without it a breach caught by evidence
-# in its k-th window needed a (k+1)-th: a window more for every breach, and 5 instead of 4 for a late one.
-HELD_COUNTED = "broke the rule on its own data with a share of the evidence; counted when the next bucket failed"
 BASELINE_RECENT = 3  # last_good windows seen in the last slots: wait for the same slot's before judging
 
 
@@ -462,7 +452,6 @@ class JudgeState(msgspec.Struct, frozen=True, kw_only=True):
     last_good_recent: dict[StartKey, StatsState] = {}
     # Per rule: the observed and expected spread across user groups, summed over both arms' windows, and how many.
     clustering: dict[str, tuple[Sum, Sum, Sum]] = {}
-    held: dict[str, JSONDict] = {}  # absent from checkpoints written before it: nothing held
     # Free-form (the shock's rule, state and windows); anything but an object reads as no shock, as before.
     shock: Any = None
 
@@ -498,9 +487,6 @@ class DeploymentJudge:
     # Per rule, the observed and expected spread across user groups summed over every window of both arms since the
     # start, and the number of those windows: how much one user's requests cluster (canary.core.evidence).
     clustering: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    # Per rule, the last window with candidate data when it broke the rule on its own data and carried its share
-    # (OWN_SHARE) without being significant yet: if the next such window fails, both are the streak (HELD_COUNTED).
-    held: dict[str, JSONDict] = field(default_factory=dict)
 
     # -- input ------------------------------------------------------------------------------------------------
     def observe(self, window: WindowResult, arrival_ms: int) -> list[Judgement]:
@@ -599,7 +585,6 @@ class DeploymentJudge:
         self.regime_index += 1
         self.candidate = WindowStats()
         self.decisive = {}
-        self.held = {}  # the new regime's evidence does not cover a window of the old one
 
     def _judge(self, window: WindowResult, now_ms: int) -> Judgement:
         start = window.window_start_ms
@@ -641,24 +626,15 @@ class DeploymentJudge:
         for rule, v in zip(self.policy.rules, verdicts, strict=True):
             if v.outcome == "fail":
                 streak = self.streaks.setdefault(rule.name, [])
-                held = self.held.pop(rule.name, None)
-                if not streak and held is not None:
-                    streak.append({**held, "counted": HELD_COUNTED})
                 streak.append(_evidence_entry(judged, v))
                 del streak[:-MAX_EVIDENCE]
             elif rule.name in quiet or v.outcome == "shared":
-                # Nothing new about the candidate's own fault: its streak neither grows nor breaks. A held window
-                # right before a shared shock is more likely the shock's onset than the candidate's own failure.
+                # Nothing new about the candidate's own fault: its streak neither grows nor breaks.
                 if v.outcome == "shared":
-                    self.held.pop(rule.name, None)
                     self._leave_out_shared(rule.name, stats, start)
                 continue
             elif v.outcome == "pass" or (v.outcome == "inconclusive" and n > 0 and rule.method != "point"):
                 self.streaks.pop(rule.name, None)
-                if v.outcome == "inconclusive" and (v.evidence or {}).get("carries_share") is True:
-                    self.held[rule.name] = _evidence_entry(judged, v)
-                else:
-                    self.held.pop(rule.name, None)
         decision = self._rollback(judged) if not self.rolled_back else None
         if decision is None and not self.rolled_back:
             decision = self._shock(judged, shared, last_good_now)
@@ -779,8 +755,6 @@ class DeploymentJudge:
         # evidence a window alone would need: a second bucket of a real breach usually does, the healthy
         # window after a spike almost never (OWN_SHARE).
         own_carries = own_e >= OWN_SHARE * test.log_needed
-        # Such a window may become the first of a failing streak if the next one fails (see DeploymentJudge.held).
-        evidence["carries_share"] = bool(breaks and own_carries)
         # Without the decisive windows, the rest of the regime must still carry half the threshold (as this window's
         # own data may instead): after a spike in a healthy canary the rest points the other way, in a breach it
         # goes on growing. Asking the rest for the whole threshold again cost a marginal breach (p95 1.25 T) ~8
@@ -1072,7 +1046,6 @@ class DeploymentJudge:
             decisive={k: v.state() for k, v in sorted(self.decisive.items())},
             last_good_recent={str(k): v.to_dict() for k, v in sorted(self.last_good_recent.items())},
             clustering=dict(sorted(self.clustering.items())),
-            held=dict(sorted(self.held.items())),
             shock=self.shock,
         )
 
@@ -1112,7 +1085,6 @@ class DeploymentJudge:
             decisive={k: _Decisive(stats(v.stats), list(v.starts), list(v.shared)) for k, v in st.decisive.items()},
             last_good_recent={int(k): stats(v) for k, v in st.last_good_recent.items()},
             clustering={k: (float(o), float(e), float(w)) for k, (o, e, w) in st.clustering.items()},
-            held={k: dict(v) for k, v in st.held.items()},
             shock=dict(st.shock) if isinstance(st.shock, Mapping) else None,
         )
         for name, old in (st.strongest or {}).items():  # a checkpoint from before ``decisive``

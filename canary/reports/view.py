@@ -250,8 +250,7 @@ def chart_panels(report: DeploymentReport) -> list[ChartPanel]:
         ChartPanel(
             "SLO verdicts",
             "candidate buckets judged per rule · inconclusive: not significant yet, or no data (a window with "
-            "candidate requests resets the rule's streak; one that broke the rule with a share of the evidence may "
-            "count if the next fails)"
+            "candidate requests resets the rule's streak)"
             + (f" · faded: after {report.end_verb} (in-flight requests, not counted)" if late else ""),
             outcome_legend,
             verdict_strip(report, axis),

@@ -86,17 +86,8 @@ ROLLBACK_P95 = "SLO violation: p95_ms failed for 2 consecutive buckets"
     [
         # 10 of 30 slower than T: significant at once (8 of 30 are needed at 99 %); rollback at window 2.
         ([requests(30, slow=10)] * 3, "FFF", [(1, "rollback", ROLLBACK_P95)]),
-        # 7 of 30 is not yet significant, but breaks the rule with a share of the evidence (6 of 30 carry half
-        # of it); pooled with the next window it is significant: both are the streak, rollback at window 2.
-        ([requests(30, slow=7)] * 3, "iFF", [(1, "rollback", ROLLBACK_P95)]),
-        # 5 of 30 breaks the rule (its p95 is above T) without that share: the streak starts at the next window.
-        ([requests(30, slow=5), requests(30, slow=7), requests(30, slow=7)], "iFF", [(2, "rollback", ROLLBACK_P95)]),
-        # A held window is only the first of a streak when the very next window with data fails.
-        (
-            [requests(30, slow=7), requests(30, slow=1), requests(30, slow=8), requests(30, slow=8)],
-            "iiFF",
-            [(3, "rollback", ROLLBACK_P95)],
-        ),
+        # 7 of 30 is not yet significant; pooled with the next window it is.
+        ([requests(30, slow=7)] * 3, "iFF", [(2, "rollback", ROLLBACK_P95)]),
         # 1 of 30 (3.3 %, inside the 5 % a p95 allows): never fails; proving it holds takes 63 windows.
         ([requests(30, slow=1)] * 8, "iiiiiiii", []),
         # Every request fast: passes after 108 requests (ln 100 / -ln 0.95 = 90, plus the mixture's cost).
@@ -111,23 +102,6 @@ def test_sequential_p95(windows: list[list[dict[str, Any]]], p95_outcomes: str, 
     js = run(P95_ONLY, windows)
     assert outcomes_of(js, "p95_ms") == p95_outcomes
     assert decided(js) == decisions
-
-
-def test_a_held_window_is_the_first_bucket_when_the_next_fails() -> None:
-    # 7 of 30 slow: inconclusive, held; a quiet window keeps it (as it keeps a streak); the next window fails and
-    # the rollback's evidence names both buckets, the held one with the published verdict and why it counted.
-    js = run(P95_ONLY, [requests(30, slow=7), [], requests(30, slow=7)])
-    assert outcomes_of(js, "p95_ms") == "iiF"
-    assert js[0].window.verdicts[0].evidence["carries_share"] is True
-    assert [j.streaks["p95_ms"] for j in js] == [0, 0, 2]
-    (decision,) = [j.decision for j in js if j.decision is not None]
-    first, second = decision.evidence["windows"]
-    assert (first["outcome"], second["outcome"]) == ("inconclusive", "fail")
-    assert first["counted"].startswith("broke the rule on its own data") and "counted" not in second
-    # A healthy window carries no share, so a spike right after it is one failing bucket, not two.
-    js = run(P95_ONLY, [requests(30, slow=2), requests(30, slow=30), requests(30)])
-    assert js[0].window.verdicts[0].evidence["carries_share"] is False
-    assert outcomes_of(js, "p95_ms") == "iFi" and decided(js) == []
 
 
 def test_one_bad_window_then_healthy_ones_is_no_rollback() -> None:

@@ -23,12 +23,11 @@ SAMPLE: dict[str, Any] = json.loads(
 
 def _today(older: dict[str, Any], decisive: dict[str, Any]) -> dict[str, Any]:
     """``older`` as today's code writes it: ``decisive`` where ``strongest`` was, and no clustering measured yet
-    (the sample's windows carry no user groups) and no window held for a streak right before ``shock``."""
+    (the sample's windows carry no user groups) right before ``shock``."""
     out: dict[str, Any] = {}
     for k, v in older.items():
         if k == "shock":
             out["clustering"] = {}
-            out["held"] = {}
         out["decisive" if k == "strongest" else k] = decisive if k == "strongest" else v
     return out
 
