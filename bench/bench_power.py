@@ -28,18 +28,19 @@ import argparse
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
 
+from bench.bench_decisions import H
 from canary.core.evidence import log_e_above
+from canary.core.judge import POOLED_SHARE
 
 PER_WINDOW = 30
 WINDOW_S = 5
 GRACE_S = 1
 ALPHA = 0.01
-POOLED_SHARE = 0.8  # canary.core.judge.POOLED_SHARE (asserted in main)
 HORIZON_WINDOWS = 360
 POOLED = math.log(1.0 / (ALPHA * POOLED_SHARE))
 DETECTOR = math.log(HORIZON_WINDOWS / (ALPHA * (1.0 - POOLED_SHARE)))
@@ -56,9 +57,9 @@ class Row:
     windows: int
 
 
-def _lognormal_exceed(factor: float, sigma: float = 0.5) -> float:
-    """P(latency > T) when the true p95 is ``factor`` x T (bench_decisions' lognormal traffic)."""
-    return float(stats.norm.sf(math.log(1.0 / factor) / sigma + 1.6448536269514722))
+def _lognormal_exceed(factor: float) -> float:
+    """P(latency > T) when the true p95 is ``factor`` x T, in bench_decisions' lognormal traffic."""
+    return replace(H, p95_factor=factor).p_exceed()
 
 
 ROWS = (
@@ -133,9 +134,6 @@ def seconds(window: int | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from canary.core import judge
-
-    assert judge.POOLED_SHARE == POOLED_SHARE, "bench_power's alpha split is not the judge's"
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)

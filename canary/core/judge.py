@@ -631,7 +631,7 @@ class DeploymentJudge:
             elif rule.name in quiet or v.outcome == "shared":
                 # Nothing new about the candidate's own fault: its streak neither grows nor breaks.
                 if v.outcome == "shared":
-                    self._leave_out_shared(rule.name, stats, start)
+                    self._leave_out(rule.name, stats, start, shared=True)
                 continue
             elif v.outcome == "pass" or (v.outcome == "inconclusive" and n > 0 and rule.method != "point"):
                 self.streaks.pop(rule.name, None)
@@ -655,19 +655,20 @@ class DeploymentJudge:
                 old_observed, old_expected, windows = self.clustering.get(rule.name, (0.0, 0.0, 0.0))
                 self.clustering[rule.name] = (old_observed + observed, old_expected + expected, windows + 1.0)
 
-    def _leave_out_shared(self, rule: str, stats: WindowStats, start: int) -> None:
-        """A window judged ``shared`` for ``rule``: its data are the platform's shock, not evidence against the
-        candidate — later buckets may not lean on them (pool) nor find them in the detector's segments. Without
-        this, the healthy windows after a shock broke the rule on their point estimates and failed on the detector's
-        shock-filled segments, two in a row (bench_decisions' shock row: 6 of 500 healthy canaries rolled back)."""
+    def _leave_out(self, rule: str, stats: WindowStats, start: int, *, shared: bool = False) -> None:
+        """Leave one window out of the evidence later buckets of ``rule`` may lean on: it is decisive on its own, or
+        (``shared``) its data are the platform's shock, not evidence against the candidate — then it also leaves
+        the detector's segments. Without that, the healthy windows after a shock broke the rule on their point
+        estimates and failed on the detector's shock-filled segments, two in a row (bench_decisions' shock row at
+        7adf76a: 6 of 500 healthy canaries rolled back)."""
         decisive = self.decisive.get(rule)
         if decisive is None:
-            self.decisive[rule] = _Decisive(stats, [start], [start])
-        elif start not in decisive.starts:
+            self.decisive[rule] = _Decisive(stats, [start], [start] if shared else [])
+            return
+        if start not in decisive.starts:
             decisive.stats = decisive.stats.merge(stats)
             decisive.starts = [*decisive.starts, start][-MAX_EVIDENCE:]
-            decisive.shared = [*decisive.shared, start][-MAX_EVIDENCE:]
-        elif start not in decisive.shared:
+        if shared and start not in decisive.shared:
             decisive.shared = [*decisive.shared, start][-MAX_EVIDENCE:]
 
     def dispersion(self, rule: SLORule) -> float:
@@ -717,11 +718,7 @@ class DeploymentJudge:
                 robust_e = test.log_e_fail(everything - spikes)  # type: ignore[operator]
         evidence["log_e_fail_without_decisive"] = _finite(robust_e)
         if own is not None and own_e >= test.log_needed:
-            if decisive is None:
-                self.decisive[rule.name] = _Decisive(stats, [window.window_start_ms])
-            elif window.window_start_ms not in decisive.starts:
-                decisive.stats = decisive.stats.merge(stats)
-                decisive.starts = [*decisive.starts, window.window_start_ms][-MAX_EVIDENCE:]
+            self._leave_out(rule.name, stats, window.window_start_ms)
         detector_test = replace(test, alpha=alpha_detect)  # the same thresholds, its own level
         # A window is left out of the detector's robust reading when it alone reaches the detector's threshold —
         # what alone would trigger the detector — as the pool leaves out what alone reaches the pool's. At the
