@@ -26,9 +26,10 @@ from canary.config.sections import (
     RetrieverConfig,
     SLOConfig,
 )
+from canary.config.templates import TemplateStamp, expand, explain, read_stamp
 from canary.config.yamlfile import read_yaml
 from canary.core.deployment import snapshot_hash
-from canary.core.policy import SLORule, read_section
+from canary.core.policy import SLORule, SLOSection, read_section
 from canary.core.rollout import (
     DEFAULT_MIN_TOTAL_DURATION_S,
     DEFAULT_MIN_WINDOWS,
@@ -100,6 +101,8 @@ class Preset:
     # Set by canary.config.environments.apply_environment on the candidate a start carries: which
     # environment's overrides it has and the hash of the preset file before them.
     environment: EnvironmentStamp | None = None
+    # The SLO template the slo section was expanded from (canary.config.templates); None: written out.
+    slo_template: TemplateStamp | None = None
     source: str | None = field(default=None, compare=False)  # where it was loaded from; not content
     _hash: str = field(init=False, repr=False, compare=False)
 
@@ -131,32 +134,50 @@ class Preset:
         snapshot["backend"] = self.backend.to_dict() if self.backend is not None else None
         if self.rollout is not None:  # absent, not null, without a plan: older presets keep their hashes
             snapshot["rollout"] = self.rollout.to_dict()
+        if self.slo_template is not None:  # absent, not null, without a template: older presets keep their hashes
+            snapshot["slo_template"] = self.slo_template.to_dict()
         if self.environment is not None:
             snapshot["environment"] = {"name": self.environment.name, "preset_hash": self.environment.preset_hash}
         return snapshot
 
     @classmethod
-    def from_dict(cls, data: object, source: str | os.PathLike[str] | None = None) -> Preset:
-        """Validate parsed YAML. With a ``source`` path, metadata.name must equal the file's stem."""
+    def from_dict(
+        cls,
+        data: object,
+        source: str | os.PathLike[str] | None = None,
+        *,
+        templates_dir: str | os.PathLike[str] | None = None,
+    ) -> Preset:
+        """Validate parsed YAML. With a ``source`` path, metadata.name must equal the file's stem, and an
+        ``slo.template`` is looked up in ``templates_dir`` (default: ``slo-templates`` beside the preset's
+        directory, e.g. ``configs/slo-templates`` for ``configs/presets/x.yaml``)."""
+        templates = Path(templates_dir) if templates_dir is not None else None
         if source is None:
-            return _parse(data, "<preset>", stem=None, source=None)
-        return _parse(data, str(source), stem=Path(source).stem, source=str(source))
+            return _parse(data, "<preset>", stem=None, source=None, templates=templates)
+        if templates is None:
+            templates = default_templates_dir(Path(source).parent)
+        return _parse(data, str(source), stem=Path(source).stem, source=str(source), templates=templates)
 
     @classmethod
     def from_snapshot(cls, snapshot: Mapping[str, Any]) -> Preset:
         """Rebuild from :meth:`to_dict` output (e.g. received in a start command), validating it again."""
-        return _parse(snapshot, "<snapshot>", stem=None, source=None)
+        return _parse(snapshot, "<snapshot>", stem=None, source=None, templates=None)
 
 
-def load_preset(path: str | os.PathLike[str]) -> Preset:
+def default_templates_dir(presets_dir: Path) -> Path:
+    """Where a preset directory's SLO templates live: ``slo-templates`` beside it."""
+    return presets_dir.parent / "slo-templates"
+
+
+def load_preset(path: str | os.PathLike[str], *, templates_dir: str | os.PathLike[str] | None = None) -> Preset:
     """Read and validate one preset file; raises PresetValidationError listing every problem."""
     data, error = read_yaml(Path(path), str(path))
     if error is not None:
         raise PresetValidationError([error])
-    return Preset.from_dict(data, source=path)
+    return Preset.from_dict(data, source=path, templates_dir=templates_dir)
 
 
-def _parse(data: object, label: str, *, stem: str | None, source: str | None) -> Preset:
+def _parse(data: object, label: str, *, stem: str | None, source: str | None, templates: Path | None) -> Preset:
     out = Collector(label)
     if data is None or data is NO_VALUE:
         raise PresetValidationError([FieldError(label, "", NO_VALUE, "file is empty")])
@@ -164,16 +185,24 @@ def _parse(data: object, label: str, *, stem: str | None, source: str | None) ->
         reason = "must be a mapping with metadata, macro_knobs, derived_params, retriever, reranker, slo"
         raise PresetValidationError([FieldError(label, "", data, reason)])
     root = Section(out, "", data)
+    # Read in file order, so the problems are listed in the order a reader meets them.
+    metadata = _metadata(root.section("metadata"), stem)
+    macro_knobs = _macro_knobs(root.section("macro_knobs"))
+    derived_params = _derived_params(root.section("derived_params"))
+    retriever = _retriever(root.section("retriever"))
+    reranker = _reranker(root.section("reranker"))
+    slo, slo_template = _slo(root, templates)
     preset = Preset(
-        metadata=_metadata(root.section("metadata"), stem),
-        macro_knobs=_macro_knobs(root.section("macro_knobs")),
-        derived_params=_derived_params(root.section("derived_params")),
-        retriever=_retriever(root.section("retriever")),
-        reranker=_reranker(root.section("reranker")),
-        slo=_slo(root.section("slo")),
+        metadata=metadata,
+        macro_knobs=macro_knobs,
+        derived_params=derived_params,
+        retriever=retriever,
+        reranker=reranker,
+        slo=slo,
         backend=parse_backend(root),
         rollout=_rollout(root),
         environment=_environment_stamp(root),
+        slo_template=slo_template,
         source=source,
     )
     root.close()
@@ -258,9 +287,23 @@ def _optional_number(s: Section, key: str, default: float, *, low: float, high: 
     return default
 
 
-def _slo(s: Section) -> SLOConfig:
-    # The one grammar of an slo section (canary.core.policy); a preset must also state p95_ms and recall_at_10.
-    return read_section(s, preset=True)
+def _slo(root: Section, templates: Path | None) -> tuple[SLOConfig, TemplateStamp | None]:
+    """The one grammar of an slo section (canary.core.policy); a preset must also state p95_ms and
+    recall_at_10. A section naming a ``template`` is expanded first (canary.config.templates); a snapshot's
+    section is already expanded and its ``slo_template`` says from what."""
+    s = root.section("slo")
+    stamp = read_stamp(root)
+    if not s.has("template"):
+        return read_section(s, preset=True), stamp
+    if stamp is not None:
+        root.out.add("slo_template", NO_VALUE, "written by canary when slo names a template; remove one of them")
+    expansion = expand(s, templates)
+    if expansion is None:
+        return SLOSection(None, None), None  # placeholder: the problems are reported, it never escapes
+    errors_before = len(s.out.errors)
+    section = read_section(Section(s.out, s.path, expansion.section), preset=True)
+    s.out.errors[errors_before:] = [explain(e, expansion) for e in s.out.errors[errors_before:]]
+    return section, expansion.stamp
 
 
 @dataclass(frozen=True, slots=True)

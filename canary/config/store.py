@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from canary.config.presets import NAME_PATTERN, Preset, load_preset
+from canary.config.presets import NAME_PATTERN, Preset, default_templates_dir, load_preset
 from canary.errors import ConfigError, PresetNotFound
 
 DEFAULT_PRESET_DIR: Final = Path("configs/presets")
@@ -26,8 +26,14 @@ class PresetEntry:
 
 
 class PresetStore:
-    def __init__(self, directory: str | os.PathLike[str] = DEFAULT_PRESET_DIR) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] = DEFAULT_PRESET_DIR,
+        templates_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.directory = Path(directory)
+        # SLO templates the presets may name (canary.config.templates); default: slo-templates beside them.
+        self.templates_dir = Path(templates_dir) if templates_dir is not None else default_templates_dir(self.directory)
 
     def _paths(self) -> list[Path]:
         if not self.directory.is_dir():
@@ -42,7 +48,7 @@ class PresetStore:
         entries = []
         for path in self._paths():
             try:
-                preset = load_preset(path)
+                preset = load_preset(path, templates_dir=self.templates_dir)
             except ConfigError as exc:
                 entries.append(PresetEntry(path.stem, path, None, None, None, valid=False, error=str(exc)))
             else:
@@ -59,4 +65,4 @@ class PresetStore:
         if not NAME_PATTERN.fullmatch(name) or not path.is_file():
             known = ", ".join(self.names()) or "none"
             raise PresetNotFound(f"unknown preset '{name}' in {self.directory}; known presets: {known}")
-        return load_preset(path)
+        return load_preset(path, templates_dir=self.templates_dir)

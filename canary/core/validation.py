@@ -104,6 +104,10 @@ class Section:
         """Whether ``key`` is written (even as null); does not count as reading it."""
         return key in self._raw
 
+    def written(self) -> list[str]:
+        """The keys written, in file order (does not count as reading them)."""
+        return [str(k) for k in self._raw]
+
     def take(self, key: str) -> object:
         self._seen.add(key)
         return self._raw.get(key, NO_VALUE)
