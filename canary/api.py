@@ -203,6 +203,7 @@ class CanaryExecutor:
                 consume_requests=False,
                 verifier=self.security.verifier(self.topics.control),
                 recall_sample_rate=self.settings.recall_sample_rates,
+                diff_sample_rate=self.settings.diff_sample_rate,
             )
             self._loop.run(router.start())
             self._router = router

@@ -166,6 +166,9 @@ class Settings:
     # overrides (CANARY_RECALL_SAMPLE_RATE_CANDIDATE / _LAST_GOOD).
     recall_sample_rate: float = 0.10
     recall_sample_rate_by_arm: Mapping[str, float] = field(default_factory=dict)
+    # Share of the candidate's answered requests the router also searches with last_good's config, for the
+    # result-diff metrics (CANARY_DIFF_SAMPLE_RATE; router.search.DEFAULT_DIFF_SAMPLE_RATE; 0 turns it off).
+    diff_sample_rate: float = 0.10
 
     @property
     def recall_sample_rates(self) -> dict[str, float]:
@@ -331,6 +334,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             for arm in _ARMS
             if env.get(f"CANARY_RECALL_SAMPLE_RATE_{arm.upper()}", "").strip()
         },
+        diff_sample_rate=_fraction(env, "CANARY_DIFF_SAMPLE_RATE", 0.10),
         kafka_security=_kafka_security(env),
         replication_factor=_replication_factor(env),
         create_topics=_bool(env, "CANARY_KAFKA_CREATE_TOPICS") if _given(env, "CANARY_KAFKA_CREATE_TOPICS") else None,

@@ -17,7 +17,7 @@ from canary.observability.server import MetricsEndpoint, MetricsServer
 from canary.runtime import StopDeadline
 from canary.security import CommandVerifier
 from router.backends.base import SearchBackend
-from router.service import DEFAULT_RECALL_SAMPLE_RATE, RouterService
+from router.service import DEFAULT_DIFF_SAMPLE_RATE, DEFAULT_RECALL_SAMPLE_RATE, RouterService
 
 log = logging.getLogger("canary.router")
 
@@ -37,6 +37,7 @@ async def serve(
     verifier: CommandVerifier | None = None,
     metrics: MetricsEndpoint | None = None,
     recall_sample_rate: float | Mapping[str, float] = DEFAULT_RECALL_SAMPLE_RATE,
+    diff_sample_rate: float = DEFAULT_DIFF_SAMPLE_RATE,
 ) -> None:
     stop = asyncio.Event()
     service = RouterService(
@@ -48,6 +49,7 @@ async def serve(
         reply=reply,
         verifier=verifier,
         recall_sample_rate=recall_sample_rate,
+        diff_sample_rate=diff_sample_rate,
     )
     deadline = StopDeadline(f"router {service.router_id}")
 

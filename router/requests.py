@@ -87,3 +87,53 @@ def recall_at_10(ranked_ids: list[str], relevant_ids: tuple[str, ...] | None) ->
     relevant = set(relevant_ids)
     hits = sum(1 for doc in ranked_ids[:10] if doc in relevant)
     return hits / min(10, len(relevant))
+
+
+# -- result-diff metrics: how much a candidate changes the answer, against last_good's for the same query -----
+RBO_P = 0.9  # rank-biased overlap's persistence: the top 10 carry ~0.65 of the weight, rank 1 alone 0.1
+DIFF_K = 10
+
+
+def _top(ranked: list[str]) -> list[str]:
+    """The first 10 distinct ids (an engine repeating an id must not count its overlap twice)."""
+    return list(dict.fromkeys(ranked[: DIFF_K * 4]))[:DIFF_K]
+
+
+def rbo_at_10(candidate: list[str], baseline: list[str], p: float = RBO_P) -> float:
+    """Extrapolated rank-biased overlap (Webber, Moffat & Zobel 2010, eq. 32) of the two top 10s: 1 for the
+    same ranking, 0 for disjoint ones, and a swap near the top costs more than one near the bottom. With
+    X_d the overlap of the two depth-d prefixes and k the evaluated depth (the longer list, at most 10; a
+    shorter answer's missing ranks match nothing, so returning fewer results is a change):
+    RBO_ext = X_k/k · p^k + (1 − p)/p · Σ_{d ≤ k} X_d/d · p^d. Two empty answers agree (1.0)."""
+    a, b = _top(candidate), _top(baseline)
+    k = max(len(a), len(b))
+    if k == 0:
+        return 1.0
+    seen_a: set[str] = set()
+    seen_b: set[str] = set()
+    overlap = 0
+    total = 0.0
+    for d in range(1, k + 1):
+        x = a[d - 1] if d <= len(a) else None
+        y = b[d - 1] if d <= len(b) else None
+        if x is not None and x == y:
+            overlap += 1
+        else:
+            overlap += (x is not None and x in seen_b) + (y is not None and y in seen_a)
+        if x is not None:
+            seen_a.add(x)
+        if y is not None:
+            seen_b.add(y)
+        total += overlap / d * p**d
+    return min(1.0, overlap / k * p**k + (1 - p) / p * total)
+
+
+def jaccard_at_10(candidate: list[str], baseline: list[str]) -> float:
+    """|A ∩ B| / |A ∪ B| of the two top-10 sets; two empty answers agree (1.0)."""
+    a, b = set(_top(candidate)), set(_top(baseline))
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def top1_changed(candidate: list[str], baseline: list[str]) -> float:
+    """1.0 when the first result differs (or only one answer has one), else 0.0."""
+    return 0.0 if candidate[:1] == baseline[:1] else 1.0

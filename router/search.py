@@ -1,7 +1,9 @@
 """Routing a request and searching: pick the arm from the control ledger (fail safe to last_good when the
 control view is stale), run the search on the backend serving that config, build its outcome and hand it
-to the outcome publisher — at once, or after an exact search for the share of unlabeled requests sampled
-to measure recall without labels (docs/contracts.md, "Recall without labels")."""
+to the outcome publisher — at once, or after the background measurements of a sampled request: an exact
+search for the share of unlabeled requests sampled to measure recall without labels (docs/contracts.md,
+"Recall without labels"), and last_good's answer to the same query for the share of candidate requests
+sampled to measure how much the candidate changes the results ("Result-diff metrics")."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any, Final
 import msgspec.structs
 
 from canary.core.deployment import ConfigRef, ControlLedger
-from canary.core.models import ARMS, Arm, SearchOutcome
+from canary.core.models import ARMS, MAX_OUTCOME_METRICS, Arm, SearchOutcome
 from canary.core.split import baseline_of, candidate_of, user_group
 from canary.observability.metrics import RouterMetrics
 from router.backends.base import (
@@ -30,7 +32,15 @@ from router.backends.base import (
 )
 from router.backends.registry import BackendRegistry
 from router.outcomes import Delivery, OutcomePublisher, delivery_log
-from router.requests import SearchRequest, mrr_at_10, ndcg_at_10, recall_at_10
+from router.requests import (
+    SearchRequest,
+    jaccard_at_10,
+    mrr_at_10,
+    ndcg_at_10,
+    rbo_at_10,
+    recall_at_10,
+    top1_changed,
+)
 from router.runtime import now_ms
 from router.stats import RouterStats
 
@@ -40,6 +50,8 @@ DEFAULT_RECALL_SAMPLE_RATE: Final = 0.10  # docs/contracts.md, "Recall without l
 DEFAULT_MAX_EXACT_IN_FLIGHT: Final = 16  # a burst beyond this drops samples (counted), never queues them
 DEFAULT_EXACT_TIMEOUT_MS: Final = 2000
 EXACT_K: Final = 10
+DEFAULT_DIFF_SAMPLE_RATE: Final = 0.10  # docs/contracts.md, "Result-diff metrics": cost and why 10 %
+DEFAULT_MAX_DIFF_IN_FLIGHT: Final = 8
 
 
 def recall_sample_rates(recall_sample_rate: float | Mapping[str, float]) -> dict[str, float]:
@@ -62,6 +74,22 @@ def sampled_for_exact(request_id: str, rate: float) -> bool:
     if rate <= 0.0:
         return False
     return zlib.crc32(b"exact:" + request_id.encode()) % 1_000_000 < rate * 1_000_000
+
+
+def sampled_for_diff(request_id: str, rate: float) -> bool:
+    """Whether a candidate request is in the result-diff sample: a stable hash of its id, independent of the
+    exact-search sample (another salt)."""
+    if rate <= 0.0:
+        return False
+    return zlib.crc32(b"diff:" + request_id.encode()) % 1_000_000 < rate * 1_000_000
+
+
+@dataclass(slots=True)
+class _DiffJob:
+    """last_good's search of a sampled candidate request: which backend, with which snapshot."""
+
+    backend: SearchBackend
+    snapshot: Mapping[str, Any]
 
 
 def _settle(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None:
@@ -111,6 +139,8 @@ class Searcher:
         recall_sample_rates: dict[str, float],
         max_exact_in_flight: int,
         exact_timeout_ms: int,
+        diff_sample_rate: float = DEFAULT_DIFF_SAMPLE_RATE,
+        max_diff_in_flight: int = DEFAULT_MAX_DIFF_IN_FLIGHT,
     ) -> None:
         self.router_id = router_id
         self.ledger = ledger
@@ -126,7 +156,14 @@ class Searcher:
         self._exact_max = max(0, max_exact_in_flight)
         self._exact_in_flight = 0
         self._exact_timeout_s = exact_timeout_ms / 1000.0
-        self.exact_tasks: set[asyncio.Task[None]] = set()
+        # Result diff: this share of the candidate's answered requests is searched again with last_good's
+        # config, off the hot path, at most max_diff_in_flight at a time (the rest dropped and counted).
+        if not 0.0 <= diff_sample_rate <= 1.0:
+            raise ValueError(f"diff_sample_rate = {diff_sample_rate!r}: must be between 0 and 1")
+        self.diff_sample_rate = diff_sample_rate
+        self._diff_max = max(0, max_diff_in_flight)
+        self._diff_in_flight = 0
+        self.exact_tasks: set[asyncio.Task[None]] = set()  # every background measurement, exact or diff
 
     def route(self, request: SearchRequest) -> tuple[ConfigRef, ConfigUsed]:
         """Pick the arm for a request from the state as it is right now (one or several candidates)."""
@@ -212,6 +249,24 @@ class Searcher:
         self._exact_in_flight += 1
         return exact
 
+    def diff_for(self, request: SearchRequest, used: ConfigUsed) -> _DiffJob | None:
+        """last_good's search for this (answered) candidate request if it is in the result-diff sample and a
+        slot is free; a sampled request finding no slot is dropped and counted (serving never waits)."""
+        if used.arm != "candidate" or not sampled_for_diff(request.request_id, self.diff_sample_rate):
+            return None
+        dep = self.ledger.deployments.get(used.deployment_id) if used.deployment_id else None
+        if dep is None:
+            return None
+        if self._diff_in_flight >= self._diff_max:
+            self._count_diff("busy")
+            return None
+        self._diff_in_flight += 1
+        return _DiffJob(self.backend_for(dep.last_good), dep.last_good.snapshot)
+
+    def _count_diff(self, result: str) -> None:
+        self.stats.diff_samples[result] = self.stats.diff_samples.get(result, 0) + 1
+        self.metrics.diff_samples.labels(result).inc()
+
     def _count_exact(self, arm: str, result: str) -> None:
         self.stats.exact_samples[result] = self.stats.exact_samples.get(result, 0) + 1
         self.metrics.exact_samples.labels(arm, result).inc()
@@ -279,9 +334,10 @@ class Searcher:
             user_group=user_group(request.routing_key),
         )
         exact = None if request.relevant_ids or error else self.exact_for(backend, request, used.arm)
-        if exact is not None:
+        diff = None if error else self.diff_for(request, used)
+        if exact is not None or diff is not None:
             delivery = Delivery(outcome, asyncio.get_running_loop().create_future())
-            task = asyncio.create_task(self._publish_sampled(exact, request, results, delivery))
+            task = asyncio.create_task(self._publish_sampled(exact, diff, request, results, delivery))
             self.exact_tasks.add(task)
             task.add_done_callback(self.exact_tasks.discard)
             return results, used, delivery.ack, delivery
@@ -296,32 +352,72 @@ class Searcher:
             ack.set_exception(exc)
         return results, used, ack, Delivery(outcome, ack)
 
-    async def _publish_sampled(
-        self, exact: ExactSearchBackend, request: SearchRequest, results: list[str], delivery: Delivery
-    ) -> None:
-        """Exact top-10 for a sampled request (bounded by the exact timeout), then its outcome: recall@10 of
-        the served results against it, ``recall_source: exact_sample``. Given up, the outcome goes out
-        without recall. Its ``ts`` is stamped now, so it never holds a watermark back."""
-        arm = delivery.outcome.arm
+    async def _exact_truth(self, exact: ExactSearchBackend, request: SearchRequest, arm: str) -> list[str]:
+        """The exact top 10 (bounded by the exact timeout); [] when given up (counted)."""
         truth: list[str] = []
         try:
-            try:
-                async with asyncio.timeout(self._exact_timeout_s):
-                    answer = await exact.exact_search(request.query, request.collection, EXACT_K)
-                    truth = [str(x) for x in itertools.islice(answer, EXACT_K)]  # bounded, whatever it returned
-                result = "measured" if truth else "empty"
-            except TimeoutError:
-                result = "timeout"
-            except Exception as exc:
-                result = "error"
-                log.debug("exact search failed: %r", exc)
-            finally:
-                self._exact_in_flight -= 1
-            self._count_exact(arm, result)
+            async with asyncio.timeout(self._exact_timeout_s):
+                answer = await exact.exact_search(request.query, request.collection, EXACT_K)
+                truth = [str(x) for x in itertools.islice(answer, EXACT_K)]  # bounded, whatever it returned
+            result = "measured" if truth else "empty"
+        except TimeoutError:
+            result = "timeout"
+        except Exception as exc:
+            result = "error"
+            log.debug("exact search failed: %r", exc)
+        finally:
+            self._exact_in_flight -= 1
+        self._count_exact(arm, result)
+        return truth
+
+    async def _baseline_answer(self, job: _DiffJob, request: SearchRequest) -> list[str] | None:
+        """last_good's answer to the same query (bounded by the search timeout); None when given up."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                answer = await job.backend.search(request.query, request.collection, job.snapshot)
+                ranked = [str(x) for x in itertools.islice(answer, EXACT_K * 4)]
+            result = "measured"
+        except TimeoutError:
+            ranked, result = None, "timeout"
+        except Exception as exc:
+            ranked, result = None, "error"
+            log.debug("result-diff search failed: %r", exc)
+        finally:
+            self._diff_in_flight -= 1
+        self._count_diff(result)
+        return ranked
+
+    async def _publish_sampled(
+        self,
+        exact: ExactSearchBackend | None,
+        diff: _DiffJob | None,
+        request: SearchRequest,
+        results: list[str],
+        delivery: Delivery,
+    ) -> None:
+        """The background measurements of a sampled request, side by side, then its outcome: recall@10 of
+        the served results against the exact top 10 (``recall_source: exact_sample``), and the result-diff
+        metrics against last_good's answer. A measurement given up leaves its fields out. The outcome's
+        ``ts`` is stamped now, so it never holds a watermark back."""
+        arm = delivery.outcome.arm
+        try:
+            truth, baseline = await asyncio.gather(
+                self._exact_truth(exact, request, arm) if exact is not None else _nothing(),
+                self._baseline_answer(diff, request) if diff is not None else _nothing(),
+            )
             outcome = delivery.outcome
             if truth:
                 recall = recall_at_10(results, tuple(truth))
                 outcome = msgspec.structs.replace(outcome, recall_at_10=recall, recall_source="exact_sample")
+            if baseline is not None:
+                measured = {
+                    "rbo_at_10": round(rbo_at_10(results, baseline), 6),
+                    "jaccard_at_10": round(jaccard_at_10(results, baseline), 6),
+                    "top1_changed": top1_changed(results, baseline),
+                }
+                merged = {**(outcome.metrics or {}), **measured}
+                if len(merged) <= MAX_OUTCOME_METRICS:  # an engine that fills the record's room keeps its own
+                    outcome = msgspec.structs.replace(outcome, metrics=merged)
             delivery.outcome = msgspec.structs.replace(outcome, ts=self.outcomes.clock())
             inner = await self.outcomes.publish(delivery.outcome, wait_ack=False)
         except Exception as exc:  # not even queued: handled like a failed delivery
@@ -329,3 +425,7 @@ class Searcher:
                 delivery.ack.set_exception(exc)
             return
         inner.add_done_callback(lambda fut: _settle(delivery.ack, fut))
+
+
+async def _nothing() -> None:
+    return None

@@ -37,12 +37,15 @@ from router.outcomes import Delivery, OutcomePublisher, outcome_partition
 from router.requests import SearchRequest
 from router.runtime import STOP_STEP_S, bounded, cancel_and_wait, now_ms
 from router.search import (
+    DEFAULT_DIFF_SAMPLE_RATE,
     DEFAULT_EXACT_TIMEOUT_MS,
+    DEFAULT_MAX_DIFF_IN_FLIGHT,
     DEFAULT_MAX_EXACT_IN_FLIGHT,
     DEFAULT_RECALL_SAMPLE_RATE,
     ConfigUsed,
     Searcher,
     recall_sample_rates,
+    sampled_for_diff,
     sampled_for_exact,
 )
 from router.stats import RouterStats
@@ -51,6 +54,7 @@ log = logging.getLogger("canary.router")
 
 # What callers and tests import from here (the router's public face); each lives in the module of its job.
 __all__ = [
+    "DEFAULT_DIFF_SAMPLE_RATE",
     "DEFAULT_EXACT_TIMEOUT_MS",
     "DEFAULT_MAX_EXACT_IN_FLIGHT",
     "DEFAULT_RECALL_SAMPLE_RATE",
@@ -63,6 +67,7 @@ __all__ = [
     "decode_request",
     "now_ms",
     "outcome_partition",
+    "sampled_for_diff",
     "sampled_for_exact",
 ]
 
@@ -89,6 +94,8 @@ class RouterService:
         recall_sample_rate: float | Mapping[str, float] = DEFAULT_RECALL_SAMPLE_RATE,
         max_exact_in_flight: int = DEFAULT_MAX_EXACT_IN_FLIGHT,
         exact_timeout_ms: int = DEFAULT_EXACT_TIMEOUT_MS,
+        diff_sample_rate: float = DEFAULT_DIFF_SAMPLE_RATE,
+        max_diff_in_flight: int = DEFAULT_MAX_DIFF_IN_FLIGHT,
     ) -> None:
         rates = recall_sample_rates(recall_sample_rate)
         self.bootstrap = bootstrap
@@ -141,6 +148,8 @@ class RouterService:
             rates,
             max_exact_in_flight,
             exact_timeout_ms,
+            diff_sample_rate,
+            max_diff_in_flight,
         )
         self.intake = RequestIntake(
             bootstrap,

@@ -22,4 +22,5 @@ class RouterStats:
     # Unlabeled requests sampled for an exact search, by result: measured, or dropped (busy, timeout, error,
     # empty) — a dropped sample's outcome goes out without recall, never later than the exact timeout.
     exact_samples: dict[str, int] = field(default_factory=dict)
+    diff_samples: dict[str, int] = field(default_factory=dict)  # result-diff searches by result (as exact)
     applied: list[tuple[str, str, int]] = field(default_factory=list)  # (command_id, type, applied_at_ms)

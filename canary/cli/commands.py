@@ -172,6 +172,7 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
             verifier=security.verifier(Topics(settings.topic_prefix).control),
             metrics=metrics,
             recall_sample_rate=settings.recall_sample_rates,
+            diff_sample_rate=settings.diff_sample_rate,
         )
     )
     return 0

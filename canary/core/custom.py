@@ -64,6 +64,20 @@ class CustomMetric:
         return d
 
 
+# Result-diff metrics (docs/contracts.md, "Result-diff metrics"): the router measures them on a sampled share of
+# the candidate's requests against last_good's answer to the same query. A rule may name them without
+# declaring them (the section then carries their declaration, so a snapshot shows what is applied).
+RESULT_DIFF_METRICS: Final = {
+    "rbo_at_10": CustomMetric(
+        "rbo_at_10", "mean", 0.0, 1.0, "rank-biased overlap (p = 0.9) of the top 10 with last_good's for the query"
+    ),
+    "jaccard_at_10": CustomMetric(
+        "jaccard_at_10", "mean", 0.0, 1.0, "|A ∩ B| / |A ∪ B| of the top-10 sets, against last_good's"
+    ),
+    "top1_changed": CustomMetric("top1_changed", "rate", 0.0, 1.0, "share of queries whose first result changed"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class CustomStats:
     """Sufficient statistics of one custom metric in one window (sums only: pools by addition)."""

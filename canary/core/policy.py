@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from canary.core.custom import AGGREGATIONS, MAX_CUSTOM_METRICS, CustomMetric
+from canary.core.custom import AGGREGATIONS, MAX_CUSTOM_METRICS, RESULT_DIFF_METRICS, CustomMetric
 from canary.core.models import JSONDict
 from canary.core.validation import NO_VALUE, Collector, Section
 from canary.errors import ConfigError, InvalidEvent
@@ -380,9 +380,11 @@ def read_section(s: Section, *, preset: bool = False) -> SLOSection:
     rules: list[SLORule] = []
     names = set(BUILTIN_RULE_NAMES)
     for entry in s.sections("rules"):
-        rule = _read_rule(entry, inherited, declared)
+        rule = _read_rule(entry, inherited, {**RESULT_DIFF_METRICS, **declared})
         if rule is None:
             continue
+        if rule.custom is not None and rule.metric not in declared:  # a result-diff metric, declared for it
+            declared[rule.metric] = rule.custom
         if rule.name in names:
             builtin = ", ".join(BUILTIN_RULE_NAMES)
             s.out.add(entry.field("name"), rule.name, f"duplicate rule name ({builtin} are built in)")
@@ -501,11 +503,12 @@ def _read_rule(s: Section, inherited: _Inherited, declared: Mapping[str, CustomM
     name = s.string("name", pattern=NAME, hint=_NAME_HINT)
     raw_metric = s.take("metric")
     if isinstance(raw_metric, str) and raw_metric not in METRICS and raw_metric not in declared:
-        known = ", ".join(sorted(declared)) or "none"
+        known = ", ".join(sorted(set(declared) - set(RESULT_DIFF_METRICS))) or "none"
+        builtin = ", ".join((*METRICS, *RESULT_DIFF_METRICS))
         s.out.add(
             s.field("metric"),
             raw_metric,
-            f"is neither built in ({', '.join(METRICS)}) nor declared under slo.metrics (declared: {known})",
+            f"is neither built in ({builtin}) nor declared under slo.metrics (declared: {known})",
         )
         metric = ""  # reported; the other fields are still checked
     else:

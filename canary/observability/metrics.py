@@ -77,6 +77,13 @@ class RouterMetrics:
             ["arm", "result"],
             registry=r,
         )
+        self.diff_samples = Counter(
+            "canary_router_diff_samples",
+            "Candidate requests sampled for a result diff against last_good's answer, by result (measured; busy,"
+            " timeout or error: dropped, the outcome goes out without the result-diff metrics)",
+            ["result"],
+            registry=r,
+        )
         self.control_lag = Gauge(
             "canary_router_control_lag_seconds",
             "Seconds since the router last confirmed it had read the control topic to its end",

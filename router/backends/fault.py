@@ -29,6 +29,8 @@ class Fault:
     latency_jitter_ms: float = 0.0
     error_rate: float = 0.0
     keep_fraction: float = 1.0  # <1 drops that share of results, best first
+    # Reverse the top 10: the same documents (recall@10 unchanged), another order — visible only by RBO.
+    reorder_top10: bool = False
 
 
 class FaultInjectingBackend:
@@ -66,4 +68,6 @@ class FaultInjectingBackend:
             keep = round(len(ranked) * fault.keep_fraction)
             # Lose the best results, as a too-narrow index or a bad fusion weight would.
             ranked = ranked[len(ranked) - keep :]
+        if fault.reorder_top10:
+            ranked = ranked[:10][::-1] + ranked[10:]
         return ranked

@@ -438,7 +438,8 @@ _DELETE = object()
         (
             {"slo.rules": [{"name": "p99", "metric": "p999_ms", "operator": "le", "threshold": 3000}]},
             'slo.rules[0].metric = "p999_ms": is neither built in (p50_ms, p90_ms, p95_ms, p99_ms, recall_at_10, '
-            "error_rate, response_count) nor declared under slo.metrics (declared: none)",
+            "error_rate, response_count, rbo_at_10, jaccard_at_10, top1_changed) nor declared under slo.metrics "
+            "(declared: none)",
         ),
         ({"slo.confidence": 1}, "slo.confidence = 1: must be strictly between 0 and 1"),
         ({"slo.method": "vibes"}, 'slo.method = "vibes": must be one of sequential, point'),
