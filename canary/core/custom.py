@@ -159,8 +159,11 @@ class CustomAggregation:
 
     def agg(self, outcomes: Sequence[Any]) -> dict[str, CustomStats]:
         out: dict[str, CustomStats] = {}
+        carried = [m for o in outcomes if (m := getattr(o, "metrics", None))]  # most outcomes carry none
+        if not carried:
+            return out
         for metric in self.metrics:
-            values = [m[metric.name] for o in outcomes if (m := getattr(o, "metrics", None)) and metric.name in m]
+            values = [m[metric.name] for m in carried if metric.name in m]
             if not values:
                 continue
             arr = np.asarray(values, dtype=np.float64)
@@ -179,6 +182,33 @@ class CustomAggregation:
                 hist = tuple(zip(bins.tolist(), counts.tolist(), strict=True))
                 out[metric.name] = CustomStats(len(values), hist=hist)
         return out
+
+
+def result_diff(customs: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """The result-diff metrics pooled over windows' ``stats.custom`` (as written in window records): each
+    metric's value over every sampled request, and ``samples`` (the requests compared); None when no window
+    holds any. Malformed stats are skipped: a display must not fail on one bad record."""
+    pooled: dict[str, CustomStats] = {}
+    for custom in customs:
+        if not isinstance(custom, Mapping):
+            continue
+        for name in RESULT_DIFF_METRICS:
+            raw = custom.get(name)
+            if not isinstance(raw, Mapping):
+                continue
+            try:
+                stats = CustomStats.from_dict(raw)
+            except InvalidEvent:
+                continue
+            pooled[name] = pooled[name].merge(stats) if name in pooled else stats
+    if not pooled:
+        return None
+    out: dict[str, Any] = {
+        name: (round(v, 4) if (v := stats.value(RESULT_DIFF_METRICS[name])) is not None else None)
+        for name, stats in pooled.items()
+    }
+    out["samples"] = max(stats.n for stats in pooled.values())
+    return out
 
 
 def merge_custom(

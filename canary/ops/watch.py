@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from canary.core import wire
+from canary.core.custom import result_diff
 from canary.core.judge import Judgement, evidence_text, format_value
 from canary.core.models import WindowResult, iso_ms
 from canary.core.outages import OutageNote
@@ -128,6 +129,9 @@ def format_window(window: WindowResult, streak: str = "") -> str:
     sources = (window.stats or {}).get("recall_source")
     if isinstance(sources, dict) and sources.get("exact_sample"):  # say when recall comes from exact samples
         recall += f" (exact {sources['exact_sample']}/{window.recall_samples})"
+    diff = result_diff([(window.stats or {}).get("custom")])
+    if diff is not None and diff.get("rbo_at_10") is not None:  # how much the candidate changes the answers
+        recall += f" rbo@10={diff['rbo_at_10']:.2f} (n={diff['samples']})"
     if window.arm == "candidate":
         verdicts = "; ".join(evidence_text(v) for v in window.verdicts) or "not judged"
     else:

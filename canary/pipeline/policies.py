@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from canary.core.aggregations import WindowAggregator
-from canary.core.custom import CustomAggregation
+from canary.core.custom import RESULT_DIFF_METRICS, CustomAggregation
 from canary.core.deployment import ControlLedger
 from canary.core.models import WindowKey
 from canary.core.slo import SLOPolicy, SLORule, aggregator_settings, default_policy, deployment_policy
@@ -21,15 +21,16 @@ log = logging.getLogger("canary.pipeline.policies")
 
 def aggregator_for_policy(policy: SLOPolicy) -> WindowAggregator:
     latency, recall, thresholds = aggregator_settings(policy)
-    custom = None
-    if policy.custom_metrics:
-        quantile_thresholds: dict[str, set[float]] = {}
-        for rule in policy.rules:
-            if rule.custom is not None and rule.custom.quantile is not None:
-                quantile_thresholds.setdefault(rule.metric, set()).add(float(rule.threshold))
-        custom = CustomAggregation(
-            policy.custom_metrics, {name: tuple(sorted(ts)) for name, ts in quantile_thresholds.items()}
-        )
+    quantile_thresholds: dict[str, set[float]] = {}
+    for rule in policy.rules:
+        if rule.custom is not None and rule.custom.quantile is not None:
+            quantile_thresholds.setdefault(rule.metric, set()).add(float(rule.threshold))
+    # The result-diff metrics the routers measure are aggregated whether or not a rule names them, so watch,
+    # the reports and the dashboard show them (docs/contracts.md, "Result-diff metrics"); a window whose
+    # outcomes carry none has no custom stats, so older windows keep their exact JSON.
+    declared = {m.name for m in policy.custom_metrics}
+    metrics = (*policy.custom_metrics, *(m for name, m in RESULT_DIFF_METRICS.items() if name not in declared))
+    custom = CustomAggregation(metrics, {name: tuple(sorted(ts)) for name, ts in quantile_thresholds.items()})
     return WindowAggregator(
         latency_threshold_ms=latency, recall_threshold=recall, exceed_thresholds_ms=thresholds, custom=custom
     )

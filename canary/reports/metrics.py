@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from canary.core.custom import result_diff
 from canary.core.models import WindowResult
 
 
@@ -33,6 +34,9 @@ def summarize(windows: Iterable[WindowResult]) -> dict[str, Any]:
         # ones in which a rule failed. slo_violations above counts *requests*, these count *buckets*.
         "judged_buckets": sum(1 for w in ws if w.verdicts),
         "failed_buckets": sum(1 for w in ws if any(v.outcome == "fail" for v in w.verdicts)),
+        # rbo_at_10, jaccard_at_10, top1_changed over the sampled candidate requests (docs/contracts.md,
+        # "Result-diff metrics"); None when no window holds one.
+        "result_diff": result_diff([(w.stats or {}).get("custom") for w in ws]),
     }
 
 

@@ -117,6 +117,19 @@ def cards(report: DeploymentReport) -> list[dict[str, str]]:
     def kpi(label: str, value: str, compare: str = "", cls: str = "") -> dict[str, str]:
         return {"label": label, "value": value, "compare": compare, "cls": cls}
 
+    diff = cand["result_diff"]
+    diff_cards = []
+    if diff is not None:  # how much the candidate changed the answers, against last_good's for the same query
+        changed = diff.get("top1_changed")
+        diff_cards.append(
+            kpi(
+                "Candidate vs last_good top 10",
+                f"RBO {fmt_value(diff.get('rbo_at_10'))}",
+                f"Jaccard {fmt_value(diff.get('jaccard_at_10'))} · first result changed "
+                f"{fmt_pct(changed) if changed is not None else '–'} · {diff['samples']:,} queries compared",
+                judged("rbo_at_10") or judged("jaccard_at_10") or judged("top1_changed"),
+            )
+        )
     return [
         kpi(
             "Candidate avg p95",
@@ -146,6 +159,7 @@ def cards(report: DeploymentReport) -> list[dict[str, str]]:
             f"{fmt_pct(1 - report.deployment.weight)} / {fmt_pct(report.deployment.weight)}",
             "last_good / candidate",
         ),
+        *diff_cards,
     ]
 
 
