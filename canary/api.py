@@ -105,10 +105,18 @@ class CanaryExecutor:
         return require_kafka(self.settings)
 
     def start_canary(
-        self, config_name: str, weight: float | None = None, timeout: float = 10.0, *, parallel: bool = False
+        self,
+        config_name: str,
+        weight: float | None = None,
+        timeout: float = 10.0,
+        *,
+        parallel: bool = False,
+        mirror: float | None = None,
     ) -> dict[str, Any]:
         """Start a canary of preset ``config_name`` (``weight``: the candidate's share, default 0.10 or the
         environment's; a preset with a rollout plan starts at its first step), as ``canary start`` does.
+        ``mirror``: start in shadow instead — no user served by the candidate, this share of last_good's
+        requests mirrored to it (``canary start --shadow --mirror``).
 
         Raises DeploymentError while another canary runs, unless ``parallel=True`` asks for several at once
         (never the same preset twice); ConfigError for an unknown or invalid preset or weight. Returns the
@@ -116,7 +124,7 @@ class CanaryExecutor:
         withdrawn with an abort) or the routers rejected it (``rejected`` says why)."""
         from canary.ops.commands import prepare_start, start_prepared
 
-        request = asyncio.run(prepare_start(self.settings, config_name, weight, via="api"))
+        request = asyncio.run(prepare_start(self.settings, config_name, weight, via="api", mirror=mirror))
         self._ensure_router()
         ack = asyncio.run(
             start_prepared(

@@ -3,7 +3,8 @@ control view is stale), run the search on the backend serving that config, build
 to the outcome publisher — at once, or after the background measurements of a sampled request: an exact
 search for the share of unlabeled requests sampled to measure recall without labels (docs/contracts.md,
 "Recall without labels"), and last_good's answer to the same query for the share of candidate requests
-sampled to measure how much the candidate changes the results ("Result-diff metrics")."""
+sampled to measure how much the candidate changes the results ("Result-diff metrics"), and the candidate's
+own answer for the share of a shadow deployment's requests mirrored to it ("Shadow traffic")."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ DEFAULT_EXACT_TIMEOUT_MS: Final = 2000
 EXACT_K: Final = 10
 DEFAULT_DIFF_SAMPLE_RATE: Final = 0.10  # docs/contracts.md, "Result-diff metrics": cost and why 10 %
 DEFAULT_MAX_DIFF_IN_FLIGHT: Final = 8
+DEFAULT_MAX_MIRROR_IN_FLIGHT: Final = 16
+SHADOW_SUFFIX: Final = "#shadow"  # a mirrored request's outcome: request_id and event_id end with it
 
 
 def recall_sample_rates(recall_sample_rate: float | Mapping[str, float]) -> dict[str, float]:
@@ -82,6 +85,22 @@ def sampled_for_diff(request_id: str, rate: float) -> bool:
     if rate <= 0.0:
         return False
     return zlib.crc32(b"diff:" + request_id.encode()) % 1_000_000 < rate * 1_000_000
+
+
+def sampled_for_mirror(request_id: str, share: float) -> bool:
+    """Whether a request served by last_good is mirrored to its shadow candidate: a stable hash of its id."""
+    if share <= 0.0:
+        return False
+    return zlib.crc32(b"mirror:" + request_id.encode()) % 1_000_000 < share * 1_000_000
+
+
+@dataclass(slots=True)
+class _MirrorJob:
+    """A shadow deployment's candidate search of a mirrored request, and whom its outcome names."""
+
+    backend: SearchBackend
+    candidate: ConfigRef
+    deployment_id: str
 
 
 @dataclass(slots=True)
@@ -141,6 +160,7 @@ class Searcher:
         exact_timeout_ms: int,
         diff_sample_rate: float = DEFAULT_DIFF_SAMPLE_RATE,
         max_diff_in_flight: int = DEFAULT_MAX_DIFF_IN_FLIGHT,
+        max_mirror_in_flight: int = DEFAULT_MAX_MIRROR_IN_FLIGHT,
     ) -> None:
         self.router_id = router_id
         self.ledger = ledger
@@ -163,6 +183,10 @@ class Searcher:
         self.diff_sample_rate = diff_sample_rate
         self._diff_max = max(0, max_diff_in_flight)
         self._diff_in_flight = 0
+        # Shadow: a shadow deployment's mirrored requests are searched by its candidate off the serving path,
+        # at most max_mirror_in_flight at a time (the rest dropped and counted, never queued).
+        self._mirror_max = max(0, max_mirror_in_flight)
+        self._mirror_in_flight = 0
         self.exact_tasks: set[asyncio.Task[None]] = set()  # every background measurement, exact or diff
 
     def route(self, request: SearchRequest) -> tuple[ConfigRef, ConfigUsed]:
@@ -230,6 +254,14 @@ class Searcher:
             return
         self.outcomes.count_delivered(delivery.outcome)
 
+    def _shadow_delivered(self, ack: asyncio.Future[Any], shadow: SearchOutcome) -> None:
+        if ack.cancelled():
+            return
+        if ack.exception() is not None:
+            self.outcomes.delivery_failed("outcome", ack.exception())
+            return
+        self.outcomes.count_delivered(shadow)
+
     def backend_for(self, config: ConfigRef) -> SearchBackend:
         """The backend that serves ``config``: its preset's allow-listed ``backend`` section, else this
         router's own (router.backends.registry)."""
@@ -262,6 +294,25 @@ class Searcher:
             return None
         self._diff_in_flight += 1
         return _DiffJob(self.backend_for(dep.last_good), dep.last_good.snapshot)
+
+    def mirror_for(self, request: SearchRequest, used: ConfigUsed) -> _MirrorJob | None:
+        """The shadow candidate's search for this last_good request if its deployment is in shadow, the
+        request is in the mirrored share and a slot is free (a full router drops it, counted). Never while the
+        control view is stale: it may have missed the rollback that ended the shadow."""
+        if used.arm != "last_good" or used.deployment_id is None:
+            return None
+        dep = self.ledger.deployments.get(used.deployment_id)
+        if dep is None or not sampled_for_mirror(request.request_id, dep.shadow_share) or self._stale():
+            return None
+        if self._mirror_in_flight >= self._mirror_max:
+            self._count_mirror("busy")
+            return None
+        self._mirror_in_flight += 1
+        return _MirrorJob(self.backend_for(dep.candidate), dep.candidate, dep.deployment_id)
+
+    def _count_mirror(self, result: str) -> None:
+        self.stats.mirrored[result] = self.stats.mirrored.get(result, 0) + 1
+        self.metrics.mirrored.labels(result).inc()
 
     def _count_diff(self, result: str) -> None:
         self.stats.diff_samples[result] = self.stats.diff_samples.get(result, 0) + 1
@@ -335,9 +386,10 @@ class Searcher:
         )
         exact = None if request.relevant_ids or error else self.exact_for(backend, request, used.arm)
         diff = None if error else self.diff_for(request, used)
-        if exact is not None or diff is not None:
+        mirror = self.mirror_for(request, used)
+        if exact is not None or diff is not None or mirror is not None:
             delivery = Delivery(outcome, asyncio.get_running_loop().create_future())
-            task = asyncio.create_task(self._publish_sampled(exact, diff, request, results, delivery))
+            task = asyncio.create_task(self._publish_sampled(exact, diff, mirror, request, results, delivery))
             self.exact_tasks.add(task)
             task.add_done_callback(self.exact_tasks.discard)
             return results, used, delivery.ack, delivery
@@ -387,10 +439,60 @@ class Searcher:
         self._count_diff(result)
         return ranked
 
+    async def _mirrored(self, job: _MirrorJob, request: SearchRequest, served: list[str] | None) -> SearchOutcome:
+        """The shadow candidate's answer to a mirrored request, as the outcome a served candidate request
+        would have (latency, errors, recall against the labels, the result diff against last_good's served
+        answer), marked by its ids: ``<request_id>#shadow``. No user sees this answer."""
+        started = time.perf_counter()
+        error: str | None = None
+        ranked: list[str] = []
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                answer = await job.backend.search(request.query, request.collection, job.candidate.snapshot)
+                ranked = [str(x) for x in itertools.islice(answer, 10_000)]
+        except TimeoutError:
+            error = "timeout"
+        except BackendError as exc:
+            error = exc.error_code
+        except Exception as exc:
+            error = "backend_error"
+            log.debug("mirrored search failed: %r", exc)
+        finally:
+            self._mirror_in_flight -= 1
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self._count_mirror("error" if error else "measured")
+        metrics: dict[str, float] = {}
+        if request.relevant_ids:
+            metrics["ndcg_at_10"] = round(ndcg_at_10(ranked, request.relevant_ids) or 0.0, 6)
+            metrics["mrr_at_10"] = round(mrr_at_10(ranked, request.relevant_ids) or 0.0, 6)
+        if not error and served is not None:  # against last_good's served answer (none when it failed)
+            metrics["rbo_at_10"] = round(rbo_at_10(ranked, served), 6)
+            metrics["jaccard_at_10"] = round(jaccard_at_10(ranked, served), 6)
+            metrics["top1_changed"] = top1_changed(ranked, served)
+        candidate = job.candidate
+        return SearchOutcome(
+            event_id=f"{self.router_id}:{request.request_id}{SHADOW_SUFFIX}",
+            request_id=f"{request.request_id}{SHADOW_SUFFIX}",
+            ts=self.outcomes.clock(),
+            deployment_id=job.deployment_id,
+            config_name=candidate.name,
+            config_version=candidate.version,
+            config_hash=candidate.content_hash,
+            arm="candidate",
+            latency_ms=round(latency_ms, 3),
+            recall_at_10=recall_at_10(ranked, request.relevant_ids),
+            result_count=len(ranked),
+            error=error,
+            router_id=self.router_id,
+            metrics=metrics or None,
+            user_group=user_group(request.routing_key),
+        )
+
     async def _publish_sampled(
         self,
         exact: ExactSearchBackend | None,
         diff: _DiffJob | None,
+        mirror: _MirrorJob | None,
         request: SearchRequest,
         results: list[str],
         delivery: Delivery,
@@ -398,13 +500,21 @@ class Searcher:
         """The background measurements of a sampled request, side by side, then its outcome: recall@10 of
         the served results against the exact top 10 (``recall_source: exact_sample``), and the result-diff
         metrics against last_good's answer. A measurement given up leaves its fields out. The outcome's
-        ``ts`` is stamped now, so it never holds a watermark back."""
+        ``ts`` is stamped now, so it never holds a watermark back. A mirrored request's shadow outcome is
+        published beside it, and the ack waits for both (the request's offset is committed after both)."""
         arm = delivery.outcome.arm
         try:
-            truth, baseline = await asyncio.gather(
+            truth, baseline, shadow = await asyncio.gather(
                 self._exact_truth(exact, request, arm) if exact is not None else _nothing(),
                 self._baseline_answer(diff, request) if diff is not None else _nothing(),
+                self._mirrored(mirror, request, None if delivery.outcome.error else results)
+                if mirror is not None
+                else _nothing(),
             )
+            shadow_ack = None
+            if shadow is not None:
+                shadow_ack = await self.outcomes.publish(shadow, wait_ack=False)
+                shadow_ack.add_done_callback(lambda fut: self._shadow_delivered(fut, shadow))
             outcome = delivery.outcome
             if truth:
                 recall = recall_at_10(results, tuple(truth))
@@ -420,6 +530,8 @@ class Searcher:
                     outcome = msgspec.structs.replace(outcome, metrics=merged)
             delivery.outcome = msgspec.structs.replace(outcome, ts=self.outcomes.clock())
             inner = await self.outcomes.publish(delivery.outcome, wait_ack=False)
+            if shadow_ack is not None:
+                inner = asyncio.ensure_future(_both(inner, shadow_ack))
         except Exception as exc:  # not even queued: handled like a failed delivery
             if not delivery.ack.done():
                 delivery.ack.set_exception(exc)
@@ -429,3 +541,9 @@ class Searcher:
 
 async def _nothing() -> None:
     return None
+
+
+async def _both(first: asyncio.Future[Any], second: asyncio.Future[Any]) -> Any:
+    """The first's result once both are acknowledged; the first failure otherwise."""
+    await asyncio.gather(first, second)
+    return first.result()

@@ -41,12 +41,15 @@ from router.search import (
     DEFAULT_EXACT_TIMEOUT_MS,
     DEFAULT_MAX_DIFF_IN_FLIGHT,
     DEFAULT_MAX_EXACT_IN_FLIGHT,
+    DEFAULT_MAX_MIRROR_IN_FLIGHT,
     DEFAULT_RECALL_SAMPLE_RATE,
+    SHADOW_SUFFIX,
     ConfigUsed,
     Searcher,
     recall_sample_rates,
     sampled_for_diff,
     sampled_for_exact,
+    sampled_for_mirror,
 )
 from router.stats import RouterStats
 
@@ -58,6 +61,7 @@ __all__ = [
     "DEFAULT_EXACT_TIMEOUT_MS",
     "DEFAULT_MAX_EXACT_IN_FLIGHT",
     "DEFAULT_RECALL_SAMPLE_RATE",
+    "SHADOW_SUFFIX",
     "STOP_STEP_S",
     "ConfigUsed",
     "Delivery",
@@ -69,6 +73,7 @@ __all__ = [
     "outcome_partition",
     "sampled_for_diff",
     "sampled_for_exact",
+    "sampled_for_mirror",
 ]
 
 
@@ -96,6 +101,7 @@ class RouterService:
         exact_timeout_ms: int = DEFAULT_EXACT_TIMEOUT_MS,
         diff_sample_rate: float = DEFAULT_DIFF_SAMPLE_RATE,
         max_diff_in_flight: int = DEFAULT_MAX_DIFF_IN_FLIGHT,
+        max_mirror_in_flight: int = DEFAULT_MAX_MIRROR_IN_FLIGHT,
     ) -> None:
         rates = recall_sample_rates(recall_sample_rate)
         self.bootstrap = bootstrap
@@ -150,6 +156,7 @@ class RouterService:
             exact_timeout_ms,
             diff_sample_rate,
             max_diff_in_flight,
+            max_mirror_in_flight,
         )
         self.intake = RequestIntake(
             bootstrap,

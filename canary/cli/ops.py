@@ -73,6 +73,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         ),
         f"requests:    {payload['total_requests']}",
     ]
+    if payload.get("shadow_mirror"):
+        lines.append(
+            f"shadow:      no user on the candidate; {payload['shadow_mirror']:.0%} of last_good's requests mirrored"
+        )
     if payload["rollout"]:
         lines.append(f"rollout:     {plan_text(payload['rollout'])}")
     if len(payload["deployments"]) > 1:
@@ -149,7 +153,7 @@ def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     from canary.ops.commands import prepare_start, start_prepared
 
     # Input first (exit 2), then Kafka (exit 3), then the deployment state (exit 4).
-    request = asyncio.run(prepare_start(settings, args.name, args.weight))
+    request = asyncio.run(prepare_start(settings, args.name, args.weight, shadow=args.shadow, mirror=args.mirror))
     bootstrap = require_kafka(settings)
     ack = asyncio.run(
         start_prepared(
@@ -370,6 +374,20 @@ def register(sub: Any) -> None:
         type=float,
         default=None,
         help="candidate traffic share (default 0.10; a preset with a rollout plan starts at its first step)",
+    )
+    p.add_argument(
+        "--shadow",
+        action="store_true",
+        help="start in shadow: no user is served by the candidate; a share of last_good's requests (--mirror) is "
+        "also sent to it off the serving path, and its outcomes are judged with the same rules (a failing shadow "
+        "is rolled back before anyone saw it). A preset whose plan starts with a shadow step does this itself",
+    )
+    p.add_argument(
+        "--mirror",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="share of last_good's requests mirrored to a shadow candidate (default 0.10; implies --shadow)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for acknowledgements")
     p.add_argument("--no-router-check", action="store_true", help="issue even when no router is live")

@@ -336,8 +336,9 @@ def _rollout(root: Section) -> RolloutPlan | None:
         min_windows = step.integer("min_windows", minimum=0, default=DEFAULT_MIN_WINDOWS)
         min_duration = _optional_number(step, "min_duration_s", 0.0, low=0, high=math.inf, open_ends=False)
         gate = step.string("gate", choices=GATES, required=False) or "auto"
+        mirror = _optional_number(step, "mirror", 0.0, low=0, high=1, open_ends=False)
         step.close()
-        steps.append(RolloutStep(weight, min_windows, min_duration, gate))  # type: ignore[arg-type]
+        steps.append(RolloutStep(weight, min_windows, min_duration, gate, mirror))  # type: ignore[arg-type]
     if s.take("steps") is NO_VALUE:
         s.out.add(s.field("steps"), NO_VALUE, "missing required field (a list of {weight, min_windows, ...})")
     min_total = _optional_number(

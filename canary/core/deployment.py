@@ -85,6 +85,13 @@ class Deployment:
     slot_start: float | None = None  # where this deployment's arc of users starts (canary.core.split)
     began_at_ms: int | None = None  # the same instant for the start (min_total_duration_s counts from it)
     paused_by: str | None = None  # the command that paused it (None while running)
+    mirror: float = 0.0  # the start's shadow share: mirrored while the weight is 0 (docs: "Shadow traffic")
+
+    @property
+    def shadow_share(self) -> float:
+        """Share of this deployment's last_good requests mirrored to the candidate right now: the start's
+        mirror while running at weight 0 (a shadow step), else 0 — a step with users ends the shadow."""
+        return self.mirror if self.status == "running" and self.weight == 0.0 else 0.0
 
     @property
     def arc(self) -> Arc:
@@ -309,6 +316,9 @@ class ControlLedger:
         if self.last_good is None:
             return Transition(False, "start: no last_good config known")
         weight = cmd.weight if cmd.weight is not None else DEFAULT_WEIGHT
+        mirror = cmd.mirror or 0.0
+        if weight == 0.0 and mirror == 0.0:
+            return Transition(False, "start: weight 0 and no mirror share: it would serve and measure nothing")
         slot = place(cmd.deployment_id, weight, [d.arc for d in live])
         if slot is None:
             held = sum(d.weight for d in live)
@@ -330,9 +340,10 @@ class ControlLedger:
             weight_set_at_ms=effective_ms,
             slot_start=slot,
             began_at_ms=effective_ms,
+            mirror=mirror,
         )
         self.current_id = dep.deployment_id
-        return self._update(dep, "started")
+        return self._update(dep, "started" if not dep.shadow_share else f"started in shadow, mirroring {mirror:g}")
 
     def _update(self, dep: Deployment, note: str) -> Transition:
         self.deployments[dep.deployment_id] = dep

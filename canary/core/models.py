@@ -454,6 +454,10 @@ class ControlCommand(msgspec.Struct, frozen=True):
     evidence: JSONDict | None
     issued_by: NonEmpty
     issued_at_ms: EpochMs
+    # A start's shadow share (docs/contracts.md, "Shadow traffic"): while the deployment's weight is 0, this
+    # share of the requests served by its last_good is mirrored to the candidate, whose answers no user
+    # sees. None (and on every other command): no mirroring.
+    mirror: Fraction | None = None
 
     def __post_init__(self) -> None:
         _safe("ControlCommand", "deployment_id", self.deployment_id)

@@ -93,9 +93,18 @@ class RolloutStep(msgspec.Struct, frozen=True):
     min_windows: int = DEFAULT_MIN_WINDOWS
     min_duration_s: float = 0.0
     gate: Gate = "auto"
+    # A shadow step (the first only): weight 0, and this share of last_good's requests mirrored to the
+    # candidate, whose answers no user sees (docs/contracts.md, "Shadow traffic").
+    mirror: float = 0.0
+
+    @property
+    def shadow(self) -> bool:
+        return self.weight == 0.0 and self.mirror > 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = msgspec.to_builtins(self)
+        if not self.mirror:
+            del d["mirror"]  # absent, not 0, without a shadow step: older plans keep their hashes
         return d
 
 
@@ -126,7 +135,7 @@ class RolloutPlan(msgspec.Struct, frozen=True):
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = msgspec.to_builtins(self)
-        d["steps"] = list(d["steps"])  # to_builtins keeps a tuple a tuple; the JSON value is a list
+        d["steps"] = [step.to_dict() for step in self.steps]  # a list in JSON; a step without mirror omits it
         return d
 
     @classmethod
@@ -147,8 +156,16 @@ def plan_problems(
     previous = 0.0
     for i, step in enumerate(steps):
         where = f"steps[{i}]"
-        if not (isinstance(step.weight, float) and 0.0 < step.weight <= 1.0):
-            problems.append((f"{where}.weight", step.weight, "must be in (0, 1]"))
+        if not (isinstance(step.mirror, float) and 0.0 <= step.mirror <= 1.0):
+            problems.append((f"{where}.mirror", step.mirror, "must be in [0, 1]"))
+        elif step.mirror and (i > 0 or step.weight != 0.0):
+            reason = "only a first step with weight 0 mirrors (a shadow step); a step with users ends the shadow"
+            problems.append((f"{where}.mirror", step.mirror, reason))
+        if i == 0 and step.shadow:
+            pass  # a shadow step: no user on the candidate yet
+        elif not (isinstance(step.weight, float) and 0.0 < step.weight <= 1.0):
+            hint = " (weight 0 only for a first step that mirrors: mirror > 0)" if step.weight == 0.0 else ""
+            problems.append((f"{where}.weight", step.weight, f"must be in (0, 1]{hint}"))
         elif step.weight <= previous:
             problems.append((f"{where}.weight", step.weight, f"must be above the previous step's {previous:g}"))
         else:

@@ -84,6 +84,13 @@ class RouterMetrics:
             ["result"],
             registry=r,
         )
+        self.mirrored = Counter(
+            "canary_router_mirrored_requests",
+            "Requests of a shadow deployment mirrored to its candidate, by result (measured; error: the candidate"
+            " failed, its outcome says how; busy: dropped, no slot free)",
+            ["result"],
+            registry=r,
+        )
         self.control_lag = Gauge(
             "canary_router_control_lag_seconds",
             "Seconds since the router last confirmed it had read the control topic to its end",

@@ -49,6 +49,7 @@ HOW: Final[dict[Via, dict[str, str]]] = {
         "end_each": "canary stop --deployment ID --promote | --rollback, for each",
         "weight": "--weight {w}",
         "no_weight": "leave --weight out",
+        "mirror": "--shadow --mirror {m}",
     },
     "api": {
         "parallel": "start_canary(..., parallel=True)",
@@ -58,6 +59,7 @@ HOW: Final[dict[Via, dict[str, str]]] = {
         "end_each": "stop_canary(deployment_id=ID, promote=True | False) for each",
         "weight": "weight={w!r}",
         "no_weight": "leave weight out",
+        "mirror": "mirror={m!r}",
     },
 }
 
@@ -291,9 +293,11 @@ async def start_canary(
     min_last_good_share: float = DEFAULT_MIN_LAST_GOOD_SHARE,
     parallel: bool = False,
     via: Via = "cli",
+    mirror: float | None = None,
 ) -> Ack:
     """Start a canary of ``candidate``: refused while another runs unless ``parallel`` (see
-    :func:`check_side_by_side`); withdrawn with an abort if the live routers do not acknowledge in time."""
+    :func:`check_side_by_side`); withdrawn with an abort if the live routers do not acknowledge in time.
+    ``weight`` 0 with a ``mirror`` share starts it in shadow (docs/contracts.md, "Shadow traffic")."""
     view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
     check_side_by_side(view.ledger.live, candidate, weight, min_last_good_share, parallel=parallel, via=via)
     if require_router and not view.live_routers():
@@ -310,7 +314,9 @@ async def start_canary(
         candidate_config_hash=candidate.content_hash,
         last_good_config=last_good.snapshot,
         weight=weight,
-        reason=f"start canary of {candidate.name} {candidate.version}",
+        mirror=mirror or None,
+        reason=f"start canary of {candidate.name} {candidate.version}"
+        + (f", in shadow: {mirror:g} of last_good's requests mirrored" if mirror else ""),
     )
     ack = await issue(bootstrap, topics, cmd, view, timeout, security)
     if ack.waited_for and not set(ack.waited_for) <= set(ack.acked_by):
@@ -329,13 +335,27 @@ class StartRequest:
     last_good: Preset  # the preset store's last_good (the baseline when no deployment ever ran)
     weight: float
     environment: Environment | None
+    mirror: float | None = None  # a shadow start: weight 0, this share of last_good's requests mirrored
 
 
-async def prepare_start(settings: Settings, name: str, weight: float | None = None, via: Via = "cli") -> StartRequest:
+DEFAULT_MIRROR: Final = 0.10
+
+
+async def prepare_start(
+    settings: Settings,
+    name: str,
+    weight: float | None = None,
+    via: Via = "cli",
+    *,
+    shadow: bool = False,
+    mirror: float | None = None,
+) -> StartRequest:
     """The candidate ``name`` as it would start here, with its weight: the one path of ``canary start`` and
     the Python API, so both apply the environment's overrides and checks alike. ConfigError (exit 2) names
     what is wrong: an unknown or invalid preset, ``last_good`` itself, a weight the plan contradicts or out
-    of (0, 1], an alert target the environment cannot reach."""
+    of (0, 1], an alert target the environment cannot reach. ``shadow`` (or a ``mirror`` share, default 0.10)
+    starts it at weight 0 with that share of last_good's requests mirrored to it; a preset whose plan starts
+    with a shadow step starts so by itself."""
     from canary.config import PresetStore
 
     store = PresetStore(settings.presets_dir)
@@ -357,10 +377,27 @@ async def prepare_start(settings: Settings, name: str, weight: float | None = No
                 f"{plan.weights[0]:g} ({' → '.join(f'{w:g}' for w in plan.weights)}); {HOW[via]['no_weight']} or "
                 "edit rollout.steps"
             )
+        if (shadow or mirror is not None) and not plan.steps[0].shadow:
+            raise ConfigError(
+                f"{HOW[via]['mirror'].format(m=mirror or DEFAULT_MIRROR)}: preset {candidate.name} has a rollout plan "
+                f"starting at {plan.weights[0]:g}; give its first step weight 0 and a mirror share for a shadow step"
+            )
         weight = plan.weights[0]
+        mirror = plan.steps[0].mirror or None
+    elif shadow or mirror is not None:
+        if weight is not None:
+            raise ConfigError(
+                f"{HOW[via]['weight'].format(w=weight)}: a shadow start serves no user (weight 0); "
+                f"{HOW[via]['no_weight']}"
+            )
+        weight = 0.0
+        mirror = DEFAULT_MIRROR if mirror is None else mirror
+        if isinstance(mirror, bool) or not isinstance(mirror, int | float) or not 0 < mirror <= 1:
+            raise ConfigError(f"{HOW[via]['mirror'].format(m=mirror)}: the mirror share must be a number in (0, 1]")
     elif weight is None:
         weight = env.weight if env is not None and env.weight is not None else 0.10
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= 1:
+    shadow_start = weight == 0 and mirror
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not (0 < weight <= 1 or shadow_start):
         raise ConfigError(f"{HOW[via]['weight'].format(w=weight)}: must be a number in (0, 1]")
     if env is not None and env.alerts:
         from canary.alerts import check_reachable
@@ -368,7 +405,7 @@ async def prepare_start(settings: Settings, name: str, weight: float | None = No
         problems = await check_reachable(env.alerts)
         if problems:
             raise ConfigError(f"{env.source}: " + "; ".join(problems) + " — fix the file or start the receiver")
-    return StartRequest(candidate, store.get("last_good"), float(weight), env)
+    return StartRequest(candidate, store.get("last_good"), float(weight), env, float(mirror) if mirror else None)
 
 
 async def start_prepared(
@@ -403,6 +440,7 @@ async def start_prepared(
         min_last_good_share=settings.min_last_good_share,
         parallel=parallel,
         via=via,
+        mirror=request.mirror,
     )
 
 

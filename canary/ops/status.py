@@ -70,6 +70,8 @@ def status_payload(settings: Settings, allow_cache: bool = True, deployment_id: 
             "candidate": weight,
         },
         "weight": dep.weight if dep else None,
+        # In shadow (weight 0): the share of last_good's requests mirrored to the candidate; 0 otherwise.
+        "shadow_mirror": dep.shadow_share if dep else None,
         "rollout": plan_status(dep.candidate.snapshot, dep.weight, dep.weight_set_at_ms) if dep else None,
         # Every running or paused candidate (A/B/n); the fields above describe the most recent one.
         "deployments": [
@@ -80,6 +82,7 @@ def status_payload(settings: Settings, allow_cache: bool = True, deployment_id: 
                 "candidate_hash": d.candidate.content_hash,
                 "weight": d.weight,
                 "candidate_share": d.candidate_weight,
+                "shadow_mirror": d.shadow_share,
                 "users_arc": [round(d.arc.start, 6), round(d.arc.weight, 6)],
                 "start_time_ms": d.started_at_ms,
                 "requests": sum(w.response_count for w in view.windows if w.deployment_id == d.deployment_id),

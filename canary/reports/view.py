@@ -91,6 +91,12 @@ def banner(report: DeploymentReport) -> dict[str, Any]:
         colors, title = ("#f8fafc", "#e2e8f0", "#334155"), "Aborted."
     elif dep.status == "paused":
         colors, title = ("#fffbeb", "#fde68a", "#92400e"), "Paused: the candidate receives no traffic."
+    elif dep.shadow_share:
+        colors = ("#eff6ff", "#bfdbfe", "#1e40af")
+        title = (
+            f"Shadow: no user is served by {dep.candidate.name}; {fmt_pct(dep.shadow_share)} of last_good's "
+            "requests are mirrored to it and judged."
+        )
     else:
         colors = ("#eff6ff", "#bfdbfe", "#1e40af")
         title = f"Running: {fmt_pct(dep.weight)} of traffic goes to {dep.candidate.name}."
