@@ -28,6 +28,7 @@ from canary.config.sections import (
 )
 from canary.config.templates import TemplateStamp, expand, explain, read_stamp
 from canary.config.yamlfile import read_yaml
+from canary.core.bake import MAX_BAKE_S
 from canary.core.deployment import snapshot_hash
 from canary.core.policy import SLORule, SLOSection, read_section
 from canary.core.rollout import (
@@ -103,6 +104,8 @@ class Preset:
     environment: EnvironmentStamp | None = None
     # The SLO template the slo section was expanded from (canary.config.templates); None: written out.
     slo_template: TemplateStamp | None = None
+    # Bake after promotion (canary.core.bake); None: not written (a plan bakes for the default, else none).
+    bake: BakeSection | None = None
     source: str | None = field(default=None, compare=False)  # where it was loaded from; not content
     _hash: str = field(init=False, repr=False, compare=False)
 
@@ -134,6 +137,8 @@ class Preset:
         snapshot["backend"] = self.backend.to_dict() if self.backend is not None else None
         if self.rollout is not None:  # absent, not null, without a plan: older presets keep their hashes
             snapshot["rollout"] = self.rollout.to_dict()
+        if self.bake is not None:  # absent unless written: older presets keep their hashes
+            snapshot["bake"] = {"duration_s": self.bake.duration_s}
         if self.slo_template is not None:  # absent, not null, without a template: older presets keep their hashes
             snapshot["slo_template"] = self.slo_template.to_dict()
         if self.environment is not None:
@@ -201,6 +206,7 @@ def _parse(data: object, label: str, *, stem: str | None, source: str | None, te
         slo=slo,
         backend=parse_backend(root),
         rollout=_rollout(root),
+        bake=_bake(root),
         environment=_environment_stamp(root),
         slo_template=slo_template,
         source=source,
@@ -304,6 +310,25 @@ def _slo(root: Section, templates: Path | None) -> tuple[SLOConfig, TemplateStam
     section = read_section(Section(s.out, s.path, expansion.section), preset=True)
     s.out.errors[errors_before:] = [explain(e, expansion) for e in s.out.errors[errors_before:]]
     return section, expansion.stamp
+
+
+@dataclass(frozen=True, slots=True)
+class BakeSection:
+    duration_s: float  # 0: no bake (a plan's default bake turned off)
+
+
+def _bake(root: Section) -> BakeSection | None:
+    """``bake: {duration_s: N}`` (0 < N ≤ a week; 0 turns a plan's default bake off), or ``bake: null``."""
+    if not root.has("bake"):
+        return None
+    if root.take("bake") is None:
+        return BakeSection(0.0)
+    s = root.section("bake")
+    seconds = _optional_number(s, "duration_s", -1.0, low=0, high=MAX_BAKE_S, open_ends=False)
+    if seconds == -1.0 and s.out.ok(s.field("duration_s")):
+        s.out.add(s.field("duration_s"), NO_VALUE, f"missing required field (seconds, 0 to {MAX_BAKE_S:g}; 0: no bake)")
+    s.close()
+    return BakeSection(max(seconds, 0.0))
 
 
 @dataclass(frozen=True, slots=True)

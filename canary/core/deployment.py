@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from canary.core.bake import bake_seconds
 from canary.core.models import ControlCommand
 from canary.core.rollout import (
     DeploymentView,
@@ -86,6 +87,19 @@ class Deployment:
     began_at_ms: int | None = None  # the same instant for the start (min_total_duration_s counts from it)
     paused_by: str | None = None  # the command that paused it (None while running)
     mirror: float = 0.0  # the start's shadow share: mirrored while the weight is 0 (docs: "Shadow traffic")
+    # Bake after promotion (canary.core.bake): until then the promoted config is judged and a rollback
+    # reverts to previous_last_good. None: not baking (never promoted, or promoted without a bake).
+    bake_until_ms: int | None = None
+    previous_last_good: ConfigRef | None = None
+
+    def baking(self, at_ms: int) -> bool:
+        """Promoted, in its bake window at ``at_ms``, with a previous last_good to return to."""
+        return (
+            self.status == "promoted"
+            and self.bake_until_ms is not None
+            and self.previous_last_good is not None
+            and at_ms <= self.bake_until_ms
+        )
 
     @property
     def shadow_share(self) -> float:
@@ -196,6 +210,8 @@ class ControlLedger:
         if dep is None:
             return Transition(False, f"{cmd.type}: unknown deployment {cmd.deployment_id}")
         if not dep.live:
+            if cmd.type == "rollback" and dep.baking(effective_ms):
+                return self._revert(dep, cmd)
             return Transition(False, f"{cmd.type}: deployment {dep.deployment_id} already {dep.status}", dep)
         if is_rollout_command_id(cmd.command_id):
             refused = self._off_plan(dep, cmd, appended_at_ms)
@@ -245,6 +261,12 @@ class ControlLedger:
             evidence=cmd.evidence,
             issued_by=cmd.issued_by,
         )
+        if end_status == "promoted":
+            bake_s = bake_seconds(dep.candidate.snapshot)
+            if bake_s is not None and self.last_good is not None:
+                ended = replace(
+                    ended, bake_until_ms=effective_ms + int(bake_s * 1000), previous_last_good=self.last_good
+                )
         result = self._update(ended, end_status)
         if end_status == "promoted":
             self.last_good = dep.candidate
@@ -268,6 +290,27 @@ class ControlLedger:
         live = self.live
         self.current_id = live[-1].deployment_id if live else None
         return result
+
+    def _revert(self, dep: Deployment, cmd: ControlCommand) -> Transition:
+        """A rollback during a promoted deployment's bake: its previous last_good serves again — unless
+        another config was promoted since (then this one is no longer what serves, and there is nothing to
+        revert)."""
+        assert dep.previous_last_good is not None
+        if self.last_good is None or self.last_good.content_hash != dep.candidate.content_hash:
+            serving = self.last_good.name if self.last_good is not None else "none"
+            return Transition(False, f"rollback: {dep.candidate.name} is no longer last_good ({serving} is)", dep)
+        self.last_good = dep.previous_last_good
+        reverted = replace(
+            dep,
+            status="rolled_back",
+            ended_at_ms=cmd.issued_at_ms,
+            end_command_id=cmd.command_id,
+            reason=cmd.reason,
+            evidence=cmd.evidence,
+            issued_by=cmd.issued_by,
+            bake_until_ms=None,
+        )
+        return self._update(reverted, f"promotion reverted during its bake: {dep.previous_last_good.name} is last_good")
 
     def _off_plan(self, dep: Deployment, cmd: ControlCommand, appended_at_ms: int) -> Transition | None:
         """The refusal of a rollout command that does not follow the plan the operator signed with the start

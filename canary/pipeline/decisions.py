@@ -10,9 +10,13 @@ it comes back as an :class:`Issue` with ``issued=False`` and the reason, for the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec.structs
+
+from canary.core.bake import bake_policy, revert_command_id
 from canary.core.deployment import ControlLedger
 from canary.core.judge import DeploymentJudge, Judge, Judgement
 from canary.core.models import CommandType, ControlCommand, JSONDict, WindowResult
@@ -99,6 +103,17 @@ def resolve(decision: Decision, ledger: ControlLedger, at_ms: int) -> Issue:
     return Issue(decision, decision_command(decision, ledger, at_ms), True, f"issued: {decision.type}")
 
 
+def resolve_bake(decision: Decision, ledger: ControlLedger, at_ms: int) -> Issue:
+    """Whether the live agent issues a bake's revert: only while the promoted deployment still bakes."""
+    dep = ledger.deployments.get(decision.deployment_id)
+    if decision.command_id in ledger.applied_ids:
+        return Issue(decision, None, False, f"not issued: {decision.command_id} is already on the control topic")
+    if dep is None or not dep.baking(at_ms):
+        status = dep.status if dep is not None else "unknown"
+        return Issue(decision, None, False, f"not issued: the deployment no longer bakes (it is {status})")
+    return Issue(decision, decision_command(decision, ledger, at_ms), True, "issued: revert of a baking promotion")
+
+
 class DecisionStep:
     """Windows in (either arm, any order within a slot), judgements and issues out."""
 
@@ -107,13 +122,54 @@ class DecisionStep:
         self.ledger = ledger
         self.judge = Judge(policies.policy, baseline_wait_ms=baseline_wait_ms)
         self.rollouts: dict[str, RolloutTracker] = {}
+        # Promoted deployments in their bake (canary.core.bake): a judge of the promoted config's windows.
+        self.bakes: dict[str, DeploymentJudge] = {}
         # Issued but maybe not folded into the ledger yet: the next window must not issue them again — unless
         # the ledger refused the copy issued (a step it found premature): id → the ledger's refusals then.
         self._issued: dict[str, int] = {}
 
     def observe(self, window: WindowResult, arrival_ms: int) -> tuple[list[Judgement], list[Issue]]:
         self._regime(window.deployment_id)
-        return self._issues(self.judge.observe(window, arrival_ms), arrival_ms)
+        judgements, issues = self._issues(self.judge.observe(window, arrival_ms), arrival_ms)
+        baked, reverts = self._bake(window, arrival_ms)
+        return judgements + baked, issues + reverts
+
+    def _bake(self, window: WindowResult, arrival_ms: int) -> tuple[list[Judgement], list[Issue]]:
+        """A window of a promoted config during its bake, judged as its candidate windows were — with the
+        absolute rules (canary.core.bake) — and a revert when they roll it back. The judgement keeps the
+        window's own arm (last_good: it serves everyone now)."""
+        dep = self.ledger().deployments.get(window.deployment_id) if window.deployment_id else None
+        if (
+            dep is None
+            or window.arm != "last_good"
+            or window.config_name != dep.candidate.name
+            or dep.ended_at_ms is None
+            or window.window_start_ms < dep.ended_at_ms  # the promoted config alone in the window
+            or not dep.baking(window.window_end_ms)
+        ):
+            return [], []
+        judge = self.bakes.get(dep.deployment_id)
+        if judge is None:
+            judge = self.bakes[dep.deployment_id] = DeploymentJudge(
+                dep.deployment_id, bake_policy(dep.candidate.snapshot), baseline_wait_ms=0
+            )
+        judgements, issues = [], []
+        for j in judge.observe(msgspec.structs.replace(window, arm="candidate"), arrival_ms):
+            decision = j.decision
+            own = msgspec.structs.replace(j.window, arm="last_good")
+            if decision is not None and decision.type == "rollback":
+                assert dep.previous_last_good is not None  # baking() says so
+                decision = msgspec.structs.replace(
+                    decision,
+                    command_id=revert_command_id(dep.deployment_id),
+                    reason=f"bake: {decision.reason}; {dep.previous_last_good.name} serves again",
+                    window_id=own.window_id,
+                )
+                issues.append(resolve_bake(decision, self.ledger(), arrival_ms))
+            else:
+                decision = None
+            judgements.append(dataclasses.replace(j, window=own, decision=decision))
+        return judgements, issues
 
     def _regime(self, deployment_id: str | None) -> None:
         """A rollout step is a new regime for the judge's pooled evidence: it begins when the ledger says the
@@ -192,10 +248,15 @@ class DecisionStep:
         afresh too: the plan's step is the ledger's weight, so only the current step's count is lost)."""
         self.judge.deployments.pop(deployment_id, None)
         self.rollouts.pop(deployment_id, None)
+        self.bakes.pop(deployment_id, None)
         if state is None:
             return
-        judge_state = state.get("judge", state) if "rollout" in state else state  # older: the judge's alone
+        nested = "rollout" in state or "bake" in state
+        judge_state = state.get("judge", state) if nested else state  # older: the judge's alone
         self.judge.deployments[deployment_id] = DeploymentJudge.from_dict(judge_state)
+        bake = state.get("bake")
+        if isinstance(bake, dict):
+            self.bakes[deployment_id] = DeploymentJudge.from_dict(bake)
         rollout = state.get("rollout")
         if isinstance(rollout, dict):
             dep = self.ledger().deployments.get(deployment_id)
@@ -208,6 +269,12 @@ class DecisionStep:
         if judge is None:
             return None
         tracker = self.rollouts.get(deployment_id)
-        if tracker is None:
+        bake = self.bakes.get(deployment_id)
+        if tracker is None and bake is None:
             return judge.to_dict()
-        return {"judge": judge.to_dict(), "rollout": tracker.to_dict()}
+        state: JSONDict = {"judge": judge.to_dict()}
+        if tracker is not None:
+            state["rollout"] = tracker.to_dict()
+        if bake is not None:
+            state["bake"] = bake.to_dict()
+        return state
