@@ -169,6 +169,9 @@ class Settings:
     # Share of the candidate's answered requests the router also searches with last_good's config, for the
     # result-diff metrics (CANARY_DIFF_SAMPLE_RATE; router.search.DEFAULT_DIFF_SAMPLE_RATE; 0 turns it off).
     diff_sample_rate: float = 0.10
+    # The Prometheus server external metrics are queried on (CANARY_PROMETHEUS_URL, e.g.
+    # http://127.0.0.1:9090); None: an external metric is missing ("not_configured") in every window.
+    prometheus_url: str | None = None
 
     @property
     def recall_sample_rates(self) -> dict[str, float]:
@@ -335,6 +338,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             if env.get(f"CANARY_RECALL_SAMPLE_RATE_{arm.upper()}", "").strip()
         },
         diff_sample_rate=_fraction(env, "CANARY_DIFF_SAMPLE_RATE", 0.10),
+        prometheus_url=env.get("CANARY_PROMETHEUS_URL", "").strip() or None,
         kafka_security=_kafka_security(env),
         replication_factor=_replication_factor(env),
         create_topics=_bool(env, "CANARY_KAFKA_CREATE_TOPICS") if _given(env, "CANARY_KAFKA_CREATE_TOPICS") else None,

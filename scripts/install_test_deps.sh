@@ -4,11 +4,14 @@
 #   chromium  — headless browser, to check that report.html really renders its charts, and to drive the
 #               live dashboard (tests/integration/test_dashboard.py, through Playwright's Python package
 #               with executable_path=/usr/bin/chromium: no browser download, no chromium-driver needed)
+#   prometheus — a real Prometheus server, started by tests/integration/test_external_metrics.py on loopback,
+#               for the external-metric rules (Debian's package; its service is not started here)
 # Needs apt and root; on other systems install them with your package manager.
 set -euo pipefail
 missing=()
 command -v kcat >/dev/null 2>&1 || command -v kafkacat >/dev/null 2>&1 || missing+=(kcat)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -35,6 +35,7 @@ from canary.alerts import AlertDispatcher, alert_event
 from canary.config.environments import AlertTarget
 from canary.control.audit import invalid_control_event, outcome_event, state_event
 from canary.core import wire
+from canary.core.custom import with_external
 from canary.core.judge import Judgement
 from canary.core.models import RouterState, WindowResult
 from canary.core.outages import CONTEXT_KEY, OutageLog
@@ -42,6 +43,7 @@ from canary.kafka.clients import Cluster, faust_broker_url, faust_credentials
 from canary.kafka.topics import Topics
 from canary.observability.logs import deployment_context, set_deployment_provider
 from canary.observability.metrics import WorkerMetrics
+from canary.observability.promql import PrometheusSource
 from canary.observability.server import MetricsEndpoint, MetricsServer
 from canary.pipeline.decisions import DecisionStep
 from canary.pipeline.settings import DEFAULTS
@@ -107,6 +109,8 @@ class StreamsConfig:
     environment: str | None = None
     alerts: tuple[AlertTarget, ...] = ()
     alert_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Where external metrics are queried (canary.observability.promql); None: they are missing.
+    prometheus_url: str | None = None
     # Of the topics Faust creates itself (the table changelog, the assignor's leader topic).
     replication_factor: int = 1
     # /metrics, /healthz, /readyz (port 0: none).
@@ -171,6 +175,7 @@ class CanaryStreams:
         self.windows_topic = self._raw_topic(topics.windows, config.partitions)
         self.verdicts_topic = self._raw_topic(topics.verdicts, config.partitions)
         self.decisions = DecisionStep(self.registry.policies, lambda: self.registry.ledger)
+        self.prometheus = PrometheusSource(config.prometheus_url)
         self.alerts = (
             AlertDispatcher(config.alerts, config.alert_secrets, audit=self.audit.append_durably)
             if config.alerts
@@ -343,6 +348,7 @@ class CanaryStreams:
             self._last_good_p95[(dep_id, window.window_start_ms)] = window.p95_ms
             while len(self._last_good_p95) > 256:
                 self._last_good_p95.popitem(last=False)
+        window = await self._with_external(dep_id, window)
         judgements, issues = self.decisions.observe(window, now)
         late_judgements, late_issues = self.decisions.tick(now, dep_id)
         judgements = [self._noted(j) for j in judgements + late_judgements]
@@ -378,6 +384,20 @@ class CanaryStreams:
         state = self.decisions.state(dep_id)
         if state is not None:
             self.slo_state[dep_id] = state
+
+    async def _with_external(self, dep_id: str, window: WindowResult) -> WindowResult:
+        """A candidate window with its external metrics' values written in, queried now (bounded by each
+        metric's timeout); the judgement on canary_verdicts carries them, so a reader sees what was judged."""
+        dep = self.registry.ledger.deployments.get(dep_id)
+        if window.arm != "candidate" or dep is None or not dep.live:  # an ended canary's windows decide nothing
+            return window
+        external = [m for m in self.registry.policies.policy(dep_id).custom_metrics if m.external]
+        if not external:
+            return window
+        values = await self.prometheus.values(
+            external, dep_id, window.arm, window.config_name, window.window_start_ms, window.window_end_ms
+        )
+        return msgspec.structs.replace(window, stats=with_external(window.stats, values, external))
 
     async def _send_command(self, dep_id: str, command_id: str, value: bytes) -> None:
         """Until the broker has it: a decided rollback must go out however long the broker is away (raising

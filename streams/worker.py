@@ -56,6 +56,7 @@ def run_worker(
     environment: str | None = None,
     alerts: tuple[AlertTarget, ...] = (),
     alert_secrets: Mapping[str, str] | None = None,
+    prometheus_url: str | None = None,
     replication_factor: int = 1,
     metrics: MetricsEndpoint | None = None,
     log_format: LogFormat = "text",
@@ -74,6 +75,7 @@ def run_worker(
         environment=environment,
         alerts=alerts,
         alert_secrets=dict(alert_secrets or {}),
+        prometheus_url=prometheus_url,
         replication_factor=replication_factor,
         metrics=metrics or MetricsEndpoint(),
     )

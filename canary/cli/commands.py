@@ -103,6 +103,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         environment=settings.environment,
         alerts=alerts,
         alert_secrets=settings.alert_secrets,
+        prometheus_url=settings.prometheus_url,
         replication_factor=cluster_replication_factor(bootstrap, settings.replication_factor),
         metrics=metrics,
         log_format=log_format,
@@ -111,7 +112,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def parse_fault(spec: str) -> tuple[str, Any]:
-    """``NAME:latency_ms=1500,jitter_ms=100,error_rate=0.1,keep=0.3`` → (preset name, Fault)."""
+    """``NAME:latency_ms=1500,jitter_ms=100,error_rate=0.1,keep=0.3,reorder=1`` → (preset name, Fault)."""
     from router.backends.fault import Fault
 
     name, _, params = spec.partition(":")
@@ -119,13 +120,14 @@ def parse_fault(spec: str) -> tuple[str, Any]:
         raise ConfigError(f"--inject-fault {spec!r}: expected NAME:key=value,…")
     fields = {"latency_ms": "added_latency_ms", "jitter_ms": "latency_jitter_ms", "error_rate": "error_rate"}
     fields["keep"] = "keep_fraction"
-    values: dict[str, float] = {}
+    fields["reorder"] = "reorder_top10"  # 1: the top 10 reversed (the same documents, another order)
+    values: dict[str, Any] = {}
     for part in filter(None, params.split(",")):
         key, _, raw = part.partition("=")
         if key not in fields:
             raise ConfigError(f"--inject-fault {spec!r}: unknown key {key!r} (known: {', '.join(fields)})")
         try:
-            values[fields[key]] = float(raw)
+            values[fields[key]] = float(raw) if key != "reorder" else bool(float(raw))
         except ValueError:
             raise ConfigError(f"--inject-fault {spec!r}: {key} = {raw!r} is not a number") from None
     return name, Fault(**values)
@@ -319,7 +321,8 @@ def register(sub: Any) -> None:
         action="append",
         metavar="NAME:latency_ms=…,keep=…",
         help="FAULT INJECTION for demos/tests: make preset NAME slow (latency_ms, jitter_ms), failing "
-        "(error_rate) or degraded (keep = fraction of good results kept in place)",
+        "(error_rate), degraded (keep = fraction of good results kept in place) or reordered (reorder=1: the "
+        "top 10 reversed, the same documents; visible only by the result-diff metrics)",
     )
     router.add_argument("--insecure", action="store_true", help=_INSECURE_HELP)
     _service_options(router)

@@ -16,6 +16,7 @@ per declared metric, a plain sum that pools and merges by addition like every ot
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -28,6 +29,13 @@ from canary.core.sketch import QuantileSketch
 from canary.errors import SHAPE_ERRORS, ConfigError, InvalidEvent
 
 AGGREGATIONS: Final = ("mean", "rate", "p50", "p90", "p95", "p99")
+# Where a custom metric's values come from: the outcomes the routers publish, or one external number per
+# window from a Prometheus query (docs/contracts.md, "External metrics").
+SOURCES: Final = ("outcomes", "prometheus")
+# What a Prometheus query may name: replaced by the window's values (PromQL-escaped strings, numbers).
+QUERY_PLACEHOLDERS: Final = ("deployment", "arm", "config", "window_start", "window_end", "window_s")
+MAX_QUERY_CHARS: Final = 2000
+DEFAULT_QUERY_TIMEOUT_MS: Final = 2000
 QUANTILE_LEVELS: Final = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
 MAX_CUSTOM_METRICS: Final = 16
 
@@ -39,9 +47,20 @@ class CustomMetric:
     low: float = 0.0
     high: float = 1.0
     description: str = ""
+    source: str = "outcomes"  # one of SOURCES
+    query: str = ""  # source prometheus: the PromQL, with QUERY_PLACEHOLDERS
+    timeout_ms: int = DEFAULT_QUERY_TIMEOUT_MS
+
+    @property
+    def external(self) -> bool:
+        return self.source != "outcomes"
 
     def __post_init__(self) -> None:
         where = f"slo.metrics {self.name!r}"
+        if self.source not in SOURCES:
+            raise ConfigError(f"{where}: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.external and (self.aggregation != "mean" or not self.query):
+            raise ConfigError(f"{where}: an external metric is one value per window: aggregation mean and a query")
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(
                 f"{where}: aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}"
@@ -61,6 +80,9 @@ class CustomMetric:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = msgspec.to_builtins(self)
+        if not self.external:  # absent for the outcomes' own metrics: older snapshots keep their hashes
+            for key in ("source", "query", "timeout_ms"):
+                del d[key]
         return d
 
 
@@ -230,3 +252,49 @@ def custom_from_dict(d: Any) -> tuple[tuple[str, CustomStats], ...]:
     if not isinstance(d, Mapping):
         raise InvalidEvent(f"custom metric stats: expected an object, got {type(d).__name__}")
     return tuple(sorted((str(k), CustomStats.from_dict(v)) for k, v in d.items()))
+
+
+# -- external metrics: one value per window ---------------------------------------------------------------------
+def render_query(metric: CustomMetric, deployment_id: str, arm: str, config: str, start_ms: int, end_ms: int) -> str:
+    """The metric's PromQL for one window: strings as escaped PromQL string contents, times in seconds."""
+
+    def text(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    values = {
+        "deployment": text(deployment_id),
+        "arm": text(arm),
+        "config": text(config),
+        "window_start": format(start_ms / 1000, ".3f"),
+        "window_end": format(end_ms / 1000, ".3f"),
+        "window_s": str(max(1, round((end_ms - start_ms) / 1000))),
+    }
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], metric.query)
+
+
+_PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def with_external(
+    stats: Mapping[str, Any] | None, values: Mapping[str, float | str], metrics: Sequence[CustomMetric]
+) -> dict[str, Any]:
+    """A window's stats with its external metrics written in: a value becomes the metric's one sample
+    (``custom.<name>``, n = 1, so the point judge reads it like any custom mean), a missing one (a reason:
+    ``timeout``, ``error``, ``empty``, ``not_configured``) no sample — inconclusive, never a pass — and
+    ``external.<name>`` records either, for readers."""
+    out = dict(stats or {})
+    custom = dict(out.get("custom") or {})
+    external = dict(out.get("external") or {})
+    for metric in metrics:
+        got = values.get(metric.name, "not_queried")
+        if isinstance(got, float) and math.isfinite(got):
+            bin_ = round(metric.normalise(got) * RECALL_BINS)
+            custom[metric.name] = CustomStats(1, hist=((bin_, 1),)).to_dict()
+            external[metric.name] = {"value": got}
+        else:
+            custom.pop(metric.name, None)
+            external[metric.name] = {"missing": str(got)}
+    if custom:
+        out["custom"] = custom
+    out["external"] = external
+    return out

@@ -25,7 +25,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from canary.core.custom import AGGREGATIONS, MAX_CUSTOM_METRICS, RESULT_DIFF_METRICS, CustomMetric
+from canary.core.custom import (
+    AGGREGATIONS,
+    DEFAULT_QUERY_TIMEOUT_MS,
+    MAX_CUSTOM_METRICS,
+    MAX_QUERY_CHARS,
+    QUERY_PLACEHOLDERS,
+    RESULT_DIFF_METRICS,
+    SOURCES,
+    CustomMetric,
+)
 from canary.core.models import JSONDict
 from canary.core.validation import NO_VALUE, Collector, Section
 from canary.errors import ConfigError, InvalidEvent
@@ -487,14 +496,44 @@ def read_metric(m: Section) -> CustomMetric | None:
     high = _optional_number(m, "high", 1.0, low=-math.inf, high=math.inf)
     # Snapshots write an absent description as "": both mean none.
     description = "" if m.take("description") in (NO_VALUE, "") else m.string("description")
+    source = m.string("source", choices=SOURCES, required=False) or "outcomes"
+    query, timeout_ms = "", DEFAULT_QUERY_TIMEOUT_MS
+    if source == "outcomes":
+        for key in ("query", "timeout_ms"):
+            if m.take(key) is not NO_VALUE:
+                m.out.add(m.field(key), m.take(key), "only for an external metric (source: prometheus)")
+    else:
+        query = _query(m)
+        timeout_ms = m.integer("timeout_ms", minimum=100, default=DEFAULT_QUERY_TIMEOUT_MS)
+        if timeout_ms > 10_000:
+            m.out.add(m.field("timeout_ms"), timeout_ms, "must be <= 10000 (a window is judged after its query)")
+        if aggregation != "mean":
+            m.out.add(m.field("aggregation"), aggregation, "an external metric is one value per window: mean only")
     m.close()
     if len(m.out.errors) > errors_before:
         return None
     try:
-        return CustomMetric(name, aggregation, low, high, description)
+        return CustomMetric(name, aggregation, low, high, description, source, query, timeout_ms)
     except ConfigError as exc:  # low must be below high
         m.out.add(m.path, NO_VALUE, str(exc))
         return None
+
+
+def _query(m: Section) -> str:
+    """An external metric's PromQL: required, bounded, and naming only the window's placeholders."""
+    query = m.string("query")
+    if not query:
+        return ""
+    if len(query) > MAX_QUERY_CHARS:
+        m.out.add(m.field("query"), query, f"{len(query)} characters, more than {MAX_QUERY_CHARS}")
+    for name in QUERY_PLACEHOLDER.findall(query):
+        if name not in QUERY_PLACEHOLDERS:
+            allowed = ", ".join("{{" + p + "}}" for p in QUERY_PLACEHOLDERS)
+            m.out.add(m.field("query"), query, f"names {{{{{name}}}}}; a query may name only {allowed}")
+    return query
+
+
+QUERY_PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 def _read_rule(s: Section, inherited: _Inherited, declared: Mapping[str, CustomMetric]) -> SLORule | None:
@@ -529,11 +568,15 @@ def _read_rule(s: Section, inherited: _Inherited, declared: Mapping[str, CustomM
     else:
         threshold = s.number("threshold", positive=True)
     operator = s.string("operator", choices=OPERATORS)
-    # Per-rule values fall back to the section's, so the snapshot shows what is really applied.
+    # Per-rule values fall back to the section's, so the snapshot shows what is really applied. An external
+    # metric is one value per window: judged by its point value, one sample enough (docs: "External metrics").
+    external = metric in declared and declared[metric].external
+    if external and relative_to is not None:
+        s.out.add(s.field("relative_to"), relative_to, "an external metric is judged absolutely (no last_good query)")
     consecutive = s.integer("consecutive_buckets", default=inherited.consecutive_buckets)
-    min_samples = s.integer("min_samples", minimum=0, default=inherited.min_samples)
+    min_samples = s.integer("min_samples", minimum=0, default=1 if external else inherited.min_samples)
     confidence = _confidence(s, inherited.confidence)
-    method = _method(s, inherited.method)
+    method = _method(s, "point" if external else inherited.method)
     s.close()
     if len(s.out.errors) > errors_before:
         return None

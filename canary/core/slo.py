@@ -95,9 +95,11 @@ VerdictOutcome = Outcome
 
 
 def value_format(metric: str) -> str:
+    """How a metric's value is shown; a custom (declared, result-diff or external) metric with 4 significant
+    digits — its unit is its own."""
     if metric in QUANTILE_METRICS:
         return ".1f"
-    return {"recall_at_10": ".3f", "error_rate": ".4f", "response_count": "d"}[metric]
+    return {"recall_at_10": ".3f", "error_rate": ".4f", "response_count": "d"}.get(metric, ".4g")
 
 
 def _field(window: WindowResult | Mapping[str, Any], name: str) -> Any:

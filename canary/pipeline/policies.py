@@ -29,7 +29,10 @@ def aggregator_for_policy(policy: SLOPolicy) -> WindowAggregator:
     # the reports and the dashboard show them (docs/contracts.md, "Result-diff metrics"); a window whose
     # outcomes carry none has no custom stats, so older windows keep their exact JSON.
     declared = {m.name for m in policy.custom_metrics}
-    metrics = (*policy.custom_metrics, *(m for name, m in RESULT_DIFF_METRICS.items() if name not in declared))
+    # An external metric's one value per window is written by the SLO agent (canary.core.custom.with_external),
+    # never folded from outcomes: an outcome carrying a number of that name cannot touch it.
+    own = tuple(m for m in policy.custom_metrics if not m.external)
+    metrics = (*own, *(m for name, m in RESULT_DIFF_METRICS.items() if name not in declared))
     custom = CustomAggregation(metrics, {name: tuple(sorted(ts)) for name, ts in quantile_thresholds.items()})
     return WindowAggregator(
         latency_threshold_ms=latency, recall_threshold=recall, exceed_thresholds_ms=thresholds, custom=custom

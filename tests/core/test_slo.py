@@ -250,3 +250,23 @@ def test_a_rule_may_name_a_result_diff_metric_without_declaring_it() -> None:
     assert SLOPolicy.from_dict(policy.to_dict()) == policy  # the judge's checkpoint reads it back
     with pytest.raises(ConfigError, match=r"threshold|between"):
         policy_from_slo_section({"rules": [{"name": "r", "metric": "rbo_at_10", "operator": "ge", "threshold": 1.5}]})
+
+
+def test_a_point_rule_on_a_custom_metric_is_judged_not_a_crash() -> None:
+    """A custom metric judged by its point value (what every external metric is) used to raise KeyError in
+    value_format, stopping the SLO agent on the first window."""
+    from canary.core.custom import CustomMetric, with_external
+
+    cpu = CustomMetric("cpu", "mean", 0.0, 1.0, "", "prometheus", "max(cpu)")
+    rule = SLORule("cpu", "cpu", "le", 0.8, 2, min_samples=1, method="point", custom=cpu)
+    w = window()
+    breach = judge_window(rule, msgspec_replace(w, stats=with_external(w.stats, {"cpu": 0.95}, [cpu])))
+    assert (breach.outcome, breach.reason) == ("fail", "cpu=0.95 > 0.8 (n=1)")
+    missing = judge_window(rule, msgspec_replace(w, stats=with_external(w.stats, {"cpu": "timeout"}, [cpu])))
+    assert missing.outcome == "inconclusive"
+
+
+def msgspec_replace(w: WindowResult, **changes: Any) -> WindowResult:
+    import msgspec.structs
+
+    return msgspec.structs.replace(w, **changes)
