@@ -397,7 +397,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("stop", help="end the running canary: --promote or --rollback")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--promote", action="store_true", help="candidate becomes last_good and active")
-    group.add_argument("--rollback", action="store_true", help="all traffic back to last_good")
+    group.add_argument(
+        "--rollback",
+        action="store_true",
+        help="all traffic back to last_good; with no canary running, reverts a promotion still in its bake",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for acknowledgements")
     p.add_argument(
         "--allow-unacked",

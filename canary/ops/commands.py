@@ -476,13 +476,34 @@ async def stop_canary(
 ) -> Ack:
     """Promote or roll back the running canary. ``issued_by`` defaults to ``cli:<user>``; with
     ``deployment_id`` the command is sent only if that deployment is a running one (without it, only if
-    exactly one runs)."""
+    exactly one runs). A rollback with no canary running reverts a promotion still in its bake
+    (canary.core.bake): its previous last_good serves again."""
     view = await read_view_async(bootstrap, topics, verifier=security.verifier(topics.control))
     kind: CommandType = "promote" if promote else "rollback"
-    target = _running(view, "stop", deployment_id, via)
     who = issued_by or operator()
+    baking = _baking(view) if not promote else None
+    if baking is not None and deployment_id in (None, baking.deployment_id) and not view.ledger.live:
+        assert baking.previous_last_good is not None
+        why = reason or f"manual revert of the promotion by {who}; {baking.previous_last_good.name} serves again"
+        cmd = _command(kind, baking.deployment_id, issued_by=who, reason=why, weight=0.0)
+        return await issue(bootstrap, topics, cmd, view, timeout, security)
+    target = _running(view, "stop", deployment_id, via)
     cmd = _command(kind, target, issued_by=who, reason=reason or f"manual {kind} by {who}", weight=0.0)
     return await issue(bootstrap, topics, cmd, view, timeout, security)
+
+
+def _baking(view: ControlView) -> Any:
+    """The promoted deployment still in its bake whose config serves now, if any."""
+    ledger = view.ledger
+    now = now_ms()
+    for dep in ledger.deployments.values():
+        if (
+            dep.baking(now)
+            and ledger.last_good is not None
+            and dep.candidate.content_hash == ledger.last_good.content_hash
+        ):
+            return dep
+    return None
 
 
 async def simple_command(

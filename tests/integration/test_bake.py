@@ -14,6 +14,7 @@ import pytest
 
 from canary.core.bake import revert_command_id
 from canary.core.deployment import snapshot_hash
+from canary.ops.commands import stop_canary
 from canary.settings import Settings
 from devtools.harness import (
     LoadGenerator,
@@ -23,6 +24,7 @@ from devtools.harness import (
     make_backend,
     preset_ref,
     read_all,
+    security,
     send_command,
     start_command,
 )
@@ -82,3 +84,31 @@ async def test_a_promoted_config_that_degrades_is_reverted_within_its_bake(worke
     assert reverted_after is not None and reverted_after < 40
     audit = worker.audit_log.read_text()
     assert revert_command_id(dep) in audit
+
+
+async def test_an_operator_reverts_a_baking_promotion(worker: WorkerProcess) -> None:
+    """``canary stop --rollback`` with no canary running reverts the promotion still in its bake."""
+    router = RouterService(
+        worker.bootstrap, worker.topics, make_backend(), preset_ref("last_good"), consume_requests=False
+    )
+    await router.start()
+    cmd = start_command("candidate_high_recall", weight=0.2)
+    snapshot = {**cmd.candidate_config, "bake": {"duration_s": 300.0}}
+    cmd = msgspec.structs.replace(cmd, candidate_config=snapshot, candidate_config_hash=snapshot_hash(snapshot))
+    dep = cmd.deployment_id
+    try:
+        await send_command(worker.bootstrap, worker.topics, cmd)
+        while dep not in router.ledger.deployments:
+            await asyncio.sleep(0.05)
+        await send_command(worker.bootstrap, worker.topics, end_command(dep, "promote"))
+        while router.ledger.deployments[dep].status != "promoted":
+            await asyncio.sleep(0.05)
+        ack = await stop_canary(
+            worker.bootstrap, worker.topics, promote=False, security=security(), issued_by="cli:alice", timeout=10
+        )
+        assert ack.command.deployment_id == dep and ack.command.type == "rollback"
+        assert router.router_id in ack.acked_by
+        assert router.ledger.deployments[dep].status == "rolled_back"
+        assert router.ledger.last_good is not None and router.ledger.last_good.name == "last_good"
+    finally:
+        await router.stop()
