@@ -114,3 +114,19 @@ async def test_rollback_and_promotion_reports_read_true_in_chromium(page: Any, t
         "slo-agent",
     ]
     assert "promote" in await page.locator("table.commands tr.command-promote").inner_text()
+
+
+async def test_the_result_diff_card_reads_true_in_chromium(page: Any, tmp_path: Path) -> None:
+    """Issue #23: a candidate compared with last_good on the same queries — the card a reader sees."""
+    import msgspec.structs
+
+    from tests.reports.test_result_diff_display import _window
+
+    sc = build_with_aftermath(T0, "canary_diff")
+    measured = _window(0, [0.5] * 4, changed=2).stats
+    windows = [msgspec.structs.replace(w, stats=measured) if w.arm == "candidate" else w for w in sc.windows]
+    write_report_html(build_report(commands=sc.command_dicts, windows=windows, now_ms=T0 + 900_000), tmp_path / "diff")
+    await _open(page, tmp_path / "diff", tmp_path / "diff-report.png")
+    value, compare = await _kpi(page, "Candidate vs last_good top 10")
+    assert value == "RBO 0.5"
+    assert compare.startswith("Jaccard 1 · first result changed 50% · ") and compare.endswith("queries compared")
