@@ -180,8 +180,10 @@ class CanaryExecutor:
         collection_name: str,
         user_id: str | None = None,
         relevant_ids: list[str] | None = None,
+        attributes: dict[str, str] | None = None,
     ) -> tuple[list[str], dict[str, Any]]:
-        """Route (sticky split), search, publish the outcome; returns (ranked ids, config used).
+        """Route (sticky split, or a ring of the candidate's: ``attributes`` such as ``{"tenant": "acme"}``),
+        search, publish the outcome; returns (ranked ids, config used).
 
         ConfigError, before anything is searched or published, when ``collection_name`` is not a collection
         of the backend serving the request's config (a backend that cannot list its collections, e.g. an
@@ -189,7 +191,7 @@ class CanaryExecutor:
         router = self._ensure_router()
         assert self._loop is not None
         results: tuple[list[str], dict[str, Any]] = self._loop.run(
-            router.execute_search(query, collection_name, user_id, relevant_ids)
+            router.execute_search(query, collection_name, user_id, relevant_ids, attributes=attributes)
         )
         return results
 

@@ -13,6 +13,9 @@ from canary.core import structs
 
 NonEmpty = Annotated[str, Meta(min_length=1)]
 MAX_LABELS = 10_000  # relevance labels per request (REQUEST's bounds keep the record to 256 KiB anyway)
+MAX_ATTRIBUTES = 8
+AttributeName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+AttributeValue = Annotated[str, Meta(max_length=128)]
 
 
 class SearchRequest(msgspec.Struct, frozen=True):
@@ -24,6 +27,8 @@ class SearchRequest(msgspec.Struct, frozen=True):
     user_id: str | None = None
     ts: int | None = None  # epoch ms as the producer stamped it (not read by the router)
     relevant_ids: Annotated[tuple[str, ...], Meta(max_length=MAX_LABELS)] | None = None
+    # What rings may target besides the user id (canary.core.rings): e.g. {"tenant": "acme"}.
+    attributes: Annotated[dict[AttributeName, AttributeValue], Meta(max_length=MAX_ATTRIBUTES)] | None = None
 
     @property
     def routing_key(self) -> str:
@@ -33,6 +38,8 @@ class SearchRequest(msgspec.Struct, frozen=True):
         d: dict[str, Any] = msgspec.to_builtins(self)
         if self.relevant_ids is not None:  # to_builtins keeps a tuple a tuple; the JSON value is a list
             d["relevant_ids"] = list(self.relevant_ids)
+        if self.attributes is None:  # absent without attributes: requests keep their exact JSON
+            del d["attributes"]
         return d
 
     @classmethod

@@ -22,6 +22,7 @@ import msgspec.structs
 
 from canary.core.deployment import ConfigRef, ControlLedger
 from canary.core.models import ARMS, MAX_OUTCOME_METRICS, Arm, SearchOutcome
+from canary.core.rings import Ring, match_ring, rings_of_snapshot
 from canary.core.split import baseline_of, candidate_of, user_group
 from canary.observability.metrics import RouterMetrics
 from router.backends.base import (
@@ -130,15 +131,19 @@ class ConfigUsed:
     content_hash: str
     arm: Arm
     deployment_id: str | None
+    ring: str | None = None  # the ring that routed the request (canary.core.rings); None: the sticky split
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "config_name": self.name,
             "config_version": self.version,
             "config_hash": self.content_hash,
             "arm": self.arm,
             "deployment_id": self.deployment_id,
         }
+        if self.ring is not None:
+            d["ring"] = self.ring
+        return d
 
 
 class Searcher:
@@ -188,6 +193,7 @@ class Searcher:
         self._mirror_max = max(0, max_mirror_in_flight)
         self._mirror_in_flight = 0
         self.exact_tasks: set[asyncio.Task[None]] = set()  # every background measurement, exact or diff
+        self._rings: dict[str, tuple[Ring, ...]] = {}  # per deployment, read once from its signed snapshot
 
     def route(self, request: SearchRequest) -> tuple[ConfigRef, ConfigUsed]:
         """Pick the arm for a request from the state as it is right now (one or several candidates)."""
@@ -201,6 +207,9 @@ class Searcher:
                 last_good.name, last_good.version, last_good.content_hash, "last_good", deployment_id
             )
         running = [d for d in live if d.status == "running"]
+        ringed = self._ring_route(request, running) if running and not self._stale() else None
+        if ringed is not None:
+            return ringed
         chosen = None
         if running and self._stale():
             # Fail safe: a view of the control topic older than the bound may miss a rollback.
@@ -219,6 +228,26 @@ class Searcher:
         used = ConfigUsed(config.name, config.version, config.content_hash, arm, dep.deployment_id)  # type: ignore[arg-type]
         return config, used
 
+    def _ring_route(self, request: SearchRequest, running: list[Any]) -> tuple[ConfigRef, ConfigUsed] | None:
+        """The first running deployment with a ring this request belongs to decides its arm (a ring to the
+        candidate takes it whatever the hash says; one to last_good keeps it away). Never while the control
+        view is stale: the fail-safe sends everyone to last_good."""
+        for dep in running:
+            rings = self._rings.get(dep.deployment_id)
+            if rings is None:
+                rings = self._rings[dep.deployment_id] = rings_of_snapshot(dep.candidate.snapshot)
+                while len(self._rings) > 64:  # bounded: ended deployments' entries go first
+                    del self._rings[next(iter(self._rings))]
+            ring = match_ring(rings, request.user_id, request.attributes) if rings else None
+            if ring is None:
+                continue
+            config = dep.candidate if ring.to == "candidate" else dep.last_good
+            arm: Arm = "candidate" if ring.to == "candidate" else "last_good"
+            return config, ConfigUsed(
+                config.name, config.version, config.content_hash, arm, dep.deployment_id, ring.name
+            )
+        return None
+
     async def execute_search(
         self,
         query: str,
@@ -226,6 +255,7 @@ class Searcher:
         user_id: str | None = None,
         relevant_ids: list[str] | None = None,
         request_id: str | None = None,
+        attributes: dict[str, str] | None = None,
     ) -> tuple[list[str], dict[str, Any]]:
         """The spec's in-process API: route, search, publish the outcome, return (results, config_used).
         ConfigError, before anything is counted or published, if the backend serving the request's config
@@ -237,6 +267,7 @@ class Searcher:
             user_id=user_id,
             ts=now_ms(),
             relevant_ids=tuple(relevant_ids) if relevant_ids is not None else None,
+            attributes=attributes,
         )
         results, used, ack, delivery = await self.handle(request, check_collection=True)
         if ack.done():
@@ -299,8 +330,8 @@ class Searcher:
         """The shadow candidate's search for this last_good request if its deployment is in shadow, the
         request is in the mirrored share and a slot is free (a full router drops it, counted). Never while the
         control view is stale: it may have missed the rollback that ended the shadow."""
-        if used.arm != "last_good" or used.deployment_id is None:
-            return None
+        if used.arm != "last_good" or used.deployment_id is None or used.ring is not None:
+            return None  # a ring's request is targeted traffic, not a sample of last_good's users
         dep = self.ledger.deployments.get(used.deployment_id)
         if dep is None or not sampled_for_mirror(request.request_id, dep.shadow_share) or self._stale():
             return None
@@ -383,6 +414,7 @@ class Searcher:
             router_id=self.router_id,
             metrics=metrics or None,
             user_group=user_group(request.routing_key),
+            ring=used.ring,
         )
         exact = None if request.relevant_ids or error else self.exact_for(backend, request, used.arm)
         diff = None if error else self.diff_for(request, used)

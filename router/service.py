@@ -307,6 +307,10 @@ class RouterService:
         user_id: str | None = None,
         relevant_ids: list[str] | None = None,
         request_id: str | None = None,
+        attributes: dict[str, str] | None = None,
     ) -> tuple[list[str], dict[str, Any]]:
-        """The spec's in-process API (router.search.Searcher.execute_search)."""
-        return await self.searcher.execute_search(query, collection_name, user_id, relevant_ids, request_id)
+        """The spec's in-process API (router.search.Searcher.execute_search); ``attributes`` are what rings
+        may target besides the user id (e.g. ``{"tenant": "acme"}``)."""
+        return await self.searcher.execute_search(
+            query, collection_name, user_id, relevant_ids, request_id, attributes=attributes
+        )

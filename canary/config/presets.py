@@ -31,6 +31,8 @@ from canary.config.yamlfile import read_yaml
 from canary.core.bake import MAX_BAKE_S
 from canary.core.deployment import snapshot_hash
 from canary.core.policy import SLORule, SLOSection, read_section
+from canary.core.rings import ATTRIBUTE, MAX_RING_VALUES, MAX_RINGS, TARGETS, Ring
+from canary.core.rings import NAME as RING_NAME
 from canary.core.rollout import (
     DEFAULT_MIN_TOTAL_DURATION_S,
     DEFAULT_MIN_WINDOWS,
@@ -106,6 +108,8 @@ class Preset:
     slo_template: TemplateStamp | None = None
     # Bake after promotion (canary.core.bake); None: not written (a plan bakes for the default, else none).
     bake: BakeSection | None = None
+    # Targeted traffic (canary.core.rings): who always, or never, gets the candidate.
+    rings: tuple[Ring, ...] = ()
     source: str | None = field(default=None, compare=False)  # where it was loaded from; not content
     _hash: str = field(init=False, repr=False, compare=False)
 
@@ -139,6 +143,8 @@ class Preset:
             snapshot["rollout"] = self.rollout.to_dict()
         if self.bake is not None:  # absent unless written: older presets keep their hashes
             snapshot["bake"] = {"duration_s": self.bake.duration_s}
+        if self.rings:  # absent without rings: older presets keep their hashes
+            snapshot["rings"] = [r.to_dict() for r in self.rings]
         if self.slo_template is not None:  # absent, not null, without a template: older presets keep their hashes
             snapshot["slo_template"] = self.slo_template.to_dict()
         if self.environment is not None:
@@ -207,6 +213,7 @@ def _parse(data: object, label: str, *, stem: str | None, source: str | None, te
         backend=parse_backend(root),
         rollout=_rollout(root),
         bake=_bake(root),
+        rings=_rings(root),
         environment=_environment_stamp(root),
         slo_template=slo_template,
         source=source,
@@ -312,6 +319,31 @@ def _slo(root: Section, templates: Path | None) -> tuple[SLOConfig, TemplateStam
     return section, expansion.stamp
 
 
+def _rings(root: Section) -> tuple[Ring, ...]:
+    """``rings: [{name, attribute, values, to}]``: at most 8, names unique, values non-empty strings."""
+    entries = root.sections("rings")
+    if len(entries) > MAX_RINGS:
+        root.out.add("rings", NO_VALUE, f"at most {MAX_RINGS} rings, got {len(entries)}")
+        return ()
+    rings: list[Ring] = []
+    for s in entries:
+        name = s.string("name", pattern=RING_NAME, hint="lower-case letters, digits, '_' or '-' (at most 32)")
+        attribute = s.string(
+            "attribute", pattern=ATTRIBUTE, hint="'user_id' or a request attribute name (lower-case, at most 32)"
+        )
+        to = s.string("to", choices=TARGETS)
+        values = s.strings("values")
+        if s.out.ok(s.field("values")) and not values:
+            s.out.add(s.field("values"), [], "list at least one value to match")
+        elif len(values) > MAX_RING_VALUES:
+            s.out.add(s.field("values"), len(values), f"at most {MAX_RING_VALUES} values")
+        if name and any(r.name == name for r in rings):
+            s.out.add(s.field("name"), name, "another ring has this name")
+        s.close()
+        rings.append(Ring(name, attribute, frozenset(values), to))  # type: ignore[arg-type]
+    return tuple(rings)
+
+
 @dataclass(frozen=True, slots=True)
 class BakeSection:
     duration_s: float  # 0: no bake (a plan's default bake turned off)
@@ -319,9 +351,10 @@ class BakeSection:
 
 def _bake(root: Section) -> BakeSection | None:
     """``bake: {duration_s: N}`` (0 < N ≤ a week; 0 turns a plan's default bake off), or ``bake: null``."""
-    if not root.has("bake"):
+    raw = root.take("bake")
+    if raw is NO_VALUE:
         return None
-    if root.take("bake") is None:
+    if raw is None:
         return BakeSection(0.0)
     s = root.section("bake")
     seconds = _optional_number(s, "duration_s", -1.0, low=0, high=MAX_BAKE_S, open_ends=False)

@@ -20,6 +20,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from canary.core import structs
+from canary.core.rings import RING_SEPARATOR
 from canary.core.split import USER_GROUPS
 from canary.errors import InvalidEvent
 
@@ -261,6 +262,9 @@ class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
     # The user's group (canary.core.split.user_group of the request's routing key): the judge estimates from it
     # how much requests cluster by user within a window. None: a router from before the field.
     user_group: Annotated[int, Meta(ge=0, lt=USER_GROUPS)] | None = None
+    # The ring that routed this request (canary.core.rings); None: the sticky split did. Its windows are a
+    # series of their own (arm "candidate@<ring>"), never judged with the random traffic.
+    ring: Name | None = None
     # Never on an outcome: ``kind`` tells a producer's watermark record from one. Declared (always UNSET,
     # never encoded) so that decoding a record that carries it fails, and the decoder hands that record to
     # the path that reads it as a watermark record, exactly as the reference does (an escaped "\u006bind"
@@ -278,6 +282,12 @@ class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
             )
         router_id, config_name, deployment_id = self.router_id, self.config_name, self.deployment_id
         seen = _SAFE_SEEN
+        if self.ring is not None:
+            _safe(f"SearchOutcome(event_id={self.event_id!r})", "ring", self.ring)
+            if RING_SEPARATOR in self.ring:
+                raise InvalidEvent(
+                    f"SearchOutcome(event_id={self.event_id!r}).ring: not a ring name: {self.ring!r:.100}"
+                )
         if (
             router_id not in seen
             or config_name not in seen
@@ -300,13 +310,16 @@ class SearchOutcome(msgspec.Struct, frozen=True, gc=False):
     @property
     def window_key(self) -> WindowKey:
         # Inlined cache hit (the window core asks once per outcome); a miss builds and caches the key.
-        key = _KEYS.get((self.deployment_id, self.config_name, self.arm))
-        return window_key_of(self.deployment_id, self.config_name, self.arm) if key is None else key
+        arm = self.arm if self.ring is None else f"{self.arm}{RING_SEPARATOR}{self.ring}"
+        key = _KEYS.get((self.deployment_id, self.config_name, arm))
+        return window_key_of(self.deployment_id, self.config_name, arm) if key is None else key
 
     def to_dict(self) -> JSONDict:
         d: JSONDict = msgspec.to_builtins(self)
         if not self.metrics:
             d.pop("metrics", None)
+        if self.ring is None:  # absent without a ring: outcomes keep their exact JSON
+            d.pop("ring", None)
         return d
 
     @classmethod

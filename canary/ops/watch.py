@@ -17,6 +17,7 @@ from canary.core.custom import result_diff
 from canary.core.judge import Judgement, evidence_text, format_value
 from canary.core.models import WindowResult, iso_ms
 from canary.core.outages import OutageNote
+from canary.core.rings import split_ring_arm
 from canary.errors import CanaryError
 from canary.kafka.clients import Cluster, consumer_kwargs
 from canary.kafka.topics import Topics, topic_partitions
@@ -134,6 +135,8 @@ def format_window(window: WindowResult, streak: str = "") -> str:
         recall += f" rbo@10={diff['rbo_at_10']:.2f} (n={diff['samples']})"
     if window.arm == "candidate":
         verdicts = "; ".join(evidence_text(v) for v in window.verdicts) or "not judged"
+    elif split_ring_arm(window.arm)[1] is not None:
+        verdicts = "ring traffic (not judged)"
     else:
         verdicts = "baseline"
     return (

@@ -21,6 +21,7 @@ from canary.core.deployment import ControlLedger, Deployment
 from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, WindowResult
 from canary.core.outages import BrokerOutage, OutageNote, OutagePhase, merge_outages
+from canary.core.rings import split_ring_arm
 from canary.core.slo import SLORule, deployment_policy
 from canary.errors import CanaryError, DeploymentError
 from canary.security import CommandVerifier
@@ -94,6 +95,8 @@ class DeploymentReport:
     notes: tuple[str, ...] = field(default=())
     # Broker outages the worker noted on this deployment's judgements (canary.core.outages), oldest first.
     outages: tuple[BrokerOutage, ...] = field(default=())
+    # Ring traffic (canary.core.rings): its own window series per ring and arm, never judged; shown apart.
+    ring_windows: tuple[WindowResult, ...] = field(default=())
 
     @property
     def deployment_id(self) -> str:
@@ -435,7 +438,20 @@ def build_report(
         source=source,
         notes=tuple(notes),
         outages=touched,
+        ring_windows=ring_windows_of(all_windows, dep.deployment_id),
     )
+
+
+def ring_windows_of(windows: Iterable[WindowResult], deployment_id: str) -> tuple[WindowResult, ...]:
+    """The deployment's ring series (arm ``candidate@<ring>`` / ``last_good@<ring>``), deduplicated by window
+    id (the last emitted wins), in time order."""
+    by_id: dict[str, WindowResult] = {}
+    for w in windows:
+        if w.deployment_id == deployment_id and split_ring_arm(w.arm)[1] is not None:
+            prev = by_id.get(w.window_id)
+            if prev is None or w.emitted_at_ms >= prev.emitted_at_ms:
+                by_id[w.window_id] = w
+    return tuple(sorted(by_id.values(), key=_window_order))
 
 
 def outages_of_judgements(judgements: Iterable[Judgement]) -> tuple[BrokerOutage, ...]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from canary.core.models import parse_time
 from canary.core.outages import OutageNote
+from canary.core.rings import split_ring_arm
 from canary.errors import CanaryError
 from canary.render.charts import Chart
 from canary.render.format import clock, duration, fmt_ms, fmt_pct, fmt_recall, fmt_value, rel, utc
@@ -136,6 +137,19 @@ def cards(report: DeploymentReport) -> list[dict[str, str]]:
                 judged("rbo_at_10") or judged("jaccard_at_10") or judged("top1_changed"),
             )
         )
+    ring_cards = []
+    for (arm, ring), windows in _ring_series(report).items():
+        stats = summarize(windows)
+        target = report.candidate_name if arm == "candidate" else report.last_good_name
+        ring_cards.append(
+            kpi(
+                f"Ring {ring} → {arm}",
+                f"{stats['total_requests']:,} requests",
+                f"{target} · avg p95 {fmt_ms(stats['avg_p95_ms'])} · recall@10 {fmt_recall(stats['avg_recall_at_10'])}"
+                f" · not judged (random candidate traffic: avg p95 {fmt_ms(cand['avg_p95_ms'])}, "
+                f"{cand['total_requests']:,} requests)",
+            )
+        )
     return [
         kpi(
             "Candidate avg p95",
@@ -166,7 +180,18 @@ def cards(report: DeploymentReport) -> list[dict[str, str]]:
             "last_good / candidate",
         ),
         *diff_cards,
+        *ring_cards,
     ]
+
+
+def _ring_series(report: DeploymentReport) -> dict[tuple[str, str], list[Any]]:
+    """The report's ring windows by (arm, ring), in the order rings first appear."""
+    series: dict[tuple[str, str], list[Any]] = {}
+    for w in report.ring_windows:
+        arm, ring = split_ring_arm(w.arm)
+        if ring is not None:
+            series.setdefault((arm, ring), []).append(w)
+    return series
 
 
 def chart_panels(report: DeploymentReport) -> list[ChartPanel]:

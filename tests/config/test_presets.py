@@ -424,8 +424,8 @@ _DELETE = object()
         (
             {"extras": {"a": 1}},
             'extras = {"a": 1}: unknown field '
-            "(allowed: backend, derived_params, environment, macro_knobs, metadata, reranker, retriever, rollout, slo, "
-            "slo_template)",
+            "(allowed: backend, bake, derived_params, environment, macro_knobs, metadata, reranker, retriever, rings, "
+            "rollout, slo, slo_template)",
         ),
         ({"metadata.version": 1.1}, "metadata.version = 1.1: expected a string, got number (quote it)"),
         ({"retriever.type": "sparse"}, 'retriever.type = "sparse": must be one of hybrid, dense, bm25'),
