@@ -7,16 +7,19 @@ preset's absolute rules, and a breach reverts the promotion (``rollback`` with i
 signed and audited like any rollback). A preset with a rollout plan bakes for ``DEFAULT_BAKE_S`` unless its
 section says otherwise (``bake: null`` or ``duration_s: 0``: no bake); one without a plan bakes only when
 it asks. Relative rules need last_good beside the candidate, which a promoted config no longer has: they
-are left out of the bake (the absolute ones guard it).
+are judged against the previous config's figures recorded before the promotion (its pooled windows) — an
+absolute threshold derived from them (a ratio times its p95, an offset from its rate) — and left out when
+there is no such figure.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Final
 
-from canary.core.policy import SLOPolicy, deployment_policy
+from canary.core.policy import QUANTILE_METRICS, SLOPolicy, SLORule, deployment_policy
 
 DEFAULT_BAKE_S: Final = 300.0
 MAX_BAKE_S: Final = 7 * 86_400.0
@@ -43,9 +46,25 @@ def bake_seconds(snapshot: Mapping[str, Any] | None) -> float | None:
     return float(seconds) if 0 < seconds <= MAX_BAKE_S else None
 
 
-def bake_policy(snapshot: Mapping[str, Any] | None) -> SLOPolicy:
-    """What a baking config is judged with: the deployment's policy without its relative rules, and without
-    the low-traffic pause (a promoted config serves everyone: a pause has nothing to stop)."""
+def bake_policy(snapshot: Mapping[str, Any] | None, previous: Mapping[str, float] | None = None) -> SLOPolicy:
+    """What a baking config is judged with: the deployment's absolute rules, its relative rules made absolute
+    against ``previous`` (the previous last_good's figure per metric, recorded before the promotion; a rule
+    without one is left out), and no low-traffic pause (a promoted config serves everyone)."""
     policy = deployment_policy(snapshot)
-    rules = tuple(r for r in policy.rules if not r.relative)
-    return SLOPolicy(rules, 0, policy.min_samples, policy.custom_metrics, policy.horizon_s, policy.regimes)
+    rules = []
+    for rule in policy.rules:
+        if not rule.relative:
+            rules.append(rule)
+        elif previous is not None and rule.metric in previous:
+            rules.append(_against(rule, previous[rule.metric]))
+    return SLOPolicy(tuple(rules), 0, policy.min_samples, policy.custom_metrics, policy.horizon_s, policy.regimes)
+
+
+def _against(rule: SLORule, value: float) -> SLORule:
+    """A relative rule as an absolute one against a recorded last_good figure."""
+    if rule.metric in QUANTILE_METRICS:
+        threshold = max(rule.threshold * value, 1e-9)
+    else:
+        low, high = (rule.custom.low, rule.custom.high) if rule.custom is not None else (0.0, 1.0)
+        threshold = min(max(value + rule.threshold, low), high)
+    return replace(rule, threshold=threshold, relative_to=None)

@@ -671,6 +671,20 @@ class DeploymentJudge:
         if shared and start not in decisive.shared:
             decisive.shared = [*decisive.shared, start][-MAX_EVIDENCE:]
 
+    def previous_figures(self) -> dict[str, float]:
+        """last_good's figure for each relative rule's metric, pooled over every window of it this judge took
+        (the bake judges a promoted config against these: canary.core.bake)."""
+        if self.baseline.count == 0:
+            return {}
+        window = {"stats": self.baseline.to_dict(), **_summary(self.baseline)}
+        values = {}
+        for rule in self.policy.rules:
+            if rule.relative:
+                value = window_point_value(rule.metric, window, rule.custom)
+                if value is not None and math.isfinite(value):
+                    values[rule.metric] = float(value)
+        return values
+
     def dispersion(self, rule: SLORule) -> float:
         """The rule's design effect so far (1: requests as good as independent)."""
         return dispersion(*self.clustering.get(rule.name, (0.0, 0.0, 0.0)))

@@ -150,8 +150,11 @@ class DecisionStep:
             return [], []
         judge = self.bakes.get(dep.deployment_id)
         if judge is None:
+            # The previous last_good's figures, pooled by the deployment's judge before the promotion.
+            canary = self.judge.deployments.get(dep.deployment_id)
+            previous = canary.previous_figures() if canary is not None else None
             judge = self.bakes[dep.deployment_id] = DeploymentJudge(
-                dep.deployment_id, bake_policy(dep.candidate.snapshot), baseline_wait_ms=0
+                dep.deployment_id, bake_policy(dep.candidate.snapshot, previous), baseline_wait_ms=0
             )
         judgements, issues = [], []
         for j in judge.observe(msgspec.structs.replace(window, arm="candidate"), arrival_ms):

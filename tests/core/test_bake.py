@@ -115,3 +115,41 @@ def test_the_decision_step_reverts_a_degraded_bake_and_keeps_a_healthy_one() -> 
     again = DecisionStep(PolicyBook(ledger), lambda: ledger)
     again.restore("d1", state)
     assert again.bakes["d1"].to_dict() == step.bakes["d1"].to_dict()
+
+
+def test_relative_rules_bake_against_the_previous_configs_recorded_figures() -> None:
+    relative = {"name": "rel-p95", "metric": "p95_ms", "operator": "le", "threshold": 1.5, "relative_to": "last_good"}
+    offset = {
+        "name": "rel-recall",
+        "metric": "recall_at_10",
+        "operator": "ge",
+        "threshold": -0.05,
+        "relative_to": "last_good",
+    }
+    snapshot = _cand(slo={"p95_ms": 1200, "recall_at_10": 0.3, "rules": [relative, offset]})
+    policy = bake_policy(snapshot, {"p95_ms": 200.0, "recall_at_10": 0.5})
+    rules = {r.name: r for r in policy.rules}
+    assert (rules["rel-p95"].threshold, rules["rel-p95"].relative_to) == (300.0, None)
+    assert rules["rel-recall"].threshold == pytest.approx(0.45)
+    assert "rel-p95" not in {r.name for r in bake_policy(snapshot, {}).rules}  # no recorded figure: left out
+
+
+def test_the_deployments_judge_records_last_goods_figures_for_the_bake() -> None:
+    from canary.core.judge import DeploymentJudge
+    from canary.core.policy import policy_from_slo_section
+
+    relative = {"name": "rel-p95", "metric": "p95_ms", "operator": "le", "threshold": 1.5, "relative_to": "last_good"}
+    policy = policy_from_slo_section({"p95_ms": 1200, "recall_at_10": 0.3, "rules": [relative]})
+    judge = DeploymentJudge("d1", policy, baseline_wait_ms=0)
+    for i in range(3):
+        judge.observe(_last_good_window(i, 200.0, t0=0), (i + 1) * W + 1000)
+        agg = aggregator_for_policy(policy)
+        start = i * W
+        outcomes = [outcome(start + j, 210.0, deployment_id="d1", config_name="cand") for j in range(40)]
+        state = agg.agg(agg.initialize(), outcomes)
+        judge.observe(
+            agg.result(state, WindowKey("d1", "cand", "candidate"), start, start + W, (), start + W + 1000),
+            start + W + 1000,
+        )
+    figures = judge.previous_figures()
+    assert set(figures) == {"p95_ms"} and figures["p95_ms"] == pytest.approx(200.0, rel=0.05)
