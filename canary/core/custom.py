@@ -298,3 +298,21 @@ def with_external(
         out["custom"] = custom
     out["external"] = external
     return out
+
+
+def recorded_external(stats: Mapping[str, Any] | None) -> dict[str, float | str]:
+    """What :func:`with_external` wrote into a window's stats, read back (a replay judges these again rather
+    than query Prometheus for the past); malformed entries are skipped."""
+    raw = (stats or {}).get("external")
+    out: dict[str, float | str] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for name, entry in raw.items():
+        if not isinstance(name, str) or not isinstance(entry, Mapping):
+            continue
+        value, missing = entry.get("value"), entry.get("missing")
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+        elif isinstance(missing, str):
+            out[name] = missing[:64]
+    return out

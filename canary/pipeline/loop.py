@@ -31,9 +31,12 @@ recorded (or generated) traffic at every step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import msgspec.structs
+
+from canary.core.custom import with_external
 from canary.core.deployment import ControlLedger
 from canary.core.judge import Judgement as CoreJudgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
@@ -168,10 +171,13 @@ def run_loop(
     judge_from_ms: int | None = None,
     judge_until_ms: int | None = None,
     apply_decisions: bool = True,
+    external: Mapping[str, Mapping[str, float | str]] | None = None,
 ) -> LoopResult:
     """The SLO agent over ``windows`` (see the module docstring). Only candidate windows starting in
     ``[judge_from_ms, judge_until_ms)`` are judged; ``commands`` is the control topic in order, appended at
-    ``command_times`` (None: unknown, the issue time stands in)."""
+    ``command_times`` (None: unknown, the issue time stands in). ``external``: the external metrics' values
+    the live agent judged, per window id (canary.core.custom.recorded_external); a candidate window of a
+    deployment with external metrics and no recorded value gets them as missing (``not_recorded``)."""
     history = list(commands)
     final_ledger = fold_commands(history, command_times)
     selected = sorted(
@@ -256,6 +262,11 @@ def run_loop(
 
     for w in selected:
         clock = max(clock, w.window_end_ms + grace_ms)
+        if w.arm == "candidate":
+            metrics = [m for m in book.policy(w.deployment_id).custom_metrics if m.external]
+            if metrics:
+                values = (external or {}).get(w.window_id) or dict.fromkeys((m.name for m in metrics), "not_recorded")
+                w = msgspec.structs.replace(w, stats=with_external(w.stats, values, metrics))
         take(*step.observe(w, clock), clock)
         take(*step.tick(clock, w.deployment_id), clock)  # as the live agent does after every window
     clock = 2**62

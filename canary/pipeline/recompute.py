@@ -267,6 +267,7 @@ def recompute(
     strict_decode: bool = False,
     command_times: Sequence[int | None] | None = None,
     apply_decisions: bool = True,
+    external: Mapping[str, Mapping[str, float | str]] | None = None,
 ) -> Recomputation:
     """Recompute windows, verdicts and decisions.
 
@@ -280,7 +281,8 @@ def recompute(
     starting in ``[judge_from_ms, judge_until_ms)`` reach the judge (windows before the span are incomplete).
     Candidate windows in the result carry the judge's verdicts, as the live verdicts topic does.
     ``apply_decisions``: the SLO agent's loop feeds its own commands back into the control topic's ledger
-    (:mod:`canary.pipeline.loop`); False: decisions against the recorded control topic alone.
+    (:mod:`canary.pipeline.loop`); False: decisions against the recorded control topic alone. ``external``:
+    the external metrics' values the live agent judged, per window id (:func:`canary.pipeline.loop.run_loop`).
     """
     settings = settings or PipelineSettings()
     ledger = fold_commands(commands, command_times)
@@ -314,6 +316,7 @@ def recompute(
         judge_from_ms=judge_from_ms,
         judge_until_ms=judge_until_ms,
         apply_decisions=apply_decisions,
+        external=external,
     )
     windows = [loop.judged.get(w.window_id, w) for w in windows]
     deps = sorted({w.deployment_id for w in windows if w.deployment_id} | set(ledger.deployments))

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from canary.core.custom import recorded_external
 from canary.core.deployment import Deployment
 from canary.core.models import ControlCommand, JSONDict, WindowResult, iso_ms
 from canary.core.slo import SLOPolicy, SLORule
@@ -95,6 +96,8 @@ def run_replay(
         else SLOPolicy(tuple(rules_override))
     )
     first_ms, until_ms = span_bounds(data.from_ms, data.to_ms, settings)
+    # The external metrics' values the live agent judged (canary_verdicts): judged again, never re-queried.
+    external = {w.window_id: v for w in data.live_windows if (v := recorded_external(w.stats))}
     started = time.perf_counter()
     base = recompute(
         data.records,
@@ -105,6 +108,7 @@ def run_replay(
         judge_from_ms=first_ms,
         judge_until_ms=until_ms,
         apply_decisions=apply_decisions,
+        external=external,
     )
     recompute_s = time.perf_counter() - started
     ledger = fold_commands(data.commands, data.command_times)
@@ -216,6 +220,7 @@ def run_replay(
             judge_from_ms=first_ms,
             judge_until_ms=until_ms,
             apply_decisions=apply_decisions,
+            external=external,
         )
         recompute_s += time.perf_counter() - started
         alt_windows = _windows_in(alt, first_ms, until_ms, deployment_id)
