@@ -95,13 +95,21 @@ async def _run(
     return router, control, served_arms
 
 
-async def test_a_shadow_catches_the_slow_candidate_before_any_user_is_served(worker: WorkerProcess) -> None:
-    cmd = _shadow_start("candidate_slow", mirror=0.5)
+SHADOW_PLAN: dict[str, Any] = {
+    "steps": [{"weight": 0.0, "mirror": 0.5, "min_windows": 2}, {"weight": 0.2, "min_windows": 2}],
+    "min_total_duration_s": 0.0,
+    "auto_promote": False,
+}
+
+
+async def test_a_shadow_step_catches_the_slow_candidate_before_any_user_is_served(worker: WorkerProcess) -> None:
+    cmd = _shadow_start("candidate_slow", mirror=0.5, plan=SHADOW_PLAN)
     router, control, served = await _run(
         worker, cmd, {"candidate_slow": Fault(added_latency_ms=1500)}, seconds=60, until="rolled_back"
     )
     rollbacks = [c for c in control if c["type"] == "rollback"]
     assert len(rollbacks) == 1, worker.log_tail()
+    assert not [c for c in control if c["type"] == "set_weight"]  # rolled back in its shadow step
     assert rollbacks[0]["reason"] == "SLO violation: p95_ms failed for 2 consecutive buckets"
     assert served and set(served) == {"last_good"}  # every user was answered by last_good
     assert router.stats.by_arm["candidate"] == 0
@@ -119,12 +127,7 @@ async def test_a_shadow_catches_the_slow_candidate_before_any_user_is_served(wor
 
 
 async def test_a_healthy_shadow_step_advances_to_the_first_step_with_users(worker: WorkerProcess) -> None:
-    plan = {
-        "steps": [{"weight": 0.0, "mirror": 0.5, "min_windows": 2}, {"weight": 0.2, "min_windows": 2}],
-        "min_total_duration_s": 0.0,
-        "auto_promote": False,
-    }
-    cmd = _shadow_start("candidate_high_recall", mirror=0.5, plan=plan)
+    cmd = _shadow_start("candidate_high_recall", mirror=0.5, plan=SHADOW_PLAN)
     step = step_command_id(cmd.deployment_id, 1)
     router, control, _ = await _run(worker, cmd, {}, seconds=90, until=step)
     assert [c["command_id"] for c in control if c["type"] == "set_weight"] == [step], worker.log_tail()
