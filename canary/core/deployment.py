@@ -252,15 +252,7 @@ class ControlLedger:
                 replace(dep, weight=cmd.weight, weight_set_at_ms=effective_ms), f"weight set to {cmd.weight:.2f}"
             )
         end_status: DeploymentStatus = {"rollback": "rolled_back", "promote": "promoted", "abort": "aborted"}[cmd.type]  # type: ignore[assignment]
-        ended = replace(
-            dep,
-            status=end_status,
-            ended_at_ms=cmd.issued_at_ms,
-            end_command_id=cmd.command_id,
-            reason=cmd.reason,
-            evidence=cmd.evidence,
-            issued_by=cmd.issued_by,
-        )
+        ended = _ended(dep, cmd, end_status)
         if end_status == "promoted":
             bake_s = bake_seconds(dep.candidate.snapshot)
             if bake_s is not None and self.last_good is not None:
@@ -300,16 +292,7 @@ class ControlLedger:
             serving = self.last_good.name if self.last_good is not None else "none"
             return Transition(False, f"rollback: {dep.candidate.name} is no longer last_good ({serving} is)", dep)
         self.last_good = dep.previous_last_good
-        reverted = replace(
-            dep,
-            status="rolled_back",
-            ended_at_ms=cmd.issued_at_ms,
-            end_command_id=cmd.command_id,
-            reason=cmd.reason,
-            evidence=cmd.evidence,
-            issued_by=cmd.issued_by,
-            bake_until_ms=None,
-        )
+        reverted = replace(_ended(dep, cmd, "rolled_back"), bake_until_ms=None)
         return self._update(reverted, f"promotion reverted during its bake: {dep.previous_last_good.name} is last_good")
 
     def _off_plan(self, dep: Deployment, cmd: ControlCommand, appended_at_ms: int) -> Transition | None:
@@ -392,3 +375,16 @@ class ControlLedger:
         self.deployments[dep.deployment_id] = dep
         self._live = None
         return Transition(True, note, dep)
+
+
+def _ended(dep: Deployment, cmd: ControlCommand, status: DeploymentStatus) -> Deployment:
+    """``dep`` as ``cmd`` ended it (a rollback, promotion, abort, or a bake's revert)."""
+    return replace(
+        dep,
+        status=status,
+        ended_at_ms=cmd.issued_at_ms,
+        end_command_id=cmd.command_id,
+        reason=cmd.reason,
+        evidence=cmd.evidence,
+        issued_by=cmd.issued_by,
+    )
