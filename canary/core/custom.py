@@ -34,6 +34,7 @@ AGGREGATIONS: Final = ("mean", "rate", "p50", "p90", "p95", "p99")
 SOURCES: Final = ("outcomes", "prometheus")
 # What a Prometheus query may name: replaced by the window's values (PromQL-escaped strings, numbers).
 QUERY_PLACEHOLDERS: Final = ("deployment", "arm", "config", "window_start", "window_end", "window_s")
+QUERY_PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")  # the one reader of them
 MAX_QUERY_CHARS: Final = 2000
 DEFAULT_QUERY_TIMEOUT_MS: Final = 2000
 QUANTILE_LEVELS: Final = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
@@ -269,10 +270,7 @@ def render_query(metric: CustomMetric, deployment_id: str, arm: str, config: str
         "window_end": format(end_ms / 1000, ".3f"),
         "window_s": str(max(1, round((end_ms - start_ms) / 1000))),
     }
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], metric.query)
-
-
-_PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+    return QUERY_PLACEHOLDER.sub(lambda m: values[m.group(1)], metric.query)
 
 
 def with_external(

@@ -30,6 +30,7 @@ from canary.core.custom import (
     DEFAULT_QUERY_TIMEOUT_MS,
     MAX_CUSTOM_METRICS,
     MAX_QUERY_CHARS,
+    QUERY_PLACEHOLDER,
     QUERY_PLACEHOLDERS,
     RESULT_DIFF_METRICS,
     SOURCES,
@@ -531,9 +532,6 @@ def _query(m: Section) -> str:
             allowed = ", ".join("{{" + p + "}}" for p in QUERY_PLACEHOLDERS)
             m.out.add(m.field("query"), query, f"names {{{{{name}}}}}; a query may name only {allowed}")
     return query
-
-
-QUERY_PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 def _read_rule(s: Section, inherited: _Inherited, declared: Mapping[str, CustomMetric]) -> SLORule | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canary.observability.promql import MAX_ANSWER_BYTES, PrometheusSource, decode_answer
 
@@ -61,3 +63,19 @@ async def test_an_unreachable_server_is_an_error_value() -> None:
         "cpu": "error"
     }
     assert MAX_ANSWER_BYTES == 1 << 20
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.recursive(
+            st.none() | st.booleans() | st.floats() | st.text(max_size=8),
+            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+            max_leaves=20,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
+def test_any_answer_is_a_value_or_a_reason_never_an_exception(body: bytes) -> None:
+    got = decode_answer(body)
+    assert isinstance(got, str) or (isinstance(got, float) and got == got)
