@@ -106,6 +106,16 @@ class _Outbox:
     urgent: bool = False  # output a downstream decision waits for: committed at once, not at the interval
 
 
+def transactional_id(group_id: str, source_topic: str, partition: int) -> str:
+    """The producer id that owns ``partition``'s transactions: whoever starts it fences the previous owner."""
+    return f"{group_id}-{source_topic}-{partition}"
+
+
+def state_key(group_id: str, source_topic: str, partition: int) -> bytes:
+    """The key of ``partition``'s checkpoint records on ``canary_window_state``."""
+    return f"{group_id}|{source_topic}|{partition}".encode()
+
+
 @dataclass
 class StateScan:
     """What a restore keeps of one key's committed state records, read in order: the last one committed with
@@ -243,11 +253,11 @@ class TransactionalStage(Generic[State]):
         return TopicPartition(self.source_topic, partition)
 
     def transactional_id(self, partition: int) -> str:
-        return f"{self.group_id}-{self.source_topic}-{partition}"
+        return transactional_id(self.group_id, self.source_topic, partition)
 
     # -- state ------------------------------------------------------------------------------------------
     def _state_key(self, partition: int) -> bytes:
-        return f"{self.group_id}|{self.source_topic}|{partition}".encode()
+        return state_key(self.group_id, self.source_topic, partition)
 
     def _state_partition(self, key: bytes) -> int:
         """Where the state record of ``key`` lives: the partition Kafka's default partitioner gives the key
