@@ -53,6 +53,9 @@ import json
 import math
 import random
 import re
+import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,7 +93,7 @@ from canary.core.models import RouterWatermark, SearchOutcome, WindowKey, Window
 from canary.core.slo import default_policy
 from canary.core.split import user_group
 from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS, WindowFinalizer
-from canary.kafka.clients import Cluster, client_kwargs
+from canary.kafka.clients import Cluster, as_connection, client_kwargs
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
 from canary.pipeline.decode import OutcomeDecoder, as_core_outcomes
 from canary.pipeline.policies import aggregator_for_policy
@@ -98,6 +101,7 @@ from devtools.harness import PRESETS, WorkerProcess, send_command, start_command
 from router.outcomes import outcome_partition
 
 TARGET_RATIO = 0.8  # issue #10: one worker on 6 partitions ≥ 0.8 × raw consume+decode
+TARGET_KCAT_RATIO = 0.6  # issue #24: one worker ≥ 0.6 × kcat reading the same topic with payloads
 TARGET_RATE = 30_000.0  # the earlier single-worker target, still printed
 WINDOW_MS = 5000
 GRACE_MS = 1000
@@ -119,22 +123,30 @@ def declared_partitions(topics: Topics, name: str) -> int:
 # -- synthetic outcomes ------------------------------------------------------------------------------------
 
 
-def key_specs(dep: str) -> list[tuple[WindowKey, float]]:
-    """(key, share of traffic): weight 0.2 inside the deployment, plus traffic outside any deployment."""
+def key_specs(deps: Sequence[str]) -> list[tuple[WindowKey, float]]:
+    """(key, share of traffic): 80 % split evenly over the deployments, weight 0.2 inside each, plus 20 %
+    outside any deployment: 2 × deployments + 1 window keys (1 deployment: 3 keys; 20: 41)."""
+    share = 0.8 / len(deps)
     return [
-        (WindowKey(dep, CANDIDATE, "candidate"), 0.16),
-        (WindowKey(dep, "last_good", "last_good"), 0.64),
+        *(
+            spec
+            for dep in deps
+            for spec in (
+                (WindowKey(dep, CANDIDATE, "candidate"), share * 0.2),
+                (WindowKey(dep, "last_good", "last_good"), share * 0.8),
+            )
+        ),
         (WindowKey(None, "last_good", "last_good"), 0.20),
     ]
 
 
-def key_strings(dep: str) -> list[str]:
-    return [k.as_str() for k, _ in key_specs(dep)]
+def key_strings(deps: Sequence[str]) -> list[str]:
+    return [k.as_str() for k, _ in key_specs(deps)]
 
 
-def synth_outcomes(n: int, dep: str, base_ms: int, span_ms: int, seed: int = 7) -> list[SearchOutcome]:
+def synth_outcomes(n: int, deps: Sequence[str], base_ms: int, span_ms: int, seed: int = 7) -> list[SearchOutcome]:
     rng = random.Random(seed)
-    specs = key_specs(dep)
+    specs = key_specs(deps)
     keys = [k for k, _ in specs]
     weights = [w for _, w in specs]
     hashes = {k.config_name: PRESETS.get(k.config_name).content_hash for k in keys}
@@ -319,6 +331,104 @@ async def raw_consume(bootstrap: Cluster, topic: str, partitions: int) -> dict[s
         "records_rate": rate(records, elapsed),
         "cpu_us_per_outcome": cpu * 1e6 / outcomes if outcomes else math.nan,
         "cores_busy": cpu / elapsed if elapsed > 0 else math.nan,
+    }
+
+
+def _plaintext(bootstrap: Cluster) -> str | None:
+    """The address, if the cluster takes PLAINTEXT clients (the raw readers below carry no credentials)."""
+    conn = as_connection(bootstrap)
+    return conn.bootstrap if conn.security.protocol == "PLAINTEXT" else None
+
+
+def kcat_read(bootstrap: Cluster, topic: str, records: int) -> dict[str, Any]:
+    """The engine's own pace: ``kcat`` (librdkafka) reads every partition from the beginning to its end with
+    the payloads (``-f '%s\n'`` into a pipe this process drains and counts), nothing decoded. CPU is the child's
+    user+system time."""
+    address = _plaintext(bootstrap)
+    kcat = shutil.which("kcat") or shutil.which("kafkacat")
+    if address is None or kcat is None:
+        return {"skipped": "kcat not installed" if kcat is None else "the cluster is not PLAINTEXT"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [kcat, "-C", "-b", address, "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%s\n"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    lines = 0
+    payload = 0
+    first: float | None = None  # like the worker's figure, the rate runs from the first record (no startup)
+    while chunk := proc.stdout.read1(1 << 20):
+        if first is None:
+            first = time.perf_counter()
+        lines += chunk.count(b"\n")
+        payload += len(chunk)
+    code = proc.wait()
+    end = time.perf_counter()
+    elapsed = end - (first if first is not None else started)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "exit_code": code,
+        "records": lines,
+        "complete": lines >= records,
+        "payload_bytes": payload,
+        "seconds": elapsed,
+        "seconds_with_start": end - started,
+        "records_rate": rate(lines, elapsed),
+        "cpu_us_per_record": cpu * 1e6 / lines if lines else math.nan,
+    }
+
+
+def confluent_read(bootstrap: Cluster, topic: str, partitions: int, records: int) -> dict[str, Any]:
+    """confluent-kafka (librdkafka under Python): ``consume(10_000)`` batches from the beginning of every
+    partition, each value touched (its length summed), nothing decoded: one C-built Message per record."""
+    address = _plaintext(bootstrap)
+    try:
+        from confluent_kafka import Consumer
+        from confluent_kafka import TopicPartition as CTopicPartition
+    except ImportError:
+        return {"skipped": "confluent-kafka not installed (pip install -e '.[dev]')"}
+    if address is None:
+        return {"skipped": "the cluster is not PLAINTEXT"}
+    consumer = Consumer(
+        {
+            "bootstrap.servers": address,
+            "group.id": f"bench-raw-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.queue.backoff.ms": 0,
+        }
+    )
+    try:
+        consumer.assign([CTopicPartition(topic, p, 0) for p in range(partitions)])
+        seen = payload = 0
+        started = time.perf_counter()
+        deadline = started + 120
+        first: float | None = None  # the rate runs from the first record, as the worker's does
+        cpu0 = time.process_time()
+        while seen < records and time.perf_counter() < deadline:
+            messages = consumer.consume(10_000, 1.0)
+            if first is None and messages:
+                first, cpu0 = time.perf_counter(), time.process_time()
+            for message in messages:
+                if message.error() is None:
+                    seen += 1
+                    payload += len(message.value() or b"")
+        end = time.perf_counter()
+        elapsed = end - (first if first is not None else started)
+        cpu = time.process_time() - cpu0
+    finally:
+        consumer.close()
+    return {
+        "records": seen,
+        "complete": seen >= records,
+        "payload_bytes": payload,
+        "seconds": elapsed,
+        "seconds_with_start": end - started,
+        "records_rate": rate(seen, elapsed),
+        "cpu_us_per_record": cpu * 1e6 / seen if seen else math.nan,
     }
 
 
@@ -530,14 +640,14 @@ async def run_workers_phase(
     topics: Topics,
     count: int,
     n: int,
-    dep: str,
+    deps: Sequence[str],
     truth: Counter[tuple[str, int]],
     wm_offsets: dict[int, list[int]],
     tmp: Path,
     timeout_s: float,
     log_dir: Path | None = None,
 ) -> dict[str, Any]:
-    keys = set(key_strings(dep))
+    keys = set(key_strings(deps))
     cpus = machine()["cpus"] or 1
     workers = [
         WorkerProcess(
@@ -905,18 +1015,23 @@ def checkpoint_estimate(sample: Sequence[SearchOutcome], per_partition: int, spa
 # -- main --------------------------------------------------------------------------------------------------
 
 
-async def prepare(bootstrap: Cluster, topics: Topics, dep: str, backlog: Backlog) -> dict[str, Any]:
+async def prepare(bootstrap: Cluster, topics: Topics, deps: Sequence[str], backlog: Backlog) -> dict[str, Any]:
     await asyncio.to_thread(ensure_topics, bootstrap, topics)
-    await send_command(bootstrap, topics, start_command(CANDIDATE, weight=0.2, deployment_id=dep))
+    for dep in deps:  # each deployment started, so the worker judges every key as in production
+        await send_command(bootstrap, topics, start_command(CANDIDATE, weight=0.2, deployment_id=dep))
     return await produce(bootstrap, topics.search_results, backlog)
 
 
 def run(args: Any) -> dict[str, Any]:
     n = args.n
     span_ms = int(args.span_s * 1000)
-    dep = f"canary_bench{uuid.uuid4().hex[:6]}"
-    keys = sorted(key_strings(dep))
+    if args.deployments < 1:
+        raise SystemExit(f"--deployments must be at least 1, got {args.deployments}")
+    run_id = uuid.uuid4().hex[:6]
+    deps = [f"canary_bench{run_id}{i:02d}" for i in range(args.deployments)]
+    keys = sorted(key_strings(deps))
     result: dict[str, Any] = {"benchmark": "aggregation", "machine": machine(), "n": n, "span_s": args.span_s}
+    result["deployments"] = args.deployments
 
     with kafka() as target, tempfile.TemporaryDirectory(prefix="canary-bench-agg-") as tmp_text:
         tmp = Path(tmp_text)
@@ -930,7 +1045,7 @@ def run(args: Any) -> dict[str, Any]:
         base = now_ms() - span_ms - 2 * WINDOW_MS
         base -= base % WINDOW_MS
         log(f"building {n:,} outcomes over {args.span_s:g} s of event time, keys {keys}")
-        outcomes = synth_outcomes(n, dep, base, span_ms)
+        outcomes = synth_outcomes(n, deps, base, span_ms)
         backlog = build_backlog(outcomes, partitions, args.watermark_every, base + span_ms)
         truth = window_truth(outcomes)
         result["watermark_records"] = backlog.watermarks
@@ -952,7 +1067,7 @@ def run(args: Any) -> dict[str, Any]:
                 log(
                     f"(a) producing {n:,} outcomes + {backlog.watermarks:,} watermark records onto {one.search_results}"
                 )
-                produced = asyncio.run(prepare(target.bootstrap, one, dep, backlog))
+                produced = asyncio.run(prepare(target.bootstrap, one, deps, backlog))
                 wm_offsets = produced.pop("watermark_offsets")
                 result["produce"] = produced
                 log(
@@ -963,11 +1078,23 @@ def run(args: Any) -> dict[str, Any]:
                 raw = asyncio.run(raw_consume(target.bootstrap, one.search_results, partitions))
                 result["raw_consumer"] = raw
                 log(f"    {fmt_rate(raw['rate'])} outcomes ({raw['seconds']:.1f}s)")
+                total_records = len(backlog.records)
+                log("(b') the engine's pace on the same topic: kcat and confluent-kafka read every record, no decode")
+                result["kcat"] = kcat_read(target.bootstrap, one.search_results, total_records)
+                result["confluent"] = confluent_read(target.bootstrap, one.search_results, partitions, total_records)
+                for name in ("kcat", "confluent"):
+                    got = result[name]
+                    if "records_rate" in got:
+                        # Watermark records are read too: the same share of every reader's records is outcomes.
+                        got["outcomes_rate"] = got["records_rate"] * n / total_records
+                        log(f"    {name}: {fmt_rate(got['records_rate'])} records ({got['seconds']:.2f}s)")
+                    else:
+                        log(f"    {name}: skipped ({got['skipped']})")
 
                 log("(c) ONE `canary worker` subprocess on the backlog")
                 result["one_worker"] = asyncio.run(
                     run_workers_phase(
-                        target.bootstrap, one, 1, n, dep, truth, wm_offsets, tmp, args.timeout_s, args.logs_dir
+                        target.bootstrap, one, 1, n, deps, truth, wm_offsets, tmp, args.timeout_s, args.logs_dir
                     )
                 )
                 if not result["one_worker"].get("complete"):
@@ -976,7 +1103,7 @@ def run(args: Any) -> dict[str, Any]:
                 if not args.skip_two:
                     two = phases[1]
                     log(f"(d) producing the same backlog onto {two.search_results}")
-                    produced2 = asyncio.run(prepare(target.bootstrap, two, dep, backlog))
+                    produced2 = asyncio.run(prepare(target.bootstrap, two, deps, backlog))
                     log("    TWO `canary worker` subprocesses, spawned together")
                     result["two_workers"] = asyncio.run(
                         run_workers_phase(
@@ -984,7 +1111,7 @@ def run(args: Any) -> dict[str, Any]:
                             two,
                             2,
                             n,
-                            dep,
+                            deps,
                             truth,
                             produced2["watermark_offsets"],
                             tmp,
@@ -1011,6 +1138,9 @@ def run(args: Any) -> dict[str, Any]:
     result["ratio_worker_to_raw"] = ratio
     merged_rate = w1.get("first_batch_to_merged_rate", math.nan)
     result["ratio_merged_to_raw"] = merged_rate / raw["rate"] if raw["rate"] else math.nan
+    for name in ("kcat", "confluent"):
+        engine = result.get(name, {}).get("outcomes_rate")
+        result[f"ratio_worker_to_{name}"] = agg_rate / engine if engine else math.nan
     result["machine"]["loadavg_at_end"] = loadavg()
     result["targets"] = {
         "ratio_min": TARGET_RATIO,
@@ -1083,6 +1213,7 @@ def render(r: dict[str, Any]) -> str:
         "(other work on the machine competes for the CPUs)",
         f"Aggregation — {r['n']:,} outcomes + {r['watermark_records']:,} router watermark records "
         f"({r['watermark_ticks']} ticks × {r['partitions']} partitions) over {r['span_s']:g} s of event time, "
+        f"{r['deployments']} running deployment(s) = {2 * r['deployments'] + 1} window keys, "
         f"{r['avg_record_bytes']:.0f} B/outcome, {r['partitions']} partitions of search_results (key = request id)",
         f"  {r['kafka']}; prefixes {', '.join(r['topic_prefixes'])}; control keys: {r['control_keys']}",
         head,
@@ -1091,6 +1222,16 @@ def render(r: dict[str, Any]) -> str:
         f"  {'raw consume + OutcomeDecoder (bench process)':<46}{_f(raw['rate'], ',.0f', 11)}"
         f"{_f(raw['seconds'], '.2f', 8)}{_f(raw['cpu_us_per_outcome'], '.1f', 13)}{_f(raw['cores_busy'], '.2f', 11)}",
     ]
+    readers = (("kcat", "kcat -C -f '%s\\n' (librdkafka, payloads)"), ("confluent", "confluent-kafka consume(10k)"))
+    for name, label in readers:
+        got = r.get(name, {})
+        if "outcomes_rate" in got:
+            lines.append(
+                f"  {label:<46}{_f(got['outcomes_rate'], ',.0f', 11)}{_f(got['seconds'], '.2f', 8)}"
+                f"{_f(got['cpu_us_per_record'], '.1f', 13)}   (per record; {got['records_rate']:,.0f} records/s)"
+            )
+        elif got:
+            lines.append(f"  {label}: skipped ({got['skipped']})")
     for label, w in (("ONE worker", r["one_worker"]), ("TWO workers", r.get("two_workers"))):
         if w is None:
             continue
@@ -1174,6 +1315,9 @@ def render(r: dict[str, Any]) -> str:
         f"  ratio ONE worker / raw consume+decode   {r['ratio_worker_to_raw']:.2f}  (target ≥ {t['ratio_min']}: "
         f"{'MET' if t['ratio_met'] else 'NOT MET'}); counting the merge tail too: {r['ratio_merged_to_raw']:.2f}",
         f"  ONE worker ≥ {t['rate_min']:,.0f} outcomes/s (earlier target): {'MET' if t['rate_met'] else 'NOT MET'}",
+        f"  ratio ONE worker / kcat (same topic, same run)   {r.get('ratio_worker_to_kcat', math.nan):.2f}  "
+        f"(issue #24 target ≥ {TARGET_KCAT_RATIO}); / confluent-kafka "
+        f"{r.get('ratio_worker_to_confluent', math.nan):.2f}",
         _checkpoint_line(r["checkpoint_size"], core, r["partitions"]),
         "",
         f"  core in-process (no Kafka), {core['outcomes']:,} outcomes + {core['watermark_records']:,} watermark "
@@ -1211,6 +1355,12 @@ def main() -> int:
     parser.add_argument("-n", "--outcomes", dest="n", type=int, default=None, help="outcomes (default 300000)")
     parser.add_argument("--quick", action="store_true", help="small run: 30000 outcomes, 20000 in-process")
     parser.add_argument("--span-s", type=float, default=60.0, help="event-time span of the outcomes (default 60)")
+    parser.add_argument(
+        "--deployments",
+        type=int,
+        default=1,
+        help="running deployments, 2 window keys each plus traffic outside them (default 1: 3 keys; 20: 41 keys)",
+    )
     parser.add_argument("--core-n", type=int, default=None, help="outcomes for the in-process part (default 100000)")
     parser.add_argument(
         "--core-small-batch", type=int, default=100, help="second core pass with batches this small (default 100)"
