@@ -14,6 +14,10 @@ Steps (all on a real broker, topics under a unique prefix per worker phase):
   b. raw baseline: a plain aiokafka consumer (no group, default fetch settings) reads all P partitions
      from the beginning and decodes each value with canary.pipeline.decode.OutcomeDecoder (the worker's
      decoder); outcomes and watermark records are counted apart.
+  b'. the engine's pace on the same topic, same run: `kcat -C -f '%s\n'` (librdkafka, payloads through a
+     pipe this process counts) and confluent-kafka's consume(10_000) (one C-built Message per record, each
+     value's length read), nothing decoded; rates from the first record, CPU per record. Issue #24's target
+     is the worker at ≥ 0.6 × kcat.
   c. ONE `canary worker` subprocess started AFTER producing, so it faces the whole backlog. Progress comes
      from the windows stage's committed source offsets (polled every 100 ms while the workers run; the stage
      commits them in its Kafka transactions, at most every 500 ms; watermark records are subtracted):
@@ -41,7 +45,7 @@ Steps (all on a real broker, topics under a unique prefix per worker phase):
 Every merged window (Kafka phases and in-process) is checked: it counts exactly the outcomes whose ts
 falls into it, none late, one window per (key, slot).
 
-    .venv/bin/python -m bench.bench_aggregation [--outcomes 300000] [--quick] [--json]
+    .venv/bin/python -m bench.bench_aggregation [--outcomes 300000] [--deployments 1|20] [--quick] [--json]
 """
 
 from __future__ import annotations
