@@ -101,10 +101,12 @@ def arrival_order(windows: list[WindowResult]) -> list[WindowResult]:
     return [replace(w, verdicts=()) for w in chosen]
 
 
-def time_judge(policy: SLOPolicy, windows: list[WindowResult]) -> list[float]:
-    """Seconds per judged candidate window (the judge's work on both arms' windows of its slot)."""
+def time_judge(policy: SLOPolicy, windows: list[WindowResult]) -> tuple[list[float], list[float]]:
+    """Seconds per judged candidate window (the judge's work on both arms' windows of its slot), and seconds of
+    the checkpoint the SLO agent writes after every window it receives (``DeploymentJudge.to_dict``)."""
     judge = Judge(lambda _dep: policy)
     per: list[float] = []
+    saves: list[float] = []
     spent = 0.0
     for w in windows:
         arrival = w.window_end_ms + 1000
@@ -114,7 +116,12 @@ def time_judge(policy: SLOPolicy, windows: list[WindowResult]) -> list[float]:
         if judged:
             per.extend([spent / len(judged)] * len(judged))
             spent = 0.0
-    return per
+        state = judge.deployments.get("d1")
+        if state is not None:
+            began = time.perf_counter()
+            state.to_dict()
+            saves.append(time.perf_counter() - began)
+    return per, saves
 
 
 def main() -> None:
@@ -130,10 +137,13 @@ def main() -> None:
         result = run_pipeline(recs, commands=[start(slo)], horizon_ms=T0 + (args.windows + 3) * W)
         windows = arrival_order(result.windows)
         best: list[float] | None = None
+        best_saves: list[float] = []
         for _ in range(args.repeat):
-            per = time_judge(policy, windows)
+            per, saves = time_judge(policy, windows)
             if best is None or sum(per) < sum(best):
                 best = per
+            if not best_saves or sum(saves) < sum(best_saves):
+                best_saves = saves
         assert best is not None
         tail = best[-max(1, len(best) // 10) :]
         base = rows[0]["mean_ms"] if rows else None
@@ -144,20 +154,24 @@ def main() -> None:
                 "mean_ms": 1000 * statistics.fmean(best),
                 "last_tenth_mean_ms": 1000 * statistics.fmean(tail),
                 "max_ms": 1000 * max(best),
+                # The SLO agent writes the judge's state after every window it receives (both arms).
+                "checkpoint_ms": 1000 * statistics.fmean(best_saves) if best_saves else None,
                 # What the row's extra rules add to the default rules' cost.
                 "added_ms": None if base is None else 1000 * statistics.fmean(best) - base,
             }
         )
     lines = [
         f"judge time per candidate window, {args.windows} windows (30 + 270 outcomes each), best of {args.repeat}",
-        f"{'row':34} {'judged':>7} {'mean ms':>9} {'added ms':>9} {'last 10% ms':>12} {'max ms':>8}",
+        f"{'row':34} {'judged':>7} {'mean ms':>9} {'added ms':>9} {'last 10% ms':>12} {'max ms':>8} "
+        f"{'state ms':>9}",
     ]
     lines += [
         f"{r['row']:34} {r['judged_windows']:>7} {r['mean_ms']:>9.2f} "
         f"{'-' if r['added_ms'] is None else format(r['added_ms'], '.2f'):>9} {r['last_tenth_mean_ms']:>12.2f} "
-        f"{r['max_ms']:>8.2f}"
+        f"{r['max_ms']:>8.2f} {'-' if r['checkpoint_ms'] is None else format(r['checkpoint_ms'], '.2f'):>9}"
         for r in rows
     ]
+    lines.append("state ms: DeploymentJudge.to_dict, which the SLO agent writes to its table after every window")
     emit({"machine": machine(), "windows": args.windows, "rows": rows}, "\n".join(lines), args.json)
 
 

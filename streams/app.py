@@ -186,6 +186,10 @@ class CanaryStreams:
         self.brokerwatch = BrokerWatch(config.bootstrap, topics.control, self.outages)
         # last_good's p95 per (deployment, window start), for the outage notes of candidate judgements.
         self._last_good_p95: OrderedDict[tuple[str, int], float | None] = OrderedDict()
+        # deployment → the state object this agent last wrote to slo_state. While the table still holds that very
+        # object, self.decisions holds the judge that wrote it, and restoring it again would only cost a decode
+        # per window (at 41 window keys, ~3 % of the worker); recovery or a rebalance puts a new object there.
+        self._written: dict[str, Any] = {}
         self.control_topic = self._raw_topic(topics.control, 1)
         self.state_topic = self._raw_topic(topics.state, 1)
         self.dead_letters_topic = self._raw_topic(topics.results_dlq, 1)
@@ -339,10 +343,12 @@ class CanaryStreams:
 
     async def _judge_window_of(self, dep_id: str, window: WindowResult) -> None:
         stored = self.slo_state.get(dep_id)
-        try:
-            self.decisions.restore(dep_id, stored if isinstance(stored, dict) else None)
-        except Exception as exc:  # an unreadable state must not stop judging: start the pool afresh
-            log.error("deployment %s: unreadable judge state (%s); judging from this window on", dep_id, exc)
+        # Popped until written again: a window that raises half-way is followed by a restore.
+        if stored is None or stored is not self._written.pop(dep_id, None):
+            try:
+                self.decisions.restore(dep_id, stored if isinstance(stored, dict) else None)
+            except Exception as exc:  # an unreadable state must not stop judging: start the pool afresh
+                log.error("deployment %s: unreadable judge state (%s); judging from this window on", dep_id, exc)
         now = now_ms()
         if window.arm == "last_good":
             self._last_good_p95[(dep_id, window.window_start_ms)] = window.p95_ms
@@ -384,6 +390,7 @@ class CanaryStreams:
         state = self.decisions.state(dep_id)
         if state is not None:
             self.slo_state[dep_id] = state
+            self._written[dep_id] = state
 
     async def _with_external(self, dep_id: str, window: WindowResult) -> WindowResult:
         """A candidate window with its external metrics' values written in, queried now (bounded by each

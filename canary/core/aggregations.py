@@ -151,6 +151,10 @@ class WindowStats:
     custom: tuple[tuple[str, CustomStats], ...] = ()  # declared custom metrics (canary.core.custom)
     recall_sources: tuple[tuple[str, int], ...] = ()  # recall values per source, sorted by source
     groups: GroupCounts = field(default_factory=GroupCounts)  # the same counts per user group
+    # to_dict's result, built once: a judge's checkpoint carries the same recent windows' statistics after every
+    # window it receives, and rebuilding their sketches' pairs each time cost more than judging (bench_judge_cost).
+    # Sound because nothing changes a WindowStats (merge and agg copy the sketch before adding to it).
+    _json: JSONDict | None = field(default=None, init=False, repr=False, compare=False)
 
     def custom_stats(self, name: str) -> CustomStats | None:
         return next((c for n, c in self.custom if n == name), None)
@@ -186,7 +190,18 @@ class WindowStats:
             groups=self.groups.merge(other.groups),
         )
 
+    def shared_dict(self) -> JSONDict:
+        """:meth:`to_dict`'s value, built on the first call and the same object after: for serializers only,
+        which must not change it (:meth:`to_dict` gives a caller its own copy)."""
+        if self._json is None:
+            object.__setattr__(self, "_json", self._build_dict())
+        assert self._json is not None
+        return self._json
+
     def to_dict(self) -> JSONDict:
+        return self._build_dict()
+
+    def _build_dict(self) -> JSONDict:
         out: JSONDict = {
             "count": self.count,
             "error_count": self.error_count,

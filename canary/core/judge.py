@@ -1053,17 +1053,21 @@ class DeploymentJudge:
             regime_start_ms=self.regime_start_ms,
             regime_index=self.regime_index,
             next_regime_ms=self.next_regime_ms,
-            recent=[(s, w.to_dict()) for s, w in self.recent],
+            recent=[(s, w.shared_dict()) for s, w in self.recent],
             decisive={k: v.state() for k, v in sorted(self.decisive.items())},
-            last_good_recent={str(k): v.to_dict() for k, v in sorted(self.last_good_recent.items())},
+            last_good_recent={str(k): v.shared_dict() for k, v in sorted(self.last_good_recent.items())},
             clustering=dict(sorted(self.clustering.items())),
             shock=self.shock,
         )
 
     def to_dict(self) -> JSONDict:
-        d: JSONDict = msgspec.to_builtins(self.state())
+        # The recent windows' statistics go in as their shared dicts, not through to_builtins (which would copy
+        # them): they are most of the checkpoint and the same from one window to the next.
+        st = self.state()
+        d: JSONDict = msgspec.to_builtins(msgspec.structs.replace(st, recent=[], last_good_recent={}))
         d["waiting"] = [list(pair) for pair in d["waiting"]]  # to_builtins keeps tuples; the JSON has lists
-        d["recent"] = [list(pair) for pair in d["recent"]]
+        d["recent"] = [[s, w] for s, w in st.recent]
+        d["last_good_recent"] = st.last_good_recent
         del d["strongest"]  # read from older checkpoints, never written
         return d
 

@@ -4,7 +4,6 @@ recall bounds' faster bisection, equal to the code before."""
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -57,18 +56,6 @@ def test_binary_search_equals_the_scan(seed: int) -> None:
 def test_empty_sketch_has_no_bound() -> None:
     assert quantile_bound(QuantileSketch(), 0.95, 0.005, upper=True) is None
     assert quantile_bound(QuantileSketch(), 0.95, 0.005, upper=False) is None
-
-
-def test_a_pooled_baseline_is_bounded_in_well_under_a_millisecond() -> None:
-    """30 minutes of last_good at 270 requests a window: the sketch of ~100 000 values, hundreds of edges."""
-    sketch = QuantileSketch()
-    sketch.add_many(np.exp(np.random.default_rng(1).normal(np.log(300.0), 0.5, 97_200)))
-    began = time.perf_counter()
-    for _ in range(20):
-        quantile_bound(sketch, 0.95, 0.005, upper=True)
-        quantile_bound(sketch, 0.95, 0.005, upper=False)
-    per_pair_ms = (time.perf_counter() - began) / 20 * 1000
-    assert per_pair_ms < 2.0, per_pair_ms
 
 
 def reference_mixture(hist: dict[int, int], m: float, *, above: bool) -> float:
