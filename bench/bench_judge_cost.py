@@ -162,8 +162,7 @@ def main() -> None:
         )
     lines = [
         f"judge time per candidate window, {args.windows} windows (30 + 270 outcomes each), best of {args.repeat}",
-        f"{'row':34} {'judged':>7} {'mean ms':>9} {'added ms':>9} {'last 10% ms':>12} {'max ms':>8} "
-        f"{'state ms':>9}",
+        f"{'row':34} {'judged':>7} {'mean ms':>9} {'added ms':>9} {'last 10% ms':>12} {'max ms':>8} {'state ms':>9}",
     ]
     lines += [
         f"{r['row']:34} {r['judged_windows']:>7} {r['mean_ms']:>9.2f} "

@@ -164,6 +164,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
             self.metrics.late_outcomes.inc(len(result.late))
             self.metrics.duplicate_outcomes.inc(result.duplicates)
             self.stats.by_partition[tp.partition] = self.stats.by_partition.get(tp.partition, 0) + n
+            self._dead_letter_quarantined(tp.partition, fin)
             offset_of = {id(o): off for o, off in zip(items, offsets, strict=True)} if result.future else {}
             for outcome in result.future:
                 self.stats.future_outcomes += 1
@@ -197,6 +198,17 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
                 self._dead_letter(partition, offset, raw_of.get(offset), "quarantined", detail)
         return total
 
+    def _dead_letter_quarantined(self, partition: int, fin: WindowFinalizer) -> None:
+        """Outcomes the window core could not fold into their window (it folds when a window closes or a
+        checkpoint reads it, so this comes after the add that took them): dead-lettered, never fatal."""
+        if not fin.quarantined:
+            return
+        taken, fin.quarantined = fin.quarantined, []
+        for outcome, why in taken:
+            log.error("windows: outcome %s of partition %s quarantined: %s", outcome.event_id, partition, why)
+            extra = {"event_id": outcome.event_id, "request_id": outcome.request_id, "ts": outcome.ts}
+            self._dead_letter(partition, None, None, "quarantined", why, extra=extra)
+
     async def emit_due(self) -> None:
         now = now_ms()
         assert self._consumer is not None
@@ -209,6 +221,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
                 if end is not None and await self._consumer.position(tp) >= end:
                     fin.mark_idle(partition, now)
             due = fin.due_closed(now)
+            self._dead_letter_quarantined(partition, fin)
             for window in due:
                 partial = partial_of(window, window.aggregate, partition)
                 key = (window.deployment_id or "-").encode()

@@ -120,3 +120,59 @@ def test_request_keys_are_the_checksums_of_the_whole_identity(deployment_id: str
     expected = (zlib.crc32(whole) << 32) | zlib.adler32(whole)
     assert request_key(deployment_id, request_id) == expected
     assert request_keys_of(deployment_id, [request_id, request_id]) == [expected, expected]
+
+
+def run_folding(seed: int, watermarking: float, *, fold: str) -> dict[str, Any]:
+    """``fold``: "batch" folds after every add (what the finalizer did before it deferred folding), "deferred"
+    leaves it to window close, "checkpoints" reads the state (which folds) at seeded random points."""
+    rng = random.Random(seed * 7 + 1)
+    fin = WindowFinalizer()
+    fin.columnar_min = 0
+    log: list[Any] = []
+    for partition, now, batch in stream(seed, watermarking=watermarking):
+        res = fin.add(partition, batch, now)
+        if fold == "batch":
+            fin._fold_all()
+        elif fold == "checkpoints" and rng.random() < 0.3:
+            log.append(fin.to_dict()["watermark"])
+        log.append(([o.event_id for o in res.late], [o.event_id for o in res.future], res.duplicates))
+        log.append([w.to_dict() for w in fin.due(now)])
+    log.append([w.to_dict() for w in fin.flush_all(BASE + 10**7)])
+    assert not fin.quarantined
+    return {"windows": [entry for entry in log if isinstance(entry, list)], "state": fin.to_dict()}
+
+
+@pytest.mark.parametrize("watermarking", [0.0, 1.0])
+@pytest.mark.parametrize("seed", range(8))
+def test_deferred_folding_gives_the_windows_and_state_of_folding_every_batch(seed: int, watermarking: float) -> None:
+    every_batch = run_folding(seed, watermarking, fold="batch")
+    assert run_folding(seed, watermarking, fold="deferred") == every_batch
+    assert run_folding(seed, watermarking, fold="checkpoints") == every_batch
+
+
+def test_an_outcome_the_aggregator_raises_on_is_quarantined_and_the_rest_counted() -> None:
+    from canary.core.aggregations import WindowAggregator
+
+    class Picky(WindowAggregator):
+        def agg(self, state, outcomes, max_offset=None):  # type: ignore[no-untyped-def]
+            if any(o.request_id == "q-bad" for o in outcomes):
+                raise RuntimeError("cannot fold q-bad")
+            return super().agg(state, outcomes, max_offset)
+
+    fin = WindowFinalizer(aggregator=Picky())
+    fin.columnar_min = 0
+
+    def outcome(i: str, ts: int) -> SearchOutcome:
+        return SearchOutcome(
+            event_id=f"e-{i}", request_id=f"q-{i}", ts=ts, deployment_id="d", config_name="c", config_version="1",
+            config_hash="h", arm="candidate", latency_ms=100.0, recall_at_10=None, result_count=10, error=None,
+            router_id="r",
+        )  # fmt: skip
+
+    batch = [outcome(str(i), BASE + 10 * i) for i in range(100)] + [outcome("bad", BASE + 2000)]
+    fin.add(0, batch, BASE + 3000)
+    windows = fin.flush_all(BASE + 10_000)
+    assert [w.response_count for w in windows] == [100]
+    assert [(o.request_id, why) for o, why in fin.quarantined] == [
+        ("q-bad", "the window aggregator raised RuntimeError: cannot fold q-bad")
+    ]
