@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.bench_aggregation import CANDIDATE, ROUTER_ID, declared_partitions, key_specs, watch_windows
+from bench.bench_aggregation import CANDIDATE, ROUTER_ID, declared_partitions, key_specs, proc_stat, watch_windows
 from bench.common import (
     base_parser,
     control_keys,
@@ -184,6 +184,7 @@ async def live_phase(
 
         await watermark("start", now_ms() - 1)
         samples: list[tuple[float, float | None, int | None]] = []  # (monotonic s, CPU s, RSS bytes)
+        machine_samples: list[tuple[float, tuple[int, int] | None]] = []  # (monotonic s, (busy, total) jiffies)
         produced = 0
         started = time.monotonic()
         next_sample = started
@@ -192,6 +193,7 @@ async def live_phase(
         while (now := time.monotonic()) < started + args.seconds:
             if now >= next_sample:
                 samples.append((now - started, process_cpu_s(pid), rss_bytes(pid)))
+                machine_samples.append((now - started, proc_stat()))
                 next_sample += 1.0
             if now >= next_mark:
                 await watermark("running", now_ms() - 1)
@@ -216,6 +218,10 @@ async def live_phase(
             bootstrap, topics.windows, declared_partitions(topics, topics.windows), keys, produced, 120, [worker]
         )
         counted = sum(w.response_count + w.late_count for w in windows.values())
+        # How long after its end each merged window came out while traffic flowed (the last ones close on the
+        # final watermark, after the traffic: left out) — what a rollback waits for on top of the judge.
+        stop_ms = now_ms()
+        delays = sorted(w.emitted_at_ms - w.window_end_ms for w in windows.values() if w.window_end_ms < stop_ms - 6000)
     finally:
         await producer.stop()
         code = await asyncio.to_thread(worker.stop)
@@ -228,6 +234,10 @@ async def live_phase(
     rss = [s[2] for s in samples if s[2] is not None]
     first_rss = next((s[2] for s in samples if s[0] >= args.warm_up_s and s[2] is not None), rss[0] if rss else None)
     idle = out.get("idle_cores")
+    busy = [(t, st) for t, st in machine_samples if t >= args.warm_up_s and st is not None]
+    if len(busy) >= 2 and busy[-1][1][1] > busy[0][1][1]:
+        (_, (b0, t0)), (_, (b1, t1)) = busy[0], busy[-1]
+        out["machine_cores_busy"] = (b1 - b0) / (t1 - t0) * (machine()["cpus"] or 1)
     out.update(
         cpu_us_per_outcome_above_idle=(cpu_s - idle * span) * 1e6 / outcomes if idle is not None and outcomes else None,
         produced=produced,
@@ -240,6 +250,12 @@ async def live_phase(
         rss_change=(rss[-1] - first_rss) / first_rss if rss and first_rss else None,
         rss_series=[(round(t, 1), r) for t, _, r in samples],
         counted=counted,
+        emit_delay_ms={
+            "windows": len(delays),
+            "p50": delays[len(delays) // 2] if delays else None,
+            "p95": delays[int(0.95 * (len(delays) - 1))] if delays else None,
+            "max": delays[-1] if delays else None,
+        },
         complete=bool(watched.get("complete")) and counted == produced,
     )
     return out
@@ -285,9 +301,11 @@ def render_row(r: dict[str, Any]) -> str:
     return (
         f"{r['rate']:>8,.0f}/s  CPU {r['cpu_us_per_outcome']:6.1f} µs/outcome "
         f"({'-' if above is None else format(above, '.1f')} above idle)  cores {r['cores_busy']:.2f} "
-        f"(idle {'-' if idle is None else format(idle, '.2f')})  "
+        f"(idle {'-' if idle is None else format(idle, '.2f')}; machine {r.get('machine_cores_busy', math.nan):.2f})  "
         f"RSS start {_mib(r['rss_start'])} peak {_mib(r['rss_peak'])} end {_mib(r['rss_end'])} MiB ({change})  "
-        f"lag at stop {r['lag_at_stop']}  sum check {'OK' if r['complete'] else 'FAILED'} "
+        f"lag at stop {r['lag_at_stop']}  window out after its end p50/p95/max "
+        f"{r['emit_delay_ms']['p50']}/{r['emit_delay_ms']['p95']}/{r['emit_delay_ms']['max']} ms  "
+        f"sum check {'OK' if r['complete'] else 'FAILED'} "
         f"({r['counted']:,} of {r['produced']:,})"
     )
 

@@ -214,6 +214,10 @@ class TransactionalStage(Generic[State]):
     def state_to_dict(self, state: State) -> dict[str, Any]:
         raise NotImplementedError
 
+    def complete(self, state: State) -> None:
+        """Finish work the state put off (the windows core folds outcomes lazily) before it is encoded: that work
+        is the stage's, not the checkpoint's, and must not count in the checkpoint's cost, which paces commits."""
+
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Apply records of partitions whose state is restored (the base filters the batch)."""
         raise NotImplementedError
@@ -557,6 +561,8 @@ class TransactionalStage(Generic[State]):
         ]
         if not parts:
             return []
+        for p in parts:
+            self.complete(self.states[p])
         encoding_started = time.perf_counter()
         bodies = {p: dumps(self.state_to_dict(self.states[p])) for p in parts}
         self._checkpoint_cost_s = time.perf_counter() - encoding_started

@@ -120,6 +120,9 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
     def state_to_dict(self, state: WindowFinalizer) -> dict[str, Any]:
         return state.to_dict()
 
+    def complete(self, state: WindowFinalizer) -> None:
+        state.fold_pending()
+
     async def started(self) -> None:
         assert self._consumer is not None
         self._partials_partitions = len(await topic_partitions(self._consumer, self.topics.window_partials))

@@ -634,7 +634,9 @@ class WindowFinalizer:
                         late += is_late
         windows[start] = state.with_late(late) if late else state
 
-    def _fold_all(self) -> None:
+    def fold_pending(self) -> None:
+        """Fold every window's pending outcomes now (``to_dict`` does; a caller may do it first to time them
+        apart)."""
         for key, by_start in list(self._pending.items()):
             for start in list(by_start):
                 self._fold(key, start)
@@ -743,7 +745,7 @@ class WindowFinalizer:
         def keyed(m: Mapping[WindowKey, Any]) -> dict[str, Any]:
             return {k.as_str(): m[k] for k in sorted(m, key=WindowKey.as_str)}
 
-        self._fold_all()
+        self.fold_pending()
         return {
             "size_ms": self.size_ms,
             "grace_ms": self.grace_ms,

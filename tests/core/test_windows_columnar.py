@@ -132,7 +132,7 @@ def run_folding(seed: int, watermarking: float, *, fold: str) -> dict[str, Any]:
     for partition, now, batch in stream(seed, watermarking=watermarking):
         res = fin.add(partition, batch, now)
         if fold == "batch":
-            fin._fold_all()
+            fin.fold_pending()
         elif fold == "checkpoints" and rng.random() < 0.3:
             log.append(fin.to_dict()["watermark"])
         log.append(([o.event_id for o in res.late], [o.event_id for o in res.future], res.duplicates))
