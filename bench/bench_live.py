@@ -55,6 +55,7 @@ from bench.common import (
 )
 from canary.core.models import RouterWatermark
 from canary.core.split import user_group
+from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS
 from canary.kafka.clients import Cluster, client_kwargs
 from canary.kafka.topics import Topics, ensure_topics
 from devtools.harness import PRESETS, WorkerProcess, send_command, start_command
@@ -232,6 +233,10 @@ async def live_phase(
     span = steady[-1][0] - steady[0][0] if len(steady) >= 2 else math.nan
     outcomes = produced * span / elapsed if elapsed > 0 else math.nan  # produced evenly over the run
     rss = [s[2] for s in samples if s[2] is not None]
+    # The dedup memory grows until it holds its retention (60 s after each window): RSS is judged flat or not
+    # from then on (traffic start + warm-up + retention + two windows), when the run lasts that long.
+    filled_at = args.warm_up_s + (DEFAULT_DEDUP_RETENTION_MS + 2 * 5000) / 1000
+    filled = next((s[2] for s in samples if s[0] >= filled_at and s[2] is not None), None)
     first_rss = next((s[2] for s in samples if s[0] >= args.warm_up_s and s[2] is not None), rss[0] if rss else None)
     idle = out.get("idle_cores")
     busy = [(t, st) for t, st in machine_samples if t >= args.warm_up_s and st is not None]
@@ -249,6 +254,9 @@ async def live_phase(
         rss_end=rss[-1] if rss else None,
         rss_change=(rss[-1] - first_rss) / first_rss if rss and first_rss else None,
         rss_series=[(round(t, 1), r) for t, _, r in samples],
+        rss_filled_at_s=filled_at if filled is not None else None,
+        rss_filled=filled,
+        rss_change_after_fill=(rss[-1] - filled) / filled if filled and rss else None,
         counted=counted,
         emit_delay_ms={
             "windows": len(delays),
@@ -296,6 +304,11 @@ def render_row(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"{r['target_rate']:,.0f}/s: ERROR {r['error']}"
     change = "-" if r["rss_change"] is None else f"{100 * r['rss_change']:+.1f} %"
+    if r.get("rss_filled") is not None:
+        change += (
+            f"; from {_mib(r['rss_filled'])} MiB at {r['rss_filled_at_s']:.0f} s, dedup memory full: "
+            f"{100 * r['rss_change_after_fill']:+.1f} %"
+        )
     above = r.get("cpu_us_per_outcome_above_idle")
     idle = r.get("idle_cores")
     return (
