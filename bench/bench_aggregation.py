@@ -346,8 +346,9 @@ def _plaintext(bootstrap: Cluster) -> str | None:
 
 def kcat_read(bootstrap: Cluster, topic: str, records: int) -> dict[str, Any]:
     """The engine's own pace: ``kcat`` (librdkafka) reads every partition from the beginning to its end with
-    the payloads (``-f '%s\n'`` into a pipe this process drains and counts), nothing decoded. CPU is the child's
-    user+system time."""
+    the payloads (``-f '%s\\n'`` into a pipe this process drains and counts), nothing decoded. The rate runs
+    from the first bytes out (like the worker's, from its first checkpoint: no process start or metadata);
+    CPU is the child's user+system time, start included."""
     address = _plaintext(bootstrap)
     kcat = shutil.which("kcat") or shutil.which("kafkacat")
     if address is None or kcat is None:
