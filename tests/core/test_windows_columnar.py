@@ -176,3 +176,52 @@ def test_an_outcome_the_aggregator_raises_on_is_quarantined_and_the_rest_counted
     assert [(o.request_id, why) for o, why in fin.quarantined] == [
         ("q-bad", "the window aggregator raised RuntimeError: cannot fold q-bad")
     ]
+
+
+def run_sealing(seed: int, watermarking: float, *, seal: bool) -> dict[str, Any]:
+    fin = WindowFinalizer()
+    fin.columnar_min = 0
+    if not seal:  # the reference: every remembered request stays in the dicts
+        fin._seal = lambda **_: None  # type: ignore[method-assign]
+    log: list[Any] = []
+    for partition, now, batch in stream(seed, watermarking=watermarking):
+        res = fin.add(partition, batch, now)
+        log.append(([o.event_id for o in res.late], [o.event_id for o in res.future], res.duplicates))
+        log.append([w.to_dict() for w in fin.due(now)])
+        log.append(fin.remembered_requests)
+        restored = WindowFinalizer.from_dict(fin.to_dict(), now_ms=now)
+        log.append(restored.to_dict() == fin.to_dict())
+    log.append([w.to_dict() for w in fin.flush_all(BASE + 10**7)])
+    return {"log": log, "state": fin.to_dict(), "sealed": int(fin._sealed.size)}
+
+
+@pytest.mark.parametrize("watermarking", [0.0, 1.0])
+@pytest.mark.parametrize("seed", range(8))
+def test_sealed_requests_are_remembered_as_the_dicts_remember_them(seed: int, watermarking: float) -> None:
+    """Requests of starts two windows behind the watermark move into arrays: the same duplicates found, the same
+    windows, the same checkpoints (restored to the same state), the same count remembered."""
+    sealed = run_sealing(seed, watermarking, seal=True)
+    reference = run_sealing(seed, watermarking, seal=False)
+    assert sealed["log"] == reference["log"]
+    assert sealed["state"] == reference["state"]
+    assert reference["sealed"] == 0
+
+
+def test_a_request_repeated_after_its_start_was_sealed_is_a_duplicate() -> None:
+    fin = WindowFinalizer()
+
+    def outcome(ts: int) -> SearchOutcome:
+        return SearchOutcome(
+            event_id=f"e{ts}", request_id="q-once", ts=ts, deployment_id="d", config_name="c", config_version="1",
+            config_hash="h", arm="candidate", latency_ms=100.0, recall_at_10=None, result_count=10, error=None,
+            router_id="r",
+        )  # fmt: skip
+
+    fin.add(0, [outcome(BASE + 100)], BASE + 200)
+    fin.add(0, [RouterWatermark("r", BASE + 20_000, "running", 1)], BASE + 20_000)
+    fin.due(BASE + 20_000)
+    assert fin._sealed.size == 1 and not fin._seen  # moved out of the dicts
+    assert fin.add(0, [outcome(BASE + 25_000)], BASE + 25_000).duplicates == 1
+    restored = WindowFinalizer.from_dict(fin.to_dict(), now_ms=BASE + 25_000)
+    assert restored._sealed.size == 1
+    assert restored.add(0, [outcome(BASE + 26_000)], BASE + 26_000).duplicates == 1
