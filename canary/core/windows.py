@@ -330,12 +330,6 @@ class WindowFinalizer:
         at = np.minimum(np.searchsorted(sealed, keys), sealed.size - 1)
         return np.asarray(sealed[at] == keys)
 
-    def _counted(self, request: int) -> bool:
-        if request in self._seen:
-            return True
-        hits = self._sealed_hits((request,))
-        return hits is not None and bool(hits[0])
-
     def live_producers(self, now_ms: int) -> list[str]:
         return sorted({r for c in self.clocks.values() for r in c.live_producers(now_ms)})
 
@@ -592,13 +586,17 @@ class WindowFinalizer:
         clock, now_ms, floor, result = batch.clock, batch.now_ms, batch.floor, batch.result
         live, current_mark = batch.live, batch.current_mark
         size = self.size_ms
-        for o in outcomes:
+        keys = [request_key(o.window_key.deployment_id, o.request_id) for o in outcomes]
+        # Sealed starts do not change inside an add: one vectorized look-up for the segment.
+        hits = self._sealed_hits(keys)
+        sealed = [False] * len(keys) if hits is None else hits.tolist()
+        seen = self._seen
+        for o, rk, old in zip(outcomes, keys, sealed, strict=True):
             if not clock.accepts(o.router_id, o.ts, now_ms):
                 result.future.append(o)
                 continue
             key = o.window_key
-            rk = request_key(key.deployment_id, o.request_id)
-            if self._counted(rk):
+            if old or rk in seen:
                 result.duplicates += 1
                 continue
             start = o.ts - o.ts % size
