@@ -729,14 +729,20 @@ class WindowFinalizer:
         horizon = watermark - self.size_ms - self.dedup_retention_ms
         for start in [s for s in self._seen_by_start if s < horizon]:
             self._packed.pop(start, None)
-            for request in self._seen_by_start.pop(start):
-                if self._seen.get(request) == start:
-                    del self._seen[request]
+            self._take_open_start(start)
         gone = [s for s in self._sealed_by_start if s < horizon]
         for start in gone:
             self._packed.pop(start, None)
             del self._sealed_by_start[start]
         self._seal(rebuild=bool(gone))
+
+    def _take_open_start(self, start: int) -> list[int]:
+        """Remove ``start``'s requests from the dicts (pruned, or moving into an array); returns them."""
+        requests = self._seen_by_start.pop(start)
+        for request in requests:
+            if self._seen.get(request) == start:
+                del self._seen[request]
+        return requests
 
     def _seal(self, *, rebuild: bool = False) -> None:
         """Move the starts no request can be counted in any more into arrays (see ``_sealed_by_start``): a
@@ -745,10 +751,7 @@ class WindowFinalizer:
         if self._high != _NEG:
             limit = self._high - self._high % self.size_ms - self.size_ms
             for start in [s for s in self._seen_by_start if s < limit]:
-                requests = self._seen_by_start.pop(start)
-                for request in requests:
-                    if self._seen.get(request) == start:
-                        del self._seen[request]
+                requests = self._take_open_start(start)
                 self._sealed_by_start[start] = np.fromiter(requests, dtype=np.uint64, count=len(requests))
                 rebuild = True
         if rebuild:
