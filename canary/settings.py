@@ -12,9 +12,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from canary.errors import ConfigError
 
+NativeMode = Literal["auto", "on", "off"]
+NATIVE_MODES: tuple[NativeMode, ...] = ("auto", "on", "off")
 _ARMS = ("last_good", "candidate")  # canary.core.models.ARMS (settings import nothing of the core)
 
 DEFAULT_LOCAL_PORT = 19092
@@ -172,6 +175,9 @@ class Settings:
     # The Prometheus server external metrics are queried on (CANARY_PROMETHEUS_URL, e.g.
     # http://127.0.0.1:9090); None: an external metric is missing ("not_configured") in every window.
     prometheus_url: str | None = None
+    # The native batch decoder of the windows stage (CANARY_NATIVE; canary.pipeline.decode): "auto" uses it when
+    # the extension is installed, "off" never (the pure-Python reference path), "on" requires it.
+    native: NativeMode = "auto"
 
     @property
     def recall_sample_rates(self) -> dict[str, float]:
@@ -339,6 +345,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         },
         diff_sample_rate=_fraction(env, "CANARY_DIFF_SAMPLE_RATE", 0.10),
         prometheus_url=env.get("CANARY_PROMETHEUS_URL", "").strip() or None,
+        native=_native_mode(env),
         kafka_security=_kafka_security(env),
         replication_factor=_replication_factor(env),
         create_topics=_bool(env, "CANARY_KAFKA_CREATE_TOPICS") if _given(env, "CANARY_KAFKA_CREATE_TOPICS") else None,
@@ -438,6 +445,14 @@ def _unit_interval(env: Mapping[str, str], name: str, default: float, *, include
 def _path(env: Mapping[str, str], name: str) -> Path | None:
     text = env.get(name, "").strip()
     return Path(text).expanduser() if text else None
+
+
+def _native_mode(env: Mapping[str, str]) -> NativeMode:
+    text = env.get("CANARY_NATIVE", "").strip().lower() or "auto"
+    for mode in NATIVE_MODES:
+        if text == mode:
+            return mode
+    raise ConfigError(f"environment: CANARY_NATIVE = {text!r}: must be one of {', '.join(NATIVE_MODES)}")
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:

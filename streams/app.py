@@ -48,7 +48,7 @@ from canary.observability.server import MetricsEndpoint, MetricsServer
 from canary.pipeline.decisions import DecisionStep
 from canary.pipeline.settings import DEFAULTS
 from canary.security import ControlSecurity
-from canary.settings import load_settings
+from canary.settings import NativeMode, load_settings
 from streams.audit import AuditLog
 from streams.brokerwatch import BrokerWatch
 from streams.merging import MergeStage
@@ -115,6 +115,8 @@ class StreamsConfig:
     replication_factor: int = 1
     # /metrics, /healthz, /readyz (port 0: none).
     metrics: MetricsEndpoint = field(default_factory=MetricsEndpoint)
+    # The windows stage's native batch decoder (Settings.native, CANARY_NATIVE).
+    native: NativeMode = "auto"
 
 
 @dataclass
@@ -205,6 +207,7 @@ class CanaryStreams:
             session_timeout_ms=int(config.session_timeout * 1000),
             instance_id=f"{config.instance_id}-windows" if config.instance_id else None,
             metrics=self.metrics,
+            native=config.native,
         )
         self.merging = MergeStage(
             config.bootstrap,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
 from canary.pipeline.decode import Decoded, OutcomeDecoder, as_core_outcomes
 from canary.pipeline.settings import DEFAULTS
+from canary.settings import NativeMode
 from streams.registry import DeploymentRegistry
 from streams.transactional import TransactionalStage, now_ms
 
@@ -58,6 +60,16 @@ class WindowingStats:
     by_partition: dict[int, int] = field(default_factory=dict)
 
 
+def _offsets_of(records: list[Any], row_of: dict[int, int]) -> Callable[[Any], int | None]:
+    """An outcome the core made from a batch's row (``ColumnBatch.row_of``) → its record's offset."""
+
+    def offset(outcome: Any) -> int | None:
+        row = row_of.get(id(outcome))
+        return None if row is None else int(records[row].offset)
+
+    return offset
+
+
 class WindowingStage(TransactionalStage[WindowFinalizer]):
     name = "windows"
 
@@ -77,6 +89,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         router_timeout_ms: int = DEFAULT_ROUTER_TIMEOUT_MS,
         future_bound_ms: int = DEFAULT_FUTURE_BOUND_MS,
         metrics: WorkerMetrics | None = None,
+        native: NativeMode = "auto",
     ) -> None:
         super().__init__(
             bootstrap,
@@ -96,7 +109,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         self.future_bound_ms = future_bound_ms
         self.stats = WindowingStats()
         self.metrics = metrics or WorkerMetrics()
-        self._decoder = OutcomeDecoder()
+        self._decoder = OutcomeDecoder(native=native)
         self._partials_partitions = 1
         self._progress_sent: dict[int, tuple[int, float]] = {}  # partition -> (closed_until, monotonic s)
 
@@ -136,50 +149,88 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         now = now_ms()
         for tp, records in batch.items():
             fin = self.states[tp.partition]
-            items, offsets = [], []
-            for record in records:
-                try:
-                    items.append(self._decoder.decode(record.value))
-                    offsets.append(record.offset)
-                except Exception as exc:  # poison (the decoder raises only Rejected): dead-lettered, never fatal
-                    rejected = wire.rejection_of(exc)
-                    self._dead_letter(tp.partition, record.offset, record.value, rejected.code, rejected.detail)
-                    self.stats.invalid_outcomes += 1
-            if not items:
+            columns, refused = self._decoder.decode_columns([record.value for record in records])
+            if columns is None:
+                self._process_objects(tp.partition, fin, records, now)
                 continue
+            for row, exc in refused:
+                rejected = wire.rejection_of(exc)
+                self._dead_letter(tp.partition, records[row].offset, records[row].value, rejected.code, rejected.detail)
+                self.stats.invalid_outcomes += 1
             try:
-                result = fin.add(tp.partition, as_core_outcomes(items), now)
+                result = fin.add_columns(tp.partition, columns, now)
             except Exception:
-                # The core never raises on decoded outcomes; if it ever does, find the record that makes it
-                # raise instead of crash-looping on the batch: one by one, the culprit quarantined. Outcomes
-                # the failed batch already took are dropped as repeats (the finalizer dedups by request).
+                # As below: the core never raises on decoded outcomes; should it, the object path finds the record.
                 log.exception(
-                    "windows: partition %s: a batch of %d outcomes failed; one by one", tp.partition, len(items)
+                    "windows: partition %s: a batch of %d records failed; one by one", tp.partition, len(records)
                 )
+                rows = columns.outcome_rows(0, len(columns)).tolist() + sorted(columns.watermarks)
+                rows.sort()
+                items = [columns.watermarks[r] if r in columns.watermarks else columns.objects([r])[0] for r in rows]
+                offsets = [records[r].offset for r in rows]
                 result = self._add_one_by_one(fin, tp.partition, items, offsets, records, now)
-            n = len(items) - result.watermarks
-            self.stats.outcomes += n
-            self.stats.watermark_records += result.watermarks
-            self.stats.late_outcomes += len(result.late)
-            self.stats.duplicate_outcomes += result.duplicates
-            self.stats.batches += 1
-            self.metrics.outcomes.inc(n)
-            self.metrics.late_outcomes.inc(len(result.late))
-            self.metrics.duplicate_outcomes.inc(result.duplicates)
-            self.stats.by_partition[tp.partition] = self.stats.by_partition.get(tp.partition, 0) + n
-            self._dead_letter_quarantined(tp.partition, fin)
-            offset_of = {id(o): off for o, off in zip(items, offsets, strict=True)} if result.future else {}
-            for outcome in result.future:
-                self.stats.future_outcomes += 1
-                offset = offset_of.get(id(outcome))
-                self._dead_letter(
-                    tp.partition,
-                    offset,
-                    None,
-                    "future_ts",
-                    "event time beyond the bound ahead of its producer's watermark",
-                    extra={"event_id": outcome.event_id, "ts": outcome.ts, "router_id": outcome.router_id},
-                )
+            self._account(
+                tp.partition,
+                fin,
+                result,
+                len(columns) - len(refused),
+                _offsets_of(records, columns.row_of),
+            )
+
+    def _process_objects(self, partition: int, fin: WindowFinalizer, records: list[Any], now: int) -> None:
+        """One partition's records decoded one at a time (no native decoder, or a record the columns cannot hold)."""
+        items, offsets = [], []
+        for record in records:
+            try:
+                items.append(self._decoder.decode(record.value))
+                offsets.append(record.offset)
+            except Exception as exc:  # poison (the decoder raises only Rejected): dead-lettered, never fatal
+                rejected = wire.rejection_of(exc)
+                self._dead_letter(partition, record.offset, record.value, rejected.code, rejected.detail)
+                self.stats.invalid_outcomes += 1
+        if not items:
+            return
+        try:
+            result = fin.add(partition, as_core_outcomes(items), now)
+        except Exception:
+            # The core never raises on decoded outcomes; if it ever does, find the record that makes it
+            # raise instead of crash-looping on the batch: one by one, the culprit quarantined. Outcomes
+            # the failed batch already took are dropped as repeats (the finalizer dedups by request).
+            log.exception("windows: partition %s: a batch of %d outcomes failed; one by one", partition, len(items))
+            result = self._add_one_by_one(fin, partition, items, offsets, records, now)
+        offset_of = {id(o): off for o, off in zip(items, offsets, strict=True)} if result.future else {}
+        self._account(partition, fin, result, len(items), lambda o: offset_of.get(id(o)))
+
+    def _account(
+        self,
+        partition: int,
+        fin: WindowFinalizer,
+        result: AddResult,
+        items: int,
+        offset_of: Callable[[Any], int | None],
+    ) -> None:
+        """Counters, metrics and dead letters of one partition's batch (``items``: outcomes and watermark records)."""
+        n = items - result.watermarks
+        self.stats.outcomes += n
+        self.stats.watermark_records += result.watermarks
+        self.stats.late_outcomes += len(result.late)
+        self.stats.duplicate_outcomes += result.duplicates
+        self.stats.batches += 1
+        self.metrics.outcomes.inc(n)
+        self.metrics.late_outcomes.inc(len(result.late))
+        self.metrics.duplicate_outcomes.inc(result.duplicates)
+        self.stats.by_partition[partition] = self.stats.by_partition.get(partition, 0) + n
+        self._dead_letter_quarantined(partition, fin)
+        for outcome in result.future:
+            self.stats.future_outcomes += 1
+            self._dead_letter(
+                partition,
+                offset_of(outcome),
+                None,
+                "future_ts",
+                "event time beyond the bound ahead of its producer's watermark",
+                extra={"event_id": outcome.event_id, "ts": outcome.ts, "router_id": outcome.router_id},
+            )
 
     def _add_one_by_one(
         self,

@@ -18,6 +18,7 @@ from canary.observability.server import MetricsEndpoint
 from canary.pipeline.settings import DEFAULTS
 from canary.runtime import StopDeadline
 from canary.security import ControlSecurity
+from canary.settings import NativeMode
 from streams.app import CanaryStreams, StreamsConfig
 
 
@@ -60,6 +61,7 @@ def run_worker(
     replication_factor: int = 1,
     metrics: MetricsEndpoint | None = None,
     log_format: LogFormat = "text",
+    native: NativeMode = "auto",
 ) -> None:
     """Blocks until SIGINT/SIGTERM; Faust's Worker then stops agents, commits and closes cleanly. Raises
     :class:`WorkerFailed` if the app crashed (an essential stage died) instead of exiting 0."""
@@ -78,6 +80,7 @@ def run_worker(
         prometheus_url=prometheus_url,
         replication_factor=replication_factor,
         metrics=metrics or MetricsEndpoint(),
+        native=native,
     )
     streams = CanaryStreams(config)
     worker = CanaryWorker(

@@ -107,6 +107,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         replication_factor=cluster_replication_factor(bootstrap, settings.replication_factor),
         metrics=metrics,
         log_format=log_format,
+        native=settings.native,
     )
     return 0
 

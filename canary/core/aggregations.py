@@ -370,6 +370,43 @@ class WindowAggregate:
         )
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class OutcomeColumns:
+    """What the aggregator reads of a batch of outcomes, as columns: built from outcome objects (:meth:`of`), or
+    straight from raw records by the native decoder without an object per record (canary.pipeline.decode)."""
+
+    latency: np.ndarray  # float64, ms
+    errored: np.ndarray  # bool
+    recall: np.ndarray  # float64, NaN: no label
+    exact_sample: np.ndarray  # bool: recall_source == "exact_sample"
+    user_group: np.ndarray  # int64, -1: none
+
+    @property
+    def size(self) -> int:
+        return int(self.latency.size)
+
+    @classmethod
+    def of(cls, outcomes: Sequence[SearchOutcome]) -> OutcomeColumns:
+        # List comprehensions into numpy: several times cheaper per outcome than generator expressions. numpy
+        # turns None into NaN for a float array.
+        return cls(
+            np.array([o.latency_ms for o in outcomes], dtype=np.float64),
+            np.array([o.error is not None for o in outcomes], dtype=bool),
+            np.array([o.recall_at_10 for o in outcomes], dtype=np.float64),
+            np.array([s == "exact_sample" for s in map(_SOURCE, outcomes)], dtype=bool),
+            np.array([-1 if (g := o.user_group) is None else g for o in outcomes], dtype=np.int64),
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[OutcomeColumns]) -> OutcomeColumns:
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _COLUMN_FIELDS))
+
+
+_COLUMN_FIELDS = ("latency", "errored", "recall", "exact_sample", "user_group")
+
+
 class WindowAggregator:
     """Folds micro-batches of outcomes into :class:`WindowAggregate` values.
 
@@ -410,14 +447,25 @@ class WindowAggregator:
         """Add one micro-batch. ``max_offset`` is the highest source offset in it, for redelivery checks."""
         if not outcomes:
             return state if max_offset is None else state.with_offset(max_offset)
-        # List comprehensions into numpy: several times cheaper per outcome than generator expressions.
-        latency = np.array([o.latency_ms for o in outcomes], dtype=np.float64)
-        errored = np.array([o.error is not None for o in outcomes], dtype=bool)
-        # NaN marks "no label" (numpy turns None into NaN for a float array); NaN < threshold is False,
-        # so unlabeled outcomes never count as a breach.
-        recall = np.array([o.recall_at_10 for o in outcomes], dtype=np.float64)
+        return self.agg_columns(state, OutcomeColumns.of(outcomes), outcomes, max_offset)
+
+    def agg_columns(
+        self,
+        state: WindowAggregate,
+        columns: OutcomeColumns,
+        carriers: Sequence[SearchOutcome] = (),
+        max_offset: int | None = None,
+    ) -> WindowAggregate:
+        """:meth:`agg` of outcomes given as columns (the native decoder's, or :meth:`OutcomeColumns.of`'s).
+        ``carriers``: the outcomes that may carry custom metrics (columns do not hold them)."""
+        n = columns.size
+        if not n:
+            return state if max_offset is None else state.with_offset(max_offset)
+        errored = columns.errored
+        # NaN marks "no label"; NaN < threshold is False, so unlabeled outcomes never count as a breach.
+        recall = columns.recall
         labeled = ~np.isnan(recall)
-        latency = np.where(errored, np.maximum(latency, self.error_latency_ms), latency)
+        latency = np.where(errored, np.maximum(columns.latency, self.error_latency_ms), columns.latency)
         breached = errored | (latency > self.latency_threshold_ms) | (recall < self.recall_threshold)
 
         sketch = state.sketch.copy()
@@ -442,15 +490,18 @@ class WindowAggregator:
                     new_bins = True
             n_labeled = int(labeled.sum())
             # Only labels and exact samples exist; an outcome without a source field reads as labels.
-            sampled = list(map(_SOURCE, outcomes)).count("exact_sample")
+            sampled = int(columns.exact_sample.sum())
             batch = (("exact_sample", sampled), ("labels", n_labeled - sampled))
             sources = merge_counts(sources, tuple((k, c) for k, c in batch if c))
         # The dict keeps the sorted order of the state it came from; only new bins need a sort.
         recall_hist = tuple(sorted(hist.items())) if new_bins else tuple(hist.items())
-        groups = self._groups(state.groups, outcomes, errored, slow, labeled, recall_micros)
+        groups = self._groups(state.groups, columns.user_group, errored, slow, labeled, recall_micros)
+        custom = state.custom
+        if self.custom.metrics and carriers:
+            custom = merge_custom(state.custom, self.custom.agg(carriers))
         return replace(
             state,
-            count=state.count + len(outcomes),
+            count=state.count + n,
             error_count=state.error_count + int(errored.sum()),
             sketch=sketch,
             recall_sum_micros=state.recall_sum_micros + int(recall_micros.sum()),
@@ -461,7 +512,7 @@ class WindowAggregator:
             else max(state.max_source_offset, max_offset),
             exceed=tuple(sorted(exceed.items(), key=lambda kv: float(kv[0]))),
             recall_hist=recall_hist,
-            custom=merge_custom(state.custom, self.custom.agg(outcomes)) if self.custom.metrics else state.custom,
+            custom=custom,
             recall_sources=sources,
             groups=groups,
         )
@@ -469,19 +520,18 @@ class WindowAggregator:
     def _groups(
         self,
         groups: GroupCounts,
-        outcomes: Sequence[SearchOutcome],
+        user_group: np.ndarray,
         errored: np.ndarray,
         slow: list[np.ndarray],
         labeled: np.ndarray,
         recall_micros: np.ndarray,
     ) -> GroupCounts:
-        """``groups`` plus this batch's counts per user group, from the masks ``agg`` already computed (``slow``: one
-        per exceedance threshold; ``recall_micros``: the labeled values, in order)."""
-        raw = [o.user_group for o in outcomes]
-        if raw.count(None) == len(raw):
+        """``groups`` plus this batch's counts per user group (``user_group``: -1 for none), from the masks ``agg``
+        already computed (``slow``: one per exceedance threshold; ``recall_micros``: the labeled values, in order)."""
+        has = user_group >= 0
+        if not has.any():
             return groups
-        g = np.array([-1 if x is None else x for x in raw], dtype=np.int64)
-        has = g >= 0
+        g = user_group
         micros = recall_micros
         if not has.all():
             micros = recall_micros[has[labeled]]

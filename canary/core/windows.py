@@ -35,7 +35,8 @@ from typing import Any
 import msgspec.structs
 import numpy as np
 
-from canary.core.aggregations import WindowAggregate, WindowAggregator
+from canary.core.aggregations import OutcomeColumns, WindowAggregate, WindowAggregator
+from canary.core.columns import ColumnBatch
 from canary.core.models import RouterWatermark, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.errors import SHAPE_ERRORS, InvalidEvent
 
@@ -209,6 +210,94 @@ class _Batch:
     live: set[str]
     groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = field(default_factory=dict)
     late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = field(default_factory=dict)
+    chunks: list[tuple[WindowKey, int, bool, _ColumnChunk]] = field(default_factory=list)  # column rows' groups
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _ColumnChunk:
+    """Rows of a :class:`ColumnBatch` waiting in one window (``_pending``): their columns, and where to find them
+    as objects should the aggregator ever raise on them."""
+
+    columns: OutcomeColumns
+    batch: ColumnBatch
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def objects(self) -> list[SearchOutcome]:
+        return self.batch.objects(self.rows)
+
+
+Chunk = list[SearchOutcome] | _ColumnChunk
+
+
+class _ObjectSegment:
+    """A segment of outcome objects, as the columnar path reads it."""
+
+    def __init__(self, outcomes: list[SearchOutcome]) -> None:
+        self.outcomes = outcomes
+        self.n = len(outcomes)
+        self.ts = np.fromiter([o.ts for o in outcomes], dtype=np.int64, count=self.n)
+        # Window keys by object identity within the segment: the decoder hands out one object per key, and
+        # equal keys under two identities merely aggregate into the same window in two steps.
+        key_objects = [o.window_key for o in outcomes]
+        identities = list(map(id, key_objects))
+        key_codes = {i: c for c, i in enumerate(dict.fromkeys(identities))}
+        self.keys: list[WindowKey] = list({id(k): k for k in key_objects}.values())
+        self.codes: list[int] = [0] * self.n if len(self.keys) == 1 else list(map(key_codes.__getitem__, identities))
+
+    def limits(self, limit_of: Mapping[str, int]) -> np.ndarray:
+        return np.fromiter([limit_of[o.router_id] for o in self.outcomes], dtype=np.int64, count=self.n)
+
+    def request_keys(self, candidates: list[int]) -> list[int]:
+        outcomes, keys, codes = self.outcomes, self.keys, self.codes
+        if len(keys) == 1:
+            return request_keys_of(keys[0].deployment_id, [outcomes[i].request_id for i in candidates])
+        by_deployment: dict[str | None, list[int]] = {}
+        for i in candidates:
+            by_deployment.setdefault(keys[codes[i]].deployment_id, []).append(i)
+        found: dict[int, int] = {}
+        for dep, positions in by_deployment.items():
+            ids = [outcomes[i].request_id for i in positions]
+            found.update(zip(positions, request_keys_of(dep, ids), strict=True))
+        return [found[i] for i in candidates]
+
+    def objects(self, positions: Sequence[int]) -> list[SearchOutcome]:
+        outcomes = self.outcomes
+        return [outcomes[i] for i in positions]
+
+    def group(self, batch: _Batch, key: WindowKey, slot: int, late: bool, positions: list[int]) -> None:
+        chosen = self.outcomes if len(positions) == self.n else self.objects(positions)
+        (batch.late_groups if late else batch.groups).setdefault((key, slot), []).extend(chosen)
+
+
+class _RowSegment:
+    """A segment of a :class:`ColumnBatch`'s outcome rows: no object per outcome."""
+
+    def __init__(self, columns: ColumnBatch, rows: np.ndarray) -> None:
+        self.batch = columns
+        self.rows = rows
+        self.n = int(rows.size)
+        self.ts = columns.ts[rows]
+        self.keys = columns.keys
+        self.codes = columns.key[rows]
+
+    def limits(self, limit_of: Mapping[str, int]) -> np.ndarray:
+        by_code = np.asarray([limit_of.get(r, 0) for r in self.batch.routers], dtype=np.int64)
+        limits: np.ndarray = by_code[self.batch.router[self.rows]]
+        return limits
+
+    def request_keys(self, candidates: list[int]) -> list[int]:
+        requests: list[int] = self.batch.request[self.rows[candidates]].tolist()
+        return requests
+
+    def objects(self, positions: Sequence[int]) -> list[SearchOutcome]:
+        return self.batch.objects(self.rows[np.asarray(positions, dtype=np.int64)])
+
+    def group(self, batch: _Batch, key: WindowKey, slot: int, late: bool, positions: list[int]) -> None:
+        rows = self.rows if len(positions) == self.n else self.rows[np.asarray(positions, dtype=np.int64)]
+        batch.chunks.append((key, slot, late, _ColumnChunk(self.batch.columns(rows), self.batch, rows)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +326,16 @@ class _Series:
 
     next_start: int  # first window not emitted yet
     idle: int = 0  # empty windows emitted in a row
+
+
+def _agg_chunks(agg: WindowAggregator, state: WindowAggregate, chunks: list[Chunk]) -> WindowAggregate:
+    """One fold of a window's pending chunks: objects as before; with column rows among them, as columns (the
+    aggregate is a function of the multiset of outcomes, so the order of the pieces does not matter)."""
+    carriers = [o for c in chunks if isinstance(c, list) for o in c]
+    if all(isinstance(c, list) for c in chunks):
+        return agg.agg(state, carriers)
+    parts = [c.columns if isinstance(c, _ColumnChunk) else OutcomeColumns.of(c) for c in chunks if len(c)]
+    return agg.agg_columns(state, OutcomeColumns.concat(parts), carriers)
 
 
 class WindowFinalizer:
@@ -287,7 +386,7 @@ class WindowFinalizer:
         # key and window start. A fold costs ~100 µs whatever its size (it copies the window's histogram and
         # sketch), so live traffic's small batches made it most of the worker's CPU; windows are folded once
         # when they close or a checkpoint reads them instead. The algebra gives the same state for any split.
-        self._pending: dict[WindowKey, dict[int, list[tuple[list[SearchOutcome], bool]]]] = {}
+        self._pending: dict[WindowKey, dict[int, list[tuple[Chunk, bool]]]] = {}
         self.quarantined: list[tuple[SearchOutcome, str]] = []
         """Outcomes the aggregator raised on (never, for decoded outcomes): left out of their window, for the
         caller to dead-letter; the caller empties the list."""
@@ -388,6 +487,41 @@ class WindowFinalizer:
         result = AddResult()
         if not items:
             return result
+        batch = self._begin(partition, now_ms, result)
+        mark = batch.current_mark()
+        segment: list[SearchOutcome] = []
+        for item in items:
+            if isinstance(item, RouterWatermark):
+                if segment:
+                    mark = self._add_segment(batch, segment, mark)
+                    segment = []
+                mark = self._on_watermark(batch, item)
+            else:
+                segment.append(item)
+        if segment:
+            self._add_segment(batch, segment, mark)
+        self._finish(batch)
+        return result
+
+    def add_columns(self, partition: int, columns: ColumnBatch, now_ms: int) -> AddResult:
+        """:meth:`add` of a batch decoded into columns (canary.pipeline.decode): the same rules and the same state,
+        without an object per outcome. Outcome objects are made only for what keeps one (late and future outcomes in
+        the result, segments that go one by one); their rows are in ``columns.row_of``."""
+        result = AddResult()
+        if not len(columns):
+            return result
+        batch = self._begin(partition, now_ms, result)
+        mark = batch.current_mark()
+        lo = 0
+        for row in sorted(columns.watermarks):
+            mark = self._add_rows(batch, columns, columns.outcome_rows(lo, row), mark)
+            mark = self._on_watermark(batch, columns.watermarks[row])
+            lo = row + 1
+        self._add_rows(batch, columns, columns.outcome_rows(lo, len(columns)), mark)
+        self._finish(batch)
+        return result
+
+    def _begin(self, partition: int, now_ms: int, result: AddResult) -> _Batch:
         clock = self.clock(partition)
         high = self._watermark_now(now_ms)
         others = [m for p, c in self.clocks.items() if p != partition for m in [c.watermark(now_ms)] if m is not None]
@@ -401,27 +535,34 @@ class WindowFinalizer:
                 m = min(m, floor)
             return high if m is None else max(m, high)
 
-        batch = _Batch(clock, now_ms, floor, current_mark, result, set(clock.live_producers(now_ms)))
-        mark = current_mark()
-        segment: list[SearchOutcome] = []
-        for item in items:
-            if isinstance(item, RouterWatermark):
-                if segment:
-                    mark = self._add_segment(batch, segment, mark)
-                    segment = []
-                clock.on_watermark(item, now_ms)
-                result.watermarks += 1
-                batch.live = set(clock.live_producers(now_ms))
-                mark = current_mark()
-            else:
-                segment.append(item)
-        if segment:
-            self._add_segment(batch, segment, mark)
+        return _Batch(clock, now_ms, floor, current_mark, result, set(clock.live_producers(now_ms)))
+
+    def _on_watermark(self, batch: _Batch, mark: RouterWatermark) -> int:
+        """A producer's watermark record in the partition's sequence; returns the mark after it."""
+        batch.clock.on_watermark(mark, batch.now_ms)
+        batch.result.watermarks += 1
+        batch.live = set(batch.clock.live_producers(batch.now_ms))
+        return batch.current_mark()
+
+    def _finish(self, batch: _Batch) -> None:
         for (key, start), outcomes in batch.groups.items():
             self._aggregate(key, start, outcomes, late=False)
         for (key, start), outcomes in batch.late_groups.items():
             self._aggregate(key, start, outcomes, late=True)
-        return result
+        for key, start, late, chunk in batch.chunks:
+            self._aggregate(key, start, chunk, late=late)
+
+    def _add_rows(self, batch: _Batch, columns: ColumnBatch, rows: np.ndarray, mark: int) -> int:
+        """Outcome rows between two watermark records: columnar whatever their number (no objects to build, so
+        small segments gain too), one by one on objects in the shapes the columnar path does not cover."""
+        if not rows.size:
+            return mark
+        routers = {columns.routers[c] for c in np.unique(columns.router[rows]).tolist()}
+        if routers <= batch.live:
+            return self._add_columnar(batch, _RowSegment(columns, rows), routers, mark, legacy=False)
+        if not batch.clock.producers:
+            return self._add_columnar(batch, _RowSegment(columns, rows), routers, mark, legacy=True)
+        return self._add_one_by_one(batch, columns.objects(rows), mark)
 
     def _add_segment(
         self,
@@ -439,15 +580,15 @@ class WindowFinalizer:
         if len(outcomes) >= self.columnar_min:
             routers = {o.router_id for o in outcomes}
             if routers <= batch.live:
-                return self._add_columnar(batch, outcomes, routers, mark, legacy=False)
+                return self._add_columnar(batch, _ObjectSegment(outcomes), routers, mark, legacy=False)
             if not batch.clock.producers:
-                return self._add_columnar(batch, outcomes, routers, mark, legacy=True)
+                return self._add_columnar(batch, _ObjectSegment(outcomes), routers, mark, legacy=True)
         return self._add_one_by_one(batch, outcomes, mark)
 
     def _add_columnar(
         self,
         batch: _Batch,
-        outcomes: list[SearchOutcome],
+        segment: _ObjectSegment | _RowSegment,
         routers: set[str],
         mark: int,
         *,
@@ -456,39 +597,19 @@ class WindowFinalizer:
         """``legacy``: no producer on the partition sends watermarks, so the mark follows each accepted
         outcome's event time minus grace, capped by the other partitions' ``floor`` (otherwise it is fixed)."""
         clock, now_ms, floor, result = batch.clock, batch.now_ms, batch.floor, batch.result
-        groups, late_groups = batch.groups, batch.late_groups
-        n = len(outcomes)
+        n = segment.n
         size = self.size_ms
-        ts = np.fromiter([o.ts for o in outcomes], dtype=np.int64, count=n)
+        ts = segment.ts
         producers = clock.producers
         bound = self.future_bound_ms
         limits = {r: (p.watermark if (p := producers.get(r)) is not None else now_ms) + bound for r in routers}
-        if len(limits) == 1:
-            accepted = ts <= next(iter(limits.values()))
-        else:
-            accepted = ts <= np.fromiter([limits[o.router_id] for o in outcomes], dtype=np.int64, count=n)
-        # Window keys by object identity within the segment: the decoder hands out one object per key, and
-        # equal keys under two identities merely aggregate into the same window in two steps.
-        key_objects = [o.window_key for o in outcomes]
-        identities = list(map(id, key_objects))
-        key_codes = {i: c for c, i in enumerate(dict.fromkeys(identities))}
-        keys: list[WindowKey] = list({id(k): k for k in key_objects}.values())
-        codes = [0] * n if len(keys) == 1 else list(map(key_codes.__getitem__, identities))
+        accepted = ts <= (next(iter(limits.values())) if len(limits) == 1 else segment.limits(limits))
+        keys, codes = segment.keys, segment.codes
         # Dedup before windowing: whether an outcome repeats a request depends only on what came before it.
         candidates: list[int] = list(range(n)) if accepted.all() else np.flatnonzero(accepted).tolist()
         if len(candidates) < n:
-            result.future.extend(outcomes[i] for i in np.flatnonzero(~accepted).tolist())
-        if len(keys) == 1:
-            candidate_keys = request_keys_of(keys[0].deployment_id, [outcomes[i].request_id for i in candidates])
-        else:
-            by_deployment: dict[str | None, list[int]] = {}
-            for i in candidates:
-                by_deployment.setdefault(keys[codes[i]].deployment_id, []).append(i)
-            found: dict[int, int] = {}
-            for dep, positions in by_deployment.items():
-                ids = [outcomes[i].request_id for i in positions]
-                found.update(zip(positions, request_keys_of(dep, ids), strict=True))
-            candidate_keys = [found[i] for i in candidates]
+            result.future.extend(segment.objects(np.flatnonzero(~accepted).tolist()))
+        candidate_keys = segment.request_keys(candidates)
         seen = self._seen
         sealed = self._sealed_hits(candidate_keys)
         if (
@@ -542,11 +663,9 @@ class WindowFinalizer:
             is_late = bool(g & 1)
             slot = base + (g >> 1) // len(keys) * size
             key = keys[(g >> 1) % len(keys)]
-            if len(positions) == len(kept):
-                chosen = [outcomes[i] for i in kept]
-            else:
-                chosen = [outcomes[kept[j]] for j in positions]
-            (late_groups if is_late else groups).setdefault((key, slot), []).extend(chosen)
+            segment.group(
+                batch, key, slot, is_late, kept if len(positions) == len(kept) else [kept[j] for j in positions]
+            )
         # Remembered per window start in arrival order, as one by one: the checkpoint does not depend on the
         # path a batch took, nor on how its window keys grouped (one shared object per key, or one each).
         slot_of = slots.tolist()
@@ -567,7 +686,7 @@ class WindowFinalizer:
             else:
                 bucket.extend(rks)
         if late.any():
-            result.late.extend(outcomes[kept[j]] for j in np.flatnonzero(late).tolist())
+            result.late.extend(segment.objects([kept[j] for j in np.flatnonzero(late).tolist()]))
         top = int(kts.max())
         if not legacy:
             clock.max_ts = top if clock.max_ts is None else max(clock.max_ts, top)
@@ -625,7 +744,7 @@ class WindowFinalizer:
                 clock.on_outcome(o.router_id, o.ts, now_ms)
         return mark
 
-    def _aggregate(self, key: WindowKey, start: int, outcomes: list[SearchOutcome], *, late: bool) -> None:
+    def _aggregate(self, key: WindowKey, start: int, outcomes: Chunk, *, late: bool) -> None:
         self._track(key, start)
         windows = self._open.setdefault(key, {})
         if start not in windows:
@@ -643,14 +762,13 @@ class WindowFinalizer:
         agg = self.aggregator_for(key)
         windows = self._open[key]
         state = windows[start]
-        outcomes = chunks[0][0] if len(chunks) == 1 else [o for chunk, _ in chunks for o in chunk]
         late = sum(len(chunk) for chunk, is_late in chunks if is_late)
         try:
-            state = agg.agg(state, outcomes)
+            state = _agg_chunks(agg, state, [chunk for chunk, _ in chunks])
         except Exception:  # a bug, not an input the decoder lets through: find the outcome, keep the rest
             late = 0
             for chunk, is_late in chunks:
-                for o in chunk:
+                for o in chunk.objects() if isinstance(chunk, _ColumnChunk) else chunk:
                     try:
                         state = agg.agg(state, [o])
                     except Exception as exc:

@@ -14,13 +14,26 @@ both paths against each other.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import msgspec
+import numpy as np
 
 from canary.core import wire
-from canary.core.models import RouterWatermark, SearchOutcome
-from canary.errors import CanaryError
+from canary.core.columns import SKIPPED, ColumnBatch
+from canary.core.models import MAX_EPOCH_MS, RouterWatermark, SearchOutcome, window_key_of
+from canary.core.rings import ring_arm
+from canary.core.split import USER_GROUPS
+from canary.errors import CanaryError, ConfigError
+from canary.settings import NativeMode
+
+try:  # the optional extension (native/; `make install` builds it where cargo is): the Python path is the reference
+    import canary_native as _native_module
+
+    NATIVE: ModuleType | None = _native_module
+except ImportError:  # pragma: no cover - depends on the machine
+    NATIVE = None
 
 
 class SourceRecord(NamedTuple):
@@ -54,8 +67,60 @@ class OutcomeDecoder:
     ``strict=True`` always goes through ``SearchOutcome.from_dict`` (slower; the reference behaviour).
     """
 
-    def __init__(self, strict: bool = False) -> None:
+    def __init__(self, strict: bool = False, native: NativeMode = "off") -> None:
         self.strict = strict
+        if native == "on" and NATIVE is None:
+            raise ConfigError(
+                "CANARY_NATIVE=on: the native decoder (canary_native) is not installed; `make install` builds it "
+                "where cargo is, or set CANARY_NATIVE=auto to use the Python path without it"
+            )
+        self.native = NATIVE if native != "off" and not strict else None
+
+    def decode_columns(self, values: Sequence[bytes | None]) -> tuple[ColumnBatch | None, list[tuple[int, Exception]]]:
+        """A batch of raw values as columns (the native decoder), and the rows it refused ``(row, Rejected)``
+        — refused by the reference, which decides every row the native decoder does not take as certain.
+        ``(None, [])`` when there is no native decoder, or a row the reference accepts is one the columns cannot
+        hold (an outcome with metrics, say): the caller decodes the batch one record at a time, as before."""
+        native = self.native
+        if native is None or not values:
+            return None, []
+        values = values if isinstance(values, list) else list(values)
+        out = native.decode_batch(
+            values, max_bytes=wire.OUTCOME.max_bytes, max_epoch_ms=MAX_EPOCH_MS, user_groups=USER_GROUPS
+        )
+        status = np.frombuffer(out[0], dtype=np.uint8).copy()
+        refused: list[tuple[int, Exception]] = []
+        for row in np.flatnonzero(status == native.FALLBACK).tolist():
+            try:
+                self.decode(values[row])
+            except Exception as exc:  # the decoder raises only Rejected
+                refused.append((row, exc))
+            else:
+                return None, []
+            status[row] = SKIPPED
+        keys = [window_key_of(d, c, ring_arm(a, r)) for d, c, a, r in out[10]]
+        routers: list[str] = out[11]
+        watermarks = {
+            row: RouterWatermark(routers[code], mark, status_name, seq) for row, code, mark, status_name, seq in out[12]
+        }
+        batch = ColumnBatch(
+            status=status,
+            ts=np.frombuffer(out[1], dtype=np.int64),
+            latency=np.frombuffer(out[2], dtype=np.float64),
+            recall=np.frombuffer(out[3], dtype=np.float64),
+            errored=np.frombuffer(out[4], dtype=np.bool_),
+            exact_sample=np.frombuffer(out[5], dtype=np.bool_),
+            user_group=np.frombuffer(out[6], dtype=np.int64),
+            key=np.frombuffer(out[7], dtype=np.int32).astype(np.int64),
+            router=np.frombuffer(out[8], dtype=np.int32).astype(np.int64),
+            request=np.frombuffer(out[9], dtype=np.uint64),
+            keys=keys,
+            routers=routers,
+            watermarks=watermarks,
+            values=values,
+            decode=self.decode,
+        )
+        return batch, refused
 
     @staticmethod
     def _reference(raw: bytes) -> Decoded:

@@ -1,0 +1,61 @@
+"""A batch of ``search_results`` records as columns: what the native decoder hands the window core.
+
+One object per batch instead of one per record (issue #24, docs/adr/0006-native-batch-core.md). Rows keep the
+batch's order; a row is an outcome, a producer's watermark record, or skipped (a record the reference decoder
+refused, dead-lettered by the caller). The core makes an outcome object only for the rare paths that keep one
+(late, future, one by one): :meth:`ColumnBatch.objects` decodes those rows' raw values with the reference decoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from canary.core.aggregations import OutcomeColumns
+from canary.core.models import RouterWatermark, SearchOutcome, WindowKey
+
+OUTCOME, WATERMARK, SKIPPED = 0, 1, 2
+"""Row kinds (``ColumnBatch.status``); the native decoder's codes."""
+
+
+@dataclass(eq=False, slots=True)
+class ColumnBatch:
+    status: np.ndarray  # uint8 per row: OUTCOME, WATERMARK or SKIPPED
+    ts: np.ndarray  # int64 event time
+    latency: np.ndarray  # float64
+    recall: np.ndarray  # float64, NaN: no label
+    errored: np.ndarray  # bool
+    exact_sample: np.ndarray  # bool
+    user_group: np.ndarray  # int64, -1: none
+    key: np.ndarray  # int64 code into ``keys``
+    router: np.ndarray  # int64 code into ``routers``
+    request: np.ndarray  # uint64: canary.core.windows.request_key of the outcome
+    keys: list[WindowKey]
+    routers: list[str]
+    watermarks: dict[int, RouterWatermark]  # row -> its watermark record
+    values: Sequence[bytes | None]  # the raw values, for :meth:`objects`
+    decode: Callable[[bytes | None], SearchOutcome | RouterWatermark]
+    row_of: dict[int, int] = field(default_factory=dict)  # id(materialized outcome) -> its row
+
+    def __len__(self) -> int:
+        return int(self.status.size)
+
+    def outcome_rows(self, lo: int, hi: int) -> np.ndarray:
+        return lo + np.flatnonzero(self.status[lo:hi] == OUTCOME)
+
+    def columns(self, rows: np.ndarray) -> OutcomeColumns:
+        return OutcomeColumns(
+            self.latency[rows], self.errored[rows], self.recall[rows], self.exact_sample[rows], self.user_group[rows]
+        )
+
+    def objects(self, rows: Sequence[int] | np.ndarray) -> list[SearchOutcome]:
+        """The outcomes of these rows as objects (decoded by the reference; remembered in ``row_of``)."""
+        out: list[SearchOutcome] = []
+        for row in np.asarray(rows, dtype=np.int64).tolist():
+            item = self.decode(self.values[row])
+            assert isinstance(item, SearchOutcome)  # the native decoder accepted it as one
+            self.row_of[id(item)] = row
+            out.append(item)
+        return out

@@ -1,0 +1,399 @@
+//! canary's native batch decoder for `search_results` values (issue #24, docs/adr/0006-native-batch-core.md).
+//!
+//! One call takes a fetched batch of raw record values and returns them as columns: event time, latency,
+//! recall, error flag, recall source, user group, window key and router codes, and each request's 64-bit
+//! identity (the same two checksums as `canary.core.windows.request_key`). No Python object is built per
+//! record. The pure-Python decoder stays the reference: a row is accepted here only when it is certain that
+//! `canary.pipeline.decode.OutcomeDecoder` accepts it with the same values; anything else (metrics, unknown or
+//! duplicate fields, escapes in names, numbers a float cannot hold exactly, tombstones, too large, not JSON)
+//! is marked `FALLBACK` and the caller decodes that row in Python, which decides and says why.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+const OUTCOME: u8 = 0;
+const WATERMARK: u8 = 1;
+const FALLBACK: u8 = 2;
+
+/// A JSON string, borrowed from the record when it holds no escape.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A float field: a JSON float, or an integer a float holds exactly (|n| <= 2^53); larger integers go to the
+/// reference, whose conversion is the contract's.
+struct Float(f64);
+
+const EXACT_INT: u64 = 1 << 53;
+
+impl<'de> Deserialize<'de> for Float {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Float;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if v.is_finite() {
+                    Ok(Float(v))
+                } else {
+                    Err(E::custom("not finite"))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                if v <= EXACT_INT {
+                    Ok(Float(v as f64))
+                } else {
+                    Err(E::custom("integer beyond 2^53"))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                if v.unsigned_abs() <= EXACT_INT {
+                    Ok(Float(v as f64))
+                } else {
+                    Err(E::custom("integer beyond 2^53"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// `deserialize_with` makes a nullable field required (a missing one is the reference's error to word).
+fn nullable_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Text<'de>>, D::Error> {
+    Option::<Text<'de>>::deserialize(d)
+}
+
+fn nullable_float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Float>, D::Error> {
+    Option::<Float>::deserialize(d)
+}
+
+/// Accepts only `null` (an absent or empty-of-numbers `metrics`); anything else goes to the reference.
+struct Null;
+
+impl<'de> Deserialize<'de> for Null {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Null;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("null")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Null)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
+struct Outcome<'a> {
+    event_id: Text<'a>,
+    request_id: Text<'a>,
+    ts: i64,
+    #[serde(deserialize_with = "nullable_text")]
+    deployment_id: Option<Text<'a>>,
+    config_name: Text<'a>,
+    config_version: Text<'a>,
+    config_hash: Text<'a>,
+    arm: Text<'a>,
+    latency_ms: Float,
+    #[serde(deserialize_with = "nullable_float")]
+    recall_at_10: Option<Float>,
+    result_count: i64,
+    #[serde(deserialize_with = "nullable_text")]
+    error: Option<Text<'a>>,
+    router_id: Text<'a>,
+    #[serde(default)]
+    metrics: Option<Null>,
+    #[serde(default)]
+    recall_source: Option<Text<'a>>,
+    #[serde(default)]
+    user_group: Option<i64>,
+    #[serde(default)]
+    ring: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, bound(deserialize = "'de: 'a"))]
+struct Watermark<'a> {
+    router_id: Text<'a>,
+    watermark_ms: i64,
+    status: Text<'a>,
+    seq: i64,
+    kind: Text<'a>,
+}
+
+/// `canary.core.models.SAFE_NAME`: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`.
+fn safe_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+fn adler32(data: &[u8], start: u32) -> u32 {
+    const MOD: u32 = 65521;
+    let (mut a, mut b) = (start & 0xffff, start >> 16);
+    // 5552 bytes is the most that can be summed before the 32-bit sums must be reduced (zlib's NMAX).
+    for chunk in data.chunks(5552) {
+        for &c in chunk {
+            a += c as u32;
+            b += a;
+        }
+        a %= MOD;
+        b %= MOD;
+    }
+    (b << 16) | a
+}
+
+/// Everything a batch's rows became, column by column (native-endian, for `numpy.frombuffer`).
+#[derive(Default)]
+struct Columns {
+    status: Vec<u8>,
+    ts: Vec<i64>,
+    latency: Vec<f64>,
+    recall: Vec<f64>,
+    errored: Vec<u8>,
+    exact_sample: Vec<u8>,
+    user_group: Vec<i64>,
+    key: Vec<i32>,
+    router: Vec<i32>,
+    request: Vec<u64>,
+    // distinct window keys: (deployment_id, config_name, arm, ring)
+    keys: Vec<(Option<String>, String, String, Option<String>)>,
+    routers: Vec<String>,
+    // row, router code, watermark_ms, status, seq
+    watermarks: Vec<(usize, i32, i64, String, i64)>,
+}
+
+struct Limits {
+    max_bytes: usize,
+    max_epoch_ms: i64,
+    user_groups: i64,
+}
+
+impl Columns {
+    fn router_code(&mut self, name: &str) -> i32 {
+        if let Some(i) = self.routers.iter().rposition(|r| r == name) {
+            return i as i32;
+        }
+        self.routers.push(name.to_owned());
+        (self.routers.len() - 1) as i32
+    }
+
+    fn key_code(&mut self, dep: Option<&str>, config: &str, arm: &str, ring: Option<&str>) -> i32 {
+        let found = self.keys.iter().rposition(|(d, c, a, r)| {
+            d.as_deref() == dep && c == config && a == arm && r.as_deref() == ring
+        });
+        if let Some(i) = found {
+            return i as i32;
+        }
+        self.keys.push((dep.map(str::to_owned), config.to_owned(), arm.to_owned(), ring.map(str::to_owned)));
+        (self.keys.len() - 1) as i32
+    }
+
+    fn push_empty(&mut self, status: u8) {
+        self.status.push(status);
+        self.ts.push(0);
+        self.latency.push(0.0);
+        self.recall.push(f64::NAN);
+        self.errored.push(0);
+        self.exact_sample.push(0);
+        self.user_group.push(-1);
+        self.key.push(-1);
+        self.router.push(-1);
+        self.request.push(0);
+    }
+
+    /// One value: an accepted outcome, an accepted watermark record, or a row for the reference.
+    fn row(&mut self, raw: Option<&[u8]>, limits: &Limits) {
+        let Some(raw) = raw else { return self.push_empty(FALLBACK) };
+        if raw.len() > limits.max_bytes {
+            return self.push_empty(FALLBACK);
+        }
+        match serde_json::from_slice::<Outcome>(raw) {
+            Ok(o) => {
+                if !self.outcome(&o, limits) {
+                    self.push_empty(FALLBACK);
+                }
+            }
+            Err(_) => match serde_json::from_slice::<Watermark>(raw) {
+                Ok(w) if self.watermark(&w, limits) => {}
+                _ => self.push_empty(FALLBACK),
+            },
+        }
+    }
+
+    fn outcome(&mut self, o: &Outcome, limits: &Limits) -> bool {
+        let epoch = 0..=limits.max_epoch_ms;
+        let dep = o.deployment_id.as_ref().map(|t| t.0.as_ref());
+        let ring = o.ring.as_ref().map(|t| t.0.as_ref());
+        let arm = o.arm.0.as_ref();
+        let recall = o.recall_at_10.as_ref().map(|f| f.0);
+        let source = o.recall_source.as_ref().map(|t| t.0.as_ref());
+        let valid = !o.event_id.0.is_empty()
+            && !o.request_id.0.is_empty()
+            && epoch.contains(&o.ts)
+            && dep.map_or(true, safe_name)
+            && safe_name(&o.config_name.0)
+            && (arm == "last_good" || arm == "candidate")
+            && o.latency_ms.0 >= 0.0
+            && recall.map_or(true, |r| (0.0..=1.0).contains(&r))
+            && o.result_count >= 0
+            && safe_name(&o.router_id.0)
+            && ring.map_or(true, safe_name)
+            && o.user_group.map_or(true, |g| (0..limits.user_groups).contains(&g))
+            && match source {
+                None => true,
+                Some("labels") | Some("exact_sample") => recall.is_some(),
+                Some(_) => false,
+            };
+        let _ = (&o.config_version, &o.config_hash, &o.metrics); // typed by the parse; values unused here
+        if !valid {
+            return false;
+        }
+        let key = self.key_code(dep, &o.config_name.0, arm, ring);
+        let router = self.router_code(&o.router_id.0);
+        // canary.core.windows.request_keys_of: crc32 and adler32 of "<deployment or ->|<request id>".
+        let prefix = dep.unwrap_or("-").as_bytes();
+        let request = o.request_id.0.as_bytes();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(prefix);
+        crc.update(b"|");
+        crc.update(request);
+        let adler = adler32(request, adler32(b"|", adler32(prefix, 1)));
+        self.status.push(OUTCOME);
+        self.ts.push(o.ts);
+        self.latency.push(o.latency_ms.0);
+        self.recall.push(recall.unwrap_or(f64::NAN));
+        self.errored.push(o.error.is_some() as u8);
+        self.exact_sample.push((source == Some("exact_sample")) as u8);
+        self.user_group.push(o.user_group.unwrap_or(-1));
+        self.key.push(key);
+        self.router.push(router);
+        self.request.push(((crc.finalize() as u64) << 32) | adler as u64);
+        true
+    }
+
+    fn watermark(&mut self, w: &Watermark, limits: &Limits) -> bool {
+        let status = w.status.0.as_ref();
+        let valid = w.kind.0 == "watermark"
+            && safe_name(&w.router_id.0)
+            && (0..=limits.max_epoch_ms).contains(&w.watermark_ms)
+            && matches!(status, "start" | "running" | "stop")
+            && w.seq >= 0;
+        if !valid {
+            return false;
+        }
+        let row = self.status.len();
+        let router = self.router_code(&w.router_id.0);
+        self.watermarks.push((row, router, w.watermark_ms, status.to_owned(), w.seq));
+        self.push_empty(WATERMARK);
+        true
+    }
+}
+
+fn bytes_of<T: Copy>(py: Python<'_>, v: &[T]) -> Py<PyBytes> {
+    // SAFETY: T is a plain number type (u8, i32, i64, u64, f64); its bytes are its native representation.
+    let raw = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
+    PyBytes::new_bound(py, raw).unbind()
+}
+
+/// Decode a batch of `search_results` values (bytes or None) into columns; see the module docs.
+///
+/// Returns `(status, ts, latency, recall, errored, exact_sample, user_group, key, router, request, keys,
+/// routers, watermarks)`: ten byte strings (u8, i64, f64, f64, u8, u8, i64, i32, i32, u64 per row), the
+/// distinct window keys `(deployment_id, config_name, arm, ring)`, the distinct router ids, and the watermark
+/// rows `(row, router code, watermark_ms, status, seq)`.
+#[pyfunction]
+#[pyo3(signature = (values, *, max_bytes, max_epoch_ms, user_groups))]
+fn decode_batch(
+    py: Python<'_>,
+    values: &Bound<'_, PyList>,
+    max_bytes: usize,
+    max_epoch_ms: i64,
+    user_groups: i64,
+) -> PyResult<Py<PyTuple>> {
+    let limits = Limits { max_bytes, max_epoch_ms, user_groups };
+    let mut cols = Columns::default();
+    for value in values.iter() {
+        if value.is_none() {
+            cols.row(None, &limits);
+        } else if let Ok(b) = value.downcast::<PyBytes>() {
+            cols.row(Some(b.as_bytes()), &limits);
+        } else {
+            cols.row(None, &limits); // bytearray, memoryview …: the reference takes them
+        }
+    }
+    let keys: Vec<PyObject> = cols
+        .keys
+        .iter()
+        .map(|(d, c, a, r)| (d.as_deref(), c.as_str(), a.as_str(), r.as_deref()).into_py(py))
+        .collect();
+    let marks: Vec<PyObject> = cols
+        .watermarks
+        .iter()
+        .map(|(row, router, wm, status, seq)| (*row, *router, *wm, status.as_str(), *seq).into_py(py))
+        .collect();
+    let out = PyTuple::new_bound(
+        py,
+        [
+            bytes_of(py, &cols.status).into_py(py),
+            bytes_of(py, &cols.ts).into_py(py),
+            bytes_of(py, &cols.latency).into_py(py),
+            bytes_of(py, &cols.recall).into_py(py),
+            bytes_of(py, &cols.errored).into_py(py),
+            bytes_of(py, &cols.exact_sample).into_py(py),
+            bytes_of(py, &cols.user_group).into_py(py),
+            bytes_of(py, &cols.key).into_py(py),
+            bytes_of(py, &cols.router).into_py(py),
+            bytes_of(py, &cols.request).into_py(py),
+            PyList::new_bound(py, keys).into_py(py),
+            PyList::new_bound(py, &cols.routers).into_py(py),
+            PyList::new_bound(py, marks).into_py(py),
+        ],
+    );
+    Ok(out.unbind())
+}
+
+#[pymodule]
+fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
+    m.add("OUTCOME", OUTCOME)?;
+    m.add("WATERMARK", WATERMARK)?;
+    m.add("FALLBACK", FALLBACK)?;
+    Ok(())
+}

@@ -1,0 +1,354 @@
+"""The native batch decoder (native/, canary_native) against the reference, and the window core fed by it.
+
+The reference is the Python path: ``OutcomeDecoder.decode`` record by record and ``WindowFinalizer.add``. The
+native path must never accept what the reference refuses, must read every accepted record exactly as the
+reference does, and must leave the window core in the same state with the same results (issue #24).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+
+from canary.core.columns import OUTCOME, SKIPPED, WATERMARK
+from canary.core.models import RouterWatermark, SearchOutcome
+from canary.core.windows import WindowFinalizer, request_key
+from canary.pipeline import decode as decode_module
+from canary.pipeline.decode import OutcomeDecoder
+
+pytestmark = pytest.mark.skipif(decode_module.NATIVE is None, reason="canary_native is not built (no cargo)")
+
+BASE = 1_700_000_000_000
+REFERENCE = OutcomeDecoder()
+
+
+def outcome(i: int, **over: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "event_id": f"e{i}",
+        "request_id": f"q{i}",
+        "ts": BASE + i,
+        "deployment_id": "dep-a",
+        "config_name": "cfg.v2",
+        "config_version": "2",
+        "config_hash": "abc",
+        "arm": "candidate",
+        "latency_ms": 123.25,
+        "recall_at_10": 0.5,
+        "result_count": 10,
+        "error": None,
+        "router_id": "router-1",
+        "recall_source": "labels",
+        "user_group": 3,
+    }
+    d.update(over)
+    return d
+
+
+def raw(d: Any) -> bytes:
+    return json.dumps(d).encode()
+
+
+MUTATIONS: list[tuple[str, Any]] = [
+    ("plain", lambda d: raw(d)),
+    ("compact", lambda d: json.dumps(d, separators=(",", ":")).encode()),
+    ("spaced", lambda d: b"  " + json.dumps(d, indent=2).encode() + b"\n "),
+    ("no user_group", lambda d: raw({k: v for k, v in d.items() if k != "user_group"})),
+    ("no recall_source", lambda d: raw({k: v for k, v in d.items() if k != "recall_source"})),
+    ("exact sample", lambda d: raw({**d, "recall_source": "exact_sample"})),
+    ("source without recall", lambda d: raw({**d, "recall_at_10": None})),
+    ("no recall", lambda d: raw({**d, "recall_at_10": None, "recall_source": None})),
+    ("bad source", lambda d: raw({**d, "recall_source": "guess"})),
+    ("ring", lambda d: raw({**d, "ring": "internal"})),
+    ("bad ring", lambda d: raw({**d, "ring": "in ternal"})),
+    ("null ring", lambda d: raw({**d, "ring": None})),
+    ("metrics", lambda d: raw({**d, "metrics": {"ndcg": 0.5}})),
+    ("null metrics", lambda d: raw({**d, "metrics": None})),
+    ("empty metrics", lambda d: raw({**d, "metrics": {}})),
+    ("missing deployment", lambda d: raw({k: v for k, v in d.items() if k != "deployment_id"})),
+    ("null deployment", lambda d: raw({**d, "deployment_id": None})),
+    ("missing error", lambda d: raw({k: v for k, v in d.items() if k != "error"})),
+    ("missing recall", lambda d: raw({k: v for k, v in d.items() if k != "recall_at_10"})),
+    ("missing ts", lambda d: raw({k: v for k, v in d.items() if k != "ts"})),
+    ("error", lambda d: raw({**d, "error": "timeout"})),
+    ("empty error", lambda d: raw({**d, "error": ""})),
+    ("unknown field", lambda d: raw({**d, "shard": 7})),
+    ("kind on outcome", lambda d: raw({**d, "kind": "watermark"})),
+    ("duplicate field", lambda d: raw(d)[:-1] + b', "latency_ms": 5.0}'),
+    ("duplicate ts", lambda d: raw(d)[:-1] + b', "ts": 1}'),
+    ("float ts", lambda d: raw({**d, "ts": float(d["ts"])})),
+    ("exponent ts", lambda d: raw(d).replace(str(d["ts"]).encode(), b"1.7e12")),
+    ("negative ts", lambda d: raw({**d, "ts": -1})),
+    ("huge ts", lambda d: raw({**d, "ts": 253_402_300_800_000})),
+    ("last ts", lambda d: raw({**d, "ts": 253_402_300_799_999})),
+    ("zero ts", lambda d: raw({**d, "ts": 0})),
+    ("string ts", lambda d: raw({**d, "ts": str(d["ts"])})),
+    ("bool ts", lambda d: raw({**d, "ts": True})),
+    ("int latency", lambda d: raw({**d, "latency_ms": 250})),
+    ("big int latency", lambda d: raw({**d, "latency_ms": 2**53 + 1})),
+    ("huge int latency", lambda d: raw({**d, "latency_ms": 10**30})),
+    ("overflow latency", lambda d: raw(d).replace(b"123.25", b"1e400")),
+    ("tiny latency", lambda d: raw(d).replace(b"123.25", b"4.9e-324")),
+    ("long latency", lambda d: raw(d).replace(b"123.25", b"123.2500000000000000000000000000000000001")),
+    ("negative zero", lambda d: raw(d).replace(b"123.25", b"-0.0")),
+    ("negative latency", lambda d: raw({**d, "latency_ms": -1.0})),
+    ("string latency", lambda d: raw({**d, "latency_ms": "1"})),
+    ("NaN latency", lambda d: raw(d).replace(b"123.25", b"NaN")),
+    ("recall 1", lambda d: raw({**d, "recall_at_10": 1})),
+    ("recall above 1", lambda d: raw({**d, "recall_at_10": 1.0000001})),
+    ("recall negative", lambda d: raw({**d, "recall_at_10": -0.1})),
+    ("group 15", lambda d: raw({**d, "user_group": 15})),
+    ("group 16", lambda d: raw({**d, "user_group": 16})),
+    ("group -1", lambda d: raw({**d, "user_group": -1})),
+    ("float group", lambda d: raw({**d, "user_group": 1.0})),
+    ("result count negative", lambda d: raw({**d, "result_count": -1})),
+    ("result count huge", lambda d: raw({**d, "result_count": 2**63})),
+    ("result count max", lambda d: raw({**d, "result_count": 2**63 - 1})),
+    ("bad arm", lambda d: raw({**d, "arm": "control"})),
+    ("last_good arm", lambda d: raw({**d, "arm": "last_good"})),
+    ("empty event", lambda d: raw({**d, "event_id": ""})),
+    ("empty request", lambda d: raw({**d, "request_id": ""})),
+    ("unicode request", lambda d: raw({**d, "request_id": "ünï-ʀeq"})),
+    ("raw unicode request", lambda d: json.dumps({**d, "request_id": "ünï-ʀeq"}, ensure_ascii=False).encode()),
+    ("escaped request", lambda d: raw(d).replace(b'"q', b'"\\u0071')),
+    ("escaped name", lambda d: raw(d).replace(b'"router-1"', b'"\\u0072outer-1"')),
+    ("escaped key", lambda d: raw(d).replace(b'"latency_ms"', b'"latency\\u005fms"')),
+    ("lone surrogate", lambda d: raw(d).replace(b'"q', b'"\\ud800q')),
+    ("invalid utf-8", lambda d: raw(d).replace(b'"q', b'"\xff')),
+    ("name too long", lambda d: raw({**d, "config_name": "c" * 129})),
+    ("name at limit", lambda d: raw({**d, "config_name": "c" * 128})),
+    ("name starts with dash", lambda d: raw({**d, "router_id": "-r"})),
+    ("name with bar", lambda d: raw({**d, "deployment_id": "a|b"})),
+    ("name with at", lambda d: raw({**d, "config_name": "a@b"})),
+    ("non-ascii name", lambda d: raw({**d, "config_name": "cfé"})),
+    ("config_version number", lambda d: raw({**d, "config_version": 2})),
+    ("trailing garbage", lambda d: raw(d) + b"x"),
+    ("two objects", lambda d: raw(d) + raw(d)),
+    ("array", lambda d: raw([d])),
+    ("not json", lambda d: b"{nope"),
+    ("empty", lambda d: b""),
+    ("too large", lambda d: raw({**d, "config_hash": "h" * 70_000})),
+    ("deep", lambda d: raw({**d, "metrics": {"a": [[[[[[[[[1]]]]]]]]]}})),
+    ("watermark", lambda d: raw({"router_id": "router-1", "watermark_ms": BASE, "status": "running", "seq": 4, "kind": "watermark"})),
+    ("watermark stop", lambda d: raw({"router_id": "r2", "watermark_ms": BASE, "status": "stop", "seq": 0, "kind": "watermark"})),
+    ("watermark bad status", lambda d: raw({"router_id": "r", "watermark_ms": BASE, "status": "x", "seq": 1, "kind": "watermark"})),
+    ("watermark bad kind", lambda d: raw({"router_id": "r", "watermark_ms": BASE, "status": "start", "seq": 1, "kind": "mark"})),
+    ("watermark extra", lambda d: raw({"router_id": "r", "watermark_ms": BASE, "status": "start", "seq": 1, "kind": "watermark", "x": 1})),
+    ("watermark negative seq", lambda d: raw({"router_id": "r", "watermark_ms": BASE, "status": "start", "seq": -1, "kind": "watermark"})),
+    ("watermark escaped kind", lambda d: b'{"router_id":"r","watermark_ms":5,"status":"start","seq":1,"\\u006bind":"watermark"}'),
+]
+
+
+def native_rows(values: list[bytes | None]) -> Any:
+    decoder = OutcomeDecoder(native="on")
+    assert decoder.native is not None
+    from canary.core.models import MAX_EPOCH_MS
+    from canary.core.split import USER_GROUPS
+
+    return decoder.native.decode_batch(values, max_bytes=64 << 10, max_epoch_ms=MAX_EPOCH_MS, user_groups=USER_GROUPS)
+
+
+def reference(value: bytes | None) -> SearchOutcome | RouterWatermark | None:
+    try:
+        return REFERENCE.decode(value)
+    except Exception:
+        return None
+
+
+def check_rows(values: list[bytes | None]) -> list[int]:
+    """Assert the native decoder's reading of every row against the reference; returns the status per row."""
+    out = native_rows(values)
+    status = np.frombuffer(out[0], dtype=np.uint8)
+    ts, latency, recall = (np.frombuffer(out[i], dtype=t) for i, t in ((1, np.int64), (2, np.float64), (3, np.float64)))
+    errored, exact, group = (np.frombuffer(out[i], dtype=t) for i, t in ((4, np.uint8), (5, np.uint8), (6, np.int64)))
+    key, router, request = (np.frombuffer(out[i], dtype=t) for i, t in ((7, np.int32), (8, np.int32), (9, np.uint64)))
+    keys, routers, marks = out[10], out[11], {m[0]: m for m in out[12]}
+    for row, value in enumerate(values):
+        ref = reference(value)
+        if status[row] == OUTCOME:
+            assert isinstance(ref, SearchOutcome), (row, value)
+            assert int(ts[row]) == ref.ts
+            assert float(latency[row]).hex() == float(ref.latency_ms).hex()  # bit for bit, -0.0 included
+            if ref.recall_at_10 is None:
+                assert np.isnan(recall[row])
+            else:
+                assert float(recall[row]).hex() == float(ref.recall_at_10).hex()
+            assert bool(errored[row]) == (ref.error is not None)
+            assert bool(exact[row]) == (ref.recall_source == "exact_sample")
+            assert int(group[row]) == (-1 if ref.user_group is None else ref.user_group)
+            dep, config, arm, ring = keys[key[row]]
+            assert (dep, config, arm, ring) == (ref.deployment_id, ref.config_name, ref.arm, ref.ring)
+            assert routers[router[row]] == ref.router_id
+            assert int(request[row]) == request_key(ref.deployment_id, ref.request_id)
+            assert ref.metrics is None
+        elif status[row] == WATERMARK:
+            _, code, mark, mark_status, seq = marks[row]
+            assert ref == RouterWatermark(routers[code], mark, mark_status, seq), (row, value)  # type: ignore[arg-type]
+    return status.tolist()
+
+
+def test_the_native_decoder_reads_every_record_as_the_reference_or_leaves_it_to_it() -> None:
+    values: list[bytes | None] = [None, b"null", b"1", b'"s"']
+    names = []
+    for i, (name, mutate) in enumerate(MUTATIONS):
+        values.append(mutate(outcome(i)))
+        names.append(name)
+    status = check_rows(values)
+    by_name = dict(zip(names, status[4:], strict=True))
+    # The native path must carry the ordinary shapes itself, or it gains nothing.
+    for name in ("plain", "compact", "spaced", "exact sample", "ring", "null metrics", "error", "unicode request"):
+        assert by_name[name] == OUTCOME, name
+    for name in ("escaped request", "raw unicode request", "int latency", "negative zero", "last ts", "zero ts"):
+        assert by_name[name] == OUTCOME, name
+    assert by_name["watermark"] == WATERMARK and by_name["watermark stop"] == WATERMARK
+    assert status[:4] == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_byte_damage_is_never_read_differently(seed: int) -> None:
+    """Flipped, dropped and inserted bytes in valid records: whatever the native decoder accepts, the
+    reference accepts with the same values."""
+    rng = random.Random(seed)
+    alphabet = b'{}[]":,0123456789.eE+-\\u abcnlrtsfx\xff'
+    values: list[bytes | None] = []
+    for i in range(3000):
+        data = bytearray(raw(outcome(i, latency_ms=rng.lognormvariate(5, 1), user_group=rng.randrange(16))))
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            at = rng.randrange(len(data))
+            action = rng.random()
+            if action < 0.4:
+                data[at] = rng.choice(alphabet)
+            elif action < 0.7:
+                del data[at]
+            else:
+                data.insert(at, rng.choice(alphabet))
+        values.append(bytes(data))
+    status = check_rows(values)
+    assert status.count(OUTCOME) > 100  # damage in a value's digits still decodes: the comparison is exercised
+
+
+# -- the window core fed by columns -------------------------------------------------------------------------------
+
+KEYS = [("dep-a", "cand", "candidate", None), ("dep-a", "base", "last_good", None), (None, "base", "last_good", None)]
+
+
+def record_stream(seed: int, *, watermarking: float) -> list[tuple[int, int, list[bytes | None]]]:
+    """(partition, now_ms, raw values) in arrival order: watermarking and legacy producers, skew, stalls, futures,
+    redeliveries, late outcomes, rings, user groups, sampled recall, now and then a poison record or an outcome
+    with metrics (which sends its batch down the object path)."""
+    rng = random.Random(seed)
+    routers = [f"r{i}" for i in range(3)]
+    sends_marks = {r: rng.random() < watermarking for r in routers}
+    skew = {r: rng.choice([0, 0, -2000, 1500]) for r in routers}
+    out: list[tuple[int, int, list[bytes | None]]] = []
+    seq = 0
+    now = BASE
+    sent: list[bytes] = []
+    keys = [*KEYS, ("dep-a", "cand", "candidate", "internal")]
+    for _ in range(rng.randint(20, 45)):
+        now += rng.choice([50, 100, 400, 3000])
+        partition = rng.randrange(2)
+        batch: list[bytes | None] = []
+        for _ in range(rng.choice([1, 5, 40, 120, 300])):
+            r = rng.choice(routers)
+            roll = rng.random()
+            if sends_marks[r] and roll < 0.03:
+                status = "stop" if rng.random() < 0.05 else "running"
+                seq += 1
+                batch.append(msgspec.json.encode(RouterWatermark(r, now + skew[r] - rng.randint(0, 300), status, seq)))
+                continue
+            if roll < 0.045 and sent:
+                batch.append(rng.choice(sent))  # redelivered: the same request again
+                continue
+            if roll < 0.05:
+                batch.append(rng.choice([None, b"{", b'{"event_id": 1}', b"[]"]))  # poison
+                continue
+            seq += 1
+            dep, config, arm, ring = rng.choice(keys)
+            ts = now + skew[r] - rng.randint(0, 1500)
+            if roll > 0.995:
+                ts += 3_600_000  # a clock an hour ahead
+            elif roll > 0.97:
+                ts -= rng.randint(5000, 20_000)  # delivered late
+            error = "backend_error" if rng.random() < 0.05 else None
+            recall = None if error or rng.random() < 0.3 else round(rng.random(), 3)
+            d = outcome(
+                seq,
+                ts=max(0, ts),
+                deployment_id=dep,
+                config_name=config,
+                arm=arm,
+                ring=ring,
+                latency_ms=rng.lognormvariate(5, 0.6),
+                recall_at_10=recall,
+                recall_source=None if recall is None else rng.choice(["labels", "exact_sample", None]),
+                error=error,
+                router_id=r,
+                user_group=rng.choice([None, rng.randrange(16)]),
+            )
+            if rng.random() < 0.003:
+                d["metrics"] = {"ndcg": rng.random()}
+            value = raw(d)
+            sent.append(value)
+            batch.append(value)
+        out.append((partition, now, batch))
+    return out
+
+
+def drive(seed: int, watermarking: float, *, native: bool) -> dict[str, Any]:
+    decoder = OutcomeDecoder(native="on" if native else "off")
+    fin = WindowFinalizer()
+    log: list[Any] = []
+    paths = {"columns": 0, "objects": 0}
+    for partition, now, values in record_stream(seed, watermarking=watermarking):
+        columns, refused = decoder.decode_columns(values)
+        if columns is not None:
+            paths["columns"] += 1
+            res = fin.add_columns(partition, columns, now)
+            rejected = sorted(row for row, _ in refused)
+        else:
+            paths["objects"] += 1
+            items, rejected = [], []
+            for row, value in enumerate(values):
+                try:
+                    items.append(decoder.decode(value))
+                except Exception:
+                    rejected.append(row)
+            res = fin.add(partition, items, now)
+        log.append((rejected, [o.event_id for o in res.late], [o.event_id for o in res.future], res.duplicates))
+        log.append(res.watermarks)
+        log.append([w.to_dict() for w in fin.due(now)])
+    log.append([w.to_dict() for w in fin.flush_all(BASE + 10**7)])
+    return {"log": log, "state": fin.to_dict(), "paths": paths}
+
+
+@pytest.mark.parametrize("watermarking", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("seed", range(10))
+def test_columns_and_objects_leave_the_same_windows_and_state(seed: int, watermarking: float) -> None:
+    objects = drive(seed, watermarking, native=False)
+    columns = drive(seed, watermarking, native=True)
+    assert columns["log"] == objects["log"]
+    assert columns["state"] == objects["state"]
+    assert columns["paths"]["columns"] > 0
+
+
+def test_without_the_extension_on_is_an_error_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from canary.errors import ConfigError
+
+    monkeypatch.setattr(decode_module, "NATIVE", None)
+    with pytest.raises(ConfigError, match="CANARY_NATIVE=on"):
+        OutcomeDecoder(native="on")
+    decoder = OutcomeDecoder(native="auto")
+    assert decoder.decode_columns([raw(outcome(1))]) == (None, [])
+
+
+def test_a_refused_row_is_skipped_and_reported_with_the_reference_reason() -> None:
+    decoder = OutcomeDecoder(native="on")
+    columns, refused = decoder.decode_columns([raw(outcome(1)), b"{", None, raw(outcome(2))])
+    assert columns is not None
+    assert columns.status.tolist() == [OUTCOME, SKIPPED, SKIPPED, OUTCOME]
+    assert [(row, exc.code) for row, exc in refused] == [(1, "not_json"), (2, "no_value")]  # type: ignore[attr-defined]
