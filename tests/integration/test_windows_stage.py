@@ -37,7 +37,9 @@ def _outcome(i: int, base: int, dep: str) -> SearchOutcome:
     )
 
 
-async def test_backlog_is_aggregated_completely_and_once(kafka_bootstrap: str, tmp_path: Path) -> None:
+# Both decoders of the windows stage: the native batch decoder (when built) and the pure-Python reference path.
+@pytest.mark.parametrize("native", ["auto", "off"])
+async def test_backlog_is_aggregated_completely_and_once(kafka_bootstrap: str, tmp_path: Path, native: str) -> None:
     topics = Topics(f"stage{uuid.uuid4().hex[:6]}.")
     await asyncio.to_thread(ensure_topics, kafka_bootstrap, topics)
     base = (int(time.time() * 1000) // 5000 - 10) * 5000
@@ -52,7 +54,14 @@ async def test_backlog_is_aggregated_completely_and_once(kafka_bootstrap: str, t
         await producer.send_and_wait(topics.search_results, b"{not json")
     finally:
         await producer.stop()
-    worker = WorkerProcess(kafka_bootstrap, topics, tmp_path / "audit.log", tmp_path / "d", tmp_path / "w.log")
+    worker = WorkerProcess(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "audit.log",
+        tmp_path / "d",
+        tmp_path / "w.log",
+        extra_env={"CANARY_NATIVE": native},
+    )
     worker.start()
     try:
         deadline = time.monotonic() + 60
