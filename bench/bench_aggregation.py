@@ -962,6 +962,36 @@ def finalize_pass(
     }
 
 
+def native_pass(inp: CoreInput, batch: int) -> dict[str, Any] | None:
+    """The native decoder's path (what the windows stage runs when canary_native is built): decode_columns and
+    add_columns per micro-batch, timed apart, and whether the finalizers end in the object path's state."""
+    decoder = OutcomeDecoder(native="auto")
+    if decoder.native is None:
+        return None
+    reference = OutcomeDecoder()
+    aggregator = aggregator_for_policy(default_policy())
+    decode_s = add_s = 0.0
+    same = True
+    now = now_ms()
+    for p, values in inp.streams.items():
+        fin = WindowFinalizer(WINDOW_MS, GRACE_MS, 12, aggregator=lambda _k: aggregator)
+        ref = WindowFinalizer(WINDOW_MS, GRACE_MS, 12, aggregator=lambda _k: aggregator)
+        for i in range(0, len(values), batch):
+            chunk = values[i : i + batch]
+            t0 = time.process_time()
+            columns, _refused = decoder.decode_columns(chunk)
+            t1 = time.process_time()
+            assert columns is not None, "the bench's records are all ordinary outcomes and watermark records"
+            fin.add_columns(p, columns, now)
+            t2 = time.process_time()
+            decode_s += t1 - t0
+            add_s += t2 - t1
+            ref.add(p, [reference.decode(v) for v in chunk], now)
+        same = same and fin.to_dict() == ref.to_dict()
+    n = inp.outcomes
+    return {"batch": batch, "decode_us": decode_s / n * 1e6, "add_us": add_s / n * 1e6, "same_state": same}
+
+
 def core_bench(outcomes: Sequence[SearchOutcome], partitions: int, every: int, small_batch: int) -> dict[str, Any]:
     inp = core_input(outcomes, partitions, every)
     n = inp.outcomes
@@ -982,6 +1012,7 @@ def core_bench(outcomes: Sequence[SearchOutcome], partitions: int, every: int, s
         "decode_rate": rate(n, decode_s),
         "strict_decode_us": strict_s / n * 1e6,
         "passes": passes,
+        "native": [x for b in (BATCH, small_batch) if (x := native_pass(inp, b)) is not None],
     }
 
 
@@ -1345,6 +1376,24 @@ def render(r: dict[str, Any]) -> str:
         f"    (reference decode, OutcomeDecoder(strict=True) = json.loads + SearchOutcome.from_dict: "
         f"{core['strict_decode_us']:.2f} µs; the stage snapshots at most every 500 ms, not per batch)"
     )
+    native = core.get("native") or []
+    if native:
+        lines.append(
+            f"    {'native: decode_columns (canary_native)':<40}" + "".join(f"{x['decode_us']:>10.2f}" for x in native)
+        )
+        lines.append(
+            f"    {'native: WindowFinalizer.add_columns':<40}" + "".join(f"{x['add_us']:>10.2f}" for x in native)
+        )
+        lines.append(
+            f"    {'native: decode + add vs the two above':<40}"
+            + "".join(
+                f"{(x['decode_us'] + x['add_us']) / (p['decode_us'] + p['add_us']):>9.2f}×"
+                for x, p in zip(native, passes, strict=True)
+            )
+            + f"   (same finalizer state as the object path: {all(x['same_state'] for x in native)})"
+        )
+    else:
+        lines.append("    native decoder: not built (canary_native absent; `make install` builds it where cargo is)")
     for p in passes:
         lines.append(
             f"    batches of {p['batch']}: {p['partials']} partials, {p['progress_marks']} progress marks → "

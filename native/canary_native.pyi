@@ -2,19 +2,11 @@
 OUTCOME: int
 WATERMARK: int
 FALLBACK: int
+ROW_BYTES: int
 
 def decode_batch(
     values: list[bytes | None], *, max_bytes: int, max_epoch_ms: int, user_groups: int
 ) -> tuple[
-    bytes,
-    bytes,
-    bytes,
-    bytes,
-    bytes,
-    bytes,
-    bytes,
-    bytes,
-    bytes,
     bytes,
     list[tuple[str | None, str, str, str | None]],
     list[str],

@@ -170,6 +170,7 @@ class TransactionalStage(Generic[State]):
         session_timeout_ms: int = 10_000,
         instance_id: str | None = None,
         fetch_max_wait_ms: int = DEFAULTS.batch_span_ms,
+        fetch_min_bytes: int = 1,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -180,6 +181,7 @@ class TransactionalStage(Generic[State]):
         self.session_timeout_ms = session_timeout_ms
         self.instance_id = instance_id
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_min_bytes = fetch_min_bytes
         self.states: dict[int, State] = {}
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._next: dict[int, int] = {}  # per partition: the source offset after the last record applied
@@ -700,6 +702,7 @@ class TransactionalStage(Generic[State]):
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=self.fetch_max_wait_ms,
+                fetch_min_bytes=self.fetch_min_bytes,
                 max_poll_records=self.max_records,
                 session_timeout_ms=self.session_timeout_ms,
                 heartbeat_interval_ms=1000,

@@ -100,6 +100,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
             max_records=max_records,
             session_timeout_ms=session_timeout_ms,
             instance_id=instance_id,
+            fetch_min_bytes=DEFAULTS.batch_min_bytes,
         )
         self.registry = registry
         self.window_ms = window_ms

@@ -29,8 +29,8 @@ class ColumnBatch:
     errored: np.ndarray  # bool
     exact_sample: np.ndarray  # bool
     user_group: np.ndarray  # int64, -1: none
-    key: np.ndarray  # int64 code into ``keys``
-    router: np.ndarray  # int64 code into ``routers``
+    key: np.ndarray  # int32 code into ``keys``
+    router: np.ndarray  # int32 code into ``routers``
     request: np.ndarray  # uint64: canary.core.windows.request_key of the outcome
     keys: list[WindowKey]
     routers: list[str]

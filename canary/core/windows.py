@@ -30,6 +30,7 @@ import base64
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import msgspec.structs
@@ -238,14 +239,35 @@ class _ObjectSegment:
     def __init__(self, outcomes: list[SearchOutcome]) -> None:
         self.outcomes = outcomes
         self.n = len(outcomes)
-        self.ts = np.fromiter([o.ts for o in outcomes], dtype=np.int64, count=self.n)
+
+    @cached_property
+    def ts(self) -> np.ndarray:
+        return np.fromiter([o.ts for o in self.outcomes], dtype=np.int64, count=self.n)
+
+    @cached_property
+    def _key_codes(self) -> tuple[list[WindowKey], list[int]]:
         # Window keys by object identity within the segment: the decoder hands out one object per key, and
         # equal keys under two identities merely aggregate into the same window in two steps.
-        key_objects = [o.window_key for o in outcomes]
+        key_objects = [o.window_key for o in self.outcomes]
         identities = list(map(id, key_objects))
         key_codes = {i: c for c, i in enumerate(dict.fromkeys(identities))}
-        self.keys: list[WindowKey] = list({id(k): k for k in key_objects}.values())
-        self.codes: list[int] = [0] * self.n if len(self.keys) == 1 else list(map(key_codes.__getitem__, identities))
+        keys = list({id(k): k for k in key_objects}.values())
+        return keys, [0] * self.n if len(keys) == 1 else list(map(key_codes.__getitem__, identities))
+
+    @property
+    def keys(self) -> list[WindowKey]:
+        return self._key_codes[0]
+
+    @property
+    def codes(self) -> list[int]:
+        return self._key_codes[1]
+
+    def loop_rows(self) -> tuple[list[int], list[str], list[WindowKey], list[int]]:
+        """Event times, router ids, window keys and request keys, outcome by outcome (the one-by-one path)."""
+        outcomes = self.outcomes
+        window_keys = [o.window_key for o in outcomes]
+        requests = [request_key(k.deployment_id, o.request_id) for o, k in zip(outcomes, window_keys, strict=True)]
+        return [o.ts for o in outcomes], [o.router_id for o in outcomes], window_keys, requests
 
     def limits(self, limit_of: Mapping[str, int]) -> np.ndarray:
         return np.fromiter([limit_of[o.router_id] for o in self.outcomes], dtype=np.int64, count=self.n)
@@ -291,6 +313,16 @@ class _RowSegment:
     def request_keys(self, candidates: list[int]) -> list[int]:
         requests: list[int] = self.batch.request[self.rows[candidates]].tolist()
         return requests
+
+    def loop_rows(self) -> tuple[list[int], list[str], list[WindowKey], list[int]]:
+        batch, rows = self.batch, self.rows
+        routers, keys = batch.routers, batch.keys
+        return (
+            self.ts.tolist(),
+            [routers[c] for c in batch.router[rows].tolist()],
+            [keys[c] for c in self.codes.tolist()],
+            batch.request[rows].tolist(),
+        )
 
     def objects(self, positions: Sequence[int]) -> list[SearchOutcome]:
         return self.batch.objects(self.rows[np.asarray(positions, dtype=np.int64)])
@@ -553,16 +585,18 @@ class WindowFinalizer:
             self._aggregate(key, start, chunk, late=late)
 
     def _add_rows(self, batch: _Batch, columns: ColumnBatch, rows: np.ndarray, mark: int) -> int:
-        """Outcome rows between two watermark records: columnar whatever their number (no objects to build, so
-        small segments gain too), one by one on objects in the shapes the columnar path does not cover."""
+        """Outcome rows between two watermark records: as :meth:`_add_segment`, on rows instead of objects (numpy's
+        fixed cost per call makes the columnar path dearer than a loop on a few dozen rows)."""
         if not rows.size:
             return mark
-        routers = {columns.routers[c] for c in np.unique(columns.router[rows]).tolist()}
-        if routers <= batch.live:
-            return self._add_columnar(batch, _RowSegment(columns, rows), routers, mark, legacy=False)
-        if not batch.clock.producers:
-            return self._add_columnar(batch, _RowSegment(columns, rows), routers, mark, legacy=True)
-        return self._add_one_by_one(batch, columns.objects(rows), mark)
+        segment = _RowSegment(columns, rows)
+        if rows.size >= self.columnar_min:
+            routers = {columns.routers[c] for c in np.unique(columns.router[rows]).tolist()}
+            if routers <= batch.live:
+                return self._add_columnar(batch, segment, routers, mark, legacy=False)
+            if not batch.clock.producers:
+                return self._add_columnar(batch, segment, routers, mark, legacy=True)
+        return self._add_one_by_one(batch, segment, mark)
 
     def _add_segment(
         self,
@@ -583,7 +617,7 @@ class WindowFinalizer:
                 return self._add_columnar(batch, _ObjectSegment(outcomes), routers, mark, legacy=False)
             if not batch.clock.producers:
                 return self._add_columnar(batch, _ObjectSegment(outcomes), routers, mark, legacy=True)
-        return self._add_one_by_one(batch, outcomes, mark)
+        return self._add_one_by_one(batch, _ObjectSegment(outcomes), mark)
 
     def _add_columnar(
         self,
@@ -696,52 +730,55 @@ class WindowFinalizer:
         moved_last = top - self.grace_ms if floor is None else min(top - self.grace_ms, floor)
         return max(mark, moved_last)
 
-    def _add_one_by_one(
-        self,
-        batch: _Batch,
-        outcomes: list[SearchOutcome],
-        mark: int,
-    ) -> int:
+    def _add_one_by_one(self, batch: _Batch, segment: _ObjectSegment | _RowSegment, mark: int) -> int:
         clock, now_ms, floor, result = batch.clock, batch.now_ms, batch.floor, batch.result
         live, current_mark = batch.live, batch.current_mark
         size = self.size_ms
-        keys = [request_key(o.window_key.deployment_id, o.request_id) for o in outcomes]
+        times, routers, window_keys, keys = segment.loop_rows()
         # Sealed starts do not change inside an add: one vectorized look-up for the segment.
         hits = self._sealed_hits(keys)
         sealed = [False] * len(keys) if hits is None else hits.tolist()
         seen = self._seen
-        for o, rk, old in zip(outcomes, keys, sealed, strict=True):
-            if not clock.accepts(o.router_id, o.ts, now_ms):
-                result.future.append(o)
+        groups: dict[tuple[WindowKey, int, bool], list[int]] = {}
+        late: list[int] = []
+        future: list[int] = []
+        for i, (ts, router, key, rk, old) in enumerate(zip(times, routers, window_keys, keys, sealed, strict=True)):
+            if not clock.accepts(router, ts, now_ms):
+                future.append(i)
                 continue
-            key = o.window_key
             if old or rk in seen:
                 result.duplicates += 1
                 continue
-            start = o.ts - o.ts % size
+            start = ts - ts % size
             emitted = self._emitted_end.get(key, _NEG)
             if start < emitted or start + size <= mark:
                 # Its window is closed: it counts in the key's first window still open, never nowhere.
                 slot = max(mark - mark % size, emitted)
-                batch.late_groups.setdefault((key, slot), []).append(o)
-                result.late.append(o)
+                groups.setdefault((key, slot, True), []).append(i)
+                late.append(i)
                 self._remember(rk, slot)
             else:
-                batch.groups.setdefault((key, start), []).append(o)
+                groups.setdefault((key, start, False), []).append(i)
                 self._remember(rk, start)
-            if o.router_id not in live and (clock.max_ts is None or o.ts > clock.max_ts):
-                clock.on_outcome(o.router_id, o.ts, now_ms)
+            if router not in live and (clock.max_ts is None or ts > clock.max_ts):
+                clock.on_outcome(router, ts, now_ms)
                 # A heuristic (non-watermarking) producer's new maximum moves the mark.
                 if clock.producers:
                     mark = current_mark()
                 else:  # the common legacy case, inlined: its max event time minus grace (seen just now)
-                    m = o.ts - self.grace_ms
+                    m = ts - self.grace_ms
                     if floor is not None and floor < m:
                         m = floor
                     if m > mark:
                         mark = m
             else:
-                clock.on_outcome(o.router_id, o.ts, now_ms)
+                clock.on_outcome(router, ts, now_ms)
+        if future:
+            result.future.extend(segment.objects(future))
+        if late:
+            result.late.extend(segment.objects(late))
+        for (key, slot, is_late), positions in groups.items():
+            segment.group(batch, key, slot, is_late, positions)
         return mark
 
     def _aggregate(self, key: WindowKey, start: int, outcomes: Chunk, *, late: bool) -> None:

@@ -61,6 +61,28 @@ DECODE_ERRORS = (CanaryError, ValueError, TypeError)
 :class:`~canary.core.wire.Rejected` (a CanaryError); kept for callers that catch the wider set."""
 
 
+ROW = np.dtype(
+    {
+        "names": [
+            "ts",
+            "latency",
+            "recall",
+            "request",
+            "user_group",
+            "key",
+            "router",
+            "status",
+            "errored",
+            "exact_sample",
+        ],
+        "formats": ["<i8", "<f8", "<f8", "<u8", "<i8", "<i4", "<i4", "u1", "?", "?"],
+        "offsets": [0, 8, 16, 24, 32, 40, 44, 48, 49, 50],
+        "itemsize": 56,
+    }
+)
+"""A row of the native decoder's buffer (``Row`` in native/src/lib.rs): the columns are views of its fields."""
+
+
 class OutcomeDecoder:
     """Raw ``search_results`` value → :class:`SearchOutcome`; raises like the live worker's decode.
 
@@ -75,6 +97,11 @@ class OutcomeDecoder:
                 "where cargo is, or set CANARY_NATIVE=auto to use the Python path without it"
             )
         self.native = NATIVE if native != "off" and not strict else None
+        if self.native is not None and ROW.itemsize != self.native.ROW_BYTES:  # an extension of another build
+            raise ConfigError(
+                f"canary_native rows are {self.native.ROW_BYTES} bytes, this canary reads {ROW.itemsize}: "
+                "reinstall it (`make install`) or set CANARY_NATIVE=off"
+            )
 
     def decode_columns(self, values: Sequence[bytes | None]) -> tuple[ColumnBatch | None, list[tuple[int, Exception]]]:
         """A batch of raw values as columns (the native decoder), and the rows it refused ``(row, Rejected)``
@@ -85,10 +112,11 @@ class OutcomeDecoder:
         if native is None or not values:
             return None, []
         values = values if isinstance(values, list) else list(values)
-        out = native.decode_batch(
+        packed, raw_keys, routers, raw_marks = native.decode_batch(
             values, max_bytes=wire.OUTCOME.max_bytes, max_epoch_ms=MAX_EPOCH_MS, user_groups=USER_GROUPS
         )
-        status = np.frombuffer(out[0], dtype=np.uint8).copy()
+        rows = np.frombuffer(packed, dtype=ROW)
+        status = rows["status"].copy()
         refused: list[tuple[int, Exception]] = []
         for row in np.flatnonzero(status == native.FALLBACK).tolist():
             try:
@@ -98,25 +126,22 @@ class OutcomeDecoder:
             else:
                 return None, []
             status[row] = SKIPPED
-        keys = [window_key_of(d, c, ring_arm(a, r)) for d, c, a, r in out[10]]
-        routers: list[str] = out[11]
-        watermarks = {
-            row: RouterWatermark(routers[code], mark, status_name, seq) for row, code, mark, status_name, seq in out[12]
-        }
         batch = ColumnBatch(
             status=status,
-            ts=np.frombuffer(out[1], dtype=np.int64),
-            latency=np.frombuffer(out[2], dtype=np.float64),
-            recall=np.frombuffer(out[3], dtype=np.float64),
-            errored=np.frombuffer(out[4], dtype=np.bool_),
-            exact_sample=np.frombuffer(out[5], dtype=np.bool_),
-            user_group=np.frombuffer(out[6], dtype=np.int64),
-            key=np.frombuffer(out[7], dtype=np.int32).astype(np.int64),
-            router=np.frombuffer(out[8], dtype=np.int32).astype(np.int64),
-            request=np.frombuffer(out[9], dtype=np.uint64),
-            keys=keys,
+            ts=rows["ts"],
+            latency=rows["latency"],
+            recall=rows["recall"],
+            errored=rows["errored"],
+            exact_sample=rows["exact_sample"],
+            user_group=rows["user_group"],
+            key=rows["key"],
+            router=rows["router"],
+            request=rows["request"],
+            keys=[window_key_of(d, c, ring_arm(a, r)) for d, c, a, r in raw_keys],
             routers=routers,
-            watermarks=watermarks,
+            watermarks={
+                row: RouterWatermark(routers[code], mark, state, seq) for row, code, mark, state, seq in raw_marks
+            },
             values=values,
             decode=self.decode,
         )

@@ -179,19 +179,42 @@ fn adler32(data: &[u8], start: u32) -> u32 {
     (b << 16) | a
 }
 
-/// Everything a batch's rows became, column by column (native-endian, for `numpy.frombuffer`).
+/// One row as `numpy.frombuffer` reads it with `canary.pipeline.decode.ROW` (native-endian, 56 bytes): one
+/// buffer for the batch, so the Python side pays one call, not one per column.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Row {
+    ts: i64,
+    latency: f64,
+    recall: f64, // NaN: no label
+    request: u64,
+    user_group: i64, // -1: none
+    key: i32,
+    router: i32,
+    status: u8,
+    errored: u8,
+    exact_sample: u8,
+    _pad: [u8; 5],
+}
+
+const EMPTY: Row = Row {
+    ts: 0,
+    latency: 0.0,
+    recall: f64::NAN,
+    request: 0,
+    user_group: -1,
+    key: -1,
+    router: -1,
+    status: FALLBACK,
+    errored: 0,
+    exact_sample: 0,
+    _pad: [0; 5],
+};
+
+/// Everything a batch's rows became.
 #[derive(Default)]
 struct Columns {
-    status: Vec<u8>,
-    ts: Vec<i64>,
-    latency: Vec<f64>,
-    recall: Vec<f64>,
-    errored: Vec<u8>,
-    exact_sample: Vec<u8>,
-    user_group: Vec<i64>,
-    key: Vec<i32>,
-    router: Vec<i32>,
-    request: Vec<u64>,
+    rows: Vec<Row>,
     // distinct window keys: (deployment_id, config_name, arm, ring)
     keys: Vec<(Option<String>, String, String, Option<String>)>,
     routers: Vec<String>,
@@ -226,16 +249,7 @@ impl Columns {
     }
 
     fn push_empty(&mut self, status: u8) {
-        self.status.push(status);
-        self.ts.push(0);
-        self.latency.push(0.0);
-        self.recall.push(f64::NAN);
-        self.errored.push(0);
-        self.exact_sample.push(0);
-        self.user_group.push(-1);
-        self.key.push(-1);
-        self.router.push(-1);
-        self.request.push(0);
+        self.rows.push(Row { status, ..EMPTY });
     }
 
     /// One value: an accepted outcome, an accepted watermark record, or a row for the reference.
@@ -295,16 +309,19 @@ impl Columns {
         crc.update(b"|");
         crc.update(request);
         let adler = adler32(request, adler32(b"|", adler32(prefix, 1)));
-        self.status.push(OUTCOME);
-        self.ts.push(o.ts);
-        self.latency.push(o.latency_ms.0);
-        self.recall.push(recall.unwrap_or(f64::NAN));
-        self.errored.push(o.error.is_some() as u8);
-        self.exact_sample.push((source == Some("exact_sample")) as u8);
-        self.user_group.push(o.user_group.unwrap_or(-1));
-        self.key.push(key);
-        self.router.push(router);
-        self.request.push(((crc.finalize() as u64) << 32) | adler as u64);
+        self.rows.push(Row {
+            ts: o.ts,
+            latency: o.latency_ms.0,
+            recall: recall.unwrap_or(f64::NAN),
+            request: ((crc.finalize() as u64) << 32) | adler as u64,
+            user_group: o.user_group.unwrap_or(-1),
+            key,
+            router,
+            status: OUTCOME,
+            errored: o.error.is_some() as u8,
+            exact_sample: (source == Some("exact_sample")) as u8,
+            _pad: [0; 5],
+        });
         true
     }
 
@@ -318,7 +335,7 @@ impl Columns {
         if !valid {
             return false;
         }
-        let row = self.status.len();
+        let row = self.rows.len();
         let router = self.router_code(&w.router_id.0);
         self.watermarks.push((row, router, w.watermark_ms, status.to_owned(), w.seq));
         self.push_empty(WATERMARK);
@@ -327,15 +344,14 @@ impl Columns {
 }
 
 fn bytes_of<T: Copy>(py: Python<'_>, v: &[T]) -> Py<PyBytes> {
-    // SAFETY: T is a plain number type (u8, i32, i64, u64, f64); its bytes are its native representation.
+    // SAFETY: T is a plain-data #[repr(C)] struct of numbers with explicit padding, so every byte is initialized.
     let raw = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
     PyBytes::new_bound(py, raw).unbind()
 }
 
 /// Decode a batch of `search_results` values (bytes or None) into columns; see the module docs.
 ///
-/// Returns `(status, ts, latency, recall, errored, exact_sample, user_group, key, router, request, keys,
-/// routers, watermarks)`: ten byte strings (u8, i64, f64, f64, u8, u8, i64, i32, i32, u64 per row), the
+/// Returns `(rows, keys, routers, watermarks)`: the rows as one byte string (56 bytes a row, see `Row`), the
 /// distinct window keys `(deployment_id, config_name, arm, ring)`, the distinct router ids, and the watermark
 /// rows `(row, router code, watermark_ms, status, seq)`.
 #[pyfunction]
@@ -371,16 +387,7 @@ fn decode_batch(
     let out = PyTuple::new_bound(
         py,
         [
-            bytes_of(py, &cols.status).into_py(py),
-            bytes_of(py, &cols.ts).into_py(py),
-            bytes_of(py, &cols.latency).into_py(py),
-            bytes_of(py, &cols.recall).into_py(py),
-            bytes_of(py, &cols.errored).into_py(py),
-            bytes_of(py, &cols.exact_sample).into_py(py),
-            bytes_of(py, &cols.user_group).into_py(py),
-            bytes_of(py, &cols.key).into_py(py),
-            bytes_of(py, &cols.router).into_py(py),
-            bytes_of(py, &cols.request).into_py(py),
+            bytes_of(py, &cols.rows).into_py(py),
             PyList::new_bound(py, keys).into_py(py),
             PyList::new_bound(py, &cols.routers).into_py(py),
             PyList::new_bound(py, marks).into_py(py),
@@ -395,5 +402,6 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OUTCOME", OUTCOME)?;
     m.add("WATERMARK", WATERMARK)?;
     m.add("FALLBACK", FALLBACK)?;
+    m.add("ROW_BYTES", std::mem::size_of::<Row>())?;
     Ok(())
 }
