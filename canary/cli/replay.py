@@ -64,7 +64,7 @@ def replay_payload(
         raise ConfigError(f"--to must be after --from (got from={from_ms} to={to_ms})")
     rules = load_policy_file(rules_file) if rules_file is not None else None
     try:
-        replay_settings = PipelineSettings(window_ms=window_ms, grace_ms=grace_ms)
+        replay_settings = PipelineSettings(window_ms=window_ms, grace_ms=grace_ms, native=settings.native)
     except ValueError as exc:
         raise ConfigError(f"--window-ms/--grace-ms: {exc}") from None
 
@@ -136,7 +136,7 @@ def dump_payload(
     if to_ms <= from_ms:
         raise ConfigError(f"--to must be after --from (got from={from_ms} to={to_ms})")
     try:
-        replay_settings = PipelineSettings(window_ms=window_ms, grace_ms=grace_ms)
+        replay_settings = PipelineSettings(window_ms=window_ms, grace_ms=grace_ms, native=settings.native)
     except ValueError as exc:
         raise ConfigError(f"--window-ms/--grace-ms: {exc}") from None
     bootstrap = require_kafka(settings)

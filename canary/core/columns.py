@@ -42,6 +42,26 @@ class ColumnBatch:
     def __len__(self) -> int:
         return int(self.status.size)
 
+    def slice(self, lo: int, hi: int) -> ColumnBatch:
+        """Rows ``lo`` to ``hi`` as a batch of their own (views; its ``row_of`` counts from ``lo``)."""
+        return ColumnBatch(
+            self.status[lo:hi],
+            self.ts[lo:hi],
+            self.latency[lo:hi],
+            self.recall[lo:hi],
+            self.errored[lo:hi],
+            self.exact_sample[lo:hi],
+            self.user_group[lo:hi],
+            self.key[lo:hi],
+            self.router[lo:hi],
+            self.request[lo:hi],
+            self.keys,
+            self.routers,
+            {row - lo: mark for row, mark in self.watermarks.items() if lo <= row < hi},
+            self.values[lo:hi],
+            self.decode,
+        )
+
     def outcome_rows(self, lo: int, hi: int) -> np.ndarray:
         return lo + np.flatnonzero(self.status[lo:hi] == OUTCOME)
 

@@ -23,7 +23,7 @@ The same core objects as the live worker (``streams/app.py``) do the work:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from canary.core.aggregations import WindowAggregate
 from canary.core.merge import merge_all
 from canary.core.models import ControlCommand, JSONDict, RouterWatermark, SearchOutcome, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
-from canary.core.windows import ClosedWindow, WindowFinalizer, window_bounds
+from canary.core.windows import AddResult, ClosedWindow, WindowFinalizer, window_bounds
 from canary.pipeline.decode import DECODE_ERRORS, OutcomeDecoder, SourceRecord, as_core_outcomes
 from canary.pipeline.loop import Judgement, PipelineDecision, fold_commands, run_loop
 from canary.pipeline.policies import PolicyBook
@@ -156,33 +156,30 @@ def recompute_partition_partials(
     invalid_samples: list[JSONDict] | None = None,
     late_samples: list[JSONDict] | None = None,
 ) -> tuple[list[ClosedWindow], PartitionStats]:
-    """One partition's partial windows with their aggregates, batched like the live windows stage."""
+    """One partition's partial windows with their aggregates, batched like the live windows stage.
+
+    Decoded a chunk at a time — into columns by the native decoder when it is there and the chunk allows (the
+    live windows stage's path), else record by record — then cut into the live agent's micro-batches: a batch
+    starts at a record and takes the following ones while they are within ``span`` of its first record's time
+    (at most ``size``). The last, unfinished batch of a chunk is carried into the next chunk (its records,
+    already counted, are decoded again with it)."""
     stats = PartitionStats(partition)
     out: list[ClosedWindow] = []
     last_now = -(2**62)
     span = settings.batch_span_ms
     size = settings.batch_max
-    decode = decoder.decode
-    add = finalizer.add
     due = finalizer.due_closed
 
-    def flush(batch: list[SearchOutcome | RouterWatermark], offsets: list[int], batch_now: int) -> None:
-        nonlocal last_now
-        now = max(batch_now, last_now)  # processing time never runs backwards
-        last_now = now
-        result = add(partition, as_core_outcomes(batch), now)
+    def flush(result: AddResult, batch_now: int, offset_of: Callable[[SearchOutcome], int | None]) -> None:
         late = result.late
         stats.batches += 1
         stats.future += len(result.future)
         stats.duplicates += result.duplicates
         stats.watermarks += result.watermarks
-        sampled = (result.future and invalid_samples is not None) or (late and late_samples is not None)
-        # An outcome does not carry its offset: the batch's offsets list does (by identity, only when sampled).
-        offset_of = {id(o): off for o, off in zip(batch, offsets, strict=True)} if sampled else {}
         if result.future and invalid_samples is not None:
             for o in result.future[: max(0, MAX_SAMPLES - len(invalid_samples))]:
                 invalid_samples.append(
-                    {"partition": partition, "offset": offset_of.get(id(o)), "reason": f"future_ts: ts={o.ts}"}
+                    {"partition": partition, "offset": offset_of(o), "reason": f"future_ts: ts={o.ts}"}
                 )
         if late:
             stats.late += len(late)
@@ -191,60 +188,100 @@ def recompute_partition_partials(
                     late_samples.append(
                         {
                             "partition": partition,
-                            "offset": offset_of.get(id(o)),
+                            "offset": offset_of(o),
                             "event_id": o.event_id,
                             "ts": o.ts,
                             "window_key": o.window_key.as_str(),
-                            "replay_now_ms": now,
+                            "replay_now_ms": batch_now,
                         }
                     )
-        out.extend(due(now))
+        out.extend(due(batch_now))
+
+    def tick(batch_now: int) -> int:
+        nonlocal last_now
+        last_now = max(batch_now, last_now)  # processing time never runs backwards
+        return last_now
+
+    def invalid(offset: int, exc: BaseException) -> None:
+        stats.invalid += 1
+        if invalid_samples is not None and len(invalid_samples) < MAX_SAMPLES:
+            invalid_samples.append({"partition": partition, "offset": offset, "reason": str(exc)[:300]})
 
     if records:
         stats.records = len(records)
         stats.first_offset = records[0][1]
         stats.last_offset = records[-1][1]
-    # Decoded a chunk at a time, then cut into the live agent's micro-batches: a batch starts at a record
-    # and takes the following ones while they are within ``span`` of its first record's time (at most
-    # ``size``). The last, unfinished batch of a chunk carries over into the next.
-    items: list[SearchOutcome | RouterWatermark] = []
-    offsets: list[int] = []
-    nows: list[int] = []
+    carried: list[tuple[Any, int]] = []  # (record, its processing time) of the unfinished batch
     now = 0
     first_ts: int | None = None
     for chunk_start in range(0, len(records), _CHUNK):
-        for _, offset, ts_ms, raw in records[chunk_start : chunk_start + _CHUNK]:
-            try:
-                item = decode(raw)
-            except DECODE_ERRORS as exc:
-                stats.invalid += 1
-                if invalid_samples is not None and len(invalid_samples) < MAX_SAMPLES:
-                    invalid_samples.append({"partition": partition, "offset": offset, "reason": str(exc)[:300]})
-                continue
-            # The record's Kafka time; without one, the outcome's own time (a watermark never goes back).
-            if ts_ms is not None and ts_ms >= 0:
-                now = ts_ms
-            elif isinstance(item, SearchOutcome):
-                now = item.ts
-            else:
-                now = max(now, item.watermark_ms)
-            items.append(item)
-            offsets.append(offset)
-            nows.append(now)
+        fresh = records[chunk_start : chunk_start + _CHUNK]
+        final = chunk_start + _CHUNK >= len(records)
+        chunk = [r for r, _ in carried] + list(fresh)
+        columns, refused = decoder.decode_columns([r[3] for r in chunk])
+        kept: list[int] = []  # rows of ``chunk`` that decoded
+        nows: list[int] = [t for _, t in carried]
+        items: list[SearchOutcome | RouterWatermark] = []
+        if columns is not None:
+            bad = dict(refused)
+            kept = list(range(len(carried)))
+            for row in range(len(carried), len(chunk)):
+                _, offset, ts_ms, _raw = chunk[row]
+                if row in bad:
+                    invalid(offset, bad[row])
+                    continue
+                # The record's Kafka time; without one, the outcome's own time (a watermark never goes back).
+                if ts_ms is not None and ts_ms >= 0:
+                    now = ts_ms
+                elif (mark := columns.watermarks.get(row)) is None:
+                    now = int(columns.ts[row])
+                else:
+                    now = max(now, mark.watermark_ms)
+                kept.append(row)
+                nows.append(now)
+        else:
+            for row, (_, offset, ts_ms, raw) in enumerate(chunk):
+                try:
+                    item = decoder.decode(raw)
+                except DECODE_ERRORS as exc:
+                    if row >= len(carried):  # carried records were counted with their chunk
+                        invalid(offset, exc)
+                    continue
+                if row < len(carried):
+                    pass
+                elif ts_ms is not None and ts_ms >= 0:
+                    now = ts_ms
+                elif isinstance(item, SearchOutcome):
+                    now = item.ts
+                else:
+                    now = max(now, item.watermark_ms)
+                if row >= len(carried):
+                    nows.append(now)
+                kept.append(row)
+                items.append(item)
         if first_ts is None and nows:
             first_ts = nows[0]
-        final = chunk_start + _CHUNK >= len(records)
         times = np.asarray(nows, dtype=np.int64)
-        i, n = 0, len(items)
+        i, n = 0, len(kept)
         while i < n:
             stop = min(i + size, n)
             over = np.flatnonzero(times[i + 1 : stop] - times[i] > span)
             j = i + 1 + int(over[0]) if over.size else stop
             if j == n and not final and j - i < size:
                 break  # may go on in the next chunk
-            flush(items[i:j], offsets[i:j], int(times[i:j].max()))
+            batch_now = tick(int(times[i:j].max()))
+            if columns is not None:
+                lo, hi = kept[i], kept[j - 1] + 1
+                part = columns.slice(lo, hi)
+                result = finalizer.add_columns(partition, part, batch_now)
+                offset_of = _offsets(chunk, lo, part.row_of)
+            else:
+                batch = items[i:j]
+                result = finalizer.add(partition, as_core_outcomes(batch), batch_now)
+                offset_of = _offsets(chunk, 0, {id(o): r for o, r in zip(batch, kept[i:j], strict=True)})
+            flush(result, batch_now, offset_of)
             i = j
-        del items[:i], offsets[:i], nows[:i]
+        carried = [(chunk[r], t) for r, t in zip(kept[i:], nows[i:], strict=True)]
     stats.first_timestamp_ms = first_ts
     stats.last_timestamp_ms = now if first_ts is not None else None
     stats.outcomes = stats.records - stats.invalid - stats.watermarks
@@ -253,6 +290,16 @@ def recompute_partition_partials(
         out.extend(due(max(end, last_now)))  # the live tick: processing time kept running after the input
         out.extend(finalizer.flush_all_closed(max(end, last_now)))
     return out, stats
+
+
+def _offsets(chunk: Sequence[Any], lo: int, row_of: Mapping[int, int]) -> Callable[[SearchOutcome], int | None]:
+    """An outcome the core made from a column batch's row → its record's offset."""
+
+    def offset(outcome: SearchOutcome) -> int | None:
+        row = row_of.get(id(outcome))
+        return None if row is None else int(chunk[lo + row][1])
+
+    return offset
 
 
 def recompute(
@@ -287,7 +334,7 @@ def recompute(
     settings = settings or PipelineSettings()
     ledger = fold_commands(commands, command_times)
     book = PolicyBook(ledger, rules_override)
-    decoder = OutcomeDecoder(strict=strict_decode)
+    decoder = OutcomeDecoder(strict=strict_decode, native=settings.native)
     partials: list[tuple[int, ClosedWindow, WindowAggregate]] = []
     partitions: dict[int, PartitionStats] = {}
     invalid_samples: list[JSONDict] = []

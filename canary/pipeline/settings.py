@@ -9,6 +9,7 @@ import msgspec
 
 from canary.core.models import JSONDict
 from canary.core.windows import GRACE_MS, IDLE_WINDOWS, WINDOW_MS
+from canary.settings import NativeMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,8 @@ class PipelineSettings:
     # fetch returns as soon as anything arrived, and at 8k outcomes/s the stage got a few records per partition a
     # batch, paying the batch's fixed costs (the loop, the core's calls, numpy's) for each few (bench_live).
     batch_min_bytes: int = 256 << 10
+    # The windows stage's decoder, live and in replay (Settings.native, CANARY_NATIVE; canary.pipeline.decode).
+    native: NativeMode = "auto"
 
     def __post_init__(self) -> None:
         if self.window_ms <= 0 or self.grace_ms < 0 or self.idle_windows < 1:

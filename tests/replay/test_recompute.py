@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import random
 from typing import Any
 
@@ -265,8 +266,9 @@ def test_judge_range_limits_the_slo_evaluation() -> None:
     assert {j.window_start_ms for j in rc.judgements} == {T0 + 2 * W, T0 + 3 * W}
 
 
+@pytest.mark.parametrize("native", ["auto", "off"])  # the native decoder's columns (when built), and objects
 @pytest.mark.parametrize("chunk", [1, 5, 64, 1999])
-def test_decoding_chunk_size_changes_nothing(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decoding_chunk_size_changes_nothing(chunk: int, native: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Records are decoded a chunk at a time and cut into micro-batches afterwards; a batch that straddles
     two chunks must be cut exactly as if the partition had been read in one go."""
     rng = random.Random(11)
@@ -281,9 +283,10 @@ def test_decoding_chunk_size_changes_nothing(chunk: int, monkeypatch: pytest.Mon
     records = list(t.records)
     records.insert(700, (0, 900_000, T0 + 7000, b"{not json"))
     records.insert(1200, (1, 900_001, None, records[1199][3]))  # no Kafka time: the outcome's own
-    ref = recompute(records, [start("dep-1")], settings=PipelineSettings(batch_max=100, batch_span_ms=50))
+    settings = PipelineSettings(batch_max=100, batch_span_ms=50, native=native)  # type: ignore[arg-type]
+    ref = recompute(records, [start("dep-1")], settings=settings)
     monkeypatch.setattr(importlib.import_module("canary.pipeline.recompute"), "_CHUNK", chunk)
-    got = recompute(records, [start("dep-1")], settings=PipelineSettings(batch_max=100, batch_span_ms=50))
+    got = recompute(records, [start("dep-1")], settings=settings)
     assert list(map(_key, got.windows)) == list(map(_key, ref.windows))
     assert (got.late, got.invalid) == (ref.late, ref.invalid) and ref.late > 0 and ref.invalid == 1
     assert [p.batches for p in got.partitions.values()] == [p.batches for p in ref.partitions.values()]
@@ -303,3 +306,56 @@ def test_late_and_future_samples_name_their_records_offsets() -> None:
     assert rc.late == 1 and [s["offset"] for s in rc.late_samples] == [late_offset]
     future = [s for s in rc.invalid_samples if s["reason"].startswith("future_ts")]
     assert [s["offset"] for s in future] == [future_offset]
+
+
+@pytest.mark.parametrize("chunk", [7, 16_384])
+@pytest.mark.parametrize("seed", range(4))
+def test_the_native_columns_and_the_object_path_replay_alike(
+    seed: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replay runs the live windows stage's path: columns from the native decoder where it is built. Everything a
+    replay reports — windows, judgements, decisions, late and invalid counts and samples, batches — must be what
+    the record-by-record path gives, with poison, records without a Kafka time and outcomes with metrics (which
+    send their chunk down the object path) among them."""
+    rng = random.Random(seed)
+    t = Traffic.new()
+    for i in range(3000):
+        arm = rng.choice(["candidate", "last_good"])
+        t.add(
+            rng.randrange(3),
+            T0 + i * 7 + rng.randrange(-3000, 300),
+            arm=arm,
+            config="cand" if arm == "candidate" else "last_good",
+            latency=rng.uniform(1, 3000),
+            recall=rng.choice([None, 0.0, 0.25, 1.0, 0.7]),
+            error=rng.choice([None, None, None, "timeout"]),
+            delay=rng.randrange(-200, 4000),
+        )
+    records = list(t.records)
+    for k in range(12):
+        at = rng.randrange(len(records))
+        p, _offset, ts_ms, raw = records[at]
+        kind = k % 3
+        if kind == 0:
+            records.insert(at, (p, 10_000_000 + k, ts_ms, rng.choice([b"{", None, b"[]"])))
+        elif kind == 1:
+            records.insert(at, (p, 10_000_000 + k, None, raw))  # no Kafka time (and a repeat of its request)
+        else:
+            d = json.loads(raw)
+            d.update(request_id=f"m{k}", event_id=f"m{k}", metrics={"ndcg": 0.5})
+            records.insert(at, (p, 10_000_000 + k, ts_ms, json.dumps(d).encode()))
+    monkeypatch.setattr(importlib.import_module("canary.pipeline.recompute"), "_CHUNK", chunk)
+    got = {}
+    for native in ("auto", "off"):
+        rc = recompute(records, [start("dep-1")], settings=PipelineSettings(native=native))  # type: ignore[arg-type]
+        got[native] = (
+            list(map(_key, rc.windows)),
+            [(j.window_id, j.outcomes) for j in rc.judgements],
+            [d.window_id for d in rc.decisions],
+            (rc.late, rc.invalid, rc.outcomes),
+            rc.late_samples,
+            rc.invalid_samples,
+            sorted(rc.partitions.items()),  # every count and offset of each partition
+        )
+    assert got["auto"] == got["off"]
+    assert got["off"][3][0] > 0 and got["off"][3][1] > 0
