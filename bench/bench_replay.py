@@ -340,7 +340,7 @@ def render(r: dict[str, Any]) -> str:
         "",
         "in-process (no Kafka)",
         f"  decode, replay fast path          {fmt_rate(ip['decode_fast']['rate']):>14}",
-        f"  decode, native columns            "
+        "  decode, native columns            "
         + (f"{fmt_rate(ip['decode_native']['rate']):>14}" if "decode_native" in ip else "     not built"),
         f"  decode, from_dict reference       {fmt_rate(ip['decode_reference']['rate']):>14}"
         f"   (json.loads alone {fmt_rate(ip['json_loads_only']['rate'])})",
