@@ -161,15 +161,16 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
             try:
                 result = fin.add_columns(tp.partition, columns, now)
             except Exception:
-                # As below: the core never raises on decoded outcomes; should it, the object path finds the record.
+                # The core never raises on decoded outcomes; should it, the object path below decodes the batch's
+                # records again and finds the one that makes it raise (the refused ones are dead-lettered above).
                 log.exception(
-                    "windows: partition %s: a batch of %d records failed; one by one", tp.partition, len(records)
+                    "windows: partition %s: a batch of %d records failed as columns; as objects",
+                    tp.partition,
+                    len(records),
                 )
-                rows = columns.outcome_rows(0, len(columns)).tolist() + sorted(columns.watermarks)
-                rows.sort()
-                items = [columns.watermarks[r] if r in columns.watermarks else columns.objects([r])[0] for r in rows]
-                offsets = [records[r].offset for r in rows]
-                result = self._add_one_by_one(fin, tp.partition, items, offsets, records, now)
+                bad = {row for row, _ in refused}
+                self._process_objects(tp.partition, fin, [r for i, r in enumerate(records) if i not in bad], now)
+                continue
             self._account(
                 tp.partition,
                 fin,

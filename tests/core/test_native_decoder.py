@@ -381,3 +381,32 @@ def test_a_refused_row_is_skipped_and_reported_with_the_reference_reason() -> No
     assert columns is not None
     assert columns.status.tolist() == [OUTCOME, SKIPPED, SKIPPED, OUTCOME]
     assert [(row, exc.code) for row, exc in refused] == [(1, "not_json"), (2, "no_value")]  # type: ignore[attr-defined]
+
+
+def test_a_row_the_aggregator_raises_on_is_quarantined_as_its_outcome_and_the_rest_counted() -> None:
+    """Column rows carry no object; when folding them raises, the finalizer decodes them to find the culprit."""
+    from canary.core.aggregations import OutcomeColumns, WindowAggregate, WindowAggregator
+
+    class Picky(WindowAggregator):
+        def agg_columns(
+            self,
+            state: WindowAggregate,
+            columns: OutcomeColumns,
+            carriers: Any = (),
+            max_offset: int | None = None,
+        ) -> WindowAggregate:
+            if (columns.latency == 666.0).any():
+                raise RuntimeError("cannot fold 666 ms")
+            return super().agg_columns(state, columns, carriers, max_offset)
+
+    fin = WindowFinalizer(aggregator=Picky())
+    values = [raw(outcome(i, ts=BASE + 10 * i, latency_ms=100.0)) for i in range(100)]
+    values.append(raw(outcome(999, ts=BASE + 2000, latency_ms=666.0)))
+    columns, refused = OutcomeDecoder(native="on").decode_columns(values)
+    assert columns is not None and not refused
+    fin.add_columns(0, columns, BASE + 3000)
+    windows = fin.flush_all(BASE + 10_000)
+    assert [w.response_count for w in windows] == [100]
+    assert [(o.request_id, why) for o, why in fin.quarantined] == [
+        ("q999", "the window aggregator raised RuntimeError: cannot fold 666 ms")
+    ]
