@@ -11,6 +11,7 @@ import random
 import zlib
 from typing import Any
 
+import numpy as np
 import pytest
 
 from canary.core.models import RouterWatermark, SearchOutcome
@@ -189,6 +190,10 @@ def run_sealing(seed: int, watermarking: float, *, seal: bool) -> dict[str, Any]
         log.append(([o.event_id for o in res.late], [o.event_id for o in res.future], res.duplicates))
         log.append([w.to_dict() for w in fin.due(now)])
         log.append(fin.remembered_requests)
+        # The union is kept by merging and removing runs; it must stay exactly the sorted union of the starts.
+        arrays = list(fin._sealed_by_start.values())
+        union = np.sort(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.uint64)
+        assert np.array_equal(fin._sealed, union)
         restored = WindowFinalizer.from_dict(fin.to_dict(), now_ms=now)
         log.append(restored.to_dict() == fin.to_dict())
     log.append([w.to_dict() for w in fin.flush_all(BASE + 10**7)])
@@ -225,3 +230,16 @@ def test_a_request_repeated_after_its_start_was_sealed_is_a_duplicate() -> None:
     restored = WindowFinalizer.from_dict(fin.to_dict(), now_ms=BASE + 25_000)
     assert restored._sealed.size == 1
     assert restored.add(0, [outcome(BASE + 26_000)], BASE + 26_000).duplicates == 1
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_removing_a_sorted_multiset_removes_each_copy_once(seed: int) -> None:
+    from canary.core.windows import _without
+
+    rng = np.random.default_rng(seed)
+    union = np.sort(rng.integers(0, 50, size=rng.integers(0, 200), dtype=np.uint64))
+    gone = np.sort(rng.choice(union, size=rng.integers(0, union.size + 1), replace=False)) if union.size else union
+    expected = list(union.tolist())
+    for value in gone.tolist():
+        expected.remove(value)
+    assert _without(union, gone).tolist() == expected
