@@ -20,6 +20,7 @@ from canary.core.models import RouterWatermark, SearchOutcome
 from canary.core.windows import WindowFinalizer, request_key
 from canary.pipeline import decode as decode_module
 from canary.pipeline.decode import OutcomeDecoder
+from tests.core.test_windows_columnar import stream
 
 pytestmark = pytest.mark.skipif(decode_module.NATIVE is None, reason="canary_native is not built (no cargo)")
 
@@ -258,69 +259,32 @@ def test_random_byte_damage_is_never_read_differently(seed: int) -> None:
 
 # -- the window core fed by columns -------------------------------------------------------------------------------
 
-KEYS = [("dep-a", "cand", "candidate", None), ("dep-a", "base", "last_good", None), (None, "base", "last_good", None)]
-
 
 def record_stream(seed: int, *, watermarking: float) -> list[tuple[int, int, list[bytes | None]]]:
-    """(partition, now_ms, raw values) in arrival order: watermarking and legacy producers, skew, stalls, futures,
-    redeliveries, late outcomes, rings, user groups, sampled recall, now and then a poison record or an outcome
-    with metrics (which sends its batch down the object path)."""
-    rng = random.Random(seed)
-    routers = [f"r{i}" for i in range(3)]
-    sends_marks = {r: rng.random() < watermarking for r in routers}
-    skew = {r: rng.choice([0, 0, -2000, 1500]) for r in routers}
+    """The columnar tests' seeded stream (tests/core/test_windows_columnar.py: watermarking and legacy producers,
+    skew, stalls, futures, redeliveries, late outcomes) as raw values, with what those outcomes lack: rings, user
+    groups, sampled recall, now and then a poison record or an outcome with metrics (which sends its batch down
+    the object path)."""
+    rng = random.Random(seed + 1000)
     out: list[tuple[int, int, list[bytes | None]]] = []
-    seq = 0
-    now = BASE
-    sent: list[bytes] = []
-    keys = [*KEYS, ("dep-a", "cand", "candidate", "internal")]
-    for _ in range(rng.randint(20, 45)):
-        now += rng.choice([50, 100, 400, 3000])
-        partition = rng.randrange(2)
-        batch: list[bytes | None] = []
-        for _ in range(rng.choice([1, 5, 40, 120, 300])):
-            r = rng.choice(routers)
-            roll = rng.random()
-            if sends_marks[r] and roll < 0.03:
-                status = "stop" if rng.random() < 0.05 else "running"
-                seq += 1
-                batch.append(msgspec.json.encode(RouterWatermark(r, now + skew[r] - rng.randint(0, 300), status, seq)))
+    for partition, now, batch in stream(seed, watermarking=watermarking):
+        values: list[bytes | None] = []
+        for item in batch:
+            if isinstance(item, RouterWatermark):
+                values.append(msgspec.json.encode(item))
                 continue
-            if roll < 0.045 and sent:
-                batch.append(rng.choice(sent))  # redelivered: the same request again
-                continue
-            if roll < 0.05:
-                batch.append(rng.choice([None, b"{", b'{"event_id": 1}', b"[]"]))  # poison
-                continue
-            seq += 1
-            dep, config, arm, ring = rng.choice(keys)
-            ts = now + skew[r] - rng.randint(0, 1500)
-            if roll > 0.995:
-                ts += 3_600_000  # a clock an hour ahead
-            elif roll > 0.97:
-                ts -= rng.randint(5000, 20_000)  # delivered late
-            error = "backend_error" if rng.random() < 0.05 else None
-            recall = None if error or rng.random() < 0.3 else round(rng.random(), 3)
-            d = outcome(
-                seq,
-                ts=max(0, ts),
-                deployment_id=dep,
-                config_name=config,
-                arm=arm,
-                ring=ring,
-                latency_ms=rng.lognormvariate(5, 0.6),
-                recall_at_10=recall,
-                recall_source=None if recall is None else rng.choice(["labels", "exact_sample", None]),
-                error=error,
-                router_id=r,
-                user_group=rng.choice([None, rng.randrange(16)]),
-            )
+            if rng.random() < 0.01:
+                values.append(rng.choice([None, b"{", b'{"event_id": 1}', b"[]"]))  # poison
+            d = item.to_dict()
+            if d["arm"] == "candidate" and rng.random() < 0.2:
+                d["ring"] = "internal"
+            d["user_group"] = rng.choice([None, rng.randrange(16)])
+            if d["recall_at_10"] is not None:
+                d["recall_source"] = rng.choice(["labels", "exact_sample", None])
             if rng.random() < 0.003:
                 d["metrics"] = {"ndcg": rng.random()}
-            value = raw(d)
-            sent.append(value)
-            batch.append(value)
-        out.append((partition, now, batch))
+            values.append(raw(d))
+        out.append((partition, now, values))
     return out
 
 

@@ -114,22 +114,26 @@ def test_windows_do_not_depend_on_batch_cut_without_late_data(batch_max: int, sp
     assert [d.window_id for d in got.decisions] == [d.window_id for d in ref.decisions]
 
 
-def test_strict_and_fast_decoding_give_identical_results() -> None:
-    rng = random.Random(7)
+def _mixed(rng: random.Random, n: int, max_delay_ms: int, min_delay_ms: int = 0) -> Traffic:
+    """Both arms over 3 partitions, latencies, recall labels and errors drawn, published with a delay."""
     t = Traffic.new()
-    for i in range(3000):
-        p = rng.randrange(3)
+    for i in range(n):
         arm = rng.choice(["candidate", "last_good"])
         t.add(
-            p,
+            rng.randrange(3),
             T0 + i * 7 + rng.randrange(-3000, 300),
             arm=arm,
             config="cand" if arm == "candidate" else "last_good",
             latency=rng.uniform(1, 3000),
             recall=rng.choice([None, 0.0, 0.25, 1.0, 0.7]),
             error=rng.choice([None, None, None, "timeout"]),
-            delay=rng.randrange(0, 1500),
+            delay=rng.randrange(min_delay_ms, max_delay_ms),
         )
+    return t
+
+
+def test_strict_and_fast_decoding_give_identical_results() -> None:
+    t = _mixed(random.Random(7), 3000, 1500)
     fast = recompute(t.records, [start("dep-1")])
     strict = recompute(t.records, [start("dep-1")], strict_decode=True)
     assert list(map(_key, fast.windows)) == list(map(_key, strict.windows))
@@ -318,19 +322,7 @@ def test_the_native_columns_and_the_object_path_replay_alike(
     the record-by-record path gives, with poison, records without a Kafka time and outcomes with metrics (which
     send their chunk down the object path) among them."""
     rng = random.Random(seed)
-    t = Traffic.new()
-    for i in range(3000):
-        arm = rng.choice(["candidate", "last_good"])
-        t.add(
-            rng.randrange(3),
-            T0 + i * 7 + rng.randrange(-3000, 300),
-            arm=arm,
-            config="cand" if arm == "candidate" else "last_good",
-            latency=rng.uniform(1, 3000),
-            recall=rng.choice([None, 0.0, 0.25, 1.0, 0.7]),
-            error=rng.choice([None, None, None, "timeout"]),
-            delay=rng.randrange(-200, 4000),
-        )
+    t = _mixed(rng, 3000, 4000, -200)
     records = list(t.records)
     for k in range(12):
         at = rng.randrange(len(records))
