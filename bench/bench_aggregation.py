@@ -437,6 +437,61 @@ def confluent_read(bootstrap: Cluster, topic: str, partitions: int, records: int
     }
 
 
+QUIX_VERSION = "3.28.1"
+QUIX_VENV = Path.home() / ".cache" / "canary" / "bench" / f"quixstreams-{QUIX_VERSION}"
+"""Where the quix-streams job's virtualenv lives: outside the repository, made on first use. quixstreams pins
+pydantic < 2.14 and confluent-kafka < 2.13, older than canary's, so it cannot share canary's venv."""
+
+
+def quix_python() -> Path | str:
+    """The quix-streams venv's python (made and filled on first use), or why there is none."""
+    python = QUIX_VENV / "bin" / "python"
+    if python.exists():
+        return python
+    log(f"    installing quixstreams {QUIX_VERSION} into {QUIX_VENV} (once) ...")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"quixstreams=={QUIX_VERSION}"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        shutil.rmtree(QUIX_VENV, ignore_errors=True)
+        return f"could not install quixstreams {QUIX_VERSION}: {str(exc)[:200]}"
+    return python
+
+
+def quix_job(bootstrap: Cluster, topic: str, outcomes: int, timeout_s: float) -> dict[str, Any]:
+    """A quix-streams tumbling-window job on the same topic (bench/quix_job.py, in its own venv): JSON values, event
+    time from ``ts``, watermark records filtered out, re-keyed by window key (``group_by``, a repartition topic) and
+    a 5 s tumbling window (1 s grace, canary's) of count, mean and max latency per key. Its rate runs from its first
+    record to the last outcome reaching the window step."""
+    address = _plaintext(bootstrap)
+    if address is None:
+        return {"skipped": "the cluster is not PLAINTEXT"}
+    python = quix_python()
+    if isinstance(python, str):
+        return {"skipped": python}
+    job = Path(__file__).with_name("quix_job.py")
+    argv = [str(python), str(job), "--bootstrap", address, "--topic", topic, "--outcomes", str(outcomes)]
+    argv += ["--window-ms", str(WINDOW_MS), "--grace-ms", str(GRACE_MS), "--timeout-s", str(timeout_s)]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=timeout_s + 60, text=True)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"the quix-streams job did not finish in {timeout_s + 60:.0f} s"}
+    try:
+        got: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"skipped": f"the quix-streams job failed (exit {done.returncode}): {done.stderr.strip()[-300:]}"}
+    if not got.get("complete") or not got.get("seconds"):
+        return {"skipped": f"the quix-streams job aggregated {got.get('outcomes')} of {outcomes} outcomes"}
+    got["outcomes_rate"] = rate(outcomes, got["seconds"])
+    got["cpu_us_per_outcome"] = got["cpu_s"] * 1e6 / outcomes
+    return got
+
+
 # -- (c, d) workers ----------------------------------------------------------------------------------------
 
 
@@ -1127,6 +1182,17 @@ def run(args: Any) -> dict[str, Any]:
                     else:
                         log(f"    {name}: skipped ({got['skipped']})")
 
+                if args.skip_quix:
+                    result["quix"] = {"skipped": "--skip-quix"}
+                else:
+                    log("(b'') a quix-streams tumbling-window job on the same topic (group_by + 5 s window)")
+                    result["quix"] = quix_job(target.bootstrap, one.search_results, n, args.timeout_s)
+                    got = result["quix"]
+                    if "outcomes_rate" in got:
+                        log(f"    quix-streams: {fmt_rate(got['outcomes_rate'])} outcomes ({got['seconds']:.2f}s)")
+                    else:
+                        log(f"    quix-streams: skipped ({got['skipped']})")
+
                 log("(c) ONE `canary worker` subprocess on the backlog")
                 result["one_worker"] = asyncio.run(
                     run_workers_phase(
@@ -1174,7 +1240,7 @@ def run(args: Any) -> dict[str, Any]:
     result["ratio_worker_to_raw"] = ratio
     merged_rate = w1.get("first_batch_to_merged_rate", math.nan)
     result["ratio_merged_to_raw"] = merged_rate / raw["rate"] if raw["rate"] else math.nan
-    for name in ("kcat", "confluent"):
+    for name in ("kcat", "confluent", "quix"):
         engine = result.get(name, {}).get("outcomes_rate")
         result[f"ratio_worker_to_{name}"] = agg_rate / engine if engine else math.nan
     result["machine"]["loadavg_at_end"] = loadavg()
@@ -1268,6 +1334,15 @@ def render(r: dict[str, Any]) -> str:
             )
         elif got:
             lines.append(f"  {label}: skipped ({got['skipped']})")
+    quix = r.get("quix", {})
+    label = "quix-streams group_by + 5 s tumbling window"
+    if "outcomes_rate" in quix:
+        lines.append(
+            f"  {label:<46}{_f(quix['outcomes_rate'], ',.0f', 11)}{_f(quix['seconds'], '.2f', 8)}"
+            f"{_f(quix['cpu_us_per_outcome'], '.1f', 13)}   ({quix['windows_emitted']} windows out)"
+        )
+    elif quix:
+        lines.append(f"  {label}: skipped ({quix['skipped']})")
     for label, w in (("ONE worker", r["one_worker"]), ("TWO workers", r.get("two_workers"))):
         if w is None:
             continue
@@ -1353,7 +1428,8 @@ def render(r: dict[str, Any]) -> str:
         f"  ONE worker ≥ {t['rate_min']:,.0f} outcomes/s (earlier target): {'MET' if t['rate_met'] else 'NOT MET'}",
         f"  ratio ONE worker / kcat (same topic, same run)   {r.get('ratio_worker_to_kcat', math.nan):.2f}  "
         f"(issue #24 target ≥ {TARGET_KCAT_RATIO}); / confluent-kafka "
-        f"{r.get('ratio_worker_to_confluent', math.nan):.2f}",
+        f"{r.get('ratio_worker_to_confluent', math.nan):.2f}; / the quix-streams job "
+        f"{r.get('ratio_worker_to_quix', math.nan):.2f}",
         _checkpoint_line(r["checkpoint_size"], core, r["partitions"]),
         "",
         f"  core in-process (no Kafka), {core['outcomes']:,} outcomes + {core['watermark_records']:,} watermark "
@@ -1426,6 +1502,9 @@ def main() -> int:
         help="a watermark tick every this many outcomes per partition (default 1000; at most 1 s of event time)",
     )
     parser.add_argument("--skip-two", action="store_true", help="skip the two-worker phase")
+    parser.add_argument(
+        "--skip-quix", action="store_true", help="skip the quix-streams job (its venv is made on first use)"
+    )
     parser.add_argument("--timeout-s", type=float, default=240.0, help="give up on a worker phase after this long")
     parser.add_argument("--keep-topics", action="store_true", help="external Kafka: keep the run's topics")
     parser.add_argument("--logs-dir", type=Path, default=None, help="keep the workers' logs in this directory")
