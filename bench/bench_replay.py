@@ -152,7 +152,7 @@ class Predecoded:
     def decode(self, raw: bytes | None) -> SearchOutcome:
         return self.table[id(raw)]
 
-    def decode_columns(self, values: object) -> tuple[None, list[Any]]:
+    def decode_columns(self, values: object, offset_at: object = None) -> tuple[None, list[Any]]:
         return None, []  # objects already made: the windows pass below measures windows alone
 
 

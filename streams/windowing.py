@@ -17,6 +17,7 @@ as ``invalid outcome``; late outcomes count in their key's next window (never dr
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -60,14 +61,8 @@ class WindowingStats:
     by_partition: dict[int, int] = field(default_factory=dict)
 
 
-def _offsets_of(records: list[Any], row_of: dict[int, int]) -> Callable[[Any], int | None]:
-    """An outcome the core made from a batch's row (``ColumnBatch.row_of``) → its record's offset."""
-
-    def offset(outcome: Any) -> int | None:
-        row = row_of.get(id(outcome))
-        return None if row is None else int(records[row].offset)
-
-    return offset
+def _offset(records: list[Any], row: int) -> int:
+    return int(records[row].offset)
 
 
 class WindowingStage(TransactionalStage[WindowFinalizer]):
@@ -150,7 +145,9 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         now = now_ms()
         for tp, records in batch.items():
             fin = self.states[tp.partition]
-            columns, refused = self._decoder.decode_columns([record.value for record in records])
+            columns, refused = self._decoder.decode_columns(
+                [record.value for record in records], functools.partial(_offset, records)
+            )
             if columns is None:
                 self._process_objects(tp.partition, fin, records, now)
                 continue
@@ -171,13 +168,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
                 bad = {row for row, _ in refused}
                 self._process_objects(tp.partition, fin, [r for i, r in enumerate(records) if i not in bad], now)
                 continue
-            self._account(
-                tp.partition,
-                fin,
-                result,
-                len(columns) - len(refused),
-                _offsets_of(records, columns.row_of),
-            )
+            self._account(tp.partition, fin, result, len(columns) - len(refused), columns.offset_of)
 
     def _process_objects(self, partition: int, fin: WindowFinalizer, records: list[Any], now: int) -> None:
         """One partition's records decoded one at a time (no native decoder, or a record the columns cannot hold)."""

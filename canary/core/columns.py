@@ -8,6 +8,7 @@ refused, dead-lettered by the caller). The core makes an outcome object only for
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,10 @@ from canary.core.models import RouterWatermark, SearchOutcome, WindowKey
 
 OUTCOME, WATERMARK, SKIPPED = 0, 1, 2
 """Row kinds (``ColumnBatch.status``); the native decoder's codes."""
+
+
+def _shifted(offset_at: Callable[[int], int], lo: int, row: int) -> int:
+    return offset_at(row + lo)
 
 
 @dataclass(eq=False, slots=True)
@@ -37,6 +42,7 @@ class ColumnBatch:
     watermarks: dict[int, RouterWatermark]  # row -> its watermark record
     values: Sequence[bytes | None]  # the raw values, for :meth:`objects`
     decode: Callable[[bytes | None], SearchOutcome | RouterWatermark]
+    offset_at: Callable[[int], int] | None = None  # row -> its record's offset, where the caller knows it
     row_of: dict[int, int] = field(default_factory=dict)  # id(materialized outcome) -> its row
 
     def __len__(self) -> int:
@@ -60,7 +66,13 @@ class ColumnBatch:
             {row - lo: mark for row, mark in self.watermarks.items() if lo <= row < hi},
             self.values[lo:hi],
             self.decode,
+            None if self.offset_at is None else functools.partial(_shifted, self.offset_at, lo),
         )
+
+    def offset_of(self, outcome: SearchOutcome) -> int | None:
+        """The offset of the record an outcome of :meth:`objects` came from (None: not one of them, or unknown)."""
+        row = self.row_of.get(id(outcome))
+        return None if row is None or self.offset_at is None else self.offset_at(row)
 
     def outcome_rows(self, lo: int, hi: int) -> np.ndarray:
         return lo + np.flatnonzero(self.status[lo:hi] == OUTCOME)

@@ -13,7 +13,8 @@ both paths against each other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -27,6 +28,8 @@ from canary.core.rings import ring_arm
 from canary.core.split import USER_GROUPS
 from canary.errors import CanaryError, ConfigError
 from canary.settings import NativeMode
+
+log = logging.getLogger(__name__)
 
 try:  # the optional extension (native/; `make install` builds it where cargo is): the Python path is the reference
     import canary_native as _native_module
@@ -103,18 +106,27 @@ class OutcomeDecoder:
                 "reinstall it (`make install`) or set CANARY_NATIVE=off"
             )
 
-    def decode_columns(self, values: Sequence[bytes | None]) -> tuple[ColumnBatch | None, list[tuple[int, Exception]]]:
+    def decode_columns(
+        self, values: Sequence[bytes | None], offset_at: Callable[[int], int] | None = None
+    ) -> tuple[ColumnBatch | None, list[tuple[int, Exception]]]:
         """A batch of raw values as columns (the native decoder), and the rows it refused ``(row, Rejected)``
         — refused by the reference, which decides every row the native decoder does not take as certain.
         ``(None, [])`` when there is no native decoder, or a row the reference accepts is one the columns cannot
-        hold (an outcome with metrics, say): the caller decodes the batch one record at a time, as before."""
+        hold (an outcome with metrics, say): the caller decodes the batch one record at a time, as before.
+        ``offset_at``: row → its record's offset, for :meth:`ColumnBatch.offset_of`."""
         native = self.native
         if native is None or not values:
             return None, []
         values = values if isinstance(values, list) else list(values)
-        packed, raw_keys, routers, raw_marks = native.decode_batch(
-            values, max_bytes=wire.OUTCOME.max_bytes, max_epoch_ms=MAX_EPOCH_MS, user_groups=USER_GROUPS
-        )
+        try:
+            packed, raw_keys, routers, raw_marks = native.decode_batch(
+                values, max_bytes=wire.OUTCOME.max_bytes, max_epoch_ms=MAX_EPOCH_MS, user_groups=USER_GROUPS
+            )
+        except Exception:  # a bug in the extension (a Rust panic arrives as an exception): the reference decides
+            log.exception(
+                "the native decoder failed on a batch of %d records; decoding it record by record", len(values)
+            )
+            return None, []
         rows = np.frombuffer(packed, dtype=ROW)
         status = rows["status"].copy()
         refused: list[tuple[int, Exception]] = []
@@ -144,6 +156,7 @@ class OutcomeDecoder:
             },
             values=values,
             decode=self.decode,
+            offset_at=offset_at,
         )
         return batch, refused
 

@@ -22,6 +22,7 @@ The same core objects as the live worker (``streams/app.py``) do the work:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -218,47 +219,42 @@ def recompute_partition_partials(
         fresh = records[chunk_start : chunk_start + _CHUNK]
         final = chunk_start + _CHUNK >= len(records)
         chunk = [r for r, _ in carried] + list(fresh)
-        columns, refused = decoder.decode_columns([r[3] for r in chunk])
-        kept: list[int] = []  # rows of ``chunk`` that decoded
+        columns, refused = decoder.decode_columns([r[3] for r in chunk], functools.partial(_record_offset, chunk))
+        # Rows of ``chunk`` that decoded, with their processing times (the carried ones kept theirs, and were
+        # counted with their chunk); objects only on the record-by-record path.
+        kept: list[int] = list(range(len(carried)))
         nows: list[int] = [t for _, t in carried]
         items: list[SearchOutcome | RouterWatermark] = []
-        if columns is not None:
-            bad = dict(refused)
-            kept = list(range(len(carried)))
-            for row in range(len(carried), len(chunk)):
-                _, offset, ts_ms, _raw = chunk[row]
-                if row in bad:
-                    invalid(offset, bad[row])
+        bad = dict(refused)
+        for row in range(len(chunk)):
+            _, offset, ts_ms, raw = chunk[row]
+            if columns is not None:
+                if row < len(carried) or row in bad:
+                    if row in bad:
+                        invalid(offset, bad[row])
                     continue
-                # The record's Kafka time; without one, the outcome's own time (a watermark never goes back).
-                if ts_ms is not None and ts_ms >= 0:
-                    now = ts_ms
-                elif (mark := columns.watermarks.get(row)) is None:
-                    now = int(columns.ts[row])
-                else:
-                    now = max(now, mark.watermark_ms)
-                kept.append(row)
-                nows.append(now)
-        else:
-            for row, (_, offset, ts_ms, raw) in enumerate(chunk):
+                mark = columns.watermarks.get(row)
+                own_ms, mark_ms = (int(columns.ts[row]), None) if mark is None else (None, mark.watermark_ms)
+            else:
                 try:
                     item = decoder.decode(raw)
                 except DECODE_ERRORS as exc:
-                    if row >= len(carried):  # carried records were counted with their chunk
+                    if row >= len(carried):
                         invalid(offset, exc)
                     continue
-                if row < len(carried):
-                    pass
-                elif ts_ms is not None and ts_ms >= 0:
-                    now = ts_ms
-                elif isinstance(item, SearchOutcome):
-                    now = item.ts
-                else:
-                    now = max(now, item.watermark_ms)
-                if row >= len(carried):
-                    nows.append(now)
-                kept.append(row)
                 items.append(item)
+                if row < len(carried):
+                    continue
+                own_ms, mark_ms = (item.ts, None) if isinstance(item, SearchOutcome) else (None, item.watermark_ms)
+            # The record's Kafka time; without one, the outcome's own time (a watermark never goes back).
+            if ts_ms is not None and ts_ms >= 0:
+                now = ts_ms
+            elif own_ms is not None:
+                now = own_ms
+            elif mark_ms is not None:
+                now = max(now, mark_ms)
+            kept.append(row)
+            nows.append(now)
         if first_ts is None and nows:
             first_ts = nows[0]
         times = np.asarray(nows, dtype=np.int64)
@@ -274,12 +270,12 @@ def recompute_partition_partials(
                 lo, hi = kept[i], kept[j - 1] + 1
                 part = columns.slice(lo, hi)
                 result = finalizer.add_columns(partition, part, batch_now)
-                offset_of = _offsets(chunk, lo, part.row_of)
+                flush(result, batch_now, part.offset_of)
             else:
                 batch = items[i:j]
                 result = finalizer.add(partition, as_core_outcomes(batch), batch_now)
-                offset_of = _offsets(chunk, 0, {id(o): r for o, r in zip(batch, kept[i:j], strict=True)})
-            flush(result, batch_now, offset_of)
+                by_id = {id(o): int(chunk[r][1]) for o, r in zip(batch, kept[i:j], strict=True)}
+                flush(result, batch_now, functools.partial(_by_identity, by_id))
             i = j
         carried = [(chunk[r], t) for r, t in zip(kept[i:], nows[i:], strict=True)]
     stats.first_timestamp_ms = first_ts
@@ -292,14 +288,12 @@ def recompute_partition_partials(
     return out, stats
 
 
-def _offsets(chunk: Sequence[Any], lo: int, row_of: Mapping[int, int]) -> Callable[[SearchOutcome], int | None]:
-    """An outcome the core made from a column batch's row → its record's offset."""
+def _record_offset(chunk: Sequence[Any], row: int) -> int:
+    return int(chunk[row][1])
 
-    def offset(outcome: SearchOutcome) -> int | None:
-        row = row_of.get(id(outcome))
-        return None if row is None else int(chunk[lo + row][1])
 
-    return offset
+def _by_identity(offsets: Mapping[int, int], outcome: SearchOutcome) -> int | None:
+    return offsets.get(id(outcome))
 
 
 def recompute(

@@ -14,7 +14,10 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from canary.core import wire
 from canary.core.columns import OUTCOME, SKIPPED, WATERMARK
 from canary.core.models import RouterWatermark, SearchOutcome
 from canary.core.windows import WindowFinalizer, request_key
@@ -374,3 +377,67 @@ def test_a_row_the_aggregator_raises_on_is_quarantined_as_its_outcome_and_the_re
     assert [(o.request_id, why) for o, why in fin.quarantined] == [
         ("q999", "the window aggregator raised RuntimeError: cannot fold 666 ms")
     ]
+
+
+# -- hostile input, generated ---------------------------------------------------------------------------------
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=30,
+)
+_FIELDS = [*outcome(0), "metrics", "ring", "kind", "watermark_ms", "status", "seq"]
+
+
+@st.composite
+def hostile_values(draw: st.DrawFn) -> bytes | None:
+    """Outcomes with fields dropped, added or retyped; any JSON; deep nesting; arbitrary bytes; tombstones."""
+    kind = draw(st.integers(0, 4))
+    if kind == 0:
+        d = outcome(draw(st.integers(0, 10**6)))
+        for name in draw(st.lists(st.sampled_from(_FIELDS), max_size=3)):
+            if draw(st.booleans()):
+                d.pop(name, None)
+            else:
+                d[name] = draw(_JSON)
+        return raw(d)
+    if kind == 1:
+        return raw(draw(_JSON))
+    if kind == 2:
+        depth = draw(st.integers(1, 300))
+        return b'{"event_id":' + b"[" * depth + b"]" * depth + b"}"
+    if kind == 3:
+        return draw(st.binary(max_size=300))
+    return None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(hostile_values(), min_size=1, max_size=12))
+def test_any_batch_decodes_to_rows_the_reference_agrees_with_or_to_typed_rejections(values: list[bytes | None]) -> None:
+    """Whatever the batch holds, decode_columns returns (it never raises): rows the reference reads alike, rows it
+    refuses with a typed rejection, or the whole batch handed back to the record-by-record path."""
+    check_rows(values)
+    columns, refused = OutcomeDecoder(native="on").decode_columns(values)
+    for _row, exc in refused:
+        assert isinstance(exc, wire.Rejected)
+    if columns is not None:
+        assert sorted(r for r, _ in refused) == np.flatnonzero(columns.status == SKIPPED).tolist()
+
+
+def test_an_extension_that_raises_hands_the_batch_to_the_reference() -> None:
+    """A bug in the extension (a Rust panic reaches Python as an exception) must not end a consumer loop."""
+    import types
+
+    def panics(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("panicked at src/lib.rs")
+
+    decoder = OutcomeDecoder(native="on")
+    decoder.native = types.SimpleNamespace(decode_batch=panics, FALLBACK=2, ROW_BYTES=56)  # type: ignore[assignment]
+    assert decoder.decode_columns([raw(outcome(1))]) == (None, [])
