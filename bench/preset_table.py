@@ -19,6 +19,7 @@ concurrently (each one's queries strictly sequential), which suits ``--rerank mo
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import sys
 import time
@@ -31,8 +32,15 @@ if str(ROOT) not in sys.path:  # `python bench/preset_table.py` as well as `pyth
 
 from bench.common import base_parser, emit, loadavg, log, machine, percentile  # noqa: E402
 from canary.config import Preset, PresetStore  # noqa: E402
-from router.backends.hybrid import HybridBackend  # noqa: E402
-from router.requests import recall_at_10  # noqa: E402
+from router.backends.hybrid import CORPORA, HybridBackend, bundled_corpus  # noqa: E402
+from router.requests import mrr_at_10, recall_at_10  # noqa: E402
+
+
+def graded_ndcg_at_10(ranked: list[str], gains: dict[str, int]) -> float:
+    """nDCG@10 with graded gains (2^gain - 1, log2 discount) against the ideal ordering of the judgments."""
+    dcg = sum((2 ** gains.get(doc, 0) - 1) / math.log2(i + 2) for i, doc in enumerate(ranked[:10]))
+    ideal = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(sorted(gains.values(), reverse=True)[:10]))
+    return dcg / ideal if ideal > 0 else 0.0
 
 
 async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> dict[str, Any]:
@@ -41,8 +49,12 @@ async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> di
     latencies: list[float] = []
     cpu: list[float] = []
     recalls: list[float] = []
+    ndcgs: list[float] = []
+    mrrs: list[float] = []
+    grades_of = getattr(backend.corpus, "grades", None)  # graded judgments (Cranfield); else binary labels
     for i in range(queries):
-        text, relevant = backend.corpus.query(i % backend.corpus.n_queries)
+        q = i % backend.corpus.n_queries
+        text, relevant = backend.corpus.query(q)
         start, cpu_start = loop.time(), time.process_time()
         ranked = await backend.search(text, "documents", params)
         latencies.append((loop.time() - start) * 1000.0)
@@ -50,8 +62,13 @@ async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> di
         recall = recall_at_10(list(ranked), relevant)
         if recall is not None:
             recalls.append(recall)
+            gains = grades_of(q) if grades_of is not None else dict.fromkeys(relevant, 1)
+            ndcgs.append(graded_ndcg_at_10(list(ranked), gains))
+            mrrs.append(mrr_at_10(list(ranked), relevant) or 0.0)
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
     recall = statistics.fmean(recalls) if recalls else float("nan")
+    ndcg = statistics.fmean(ndcgs) if ndcgs else float("nan")
+    mrr = statistics.fmean(mrrs) if mrrs else float("nan")
     slo = preset.slo
     failures = []
     if not p95 <= slo.p95_ms:
@@ -59,7 +76,10 @@ async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> di
     if not recall >= slo.recall_at_10:
         failures.append(f"recall@10 {recall:.3f} < {slo.recall_at_10:g}")
     cpu_ms = statistics.fmean(cpu)
-    log(f"{preset.name}: p50 {p50:.1f} ms, p95 {p95:.1f} ms, CPU {cpu_ms:.1f} ms/request, recall@10 {recall:.3f}")
+    log(
+        f"{preset.name}: p50 {p50:.1f} ms, p95 {p95:.1f} ms, CPU {cpu_ms:.1f} ms/request, recall@10 {recall:.3f}, "
+        f"nDCG@10 {ndcg:.3f}, MRR@10 {mrr:.3f}"
+    )
     return {
         "preset": preset.name,
         "version": preset.version,
@@ -69,6 +89,8 @@ async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> di
         "p95_ms": round(p95, 1),
         "cpu_ms_per_request": round(cpu_ms, 1),
         "recall_at_10": round(recall, 3),
+        "ndcg_at_10": round(ndcg, 3),
+        "mrr_at_10": round(mrr, 3),
         "slo": {"p95_ms": slo.p95_ms, "recall_at_10": slo.recall_at_10},
         "slo_pass": not failures,
         "failures": failures,
@@ -77,23 +99,26 @@ async def run_preset(backend: HybridBackend, preset: Preset, queries: int) -> di
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| preset | version | hash | p50 ms | p95 ms | CPU ms/request | recall@10 | SLO |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| preset | version | hash | p50 ms | p95 ms | CPU ms/request | recall@10 | nDCG@10 | MRR@10 | SLO |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         verdict = "pass" if r["slo_pass"] else "FAIL (" + "; ".join(r["failures"]) + ")"
         lines.append(
             f"| {r['preset']} | {r['version']} | `{r['hash']}` | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
-            f"| {r['cpu_ms_per_request']:.1f} | {r['recall_at_10']:.3f} | {verdict} |"
+            f"| {r['cpu_ms_per_request']:.1f} | {r['recall_at_10']:.3f} | {r['ndcg_at_10']:.3f} "
+            f"| {r['mrr_at_10']:.3f} | {verdict} |"
         )
     return "\n".join(lines)
 
 
-async def main_async(queries: int, presets_dir: Path, serial: bool, rerank: str) -> list[dict[str, Any]]:
+async def main_async(
+    queries: int, presets_dir: Path, serial: bool, rerank: str, corpus_name: str
+) -> list[dict[str, Any]]:
     store = PresetStore(presets_dir)
     presets = [store.get(name) for name in store.names()]
     started = time.perf_counter()
-    backend = HybridBackend(rerank=rerank)
+    backend = HybridBackend(bundled_corpus(corpus_name), rerank=rerank)
     corpus = backend.corpus
     log(
         f"corpus {corpus.n_docs} docs / {corpus.n_queries} labeled queries + faiss HNSW (M {backend.index.m}, "
@@ -114,10 +139,16 @@ def main() -> int:
     parser.add_argument(
         "--rerank", choices=("model", "modeled", "off"), default="model", help="rerank runtime (default model)"
     )
+    parser.add_argument("--corpus", choices=CORPORA, default=CORPORA[0], help="bundled collection (default cranfield)")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="also replace the measured table in docs/presets.md (between its preset-table markers)",
+    )
     args = parser.parse_args()
     info = machine()
     started = time.perf_counter()
-    rows = asyncio.run(main_async(args.queries, args.presets, args.serial, args.rerank))
+    rows = asyncio.run(main_async(args.queries, args.presets, args.serial, args.rerank, args.corpus))
     info["loadavg_at_end"] = loadavg()
     result = {"machine": info, "wall_s": round(time.perf_counter() - started, 1), "presets": rows}
     mode = "serial" if args.serial else "concurrent"
@@ -126,7 +157,25 @@ def main() -> int:
         f"{result['wall_s']} s, machine {info}"
     )
     emit(result, text, args.json)
+    if args.write_docs:
+        command = " ".join(["python -m bench.preset_table", *sys.argv[1:]])
+        write_docs(DOCS, rows, f"`{command}` ({time.strftime('%Y-%m-%d')}, {mode}, {args.corpus})")
     return 0
+
+
+DOCS = ROOT / "docs" / "presets.md"
+BEGIN, END = "<!-- preset-table: begin (bench/preset_table.py --write-docs) -->", "<!-- preset-table: end -->"
+
+
+def write_docs(path: Path, rows: list[dict[str, Any]], source: str) -> None:
+    """Replace what lies between the markers in ``path`` with the table and the command that measured it."""
+    text = path.read_text()
+    head, sep, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not sep or not sep2:
+        raise SystemExit(f"{path}: the markers {BEGIN!r} and {END!r} are missing")
+    path.write_text(f"{head}{BEGIN}\n{table(rows)}\n\nMeasured with {source}.\n{END}{tail}")
+    log(f"wrote the table into {path}")
 
 
 if __name__ == "__main__":

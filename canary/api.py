@@ -199,7 +199,7 @@ class CanaryExecutor:
         with self._lock:
             if self._router is not None:
                 return self._router
-            from router.backends.hybrid import HybridBackend
+            from router.backends.hybrid import HybridBackend, bundled_corpus
             from router.service import RouterService
 
             preset = PresetStore(self.settings.presets_dir).get("last_good")
@@ -208,7 +208,7 @@ class CanaryExecutor:
             router = RouterService(
                 self._bootstrap(),
                 self.topics,
-                HybridBackend(rerank="model"),
+                HybridBackend(bundled_corpus(self.settings.corpus), rerank=self.settings.rerank),
                 last_good,
                 consume_requests=False,
                 verifier=self.security.verifier(self.topics.control),

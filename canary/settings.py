@@ -164,6 +164,9 @@ class Settings:
     min_last_good_share: float = 0.5
     # The bundled backend's rerank stage (router.backends.hybrid.RERANK_RUNTIMES): the real model by default.
     rerank: str = "model"
+    # The bundled backend's data (router.backends.hybrid.CORPORA): the Cranfield collection (real text, human
+    # judgments), or the generated pseudo-word corpus (scale tests); the router and `canary load` use the same.
+    corpus: str = "cranfield"
     # Share of unlabeled requests per arm the router searches again exactly, for recall@10 without labels
     # (CANARY_RECALL_SAMPLE_RATE; router.service.DEFAULT_RECALL_SAMPLE_RATE; 0 turns it off), and per-arm
     # overrides (CANARY_RECALL_SAMPLE_RATE_CANDIDATE / _LAST_GOOD).
@@ -337,6 +340,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         alert_secrets={k: v for k, v in env.items() if k.startswith("CANARY_ALERT_") and v},
         min_last_good_share=_share(env, "CANARY_MIN_LAST_GOOD_SHARE", 0.5),
         rerank=_choice(env, "CANARY_RERANK", ("model", "modeled", "off"), "model"),
+        corpus=_choice(env, "CANARY_CORPUS", ("cranfield", "generated"), "cranfield"),
         recall_sample_rate=_fraction(env, "CANARY_RECALL_SAMPLE_RATE", 0.10),
         recall_sample_rate_by_arm={
             arm: _fraction(env, f"CANARY_RECALL_SAMPLE_RATE_{arm.upper()}", 0.0)

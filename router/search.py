@@ -25,6 +25,7 @@ from canary.core.models import ARMS, MAX_OUTCOME_METRICS, Arm, SearchOutcome
 from canary.core.rings import Ring, match_ring, rings_of_snapshot
 from canary.core.split import baseline_of, candidate_of, user_group
 from canary.observability.metrics import RouterMetrics
+from router.admission import DEFAULT_SEARCH_CONCURRENCY, Admission, Overloaded
 from router.backends.base import (
     BackendError,
     ExactSearchBackend,
@@ -166,6 +167,7 @@ class Searcher:
         diff_sample_rate: float = DEFAULT_DIFF_SAMPLE_RATE,
         max_diff_in_flight: int = DEFAULT_MAX_DIFF_IN_FLIGHT,
         max_mirror_in_flight: int = DEFAULT_MAX_MIRROR_IN_FLIGHT,
+        search_concurrency: int = DEFAULT_SEARCH_CONCURRENCY,
     ) -> None:
         self.router_id = router_id
         self.ledger = ledger
@@ -175,6 +177,8 @@ class Searcher:
         self.stats = stats
         self.metrics = metrics
         self._timeout_s = search_timeout_ms / 1000.0
+        # Served searches run in a bounded lane per arm; beyond it a request is shed (router/admission.py).
+        self.admission = Admission(search_concurrency, on_shed=self._count_shed)
         # Recall without labels: this share of unlabeled requests (per arm) is searched again exactly, off
         # the hot path, at most max_exact_in_flight at a time (more are dropped and counted, never queued).
         self.recall_sample_rates = recall_sample_rates
@@ -345,6 +349,10 @@ class Searcher:
         self.stats.mirrored[result] = self.stats.mirrored.get(result, 0) + 1
         self.metrics.mirrored.labels(result).inc()
 
+    def _count_shed(self, arm: str) -> None:
+        self.stats.shed[arm] = self.stats.shed.get(arm, 0) + 1
+        self.metrics.shed.labels(arm).inc()
+
     def _count_diff(self, result: str) -> None:
         self.stats.diff_samples[result] = self.stats.diff_samples.get(result, 0) + 1
         self.metrics.diff_samples.labels(result).inc()
@@ -374,14 +382,19 @@ class Searcher:
         error: str | None = None
         results: list[str] = []
         engine_metrics: Any = None
+        self.admission.follow(sum(d.candidate_weight for d in self.ledger.live))  # lanes follow the split
         try:
-            async with asyncio.timeout(self._timeout_s):
-                answer = await backend.search(request.query, request.collection, config.snapshot)
-                results = list(answer)
-                # a RankedResults' own numbers (list() drops the attribute, so read it before)
-                engine_metrics = getattr(answer, "metrics", None)
+            answer = await self.admission.run(
+                used.arm, lambda: backend.search(request.query, request.collection, config.snapshot), self._timeout_s
+            )
+            results = list(answer)
+            # a RankedResults' own numbers (list() drops the attribute, so read it before)
+            engine_metrics = getattr(answer, "metrics", None)
         except TimeoutError:
             error = "timeout"
+        except Overloaded as exc:
+            error = "overloaded"
+            log.debug("request shed: %s", exc)
         except BackendError as exc:  # a backend's own error code (router.backends.base.BACKEND_ERROR_CODES)
             error = exc.error_code
             log.debug("search failed: %r", exc)

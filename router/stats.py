@@ -23,5 +23,6 @@ class RouterStats:
     # empty) — a dropped sample's outcome goes out without recall, never later than the exact timeout.
     exact_samples: dict[str, int] = field(default_factory=dict)
     diff_samples: dict[str, int] = field(default_factory=dict)  # result-diff searches by result (as exact)
+    shed: dict[str, int] = field(default_factory=dict)  # requests shed by admission (error overloaded), by arm
     mirrored: dict[str, int] = field(default_factory=dict)  # shadow searches by result: measured, error, busy
     applied: list[tuple[str, str, int]] = field(default_factory=list)  # (command_id, type, applied_at_ms)

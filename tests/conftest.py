@@ -17,9 +17,11 @@ import pytest
 from canary.kafka.topics import Topics, ensure_topics
 from devtools.broker import listen_port
 
-# Routers the suite spawns (`canary router`) serve tens of requests per second on a 2-core machine shared
-# with a broker and workers: the real rerank model would need ~15 cores for that (bench/bench_reranker.py).
-# They wait its cost instead; tests/backends/test_reranker.py and the unlabeled-recall test run the model.
+# An explicit choice for the routers the suite spawns (`canary router`): two test processes run at once, each
+# with brokers, workers and routers at up to 150 requests/s, on 2 cores. They serve the Cranfield collection
+# but wait the model's cost per query instead of spending it (router/backends/hybrid.py, "modeled"); the
+# real model runs in tests/backends (test_cranfield, test_reranker), in the README's "Running the pieces"
+# test (tests/integration/test_running_the_pieces.py) and in `make demo`, which .ci/run runs.
 os.environ.setdefault("CANARY_RERANK", "modeled")
 from canary.security import init_key
 from canary.settings import Settings, load_settings

@@ -215,7 +215,7 @@ def cmd_weight(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
     from canary.errors import ConfigError
     from canary.kafka.connect import require_kafka
-    from canary.ops.load import produce_load
+    from canary.ops.load import bundled_queries, produce_load
 
     if args.qps <= 0 or args.duration <= 0 or args.users <= 0:
         raise ConfigError(f"--qps {args.qps} --duration {args.duration} --users {args.users}: must all be > 0")
@@ -235,6 +235,7 @@ def cmd_load(args: argparse.Namespace, settings: Settings) -> int:
             seed=args.seed,
             progress=progress,
             labeled=not args.unlabeled,
+            queries=bundled_queries(settings.corpus),
         )
     )
     if not args.json:

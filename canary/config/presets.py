@@ -137,6 +137,8 @@ class Preset:
         snapshot: dict[str, Any] = {name: _plain(getattr(self, name)) for name in sections}
         if snapshot["reranker"]["max_tokens"] is None:  # absent, not null: older presets keep their hashes
             del snapshot["reranker"]["max_tokens"]
+        if snapshot["reranker"]["model"] is None:  # a reranker of type none names no model: absent, not null
+            del snapshot["reranker"]["model"]
         snapshot["slo"] = self.slo.to_dict()  # the shape canary.core.policy.parse_section reads
         snapshot["backend"] = self.backend.to_dict() if self.backend is not None else None
         if self.rollout is not None:  # absent, not null, without a plan: older presets keep their hashes
@@ -275,8 +277,8 @@ def _retriever(s: Section) -> RetrieverConfig:
 
 def _reranker(s: Section) -> RerankerConfig:
     kind = s.string("type", choices=RERANKER_TYPES)
-    # A cross-encoder is useless without a model; "none" needs no model, so it is optional there.
-    model = s.string("model", required=kind == "cross_encoder") or None
+    # A reranker is useless without a model; "none" needs no model, so it is optional there.
+    model = s.string("model", required=kind != "none") or None
     max_tokens = None if s.take("max_tokens") is NO_VALUE else s.integer("max_tokens", minimum=2)
     if max_tokens is not None and max_tokens > MAX_RERANK_TOKENS:
         s.out.add(s.field("max_tokens"), max_tokens, f"must be <= {MAX_RERANK_TOKENS} (the model's positions)")

@@ -16,7 +16,9 @@ from canary.core.policy import (
 )
 
 RETRIEVER_TYPES: Final = ("hybrid", "dense", "bm25")
-RERANKER_TYPES: Final = ("cross_encoder", "none")
+# cross_encoder: the model reads every pool document per request; bi_encoder: the pool is rescored with
+# passage embeddings the model computed at index build (router/backends/cranfield.py); none: fused order.
+RERANKER_TYPES: Final = ("cross_encoder", "bi_encoder", "none")
 # The slo section is canary.core.policy's (one grammar for presets, rules files, environments, the API and the
 # SLO agent); these names re-export its vocabulary for config's readers.
 SLO_METRICS: Final[tuple[str, ...]] = METRICS

@@ -91,6 +91,13 @@ class RouterMetrics:
             ["result"],
             registry=r,
         )
+        self.shed = Counter(
+            "canary_router_shed_requests",
+            "Requests shed by the router's admission (error overloaded): the arm's search slots and queue were"
+            " full, or the request waited its longest (router/admission.py)",
+            ["arm"],
+            registry=r,
+        )
         self.control_lag = Gauge(
             "canary_router_control_lag_seconds",
             "Seconds since the router last confirmed it had read the control topic to its end",

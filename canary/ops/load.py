@@ -62,10 +62,11 @@ class LoadReport:
         }
 
 
-def bundled_queries() -> tuple[QuerySource, int]:
-    from router.backends.corpus import default_corpus
+def bundled_queries(corpus_name: str = "cranfield") -> tuple[QuerySource, int]:
+    """The labeled queries of the bundled collection ``corpus_name`` (CANARY_CORPUS; the router's own)."""
+    from router.backends.hybrid import bundled_corpus
 
-    corpus = default_corpus()
+    corpus = bundled_corpus(corpus_name)
     return corpus.query, corpus.n_queries
 
 

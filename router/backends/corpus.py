@@ -44,13 +44,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import itertools
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+
+from router.backends.collection import NORM_DEPTH, Postings, TextCollection, depth_stats, normalize_list
 
 __all__ = [
     "DEFAULT_SPEC",
@@ -69,8 +69,6 @@ I64 = npt.NDArray[np.int64]
 
 _CONSONANTS: Final = "bdfgklmnprstvz"
 _VOWELS: Final = "aeiou"
-_TOKEN: Final = re.compile(r"[a-z0-9]+")
-NORM_DEPTH: Final = 100  # list depth of the min-max normalisation (see normalize_list)
 # The name the generated corpus is served under: the spec's example collection, and what `canary load` sends.
 COLLECTION: Final = "documents"
 _P_PRIMARY: Final = 0.55
@@ -135,7 +133,7 @@ def _pseudo_words(rng: np.random.Generator, n: int) -> list[str]:
     return (two + three)[:n]
 
 
-class Corpus:
+class Corpus(TextCollection):
     """The generated corpus: documents (inverted index + embeddings), labeled queries and the text encoder.
 
     Arrays are read-only after the build; a Corpus is shared by every backend in the process.
@@ -205,21 +203,8 @@ class Corpus:
         del doc_of_token, words
         pair_doc, pair_word = keys // v, keys % v
         self.doc_len = lengths.astype(np.float32)
-        df = np.bincount(pair_word, minlength=v)
-        self.idf: F32 = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        self._set_postings(Postings(pair_doc, pair_word, tf, self.doc_len, v, spec.bm25_k1, spec.bm25_b))
         self._max_idf = float(np.log1p((n + 0.5) / 0.5))
-
-        # inverted index: postings sorted by word then doc, BM25 term weights precomputed
-        order = np.lexsort((pair_doc, pair_word))
-        self.post_docs: I32 = pair_doc[order].astype(np.int32)
-        self.post_tf: I32 = tf[order].astype(np.int32)  # term frequency of each posting
-        tf_sorted = tf[order].astype(np.float32)
-        dl = self.doc_len[self.post_docs] / float(self.doc_len.mean())
-        k1, b = spec.bm25_k1, spec.bm25_b
-        self.post_weight: F32 = (
-            self.idf[pair_word[order]] * tf_sorted * (k1 + 1) / (tf_sorted + k1 * (1 - b + b * dl))
-        ).astype(np.float32)
-        self.post_start: I64 = np.concatenate(([0], np.cumsum(df))).astype(np.int64)
 
         # -- embeddings -----------------------------------------------------------------------------------
         self.word_vecs: F32 = word_vecs.astype(np.float32)
@@ -255,44 +240,6 @@ class Corpus:
         for arr in (*arrays, self.doc_vectors):
             arr.flags.writeable = False
 
-    # -- sizes ----------------------------------------------------------------------------------------------
-    @property
-    def n_docs(self) -> int:
-        return self.spec.n_docs
-
-    @property
-    def n_queries(self) -> int:
-        return self.spec.n_queries
-
-    def doc_term_ids(self) -> list[list[int]]:
-        """Every document as a bag of term ids (each term repeated ``tf`` times, in term-id order): the token
-        lists a BM25 engine indexes. Document ``d``'s list has ``doc_len[d]`` entries."""
-        words = np.repeat(np.arange(len(self.vocab), dtype=np.int64), np.diff(self.post_start))
-        order = np.lexsort((words, self.post_docs))  # by doc, then term
-        docs, terms, tf = self.post_docs[order], words[order], self.post_tf[order]
-        tokens = np.repeat(terms, tf)
-        bounds = np.concatenate(([0], np.cumsum(np.bincount(np.repeat(docs, tf), minlength=self.n_docs))))
-        flat = tokens.tolist()
-        return [flat[lo:hi] for lo, hi in itertools.pairwise(bounds.tolist())]
-
-    # -- labeled queries ------------------------------------------------------------------------------------
-    def query(self, i: int) -> tuple[str, tuple[str, ...]]:
-        """Query ``i``'s text and its relevant document ids (the exact top-``label_k``, best first)."""
-        return self.query_texts[i], tuple(self.doc_ids[d] for d in self.labels[i].tolist())
-
-    # -- text processing (shared by labels and the backend) --------------------------------------------------
-    def terms(self, text: str) -> tuple[list[int], list[float], list[str]]:
-        """Tokenise: (known term ids, their query-term frequencies, unknown tokens)."""
-        counts: dict[int, float] = {}
-        unknown: list[str] = []
-        for token in _TOKEN.findall(text.lower()):
-            idx = self.word_index.get(token)
-            if idx is None:
-                unknown.append(token)
-            else:
-                counts[idx] = counts.get(idx, 0.0) + 1.0
-        return list(counts), list(counts.values()), unknown
-
     def embed(self, text: str) -> F32:
         """The bag-of-embeddings text encoder: IDF-weighted sum of word vectors, L2-normalised."""
         ids, qtf, unknown = self.terms(text)
@@ -306,48 +253,6 @@ class Corpus:
             vec += self._max_idf * 0.8 * g / np.linalg.norm(g)
         norm = float(np.linalg.norm(vec))
         return (vec / norm if norm > 0 else vec).astype(np.float32)
-
-    def bm25(self, text: str) -> F32:
-        """Exact BM25 of ``text`` against every document (term-at-a-time over the inverted index)."""
-        ids, qtf, _ = self.terms(text)
-        return self.bm25_terms(ids, qtf)
-
-    def bm25_terms(self, ids: list[int], qtf: list[float]) -> F32:
-        if not ids:
-            return np.zeros(self.n_docs, dtype=np.float32)
-        spans = [(int(self.post_start[t]), int(self.post_start[t + 1])) for t in ids]
-        docs = np.concatenate([self.post_docs[lo:hi] for lo, hi in spans])
-        weights = np.concatenate([self.post_weight[lo:hi] * f for (lo, hi), f in zip(spans, qtf, strict=True)])
-        return np.bincount(docs, weights, minlength=self.n_docs).astype(np.float32)
-
-    def relevance(self, text: str, alpha: float) -> F32:
-        """Exact hybrid relevance of every document (the label definition, at ``alpha``)."""
-        cos = (self.doc_vectors @ self.embed(text)).astype(np.float32)
-        bm = self.bm25(text)
-        return (
-            alpha * normalize_list(cos, depth_stats(cos)) + (1.0 - alpha) * normalize_list(bm, depth_stats(bm))
-        ).astype(np.float32)
-
-
-def depth_stats(scores: F32, depth: int = NORM_DEPTH) -> tuple[float, float]:
-    """(best, ``depth``-th best) of a set of scores (its smallest if there are fewer)."""
-    if len(scores) == 0:
-        return 0.0, 0.0
-    d = min(depth, len(scores))
-    part = np.partition(scores, len(scores) - d)[len(scores) - d :]
-    return float(part.max()), float(part.min())
-
-
-def normalize_list(scores: F32, stats: tuple[float, float]) -> F32:
-    """List-wise min-max normalisation: (s - lo) / (hi - lo), clipped below at 0 (not above).
-
-    ``stats`` = (hi, lo): the best score of a ranked list and the score at depth :data:`NORM_DEPTH` (or the
-    list's last one if it is shorter). Labels, fusion and reranking all normalise this way.
-    """
-    hi, lo = stats
-    if hi <= lo:
-        return (scores >= hi).astype(np.float32) if hi > 0 else np.zeros_like(scores, dtype=np.float32)
-    return np.asarray(np.maximum((scores - lo) / (hi - lo), 0.0), dtype=np.float32)
 
 
 def _segment_add(out: npt.NDArray[np.float64], rows: I64, values: F32) -> None:

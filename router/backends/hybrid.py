@@ -52,6 +52,7 @@ import functools
 import logging
 import math
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +64,9 @@ import numpy as np
 import numpy.typing as npt
 
 from canary.errors import ConfigError
-from router.backends.corpus import (
-    COLLECTION,
-    NORM_DEPTH,
-    Corpus,
-    default_corpus,
-    depth_stats,
-    normalize_list,
-)
+from router.backends.collection import NORM_DEPTH, TextCollection, depth_stats, normalize_list
+from router.backends.corpus import COLLECTION, default_corpus
+from router.backends.cranfield import cranfield
 from router.backends.doc_texts import MAX_WORDS, document_texts
 from router.backends.exact import exact_top_k, run_exact
 from router.backends.index_cache import IndexCache, cache_key, default_cache_dir
@@ -78,7 +74,7 @@ from router.backends.reranker import load_model, score_pairs
 
 logging.getLogger("bm25s").setLevel(logging.NOTSET)  # bm25s forces DEBUG on import; let the app's level rule
 
-__all__ = ["Bm25Index", "HnswIndex", "HybridBackend", "Retrieval", "SearchPlan"]
+__all__ = ["CORPORA", "Bm25Index", "HnswIndex", "HybridBackend", "Retrieval", "SearchPlan", "bundled_corpus"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -89,6 +85,10 @@ RERANK_RUNTIMES: Final = ("model", "modeled", "off")
 # box at 8 tokens (bench/bench_reranker.py: 2.9 ms per pair at batch 128; last_good's 40 pairs 123 ms).
 MODELED_MS_PER_PAIR: Final = 3.0
 MODELED_MS_PER_BATCH: Final = 2.0
+# The "modeled" runtime on real text: what encoding one Cranfield query costs the model (~23 WordPiece tokens;
+# bench/preset_table.py's CPU column with the real model), waited instead of spent once a query was seen.
+MODELED_QUERY_MS: Final = 12.0
+MAX_MODELED_QUERIES: Final = 4096  # query vectors the modeled runtime remembers
 DEFAULT_HNSW_M: Final = 32  # graph degree (faiss's default M); level 0 keeps 2 * M neighbours
 DEFAULT_EF_CONSTRUCTION: Final = 100  # build-time breadth: ~1.4 s single-threaded for the 20 000-doc corpus
 
@@ -215,7 +215,7 @@ class Bm25Index:
         self.engine.index(([list(d) for d in doc_terms], ids), create_empty_token=False, show_progress=False)
 
     @classmethod
-    def from_corpus(cls, corpus: Corpus, *, cache: IndexCache | None = None) -> Bm25Index:
+    def from_corpus(cls, corpus: TextCollection, *, cache: IndexCache | None = None) -> Bm25Index:
         """The corpus's tokens, k1 and b; with ``cache``, a verified cached score matrix when there is one."""
         k1, b = corpus.spec.bm25_k1, corpus.spec.bm25_b
 
@@ -255,14 +255,26 @@ class Bm25Index:
 
 
 @functools.lru_cache(maxsize=4)
-def _dense_index_for(corpus: Corpus, m: int, ef_construction: int, cache_dir: Path | None) -> HnswIndex:
+def _dense_index_for(corpus: TextCollection, m: int, ef_construction: int, cache_dir: Path | None) -> HnswIndex:
     cache = IndexCache(cache_dir) if cache_dir is not None else None
     return HnswIndex(corpus.doc_vectors, m, ef_construction, cache=cache)
 
 
 @functools.lru_cache(maxsize=4)
-def _bm25_index_for(corpus: Corpus, cache_dir: Path | None) -> Bm25Index:
+def _bm25_index_for(corpus: TextCollection, cache_dir: Path | None) -> Bm25Index:
     return Bm25Index.from_corpus(corpus, cache=IndexCache(cache_dir) if cache_dir is not None else None)
+
+
+CORPORA: Final = ("cranfield", "generated")  # canary.settings: CANARY_CORPUS (the first is the default)
+
+
+def bundled_corpus(name: str) -> TextCollection:
+    """The bundled collection called ``name`` (one of :data:`CORPORA`), built once per process."""
+    if name == "cranfield":
+        return cranfield()
+    if name == "generated":
+        return default_corpus()
+    raise ConfigError(f"corpus = {name!r}: must be one of {', '.join(CORPORA)}")
 
 
 def _section(params: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -311,6 +323,11 @@ class SearchPlan:
 
     @property
     def reranks(self) -> bool:
+        return self.reranker_type != "none"
+
+    @property
+    def reads_live(self) -> bool:
+        """The model reads every pool document at request time (a cross-encoder's cost)."""
         return self.reranker_type == "cross_encoder"
 
 
@@ -345,7 +362,7 @@ class HybridBackend:
 
     def __init__(
         self,
-        corpus: Corpus | None = None,
+        corpus: TextCollection | None = None,
         *,
         hnsw_m: int = DEFAULT_HNSW_M,
         ef_construction: int = DEFAULT_EF_CONSTRUCTION,
@@ -354,11 +371,12 @@ class HybridBackend:
     ) -> None:
         if rerank not in RERANK_RUNTIMES:
             raise ConfigError(f"rerank = {rerank!r}: must be one of {', '.join(RERANK_RUNTIMES)}")
-        self.corpus = corpus if corpus is not None else default_corpus()
+        self.corpus = corpus if corpus is not None else cranfield()
         cache_dir = default_cache_dir() if index_cache is True else index_cache or None
         self.index = _dense_index_for(self.corpus, hnsw_m, ef_construction, cache_dir)
         self.bm25_index = _bm25_index_for(self.corpus, cache_dir)
         self.rerank = rerank
+        self._modeled_queries: dict[str, F32] = {}
         if rerank == "model":
             load_model()  # once per process (~1 s): not on the first request, and a missing model fails here
 
@@ -374,12 +392,20 @@ class HybridBackend:
         against the arms being judged); the in-process API refuses unknown names (``collections``)."""
         plan = SearchPlan.from_params(params)
         result = await asyncio.to_thread(self.retrieve, query, plan)
-        if plan.reranks and result.pool:
+        if plan.reranks and result.pool and self._spends_after(plan):
             if self.rerank == "model":
                 await asyncio.to_thread(self.rerank_scores, query, result.pool, plan)
             elif self.rerank == "modeled":
                 await asyncio.sleep(self.modeled_rerank_ms(len(result.pool), plan.batch_size) / 1000.0)
         return result.ids
+
+    def _spends_after(self, plan: SearchPlan) -> bool:
+        """Whether the rerank model's cost is paid after :meth:`retrieve`: always on the generated corpus
+        (its scores cannot rank pseudo-words), and for a modeled cross-encoder on real text; on real text the
+        model's scores are computed inside ``retrieve`` and rank the pool."""
+        if self.corpus.passage_vectors is None:
+            return True
+        return plan.reads_live and self.rerank == "modeled"
 
     async def exact_search(self, query: str, collection: str, k: int) -> Sequence[str]:
         """Brute-force top-``k`` (:mod:`router.backends.exact`): the truth sampled recall is measured against."""
@@ -407,7 +433,7 @@ class HybridBackend:
         term_ids, qtf, unknown = c.terms(query)
         if not term_ids and not unknown:  # nothing to search for
             return Retrieval([], 0, 0, 0)
-        qvec = c.embed(query)
+        qvec = self._query_vector(query)
         all_ids = np.arange(c.n_docs, dtype=np.int64)
 
         # Each retriever normalises by the best and the NORM_DEPTH-th best score it *saw* (every matched document
@@ -450,13 +476,50 @@ class HybridBackend:
             final = cand_ids[: plan.top_k]
             return Retrieval([c.doc_ids[i] for i in final.tolist()], 0, scanned, len(cand_ids))
 
-        # exact rescoring: full-precision cosine and exact BM25 of the pool, same normalisation
         pool = cand_ids[: max(0, plan.top_k * plan.rerank_multiplier)]
         exact = np.zeros(len(pool), dtype=np.float32)
         if use_dense and len(pool):
-            exact += alpha * normalize_list((c.doc_vectors[pool] @ qvec).astype(np.float32), dn_stats)
+            if c.passage_vectors is not None:  # real text: the model's passage scores rank the pool
+                sims = self._passage_scores(query, qvec, pool, plan)
+                exact += alpha * normalize_list(sims, depth_stats(sims))
+            else:  # generated corpus: exact rescoring (full-precision cosine), same normalisation
+                exact += alpha * normalize_list((c.doc_vectors[pool] @ qvec).astype(np.float32), dn_stats)
         if use_bm25 and len(pool):
             exact += (1.0 - alpha) * normalize_list(bm_all[pool], bm_stats)
         final, _ = _top(exact, pool, min(plan.top_k, plan.reranker_top_k))
         ids = [c.doc_ids[i] for i in final.tolist()]
         return Retrieval(ids, len(pool), scanned, len(cand_ids), tuple(pool.tolist()))
+
+    def _query_vector(self, query: str) -> F32:
+        """The query's unit vector: the encoder's, once per request; the ``modeled`` runtime on real text
+        computes a query once and then waits :data:`MODELED_QUERY_MS` for it instead of computing it again."""
+        if self.rerank != "modeled" or self.corpus.passage_vectors is None:
+            return self.corpus.embed(query)
+        vector = self._modeled_queries.get(query)
+        if vector is None:
+            vector = self.corpus.embed(query)
+            if len(self._modeled_queries) >= MAX_MODELED_QUERIES:
+                self._modeled_queries.clear()
+            self._modeled_queries[query] = vector
+        else:
+            time.sleep(MODELED_QUERY_MS / 1000.0)  # in the search's worker thread, as the computation would be
+        return vector
+
+    def _passage_scores(self, query: str, qvec: F32, pool: I64, plan: SearchPlan) -> F32:
+        """Each pool document's best passage cosine (MaxP). ``bi_encoder``: the passage embeddings computed at
+        index build; ``cross_encoder`` with the real model: every pool passage encoded now, cut to
+        ``reranker.max_tokens``, ``batch_size`` at a time (what a cross-encoder spends per request)."""
+        c = self.corpus
+        assert c.passage_vectors is not None and c.passage_texts is not None
+        passages, owner = c.passages_of(pool.tolist())
+        if len(passages) == 0:
+            return np.zeros(len(pool), dtype=np.float32)
+        if plan.reads_live and self.rerank == "model":
+            texts = [c.passage_texts[i] for i in passages.tolist()]
+            vectors = load_model().encode(texts, batch_size=plan.batch_size, max_tokens=plan.rerank_max_tokens)
+        else:
+            vectors = c.passage_vectors[passages]
+        sims = (vectors @ qvec).astype(np.float32)
+        best = np.full(len(pool), -1.0, dtype=np.float32)
+        np.maximum.at(best, owner, sims)
+        return best

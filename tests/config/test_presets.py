@@ -123,19 +123,21 @@ def test_shipped_presets_load(name: str) -> None:
     assert preset.metadata.description
 
 
-def test_high_recall_matches_the_spec_example() -> None:
+def test_high_recall_keeps_the_spec_example_but_where_issue_25_retuned_it() -> None:
+    """The spec's example candidate, except alpha 0.5 and a passage rerank (bi_encoder, the model that really
+    runs): on the Cranfield judgments alpha 0.7 ranked worse than last_good (docs/presets.md)."""
     p = load_preset(PRESETS / "candidate_high_recall.yaml")
     assert p.to_dict() == {
         "metadata": {
             "name": "candidate_high_recall",
             "description": "High recall optimized configuration",
-            "version": "1.1.0",
+            "version": "2.0.0",
             "tags": ["candidate", "high-recall"],
         },
         "macro_knobs": {"latency_guard": 0.3, "recall_bias": 0.8},
         "derived_params": {"T": 500, "Ncand_max": 1200, "batch_size": 256, "ef": 224, "rerank_multiplier": 5},
-        "retriever": {"type": "hybrid", "alpha": 0.7, "vector_top_k": 300, "bm25_top_k": 300, "top_k": 50},
-        "reranker": {"type": "cross_encoder", "model": "cross-encoder/ms-marco-MiniLM-L-6-v2", "top_k": 50},
+        "retriever": {"type": "hybrid", "alpha": 0.5, "vector_top_k": 300, "bm25_top_k": 300, "top_k": 50},
+        "reranker": {"type": "bi_encoder", "model": "sentence-transformers/all-MiniLM-L6-v2", "top_k": 50},
         "slo": {
             "p95_ms": 1200.0,
             "recall_at_10": 0.3,
@@ -161,7 +163,8 @@ def test_bad_candidates_override_the_knobs_visibly() -> None:
     base = load_preset(PRESETS / "last_good.yaml").derived_params
     slow = load_preset(PRESETS / "candidate_slow.yaml").derived_params
     low = load_preset(PRESETS / "candidate_low_recall.yaml").derived_params
-    assert slow.ef > 4 * base.ef and slow.Ncand_max > base.Ncand_max and slow.rerank_multiplier > 5
+    assert slow.ef > 4 * base.ef and slow.Ncand_max > base.Ncand_max
+    assert load_preset(PRESETS / "candidate_slow.yaml").reranker.type == "cross_encoder"  # read at request time
     assert low.ef < base.ef and low.Ncand_max < base.Ncand_max
 
 
@@ -371,7 +374,7 @@ def test_store_marks_invalid_files_without_raising(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a preset")
     entries = {e.name: e for e in PresetStore(tmp_path).list()}
     assert set(entries) == {"last_good", "wrong_type", "yaml_syntax_error", "not_a_mapping"}
-    assert entries["last_good"].valid and entries["last_good"].version == "1.0.0"
+    assert entries["last_good"].valid and entries["last_good"].version == "2.0.0"
     bad = entries["wrong_type"]
     assert not bad.valid and bad.content_hash is None and bad.version is None
     assert bad.error is not None and "derived_params.ef = true" in bad.error
