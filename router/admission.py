@@ -11,8 +11,8 @@ requests errored at 60 queries/s with the real model, issue #25). Here each arm 
 * a request beyond that is **shed**: its outcome is an error ``overloaded`` (docs/contracts.md) after the time
   it waited, counted in ``canary_router_shed_requests_total{arm}``.
 
-The slots follow the traffic: with ``concurrency`` slots and the candidates' share ``w`` of the traffic, the
-candidate lane has ``ceil(concurrency · w)`` and last_good's ``ceil(concurrency · (1 − w))`` (each at least
+The slots follow the traffic: with ``concurrency`` slots, each running candidate (a lane per deployment) has
+``ceil(concurrency · w)`` for its weight ``w`` and last_good ``ceil(concurrency · (1 − Σw))`` (each at least
 one). A candidate that costs far more than last_good fills its own lane, is shed and timed out, and its
 errors and latency roll it back, while last_good keeps its share of the machine (otherwise both arms slow
 down together and the judge must treat it as a shared shock).
@@ -25,7 +25,7 @@ import collections
 import contextlib
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
@@ -36,11 +36,12 @@ __all__ = [
     "Admission",
     "Lane",
     "Overloaded",
-    "lane_limits",
+    "share_slots",
 ]
 
 T = TypeVar("T")
 
+LAST_GOOD: Final = "last_good"
 DEFAULT_SEARCH_CONCURRENCY: Final = os.cpu_count() or 2  # last_good's slots: one search per core
 DEFAULT_MAX_QUEUED: Final = 64  # requests waiting per arm; more are shed at once
 DEFAULT_MAX_WAIT_MS: Final = 2_000  # a request that waited this long is shed (its answer would be too late)
@@ -50,15 +51,9 @@ class Overloaded(Exception):
     """The arm's lane is full, or the request waited its longest: shed (error code ``overloaded``)."""
 
 
-def lane_limits(concurrency: int, candidate_share: float) -> dict[str, int]:
-    """Slots per arm for ``concurrency`` search slots when the candidates take ``candidate_share`` of the
-    traffic: each arm its share of the slots, rounded up, at least one."""
-    total = max(1, concurrency)
-    share = min(1.0, max(0.0, candidate_share))
-    return {
-        "last_good": max(1, math.ceil(total * (1.0 - share) - 1e-9)),
-        "candidate": max(1, math.ceil(total * share - 1e-9)),
-    }
+def share_slots(concurrency: int, share: float) -> int:
+    """Slots for a lane that carries ``share`` of the traffic out of ``concurrency``: rounded up, at least one."""
+    return max(1, math.ceil(max(1, concurrency) * min(1.0, max(0.0, share)) - 1e-9))
 
 
 @dataclass(slots=True)
@@ -72,6 +67,10 @@ class Lane:
     @property
     def queued(self) -> int:
         return len(self._waiters)
+
+    @property
+    def idle(self) -> bool:
+        return self.running == 0 and not self._waiters
 
     async def acquire(self, max_wait_s: float) -> None:
         if self.running < self.limit and not self._waiters:
@@ -125,7 +124,8 @@ class Lane:
 
 
 class Admission:
-    """One :class:`Lane` per arm (see the module docstring)."""
+    """A :class:`Lane` for last_good and one per running candidate (see the module docstring): a candidate's
+    work never holds the slots of the next candidate, e.g. a rolled-back candidate's searches still running."""
 
     def __init__(
         self,
@@ -135,23 +135,47 @@ class Admission:
         on_shed: Callable[[str], None] | None = None,
     ) -> None:
         self.concurrency = max(1, concurrency)
-        self.candidate_share = 0.0
-        self.lanes = {arm: Lane(limit, max(0, max_queued)) for arm, limit in lane_limits(concurrency, 0.0).items()}
+        self.max_queued = max(0, max_queued)
         self.max_wait_s = max(0.0, max_wait_ms / 1000.0)
         self._on_shed = on_shed
+        self._shares: dict[str, float] = {}
+        self.lanes: dict[str, Lane] = {LAST_GOOD: Lane(self.concurrency, self.max_queued)}
 
-    def follow(self, candidate_share: float) -> None:
-        """Resize the lanes to the candidates' current share of the traffic (cheap when it is unchanged)."""
-        if candidate_share == self.candidate_share:
+    def follow(self, shares: Mapping[str, float]) -> None:
+        """Size the lanes to the running candidates' traffic shares (deployment id → weight); cheap when they
+        are unchanged. Lanes of candidates no longer running go once idle."""
+        if shares == self._shares:
             return
-        self.candidate_share = candidate_share
-        for arm, limit in lane_limits(self.concurrency, candidate_share).items():
-            self.lanes[arm].resize(limit)
+        self._shares = dict(shares)
+        self.lanes[LAST_GOOD].resize(share_slots(self.concurrency, 1.0 - sum(shares.values())))
+        for deployment_id, weight in shares.items():
+            key = _candidate(deployment_id)
+            lane = self.lanes.get(key)
+            if lane is None:
+                self.lanes[key] = Lane(share_slots(self.concurrency, weight), self.max_queued)
+            else:
+                lane.resize(share_slots(self.concurrency, weight))
+        self._drop_idle()
 
-    async def run(self, arm: str, work: Callable[[], Awaitable[T]], timeout_s: float) -> T:
-        """``work()`` in ``arm``'s lane: :class:`Overloaded` when shed, :class:`TimeoutError` when it takes
-        longer than ``timeout_s`` (it then keeps its slot until it ends, never cancelled mid-computation)."""
-        lane = self.lanes[arm]
+    def _drop_idle(self) -> None:
+        live = {_candidate(d) for d in self._shares}
+        for key in [k for k, lane in self.lanes.items() if k != LAST_GOOD and k not in live and lane.idle]:
+            del self.lanes[key]
+
+    def lane(self, arm: str, deployment_id: str | None) -> Lane:
+        if arm != "candidate" or deployment_id is None:
+            return self.lanes[LAST_GOOD]
+        key = _candidate(deployment_id)
+        lane = self.lanes.get(key)
+        if lane is None:  # routed before follow() saw it (a ring, a stale share): one slot
+            lane = self.lanes[key] = Lane(1, self.max_queued)
+        return lane
+
+    async def run(self, arm: str, deployment_id: str | None, work: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+        """``work()`` in the lane of ``arm`` (and the candidate's deployment): :class:`Overloaded` when shed,
+        :class:`TimeoutError` when it takes longer than ``timeout_s`` (it then keeps its slot until it ends,
+        never cancelled mid-computation)."""
+        lane = self.lane(arm, deployment_id)
         try:
             await lane.acquire(self.max_wait_s)
         except Overloaded:
@@ -159,12 +183,21 @@ class Admission:
                 self._on_shed(arm)
             raise
         task = asyncio.ensure_future(work())
-        task.add_done_callback(lambda _: lane.release())
+        task.add_done_callback(lambda _: self._release(lane))
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
         if not done:
             task.add_done_callback(_consume)
             raise TimeoutError
         return task.result()
+
+    def _release(self, lane: Lane) -> None:
+        lane.release()
+        if lane.idle:
+            self._drop_idle()
+
+
+def _candidate(deployment_id: str) -> str:
+    return f"candidate:{deployment_id}"
 
 
 def _consume(task: asyncio.Future[object]) -> None:

@@ -382,10 +382,13 @@ class Searcher:
         error: str | None = None
         results: list[str] = []
         engine_metrics: Any = None
-        self.admission.follow(sum(d.candidate_weight for d in self.ledger.live))  # lanes follow the split
+        self.admission.follow({d.deployment_id: d.candidate_weight for d in self.ledger.live if d.candidate_weight})
         try:
             answer = await self.admission.run(
-                used.arm, lambda: backend.search(request.query, request.collection, config.snapshot), self._timeout_s
+                used.arm,
+                used.deployment_id,
+                lambda: backend.search(request.query, request.collection, config.snapshot),
+                self._timeout_s,
             )
             results = list(answer)
             # a RankedResults' own numbers (list() drops the attribute, so read it before)

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import IO
 
-from canary.kafka.topics import Topics, ensure_topics
+from canary.kafka.topics import Topics, ensure_topics_async
 from devtools.harness import ROOT, read_all, read_outcomes
 
 QPS = 60  # README: canary load --qps 60
@@ -36,7 +36,7 @@ async def test_the_default_router_serves_the_readme_load_with_the_real_model(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     topics = Topics(f"pieces{uuid.uuid4().hex[:6]}.")
-    ensure_topics(kafka_bootstrap, topics)
+    await ensure_topics_async(kafka_bootstrap, topics.specs())
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,

@@ -157,7 +157,8 @@ def test_preset_diff_of_the_shipped_presets() -> None:
     assert diff["derived_params.ef"].last_good == 64 and diff["derived_params.ef"].candidate == 1024
     assert diff["metadata.name"].candidate == "candidate_slow"
     assert "reranker.model" not in diff and "slo.p95_ms" not in diff  # unchanged keys are left out
-    assert all(d.change == "changed" for d in r.diff)
+    assert diff["reranker.max_tokens"].change == "added"  # only candidate_slow sets it
+    assert all(d.change == "changed" for k, d in diff.items() if k != "reranker.max_tokens")
 
 
 # -- after the end: counts stop at the decision ------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The router's admission lanes (router/admission.py): bounded concurrency per arm, a bounded wait, shedding."""
+"""The router's admission lanes (router/admission.py): bounded concurrency per arm and per candidate, a bounded
+wait, shedding."""
 
 from __future__ import annotations
 
@@ -6,47 +7,33 @@ import asyncio
 
 import pytest
 
-from router.admission import Admission, Overloaded, lane_limits
+from router.admission import Admission, Overloaded, share_slots
 
 
 @pytest.mark.parametrize(
-    ("concurrency", "share", "limits"),
-    [
-        (2, 0.0, {"last_good": 2, "candidate": 1}),
-        (2, 0.1, {"last_good": 2, "candidate": 1}),
-        (2, 0.5, {"last_good": 1, "candidate": 1}),
-        (2, 1.0, {"last_good": 1, "candidate": 2}),
-        (8, 0.25, {"last_good": 6, "candidate": 2}),
-        (8, 0.3, {"last_good": 6, "candidate": 3}),
-        (0, 0.1, {"last_good": 1, "candidate": 1}),
-    ],
+    ("concurrency", "share", "slots"),
+    [(2, 0.0, 1), (2, 0.1, 1), (2, 0.5, 1), (2, 0.9, 2), (2, 1.0, 2), (8, 0.25, 2), (8, 0.3, 3), (0, 0.5, 1)],
 )
-def test_each_arm_gets_its_share_of_the_slots_and_at_least_one(
-    concurrency: int, share: float, limits: dict[str, int]
+def test_a_lane_gets_its_share_of_the_slots_rounded_up_and_at_least_one(
+    concurrency: int, share: float, slots: int
 ) -> None:
-    assert lane_limits(concurrency, share) == limits
+    assert share_slots(concurrency, share) == slots
 
 
-async def test_a_growing_share_hands_slots_to_waiters_and_a_shrinking_one_takes_them_back() -> None:
-    admission = Admission(4, max_queued=10, max_wait_ms=5_000)
-    admission.follow(0.25)  # candidate: 1 slot
-    gate = asyncio.Event()
-    tasks = [asyncio.create_task(admission.run("candidate", gate.wait, 5.0)) for _ in range(3)]
-    await asyncio.sleep(0.01)
-    lane = admission.lanes["candidate"]
-    assert (lane.running, lane.queued) == (1, 2)
-    admission.follow(0.5)  # 2 slots: one waiter starts at once
-    assert (lane.running, lane.queued) == (2, 1)
-    admission.follow(0.25)  # back to 1: running searches finish, no new one starts
-    assert lane.limit == 1 and lane.running == 2
-    gate.set()
-    await asyncio.gather(*tasks)
-    assert (lane.running, lane.queued) == (0, 0)
+def test_lanes_follow_the_split() -> None:
+    admission = Admission(8)
+    assert admission.lanes["last_good"].limit == 8
+    admission.follow({"d1": 0.25, "d2": 0.1})
+    assert (admission.lanes["last_good"].limit, admission.lane("candidate", "d1").limit) == (6, 2)
+    assert admission.lane("candidate", "d2").limit == 1
+    assert admission.lane("last_good", "d1") is admission.lanes["last_good"]
+    admission.follow({"d2": 0.1})  # d1 rolled back: its idle lane goes
+    assert "candidate:d1" not in admission.lanes and admission.lanes["last_good"].limit == 8
 
 
 async def test_no_more_than_the_limit_run_at_once_and_waiters_go_in_order() -> None:
     admission = Admission(4, max_queued=10, max_wait_ms=5_000)
-    admission.follow(0.5)  # candidate lane: 2 slots
+    admission.follow({"d": 0.5})  # the candidate's lane: 2 slots
     running, peak, order = 0, 0, []
 
     async def work(i: int) -> int:
@@ -58,47 +45,62 @@ async def test_no_more_than_the_limit_run_at_once_and_waiters_go_in_order() -> N
         running -= 1
         return i
 
-    results = await asyncio.gather(*(admission.run("candidate", lambda i=i: work(i), 5.0) for i in range(8)))
+    results = await asyncio.gather(*(admission.run("candidate", "d", lambda i=i: work(i), 5.0) for i in range(8)))
     assert results == list(range(8))
     assert peak == 2
     assert order == list(range(8))
-    lane = admission.lanes["candidate"]
+    lane = admission.lane("candidate", "d")
     assert (lane.running, lane.queued, lane.shed) == (0, 0, 0)
 
 
 async def test_a_full_queue_sheds_at_once_and_counts() -> None:
     shed: list[str] = []
-    admission = Admission(2, max_queued=1, max_wait_ms=5_000, on_shed=shed.append)  # candidate: 1 slot
+    admission = Admission(2, max_queued=1, max_wait_ms=5_000, on_shed=shed.append)
+    admission.follow({"d": 0.1})  # candidate: 1 slot
     gate = asyncio.Event()
 
     async def blocked() -> str:
         await gate.wait()
         return "done"
 
-    first = asyncio.create_task(admission.run("candidate", blocked, 5.0))
-    second = asyncio.create_task(admission.run("candidate", blocked, 5.0))
+    first = asyncio.create_task(admission.run("candidate", "d", blocked, 5.0))
+    second = asyncio.create_task(admission.run("candidate", "d", blocked, 5.0))
     await asyncio.sleep(0.01)
     with pytest.raises(Overloaded, match="1 searches running and 1 waiting"):
-        await admission.run("candidate", blocked, 5.0)
+        await admission.run("candidate", "d", blocked, 5.0)
     assert shed == ["candidate"]
     # last_good has its own lane: the candidate's backlog never delays it
-    assert await admission.run("last_good", lambda: asyncio.sleep(0, "lg"), 1.0) == "lg"
+    assert await admission.run("last_good", "d", lambda: asyncio.sleep(0, "lg"), 1.0) == "lg"
     gate.set()
     assert await first == "done" and await second == "done"
-    assert admission.lanes["candidate"].running == 0
+
+
+async def test_a_new_candidate_never_waits_behind_a_rolled_back_ones_work() -> None:
+    admission = Admission(2, max_queued=5, max_wait_ms=100)
+    admission.follow({"slow": 0.1})
+    gate = asyncio.Event()
+    stuck = asyncio.create_task(admission.run("candidate", "slow", gate.wait, 5.0))
+    await asyncio.sleep(0.01)
+    admission.follow({"next": 0.1})  # "slow" rolled back; its search still computes
+    assert "candidate:slow" in admission.lanes  # kept while busy
+    assert await admission.run("candidate", "next", lambda: asyncio.sleep(0, "served"), 1.0) == "served"
+    gate.set()
+    await stuck
+    assert "candidate:slow" not in admission.lanes  # gone once idle
 
 
 async def test_a_request_that_waits_too_long_is_shed_and_leaves_the_queue() -> None:
     admission = Admission(2, max_queued=5, max_wait_ms=50)
+    admission.follow({"d": 0.1})
     gate = asyncio.Event()
-    holder = asyncio.create_task(admission.run("candidate", gate.wait, 5.0))
+    holder = asyncio.create_task(admission.run("candidate", "d", gate.wait, 5.0))
     await asyncio.sleep(0.01)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(Overloaded, match="waited 50 ms"):
-        await admission.run("candidate", gate.wait, 5.0)
+        await admission.run("candidate", "d", gate.wait, 5.0)
     assert 0.04 <= loop.time() - started < 1.0
-    lane = admission.lanes["candidate"]
+    lane = admission.lane("candidate", "d")
     assert (lane.running, lane.queued, lane.shed) == (1, 0, 1)
     gate.set()
     await holder
@@ -109,6 +111,7 @@ async def test_a_timed_out_search_keeps_its_slot_until_its_work_ends() -> None:
     """The lane bounds the work, not only the waiting: a search past its timeout is not cancelled (a worker
     thread could not be stopped anyway) and its slot frees only when it ends."""
     admission = Admission(2, max_queued=5, max_wait_ms=5_000)
+    admission.follow({"d": 0.1})
     gate = asyncio.Event()
     finished: list[bool] = []
 
@@ -117,10 +120,10 @@ async def test_a_timed_out_search_keeps_its_slot_until_its_work_ends() -> None:
         finished.append(True)
 
     with pytest.raises(TimeoutError):
-        await admission.run("candidate", slow, 0.02)
-    lane = admission.lanes["candidate"]
+        await admission.run("candidate", "d", slow, 0.02)
+    lane = admission.lane("candidate", "d")
     assert lane.running == 1  # still computing
-    waiter = asyncio.create_task(admission.run("candidate", lambda: asyncio.sleep(0, "next"), 5.0))
+    waiter = asyncio.create_task(admission.run("candidate", "d", lambda: asyncio.sleep(0, "next"), 5.0))
     await asyncio.sleep(0.02)
     assert not waiter.done() and lane.queued == 1
     gate.set()
@@ -128,17 +131,35 @@ async def test_a_timed_out_search_keeps_its_slot_until_its_work_ends() -> None:
     assert finished == [True] and lane.running == 0
 
 
+async def test_a_growing_share_hands_slots_to_waiters_and_a_shrinking_one_takes_them_back() -> None:
+    admission = Admission(4, max_queued=10, max_wait_ms=5_000)
+    admission.follow({"d": 0.25})  # 1 slot
+    gate = asyncio.Event()
+    tasks = [asyncio.create_task(admission.run("candidate", "d", gate.wait, 5.0)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    lane = admission.lane("candidate", "d")
+    assert (lane.running, lane.queued) == (1, 2)
+    admission.follow({"d": 0.5})  # 2 slots: one waiter starts at once
+    assert (lane.running, lane.queued) == (2, 1)
+    admission.follow({"d": 0.25})  # back to 1: running searches finish, no new one starts
+    assert lane.limit == 1 and lane.running == 2
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert (lane.running, lane.queued) == (0, 0)
+
+
 async def test_a_cancelled_waiter_gives_its_place_back() -> None:
     admission = Admission(2, max_queued=5, max_wait_ms=5_000)
+    admission.follow({"d": 0.1})
     gate = asyncio.Event()
-    holder = asyncio.create_task(admission.run("candidate", gate.wait, 5.0))
+    holder = asyncio.create_task(admission.run("candidate", "d", gate.wait, 5.0))
     await asyncio.sleep(0.01)
-    waiting = asyncio.create_task(admission.run("candidate", gate.wait, 5.0))
+    waiting = asyncio.create_task(admission.run("candidate", "d", gate.wait, 5.0))
     await asyncio.sleep(0.01)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    lane = admission.lanes["candidate"]
+    lane = admission.lane("candidate", "d")
     assert (lane.running, lane.queued) == (1, 0)
     gate.set()
     await holder
