@@ -27,7 +27,7 @@ import math
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 __all__ = [
     "DEFAULT_MAX_QUEUED",
@@ -200,7 +200,7 @@ def _candidate(deployment_id: str) -> str:
     return f"candidate:{deployment_id}"
 
 
-def _consume(task: asyncio.Future[object]) -> None:
+def _consume(task: asyncio.Future[Any]) -> None:
     """A search finished after its request timed out: its result or error is not anyone's any more."""
     if not task.cancelled():
         task.exception()

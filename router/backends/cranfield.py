@@ -239,7 +239,8 @@ class Cranfield(TextCollection):
         """The model's unit embedding of ``text`` (one forward pass: ~10 ms of CPU for a Cranfield query)."""
         from router.backends.reranker import load_model
 
-        return load_model().encode([text], batch_size=1, max_tokens=QUERY_MAX_TOKENS)[0]
+        vector = load_model().encode([text], batch_size=1, max_tokens=QUERY_MAX_TOKENS)[0]
+        return np.asarray(vector, dtype=np.float32)
 
     def grades(self, i: int) -> dict[str, int]:
         """Query ``i``'s graded judgments as gains: code 1 (complete answer) → 4 … code 4 (minimum) → 1."""
@@ -317,7 +318,7 @@ def _passage_embeddings(
         vectors = np.load(path / SEED_FILE, allow_pickle=False)
         if vectors.dtype != np.float16 or vectors.ndim != 2 or vectors.shape[0] != len(texts):
             raise ValueError(f"cached passages: {vectors.dtype} {vectors.shape}, expected float16 ({len(texts)}, d)")
-        out = vectors.astype(np.float32)
+        out: F32 = np.asarray(vectors, dtype=np.float32)
         _spot_check(texts, out)
         return out
 

@@ -16,7 +16,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from router.backends.corpus import Corpus
+from router.backends.collection import TextCollection
 
 __all__ = ["MAX_WORDS", "document_text", "document_texts"]
 
@@ -30,7 +30,7 @@ class _Forward:
 
 
 @functools.lru_cache(maxsize=4)
-def _forward_index(corpus: Corpus) -> _Forward:
+def _forward_index(corpus: TextCollection) -> _Forward:
     word_of_posting = np.repeat(np.arange(len(corpus.post_start) - 1, dtype=np.int64), np.diff(corpus.post_start))
     docs = corpus.post_docs.astype(np.int64)
     order = np.lexsort((word_of_posting, -corpus.post_weight, docs))
@@ -38,7 +38,7 @@ def _forward_index(corpus: Corpus) -> _Forward:
     return _Forward(word_of_posting[order], start)
 
 
-def document_text(corpus: Corpus, doc: int, max_words: int = MAX_WORDS) -> str:
+def document_text(corpus: TextCollection, doc: int, max_words: int = MAX_WORDS) -> str:
     """The text of document index ``doc`` (see the module docstring), at most ``max_words`` words.
 
     Every word is at least one WordPiece token, so a reader cutting at ``n`` tokens loses nothing when
@@ -48,6 +48,6 @@ def document_text(corpus: Corpus, doc: int, max_words: int = MAX_WORDS) -> str:
     return " ".join(corpus.vocab[w] for w in fwd.words[lo : min(hi, lo + max_words)].tolist())
 
 
-def document_texts(corpus: Corpus, docs: npt.NDArray[np.int64], max_words: int = MAX_WORDS) -> list[str]:
+def document_texts(corpus: TextCollection, docs: npt.NDArray[np.int64], max_words: int = MAX_WORDS) -> list[str]:
     """:func:`document_text` of each document index in ``docs``, in order."""
     return [document_text(corpus, d, max_words) for d in docs.tolist()]

@@ -38,7 +38,8 @@ def test_the_nth_query_of_the_file_is_judgment_query_n(cran: cf.Cranfield) -> No
     text, relevant = cran.query(2)  # the file's third query, ".I 004"
     assert text.startswith("what problems of heat conduction in composite slabs")
     qrels = (cf.DATA_DIR / "cranqrel").read_text().split("\n")
-    expected = {f"cran-{int(d):04d}" for q, d, c in (ln.split() for ln in qrels if ln.strip()) if q == "3" and c != "-1"}
+    rows = [ln.split() for ln in qrels if ln.strip()]
+    expected = {f"cran-{int(d):04d}" for q, d, c in rows if q == "3" and c != "-1"}
     assert set(relevant) == expected
     # most relevant first: code 1 (complete answer) before code 4, and grades are 5 - code
     codes = [cran.codes[2][cran.doc_ids.index(d)] for d in relevant]
