@@ -24,7 +24,6 @@ import asyncio
 import collections
 import contextlib
 import math
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -32,7 +31,6 @@ from typing import Any, Final, TypeVar
 __all__ = [
     "DEFAULT_MAX_QUEUED",
     "DEFAULT_MAX_WAIT_MS",
-    "DEFAULT_SEARCH_CONCURRENCY",
     "Admission",
     "Lane",
     "Overloaded",
@@ -42,7 +40,6 @@ __all__ = [
 T = TypeVar("T")
 
 LAST_GOOD: Final = "last_good"
-DEFAULT_SEARCH_CONCURRENCY: Final = os.cpu_count() or 2  # last_good's slots: one search per core
 DEFAULT_MAX_QUEUED: Final = 64  # requests waiting per arm; more are shed at once
 DEFAULT_MAX_WAIT_MS: Final = 2_000  # a request that waited this long is shed (its answer would be too late)
 

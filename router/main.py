@@ -16,7 +16,6 @@ from canary.observability.logs import set_deployment_provider
 from canary.observability.server import MetricsEndpoint, MetricsServer
 from canary.runtime import StopDeadline
 from canary.security import CommandVerifier
-from router.admission import DEFAULT_SEARCH_CONCURRENCY
 from router.backends.base import SearchBackend
 from router.service import DEFAULT_DIFF_SAMPLE_RATE, DEFAULT_RECALL_SAMPLE_RATE, RouterService
 
@@ -39,7 +38,6 @@ async def serve(
     metrics: MetricsEndpoint | None = None,
     recall_sample_rate: float | Mapping[str, float] = DEFAULT_RECALL_SAMPLE_RATE,
     diff_sample_rate: float = DEFAULT_DIFF_SAMPLE_RATE,
-    search_concurrency: int = DEFAULT_SEARCH_CONCURRENCY,
 ) -> None:
     stop = asyncio.Event()
     service = RouterService(
@@ -52,7 +50,6 @@ async def serve(
         verifier=verifier,
         recall_sample_rate=recall_sample_rate,
         diff_sample_rate=diff_sample_rate,
-        search_concurrency=search_concurrency,
     )
     deadline = StopDeadline(f"router {service.router_id}")
 

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -25,7 +25,7 @@ from canary.core.models import ARMS, MAX_OUTCOME_METRICS, Arm, SearchOutcome
 from canary.core.rings import Ring, match_ring, rings_of_snapshot
 from canary.core.split import baseline_of, candidate_of, user_group
 from canary.observability.metrics import RouterMetrics
-from router.admission import DEFAULT_SEARCH_CONCURRENCY, Admission, Overloaded
+from router.admission import Admission, Overloaded
 from router.backends.base import (
     BackendError,
     ExactSearchBackend,
@@ -167,7 +167,6 @@ class Searcher:
         diff_sample_rate: float = DEFAULT_DIFF_SAMPLE_RATE,
         max_diff_in_flight: int = DEFAULT_MAX_DIFF_IN_FLIGHT,
         max_mirror_in_flight: int = DEFAULT_MAX_MIRROR_IN_FLIGHT,
-        search_concurrency: int = DEFAULT_SEARCH_CONCURRENCY,
     ) -> None:
         self.router_id = router_id
         self.ledger = ledger
@@ -177,8 +176,9 @@ class Searcher:
         self.stats = stats
         self.metrics = metrics
         self._timeout_s = search_timeout_ms / 1000.0
-        # Served searches run in a bounded lane per arm; beyond it a request is shed (router/admission.py).
-        self.admission = Admission(search_concurrency, on_shed=self._count_shed)
+        # A backend that declares max_concurrency (the bundled engine: its cores) serves in bounded lanes per
+        # arm and candidate; beyond them a request is shed (router/admission.py). Others are not limited here.
+        self._admissions: dict[int, Admission] = {}
         # Recall without labels: this share of unlabeled requests (per arm) is searched again exactly, off
         # the hot path, at most max_exact_in_flight at a time (more are dropped and counted, never queued).
         self.recall_sample_rates = recall_sample_rates
@@ -349,6 +349,31 @@ class Searcher:
         self.stats.mirrored[result] = self.stats.mirrored.get(result, 0) + 1
         self.metrics.mirrored.labels(result).inc()
 
+    async def _search(
+        self, backend: SearchBackend, request: SearchRequest, config: ConfigRef, used: ConfigUsed
+    ) -> Sequence[str]:
+        """The backend's answer within the search timeout, in its admission lanes when it has them."""
+        admission = self._admission_for(backend)
+        if admission is None:
+            async with asyncio.timeout(self._timeout_s):
+                return await backend.search(request.query, request.collection, config.snapshot)
+        admission.follow({d.deployment_id: d.candidate_weight for d in self.ledger.live if d.candidate_weight})
+        return await admission.run(
+            used.arm,
+            used.deployment_id,
+            lambda: backend.search(request.query, request.collection, config.snapshot),
+            self._timeout_s,
+        )
+
+    def _admission_for(self, backend: SearchBackend) -> Admission | None:
+        admission = self._admissions.get(id(backend))
+        if admission is None:
+            concurrency = getattr(backend, "max_concurrency", None)
+            if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+                return None
+            admission = self._admissions[id(backend)] = Admission(concurrency, on_shed=self._count_shed)
+        return admission
+
     def _count_shed(self, arm: str) -> None:
         self.stats.shed[arm] = self.stats.shed.get(arm, 0) + 1
         self.metrics.shed.labels(arm).inc()
@@ -382,14 +407,8 @@ class Searcher:
         error: str | None = None
         results: list[str] = []
         engine_metrics: Any = None
-        self.admission.follow({d.deployment_id: d.candidate_weight for d in self.ledger.live if d.candidate_weight})
         try:
-            answer = await self.admission.run(
-                used.arm,
-                used.deployment_id,
-                lambda: backend.search(request.query, request.collection, config.snapshot),
-                self._timeout_s,
-            )
+            answer = await self._search(backend, request, config, used)
             results = list(answer)
             # a RankedResults' own numbers (list() drops the attribute, so read it before)
             engine_metrics = getattr(answer, "metrics", None)

@@ -29,7 +29,6 @@ from canary.kafka.producer import HealingProducer
 from canary.kafka.topics import Topics
 from canary.observability.metrics import RouterMetrics
 from canary.security import INSECURE_WARNING, CommandVerifier, default_verifier
-from router.admission import DEFAULT_SEARCH_CONCURRENCY
 from router.backends.base import SearchBackend
 from router.backends.registry import BackendRegistry
 from router.control import ControlView
@@ -103,7 +102,6 @@ class RouterService:
         diff_sample_rate: float = DEFAULT_DIFF_SAMPLE_RATE,
         max_diff_in_flight: int = DEFAULT_MAX_DIFF_IN_FLIGHT,
         max_mirror_in_flight: int = DEFAULT_MAX_MIRROR_IN_FLIGHT,
-        search_concurrency: int = DEFAULT_SEARCH_CONCURRENCY,
     ) -> None:
         rates = recall_sample_rates(recall_sample_rate)
         self.bootstrap = bootstrap
@@ -159,7 +157,6 @@ class RouterService:
             diff_sample_rate,
             max_diff_in_flight,
             max_mirror_in_flight,
-            search_concurrency,
         )
         self.intake = RequestIntake(
             bootstrap,

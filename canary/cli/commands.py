@@ -149,7 +149,6 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     from canary.core.deployment import ConfigRef
     from canary.kafka.topics import Topics
     from canary.observability.logs import configure_logging
-    from router.admission import DEFAULT_SEARCH_CONCURRENCY
     from router.backends.base import load_backend
     from router.backends.fault import FaultInjectingBackend
     from router.backends.hybrid import HybridBackend, bundled_corpus
@@ -161,7 +160,11 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
     backend = (
         load_backend(args.backend)
         if args.backend
-        else HybridBackend(bundled_corpus(settings.corpus), rerank=args.rerank or settings.rerank)
+        else HybridBackend(
+            bundled_corpus(settings.corpus),
+            rerank=args.rerank or settings.rerank,
+            max_concurrency=args.search_concurrency,
+        )
     )
     if args.inject_fault:
         backend = FaultInjectingBackend(backend, dict(parse_fault(f) for f in args.inject_fault))
@@ -181,7 +184,6 @@ def cmd_router(args: argparse.Namespace, settings: Settings) -> int:
             metrics=metrics,
             recall_sample_rate=settings.recall_sample_rates,
             diff_sample_rate=settings.diff_sample_rate,
-            search_concurrency=max(1, args.search_concurrency or DEFAULT_SEARCH_CONCURRENCY),
         )
     )
     return 0
@@ -329,8 +331,9 @@ def register(sub: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="searches last_good runs at once (the candidate half, at least 1); more wait up to 2 s in a queue of"
-        " 64 per arm, then are shed with error 'overloaded' (default: one per core)",
+        help="searches the bundled engine runs at once, split between last_good and the candidates by traffic"
+        " share (at least 1 each); more wait up to 2 s in a queue of 64 per lane, then are shed with error"
+        " 'overloaded' (default: one per core)",
     )
     router.add_argument(
         "--inject-fault",

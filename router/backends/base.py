@@ -20,7 +20,10 @@ class SearchBackend(Protocol):
     which the router puts on the outcome for presets' custom metrics.
 
     A backend may also declare ``collections`` (the names it serves, see :func:`known_collections`): the
-    in-process API then refuses any other name instead of searching something else."""
+    in-process API then refuses any other name instead of searching something else; and ``max_concurrency``
+    (an int): how many searches it runs at once with profit — a CPU-bound engine, its cores — so the router
+    serves it in bounded lanes per arm and sheds what does not fit (router/admission.py); without it the
+    router does not limit it (an HTTP service has its own pool and timeouts)."""
 
     async def search(self, query: str, collection: str, params: Mapping[str, Any]) -> Sequence[str]: ...
 

@@ -51,6 +51,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -368,6 +369,7 @@ class HybridBackend:
         ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         rerank: str = "model",
         index_cache: Path | bool = True,
+        max_concurrency: int | None = None,
     ) -> None:
         if rerank not in RERANK_RUNTIMES:
             raise ConfigError(f"rerank = {rerank!r}: must be one of {', '.join(RERANK_RUNTIMES)}")
@@ -376,6 +378,8 @@ class HybridBackend:
         self.index = _dense_index_for(self.corpus, hnsw_m, ef_construction, cache_dir)
         self.bm25_index = _bm25_index_for(self.corpus, cache_dir)
         self.rerank = rerank
+        # CPU-bound: searches beyond one per core only queue for the cores (router/admission.py reads this)
+        self.max_concurrency = max(1, max_concurrency or os.cpu_count() or 2)
         self._modeled_queries: dict[str, F32] = {}
         if rerank == "model":
             load_model()  # once per process (~1 s): not on the first request, and a missing model fails here
