@@ -11,6 +11,13 @@ requests errored at 60 queries/s with the real model, issue #25). Here each arm 
 * a request beyond that is **shed**: its outcome is an error ``overloaded`` (docs/contracts.md) after the time
   it waited, counted in ``canary_router_shed_requests_total{arm}``.
 
+Priority: last_good's searches run on the event loop's default executor, every candidate's on threads
+of lower scheduling priority (nice +10, :data:`CANDIDATE_NICE`; :mod:`router.backends.threads` carries the
+choice to the backend). On an idle machine that changes nothing; when the cores are saturated a candidate
+gets what last_good leaves — a candidate that costs a core per request would otherwise slow last_good down
+with it and be judged a shock both arms share. The price: a candidate measured on a saturated router looks
+slower than it would alone; the judge's shock rules look at last_good, which stays fast.
+
 The slots follow the traffic: with ``concurrency`` slots, each running candidate (a lane per deployment) has
 ``ceil(concurrency · w)`` for its weight ``w`` and last_good ``ceil(concurrency · (1 − Σw))`` (each at least
 one). A candidate that costs far more than last_good fills its own lane, is shed and timed out, and its
@@ -24,9 +31,14 @@ import asyncio
 import collections
 import contextlib
 import math
+import os
+import threading
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
+
+from router.backends.threads import CPU_POOL
 
 __all__ = [
     "DEFAULT_MAX_QUEUED",
@@ -40,6 +52,7 @@ __all__ = [
 T = TypeVar("T")
 
 LAST_GOOD: Final = "last_good"
+CANDIDATE_NICE: Final = 10  # the candidates' threads: CFS weight 110 against 1024 at nice 0
 DEFAULT_MAX_QUEUED: Final = 64  # requests waiting per arm; more are shed at once
 DEFAULT_MAX_WAIT_MS: Final = 2_000  # a request that waited this long is shed (its answer would be too late)
 
@@ -136,6 +149,7 @@ class Admission:
         self.max_wait_s = max(0.0, max_wait_ms / 1000.0)
         self._on_shed = on_shed
         self._shares: dict[str, float] = {}
+        self._candidate_pool: ThreadPoolExecutor | None = None
         self.lanes: dict[str, Lane] = {LAST_GOOD: Lane(self.concurrency, self.max_queued)}
 
     def follow(self, shares: Mapping[str, float]) -> None:
@@ -179,7 +193,11 @@ class Admission:
             if self._on_shed is not None:
                 self._on_shed(arm)
             raise
-        task = asyncio.ensure_future(work())
+        token = CPU_POOL.set(self._pool_for(arm))
+        try:
+            task = asyncio.ensure_future(work())  # the task copies the context: its CPU work uses that pool
+        finally:
+            CPU_POOL.reset(token)
         task.add_done_callback(lambda _: self._release(lane))
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
         if not done:
@@ -187,10 +205,29 @@ class Admission:
             raise TimeoutError
         return task.result()
 
+    def _pool_for(self, arm: str) -> ThreadPoolExecutor | None:
+        if arm != "candidate":
+            return None
+        if self._candidate_pool is None:
+            self._candidate_pool = ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="canary-candidate", initializer=_lower_priority
+            )
+        return self._candidate_pool
+
+    def close(self) -> None:
+        if self._candidate_pool is not None:
+            self._candidate_pool.shutdown(wait=False, cancel_futures=True)
+
     def _release(self, lane: Lane) -> None:
         lane.release()
         if lane.idle:
             self._drop_idle()
+
+
+def _lower_priority() -> None:
+    """Nice this worker thread (Linux schedules threads one by one: PRIO_PROCESS with a thread id)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + CANDIDATE_NICE)
 
 
 def _candidate(deployment_id: str) -> str:

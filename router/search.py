@@ -365,6 +365,11 @@ class Searcher:
             self._timeout_s,
         )
 
+    def close(self) -> None:
+        """Release the admission lanes' candidate threads (a search still computing ends on its own)."""
+        for admission in self._admissions.values():
+            admission.close()
+
     def _admission_for(self, backend: SearchBackend) -> Admission | None:
         admission = self._admissions.get(id(backend))
         if admission is None:

@@ -250,6 +250,7 @@ class RouterService:
         if self._producer is not None:
             await self._bounded("closing the producer", self._producer.stop())
         await self._bounded("closing the HTTP backends", self.backends.close())
+        self.searcher.close()
 
     async def __aenter__(self) -> RouterService:
         await self.start()

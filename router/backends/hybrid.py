@@ -72,6 +72,7 @@ from router.backends.doc_texts import MAX_WORDS, document_texts
 from router.backends.exact import exact_top_k, run_exact
 from router.backends.index_cache import IndexCache, cache_key, default_cache_dir
 from router.backends.reranker import load_model, score_pairs
+from router.backends.threads import run_cpu
 
 logging.getLogger("bm25s").setLevel(logging.NOTSET)  # bm25s forces DEBUG on import; let the app's level rule
 
@@ -395,10 +396,10 @@ class HybridBackend:
         topic naming another collection is still answered from the corpus (an error outcome would count
         against the arms being judged); the in-process API refuses unknown names (``collections``)."""
         plan = SearchPlan.from_params(params)
-        result = await asyncio.to_thread(self.retrieve, query, plan)
+        result = await run_cpu(self.retrieve, query, plan)
         if plan.reranks and result.pool and self._spends_after(plan):
             if self.rerank == "model":
-                await asyncio.to_thread(self.rerank_scores, query, result.pool, plan)
+                await run_cpu(self.rerank_scores, query, result.pool, plan)
             elif self.rerank == "modeled":
                 await asyncio.sleep(self.modeled_rerank_ms(len(result.pool), plan.batch_size) / 1000.0)
         return result.ids

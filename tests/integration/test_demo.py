@@ -78,11 +78,19 @@ def test_demo_end_to_end(kafka_bootstrap: str, base_settings: Settings, tmp_path
     lines = result.stdout.splitlines()
     assert all(len(line) <= 100 for line in lines), [line for line in lines if len(line) > 100]
     story = _story(result.stdout)
-    reason = "SLO violation: p95_ms failed for 2 consecutive buckets"
+    # candidate_slow breaks p95 in both buckets; the router's admission sheds most of its requests (error
+    # 'overloaded', recall 0), so error rate and recall fail too; the reason names the rule with the
+    # strongest evidence (canary/core/judge.py) — each is the slow candidate's own failure.
+    rules = "p95_ms|error_rate|recall_at_10"
+    decided = re.search(
+        rf"→ the SLO agent decides ROLLBACK: (SLO violation: ({rules}) failed for 2 consecutive buckets)", story
+    )
+    assert decided is not None, story[-3000:]
+    reason = decided.group(1)
     assert (
         story.index("p95_ms FAIL 1/2")
         < story.index("p95_ms FAIL 2/2")
-        < story.index(f"→ the SLO agent decides ROLLBACK: {reason}")
+        < decided.start()
         < story.index(f"ROLLED BACK automatically by the SLO agent: {reason}")
     )
     assert "FAIL 3/2" not in story  # the in-flight bucket after the rollback is not part of the story

@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import IO
 
+import pytest
+
 from canary.kafka.topics import Topics, ensure_topics_async
 from devtools.harness import ROOT, read_all, read_outcomes
 
@@ -32,6 +34,8 @@ def _router(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     )
 
 
+# It measures what one router serves on this machine's 2 cores: another full stack beside it would change that.
+@pytest.mark.solo
 async def test_the_default_router_serves_the_readme_load_with_the_real_model(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:

@@ -164,3 +164,24 @@ async def test_a_cancelled_waiter_gives_its_place_back() -> None:
     gate.set()
     await holder
     assert lane.running == 0
+
+
+async def test_a_candidates_cpu_work_runs_on_lower_priority_threads_and_last_goods_does_not() -> None:
+    """The backend's CPU work goes to the executor the lane chose (router/backends/threads.py)."""
+    import os
+    import threading
+
+    from router.backends.threads import run_cpu
+
+    admission = Admission(2)
+    admission.follow({"d": 0.1})
+
+    def where() -> tuple[str, int]:
+        return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    name, nice = await admission.run("candidate", "d", lambda: run_cpu(where), 5.0)
+    assert name.startswith("canary-candidate") and nice == base + 10
+    name, nice = await admission.run("last_good", None, lambda: run_cpu(where), 5.0)
+    assert not name.startswith("canary-candidate") and nice == base
+    admission.close()
