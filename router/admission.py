@@ -214,6 +214,12 @@ class Admission:
             )
         return self._candidate_pool
 
+    def background_pool(self) -> ThreadPoolExecutor:
+        """The low-priority threads, for work off the serving path (mirrored and result-diff searches)."""
+        pool = self._pool_for("candidate")
+        assert pool is not None
+        return pool
+
     def close(self) -> None:
         if self._candidate_pool is not None:
             self._candidate_pool.shutdown(wait=False, cancel_futures=True)

@@ -9,12 +9,13 @@ own answer for the share of a shadow deployment's requests mirrored to it ("Shad
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,6 +35,7 @@ from router.backends.base import (
     require_collection,
 )
 from router.backends.registry import BackendRegistry
+from router.backends.threads import CPU_POOL
 from router.outcomes import Delivery, OutcomePublisher, delivery_log
 from router.requests import (
     SearchRequest,
@@ -365,6 +367,19 @@ class Searcher:
             self._timeout_s,
         )
 
+    @contextlib.contextmanager
+    def _background(self, backend: SearchBackend) -> Iterator[None]:
+        """Background searches (a mirrored request, last_good's answer for a result diff) compute on the
+        low-priority threads candidates use, when the backend has admission lanes: never at the served
+        searches' expense."""
+        admission = self._admission_for(backend)
+        token = CPU_POOL.set(admission.background_pool()) if admission is not None else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                CPU_POOL.reset(token)
+
     def close(self) -> None:
         """Release the admission lanes' candidate threads (a search still computing ends on its own)."""
         for admission in self._admissions.values():
@@ -497,9 +512,10 @@ class Searcher:
     async def _baseline_answer(self, job: _DiffJob, request: SearchRequest) -> list[str] | None:
         """last_good's answer to the same query (bounded by the search timeout); None when given up."""
         try:
-            async with asyncio.timeout(self._timeout_s):
-                answer = await job.backend.search(request.query, request.collection, job.snapshot)
-                ranked = [str(x) for x in itertools.islice(answer, EXACT_K * 4)]
+            with self._background(job.backend):
+                async with asyncio.timeout(self._timeout_s):
+                    answer = await job.backend.search(request.query, request.collection, job.snapshot)
+                    ranked = [str(x) for x in itertools.islice(answer, EXACT_K * 4)]
             result = "measured"
         except TimeoutError:
             ranked, result = None, "timeout"
@@ -519,9 +535,10 @@ class Searcher:
         error: str | None = None
         ranked: list[str] = []
         try:
-            async with asyncio.timeout(self._timeout_s):
-                answer = await job.backend.search(request.query, request.collection, job.candidate.snapshot)
-                ranked = [str(x) for x in itertools.islice(answer, 10_000)]
+            with self._background(job.backend):
+                async with asyncio.timeout(self._timeout_s):
+                    answer = await job.backend.search(request.query, request.collection, job.candidate.snapshot)
+                    ranked = [str(x) for x in itertools.islice(answer, 10_000)]
         except TimeoutError:
             error = "timeout"
         except BackendError as exc:
