@@ -181,10 +181,10 @@ async def test_a_candidates_cpu_work_runs_on_lower_priority_threads_and_last_goo
 
     base = os.getpriority(os.PRIO_PROCESS, 0)
     name, nice = await admission.run("candidate", "d", lambda: run_cpu(where), 5.0)
-    assert name.startswith("canary-candidate") and nice == base + 10
+    assert name.startswith("canary-candidate") and nice == min(19, base + 10)  # 19: the lowest priority there is
     name, nice = await admission.run("last_good", None, lambda: run_cpu(where), 5.0)
     assert not name.startswith("canary-candidate") and nice == base
     # work off the serving path (mirrored and result-diff searches) uses the same low-priority threads
     name, nice = await asyncio.get_running_loop().run_in_executor(admission.background_pool(), where)
-    assert name.startswith("canary-candidate") and nice == base + 10
+    assert name.startswith("canary-candidate") and nice == min(19, base + 10)  # 19: the lowest priority there is
     admission.close()
