@@ -228,7 +228,8 @@ async def test_unlabeled_load_rolls_back_the_low_recall_candidate_on_sampled_exa
         assert run["rollbacks"][0]["reason"] == "SLO violation: recall_at_10 failed for 2 consecutive buckets"
     evidence = unlabeled["rollbacks"][0]["evidence"]["windows"]
     assert all(w["value"] < 0.30 and set(w["recall_source"]) == {"exact_sample"} for w in evidence)
-    assert all(w["evidence"]["recall_source"]["exact_sample"] >= 35 for w in evidence)
+    # judged on exact samples alone, at least the rule's min_samples (20) of them pooled in each failing window
+    assert all(w["evidence"]["recall_source"]["exact_sample"] >= 20 for w in evidence)
     windows = [w for w in unlabeled["windows"] if w["response_count"]]
     sampled = [w for w in windows if w["recall_samples"]]
     assert sampled and all(w["stats"]["recall_source"] == {"exact_sample": w["recall_samples"]} for w in sampled)
