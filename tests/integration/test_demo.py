@@ -111,7 +111,9 @@ def test_demo_end_to_end(kafka_bootstrap: str, base_settings: Settings, tmp_path
     assert rolled["status"] == "rolled_back" and rolled["candidate_config"] == "candidate_slow"
     assert rolled["rollback_reason"] == reason and rolled["ended_by"]["automatic"] is True
     cand = rolled["metrics_summary"]["candidate_config"]
-    assert cand["failed_buckets"] == 2 and cand["judged_buckets"] >= 2
+    # the decision came at the 2nd failing bucket (the story above); the bucket in flight then may fail too:
+    # the slow candidate's last searches (shed or timed out) end after the rollback
+    assert cand["failed_buckets"] >= 2 and cand["judged_buckets"] >= 2
     assert rolled["metrics_summary"]["active_config"]["failed_buckets"] is None  # last_good is not judged
     promoted = json.loads((out / "promoted" / "canary_result.json").read_text())
     assert promoted["status"] == "promoted" and promoted["candidate_config"] == "candidate_progressive"
