@@ -11,18 +11,25 @@ requests errored at 60 queries/s with the real model, issue #25). Here each arm 
 * a request beyond that is **shed**: its outcome is an error ``overloaded`` (docs/contracts.md) after the time
   it waited, counted in ``canary_router_shed_requests_total{arm}``.
 
-Priority: last_good's searches run on the event loop's default executor, every candidate's on threads
-of lower scheduling priority (nice +10, :data:`CANDIDATE_NICE`; :mod:`router.backends.threads` carries the
-choice to the backend). On an idle machine that changes nothing; when the cores are saturated a candidate
-gets what last_good leaves — a candidate that costs a core per request would otherwise slow last_good down
-with it and be judged a shock both arms share. The price: a candidate measured on a saturated router looks
-slower than it would alone; the judge's shock rules look at last_good, which stays fast.
+Threads, not priorities: last_good's searches run on the event loop's default executor, every candidate's
+(and the work off the serving path: mirrored and result-diff searches) on threads of their own
+(:mod:`router.backends.threads` carries the choice to the backend), so a candidate's stuck work never
+takes the threads last_good's searches need. Both run at the **same scheduling priority**: a canary compares
+the arms under the same conditions. An earlier version niced the candidates' threads (+10) so last_good
+kept the cores; with the GIL that inverts priorities — a niced thread that holds the GIL while the kernel
+has descheduled it stalls the event loop and every last_good search behind it. Measured in the demo
+(candidate_slow at 10 % on 2 busy cores): with the nice, last_good's p95 went past 10 s and it shed
+requests, and a healthy candidate at 25 % was starved into a rollback on a busier machine (CI); without
+it last_good's p95 stayed at 0.4-0.6 s while candidate_slow was rolled back at its 2nd bucket. What bounds
+a costly candidate is its lane, below.
 
 The slots follow the traffic: with ``concurrency`` slots, each running candidate (a lane per deployment) has
 ``ceil(concurrency · w)`` for its weight ``w`` and last_good ``ceil(concurrency · (1 − Σw))`` (each at least
 one). A candidate that costs far more than last_good fills its own lane, is shed and timed out, and its
 errors and latency roll it back, while last_good keeps its share of the machine (otherwise both arms slow
-down together and the judge must treat it as a shared shock).
+down together and the judge must treat it as a shared shock). When a candidate stops running (rolled back,
+promoted, paused) the requests still queued in its lane are shed at once instead of starting work nobody
+will use; its searches already computing end on their own.
 """
 
 from __future__ import annotations
@@ -31,8 +38,6 @@ import asyncio
 import collections
 import contextlib
 import math
-import os
-import threading
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,7 +57,6 @@ __all__ = [
 T = TypeVar("T")
 
 LAST_GOOD: Final = "last_good"
-CANDIDATE_NICE: Final = 10  # the candidates' threads: CFS weight 110 against 1024 at nice 0
 DEFAULT_MAX_QUEUED: Final = 64  # requests waiting per arm; more are shed at once
 DEFAULT_MAX_WAIT_MS: Final = 2_000  # a request that waited this long is shed (its answer would be too late)
 
@@ -94,6 +98,9 @@ class Lane:
         try:
             async with asyncio.timeout(max_wait_s):
                 await waiter  # release() hands its slot over: running stays counted
+        except Overloaded:  # shed_queued(): the lane's candidate stopped running
+            self.shed += 1
+            raise
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():  # handed over just as the wait ended: give it back
                 self.release()
@@ -107,6 +114,16 @@ class Lane:
             else:
                 self._discard(waiter)
             raise
+
+    def shed_queued(self, reason: str) -> int:
+        """Shed every request still waiting (their :meth:`acquire` raises :class:`Overloaded`); returns how many."""
+        shed = 0
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(Overloaded(reason))
+                shed += 1
+        return shed
 
     def _discard(self, waiter: asyncio.Future[None]) -> None:
         with contextlib.suppress(ValueError):  # already handed a slot and popped
@@ -157,6 +174,10 @@ class Admission:
         are unchanged. Lanes of candidates no longer running go once idle."""
         if shares == self._shares:
             return
+        for gone in self._shares.keys() - shares.keys():  # stopped running: its queue will not be served
+            lane = self.lanes.get(_candidate(gone))
+            if lane is not None:
+                lane.shed_queued("the candidate is no longer running")
         self._shares = dict(shares)
         self.lanes[LAST_GOOD].resize(share_slots(self.concurrency, 1.0 - sum(shares.values())))
         for deployment_id, weight in shares.items():
@@ -209,13 +230,14 @@ class Admission:
         if arm != "candidate":
             return None
         if self._candidate_pool is None:
+            # as many threads as the default executor has: the lanes, not the pool, bound the work
             self._candidate_pool = ThreadPoolExecutor(
-                max_workers=self.concurrency, thread_name_prefix="canary-candidate", initializer=_lower_priority
+                max_workers=self.concurrency + 4, thread_name_prefix="canary-candidate"
             )
         return self._candidate_pool
 
     def background_pool(self) -> ThreadPoolExecutor:
-        """The low-priority threads, for work off the serving path (mirrored and result-diff searches)."""
+        """The candidates' threads, for work off the serving path (mirrored and result-diff searches)."""
         pool = self._pool_for("candidate")
         assert pool is not None
         return pool
@@ -228,12 +250,6 @@ class Admission:
         lane.release()
         if lane.idle:
             self._drop_idle()
-
-
-def _lower_priority() -> None:
-    """Nice this worker thread (Linux schedules threads one by one: PRIO_PROCESS with a thread id)."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: normal priority
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + CANDIDATE_NICE)
 
 
 def _candidate(deployment_id: str) -> str:

@@ -370,8 +370,8 @@ class Searcher:
     @contextlib.contextmanager
     def _background(self, backend: SearchBackend) -> Iterator[None]:
         """Background searches (a mirrored request, last_good's answer for a result diff) compute on the
-        low-priority threads candidates use, when the backend has admission lanes: never at the served
-        searches' expense."""
+        candidates' threads when the backend has admission lanes: never on the threads last_good's served
+        searches need (their number is bounded by the mirror and diff in-flight caps)."""
         admission = self._admission_for(backend)
         token = CPU_POOL.set(admission.background_pool()) if admission is not None else None
         try:

@@ -243,7 +243,7 @@ def register(sub: Any) -> None:
         help="the demo's own report directory (default reports/canary/demo; a directory holding report files "
         "the demo did not write is refused)",
     )
-    demo.add_argument("--qps", type=float, default=60.0, help="load in requests per second (60)")
+    demo.add_argument("--qps", type=float, default=45.0, help="load in requests per second (45)")
     demo.add_argument(
         "--weight",
         type=float,

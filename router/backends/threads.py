@@ -1,9 +1,9 @@
 """Where a backend's CPU work runs: the executor the router's admission lane chose for this search.
 
 The bundled engine's searches are CPU work in worker threads. The router runs last_good's searches on the
-event loop's default executor and every candidate's on threads of lower scheduling priority
-(:mod:`router.admission`), chosen per search through :data:`CPU_POOL`: a candidate that costs far more than
-last_good then takes the cores last_good leaves idle, never the ones it needs.
+event loop's default executor and every candidate's on threads of their own (:mod:`router.admission`),
+chosen per search through :data:`CPU_POOL`: a candidate's stuck work never holds the threads last_good's
+searches need.
 """
 
 from __future__ import annotations

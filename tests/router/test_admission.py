@@ -166,8 +166,10 @@ async def test_a_cancelled_waiter_gives_its_place_back() -> None:
     assert lane.running == 0
 
 
-async def test_a_candidates_cpu_work_runs_on_lower_priority_threads_and_last_goods_does_not() -> None:
-    """The backend's CPU work goes to the executor the lane chose (router/backends/threads.py)."""
+async def test_a_candidates_cpu_work_runs_on_its_own_threads_at_last_goods_priority() -> None:
+    """The backend's CPU work goes to the executor the lane chose (router/backends/threads.py): the candidates'
+    threads, not last_good's, but at the same scheduling priority (a niced thread holding the GIL stalls
+    everyone: router/admission.py)."""
     import os
     import threading
 
@@ -181,10 +183,39 @@ async def test_a_candidates_cpu_work_runs_on_lower_priority_threads_and_last_goo
 
     base = os.getpriority(os.PRIO_PROCESS, 0)
     name, nice = await admission.run("candidate", "d", lambda: run_cpu(where), 5.0)
-    assert name.startswith("canary-candidate") and nice == min(19, base + 10)  # 19: the lowest priority there is
+    assert name.startswith("canary-candidate") and nice == base
     name, nice = await admission.run("last_good", None, lambda: run_cpu(where), 5.0)
     assert not name.startswith("canary-candidate") and nice == base
-    # work off the serving path (mirrored and result-diff searches) uses the same low-priority threads
+    # work off the serving path (mirrored and result-diff searches) uses the candidates' threads
     name, nice = await asyncio.get_running_loop().run_in_executor(admission.background_pool(), where)
-    assert name.startswith("canary-candidate") and nice == min(19, base + 10)  # 19: the lowest priority there is
+    assert name.startswith("canary-candidate") and nice == base
     admission.close()
+
+
+async def test_the_queue_of_a_candidate_that_stops_running_is_shed_at_once() -> None:
+    """Rolled back (or paused, promoted): its queued requests do not start work nobody will use; the search
+    already computing ends on its own and keeps its slot until then."""
+    shed: list[str] = []
+    admission = Admission(2, max_queued=5, max_wait_ms=10_000, on_shed=shed.append)
+    admission.follow({"slow": 0.1})
+    gate = asyncio.Event()
+    started: list[int] = []
+
+    async def work(i: int) -> int:
+        started.append(i)
+        await gate.wait()
+        return i
+
+    running = asyncio.create_task(admission.run("candidate", "slow", lambda: work(0), 30.0))
+    queued = [asyncio.create_task(admission.run("candidate", "slow", lambda i=i: work(i), 30.0)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    lane = admission.lane("candidate", "slow")
+    assert (lane.running, lane.queued) == (1, 2)
+    admission.follow({})  # rolled back
+    for task in queued:
+        with pytest.raises(Overloaded, match="no longer running"):
+            await asyncio.wait_for(task, 1.0)  # at once, not after max_wait_ms
+    assert shed == ["candidate", "candidate"] and lane.shed == 2 and lane.running == 1
+    gate.set()
+    assert await running == 0 and started == [0]
+    assert "candidate:slow" not in admission.lanes
