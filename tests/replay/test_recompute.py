@@ -331,7 +331,8 @@ def test_the_native_columns_and_the_object_path_replay_alike(
         if kind == 0:
             records.insert(at, (p, 10_000_000 + k, ts_ms, rng.choice([b"{", None, b"[]"])))
         elif kind == 1:
-            records.insert(at, (p, 10_000_000 + k, None, raw))  # no Kafka time (and a repeat of its request)
+            # no Kafka time, None or -1 (and a repeat of its request): the chunk's rows get the per-row rule
+            records.insert(at, (p, 10_000_000 + k, None if k % 2 else -1, raw))
         else:
             d = json.loads(raw)
             d.update(request_id=f"m{k}", event_id=f"m{k}", metrics={"ndcg": 0.5})
