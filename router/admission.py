@@ -27,9 +27,11 @@ The slots follow the traffic: with ``concurrency`` slots, each running candidate
 ``ceil(concurrency · w)`` for its weight ``w`` and last_good ``ceil(concurrency · (1 − Σw))`` (each at least
 one). A candidate that costs far more than last_good fills its own lane, is shed and timed out, and its
 errors and latency roll it back, while last_good keeps its share of the machine (otherwise both arms slow
-down together and the judge must treat it as a shared shock). When a candidate stops running (rolled back,
-promoted, paused) the requests still queued in its lane are shed at once instead of starting work nobody
-will use; its searches already computing end on their own.
+down together and the judge must treat it as a shared shock). When a candidate's deployment ends (rolled back,
+promoted) the requests still queued in its lane are shed at once instead of starting work nobody will use;
+its searches already computing end on their own. A *paused* candidate's queued requests still run: a pause
+(the judge's shared-shock pause among them) is not a verdict, and shedding them would add errors to the
+candidate's record.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import asyncio
 import collections
 import contextlib
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -169,15 +171,18 @@ class Admission:
         self._candidate_pool: ThreadPoolExecutor | None = None
         self.lanes: dict[str, Lane] = {LAST_GOOD: Lane(self.concurrency, self.max_queued)}
 
-    def follow(self, shares: Mapping[str, float]) -> None:
+    def follow(self, shares: Mapping[str, float], live: Collection[str] | None = None) -> None:
         """Size the lanes to the running candidates' traffic shares (deployment id → weight); cheap when they
-        are unchanged. Lanes of candidates no longer running go once idle."""
+        are unchanged. Lanes of candidates no longer running go once idle; the queue of one whose deployment is
+        not ``live`` either (ended, not paused; ``None``: every deployment not in ``shares`` ended) is shed."""
         if shares == self._shares:
             return
-        for gone in self._shares.keys() - shares.keys():  # stopped running: its queue will not be served
+        for gone in self._shares.keys() - shares.keys():
+            if live is not None and gone in live:
+                continue  # paused: its queued requests still run
             lane = self.lanes.get(_candidate(gone))
             if lane is not None:
-                lane.shed_queued("the candidate is no longer running")
+                lane.shed_queued("the candidate's deployment has ended")
         self._shares = dict(shares)
         self.lanes[LAST_GOOD].resize(share_slots(self.concurrency, 1.0 - sum(shares.values())))
         for deployment_id, weight in shares.items():

@@ -359,7 +359,10 @@ class Searcher:
         if admission is None:
             async with asyncio.timeout(self._timeout_s):
                 return await backend.search(request.query, request.collection, config.snapshot)
-        admission.follow({d.deployment_id: d.candidate_weight for d in self.ledger.live if d.candidate_weight})
+        live = self.ledger.live
+        admission.follow(
+            {d.deployment_id: d.candidate_weight for d in live if d.candidate_weight}, {d.deployment_id for d in live}
+        )
         return await admission.run(
             used.arm,
             used.deployment_id,

@@ -192,9 +192,9 @@ async def test_a_candidates_cpu_work_runs_on_its_own_threads_at_last_goods_prior
     admission.close()
 
 
-async def test_the_queue_of_a_candidate_that_stops_running_is_shed_at_once() -> None:
-    """Rolled back (or paused, promoted): its queued requests do not start work nobody will use; the search
-    already computing ends on its own and keeps its slot until then."""
+async def test_the_queue_of_a_candidate_whose_deployment_ends_is_shed_at_once() -> None:
+    """Rolled back (or promoted): its queued requests do not start work nobody will use; the search already
+    computing ends on its own and keeps its slot until then."""
     shed: list[str] = []
     admission = Admission(2, max_queued=5, max_wait_ms=10_000, on_shed=shed.append)
     admission.follow({"slow": 0.1})
@@ -213,9 +213,28 @@ async def test_the_queue_of_a_candidate_that_stops_running_is_shed_at_once() -> 
     assert (lane.running, lane.queued) == (1, 2)
     admission.follow({})  # rolled back
     for task in queued:
-        with pytest.raises(Overloaded, match="no longer running"):
+        with pytest.raises(Overloaded, match="deployment has ended"):
             await asyncio.wait_for(task, 1.0)  # at once, not after max_wait_ms
     assert shed == ["candidate", "candidate"] and lane.shed == 2 and lane.running == 1
     gate.set()
     assert await running == 0 and started == [0]
     assert "candidate:slow" not in admission.lanes
+
+
+async def test_a_paused_candidates_queued_requests_still_run() -> None:
+    """A pause (the judge's shared-shock pause among them) is not a verdict: shedding its queue would add errors
+    to the candidate's record."""
+    shed: list[str] = []
+    admission = Admission(2, max_queued=5, max_wait_ms=10_000, on_shed=shed.append)
+    admission.follow({"d": 0.1}, {"d"})
+    gate = asyncio.Event()
+
+    async def work(i: int) -> int:
+        await gate.wait()
+        return i
+
+    tasks = [asyncio.create_task(admission.run("candidate", "d", lambda i=i: work(i), 30.0)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    admission.follow({}, {"d"})  # paused: no traffic share, still live
+    gate.set()
+    assert [await t for t in tasks] == [0, 1, 2] and shed == []
