@@ -7,7 +7,10 @@ when CANARY_TEST_KAFKA=testcontainers and a Docker engine answers — testcontai
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,23 @@ from canary.security import init_key
 from canary.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# The control-view cache files (canary/ops/view.py) the CLI writes into CANARY_HOME for the session's own
+# topic prefixes (`t<8 hex>.` here, `h<6 hex>.` in test_hostile_flood; an environment's suffix after them).
+_SESSION_VIEW_CACHE = re.compile(r"control-view-(t[0-9a-f]{8}|h[0-9a-f]{6})\.([a-z0-9_-]+\.)?\.(json|tmp)")
+_SESSION_STARTED = time.time()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Leave no cache file of the session's throwaway topics in the developer's CANARY_HOME. Only the
+    controlling process cleans up (with xdist, after every worker has finished)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    with contextlib.suppress(Exception):  # a cleanup: never a test failure
+        for path in load_settings().home.glob("control-view-*"):
+            if _SESSION_VIEW_CACHE.fullmatch(path.name) and path.stat().st_mtime >= _SESSION_STARTED - 1:
+                path.unlink(missing_ok=True)
 
 
 def _free_port() -> int:
