@@ -122,8 +122,8 @@ async def send_command(bootstrap: Cluster, topics: Topics, cmd: ControlCommand, 
 async def read_all(bootstrap: Cluster, topic: str, timeout: float = 10.0) -> list[dict[str, Any]]:
     """Every record currently in ``topic`` (all partitions), decoded as JSON, in (partition, offset) order."""
     consumer = AIOKafkaConsumer(**consumer_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
+    try:  # start() inside: a caller cancelled while it connects (a polling task) must not leave it unclosed
+        await consumer.start()
         return await read_topic(consumer, topic, timeout)
     finally:
         await consumer.stop()

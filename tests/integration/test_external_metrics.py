@@ -186,6 +186,8 @@ async def _run_with_cpu(
         return await _canary(worker, seconds)
     finally:
         setter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await setter  # its reader closed before the test goes on (an unclosed consumer warns when collected)
 
 
 async def _set_for_new(worker: WorkerProcess, gauge: Gauge, value: float) -> None:
