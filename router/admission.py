@@ -40,7 +40,7 @@ import asyncio
 import collections
 import contextlib
 import math
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -117,15 +117,12 @@ class Lane:
                 self._discard(waiter)
             raise
 
-    def shed_queued(self, reason: str) -> int:
-        """Shed every request still waiting (their :meth:`acquire` raises :class:`Overloaded`); returns how many."""
-        shed = 0
+    def shed_queued(self, reason: str) -> None:
+        """Shed every request still waiting (their :meth:`acquire` raises :class:`Overloaded`)."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(Overloaded(reason))
-                shed += 1
-        return shed
 
     def _discard(self, waiter: asyncio.Future[None]) -> None:
         with contextlib.suppress(ValueError):  # already handed a slot and popped
@@ -171,14 +168,15 @@ class Admission:
         self._candidate_pool: ThreadPoolExecutor | None = None
         self.lanes: dict[str, Lane] = {LAST_GOOD: Lane(self.concurrency, self.max_queued)}
 
-    def follow(self, shares: Mapping[str, float], live: Collection[str] | None = None) -> None:
+    def follow(self, shares: Mapping[str, float], live: Iterable[str] | None = None) -> None:
         """Size the lanes to the running candidates' traffic shares (deployment id → weight); cheap when they
         are unchanged. Lanes of candidates no longer running go once idle; the queue of one whose deployment is
         not ``live`` either (ended, not paused; ``None``: every deployment not in ``shares`` ended) is shed."""
         if shares == self._shares:
             return
+        live_ids = None if live is None else set(live)  # read only when the shares changed (per request: lazy)
         for gone in self._shares.keys() - shares.keys():
-            if live is not None and gone in live:
+            if live_ids is not None and gone in live_ids:
                 continue  # paused: its queued requests still run
             lane = self.lanes.get(_candidate(gone))
             if lane is not None:

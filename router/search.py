@@ -361,7 +361,7 @@ class Searcher:
                 return await backend.search(request.query, request.collection, config.snapshot)
         live = self.ledger.live
         admission.follow(
-            {d.deployment_id: d.candidate_weight for d in live if d.candidate_weight}, {d.deployment_id for d in live}
+            {d.deployment_id: d.candidate_weight for d in live if d.candidate_weight}, (d.deployment_id for d in live)
         )
         return await admission.run(
             used.arm,
