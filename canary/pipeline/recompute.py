@@ -323,7 +323,10 @@ def _kafka_times(chunk: Sequence[Any], carried: int) -> np.ndarray | None:
     stamps = list(map(_KAFKA_TIME, itertools.islice(chunk, carried, None)))
     if None in stamps:
         return None
-    times = np.asarray(stamps, dtype=np.int64)
+    try:
+        times = np.asarray(stamps, dtype=np.int64)
+    except (OverflowError, TypeError, ValueError):  # not a Kafka time (a caller's own records): the rule decides
+        return None
     return times if times.size == 0 or int(times.min()) >= 0 else None
 
 

@@ -144,9 +144,12 @@ class BadLine:
         return f"line {self.line}: {self.reason}"
 
 
+_INT64_MAX = 2**63 - 1  # Kafka's partitions, offsets and timestamps are 64-bit at most
+
+
 def _req_int(obj: dict[str, Any], name: str) -> int:
     value = obj[name]
-    if type(value) is not int or value < 0:
+    if type(value) is not int or not 0 <= value <= _INT64_MAX:
         got = _json_type(value) if type(value) is not int else f"{value}"
         raise LineError("wrong_type", f"field {name!r}: expected an integer >= 0, got {got:.60}")
     return value
@@ -199,6 +202,8 @@ def parse_line(raw: bytes, line: int) -> DumpRecord:
     partition = _req_int(obj, "partition")
     offset = _req_int(obj, "offset")
     ts = _opt(obj, "ts", int)
+    if ts is not None and not -_INT64_MAX - 1 <= ts <= _INT64_MAX:
+        raise LineError("wrong_type", f"field 'ts': expected a 64-bit integer or null, got {str(ts)[:60]}")
     tstype = _opt(obj, "tstype", str)
     broker = _opt(obj, "broker", int)
     key = _bytes(obj, "key")

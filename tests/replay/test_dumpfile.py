@@ -471,3 +471,17 @@ def test_read_dump_from_stdin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setattr(sys, "stdin", Stdin)
     dump = read_dump("-")
     assert dump.path == "-" and len(dump.records) == len(records) + len(live) and not dump.bad
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("ts", 2**63), ("ts", -(2**63) - 1), ("ts", 10**30), ("partition", 2**63), ("offset", 10**30)],
+)
+def test_a_number_beyond_64_bits_is_a_typed_rejection_and_the_replay_goes_on(field: str, value: int) -> None:
+    """Kafka's partitions, offsets and timestamps fit 64 bits; a dump saying otherwise is refused line by line
+    (before, the recomputation's numpy columns raised OverflowError and ended the replay)."""
+    good = {"topic": "search_results", "partition": 0, "offset": 1, "ts": T0, "key": None, "payload": None}
+    lines = [json.dumps(good), json.dumps({**good, "offset": 2, field: value})]
+    dump = parse_lines([line.encode() + b"\n" for line in lines], "huge.jsonl")
+    assert [(b.line, b.kind) for b in dump.bad] == [(2, "wrong_type")]
+    assert [r.line for r in dump.records] == [1]
