@@ -1,4 +1,4 @@
-# Types of the native batch decoder (native/src/lib.rs); canary.pipeline.decode is its one caller.
+# Types of the native batch core (native/src/lib.rs): canary.pipeline.decode and canary.kafka.runs call it.
 OUTCOME: int
 WATERMARK: int
 FALLBACK: int
@@ -12,3 +12,18 @@ def decode_batch(
     list[str],
     list[tuple[int, int, int, str, int]],
 ]: ...
+
+ENTRY_BYTES: int
+
+def decode_spans(
+    buffer: bytes, entries: bytes, lo: int, hi: int, *, max_bytes: int, max_epoch_ms: int, user_groups: int
+) -> tuple[
+    bytes,
+    list[tuple[str | None, str, str, str | None]],
+    list[str],
+    list[tuple[int, int, int, str, int]],
+]: ...
+def parse_records(
+    buffer: bytes, fetch_offset: int, *, read_committed: bool, aborted: list[tuple[int, int]], check_crcs: bool
+) -> tuple[bytes, int] | None: ...
+def crc32c(data: bytes) -> int: ...

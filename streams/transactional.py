@@ -157,6 +157,7 @@ class TransactionalStage(Generic[State]):
     """Subclasses provide the state per partition and what to do with a batch (see module docstring)."""
 
     name = "stage"
+    consumer_class: type[AIOKafkaConsumer] = AIOKafkaConsumer  # the windows stage's reads runs (canary.kafka.runs)
 
     def __init__(
         self,
@@ -695,7 +696,7 @@ class TransactionalStage(Generic[State]):
 
     async def run(self) -> None:
         self._consumer = calm(
-            AIOKafkaConsumer(
+            self.consumer_class(
                 **consumer_kwargs(self.bootstrap),
                 group_id=self.group_id,
                 group_instance_id=self.instance_id,

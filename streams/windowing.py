@@ -17,7 +17,6 @@ as ``invalid outcome``; late outcomes count in their key's next window (never dr
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -32,9 +31,11 @@ from canary.core.jsonio import dumps
 from canary.core.merge import Progress, partial_of
 from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_MS, AddResult, WindowFinalizer
 from canary.kafka.clients import Cluster
+from canary.kafka.runs import consumer_class
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
 from canary.pipeline.decode import Decoded, OutcomeDecoder, as_core_outcomes
+from canary.pipeline.runs import offset_reader, values_of
 from canary.pipeline.settings import DEFAULTS
 from canary.settings import NativeMode
 from streams.registry import DeploymentRegistry
@@ -59,10 +60,6 @@ class WindowingStats:
     checkpoints: int = 0
     batches: int = 0
     by_partition: dict[int, int] = field(default_factory=dict)
-
-
-def _offset(records: list[Any], row: int) -> int:
-    return int(records[row].offset)
 
 
 class WindowingStage(TransactionalStage[WindowFinalizer]):
@@ -106,6 +103,8 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         self.stats = WindowingStats()
         self.metrics = metrics or WorkerMetrics()
         self._decoder = OutcomeDecoder(native=native)
+        # The fetch's bytes read natively into runs where the native decoder reads the values (canary.kafka.runs).
+        self.consumer_class = consumer_class() if self._decoder.native is not None else self.consumer_class
         self._partials_partitions = 1
         self._progress_sent: dict[int, tuple[int, float]] = {}  # partition -> (closed_until, monotonic s)
 
@@ -145,9 +144,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         now = now_ms()
         for tp, records in batch.items():
             fin = self.states[tp.partition]
-            columns, refused = self._decoder.decode_columns(
-                [record.value for record in records], functools.partial(_offset, records)
-            )
+            columns, refused = self._decoder.decode_columns(values_of(records), offset_reader(records))
             if columns is None:
                 self._process_objects(tp.partition, fin, records, now)
                 continue

@@ -27,6 +27,7 @@ from canary.core.models import MAX_EPOCH_MS, RouterWatermark, SearchOutcome, win
 from canary.core.rings import ring_arm
 from canary.core.split import USER_GROUPS
 from canary.errors import CanaryError, ConfigError
+from canary.pipeline.runs import SpanValues
 from canary.settings import NativeMode
 
 log = logging.getLogger(__name__)
@@ -117,11 +118,15 @@ class OutcomeDecoder:
         native = self.native
         if native is None or not values:
             return None, []
-        values = values if isinstance(values, list) else list(values)
+        limits = {"max_bytes": wire.OUTCOME.max_bytes, "max_epoch_ms": MAX_EPOCH_MS, "user_groups": USER_GROUPS}
         try:
-            packed, raw_keys, routers, raw_marks = native.decode_batch(
-                values, max_bytes=wire.OUTCOME.max_bytes, max_epoch_ms=MAX_EPOCH_MS, user_groups=USER_GROUPS
-            )
+            if isinstance(values, SpanValues):  # where they lie in the fetch's bytes: no object per value
+                packed, raw_keys, routers, raw_marks = native.decode_spans(
+                    values.buffer, values.entries, values.lo, values.hi, **limits
+                )
+            else:
+                values = values if isinstance(values, list) else list(values)
+                packed, raw_keys, routers, raw_marks = native.decode_batch(values, **limits)
         except Exception:  # a bug in the extension (a Rust panic arrives as an exception): the reference decides
             log.exception(
                 "the native decoder failed on a batch of %d records; decoding it record by record", len(values)

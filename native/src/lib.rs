@@ -8,6 +8,9 @@
 //! duplicate fields, escapes in names, numbers a float cannot hold exactly, tombstones, too large, not JSON)
 //! is marked `FALLBACK` and the caller decodes that row in Python, which decides and says why.
 
+mod crc32c;
+mod records;
+
 use std::borrow::Cow;
 use std::fmt;
 
@@ -349,6 +352,32 @@ fn bytes_of<T: Copy>(py: Python<'_>, v: &[T]) -> Py<PyBytes> {
     PyBytes::new_bound(py, raw).unbind()
 }
 
+impl Columns {
+    /// The Python result: `(rows, keys, routers, watermarks)`.
+    fn into_py_tuple(self, py: Python<'_>) -> Py<PyTuple> {
+        let keys: Vec<PyObject> = self
+            .keys
+            .iter()
+            .map(|(d, c, a, r)| (d.as_deref(), c.as_str(), a.as_str(), r.as_deref()).into_py(py))
+            .collect();
+        let marks: Vec<PyObject> = self
+            .watermarks
+            .iter()
+            .map(|(row, router, wm, status, seq)| (*row, *router, *wm, status.as_str(), *seq).into_py(py))
+            .collect();
+        PyTuple::new_bound(
+            py,
+            [
+                bytes_of(py, &self.rows).into_py(py),
+                PyList::new_bound(py, keys).into_py(py),
+                PyList::new_bound(py, &self.routers).into_py(py),
+                PyList::new_bound(py, marks).into_py(py),
+            ],
+        )
+        .unbind()
+    }
+}
+
 /// Decode a batch of `search_results` values (bytes or None) into columns; see the module docs.
 ///
 /// Returns `(rows, keys, routers, watermarks)`: the rows as one byte string (56 bytes a row, see `Row`), the
@@ -374,31 +403,88 @@ fn decode_batch(
             cols.row(None, &limits); // bytearray, memoryview …: the reference takes them
         }
     }
-    let keys: Vec<PyObject> = cols
-        .keys
-        .iter()
-        .map(|(d, c, a, r)| (d.as_deref(), c.as_str(), a.as_str(), r.as_deref()).into_py(py))
-        .collect();
-    let marks: Vec<PyObject> = cols
-        .watermarks
-        .iter()
-        .map(|(row, router, wm, status, seq)| (*row, *router, *wm, status.as_str(), *seq).into_py(py))
-        .collect();
-    let out = PyTuple::new_bound(
-        py,
-        [
-            bytes_of(py, &cols.rows).into_py(py),
-            PyList::new_bound(py, keys).into_py(py),
-            PyList::new_bound(py, &cols.routers).into_py(py),
-            PyList::new_bound(py, marks).into_py(py),
-        ],
-    );
-    Ok(out.unbind())
+    Ok(cols.into_py_tuple(py))
+}
+
+fn entries_of(raw: &[u8]) -> PyResult<Vec<records::Entry>> {
+    const SIZE: usize = std::mem::size_of::<records::Entry>();
+    if raw.len() % SIZE != 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err("entries: not a whole number of entries"));
+    }
+    Ok(raw
+        .chunks_exact(SIZE)
+        .map(|c| {
+            let at = |i: usize| i64::from_ne_bytes(c[i * 8..i * 8 + 8].try_into().unwrap());
+            records::Entry { offset: at(0), timestamp: at(1), value_at: at(2), value_len: at(3) }
+        })
+        .collect())
+}
+
+/// Decode the values of `entries` rows `lo..hi` (from :func:`parse_records`) where they lie in `buffer`:
+/// the same result as :func:`decode_batch` on those values, without a Python object per value.
+#[pyfunction]
+#[pyo3(signature = (buffer, entries, lo, hi, *, max_bytes, max_epoch_ms, user_groups))]
+#[allow(clippy::too_many_arguments)]
+fn decode_spans(
+    py: Python<'_>,
+    buffer: &Bound<'_, PyBytes>,
+    entries: &Bound<'_, PyBytes>,
+    lo: usize,
+    hi: usize,
+    max_bytes: usize,
+    max_epoch_ms: i64,
+    user_groups: i64,
+) -> PyResult<Py<PyTuple>> {
+    let limits = Limits { max_bytes, max_epoch_ms, user_groups };
+    let b = buffer.as_bytes();
+    let all = entries_of(entries.as_bytes())?;
+    let rows = all.get(lo..hi).ok_or_else(|| pyo3::exceptions::PyIndexError::new_err("rows out of range"))?;
+    let mut cols = Columns::default();
+    for e in rows {
+        if e.value_len < 0 {
+            cols.row(None, &limits);
+            continue;
+        }
+        let (at, len) = (e.value_at as usize, e.value_len as usize);
+        let value = at.checked_add(len).and_then(|end| b.get(at..end));
+        match value {
+            Some(v) => cols.row(Some(v), &limits),
+            None => return Err(pyo3::exceptions::PyValueError::new_err("an entry lies outside the buffer")),
+        }
+    }
+    Ok(cols.into_py_tuple(py))
+}
+
+/// Read one partition's fetched record bytes (message format v2) as aiokafka's `PartitionRecords` would:
+/// `(entries, next_fetch_offset)` — the entries as one byte string of 32-byte rows (offset, timestamp, value
+/// position, value length or -1) — or `None` where aiokafka must read them (see `records`).
+#[pyfunction]
+#[pyo3(signature = (buffer, fetch_offset, *, read_committed, aborted, check_crcs))]
+fn parse_records(
+    py: Python<'_>,
+    buffer: &Bound<'_, PyBytes>,
+    fetch_offset: i64,
+    read_committed: bool,
+    aborted: Vec<(i64, i64)>,
+    check_crcs: bool,
+) -> Option<(Py<PyBytes>, i64)> {
+    let parsed = records::parse(buffer.as_bytes(), fetch_offset, read_committed, &aborted, check_crcs)?;
+    Some((bytes_of(py, &parsed.entries), parsed.next_fetch_offset))
+}
+
+#[pyfunction]
+#[pyo3(name = "crc32c")]
+fn crc32c_py(data: &Bound<'_, PyBytes>) -> u32 {
+    crc32c::checksum(data.as_bytes())
 }
 
 #[pymodule]
 fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_spans, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_records, m)?)?;
+    m.add_function(wrap_pyfunction!(crc32c_py, m)?)?;
+    m.add("ENTRY_BYTES", std::mem::size_of::<records::Entry>())?;
     m.add("OUTCOME", OUTCOME)?;
     m.add("WATERMARK", WATERMARK)?;
     m.add("FALLBACK", FALLBACK)?;
