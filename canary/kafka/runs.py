@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer import consumer as _consumer_module
 from aiokafka.consumer import fetcher as _fetcher_module
 
-from canary.pipeline.decode import NATIVE
+from canary.pipeline.native import NATIVE
 from canary.pipeline.runs import ENTRY, RecordRun
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from types import ModuleType
 from typing import Any, NamedTuple
 
 import msgspec
@@ -27,17 +26,11 @@ from canary.core.models import MAX_EPOCH_MS, RouterWatermark, SearchOutcome, win
 from canary.core.rings import ring_arm
 from canary.core.split import USER_GROUPS
 from canary.errors import CanaryError, ConfigError
+from canary.pipeline.native import NATIVE
 from canary.pipeline.runs import SpanValues
 from canary.settings import NativeMode
 
 log = logging.getLogger(__name__)
-
-try:  # the optional extension (native/; `make install` builds it where cargo is): the Python path is the reference
-    import canary_native as _native_module
-
-    NATIVE: ModuleType | None = _native_module
-except ImportError:  # pragma: no cover - depends on the machine
-    NATIVE = None
 
 
 class SourceRecord(NamedTuple):

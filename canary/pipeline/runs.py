@@ -15,6 +15,8 @@ from typing import Any, NamedTuple, overload
 
 import numpy as np
 
+from canary.pipeline.native import NATIVE
+
 # canary_native's entry (native/src/records.rs ``Entry``): native-endian int64s.
 ENTRY = np.dtype([("offset", "=i8"), ("timestamp", "=i8"), ("value_at", "=i8"), ("value_len", "=i8")])
 
@@ -135,6 +137,14 @@ class RecordRun(Sequence[Any]):
             return [r.value for r in self.records or ()]
         assert self.buffer is not None and self.entries is not None
         return SpanValues(self.buffer, self.entries, self.table, 0, len(self.table))
+
+    def tuples(self) -> list[tuple[int, int, int | None, bytes | None]]:
+        """The records as ``(partition, offset, timestamp, value)``, what a replay keeps of each."""
+        if self.table is None:
+            return [(r.partition, r.offset, r.timestamp, r.value) for r in self.records or ()]
+        assert NATIVE is not None and self.buffer is not None and self.entries is not None
+        out: list[tuple[int, int, int | None, bytes | None]] = NATIVE.run_tuples(self.partition, self.buffer, self.entries)
+        return out
 
     def offset_at(self, row: int) -> int:
         return int(self.table["offset"][row]) if self.table is not None else int(self[row].offset)

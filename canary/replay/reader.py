@@ -11,7 +11,9 @@ dead-letter topic over the range (outcomes the live worker marked late). Values 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import operator
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,16 +26,20 @@ from canary.core.judge import Judgement
 from canary.core.models import ControlCommand, JSONDict, WindowResult
 from canary.errors import CanaryError, KafkaError
 from canary.kafka.clients import Cluster, consumer_kwargs
+from canary.kafka.runs import consumer_class
 from canary.kafka.topics import Topics, topic_partitions
 from canary.pipeline.recompute import read_bounds, span_bounds
+from canary.pipeline.runs import RecordRun
 from canary.pipeline.settings import PipelineSettings
 from canary.replay.span import RecordTuple, SpanData
 from canary.security import CommandVerifier
 
 
-def new_consumer(bootstrap: Cluster) -> AIOKafkaConsumer:
-    """A group-less consumer tuned for bulk reads (big fetches, no CRC re-check on loopback data)."""
-    return AIOKafkaConsumer(
+def new_consumer(bootstrap: Cluster, *, runs: bool = False) -> AIOKafkaConsumer:
+    """A group-less consumer tuned for bulk reads (big fetches, no CRC re-check on loopback data). ``runs``:
+    each partition's fetch read natively into one run where the extension is (:mod:`canary.kafka.runs`)."""
+    cls = consumer_class() if runs else AIOKafkaConsumer
+    return cls(
         **consumer_kwargs(bootstrap),
         group_id=None,
         enable_auto_commit=False,
@@ -43,6 +49,9 @@ def new_consumer(bootstrap: Cluster) -> AIOKafkaConsumer:
         fetch_max_bytes=64 * 1024 * 1024,
         check_crcs=False,
     )
+
+
+_OFFSET = operator.itemgetter(1)
 
 
 async def offset_ranges(
@@ -71,8 +80,11 @@ async def read_ranges(
     ranges: dict[TopicPartition, tuple[int, int]],
     sink: Callable[[Any], None],
     timeout: float,
+    many: Callable[[list[RecordTuple]], None] | None = None,
 ) -> int:
-    """Feed every record in the offset ranges to ``sink`` in offset order per partition; returns the count."""
+    """Feed every record in the offset ranges to ``sink`` in offset order per partition; returns the count.
+    ``many``: where the consumer returns runs (:mod:`canary.kafka.runs`), their records go to it as
+    ``(partition, offset, timestamp, value)`` tuples, a run at a time."""
     active = {tp: stop for tp, (start, stop) in ranges.items() if stop > start}
     if not active:
         return 0
@@ -89,6 +101,13 @@ async def read_ranges(
         for tp, records in batch.items():
             stop = active.get(tp)
             if stop is None:
+                continue
+            if many is not None and isinstance(records, RecordRun):
+                rows = records.tuples()
+                if rows and rows[-1][1] >= stop:
+                    rows = rows[: bisect.bisect_left(rows, stop, key=_OFFSET)]
+                many(rows)
+                count += len(rows)
                 continue
             if records and records[-1].offset < stop:
                 for r in records:
@@ -119,7 +138,7 @@ async def read_outcome_records(
     def sink(r: Any) -> None:
         append((r.partition, r.offset, r.timestamp, r.value))
 
-    await read_ranges(consumer, ranges, sink, timeout)
+    await read_ranges(consumer, ranges, sink, timeout, many=out.extend)
     return out, {tp.partition: r for tp, r in ranges.items()}
 
 
@@ -142,7 +161,7 @@ async def read_span(
     read_from, read_to = read_bounds(from_ms, to_ms, settings)
     first_window, _ = span_bounds(from_ms, to_ms, settings)
     # Two consumers: the small topics' reads (each mostly a broker round trip) overlap the bulk read.
-    bulk, side = new_consumer(bootstrap), new_consumer(bootstrap)
+    bulk, side = new_consumer(bootstrap, runs=settings.native != "off"), new_consumer(bootstrap)
     try:
         await asyncio.wait_for(asyncio.gather(bulk.start(), side.start()), 15)
     except Exception as exc:

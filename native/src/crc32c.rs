@@ -22,7 +22,9 @@ const fn table() -> [u32; 256] {
 static TABLE: [u32; 256] = table();
 
 fn by_table(crc: u32, data: &[u8]) -> u32 {
-    data.iter().fold(crc, |c, &b| TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8))
+    data.iter().fold(crc, |c, &b| {
+        TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]

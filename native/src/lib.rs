@@ -164,7 +164,9 @@ fn safe_name(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && b[0].is_ascii_alphanumeric()
-        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 fn adler32(data: &[u8], start: u32) -> u32 {
@@ -247,7 +249,12 @@ impl Columns {
         if let Some(i) = found {
             return i as i32;
         }
-        self.keys.push((dep.map(str::to_owned), config.to_owned(), arm.to_owned(), ring.map(str::to_owned)));
+        self.keys.push((
+            dep.map(str::to_owned),
+            config.to_owned(),
+            arm.to_owned(),
+            ring.map(str::to_owned),
+        ));
         (self.keys.len() - 1) as i32
     }
 
@@ -257,7 +264,9 @@ impl Columns {
 
     /// One value: an accepted outcome, an accepted watermark record, or a row for the reference.
     fn row(&mut self, raw: Option<&[u8]>, limits: &Limits) {
-        let Some(raw) = raw else { return self.push_empty(FALLBACK) };
+        let Some(raw) = raw else {
+            return self.push_empty(FALLBACK);
+        };
         if raw.len() > limits.max_bytes {
             return self.push_empty(FALLBACK);
         }
@@ -292,7 +301,8 @@ impl Columns {
             && o.result_count >= 0
             && safe_name(&o.router_id.0)
             && ring.map_or(true, safe_name)
-            && o.user_group.map_or(true, |g| (0..limits.user_groups).contains(&g))
+            && o.user_group
+                .map_or(true, |g| (0..limits.user_groups).contains(&g))
             && match source {
                 None => true,
                 Some("labels") | Some("exact_sample") => recall.is_some(),
@@ -340,7 +350,8 @@ impl Columns {
         }
         let row = self.rows.len();
         let router = self.router_code(&w.router_id.0);
-        self.watermarks.push((row, router, w.watermark_ms, status.to_owned(), w.seq));
+        self.watermarks
+            .push((row, router, w.watermark_ms, status.to_owned(), w.seq));
         self.push_empty(WATERMARK);
         true
     }
@@ -348,7 +359,8 @@ impl Columns {
 
 fn bytes_of<T: Copy>(py: Python<'_>, v: &[T]) -> Py<PyBytes> {
     // SAFETY: T is a plain-data #[repr(C)] struct of numbers with explicit padding, so every byte is initialized.
-    let raw = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
+    let raw =
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
     PyBytes::new_bound(py, raw).unbind()
 }
 
@@ -363,7 +375,9 @@ impl Columns {
         let marks: Vec<PyObject> = self
             .watermarks
             .iter()
-            .map(|(row, router, wm, status, seq)| (*row, *router, *wm, status.as_str(), *seq).into_py(py))
+            .map(|(row, router, wm, status, seq)| {
+                (*row, *router, *wm, status.as_str(), *seq).into_py(py)
+            })
             .collect();
         PyTuple::new_bound(
             py,
@@ -392,7 +406,11 @@ fn decode_batch(
     max_epoch_ms: i64,
     user_groups: i64,
 ) -> PyResult<Py<PyTuple>> {
-    let limits = Limits { max_bytes, max_epoch_ms, user_groups };
+    let limits = Limits {
+        max_bytes,
+        max_epoch_ms,
+        user_groups,
+    };
     let mut cols = Columns::default();
     for value in values.iter() {
         if value.is_none() {
@@ -409,13 +427,20 @@ fn decode_batch(
 fn entries_of(raw: &[u8]) -> PyResult<Vec<records::Entry>> {
     const SIZE: usize = std::mem::size_of::<records::Entry>();
     if raw.len() % SIZE != 0 {
-        return Err(pyo3::exceptions::PyValueError::new_err("entries: not a whole number of entries"));
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "entries: not a whole number of entries",
+        ));
     }
     Ok(raw
         .chunks_exact(SIZE)
         .map(|c| {
             let at = |i: usize| i64::from_ne_bytes(c[i * 8..i * 8 + 8].try_into().unwrap());
-            records::Entry { offset: at(0), timestamp: at(1), value_at: at(2), value_len: at(3) }
+            records::Entry {
+                offset: at(0),
+                timestamp: at(1),
+                value_at: at(2),
+                value_len: at(3),
+            }
         })
         .collect())
 }
@@ -435,10 +460,16 @@ fn decode_spans(
     max_epoch_ms: i64,
     user_groups: i64,
 ) -> PyResult<Py<PyTuple>> {
-    let limits = Limits { max_bytes, max_epoch_ms, user_groups };
+    let limits = Limits {
+        max_bytes,
+        max_epoch_ms,
+        user_groups,
+    };
     let b = buffer.as_bytes();
     let all = entries_of(entries.as_bytes())?;
-    let rows = all.get(lo..hi).ok_or_else(|| pyo3::exceptions::PyIndexError::new_err("rows out of range"))?;
+    let rows = all
+        .get(lo..hi)
+        .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err("rows out of range"))?;
     let mut cols = Columns::default();
     for e in rows {
         if e.value_len < 0 {
@@ -449,7 +480,11 @@ fn decode_spans(
         let value = at.checked_add(len).and_then(|end| b.get(at..end));
         match value {
             Some(v) => cols.row(Some(v), &limits),
-            None => return Err(pyo3::exceptions::PyValueError::new_err("an entry lies outside the buffer")),
+            None => {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "an entry lies outside the buffer",
+                ))
+            }
         }
     }
     Ok(cols.into_py_tuple(py))
@@ -468,8 +503,55 @@ fn parse_records(
     aborted: Vec<(i64, i64)>,
     check_crcs: bool,
 ) -> Option<(Py<PyBytes>, i64)> {
-    let parsed = records::parse(buffer.as_bytes(), fetch_offset, read_committed, &aborted, check_crcs)?;
+    let parsed = records::parse(
+        buffer.as_bytes(),
+        fetch_offset,
+        read_committed,
+        &aborted,
+        check_crcs,
+    )?;
     Some((bytes_of(py, &parsed.entries), parsed.next_fetch_offset))
+}
+
+/// The records of a run as `(partition, offset, timestamp, value)` tuples (what a replay keeps of each).
+#[pyfunction]
+fn run_tuples(
+    py: Python<'_>,
+    partition: i64,
+    buffer: &Bound<'_, PyBytes>,
+    entries: &Bound<'_, PyBytes>,
+) -> PyResult<Py<PyList>> {
+    let b = buffer.as_bytes();
+    let all = entries_of(entries.as_bytes())?;
+    let mut out: Vec<PyObject> = Vec::with_capacity(all.len());
+    for e in &all {
+        let value: PyObject = if e.value_len < 0 {
+            py.None()
+        } else {
+            let (at, len) = (e.value_at as usize, e.value_len as usize);
+            match at.checked_add(len).and_then(|end| b.get(at..end)) {
+                Some(v) => PyBytes::new_bound(py, v).into_py(py),
+                None => {
+                    return Err(pyo3::exceptions::PyValueError::new_err(
+                        "an entry lies outside the buffer",
+                    ))
+                }
+            }
+        };
+        out.push(
+            PyTuple::new_bound(
+                py,
+                [
+                    partition.into_py(py),
+                    e.offset.into_py(py),
+                    e.timestamp.into_py(py),
+                    value,
+                ],
+            )
+            .into_py(py),
+        );
+    }
+    Ok(PyList::new_bound(py, out).unbind())
 }
 
 #[pyfunction]
@@ -484,6 +566,7 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_spans, m)?)?;
     m.add_function(wrap_pyfunction!(parse_records, m)?)?;
     m.add_function(wrap_pyfunction!(crc32c_py, m)?)?;
+    m.add_function(wrap_pyfunction!(run_tuples, m)?)?;
     m.add("ENTRY_BYTES", std::mem::size_of::<records::Entry>())?;
     m.add("OUTCOME", OUTCOME)?;
     m.add("WATERMARK", WATERMARK)?;

@@ -152,7 +152,10 @@ fn records(b: &[u8], batch: &Batch) -> Result<Vec<Record>, ()> {
             return Err(());
         }
         let start = at;
-        let stop = start.checked_add(len as usize).filter(|s| *s <= batch.end).ok_or(())?;
+        let stop = start
+            .checked_add(len as usize)
+            .filter(|s| *s <= batch.end)
+            .ok_or(())?;
         at += 1; // record attributes (unused)
         let ts_delta = varlong(b, &mut at, stop).ok_or(())?;
         let offset_delta = varint(b, &mut at, stop).ok_or(())?;
@@ -178,7 +181,12 @@ fn records(b: &[u8], batch: &Batch) -> Result<Vec<Record>, ()> {
             batch.first_timestamp.checked_add(ts_delta).ok_or(())?
         };
         let offset = batch.base_offset.checked_add(offset_delta).ok_or(())?;
-        out.push(Record { offset, timestamp, key, value });
+        out.push(Record {
+            offset,
+            timestamp,
+            key,
+            value,
+        });
     }
     if at != batch.end {
         return Err(());
@@ -210,7 +218,8 @@ pub fn parse(
             return None;
         }
         if check_crcs {
-            let stored = u32::from_be_bytes(b[start + CRC_AT..start + CRC_AT + 4].try_into().unwrap());
+            let stored =
+                u32::from_be_bytes(b[start + CRC_AT..start + CRC_AT + 4].try_into().unwrap());
             if crate::crc32c::checksum(&b[start + ATTRIBUTES_AT..batch.end]) != stored {
                 return None; // aiokafka raises CorruptRecordException for it
             }
@@ -233,7 +242,9 @@ pub fn parse(
                     aborted_producers.remove(&batch.producer_id);
                 }
             }
-            if batch.attributes & TRANSACTIONAL != 0 && aborted_producers.contains(&batch.producer_id) {
+            if batch.attributes & TRANSACTIONAL != 0
+                && aborted_producers.contains(&batch.producer_id)
+            {
                 next_fetch_offset = batch.last_offset + 1;
                 continue;
             }
@@ -256,5 +267,8 @@ pub fn parse(
         }
         next_fetch_offset = batch.last_offset + 1;
     }
-    Some(Parsed { entries, next_fetch_offset })
+    Some(Parsed {
+        entries,
+        next_fetch_offset,
+    })
 }

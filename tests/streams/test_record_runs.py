@@ -25,7 +25,7 @@ from aiokafka.record.memory_records import MemoryRecords
 
 from canary.kafka import runs as runs_module
 from canary.kafka.runs import AVAILABLE, RunConsumer, _KeptBytes, _RunRecords
-from canary.pipeline.decode import NATIVE
+from canary.pipeline.native import NATIVE
 from canary.pipeline.runs import RecordRun, SpanValues, offset_reader, values_of
 
 pytestmark = pytest.mark.skipif(NATIVE is None, reason="the native extension is not built (no cargo)")
