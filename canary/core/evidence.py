@@ -30,6 +30,7 @@ counts, and are tested against their definitions and by simulation in ``tests/co
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -75,16 +76,26 @@ def log_e_above(n: float, k: float, q: float) -> float:
         raise ValueError(f"rate threshold must be in (0, 1), got {q!r}")
     if n == 0:
         return 0.0
+    m = n - k
+    terms = [k * a + m * b for a, b in _log_ratios(q)]
+    top = max(terms)
+    return top + math.log(sum([math.exp(t - top) for t in terms])) - _SHIFT_WEIGHT
+
+
+@functools.lru_cache(maxsize=4096)
+def _log_ratios(q: float) -> tuple[tuple[float, float], ...]:
+    """Per alternative ``p_j``: ``(log p_j - log q, log(1 - p_j) - log(1 - q))``. A rule tests one threshold
+    window after window (the change detector some 25 times a window), so these are worked out once per ``q``
+    (the same operations as inline: the same floats)."""
     base = math.log(q) - math.log1p(-q)
     log_q, log_not_q = math.log(q), math.log1p(-q)
-    terms = []
+    out = []
     for shift in ODDS_SHIFTS:
         z = base + shift  # log p - log(1 - p) for p = sigmoid(z), computed stably
         log_p = -math.log1p(math.exp(-z)) if z > 0 else z - math.log1p(math.exp(z))
         log_not_p = log_p - z
-        terms.append(k * (log_p - log_q) + (n - k) * (log_not_p - log_not_q))
-    top = max(terms)
-    return top + math.log(sum(math.exp(t - top) for t in terms)) - _SHIFT_WEIGHT
+        out.append((log_p - log_q, log_not_p - log_not_q))
+    return tuple(out)
 
 
 def log_e_below(n: float, k: float, q: float) -> float:

@@ -143,7 +143,8 @@ class RecordRun(Sequence[Any]):
         if self.table is None:
             return [(r.partition, r.offset, r.timestamp, r.value) for r in self.records or ()]
         assert NATIVE is not None and self.buffer is not None and self.entries is not None
-        out: list[tuple[int, int, int | None, bytes | None]] = NATIVE.run_tuples(self.partition, self.buffer, self.entries)
+        out: list[tuple[int, int, int | None, bytes | None]]
+        out = NATIVE.run_tuples(self.partition, self.buffer, self.entries)
         return out
 
     def offset_at(self, row: int) -> int:
