@@ -20,7 +20,9 @@ class PipelineSettings:
     window_ms: int = WINDOW_MS
     grace_ms: int = GRACE_MS
     idle_windows: int = IDLE_WINDOWS
-    batch_max: int = 5000  # records per fetch of the live stages (max_records)
+    # Records per fetch of the live stages (max_records). The windows stage reading runs (canary.kafka.runs) takes a
+    # partition's fetch whole (at most aiokafka's max_partition_fetch_bytes, 1 MiB), counted as one.
+    batch_max: int = 5000
     batch_span_ms: int = 50  # how long a live fetch waits for more (fetch_max_wait_ms), in Kafka time
     # What the windows stage's fetch waits for, up to batch_span_ms (fetch_min_bytes): with the default of 1 byte a
     # fetch returns as soon as anything arrived, and at 8k outcomes/s the stage got a few records per partition a
