@@ -122,9 +122,14 @@ fn next_batch(b: &[u8], pos: usize) -> Result<Option<Batch>, ()> {
     if end - pos < HEADER || b[pos + MAGIC_AT] != 2 {
         return Err(()); // too small for a v2 header, or an older format: aiokafka's
     }
+    let base_offset = be_i64(b, pos);
+    let last_offset = base_offset
+        .checked_add(be_i32(b, pos + 23) as i64)
+        .ok_or(())?;
+    last_offset.checked_add(1).ok_or(())?; // the next fetch offset after it
     Ok(Some(Batch {
-        base_offset: be_i64(b, pos),
-        last_offset: be_i64(b, pos) + be_i32(b, pos + 23) as i64,
+        base_offset,
+        last_offset,
         attributes: be_i16(b, pos + ATTRIBUTES_AT),
         first_timestamp: be_i64(b, pos + 27),
         max_timestamp: be_i64(b, pos + 35),
@@ -144,7 +149,9 @@ struct Record {
 
 /// The records of a plain batch, or Err when its framing does not add up (aiokafka's reading decides).
 fn records(b: &[u8], batch: &Batch) -> Result<Vec<Record>, ()> {
-    let mut out = Vec::with_capacity(batch.count.max(0) as usize);
+    // A record takes at least 7 bytes: the count cannot reserve more than the batch can hold.
+    let room = (batch.end - batch.records_at) / 7;
+    let mut out = Vec::with_capacity((batch.count.max(0) as usize).min(room));
     let mut at = batch.records_at;
     for _ in 0..batch.count.max(0) {
         let len = varint(b, &mut at, batch.end).ok_or(())?;
@@ -180,7 +187,11 @@ fn records(b: &[u8], batch: &Batch) -> Result<Vec<Record>, ()> {
         } else {
             batch.first_timestamp.checked_add(ts_delta).ok_or(())?
         };
-        let offset = batch.base_offset.checked_add(offset_delta).ok_or(())?;
+        let offset = batch
+            .base_offset
+            .checked_add(offset_delta)
+            .filter(|o| *o < i64::MAX)
+            .ok_or(())?;
         out.push(Record {
             offset,
             timestamp,

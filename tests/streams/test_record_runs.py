@@ -163,6 +163,30 @@ def test_runs_read_the_same_records_as_aiokafka_on_random_fetches() -> None:
     assert native > 200  # most fetches are plain: the native reader, not the fallback, was compared
 
 
+def test_damaged_fetch_bytes_are_read_as_aiokafka_reads_them() -> None:
+    """Bytes flipped anywhere (lengths, counts, offsets, varints, attributes), with and without the CRC check:
+    the native reader never fails on its own — it reads what aiokafka reads, or leaves the bytes to aiokafka."""
+    rng = random.Random(37)
+    for _ in range(1500):
+        data, fetch_offset, aborted = _random_fetch(rng)
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        for check in (True, False):
+            native = NATIVE.parse_records(
+                bytes(damaged), fetch_offset, read_committed=True, aborted=aborted, check_crcs=check
+            )
+            assert native is None or isinstance(native[1], int)
+        got = _read(_RunRecords, bytes(damaged), fetch_offset, True, aborted)
+        want = _read(PartitionRecords, bytes(damaged), fetch_offset, True, aborted)
+        assert got == want, (bytes(damaged).hex(), fetch_offset, aborted)
+    huge = bytearray(_batch(0, [(0, 5, b"k", b"v", [])]))
+    struct.pack_into(">i", huge, 57, 2**31 - 1)  # a count no batch can hold: refused, nothing reserved for it
+    assert NATIVE.parse_records(_recrc(huge), 0, read_committed=False, aborted=[], check_crcs=True) is None
+    top = bytearray(_batch(2**63 - 1, [(0, 5, b"k", b"v", [])]))  # the next offset would overflow
+    assert NATIVE.parse_records(bytes(top), 0, read_committed=False, aborted=[], check_crcs=True) is None
+
+
 def test_a_bad_crc_is_aiokafkas_error() -> None:
     batch = bytearray(_batch(10, [(0, 5, b"k", b"value", [])]))
     batch[-1] ^= 0xFF
