@@ -31,7 +31,7 @@ from canary.core.jsonio import dumps
 from canary.core.merge import Progress, partial_of
 from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_MS, AddResult, WindowFinalizer
 from canary.kafka.clients import Cluster
-from canary.kafka.runs import consumer_class
+from canary.kafka.runs import RunConsumer, consumer_class
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
 from canary.pipeline.decode import Decoded, OutcomeDecoder, as_core_outcomes
@@ -134,6 +134,12 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
     async def started(self) -> None:
         assert self._consumer is not None
         self._partials_partitions = len(await topic_partitions(self._consumer, self.topics.window_partials))
+        how = (
+            "each partition's fetched bytes read natively into runs, decoded where they lie"
+            if isinstance(self._consumer, RunConsumer)
+            else "aiokafka's records" + (", decoded into columns natively" if self._decoder.native else "")
+        )
+        log.info("windows stage: reading %s (docs/adr/0006-native-batch-core.md)", how)
 
     async def run(self) -> None:
         await self.registry.caught_up.wait()  # policies (per-request thresholds) must be known first

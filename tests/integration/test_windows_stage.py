@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from canary.core.models import SearchOutcome
 from canary.kafka.topics import Topics, ensure_topics
+from canary.pipeline.native import NATIVE
 from devtools.harness import WorkerProcess, read_all
 
 pytestmark = pytest.mark.kafka
@@ -73,6 +74,8 @@ async def test_backlog_is_aggregated_completely_and_once(kafka_bootstrap: str, t
             await asyncio.sleep(0.5)
     finally:
         assert worker.stop() == 0, worker.log_tail()
+    runs = "fetched bytes read natively into runs" in worker.log_tail(10_000)
+    assert runs == (native == "auto" and NATIVE is not None)  # the consumer of canary.kafka.runs, where it is built
     by_id = {w["window_id"]: w for w in windows}
     assert sum(int(w["response_count"]) for w in by_id.values()) == 3000  # type: ignore[call-overload]
     assert {w["window_start_ms"] for w in by_id.values()} == {base, base + 5000, base + 10000}
