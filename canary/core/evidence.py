@@ -49,6 +49,7 @@ canary — is not worth its share of the mixture."""
 
 # Bounds to 1.5e-8 of their range (a relative rule's thresholds come from them: far inside its tolerance).
 _BISECT_STEPS = 26
+_PLAIN_STEPS = 6  # of them before the false-position steps (tests/core/test_evidence_crossing.py counts evaluations)
 
 
 def _safe_log(x: float) -> float:
@@ -112,19 +113,87 @@ def rate_lower_bound(n: float, k: float, alpha: float) -> float:
     hi = 1.0 - 1e-12
     if log_e_above(n, k, hi) >= threshold:
         return hi
-    return _crossing(lambda q: log_e_above(n, k, q) >= threshold, 1e-12, hi, rejected_below=True)
+    return _crossing(lambda q: log_e_above(n, k, q), threshold, 1e-12, hi, rejected_below=True)
 
 
-def _crossing(rejects: Callable[[float], bool], lo: float, hi: float, *, rejected_below: bool) -> float:
-    """Bisect for where a monotone test stops (``rejected_below``) or starts rejecting; returns the last
-    value on the rejected side of the crossing's near end, as every bound here reports it."""
-    for _ in range(_BISECT_STEPS):
-        mid = (lo + hi) / 2.0
-        if rejects(mid) == rejected_below:
-            lo = mid
+def _crossing(
+    score: Callable[[float], float], threshold: float, lo: float, hi: float, *, rejected_below: bool
+) -> float:
+    """Bisect for where a monotone test (``score(x) >= threshold``) stops (``rejected_below``) or starts
+    rejecting; returns the last value on the rejected side of the crossing's near end, as every bound here
+    reports it: the result of ``_BISECT_STEPS`` plain bisection steps, exactly.
+
+    With fewer evaluations of ``score`` (the judge's bounds were a third of its time, 26 evaluations each): the
+    first steps' evaluations bracket the crossing, a few Illinois (false-position) steps on the smooth score
+    close the bracket to under a bisection step, and every midpoint the bisection then visits outside the
+    bracket is on a known side of it (the test is monotone: the bisection rests on that too) — only midpoints
+    inside the bracket are evaluated. Measured: ~10 evaluations instead of 26, identical results
+    (tests/core/test_evidence_crossing.py compares every bound with the plain bisection)."""
+    # Known sides: ``below`` the largest point seen on the low side (rejects == rejected_below), ``above`` the
+    # smallest seen on the high side; with their scores minus the threshold, for the false-position steps.
+    below, above = -math.inf, math.inf
+    g_below = g_above = math.nan
+
+    def low_side(x: float) -> bool:
+        nonlocal below, above, g_below, g_above
+        if x <= below:
+            return True
+        if x >= above:
+            return False
+        value = score(x)
+        side = (value >= threshold) == rejected_below  # the plain bisection's own test
+        if side:
+            below, g_below = x, value - threshold
         else:
-            hi = mid
-    return lo if rejected_below else hi
+            above, g_above = x, value - threshold
+        return side
+
+    def bracketed() -> bool:
+        return math.isfinite(g_below) and math.isfinite(g_above)
+
+    resolution = (hi - lo) / 2.0**_BISECT_STEPS
+    step = 0
+    a, b = lo, hi
+    # Plain steps (the bisection's own) until two evaluated points with finite scores bracket the crossing and the
+    # bracket is narrow enough for the score to be nearly linear across it.
+    while step < _BISECT_STEPS and (step < _PLAIN_STEPS or not bracketed()):
+        mid = (a + b) / 2.0
+        if low_side(mid):
+            a = mid
+        else:
+            b = mid
+        step += 1
+    # False-position steps inside the bracket, an end kept twice in a row weighed half (Illinois); they stop when
+    # the bracket is under a bisection step, or after four steps in a row that did not halve it (the function is
+    # not smooth enough there: bisection is as good).
+    fa, fb = g_below, g_above
+    replaced = 0  # the end the last step replaced: +1 below, -1 above
+    slow = 0
+    while bracketed() and above - below > resolution and slow < 4:
+        x = below - fa * (above - below) / (fb - fa) if fb != fa else (below + above) / 2.0
+        if not below < x < above:
+            x = (below + above) / 2.0
+        width = above - below
+        if low_side(x):
+            fa = g_below
+            if replaced == 1:
+                fb /= 2.0  # the high end kept twice in a row
+            replaced = 1
+        else:
+            fb = g_above
+            if replaced == -1:
+                fa /= 2.0
+            replaced = -1
+        slow = slow + 1 if above - below > width / 2.0 else 0
+    # The rest of the bisection: midpoints outside the bracket are decided without an evaluation.
+    while step < _BISECT_STEPS:
+        mid = (a + b) / 2.0
+        if low_side(mid):
+            a = mid
+        else:
+            b = mid
+        step += 1
+    return a if rejected_below else b
 
 
 def rate_upper_bound(n: float, k: float, alpha: float) -> float:
@@ -220,7 +289,7 @@ def mean_upper_bound(hist: Mapping[int, float], alpha: float) -> float:
     xs, counts = _histogram_arrays(hist)
     # log_wealth_below(m) grows with m: the bound is where it crosses the threshold.
     with np.errstate(divide="ignore"):
-        return _crossing(lambda m: _wealth_below(xs, counts, m) >= threshold, 0.0, 1.0, rejected_below=False)
+        return _crossing(lambda m: _wealth_below(xs, counts, m), threshold, 0.0, 1.0, rejected_below=False)
 
 
 def mean_lower_bound(hist: Mapping[int, float], alpha: float) -> float:
@@ -230,7 +299,7 @@ def mean_lower_bound(hist: Mapping[int, float], alpha: float) -> float:
         return 0.0
     xs, counts = _histogram_arrays(hist)
     with np.errstate(divide="ignore"):
-        return _crossing(lambda m: _wealth_above(xs, counts, m) >= threshold, 0.0, 1.0, rejected_below=True)
+        return _crossing(lambda m: _wealth_above(xs, counts, m), threshold, 0.0, 1.0, rejected_below=True)
 
 
 def histogram_mean(hist: Mapping[int, int]) -> float | None:
