@@ -154,15 +154,20 @@ def _crossing(
     resolution = (hi - lo) / 2.0**_BISECT_STEPS
     step = 0
     a, b = lo, hi
+
+    def bisect(done: Callable[[], bool]) -> None:
+        nonlocal a, b, step
+        while step < _BISECT_STEPS and not done():
+            mid = (a + b) / 2.0
+            if low_side(mid):
+                a = mid
+            else:
+                b = mid
+            step += 1
+
     # Plain steps (the bisection's own) until two evaluated points with finite scores bracket the crossing and the
     # bracket is narrow enough for the score to be nearly linear across it.
-    while step < _BISECT_STEPS and (step < _PLAIN_STEPS or not bracketed()):
-        mid = (a + b) / 2.0
-        if low_side(mid):
-            a = mid
-        else:
-            b = mid
-        step += 1
+    bisect(lambda: step >= _PLAIN_STEPS and bracketed())
     # False-position steps inside the bracket, an end kept twice in a row weighed half (Illinois); they stop when
     # the bracket is under a bisection step, or after four steps in a row that did not halve it (the function is
     # not smooth enough there: bisection is as good).
@@ -186,13 +191,7 @@ def _crossing(
             replaced = -1
         slow = slow + 1 if above - below > width / 2.0 else 0
     # The rest of the bisection: midpoints outside the bracket are decided without an evaluation.
-    while step < _BISECT_STEPS:
-        mid = (a + b) / 2.0
-        if low_side(mid):
-            a = mid
-        else:
-            b = mid
-        step += 1
+    bisect(lambda: False)
     return a if rejected_below else b
 
 

@@ -445,6 +445,20 @@ fn entries_of(raw: &[u8]) -> PyResult<Vec<records::Entry>> {
         .collect())
 }
 
+/// An entry's value in the buffer (None: a null value); an error if the entry points outside it.
+fn value_of<'b>(b: &'b [u8], e: &records::Entry) -> PyResult<Option<&'b [u8]>> {
+    if e.value_len < 0 {
+        return Ok(None);
+    }
+    let (at, len) = (e.value_at as usize, e.value_len as usize);
+    match at.checked_add(len).and_then(|end| b.get(at..end)) {
+        Some(v) => Ok(Some(v)),
+        None => Err(pyo3::exceptions::PyValueError::new_err(
+            "an entry lies outside the buffer",
+        )),
+    }
+}
+
 /// Decode the values of `entries` rows `lo..hi` (from :func:`parse_records`) where they lie in `buffer`:
 /// the same result as :func:`decode_batch` on those values, without a Python object per value.
 #[pyfunction]
@@ -472,20 +486,7 @@ fn decode_spans(
         .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err("rows out of range"))?;
     let mut cols = Columns::default();
     for e in rows {
-        if e.value_len < 0 {
-            cols.row(None, &limits);
-            continue;
-        }
-        let (at, len) = (e.value_at as usize, e.value_len as usize);
-        let value = at.checked_add(len).and_then(|end| b.get(at..end));
-        match value {
-            Some(v) => cols.row(Some(v), &limits),
-            None => {
-                return Err(pyo3::exceptions::PyValueError::new_err(
-                    "an entry lies outside the buffer",
-                ))
-            }
-        }
+        cols.row(value_of(b, e)?, &limits);
     }
     Ok(cols.into_py_tuple(py))
 }
@@ -525,18 +526,9 @@ fn run_tuples(
     let all = entries_of(entries.as_bytes())?;
     let mut out: Vec<PyObject> = Vec::with_capacity(all.len());
     for e in &all {
-        let value: PyObject = if e.value_len < 0 {
-            py.None()
-        } else {
-            let (at, len) = (e.value_at as usize, e.value_len as usize);
-            match at.checked_add(len).and_then(|end| b.get(at..end)) {
-                Some(v) => PyBytes::new_bound(py, v).into_py(py),
-                None => {
-                    return Err(pyo3::exceptions::PyValueError::new_err(
-                        "an entry lies outside the buffer",
-                    ))
-                }
-            }
+        let value: PyObject = match value_of(b, e)? {
+            Some(v) => PyBytes::new_bound(py, v).into_py(py),
+            None => py.None(),
         };
         out.push(
             PyTuple::new_bound(
