@@ -41,3 +41,28 @@ def test_loads_accepts_what_json_accepts_and_raises_what_it_raises() -> None:
     assert loads(b"18446744073709551615") == 2**64 - 1
     with pytest.raises(json.JSONDecodeError):
         loads(b"{not json")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_float_is_found_wherever_it_sits(bad: float) -> None:
+    import numpy as np
+
+    from canary.core.jsonio import _finite
+
+    class Tagged(float):
+        pass
+
+    shapes = [
+        bad,
+        [None, [1, [2, (3, bad)]]],
+        {"a": {"b": [{"c": None}, {"d": bad}]}, "e": 1},
+        ([[1, 2]] * 1000) + [[0, bad]],  # the sketch-pair lists of a checkpoint's open windows
+        {"x": np.float64(bad)},  # a float subclass
+        {"x": [Tagged(bad)]},
+    ]
+    for shape in shapes:
+        assert not _finite(shape)
+        with pytest.raises(ValueError):
+            dumps({"state": shape, "null": None})
+    fine = {"a": [1, 2.5, -0.0, None, True, "nan", (1e308, -1e308)], "b": {"c": np.float64(3.0)}, "d": Tagged(1.0)}
+    assert _finite(fine)
