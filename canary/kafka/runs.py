@@ -74,13 +74,17 @@ class _RunRecords(_fetcher_module.PartitionRecords):  # type: ignore[misc]
         raw = self._records.data
         fetch_offset = int(self.next_fetch_offset)  # type: ignore[has-type]
         assert NATIVE is not None
-        parsed = NATIVE.parse_records(
-            raw,
-            fetch_offset,
-            read_committed=self._isolation_level == _fetcher_module.READ_COMMITTED,
-            aborted=[(int(p), int(o)) for p, o in self._aborted_transactions],
-            check_crcs=bool(self._check_crcs),
-        )
+        try:
+            parsed = NATIVE.parse_records(
+                raw,
+                fetch_offset,
+                read_committed=self._isolation_level == _fetcher_module.READ_COMMITTED,
+                aborted=[(int(p), int(o)) for p, o in self._aborted_transactions],
+                check_crcs=bool(self._check_crcs),
+            )
+        except Exception:  # a bug in the extension (it refuses what it cannot read): aiokafka reads the bytes
+            log.exception("the native record reader failed on %s (%d bytes); aiokafka reads them", tp, len(raw))
+            parsed = None
         if parsed is None:  # not plain v2: aiokafka reads it (and raises what it raises)
             records = list(super()._unpack_records())
             if records:

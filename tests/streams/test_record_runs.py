@@ -203,6 +203,20 @@ def test_framing_that_does_not_add_up_is_left_to_aiokafka() -> None:
     assert _read(_RunRecords, bad, 0, False, []) == _read(PartitionRecords, bad, 0, False, [])
 
 
+def test_a_failing_native_reader_leaves_the_bytes_to_aiokafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _batch(0, [(0, 5, b"k", b"v", []), (1, 6, None, b"w", [])])
+
+    class Broken:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(NATIVE, name)
+
+        def parse_records(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug")
+
+    monkeypatch.setattr(runs_module, "NATIVE", Broken())
+    assert _read(_RunRecords, data, 0, True, []) == _read(PartitionRecords, data, 0, True, [])
+
+
 # -- runs --------------------------------------------------------------------------------------------------
 def test_a_run_is_a_sequence_of_records_and_its_values_are_views() -> None:
     data = _batch(100, [(0, 7, b"a", b"one", []), (1, 8, None, None, []), (2, 9, b"c", b"three", [("h", b"x")])])
