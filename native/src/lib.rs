@@ -7,6 +7,10 @@
 //! `canary.pipeline.decode.OutcomeDecoder` accepts it with the same values; anything else (metrics, unknown or
 //! duplicate fields, escapes in names, numbers a float cannot hold exactly, tombstones, too large, not JSON)
 //! is marked `FALLBACK` and the caller decodes that row in Python, which decides and says why.
+//!
+//! `records` reads a fetch response's record bytes into entries (offset, timestamp, where the value lies), so
+//! the windows stage decodes values where they lie (`decode_spans`) and replay's reader makes its tuples here
+//! (`run_tuples`): no Python object per record anywhere on the way (`canary.kafka.runs`).
 
 mod crc32c;
 mod records;
