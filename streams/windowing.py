@@ -104,7 +104,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         self.metrics = metrics or WorkerMetrics()
         self._decoder = OutcomeDecoder(native=native)
         # The fetch's bytes read natively into runs where the native decoder reads the values (canary.kafka.runs).
-        self.consumer_class = consumer_class() if self._decoder.native is not None else self.consumer_class
+        self.consumer_class = consumer_class(native)
         self._partials_partitions = 1
         self._progress_sent: dict[int, tuple[int, float]] = {}  # partition -> (closed_until, monotonic s)
 

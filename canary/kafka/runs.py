@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.consumer import consumer as _consumer_module
 from aiokafka.consumer import fetcher as _fetcher_module
 
 from canary.pipeline.native import NATIVE
 from canary.pipeline.runs import ENTRY, RecordRun
+from canary.settings import NativeMode
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,6 @@ if _proc_fetch_request is not None:
 
 # The native reader and aiokafka's functions as this module expects them.
 AVAILABLE = NATIVE is not None and _start is not None and getattr(NATIVE, "ENTRY_BYTES", None) == ENTRY.itemsize
-_ = _consumer_module  # the module whose ``start`` is rebound (imported for the reader of this file)
 
 
 class RunConsumer(AIOKafkaConsumer):  # type: ignore[misc]
@@ -142,6 +141,7 @@ class RunConsumer(AIOKafkaConsumer):  # type: ignore[misc]
         return out
 
 
-def consumer_class() -> type[AIOKafkaConsumer]:
-    """The windows stage's consumer: :class:`RunConsumer` where the native reader is, else aiokafka's own."""
-    return RunConsumer if AVAILABLE else AIOKafkaConsumer
+def consumer_class(native: NativeMode = "auto") -> type[AIOKafkaConsumer]:
+    """The consumer of the bulk readers (the windows stage, replay's ``search_results``): :class:`RunConsumer`
+    where the native reader is and ``native`` (``CANARY_NATIVE``) is not ``off``, else aiokafka's own."""
+    return RunConsumer if AVAILABLE and native != "off" else AIOKafkaConsumer

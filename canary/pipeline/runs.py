@@ -34,15 +34,14 @@ class RunRecord(NamedTuple):
 class SpanValues(Sequence[bytes | None]):
     """The values of rows ``lo``..``hi`` of a run, sliced out of its buffer only when asked for."""
 
-    __slots__ = ("_at", "_len", "buffer", "entries", "hi", "lo")
+    __slots__ = ("buffer", "entries", "hi", "lo", "table")
 
     def __init__(self, buffer: bytes, entries: bytes, table: np.ndarray, lo: int, hi: int) -> None:
         self.buffer = buffer
         self.entries = entries  # the native reader's bytes, handed back to the native decoder as they are
+        self.table = table
         self.lo = lo
         self.hi = hi
-        self._at = table["value_at"]
-        self._len = table["value_len"]
 
     def __len__(self) -> int:
         return self.hi - self.lo
@@ -56,20 +55,24 @@ class SpanValues(Sequence[bytes | None]):
             lo, hi, step = i.indices(len(self))
             if step != 1:
                 raise ValueError("SpanValues: only contiguous slices")
-            return SpanValues(self.buffer, self.entries, _table(self.entries), self.lo + lo, self.lo + max(lo, hi))
+            return SpanValues(self.buffer, self.entries, self.table, self.lo + lo, self.lo + max(lo, hi))
         n = len(self)
         if not -n <= i < n:
             raise IndexError(i)
-        row = self.lo + (i % n)
-        length = int(self._len[row])
-        if length < 0:
-            return None
-        at = int(self._at[row])
-        return self.buffer[at : at + length]
+        return _value(self.buffer, self.table[self.lo + (i % n)])
 
 
 def _table(entries: bytes) -> np.ndarray:
     return np.frombuffer(entries, dtype=ENTRY)
+
+
+def _value(buffer: bytes, entry: Any) -> bytes | None:
+    """An entry's value sliced out of the buffer (None: a null value)."""
+    length = int(entry["value_len"])
+    if length < 0:
+        return None
+    at = int(entry["value_at"])
+    return buffer[at : at + length]
 
 
 class RecordRun(Sequence[Any]):
@@ -115,10 +118,7 @@ class RecordRun(Sequence[Any]):
         if not -n <= i < n:
             raise IndexError(i)
         e = self.table[i % n]
-        length = int(e["value_len"])
-        at = int(e["value_at"])
-        value = None if length < 0 else self.buffer[at : at + length]
-        return RunRecord(self.topic, self.partition, int(e["offset"]), int(e["timestamp"]), value)
+        return RunRecord(self.topic, self.partition, int(e["offset"]), int(e["timestamp"]), _value(self.buffer, e))
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.records) if self.records is not None else (self[i] for i in range(len(self)))

@@ -33,13 +33,14 @@ from canary.pipeline.runs import RecordRun
 from canary.pipeline.settings import PipelineSettings
 from canary.replay.span import RecordTuple, SpanData
 from canary.security import CommandVerifier
+from canary.settings import NativeMode
 
 
-def new_consumer(bootstrap: Cluster, *, runs: bool = False) -> AIOKafkaConsumer:
-    """A group-less consumer tuned for bulk reads (big fetches, no CRC re-check on loopback data). ``runs``:
-    each partition's fetch read natively into one run where the extension is (:mod:`canary.kafka.runs`)."""
-    cls = consumer_class() if runs else AIOKafkaConsumer
-    return cls(
+def new_consumer(bootstrap: Cluster, *, native: NativeMode = "off") -> AIOKafkaConsumer:
+    """A group-less consumer tuned for bulk reads (big fetches, no CRC re-check on loopback data). ``native``
+    not ``off``: each partition's fetch read natively into one run where the extension is
+    (:func:`canary.kafka.runs.consumer_class`)."""
+    return consumer_class(native)(
         **consumer_kwargs(bootstrap),
         group_id=None,
         enable_auto_commit=False,
@@ -161,7 +162,7 @@ async def read_span(
     read_from, read_to = read_bounds(from_ms, to_ms, settings)
     first_window, _ = span_bounds(from_ms, to_ms, settings)
     # Two consumers: the small topics' reads (each mostly a broker round trip) overlap the bulk read.
-    bulk, side = new_consumer(bootstrap, runs=settings.native != "off"), new_consumer(bootstrap)
+    bulk, side = new_consumer(bootstrap, native=settings.native), new_consumer(bootstrap)
     try:
         await asyncio.wait_for(asyncio.gather(bulk.start(), side.start()), 15)
     except Exception as exc:

@@ -22,6 +22,8 @@ from aiokafka.errors import CorruptRecordException
 from aiokafka.record._crc32c import crc as crc32c_py
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canary.kafka import runs as runs_module
 from canary.kafka.runs import AVAILABLE, RunConsumer, _KeptBytes, _RunRecords
@@ -185,6 +187,28 @@ def test_damaged_fetch_bytes_are_read_as_aiokafka_reads_them() -> None:
     assert NATIVE.parse_records(_recrc(huge), 0, read_committed=False, aborted=[], check_crcs=True) is None
     top = bytearray(_batch(2**63 - 1, [(0, 5, b"k", b"v", [])]))  # the next offset would overflow
     assert NATIVE.parse_records(bytes(top), 0, read_committed=False, aborted=[], check_crcs=True) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefix=st.binary(max_size=200),
+    flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4),
+    fetch_offset=st.integers(min_value=-5, max_value=20),
+    check=st.booleans(),
+)
+def test_any_bytes_are_read_as_aiokafka_reads_them(
+    prefix: bytes, flips: list[tuple[int, int]], fetch_offset: int, check: bool
+) -> None:
+    """Hypothesis: arbitrary bytes, or a valid batch with bytes flipped, never make the native reader fail on its
+    own; the records class reads what aiokafka reads, or raises what it raises."""
+    data = bytearray(prefix + _batch(0, [(0, 5, b"k", b"v", [("h", None)]), (1, 6, None, b"w", [])]))
+    for at, byte in flips:
+        data[at % len(data)] = byte
+    parsed = NATIVE.parse_records(bytes(data), fetch_offset, read_committed=True, aborted=[], check_crcs=check)
+    assert parsed is None or (isinstance(parsed[0], bytes) and isinstance(parsed[1], int))
+    assert _read(_RunRecords, bytes(data), fetch_offset, True, []) == _read(
+        PartitionRecords, bytes(data), fetch_offset, True, []
+    )
 
 
 def test_a_bad_crc_is_aiokafkas_error() -> None:
