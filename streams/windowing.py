@@ -35,6 +35,7 @@ from canary.kafka.runs import RunConsumer, consumer_class
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
 from canary.pipeline.decode import Decoded, OutcomeDecoder, as_core_outcomes
+from canary.pipeline.memory import request_memory
 from canary.pipeline.runs import offset_reader, values_of
 from canary.pipeline.settings import DEFAULTS
 from canary.settings import NativeMode
@@ -103,6 +104,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         self.stats = WindowingStats()
         self.metrics = metrics or WorkerMetrics()
         self._decoder = OutcomeDecoder(native=native)
+        self._memory = request_memory(native)
         # The fetch's bytes read natively into runs where the native decoder reads the values (canary.kafka.runs).
         self.consumer_class = consumer_class(native)
         self._partials_partitions = 1
@@ -115,7 +117,9 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
     # -- state ------------------------------------------------------------------------------------------
     def new_state(self, partition: int, restored: dict[str, Any] | None) -> WindowFinalizer:
         if restored is not None:
-            return WindowFinalizer.from_dict(restored, now_ms=now_ms(), aggregator=self.registry.aggregator_for)
+            return WindowFinalizer.from_dict(
+                restored, now_ms=now_ms(), aggregator=self.registry.aggregator_for, memory=self._memory
+            )
         return WindowFinalizer(
             size_ms=self.window_ms,
             grace_ms=self.grace_ms,
@@ -123,6 +127,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
             aggregator=self.registry.aggregator_for,
             router_timeout_ms=self.router_timeout_ms,
             future_bound_ms=self.future_bound_ms,
+            memory=self._memory,
         )
 
     def state_to_dict(self, state: WindowFinalizer) -> dict[str, Any]:

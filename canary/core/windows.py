@@ -38,6 +38,7 @@ import numpy as np
 
 from canary.core.aggregations import OutcomeColumns, WindowAggregate, WindowAggregator
 from canary.core.columns import ColumnBatch
+from canary.core.dedup import MemoryFactory, ReferenceRequestMemory
 from canary.core.models import RouterWatermark, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.errors import SHAPE_ERRORS, InvalidEvent
 
@@ -272,7 +273,10 @@ class _ObjectSegment:
     def limits(self, limit_of: Mapping[str, int]) -> np.ndarray:
         return np.fromiter([limit_of[o.router_id] for o in self.outcomes], dtype=np.int64, count=self.n)
 
-    def request_keys(self, candidates: list[int]) -> list[int]:
+    def request_keys(self, candidates: list[int]) -> np.ndarray:
+        return np.fromiter(self._request_keys(candidates), dtype=np.uint64, count=len(candidates))
+
+    def _request_keys(self, candidates: list[int]) -> list[int]:
         outcomes, keys, codes = self.outcomes, self.keys, self.codes
         if len(keys) == 1:
             return request_keys_of(keys[0].deployment_id, [outcomes[i].request_id for i in candidates])
@@ -310,8 +314,8 @@ class _RowSegment:
         limits: np.ndarray = by_code[self.batch.router[self.rows]]
         return limits
 
-    def request_keys(self, candidates: list[int]) -> list[int]:
-        requests: list[int] = self.batch.request[self.rows[candidates]].tolist()
+    def request_keys(self, candidates: list[int]) -> np.ndarray:
+        requests: np.ndarray = self.batch.request[self.rows[candidates]]
         return requests
 
     def loop_rows(self) -> tuple[list[int], list[str], list[WindowKey], list[int]]:
@@ -360,15 +364,6 @@ class _Series:
     idle: int = 0  # empty windows emitted in a row
 
 
-def _without(union: np.ndarray, gone: np.ndarray) -> np.ndarray:
-    """The sorted multiset ``union`` less the sorted multiset ``gone`` (every element of which it holds)."""
-    if not gone.size:
-        return union
-    # The i-th copy of a value in ``gone`` removes the i-th copy in ``union``: its first position plus its rank.
-    rank = np.arange(gone.size) - np.searchsorted(gone, gone, side="left")
-    return np.delete(union, np.searchsorted(union, gone, side="left") + rank)
-
-
 def _agg_chunks(agg: WindowAggregator, state: WindowAggregate, chunks: list[Chunk]) -> WindowAggregate:
     """One fold of a window's pending chunks: objects as before; with column rows among them, as columns (the
     aggregate is a function of the multiset of outcomes, so the order of the pieces does not matter)."""
@@ -401,6 +396,7 @@ class WindowFinalizer:
         router_timeout_ms: int = DEFAULT_ROUTER_TIMEOUT_MS,
         future_bound_ms: int = DEFAULT_FUTURE_BOUND_MS,
         dedup_retention_ms: int = DEFAULT_DEDUP_RETENTION_MS,
+        memory: MemoryFactory | None = None,
     ) -> None:
         if size_ms <= 0 or grace_ms < 0 or idle_windows < 1:
             raise ValueError(f"bad window settings: size_ms={size_ms} grace_ms={grace_ms} idle={idle_windows}")
@@ -431,14 +427,10 @@ class WindowFinalizer:
         self.quarantined: list[tuple[SearchOutcome, str]] = []
         """Outcomes the aggregator raised on (never, for decoded outcomes): left out of their window, for the
         caller to dead-letter; the caller empties the list."""
-        self._seen: dict[int, int] = {}  # request key -> window start it was counted in (open starts)
-        self._seen_by_start: dict[int, list[int]] = {}  # window start -> request keys (for pruning)
-        # Starts no request can be counted in any more (two windows behind the watermark) keep their keys as
-        # arrays, 8 bytes a request instead of ~120 in the dicts above: at 16k outcomes/s a partition remembers
-        # ~10^5 requests, and the dicts grew the worker's memory for minutes (bench_live). ``_sealed`` is the
-        # union, sorted, for membership.
-        self._sealed_by_start: dict[int, np.ndarray] = {}  # window start -> request keys, arrival order
-        self._sealed: np.ndarray = np.empty(0, dtype=np.uint64)
+        # Which requests were counted, by window start (canary.core.dedup): the Python reference, or the native
+        # batch core's where the pipeline passes it.
+        self.memory_factory: MemoryFactory = memory or ReferenceRequestMemory
+        self._memory = self.memory_factory()
         # window start -> (keys packed, their base64): a start's list only grows (and goes whole when pruned), so
         # a checkpoint re-encodes only the starts that took requests since the last one, not all 60 s of them.
         self._packed: dict[int, tuple[int, str]] = {}
@@ -459,16 +451,7 @@ class WindowFinalizer:
 
     @property
     def remembered_requests(self) -> int:
-        return len(self._seen) + int(self._sealed.size)
-
-    def _sealed_hits(self, request_keys: Sequence[int]) -> np.ndarray | None:
-        """Which of these request keys a sealed start holds (None: no sealed start at all)."""
-        sealed = self._sealed
-        if not sealed.size:
-            return None
-        keys = np.fromiter(request_keys, dtype=np.uint64, count=len(request_keys))
-        at = np.minimum(np.searchsorted(sealed, keys), sealed.size - 1)
-        return np.asarray(sealed[at] == keys)
+        return len(self._memory)
 
     def live_producers(self, now_ms: int) -> list[str]:
         return sorted({r for c in self.clocks.values() for r in c.live_producers(now_ms)})
@@ -652,26 +635,14 @@ class WindowFinalizer:
         candidates: list[int] = list(range(n)) if accepted.all() else np.flatnonzero(accepted).tolist()
         if len(candidates) < n:
             result.future.extend(segment.objects(np.flatnonzero(~accepted).tolist()))
-        candidate_keys = segment.request_keys(candidates)
-        seen = self._seen
-        sealed = self._sealed_hits(candidate_keys)
-        if (
-            (sealed is None or not sealed.any())
-            and seen.keys().isdisjoint(candidate_keys)
-            and len(set(candidate_keys)) == len(candidate_keys)
-        ):
-            kept, request_keys = candidates, candidate_keys  # the common case: nothing repeats
+        request_keys = segment.request_keys(candidates)
+        repeats = self._memory.repeats(request_keys)
+        if repeats is None:
+            kept = candidates  # the common case: nothing repeats
         else:
-            fresh: set[int] = set()
-            kept, request_keys = [], []
-            repeated = [False] * len(candidate_keys) if sealed is None else sealed.tolist()
-            for i, rk, old in zip(candidates, candidate_keys, repeated, strict=True):
-                if old or rk in seen or rk in fresh:
-                    result.duplicates += 1
-                    continue
-                fresh.add(rk)
-                kept.append(i)
-                request_keys.append(rk)
+            result.duplicates += int(np.count_nonzero(repeats))
+            kept = [i for i, again in zip(candidates, repeats.tolist(), strict=True) if not again]
+            request_keys = request_keys[~repeats]
         if not kept:
             return mark
         idx = np.asarray(kept, dtype=np.int64)
@@ -701,7 +672,6 @@ class WindowFinalizer:
             order = np.argsort(inverse, kind="stable")
             bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
             members = [m.tolist() for m in np.split(order, bounds)]
-        seen_by_start = self._seen_by_start
         for g, positions in zip(uniq.tolist(), members, strict=True):
             is_late = bool(g & 1)
             slot = base + (g >> 1) // len(keys) * size
@@ -711,23 +681,7 @@ class WindowFinalizer:
             )
         # Remembered per window start in arrival order, as one by one: the checkpoint does not depend on the
         # path a batch took, nor on how its window keys grouped (one shared object per key, or one each).
-        slot_of = slots.tolist()
-        seen.update(zip(request_keys, slot_of, strict=True))
-        if int(slots.max()) == base:  # the common case: one window start
-            by_slot = {base: request_keys}
-        else:
-            by_slot = {}
-            for rk, slot in zip(request_keys, slot_of, strict=True):
-                if (bucket := by_slot.get(slot)) is None:
-                    by_slot[slot] = [rk]
-                else:
-                    bucket.append(rk)
-        for slot, rks in by_slot.items():
-            bucket = seen_by_start.get(slot)
-            if bucket is None:
-                seen_by_start[slot] = list(rks)
-            else:
-                bucket.extend(rks)
+        self._memory.remember(request_keys, slots)
         if late.any():
             result.late.extend(segment.objects([kept[j] for j in np.flatnonzero(late).tolist()]))
         top = int(kts.max())
@@ -744,10 +698,12 @@ class WindowFinalizer:
         live, current_mark = batch.live, batch.current_mark
         size = self.size_ms
         times, routers, window_keys, keys = segment.loop_rows()
-        # Sealed starts do not change inside an add: one vectorized look-up for the segment.
-        hits = self._sealed_hits(keys)
-        sealed = [False] * len(keys) if hits is None else hits.tolist()
-        seen = self._seen
+        # What was remembered before the segment, in one look-up; its own requests are remembered after it, in
+        # arrival order (``fresh``, ``counted``).
+        sealed = self._memory.remembered(np.fromiter(keys, dtype=np.uint64, count=len(keys))).tolist()
+        fresh: set[int] = set()
+        counted: list[int] = []
+        counted_at: list[int] = []
         groups: dict[tuple[WindowKey, int, bool], list[int]] = {}
         late: list[int] = []
         future: list[int] = []
@@ -755,9 +711,11 @@ class WindowFinalizer:
             if not clock.accepts(router, ts, now_ms):
                 future.append(i)
                 continue
-            if old or rk in seen:
+            if old or rk in fresh:
                 result.duplicates += 1
                 continue
+            fresh.add(rk)
+            counted.append(rk)
             start = ts - ts % size
             emitted = self._emitted_end.get(key, _NEG)
             if start < emitted or start + size <= mark:
@@ -765,10 +723,10 @@ class WindowFinalizer:
                 slot = max(mark - mark % size, emitted)
                 groups.setdefault((key, slot, True), []).append(i)
                 late.append(i)
-                self._remember(rk, slot)
+                counted_at.append(slot)
             else:
                 groups.setdefault((key, start, False), []).append(i)
-                self._remember(rk, start)
+                counted_at.append(start)
             if router not in live and (clock.max_ts is None or ts > clock.max_ts):
                 clock.on_outcome(router, ts, now_ms)
                 # A heuristic (non-watermarking) producer's new maximum moves the mark.
@@ -782,6 +740,7 @@ class WindowFinalizer:
                         mark = m
             else:
                 clock.on_outcome(router, ts, now_ms)
+        self._memory.remember(np.asarray(counted, dtype=np.uint64), np.asarray(counted_at, dtype=np.int64))
         if future:
             result.future.extend(segment.objects(future))
         if late:
@@ -881,46 +840,17 @@ class WindowFinalizer:
             closed.aggregate, closed.key, closed.window_start_ms, closed.window_end_ms, (), closed.emitted_at_ms
         )
 
-    def _remember(self, request: int, start: int) -> None:
-        self._seen[request] = start
-        bucket = self._seen_by_start.get(start)
-        if bucket is None:
-            self._seen_by_start[start] = [request]
-        else:
-            bucket.append(request)
-
     def _prune(self, watermark: int) -> None:
-        horizon = watermark - self.size_ms - self.dedup_retention_ms
-        for start in [s for s in self._seen_by_start if s < horizon]:
-            self._packed.pop(start, None)
-            self._take_open_start(start)
-        for start in [s for s in self._sealed_by_start if s < horizon]:
-            self._packed.pop(start, None)
-            self._sealed = _without(self._sealed, np.sort(self._sealed_by_start.pop(start)))
+        self._memory.forget_before(watermark - self.size_ms - self.dedup_retention_ms)
         self._seal()
 
-    def _take_open_start(self, start: int) -> list[int]:
-        """Remove ``start``'s requests from the dicts (pruned, or moving into an array); returns them."""
-        requests = self._seen_by_start.pop(start)
-        for request in requests:
-            if self._seen.get(request) == start:
-                del self._seen[request]
-        return requests
-
     def _seal(self) -> None:
-        """Move the starts no request can be counted in any more into arrays (see ``_sealed_by_start``): a
-        request is counted in its own window while that is open (its start is past the watermark less one
-        window) or, late, in a window at or after the watermark's, and the watermark only rises."""
+        """Tell the memory which starts no request can be counted in any more: a request is counted in its own
+        window while that is open (its start is past the watermark less one window) or, late, in a window at or
+        after the watermark's, and the watermark only rises."""
         if self._high == _NEG:
             return
-        limit = self._high - self._high % self.size_ms - self.size_ms
-        for start in [s for s in self._seen_by_start if s < limit]:
-            requests = self._take_open_start(start)
-            keys = np.fromiter(requests, dtype=np.uint64, count=len(requests))
-            self._sealed_by_start[start] = keys
-            # Merged into the sorted union, not re-sorted with it: a full sort of ~10^6 keys at every window
-            # was 9 % of a worker draining a backlog. Two sorted runs: the stable sort (timsort) merges them.
-            self._sealed = np.sort(np.concatenate((self._sealed, np.sort(keys))), kind="stable")
+        self._memory.seal_before(self._high - self._high % self.size_ms - self.size_ms)
 
     def _emit(self, key: WindowKey, until_end: int, now_ms: int) -> list[ClosedWindow]:
         """Emit ``key``'s windows ending at or before ``until_end``."""
@@ -978,18 +908,19 @@ class WindowFinalizer:
 
     def _packed_seen(self) -> dict[str, str]:
         packed = self._packed
+        memory = self._memory
         out: dict[str, str] = {}
-        starts: dict[int, list[int] | np.ndarray] = {**self._seen_by_start, **self._sealed_by_start}
-        for start, keys in sorted(starts.items()):
-            if not len(keys):
-                continue
+        starts = memory.starts()
+        for start, size in starts:
             cached = packed.get(start)
-            if cached is None or cached[0] != len(keys):
-                cached = (len(keys), base64.b64encode(np.asarray(keys, dtype="<u8").tobytes()).decode("ascii"))
+            if cached is None or cached[0] != size:
+                cached = (size, base64.b64encode(memory.keys_of(start)).decode("ascii"))
                 packed[start] = cached
             out[str(start)] = cached[1]
-        for start in [s for s in packed if s not in starts]:
-            del packed[start]
+        if len(packed) > len(starts):
+            held = {s for s, _ in starts}
+            for start in [s for s in packed if s not in held]:
+                del packed[start]
         return out
 
     @classmethod
@@ -1000,6 +931,7 @@ class WindowFinalizer:
         now_ms: int | None = None,
         aggregator: AggregatorSource | None = None,
         judge: Judge | None = None,
+        memory: MemoryFactory | None = None,
     ) -> WindowFinalizer:
         """Restore a finalizer. With ``now_ms`` the partitions' clocks restart at that processing time,
         so an idle pipeline still closes its windows after a restart."""
@@ -1013,6 +945,7 @@ class WindowFinalizer:
                 router_timeout_ms=int(d.get("router_timeout_ms", DEFAULT_ROUTER_TIMEOUT_MS)),
                 future_bound_ms=int(d.get("future_bound_ms", DEFAULT_FUTURE_BOUND_MS)),
                 dedup_retention_ms=int(d.get("dedup_retention_ms", DEFAULT_DEDUP_RETENTION_MS)),
+                memory=memory,
             )
             wm = d["watermark"]
             out._high = _NEG if wm is None else int(wm)
@@ -1035,11 +968,11 @@ class WindowFinalizer:
             seen = d.get("seen", {})
             if isinstance(seen, list):  # an older checkpoint: [key, start] pairs
                 for k, start in seen:
-                    out._remember(int(k), int(start))
+                    out._memory.restore(np.asarray([int(k)], dtype=np.uint64), int(start))
             else:
-                for start, packed in seen.items():
-                    for k in np.frombuffer(base64.b64decode(packed), dtype="<u8").tolist():
-                        out._remember(int(k), int(start))
+                for start, packed in sorted(seen.items(), key=lambda item: int(item[0])):
+                    keys = np.frombuffer(base64.b64decode(packed), dtype="<u8").astype(np.uint64)
+                    out._memory.restore(keys, int(start))
             out._seal()
         except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"WindowFinalizer: malformed state ({exc!r})") from None

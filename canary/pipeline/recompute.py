@@ -39,6 +39,7 @@ from canary.core.slo import SLOPolicy, SLORule
 from canary.core.windows import AddResult, ClosedWindow, WindowFinalizer, window_bounds
 from canary.pipeline.decode import DECODE_ERRORS, OutcomeDecoder, SourceRecord, as_core_outcomes
 from canary.pipeline.loop import Judgement, PipelineDecision, fold_commands, run_loop
+from canary.pipeline.memory import request_memory
 from canary.pipeline.policies import PolicyBook
 from canary.pipeline.settings import PipelineSettings
 
@@ -371,6 +372,7 @@ def recompute(
     ledger = fold_commands(commands, command_times)
     book = PolicyBook(ledger, rules_override)
     decoder = OutcomeDecoder(strict=strict_decode, native=settings.native)
+    memory = request_memory("off" if strict_decode else settings.native)
     partials: list[tuple[int, ClosedWindow, WindowAggregate]] = []
     partitions: dict[int, PartitionStats] = {}
     invalid_samples: list[JSONDict] = []
@@ -381,6 +383,7 @@ def recompute(
             grace_ms=settings.grace_ms,
             idle_windows=settings.idle_windows,
             aggregator=book.aggregator_for,
+            memory=memory,
         )
         out, stats = recompute_partition_partials(
             partition, recs, fin, decoder, settings, horizon_ms, invalid_samples, late_samples

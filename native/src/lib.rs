@@ -8,11 +8,15 @@
 //! duplicate fields, escapes in names, numbers a float cannot hold exactly, tombstones, too large, not JSON)
 //! is marked `FALLBACK` and the caller decodes that row in Python, which decides and says why.
 //!
+//! `dedup` is the windows' request memory (which requests a partition already counted), the same answers as
+//! `canary.core.dedup.ReferenceRequestMemory` without a Python object per request.
+//!
 //! `records` reads a fetch response's record bytes into entries (offset, timestamp, where the value lies), so
 //! the windows stage decodes values where they lie (`decode_spans`) and replay's reader makes its tuples here
 //! (`run_tuples`): no Python object per record anywhere on the way (`canary.kafka.runs`).
 
 mod crc32c;
+mod dedup;
 mod records;
 
 use std::borrow::Cow;
@@ -563,6 +567,7 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_records, m)?)?;
     m.add_function(wrap_pyfunction!(crc32c_py, m)?)?;
     m.add_function(wrap_pyfunction!(run_tuples, m)?)?;
+    m.add_class::<dedup::RequestMemory>()?;
     m.add("ENTRY_BYTES", std::mem::size_of::<records::Entry>())?;
     m.add("OUTCOME", OUTCOME)?;
     m.add("WATERMARK", WATERMARK)?;

@@ -14,8 +14,20 @@ from typing import Any
 import numpy as np
 import pytest
 
+from canary.core.dedup import ReferenceRequestMemory
 from canary.core.models import RouterWatermark, SearchOutcome
 from canary.core.windows import WindowFinalizer, request_key, request_keys_of
+from canary.pipeline.memory import NativeRequestMemory
+from canary.pipeline.native import NATIVE
+
+MEMORIES = [
+    pytest.param(None, id="reference"),
+    pytest.param(
+        NativeRequestMemory,
+        id="native",
+        marks=pytest.mark.skipif(NATIVE is None, reason="the native extension is not built (no cargo)"),
+    ),
+]
 
 BASE = 1_700_000_000_000
 KEYS = [("dep-a", "cand", "candidate"), ("dep-a", "base", "last_good"), (None, "base", "last_good")]
@@ -179,25 +191,29 @@ def test_an_outcome_the_aggregator_raises_on_is_quarantined_and_the_rest_counted
     ]
 
 
-def run_sealing(seed: int, watermarking: float, *, seal: bool) -> dict[str, Any]:
-    fin = WindowFinalizer()
+def run_sealing(seed: int, watermarking: float, *, seal: bool, memory: Any = None) -> dict[str, Any]:
+    fin = WindowFinalizer(memory=memory)
     fin.columnar_min = 0
     if not seal:  # the reference: every remembered request stays in the dicts
-        fin._seal = lambda **_: None  # type: ignore[method-assign]
+        fin._memory.seal_before = lambda limit: None  # type: ignore[method-assign]
     log: list[Any] = []
     for partition, now, batch in stream(seed, watermarking=watermarking):
         res = fin.add(partition, batch, now)
         log.append(([o.event_id for o in res.late], [o.event_id for o in res.future], res.duplicates))
         log.append([w.to_dict() for w in fin.due(now)])
         log.append(fin.remembered_requests)
-        # The union is kept by merging and removing runs; it must stay exactly the sorted union of the starts.
-        arrays = list(fin._sealed_by_start.values())
-        union = np.sort(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.uint64)
-        assert np.array_equal(fin._sealed, union)
-        restored = WindowFinalizer.from_dict(fin.to_dict(), now_ms=now)
+        memo = fin._memory
+        if isinstance(memo, ReferenceRequestMemory):
+            # The union is kept by merging and removing runs; it must stay exactly the sorted union of the starts.
+            arrays = list(memo._sealed_by_start.values())
+            union = np.sort(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.uint64)
+            assert np.array_equal(memo._sealed, union)
+        restored = WindowFinalizer.from_dict(fin.to_dict(), now_ms=now, memory=memory)
         log.append(restored.to_dict() == fin.to_dict())
     log.append([w.to_dict() for w in fin.flush_all(BASE + 10**7)])
-    return {"log": log, "state": fin.to_dict(), "sealed": int(fin._sealed.size)}
+    memo = fin._memory
+    sealed = int(memo._sealed.size) if isinstance(memo, ReferenceRequestMemory) else 0
+    return {"log": log, "state": fin.to_dict(), "sealed": sealed}
 
 
 @pytest.mark.parametrize("watermarking", [0.0, 1.0])
@@ -212,8 +228,23 @@ def test_sealed_requests_are_remembered_as_the_dicts_remember_them(seed: int, wa
     assert reference["sealed"] == 0
 
 
-def test_a_request_repeated_after_its_start_was_sealed_is_a_duplicate() -> None:
-    fin = WindowFinalizer()
+@pytest.mark.skipif(NATIVE is None, reason="the native extension is not built (no cargo)")
+@pytest.mark.parametrize("watermarking", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("seed", range(8))
+def test_the_native_request_memory_finds_what_the_reference_finds(seed: int, watermarking: float) -> None:
+    """The native batch core's request memory in the finalizer: the same duplicates, windows, late and future
+    outcomes, counts remembered and checkpoints (restored by either memory to the same state)."""
+    native = run_sealing(seed, watermarking, seal=True, memory=NativeRequestMemory)
+    reference = run_sealing(seed, watermarking, seal=True)
+    assert native["log"] == reference["log"]
+    assert native["state"] == reference["state"]
+    crossed = WindowFinalizer.from_dict(native["state"], now_ms=BASE)
+    assert crossed.to_dict() == reference["state"]
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_a_request_repeated_after_its_start_was_sealed_is_a_duplicate(memory: Any) -> None:
+    fin = WindowFinalizer(memory=memory)
 
     def outcome(ts: int) -> SearchOutcome:
         return SearchOutcome(
@@ -225,16 +256,18 @@ def test_a_request_repeated_after_its_start_was_sealed_is_a_duplicate() -> None:
     fin.add(0, [outcome(BASE + 100)], BASE + 200)
     fin.add(0, [RouterWatermark("r", BASE + 20_000, "running", 1)], BASE + 20_000)
     fin.due(BASE + 20_000)
-    assert fin._sealed.size == 1 and not fin._seen  # moved out of the dicts
+    if isinstance(fin._memory, ReferenceRequestMemory):
+        assert fin._memory._sealed.size == 1 and not fin._memory._seen  # moved out of the dicts
+    assert fin.remembered_requests == 1
     assert fin.add(0, [outcome(BASE + 25_000)], BASE + 25_000).duplicates == 1
-    restored = WindowFinalizer.from_dict(fin.to_dict(), now_ms=BASE + 25_000)
-    assert restored._sealed.size == 1
+    restored = WindowFinalizer.from_dict(fin.to_dict(), now_ms=BASE + 25_000, memory=memory)
+    assert restored.remembered_requests == 1
     assert restored.add(0, [outcome(BASE + 26_000)], BASE + 26_000).duplicates == 1
 
 
 @pytest.mark.parametrize("seed", range(20))
 def test_removing_a_sorted_multiset_removes_each_copy_once(seed: int) -> None:
-    from canary.core.windows import _without
+    from canary.core.dedup import _without
 
     rng = np.random.default_rng(seed)
     union = np.sort(rng.integers(0, 50, size=rng.integers(0, 200), dtype=np.uint64))

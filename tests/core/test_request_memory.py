@@ -1,0 +1,122 @@
+"""The request memory (canary.core.dedup): the native batch core's answers every call as the reference does.
+
+Seeded random sequences of every call — with keys from a small pool, so repeats, re-remembered forgotten keys and
+checkpoint keys listed twice are common — go to both memories; every answer and the whole state (starts, keys in
+arrival order, count) must be equal after every step. Table tests pin the reference's own rules.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from canary.core.dedup import ReferenceRequestMemory, RequestMemory
+from canary.pipeline.memory import NativeRequestMemory, request_memory
+from canary.pipeline.native import NATIVE
+
+native_only = pytest.mark.skipif(NATIVE is None, reason="the native extension is not built (no cargo)")
+SIZE = 5000
+
+
+def keys(*values: int) -> np.ndarray:
+    return np.asarray(values, dtype=np.uint64)
+
+
+def starts(*values: int) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def state(memory: RequestMemory) -> tuple[int, list[tuple[int, int]], list[list[int]]]:
+    held = memory.starts()
+    return len(memory), held, [np.frombuffer(memory.keys_of(s), dtype="<u8").tolist() for s, _ in held]
+
+
+@pytest.mark.parametrize(
+    "memory",
+    [ReferenceRequestMemory, pytest.param(NativeRequestMemory, marks=native_only)],
+    ids=["reference", "native"],
+)
+def test_the_rules(memory: type) -> None:
+    m = memory()
+    assert m.repeats(keys(1, 2, 3)) is None
+    assert m.repeats(keys(1, 2, 1, 1)).tolist() == [False, False, True, True]  # an earlier key of the same call
+    m.remember(keys(1, 2, 3), starts(0, 0, SIZE))
+    assert m.remembered(keys(3, 4, 1)).tolist() == [True, False, True]
+    assert m.repeats(keys(4, 3)).tolist() == [False, True]
+    assert state(m) == (3, [(0, 2), (SIZE, 1)], [[1, 2], [3]])
+    m.seal_before(SIZE)  # changes no answer
+    assert m.remembered(keys(1, 3, 9)).tolist() == [True, True, False]
+    m.remember(keys(7), starts(0))  # a late request counted at a sealed start: after the start's earlier ones
+    assert state(m) == (4, [(0, 3), (SIZE, 1)], [[1, 2, 7], [3]])
+    m.restore(keys(3, 8, 8), 2 * SIZE)  # a key listed twice keeps its first start
+    assert state(m) == (5, [(0, 3), (SIZE, 1), (2 * SIZE, 1)], [[1, 2, 7], [3], [8]])
+    m.forget_before(SIZE)
+    assert m.remembered(keys(1, 2, 7, 3, 8)).tolist() == [False, False, False, True, True]
+    assert state(m) == (2, [(SIZE, 1), (2 * SIZE, 1)], [[3], [8]])
+    m.remember(keys(1), starts(3 * SIZE))  # forgotten, then counted again
+    assert state(m) == (3, [(SIZE, 1), (2 * SIZE, 1), (3 * SIZE, 1)], [[3], [8], [1]])
+    assert m.keys_of(9 * SIZE) == b""
+
+
+def random_calls(seed: int, steps: int = 400) -> list[tuple[str, tuple[object, ...]]]:
+    """A call sequence valid for the contract: ``remember`` only takes keys the memory would accept, which the
+    sequence learns by running the reference alongside."""
+    rng = random.Random(seed)
+    pool = [rng.getrandbits(64) for _ in range(60)] + [0, 2**64 - 1]
+    ref = ReferenceRequestMemory()
+    calls: list[tuple[str, tuple[object, ...]]] = []
+    low = 0
+    for _ in range(steps):
+        op = rng.choice(["remembered", "repeats", "remember", "remember", "restore", "forget", "seal"])
+        some = keys(*(rng.choice(pool) for _ in range(rng.choice([0, 1, 3, 20, 70]))))
+        if op == "remember":
+            again = ref.repeats(some)
+            fresh = some if again is None else some[~again]
+            at = starts(*sorted(low + SIZE * rng.randrange(6) for _ in range(fresh.size)))
+            if rng.random() < 0.3:
+                at = starts(*(low + SIZE * rng.randrange(6) for _ in range(fresh.size)))  # not in order
+            args: tuple[object, ...] = (fresh, at)
+        elif op == "restore":
+            args = (some, low + SIZE * rng.randrange(6))
+        elif op in ("forget", "seal"):
+            low += SIZE * rng.choice([0, 1, 1, 2])
+            args = (low - SIZE * rng.randrange(3),)
+            op = "forget_before" if op == "forget" else "seal_before"
+        else:
+            args = (some,)
+        getattr(ref, op)(*args)
+        calls.append((op, args))
+    return calls
+
+
+def answer(value: object) -> object:
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+@native_only
+@pytest.mark.parametrize("seed", range(40))
+def test_the_native_memory_answers_as_the_reference(seed: int) -> None:
+    ref, native = ReferenceRequestMemory(), NativeRequestMemory()
+    for step, (op, args) in enumerate(random_calls(seed)):
+        expected, got = getattr(ref, op)(*args), getattr(native, op)(*args)
+        assert answer(got) == answer(expected), (step, op)
+        assert state(native) == state(ref), (step, op)
+
+
+@native_only
+def test_the_native_memory_refuses_malformed_arguments_without_changing() -> None:
+    m = NATIVE.RequestMemory()
+    m.remember(keys(1).tobytes(), starts(0).tobytes())
+    with pytest.raises(ValueError, match="whole number"):
+        m.remembered(b"\x00" * 7)
+    with pytest.raises(ValueError, match="1 keys but 2 starts"):
+        m.remember(keys(2).tobytes(), starts(0, 5).tobytes())
+    assert len(m) == 1 and m.starts() == [(0, 1)]
+
+
+def test_the_pipeline_takes_the_native_memory_where_it_is_built() -> None:
+    assert request_memory("off") is ReferenceRequestMemory
+    expected = ReferenceRequestMemory if NATIVE is None else NativeRequestMemory
+    assert request_memory("auto") is expected
