@@ -69,6 +69,72 @@ class ColumnBatch:
             None if self.offset_at is None else functools.partial(_shifted, self.offset_at, lo),
         )
 
+    def take(self, rows: Sequence[int]) -> ColumnBatch:
+        """These rows, in this order, as a batch of their own (copies; no ``offset_at``: the caller sets one)."""
+        at = np.asarray(rows, dtype=np.int64)
+        marks = self.watermarks
+        return ColumnBatch(
+            self.status[at],
+            self.ts[at],
+            self.latency[at],
+            self.recall[at],
+            self.errored[at],
+            self.exact_sample[at],
+            self.user_group[at],
+            self.key[at],
+            self.router[at],
+            self.request[at],
+            self.keys,
+            self.routers,
+            {i: marks[row] for i, row in enumerate(at.tolist()) if row in marks} if marks else {},
+            [self.values[row] for row in at.tolist()],
+            self.decode,
+        )
+
+    @staticmethod
+    def concat(
+        first: ColumnBatch,
+        second: ColumnBatch,
+        values: Sequence[bytes | None],
+        offset_at: Callable[[int], int] | None,
+    ) -> ColumnBatch:
+        """``second``'s rows after ``first``'s (decoded apart: its key and router codes are renumbered into one
+        table); ``values`` and ``offset_at`` describe the joined rows."""
+        keys = list(first.keys)
+        key_code = {k: i for i, k in enumerate(keys)}
+        for k in second.keys:
+            if k not in key_code:
+                key_code[k] = len(keys)
+                keys.append(k)
+        routers = list(first.routers)
+        router_code = {r: i for i, r in enumerate(routers)}
+        for r in second.routers:
+            if r not in router_code:
+                router_code[r] = len(routers)
+                routers.append(r)
+        # Codes are -1 on rows that are not outcomes: they map to -1 again.
+        key_map = np.asarray([key_code[k] for k in second.keys] + [-1], dtype=np.int32)
+        router_map = np.asarray([router_code[r] for r in second.routers] + [-1], dtype=np.int32)
+        shift = len(first)
+        return ColumnBatch(
+            np.concatenate((first.status, second.status)),
+            np.concatenate((first.ts, second.ts)),
+            np.concatenate((first.latency, second.latency)),
+            np.concatenate((first.recall, second.recall)),
+            np.concatenate((first.errored, second.errored)),
+            np.concatenate((first.exact_sample, second.exact_sample)),
+            np.concatenate((first.user_group, second.user_group)),
+            np.concatenate((first.key, key_map[second.key])),
+            np.concatenate((first.router, router_map[second.router])),
+            np.concatenate((first.request, second.request)),
+            keys,
+            routers,
+            {**first.watermarks, **{row + shift: mark for row, mark in second.watermarks.items()}},
+            values,
+            first.decode,
+            offset_at,
+        )
+
     def offset_of(self, outcome: SearchOutcome) -> int | None:
         """The offset of the record an outcome of :meth:`objects` came from (None: not one of them, or unknown)."""
         row = self.row_of.get(id(outcome))

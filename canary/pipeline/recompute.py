@@ -22,17 +22,22 @@ The same core objects as the live worker (``streams/app.py``) do the work:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import itertools
 import logging
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import Any, overload
 
 import numpy as np
 
 from canary.core.aggregations import WindowAggregate
+from canary.core.columns import ColumnBatch
 from canary.core.merge import merge_all
 from canary.core.models import ControlCommand, JSONDict, RouterWatermark, SearchOutcome, WindowResult
 from canary.core.slo import SLOPolicy, SLORule
@@ -119,12 +124,37 @@ class Recomputation:
 # -- the recomputation -----------------------------------------------------------------------------------------
 
 
-def _by_partition(records: Iterable[SourceRecord | tuple[int, int, int | None, bytes | None]]) -> dict[int, list[Any]]:
-    # Splitting and the order check run in C (map/itemgetter, numpy): a Python step per record here was a
-    # quarter of replay's recompute once the decoding was native.
+def _by_partition(
+    records: Iterable[SourceRecord | tuple[int, int, int | None, bytes | None]], native: ModuleType | None = None
+) -> dict[int, tuple[list[Any], np.ndarray | None]]:
+    """Each partition's records in offset order, each offset once (what reading it from Kafka yields), with their
+    Kafka times (``int64``, ``-2**63`` for None) where the native batch core read the fields."""
     recs_all = records if isinstance(records, list) else list(records)
     if not recs_all:
         return {}
+    fields = native.record_fields(recs_all) if native is not None else None
+    if fields is None:
+        return {p: (recs, None) for p, recs in _by_partition_python(recs_all).items()}
+    partition_of, offset_of, time_of = (np.frombuffer(f, dtype="<i8") for f in fields)
+    parts: dict[int, tuple[list[Any], np.ndarray | None]] = {}
+    for p in np.unique(partition_of).tolist():
+        rows = np.flatnonzero(partition_of == p)
+        offsets = offset_of[rows]
+        if not bool((offsets[1:] > offsets[:-1]).all()):
+            order = np.argsort(offsets, kind="stable")
+            rows, offsets = rows[order], offsets[order]
+            once = np.ones(rows.size, dtype=bool)
+            once[1:] = offsets[1:] != offsets[:-1]  # the first of equal offsets, as the stable sort left them
+            rows = rows[once]
+        listed = rows.tolist()
+        recs = list(operator.itemgetter(*listed)(recs_all)) if len(listed) > 1 else [recs_all[listed[0]]]
+        parts[p] = (recs, time_of[rows].astype(np.int64))
+    return parts
+
+
+def _by_partition_python(recs_all: list[Any]) -> dict[int, list[Any]]:
+    # Splitting and the order check run in C (map/itemgetter, numpy): a Python step per record here was a
+    # quarter of replay's recompute once the decoding was native.
     partition_of = np.fromiter(map(_PARTITION, recs_all), dtype=np.int64, count=len(recs_all))
     parts: dict[int, list[Any]] = {}
     for p in np.unique(partition_of).tolist():
@@ -173,6 +203,8 @@ def recompute_partition_partials(
     horizon_ms: int | None = None,
     invalid_samples: list[JSONDict] | None = None,
     late_samples: list[JSONDict] | None = None,
+    pool: Executor | None = None,
+    kafka_times: np.ndarray | None = None,
 ) -> tuple[list[ClosedWindow], PartitionStats]:
     """One partition's partial windows with their aggregates, batched like the live windows stage.
 
@@ -180,7 +212,8 @@ def recompute_partition_partials(
     live windows stage's path), else record by record — then cut into the live agent's micro-batches: a batch
     starts at a record and takes the following ones while they are within ``span`` of its first record's time
     (at most ``size``). The last, unfinished batch of a chunk is carried into the next chunk (its records,
-    already counted, are decoded again with it)."""
+    already counted, keep their decoded rows). With a ``pool`` the next chunk decodes while this one is windowed.
+    ``kafka_times``: the records' Kafka times, where the caller read them (``-2**63``: None)."""
     stats = PartitionStats(partition)
     out: list[ClosedWindow] = []
     last_now = -(2**62)
@@ -230,20 +263,24 @@ def recompute_partition_partials(
         stats.first_offset = records[0][1]
         stats.last_offset = records[-1][1]
     carried: list[tuple[Any, int]] = []  # (record, its processing time) of the unfinished batch
+    carried_columns: ColumnBatch | None = None  # their decoded rows, when the last chunk was decoded to columns
     now = 0
     first_ts: int | None = None
+    ahead = _Lookahead(records, decoder, pool)
     for chunk_start in range(0, len(records), _CHUNK):
         fresh = records[chunk_start : chunk_start + _CHUNK]
         final = chunk_start + _CHUNK >= len(records)
         chunk = [r for r, _ in carried] + list(fresh)
-        columns, refused = decoder.decode_columns(list(map(_VALUE, chunk)), functools.partial(_record_offset, chunk))
+        columns, refused = ahead.columns(chunk_start, chunk, carried_columns, len(carried))
         # Rows of ``chunk`` that decoded, with their processing times (the carried ones kept theirs, and were
         # counted with their chunk); objects only on the record-by-record path.
         kept: list[int] = list(range(len(carried)))
         nows: list[int] = [t for _, t in carried]
         items: list[SearchOutcome | RouterWatermark] = []
         bad = dict(refused)
-        stamps = _kafka_times(chunk, len(carried)) if columns is not None else None
+        stamps = None
+        if columns is not None:
+            stamps = _kafka_times(chunk, len(carried)) if kafka_times is None else _times_of(kafka_times, chunk_start)
         if stamps is not None:
             # Every fresh record has its Kafka time, so the rule below gives each kept row exactly that: the
             # same kept rows and times, without a Python step per row (replay's largest cost after decoding).
@@ -308,6 +345,7 @@ def recompute_partition_partials(
                 flush(result, batch_now, functools.partial(_by_identity, by_id))
             i = j
         carried = [(chunk[r], t) for r, t in zip(kept[i:], nows[i:], strict=True)]
+        carried_columns = None if columns is None or not carried else columns.take(kept[i:])
     stats.first_timestamp_ms = first_ts
     stats.last_timestamp_ms = now if first_ts is not None else None
     stats.outcomes = stats.records - stats.invalid - stats.watermarks
@@ -316,6 +354,102 @@ def recompute_partition_partials(
         out.extend(due(max(end, last_now)))  # the live tick: processing time kept running after the input
         out.extend(finalizer.flush_all_closed(max(end, last_now)))
     return out, stats
+
+
+class _Lookahead:
+    """A partition's chunks decoded one ahead: the native decoder releases the GIL, so with a ``pool`` the next
+    chunk decodes on the other core while this one is windowed. A chunk's rows decode alone (each row's decoding
+    is its own), and the unfinished batch carried into the next chunk keeps the rows it was decoded to — the
+    same columns as decoding the carried records again with the chunk."""
+
+    def __init__(self, records: Sequence[Any], decoder: OutcomeDecoder, pool: Executor | None) -> None:
+        self.records = records
+        self.decoder = decoder
+        self.pool = pool
+        self.pending: dict[int, Future[tuple[ColumnBatch | None, list[tuple[int, Exception]]]]] = {}
+
+    def _decode(self, start: int) -> tuple[ColumnBatch | None, list[tuple[int, Exception]]]:
+        return self.decoder.decode_columns(list(map(_VALUE, self.records[start : start + _CHUNK])))
+
+    def _fresh(self, start: int) -> tuple[ColumnBatch | None, list[tuple[int, Exception]]]:
+        pending = self.pending.pop(start, None)
+        found = pending.result() if pending is not None else self._decode(start)
+        following = start + _CHUNK
+        if self.pool is not None and following < len(self.records) and self.decoder.native is not None:
+            self.pending[following] = self.pool.submit(self._decode, following)
+        return found
+
+    def columns(
+        self, start: int, chunk: list[Any], carried_columns: ColumnBatch | None, carried: int
+    ) -> tuple[ColumnBatch | None, list[tuple[int, Exception]]]:
+        """The chunk's rows (``carried`` records of the last chunk, then the fresh ones) as columns and the rows
+        refused, as :meth:`OutcomeDecoder.decode_columns` on the whole chunk."""
+        fresh, refused = self._fresh(start)
+        offset_at = functools.partial(_record_offset, chunk)
+        if fresh is None:
+            return None, []
+        if not carried:
+            fresh.offset_at = offset_at
+            return fresh, refused
+        if carried_columns is None:  # the last chunk went record by record: its carried records decode here
+            carried_columns, carried_refused = self.decoder.decode_columns(list(map(_VALUE, chunk[:carried])))
+            if carried_columns is None:
+                return None, []
+            refused = carried_refused + [(row + carried, exc) for row, exc in refused]
+        else:
+            refused = [(row + carried, exc) for row, exc in refused]
+        return ColumnBatch.concat(carried_columns, fresh, _Values(chunk), offset_at), refused
+
+
+class _Values(Sequence[bytes | None]):
+    """The values of records, read when asked (a batch's values are read only for its rare object rows)."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes | None: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> _Values: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | _Values | None:
+        if isinstance(index, slice):
+            return _Values(self.records[index])
+        value: bytes | None = self.records[index][3]
+        return value
+
+
+@contextlib.contextmanager
+def _no_pool() -> Iterator[None]:
+    yield None
+
+
+@contextlib.contextmanager
+def _collector_skips_what_exists() -> Iterator[None]:
+    """The cyclic garbage collector leaves the objects that exist now — the caller's records above all, a
+    tuple each, alive throughout — out of its passes until the recomputation ends: walking a million of them at
+    each full pass was a tenth of a replay's recompute. What the recomputation creates is collected as always
+    (``gc.freeze``; ``gc.unfreeze`` after, as if nothing had been frozen)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _times_of(times: np.ndarray, start: int) -> np.ndarray | None:
+    """:func:`_kafka_times` of a chunk from the times read beforehand."""
+    fresh = times[start : start + _CHUNK]
+    return fresh if fresh.size == 0 or int(fresh.min()) >= 0 else None
 
 
 def _kafka_times(chunk: Sequence[Any], carried: int) -> np.ndarray | None:
@@ -377,19 +511,24 @@ def recompute(
     partitions: dict[int, PartitionStats] = {}
     invalid_samples: list[JSONDict] = []
     late_samples: list[JSONDict] = []
-    for partition, recs in sorted(_by_partition(records).items()):
-        fin = WindowFinalizer(
-            size_ms=settings.window_ms,
-            grace_ms=settings.grace_ms,
-            idle_windows=settings.idle_windows,
-            aggregator=book.aggregator_for,
-            memory=memory,
-        )
-        out, stats = recompute_partition_partials(
-            partition, recs, fin, decoder, settings, horizon_ms, invalid_samples, late_samples
-        )
-        partials.extend((partition, c, c.aggregate) for c in out)
-        partitions[partition] = stats
+    by_partition = _by_partition(records, decoder.native)
+    # The native decoder releases the GIL: one thread decodes each partition's next chunk meanwhile.
+    ahead = decoder.native is not None and any(len(r) > _CHUNK for r, _ in by_partition.values())
+    pool_or_none = ThreadPoolExecutor(1, thread_name_prefix="canary-decode") if ahead else _no_pool()
+    with _collector_skips_what_exists(), pool_or_none as pool:
+        for partition, (recs, times) in sorted(by_partition.items()):
+            fin = WindowFinalizer(
+                size_ms=settings.window_ms,
+                grace_ms=settings.grace_ms,
+                idle_windows=settings.idle_windows,
+                aggregator=book.aggregator_for,
+                memory=memory,
+            )
+            out, stats = recompute_partition_partials(
+                partition, recs, fin, decoder, settings, horizon_ms, invalid_samples, late_samples, pool, times
+            )
+            partials.extend((partition, c, c.aggregate) for c in out)
+            partitions[partition] = stats
     # The live merge step: one window per key and slot from the partials of every partition.
     windows = merge_all(partials)
 

@@ -419,17 +419,42 @@ fn decode_batch(
         max_epoch_ms,
         user_groups,
     };
-    let mut cols = Columns::default();
-    for value in values.iter() {
-        if value.is_none() {
-            cols.row(None, &limits);
-        } else if let Ok(b) = value.downcast::<PyBytes>() {
-            cols.row(Some(b.as_bytes()), &limits);
-        } else {
-            cols.row(None, &limits); // bytearray, memoryview …: the reference takes them
+    // None, bytearray, memoryview …: a row for the reference. The list's items are held here, so their bytes
+    // (immutable) stay valid while the GIL is released.
+    let items: Vec<Option<Bound<'_, PyBytes>>> = values
+        .iter()
+        .map(|v| v.downcast_into::<PyBytes>().ok())
+        .collect();
+    let raws: Vec<Option<&[u8]>> = items
+        .iter()
+        .map(|b| b.as_ref().map(|b| b.as_bytes()))
+        .collect();
+    let cols = parse_rows(py, raws.len(), |cols| {
+        for raw in &raws {
+            cols.row(*raw, &limits);
         }
-    }
+        Ok(())
+    })?;
     Ok(cols.into_py_tuple(py))
+}
+
+/// Rows at least this many are parsed with the GIL released (replay decodes its next chunk in a thread while
+/// windowing the last one); fewer are not worth the release's cost.
+const RELEASE_ROWS: usize = 512;
+
+fn parse_rows<F>(py: Python<'_>, rows: usize, fill: F) -> PyResult<Columns>
+where
+    F: FnOnce(&mut Columns) -> PyResult<()> + Send,
+{
+    let run = move || {
+        let mut cols = Columns::default();
+        fill(&mut cols).map(|()| cols)
+    };
+    if rows >= RELEASE_ROWS {
+        py.allow_threads(run)
+    } else {
+        run()
+    }
 }
 
 fn entries_of(raw: &[u8]) -> PyResult<Vec<records::Entry>> {
@@ -492,10 +517,12 @@ fn decode_spans(
     let rows = all
         .get(lo..hi)
         .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err("rows out of range"))?;
-    let mut cols = Columns::default();
-    for e in rows {
-        cols.row(value_of(b, e)?, &limits);
-    }
+    let cols = parse_rows(py, rows.len(), |cols| {
+        for e in rows {
+            cols.row(value_of(b, e)?, &limits);
+        }
+        Ok(())
+    })?;
     Ok(cols.into_py_tuple(py))
 }
 
@@ -554,6 +581,50 @@ fn run_tuples(
     Ok(PyList::new_bound(py, out).unbind())
 }
 
+/// `(partitions, offsets, timestamps)` of a list of `(partition, offset, timestamp_ms, value, ...)` records, each
+/// as one byte string of little-endian i64 (a timestamp of None: `i64::MIN`); None when a record is not a tuple
+/// of that shape with int fields (the caller's Python path decides those, as before).
+#[pyfunction]
+fn record_fields(
+    py: Python<'_>,
+    records: &Bound<'_, PyList>,
+) -> PyResult<Option<(Py<PyBytes>, Py<PyBytes>, Py<PyBytes>)>> {
+    let n = records.len();
+    let (mut parts, mut offsets, mut times) = (
+        Vec::with_capacity(n * 8),
+        Vec::with_capacity(n * 8),
+        Vec::with_capacity(n * 8),
+    );
+    for item in records.iter() {
+        let Ok(t) = item.downcast::<PyTuple>() else {
+            return Ok(None);
+        };
+        if t.len() < 4 {
+            return Ok(None);
+        }
+        let (Ok(p), Ok(o)) = (t.get_item(0)?.extract::<i64>(), t.get_item(1)?.extract::<i64>()) else {
+            return Ok(None);
+        };
+        let ts = t.get_item(2)?;
+        let ts = if ts.is_none() {
+            i64::MIN
+        } else {
+            match ts.extract::<i64>() {
+                Ok(v) => v,
+                Err(_) => return Ok(None),
+            }
+        };
+        parts.extend_from_slice(&p.to_le_bytes());
+        offsets.extend_from_slice(&o.to_le_bytes());
+        times.extend_from_slice(&ts.to_le_bytes());
+    }
+    Ok(Some((
+        PyBytes::new_bound(py, &parts).unbind(),
+        PyBytes::new_bound(py, &offsets).unbind(),
+        PyBytes::new_bound(py, &times).unbind(),
+    )))
+}
+
 #[pyfunction]
 #[pyo3(name = "crc32c")]
 fn crc32c_py(data: &Bound<'_, PyBytes>) -> u32 {
@@ -568,6 +639,7 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(crc32c_py, m)?)?;
     m.add_function(wrap_pyfunction!(run_tuples, m)?)?;
     m.add_class::<dedup::RequestMemory>()?;
+    m.add_function(wrap_pyfunction!(record_fields, m)?)?;
     m.add("ENTRY_BYTES", std::mem::size_of::<records::Entry>())?;
     m.add("OUTCOME", OUTCOME)?;
     m.add("WATERMARK", WATERMARK)?;

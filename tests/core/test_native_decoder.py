@@ -441,3 +441,53 @@ def test_an_extension_that_raises_hands_the_batch_to_the_reference() -> None:
     decoder = OutcomeDecoder(native="on")
     decoder.native = types.SimpleNamespace(decode_batch=panics, FALLBACK=2, ROW_BYTES=56)  # type: ignore[assignment]
     assert decoder.decode_columns([raw(outcome(1))]) == (None, [])
+
+
+def _rows(batch: Any) -> list[tuple[Any, ...]]:
+    """Every row as the window core reads it: codes resolved to their keys and routers."""
+    out = []
+    for i in range(len(batch)):
+        key = batch.keys[batch.key[i]] if batch.key[i] >= 0 else None
+        router = batch.routers[batch.router[i]] if batch.router[i] >= 0 else None
+        out.append(
+            (
+                int(batch.status[i]), int(batch.ts[i]), float(batch.latency[i]), repr(float(batch.recall[i])),
+                bool(batch.errored[i]), bool(batch.exact_sample[i]), int(batch.user_group[i]), key, router,
+                int(batch.request[i]), batch.watermarks.get(i), batch.values[i],
+            )
+        )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batches_decoded_apart_and_joined_are_the_batch_decoded_at_once(seed: int) -> None:
+    """Replay decodes a partition's chunks apart (one ahead, in a thread) and carries an unfinished batch's rows
+    into the next chunk: ``take`` and ``concat`` must give the rows decoding them together gives, with the key
+    and router codes of the second batch renumbered and its watermark rows shifted."""
+    rng = random.Random(seed)
+    values: list[bytes | None] = []
+    for i in range(rng.randint(5, 60)):
+        roll = rng.random()
+        if roll < 0.1:
+            values.append(raw({"kind": "watermark", "router_id": f"r{i % 3}", "watermark_ms": BASE + i,
+                               "status": "running", "seq": i}))  # fmt: skip
+        elif roll < 0.15:
+            values.append(rng.choice([b"{", None, b"[]"]))
+        else:
+            d = outcome(i, router_id=f"router-{rng.randrange(4)}", deployment_id=rng.choice(["dep-a", "dep-b", None]))
+            values.append(raw({**d, "arm": rng.choice(["candidate", "last_good"])}))
+    native = OutcomeDecoder(native="on")
+    whole, whole_refused = native.decode_columns(values)
+    assert whole is not None
+    cut = rng.randint(0, len(values))
+    first, first_refused = native.decode_columns(values[:cut])
+    second, second_refused = native.decode_columns(values[cut:])
+    if first is None or second is None:  # an empty side: nothing to join
+        assert cut in (0, len(values))
+        return
+    joined = type(whole).concat(first, second, values, None)
+    assert _rows(joined) == _rows(whole)
+    joined_refused = first_refused + [(row + cut, exc) for row, exc in second_refused]
+    assert [(row, str(exc)) for row, exc in joined_refused] == [(row, str(exc)) for row, exc in whole_refused]
+    rows = sorted(rng.sample(range(len(values)), rng.randint(0, len(values))))
+    assert _rows(whole.take(rows)) == [_rows(whole)[r] for r in rows]
