@@ -352,3 +352,45 @@ def test_the_native_columns_and_the_object_path_replay_alike(
         )
     assert got["auto"] == got["off"]
     assert got["off"][3][0] > 0 and got["off"][3][1] > 0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_records_split_natively_as_in_python(seed: int) -> None:
+    """The native batch core reads each record's partition, offset and Kafka time (``record_fields``): the same
+    partitions, offset order and first-of-equal-offsets as the Python split, and each record's time (None:
+    ``-2**63``); a record of another shape leaves the whole split to Python."""
+    from canary.pipeline import recompute as module
+    from canary.pipeline.native import NATIVE
+
+    if NATIVE is None:
+        pytest.skip("the native extension is not built (no cargo)")
+    rng = random.Random(seed)
+    records: list[Any] = []
+    for i in range(rng.randint(0, 300)):
+        ts = rng.choice([T0 + i, None, -1, 0, 2**62])
+        records.append((rng.randrange(4), rng.randrange(200), ts, f"v{i}".encode()))
+    if rng.random() < 0.5:
+        records.sort(key=lambda r: (r[0], r[1]))  # already in offset order, with repeats
+    split = module._by_partition(records, NATIVE)
+    reference = module._by_partition_python(records)
+    assert {p: recs for p, (recs, _) in split.items()} == reference
+    for recs, times in split.values():
+        assert times is not None
+        assert times.tolist() == [-(2**63) if r[2] is None else r[2] for r in recs]
+    for odd in [[*records, (1, 2.0, None, b"x")], [*records, [0, 1, None, b"x"]], [*records, (0, 1, 1.5, b"x")]]:
+        assert all(times is None for _, times in module._by_partition(odd, NATIVE).values())
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_collector_is_left_as_it_was(enabled: bool) -> None:
+    import gc
+
+    t = Traffic.new()
+    t.steady(0, T0, T0 + 6000, 100)
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        recompute(t.records, [start("dep-1")])
+        assert gc.isenabled() is enabled and gc.get_freeze_count() == 0
+    finally:
+        (gc.enable if was else gc.disable)()
