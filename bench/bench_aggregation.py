@@ -100,6 +100,7 @@ from canary.core.windows import DEFAULT_DEDUP_RETENTION_MS, WindowFinalizer
 from canary.kafka.clients import Cluster, as_connection, client_kwargs
 from canary.kafka.topics import CHECKPOINT_MAX_BYTES, Topics, ensure_topics
 from canary.pipeline.decode import OutcomeDecoder, as_core_outcomes
+from canary.pipeline.memory import request_memory
 from canary.pipeline.policies import aggregator_for_policy
 from devtools.harness import PRESETS, WorkerProcess, send_command, start_command
 from router.outcomes import outcome_partition
@@ -1018,8 +1019,9 @@ def finalize_pass(
 
 
 def native_pass(inp: CoreInput, batch: int) -> dict[str, Any] | None:
-    """The native decoder's path (what the windows stage runs when canary_native is built): decode_columns and
-    add_columns per micro-batch, timed apart, and whether the finalizers end in the object path's state."""
+    """The native batch core's path (what the windows stage runs when canary_native is built): decode_columns and
+    add_columns (with the native request memory) per micro-batch, timed apart, and whether the finalizers end in
+    the object path's state."""
     decoder = OutcomeDecoder(native="auto")
     if decoder.native is None:
         return None
@@ -1029,7 +1031,8 @@ def native_pass(inp: CoreInput, batch: int) -> dict[str, Any] | None:
     same = True
     now = now_ms()
     for p, values in inp.streams.items():
-        fin = WindowFinalizer(WINDOW_MS, GRACE_MS, 12, aggregator=lambda _k: aggregator)
+        # The native request memory too, as the stage takes it (canary.pipeline.memory); the reference beside it.
+        fin = WindowFinalizer(WINDOW_MS, GRACE_MS, 12, aggregator=lambda _k: aggregator, memory=request_memory("auto"))
         ref = WindowFinalizer(WINDOW_MS, GRACE_MS, 12, aggregator=lambda _k: aggregator)
         for i in range(0, len(values), batch):
             chunk = values[i : i + batch]

@@ -491,3 +491,16 @@ def test_batches_decoded_apart_and_joined_are_the_batch_decoded_at_once(seed: in
     assert [(row, str(exc)) for row, exc in joined_refused] == [(row, str(exc)) for row, exc in whole_refused]
     rows = sorted(rng.sample(range(len(values)), rng.randint(0, len(values))))
     assert _rows(whole.take(rows)) == [_rows(whole)[r] for r in rows]
+
+
+def test_batches_decode_alike_in_threads() -> None:
+    """The native decoder releases the GIL on batches of 512 rows or more (replay decodes a chunk ahead in a
+    thread): batches decoded in threads at once give the rows each gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    native = OutcomeDecoder(native="on")
+    batches = [[raw(outcome(i + 1000 * b, router_id=f"router-{b}")) for i in range(800)] for b in range(6)]
+    alone = [_rows(native.decode_columns(values)[0]) for values in batches]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda values: _rows(native.decode_columns(values)[0]), batches * 3))
+    assert together == alone * 3
