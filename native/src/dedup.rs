@@ -3,9 +3,10 @@
 //! the same way (tests/core/test_request_memory.py) without a Python object per request.
 //!
 //! Keys and starts cross as little-endian byte strings (`numpy.ndarray.tobytes()`), answers go back as one
-//! byte a key: one call per batch. Every key is held once (a key is remembered only when it is not), so one hash
-//! map from key to start answers membership; `seal_before` has nothing to do here (the map is already compact:
-//! ~20 bytes a request). Request ids come from records, so a producer must not be able to choose keys that
+//! byte a key: one call per batch. Every key is held once (a key is remembered only when it is not). As in the
+//! reference, the starts the watermark has passed are *sealed*: their keys leave the hash map for one sorted
+//! vector (8 bytes a request; a hash map holding 60 s of requests costs ~20–50 and, churned, grew the worker's
+//! memory for minutes at 16k outcomes/s), so the map holds only the open windows' requests. Request ids come from records, so a producer must not be able to choose keys that
 //! collide in the table: keys are hashed with a seed drawn from std's `RandomState` (random per process) and
 //! mixed by murmur3's 64-bit finalizer, a bijection — without the seed, a key's bucket cannot be predicted. It
 //! costs a third of SipHash's time, which was a tenth of replay's recompute.
@@ -81,12 +82,40 @@ impl BuildHasher for SeededKeys {
     }
 }
 
+/// One window start's requests, in arrival order: the first `sealed` are in the sorted vector, the rest in the map.
+#[derive(Default)]
+struct Start {
+    keys: Vec<u64>,
+    sealed: usize,
+}
+
 #[pyclass(module = "canary_native")]
 #[derive(Default)]
 pub struct RequestMemory {
-    start_of: HashMap<u64, i64, SeededKeys>,
-    by_start: BTreeMap<i64, Vec<u64>>,
+    open: HashMap<u64, i64, SeededKeys>,
+    sealed: Vec<u64>, // the sealed starts' keys, sorted
+    starts: BTreeMap<i64, Start>,
     seeds: SeededKeys,
+}
+
+impl RequestMemory {
+    fn has(&self, key: &u64) -> bool {
+        self.open.contains_key(key) || self.sealed.binary_search(key).is_ok()
+    }
+}
+
+/// `sorted` less one copy of each of `gone` (sorted; every one of which it holds).
+fn without(sorted: &[u64], gone: &[u64]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(sorted.len().saturating_sub(gone.len()));
+    let mut g = gone.iter().peekable();
+    for &k in sorted {
+        if g.peek() == Some(&&k) {
+            g.next();
+        } else {
+            out.push(k);
+        }
+    }
+    out
 }
 
 #[pymethods]
@@ -97,27 +126,25 @@ impl RequestMemory {
     }
 
     fn __len__(&self) -> usize {
-        self.start_of.len()
+        self.open.len() + self.sealed.len()
     }
 
     /// One byte a key: 1 where the key is remembered.
     fn remembered(&self, py: Python<'_>, keys: &[u8]) -> PyResult<Py<PyBytes>> {
         let keys = words(keys, "keys", u64::from_le_bytes)?;
-        let out: Vec<u8> = keys
-            .iter()
-            .map(|k| self.start_of.contains_key(k) as u8)
-            .collect();
+        let out: Vec<u8> = keys.iter().map(|k| self.has(k) as u8).collect();
         Ok(PyBytes::new_bound(py, &out).unbind())
     }
 
     /// None when no key is remembered and none repeats an earlier one; else one byte a key, 1 where it does.
     fn repeats(&self, py: Python<'_>, keys: &[u8]) -> PyResult<Option<Py<PyBytes>>> {
         let keys = words(keys, "keys", u64::from_le_bytes)?;
-        let mut fresh: HashSet<u64, SeededKeys> = HashSet::with_capacity_and_hasher(keys.len(), self.seeds.clone());
+        let mut fresh: HashSet<u64, SeededKeys> =
+            HashSet::with_capacity_and_hasher(keys.len(), self.seeds.clone());
         let mut out = vec![0u8; keys.len()];
         let mut any = false;
         for (i, k) in keys.iter().enumerate() {
-            if self.start_of.contains_key(k) || !fresh.insert(*k) {
+            if self.has(k) || !fresh.insert(*k) {
                 out[i] = 1;
                 any = true;
             }
@@ -136,16 +163,19 @@ impl RequestMemory {
                 starts.len()
             )));
         }
-        self.start_of.reserve(keys.len());
         let mut i = 0;
         while i < keys.len() {
             // A run of one start (a batch's requests mostly share one window) goes into its bucket at once.
             let s = starts[i];
             let j = i + starts[i..].iter().take_while(|&&t| t == s).count();
             for &k in &keys[i..j] {
-                self.start_of.insert(k, s);
+                self.open.insert(k, s);
             }
-            self.by_start.entry(s).or_default().extend_from_slice(&keys[i..j]);
+            self.starts
+                .entry(s)
+                .or_default()
+                .keys
+                .extend_from_slice(&keys[i..j]);
             i = j;
         }
         Ok(())
@@ -156,42 +186,70 @@ impl RequestMemory {
         let keys = words(keys, "keys", u64::from_le_bytes)?;
         let mut taken = Vec::with_capacity(keys.len());
         for k in keys {
-            if let std::collections::hash_map::Entry::Vacant(e) = self.start_of.entry(k) {
-                e.insert(start);
+            if !self.has(&k) {
+                self.open.insert(k, start);
                 taken.push(k);
             }
         }
         if !taken.is_empty() {
-            self.by_start.entry(start).or_default().extend(taken);
+            self.starts.entry(start).or_default().keys.extend(taken);
         }
         Ok(())
     }
 
     fn forget_before(&mut self, horizon: i64) {
-        let kept = self.by_start.split_off(&horizon);
-        let gone = std::mem::replace(&mut self.by_start, kept);
-        for keys in gone.values() {
-            for k in keys {
-                self.start_of.remove(k);
+        let kept = self.starts.split_off(&horizon);
+        let gone = std::mem::replace(&mut self.starts, kept);
+        let mut unsealed: Vec<u64> = Vec::new();
+        for st in gone.values() {
+            for k in &st.keys[st.sealed..] {
+                self.open.remove(k);
             }
+            unsealed.extend_from_slice(&st.keys[..st.sealed]);
         }
-        if self.start_of.capacity() > 4 * self.start_of.len().max(1024) {
-            self.start_of.shrink_to_fit(); // a burst's table is given back once traffic falls
+        if !unsealed.is_empty() {
+            unsealed.sort_unstable();
+            self.sealed = without(&self.sealed, &unsealed);
         }
     }
 
-    fn seal_before(&self, _limit: i64) {}
+    fn seal_before(&mut self, limit: i64) {
+        let mut moved: Vec<u64> = Vec::new();
+        for st in self.starts.range_mut(..limit).map(|(_, st)| st) {
+            if st.sealed < st.keys.len() {
+                for k in &st.keys[st.sealed..] {
+                    self.open.remove(k);
+                }
+                moved.extend_from_slice(&st.keys[st.sealed..]);
+                st.sealed = st.keys.len();
+            }
+        }
+        if !moved.is_empty() {
+            moved.sort_unstable();
+            // Two sorted runs: the stable sort merges them in one pass.
+            self.sealed.reserve_exact(moved.len());
+            self.sealed.extend_from_slice(&moved);
+            self.sealed.sort();
+        }
+        if self.open.capacity() > 4 * self.open.len().max(1024) {
+            self.open.shrink_to_fit(); // a burst's table is given back once traffic falls
+        }
+    }
 
     fn starts(&self) -> Vec<(i64, usize)> {
-        self.by_start
+        self.starts
             .iter()
-            .filter(|(_, k)| !k.is_empty())
-            .map(|(s, k)| (*s, k.len()))
+            .filter(|(_, st)| !st.keys.is_empty())
+            .map(|(s, st)| (*s, st.keys.len()))
             .collect()
     }
 
     fn keys_of(&self, py: Python<'_>, start: i64) -> Py<PyBytes> {
-        let keys = self.by_start.get(&start).map(Vec::as_slice).unwrap_or(&[]);
+        let keys = self
+            .starts
+            .get(&start)
+            .map(|st| st.keys.as_slice())
+            .unwrap_or(&[]);
         let raw: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
         PyBytes::new_bound(py, &raw).unbind()
     }

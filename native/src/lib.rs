@@ -602,7 +602,10 @@ fn record_fields(
         if t.len() < 4 {
             return Ok(None);
         }
-        let (Ok(p), Ok(o)) = (t.get_item(0)?.extract::<i64>(), t.get_item(1)?.extract::<i64>()) else {
+        let (Ok(p), Ok(o)) = (
+            t.get_item(0)?.extract::<i64>(),
+            t.get_item(1)?.extract::<i64>(),
+        ) else {
             return Ok(None);
         };
         let ts = t.get_item(2)?;
