@@ -11,14 +11,29 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from canary.core.aggregations import OutcomeColumns
 from canary.core.models import RouterWatermark, SearchOutcome, WindowKey
 
+T = TypeVar("T", WindowKey, str)
+
 OUTCOME, WATERMARK, SKIPPED = 0, 1, 2
 """Row kinds (``ColumnBatch.status``); the native decoder's codes."""
+
+
+def _joined(first: list[T], second: list[T]) -> tuple[list[T], np.ndarray]:
+    """One code table for two: ``first``'s, then what only ``second`` has; and ``second``'s codes renumbered into it
+    (indexed by code; code -1, a row that is not an outcome, maps to -1 again)."""
+    joined = list(first)
+    code = {item: i for i, item in enumerate(joined)}
+    for item in second:
+        if item not in code:
+            code[item] = len(joined)
+            joined.append(item)
+    return joined, np.asarray([code[item] for item in second] + [-1], dtype=np.int32)
 
 
 def _shifted(offset_at: Callable[[int], int], lo: int, row: int) -> int:
@@ -100,21 +115,8 @@ class ColumnBatch:
     ) -> ColumnBatch:
         """``second``'s rows after ``first``'s (decoded apart: its key and router codes are renumbered into one
         table); ``values`` and ``offset_at`` describe the joined rows."""
-        keys = list(first.keys)
-        key_code = {k: i for i, k in enumerate(keys)}
-        for k in second.keys:
-            if k not in key_code:
-                key_code[k] = len(keys)
-                keys.append(k)
-        routers = list(first.routers)
-        router_code = {r: i for i, r in enumerate(routers)}
-        for r in second.routers:
-            if r not in router_code:
-                router_code[r] = len(routers)
-                routers.append(r)
-        # Codes are -1 on rows that are not outcomes: they map to -1 again.
-        key_map = np.asarray([key_code[k] for k in second.keys] + [-1], dtype=np.int32)
-        router_map = np.asarray([router_code[r] for r in second.routers] + [-1], dtype=np.int32)
+        keys, key_map = _joined(first.keys, second.keys)
+        routers, router_map = _joined(first.routers, second.routers)
         shift = len(first)
         return ColumnBatch(
             np.concatenate((first.status, second.status)),
