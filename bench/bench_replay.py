@@ -62,6 +62,7 @@ from canary.pipeline.recompute import evaluate, recompute, recompute_partition
 from canary.pipeline.settings import PipelineSettings
 from canary.replay.postmortem import run_replay
 from canary.replay.reader import new_consumer, read_outcome_records, read_span
+from canary.runtime import reuse_freed_memory
 
 TARGET_RECOMPUTE = 1_000_000.0  # issue #24 (it was 500k/s before)
 TARGET_READ = 100_000.0
@@ -372,6 +373,7 @@ def render(r: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    reuse_freed_memory()  # as every canary process does at start (canary.cli.main)
     parser = base_parser("replay recompute and Kafka read speed")
     parser.add_argument("-n", type=int, default=1_000_000, help="synthetic outcomes in-process (default 1M)")
     parser.add_argument("--rate", type=float, default=50_000.0, help="event rate of the synthetic traffic (/s)")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import platform
+import resource
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from canary.runtime import EXIT_STOP_TIMED_OUT
 
@@ -66,3 +70,31 @@ def test_the_loops_own_handler_still_runs() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         assert proc.stdout.read().strip() == "stopped cleanly"
+
+
+FAULTS = """
+import resource, sys
+from canary.runtime import reuse_freed_memory
+print(int(reuse_freed_memory()))
+chunk = b"x" * (256 * 1024)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(40):
+    buf = bytearray()
+    for _ in range(24):  # a 6 MiB fetch response arriving in 256 KiB reads, then copied out
+        buf.extend(chunk)
+    frame = bytes(buf)
+    del buf, frame
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_freed_fetch_buffers_are_reused_not_faulted_in_again() -> None:
+    """glibc keeps a freed fetch buffer for the next read: 40 responses of 6 MiB fault in about one response's pages
+    (its buffer and its copy, ~3,072 pages of 4 KiB), not a fresh set each time."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt's thresholds are glibc's")
+    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, timeout=60, check=True)
+    took, faults = (int(line) for line in out.stdout.split())
+    assert took == 1
+    one_response = 2 * 6 * 1024 * 1024 // resource.getpagesize()
+    assert faults < 1.5 * one_response, faults
