@@ -429,8 +429,7 @@ class WindowFinalizer:
         caller to dead-letter; the caller empties the list."""
         # Which requests were counted, by window start (canary.core.dedup): the Python reference, or the native
         # batch core's where the pipeline passes it.
-        self.memory_factory: MemoryFactory = memory or ReferenceRequestMemory
-        self._memory = self.memory_factory()
+        self._memory = (memory or ReferenceRequestMemory)()
         # window start -> (keys packed, their base64): a start's list only grows (and goes whole when pruned), so
         # a checkpoint re-encodes only the starts that took requests since the last one, not all 60 s of them.
         self._packed: dict[int, tuple[int, str]] = {}

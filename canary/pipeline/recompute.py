@@ -426,11 +426,6 @@ class _Values(Sequence[bytes | None]):
 
 
 @contextlib.contextmanager
-def _no_pool() -> Iterator[None]:
-    yield None
-
-
-@contextlib.contextmanager
 def _collector_skips_what_exists() -> Iterator[None]:
     """The cyclic garbage collector leaves the objects that exist now — the caller's records above all, a
     tuple each, alive throughout — out of its passes until the recomputation ends: walking a million of them at
@@ -514,7 +509,7 @@ def recompute(
     by_partition = _by_partition(records, decoder.native)
     # The native decoder releases the GIL: one thread decodes each partition's next chunk meanwhile.
     ahead = decoder.native is not None and any(len(r) > _CHUNK for r, _ in by_partition.values())
-    pool_or_none = ThreadPoolExecutor(1, thread_name_prefix="canary-decode") if ahead else _no_pool()
+    pool_or_none = ThreadPoolExecutor(1, thread_name_prefix="canary-decode") if ahead else contextlib.nullcontext()
     with _collector_skips_what_exists(), pool_or_none as pool:
         for partition, (recs, times) in sorted(by_partition.items()):
             fin = WindowFinalizer(

@@ -95,7 +95,6 @@ pub struct RequestMemory {
     open: HashMap<u64, i64, SeededKeys>,
     sealed: Vec<u64>, // the sealed starts' keys, sorted
     starts: BTreeMap<i64, Start>,
-    seeds: SeededKeys,
 }
 
 impl RequestMemory {
@@ -140,7 +139,7 @@ impl RequestMemory {
     fn repeats(&self, py: Python<'_>, keys: &[u8]) -> PyResult<Option<Py<PyBytes>>> {
         let keys = words(keys, "keys", u64::from_le_bytes)?;
         let mut fresh: HashSet<u64, SeededKeys> =
-            HashSet::with_capacity_and_hasher(keys.len(), self.seeds.clone());
+            HashSet::with_capacity_and_hasher(keys.len(), self.open.hasher().clone());
         let mut out = vec![0u8; keys.len()];
         let mut any = false;
         for (i, k) in keys.iter().enumerate() {
