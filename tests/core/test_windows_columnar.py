@@ -7,12 +7,15 @@ report the same late / future / duplicate outcomes and emit the same windows.
 
 from __future__ import annotations
 
+import base64
 import random
 import zlib
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from canary.core.dedup import ReferenceRequestMemory
 from canary.core.models import RouterWatermark, SearchOutcome
@@ -276,3 +279,39 @@ def test_removing_a_sorted_multiset_removes_each_copy_once(seed: int) -> None:
     for value in gone.tolist():
         expected.remove(value)
     assert _without(union, gone).tolist() == expected
+
+
+_SEEN_VALUES = st.one_of(
+    st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),  # any length, not just 8k
+    st.text(max_size=20),  # not base64
+    st.integers(),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seen=st.one_of(
+        st.dictionaries(st.one_of(st.text(max_size=6), st.integers().map(str)), _SEEN_VALUES, max_size=4),
+        st.lists(st.lists(st.one_of(st.integers(), st.text(max_size=4)), max_size=3), max_size=4),
+        st.integers(),
+        st.text(max_size=5),
+    ),
+    native=st.booleans() if NATIVE is not None else st.just(False),
+)
+def test_a_damaged_dedup_section_is_a_typed_rejection(seen: Any, native: bool) -> None:
+    """A checkpoint is a record read back from a topic: whatever its ``seen`` section holds, the finalizer restores
+    it (the same state with either memory) or raises ``InvalidEvent`` — never another exception."""
+    from canary.errors import InvalidEvent
+
+    fin = WindowFinalizer()
+    fin.add(0, [RouterWatermark("r", BASE, "running", 1)], BASE)
+    state = {**fin.to_dict(), "seen": seen}
+    memory = NativeRequestMemory if native else None
+    try:
+        restored = WindowFinalizer.from_dict(state, now_ms=BASE, memory=memory)
+    except InvalidEvent:
+        return
+    reference = WindowFinalizer.from_dict(state, now_ms=BASE)
+    assert restored.to_dict() == reference.to_dict()
