@@ -14,6 +14,7 @@ from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.observability.logs import set_deployment_provider
 from canary.observability.server import MetricsEndpoint, MetricsServer
+from canary.pipeline.native import DEADLINE
 from canary.runtime import StopDeadline
 from canary.security import CommandVerifier
 from router.backends.base import SearchBackend
@@ -51,7 +52,7 @@ async def serve(
         recall_sample_rate=recall_sample_rate,
         diff_sample_rate=diff_sample_rate,
     )
-    deadline = StopDeadline(f"router {service.router_id}")
+    deadline = StopDeadline(f"router {service.router_id}", native=DEADLINE)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -15,6 +15,7 @@ from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics
 from canary.observability.logs import LogFormat, logging_config
 from canary.observability.server import MetricsEndpoint
+from canary.pipeline.native import DEADLINE
 from canary.pipeline.settings import DEFAULTS
 from canary.runtime import StopDeadline
 from canary.security import ControlSecurity
@@ -30,7 +31,7 @@ class CanaryWorker(Worker):
     """Faust's worker, with a bounded stop: Faust's own stop waits for the broker (commits, leaving the
     group, flushing), which with the broker down took over a minute (canary.runtime)."""
 
-    stop_deadline = StopDeadline("worker")
+    stop_deadline = StopDeadline("worker", native=DEADLINE)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

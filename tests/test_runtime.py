@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import resource
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 
-from canary.runtime import EXIT_STOP_TIMED_OUT
+from canary.pipeline.native import DEADLINE
+from canary.runtime import EXIT_STOP_TIMED_OUT, NATIVE_BACKSTOP_S
 
 BUSY_LOOP = """
 import asyncio, signal, sys, time
@@ -70,6 +73,67 @@ def test_the_loops_own_handler_still_runs() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         assert proc.stdout.read().strip() == "stopped cleanly"
+
+
+GIL_HELD = """
+import asyncio, itertools, json, logging, signal, sys
+from canary.observability.logs import configure_logging
+from canary.pipeline.native import DEADLINE
+from canary.runtime import StopDeadline
+
+async def main():
+    configure_logging("json")
+    deadline = StopDeadline("test", seconds=1.0, native=DEADLINE if sys.argv[1] == "native" else None)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: None)
+    deadline.arm_on((signal.SIGTERM,))
+    print("ready", int(deadline.backstop), flush=True)
+    # One C call that holds the GIL for ~30 s: no bytecode runs, so neither the signal's Python handler nor the
+    # deadline's timer thread can (a full collection over a large heap, a large JSON dump).
+    sum(itertools.repeat(1, 10_000_000_000))
+    await asyncio.sleep(30)  # a stop that never finishes
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(DEADLINE is None, reason="canary_native is not built (no cargo)")
+def test_the_native_backstop_ends_a_process_whose_interpreter_is_busy_in_c() -> None:
+    cmd = [sys.executable, "-c", GIL_HELD, "native"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().split() == ["ready", "1"]
+        time.sleep(0.3)  # inside the C call
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        took = time.monotonic() - started
+        stderr = proc.stderr.read()
+    assert code == EXIT_STOP_TIMED_OUT, stderr
+    assert took < 1.0 + NATIVE_BACKSTOP_S + 3.0, took  # the C call alone would have held it ~30 s
+    (line,) = [json.loads(text) for text in stderr.splitlines() if "did not finish" in text]
+    # The line is the service's log format, its time the moment it was written.
+    assert line["level"] == "CRITICAL" and line["logger"] == "canary.runtime" and line["message"].startswith("test: ")
+    assert "the interpreter did not end it" in line["message"]  # the native thread's words, not the timer's
+    written = datetime.fromisoformat(line["ts"].replace("Z", "+00:00")).timestamp()
+    assert abs(written - time.time()) < took + 1.0, line
+
+
+def test_without_the_backstop_a_busy_interpreter_holds_the_deadline_back() -> None:
+    """What the backstop is for: the Python deadline alone is armed only once the C call returns."""
+    cmd = [sys.executable, "-c", GIL_HELD.replace("10_000_000_000", "1_500_000_000"), "python"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().split() == ["ready", "0"]
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        took = time.monotonic() - started
+        stderr = proc.stderr.read()
+    assert code == EXIT_STOP_TIMED_OUT, stderr
+    # The C call (~4 s here) ran to its end first, then the 1 s deadline.
+    assert took > 2.0, took
 
 
 FAULTS = """

@@ -16,6 +16,7 @@
 //! (`run_tuples`): no Python object per record anywhere on the way (`canary.kafka.runs`).
 
 mod crc32c;
+mod deadline;
 mod dedup;
 mod records;
 
@@ -643,6 +644,9 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_tuples, m)?)?;
     m.add_class::<dedup::RequestMemory>()?;
     m.add_function(wrap_pyfunction!(record_fields, m)?)?;
+    m.add_function(wrap_pyfunction!(deadline::deadline_install, m)?)?;
+    m.add_function(wrap_pyfunction!(deadline::deadline_arm, m)?)?;
+    m.add_function(wrap_pyfunction!(deadline::deadline_disarm, m)?)?;
     m.add("ENTRY_BYTES", std::mem::size_of::<records::Entry>())?;
     m.add("OUTCOME", OUTCOME)?;
     m.add("WATERMARK", WATERMARK)?;
