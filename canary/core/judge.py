@@ -1036,12 +1036,12 @@ class DeploymentJudge:
         return JudgeState(
             deployment_id=self.deployment_id,
             policy=self.policy.to_dict(),
-            candidate=self.candidate.to_dict(),
-            baseline=self.baseline.to_dict(),
+            candidate=self.candidate.shared_dict(),
+            baseline=self.baseline.shared_dict(),
             candidate_windows=self.candidate_windows,
             last_judged_start=self.last_judged_start,
             last_baseline_start=self.last_baseline_start,
-            pending_baseline={str(k): v.to_dict() for k, v in sorted(self.pending_baseline.items())},
+            pending_baseline={str(k): v.shared_dict() for k, v in sorted(self.pending_baseline.items())},
             baseline_values={str(k): v for k, v in sorted(self.baseline_values.items())},
             waiting=[(w.to_dict(), a) for w, a in self.waiting],
             streaks=self.streaks,
@@ -1061,11 +1061,19 @@ class DeploymentJudge:
         )
 
     def to_dict(self) -> JSONDict:
-        # The recent windows' statistics go in as their shared dicts, not through to_builtins (which would copy
-        # them): they are most of the checkpoint and the same from one window to the next.
+        """The checkpoint, for a serializer: the window statistics in it are the judge's shared dicts (the same
+        objects from one call to the next), which a caller must not change."""
+        # Every window statistics (pooled, pending, recent) goes in as its shared dict, not through to_builtins
+        # (which would copy it, sketch bins and all): they are most of the checkpoint, and the pending and recent
+        # ones the same from one window to the next. The SLO agent writes this after every window it receives.
         st = self.state()
-        d: JSONDict = msgspec.to_builtins(msgspec.structs.replace(st, recent=[], last_good_recent={}))
+        d: JSONDict = msgspec.to_builtins(
+            msgspec.structs.replace(st, recent=[], last_good_recent={}, candidate={}, baseline={}, pending_baseline={})
+        )
         d["waiting"] = [list(pair) for pair in d["waiting"]]  # to_builtins keeps tuples; the JSON has lists
+        d["candidate"] = st.candidate  # assigned in place: the keys keep their order
+        d["baseline"] = st.baseline
+        d["pending_baseline"] = st.pending_baseline
         d["recent"] = [[s, w] for s, w in st.recent]
         d["last_good_recent"] = st.last_good_recent
         del d["strongest"]  # read from older checkpoints, never written

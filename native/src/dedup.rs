@@ -5,8 +5,9 @@
 //! Keys and starts cross as little-endian byte strings (`numpy.ndarray.tobytes()`), answers go back as one
 //! byte a key: one call per batch. Every key is held once (a key is remembered only when it is not). As in the
 //! reference, the starts the watermark has passed are *sealed*: their keys leave the hash map for one sorted
-//! vector (8 bytes a request; a hash map holding 60 s of requests costs ~20–50 and, churned, grew the worker's
-//! memory for minutes at 16k outcomes/s), so the map holds only the open windows' requests. Request ids come from records, so a producer must not be able to choose keys that
+//! vector (8 bytes a request, and 1 of index on its leading bits; a hash map holding 60 s of requests costs ~20–50
+//! and, churned, grew the worker's memory for minutes at 16k outcomes/s), so the map holds only the open windows'
+//! requests. Request ids come from records, so a producer must not be able to choose keys that
 //! collide in the table: keys are hashed with a seed drawn from std's `RandomState` (random per process) and
 //! mixed by murmur3's 64-bit finalizer, a bijection — without the seed, a key's bucket cannot be predicted. It
 //! costs a third of SipHash's time, which was a tenth of replay's recompute.
@@ -89,17 +90,75 @@ struct Start {
     sealed: usize,
 }
 
+/// The sealed starts' keys, sorted, with an index of where each run of leading bits begins: a look-up reads one
+/// index pair and a few neighbouring keys instead of binary-searching the whole vector (at a million keys that
+/// was ~20 dependent cache misses, 295 ns a key; the index costs 1 B a key). Keys are checksums, spread over the
+/// leading bits; keys a producer made share leading bits on purpose only narrow no range: the search within a
+/// bucket is still binary.
+#[derive(Default)]
+struct SortedKeys {
+    keys: Vec<u64>,
+    index: Vec<u32>, // index[b]: the first position whose key's leading `bits` bits are >= b; len 2^bits + 1
+    bits: u32,
+}
+
+impl SortedKeys {
+    const KEYS_PER_BUCKET: usize = 4;
+    const MAX_BITS: u32 = 26;
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn contains(&self, key: &u64) -> bool {
+        if self.bits == 0 {
+            return self.keys.binary_search(key).is_ok();
+        }
+        let b = (key >> (64 - self.bits)) as usize;
+        let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+        self.keys[lo..hi].binary_search(key).is_ok()
+    }
+
+    /// Take ``keys`` (sorted) and index them.
+    fn set(&mut self, keys: Vec<u64>) {
+        self.keys = keys;
+        let n = self.keys.len();
+        let buckets = n / Self::KEYS_PER_BUCKET;
+        self.bits = if buckets < 2 || n > u32::MAX as usize {
+            0
+        } else {
+            buckets.ilog2().min(Self::MAX_BITS)
+        };
+        self.index.clear();
+        if self.bits == 0 {
+            self.index.shrink_to_fit();
+            return;
+        }
+        let count = 1usize << self.bits;
+        self.index.reserve_exact(count + 1);
+        let mut at = 0usize;
+        for b in 0..count {
+            while at < n && ((self.keys[at] >> (64 - self.bits)) as usize) < b {
+                at += 1;
+            }
+            self.index.push(at as u32);
+        }
+        self.index.push(n as u32);
+        self.index.shrink_to_fit();
+    }
+}
+
 #[pyclass(module = "canary_native")]
 #[derive(Default)]
 pub struct RequestMemory {
     open: HashMap<u64, i64, SeededKeys>,
-    sealed: Vec<u64>, // the sealed starts' keys, sorted
+    sealed: SortedKeys, // the sealed starts' keys
     starts: BTreeMap<i64, Start>,
 }
 
 impl RequestMemory {
     fn has(&self, key: &u64) -> bool {
-        self.open.contains_key(key) || self.sealed.binary_search(key).is_ok()
+        self.open.contains_key(key) || self.sealed.contains(key)
     }
 }
 
@@ -208,7 +267,8 @@ impl RequestMemory {
         }
         if !unsealed.is_empty() {
             unsealed.sort_unstable();
-            self.sealed = without(&self.sealed, &unsealed);
+            let kept = without(&self.sealed.keys, &unsealed);
+            self.sealed.set(kept);
         }
     }
 
@@ -226,9 +286,11 @@ impl RequestMemory {
         if !moved.is_empty() {
             moved.sort_unstable();
             // Two sorted runs: the stable sort merges them in one pass.
-            self.sealed.reserve_exact(moved.len());
-            self.sealed.extend_from_slice(&moved);
-            self.sealed.sort();
+            let mut keys = std::mem::take(&mut self.sealed.keys);
+            keys.reserve_exact(moved.len());
+            keys.extend_from_slice(&moved);
+            keys.sort();
+            self.sealed.set(keys);
         }
         if self.open.capacity() > 4 * self.open.len().max(1024) {
             self.open.shrink_to_fit(); // a burst's table is given back once traffic falls

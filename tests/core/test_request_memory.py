@@ -106,6 +106,42 @@ def test_the_native_memory_answers_as_the_reference(seed: int) -> None:
 
 
 @native_only
+@native_only
+@pytest.mark.parametrize("spread", ["random", "shared leading bits", "extremes"])
+def test_many_sealed_keys_are_found_through_the_index(spread: str) -> None:
+    """Sealed keys are looked up through an index of their leading bits: spread keys, keys a producer made share
+    those bits (one bucket holds them all), and the smallest and largest keys answer as the reference does."""
+    rng = np.random.default_rng(11)
+    n = 40_000
+    if spread == "random":
+        pool = rng.integers(0, 2**64, size=2 * n, dtype=np.uint64)
+    elif spread == "shared leading bits":
+        pool = (np.uint64(0xABCD) << np.uint64(48)) | rng.integers(0, 2**40, size=2 * n, dtype=np.uint64)
+    else:
+        pool = np.concatenate(
+            [
+                np.arange(n, dtype=np.uint64),
+                np.uint64(2**64 - 1) - np.arange(n, dtype=np.uint64),
+            ]
+        )
+    pool = np.unique(pool)
+    rng.shuffle(pool)
+    held, asked = pool[: pool.size // 2], pool
+    native, reference = NativeRequestMemory(), ReferenceRequestMemory()
+    for memory in (native, reference):
+        for i, chunk in enumerate(np.array_split(held, 8)):
+            memory.remember(chunk, np.full(chunk.size, i * SIZE, dtype=np.int64))
+        memory.seal_before(6 * SIZE)  # six starts sealed, two open
+    expected = np.isin(asked, held)
+    assert native.remembered(asked).tolist() == expected.tolist()
+    assert reference.remembered(asked).tolist() == expected.tolist()
+    for memory in (native, reference):
+        memory.forget_before(3 * SIZE)  # the first three starts go; the index is made again
+    kept = np.concatenate(np.array_split(held, 8)[3:])
+    assert native.remembered(asked).tolist() == np.isin(asked, kept).tolist()
+    assert state(native) == state(reference)
+
+
 def test_the_native_memory_refuses_malformed_arguments_without_changing() -> None:
     m = NATIVE.RequestMemory()
     m.remember(keys(1).tobytes(), starts(0).tobytes())
