@@ -4,7 +4,9 @@ Each memory (the native one where the extension is built, the Python reference) 
 the windows make them (:func:`canary.core.windows.request_keys_of`), spread over 100 window starts of which the
 first 99 are sealed, as a backlog's memory is once the watermark passed them — and is then asked, in batches of
 2,000, whether 200,000 new keys repeat (``repeats``: the call every columnar batch makes). Printed: nanoseconds a
-key asked, best of ``--repeat`` passes (wall time; nothing else should run).
+key asked, best of ``--repeat`` passes (wall time; nothing else should run). Then, on the same memory, 500 batches
+of 400 late requests each, remembered at a start already sealed and sealed at once (``remember`` + ``seal_before``,
+what a batch with late requests costs once the watermark moves): milliseconds a batch.
 
     python bench/bench_request_memory.py [--sizes 100000,1000000] [--repeat 3] [--json]
 """
@@ -26,6 +28,7 @@ STARTS = 100
 SIZE_MS = 5000
 ASKED = 200_000
 BATCH = 2000
+LATE = 400
 
 
 def filled(memory: RequestMemory, keys: np.ndarray) -> RequestMemory:
@@ -46,6 +49,16 @@ def ns_per_key(memory: RequestMemory, asked: np.ndarray, repeat: int) -> float:
     return best / asked.size * 1e9
 
 
+def late_batch_ms(memory: RequestMemory, late: np.ndarray) -> float:
+    began = time.perf_counter()
+    batches = 0
+    for i in range(0, late.size - LATE + 1, LATE):
+        memory.remember(late[i : i + LATE], np.full(LATE, (STARTS // 2) * SIZE_MS, dtype=np.int64))
+        memory.seal_before((STARTS - 1) * SIZE_MS)
+        batches += 1
+    return (time.perf_counter() - began) / batches * 1e3
+
+
 def main() -> None:
     parser = base_parser(__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", default="100000,1000000", help="keys remembered, comma-separated")
@@ -62,11 +75,15 @@ def main() -> None:
     for n in sizes:
         for name, kind in kinds:
             memory = filled(kind(), keys[:n])
-            rows.append(
-                {"memory": name, "remembered": n, "ns_per_key": round(ns_per_key(memory, asked, args.repeat), 1)}
-            )
+            ns = round(ns_per_key(memory, asked, args.repeat), 1)
+            late = round(late_batch_ms(memory, asked), 3)
+            rows.append({"memory": name, "remembered": n, "ns_per_key": ns, "late_batch_ms": late})
     lines = [f"request memory: repeats() of {ASKED:,} new keys in batches of {BATCH:,}, best of {args.repeat}"]
-    lines += [f"  {r['memory']:<10} {r['remembered']:>10,} remembered   {r['ns_per_key']:>8.1f} ns a key" for r in rows]
+    lines += [
+        f"  {r['memory']:<10} {r['remembered']:>10,} remembered   {r['ns_per_key']:>8.1f} ns a key   "
+        f"{r['late_batch_ms']:>7.3f} ms a batch of {LATE} late requests sealed"
+        for r in rows
+    ]
     emit({"machine": machine(), "rows": rows}, "\n".join(lines), args.json)
 
 

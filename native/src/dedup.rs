@@ -94,29 +94,56 @@ struct Start {
 /// index pair and a few neighbouring keys instead of binary-searching the whole vector (at a million keys that
 /// was ~20 dependent cache misses, 295 ns a key; the index costs 1 B a key). Keys are checksums, spread over the
 /// leading bits; keys a producer made share leading bits on purpose only narrow no range: the search within a
-/// bucket is still binary.
+/// bucket is still binary. Keys sealed since the last rebuild wait in a small sorted vector of their own
+/// (`recent`), merged in once it holds an eighth of the rest: a seal that moves a few late keys no longer re-sorts
+/// and re-indexes the whole memory (that was 4 % of a backlog worker's main thread).
 #[derive(Default)]
 struct SortedKeys {
     keys: Vec<u64>,
     index: Vec<u32>, // index[b]: the first position whose key's leading `bits` bits are >= b; len 2^bits + 1
     bits: u32,
+    recent: Vec<u64>, // sorted; no key in both
 }
 
 impl SortedKeys {
     const KEYS_PER_BUCKET: usize = 4;
     const MAX_BITS: u32 = 26;
+    const RECENT_MIN: usize = 1024;
 
     fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.len() + self.recent.len()
     }
 
     fn contains(&self, key: &u64) -> bool {
-        if self.bits == 0 {
-            return self.keys.binary_search(key).is_ok();
+        let found = if self.bits == 0 {
+            self.keys.binary_search(key).is_ok()
+        } else {
+            let b = (key >> (64 - self.bits)) as usize;
+            let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+            self.keys[lo..hi].binary_search(key).is_ok()
+        };
+        found || (!self.recent.is_empty() && self.recent.binary_search(key).is_ok())
+    }
+
+    /// Add keys (sorted, none held).
+    fn add(&mut self, moved: &[u64]) {
+        // Two sorted runs: the stable sort merges them in one pass.
+        self.recent.extend_from_slice(moved);
+        self.recent.sort();
+        if self.recent.len() > Self::RECENT_MIN.max(self.keys.len() / 8) {
+            let mut keys = std::mem::take(&mut self.keys);
+            keys.extend_from_slice(&self.recent);
+            keys.sort();
+            self.recent.clear();
+            self.set(keys);
         }
-        let b = (key >> (64 - self.bits)) as usize;
-        let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
-        self.keys[lo..hi].binary_search(key).is_ok()
+    }
+
+    /// Drop keys (sorted; any not held are passed over).
+    fn remove(&mut self, gone: &[u64]) {
+        self.recent = without(&self.recent, gone);
+        let kept = without(&self.keys, gone);
+        self.set(kept);
     }
 
     /// Take ``keys`` (sorted) and index them.
@@ -163,12 +190,16 @@ impl RequestMemory {
 }
 
 /// `sorted` less one copy of each of `gone` (sorted; every one of which it holds).
+/// `sorted` without the keys of `gone` (both sorted; keys of `gone` not in `sorted` are passed over).
 fn without(sorted: &[u64], gone: &[u64]) -> Vec<u64> {
     let mut out = Vec::with_capacity(sorted.len().saturating_sub(gone.len()));
-    let mut g = gone.iter().peekable();
+    let mut j = 0;
     for &k in sorted {
-        if g.peek() == Some(&&k) {
-            g.next();
+        while j < gone.len() && gone[j] < k {
+            j += 1;
+        }
+        if j < gone.len() && gone[j] == k {
+            j += 1;
         } else {
             out.push(k);
         }
@@ -267,8 +298,7 @@ impl RequestMemory {
         }
         if !unsealed.is_empty() {
             unsealed.sort_unstable();
-            let kept = without(&self.sealed.keys, &unsealed);
-            self.sealed.set(kept);
+            self.sealed.remove(&unsealed);
         }
     }
 
@@ -285,12 +315,7 @@ impl RequestMemory {
         }
         if !moved.is_empty() {
             moved.sort_unstable();
-            // Two sorted runs: the stable sort merges them in one pass.
-            let mut keys = std::mem::take(&mut self.sealed.keys);
-            keys.reserve_exact(moved.len());
-            keys.extend_from_slice(&moved);
-            keys.sort();
-            self.sealed.set(keys);
+            self.sealed.add(&moved);
         }
         if self.open.capacity() > 4 * self.open.len().max(1024) {
             self.open.shrink_to_fit(); // a burst's table is given back once traffic falls

@@ -142,6 +142,33 @@ def test_many_sealed_keys_are_found_through_the_index(spread: str) -> None:
     assert state(native) == state(reference)
 
 
+@native_only
+def test_seals_a_window_at_a_time_with_late_keys_answer_as_the_reference() -> None:
+    """A live memory: each window start sealed as the watermark passes it, late requests remembered at starts already
+    sealed (sealed at the next call), old starts forgotten — the native memory's recently sealed keys wait apart
+    and are merged into the indexed ones now and then; every answer and the whole state stay the reference's."""
+    rng = np.random.default_rng(5)
+    pool = np.unique(rng.integers(0, 2**64, size=60_000, dtype=np.uint64))
+    rng.shuffle(pool)
+    native, reference = NativeRequestMemory(), ReferenceRequestMemory()
+    taken = 0
+    for step in range(150):
+        fresh = pool[taken : taken + 300]
+        taken += fresh.size
+        # Most requests in the newest start, a few late ones in starts the watermark already passed.
+        at = np.where(rng.random(fresh.size) < 0.05, (step - rng.integers(1, 20, fresh.size)) * SIZE, step * SIZE)
+        for memory in (native, reference):
+            memory.remember(fresh, at.astype(np.int64))
+            memory.seal_before((step - 1) * SIZE)
+            if step % 25 == 24:
+                memory.forget_before((step - 60) * SIZE)
+        if step % 10 == 9:
+            asked = pool[: taken + 500]
+            assert native.remembered(asked).tolist() == reference.remembered(asked).tolist(), step
+            assert state(native) == state(reference), step
+    assert len(native) == len(reference) > 10_000
+
+
 def test_the_native_memory_refuses_malformed_arguments_without_changing() -> None:
     m = NATIVE.RequestMemory()
     m.remember(keys(1).tobytes(), starts(0).tobytes())
