@@ -32,16 +32,22 @@ asyncio.run(main())
 """
 
 
-def test_sigterm_arms_the_deadline_while_the_loop_is_blocked() -> None:
-    cmd = [sys.executable, "-c", BUSY_LOOP]
+def _sigterm(cmd: list[str], ready: str, after_s: float = 0.0) -> tuple[int, float, str]:
+    """Start ``cmd``, wait for its ``ready`` line (and ``after_s`` more: inside what it does next), SIGTERM it:
+    (exit code, seconds from the signal to the exit, stderr)."""
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline().strip() == "ready"
+        assert proc.stdout.readline().strip() == ready
+        time.sleep(after_s)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(20)
+        code = proc.wait(60)
         took = time.monotonic() - started
-        stderr = proc.stderr.read()
+        return code, took, proc.stderr.read()
+
+
+def test_sigterm_arms_the_deadline_while_the_loop_is_blocked() -> None:
+    code, took, stderr = _sigterm([sys.executable, "-c", BUSY_LOOP], "ready")
     assert code == EXIT_STOP_TIMED_OUT, stderr
     assert "a clean stop did not finish" in stderr
     assert took < 10, took  # 1 s deadline; the loop alone would have held the process 30 s
@@ -99,16 +105,7 @@ asyncio.run(main())
 
 @pytest.mark.skipif(DEADLINE is None, reason="canary_native is not built (no cargo)")
 def test_the_native_backstop_ends_a_process_whose_interpreter_is_busy_in_c() -> None:
-    cmd = [sys.executable, "-c", GIL_HELD, "native"]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline().split() == ["ready", "1"]
-        time.sleep(0.3)  # inside the C call
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
-        took = time.monotonic() - started
-        stderr = proc.stderr.read()
+    code, took, stderr = _sigterm([sys.executable, "-c", GIL_HELD, "native"], "ready 1", after_s=0.3)
     assert code == EXIT_STOP_TIMED_OUT, stderr
     assert took < 1.0 + NATIVE_BACKSTOP_S + 3.0, took  # the C call alone would have held it ~30 s
     (line,) = [json.loads(text) for text in stderr.splitlines() if "did not finish" in text]
@@ -122,15 +119,7 @@ def test_the_native_backstop_ends_a_process_whose_interpreter_is_busy_in_c() -> 
 def test_without_the_backstop_a_busy_interpreter_holds_the_deadline_back() -> None:
     """What the backstop is for: the Python deadline alone is armed only once the C call returns."""
     cmd = [sys.executable, "-c", GIL_HELD.replace("10_000_000_000", "1_500_000_000"), "python"]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline().split() == ["ready", "0"]
-        time.sleep(0.3)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)
-        took = time.monotonic() - started
-        stderr = proc.stderr.read()
+    code, took, stderr = _sigterm(cmd, "ready 0", after_s=0.3)
     assert code == EXIT_STOP_TIMED_OUT, stderr
     # The C call (~4 s here) ran to its end first, then the 1 s deadline.
     assert took > 2.0, took
