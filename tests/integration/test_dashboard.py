@@ -228,6 +228,16 @@ async def _browser() -> AsyncIterator[Any]:
             await browser.close()
 
 
+async def _until(page: Any, expression: str, timeout_s: float = 30.0) -> None:
+    """Poll ``expression`` from here. Playwright's ``wait_for_function`` evaluates a string with ``eval`` in the page
+    each time it polls, which the dashboard's CSP (``script-src 'self'``) refuses — only its first check, inside the
+    DevTools call, is allowed — so it failed whenever the page was not ready at once (CI, loaded)."""
+    deadline = time.monotonic() + timeout_s
+    while not await page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout_s} s: {expression}"
+        await asyncio.sleep(0.1)
+
+
 async def _control_record(bootstrap: str, topics: Topics, command_id: str) -> tuple[dict[str, Any], int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
@@ -285,7 +295,7 @@ async def test_browser_sees_failing_windows_and_rollback_banner_live(dash_env: D
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
             page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
             await page.goto(env.dashboard.url, wait_until="load")
-            await page.wait_for_function("window.canaryDashboard && window.canaryDashboard.firstEventAtMs !== null")
+            await _until(page, "window.canaryDashboard && window.canaryDashboard.firstEventAtMs !== null")
             timing = await page.evaluate(
                 "(() => { const n = performance.getEntriesByType('navigation')[0];"
                 " return {load: n.loadEventEnd, dom: n.domContentLoadedEventEnd, response: n.responseEnd,"
