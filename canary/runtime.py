@@ -120,12 +120,8 @@ class StopDeadline:
             first, second = formatted(0.0), formatted(1_111_111_111.125)
         except Exception:  # a formatter this cannot drive: a plain line
             return f"%TS%Z CRITICAL canary.runtime: {message}\n"
-        start = 0
-        while start < min(len(first), len(second)) and first[start] == second[start]:
-            start += 1
-        end = 0
-        while end < min(len(first), len(second)) - start and first[-1 - end] == second[-1 - end]:
-            end += 1
+        start = _shared_length(first, second)
+        end = _shared_length(first[start:][::-1], second[start:][::-1])
         return f"{first[:start]}%TS%{first[len(first) - end :]}\n"
 
     def _expire(self) -> None:
@@ -144,6 +140,11 @@ class StopDeadline:
             with contextlib.suppress(Exception):  # exiting anyway
                 handler.flush()
         os._exit(EXIT_STOP_TIMED_OUT)
+
+
+def _shared_length(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 # glibc's mallopt parameters (malloc.h).

@@ -10,7 +10,6 @@
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAX_SIGNAL: usize = 65;
@@ -25,7 +24,6 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 // The handler each signal had before ours (its sa_sigaction and whether it takes siginfo).
 static PREVIOUS: [AtomicUsize; MAX_SIGNAL] = [const { AtomicUsize::new(0) }; MAX_SIGNAL];
 static PREVIOUS_SIGINFO: [AtomicBool; MAX_SIGNAL] = [const { AtomicBool::new(false) }; MAX_SIGNAL];
-static LAST_WORDS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: only async-signal-safe calls (write) and atomics; errno is kept for the code we interrupted.
@@ -91,11 +89,11 @@ fn timestamp() -> String {
     )
 }
 
-fn last_words() -> Vec<u8> {
-    let template = LAST_WORDS.lock().map(|w| w.clone()).unwrap_or_default();
+/// `template` with each `%TS%` replaced by the time now.
+fn with_time(template: &[u8]) -> Vec<u8> {
     let ts = timestamp();
     let mut out = Vec::with_capacity(template.len() + ts.len());
-    let mut rest: &[u8] = &template;
+    let mut rest = template;
     while let Some(at) = rest.windows(TS_MARK.len()).position(|w| w == TS_MARK) {
         out.extend_from_slice(&rest[..at]);
         out.extend_from_slice(ts.as_bytes());
@@ -105,7 +103,7 @@ fn last_words() -> Vec<u8> {
     out
 }
 
-fn watch(read_fd: libc::c_int, seconds: f64, code: i32) {
+fn watch(read_fd: libc::c_int, seconds: f64, code: i32, template: Vec<u8>) {
     let mut byte = 0u8;
     loop {
         // SAFETY: reading one byte from our own pipe into a local.
@@ -123,7 +121,7 @@ fn watch(read_fd: libc::c_int, seconds: f64, code: i32) {
             break;
         }
     }
-    let words = last_words();
+    let words = with_time(&template);
     // SAFETY: a write to stderr and the process's immediate exit, as os._exit does.
     unsafe {
         libc::write(2, words.as_ptr() as *const libc::c_void, words.len());
@@ -157,9 +155,6 @@ pub fn deadline_install(
     if INSTALLED.swap(true, Ordering::AcqRel) {
         return Ok(false);
     }
-    *LAST_WORDS
-        .lock()
-        .map_err(|_| PyOSError::new_err("deadline_install: poisoned"))? = last_words;
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 fills the two-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
@@ -178,7 +173,7 @@ pub fn deadline_install(
     let read_fd = fds[0];
     std::thread::Builder::new()
         .name("canary-stop-deadline".into())
-        .spawn(move || watch(read_fd, seconds, code))
+        .spawn(move || watch(read_fd, seconds, code, last_words))
         .map_err(|e| PyOSError::new_err(format!("deadline_install: thread: {e}")))?;
     PIPE_W.store(fds[1], Ordering::Release);
     for sig in signals {

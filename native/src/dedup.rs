@@ -122,7 +122,7 @@ impl SortedKeys {
             let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
             self.keys[lo..hi].binary_search(key).is_ok()
         };
-        found || (!self.recent.is_empty() && self.recent.binary_search(key).is_ok())
+        found || self.recent.binary_search(key).is_ok()
     }
 
     /// Add keys (sorted, none held).
