@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -174,3 +175,21 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
+
+
+# CPython's default is (700, 10, 10).
+GC_THRESHOLDS = (20_000, 20, 10)
+
+
+def collect_garbage_less() -> None:
+    """Tune the cyclic garbage collector for a long-running stream service; call once it is built, before it runs.
+
+    What exists then (modules, classes, the app: ~100k objects that are never garbage) is frozen out of the
+    collector's passes (``gc.freeze``), and young collections wait for 20,000 new containers instead of 700. A
+    backlog worker at 41 window keys spent a fifth of its CPU in the collector (gc callbacks: 25 full passes of
+    ~59 ms in 12 s, promoted by the window statistics' short-lived tuples that outlived 700 allocations); frozen
+    and with these thresholds, 0.3 s in 12 s instead of 1.9 s (ADR 0006). The price: cyclic garbage waits for up to
+    20,000 allocations before it is freed (a few ms of a busy worker's work)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

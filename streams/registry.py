@@ -137,7 +137,7 @@ class DeploymentRegistry:
         return self.freshness.lag()
 
     async def run(self) -> None:
-        consumer = calm(AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None, fetch_max_wait_ms=50))
+        consumer = calm(AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None, fetch_max_wait_ms=500))
         self._consumer = consumer
         await consumer.start()
         try:

@@ -280,7 +280,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
             for window in due:
                 partial = partial_of(window, window.aggregate, partition)
                 key = (window.deployment_id or "-").encode()
-                self.emit(partition, self.topics.window_partials, dumps(partial.to_dict()), key=key, window=True)
+                self.emit(partition, self.topics.window_partials, dumps(partial.json_dict()), key=key, window=True)
                 self.stats.partials_emitted += 1
                 self.metrics.partials_emitted.inc()
             if due:

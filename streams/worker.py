@@ -17,7 +17,7 @@ from canary.observability.logs import LogFormat, logging_config
 from canary.observability.server import MetricsEndpoint
 from canary.pipeline.native import DEADLINE
 from canary.pipeline.settings import DEFAULTS
-from canary.runtime import StopDeadline
+from canary.runtime import StopDeadline, collect_garbage_less
 from canary.security import ControlSecurity
 from canary.settings import NativeMode
 from streams.app import CanaryStreams, StreamsConfig
@@ -92,6 +92,7 @@ def run_worker(
         # Faust (mode) would install its own colour handler on stdout; this is the router's configuration.
         logging_config=logging_config(log_format, loglevel.upper()),
     )
+    collect_garbage_less()  # built: what exists now stays (canary.runtime)
     try:
         worker.execute_from_commandline()
     except SystemExit:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 
 from canary.core.custom import CustomAggregation, CustomStats, custom_from_dict, custom_to_dict, merge_custom
@@ -21,6 +22,7 @@ from canary.core.models import RECALL_SOURCES, JSONDict, RuleVerdict, SearchOutc
 from canary.core.policy import DEFAULT_P95_MS, DEFAULT_RECALL_AT_10
 from canary.core.sketch import QuantileSketch
 from canary.core.split import USER_GROUPS
+from canary.core.structs import exactly
 from canary.errors import SHAPE_ERRORS, InvalidEvent
 
 _SOURCE = operator.attrgetter("recall_source")
@@ -39,6 +41,9 @@ def _threshold_key(threshold: float) -> str:
 
 Row = tuple[int, ...]
 _ZERO: Row = (0,) * USER_GROUPS
+_ROW = tuple[Annotated[int, msgspec.Meta(ge=0)], ...]  # a group row as GroupCounts.from_dict accepts it
+# A recall histogram's pairs as WindowStats.from_dict accepts them: bins in [0, RECALL_BINS], counts > 0.
+_HIST = list[tuple[Annotated[int, msgspec.Meta(ge=0, le=RECALL_BINS)], Annotated[int, msgspec.Meta(gt=0)]]]
 
 
 def _add(a: Row, b: Row) -> Row:
@@ -103,6 +108,9 @@ class GroupCounts:
         def row(name: str, value: object) -> Row:
             if not isinstance(value, list) or len(value) != USER_GROUPS:
                 raise InvalidEvent(f"{where}.{name}: expected a list of {USER_GROUPS} counts, got {value!r:.200}")
+            fast = exactly(value, _ROW)
+            if fast is not None:
+                return fast
             if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in value):
                 raise InvalidEvent(f"{where}.{name}: expected non-negative integers, got {value!r:.200}")
             return tuple(value)
@@ -191,23 +199,30 @@ class WindowStats:
         )
 
     def shared_dict(self) -> JSONDict:
-        """:meth:`to_dict`'s value, built on the first call and the same object after: for serializers only,
+        """:meth:`json_dict`'s value, built on the first call and the same object after: for serializers only,
         which must not change it (:meth:`to_dict` gives a caller its own copy)."""
         if self._json is None:
-            object.__setattr__(self, "_json", self._build_dict())
+            object.__setattr__(self, "_json", self.json_dict())
         assert self._json is not None
         return self._json
 
     def to_dict(self) -> JSONDict:
-        return self._build_dict()
+        return self._dict(self.sketch.to_dict(), [[b, c] for b, c in self.recall_hist])
 
-    def _build_dict(self) -> JSONDict:
+    def json_dict(self) -> JSONDict:
+        """:meth:`to_dict` for a JSON encoder: the sketch's and the histogram's pairs as tuples (the histogram's
+        are this value's own), which JSON writes as the same arrays — the same bytes — without a list built per
+        pair (up to 1,001 a window: 7 % of a 41-key backlog worker, py-spy). Not equal (``==``) to the parsed
+        JSON; a caller must not change it."""
+        return self._dict(self.sketch.json_dict(), self.recall_hist)
+
+    def _dict(self, sketch: JSONDict, hist: object) -> JSONDict:
         out: JSONDict = {
             "count": self.count,
             "error_count": self.error_count,
-            "sketch": self.sketch.to_dict(),
+            "sketch": sketch,
             "exceed": {t: c for t, c in self.exceed},
-            "recall_hist": [[b, c] for b, c in self.recall_hist],
+            "recall_hist": hist,
         }
         if self.custom:  # absent without custom metrics: windows of older presets keep their exact JSON
             out["custom"] = custom_to_dict(self.custom)
@@ -221,7 +236,11 @@ class WindowStats:
     def from_dict(cls, d: Mapping[str, Any]) -> WindowStats:
         try:
             exceed = tuple(sorted(((str(t), int(c)) for t, c in d["exceed"].items()), key=lambda kv: float(kv[0])))
-            hist = tuple(sorted((int(b), int(c)) for b, c in d["recall_hist"]))
+            raw_hist = d["recall_hist"]
+            # The histogram's pairs (up to 1,001) are most of what the merge step and the judge parse (py-spy:
+            # 8 % of a 41-key backlog worker): strict ones converted in C, anything else read and checked below.
+            checked = exactly(raw_hist, _HIST) if isinstance(raw_hist, list) else None
+            hist = tuple(sorted(checked if checked is not None else ((int(b), int(c)) for b, c in raw_hist)))
             out = cls(
                 int(d["count"]),
                 int(d["error_count"]),
@@ -234,9 +253,13 @@ class WindowStats:
             )
         except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"WindowStats: malformed ({exc!r}): {dict(d)!r:.200}") from None
-        if out.count < 0 or out.error_count < 0 or any(c < 0 for _, c in exceed) or any(c <= 0 for _, c in hist):
+        if out.count < 0 or out.error_count < 0 or any(c < 0 for _, c in exceed):
             raise InvalidEvent(f"WindowStats: counts must be non-negative: {dict(d)!r:.200}")
-        if any(not 0 <= b <= RECALL_BINS for b, _ in hist):
+        if checked is not None:
+            pass  # the pairs' bounds are _HIST's
+        elif any(c <= 0 for _, c in hist):
+            raise InvalidEvent(f"WindowStats: counts must be non-negative: {dict(d)!r:.200}")
+        elif any(not 0 <= b <= RECALL_BINS for b, _ in hist):
             raise InvalidEvent(f"WindowStats: recall bins must be in [0, {RECALL_BINS}]: {dict(d)!r:.200}")
         if out.recall_sources and sum(c for _, c in out.recall_sources) != out.recall_samples:
             raise InvalidEvent(f"WindowStats: recall_source counts must add up to the recall samples: {dict(d)!r:.200}")
@@ -314,17 +337,26 @@ class WindowAggregate:
         return self.recall_sum_micros / self.recall_samples / RECALL_SCALE
 
     def to_dict(self) -> dict[str, Any]:
+        return self._dict(self.sketch.to_dict(), [[b, c] for b, c in self.recall_hist])
+
+    def json_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` for a JSON encoder (partial windows, checkpoints of open and pending windows): the
+        pairs as tuples, the same JSON bytes without a list built per pair (WindowStats.json_dict). Not equal
+        (``==``) to the parsed JSON; a caller must not change it."""
+        return self._dict(self.sketch.json_dict(), self.recall_hist)
+
+    def _dict(self, sketch: JSONDict, hist: object) -> dict[str, Any]:
         return {
             "count": self.count,
             "error_count": self.error_count,
-            "sketch": self.sketch.to_dict(),
+            "sketch": sketch,
             "recall_sum_micros": self.recall_sum_micros,
             "recall_samples": self.recall_samples,
             "slo_violations": self.slo_violations,
             "late_count": self.late_count,
             "max_source_offset": self.max_source_offset,
             "exceed": {t: c for t, c in self.exceed},
-            "recall_hist": [[b, c] for b, c in self.recall_hist],
+            "recall_hist": hist,
             **({"custom": custom_to_dict(self.custom)} if self.custom else {}),
             **({"recall_source": dict(self.recall_sources)} if self.recall_sources else {}),
             **({"groups": self.groups.to_dict()} if self.groups else {}),

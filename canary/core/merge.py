@@ -38,6 +38,14 @@ class PartialWindow:
         return f"{self.key.as_str()}@{self.window_start_ms}#{self.source_partition}"
 
     def to_dict(self) -> JSONDict:
+        return self._dict(self.aggregate.to_dict())
+
+    def json_dict(self) -> JSONDict:
+        """:meth:`to_dict` for a JSON encoder (the record the windows stage writes): the same bytes, built without
+        a list per pair (WindowAggregate.json_dict); not equal (``==``) to the parsed JSON."""
+        return self._dict(self.aggregate.json_dict())
+
+    def _dict(self, aggregate: JSONDict) -> JSONDict:
         return {
             "kind": "partial",
             "partial_id": self.partial_id,
@@ -46,7 +54,7 @@ class PartialWindow:
             "deployment_id": self.key.deployment_id,
             "window_start_ms": self.window_start_ms,
             "window_end_ms": self.window_end_ms,
-            "aggregate": self.aggregate.to_dict(),
+            "aggregate": aggregate,
         }
 
     @classmethod
@@ -188,7 +196,7 @@ class WindowMerger:
             "emitted_end": {k.as_str(): self.emitted_end[k] for k in by_key(self.emitted_end)},
             "pending": {
                 k.as_str(): {
-                    str(s): {"end": slot.end, "parts": {str(p): a.to_dict() for p, a in sorted(slot.parts.items())}}
+                    str(s): {"end": slot.end, "parts": {str(p): a.json_dict() for p, a in sorted(slot.parts.items())}}
                     for s, slot in sorted(self.pending[k].items())
                 }
                 for k in by_key(self.pending)

@@ -210,3 +210,19 @@ def convert(
     for name in finite_fields:
         finite(record, name, getattr(message, name))
     return message
+
+
+_T = TypeVar("_T")
+
+
+def exactly(data: object, shape: type[_T]) -> _T | None:
+    """``data`` as ``shape`` when it already is one exactly (msgspec's strict conversion, in C), else None.
+
+    For the hot parsers of the window statistics (sketch bins, recall histograms, group rows: thousands of
+    ``[index, count]`` pairs a window), whose reference check is a Python loop: the fast path accepts only what
+    that loop accepts with the same values (``shape`` says the loop's bounds; strict: no bool, float or string
+    for an int), and on None the caller runs its own checks, which decide — accept or refuse — and say why."""
+    try:
+        return msgspec.convert(data, shape)
+    except msgspec.ValidationError:
+        return None

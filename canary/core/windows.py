@@ -900,7 +900,7 @@ class WindowFinalizer:
             "clocks": {str(p): c.to_dict() for p, c in sorted(self.clocks.items())},
             "series": keyed({k: {"next_start": s.next_start, "idle": s.idle} for k, s in self._series.items()}),
             "emitted_end": keyed(self._emitted_end),
-            "open": keyed({k: {str(s): w[s].to_dict() for s in sorted(w)} for k, w in self._open.items() if w}),
+            "open": keyed({k: {str(s): w[s].json_dict() for s in sorted(w)} for k, w in self._open.items() if w}),
             # Packed per window start (8 bytes a request, base64): compact and fast to write every 500 ms.
             "seen": self._packed_seen(),
         }
