@@ -48,7 +48,10 @@ class StopDeadline:
     (holding the GIL, between no bytecodes) holds both back — a service on CI's loaded two cores armed its
     deadline 4.4 s after SIGTERM and so broke the 10 s bound. With the native extension (``native=``) a C-level
     handler notes the signal as it arrives and a thread without the GIL ends the process
-    :data:`NATIVE_BACKSTOP_S` after ``seconds``, should the Python side not have done so by then."""
+    :data:`NATIVE_BACKSTOP_S` after ``seconds``, should the Python side not have done so by then. The installing
+    (main) thread and the threads it starts after then block the stop signals, so the kernel hands them to that
+    native thread: a main thread asleep in the kernel (a log write throttled while the disk flushes) no longer
+    holds a signal back from both handlers. Python still runs its handlers in the main thread."""
 
     def __init__(self, what: str, seconds: float = STOP_DEADLINE_S, native: NativeDeadline | None = None) -> None:
         self.what = what

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import platform
 import resource
@@ -123,6 +124,66 @@ def test_without_the_backstop_a_busy_interpreter_holds_the_deadline_back() -> No
     assert code == EXIT_STOP_TIMED_OUT, stderr
     # The C call (~4 s here) ran to its end first, then the 1 s deadline.
     assert took > 2.0, took
+
+
+SIGNALS_TAKEN_NATIVELY = """
+import asyncio, os, signal, threading
+from canary.pipeline.native import DEADLINE
+from canary.runtime import StopDeadline
+
+def blocked(tid: str) -> int:
+    with open(f"/proc/self/task/{tid}/status") as f:
+        return int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+
+async def main():
+    deadline = StopDeadline("test", seconds=5.0, native=DEADLINE)
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    def on_term():
+        print("handled in", threading.current_thread().name)
+        stopped.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    deadline.arm_on((signal.SIGTERM,))
+    later = threading.Thread(target=threading.Event().wait, name="later", daemon=True)  # started after the install
+    later.start()
+    term = 1 << (signal.SIGTERM - 1)
+    masks = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            masks.append((f.read().strip(), bool(blocked(tid) & term)))
+    print("masks", sorted(masks), flush=True)
+    print("ready", int(deadline.backstop), flush=True)
+    await stopped.wait()
+    deadline.disarm()
+    print("stopped cleanly", flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(DEADLINE is None, reason="canary_native is not built (no cargo)")
+def test_the_native_thread_takes_the_signals_and_python_still_handles_them() -> None:
+    """The kernel hands a process's signal to a thread that does not block it, preferring the main thread, and a
+    main thread asleep where a handled signal does not wake it (a throttled log write) held SIGTERM back from both
+    handlers (native/src/deadline.rs). With the backstop the main thread, and every thread started after, block
+    the stop signals and the native thread takes them; Python's handler still runs in the main thread."""
+    with subprocess.Popen(
+        [sys.executable, "-c", SIGNALS_TAKEN_NATIVELY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            masks = ast.literal_eval(proc.stdout.readline().strip().removeprefix("masks "))
+            assert proc.stdout.readline().strip() == "ready 1"
+            # comm is 15 characters; Python's threads keep the process's name
+            assert [b for name, b in masks if name == "canary-stop-dea"] == [False], masks
+            others = [b for name, b in masks if name != "canary-stop-dea"]
+            assert len(others) >= 2 and all(others), masks  # the main thread and the one started after
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0, proc.stderr.read()
+            assert proc.stdout.read().split("\n")[:2] == ["handled in MainThread", "stopped cleanly"]
+        finally:
+            proc.kill()  # a failed assertion must not leave it waiting for a signal
 
 
 FAULTS = """

@@ -6,6 +6,15 @@
 //! the 10 s bound. Here a C-level handler, chained in front of Python's own, notes the signal (one byte on a
 //! pipe: async-signal-safe) and a plain thread — no GIL — waits the deadline, writes the last words it was
 //! given and `_exit`s. Python's handler still runs as before (its clean stop usually wins).
+//!
+//! The signals are then blocked in the installing (main) thread, and so in every thread it starts after, and taken
+//! by this thread, which only ever waits on its pipe or sleeps. The kernel hands a process's signal to one thread
+//! that does not block it, and prefers the main thread: a main thread asleep in the kernel in a state a handled
+//! signal does not wake (a log write throttled while the disk flushes dirty pages) held SIGTERM undelivered —
+//! to Python's handler and to this one alike — for seconds (CI: a worker out 10.7 s after SIGTERM, its Python
+//! deadline armed 4.7 s after the signal while another of its threads went on logging). Python runs its
+//! handlers in the main thread whichever thread caught the signal (its C handler notes it and writes the
+//! event loop's wakeup fd), so nothing else changes.
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -103,7 +112,26 @@ fn with_time(template: &[u8]) -> Vec<u8> {
     out
 }
 
-fn watch(read_fd: libc::c_int, seconds: f64, code: i32, template: Vec<u8>) {
+/// The set of ``signals``.
+fn signal_set(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+fn watch(read_fd: libc::c_int, seconds: f64, code: i32, template: Vec<u8>, taken: Vec<i32>) {
+    // This thread takes the signals the others block (the module's note).
+    let set = signal_set(&taken);
+    // SAFETY: changes this thread's own signal mask.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
     let mut byte = 0u8;
     loop {
         // SAFETY: reading one byte from our own pipe into a local.
@@ -171,9 +199,24 @@ pub fn deadline_install(
         libc::fcntl(fds[0], libc::F_SETFL, flags & !libc::O_NONBLOCK);
     }
     let read_fd = fds[0];
+    // The signals that have a handler to chain: the ones this thread will take.
+    let taken: Vec<i32> = signals
+        .iter()
+        .copied()
+        .filter(|&sig| {
+            // SAFETY: reads the signal's disposition.
+            unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction != libc::SIG_DFL
+                    && old.sa_sigaction != libc::SIG_IGN
+            }
+        })
+        .collect();
+    let for_thread = taken.clone();
     std::thread::Builder::new()
         .name("canary-stop-deadline".into())
-        .spawn(move || watch(read_fd, seconds, code, last_words))
+        .spawn(move || watch(read_fd, seconds, code, last_words, for_thread))
         .map_err(|e| PyOSError::new_err(format!("deadline_install: thread: {e}")))?;
     PIPE_W.store(fds[1], Ordering::Release);
     for sig in signals {
@@ -195,6 +238,11 @@ pub fn deadline_install(
             new.sa_mask = old.sa_mask;
             libc::sigaction(sig, &new, std::ptr::null_mut());
         }
+    }
+    let set = signal_set(&taken);
+    // SAFETY: changes the calling thread's own signal mask; threads it starts after inherit it.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
     Ok(true)
 }
