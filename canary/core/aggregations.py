@@ -255,12 +255,11 @@ class WindowStats:
             raise InvalidEvent(f"WindowStats: malformed ({exc!r}): {dict(d)!r:.200}") from None
         if out.count < 0 or out.error_count < 0 or any(c < 0 for _, c in exceed):
             raise InvalidEvent(f"WindowStats: counts must be non-negative: {dict(d)!r:.200}")
-        if checked is not None:
-            pass  # the pairs' bounds are _HIST's
-        elif any(c <= 0 for _, c in hist):
-            raise InvalidEvent(f"WindowStats: counts must be non-negative: {dict(d)!r:.200}")
-        elif any(not 0 <= b <= RECALL_BINS for b, _ in hist):
-            raise InvalidEvent(f"WindowStats: recall bins must be in [0, {RECALL_BINS}]: {dict(d)!r:.200}")
+        if checked is None:  # converted pairs are within _HIST's bounds already
+            if any(c <= 0 for _, c in hist):
+                raise InvalidEvent(f"WindowStats: counts must be non-negative: {dict(d)!r:.200}")
+            if any(not 0 <= b <= RECALL_BINS for b, _ in hist):
+                raise InvalidEvent(f"WindowStats: recall bins must be in [0, {RECALL_BINS}]: {dict(d)!r:.200}")
         if out.recall_sources and sum(c for _, c in out.recall_sources) != out.recall_samples:
             raise InvalidEvent(f"WindowStats: recall_source counts must add up to the recall samples: {dict(d)!r:.200}")
         if out.groups and sum(out.groups.n) > out.count:

@@ -199,26 +199,13 @@ pub fn deadline_install(
         libc::fcntl(fds[0], libc::F_SETFL, flags & !libc::O_NONBLOCK);
     }
     let read_fd = fds[0];
-    // The signals that have a handler to chain: the ones this thread will take.
-    let taken: Vec<i32> = signals
-        .iter()
-        .copied()
-        .filter(|&sig| {
-            // SAFETY: reads the signal's disposition.
-            unsafe {
-                let mut old: libc::sigaction = std::mem::zeroed();
-                libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                    && old.sa_sigaction != libc::SIG_DFL
-                    && old.sa_sigaction != libc::SIG_IGN
-            }
-        })
-        .collect();
-    let for_thread = taken.clone();
+    let for_thread = signals.clone();
     std::thread::Builder::new()
         .name("canary-stop-deadline".into())
         .spawn(move || watch(read_fd, seconds, code, last_words, for_thread))
         .map_err(|e| PyOSError::new_err(format!("deadline_install: thread: {e}")))?;
     PIPE_W.store(fds[1], Ordering::Release);
+    let mut taken = Vec::with_capacity(signals.len()); // the signals chained: the ones the other threads block
     for sig in signals {
         // SAFETY: reading and replacing the signal's disposition with a handler that only does safe work.
         unsafe {
@@ -236,7 +223,9 @@ pub fn deadline_install(
             new.sa_sigaction = on_signal as *const () as usize;
             new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | (old.sa_flags & libc::SA_RESTART);
             new.sa_mask = old.sa_mask;
-            libc::sigaction(sig, &new, std::ptr::null_mut());
+            if libc::sigaction(sig, &new, std::ptr::null_mut()) == 0 {
+                taken.push(sig);
+            }
         }
     }
     let set = signal_set(&taken);

@@ -3,19 +3,24 @@ with their Python checks: for any input, the same value or the same refusal as t
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from canary.core import aggregations, sketch
-from canary.core.aggregations import WindowStats
+from canary.core import aggregations, jsonio, sketch
+from canary.core.aggregations import WindowAggregator, WindowStats
 from canary.core.evidence import RECALL_BINS
+from canary.core.merge import PartialWindow
+from canary.core.models import WindowKey
 from canary.core.sketch import QuantileSketch
 from canary.core.split import USER_GROUPS
 from canary.errors import InvalidEvent
+from tests.core.helpers import outcome
 
 # What a hostile record may put where an integer belongs.
 _NUMBERS = st.one_of(
@@ -138,16 +143,6 @@ def test_a_real_window_takes_the_fast_path_and_round_trips() -> None:
 def test_json_dicts_write_the_same_bytes_as_to_dict(
     latencies: list[float], recalls: list[float | None], groups: list[int | None], errors: list[bool]
 ) -> None:
-    import json
-
-    import orjson
-
-    from canary.core import jsonio
-    from canary.core.aggregations import WindowAggregator
-    from canary.core.merge import PartialWindow
-    from canary.core.models import WindowKey
-    from tests.core.helpers import outcome
-
     agg = WindowAggregator(exceed_thresholds_ms=(250.0,))
     rows = [
         outcome(i, lat, recall_at_10=r, user_group=g, error="timeout" if e else None)
