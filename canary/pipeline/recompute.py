@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 
@@ -124,32 +124,27 @@ class Recomputation:
 # -- the recomputation -----------------------------------------------------------------------------------------
 
 
+class _Partition(NamedTuple):
+    """One partition's records in offset order, each offset once (what reading it from Kafka yields), and their
+    Kafka times (``int64``, ``-2**63`` for None) where the native batch core split them."""
+
+    records: list[Any]
+    times: np.ndarray | None = None
+
+
 def _by_partition(
     records: Iterable[SourceRecord | tuple[int, int, int | None, bytes | None]], native: ModuleType | None = None
-) -> dict[int, tuple[list[Any], np.ndarray | None]]:
-    """Each partition's records in offset order, each offset once (what reading it from Kafka yields), with their
-    Kafka times (``int64``, ``-2**63`` for None) where the native batch core read the fields."""
+) -> dict[int, _Partition]:
+    """Each partition's records (:class:`_Partition`): split by the native batch core when it is there and every
+    record is a tuple of int fields, else by Python."""
     recs_all = records if isinstance(records, list) else list(records)
     if not recs_all:
         return {}
-    fields = native.record_fields(recs_all) if native is not None else None
-    if fields is None:
-        return {p: (recs, None) for p, recs in _by_partition_python(recs_all).items()}
-    partition_of, offset_of, time_of = (np.frombuffer(f, dtype="<i8") for f in fields)
-    parts: dict[int, tuple[list[Any], np.ndarray | None]] = {}
-    for p in np.unique(partition_of).tolist():
-        rows = np.flatnonzero(partition_of == p)
-        offsets = offset_of[rows]
-        if not bool((offsets[1:] > offsets[:-1]).all()):
-            order = np.argsort(offsets, kind="stable")
-            rows, offsets = rows[order], offsets[order]
-            once = np.ones(rows.size, dtype=bool)
-            once[1:] = offsets[1:] != offsets[:-1]  # the first of equal offsets, as the stable sort left them
-            rows = rows[once]
-        listed = rows.tolist()
-        recs = list(operator.itemgetter(*listed)(recs_all)) if len(listed) > 1 else [recs_all[listed[0]]]
-        parts[p] = (recs, time_of[rows].astype(np.int64))
-    return parts
+    group = getattr(native, "group_records", None)  # an extension built before it has none
+    groups = group(recs_all) if group is not None else None
+    if groups is None:
+        return {p: _Partition(recs) for p, recs in _by_partition_python(recs_all).items()}
+    return {p: _Partition(recs, np.frombuffer(times, dtype="<i8").astype(np.int64)) for p, recs, times in groups}
 
 
 def _by_partition_python(recs_all: list[Any]) -> dict[int, list[Any]]:
@@ -508,10 +503,10 @@ def recompute(
     late_samples: list[JSONDict] = []
     by_partition = _by_partition(records, decoder.native)
     # The native decoder releases the GIL: one thread decodes each partition's next chunk meanwhile.
-    ahead = decoder.native is not None and any(len(r) > _CHUNK for r, _ in by_partition.values())
+    ahead = decoder.native is not None and any(len(part.records) > _CHUNK for part in by_partition.values())
     pool_or_none = ThreadPoolExecutor(1, thread_name_prefix="canary-decode") if ahead else contextlib.nullcontext()
     with _collector_skips_what_exists(), pool_or_none as pool:
-        for partition, (recs, times) in sorted(by_partition.items()):
+        for partition, part in sorted(by_partition.items()):
             fin = WindowFinalizer(
                 size_ms=settings.window_ms,
                 grace_ms=settings.grace_ms,
@@ -520,7 +515,16 @@ def recompute(
                 memory=memory,
             )
             out, stats = recompute_partition_partials(
-                partition, recs, fin, decoder, settings, horizon_ms, invalid_samples, late_samples, pool, times
+                partition,
+                part.records,
+                fin,
+                decoder,
+                settings,
+                horizon_ms,
+                invalid_samples,
+                late_samples,
+                pool,
+                part.times,
             )
             partials.extend((partition, c, c.aggregate) for c in out)
             partitions[partition] = stats

@@ -356,8 +356,8 @@ def test_the_native_columns_and_the_object_path_replay_alike(
 
 @pytest.mark.parametrize("seed", range(10))
 def test_records_split_natively_as_in_python(seed: int) -> None:
-    """The native batch core reads each record's partition, offset and Kafka time (``record_fields``): the same
-    partitions, offset order and first-of-equal-offsets as the Python split, and each record's time (None:
+    """The native batch core splits the records by partition (``group_records``): the same partitions, offset
+    order and first-of-equal-offsets as the Python split (the same record objects), and each record's time (None:
     ``-2**63``); a record of another shape leaves the whole split to Python."""
     from canary.pipeline import recompute as module
     from canary.pipeline.native import NATIVE
@@ -368,17 +368,20 @@ def test_records_split_natively_as_in_python(seed: int) -> None:
     records: list[Any] = []
     for i in range(rng.randint(0, 300)):
         ts = rng.choice([T0 + i, None, -1, 0, 2**62])
-        records.append((rng.randrange(4), rng.randrange(200), ts, f"v{i}".encode()))
+        records.append((rng.randrange(4), rng.randrange(200), ts, rng.choice([f"v{i}".encode(), None])))
     if rng.random() < 0.5:
         records.sort(key=lambda r: (r[0], r[1]))  # already in offset order, with repeats
     split = module._by_partition(records, NATIVE)
     reference = module._by_partition_python(records)
-    assert {p: recs for p, (recs, _) in split.items()} == reference
-    for recs, times in split.values():
-        assert times is not None
-        assert times.tolist() == [-(2**63) if r[2] is None else r[2] for r in recs]
+    assert {p: part.records for p, part in split.items()} == reference
+    for part in split.values():
+        assert all(a is b for a, b in zip(part.records, reference[part.records[0][0]], strict=True))
+        assert part.times is not None
+        assert part.times.tolist() == [-(2**63) if r[2] is None else r[2] for r in part.records]
     for odd in [[*records, (1, 2.0, None, b"x")], [*records, [0, 1, None, b"x"]], [*records, (0, 1, 1.5, b"x")]]:
-        assert all(times is None for _, times in module._by_partition(odd, NATIVE).values())
+        split = module._by_partition(odd, NATIVE)
+        assert all(part.times is None for part in split.values())
+        assert {p: part.records for p, part in split.items()} == module._by_partition_python(odd)
 
 
 @pytest.mark.parametrize("enabled", [True, False])
