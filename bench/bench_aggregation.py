@@ -35,9 +35,10 @@ Steps (all on a real broker, topics under a unique prefix per worker phase):
      and the checkpoints) and its CPU µs per outcome, and how busy the machine's cores were meanwhile —
      also over the part of the run in which every worker held windows partitions (the first to join takes
      all six until the next one's join moves some over).
-  f. checkpoint size: a windows-stage checkpoint holds every request id remembered for dedup; projected
-     for this run's busiest partition against the 16 MiB a checkpoint record may have (CHECKPOINT_MAX_BYTES;
-     warned up front).
+  f. checkpoint size: a windows-stage state record holds bounded state (open windows, clocks, series), checked
+     against the 16 MiB a record may have (CHECKPOINT_MAX_BYTES; warned up front); the request ids remembered
+     for dedup are written apart, each once, as segments (streams/seen_segments.py): 8 B a request, projected
+     for this run's busiest partition (what its restore reads).
   e. in-process, no Kafka: OutcomeDecoder.decode, WindowFinalizer.add, due + partial windows + progress
      (JSON as the stage emits them), the per-batch state snapshot, and WindowMerger (parse + add + due)
      over P partitions, in micro-batches of 2000 and of --core-small-batch.
@@ -1079,30 +1080,25 @@ DEDUP_HORIZON_S = (DEFAULT_DEDUP_RETENTION_MS + WINDOW_MS) / 1000  # remembered 
 
 
 def checkpoint_estimate(sample: Sequence[SearchOutcome], per_partition: int, span_s: float) -> dict[str, Any]:
-    """A windows-stage checkpoint carries every request id its partition remembers for dedup (60 s after
-    the request's window), besides state that stays bounded (open windows, clocks, series). Measured on a
-    sample in one finalizer: bytes per dedup entry and the rest; projected for ``per_partition`` outcomes
-    over ``span_s`` of event time."""
+    """A windows-stage state record holds state that stays bounded (open windows, clocks, series); the request
+    ids its partition remembers for dedup (60 s after the request's window) are written apart as segments, 8 B a
+    request, each once (streams/seen_segments.py). Measured on a sample in one finalizer: the record's bytes;
+    the memory projected for ``per_partition`` outcomes over ``span_s`` of event time."""
     aggregator = aggregator_for_policy(default_policy())
     fin = WindowFinalizer(WINDOW_MS, GRACE_MS, 12, aggregator=lambda _k: aggregator)
     fin.add(0, sample, now_ms())
-    state = fin.to_dict()
-    seen_bytes = len(json.dumps(state["seen"]))
-    rest = len(json.dumps(state)) - seen_bytes
-    # "seen" is packed per window start; count the requests it holds, not its keys.
-    per_entry = seen_bytes / max(1, fin.remembered_requests)
+    rest = len(json.dumps(fin.to_dict(seen=False)))
+    per_entry = 8.0  # a request key, raw little-endian uint64, in one segment
     remembered = per_partition * (min(1.0, DEDUP_HORIZON_S / span_s) if span_s > 0 else 1.0)
-    projected = rest + per_entry * remembered
     return {
         "bytes_per_remembered_request": per_entry,
         "bounded_state_bytes": rest,
         "busiest_partition_outcomes": per_partition,
         "remembered": round(remembered),
-        "projected_bytes": projected,
+        "memory_bytes": per_entry * remembered,
+        "projected_bytes": rest,
         "limit_bytes": CHECKPOINT_LIMIT,
-        "over_limit": projected > CHECKPOINT_LIMIT,
-        # A steady stream over `partitions` partitions reaches the limit at this many outcomes/s.
-        "limit_rate_per_partition": (CHECKPOINT_LIMIT - rest) / per_entry / DEDUP_HORIZON_S if per_entry else None,
+        "over_limit": rest > CHECKPOINT_LIMIT,
     }
 
 
@@ -1149,10 +1145,8 @@ def run(args: Any) -> dict[str, Any]:
         result["checkpoint_size"] = ckpt = checkpoint_estimate(outcomes[:6000], busiest, args.span_s)
         if ckpt["over_limit"]:
             log(
-                f"WARNING: the busiest partition's windows-stage checkpoint will reach "
-                f"≈ {ckpt['projected_bytes'] / 1024:,.0f} KiB "
-                f"(every request id of the last {DEDUP_HORIZON_S:.0f} s), over the {CHECKPOINT_LIMIT // 1024} KiB "
-                "a record may have: expect the worker to fail sending it (fewer --outcomes or a longer --span-s)"
+                f"WARNING: the windows-stage state record will reach ≈ {ckpt['projected_bytes'] / 1024:,.0f} KiB, "
+                f"over the {CHECKPOINT_LIMIT // 1024} KiB a record may have: expect the worker to fail sending it"
             )
         try:
             with control_keys(tmp / "keys") as keys_from:
@@ -1274,21 +1268,16 @@ def _sum_line(check: dict[str, Any]) -> str:
 def _checkpoint_line(c: dict[str, Any], core: dict[str, Any], partitions: int) -> str:
     big = max(core["passes"].values(), key=lambda f: f["snapshot_max_bytes"])
     line = (
-        f"  checkpoint size: {c['bytes_per_remembered_request']:.0f} B per request remembered for dedup + "
-        f"{c['bounded_state_bytes'] / 1024:,.0f} KiB other state; this run's busiest partition "
-        f"({c['busiest_partition_outcomes']:,} outcomes) ≈ {c['projected_bytes'] / 1024:,.0f} KiB "
-        f"(largest in-process snapshot: {big['snapshot_max_bytes'] / 1024:,.0f} KiB with "
+        f"  checkpoint size: state record ≈ {c['bounded_state_bytes'] / 1024:,.0f} KiB; request memory in segments, "
+        f"{c['bytes_per_remembered_request']:.0f} B a request written once: this run's busiest partition "
+        f"({c['busiest_partition_outcomes']:,} outcomes) ≈ {c['memory_bytes'] / 1024:,.0f} KiB "
+        f"(largest in-process snapshot with the memory inline: {big['snapshot_max_bytes'] / 1024:,.0f} KiB with "
         f"{big['snapshot_max_remembered']:,} requests)"
     )
     if c["over_limit"]:
         line += (
-            f" — OVER the {c['limit_bytes'] // 1024:,} KiB a record may have (producer max_request_size): "
-            "expect the windows stage to fail sending it"
-        )
-    if c["limit_rate_per_partition"]:
-        line += (
-            f"; a steady {c['limit_rate_per_partition'] * partitions:,.0f} outcomes/s over {partitions} "
-            f"partitions reaches the {c['limit_bytes'] // 1024:,} KiB a checkpoint record may have"
+            f" — the record is OVER the {c['limit_bytes'] // 1024:,} KiB a record may have (producer "
+            "max_request_size): expect the windows stage to fail sending it"
         )
     return line
 

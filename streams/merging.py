@@ -11,6 +11,7 @@ read ``read_committed``: restarts and rebalances neither lose a window nor emit 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,9 @@ class MergeStage(TransactionalStage[WindowMerger]):
         assert self._consumer is not None
         self.sources = len(await topic_partitions(self._consumer, self.topics.search_results))
 
-    def new_state(self, partition: int, restored: dict[str, Any] | None) -> WindowMerger:
+    def new_state(
+        self, partition: int, restored: dict[str, Any] | None, side: Mapping[str, bytes] | None = None
+    ) -> WindowMerger:
         if restored is not None:
             merger = WindowMerger.from_dict(restored["merger"])
             if merger.sources != self.sources:
@@ -80,7 +83,7 @@ class MergeStage(TransactionalStage[WindowMerger]):
             return merger
         return WindowMerger(self.sources)
 
-    def state_to_dict(self, state: WindowMerger) -> dict[str, Any]:
+    def state_to_dict(self, partition: int, state: WindowMerger) -> dict[str, Any]:
         return {"merger": state.to_dict()}
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:

@@ -17,6 +17,11 @@ Why one producer per source partition: aiokafka 0.14 has no KIP-447 (``send_offs
 carries no group generation), so only the transactional id can fence a *zombie* that lost the partition in
 a rebalance but still commits: the new owner's producer (same id) fences it on ``start``.
 
+A stage may write parts of its state apart, as *side records* in the same transaction, keyed ``<state key>\0<name>``
+on the state record's partition (:meth:`TransactionalStage.state_side_records`): the windows stage writes its
+request memory as segments that are written once each (streams/seen_segments.py), so a commit carries what changed,
+not the whole memory.
+
 Restore: the committed group offset is the resume point. The state record restored is the one committed
 together with that offset: each commit stamps its state record (header ``canary-commit``) and the offset's
 metadata with the same token, so a record written over it by anyone else (a bug, an attack, a stray
@@ -45,7 +50,7 @@ import signal
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
@@ -81,6 +86,10 @@ RETRY_BACKOFF_S: Final = (0.5, 5.0)  # base, cap: between attempts to acquire a 
 GIVE_UP_AFTER: Final = 8
 COMMIT_HEADER: Final = "canary-commit"
 MAX_REJECTED: Final = 100  # state records written over a committed one, dead-lettered per restore
+# A state's side records (parts written apart, named by the stage) are keyed ``<state key>\0<name>`` on the state
+# record's partition; a restore keeps at most this many bytes of them per partition.
+SIDE_SEPARATOR: Final = b"\x00"
+MAX_SIDE_BYTES: Final = wire.CHECKPOINT.max_bytes
 
 log = logging.getLogger("canary.streams.stage")
 
@@ -125,6 +134,25 @@ class StateScan:
     match: Any = None
     written_over: list[Any] = field(default_factory=list)  # after the match (or the last record, if none)
     more_written_over: int = 0  # beyond MAX_REJECTED: counted, not dead-lettered one by one
+    side: dict[str, bytes] = field(default_factory=dict)  # the last value of each side record (deleted: absent)
+    side_bytes: int = 0
+    side_dropped: int = 0  # side records over MAX_SIDE_BYTES or with a name that is not UTF-8: not kept
+
+    def add_side(self, name: bytes, value: bytes | None) -> None:
+        try:
+            text = name.decode()
+        except UnicodeDecodeError:
+            self.side_dropped += 1
+            return
+        old = self.side.pop(text, None)
+        self.side_bytes -= 0 if old is None else len(old)
+        if value is None:
+            return
+        if self.side_bytes + len(value) > MAX_SIDE_BYTES:
+            self.side_dropped += 1
+            return
+        self.side[text] = value
+        self.side_bytes += len(value)
 
     def add(self, record: Any) -> None:
         if self.token and _token(record) == self.token:
@@ -211,11 +239,21 @@ class TransactionalStage(Generic[State]):
         self.polled_at = time.monotonic()  # the main loop's last return from getmany
 
     # -- what a subclass provides -------------------------------------------------------------------------
-    def new_state(self, partition: int, restored: dict[str, Any] | None) -> State:
+    def new_state(
+        self, partition: int, restored: dict[str, Any] | None, side: Mapping[str, bytes] | None = None
+    ) -> State:
+        """The partition's state: restored from its committed record, or new (``restored`` None). ``side``: the side
+        records found beside it (:meth:`state_side_records`), committed with it or earlier."""
         raise NotImplementedError
 
-    def state_to_dict(self, state: State) -> dict[str, Any]:
+    def state_to_dict(self, partition: int, state: State) -> dict[str, Any]:
         raise NotImplementedError
+
+    def state_side_records(self, partition: int, state: State) -> list[tuple[str, bytes | None]]:
+        """Parts of the state written apart from its record, in the same transaction, before it (called just before
+        :meth:`state_to_dict`): ``(name, value)``, None deleting a name. A name is written once and never again with
+        another value, so compaction keeps every one a committed state record can refer to."""
+        return []
 
     def complete(self, state: State) -> None:
         """Finish work the state put off (the windows core folds outcomes lazily) before it is encoded: that work
@@ -297,9 +335,15 @@ class TransactionalStage(Generic[State]):
                 while await reader.position(tp) < ends[tp]:
                     batch = await reader.getmany(tp, timeout_ms=500, max_records=10_000)
                     for record in batch.get(tp, []):
-                        p = wanted.get(record.key or b"")
+                        key = record.key or b""
+                        p = wanted.get(key)
                         if p is not None:
                             found[p].add(record)
+                            continue
+                        owner, sep, name = key.partition(SIDE_SEPARATOR)
+                        p = wanted.get(owner) if sep else None
+                        if p is not None:
+                            found[p].add_side(name, record.value)
         finally:
             await reader.stop()
         return found
@@ -323,10 +367,18 @@ class TransactionalStage(Generic[State]):
                 scan.more_written_over,
                 p,
             )
+        if scan.side_dropped:
+            log.error(
+                "%s: %d side records of partition %s's state were not kept (over %d bytes, or unreadable names)",
+                self.name,
+                scan.side_dropped,
+                p,
+                MAX_SIDE_BYTES,
+            )
         if scan.match is None:
             return None, rejected
         try:
-            state = self.new_state(p, wire.decode_object(scan.match.value, wire.CHECKPOINT))
+            state = self.new_state(p, wire.decode_object(scan.match.value, wire.CHECKPOINT), scan.side)
         except Exception as exc:  # a bug (an encoding this code cannot read): the partition starts afresh
             code = exc.code if isinstance(exc, wire.Rejected) else "invalid"
             return None, [*rejected, (scan.match, code, _why(exc))]
@@ -405,7 +457,8 @@ class TransactionalStage(Generic[State]):
                     self._reject_state(p, record, code, why, restored=state is not None, offset=offset)
                 if state is None and not rejected:
                     log.warning("%s: partition %s has a committed offset but no state for it", self.name, p)
-            self.states[p] = state if state is not None else self.new_state(p, None)
+            # A state not restored still gets the side records: whatever no state refers to is deleted.
+            self.states[p] = state if state is not None else self.new_state(p, None, scans[p].side)
             if offset is None:
                 await consumer.seek_to_beginning(self.tp(p))
             else:
@@ -567,7 +620,8 @@ class TransactionalStage(Generic[State]):
         for p in parts:
             self.complete(self.states[p])
         encoding_started = time.perf_counter()
-        bodies = {p: dumps(self.state_to_dict(self.states[p])) for p in parts}
+        sides = {p: self.state_side_records(p, self.states[p]) for p in parts}
+        bodies = {p: dumps(self.state_to_dict(p, self.states[p])) for p in parts}
         self._checkpoint_cost_s = time.perf_counter() - encoding_started
         started = []
         for p in parts:
@@ -575,7 +629,7 @@ class TransactionalStage(Generic[State]):
             box = self._outbox.pop(p, _Outbox())
             self._dirty.discard(p)
             task = asyncio.create_task(
-                asyncio.wait_for(self._commit(p, producer, box, bodies[p], self._next[p]), STEP_TIMEOUT_S),
+                asyncio.wait_for(self._commit(p, producer, box, bodies[p], sides[p], self._next[p]), STEP_TIMEOUT_S),
                 name=f"{self.name}-commit-{p}",
             )
             self._inflight[p] = task
@@ -617,12 +671,23 @@ class TransactionalStage(Generic[State]):
             if failed is not None:  # its next owner resumes from the last commit
                 log.warning("%s: partition %s released without a final commit (%r)", self.name, p, failed[1])
 
-    async def _commit(self, p: int, producer: AIOKafkaProducer, box: _Outbox, state: bytes, offset: int) -> None:
+    async def _commit(
+        self,
+        p: int,
+        producer: AIOKafkaProducer,
+        box: _Outbox,
+        state: bytes,
+        side: list[tuple[str, bytes | None]],
+        offset: int,
+    ) -> None:
         token = uuid.uuid4().hex[:16]
         await producer.begin_transaction()
         for topic, value, key, partition in box.records:
             await producer.send(topic, value, key=key, partition=partition)
         key = self._state_key(p)
+        for name, part in side:
+            side_key = key + SIDE_SEPARATOR + name.encode()
+            await producer.send(self.topics.window_state, part, key=side_key, partition=self._state_partition(key))
         await producer.send(
             self.topics.window_state,
             state,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ from canary.pipeline.runs import offset_reader, values_of
 from canary.pipeline.settings import DEFAULTS
 from canary.settings import NativeMode
 from streams.registry import DeploymentRegistry
+from streams.seen_segments import SeenSegments
 from streams.transactional import TransactionalStage, now_ms
 
 log = logging.getLogger("canary.streams.windows")
@@ -109,17 +110,27 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         self.consumer_class = consumer_class(native)
         self._partials_partitions = 1
         self._progress_sent: dict[int, tuple[int, float]] = {}  # partition -> (closed_until, monotonic s)
+        self._segments: dict[int, SeenSegments] = {}  # partition -> where its request memory is written
 
     @property
     def finalizers(self) -> dict[int, WindowFinalizer]:
         return self.states
 
     # -- state ------------------------------------------------------------------------------------------
-    def new_state(self, partition: int, restored: dict[str, Any] | None) -> WindowFinalizer:
+    def new_state(
+        self, partition: int, restored: dict[str, Any] | None, side: Mapping[str, bytes] | None = None
+    ) -> WindowFinalizer:
         if restored is not None:
-            return WindowFinalizer.from_dict(
+            segments = SeenSegments.fresh(side)
+            if "seen_segments" in restored:  # the request memory in side records (streams/seen_segments.py)
+                segments, seen = SeenSegments.restore(restored["seen_segments"], side or {})
+                restored = {**restored, "seen": seen}
+            finalizer = WindowFinalizer.from_dict(
                 restored, now_ms=now_ms(), aggregator=self.registry.aggregator_for, memory=self._memory
             )
+            self._segments[partition] = segments
+            return finalizer
+        self._segments[partition] = SeenSegments.fresh(side)
         return WindowFinalizer(
             size_ms=self.window_ms,
             grace_ms=self.grace_ms,
@@ -130,8 +141,13 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
             memory=self._memory,
         )
 
-    def state_to_dict(self, state: WindowFinalizer) -> dict[str, Any]:
-        return state.to_dict()
+    def state_side_records(self, partition: int, state: WindowFinalizer) -> list[tuple[str, bytes | None]]:
+        return self._segments.setdefault(partition, SeenSegments()).side_records(state)
+
+    def state_to_dict(self, partition: int, state: WindowFinalizer) -> dict[str, Any]:
+        out = state.to_dict(seen=False)
+        out["seen_segments"] = self._segments.setdefault(partition, SeenSegments()).listing()
+        return out
 
     def complete(self, state: WindowFinalizer) -> None:
         state.fold_pending()
@@ -308,6 +324,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
     def forget(self, partitions: list[int]) -> None:
         for p in partitions:
             self._progress_sent.pop(p, None)
+            self._segments.pop(p, None)
 
     def _dead_letter(
         self,

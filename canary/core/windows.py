@@ -881,15 +881,16 @@ class WindowFinalizer:
 
     # -- persistence ------------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, seen: bool = True) -> dict[str, Any]:
         """Everything needed to resume without re-emitting or losing a window. Processing-time stamps
-        are left out on purpose: after a restart they would extrapolate over the downtime."""
+        are left out on purpose: after a restart they would extrapolate over the downtime. ``seen=False``: without
+        the request memory (a caller that writes it its own way: :meth:`seen_starts`, :meth:`seen_keys`)."""
 
         def keyed(m: Mapping[WindowKey, Any]) -> dict[str, Any]:
             return {k.as_str(): m[k] for k in sorted(m, key=WindowKey.as_str)}
 
         self.fold_pending()
-        return {
+        out: dict[str, Any] = {
             "size_ms": self.size_ms,
             "grace_ms": self.grace_ms,
             "idle_windows": self.idle_windows,
@@ -901,9 +902,19 @@ class WindowFinalizer:
             "series": keyed({k: {"next_start": s.next_start, "idle": s.idle} for k, s in self._series.items()}),
             "emitted_end": keyed(self._emitted_end),
             "open": keyed({k: {str(s): w[s].json_dict() for s in sorted(w)} for k, w in self._open.items() if w}),
-            # Packed per window start (8 bytes a request, base64): compact and fast to write every 500 ms.
-            "seen": self._packed_seen(),
         }
+        if seen:  # packed per window start (8 bytes a request, base64)
+            out["seen"] = self._packed_seen()
+        return out
+
+    def seen_starts(self) -> list[tuple[int, int]]:
+        """``(start, requests)`` of every window start the request memory holds, ascending. A start's requests only
+        grow (in arrival order) until the start is forgotten."""
+        return self._memory.starts()
+
+    def seen_keys(self, start: int) -> bytes:
+        """The request keys remembered at ``start`` in arrival order, little-endian ``uint64``."""
+        return self._memory.keys_of(start)
 
     def _packed_seen(self) -> dict[str, str]:
         packed = self._packed

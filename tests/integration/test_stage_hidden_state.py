@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -29,10 +30,12 @@ pytestmark = pytest.mark.kafka
 class Stage(TransactionalStage[dict[str, Any]]):
     name = "windows"
 
-    def new_state(self, partition: int, restored: dict[str, Any] | None) -> dict[str, Any]:
+    def new_state(
+        self, partition: int, restored: dict[str, Any] | None, side: Mapping[str, bytes] | None = None
+    ) -> dict[str, Any]:
         return dict(restored or {})
 
-    def state_to_dict(self, state: dict[str, Any]) -> dict[str, Any]:
+    def state_to_dict(self, partition: int, state: dict[str, Any]) -> dict[str, Any]:
         return state
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:

@@ -1,0 +1,132 @@
+"""The windows stage's request memory checkpointed by what changed (streams/seen_segments.py), without a broker:
+each commit writes only the keys a window start gained, a restore joins the segments back into the memory a
+finalizer restores (with either memory), and whatever does not fit is refused with the reason."""
+
+from __future__ import annotations
+
+import base64
+import random
+import re
+
+import numpy as np
+import pytest
+
+from canary.core.dedup import ReferenceRequestMemory
+from canary.core.windows import WindowFinalizer
+from canary.errors import InvalidEvent
+from canary.pipeline.memory import request_memory
+from streams.seen_segments import SeenSegments
+
+MEMORIES = {"reference": ReferenceRequestMemory, "native": request_memory("auto")}
+
+
+def _memory(kind: str) -> WindowFinalizer:
+    if kind == "native" and MEMORIES["native"] is ReferenceRequestMemory:
+        pytest.skip("the native extension is not built (no cargo)")
+    return WindowFinalizer(5000, 1000, 12, memory=MEMORIES[kind])
+
+
+def _remember(fin: WindowFinalizer, rng: random.Random, starts: list[int], n: int) -> None:
+    keys = np.asarray([rng.getrandbits(64) for _ in range(n)], dtype=np.uint64)
+    fresh = fin._memory.repeats(keys)
+    if fresh is not None:
+        keys = keys[~fresh]
+    fin._memory.remember(keys, np.asarray([rng.choice(starts) for _ in range(keys.size)], dtype=np.int64))
+
+
+def _applied(side: dict[str, bytes], records: list[tuple[str, bytes | None]]) -> None:
+    """A compacted topic's view after a commit: the last value of each name, deletions gone."""
+    for name, value in records:
+        if value is None:
+            side.pop(name, None)
+        else:
+            side[name] = value
+
+
+@pytest.mark.parametrize("kind", ["reference", "native"])
+@pytest.mark.parametrize("seed", range(4))
+def test_segments_restore_the_memory_and_carry_only_what_grew(kind: str, seed: int) -> None:
+    rng = random.Random(seed)
+    fin = _memory(kind)
+    segments = SeenSegments()
+    side: dict[str, bytes] = {}
+    starts = [0, 5000]
+    for step in range(40):
+        _remember(fin, rng, starts, rng.randrange(0, 300))
+        if step % 7 == 6:  # the watermark moves on: a new start, the older ones sealed, the oldest forgotten
+            starts = [starts[-1], starts[-1] + 5000]
+            fin._memory.seal_before(starts[0])
+            fin._memory.forget_before(starts[0] - 15000)
+        committed = dict(segments.written)
+        records = segments.side_records(fin)
+        _applied(side, records)
+        written = sum(len(v) for _, v in records if v is not None)
+        grown = sum(size - committed.get(start, 0) for start, size in fin.seen_starts())
+        assert written == grown * 8  # only the keys the starts gained since the last commit
+        # A restore from the listing and the side records gives the same memory, start by start.
+        again, seen = SeenSegments.restore(segments.listing(), side)
+        assert again.orphans == []
+        restored = WindowFinalizer.from_dict({**fin.to_dict(seen=False), "seen": seen}, memory=MEMORIES[kind])
+        assert restored.seen_starts() == fin.seen_starts()
+        for start, _ in fin.seen_starts():
+            assert restored.seen_keys(start) == fin.seen_keys(start)
+        assert again.listing() == segments.listing()
+    # Forgotten starts' segments were deleted: the topic holds what the listing names, nothing more.
+    listed = {name for segs in segments.listing().values() for name, _ in segs}
+    assert set(side) == listed
+
+
+def test_a_start_written_again_whole_when_it_shrank() -> None:
+    fin = _memory("reference")
+    segments = SeenSegments()
+    _remember(fin, random.Random(1), [0], 50)
+    side: dict[str, bytes] = {}
+    _applied(side, segments.side_records(fin))
+    (first,) = segments.listing()["0"]
+    segments.written[0] += 3  # as if more had been written than the memory holds
+    records = segments.side_records(fin)
+    assert (first[0], None) in records  # the old segment deleted …
+    _applied(side, records)
+    ((name, n),) = segments.listing()["0"]
+    assert n == 50 and side[name] == fin.seen_keys(0)  # … and the start written whole
+
+
+def test_orphans_are_deleted_with_the_next_commit() -> None:
+    fin = _memory("reference")
+    _remember(fin, random.Random(2), [0], 10)
+    segments = SeenSegments()
+    side: dict[str, bytes] = {}
+    _applied(side, segments.side_records(fin))
+    side["seen/0/left-by-a-crash"] = b"\x00" * 8
+    again, _ = SeenSegments.restore(segments.listing(), side)
+    assert again.orphans == ["seen/0/left-by-a-crash"]
+    assert ("seen/0/left-by-a-crash", None) in again.side_records(fin)
+    assert SeenSegments.fresh({"a": b"", "b": b""}).orphans == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("listing", "side", "why"),
+    [
+        ([], {}, "expected an object"),
+        ({"x": [["a", 1]]}, {"a": b"\x00" * 8}, "is not an integer"),
+        ({"0": []}, {}, "non-empty list"),
+        ({"0": [["a", 0]]}, {"a": b""}, "is not [name, keys > 0]"),
+        ({"0": [["a", True]]}, {"a": b"\x00" * 8}, "is not [name, keys > 0]"),
+        ({"0": [["a", 1, 2]]}, {"a": b"\x00" * 8}, "is not [name, keys > 0]"),
+        ({"0": ["a"]}, {"a": b"\x00" * 8}, "is not [name, keys > 0]"),
+        ({"0": [["a", 1]]}, {}, "segment 'a' is missing"),
+        ({"0": [["a", 2]]}, {"a": b"\x00" * 8}, "holds 8 bytes, not 2 keys"),
+    ],
+)
+def test_a_listing_that_does_not_fit_is_refused_with_the_reason(
+    listing: object, side: dict[str, bytes], why: str
+) -> None:
+    with pytest.raises(InvalidEvent, match=re.escape(why)):
+        SeenSegments.restore(listing, side)
+
+
+def test_the_keys_of_a_start_join_in_segment_order() -> None:
+    keys = [np.asarray([i], dtype="<u8").tobytes() for i in range(3)]
+    listing = {"5000": [["b", 2], ["a", 1]]}
+    _, seen = SeenSegments.restore(listing, {"a": keys[2], "b": keys[0] + keys[1]})
+    assert base64.b64decode(seen["5000"]) == keys[0] + keys[1] + keys[2]
