@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from canary.core.models import SearchOutcome
 from canary.kafka.clients import consumer_kwargs
@@ -91,7 +91,7 @@ async def _state_records(bootstrap: str, topic: str) -> list[Any]:
     consumer = AIOKafkaConsumer(**consumer_kwargs(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [tp for tp in (await _partitions(consumer, topic))]
+        tps = await _partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -105,9 +105,7 @@ async def _state_records(bootstrap: str, topic: str) -> list[Any]:
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Any]:
-    from aiokafka import TopicPartition
-
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     parts = consumer.partitions_for_topic(topic)
     while not parts:
         await consumer._client.force_metadata_update()
