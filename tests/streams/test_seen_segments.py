@@ -14,8 +14,11 @@ import pytest
 from canary.core.dedup import ReferenceRequestMemory
 from canary.core.windows import WindowFinalizer
 from canary.errors import InvalidEvent
+from canary.kafka.topics import Topics
 from canary.pipeline.memory import request_memory
+from streams.registry import DeploymentRegistry
 from streams.seen_segments import SeenSegments
+from streams.windowing import WindowingStage
 
 MEMORIES = {"reference": ReferenceRequestMemory, "native": request_memory("auto")}
 
@@ -130,3 +133,40 @@ def test_the_keys_of_a_start_join_in_segment_order() -> None:
     listing = {"5000": [["b", 2], ["a", 1]]}
     _, seen = SeenSegments.restore(listing, {"a": keys[2], "b": keys[0] + keys[1]})
     assert base64.b64decode(seen["5000"]) == keys[0] + keys[1] + keys[2]
+
+
+def _stage() -> WindowingStage:
+    topics = Topics("t.")
+    return WindowingStage("127.0.0.1:1", topics, DeploymentRegistry("127.0.0.1:1", topics.control), "g")
+
+
+def test_the_stage_restores_a_record_written_before_segments_and_writes_its_memory_as_segments() -> None:
+    """The upgrade: a state record with the memory inline (``seen``) is restored, the side records beside it are
+    orphans, and the partition's next commit writes the whole memory as segments and lists them."""
+    old = _memory("reference")
+    _remember(old, random.Random(3), [0, 5000], 200)
+    stage = _stage()
+    state = stage.new_state(2, old.to_dict(), {"seen/0/stray": b"\x00" * 8})
+    assert state.seen_starts() == old.seen_starts()
+    records = stage.state_side_records(2, state)
+    assert ("seen/0/stray", None) in records
+    side = {name: value for name, value in records if value is not None}
+    assert b"".join(side.values()) == b"".join(old.seen_keys(s) for s, _ in old.seen_starts())
+    record = stage.state_to_dict(2, state)
+    assert "seen" not in record and set(record["seen_segments"]) == {"0", "5000"}
+    # The next restore goes through the segments, and a commit with nothing new writes nothing.
+    again = stage.new_state(2, record, side)
+    assert again.seen_starts() == old.seen_starts()
+    assert stage.state_side_records(2, again) == []
+
+
+def test_the_stage_refuses_a_record_whose_segment_is_gone() -> None:
+    fin = _memory("reference")
+    _remember(fin, random.Random(4), [0], 20)
+    stage = _stage()
+    state = stage.new_state(0, fin.to_dict())
+    side = {name: value for name, value in stage.state_side_records(0, state) if value is not None}
+    record = stage.state_to_dict(0, state)
+    with pytest.raises(InvalidEvent, match="is missing"):
+        stage.new_state(0, record, {})
+    assert stage.new_state(0, record, side).seen_starts() == fin.seen_starts()
