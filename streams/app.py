@@ -36,6 +36,7 @@ from canary.config.environments import AlertTarget
 from canary.control.audit import invalid_control_event, outcome_event, state_event
 from canary.core import wire
 from canary.core.custom import with_external
+from canary.core.jsonio import dumps_as_json_would
 from canary.core.judge import Judgement
 from canary.core.models import RouterState, WindowResult
 from canary.core.outages import CONTEXT_KEY, OutageLog
@@ -385,7 +386,7 @@ class CanaryStreams:
                 self.metrics.decisions.labels(issue.decision.type, "false").inc()
                 log.warning("%s for %s decided but %s", issue.decision.type, dep_id, issue.note)
         for j in judgements:
-            await self.verdicts_topic.send(key=dep_id.encode(), value=json.dumps(j.to_dict()).encode())
+            await self.verdicts_topic.send(key=dep_id.encode(), value=dumps_as_json_would(j.to_dict()))
             self.stats.judgements += 1
             self.metrics.judgements.inc()
             for verdict in j.window.verdicts:

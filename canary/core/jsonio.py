@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -58,6 +59,17 @@ def _finite(value: Any) -> bool:
     return True
 
 
+_finite_check: Callable[[Any], bool] = _finite
+
+
+def use_finite_check(check: Callable[[Any], bool]) -> None:
+    """Let ``dumps`` look for NaN and infinities with ``check``, which must answer as :func:`_finite` does on
+    anything orjson encodes (the native extension's ``all_finite``, handed over by ``canary.pipeline.native``:
+    a windows-stage checkpoint holds ``null``s, so it is walked every time, ~4 % of a live worker in Python)."""
+    global _finite_check
+    _finite_check = check
+
+
 def dumps(value: Any) -> bytes:
     """Compact JSON bytes of ``value``; ``ValueError`` if it holds NaN or an infinity."""
     try:
@@ -65,6 +77,20 @@ def dumps(value: Any) -> bytes:
     except orjson.JSONEncodeError:
         return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
     # orjson writes NaN/inf as null: a rare value, so look only when the output could hold one.
-    if b"null" in out and not _finite(value):
+    if b"null" in out and not _finite_check(value):
         raise ValueError("Out of range float values are not JSON compliant")
+    return out
+
+
+def dumps_as_json_would(value: Any) -> bytes:
+    """JSON bytes with the same decoded value as ``json.dumps(value).encode()``, NaN and infinities included (the
+    standard library's ``NaN``/``Infinity`` literals, which its reader and :func:`loads` accept): compact, via
+    orjson unless the value holds one of those or something orjson cannot encode. For records that have always
+    been written with ``json.dumps`` and may carry an infinite evidence value (the SLO agent's verdicts)."""
+    try:
+        out = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
+    if b"null" in out and not _finite_check(value):
+        return json.dumps(value, separators=(",", ":")).encode()
     return out

@@ -18,6 +18,7 @@
 mod crc32c;
 mod deadline;
 mod dedup;
+mod finite;
 mod records;
 
 use std::borrow::Cow;
@@ -677,6 +678,7 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_tuples, m)?)?;
     m.add_class::<dedup::RequestMemory>()?;
     m.add_function(wrap_pyfunction!(group_records, m)?)?;
+    m.add_function(wrap_pyfunction!(finite::all_finite, m)?)?;
     m.add_function(wrap_pyfunction!(deadline::deadline_install, m)?)?;
     m.add_function(wrap_pyfunction!(deadline::deadline_arm, m)?)?;
     m.add_function(wrap_pyfunction!(deadline::deadline_disarm, m)?)?;

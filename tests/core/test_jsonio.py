@@ -6,8 +6,11 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canary.core.jsonio import dumps, loads
+from canary.pipeline.native import NATIVE
 
 
 @pytest.mark.parametrize(
@@ -60,9 +63,90 @@ def test_a_non_finite_float_is_found_wherever_it_sits(bad: float) -> None:
         {"x": np.float64(bad)},  # a float subclass
         {"x": [Tagged(bad)]},
     ]
+    checks = [_finite] if NATIVE is None else [_finite, NATIVE.all_finite]
     for shape in shapes:
-        assert not _finite(shape)
+        assert not any(check(shape) for check in checks)
         with pytest.raises(ValueError):
             dumps({"state": shape, "null": None})
     fine = {"a": [1, 2.5, -0.0, None, True, "nan", (1e308, -1e308)], "b": {"c": np.float64(3.0)}, "d": Tagged(1.0)}
-    assert _finite(fine)
+    assert all(check(fine) for check in checks)
+
+
+native_only = pytest.mark.skipif(NATIVE is None, reason="the native extension is not built (no cargo)")
+
+
+class _Float(float):
+    pass
+
+
+class _Dict(dict):  # type: ignore[type-arg]
+    pass
+
+
+class _List(list):  # type: ignore[type-arg]
+    pass
+
+
+class _Tuple(tuple):  # type: ignore[type-arg]
+    __slots__ = ()
+
+
+_leaves = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(allow_nan=True, allow_infinity=True).map(_Float),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+)
+_values = st.recursive(
+    _leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.lists(inner, max_size=5).map(tuple),
+        st.lists(inner, max_size=5).map(_List),
+        st.lists(inner, max_size=5).map(_Tuple),
+        st.dictionaries(st.text(max_size=3), inner, max_size=5),
+        st.dictionaries(st.text(max_size=3), inner, max_size=5).map(_Dict),
+        st.dictionaries(st.floats(allow_nan=True), inner, max_size=3),  # keys are not looked at
+    ),
+    max_leaves=40,
+)
+
+
+@native_only
+@settings(max_examples=400, deadline=None)
+@given(_values)
+def test_the_native_check_answers_as_the_reference_walk(value: object) -> None:
+    from canary.core.jsonio import _finite
+
+    assert NATIVE is not None
+    assert NATIVE.all_finite(value) is _finite(value)
+
+
+@native_only
+def test_dumps_uses_the_native_check_where_the_extension_is_built() -> None:
+    import canary.core.jsonio as jsonio
+
+    assert NATIVE is not None
+    assert jsonio._finite_check is NATIVE.all_finite
+    with pytest.raises(ValueError):
+        dumps({"state": [[1, 2]] * 100 + [[0, _Float(math.nan)]], "null": None})
+    assert dumps({"state": [[1, 2.5]], "null": None}) == b'{"state":[[1,2.5]],"null":null}'
+
+
+@settings(max_examples=300, deadline=None)
+@given(_values)
+def test_the_verdicts_writer_reads_back_as_the_standard_library_wrote_it(value: object) -> None:
+    from canary.core.jsonio import dumps_as_json_would
+
+    def same(a: object, b: object) -> bool:  # NaN equals NaN here; containers compared item by item
+        if isinstance(a, float) and isinstance(b, float):
+            return (math.isnan(a) and math.isnan(b)) or a == b
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        return type(a) is type(b) and a == b
+
+    assert same(json.loads(dumps_as_json_would(value)), json.loads(json.dumps(value)))
