@@ -18,7 +18,7 @@
 mod crc32c;
 mod deadline;
 mod dedup;
-mod finite;
+mod json;
 mod records;
 
 use std::borrow::Cow;
@@ -678,7 +678,8 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_tuples, m)?)?;
     m.add_class::<dedup::RequestMemory>()?;
     m.add_function(wrap_pyfunction!(group_records, m)?)?;
-    m.add_function(wrap_pyfunction!(finite::all_finite, m)?)?;
+    m.add_function(wrap_pyfunction!(json::all_finite, m)?)?;
+    m.add_function(wrap_pyfunction!(json::structure, m)?)?;
     m.add_function(wrap_pyfunction!(deadline::deadline_install, m)?)?;
     m.add_function(wrap_pyfunction!(deadline::deadline_arm, m)?)?;
     m.add_function(wrap_pyfunction!(deadline::deadline_disarm, m)?)?;

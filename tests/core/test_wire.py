@@ -7,11 +7,14 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canary.config import PresetStore
 from canary.core import wire
 from canary.core.deployment import snapshot_hash
 from canary.core.models import ControlCommand
+from canary.pipeline.native import NATIVE
 from devtools import hostile
 from devtools.signing import OPERATOR, ROOT
 
@@ -147,3 +150,28 @@ def test_the_largest_legitimate_window_fits() -> None:
     _, containers = wire.structure_of(json.dumps(window).encode())
     assert containers * 2 <= wire.WINDOW.max_containers  # type: ignore[operator]
     wire.decode_object(json.dumps(window).encode(), wire.WINDOW)
+
+
+native_only = pytest.mark.skipif(NATIVE is None, reason="the native extension is not built (no cargo)")
+# Bytes rich in what the scan looks at: brackets, quotes, runs of backslashes.
+_pieces = [b"[", b"]", b"{", b"}", b'"', b"\\", b"\\\\", b"a", b",", b":", b" "]
+_jsonish = st.lists(st.sampled_from(_pieces), max_size=200)
+
+
+@native_only
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_jsonish.map(b"".join), st.binary(max_size=300)))
+def test_the_native_structure_scan_answers_as_the_reference(raw: bytes) -> None:
+    assert NATIVE is not None
+    assert NATIVE.structure(raw) == wire.structure_of(raw)
+
+
+@native_only
+def test_bounds_are_measured_by_the_native_scan_where_the_extension_is_built() -> None:
+    assert NATIVE is not None
+    assert wire._structure is NATIVE.structure
+    for raw in (json.dumps(hostile.samples()["window"][0]).encode(), b'{"a": "[[[[\\"]]", "b": [[], {}]}'):
+        assert NATIVE.structure(raw) == wire.structure_of(raw)
+    with pytest.raises(wire.Rejected) as info:
+        wire.decode(b"[" * 17 + b"]" * 17, wire.WINDOW)  # 17 deep, 17 openers: the scan decides
+    assert info.value.code == "too_deep"
