@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -51,6 +52,26 @@ def probe(port: int, path: str, timeout: float = 2.0) -> tuple[int, dict[str, An
         return 0, {}
 
 
+def threads_of(pid: int) -> str:
+    """``name:state:wait-channel`` of each thread of ``pid`` (Linux /proc; empty elsewhere or once it is gone)."""
+    out = []
+    try:
+        tasks = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError:
+        return ""
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                wchan = f.read().strip() or "-"
+        except OSError:
+            continue
+        name, _, rest = stat.rpartition(")")
+        out.append(f"{name.partition('(')[2]}:{rest.split()[0]}:{wchan}")
+    return " ".join(out)
+
+
 @dataclass
 class Service:
     """``canary router`` or ``canary worker`` with ``--metrics-port`` and ``--log-format json``."""
@@ -66,6 +87,7 @@ class Service:
     proc: subprocess.Popen[bytes] | None = None
     exits: list[int] = field(default_factory=list)
     starts: int = 0
+    stop_trace: list[str] = field(default_factory=list)
 
     def start(self) -> None:
         env = {
@@ -100,14 +122,20 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
     def terminate(self, timeout: float = 30.0) -> tuple[int, float]:
-        """SIGTERM; (exit code, seconds it took)."""
+        """SIGTERM; (exit code, seconds it took). While it waits, what each of the process's threads is doing
+        (state and kernel wait channel, every 0.25 s) goes into :attr:`stop_trace`, for a test to print when a stop
+        was slow: a service once left 11 s after SIGTERM with the signal seemingly held for ~5 s."""
         assert self.proc is not None
+        self.stop_trace = []
         started = time.monotonic()
         self.proc.send_signal(signal.SIGCONT)
         self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        code: int | None = None
+        while code is None and time.monotonic() - started < timeout:
+            self.stop_trace.append(f"{time.monotonic() - started:5.2f}s {threads_of(self.proc.pid)}")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.proc.wait(0.25)
+        if code is None:
             self.proc.kill()
             code = self.proc.wait()
         self.exits.append(code)

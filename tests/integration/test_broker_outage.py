@@ -284,7 +284,8 @@ async def test_broker_sigstop_and_restart_mid_canary(brokers: list[LocalBroker],
             code, took = await asyncio.to_thread(s.terminate)
             sigterm.append((s.name, code, took))
             if took > SIGTERM_BOUND_S:
-                print(f"{s.name} took {took:.1f} s to exit:\n{s.tail(12)}")
+                trace = "\n".join(s.stop_trace)
+                print(f"{s.name} took {took:.1f} s to exit:\n{s.tail(12)}\nits threads meanwhile:\n{trace}")
         await until(SIGSTOP_S)
         os.kill(info_a.pid, signal.SIGCONT)
         a_outage_end = time.time()
