@@ -47,7 +47,6 @@ log = logging.getLogger("canary.streams.windows")
 rejected_log = logging.getLogger("canary.streams.rejected.outcomes")  # rate-limited: a flood is one line per 5 s
 
 
-
 @dataclass
 class WindowingStats:
     outcomes: int = 0
