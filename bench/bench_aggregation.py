@@ -1265,7 +1265,7 @@ def _sum_line(check: dict[str, Any]) -> str:
     )
 
 
-def _checkpoint_line(c: dict[str, Any], core: dict[str, Any], partitions: int) -> str:
+def _checkpoint_line(c: dict[str, Any], core: dict[str, Any]) -> str:
     big = max(core["passes"].values(), key=lambda f: f["snapshot_max_bytes"])
     line = (
         f"  checkpoint size: state record ≈ {c['bounded_state_bytes'] / 1024:,.0f} KiB; request memory in segments, "
@@ -1422,7 +1422,7 @@ def render(r: dict[str, Any]) -> str:
         f"(issue #24 target ≥ {TARGET_KCAT_RATIO}); / confluent-kafka "
         f"{r.get('ratio_worker_to_confluent', math.nan):.2f}; / the quix-streams job "
         f"{r.get('ratio_worker_to_quix', math.nan):.2f}",
-        _checkpoint_line(r["checkpoint_size"], core, r["partitions"]),
+        _checkpoint_line(r["checkpoint_size"], core),
         "",
         f"  core in-process (no Kafka), {core['outcomes']:,} outcomes + {core['watermark_records']:,} watermark "
         f"records over {core['partitions']} partitions, CPU µs per outcome (process time):",

@@ -91,6 +91,8 @@ class SeenSegments:
                 start = int(start_text)
             except (TypeError, ValueError):
                 raise InvalidEvent(f"seen_segments: window start {start_text!r} is not an integer") from None
+            if start in out.by_start:  # "5" and "05": one start's keys would be lost, its segments never deleted
+                raise InvalidEvent(f"seen_segments: window start {start} listed twice")
             if not isinstance(segs, list) or not segs:
                 raise InvalidEvent(f"seen_segments[{start_text}]: expected a non-empty list of [name, keys]")
             parts: list[bytes] = []
@@ -105,6 +107,8 @@ class SeenSegments:
                 ):
                     raise InvalidEvent(f"seen_segments[{start_text}]: {seg!r} is not [name, keys > 0]")
                 name, n = seg
+                if name in listed:  # its keys would count twice
+                    raise InvalidEvent(f"seen_segments[{start_text}]: segment {name!r} listed twice")
                 raw = side.get(name)
                 if raw is None:
                     raise InvalidEvent(f"seen_segments[{start_text}]: segment {name!r} is missing")

@@ -10,6 +10,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canary.core.dedup import ReferenceRequestMemory
 from canary.core.windows import WindowFinalizer
@@ -119,6 +121,9 @@ def test_orphans_are_deleted_with_the_next_commit() -> None:
         ({"0": ["a"]}, {"a": b"\x00" * 8}, "is not [name, keys > 0]"),
         ({"0": [["a", 1]]}, {}, "segment 'a' is missing"),
         ({"0": [["a", 2]]}, {"a": b"\x00" * 8}, "holds 8 bytes, not 2 keys"),
+        ({"5": [["a", 1]], "05": [["b", 1]]}, {"a": b"\x00" * 8, "b": b"\x01" * 8}, "window start 5 listed twice"),
+        ({"5": [["a", 1]], "10": [["a", 1]]}, {"a": b"\x00" * 8}, "segment 'a' listed twice"),
+        ({"5": [["a", 1], ["a", 1]]}, {"a": b"\x00" * 8}, "segment 'a' listed twice"),
     ],
 )
 def test_a_listing_that_does_not_fit_is_refused_with_the_reason(
@@ -170,3 +175,55 @@ def test_the_stage_refuses_a_record_whose_segment_is_gone() -> None:
     with pytest.raises(InvalidEvent, match="is missing"):
         stage.new_state(0, record, {})
     assert stage.new_state(0, record, side).seen_starts() == fin.seen_starts()
+
+
+_names = st.sampled_from(["seen/5/a", "seen/5/b", "seen/10/c", "x", ""]) | st.text(max_size=2)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
+_segment = st.one_of(st.tuples(_names, st.integers(-1, 3)).map(list), _json)
+_listing = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["5", "10", "-3", "x", "1e3", " 7", "05"]) | st.text(max_size=3),
+        st.lists(_segment, max_size=3) | _json,
+        max_size=3,
+    ),
+    _json,
+)
+_side = st.dictionaries(
+    _names, st.binary(max_size=32).map(lambda b: b[: len(b) - len(b) % 8]) | st.binary(max_size=9), max_size=4
+)
+
+
+@st.composite
+def _fitting(draw: st.DrawFn) -> tuple[object, dict[str, bytes]]:
+    """Side records and a listing made of their names and lengths (mostly fitting, some starts spelt twice)."""
+    side = draw(st.dictionaries(_names, st.binary(min_size=8, max_size=24).map(lambda b: b[: len(b) - len(b) % 8])))
+    names = sorted(side)
+    starts = st.sampled_from(["5", "05", "10", "-3"])
+    segment = st.sampled_from(names).map(lambda n: [n, len(side[n]) // 8]) if names else _segment
+    listing = draw(st.dictionaries(starts, st.lists(segment, min_size=1, max_size=3), max_size=3))
+    return listing, side
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.tuples(_listing, _side), _fitting()))
+def test_any_listing_and_side_records_restore_or_are_refused_with_invalid_event(
+    case: tuple[object, dict[str, bytes]],
+) -> None:
+    """A restore's reader of the segments is total: whatever a state record lists and whatever side records the
+    partition holds, the result is a consistent bookkeeping or InvalidEvent (the state dead-lettered), never
+    another exception."""
+    listing, side = case
+    try:
+        segments, seen = SeenSegments.restore(listing, side)
+    except InvalidEvent:
+        return
+    listed = {name for segs in segments.by_start.values() for name, _ in segs}
+    assert all(len(side[name]) == n * 8 and n > 0 for segs in segments.by_start.values() for name, n in segs)
+    assert sorted(set(side) - listed) == segments.orphans
+    for start, segs in segments.by_start.items():
+        assert segments.written[start] == sum(n for _, n in segs)
+        assert base64.b64decode(seen[str(start)]) == b"".join(side[name] for name, _ in segs)
