@@ -37,7 +37,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-import numpy as np
 import orjson
 
 from canary.errors import InvalidEvent
@@ -134,6 +133,11 @@ def structure_of(raw: bytes) -> tuple[int, int]:
     strings JSON has no backslash at all), so the string regions — and the depth — are the parser's own.
     Vectorized (numpy): linear, with no Python loop per byte, whatever the input holds.
     """
+    # numpy is imported here, not with the module: canary.pipeline.native imports this module to hand over the
+    # native scan, and a process must not start numpy's thread pool before it installs the stop deadline (threads
+    # started before it do not block the stop signals; tests/test_runtime.py).
+    import numpy as np
+
     a = np.frombuffer(raw, dtype=np.uint8)
     if a.size == 0:
         return 0, 0
