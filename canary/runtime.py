@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import FrameType
 from typing import Protocol
 
@@ -149,6 +149,23 @@ class StopDeadline:
 def _shared_length(a: str, b: str) -> int:
     """How many leading characters ``a`` and ``b`` share."""
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Block the stop signals in this thread for the block, then restore its mask. Threads that libraries start
+    meanwhile inherit the block: OpenBLAS starts its pool when numpy loads, and the CLI loads numpy long before a
+    service installs its stop deadline (StopDeadline.arm_on), after which only the deadline's native thread is to
+    take the stop signals — a pool thread started with them unblocked was a second taker (tests/test_runtime.py).
+    A stop signal arriving meanwhile waits for the end of the block."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 # glibc's mallopt parameters (malloc.h).

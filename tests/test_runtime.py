@@ -244,3 +244,30 @@ def test_a_service_collects_garbage_less_often_and_never_walks_its_code() -> Non
     assert got["frozen"] > 50_000  # modules, classes, functions: left out of every pass
     assert got["after"] < got["before"] / 10
     assert got["cycle_collected"]
+
+
+LIBRARY_THREADS = """
+import contextlib, io, os, signal
+from canary.cli.main import main
+
+with contextlib.redirect_stdout(io.StringIO()):
+    main(["list", "--json"])  # builds the parser: the commands' modules load numpy, which starts OpenBLAS's pool
+term = 1 << (signal.SIGTERM - 1) | 1 << (signal.SIGINT - 1)
+masks = []
+for tid in os.listdir("/proc/self/task"):
+    with open(f"/proc/self/task/{tid}/status") as f:
+        blocked = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+    masks.append((tid == str(os.getpid()), blocked & term == term, blocked & term == 0))
+print(sorted(masks))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_threads_libraries_start_as_the_cli_loads_do_not_take_the_stop_signals() -> None:
+    """The CLI loads numpy (and so OpenBLAS's thread pool) long before a service installs its stop deadline; those
+    threads block SIGINT and SIGTERM, and the main thread's mask is as it was (canary.runtime.stop_signals_held)."""
+    out = subprocess.run([sys.executable, "-c", LIBRARY_THREADS], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    masks = ast.literal_eval(out.stdout.strip())
+    assert [(blocks, free) for main, blocks, free in masks if main] == [(False, True)], masks
+    assert all(blocks for main, blocks, _ in masks if not main), masks

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from canary.cli.output import emit as _emit
 from canary.errors import CanaryError, ConfigError, DeploymentError, KafkaError
-from canary.runtime import reuse_freed_memory
+from canary.runtime import reuse_freed_memory, stop_signals_held
 from canary.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -303,7 +303,8 @@ def exit_code(exc: CanaryError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     reuse_freed_memory()  # every canary process: Kafka reads reuse their buffers (canary.runtime)
-    parser = build_parser()
+    with stop_signals_held():  # the commands' modules load numpy: its thread pool must not take SIGTERM
+        parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     settings: Settings | None = None
