@@ -9,18 +9,19 @@ the same state, and the same JSON.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 
+from canary.core import accel
 from canary.core.custom import CustomAggregation, CustomStats, custom_from_dict, custom_to_dict, merge_custom
 from canary.core.evidence import RECALL_BINS
 from canary.core.models import RECALL_SOURCES, JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.core.policy import DEFAULT_P95_MS, DEFAULT_RECALL_AT_10
-from canary.core.sketch import QuantileSketch
+from canary.core.sketch import QuantileSketch, not_finite
 from canary.core.split import USER_GROUPS
 from canary.core.structs import exactly
 from canary.errors import SHAPE_ERRORS, InvalidEvent
@@ -47,7 +48,9 @@ _HIST = list[tuple[Annotated[int, msgspec.Meta(ge=0, le=RECALL_BINS)], Annotated
 
 
 def _add(a: Row, b: Row) -> Row:
-    return tuple(x + y for x, y in zip(a, b, strict=True))
+    if len(a) != len(b):
+        raise ValueError(f"group rows of {len(a)} and {len(b)} groups cannot be added")
+    return tuple(map(operator.add, a, b))  # a third of a generator's time; every fold and merge adds five rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +441,153 @@ class OutcomeColumns:
 _COLUMN_FIELDS = ("latency", "errored", "recall", "exact_sample", "user_group")
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class ColumnCounts:
+    """What one batch of outcome columns adds to a window's aggregate, every figure a count or an integer sum: from
+    the numpy reference (:func:`count_columns`) or the native batch core's ``fold_columns``, which answers the
+    same (tests/core/test_fold.py)."""
+
+    n: int
+    errors: int
+    breached: int  # SLO violations: errored, slower than the latency threshold, or recall below its threshold
+    exceed: tuple[int, ...]  # per exceedance threshold, in the aggregator's order
+    zero: int  # effective latencies <= 0: the sketch's zero bucket
+    positive: np.ndarray  # the other effective latencies (float64), for the sketch's logarithms
+    recall_micros: int
+    labeled: int
+    sampled: int | None  # exact samples among all rows; None when no row is labeled
+    hist: list[tuple[int, int]]  # labeled rows per recall bin, ascending, bins with rows only
+    groups: GroupCounts | None  # None when no row has a user group
+    # The first effective latency that is not finite: the sketch refuses the batch (zero, positive: meaningless).
+    bad: float | None
+
+
+def count_columns(
+    columns: OutcomeColumns,
+    error_latency_ms: float,
+    latency_threshold_ms: float,
+    recall_threshold: float,
+    thresholds: tuple[float, ...],
+) -> ColumnCounts:
+    """:class:`ColumnCounts` of ``columns`` with numpy: the reference. An errored request's latency is at least
+    ``error_latency_ms``; ``thresholds`` are the exceedance thresholds."""
+    errored = columns.errored
+    # NaN marks "no label"; NaN < threshold is False, so unlabeled outcomes never count as a breach.
+    recall = columns.recall
+    labeled = ~np.isnan(recall)
+    latency = np.where(errored, np.maximum(columns.latency, error_latency_ms), columns.latency)
+    breached = errored | (latency > latency_threshold_ms) | (recall < recall_threshold)
+    finite = np.isfinite(latency)
+    bad = None if finite.all() else float(latency[~finite][0])
+    positive = latency[latency > 0.0]
+    recall_micros = np.rint(recall[labeled] * RECALL_SCALE).astype(np.int64)
+    slow = [errored | (latency > t) for t in thresholds]  # per threshold, shared with the groups
+    n_labeled = int(labeled.sum())
+    hist: list[tuple[int, int]] = []
+    sampled = None
+    if n_labeled:
+        counts = np.bincount(np.rint(recall[labeled] * RECALL_BINS).astype(np.int64), minlength=RECALL_BINS + 1)
+        present = np.flatnonzero(counts)
+        hist = list(zip(present.tolist(), counts[present].tolist(), strict=True))
+        sampled = int(columns.exact_sample.sum())
+    return ColumnCounts(
+        n=columns.size,
+        errors=int(errored.sum()),
+        breached=int(breached.sum()),
+        exceed=tuple(int(above.sum()) for above in slow),
+        zero=int(latency.size - positive.size),
+        positive=positive,
+        recall_micros=int(recall_micros.sum()),
+        labeled=n_labeled,
+        sampled=sampled,
+        hist=hist,
+        groups=_group_counts(thresholds, columns.user_group, errored, slow, labeled, recall_micros),
+        bad=bad,
+    )
+
+
+def _group_counts(
+    thresholds: tuple[float, ...],
+    user_group: np.ndarray,
+    errored: np.ndarray,
+    slow: list[np.ndarray],
+    labeled: np.ndarray,
+    recall_micros: np.ndarray,
+) -> GroupCounts | None:
+    """The batch's counts per user group (``user_group``: -1 for none), from the masks :func:`count_columns`
+    already computed (``slow``: one per exceedance threshold; ``recall_micros``: the labeled values, in order)."""
+    has = user_group >= 0
+    if not has.any():
+        return None
+    g = user_group
+    micros = recall_micros
+    if not has.all():
+        micros = recall_micros[has[labeled]]
+        g, errored, labeled = g[has], errored[has], labeled[has]
+        slow = [above[has] for above in slow]
+
+    def count(mask: np.ndarray | None = None) -> Row:
+        return tuple(np.bincount(g if mask is None else g[mask], minlength=USER_GROUPS).tolist())
+
+    return GroupCounts(
+        count(),
+        count(errored),
+        tuple((_threshold_key(t), count(above)) for t, above in zip(thresholds, slow, strict=True)),
+        count(labeled),
+        tuple(np.bincount(g[labeled], weights=micros, minlength=USER_GROUPS).astype(np.int64).tolist()),
+    )
+
+
+def native_column_counts(
+    fold: Callable[..., tuple[Any, ...]],
+    columns: OutcomeColumns,
+    error_latency_ms: float,
+    latency_threshold_ms: float,
+    recall_threshold: float,
+    thresholds: tuple[float, ...],
+) -> ColumnCounts:
+    """:func:`count_columns` by the native batch core's ``fold_columns`` (native/src/fold.rs), which takes the
+    columns as arrays (booleans as bytes) and answers with plain numbers and lists: ~4x faster on a few hundred
+    rows, where numpy's fixed cost per call is most of the reference's time."""
+    n, errors, breached, exceed, zero, positive, micros, labeled, sampled, hist, groups, bad = fold(
+        columns.latency,
+        columns.errored.view(np.uint8),
+        columns.recall,
+        columns.exact_sample.view(np.uint8),
+        columns.user_group,
+        error_latency_ms,
+        latency_threshold_ms,
+        recall_threshold,
+        list(thresholds),
+        float(RECALL_SCALE),
+        float(RECALL_BINS),
+        USER_GROUPS,
+    )
+    if groups is not None:
+        g_n, g_errors, g_exceed, g_labeled, g_micros = groups
+        groups = GroupCounts(
+            tuple(g_n),
+            tuple(g_errors),
+            tuple((_threshold_key(t), tuple(row)) for t, row in zip(thresholds, g_exceed, strict=True)),
+            tuple(g_labeled),
+            tuple(g_micros),
+        )
+    return ColumnCounts(
+        n,
+        errors,
+        breached,
+        tuple(exceed),
+        zero,
+        np.frombuffer(positive),
+        micros,
+        labeled,
+        sampled,
+        hist,
+        groups,
+        bad,
+    )
+
+
 class WindowAggregator:
     """Folds micro-batches of outcomes into :class:`WindowAggregate` values.
 
@@ -489,55 +639,52 @@ class WindowAggregator:
     ) -> WindowAggregate:
         """:meth:`agg` of outcomes given as columns (the native decoder's, or :meth:`OutcomeColumns.of`'s).
         ``carriers``: the outcomes that may carry custom metrics (columns do not hold them)."""
-        n = columns.size
-        if not n:
+        if not columns.size:
             return state if max_offset is None else state.with_offset(max_offset)
-        errored = columns.errored
-        # NaN marks "no label"; NaN < threshold is False, so unlabeled outcomes never count as a breach.
-        recall = columns.recall
-        labeled = ~np.isnan(recall)
-        latency = np.where(errored, np.maximum(columns.latency, self.error_latency_ms), columns.latency)
-        breached = errored | (latency > self.latency_threshold_ms) | (recall < self.recall_threshold)
-
+        args = (
+            columns,
+            self.error_latency_ms,
+            self.latency_threshold_ms,
+            self.recall_threshold,
+            self.exceed_thresholds_ms,
+        )
+        fold = accel.NATIVE.fold_columns
+        counts = count_columns(*args) if fold is None else native_column_counts(fold, *args)
+        if counts.bad is not None:
+            raise not_finite(counts.bad)
         sketch = state.sketch.copy()
-        sketch.add_many(latency)
-        recall_micros = np.rint(recall[labeled] * RECALL_SCALE).astype(np.int64)
+        sketch.add_split(counts.zero, counts.positive)
         exceed = dict(state.exceed)
-        slow = [errored | (latency > t) for t in self.exceed_thresholds_ms]  # per threshold, shared with the groups
-        for t, above in zip(self.exceed_thresholds_ms, slow, strict=True):
+        for t, c in zip(self.exceed_thresholds_ms, counts.exceed, strict=True):
             key = _threshold_key(t)
-            exceed[key] = exceed.get(key, 0) + int(above.sum())
+            exceed[key] = exceed.get(key, 0) + c
         hist = dict(state.recall_hist)
         new_bins = False
         sources = state.recall_sources
-        if labeled.any():
-            counts = np.bincount(np.rint(recall[labeled] * RECALL_BINS).astype(np.int64), minlength=RECALL_BINS + 1)
-            present = np.flatnonzero(counts)
-            for b, c in zip(present.tolist(), counts[present].tolist(), strict=True):
+        if counts.sampled is not None:  # some outcome is labeled
+            for b, c in counts.hist:
                 if b in hist:
                     hist[b] += c
                 else:
                     hist[b] = c
                     new_bins = True
-            n_labeled = int(labeled.sum())
             # Only labels and exact samples exist; an outcome without a source field reads as labels.
-            sampled = int(columns.exact_sample.sum())
-            batch = (("exact_sample", sampled), ("labels", n_labeled - sampled))
+            batch = (("exact_sample", counts.sampled), ("labels", counts.labeled - counts.sampled))
             sources = merge_counts(sources, tuple((k, c) for k, c in batch if c))
         # The dict keeps the sorted order of the state it came from; only new bins need a sort.
         recall_hist = tuple(sorted(hist.items())) if new_bins else tuple(hist.items())
-        groups = self._groups(state.groups, columns.user_group, errored, slow, labeled, recall_micros)
+        groups = state.groups if counts.groups is None else state.groups.merge(counts.groups)
         custom = state.custom
         if self.custom.metrics and carriers:
             custom = merge_custom(state.custom, self.custom.agg(carriers))
         return replace(
             state,
-            count=state.count + n,
-            error_count=state.error_count + int(errored.sum()),
+            count=state.count + counts.n,
+            error_count=state.error_count + counts.errors,
             sketch=sketch,
-            recall_sum_micros=state.recall_sum_micros + int(recall_micros.sum()),
-            recall_samples=state.recall_samples + int(labeled.sum()),
-            slo_violations=state.slo_violations + int(breached.sum()),
+            recall_sum_micros=state.recall_sum_micros + counts.recall_micros,
+            recall_samples=state.recall_samples + counts.labeled,
+            slo_violations=state.slo_violations + counts.breached,
             max_source_offset=state.max_source_offset
             if max_offset is None
             else max(state.max_source_offset, max_offset),
@@ -547,39 +694,6 @@ class WindowAggregator:
             recall_sources=sources,
             groups=groups,
         )
-
-    def _groups(
-        self,
-        groups: GroupCounts,
-        user_group: np.ndarray,
-        errored: np.ndarray,
-        slow: list[np.ndarray],
-        labeled: np.ndarray,
-        recall_micros: np.ndarray,
-    ) -> GroupCounts:
-        """``groups`` plus this batch's counts per user group (``user_group``: -1 for none), from the masks ``agg``
-        already computed (``slow``: one per exceedance threshold; ``recall_micros``: the labeled values, in order)."""
-        has = user_group >= 0
-        if not has.any():
-            return groups
-        g = user_group
-        micros = recall_micros
-        if not has.all():
-            micros = recall_micros[has[labeled]]
-            g, errored, labeled = g[has], errored[has], labeled[has]
-            slow = [above[has] for above in slow]
-
-        def count(mask: np.ndarray | None = None) -> Row:
-            return tuple(np.bincount(g if mask is None else g[mask], minlength=USER_GROUPS).tolist())
-
-        batch = GroupCounts(
-            count(),
-            count(errored),
-            tuple((_threshold_key(t), count(above)) for t, above in zip(self.exceed_thresholds_ms, slow, strict=True)),
-            count(labeled),
-            tuple(np.bincount(g[labeled], weights=micros, minlength=USER_GROUPS).astype(np.int64).tolist()),
-        )
-        return groups.merge(batch)
 
     def merge(self, a: WindowAggregate, b: WindowAggregate) -> WindowAggregate:
         stats = a.stats.merge(b.stats)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from typing import Any
 
 import orjson
+
+from canary.core import accel
 
 
 def loads(raw: bytes | str) -> Any:
@@ -59,27 +60,24 @@ def _finite(value: Any) -> bool:
     return True
 
 
-_finite_check: Callable[[Any], bool] = _finite
-
-
-def use_finite_check(check: Callable[[Any], bool]) -> None:
-    """Let ``dumps`` look for NaN and infinities with ``check``, which must answer as :func:`_finite` does on
-    anything orjson encodes (the native extension's ``all_finite``, handed over by ``canary.pipeline.native``:
-    a windows-stage checkpoint holds ``null``s, so it is walked every time, ~4 % of a live worker in Python)."""
-    global _finite_check
-    _finite_check = check
+def _orjson_exact(value: Any) -> bytes | None:
+    """orjson's bytes of ``value``, or None where they would not say what the standard library's say: orjson
+    cannot encode it, or it wrote a NaN or an infinity as ``null`` (a rare value, so looked for only when the output
+    could hold one; with the native batch core's ``all_finite`` where it is built: a windows-stage checkpoint holds
+    ``null``s, so it is walked every time, ~4 % of a live worker in Python)."""
+    try:
+        out = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+    if b"null" in out and not (accel.NATIVE.all_finite or _finite)(value):
+        return None
+    return out
 
 
 def dumps(value: Any) -> bytes:
     """Compact JSON bytes of ``value``; ``ValueError`` if it holds NaN or an infinity."""
-    try:
-        out = orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
-    # orjson writes NaN/inf as null: a rare value, so look only when the output could hold one.
-    if b"null" in out and not _finite_check(value):
-        raise ValueError("Out of range float values are not JSON compliant")
-    return out
+    out = _orjson_exact(value)
+    return out if out is not None else json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
 
 
 def dumps_as_json_would(value: Any) -> bytes:
@@ -87,10 +85,5 @@ def dumps_as_json_would(value: Any) -> bytes:
     standard library's ``NaN``/``Infinity`` literals, which its reader and :func:`loads` accept): compact, via
     orjson unless the value holds one of those or something orjson cannot encode. For records that have always
     been written with ``json.dumps`` and may carry an infinite evidence value (the SLO agent's verdicts)."""
-    try:
-        out = orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return json.dumps(value, separators=(",", ":")).encode()
-    if b"null" in out and not _finite_check(value):
-        return json.dumps(value, separators=(",", ":")).encode()
-    return out
+    out = _orjson_exact(value)
+    return out if out is not None else json.dumps(value, separators=(",", ":")).encode()

@@ -20,10 +20,30 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from canary.core import accel
 from canary.core.structs import exactly
 from canary.errors import SHAPE_ERRORS, InvalidEvent
 
 _BINS = list[tuple[int, Annotated[int, msgspec.Meta(gt=0)]]]  # the pairs QuantileSketch.from_dict accepts as they are
+
+
+def not_finite(value: float) -> InvalidEvent:
+    """What a sketch raises for a value it cannot hold (a NaN or an infinity)."""
+    return InvalidEvent(f"QuantileSketch: values must be finite, got {value!r}")
+
+
+def bucket_counts(logs: npt.NDArray[np.float64], log_gamma: float) -> list[tuple[int, int]]:
+    """The buckets of positive values from their logarithms: ``ceil(log / log_gamma)`` each, counted, ascending as
+    ``(index, count)`` pairs — the reference (the native batch core's ``bucket_counts`` answers the same). The
+    logarithms are numpy's on both paths: numpy's vectorized ``log`` and the C library's may differ in the last bit,
+    which could move a value on a bucket's edge."""
+    idx = np.ceil(logs / log_gamma).astype(np.int64)
+    low = int(idx.min())
+    # Counting by offset from the lowest index: indices span a few hundred at most (the value range's log), so
+    # bincount beats sorting, above all on small micro-batches.
+    counts = np.bincount(idx - low)
+    present = np.flatnonzero(counts)
+    return list(zip((present + low).tolist(), counts[present].tolist(), strict=True))
 
 
 class QuantileSketch:
@@ -62,21 +82,21 @@ class QuantileSketch:
         arr = np.asarray(values, dtype=np.float64).ravel()
         if arr.size == 0:
             return
-        if not np.all(np.isfinite(arr)):
-            bad = arr[~np.isfinite(arr)][0]
-            raise InvalidEvent(f"QuantileSketch: values must be finite, got {bad!r}")
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise not_finite(float(arr[~finite][0]))
         positive = arr[arr > 0.0]
-        self._zero += int(arr.size - positive.size)
-        self._count += int(arr.size)
+        self.add_split(int(arr.size - positive.size), positive)
+
+    def add_split(self, zero: int, positive: npt.NDArray[np.float64]) -> None:
+        """Add finite values already split: ``zero`` of them <= 0, ``positive`` the rest (the window aggregator
+        counts them in its own pass over the rows: canary.core.aggregations)."""
+        self._zero += zero
+        self._count += zero + int(positive.size)
         if positive.size:
-            idx = np.ceil(np.log(positive) / self._log_gamma).astype(np.int64)
-            low = int(idx.min())
-            # Counting by offset from the lowest index: indices span a few hundred at most (the value
-            # range's log), so bincount beats sorting, above all on small micro-batches.
-            counts = np.bincount(idx - low)
-            present = np.flatnonzero(counts)
             bins = self._bins
-            for k, c in zip((present + low).tolist(), counts[present].tolist(), strict=True):
+            # numpy's logarithm on either path (see bucket_counts).
+            for k, c in (accel.NATIVE.bucket_counts or bucket_counts)(np.log(positive), self._log_gamma):
                 bins[k] = bins.get(k, 0) + c
             self._collapse()
 

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import orjson
 
+from canary.core import accel
 from canary.errors import InvalidEvent
 
 RejectCode = Literal["no_value", "too_large", "too_deep", "not_utf8", "not_json", "not_object", "invalid"]
@@ -159,17 +160,6 @@ def structure_of(raw: bytes) -> tuple[int, int]:
     return int(np.cumsum(opens.astype(np.int64) - closes.astype(np.int64)).max(initial=0)), containers
 
 
-_structure: Callable[[bytes], tuple[int, int]] = structure_of
-
-
-def use_structure_scan(scan: Callable[[bytes], tuple[int, int]]) -> None:
-    """Let :func:`check_bounds` measure records with ``scan``, which must answer as :func:`structure_of` does on
-    any bytes (the native extension's ``structure``, handed over by ``canary.pipeline.native``: every partial and
-    merged window is measured, each with thousands of arrays)."""
-    global _structure
-    _structure = scan
-
-
 def check_bounds(raw: bytes, limits: Limits) -> None:
     """Raise :class:`Rejected` (``too_large`` / ``too_deep``) unless ``raw`` is within ``limits``; cheap for
     ordinary records (a length and two byte counts)."""
@@ -177,7 +167,9 @@ def check_bounds(raw: bytes, limits: Limits) -> None:
         raise Rejected("too_large", f"{limits.kind} of {len(raw)} bytes, more than {limits.max_bytes}")
     openers = raw.count(b"[") + raw.count(b"{")  # an upper bound of both depth and containers
     if openers > limits.max_depth or (limits.max_containers is not None and openers > limits.max_containers):
-        depth, containers = _structure(raw)
+        # The native batch core's scan where it is built: every partial and merged window is measured, each with
+        # thousands of arrays.
+        depth, containers = (accel.NATIVE.structure or structure_of)(raw)
         if depth > limits.max_depth:
             raise Rejected("too_deep", f"{limits.kind} nested {depth} deep, more than {limits.max_depth}")
         if limits.max_containers is not None and containers > limits.max_containers:

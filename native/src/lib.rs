@@ -18,6 +18,7 @@
 mod crc32c;
 mod deadline;
 mod dedup;
+mod fold;
 mod json;
 mod records;
 
@@ -678,6 +679,8 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_tuples, m)?)?;
     m.add_class::<dedup::RequestMemory>()?;
     m.add_function(wrap_pyfunction!(group_records, m)?)?;
+    m.add_function(wrap_pyfunction!(fold::fold_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(fold::bucket_counts, m)?)?;
     m.add_function(wrap_pyfunction!(json::all_finite, m)?)?;
     m.add_function(wrap_pyfunction!(json::structure, m)?)?;
     m.add_function(wrap_pyfunction!(deadline::deadline_install, m)?)?;

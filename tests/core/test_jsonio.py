@@ -126,10 +126,10 @@ def test_the_native_check_answers_as_the_reference_walk(value: object) -> None:
 
 @native_only
 def test_dumps_uses_the_native_check_where_the_extension_is_built() -> None:
-    import canary.core.jsonio as jsonio
+    from canary.core import accel
 
     assert NATIVE is not None
-    assert jsonio._finite_check is NATIVE.all_finite
+    assert accel.NATIVE.all_finite is NATIVE.all_finite
     with pytest.raises(ValueError):
         dumps({"state": [[1, 2]] * 100 + [[0, _Float(math.nan)]], "null": None})
     assert dumps({"state": [[1, 2.5]], "null": None}) == b'{"state":[[1,2.5]],"null":null}'

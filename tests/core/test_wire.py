@@ -169,7 +169,9 @@ def test_the_native_structure_scan_answers_as_the_reference(raw: bytes) -> None:
 @native_only
 def test_bounds_are_measured_by_the_native_scan_where_the_extension_is_built() -> None:
     assert NATIVE is not None
-    assert wire._structure is NATIVE.structure
+    from canary.core import accel
+
+    assert accel.NATIVE.structure is NATIVE.structure
     for raw in (json.dumps(hostile.samples()["window"][0]).encode(), b'{"a": "[[[[\\"]]", "b": [[], {}]}'):
         assert NATIVE.structure(raw) == wire.structure_of(raw)
     with pytest.raises(wire.Rejected) as info:

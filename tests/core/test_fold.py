@@ -1,0 +1,130 @@
+"""The native batch core's fold (native/src/fold.rs) answers as the numpy reference does, on any columns.
+
+``canary.core.aggregations.count_columns`` and ``canary.core.sketch.bucket_counts`` are the references; the native
+``fold_columns`` and ``bucket_counts`` are handed to the core by ``canary.pipeline.native`` and must give the same
+counts — the windows' JSON, replay's comparison with the live run and every judgement rest on it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from canary.core import accel
+from canary.core.aggregations import (
+    ColumnCounts,
+    OutcomeColumns,
+    WindowAggregator,
+    count_columns,
+    native_column_counts,
+)
+from canary.core.sketch import QuantileSketch, bucket_counts
+from canary.pipeline.native import NATIVE
+
+pytestmark = pytest.mark.skipif(NATIVE is None, reason="the native extension is not built (`make install`)")
+
+latencies = st.one_of(
+    st.floats(min_value=-5.0, max_value=1e7, allow_nan=False),
+    st.sampled_from([0.0, -0.0, 1.0, 1200.0, 10_000.0, 1e-300, 5e-324]),
+)
+recalls = st.one_of(st.just(math.nan), st.floats(min_value=0.0, max_value=1.0), st.sampled_from([0.0005, 0.3, 1.0]))
+
+
+@st.composite
+def column_batches(draw: st.DrawFn, *, allow_bad: bool = False) -> OutcomeColumns:
+    n = draw(st.integers(min_value=1, max_value=80))
+    lat = latencies | st.sampled_from([math.inf, -math.inf, math.nan]) if allow_bad else latencies
+    return OutcomeColumns(
+        np.asarray(draw(st.lists(lat, min_size=n, max_size=n)), dtype=np.float64),
+        np.asarray(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool),
+        np.asarray(draw(st.lists(recalls, min_size=n, max_size=n)), dtype=np.float64),
+        np.asarray(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool),
+        np.asarray(draw(st.lists(st.integers(min_value=-1, max_value=15), min_size=n, max_size=n)), dtype=np.int64),
+    )
+
+
+thresholds_st = st.lists(st.floats(min_value=-1.0, max_value=2e4, allow_nan=False), max_size=4, unique=True).map(
+    lambda ts: tuple(sorted(ts))
+)
+
+
+def _same(a: ColumnCounts, b: ColumnCounts) -> None:
+    if a.bad is not None or b.bad is not None:  # the batch is refused: only the culprit counts
+        assert repr(a.bad) == repr(b.bad)
+        return
+    for field in ColumnCounts.__slots__:
+        x, y = getattr(a, field), getattr(b, field)
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), field
+        else:
+            assert x == y, field
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    columns=column_batches(allow_bad=True),
+    error_latency=st.sampled_from([10_000.0, 0.0, 500.0]),
+    latency_threshold=st.floats(min_value=0.0, max_value=2e4),
+    recall_threshold=st.floats(min_value=0.0, max_value=1.0),
+    thresholds=thresholds_st,
+)
+def test_the_native_fold_counts_as_the_reference(
+    columns: OutcomeColumns,
+    error_latency: float,
+    latency_threshold: float,
+    recall_threshold: float,
+    thresholds: tuple[float, ...],
+) -> None:
+    assert NATIVE is not None
+    args = (columns, error_latency, latency_threshold, recall_threshold, thresholds)
+    _same(native_column_counts(NATIVE.fold_columns, *args), count_columns(*args))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=1e-300, max_value=1e300), min_size=1, max_size=200), st.sampled_from([0.005, 0.01]))
+def test_the_native_bucket_counts_are_the_reference(values: list[float], accuracy: float) -> None:
+    assert NATIVE is not None
+    logs = np.log(np.asarray(values, dtype=np.float64))
+    log_gamma = QuantileSketch(accuracy)._log_gamma
+    assert NATIVE.bucket_counts(logs, log_gamma) == bucket_counts(logs, log_gamma)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(column_batches(), min_size=1, max_size=4), thresholds_st)
+def test_an_aggregate_folded_natively_is_the_reference_aggregate(
+    batches: list[OutcomeColumns], thresholds: tuple[float, ...]
+) -> None:
+    """The whole state, as JSON, after folds through either path: the counts' hand-over is all that differs."""
+    assert NATIVE is not None
+    agg = WindowAggregator(exceed_thresholds_ms=thresholds)
+    states = []
+    try:
+        for native in (True, False):
+            if not native:
+                accel.clear()
+            state = agg.initialize()
+            for columns in batches:
+                state = agg.agg_columns(state, columns)
+            states.append(state.to_dict())
+    finally:
+        accel.install(NATIVE)
+    assert states[0] == states[1]
+
+
+def test_the_native_fold_is_what_the_core_uses_when_it_is_built() -> None:
+    assert NATIVE is not None
+    assert accel.NATIVE.fold_columns is NATIVE.fold_columns
+    assert accel.NATIVE.bucket_counts is NATIVE.bucket_counts
+
+
+def test_a_column_that_is_not_contiguous_is_refused_with_its_name() -> None:
+    assert NATIVE is not None
+    latency = np.arange(10, dtype=np.float64)[::2]
+    flags = np.zeros(5, dtype=np.uint8)
+    with pytest.raises(TypeError, match="latency"):
+        NATIVE.fold_columns(
+            latency, flags, np.full(5, math.nan), flags, np.full(5, -1), 1e4, 1200.0, 0.3, [1200.0], 1e6, 1e3, 16
+        )
