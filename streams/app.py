@@ -34,9 +34,8 @@ from faust.types import EventT, StreamT
 from canary.alerts import AlertDispatcher, alert_event
 from canary.config.environments import AlertTarget
 from canary.control.audit import invalid_control_event, outcome_event, state_event
-from canary.core import wire
+from canary.core import jsonio, wire
 from canary.core.custom import with_external
-from canary.core.jsonio import dumps_as_json_would
 from canary.core.judge import Judgement
 from canary.core.models import RouterState, WindowResult
 from canary.core.outages import CONTEXT_KEY, OutageLog
@@ -189,14 +188,18 @@ class CanaryStreams:
         self.brokerwatch = BrokerWatch(config.bootstrap, topics.control, self.outages)
         # last_good's p95 per (deployment, window start), for the outage notes of candidate judgements.
         self._last_good_p95: OrderedDict[tuple[str, int], float | None] = OrderedDict()
-        # deployment → the state object this agent last wrote to slo_state. While the table still holds that very
+        # deployment → the state bytes this agent last wrote to slo_state. While the table still holds that very
         # object, self.decisions holds the judge that wrote it, and restoring it again would only cost a decode
         # per window (at 41 window keys, ~3 % of the worker); recovery or a rebalance puts a new object there.
         self._written: dict[str, Any] = {}
         self.control_topic = self._raw_topic(topics.control, 1)
         self.state_topic = self._raw_topic(topics.state, 1)
         self.dead_letters_topic = self._raw_topic(topics.results_dlq, 1)
-        self.slo_state = app.Table("slo-state", partitions=config.partitions, default=None)
+        # Each deployment's judge state as JSON bytes, written by this agent after every window: encoded with orjson
+        # here rather than by Faust's json codec (the standard library's encoder through Faust's own wrapper: ~4 % of
+        # a worker at 41 window keys). The changelog holds the same JSON either way, so a state written before reads.
+        # (value_type=bytes: Faust's raw codec for the values; the keys keep their json codec.)
+        self.slo_state = app.Table("slo-state", partitions=config.partitions, default=None, value_type=bytes)
         self.windowing = WindowingStage(
             config.bootstrap,
             topics,
@@ -350,7 +353,8 @@ class CanaryStreams:
         # Popped until written again: a window that raises half-way is followed by a restore.
         if stored is None or stored is not self._written.pop(dep_id, None):
             try:
-                self.decisions.restore(dep_id, stored if isinstance(stored, dict) else None)
+                state = jsonio.loads(stored) if isinstance(stored, bytes | str) else None
+                self.decisions.restore(dep_id, state if isinstance(state, dict) else None)
             except Exception as exc:  # an unreadable state must not stop judging: start the pool afresh
                 log.error("deployment %s: unreadable judge state (%s); judging from this window on", dep_id, exc)
         now = now_ms()
@@ -386,15 +390,17 @@ class CanaryStreams:
                 self.metrics.decisions.labels(issue.decision.type, "false").inc()
                 log.warning("%s for %s decided but %s", issue.decision.type, dep_id, issue.note)
         for j in judgements:
-            await self.verdicts_topic.send(key=dep_id.encode(), value=dumps_as_json_would(j.to_dict()))
+            await self.verdicts_topic.send(key=dep_id.encode(), value=jsonio.dumps_as_json_would(j.to_dict()))
             self.stats.judgements += 1
             self.metrics.judgements.inc()
             for verdict in j.window.verdicts:
                 self.metrics.verdicts.labels(verdict.outcome).inc()
         state = self.decisions.state(dep_id)
         if state is not None:
-            self.slo_state[dep_id] = state
-            self._written[dep_id] = state
+            # As the standard library writes it (a judge's evidence may hold an infinity), as Faust's codec did.
+            encoded = jsonio.dumps_as_json_would(state)
+            self.slo_state[dep_id] = encoded
+            self._written[dep_id] = encoded
 
     async def _with_external(self, dep_id: str, window: WindowResult) -> WindowResult:
         """A candidate window with its external metrics' values written in, queried now (bounded by each
