@@ -395,10 +395,9 @@ class CanaryStreams:
             self.metrics.judgements.inc()
             for verdict in j.window.verdicts:
                 self.metrics.verdicts.labels(verdict.outcome).inc()
-        state = self.decisions.state(dep_id)
-        if state is not None:
-            # As the standard library writes it (a judge's evidence may hold an infinity), as Faust's codec did.
-            encoded = jsonio.dumps_as_json_would(state)
+        # As the standard library writes it (a judge's evidence may hold an infinity), as Faust's codec did.
+        encoded = self.decisions.state_json(dep_id)
+        if encoded is not None:
             self.slo_state[dep_id] = encoded
             self._written[dep_id] = encoded
 

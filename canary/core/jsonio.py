@@ -60,11 +60,12 @@ def _finite(value: Any) -> bool:
     return True
 
 
-def _orjson_exact(value: Any) -> bytes | None:
+def exact_bytes(value: Any) -> bytes | None:
     """orjson's bytes of ``value``, or None where they would not say what the standard library's say: orjson
     cannot encode it, or it wrote a NaN or an infinity as ``null`` (a rare value, so looked for only when the output
     could hold one; with the native batch core's ``all_finite`` where it is built: a windows-stage checkpoint holds
-    ``null``s, so it is walked every time, ~4 % of a live worker in Python)."""
+    ``null``s, so it is walked every time, ~4 % of a live worker in Python). An ``orjson.Fragment`` in ``value`` is
+    written as it is and not looked into: its bytes must be this function's own."""
     try:
         out = orjson.dumps(value)
     except orjson.JSONEncodeError:
@@ -76,7 +77,7 @@ def _orjson_exact(value: Any) -> bytes | None:
 
 def dumps(value: Any) -> bytes:
     """Compact JSON bytes of ``value``; ``ValueError`` if it holds NaN or an infinity."""
-    out = _orjson_exact(value)
+    out = exact_bytes(value)
     return out if out is not None else json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
 
 
@@ -85,5 +86,5 @@ def dumps_as_json_would(value: Any) -> bytes:
     standard library's ``NaN``/``Infinity`` literals, which its reader and :func:`loads` accept): compact, via
     orjson unless the value holds one of those or something orjson cannot encode. For records that have always
     been written with ``json.dumps`` and may carry an infinite evidence value (the SLO agent's verdicts)."""
-    out = _orjson_exact(value)
+    out = exact_bytes(value)
     return out if out is not None else json.dumps(value, separators=(",", ":")).encode()

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec.structs
+import orjson
 
+from canary.core import jsonio
 from canary.core.bake import bake_policy, revert_command_id
 from canary.core.deployment import ControlLedger
 from canary.core.judge import DeploymentJudge, Judge, Judgement
@@ -281,3 +283,21 @@ class DecisionStep:
         if bake is not None:
             state["bake"] = bake.to_dict()
         return state
+
+    def state_json(self, deployment_id: str) -> bytes | None:
+        """:meth:`state` as ``jsonio.dumps_as_json_would`` writes it (the SLO agent's table entry after every window),
+        the judge's part by ``DeploymentJudge.to_json`` (its window statistics encoded once each)."""
+        judge = self.judge.deployments.get(deployment_id)
+        if judge is None:
+            return None
+        tracker = self.rollouts.get(deployment_id)
+        bake = self.bakes.get(deployment_id)
+        if tracker is None and bake is None:
+            return judge.to_json()
+        state: JSONDict = {"judge": orjson.Fragment(judge.to_json())}
+        if tracker is not None:
+            state["rollout"] = tracker.to_dict()
+        if bake is not None:
+            state["bake"] = bake.to_dict()
+        out = jsonio.exact_bytes(state)
+        return out if out is not None else jsonio.dumps_as_json_would(self.state(deployment_id))

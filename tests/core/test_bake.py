@@ -3,6 +3,7 @@ ledger does with a rollback during and after the bake, and the decision step's j
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -112,6 +113,8 @@ def test_the_decision_step_reverts_a_degraded_bake_and_keeps_a_healthy_one() -> 
     assert issues[0].command is not None and issues[0].command.type == "rollback"
     state = step.state("d1")
     assert state is not None and "bake" in state  # checkpointed with the judge
+    encoded = step.state_json("d1")  # what the SLO agent writes: the same JSON as the standard library's
+    assert encoded is not None and json.loads(encoded) == json.loads(json.dumps(state))
     again = DecisionStep(PolicyBook(ledger), lambda: ledger)
     again.restore("d1", state)
     assert again.bakes["d1"].to_dict() == step.bakes["d1"].to_dict()

@@ -134,3 +134,30 @@ def test_the_clustering_measured_so_far_survives_a_checkpoint() -> None:
 def test_a_shock_that_is_not_an_object_reads_as_none_as_before() -> None:
     assert DeploymentJudge.from_dict({**SAMPLE, "shock": [1]}).shock is None
     assert DeploymentJudge.from_dict({**SAMPLE, "shock": {"rule": "p95_ms"}}).shock == {"rule": "p95_ms"}
+
+
+def _as_the_standard_library_writes(judge: DeploymentJudge) -> Any:
+    return json.loads(json.dumps(judge.to_dict()))
+
+
+def test_the_checkpoint_as_json_is_the_dict_the_standard_library_writes() -> None:
+    """``to_json`` (what the SLO agent writes after every window: each window statistics encoded once, kept) reads
+    back as ``json.dumps(to_dict())`` does, before and after the judge takes more windows."""
+    judge = DeploymentJudge.from_dict(copy.deepcopy(SAMPLE))
+    assert json.loads(judge.to_json()) == _as_the_standard_library_writes(judge)
+    policy = judge.policy
+    for i in range(5, 9):
+        for arm in ("last_good", "candidate"):
+            judge.observe(make_window(i, requests(6, slow=2, recall=0.4), arm=arm, policy=policy), (i + 2) * 5000)
+        assert json.loads(judge.to_json()) == _as_the_standard_library_writes(judge)
+    assert DeploymentJudge.from_dict(json.loads(judge.to_json())).to_dict() == judge.to_dict()
+
+
+def test_a_statistics_without_its_fragment_is_encoded_from_the_dict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window statistics orjson cannot write as the standard library does has no fragment: the whole checkpoint is
+    then written from the dict, as before."""
+    from canary.core.aggregations import WindowStats
+
+    judge = DeploymentJudge.from_dict(copy.deepcopy(SAMPLE))
+    monkeypatch.setattr(WindowStats, "shared_fragment", lambda self: None)
+    assert json.loads(judge.to_json()) == _as_the_standard_library_writes(judge)
