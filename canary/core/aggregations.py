@@ -169,7 +169,7 @@ class WindowStats:
     _json: JSONDict | None = field(default=None, init=False, repr=False, compare=False)
     # Its JSON, encoded once (shared_fragment): a judge's checkpoint is mostly recent windows' statistics, the same
     # from one window to the next, and encoding them again after every window cost a third of the SLO agent's time.
-    _fragment: orjson.Fragment | bool | None = field(default=None, init=False, repr=False, compare=False)  # False: none
+    _encoded: bytes | bool | None = field(default=None, init=False, repr=False, compare=False)  # False: none
 
     def custom_stats(self, name: str) -> CustomStats | None:
         return next((c for n, c in self.custom if n == name), None)
@@ -217,10 +217,11 @@ class WindowStats:
         """:meth:`shared_dict`'s JSON as :func:`canary.core.jsonio.exact_bytes` writes it, encoded on the first call
         and the same after, for a document orjson encodes; None when orjson cannot write it as the standard library
         would (a custom metric's value that is not finite): the caller encodes the dict instead."""
-        if self._fragment is None:
+        if self._encoded is None:
             raw = jsonio.exact_bytes(self.shared_dict())
-            object.__setattr__(self, "_fragment", False if raw is None else orjson.Fragment(raw))
-        return self._fragment if isinstance(self._fragment, orjson.Fragment) else None
+            object.__setattr__(self, "_encoded", False if raw is None else raw)
+        # The bytes are kept, not the fragment (which neither pickles nor copies): a fragment is a small wrapper.
+        return orjson.Fragment(self._encoded) if isinstance(self._encoded, bytes) else None
 
     def to_dict(self) -> JSONDict:
         return self._dict(self.sketch.to_dict(), [[b, c] for b, c in self.recall_hist])
@@ -562,12 +563,14 @@ def native_column_counts(
     """:func:`count_columns` by the native batch core's ``fold_columns`` (native/src/fold.rs), which takes the
     columns as arrays (booleans as bytes) and answers with plain numbers and lists: ~4x faster on a few hundred
     rows, where numpy's fixed cost per call is most of the reference's time."""
+    # Contiguous arrays (the native fold refuses others; columns from fancy indexing or concatenation are already).
+    c = np.ascontiguousarray
     n, errors, breached, exceed, zero, positive, micros, labeled, sampled, hist, groups, bad = fold(
-        columns.latency,
-        columns.errored.view(np.uint8),
-        columns.recall,
-        columns.exact_sample.view(np.uint8),
-        columns.user_group,
+        c(columns.latency, dtype=np.float64),
+        c(columns.errored, dtype=bool).view(np.uint8),
+        c(columns.recall, dtype=np.float64),
+        c(columns.exact_sample, dtype=bool).view(np.uint8),
+        c(columns.user_group, dtype=np.int64),
         error_latency_ms,
         latency_threshold_ms,
         recall_threshold,
