@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -476,15 +476,18 @@ class ColumnCounts:
     bad: float | None
 
 
-def count_columns(
-    columns: OutcomeColumns,
-    error_latency_ms: float,
-    latency_threshold_ms: float,
-    recall_threshold: float,
-    thresholds: tuple[float, ...],
-) -> ColumnCounts:
-    """:class:`ColumnCounts` of ``columns`` with numpy: the reference. An errored request's latency is at least
-    ``error_latency_ms``; ``thresholds`` are the exceedance thresholds."""
+class CountSettings(NamedTuple):
+    """What an aggregator's counts of outcome columns depend on (:class:`WindowAggregator`'s settings)."""
+
+    error_latency_ms: float  # an errored request's latency is at least this
+    latency_threshold_ms: float  # slower is an SLO violation
+    recall_threshold: float  # a labeled recall below it is an SLO violation
+    thresholds: tuple[float, ...]  # the exceedance thresholds, ascending
+
+
+def count_columns(columns: OutcomeColumns, settings: CountSettings) -> ColumnCounts:
+    """:class:`ColumnCounts` of ``columns`` with numpy: the reference."""
+    error_latency_ms, latency_threshold_ms, recall_threshold, thresholds = settings
     errored = columns.errored
     # NaN marks "no label"; NaN < threshold is False, so unlabeled outcomes never count as a breach.
     recall = columns.recall
@@ -553,12 +556,7 @@ def _group_counts(
 
 
 def native_column_counts(
-    fold: Callable[..., tuple[Any, ...]],
-    columns: OutcomeColumns,
-    error_latency_ms: float,
-    latency_threshold_ms: float,
-    recall_threshold: float,
-    thresholds: tuple[float, ...],
+    fold: Callable[..., tuple[Any, ...]], columns: OutcomeColumns, settings: CountSettings
 ) -> ColumnCounts:
     """:func:`count_columns` by the native batch core's ``fold_columns`` (native/src/fold.rs), which takes the
     columns as arrays (booleans as bytes) and answers with plain numbers and lists: ~4x faster on a few hundred
@@ -571,10 +569,10 @@ def native_column_counts(
         c(columns.recall, dtype=np.float64),
         c(columns.exact_sample, dtype=bool).view(np.uint8),
         c(columns.user_group, dtype=np.int64),
-        error_latency_ms,
-        latency_threshold_ms,
-        recall_threshold,
-        list(thresholds),
+        settings.error_latency_ms,
+        settings.latency_threshold_ms,
+        settings.recall_threshold,
+        list(settings.thresholds),
         float(RECALL_SCALE),
         float(RECALL_BINS),
         USER_GROUPS,
@@ -584,7 +582,7 @@ def native_column_counts(
         groups = GroupCounts(
             tuple(g_n),
             tuple(g_errors),
-            tuple((_threshold_key(t), tuple(row)) for t, row in zip(thresholds, g_exceed, strict=True)),
+            tuple((_threshold_key(t), tuple(row)) for t, row in zip(settings.thresholds, g_exceed, strict=True)),
             tuple(g_labeled),
             tuple(g_micros),
         )
@@ -657,15 +655,11 @@ class WindowAggregator:
         ``carriers``: the outcomes that may carry custom metrics (columns do not hold them)."""
         if not columns.size:
             return state if max_offset is None else state.with_offset(max_offset)
-        args = (
-            columns,
-            self.error_latency_ms,
-            self.latency_threshold_ms,
-            self.recall_threshold,
-            self.exceed_thresholds_ms,
+        settings = CountSettings(
+            self.error_latency_ms, self.latency_threshold_ms, self.recall_threshold, self.exceed_thresholds_ms
         )
         fold = accel.NATIVE.fold_columns
-        counts = count_columns(*args) if fold is None else native_column_counts(fold, *args)
+        counts = count_columns(columns, settings) if fold is None else native_column_counts(fold, columns, settings)
         if counts.bad is not None:
             raise not_finite(counts.bad)
         sketch = state.sketch.copy()

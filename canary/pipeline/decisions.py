@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec.structs
 import orjson
@@ -270,34 +271,31 @@ class DecisionStep:
                 self.rollouts[deployment_id] = RolloutTracker.from_dict(plan, rollout)
 
     def state(self, deployment_id: str) -> JSONDict | None:
-        judge = self.judge.deployments.get(deployment_id)
-        if judge is None:
-            return None
-        tracker = self.rollouts.get(deployment_id)
-        bake = self.bakes.get(deployment_id)
-        if tracker is None and bake is None:
-            return judge.to_dict()
-        state: JSONDict = {"judge": judge.to_dict()}
-        if tracker is not None:
-            state["rollout"] = tracker.to_dict()
-        if bake is not None:
-            state["bake"] = bake.to_dict()
+        state: JSONDict | None = self._checkpoint(deployment_id, DeploymentJudge.to_dict)
         return state
 
     def state_json(self, deployment_id: str) -> bytes | None:
         """:meth:`state` as ``jsonio.dumps_as_json_would`` writes it (the SLO agent's table entry after every window),
         the judge's part by ``DeploymentJudge.to_json`` (its window statistics encoded once each)."""
+        state = self._checkpoint(deployment_id, lambda judge: orjson.Fragment(judge.to_json()))
+        if state is None:
+            return None
+        out = jsonio.exact_bytes(state)  # a fragment alone is its own bytes
+        return out if out is not None else jsonio.dumps_as_json_would(self.state(deployment_id))
+
+    def _checkpoint(self, deployment_id: str, judge_part: Callable[[DeploymentJudge], Any]) -> Any:
+        """The deployment's checkpoint with the judge's part as ``judge_part`` gives it: that part alone, or with
+        the rollout's and the bake's beside it; None without a judge."""
         judge = self.judge.deployments.get(deployment_id)
         if judge is None:
             return None
         tracker = self.rollouts.get(deployment_id)
         bake = self.bakes.get(deployment_id)
         if tracker is None and bake is None:
-            return judge.to_json()
-        state: JSONDict = {"judge": orjson.Fragment(judge.to_json())}
+            return judge_part(judge)
+        state: JSONDict = {"judge": judge_part(judge)}
         if tracker is not None:
             state["rollout"] = tracker.to_dict()
         if bake is not None:
             state["bake"] = bake.to_dict()
-        out = jsonio.exact_bytes(state)
-        return out if out is not None else jsonio.dumps_as_json_would(self.state(deployment_id))
+        return state

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from canary.core import accel
 from canary.core.aggregations import (
     ColumnCounts,
+    CountSettings,
     OutcomeColumns,
     WindowAggregator,
     count_columns,
@@ -79,8 +80,8 @@ def test_the_native_fold_counts_as_the_reference(
     thresholds: tuple[float, ...],
 ) -> None:
     assert NATIVE is not None
-    args = (columns, error_latency, latency_threshold, recall_threshold, thresholds)
-    _same(native_column_counts(NATIVE.fold_columns, *args), count_columns(*args))
+    settings = CountSettings(error_latency, latency_threshold, recall_threshold, thresholds)
+    _same(native_column_counts(NATIVE.fold_columns, columns, settings), count_columns(columns, settings))
 
 
 @settings(max_examples=200, deadline=None)
