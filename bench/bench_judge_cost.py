@@ -103,7 +103,7 @@ def arrival_order(windows: list[WindowResult]) -> list[WindowResult]:
 
 def time_judge(policy: SLOPolicy, windows: list[WindowResult]) -> tuple[list[float], list[float]]:
     """Seconds per judged candidate window (the judge's work on both arms' windows of its slot), and seconds of
-    the checkpoint the SLO agent writes after every window it receives (``DeploymentJudge.to_dict``)."""
+    the checkpoint the SLO agent writes after every window it receives (``DeploymentJudge.to_json``: the JSON bytes)."""
     judge = Judge(lambda _dep: policy)
     per: list[float] = []
     saves: list[float] = []
@@ -119,7 +119,7 @@ def time_judge(policy: SLOPolicy, windows: list[WindowResult]) -> tuple[list[flo
         state = judge.deployments.get("d1")
         if state is not None:
             began = time.perf_counter()
-            state.to_dict()
+            state.to_json()
             saves.append(time.perf_counter() - began)
     return per, saves
 
@@ -170,7 +170,7 @@ def main() -> None:
         f"{r['max_ms']:>8.2f} {'-' if r['checkpoint_ms'] is None else format(r['checkpoint_ms'], '.2f'):>9}"
         for r in rows
     ]
-    lines.append("state ms: DeploymentJudge.to_dict, which the SLO agent writes to its table after every window")
+    lines.append("state ms: DeploymentJudge.to_json, the JSON the SLO agent writes to its table after every window")
     emit({"machine": machine(), "windows": args.windows, "rows": rows}, "\n".join(lines), args.json)
 
 
