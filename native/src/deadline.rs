@@ -200,10 +200,18 @@ pub fn deadline_install(
     }
     let read_fd = fds[0];
     let for_thread = signals.clone();
+    // Back only once the thread runs: std names it from inside (before the closure), so a reader of the process's
+    // threads right after the install (a test, an operator's ps) saw it still called after the process, and
+    // nothing said the backstop was up yet.
+    let (started, running) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::Builder::new()
         .name("canary-stop-deadline".into())
-        .spawn(move || watch(read_fd, seconds, code, last_words, for_thread))
+        .spawn(move || {
+            let _ = started.send(());
+            watch(read_fd, seconds, code, last_words, for_thread)
+        })
         .map_err(|e| PyOSError::new_err(format!("deadline_install: thread: {e}")))?;
+    let _ = running.recv();
     PIPE_W.store(fds[1], Ordering::Release);
     let mut taken = Vec::with_capacity(signals.len()); // the signals chained: the ones the other threads block
     for sig in signals {
