@@ -195,10 +195,10 @@ class CanaryStreams:
         self.control_topic = self._raw_topic(topics.control, 1)
         self.state_topic = self._raw_topic(topics.state, 1)
         self.dead_letters_topic = self._raw_topic(topics.results_dlq, 1)
-        # Each deployment's judge state as JSON bytes, written by this agent after every window: encoded with orjson
-        # here rather than by Faust's json codec (the standard library's encoder through Faust's own wrapper: ~4 % of
-        # a worker at 41 window keys). The changelog holds the same JSON either way, so a state written before reads.
-        # (value_type=bytes: Faust's raw codec for the values; the keys keep their json codec.)
+        # Each deployment's judge state as JSON bytes, written by this agent after every window (state_json: each
+        # window statistics encoded once, not the whole state by Faust's json codec every time) — JSON as Faust's
+        # codec wrote it, so a state written before reads, except that a NaN or an infinity is now the standard
+        # library's literal where Faust's (orjson) wrote null. (value_type=bytes: Faust's raw codec for the values.)
         self.slo_state = app.Table("slo-state", partitions=config.partitions, default=None, value_type=bytes)
         self.windowing = WindowingStage(
             config.bootstrap,
@@ -395,7 +395,7 @@ class CanaryStreams:
             self.metrics.judgements.inc()
             for verdict in j.window.verdicts:
                 self.metrics.verdicts.labels(verdict.outcome).inc()
-        # As the standard library writes it (a judge's evidence may hold an infinity), as Faust's codec did.
+        # As the standard library writes it (a judge's evidence may hold an infinity).
         encoded = self.decisions.state_json(dep_id)
         if encoded is not None:
             self.slo_state[dep_id] = encoded
