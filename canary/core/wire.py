@@ -134,9 +134,9 @@ def structure_of(raw: bytes) -> tuple[int, int]:
     strings JSON has no backslash at all), so the string regions — and the depth — are the parser's own.
     Vectorized (numpy): linear, with no Python loop per byte, whatever the input holds.
     """
-    # numpy is imported here, not with the module: canary.pipeline.native imports this module to hand over the
-    # native scan, and a process must not start numpy's thread pool before it installs the stop deadline (threads
-    # started before it do not block the stop signals; tests/test_runtime.py).
+    # numpy is imported here, not with the module: what imports wire early (before a service installs its stop
+    # deadline) must not start numpy's thread pool, whose thread would not block the stop signals
+    # (tests/test_runtime.py; the native scan usually answers instead: canary.core.accel).
     import numpy as np
 
     a = np.frombuffer(raw, dtype=np.uint8)
