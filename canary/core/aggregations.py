@@ -19,7 +19,7 @@ import orjson
 
 from canary.core import accel, jsonio
 from canary.core.custom import CustomAggregation, CustomStats, custom_from_dict, custom_to_dict, merge_custom
-from canary.core.evidence import RECALL_BINS
+from canary.core.evidence import RECALL_BINS, Histogram, histogram
 from canary.core.models import RECALL_SOURCES, JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.core.policy import DEFAULT_P95_MS, DEFAULT_RECALL_AT_10
 from canary.core.sketch import QuantileSketch, not_finite
@@ -170,6 +170,9 @@ class WindowStats:
     # Its JSON, encoded once (shared_fragment): a judge's checkpoint is mostly recent windows' statistics, the same
     # from one window to the next, and encoding them again after every window cost a third of the SLO agent's time.
     _encoded: bytes | bool | None = field(default=None, init=False, repr=False, compare=False)  # False: none
+    # recall_hist as the judge weighs it (canary.core.evidence.Histogram), built once: the change detector samples the
+    # same recent windows after every window it judges. Read-only, so no caller can change it for the others.
+    _dense: Histogram | None = field(default=None, init=False, repr=False, compare=False)
 
     def custom_stats(self, name: str) -> CustomStats | None:
         return next((c for n, c in self.custom if n == name), None)
@@ -182,8 +185,12 @@ class WindowStats:
         key = _threshold_key(threshold)
         return next((c for t, c in self.exceed if t == key), None)
 
-    def recall_histogram(self) -> dict[int, int]:
-        return dict(self.recall_hist)
+    def recall_histogram(self) -> Histogram:
+        """The recall values as the judge weighs them (shared: a Histogram is never changed)."""
+        if self._dense is None:
+            object.__setattr__(self, "_dense", histogram(self.recall_hist))
+        assert self._dense is not None
+        return self._dense
 
     def merge(self, other: WindowStats) -> WindowStats:
         sketch = self.sketch.copy()

@@ -162,7 +162,7 @@ class CustomStats:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CustomStats:
         try:
-            return cls(
+            out = cls(
                 int(d["n"]),
                 tuple(sorted((int(b), int(c)) for b, c in d.get("hist", []))),
                 int(d.get("hits", 0)),
@@ -171,6 +171,10 @@ class CustomStats:
             )
         except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"CustomStats: malformed ({exc!r})") from None
+        # The judge weighs the histogram as a dense one of RECALL_BINS + 1 bins (canary.core.evidence.Histogram).
+        if any(not 0 <= b <= RECALL_BINS or c <= 0 for b, c in out.hist):
+            raise InvalidEvent(f"CustomStats: hist bins must be in [0, {RECALL_BINS}] with positive counts: {d!r:.200}")
+        return out
 
 
 @dataclass(frozen=True, slots=True)

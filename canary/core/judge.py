@@ -203,7 +203,7 @@ def pooled_evidence(test: RuleTest, pooled: WindowStats) -> _Pooled:
         symbol = _OPS[rule.operator][1]
         pass_text = f"{shown}: rate {symbol} {test.pass_at:.4f}"
     else:
-        mean = histogram_mean(dict(sample.hist))
+        mean = histogram_mean(sample.hist)
         lower, upper = test.bounds(sample)
         bound, bound_name = (lower, "mean_lower_bound") if test.upper else (upper, "mean_upper_bound")
         sources: JSONDict = (
@@ -1192,12 +1192,11 @@ def _shock_test(rule: SLORule, now: WindowStats, reference: WindowStats | None, 
 
 def _summary(stats: WindowStats) -> JSONDict:
     """The window fields ``window_point_value`` reads, from statistics alone (p95 and recall from them)."""
-    hist = stats.recall_histogram()
     return {
         "response_count": stats.count,
         "error_count": stats.error_count,
         "p95_ms": stats.sketch.quantile(0.95) if stats.count else None,
-        "recall_at_10": histogram_mean(hist) if hist else None,
+        "recall_at_10": histogram_mean(stats.recall_histogram()) if stats.recall_hist else None,
     }
 
 

@@ -21,13 +21,14 @@ bucket on its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from canary.core.aggregations import RECALL_SCALE, WindowStats
 from canary.core.evidence import (
+    Histogram,
     group_spread,
+    histogram,
     histogram_mean,
     histogram_variance,
     log_e_above,
@@ -63,31 +64,26 @@ class RateSample:
         return RateSample(self.n - other.n, self.k_fail - other.k_fail, self.k_pass - other.k_pass)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class MeanSample:
-    """Values in 1/1000 steps: bin → count."""
+    """Values in 1/1000 steps: counts per bin (canary.core.evidence.Histogram)."""
 
-    hist: Mapping[int, int] = field(default_factory=dict)
+    hist: Histogram
+
+    @classmethod
+    def of(cls, counts: dict[int, int]) -> MeanSample:
+        """From ``bin -> count``."""
+        return cls(histogram(counts.items()))
 
     @property
     def n(self) -> int:
-        return sum(self.hist.values())
+        return int(self.hist.n)
 
     def __add__(self, other: MeanSample) -> MeanSample:
-        out = dict(self.hist)
-        for b, c in other.hist.items():
-            out[b] = out.get(b, 0) + c
-        return MeanSample(out)
+        return MeanSample(self.hist + other.hist)
 
     def __sub__(self, other: MeanSample) -> MeanSample:
-        out = dict(self.hist)
-        for b, c in other.hist.items():
-            left = out.get(b, 0) - c
-            if left > 0:
-                out[b] = left
-            else:
-                out.pop(b, None)
-        return MeanSample(out)
+        return MeanSample(self.hist - other.hist)
 
 
 Sample = RateSample | MeanSample
@@ -251,12 +247,13 @@ class RuleTest:
             return cls(rule, alpha, "mean", upper, m, m)
         assert baseline is not None
         base_hist = baseline.recall_histogram()
-        if not base_hist:
+        base_n = int(base_hist.n)
+        if not base_n:
             return cls(rule, alpha, "none", upper, reason=f"{rule.relative_to} has no recall samples yet")
         lo, hi = mean_lower_bound(base_hist, b_alpha), mean_upper_bound(base_hist, b_alpha)
         extra = {
             "baseline_mean": histogram_mean(base_hist),
-            "baseline_n": sum(base_hist.values()),
+            "baseline_n": base_n,
             "baseline_bounds": [lo, hi],
         }
         fail_at, pass_at = (hi, lo) if upper else (lo, hi)
@@ -339,7 +336,7 @@ class RuleTest:
             m = metric.normalise(float(rule.threshold))
             return cls(rule, alpha, "mean", upper, m, m, extra=extra)
         assert base is not None
-        base_hist = dict(base.hist)
+        base_hist = histogram(base.hist)
         lo, hi = mean_lower_bound(base_hist, b_alpha), mean_upper_bound(base_hist, b_alpha)
         extra.update(baseline_mean=histogram_mean(base_hist), baseline_n=base.n, baseline_bounds=[lo, hi])
         offset = rule.threshold / span
@@ -361,10 +358,9 @@ class RuleTest:
             if rule.custom.quantile is not None:
                 k = own.exceedances(float(rule.threshold))
                 return None if k is None else RateSample(own.n, k, k)
-            return MeanSample(dict(own.hist)) if own.hist else None
+            return MeanSample(histogram(own.hist)) if own.hist else None
         if self.kind == "mean":
-            hist = stats.recall_histogram()
-            return MeanSample(hist) if hist else None
+            return MeanSample(stats.recall_histogram()) if stats.recall_hist else None
         if stats.count == 0:
             return None
         if rule.metric == "error_rate":
@@ -390,9 +386,9 @@ class RuleTest:
         d = self.dispersion
         return (n, k) if d == 1.0 else (n / d, k / d)
 
-    def _hist(self, s: MeanSample) -> Mapping[int, float]:
+    def _hist(self, s: MeanSample) -> Histogram:
         d = self.dispersion
-        return dict(s.hist) if d == 1.0 else {b: c / d for b, c in s.hist.items()}
+        return s.hist if d == 1.0 else s.hist.tempered(d)
 
     def bounds(self, s: Sample) -> tuple[float, float]:
         """The sample's (lower, upper) confidence bounds at this test's level — of the rate (the lower from the hits
@@ -442,7 +438,7 @@ class RuleTest:
             return None
         if isinstance(s, RateSample):
             return s.k_fail / s.n
-        return histogram_mean(dict(s.hist))
+        return histogram_mean(s.hist)
 
     def breaks(self, s: Sample | None) -> bool:
         """Do these data, on their own, sit on the breaking side of the tested threshold?"""

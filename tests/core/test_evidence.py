@@ -13,6 +13,7 @@ from canary.core.evidence import (
     RECALL_BINS,
     dispersion,
     group_spread,
+    histogram,
     histogram_mean,
     histogram_variance,
     log_e_above,
@@ -108,9 +109,9 @@ def test_bernoulli_test_is_anytime_valid_at_the_boundary() -> None:
     assert crossed / runs <= 0.01 + 3 * math.sqrt(0.01 * 0.99 / runs)
 
 
-def _hist(values: np.ndarray) -> dict[int, int]:
+def _hist(values: np.ndarray) -> np.ndarray:
     bins, counts = np.unique(np.rint(values * RECALL_BINS).astype(int), return_counts=True)
-    return dict(zip(bins.tolist(), counts.tolist(), strict=True))
+    return histogram(zip(bins.tolist(), counts.tolist(), strict=True))
 
 
 def test_betting_is_anytime_valid_at_the_boundary() -> None:
@@ -138,10 +139,12 @@ def test_betting_detects_a_recall_drop_and_bounds_bracket_the_mean() -> None:
 
 
 def test_betting_edges() -> None:
-    assert log_wealth_below({}, 0.3) == 0.0
-    assert log_wealth_below({recall_bin(0.5): 3}, 0.0) == -math.inf  # no mean is below 0
-    assert log_wealth_above({recall_bin(0.5): 3}, 1.0) == -math.inf
-    assert mean_upper_bound({}, 0.01) == 1.0 and mean_lower_bound({}, 0.01) == 0.0
+    empty, half = histogram(()), histogram([(recall_bin(0.5), 3)])
+    assert log_wealth_below(empty, 0.3) == 0.0
+    assert log_wealth_below(half, 0.0) == -math.inf  # no mean is below 0
+    assert log_wealth_above(half, 1.0) == -math.inf
+    assert mean_upper_bound(empty, 0.01) == 1.0 and mean_lower_bound(empty, 0.01) == 0.0
+    assert histogram_mean(empty) is None and histogram_mean(half) == 0.5
     assert recall_bin(0.3333) == 333
 
 
@@ -216,8 +219,9 @@ def test_a_mean_spreads_by_its_variance_and_the_prior_starts_at_one() -> None:
         hist: dict[int, int] = {}
         for v in values:
             hist[recall_bin(float(v))] = hist.get(recall_bin(float(v)), 0) + 1
-        assert histogram_variance(hist) == pytest.approx(float(np.var(values, ddof=1)))
-        o, e = group_spread(n, sums, histogram_variance(hist))
+        dense = histogram(hist.items())
+        assert histogram_variance(dense) == pytest.approx(float(np.var(values, ddof=1)))
+        o, e = group_spread(n, sums, histogram_variance(dense))
         observed, expected = observed + o, expected + e
     assert observed / expected == pytest.approx(1.0, abs=0.05)
     assert dispersion(0.0, 0.0, 0) == 1.0 and dispersion(0.0, 50.0, 20) == 1.0  # never below independence
@@ -265,6 +269,6 @@ def test_a_bound_and_its_test_agree_at_the_effective_sample_size(phi: float) -> 
         lower, _ = p95.bounds(s)
         assert (p95.log_e_fail(s) >= p95.log_needed) == (lower > p95.fail_at), (n, k)
     for n, mean in [(30, 0.2), (90, 0.25), (300, 0.28), (60, 0.35)]:
-        s = MeanSample({recall_bin(mean - 0.1): n // 2, recall_bin(mean + 0.1): n - n // 2})
+        s = MeanSample.of({recall_bin(mean - 0.1): n // 2, recall_bin(mean + 0.1): n - n // 2})
         _, upper = recall.bounds(s)
         assert (recall.log_e_fail(s) >= recall.log_needed) == (upper < recall.fail_at), (n, mean)

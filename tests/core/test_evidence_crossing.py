@@ -16,6 +16,7 @@ import numpy as np
 from canary.core import evidence
 from canary.core.evidence import (
     _BISECT_STEPS,
+    Histogram,
     _crossing,
     _histogram_arrays,
     _wealth_above,
@@ -72,7 +73,9 @@ def test_mean_bounds_are_the_plain_bisections() -> None:
         bins = int(rng.integers(1, 40))
         keys = rng.choice(1001, size=bins, replace=False)
         counts = rng.integers(1, 400, bins) / float(rng.choice([1.0, 1.0, 2.7]))  # tempered counts too
-        hist = {int(k): float(c) for k, c in zip(keys, counts, strict=True)}
+        dense = np.zeros(1001)
+        dense[keys] = counts
+        hist = Histogram(dense)
         xs, cs = _histogram_arrays(hist)
         for alpha in (0.005, 0.01, 0.05):
             threshold = math.log(1.0 / alpha)
