@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 
 from canary.core import wire
 from canary.core.jsonio import dumps
-from canary.core.merge import Progress, WindowMerger, parse_merge_record
+from canary.core.merge import Progress, WindowMerger, decode_merge_record
 from canary.errors import CanaryError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
@@ -99,7 +99,7 @@ class MergeStage(TransactionalStage[WindowMerger]):
             merger = self.states[tp.partition]
             for record in records:
                 try:
-                    item = parse_merge_record(wire.decode_object(record.value, wire.PARTIAL))
+                    item = decode_merge_record(record.value)
                 except Exception as exc:  # poison: dead-lettered with its code, the loop goes on
                     rejected = wire.rejection_of(exc)
                     self._dead_letter(record, rejected.code, rejected.detail)

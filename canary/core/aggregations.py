@@ -37,7 +37,8 @@ DEFAULT_ERROR_LATENCY_MS = 10_000.0
 An error therefore never makes a latency quantile look better than the successes alone."""
 
 
-def _threshold_key(threshold: float) -> str:
+def threshold_key(threshold: float) -> str:
+    """A latency threshold as the statistics key it is written under (`g` format: 1200.0 and 1200 are one key)."""
     return format(float(threshold), "g")
 
 
@@ -46,6 +47,7 @@ _ZERO: Row = (0,) * USER_GROUPS
 _ROW = tuple[Annotated[int, msgspec.Meta(ge=0)], ...]  # a group row as GroupCounts.from_dict accepts it
 # A recall histogram's pairs as WindowStats.from_dict accepts them: bins in [0, RECALL_BINS], counts > 0.
 _HIST = list[tuple[Annotated[int, msgspec.Meta(ge=0, le=RECALL_BINS)], Annotated[int, msgspec.Meta(gt=0)]]]
+_COUNT = operator.itemgetter(1)
 
 
 def _add(a: Row, b: Row) -> Row:
@@ -71,7 +73,7 @@ class GroupCounts:
         return any(self.n)
 
     def exceedances(self, threshold: float) -> Row | None:
-        key = _threshold_key(threshold)
+        key = threshold_key(threshold)
         return next((row for t, row in self.exceed if t == key), None)
 
     def merge(self, other: GroupCounts) -> GroupCounts:
@@ -125,7 +127,7 @@ class GroupCounts:
         exceed: list[tuple[str, Row]] = []
         for t, value in exceed_raw.items():
             try:
-                key = _threshold_key(float(t))
+                key = threshold_key(float(t))
             except (TypeError, ValueError):
                 raise InvalidEvent(f"{where}.exceed: thresholds are numbers, got {t!r:.50}") from None
             exceed.append((key, row(f"exceed.{key}", value)))
@@ -136,12 +138,17 @@ class GroupCounts:
             row("recall_n", raw.get("recall_n")),
             row("recall_micros", raw.get("recall_micros")),
         )
-        bounded = [out.errors, out.recall_n, *(r for _, r in out.exceed)]
-        if any(c > n for r in bounded for c, n in zip(r, out.n, strict=True)) or any(
-            m > n * RECALL_SCALE for m, n in zip(out.recall_micros, out.recall_n, strict=True)
-        ):
+        if not out.consistent():
             raise InvalidEvent(f"{where}: a group has more errors, exceedances or recall than requests: {raw!r:.200}")
         return out
+
+    def consistent(self) -> bool:
+        """No group has more errors, exceedances or recall values (or recall) than requests."""
+        bounded = [self.errors, self.recall_n, *(r for _, r in self.exceed)]
+        return not (
+            any(c > n for r in bounded for c, n in zip(r, self.n, strict=True))
+            or any(m > n * RECALL_SCALE for m, n in zip(self.recall_micros, self.recall_n, strict=True))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +186,10 @@ class WindowStats:
 
     @property
     def recall_samples(self) -> int:
-        return sum(c for _, c in self.recall_hist)
+        return sum(map(_COUNT, self.recall_hist))  # (bin, count) pairs; map in C: 3x a generator over ~450 bins
 
     def exceedances(self, threshold: float) -> int | None:
-        key = _threshold_key(threshold)
+        key = threshold_key(threshold)
         return next((c for t, c in self.exceed if t == key), None)
 
     def recall_histogram(self) -> Histogram:
@@ -277,18 +284,26 @@ class WindowStats:
             )
         except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"WindowStats: malformed ({exc!r}): {dict(d)!r:.200}") from None
-        if out.count < 0 or out.error_count < 0 or any(c < 0 for _, c in exceed):
-            raise InvalidEvent(f"WindowStats: counts must be non-negative: {dict(d)!r:.200}")
-        if checked is None:  # converted pairs are within _HIST's bounds already
-            if any(c <= 0 for _, c in hist):
-                raise InvalidEvent(f"WindowStats: counts must be non-negative: {dict(d)!r:.200}")
-            if any(not 0 <= b <= RECALL_BINS for b, _ in hist):
-                raise InvalidEvent(f"WindowStats: recall bins must be in [0, {RECALL_BINS}]: {dict(d)!r:.200}")
-        if out.recall_sources and sum(c for _, c in out.recall_sources) != out.recall_samples:
-            raise InvalidEvent(f"WindowStats: recall_source counts must add up to the recall samples: {dict(d)!r:.200}")
-        if out.groups and sum(out.groups.n) > out.count:
-            raise InvalidEvent(f"WindowStats: the user groups hold more requests than the window: {dict(d)!r:.200}")
+        problem = out.problem(hist_checked=checked is not None)
+        if problem is not None:
+            raise InvalidEvent(f"WindowStats: {problem}: {dict(d)!r:.200}")
         return out
+
+    def problem(self, *, hist_checked: bool) -> str | None:
+        """Why these statistics cannot be a window's (None: they can). ``hist_checked``: the histogram's pairs were
+        converted within their bounds already (strictly: canary.core.structs.exactly, or a typed decoder)."""
+        if self.count < 0 or self.error_count < 0 or any(c < 0 for _, c in self.exceed):
+            return "counts must be non-negative"
+        if not hist_checked:
+            if any(c <= 0 for _, c in self.recall_hist):
+                return "counts must be non-negative"
+            if any(not 0 <= b <= RECALL_BINS for b, _ in self.recall_hist):
+                return f"recall bins must be in [0, {RECALL_BINS}]"
+        if self.recall_sources and sum(c for _, c in self.recall_sources) != self.recall_samples:
+            return "recall_source counts must add up to the recall samples"
+        if self.groups and sum(self.groups.n) > self.count:
+            return "the user groups hold more requests than the window"
+        return None
 
 
 def merge_counts(a: tuple[tuple[str, int], ...], b: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
@@ -556,7 +571,7 @@ def _group_counts(
     return GroupCounts(
         count(),
         count(errored),
-        tuple((_threshold_key(t), count(above)) for t, above in zip(thresholds, slow, strict=True)),
+        tuple((threshold_key(t), count(above)) for t, above in zip(thresholds, slow, strict=True)),
         count(labeled),
         tuple(np.bincount(g[labeled], weights=micros, minlength=USER_GROUPS).astype(np.int64).tolist()),
     )
@@ -589,7 +604,7 @@ def native_column_counts(
         groups = GroupCounts(
             tuple(g_n),
             tuple(g_errors),
-            tuple((_threshold_key(t), tuple(row)) for t, row in zip(settings.thresholds, g_exceed, strict=True)),
+            tuple((threshold_key(t), tuple(row)) for t, row in zip(settings.thresholds, g_exceed, strict=True)),
             tuple(g_labeled),
             tuple(g_micros),
         )
@@ -673,7 +688,7 @@ class WindowAggregator:
         sketch.add_split(counts.zero, counts.positive)
         exceed = dict(state.exceed)
         for t, c in zip(self.exceed_thresholds_ms, counts.exceed, strict=True):
-            key = _threshold_key(t)
+            key = threshold_key(t)
             exceed[key] = exceed.get(key, 0) + c
         hist = dict(state.recall_hist)
         new_bins = False

@@ -200,10 +200,21 @@ class QuantileSketch:
             raise InvalidEvent(f"QuantileSketch: malformed state ({exc!r}): {dict(d)!r:.200}") from None
         if not isinstance(zero, int) or zero < 0 or (checked is None and any(c <= 0 for c in bins.values())):
             raise InvalidEvent(f"QuantileSketch: counts must be positive integers: {dict(d)!r:.200}")
-        out._bins = bins
-        out._zero = zero
-        out._count = zero + sum(bins.values())
+        out._restore(zero, bins)
         return out
+
+    @classmethod
+    def restored(cls, relative_accuracy: float, max_bins: int, zero: int, bins: dict[int, int]) -> QuantileSketch:
+        """A sketch from its parts as :meth:`from_dict` accepts them (``zero`` >= 0, every count > 0: the caller
+        has checked); ValueError for settings the constructor refuses."""
+        out = cls(relative_accuracy, max_bins)
+        out._restore(zero, bins)
+        return out
+
+    def _restore(self, zero: int, bins: dict[int, int]) -> None:
+        self._bins = bins
+        self._zero = zero
+        self._count = zero + sum(bins.values())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, QuantileSketch):

@@ -163,3 +163,14 @@ def test_hostile_user_group_counts_are_refused_naming_the_field(change: object, 
     change(d["groups"])  # type: ignore[operator]
     with pytest.raises(InvalidEvent, match=says):
         WindowAggregate.from_dict(d)
+
+
+@pytest.mark.parametrize("hist", [[[1001, 2]], [[-1, 2]], [[500, 0]], [[500, -3]]])
+def test_a_custom_metric_histogram_outside_the_bins_is_refused(hist: list[list[int]]) -> None:
+    """The judge weighs a custom mean's histogram as a dense one of 1,001 bins: a record's bin outside it (or a count
+    that is not positive) is a malformed record, not an index into the histogram (a negative one would wrap)."""
+    from canary.core.custom import CustomStats
+
+    assert CustomStats.from_dict({"n": 2, "hist": [[500, 2]]}).hist == ((500, 2),)
+    with pytest.raises(InvalidEvent, match="hist bins"):
+        CustomStats.from_dict({"n": 2, "hist": hist})

@@ -1,0 +1,147 @@
+"""The merge step's typed decoder of partial-window records (canary.core.merge.decode_merge_record) stands in for
+the reference (``parse_merge_record(wire.decode_object(raw, wire.PARTIAL))``): for any record, the same value or
+the same refusal — and the partials the windows stage writes take the typed path."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from canary.core import jsonio, merge, wire
+from canary.core.aggregations import WindowAggregate, WindowAggregator
+from canary.core.merge import PartialWindow, Progress, decode_merge_record, parse_merge_record
+from canary.core.models import WindowKey
+from tests.core.helpers import outcome
+
+
+def _aggregate(seed: int, *, groups: bool = True, recall: bool = True, thresholds: int = 2) -> WindowAggregate:
+    rng = np.random.default_rng(seed)
+    agg = WindowAggregator(exceed_thresholds_ms=[500.0, 1200.0, 2500.0][:thresholds])
+    items = [
+        outcome(
+            i,
+            float(rng.lognormal(6.3, 0.8)),
+            recall_at_10=round(float(rng.random()), 3) if recall and i % 3 else None,
+            error="timeout" if i % 23 == 0 else None,
+            user_group=int(rng.integers(0, 16)) if groups else None,
+        )
+        for i in range(int(rng.integers(1, 400)))
+    ]
+    return agg.agg(agg.initialize(), items)
+
+
+def _raw(partial: PartialWindow) -> bytes:
+    """As the windows stage writes it."""
+    return jsonio.dumps(partial.json_dict())
+
+
+def _reference(raw: bytes | None) -> PartialWindow | Progress:
+    return parse_merge_record(wire.decode_object(raw, wire.PARTIAL))
+
+
+def _result(parse: Any, raw: bytes | None) -> tuple[Any, ...]:
+    try:
+        return ("ok", parse(raw))
+    except Exception as exc:  # the refusal: its type, code and words
+        return ("refused", type(exc).__name__, getattr(exc, "code", None), str(exc))
+
+
+KEY = WindowKey("dep-1", "cand", "candidate")
+
+
+def test_the_partials_the_windows_stage_writes_take_the_typed_path_with_the_reference_values() -> None:
+    for seed in range(40):
+        aggregate = _aggregate(seed, groups=seed % 3 != 0, recall=seed % 4 != 0, thresholds=seed % 4)
+        partial = PartialWindow(seed % 6, KEY, 5_000 * seed, 5_000 * seed + 5_000, aggregate)
+        raw = _raw(partial)
+        assert merge._typed(raw) == partial
+        assert decode_merge_record(raw) == _reference(raw) == partial
+    progress = jsonio.dumps(Progress(3, 60_000).to_dict())
+    assert merge._typed(progress) == decode_merge_record(progress) == _reference(progress) == Progress(3, 60_000)
+
+
+def test_what_the_typed_path_does_not_take_the_reference_decides() -> None:
+    base = json.loads(_raw(PartialWindow(1, KEY, 0, 5_000, _aggregate(7))))
+    cases: list[dict[str, Any]] = []
+    for path, value in [
+        (("aggregate", "count"), 12.0),  # a float the reference reads as an int
+        (("aggregate", "count"), -1),
+        (("aggregate", "sketch", "zero"), True),
+        (("aggregate", "recall_hist"), [[1001, 1]]),
+        (("aggregate", "recall_hist"), [[3, 0]]),
+        (("aggregate", "recall_source"), {"labels": 1, "elsewhere": 2}),
+        (("aggregate", "groups", "n"), [0] * 15),
+        (("aggregate", "groups", "errors"), [10**6] * 16),
+        (("aggregate", "exceed"), {"not a number": 3}),
+        (("aggregate", "custom"), {"m": {"n": 0}}),
+        (("key",), "no bars"),
+        (("kind",), "other"),
+    ]:
+        d = json.loads(json.dumps(base))
+        target = d
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = value
+        cases.append(d)
+    for d in cases:
+        raw = json.dumps(d).encode()
+        assert merge._typed(raw) is None, d
+        assert _result(decode_merge_record, raw) == _result(_reference, raw)
+    duplicate = b'{"kind": "progress", "source_partition": 1, "closed_until_ms": 5, "closed_until_ms": 7}'
+    assert decode_merge_record(duplicate) == _reference(duplicate) == Progress(1, 7)  # the last one, as orjson
+    for raw in (None, b"", b"[]", b"{", b"\xff", b'{"kind": "partial"}', b"[" * 64 + b"]" * 64):
+        assert _result(decode_merge_record, raw) == _result(_reference, raw)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:3]):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+_BASES = [
+    json.loads(_raw(PartialWindow(s % 6, KEY, 0, 5_000, _aggregate(s, groups=s % 2 == 0, thresholds=s % 3))))
+    for s in range(4)
+]
+_HOSTILE = st.one_of(
+    st.integers(min_value=-3, max_value=1_003),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.none(),
+    st.lists(st.integers(-2, 20), max_size=17),
+    st.dictionaries(st.sampled_from(["labels", "exact_sample", "x", "1200"]), st.integers(-1, 9), max_size=3),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    base=st.sampled_from(_BASES),
+    data=st.data(),
+    value=_HOSTILE,
+    delete=st.booleans(),
+)
+def test_any_change_to_a_partial_gets_the_reference_answer(
+    base: dict[str, Any], data: Any, value: Any, delete: bool
+) -> None:
+    d = json.loads(json.dumps(base))
+    path = data.draw(st.sampled_from(_paths(d)))
+    target = d
+    for step in path[:-1]:
+        target = target[step]
+    if delete and isinstance(target, dict):
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    raw = json.dumps(d).encode()  # NaN and Infinity as the standard library writes them
+    assert _result(decode_merge_record, raw) == _result(_reference, raw)
