@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from canary.kafka.clients import Cluster
 from canary.kafka.runs import RunConsumer, consumer_class
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
-from canary.pipeline.decode import Decoded, OutcomeDecoder, as_core_outcomes
+from canary.pipeline.decode import AHEAD_ROWS, Columns, Decoded, OutcomeDecoder, as_core_outcomes
 from canary.pipeline.memory import request_memory
 from canary.pipeline.runs import offset_reader, values_of
 from canary.pipeline.settings import DEFAULTS
@@ -109,6 +110,9 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         self._partials_partitions = 1
         self._progress_sent: dict[int, tuple[int, float]] = {}  # partition -> (closed_until, monotonic s)
         self._segments: dict[int, SeenSegments] = {}  # partition -> where its request memory is written
+        # One thread decodes a batch's next partition while the loop windows this one (the native decoder releases
+        # the GIL on large batches): made on the first batch large enough, shut down when the stage stops.
+        self._ahead: ThreadPoolExecutor | None = None
 
     @property
     def finalizers(self) -> dict[int, WindowFinalizer]:
@@ -162,14 +166,38 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
 
     async def run(self) -> None:
         await self.registry.caught_up.wait()  # policies (per-request thresholds) must be known first
-        await super().run()
+        try:
+            await super().run()
+        finally:
+            if self._ahead is not None:
+                self._ahead.shutdown(wait=False, cancel_futures=True)
+                self._ahead = None
 
     # -- the loop ---------------------------------------------------------------------------------------
+    def _decode(self, records: list[Any]) -> Columns:
+        return self._decoder.decode_columns(values_of(records), offset_reader(records))
+
+    def _decode_ahead(self, records: list[Any]) -> Future[Columns] | None:
+        """The partition's records decoding on the other core, or None (decoded when their turn comes): only batches
+        the native decoder decodes with the GIL released are worth a thread's hand-over."""
+        if self._decoder.native is None or len(records) < AHEAD_ROWS:
+            return None
+        if self._ahead is None:
+            self._ahead = ThreadPoolExecutor(1, thread_name_prefix="canary-decode")
+            log.info("windows stage: a batch's next partition decodes on another core while this one is windowed")
+        return self._ahead.submit(self._decode, records)
+
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        # Synchronous on purpose: no await between a partition's decode and its windowing (a rebalance callback
+        # runs only while the loop waits elsewhere). The next partition decodes in the thread meanwhile (replay's
+        # lookahead does the same: canary.pipeline.recompute).
         now = now_ms()
-        for tp, records in batch.items():
+        parts = list(batch.items())
+        following: Future[Columns] | None = None
+        for i, (tp, records) in enumerate(parts):
             fin = self.states[tp.partition]
-            columns, refused = self._decoder.decode_columns(values_of(records), offset_reader(records))
+            current, following = following, self._decode_ahead(parts[i + 1][1]) if i + 1 < len(parts) else None
+            columns, refused = current.result() if current is not None else self._decode(records)
             if columns is None:
                 self._process_objects(tp.partition, fin, records, now)
                 continue

@@ -53,6 +53,15 @@ def as_core_outcomes(outcomes: Sequence[Decoded]) -> Sequence[SearchOutcome | Ro
 _decode_outcome = msgspec.json.Decoder(SearchOutcome).decode
 
 
+Columns = tuple[ColumnBatch | None, list[tuple[int, Exception]]]
+"""What :meth:`OutcomeDecoder.decode_columns` returns: the batch as columns (None: decode it record by record) and the
+rows refused."""
+
+AHEAD_ROWS = getattr(NATIVE, "RELEASE_ROWS", 512)
+"""From this many rows the native decoder releases the GIL (native/src/lib.rs): a batch that large decodes on another
+core while the caller works on (the windows stage's next partition, replay's next chunk)."""
+
+
 DECODE_ERRORS = (CanaryError, ValueError, TypeError)
 """What a caller may catch around :meth:`OutcomeDecoder.decode`, which raises only
 :class:`~canary.core.wire.Rejected` (a CanaryError); kept for callers that catch the wider set."""
@@ -100,9 +109,7 @@ class OutcomeDecoder:
                 "reinstall it (`make install`) or set CANARY_NATIVE=off"
             )
 
-    def decode_columns(
-        self, values: Sequence[bytes | None], offset_at: Callable[[int], int] | None = None
-    ) -> tuple[ColumnBatch | None, list[tuple[int, Exception]]]:
+    def decode_columns(self, values: Sequence[bytes | None], offset_at: Callable[[int], int] | None = None) -> Columns:
         """A batch of raw values as columns (the native decoder), and the rows it refused ``(row, Rejected)``
         — refused by the reference, which decides every row the native decoder does not take as certain.
         ``(None, [])`` when there is no native decoder, or a row the reference accepts is one the columns cannot

@@ -687,6 +687,7 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(deadline::deadline_arm, m)?)?;
     m.add_function(wrap_pyfunction!(deadline::deadline_disarm, m)?)?;
     m.add("ENTRY_BYTES", std::mem::size_of::<records::Entry>())?;
+    m.add("RELEASE_ROWS", RELEASE_ROWS)?;
     m.add("OUTCOME", OUTCOME)?;
     m.add("WATERMARK", WATERMARK)?;
     m.add("FALLBACK", FALLBACK)?;

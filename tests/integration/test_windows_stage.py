@@ -24,7 +24,7 @@ def _outcome(i: int, base: int, dep: str) -> SearchOutcome:
     return SearchOutcome(
         event_id=f"r:{i}",
         request_id=str(i),
-        ts=base + i * 5,  # 3000 outcomes over 15 s: three windows
+        ts=base + i * 15_000 // N,  # N outcomes over 15 s: three windows
         deployment_id=dep,
         config_name="candidate_slow" if arm == "candidate" else "last_good",
         config_version="1",
@@ -38,6 +38,9 @@ def _outcome(i: int, base: int, dep: str) -> SearchOutcome:
     )
 
 
+N = 6000  # enough for fetches of more than AHEAD_ROWS records a partition
+
+
 # Both decoders of the windows stage: the native batch decoder (when built) and the pure-Python reference path.
 @pytest.mark.parametrize("native", ["auto", "off"])
 async def test_backlog_is_aggregated_completely_and_once(kafka_bootstrap: str, tmp_path: Path, native: str) -> None:
@@ -47,7 +50,7 @@ async def test_backlog_is_aggregated_completely_and_once(kafka_bootstrap: str, t
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=10)
     await producer.start()
     try:
-        for i in range(3000):
+        for i in range(N):
             o = _outcome(i, base, "canary_backlog")
             await producer.send(
                 topics.search_results, json.dumps(o.to_dict()).encode(), key=o.window_key.as_str().encode()
@@ -69,15 +72,18 @@ async def test_backlog_is_aggregated_completely_and_once(kafka_bootstrap: str, t
         windows: list[dict[str, object]] = []
         while time.monotonic() < deadline:
             windows = [w for w in await read_all(kafka_bootstrap, topics.windows) if w["deployment_id"]]
-            if sum(int(w["response_count"]) for w in windows) >= 3000:  # type: ignore[call-overload]
+            if sum(int(w["response_count"]) for w in windows) >= N:  # type: ignore[call-overload]
                 break
             await asyncio.sleep(0.5)
     finally:
         assert worker.stop() == 0, worker.log_tail()
-    runs = "fetched bytes read natively into runs" in worker.log_tail(10_000)
+    log = worker.log_tail(10_000)
+    runs = "fetched bytes read natively into runs" in log
     assert runs == (native == "auto" and NATIVE is not None)  # the consumer of canary.kafka.runs, where it is built
+    # A backlog's partitions (~1,000 records each) decode one ahead on the other core with the native decoder.
+    assert ("next partition decodes on another core" in log) == (native == "auto" and NATIVE is not None)
     by_id = {w["window_id"]: w for w in windows}
-    assert sum(int(w["response_count"]) for w in by_id.values()) == 3000  # type: ignore[call-overload]
+    assert sum(int(w["response_count"]) for w in by_id.values()) == N  # type: ignore[call-overload]
     assert {w["window_start_ms"] for w in by_id.values()} == {base, base + 5000, base + 10000}
     dead = await read_all(kafka_bootstrap, topics.results_dlq)
     assert len(dead) == 1 and dead[0]["reason"] == "not_json" and dead[0]["source_topic"] == topics.search_results
