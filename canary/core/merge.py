@@ -132,14 +132,14 @@ _Positive = Annotated[int, msgspec.Meta(gt=0, le=_I64_MAX)]
 _Row = Annotated[tuple[_Count, ...], msgspec.Meta(min_length=USER_GROUPS, max_length=USER_GROUPS)]
 
 
-class _SketchRecord(msgspec.Struct):
+class _SketchRecord(msgspec.Struct, forbid_unknown_fields=True):
     relative_accuracy: float
     max_bins: _Int
     zero: _Count
     bins: list[tuple[_Int, _Positive]]
 
 
-class _GroupsRecord(msgspec.Struct):
+class _GroupsRecord(msgspec.Struct, forbid_unknown_fields=True):
     n: _Row
     errors: _Row
     recall_n: _Row
@@ -147,7 +147,7 @@ class _GroupsRecord(msgspec.Struct):
     exceed: dict[str, _Row] = {}
 
 
-class _AggregateRecord(msgspec.Struct):
+class _AggregateRecord(msgspec.Struct, forbid_unknown_fields=True):
     count: _Count
     error_count: _Count
     sketch: _SketchRecord
@@ -163,19 +163,24 @@ class _AggregateRecord(msgspec.Struct):
     custom: msgspec.Raw | None = None  # custom metrics: the reference reads them
 
 
-class _PartialRecord(msgspec.Struct, tag_field="kind", tag="partial"):
+class _PartialRecord(msgspec.Struct, tag_field="kind", tag="partial", forbid_unknown_fields=True):
     source_partition: _Int
     key: str
     window_start_ms: _Int
     window_end_ms: _Int
     aggregate: _AggregateRecord
+    partial_id: str = ""  # not read (the reference ignores it), but its string must be text as orjson checks it
+    deployment_id: str | None = None
 
 
-class _ProgressRecord(msgspec.Struct, tag_field="kind", tag="progress"):
+class _ProgressRecord(msgspec.Struct, tag_field="kind", tag="progress", forbid_unknown_fields=True):
     source_partition: _Int
     closed_until_ms: _Int
 
 
+# Every field declared and unknown ones refused: msgspec skips an unknown field's value without checking its strings'
+# UTF-8, which orjson (the reference) refuses anywhere in a record (tests/fuzz found it). A record with a field this
+# does not know is the reference's to read.
 _DECODER = msgspec.json.Decoder(_PartialRecord | _ProgressRecord)
 
 

@@ -23,7 +23,7 @@ from canary.control.audit import outcome_event
 from canary.core import wire
 from canary.core.deployment import ControlLedger, snapshot_hash
 from canary.core.judge import Judgement
-from canary.core.merge import WindowMerger, parse_merge_record
+from canary.core.merge import WindowMerger, decode_merge_record, parse_merge_record
 from canary.core.models import ControlCommand, RouterState, WindowResult
 from canary.core.windows import WindowFinalizer
 from canary.dashboard.feed import AuditTail, Changes, DashboardState, _fold
@@ -202,9 +202,12 @@ def test_timestamps_beyond_what_iso_8601_can_write_are_refused(field: str, value
 def test_the_merger_takes_any_parsed_record_or_refuses_it(raw: bytes | None) -> None:
     merger = WindowMerger(3)
     try:
-        item = parse_merge_record(wire.decode_object(raw, wire.PARTIAL))
+        item = decode_merge_record(raw)  # the merge step's reader: the typed pass, else the reference
     except CanaryError:
+        with pytest.raises(CanaryError):
+            parse_merge_record(wire.decode_object(raw, wire.PARTIAL))
         return
+    assert item == parse_merge_record(wire.decode_object(raw, wire.PARTIAL))
     try:
         merger.add(item)
     except CanaryError:
