@@ -20,7 +20,7 @@ Steps (all on a real broker, topics under a unique prefix per worker phase):
      is the worker at ≥ 0.6 × kcat.
   c. ONE `canary worker` subprocess started AFTER producing, so it faces the whole backlog. Progress comes
      from the windows stage's committed source offsets (polled every 100 ms while the workers run; the stage
-     commits them in its Kafka transactions, at most every 500 ms; watermark records are subtracted):
+     commits them in its Kafka transactions, at most a commit interval apart; watermark records are subtracted):
         startup      spawn → first checkpoint with an applied offset (not in the rate)
         aggregation  first checkpoint → all applied (the earlier of the checkpoint covering the last offset
                      and the merged window completing Σ = N: both follow the last record); rate = outcomes
@@ -105,6 +105,7 @@ from canary.pipeline.memory import request_memory
 from canary.pipeline.policies import aggregator_for_policy
 from devtools.harness import PRESETS, WorkerProcess, send_command, start_command
 from router.outcomes import outcome_partition
+from streams.transactional import COMMIT_INTERVAL_MS
 
 TARGET_RATIO = 0.8  # issue #10: one worker on 6 partitions ≥ 0.8 × raw consume+decode
 TARGET_KCAT_RATIO = 0.6  # issue #24: one worker ≥ 0.6 × kcat reading the same topic with payloads
@@ -115,7 +116,8 @@ CANDIDATE = "candidate_high_recall"
 ROUTER_ID = "bench-router"
 BATCH = 2000  # micro-batch size for the in-process core measurement
 WATERMARK_MAX_GAP_MS = 1000  # event time between two watermark ticks at most (future bound is 10 s)
-SETTLE_S = 1.5  # sampling goes on this long after the last merged window (the last checkpoints follow it)
+# Sampling goes on this long after the last merged window (the last checkpoints follow it within a commit interval).
+SETTLE_S = COMMIT_INTERVAL_MS / 1000 + 1.0
 BURST_MS = 100  # checkpoint records closer than this are one checkpoint (one record per partition)
 
 
@@ -589,7 +591,7 @@ async def watch_windows(
                         done_emit = win.emitted_at_ms
             if done_emit is not None:
                 break
-        # The windows stage checkpoints at most every 500 ms: keep sampling until its last checkpoint is out.
+        # The windows stage checkpoints at most a commit interval apart: keep sampling until its last one is out.
         settle = time.monotonic() + SETTLE_S
         while time.monotonic() < settle:
             samples.take(workers)
@@ -614,7 +616,7 @@ async def watch_windows(
 class CommitWatch:
     """(wall ms, source partition, records applied) per change of the windows stage's committed offsets, polled
     every ``every_s`` while the workers run. The stage commits its source offsets in its Kafka transactions
-    (docs/adr/0004-*.md), at most every 500 ms; the committed offset of a partition is the number of its
+    (docs/adr/0004-*.md), at most COMMIT_INTERVAL_MS apart; the committed offset of a partition is the number of its
     records the committed state holds."""
 
     def __init__(self, bootstrap: Cluster, group: str, topic: str, every_s: float = 0.1) -> None:
@@ -1370,7 +1372,7 @@ def render(r: dict[str, Any]) -> str:
             lines.append(f"    {shared['error']}")
     lines.append(
         "  * all applied = the earlier of the checkpoint covering the last offset and the merged window that "
-        "completes Σ = N (both come only after the last record); checkpoints are ≤ 500 ms apart"
+        f"completes Σ = N (both come only after the last record); checkpoints are ≤ {COMMIT_INTERVAL_MS} ms apart"
     )
     lines.append("")
     for label, w in (("ONE worker", r["one_worker"]), ("TWO workers", r.get("two_workers"))):
@@ -1381,7 +1383,7 @@ def render(r: dict[str, Any]) -> str:
             f"{w['checkpoints']} checkpoints; merged windows on canary_windows: "
             + (
                 f"last one {w['merge_tail_s']:.2f} s after the checkpoint covering the last offset "
-                "(checkpoints are ≤ 500 ms apart, so this may be < 0), spawn → all out "
+                f"(checkpoints are ≤ {COMMIT_INTERVAL_MS} ms apart, so this may be < 0), spawn → all out "
                 f"{w['spawn_to_merged_s']:.2f} s"
                 if w.get("complete")
                 else "INCOMPLETE"
@@ -1442,7 +1444,7 @@ def render(r: dict[str, Any]) -> str:
     lines.append(f"    {'core ceiling (outcomes/s)':<40}" + "".join(f"{p['core_ceiling']:>10,.0f}" for p in passes))
     lines.append(
         f"    (reference decode, OutcomeDecoder(strict=True) = json.loads + SearchOutcome.from_dict: "
-        f"{core['strict_decode_us']:.2f} µs; the stage snapshots at most every 500 ms, not per batch)"
+        f"{core['strict_decode_us']:.2f} µs; the stage snapshots at most every {COMMIT_INTERVAL_MS} ms, not per batch)"
     )
     native = core.get("native") or []
     if native:

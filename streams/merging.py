@@ -25,7 +25,7 @@ from canary.errors import CanaryError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
 from canary.observability.metrics import WorkerMetrics
-from streams.transactional import TransactionalStage, now_ms
+from streams.transactional import COMMIT_INTERVAL_MS, TransactionalStage, now_ms
 
 log = logging.getLogger("canary.streams.merge")
 rejected_log = logging.getLogger("canary.streams.rejected.partials")  # rate-limited
@@ -55,7 +55,7 @@ class MergeStage(TransactionalStage[WindowMerger]):
         bootstrap: Cluster,
         topics: Topics,
         group_id: str,
-        checkpoint_ms: int = 500,
+        checkpoint_ms: int = COMMIT_INTERVAL_MS,
         session_timeout_ms: int = 10_000,
         instance_id: str | None = None,
         metrics: WorkerMetrics | None = None,

@@ -42,7 +42,7 @@ from canary.pipeline.settings import DEFAULTS
 from canary.settings import NativeMode
 from streams.registry import DeploymentRegistry
 from streams.seen_segments import SeenSegments
-from streams.transactional import TransactionalStage, now_ms
+from streams.transactional import COMMIT_INTERVAL_MS, TransactionalStage, now_ms
 
 log = logging.getLogger("canary.streams.windows")
 rejected_log = logging.getLogger("canary.streams.rejected.outcomes")  # rate-limited: a flood is one line per 5 s
@@ -75,7 +75,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         window_ms: int = DEFAULTS.window_ms,
         grace_ms: int = DEFAULTS.grace_ms,
         idle_windows: int = DEFAULTS.idle_windows,
-        checkpoint_ms: int = 500,
+        checkpoint_ms: int = COMMIT_INTERVAL_MS,
         max_records: int = DEFAULTS.batch_max,
         session_timeout_ms: int = 10_000,
         instance_id: str | None = None,
