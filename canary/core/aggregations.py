@@ -19,7 +19,7 @@ import orjson
 
 from canary.core import accel, jsonio
 from canary.core.custom import CustomAggregation, CustomStats, custom_from_dict, custom_to_dict, merge_custom
-from canary.core.evidence import RECALL_BINS, Histogram, histogram
+from canary.core.evidence import RECALL_BINS, Histogram
 from canary.core.models import RECALL_SOURCES, JSONDict, RuleVerdict, SearchOutcome, WindowKey, WindowResult
 from canary.core.policy import DEFAULT_P95_MS, DEFAULT_RECALL_AT_10
 from canary.core.sketch import QuantileSketch, not_finite
@@ -195,7 +195,7 @@ class WindowStats:
     def recall_histogram(self) -> Histogram:
         """The recall values as the judge weighs them (shared: a Histogram is never changed)."""
         if self._dense is None:
-            object.__setattr__(self, "_dense", histogram(self.recall_hist))
+            object.__setattr__(self, "_dense", Histogram.of(self.recall_hist))
         assert self._dense is not None
         return self._dense
 

@@ -260,28 +260,19 @@ class Histogram:
         return out
 
 
-def histogram(pairs: Iterable[tuple[int, int]]) -> Histogram:
-    """:meth:`Histogram.of`."""
-    return Histogram.of(pairs)
-
-
-def _histogram_arrays(hist: Histogram) -> tuple[np.ndarray, np.ndarray]:
-    return hist.values()
-
-
 def log_wealth_below(hist: Histogram, m: float) -> float:
     """Log evidence that the mean of the pooled values is below ``m`` (null: mean >= m).
 
     Bets ``1 + lam (m - X)``; the largest safe bet is ``1 / (1 - m)`` (at ``X = 1`` the factor stays >= 0).
     """
-    xs, counts = _histogram_arrays(hist)
+    xs, counts = hist.values()
     with np.errstate(divide="ignore"):
         return _wealth_below(xs, counts, m)
 
 
 def log_wealth_above(hist: Histogram, m: float) -> float:
     """Log evidence that the mean of the pooled values is above ``m`` (null: mean <= m)."""
-    xs, counts = _histogram_arrays(hist)
+    xs, counts = hist.values()
     with np.errstate(divide="ignore"):
         return _wealth_above(xs, counts, m)
 
@@ -332,7 +323,7 @@ def _mixture(xs: np.ndarray, counts: np.ndarray, gain: np.ndarray, max_bet: floa
 def mean_upper_bound(hist: Histogram, alpha: float) -> float:
     """Anytime-valid upper confidence bound of the mean (the smallest ``m`` not yet rejected as too high)."""
     threshold = math.log(1.0 / alpha)
-    xs, counts = _histogram_arrays(hist)
+    xs, counts = hist.values()
     if not xs.size:
         return 1.0
     # log_wealth_below(m) grows with m: the bound is where it crosses the threshold.
@@ -343,7 +334,7 @@ def mean_upper_bound(hist: Histogram, alpha: float) -> float:
 def mean_lower_bound(hist: Histogram, alpha: float) -> float:
     """Anytime-valid lower confidence bound of the mean."""
     threshold = math.log(1.0 / alpha)
-    xs, counts = _histogram_arrays(hist)
+    xs, counts = hist.values()
     if not xs.size:
         return 0.0
     with np.errstate(divide="ignore"):
@@ -414,7 +405,7 @@ def rate_spread(n: Sequence[int], k: Sequence[int]) -> tuple[float, float]:
 
 def histogram_variance(hist: Histogram) -> float:
     """The sample variance (``n - 1``) of values in a recall histogram; 0 with fewer than two."""
-    xs, counts = _histogram_arrays(hist)
+    xs, counts = hist.values()
     total = float(counts.sum())
     if total < 2:
         return 0.0

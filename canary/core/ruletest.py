@@ -28,7 +28,6 @@ from canary.core.aggregations import RECALL_SCALE, WindowStats
 from canary.core.evidence import (
     Histogram,
     group_spread,
-    histogram,
     histogram_mean,
     histogram_variance,
     log_e_above,
@@ -73,7 +72,7 @@ class MeanSample:
     @classmethod
     def of(cls, counts: dict[int, int]) -> MeanSample:
         """From ``bin -> count``."""
-        return cls(histogram(counts.items()))
+        return cls(Histogram.of(counts.items()))
 
     @property
     def n(self) -> int:
@@ -336,7 +335,7 @@ class RuleTest:
             m = metric.normalise(float(rule.threshold))
             return cls(rule, alpha, "mean", upper, m, m, extra=extra)
         assert base is not None
-        base_hist = histogram(base.hist)
+        base_hist = Histogram.of(base.hist)
         lo, hi = mean_lower_bound(base_hist, b_alpha), mean_upper_bound(base_hist, b_alpha)
         extra.update(baseline_mean=histogram_mean(base_hist), baseline_n=base.n, baseline_bounds=[lo, hi])
         offset = rule.threshold / span
@@ -358,7 +357,7 @@ class RuleTest:
             if rule.custom.quantile is not None:
                 k = own.exceedances(float(rule.threshold))
                 return None if k is None else RateSample(own.n, k, k)
-            return MeanSample(histogram(own.hist)) if own.hist else None
+            return MeanSample(Histogram.of(own.hist)) if own.hist else None
         if self.kind == "mean":
             return MeanSample(stats.recall_histogram()) if stats.recall_hist else None
         if stats.count == 0:

@@ -11,9 +11,9 @@ import pytest
 from canary.core.evidence import (
     ODDS_SHIFTS,
     RECALL_BINS,
+    Histogram,
     dispersion,
     group_spread,
-    histogram,
     histogram_mean,
     histogram_variance,
     log_e_above,
@@ -111,7 +111,7 @@ def test_bernoulli_test_is_anytime_valid_at_the_boundary() -> None:
 
 def _hist(values: np.ndarray) -> np.ndarray:
     bins, counts = np.unique(np.rint(values * RECALL_BINS).astype(int), return_counts=True)
-    return histogram(zip(bins.tolist(), counts.tolist(), strict=True))
+    return Histogram.of(zip(bins.tolist(), counts.tolist(), strict=True))
 
 
 def test_betting_is_anytime_valid_at_the_boundary() -> None:
@@ -139,7 +139,7 @@ def test_betting_detects_a_recall_drop_and_bounds_bracket_the_mean() -> None:
 
 
 def test_betting_edges() -> None:
-    empty, half = histogram(()), histogram([(recall_bin(0.5), 3)])
+    empty, half = Histogram.of(()), Histogram.of([(recall_bin(0.5), 3)])
     assert log_wealth_below(empty, 0.3) == 0.0
     assert log_wealth_below(half, 0.0) == -math.inf  # no mean is below 0
     assert log_wealth_above(half, 1.0) == -math.inf
@@ -219,7 +219,7 @@ def test_a_mean_spreads_by_its_variance_and_the_prior_starts_at_one() -> None:
         hist: dict[int, int] = {}
         for v in values:
             hist[recall_bin(float(v))] = hist.get(recall_bin(float(v)), 0) + 1
-        dense = histogram(hist.items())
+        dense = Histogram.of(hist.items())
         assert histogram_variance(dense) == pytest.approx(float(np.var(values, ddof=1)))
         o, e = group_spread(n, sums, histogram_variance(dense))
         observed, expected = observed + o, expected + e

@@ -18,7 +18,6 @@ from canary.core.evidence import (
     _BISECT_STEPS,
     Histogram,
     _crossing,
-    _histogram_arrays,
     _wealth_above,
     _wealth_below,
     log_e_above,
@@ -76,7 +75,7 @@ def test_mean_bounds_are_the_plain_bisections() -> None:
         dense = np.zeros(1001)
         dense[keys] = counts
         hist = Histogram(dense)
-        xs, cs = _histogram_arrays(hist)
+        xs, cs = hist.values()
         for alpha in (0.005, 0.01, 0.05):
             threshold = math.log(1.0 / alpha)
             for wealth, rejected_below, bound in (

@@ -99,14 +99,14 @@ def reference_crossing(hist: dict[int, int], alpha: float, *, upper: bool) -> fl
 
 
 def test_recall_bounds_are_unchanged_by_the_faster_bisection() -> None:
-    from canary.core.evidence import histogram, log_wealth_above, log_wealth_below, mean_lower_bound, mean_upper_bound
+    from canary.core.evidence import Histogram, log_wealth_above, log_wealth_below, mean_lower_bound, mean_upper_bound
 
     rng = np.random.default_rng(3)
     for _ in range(300):
         bins = int(rng.integers(1, 12))
         keys = rng.choice(1001, size=bins, replace=False)
         hist = {int(k): int(c) for k, c in zip(keys, rng.integers(1, 400, bins), strict=True)}
-        dense = histogram(hist.items())
+        dense = Histogram.of(hist.items())
         for alpha in (0.005, 0.01):
             assert mean_upper_bound(dense, alpha) == reference_crossing(hist, alpha, upper=True)
             assert mean_lower_bound(dense, alpha) == reference_crossing(hist, alpha, upper=False)
