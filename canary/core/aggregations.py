@@ -429,14 +429,35 @@ class WindowAggregate:
             )
         except SHAPE_ERRORS as exc:
             raise InvalidEvent(f"WindowAggregate: malformed state ({exc!r}): {dict(d)!r:.200}") from None
+        del ints["count"], ints["error_count"]  # the statistics' own
+        return cls.of(stats, **ints)
+
+    @classmethod
+    def of(
+        cls,
+        stats: WindowStats,
+        *,
+        recall_sum_micros: int,
+        recall_samples: int,
+        slo_violations: int,
+        late_count: int,
+        max_source_offset: int,
+    ) -> WindowAggregate:
+        """The aggregate of window statistics and the counts only an aggregate keeps."""
         return cls(
+            count=stats.count,
+            error_count=stats.error_count,
             sketch=stats.sketch,
+            recall_sum_micros=recall_sum_micros,
+            recall_samples=recall_samples,
+            slo_violations=slo_violations,
+            late_count=late_count,
+            max_source_offset=max_source_offset,
             exceed=stats.exceed,
             recall_hist=stats.recall_hist,
             custom=stats.custom,
             recall_sources=stats.recall_sources,
             groups=stats.groups,
-            **ints,
         )
 
 
@@ -728,16 +749,8 @@ class WindowAggregator:
         )
 
     def merge(self, a: WindowAggregate, b: WindowAggregate) -> WindowAggregate:
-        stats = a.stats.merge(b.stats)
-        return WindowAggregate(
-            count=stats.count,
-            error_count=stats.error_count,
-            sketch=stats.sketch,
-            exceed=stats.exceed,
-            recall_hist=stats.recall_hist,
-            custom=stats.custom,
-            recall_sources=stats.recall_sources,
-            groups=stats.groups,
+        return WindowAggregate.of(
+            a.stats.merge(b.stats),
             recall_sum_micros=a.recall_sum_micros + b.recall_sum_micros,
             recall_samples=a.recall_samples + b.recall_samples,
             slo_violations=a.slo_violations + b.slo_violations,

@@ -217,19 +217,13 @@ def _typed(data: bytes) -> PartialWindow | Progress | None:
     stats = WindowStats(a.count, a.error_count, sketch, exceed, tuple(sorted(a.recall_hist)), (), sources, groups)
     if stats.problem(hist_checked=True) is not None:
         return None
-    aggregate = WindowAggregate(
-        count=a.count,
-        error_count=a.error_count,
-        sketch=sketch,
+    aggregate = WindowAggregate.of(
+        stats,
         recall_sum_micros=a.recall_sum_micros,
         recall_samples=a.recall_samples,
         slo_violations=a.slo_violations,
         late_count=a.late_count,
         max_source_offset=a.max_source_offset,
-        exceed=exceed,
-        recall_hist=stats.recall_hist,
-        recall_sources=sources,
-        groups=groups,
     )
     return PartialWindow(record.source_partition, key, record.window_start_ms, record.window_end_ms, aggregate)
 
