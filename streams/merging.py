@@ -42,8 +42,8 @@ class MergeStats:
 
 # How long the merge step's fetch waits at the broker when nothing arrives. Its input (a partial a window and
 # partition, progress marks) completes the fetch as it comes, so the wait costs no latency (windows out p50
-# ~220 ms after their end either way, bench_live at 8k/s); at the windows stage's 50 ms the idle step went to the
-# broker 20 times a second.
+# ~220 ms after their end either way, bench_live at 8k/s); at a 50 ms wait (the windows stage's then) the idle
+# step went to the broker 20 times a second.
 MERGE_FETCH_WAIT_MS = 500
 
 

@@ -23,7 +23,12 @@ class PipelineSettings:
     # Records per fetch of the live stages (max_records). The windows stage reading runs (canary.kafka.runs) takes a
     # partition's fetch whole (at most aiokafka's max_partition_fetch_bytes, 1 MiB), counted as one.
     batch_max: int = 5000
-    batch_span_ms: int = 50  # how long a live fetch waits for more (fetch_max_wait_ms), in Kafka time
+    # How long a live fetch waits for more (fetch_max_wait_ms), in Kafka time. 100 ms, not 50: at 8k outcomes/s the
+    # 256 KiB below arrive in ~90 ms, so a 50 ms wait returned every fetch early and the stage paid a fetch's and a
+    # batch's fixed costs twice as often (bench_live 8k/s, three interleaved pairs: 8.1 / 8.6 / 9.3 -> 6.8 / 7.6 /
+    # 6.6 µs an outcome; windows out p50 177 / 99 / 172 -> 184 / 208 / 183 ms after their end). From ~16k/s the
+    # bytes come first, so the wait only adds latency below that: at most 50 ms more, and only while traffic is slow.
+    batch_span_ms: int = 100
     # What the windows stage's fetch waits for, up to batch_span_ms (fetch_min_bytes): with the default of 1 byte a
     # fetch returns as soon as anything arrived, and at 8k outcomes/s the stage got a few records per partition a
     # batch, paying the batch's fixed costs (the loop, the core's calls, numpy's) for each few (bench_live).

@@ -12,6 +12,7 @@ from canary.core.models import ControlCommand, SearchOutcome, WindowResult
 from canary.core.windows import WindowFinalizer
 from canary.pipeline.loop import fold_commands
 from canary.pipeline.policies import PolicyBook
+from canary.pipeline.settings import DEFAULTS
 
 T0 = 1_700_000_000_000  # a window boundary (divisible by 5000)
 Record = tuple[int, int, int | None, bytes | None]
@@ -132,7 +133,7 @@ def live_worker(
     processing_delay_ms: int = 40,
     stalls: dict[int, int] | None = None,
     batch_max: int = 2000,
-    batch_span_ms: int = 50,
+    batch_span_ms: int = DEFAULTS.batch_span_ms,
     tick_until_ms: int | None = None,
 ) -> tuple[list[WindowResult], list[ControlCommand]]:
     """A stand-in for the live worker (streams/app.py), driven by a simulated processing clock.
