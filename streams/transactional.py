@@ -788,7 +788,14 @@ class TransactionalStage(Generic[State]):
             await self.started()
             while True:
                 await self._acquire_due()
-                batch = await self._consumer.getmany(timeout_ms=await self._held_back(), max_records=self.max_records)
+                # Output held back (below) first takes what input has arrived: a backlog never waits for it.
+                batch = (
+                    await self._consumer.getmany(timeout_ms=0, max_records=self.max_records) if self._holding() else {}
+                )
+                if not batch:
+                    batch = await self._consumer.getmany(
+                        timeout_ms=await self._held_back(), max_records=self.max_records
+                    )
                 self.polled_at = time.monotonic()
                 await self.process(self._applicable(batch))
                 await self.emit_due()
@@ -802,6 +809,10 @@ class TransactionalStage(Generic[State]):
                 await asyncio.wait_for(self._consumer.stop(), STOP_STEP_S)
             for producer in self._drop(list(self._producers)):
                 await close_producer(producer)
+
+    def _holding(self) -> bool:
+        """Output a reader waits for is still uncommitted at the start of a turn (see ``_held_back``)."""
+        return any(box.urgent for box in self._outbox.values())
 
     async def _held_back(self) -> int:
         """How long this turn's fetch may still wait (ms). Output a reader waits for is committed at the end of the
