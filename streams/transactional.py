@@ -597,7 +597,7 @@ class TransactionalStage(Generic[State]):
         # 1/CHECKPOINT_COST_FACTOR of the stage's time (a backlog with a large dedup memory).
         await self._settle()
         now = time.monotonic()
-        if not force and now - self._last_commit < CHECKPOINT_COST_FACTOR * self._checkpoint_cost_s:
+        if not force and now < self._guard_until():
             return
         if force or now - self._last_checkpoint >= self.checkpoint_ms / 1000:
             parts = list(self._producers)
@@ -788,14 +788,7 @@ class TransactionalStage(Generic[State]):
             await self.started()
             while True:
                 await self._acquire_due()
-                # Output held back (below) first takes what input has arrived: a backlog never waits for it.
-                batch = (
-                    await self._consumer.getmany(timeout_ms=0, max_records=self.max_records) if self._holding() else {}
-                )
-                if not batch:
-                    batch = await self._consumer.getmany(
-                        timeout_ms=await self._held_back(), max_records=self.max_records
-                    )
+                batch = await self._take_input()
                 self.polled_at = time.monotonic()
                 await self.process(self._applicable(batch))
                 await self.emit_due()
@@ -810,25 +803,40 @@ class TransactionalStage(Generic[State]):
             for producer in self._drop(list(self._producers)):
                 await close_producer(producer)
 
-    def _holding(self) -> bool:
-        """Output a reader waits for is still uncommitted at the start of a turn (see ``_held_back``)."""
-        return any(box.urgent for box in self._outbox.values())
+    def _guard_until(self) -> float:
+        """When (monotonic s) commits may go out again: encoding state takes at most 1/CHECKPOINT_COST_FACTOR of the
+        stage's time."""
+        return self._last_commit + CHECKPOINT_COST_FACTOR * self._checkpoint_cost_s
+
+    def _urgent(self) -> list[int]:
+        """The partitions whose uncommitted output a reader waits for."""
+        return [p for p, box in self._outbox.items() if box.urgent]
+
+    async def _take_input(self) -> dict[TopicPartition, Any]:
+        """This turn's input. Output held back (``_held_back``) first takes what has arrived: a backlog never waits."""
+        assert self._consumer is not None
+        batch: dict[TopicPartition, Any] = {}
+        if self._urgent():
+            batch = await self._consumer.getmany(timeout_ms=0, max_records=self.max_records)
+        if not batch:
+            batch = await self._consumer.getmany(timeout_ms=await self._held_back(), max_records=self.max_records)
+        return batch
 
     async def _held_back(self) -> int:
         """How long this turn's fetch may still wait (ms). Output a reader waits for is committed at the end of the
         turn that made it, unless its partition's previous transaction is still open (a producer has one at a time)
         or the cost guard holds commits back (``checkpoint``): then it went out at the end of a later turn, after a
         whole fetch wait when no input came — up to the merge step's 500 ms before the SLO agent saw a window
-        (bench_detection: p95 ~650–700 ms in 2 of 6 rounds of 10). Such a turn waits for that transaction instead
+        (bench_detection: p95 635–692 ms in 4 of 8 rounds of 10). Such a turn waits for that transaction instead
         (bounded by the fetch wait, as before) and then takes what has arrived, or waits no longer than the guard."""
-        urgent = [p for p, box in self._outbox.items() if box.urgent]
+        urgent = self._urgent()
         if not urgent:
             return self.fetch_max_wait_ms
         held = [self._inflight[p] for p in urgent if p in self._inflight]
         if held:
             await asyncio.wait(held, timeout=self.fetch_max_wait_ms / 1000)
             return 0
-        guard_ms = (self._last_commit + CHECKPOINT_COST_FACTOR * self._checkpoint_cost_s - time.monotonic()) * 1000
+        guard_ms = (self._guard_until() - time.monotonic()) * 1000
         if guard_ms <= 0:  # held by nothing this stage waits for (a partition recovering): the usual wait
             return self.fetch_max_wait_ms
         return min(self.fetch_max_wait_ms, math.ceil(guard_ms))
