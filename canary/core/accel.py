@@ -23,6 +23,9 @@ class StandIns:
     """For ``canary.core.aggregations.count_columns``: what a batch of outcome columns adds to a window."""
     bucket_counts: Callable[[Any, float], list[tuple[int, int]]] | None = None
     """For ``canary.core.sketch.bucket_counts``: the sketch's buckets of values from their logarithms."""
+    merge_pairs: Callable[[Any, Any], tuple[tuple[int, int], ...] | None] | None = None
+    """For ``canary.core.aggregations.merged_pairs``: two ascending ``(key, count)`` histograms added up (None: the
+    reference decides, for pairs that are not exact ints with strictly ascending keys)."""
 
 
 NATIVE = StandIns()

@@ -46,10 +46,17 @@ def bucket_counts(logs: npt.NDArray[np.float64], log_gamma: float) -> list[tuple
     return list(zip((present + low).tolist(), counts[present].tolist(), strict=True))
 
 
+def _joined(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The range covering both (None: one is not known, nor then is the whole)."""
+    if a is None or b is None:
+        return None
+    return (min(a[0], b[0]), max(a[1], b[1]))
+
+
 class QuantileSketch:
     """Counts per logarithmic bucket; ``quantile`` is within ``relative_accuracy`` of the exact value."""
 
-    __slots__ = ("_bins", "_count", "_gamma", "_log_gamma", "_zero", "max_bins", "relative_accuracy")
+    __slots__ = ("_bins", "_count", "_gamma", "_log_gamma", "_range", "_zero", "max_bins", "relative_accuracy")
 
     def __init__(self, relative_accuracy: float = 0.005, max_bins: int = 2048) -> None:
         if not 0.0 < relative_accuracy < 1.0:
@@ -61,6 +68,10 @@ class QuantileSketch:
         self._gamma = (1.0 + relative_accuracy) / (1.0 - relative_accuracy)
         self._log_gamma = math.log(self._gamma)
         self._bins: dict[int, int] = {}
+        # (lowest, highest) bucket in use when known, else None: the collapse check needs both after every batch,
+        # and a batch's buckets come ascending, so the range follows them instead of two scans of ~300 buckets
+        # (~10 µs of a ~100 µs fold at 41 window keys).
+        self._range: tuple[int, int] | None = None
         self._zero = 0
         self._count = 0
 
@@ -95,8 +106,11 @@ class QuantileSketch:
         self._count += zero + int(positive.size)
         if positive.size:
             bins = self._bins
-            # numpy's logarithm on either path (see bucket_counts).
-            for k, c in (accel.NATIVE.bucket_counts or bucket_counts)(np.log(positive), self._log_gamma):
+            # numpy's logarithm on either path (see bucket_counts); its buckets ascend.
+            pairs = (accel.NATIVE.bucket_counts or bucket_counts)(np.log(positive), self._log_gamma)
+            batch = (pairs[0][0], pairs[-1][0])
+            self._range = batch if not bins else _joined(self._range, batch)
+            for k, c in pairs:
                 bins[k] = bins.get(k, 0) + c
             self._collapse()
 
@@ -107,6 +121,8 @@ class QuantileSketch:
                 f"({self.relative_accuracy}, {self.max_bins}) "
                 f"vs ({other.relative_accuracy}, {other.max_bins})"
             )
+        if other._bins:
+            self._range = other._range if not self._bins else _joined(self._range, other._range)
         for k, c in other._bins.items():
             self._bins[k] = self._bins.get(k, 0) + c
         self._zero += other._zero
@@ -121,12 +137,16 @@ class QuantileSketch:
         # the low tail loses accuracy, which a p95 never looks at.
         if not self._bins:
             return
-        floor = max(self._bins) - self.max_bins + 1
-        if min(self._bins) >= floor:
+        if self._range is None:
+            self._range = (min(self._bins), max(self._bins))
+        low, top = self._range
+        floor = top - self.max_bins + 1
+        if low >= floor:
             return
         folded = sum(c for k, c in self._bins.items() if k < floor)
         self._bins = {k: c for k, c in self._bins.items() if k >= floor}
         self._bins[floor] = self._bins.get(floor, 0) + folded
+        self._range = (floor, top)
 
     def _value(self, index: int) -> float:
         return 2.0 * self._gamma**index / (self._gamma + 1.0)
@@ -164,6 +184,7 @@ class QuantileSketch:
     def copy(self) -> QuantileSketch:
         out = QuantileSketch(self.relative_accuracy, self.max_bins)
         out._bins = dict(self._bins)
+        out._range = self._range
         out._zero = self._zero
         out._count = self._count
         return out
@@ -213,6 +234,7 @@ class QuantileSketch:
 
     def _restore(self, zero: int, bins: dict[int, int]) -> None:
         self._bins = bins
+        self._range = None  # worked out at the next collapse check
         self._zero = zero
         self._count = zero + sum(bins.values())
 

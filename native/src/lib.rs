@@ -15,6 +15,7 @@
 //! the windows stage decodes values where they lie (`decode_spans`) and replay's reader makes its tuples here
 //! (`run_tuples`): no Python object per record anywhere on the way (`canary.kafka.runs`).
 
+mod counts;
 mod crc32c;
 mod deadline;
 mod dedup;
@@ -681,6 +682,7 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(group_records, m)?)?;
     m.add_function(wrap_pyfunction!(fold::fold_columns, m)?)?;
     m.add_function(wrap_pyfunction!(fold::bucket_counts, m)?)?;
+    m.add_function(wrap_pyfunction!(counts::merge_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(json::all_finite, m)?)?;
     m.add_function(wrap_pyfunction!(json::structure, m)?)?;
     m.add_function(wrap_pyfunction!(deadline::deadline_install, m)?)?;

@@ -1,7 +1,8 @@
 """The native batch core's fold (native/src/fold.rs) answers as the numpy reference does, on any columns.
 
-``canary.core.aggregations.count_columns`` and ``canary.core.sketch.bucket_counts`` are the references; the native
-``fold_columns`` and ``bucket_counts`` are handed to the core by ``canary.pipeline.native`` and must give the same
+``canary.core.aggregations.count_columns``, ``canary.core.sketch.bucket_counts`` and
+``canary.core.aggregations.merged_pairs`` are the references; the native ``fold_columns``, ``bucket_counts`` and
+``merge_pairs`` are handed to the core by ``canary.pipeline.native`` and must give the same
 counts — the windows' JSON, replay's comparison with the live run and every judgement rest on it."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from canary.core.aggregations import (
     OutcomeColumns,
     WindowAggregator,
     count_columns,
+    merged_pairs,
     native_column_counts,
 )
 from canary.core.sketch import QuantileSketch, bucket_counts
@@ -115,10 +117,60 @@ def test_an_aggregate_folded_natively_is_the_reference_aggregate(
     assert states[0] == states[1]
 
 
+def _reference_merge(a: object, b: object) -> object:
+    try:
+        accel.clear()
+        return merged_pairs(a, b)  # type: ignore[arg-type]
+    finally:
+        accel.install(NATIVE)
+
+
+ascending_hist = st.dictionaries(st.integers(0, 1000), st.integers(1, 10**6), max_size=60).map(
+    lambda d: tuple(sorted(d.items()))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ascending_hist, ascending_hist, st.sampled_from([tuple, list]))
+def test_two_ascending_histograms_merge_natively_as_the_reference_adds_them(
+    a: tuple[tuple[int, int], ...], b: tuple[tuple[int, int], ...], kind: type
+) -> None:
+    assert NATIVE is not None
+    merged = NATIVE.merge_pairs(a, kind(b))
+    assert merged is not None
+    assert merged == _reference_merge(a, b)
+    assert [k for k, _ in merged] == sorted({k for k, _ in a + b})
+
+
+# Anything a record could hold where a histogram's pairs are: repeats, disorder, bools, floats, huge counts, lists.
+odd_keys = st.one_of(st.integers(-3, 1003), st.booleans(), st.integers(2**63 - 2, 2**70))
+odd_counts = st.one_of(st.integers(-5, 10**6), st.booleans(), st.integers(2**63 - 2, 2**70), st.just(2.5))
+odd_pairs = st.lists(st.tuples(odd_keys, odd_counts) | st.lists(st.integers(0, 5), min_size=2, max_size=2), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(odd_pairs | ascending_hist, odd_pairs | ascending_hist)
+def test_any_pairs_merge_as_the_reference_merges_them(a: list[object], b: list[object]) -> None:
+    """The native merge takes strictly ascending exact ints only and declines the rest (None), which the reference
+    then reads: ``merged_pairs`` answers, or raises, as the reference alone does."""
+    assert NATIVE is not None
+    native = NATIVE.merge_pairs(a, b)
+    try:
+        expected = _reference_merge(a, b)
+    except TypeError:  # a list is not a key: the reference refuses, so the native merge must have declined
+        assert native is None
+        return
+    if native is not None:
+        assert native == expected
+        assert [type(x) for p in native for x in p] == [type(x) for p in expected for x in p]  # type: ignore[attr-defined]
+    assert merged_pairs(a, b) == expected  # type: ignore[arg-type]
+
+
 def test_the_native_fold_is_what_the_core_uses_when_it_is_built() -> None:
     assert NATIVE is not None
     assert accel.NATIVE.fold_columns is NATIVE.fold_columns
     assert accel.NATIVE.bucket_counts is NATIVE.bucket_counts
+    assert accel.NATIVE.merge_pairs is NATIVE.merge_pairs
 
 
 def test_a_column_that_is_not_contiguous_is_refused_with_its_name() -> None:

@@ -5,6 +5,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canary.core.sketch import QuantileSketch
 from canary.errors import InvalidEvent
@@ -136,3 +138,56 @@ def test_rejects_non_finite_and_bad_args() -> None:
         s.quantile(1.5)
     with pytest.raises(ValueError, match="different parameters"):
         s.merge(QuantileSketch(relative_accuracy=0.01))
+
+
+def _collapsed_from_scratch(bins: dict[int, int], max_bins: int) -> dict[int, int]:
+    """The collapse rule applied to the buckets as they stand, with both ends found by scanning (as it was before
+    the sketch followed its range)."""
+    if not bins:
+        return {}
+    floor = max(bins) - max_bins + 1
+    if min(bins) >= floor:
+        return dict(bins)
+    out = {k: c for k, c in bins.items() if k >= floor}
+    out[floor] = out.get(floor, 0) + sum(c for k, c in bins.items() if k < floor)
+    return out
+
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.lists(st.floats(1e-6, 1e9), max_size=30), st.integers(0, 3)),
+        st.tuples(st.just("merge"), st.lists(st.floats(1e-6, 1e9), max_size=30), st.integers(0, 3)),
+        st.tuples(st.just("restore"), st.just([]), st.just(0)),
+        st.tuples(st.just("copy"), st.just([]), st.just(0)),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps, st.sampled_from([2, 3, 16, 300, 2048]))
+def test_the_followed_range_collapses_as_a_scan_of_the_buckets_would(
+    ops: list[tuple[str, list[float], int]], max_bins: int
+) -> None:
+    """After any sequence of adds, merges (with sketches restored from JSON, whose range is not known), restores and
+    copies, the buckets are what collapsing the same values from scratch gives, and the range followed is theirs."""
+    s = QuantileSketch(max_bins=max_bins)
+    seen: list[float] = []
+    for op, values, zeros in ops:
+        if op == "add":
+            s.add_many(values + [0.0] * zeros)
+        elif op == "merge":
+            other = QuantileSketch(max_bins=max_bins)
+            other.add_many(values + [0.0] * zeros)
+            s.merge(QuantileSketch.from_dict(other.to_dict()) if zeros % 2 else other)
+        elif op == "restore":
+            s = QuantileSketch.from_dict(s.to_dict())
+        else:
+            s = s.copy()
+        seen.extend(values if op in ("add", "merge") else [])
+        reference = QuantileSketch(max_bins=max_bins)
+        reference.add_many(seen)
+        assert s._bins == _collapsed_from_scratch(s._bins, max_bins)
+        assert sorted(s._bins.items()) == sorted(reference._bins.items())
+        if s._range is not None:
+            assert s._range == (min(s._bins), max(s._bins))
