@@ -14,6 +14,9 @@
 //! `records` reads a fetch response's record bytes into entries (offset, timestamp, where the value lies), so
 //! the windows stage decodes values where they lie (`decode_spans`) and replay's reader makes its tuples here
 //! (`run_tuples`): no Python object per record anywhere on the way (`canary.kafka.runs`).
+//!
+//! `fold` counts what a batch of outcome columns adds to a window, `counts` adds two windows' recall histograms up:
+//! stand-ins for the core's pure functions (`canary.core.accel`).
 
 mod counts;
 mod crc32c;
