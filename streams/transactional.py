@@ -603,7 +603,7 @@ class TransactionalStage(Generic[State]):
             parts = list(self._producers)
             self._last_checkpoint = now
         else:
-            parts = [p for p, box in self._outbox.items() if box.urgent]
+            parts = self._urgent()
         async with self._lock:
             if self._start_commits(parts):
                 self._last_commit = time.monotonic()
