@@ -8,6 +8,9 @@
 //! duplicate fields, escapes in names, numbers a float cannot hold exactly, tombstones, too large, not JSON)
 //! is marked `FALLBACK` and the caller decodes that row in Python, which decides and says why.
 //!
+//! `scan` reads the ordinary outcome (a flat object of the outcome's fields, no escapes) in one pass, as serde_json
+//! reads it into `Outcome`, and hands serde_json every other value: about half the cost of a row.
+//!
 //! `dedup` is the windows' request memory (which requests a partition already counted), the same answers as
 //! `canary.core.dedup.ReferenceRequestMemory` without a Python object per request.
 //!
@@ -25,6 +28,7 @@ mod dedup;
 mod fold;
 mod json;
 mod records;
+mod scan;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -79,7 +83,11 @@ impl<'de> Deserialize<'de> for Float {
                 f.write_str("a number")
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                if v.is_finite() {
+                // serde_json reads the integer `-0` as the float -0.0, the reference as the integer 0 (so 0.0):
+                // a negative zero is the reference's to read.
+                if v == 0.0 && v.is_sign_negative() {
+                    Err(E::custom("negative zero"))
+                } else if v.is_finite() {
                     Ok(Float(v))
                 } else {
                     Err(E::custom("not finite"))
@@ -286,6 +294,12 @@ impl Columns {
         if raw.len() > limits.max_bytes {
             return self.push_empty(FALLBACK);
         }
+        if let Some(o) = scan::outcome(raw) {
+            if !self.outcome(&o, limits) {
+                self.push_empty(FALLBACK);
+            }
+            return;
+        }
         match serde_json::from_slice::<Outcome>(raw) {
             Ok(o) => {
                 if !self.outcome(&o, limits) {
@@ -455,7 +469,10 @@ where
     F: FnOnce(&mut Columns) -> PyResult<()> + Send,
 {
     let run = move || {
-        let mut cols = Columns::default();
+        let mut cols = Columns {
+            rows: Vec::with_capacity(rows),
+            ..Columns::default()
+        };
         fill(&mut cols).map(|()| cols)
     };
     if rows >= RELEASE_ROWS {
@@ -668,6 +685,12 @@ fn group_records(
     Ok(Some(out))
 }
 
+/// Per value, what `scan` made of it against serde_json (tests): 0 declined, 1 agreed, 2 disagreed (a bug).
+#[pyfunction]
+fn scan_agrees(values: Vec<Vec<u8>>) -> Vec<u8> {
+    values.iter().map(|v| scan::agrees(v)).collect()
+}
+
 #[pyfunction]
 #[pyo3(name = "crc32c")]
 fn crc32c_py(data: &Bound<'_, PyBytes>) -> u32 {
@@ -680,6 +703,7 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_spans, m)?)?;
     m.add_function(wrap_pyfunction!(parse_records, m)?)?;
     m.add_function(wrap_pyfunction!(crc32c_py, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_agrees, m)?)?;
     m.add_function(wrap_pyfunction!(run_tuples, m)?)?;
     m.add_class::<dedup::RequestMemory>()?;
     m.add_function(wrap_pyfunction!(group_records, m)?)?;
