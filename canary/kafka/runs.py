@@ -18,14 +18,18 @@ it is True with the aiokafka this project pins.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import client as _client_module
+from aiokafka import conn as _conn_module
 from aiokafka.consumer import fetcher as _fetcher_module
 
+from canary.kafka.frames import FrameReader
 from canary.pipeline.native import NATIVE
 from canary.pipeline.runs import ENTRY, RecordRun
 from canary.settings import NativeMode
@@ -110,6 +114,35 @@ if _proc_fetch_request is not None:
     _RunFetcher._proc_fetch_request = _proc_fetch_request
     _start = _rebound(AIOKafkaConsumer.start, Fetcher=_RunFetcher)
 
+# The consumer's connections read Kafka's frames with FrameReader (canary.kafka.frames: a fetch response joined
+# once, not appended to a buffer and copied out of it): aiokafka's connection, its `create_conn` and its client's
+# `_get_conn` with `asyncio.StreamReader`, `AIOKafkaConnection` and `create_conn` bound to ours.
+_asyncio_with_frames = types.SimpleNamespace(**{**vars(asyncio), "StreamReader": FrameReader})
+_connect = _rebound(_conn_module.AIOKafkaConnection.connect, asyncio=_asyncio_with_frames)
+
+
+class _FrameConnection(_conn_module.AIOKafkaConnection):  # type: ignore[misc]
+    pass
+
+
+_create_conn = _rebound(_conn_module.create_conn, AIOKafkaConnection=_FrameConnection)
+_get_conn = _rebound(_client_module.AIOKafkaClient._get_conn, create_conn=_create_conn)
+
+
+class _FrameClient(_client_module.AIOKafkaClient):  # type: ignore[misc]
+    pass
+
+
+_init: Callable[..., Any] | None = None
+if _connect is not None and _create_conn is not None and _get_conn is not None:
+    _FrameConnection.connect = _connect
+    _FrameClient._get_conn = _get_conn
+    _init = _rebound(AIOKafkaConsumer.__init__, AIOKafkaClient=_FrameClient)
+if _init is None:
+    log.warning(
+        "aiokafka's connection code is not as canary.kafka.runs expects: the bulk readers read frames as aiokafka does"
+    )
+
 # The native reader and aiokafka's functions as this module expects them.
 AVAILABLE = NATIVE is not None and _start is not None and getattr(NATIVE, "ENTRY_BYTES", None) == ENTRY.itemsize
 
@@ -122,7 +155,10 @@ class RunConsumer(AIOKafkaConsumer):  # type: ignore[misc]
             raise RuntimeError("RunConsumer: the native record reader is not available (see canary.kafka.runs)")
         if kwargs.get("key_deserializer") or kwargs.get("value_deserializer"):
             raise ValueError("RunConsumer: runs carry raw bytes; no deserializers")
-        super().__init__(*topics, **kwargs)
+        if _init is not None:
+            _init(self, *topics, **kwargs)
+        else:  # an aiokafka whose connection code moved: its own reading (a warning at import says so)
+            super().__init__(*topics, **kwargs)
 
     async def start(self) -> None:
         assert _start is not None

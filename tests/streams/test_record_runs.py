@@ -346,3 +346,60 @@ def test_both_consumers_read_one_real_topic_alike(kafka_bootstrap: str) -> None:
             assert aborted == (0 if level == "read_committed" else 100)
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_the_run_consumer_reads_its_frames_with_the_frame_reader(kafka_bootstrap: str) -> None:
+    """Fetch responses of megabytes (far above the reader's 64 KiB limit) come whole through canary.kafka.frames,
+    on the run consumer's connections only."""
+    from canary.kafka.frames import FrameReader
+
+    async def main() -> None:
+        topic = f"frames-{uuid.uuid4().hex[:8]}"
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=4 << 20, linger_ms=20)
+        await producer.start()
+        try:
+            for i in range(600):
+                await producer.send(topic, bytes([i % 251]) * (8_000 + i), key=str(i).encode(), partition=i % 2)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        kwargs = {
+            "bootstrap_servers": kafka_bootstrap,
+            "enable_auto_commit": False,
+            "max_partition_fetch_bytes": 4 << 20,
+        }
+        probe = AIOKafkaConsumer(**kwargs)
+        await probe.start()
+        try:
+            ends = await probe.end_offsets(tps)
+        finally:
+            await probe.stop()
+        want, _ = await _read_all(AIOKafkaConsumer(**kwargs), topic, ends)
+        consumer = RunConsumer(**kwargs)
+        readers: list[Any] = []
+        original = consumer.getmany
+
+        async def getmany(*args: Any, **kw: Any) -> Any:
+            readers.extend(type(conn._reader) for conn in consumer._client._conns.values())
+            return await original(*args, **kw)
+
+        consumer.getmany = getmany  # type: ignore[method-assign]
+        got, (native, _objects) = await _read_all(consumer, topic, ends)
+        assert got == want and len(got) == 600 and native > 0
+        assert readers and set(readers) == {FrameReader}
+        plain = AIOKafkaConsumer(**kwargs)  # other consumers in the process keep aiokafka's own reader
+        await plain.start()
+        try:
+            await plain.end_offsets(tps)
+            assert {type(conn._reader) for conn in plain._client._conns.values()} == {asyncio.StreamReader}
+        finally:
+            await plain.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
