@@ -290,15 +290,21 @@ async def _read_all(
     return sorted(out), runs
 
 
+async def _two_partitions(bootstrap: str, prefix: str) -> str:
+    """A new topic of two partitions."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    return topic
+
+
 def test_both_consumers_read_one_real_topic_alike(kafka_bootstrap: str) -> None:
     async def main() -> None:
-        topic = f"runs-{uuid.uuid4().hex[:8]}"
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-        finally:
-            await admin.close()
+        topic = await _two_partitions(kafka_bootstrap, "runs")
         plain = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         gzip = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type="gzip")
         txn = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"runs-{uuid.uuid4().hex[:6]}")
@@ -354,13 +360,7 @@ def test_the_run_consumer_reads_its_frames_with_the_frame_reader(kafka_bootstrap
     from canary.kafka.frames import FrameReader
 
     async def main() -> None:
-        topic = f"frames-{uuid.uuid4().hex[:8]}"
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-        finally:
-            await admin.close()
+        topic = await _two_partitions(kafka_bootstrap, "frames")
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=4 << 20, linger_ms=20)
         await producer.start()
         try:
