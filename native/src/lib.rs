@@ -74,6 +74,19 @@ struct Float(f64);
 
 const EXACT_INT: u64 = 1 << 53;
 
+impl Float {
+    /// A JSON float a float field takes here: finite and not a negative zero (serde_json reads the integer `-0` as
+    /// the float -0.0, the reference as the integer 0, so 0.0: a negative zero is the reference's to read).
+    fn of_float(v: f64) -> Option<Float> {
+        (v.is_finite() && !(v == 0.0 && v.is_sign_negative())).then_some(Float(v))
+    }
+
+    /// A JSON integer a float field takes here: one a float holds exactly (|n| <= 2^53).
+    fn of_int(v: i64) -> Option<Float> {
+        (v.unsigned_abs() <= EXACT_INT).then_some(Float(v as f64))
+    }
+}
+
 impl<'de> Deserialize<'de> for Float {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -83,29 +96,16 @@ impl<'de> Deserialize<'de> for Float {
                 f.write_str("a number")
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                // serde_json reads the integer `-0` as the float -0.0, the reference as the integer 0 (so 0.0):
-                // a negative zero is the reference's to read.
-                if v == 0.0 && v.is_sign_negative() {
-                    Err(E::custom("negative zero"))
-                } else if v.is_finite() {
-                    Ok(Float(v))
-                } else {
-                    Err(E::custom("not finite"))
-                }
+                Float::of_float(v).ok_or_else(|| E::custom("not finite, or a negative zero"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                if v <= EXACT_INT {
-                    Ok(Float(v as f64))
-                } else {
-                    Err(E::custom("integer beyond 2^53"))
-                }
+                i64::try_from(v)
+                    .ok()
+                    .and_then(Float::of_int)
+                    .ok_or_else(|| E::custom("integer beyond 2^53"))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                if v.unsigned_abs() <= EXACT_INT {
-                    Ok(Float(v as f64))
-                } else {
-                    Err(E::custom("integer beyond 2^53"))
-                }
+                Float::of_int(v).ok_or_else(|| E::custom("integer beyond 2^53"))
             }
         }
         d.deserialize_any(V)
@@ -294,13 +294,9 @@ impl Columns {
         if raw.len() > limits.max_bytes {
             return self.push_empty(FALLBACK);
         }
-        if let Some(o) = scan::outcome(raw) {
-            if !self.outcome(&o, limits) {
-                self.push_empty(FALLBACK);
-            }
-            return;
-        }
-        match serde_json::from_slice::<Outcome>(raw) {
+        // The one-pass reader first; serde_json reads whatever it declines.
+        let read = scan::outcome(raw).map_or_else(|| serde_json::from_slice::<Outcome>(raw), Ok);
+        match read {
             Ok(o) => {
                 if !self.outcome(&o, limits) {
                     self.push_empty(FALLBACK);

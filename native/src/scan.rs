@@ -47,7 +47,7 @@ enum Value<'a> {
     Null,
     /// A JSON integer that fits i64 (at most 18 digits, no `-0`).
     Int(i64),
-    /// A JSON number with a fraction or an exponent, finite.
+    /// A JSON number with a fraction or an exponent.
     Float(f64),
 }
 
@@ -193,10 +193,7 @@ impl<'a> Reader<'a> {
         }
         let token = as_str(&self.b[start..self.i]); // sign, digits, '.', 'e', 'E', '+': ASCII
         if float {
-            let v: f64 = token.parse().ok()?;
-            // -0.0 is the reference's to read, as serde's reader leaves it (see `Float`)
-            return (v.is_finite() && !(v == 0.0 && v.is_sign_negative()))
-                .then_some(Value::Float(v));
+            return token.parse().ok().map(Value::Float);
         }
         // -0 and integers of 19 digits or more (i64's edge, floats' 2^53) are serde's to read.
         if int_digits > 18 || (negative && self.b[int_start] == b'0') {
@@ -247,12 +244,11 @@ fn int(v: Value<'_>) -> Option<i64> {
     }
 }
 
-/// As `Float`'s visitor: a finite float, or an integer a float holds exactly (18 digits at most here, so only
-/// those up to 2^53 are taken; larger ones are serde's).
+/// As `Float`'s visitor takes them (its `of_float`, `of_int`).
 fn float(v: Value<'_>) -> Option<Float> {
     match v {
-        Value::Float(f) => Some(Float(f)),
-        Value::Int(n) if n.unsigned_abs() <= crate::EXACT_INT => Some(Float(n as f64)),
+        Value::Float(f) => Float::of_float(f),
+        Value::Int(n) => Float::of_int(n),
         _ => None,
     }
 }
