@@ -19,10 +19,14 @@ class StandIns:
     """For ``canary.core.jsonio._finite``: is there no NaN or infinity in a value orjson encoded."""
     structure: Callable[[bytes], tuple[int, int]] | None = None
     """For ``canary.core.wire.structure_of``: a record's deepest nesting and its number of arrays and objects."""
-    fold_columns: Callable[..., tuple[Any, ...]] | None = None
-    """For ``canary.core.aggregations.count_columns``: what a batch of outcome columns adds to a window."""
+    fold_parts: Callable[..., tuple[Any, ...]] | None = None
+    """For ``canary.core.aggregations.count_columns``: what pieces of outcome columns (a window's pending ones) add
+    to it, counted where they are."""
     bucket_counts: Callable[[Any, float], list[tuple[int, int]]] | None = None
     """For ``canary.core.sketch.bucket_counts``: the sketch's buckets of values from their logarithms."""
+    bucket_add: Callable[[dict[int, int], Any, float], tuple[int, int] | None] | None = None
+    """For ``QuantileSketch.add_split``'s loop: those buckets added into the sketch's dict in place (the batch's
+    lowest and highest index; None for no values)."""
     merge_pairs: Callable[[Any, Any], tuple[tuple[int, int], ...] | None] | None = None
     """For ``canary.core.aggregations.merged_pairs``: two ascending ``(key, count)`` histograms added up (None: the
     reference decides, for pairs that are not exact ints with strictly ascending keys)."""

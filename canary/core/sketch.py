@@ -106,12 +106,18 @@ class QuantileSketch:
         self._count += zero + int(positive.size)
         if positive.size:
             bins = self._bins
+            fresh = not bins
             # numpy's logarithm on either path (see bucket_counts); its buckets ascend.
-            pairs = (accel.NATIVE.bucket_counts or bucket_counts)(np.log(positive), self._log_gamma)
-            batch = (pairs[0][0], pairs[-1][0])
-            self._range = batch if not bins else _joined(self._range, batch)
-            for k, c in pairs:
-                bins[k] = bins.get(k, 0) + c
+            logs = np.log(positive)
+            add = accel.NATIVE.bucket_add
+            if add is not None:
+                batch = add(bins, logs, self._log_gamma)
+            else:
+                pairs = bucket_counts(logs, self._log_gamma)
+                batch = (pairs[0][0], pairs[-1][0])
+                for k, c in pairs:
+                    bins[k] = bins.get(k, 0) + c
+            self._range = batch if fresh else _joined(self._range, batch)
             self._collapse()
 
     def merge(self, other: QuantileSketch) -> None:

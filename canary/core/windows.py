@@ -232,6 +232,7 @@ class _ColumnChunk:
 
 
 Chunk = list[SearchOutcome] | _ColumnChunk
+_Label = tuple[WindowKey, int, bool]  # a group of a batch: its window key, window start, and whether it is late
 
 
 class _ObjectSegment:
@@ -297,6 +298,12 @@ class _ObjectSegment:
         chosen = self.outcomes if len(positions) == self.n else self.objects(positions)
         (batch.late_groups if late else batch.groups).setdefault((key, slot), []).extend(chosen)
 
+    def group_sorted(self, batch: _Batch, labels: list[_Label], positions: np.ndarray, ends: list[int]) -> None:
+        lo = 0
+        for (key, slot, late), hi in zip(labels, ends, strict=True):
+            self.group(batch, key, slot, late, positions[lo:hi])
+            lo = hi
+
 
 class _RowSegment:
     """A segment of a :class:`ColumnBatch`'s outcome rows: no object per outcome."""
@@ -335,6 +342,26 @@ class _RowSegment:
         rows = self.rows if len(positions) == self.n else self.rows[positions]
         batch.chunks.append((key, slot, late, _ColumnChunk(self.batch.columns(rows), self.batch, rows)))
 
+    def group_sorted(self, batch: _Batch, labels: list[_Label], positions: np.ndarray, ends: list[int]) -> None:
+        """Several groups at once, ``positions`` ordered by group (group i ends at ``ends[i]``): the columns are
+        gathered once in that order and each group's chunk is a slice of them (views). Gathered per group, the
+        five columns' fancy indexing was most of the grouping's cost at 41 window keys (~60 groups a batch)."""
+        rows = self.rows[positions]
+        cols = self.batch.columns(rows)
+        latency, errored, recall, exact, group = (
+            cols.latency,
+            cols.errored,
+            cols.recall,
+            cols.exact_sample,
+            cols.user_group,
+        )
+        chunks, source = batch.chunks, self.batch
+        lo = 0
+        for (key, slot, late), hi in zip(labels, ends, strict=True):
+            part = OutcomeColumns(latency[lo:hi], errored[lo:hi], recall[lo:hi], exact[lo:hi], group[lo:hi])
+            chunks.append((key, slot, late, _ColumnChunk(part, source, rows[lo:hi])))
+            lo = hi
+
 
 @dataclass(frozen=True, slots=True)
 class ClosedWindow:
@@ -371,7 +398,7 @@ def _agg_chunks(agg: WindowAggregator, state: WindowAggregate, chunks: list[Chun
     if all(isinstance(c, list) for c in chunks):
         return agg.agg(state, carriers)
     parts = [c.columns if isinstance(c, _ColumnChunk) else OutcomeColumns.of(c) for c in chunks if len(c)]
-    return agg.agg_columns(state, OutcomeColumns.concat(parts), carriers)
+    return agg.agg_parts(state, parts, carriers)
 
 
 class WindowFinalizer:
@@ -665,17 +692,14 @@ class WindowFinalizer:
         base = int(slots.min())
         combined = (((slots - base) // size) * len(keys) + kcodes) * 2 + late
         uniq, inverse = np.unique(combined, return_inverse=True)
-        if len(uniq) == 1:
-            members = [idx]
+        width = len(keys)
+        labels = [(keys[(g >> 1) % width], base + (g >> 1) // width * size, bool(g & 1)) for g in uniq.tolist()]
+        if len(labels) == 1:
+            segment.group(batch, *labels[0], idx)
         else:
             order = np.argsort(inverse, kind="stable")
-            bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
-            members = np.split(idx[order], bounds)
-        for g, positions in zip(uniq.tolist(), members, strict=True):
-            is_late = bool(g & 1)
-            slot = base + (g >> 1) // len(keys) * size
-            key = keys[(g >> 1) % len(keys)]
-            segment.group(batch, key, slot, is_late, positions)
+            ends = np.cumsum(np.bincount(inverse, minlength=len(uniq))).tolist()
+            segment.group_sorted(batch, labels, idx[order], ends)
         # Remembered per window start in arrival order, as one by one: the checkpoint does not depend on the
         # path a batch took, nor on how its window keys grouped (one shared object per key, or one each).
         self._memory.remember(request_keys, slots)

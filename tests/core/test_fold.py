@@ -1,7 +1,7 @@
 """The native batch core's fold (native/src/fold.rs) answers as the numpy reference does, on any columns.
 
 ``canary.core.aggregations.count_columns``, ``canary.core.sketch.bucket_counts`` and
-``canary.core.aggregations.merged_pairs`` are the references; the native ``fold_columns``, ``bucket_counts`` and
+``canary.core.aggregations.merged_pairs`` are the references; the native ``fold_parts``, ``bucket_counts`` and
 ``merge_pairs`` are handed to the core by ``canary.pipeline.native`` and must give the same
 counts — the windows' JSON, replay's comparison with the live run and every judgement rest on it."""
 
@@ -68,14 +68,14 @@ def _same(a: ColumnCounts, b: ColumnCounts) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    columns=column_batches(allow_bad=True),
+    parts=st.lists(column_batches(allow_bad=True), min_size=1, max_size=3),
     error_latency=st.sampled_from([10_000.0, 0.0, 500.0]),
     latency_threshold=st.floats(min_value=0.0, max_value=2e4),
     recall_threshold=st.floats(min_value=0.0, max_value=1.0),
     thresholds=thresholds_st,
 )
 def test_the_native_fold_counts_as_the_reference(
-    columns: OutcomeColumns,
+    parts: list[OutcomeColumns],
     error_latency: float,
     latency_threshold: float,
     recall_threshold: float,
@@ -83,7 +83,23 @@ def test_the_native_fold_counts_as_the_reference(
 ) -> None:
     assert NATIVE is not None
     settings = CountSettings(error_latency, latency_threshold, recall_threshold, thresholds)
-    _same(native_column_counts(NATIVE.fold_columns, columns, settings), count_columns(columns, settings))
+    # Pieces counted where they are, as the reference counts them joined (a window's pending pieces).
+    reference = count_columns(OutcomeColumns.concat(parts), settings)
+    _same(native_column_counts(NATIVE.fold_parts, parts, settings), reference)
+
+
+def test_columns_of_another_layout_are_counted_as_the_reference() -> None:
+    """Strided, integer or byte columns (none of the core's own): converted, then counted as the reference."""
+    assert NATIVE is not None
+    latency = np.arange(40, dtype=np.float64)[::2] * 100.0
+    flags = np.tile(np.asarray([0, 1], dtype=np.uint8), 10)
+    odd = OutcomeColumns(latency, flags, np.full(20, 0.25), flags[::-1], np.arange(20, dtype=np.int32) % 16)
+    plain = OutcomeColumns(
+        latency.copy(), flags.astype(bool), np.full(20, 0.25), flags[::-1].astype(bool), np.arange(20) % 16
+    )
+    settings = CountSettings(10_000.0, 1200.0, 0.3, (500.0, 1200.0))
+    reference = count_columns(OutcomeColumns.concat([plain, plain]), settings)
+    _same(native_column_counts(NATIVE.fold_parts, [odd, plain], settings), reference)
 
 
 @settings(max_examples=200, deadline=None)
@@ -93,6 +109,28 @@ def test_the_native_bucket_counts_are_the_reference(values: list[float], accurac
     logs = np.log(np.asarray(values, dtype=np.float64))
     log_gamma = QuantileSketch(accuracy)._log_gamma
     assert NATIVE.bucket_counts(logs, log_gamma) == bucket_counts(logs, log_gamma)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.integers(-400, 4000), st.integers(1, 2**64) | st.sampled_from([2**63 - 1, 1]), max_size=30),
+    st.lists(st.floats(min_value=1e-3, max_value=1e5), max_size=200),
+)
+def test_the_native_bucket_add_is_the_sketch_loop(initial: dict[int, int], values: list[float]) -> None:
+    """Added in place as QuantileSketch.add_split's loop adds the reference's pairs: the same counts (Python's ints
+    beyond 64 bits included), the same order of keys, the batch's lowest and highest bucket."""
+    assert NATIVE is not None
+    logs = np.log(np.asarray(values, dtype=np.float64))
+    log_gamma = QuantileSketch()._log_gamma
+    expected = dict(initial)
+    pairs = bucket_counts(logs, log_gamma) if values else []
+    for k, c in pairs:
+        expected[k] = expected.get(k, 0) + c
+    native = dict(initial)
+    batch = NATIVE.bucket_add(native, logs, log_gamma)
+    assert batch == ((pairs[0][0], pairs[-1][0]) if pairs else None)
+    assert list(native.items()) == list(expected.items())
+    assert all(type(c) is int for c in native.values())
 
 
 @settings(max_examples=100, deadline=None)
@@ -168,16 +206,17 @@ def test_any_pairs_merge_as_the_reference_merges_them(a: list[object], b: list[o
 
 def test_the_native_fold_is_what_the_core_uses_when_it_is_built() -> None:
     assert NATIVE is not None
-    assert accel.NATIVE.fold_columns is NATIVE.fold_columns
+    assert accel.NATIVE.fold_parts is NATIVE.fold_parts
     assert accel.NATIVE.bucket_counts is NATIVE.bucket_counts
+    assert accel.NATIVE.bucket_add is NATIVE.bucket_add
     assert accel.NATIVE.merge_pairs is NATIVE.merge_pairs
 
 
 def test_a_column_that_is_not_contiguous_is_refused_with_its_name() -> None:
     assert NATIVE is not None
     latency = np.arange(10, dtype=np.float64)[::2]
-    flags = np.zeros(5, dtype=np.uint8)
+    flags = np.zeros(5, dtype=bool)
     with pytest.raises(TypeError, match="latency"):
-        NATIVE.fold_columns(
-            latency, flags, np.full(5, math.nan), flags, np.full(5, -1), 1e4, 1200.0, 0.3, [1200.0], 1e6, 1e3, 16
+        NATIVE.fold_parts(
+            [(latency, flags, np.full(5, math.nan), flags, np.full(5, -1))], 1e4, 1200.0, 0.3, [1200.0], 1e6, 1e3, 16
         )

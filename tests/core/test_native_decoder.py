@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -355,16 +356,16 @@ def test_a_row_the_aggregator_raises_on_is_quarantined_as_its_outcome_and_the_re
     from canary.core.aggregations import OutcomeColumns, WindowAggregate, WindowAggregator
 
     class Picky(WindowAggregator):
-        def agg_columns(
+        def agg_parts(
             self,
             state: WindowAggregate,
-            columns: OutcomeColumns,
+            parts: Sequence[OutcomeColumns],
             carriers: Any = (),
             max_offset: int | None = None,
         ) -> WindowAggregate:
-            if (columns.latency == 666.0).any():
+            if any((columns.latency == 666.0).any() for columns in parts):
                 raise RuntimeError("cannot fold 666 ms")
-            return super().agg_columns(state, columns, carriers, max_offset)
+            return super().agg_parts(state, parts, carriers, max_offset)
 
     fin = WindowFinalizer(aggregator=Picky())
     values = [raw(outcome(i, ts=BASE + 10 * i, latency_ms=100.0)) for i in range(100)]
