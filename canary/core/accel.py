@@ -27,6 +27,8 @@ class StandIns:
     bucket_add: Callable[[dict[int, int], Any, float], tuple[int, int] | None] | None = None
     """For ``QuantileSketch.add_split``'s loop: those buckets added into the sketch's dict in place (the batch's
     lowest and highest index; None for no values)."""
+    add_counts: Callable[[dict[Any, Any], dict[Any, Any]], None] | None = None
+    """For ``QuantileSketch.merge``'s loop: another sketch's counts added into a sketch's dict in place."""
     merge_pairs: Callable[[Any, Any], tuple[tuple[int, int], ...] | None] | None = None
     """For ``canary.core.aggregations.merged_pairs``: two ascending ``(key, count)`` histograms added up (None: the
     reference decides, for pairs that are not exact ints with strictly ascending keys)."""

@@ -707,6 +707,7 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fold::bucket_counts, m)?)?;
     m.add_function(wrap_pyfunction!(fold::bucket_add, m)?)?;
     m.add_function(wrap_pyfunction!(counts::merge_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(counts::add_counts, m)?)?;
     m.add_function(wrap_pyfunction!(json::all_finite, m)?)?;
     m.add_function(wrap_pyfunction!(json::structure, m)?)?;
     m.add_function(wrap_pyfunction!(deadline::deadline_install, m)?)?;

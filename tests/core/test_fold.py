@@ -8,6 +8,7 @@ counts — the windows' JSON, replay's comparison with the live run and every ju
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,6 +134,27 @@ def test_the_native_bucket_add_is_the_sketch_loop(initial: dict[int, int], value
     assert all(type(c) is int for c in native.values())
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.integers(-50, 50), st.integers(1, 2**64) | st.sampled_from([2**63 - 1, 1]), max_size=30),
+    st.dictionaries(
+        st.integers(-50, 50),
+        st.integers(1, 2**64) | st.sampled_from([2**63 - 1, 1, True]) | st.floats(1.0, 10.0),
+        max_size=30,
+    ),
+)
+def test_the_native_add_counts_is_the_sketch_merge_loop(into: dict[int, int], other: dict[int, Any]) -> None:
+    """Added in place as QuantileSketch.merge's loop adds them: values, their types, the order of keys."""
+    assert NATIVE is not None
+    expected = dict(into)
+    for k, c in other.items():
+        expected[k] = expected.get(k, 0) + c
+    native = dict(into)
+    NATIVE.add_counts(native, other)
+    assert list(native.items()) == list(expected.items())
+    assert [type(c) for c in native.values()] == [type(c) for c in expected.values()]
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(column_batches(), min_size=1, max_size=4), thresholds_st)
 def test_an_aggregate_folded_natively_is_the_reference_aggregate(
@@ -210,6 +232,7 @@ def test_the_native_fold_is_what_the_core_uses_when_it_is_built() -> None:
     assert accel.NATIVE.bucket_counts is NATIVE.bucket_counts
     assert accel.NATIVE.bucket_add is NATIVE.bucket_add
     assert accel.NATIVE.merge_pairs is NATIVE.merge_pairs
+    assert accel.NATIVE.add_counts is NATIVE.add_counts
 
 
 def test_a_column_that_is_not_contiguous_is_refused_with_its_name() -> None:
