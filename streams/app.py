@@ -37,6 +37,7 @@ from canary.control.audit import invalid_control_event, outcome_event, state_eve
 from canary.core import jsonio, wire
 from canary.core.custom import with_external
 from canary.core.judge import Judgement
+from canary.core.merge import EncodedPartials
 from canary.core.models import RouterState, WindowResult
 from canary.core.outages import CONTEXT_KEY, OutageLog
 from canary.kafka.clients import Cluster, faust_broker_url, faust_credentials
@@ -200,6 +201,7 @@ class CanaryStreams:
         # codec wrote it, so a state written before reads, except that a NaN or an infinity is now the standard
         # library's literal where Faust's (orjson) wrote null. (value_type=bytes: Faust's raw codec for the values.)
         self.slo_state = app.Table("slo-state", partitions=config.partitions, default=None, value_type=bytes)
+        written = EncodedPartials()  # the windows stage's partials, read by this worker's merge step undecoded
         self.windowing = WindowingStage(
             config.bootstrap,
             topics,
@@ -212,6 +214,7 @@ class CanaryStreams:
             instance_id=f"{config.instance_id}-windows" if config.instance_id else None,
             metrics=self.metrics,
             native=config.native,
+            written=written,
         )
         self.merging = MergeStage(
             config.bootstrap,
@@ -220,6 +223,7 @@ class CanaryStreams:
             session_timeout_ms=int(config.session_timeout * 1000),
             instance_id=f"{config.instance_id}-merge" if config.instance_id else None,
             metrics=self.metrics,
+            written=written,
         )
         stuck = self.audit
         self.metrics.audit_stuck.set_function(

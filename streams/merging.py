@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 
 from canary.core import wire
 from canary.core.jsonio import dumps
-from canary.core.merge import Progress, WindowMerger, decode_merge_record
+from canary.core.merge import EncodedPartials, Progress, WindowMerger, decode_merge_record
 from canary.errors import CanaryError
 from canary.kafka.clients import Cluster
 from canary.kafka.topics import Topics, topic_partitions
@@ -59,6 +59,7 @@ class MergeStage(TransactionalStage[WindowMerger]):
         session_timeout_ms: int = 10_000,
         instance_id: str | None = None,
         metrics: WorkerMetrics | None = None,
+        written: EncodedPartials | None = None,
     ) -> None:
         super().__init__(
             bootstrap,
@@ -72,6 +73,7 @@ class MergeStage(TransactionalStage[WindowMerger]):
         )
         self.stats = MergeStats()
         self.metrics = metrics or WorkerMetrics()
+        self.written = written  # the partials this worker's windows stage wrote: read without decoding them again
         self.sources = 0
 
     async def started(self) -> None:
@@ -99,7 +101,7 @@ class MergeStage(TransactionalStage[WindowMerger]):
             merger = self.states[tp.partition]
             for record in records:
                 try:
-                    item = decode_merge_record(record.value)
+                    item = decode_merge_record(record.value, self.written)
                 except Exception as exc:  # poison: dead-lettered with its code, the loop goes on
                     rejected = wire.rejection_of(exc)
                     self._dead_letter(record, rejected.code, rejected.detail)

@@ -29,7 +29,7 @@ from aiokafka import TopicPartition
 
 from canary.core import wire
 from canary.core.jsonio import dumps
-from canary.core.merge import Progress, partial_of
+from canary.core.merge import EncodedPartials, Progress, partial_of
 from canary.core.windows import DEFAULT_FUTURE_BOUND_MS, DEFAULT_ROUTER_TIMEOUT_MS, AddResult, WindowFinalizer
 from canary.kafka.clients import Cluster
 from canary.kafka.runs import RunConsumer, consumer_class
@@ -83,6 +83,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
         future_bound_ms: int = DEFAULT_FUTURE_BOUND_MS,
         metrics: WorkerMetrics | None = None,
         native: NativeMode = "auto",
+        written: EncodedPartials | None = None,
     ) -> None:
         super().__init__(
             bootstrap,
@@ -96,6 +97,7 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
             fetch_min_bytes=DEFAULTS.batch_min_bytes,
         )
         self.registry = registry
+        self.written = written  # the partials it writes, for this worker's merge step (canary.core.merge)
         self.window_ms = window_ms
         self.grace_ms = grace_ms
         self.idle_windows = idle_windows
@@ -322,7 +324,10 @@ class WindowingStage(TransactionalStage[WindowFinalizer]):
             for window in due:
                 partial = partial_of(window, window.aggregate, partition)
                 key = (window.deployment_id or "-").encode()
-                self.emit(partition, self.topics.window_partials, dumps(partial.json_dict()), key=key, window=True)
+                body = dumps(partial.json_dict())
+                if self.written is not None:
+                    self.written.remember(body, partial)
+                self.emit(partition, self.topics.window_partials, body, key=key, window=True)
                 self.stats.partials_emitted += 1
                 self.metrics.partials_emitted.inc()
             if due:

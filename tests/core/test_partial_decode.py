@@ -5,16 +5,29 @@ the same refusal — and the partials the windows stage writes take the typed pa
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
+import msgspec
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canary.core import jsonio, merge, wire
 from canary.core.aggregations import WindowAggregate, WindowAggregator
-from canary.core.merge import PartialWindow, Progress, decode_merge_record, parse_merge_record
+from canary.core.custom import CustomStats
+from canary.core.merge import (
+    EncodedPartials,
+    PartialWindow,
+    Progress,
+    decode_merge_record,
+    parse_merge_record,
+    partial_of,
+)
 from canary.core.models import WindowKey
+from canary.core.windows import WindowFinalizer
+from canary.pipeline.decode import OutcomeDecoder
 from tests.core.helpers import outcome
 
 
@@ -145,3 +158,69 @@ def test_any_change_to_a_partial_gets_the_reference_answer(
         target[path[-1]] = value
     raw = json.dumps(d).encode()  # NaN and Infinity as the standard library writes them
     assert _result(decode_merge_record, raw) == _result(_reference, raw)
+
+
+def test_partials_of_the_columnar_windows_read_back_as_written() -> None:
+    """What :class:`EncodedPartials` rests on: every partial the windows core closes — native columns, many keys,
+    late outcomes, errors, groups, unlabeled rows — reads back from its bytes as the very value written."""
+    rng = np.random.default_rng(11)
+    base = 1_700_000_000_000
+    items = [
+        outcome(
+            base + int(rng.integers(0, 30_000)),
+            float(rng.lognormal(6.0, 1.0)),
+            deployment_id=f"dep-{i % 7}",
+            arm="candidate" if i % 2 else "last_good",
+            recall_at_10=round(float(rng.random()), 3) if i % 5 else None,
+            error="timeout" if i % 31 == 0 else None,
+            user_group=int(rng.integers(0, 16)) if i % 3 else None,
+        )
+        for i in range(3_000)
+    ]
+    # In time order, but every 40th outcome a window or more behind: late, counted in its key's next open window.
+    ordered = sorted(items, key=lambda o: o.ts)
+    behind = [
+        msgspec.structs.replace(o, ts=o.ts - 12_000, request_id=f"{o.request_id}-b", event_id=f"{o.event_id}-b")
+        for o in ordered[::40]
+    ]
+    values = [jsonio.dumps(o.to_dict()) for o in ordered + behind]
+    fin = WindowFinalizer(aggregator=WindowAggregator(exceed_thresholds_ms=[500.0, 2500.0]))
+    decoder = OutcomeDecoder(native="auto")
+    closed = []
+    for lo in range(0, len(values), 400):
+        columns, refused = decoder.decode_columns(values[lo : lo + 400])
+        assert columns is not None and not refused
+        fin.add_columns(2, columns, base + 40_000)
+        closed += fin.due_closed(base + 40_000)
+    closed += fin.flush_all_closed(base + 10**6)
+    assert len(closed) > 50 and any(c.aggregate.late_count for c in closed)
+    for window in closed:
+        partial = partial_of(window, window.aggregate, 2)
+        assert decode_merge_record(_raw(partial)) == partial
+
+
+def test_encoded_partials_are_taken_once_undecoded_and_bounded() -> None:
+    partials = [PartialWindow(s % 6, KEY, 5_000 * s, 5_000 * s + 5_000, _aggregate(s)) for s in range(5)]
+    written = EncodedPartials(capacity=3)
+    for p in partials:
+        written.remember(_raw(p), p)
+    assert len(written) == 3  # the two oldest dropped
+    read = [decode_merge_record(_raw(p), written) for p in partials]
+    assert read == partials
+    assert [r is p for r, p in zip(read, partials, strict=True)] == [False, False, True, True, True]
+    assert written.hits == 3 and len(written) == 0
+    again = decode_merge_record(_raw(partials[4]), written)  # taken once: decoded the second time
+    assert again == partials[4] and again is not partials[4]
+
+
+def test_bytes_remembered_are_still_bounded_and_custom_metrics_are_not_kept() -> None:
+    written = EncodedPartials()
+    partial = PartialWindow(1, KEY, 0, 5_000, _aggregate(3))
+    deep = b"[" * 40 + b"]" * 40
+    written.remember(deep, partial)
+    with pytest.raises(wire.Rejected) as refused:
+        decode_merge_record(deep, written)
+    assert refused.value.code == "too_deep"
+    custom = PartialWindow(1, KEY, 0, 5_000, replace(_aggregate(3), custom=(("clicks", CustomStats(n=1)),)))
+    written.remember(b"{}", custom)
+    assert len(written) == 1  # only the deep one: a partial with custom metrics is the reference's to read
