@@ -19,7 +19,6 @@ it is True with the aiokafka this project pins.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import types
 from collections.abc import Callable, Iterator
@@ -29,7 +28,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka import client as _client_module
 from aiokafka import conn as _conn_module
 from aiokafka.consumer import fetcher as _fetcher_module
-from aiokafka.record.memory_records import _MemoryRecordsPy
 
 from canary.kafka.frames import FrameReader
 from canary.pipeline.native import NATIVE
@@ -53,80 +51,23 @@ def _rebound(func: Callable[..., Any], **names: Any) -> Callable[..., Any] | Non
     return out
 
 
-class _Records:
-    """One partition's record bytes where they lie in a fetch response's frame: ``frame[start:start + length]``.
-
-    aiokafka copies each partition's records out of the response while parsing it (``Bytes.decode``: a read from
-    the frame's ``BytesIO``) — the largest piece of the connection's reading left in a 3-key backlog worker (py-spy,
-    ADR 0006 session 47). The run consumer's fetch responses are parsed from a :class:`_FrameView` instead, whose
-    large reads are these: the native reader reads the records in the frame, and the run keeps the frame."""
-
-    __slots__ = ("frame", "length", "start")
-
-    def __init__(self, frame: bytes, start: int, length: int) -> None:
-        self.frame, self.start, self.length = frame, start, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __bytes__(self) -> bytes:
-        return self.frame[self.start : self.start + self.length]
-
-    def view(self) -> memoryview:
-        return memoryview(self.frame)[self.start : self.start + self.length]
-
-
-_VIEW_AT_LEAST = 4096
-"""A read this large from a fetch response is a partition's records (topic names, the only strings, are <= 249)."""
-
-
-class _FrameView(io.BytesIO):
-    """The ``BytesIO`` aiokafka parses a fetch response from, whose reads of ``_VIEW_AT_LEAST`` bytes or more are
-    :class:`_Records` in the frame instead of copies (the frame is a ``bytes``, which ``BytesIO`` shares)."""
-
-    def __init__(self, frame: bytes) -> None:
-        super().__init__(frame)
-        self._frame = frame
-
-    def read(self, size: int | None = -1) -> Any:
-        if size is None or size < _VIEW_AT_LEAST:
-            return super().read(size)
-        start = self.tell()
-        end = min(start + size, len(self._frame))
-        self.seek(end)
-        return _Records(self._frame, start, end - start)
-
-
 class _KeptBytes:
-    """aiokafka's ``MemoryRecords`` for one partition's fetch, keeping the bytes it reads (the C class hides them):
-    ``bytes``, or :class:`_Records` in the response's frame — asked whether a batch is there by aiokafka's own Python
-    reader on a view of them, and copied out only should aiokafka have to read the records itself."""
+    """aiokafka's ``MemoryRecords`` for one partition's fetch, keeping the bytes it reads (the C class hides them)."""
 
-    __slots__ = ("_probe", "_records", "data")
+    __slots__ = ("_records", "data")
 
-    def __init__(self, data: bytes | _Records) -> None:
+    def __init__(self, data: bytes) -> None:
         self.data = data
-        self._records: Any = None
-        self._probe: Any = None
-        if isinstance(data, _Records):
-            self._probe = _MemoryRecordsPy(data.view())
-        else:
-            self._records = _fetcher_module.MemoryRecords(data)
-
-    def _read(self) -> Any:
-        if self._records is None:  # aiokafka reads them: from here on its reader alone says what is left
-            self._records = _fetcher_module.MemoryRecords(bytes(self.data))
-            self._probe = None
-        return self._records
+        self._records = _fetcher_module.MemoryRecords(data)
 
     def has_next(self) -> bool:
-        return bool((self._probe if self._probe is not None else self._records).has_next())
+        return bool(self._records.has_next())
 
     def size_in_bytes(self) -> int:
-        return len(self.data)
+        return int(self._records.size_in_bytes())
 
     def next_batch(self) -> Any:
-        return self._read().next_batch()
+        return self._records.next_batch()
 
 
 class _RunRecords(_fetcher_module.PartitionRecords):  # type: ignore[misc]
@@ -134,9 +75,7 @@ class _RunRecords(_fetcher_module.PartitionRecords):  # type: ignore[misc]
 
     def _unpack_records(self) -> Iterator[RecordRun]:
         tp: TopicPartition = self._tp
-        data = self._records.data
-        # In the response's frame, the run keeps the frame and the positions are the frame's.
-        raw, start = (data.frame, data.start) if isinstance(data, _Records) else (data, 0)
+        raw = self._records.data
         fetch_offset = int(self.next_fetch_offset)  # type: ignore[has-type]
         assert NATIVE is not None
         try:
@@ -146,11 +85,9 @@ class _RunRecords(_fetcher_module.PartitionRecords):  # type: ignore[misc]
                 read_committed=self._isolation_level == _fetcher_module.READ_COMMITTED,
                 aborted=[(int(p), int(o)) for p, o in self._aborted_transactions],
                 check_crcs=bool(self._check_crcs),
-                start=start,
-                length=len(data),
             )
         except Exception:  # a bug in the extension (it refuses what it cannot read): aiokafka reads the bytes
-            log.exception("the native record reader failed on %s (%d bytes); aiokafka reads them", tp, len(data))
+            log.exception("the native record reader failed on %s (%d bytes); aiokafka reads them", tp, len(raw))
             parsed = None
         if parsed is None:  # not plain v2: aiokafka reads it (and raises what it raises)
             records = list(super()._unpack_records())
@@ -184,21 +121,8 @@ _asyncio_with_frames = types.SimpleNamespace(**{**vars(asyncio), "StreamReader":
 _connect = _rebound(_conn_module.AIOKafkaConnection.connect, asyncio=_asyncio_with_frames)
 
 
-# A fetch response is parsed from a _FrameView (its partitions' records stay in the frame); any other from BytesIO.
-_handle_fetch_frame = _rebound(
-    _conn_module.AIOKafkaConnection._handle_frame, io=types.SimpleNamespace(BytesIO=_FrameView)
-)
-_FETCH = 1  # Kafka's API key of Fetch
-
-
 class _FrameConnection(_conn_module.AIOKafkaConnection):  # type: ignore[misc]
-    def _handle_frame(self, resp: bytes) -> None:
-        if _handle_fetch_frame is not None and self._requests and type(resp) is bytes:
-            _, request, _ = self._requests[0]
-            if getattr(request, "API_KEY", None) == _FETCH:
-                _handle_fetch_frame(self, resp)
-                return
-        super()._handle_frame(resp)
+    pass
 
 
 _create_conn = _rebound(_conn_module.create_conn, AIOKafkaConnection=_FrameConnection)

@@ -549,12 +549,9 @@ fn decode_spans(
 
 /// Read one partition's fetched record bytes (message format v2) as aiokafka's `PartitionRecords` would:
 /// `(entries, next_fetch_offset)` — the entries as one byte string of 32-byte rows (offset, timestamp, value
-/// position, value length or -1) — or `None` where aiokafka must read them (see `records`). The records are
-/// `buffer[start:start + length]` (the whole buffer by default: a fetch response's frame holds every partition's),
-/// and the value positions are `buffer`'s.
+/// position, value length or -1) — or `None` where aiokafka must read them (see `records`).
 #[pyfunction]
-#[pyo3(signature = (buffer, fetch_offset, *, read_committed, aborted, check_crcs, start = 0, length = None))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (buffer, fetch_offset, *, read_committed, aborted, check_crcs))]
 fn parse_records(
     py: Python<'_>,
     buffer: &Bound<'_, PyBytes>,
@@ -562,38 +559,15 @@ fn parse_records(
     read_committed: bool,
     aborted: Vec<(i64, i64)>,
     check_crcs: bool,
-    start: usize,
-    length: Option<usize>,
-) -> PyResult<Option<(Py<PyBytes>, i64)>> {
-    let whole = buffer.as_bytes();
-    let end = match length {
-        None => whole.len(),
-        Some(n) => start.checked_add(n).unwrap_or(usize::MAX),
-    };
-    if start > end || end > whole.len() {
-        return Err(pyo3::exceptions::PyIndexError::new_err(format!(
-            "parse_records: records at {start}..{end} of a {}-byte buffer",
-            whole.len()
-        )));
-    }
-    let Some(mut parsed) = records::parse(
-        &whole[start..end],
+) -> Option<(Py<PyBytes>, i64)> {
+    let parsed = records::parse(
+        buffer.as_bytes(),
         fetch_offset,
         read_committed,
         &aborted,
         check_crcs,
-    ) else {
-        return Ok(None);
-    };
-    if start > 0 {
-        for e in &mut parsed.entries {
-            e.value_at += start as i64;
-        }
-    }
-    Ok(Some((
-        bytes_of(py, &parsed.entries),
-        parsed.next_fetch_offset,
-    )))
+    )?;
+    Some((bytes_of(py, &parsed.entries), parsed.next_fetch_offset))
 }
 
 /// The records of a run as `(partition, offset, timestamp, value)` tuples (what a replay keeps of each).

@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canary.kafka import runs as runs_module
-from canary.kafka.runs import AVAILABLE, RunConsumer, _KeptBytes, _Records, _RunRecords
+from canary.kafka.runs import AVAILABLE, RunConsumer, _KeptBytes, _RunRecords
 from canary.pipeline.native import NATIVE
 from canary.pipeline.runs import RecordRun, SpanValues, offset_reader, values_of
 
@@ -97,16 +97,9 @@ def _control(base_offset: int, producer_id: int, abort: bool) -> bytes:
     return _with_attributes(batch, 0x20)
 
 
-def _read(
-    cls: type, data: bytes, fetch_offset: int, committed: bool, aborted: list[tuple[int, int]], framed: bool = False
-) -> Any:
-    """(records as (offset, timestamp, value), next fetch offset), or the exception type the read raised.
-    ``framed``: the records where they lie in a fetch response's frame (other bytes around them)."""
-    if cls is _RunRecords:
-        frame = bytes(range(37)) + data + b"\xff" * 11
-        records = _KeptBytes(_Records(frame, 37, len(data)) if framed else data)
-    else:
-        records = MemoryRecords(data)
+def _read(cls: type, data: bytes, fetch_offset: int, committed: bool, aborted: list[tuple[int, int]]) -> Any:
+    """(records as (offset, timestamp, value), next fetch offset), or the exception type the read raised."""
+    records = _KeptBytes(data) if cls is _RunRecords else MemoryRecords(data)
     level = READ_COMMITTED if committed else READ_UNCOMMITTED
     pr = cls(TP, records, list(aborted), fetch_offset, None, None, True, level)
     out = []
@@ -166,10 +159,6 @@ def test_runs_read_the_same_records_as_aiokafka_on_random_fetches() -> None:
             want = _read(PartitionRecords, data, fetch_offset, committed, aborted)
             got = _read(_RunRecords, data, fetch_offset, committed, aborted)
             assert got == want, (data.hex(), fetch_offset, committed, aborted)
-            in_frame = _read(_RunRecords, data, fetch_offset, committed, aborted, framed=True)
-            assert in_frame == want, (data.hex(), fetch_offset, committed, aborted)
-        frame = b"\x00" * 5 + data
-        assert _KeptBytes(_Records(frame, 5, len(data))).has_next() == MemoryRecords(data).has_next()
         native += (
             NATIVE.parse_records(data, fetch_offset, read_committed=True, aborted=aborted, check_crcs=True) is not None
         )
@@ -193,18 +182,11 @@ def test_damaged_fetch_bytes_are_read_as_aiokafka_reads_them() -> None:
         got = _read(_RunRecords, bytes(damaged), fetch_offset, True, aborted)
         want = _read(PartitionRecords, bytes(damaged), fetch_offset, True, aborted)
         assert got == want, (bytes(damaged).hex(), fetch_offset, aborted)
-        assert _read(_RunRecords, bytes(damaged), fetch_offset, True, aborted, framed=True) == want
     huge = bytearray(_batch(0, [(0, 5, b"k", b"v", [])]))
     struct.pack_into(">i", huge, 57, 2**31 - 1)  # a count no batch can hold: refused, nothing reserved for it
     assert NATIVE.parse_records(_recrc(huge), 0, read_committed=False, aborted=[], check_crcs=True) is None
     top = bytearray(_batch(2**63 - 1, [(0, 5, b"k", b"v", [])]))  # the next offset would overflow
     assert NATIVE.parse_records(bytes(top), 0, read_committed=False, aborted=[], check_crcs=True) is None
-    whole = _batch(0, [(0, 5, b"k", b"v", [])])
-    for start, length in ((1, len(whole)), (len(whole) + 1, 0), (0, len(whole) + 1), (3, 2**62)):
-        with pytest.raises(IndexError):  # records said to lie outside the buffer: the caller's bug, said so
-            NATIVE.parse_records(
-                whole, 0, read_committed=False, aborted=[], check_crcs=True, start=start, length=length
-            )
 
 
 @settings(max_examples=300, deadline=None)
@@ -224,9 +206,9 @@ def test_any_bytes_are_read_as_aiokafka_reads_them(
         data[at % len(data)] = byte
     parsed = NATIVE.parse_records(bytes(data), fetch_offset, read_committed=True, aborted=[], check_crcs=check)
     assert parsed is None or (isinstance(parsed[0], bytes) and isinstance(parsed[1], int))
-    want = _read(PartitionRecords, bytes(data), fetch_offset, True, [])
-    assert _read(_RunRecords, bytes(data), fetch_offset, True, []) == want
-    assert _read(_RunRecords, bytes(data), fetch_offset, True, [], framed=True) == want
+    assert _read(_RunRecords, bytes(data), fetch_offset, True, []) == _read(
+        PartitionRecords, bytes(data), fetch_offset, True, []
+    )
 
 
 def test_a_bad_crc_is_aiokafkas_error() -> None:
@@ -409,25 +391,9 @@ def test_the_run_consumer_reads_its_frames_with_the_frame_reader(kafka_bootstrap
             return await original(*args, **kw)
 
         consumer.getmany = getmany  # type: ignore[method-assign]
-        frames: list[int] = []  # per native run: how many bytes its buffer holds beyond its records' values
-        original_unpack = _RunRecords._unpack_records
-
-        def unpack(self: Any) -> Any:
-            for run in original_unpack(self):
-                if run.native:
-                    frames.append(len(run.buffer) - sum(len(r.value or b"") for r in run))
-                yield run
-
-        _RunRecords._unpack_records = unpack  # type: ignore[method-assign]
-        try:
-            got, (native, _objects) = await _read_all(consumer, topic, ends)
-        finally:
-            _RunRecords._unpack_records = original_unpack  # type: ignore[method-assign]
+        got, (native, _objects) = await _read_all(consumer, topic, ends)
         assert got == want and len(got) == 600 and native > 0
         assert readers and set(readers) == {FrameReader}
-        # The records were read where they lay in the response: each run keeps the whole frame (both partitions'
-        # records and the response's own fields), not a copy of its partition's records.
-        assert frames and all(extra > 8_000 for extra in frames)
         plain = AIOKafkaConsumer(**kwargs)  # other consumers in the process keep aiokafka's own reader
         await plain.start()
         try:
