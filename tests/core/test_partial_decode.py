@@ -208,9 +208,15 @@ def test_encoded_partials_are_taken_once_undecoded_and_bounded() -> None:
     read = [decode_merge_record(_raw(p), written) for p in partials]
     assert read == partials
     assert [r is p for r, p in zip(read, partials, strict=True)] == [False, False, True, True, True]
-    assert written.hits == 3 and len(written) == 0
+    assert written.hits == 3 and len(written) == 0 and written.size_bytes == 0
     again = decode_merge_record(_raw(partials[4]), written)  # taken once: decoded the second time
     assert again == partials[4] and again is not partials[4]
+    sizes = [len(_raw(p)) for p in partials]
+    by_size = EncodedPartials(capacity=100, capacity_bytes=sum(sizes[-2:]))
+    for p in partials:
+        by_size.remember(_raw(p), p)
+    assert len(by_size) == 2 and by_size.size_bytes == sum(sizes[-2:])  # the newest that fit the bytes allowed
+    assert [by_size.take(_raw(p)) is p for p in partials] == [False, False, False, True, True]
 
 
 def test_bytes_remembered_are_still_bounded_and_custom_metrics_are_not_kept() -> None:
