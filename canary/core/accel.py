@@ -22,11 +22,9 @@ class StandIns:
     fold_parts: Callable[..., tuple[Any, ...]] | None = None
     """For ``canary.core.aggregations.count_columns``: what pieces of outcome columns (a window's pending ones) add
     to it, counted where they are."""
-    bucket_counts: Callable[[Any, float], list[tuple[int, int]]] | None = None
-    """For ``canary.core.sketch.bucket_counts``: the sketch's buckets of values from their logarithms."""
     bucket_add: Callable[[dict[int, int], Any, float], tuple[int, int] | None] | None = None
-    """For ``QuantileSketch.add_split``'s loop: those buckets added into the sketch's dict in place (the batch's
-    lowest and highest index; None for no values)."""
+    """For ``QuantileSketch.add_split``'s loop: the buckets of ``canary.core.sketch.bucket_counts`` added into the
+    sketch's dict in place (the batch's lowest and highest index; None for no values)."""
     add_counts: Callable[[dict[Any, Any], dict[Any, Any]], None] | None = None
     """For ``QuantileSketch.merge``'s loop: another sketch's counts added into a sketch's dict in place."""
     merge_pairs: Callable[[Any, Any], tuple[tuple[int, int], ...] | None] | None = None

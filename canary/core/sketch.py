@@ -34,7 +34,7 @@ def not_finite(value: float) -> InvalidEvent:
 
 def bucket_counts(logs: npt.NDArray[np.float64], log_gamma: float) -> list[tuple[int, int]]:
     """The buckets of positive values from their logarithms: ``ceil(log / log_gamma)`` each, counted, ascending as
-    ``(index, count)`` pairs — the reference (the native batch core's ``bucket_counts`` answers the same). The
+    ``(index, count)`` pairs — the reference (the native batch core's ``bucket_add`` adds the same into a sketch). The
     logarithms are numpy's on both paths: numpy's vectorized ``log`` and the C library's may differ in the last bit,
     which could move a value on a bucket's edge."""
     idx = np.ceil(logs / log_gamma).astype(np.int64)

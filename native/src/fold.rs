@@ -7,7 +7,7 @@
 //!
 //! Every figure is a count or an integer sum, and each element's arithmetic is numpy's own (IEEE comparisons,
 //! one product, round half to even), so the answers are the reference's exactly (tests/core/test_fold.py). The
-//! logarithms of the sketch stay numpy's (`bucket_counts` takes them as numpy computed them): numpy's vectorized
+//! logarithms of the sketch stay numpy's (`bucket_add` takes them as numpy computed them): numpy's vectorized
 //! `log` and the C library's may differ in the last bit, which could move a value on a bucket's edge.
 
 use pyo3::buffer::PyBuffer;
@@ -254,27 +254,9 @@ fn dense_buckets(
     Some((low, counts))
 }
 
-/// The sketch's buckets of positive values from their logarithms (numpy's): `ceil(log / log_gamma)` per value,
-/// counted, ascending as `(index, count)` — `QuantileSketch`'s numpy reference, `canary.core.sketch.bucket_counts`.
-#[pyfunction]
-pub fn bucket_counts(
-    py: Python<'_>,
-    logs: PyBuffer<f64>,
-    log_gamma: f64,
-) -> PyResult<Vec<(i64, i64)>> {
-    let Some((low, counts)) = dense_buckets(slice(py, &logs, "logs")?, log_gamma) else {
-        return Ok(Vec::new());
-    };
-    Ok(counts
-        .into_iter()
-        .enumerate()
-        .filter(|&(_, c)| c != 0)
-        .map(|(k, c)| (k as i64 + low, c))
-        .collect())
-}
-
-/// `bucket_counts` added into a sketch's `{index: count}` dict in place, ascending (`QuantileSketch.add_split`'s
-/// loop, without a pair built per bucket): answers the batch's `(lowest, highest)` index, None for no values. A
+/// The sketch's buckets of positive values from their logarithms (numpy's), added into its `{index: count}` dict in
+/// place, ascending: what `QuantileSketch.add_split`'s loop adds of `canary.core.sketch.bucket_counts` (the reference),
+/// without a pair built per bucket: answers the batch's `(lowest, highest)` index, None for no values. A
 /// count that is not an `i64`, or a sum that would overflow one, is added as Python adds it.
 #[pyfunction]
 pub fn bucket_add(

@@ -704,7 +704,6 @@ fn canary_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dedup::RequestMemory>()?;
     m.add_function(wrap_pyfunction!(group_records, m)?)?;
     m.add_function(wrap_pyfunction!(fold::fold_parts, m)?)?;
-    m.add_function(wrap_pyfunction!(fold::bucket_counts, m)?)?;
     m.add_function(wrap_pyfunction!(fold::bucket_add, m)?)?;
     m.add_function(wrap_pyfunction!(counts::merge_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(counts::add_counts, m)?)?;
