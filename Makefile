@@ -53,7 +53,7 @@ demo: install ## THE MAIN JOB: run the demo (local Kafka unless KAFKA_BOOTSTRAP_
 	$(BIN)/canary demo
 
 test: install test-deps ## Run the whole test suite (starts a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set)
-	$(BIN)/pytest -n 2 --dist loadfile -m "not solo"
+	$(BIN)/pytest -n 3 --dist loadfile -m "not solo"
 	$(BIN)/pytest -m solo
 
 test-core: install ## Only the tests that need no broker (~2 min on 2 cores)

@@ -20,7 +20,7 @@ import pytest
 from canary.kafka.topics import Topics, ensure_topics
 from devtools.broker import listen_port
 
-# An explicit choice for the routers the suite spawns (`canary router`): two test processes run at once, each
+# An explicit choice for the routers the suite spawns (`canary router`): three test processes run at once, each
 # with brokers, workers and routers at up to 150 requests/s, on 2 cores. They serve the Cranfield collection
 # but wait the model's cost per query instead of spending it (router/backends/hybrid.py, "modeled"); the
 # real model runs in tests/backends (test_cranfield, test_reranker), in the README's "Running the pieces"
