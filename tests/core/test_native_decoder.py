@@ -264,14 +264,16 @@ def test_random_byte_damage_is_never_read_differently(seed: int) -> None:
 # -- the window core fed by columns -------------------------------------------------------------------------------
 
 
-def record_stream(seed: int, *, watermarking: float) -> list[tuple[int, int, list[bytes | None]]]:
+def record_stream(
+    seed: int, *, watermarking: float, marks: float = 0.03, stops: float = 0.05
+) -> list[tuple[int, int, list[bytes | None]]]:
     """The columnar tests' seeded stream (tests/core/test_windows_columnar.py: watermarking and legacy producers,
     skew, stalls, futures, redeliveries, late outcomes) as raw values, with what those outcomes lack: rings, user
     groups, sampled recall, now and then a poison record or an outcome with metrics (which sends its batch down
     the object path)."""
     rng = random.Random(seed + 1000)
     out: list[tuple[int, int, list[bytes | None]]] = []
-    for partition, now, batch in stream(seed, watermarking=watermarking):
+    for partition, now, batch in stream(seed, watermarking=watermarking, marks=marks, stops=stops):
         values: list[bytes | None] = []
         for item in batch:
             if isinstance(item, RouterWatermark):
@@ -292,13 +294,21 @@ def record_stream(seed: int, *, watermarking: float) -> list[tuple[int, int, lis
     return out
 
 
-def drive(seed: int, watermarking: float, *, native: bool, columnar_min: int = 64) -> dict[str, Any]:
+def drive(
+    seed: int,
+    watermarking: float,
+    *,
+    native: bool,
+    columnar_min: int = 64,
+    marks: float = 0.03,
+    stops: float = 0.05,
+) -> dict[str, Any]:
     decoder = OutcomeDecoder(native="on" if native else "off")
     fin = WindowFinalizer()
     fin.columnar_min = columnar_min
     log: list[Any] = []
     paths = {"columns": 0, "objects": 0}
-    for partition, now, values in record_stream(seed, watermarking=watermarking):
+    for partition, now, values in record_stream(seed, watermarking=watermarking, marks=marks, stops=stops):
         columns, refused = decoder.decode_columns(values)
         if columns is not None:
             paths["columns"] += 1
@@ -331,6 +341,31 @@ def test_columns_and_objects_leave_the_same_windows_and_state(
     assert columns["log"] == objects["log"]
     assert columns["state"] == objects["state"]
     assert columns["paths"]["columns"] > 0
+
+
+@pytest.mark.parametrize("columnar_min", [0, 64])
+@pytest.mark.parametrize("watermarking", [0.5, 1.0])
+def test_a_batch_cut_by_watermark_records_in_one_pass_leaves_what_the_objects_leave(
+    watermarking: float, columnar_min: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Watermark records as often as a live router's (every few dozen outcomes): where every outcome's producer is
+    live, a batch goes through the columnar path once (``WindowFinalizer._add_between_marks``) instead of once
+    between each two records; stops, skew, futures, redeliveries and late outcomes leave what the object path,
+    cut at every record, leaves."""
+    taken: list[bool] = []
+    one_pass = WindowFinalizer._add_between_marks
+
+    def spy(self: WindowFinalizer, *args: Any) -> bool:
+        taken.append(one_pass(self, *args))
+        return taken[-1]
+
+    monkeypatch.setattr(WindowFinalizer, "_add_between_marks", spy)
+    for seed in range(8):
+        objects = drive(seed, watermarking, native=False, marks=0.25, stops=0.01)
+        columns = drive(seed, watermarking, native=True, columnar_min=columnar_min, marks=0.25, stops=0.01)
+        assert columns["log"] == objects["log"], seed
+        assert columns["state"] == objects["state"], seed
+    assert any(taken) and not all(taken)  # both: batches in one pass, and batches it leaves to the cut path
 
 
 def test_without_the_extension_on_is_an_error_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:

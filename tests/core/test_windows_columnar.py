@@ -36,8 +36,11 @@ BASE = 1_700_000_000_000
 KEYS = [("dep-a", "cand", "candidate"), ("dep-a", "base", "last_good"), (None, "base", "last_good")]
 
 
-def stream(seed: int, *, watermarking: float) -> list[tuple[int, int, list[SearchOutcome | RouterWatermark]]]:
-    """(partition, now_ms, batch) triples in arrival order."""
+def stream(
+    seed: int, *, watermarking: float, marks: float = 0.03, stops: float = 0.05
+) -> list[tuple[int, int, list[SearchOutcome | RouterWatermark]]]:
+    """(partition, now_ms, batch) triples in arrival order; ``marks``: how often a watermarking router's record is
+    a watermark (a live router sends one to every partition every 50 ms: two or three in a fetch of ~120)."""
     rng = random.Random(seed)
     routers = [f"r{i}" for i in range(3)]
     sends_marks = {r: rng.random() < watermarking for r in routers}
@@ -52,8 +55,8 @@ def stream(seed: int, *, watermarking: float) -> list[tuple[int, int, list[Searc
         batch: list[SearchOutcome | RouterWatermark] = []
         for _ in range(rng.choice([1, 5, 40, 120, 300])):
             r = rng.choice(routers)
-            if sends_marks[r] and rng.random() < 0.03:
-                status = "stop" if rng.random() < 0.05 else "running"
+            if sends_marks[r] and rng.random() < marks:
+                status = "stop" if rng.random() < stops else "running"
                 seq += 1
                 batch.append(RouterWatermark(r, now + skew[r] - rng.randint(0, 300), status, seq))
                 continue
