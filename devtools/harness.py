@@ -280,6 +280,15 @@ class LoadGenerator:
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
-    async def drain(self) -> None:
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+    async def drain(self, timeout_s: float = 60.0) -> None:
+        """Wait for the searches sent; a test fails in bounded time, saying how many are unanswered, where a
+        broker that stops acknowledging the router's outcomes would otherwise hold it for ever (seen once in CI:
+        NotEnoughReplicas to every producer for 20 minutes)."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout_s)
+        if pending:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise TimeoutError(f"{len(pending)} of {self.sent} searches still unanswered after {timeout_s:g} s")
