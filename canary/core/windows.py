@@ -54,6 +54,7 @@ WINDOW_MS = 5000  # the spec's 5-second buckets
 GRACE_MS = 1000  # event-time grace after a window ends before it closes
 IDLE_WINDOWS = 12  # empty windows in a row that end a key's series
 DEFAULT_ROUTER_TIMEOUT_MS = 5000
+_COUNTED_LABELS = 4096  # a batch's groups are counted by a bincount of at most this many labels, else sorted
 DEFAULT_FUTURE_BOUND_MS = 10_000
 DEFAULT_DEDUP_RETENTION_MS = 60_000
 """How long after its window a request is remembered: covers a router takeover (session timeout 10 s) and
@@ -763,15 +764,21 @@ class WindowFinalizer:
         # One group per (slot, key, late): a handful per segment.
         base = int(slots.min())
         combined = (((slots - base) // size) * len(keys) + kcodes) * 2 + late
-        uniq, inverse = np.unique(combined, return_inverse=True)
+        # The labels span a few windows of the keys: counted rather than sorted where that is small (np.unique sorted
+        # every batch: 3 % of the worker at 8k outcomes/s live); a stable sort by label orders the rows by group.
+        if int(combined.max()) < _COUNTED_LABELS:
+            counts = np.bincount(combined)
+            uniq = np.flatnonzero(counts)
+            sizes = counts[uniq]
+        else:
+            uniq, sizes = np.unique(combined, return_counts=True)
         width = len(keys)
         labels = [(keys[(g >> 1) % width], base + (g >> 1) // width * size, bool(g & 1)) for g in uniq.tolist()]
         if len(labels) == 1:
             segment.group(batch, *labels[0], idx)
         else:
-            order = np.argsort(inverse, kind="stable")
-            ends = np.cumsum(np.bincount(inverse, minlength=len(uniq))).tolist()
-            segment.group_sorted(batch, labels, idx[order], ends)
+            order = np.argsort(combined, kind="stable")
+            segment.group_sorted(batch, labels, idx[order], np.cumsum(sizes).tolist())
         # Remembered per window start in arrival order, as one by one: the checkpoint does not depend on the
         # path a batch took, nor on how its window keys grouped (one shared object per key, or one each).
         self._memory.remember(request_keys, slots)

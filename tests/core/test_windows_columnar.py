@@ -114,6 +114,42 @@ def test_columnar_and_one_by_one_agree(seed: int, watermarking: float) -> None:
     assert columnar["state"] == one_by_one["state"]
 
 
+@pytest.mark.parametrize("spread_ms", [1_000, 30 * 86_400_000])  # a few windows; a month of them (sorted, not counted)
+def test_a_batch_spanning_few_or_many_windows_groups_alike_on_both_paths(spread_ms: int) -> None:
+    """The columnar path counts a batch's (window, key, late) labels where they span a few windows and sorts them
+    where they span many (a legacy producer's first batch may hold outcomes days apart): both as one by one."""
+    rng = random.Random(spread_ms)
+    now = BASE + spread_ms + 60_000
+    batch: list[SearchOutcome | RouterWatermark] = []
+    for i in range(200):
+        dep, config, arm = rng.choice(KEYS)
+        batch.append(
+            SearchOutcome(
+                event_id=f"e{i}",
+                request_id=f"q{i}",
+                ts=BASE + rng.randrange(spread_ms),
+                deployment_id=dep,
+                config_name=config,
+                config_version="1",
+                config_hash="h",
+                arm=arm,  # type: ignore[arg-type]
+                latency_ms=rng.lognormvariate(5, 0.6),
+                recall_at_10=round(rng.random(), 3),
+                result_count=10,
+                error=None,
+                router_id="legacy",
+            )
+        )
+
+    def windows(columnar_min: int) -> Any:
+        fin = WindowFinalizer()
+        fin.columnar_min = columnar_min
+        fin.add(0, batch, now)
+        return [w.to_dict() for w in fin.flush_all(now + 10**7)], fin.to_dict()
+
+    assert windows(0) == windows(10**9)
+
+
 def test_streams_exercise_every_rule() -> None:
     """The generator is only a good referee if the rules actually fire."""
     totals = {"late": 0, "future": 0, "duplicates": 0}
