@@ -27,7 +27,6 @@ new ``event_id``) counts once; the first outcome seen in partition order wins.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -156,6 +155,22 @@ class PartitionClock:
             self.legacy_seen_at = now_ms
         if self.last_arrival is not None:
             self.last_arrival = now_ms
+
+    def copy(self) -> PartitionClock:
+        """A clock to try watermark records on (a producer's mark is replaced whole, never changed in place);
+        written out rather than ``dataclasses.replace``, five times slower on every live batch."""
+        return PartitionClock(
+            self.router_timeout_ms,
+            self.future_bound_ms,
+            self.grace_ms,
+            dict(self.producers),
+            self.legacy_max_ts,
+            self.legacy_seen_at,
+            self.max_ts,
+            self.last_arrival,
+            self.departed,
+            self.idle_since,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -633,9 +648,9 @@ class WindowFinalizer:
             return False
         now_ms, floor, high = batch.now_ms, batch.floor, batch.high
         codes = columns.router[rows]
-        used = np.unique(codes).tolist()
+        used = np.flatnonzero(np.bincount(codes)).tolist()
         routers = {columns.routers[c] for c in used}
-        trial = dataclasses.replace(batch.clock, producers=dict(batch.clock.producers))  # its marks are replaced whole
+        trial = batch.clock.copy()
         live = batch.live
         mark = batch.current_mark()
         cuts = sorted(columns.watermarks)

@@ -8,6 +8,7 @@ report the same late / future / duplicate outcomes and emit the same windows.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import random
 import zlib
 from typing import Any
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from canary.core.dedup import ReferenceRequestMemory
 from canary.core.models import RouterWatermark, SearchOutcome
-from canary.core.windows import WindowFinalizer, request_key, request_keys_of
+from canary.core.windows import PartitionClock, WindowFinalizer, _ProducerMark, request_key, request_keys_of
 from canary.pipeline.memory import NativeRequestMemory
 from canary.pipeline.native import NATIVE
 
@@ -148,6 +149,16 @@ def test_a_batch_spanning_few_or_many_windows_groups_alike_on_both_paths(spread_
         return [w.to_dict() for w in fin.flush_all(now + 10**7)], fin.to_dict()
 
     assert windows(0) == windows(10**9)
+
+
+def test_a_clock_copy_has_every_field_and_producers_of_its_own() -> None:
+    clock = PartitionClock()
+    for i, f in enumerate(dataclasses.fields(PartitionClock)):  # each field away from its default
+        setattr(clock, f.name, {"r": _ProducerMark(i, i)} if f.name == "producers" else 1000 + i)
+    trial = clock.copy()
+    assert trial == clock
+    trial.on_watermark(RouterWatermark("r", 10**6, "running", 1), 10**6)
+    assert clock.producers["r"].watermark != trial.producers["r"].watermark
 
 
 def test_streams_exercise_every_rule() -> None:
