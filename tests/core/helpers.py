@@ -20,24 +20,27 @@ def outcome(
     error: str | None = None,
     event_id: str | None = None,
     user_group: int | None = None,
+    request_id: str | None = None,
+    router_id: str = "router-1",
+    config_hash: str = "abc",
 ) -> SearchOutcome:
     global _seq
     _seq += 1
     return SearchOutcome(
         event_id=event_id or f"e{_seq}",
-        request_id=f"r{_seq}",
+        request_id=request_id or f"r{_seq}",
         ts=ts,
         deployment_id=deployment_id,
         config_name=config_name,
         config_version="1",
-        config_hash="abc",
+        config_hash=config_hash,
         arm=arm,
         latency_ms=latency_ms,
         recall_at_10=recall_at_10,
         result_count=10,
         error=error,
         user_group=user_group,
-        router_id="router-1",
+        router_id=router_id,
     )
 
 

@@ -23,6 +23,7 @@ from canary.core.models import RouterWatermark, SearchOutcome
 from canary.core.windows import PartitionClock, WindowFinalizer, _ProducerMark, request_key, request_keys_of
 from canary.pipeline.memory import NativeRequestMemory
 from canary.pipeline.native import NATIVE
+from tests.core import helpers
 
 MEMORIES = [
     pytest.param(None, id="reference"),
@@ -35,6 +36,31 @@ MEMORIES = [
 
 BASE = 1_700_000_000_000
 KEYS = [("dep-a", "cand", "candidate"), ("dep-a", "base", "last_good"), (None, "base", "last_good")]
+
+
+def outcome(
+    seq: int,
+    ts: int,
+    key: tuple[str | None, str, str],
+    latency_ms: float,
+    recall: float | None,
+    error: str | None,
+    router_id: str,
+) -> SearchOutcome:
+    dep, config, arm = key
+    return helpers.outcome(
+        ts,
+        latency_ms,
+        arm=arm,  # type: ignore[arg-type]
+        deployment_id=dep,
+        config_name=config,
+        recall_at_10=recall,
+        error=error,
+        event_id=f"e{seq}",
+        request_id=f"q{seq}",
+        router_id=router_id,
+        config_hash="h",
+    )
 
 
 def stream(
@@ -73,21 +99,9 @@ def stream(
             elif roll > 0.97:
                 ts -= rng.randint(5000, 20_000)  # delivered late
             error = "backend_error" if rng.random() < 0.05 else None
-            o = SearchOutcome(
-                event_id=f"e{seq}",
-                request_id=f"q{seq}",
-                ts=max(0, ts),
-                deployment_id=dep,
-                config_name=config,
-                config_version="1",
-                config_hash="h",
-                arm=arm,  # type: ignore[arg-type]
-                latency_ms=rng.lognormvariate(5, 0.6),
-                recall_at_10=None if error or rng.random() < 0.3 else round(rng.random(), 3),
-                result_count=10,
-                error=error,
-                router_id=r,
-            )
+            latency = rng.lognormvariate(5, 0.6)  # drawn before the recall, as the streams always were
+            recall = None if error or rng.random() < 0.3 else round(rng.random(), 3)
+            o = outcome(seq, max(0, ts), (dep, config, arm), latency, recall, error, r)
             sent.append(o)
             batch.append(o)
         out.append((partition, now, batch))
@@ -123,23 +137,9 @@ def test_a_batch_spanning_few_or_many_windows_groups_alike_on_both_paths(spread_
     now = BASE + spread_ms + 60_000
     batch: list[SearchOutcome | RouterWatermark] = []
     for i in range(200):
-        dep, config, arm = rng.choice(KEYS)
+        ts = BASE + rng.randrange(spread_ms)
         batch.append(
-            SearchOutcome(
-                event_id=f"e{i}",
-                request_id=f"q{i}",
-                ts=BASE + rng.randrange(spread_ms),
-                deployment_id=dep,
-                config_name=config,
-                config_version="1",
-                config_hash="h",
-                arm=arm,  # type: ignore[arg-type]
-                latency_ms=rng.lognormvariate(5, 0.6),
-                recall_at_10=round(rng.random(), 3),
-                result_count=10,
-                error=None,
-                router_id="legacy",
-            )
+            outcome(i, ts, rng.choice(KEYS), rng.lognormvariate(5, 0.6), round(rng.random(), 3), None, "legacy")
         )
 
     def windows(columnar_min: int) -> Any:
