@@ -47,13 +47,13 @@ Judge = Callable[[WindowResult], Sequence[RuleVerdict]]
 AggregatorSource = WindowAggregator | Callable[[WindowKey], WindowAggregator]
 Item = SearchOutcome | RouterWatermark
 
+_COUNTED_LABELS = 4096  # a batch's groups are counted by a bincount of at most this many labels, else sorted
 _NEG = -(2**62)  # "no watermark yet", small enough for any epoch-ms arithmetic to stay in int64
 
 WINDOW_MS = 5000  # the spec's 5-second buckets
 GRACE_MS = 1000  # event-time grace after a window ends before it closes
 IDLE_WINDOWS = 12  # empty windows in a row that end a key's series
 DEFAULT_ROUTER_TIMEOUT_MS = 5000
-_COUNTED_LABELS = 4096  # a batch's groups are counted by a bincount of at most this many labels, else sorted
 DEFAULT_FUTURE_BOUND_MS = 10_000
 DEFAULT_DEDUP_RETENTION_MS = 60_000
 """How long after its window a request is remembered: covers a router takeover (session timeout 10 s) and
@@ -218,19 +218,27 @@ class AddResult:
 @dataclass(slots=True)
 class _Batch:
     """What one ``add`` call works with: the partition's clock, processing time, the other partitions'
-    watermark floor, the mark function, the live producers (they change at watermark records) and the
+    watermark floor, the finalizer's watermark, the live producers (they change at watermark records) and the
     outcomes it groups per (key, window) for aggregation."""
 
     clock: PartitionClock
     now_ms: int
     floor: int | None
-    current_mark: Callable[[], int]
+    high: int  # the finalizer's watermark when the batch began (the mark never falls below it)
     result: AddResult
     live: set[str]
-    high: int  # the finalizer's watermark when the batch began (the mark never falls below it)
     groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = field(default_factory=dict)
     late_groups: dict[tuple[WindowKey, int], list[SearchOutcome]] = field(default_factory=dict)
     chunks: list[tuple[WindowKey, int, bool, _ColumnChunk]] = field(default_factory=list)  # column rows' groups
+
+    def current_mark(self, clock: PartitionClock | None = None) -> int:
+        """The watermark as it stands at this point of the partition's sequence (of ``clock``, a copy of the
+        partition's trying records ahead): lateness depends only on the records before an outcome, never on how
+        they were cut into batches or when due() ran."""
+        m = (self.clock if clock is None else clock).watermark(self.now_ms)
+        if m is not None and self.floor is not None:
+            m = min(m, self.floor)
+        return self.high if m is None else max(m, self.high)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -407,15 +415,6 @@ class _Series:
 
     next_start: int  # first window not emitted yet
     idle: int = 0  # empty windows emitted in a row
-
-
-def _mark_of(clock: PartitionClock, now_ms: int, floor: int | None, high: int) -> int:
-    """The watermark as it stands at this point of the partition's sequence: lateness depends only on the records
-    before an outcome, never on how they were cut into batches or when due() ran."""
-    m = clock.watermark(now_ms)
-    if m is not None and floor is not None:
-        m = min(m, floor)
-    return high if m is None else max(m, high)
 
 
 def _agg_chunks(agg: WindowAggregator, state: WindowAggregate, chunks: list[Chunk]) -> WindowAggregate:
@@ -608,11 +607,7 @@ class WindowFinalizer:
         high = self._watermark_now(now_ms)
         others = [m for p, c in self.clocks.items() if p != partition for m in [c.watermark(now_ms)] if m is not None]
         floor = min(others) if others else None
-
-        def current_mark() -> int:
-            return _mark_of(clock, now_ms, floor, high)
-
-        return _Batch(clock, now_ms, floor, current_mark, result, set(clock.live_producers(now_ms)), high)
+        return _Batch(clock, now_ms, floor, high, result, set(clock.live_producers(now_ms)))
 
     def _on_watermark(self, batch: _Batch, mark: RouterWatermark) -> int:
         """A producer's watermark record in the partition's sequence; returns the mark after it."""
@@ -646,7 +641,7 @@ class WindowFinalizer:
         rows = columns.outcome_rows(0, len(columns))
         if rows.size < max(1, self.columnar_min):
             return False
-        now_ms, floor, high = batch.now_ms, batch.floor, batch.high
+        now_ms = batch.now_ms
         codes = columns.router[rows]
         used = np.flatnonzero(np.bincount(codes)).tolist()
         routers = {columns.routers[c] for c in used}
@@ -666,20 +661,17 @@ class WindowFinalizer:
                 if not routers <= live:
                     return False
                 marks[lo:hi] = mark
-                if len(used) == 1:
-                    accepted[lo:hi] = ts[lo:hi] <= trial.producers[next(iter(routers))].watermark + bound
-                else:
-                    limit_of = np.zeros(len(columns.routers), dtype=np.int64)
-                    for c in used:
-                        limit_of[c] = trial.producers[columns.routers[c]].watermark + bound
-                    accepted[lo:hi] = ts[lo:hi] <= limit_of[codes[lo:hi]]
+                limit_of = np.zeros(len(columns.routers), dtype=np.int64)  # the future bound by router code
+                for c in used:
+                    limit_of[c] = trial.producers[columns.routers[c]].watermark + bound
+                accepted[lo:hi] = ts[lo:hi] <= limit_of[codes[lo:hi]]
             lo = hi
             if i < len(cuts):
                 trial.on_watermark(columns.watermarks[cuts[i]], now_ms)
                 live = set(trial.live_producers(now_ms))
                 if not live:
                     return False
-                mark = _mark_of(trial, now_ms, floor, high)
+                mark = batch.current_mark(trial)
         for row in cuts:
             self._on_watermark(batch, columns.watermarks[row])
         self._add_columnar(
